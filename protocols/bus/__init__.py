@@ -1,0 +1,58 @@
+"""The bus: how services meet. Request/response with a deadline, and events.
+
+`Bus` is the interface every service and the coordinator is written against; two
+implementations carry it: `memory.MemoryBus` inside one process and `mqtt.MqttBus`
+over an MQTT broker. A request names a *service* (such as `ledger.csd`); the bus routes
+it to whoever serves that name and routes the reply back to the caller alone, by a
+correlation id. Delivery is at most once per attempt: a caller that hears nothing by
+its deadline gets `BusTimeout` and retries with the same instruction id, which the
+receiver makes idempotent."""
+
+from __future__ import annotations
+
+from typing import AsyncContextManager, Awaitable, Callable, Protocol
+
+import attrs
+
+
+class BusTimeout(Exception):
+    """No reply arrived before the deadline. The request may or may not have been
+    applied: ask again with the same id."""
+
+
+class BusClosed(Exception):
+    """The bus connection is gone and will not come back."""
+
+
+@attrs.frozen
+class Request:
+    """A request as its server receives it; `reply` sends the one answer back."""
+
+    payload: bytes
+    reply: Callable[[bytes], Awaitable[None]] = attrs.field(repr=False)
+
+
+class Bus(Protocol):
+    async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
+        """Send a request to a service and wait for its reply, or raise BusTimeout."""
+
+    def serve(self, service: str) -> AsyncContextManager:
+        """While entered, receive the service's requests from the yielded channel."""
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish an event; subscribers of the topic receive it, in order."""
+
+    def subscribe(self, topic: str) -> AsyncContextManager:
+        """While entered, receive the topic's events (bytes) from the yielded channel."""
+
+
+def service_of_ledger(ledger_id: str) -> str:
+    return f"ledger.{ledger_id}"
+
+
+def entries_topic(ledger_id: str) -> str:
+    """Where a ledger publishes each journal entry as it commits: its change stream."""
+    return f"ledger.{ledger_id}.entries"
+
+
+ReplyFn = Callable[[bytes], Awaitable[None]]

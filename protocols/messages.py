@@ -1,0 +1,452 @@
+"""Every instruction, receipt, query and journal entry a ledger handles, as frozen attrs
+types, with their strict mapping to and from wire dictionaries.
+
+A message on the wire is its *body* (a JSON object whose `type` names the class) plus a
+`sigs` object mapping each signing party to its signature over the body's canonical
+bytes (see `protocols.signing`). Every body names its protocol version and the ledger it
+is meant for, so a signature is worth nothing on another ledger or for another type.
+Construction validates every field: a message that exists is well formed."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import attrs
+
+from . import PROTOCOL_VERSION
+from .canonical import INT_MAX
+from .errors import Code, Rejected
+from .identifiers import currency_problem, isin_problem
+
+IDENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+LEGS_MAX = 16
+ABORT_BY_MAX = 4
+QUERY_LIMIT_MAX = 1000
+
+
+# -- field kinds: a validator and a wire conversion for each ---------------------------
+
+def _invalid(attribute: attrs.Attribute, reason: str) -> Rejected:
+    return Rejected(Code.INVALID_FIELD, attribute.name, reason)
+
+
+def _expect(attribute: attrs.Attribute, value: Any, kind: type, name: str) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise Rejected(Code.MALFORMED, attribute.name,
+                       f"expected {name}, got {type(value).__name__}")
+
+
+def ident(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, str, "a string")
+    if not IDENT_PATTERN.fullmatch(value):
+        raise _invalid(attribute, "must be 1-64 characters of A-Z a-z 0-9 . _ : - starting alphanumeric")
+
+
+def amount(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, int, "an integer")
+    if not 0 < value <= INT_MAX:
+        raise _invalid(attribute, "must be a positive integer no larger than 2^63-1")
+
+
+def time_ms(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, int, "an integer")
+    if not 0 <= value <= INT_MAX:
+        raise _invalid(attribute, "must be milliseconds since the epoch, 0 to 2^63-1")
+
+
+def count(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, int, "an integer")
+    if not 0 <= value <= INT_MAX:
+        raise _invalid(attribute, "must be an integer from 0 to 2^63-1")
+
+
+def digest32(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, bytes, "32 bytes")
+    if len(value) != 32:
+        raise _invalid(attribute, f"must be 32 bytes (64 hex digits), got {len(value)} bytes")
+
+
+def isin(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, str, "a string")
+    problem = isin_problem(value)
+    if problem:
+        raise _invalid(attribute, problem)
+
+
+def currency(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, str, "a string")
+    problem = currency_problem(value)
+    if problem:
+        raise _invalid(attribute, problem)
+
+
+def asset_code(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """An asset is a currency (3 letters, ISO 4217) or an instrument (12, ISO 6166)."""
+    _expect(attribute, value, str, "a string")
+    problem = currency_problem(value) if len(value) == 3 else isin_problem(value)
+    if problem:
+        raise _invalid(attribute, problem)
+
+
+def date(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, str, "a string")
+    if not DATE_PATTERN.fullmatch(value):
+        raise _invalid(attribute, "must be a date YYYY-MM-DD")
+
+
+def idents(limit: int, *, at_least: int = 0):
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        _expect(attribute, value, tuple, "a list")
+        if not at_least <= len(value) <= limit:
+            raise _invalid(attribute, f"must hold {at_least} to {limit} entries")
+        for item in value:
+            ident(instance, attribute, item)
+        if len(set(value)) != len(value):
+            raise _invalid(attribute, "must not repeat an entry")
+    return check
+
+
+def _hex32(field_name: str, value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise Rejected(Code.MALFORMED, field_name, f"expected 64 hex digits, got {type(value).__name__}")
+    if len(value) != 64 or value.lower() != value:
+        raise Rejected(Code.INVALID_FIELD, field_name, "must be 64 lowercase hex digits (32 bytes)")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise Rejected(Code.INVALID_FIELD, field_name, "must be 64 lowercase hex digits (32 bytes)") from None
+
+
+# -- messages ------------------------------------------------------------------------
+
+MESSAGE_TYPES: dict[str, type] = {}
+
+
+def message(type_name: str):
+    """Register a frozen attrs class as the message with this `type`."""
+    def register(cls: type) -> type:
+        cls = attrs.frozen(cls)
+        cls.TYPE = type_name
+        MESSAGE_TYPES[type_name] = cls
+        return cls
+    return register
+
+
+@attrs.frozen
+class Leg:
+    """One movement inside a `Settle`: all legs of a settlement happen or none does."""
+
+    from_account: str = attrs.field(validator=ident)
+    to_account: str = attrs.field(validator=ident)
+    asset: str = attrs.field(validator=asset_code)
+    amount: int = attrs.field(validator=amount)
+
+
+def legs(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if not 1 <= len(value) <= LEGS_MAX:
+        raise _invalid(attribute, f"must hold 1 to {LEGS_MAX} legs")
+    for leg in value:
+        if not isinstance(leg, Leg):
+            raise Rejected(Code.MALFORMED, attribute.name, "each leg must be an object")
+
+
+class Body:
+    """Fields every message body carries."""
+
+    TYPE: ClassVar[str]
+
+
+# Instructions change a ledger; each is signed by the parties whose assets it moves.
+
+@message("open_account")
+class OpenAccount(Body):
+    """Open an account for a participant; by the ledger's operator or the owner itself."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    account: str = attrs.field(validator=ident)
+    owner: str = attrs.field(validator=ident)
+
+
+@message("create_instrument")
+class CreateInstrument(Body):
+    """Register a bond's reference data; by the securities ledger's operator only."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    isin: str = attrs.field(validator=isin)
+    issuer: str = attrs.field(validator=ident)
+    currency: str = attrs.field(validator=currency)
+    face_value_minor: int = attrs.field(validator=amount)
+    coupon_rate_bp: int = attrs.field(validator=count)
+    maturity_date: str = attrs.field(validator=date)
+
+
+@message("issue")
+class Issue(Body):
+    """Create units of an asset: an instrument into its issuer's account (by the
+    operator), or money into any account (by the currency's central bank)."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    asset: str = attrs.field(validator=asset_code)
+    account: str = attrs.field(validator=ident)
+    amount: int = attrs.field(validator=amount)
+
+
+@message("redeem")
+class Redeem(Body):
+    """Destroy units of an asset held in the issuer's own account."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    asset: str = attrs.field(validator=asset_code)
+    account: str = attrs.field(validator=ident)
+    amount: int = attrs.field(validator=amount)
+
+
+@message("transfer")
+class Transfer(Body):
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    from_account: str = attrs.field(validator=ident)
+    to_account: str = attrs.field(validator=ident)
+    asset: str = attrs.field(validator=asset_code)
+    amount: int = attrs.field(validator=amount)
+
+
+@message("lock")
+class Lock(Body):
+    """Place a hashed time-lock; its id is the instruction id. `abort_by` names the
+    parties, besides the beneficiary, who may end it early (see htlc.abort)."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    owner_account: str = attrs.field(validator=ident)
+    beneficiary_account: str = attrs.field(validator=ident)
+    asset: str = attrs.field(validator=asset_code)
+    amount: int = attrs.field(validator=amount)
+    hashlock: bytes = attrs.field(validator=digest32)
+    expiry_ms: int = attrs.field(validator=time_ms)
+    abort_by: tuple[str, ...] = attrs.field(validator=idents(ABORT_BY_MAX))
+
+
+@message("claim")
+class Claim(Body):
+    """Complete a lock with its secret; anyone may send it, only the beneficiary gains."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    lock_id: str = attrs.field(validator=ident)
+    preimage: bytes = attrs.field(validator=digest32)
+
+
+@message("refund")
+class Refund(Body):
+    """Return an expired lock to its owner; the ledger also does it by itself."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    lock_id: str = attrs.field(validator=ident)
+
+
+@message("abort")
+class Abort(Body):
+    """Return a lock to its owner before expiry, by a party its terms allow."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    lock_id: str = attrs.field(validator=ident)
+
+
+@message("settle")
+class Settle(Body):
+    """Several movements applied as one: the same-ledger DvP and PvP."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    legs: tuple[Leg, ...] = attrs.field(validator=legs)
+
+
+INSTRUCTIONS = (OpenAccount, CreateInstrument, Issue, Redeem, Transfer, Lock, Claim,
+                Refund, Abort, Settle)
+
+
+# Queries read a ledger; they are not signed and change nothing.
+
+@message("query_balances")
+class QueryBalances(Body):
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    account: str = attrs.field(validator=ident)
+
+
+@message("query_lock")
+class QueryLock(Body):
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    lock_id: str = attrs.field(validator=ident)
+
+
+@message("query_locks")
+class QueryLocks(Body):
+    """Held locks expiring before a time, soonest first: the list of expiring holds."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    expiring_before_ms: int = attrs.field(validator=time_ms)
+    limit: int = attrs.field(validator=count)
+
+
+@message("query_journal")
+class QueryJournal(Body):
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    from_seq: int = attrs.field(validator=count)
+    limit: int = attrs.field(validator=count)
+
+
+@message("query_receipt")
+class QueryReceipt(Body):
+    """The receipt of an instruction already sent, by its id: how a client that lost
+    a reply learns the outcome without sending the instruction again."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+    instruction_id: str = attrs.field(validator=ident)
+
+
+QUERIES = (QueryBalances, QueryLock, QueryLocks, QueryJournal, QueryReceipt)
+
+
+# Replies and records, signed by the ledger.
+
+@message("receipt")
+class Receipt(Body):
+    """The ledger's answer to an instruction. `status` is "applied" (with the journal
+    position) or "rejected" (with code, field and reason)."""
+
+    ledger: str = attrs.field(validator=ident)
+    instruction_id: str = attrs.field(validator=ident)
+    status: str = attrs.field(validator=attrs.validators.in_(("applied", "rejected")))
+    time_ms: int = attrs.field(validator=time_ms)
+    seq: int | None = None
+    entry_hash: str | None = None
+    code: str | None = None
+    field: str | None = None
+    reason: str | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied"
+
+    def error(self) -> Rejected:
+        assert not self.applied
+        return Rejected(Code(self.code), self.field or "", self.reason or "")
+
+
+@message("result")
+class Result(Body):
+    """The ledger's answer to a query."""
+
+    ledger: str = attrs.field(validator=ident)
+    query_id: str = attrs.field(validator=ident)
+    time_ms: int = attrs.field(validator=time_ms)
+    value: Any = None
+
+
+@message("entry")
+class Entry(Body):
+    """One journal entry: what the ledger applied, chained to the entry before it.
+    `instruction` is the signed instruction as received (None for the ledger's own
+    expiry refunds); `effects` lists every state change the entry made."""
+
+    ledger: str = attrs.field(validator=ident)
+    seq: int = attrs.field(validator=count)
+    prev_hash: str = attrs.field()
+    time_ms: int = attrs.field(validator=time_ms)
+    kind: str = attrs.field(validator=ident)
+    instruction: dict | None
+    effects: dict
+
+
+# -- wire mapping ---------------------------------------------------------------------
+
+def to_body(msg: Body) -> dict[str, Any]:
+    """The wire dictionary of a message, with `v` and `type` first-class fields."""
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
+    for attribute in attrs.fields(type(msg)):
+        body[attribute.name] = _to_wire(getattr(msg, attribute.name))
+    return body
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple):
+        return [_to_wire(item) for item in value]
+    if isinstance(value, Leg):
+        return {a.name: getattr(value, a.name) for a in attrs.fields(Leg)}
+    return value
+
+
+def from_body(body: Any, *, allowed: tuple[type, ...] | None = None) -> Body:
+    """The message a wire dictionary encodes, refusing anything not exactly right:
+    unknown type or version, a missing or extra field, a wrong type or value."""
+    if not isinstance(body, dict):
+        raise Rejected(Code.MALFORMED, "$", "message must be a JSON object")
+    version = body.get("v")
+    if version != PROTOCOL_VERSION:
+        raise Rejected(Code.UNSUPPORTED_VERSION, "v", f"version {version!r} is not supported; this ledger speaks {PROTOCOL_VERSION}")
+    type_name = body.get("type")
+    cls = MESSAGE_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if cls is None or (allowed is not None and cls not in allowed):
+        raise Rejected(Code.UNKNOWN_TYPE, "type", f"unknown message type {type_name!r}")
+    fields = attrs.fields(cls)
+    names = {a.name for a in fields}
+    extra = sorted(set(body) - names - {"v", "type"})
+    if extra:
+        raise Rejected(Code.MALFORMED, extra[0], f"field not part of {type_name}")
+    values = {}
+    for attribute in fields:
+        if attribute.name not in body:
+            if attribute.default is attrs.NOTHING:
+                raise Rejected(Code.MALFORMED, attribute.name, f"required field of {type_name} is missing")
+            continue
+        values[attribute.name] = _from_wire(attribute, body[attribute.name])
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise Rejected(Code.MALFORMED, "$", str(error)) from None
+
+
+def _from_wire(attribute: attrs.Attribute, value: Any) -> Any:
+    if attribute.validator is digest32:
+        return _hex32(attribute.name, value)
+    if attribute.validator is legs:
+        if not isinstance(value, list):
+            raise Rejected(Code.MALFORMED, attribute.name, "expected a list of legs")
+        return tuple(_leg(item) for item in value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _leg(value: Any) -> Leg:
+    names = {a.name for a in attrs.fields(Leg)}
+    if not isinstance(value, dict) or set(value) != names:
+        raise Rejected(Code.MALFORMED, "legs", f"each leg must be an object with exactly {sorted(names)}")
+    return Leg(**value)

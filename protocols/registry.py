@@ -1,0 +1,105 @@
+"""The consortium's parties: who they are, what roles they hold, their public keys.
+
+Loaded from a TOML file that every service shares:
+
+    [parties.bank-a]
+    roles = ["participant"]
+    public_key_file = "keys/bank-a.pub.pem"    # or public_key = "-----BEGIN ..."
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import attrs
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .errors import Code, Rejected
+from .signing import Signed, load_public_pem, public_pem, signing_bytes, verify
+
+
+class Role(enum.Enum):
+    PARTICIPANT = "participant"      # holds accounts, moves its own assets
+    OPERATOR = "operator"            # runs a ledger: opens accounts, issues instruments
+    CENTRAL_BANK = "central_bank"    # issues and redeems a currency
+    COORDINATOR = "coordinator"      # drives cross-ledger settlements
+    LEDGER = "ledger"                # a ledger service: signs receipts and journal entries
+    OBSERVER = "observer"            # reads and audits
+
+
+@attrs.frozen
+class Party:
+    id: str
+    roles: frozenset[Role]
+    public_key: ec.EllipticCurvePublicKey = attrs.field(eq=False, repr=False)
+
+
+class Registry:
+    """Parties by id, and the check that a message carries the signatures it needs."""
+
+    def __init__(self, parties: Iterable[Party]) -> None:
+        self._parties: dict[str, Party] = {}
+        for party in parties:
+            assert party.id not in self._parties, f"party {party.id} registered twice"
+            self._parties[party.id] = party
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Registry:
+        path = Path(path)
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+        parties = []
+        for party_id, entry in data.get("parties", {}).items():
+            try:
+                roles = frozenset(Role(role) for role in entry["roles"])
+                if "public_key" in entry:
+                    pem = entry["public_key"]
+                else:
+                    pem = (path.parent / entry["public_key_file"]).read_text()
+                parties.append(Party(party_id, roles, load_public_pem(pem)))
+            except (KeyError, ValueError, OSError) as error:
+                raise ValueError(f"{path}: party {party_id!r}: {error}") from None
+        return cls(parties)
+
+    def save(self, path: str | os.PathLike) -> None:
+        lines = []
+        for party in self._parties.values():
+            roles = ", ".join(f'"{role.value}"' for role in sorted(party.roles, key=lambda r: r.value))
+            lines += [f"[parties.{party.id}]", f"roles = [{roles}]",
+                      f'public_key = """{public_pem(party.public_key)}"""', ""]
+        Path(path).write_text("\n".join(lines))
+
+    def __contains__(self, party_id: str) -> bool:
+        return party_id in self._parties
+
+    def __iter__(self):
+        return iter(self._parties.values())
+
+    def get(self, party_id: str) -> Party | None:
+        return self._parties.get(party_id)
+
+    def has_role(self, party_id: str, role: Role) -> bool:
+        party = self._parties.get(party_id)
+        return party is not None and role in party.roles
+
+    def verify_all(self, signed: Signed) -> None:
+        """Every signature on the message is by a known party and is valid."""
+        if not signed.sigs:
+            raise Rejected(Code.MISSING_SIGNATURE, "sigs", "instruction carries no signature")
+        data = signing_bytes(signed.body)
+        for party_id, sig in signed.sigs.items():
+            party = self._parties.get(party_id)
+            if party is None:
+                raise Rejected(Code.UNKNOWN_SIGNER, "sigs", f"{party_id!r} is not a registered party")
+            if not verify(party.public_key, sig, data):
+                raise Rejected(Code.BAD_SIGNATURE, "sigs", f"signature of {party_id!r} does not verify")
+
+    def signed_by(self, signed: Signed, party_ids: Mapping[str, str] | Iterable[str]) -> None:
+        """The message is signed by each of these parties (already verified)."""
+        for party_id in party_ids:
+            if party_id not in signed.sigs:
+                raise Rejected(Code.MISSING_SIGNATURE, "sigs", f"needs the signature of {party_id!r}")

@@ -1,0 +1,144 @@
+"""ECDSA P-256 with SHA-256 over canonical bytes, and the signed-message envelope.
+
+The signed bytes are `DOMAIN + canonical(body)`. The body carries the protocol version,
+the message type and the ledger it is meant for, so one signature cannot be replayed as
+another version, another type or on another ledger. Signatures are DER, sent as hex."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .canonical import decode, encode
+from .errors import Code, Rejected
+from .messages import Body, from_body, to_body
+
+DOMAIN = b"lockstep/1\x00"
+SIGNATURES_MAX = 8
+SIGNATURE_HEX_MAX = 160  # a DER P-256 signature is at most 72 bytes
+_ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+def signing_bytes(body: Mapping[str, Any]) -> bytes:
+    return DOMAIN + encode(body)
+
+
+class PrivateKey:
+    """A party's signing key."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        assert isinstance(key.curve, ec.SECP256R1)
+        self._key = key
+        self.public = key.public_key()
+
+    @classmethod
+    def generate(cls) -> PrivateKey:
+        return cls(ec.generate_private_key(ec.SECP256R1()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PrivateKey:
+        """Load a PEM key file, refusing one that others may read."""
+        mode = Path(path).stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise PermissionError(f"{path}: private key is readable by others (mode {stat.filemode(mode)}); chmod 600 it")
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path}: not an EC private key")
+        return cls(key)
+
+    def save(self, path: str | os.PathLike) -> None:
+        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+
+    def public_pem(self) -> str:
+        return public_pem(self.public)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data, _ECDSA)
+
+
+def public_pem(key: ec.EllipticCurvePublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+def load_public_pem(pem: str) -> ec.EllipticCurvePublicKey:
+    key = serialization.load_pem_public_key(pem.encode("ascii"))
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("not a P-256 public key")
+    return key
+
+
+def verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(signature, data, _ECDSA)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@attrs.frozen
+class Signed:
+    """A message and the signatures over its body, keyed by signing party."""
+
+    msg: Body
+    sigs: Mapping[str, bytes]
+    body: dict = attrs.field(eq=False, repr=False)
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the signed bytes: what idempotency compares."""
+        return hashlib.sha256(signing_bytes(self.body)).digest()
+
+    def wire(self) -> dict[str, Any]:
+        return {**self.body, "sigs": {party: sig.hex() for party, sig in self.sigs.items()}}
+
+    def encode(self) -> bytes:
+        return encode(self.wire())
+
+
+def sign(msg: Body, *signers: tuple[str, PrivateKey]) -> Signed:
+    body = to_body(msg)
+    data = signing_bytes(body)
+    return Signed(msg, {party: key.sign(data) for party, key in signers}, body)
+
+
+def unsigned(msg: Body) -> Signed:
+    return Signed(msg, {}, to_body(msg))
+
+
+def decode_signed(raw: bytes, *, allowed: tuple[type, ...] | None = None) -> Signed:
+    """Parse a wire message strictly; signatures are parsed here, verified by the
+    receiver, which alone knows whose signatures the message needs."""
+    value = decode(raw)
+    return from_wire(value, allowed=allowed)
+
+
+def from_wire(value: Any, *, allowed: tuple[type, ...] | None = None) -> Signed:
+    if not isinstance(value, dict):
+        raise Rejected(Code.MALFORMED, "$", "message must be a JSON object")
+    body = dict(value)
+    sigs = body.pop("sigs", {})
+    msg = from_body(body, allowed=allowed)
+    if not isinstance(sigs, dict) or len(sigs) > SIGNATURES_MAX:
+        raise Rejected(Code.MALFORMED, "sigs", f"must be an object of at most {SIGNATURES_MAX} party: signature pairs")
+    parsed = {}
+    for party, sig in sigs.items():
+        if not isinstance(sig, str) or len(sig) > SIGNATURE_HEX_MAX or len(sig) % 2:
+            raise Rejected(Code.MALFORMED, "sigs", f"signature of {party!r} must be DER in hex")
+        try:
+            parsed[party] = bytes.fromhex(sig)
+        except ValueError:
+            raise Rejected(Code.MALFORMED, "sigs", f"signature of {party!r} must be DER in hex") from None
+    return Signed(msg, parsed, body)
