@@ -18,4 +18,4 @@ class ServiceClock:
 
     def trio_time_at(self, at_ms: int) -> float:
         """The trio deadline at which this clock reads `at_ms`."""
-        return (at_ms - self._offset_ms) / 1000
+        return (at_ms - self._offset_ms + 0.5) / 1000  # +0.5: float rounding never reads at_ms - 1

@@ -1,0 +1,1 @@
+"""The coordinator side of Lockstep, and the command line that starts every service."""

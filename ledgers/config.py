@@ -1,0 +1,121 @@
+"""A ledger's configuration, read from a TOML file:
+
+    ledger_id = "csd"
+    role = "securities"              # or "cbdc" or "unified"
+    operator = "csd-operator"        # the party that runs this ledger
+    database = "csd.db"              # paths are relative to this file
+    key_file = "keys/csd.pem"        # the ledger's own signing key (party id = ledger_id)
+    registry = "registry.toml"
+    broker = "mqtt://127.0.0.1:1883"
+
+    [[currencies]]                   # cbdc and unified ledgers
+    code = "EUR"
+    issuer = "ecb"                   # the central bank that mints and burns it
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import attrs
+
+from protocols.identifiers import currency_problem
+from protocols.messages import IDENT_PATTERN
+
+ROLES = ("securities", "cbdc", "unified")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, field and reason."""
+
+
+@attrs.frozen
+class CurrencyConfig:
+    code: str
+    issuer: str
+
+
+@attrs.frozen
+class Limits:
+    batch_size_max: int = 512
+    lock_expiry_ms_max: int = 7 * 24 * 3600 * 1000
+    ts_age_ms_max: int = 5 * 60 * 1000       # freshness: how old a signed instruction may be
+    ts_ahead_ms_max: int = 60 * 1000         # how far ahead of our clock a sender's may run
+
+
+@attrs.frozen
+class LedgerConfig:
+    ledger_id: str
+    role: str
+    operator: str
+    database: Path
+    key_file: Path
+    registry: Path
+    broker: str | None = None
+    currencies: tuple[CurrencyConfig, ...] = ()
+    limits: Limits = Limits()
+
+    @property
+    def holds_securities(self) -> bool:
+        return self.role in ("securities", "unified")
+
+    @property
+    def holds_currencies(self) -> bool:
+        return self.role in ("cbdc", "unified")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LedgerConfig:
+        path = Path(path)
+        try:
+            with path.open("rb") as file:
+                data = tomllib.load(file)
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"{path}: {error}") from None
+        return cls.from_dict(data, base=path.parent, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, *, base: Path, source: str) -> LedgerConfig:
+        def need(key: str, kind: type = str):
+            if key not in data:
+                raise ConfigError(f"{source}: {key}: required")
+            if not isinstance(data[key], kind):
+                raise ConfigError(f"{source}: {key}: must be a {kind.__name__}")
+            return data[key]
+
+        known = {"ledger_id", "role", "operator", "database", "key_file", "registry", "broker",
+                 "currencies", "limits"}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{source}: {key}: unknown setting")
+        ledger_id = need("ledger_id")
+        if not IDENT_PATTERN.fullmatch(ledger_id):
+            raise ConfigError(f"{source}: ledger_id: {ledger_id!r} is not a valid identifier")
+        role = need("role")
+        if role not in ROLES:
+            raise ConfigError(f"{source}: role: must be one of {', '.join(ROLES)}")
+        currencies = []
+        for index, entry in enumerate(data.get("currencies", [])):
+            code, issuer = entry.get("code"), entry.get("issuer")
+            problem = currency_problem(code) if isinstance(code, str) else "must be a string"
+            if problem:
+                raise ConfigError(f"{source}: currencies[{index}].code: {problem}")
+            if not isinstance(issuer, str):
+                raise ConfigError(f"{source}: currencies[{index}].issuer: required")
+            currencies.append(CurrencyConfig(code, issuer))
+        if currencies and role == "securities":
+            raise ConfigError(f"{source}: currencies: a securities ledger holds no currency")
+        if not currencies and role == "cbdc":
+            raise ConfigError(f"{source}: currencies: a cbdc ledger needs at least one currency")
+        limits = data.get("limits", {})
+        try:
+            limits = Limits(**limits)
+        except TypeError as error:
+            raise ConfigError(f"{source}: limits: {error}") from None
+        broker = data.get("broker")
+        if broker is not None and not isinstance(broker, str):
+            raise ConfigError(f"{source}: broker: must be a URL such as mqtt://127.0.0.1:1883")
+        return cls(ledger_id=ledger_id, role=role, operator=need("operator"),
+                   database=base / need("database"), key_file=base / need("key_file"),
+                   registry=base / need("registry"), broker=broker,
+                   currencies=tuple(currencies), limits=limits)

@@ -1,0 +1,249 @@
+"""The ledger engine without I/O of its own beyond its store: it takes a batch of raw
+requests and the ledger's time, applies them in one SQLite transaction, and returns one
+signed reply per request and the journal entries to publish. The trio service around
+it (`service.py`) only moves bytes between the bus and `process`.
+
+Each batch first refunds every lock at or past its expiry, so that balances reflect an
+expiry the moment a batch runs and a claim in the same batch is judged after it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+
+from protocols import canonical
+from protocols.errors import Code, Rejected
+from protocols.htlc import LockState, refund
+from protocols.journal import GENESIS_HASH, ChainBroken, Link, Replay, make_entry, verify_chain
+from protocols.messages import (IDENT_PATTERN, INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, QueryBalances,
+                                QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
+                                Result, to_body)
+from protocols.registry import Registry, Role
+from protocols.signing import PrivateKey, Signed, decode_signed, sign
+
+from . import rules
+from .changes import Changes
+from .config import LedgerConfig
+from .store import Store
+
+log = logging.getLogger("lockstep.ledger")
+
+JOURNAL_PAGE_MAX = 200
+
+
+class StartRefused(Exception):
+    """The ledger will not serve: its key, registry or database is not what it should be."""
+
+
+class Ledger:
+    def __init__(self, config: LedgerConfig, registry: Registry, key: PrivateKey, store: Store,
+                 now_ms: int) -> None:
+        self.config = config
+        self.id = config.ledger_id
+        self.registry = registry
+        self._key = key
+        self.store = store
+        party = registry.get(self.id)
+        if party is None or Role.LEDGER not in party.roles:
+            raise StartRefused(f"{self.id} is not registered as a ledger party in the registry")
+        if party.public_key.public_numbers() != key.public.public_numbers():
+            raise StartRefused(f"the key file does not match the key registered for {self.id}")
+        stored_id = store.meta("ledger_id")
+        if stored_id not in (None, self.id):
+            raise StartRefused(f"{store.path} belongs to ledger {stored_id!r}, not {self.id!r}")
+        self.seq, self.prev_hash = self._verify()
+        self._events: list[bytes] = []
+        self._begin(now_ms)
+
+    # -- start ---------------------------------------------------------------------------
+
+    def _verify(self) -> tuple[int, str]:
+        """Check the hash chain and that the state tables are what the journal says."""
+        replay = Replay()
+        seq, prev_hash = 0, GENESIS_HASH
+        links = (Link(s, h, raw) for s, h, raw in self.store.journal())
+        try:
+            for signed, entry_hash in verify_chain(links, self.id, self._key.public, signatures="last"):
+                replay.apply(signed.msg)
+                seq, prev_hash = signed.msg.seq + 1, entry_hash
+        except ChainBroken as error:
+            raise StartRefused(f"{self.store.path}: {error}") from None
+        problems = replay.conservation_problems() + self._state_problems(replay)
+        if problems:
+            raise StartRefused(f"{self.store.path}: state does not match the journal: {problems[0]}")
+        return seq, prev_hash
+
+    def _state_problems(self, replay: Replay) -> list[str]:
+        problems = []
+        stored = self.store.all_balances()
+        for key in stored.keys() | replay.balances.keys():
+            expected = tuple(replay.balances.get(key, (0, 0)))
+            if stored.get(key, (0, 0)) != expected:
+                problems.append(f"balance {key[0]}/{key[1]} is {stored.get(key)}, journal says {expected}")
+        for asset in self.store.assets():
+            if [asset.issued, asset.redeemed] != replay.supply.get(asset.code):
+                problems.append(f"supply of {asset.code} differs from the journal")
+        for lock in self.store.all_locks():
+            if replay.locks.get(lock.lock_id) != lock.state.value:
+                problems.append(f"lock {lock.lock_id} is {lock.state.value}, journal says {replay.locks.get(lock.lock_id)}")
+        if len(self.store.all_locks()) != len(replay.locks):
+            problems.append("the locks table does not hold every lock the journal placed")
+        return problems
+
+    def _begin(self, now_ms: int) -> None:
+        """First start: record who this ledger is; every start: add new currencies."""
+        with self.store.transaction():
+            if self.store.meta("ledger_id") is None:
+                self.store.set_meta("ledger_id", self.id)
+            changes = Changes(self.store)
+            rules.add_currencies(self.config, changes)
+            effects = changes.effects()
+            if effects:
+                changes.write()
+                self._append(now_ms, "configure", None, effects)
+
+    # -- batches -------------------------------------------------------------------------
+
+    def process(self, payloads: list[bytes], now_ms: int) -> tuple[list[bytes], list[bytes]]:
+        """Apply a batch; return (one reply per payload, the entries to publish)."""
+        self._events = []
+        seq_before = self.seq
+        with self.store.transaction():
+            self._expire(now_ms)
+            replies = [self._handle(payload, now_ms) for payload in payloads]
+        assert self.seq - seq_before == len(self._events)
+        return replies, self._events
+
+    def next_expiry_ms(self) -> int | None:
+        return self.store.next_expiry_ms()
+
+    def _expire(self, now_ms: int) -> None:
+        for lock in self.store.locks_due(now_ms, self.config.limits.batch_size_max):
+            changes = Changes(self.store)
+            rules.release(refund(lock, now_ms), changes)
+            changes.write()
+            self._append(now_ms, "expire", None, changes.effects())
+            log.info("expired lock %s: %d %s back to %s", lock.lock_id, lock.amount, lock.asset, lock.owner_account)
+
+    def _handle(self, payload: bytes, now_ms: int) -> bytes:
+        try:
+            signed = decode_signed(payload, allowed=INSTRUCTIONS + QUERIES)
+        except Rejected as error:
+            return self._refusal(_id_of(payload), error, now_ms)
+        msg = signed.msg
+        if msg.ledger != self.id:
+            return self._refusal(msg.id, Rejected(Code.WRONG_LEDGER, "ledger", f"this is ledger {self.id!r}, not {msg.ledger!r}"), now_ms)
+        if isinstance(msg, QUERIES):
+            try:
+                return self._answer(msg, now_ms)
+            except Rejected as error:
+                return self._refusal(msg.id, error, now_ms)
+        return self._instruct(signed, now_ms)
+
+    def _instruct(self, signed: Signed, now_ms: int) -> bytes:
+        msg = signed.msg
+        known = self.store.instruction(msg.id)
+        if known is not None:
+            digest, body, receipt = known
+            if digest == signed.digest:
+                return receipt
+            return self._refusal(msg.id, _reuse(canonical.decode(body.encode()), signed.body), now_ms)
+        try:
+            self.registry.verify_all(signed)
+        except Rejected as error:  # unauthenticated: not recorded, an attacker cannot burn an id
+            return self._refusal(msg.id, error, now_ms)
+        changes = Changes(self.store)
+        try:
+            rules.apply(signed, rules.Context(self.config, self.registry, now_ms), changes)
+        except Rejected as error:
+            if error.code is Code.STALE:
+                return self._refusal(msg.id, error, now_ms)
+            receipt = self._refusal(msg.id, error, now_ms)
+            log.info("refused %s %s: %s", msg.TYPE, msg.id, error)
+        else:
+            changes.write()
+            seq, entry_hash = self._append(now_ms, msg.TYPE, signed.wire(), changes.effects())
+            receipt = self._sign(Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash))
+        self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), receipt)
+        return receipt
+
+    def _append(self, now_ms: int, kind: str, instruction: dict | None, effects: dict) -> tuple[int, str]:
+        signed, entry_hash = make_entry(self._key, self.id, self.seq, self.prev_hash, now_ms,
+                                        kind, instruction, effects)
+        raw = signed.encode()
+        self.store.append_entry(self.seq, entry_hash, raw)
+        self._events.append(raw)
+        seq = self.seq
+        self.seq, self.prev_hash = seq + 1, entry_hash
+        return seq, entry_hash
+
+    # -- replies -------------------------------------------------------------------------
+
+    def _sign(self, msg: Body) -> bytes:
+        return sign(msg, (self.id, self._key)).encode()
+
+    def _refusal(self, instruction_id: str, error: Rejected, now_ms: int) -> bytes:
+        return self._sign(Receipt(self.id, instruction_id, "rejected", now_ms,
+                                  code=error.code.value, field=error.field, reason=error.reason))
+
+    def _answer(self, msg: Body, now_ms: int) -> bytes:
+        if isinstance(msg, QueryReceipt):
+            known = self.store.instruction(msg.instruction_id)
+            if known is None:
+                raise Rejected(Code.INVALID_FIELD, "instruction_id", f"no instruction {msg.instruction_id!r} was answered")
+            return known[2]
+        return self._sign(Result(self.id, msg.id, now_ms, self._query(msg)))
+
+    def _query(self, msg: Body) -> Any:
+        if isinstance(msg, QueryBalances):
+            owner = self.store.account_owner(msg.account)
+            if owner is None:
+                raise Rejected(Code.UNKNOWN_ACCOUNT, "account", f"no account {msg.account!r} on this ledger")
+            balances = {asset: {"available": available, "locked": locked}
+                        for asset, (available, locked) in self.store.balances_of(msg.account).items()}
+            return {"account": msg.account, "owner": owner, "balances": balances}
+        if isinstance(msg, QueryLock):
+            lock = self.store.lock(msg.lock_id)
+            if lock is None:
+                raise Rejected(Code.UNKNOWN_LOCK, "lock_id", f"no lock {msg.lock_id!r} on this ledger")
+            return lock_view(lock)
+        if isinstance(msg, QueryLocks):
+            limit = _limit(msg.limit, QUERY_LIMIT_MAX)
+            return [lock_view(lock) for lock in self.store.locks_expiring(msg.expiring_before_ms, limit)]
+        if isinstance(msg, QueryJournal):
+            limit = _limit(msg.limit, JOURNAL_PAGE_MAX)
+            return {"head": self.seq, "entries": [canonical.decode(raw, bytes_max=len(raw))
+                                                  for _, _, raw in self.store.journal(msg.from_seq, limit)]}
+        raise AssertionError(f"unhandled query {msg.TYPE}")
+
+
+def lock_view(lock) -> dict[str, Any]:
+    return {"lock_id": lock.lock_id, "owner_account": lock.owner_account,
+            "beneficiary_account": lock.beneficiary_account, "asset": lock.asset,
+            "amount": lock.amount, "hashlock": lock.hashlock.hex(), "expiry_ms": lock.expiry_ms,
+            "abort_by": list(lock.abort_by), "state": lock.state.value}
+
+
+def _limit(limit: int, limit_max: int) -> int:
+    if not 1 <= limit <= limit_max:
+        raise Rejected(Code.INVALID_FIELD, "limit", f"must be 1 to {limit_max}")
+    return limit
+
+
+def _reuse(first: dict, again: dict) -> Rejected:
+    """Name the first field in which a reused id's content differs (TigerBeetle's rule)."""
+    differing = sorted(key for key in first.keys() | again.keys() if first.get(key) != again.get(key))
+    field = differing[0] if differing else "sigs"
+    return Rejected(Code.ID_REUSED, field, f"id {again.get('id')!r} was used for an instruction with a different {field}")
+
+
+def _id_of(payload: bytes) -> str:
+    """The id of a message we could not decode, when one can be read; for the reply."""
+    try:
+        value = canonical.decode(payload)
+        candidate = value.get("id") if isinstance(value, dict) else None
+    except Rejected:
+        candidate = None
+    return candidate if isinstance(candidate, str) and IDENT_PATTERN.fullmatch(candidate) else "unknown"

@@ -1,0 +1,219 @@
+"""What each instruction may do and what it changes: authority (who must have signed),
+existence (accounts, assets, locks), sufficiency (available balance) and the HTLC rules.
+
+`apply` either records the instruction's changes in `Changes` or raises `Rejected`;
+it reads the store only through `Changes` and writes nothing itself."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+
+from protocols import htlc
+from protocols.canonical import INT_MAX
+from protocols.errors import Code, Rejected
+from protocols.identifiers import CURRENCIES
+from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Lock, OpenAccount,
+                                Redeem, Refund, Settle, Transfer)
+from protocols.registry import Registry, Role
+from protocols.signing import Signed
+
+from .changes import Changes
+from .config import LedgerConfig
+from .store import Asset
+
+
+@attrs.frozen
+class Context:
+    config: LedgerConfig
+    registry: Registry
+    now_ms: int
+
+
+def apply(signed: Signed, ctx: Context, changes: Changes) -> None:
+    """Apply one authenticated instruction (its signatures already verified)."""
+    msg = signed.msg
+    age_ms = ctx.now_ms - msg.ts_ms
+    if age_ms > ctx.config.limits.ts_age_ms_max or -age_ms > ctx.config.limits.ts_ahead_ms_max:
+        raise Rejected(Code.STALE, "ts_ms", f"signed at {msg.ts_ms}, ledger time is {ctx.now_ms}: "
+                       f"outside the window of -{ctx.config.limits.ts_ahead_ms_max}/+{ctx.config.limits.ts_age_ms_max} ms")
+    _RULES[type(msg)](msg, signed, ctx, changes)
+
+
+def _signed_by(signed: Signed, party: str, why: str) -> None:
+    if party not in signed.sigs:
+        raise Rejected(Code.NOT_AUTHORISED, "sigs", f"needs the signature of {party!r}: {why}")
+
+
+def _owner(changes: Changes, account: str, field: str) -> str:
+    owner = changes.owner(account)
+    if owner is None:
+        raise Rejected(Code.UNKNOWN_ACCOUNT, field, f"no account {account!r} on this ledger")
+    return owner
+
+
+def _asset(changes: Changes, code: str, field: str = "asset") -> Asset:
+    asset = changes.asset(code)
+    if asset is None:
+        raise Rejected(Code.UNKNOWN_ASSET, field, f"this ledger carries no asset {code!r}")
+    return asset
+
+
+def _debit_available(changes: Changes, account: str, asset: str, amount: int, field: str) -> None:
+    available, _ = changes.balance(account, asset)
+    if available < amount:
+        raise Rejected(Code.INSUFFICIENT_FUNDS, field,
+                       f"{account} has {available} {asset} available, needs {amount}")
+
+
+def _open_account(msg: OpenAccount, signed: Signed, ctx: Context, changes: Changes) -> None:
+    if msg.owner not in ctx.registry:
+        raise Rejected(Code.UNKNOWN_SIGNER, "owner", f"{msg.owner!r} is not a registered party")
+    if ctx.config.operator not in signed.sigs and msg.owner not in signed.sigs:
+        raise Rejected(Code.NOT_AUTHORISED, "sigs", "an account is opened by the ledger's operator or its owner")
+    if changes.owner(msg.account) is not None:
+        raise Rejected(Code.ACCOUNT_EXISTS, "account", f"account {msg.account!r} already exists")
+    changes.add_account(msg.account, msg.owner)
+
+
+def _create_instrument(msg: CreateInstrument, signed: Signed, ctx: Context, changes: Changes) -> None:
+    if not ctx.config.holds_securities:
+        raise Rejected(Code.NOT_AUTHORISED, "type", f"{ctx.config.role} ledger holds no instruments")
+    _signed_by(signed, ctx.config.operator, "only the depository creates an instrument")
+    if msg.issuer not in ctx.registry:
+        raise Rejected(Code.UNKNOWN_SIGNER, "issuer", f"{msg.issuer!r} is not a registered party")
+    if changes.asset(msg.isin) is not None:
+        raise Rejected(Code.ASSET_EXISTS, "isin", f"instrument {msg.isin} already exists")
+    reference = {"currency": msg.currency, "face_value_minor": msg.face_value_minor,
+                 "coupon_rate_bp": msg.coupon_rate_bp, "maturity_date": msg.maturity_date}
+    changes.add_asset(Asset(msg.isin, "security", msg.issuer, 0, reference))
+
+
+def _issuer_signed(asset: Asset, signed: Signed, ctx: Context) -> None:
+    if asset.kind == "security":
+        _signed_by(signed, ctx.config.operator, "only the depository issues and redeems an instrument")
+    else:
+        _signed_by(signed, asset.issuer, f"only {asset.issuer} issues and redeems {asset.code}")
+
+
+def _issue(msg: Issue, signed: Signed, ctx: Context, changes: Changes) -> None:
+    asset = _asset(changes, msg.asset)
+    _issuer_signed(asset, signed, ctx)
+    owner = _owner(changes, msg.account, "account")
+    if asset.kind == "security" and owner != asset.issuer:
+        raise Rejected(Code.NOT_AUTHORISED, "account", f"{msg.asset} is issued into an account of its issuer {asset.issuer}")
+    if asset.issued + msg.amount > INT_MAX:
+        raise Rejected(Code.INVALID_FIELD, "amount", f"would take the issued total of {msg.asset} beyond 2^63-1")
+    changes.supply(msg.asset, msg.amount, 0)
+    changes.move(msg.account, msg.asset, msg.amount, 0)
+
+
+def _redeem(msg: Redeem, signed: Signed, ctx: Context, changes: Changes) -> None:
+    asset = _asset(changes, msg.asset)
+    _issuer_signed(asset, signed, ctx)
+    if _owner(changes, msg.account, "account") != asset.issuer:
+        raise Rejected(Code.NOT_AUTHORISED, "account", f"{msg.asset} is redeemed from an account of its issuer {asset.issuer}")
+    _debit_available(changes, msg.account, msg.asset, msg.amount, "amount")
+    changes.supply(msg.asset, 0, msg.amount)
+    changes.move(msg.account, msg.asset, -msg.amount, 0)
+
+
+def _movement(changes: Changes, signed: Signed, from_account: str, to_account: str,
+              asset: str, amount: int, prefix: str = "") -> None:
+    """Checks shared by a transfer and a settlement leg; the owner of the source signs."""
+    owner = _owner(changes, from_account, prefix + "from_account")
+    _owner(changes, to_account, prefix + "to_account")
+    if from_account == to_account:
+        raise Rejected(Code.INVALID_FIELD, prefix + "to_account", "source and destination are the same account")
+    _asset(changes, asset, prefix + "asset")
+    _signed_by(signed, owner, f"{from_account} belongs to {owner}")
+    _debit_available(changes, from_account, asset, amount, prefix + "amount")
+    changes.move(from_account, asset, -amount, 0)
+    changes.move(to_account, asset, amount, 0)
+
+
+def _transfer(msg: Transfer, signed: Signed, ctx: Context, changes: Changes) -> None:
+    _movement(changes, signed, msg.from_account, msg.to_account, msg.asset, msg.amount)
+
+
+def _settle(msg: Settle, signed: Signed, ctx: Context, changes: Changes) -> None:
+    for index, leg in enumerate(msg.legs):
+        _movement(changes, signed, leg.from_account, leg.to_account, leg.asset, leg.amount,
+                  prefix=f"legs[{index}].")
+
+
+def _lock(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> None:
+    owner = _owner(changes, msg.owner_account, "owner_account")
+    _owner(changes, msg.beneficiary_account, "beneficiary_account")
+    if msg.owner_account == msg.beneficiary_account:
+        raise Rejected(Code.INVALID_FIELD, "beneficiary_account", "owner and beneficiary are the same account")
+    _asset(changes, msg.asset)
+    _signed_by(signed, owner, f"{msg.owner_account} belongs to {owner}")
+    for party in msg.abort_by:
+        if party not in ctx.registry:
+            raise Rejected(Code.UNKNOWN_SIGNER, "abort_by", f"{party!r} is not a registered party")
+    if msg.expiry_ms <= ctx.now_ms:
+        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry {msg.expiry_ms} is not after ledger time {ctx.now_ms}")
+    if msg.expiry_ms - ctx.now_ms > ctx.config.limits.lock_expiry_ms_max:
+        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms",
+                       f"expiry is more than {ctx.config.limits.lock_expiry_ms_max} ms after ledger time {ctx.now_ms}")
+    if changes.lock(msg.id) is not None:
+        raise Rejected(Code.LOCK_EXISTS, "id", f"lock {msg.id} already exists")
+    _debit_available(changes, msg.owner_account, msg.asset, msg.amount, "amount")
+    changes.put_lock(htlc.HeldLock(msg.id, msg.owner_account, msg.beneficiary_account, msg.asset,
+                                   msg.amount, msg.hashlock, msg.expiry_ms, msg.abort_by))
+    changes.move(msg.owner_account, msg.asset, -msg.amount, msg.amount)
+
+
+def _held_lock(changes: Changes, lock_id: str) -> htlc.HeldLock:
+    lock = changes.lock(lock_id)
+    if lock is None:
+        raise Rejected(Code.UNKNOWN_LOCK, "lock_id", f"no lock {lock_id!r} on this ledger")
+    return lock
+
+
+def _claim(msg: Claim, signed: Signed, ctx: Context, changes: Changes) -> None:
+    lock = htlc.claim(_held_lock(changes, msg.lock_id), msg.preimage, ctx.now_ms)
+    changes.put_lock(lock)
+    changes.move(lock.owner_account, lock.asset, 0, -lock.amount)
+    changes.move(lock.beneficiary_account, lock.asset, lock.amount, 0)
+
+
+def release(lock: htlc.HeldLock, changes: Changes) -> None:
+    """Return a lock's asset to its owner (refund or abort, `lock` in its end state)."""
+    changes.put_lock(lock)
+    changes.move(lock.owner_account, lock.asset, lock.amount, -lock.amount)
+
+
+def _refund(msg: Refund, signed: Signed, ctx: Context, changes: Changes) -> None:
+    release(htlc.refund(_held_lock(changes, msg.lock_id), ctx.now_ms), changes)
+
+
+def _abort(msg: Abort, signed: Signed, ctx: Context, changes: Changes) -> None:
+    lock = _held_lock(changes, msg.lock_id)
+    beneficiary_owner = changes.owner(lock.beneficiary_account)
+    assert beneficiary_owner is not None, f"lock {lock.lock_id} names an account that does not exist"
+    failure = None
+    for party in signed.sigs:  # any one allowed signer suffices
+        try:
+            release(htlc.abort(lock, party, beneficiary_owner, ctx.now_ms), changes)
+            return
+        except Rejected as error:
+            failure = error
+    assert failure is not None
+    raise failure
+
+
+def add_currencies(config: LedgerConfig, changes: Changes) -> None:
+    """Make every configured currency known (at first start, or when one is added)."""
+    for currency in config.currencies:
+        if changes.asset(currency.code) is None:
+            changes.add_asset(Asset(currency.code, "currency", currency.issuer, CURRENCIES[currency.code]))
+
+
+_RULES: dict[type, Callable] = {
+    OpenAccount: _open_account, CreateInstrument: _create_instrument, Issue: _issue,
+    Redeem: _redeem, Transfer: _transfer, Settle: _settle, Lock: _lock, Claim: _claim,
+    Refund: _refund, Abort: _abort,
+}

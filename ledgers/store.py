@@ -1,0 +1,210 @@
+"""A ledger's durable state: one SQLite database in WAL mode, synchronous=FULL so that a
+commit is on disk before anyone is told about it.
+
+The schema is made and migrated with sqlite-utils; the hot path uses prepared `sqlite3`
+statements. Writes happen only inside `transaction()`, which the service opens once per
+batch (group commit)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+import sqlite_utils
+
+from protocols.htlc import HeldLock, LockState
+
+SCHEMA_VERSION = 1
+
+
+@attrs.frozen
+class Asset:
+    """An asset this ledger carries: an instrument (kind "security") or a currency.
+    `issuer` is the party that may issue it: the instrument's issuer, or the central
+    bank of the currency. `reference` holds an instrument's reference data."""
+
+    code: str
+    kind: str
+    issuer: str
+    minor_units: int
+    reference: dict = attrs.field(factory=dict)
+    issued: int = 0
+    redeemed: int = 0
+
+    @property
+    def outstanding(self) -> int:
+        return self.issued - self.redeemed
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self._in_transaction = False
+
+    def close(self) -> None:
+        assert not self._in_transaction, "closing the store inside a transaction"
+        self._db.close()
+
+    def _migrate(self) -> None:
+        db = sqlite_utils.Database(self._db)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        assert version <= SCHEMA_VERSION, f"{self.path}: schema {version} is newer than this code ({SCHEMA_VERSION})"
+        if version == SCHEMA_VERSION:
+            return
+        with self._db:
+            db["meta"].create({"key": str, "value": str}, pk="key")
+            db["accounts"].create({"account": str, "owner": str}, pk="account")
+            db["assets"].create({"code": str, "kind": str, "issuer": str, "minor_units": int,
+                                 "reference": str, "issued": int, "redeemed": int}, pk="code")
+            db["balances"].create({"account": str, "asset": str, "available": int, "locked": int},
+                                  pk=("account", "asset"), foreign_keys=[("account", "accounts"), ("asset", "assets")])
+            db["locks"].create({"lock_id": str, "owner_account": str, "beneficiary_account": str,
+                                "asset": str, "amount": int, "hashlock": bytes, "expiry_ms": int,
+                                "abort_by": str, "state": str}, pk="lock_id")
+            db.execute("CREATE INDEX locks_held_by_expiry ON locks(expiry_ms) WHERE state = 'held'")
+            db["instructions"].create({"id": str, "digest": bytes, "body": str, "receipt": bytes}, pk="id")
+            db["journal"].create({"seq": int, "hash": str, "entry": bytes}, pk="seq")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One batch: everything inside commits together, or nothing does."""
+        assert not self._in_transaction
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._in_transaction = False
+
+    # -- reads ---------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def account_owner(self, account: str) -> str | None:
+        row = self._db.execute("SELECT owner FROM accounts WHERE account = ?", (account,)).fetchone()
+        return row[0] if row else None
+
+    def asset(self, code: str) -> Asset | None:
+        row = self._db.execute("SELECT code, kind, issuer, minor_units, reference, issued, redeemed "
+                               "FROM assets WHERE code = ?", (code,)).fetchone()
+        return _asset(row) if row else None
+
+    def assets(self) -> list[Asset]:
+        rows = self._db.execute("SELECT code, kind, issuer, minor_units, reference, issued, redeemed "
+                                "FROM assets ORDER BY code")
+        return [_asset(row) for row in rows]
+
+    def balance(self, account: str, asset: str) -> tuple[int, int]:
+        """(available, locked); an account that never held the asset has (0, 0)."""
+        row = self._db.execute("SELECT available, locked FROM balances WHERE account = ? AND asset = ?",
+                               (account, asset)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    def balances_of(self, account: str) -> dict[str, tuple[int, int]]:
+        rows = self._db.execute("SELECT asset, available, locked FROM balances WHERE account = ? ORDER BY asset",
+                                (account,))
+        return {asset: (available, locked) for asset, available, locked in rows}
+
+    def all_balances(self) -> dict[tuple[str, str], tuple[int, int]]:
+        rows = self._db.execute("SELECT account, asset, available, locked FROM balances")
+        return {(account, asset): (available, locked) for account, asset, available, locked in rows}
+
+    def lock(self, lock_id: str) -> HeldLock | None:
+        row = self._db.execute(f"SELECT {_LOCK_COLUMNS} FROM locks WHERE lock_id = ?", (lock_id,)).fetchone()
+        return _lock(row) if row else None
+
+    def locks_due(self, now_ms: int, limit: int) -> list[HeldLock]:
+        """Held locks at or past their expiry, soonest first."""
+        rows = self._db.execute(f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND expiry_ms <= ? "
+                                "ORDER BY expiry_ms, lock_id LIMIT ?", (now_ms, limit))
+        return [_lock(row) for row in rows]
+
+    def locks_expiring(self, before_ms: int, limit: int) -> list[HeldLock]:
+        rows = self._db.execute(f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND expiry_ms < ? "
+                                "ORDER BY expiry_ms, lock_id LIMIT ?", (before_ms, limit))
+        return [_lock(row) for row in rows]
+
+    def all_locks(self) -> list[HeldLock]:
+        return [_lock(row) for row in self._db.execute(f"SELECT {_LOCK_COLUMNS} FROM locks ORDER BY lock_id")]
+
+    def next_expiry_ms(self) -> int | None:
+        return self._db.execute("SELECT MIN(expiry_ms) FROM locks WHERE state = 'held'").fetchone()[0]
+
+    def instruction(self, instruction_id: str) -> tuple[bytes, str, bytes] | None:
+        """(digest, canonical body, signed receipt) of an instruction already answered."""
+        return self._db.execute("SELECT digest, body, receipt FROM instructions WHERE id = ?",
+                                (instruction_id,)).fetchone()
+
+    def head(self) -> tuple[int, str] | None:
+        """(seq, hash) of the last journal entry."""
+        return self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+
+    def journal(self, from_seq: int = 0, limit: int = -1) -> list[tuple[int, str, bytes]]:
+        return self._db.execute("SELECT seq, hash, entry FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?",
+                                (from_seq, limit)).fetchall()
+
+    # -- writes (inside a transaction) ------------------------------------------------
+
+    def _write(self, sql: str, params: tuple) -> None:
+        assert self._in_transaction, "write outside a transaction"
+        self._db.execute(sql, params)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def put_account(self, account: str, owner: str) -> None:
+        self._write("INSERT INTO accounts (account, owner) VALUES (?, ?)", (account, owner))
+
+    def put_asset(self, asset: Asset) -> None:
+        self._write("INSERT OR REPLACE INTO assets (code, kind, issuer, minor_units, reference, issued, redeemed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (asset.code, asset.kind, asset.issuer, asset.minor_units,
+                     json.dumps(asset.reference, sort_keys=True), asset.issued, asset.redeemed))
+
+    def set_balance(self, account: str, asset: str, available: int, locked: int) -> None:
+        assert available >= 0 and locked >= 0, f"negative balance {account}/{asset}: {available}, {locked}"
+        self._write("INSERT OR REPLACE INTO balances (account, asset, available, locked) VALUES (?, ?, ?, ?)",
+                    (account, asset, available, locked))
+
+    def put_lock(self, lock: HeldLock) -> None:
+        self._write(f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (lock.lock_id, lock.owner_account, lock.beneficiary_account, lock.asset, lock.amount,
+                     lock.hashlock, lock.expiry_ms, json.dumps(list(lock.abort_by)), lock.state.value))
+
+    def put_instruction(self, instruction_id: str, digest: bytes, body: str, receipt: bytes) -> None:
+        self._write("INSERT INTO instructions (id, digest, body, receipt) VALUES (?, ?, ?, ?)",
+                    (instruction_id, digest, body, receipt))
+
+    def append_entry(self, seq: int, entry_hash: str, entry: bytes) -> None:
+        self._write("INSERT INTO journal (seq, hash, entry) VALUES (?, ?, ?)", (seq, entry_hash, entry))
+
+
+_LOCK_COLUMNS = "lock_id, owner_account, beneficiary_account, asset, amount, hashlock, expiry_ms, abort_by, state"
+
+
+def _lock(row: tuple) -> HeldLock:
+    lock_id, owner, beneficiary, asset, amount, hashlock, expiry_ms, abort_by, state = row
+    return HeldLock(lock_id, owner, beneficiary, asset, amount, bytes(hashlock), expiry_ms,
+                    tuple(json.loads(abort_by)), LockState(state))
+
+
+def _asset(row: tuple) -> Asset:
+    code, kind, issuer, minor_units, reference, issued, redeemed = row
+    return Asset(code, kind, issuer, minor_units, json.loads(reference), issued, redeemed)

@@ -1,0 +1,88 @@
+"""Talking to a ledger over any bus: send a signed instruction until it is answered,
+check the ledger's signature on every answer, read queries.
+
+A lost request or reply costs a retry of the *same bytes*: the ledger answers a repeated
+instruction id with its first receipt, so a retry never applies anything twice."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..canonical import decode
+from ..errors import Code, Rejected
+from ..messages import Body, Receipt, Result
+from ..signing import Signed, from_wire, signing_bytes, unsigned, verify
+from . import Bus, BusTimeout, service_of_ledger
+
+REPLY_BYTES_MAX = 4 * 1024 * 1024
+
+
+class BadReply(Exception):
+    """A reply that does not decode or whose ledger signature does not verify."""
+
+
+class LedgerClient:
+    def __init__(self, bus: Bus, ledger_id: str, ledger_key: ec.EllipticCurvePublicKey, *,
+                 timeout_s: float = 2.0, attempts: int = 5) -> None:
+        self.bus = bus
+        self.ledger_id = ledger_id
+        self._key = ledger_key
+        self._service = service_of_ledger(ledger_id)
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self._query_ids = (f"q{secrets.token_hex(4)}-{n}" for n in itertools.count())
+
+    async def submit(self, signed: Signed) -> Receipt:
+        """The ledger's receipt for an instruction: applied or rejected with a code."""
+        receipt = self._verified(await self._request(signed.encode()))
+        if not isinstance(receipt, Receipt) or receipt.instruction_id != signed.msg.id:
+            raise BadReply(f"{self.ledger_id} answered {signed.msg.id} with {receipt!r}")
+        return receipt
+
+    async def submit_raw(self, payload: bytes) -> Receipt | Result:
+        """Send bytes as they are (for conformance and hostile-input tests)."""
+        return self._verified(await self._request(payload))
+
+    async def query(self, msg: Body) -> Any:
+        """A query's value, or Rejected with the ledger's code."""
+        reply = self._verified(await self._request(unsigned(msg).encode()))
+        if isinstance(reply, Receipt):
+            raise reply.error()
+        assert isinstance(reply, Result)
+        return reply.value
+
+    def next_query_id(self) -> str:
+        return next(self._query_ids)
+
+    async def _request(self, payload: bytes) -> bytes:
+        for attempt in range(self.attempts):
+            try:
+                return await self.bus.request(self._service, payload, timeout_s=self.timeout_s)
+            except BusTimeout:
+                await trio.sleep(min(0.05 * 2**attempt, 1.0))
+        raise BusTimeout(f"{self.ledger_id} did not answer after {self.attempts} attempts")
+
+    def _verified(self, raw: bytes) -> Body:
+        try:
+            signed = from_wire(decode(raw, bytes_max=REPLY_BYTES_MAX), allowed=(Receipt, Result))
+        except Rejected as error:
+            raise BadReply(f"{self.ledger_id} sent an undecodable reply: {error}") from None
+        sig = signed.sigs.get(self.ledger_id)
+        if sig is None or not verify(self._key, sig, signing_bytes(signed.body)):
+            raise BadReply(f"reply not signed by {self.ledger_id}")
+        return signed.msg
+
+
+def raise_for(receipt: Receipt) -> Receipt:
+    """The receipt if applied; its error otherwise."""
+    if not receipt.applied:
+        raise receipt.error()
+    return receipt
+
+
+__all__ = ["BadReply", "LedgerClient", "raise_for", "Code"]

@@ -1,0 +1,1 @@
+from tests.harness import harness, world  # noqa: F401  (fixtures)
