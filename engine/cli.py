@@ -1,0 +1,80 @@
+"""The `lockstep` command: every service and tool of a local world.
+
+    lockstep ledger --config FILE        run one ledger service over MQTT
+    lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
+    lockstep conformance --broker URL --ledger ID --keys DIR
+                                         check any ledger service against PROTOCOL.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+
+import trio
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from ledgers import daemon
+    try:
+        trio.run(daemon.run, args.config, args.broker)
+    except daemon.DaemonError as error:
+        print(f"lockstep ledger: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from engine.broker import Broker
+    broker = Broker(args.dir or tempfile.mkdtemp(prefix="lockstep-broker-"), port=args.port, host=args.host)
+    broker.start()
+    print(f"mosquitto listening on {broker.url} (config {broker.config_path}); Ctrl-C stops it", flush=True)
+    try:
+        broker.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from engine.conformance import main
+    return trio.run(main, args.broker, args.ledger, args.keys)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="lockstep", description="Multi-ledger atomic settlement.")
+    root.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    ledger = commands.add_parser("ledger", help="run one ledger service over MQTT")
+    ledger.add_argument("--config", required=True, help="the ledger's TOML file")
+    ledger.add_argument("--broker", help="broker URL, overriding the config's")
+    ledger.set_defaults(run=_ledger)
+
+    broker = commands.add_parser("broker", help="run a local Mosquitto with Lockstep's settings")
+    broker.add_argument("--port", type=int, default=1883)
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.add_argument("--dir", help="where to write its config (default: a temporary folder)")
+    broker.set_defaults(run=_broker)
+
+    conformance = commands.add_parser("conformance", help="check a ledger service against docs/PROTOCOL.md")
+    conformance.add_argument("--broker", required=True, help="broker URL, such as mqtt://127.0.0.1:1883")
+    conformance.add_argument("--ledger", required=True, help="the ledger id to check")
+    conformance.add_argument("--keys", required=True, help="a folder with registry.toml and keys/<party>.pem")
+    conformance.set_defaults(run=_conformance)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""`lockstep ledger --config FILE`: one ledger as its own process on an MQTT broker.
+
+Start-up refuses, with a message naming the cause, a wrong config, a key that is not the
+registered one, a database whose journal does not verify, an unreachable broker. SIGTERM
+or SIGINT stops it cleanly: the batch in hand is committed and answered, then the
+database is closed."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from protocols.bus.clock import ServiceClock
+from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.registry import Registry
+from protocols.signing import PrivateKey
+
+from .config import ConfigError, LedgerConfig
+from .ledger import Ledger, StartRefused
+from .service import LedgerService
+from .store import Store
+
+log = logging.getLogger("lockstep.ledger")
+
+
+class DaemonError(Exception):
+    """Why the ledger daemon cannot run; printed as it is, exit status 2."""
+
+
+def open_ledger(config: LedgerConfig, now_ms: int) -> Ledger:
+    try:
+        registry = Registry.load(config.registry)
+        key = PrivateKey.load(config.key_file)
+    except (OSError, ValueError) as error:
+        raise DaemonError(f"ledger {config.ledger_id}: {error}") from None
+    store = Store(config.database)
+    try:
+        return Ledger(config, registry, key, store, now_ms)
+    except StartRefused as error:
+        store.close()
+        raise DaemonError(f"ledger {config.ledger_id} refuses to start: {error}") from None
+
+
+async def run(config_path: str, broker: str | None = None) -> None:
+    try:
+        config = LedgerConfig.load(config_path)
+    except ConfigError as error:
+        raise DaemonError(f"bad config: {error}") from None
+    url = broker or config.broker
+    if url is None:
+        raise DaemonError(f"{config_path}: broker: required to run as a service (or pass --broker)")
+    clock = ServiceClock()
+    ledger = open_ledger(config, clock.now_ms())
+    try:
+        async with MqttBus.connect(url, client_id=f"ledger-{config.ledger_id}") as bus:
+            service = LedgerService(ledger, bus, clock)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(service.run)
+                    log.info("ledger %s (%s) up on %s, database %s", config.ledger_id, config.role, url, config.database)
+                    async for signum in signals:
+                        log.info("ledger %s stopping on %s", config.ledger_id, signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        break
+    except BrokerUnreachable as error:
+        raise DaemonError(f"ledger {config.ledger_id}: {error}") from None
+    finally:
+        ledger.store.close()
+    log.info("ledger %s stopped at journal height %d", config.ledger_id, ledger.seq)

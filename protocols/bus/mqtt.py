@@ -1,0 +1,302 @@
+"""The bus over an MQTT 5 broker (Mosquitto), with paho-mqtt driven from trio.
+
+paho does the protocol; trio does the waiting. We never start paho's thread: a reader
+task waits for the socket to be readable and calls `loop_read`, a writer task waits
+for it to be writable whenever paho has bytes queued, and a ticker calls `loop_misc`
+for keep-alives. Every paho call happens in the trio thread, so callbacks hand
+messages to trio channels without locks.
+
+Topics (docs/PROTOCOL.md); routing lives in the topic, so any MQTT 3.1.1 client can
+take part and no per-message properties need encoding:
+    lockstep/v1/svc/{service}/{client_id}/{correlation}   a request to a service
+    lockstep/v1/reply/{client_id}/{correlation}           its reply, to that client alone
+    lockstep/v1/event/{topic}                             events, such as journal entries
+
+All messages go at QoS 1. After the connection drops (a broker restart, say) the bus
+reconnects with backoff and subscribes again; requests in flight then time out and
+their callers retry with the same instruction id."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import socket
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+import trio
+
+from . import BusClosed, BusTimeout, Request
+
+log = logging.getLogger("lockstep.bus")
+
+TOPIC_ROOT = "lockstep/v1"
+QUEUE_LENGTH_MAX = 100_000        # messages a slow server may have waiting before we drop
+IN_FLIGHT_MAX = 65_535            # QoS 1 messages unacknowledged at once
+KEEPALIVE_S = 30
+RECONNECT_DELAY_S_MIN = 0.05
+RECONNECT_DELAY_S_MAX = 2.0
+
+
+def request_topic(service: str, client_id: str = "+", correlation: str = "+") -> str:
+    return f"{TOPIC_ROOT}/svc/{service}/{client_id}/{correlation}"
+
+
+def reply_topic(client_id: str, correlation: str = "+") -> str:
+    return f"{TOPIC_ROOT}/reply/{client_id}/{correlation}"
+
+
+def event_topic(topic: str) -> str:
+    return f"{TOPIC_ROOT}/event/{topic}"
+
+
+_SVC_PREFIX = f"{TOPIC_ROOT}/svc/"
+
+
+class BrokerUnreachable(Exception):
+    """The first connection to the broker failed: wrong URL or broker not running."""
+
+
+def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ValueError(f"broker URL {url!r} must look like mqtt://host:port")
+    return parts.hostname, parts.port or 1883, parts.username, parts.password
+
+
+class MqttBus:
+    """One MQTT connection serving any number of requests, services and subscriptions.
+    Use `async with MqttBus.connect(url) as bus:`."""
+
+    def __init__(self, url: str, client_id: str | None = None) -> None:
+        self._host, self._port, username, password = parse_url(url)
+        self.client_id = client_id or f"lockstep-{secrets.token_hex(6)}"
+        self._reply_filter = reply_topic(self.client_id)
+        self._reply_prefix = self._reply_filter[:-1]
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                   protocol=paho.MQTTv311)
+        if username:
+            self._client.username_pw_set(username, password)
+        self._client.max_inflight_messages_set(IN_FLIGHT_MAX)
+        self._client.max_queued_messages_set(0)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_socket_open = self._on_socket_open
+        self._correlations = (f"{n:x}" for n in itertools.count(1))
+        self._pending: dict[str, trio.MemorySendChannel] = {}
+        self._routes: dict[str, trio.MemorySendChannel] = {}          # service -> channel
+        self._subscribers: dict[str, set[trio.MemorySendChannel]] = {}
+        self._suback: dict[int, trio.Event] = {}
+        self._connected = trio.Event()
+        self._write_wanted = trio.Event()
+        self._closed = False
+        self.messages_sent = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, url: str, client_id: str | None = None) -> AsyncIterator[MqttBus]:
+        bus = cls(url, client_id)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus._run)
+            try:
+                yield bus
+            finally:
+                bus._closed = True
+                nursery.cancel_scope.cancel()
+                bus._client.disconnect()
+
+    # -- the connection ------------------------------------------------------------------
+
+    async def _run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve the socket until it drops, reconnect; forever."""
+        delay = RECONNECT_DELAY_S_MIN
+        first = True
+        while True:
+            try:
+                self._client.connect(self._host, self._port, keepalive=KEEPALIVE_S)
+            except OSError as error:
+                if first:
+                    raise BrokerUnreachable(f"cannot reach the MQTT broker at {self._host}:{self._port}: {error}") from None
+                log.warning("broker %s:%d unreachable (%s); retrying in %.2fs", self._host, self._port, error, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
+                continue
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read, nursery.cancel_scope)
+                nursery.start_soon(self._write, nursery.cancel_scope)
+                nursery.start_soon(self._tick, nursery.cancel_scope)
+                with trio.fail_after(10):
+                    await self._connected.wait()
+                if first:
+                    task_status.started()
+                    first = False
+                delay = RECONNECT_DELAY_S_MIN
+            self._connected = trio.Event()
+            log.warning("connection to broker %s:%d lost; reconnecting", self._host, self._port)
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        topics = [self._reply_filter, *map(request_topic, self._routes), *self._subscribers]
+        for topic in topics:
+            self._client.subscribe(topic, qos=1)
+        self._connected.set()
+
+    async def _read(self, scope: trio.CancelScope) -> None:
+        while True:
+            sock = self._client.socket()
+            if sock is None:
+                scope.cancel()
+                return
+            await trio.lowlevel.wait_readable(sock)
+            if self._client.loop_read() != paho.MQTT_ERR_SUCCESS:
+                scope.cancel()
+                return
+            self._flush()
+
+    async def _write(self, scope: trio.CancelScope) -> None:
+        while True:
+            await self._write_wanted.wait()
+            sock = self._client.socket()
+            if sock is None:
+                scope.cancel()
+                return
+            await trio.lowlevel.wait_writable(sock)
+            if self._client.loop_write() != paho.MQTT_ERR_SUCCESS:
+                scope.cancel()
+                return
+            if not self._client.want_write():
+                self._write_wanted = trio.Event()
+
+    async def _tick(self, scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(1)
+            if self._client.loop_misc() != paho.MQTT_ERR_SUCCESS:
+                scope.cancel()
+                return
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send what paho has queued; leave the rest to the writer when the socket is full."""
+        if self._client.want_write():
+            self._client.loop_write()
+            if self._client.want_write():
+                self._write_wanted.set()
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        self.messages_sent += 1
+        self._client.publish(topic, payload, qos=1)
+        self._flush()
+
+    async def _subscribe(self, topic: str) -> None:
+        """Subscribe and wait for the broker's acknowledgement, so that nothing
+        published after this returns can be missed."""
+        result, mid = self._client.subscribe(topic, qos=1)
+        if result != paho.MQTT_ERR_SUCCESS:
+            return  # not connected: _on_connect subscribes again
+        done = self._suback[mid] = trio.Event()
+        self._flush()
+        with trio.move_on_after(10):
+            await done.wait()
+        self._suback.pop(mid, None)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        event = self._suback.get(mid)
+        if event is not None:
+            event.set()
+
+    # -- incoming ------------------------------------------------------------------------
+
+    def _on_message(self, client, userdata, message) -> None:
+        topic = message.topic
+        if topic.startswith(self._reply_prefix):
+            waiting = self._pending.get(topic[len(self._reply_prefix):])
+            if waiting is not None:
+                try:
+                    waiting.send_nowait(message.payload)
+                except trio.WouldBlock:
+                    pass  # a duplicate reply
+            return
+        if topic.startswith(_SVC_PREFIX):
+            parts = topic[len(_SVC_PREFIX):].split("/")
+            route = self._routes.get(parts[0]) if len(parts) == 3 else None
+            if route is None:
+                return
+            try:
+                route.send_nowait(Request(message.payload, self._replier(reply_topic(parts[1], parts[2]))))
+            except trio.WouldBlock:
+                log.warning("dropped a request to %s: %d waiting", parts[0], QUEUE_LENGTH_MAX)
+            return
+        for subscriber in list(self._subscribers.get(topic, ())):
+            try:
+                subscriber.send_nowait(message.payload)
+            except trio.WouldBlock:
+                log.warning("dropped an event on %s: subscriber is %d behind", topic, QUEUE_LENGTH_MAX)
+
+    def _replier(self, topic: str):
+        async def reply(payload: bytes) -> None:
+            self._publish(topic, payload)
+        return reply
+
+    # -- the Bus interface ---------------------------------------------------------------
+
+    async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
+        correlation = next(self._correlations)
+        send, receive = trio.open_memory_channel[bytes](1)
+        self._pending[correlation] = send
+        try:
+            with trio.move_on_after(timeout_s):
+                self._publish(request_topic(service, self.client_id, correlation), payload)
+                return await receive.receive()
+            raise BusTimeout(f"no reply from {service} within {timeout_s}s")
+        finally:
+            del self._pending[correlation]
+
+    @asynccontextmanager
+    async def serve(self, service: str) -> AsyncIterator[trio.MemoryReceiveChannel]:
+        topic = request_topic(service)
+        assert service not in self._routes, f"{service} is already served on this connection"
+        send, receive = trio.open_memory_channel[Request](QUEUE_LENGTH_MAX)
+        self._routes[service] = send
+        try:
+            await self._subscribe(topic)
+            async with receive:
+                yield receive
+        finally:
+            del self._routes[service]
+            if not self._closed:
+                self._client.unsubscribe(topic)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        self._publish(event_topic(topic), payload)
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[trio.MemoryReceiveChannel]:
+        mqtt_topic = event_topic(topic)
+        send, receive = trio.open_memory_channel[bytes](QUEUE_LENGTH_MAX)
+        subscribers = self._subscribers.setdefault(mqtt_topic, set())
+        subscribers.add(send)
+        try:
+            if len(subscribers) == 1:
+                await self._subscribe(mqtt_topic)
+            async with receive:
+                yield receive
+        finally:
+            subscribers.discard(send)
+            if not subscribers:
+                del self._subscribers[mqtt_topic]
+                if not self._closed:
+                    self._client.unsubscribe(mqtt_topic)
+
+
+__all__ = ["MqttBus", "BrokerUnreachable", "parse_url"]
