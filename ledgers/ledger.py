@@ -18,7 +18,7 @@ from protocols.errors import Code, Rejected
 from protocols.htlc import LockState, refund
 from protocols.journal import GENESIS_HASH, ChainBroken, Link, Replay, make_entry, verify_chain
 from protocols.messages import (IDENT_PATTERN, INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, QueryBalances,
-                                QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
+                                QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
                                 Result, to_body)
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, decode_signed, sign
@@ -197,6 +197,12 @@ class Ledger:
         return self._sign(Result(self.id, msg.id, now_ms, self._query(msg)))
 
     def _query(self, msg: Body) -> Any:
+        if isinstance(msg, QueryInfo):
+            assets = [{"code": a.code, "kind": a.kind, "issuer": a.issuer, "minor_units": a.minor_units,
+                       "reference": a.reference, "issued": a.issued, "redeemed": a.redeemed}
+                      for a in self.store.assets()]
+            return {"ledger": self.id, "role": self.config.role, "operator": self.config.operator,
+                    "assets": assets, "head_seq": self.seq, "head_hash": self.prev_hash}
         if isinstance(msg, QueryBalances):
             owner = self.store.account_owner(msg.account)
             if owner is None:

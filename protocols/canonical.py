@@ -12,6 +12,7 @@ from typing import Any
 from .errors import Code, Rejected
 
 INT_MAX = 2**63 - 1
+INT_CHARS_MAX = len(str(-INT_MAX - 1))  # 20: "-9223372036854775808"
 DEPTH_MAX = 8
 MESSAGE_BYTES_MAX = 64 * 1024
 
@@ -24,15 +25,49 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value).encode("utf-8")
 
 
-def _refuse_float(text: str) -> Any:
-    raise Rejected(Code.MALFORMED, "$", f"number {text!r} is not an integer; amounts and times are integers")
+class _Refused:
+    """A number or string this encoding does not allow, left in the parsed value by the
+    parser's hooks so that the walk after parsing can refuse it naming its field."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: Code, reason: str) -> None:
+        self.code = code
+        self.reason = reason
 
 
-def _refuse_constant(text: str) -> Any:
-    raise Rejected(Code.MALFORMED, "$", f"{text} is not valid JSON")
+def _refuse_float(text: str) -> _Refused:
+    return _Refused(Code.MALFORMED, f"number {text!r} is not an integer; amounts and times are integers")
+
+
+def _refuse_constant(text: str) -> _Refused:
+    return _Refused(Code.MALFORMED, f"{text} is not valid JSON")
+
+
+def _parse_int(text: str) -> int | _Refused:
+    # Python refuses int() of more than 4300 digits with a ValueError, and is slow well
+    # before that; no integer in the 64-bit range is longer than INT_CHARS_MAX.
+    if len(text) > INT_CHARS_MAX:
+        return _Refused(Code.INVALID_FIELD, "integer outside the signed 64-bit range")
+    return int(text)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (which a \\ud800 escape can produce):
+    it has no UTF-8 encoding, so it could be neither signed nor echoed in a refusal."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    for key, _ in pairs:
+        if not _is_unicode(key):
+            raise Rejected(Code.MALFORMED, "$", "a field name holds a lone surrogate; strings must be Unicode")
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
@@ -44,7 +79,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _decoder = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_refuse_float,
-                            parse_constant=_refuse_constant)
+                            parse_int=_parse_int, parse_constant=_refuse_constant)
 
 
 def decode(raw: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> Any:
@@ -64,7 +99,7 @@ def decode(raw: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> Any:
         raise Rejected(Code.MALFORMED, "$", f"not JSON: {error.msg} at char {error.pos}") from None
     except RecursionError:
         raise Rejected(Code.MALFORMED, "$", f"nested deeper than {DEPTH_MAX} levels") from None
-    _check_ints(value, "$")
+    _check_values(value, "$")
     return value
 
 
@@ -94,15 +129,22 @@ def _nesting(text: str) -> int:
     return deepest
 
 
-def _check_ints(value: Any, path: str) -> None:
+def _check_values(value: Any, path: str) -> None:
+    """Refuse what the parser's hooks marked, integers beyond 64 bits and strings that are
+    not Unicode, naming the field by its path (`amount`, `legs[1].amount`)."""
+    if isinstance(value, _Refused):
+        raise Rejected(value.code, path, value.reason)
     if isinstance(value, bool):
         return
     if isinstance(value, int):
         if not -INT_MAX - 1 <= value <= INT_MAX:
             raise Rejected(Code.INVALID_FIELD, path, "integer outside the signed 64-bit range")
+    elif isinstance(value, str):
+        if not _is_unicode(value):
+            raise Rejected(Code.MALFORMED, path, "holds a lone surrogate; strings must be Unicode")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_ints(item, key)
+            _check_values(item, key if path == "$" else f"{path}.{key}")
     elif isinstance(value, list):
-        for item in value:
-            _check_ints(item, path)
+        for index, item in enumerate(value):
+            _check_values(item, f"{path}[{index}]")

@@ -287,6 +287,14 @@ INSTRUCTIONS = (OpenAccount, CreateInstrument, Issue, Redeem, Transfer, Lock, Cl
 
 # Queries read a ledger; they are not signed and change nothing.
 
+@message("query_info")
+class QueryInfo(Body):
+    """Who the ledger is: role, operator, assets with their supply, journal head."""
+
+    id: str = attrs.field(validator=ident)
+    ledger: str = attrs.field(validator=ident)
+
+
 @message("query_balances")
 class QueryBalances(Body):
     id: str = attrs.field(validator=ident)
@@ -329,7 +337,7 @@ class QueryReceipt(Body):
     instruction_id: str = attrs.field(validator=ident)
 
 
-QUERIES = (QueryBalances, QueryLock, QueryLocks, QueryJournal, QueryReceipt)
+QUERIES = (QueryInfo, QueryBalances, QueryLock, QueryLocks, QueryJournal, QueryReceipt)
 
 
 # Replies and records, signed by the ledger.
@@ -409,7 +417,7 @@ def from_body(body: Any, *, allowed: tuple[type, ...] | None = None) -> Body:
     if not isinstance(body, dict):
         raise Rejected(Code.MALFORMED, "$", "message must be a JSON object")
     version = body.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 in Python
         raise Rejected(Code.UNSUPPORTED_VERSION, "v", f"version {version!r} is not supported; this ledger speaks {PROTOCOL_VERSION}")
     type_name = body.get("type")
     cls = MESSAGE_TYPES.get(type_name) if isinstance(type_name, str) else None
@@ -439,14 +447,18 @@ def _from_wire(attribute: attrs.Attribute, value: Any) -> Any:
     if attribute.validator is legs:
         if not isinstance(value, list):
             raise Rejected(Code.MALFORMED, attribute.name, "expected a list of legs")
-        return tuple(_leg(item) for item in value)
+        return tuple(_leg(index, item) for index, item in enumerate(value))
     if isinstance(value, list):
         return tuple(value)
     return value
 
 
-def _leg(value: Any) -> Leg:
+def _leg(index: int, value: Any) -> Leg:
+    """A leg, its refusals naming the field as the rules do: `legs[1].amount`."""
     names = {a.name for a in attrs.fields(Leg)}
     if not isinstance(value, dict) or set(value) != names:
-        raise Rejected(Code.MALFORMED, "legs", f"each leg must be an object with exactly {sorted(names)}")
-    return Leg(**value)
+        raise Rejected(Code.MALFORMED, f"legs[{index}]", f"each leg must be an object with exactly {sorted(names)}")
+    try:
+        return Leg(**value)
+    except Rejected as error:
+        raise Rejected(error.code, f"legs[{index}].{error.field}", error.reason) from None

@@ -2,7 +2,9 @@
 
 The signed bytes are `DOMAIN + canonical(body)`. The body carries the protocol version,
 the message type and the ledger it is meant for, so one signature cannot be replayed as
-another version, another type or on another ledger. Signatures are DER, sent as hex."""
+another version, another type or on another ledger. Signatures are DER, sent as hex,
+and deterministic (RFC 6979): the same key and bytes give the same signature, so a
+worked example can be reproduced and no signature depends on a random generator."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ DOMAIN = b"lockstep/1\x00"
 SIGNATURES_MAX = 8
 SIGNATURE_HEX_MAX = 160  # a DER P-256 signature is at most 72 bytes
 _ECDSA = ec.ECDSA(hashes.SHA256())
+_ECDSA_RFC6979 = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 
 
 def signing_bytes(body: Mapping[str, Any]) -> bytes:
@@ -65,7 +68,7 @@ class PrivateKey:
         return public_pem(self.public)
 
     def sign(self, data: bytes) -> bytes:
-        return self._key.sign(data, _ECDSA)
+        return self._key.sign(data, _ECDSA_RFC6979)
 
 
 def public_pem(key: ec.EllipticCurvePublicKey) -> str:

@@ -1,0 +1,222 @@
+"""Our ECDSA P-256 signatures (protocols.signing, on `cryptography`/OpenSSL) agree with an
+independent pure-Python implementation (the `ecdsa` package) in both directions, a
+ledger accepts an instruction whose signer's key and signature were made by `ecdsa`,
+and a signature is bound to its ledger and its message type."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from ecdsa import BadSignatureError, NIST256p, SigningKey, VerifyingKey
+from ecdsa.der import UnexpectedDER
+from ecdsa.util import sigdecode_der, sigencode_der
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.world import World, lay_out
+from protocols.canonical import encode
+from protocols.errors import Code
+from protocols.htlc import hashlock_of
+from protocols.messages import (Abort, Claim, Issue, Leg, Lock, OpenAccount, Redeem, Refund,
+                                Settle, Transfer, to_body)
+from protocols.registry import Party, Registry, Role
+from protocols.signing import (DOMAIN, PrivateKey, Signed, from_wire, load_public_pem, sign,
+                               signing_bytes, verify)
+from tests.harness import LEDGERS, PARTIES, T0, Harness
+
+SECRET = bytes(range(32))
+
+
+def ecdsa_verifies(key: PrivateKey, signature: bytes, data: bytes) -> bool:
+    verifying_key = VerifyingKey.from_pem(key.public_pem())
+    try:
+        return verifying_key.verify(signature, data, hashfunc=hashlib.sha256, sigdecode=sigdecode_der)
+    except (BadSignatureError, UnexpectedDER):
+        return False
+
+
+def ecdsa_sign(key: SigningKey, data: bytes) -> bytes:
+    return key.sign(data, hashfunc=hashlib.sha256, sigencode=sigencode_der)
+
+
+def public_of(key: SigningKey):
+    return load_public_pem(key.verifying_key.to_pem().decode("ascii"))
+
+
+def signed_by_ecdsa(msg, party: str, key: SigningKey) -> Signed:
+    body = to_body(msg)
+    return Signed(msg, {party: ecdsa_sign(key, signing_bytes(body))}, body)
+
+
+def funded(h: Harness) -> Harness:
+    """Accounts a (bank-a) and b (bank-b); a holds 1000 EUR."""
+    assert h.send(OpenAccount, "csd-op", account="a", owner="bank-a").applied
+    assert h.send(OpenAccount, "csd-op", account="b", owner="bank-b").applied
+    assert h.send(Issue, "ecb", asset="EUR", account="a", amount=1000).applied
+    return h
+
+
+def example_messages(ledger: str) -> list:
+    return [
+        Transfer("t1", ledger, T0, "a", "b", "EUR", 250),
+        Lock("l1", ledger, T0, "a", "b", "EUR", 10, hashlock_of(SECRET), T0 + 60_000, ("coordinator",)),
+        Claim("c1", ledger, T0, "l1", SECRET),
+        Settle("s1", ledger, T0, (Leg("a", "b", "EUR", 5), Leg("b", "a", "USD", 7))),
+        OpenAccount("o1", ledger, T0, "acct-1", "bank-a"),
+    ]
+
+
+# -- our signatures verify with ecdsa, and ecdsa's with ours ---------------------------------
+
+@pytest.mark.parametrize("msg", example_messages("unified"), ids=lambda m: m.TYPE)
+def test_our_signature_over_a_message_verifies_with_the_ecdsa_package(msg):
+    key = PrivateKey.generate()
+    signed = sign(msg, ("bank-a", key))
+    data = signing_bytes(signed.body)
+    assert ecdsa_verifies(key, signed.sigs["bank-a"], data)
+    assert not ecdsa_verifies(key, signed.sigs["bank-a"], data + b" ")
+
+
+@pytest.mark.parametrize("msg", example_messages("unified"), ids=lambda m: m.TYPE)
+def test_ecdsa_package_signature_over_a_message_verifies_with_ours(msg):
+    key = SigningKey.generate(curve=NIST256p)
+    data = signing_bytes(to_body(msg))
+    assert verify(public_of(key), ecdsa_sign(key, data), data)
+    deterministic = key.sign_deterministic(data, hashfunc=hashlib.sha256, sigencode=sigencode_der)
+    assert verify(public_of(key), deterministic, data)
+    assert not verify(public_of(key), ecdsa_sign(key, data), data[:-1])
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(body=st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+def test_both_implementations_agree_on_any_canonical_body(body):
+    ours = PrivateKey.generate()
+    theirs = SigningKey.generate(curve=NIST256p)
+    data = signing_bytes(body)
+    assert ecdsa_verifies(ours, ours.sign(data), data)
+    assert verify(public_of(theirs), ecdsa_sign(theirs, data), data)
+
+
+def test_public_keys_cross_both_implementations_unchanged():
+    ours = PrivateKey.generate()
+    as_ecdsa = VerifyingKey.from_pem(ours.public_pem())
+    numbers = ours.public.public_numbers()
+    assert (as_ecdsa.pubkey.point.x(), as_ecdsa.pubkey.point.y()) == (numbers.x, numbers.y)
+    theirs = SigningKey.generate(curve=NIST256p)
+    back = public_of(theirs).public_numbers()
+    assert (back.x, back.y) == (theirs.verifying_key.pubkey.point.x(), theirs.verifying_key.pubkey.point.y())
+
+
+def test_signature_without_the_domain_prefix_does_not_verify():
+    ours = PrivateKey.generate()
+    theirs = SigningKey.generate(curve=NIST256p)
+    body = to_body(example_messages("unified")[0])
+    bare = encode(body)
+    assert signing_bytes(body) == DOMAIN + bare
+    assert not verify(ours.public, ours.sign(bare), signing_bytes(body))
+    assert not verify(public_of(theirs), ecdsa_sign(theirs, bare), signing_bytes(body))
+
+
+# -- a ledger accepts an ecdsa-made key and signature -----------------------------------------
+
+@pytest.fixture
+def ecdsa_world(tmp_path) -> tuple[World, SigningKey]:
+    """The usual world plus a participant `ecdsa-bank` whose key only the ecdsa package knows."""
+    world = lay_out(tmp_path, LEDGERS, PARTIES)
+    key = SigningKey.generate(curve=NIST256p)
+    parties = list(world.registry) + [Party("ecdsa-bank", frozenset({Role.PARTICIPANT}), public_of(key))]
+    registry = Registry(parties)
+    registry.save(world.registry_path)
+    return World(world.directory, Registry.load(world.registry_path), world.keys, world.ledger_configs), key
+
+
+def test_instructions_signed_by_the_ecdsa_package_are_applied_by_a_ledger(ecdsa_world):
+    world, key = ecdsa_world
+    h = funded(Harness(world, "unified"))
+    opened = h.submit(signed_by_ecdsa(OpenAccount(h.next_id(), "unified", h.now_ms, "e", "ecdsa-bank"),
+                                      "ecdsa-bank", key))
+    assert opened.applied, opened
+    assert h.send(Issue, "ecb", asset="EUR", account="e", amount=500).applied
+    moved = h.submit(signed_by_ecdsa(Transfer(h.next_id(), "unified", h.now_ms, "e", "a", "EUR", 200),
+                                     "ecdsa-bank", key))
+    assert moved.applied, moved
+    locked = h.submit(signed_by_ecdsa(Lock("lock-e", "unified", h.now_ms, "e", "b", "EUR", 50,
+                                           hashlock_of(SECRET), h.now_ms + 10_000, ()), "ecdsa-bank", key))
+    assert locked.applied, locked
+    assert h.balance("e", "EUR") == (250, 50)
+    assert h.balance("a", "EUR") == (1200, 0)
+
+
+def test_ecdsa_signed_instruction_survives_the_wire_and_is_refused_when_altered(ecdsa_world):
+    world, key = ecdsa_world
+    h = funded(Harness(world, "unified"))
+    assert h.send(OpenAccount, "csd-op", account="e", owner="ecdsa-bank").applied
+    assert h.send(Issue, "ecb", asset="EUR", account="e", amount=500).applied
+    signed = signed_by_ecdsa(Transfer(h.next_id(), "unified", h.now_ms, "e", "a", "EUR", 200), "ecdsa-bank", key)
+    wire = signed.wire()
+    altered = from_wire({**wire, "amount": 499})
+    refused = h.submit(altered)
+    assert (refused.status, refused.code) == ("rejected", Code.BAD_SIGNATURE.value)
+    assert h.balance("e", "EUR") == (500, 0)
+    assert h.submit(from_wire(wire)).applied
+
+
+def test_ecdsa_signature_by_a_party_other_than_the_account_owner_is_not_authorised(ecdsa_world):
+    world, key = ecdsa_world
+    h = funded(Harness(world, "unified"))
+    stolen = h.submit(signed_by_ecdsa(Transfer(h.next_id(), "unified", h.now_ms, "a", "b", "EUR", 1),
+                                      "ecdsa-bank", key))
+    assert (stolen.code, stolen.field) == (Code.NOT_AUTHORISED.value, "sigs")
+    assert h.balance("a", "EUR") == (1000, 0)
+
+
+# -- domain separation: ledger and type are inside what is signed -----------------------------
+
+def test_signature_made_for_one_ledger_is_refused_by_another(harness):
+    h = funded(harness("unified"))
+    for_eur_ledger = h.make(Transfer, "bank-a", ledger="cbdc-eur", from_account="a", to_account="b",
+                            asset="EUR", amount=100)
+    as_sent = h.submit(for_eur_ledger)
+    assert (as_sent.code, as_sent.field) == (Code.WRONG_LEDGER.value, "ledger")
+    relabelled = from_wire({**for_eur_ledger.wire(), "ledger": "unified"})
+    assert not verify(h.world.keys["bank-a"].public, relabelled.sigs["bank-a"], signing_bytes(relabelled.body))
+    refused = h.submit(relabelled)
+    assert refused.code == Code.BAD_SIGNATURE.value
+    assert h.balance("a", "EUR") == (1000, 0)
+    honest = h.send(Transfer, "bank-a", from_account="a", to_account="b", asset="EUR", amount=100)
+    assert honest.applied and h.balance("a", "EUR") == (900, 0)
+
+
+@pytest.mark.parametrize(("signed_type", "sent_type"), [(Abort, Refund), (Refund, Abort),
+                                                        (Issue, Redeem), (Redeem, Issue)],
+                         ids=lambda cls: cls.TYPE)
+def test_signature_over_one_message_type_does_not_verify_for_another_with_the_same_fields(
+        harness, signed_type, sent_type):
+    h = funded(harness("unified"))
+    if signed_type in (Abort, Refund):
+        assert h.send(Lock, "bank-a", id="lk", owner_account="a", beneficiary_account="b", asset="EUR",
+                      amount=10, hashlock=hashlock_of(SECRET), expiry_ms=h.now_ms + 5_000, abort_by=()).applied
+        fields = {"lock_id": "lk"}
+        signer = "bank-b"
+    else:
+        assert h.send(OpenAccount, "csd-op", account="ecb-own", owner="ecb").applied
+        assert h.send(Issue, "ecb", asset="EUR", account="ecb-own", amount=100).applied
+        fields = {"asset": "EUR", "account": "ecb-own", "amount": 40}
+        signer = "ecb"
+    original = h.make(signed_type, signer, **fields)
+    same_fields = sent_type(id=original.msg.id, ledger="unified", ts_ms=h.now_ms, **fields)
+    assert to_body(same_fields) == {**original.body, "type": sent_type.TYPE}
+    swapped = from_wire({**original.wire(), "type": sent_type.TYPE})
+    assert type(swapped.msg) is sent_type
+    assert not verify(h.world.keys[signer].public, swapped.sigs[signer], signing_bytes(swapped.body))
+    before = (h.store.all_balances(), h.store.all_locks(), h.ledger.seq)
+    refused = h.submit(swapped)
+    assert refused.code == Code.BAD_SIGNATURE.value
+    assert (h.store.all_balances(), h.store.all_locks(), h.ledger.seq) == before
