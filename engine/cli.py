@@ -27,17 +27,12 @@ def _ledger(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from engine.broker import Broker
+    """Write the config, then become Mosquitto, so that signals reach the broker itself."""
+    import os
+    from engine.broker import Broker, mosquitto_path
     broker = Broker(args.dir or tempfile.mkdtemp(prefix="lockstep-broker-"), port=args.port, host=args.host)
-    broker.start()
-    print(f"mosquitto listening on {broker.url} (config {broker.config_path}); Ctrl-C stops it", flush=True)
-    try:
-        broker.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        broker.stop()
-    return 0
+    print(f"mosquitto on {broker.url} (config {broker.config_path})", flush=True)
+    os.execv(mosquitto_path(), ["mosquitto", "-c", str(broker.config_path)])
 
 
 def _conformance(args: argparse.Namespace) -> int:

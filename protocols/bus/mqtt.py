@@ -39,6 +39,7 @@ IN_FLIGHT_MAX = 65_535            # QoS 1 messages unacknowledged at once
 KEEPALIVE_S = 30
 RECONNECT_DELAY_S_MIN = 0.05
 RECONNECT_DELAY_S_MAX = 2.0
+CONNACK_S_MAX = 10.0
 
 
 def request_topic(service: str, client_id: str = "+", correlation: str = "+") -> str:
@@ -100,6 +101,7 @@ class MqttBus:
     @asynccontextmanager
     async def connect(cls, url: str, client_id: str | None = None) -> AsyncIterator[MqttBus]:
         bus = cls(url, client_id)
+        bus._open()
         async with trio.open_nursery() as nursery:
             await nursery.start(bus._run)
             try:
@@ -111,31 +113,43 @@ class MqttBus:
 
     # -- the connection ------------------------------------------------------------------
 
+    def _open(self) -> None:
+        try:
+            self._client.connect(self._host, self._port, keepalive=KEEPALIVE_S)
+        except OSError as error:
+            raise BrokerUnreachable(f"cannot reach the MQTT broker at {self._host}:{self._port}: {error}") from None
+
     async def _run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, serve the socket until it drops, reconnect; forever."""
+        """Serve the socket until it drops, reconnect; forever. The first connection
+        is opened by `connect`, so that an unreachable broker is a plain error."""
         delay = RECONNECT_DELAY_S_MIN
         first = True
         while True:
-            try:
-                self._client.connect(self._host, self._port, keepalive=KEEPALIVE_S)
-            except OSError as error:
-                if first:
-                    raise BrokerUnreachable(f"cannot reach the MQTT broker at {self._host}:{self._port}: {error}") from None
-                log.warning("broker %s:%d unreachable (%s); retrying in %.2fs", self._host, self._port, error, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
-                continue
+            if self._client.socket() is None:
+                try:
+                    self._open()
+                except BrokerUnreachable as error:
+                    log.warning("%s; retrying in %.2fs", error, delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
+                    continue
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, nursery.cancel_scope)
                 nursery.start_soon(self._write, nursery.cancel_scope)
                 nursery.start_soon(self._tick, nursery.cancel_scope)
-                with trio.fail_after(10):
+                with trio.move_on_after(CONNACK_S_MAX):
                     await self._connected.wait()
-                if first:
-                    task_status.started()
-                    first = False
-                delay = RECONNECT_DELAY_S_MIN
+                if not self._connected.is_set():
+                    log.warning("broker %s:%d did not acknowledge the connection", self._host, self._port)
+                    nursery.cancel_scope.cancel()
+                else:
+                    delay = RECONNECT_DELAY_S_MIN
+                    if first:
+                        task_status.started()
+                        first = False
+            self._client.disconnect()
             self._connected = trio.Event()
+            await trio.sleep(delay)
             log.warning("connection to broker %s:%d lost; reconnecting", self._host, self._port)
 
     def _on_socket_open(self, client, userdata, sock) -> None:
