@@ -6,7 +6,7 @@ it reads the store only through `Changes` and writes nothing itself."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Collection
 
 import attrs
 
@@ -15,9 +15,10 @@ from protocols.canonical import INT_MAX
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
 from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Lock, OpenAccount,
-                                Redeem, Refund, Settle, Transfer)
+                                Redeem, Refund, Settle, Settlement, Transfer)
 from protocols.registry import Registry, Role
-from protocols.signing import Signed
+from protocols.settlement import lock_id, settle_id
+from protocols.signing import Signed, from_wire
 
 from .changes import Changes
 from .config import LedgerConfig
@@ -41,8 +42,8 @@ def apply(signed: Signed, ctx: Context, changes: Changes) -> None:
     _RULES[type(msg)](msg, signed, ctx, changes)
 
 
-def _signed_by(signed: Signed, party: str, why: str) -> None:
-    if party not in signed.sigs:
+def _signed_by(signers: Collection[str], party: str, why: str) -> None:
+    if party not in signers:
         raise Rejected(Code.NOT_AUTHORISED, "sigs", f"needs the signature of {party!r}: {why}")
 
 
@@ -80,7 +81,7 @@ def _open_account(msg: OpenAccount, signed: Signed, ctx: Context, changes: Chang
 def _create_instrument(msg: CreateInstrument, signed: Signed, ctx: Context, changes: Changes) -> None:
     if not ctx.config.holds_securities:
         raise Rejected(Code.NOT_AUTHORISED, "type", f"{ctx.config.role} ledger holds no instruments")
-    _signed_by(signed, ctx.config.operator, "only the depository creates an instrument")
+    _signed_by(signed.sigs, ctx.config.operator, "only the depository creates an instrument")
     if msg.issuer not in ctx.registry:
         raise Rejected(Code.UNKNOWN_SIGNER, "issuer", f"{msg.issuer!r} is not a registered party")
     if changes.asset(msg.isin) is not None:
@@ -92,9 +93,9 @@ def _create_instrument(msg: CreateInstrument, signed: Signed, ctx: Context, chan
 
 def _issuer_signed(asset: Asset, signed: Signed, ctx: Context) -> None:
     if asset.kind == "security":
-        _signed_by(signed, ctx.config.operator, "only the depository issues and redeems an instrument")
+        _signed_by(signed.sigs, ctx.config.operator, "only the depository issues and redeems an instrument")
     else:
-        _signed_by(signed, asset.issuer, f"only {asset.issuer} issues and redeems {asset.code}")
+        _signed_by(signed.sigs, asset.issuer, f"only {asset.issuer} issues and redeems {asset.code}")
 
 
 def _issue(msg: Issue, signed: Signed, ctx: Context, changes: Changes) -> None:
@@ -119,7 +120,7 @@ def _redeem(msg: Redeem, signed: Signed, ctx: Context, changes: Changes) -> None
     changes.move(msg.account, msg.asset, -msg.amount, 0)
 
 
-def _movement(changes: Changes, signed: Signed, from_account: str, to_account: str,
+def _movement(changes: Changes, signers: Collection[str], from_account: str, to_account: str,
               asset: str, amount: int, prefix: str = "") -> None:
     """Checks shared by a transfer and a settlement leg; the owner of the source signs."""
     owner = _owner(changes, from_account, prefix + "from_account")
@@ -127,20 +128,77 @@ def _movement(changes: Changes, signed: Signed, from_account: str, to_account: s
     if from_account == to_account:
         raise Rejected(Code.INVALID_FIELD, prefix + "to_account", "source and destination are the same account")
     _asset(changes, asset, prefix + "asset")
-    _signed_by(signed, owner, f"{from_account} belongs to {owner}")
+    _signed_by(signers, owner, f"{from_account} belongs to {owner}")
     _debit_available(changes, from_account, asset, amount, prefix + "amount")
     changes.move(from_account, asset, -amount, 0)
     changes.move(to_account, asset, amount, 0)
 
 
 def _transfer(msg: Transfer, signed: Signed, ctx: Context, changes: Changes) -> None:
-    _movement(changes, signed, msg.from_account, msg.to_account, msg.asset, msg.amount)
+    _movement(changes, signed.sigs, msg.from_account, msg.to_account, msg.asset, msg.amount)
 
 
 def _settle(msg: Settle, signed: Signed, ctx: Context, changes: Changes) -> None:
+    signers: Collection[str] = signed.sigs
+    if msg.auth is not None:
+        settlement = _settlement(msg.auth, signed, ctx)
+        if msg.id != settle_id(settlement.id):
+            raise Rejected(Code.NOT_AUTHORISED, "id", f"a settle on behalf of settlement {settlement.id} has id {settle_id(settlement.id)}")
+        if any(leg.ledger != ctx.config.ledger_id for leg in settlement.legs) or \
+                msg.legs != tuple(leg.as_leg() for leg in settlement.legs):
+            raise Rejected(Code.NOT_AUTHORISED, "legs", "legs differ from those the counterparties signed")
+        for index, leg in enumerate(settlement.legs):
+            _party_owns(changes, settlement, index)
+        signers = settlement.parties
     for index, leg in enumerate(msg.legs):
-        _movement(changes, signed, leg.from_account, leg.to_account, leg.asset, leg.amount,
+        _movement(changes, signers, leg.from_account, leg.to_account, leg.asset, leg.amount,
                   prefix=f"legs[{index}].")
+
+
+def _settlement(auth: dict, signed: Signed, ctx: Context) -> Settlement:
+    """The counterparties' settlement that authorises a coordinator's instruction:
+    signed by both parties, naming as coordinator the party that signed this."""
+    try:
+        settlement_signed = from_wire(auth, allowed=(Settlement,))
+        ctx.registry.verify_all(settlement_signed)
+    except Rejected as error:
+        raise Rejected(error.code, f"auth.{error.field}", error.reason) from None
+    settlement: Settlement = settlement_signed.msg
+    for party in settlement.parties:
+        _signed_by(settlement_signed.sigs, party, "both counterparties sign a settlement")
+    if settlement.coordinator not in signed.sigs or not ctx.registry.has_role(settlement.coordinator, Role.COORDINATOR):
+        raise Rejected(Code.NOT_AUTHORISED, "sigs", f"needs the signature of the settlement's coordinator {settlement.coordinator!r}")
+    return settlement
+
+
+def _party_owns(changes: Changes, settlement: Settlement, index: int) -> None:
+    """Leg i is paid from an account of parties[i] into an account of the other party."""
+    leg = settlement.legs[index]
+    payer, payee = settlement.parties[index], settlement.parties[1 - index]
+    if _owner(changes, leg.from_account, f"auth.legs[{index}].from_account") != payer:
+        raise Rejected(Code.NOT_AUTHORISED, f"auth.legs[{index}].from_account", f"{leg.from_account} is not an account of {payer}")
+    if _owner(changes, leg.to_account, f"auth.legs[{index}].to_account") != payee:
+        raise Rejected(Code.NOT_AUTHORISED, f"auth.legs[{index}].to_account", f"{leg.to_account} is not an account of {payee}")
+
+
+def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> Collection[str]:
+    """Who counts as having signed the lock: its own signers, or, for a coordinator's
+    lock, the counterparties of the settlement it carries, if the lock is exactly
+    that settlement's leg on this ledger."""
+    if msg.auth is None:
+        return signed.sigs
+    settlement = _settlement(msg.auth, signed, ctx)
+    index = next((i for i in range(2) if lock_id(settlement.id, i) == msg.id), None)
+    if index is None:
+        raise Rejected(Code.NOT_AUTHORISED, "id", f"a lock for settlement {settlement.id} has id {lock_id(settlement.id, 0)} or {lock_id(settlement.id, 1)}")
+    leg = settlement.legs[index]
+    if (leg.ledger, leg.from_account, leg.to_account, leg.asset, leg.amount) != \
+            (ctx.config.ledger_id, msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount):
+        raise Rejected(Code.NOT_AUTHORISED, "auth", f"lock terms differ from leg {index} the counterparties signed")
+    if msg.expiry_ms > settlement.deadline_ms:
+        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry is after the settlement deadline {settlement.deadline_ms}")
+    _party_owns(changes, settlement, index)
+    return settlement.parties
 
 
 def _lock(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> None:
@@ -149,7 +207,7 @@ def _lock(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> None:
     if msg.owner_account == msg.beneficiary_account:
         raise Rejected(Code.INVALID_FIELD, "beneficiary_account", "owner and beneficiary are the same account")
     _asset(changes, msg.asset)
-    _signed_by(signed, owner, f"{msg.owner_account} belongs to {owner}")
+    _signed_by(_lock_authorised(msg, signed, ctx, changes), owner, f"{msg.owner_account} belongs to {owner}")
     for party in msg.abort_by:
         if party not in ctx.registry:
             raise Rejected(Code.UNKNOWN_SIGNER, "abort_by", f"{party!r} is not a registered party")

@@ -108,6 +108,13 @@ def idents(limit: int, *, at_least: int = 0):
     return check
 
 
+def optional_object(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """`auth`: the counterparties' signed settlement that lets a coordinator place a
+    lock (or a same-ledger settle) on their behalf; checked by the ledger's rules."""
+    if value is not None and not isinstance(value, dict):
+        raise Rejected(Code.MALFORMED, attribute.name, "expected an object or null")
+
+
 def _hex32(field_name: str, value: Any) -> bytes:
     if not isinstance(value, str):
         raise Rejected(Code.MALFORMED, field_name, f"expected 64 hex digits, got {type(value).__name__}")
@@ -226,7 +233,8 @@ class Transfer(Body):
 @message("lock")
 class Lock(Body):
     """Place a hashed time-lock; its id is the instruction id. `abort_by` names the
-    parties, besides the beneficiary, who may end it early (see htlc.abort)."""
+    parties, besides the beneficiary, who may end it early (see htlc.abort). Signed by
+    the owner, or by a coordinator carrying the owner's signed settlement in `auth`."""
 
     id: str = attrs.field(validator=ident)
     ledger: str = attrs.field(validator=ident)
@@ -238,6 +246,7 @@ class Lock(Body):
     hashlock: bytes = attrs.field(validator=digest32)
     expiry_ms: int = attrs.field(validator=time_ms)
     abort_by: tuple[str, ...] = attrs.field(validator=idents(ABORT_BY_MAX))
+    auth: dict | None = attrs.field(default=None, validator=optional_object)
 
 
 @message("claim")
@@ -279,6 +288,7 @@ class Settle(Body):
     ledger: str = attrs.field(validator=ident)
     ts_ms: int = attrs.field(validator=time_ms)
     legs: tuple[Leg, ...] = attrs.field(validator=legs)
+    auth: dict | None = attrs.field(default=None, validator=optional_object)
 
 
 INSTRUCTIONS = (OpenAccount, CreateInstrument, Issue, Redeem, Transfer, Lock, Claim,
@@ -391,6 +401,81 @@ class Entry(Body):
     effects: dict
 
 
+# Settlements, between counterparties and their coordinator.
+
+SETTLEMENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
+
+
+def settlement_id(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """Up to 48 characters and no colon: lock ids are built as `{id}:{leg}`."""
+    _expect(attribute, value, str, "a string")
+    if not SETTLEMENT_ID_PATTERN.fullmatch(value):
+        raise _invalid(attribute, "must be 1-48 characters of A-Z a-z 0-9 . _ - starting alphanumeric")
+
+
+@attrs.frozen
+class SettlementLeg:
+    """One leg of a settlement: an asset moving on one ledger."""
+
+    ledger: str = attrs.field(validator=ident)
+    from_account: str = attrs.field(validator=ident)
+    to_account: str = attrs.field(validator=ident)
+    asset: str = attrs.field(validator=asset_code)
+    amount: int = attrs.field(validator=amount)
+
+    def as_leg(self) -> Leg:
+        return Leg(self.from_account, self.to_account, self.asset, self.amount)
+
+
+def settlement_legs(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if len(value) != 2 or not all(isinstance(leg, SettlementLeg) for leg in value):
+        raise Rejected(Code.MALFORMED, attribute.name, "a settlement has exactly two legs, each an object")
+    first, second = value
+    if (first.ledger, first.asset) == (second.ledger, second.asset):
+        raise _invalid(attribute, "the two legs move the same asset on the same ledger")
+    securities = [len(leg.asset) == 12 for leg in value]
+    if instance.kind == "dvp" and sorted(securities) != [False, True]:
+        raise _invalid(attribute, "a DvP moves one instrument (ISIN) against one currency")
+    if instance.kind == "pvp" and any(securities):
+        raise _invalid(attribute, "a PvP moves one currency against another")
+
+
+@message("settlement")
+class Settlement(Body):
+    """A DvP or PvP instruction, signed by both counterparties: `parties[i]` owns the
+    account leg i is paid from. Leg 0 is claimed first; the two legs run in opposite
+    directions (leg 0 pays parties[1], leg 1 pays parties[0])."""
+
+    id: str = attrs.field(validator=settlement_id)
+    kind: str = attrs.field(validator=attrs.validators.in_(("dvp", "pvp")))
+    ts_ms: int = attrs.field(validator=time_ms)
+    coordinator: str = attrs.field(validator=ident)
+    deadline_ms: int = attrs.field(validator=time_ms)
+    parties: tuple[str, ...] = attrs.field(validator=idents(2, at_least=2))
+    legs: tuple[SettlementLeg, ...] = attrs.field(validator=settlement_legs)
+
+
+@message("query_settlement")
+class QuerySettlement(Body):
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    settlement_id: str = attrs.field(validator=settlement_id)
+
+
+@message("settlement_status")
+class SettlementStatus(Body):
+    """The coordinator's account of a settlement: its phase and the time of each step."""
+
+    coordinator: str = attrs.field(validator=ident)
+    settlement_id: str = attrs.field(validator=ident)
+    phase: str = attrs.field(validator=ident)
+    time_ms: int = attrs.field(validator=time_ms)
+    reason_code: str = ""
+    reason: str = ""
+    steps: tuple = ()
+
+
 # -- wire mapping ---------------------------------------------------------------------
 
 def to_body(msg: Body) -> dict[str, Any]:
@@ -406,8 +491,8 @@ def _to_wire(value: Any) -> Any:
         return value.hex()
     if isinstance(value, tuple):
         return [_to_wire(item) for item in value]
-    if isinstance(value, Leg):
-        return {a.name: getattr(value, a.name) for a in attrs.fields(Leg)}
+    if isinstance(value, (Leg, SettlementLeg)):
+        return {a.name: getattr(value, a.name) for a in attrs.fields(type(value))}
     return value
 
 
@@ -444,21 +529,22 @@ def from_body(body: Any, *, allowed: tuple[type, ...] | None = None) -> Body:
 def _from_wire(attribute: attrs.Attribute, value: Any) -> Any:
     if attribute.validator is digest32:
         return _hex32(attribute.name, value)
-    if attribute.validator is legs:
+    if attribute.validator in (legs, settlement_legs):
         if not isinstance(value, list):
             raise Rejected(Code.MALFORMED, attribute.name, "expected a list of legs")
-        return tuple(_leg(index, item) for index, item in enumerate(value))
+        cls = Leg if attribute.validator is legs else SettlementLeg
+        return tuple(_leg(cls, index, item) for index, item in enumerate(value))
     if isinstance(value, list):
         return tuple(value)
     return value
 
 
-def _leg(index: int, value: Any) -> Leg:
+def _leg(cls: type, index: int, value: Any) -> Any:
     """A leg, its refusals naming the field as the rules do: `legs[1].amount`."""
-    names = {a.name for a in attrs.fields(Leg)}
+    names = {a.name for a in attrs.fields(cls)}
     if not isinstance(value, dict) or set(value) != names:
         raise Rejected(Code.MALFORMED, f"legs[{index}]", f"each leg must be an object with exactly {sorted(names)}")
     try:
-        return Leg(**value)
+        return cls(**value)
     except Rejected as error:
         raise Rejected(error.code, f"legs[{index}].{error.field}", error.reason) from None

@@ -50,6 +50,10 @@ def service_of_ledger(ledger_id: str) -> str:
     return f"ledger.{ledger_id}"
 
 
+def service_of_coordinator(coordinator_id: str) -> str:
+    return f"coordinator.{coordinator_id}"
+
+
 def entries_topic(ledger_id: str) -> str:
     """Where a ledger publishes each journal entry as it commits: its change stream."""
     return f"ledger.{ledger_id}.entries"

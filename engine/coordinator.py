@@ -1,0 +1,325 @@
+"""The coordinator: drives each settlement through its phases (protocols.settlement)
+across the ledgers, journaling every phase before acting on it.
+
+Cross-ledger: lock both legs in parallel under one hash, each lock authorised by the
+counterparties' signed settlement; when both are confirmed and that is durable, claim
+leg 0, then leg 1. Any refusal or silence before the secret is out rolls back: every
+placed lock is aborted (the coordinator is named in each lock's `abort_by`). Same
+ledger: one `settle` instruction, all legs or none.
+
+Recovery is the same code entered at the journaled phase: locks and settles are sent
+again byte for byte (ledgers answer a repeated id with their first receipt), claims and
+aborts are safe to repeat, and what a ledger already did is read from its lock state."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Callable
+
+import attrs
+import trio
+
+from protocols import canonical
+from protocols.bus import Bus, BusTimeout, service_of_coordinator
+from protocols.bus.clock import ServiceClock
+from protocols.bus.client import BadReply, LedgerClient
+from protocols.errors import Code, Rejected
+from protocols.htlc import hashlock_of
+from protocols.messages import (IDENT_PATTERN, Abort, Claim, Lock, QueryLock, QuerySettlement, Receipt,
+                                Settle, Settlement, SettlementStatus)
+from protocols.registry import Registry
+from protocols.settlement import Phase, Timing, lock_id, settle_id
+from protocols.signing import PrivateKey, Signed, decode_signed, sign
+
+from .journal import Journal, Record
+
+log = logging.getLogger("lockstep.coordinator")
+
+RETRY_S = 0.05
+SUBMIT_TIMEOUT_S = 0.5     # one attempt at a ledger request; retried while time allows
+IN_FLIGHT_MAX = 10_000     # settlements driven at once; more are refused as overloaded
+
+
+class Coordinator:
+    def __init__(self, coordinator_id: str, key: PrivateKey, registry: Registry, bus: Bus,
+                 journal: Journal, clock: ServiceClock, timing: Timing = Timing()) -> None:
+        self.id = coordinator_id
+        self._key = key
+        self.registry = registry
+        self.bus = bus
+        self.journal = journal
+        self.clock = clock
+        self.timing = timing
+        self._clients: dict[str, LedgerClient] = {}
+        self._running: dict[str, trio.Event] = {}   # settlement id -> set when final
+        self._nursery: trio.Nursery | None = None
+        self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
+
+    def client(self, ledger_id: str) -> LedgerClient:
+        if ledger_id not in self._clients:
+            party = self.registry.get(ledger_id)
+            if party is None:
+                raise Rejected(Code.INVALID_FIELD, "legs", f"{ledger_id!r} is not a registered ledger")
+            self._clients[ledger_id] = LedgerClient(self.bus, ledger_id, party.public_key,
+                                                    timeout_s=SUBMIT_TIMEOUT_S, attempts=1)
+        return self._clients[ledger_id]
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Resume every unfinished settlement, then drive new ones as they come over
+        the bus, each request answered when its settlement is final."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.journal.run)
+            for record in self.journal.unfinished():
+                log.info("resuming settlement %s from %s", record.settlement_id, record.phase.value)
+                self._start(record)
+            async with self.bus.serve(service_of_coordinator(self.id)) as requests:
+                task_status.started()
+                async for request in requests:
+                    if len(self._running) >= IN_FLIGHT_MAX:
+                        await request.reply(self._status_error(request.payload, Rejected(
+                            Code.OVERLOADED, "$", f"{IN_FLIGHT_MAX} settlements in flight; retry later")))
+                        continue
+                    nursery.start_soon(self._answer, request)
+
+    async def _answer(self, request) -> None:
+        try:
+            msg = decode_signed(request.payload, allowed=(Settlement, QuerySettlement)).msg
+            if isinstance(msg, QuerySettlement):
+                record = self.journal.get(msg.settlement_id)
+                if record is None:
+                    raise Rejected(Code.INVALID_FIELD, "settlement_id", f"no settlement {msg.settlement_id!r}")
+            else:
+                record = await self.submit(request.payload)
+            reply = self.status(record)
+        except Rejected as error:
+            reply = self._status_error(request.payload, error)
+        await request.reply(reply)
+
+    def status(self, record: Record) -> bytes:
+        return sign(SettlementStatus(self.id, record.settlement_id, record.phase.value, self.clock.now_ms(),
+                                     record.reason_code, record.reason, tuple(list(step) for step in record.steps)),
+                    (self.id, self._key)).encode()
+
+    def _status_error(self, payload: bytes, error: Rejected) -> bytes:
+        """A refusal in the shape of a status, phase "rejected", for the sender's id."""
+        settlement_id = _id_of(payload)
+        return sign(SettlementStatus(self.id, settlement_id, "rejected", self.clock.now_ms(),
+                                     error.code.value, f"{error.field}: {error.reason}"), (self.id, self._key)).encode()
+
+    # -- intake ----------------------------------------------------------------------------
+
+    async def submit(self, raw: bytes) -> Record:
+        """Accept a signed settlement and return its record once final. A settlement
+        sent again (same id, same bytes) is not run twice: its record is returned."""
+        signed = decode_signed(raw, allowed=(Settlement,))
+        settlement: Settlement = signed.msg
+        known = self.journal.get(settlement.id)
+        if known is not None:
+            if known.instruction != signed.encode():
+                raise Rejected(Code.ID_REUSED, "id", f"settlement {settlement.id} was submitted with other content")
+            return await self.wait(settlement.id)
+        self.validate(signed)
+        record = Record(settlement.id, signed.encode(), Phase.PENDING,
+                        steps=((Phase.PENDING.value, self.clock.now_ms()),))
+        await self.journal.save(record)
+        self._start(record)
+        return await self.wait(settlement.id)
+
+    def validate(self, signed: Signed) -> None:
+        settlement: Settlement = signed.msg
+        if settlement.coordinator != self.id:
+            raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.id!r}")
+        self.registry.verify_all(signed)
+        self.registry.signed_by(signed, settlement.parties)
+        for index, leg in enumerate(settlement.legs):
+            self.client(leg.ledger)
+        now_ms = self.clock.now_ms()
+        if settlement.deadline_ms < now_ms + self.timing.total_ms():
+            raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "deadline_ms",
+                           f"deadline leaves less than the {self.timing.total_ms()} ms a settlement may take")
+
+    async def wait(self, settlement_id: str) -> Record:
+        event = self._running.get(settlement_id)
+        if event is not None:
+            await event.wait()
+        record = self.journal.get(settlement_id)
+        assert record is not None
+        return record
+
+    def _start(self, record: Record) -> None:
+        assert self._nursery is not None, "coordinator is not running"
+        self._running[record.settlement_id] = trio.Event()
+        self._nursery.start_soon(self._drive, record)
+
+    # -- the driver --------------------------------------------------------------------------
+
+    async def _save(self, record: Record) -> Record:
+        await self.journal.save(record)
+        self.on_phase(record)
+        return record
+
+    async def _drive(self, record: Record) -> None:
+        settlement: Settlement = decode_signed(record.instruction, allowed=(Settlement,)).msg
+        try:
+            while not record.final:
+                record = await self._step(record, settlement)
+        finally:
+            self._running.pop(record.settlement_id).set()
+        log.info("settlement %s %s%s", record.settlement_id, record.phase.value,
+                 f": {record.reason_code}: {record.reason}" if record.reason_code else "")
+
+    async def _step(self, record: Record, settlement: Settlement) -> Record:
+        now_ms = self.clock.now_ms()
+        same_ledger = settlement.legs[0].ledger == settlement.legs[1].ledger
+        if record.phase is Phase.PENDING:
+            return await (self._settle_same_ledger if same_ledger else self._lock)(record, settlement, now_ms)
+        if record.phase is Phase.LOCKING:
+            return await self._confirm_locks(record, settlement)
+        if record.phase is Phase.LOCKED:
+            if self.timing.may_release_secret(now_ms, record.expiry_ms[0]):
+                return await self._save(record.to(Phase.CLAIMING, now_ms))
+            return await self._save(record.to(Phase.ROLLING_BACK, now_ms, reason_code=Code.TIMEOUT.value,
+                                              reason="too little time left to claim leg 0 safely"))
+        if record.phase is Phase.CLAIMING:
+            return await self._claim_both(record, settlement)
+        if record.phase is Phase.ROLLING_BACK:
+            return await self._roll_back(record, settlement)
+        raise AssertionError(f"no step from {record.phase}")
+
+    async def _settle_same_ledger(self, record: Record, settlement: Settlement, now_ms: int) -> Record:
+        if not record.sent:
+            settle = sign(Settle(settle_id(settlement.id), settlement.legs[0].ledger, now_ms,
+                                 tuple(leg.as_leg() for leg in settlement.legs), auth=_wire(record)),
+                          (self.id, self._key))
+            record = await self._save(attrs.evolve(record, sent=(settle.encode(),)))
+        outcome = await self._send(settlement.legs[0].ledger, record.sent[0], self._deadline(settlement))
+        now_ms = self.clock.now_ms()
+        if isinstance(outcome, Receipt) and outcome.applied:
+            return await self._save(record.to(Phase.SETTLED, now_ms))
+        code, reason = _failure(outcome)
+        return await self._save(record.to(Phase.FAILED, now_ms, reason_code=code, reason=reason))
+
+    async def _lock(self, record: Record, settlement: Settlement, now_ms: int) -> Record:
+        secret = secrets.token_bytes(32)
+        expiries = self.timing.expiries(now_ms)
+        locks = tuple(
+            sign(Lock(lock_id(settlement.id, index), leg.ledger, now_ms, leg.from_account, leg.to_account,
+                      leg.asset, leg.amount, hashlock_of(secret), expiries[index], (self.id,), auth=_wire(record)),
+                 (self.id, self._key)).encode()
+            for index, leg in enumerate(settlement.legs))
+        return await self._save(record.to(Phase.LOCKING, now_ms, secret=secret, expiry_ms=expiries, sent=locks))
+
+    async def _confirm_locks(self, record: Record, settlement: Settlement) -> Record:
+        outcomes: list[object] = [None, None]
+        deadline = self.clock.trio_time_at(record.steps[-1][1] + self.timing.lock_wait_ms)
+
+        async def place(index: int) -> None:
+            outcomes[index] = await self._send(settlement.legs[index].ledger, record.sent[index], deadline)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(2):
+                nursery.start_soon(place, index)
+        now_ms = self.clock.now_ms()
+        if all(isinstance(o, Receipt) and o.applied for o in outcomes):
+            return await self._save(record.to(Phase.LOCKED, now_ms))
+        refusals = [o for o in outcomes if isinstance(o, Receipt) and not o.applied]
+        code, reason = _failure(refusals[0] if refusals else None)
+        return await self._save(record.to(Phase.ROLLING_BACK, now_ms, reason_code=code, reason=reason))
+
+    async def _claim_both(self, record: Record, settlement: Settlement) -> Record:
+        for index in range(2):
+            state = await self._claim(settlement, index, record.secret, record.expiry_ms[index])
+            if state != "claimed":
+                now_ms = self.clock.now_ms()
+                if index == 0:  # the secret reached no beneficiary: undo leg 1 too
+                    return await self._save(record.to(Phase.ROLLING_BACK, now_ms, reason_code=Code.LOCK_EXPIRED.value,
+                                                      reason=f"leg 0 could not be claimed: lock is {state}"))
+                return await self._save(record.to(Phase.ONE_LEGGED, now_ms, reason_code=Code.LOCK_EXPIRED.value,
+                                                  reason=f"leg 0 claimed but leg 1 is {state}"))
+        return await self._save(record.to(Phase.SETTLED, self.clock.now_ms()))
+
+    async def _claim(self, settlement: Settlement, index: int, secret: bytes, expiry_ms: int) -> str:
+        """Claim one leg until the ledger says it is claimed, or that it never can be."""
+        leg = settlement.legs[index]
+        target = lock_id(settlement.id, index)
+        while True:
+            claim = sign(Claim(f"{target}:c{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target, secret),
+                         (self.id, self._key))
+            outcome = await self._send(leg.ledger, claim.encode(), trio.current_time() + self.timing.claim_deadline_ms / 1000)
+            if isinstance(outcome, Receipt) and outcome.applied:
+                return "claimed"
+            state = await self._lock_state(leg.ledger, target, deadline_ms=expiry_ms + self.timing.clock_skew_ms_max)
+            if state != "held":
+                return state
+            await trio.sleep(RETRY_S)
+
+    async def _roll_back(self, record: Record, settlement: Settlement) -> Record:
+        """Release every lock that may have been placed; the ledger refunds by itself
+        what we cannot reach before its expiry."""
+        for index, leg in enumerate(settlement.legs[:len(record.sent)]):
+            target = lock_id(settlement.id, index)
+            abort = sign(Abort(f"{target}:a{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target),
+                         (self.id, self._key))
+            outcome = await self._send(leg.ledger, abort.encode(), self.clock.trio_time_at(record.expiry_ms[index]))
+            if not (isinstance(outcome, Receipt) and outcome.applied):
+                state = await self._lock_state(leg.ledger, target, deadline_ms=record.expiry_ms[index])
+                assert state != "claimed", f"lock {target} was claimed while its settlement rolled back"
+        phase = Phase.FAILED if record.reason_code not in ("", Code.TIMEOUT.value) else Phase.ROLLED_BACK
+        return await self._save(record.to(phase, self.clock.now_ms()))
+
+    # -- talking to ledgers --------------------------------------------------------------------
+
+    async def _send(self, ledger_id: str, raw: bytes, deadline: float) -> Receipt | None:
+        """Send the same bytes until answered or the trio deadline passes (None)."""
+        client = self.client(ledger_id)
+        with trio.move_on_at(deadline):
+            while True:
+                try:
+                    reply = await client.submit_raw(raw)
+                    assert isinstance(reply, Receipt)
+                    return reply
+                except (BusTimeout, BadReply) as error:
+                    log.debug("%s: %s; retrying", ledger_id, error)
+                    await trio.sleep(RETRY_S)
+        return None
+
+    async def _lock_state(self, ledger_id: str, target: str, deadline_ms: int) -> str:
+        """A lock's state as its ledger reports it; "absent" if it was never placed,
+        "unknown" if the ledger cannot be reached before the deadline."""
+        client = self.client(ledger_id)
+        with trio.move_on_at(self.clock.trio_time_at(deadline_ms)):
+            while True:
+                try:
+                    view = await client.query(QueryLock(client.next_query_id(), ledger_id, target))
+                    return view["state"]
+                except Rejected as error:
+                    if error.code is Code.UNKNOWN_LOCK:
+                        return "absent"
+                    raise
+                except (BusTimeout, BadReply):
+                    await trio.sleep(RETRY_S)
+        return "unknown"
+
+    def _deadline(self, settlement: Settlement) -> float:
+        return self.clock.trio_time_at(settlement.deadline_ms)
+
+
+def _wire(record: Record) -> dict:
+    return decode_signed(record.instruction, allowed=(Settlement,)).wire()
+
+
+def _failure(outcome: Receipt | None) -> tuple[str, str]:
+    if outcome is None:
+        return Code.TIMEOUT.value, "a ledger did not confirm in time"
+    return outcome.code or "", f"{outcome.ledger}: {outcome.field}: {outcome.reason}"
+
+
+def _id_of(payload: bytes) -> str:
+    try:
+        value = canonical.decode(payload)
+    except Rejected:
+        return "unknown"
+    candidate = value.get("settlement_id", value.get("id")) if isinstance(value, dict) else None
+    return candidate if isinstance(candidate, str) and IDENT_PATTERN.fullmatch(candidate) else "unknown"

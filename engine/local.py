@@ -1,0 +1,152 @@
+"""A whole Lockstep world in one process, for the demo, the tests and the benchmark:
+every ledger a `LedgerService` and the coordinator a `Coordinator`, each with its own
+store and clock, meeting only on the bus they are given. (This module, like the CLI,
+may import both ledgers and engine: it is what starts them.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import trio
+
+from ledgers.config import LedgerConfig
+from ledgers.ledger import Ledger
+from ledgers.service import LedgerService
+from ledgers.store import Store
+from protocols.bus.clock import ServiceClock
+from protocols.bus.client import LedgerClient, raise_for
+from protocols.identifiers import make_isin
+from protocols.messages import (Body, CreateInstrument, Issue, OpenAccount, QueryBalances, Settlement,
+                                SettlementLeg, Transfer)
+from protocols.registry import Role
+from protocols.settlement import Timing
+from protocols.signing import sign
+
+from .coordinator import Coordinator
+from .journal import Journal
+from .world import LedgerSpec, World, lay_out
+
+COORDINATOR = "coordinator"
+BOND = make_isin("XS270000001")
+
+PARTIES = {
+    "csd-op": (Role.OPERATOR,),
+    "ecb": (Role.CENTRAL_BANK,),
+    "fed": (Role.CENTRAL_BANK,),
+    "snb": (Role.CENTRAL_BANK,),
+    "treasury": (Role.PARTICIPANT,),
+    "bank-a": (Role.PARTICIPANT,),
+    "bank-b": (Role.PARTICIPANT,),
+    COORDINATOR: (Role.COORDINATOR,),
+}
+LEDGERS = [
+    LedgerSpec("csd", "securities", "csd-op"),
+    LedgerSpec("cbdc-eur", "cbdc", "ecb", (("EUR", "ecb"),)),
+    LedgerSpec("cbdc-multi", "cbdc", "fed", (("USD", "fed"), ("CHF", "snb"))),
+    LedgerSpec("unified", "unified", "csd-op", (("EUR", "ecb"), ("USD", "fed"))),
+]
+
+
+def standard_world(directory: str | Path, broker: str | None = None) -> World:
+    """The demo's world: a CSD, a one-currency and a multi-currency CBDC ledger, a
+    unified ledger, three central banks, an issuer, two banks and a coordinator."""
+    return lay_out(directory, LEDGERS, PARTIES, broker=broker)
+
+
+@attrs.define
+class Local:
+    """Start services of `world` on `bus` inside a nursery; talk to them as parties."""
+
+    world: World
+    bus: object
+    nursery: trio.Nursery
+    services: dict[str, LedgerService] = attrs.field(factory=dict)
+    coordinator: Coordinator | None = None
+    clock: ServiceClock = attrs.field(factory=ServiceClock)   # the parties' own clock
+    _ids: int = 0
+
+    async def start_ledger(self, ledger_id: str) -> LedgerService:
+        config = LedgerConfig.load(self.world.ledger_configs[ledger_id])
+        clock = ServiceClock()
+        ledger = Ledger(config, self.world.registry, self.world.keys[ledger_id], Store(config.database), clock.now_ms())
+        service = LedgerService(ledger, self.bus, clock)
+        await self.nursery.start(service.run)
+        self.services[ledger_id] = service
+        return service
+
+    async def start_coordinator(self, timing: Timing = Timing()) -> tuple[Coordinator, trio.CancelScope]:
+        """Start the coordinator under its own cancel scope, so a test can kill it."""
+        journal = Journal(self.world.directory / f"{COORDINATOR}.db")
+        coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, self.bus,
+                                  journal, ServiceClock(), timing)
+        scope = trio.CancelScope()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await coordinator.run(task_status=task_status)
+            journal.close()
+
+        await self.nursery.start(run)
+        self.coordinator = coordinator
+        return coordinator, scope
+
+    def client(self, ledger_id: str) -> LedgerClient:
+        return LedgerClient(self.bus, ledger_id, self.world.registry.get(ledger_id).public_key)
+
+    def next_id(self, prefix: str) -> str:
+        self._ids += 1
+        return f"{prefix}-{self._ids}"
+
+    async def instruct(self, cls: type, ledger_id: str, *signers: str, **fields) -> None:
+        """Send an instruction signed by `signers`; raise if the ledger refuses it."""
+        msg: Body = cls(id=self.next_id(cls.TYPE), ledger=ledger_id, ts_ms=self.clock.now_ms(), **fields)
+        raise_for(await self.client(ledger_id).submit(sign(msg, *((p, self.world.keys[p]) for p in signers))))
+
+    async def open_accounts(self, ledger_id: str, operator: str, accounts: dict[str, str]) -> None:
+        for account, owner in accounts.items():
+            await self.instruct(OpenAccount, ledger_id, operator, account=account, owner=owner)
+
+    async def balances(self, ledger_id: str, account: str) -> dict[str, int]:
+        """Available plus locked, by asset."""
+        client = self.client(ledger_id)
+        value = await client.query(QueryBalances(client.next_query_id(), ledger_id, account))
+        return {asset: b["available"] + b["locked"] for asset, b in value["balances"].items()}
+
+    async def fund_standard(self, bond_units: int = 1_000_000, cash_minor: int = 10**12) -> None:
+        """Accounts and money for the standard world: bank-a holds the bond and buys
+        with USD, bank-b pays EUR; both hold accounts everywhere."""
+        await self.open_accounts("csd", "csd-op", {"treasury": "treasury", "a-sec": "bank-a", "b-sec": "bank-b"})
+        await self.instruct(CreateInstrument, "csd", "csd-op", isin=BOND, issuer="treasury", currency="EUR",
+                            face_value_minor=100_000, coupon_rate_bp=275, maturity_date="2031-06-30")
+        await self.instruct(Issue, "csd", "csd-op", asset=BOND, account="treasury", amount=bond_units)
+        await self.open_accounts("cbdc-eur", "ecb", {"a-eur": "bank-a", "b-eur": "bank-b"})
+        await self.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="b-eur", amount=cash_minor)
+        await self.open_accounts("cbdc-multi", "fed", {"a-usd": "bank-a", "b-usd": "bank-b"})
+        await self.instruct(Issue, "cbdc-multi", "fed", asset="USD", account="a-usd", amount=cash_minor)
+        await self.open_accounts("unified", "csd-op", {"treasury": "treasury", "a": "bank-a", "b": "bank-b"})
+        await self.instruct(CreateInstrument, "unified", "csd-op", isin=BOND, issuer="treasury", currency="EUR",
+                            face_value_minor=100_000, coupon_rate_bp=275, maturity_date="2031-06-30")
+        await self.instruct(Issue, "unified", "csd-op", asset=BOND, account="treasury", amount=bond_units)
+        await self.instruct(Issue, "unified", "ecb", asset="EUR", account="b", amount=cash_minor)
+        await self.instruct(Issue, "unified", "fed", asset="USD", account="a", amount=cash_minor)
+        for ledger_id, to_account in (("csd", "a-sec"), ("unified", "a")):
+            await self.instruct(Transfer, ledger_id, "treasury", from_account="treasury", to_account=to_account,
+                                asset=BOND, amount=bond_units // 2)
+
+    def settlement(self, kind: str, legs: tuple[SettlementLeg, SettlementLeg], parties: tuple[str, str],
+                   *, settlement_id: str | None = None, deadline_ms: int | None = None) -> bytes:
+        """A settlement signed by both parties, as their back offices would send it."""
+        now = self.clock.now_ms()
+        msg = Settlement(settlement_id or self.next_id(kind), kind, now, COORDINATOR,
+                         deadline_ms or now + 60_000, parties, legs)
+        return sign(msg, *((p, self.world.keys[p]) for p in parties)).encode()
+
+
+def dvp_legs(securities_ledger: str, seller_sec: str, buyer_sec: str, quantity: int,
+             cash_ledger: str, currency: str, buyer_cash: str, seller_cash: str, amount: int,
+             isin: str = BOND) -> tuple[SettlementLeg, SettlementLeg]:
+    """Leg 0 is the cash (buyer pays seller), leg 1 the bond (seller delivers)."""
+    return (SettlementLeg(cash_ledger, buyer_cash, seller_cash, currency, amount),
+            SettlementLeg(securities_ledger, seller_sec, buyer_sec, isin, quantity))
+
