@@ -1,6 +1,10 @@
 """The `lockstep` command: every service and tool of a local world.
 
+    lockstep demo [--broker URL]         a whole local world settling, with a report
     lockstep ledger --config FILE        run one ledger service over MQTT
+    lockstep coordinator --config FILE   run the coordinator over MQTT
+    lockstep watchtower --config FILE    run a watchtower over MQTT
+    lockstep status ID --config FILE     a settlement's phase and steps, from the coordinator
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
     lockstep conformance --broker URL --ledger ID --keys DIR
                                          check any ledger service against PROTOCOL.md
@@ -35,6 +39,31 @@ def _broker(args: argparse.Namespace) -> int:
     os.execv(mosquitto_path(), ["mosquitto", "-c", str(broker.config_path)])
 
 
+def _engine(args: argparse.Namespace) -> int:
+    from engine import daemon
+    run = daemon.run_coordinator if args.command == "coordinator" else daemon.run_watchtower
+    try:
+        trio.run(run, args.config, args.broker)
+    except daemon.DaemonError as error:
+        print(f"lockstep {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from engine import daemon, status
+    try:
+        return trio.run(status.main, args.config, args.id, args.broker)
+    except daemon.DaemonError as error:
+        print(f"lockstep status: {error}", file=sys.stderr)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from engine import demo
+    return demo.main(args.broker)
+
+
 def _conformance(args: argparse.Namespace) -> int:
     from engine.conformance import main
     return trio.run(main, args.broker, args.ledger, args.keys)
@@ -49,6 +78,22 @@ def parser() -> argparse.ArgumentParser:
     ledger.add_argument("--config", required=True, help="the ledger's TOML file")
     ledger.add_argument("--broker", help="broker URL, overriding the config's")
     ledger.set_defaults(run=_ledger)
+
+    demo = commands.add_parser("demo", help="run a whole local world and report what happened")
+    demo.add_argument("--broker", help="run each ledger as its own process on this MQTT broker")
+    demo.set_defaults(run=_demo)
+
+    for name, text in (("coordinator", "run the coordinator over MQTT"), ("watchtower", "run a watchtower over MQTT")):
+        engine = commands.add_parser(name, help=text)
+        engine.add_argument("--config", required=True, help="the coordinator's TOML file")
+        engine.add_argument("--broker", help="broker URL, overriding the config's")
+        engine.set_defaults(run=_engine)
+
+    status = commands.add_parser("status", help="a settlement's phase and the time of each step")
+    status.add_argument("id", help="the settlement id")
+    status.add_argument("--config", required=True, help="the coordinator's TOML file")
+    status.add_argument("--broker", help="broker URL, overriding the config's")
+    status.set_defaults(run=_status)
 
     broker = commands.add_parser("broker", help="run a local Mosquitto with Lockstep's settings")
     broker.add_argument("--port", type=int, default=1883)

@@ -33,6 +33,7 @@ from protocols.settlement import Phase, Timing, lock_id, settle_id
 from protocols.signing import PrivateKey, Signed, decode_signed, sign
 
 from .journal import Journal, Record
+from .watchtower import Watchtower
 
 log = logging.getLogger("lockstep.coordinator")
 
@@ -43,7 +44,8 @@ IN_FLIGHT_MAX = 10_000     # settlements driven at once; more are refused as ove
 
 class Coordinator:
     def __init__(self, coordinator_id: str, key: PrivateKey, registry: Registry, bus: Bus,
-                 journal: Journal, clock: ServiceClock, timing: Timing = Timing()) -> None:
+                 journal: Journal, clock: ServiceClock, timing: Timing = Timing(),
+                 watched_ledgers: tuple[str, ...] = ()) -> None:
         self.id = coordinator_id
         self._key = key
         self.registry = registry
@@ -55,6 +57,8 @@ class Coordinator:
         self._running: dict[str, trio.Event] = {}   # settlement id -> set when final
         self._nursery: trio.Nursery | None = None
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
+        self.watchtower = Watchtower(coordinator_id, key, registry, bus, list(watched_ledgers), clock,
+                                     grace_ms=timing.claim_deadline_ms // 2) if watched_ledgers else None
 
     def client(self, ledger_id: str) -> LedgerClient:
         if ledger_id not in self._clients:
@@ -71,6 +75,8 @@ class Coordinator:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.journal.run)
+            if self.watchtower is not None:
+                await nursery.start(self.watchtower.run)
             for record in self.journal.unfinished():
                 log.info("resuming settlement %s from %s", record.settlement_id, record.phase.value)
                 self._start(record)

@@ -75,11 +75,13 @@ class Local:
         self.services[ledger_id] = service
         return service
 
-    async def start_coordinator(self, timing: Timing = Timing()) -> tuple[Coordinator, trio.CancelScope]:
+    async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True
+                                ) -> tuple[Coordinator, trio.CancelScope]:
         """Start the coordinator under its own cancel scope, so a test can kill it."""
         journal = Journal(self.world.directory / f"{COORDINATOR}.db")
+        watched = tuple(self.services) if watchtower else ()
         coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, self.bus,
-                                  journal, ServiceClock(), timing)
+                                  journal, ServiceClock(), timing, watched)
         scope = trio.CancelScope()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:

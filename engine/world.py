@@ -24,7 +24,7 @@ class World:
     directory: Path
     registry: Registry
     keys: dict[str, PrivateKey]
-    ledger_configs: dict[str, Path]
+    ledger_configs: dict[str, Path]    # and the coordinators' configs, by party id
 
     @property
     def registry_path(self) -> Path:
@@ -60,4 +60,13 @@ def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str,
         path = directory / f"{spec.ledger_id}.toml"
         path.write_text("\n".join(lines) + "\n")
         configs[spec.ledger_id] = path
+    for party, roles in parties.items():
+        if Role.COORDINATOR in roles:
+            ledger_list = ", ".join(f'"{spec.ledger_id}"' for spec in ledgers)
+            lines = [f'coordinator_id = "{party}"', f'key_file = "keys/{party}.pem"', 'registry = "registry.toml"',
+                     f'journal = "{party}.db"', f"ledgers = [{ledger_list}]"]
+            if broker:
+                lines.append(f'broker = "{broker}"')
+            configs[party] = directory / f"{party}.toml"
+            configs[party].write_text("\n".join(lines) + "\n")
     return World(directory, registry, keys, configs)

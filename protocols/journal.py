@@ -50,39 +50,65 @@ class Link:
     raw: bytes
 
 
+class ChainChecker:
+    """Checks entries one after another: place, ledger, link, hash, signature.
+    Following a journal from the middle, pass `prev_hash=None`: the first entry's
+    own prev_hash is taken on trust of its signature."""
+
+    def __init__(self, ledger_id: str, public_key: ec.EllipticCurvePublicKey, *, seq: int = 0,
+                 prev_hash: str | None = GENESIS_HASH, signatures: bool = True) -> None:
+        self.ledger_id = ledger_id
+        self.public_key = public_key
+        self.seq = seq
+        self.prev_hash = prev_hash
+        self.signatures = signatures
+
+    def check(self, value: Any, stored_hash: str | None = None) -> tuple[Signed, str]:
+        seq = self.seq
+        try:
+            signed = from_wire(value, allowed=(Entry,))
+        except Rejected as error:
+            raise ChainBroken(seq, f"does not decode: {error}") from None
+        entry: Entry = signed.msg
+        if entry.seq != seq:
+            raise ChainBroken(seq, f"sequence {entry.seq} where {seq} was expected")
+        if entry.ledger != self.ledger_id:
+            raise ChainBroken(seq, f"written by ledger {entry.ledger!r}, not {self.ledger_id!r}")
+        if self.prev_hash is not None and entry.prev_hash != self.prev_hash:
+            raise ChainBroken(seq, "prev_hash does not match the hash of the entry before")
+        actual = entry_hash(signed)
+        if stored_hash is not None and actual != stored_hash:
+            raise ChainBroken(seq, "content does not match its stored hash")
+        if self.signatures:
+            check_signature(signed, seq, self.ledger_id, self.public_key)
+        self.seq, self.prev_hash = seq + 1, actual
+        return signed, actual
+
+
 def verify_chain(links: Iterable[Link], ledger_id: str, public_key: ec.EllipticCurvePublicKey,
                  *, signatures: str = "all") -> Iterator[tuple[Signed, str]]:
-    """Yield each entry with its hash after checking it, raising ChainBroken at the first bad one.
-    `signatures` is "all" or "last": every hash link is always checked; checking the
-    last entry's signature alone already proves every earlier entry unchanged."""
+    """Yield each stored entry with its hash after checking it, raising ChainBroken at
+    the first bad one. `signatures` is "all" or "last": every hash link is always
+    checked; checking the last entry's signature alone already proves every earlier
+    entry unchanged, as each entry's hash is in the next."""
     assert signatures in ("all", "last")
-    expected_seq, prev_hash = 0, GENESIS_HASH
+    checker = ChainChecker(ledger_id, public_key, signatures=signatures == "all")
     last = None
     for link in links:
+        if link.seq != checker.seq:
+            raise ChainBroken(checker.seq, f"is missing: the next stored entry is {link.seq}")
         try:
-            signed = from_wire(decode(link.raw, bytes_max=len(link.raw)), allowed=(Entry,))
+            value = decode(link.raw, bytes_max=len(link.raw))
         except Rejected as error:
             raise ChainBroken(link.seq, f"does not decode: {error}") from None
-        entry: Entry = signed.msg
-        if link.seq != expected_seq or entry.seq != expected_seq:
-            raise ChainBroken(link.seq, f"sequence {entry.seq} where {expected_seq} was expected")
-        if entry.ledger != ledger_id:
-            raise ChainBroken(link.seq, f"written by ledger {entry.ledger!r}, not {ledger_id!r}")
-        if entry.prev_hash != prev_hash:
-            raise ChainBroken(link.seq, "prev_hash does not match the hash of the entry before")
-        actual = entry_hash(signed)
-        if actual != link.stored_hash:
-            raise ChainBroken(link.seq, "content does not match its stored hash")
-        if signatures == "all":
-            _check_signature(signed, link.seq, ledger_id, public_key)
+        signed, actual = checker.check(value, link.stored_hash)
         last = (signed, link.seq)
-        expected_seq, prev_hash = expected_seq + 1, actual
         yield signed, actual
     if last is not None and signatures == "last":
-        _check_signature(last[0], last[1], ledger_id, public_key)
+        check_signature(last[0], last[1], ledger_id, public_key)
 
 
-def _check_signature(signed: Signed, seq: int, ledger_id: str, public_key: ec.EllipticCurvePublicKey) -> None:
+def check_signature(signed: Signed, seq: int, ledger_id: str, public_key: ec.EllipticCurvePublicKey) -> None:
     sig = signed.sigs.get(ledger_id)
     if sig is None or not verify(public_key, sig, signing_bytes(signed.body)):
         raise ChainBroken(seq, "ledger signature does not verify")

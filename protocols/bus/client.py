@@ -31,7 +31,7 @@ class LedgerClient:
                  timeout_s: float = 2.0, attempts: int = 5) -> None:
         self.bus = bus
         self.ledger_id = ledger_id
-        self._key = ledger_key
+        self.ledger_key = ledger_key
         self._service = service_of_ledger(ledger_id)
         self.timeout_s = timeout_s
         self.attempts = attempts
@@ -73,7 +73,7 @@ class LedgerClient:
         except Rejected as error:
             raise BadReply(f"{self.ledger_id} sent an undecodable reply: {error}") from None
         sig = signed.sigs.get(self.ledger_id)
-        if sig is None or not verify(self._key, sig, signing_bytes(signed.body)):
+        if sig is None or not verify(self.ledger_key, sig, signing_bytes(signed.body)):
             raise BadReply(f"reply not signed by {self.ledger_id}")
         return signed.msg
 

@@ -1,0 +1,64 @@
+"""The coordinator's configuration (the watchtower reads the same file):
+
+    coordinator_id = "coordinator"
+    key_file = "keys/coordinator.pem"     # paths are relative to this file
+    registry = "registry.toml"
+    journal = "coordinator.db"
+    broker = "mqtt://127.0.0.1:1883"
+    ledgers = ["csd", "cbdc-eur"]         # watched by the watchtower
+
+    [timing]                              # optional; see protocols.settlement.Timing
+    lock_wait_ms = 2000
+    claim_deadline_ms = 4000
+    clock_skew_ms_max = 1000
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import attrs
+
+from protocols.settlement import Timing
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, field and reason."""
+
+
+@attrs.frozen
+class CoordinatorConfig:
+    coordinator_id: str
+    key_file: Path
+    registry: Path
+    journal: Path
+    broker: str | None
+    ledgers: tuple[str, ...]
+    timing: Timing = Timing()
+
+    @classmethod
+    def load(cls, path: str | Path) -> CoordinatorConfig:
+        path = Path(path)
+        try:
+            with path.open("rb") as file:
+                data = tomllib.load(file)
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"{path}: {error}") from None
+        known = {"coordinator_id", "key_file", "registry", "journal", "broker", "ledgers", "timing"}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{path}: {key}: unknown setting")
+        for key in ("coordinator_id", "key_file", "registry", "journal"):
+            if not isinstance(data.get(key), str):
+                raise ConfigError(f"{path}: {key}: required, a string")
+        ledgers = data.get("ledgers", [])
+        if not isinstance(ledgers, list) or not all(isinstance(ledger, str) for ledger in ledgers):
+            raise ConfigError(f"{path}: ledgers: must be a list of ledger ids")
+        try:
+            timing = Timing(**data.get("timing", {}))
+        except TypeError as error:
+            raise ConfigError(f"{path}: timing: {error}") from None
+        base = path.parent
+        return cls(data["coordinator_id"], base / data["key_file"], base / data["registry"],
+                   base / data["journal"], data.get("broker"), tuple(ledgers), timing)

@@ -1,0 +1,83 @@
+"""`lockstep coordinator` and `lockstep watchtower`: the engine's services as their own
+processes on an MQTT broker. SIGTERM or SIGINT stops them; a coordinator killed any
+harder resumes every unfinished settlement from its journal when started again."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from contextlib import asynccontextmanager
+
+import trio
+
+from protocols.bus.clock import ServiceClock
+from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.registry import Registry
+from protocols.signing import PrivateKey
+
+from .config import ConfigError, CoordinatorConfig
+from .coordinator import Coordinator
+from .journal import Journal
+from .watchtower import Watchtower
+
+log = logging.getLogger("lockstep")
+
+
+class DaemonError(Exception):
+    """Why the service cannot run; printed as it is, exit status 2."""
+
+
+def load(config_path: str, broker: str | None) -> tuple[CoordinatorConfig, Registry, PrivateKey, str]:
+    try:
+        config = CoordinatorConfig.load(config_path)
+        registry = Registry.load(config.registry)
+        key = PrivateKey.load(config.key_file)
+    except (ConfigError, OSError, ValueError) as error:
+        raise DaemonError(str(error)) from None
+    url = broker or config.broker
+    if url is None:
+        raise DaemonError(f"{config_path}: broker: required (or pass --broker)")
+    for ledger in config.ledgers:
+        if ledger not in registry:
+            raise DaemonError(f"{config_path}: ledgers: {ledger!r} is not in the registry")
+    return config, registry, key, url
+
+
+@asynccontextmanager
+async def _until_signalled(url: str, client_id: str):
+    """A bus connection and a nursery that a SIGTERM or SIGINT cancels."""
+    try:
+        async with MqttBus.connect(url, client_id=client_id) as bus:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    async def stop_on_signal() -> None:
+                        async for signum in signals:
+                            log.info("%s stopping on %s", client_id, signal.Signals(signum).name)
+                            nursery.cancel_scope.cancel()
+                    nursery.start_soon(stop_on_signal)
+                    yield bus, nursery
+    except BrokerUnreachable as error:
+        raise DaemonError(str(error)) from None
+
+
+async def run_coordinator(config_path: str, broker: str | None = None) -> None:
+    config, registry, key, url = load(config_path, broker)
+    journal = Journal(config.journal)
+    try:
+        async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
+            coordinator = Coordinator(config.coordinator_id, key, registry, bus, journal, ServiceClock(),
+                                      config.timing, config.ledgers)
+            await nursery.start(coordinator.run)
+            log.info("coordinator %s up on %s, journal %s, Δ = %d ms", config.coordinator_id, url,
+                     config.journal, config.timing.margin_ms)
+    finally:
+        journal.close()
+
+
+async def run_watchtower(config_path: str, broker: str | None = None) -> None:
+    config, registry, key, url = load(config_path, broker)
+    async with _until_signalled(url, f"watchtower-{config.coordinator_id}") as (bus, nursery):
+        watchtower = Watchtower(config.coordinator_id, key, registry, bus, list(config.ledgers), ServiceClock(),
+                                grace_ms=config.timing.claim_deadline_ms // 2)
+        await nursery.start(watchtower.run)
+        log.info("watchtower watching %s on %s", ", ".join(config.ledgers), url)

@@ -1,0 +1,37 @@
+"""`lockstep status ID`: ask the coordinator over the bus for a settlement's phase and
+the time of each step, checking the coordinator's signature on the answer."""
+
+from __future__ import annotations
+
+import datetime
+
+from protocols import canonical
+from protocols.bus import BusTimeout, service_of_coordinator
+from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.messages import QuerySettlement, SettlementStatus
+from protocols.signing import from_wire, signing_bytes, unsigned, verify
+
+from .daemon import DaemonError, load
+
+
+async def main(config_path: str, settlement_id: str, broker: str | None) -> int:
+    config, registry, _, url = load(config_path, broker)
+    query = unsigned(QuerySettlement("status-query", config.coordinator_id, settlement_id)).encode()
+    try:
+        async with MqttBus.connect(url) as bus:
+            raw = await bus.request(service_of_coordinator(config.coordinator_id), query, timeout_s=5)
+    except (BrokerUnreachable, BusTimeout) as error:
+        raise DaemonError(str(error)) from None
+    signed = from_wire(canonical.decode(raw), allowed=(SettlementStatus,))
+    key = registry.get(config.coordinator_id).public_key
+    if not verify(key, signed.sigs.get(config.coordinator_id, b""), signing_bytes(signed.body)):
+        raise DaemonError("the answer is not signed by the coordinator")
+    status: SettlementStatus = signed.msg
+    print(f"settlement {status.settlement_id}: {status.phase.upper()}")
+    if status.reason_code:
+        print(f"  reason: {status.reason_code}: {status.reason}")
+    start = status.steps[0][1] if status.steps else 0
+    for phase, at_ms in status.steps:
+        stamp = datetime.datetime.fromtimestamp(at_ms / 1000, datetime.timezone.utc).isoformat(timespec="milliseconds")
+        print(f"  {stamp}  +{at_ms - start:>6} ms  {phase}")
+    return 0 if status.phase != "rejected" else 1
