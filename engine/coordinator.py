@@ -127,9 +127,8 @@ class Coordinator:
                 raise Rejected(Code.ID_REUSED, "id", f"settlement {settlement.id} was submitted with other content")
             return await self.wait(settlement.id)
         self.validate(signed)
-        record = Record(settlement.id, signed.encode(), Phase.PENDING,
-                        steps=((Phase.PENDING.value, self.clock.now_ms()),))
-        await self.journal.save(record)
+        record = await self._save(Record(settlement.id, signed.encode(), Phase.PENDING,
+                                         steps=((Phase.PENDING.value, self.clock.now_ms()),)))
         self._start(record)
         return await self.wait(settlement.id)
 
@@ -272,7 +271,8 @@ class Coordinator:
             if not (isinstance(outcome, Receipt) and outcome.applied):
                 state = await self._lock_state(leg.ledger, target, deadline_ms=record.expiry_ms[index])
                 assert state != "claimed", f"lock {target} was claimed while its settlement rolled back"
-        phase = Phase.FAILED if record.reason_code not in ("", Code.TIMEOUT.value) else Phase.ROLLED_BACK
+        ran_out_of_time = record.reason_code in (Code.TIMEOUT.value, Code.LOCK_EXPIRED.value)
+        phase = Phase.ROLLED_BACK if ran_out_of_time else Phase.FAILED
         return await self._save(record.to(phase, self.clock.now_ms()))
 
     # -- talking to ledgers --------------------------------------------------------------------

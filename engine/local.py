@@ -64,6 +64,7 @@ class Local:
     services: dict[str, LedgerService] = attrs.field(factory=dict)
     coordinator: Coordinator | None = None
     clock: ServiceClock = attrs.field(factory=ServiceClock)   # the parties' own clock
+    _ledger_scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
     _ids: int = 0
 
     async def start_ledger(self, ledger_id: str) -> LedgerService:
@@ -71,9 +72,22 @@ class Local:
         clock = ServiceClock()
         ledger = Ledger(config, self.world.registry, self.world.keys[ledger_id], Store(config.database), clock.now_ms())
         service = LedgerService(ledger, self.bus, clock)
-        await self.nursery.start(service.run)
+        scope = trio.CancelScope()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await service.run(task_status=task_status)
+            ledger.store.close()
+
+        await self.nursery.start(run)
         self.services[ledger_id] = service
+        self._ledger_scopes[ledger_id] = scope
         return service
+
+    def stop_ledger(self, ledger_id: str) -> None:
+        """Stop a ledger as if its process died; start_ledger brings it back."""
+        del self.services[ledger_id]
+        self._ledger_scopes.pop(ledger_id).cancel()
 
     async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True
                                 ) -> tuple[Coordinator, trio.CancelScope]:

@@ -1,0 +1,85 @@
+"""A bus that loses, repeats, delays and reorders messages, with a seeded generator, for
+fault tests and `lockstep chaos`. It wraps any bus and changes only what its own user
+sends and hears; the services behind it are untouched.
+
+- a *dropped request* never reaches the service: the caller waits out its deadline;
+- a *dropped reply* was applied by the service but never heard: the caller times out
+  and must retry, which idempotency makes safe;
+- a *duplicate* request reaches the service twice;
+- a *delay* holds a request back, so requests overtake one another (reordering)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Callable
+
+import attrs
+import trio
+
+from . import Bus, BusTimeout
+
+
+@attrs.define
+class Faults:
+    drop_request: float = 0.0
+    drop_reply: float = 0.0
+    duplicate: float = 0.0
+    delay: float = 0.0
+    delay_s_max: float = 0.05
+
+
+class FaultyBus:
+    def __init__(self, inner: Bus, faults: Faults, seed: int,
+                 applies: Callable[[str, bytes], bool] = lambda service, payload: True) -> None:
+        self.inner = inner
+        self.faults = faults
+        self.applies = applies
+        self._random = random.Random(seed)
+        self.injected: Counter[str] = Counter()
+
+    def _roll(self, probability: float, kind: str) -> bool:
+        if probability and self._random.random() < probability:
+            self.injected[kind] += 1
+            return True
+        return False
+
+    async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
+        if not self.applies(service, payload):
+            return await self.inner.request(service, payload, timeout_s=timeout_s)
+        faults = self.faults
+        with trio.move_on_after(timeout_s) as scope:
+            if self._roll(faults.delay, "delay"):
+                await trio.sleep(self._random.uniform(0, faults.delay_s_max))
+            if self._roll(faults.drop_request, "drop_request"):
+                await trio.sleep_forever()
+            if self._roll(faults.duplicate, "duplicate"):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._ignore, service, payload, timeout_s)
+                    reply = await self.inner.request(service, payload, timeout_s=timeout_s)
+            else:
+                reply = await self.inner.request(service, payload, timeout_s=timeout_s)
+            if self._roll(faults.drop_reply, "drop_reply"):
+                await trio.sleep_forever()
+            return reply
+        assert scope.cancelled_caught
+        raise BusTimeout(f"no reply from {service} within {timeout_s}s")
+
+    async def _ignore(self, service: str, payload: bytes, timeout_s: float) -> None:
+        try:
+            await self.inner.request(service, payload, timeout_s=timeout_s)
+        except BusTimeout:
+            pass
+
+    def serve(self, service: str):
+        return self.inner.serve(service)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await self.inner.publish(topic, payload)
+
+    def subscribe(self, topic: str):
+        return self.inner.subscribe(topic)
+
+    @property
+    def messages_sent(self) -> int:
+        return self.inner.messages_sent

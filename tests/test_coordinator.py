@@ -1,0 +1,299 @@
+"""The coordinator in one process on the in-memory bus, with a mock clock: every path,
+every timeout, a crash after every step, the watchtower, and unreliable replies.
+Outcomes are checked against the ledgers' real balances and lock states."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from engine.local import Local, dvp_legs, standard_world
+from engine.watchtower import Watchtower
+from protocols.bus.clock import ServiceClock
+from protocols.bus.faults import Faults, FaultyBus
+from protocols.bus.memory import MemoryBus
+from protocols.messages import QueryLock, QueryLocks, SettlementLeg
+from protocols.settlement import Phase, Timing, lock_id
+from protocols.signing import decode_signed
+
+TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
+CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
+CROSS_PVP = (SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 50_000),
+             SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 54_000))
+SAME_DVP = dvp_legs("unified", "a", "b", 100, "unified", "EUR", "b", "a", 99_000)
+SAME_PVP = (SettlementLeg("unified", "b", "a", "EUR", 50_000), SettlementLeg("unified", "a", "b", "USD", 54_000))
+PARTIES = ("bank-b", "bank-a")   # bank-b pays leg 0, bank-a pays leg 1
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class World:
+    """The standard world running in this test's nursery."""
+
+    def __init__(self, local: Local) -> None:
+        self.local = local
+
+    async def balances(self, legs) -> dict[tuple[str, str], dict[str, int]]:
+        """Balances of every account the legs touch, by (ledger, account)."""
+        return {(leg.ledger, account): await self.local.balances(leg.ledger, account)
+                for leg in legs for account in (leg.from_account, leg.to_account)}
+
+    async def lock_state(self, ledger: str, lock: str) -> str | None:
+        client = self.local.client(ledger)
+        try:
+            return (await client.query(QueryLock(client.next_query_id(), ledger, lock)))["state"]
+        except Exception:
+            return None
+
+    async def held_locks(self) -> list:
+        held = []
+        for ledger in self.local.services:
+            client = self.local.client(ledger)
+            held += await client.query(QueryLocks(client.next_query_id(), ledger, 2**62, 100))
+        return held
+
+
+async def start(nursery, tmp_path, bus=None, *, ledgers=("csd", "cbdc-eur", "cbdc-multi", "unified")) -> World:
+    world = standard_world(tmp_path)
+    local = Local(world, bus or MemoryBus(), nursery)
+    for ledger in ledgers:
+        await local.start_ledger(ledger)
+    await local.fund_standard()
+    return World(local)
+
+
+def moved(before, after, legs, times: int = 1) -> bool:
+    """Every leg moved exactly its amount, `times` over, and nothing else moved."""
+    expected = {key: dict(assets) for key, assets in before.items()}
+    for leg in legs:
+        payer, payee = expected[(leg.ledger, leg.from_account)], expected[(leg.ledger, leg.to_account)]
+        payer[leg.asset] = payer.get(leg.asset, 0) - leg.amount * times
+        payee[leg.asset] = payee.get(leg.asset, 0) + leg.amount * times
+    return _nonzero(expected) == _nonzero(after)
+
+
+def unchanged(before, after) -> bool:
+    return _nonzero(before) == _nonzero(after)
+
+
+def _nonzero(balances):
+    return {key: {asset: amount for asset, amount in assets.items() if amount} for key, assets in balances.items()}
+
+
+@pytest.mark.parametrize("legs, kind", [(CROSS_DVP, "dvp"), (CROSS_PVP, "pvp"), (SAME_DVP, "dvp"), (SAME_PVP, "pvp")],
+                         ids=["cross-dvp", "cross-pvp", "same-dvp", "same-pvp"])
+async def test_settlement_settles_both_legs(tmp_path, autojump_clock, legs, kind):
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        before = await w.balances(legs)
+        record = await coordinator.submit(w.local.settlement(kind, legs, PARTIES))
+        assert record.phase is Phase.SETTLED, record
+        assert moved(before, await w.balances(legs), legs)
+        assert await w.held_locks() == []
+        expected_steps = ["pending", "settled"] if legs[0].ledger == legs[1].ledger else \
+            ["pending", "locking", "locked", "claiming", "settled"]
+        assert [phase for phase, _ in record.steps] == expected_steps
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("leg", [0, 1])
+async def test_lock_refused_on_either_leg_fails_and_releases_the_other(tmp_path, autojump_clock, leg):
+    legs = tuple(attrs.evolve(l, amount=10**15) if index == leg else l for index, l in enumerate(CROSS_DVP))
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        before = await w.balances(legs)
+        record = await coordinator.submit(w.local.settlement("dvp", legs, PARTIES))
+        assert record.phase is Phase.FAILED
+        assert record.reason_code == "insufficient_funds" and legs[leg].ledger in record.reason
+        assert unchanged(before, await w.balances(legs))
+        assert await w.held_locks() == []
+        other = 1 - leg
+        assert await w.lock_state(legs[other].ledger, lock_id(record.settlement_id, other)) == "aborted"
+        nursery.cancel_scope.cancel()
+
+
+async def test_unknown_account_fails_with_the_ledgers_reason(tmp_path, autojump_clock):
+    legs = (SettlementLeg("cbdc-eur", "nobody", "a-eur", "EUR", 5), CROSS_DVP[1])
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        record = await coordinator.submit(w.local.settlement("dvp", legs, PARTIES))
+        assert (record.phase, record.reason_code) == (Phase.FAILED, "unknown_account")
+        assert await w.held_locks() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_lock_not_confirmed_in_time_rolls_back(tmp_path, autojump_clock):
+    """cbdc-multi is down: its lock is never confirmed; the EUR lock is aborted."""
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        before = await w.balances(CROSS_PVP[:1])
+        w.local.stop_ledger("cbdc-multi")
+        start_ms = coordinator.clock.now_ms()
+        record = await coordinator.submit(w.local.settlement("pvp", CROSS_PVP, PARTIES))
+        assert (record.phase, record.reason_code) == (Phase.ROLLED_BACK, "timeout")
+        assert record.steps[2][1] - start_ms >= TIMING.lock_wait_ms  # it waited the full lock wait
+        assert unchanged(before, await w.balances(CROSS_PVP[:1]))
+        assert await w.lock_state("cbdc-eur", lock_id(record.settlement_id, 0)) == "aborted"
+        nursery.cancel_scope.cancel()
+
+
+async def test_ledger_down_until_leg_0_expires_rolls_back_with_a_refused_claim(tmp_path, autojump_clock):
+    """Locks placed, then leg 0's ledger is unreachable until its lock expired: the claim
+    is refused, leg 1 is aborted, and nobody was paid."""
+    bus = MemoryBus()
+    silenced = {"on": False}
+    faulty = FaultyBus(bus, Faults(drop_request=1.0), seed=1,
+                       applies=lambda service, payload: silenced["on"] and service == "ledger.cbdc-eur")
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        w.local.bus = faulty
+        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False)
+        w.local.bus = bus
+
+        def outage(record):
+            if record.phase is Phase.CLAIMING:
+                silenced["on"] = True
+                nursery.start_soon(end_outage_after, record.expiry_ms[0])
+
+        async def end_outage_after(expiry_ms: int) -> None:
+            await trio.sleep_until(coordinator.clock.trio_time_at(expiry_ms + 100))
+            silenced["on"] = False
+
+        coordinator.on_phase = outage
+        before = await w.balances(CROSS_DVP)
+        record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
+        assert (record.phase, record.reason_code) == (Phase.ROLLED_BACK, "lock_expired")
+        assert [p for p, _ in record.steps] == ["pending", "locking", "locked", "claiming", "rolling_back", "rolled_back"]
+        assert unchanged(before, await w.balances(CROSS_DVP))
+        assert await w.lock_state("cbdc-eur", lock_id(record.settlement_id, 0)) == "refunded"
+        assert await w.lock_state("csd", lock_id(record.settlement_id, 1)) == "aborted"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("phase", [Phase.PENDING, Phase.LOCKING, Phase.LOCKED, Phase.CLAIMING])
+async def test_coordinator_crash_after_each_step_resumes_to_settled(tmp_path, autojump_clock, phase):
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
+
+        def crash(record):
+            if record.phase is phase:
+                scope.cancel()
+
+        coordinator.on_phase = crash
+        raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
+        before = await w.balances(CROSS_DVP)
+        nursery.start_soon(coordinator.submit, raw)
+        await wait_cancelled(scope)
+        settlement_id = decode_signed(raw).msg.id
+        restarted, _ = await w.local.start_coordinator(TIMING, watchtower=False)
+        record = await restarted.wait(settlement_id)
+        assert record.phase is Phase.SETTLED, record
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP)
+        assert await w.held_locks() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_coordinator_down_past_expiry_ends_rolled_back_with_both_locks_refunded(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
+        coordinator.on_phase = lambda record: record.phase is Phase.LOCKED and scope.cancel()
+        raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
+        before = await w.balances(CROSS_DVP)
+        nursery.start_soon(coordinator.submit, raw)
+        await wait_cancelled(scope)
+        await trio.sleep(TIMING.total_ms() / 1000 + 1)
+        restarted, _ = await w.local.start_coordinator(TIMING, watchtower=False)
+        record = await restarted.wait(decode_signed(raw).msg.id)
+        assert record.phase is Phase.ROLLED_BACK
+        assert unchanged(before, await w.balances(CROSS_DVP))
+        for index, leg in enumerate(CROSS_DVP):
+            assert await w.lock_state(leg.ledger, lock_id(record.settlement_id, index)) == "refunded"
+        nursery.cancel_scope.cancel()
+
+
+async def test_watchtower_completes_a_settlement_whose_coordinator_died_after_the_first_claim(tmp_path, autojump_clock):
+    """The coordinator never reaches leg 1 (its claims to csd are lost, then it dies);
+    a watchtower of its own sees leg 0's claim and the secret in it, and claims leg 1."""
+    bus = MemoryBus()
+    claims_to_csd_lost = FaultyBus(bus, Faults(drop_request=1.0), seed=2,
+                                   applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload)
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        w.local.bus = claims_to_csd_lost
+        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
+        w.local.bus = bus
+        world = w.local.world
+        watchtower = Watchtower("coordinator", world.keys["coordinator"], world.registry, bus,
+                                ["csd", "cbdc-eur"], ServiceClock(), grace_ms=500)
+        await nursery.start(watchtower.run)
+        raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
+        settlement_id = decode_signed(raw).msg.id
+        before = await w.balances(CROSS_DVP)
+        nursery.start_soon(coordinator.submit, raw)
+        with trio.fail_after(30):
+            while await w.lock_state("cbdc-eur", lock_id(settlement_id, 0)) != "claimed":
+                await trio.sleep(0.01)
+        scope.cancel()  # the coordinator dies between its claims
+        with trio.fail_after(TIMING.margin_ms / 1000):
+            while await w.lock_state("csd", lock_id(settlement_id, 1)) != "claimed":
+                await trio.sleep(0.05)
+        assert watchtower.claims_made == 1
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP)
+        nursery.cancel_scope.cancel()
+
+
+async def test_lost_duplicate_and_reordered_messages_are_harmless(tmp_path, autojump_clock):
+    bus = MemoryBus()
+    unreliable = FaultyBus(bus, Faults(drop_request=0.1, drop_reply=0.1, duplicate=0.2, delay=0.3, delay_s_max=0.05),
+                           seed=7, applies=lambda service, payload: service.startswith("ledger."))
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        w.local.bus = unreliable
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        w.local.bus = bus
+        before = await w.balances(CROSS_DVP)
+        records = []
+
+        async def one() -> None:
+            records.append(await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES)))
+
+        async with trio.open_nursery() as batch:
+            for _ in range(20):
+                batch.start_soon(one)
+        assert sum(unreliable.injected.values()) > 10
+        settled = [r for r in records if r.phase is Phase.SETTLED]
+        assert all(r.phase in (Phase.SETTLED, Phase.ROLLED_BACK) for r in records), [r.phase for r in records]
+        assert len(settled) >= 15
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP, times=len(settled))
+        assert await w.held_locks() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_same_settlement_submitted_twice_runs_once(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
+        before = await w.balances(CROSS_DVP)
+        first, second = await coordinator.submit(raw), await coordinator.submit(raw)
+        assert first == second and first.phase is Phase.SETTLED
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP)
+        nursery.cancel_scope.cancel()
+
+
+async def wait_cancelled(scope: trio.CancelScope) -> None:
+    with trio.fail_after(30):
+        while not scope.cancel_called:
+            await trio.sleep(0.001)
+    await trio.sleep(0.01)
