@@ -149,7 +149,7 @@ async def _kill_at(local: Local, coordinator, scope, raw: bytes, phase: Phase):
         if record.phase is phase:
             scope.cancel()
     coordinator.on_phase = crash
-    local.nursery.start_soon(coordinator.submit, raw)
+    local.nursery.start_soon(local.send_settlement, raw)
     with trio.fail_after(30):
         while not scope.cancel_called:
             await trio.sleep(0.01)

@@ -14,6 +14,7 @@ from ledgers.config import LedgerConfig
 from ledgers.ledger import Ledger
 from ledgers.service import LedgerService
 from ledgers.store import Store
+from protocols.bus import BusTimeout, service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.bus.client import LedgerClient, raise_for
 from protocols.identifiers import make_isin
@@ -106,6 +107,14 @@ class Local:
         await self.nursery.start(run)
         self.coordinator = coordinator
         return coordinator, scope
+
+    async def send_settlement(self, raw: bytes, timeout_s: float = 60) -> bytes | None:
+        """Send a settlement to the coordinator over the bus as a back office would;
+        its signed status once final, or None if the coordinator went away first."""
+        try:
+            return await self.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=timeout_s)
+        except BusTimeout:
+            return None
 
     def client(self, ledger_id: str) -> LedgerClient:
         return LedgerClient(self.bus, ledger_id, self.world.registry.get(ledger_id).public_key)

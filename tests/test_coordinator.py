@@ -192,7 +192,7 @@ async def test_coordinator_crash_after_each_step_resumes_to_settled(tmp_path, au
         coordinator.on_phase = crash
         raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
         before = await w.balances(CROSS_DVP)
-        nursery.start_soon(coordinator.submit, raw)
+        nursery.start_soon(w.local.send_settlement, raw)
         await wait_cancelled(scope)
         settlement_id = decode_signed(raw).msg.id
         restarted, _ = await w.local.start_coordinator(TIMING, watchtower=False)
@@ -210,7 +210,7 @@ async def test_coordinator_down_past_expiry_ends_rolled_back_with_both_locks_ref
         coordinator.on_phase = lambda record: record.phase is Phase.LOCKED and scope.cancel()
         raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
         before = await w.balances(CROSS_DVP)
-        nursery.start_soon(coordinator.submit, raw)
+        nursery.start_soon(w.local.send_settlement, raw)
         await wait_cancelled(scope)
         await trio.sleep(TIMING.total_ms() / 1000 + 1)
         restarted, _ = await w.local.start_coordinator(TIMING, watchtower=False)
@@ -240,7 +240,7 @@ async def test_watchtower_completes_a_settlement_whose_coordinator_died_after_th
         raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
         settlement_id = decode_signed(raw).msg.id
         before = await w.balances(CROSS_DVP)
-        nursery.start_soon(coordinator.submit, raw)
+        nursery.start_soon(w.local.send_settlement, raw)
         with trio.fail_after(30):
             while await w.lock_state("cbdc-eur", lock_id(settlement_id, 0)) != "claimed":
                 await trio.sleep(0.01)

@@ -1,6 +1,11 @@
 """A service's own clock: milliseconds since the epoch, read through trio so that tests
-can drive every deadline with `trio.testing.MockClock`. Each service owns one; `skew_ms`
-lets tests give two services clocks that disagree."""
+can drive every deadline with `trio.testing.MockClock`.
+
+It reads the wall clock once, when the first ServiceClock of a trio run is made, and
+counts trio's monotonic time from there: it never runs backwards (an NTP step does not
+move it; NTP slewing does, as it slews the monotonic clock). Clocks made in one run
+agree, so services sharing a process (the demo, the tests) share one time; `skew_ms`
+gives a service a clock that disagrees on purpose, for skew tests."""
 
 from __future__ import annotations
 
@@ -8,10 +13,17 @@ import time
 
 import trio
 
+_ANCHOR: trio.lowlevel.RunVar = trio.lowlevel.RunVar("lockstep_clock_anchor")
+
 
 class ServiceClock:
     def __init__(self, skew_ms: int = 0) -> None:
-        self._offset_ms = time.time_ns() // 1_000_000 - int(trio.current_time() * 1000) + skew_ms
+        try:
+            wall_ms, trio_s = _ANCHOR.get()
+        except LookupError:
+            wall_ms, trio_s = time.time_ns() // 1_000_000, trio.current_time()
+            _ANCHOR.set((wall_ms, trio_s))
+        self._offset_ms = wall_ms - round(trio_s * 1000) + skew_ms
 
     def now_ms(self) -> int:
         return self._offset_ms + int(trio.current_time() * 1000)
