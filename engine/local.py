@@ -138,26 +138,32 @@ class Local:
         value = await client.query(QueryBalances(client.next_query_id(), ledger_id, account))
         return {asset: b["available"] + b["locked"] for asset, b in value["balances"].items()}
 
-    async def fund_standard(self, bond_units: int = 1_000_000, cash_minor: int = 10**12) -> None:
-        """Accounts and money for the standard world: bank-a holds the bond and buys
-        with USD, bank-b pays EUR; both hold accounts everywhere."""
-        await self.open_accounts("csd", "csd-op", {"treasury": "treasury", "a-sec": "bank-a", "b-sec": "bank-b"})
-        await self.instruct(CreateInstrument, "csd", "csd-op", isin=BOND, issuer="treasury", currency="EUR",
+    async def fund_standard(self, bond_units: int = 1_000_000, cash_minor: int = 10**12,
+                            ledgers: tuple[str, ...] = ("csd", "cbdc-eur", "cbdc-multi", "unified")) -> None:
+        """Accounts and money for the standard world (on the ledgers named): bank-a
+        holds bonds and USD, bank-b holds EUR; both hold accounts everywhere."""
+        if "csd" in ledgers:
+            await self.open_accounts("csd", "csd-op", {"treasury": "treasury", "a-sec": "bank-a", "b-sec": "bank-b"})
+            await self._issue_bond("csd", bond_units, "a-sec")
+        if "cbdc-eur" in ledgers:
+            await self.open_accounts("cbdc-eur", "ecb", {"a-eur": "bank-a", "b-eur": "bank-b"})
+            await self.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="b-eur", amount=cash_minor)
+        if "cbdc-multi" in ledgers:
+            await self.open_accounts("cbdc-multi", "fed", {"a-usd": "bank-a", "b-usd": "bank-b"})
+            await self.instruct(Issue, "cbdc-multi", "fed", asset="USD", account="a-usd", amount=cash_minor)
+        if "unified" in ledgers:
+            await self.open_accounts("unified", "csd-op", {"treasury": "treasury", "a": "bank-a", "b": "bank-b"})
+            await self._issue_bond("unified", bond_units, "a")
+            await self.instruct(Issue, "unified", "ecb", asset="EUR", account="b", amount=cash_minor)
+            await self.instruct(Issue, "unified", "fed", asset="USD", account="a", amount=cash_minor)
+
+    async def _issue_bond(self, ledger_id: str, units: int, holder_account: str) -> None:
+        """The treasury's bond, issued by the depository; half of it sold to a holder."""
+        await self.instruct(CreateInstrument, ledger_id, "csd-op", isin=BOND, issuer="treasury", currency="EUR",
                             face_value_minor=100_000, coupon_rate_bp=275, maturity_date="2031-06-30")
-        await self.instruct(Issue, "csd", "csd-op", asset=BOND, account="treasury", amount=bond_units)
-        await self.open_accounts("cbdc-eur", "ecb", {"a-eur": "bank-a", "b-eur": "bank-b"})
-        await self.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="b-eur", amount=cash_minor)
-        await self.open_accounts("cbdc-multi", "fed", {"a-usd": "bank-a", "b-usd": "bank-b"})
-        await self.instruct(Issue, "cbdc-multi", "fed", asset="USD", account="a-usd", amount=cash_minor)
-        await self.open_accounts("unified", "csd-op", {"treasury": "treasury", "a": "bank-a", "b": "bank-b"})
-        await self.instruct(CreateInstrument, "unified", "csd-op", isin=BOND, issuer="treasury", currency="EUR",
-                            face_value_minor=100_000, coupon_rate_bp=275, maturity_date="2031-06-30")
-        await self.instruct(Issue, "unified", "csd-op", asset=BOND, account="treasury", amount=bond_units)
-        await self.instruct(Issue, "unified", "ecb", asset="EUR", account="b", amount=cash_minor)
-        await self.instruct(Issue, "unified", "fed", asset="USD", account="a", amount=cash_minor)
-        for ledger_id, to_account in (("csd", "a-sec"), ("unified", "a")):
-            await self.instruct(Transfer, ledger_id, "treasury", from_account="treasury", to_account=to_account,
-                                asset=BOND, amount=bond_units // 2)
+        await self.instruct(Issue, ledger_id, "csd-op", asset=BOND, account="treasury", amount=units)
+        await self.instruct(Transfer, ledger_id, "treasury", from_account="treasury", to_account=holder_account,
+                            asset=BOND, amount=units // 2)
 
     def settlement(self, kind: str, legs: tuple[SettlementLeg, SettlementLeg], parties: tuple[str, str],
                    *, settlement_id: str | None = None, deadline_ms: int | None = None) -> bytes:

@@ -534,7 +534,7 @@ def _from_wire(attribute: attrs.Attribute, value: Any) -> Any:
             raise Rejected(Code.MALFORMED, attribute.name, "expected a list of legs")
         cls = Leg if attribute.validator is legs else SettlementLeg
         return tuple(_leg(cls, index, item) for index, item in enumerate(value))
-    if isinstance(value, list):
+    if isinstance(value, list) and str(attribute.type).startswith("tuple"):
         return tuple(value)
     return value
 

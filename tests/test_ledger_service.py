@@ -21,7 +21,7 @@ from protocols.journal import Link, verify_chain
 from protocols.messages import Issue, OpenAccount, QueryBalances, QueryJournal, Receipt, Transfer
 from protocols.signing import sign, signing_bytes
 from tests.harness import LEDGERS, PARTIES
-from tests.processes import LedgerProcess
+from tests.processes import ServiceProcess
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def world_on_disk(tmp_path) -> World:
 
 @pytest.mark.parametrize("ledger_id", ["csd", "cbdc-multi", "unified"])
 async def test_conformance_suite_passes_against_a_ledger_process(world_on_disk, broker, ledger_id):
-    process = LedgerProcess(world_on_disk, ledger_id, broker.url).start()
+    process = ServiceProcess(world_on_disk, "ledger", ledger_id, broker.url).start()
     try:
         async with MqttBus.connect(broker.url) as bus:
             await process.ready(bus)
@@ -113,7 +113,7 @@ class Stream:
 
 
 async def test_ledger_killed_mid_stream_loses_nothing_and_doubles_nothing(world_on_disk, broker):
-    process = LedgerProcess(world_on_disk, "cbdc-eur", broker.url).start()
+    process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", broker.url).start()
     try:
         async with MqttBus.connect(broker.url) as bus:
             await process.ready(bus)
@@ -141,7 +141,7 @@ async def test_ledger_killed_mid_stream_loses_nothing_and_doubles_nothing(world_
 
 async def test_broker_restart_under_load_loses_nothing_and_doubles_nothing(world_on_disk, tmp_path):
     own_broker = Broker(tmp_path).start()
-    process = LedgerProcess(world_on_disk, "cbdc-eur", own_broker.url).start()
+    process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", own_broker.url).start()
     try:
         async with MqttBus.connect(own_broker.url) as bus:
             await process.ready(bus)
@@ -165,7 +165,7 @@ async def test_broker_restart_under_load_loses_nothing_and_doubles_nothing(world
 
 
 async def test_hostile_messages_get_an_error_and_the_ledger_keeps_serving(world_on_disk, broker):
-    process = LedgerProcess(world_on_disk, "cbdc-eur", broker.url).start()
+    process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", broker.url).start()
     try:
         async with MqttBus.connect(broker.url) as bus:
             await process.ready(bus)
