@@ -231,8 +231,19 @@ def _held_lock(changes: Changes, lock_id: str) -> htlc.HeldLock:
     return lock
 
 
+def _lock_to_end_early(changes: Changes, lock_id: str, now_ms: int, action: str) -> htlc.HeldLock:
+    """The lock a claim or abort names. The ledger refunds each lock at its expiry before
+    a batch's instructions run, so a claim or abort at or after expiry finds the lock
+    refunded: it is refused as expired, as the HTLC rules refuse it on a lock still held."""
+    lock = _held_lock(changes, lock_id)
+    if lock.state is htlc.LockState.REFUNDED and now_ms >= lock.expiry_ms:
+        raise Rejected(Code.LOCK_EXPIRED, "lock_id", f"{action} at {now_ms} is at or after expiry {lock.expiry_ms}: "
+                       "the lock was refunded to its owner")
+    return lock
+
+
 def _claim(msg: Claim, signed: Signed, ctx: Context, changes: Changes) -> None:
-    lock = htlc.claim(_held_lock(changes, msg.lock_id), msg.preimage, ctx.now_ms)
+    lock = htlc.claim(_lock_to_end_early(changes, msg.lock_id, ctx.now_ms, "claim"), msg.preimage, ctx.now_ms)
     changes.put_lock(lock)
     changes.move(lock.owner_account, lock.asset, 0, -lock.amount)
     changes.move(lock.beneficiary_account, lock.asset, lock.amount, 0)
@@ -249,7 +260,7 @@ def _refund(msg: Refund, signed: Signed, ctx: Context, changes: Changes) -> None
 
 
 def _abort(msg: Abort, signed: Signed, ctx: Context, changes: Changes) -> None:
-    lock = _held_lock(changes, msg.lock_id)
+    lock = _lock_to_end_early(changes, msg.lock_id, ctx.now_ms, "abort")
     beneficiary_owner = changes.owner(lock.beneficiary_account)
     assert beneficiary_owner is not None, f"lock {lock.lock_id} names an account that does not exist"
     failure = None
