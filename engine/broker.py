@@ -27,6 +27,7 @@ max_queued_messages 1000000
 max_inflight_messages 0
 max_packet_size 1048576
 persistence false
+sys_interval {sys_interval_s}
 log_dest stderr
 log_type error
 log_type warning
@@ -50,11 +51,14 @@ def mosquitto_path() -> str:
 class Broker:
     """A Mosquitto process on a loopback port, with our config; stop() ends it."""
 
-    def __init__(self, directory: str | Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, directory: str | Path, port: int | None = None, host: str = "127.0.0.1",
+                 sys_interval_s: int = 0) -> None:
+        """`sys_interval_s` > 0 makes the broker publish its counters under $SYS that often
+        (the benchmark reads messages received from there)."""
         self.host = host
         self.port = port or free_port(host)
         self.config_path = Path(directory) / f"mosquitto-{self.port}.conf"
-        self.config_path.write_text(CONFIG.format(port=self.port, host=host))
+        self.config_path.write_text(CONFIG.format(port=self.port, host=host, sys_interval_s=sys_interval_s))
         self.process: subprocess.Popen | None = None
 
     @property

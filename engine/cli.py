@@ -6,6 +6,7 @@
     lockstep watchtower --config FILE    run a watchtower over MQTT
     lockstep status ID --config FILE     a settlement's phase and steps, from the coordinator
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
+    lockstep bench [--quick]             cross-ledger against same-ledger settlement, one run
     lockstep conformance --broker URL --ledger ID --keys DIR
                                          check any ledger service against PROTOCOL.md
 """
@@ -64,6 +65,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(args.broker)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks import bench
+    logging.getLogger().setLevel(logging.WARNING)
+    return bench.main(args)
+
+
 def _conformance(args: argparse.Namespace) -> int:
     from engine.conformance import main
     return trio.run(main, args.broker, args.ledger, args.keys)
@@ -100,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--dir", help="where to write its config (default: a temporary folder)")
     broker.set_defaults(run=_broker)
+
+    bench = commands.add_parser("bench", help="cross-ledger against same-ledger settlement, measured in one run")
+    from benchmarks.bench import arguments
+    arguments(bench)
+    bench.set_defaults(run=_bench)
 
     conformance = commands.add_parser("conformance", help="check a ledger service against docs/PROTOCOL.md")
     conformance.add_argument("--broker", required=True, help="broker URL, such as mqtt://127.0.0.1:1883")

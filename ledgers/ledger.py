@@ -202,7 +202,8 @@ class Ledger:
                        "reference": a.reference, "issued": a.issued, "redeemed": a.redeemed}
                       for a in self.store.assets()]
             return {"ledger": self.id, "role": self.config.role, "operator": self.config.operator,
-                    "assets": assets, "head_seq": self.seq, "head_hash": self.prev_hash}
+                    "assets": assets, "held": self.store.held_totals(),
+                    "head_seq": self.seq, "head_hash": self.prev_hash}
         if isinstance(msg, QueryBalances):
             owner = self.store.account_owner(msg.account)
             if owner is None:

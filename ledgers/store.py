@@ -126,6 +126,12 @@ class Store:
         rows = self._db.execute("SELECT account, asset, available, locked FROM balances")
         return {(account, asset): (available, locked) for account, asset, available, locked in rows}
 
+    def held_totals(self) -> dict[str, int]:
+        """Available plus locked over every account, by asset: what conservation compares
+        with issued minus redeemed."""
+        rows = self._db.execute("SELECT asset, SUM(available) + SUM(locked) FROM balances GROUP BY asset")
+        return {asset: total for asset, total in rows}
+
     def lock(self, lock_id: str) -> HeldLock | None:
         row = self._db.execute(f"SELECT {_LOCK_COLUMNS} FROM locks WHERE lock_id = ?", (lock_id,)).fetchone()
         return _lock(row) if row else None

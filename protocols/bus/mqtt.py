@@ -294,9 +294,12 @@ class MqttBus:
     async def publish(self, topic: str, payload: bytes) -> None:
         self._publish(event_topic(topic), payload)
 
+    def subscribe(self, topic: str):
+        return self.subscribe_raw(event_topic(topic))
+
     @asynccontextmanager
-    async def subscribe(self, topic: str) -> AsyncIterator[trio.MemoryReceiveChannel]:
-        mqtt_topic = event_topic(topic)
+    async def subscribe_raw(self, mqtt_topic: str) -> AsyncIterator[trio.MemoryReceiveChannel]:
+        """Subscribe to an MQTT topic as it is, such as the broker's own $SYS counters."""
         send, receive = trio.open_memory_channel[bytes](QUEUE_LENGTH_MAX)
         subscribers = self._subscribers.setdefault(mqtt_topic, set())
         subscribers.add(send)

@@ -1,0 +1,1 @@
+"""The benchmark runner: `lockstep bench`."""

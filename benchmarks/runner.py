@@ -1,0 +1,321 @@
+"""Runs the benchmark: for each bus (in-memory, Mosquitto), each scenario (DvP, PvP;
+cross-ledger, same-ledger) and each load (closed-loop concurrency or open-loop rate),
+it sends settlements to the coordinator as back offices would and records each one's
+latency, then every process's CPU time and peak memory and the bus's message count.
+
+After every run it checks what the benchmark itself cannot be trusted to report:
+conservation of every asset on every ledger, and that each settlement settled on both
+legs or on neither, read from the ledgers. A run that breaks either raises
+`BenchmarkBroken` instead of producing a figure."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import attrs
+import trio
+
+from engine.broker import Broker
+from engine.local import Local
+from protocols.bus import BusTimeout, service_of_coordinator
+from protocols.bus.client import LedgerClient
+from protocols.bus.memory import MemoryBus
+from protocols.bus.mqtt import MqttBus
+from protocols.errors import Rejected
+from protocols.messages import QueryInfo, QueryLock, QueryLocks, QueryReceipt, SettlementStatus
+from protocols.settlement import Timing, lock_id, settle_id
+from protocols.signing import decode_signed, unsigned
+
+from .workload import COORDINATOR, LEDGERS, SCENARIOS, Shape, Workload, lay_out_bench
+
+CHECK_IN_FLIGHT = 64
+REPLY_TIMEOUT_S = 30.0
+BENCH_TIMING = Timing(lock_wait_ms=10_000, claim_deadline_ms=10_000, clock_skew_ms_max=1_000)
+
+
+class BenchmarkBroken(Exception):
+    """A run lost or created value, or settled a settlement on one leg only."""
+
+
+@attrs.frozen
+class Load:
+    concurrency: int | None = None   # closed loop: this many settlements in flight
+    rate_per_s: float | None = None  # open loop: start this many per second
+
+    @property
+    def label(self) -> str:
+        return f"c={self.concurrency}" if self.concurrency else f"r={self.rate_per_s:g}/s"
+
+
+@attrs.frozen
+class Run:
+    bus: str
+    kind: str
+    path: str
+    load: Load
+    settlements: int
+
+
+@attrs.define
+class Result:
+    run: Run
+    elapsed_s: float
+    latencies_ms: list[float]
+    phases: dict[str, int]
+    cpu_s: dict[str, float]          # by process
+    rss_peak_bytes: dict[str, int]   # by process
+    bus_messages: int
+
+    @property
+    def throughput_per_s(self) -> float:
+        return len(self.latencies_ms) / self.elapsed_s
+
+    def latency_ms(self, percentile: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, math.ceil(percentile / 100 * len(ordered)) - 1)]
+
+    def summary(self) -> dict:
+        count = len(self.latencies_ms)
+        return {
+            "bus": self.run.bus, "kind": self.run.kind, "path": self.run.path, "load": self.run.load.label,
+            "concurrency": self.run.load.concurrency, "rate_per_s": self.run.load.rate_per_s,
+            "settlements": count, "elapsed_s": round(self.elapsed_s, 3),
+            "throughput_per_s": round(self.throughput_per_s, 1),
+            **{f"latency_ms_p{p}": round(self.latency_ms(p), 2) for p in (50, 90, 99)},
+            "latency_ms_max": round(max(self.latencies_ms), 2),
+            "phases": self.phases,
+            "cpu_ms_per_settlement": {name: round(1000 * cpu / count, 3) for name, cpu in self.cpu_s.items()},
+            "rss_peak_mib": {name: round(rss / 2**20, 1) for name, rss in self.rss_peak_bytes.items()},
+            "bus_messages_per_settlement": round(self.bus_messages / count, 2),
+        }
+
+
+# -- the processes under test and how to measure them ------------------------------------------
+
+class Meter:
+    """CPU seconds and peak RSS of a set of processes, read from /proc."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(self) -> dict[str, float]:
+        result = {}
+        for name, pid in self.pids.items():
+            if pid == os.getpid():
+                times = os.times()
+                result[name] = times.user + times.system
+            else:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                result[name] = (int(fields[11]) + int(fields[12])) / self._ticks
+        return result
+
+    def rss_peak_bytes(self) -> dict[str, int]:
+        result = {}
+        for name, pid in self.pids.items():
+            if pid == os.getpid():
+                result[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            else:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        result[name] = int(line.split()[1]) * 1024
+        return result
+
+
+@attrs.define
+class System:
+    """A running world: the bus the load generator uses, and how to read its costs."""
+
+    bus: object
+    meter: Meter
+    messages: Callable[[], int]
+    workload: Workload
+
+
+@asynccontextmanager
+async def memory_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator[System]:
+    """Every ledger and the coordinator in this process, on the in-memory bus."""
+    world = lay_out_bench(directory, shape)
+    bus = MemoryBus()
+    async with trio.open_nursery() as nursery:
+        local = Local(world, bus, nursery)
+        for spec in LEDGERS:
+            await local.start_ledger(spec.ledger_id)
+        await local.start_coordinator(BENCH_TIMING, watchtower=True)
+        workload = Workload(world, bus, shape, seed)
+        await workload.set_up()
+        yield System(bus, Meter({"all (one process)": os.getpid()}), lambda: bus.messages_sent, workload)
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator[System]:
+    """Mosquitto, every ledger and the coordinator each its own process."""
+    broker = Broker(directory, sys_interval_s=1).start()
+    world = lay_out_bench(directory, shape, broker=broker.url)
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        for party, command in [(spec.ledger_id, "ledger") for spec in LEDGERS] + [(COORDINATOR, "coordinator")]:
+            log = (directory / f"{party}.log").open("wb")
+            processes[party] = subprocess.Popen([sys.executable, "-m", "engine.cli", command, "--config",
+                                                 str(world.ledger_configs[party])], stdout=log, stderr=log)
+        async with MqttBus.connect(broker.url, client_id="bench-load") as bus:
+            await _wait_until_up(world, bus, processes)
+            counter = _BrokerCounter(bus)
+            workload = Workload(world, bus, shape, seed)
+            await workload.set_up()
+            pids = {name: process.pid for name, process in processes.items()}
+            pids["broker"] = broker.process.pid
+            pids["load generator"] = os.getpid()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(counter.run)
+                yield System(bus, Meter(pids), counter.value, workload)
+                nursery.cancel_scope.cancel()
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            process.wait()
+        broker.stop()
+
+
+async def _wait_until_up(world, bus, processes) -> None:
+    with trio.fail_after(60):
+        for spec in LEDGERS:
+            client = LedgerClient(bus, spec.ledger_id, world.registry.get(spec.ledger_id).public_key,
+                                  timeout_s=0.5, attempts=120)
+            await client.query(QueryInfo(client.next_query_id(), spec.ledger_id))
+        for name, process in processes.items():
+            assert process.poll() is None, f"{name} exited at start; see its log"
+
+
+class _BrokerCounter:
+    """PUBLISH messages the broker has received, from its $SYS topic (once a second)."""
+
+    TOPIC = "$SYS/broker/publish/messages/received"
+
+    def __init__(self, bus: MqttBus) -> None:
+        self.bus = bus
+        self.count = 0
+
+    async def run(self) -> None:
+        async with self.bus.subscribe_raw(self.TOPIC) as updates:
+            async for payload in updates:
+                self.count = int(payload)
+
+    def value(self) -> int:
+        return self.count
+
+
+# -- one run --------------------------------------------------------------------------------------
+
+async def measure(system: System, run: Run, progress: Callable[[int], None]) -> Result:
+    raws = [system.workload.settlement(run.kind, run.path, _run_label(run))
+            for _ in range(run.settlements)]
+    latencies: list[float] = []
+    statuses: dict[str, str] = {}
+    await trio.sleep(1.1 if run.bus == "mqtt" else 0)  # let the broker's counter settle
+    cpu_before, messages_before = system.meter.cpu_s(), system.messages()
+    started = time.perf_counter()
+
+    async def one(raw: bytes) -> None:
+        begin = time.perf_counter()
+        settlement_id = decode_signed(raw).msg.id
+        while True:
+            try:
+                reply = await system.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=REPLY_TIMEOUT_S)
+                break
+            except BusTimeout:
+                continue  # the same bytes again: the coordinator runs a settlement once
+        status: SettlementStatus = decode_signed(reply, allowed=(SettlementStatus,)).msg
+        latencies.append((time.perf_counter() - begin) * 1000)
+        statuses[settlement_id] = status.phase
+        progress(1)
+
+    async with trio.open_nursery() as nursery:
+        if run.load.concurrency:
+            queue = iter(raws)
+
+            async def worker() -> None:
+                for raw in queue:
+                    await one(raw)
+
+            for _ in range(run.load.concurrency):
+                nursery.start_soon(worker)
+        else:
+            for index, raw in enumerate(raws):
+                await trio.sleep_until(trio.current_time() + max(0.0, started + index / run.load.rate_per_s - time.perf_counter()))
+                nursery.start_soon(one, raw)
+    elapsed = time.perf_counter() - started
+    await trio.sleep(1.1 if run.bus == "mqtt" else 0)
+    cpu_after, messages_after = system.meter.cpu_s(), system.messages()
+    phases: dict[str, int] = {}
+    for phase in statuses.values():
+        phases[phase] = phases.get(phase, 0) + 1
+    await check(system, run, statuses)
+    return Result(run, elapsed, latencies, phases, {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
+                  system.meter.rss_peak_bytes(), messages_after - messages_before)
+
+
+def _run_label(run: Run) -> str:
+    load = f"c{run.load.concurrency}" if run.load.concurrency else f"r{run.load.rate_per_s:g}"
+    return f"{run.bus}-{run.kind}-{run.path}-{load}"
+
+
+async def check(system: System, run: Run, statuses: dict[str, str]) -> None:
+    """Conservation on every ledger; both legs or neither for every settlement; no lock
+    left held. Read from the ledgers, not from the coordinator's account."""
+    workload = system.workload
+    clients = {spec.ledger_id: LedgerClient(system.bus, spec.ledger_id, workload.world.registry.get(spec.ledger_id).public_key,
+                                            timeout_s=5) for spec in LEDGERS}
+    for ledger, client in clients.items():
+        info = await client.query(QueryInfo(client.next_query_id(), ledger))
+        for asset in info["assets"]:
+            held = info["held"].get(asset["code"], 0)
+            if held != asset["issued"] - asset["redeemed"]:
+                raise BenchmarkBroken(f"{ledger}: {asset['code']} balances sum to {held}, "
+                                      f"issued minus redeemed is {asset['issued'] - asset['redeemed']}")
+        if await client.query(QueryLocks(client.next_query_id(), ledger, 2**62, 10)):
+            raise BenchmarkBroken(f"{ledger}: locks still held after every settlement ended")
+    ledgers = SCENARIOS[(run.kind, run.path)]
+    limit = trio.CapacityLimiter(CHECK_IN_FLIGHT)
+
+    async def legs_of(settlement_id: str, phase: str) -> None:
+        async with limit:
+            if run.path == "same":
+                client = clients[ledgers[0]]
+                try:
+                    receipt = await client.submit_raw(_query_receipt(client, settle_id(settlement_id)))
+                    done = [getattr(receipt, "status", "") == "applied"]
+                except Rejected:
+                    done = [False]
+            else:
+                done = []
+                for leg, ledger in enumerate(_cross_ledgers(run)):
+                    client = clients[ledger]
+                    view = await client.query(QueryLock(client.next_query_id(), ledger, lock_id(settlement_id, leg)))
+                    done.append(view["state"] == "claimed")
+            if phase == "settled" and not all(done) or phase != "settled" and any(done):
+                raise BenchmarkBroken(f"settlement {settlement_id} is {phase} but its legs settled as {done}")
+
+    async with trio.open_nursery() as nursery:
+        for settlement_id, phase in statuses.items():
+            nursery.start_soon(legs_of, settlement_id, phase)
+
+
+def _cross_ledgers(run: Run) -> tuple[str, str]:
+    """Leg 0's ledger, then leg 1's, as Workload.settlement builds them."""
+    first, second = SCENARIOS[(run.kind, run.path)]
+    return (second, first) if run.kind == "dvp" else (first, second)
+
+
+def _query_receipt(client: LedgerClient, instruction_id: str) -> bytes:
+    return unsigned(QueryReceipt(client.next_query_id(), client.ledger_id, instruction_id)).encode()

@@ -1,0 +1,153 @@
+"""The benchmark's world and workload: participants with accounts on every ledger, the
+instruments and currencies they trade, and the settlements they send.
+
+Cross-ledger and same-ledger runs trade the same things between the same participants:
+a DvP moves bonds on `csd` against EUR on `cbdc-eur` (cross) or both on `unified`
+(same); a PvP moves EUR on `cbdc-eur` against USD on `cbdc-usd` (cross) or both on
+`unified` (same)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import attrs
+import trio
+
+from engine.world import LedgerSpec, World, lay_out
+from protocols.bus.client import LedgerClient, raise_for
+from protocols.bus.clock import ServiceClock
+from protocols.identifiers import make_isin
+from protocols.messages import (CreateInstrument, Issue, OpenAccount, Settlement, SettlementLeg,
+                                Transfer)
+from protocols.registry import Role
+from protocols.signing import sign
+
+COORDINATOR = "coordinator"
+LEDGERS = [
+    LedgerSpec("csd", "securities", "csd-op"),
+    LedgerSpec("cbdc-eur", "cbdc", "ecb", (("EUR", "ecb"),)),
+    LedgerSpec("cbdc-usd", "cbdc", "fed", (("USD", "fed"),)),
+    LedgerSpec("unified", "unified", "csd-op", (("EUR", "ecb"), ("USD", "fed"))),
+]
+SCENARIOS = {  # (kind, path) -> the ledgers it touches
+    ("dvp", "cross"): ("csd", "cbdc-eur"),
+    ("dvp", "same"): ("unified",),
+    ("pvp", "cross"): ("cbdc-eur", "cbdc-usd"),
+    ("pvp", "same"): ("unified",),
+}
+BOND_UNITS = 10**9
+CASH_MINOR = 10**15
+IN_FLIGHT_SETUP = 64
+
+
+@attrs.frozen
+class Shape:
+    participants: int = 20
+    accounts_per_participant: int = 1
+    isins: int = 2
+
+    def isin_codes(self) -> list[str]:
+        return [make_isin(f"XS9{index:08d}") for index in range(self.isins)]
+
+    def participant_ids(self) -> list[str]:
+        return [f"bank-{index:04d}" for index in range(self.participants)]
+
+
+def lay_out_bench(directory: Path, shape: Shape, broker: str | None = None) -> World:
+    parties = {"csd-op": (Role.OPERATOR,), "treasury": (Role.PARTICIPANT,), "ecb": (Role.CENTRAL_BANK,),
+               "fed": (Role.CENTRAL_BANK,), COORDINATOR: (Role.COORDINATOR,)}
+    parties.update({bank: (Role.PARTICIPANT,) for bank in shape.participant_ids()})
+    return lay_out(directory, LEDGERS, parties, broker=broker)
+
+
+def account(participant: str, ledger: str, index: int) -> str:
+    return f"{participant}.{ledger}.{index}"
+
+
+class Workload:
+    """Sets the world up and draws settlements from a seeded generator."""
+
+    def __init__(self, world: World, bus, shape: Shape, seed: int) -> None:
+        self.world = world
+        self.bus = bus
+        self.shape = shape
+        self._random = random.Random(seed)
+        self._clock = ServiceClock()
+        self._count = 0
+        self._clients = {spec.ledger_id: LedgerClient(bus, spec.ledger_id, world.registry.get(spec.ledger_id).public_key)
+                         for spec in LEDGERS}
+
+    async def set_up(self) -> None:
+        """Accounts for every participant on every ledger, bonds and cash for each."""
+        instructions = []
+        for spec in LEDGERS:
+            instructions.append((spec.ledger_id, OpenAccount, (spec.operator,), {"account": "treasury", "owner": "treasury"}))
+            for participant in self.shape.participant_ids():
+                for index in range(self.shape.accounts_per_participant):
+                    instructions.append((spec.ledger_id, OpenAccount, (spec.operator,),
+                                         {"account": account(participant, spec.ledger_id, index), "owner": participant}))
+        await self._send_all(instructions)
+        instructions = []
+        for ledger in ("csd", "unified"):
+            for isin in self.shape.isin_codes():
+                instructions.append((ledger, CreateInstrument, ("csd-op",), {
+                    "isin": isin, "issuer": "treasury", "currency": "EUR", "face_value_minor": 100_000,
+                    "coupon_rate_bp": 300, "maturity_date": "2035-12-31"}))
+        await self._send_all(instructions)
+        holdings = [(ledger, isin) for ledger in ("csd", "unified") for isin in self.shape.isin_codes()]
+        cash = [("cbdc-eur", "EUR", "ecb"), ("cbdc-usd", "USD", "fed"), ("unified", "EUR", "ecb"), ("unified", "USD", "fed")]
+        instructions = [(ledger, Issue, ("csd-op",), {"asset": isin, "account": "treasury",
+                                                     "amount": BOND_UNITS * self._accounts_count()})
+                        for ledger, isin in holdings]
+        await self._send_all(instructions)
+        instructions = []
+        for participant in self.shape.participant_ids():
+            for index in range(self.shape.accounts_per_participant):
+                for ledger, isin in holdings:
+                    instructions.append((ledger, Transfer, ("treasury",), {
+                        "from_account": "treasury", "to_account": account(participant, ledger, index),
+                        "asset": isin, "amount": BOND_UNITS}))
+                for ledger, currency, bank in cash:
+                    instructions.append((ledger, Issue, (bank,), {
+                        "asset": currency, "account": account(participant, ledger, index), "amount": CASH_MINOR}))
+        await self._send_all(instructions)
+
+    def _accounts_count(self) -> int:
+        return self.shape.participants * self.shape.accounts_per_participant
+
+    async def _send_all(self, instructions: list) -> None:
+        limit = trio.CapacityLimiter(IN_FLIGHT_SETUP)
+
+        async def send(ledger: str, cls: type, signers: tuple[str, ...], fields: dict) -> None:
+            async with limit:
+                self._count += 1
+                msg = cls(id=f"setup-{self._count}", ledger=ledger, ts_ms=self._clock.now_ms(), **fields)
+                raise_for(await self._clients[ledger].submit(sign(msg, *((p, self.world.keys[p]) for p in signers))))
+
+        async with trio.open_nursery() as nursery:
+            for instruction in instructions:
+                nursery.start_soon(send, *instruction)
+
+    def settlement(self, kind: str, path: str, run: str) -> bytes:
+        """A fresh settlement between two random participants, signed by both."""
+        buyer, seller = self._random.sample(self.shape.participant_ids(), 2)
+        index = self._random.randrange(self.shape.accounts_per_participant)
+        ledgers = SCENARIOS[(kind, path)]
+        first, second = (ledgers[0], ledgers[-1])
+        if kind == "dvp":
+            cash_ledger, bond_ledger = (second, first) if path == "cross" else (first, first)
+            isin = self._random.choice(self.shape.isin_codes())
+            legs = (SettlementLeg(cash_ledger, account(buyer, cash_ledger, index), account(seller, cash_ledger, index),
+                                  "EUR", self._random.randint(100, 10_000)),
+                    SettlementLeg(bond_ledger, account(seller, bond_ledger, index), account(buyer, bond_ledger, index),
+                                  isin, self._random.randint(1, 10)))
+        else:
+            legs = (SettlementLeg(first, account(buyer, first, index), account(seller, first, index),
+                                  "EUR", self._random.randint(100, 10_000)),
+                    SettlementLeg(second, account(seller, second, index), account(buyer, second, index),
+                                  "USD", self._random.randint(100, 10_000)))
+        self._count += 1
+        now = self._clock.now_ms()
+        msg = Settlement(f"{run}-{self._count}", kind, now, COORDINATOR, now + 3_600_000, (buyer, seller), legs)
+        return sign(msg, (buyer, self.world.keys[buyer]), (seller, self.world.keys[seller])).encode()
