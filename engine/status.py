@@ -9,7 +9,7 @@ from protocols import canonical
 from protocols.bus import BusTimeout, service_of_coordinator
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.messages import QuerySettlement, SettlementStatus
-from protocols.signing import from_wire, signing_bytes, unsigned, verify
+from protocols.signing import from_wire, unsigned
 
 from .daemon import DaemonError, load
 
@@ -24,7 +24,7 @@ async def main(config_path: str, settlement_id: str, broker: str | None) -> int:
         raise DaemonError(str(error)) from None
     signed = from_wire(canonical.decode(raw), allowed=(SettlementStatus,))
     key = registry.get(config.coordinator_id).public_key
-    if not verify(key, signed.sigs.get(config.coordinator_id, b""), signing_bytes(signed.body)):
+    if not signed.signed_by(config.coordinator_id, key):
         raise DaemonError("the answer is not signed by the coordinator")
     status: SettlementStatus = signed.msg
     print(f"settlement {status.settlement_id}: {status.phase.upper()}")

@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import attrs
 
 from protocols import canonical
 from protocols.errors import Code, Rejected
-from protocols.htlc import LockState, refund
+from protocols.htlc import refund
 from protocols.journal import GENESIS_HASH, ChainBroken, Link, Replay, make_entry, verify_chain
 from protocols.messages import (IDENT_PATTERN, INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, QueryBalances,
                                 QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
-                                Result, to_body)
+                                Result)
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, decode_signed, sign
 
@@ -31,6 +30,11 @@ from .store import Store
 log = logging.getLogger("lockstep.ledger")
 
 JOURNAL_PAGE_MAX = 200
+JOURNAL_PAGE_BYTES_MAX = 512 * 1024   # well under the broker's 1 MiB packet limit
+
+# Refusals not recorded against the instruction id: the sender had no authority to
+# spend it (so nobody can burn another party's id), or a retry may succeed (stale).
+_NOT_RECORDED = frozenset({Code.NOT_AUTHORISED, Code.MISSING_SIGNATURE, Code.STALE})
 
 
 class StartRefused(Exception):
@@ -107,14 +111,15 @@ class Ledger:
     # -- batches -------------------------------------------------------------------------
 
     def process(self, payloads: list[bytes], now_ms: int) -> tuple[list[bytes], list[bytes]]:
-        """Apply a batch; return (one reply per payload, the entries to publish)."""
-        self._events = []
-        seq_before = self.seq
+        """Apply a batch; return (one reply per payload, the entries to publish,
+        including any written at start that nobody has heard of yet)."""
+        seq_before = self.seq - len(self._events)
         with self.store.transaction():
             self._expire(now_ms)
             replies = [self._handle(payload, now_ms) for payload in payloads]
-        assert self.seq - seq_before == len(self._events)
-        return replies, self._events
+        events, self._events = self._events, []
+        assert self.seq - seq_before == len(events)
+        return replies, events
 
     def next_expiry_ms(self) -> int | None:
         return self.store.next_expiry_ms()
@@ -158,10 +163,10 @@ class Ledger:
         try:
             rules.apply(signed, rules.Context(self.config, self.registry, now_ms), changes)
         except Rejected as error:
-            if error.code is Code.STALE:
+            log.info("refused %s %s: %s", msg.TYPE, msg.id, error)
+            if error.code in _NOT_RECORDED or error.field.startswith("auth."):
                 return self._refusal(msg.id, error, now_ms)
             receipt = self._refusal(msg.id, error, now_ms)
-            log.info("refused %s %s: %s", msg.TYPE, msg.id, error)
         else:
             changes.write()
             seq, entry_hash = self._append(now_ms, msg.TYPE, signed.wire(), changes.effects())
@@ -192,7 +197,7 @@ class Ledger:
         if isinstance(msg, QueryReceipt):
             known = self.store.instruction(msg.instruction_id)
             if known is None:
-                raise Rejected(Code.INVALID_FIELD, "instruction_id", f"no instruction {msg.instruction_id!r} was answered")
+                raise Rejected(Code.UNKNOWN_INSTRUCTION, "instruction_id", f"no instruction {msg.instruction_id!r} was answered")
             return known[2]
         return self._sign(Result(self.id, msg.id, now_ms, self._query(msg)))
 
@@ -221,8 +226,13 @@ class Ledger:
             return [lock_view(lock) for lock in self.store.locks_expiring(msg.expiring_before_ms, limit)]
         if isinstance(msg, QueryJournal):
             limit = _limit(msg.limit, JOURNAL_PAGE_MAX)
-            return {"head": self.seq, "entries": [canonical.decode(raw, bytes_max=len(raw))
-                                                  for _, _, raw in self.store.journal(msg.from_seq, limit)]}
+            entries, size = [], 0
+            for _, _, raw in self.store.journal(msg.from_seq, limit):
+                size += len(raw)
+                if entries and size > JOURNAL_PAGE_BYTES_MAX:
+                    break  # a shorter page; the reader asks again from where it ends
+                entries.append(canonical.decode(raw, bytes_max=len(raw)))
+            return {"head": self.seq, "entries": entries}
         raise AssertionError(f"unhandled query {msg.TYPE}")
 
 
@@ -241,7 +251,8 @@ def _limit(limit: int, limit_max: int) -> int:
 
 def _reuse(first: dict, again: dict) -> Rejected:
     """Name the first field in which a reused id's content differs (TigerBeetle's rule)."""
-    differing = sorted(key for key in first.keys() | again.keys() if first.get(key) != again.get(key))
+    missing = object()
+    differing = sorted(key for key in first.keys() | again.keys() if first.get(key, missing) != again.get(key, missing))
     field = differing[0] if differing else "sigs"
     return Rejected(Code.ID_REUSED, field, f"id {again.get('id')!r} was used for an instruction with a different {field}")
 

@@ -165,7 +165,10 @@ def _settlement(auth: dict, signed: Signed, ctx: Context) -> Settlement:
         raise Rejected(error.code, f"auth.{error.field}", error.reason) from None
     settlement: Settlement = settlement_signed.msg
     for party in settlement.parties:
-        _signed_by(settlement_signed.sigs, party, "both counterparties sign a settlement")
+        if party not in settlement_signed.sigs:
+            raise Rejected(Code.MISSING_SIGNATURE, "auth.sigs", f"both counterparties sign a settlement; {party!r} did not")
+    if ctx.now_ms > settlement.deadline_ms:
+        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms", f"settlement deadline {settlement.deadline_ms} has passed")
     if settlement.coordinator not in signed.sigs or not ctx.registry.has_role(settlement.coordinator, Role.COORDINATOR):
         raise Rejected(Code.NOT_AUTHORISED, "sigs", f"needs the signature of the settlement's coordinator {settlement.coordinator!r}")
     return settlement
@@ -197,6 +200,8 @@ def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) 
         raise Rejected(Code.NOT_AUTHORISED, "auth", f"lock terms differ from leg {index} the counterparties signed")
     if msg.expiry_ms > settlement.deadline_ms:
         raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry is after the settlement deadline {settlement.deadline_ms}")
+    if set(msg.abort_by) - {settlement.coordinator}:
+        raise Rejected(Code.NOT_AUTHORISED, "abort_by", "a settlement's lock may name only its coordinator in abort_by")
     _party_owns(changes, settlement, index)
     return settlement.parties
 
@@ -211,6 +216,8 @@ def _lock(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> None:
     for party in msg.abort_by:
         if party not in ctx.registry:
             raise Rejected(Code.UNKNOWN_SIGNER, "abort_by", f"{party!r} is not a registered party")
+        if party == owner:
+            raise Rejected(Code.INVALID_FIELD, "abort_by", "the owner may not abort its own lock: it would hold a free option")
     if msg.expiry_ms <= ctx.now_ms:
         raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry {msg.expiry_ms} is not after ledger time {ctx.now_ms}")
     if msg.expiry_ms - ctx.now_ms > ctx.config.limits.lock_expiry_ms_max:

@@ -25,7 +25,7 @@ class Code(enum.Enum):
     BAD_SIGNATURE = "bad_signature"
     MISSING_SIGNATURE = "missing_signature"
     NOT_AUTHORISED = "not_authorised"
-    STALE = "stale"                          # ts_ms outside the freshness window
+    STALE = "stale"                          # ts_ms outside the freshness window (temporary if ahead)
     ID_REUSED = "id_reused"                  # same id, different content
     # the ledger's state (temporary: a later instruction may succeed)
     UNKNOWN_ACCOUNT = "unknown_account"
@@ -34,6 +34,7 @@ class Code(enum.Enum):
     ASSET_EXISTS = "asset_exists"
     INSUFFICIENT_FUNDS = "insufficient_funds"
     UNKNOWN_LOCK = "unknown_lock"
+    UNKNOWN_INSTRUCTION = "unknown_instruction"  # query_receipt: not answered (yet)
     LOCK_EXISTS = "lock_exists"
     LOCK_NOT_HELD = "lock_not_held"
     LOCK_EXPIRED = "lock_expired"

@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .canonical import decode
 from .errors import Rejected
 from .messages import Entry
-from .signing import PrivateKey, Signed, from_wire, sign, signing_bytes, verify
+from .signing import PrivateKey, Signed, from_wire, sign
 
 GENESIS_HASH = "0" * 64
 
 
 def entry_hash(signed: Signed) -> str:
-    return hashlib.sha256(signing_bytes(signed.body)).hexdigest()
+    return hashlib.sha256(signed.data).hexdigest()
 
 
 def make_entry(key: PrivateKey, ledger_id: str, seq: int, prev_hash: str, time_ms: int,
@@ -109,8 +109,7 @@ def verify_chain(links: Iterable[Link], ledger_id: str, public_key: ec.EllipticC
 
 
 def check_signature(signed: Signed, seq: int, ledger_id: str, public_key: ec.EllipticCurvePublicKey) -> None:
-    sig = signed.sigs.get(ledger_id)
-    if sig is None or not verify(public_key, sig, signing_bytes(signed.body)):
+    if not signed.signed_by(ledger_id, public_key):
         raise ChainBroken(seq, "ledger signature does not verify")
 
 

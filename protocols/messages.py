@@ -9,6 +9,7 @@ Construction validates every field: a message that exists is well formed."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ from .errors import Code, Rejected
 from .identifiers import currency_problem, isin_problem
 
 IDENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 LEGS_MAX = 16
 ABORT_BY_MAX = 4
 QUERY_LIMIT_MAX = 1000
@@ -94,6 +95,18 @@ def date(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     _expect(attribute, value, str, "a string")
     if not DATE_PATTERN.fullmatch(value):
         raise _invalid(attribute, "must be a date YYYY-MM-DD")
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        raise _invalid(attribute, f"{value} is not a calendar date") from None
+
+
+def one_of(*allowed: str):
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        _expect(attribute, value, str, "a string")
+        if value not in allowed:
+            raise _invalid(attribute, f"must be one of {', '.join(allowed)}")
+    return check
 
 
 def idents(limit: int, *, at_least: int = 0):
@@ -359,7 +372,7 @@ class Receipt(Body):
 
     ledger: str = attrs.field(validator=ident)
     instruction_id: str = attrs.field(validator=ident)
-    status: str = attrs.field(validator=attrs.validators.in_(("applied", "rejected")))
+    status: str = attrs.field(validator=one_of("applied", "rejected"))
     time_ms: int = attrs.field(validator=time_ms)
     seq: int | None = None
     entry_hash: str | None = None
@@ -448,7 +461,7 @@ class Settlement(Body):
     directions (leg 0 pays parties[1], leg 1 pays parties[0])."""
 
     id: str = attrs.field(validator=settlement_id)
-    kind: str = attrs.field(validator=attrs.validators.in_(("dvp", "pvp")))
+    kind: str = attrs.field(validator=one_of("dvp", "pvp"))
     ts_ms: int = attrs.field(validator=time_ms)
     coordinator: str = attrs.field(validator=ident)
     deadline_ms: int = attrs.field(validator=time_ms)
@@ -522,7 +535,7 @@ def from_body(body: Any, *, allowed: tuple[type, ...] | None = None) -> Body:
         values[attribute.name] = _from_wire(attribute, body[attribute.name])
     try:
         return cls(**values)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:  # a validator of attrs' own, never ours
         raise Rejected(Code.MALFORMED, "$", str(error)) from None
 
 

@@ -19,7 +19,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .errors import Code, Rejected
-from .signing import Signed, load_public_pem, public_pem, signing_bytes, verify
+from .signing import Signed, load_public_pem, public_pem, verify
 
 
 class Role(enum.Enum):
@@ -90,7 +90,7 @@ class Registry:
         """Every signature on the message is by a known party and is valid."""
         if not signed.sigs:
             raise Rejected(Code.MISSING_SIGNATURE, "sigs", "instruction carries no signature")
-        data = signing_bytes(signed.body)
+        data = signed.data
         for party_id, sig in signed.sigs.items():
             party = self._parties.get(party_id)
             if party is None:

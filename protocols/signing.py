@@ -98,11 +98,19 @@ class Signed:
     msg: Body
     sigs: Mapping[str, bytes]
     body: dict = attrs.field(eq=False, repr=False)
+    data: bytes = attrs.field(init=False, eq=False, repr=False)  # the signed bytes, made once
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "data", signing_bytes(self.body))
 
     @property
     def digest(self) -> bytes:
         """SHA-256 of the signed bytes: what idempotency compares."""
-        return hashlib.sha256(signing_bytes(self.body)).digest()
+        return hashlib.sha256(self.data).digest()
+
+    def signed_by(self, party: str, key: ec.EllipticCurvePublicKey) -> bool:
+        sig = self.sigs.get(party)
+        return sig is not None and verify(key, sig, self.data)
 
     def wire(self) -> dict[str, Any]:
         return {**self.body, "sigs": {party: sig.hex() for party, sig in self.sigs.items()}}

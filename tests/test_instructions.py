@@ -871,7 +871,7 @@ def test_the_balances_query_shows_available_and_locked_per_asset(h):
 def test_queries_of_unknown_things_are_refused(h):
     for query, fields, code, field in [(QueryBalances, {"account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "account"),
                                        (QueryLock, {"lock_id": "lock-nobody"}, Code.UNKNOWN_LOCK, "lock_id"),
-                                       (QueryReceipt, {"instruction_id": "t-nobody"}, Code.INVALID_FIELD,
+                                       (QueryReceipt, {"instruction_id": "t-nobody"}, Code.UNKNOWN_INSTRUCTION,
                                         "instruction_id")]:
         with pytest.raises(Rejected) as caught:
             h.query(query, **fields)
@@ -937,3 +937,21 @@ def test_a_receipt_is_signed_by_the_ledger(h):
     h.world.registry.verify_all(signed)
     assert set(signed.sigs) == {"unified"}
     assert decode(reply)["type"] == "receipt"
+
+
+# -- ids cannot be spent by a party without authority -------------------------------------
+
+def test_a_party_without_authority_cannot_spend_another_partys_instruction_id(h):
+    """bank-b signs bank-a's transfer: refused, and not recorded, so bank-a's own
+    properly signed instruction with that id is still applied."""
+    fields = dict(id="t-planned", from_account="acc-a", to_account="acc-b", asset="EUR", amount=10)
+    with unchanged(h):
+        refused(h.send(Transfer, "bank-b", **fields), Code.NOT_AUTHORISED, "sigs")
+    applied(h.send(Transfer, "bank-a", **fields))
+
+
+def test_abort_by_may_not_name_the_locks_own_owner(h):
+    with unchanged(h):
+        refused(h.send(Lock, "bank-a", owner_account="acc-a", beneficiary_account="acc-b", asset="EUR",
+                       amount=10, hashlock=HASHLOCK, expiry_ms=h.now_ms + MINUTE_MS, abort_by=("bank-a",)),
+                Code.INVALID_FIELD, "abort_by")

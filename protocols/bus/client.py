@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..canonical import decode
 from ..errors import Code, Rejected
 from ..messages import Body, Receipt, Result
-from ..signing import Signed, from_wire, signing_bytes, unsigned, verify
+from ..signing import Signed, from_wire, unsigned
 from . import Bus, BusTimeout, service_of_ledger
 
 REPLY_BYTES_MAX = 4 * 1024 * 1024
@@ -72,8 +72,7 @@ class LedgerClient:
             signed = from_wire(decode(raw, bytes_max=REPLY_BYTES_MAX), allowed=(Receipt, Result))
         except Rejected as error:
             raise BadReply(f"{self.ledger_id} sent an undecodable reply: {error}") from None
-        sig = signed.sigs.get(self.ledger_id)
-        if sig is None or not verify(self.ledger_key, sig, signing_bytes(signed.body)):
+        if not signed.signed_by(self.ledger_id, self.ledger_key):
             raise BadReply(f"reply not signed by {self.ledger_id}")
         return signed.msg
 

@@ -1,4 +1,4 @@
-"""The bus over an MQTT 5 broker (Mosquitto), with paho-mqtt driven from trio.
+"""The bus over an MQTT 3.1.1 broker (Mosquitto), with paho-mqtt driven from trio.
 
 paho does the protocol; trio does the waiting. We never start paho's thread: a reader
 task waits for the socket to be readable and calls `loop_read`, a writer task waits
