@@ -14,7 +14,7 @@ from .errors import Code, Rejected
 
 INT_MAX = 2**63 - 1
 INT_CHARS_MAX = len(str(-INT_MAX - 1))  # 20: "-9223372036854775808"
-DEPTH_MAX = 8
+DEPTH_MAX = 12  # our deepest message, a journal page holding a settlement's lock, nests 8
 MESSAGE_BYTES_MAX = 64 * 1024
 
 _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),

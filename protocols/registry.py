@@ -19,6 +19,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .errors import Code, Rejected
+from .messages import IDENT_PATTERN
 from .signing import Signed, load_public_pem, public_pem, verify
 
 
@@ -54,6 +55,8 @@ class Registry:
             data = tomllib.load(file)
         parties = []
         for party_id, entry in data.get("parties", {}).items():
+            if not IDENT_PATTERN.fullmatch(party_id):
+                raise ValueError(f"{path}: party id {party_id!r} is not a valid identifier")
             try:
                 roles = frozenset(Role(role) for role in entry["roles"])
                 if "public_key" in entry:

@@ -52,8 +52,9 @@ class LedgerClient:
         """A query's value, or Rejected with the ledger's code."""
         reply = self._verified(await self._request(unsigned(msg).encode()))
         if isinstance(reply, Receipt):
-            raise reply.error()
-        assert isinstance(reply, Result)
+            if reply.instruction_id == msg.id and not reply.applied:
+                raise reply.error()  # the query itself was refused
+            return reply  # query_receipt answers with the instruction's own receipt
         return reply.value
 
     def next_query_id(self) -> str:
