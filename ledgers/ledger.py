@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import attrs
 
 from protocols import canonical
 from protocols.errors import Code, Rejected
-from protocols.htlc import refund
+from protocols.htlc import HeldLock, LockState, refund
 from protocols.journal import GENESIS_HASH, ChainBroken, Link, Replay, make_entry, verify_chain
 from protocols.messages import (IDENT_PATTERN, INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, QueryBalances,
                                 QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
@@ -80,20 +81,33 @@ class Ledger:
         return seq, prev_hash
 
     def _state_problems(self, replay: Replay) -> list[str]:
+        """Every row of the state tables against what the journal says it must be."""
         problems = []
         stored = self.store.all_balances()
         for key in stored.keys() | replay.balances.keys():
             expected = tuple(replay.balances.get(key, (0, 0)))
             if stored.get(key, (0, 0)) != expected:
                 problems.append(f"balance {key[0]}/{key[1]} is {stored.get(key)}, journal says {expected}")
-        for asset in self.store.assets():
-            if [asset.issued, asset.redeemed] != replay.supply.get(asset.code):
-                problems.append(f"supply of {asset.code} differs from the journal")
-        for lock in self.store.all_locks():
-            if replay.locks.get(lock.lock_id) != lock.state.value:
-                problems.append(f"lock {lock.lock_id} is {lock.state.value}, journal says {replay.locks.get(lock.lock_id)}")
-        if len(self.store.all_locks()) != len(replay.locks):
-            problems.append("the locks table does not hold every lock the journal placed")
+        accounts = self.store.all_accounts()
+        for account in accounts.keys() | replay.accounts.keys():
+            if accounts.get(account) != replay.accounts.get(account):
+                problems.append(f"account {account} is owned by {accounts.get(account)}, journal says {replay.accounts.get(account)}")
+        assets = {asset.code: asset for asset in self.store.assets()}
+        for code in assets.keys() | replay.assets.keys():
+            asset = assets.get(code)
+            found = asset and ((asset.kind, asset.issuer, asset.minor_units, asset.reference),
+                               [asset.issued, asset.redeemed])
+            if found != (replay.assets.get(code), replay.supply.get(code)):
+                problems.append(f"asset {code} differs from the journal")
+        locks = {lock.lock_id: lock for lock in self.store.all_locks()}
+        for lock_id in locks.keys() | replay.locks.keys():
+            found, expected = locks.get(lock_id), replay.locks.get(lock_id)
+            if found is None or expected is None:
+                problems.append(f"lock {lock_id} is {'missing' if found is None else 'not in the journal'}")
+            elif found != expected:
+                fields = [a.name for a in attrs.fields(HeldLock) if getattr(found, a.name) != getattr(expected, a.name)]
+                problems += [f"lock {lock_id} {name} is {_short(getattr(found, name))}, "
+                             f"journal says {_short(getattr(expected, name))}" for name in fields]
         return problems
 
     def _begin(self, now_ms: int) -> None:
@@ -234,6 +248,10 @@ class Ledger:
                 entries.append(canonical.decode(raw, bytes_max=len(raw)))
             return {"head": self.seq, "entries": entries}
         raise AssertionError(f"unhandled query {msg.TYPE}")
+
+
+def _short(value: Any) -> str:
+    return value.value if isinstance(value, LockState) else value.hex() if isinstance(value, bytes) else repr(value)
 
 
 def lock_view(lock) -> dict[str, Any]:

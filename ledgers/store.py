@@ -101,6 +101,9 @@ class Store:
         row = self._db.execute("SELECT owner FROM accounts WHERE account = ?", (account,)).fetchone()
         return row[0] if row else None
 
+    def all_accounts(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT account, owner FROM accounts"))
+
     def asset(self, code: str) -> Asset | None:
         row = self._db.execute("SELECT code, kind, issuer, minor_units, reference, issued, redeemed "
                                "FROM assets WHERE code = ?", (code,)).fetchone()

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .canonical import decode
 from .errors import Rejected
-from .messages import Entry
+from .htlc import HeldLock, LockState
+from .messages import Entry, Lock
 from .signing import PrivateKey, Signed, from_wire, sign
 
 GENESIS_HASH = "0" * 64
@@ -115,18 +116,21 @@ def check_signature(signed: Signed, seq: int, ledger_id: str, public_key: ec.Ell
 
 @attrs.define
 class Replay:
-    """Balances, supply and lock states recomputed from entries' effects alone."""
+    """A ledger's state recomputed from its journal alone: accounts, assets with their
+    supply, balances, and every lock with its terms and state."""
 
     balances: dict[tuple[str, str], list[int]] = attrs.field(factory=lambda: defaultdict(lambda: [0, 0]))
     supply: dict[str, list[int]] = attrs.field(factory=lambda: defaultdict(lambda: [0, 0]))
-    locks: dict[str, str] = attrs.field(factory=dict)
+    assets: dict[str, tuple] = attrs.field(factory=dict)   # code -> (kind, issuer, minor_units, reference)
+    locks: dict[str, HeldLock] = attrs.field(factory=dict)
     accounts: dict[str, str] = attrs.field(factory=dict)
 
     def apply(self, entry: Entry) -> None:
         effects: dict[str, Any] = entry.effects
         for account, owner in effects.get("accounts", ()):
             self.accounts[account] = owner
-        for code, *_ in effects.get("assets", ()):
+        for code, kind, issuer, minor_units, reference in effects.get("assets", ()):
+            self.assets[code] = (kind, issuer, minor_units, reference)
             self.supply.setdefault(code, [0, 0])
         for account, asset, available_delta, locked_delta in effects.get("balances", ()):
             balance = self.balances[(account, asset)]
@@ -135,8 +139,13 @@ class Replay:
         for asset, issued_delta, redeemed_delta in effects.get("supply", ()):
             self.supply[asset][0] += issued_delta
             self.supply[asset][1] += redeemed_delta
+        if entry.kind == "lock" and entry.instruction is not None:
+            lock: Lock = from_wire(entry.instruction, allowed=(Lock,)).msg
+            self.locks[lock.id] = HeldLock(lock.id, lock.owner_account, lock.beneficiary_account, lock.asset,
+                                           lock.amount, lock.hashlock, lock.expiry_ms, lock.abort_by)
         for lock_id, state in effects.get("locks", ()):
-            self.locks[lock_id] = state
+            if state != LockState.HELD.value:
+                self.locks[lock_id] = self.locks[lock_id].to(LockState(state))
 
     def conservation_problems(self) -> list[str]:
         totals: dict[str, int] = defaultdict(int)
