@@ -165,7 +165,8 @@ async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator
     try:
         for party, command in [(spec.ledger_id, "ledger") for spec in LEDGERS] + [(COORDINATOR, "coordinator")]:
             log = (directory / f"{party}.log").open("wb")
-            processes[party] = subprocess.Popen([sys.executable, "-m", "engine.cli", command, "--config",
+            processes[party] = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "warning",
+                                                 command, "--config",
                                                  str(world.ledger_configs[party])], stdout=log, stderr=log)
         async with MqttBus.connect(broker.url, client_id="bench-load") as bus:
             await _wait_until_up(world, bus, processes)

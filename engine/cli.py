@@ -78,7 +78,8 @@ def _conformance(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lockstep", description="Multi-ledger atomic settlement.")
-    root.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    root.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                      help="what services log to stderr, one line per event (default: info)")
     commands = root.add_subparsers(dest="command", required=True)
 
     ledger = commands.add_parser("ledger", help="run one ledger service over MQTT")
@@ -123,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return args.run(args)
 

@@ -184,6 +184,7 @@ class Ledger:
         else:
             changes.write()
             seq, entry_hash = self._append(now_ms, msg.TYPE, signed.wire(), changes.effects())
+            log.info("applied %s %s as entry %d", msg.TYPE, msg.id, seq)
             receipt = self._sign(Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash))
         self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), receipt)
         return receipt
