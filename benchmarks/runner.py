@@ -146,7 +146,7 @@ async def memory_system(directory: Path, shape: Shape, seed: int) -> AsyncIterat
     world = lay_out_bench(directory, shape)
     bus = MemoryBus()
     async with trio.open_nursery() as nursery:
-        local = Local(world, bus, nursery)
+        local = Local(world, bus, nursery, offload=True)
         for spec in LEDGERS:
             await local.start_ledger(spec.ledger_id)
         await local.start_coordinator(BENCH_TIMING, watchtower=True)

@@ -62,7 +62,7 @@ async def _until_signalled(url: str, client_id: str):
 
 async def run_coordinator(config_path: str, broker: str | None = None) -> None:
     config, registry, key, url = load(config_path, broker)
-    journal = Journal(config.journal)
+    journal = Journal(config.journal, offload=True)
     try:
         async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
             coordinator = Coordinator(config.coordinator_id, key, registry, bus, journal, ServiceClock(),

@@ -45,7 +45,7 @@ class Outcome:
 async def run(broker: str | None, directory: Path, out=print) -> list[Outcome]:
     world = standard_world(directory, broker=broker)
     async with _bus(broker) as bus, trio.open_nursery() as nursery:
-        local = Local(world, bus, nursery)
+        local = Local(world, bus, nursery, offload=True)
         processes = await _start_ledgers(local, broker)
         try:
             outcomes = await _scenarios(local, out)

@@ -48,8 +48,11 @@ class Record:
 
 
 class Journal:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, offload: bool = False) -> None:
+        """`offload=True` commits in a worker thread, so settlements go on while the
+        disk syncs (as LedgerService does; off under a MockClock)."""
         self.path = Path(path)
+        self.offload = offload
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -84,7 +87,11 @@ class Journal:
                     except trio.WouldBlock:
                         break
                 with trio.CancelScope(shield=True):
-                    self._write([record for record, _ in batch])
+                    records = [record for record, _ in batch]
+                    if self.offload:
+                        await trio.to_thread.run_sync(self._write, records)
+                    else:
+                        self._write(records)
                 for _, done in batch:
                     done.set()
 

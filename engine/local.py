@@ -64,6 +64,7 @@ class Local:
     nursery: trio.Nursery
     services: dict[str, LedgerService] = attrs.field(factory=dict)
     coordinator: Coordinator | None = None
+    offload: bool = False   # commit in worker threads (real clocks only; see LedgerService)
     clock: ServiceClock = attrs.field(factory=ServiceClock)   # the parties' own clock
     _ledger_scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
     _ids: int = 0
@@ -72,7 +73,7 @@ class Local:
         config = LedgerConfig.load(self.world.ledger_configs[ledger_id])
         clock = ServiceClock()
         ledger = Ledger(config, self.world.registry, self.world.keys[ledger_id], Store(config.database), clock.now_ms())
-        service = LedgerService(ledger, self.bus, clock)
+        service = LedgerService(ledger, self.bus, clock, offload=self.offload)
         scope = trio.CancelScope()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -93,7 +94,7 @@ class Local:
     async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True
                                 ) -> tuple[Coordinator, trio.CancelScope]:
         """Start the coordinator under its own cancel scope, so a test can kill it."""
-        journal = Journal(self.world.directory / f"{COORDINATOR}.db")
+        journal = Journal(self.world.directory / f"{COORDINATOR}.db", offload=self.offload)
         watched = tuple(self.services) if watchtower else ()
         coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, self.bus,
                                   journal, ServiceClock(), timing, watched)

@@ -4,6 +4,7 @@ real identifier, and a currency's exponent fixes how many minor units make one u
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -15,6 +16,7 @@ _NATIONAL = re.compile(r"[A-Z0-9]{9}")
 _PREFIX = re.compile(r"[A-Z]{2}[A-Z0-9]{9}")
 
 
+@functools.lru_cache(maxsize=65536)  # the same few ISINs arrive in every message
 def isin_problem(value: str) -> str | None:
     """None for a valid ISO 6166 ISIN, otherwise why it is not one, for the refusal."""
     if len(value) != ISIN_CHARS:

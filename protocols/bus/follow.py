@@ -22,15 +22,17 @@ PAGE_SIZE = 200
 RETRY_S = 0.1
 
 
-async def follow(client: LedgerClient, *, from_seq: int | None = None,
-                 backlog: int = 0) -> AsyncIterator[Signed]:
-    """Yield every entry from `from_seq` on (default: the head less `backlog`)."""
+async def follow(client: LedgerClient, *, from_seq: int | None = None, backlog: int = 0,
+                 signatures: bool = True) -> AsyncIterator[Signed]:
+    """Yield every entry from `from_seq` on (default: the head less `backlog`).
+    With `signatures=False` only places and hash links are checked: for a follower
+    that acts only through the ledger itself (the watchtower), which checks again."""
     ledger_id = client.ledger_id
     async with client.bus.subscribe(entries_topic(ledger_id)) as live:
         if from_seq is None:
             info = await _ask(client, QueryInfo(client.next_query_id(), ledger_id))
             from_seq = max(0, info["head_seq"] - backlog)
-        checker = ChainChecker(ledger_id, client.ledger_key, seq=from_seq, prev_hash=None)
+        checker = ChainChecker(ledger_id, client.ledger_key, seq=from_seq, prev_hash=None, signatures=signatures)
 
         async def read_journal(until_seq: int | None) -> AsyncIterator[Signed]:
             while until_seq is None or checker.seq < until_seq:
