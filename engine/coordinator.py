@@ -55,6 +55,7 @@ class Coordinator:
         self.timing = timing
         self._clients: dict[str, LedgerClient] = {}
         self._running: dict[str, trio.Event] = {}   # settlement id -> set when final
+        self._auth: dict[str, dict] = {}            # settlement id -> its signed wire form, while driven
         self._nursery: trio.Nursery | None = None
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
         self.watchtower = Watchtower(coordinator_id, key, registry, bus, list(watched_ledgers), clock,
@@ -166,11 +167,14 @@ class Coordinator:
         return record
 
     async def _drive(self, record: Record) -> None:
-        settlement: Settlement = decode_signed(record.instruction, allowed=(Settlement,)).msg
+        signed = decode_signed(record.instruction, allowed=(Settlement,))
+        settlement: Settlement = signed.msg
+        self._auth[settlement.id] = signed.wire()  # what the locks or the settle carry
         try:
             while not record.final:
                 record = await self._step(record, settlement)
         finally:
+            self._auth.pop(record.settlement_id, None)
             self._running.pop(record.settlement_id).set()
         log.info("settlement %s %s%s", record.settlement_id, record.phase.value,
                  f": {record.reason_code}: {record.reason}" if record.reason_code else "")
@@ -196,7 +200,7 @@ class Coordinator:
     async def _settle_same_ledger(self, record: Record, settlement: Settlement, now_ms: int) -> Record:
         if not record.sent:
             settle = sign(Settle(settle_id(settlement.id), settlement.legs[0].ledger, now_ms,
-                                 tuple(leg.as_leg() for leg in settlement.legs), auth=_wire(record)),
+                                 tuple(leg.as_leg() for leg in settlement.legs), auth=self._auth[settlement.id]),
                           (self.id, self._key))
             record = await self._save(attrs.evolve(record, sent=(settle.encode(),)))
         outcome = await self._send(settlement.legs[0].ledger, record.sent[0], self._deadline(settlement))
@@ -211,7 +215,7 @@ class Coordinator:
         expiries = self.timing.expiries(now_ms)
         locks = tuple(
             sign(Lock(lock_id(settlement.id, index), leg.ledger, now_ms, leg.from_account, leg.to_account,
-                      leg.asset, leg.amount, hashlock_of(secret), expiries[index], (self.id,), auth=_wire(record)),
+                      leg.asset, leg.amount, hashlock_of(secret), expiries[index], (self.id,), auth=self._auth[settlement.id]),
                  (self.id, self._key)).encode()
             for index, leg in enumerate(settlement.legs))
         return await self._save(record.to(Phase.LOCKING, now_ms, secret=secret, expiry_ms=expiries, sent=locks))
@@ -310,10 +314,6 @@ class Coordinator:
 
     def _deadline(self, settlement: Settlement) -> float:
         return self.clock.trio_time_at(settlement.deadline_ms)
-
-
-def _wire(record: Record) -> dict:
-    return decode_signed(record.instruction, allowed=(Settlement,)).wire()
 
 
 def _failure(outcome: Receipt | None) -> tuple[str, str]:

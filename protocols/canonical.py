@@ -26,6 +26,18 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value).encode("utf-8")
 
 
+def members(obj: dict[str, Any]) -> dict[str, str]:
+    """Each member of an object as its canonical text `"key":value`, so that objects
+    differing in one member (a message with and without its signatures) are encoded
+    once and joined twice."""
+    return {key: f"{_encoder.encode(key)}:{_encoder.encode(value)}" for key, value in obj.items()}
+
+
+def join(encoded: dict[str, str]) -> bytes:
+    """The canonical bytes of the object whose members `members` encoded."""
+    return ("{" + ",".join(encoded[key] for key in sorted(encoded)) + "}").encode("utf-8")
+
+
 class _Refused:
     """A number or string this encoding does not allow, left in the parsed value by the
     parser's hooks so that the walk after parsing can refuse it naming its field."""

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from . import canonical
 from .canonical import decode, encode
 from .errors import Code, Rejected
 from .messages import Body, from_body, to_body
@@ -93,15 +94,19 @@ def verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> boo
 
 @attrs.frozen
 class Signed:
-    """A message and the signatures over its body, keyed by signing party."""
+    """A message and the signatures over its body, keyed by signing party. The body's
+    canonical members are encoded once, for the signed bytes and for the wire."""
 
     msg: Body
     sigs: Mapping[str, bytes]
     body: dict = attrs.field(eq=False, repr=False)
-    data: bytes = attrs.field(init=False, eq=False, repr=False)  # the signed bytes, made once
+    _members: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+    data: bytes = attrs.field(default=b"", eq=False, repr=False)  # the signed bytes
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "data", signing_bytes(self.body))
+        if not self._members:
+            object.__setattr__(self, "_members", canonical.members(self.body))
+            object.__setattr__(self, "data", DOMAIN + canonical.join(self._members))
 
     @property
     def digest(self) -> bytes:
@@ -116,13 +121,14 @@ class Signed:
         return {**self.body, "sigs": {party: sig.hex() for party, sig in self.sigs.items()}}
 
     def encode(self) -> bytes:
-        return encode(self.wire())
+        sigs = canonical.members({"sigs": {party: sig.hex() for party, sig in self.sigs.items()}})
+        return canonical.join({**self._members, **sigs})
 
 
 def sign(msg: Body, *signers: tuple[str, PrivateKey]) -> Signed:
-    body = to_body(msg)
-    data = signing_bytes(body)
-    return Signed(msg, {party: key.sign(data) for party, key in signers}, body)
+    unsigned_ = Signed(msg, {}, to_body(msg))
+    return Signed(msg, {party: key.sign(unsigned_.data) for party, key in signers}, unsigned_.body,
+                  unsigned_._members, unsigned_.data)
 
 
 def unsigned(msg: Body) -> Signed:

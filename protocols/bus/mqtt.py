@@ -154,6 +154,7 @@ class MqttBus:
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client._sock = _BufferedSocket(sock)  # paho reads and writes its socket through this attribute
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -171,24 +172,32 @@ class MqttBus:
                 scope.cancel()
                 return
             await trio.lowlevel.wait_readable(sock)
-            if self._client.loop_read() != paho.MQTT_ERR_SUCCESS:
-                scope.cancel()
-                return
-            self._flush()
+            while True:  # paho stops after a few packets; read all that one recv brought
+                if self._client.loop_read() != paho.MQTT_ERR_SUCCESS:
+                    scope.cancel()
+                    return
+                if not sock.buffered:
+                    break
+            self._write_wanted.set()  # acknowledgements paho queued while reading
 
     async def _write(self, scope: trio.CancelScope) -> None:
+        """Send, once per turn of the event loop, everything queued since the last turn."""
         while True:
             await self._write_wanted.wait()
+            self._write_wanted = trio.Event()
             sock = self._client.socket()
             if sock is None:
                 scope.cancel()
                 return
-            await trio.lowlevel.wait_writable(sock)
-            if self._client.loop_write() != paho.MQTT_ERR_SUCCESS:
+            if self._client.want_write() and self._client.loop_write() != paho.MQTT_ERR_SUCCESS:
                 scope.cancel()
                 return
-            if not self._client.want_write():
-                self._write_wanted = trio.Event()
+            try:
+                while not sock.flush():
+                    await trio.lowlevel.wait_writable(sock)
+            except OSError:
+                scope.cancel()
+                return
 
     async def _tick(self, scope: trio.CancelScope) -> None:
         while True:
@@ -196,21 +205,14 @@ class MqttBus:
             if self._client.loop_misc() != paho.MQTT_ERR_SUCCESS:
                 scope.cancel()
                 return
-            self._flush()
-
-    def _flush(self) -> None:
-        """Send what paho has queued; leave the rest to the writer when the socket is full."""
-        if self._client.want_write():
-            self._client.loop_write()
-            if self._client.want_write():
-                self._write_wanted.set()
+            self._write_wanted.set()
 
     def _publish(self, topic: str, payload: bytes) -> None:
         if self._closed:
             raise BusClosed("the bus is closed")
         self.messages_sent += 1
         self._client.publish(topic, payload, qos=1)
-        self._flush()
+        self._write_wanted.set()
 
     async def _subscribe(self, topic: str) -> None:
         """Subscribe and wait for the broker's acknowledgement, so that nothing
@@ -219,7 +221,7 @@ class MqttBus:
         if result != paho.MQTT_ERR_SUCCESS:
             return  # not connected: _on_connect subscribes again
         done = self._suback[mid] = trio.Event()
-        self._flush()
+        self._write_wanted.set()
         with trio.move_on_after(10):
             await done.wait()
         self._suback.pop(mid, None)
@@ -317,3 +319,48 @@ class MqttBus:
 
 
 __all__ = ["MqttBus", "BrokerUnreachable", "parse_url"]
+
+
+class _BufferedSocket:
+    """The broker connection as paho sees it. paho makes a system call for every
+    packet it sends and several for every packet it reads; through this, what paho
+    sends in one turn of the event loop leaves in one `send`, and one `recv` brings in
+    all that has arrived. Far fewer system calls and TCP segments under load."""
+
+    RECV_BYTES = 256 * 1024
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._out = bytearray()
+        self._in = bytearray()
+
+    def send(self, data: bytes) -> int:
+        self._out += data
+        return len(data)
+
+    def flush(self) -> bool:
+        """Send what is buffered; False if the socket took only part of it."""
+        while self._out:
+            try:
+                sent = self._sock.send(self._out)
+            except BlockingIOError:
+                return False
+            del self._out[:sent]
+        return True
+
+    def recv(self, size: int) -> bytes:
+        if not self._in:
+            chunk = self._sock.recv(self.RECV_BYTES)  # BlockingIOError when nothing is there
+            if not chunk:
+                return b""  # the broker closed the connection
+            self._in += chunk
+        data = bytes(self._in[:size])
+        del self._in[:size]
+        return data
+
+    @property
+    def buffered(self) -> bool:
+        return bool(self._in)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
