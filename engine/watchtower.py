@@ -21,7 +21,8 @@ from protocols.bus import Bus, BusTimeout
 from protocols.bus.clock import ServiceClock
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import follow
-from protocols.messages import Claim, Entry, Settlement
+from protocols.errors import Rejected
+from protocols.messages import Claim, Settlement
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, from_wire, sign
 
@@ -69,27 +70,30 @@ class Watchtower:
             try:
                 # Unverified entries are safe here: a forged claim's secret would only make
                 # the ledger refuse our claim; the ledger checks everything again.
-                async for signed in follow(self._clients[ledger], backlog=self.backlog, signatures=False):
-                    self._see(signed.msg, nursery)
+                async for entry in follow(self._clients[ledger], backlog=self.backlog, verify=False):
+                    self._see(entry, nursery)
             except (BusTimeout, BadReply) as error:
                 log.warning("lost %s's journal stream (%s); following again", ledger, error)
                 await trio.sleep(0.5)
 
-    def _see(self, entry: Entry, nursery: trio.Nursery) -> None:
-        instruction = entry.instruction
-        if instruction is None:  # the ledger's own expiry refunds
-            for lock_id, _ in entry.effects.get("locks", ()):
-                self._lock_ended(lock_id)
-        elif entry.kind == "lock" and instruction.get("auth") and instruction["id"].endswith(":0"):
-            settlement: Settlement = from_wire(instruction["auth"], allowed=(Settlement,)).msg
-            self._remember(settlement)
-        elif entry.kind == "claim" and instruction["lock_id"].endswith(":0"):
-            settlement_id = instruction["lock_id"][:-2]
-            watched = self._second.get(settlement_id)
-            if watched is not None:
-                nursery.start_soon(self._finish, settlement_id, watched, bytes.fromhex(instruction["preimage"]))
-        elif entry.kind in ("claim", "abort", "refund"):
-            self._lock_ended(instruction["lock_id"])
+    def _see(self, entry: dict, nursery: trio.Nursery) -> None:
+        """React to one journal entry (a wire dictionary)."""
+        instruction, kind = entry.get("instruction"), entry.get("kind")
+        try:
+            if instruction is None:  # the ledger's own expiry refunds
+                for lock_id, _ in entry["effects"].get("locks", ()):
+                    self._lock_ended(lock_id)
+            elif kind == "lock" and instruction.get("auth") and instruction["id"].endswith(":0"):
+                self._remember(from_wire(instruction["auth"], allowed=(Settlement,)).msg)
+            elif kind == "claim" and instruction["lock_id"].endswith(":0"):
+                settlement_id = instruction["lock_id"][:-2]
+                watched = self._second.get(settlement_id)
+                if watched is not None:
+                    nursery.start_soon(self._finish, settlement_id, watched, bytes.fromhex(instruction["preimage"]))
+            elif kind in ("claim", "abort", "refund"):
+                self._lock_ended(instruction["lock_id"])
+        except (KeyError, TypeError, ValueError, AttributeError, Rejected) as error:
+            log.warning("ignored a journal entry it cannot read: %s", error)
 
     def _lock_ended(self, lock_id: str) -> None:
         settlement_id, _, leg = lock_id.rpartition(":")

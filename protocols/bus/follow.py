@@ -14,7 +14,6 @@ import trio
 from ..canonical import decode
 from ..journal import ChainChecker
 from ..messages import QueryInfo, QueryJournal
-from ..signing import Signed
 from . import BusTimeout, entries_topic
 from .client import LedgerClient
 
@@ -23,23 +22,31 @@ RETRY_S = 0.1
 
 
 async def follow(client: LedgerClient, *, from_seq: int | None = None, backlog: int = 0,
-                 signatures: bool = True) -> AsyncIterator[Signed]:
-    """Yield every entry from `from_seq` on (default: the head less `backlog`).
-    With `signatures=False` only places and hash links are checked: for a follower
-    that acts only through the ledger itself (the watchtower), which checks again."""
+                 verify: bool = True) -> AsyncIterator[dict]:
+    """Yield every entry (its wire dictionary) from `from_seq` on, by default from the
+    head less `backlog`. With `verify=False` entries are only put in order, not checked:
+    for a follower that acts only through the ledger itself (the watchtower), which
+    checks everything again."""
     ledger_id = client.ledger_id
     async with client.bus.subscribe(entries_topic(ledger_id)) as live:
         if from_seq is None:
             info = await _ask(client, QueryInfo(client.next_query_id(), ledger_id))
             from_seq = max(0, info["head_seq"] - backlog)
-        checker = ChainChecker(ledger_id, client.ledger_key, seq=from_seq, prev_hash=None, signatures=signatures)
+        checker = ChainChecker(ledger_id, client.ledger_key, seq=from_seq, prev_hash=None)
 
-        async def read_journal(until_seq: int | None) -> AsyncIterator[Signed]:
+        def check(value: dict) -> dict:
+            if verify:
+                checker.check(value)
+            else:
+                checker.seq += 1
+            return value
+
+        async def read_journal(until_seq: int | None) -> AsyncIterator[dict]:
             while until_seq is None or checker.seq < until_seq:
                 limit = PAGE_SIZE if until_seq is None else min(PAGE_SIZE, until_seq - checker.seq)
                 page = await _ask(client, QueryJournal(client.next_query_id(), ledger_id, checker.seq, limit))
                 for value in page["entries"]:
-                    yield checker.check(value)[0]
+                    yield check(value)
                 if len(page["entries"]) < limit:
                     return
 
@@ -52,7 +59,7 @@ async def follow(client: LedgerClient, *, from_seq: int | None = None, backlog: 
                 continue  # a duplicate, or already read from the journal
             async for signed in read_journal(seq):
                 yield signed
-            yield checker.check(value)[0]
+            yield check(value)
 
 
 async def _ask(client: LedgerClient, query):
