@@ -26,16 +26,18 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value).encode("utf-8")
 
 
-def members(obj: dict[str, Any]) -> dict[str, str]:
-    """Each member of an object as its canonical text `"key":value`, so that objects
-    differing in one member (a message with and without its signatures) are encoded
-    once and joined twice."""
-    return {key: f"{_encoder.encode(key)}:{_encoder.encode(value)}" for key, value in obj.items()}
+def halves(obj: dict[str, Any], key: str) -> tuple[str, str]:
+    """The canonical text of an object's members that sort before `key` and after it,
+    each without braces, so that the object can be joined with or without a member
+    under `key` (a message with and without its signatures) after one encoding."""
+    before = _encoder.encode({k: v for k, v in obj.items() if k < key})[1:-1]
+    after = _encoder.encode({k: v for k, v in obj.items() if k > key})[1:-1]
+    return before, after
 
 
-def join(encoded: dict[str, str]) -> bytes:
-    """The canonical bytes of the object whose members `members` encoded."""
-    return ("{" + ",".join(encoded[key] for key in sorted(encoded)) + "}").encode("utf-8")
+def join(*parts: str) -> bytes:
+    """The canonical bytes of the object whose member texts these are."""
+    return ("{" + ",".join(part for part in parts if part) + "}").encode("utf-8")
 
 
 class _Refused:

@@ -94,19 +94,21 @@ def verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> boo
 
 @attrs.frozen
 class Signed:
-    """A message and the signatures over its body, keyed by signing party. The body's
-    canonical members are encoded once, for the signed bytes and for the wire."""
+    """A message and the signatures over its body, keyed by signing party. The body is
+    encoded once, in two halves around where `sigs` sorts, for both the signed bytes
+    and the wire."""
 
     msg: Body
     sigs: Mapping[str, bytes]
     body: dict = attrs.field(eq=False, repr=False)
-    _members: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+    _halves: tuple[str, str] = attrs.field(default=("", ""), eq=False, repr=False)
     data: bytes = attrs.field(default=b"", eq=False, repr=False)  # the signed bytes
 
     def __attrs_post_init__(self) -> None:
-        if not self._members:
-            object.__setattr__(self, "_members", canonical.members(self.body))
-            object.__setattr__(self, "data", DOMAIN + canonical.join(self._members))
+        if not self.data:
+            halves = canonical.halves(self.body, "sigs")
+            object.__setattr__(self, "_halves", halves)
+            object.__setattr__(self, "data", DOMAIN + canonical.join(*halves))
 
     @property
     def digest(self) -> bytes:
@@ -121,14 +123,15 @@ class Signed:
         return {**self.body, "sigs": {party: sig.hex() for party, sig in self.sigs.items()}}
 
     def encode(self) -> bytes:
-        sigs = canonical.members({"sigs": {party: sig.hex() for party, sig in self.sigs.items()}})
-        return canonical.join({**self._members, **sigs})
+        before, after = self._halves
+        sigs = '"sigs":' + encode({party: sig.hex() for party, sig in self.sigs.items()}).decode()
+        return canonical.join(before, sigs, after)
 
 
 def sign(msg: Body, *signers: tuple[str, PrivateKey]) -> Signed:
     unsigned_ = Signed(msg, {}, to_body(msg))
     return Signed(msg, {party: key.sign(unsigned_.data) for party, key in signers}, unsigned_.body,
-                  unsigned_._members, unsigned_.data)
+                  unsigned_._halves, unsigned_.data)
 
 
 def unsigned(msg: Body) -> Signed:

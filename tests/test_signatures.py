@@ -220,3 +220,19 @@ def test_signature_over_one_message_type_does_not_verify_for_another_with_the_sa
     refused = h.submit(swapped)
     assert refused.code == Code.BAD_SIGNATURE.value
     assert (h.store.all_balances(), h.store.all_locks(), h.ledger.seq) == before
+
+
+def test_a_signed_message_encodes_to_the_canonical_json_of_its_wire_form():
+    """Signed encodes its body once, in halves around `sigs`; the result must be
+    exactly the canonical encoding of body plus sigs, for every kind of body."""
+    from protocols.canonical import encode
+    from protocols.messages import Claim, QueryInfo, Receipt, Transfer
+    from protocols.signing import PrivateKey, sign, signing_bytes, unsigned
+
+    key = PrivateKey.generate()
+    messages = [Transfer("t1", "l", 1, "a", "b", "EUR", 5), Claim("c1", "l", 2, "lock", b"\x01" * 32),
+                Receipt("l", "t1", "applied", 3, seq=1, entry_hash="00" * 32), QueryInfo("q", "l")]
+    for msg in messages:
+        for signed in (sign(msg, ("p", key), ("q", key)), unsigned(msg)):
+            assert signed.encode() == encode(signed.wire())
+            assert signed.data == signing_bytes(signed.body)
