@@ -14,6 +14,7 @@ aborts are safe to repeat, and what a ledger already did is read from its lock s
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from typing import Callable
 
@@ -26,7 +27,7 @@ from protocols.bus.clock import ServiceClock
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
-from protocols.messages import (IDENT_PATTERN, Abort, Claim, Lock, QueryLock, QuerySettlement, Receipt,
+from protocols.messages import (IDENT_PATTERN, Abort, Claim, Lock, QueryLock, QueryReceipt, QuerySettlement, Receipt,
                                 Settle, Settlement, SettlementStatus)
 from protocols.registry import Registry
 from protocols.settlement import Phase, Timing, lock_id, settle_id
@@ -56,6 +57,7 @@ class Coordinator:
         self._clients: dict[str, LedgerClient] = {}
         self._running: dict[str, trio.Event] = {}   # settlement id -> set when final
         self._auth: dict[str, dict] = {}            # settlement id -> its signed wire form, while driven
+        self._accepted: dict[str, Record] = {}      # settlement id -> record being saved as PENDING
         self._nursery: trio.Nursery | None = None
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
         self.watchtower = Watchtower(coordinator_id, key, registry, bus, list(watched_ledgers), clock,
@@ -122,14 +124,19 @@ class Coordinator:
         sent again (same id, same bytes) is not run twice: its record is returned."""
         signed = decode_signed(raw, allowed=(Settlement,))
         settlement: Settlement = signed.msg
-        known = self.journal.get(settlement.id)
+        known = self.journal.get(settlement.id) or self._accepted.get(settlement.id)
         if known is not None:
             if known.instruction != signed.encode():
                 raise Rejected(Code.ID_REUSED, "id", f"settlement {settlement.id} was submitted with other content")
             return await self.wait(settlement.id)
         self.validate(signed)
-        record = await self._save(Record(settlement.id, signed.encode(), Phase.PENDING,
-                                         steps=((Phase.PENDING.value, self.clock.now_ms()),)))
+        record = Record(settlement.id, signed.encode(), Phase.PENDING, steps=((Phase.PENDING.value, self.clock.now_ms()),))
+        self._accepted[settlement.id] = record  # a copy arriving while this one is saved waits for it
+        self._running[settlement.id] = trio.Event()
+        try:
+            await self._save(record)
+        finally:
+            del self._accepted[settlement.id]
         self._start(record)
         return await self.wait(settlement.id)
 
@@ -139,6 +146,8 @@ class Coordinator:
             raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.id!r}")
         self.registry.verify_all(signed)
         self.registry.signed_by(signed, settlement.parties)
+        if self.id in settlement.parties:
+            raise Rejected(Code.NOT_AUTHORISED, "parties", "the coordinator cannot settle for itself: it holds the secret")
         for index, leg in enumerate(settlement.legs):
             self.client(leg.ledger)
         now_ms = self.clock.now_ms()
@@ -156,7 +165,7 @@ class Coordinator:
 
     def _start(self, record: Record) -> None:
         assert self._nursery is not None, "coordinator is not running"
-        self._running[record.settlement_id] = trio.Event()
+        self._running.setdefault(record.settlement_id, trio.Event())
         self._nursery.start_soon(self._drive, record)
 
     # -- the driver --------------------------------------------------------------------------
@@ -203,7 +212,13 @@ class Coordinator:
                                  tuple(leg.as_leg() for leg in settlement.legs), auth=self._auth[settlement.id]),
                           (self.id, self._key))
             record = await self._save(attrs.evolve(record, sent=(settle.encode(),)))
-        outcome = await self._send(settlement.legs[0].ledger, record.sent[0], self._deadline(settlement))
+        ledger = settlement.legs[0].ledger
+        # past the deadline (on the slowest clock) the ledger refuses this settle: silence
+        # until then means the receipt, if any, is final
+        outcome = await self._send(ledger, record.sent[0],
+                                   self.clock.trio_time_at(settlement.deadline_ms + self.timing.clock_skew_ms_max))
+        if outcome is None:  # silent past the deadline: applied or not, the ledger alone knows
+            outcome = await self._receipt(ledger, settle_id(settlement.id))
         now_ms = self.clock.now_ms()
         if isinstance(outcome, Receipt) and outcome.applied:
             return await self._save(record.to(Phase.SETTLED, now_ms))
@@ -213,6 +228,9 @@ class Coordinator:
     async def _lock(self, record: Record, settlement: Settlement, now_ms: int) -> Record:
         secret = secrets.token_bytes(32)
         expiries = self.timing.expiries(now_ms)
+        if expiries[1] > settlement.deadline_ms:
+            return await self._save(record.to(Phase.FAILED, now_ms, reason_code=Code.EXPIRY_OUT_OF_RANGE.value,
+                                              reason="too little time left before the settlement deadline"))
         locks = tuple(
             sign(Lock(lock_id(settlement.id, index), leg.ledger, now_ms, leg.from_account, leg.to_account,
                       leg.asset, leg.amount, hashlock_of(secret), expiries[index], (self.id,), auth=self._auth[settlement.id]),
@@ -259,7 +277,9 @@ class Coordinator:
             outcome = await self._send(leg.ledger, claim.encode(), trio.current_time() + self.timing.claim_deadline_ms / 1000)
             if isinstance(outcome, Receipt) and outcome.applied:
                 return "claimed"
-            state = await self._lock_state(leg.ledger, target, deadline_ms=expiry_ms + self.timing.clock_skew_ms_max)
+            # The secret may be out: wait as long as it takes to learn the lock's real state;
+            # guessing would risk paying one leg and returning the other.
+            state = await self._lock_state(leg.ledger, target, deadline_ms=None)
             if state != "held":
                 return state
             await trio.sleep(RETRY_S)
@@ -295,11 +315,11 @@ class Coordinator:
                     await trio.sleep(RETRY_S)
         return None
 
-    async def _lock_state(self, ledger_id: str, target: str, deadline_ms: int) -> str:
+    async def _lock_state(self, ledger_id: str, target: str, deadline_ms: int | None) -> str:
         """A lock's state as its ledger reports it; "absent" if it was never placed,
-        "unknown" if the ledger cannot be reached before the deadline."""
+        "unknown" if the ledger cannot be reached before the deadline (if any)."""
         client = self.client(ledger_id)
-        with trio.move_on_at(self.clock.trio_time_at(deadline_ms)):
+        with trio.move_on_at(math.inf if deadline_ms is None else self.clock.trio_time_at(deadline_ms)):
             while True:
                 try:
                     view = await client.query(QueryLock(client.next_query_id(), ledger_id, target))
@@ -312,8 +332,20 @@ class Coordinator:
                     await trio.sleep(RETRY_S)
         return "unknown"
 
-    def _deadline(self, settlement: Settlement) -> float:
-        return self.clock.trio_time_at(settlement.deadline_ms)
+    async def _receipt(self, ledger_id: str, instruction_id: str) -> Receipt | None:
+        """The ledger's receipt for an instruction, asked until it answers; None if it
+        never applied it."""
+        client = self.client(ledger_id)
+        while True:
+            try:
+                return await client.query(QueryReceipt(client.next_query_id(), ledger_id, instruction_id))
+            except Rejected as error:
+                if error.code is Code.UNKNOWN_INSTRUCTION:
+                    return None
+                raise
+            except (BusTimeout, BadReply):
+                await trio.sleep(RETRY_S)
+
 
 
 def _failure(outcome: Receipt | None) -> tuple[str, str]:

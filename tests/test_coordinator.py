@@ -14,6 +14,7 @@ from engine.watchtower import Watchtower
 from protocols.bus.clock import ServiceClock
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
+from protocols.errors import Code, Rejected
 from protocols.messages import QueryLock, QueryLocks, SettlementLeg
 from protocols.settlement import Phase, Timing, lock_id
 from protocols.signing import decode_signed
@@ -297,3 +298,63 @@ async def wait_cancelled(scope: trio.CancelScope) -> None:
         while not scope.cancel_called:
             await trio.sleep(0.001)
     await trio.sleep(0.01)
+
+
+async def test_leg_0_claimed_with_its_reply_lost_is_never_rolled_back(tmp_path, autojump_clock):
+    """Leg 0's claim is applied but every answer from its ledger is lost until after
+    leg 0's expiry (yet before leg 1's). The coordinator cannot tell whether leg 0 was
+    claimed, so it must wait to learn it, then claim leg 1: never abort leg 1."""
+    bus = MemoryBus()
+    silenced = {"on": False}
+    deaf = FaultyBus(bus, Faults(drop_reply=1.0), seed=3,
+                     applies=lambda service, payload: silenced["on"] and service == "ledger.cbdc-eur")
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        w.local.bus = deaf
+        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False)
+        w.local.bus = bus
+
+        def deafen(record):
+            if record.phase is Phase.CLAIMING:
+                silenced["on"] = True
+                nursery.start_soon(hear_again_at, record.expiry_ms[0] + TIMING.clock_skew_ms_max + 500)
+
+        async def hear_again_at(at_ms: int) -> None:
+            await trio.sleep_until(coordinator.clock.trio_time_at(at_ms))
+            silenced["on"] = False
+
+        coordinator.on_phase = deafen
+        before = await w.balances(CROSS_DVP)
+        record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
+        assert record.phase is Phase.SETTLED, record
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP)
+        nursery.cancel_scope.cancel()
+
+
+async def test_two_copies_of_a_new_settlement_arriving_together_run_once(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
+        before = await w.balances(CROSS_DVP)
+        records = []
+
+        async def send() -> None:
+            records.append(await coordinator.submit(raw))
+
+        async with trio.open_nursery() as both:
+            both.start_soon(send)
+            both.start_soon(send)
+        assert [r.phase for r in records] == [Phase.SETTLED, Phase.SETTLED]
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_settlement_naming_the_coordinator_as_a_party_is_refused(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        with pytest.raises(Rejected) as refusal:
+            await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, ("coordinator", "bank-a")))
+        assert (refusal.value.code, refusal.value.field) == (Code.NOT_AUTHORISED, "parties")
+        nursery.cancel_scope.cancel()

@@ -47,8 +47,8 @@ async def follow(client: LedgerClient, *, from_seq: int | None = None, backlog: 
                 page = await _ask(client, QueryJournal(client.next_query_id(), ledger_id, checker.seq, limit))
                 for value in page["entries"]:
                     yield check(value)
-                if len(page["entries"]) < limit:
-                    return
+                if not page["entries"] or checker.seq >= page["head"]:
+                    return  # at the head (a page may be short of `limit`: it is capped in bytes)
 
         async for signed in read_journal(None):
             yield signed
