@@ -6,6 +6,7 @@ waits makes hours of ledger time take no real time."""
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,7 @@ from protocols.signing import sign
 
 SECRET = b"\x42" * 32
 HOUR_MS = 3_600_000
+REAL_SECONDS_MAX = 30  # a test here takes well under a second of real time
 
 
 @pytest.fixture
@@ -73,6 +75,30 @@ class Running:
 
 
 @asynccontextmanager
+async def real_time_limit(seconds: float):
+    """Fail after `seconds` of real time. A MockClock that autojumps moves only when every
+    task waits, so a service that spins without sleeping (say, waking again and again at
+    an expiry it does not act on) would freeze mock time and hang the test: no trio
+    deadline could fire. A real-time timer thread cancels the test instead."""
+    token = trio.lowlevel.current_trio_token()
+    with trio.CancelScope() as scope:
+        def cancel() -> None:
+            try:
+                token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
+        timer = threading.Timer(seconds, cancel)
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+    if scope.cancelled_caught:
+        pytest.fail(f"took more than {seconds} s of real time: a task kept running without waiting, "
+                    f"so mock time stood still at {trio.current_time():.3f} s")
+
+
+@asynccontextmanager
 async def running_ledger(world):
     bus = MemoryBus()
     clock = ServiceClock()
@@ -82,7 +108,7 @@ async def running_ledger(world):
     service = LedgerService(ledger, bus, clock)
     client = LedgerClient(bus, "unified", world.keys["unified"].public)
     try:
-        async with trio.open_nursery() as nursery:
+        async with real_time_limit(REAL_SECONDS_MAX), trio.open_nursery() as nursery:
             await nursery.start(service.run)
             running = Running(world, service, client, bus, clock)
             assert (await running.send(OpenAccount, "csd-op", account="a", owner="bank-a")).applied

@@ -205,10 +205,11 @@ def test_changed_lock_state_is_refused_naming_the_lock(stopped, lock_id, state):
     assert f"lock {lock_id} state is {state}, journal says" in refusal(h)
 
 
-@pytest.mark.parametrize(("column", "value"), [("beneficiary_account", "a"), ("owner_account", "b"),
-                                               ("amount", 59), ("expiry_ms", 1),
-                                               ("hashlock", hashlock_of(b"\x08" * 32)),
-                                               ("asset", "USD"), ("abort_by", json.dumps(["bank-b"]))])
+LOCK_TERM_EDITS = [("beneficiary_account", "a"), ("owner_account", "b"), ("amount", 59), ("expiry_ms", 1),
+                   ("hashlock", hashlock_of(b"\x08" * 32)), ("asset", "USD"), ("abort_by", json.dumps(["bank-b"]))]
+
+
+@pytest.mark.parametrize(("column", "value"), LOCK_TERM_EDITS, ids=[column for column, _ in LOCK_TERM_EDITS])
 def test_changed_terms_of_a_held_lock_are_refused_naming_the_lock(stopped, column, value):
     h, _ = stopped
     edit(h, f"UPDATE locks SET {column} = ? WHERE lock_id = 'held'", (value,))

@@ -8,6 +8,7 @@ answered with the very same receipt bytes without the journal growing."""
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from collections import defaultdict
@@ -28,7 +29,11 @@ from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Leg, Lock
 from protocols.signing import Signed, from_wire, signing_bytes
 from tests.harness import BOND, LEDGERS, PARTIES, Harness
 
-WORLD = lay_out(tempfile.mkdtemp(prefix="lockstep-stateful-world-"), LEDGERS, PARTIES)
+# Keys and registry are made once: a state machine cannot use function-scoped fixtures,
+# and each example gets its own database directory instead.
+_WORLD_DIRECTORY = tempfile.mkdtemp(prefix="lockstep-stateful-world-")
+atexit.register(shutil.rmtree, _WORLD_DIRECTORY, ignore_errors=True)
+WORLD = lay_out(_WORLD_DIRECTORY, LEDGERS, PARTIES)
 
 OWNERS = {"a": "bank-a", "b": "bank-b", "t": "treasury", "e": "ecb", "f": "fed"}
 ACCOUNTS = tuple(OWNERS) + ("ghost",)          # "ghost" is never opened
@@ -38,7 +43,7 @@ ISSUE_SIGNER = {"EUR": "ecb", "USD": "fed", BOND: "csd-op"}       # who may sign
 ISSUER_ACCOUNT = {"EUR": "e", "USD": "f", BOND: "t"}               # the issuer's own account
 SIGNERS = ("bank-a", "bank-b", "treasury", "ecb", "fed", "csd-op", "coordinator")
 PREIMAGES = tuple(bytes([n]) * 32 for n in range(3))
-ABORT_BY = ((), ("coordinator",), ("bank-a", "coordinator"))
+ABORT_BY = ((), ("coordinator",), ("bank-b", "coordinator"), ("bank-a", "coordinator"))
 TS_AGE_MS_MAX = 5 * 60 * 1000
 
 # A claim or abort that reaches a lock the ledger has refunded at its expiry is refused as
@@ -87,6 +92,8 @@ def repeated():
 
 
 def applies_nothing_to_balances():
+    """The prediction for opening an account or creating an instrument: applied, and
+    nothing the model tracks changes."""
     return lambda: None
 
 
@@ -194,6 +201,8 @@ class LedgerMachine(RuleBasedStateMachine):
             if code not in UNRECORDED and code is not Repeated:
                 assert signed.msg.id not in self.sent
                 self.sent[signed.msg.id] = (payload, signed.body, raw)
+            elif code is not Repeated and code is not Code.ID_REUSED:
+                assert self.h.store.instruction(signed.msg.id) is None, f"{code.value} spent id {signed.msg.id}"
         self.model.height = height
         assert len(entries) == self.model.unpublished + expired + expected.count(None)
         assert [decode(entry)["seq"] for entry in entries] == list(range(height - len(entries), height))
@@ -356,9 +365,10 @@ class LedgerMachine(RuleBasedStateMachine):
         if not self.model.locks or self.often(data, 25):
             owner, asset, amount = self.holding(data)
             beneficiary = data.draw(st.sampled_from(sorted(set(OWNERS) - {owner})))
+            signer = OWNERS.get(owner, "bank-a")
+            abort_by = data.draw(st.sampled_from([parties for parties in ABORT_BY if signer not in parties]))
             self.one(*self.lock_plan(owner, beneficiary, asset, amount, data.draw(st.integers(1, 3000)),
-                                     OWNERS.get(owner, "bank-a"), data.draw(st.sampled_from(PREIMAGES)),
-                                     data.draw(st.sampled_from(ABORT_BY))))
+                                     signer, data.draw(st.sampled_from(PREIMAGES)), abort_by))
         placed = sorted(self.model.locks)
         if not placed or self.often(data, 8):
             return data.draw(st.sampled_from(self.lock_ids))
@@ -475,8 +485,9 @@ class LedgerMachine(RuleBasedStateMachine):
         if signed.body == first_body:
             self.resend(instruction_id)
             return
+        missing = object()  # an omitted field and a null one are different bodies
         differing = sorted(key for key in first_body.keys() | signed.body.keys()
-                           if first_body.get(key) != signed.body.get(key))
+                           if first_body.get(key, missing) != signed.body.get(key, missing))
         (reply,) = self.batch([(signed, refused(Code.ID_REUSED))])
         assert from_wire(decode(reply)).msg.field == differing[0]
         assert self.sent[instruction_id][2] == first_receipt
