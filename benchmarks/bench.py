@@ -24,8 +24,8 @@ from engine.broker import mosquitto_path
 from .runner import BenchmarkBroken, Load, Result, Run, measure, memory_system, mqtt_system
 from .workload import Shape
 
-QUICK = dict(buses=["memory", "mqtt"], kinds=["dvp", "pvp"], paths=["cross", "same"], concurrency=[16],
-             rates=[], settlements=150, participants=10)
+QUICK = dict(buses=["memory", "mqtt"], kinds=["dvp", "pvp"], paths=["cross", "same"], concurrency=[4, 32],
+             rates=[], settlements=120, participants=10)
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
