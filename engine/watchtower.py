@@ -22,6 +22,7 @@ from protocols.bus.clock import ServiceClock
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import follow
 from protocols.errors import Rejected
+from protocols.journal import ChainBroken
 from protocols.messages import Claim, Settlement
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, from_wire, sign
@@ -68,11 +69,9 @@ class Watchtower:
         task_status.started()
         while True:
             try:
-                # Unverified entries are safe here: a forged claim's secret would only make
-                # the ledger refuse our claim; the ledger checks everything again.
-                async for entry in follow(self._clients[ledger], backlog=self.backlog, verify=False):
+                async for entry in follow(self._clients[ledger], backlog=self.backlog):
                     self._see(entry, nursery)
-            except (BusTimeout, BadReply) as error:
+            except (BusTimeout, BadReply, ChainBroken) as error:
                 log.warning("lost %s's journal stream (%s); following again", ledger, error)
                 await trio.sleep(0.5)
 

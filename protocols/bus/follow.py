@@ -7,26 +7,31 @@ place, hash link and signature, so what it yields is exactly what the ledger com
 
 from __future__ import annotations
 
+import logging
 from typing import AsyncIterator
 
 import trio
 
 from ..canonical import decode
-from ..journal import ChainChecker
+from ..journal import ChainBroken, ChainChecker
 from ..messages import QueryInfo, QueryJournal
 from . import BusTimeout, entries_topic
 from .client import LedgerClient
 
+log = logging.getLogger("lockstep.follow")
+
 PAGE_SIZE = 200
 RETRY_S = 0.1
+IDLE_POLL_S = 1.0  # with no event for this long, ask the journal whether one was lost
 
 
-async def follow(client: LedgerClient, *, from_seq: int | None = None, backlog: int = 0,
-                 verify: bool = True) -> AsyncIterator[dict]:
-    """Yield every entry (its wire dictionary) from `from_seq` on, by default from the
-    head less `backlog`. With `verify=False` entries are only put in order, not checked:
-    for a follower that acts only through the ledger itself (the watchtower), which
-    checks everything again."""
+async def follow(client: LedgerClient, *, from_seq: int | None = None,
+                 backlog: int = 0) -> AsyncIterator[dict]:
+    """Yield every entry (its wire dictionary, checked) from `from_seq` on, by default
+    from the head less `backlog`. A live event that does not verify is not the
+    ledger's: it is ignored and the entry at its place read from the journal, whose
+    pages come signed by the ledger. A journal page that does not verify raises
+    ChainBroken."""
     ledger_id = client.ledger_id
     async with client.bus.subscribe(entries_topic(ledger_id)) as live:
         if from_seq is None:
@@ -34,32 +39,39 @@ async def follow(client: LedgerClient, *, from_seq: int | None = None, backlog: 
             from_seq = max(0, info["head_seq"] - backlog)
         checker = ChainChecker(ledger_id, client.ledger_key, seq=from_seq, prev_hash=None)
 
-        def check(value: dict) -> dict:
-            if verify:
-                checker.check(value)
-            else:
-                checker.seq += 1
-            return value
-
         async def read_journal(until_seq: int | None) -> AsyncIterator[dict]:
             while until_seq is None or checker.seq < until_seq:
                 limit = PAGE_SIZE if until_seq is None else min(PAGE_SIZE, until_seq - checker.seq)
                 page = await _ask(client, QueryJournal(client.next_query_id(), ledger_id, checker.seq, limit))
                 for value in page["entries"]:
-                    yield check(value)
+                    checker.check(value)
+                    yield value
                 if not page["entries"] or checker.seq >= page["head"]:
                     return  # at the head (a page may be short of `limit`: it is capped in bytes)
 
-        async for signed in read_journal(None):
-            yield signed
-        async for raw in live:
+        async for value in read_journal(None):
+            yield value
+        while True:
+            with trio.move_on_after(IDLE_POLL_S) as quiet:
+                raw = await live.receive()
+            if quiet.cancelled_caught:  # no event for a while: one may have been lost
+                async for value in read_journal(None):
+                    yield value
+                continue
             value = decode(raw, bytes_max=len(raw))
             seq = value.get("seq") if isinstance(value, dict) else None
             if not isinstance(seq, int) or seq < checker.seq:
                 continue  # a duplicate, or already read from the journal
-            async for signed in read_journal(seq):
-                yield signed
-            yield check(value)
+            async for earlier in read_journal(seq):
+                yield earlier
+            try:
+                checker.check(value)
+            except ChainBroken as error:  # not what the ledger wrote: read the real one
+                log.warning("ignored an event on %s that is not the ledger's: %s", ledger_id, error)
+                async for real in read_journal(seq + 1):
+                    yield real
+                continue
+            yield value
 
 
 async def _ask(client: LedgerClient, query):
