@@ -181,24 +181,28 @@ class Body:
 
 # Instructions change a ledger; each is signed by the parties whose assets it moves.
 
-@message("open_account")
-class OpenAccount(Body):
-    """Open an account for a participant; by the ledger's operator or the owner itself."""
+@attrs.frozen
+class Instruction(Body):
+    """What every instruction carries: its id (the idempotency key), the ledger it is
+    meant for, and when it was signed (the freshness check)."""
 
     id: str = attrs.field(validator=ident)
     ledger: str = attrs.field(validator=ident)
     ts_ms: int = attrs.field(validator=time_ms)
+
+
+@message("open_account")
+class OpenAccount(Instruction):
+    """Open an account for a participant; by the ledger's operator or the owner itself."""
+
     account: str = attrs.field(validator=ident)
     owner: str = attrs.field(validator=ident)
 
 
 @message("create_instrument")
-class CreateInstrument(Body):
+class CreateInstrument(Instruction):
     """Register a bond's reference data; by the securities ledger's operator only."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
     isin: str = attrs.field(validator=isin)
     issuer: str = attrs.field(validator=ident)
     currency: str = attrs.field(validator=currency)
@@ -208,35 +212,26 @@ class CreateInstrument(Body):
 
 
 @message("issue")
-class Issue(Body):
+class Issue(Instruction):
     """Create units of an asset: an instrument into its issuer's account (by the
     operator), or money into any account (by the currency's central bank)."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
     asset: str = attrs.field(validator=asset_code)
     account: str = attrs.field(validator=ident)
     amount: int = attrs.field(validator=amount)
 
 
 @message("redeem")
-class Redeem(Body):
+class Redeem(Instruction):
     """Destroy units of an asset held in the issuer's own account."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
     asset: str = attrs.field(validator=asset_code)
     account: str = attrs.field(validator=ident)
     amount: int = attrs.field(validator=amount)
 
 
 @message("transfer")
-class Transfer(Body):
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
+class Transfer(Instruction):
     from_account: str = attrs.field(validator=ident)
     to_account: str = attrs.field(validator=ident)
     asset: str = attrs.field(validator=asset_code)
@@ -244,14 +239,11 @@ class Transfer(Body):
 
 
 @message("lock")
-class Lock(Body):
+class Lock(Instruction):
     """Place a hashed time-lock; its id is the instruction id. `abort_by` names the
     parties, besides the beneficiary, who may end it early (see htlc.abort). Signed by
     the owner, or by a coordinator carrying the owner's signed settlement in `auth`."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
     owner_account: str = attrs.field(validator=ident)
     beneficiary_account: str = attrs.field(validator=ident)
     asset: str = attrs.field(validator=asset_code)
@@ -263,43 +255,31 @@ class Lock(Body):
 
 
 @message("claim")
-class Claim(Body):
+class Claim(Instruction):
     """Complete a lock with its secret; anyone may send it, only the beneficiary gains."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
     lock_id: str = attrs.field(validator=ident)
     preimage: bytes = attrs.field(validator=digest32)
 
 
 @message("refund")
-class Refund(Body):
+class Refund(Instruction):
     """Return an expired lock to its owner; the ledger also does it by itself."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
     lock_id: str = attrs.field(validator=ident)
 
 
 @message("abort")
-class Abort(Body):
+class Abort(Instruction):
     """Return a lock to its owner before expiry, by a party its terms allow."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
     lock_id: str = attrs.field(validator=ident)
 
 
 @message("settle")
-class Settle(Body):
+class Settle(Instruction):
     """Several movements applied as one: the same-ledger DvP and PvP."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
-    ts_ms: int = attrs.field(validator=time_ms)
     legs: tuple[Leg, ...] = attrs.field(validator=legs)
     auth: dict | None = attrs.field(default=None, validator=optional_object)
 
@@ -310,53 +290,46 @@ INSTRUCTIONS = (OpenAccount, CreateInstrument, Issue, Redeem, Transfer, Lock, Cl
 
 # Queries read a ledger; they are not signed and change nothing.
 
-@message("query_info")
-class QueryInfo(Body):
-    """Who the ledger is: role, operator, assets with their supply, journal head."""
-
+@attrs.frozen
+class Query(Body):
     id: str = attrs.field(validator=ident)
     ledger: str = attrs.field(validator=ident)
+
+
+@message("query_info")
+class QueryInfo(Query):
+    """Who the ledger is: role, operator, assets with their supply, journal head."""
 
 
 @message("query_balances")
-class QueryBalances(Body):
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
+class QueryBalances(Query):
     account: str = attrs.field(validator=ident)
 
 
 @message("query_lock")
-class QueryLock(Body):
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
+class QueryLock(Query):
     lock_id: str = attrs.field(validator=ident)
 
 
 @message("query_locks")
-class QueryLocks(Body):
+class QueryLocks(Query):
     """Held locks expiring before a time, soonest first: the list of expiring holds."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
     expiring_before_ms: int = attrs.field(validator=time_ms)
     limit: int = attrs.field(validator=count)
 
 
 @message("query_journal")
-class QueryJournal(Body):
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
+class QueryJournal(Query):
     from_seq: int = attrs.field(validator=count)
     limit: int = attrs.field(validator=count)
 
 
 @message("query_receipt")
-class QueryReceipt(Body):
+class QueryReceipt(Query):
     """The receipt of an instruction already sent, by its id: how a client that lost
     a reply learns the outcome without sending the instruction again."""
 
-    id: str = attrs.field(validator=ident)
-    ledger: str = attrs.field(validator=ident)
     instruction_id: str = attrs.field(validator=ident)
 
 
