@@ -9,6 +9,8 @@
     lockstep bench [--quick]             cross-ledger against same-ledger settlement, one run
     lockstep conformance --broker URL --ledger ID --keys DIR
                                          check any ledger service against PROTOCOL.md
+    lockstep audit --registry FILE (--db FILE ... | --broker URL --ledger ID ...)
+                                         verify every journal, check every settlement across ledgers
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def _conformance(args: argparse.Namespace) -> int:
     return trio.run(main, args.broker, args.ledger, args.keys)
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from engine.audit import main
+    return main(args.registry, args.db, args.broker, args.ledger, args.grace_ms)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="lockstep", description="Multi-ledger atomic settlement.")
     root.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -119,6 +126,17 @@ def parser() -> argparse.ArgumentParser:
     conformance.add_argument("--ledger", required=True, help="the ledger id to check")
     conformance.add_argument("--keys", required=True, help="a folder with registry.toml and keys/<party>.pem")
     conformance.set_defaults(run=_conformance)
+
+    audit = commands.add_parser("audit", help="verify every ledger's journal and every settlement across ledgers")
+    audit.add_argument("--registry", required=True, help="the consortium's registry.toml, with the ledgers' keys")
+    source = audit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", action="append", help="a ledger's database file, read-only (once per ledger)")
+    source.add_argument("--broker", help="read the journals over this MQTT broker instead")
+    audit.add_argument("--ledger", action="append", default=[], help="with --broker: a ledger to read (once per ledger)")
+    from engine.audit import GRACE_MS
+    audit.add_argument("--grace-ms", type=int, default=GRACE_MS,
+                       help=f"how long a lock may stay held past its expiry (default: {GRACE_MS})")
+    audit.set_defaults(run=_audit)
     return root
 
 

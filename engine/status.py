@@ -19,9 +19,14 @@ async def main(config_path: str, settlement_id: str, broker: str | None) -> int:
     query = unsigned(QuerySettlement("status-query", config.coordinator_id, settlement_id)).encode()
     try:
         async with MqttBus.connect(url) as bus:
-            raw = await bus.request(service_of_coordinator(config.coordinator_id), query, timeout_s=5)
-    except (BrokerUnreachable, BusTimeout) as error:
+            try:  # caught here: raised through the bus's nursery it would come wrapped in a group
+                raw = await bus.request(service_of_coordinator(config.coordinator_id), query, timeout_s=5)
+            except BusTimeout:
+                raw = None
+    except BrokerUnreachable as error:
         raise DaemonError(str(error)) from None
+    if raw is None:
+        raise DaemonError(f"coordinator {config.coordinator_id} did not answer within 5 s")
     signed = from_wire(canonical.decode(raw), allowed=(SettlementStatus,))
     key = registry.get(config.coordinator_id).public_key
     if not signed.signed_by(config.coordinator_id, key):

@@ -52,3 +52,10 @@ def test_demo_settles_rolls_back_recovers_and_checks_conservation():
     assert out.count("SETTLED") == 5 and "FAILED" in out and "ROLLED_BACK" in out
     assert "insufficient_funds" in out
     assert "Checked: every asset conserved on every ledger, no lock left held." in out
+
+
+def test_status_with_no_coordinator_answering_exits_with_a_clear_error(tmp_path, broker):
+    world = standard_world(tmp_path, broker=broker.url)
+    result = lockstep("status", "dvp-1", "--config", str(world.ledger_configs["coordinator"]), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "coordinator coordinator did not answer" in result.stderr

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import trio
 
 from ..canonical import decode
-from ..journal import ChainBroken, ChainChecker
+from ..journal import GENESIS_HASH, ChainBroken, ChainChecker
 from ..messages import QueryInfo, QueryJournal
 from . import BusTimeout, entries_topic
 from .client import LedgerClient
@@ -37,7 +37,8 @@ async def follow(client: LedgerClient, *, from_seq: int | None = None,
         if from_seq is None:
             info = await _ask(client, QueryInfo(client.next_query_id(), ledger_id))
             from_seq = max(0, info["head_seq"] - backlog)
-        checker = ChainChecker(ledger_id, client.ledger_key, seq=from_seq, prev_hash=None)
+        checker = ChainChecker(ledger_id, client.ledger_key, seq=from_seq,
+                               prev_hash=GENESIS_HASH if from_seq == 0 else None)
 
         async def read_journal(until_seq: int | None) -> AsyncIterator[dict]:
             while until_seq is None or checker.seq < until_seq:

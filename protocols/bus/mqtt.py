@@ -118,6 +118,7 @@ class MqttBus:
             self._client.connect(self._host, self._port, keepalive=KEEPALIVE_S)
         except OSError as error:
             raise BrokerUnreachable(f"cannot reach the MQTT broker at {self._host}:{self._port}: {error}") from None
+        self._write_wanted.set()  # the CONNECT packet paho just queued
 
     async def _run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve the socket until it drops, reconnect; forever. The first connection

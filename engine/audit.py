@@ -1,0 +1,454 @@
+"""`lockstep audit`: penetrating supervision over the ledgers' journals.
+
+The auditor trusts nothing but the ledgers' keys in the registry. It reads every ledger's
+journal (from its database file, read-only, or over the bus), checks every hash link and
+every ledger signature, replays the effects to recompute every balance, and checks, entry
+by entry, that no value is created or destroyed and no balance goes negative. Then it
+checks across ledgers what no single ledger can see: that every settlement's two locks
+(`{id}:0` and `{id}:1`) ended claimed on both legs or on neither, and that no lock is left
+held past its expiry plus a grace period.
+
+A journal that breaks is trusted up to the entry before the break; a settlement leg whose
+fate may lie beyond a break, or on a ledger not audited, is left unjudged, not guessed.
+"Now", for each ledger, is the time of its last entry: the clock that decided its
+expiries, so that an audit of the same files always says the same."""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+import sys
+from collections import Counter, defaultdict
+from contextlib import closing
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import attrs
+import trio
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from protocols import canonical
+from protocols.bus import Bus, BusTimeout
+from protocols.bus.client import BadReply, LedgerClient
+from protocols.bus.follow import PAGE_SIZE
+from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.errors import Rejected
+from protocols.htlc import LockState
+from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, verify_chain
+from protocols.messages import Entry, QueryJournal, Settlement
+from protocols.registry import Registry, Role
+from protocols.settlement import lock_id
+from protocols.signing import Signed, from_wire
+
+GRACE_MS = 60_000   # how long past its expiry a lock may stay held before it is a violation
+
+
+class AuditError(Exception):
+    """A journal could not be read at all (registry, file, database, bus): exit status 2."""
+
+
+class Kind(enum.Enum):
+    JOURNAL = "journal"              # an entry out of place, a broken hash link or signature
+    REPLAY = "replay"                # signed by the ledger, but its effects cannot have happened
+    CONSERVATION = "conservation"    # an entry creates or destroys value, or leaves a balance negative
+    ONE_LEGGED = "one_legged"        # one leg claimed, the other beyond claiming
+    LOCK_OVERDUE = "lock_overdue"    # still held past its expiry plus the grace period
+
+
+@attrs.frozen
+class At:
+    """A journal entry, as a violation names it."""
+
+    ledger: str
+    seq: int
+    kind: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.ledger}#{self.seq}" + (f" {self.kind}" if self.kind else "")
+
+
+@attrs.frozen
+class Violation:
+    kind: Kind
+    reason: str
+    ledgers: tuple[str, ...]
+    entries: tuple[At, ...] = ()
+    settlement: str | None = None
+
+    def __str__(self) -> str:
+        subject = f"settlement {self.settlement}: " if self.settlement else ""
+        entries = f" [entries {', '.join(map(str, self.entries))}]" if self.entries else ""
+        return f"VIOLATION {self.kind.value} on {', '.join(self.ledgers)}: {subject}{self.reason}{entries}"
+
+
+@attrs.frozen
+class Terms:
+    """What the journals need of a settlement to judge it: where its legs are, and the
+    deadline after which no ledger accepts a lock for it."""
+
+    settlement: str
+    ledgers: tuple[str, ...]
+    deadline_ms: int
+
+
+class _Unreplayable(Exception):
+    def __init__(self, violation: Violation) -> None:
+        super().__init__(violation.reason)
+        self.violation = violation
+
+
+# -- one ledger ---------------------------------------------------------------------------------
+
+@attrs.define
+class LedgerJournal:
+    """One ledger's journal as far as it can be trusted: replayed, with the entries that
+    placed and ended each lock, the settlement each coordinator's lock belongs to, and
+    every problem found on the way."""
+
+    ledger: str
+    replay: Replay = attrs.field(factory=Replay)
+    entries: int = 0
+    head_hash: str = GENESIS_HASH
+    now_ms: int = 0                                           # time of the last entry
+    placed: dict[str, At] = attrs.field(factory=dict)         # lock id -> its lock entry
+    ended: dict[str, At] = attrs.field(factory=dict)          # lock id -> its claim, abort or expiry
+    legs: dict[str, Terms] = attrs.field(factory=dict)        # lock id -> its settlement (from `auth`)
+    settles: int = 0                                          # same-ledger settlements
+    problems: list[Violation] = attrs.field(factory=list)
+    broken_at: int | None = None
+
+    @property
+    def intact(self) -> bool:
+        return self.broken_at is None
+
+    def read(self, checked: Iterable[tuple[Signed, str]]) -> None:
+        """Apply entries as they pass the chain checks, up to the first that does not."""
+        try:
+            for signed, entry_hash in checked:
+                self._apply(signed.msg, entry_hash)
+        except ChainBroken as error:
+            self.stop(error.seq, f"journal entry {error.seq} {error.reason}")
+        except _Unreplayable as error:
+            self.problems.append(error.violation)
+            self.broken_at = error.violation.entries[0].seq
+
+    def stop(self, seq: int, reason: str) -> None:
+        """The journal is not what the ledger wrote from entry `seq` on."""
+        self.problems.append(Violation(Kind.JOURNAL, f"{reason}; nothing from it on is trusted",
+                                       (self.ledger,), (At(self.ledger, seq),)))
+        self.broken_at = seq
+
+    def _apply(self, entry: Entry, entry_hash: str) -> None:
+        at = At(self.ledger, entry.seq, entry.kind)
+        try:
+            self._check_locks(entry, at)
+            self.replay.apply(entry)
+            if entry.kind == "lock" and entry.instruction is not None:
+                self._placed(entry.instruction, at)
+        except (AttributeError, KeyError, TypeError, ValueError, Rejected) as error:
+            raise _Unreplayable(Violation(Kind.REPLAY, f"effects cannot be replayed: {error!r}",
+                                          (self.ledger,), (at,))) from None
+        self._check_conservation(entry.effects, at)
+        if entry.kind == "settle":
+            self.settles += 1
+        self.entries += 1
+        self.head_hash, self.now_ms = entry_hash, entry.time_ms
+
+    def _check_locks(self, entry: Entry, at: At) -> None:
+        """A lock is placed once and ends once, from held."""
+        if entry.kind == "lock" and entry.instruction is not None and entry.instruction.get("id") in self.replay.locks:
+            raise _Unreplayable(Violation(Kind.REPLAY, f"places lock {entry.instruction['id']} a second time",
+                                          (self.ledger,), (at,)))
+        for lock, state in entry.effects.get("locks", ()):
+            if state == LockState.HELD.value:
+                continue
+            was = self._not_held(lock, at)
+            if was is not None:
+                raise _Unreplayable(Violation(Kind.REPLAY, f"ends lock {lock} {state}, but it is {was}",
+                                              (self.ledger,), (at,)))
+            self.ended[lock] = at
+
+    def _not_held(self, lock: str, at: At) -> str | None:
+        current = self.replay.locks.get(lock)
+        if current is None:
+            return "not in the journal"
+        if current.state is not LockState.HELD:
+            return current.state.value
+        if self.ended.get(lock) == at:
+            return "ended earlier in this entry"
+        return None
+
+    def _placed(self, instruction: dict, at: At) -> None:
+        self.placed[instruction["id"]] = at
+        if instruction.get("auth") is not None:
+            settlement: Settlement = from_wire(instruction["auth"], allowed=(Settlement,)).msg
+            self.legs[instruction["id"]] = Terms(settlement.id, tuple(leg.ledger for leg in settlement.legs),
+                                                 settlement.deadline_ms)
+
+    def _check_conservation(self, effects: dict, at: At) -> None:
+        """What this entry moved between balances equals what it issued less what it
+        redeemed, asset by asset, and it leaves no balance negative."""
+        moved: dict[str, int] = defaultdict(int)
+        supplied: dict[str, int] = defaultdict(int)
+        for _, asset, available_delta, locked_delta in effects.get("balances", ()):
+            moved[asset] += available_delta + locked_delta
+        for asset, issued_delta, redeemed_delta in effects.get("supply", ()):
+            supplied[asset] += issued_delta - redeemed_delta
+        problems = [f"{asset}: balances change by {moved[asset]}, issued minus redeemed by {supplied[asset]}"
+                    for asset in sorted(moved.keys() | supplied.keys()) if moved[asset] != supplied[asset]]
+        for account, asset in sorted({(row[0], row[1]) for row in effects.get("balances", ())}):
+            available, locked = self.replay.balances[(account, asset)]
+            if available < 0 or locked < 0:
+                problems.append(f"{account}/{asset} left negative: {available} available, {locked} locked")
+        self.problems += [Violation(Kind.CONSERVATION, problem, (self.ledger,), (at,)) for problem in problems]
+
+    def overdue(self, grace_ms: int) -> Iterator[Violation]:
+        for lock in self.replay.locks.values():
+            if lock.state is LockState.HELD and self.now_ms > lock.expiry_ms + grace_ms:
+                terms = self.legs.get(lock.lock_id)
+                yield Violation(Kind.LOCK_OVERDUE, f"lock {lock.lock_id} ({lock.amount} {lock.asset} of "
+                                f"{lock.owner_account}) still held {self.now_ms - lock.expiry_ms} ms after its expiry",
+                                (self.ledger,), (self.placed[lock.lock_id],), terms.settlement if terms else None)
+
+    def summary(self) -> LedgerSummary:
+        # each entry was checked on its own; the totals then hold too (pairs the check)
+        assert self.problems or not self.replay.conservation_problems(), self.replay.conservation_problems()
+        outstanding = {code: issued - redeemed for code, (issued, redeemed) in sorted(self.replay.supply.items())}
+        minor_units = {code: self.replay.assets[code][2] for code in outstanding if code in self.replay.assets}
+        return LedgerSummary(self.ledger, self.entries, self.head_hash, outstanding, minor_units, self.broken_at)
+
+
+# -- across ledgers ----------------------------------------------------------------------------
+
+@attrs.frozen
+class LegView:
+    """One leg's lock as its ledger's journal tells it. `state` is a lock state, "absent"
+    (never placed) or "unknown" (ledger not audited, or its journal broken before the
+    leg's end); `open` says whether it may still be claimed (or placed, then claimed)."""
+
+    ledger: str
+    state: str
+    open: bool
+    entries: tuple[At, ...] = ()
+
+
+def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int) -> LegView:
+    if journal is None:
+        return LegView(ledger, "unknown", False)
+    held = journal.replay.locks.get(lock)
+    entries = tuple(at for at in (journal.placed.get(lock), journal.ended.get(lock)) if at is not None)
+    if held is not None and held.state is not LockState.HELD:
+        return LegView(ledger, held.state.value, False, entries)   # an end is final: a break after it changes nothing
+    if not journal.intact:
+        return LegView(ledger, "unknown", False, entries)
+    if held is None:
+        return LegView(ledger, "absent", journal.now_ms <= deadline_ms)
+    return LegView(ledger, "held", journal.now_ms < held.expiry_ms, entries)
+
+
+_BEYOND_CLAIMING = {"refunded": "refunded to its owner", "aborted": "aborted",
+                    "held": "still held past its expiry", "absent": "never locked, and the deadline has passed"}
+
+
+def judge(terms: Terms, legs: list[LegView]) -> tuple[str, Violation | str | None]:
+    """A settlement's outcome across its ledgers, with its violation or a note."""
+    states = [leg.state for leg in legs]
+    if "unknown" in states:
+        return "unchecked", None
+    if states == ["claimed", "claimed"]:
+        return "settled", None
+    if "claimed" not in states:
+        return ("in progress" if "held" in states else "rolled back"), None
+    claimed = states.index("claimed")
+    other = legs[1 - claimed]
+    said = f"leg {claimed} claimed on {legs[claimed].ledger}, leg {1 - claimed} "
+    if other.open:
+        state = "not yet locked" if other.state == "absent" else other.state
+        return "incomplete", f"settlement {terms.settlement}: {said}{state} on {other.ledger}, still claimable"
+    entries = tuple(at for leg in legs for at in leg.entries)
+    return "one-legged", Violation(Kind.ONE_LEGGED, f"{said}{_BEYOND_CLAIMING[other.state]} on {other.ledger}",
+                                   tuple(dict.fromkeys(leg.ledger for leg in legs)), entries, terms.settlement)
+
+
+@attrs.frozen
+class LedgerSummary:
+    ledger: str
+    entries: int
+    head_hash: str
+    outstanding: dict[str, int]    # asset -> issued minus redeemed, in minor units
+    minor_units: dict[str, int]
+    broken_at: int | None = None
+
+    def __str__(self) -> str:
+        assets = ", ".join(f"{code} {_amount(amount, self.minor_units.get(code, 0))}"
+                           for code, amount in self.outstanding.items()) or "no assets"
+        broken = f" (broken at entry {self.broken_at})" if self.broken_at is not None else ""
+        return f"{self.ledger}: {self.entries} entries checked{broken}, head {self.head_hash}; outstanding {assets}"
+
+
+def _amount(minor: int, minor_units: int) -> str:
+    if not minor_units:
+        return str(minor)
+    whole, fraction = divmod(abs(minor), 10**minor_units)
+    return f"{'-' if minor < 0 else ''}{whole}.{fraction:0{minor_units}d}"
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+@attrs.frozen
+class Report:
+    ledgers: tuple[LedgerSummary, ...]
+    violations: tuple[Violation, ...]
+    incomplete: tuple[str, ...]       # one leg claimed, the other still claimable: not yet a violation
+    settlements: dict[str, int]       # settlements with locks, by outcome
+    settles: int                      # same-ledger settlements: one entry each, atomic by construction
+
+    @property
+    def clean(self) -> bool:
+        return not self.violations
+
+    def text(self) -> str:
+        lines = [str(ledger) for ledger in self.ledgers]
+        lines += [str(violation) for violation in self.violations]
+        lines += [f"incomplete: {note}" for note in self.incomplete]
+        outcomes = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.settlements.items()))
+        lines.append(f"{'CLEAN' if self.clean else 'VIOLATIONS'}: {_count(len(self.ledgers), 'ledger')}, "
+                     f"{_count(sum(ledger.entries for ledger in self.ledgers), 'entry', 'entries')}; "
+                     f"{_count(sum(self.settlements.values()), 'cross-ledger settlement')} ({outcomes or 'none'}), "
+                     f"{self.settles} same-ledger; {_count(len(self.violations), 'violation')}")
+        return "\n".join(lines)
+
+
+def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
+    """Everything the journals read show, checked across ledgers."""
+    by_ledger = {journal.ledger: journal for journal in journals}
+    assert len(by_ledger) == len(journals), "a ledger is audited twice"
+    violations = [problem for journal in journals for problem in journal.problems]
+    for journal in journals:
+        violations += journal.overdue(grace_ms)
+    terms = {t.settlement: t for journal in journals for t in journal.legs.values()}
+    outcomes: Counter[str] = Counter()
+    notes = []
+    for settlement_id, t in sorted(terms.items()):
+        legs = [_leg(by_ledger.get(ledger), ledger, lock_id(settlement_id, index), t.deadline_ms)
+                for index, ledger in enumerate(t.ledgers)]
+        outcome, finding = judge(t, legs)
+        outcomes[outcome] += 1
+        if isinstance(finding, Violation):
+            violations.append(finding)
+        elif finding is not None:
+            notes.append(finding)
+    return Report(tuple(journal.summary() for journal in journals), tuple(violations), tuple(notes),
+                  dict(outcomes), sum(journal.settles for journal in journals))
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+def ledger_key(registry: Registry, ledger_id: str) -> ec.EllipticCurvePublicKey:
+    party = registry.get(ledger_id)
+    if party is None or Role.LEDGER not in party.roles:
+        raise AuditError(f"{ledger_id!r} is not a ledger in the registry: its journal cannot be verified")
+    return party.public_key
+
+
+def read_database(path: str | Path, registry: Registry) -> LedgerJournal:
+    """A ledger's journal straight from its SQLite file, opened read-only."""
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    try:
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            ledger_id = _ledger_id(db, path)
+            key = ledger_key(registry, ledger_id)
+            rows = db.execute("SELECT seq, hash, entry FROM journal ORDER BY seq")
+            journal = LedgerJournal(ledger_id)
+            journal.read(verify_chain((Link(seq, stored, _blob(raw)) for seq, stored, raw in rows), ledger_id, key))
+            return journal
+    except sqlite3.Error as error:
+        raise AuditError(f"{path}: {error}") from None
+
+
+def _ledger_id(db: sqlite3.Connection, path: str | Path) -> str:
+    """From the `meta` table, or else from the first journal entry."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    if row is None:
+        first = db.execute("SELECT entry FROM journal ORDER BY seq LIMIT 1").fetchone()
+        try:
+            entry = canonical.decode(_blob(first[0])) if first else None
+        except Rejected:
+            entry = None
+        row = (entry.get("ledger"),) if isinstance(entry, dict) else None
+    if row is None or not isinstance(row[0], str):
+        raise AuditError(f"{path}: no ledger id in its meta table or its journal")
+    return row[0]
+
+
+def _blob(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+async def read_over_bus(bus: Bus, registry: Registry, ledger_ids: Iterable[str], *,
+                        page_limit: int = PAGE_SIZE) -> list[LedgerJournal]:
+    return [await _read_ledger(LedgerClient(bus, ledger, ledger_key(registry, ledger)), page_limit)
+            for ledger in ledger_ids]
+
+
+async def _read_ledger(client: LedgerClient, page_limit: int) -> LedgerJournal:
+    """Page through the journal from entry 0 to the head the ledger reports; a page
+    may be shorter than asked for (pages are capped in bytes too)."""
+    journal = LedgerJournal(client.ledger_id)
+    checker = ChainChecker(client.ledger_id, client.ledger_key)
+    while journal.intact:
+        try:
+            page = await client.query(QueryJournal(client.next_query_id(), client.ledger_id, checker.seq, page_limit))
+        except (BusTimeout, BadReply, Rejected) as error:
+            raise AuditError(f"ledger {client.ledger_id}: {error}") from None
+        if not (isinstance(page, dict) and isinstance(page.get("entries"), list) and isinstance(page.get("head"), int)):
+            raise AuditError(f"ledger {client.ledger_id} answered query_journal with {str(page)[:80]}")
+        journal.read(checker.check(value) for value in page["entries"])
+        if checker.seq >= page["head"]:
+            break
+        if not page["entries"]:
+            journal.stop(checker.seq, f"journal entry {checker.seq} is not sent, yet the head is {page['head']}")
+    return journal
+
+
+async def _read_over_mqtt(url: str, registry: Registry, ledger_ids: list[str]) -> list[LedgerJournal]:
+    failure = None
+    try:
+        async with MqttBus.connect(url) as bus:
+            try:
+                return await read_over_bus(bus, registry, ledger_ids)
+            except AuditError as error:
+                failure = error   # raised outside the bus's nursery, which would wrap it in a group
+    except BrokerUnreachable as error:
+        raise AuditError(str(error)) from None
+    assert failure is not None
+    raise failure
+
+
+def main(registry_path: str, databases: list[str] | None, broker: str | None, ledger_ids: list[str],
+         grace_ms: int = GRACE_MS) -> int:
+    """Print the report; 0 if clean, 1 on any violation, 2 if the journals cannot be read."""
+    try:
+        if grace_ms < 0:
+            raise AuditError("--grace-ms must not be negative")
+        if bool(databases) == bool(broker) or bool(broker) != bool(ledger_ids):
+            raise AuditError("give --db for each ledger's database, or --broker with --ledger for each ledger")
+        registry = Registry.load(registry_path)
+        if databases:
+            journals = [read_database(path, registry) for path in databases]
+        else:
+            journals = trio.run(_read_over_mqtt, broker, registry, ledger_ids)
+        twice = [ledger for ledger, count in Counter(j.ledger for j in journals).items() if count > 1]
+        if twice:
+            raise AuditError(f"ledger {twice[0]} is given more than once")
+    except (AuditError, OSError, ValueError) as error:
+        print(f"lockstep audit: {error}", file=sys.stderr)
+        return 2
+    report = audit(journals, grace_ms)
+    print(report.text())
+    return 0 if report.clean else 1
