@@ -21,7 +21,7 @@ import sys
 from collections import Counter, defaultdict
 from contextlib import closing
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import attrs
 import trio
@@ -76,9 +76,13 @@ class Violation:
     settlement: str | None = None
 
     def __str__(self) -> str:
+        return f"VIOLATION {self.text()}"
+
+    def text(self) -> str:
+        """What, where, which settlement, which entries: the report's line and the observer's alert."""
         subject = f"settlement {self.settlement}: " if self.settlement else ""
         entries = f" [entries {', '.join(map(str, self.entries))}]" if self.entries else ""
-        return f"VIOLATION {self.kind.value} on {', '.join(self.ledgers)}: {subject}{self.reason}{entries}"
+        return f"{self.kind.value} on {', '.join(self.ledgers)}: {subject}{self.reason}{entries}"
 
 
 @attrs.frozen
@@ -127,10 +131,13 @@ class LedgerJournal:
             for signed, entry_hash in checked:
                 self._apply(signed.msg, entry_hash)
         except ChainBroken as error:
-            self.stop(error.seq, f"journal entry {error.seq} {error.reason}")
+            self.chain_broken(error)
         except _Unreplayable as error:
             self.problems.append(error.violation)
             self.broken_at = error.violation.entries[0].seq
+
+    def chain_broken(self, error: ChainBroken) -> None:
+        self.stop(error.seq, f"journal entry {error.seq} {error.reason}")
 
     def stop(self, seq: int, reason: str) -> None:
         """The journal is not what the ledger wrote from entry `seq` on."""
@@ -202,13 +209,23 @@ class LedgerJournal:
                 problems.append(f"{account}/{asset} left negative: {available} available, {locked} locked")
         self.problems += [Violation(Kind.CONSERVATION, problem, (self.ledger,), (at,)) for problem in problems]
 
-    def overdue(self, grace_ms: int) -> Iterator[Violation]:
+    def overdue(self, grace_ms: int, now_ms: int | None = None) -> Iterator[Violation]:
+        """Locks held past expiry plus grace: at the time of the last entry, or at `now_ms`
+        on an observer's clock if later."""
+        now_ms = self.now_ms if now_ms is None else max(self.now_ms, now_ms)
         for lock in self.replay.locks.values():
-            if lock.state is LockState.HELD and self.now_ms > lock.expiry_ms + grace_ms:
+            if lock.state is LockState.HELD and now_ms > lock.expiry_ms + grace_ms:
                 terms = self.legs.get(lock.lock_id)
                 yield Violation(Kind.LOCK_OVERDUE, f"lock {lock.lock_id} ({lock.amount} {lock.asset} of "
-                                f"{lock.owner_account}) still held {self.now_ms - lock.expiry_ms} ms after its expiry",
+                                f"{lock.owner_account}) still held {now_ms - lock.expiry_ms} ms after its expiry",
                                 (self.ledger,), (self.placed[lock.lock_id],), terms.settlement if terms else None)
+
+    def forget(self, lock: str) -> None:
+        """Drop what is kept of an ended lock whose settlement is judged for good (a live
+        observer's memory bound). An entry that ends it again is still refused by the
+        replay, as ending a lock not in the journal; one placing it again goes unnoticed."""
+        for kept in (self.replay.locks, self.placed, self.ended, self.legs):
+            kept.pop(lock, None)
 
     def summary(self) -> LedgerSummary:
         # each entry was checked on its own; the totals then hold too (pairs the check)
@@ -232,7 +249,15 @@ class LegView:
     entries: tuple[At, ...] = ()
 
 
-def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int) -> LegView:
+def legs_of(terms: Terms, journals: Mapping[str, LedgerJournal], now_ms: int | None = None) -> list[LegView]:
+    """Each leg of a settlement as its ledger's journal tells it. The journal's "now" is
+    the time of its last entry, or `now_ms` if later: a time every ledger's clock has
+    surely passed, which a live observer knows and the journals may not show yet."""
+    return [_leg(journals.get(ledger), ledger, lock_id(terms.settlement, index), terms.deadline_ms, now_ms)
+            for index, ledger in enumerate(terms.ledgers)]
+
+
+def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int, now_ms: int | None) -> LegView:
     if journal is None:
         return LegView(ledger, "unknown", False)
     held = journal.replay.locks.get(lock)
@@ -241,9 +266,10 @@ def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int
         return LegView(ledger, held.state.value, False, entries)   # an end is final: a break after it changes nothing
     if not journal.intact:
         return LegView(ledger, "unknown", False, entries)
+    now_ms = journal.now_ms if now_ms is None else max(journal.now_ms, now_ms)
     if held is None:
-        return LegView(ledger, "absent", journal.now_ms <= deadline_ms)
-    return LegView(ledger, "held", journal.now_ms < held.expiry_ms, entries)
+        return LegView(ledger, "absent", now_ms <= deadline_ms)
+    return LegView(ledger, "held", now_ms < held.expiry_ms, entries)
 
 
 _BEYOND_CLAIMING = {"refunded": "refunded to its owner", "aborted": "aborted",
@@ -331,10 +357,8 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
     terms = {t.settlement: t for journal in journals for t in journal.legs.values()}
     outcomes: Counter[str] = Counter()
     notes = []
-    for settlement_id, t in sorted(terms.items()):
-        legs = [_leg(by_ledger.get(ledger), ledger, lock_id(settlement_id, index), t.deadline_ms)
-                for index, ledger in enumerate(t.ledgers)]
-        outcome, finding = judge(t, legs)
+    for _, t in sorted(terms.items()):
+        outcome, finding = judge(t, legs_of(t, by_ledger))
         outcomes[outcome] += 1
         if isinstance(finding, Violation):
             violations.append(finding)

@@ -7,10 +7,12 @@
     lockstep status ID --config FILE     a settlement's phase and steps, from the coordinator
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
     lockstep bench [--quick]             cross-ledger against same-ledger settlement, one run
+    lockstep chaos --seconds N --seed S [--faults LIST]   the workload under faults, then the audit
     lockstep conformance --broker URL --ledger ID --keys DIR
                                          check any ledger service against PROTOCOL.md
     lockstep audit --registry FILE (--db FILE ... | --broker URL --ledger ID ...)
                                          verify every journal, check every settlement across ledgers
+    lockstep observer --config FILE      follow every ledger's journal live; ALERT on any violation
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from engine import chaos
+    logging.getLogger().setLevel(logging.ERROR)
+    faults = tuple(fault for fault in args.faults.split(",") if fault)
+    return chaos.main(args.seconds, args.seed, faults, args.long_outages)
+
+
 def _conformance(args: argparse.Namespace) -> int:
     from engine.conformance import main
     return trio.run(main, args.broker, args.ledger, args.keys)
@@ -81,6 +90,16 @@ def _conformance(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from engine.audit import main
     return main(args.registry, args.db, args.broker, args.ledger, args.grace_ms)
+
+
+def _observer(args: argparse.Namespace) -> int:
+    from engine import daemon, observer
+    try:
+        trio.run(observer.serve, args.config, args.broker, args.grace_ms)
+    except daemon.DaemonError as error:
+        print(f"lockstep observer: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -121,6 +140,14 @@ def parser() -> argparse.ArgumentParser:
     arguments(bench)
     bench.set_defaults(run=_bench)
 
+    chaos = commands.add_parser("chaos", help="a DvP and PvP workload under faults, then the audit")
+    chaos.add_argument("--seconds", type=float, default=30.0)
+    chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--faults", default="drop,duplicate,delay,kill-coordinator,kill-ledger,skew,partition",
+                       help="comma-separated: drop, duplicate, delay, kill-coordinator, kill-ledger, skew, partition")
+    chaos.add_argument("--long-outages", action="store_true", help="outages longer than the safety margin Δ")
+    chaos.set_defaults(run=_chaos)
+
     conformance = commands.add_parser("conformance", help="check a ledger service against docs/PROTOCOL.md")
     conformance.add_argument("--broker", required=True, help="broker URL, such as mqtt://127.0.0.1:1883")
     conformance.add_argument("--ledger", required=True, help="the ledger id to check")
@@ -137,6 +164,17 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--grace-ms", type=int, default=GRACE_MS,
                        help=f"how long a lock may stay held past its expiry (default: {GRACE_MS})")
     audit.set_defaults(run=_audit)
+
+    observer = commands.add_parser("observer", help="follow every ledger's journal live and alert on any violation")
+    observer.add_argument("--config", required=True,
+                          help="the coordinator's TOML file: the registry, the broker and the ledgers to follow")
+    observer.add_argument("--broker", help="broker URL, overriding the config's")
+    from engine.observer import GRACE_MS as OBSERVER_GRACE_MS
+    observer.add_argument("--grace-ms", type=int, default=OBSERVER_GRACE_MS,
+                          help="how long past a lock's expiry or a settlement's deadline, on the observer's clock, "
+                               "before a leg counts as beyond claiming: more than any clock skew plus the observer's "
+                               f"lag (default: {OBSERVER_GRACE_MS})")
+    observer.set_defaults(run=_observer)
     return root
 
 

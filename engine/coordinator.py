@@ -63,6 +63,11 @@ class Coordinator:
         self.watchtower = Watchtower(coordinator_id, key, registry, bus, list(watched_ledgers), clock,
                                      grace_ms=timing.claim_deadline_ms // 2) if watched_ledgers else None
 
+    @property
+    def in_flight(self) -> int:
+        """Settlements being driven now."""
+        return len(self._running)
+
     def client(self, ledger_id: str) -> LedgerClient:
         if ledger_id not in self._clients:
             party = self.registry.get(ledger_id)

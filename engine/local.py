@@ -69,9 +69,10 @@ class Local:
     _ledger_scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
     _ids: int = 0
 
-    async def start_ledger(self, ledger_id: str) -> LedgerService:
+    async def start_ledger(self, ledger_id: str, *, skew_ms: int = 0) -> LedgerService:
+        """`skew_ms` sets the ledger's clock that far off the others'."""
         config = LedgerConfig.load(self.world.ledger_configs[ledger_id])
-        clock = ServiceClock()
+        clock = ServiceClock(skew_ms)
         ledger = Ledger(config, self.world.registry, self.world.keys[ledger_id], Store(config.database), clock.now_ms())
         service = LedgerService(ledger, self.bus, clock, offload=self.offload)
         scope = trio.CancelScope()
@@ -91,12 +92,13 @@ class Local:
         del self.services[ledger_id]
         self._ledger_scopes.pop(ledger_id).cancel()
 
-    async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True
-                                ) -> tuple[Coordinator, trio.CancelScope]:
-        """Start the coordinator under its own cancel scope, so a test can kill it."""
+    async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True,
+                                bus: object | None = None) -> tuple[Coordinator, trio.CancelScope]:
+        """Start the coordinator under its own cancel scope, so a test can kill it; on
+        `bus` if given (a faulty one, say), else on the world's."""
         journal = Journal(self.world.directory / f"{COORDINATOR}.db", offload=self.offload)
         watched = tuple(self.services) if watchtower else ()
-        coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, self.bus,
+        coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, bus or self.bus,
                                   journal, ServiceClock(), timing, watched)
         scope = trio.CancelScope()
 

@@ -13,6 +13,7 @@ from typing import AsyncIterator
 import trio
 
 from ..canonical import decode
+from ..errors import Rejected
 from ..journal import GENESIS_HASH, ChainBroken, ChainChecker
 from ..messages import QueryInfo, QueryJournal
 from . import BusTimeout, entries_topic
@@ -59,7 +60,11 @@ async def follow(client: LedgerClient, *, from_seq: int | None = None,
                 async for value in read_journal(None):
                     yield value
                 continue
-            value = decode(raw, bytes_max=len(raw))
+            try:
+                value = decode(raw, bytes_max=len(raw))
+            except Rejected as error:  # not even JSON: certainly not the ledger's
+                log.warning("ignored an undecodable event on %s: %s", ledger_id, error)
+                continue
             seq = value.get("seq") if isinstance(value, dict) else None
             if not isinstance(seq, int) or seq < checker.seq:
                 continue  # a duplicate, or already read from the journal

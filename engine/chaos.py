@@ -1,0 +1,232 @@
+"""`lockstep chaos`: a DvP and PvP workload under chosen faults, then the audit.
+
+The whole world runs in this process on the in-memory bus (each ledger and the
+coordinator with its own database, key and clock); faults come from a seeded generator:
+
+    drop        requests from the coordinator to a ledger, or their replies, are lost
+    duplicate   requests reach the ledger twice
+    delay       requests are held back and overtake one another
+    kill-coordinator   the coordinator stops dead and restarts from its journal
+    kill-ledger        a ledger stops dead (its database as it was) and restarts
+    skew        every ledger's clock is off by up to half the allowed skew, each its own way
+    partition   one ledger cannot be reached for a while, though it runs (and refunds)
+
+Outages (kills, partitions) last less than the safety margin Δ unless `long_outages`,
+which makes them outlast it: the case hashed time-locks cannot protect, which the audit
+must then report. Process-level kills and a broker restart are exercised by the service
+tests (tests/test_*_process.py); here the coordinator and ledgers are stopped by
+cancellation, which loses everything not yet committed, as a kill does."""
+
+from __future__ import annotations
+
+import functools
+import random
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import attrs
+import trio
+
+from protocols.bus import BusTimeout, service_of_ledger
+from protocols.bus.faults import Faults, FaultyBus
+from protocols.bus.memory import MemoryBus
+from protocols.messages import SettlementLeg, SettlementStatus
+from protocols.settlement import Timing
+from protocols.signing import decode_signed
+
+from .audit import Report, audit, read_over_bus
+from .local import LEDGERS, Local, dvp_legs, standard_world
+
+FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
+CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)
+MESSAGE_FAULTS = {
+    "drop": dict(drop_request=0.05, drop_reply=0.05),
+    "duplicate": dict(duplicate=0.2),
+    "delay": dict(delay=0.3, delay_s_max=0.05),
+}
+CONCURRENCY = 16
+PAUSE_S_MAX = 1.0           # between two kills or partitions
+SETTLE_WAIT_S = 60.0        # after the run, for every settlement to end
+BACK_OFFICE_TIMEOUT_S = 2.0  # then the same settlement again: a restarted coordinator may not have heard it
+
+
+@attrs.define
+class Outcome:
+    faults: Counter = attrs.field(factory=Counter)
+    phases: Counter = attrs.field(factory=Counter)
+    report: Report | None = None
+
+    def table(self) -> str:
+        report = self.report
+        assert report is not None
+        kinds = Counter(violation.kind.value for violation in report.violations)
+        rows = [("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items())) or "none"),
+                ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items()))),
+                ("atomicity violations", str(kinds.get("one_legged", 0))),
+                ("value created or lost", str(kinds.get("conservation", 0) + kinds.get("replay", 0))),
+                ("locks left past expiry", str(kinds.get("lock_overdue", 0))),
+                ("journals broken", str(kinds.get("journal", 0)))]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...], *,
+              long_outages: bool = False, offload: bool = True, settlements: int | None = None) -> Outcome:
+    """Run the workload for `seconds` (or until `settlements` have ended, if that comes
+    first) under `faults`, wait for every settlement to end, then audit every ledger
+    over the bus. Under a MockClock pass `offload=False` and a number of settlements:
+    a load that never idles never lets a mock clock advance."""
+    unknown = set(faults) - set(FAULTS)
+    if unknown:
+        raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
+    chance = random.Random(seed)
+    outcome = Outcome()
+    bus = MemoryBus()
+    world = standard_world(directory)
+    message_faults = Faults(**{k: v for fault in faults for k, v in MESSAGE_FAULTS.get(fault, {}).items()})
+    partitioned: set[str] = set()
+    coordinator_bus = FaultyBus(bus, message_faults, seed,
+                                applies=lambda service, payload: service.startswith("ledger."))
+    outage_s = (CHAOS_TIMING.margin_ms * (3 if long_outages else 0.4)) / 1000
+
+    async with trio.open_nursery() as nursery:
+        local = Local(world, bus, nursery, offload=offload)
+        faulty = _Partitioned(coordinator_bus, partitioned)  # the coordinator's view of the bus
+        skews = {spec.ledger_id: chance.randint(-CHAOS_TIMING.clock_skew_ms_max // 2, CHAOS_TIMING.clock_skew_ms_max // 2)
+                 if "skew" in faults else 0 for spec in LEDGERS}
+        for spec in LEDGERS:
+            await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
+        if "skew" in faults:
+            outcome.faults["skewed clocks"] += sum(1 for skew in skews.values() if skew)
+        await local.fund_standard()
+        coordinator, scope = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
+        state = {"coordinator": coordinator, "scope": scope}
+        enough = trio.Event()
+
+        async def kill_coordinator() -> None:
+            while True:
+                await trio.sleep(chance.uniform(0.2, PAUSE_S_MAX))
+                state["scope"].cancel()
+                outcome.faults["kill-coordinator"] += 1
+                await trio.sleep(chance.uniform(0, outage_s))
+                state["coordinator"], state["scope"] = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
+
+        async def kill_ledger() -> None:
+            while True:
+                await trio.sleep(chance.uniform(0.2, PAUSE_S_MAX))
+                ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
+                local.stop_ledger(ledger)
+                outcome.faults["kill-ledger"] += 1
+                await trio.sleep(chance.uniform(0, outage_s))
+                await local.start_ledger(ledger, skew_ms=skews[ledger])
+
+        async def partition() -> None:
+            while True:
+                await trio.sleep(chance.uniform(0.2, PAUSE_S_MAX))
+                ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
+                partitioned.add(service_of_ledger(ledger))
+                outcome.faults["partition"] += 1
+                await trio.sleep(chance.uniform(0, outage_s))
+                partitioned.discard(service_of_ledger(ledger))
+
+        async def back_office() -> None:
+            while True:
+                raw = local.settlement(*_draw(chance))
+                while True:  # the same bytes until the coordinator answers with a final status
+                    reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
+                    if reply is not None:
+                        status = decode_signed(reply, allowed=(SettlementStatus,)).msg
+                        outcome.phases[status.phase] += 1
+                        if settlements is not None and sum(outcome.phases.values()) >= settlements:
+                            enough.set()
+                        break
+
+        async with trio.open_nursery() as load:
+            for fault, task in (("kill-coordinator", kill_coordinator), ("kill-ledger", kill_ledger),
+                                ("partition", partition)):
+                if fault in faults:
+                    load.start_soon(task)
+            for _ in range(CONCURRENCY):
+                load.start_soon(back_office)
+            with trio.move_on_after(seconds):
+                await enough.wait()
+            load.cancel_scope.cancel()
+        for kind, count in coordinator_bus.injected.items():
+            outcome.faults[kind] += count
+        # faults off: let every settlement the coordinator holds reach its end
+        message_faults.drop_request = message_faults.drop_reply = message_faults.duplicate = message_faults.delay = 0
+        partitioned.clear()
+        for spec in LEDGERS:
+            if spec.ledger_id not in local.services:
+                await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
+        if state["scope"].cancel_called:
+            state["coordinator"], state["scope"] = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
+        with trio.fail_after(SETTLE_WAIT_S):
+            while state["coordinator"].in_flight:
+                await trio.sleep(0.1)
+        await trio.sleep(CHAOS_TIMING.total_ms() / 1000)  # abandoned locks expire; their ledgers refund them
+        outcome.report = audit(await read_over_bus(bus, world.registry, [spec.ledger_id for spec in LEDGERS]),
+                               grace_ms=CHAOS_TIMING.margin_ms)
+        nursery.cancel_scope.cancel()
+    return outcome
+
+
+def _draw(chance: random.Random):
+    """A settlement: cross or same ledger, DvP or PvP, small amounts."""
+    kind = chance.choice(("dvp", "pvp"))
+    cross = chance.random() < 0.75
+    if kind == "dvp":
+        legs = dvp_legs("csd", "a-sec", "b-sec", chance.randint(1, 5), "cbdc-eur", "EUR", "b-eur", "a-eur",
+                        chance.randint(100, 10_000)) if cross else \
+            dvp_legs("unified", "a", "b", chance.randint(1, 5), "unified", "EUR", "b", "a", chance.randint(100, 10_000))
+    else:
+        legs = (SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", chance.randint(100, 10_000)),
+                SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", chance.randint(100, 10_000))) if cross else \
+            (SettlementLeg("unified", "b", "a", "EUR", chance.randint(100, 10_000)),
+             SettlementLeg("unified", "a", "b", "USD", chance.randint(100, 10_000)))
+    return kind, legs, ("bank-b", "bank-a")
+
+
+class _Partitioned:
+    """A bus on which the services in `cut` cannot be reached."""
+
+    def __init__(self, inner, cut: set[str]) -> None:
+        self.inner = inner
+        self.cut = cut
+
+    async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
+        if service in self.cut:
+            await trio.sleep(timeout_s)
+            raise BusTimeout(f"{service} is cut off")
+        return await self.inner.request(service, payload, timeout_s=timeout_s)
+
+    def serve(self, service: str):
+        return self.inner.serve(service)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await self.inner.publish(topic, payload)
+
+    def subscribe(self, topic: str):
+        return self.inner.subscribe(topic)
+
+    @property
+    def messages_sent(self) -> int:
+        return self.inner.messages_sent
+
+
+def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool) -> int:
+    directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
+    print(f"lockstep chaos: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
+          f"{', outages longer than Δ' if long_outages else ''}; world in {directory}", flush=True)
+    try:
+        outcome = trio.run(functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages))
+    except ValueError as error:
+        print(f"lockstep chaos: {error}", file=sys.stderr)
+        return 2
+    print(outcome.table())
+    assert outcome.report is not None
+    if not outcome.report.clean:
+        print("\n".join(str(violation) for violation in outcome.report.violations))
+    return 0 if outcome.report.clean else 1
