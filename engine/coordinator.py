@@ -133,6 +133,8 @@ class Coordinator:
         if known is not None:
             if known.instruction != signed.encode():
                 raise Rejected(Code.ID_REUSED, "id", f"settlement {settlement.id} was submitted with other content")
+            if not known.final and settlement.id not in self._running:
+                self._start(known)  # journaled unfinished but not driven here (a commit that landed late)
             return await self.wait(settlement.id)
         self.validate(signed)
         record = Record(settlement.id, signed.encode(), Phase.PENDING, steps=((Phase.PENDING.value, self.clock.now_ms()),))

@@ -67,20 +67,30 @@ class Local:
     offload: bool = False   # commit in worker threads (real clocks only; see LedgerService)
     clock: ServiceClock = attrs.field(factory=ServiceClock)   # the parties' own clock
     _ledger_scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
+    _stopped: dict[str, trio.Event] = attrs.field(factory=dict)   # set once a ledger has fully stopped
     _ids: int = 0
 
     async def start_ledger(self, ledger_id: str, *, skew_ms: int = 0) -> LedgerService:
-        """`skew_ms` sets the ledger's clock that far off the others'."""
+        """`skew_ms` sets the ledger's clock that far off the others'. A ledger stopped a
+        moment ago is first let finish stopping: one database, one ledger at a time."""
+        previous = self._stopped.get(ledger_id)
+        if previous is not None:
+            await previous.wait()
         config = LedgerConfig.load(self.world.ledger_configs[ledger_id])
         clock = ServiceClock(skew_ms)
         ledger = Ledger(config, self.world.registry, self.world.keys[ledger_id], Store(config.database), clock.now_ms())
         service = LedgerService(ledger, self.bus, clock, offload=self.offload)
         scope = trio.CancelScope()
 
+        stopped = self._stopped[ledger_id] = trio.Event()
+
         async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await service.run(task_status=task_status)
-            ledger.store.close()
+            try:
+                with scope:
+                    await service.run(task_status=task_status)
+            finally:
+                ledger.store.close()
+                stopped.set()
 
         await self.nursery.start(run)
         self.services[ledger_id] = service
