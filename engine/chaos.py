@@ -29,7 +29,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from protocols.bus import BusTimeout, service_of_ledger
+from protocols.bus import service_of_ledger
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.messages import SettlementLeg, SettlementStatus
@@ -86,14 +86,12 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
     bus = MemoryBus()
     world = standard_world(directory)
     message_faults = Faults(**{k: v for fault in faults for k, v in MESSAGE_FAULTS.get(fault, {}).items()})
-    partitioned: set[str] = set()
-    coordinator_bus = FaultyBus(bus, message_faults, seed,
-                                applies=lambda service, payload: service.startswith("ledger."))
+    faulty = FaultyBus(bus, message_faults, seed,  # the coordinator's view of the bus
+                       applies=lambda service, payload: service.startswith("ledger."))
     outage_s = (CHAOS_TIMING.margin_ms * (3 if long_outages else 0.4)) / 1000
 
     async with trio.open_nursery() as nursery:
         local = Local(world, bus, nursery, offload=offload)
-        faulty = _Partitioned(coordinator_bus, partitioned)  # the coordinator's view of the bus
         skews = {spec.ledger_id: chance.randint(-CHAOS_TIMING.clock_skew_ms_max // 2, CHAOS_TIMING.clock_skew_ms_max // 2)
                  if "skew" in faults else 0 for spec in LEDGERS}
         for spec in LEDGERS:
@@ -126,10 +124,10 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
             while True:
                 await trio.sleep(chance.uniform(0.2, PAUSE_S_MAX))
                 ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
-                partitioned.add(service_of_ledger(ledger))
+                faulty.cut.add(service_of_ledger(ledger))
                 outcome.faults["partition"] += 1
                 await trio.sleep(chance.uniform(0, outage_s))
-                partitioned.discard(service_of_ledger(ledger))
+                faulty.cut.discard(service_of_ledger(ledger))
 
         async def back_office() -> None:
             while True:
@@ -153,11 +151,11 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
             with trio.move_on_after(seconds):
                 await enough.wait()
             load.cancel_scope.cancel()
-        for kind, count in coordinator_bus.injected.items():
+        for kind, count in faulty.injected.items():
             outcome.faults[kind] += count
         # faults off: let every settlement the coordinator holds reach its end
         message_faults.drop_request = message_faults.drop_reply = message_faults.duplicate = message_faults.delay = 0
-        partitioned.clear()
+        faulty.cut.clear()
         for spec in LEDGERS:
             if spec.ledger_id not in local.services:
                 await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
@@ -187,33 +185,6 @@ def _draw(chance: random.Random):
             (SettlementLeg("unified", "b", "a", "EUR", chance.randint(100, 10_000)),
              SettlementLeg("unified", "a", "b", "USD", chance.randint(100, 10_000)))
     return kind, legs, ("bank-b", "bank-a")
-
-
-class _Partitioned:
-    """A bus on which the services in `cut` cannot be reached."""
-
-    def __init__(self, inner, cut: set[str]) -> None:
-        self.inner = inner
-        self.cut = cut
-
-    async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
-        if service in self.cut:
-            await trio.sleep(timeout_s)
-            raise BusTimeout(f"{service} is cut off")
-        return await self.inner.request(service, payload, timeout_s=timeout_s)
-
-    def serve(self, service: str):
-        return self.inner.serve(service)
-
-    async def publish(self, topic: str, payload: bytes) -> None:
-        await self.inner.publish(topic, payload)
-
-    def subscribe(self, topic: str):
-        return self.inner.subscribe(topic)
-
-    @property
-    def messages_sent(self) -> int:
-        return self.inner.messages_sent
 
 
 def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool) -> int:

@@ -6,7 +6,8 @@ sends and hears; the services behind it are untouched.
 - a *dropped reply* was applied by the service but never heard: the caller times out
   and must retry, which idempotency makes safe;
 - a *duplicate* request reaches the service twice;
-- a *delay* holds a request back, so requests overtake one another (reordering)."""
+- a *delay* holds a request back, so requests overtake one another (reordering);
+- a service in `cut` cannot be reached at all (a partition), for as long as it is there."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class FaultyBus:
         self.applies = applies
         self._random = random.Random(seed)
         self.injected: Counter[str] = Counter()
+        self.cut: set[str] = set()
 
     def _roll(self, probability: float, kind: str) -> bool:
         if probability and self._random.random() < probability:
@@ -45,6 +47,9 @@ class FaultyBus:
         return False
 
     async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
+        if service in self.cut:
+            await trio.sleep(timeout_s)
+            raise BusTimeout(f"{service} is cut off")
         if not self.applies(service, payload):
             return await self.inner.request(service, payload, timeout_s=timeout_s)
         faults = self.faults
