@@ -1,7 +1,7 @@
 """A local Mosquitto broker with the settings Lockstep needs, for tests, the demo and
 the benchmark: `lockstep broker` runs one in the foreground.
 
-Why these settings (docs/PROTOCOL.md, "The broker", says more):
+Why these settings (docs/PROTOCOL.md §16 says more):
 - `set_tcp_nodelay true`: without it Nagle's algorithm meets delayed ACKs and a QoS 1
   request/response takes about 88 ms instead of 0.15 ms.
 - `max_queued_messages` raised from 1000: Mosquitto drops QoS 1 messages to a

@@ -16,7 +16,8 @@ but the coordinator can claim; after it, the coordinator (or a watchtower) must 
 Timing: leg 0 is claimed first and expires first, at `expiry_ms[0]`; leg 1 expires a
 safety margin Δ later. Δ covers the worst time to get a claim applied (the claim
 deadline) plus the largest clock skew between two ledgers, so that a secret revealed
-on leg 0 at the last moment still completes leg 1 (docs/PROTOCOL.md, "Timing")."""
+on leg 0 at the last moment still completes leg 1 (docs/PROTOCOL.md §17, "Timing and the
+safety margin Δ")."""
 
 from __future__ import annotations
 
