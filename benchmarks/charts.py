@@ -33,15 +33,8 @@ def _throughput(results: list[Result], path: Path) -> Path:
                       marker="o", linestyle="-" if settle_path == "cross" else "--",
                       label=f"{kind.upper()} {settle_path}-ledger, {bus}")
     axes.set_xscale("log", base=2)
-    axes.set_xlabel("settlements in flight (closed loop)")
-    axes.set_ylabel("settlements per second")
-    axes.set_title("Throughput: cross-ledger HTLC against same-ledger settlement")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, path, "Throughput: cross-ledger HTLC against same-ledger settlement",
+                 "settlements in flight (closed loop)", "settlements per second")
 
 
 def _latency_cdf(results: list[Result], path: Path) -> Path:
@@ -53,9 +46,14 @@ def _latency_cdf(results: list[Result], path: Path) -> Path:
         axes.plot(ordered, fractions, linestyle="-" if settle_path == "cross" else "--",
                   label=f"{kind.upper()} {settle_path}-ledger, {bus}, {busiest.run.load.label}")
     axes.set_xscale("log")
-    axes.set_xlabel("latency, submit to signed final status (ms)")
-    axes.set_ylabel("fraction of settlements")
-    axes.set_title("Latency distribution: cross-ledger against same-ledger")
+    return _save(figure, axes, path, "Latency distribution: cross-ledger against same-ledger",
+                 "latency, submit to signed final status (ms)", "fraction of settlements")
+
+
+def _save(figure, axes, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()

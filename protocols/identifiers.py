@@ -53,8 +53,8 @@ def _check_digit(prefix11: str) -> int:
 
 
 # ISO 4217 List One as published 2026-01-01: every code with a minor unit, by exponent.
-# Codes whose minor unit is "N.A." (XAU, XAG, XPD, XPT, XBA-XBD, XDR, XSU, XUA, XTS,
-# XXX) are left out: nothing here can say how to count them.
+# Codes whose minor unit is "N.A." (gold XAU, silver XAG, XPD, XPT, XBA-XBD, XDR, XSU,
+# XUA, XTS and the no-currency code) are left out: nothing here can say how to count them.
 _CODES_BY_EXPONENT = {
     0: "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF",
     2: """AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BMD BND BOB BOV BRL BSD BTN BWP
