@@ -21,14 +21,13 @@ from typing import Callable
 import attrs
 import trio
 
-from protocols import canonical
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
-from protocols.messages import (IDENT_PATTERN, Abort, Claim, Lock, QueryLock, QueryReceipt, QuerySettlement, Receipt,
-                                Settle, Settlement, SettlementStatus)
+from protocols.messages import (Abort, Claim, Lock, QueryLock, QueryReceipt, QuerySettlement, Receipt,
+                                Settle, Settlement, SettlementStatus, readable_id)
 from protocols.registry import Registry
 from protocols.settlement import Phase, Timing, lock_id, settle_id
 from protocols.signing import PrivateKey, Signed, decode_signed, sign
@@ -118,7 +117,7 @@ class Coordinator:
 
     def _status_error(self, payload: bytes, error: Rejected) -> bytes:
         """A refusal in the shape of a status, phase "rejected", for the sender's id."""
-        settlement_id = _id_of(payload)
+        settlement_id = readable_id(payload, ("settlement_id", "id"))
         return sign(SettlementStatus(self.id, settlement_id, "rejected", self.clock.now_ms(),
                                      error.code.value, f"{error.field}: {error.reason}"), (self.id, self._key)).encode()
 
@@ -360,11 +359,3 @@ def _failure(outcome: Receipt | None) -> tuple[str, str]:
         return Code.TIMEOUT.value, "a ledger did not confirm in time"
     return outcome.code or "", f"{outcome.ledger}: {outcome.field}: {outcome.reason}"
 
-
-def _id_of(payload: bytes) -> str:
-    try:
-        value = canonical.decode(payload)
-    except Rejected:
-        return "unknown"
-    candidate = value.get("settlement_id", value.get("id")) if isinstance(value, dict) else None
-    return candidate if isinstance(candidate, str) and IDENT_PATTERN.fullmatch(candidate) else "unknown"

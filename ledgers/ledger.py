@@ -17,9 +17,9 @@ from protocols import canonical
 from protocols.errors import Code, Rejected
 from protocols.htlc import HeldLock, LockState, refund
 from protocols.journal import GENESIS_HASH, ChainBroken, Link, Replay, make_entry, verify_chain
-from protocols.messages import (IDENT_PATTERN, INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, QueryBalances,
+from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, QueryBalances,
                                 QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
-                                Result)
+                                Result, readable_id)
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, decode_signed, sign
 
@@ -150,7 +150,7 @@ class Ledger:
         try:
             signed = decode_signed(payload, allowed=INSTRUCTIONS + QUERIES)
         except Rejected as error:
-            return self._refusal(_id_of(payload), error, now_ms)
+            return self._refusal(readable_id(payload), error, now_ms)
         msg = signed.msg
         if msg.ledger != self.id:
             return self._refusal(msg.id, Rejected(Code.WRONG_LEDGER, "ledger", f"this is ledger {self.id!r}, not {msg.ledger!r}"), now_ms)
@@ -274,13 +274,3 @@ def _reuse(first: dict, again: dict) -> Rejected:
     differing = sorted(key for key in first.keys() | again.keys() if first.get(key, missing) != again.get(key, missing))
     field = differing[0] if differing else "sigs"
     return Rejected(Code.ID_REUSED, field, f"id {again.get('id')!r} was used for an instruction with a different {field}")
-
-
-def _id_of(payload: bytes) -> str:
-    """The id of a message we could not decode, when one can be read; for the reply."""
-    try:
-        value = canonical.decode(payload)
-        candidate = value.get("id") if isinstance(value, dict) else None
-    except Rejected:
-        candidate = None
-    return candidate if isinstance(candidate, str) and IDENT_PATTERN.fullmatch(candidate) else "unknown"

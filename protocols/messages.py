@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import attrs
 
 from . import PROTOCOL_VERSION
-from .canonical import INT_MAX
+from .canonical import INT_MAX, decode
 from .errors import Code, Rejected
 from .identifiers import currency_problem, isin_problem
 
@@ -534,3 +534,18 @@ def _leg(cls: type, index: int, value: Any) -> Any:
         return cls(**value)
     except Rejected as error:
         raise Rejected(error.code, f"legs[{index}].{error.field}", error.reason) from None
+
+
+def readable_id(payload: bytes, keys: tuple[str, ...] = ("id",)) -> str:
+    """The id of a message that could not be decoded as a whole, when one can be read
+    under one of `keys`: what a refusal answers to. "unknown" otherwise."""
+    try:
+        value = decode(payload)
+    except Rejected:
+        return "unknown"
+    if isinstance(value, dict):
+        for key in keys:
+            candidate = value.get(key)
+            if isinstance(candidate, str) and IDENT_PATTERN.fullmatch(candidate):
+                return candidate
+    return "unknown"
