@@ -101,11 +101,20 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
         await local.fund_standard()
         coordinator, scope = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
         state = {"coordinator": coordinator, "scope": scope}
+        struck: set[str] = set()
+
+        def pause(fault: str) -> float:
+            """Until a fault strikes: soon the first time, so that a short run sees each."""
+            if fault not in struck:
+                struck.add(fault)
+                return chance.uniform(0.02, 0.1)
+            return chance.uniform(0.2, PAUSE_S_MAX)
+
         enough = trio.Event()
 
         async def kill_coordinator() -> None:
             while True:
-                await trio.sleep(chance.uniform(0.2, PAUSE_S_MAX))
+                await trio.sleep(pause("kill-coordinator"))
                 state["scope"].cancel()
                 outcome.faults["kill-coordinator"] += 1
                 await trio.sleep(chance.uniform(0, outage_s))
@@ -113,7 +122,7 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
 
         async def kill_ledger() -> None:
             while True:
-                await trio.sleep(chance.uniform(0.2, PAUSE_S_MAX))
+                await trio.sleep(pause("kill-ledger"))
                 ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
                 local.stop_ledger(ledger)
                 outcome.faults["kill-ledger"] += 1
@@ -122,7 +131,7 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
 
         async def partition() -> None:
             while True:
-                await trio.sleep(chance.uniform(0.2, PAUSE_S_MAX))
+                await trio.sleep(pause("partition"))
                 ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
                 faulty.cut.add(service_of_ledger(ledger))
                 outcome.faults["partition"] += 1
