@@ -62,6 +62,7 @@ class At:
     ledger: str
     seq: int
     kind: str = ""
+    time_ms: int = attrs.field(default=0, eq=False)   # on the ledger's clock
 
     def __str__(self) -> str:
         return f"{self.ledger}#{self.seq}" + (f" {self.kind}" if self.kind else "")
@@ -146,7 +147,7 @@ class LedgerJournal:
         self.broken_at = seq
 
     def _apply(self, entry: Entry, entry_hash: str) -> None:
-        at = At(self.ledger, entry.seq, entry.kind)
+        at = At(self.ledger, entry.seq, entry.kind, entry.time_ms)
         try:
             self._check_locks(entry, at)
             self.replay.apply(entry)

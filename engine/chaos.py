@@ -13,7 +13,9 @@ coordinator with its own database, key and clock); faults come from a seeded gen
 
 Outages (kills, partitions) last less than the safety margin Δ unless `long_outages`,
 which makes them outlast it: the case hashed time-locks cannot protect, which the audit
-must then report. Process-level kills and a broker restart are exercised by the service
+and a live observer must then report. Every outage is timed, so each one-legged
+settlement comes with its explanation: how long, between the claim of one leg and the
+expiry of the other, the other leg's ledger was out of every claimant's reach. Process-level kills and a broker restart are exercised by the service
 tests (tests/test_*_process.py); here the coordinator and ledgers are stopped by
 cancellation, which loses everything not yet committed, as a kill does."""
 
@@ -33,11 +35,13 @@ from protocols.bus import service_of_ledger
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.messages import SettlementLeg, SettlementStatus
-from protocols.settlement import Timing
+from protocols.htlc import LockState
+from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed
 
-from .audit import Report, audit, read_over_bus
+from .audit import Kind, LedgerJournal, Report, Violation, audit, read_over_bus
 from .local import LEDGERS, Local, dvp_legs, standard_world
+from .observer import Observer
 
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
 CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)
@@ -50,6 +54,17 @@ CONCURRENCY = 16
 PAUSE_S_MAX = 1.0           # between two kills or partitions
 SETTLE_WAIT_S = 60.0        # after the run, for every settlement to end
 BACK_OFFICE_TIMEOUT_S = 2.0  # then the same settlement again: a restarted coordinator may not have heard it
+OBSERVER_WAIT_S = 5.0        # after the audit, for the observer to have alerted what the audit found
+
+
+@attrs.frozen
+class Outage:
+    """A span, in ms on the parties' clock, in which `whom` (the coordinator, or a
+    ledger id) could not be reached by the coordinator."""
+
+    whom: str
+    start_ms: int
+    end_ms: int
 
 
 @attrs.define
@@ -57,6 +72,9 @@ class Outcome:
     faults: Counter = attrs.field(factory=Counter)
     phases: Counter = attrs.field(factory=Counter)
     report: Report | None = None
+    outages: list[Outage] = attrs.field(factory=list)
+    explanations: list[OneLegged | str] = attrs.field(factory=list)   # one per one-legged settlement
+    unalerted: list[str] = attrs.field(factory=list)      # one-legged settlements the observer missed
 
     def table(self) -> str:
         report = self.report
@@ -67,7 +85,8 @@ class Outcome:
                 ("atomicity violations", str(kinds.get("one_legged", 0))),
                 ("value created or lost", str(kinds.get("conservation", 0) + kinds.get("replay", 0))),
                 ("locks left past expiry", str(kinds.get("lock_overdue", 0))),
-                ("journals broken", str(kinds.get("journal", 0)))]
+                ("journals broken", str(kinds.get("journal", 0))),
+                ("one-legged not alerted live", str(len(self.unalerted)))]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
@@ -99,6 +118,9 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
         if "skew" in faults:
             outcome.faults["skewed clocks"] += sum(1 for skew in skews.values() if skew)
         await local.fund_standard()
+        ledger_ids = [spec.ledger_id for spec in LEDGERS]
+        observer = Observer(world.registry, bus, ledger_ids, CHAOS_TIMING.margin_ms, local.clock, publish=False)
+        await nursery.start(observer.run)
         coordinator, scope = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
         state = {"coordinator": coordinator, "scope": scope}
         struck: set[str] = set()
@@ -117,8 +139,10 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
                 await trio.sleep(pause("kill-coordinator"))
                 state["scope"].cancel()
                 outcome.faults["kill-coordinator"] += 1
+                start_ms = local.clock.now_ms()
                 await trio.sleep(chance.uniform(0, outage_s))
                 state["coordinator"], state["scope"] = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
+                outcome.outages.append(Outage("coordinator", start_ms, local.clock.now_ms()))
 
         async def kill_ledger() -> None:
             while True:
@@ -126,8 +150,10 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
                 ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
                 local.stop_ledger(ledger)
                 outcome.faults["kill-ledger"] += 1
+                start_ms = local.clock.now_ms()
                 await trio.sleep(chance.uniform(0, outage_s))
                 await local.start_ledger(ledger, skew_ms=skews[ledger])
+                outcome.outages.append(Outage(ledger, start_ms, local.clock.now_ms()))
 
         async def partition() -> None:
             while True:
@@ -135,8 +161,10 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
                 ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
                 faulty.cut.add(service_of_ledger(ledger))
                 outcome.faults["partition"] += 1
+                start_ms = local.clock.now_ms()
                 await trio.sleep(chance.uniform(0, outage_s))
                 faulty.cut.discard(service_of_ledger(ledger))
+                outcome.outages.append(Outage(ledger, start_ms, local.clock.now_ms()))
 
         async def back_office() -> None:
             while True:
@@ -174,10 +202,74 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
             while state["coordinator"].in_flight:
                 await trio.sleep(0.1)
         await trio.sleep(CHAOS_TIMING.total_ms() / 1000)  # abandoned locks expire; their ledgers refund them
-        outcome.report = audit(await read_over_bus(bus, world.registry, [spec.ledger_id for spec in LEDGERS]),
-                               grace_ms=CHAOS_TIMING.margin_ms)
+        journals = await read_over_bus(bus, world.registry, ledger_ids)
+        outcome.report = audit(journals, grace_ms=CHAOS_TIMING.margin_ms)
+        one_legged = [v for v in outcome.report.violations if v.kind is Kind.ONE_LEGGED]
+        by_ledger = {journal.ledger: journal for journal in journals}
+        outcome.explanations = [explain(violation, by_ledger, outcome.outages, skews) for violation in one_legged]
+        with trio.move_on_after(OBSERVER_WAIT_S):
+            while unalerted := _unalerted(one_legged, observer):
+                await trio.sleep(0.1)
+        outcome.unalerted = sorted(unalerted)
         nursery.cancel_scope.cancel()
     return outcome
+
+
+def _unalerted(one_legged: list[Violation], observer: Observer) -> set[str]:
+    alerted = {alert.settlement for alert in observer.alerts if alert.kind is Kind.ONE_LEGGED}
+    return {violation.settlement for violation in one_legged} - alerted
+
+
+@attrs.frozen
+class OneLegged:
+    """Why a settlement went one-legged: from the claim of one leg to the expiry of the
+    other (real time: each ledger's skew taken off), how long the other leg's ledger was
+    out of reach, or the coordinator (and the watchtower inside it) dead."""
+
+    settlement: str
+    claimed_on: str
+    lost_on: str
+    window_ms: int
+    coordinator_down_ms: int
+    ledger_out_ms: int
+    out_of_reach_ms: int   # either, or both
+
+    def __str__(self) -> str:
+        return (f"settlement {self.settlement}: {self.claimed_on} applied the claim {self.window_ms} ms before "
+                f"{self.lost_on}'s lock expired; in that time the coordinator was down {self.coordinator_down_ms} ms "
+                f"and {self.lost_on} down or cut off {self.ledger_out_ms} ms: out of reach {self.out_of_reach_ms} ms in all")
+
+
+def explain(violation: Violation, journals: dict[str, LedgerJournal], outages: list[Outage],
+            skews: dict[str, int]) -> OneLegged | str:
+    settlement = violation.settlement
+    assert settlement is not None
+    legs = [(journal.ledger, journal.replay.locks[lock_id(settlement, index)], journal.ended.get(lock_id(settlement, index)))
+            for index in range(2) for journal in journals.values() if lock_id(settlement, index) in journal.replay.locks]
+    claimed = [leg for leg in legs if leg[1].state is LockState.CLAIMED]
+    others = [leg for leg in legs if leg[1].state is not LockState.CLAIMED]
+    if len(claimed) != 1 or len(others) != 1 or claimed[0][2] is None:
+        return f"settlement {settlement}: {violation.reason} (its locks are not both in the journals)"
+    (claim_ledger, _, claim_at), (other_ledger, other_lock, _) = claimed[0], others[0]
+    start_ms = claim_at.time_ms - skews[claim_ledger]
+    end_ms = other_lock.expiry_ms - skews[other_ledger]
+
+    def covered(*whom: str) -> int:
+        return _covered([outage for outage in outages if outage.whom in whom], start_ms, end_ms)
+
+    return OneLegged(settlement, claim_ledger, other_ledger, end_ms - start_ms, covered("coordinator"),
+                     covered(other_ledger), covered("coordinator", other_ledger))
+
+
+def _covered(outages: list[Outage], start_ms: int, end_ms: int) -> int:
+    """How many ms of [start_ms, end_ms) fall in at least one outage."""
+    covered, reached = 0, start_ms
+    for outage in sorted(outages, key=lambda o: o.start_ms):
+        begin, end = max(outage.start_ms, reached), min(outage.end_ms, end_ms)
+        if end > begin:
+            covered += end - begin
+            reached = end
+    return covered
 
 
 def _draw(chance: random.Random):
@@ -196,12 +288,13 @@ def _draw(chance: random.Random):
     return kind, legs, ("bank-b", "bank-a")
 
 
-def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool) -> int:
+def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool, settlements: int | None = None) -> int:
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
     print(f"lockstep chaos: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
           f"{', outages longer than Δ' if long_outages else ''}; world in {directory}", flush=True)
     try:
-        outcome = trio.run(functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages))
+        outcome = trio.run(functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages,
+                                             settlements=settlements))
     except ValueError as error:
         print(f"lockstep chaos: {error}", file=sys.stderr)
         return 2
@@ -209,4 +302,7 @@ def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool)
     assert outcome.report is not None
     if not outcome.report.clean:
         print("\n".join(str(violation) for violation in outcome.report.violations))
+    if outcome.explanations:
+        print("why each settlement went one-legged:")
+        print("\n".join(f"  {line}" for line in outcome.explanations))
     return 0 if outcome.report.clean else 1

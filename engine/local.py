@@ -107,7 +107,7 @@ class Local:
         """Start the coordinator under its own cancel scope, so a test can kill it; on
         `bus` if given (a faulty one, say), else on the world's."""
         journal = Journal(self.world.directory / f"{COORDINATOR}.db", offload=self.offload)
-        watched = tuple(self.services) if watchtower else ()
+        watched = tuple(self.world.ledger_configs) if watchtower else ()  # down ones too: they come back
         coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, bus or self.bus,
                                   journal, ServiceClock(), timing, watched)
         scope = trio.CancelScope()

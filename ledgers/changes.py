@@ -24,6 +24,7 @@ class Changes:
         self._assets: dict[str, Asset] = {}
         self._balances: dict[tuple[str, str], tuple[int, int]] = {}
         self._locks: dict[str, HeldLock] = {}
+        self._keys: dict[str, str] = {}
         self._effects: dict[str, list[list[Any]]] = defaultdict(list)
 
     # -- reads -----------------------------------------------------------------------
@@ -72,6 +73,10 @@ class Changes:
         self._locks[lock.lock_id] = lock
         self._effects["locks"].append([lock.lock_id, lock.state.value])
 
+    def set_key(self, party: str, public_key: str) -> None:
+        self._keys[party] = public_key
+        self._effects["keys"].append([party, public_key])
+
     # -- end -------------------------------------------------------------------------
 
     def effects(self) -> dict[str, list[list[Any]]]:
@@ -99,3 +104,5 @@ class Changes:
             self._store.set_balance(account, asset, available, locked)
         for lock in self._locks.values():
             self._store.put_lock(lock)
+        for party, public_key in self._keys.items():
+            self._store.put_key(party, public_key)

@@ -21,7 +21,7 @@ from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, Qu
                                 QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
                                 Result, readable_id)
 from protocols.registry import Registry, Role
-from protocols.signing import PrivateKey, Signed, decode_signed, sign
+from protocols.signing import PrivateKey, Signed, decode_signed, load_public_point, sign
 
 from . import rules
 from .changes import Changes
@@ -59,6 +59,7 @@ class Ledger:
         if stored_id not in (None, self.id):
             raise StartRefused(f"{store.path} belongs to ledger {stored_id!r}, not {self.id!r}")
         self.seq, self.prev_hash = self._verify()
+        self._rotate(store.all_keys())
         self._events: list[bytes] = []
         self._begin(now_ms)
 
@@ -99,6 +100,10 @@ class Ledger:
                                [asset.issued, asset.redeemed])
             if found != (replay.assets.get(code), replay.supply.get(code)):
                 problems.append(f"asset {code} differs from the journal")
+        keys = self.store.all_keys()
+        for party in keys.keys() | replay.keys.keys():
+            if keys.get(party) != replay.keys.get(party):
+                problems.append(f"the key of {party} is {keys.get(party)}, journal says {replay.keys.get(party)}")
         locks = {lock.lock_id: lock for lock in self.store.all_locks()}
         for lock_id in locks.keys() | replay.locks.keys():
             found, expected = locks.get(lock_id), replay.locks.get(lock_id)
@@ -109,6 +114,11 @@ class Ledger:
                 problems += [f"lock {lock_id} {name} is {_short(getattr(found, name))}, "
                              f"journal says {_short(getattr(expected, name))}" for name in fields]
         return problems
+
+    def _rotate(self, keys: dict[str, str]) -> None:
+        """Verify from now on with these parties' new keys (RotateKey)."""
+        if keys:
+            self.registry = self.registry.with_keys({party: load_public_point(key) for party, key in keys.items()})
 
     def _begin(self, now_ms: int) -> None:
         """First start: record who this ledger is; every start: add new currencies."""
@@ -183,7 +193,9 @@ class Ledger:
             receipt = self._refusal(msg.id, error, now_ms)
         else:
             changes.write()
-            seq, entry_hash = self._append(now_ms, msg.TYPE, signed.wire(), changes.effects())
+            effects = changes.effects()
+            self._rotate(dict(effects.get("keys", ())))
+            seq, entry_hash = self._append(now_ms, msg.TYPE, signed.wire(), effects)
             log.info("applied %s %s as entry %d", msg.TYPE, msg.id, seq)
             receipt = self._sign(Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash))
         self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), receipt)

@@ -15,10 +15,10 @@ from protocols.canonical import INT_MAX
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
 from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Lock, OpenAccount,
-                                Redeem, Refund, Settle, Settlement, Transfer)
+                                Redeem, Refund, RotateKey, Settle, Settlement, Transfer)
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id, settle_id
-from protocols.signing import Signed, from_wire
+from protocols.signing import Signed, from_wire, public_point
 
 from .changes import Changes
 from .config import LedgerConfig
@@ -288,8 +288,21 @@ def add_currencies(config: LedgerConfig, changes: Changes) -> None:
             changes.add_asset(Asset(currency.code, "currency", currency.issuer, CURRENCIES[currency.code]))
 
 
+def _rotate_key(msg: RotateKey, signed: Signed, ctx: Context, changes: Changes) -> None:
+    """The operator vouches for the new key; the party's old key may be the one lost."""
+    _signed_by(signed.sigs, ctx.config.operator, "a key is registered through the ledger's operator")
+    party = ctx.registry.get(msg.party)
+    if party is None:
+        raise Rejected(Code.UNKNOWN_SIGNER, "party", f"{msg.party!r} is not a registered party")
+    if Role.LEDGER in party.roles:
+        raise Rejected(Code.NOT_AUTHORISED, "party", "a ledger's own key is the consortium's to change, in its registry")
+    if public_point(party.public_key) == msg.public_key:
+        raise Rejected(Code.INVALID_FIELD, "public_key", f"is already {msg.party}'s key")
+    changes.set_key(msg.party, msg.public_key)
+
+
 _RULES: dict[type, Callable] = {
     OpenAccount: _open_account, CreateInstrument: _create_instrument, Issue: _issue,
     Redeem: _redeem, Transfer: _transfer, Settle: _settle, Lock: _lock, Claim: _claim,
-    Refund: _refund, Abort: _abort,
+    Refund: _refund, Abort: _abort, RotateKey: _rotate_key,
 }

@@ -18,7 +18,7 @@ import sqlite_utils
 
 from protocols.htlc import HeldLock, LockState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: rotated keys
 
 
 @attrs.frozen
@@ -61,19 +61,25 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         with self._db:
-            db["meta"].create({"key": str, "value": str}, pk="key")
-            db["accounts"].create({"account": str, "owner": str}, pk="account")
-            db["assets"].create({"code": str, "kind": str, "issuer": str, "minor_units": int,
-                                 "reference": str, "issued": int, "redeemed": int}, pk="code")
-            db["balances"].create({"account": str, "asset": str, "available": int, "locked": int},
-                                  pk=("account", "asset"), foreign_keys=[("account", "accounts"), ("asset", "assets")])
-            db["locks"].create({"lock_id": str, "owner_account": str, "beneficiary_account": str,
-                                "asset": str, "amount": int, "hashlock": bytes, "expiry_ms": int,
-                                "abort_by": str, "state": str}, pk="lock_id")
-            db.execute("CREATE INDEX locks_held_by_expiry ON locks(expiry_ms) WHERE state = 'held'")
-            db["instructions"].create({"id": str, "digest": bytes, "body": str, "receipt": bytes}, pk="id")
-            db["journal"].create({"seq": int, "hash": str, "entry": bytes}, pk="seq")
+            if version < 1:
+                self._create_v1(db)
+            db["keys"].create({"party": str, "public_key": str}, pk="party")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _create_v1(db: sqlite_utils.Database) -> None:
+        db["meta"].create({"key": str, "value": str}, pk="key")
+        db["accounts"].create({"account": str, "owner": str}, pk="account")
+        db["assets"].create({"code": str, "kind": str, "issuer": str, "minor_units": int,
+                             "reference": str, "issued": int, "redeemed": int}, pk="code")
+        db["balances"].create({"account": str, "asset": str, "available": int, "locked": int},
+                              pk=("account", "asset"), foreign_keys=[("account", "accounts"), ("asset", "assets")])
+        db["locks"].create({"lock_id": str, "owner_account": str, "beneficiary_account": str,
+                            "asset": str, "amount": int, "hashlock": bytes, "expiry_ms": int,
+                            "abort_by": str, "state": str}, pk="lock_id")
+        db.execute("CREATE INDEX locks_held_by_expiry ON locks(expiry_ms) WHERE state = 'held'")
+        db["instructions"].create({"id": str, "digest": bytes, "body": str, "receipt": bytes}, pk="id")
+        db["journal"].create({"seq": int, "hash": str, "entry": bytes}, pk="seq")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -103,6 +109,10 @@ class Store:
 
     def all_accounts(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT account, owner FROM accounts"))
+
+    def all_keys(self) -> dict[str, str]:
+        """Rotated keys: party -> the hex of its key's compressed point."""
+        return dict(self._db.execute("SELECT party, public_key FROM keys"))
 
     def asset(self, code: str) -> Asset | None:
         row = self._db.execute("SELECT code, kind, issuer, minor_units, reference, issued, redeemed "
@@ -180,6 +190,9 @@ class Store:
 
     def put_account(self, account: str, owner: str) -> None:
         self._write("INSERT INTO accounts (account, owner) VALUES (?, ?)", (account, owner))
+
+    def put_key(self, party: str, public_key: str) -> None:
+        self._write("INSERT OR REPLACE INTO keys (party, public_key) VALUES (?, ?)", (party, public_key))
 
     def put_asset(self, asset: Asset) -> None:
         self._write("INSERT OR REPLACE INTO assets (code, kind, issuer, minor_units, reference, issued, redeemed) "

@@ -124,11 +124,14 @@ class Replay:
     assets: dict[str, tuple] = attrs.field(factory=dict)   # code -> (kind, issuer, minor_units, reference)
     locks: dict[str, HeldLock] = attrs.field(factory=dict)
     accounts: dict[str, str] = attrs.field(factory=dict)
+    keys: dict[str, str] = attrs.field(factory=dict)       # party -> its key on this ledger, once rotated
 
     def apply(self, entry: Entry) -> None:
         effects: dict[str, Any] = entry.effects
         for account, owner in effects.get("accounts", ()):
             self.accounts[account] = owner
+        for party, key in effects.get("keys", ()):
+            self.keys[party] = key
         for code, kind, issuer, minor_units, reference in effects.get("assets", ()):
             self.assets[code] = (kind, issuer, minor_units, reference)
             self.supply.setdefault(code, [0, 0])

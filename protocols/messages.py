@@ -14,6 +14,7 @@ import re
 from typing import Any, ClassVar
 
 import attrs
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import PROTOCOL_VERSION
 from .canonical import INT_MAX, decode
@@ -55,6 +56,17 @@ def time_ms(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     _expect(attribute, value, int, "an integer")
     if not 0 <= value <= INT_MAX:
         raise _invalid(attribute, "must be milliseconds since the epoch, 0 to 2^63-1")
+
+
+def public_key(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A P-256 public key, as the lower-case hex of its compressed point: one spelling per key."""
+    _expect(attribute, value, str, "a string")
+    try:
+        if len(value) != 66 or value != value.lower():
+            raise ValueError
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(value))
+    except ValueError:
+        raise _invalid(attribute, "must be the 66 lower-case hex digits of a compressed P-256 point") from None
 
 
 def count(_: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -284,8 +296,17 @@ class Settle(Instruction):
     auth: dict | None = attrs.field(default=None, validator=optional_object)
 
 
+@message("rotate_key")
+class RotateKey(Instruction):
+    """Replace a party's public key on this ledger from this entry on; by the ledger's
+    operator, who has checked who asks out of band. The old key stops working at once."""
+
+    party: str = attrs.field(validator=ident)
+    public_key: str = attrs.field(validator=public_key)
+
+
 INSTRUCTIONS = (OpenAccount, CreateInstrument, Issue, Redeem, Transfer, Lock, Claim,
-                Refund, Abort, Settle)
+                Refund, Abort, Settle, RotateKey)
 
 
 # Queries read a ledger; they are not signed and change nothing.

@@ -76,6 +76,13 @@ class Registry:
                       f'public_key = """{public_pem(party.public_key)}"""', ""]
         Path(path).write_text("\n".join(lines))
 
+    def with_keys(self, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> Registry:
+        """This registry with some parties' keys replaced (a ledger's rotated keys)."""
+        for party_id in keys:
+            assert party_id in self._parties, f"a key for unregistered party {party_id}"
+        return Registry(attrs.evolve(party, public_key=keys[party.id]) if party.id in keys else party
+                        for party in self._parties.values())
+
     def __contains__(self, party_id: str) -> bool:
         return party_id in self._parties
 

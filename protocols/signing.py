@@ -84,6 +84,15 @@ def load_public_pem(pem: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
+def public_point(key: ec.EllipticCurvePublicKey) -> str:
+    """The key as RotateKey carries it: the hex of its compressed point."""
+    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint).hex()
+
+
+def load_public_point(hex_point: str) -> ec.EllipticCurvePublicKey:
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(hex_point))
+
+
 def verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
     try:
         key.verify(signature, data, _ECDSA)

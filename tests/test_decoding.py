@@ -11,7 +11,7 @@ from protocols.errors import Code, Rejected
 from protocols.identifiers import make_isin
 from protocols.messages import (INSTRUCTIONS, LEGS_MAX, QUERIES, Abort, Claim, CreateInstrument,
                                 Issue, Leg, Lock, OpenAccount, QueryBalances, Receipt, Redeem,
-                                Refund, Settle, Transfer, from_body, to_body)
+                                Refund, RotateKey, Settle, Transfer, from_body, to_body)
 from protocols.signing import SIGNATURES_MAX, PrivateKey, decode_signed, sign
 from tests.harness import T0
 
@@ -365,6 +365,7 @@ INSTRUCTION_EXAMPLES = [
     Refund("r-2", "unified", T0, "l-1"),
     Abort("a-1", "unified", T0, "l-1"),
     Settle("s-1", "unified", T0, (Leg("acc-a", "acc-b", "EUR", 1), Leg("acc-b", "acc-a", BOND, 2))),
+    RotateKey("k-1", "unified", T0, "bank-a", "03" + "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"),
 ]
 
 

@@ -1,0 +1,111 @@
+"""Key rotation: a participant registers a new key through its ledger's operator
+(`rotate_key`), and from that entry on the old key moves nothing on that ledger; the new
+key is in the journal, survives a restart, and a changed key row is caught at start."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from engine.audit import audit, read_database
+from ledgers.ledger import StartRefused
+from protocols.errors import Code, Rejected
+from protocols.messages import Issue, OpenAccount, RotateKey, Transfer
+from protocols.signing import PrivateKey, public_point, sign
+from tests.harness import Harness
+
+
+@pytest.fixture
+def eur(harness) -> Harness:
+    """cbdc-eur with bank-a holding 1,000 EUR and bank-b an empty account."""
+    h = harness("cbdc-eur")
+    for account, owner in (("a", "bank-a"), ("b", "bank-b")):
+        assert h.send(OpenAccount, "ecb", account=account, owner=owner).applied
+    assert h.send(Issue, "ecb", asset="EUR", account="a", amount=1_000).applied
+    return h
+
+
+def pay(h: Harness, key: PrivateKey, amount: int = 10):
+    """bank-a pays bank-b, signed with `key` under bank-a's name."""
+    msg = Transfer(id=h.next_id("t"), ledger=h.ledger_id, ts_ms=h.now_ms, from_account="a", to_account="b",
+                   asset="EUR", amount=amount)
+    return h.submit(sign(msg, ("bank-a", key)))
+
+
+def rotate(h: Harness, new: PrivateKey, *signers: str, party: str = "bank-a"):
+    return h.send(RotateKey, *signers, party=party, public_key=public_point(new.public))
+
+
+def test_after_rotation_the_old_key_moves_nothing_and_the_new_key_does(eur):
+    old, new = eur.world.keys["bank-a"], PrivateKey.generate()
+    assert pay(eur, old).applied
+    assert rotate(eur, new, "ecb").applied
+    refused = pay(eur, old)
+    assert (refused.code, refused.field) == (Code.BAD_SIGNATURE.value, "sigs")
+    assert pay(eur, new).applied
+    assert eur.balance("b", "EUR") == (20, 0)
+
+
+def test_the_rotation_is_in_the_journal_survives_a_restart_and_the_audit_replays_it(eur):
+    new = PrivateKey.generate()
+    assert rotate(eur, new, "ecb").applied
+    eur.close()
+    eur.open()
+    assert pay(eur, new).applied
+    assert pay(eur, eur.world.keys["bank-a"]).code == Code.BAD_SIGNATURE.value
+    journal = read_database(eur.config.database, eur.world.registry)
+    assert journal.replay.keys == {"bank-a": public_point(new.public)}
+    assert audit([journal]).clean
+
+
+@pytest.mark.parametrize("signers, code, field", [
+    (("bank-a",), Code.NOT_AUTHORISED, "sigs"),            # the party alone: its old key may be the stolen one
+    (("bank-b",), Code.NOT_AUTHORISED, "sigs"),
+    (("fed",), Code.NOT_AUTHORISED, "sigs"),              # another ledger's operator
+    (("coordinator",), Code.NOT_AUTHORISED, "sigs"),
+])
+def test_only_the_ledgers_operator_registers_a_key(eur, signers, code, field):
+    receipt = rotate(eur, PrivateKey.generate(), *signers)
+    assert (receipt.code, receipt.field) == (code.value, field)
+    assert pay(eur, eur.world.keys["bank-a"]).applied       # the old key still works
+
+
+def test_a_ledgers_own_key_an_unknown_party_and_the_same_key_are_refused(eur):
+    new = PrivateKey.generate()
+    assert rotate(eur, new, "ecb", party="cbdc-eur").code == Code.NOT_AUTHORISED.value
+    assert rotate(eur, new, "ecb", party="nobody").code == Code.UNKNOWN_SIGNER.value
+    same = rotate(eur, eur.world.keys["bank-a"], "ecb")
+    assert (same.code, same.field) == (Code.INVALID_FIELD.value, "public_key")
+
+
+@pytest.mark.parametrize("public_key", [   # empty; x = 1 is not on the curve; uncompressed; upper case
+    "", "02" + "00" * 31 + "01", "04" + "11" * 32, ("02" + "ab" * 32).upper()])
+def test_a_public_key_that_is_not_a_compressed_p256_point_is_refused_at_construction(public_key):
+    with pytest.raises(Rejected) as refused:
+        RotateKey(id="r1", ledger="cbdc-eur", ts_ms=1, party="bank-a", public_key=public_key)
+    assert refused.value.field == "public_key"
+
+
+def test_a_rotation_on_one_ledger_leaves_the_others_alone(eur, harness):
+    multi = harness("cbdc-multi")
+    assert multi.send(OpenAccount, "fed", account="a", owner="bank-a").applied
+    assert rotate(eur, PrivateKey.generate(), "ecb").applied
+    assert multi.send(OpenAccount, "bank-a", account="a2", owner="bank-a").applied   # old key, other ledger
+
+
+def test_a_changed_key_row_is_caught_when_the_ledger_starts(eur):
+    assert rotate(eur, PrivateKey.generate(), "ecb").applied
+    eur.close()
+    with sqlite3.connect(eur.config.database) as db:
+        db.execute("UPDATE keys SET public_key = ? WHERE party = 'bank-a'", (public_point(PrivateKey.generate().public),))
+    with pytest.raises(StartRefused, match="key of bank-a"):
+        eur.open()
+
+
+def test_a_key_row_added_behind_the_journals_back_is_caught_when_the_ledger_starts(eur):
+    eur.close()
+    with sqlite3.connect(eur.config.database) as db:
+        db.execute("INSERT INTO keys VALUES ('bank-a', ?)", (public_point(PrivateKey.generate().public),))
+    with pytest.raises(StartRefused, match="key of bank-a"):
+        eur.open()
