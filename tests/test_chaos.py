@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.chaos import FAULTS, run
+from engine.audit import Kind
+from engine.chaos import CHAOS_TIMING, FAULTS, OneLegged, run
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -25,3 +26,22 @@ async def test_every_fault_class_at_once_ends_clean(tmp_path):
     outcome = await run(tmp_path, seconds=60, seed=11, faults=FAULTS, settlements=80)
     assert outcome.report is not None and outcome.report.clean, outcome.report.text()
     assert len(outcome.faults) >= 5
+
+
+async def test_outages_longer_than_delta_are_each_reported_alerted_and_explained(tmp_path):
+    """The case the time-locks cannot cover: a ledger cut off for longer than Δ after the
+    other leg was claimed. Nothing may be silent: the coordinator, the audit and the live
+    observer all report it, and the outage timeline accounts for it."""
+    outcome = await run(tmp_path, seconds=20, seed=3, faults=("partition",), long_outages=True)
+    report = outcome.report
+    assert report is not None
+    one_legged = {v.settlement for v in report.violations if v.kind is Kind.ONE_LEGGED}
+    assert one_legged, "no outage outlasted Δ between two claims; choose another seed"
+    assert {v.kind for v in report.violations} == {Kind.ONE_LEGGED}, report.text()  # nothing created, lost or stuck
+    assert outcome.phases["one_legged"] <= len(one_legged)   # what the coordinator saw, the audit found
+    assert outcome.unalerted == []
+    assert len(outcome.explanations) == len(one_legged)
+    for why in outcome.explanations:
+        assert isinstance(why, OneLegged), why
+        reachable_ms = why.window_ms - why.out_of_reach_ms
+        assert reachable_ms < CHAOS_TIMING.claim_deadline_ms, why   # the ledger was out of reach, not the coordinator slow
