@@ -4,16 +4,24 @@ key is in the journal, survives a restart, and a changed key row is caught at st
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
+import sys
 
 import pytest
+import trio
 
 from engine.audit import audit, read_database
+from engine.world import lay_out
 from ledgers.ledger import StartRefused
+from protocols.bus.client import LedgerClient
+from protocols.bus.clock import ServiceClock
+from protocols.bus.mqtt import MqttBus
 from protocols.errors import Code, Rejected
 from protocols.messages import Issue, OpenAccount, RotateKey, Transfer
 from protocols.signing import PrivateKey, public_point, sign
-from tests.harness import Harness
+from tests.harness import LEDGERS, PARTIES, Harness
+from tests.processes import ServiceProcess
 
 
 @pytest.fixture
@@ -109,3 +117,38 @@ def test_a_key_row_added_behind_the_journals_back_is_caught_when_the_ledger_star
         db.execute("INSERT INTO keys VALUES ('bank-a', ?)", (public_point(PrivateKey.generate().public),))
     with pytest.raises(StartRefused, match="key of bank-a"):
         eur.open()
+
+
+async def test_the_operator_rotates_a_key_with_the_cli_against_a_ledger_process(tmp_path, broker):
+    """`lockstep rotate-key` over Mosquitto; then the ledger process refuses the old key."""
+    world = lay_out(tmp_path, LEDGERS, PARTIES)
+    process = ServiceProcess(world, "ledger", "cbdc-eur", broker.url).start()
+    try:
+        async with MqttBus.connect(broker.url) as bus:
+            await process.ready(bus)
+            client = LedgerClient(bus, "cbdc-eur", world.registry.get("cbdc-eur").public_key)
+            clock = ServiceClock()
+
+            async def send(msg_cls, key: PrivateKey, signer: str, **fields):
+                msg = msg_cls(id=f"i{secrets.token_hex(4)}", ledger="cbdc-eur", ts_ms=clock.now_ms(), **fields)
+                return await client.submit(sign(msg, (signer, key)))
+
+            keys = world.keys
+            assert (await send(OpenAccount, keys["ecb"], "ecb", account="a", owner="bank-a")).applied
+            new = PrivateKey.generate()
+            (tmp_path / "bank-a.new.pub.pem").write_text(new.public_pem())
+            command = [sys.executable, "-m", "engine.cli", "rotate-key", "--broker", broker.url,
+                       "--registry", str(tmp_path / "registry.toml"), "--ledger", "cbdc-eur", "--operator", "ecb",
+                       "--operator-key", str(tmp_path / "keys" / "ecb.pem"), "--party", "bank-a",
+                       "--public-key", str(tmp_path / "bank-a.new.pub.pem")]
+            wrong = await trio.run_process(command[:-6] + ["--operator-key", str(tmp_path / "keys" / "bank-a.pem")]
+                                           + command[-4:], capture_stdout=True, check=False)
+            assert wrong.returncode == 2 and b"not the key registered for ecb" in wrong.stdout
+            done = await trio.run_process(command, capture_stdout=True, check=False)
+            assert done.returncode == 0, done.stdout
+            assert public_point(new.public).encode() in done.stdout
+            old = await send(OpenAccount, keys["bank-a"], "bank-a", account="a2", owner="bank-a")
+            assert old.code == Code.BAD_SIGNATURE.value
+            assert (await send(OpenAccount, new, "bank-a", account="a3", owner="bank-a")).applied
+    finally:
+        process.stop()
