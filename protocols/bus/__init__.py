@@ -26,10 +26,13 @@ class BusClosed(Exception):
 
 @attrs.frozen
 class Request:
-    """A request as its server receives it; `reply` sends the one answer back."""
+    """A request as its server receives it; `reply` sends the one answer back. `client`
+    is who sent it, as the bus knows (over MQTT: the client id in its topic, which the
+    broker's ACL ties to the client's login)."""
 
     payload: bytes
     reply: Callable[[bytes], Awaitable[None]] = attrs.field(repr=False)
+    client: str = ""
 
 
 class Bus(Protocol):

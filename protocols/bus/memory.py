@@ -1,7 +1,9 @@
 """The bus inside one process: trio memory channels, the same semantics as MQTT.
 
 A server's queue is bounded; a request that finds it full is dropped, as a broker
-drops messages to a subscriber whose queue is full, and its caller times out."""
+drops messages to a subscriber whose queue is full, and its caller times out. Callers
+are not told apart here (one process, one party's worth of trust): fairness between
+clients is the MQTT bus's (waiting.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ from typing import AsyncIterator
 import trio
 
 from . import BusTimeout, Request
+from .waiting import Waiting
 
 QUEUE_LENGTH_MAX = 10_000
 
 
 class MemoryBus:
     def __init__(self, queue_length_max: int = QUEUE_LENGTH_MAX) -> None:
-        self._servers: dict[str, trio.MemorySendChannel] = {}
+        self._servers: dict[str, Waiting] = {}
         self._subscribers: dict[str, set[trio.MemorySendChannel]] = {}
         self._queue_length_max = queue_length_max
         self._ids = itertools.count()
@@ -44,24 +47,18 @@ class MemoryBus:
     def _deliver(self, service: str, request: Request) -> None:
         self.messages_sent += 1
         server = self._servers.get(service)
-        if server is None:
-            return
-        try:
-            server.send_nowait(request)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        if server is not None:
+            server.offer(request)
 
     @asynccontextmanager
-    async def serve(self, service: str) -> AsyncIterator[trio.MemoryReceiveChannel]:
+    async def serve(self, service: str) -> AsyncIterator[Waiting]:
         assert service not in self._servers, f"{service} is already served"
-        send, receive = trio.open_memory_channel[Request](self._queue_length_max)
-        self._servers[service] = send
+        waiting = self._servers[service] = Waiting(self._queue_length_max, self._queue_length_max)
         try:
-            async with receive:
-                yield receive
+            yield waiting
         finally:
             del self._servers[service]
-            send.close()
+            waiting.close()
 
     async def publish(self, topic: str, payload: bytes) -> None:
         self.messages_sent += 1

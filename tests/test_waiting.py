@@ -1,0 +1,58 @@
+"""A server's queue is fair between clients: one that floods it loses its own excess,
+never another client's requests, and memory stays bounded."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from protocols.bus import Request
+from protocols.bus.waiting import Waiting
+
+
+async def _no_reply(_: bytes) -> None:
+    pass
+
+
+def request(client: str, n: int = 0) -> Request:
+    return Request(f"{client}-{n}".encode(), _no_reply, client)
+
+
+async def test_a_flooding_client_loses_its_own_excess_and_the_others_still_get_in():
+    waiting = Waiting(total_max=100, per_client_max=10)
+    offered = [waiting.offer(request("flood", n)) for n in range(50)]
+    assert offered == [True] * 10 + [False] * 40
+    assert waiting.offer(request("quiet"))
+    assert waiting.dropped == {"flood": 40}
+    assert (waiting.waiting("flood"), waiting.waiting("quiet")) == (10, 1)
+    received = [waiting.receive_nowait().client for _ in range(11)]
+    assert received.count("flood") == 10 and received[-1] == "quiet"
+    assert waiting.waiting("flood") == 0
+    assert waiting.offer(request("flood", 99))   # its share is free again once served
+
+
+async def test_the_whole_queue_is_bounded_whoever_sends():
+    waiting = Waiting(total_max=5, per_client_max=5)
+    assert [waiting.offer(request(f"c{n}")) for n in range(8)] == [True] * 5 + [False] * 3
+    assert sum(waiting.dropped.values()) == 3
+
+
+async def test_it_reads_as_a_channel_until_closed():
+    waiting = Waiting(total_max=10, per_client_max=10)
+    for n in range(3):
+        waiting.offer(request("a", n))
+    waiting.close()
+    assert [r.payload async for r in waiting] == [b"a-0", b"a-1", b"a-2"]
+    assert not waiting.offer(request("a", 4))
+
+
+async def test_receive_waits_for_a_request():
+    waiting = Waiting(total_max=10, per_client_max=10)
+    async with trio.open_nursery() as nursery:
+        got = []
+        async def server():
+            got.append(await waiting.receive())
+        nursery.start_soon(server)
+        await trio.testing.wait_all_tasks_blocked()
+        waiting.offer(request("b"))
+    assert got[0].client == "b" and waiting.waiting("b") == 0
