@@ -31,11 +31,12 @@ import trio
 from protocols import canonical
 from protocols.bus import Bus, BusTimeout
 from protocols.bus.client import BadReply, LedgerClient
+from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
 from protocols.bus.follow import follow
 from protocols.errors import Rejected
 from protocols.htlc import LockState
-from protocols.journal import ChainBroken, entry_hash
+from protocols.journal import ChainBroken, Replay, entry_hash
 from protocols.messages import Entry, QueryInfo
 from protocols.registry import Registry
 from protocols.settlement import lock_id
@@ -64,7 +65,8 @@ class Observer:
         self.clock = clock
         self.publish = publish
         self.clients = {ledger: LedgerClient(bus, ledger, ledger_key(registry, ledger)) for ledger in ledger_ids}
-        self.journals = {ledger: LedgerJournal(ledger) for ledger in ledger_ids}
+        # no set of every instruction id: memory stays bounded (the audit keeps one, to find an id applied twice)
+        self.journals = {ledger: LedgerJournal(ledger, Replay(ids=None)) for ledger in ledger_ids}
         self.alerts: list[Violation] = []
         self.alerted: Counter[Kind] = Counter()   # every alert raised, by kind
         self.judged: Counter[str] = Counter()     # settlements judged for good and forgotten, by outcome
@@ -276,5 +278,5 @@ async def serve(config_path: str, broker: str | None = None, grace_ms: int = GRA
     async with _until_signalled(url, f"observer-{secrets.token_hex(4)}") as (bus, nursery):
         observer = Observer(registry, bus, list(ledgers), grace_ms, ServiceClock())
         await nursery.start(observer.run)
-        log.info("observer following %s on %s, grace %d ms; alerts on %s", ", ".join(ledgers), url, grace_ms,
+        log.info("observer following %s on %s, grace %d ms; alerts on %s", ", ".join(ledgers), redacted(url), grace_ms,
                  ALERTS_TOPIC)

@@ -72,7 +72,10 @@ class Ledger:
         links = (Link(s, h, raw) for s, h, raw in self.store.journal())
         try:
             for signed, entry_hash in verify_chain(links, self.id, self._key.public, signatures="last"):
-                replay.apply(signed.msg)
+                try:
+                    replay.apply(signed.msg)
+                except ValueError as error:
+                    raise StartRefused(f"{self.store.path}: journal entry {signed.msg.seq}: {error}") from None
                 seq, prev_hash = signed.msg.seq + 1, entry_hash
         except ChainBroken as error:
             raise StartRefused(f"{self.store.path}: {error}") from None
@@ -100,6 +103,10 @@ class Ledger:
                                [asset.issued, asset.redeemed])
             if found != (replay.assets.get(code), replay.supply.get(code)):
                 problems.append(f"asset {code} differs from the journal")
+        assert replay.ids is not None
+        unanswered = replay.ids - self.store.instruction_ids()
+        if unanswered:  # its idempotency row gone, the same bytes would be applied again
+            problems.append(f"instruction {min(unanswered)} is in the journal but not among the instructions answered")
         keys = self.store.all_keys()
         for party in keys.keys() | replay.keys.keys():
             if keys.get(party) != replay.keys.get(party):

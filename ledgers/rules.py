@@ -191,6 +191,9 @@ def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) 
     if msg.auth is None:
         return signed.sigs
     settlement = _settlement(msg.auth, signed, ctx)
+    if settlement.legs[0].ledger == settlement.legs[1].ledger:  # else one settlement could move its legs twice
+        raise Rejected(Code.NOT_AUTHORISED, "auth", f"settlement {settlement.id} has both legs on one ledger: "
+                       f"it settles by one settle, {settle_id(settlement.id)}, never by locks")
     index = next((i for i in range(2) if lock_id(settlement.id, i) == msg.id), None)
     if index is None:
         raise Rejected(Code.NOT_AUTHORISED, "id", f"a lock for settlement {settlement.id} has id {lock_id(settlement.id, 0)} or {lock_id(settlement.id, 1)}")
@@ -289,13 +292,18 @@ def add_currencies(config: LedgerConfig, changes: Changes) -> None:
 
 
 def _rotate_key(msg: RotateKey, signed: Signed, ctx: Context, changes: Changes) -> None:
-    """The operator vouches for the new key; the party's old key may be the one lost."""
+    """The operator vouches for a participant's new key; the old key may be the one
+    lost. Only a participant's: with a central bank's, a coordinator's or another
+    operator's key the operator would take their powers (minting, say); those keys are
+    the consortium's to change, in its registry."""
     _signed_by(signed.sigs, ctx.config.operator, "a key is registered through the ledger's operator")
     party = ctx.registry.get(msg.party)
     if party is None:
         raise Rejected(Code.UNKNOWN_SIGNER, "party", f"{msg.party!r} is not a registered party")
-    if Role.LEDGER in party.roles:
-        raise Rejected(Code.NOT_AUTHORISED, "party", "a ledger's own key is the consortium's to change, in its registry")
+    powers = party.roles - {Role.PARTICIPANT, Role.OBSERVER}
+    if powers:
+        raise Rejected(Code.NOT_AUTHORISED, "party", f"{msg.party} is a {', '.join(sorted(r.value for r in powers))}: "
+                       "only a participant's key is registered through a ledger's operator; this one changes in the registry")
     if public_point(party.public_key) == msg.public_key:
         raise Rejected(Code.INVALID_FIELD, "public_key", f"is already {msg.party}'s key")
     changes.set_key(msg.party, msg.public_key)

@@ -171,6 +171,9 @@ class Store:
         return self._db.execute("SELECT digest, body, receipt FROM instructions WHERE id = ?",
                                 (instruction_id,)).fetchone()
 
+    def instruction_ids(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT id FROM instructions")}
+
     def head(self) -> tuple[int, str] | None:
         """(seq, hash) of the last journal entry."""
         return self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()

@@ -125,9 +125,16 @@ class Replay:
     locks: dict[str, HeldLock] = attrs.field(factory=dict)
     accounts: dict[str, str] = attrs.field(factory=dict)
     keys: dict[str, str] = attrs.field(factory=dict)       # party -> its key on this ledger, once rotated
+    ids: set[str] | None = attrs.field(factory=set)        # instruction ids applied; None: not kept (a live follower)
 
     def apply(self, entry: Entry) -> None:
+        """Raises ValueError for an entry that cannot follow the ones before."""
         effects: dict[str, Any] = entry.effects
+        if self.ids is not None and entry.instruction is not None:
+            instruction_id = entry.instruction.get("id")
+            if instruction_id in self.ids:
+                raise ValueError(f"instruction {instruction_id} is applied a second time")
+            self.ids.add(instruction_id)
         for account, owner in effects.get("accounts", ()):
             self.accounts[account] = owner
         for party, key in effects.get("keys", ()):
