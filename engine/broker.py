@@ -9,19 +9,44 @@ Why these settings (docs/PROTOCOL.md §16 says more):
   protocol survives drops anyway (deadlines, retries, idempotency), but should not
   need to in normal operation.
 - `max_inflight_messages 0`: no cap on unacknowledged QoS 1 messages per client, so
-  pipelined requests are not held back one window at a time."""
+  pipelined requests are not held back one window at a time.
+
+Secured mode (docs/DEPLOY.md): a password per user, an ACL, optionally TLS. Each user's
+MQTT client id is its username (`use_username_as_clientid`), so nobody can take another's
+client id, and the ACL, keyed by username, lets every user publish requests only under
+its own id, read only the replies to it, and read the public events; a service may also
+read its own requests, answer anyone and publish its own events."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import re
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterable, Mapping
 
-CONFIG = """\
-listener {port} {host}
-allow_anonymous true
+import attrs
+
+from protocols.bus import entries_topic, service_of_coordinator, service_of_ledger
+from protocols.bus.mqtt import event_topic, reply_topic, request_topic
+
+LISTENER = "listener {port} {host}\n"
+TLS = "certfile {certfile}\nkeyfile {keyfile}\n"
+OPEN = "allow_anonymous true\n"
+# `user`: started as root, Mosquitto switches to this user (by default `mosquitto`) before
+# it reads the password and ACL files; naming whoever started it lets them stay mode 600.
+SECURED = """\
+allow_anonymous false
+use_username_as_clientid true
+password_file {password_file}
+acl_file {acl_file}
+user {user}
+"""
+SETTINGS = """\
 set_tcp_nodelay true
 max_queued_messages 1000000
 max_inflight_messages 0
@@ -40,30 +65,129 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def mosquitto_path() -> str:
-    path = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+def _program(name: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
     if path is None:
-        raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        raise FileNotFoundError(f"{name} is not installed (Debian: apt-get install mosquitto)")
     return path
+
+
+def mosquitto_path() -> str:
+    return _program("mosquitto")
+
+
+# -- secured mode: who may connect, and what each may do --------------------------------
+
+# A username is one topic level, and ':' separates it from the hash in the password file.
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_username(username: str) -> None:
+    if not USERNAME.fullmatch(username):
+        raise ValueError(f"broker username {username!r}: must be 1-64 of A-Z a-z 0-9 . _ - (no ':', '/', '+', '#')")
+
+
+ACL_EVERYONE = f"""\
+# Lockstep broker ACL (engine/broker.py). A client's id is its username, the {{client_id}}
+# level of its topics. Every user: publish its own requests, read its own replies, read
+# the events. (Mosquitto warns that the last pattern has no %u: it is meant for all.)
+pattern write {request_topic("+", "%u")}
+pattern read {reply_topic("%u")}
+pattern read {event_topic("#")}
+"""
+
+
+@attrs.frozen
+class Account:
+    """A broker user and what it may do beyond every user's rights: the services whose
+    requests it reads and answers, the event topics it publishes."""
+
+    username: str = attrs.field(validator=lambda _, __, username: check_username(username))
+    serves: tuple[str, ...] = ()
+    publishes: tuple[str, ...] = ()
+
+
+def ledger_account(ledger_id: str) -> Account:
+    """The ledger service, whose MQTT client id is `ledger-{id}` (docs/PROTOCOL.md §2)."""
+    return Account(f"ledger-{ledger_id}", (service_of_ledger(ledger_id),), (entries_topic(ledger_id),))
+
+
+def coordinator_accounts(coordinator_id: str) -> tuple[Account, Account]:
+    """The coordinator service and its stand-alone watchtower (which only asks)."""
+    return (Account(f"coordinator-{coordinator_id}", (service_of_coordinator(coordinator_id),)),
+            Account(f"watchtower-{coordinator_id}"))
+
+
+def acl_text(accounts: Iterable[Account]) -> str:
+    """Mosquitto's ACL file: the rights of every user, then each account's own."""
+    blocks = [ACL_EVERYONE]
+    for account in accounts:
+        lines = [f"topic read {request_topic(service)}" for service in account.serves]
+        if account.serves:
+            lines.append(f"topic write {reply_topic('+')}")
+        lines += [f"topic write {event_topic(topic)}" for topic in account.publishes]
+        if lines:
+            blocks.append("\n".join([f"user {account.username}", *lines]) + "\n")
+    return "\n".join(blocks)
+
+
+def write_password_file(path: str | Path, passwords: Mapping[str, str]) -> None:
+    """Mosquitto's password file, mode 600: written in clear, then hashed in place by
+    `mosquitto_passwd -U` (PBKDF2-SHA512), the format Mosquitto itself defines."""
+    for username, password in passwords.items():
+        check_username(username)
+        if not password or "\n" in password:
+            raise ValueError(f"broker password of {username!r}: must be one non-empty line")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write("".join(f"{username}:{password}\n" for username, password in passwords.items()))
+    done = subprocess.run([_program("mosquitto_passwd"), "-U", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        Path(path).unlink()
+        raise RuntimeError(f"mosquitto_passwd -U {path} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+
+def _config(port: int, host: str, sys_interval_s: int, password_file: Path | None, acl_file: Path | None,
+            certfile: Path | None, keyfile: Path | None) -> str:
+    if (password_file is None) != (acl_file is None):
+        raise ValueError("secured mode needs both a password file and an ACL file")
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("TLS needs both a certificate file and its key file")
+    text = LISTENER.format(port=port, host=host)
+    if certfile:
+        text += TLS.format(certfile=Path(certfile).resolve(), keyfile=Path(keyfile).resolve())
+    if password_file:
+        text += SECURED.format(password_file=Path(password_file).resolve(), acl_file=Path(acl_file).resolve(),
+                               user=pwd.getpwuid(os.geteuid()).pw_name)
+    else:
+        text += OPEN
+    return text + SETTINGS.format(sys_interval_s=sys_interval_s)
 
 
 class Broker:
     """A Mosquitto process on a loopback port, with our config; stop() ends it."""
 
     def __init__(self, directory: str | Path, port: int | None = None, host: str = "127.0.0.1",
-                 sys_interval_s: int = 0) -> None:
+                 sys_interval_s: int = 0, *, password_file: str | Path | None = None,
+                 acl_file: str | Path | None = None, certfile: str | Path | None = None,
+                 keyfile: str | Path | None = None) -> None:
         """`sys_interval_s` > 0 makes the broker publish its counters under $SYS that often
-        (the benchmark reads messages received from there)."""
+        (the benchmark reads messages received from there). A password file (hashed, see
+        write_password_file) and an ACL file make it secured; a certificate and key file
+        make its listener TLS."""
         self.host = host
         self.port = port or free_port(host)
+        self.tls = certfile is not None
         self.config_path = Path(directory) / f"mosquitto-{self.port}.conf"
-        self.config_path.write_text(CONFIG.format(port=self.port, host=host, sys_interval_s=sys_interval_s))
+        self.config_path.write_text(_config(self.port, host, sys_interval_s, password_file, acl_file,
+                                            certfile, keyfile))
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> Broker:
         self.process = subprocess.Popen([mosquitto_path(), "-c", str(self.config_path)],

@@ -5,6 +5,8 @@
     registry = "registry.toml"
     journal = "coordinator.db"
     broker = "mqtt://127.0.0.1:1883"
+    broker_password_file = "secrets/coordinator.password"  # optional: a secured broker (docs/DEPLOY.md);
+    broker_ca_file = "ca.pem"             # the user is the client id, coordinator-{id} or watchtower-{id}
     ledgers = ["csd", "cbdc-eur"]         # watched by the watchtower
 
     [timing]                              # optional; see protocols.settlement.Timing
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import attrs
 
+from protocols.bus.address import broker_setting
 from protocols.settlement import Timing
 
 
@@ -33,7 +36,7 @@ class CoordinatorConfig:
     key_file: Path
     registry: Path
     journal: Path
-    broker: str | None
+    broker: str | None                    # with the broker_*_file settings in its query
     ledgers: tuple[str, ...]
     timing: Timing = Timing()
 
@@ -45,7 +48,8 @@ class CoordinatorConfig:
                 data = tomllib.load(file)
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"{path}: {error}") from None
-        known = {"coordinator_id", "key_file", "registry", "journal", "broker", "ledgers", "timing"}
+        known = {"coordinator_id", "key_file", "registry", "journal", "broker", "broker_password_file",
+                 "broker_ca_file", "ledgers", "timing"}
         for key in data:
             if key not in known:
                 raise ConfigError(f"{path}: {key}: unknown setting")
@@ -60,5 +64,9 @@ class CoordinatorConfig:
         except TypeError as error:
             raise ConfigError(f"{path}: timing: {error}") from None
         base = path.parent
+        try:
+            broker = broker_setting(data, base)
+        except ValueError as error:
+            raise ConfigError(f"{path}: {error}") from None
         return cls(data["coordinator_id"], base / data["key_file"], base / data["registry"],
-                   base / data["journal"], data.get("broker"), tuple(ledgers), timing)
+                   base / data["journal"], broker, tuple(ledgers), timing)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.registry import Registry
@@ -68,7 +69,7 @@ async def run_coordinator(config_path: str, broker: str | None = None) -> None:
             coordinator = Coordinator(config.coordinator_id, key, registry, bus, journal, ServiceClock(),
                                       config.timing, config.ledgers)
             await nursery.start(coordinator.run)
-            log.info("coordinator %s up on %s, journal %s, Δ = %d ms", config.coordinator_id, url,
+            log.info("coordinator %s up on %s, journal %s, Δ = %d ms", config.coordinator_id, redacted(url),
                      config.journal, config.timing.margin_ms)
     finally:
         journal.close()
@@ -80,4 +81,4 @@ async def run_watchtower(config_path: str, broker: str | None = None) -> None:
         watchtower = Watchtower(config.coordinator_id, key, registry, bus, list(config.ledgers), ServiceClock(),
                                 grace_ms=config.timing.claim_deadline_ms // 2)
         await nursery.start(watchtower.run)
-        log.info("watchtower watching %s on %s", ", ".join(config.ledgers), url)
+        log.info("watchtower watching %s on %s", ", ".join(config.ledgers), redacted(url))

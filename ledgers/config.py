@@ -7,6 +7,8 @@
     key_file = "keys/csd.pem"        # the ledger's own signing key (party id = ledger_id)
     registry = "registry.toml"
     broker = "mqtt://127.0.0.1:1883"
+    broker_password_file = "secrets/ledger-csd.password"   # optional: a secured broker (docs/DEPLOY.md);
+    broker_ca_file = "ca.pem"                               # the user is the client id, ledger-{ledger_id}
 
     [[currencies]]                   # cbdc and unified ledgers
     code = "EUR"
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import attrs
 
+from protocols.bus.address import broker_setting
 from protocols.identifiers import currency_problem
 from protocols.messages import IDENT_PATTERN
 
@@ -52,7 +55,7 @@ class LedgerConfig:
     database: Path
     key_file: Path
     registry: Path
-    broker: str | None = None
+    broker: str | None = None            # with the broker_*_file settings in its query
     currencies: tuple[CurrencyConfig, ...] = ()
     limits: Limits = Limits()
 
@@ -84,7 +87,7 @@ class LedgerConfig:
             return data[key]
 
         known = {"ledger_id", "role", "operator", "database", "key_file", "registry", "broker",
-                 "currencies", "limits"}
+                 "broker_password_file", "broker_ca_file", "currencies", "limits"}
         for key in data:
             if key not in known:
                 raise ConfigError(f"{source}: {key}: unknown setting")
@@ -112,9 +115,10 @@ class LedgerConfig:
             limits = Limits(**limits)
         except TypeError as error:
             raise ConfigError(f"{source}: limits: {error}") from None
-        broker = data.get("broker")
-        if broker is not None and not isinstance(broker, str):
-            raise ConfigError(f"{source}: broker: must be a URL such as mqtt://127.0.0.1:1883")
+        try:
+            broker = broker_setting(data, base)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
         return cls(ledger_id=ledger_id, role=role, operator=need("operator"),
                    database=base / need("database"), key_file=base / need("key_file"),
                    registry=base / need("registry"), broker=broker,

@@ -12,6 +12,7 @@ import signal
 
 import trio
 
+from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.registry import Registry
@@ -59,7 +60,7 @@ async def run(config_path: str, broker: str | None = None) -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(service.run)
-                    log.info("ledger %s (%s) up on %s, database %s", config.ledger_id, config.role, url, config.database)
+                    log.info("ledger %s (%s) up on %s, database %s", config.ledger_id, config.role, redacted(url), config.database)
                     async for signum in signals:
                         log.info("ledger %s stopping on %s", config.ledger_id, signal.Signals(signum).name)
                         nursery.cancel_scope.cancel()

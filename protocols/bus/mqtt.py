@@ -14,7 +14,13 @@ take part and no per-message properties need encoding:
 
 All messages go at QoS 1. After the connection drops (a broker restart, say) the bus
 reconnects with backoff and subscribes again; requests in flight then time out and
-their callers retry with the same instruction id."""
+their callers retry with the same instruction id.
+
+Broker URLs, credentials and TLS: address.py. Under a secured broker (engine/broker.py)
+the username is the client's MQTT client id and the `{client_id}` of its topics: the
+broker's ACL lets it publish only requests under that id and read only the replies to
+it. So a bus given a username takes it as its client id; given a password but no
+username, it logs in under its client id."""
 
 from __future__ import annotations
 
@@ -22,19 +28,22 @@ import itertools
 import logging
 import secrets
 import socket
+import ssl
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 import trio
 
 from . import BusClosed, BusTimeout, Request
+from .address import credentials, parse_url, tls_context
+from .waiting import Waiting
 
 log = logging.getLogger("lockstep.bus")
 
 TOPIC_ROOT = "lockstep/v1"
 QUEUE_LENGTH_MAX = 100_000        # messages a slow server may have waiting before we drop
+CLIENT_WAITING_MAX = 10_000       # of which from any one client (waiting.py says why)
 IN_FLIGHT_MAX = 65_535            # QoS 1 messages unacknowledged at once
 KEEPALIVE_S = 30
 RECONNECT_DELAY_S_MIN = 0.05
@@ -58,14 +67,13 @@ _SVC_PREFIX = f"{TOPIC_ROOT}/svc/"
 
 
 class BrokerUnreachable(Exception):
-    """The first connection to the broker failed: wrong URL or broker not running."""
+    """The first connection to the broker failed: a wrong URL or credentials file, the
+    broker not running, TLS failing, or the broker refusing us."""
 
 
-def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise ValueError(f"broker URL {url!r} must look like mqtt://host:port")
-    return parts.hostname, parts.port or 1883, parts.username, parts.password
+class BrokerRefused(BrokerUnreachable):
+    """The broker answered the first connection with a refusal: a wrong username or
+    password, or none where one is required."""
 
 
 class MqttBus:
@@ -73,14 +81,24 @@ class MqttBus:
     Use `async with MqttBus.connect(url) as bus:`."""
 
     def __init__(self, url: str, client_id: str | None = None) -> None:
-        self._host, self._port, username, password = parse_url(url)
-        self.client_id = client_id or f"lockstep-{secrets.token_hex(6)}"
+        """A username, when there is one, replaces `client_id`: see the module's doc.
+        Raises BrokerUnreachable for a bad URL, password file or CA file."""
+        try:
+            address = parse_url(url)
+            username, password = credentials(address, client_id)
+            context = tls_context(address) if address.tls else None
+        except ValueError as error:
+            raise BrokerUnreachable(str(error)) from None
+        self._host, self._port = address.host, address.port
+        self.client_id = username or client_id or f"lockstep-{secrets.token_hex(6)}"
         self._reply_filter = reply_topic(self.client_id)
         self._reply_prefix = self._reply_filter[:-1]
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                    protocol=paho.MQTTv311)
         if username:
             self._client.username_pw_set(username, password)
+        if context:
+            self._client.tls_set_context(context)
         self._client.max_inflight_messages_set(IN_FLIGHT_MAX)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -89,10 +107,11 @@ class MqttBus:
         self._client.on_socket_open = self._on_socket_open
         self._correlations = (f"{n:x}" for n in itertools.count(1))
         self._pending: dict[str, trio.MemorySendChannel] = {}
-        self._routes: dict[str, trio.MemorySendChannel] = {}          # service -> channel
+        self._routes: dict[str, Waiting] = {}                        # service -> its waiting requests
         self._subscribers: dict[str, set[trio.MemorySendChannel]] = {}
         self._suback: dict[int, trio.Event] = {}
         self._connected = trio.Event()
+        self._refusal: str | None = None      # why the broker refused our last CONNECT
         self._write_wanted = trio.Event()
         self._closed = False
         self.messages_sent = 0
@@ -103,26 +122,32 @@ class MqttBus:
         bus = cls(url, client_id)
         bus._open()
         async with trio.open_nursery() as nursery:
-            await nursery.start(bus._run)
-            try:
-                yield bus
-            finally:
-                bus._closed = True
-                nursery.cancel_scope.cancel()
-                bus._client.disconnect()
+            failure = await nursery.start(bus._run)
+            if failure is None:
+                try:
+                    yield bus
+                finally:
+                    bus._closed = True
+                    nursery.cancel_scope.cancel()
+                    bus._client.disconnect()
+        if failure is not None:  # raised here, outside the nursery, so that it comes unwrapped
+            raise failure
 
     # -- the connection ------------------------------------------------------------------
 
     def _open(self) -> None:
         try:
             self._client.connect(self._host, self._port, keepalive=KEEPALIVE_S)
+        except ssl.SSLError as error:  # an OSError too; said apart since the cure differs
+            raise BrokerUnreachable(f"TLS with the MQTT broker at {self._host}:{self._port} failed: {error}") from None
         except OSError as error:
             raise BrokerUnreachable(f"cannot reach the MQTT broker at {self._host}:{self._port}: {error}") from None
         self._write_wanted.set()  # the CONNECT packet paho just queued
 
     async def _run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve the socket until it drops, reconnect; forever. The first connection
-        is opened by `connect`, so that an unreachable broker is a plain error."""
+        is opened by `connect`, so that an unreachable broker is a plain error; if the
+        broker does not accept it, this reports why as started, and ends."""
         delay = RECONNECT_DELAY_S_MIN
         first = True
         while True:
@@ -140,18 +165,32 @@ class MqttBus:
                 nursery.start_soon(self._tick, nursery.cancel_scope)
                 with trio.move_on_after(CONNACK_S_MAX):
                     await self._connected.wait()
-                if not self._connected.is_set():
-                    log.warning("broker %s:%d did not acknowledge the connection", self._host, self._port)
-                    nursery.cancel_scope.cancel()
-                else:
+                if self._connected.is_set():
                     delay = RECONNECT_DELAY_S_MIN
                     if first:
                         task_status.started()
                         first = False
+                else:
+                    nursery.cancel_scope.cancel()
+            if first:
+                task_status.started(self._first_failure())
+                return
+            if not self._connected.is_set():
+                if self._refusal is None:
+                    log.warning("broker %s:%d did not acknowledge the connection", self._host, self._port)
+                delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
             self._client.disconnect()
             self._connected = trio.Event()
             await trio.sleep(delay)
             log.warning("connection to broker %s:%d lost; reconnecting", self._host, self._port)
+
+    def _first_failure(self) -> BrokerUnreachable:
+        """Why the first connection failed, for `connect` to raise: a refusal (credentials)
+        or silence (often plain MQTT sent to a TLS listener)."""
+        where = f"the MQTT broker at {self._host}:{self._port}"
+        if self._refusal is not None:
+            return BrokerRefused(f"{where} refused {self.client_id!r}: {self._refusal}")
+        return BrokerUnreachable(f"{where} did not acknowledge the connection (a TLS listener? then use mqtts://)")
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -160,7 +199,9 @@ class MqttBus:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
+            self._refusal = str(reason_code)
             return
+        self._refusal = None
         topics = [self._reply_filter, *map(request_topic, self._routes), *self._subscribers]
         for topic in topics:
             self._client.subscribe(topic, qos=1)
@@ -249,10 +290,13 @@ class MqttBus:
             route = self._routes.get(parts[0]) if len(parts) == 3 else None
             if route is None:
                 return
-            try:
-                route.send_nowait(Request(message.payload, self._replier(reply_topic(parts[1], parts[2]))))
-            except trio.WouldBlock:
-                log.warning("dropped a request to %s: %d waiting", parts[0], QUEUE_LENGTH_MAX)
+            client = parts[1]
+            if not route.offer(Request(message.payload, self._replier(reply_topic(client, parts[2])), client)):
+                dropped = route.dropped[client]
+                if dropped & (dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood must not flood the log
+                    log.warning("dropped a request from %s to %s (%d so far): %d of its own waiting (share %d), "
+                                "or all %d places taken", client, parts[0], dropped, route.waiting(client),
+                                CLIENT_WAITING_MAX, QUEUE_LENGTH_MAX)
             return
         for subscriber in list(self._subscribers.get(topic, ())):
             try:
@@ -280,17 +324,16 @@ class MqttBus:
             del self._pending[correlation]
 
     @asynccontextmanager
-    async def serve(self, service: str) -> AsyncIterator[trio.MemoryReceiveChannel]:
+    async def serve(self, service: str) -> AsyncIterator[Waiting]:
         topic = request_topic(service)
         assert service not in self._routes, f"{service} is already served on this connection"
-        send, receive = trio.open_memory_channel[Request](QUEUE_LENGTH_MAX)
-        self._routes[service] = send
+        waiting = self._routes[service] = Waiting(QUEUE_LENGTH_MAX, CLIENT_WAITING_MAX)
         try:
             await self._subscribe(topic)
-            async with receive:
-                yield receive
+            yield waiting
         finally:
             del self._routes[service]
+            waiting.close()
             if not self._closed:
                 self._client.unsubscribe(topic)
 
@@ -319,8 +362,6 @@ class MqttBus:
                     self._client.unsubscribe(mqtt_topic)
 
 
-__all__ = ["MqttBus", "BrokerUnreachable", "parse_url"]
-
 
 class _BufferedSocket:
     """The broker connection as paho sees it. paho makes a system call for every
@@ -344,7 +385,7 @@ class _BufferedSocket:
         while self._out:
             try:
                 sent = self._sock.send(self._out)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return False
             del self._out[:sent]
         return True
@@ -361,6 +402,8 @@ class _BufferedSocket:
 
     @property
     def buffered(self) -> bool:
+        """Bytes to read that the socket will not signal. (Over TLS, one `recv` takes at
+        most one TLS record, whole; the rest waits in the kernel, which does signal it.)"""
         return bool(self._in)
 
     def __getattr__(self, name: str):
