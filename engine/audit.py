@@ -16,6 +16,7 @@ expiries, so that an audit of the same files always says the same."""
 from __future__ import annotations
 
 import enum
+import json
 import sqlite3
 import sys
 from collections import Counter, defaultdict
@@ -33,13 +34,14 @@ from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import PAGE_SIZE
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.errors import Rejected
-from protocols.htlc import LockState
-from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, verify_chain
+from protocols.htlc import HeldLock, LockState
+from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, Tables, differences, verify_chain
 from protocols.messages import Entry, QueryJournal, Settlement
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id
 from protocols.signing import Signed, from_wire
 
+from . import effects
 GRACE_MS = 60_000   # how long past its expiry a lock may stay held before it is a violation
 
 
@@ -50,6 +52,8 @@ class AuditError(Exception):
 class Kind(enum.Enum):
     JOURNAL = "journal"              # an entry out of place, a broken hash link or signature
     REPLAY = "replay"                # signed by the ledger, but its effects cannot have happened
+    FORGED = "forged"                # signed by the ledger, but not what its instruction vouches for (effects.py)
+    STATE = "state"                  # a ledger's state tables differ from its journal
     CONSERVATION = "conservation"    # an entry creates or destroys value, or leaves a balance negative
     ONE_LEGGED = "one_legged"        # one leg claimed, the other beyond claiming
     LOCK_OVERDUE = "lock_overdue"    # still held past its expiry plus the grace period
@@ -112,6 +116,7 @@ class LedgerJournal:
 
     ledger: str
     replay: Replay = attrs.field(factory=Replay)
+    registry: Registry | None = None     # to verify each instruction's signatures and authority
     entries: int = 0
     head_hash: str = GENESIS_HASH
     now_ms: int = 0                                           # time of the last entry
@@ -148,8 +153,13 @@ class LedgerJournal:
 
     def _apply(self, entry: Entry, entry_hash: str) -> None:
         at = At(self.ledger, entry.seq, entry.kind, entry.time_ms)
+        forged = None
         try:
             self._check_locks(entry, at)
+            try:
+                effects.check(entry, self.replay, self.registry)
+            except effects.Unvouched as error:  # replayed all the same, to say what it did to balances
+                forged = Violation(Kind.FORGED, f"{entry.kind} entry: {error}", (self.ledger,), (at,))
             self.replay.apply(entry)
             if entry.kind == "lock" and entry.instruction is not None:
                 self._placed(entry.instruction, at)
@@ -157,6 +167,8 @@ class LedgerJournal:
             raise _Unreplayable(Violation(Kind.REPLAY, f"effects cannot be replayed: {error!r}",
                                           (self.ledger,), (at,))) from None
         self._check_conservation(entry.effects, at)
+        if forged is not None:
+            raise _Unreplayable(forged)
         if entry.kind == "settle":
             self.settles += 1
         self.entries += 1
@@ -386,11 +398,31 @@ def read_database(path: str | Path, registry: Registry) -> LedgerJournal:
             ledger_id = _ledger_id(db, path)
             key = ledger_key(registry, ledger_id)
             rows = db.execute("SELECT seq, hash, entry FROM journal ORDER BY seq")
-            journal = LedgerJournal(ledger_id)
+            journal = LedgerJournal(ledger_id, registry=registry)
             journal.read(verify_chain((Link(seq, stored, _blob(raw)) for seq, stored, raw in rows), ledger_id, key))
+            if journal.intact:  # the tables against the journal, as the ledger checks them at start
+                journal.problems += [Violation(Kind.STATE, f"{problem} (its state tables, read from {path})", (ledger_id,))
+                                     for problem in differences(journal.replay, _tables(db))]
             return journal
     except sqlite3.Error as error:
         raise AuditError(f"{path}: {error}") from None
+
+
+def _tables(db: sqlite3.Connection) -> Tables:
+    """A ledger's state tables, read with plain SQL (the auditor runs none of the ledger's code)."""
+    assets = {code: ((kind, issuer, minor_units, json.loads(reference)), [issued, redeemed])
+              for code, kind, issuer, minor_units, reference, issued, redeemed in
+              db.execute("SELECT code, kind, issuer, minor_units, reference, issued, redeemed FROM assets")}
+    locks = {row[0]: HeldLock(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], tuple(json.loads(row[7])),
+                              LockState(row[8]))
+             for row in db.execute("SELECT lock_id, owner_account, beneficiary_account, asset, amount, hashlock, "
+                                   "expiry_ms, abort_by, state FROM locks")}
+    has_keys = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'").fetchone()
+    return Tables({(account, asset): (available, locked) for account, asset, available, locked in
+                   db.execute("SELECT account, asset, available, locked FROM balances")},
+                  dict(db.execute("SELECT account, owner FROM accounts")), assets, locks,
+                  dict(db.execute("SELECT party, public_key FROM keys")) if has_keys else {},
+                  {row[0] for row in db.execute("SELECT id FROM instructions")})
 
 
 def _ledger_id(db: sqlite3.Connection, path: str | Path) -> str:
@@ -417,14 +449,14 @@ def _blob(value: object) -> bytes:
 
 async def read_over_bus(bus: Bus, registry: Registry, ledger_ids: Iterable[str], *,
                         page_limit: int = PAGE_SIZE) -> list[LedgerJournal]:
-    return [await _read_ledger(LedgerClient(bus, ledger, ledger_key(registry, ledger)), page_limit)
+    return [await _read_ledger(LedgerClient(bus, ledger, ledger_key(registry, ledger)), registry, page_limit)
             for ledger in ledger_ids]
 
 
-async def _read_ledger(client: LedgerClient, page_limit: int) -> LedgerJournal:
+async def _read_ledger(client: LedgerClient, registry: Registry, page_limit: int) -> LedgerJournal:
     """Page through the journal from entry 0 to the head the ledger reports; a page
     may be shorter than asked for (pages are capped in bytes too)."""
-    journal = LedgerJournal(client.ledger_id)
+    journal = LedgerJournal(client.ledger_id, registry=registry)
     checker = ChainChecker(client.ledger_id, client.ledger_key)
     while journal.intact:
         try:

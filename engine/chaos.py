@@ -85,7 +85,7 @@ class Outcome:
                 ("atomicity violations", str(kinds.get("one_legged", 0))),
                 ("value created or lost", str(kinds.get("conservation", 0) + kinds.get("replay", 0))),
                 ("locks left past expiry", str(kinds.get("lock_overdue", 0))),
-                ("journals broken", str(kinds.get("journal", 0))),
+                ("journals broken or forged", str(kinds.get("journal", 0) + kinds.get("forged", 0) + kinds.get("state", 0))),
                 ("one-legged not alerted live", str(len(self.unalerted)))]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

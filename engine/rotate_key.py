@@ -7,8 +7,6 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-import trio
-
 from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock

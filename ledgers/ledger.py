@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import attrs
 
 from protocols import canonical
 from protocols.errors import Code, Rejected
-from protocols.htlc import HeldLock, LockState, refund
-from protocols.journal import GENESIS_HASH, ChainBroken, Link, Replay, make_entry, verify_chain
+from protocols.htlc import refund
+from protocols.journal import GENESIS_HASH, ChainBroken, Link, Replay, differences, make_entry, verify_chain
 from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, QueryBalances,
                                 QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
                                 Result, readable_id)
@@ -79,48 +78,10 @@ class Ledger:
                 seq, prev_hash = signed.msg.seq + 1, entry_hash
         except ChainBroken as error:
             raise StartRefused(f"{self.store.path}: {error}") from None
-        problems = replay.conservation_problems() + self._state_problems(replay)
+        problems = replay.conservation_problems() + differences(replay, self.store.tables())
         if problems:
             raise StartRefused(f"{self.store.path}: state does not match the journal: {problems[0]}")
         return seq, prev_hash
-
-    def _state_problems(self, replay: Replay) -> list[str]:
-        """Every row of the state tables against what the journal says it must be."""
-        problems = []
-        stored = self.store.all_balances()
-        for key in stored.keys() | replay.balances.keys():
-            expected = tuple(replay.balances.get(key, (0, 0)))
-            if stored.get(key, (0, 0)) != expected:
-                problems.append(f"balance {key[0]}/{key[1]} is {stored.get(key)}, journal says {expected}")
-        accounts = self.store.all_accounts()
-        for account in accounts.keys() | replay.accounts.keys():
-            if accounts.get(account) != replay.accounts.get(account):
-                problems.append(f"account {account} is owned by {accounts.get(account)}, journal says {replay.accounts.get(account)}")
-        assets = {asset.code: asset for asset in self.store.assets()}
-        for code in assets.keys() | replay.assets.keys():
-            asset = assets.get(code)
-            found = asset and ((asset.kind, asset.issuer, asset.minor_units, asset.reference),
-                               [asset.issued, asset.redeemed])
-            if found != (replay.assets.get(code), replay.supply.get(code)):
-                problems.append(f"asset {code} differs from the journal")
-        assert replay.ids is not None
-        unanswered = replay.ids - self.store.instruction_ids()
-        if unanswered:  # its idempotency row gone, the same bytes would be applied again
-            problems.append(f"instruction {min(unanswered)} is in the journal but not among the instructions answered")
-        keys = self.store.all_keys()
-        for party in keys.keys() | replay.keys.keys():
-            if keys.get(party) != replay.keys.get(party):
-                problems.append(f"the key of {party} is {keys.get(party)}, journal says {replay.keys.get(party)}")
-        locks = {lock.lock_id: lock for lock in self.store.all_locks()}
-        for lock_id in locks.keys() | replay.locks.keys():
-            found, expected = locks.get(lock_id), replay.locks.get(lock_id)
-            if found is None or expected is None:
-                problems.append(f"lock {lock_id} is {'missing' if found is None else 'not in the journal'}")
-            elif found != expected:
-                fields = [a.name for a in attrs.fields(HeldLock) if getattr(found, a.name) != getattr(expected, a.name)]
-                problems += [f"lock {lock_id} {name} is {_short(getattr(found, name))}, "
-                             f"journal says {_short(getattr(expected, name))}" for name in fields]
-        return problems
 
     def _rotate(self, keys: dict[str, str]) -> None:
         """Verify from now on with these parties' new keys (RotateKey)."""
@@ -268,10 +229,6 @@ class Ledger:
                 entries.append(canonical.decode(raw, bytes_max=len(raw)))
             return {"head": self.seq, "entries": entries}
         raise AssertionError(f"unhandled query {msg.TYPE}")
-
-
-def _short(value: Any) -> str:
-    return value.value if isinstance(value, LockState) else value.hex() if isinstance(value, bytes) else repr(value)
 
 
 def lock_view(lock) -> dict[str, Any]:

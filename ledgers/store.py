@@ -17,6 +17,7 @@ import attrs
 import sqlite_utils
 
 from protocols.htlc import HeldLock, LockState
+from protocols.journal import Tables
 
 SCHEMA_VERSION = 2   # 2: rotated keys
 
@@ -171,8 +172,11 @@ class Store:
         return self._db.execute("SELECT digest, body, receipt FROM instructions WHERE id = ?",
                                 (instruction_id,)).fetchone()
 
-    def instruction_ids(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT id FROM instructions")}
+    def tables(self) -> Tables:
+        """Every state row, to hold against a replay of the journal at start."""
+        assets = {a.code: ((a.kind, a.issuer, a.minor_units, a.reference), [a.issued, a.redeemed]) for a in self.assets()}
+        return Tables(self.all_balances(), self.all_accounts(), assets, {lock.lock_id: lock for lock in self.all_locks()},
+                      self.all_keys(), {row[0] for row in self._db.execute("SELECT id FROM instructions")})
 
     def head(self) -> tuple[int, str] | None:
         """(seq, hash) of the last journal entry."""

@@ -168,3 +168,52 @@ class Replay:
             if totals[asset] != issued - redeemed:
                 problems.append(f"{asset}: balances sum to {totals[asset]}, issued minus redeemed is {issued - redeemed}")
         return problems
+
+
+@attrs.frozen
+class Tables:
+    """A ledger's state tables as stored, to hold against a replay of its journal."""
+
+    balances: dict[tuple[str, str], tuple[int, int]]
+    accounts: dict[str, str]
+    assets: dict[str, tuple[tuple, list[int]]]   # code -> ((kind, issuer, minor_units, reference), [issued, redeemed])
+    locks: dict[str, HeldLock]
+    keys: dict[str, str]
+    instruction_ids: set[str]                    # every instruction answered, applied or refused
+
+
+def differences(replay: Replay, tables: Tables) -> list[str]:
+    """Every row of the state tables against what the journal says it must be: what a
+    ledger checks before it serves, and `lockstep audit` of a database file."""
+    problems = []
+    for key in tables.balances.keys() | replay.balances.keys():
+        expected = tuple(replay.balances.get(key, (0, 0)))
+        if tables.balances.get(key, (0, 0)) != expected:
+            problems.append(f"balance {key[0]}/{key[1]} is {tables.balances.get(key)}, journal says {expected}")
+    for account in tables.accounts.keys() | replay.accounts.keys():
+        if tables.accounts.get(account) != replay.accounts.get(account):
+            problems.append(f"account {account} is owned by {tables.accounts.get(account)}, "
+                            f"journal says {replay.accounts.get(account)}")
+    for code in tables.assets.keys() | replay.assets.keys():
+        if tables.assets.get(code) != ((replay.assets[code], replay.supply.get(code)) if code in replay.assets else None):
+            problems.append(f"asset {code} differs from the journal")
+    if replay.ids is not None:
+        unanswered = replay.ids - tables.instruction_ids
+        if unanswered:  # its idempotency row gone, the same bytes would be applied again
+            problems.append(f"instruction {min(unanswered)} is in the journal but not among the instructions answered")
+    for party in tables.keys.keys() | replay.keys.keys():
+        if tables.keys.get(party) != replay.keys.get(party):
+            problems.append(f"the key of {party} is {tables.keys.get(party)}, journal says {replay.keys.get(party)}")
+    for lock_id in tables.locks.keys() | replay.locks.keys():
+        found, expected = tables.locks.get(lock_id), replay.locks.get(lock_id)
+        if found is None or expected is None:
+            problems.append(f"lock {lock_id} is {'missing' if found is None else 'not in the journal'}")
+        elif found != expected:
+            fields = [a.name for a in attrs.fields(HeldLock) if getattr(found, a.name) != getattr(expected, a.name)]
+            problems += [f"lock {lock_id} {name} is {_short(getattr(found, name))}, "
+                         f"journal says {_short(getattr(expected, name))}" for name in fields]
+    return problems
+
+
+def _short(value: Any) -> str:
+    return value.value if isinstance(value, LockState) else value.hex() if isinstance(value, bytes) else repr(value)

@@ -211,9 +211,9 @@ def test_a_forged_signature_is_caught_with_every_hash_link_intact(files, history
     assert violation.entries == (At("cbdc-eur", seq),) and "ledger signature does not verify" in violation.reason
 
 
-def test_a_ledger_that_signs_an_edited_amount_itself_is_caught_by_conservation(files, history):
+def test_a_ledger_that_signs_an_edited_amount_itself_is_caught_by_conservation_and_its_instruction(files, history):
     """Under the ledger's own key every link and signature checks; the entry still
-    creates money, and the replay names it."""
+    creates money, and the replay names it; and its claim does not vouch for it."""
     path = files / "cbdc-eur.db"
     seq = seq_of(journal(path), "claim", lock_id=lock_id("dvp-cross", 0))
 
@@ -221,9 +221,12 @@ def test_a_ledger_that_signs_an_edited_amount_itself_is_caught_by_conservation(f
         entry["effects"]["balances"][-1][2] *= 2   # the beneficiary's credit
 
     rewrite(path, seq, pay_twice, PrivateKey.load(history / "keys" / "cbdc-eur.pem"))
-    violation = only(audit_files(files, history), Kind.CONSERVATION)
-    assert violation.entries == (At("cbdc-eur", seq, "claim"),)
-    assert violation.reason == "EUR: balances change by 99000, issued minus redeemed by 0"
+    report = audit_files(files, history)
+    assert [v.kind for v in report.violations] == [Kind.CONSERVATION, Kind.FORGED], report.text()
+    conservation, forged = report.violations
+    assert conservation.entries == forged.entries == (At("cbdc-eur", seq, "claim"),)
+    assert conservation.reason == "EUR: balances change by 99000, issued minus redeemed by 0"
+    assert forged.reason.startswith("claim entry: effects balances are ")
 
 
 def test_a_ledger_that_signs_the_end_of_a_lock_already_ended_is_caught_by_the_replay(files, history):
@@ -253,6 +256,10 @@ def test_a_lock_its_ledger_never_refunded_is_overdue(files, history):
         entry["effects"] = {}
 
     rewrite(path, refund[0], no_refund, PrivateKey.load(history / "keys" / "csd.pem"))
+    with closing(sqlite3.connect(path)) as db, db:   # and the tables to match, as that ledger would have them
+        db.execute("UPDATE locks SET state = 'held' WHERE lock_id = ?", (leg,))
+        db.execute("UPDATE balances SET available = available - 100, locked = locked + 100 "
+                   "WHERE account = 'a-sec' AND asset = ?", (BOND,))
     assert audit_files(files, history).clean   # within the default grace of a minute
     violation = only(audit_files(files, history, grace_ms=500), Kind.LOCK_OVERDUE)
     assert violation.settlement == EXPIRED and violation.entries == (At("csd", seq_of(entries, "lock", id=leg), "lock"),)

@@ -10,10 +10,9 @@ effect it should have, or refused with its code and field, changing nothing (bal
 locks, accounts, assets, keys, journal height) and, when the refusal is for want of
 authority, not recorded against the instruction id. Then: a coordinator cannot move an
 asset other than exactly as the counterparties signed; a captured or mutated message
-never applies; a database changed behind a ledger's back is caught.
-
-Cells where the code does not do what the rule says are `xfail(strict=True)`: the test
-states the rule as it should be and fails today (docs/SECURITY.md, "Known gaps")."""
+never applies; a database changed behind a ledger's back is caught, at start and by the
+audit; a history rewritten under the ledger's own key is caught by the audit. Six of
+these tests first failed, and led to fixes (docs/SECURITY.md, "Gaps found")."""
 
 from __future__ import annotations
 
@@ -945,8 +944,6 @@ def test_the_untampered_database_audits_clean(unified):
     assert audited(h).clean, audited(h).text()
 
 
-@pytest.mark.xfail(strict=True, reason="engine/audit.py reads only the journal (read_database), never the state "
-                   "tables: a changed balances or accounts row is caught by the ledger at start, not by the audit")
 @pytest.mark.parametrize("sql", ["UPDATE balances SET available = available + 1 WHERE account = 'acc-b' AND asset = 'EUR'",
                                  "UPDATE accounts SET owner = 'bank-c' WHERE account = 'acc-a'"],
                          ids=["balance", "account-owner"])
@@ -974,10 +971,6 @@ def pay_someone_else(entry: dict) -> None:
     entry["effects"]["balances"] = [["acc-a", "EUR", -100, 0], ["acc-c", "EUR", 100, 0]]
 
 
-@pytest.mark.xfail(strict=True, reason="engine/audit.py checks the hash chain, the ledger's signature, conservation "
-                   "and lock transitions, but neither re-verifies the signatures and authority of the instruction "
-                   "in each entry nor that its effects follow from it: a ledger rewriting its history under its own "
-                   "key goes unseen as long as every asset is conserved")
 @pytest.mark.parametrize("change", [claim_more, pay_someone_else], ids=["instruction-rewritten", "effects-redirected"])
 def test_lockstep_audit_catches_history_rewritten_under_the_ledgers_own_key(unified, change):
     h = unified
