@@ -46,6 +46,8 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--participants", type=int, default=100)
     parser.add_argument("--accounts", type=int, default=1, help="accounts per participant on each ledger")
     parser.add_argument("--isins", type=int, default=4)
+    parser.add_argument("--ballast", type=int, default=0,
+                        help="more accounts on each ledger, never used (flat cost: try 1000000)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="bench-results", help="folder for results.json and the charts")
 
@@ -55,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         args.bus, args.kinds, args.paths = QUICK["buses"], QUICK["kinds"], QUICK["paths"]
         args.concurrency, args.rate, args.settlements = QUICK["concurrency"], QUICK["rates"], QUICK["settlements"]
         args.participants = QUICK["participants"]
-    shape = Shape(args.participants, args.accounts, args.isins)
+    shape = Shape(args.participants, args.accounts, args.isins, args.ballast)
     loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate_per_s=float(r)) for r in args.rate]
     runs = [Run(bus, kind, path, load, args.settlements)
             for bus in args.bus for load in loads for kind in args.kinds for path in args.paths]
@@ -84,7 +86,8 @@ async def _run_all(runs: list[Run], shape: Shape, seed: int) -> list[Result]:
     for bus in dict.fromkeys(run.bus for run in runs):
         system_of = memory_system if bus == "memory" else mqtt_system
         with tempfile.TemporaryDirectory(prefix=f"lockstep-bench-{bus}-") as directory:
-            bar.status(f"{bus}: starting services and funding {shape.participants} participants")
+            ballast = f" and opening {shape.ballast:,} more accounts per ledger" if shape.ballast else ""
+            bar.status(f"{bus}: starting services and funding {shape.participants} participants{ballast}")
             async with system_of(Path(directory), shape, seed) as system:
                 for run in (r for r in runs if r.bus == bus):
                     bar.status(f"{bus} {run.kind} {run.path} {run.load.label}")
@@ -137,6 +140,7 @@ def _report(results: list[Result], shape: Shape, command: str, elapsed_s: float)
                            "latency_p50_cross_over_same": round(row["latency_ms_p50"] / same["latency_ms_p50"], 3)})
     return {"command": command, "elapsed_s": round(elapsed_s, 1), "machine": _machine(),
             "shape": {"participants": shape.participants, "accounts_per_participant": shape.accounts_per_participant,
+                      "ballast_accounts_per_ledger": shape.ballast,
                       "isins": shape.isins},
             "results": rows, "ratios": ratios}
 

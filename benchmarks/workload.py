@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Iterable
 
 import attrs
 import trio
@@ -46,6 +47,7 @@ class Shape:
     participants: int = 20
     accounts_per_participant: int = 1
     isins: int = 2
+    ballast: int = 0   # more accounts on each ledger, opened and never used: the flat-cost sweep
 
     def isin_codes(self) -> list[str]:
         return [make_isin(f"XS9{index:08d}") for index in range(self.isins)]
@@ -88,6 +90,8 @@ class Workload:
                     instructions.append((spec.ledger_id, OpenAccount, (spec.operator,),
                                          {"account": account(participant, spec.ledger_id, index), "owner": participant}))
         await self._send_all(instructions)
+        await self._send_all((spec.ledger_id, OpenAccount, (spec.operator,), {"account": f"ballast.{index}", "owner": "treasury"})
+                             for index in range(self.shape.ballast) for spec in LEDGERS)
         instructions = []
         for ledger in ("csd", "unified"):
             for isin in self.shape.isin_codes():
@@ -116,18 +120,20 @@ class Workload:
     def _accounts_count(self) -> int:
         return self.shape.participants * self.shape.accounts_per_participant
 
-    async def _send_all(self, instructions: list) -> None:
-        limit = trio.CapacityLimiter(IN_FLIGHT_SETUP)
+    async def _send_all(self, instructions: Iterable[tuple]) -> None:
+        """Send every instruction, IN_FLIGHT_SETUP at a time, drawn as needed: a million
+        ballast accounts are never all in memory at once."""
+        pending = iter(instructions)
 
-        async def send(ledger: str, cls: type, signers: tuple[str, ...], fields: dict) -> None:
-            async with limit:
+        async def sender() -> None:
+            for ledger, cls, signers, fields in pending:
                 self._count += 1
                 msg = cls(id=f"setup-{self._count}", ledger=ledger, ts_ms=self._clock.now_ms(), **fields)
                 raise_for(await self._clients[ledger].submit(sign(msg, *((p, self.world.keys[p]) for p in signers))))
 
         async with trio.open_nursery() as nursery:
-            for instruction in instructions:
-                nursery.start_soon(send, *instruction)
+            for _ in range(IN_FLIGHT_SETUP):
+                nursery.start_soon(sender)
 
     def settlement(self, kind: str, path: str, run: str) -> bytes:
         """A fresh settlement between two random participants, signed by both."""
