@@ -68,5 +68,5 @@ async def run(config_path: str, broker: str | None = None) -> None:
     except BrokerUnreachable as error:
         raise DaemonError(f"ledger {config.ledger_id}: {error}") from None
     finally:
-        ledger.store.close()
+        ledger.close()   # a checkpoint at the head: the next start reads one entry
     log.info("ledger %s stopped at journal height %d", config.ledger_id, ledger.seq)

@@ -4,19 +4,24 @@ signed reply per request and the journal entries to publish. The trio service ar
 it (`service.py`) only moves bytes between the bus and `process`.
 
 Each batch first refunds every lock at or past its expiry, so that balances reflect an
-expiry the moment a batch runs and a claim in the same batch is judged after it."""
+expiry the moment a batch runs and a claim in the same batch is judged after it.
+
+Before it serves, a ledger checks its journal and state tables. With a checkpoint (signed
+every CHECKPOINT_INTERVAL_ENTRIES entries, at every start and at a clean stop) that costs
+O(state rows + entries since the checkpoint), not O(journal): see docs/PROTOCOL.md §10."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
-
+from typing import Any, Iterator
 
 from protocols import canonical
 from protocols.errors import Code, Rejected
 from protocols.htlc import refund
-from protocols.journal import GENESIS_HASH, ChainBroken, Link, Replay, differences, make_entry, verify_chain
-from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, QueryBalances,
+from protocols.journal import (GENESIS_HASH, ChainBroken, Checkpoint, Link, Replay, StateDigest, Tables,
+                               applied_problems, differences, differences_since, make_entry, state_digest,
+                               verify_chain)
+from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, Entry, QueryBalances,
                                 QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
                                 Result, readable_id)
 from protocols.registry import Registry, Role
@@ -31,6 +36,7 @@ log = logging.getLogger("lockstep.ledger")
 
 JOURNAL_PAGE_MAX = 200
 JOURNAL_PAGE_BYTES_MAX = 512 * 1024   # well under the broker's 1 MiB packet limit
+CHECKPOINT_INTERVAL_ENTRIES = 1_000   # a start after a kill re-reads fewer than this plus one batch (~70 ms)
 
 # Refusals not recorded against the instruction id: the sender had no authority to
 # spend it (so nobody can burn another party's id), or a retry may succeed (stale).
@@ -57,31 +63,81 @@ class Ledger:
         stored_id = store.meta("ledger_id")
         if stored_id not in (None, self.id):
             raise StartRefused(f"{store.path} belongs to ledger {stored_id!r}, not {self.id!r}")
-        self.seq, self.prev_hash = self._verify()
+        checkpoint = store.checkpoint()
+        self.seq, self.prev_hash = self._verify(checkpoint)
+        self._checkpoint_seq = -1 if checkpoint is None else checkpoint.seq
         self._rotate(store.all_keys())
         self._events: list[bytes] = []
         self._begin(now_ms)
 
     # -- start ---------------------------------------------------------------------------
 
-    def _verify(self) -> tuple[int, str]:
-        """Check the hash chain and that the state tables are what the journal says."""
+    def _verify(self, checkpoint: Checkpoint | None) -> tuple[int, str]:
+        """Check the hash chain and that the state tables are what the journal says: from
+        the latest checkpoint when there is one, else (a database older than checkpoints)
+        from entry 0. Returns the next entry's (seq, prev_hash)."""
+        tables = self.store.tables()
+        digest = state_digest(tables)
+        head = self._verify_all(tables) if checkpoint is None else self._verify_since(checkpoint, tables, digest)
+        self.store.follow(digest)
+        return head
+
+    def _verify_all(self, tables: Tables) -> tuple[int, str]:
+        """Replay every entry and hold every state row against the replay."""
         replay = Replay()
         seq, prev_hash = 0, GENESIS_HASH
-        links = (Link(s, h, raw) for s, h, raw in self.store.journal())
-        try:
-            for signed, entry_hash in verify_chain(links, self.id, self._key.public, signatures="last"):
-                try:
-                    replay.apply(signed.msg)
-                except ValueError as error:
-                    raise StartRefused(f"{self.store.path}: journal entry {signed.msg.seq}: {error}") from None
-                seq, prev_hash = signed.msg.seq + 1, entry_hash
-        except ChainBroken as error:
-            raise StartRefused(f"{self.store.path}: {error}") from None
-        problems = replay.conservation_problems() + differences(replay, self.store.tables())
+        for entry, entry_hash in self._entries(0, GENESIS_HASH):
+            self._replay(replay, entry)
+            seq, prev_hash = entry.seq + 1, entry_hash
+        problems = (replay.conservation_problems() + differences(replay, tables)
+                    + applied_problems(tables.applied, replay.applied))
         if problems:
             raise StartRefused(f"{self.store.path}: state does not match the journal: {problems[0]}")
         return seq, prev_hash
+
+    def _verify_since(self, checkpoint: Checkpoint, tables: Tables, digest: StateDigest) -> tuple[int, str]:
+        """Check the checkpoint, the chain from its entry to the head and the tables
+        against both. On a difference, the whole journal is read to name the row."""
+        entries = self._entries(checkpoint.seq, None)
+        first = next(entries, None)
+        where = f"{self.store.path}: the checkpoint at journal entry {checkpoint.seq}"
+        if first is None:
+            raise StartRefused(f"{where} names an entry that is missing")
+        if first[1] != checkpoint.entry_hash:
+            raise StartRefused(f"{where} names hash {checkpoint.entry_hash}, the entry's is {first[1]}")
+        if not checkpoint.signed_by(self.id, self._key.public):
+            raise StartRefused(f"{where} is not signed by this ledger's key")
+        since = Replay(earlier_locks={})
+        seq, prev_hash = checkpoint.seq + 1, checkpoint.entry_hash
+        for entry, entry_hash in entries:
+            self._replay(since, entry)
+            seq, prev_hash = entry.seq + 1, entry_hash
+        problems = differences_since(checkpoint, since, tables, digest) + tables.conservation_problems()
+        if problems:
+            try:
+                self._verify_all(tables)
+            except StartRefused as refused:
+                raise StartRefused(f"{refused} (found from the checkpoint at entry {checkpoint.seq})") from None
+            raise StartRefused(f"{where}: {problems[0]}, though the tables match the whole journal")
+        return seq, prev_hash
+
+    def _entries(self, seq: int, prev_hash: str | None) -> Iterator[tuple[Entry, str]]:
+        """The stored entries from `seq` on, each in place, by this ledger, linked (from
+        `prev_hash`; None: the first taken as it is) and matching its stored hash, the
+        last one's signature checked when the last is read."""
+        links = (Link(s, h, raw) for s, h, raw in self.store.journal(seq))
+        try:
+            for signed, entry_hash in verify_chain(links, self.id, self._key.public, signatures="last",
+                                                   seq=seq, prev_hash=prev_hash):
+                yield signed.msg, entry_hash
+        except ChainBroken as error:
+            raise StartRefused(f"{self.store.path}: {error}") from None
+
+    def _replay(self, replay: Replay, entry: Entry) -> None:
+        try:
+            replay.apply(entry)
+        except ValueError as error:
+            raise StartRefused(f"{self.store.path}: journal entry {entry.seq}: {error}") from None
 
     def _rotate(self, keys: dict[str, str]) -> None:
         """Verify from now on with these parties' new keys (RotateKey)."""
@@ -89,7 +145,8 @@ class Ledger:
             self.registry = self.registry.with_keys({party: load_public_point(key) for party, key in keys.items()})
 
     def _begin(self, now_ms: int) -> None:
-        """First start: record who this ledger is; every start: add new currencies."""
+        """First start: record who this ledger is; every start: add new currencies and
+        checkpoint the head, so that the next start reads from here."""
         with self.store.transaction():
             if self.store.meta("ledger_id") is None:
                 self.store.set_meta("ledger_id", self.id)
@@ -99,6 +156,24 @@ class Ledger:
             if effects:
                 changes.write()
                 self._append(now_ms, "configure", None, effects)
+            self._checkpoint_after(1)
+
+    def close(self) -> None:
+        """Stop cleanly: a checkpoint at the head, so that the next start reads one entry."""
+        with self.store.transaction():
+            self._checkpoint_after(1)
+        self.store.close()
+
+    def _checkpoint_after(self, entries: int) -> None:
+        """Checkpoint the head if at least `entries` entries came after the latest
+        checkpoint. Called inside a transaction, after every write of the entries
+        (their idempotency rows included), so the digest is the head's state."""
+        if self.seq - 1 - self._checkpoint_seq < entries:
+            return
+        assert self.store.digest is not None
+        checkpoint = Checkpoint(self.seq - 1, self.prev_hash, self.store.digest.hexdigest(), self.store.all_keys())
+        self.store.put_checkpoint(checkpoint.signed(self.id, self._key))
+        self._checkpoint_seq = checkpoint.seq
 
     # -- batches -------------------------------------------------------------------------
 
@@ -109,6 +184,7 @@ class Ledger:
         with self.store.transaction():
             self._expire(now_ms)
             replies = [self._handle(payload, now_ms) for payload in payloads]
+            self._checkpoint_after(CHECKPOINT_INTERVAL_ENTRIES)
         events, self._events = self._events, []
         assert self.seq - seq_before == len(events)
         return replies, events
@@ -158,7 +234,7 @@ class Ledger:
             log.info("refused %s %s: %s", msg.TYPE, msg.id, error)
             if error.code in _NOT_RECORDED or error.field.startswith("auth."):
                 return self._refusal(msg.id, error, now_ms)
-            receipt = self._refusal(msg.id, error, now_ms)
+            receipt, seq = self._refusal(msg.id, error, now_ms), None
         else:
             changes.write()
             effects = changes.effects()
@@ -166,7 +242,7 @@ class Ledger:
             seq, entry_hash = self._append(now_ms, msg.TYPE, signed.wire(), effects)
             log.info("applied %s %s as entry %d", msg.TYPE, msg.id, seq)
             receipt = self._sign(Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash))
-        self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), receipt)
+        self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), receipt, seq)
         return receipt
 
     def _append(self, now_ms: int, kind: str, instruction: dict | None, effects: dict) -> tuple[int, str]:

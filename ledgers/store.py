@@ -3,7 +3,12 @@ commit is on disk before anyone is told about it.
 
 The schema is made and migrated with sqlite-utils; the hot path uses prepared `sqlite3`
 statements. Writes happen only inside `transaction()`, which the service opens once per
-batch (group commit)."""
+batch (group commit).
+
+Every write of a balance, account, asset or lock row, or of an applied instruction's
+idempotency row, also updates the state digest (`protocols.journal.StateDigest`), which
+the ledger's checkpoints sign: so a checkpoint costs no scan of the tables, and a start
+digests them once."""
 
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import attrs
 import sqlite_utils
 
 from protocols.htlc import HeldLock, LockState
-from protocols.journal import Tables
+from protocols.journal import (Checkpoint, StateDigest, Tables, account_row, asset_row, balance_row, instruction_row,
+                               lock_row)
 
-SCHEMA_VERSION = 2   # 2: rotated keys
+SCHEMA_VERSION = 3   # 2: rotated keys; 3: checkpoints, and the entry that applied each instruction
 
 
 @attrs.frozen
@@ -50,6 +56,7 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
         self._in_transaction = False
+        self.digest: StateDigest | None = None   # set by `follow` when the ledger has checked the tables at start
 
     def close(self) -> None:
         assert not self._in_transaction, "closing the store inside a transaction"
@@ -61,10 +68,14 @@ class Store:
         assert version <= SCHEMA_VERSION, f"{self.path}: schema {version} is newer than this code ({SCHEMA_VERSION})"
         if version == SCHEMA_VERSION:
             return
-        with self._db:
+        with self._db:   # commits, or on an error rolls back, the transaction begun here: all steps or none
+            self._db.execute("BEGIN IMMEDIATE")
             if version < 1:
                 self._create_v1(db)
-            db["keys"].create({"party": str, "public_key": str}, pk="party")
+            if version < 2:
+                db["keys"].create({"party": str, "public_key": str}, pk="party")
+            if version < 3:
+                self._add_v3(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
@@ -82,16 +93,36 @@ class Store:
         db["instructions"].create({"id": str, "digest": bytes, "body": str, "receipt": bytes}, pk="id")
         db["journal"].create({"seq": int, "hash": str, "entry": bytes}, pk="seq")
 
+    def follow(self, digest: StateDigest) -> None:
+        """Keep `digest`, the state tables' digest as checked at start, through every write."""
+        assert self.digest is None, "the digest is followed from the start check only"
+        self.digest = digest
+
+    @staticmethod
+    def _add_v3(db: sqlite_utils.Database) -> None:
+        """The checkpoints table (at most one row: the latest), and in `instructions` the
+        seq of the entry that applied each (NULL: refused), read from the journal as it
+        stands: the start that follows checks the whole journal and these seqs with it."""
+        db["checkpoints"].create({"seq": int, "entry_hash": str, "state_digest": str, "keys": str,
+                                  "signature": bytes}, pk="seq")
+        db.execute("ALTER TABLE instructions ADD COLUMN seq INTEGER")
+        db.execute("UPDATE instructions SET seq = applied.seq FROM "
+                   "(SELECT seq, json_extract(CAST(entry AS TEXT), '$.instruction.id') AS id FROM journal "
+                   " WHERE json_valid(CAST(entry AS TEXT))) AS applied WHERE applied.id = instructions.id")
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One batch: everything inside commits together, or nothing does."""
         assert not self._in_transaction
+        digest_before = None if self.digest is None else self.digest.value
         self._db.execute("BEGIN IMMEDIATE")
         self._in_transaction = True
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
+            if self.digest is not None:
+                self.digest.value = digest_before
             raise
         else:
             self._db.execute("COMMIT")
@@ -176,7 +207,8 @@ class Store:
         """Every state row, to hold against a replay of the journal at start."""
         assets = {a.code: ((a.kind, a.issuer, a.minor_units, a.reference), [a.issued, a.redeemed]) for a in self.assets()}
         return Tables(self.all_balances(), self.all_accounts(), assets, {lock.lock_id: lock for lock in self.all_locks()},
-                      self.all_keys(), {row[0] for row in self._db.execute("SELECT id FROM instructions")})
+                      self.all_keys(), {row[0] for row in self._db.execute("SELECT id FROM instructions")},
+                      dict(self._db.execute("SELECT id, seq FROM instructions WHERE seq IS NOT NULL")))
 
     def head(self) -> tuple[int, str] | None:
         """(seq, hash) of the last journal entry."""
@@ -186,43 +218,75 @@ class Store:
         return self._db.execute("SELECT seq, hash, entry FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?",
                                 (from_seq, limit)).fetchall()
 
+    def checkpoint(self) -> Checkpoint | None:
+        """The latest checkpoint, as stored (its signature is the reader's to check)."""
+        row = self._db.execute("SELECT seq, entry_hash, state_digest, keys, signature FROM checkpoints "
+                               "ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        seq, entry_hash, digest, keys, signature = row
+        return Checkpoint(seq, entry_hash, digest, json.loads(keys), bytes(signature))
+
     # -- writes (inside a transaction) ------------------------------------------------
 
     def _write(self, sql: str, params: tuple) -> None:
         assert self._in_transaction, "write outside a transaction"
         self._db.execute(sql, params)
 
+    def _digest_row(self, old: list | None, new: list | None) -> None:
+        assert self.digest is not None, "a state row written before the start check followed the digest"
+        self.digest.replace(old, new)
+
     def set_meta(self, key: str, value: str) -> None:
         self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def put_account(self, account: str, owner: str) -> None:
         self._write("INSERT INTO accounts (account, owner) VALUES (?, ?)", (account, owner))
+        self._digest_row(None, account_row(account, owner))
 
     def put_key(self, party: str, public_key: str) -> None:
         self._write("INSERT OR REPLACE INTO keys (party, public_key) VALUES (?, ?)", (party, public_key))
 
     def put_asset(self, asset: Asset) -> None:
+        old = self.asset(asset.code)
         self._write("INSERT OR REPLACE INTO assets (code, kind, issuer, minor_units, reference, issued, redeemed) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (asset.code, asset.kind, asset.issuer, asset.minor_units,
                      json.dumps(asset.reference, sort_keys=True), asset.issued, asset.redeemed))
+        self._digest_row(None if old is None else _asset_row(old), _asset_row(asset))
 
     def set_balance(self, account: str, asset: str, available: int, locked: int) -> None:
         assert available >= 0 and locked >= 0, f"negative balance {account}/{asset}: {available}, {locked}"
+        old = self.balance(account, asset)
         self._write("INSERT OR REPLACE INTO balances (account, asset, available, locked) VALUES (?, ?, ?, ?)",
                     (account, asset, available, locked))
+        self._digest_row(balance_row(account, asset, *old), balance_row(account, asset, available, locked))
 
     def put_lock(self, lock: HeldLock) -> None:
+        old = self.lock(lock.lock_id)
         self._write(f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (lock.lock_id, lock.owner_account, lock.beneficiary_account, lock.asset, lock.amount,
                      lock.hashlock, lock.expiry_ms, json.dumps(list(lock.abort_by)), lock.state.value))
+        self._digest_row(None if old is None else lock_row(old), lock_row(lock))
 
-    def put_instruction(self, instruction_id: str, digest: bytes, body: str, receipt: bytes) -> None:
-        self._write("INSERT INTO instructions (id, digest, body, receipt) VALUES (?, ?, ?, ?)",
-                    (instruction_id, digest, body, receipt))
+    def put_instruction(self, instruction_id: str, digest: bytes, body: str, receipt: bytes,
+                        seq: int | None) -> None:
+        """`seq`: the entry that applied it; None for a refusal recorded against its id."""
+        self._write("INSERT INTO instructions (id, digest, body, receipt, seq) VALUES (?, ?, ?, ?, ?)",
+                    (instruction_id, digest, body, receipt, seq))
+        if seq is not None:
+            self._digest_row(None, instruction_row(instruction_id, seq))
 
     def append_entry(self, seq: int, entry_hash: str, entry: bytes) -> None:
         self._write("INSERT INTO journal (seq, hash, entry) VALUES (?, ?, ?)", (seq, entry_hash, entry))
+
+    def put_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Replace the checkpoint: only the latest is ever read."""
+        self._write("DELETE FROM checkpoints", ())
+        self._write("INSERT INTO checkpoints (seq, entry_hash, state_digest, keys, signature) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (checkpoint.seq, checkpoint.entry_hash, checkpoint.state_digest,
+                     json.dumps(checkpoint.keys, sort_keys=True), checkpoint.signature))
 
 
 _LOCK_COLUMNS = "lock_id, owner_account, beneficiary_account, asset, amount, hashlock, expiry_ms, abort_by, state"
@@ -232,6 +296,11 @@ def _lock(row: tuple) -> HeldLock:
     lock_id, owner, beneficiary, asset, amount, hashlock, expiry_ms, abort_by, state = row
     return HeldLock(lock_id, owner, beneficiary, asset, amount, bytes(hashlock), expiry_ms,
                     tuple(json.loads(abort_by)), LockState(state))
+
+
+def _asset_row(asset: Asset) -> list:
+    return asset_row(asset.code, (asset.kind, asset.issuer, asset.minor_units, asset.reference),
+                     (asset.issued, asset.redeemed))
 
 
 def _asset(row: tuple) -> Asset:
