@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from typing import Any
 
 from .errors import Code, Rejected
@@ -51,13 +52,23 @@ class _Refused:
         self.reason = reason
 
 
-_suspects: list[_Refused] = []  # what the hooks refused during the current parse
+_parse = threading.local()   # .suspects: what the hooks refused during this thread's current parse
 
 
 def _refused(code: Code, reason: str) -> _Refused:
     refused = _Refused(code, reason)
-    _suspects.append(refused)
+    _parse.suspects.append(refused)
     return refused
+
+
+def member_path(path: str, key: str) -> str:
+    """How a refusal names member `key` of the value at `path` ("$" is the message):
+    `amount`, `legs[1].amount`; a key that is empty or could be read as a path is
+    quoted, `[""]`, `a["x.y"]`, so that the field named is never empty nor another."""
+    plain = key and not any(mark in key for mark in '.[]"')
+    if path == "$":
+        return key if plain else f"[{json.dumps(key)}]"
+    return f"{path}.{key}" if plain else f"{path}[{json.dumps(key)}]"
 
 
 def _refuse_float(text: str) -> _Refused:
@@ -100,7 +111,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise Rejected(Code.MALFORMED, key, "field appears more than once")
+                raise Rejected(Code.MALFORMED, member_path("$", key), "field appears more than once")
             seen.add(key)
     return result
 
@@ -122,7 +133,7 @@ def decode(raw: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise Rejected(Code.MALFORMED, "$", f"not UTF-8 at byte {error.start}") from None
-    _suspects.clear()
+    _parse.suspects = []
     try:
         value = _decoder.decode(text)
     except json.JSONDecodeError as error:
@@ -131,7 +142,7 @@ def decode(raw: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> Any:
         raise Rejected(Code.MALFORMED, "$", f"nested deeper than {DEPTH_MAX} levels") from None
     if isinstance(value, (dict, list)) and _nesting(value, text) > DEPTH_MAX:
         raise Rejected(Code.MALFORMED, "$", f"nested deeper than {DEPTH_MAX} levels")
-    if _suspects or ("\\u" in text and _SURROGATE_ESCAPE.search(text)):
+    if _parse.suspects or ("\\u" in text and _SURROGATE_ESCAPE.search(text)):
         _check_values(value, "$")
     return value
 
@@ -171,7 +182,7 @@ def _check_values(value: Any, path: str) -> None:
             raise Rejected(Code.MALFORMED, path, "holds a lone surrogate; strings must be Unicode")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_values(item, key if path == "$" else f"{path}.{key}")
+            _check_values(item, member_path(path, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_values(item, f"{path}[{index}]")

@@ -17,7 +17,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import PROTOCOL_VERSION
-from .canonical import INT_MAX, decode
+from .canonical import INT_MAX, decode, member_path
 from .errors import Code, Rejected
 from .identifiers import currency_problem, isin_problem
 
@@ -519,7 +519,7 @@ def from_body(body: Any, *, allowed: tuple[type, ...] | None = None) -> Body:
     names = {a.name for a in fields}
     extra = sorted(set(body) - names - {"v", "type"})
     if extra:
-        raise Rejected(Code.MALFORMED, extra[0], f"field not part of {type_name}")
+        raise Rejected(Code.MALFORMED, member_path("$", extra[0]), f"field not part of {type_name}")
     values = {}
     for attribute in fields:
         if attribute.name not in body:

@@ -56,3 +56,14 @@ async def test_receive_waits_for_a_request():
         await trio.testing.wait_all_tasks_blocked()
         waiting.offer(request("b"))
     assert got[0].client == "b" and waiting.waiting("b") == 0
+
+
+async def test_a_client_may_have_only_so_many_bytes_waiting_and_the_queue_as_a_whole_too():
+    waiting = Waiting(total_max=100, per_client_max=100, total_bytes_max=3_000, per_client_bytes_max=1_000)
+    big = [Request(b"x" * 400, _no_reply, "big") for _ in range(3)]
+    assert [waiting.offer(r) for r in big] == [True, True, False]     # 800 bytes waiting; 1,200 would pass its share
+    assert waiting.offer(Request(b"y" * 900, _no_reply, "other"))      # another client's share is its own
+    assert waiting.offer(Request(b"z" * 900, _no_reply, "third"))
+    assert not waiting.offer(Request(b"w" * 900, _no_reply, "fourth"))  # 3,500 bytes in all: over the whole queue's
+    waiting.receive_nowait()
+    assert waiting.offer(Request(b"x" * 400, _no_reply, "big"))        # served, its bytes are free again

@@ -2,9 +2,10 @@
 
 A broker delivers every request for a service to its one server; if one client floods
 it, a plain queue fills with that client's requests and everyone else's are dropped.
-Here each client may have at most `per_client_max` requests waiting: the rest of *its*
-requests are dropped (it times out and sends again, as after any loss), and the others'
-still get in. The whole queue is bounded too, so memory is bounded whatever arrives."""
+Here each client may have at most `per_client_max` requests, and `per_client_bytes_max`
+bytes, waiting: the rest of *its* requests are dropped (it times out and sends again, as
+after any loss), and the others' still get in. The whole queue is bounded too, in
+requests and in bytes, so memory is bounded whatever arrives, large requests included."""
 
 from __future__ import annotations
 
@@ -19,17 +20,26 @@ class Waiting:
     """What `Bus.serve` yields: `receive`, `receive_nowait` and `async for`, as a trio
     receive channel, over requests offered by the bus with `offer`."""
 
-    def __init__(self, total_max: int, per_client_max: int) -> None:
+    def __init__(self, total_max: int, per_client_max: int, *, total_bytes_max: int = 256 << 20,
+                 per_client_bytes_max: int = 8 << 20) -> None:
         assert 0 < per_client_max <= total_max, (per_client_max, total_max)
+        assert 0 < per_client_bytes_max <= total_bytes_max, (per_client_bytes_max, total_bytes_max)
         self.per_client_max = per_client_max
+        self.per_client_bytes_max = per_client_bytes_max
+        self.total_bytes_max = total_bytes_max
         self._send, self._receive = trio.open_memory_channel[Request](total_max)
         self._by_client: Counter[str] = Counter()
+        self._bytes_by_client: Counter[str] = Counter()
+        self._bytes = 0
         self.dropped: Counter[str] = Counter()   # by client: over its share, or the queue full
 
     def offer(self, request: Request) -> bool:
         """Queue a request unless its client already has its share waiting, or the
         queue is full; never blocks (the bus's reader must not wait on a server)."""
-        if self._by_client[request.client] >= self.per_client_max:
+        size = len(request.payload)
+        if self._by_client[request.client] >= self.per_client_max or \
+                self._bytes_by_client[request.client] + size > self.per_client_bytes_max or \
+                self._bytes + size > self.total_bytes_max:
             self.dropped[request.client] += 1
             return False
         try:
@@ -38,6 +48,8 @@ class Waiting:
             self.dropped[request.client] += 1
             return False
         self._by_client[request.client] += 1
+        self._bytes_by_client[request.client] += size
+        self._bytes += size
         return True
 
     def waiting(self, client: str) -> int:
@@ -62,9 +74,12 @@ class Waiting:
         self._send.close()
 
     def _taken(self, request: Request) -> Request:
-        left = self._by_client[request.client] - 1
-        if left:
-            self._by_client[request.client] = left
-        else:
-            del self._by_client[request.client]
+        size = len(request.payload)
+        self._bytes -= size
+        for counts, taken in ((self._by_client, 1), (self._bytes_by_client, size)):
+            left = counts[request.client] - taken
+            if left:
+                counts[request.client] = left
+            else:
+                del counts[request.client]
         return request
