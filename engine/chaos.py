@@ -9,10 +9,11 @@ coordinator with its own database, key and clock); faults come from a seeded gen
     kill-coordinator   the coordinator stops dead and restarts from its journal
     kill-ledger        a ledger stops dead (its database as it was) and restarts
     skew        every ledger's clock is off by up to half the allowed skew, each its own way
-    partition   one ledger cannot be reached for a while, though it runs (and refunds)
+    partition   one ledger cannot be reached for a while, though it runs (and refunds);
+                cut at the worst moment: as a second leg's claim is sent to it
 
-Outages (kills, partitions) last less than the safety margin Δ unless `long_outages`,
-which makes them outlast it: the case hashed time-locks cannot protect, which the audit
+Outages (kills, partitions) last less than the safety margin Δ, restarts included, unless
+`long_outages`, which makes each last three to four times Δ: the case hashed time-locks cannot protect, which the audit
 and a live observer must then report. Every outage is timed, so each one-legged
 settlement comes with its explanation: how long, between the claim of one leg and the
 expiry of the other, the other leg's ledger was out of every claimant's reach. Process-level kills and a broker restart are exercised by the service
@@ -44,7 +45,8 @@ from .local import LEDGERS, Local, dvp_legs, standard_world
 from .observer import Observer
 
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
-CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)
+CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=3_000, clock_skew_ms_max=1_000)   # Δ = 4 s
+OUTAGE_S_MAX = 0.8          # a kill's or partition's pause: the restart after it must fit in the rest of Δ
 MESSAGE_FAULTS = {
     "drop": dict(drop_request=0.05, drop_reply=0.05),
     "duplicate": dict(duplicate=0.2),
@@ -53,7 +55,7 @@ MESSAGE_FAULTS = {
 CONCURRENCY = 16
 PAUSE_S_MAX = 1.0           # between two kills or partitions
 SETTLE_WAIT_S = 60.0        # after the run, for every settlement to end
-BACK_OFFICE_TIMEOUT_S = 2.0  # then the same settlement again: a restarted coordinator may not have heard it
+BACK_OFFICE_TIMEOUT_S = 1.0  # then the same settlement again: a restarted coordinator may not have heard it
 OBSERVER_WAIT_S = 5.0        # after the audit, for the observer to have alerted what the audit found
 
 
@@ -74,19 +76,33 @@ class Outcome:
     report: Report | None = None
     outages: list[Outage] = attrs.field(factory=list)
     explanations: list[OneLegged | str] = attrs.field(factory=list)   # one per one-legged settlement
+    down: dict[tuple[str, str], int] = attrs.field(factory=dict)   # outages going on: (fault, whom) -> since (ms)
     unalerted: list[str] = attrs.field(factory=list)      # one-legged settlements the observer missed
+
+    def went_down(self, fault: str, whom: str, now_ms: int) -> None:
+        self.down[(fault, whom)] = now_ms
+
+    def came_back(self, fault: str, whom: str, now_ms: int) -> None:
+        self.outages.append(Outage(whom, self.down.pop((fault, whom)), now_ms))
+
+    def over(self, margin_ms: int) -> int:
+        """Outages, restarts included, that lasted Δ or more: outside what the time-locks cover."""
+        return sum(1 for outage in self.outages if outage.end_ms - outage.start_ms >= margin_ms)
 
     def table(self) -> str:
         report = self.report
         assert report is not None
         kinds = Counter(violation.kind.value for violation in report.violations)
+        longest = max((o.end_ms - o.start_ms for o in self.outages), default=0)
         rows = [("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items())) or "none"),
                 ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items()))),
                 ("atomicity violations", str(kinds.get("one_legged", 0))),
                 ("value created or lost", str(kinds.get("conservation", 0) + kinds.get("replay", 0))),
                 ("locks left past expiry", str(kinds.get("lock_overdue", 0))),
                 ("journals broken or forged", str(kinds.get("journal", 0) + kinds.get("forged", 0) + kinds.get("state", 0))),
-                ("one-legged not alerted live", str(len(self.unalerted)))]
+                ("one-legged not alerted live", str(len(self.unalerted))),
+                (f"outages of Δ ({CHAOS_TIMING.margin_ms} ms) or more", f"{self.over(CHAOS_TIMING.margin_ms)} "
+                                                                        f"(longest {longest} ms)")]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
@@ -107,7 +123,9 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
     message_faults = Faults(**{k: v for fault in faults for k, v in MESSAGE_FAULTS.get(fault, {}).items()})
     faulty = FaultyBus(bus, message_faults, seed,  # the coordinator's view of the bus
                        applies=lambda service, payload: service.startswith("ledger."))
-    outage_s = (CHAOS_TIMING.margin_ms * (3 if long_outages else 0.4)) / 1000
+    margin_s = CHAOS_TIMING.margin_ms / 1000
+    # long: past any leg's expiry (lock wait + claim deadline + skew + Δ after its lock), so a cut at the worst moment tells
+    outage_s = (3 * margin_s, 4 * margin_s) if long_outages else (0, OUTAGE_S_MAX)   # a pause drawn from this range
 
     async with trio.open_nursery() as nursery:
         local = Local(world, bus, nursery, offload=offload)
@@ -139,10 +157,10 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
                 await trio.sleep(pause("kill-coordinator"))
                 state["scope"].cancel()
                 outcome.faults["kill-coordinator"] += 1
-                start_ms = local.clock.now_ms()
-                await trio.sleep(chance.uniform(0, outage_s))
+                outcome.went_down("kill-coordinator", "coordinator", local.clock.now_ms())
+                await trio.sleep(chance.uniform(*outage_s))
                 state["coordinator"], state["scope"] = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
-                outcome.outages.append(Outage("coordinator", start_ms, local.clock.now_ms()))
+                outcome.came_back("kill-coordinator", "coordinator", local.clock.now_ms())
 
         async def kill_ledger() -> None:
             while True:
@@ -150,25 +168,32 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
                 ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
                 local.stop_ledger(ledger)
                 outcome.faults["kill-ledger"] += 1
-                start_ms = local.clock.now_ms()
-                await trio.sleep(chance.uniform(0, outage_s))
+                outcome.went_down("kill-ledger", ledger, local.clock.now_ms())
+                await trio.sleep(chance.uniform(*outage_s))
                 await local.start_ledger(ledger, skew_ms=skews[ledger])
-                outcome.outages.append(Outage(ledger, start_ms, local.clock.now_ms()))
+                outcome.came_back("kill-ledger", ledger, local.clock.now_ms())
 
         async def partition() -> None:
             while True:
                 await trio.sleep(pause("partition"))
-                ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
+                tripped = trio.Event()   # whichever ledger is first sent a second leg's claim
+                for spec in LEDGERS:
+                    faulty.trip(service_of_ledger(spec.ledger_id), _claims_second_leg, tripped)
+                with trio.move_on_after(PAUSE_S_MAX):   # else one is cut now, at no moment in particular
+                    await tripped.wait()
+                faulty.trips.clear()
+                ledger = next((spec.ledger_id for spec in LEDGERS if service_of_ledger(spec.ledger_id) in faulty.cut),
+                              None) or chance.choice([spec.ledger_id for spec in LEDGERS])
                 faulty.cut.add(service_of_ledger(ledger))
                 outcome.faults["partition"] += 1
-                start_ms = local.clock.now_ms()
-                await trio.sleep(chance.uniform(0, outage_s))
+                outcome.went_down("partition", ledger, local.clock.now_ms())
+                await trio.sleep(chance.uniform(*outage_s))
                 faulty.cut.discard(service_of_ledger(ledger))
-                outcome.outages.append(Outage(ledger, start_ms, local.clock.now_ms()))
+                outcome.came_back("partition", ledger, local.clock.now_ms())
 
         async def back_office() -> None:
             while True:
-                raw = local.settlement(*_draw(chance))
+                raw = local.settlement(*draw(chance))
                 while True:  # the same bytes until the coordinator answers with a final status
                     reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
                     if reply is not None:
@@ -192,12 +217,15 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
             outcome.faults[kind] += count
         # faults off: let every settlement the coordinator holds reach its end
         message_faults.drop_request = message_faults.drop_reply = message_faults.duplicate = message_faults.delay = 0
+        faulty.trips.clear()   # a wire still armed would cut a ledger after the run, unrecorded
         faulty.cut.clear()
         for spec in LEDGERS:
             if spec.ledger_id not in local.services:
                 await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
         if state["scope"].cancel_called:
             state["coordinator"], state["scope"] = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
+        for fault, whom in list(outcome.down):   # cut short by the end of the run
+            outcome.came_back(fault, whom, local.clock.now_ms())
         with trio.fail_after(SETTLE_WAIT_S):
             while state["coordinator"].in_flight:
                 await trio.sleep(0.1)
@@ -208,14 +236,19 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
         by_ledger = {journal.ledger: journal for journal in journals}
         outcome.explanations = [explain(violation, by_ledger, outcome.outages, skews) for violation in one_legged]
         with trio.move_on_after(OBSERVER_WAIT_S):
-            while unalerted := _unalerted(one_legged, observer):
+            while missed := not_alerted(one_legged, observer):
                 await trio.sleep(0.1)
-        outcome.unalerted = sorted(unalerted)
+        outcome.unalerted = sorted(missed)
         nursery.cancel_scope.cancel()
     return outcome
 
 
-def _unalerted(one_legged: list[Violation], observer: Observer) -> set[str]:
+def _claims_second_leg(payload: bytes) -> bool:
+    """A claim of a settlement's leg 1: the secret is out on leg 0's ledger already."""
+    return b'"type":"claim"' in payload and b':1:c' in payload
+
+
+def not_alerted(one_legged: list[Violation], observer: Observer) -> set[str]:
     alerted = {alert.settlement for alert in observer.alerts if alert.kind is Kind.ONE_LEGGED}
     return {violation.settlement for violation in one_legged} - alerted
 
@@ -272,7 +305,7 @@ def _covered(outages: list[Outage], start_ms: int, end_ms: int) -> int:
     return covered
 
 
-def _draw(chance: random.Random):
+def draw(chance: random.Random):
     """A settlement: cross or same ledger, DvP or PvP, small amounts."""
     kind = chance.choice(("dvp", "pvp"))
     cross = chance.random() < 0.75

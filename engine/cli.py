@@ -7,12 +7,16 @@
     lockstep status ID --config FILE     a settlement's phase and steps, from the coordinator
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
     lockstep bench [--quick]             cross-ledger against same-ledger settlement, one run
-    lockstep chaos --seconds N --seed S [--faults LIST]   the workload under faults, then the audit
+    lockstep chaos --seconds N --seed S [--bus memory|mqtt] [--faults LIST] [--settlements N]
+                                         the workload under faults, then the audit
     lockstep conformance --broker URL --ledger ID --keys DIR
                                          check any ledger service against PROTOCOL.md
     lockstep audit --registry FILE (--db FILE ... | --broker URL --ledger ID ...)
                                          verify every journal, check every settlement across ledgers
     lockstep observer --config FILE      follow every ledger's journal live; ALERT on any violation
+    lockstep rotate-key --broker URL --registry FILE --ledger ID --operator ID --operator-key FILE
+                        --party ID --public-key FILE
+                                         a ledger's operator registers a participant's new key there
 """
 
 from __future__ import annotations
@@ -39,7 +43,13 @@ def _broker(args: argparse.Namespace) -> int:
     """Write the config, then become Mosquitto, so that signals reach the broker itself."""
     import os
     from engine.broker import Broker, mosquitto_path
-    broker = Broker(args.dir or tempfile.mkdtemp(prefix="lockstep-broker-"), port=args.port, host=args.host)
+    try:
+        broker = Broker(args.dir or tempfile.mkdtemp(prefix="lockstep-broker-"), port=args.port, host=args.host,
+                        password_file=args.password_file, acl_file=args.acl_file,
+                        certfile=args.certfile, keyfile=args.keyfile)
+    except ValueError as error:
+        print(f"lockstep broker: {error}", file=sys.stderr)
+        return 2
     print(f"mosquitto on {broker.url} (config {broker.config_path})", flush=True)
     os.execv(mosquitto_path(), ["mosquitto", "-c", str(broker.config_path)])
 
@@ -76,15 +86,28 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from engine import chaos
+    """In this process on the memory bus, or with every service a process on Mosquitto."""
+    from engine import chaos, chaos_processes
     logging.getLogger().setLevel(logging.ERROR)
-    faults = tuple(fault for fault in args.faults.split(",") if fault)
-    return chaos.main(args.seconds, args.seed, faults, args.long_outages)
+    mode = chaos_processes if args.bus == "mqtt" else chaos
+    listed = ",".join(mode.FAULTS) if args.faults is None else args.faults
+    faults = tuple(fault for fault in listed.split(",") if fault)
+    return mode.main(args.seconds, args.seed, faults, args.long_outages, args.settlements)
 
 
 def _conformance(args: argparse.Namespace) -> int:
     from engine.conformance import main
     return trio.run(main, args.broker, args.ledger, args.keys)
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    from engine import daemon, rotate_key
+    try:
+        return trio.run(rotate_key.main, args.broker, args.registry, args.ledger, args.operator, args.operator_key,
+                        args.party, args.public_key)
+    except daemon.DaemonError as error:
+        print(f"lockstep rotate-key: {error}")
+        return 2
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -133,6 +156,10 @@ def parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=1883)
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--dir", help="where to write its config (default: a temporary folder)")
+    broker.add_argument("--password-file", help="secured: Mosquitto's password file (mosquitto_passwd); needs --acl-file")
+    broker.add_argument("--acl-file", help="secured: the ACL file (docs/DEPLOY.md); needs --password-file")
+    broker.add_argument("--certfile", help="TLS: the broker's certificate (PEM); needs --keyfile")
+    broker.add_argument("--keyfile", help="TLS: the certificate's private key (PEM)")
     broker.set_defaults(run=_broker)
 
     bench = commands.add_parser("bench", help="cross-ledger against same-ledger settlement, measured in one run")
@@ -143,9 +170,14 @@ def parser() -> argparse.ArgumentParser:
     chaos = commands.add_parser("chaos", help="a DvP and PvP workload under faults, then the audit")
     chaos.add_argument("--seconds", type=float, default=30.0)
     chaos.add_argument("--seed", type=int, default=1)
-    chaos.add_argument("--faults", default="drop,duplicate,delay,kill-coordinator,kill-ledger,skew,partition",
-                       help="comma-separated: drop, duplicate, delay, kill-coordinator, kill-ledger, skew, partition")
+    chaos.add_argument("--bus", choices=["memory", "mqtt"], default="memory",
+                       help="memory: the whole world in this process, kills by cancellation (default); "
+                            "mqtt: Mosquitto and every service its own process, kills by SIGKILL")
+    chaos.add_argument("--faults", help="comma-separated; with --bus memory: drop, duplicate, delay, kill-coordinator, "
+                                        "kill-ledger, skew, partition; with --bus mqtt: kill-coordinator, kill-ledger, "
+                                        "broker-restart (default: all of the mode's)")
     chaos.add_argument("--long-outages", action="store_true", help="outages longer than the safety margin Δ")
+    chaos.add_argument("--settlements", type=int, help="stop once this many settlements have ended (or at --seconds)")
     chaos.set_defaults(run=_chaos)
 
     conformance = commands.add_parser("conformance", help="check a ledger service against docs/PROTOCOL.md")
@@ -153,6 +185,16 @@ def parser() -> argparse.ArgumentParser:
     conformance.add_argument("--ledger", required=True, help="the ledger id to check")
     conformance.add_argument("--keys", required=True, help="a folder with registry.toml and keys/<party>.pem")
     conformance.set_defaults(run=_conformance)
+
+    rotate = commands.add_parser("rotate-key", help="a ledger's operator registers a participant's new key there")
+    rotate.add_argument("--broker", required=True, help="broker URL, such as mqtt://127.0.0.1:1883")
+    rotate.add_argument("--registry", required=True, help="the consortium's registry.toml")
+    rotate.add_argument("--ledger", required=True, help="the ledger on which the key changes")
+    rotate.add_argument("--operator", required=True, help="that ledger's operator (who signs)")
+    rotate.add_argument("--operator-key", required=True, help="the operator's private key (PEM, mode 600)")
+    rotate.add_argument("--party", required=True, help="the participant whose key changes")
+    rotate.add_argument("--public-key", required=True, help="its new public key (PEM)")
+    rotate.set_defaults(run=_rotate_key)
 
     audit = commands.add_parser("audit", help="verify every ledger's journal and every settlement across ledgers")
     audit.add_argument("--registry", required=True, help="the consortium's registry.toml, with the ledgers' keys")

@@ -19,6 +19,7 @@ async def test_a_workload_under_each_fault_class_ends_clean(tmp_path, fault):
     assert set(outcome.phases) <= {"settled", "rolled_back", "failed"}, outcome.phases
     assert outcome.phases["settled"] > 0
     assert sum(outcome.faults.values()) > 0, f"no {fault} fault was injected"
+    assert outcome.over(CHAOS_TIMING.margin_ms) == 0, outcome.table()   # restarts included, each under Δ
     assert sum(report.settlements.values()) > 0 and report.settles > 0  # cross and same ledger both ran
 
 

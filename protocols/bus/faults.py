@@ -7,7 +7,9 @@ sends and hears; the services behind it are untouched.
   and must retry, which idempotency makes safe;
 - a *duplicate* request reaches the service twice;
 - a *delay* holds a request back, so requests overtake one another (reordering);
-- a service in `cut` cannot be reached at all (a partition), for as long as it is there."""
+- a service in `cut` cannot be reached at all (a partition), for as long as it is there;
+- a service with a *trip wire* is cut the moment a request to it matches (a partition
+  at the worst moment: say, just as the secret is sent to the second leg's ledger)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class FaultyBus:
         self._random = random.Random(seed)
         self.injected: Counter[str] = Counter()
         self.cut: set[str] = set()
+        self.trips: dict[str, tuple[Callable[[bytes], bool], trio.Event]] = {}   # service -> (wire, set when tripped)
 
     def _roll(self, probability: float, kind: str) -> bool:
         if probability and self._random.random() < probability:
@@ -46,7 +49,19 @@ class FaultyBus:
             return True
         return False
 
+    def trip(self, service: str, wire: Callable[[bytes], bool], tripped: trio.Event) -> None:
+        """Cut `service` at the first request to it that `wire` matches (that request
+        lost too), and set `tripped`. Of wires armed with one event, only the first trips."""
+        self.trips[service] = (wire, tripped)
+
     async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
+        armed = self.trips.get(service)
+        if armed is not None and armed[0](payload):
+            for other, (_, tripped) in list(self.trips.items()):   # wires sharing its event: one cut only
+                if tripped is armed[1]:
+                    del self.trips[other]
+            self.cut.add(service)
+            armed[1].set()
         if service in self.cut:
             await trio.sleep(timeout_s)
             raise BusTimeout(f"{service} is cut off")

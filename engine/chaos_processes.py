@@ -1,0 +1,364 @@
+"""`lockstep chaos --bus mqtt`: the chaos workload with every service a real process.
+
+Mosquitto (engine.broker), each ledger of the standard world (`lockstep ledger`) and the
+coordinator (`lockstep coordinator`, PROCESS_TIMING in its config) run as processes of
+their own. This process is the back offices and the supervisor: it sends the workload
+of engine.chaos over MQTT (the same signed bytes again until a final status) and, each
+fault class from its own seeded generator, strikes:
+
+    kill-coordinator   SIGKILL the coordinator; start it again after a pause
+    kill-ledger        SIGKILL a ledger chosen at random; start it again after a pause
+    broker-restart     SIGKILL Mosquitto; start it again on the same port after a pause
+
+Each outage is timed from the kill until the service answers again, its start-up
+included (for the broker: until every service answers through it again); unless
+`long_outages` it is meant to stay under Δ: the pause is at most 0.3 Δ, the start-up
+must fit in the rest (a ledger's grows with its journal, which it replays before it
+serves), and a broker restart never overlaps a service's outage (`Outages`), since a
+service cannot start while the broker is down. `Restarts` shows whether they did.
+After the run: faults off, everything up again, every settlement final, every
+abandoned lock expired and refunded by its ledger; then the audit, over the bus. As in
+engine.chaos, a live observer follows every ledger throughout and must have alerted
+each one-legged settlement, and the timed outages explain each."""
+
+from __future__ import annotations
+
+import functools
+import random
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import attrs
+import trio
+
+from protocols.bus.mqtt import MqttBus
+from protocols.messages import QueryLocks, SettlementStatus
+from protocols.settlement import Timing
+from protocols.signing import decode_signed
+
+from .audit import Kind, LedgerJournal, audit, read_over_bus
+from .broker import Broker
+from .chaos import (BACK_OFFICE_TIMEOUT_S, CHAOS_TIMING, CONCURRENCY, OBSERVER_WAIT_S, SETTLE_WAIT_S, Outage, Outcome, draw,
+                    explain, not_alerted)
+from .local import COORDINATOR, LEDGERS, Local, standard_world
+from .observer import Observer
+from .processes import ServiceProcess
+from .world import World
+
+FAULTS = ("kill-coordinator", "kill-ledger", "broker-restart")
+# Δ = 4 s, as in the one-process mode: a pause of up to 0.3 Δ, then a start-up that took up
+# to 1.4 s on a loaded two-core machine
+PROCESS_TIMING = CHAOS_TIMING
+PAUSE_S = (1.0, 4.0)         # between two faults of one class, once the last outage is over
+START_TIMEOUT_S = 20.0       # for a service to answer after its process starts
+EXPIRY_SLACK_S = 5.0         # past the last expiry, for the ledgers to refund what is left
+
+
+def check(faults: tuple[str, ...]) -> None:
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        raise ValueError(f"unknown faults for --bus mqtt: {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+
+
+@attrs.define
+class Restarts:
+    """How long services took to answer again, in ms: from the start of their process
+    (start-up; for the broker, until every service answers through it again), and from
+    the fault (the outage: the pause, then the start-up)."""
+
+    startup_ms: dict[str, list[int]] = attrs.field(factory=lambda: defaultdict(list))
+    outage_ms: dict[str, list[int]] = attrs.field(factory=lambda: defaultdict(list))
+    ledger_heights: list[tuple[int, int]] = attrs.field(factory=list)  # (journal height, start-up ms)
+
+    def over(self, margin_ms: int) -> int:
+        """Outages that lasted Δ or more: those the time-locks are not meant to survive."""
+        return sum(1 for times in self.outage_ms.values() for ms in times if ms >= margin_ms)
+
+    def table(self, margin_ms: int) -> str:
+        rows = [("start-up to answering", _spread(self.startup_ms)),
+                ("outage, fault to answering", _spread(self.outage_ms)),
+                (f"outages of Δ ({margin_ms} ms) or more", str(self.over(margin_ms))),
+                ("ledger start-up by journal height", _by_height(self.ledger_heights))]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def _spread(times: dict[str, list[int]]) -> str:
+    return "; ".join(f"{kind} n {len(ms)} median {statistics.median(ms):.0f} max {max(ms)} ms"
+                     for kind, ms in sorted(times.items()) if ms) or "none"
+
+
+def _by_height(pairs: list[tuple[int, int]]) -> str:
+    """Median start-up of each quarter of the restarts, by journal height: whether
+    start-up grows with the journal (a ledger replays all of it before it serves)."""
+    pairs = sorted(pairs)
+    quarters = [pairs[i * len(pairs) // 4:(i + 1) * len(pairs) // 4] for i in range(4)] if len(pairs) >= 4 else [pairs]
+    return "; ".join(f"{part[0][0]}-{part[-1][0]} entries: median {statistics.median(ms for _, ms in part):.0f} ms"
+                     for part in quarters if part) or "none"
+
+
+@attrs.define
+class Result:
+    """What engine.chaos reports (so the same table prints), and the restarts timed."""
+
+    outcome: Outcome
+    restarts: Restarts
+
+
+@attrs.define
+class Outages:
+    """Who is down: any number of services at once, or the broker alone. A service
+    cannot start while the broker is down (it exits, refused), so the two outages
+    would merge into one that is longer than Δ; kept apart, each stays under it."""
+
+    services: int = 0
+    broker: bool = False
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def _until(self, possible) -> None:
+        while not possible():
+            await self._changed.wait()
+
+    def _change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @asynccontextmanager
+    async def of_service(self):
+        await self._until(lambda: not self.broker)
+        self.services += 1
+        try:
+            yield
+        finally:
+            self.services -= 1
+            self._change()
+
+    @asynccontextmanager
+    async def of_broker(self):
+        await self._until(lambda: not self.broker and not self.services)
+        self.broker = True
+        try:
+            yield
+        finally:
+            self.broker = False
+            self._change()
+
+
+@attrs.define
+class Services:
+    """The broker and every service process of one world, and this process's bus to them."""
+
+    world: World
+    broker: Broker
+    ledgers: dict[str, ServiceProcess]
+    coordinator: ServiceProcess
+    bus: MqttBus | None = None   # once connected
+    restarts: Restarts = attrs.field(factory=Restarts)
+    outages: Outages = attrs.field(factory=Outages)
+
+    @property
+    def processes(self) -> list[ServiceProcess]:
+        return [*self.ledgers.values(), self.coordinator]
+
+    async def up(self, service: ServiceProcess) -> None:
+        """Start `service` and wait until it answers; its start-up is recorded."""
+        started = trio.current_time()
+        answer = await service.start().ready(self.bus, START_TIMEOUT_S)
+        startup_ms = round((trio.current_time() - started) * 1000)
+        self.restarts.startup_ms[service.command].append(startup_ms)
+        if service.command == "ledger":
+            self.restarts.ledger_heights.append((answer["head_seq"], startup_ms))
+
+    def outage(self, fault: str):
+        return self.outages.of_broker() if fault == "broker-restart" else self.outages.of_service()
+
+    def strike(self, fault: str, chance: random.Random) -> tuple[str, tuple[str, ...], Callable[[], Awaitable[None]]]:
+        """SIGKILL what `fault` names (a ledger drawn by `chance`): what went down, who is
+        out of reach for it (with the broker, everyone), and how to bring it back."""
+        if fault == "broker-restart":
+            self.broker.process.kill()
+            self.broker.stop()  # reaps it
+            return "broker", tuple(service.party for service in self.processes), self.broker_up
+        service = self.coordinator if fault == "kill-coordinator" else self.ledgers[chance.choice(sorted(self.ledgers))]
+        service.kill()
+        return service.command, (service.party,), functools.partial(self.up, service)
+
+    async def broker_up(self) -> None:
+        """Mosquitto started again on its port, and every service answering through it."""
+        await trio.to_thread.run_sync(self.broker.start)
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for service in self.processes:
+                nursery.start_soon(service.ready, self.bus, START_TIMEOUT_S)
+        self.restarts.startup_ms["broker"].append(round((trio.current_time() - started) * 1000))
+
+    async def restore(self) -> None:
+        """Faults are off: the broker and every service up and answering."""
+        if self.broker.process.poll() is not None:
+            await trio.to_thread.run_sync(self.broker.start)
+        async with trio.open_nursery() as nursery:
+            for service in self.processes:
+                if service.running:
+                    nursery.start_soon(service.ready, self.bus, START_TIMEOUT_S)
+                else:
+                    nursery.start_soon(self.up, service)
+
+    def stop(self) -> None:
+        for service in self.processes:
+            service.stop()
+        self.broker.stop()
+
+
+async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...], *,
+              long_outages: bool = False, settlements: int | None = None) -> Result:
+    """Run the workload for `seconds` (or until `settlements` have ended) under `faults`,
+    then let every settlement end and audit every ledger over the bus."""
+    check(faults)
+    broker = Broker(directory)
+    world = standard_world(directory, broker=broker.url)
+    _write_timing(world.ledger_configs[COORDINATOR], PROCESS_TIMING)
+    services = Services(world, broker, {spec.ledger_id: ServiceProcess(world, "ledger", spec.ledger_id, broker.url)
+                                        for spec in LEDGERS},
+                        ServiceProcess(world, "coordinator", COORDINATOR, broker.url))
+    ledger_ids = [spec.ledger_id for spec in LEDGERS]
+    outage_s = PROCESS_TIMING.margin_ms * (3 if long_outages else 0.3) / 1000
+    outcome = Outcome()
+    try:
+        await trio.to_thread.run_sync(broker.start)
+        async with MqttBus.connect(broker.url, client_id="lockstep-chaos") as bus, trio.open_nursery() as nursery:
+            services.bus = bus
+            local = Local(world, bus, nursery)
+            await _start(services, local)
+            observer = Observer(world.registry, bus, ledger_ids, PROCESS_TIMING.margin_ms, local.clock, publish=False)
+            await nursery.start(observer.run)
+            await _load(services, local, outcome, seconds, seed, faults, outage_s, settlements)
+            await _no_locks_held(local)
+            await _judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer)
+            nursery.cancel_scope.cancel()
+    finally:
+        services.stop()
+    return Result(outcome, services.restarts)
+
+
+async def _judge(outcome: Outcome, journals: list[LedgerJournal], observer: Observer) -> None:
+    """The audit; each one-legged settlement explained by the outages, and checked to
+    have been alerted live, as engine.chaos does."""
+    outcome.report = audit(journals, grace_ms=PROCESS_TIMING.margin_ms)
+    one_legged = [violation for violation in outcome.report.violations if violation.kind is Kind.ONE_LEGGED]
+    by_ledger = {journal.ledger: journal for journal in journals}
+    unskewed = dict.fromkeys(by_ledger, 0)
+    outcome.explanations = [explain(violation, by_ledger, outcome.outages, unskewed) for violation in one_legged]
+    with trio.move_on_after(OBSERVER_WAIT_S):
+        while missed := not_alerted(one_legged, observer):
+            await trio.sleep(0.1)
+    outcome.unalerted = sorted(missed)
+
+
+def _write_timing(path: Path, timing: Timing) -> None:
+    """The coordinator's config gets the chaos Timing (engine.config reads `[timing]`)."""
+    path.write_text(path.read_text() + f"\n[timing]\nlock_wait_ms = {timing.lock_wait_ms}\n"
+                    f"claim_deadline_ms = {timing.claim_deadline_ms}\nclock_skew_ms_max = {timing.clock_skew_ms_max}\n")
+
+
+async def _start(services: Services, local: Local) -> None:
+    """Every ledger up and funded, then the coordinator up; not counted as restarts."""
+    async with trio.open_nursery() as nursery:
+        for ledger in services.ledgers.values():
+            nursery.start_soon(ledger.start().ready, services.bus, START_TIMEOUT_S)
+    await local.fund_standard()
+    await services.coordinator.start().ready(services.bus, START_TIMEOUT_S)
+
+
+async def _load(services: Services, local: Local, outcome: Outcome, seconds: float, seed: int,
+                faults: tuple[str, ...], outage_s: float, settlements: int | None) -> None:
+    """The back offices under faults for `seconds`; then faults off, everything up, and
+    each back office on until its last settlement is final."""
+    chance = random.Random(seed)
+    done = trio.Event()     # the run is over: no new settlement, no new fault
+    unfinished: set[str] = set()
+
+    async def strike(fault: str) -> None:
+        """`fault` again and again, each time after a pause and for a while: from its own
+        generator, so that its strikes do not depend on the other faults' timing."""
+        own = random.Random(f"{seed}-{fault}")
+        pause = own.uniform(0.02, 0.1)   # soon the first time, so that a short run sees every fault
+        while True:
+            await trio.sleep(pause)
+            async with services.outage(fault):
+                struck, struck_ms = trio.current_time(), local.clock.now_ms()
+                kind, whom, bring_up = services.strike(fault, own)
+                outcome.faults[fault] += 1
+                await trio.sleep(own.uniform(0, outage_s))
+                await bring_up()
+                services.restarts.outage_ms[kind].append(round((trio.current_time() - struck) * 1000))
+                outcome.outages += [Outage(party, struck_ms, local.clock.now_ms()) for party in whom]
+            pause = own.uniform(*PAUSE_S)
+
+    async def back_office() -> None:
+        while not done.is_set():
+            raw = local.settlement(*draw(chance))
+            settlement_id = decode_signed(raw).msg.id
+            unfinished.add(settlement_id)
+            while True:  # the same bytes until the coordinator answers with a final status
+                reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
+                if reply is not None:
+                    outcome.phases[decode_signed(reply, allowed=(SettlementStatus,)).msg.phase] += 1
+                    unfinished.discard(settlement_id)
+                    if settlements is not None and sum(outcome.phases.values()) >= settlements:
+                        done.set()
+                    break
+
+    async with trio.open_nursery() as offices:
+        for _ in range(CONCURRENCY):
+            offices.start_soon(back_office)
+        async with trio.open_nursery() as strikes:
+            for fault in faults:
+                strikes.start_soon(strike, fault)
+            with trio.move_on_after(seconds):
+                await done.wait()
+            done.set()
+            strikes.cancel_scope.cancel()
+        await services.restore()
+        offices.cancel_scope.deadline = trio.current_time() + SETTLE_WAIT_S
+    if unfinished:
+        raise TimeoutError(f"{len(unfinished)} settlements not final {SETTLE_WAIT_S:g} s after the faults stopped: "
+                           f"{', '.join(sorted(unfinished)[:5])}")
+
+
+async def _no_locks_held(local: Local) -> None:
+    """Until no ledger holds a lock: every abandoned lock has expired and been refunded
+    by its own ledger. A lock still held after its expiry is left for the audit to report."""
+    with trio.move_on_after(PROCESS_TIMING.total_ms() / 1000 + EXPIRY_SLACK_S):
+        for spec in LEDGERS:
+            client = local.client(spec.ledger_id)
+            while await client.query(QueryLocks(client.next_query_id(), spec.ledger_id, 2**62, 1)):
+                await trio.sleep(0.1)
+
+
+def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool, settlements: int | None = None) -> int:
+    try:
+        check(faults)
+    except ValueError as error:
+        print(f"lockstep chaos: {error}", file=sys.stderr)
+        return 2
+    directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
+    print(f"lockstep chaos --bus mqtt: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
+          f"{', outages longer than Δ' if long_outages else ''}; Δ = {PROCESS_TIMING.margin_ms} ms; "
+          f"world and logs in {directory}", flush=True)
+    result = trio.run(functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages,
+                                        settlements=settlements))
+    print(result.outcome.table())
+    print(result.restarts.table(PROCESS_TIMING.margin_ms))
+    report = result.outcome.report
+    assert report is not None
+    if not report.clean:
+        print("\n".join(str(violation) for violation in report.violations))
+    if result.outcome.explanations:
+        print("why each settlement went one-legged:")
+        print("\n".join(f"  {line}" for line in result.outcome.explanations))
+    return 0 if report.clean else 1

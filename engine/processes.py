@@ -1,0 +1,98 @@
+"""Lockstep services as real OS processes: for the service and fault tests and for
+`lockstep chaos --bus mqtt`, which kill them with SIGKILL and start them again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from protocols.bus import BusTimeout, service_of_coordinator
+from protocols.bus.client import LedgerClient
+from protocols.messages import QueryInfo, QuerySettlement
+from protocols.signing import unsigned
+
+from .world import World
+
+PING_EVERY_S = 0.05     # while waiting for a service to answer: a new ping this often,
+PING_TIMEOUT_S = 0.5    # each waiting this long, so a late answer is not missed
+
+
+class ServiceExited(AssertionError):
+    """The service's process ended while it was awaited (a start-up refused, say)."""
+
+
+class ServiceProcess:
+    """`lockstep COMMAND --config FILE --broker URL` as a child process, logging to a file."""
+
+    def __init__(self, world: World, command: str, party: str, broker_url: str) -> None:
+        self.world = world
+        self.command = command
+        self.party = party
+        self.broker_url = broker_url
+        self.process: subprocess.Popen | None = None
+        self.log_path = Path(world.directory) / f"{command}-{party}.log"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", self.command, "--config",
+                 str(self.world.ledger_configs[self.party]), "--broker", self.broker_url],
+                stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self
+
+    async def ready(self, bus, timeout_s: float = 20.0) -> object:
+        """Wait until the service answers over the bus; return its first answer. Pings
+        overlap (one every PING_EVERY_S), so the wait ends within a ping of the
+        service's first answer, not a timeout later: start-up times measured with this
+        are the service's own."""
+        answers: list[object] = []
+        with trio.fail_after(timeout_s):
+            async with trio.open_nursery() as pings:
+                async def ping() -> None:
+                    try:
+                        answers.append(await self._ping(bus))
+                    except BusTimeout:
+                        return
+                    pings.cancel_scope.cancel()
+
+                while self.running:
+                    pings.start_soon(ping)
+                    await trio.sleep(PING_EVERY_S)
+                pings.cancel_scope.cancel()
+        if not answers:
+            raise ServiceExited(f"{self.party} exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+        return answers[0]
+
+    async def _ping(self, bus) -> object:
+        """A ledger's info (its journal height among it); a coordinator's refusal of an
+        unknown settlement, which shows it serves."""
+        if self.command == "ledger":
+            client = LedgerClient(bus, self.party, self.world.registry.get(self.party).public_key,
+                                  timeout_s=PING_TIMEOUT_S, attempts=1)
+            return await client.query(QueryInfo(client.next_query_id(), self.party))
+        query = unsigned(QuerySettlement("ping", self.party, "ping")).encode()
+        return await bus.request(service_of_coordinator(self.party), query, timeout_s=PING_TIMEOUT_S)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to finish anything."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.terminate()
+        try:
+            return self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
