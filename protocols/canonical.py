@@ -67,8 +67,8 @@ def member_path(path: str, key: str) -> str:
     quoted, `[""]`, `a["x.y"]`, so that the field named is never empty nor another."""
     plain = key and not any(mark in key for mark in '.[]"')
     if path == "$":
-        return key if plain else f"[{json.dumps(key)}]"
-    return f"{path}.{key}" if plain else f"{path}[{json.dumps(key)}]"
+        return key if plain else f"[{json.dumps(key, ensure_ascii=False)}]"
+    return f"{path}.{key}" if plain else f"{path}[{json.dumps(key, ensure_ascii=False)}]"
 
 
 def _refuse_float(text: str) -> _Refused:

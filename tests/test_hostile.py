@@ -434,7 +434,8 @@ def surely_invalid(kind: str, value, *, query: bool = False, leg_names: frozense
 def names_field(field: str, path: str) -> bool:
     """The refusal names the member at `path`, or one inside it; a member whose name is
     empty or could be read as a path is named quoted (canonical.member_path)."""
-    return field in (path, member_path("$", path)) or field.startswith(path + ".") or field.startswith(path + "[")
+    return any(field == name or field.startswith(name + ".") or field.startswith(name + "[")
+               for name in (path, member_path("$", path)))
 
 
 def ledger_bases(h: Harness, n: int) -> dict[str, tuple]:

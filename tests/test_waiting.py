@@ -1,5 +1,5 @@
 """A server's queue is fair between clients: one that floods it loses its own excess,
-never another client's requests, and memory stays bounded."""
+never another client's requests; clients are served in turn; memory stays bounded."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ async def test_a_flooding_client_loses_its_own_excess_and_the_others_still_get_i
     assert waiting.dropped == {"flood": 40}
     assert (waiting.waiting("flood"), waiting.waiting("quiet")) == (10, 1)
     received = [waiting.receive_nowait().client for _ in range(11)]
-    assert received.count("flood") == 10 and received[-1] == "quiet"
+    assert received == ["flood", "quiet"] + ["flood"] * 9   # served in turn: quiet waits behind one, not ten
     assert waiting.waiting("flood") == 0
     assert waiting.offer(request("flood", 99))   # its share is free again once served
 
@@ -67,3 +67,28 @@ async def test_a_client_may_have_only_so_many_bytes_waiting_and_the_queue_as_a_w
     assert not waiting.offer(Request(b"w" * 900, _no_reply, "fourth"))  # 3,500 bytes in all: over the whole queue's
     waiting.receive_nowait()
     assert waiting.offer(Request(b"x" * 400, _no_reply, "big"))        # served, its bytes are free again
+
+
+async def test_clients_are_served_in_turn_each_in_its_own_order():
+    waiting = Waiting(total_max=100, per_client_max=100)
+    for n in range(3):
+        waiting.offer(request("a", n))
+    waiting.offer(request("b", 0))
+    waiting.offer(request("c", 0))
+    waiting.offer(request("b", 1))
+    order = [waiting.receive_nowait().payload.decode() for _ in range(6)]
+    assert order == ["a-0", "b-0", "c-0", "a-1", "b-1", "a-2"]
+    try:
+        waiting.receive_nowait()
+    except trio.WouldBlock:
+        pass
+    else:
+        raise AssertionError("an empty queue gave a request")
+
+
+async def test_a_cancelled_receive_loses_no_request():
+    waiting = Waiting(total_max=10, per_client_max=10)
+    with trio.move_on_after(0.01):
+        await waiting.receive()
+    waiting.offer(request("a"))
+    assert (await waiting.receive()).client == "a"

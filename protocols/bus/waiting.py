@@ -1,15 +1,17 @@
 """A server's queue of waiting requests, fair between clients.
 
 A broker delivers every request for a service to its one server; if one client floods
-it, a plain queue fills with that client's requests and everyone else's are dropped.
-Here each client may have at most `per_client_max` requests, and `per_client_bytes_max`
-bytes, waiting: the rest of *its* requests are dropped (it times out and sends again, as
-after any loss), and the others' still get in. The whole queue is bounded too, in
-requests and in bytes, so memory is bounded whatever arrives, large requests included."""
+it, a plain queue fills with that client's requests and everyone else's are dropped, or
+wait behind the flood. Here each client may have at most `per_client_max` requests, and
+`per_client_bytes_max` bytes, waiting: the rest of *its* requests are dropped (it times
+out and sends again, as after any loss), and the others' still get in. And clients are
+served in turn, one request each, so a request waits behind at most one of each other
+client's, never behind a flood. The whole queue is bounded too, in requests and in
+bytes, so memory is bounded whatever arrives, large requests included."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 
 import trio
 
@@ -24,42 +26,72 @@ class Waiting:
                  per_client_bytes_max: int = 8 << 20) -> None:
         assert 0 < per_client_max <= total_max, (per_client_max, total_max)
         assert 0 < per_client_bytes_max <= total_bytes_max, (per_client_bytes_max, total_bytes_max)
+        self.total_max = total_max
         self.per_client_max = per_client_max
-        self.per_client_bytes_max = per_client_bytes_max
         self.total_bytes_max = total_bytes_max
-        self._send, self._receive = trio.open_memory_channel[Request](total_max)
-        self._by_client: Counter[str] = Counter()
+        self.per_client_bytes_max = per_client_bytes_max
+        self._queues: dict[str, deque[Request]] = {}   # each client's waiting requests, oldest first
+        self._turns: deque[str] = deque()               # clients with requests waiting, next to serve first
         self._bytes_by_client: Counter[str] = Counter()
+        self._count = 0
         self._bytes = 0
-        self.dropped: Counter[str] = Counter()   # by client: over its share, or the queue full
+        self._closed = False
+        self._arrived = trio.lowlevel.ParkingLot()
+        self.dropped: Counter[str] = Counter()   # by client: over its share, the queue full, or closed
 
     def offer(self, request: Request) -> bool:
         """Queue a request unless its client already has its share waiting, or the
         queue is full; never blocks (the bus's reader must not wait on a server)."""
-        size = len(request.payload)
-        if self._by_client[request.client] >= self.per_client_max or \
-                self._bytes_by_client[request.client] + size > self.per_client_bytes_max or \
-                self._bytes + size > self.total_bytes_max:
-            self.dropped[request.client] += 1
+        client, size = request.client, len(request.payload)
+        queue = self._queues.get(client)
+        if self._closed or self._count >= self.total_max or self._bytes + size > self.total_bytes_max or \
+                (queue is not None and len(queue) >= self.per_client_max) or \
+                self._bytes_by_client[client] + size > self.per_client_bytes_max:
+            self.dropped[client] += 1
             return False
-        try:
-            self._send.send_nowait(request)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.dropped[request.client] += 1
-            return False
-        self._by_client[request.client] += 1
-        self._bytes_by_client[request.client] += size
+        if queue is None:
+            queue = self._queues[client] = deque()
+            self._turns.append(client)
+        queue.append(request)
+        self._count += 1
         self._bytes += size
+        self._bytes_by_client[client] += size
+        self._arrived.unpark()
         return True
 
     def waiting(self, client: str) -> int:
-        return self._by_client[client]
-
-    async def receive(self) -> Request:
-        return self._taken(await self._receive.receive())
+        queue = self._queues.get(client)
+        return len(queue) if queue else 0
 
     def receive_nowait(self) -> Request:
-        return self._taken(self._receive.receive_nowait())
+        """The next client's oldest request; that client then goes to the back of the line."""
+        if not self._turns:
+            raise trio.EndOfChannel if self._closed else trio.WouldBlock
+        client = self._turns.popleft()
+        queue = self._queues[client]
+        request = queue.popleft()
+        if queue:
+            self._turns.append(client)
+        else:
+            del self._queues[client]
+        size = len(request.payload)
+        self._count -= 1
+        self._bytes -= size
+        self._bytes_by_client[client] -= size
+        if not self._bytes_by_client[client]:
+            del self._bytes_by_client[client]
+        return request
+
+    async def receive(self) -> Request:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                request = self.receive_nowait()
+            except trio.WouldBlock:
+                await self._arrived.park()
+                continue
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return request
 
     def __aiter__(self) -> Waiting:
         return self
@@ -71,15 +103,6 @@ class Waiting:
             raise StopAsyncIteration from None
 
     def close(self) -> None:
-        self._send.close()
-
-    def _taken(self, request: Request) -> Request:
-        size = len(request.payload)
-        self._bytes -= size
-        for counts, taken in ((self._by_client, 1), (self._bytes_by_client, size)):
-            left = counts[request.client] - taken
-            if left:
-                counts[request.client] = left
-            else:
-                del counts[request.client]
-        return request
+        """No more requests: a receiver gets those waiting, then EndOfChannel."""
+        self._closed = True
+        self._arrived.unpark_all()
