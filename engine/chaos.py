@@ -230,17 +230,22 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
             while state["coordinator"].in_flight:
                 await trio.sleep(0.1)
         await trio.sleep(CHAOS_TIMING.total_ms() / 1000)  # abandoned locks expire; their ledgers refund them
-        journals = await read_over_bus(bus, world.registry, ledger_ids)
-        outcome.report = audit(journals, grace_ms=CHAOS_TIMING.margin_ms)
-        one_legged = [v for v in outcome.report.violations if v.kind is Kind.ONE_LEGGED]
-        by_ledger = {journal.ledger: journal for journal in journals}
-        outcome.explanations = [explain(violation, by_ledger, outcome.outages, skews) for violation in one_legged]
-        with trio.move_on_after(OBSERVER_WAIT_S):
-            while missed := not_alerted(one_legged, observer):
-                await trio.sleep(0.1)
-        outcome.unalerted = sorted(missed)
+        await judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer, skews)
         nursery.cancel_scope.cancel()
     return outcome
+
+
+async def judge(outcome: Outcome, journals: list[LedgerJournal], observer: Observer, skews: dict[str, int]) -> None:
+    """The audit; each one-legged settlement explained by the outages, and checked to
+    have been alerted live by the observer."""
+    outcome.report = audit(journals, grace_ms=CHAOS_TIMING.margin_ms)
+    one_legged = [violation for violation in outcome.report.violations if violation.kind is Kind.ONE_LEGGED]
+    by_ledger = {journal.ledger: journal for journal in journals}
+    outcome.explanations = [explain(violation, by_ledger, outcome.outages, skews) for violation in one_legged]
+    with trio.move_on_after(OBSERVER_WAIT_S):
+        while missed := not_alerted(one_legged, observer):
+            await trio.sleep(0.1)
+    outcome.unalerted = sorted(missed)
 
 
 def _claims_second_leg(payload: bytes) -> bool:

@@ -41,10 +41,10 @@ from protocols.messages import QueryLocks, SettlementStatus
 from protocols.settlement import Timing
 from protocols.signing import decode_signed
 
-from .audit import Kind, LedgerJournal, audit, read_over_bus
+from .audit import read_over_bus
 from .broker import Broker
-from .chaos import (BACK_OFFICE_TIMEOUT_S, CHAOS_TIMING, CONCURRENCY, OBSERVER_WAIT_S, SETTLE_WAIT_S, Outage, Outcome, draw,
-                    explain, not_alerted)
+from .chaos import (BACK_OFFICE_TIMEOUT_S, CHAOS_TIMING, CONCURRENCY, SETTLE_WAIT_S, Outage, Outcome, draw,
+                    judge)
 from .local import COORDINATOR, LEDGERS, Local, standard_world
 from .observer import Observer
 from .processes import ServiceProcess
@@ -238,25 +238,12 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
             await nursery.start(observer.run)
             await _load(services, local, outcome, seconds, seed, faults, outage_s, settlements)
             await _no_locks_held(local)
-            await _judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer)
+            await judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer,
+                        dict.fromkeys(ledger_ids, 0))   # one clock for all: no skew
             nursery.cancel_scope.cancel()
     finally:
         services.stop()
     return Result(outcome, services.restarts)
-
-
-async def _judge(outcome: Outcome, journals: list[LedgerJournal], observer: Observer) -> None:
-    """The audit; each one-legged settlement explained by the outages, and checked to
-    have been alerted live, as engine.chaos does."""
-    outcome.report = audit(journals, grace_ms=PROCESS_TIMING.margin_ms)
-    one_legged = [violation for violation in outcome.report.violations if violation.kind is Kind.ONE_LEGGED]
-    by_ledger = {journal.ledger: journal for journal in journals}
-    unskewed = dict.fromkeys(by_ledger, 0)
-    outcome.explanations = [explain(violation, by_ledger, outcome.outages, unskewed) for violation in one_legged]
-    with trio.move_on_after(OBSERVER_WAIT_S):
-        while missed := not_alerted(one_legged, observer):
-            await trio.sleep(0.1)
-    outcome.unalerted = sorted(missed)
 
 
 def _write_timing(path: Path, timing: Timing) -> None:

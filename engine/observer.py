@@ -66,7 +66,7 @@ class Observer:
         self.publish = publish
         self.clients = {ledger: LedgerClient(bus, ledger, ledger_key(registry, ledger)) for ledger in ledger_ids}
         # no set of every instruction id: memory stays bounded (the audit keeps one, to find an id applied twice)
-        self.journals = {ledger: LedgerJournal(ledger, Replay(ids=None)) for ledger in ledger_ids}
+        self.journals = {ledger: LedgerJournal(ledger, Replay(applied=None)) for ledger in ledger_ids}
         self.alerts: list[Violation] = []
         self.alerted: Counter[Kind] = Counter()   # every alert raised, by kind
         self.judged: Counter[str] = Counter()     # settlements judged for good and forgotten, by outcome

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from typing import AbstractSet, Any, Iterable, Iterator
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -131,18 +131,17 @@ class Replay:
     locks: dict[str, HeldLock] = attrs.field(factory=dict)
     accounts: dict[str, str] = attrs.field(factory=dict)
     keys: dict[str, str] = attrs.field(factory=dict)       # party -> its key on this ledger, once rotated
-    ids: set[str] | None = attrs.field(factory=set)        # instruction ids applied; None: not kept (a live follower)
-    applied: dict[str, int] = attrs.field(factory=dict)    # with ids: instruction id -> the entry that applied it
+    applied: dict[str, int] | None = attrs.field(factory=dict)   # instruction id -> the entry that applied it;
+                                                                  # None: not kept (a live follower)
     earlier_locks: dict[str, LockState] | None = None      # None: replayed from entry 0, every lock placed in it
 
     def apply(self, entry: Entry) -> None:
         """Raises ValueError for an entry that cannot follow the ones before."""
         effects: dict[str, Any] = entry.effects
-        if self.ids is not None and entry.instruction is not None:
+        if self.applied is not None and entry.instruction is not None:
             instruction_id = entry.instruction.get("id")
-            if instruction_id in self.ids:
+            if instruction_id in self.applied:
                 raise ValueError(f"instruction {instruction_id} is applied a second time")
-            self.ids.add(instruction_id)
             self.applied[instruction_id] = entry.seq
         for account, owner in effects.get("accounts", ()):
             self.accounts[account] = owner
@@ -218,8 +217,8 @@ def differences(replay: Replay, tables: Tables) -> list[str]:
     for code in tables.assets.keys() | replay.assets.keys():
         expected = (replay.assets[code], replay.supply.get(code)) if code in replay.assets else None
         problems += _asset_problems(code, tables.assets.get(code), expected)
-    if replay.ids is not None:
-        problems += _unanswered(replay.ids, tables)
+    if replay.applied is not None:
+        problems += _unanswered(replay.applied.keys(), tables)
     problems += _key_problems(tables.keys, replay.keys)
     for lock_id in tables.locks.keys() | replay.locks.keys():
         problems += _lock_problems(lock_id, tables.locks.get(lock_id), replay.locks.get(lock_id))
@@ -234,7 +233,7 @@ def _asset_problems(code: str, found: tuple | None, expected: tuple | None) -> l
     return [] if found == expected else [f"asset {code} differs from the journal"]
 
 
-def _unanswered(ids: set[str], tables: Tables) -> list[str]:
+def _unanswered(ids: AbstractSet[str], tables: Tables) -> list[str]:
     """Its idempotency row gone, the same bytes would be applied again."""
     unanswered = ids - tables.instruction_ids
     if not unanswered:
@@ -374,7 +373,7 @@ def differences_since(checkpoint: Checkpoint, since: Replay, tables: Tables, dig
     entries made, row for row; the keys against the checkpoint's and the rotations
     since; every other row through the digest, by rewinding the tables to the
     checkpoint. `digest` is the tables' own (`state_digest(tables)`)."""
-    assert since.earlier_locks is not None and since.ids is not None, "a replay from entry 0, not from a checkpoint"
+    assert since.earlier_locks is not None and since.applied is not None, "a replay from entry 0, not from a checkpoint"
     problems = []
     for account, owner in since.accounts.items():
         problems += _account_problems(account, tables.accounts.get(account), owner)
@@ -385,7 +384,7 @@ def differences_since(checkpoint: Checkpoint, since: Replay, tables: Tables, dig
     for lock_id, state in since.earlier_locks.items():
         found = tables.locks.get(lock_id)
         problems += _lock_problems(lock_id, found, None if found is None else attrs.evolve(found, state=state))
-    problems += _unanswered(since.ids, tables) + applied_problems(
+    problems += _unanswered(since.applied.keys(), tables) + applied_problems(
         {instruction_id: tables.applied.get(instruction_id) for instruction_id in since.applied}, since.applied)
     problems += _key_problems(tables.keys, {**checkpoint.keys, **since.keys})
     if rewound(since, tables, digest).hexdigest() != checkpoint.state_digest:
