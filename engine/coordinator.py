@@ -16,14 +16,16 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from typing import Callable
+from typing import Callable, Protocol
 
 import attrs
 import trio
 
-from protocols.bus import Bus, BusTimeout, service_of_coordinator
+from protocols.authority import Terms, terms_of
+from protocols.bus import Bus, BusTimeout, Request, service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.bus.client import BadReply, LedgerClient
+from protocols.canonical import decode, encode
 from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
 from protocols.messages import (Abort, Claim, Lock, QueryLock, QueryReceipt, QuerySettlement, Receipt,
@@ -40,6 +42,20 @@ log = logging.getLogger("lockstep.coordinator")
 RETRY_S = 0.05
 SUBMIT_TIMEOUT_S = 0.5     # one attempt at a ledger request; retried while time allows
 IN_FLIGHT_MAX = 10_000     # settlements driven at once; more are refused as overloaded
+
+
+class Desk(Protocol):
+    """A service the coordinator hosts beside the settlement driver (matching, asset
+    servicing, repo): it answers its own message types and runs its own tasks, settling
+    through `Coordinator.settle`."""
+
+    messages: tuple[type, ...]
+
+    async def answer(self, signed: Signed, request: Request) -> bytes:
+        """The signed reply to one of `messages`."""
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Resume what the journal holds, then work until cancelled."""
 
 
 class Coordinator:
@@ -61,6 +77,19 @@ class Coordinator:
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
         self.watchtower = Watchtower(coordinator_id, key, registry, bus, list(watched_ledgers), clock,
                                      grace_ms=timing.claim_deadline_ms // 2) if watched_ledgers else None
+        self._desks: dict[type, Desk] = {}
+
+    def add_desk(self, desk: Desk) -> None:
+        """Serve a desk's messages on the coordinator's topic and run it alongside; added
+        before `run`."""
+        assert self._nursery is None, "desks are added before the coordinator runs"
+        for message_type in desk.messages:
+            assert message_type not in self._desks, f"two desks answer {message_type.TYPE}"
+            self._desks[message_type] = desk
+
+    def sign(self, msg) -> bytes:
+        """The coordinator's signature on a reply of its own (a desk's answer)."""
+        return sign(msg, (self.id, self._key)).encode()
 
     @property
     def in_flight(self) -> int:
@@ -87,6 +116,8 @@ class Coordinator:
             for record in self.journal.unfinished():
                 log.info("resuming settlement %s from %s", record.settlement_id, record.phase.value)
                 self._start(record)
+            for desk in dict.fromkeys(self._desks.values()):
+                await nursery.start(desk.run)
             async with self.bus.serve(service_of_coordinator(self.id)) as requests:
                 task_status.started()
                 async for request in requests:
@@ -98,7 +129,11 @@ class Coordinator:
 
     async def _answer(self, request) -> None:
         try:
-            msg = decode_signed(request.payload, allowed=(Settlement, QuerySettlement)).msg
+            signed = decode_signed(request.payload, allowed=(Settlement, QuerySettlement, *self._desks))
+            msg = signed.msg
+            if type(msg) in self._desks:
+                await request.reply(await self._desks[type(msg)].answer(signed, request))
+                return
             if isinstance(msg, QuerySettlement):
                 record = self.journal.get(msg.settlement_id)
                 if record is None:
@@ -127,37 +162,44 @@ class Coordinator:
         """Accept a signed settlement and return its record once final. A settlement
         sent again (same id, same bytes) is not run twice: its record is returned."""
         signed = decode_signed(raw, allowed=(Settlement,))
-        settlement: Settlement = signed.msg
-        known = self.journal.get(settlement.id) or self._accepted.get(settlement.id)
+        return await self.settle(signed.wire())
+
+    async def settle(self, auth: dict) -> Record:
+        """Drive what an `auth` allows (protocols.authority: a settlement both parties
+        signed, a matched pair of instructions, a holder's entitlement) and return its
+        record once final; the same `auth` again is not run twice."""
+        try:
+            terms = terms_of(auth, self.registry)
+        except Rejected as error:  # the auth is the whole message here: name its fields
+            raise Rejected(error.code, error.field.removeprefix("auth."), error.reason) from None
+        instruction = encode(auth)
+        known = self.journal.get(terms.id) or self._accepted.get(terms.id)
         if known is not None:
-            if known.instruction != signed.encode():
-                raise Rejected(Code.ID_REUSED, "id", f"settlement {settlement.id} was submitted with other content")
-            if not known.final and settlement.id not in self._running:
+            if known.instruction != instruction:
+                raise Rejected(Code.ID_REUSED, "id", f"settlement {terms.id} was submitted with other content")
+            if not known.final and terms.id not in self._running:
                 self._start(known)  # journaled unfinished but not driven here (a commit that landed late)
-            return await self.wait(settlement.id)
-        self.validate(signed)
-        record = Record(settlement.id, signed.encode(), Phase.PENDING, steps=((Phase.PENDING.value, self.clock.now_ms()),))
-        self._accepted[settlement.id] = record  # a copy arriving while this one is saved waits for it
-        self._running[settlement.id] = trio.Event()
+            return await self.wait(terms.id)
+        self.validate(terms)
+        record = Record(terms.id, instruction, Phase.PENDING, steps=((Phase.PENDING.value, self.clock.now_ms()),))
+        self._accepted[terms.id] = record  # a copy arriving while this one is saved waits for it
+        self._running[terms.id] = trio.Event()
         try:
             await self._save(record)
         finally:
-            del self._accepted[settlement.id]
+            del self._accepted[terms.id]
         self._start(record)
-        return await self.wait(settlement.id)
+        return await self.wait(terms.id)
 
-    def validate(self, signed: Signed) -> None:
-        settlement: Settlement = signed.msg
-        if settlement.coordinator != self.id:
+    def validate(self, terms: Terms) -> None:
+        if terms.coordinator != self.id:
             raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.id!r}")
-        self.registry.verify_all(signed)
-        self.registry.signed_by(signed, settlement.parties)
-        if self.id in settlement.parties:
+        if self.id in terms.payers:
             raise Rejected(Code.NOT_AUTHORISED, "parties", "the coordinator cannot settle for itself: it holds the secret")
-        for index, leg in enumerate(settlement.legs):
+        for leg in terms.legs:
             self.client(leg.ledger)
-        now_ms = self.clock.now_ms()
-        if settlement.deadline_ms < now_ms + self.timing.total_ms():
+        start_ms = max(self.clock.now_ms(), terms.not_before_ms)
+        if terms.deadline_ms < start_ms + self.timing.total_ms():
             raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "deadline_ms",
                            f"deadline leaves less than the {self.timing.total_ms()} ms a settlement may take")
 
@@ -182,23 +224,25 @@ class Coordinator:
         return record
 
     async def _drive(self, record: Record) -> None:
-        signed = decode_signed(record.instruction, allowed=(Settlement,))
-        settlement: Settlement = signed.msg
-        self._auth[settlement.id] = signed.wire()  # what the locks or the settle carry
+        auth = decode(record.instruction)
+        terms = terms_of(auth, None)  # verified when accepted
+        self._auth[terms.id] = auth  # what the locks or the settle carry
         try:
             while not record.final:
-                record = await self._step(record, settlement)
+                record = await self._step(record, terms)
         finally:
             self._auth.pop(record.settlement_id, None)
             self._running.pop(record.settlement_id).set()
         log.info("settlement %s %s%s", record.settlement_id, record.phase.value,
                  f": {record.reason_code}: {record.reason}" if record.reason_code else "")
 
-    async def _step(self, record: Record, settlement: Settlement) -> Record:
+    async def _step(self, record: Record, settlement: Terms) -> Record:
         now_ms = self.clock.now_ms()
-        same_ledger = settlement.legs[0].ledger == settlement.legs[1].ledger
         if record.phase is Phase.PENDING:
-            return await (self._settle_same_ledger if same_ledger else self._lock)(record, settlement, now_ms)
+            if now_ms < settlement.not_before_ms:  # a repo's reverse leg, a trade for a later day
+                await trio.sleep_until(self.clock.trio_time_at(settlement.not_before_ms))
+                now_ms = self.clock.now_ms()
+            return await (self._settle_same_ledger if settlement.same_ledger else self._lock)(record, settlement, now_ms)
         if record.phase is Phase.LOCKING:
             return await self._confirm_locks(record, settlement)
         if record.phase is Phase.LOCKED:
@@ -212,7 +256,7 @@ class Coordinator:
             return await self._roll_back(record, settlement)
         raise AssertionError(f"no step from {record.phase}")
 
-    async def _settle_same_ledger(self, record: Record, settlement: Settlement, now_ms: int) -> Record:
+    async def _settle_same_ledger(self, record: Record, settlement: Terms, now_ms: int) -> Record:
         if not record.sent:
             settle = sign(Settle(settle_id(settlement.id), settlement.legs[0].ledger, now_ms,
                                  tuple(leg.as_leg() for leg in settlement.legs), auth=self._auth[settlement.id]),
@@ -231,7 +275,7 @@ class Coordinator:
         code, reason = _failure(outcome)
         return await self._save(record.to(Phase.FAILED, now_ms, reason_code=code, reason=reason))
 
-    async def _lock(self, record: Record, settlement: Settlement, now_ms: int) -> Record:
+    async def _lock(self, record: Record, settlement: Terms, now_ms: int) -> Record:
         secret = secrets.token_bytes(32)
         expiries = self.timing.expiries(now_ms)
         if expiries[1] > settlement.deadline_ms:
@@ -244,7 +288,7 @@ class Coordinator:
             for index, leg in enumerate(settlement.legs))
         return await self._save(record.to(Phase.LOCKING, now_ms, secret=secret, expiry_ms=expiries, sent=locks))
 
-    async def _confirm_locks(self, record: Record, settlement: Settlement) -> Record:
+    async def _confirm_locks(self, record: Record, settlement: Terms) -> Record:
         outcomes: list[object] = [None, None]
         deadline = self.clock.trio_time_at(record.steps[-1][1] + self.timing.lock_wait_ms)
 
@@ -261,7 +305,7 @@ class Coordinator:
         code, reason = _failure(refusals[0] if refusals else None)
         return await self._save(record.to(Phase.ROLLING_BACK, now_ms, reason_code=code, reason=reason))
 
-    async def _claim_both(self, record: Record, settlement: Settlement) -> Record:
+    async def _claim_both(self, record: Record, settlement: Terms) -> Record:
         for index in range(2):
             state = await self._claim(settlement, index, record.secret, record.expiry_ms[index])
             if state != "claimed":
@@ -273,7 +317,7 @@ class Coordinator:
                                                   reason=f"leg 0 claimed but leg 1 is {state}"))
         return await self._save(record.to(Phase.SETTLED, self.clock.now_ms()))
 
-    async def _claim(self, settlement: Settlement, index: int, secret: bytes, expiry_ms: int) -> str:
+    async def _claim(self, settlement: Terms, index: int, secret: bytes, expiry_ms: int) -> str:
         """Claim one leg until the ledger says it is claimed, or that it never can be."""
         leg = settlement.legs[index]
         target = lock_id(settlement.id, index)
@@ -290,7 +334,7 @@ class Coordinator:
                 return state
             await trio.sleep(RETRY_S)
 
-    async def _roll_back(self, record: Record, settlement: Settlement) -> Record:
+    async def _roll_back(self, record: Record, settlement: Terms) -> Record:
         """Release every lock that may have been placed; the ledger refunds by itself
         what we cannot reach before its expiry."""
         for index, leg in enumerate(settlement.legs[:len(record.sent)]):

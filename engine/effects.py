@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from protocols.authority import Terms, terms_of
 from protocols.errors import Rejected
 from protocols.htlc import HeldLock, LockState, hashlock_of
 from protocols.journal import Replay
 from protocols.messages import (INSTRUCTIONS, Abort, Claim, CreateInstrument, Entry, Issue, Lock, OpenAccount,
-                                Redeem, Refund, RotateKey, Settle, Settlement, Transfer)
+                                Redeem, Refund, RotateKey, Settle, Transfer)
 from protocols.registry import Registry
 from protocols.settlement import lock_id, settle_id
 from protocols.signing import Signed, from_wire, load_public_point
@@ -134,7 +135,8 @@ def _open_account(msg: OpenAccount, signed: Signed, entry: Entry, replay: Replay
 
 def _create_instrument(msg: CreateInstrument, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
     reference = {"currency": msg.currency, "face_value_minor": msg.face_value_minor,
-                 "coupon_rate_bp": msg.coupon_rate_bp, "maturity_date": msg.maturity_date}
+                 "coupon_rate_bp": msg.coupon_rate_bp, "maturity_date": msg.maturity_date,
+                 "coupon_frequency": msg.coupon_frequency, "day_count": msg.day_count}
     return {"assets": [[msg.isin, "security", msg.issuer, 0, reference]]}
 
 
@@ -162,34 +164,31 @@ def _transfer(msg: Transfer, signed: Signed, entry: Entry, replay: Replay, keys:
     return {"balances": [_move(msg.from_account, msg.asset, -msg.amount, 0), _move(msg.to_account, msg.asset, msg.amount, 0)]}
 
 
-def _settlement(auth: dict, signed: Signed, keys: Registry | None) -> Settlement:
-    """The settlement a coordinator acts for: signed by both parties, and it by its coordinator."""
+def _terms(auth: dict, signed: Signed, keys: Registry | None) -> Terms:
+    """What a coordinator acts on: signed by whoever pays, and it by its coordinator."""
     try:
-        settlement_signed = from_wire(auth, allowed=(Settlement,))
+        terms = terms_of(auth, keys)
     except Rejected as error:
-        raise Unvouched(f"its auth does not decode: {error}") from None
-    settlement: Settlement = settlement_signed.msg
-    if keys is not None:
-        _verify(settlement_signed, keys, "its settlement's")
-    for party in settlement.parties:
-        _needs(settlement_signed.sigs, party, "both parties sign a settlement", keys)
-    _needs(signed.sigs, settlement.coordinator, "its settlement's coordinator acts for it", keys)
-    return settlement
+        raise Unvouched(f"its auth does not vouch for it: {error}") from None
+    _needs(signed.sigs, terms.coordinator, "its settlement's coordinator acts for it", keys)
+    return terms
 
 
-def _payers(settlement: Settlement, replay: Replay, index: int, ledger: str) -> None:
-    leg = settlement.legs[index]
-    if leg.ledger != ledger or _owner(replay, leg.from_account) != settlement.parties[index]:
-        raise Unvouched(f"leg {index} of settlement {settlement.id} is not paid on {ledger} by {settlement.parties[index]}")
+def _payers(terms: Terms, replay: Replay, index: int, ledger: str) -> None:
+    leg = terms.legs[index]
+    if leg.ledger != ledger or _owner(replay, leg.from_account) != terms.payers[index]:
+        raise Unvouched(f"leg {index} of settlement {terms.id} is not paid on {ledger} by {terms.payers[index]}")
+    if _owner(replay, leg.to_account) != terms.payees[index]:
+        raise Unvouched(f"leg {index} of settlement {terms.id} does not pay {terms.payees[index]}")
 
 
 def _settle(msg: Settle, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
     if msg.auth is not None:
-        settlement = _settlement(msg.auth, signed, keys)
-        if msg.id != settle_id(settlement.id) or msg.legs != tuple(leg.as_leg() for leg in settlement.legs):
-            raise Unvouched(f"its legs or id are not those of settlement {settlement.id}")
-        for index in range(len(settlement.legs)):
-            _payers(settlement, replay, index, entry.ledger)
+        terms = _terms(msg.auth, signed, keys)
+        if msg.id != settle_id(terms.id) or msg.legs != tuple(leg.as_leg() for leg in terms.legs):
+            raise Unvouched(f"its legs or id are not those of settlement {terms.id}")
+        for index in range(len(terms.legs)):
+            _payers(terms, replay, index, entry.ledger)
     else:
         for leg in msg.legs:
             _needs(signed.sigs, _owner(replay, leg.from_account), f"{leg.from_account} is debited", keys)
@@ -199,13 +198,13 @@ def _settle(msg: Settle, signed: Signed, entry: Entry, replay: Replay, keys: Reg
 
 def _lock(msg: Lock, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
     if msg.auth is not None:
-        settlement = _settlement(msg.auth, signed, keys)
-        index = next((i for i in range(2) if lock_id(settlement.id, i) == msg.id), None)
-        leg = settlement.legs[index] if index is not None else None
-        if leg is None or (leg.from_account, leg.to_account, leg.asset, leg.amount) != \
+        terms = _terms(msg.auth, signed, keys)
+        index = next((i for i in range(len(terms.legs)) if lock_id(terms.id, i) == msg.id), None)
+        leg = terms.legs[index] if index is not None else None
+        if terms.same_ledger or leg is None or (leg.from_account, leg.to_account, leg.asset, leg.amount) != \
                 (msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount):
-            raise Unvouched(f"lock {msg.id} is not a leg of settlement {settlement.id} as its parties signed it")
-        _payers(settlement, replay, index, entry.ledger)
+            raise Unvouched(f"lock {msg.id} is not a leg of settlement {terms.id} as its payers signed it")
+        _payers(terms, replay, index, entry.ledger)
     else:
         _needs(signed.sigs, _owner(replay, msg.owner_account), f"{msg.owner_account} is locked", keys)
     return {"locks": [[msg.id, LockState.HELD.value]],

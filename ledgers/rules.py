@@ -11,13 +11,14 @@ from typing import Callable, Collection
 import attrs
 
 from protocols import htlc
+from protocols.authority import Terms, terms_of
 from protocols.canonical import INT_MAX
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
 from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Lock, OpenAccount,
-                                Redeem, Refund, RotateKey, Settle, Settlement, Transfer)
+                                Redeem, Refund, RotateKey, Settle, Transfer)
 from protocols.registry import Registry, Role
-from protocols.settlement import lock_id, settle_id
+from protocols.settlement import lock_id, settle_id, utc_date
 from protocols.signing import Signed, from_wire, public_point
 
 from .changes import Changes
@@ -87,7 +88,8 @@ def _create_instrument(msg: CreateInstrument, signed: Signed, ctx: Context, chan
     if changes.asset(msg.isin) is not None:
         raise Rejected(Code.ASSET_EXISTS, "isin", f"instrument {msg.isin} already exists")
     reference = {"currency": msg.currency, "face_value_minor": msg.face_value_minor,
-                 "coupon_rate_bp": msg.coupon_rate_bp, "maturity_date": msg.maturity_date}
+                 "coupon_rate_bp": msg.coupon_rate_bp, "maturity_date": msg.maturity_date,
+                 "coupon_frequency": msg.coupon_frequency, "day_count": msg.day_count}
     changes.add_asset(Asset(msg.isin, "security", msg.issuer, 0, reference))
 
 
@@ -140,73 +142,86 @@ def _transfer(msg: Transfer, signed: Signed, ctx: Context, changes: Changes) -> 
 
 def _settle(msg: Settle, signed: Signed, ctx: Context, changes: Changes) -> None:
     signers: Collection[str] = signed.sigs
+    payers: dict[int, str] = {}
     if msg.auth is not None:
-        settlement = _settlement(msg.auth, signed, ctx)
-        if msg.id != settle_id(settlement.id):
-            raise Rejected(Code.NOT_AUTHORISED, "id", f"a settle on behalf of settlement {settlement.id} has id {settle_id(settlement.id)}")
-        if any(leg.ledger != ctx.config.ledger_id for leg in settlement.legs) or \
-                msg.legs != tuple(leg.as_leg() for leg in settlement.legs):
+        terms = _terms(msg.auth, signed, ctx)
+        if msg.id != settle_id(terms.id):
+            raise Rejected(Code.NOT_AUTHORISED, "id", f"a settle on behalf of settlement {terms.id} has id {settle_id(terms.id)}")
+        if any(leg.ledger != ctx.config.ledger_id for leg in terms.legs) or \
+                msg.legs != tuple(leg.as_leg() for leg in terms.legs):
             raise Rejected(Code.NOT_AUTHORISED, "legs", "legs differ from those the counterparties signed")
-        for index, leg in enumerate(settlement.legs):
-            _party_owns(changes, settlement, index)
-        signers = settlement.parties
+        for index in range(len(terms.legs)):
+            _party_owns(changes, terms, index, ctx)
+        payers = dict(enumerate(terms.payers))
     for index, leg in enumerate(msg.legs):
-        _movement(changes, signers, leg.from_account, leg.to_account, leg.asset, leg.amount,
-                  prefix=f"legs[{index}].")
+        _movement(changes, (payers[index],) if payers else signers, leg.from_account, leg.to_account, leg.asset,
+                  leg.amount, prefix=f"legs[{index}].")
 
 
-def _settlement(auth: dict, signed: Signed, ctx: Context) -> Settlement:
-    """The counterparties' settlement that authorises a coordinator's instruction:
-    signed by both parties, naming as coordinator the party that signed this."""
-    try:
-        settlement_signed = from_wire(auth, allowed=(Settlement,))
-        ctx.registry.verify_all(settlement_signed)
-    except Rejected as error:
-        raise Rejected(error.code, f"auth.{error.field}", error.reason) from None
-    settlement: Settlement = settlement_signed.msg
-    for party in settlement.parties:
-        if party not in settlement_signed.sigs:
-            raise Rejected(Code.MISSING_SIGNATURE, "auth.sigs", f"both counterparties sign a settlement; {party!r} did not")
-    if ctx.now_ms > settlement.deadline_ms:
-        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms", f"settlement deadline {settlement.deadline_ms} has passed")
-    if settlement.coordinator not in signed.sigs or not ctx.registry.has_role(settlement.coordinator, Role.COORDINATOR):
-        raise Rejected(Code.NOT_AUTHORISED, "sigs", f"needs the signature of the settlement's coordinator {settlement.coordinator!r}")
-    return settlement
+def _terms(auth: dict, signed: Signed, ctx: Context) -> Terms:
+    """The authority a coordinator's instruction carries (protocols.authority): signed by
+    whoever pays, within its window, naming as coordinator the party that signed this."""
+    terms = terms_of(auth, ctx.registry)
+    if ctx.now_ms > terms.deadline_ms:
+        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms", f"settlement deadline {terms.deadline_ms} has passed")
+    if ctx.now_ms < terms.not_before_ms:
+        raise Rejected(Code.NOT_YET, "auth.not_before_ms", f"no leg of {terms.id} moves before {terms.not_before_ms}")
+    if terms.coordinator not in signed.sigs or not ctx.registry.has_role(terms.coordinator, Role.COORDINATOR):
+        raise Rejected(Code.NOT_AUTHORISED, "sigs", f"needs the signature of the settlement's coordinator {terms.coordinator!r}")
+    return terms
 
 
-def _party_owns(changes: Changes, settlement: Settlement, index: int) -> None:
-    """Leg i is paid from an account of parties[i] into an account of the other party."""
-    leg = settlement.legs[index]
-    payer, payee = settlement.parties[index], settlement.parties[1 - index]
+def _party_owns(changes: Changes, terms: Terms, index: int, ctx: Context) -> None:
+    """Leg i is paid from an account of its payer into an account of its payee; a
+    redemption's units go back to the instrument's issuer, at face value, once matured."""
+    leg = terms.legs[index]
+    payer, payee = terms.payers[index], terms.payees[index]
     if _owner(changes, leg.from_account, f"auth.legs[{index}].from_account") != payer:
         raise Rejected(Code.NOT_AUTHORISED, f"auth.legs[{index}].from_account", f"{leg.from_account} is not an account of {payer}")
     if _owner(changes, leg.to_account, f"auth.legs[{index}].to_account") != payee:
         raise Rejected(Code.NOT_AUTHORISED, f"auth.legs[{index}].to_account", f"{leg.to_account} is not an account of {payee}")
+    if terms.kind == "redemption" and index == 0:
+        _matured(changes, terms, ctx)
+
+
+def _matured(changes: Changes, terms: Terms, ctx: Context) -> None:
+    """A redemption moves a holder's units without the holder's signature: only an
+    instrument's own issuer may ask, only at or after maturity, only at face value."""
+    units, cash = terms.legs
+    instrument = _asset(changes, units.asset, "auth.legs[0].asset")
+    reference = instrument.reference
+    if instrument.kind != "security" or instrument.issuer != terms.issuer:
+        raise Rejected(Code.NOT_AUTHORISED, "auth.action.issuer", f"{terms.issuer} is not the issuer of {units.asset}")
+    if utc_date(ctx.now_ms) < reference["maturity_date"]:
+        raise Rejected(Code.NOT_YET, "auth.action.payment_date", f"{units.asset} matures on {reference['maturity_date']}")
+    if (cash.asset, terms.face_value_minor) != (reference["currency"], reference["face_value_minor"]):
+        raise Rejected(Code.NOT_AUTHORISED, "auth.amount_minor",
+                       f"{units.asset} redeems at {reference['face_value_minor']} {reference['currency']} a unit")
 
 
 def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> Collection[str]:
     """Who counts as having signed the lock: its own signers, or, for a coordinator's
-    lock, the counterparties of the settlement it carries, if the lock is exactly
-    that settlement's leg on this ledger."""
+    lock, the payer of the leg its `auth` allows, if the lock is exactly that leg on
+    this ledger."""
     if msg.auth is None:
         return signed.sigs
-    settlement = _settlement(msg.auth, signed, ctx)
-    if settlement.legs[0].ledger == settlement.legs[1].ledger:  # else one settlement could move its legs twice
-        raise Rejected(Code.NOT_AUTHORISED, "auth", f"settlement {settlement.id} has both legs on one ledger: "
-                       f"it settles by one settle, {settle_id(settlement.id)}, never by locks")
-    index = next((i for i in range(2) if lock_id(settlement.id, i) == msg.id), None)
+    terms = _terms(msg.auth, signed, ctx)
+    if terms.same_ledger:  # else one settlement could move its legs twice
+        raise Rejected(Code.NOT_AUTHORISED, "auth", f"settlement {terms.id} has all legs on one ledger: "
+                       f"it settles by one settle, {settle_id(terms.id)}, never by locks")
+    index = next((i for i in range(2) if lock_id(terms.id, i) == msg.id), None)
     if index is None:
-        raise Rejected(Code.NOT_AUTHORISED, "id", f"a lock for settlement {settlement.id} has id {lock_id(settlement.id, 0)} or {lock_id(settlement.id, 1)}")
-    leg = settlement.legs[index]
+        raise Rejected(Code.NOT_AUTHORISED, "id", f"a lock for settlement {terms.id} has id {lock_id(terms.id, 0)} or {lock_id(terms.id, 1)}")
+    leg = terms.legs[index]
     if (leg.ledger, leg.from_account, leg.to_account, leg.asset, leg.amount) != \
             (ctx.config.ledger_id, msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount):
         raise Rejected(Code.NOT_AUTHORISED, "auth", f"lock terms differ from leg {index} the counterparties signed")
-    if msg.expiry_ms > settlement.deadline_ms:
-        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry is after the settlement deadline {settlement.deadline_ms}")
-    if set(msg.abort_by) - {settlement.coordinator}:
+    if msg.expiry_ms > terms.deadline_ms:
+        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry is after the settlement deadline {terms.deadline_ms}")
+    if set(msg.abort_by) - {terms.coordinator}:
         raise Rejected(Code.NOT_AUTHORISED, "abort_by", "a settlement's lock may name only its coordinator in abort_by")
-    _party_owns(changes, settlement, index)
-    return settlement.parties
+    _party_owns(changes, terms, index, ctx)
+    return (terms.payers[index],)
 
 
 def _lock(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> None:

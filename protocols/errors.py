@@ -41,6 +41,7 @@ class Code(enum.Enum):
     LOCK_NOT_EXPIRED = "lock_not_expired"
     WRONG_PREIMAGE = "wrong_preimage"
     EXPIRY_OUT_OF_RANGE = "expiry_out_of_range"
+    NOT_YET = "not_yet"                      # before a settlement's earliest time: send again then
     # the transport (temporary)
     TIMEOUT = "timeout"
     OVERLOADED = "overloaded"

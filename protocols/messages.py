@@ -20,10 +20,14 @@ from . import PROTOCOL_VERSION
 from .canonical import INT_MAX, decode, member_path
 from .errors import Code, Rejected
 from .identifiers import currency_problem, isin_problem
+from .iso20022.model import FORMATS
 
 IDENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 LEGS_MAX = 16
+COUPON_FREQUENCIES = (0, 1, 2, 4, 12)   # payments a year; 0 is a zero-coupon bond
+DAY_COUNTS = ("30/360", "ACT/360", "ACT/365", "ACT/ACT")
+DOCUMENT_CHARS_MAX = 32 * 1024
 ABORT_BY_MAX = 4
 QUERY_LIMIT_MAX = 1000
 
@@ -121,6 +125,22 @@ def one_of(*allowed: str):
     return check
 
 
+def one_of_ints(*allowed: int):
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        _expect(attribute, value, int, "an integer")
+        if value not in allowed:
+            raise _invalid(attribute, f"must be one of {', '.join(map(str, allowed))}")
+    return check
+
+
+def text(limit_chars: int):
+    def check(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+        _expect(attribute, value, str, "a string")
+        if not 0 < len(value) <= limit_chars:
+            raise _invalid(attribute, f"must be 1 to {limit_chars} characters")
+    return check
+
+
 def idents(limit: int, *, at_least: int = 0):
     def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         _expect(attribute, value, tuple, "a list")
@@ -138,6 +158,11 @@ def optional_object(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     lock (or a same-ledger settle) on their behalf; checked by the ledger's rules."""
     if value is not None and not isinstance(value, dict):
         raise Rejected(Code.MALFORMED, attribute.name, "expected an object or null")
+
+
+def an_object(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise Rejected(Code.MALFORMED, attribute.name, "expected an object")
 
 
 def _hex32(field_name: str, value: Any) -> bytes:
@@ -221,6 +246,8 @@ class CreateInstrument(Instruction):
     face_value_minor: int = attrs.field(validator=amount)
     coupon_rate_bp: int = attrs.field(validator=count)
     maturity_date: str = attrs.field(validator=date)
+    coupon_frequency: int = attrs.field(default=1, validator=one_of_ints(*COUPON_FREQUENCIES))
+    day_count: str = attrs.field(default="30/360", validator=one_of(*DAY_COUNTS))
 
 
 @message("issue")
@@ -461,6 +488,78 @@ class Settlement(Body):
     deadline_ms: int = attrs.field(validator=time_ms)
     parties: tuple[str, ...] = attrs.field(validator=idents(2, at_least=2))
     legs: tuple[SettlementLeg, ...] = attrs.field(validator=settlement_legs)
+    not_before_ms: int = attrs.field(default=0, validator=time_ms)  # no leg moves earlier: a repo's reverse leg
+
+
+@message("settlement_instruction")
+class SettlementInstruction(Body):
+    """One counterparty's side of a trade as an ISO 20022 document (sese.023 for a DvP,
+    pacs.009 for a PvP), signed by that party; the coordinator matches it with the other
+    side's (protocols.matching), and the ledgers check both again before a leg moves."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    party: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    format: str = attrs.field(validator=one_of(*FORMATS))
+    document: str = attrs.field(validator=text(DOCUMENT_CHARS_MAX))
+
+
+def two_ledgers(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if len(value) != 2:
+        raise _invalid(attribute, "must name the ledger of each of the two legs")
+    for item in value:
+        ident(_, attribute, item)
+
+
+def two_objects(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if len(value) != 2 or not all(isinstance(item, dict) for item in value):
+        raise Rejected(Code.MALFORMED, attribute.name, "must hold the two signed instructions, each an object")
+
+
+@message("matched")
+class Matched(Body):
+    """Two matched instructions, as a coordinator's lock or settle carries them in `auth`;
+    `ledgers` places each leg (the ledger carrying its asset), which each ledger checks
+    for its own leg."""
+
+    coordinator: str = attrs.field(validator=ident)
+    ledgers: tuple[str, ...] = attrs.field(validator=two_ledgers)
+    instructions: tuple[dict, ...] = attrs.field(validator=two_objects)
+
+
+@message("corporate_action")
+class CorporateAction(Body):
+    """An issuer's mandate to a paying agent (a coordinator): pay a coupon of, or redeem,
+    one instrument on a date, from the issuer's accounts. Signed by the issuer."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    issuer: str = attrs.field(validator=ident)
+    kind: str = attrs.field(validator=one_of("coupon", "redemption"))
+    isin: str = attrs.field(validator=isin)
+    securities_ledger: str = attrs.field(validator=ident)
+    cash_ledger: str = attrs.field(validator=ident)
+    issuer_securities_account: str = attrs.field(validator=ident)
+    issuer_cash_account: str = attrs.field(validator=ident)
+    currency: str = attrs.field(validator=currency)
+    payment_date: str = attrs.field(validator=date)
+    deadline_ms: int = attrs.field(validator=time_ms)
+
+
+@message("entitlement")
+class Entitlement(Body):
+    """One holder's due under a corporate action, as the paying agent computed it from the
+    holdings of record: carried in `auth` by the coupon's settle or the redemption's locks."""
+
+    action: dict = attrs.field(validator=an_object)
+    holder: str = attrs.field(validator=ident)
+    holder_account: str = attrs.field(validator=ident)
+    holder_cash_account: str = attrs.field(validator=ident)
+    units: int = attrs.field(validator=amount)
+    amount_minor: int = attrs.field(validator=amount)
 
 
 @message("query_settlement")

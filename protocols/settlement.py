@@ -21,6 +21,7 @@ safety margin Δ")."""
 
 from __future__ import annotations
 
+import datetime
 import enum
 
 import attrs
@@ -55,6 +56,11 @@ FINAL = frozenset(phase for phase, following in NEXT.items() if not following)
 
 def check_transition(current: Phase, following: Phase) -> None:
     assert following in NEXT[current], f"settlement phase {current.name} -> {following.name} is not a transition"
+
+
+def utc_date(time_ms: int) -> str:
+    """The calendar date (UTC) at a time: dates in settlements and instruments are UTC days."""
+    return datetime.datetime.fromtimestamp(time_ms / 1000, datetime.timezone.utc).date().isoformat()
 
 
 def lock_id(settlement_id: str, leg: int) -> str:

@@ -156,7 +156,7 @@ def test_operator_creates_an_instrument_with_its_reference_data(h):
     asset = h.store.asset(OTHER_BOND)
     assert (asset.kind, asset.issuer, asset.issued, asset.redeemed) == ("security", "treasury", 0, 0)
     assert asset.reference == {"currency": "EUR", "face_value_minor": 100_000, "coupon_rate_bp": 375,
-                               "maturity_date": "2031-01-01"}
+                               "maturity_date": "2031-01-01", "coupon_frequency": 1, "day_count": "30/360"}
 
 
 def test_only_the_operator_creates_an_instrument(h):

@@ -1,0 +1,93 @@
+"""What Lockstep reads from and writes into ISO 20022 documents, as plain records.
+
+The documents are the back offices' language; these records are ours. A reader turns
+one counterparty's instruction (sese.023 for a DvP, pacs.009 for a PvP) into a
+`OneSided`; matching pairs two of them (protocols.matching). Writers turn `Advice`,
+`Confirmation` and `Statement` records into sese.024, sese.025 (pacs.002 for a PvP)
+and camt.053 documents."""
+
+from __future__ import annotations
+
+import attrs
+
+SESE_023 = "sese.023.001.11"
+PACS_009 = "pacs.009.001.11"
+FORMATS = (SESE_023, PACS_009)
+
+
+@attrs.frozen
+class OneSided:
+    """One counterparty's side of a trade, as its own document states it. Each side
+    names only its own accounts: the account it pays `gives` from and the account it is
+    paid `takes` into; the counterparty's accounts come from the counterparty's side.
+
+    DvP (sese.023): the deliverer (DELI) gives the instrument (ISIN, units) from its
+    safekeeping account and takes the cash (currency, minor units) into its cash account;
+    the receiver (RECE) gives the cash and takes the instrument. PvP (pacs.009): each side
+    gives one currency and takes the other."""
+
+    format: str                 # one of FORMATS
+    reference: str              # the sender's own id for this instruction (sese.023 TxId, pacs.009 MsgId)
+    kind: str                   # "dvp" | "pvp"
+    side: str                   # "deliver" | "receive" (DvP); "pay" (PvP)
+    party: str                  # who instructs (and signs): it pays `gives`
+    counterparty: str
+    trade_date: str | None      # YYYY-MM-DD; None where the format has none (pacs.009)
+    settlement_date: str        # YYYY-MM-DD: the intended settlement date
+    gives_asset: str            # ISIN or ISO 4217 currency
+    gives_amount: int           # units of an instrument, minor units of a currency
+    gives_account: str          # the party's account the asset leaves
+    takes_asset: str
+    takes_amount: int
+    takes_account: str          # the party's account the counter asset arrives in
+
+
+@attrs.frozen
+class Advice:
+    """A status advice for one counterparty about its instruction (sese.024; pacs.002 for PvP)."""
+
+    party: str
+    reference: str                  # the party's instruction reference
+    settlement_id: str | None       # once matched
+    status: str                     # "rejected" | "unmatched" | "matched" | "pending" | "failed" | "cancelled"
+    reason_code: str                # an ISO 20022 reason code (e.g. CMIS, DQUA, DMON, DDAT, LACK, MONY, CANC) or ""
+    reason: str                     # narrative: the field and why
+    time_ms: int
+    instruction: OneSided | None    # None when the document could not be read
+
+
+@attrs.frozen
+class Confirmation:
+    """A settlement confirmation for one counterparty (sese.025; pacs.002 ACSC for PvP)."""
+
+    party: str
+    reference: str
+    settlement_id: str
+    instruction: OneSided
+    settled_ms: int
+
+
+@attrs.frozen
+class StatementEntry:
+    reference: str                  # the ledger instruction id (or journal seq for the ledger's own entries)
+    seq: int                        # the journal position
+    time_ms: int
+    amount_minor: int               # signed: positive is a credit to the account
+    kind: str                       # the journal entry kind: transfer, settle, claim, refund, issue, ...
+
+
+@attrs.frozen
+class Statement:
+    """A cash account's statement over a journal range (camt.053)."""
+
+    statement_id: str
+    owner: str
+    ledger: str
+    account: str
+    currency: str
+    created_ms: int
+    from_seq: int
+    to_seq: int
+    opening_minor: int              # available balance before from_seq
+    closing_minor: int              # available balance after to_seq
+    entries: tuple[StatementEntry, ...]

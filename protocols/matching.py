@@ -1,0 +1,85 @@
+"""Matching two one-sided instructions into one settlement, as a CSD matches them.
+
+Each counterparty instructs its own side (protocols.iso20022.model.OneSided). Two sides
+match when every matching field agrees: opposite sides of one kind, each naming the
+other as counterparty, the same dates, and what one gives is what the other takes.
+The coordinator matches to find pairs; each ledger matches the pair again before a leg
+moves, so no coordinator can pair a trade with a price the parties did not both state."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+
+import attrs
+
+from .errors import Code, Rejected
+from .iso20022.model import OneSided
+
+DAY_MS = 86_400_000
+
+
+@attrs.frozen
+class Difference:
+    """Why two sides do not match, with the ISO 20022 unmatched reason code."""
+
+    code: str      # DSEC security, DQUA quantity, DMON amount or currency, DDAT settlement date,
+                   # DTRD trade date, DEPT counterparty, DTRA direction, DMTX kind
+    field: str
+    reason: str
+
+
+def differences(a: OneSided, b: OneSided) -> list[Difference]:
+    """Every matching field on which `a` and `b` disagree; none if they match."""
+    found = []
+    if a.kind != b.kind or a.format != b.format:
+        found.append(Difference("DMTX", "kind", f"{a.kind} ({a.format}) against {b.kind} ({b.format})"))
+    if a.kind == "dvp" and {a.side, b.side} != {"deliver", "receive"}:
+        found.append(Difference("DTRA", "side", f"both sides {a.side}: one delivers, the other receives"))
+    if (a.counterparty, b.counterparty) != (b.party, a.party):
+        found.append(Difference("DEPT", "counterparty",
+                                f"{a.party} names {a.counterparty}, {b.party} names {b.counterparty}"))
+    for name, code in (("settlement_date", "DDAT"), ("trade_date", "DTRD")):
+        if getattr(a, name) != getattr(b, name):
+            found.append(Difference(code, name, f"{getattr(a, name)} against {getattr(b, name)}"))
+    for mine, theirs in ((a, b), (b, a)):
+        if mine.gives_asset != theirs.takes_asset:
+            code = "DSEC" if len(mine.gives_asset) == 12 or len(theirs.takes_asset) == 12 else "DMON"
+            found.append(Difference(code, f"{mine.party}.gives_asset",
+                                    f"{mine.party} gives {mine.gives_asset}, {theirs.party} takes {theirs.takes_asset}"))
+        elif mine.gives_amount != theirs.takes_amount:
+            code = "DQUA" if len(mine.gives_asset) == 12 else "DMON"
+            found.append(Difference(code, f"{mine.party}.gives_amount",
+                                    f"{mine.party} gives {mine.gives_amount} {mine.gives_asset}, "
+                                    f"{theirs.party} takes {theirs.takes_amount}"))
+    return found
+
+
+def leg_order(a: OneSided, b: OneSided) -> tuple[OneSided, OneSided]:
+    """Who pays leg 0: the deliverer of a DvP (the instrument leg is claimed first), the
+    party first by id in a PvP."""
+    if a.kind == "dvp":
+        return (a, b) if a.side == "deliver" else (b, a)
+    return (a, b) if a.party < b.party else (b, a)
+
+
+def matched_id(first_digest: bytes, second_digest: bytes) -> str:
+    """The settlement id of a matched pair: the same whoever computes it, from the two
+    signed instructions in leg order."""
+    return "m-" + hashlib.sha256(first_digest + second_digest).hexdigest()[:40]
+
+
+def day_window(date: str) -> tuple[int, int]:
+    """The first and last millisecond (UTC) of a date: a matched trade settles within
+    its intended settlement date."""
+    start = datetime.datetime.combine(datetime.date.fromisoformat(date), datetime.time(),
+                                      tzinfo=datetime.timezone.utc)
+    first_ms = int(start.timestamp()) * 1000
+    return first_ms, first_ms + DAY_MS - 1
+
+
+def require_match(a: OneSided, b: OneSided, field: str) -> None:
+    found = differences(a, b)
+    if found:
+        raise Rejected(Code.NOT_AUTHORISED, field, "instructions do not match: " +
+                       "; ".join(f"{d.code} {d.field}: {d.reason}" for d in found))
