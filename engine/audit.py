@@ -29,6 +29,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from protocols import canonical
+from protocols.authority import terms_of
 from protocols.bus import Bus, BusTimeout
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import PAGE_SIZE
@@ -36,7 +37,7 @@ from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.errors import Rejected
 from protocols.htlc import HeldLock, LockState
 from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, Tables, differences, verify_chain
-from protocols.messages import Entry, QueryJournal, Settlement
+from protocols.messages import Entry, QueryJournal
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id
 from protocols.signing import Signed, from_wire
@@ -201,9 +202,8 @@ class LedgerJournal:
     def _placed(self, instruction: dict, at: At) -> None:
         self.placed[instruction["id"]] = at
         if instruction.get("auth") is not None:
-            settlement: Settlement = from_wire(instruction["auth"], allowed=(Settlement,)).msg
-            self.legs[instruction["id"]] = Terms(settlement.id, tuple(leg.ledger for leg in settlement.legs),
-                                                 settlement.deadline_ms)
+            terms = terms_of(instruction["auth"], None)  # its signatures: effects.check
+            self.legs[instruction["id"]] = Terms(terms.id, tuple(leg.ledger for leg in terms.legs), terms.deadline_ms)
 
     def _check_conservation(self, effects: dict, at: At) -> None:
         """What this entry moved between balances equals what it issued less what it

@@ -1,8 +1,10 @@
 """The `lockstep` command: every service and tool of a local world.
 
     lockstep demo [--broker URL]         a whole local world settling, with a report
-    lockstep ledger --config FILE        run one ledger service over MQTT
-    lockstep coordinator --config FILE   run the coordinator over MQTT
+    lockstep ledger --config FILE [--metrics HOST:PORT]
+                                         run one ledger service over MQTT
+    lockstep coordinator --config FILE [--metrics HOST:PORT]
+                                         run the coordinator over MQTT
     lockstep watchtower --config FILE    run a watchtower over MQTT
     lockstep status ID --config FILE     a settlement's phase and steps, from the coordinator
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
@@ -17,6 +19,9 @@
     lockstep rotate-key --broker URL --registry FILE --ledger ID --operator ID --operator-key FILE
                         --party ID --public-key FILE
                                          a ledger's operator registers a participant's new key there
+    lockstep corporate-action --config FILE --id ID (--query | --issuer ID --issuer-key FILE --isin ISIN
+                        --kind coupon|redemption --date YYYY-MM-DD ...)
+                                         an issuer's coupon or redemption mandate to its paying agent
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import trio
 def _ledger(args: argparse.Namespace) -> int:
     from ledgers import daemon
     try:
-        trio.run(daemon.run, args.config, args.broker)
+        trio.run(daemon.run, args.config, args.broker, args.metrics)
     except daemon.DaemonError as error:
         print(f"lockstep ledger: {error}", file=sys.stderr)
         return 2
@@ -56,9 +61,11 @@ def _broker(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace) -> int:
     from engine import daemon
-    run = daemon.run_coordinator if args.command == "coordinator" else daemon.run_watchtower
     try:
-        trio.run(run, args.config, args.broker)
+        if args.command == "coordinator":
+            trio.run(daemon.run_coordinator, args.config, args.broker, args.metrics)
+        else:
+            trio.run(daemon.run_watchtower, args.config, args.broker)
     except daemon.DaemonError as error:
         print(f"lockstep {args.command}: {error}", file=sys.stderr)
         return 2
@@ -110,6 +117,15 @@ def _rotate_key(args: argparse.Namespace) -> int:
         return 2
 
 
+def _corporate_action(args: argparse.Namespace) -> int:
+    from engine import corporate_action, daemon
+    try:
+        return trio.run(corporate_action.main, args)
+    except daemon.DaemonError as error:
+        print(f"lockstep corporate-action: {error}", file=sys.stderr)
+        return 2
+
+
 def _audit(args: argparse.Namespace) -> int:
     from engine.audit import main
     return main(args.registry, args.db, args.broker, args.ledger, args.grace_ms)
@@ -134,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser("ledger", help="run one ledger service over MQTT")
     ledger.add_argument("--config", required=True, help="the ledger's TOML file")
     ledger.add_argument("--broker", help="broker URL, overriding the config's")
+    ledger.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, overriding the config's")
     ledger.set_defaults(run=_ledger)
 
     demo = commands.add_parser("demo", help="run a whole local world and report what happened")
@@ -144,6 +161,9 @@ def parser() -> argparse.ArgumentParser:
         engine = commands.add_parser(name, help=text)
         engine.add_argument("--config", required=True, help="the coordinator's TOML file")
         engine.add_argument("--broker", help="broker URL, overriding the config's")
+        if name == "coordinator":
+            engine.add_argument("--metrics", metavar="HOST:PORT",
+                                help="serve Prometheus metrics there, overriding the config's")
         engine.set_defaults(run=_engine)
 
     status = commands.add_parser("status", help="a settlement's phase and the time of each step")
@@ -195,6 +215,26 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--party", required=True, help="the participant whose key changes")
     rotate.add_argument("--public-key", required=True, help="its new public key (PEM)")
     rotate.set_defaults(run=_rotate_key)
+
+    action = commands.add_parser("corporate-action", help="an issuer's coupon or redemption mandate to its paying agent")
+    action.add_argument("--config", required=True, help="the coordinator's TOML file: its id, registry and broker")
+    action.add_argument("--broker", help="broker URL, overriding the config's")
+    action.add_argument("--id", required=True, help="the action's id (sent again: its status, nothing paid twice)")
+    action.add_argument("--query", action="store_true", help="only ask how the action stands")
+    action.add_argument("--issuer", help="the issuing party, who signs")
+    action.add_argument("--issuer-key", help="the issuer's private key (PEM, mode 600)")
+    action.add_argument("--isin")
+    action.add_argument("--kind", choices=["coupon", "redemption"])
+    action.add_argument("--date", help="the payment date, YYYY-MM-DD (UTC)")
+    action.add_argument("--securities-ledger", default="csd")
+    action.add_argument("--cash-ledger", default="cbdc-eur")
+    action.add_argument("--securities-account", help="the issuer's account on the securities ledger")
+    action.add_argument("--cash-account", help="the issuer's account on the cash ledger, which pays")
+    action.add_argument("--currency", default="EUR")
+    from engine.corporate_action import DEADLINE_MS_DEFAULT
+    action.add_argument("--deadline-ms", type=int, default=DEADLINE_MS_DEFAULT,
+                        help=f"how long after the payment date's start payments may run (default: {DEADLINE_MS_DEFAULT})")
+    action.set_defaults(run=_corporate_action)
 
     audit = commands.add_parser("audit", help="verify every ledger's journal and every settlement across ledgers")
     audit.add_argument("--registry", required=True, help="the consortium's registry.toml, with the ledgers' keys")

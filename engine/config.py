@@ -8,6 +8,8 @@
     broker_password_file = "secrets/coordinator.password"  # optional: a secured broker (docs/DEPLOY.md);
     broker_ca_file = "ca.pem"             # the user is the client id, coordinator-{id} or watchtower-{id}
     ledgers = ["csd", "cbdc-eur"]         # watched by the watchtower
+    metrics = "127.0.0.1:9110"            # optional: the coordinator serves Prometheus metrics
+                                          # at http://HOST:PORT/metrics (the watchtower does not)
 
     [timing]                              # optional; see protocols.settlement.Timing
     lock_wait_ms = 2000
@@ -23,6 +25,7 @@ from pathlib import Path
 import attrs
 
 from protocols.bus.address import broker_setting
+from protocols.bus.exposition import metrics_setting
 from protocols.settlement import Timing
 
 
@@ -39,6 +42,7 @@ class CoordinatorConfig:
     broker: str | None                    # with the broker_*_file settings in its query
     ledgers: tuple[str, ...]
     timing: Timing = Timing()
+    metrics: tuple[str, int] | None = None   # (host, port) of the metrics endpoint; None: off
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
@@ -49,7 +53,7 @@ class CoordinatorConfig:
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"{path}: {error}") from None
         known = {"coordinator_id", "key_file", "registry", "journal", "broker", "broker_password_file",
-                 "broker_ca_file", "ledgers", "timing"}
+                 "broker_ca_file", "ledgers", "timing", "metrics"}
         for key in data:
             if key not in known:
                 raise ConfigError(f"{path}: {key}: unknown setting")
@@ -68,5 +72,9 @@ class CoordinatorConfig:
             broker = broker_setting(data, base)
         except ValueError as error:
             raise ConfigError(f"{path}: {error}") from None
+        try:
+            metrics = metrics_setting(data)
+        except ValueError as error:
+            raise ConfigError(f"{path}: metrics: {error}") from None
         return cls(data["coordinator_id"], base / data["key_file"], base / data["registry"],
-                   base / data["journal"], broker, tuple(ledgers), timing)
+                   base / data["journal"], broker, tuple(ledgers), timing, metrics)

@@ -12,6 +12,7 @@ import trio
 
 from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
+from protocols.bus.exposition import MetricsUnavailable, listeners_for, serve_metrics, url_of
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.registry import Registry
 from protocols.signing import PrivateKey
@@ -19,6 +20,7 @@ from protocols.signing import PrivateKey
 from .config import ConfigError, CoordinatorConfig
 from .coordinator import Coordinator
 from .journal import Journal
+from .metrics import CoordinatorMetrics
 from .watchtower import Watchtower
 
 log = logging.getLogger("lockstep")
@@ -61,16 +63,25 @@ async def _until_signalled(url: str, client_id: str):
         raise DaemonError(str(error)) from None
 
 
-async def run_coordinator(config_path: str, broker: str | None = None) -> None:
+async def run_coordinator(config_path: str, broker: str | None = None, metrics: str | None = None) -> None:
+    """`broker` and `metrics` (HOST:PORT) override the config's."""
     config, registry, key, url = load(config_path, broker)
+    try:
+        listeners = await listeners_for(config.metrics, metrics)
+    except MetricsUnavailable as error:
+        raise DaemonError(f"coordinator {config.coordinator_id}: {error}") from None
     journal = Journal(config.journal, offload=True)
     try:
         async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
             coordinator = Coordinator(config.coordinator_id, key, registry, bus, journal, ServiceClock(),
                                       config.timing, config.ledgers)
+            coordinator_metrics = CoordinatorMetrics(coordinator)   # before any settlement is resumed
             await nursery.start(coordinator.run)
             log.info("coordinator %s up on %s, journal %s, Δ = %d ms", config.coordinator_id, redacted(url),
                      config.journal, config.timing.margin_ms)
+            if listeners is not None:
+                nursery.start_soon(serve_metrics, coordinator_metrics.registry, listeners)
+                log.info("coordinator %s metrics at %s", config.coordinator_id, url_of(listeners))
     finally:
         journal.close()
 

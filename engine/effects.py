@@ -32,7 +32,7 @@ from protocols.journal import Replay
 from protocols.messages import (INSTRUCTIONS, Abort, Claim, CreateInstrument, Entry, Issue, Lock, OpenAccount,
                                 Redeem, Refund, RotateKey, Settle, Transfer)
 from protocols.registry import Registry
-from protocols.settlement import lock_id, settle_id
+from protocols.settlement import lock_id, settle_id, utc_date
 from protocols.signing import Signed, from_wire, load_public_point
 
 Rows = dict[str, list[list[Any]]]
@@ -174,12 +174,24 @@ def _terms(auth: dict, signed: Signed, keys: Registry | None) -> Terms:
     return terms
 
 
-def _payers(terms: Terms, replay: Replay, index: int, ledger: str) -> None:
+def _payers(terms: Terms, replay: Replay, index: int, ledger: str, entry_ms: int) -> None:
     leg = terms.legs[index]
     if leg.ledger != ledger or _owner(replay, leg.from_account) != terms.payers[index]:
         raise Unvouched(f"leg {index} of settlement {terms.id} is not paid on {ledger} by {terms.payers[index]}")
     if _owner(replay, leg.to_account) != terms.payees[index]:
         raise Unvouched(f"leg {index} of settlement {terms.id} does not pay {terms.payees[index]}")
+    if terms.kind == "redemption" and index == 0:
+        _matured(terms, replay, entry_ms)
+
+
+def _matured(terms: Terms, replay: Replay, entry_ms: int) -> None:
+    """A holder's units taken without its signature: by the instrument's issuer, at
+    face value, at or after maturity."""
+    units, cash = terms.legs
+    kind, issuer, _, reference = replay.assets.get(units.asset, (None, None, None, {}))
+    if kind != "security" or issuer != terms.issuer or utc_date(entry_ms) < reference["maturity_date"] or \
+            (cash.asset, terms.face_value_minor) != (reference["currency"], reference["face_value_minor"]):
+        raise Unvouched(f"redemption {terms.id} is not {units.asset}'s issuer's, at face value, after maturity")
 
 
 def _settle(msg: Settle, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
@@ -188,7 +200,7 @@ def _settle(msg: Settle, signed: Signed, entry: Entry, replay: Replay, keys: Reg
         if msg.id != settle_id(terms.id) or msg.legs != tuple(leg.as_leg() for leg in terms.legs):
             raise Unvouched(f"its legs or id are not those of settlement {terms.id}")
         for index in range(len(terms.legs)):
-            _payers(terms, replay, index, entry.ledger)
+            _payers(terms, replay, index, entry.ledger, entry.time_ms)
     else:
         for leg in msg.legs:
             _needs(signed.sigs, _owner(replay, leg.from_account), f"{leg.from_account} is debited", keys)
@@ -204,7 +216,7 @@ def _lock(msg: Lock, signed: Signed, entry: Entry, replay: Replay, keys: Registr
         if terms.same_ledger or leg is None or (leg.from_account, leg.to_account, leg.asset, leg.amount) != \
                 (msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount):
             raise Unvouched(f"lock {msg.id} is not a leg of settlement {terms.id} as its payers signed it")
-        _payers(terms, replay, index, entry.ledger)
+        _payers(terms, replay, index, entry.ledger, entry.time_ms)
     else:
         _needs(signed.sigs, _owner(replay, msg.owner_account), f"{msg.owner_account} is locked", keys)
     return {"locks": [[msg.id, LockState.HELD.value]],

@@ -20,6 +20,8 @@ from protocols.settlement import FINAL, Phase, check_transition
 
 SCHEMA_VERSION = 1
 BATCH_SIZE_MAX = 1024
+# in one fixed order: the query must spell the partial index's condition as it was created
+_FINAL_SQL = ", ".join(f"'{value}'" for value in sorted(phase.value for phase in FINAL))
 
 
 @attrs.frozen
@@ -68,8 +70,7 @@ class Journal:
             db["settlements"].create({"id": str, "instruction": bytes, "phase": str, "secret": bytes,
                                       "expiry_ms": str, "sent": str, "reason_code": str, "reason": str,
                                       "steps": str}, pk="id")
-            final = ", ".join(f"'{phase.value}'" for phase in FINAL)
-            db.execute(f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({final})")
+            db.execute(f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({_FINAL_SQL})")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -121,8 +122,7 @@ class Journal:
         return _record(row) if row else None
 
     def unfinished(self) -> list[Record]:
-        final = ", ".join(f"'{phase.value}'" for phase in FINAL)
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM settlements WHERE phase NOT IN ({final}) ORDER BY id")
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM settlements WHERE phase NOT IN ({_FINAL_SQL}) ORDER BY id")
         return [_record(row) for row in rows]
 
     def all(self) -> list[Record]:

@@ -6,6 +6,7 @@ may import both ledgers and engine: it is what starts them.)"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import attrs
 import trio
@@ -24,7 +25,7 @@ from protocols.registry import Role
 from protocols.settlement import Timing
 from protocols.signing import sign
 
-from .coordinator import Coordinator
+from .coordinator import Coordinator, Desk
 from .journal import Journal
 from .world import LedgerSpec, World, lay_out
 
@@ -103,13 +104,17 @@ class Local:
         self._ledger_scopes.pop(ledger_id).cancel()
 
     async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True,
-                                bus: object | None = None) -> tuple[Coordinator, trio.CancelScope]:
+                                bus: object | None = None, desks: tuple[Callable[[Coordinator], Desk], ...] = ()
+                                ) -> tuple[Coordinator, trio.CancelScope]:
         """Start the coordinator under its own cancel scope, so a test can kill it; on
-        `bus` if given (a faulty one, say), else on the world's."""
+        `bus` if given (a faulty one, say), else on the world's; with a desk made by each
+        of `desks`."""
         journal = Journal(self.world.directory / f"{COORDINATOR}.db", offload=self.offload)
         watched = tuple(self.world.ledger_configs) if watchtower else ()  # down ones too: they come back
         coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, bus or self.bus,
                                   journal, ServiceClock(), timing, watched)
+        for make_desk in desks:
+            coordinator.add_desk(make_desk(coordinator))
         scope = trio.CancelScope()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -23,9 +23,10 @@ from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import follow
 from protocols.errors import Rejected
 from protocols.journal import ChainBroken
-from protocols.messages import Claim, Settlement
+from protocols.authority import Terms, terms_of
+from protocols.messages import Claim
 from protocols.registry import Registry
-from protocols.signing import PrivateKey, from_wire, sign
+from protocols.signing import PrivateKey, sign
 
 log = logging.getLogger("lockstep.watchtower")
 
@@ -83,7 +84,7 @@ class Watchtower:
                 for lock_id, _ in entry["effects"].get("locks", ()):
                     self._lock_ended(lock_id)
             elif kind == "lock" and instruction.get("auth") and instruction["id"].endswith(":0"):
-                self._remember(from_wire(instruction["auth"], allowed=(Settlement,)).msg)
+                self._remember(terms_of(instruction["auth"], None))  # the ledger has checked it
             elif kind == "claim" and instruction["lock_id"].endswith(":0"):
                 settlement_id = instruction["lock_id"][:-2]
                 watched = self._second.get(settlement_id)
@@ -103,7 +104,7 @@ class Watchtower:
         elif leg == "1":
             self._ended.add(lock_id)
 
-    def _remember(self, settlement: Settlement) -> None:
+    def _remember(self, settlement: Terms) -> None:
         if len(self._second) >= REMEMBERED_MAX:
             self._forget_expired()
         second = settlement.legs[1]

@@ -9,6 +9,7 @@
     broker = "mqtt://127.0.0.1:1883"
     broker_password_file = "secrets/ledger-csd.password"   # optional: a secured broker (docs/DEPLOY.md);
     broker_ca_file = "ca.pem"                               # the user is the client id, ledger-{ledger_id}
+    metrics = "127.0.0.1:9111"       # optional: serve Prometheus metrics at http://HOST:PORT/metrics
 
     [[currencies]]                   # cbdc and unified ledgers
     code = "EUR"
@@ -23,6 +24,7 @@ from pathlib import Path
 import attrs
 
 from protocols.bus.address import broker_setting
+from protocols.bus.exposition import metrics_setting
 from protocols.identifiers import currency_problem
 from protocols.messages import IDENT_PATTERN
 
@@ -56,6 +58,7 @@ class LedgerConfig:
     key_file: Path
     registry: Path
     broker: str | None = None            # with the broker_*_file settings in its query
+    metrics: tuple[str, int] | None = None   # (host, port) of the metrics endpoint; None: off
     currencies: tuple[CurrencyConfig, ...] = ()
     limits: Limits = Limits()
 
@@ -87,7 +90,7 @@ class LedgerConfig:
             return data[key]
 
         known = {"ledger_id", "role", "operator", "database", "key_file", "registry", "broker",
-                 "broker_password_file", "broker_ca_file", "currencies", "limits"}
+                 "broker_password_file", "broker_ca_file", "metrics", "currencies", "limits"}
         for key in data:
             if key not in known:
                 raise ConfigError(f"{source}: {key}: unknown setting")
@@ -119,7 +122,11 @@ class LedgerConfig:
             broker = broker_setting(data, base)
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from None
+        try:
+            metrics = metrics_setting(data)
+        except ValueError as error:
+            raise ConfigError(f"{source}: metrics: {error}") from None
         return cls(ledger_id=ledger_id, role=role, operator=need("operator"),
                    database=base / need("database"), key_file=base / need("key_file"),
-                   registry=base / need("registry"), broker=broker,
+                   registry=base / need("registry"), broker=broker, metrics=metrics,
                    currencies=tuple(currencies), limits=limits)

@@ -14,6 +14,7 @@ import trio
 
 from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
+from protocols.bus.exposition import MetricsUnavailable, listeners_for, serve_metrics, url_of
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.registry import Registry
 from protocols.signing import PrivateKey
@@ -44,7 +45,8 @@ def open_ledger(config: LedgerConfig, now_ms: int) -> Ledger:
         raise DaemonError(f"ledger {config.ledger_id} refuses to start: {error}") from None
 
 
-async def run(config_path: str, broker: str | None = None) -> None:
+async def run(config_path: str, broker: str | None = None, metrics: str | None = None) -> None:
+    """`broker` and `metrics` (HOST:PORT) override the config's."""
     try:
         config = LedgerConfig.load(config_path)
     except ConfigError as error:
@@ -52,6 +54,10 @@ async def run(config_path: str, broker: str | None = None) -> None:
     url = broker or config.broker
     if url is None:
         raise DaemonError(f"{config_path}: broker: required to run as a service (or pass --broker)")
+    try:
+        listeners = await listeners_for(config.metrics, metrics)
+    except MetricsUnavailable as error:
+        raise DaemonError(f"ledger {config.ledger_id}: {error}") from None
     clock = ServiceClock()
     ledger = open_ledger(config, clock.now_ms())
     try:
@@ -61,6 +67,9 @@ async def run(config_path: str, broker: str | None = None) -> None:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(service.run)
                     log.info("ledger %s (%s) up on %s, database %s", config.ledger_id, config.role, redacted(url), config.database)
+                    if listeners is not None:
+                        nursery.start_soon(serve_metrics, service.metrics.registry, listeners)
+                        log.info("ledger %s metrics at %s", config.ledger_id, url_of(listeners))
                     async for signum in signals:
                         log.info("ledger %s stopping on %s", config.ledger_id, signal.Signals(signum).name)
                         nursery.cancel_scope.cancel()

@@ -13,7 +13,7 @@ O(state rows + entries since the checkpoint), not O(journal): see docs/PROTOCOL.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from protocols import canonical
 from protocols.errors import Code, Rejected
@@ -21,8 +21,8 @@ from protocols.htlc import refund
 from protocols.journal import (GENESIS_HASH, ChainBroken, Checkpoint, Link, Replay, StateDigest, Tables,
                                applied_problems, differences, differences_since, make_entry, state_digest,
                                verify_chain)
-from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, Entry, QueryBalances,
-                                QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
+from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, Entry, QueryAccounts, QueryBalances,
+                                QueryHolders, QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
                                 Result, readable_id)
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, decode_signed, load_public_point, sign
@@ -68,6 +68,8 @@ class Ledger:
         self._checkpoint_seq = -1 if checkpoint is None else checkpoint.seq
         self._rotate(store.all_keys())
         self._events: list[bytes] = []
+        # each answered request's (message type, None if applied else the refusal's code): for metrics
+        self.on_outcome: Callable[[str, str | None], None] = lambda kind, code: None
         self._begin(now_ms)
 
     # -- start ---------------------------------------------------------------------------
@@ -198,21 +200,22 @@ class Ledger:
             rules.release(refund(lock, now_ms), changes)
             changes.write()
             self._append(now_ms, "expire", None, changes.effects())
+            self.on_outcome("expire", None)
             log.info("expired lock %s: %d %s back to %s", lock.lock_id, lock.amount, lock.asset, lock.owner_account)
 
     def _handle(self, payload: bytes, now_ms: int) -> bytes:
         try:
             signed = decode_signed(payload, allowed=INSTRUCTIONS + QUERIES)
         except Rejected as error:
-            return self._refusal(readable_id(payload), error, now_ms)
+            return self._refusal("unknown", readable_id(payload), error, now_ms)
         msg = signed.msg
         if msg.ledger != self.id:
-            return self._refusal(msg.id, Rejected(Code.WRONG_LEDGER, "ledger", f"this is ledger {self.id!r}, not {msg.ledger!r}"), now_ms)
+            return self._refusal(msg.TYPE, msg.id, Rejected(Code.WRONG_LEDGER, "ledger", f"this is ledger {self.id!r}, not {msg.ledger!r}"), now_ms)
         if isinstance(msg, QUERIES):
             try:
                 return self._answer(msg, now_ms)
             except Rejected as error:
-                return self._refusal(msg.id, error, now_ms)
+                return self._refusal(msg.TYPE, msg.id, error, now_ms)
         return self._instruct(signed, now_ms)
 
     def _instruct(self, signed: Signed, now_ms: int) -> bytes:
@@ -222,25 +225,26 @@ class Ledger:
             digest, body, receipt = known
             if digest == signed.digest:
                 return receipt
-            return self._refusal(msg.id, _reuse(canonical.decode(body.encode()), signed.body), now_ms)
+            return self._refusal(msg.TYPE, msg.id, _reuse(canonical.decode(body.encode()), signed.body), now_ms)
         try:
             self.registry.verify_all(signed)
         except Rejected as error:  # unauthenticated: not recorded, an attacker cannot burn an id
-            return self._refusal(msg.id, error, now_ms)
+            return self._refusal(msg.TYPE, msg.id, error, now_ms)
         changes = Changes(self.store)
         try:
             rules.apply(signed, rules.Context(self.config, self.registry, now_ms), changes)
         except Rejected as error:
             log.info("refused %s %s: %s", msg.TYPE, msg.id, error)
             if error.code in _NOT_RECORDED or error.field.startswith("auth."):
-                return self._refusal(msg.id, error, now_ms)
-            receipt, seq = self._refusal(msg.id, error, now_ms), None
+                return self._refusal(msg.TYPE, msg.id, error, now_ms)
+            receipt, seq = self._refusal(msg.TYPE, msg.id, error, now_ms), None
         else:
             changes.write()
             effects = changes.effects()
             self._rotate(dict(effects.get("keys", ())))
             seq, entry_hash = self._append(now_ms, msg.TYPE, signed.wire(), effects)
             log.info("applied %s %s as entry %d", msg.TYPE, msg.id, seq)
+            self.on_outcome(msg.TYPE, None)
             receipt = self._sign(Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash))
         self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), receipt, seq)
         return receipt
@@ -260,7 +264,8 @@ class Ledger:
     def _sign(self, msg: Body) -> bytes:
         return sign(msg, (self.id, self._key)).encode()
 
-    def _refusal(self, instruction_id: str, error: Rejected, now_ms: int) -> bytes:
+    def _refusal(self, kind: str, instruction_id: str, error: Rejected, now_ms: int) -> bytes:
+        self.on_outcome(kind, error.code.value)
         return self._sign(Receipt(self.id, instruction_id, "rejected", now_ms,
                                   code=error.code.value, field=error.field, reason=error.reason))
 
@@ -304,6 +309,18 @@ class Ledger:
                     break  # a shorter page; the reader asks again from where it ends
                 entries.append(canonical.decode(raw, bytes_max=len(raw)))
             return {"head": self.seq, "entries": entries}
+        if isinstance(msg, QueryHolders):
+            limit = _limit(msg.limit, QUERY_LIMIT_MAX)
+            holders = [{"account": account, "owner": owner, "available": available, "locked": locked}
+                       for account, owner, available, locked in self.store.holders(msg.asset, msg.after_account, limit)]
+            return {"asset": msg.asset, "holders": holders,
+                    "next_after": holders[-1]["account"] if len(holders) == limit else None}
+        if isinstance(msg, QueryAccounts):
+            accounts = self.store.accounts_of(msg.owner, QUERY_LIMIT_MAX)
+            return {"owner": msg.owner, "accounts": [
+                {"account": account, "balances": {asset: {"available": available, "locked": locked} for
+                                                  asset, (available, locked) in self.store.balances_of(account).items()}}
+                for account in accounts]}
         raise AssertionError(f"unhandled query {msg.TYPE}")
 
 

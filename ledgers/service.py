@@ -1,12 +1,14 @@
 """The ledger as a trio service on a bus: it drains whatever requests have arrived (up
 to `batch_size_max`), applies them as one batch, answers each after the commit, then
 publishes the batch's journal entries. When no request comes it still wakes at the
-next lock expiry, so expired locks are refunded by the ledger itself, on its own clock."""
+next lock expiry, so expired locks are refunded by the ledger itself, on its own clock.
+It counts its batches, outcomes and replies in its metrics (`metrics.py`) as it goes."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 
 import trio
 
@@ -14,6 +16,7 @@ from protocols.bus import Bus, entries_topic, service_of_ledger
 from protocols.bus.clock import ServiceClock
 
 from .ledger import Ledger
+from .metrics import LedgerMetrics
 
 log = logging.getLogger("lockstep.ledger")
 
@@ -33,6 +36,7 @@ class LedgerService:
         self.offload = offload
         self.batches = 0
         self.instructions = 0
+        self.metrics = LedgerMetrics(ledger)
         self._next_expiry_ms = ledger.next_expiry_ms()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -64,16 +68,20 @@ class LedgerService:
 
     async def _apply(self, batch: list) -> None:
         payloads = [request.payload for request in batch]
+        started = time.perf_counter()
         if self.offload:
             outcome = await trio.to_thread.run_sync(self._process, payloads, self.clock.now_ms())
         else:
             outcome = self._process(payloads, self.clock.now_ms())
         replies, entries, self._next_expiry_ms = outcome
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
         self.batches += 1
         self.instructions += len(batch)
         with trio.move_on_after(REPLY_SECONDS_MAX):
             for request, reply in zip(batch, replies):
                 await request.reply(reply)
+                self.metrics.request_seconds.observe(time.perf_counter() - started)
             topic = entries_topic(self.ledger.id)
             for entry in entries:
                 await self.bus.publish(topic, entry)

@@ -142,6 +142,19 @@ class Store:
     def all_accounts(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT account, owner FROM accounts"))
 
+    def accounts_of(self, owner: str, limit: int) -> list[str]:
+        """A party's accounts, by id (a scan of accounts: no index by owner)."""
+        rows = self._db.execute("SELECT account FROM accounts WHERE owner = ? ORDER BY account LIMIT ?", (owner, limit))
+        return [account for account, in rows]
+
+    def holders(self, asset: str, after_account: str, limit: int) -> list[tuple[str, str, int, int]]:
+        """(account, owner, available, locked) of every account holding some of `asset`,
+        by account id after `after_account` ("" from the first)."""
+        return self._db.execute(
+            "SELECT b.account, a.owner, b.available, b.locked FROM balances b JOIN accounts a ON a.account = b.account "
+            "WHERE b.asset = ? AND b.account > ? AND b.available + b.locked > 0 ORDER BY b.account LIMIT ?",
+            (asset, after_account, limit)).fetchall()
+
     def all_keys(self) -> dict[str, str]:
         """Rotated keys: party -> the hex of its key's compressed point."""
         return dict(self._db.execute("SELECT party, public_key FROM keys"))

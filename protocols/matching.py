@@ -24,7 +24,7 @@ class Difference:
     """Why two sides do not match, with the ISO 20022 unmatched reason code."""
 
     code: str      # DSEC security, DQUA quantity, DMON amount or currency, DDAT settlement date,
-                   # DTRD trade date, DEPT counterparty, DTRA direction, DMTX kind
+                   # DTRD trade date, DEPT counterparty, DTRA direction, OTHR kind
     field: str
     reason: str
 
@@ -33,7 +33,7 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
     """Every matching field on which `a` and `b` disagree; none if they match."""
     found = []
     if a.kind != b.kind or a.format != b.format:
-        found.append(Difference("DMTX", "kind", f"{a.kind} ({a.format}) against {b.kind} ({b.format})"))
+        found.append(Difference("OTHR", "kind", f"{a.kind} ({a.format}) against {b.kind} ({b.format})"))
     if a.kind == "dvp" and {a.side, b.side} != {"deliver", "receive"}:
         found.append(Difference("DTRA", "side", f"both sides {a.side}: one delivers, the other receives"))
     if (a.counterparty, b.counterparty) != (b.party, a.party):

@@ -28,6 +28,8 @@ LEGS_MAX = 16
 COUPON_FREQUENCIES = (0, 1, 2, 4, 12)   # payments a year; 0 is a zero-coupon bond
 DAY_COUNTS = ("30/360", "ACT/360", "ACT/365", "ACT/ACT")
 DOCUMENT_CHARS_MAX = 32 * 1024
+LATER = {"left_out_at_default": True}   # a field added in a later release: absent means its default,
+                                        # so what was signed before it existed keeps its bytes
 ABORT_BY_MAX = 4
 QUERY_LIMIT_MAX = 1000
 
@@ -246,8 +248,8 @@ class CreateInstrument(Instruction):
     face_value_minor: int = attrs.field(validator=amount)
     coupon_rate_bp: int = attrs.field(validator=count)
     maturity_date: str = attrs.field(validator=date)
-    coupon_frequency: int = attrs.field(default=1, validator=one_of_ints(*COUPON_FREQUENCIES))
-    day_count: str = attrs.field(default="30/360", validator=one_of(*DAY_COUNTS))
+    coupon_frequency: int = attrs.field(default=1, validator=one_of_ints(*COUPON_FREQUENCIES), metadata=LATER)
+    day_count: str = attrs.field(default="30/360", validator=one_of(*DAY_COUNTS), metadata=LATER)
 
 
 @message("issue")
@@ -381,7 +383,31 @@ class QueryReceipt(Query):
     instruction_id: str = attrs.field(validator=ident)
 
 
-QUERIES = (QueryInfo, QueryBalances, QueryLock, QueryLocks, QueryJournal, QueryReceipt)
+def optional_ident(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """An identifier, or "" for none: where a page starts (the first page)."""
+    if value != "":
+        ident(instance, attribute, value)
+
+
+@message("query_holders")
+class QueryHolders(Query):
+    """Every account holding some of an asset (available or locked), with its owner, by
+    account id after `after_account`: the holders of record a paying agent pays."""
+
+    asset: str = attrs.field(validator=asset_code)
+    limit: int = attrs.field(validator=count)
+    after_account: str = attrs.field(default="", validator=optional_ident)
+
+
+@message("query_accounts")
+class QueryAccounts(Query):
+    """A party's accounts on this ledger with their balances, by account id (at most
+    QUERY_LIMIT_MAX): where a paying agent finds a holder's cash account."""
+
+    owner: str = attrs.field(validator=ident)
+
+
+QUERIES = (QueryInfo, QueryBalances, QueryLock, QueryLocks, QueryJournal, QueryReceipt, QueryHolders, QueryAccounts)
 
 
 # Replies and records, signed by the ledger.
@@ -488,7 +514,7 @@ class Settlement(Body):
     deadline_ms: int = attrs.field(validator=time_ms)
     parties: tuple[str, ...] = attrs.field(validator=idents(2, at_least=2))
     legs: tuple[SettlementLeg, ...] = attrs.field(validator=settlement_legs)
-    not_before_ms: int = attrs.field(default=0, validator=time_ms)  # no leg moves earlier: a repo's reverse leg
+    not_before_ms: int = attrs.field(default=0, validator=time_ms, metadata=LATER)  # no leg moves earlier
 
 
 @message("settlement_instruction")
@@ -562,6 +588,84 @@ class Entitlement(Body):
     amount_minor: int = attrs.field(validator=amount)
 
 
+@message("query_advices")
+class QueryAdvices(Body):
+    """A party's status advices and confirmations, from a position on; answered only to
+    that party (the broker ties a client's id to its login)."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    party: str = attrs.field(validator=ident)
+    from_seq: int = attrs.field(validator=count)
+    limit: int = attrs.field(validator=count)
+
+
+@message("advices")
+class Advices(Body):
+    """The coordinator's ISO 20022 documents for one party, oldest first. Each item:
+    seq, instruction_id, settlement_id, status, format and the document itself."""
+
+    coordinator: str = attrs.field(validator=ident)
+    party: str = attrs.field(validator=ident)
+    time_ms: int = attrs.field(validator=time_ms)
+    items: tuple = ()
+
+
+@message("query_corporate_action")
+class QueryCorporateAction(Body):
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    action_id: str = attrs.field(validator=ident)
+
+
+@message("corporate_action_status")
+class CorporateActionStatus(Body):
+    """The paying agent's account of a corporate action: its state and every holder's
+    entitlement (holder, holder_account, holder_cash_account, units, amount_minor, state
+    due | paid | unpaid | excluded, reason_code, reason, settlement_id)."""
+
+    coordinator: str = attrs.field(validator=ident)
+    action_id: str = attrs.field(validator=ident)
+    state: str = attrs.field(validator=ident)
+    time_ms: int = attrs.field(validator=time_ms)
+    reason_code: str = ""
+    reason: str = ""
+    entitlements: tuple = ()
+
+
+@message("repo")
+class Repo(Body):
+    """A repurchase agreement: two settlements both parties signed, the start leg now and
+    the reverse leg (its `not_before_ms` the term date) only if the start settled. Sent
+    to the coordinator signed by either party."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    start: dict = attrs.field(validator=an_object)
+    reverse: dict = attrs.field(validator=an_object)
+
+
+@message("query_repo")
+class QueryRepo(Body):
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    repo_id: str = attrs.field(validator=ident)
+
+
+@message("repo_status")
+class RepoStatus(Body):
+    """The coordinator's account of a repo: its state and the phase of each leg."""
+
+    coordinator: str = attrs.field(validator=ident)
+    repo_id: str = attrs.field(validator=ident)
+    state: str = attrs.field(validator=ident)
+    time_ms: int = attrs.field(validator=time_ms)
+    start_phase: str = ""
+    reverse_phase: str = ""
+    reason_code: str = ""
+    reason: str = ""
+
+
 @message("query_settlement")
 class QuerySettlement(Body):
     id: str = attrs.field(validator=ident)
@@ -588,7 +692,9 @@ def to_body(msg: Body) -> dict[str, Any]:
     """The wire dictionary of a message, with `v` and `type` first-class fields."""
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
     for attribute in attrs.fields(type(msg)):
-        body[attribute.name] = _to_wire(getattr(msg, attribute.name))
+        value = getattr(msg, attribute.name)
+        if not (attribute.metadata.get("left_out_at_default") and value == attribute.default):
+            body[attribute.name] = _to_wire(value)
     return body
 
 

@@ -391,7 +391,7 @@ KINDS = {
     **{name: "str" for name in ("id", "ledger", "from_account", "to_account", "asset", "owner_account",
                                 "beneficiary_account", "hashlock", "lock_id", "preimage", "account", "owner",
                                 "instruction_id", "kind", "coordinator", "settlement_id")},
-    "deadline_ms": "int", "parties": "parties",
+    "deadline_ms": "int", "not_before_ms": "int", "parties": "parties",
 }
 _SAFE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 LEG_FIELDS = {"from_account": "str", "to_account": "str", "asset": "str", "amount": "int", "ledger": "str"}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from typing import Any
+import time
+from typing import Any, Callable
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,6 +37,8 @@ class LedgerClient:
         self.timeout_s = timeout_s
         self.attempts = attempts
         self._query_ids = (f"q{secrets.token_hex(4)}-{n}" for n in itertools.count())
+        # each attempt's (seconds from request to reply or timeout, answered): for metrics
+        self.on_round_trip: Callable[[float, bool], None] = lambda seconds, answered: None
 
     async def submit(self, signed: Signed) -> Receipt:
         """The ledger's receipt for an instruction: applied or rejected with a code."""
@@ -62,10 +65,15 @@ class LedgerClient:
 
     async def _request(self, payload: bytes) -> bytes:
         for attempt in range(self.attempts):
+            started = time.perf_counter()
             try:
-                return await self.bus.request(self._service, payload, timeout_s=self.timeout_s)
+                reply = await self.bus.request(self._service, payload, timeout_s=self.timeout_s)
             except BusTimeout:
+                self.on_round_trip(time.perf_counter() - started, False)
                 await trio.sleep(min(0.05 * 2**attempt, 1.0))
+            else:
+                self.on_round_trip(time.perf_counter() - started, True)
+                return reply
         raise BusTimeout(f"{self.ledger_id} did not answer after {self.attempts} attempts")
 
     def _verified(self, raw: bytes) -> Body:

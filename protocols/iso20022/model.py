@@ -12,7 +12,11 @@ import attrs
 
 SESE_023 = "sese.023.001.11"
 PACS_009 = "pacs.009.001.11"
-FORMATS = (SESE_023, PACS_009)
+FORMATS = (SESE_023, PACS_009)          # what a counterparty instructs in
+SESE_024 = "sese.024.001.12"             # what Lockstep writes: status advices,
+SESE_025 = "sese.025.001.11"             # settlement confirmations,
+PACS_002 = "pacs.002.001.14"             # a PvP's payment status,
+CAMT_053 = "camt.053.001.12"             # account statements
 
 
 @attrs.frozen

@@ -1,0 +1,297 @@
+"""The matching desk: one-sided ISO 20022 instructions in, matched settlements driven,
+status advices and confirmations out, as a CSD's settlement engine does it.
+
+Each counterparty sends its own side (a `settlement_instruction` carrying a sese.023 or
+pacs.009 document, signed by it). An instruction waits unmatched until the other side
+arrives with every matching field equal (protocols.matching); then both are settled as
+one `matched` authority, which each ledger checks again. Every step is written to the
+coordinator's database before it is acted on or announced:
+
+    unmatched --(other side agrees)--> matched --(settlement final)--> settled | failed
+    unmatched --(its settlement date has passed)--> cancelled
+
+Each party gets an advice for each step (sese.024: unmatched with the ISO reason,
+matched, failed with the reason, cancelled; a sese.025 confirmation once settled; for a
+PvP, pacs.002), kept numbered per party and read with `query_advices`."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Mapping
+
+import attrs
+import trio
+
+from protocols import matching
+from protocols.authority import terms_of
+from protocols.canonical import decode
+from protocols.errors import Code, Rejected
+from protocols.iso20022 import pacs002, read, sese024, sese025
+from protocols.iso20022.model import PACS_002, SESE_024, SESE_025, Advice, Confirmation, OneSided
+from protocols.messages import Advices, Matched, QueryAdvices, QueryInfo, SettlementInstruction, to_body
+from protocols.registry import Role
+from protocols.settlement import Phase
+from protocols.signing import Signed, from_wire
+
+from .coordinator import Coordinator
+
+log = logging.getLogger("lockstep.matching")
+
+ADVICES_PAGE_MAX = 100
+SETTLING_MAX = 256          # matched settlements driven at once by this desk
+
+# the ISO 20022 settlement status reason for a ledger's refusal of a leg
+_FAILURE_REASONS = {Code.INSUFFICIENT_FUNDS.value: ("LACK", "MONY"),
+                    Code.TIMEOUT.value: ("LATE", "LATE"), Code.LOCK_EXPIRED.value: ("LATE", "LATE"),
+                    Code.EXPIRY_OUT_OF_RANGE.value: ("LATE", "LATE")}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instructions (
+    party TEXT NOT NULL, id TEXT NOT NULL, raw BLOB NOT NULL, counterparty TEXT NOT NULL,
+    settlement_date TEXT NOT NULL, state TEXT NOT NULL, settlement_id TEXT, received_ms INTEGER NOT NULL,
+    PRIMARY KEY (party, id));
+CREATE INDEX IF NOT EXISTS open_instructions ON instructions(state, counterparty) WHERE state IN ('unmatched', 'matched');
+CREATE TABLE IF NOT EXISTS advices (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, party TEXT NOT NULL, instruction_id TEXT NOT NULL,
+    settlement_id TEXT, status TEXT NOT NULL, format TEXT NOT NULL, document TEXT NOT NULL, time_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS advices_of ON advices(party, seq);
+"""
+
+
+@attrs.frozen
+class Side:
+    """An instruction as the desk keeps it: the signed message and what its document says."""
+
+    signed: Signed
+    one: OneSided
+
+    @property
+    def msg(self) -> SettlementInstruction:
+        return self.signed.msg
+
+
+class MatchingDesk:
+    messages = (SettlementInstruction, QueryAdvices)
+
+    def __init__(self, coordinator: Coordinator, places: Mapping[str, str] | None = None) -> None:
+        """`places`: the ledger that settles each asset, where more than one carries it;
+        others are found by asking every registered ledger what it carries."""
+        self.coordinator = coordinator
+        self._places = dict(places or {})
+        self._db = sqlite3.connect(coordinator.journal.path, isolation_level=None, check_same_thread=False)
+        self._db.executescript(_SCHEMA)
+        self._changed = trio.Event()
+        self._matching = trio.Lock()
+        self._limit = trio.CapacityLimiter(SETTLING_MAX)
+        self._nursery: trio.Nursery | None = None
+
+    # -- the bus ---------------------------------------------------------------------------
+
+    async def answer(self, signed: Signed, request) -> bytes:
+        if isinstance(signed.msg, QueryAdvices):  # confidential: asked for by the party itself
+            self.coordinator.registry.verify_all(signed)
+            self.coordinator.registry.signed_by(signed, (signed.msg.party,))
+            return self._advices(signed.msg)
+        async with self._matching:  # one instruction at a time: no side is matched twice
+            return await self.instruct(signed)
+
+    def _advices(self, query: QueryAdvices) -> bytes:
+        rows = self._db.execute(
+            "SELECT seq, instruction_id, settlement_id, status, format, document FROM advices "
+            "WHERE party = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            (query.party, query.from_seq, min(query.limit, ADVICES_PAGE_MAX))).fetchall()
+        items = tuple({"seq": seq, "instruction_id": iid, "settlement_id": sid, "status": status, "format": fmt,
+                       "document": document} for seq, iid, sid, status, fmt, document in rows)
+        return self.coordinator.sign(Advices(self.coordinator.id, query.party, self.coordinator.clock.now_ms(), items))
+
+    async def instruct(self, signed: Signed) -> bytes:
+        """Take one side; the reply is the advice it earned at once (unmatched or matched),
+        or, for an instruction seen before, the latest advice it has."""
+        side = self._read(signed)
+        msg = side.msg
+        row = self._db.execute("SELECT raw FROM instructions WHERE party = ? AND id = ?", (msg.party, msg.id)).fetchone()
+        if row is not None:
+            if bytes(row[0]) != signed.encode():
+                raise Rejected(Code.ID_REUSED, "id", f"instruction {msg.id} of {msg.party} was sent with other content")
+            return self._latest_advice(msg.party, msg.id)
+        now_ms = self.coordinator.clock.now_ms()
+        _, last_ms = matching.day_window(side.one.settlement_date)
+        if now_ms > last_ms:
+            raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "document", f"its settlement date {side.one.settlement_date} has passed")
+        candidates = [self._side(raw) for (raw,) in self._db.execute(
+            "SELECT raw FROM instructions WHERE state = 'unmatched' AND party = ? AND counterparty = ? ORDER BY received_ms",
+            (side.one.counterparty, side.one.party))]
+        found = [(matching.differences(side.one, other.one), other) for other in candidates]
+        match = next((other for differences, other in found if not differences), None)
+        if match is None:
+            self._add_unmatched(side, now_ms, min((d for d, _ in found), key=len, default=None))
+        else:
+            auth = await self._matched(side, match)
+            self._add_matched(side, match, terms_of(auth, None).id, now_ms)
+            self._settle_soon(side, match, auth)
+        self._changed.set()
+        return self._latest_advice(msg.party, msg.id)
+
+    def _read(self, signed: Signed) -> Side:
+        msg: SettlementInstruction = signed.msg
+        registry = self.coordinator.registry
+        registry.verify_all(signed)
+        registry.signed_by(signed, (msg.party,))
+        if msg.coordinator != self.coordinator.id:
+            raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.coordinator.id!r}")
+        one = read(msg.format, msg.document)
+        if one.party != msg.party:
+            raise Rejected(Code.NOT_AUTHORISED, "document", f"the document instructs for {one.party}, signed by {msg.party}")
+        if one.counterparty not in registry or one.counterparty == one.party:
+            raise Rejected(Code.UNKNOWN_SIGNER, "document", f"counterparty {one.counterparty!r} is not a registered party")
+        return Side(signed, one)
+
+    def _side(self, raw: bytes) -> Side:
+        signed = from_wire(decode(raw), allowed=(SettlementInstruction,))
+        return Side(signed, read(signed.msg.format, signed.msg.document))
+
+    # -- matching --------------------------------------------------------------------------
+
+    async def _matched(self, a: Side, b: Side) -> dict:
+        first, second = (a, b) if matching.leg_order(a.one, b.one)[0] is a.one else (b, a)
+        ledgers = (await self._place(first.one.gives_asset), await self._place(second.one.gives_asset))
+        return to_body(Matched(self.coordinator.id, ledgers, (first.signed.wire(), second.signed.wire())))
+
+    async def _place(self, asset: str) -> str:
+        if asset not in self._places:
+            carriers = []
+            for party in self.coordinator.registry:
+                if self.coordinator.registry.has_role(party, Role.LEDGER):
+                    client = self.coordinator.client(party)
+                    info = await client.query(QueryInfo(client.next_query_id(), party))
+                    if any(held["code"] == asset for held in info["assets"]):
+                        carriers.append(party)
+            if len(carriers) != 1:
+                raise Rejected(Code.UNKNOWN_ASSET, "document",
+                               f"{asset} is carried by {', '.join(carriers) or 'no ledger'}: "
+                               "the coordinator's settlement ledgers must name one")
+            self._places[asset] = carriers[0]
+        return self._places[asset]
+
+    def _add_unmatched(self, side: Side, now_ms: int, differences: list[matching.Difference] | None) -> None:
+        if differences:
+            code = differences[0].code
+            reason = "; ".join(f"{d.code} {d.field}: {d.reason}" for d in differences)
+        else:
+            code, reason = "CMIS", f"no matching instruction from {side.one.counterparty} yet"
+        with self._db:
+            self._insert(side, "unmatched", None, now_ms)
+            self._advise(side, "unmatched", None, code, reason, now_ms)
+
+    def _add_matched(self, side: Side, other: Side, settlement_id: str, now_ms: int) -> None:
+        with self._db:
+            self._insert(side, "matched", settlement_id, now_ms)
+            self._db.execute("UPDATE instructions SET state = 'matched', settlement_id = ? WHERE party = ? AND id = ?",
+                             (settlement_id, other.msg.party, other.msg.id))
+            for each in (other, side):
+                self._advise(each, "matched", settlement_id, "", f"matched with {each.one.counterparty}", now_ms)
+
+    def _insert(self, side: Side, state: str, settlement_id: str | None, now_ms: int) -> None:
+        self._db.execute("INSERT INTO instructions (party, id, raw, counterparty, settlement_date, state, settlement_id, "
+                         "received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (side.msg.party, side.msg.id, side.signed.encode(), side.one.counterparty,
+                          side.one.settlement_date, state, settlement_id, now_ms))
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _settle_soon(self, a: Side, b: Side, auth: dict) -> None:
+        assert self._nursery is not None, "the desk is not running"
+        self._nursery.start_soon(self._settle, a, b, auth)
+
+    async def _settle(self, a: Side, b: Side, auth: dict) -> None:
+        settlement_id = terms_of(auth, None).id
+        async with self._limit:
+            try:
+                record = await self.coordinator.settle(auth)
+            except Rejected as error:  # refused before any leg moved (say, its date has passed)
+                self._finish(a, b, settlement_id, None, "failed", error.code.value, f"{error.field}: {error.reason}")
+                return
+        if record.phase is Phase.SETTLED:
+            self._finish(a, b, settlement_id, record.steps[-1][1], "settled", "", "")
+        else:
+            self._finish(a, b, settlement_id, None, record.phase.value, record.reason_code, record.reason)
+
+    def _finish(self, a: Side, b: Side, settlement_id: str, settled_ms: int | None, outcome: str, code: str,
+                reason: str) -> None:
+        """Each party's last advice, and the instructions' end state, in one transaction."""
+        now_ms = self.coordinator.clock.now_ms()
+        with self._db:
+            for side in (a, b):
+                state = "settled" if settled_ms is not None else "failed"
+                self._db.execute("UPDATE instructions SET state = ? WHERE party = ? AND id = ?",
+                                 (state, side.msg.party, side.msg.id))
+                if settled_ms is not None:
+                    self._confirm(side, settlement_id, settled_ms, now_ms)
+                else:
+                    iso = _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[len(side.one.gives_asset) == 3]
+                    self._advise(side, "failed", settlement_id, iso, f"{outcome}: {code}: {reason}", now_ms)
+        log.info("matched settlement %s %s", settlement_id, outcome)
+
+    def _advise(self, side: Side, status: str, settlement_id: str | None, code: str, reason: str, now_ms: int) -> None:
+        advice = Advice(side.msg.party, side.one.reference, settlement_id, status, code, reason, now_ms, side.one)
+        self._store(side, status, settlement_id, *self._document(advice, SESE_024, sese024), now_ms)
+
+    def _confirm(self, side: Side, settlement_id: str, settled_ms: int, now_ms: int) -> None:
+        confirmation = Confirmation(side.msg.party, side.one.reference, settlement_id, side.one, settled_ms)
+        self._store(side, "settled", settlement_id, *self._document(confirmation, SESE_025, sese025), now_ms)
+
+    def _document(self, outcome: Advice | Confirmation, fmt: str, securities_writer) -> tuple[str, bytes]:
+        """A DvP's outcome in its sese message; a PvP's as a pacs.002 payment status."""
+        if outcome.instruction is not None and outcome.instruction.kind == "pvp":
+            return PACS_002, pacs002.write(outcome, sender=self.coordinator.id, now_ms=self.coordinator.clock.now_ms())
+        return fmt, securities_writer.write(outcome)
+
+    def _store(self, side: Side, status: str, settlement_id: str | None, fmt: str, document: bytes, now_ms: int) -> None:
+        self._db.execute("INSERT INTO advices (party, instruction_id, settlement_id, status, format, document, time_ms) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (side.msg.party, side.msg.id, settlement_id, status, fmt, document.decode(), now_ms))
+
+    def _latest_advice(self, party: str, instruction_id: str) -> bytes:
+        seq = self._db.execute("SELECT max(seq) FROM advices WHERE party = ? AND instruction_id = ?",
+                               (party, instruction_id)).fetchone()[0]
+        return self._advices(QueryAdvices("reply", self.coordinator.id, party, seq, 1))
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Settle again what was matched but not finished (idempotent: the coordinator's
+        journal knows what it did), then cancel what stays unmatched past its date."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for settlement_id, in self._db.execute(
+                    "SELECT DISTINCT settlement_id FROM instructions WHERE state = 'matched'").fetchall():
+                a, b = [self._side(raw) for (raw,) in self._db.execute(
+                    "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,))]
+                log.info("resuming matched settlement %s", settlement_id)
+                self._settle_soon(a, b, await self._matched(a, b))
+            task_status.started()
+            await self._cancel_unmatched()
+
+    async def _cancel_unmatched(self) -> None:
+        while True:
+            row = self._db.execute("SELECT min(settlement_date) FROM instructions WHERE state = 'unmatched'").fetchone()
+            cutoff = self.coordinator.clock.trio_time_at(matching.day_window(row[0])[1] + 1) if row[0] else float("inf")
+            with trio.move_on_at(cutoff):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            self._cancel_past(self.coordinator.clock.now_ms())
+
+    def _cancel_past(self, now_ms: int) -> None:
+        stale = [self._side(raw) for (raw, date) in self._db.execute(
+            "SELECT raw, settlement_date FROM instructions WHERE state = 'unmatched'").fetchall()
+            if matching.day_window(date)[1] < now_ms]
+        with self._db:
+            for side in stale:
+                self._db.execute("UPDATE instructions SET state = 'cancelled' WHERE party = ? AND id = ?",
+                                 (side.msg.party, side.msg.id))
+                self._advise(side, "cancelled", None, "CANS",
+                             f"unmatched past its settlement date {side.one.settlement_date}", now_ms)
+        for side in stale:
+            log.info("instruction %s of %s cancelled: unmatched past %s", side.msg.id, side.msg.party,
+                     side.one.settlement_date)

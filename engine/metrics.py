@@ -1,0 +1,107 @@
+"""The coordinator's Prometheus metrics, in a registry of its own (several services may
+share one process). Outcomes and latencies are counted as each record is saved (through
+`Coordinator.on_phase`, chained) and round trips as each ledger answers (through each
+`LedgerClient.on_round_trip`); what the journal knows (settlements by unfinished phase,
+its rows) is read when scraped, so it cannot drift from the truth."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+
+from protocols.registry import Role
+from protocols.settlement import FINAL, Phase
+
+from .coordinator import Coordinator
+from .journal import Record
+
+SETTLEMENT_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+ROUND_TRIP_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+UNFINISHED = tuple(phase for phase in Phase if phase not in FINAL)
+HOLDING_LOCKS = (Phase.LOCKING, Phase.LOCKED, Phase.CLAIMING, Phase.ROLLING_BACK)
+
+
+class CoordinatorMetrics:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)   # process_*: CPU, memory, open files of this process
+        Gauge("lockstep_coordinator_info", "This coordinator's id (always 1).", ["coordinator"],
+              registry=self.registry).labels(coordinator.id).set(1)
+        self.final = Counter("lockstep_coordinator_settlements_final_total",
+                             "Settlements that reached a final phase since this process started, by phase.",
+                             ["phase"], registry=self.registry)
+        for phase in FINAL:
+            self.final.labels(phase.value)
+        self.settlement_seconds = Histogram("lockstep_coordinator_settlement_seconds",
+                                            "From a settlement's acceptance (PENDING journaled) to its final "
+                                            "phase, on the coordinator's clock.",
+                                            buckets=SETTLEMENT_SECONDS_BUCKETS, registry=self.registry)
+        self.round_trip = Histogram("lockstep_coordinator_ledger_round_trip_seconds",
+                                    "From a request sent to a ledger to its reply, by ledger.", ["ledger"],
+                                    buckets=ROUND_TRIP_SECONDS_BUCKETS, registry=self.registry)
+        self.timeouts = Counter("lockstep_coordinator_ledger_timeouts_total",
+                                "Requests to a ledger that had no reply within one attempt's timeout, by ledger.",
+                                ["ledger"], registry=self.registry)
+        Gauge("lockstep_coordinator_in_flight_settlements", "Settlements being driven now.",
+              registry=self.registry).set_function(lambda: coordinator.in_flight)
+        self.registry.register(_JournalCollector(coordinator.journal.path))
+        for party in coordinator.registry:
+            if Role.LEDGER in party.roles:
+                self._watch(coordinator, party.id)
+        chained = coordinator.on_phase
+
+        def on_phase(record: Record) -> None:
+            self.saved(record)
+            chained(record)
+        coordinator.on_phase = on_phase
+
+    def _watch(self, coordinator: Coordinator, ledger_id: str) -> None:
+        round_trip, timeouts = self.round_trip.labels(ledger_id), self.timeouts.labels(ledger_id)
+
+        def on_round_trip(seconds: float, answered: bool) -> None:
+            if answered:
+                round_trip.observe(seconds)
+            else:
+                timeouts.inc()
+        coordinator.client(ledger_id).on_round_trip = on_round_trip
+
+    def saved(self, record: Record) -> None:
+        """A record is on disk: if final, count its outcome and time it."""
+        if record.final:
+            self.final.labels(record.phase.value).inc()
+            (_, accepted_ms), (_, final_ms) = record.steps[0], record.steps[-1]
+            self.settlement_seconds.observe((final_ms - accepted_ms) / 1000)
+
+
+class _JournalCollector:
+    """Read at scrape time from the journal (a read-only connection of its own, so a
+    scrape never meets the writer's transaction): unfinished settlements by phase, on
+    the journal's index of unfinished rows, and its row count. Final phases are not
+    indexed; their counts are `lockstep_coordinator_settlements_final_total`."""
+
+    def __init__(self, journal_path: Path) -> None:
+        self._uri = Path(journal_path).resolve().as_uri() + "?mode=ro"
+
+    def collect(self):
+        with closing(sqlite3.connect(self._uri, uri=True)) as db:
+            # the index's own condition, word for word: SQLite uses a partial index only
+            # for a WHERE it can match, and the order of the phases in it is the creator's
+            index = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'unfinished'").fetchone()
+            unfinished = index[0].split(" WHERE ", 1)[1]
+            by_phase = dict(db.execute(f"SELECT phase, COUNT(*) FROM settlements INDEXED BY unfinished "
+                                       f"WHERE {unfinished} GROUP BY phase").fetchall())
+            rows = db.execute("SELECT COUNT(*) FROM settlements").fetchone()[0]
+        phases = GaugeMetricFamily("lockstep_coordinator_settlements",
+                                   "Settlements in each unfinished phase now, as journaled.", labels=["phase"])
+        for phase in UNFINISHED:
+            phases.add_metric([phase.value], by_phase.get(phase.value, 0))
+        yield phases
+        yield GaugeMetricFamily("lockstep_coordinator_locks_outstanding",
+                                "Settlements whose locks may be held now (locking, locked, claiming, rolling_back).",
+                                value=sum(by_phase.get(phase.value, 0) for phase in HOLDING_LOCKS))
+        yield GaugeMetricFamily("lockstep_coordinator_journal_rows",
+                                "Settlements in the coordinator's journal, one row each, final or not.", value=rows)

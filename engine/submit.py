@@ -1,0 +1,146 @@
+"""`lockstep submit FILE` and `lockstep advices`: a back office's side of the matching
+desk. The document (sese.023 or pacs.009) is read and validated here first, so a bad
+one is refused before it leaves, then signed with the party's key and sent; the
+coordinator's status advices and confirmations come back as ISO 20022 documents,
+written to a folder one file each and summarised one line each."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import trio
+from lxml import etree
+
+from protocols import canonical
+from protocols.bus import Bus, BusTimeout, service_of_coordinator
+from protocols.bus.clock import ServiceClock
+from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.errors import Rejected
+from protocols.iso20022 import read
+from protocols.iso20022.model import FORMATS
+from protocols.messages import (IDENT_PATTERN, Advices, QueryAdvices, SettlementInstruction, SettlementStatus)
+from protocols.registry import Registry
+from protocols.signing import PrivateKey, from_wire, sign
+
+from .daemon import DaemonError
+
+REPLY_TIMEOUT_S = 10
+POLL_S = 0.5
+FINAL = ("settled", "failed", "cancelled", "rejected")
+
+
+def format_of(document: bytes) -> str:
+    """The message a document is, by its namespace."""
+    for fmt in FORMATS:
+        if f"urn:iso:std:iso:20022:tech:xsd:{fmt}".encode() in document[:2048]:
+            return fmt
+    raise DaemonError(f"not one of {', '.join(FORMATS)} (by its namespace)")
+
+
+def instruction_id(reference: str) -> str:
+    """The document's own reference where it is a Lockstep id, else a digest of it."""
+    return reference if IDENT_PATTERN.fullmatch(reference) else "i-" + hashlib.sha256(reference.encode()).hexdigest()[:32]
+
+
+class Desk:
+    """The matching desk as a party reaches it: its replies' signatures checked."""
+
+    def __init__(self, bus: Bus, registry: Registry, coordinator: str, party: str, key: PrivateKey) -> None:
+        self.bus, self.registry, self.coordinator, self.party, self.key = bus, registry, coordinator, party, key
+        self.clock = ServiceClock()
+
+    async def _ask(self, payload: bytes):
+        try:
+            raw = await self.bus.request(service_of_coordinator(self.coordinator), payload, timeout_s=REPLY_TIMEOUT_S)
+        except BusTimeout:
+            raise DaemonError(f"coordinator {self.coordinator} did not answer within {REPLY_TIMEOUT_S} s") from None
+        signed = from_wire(canonical.decode(raw), allowed=(Advices, SettlementStatus))
+        if not signed.signed_by(self.coordinator, self.registry.get(self.coordinator).public_key):
+            raise DaemonError("the answer is not signed by the coordinator")
+        if isinstance(signed.msg, SettlementStatus):
+            raise DaemonError(f"refused: {signed.msg.reason_code}: {signed.msg.reason}")
+        return signed.msg.items
+
+    async def submit(self, document: bytes, given_id: str | None) -> tuple[str, list[dict]]:
+        fmt = format_of(document)
+        one = read(fmt, document)
+        if one.party != self.party:
+            raise DaemonError(f"the document instructs for {one.party}, not {self.party}")
+        iid = given_id or instruction_id(one.reference)
+        msg = SettlementInstruction(iid, self.coordinator, self.party, self.clock.now_ms(), fmt, document.decode())
+        return iid, await self._ask(sign(msg, (self.party, self.key)).encode())
+
+    async def advices(self, from_seq: int) -> list[dict]:
+        query = QueryAdvices(f"advices-{self.clock.now_ms()}", self.coordinator, self.party, from_seq, 100)
+        return await self._ask(sign(query, (self.party, self.key)).encode())
+
+
+def summary(item: dict) -> str:
+    """One line: the advice's position, status, instruction and any ISO reason."""
+    tree = etree.fromstring(item["document"].encode())
+    codes = [node.text for node in tree.iter() if etree.QName(node).localname == "Cd" and node.text]
+    reasons = [node.text for node in tree.iter() if etree.QName(node).localname == "AddtlRsnInf" and node.text]
+    why = f"  {'/'.join(codes)}: {reasons[0]}" if reasons else ""
+    return f"#{item['seq']} {item['status'].upper():9} {item['instruction_id']} {item['format']}{why}"
+
+
+def save(item: dict, party: str, out: Path | None) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{party}-{item['seq']:06d}-{item['status']}.xml").write_text(item["document"])
+
+
+async def main(file: str, broker: str, registry_path: str, coordinator: str, party: str, key_file: str,
+               given_id: str | None, wait_s: float, out: str | None) -> int:
+    """Submit; with `wait_s`, follow the instruction's advices until a final one."""
+    try:
+        document, registry, key = Path(file).read_bytes(), Registry.load(registry_path), PrivateKey.load(key_file)
+    except (OSError, ValueError) as error:
+        raise DaemonError(str(error)) from None
+    folder = Path(out) if out else None
+    try:
+        async with MqttBus.connect(broker) as bus:
+            desk = Desk(bus, registry, coordinator, party, key)
+            try:
+                iid, items = await desk.submit(document, given_id)
+            except Rejected as error:
+                raise DaemonError(f"{file}: {error.code.value}: {error.field}: {error.reason}") from None
+            seen = 0
+            for item in items:
+                print(summary(item), flush=True)
+                save(item, party, folder)
+                seen = max(seen, item["seq"])
+            status = items[-1]["status"] if items else "rejected"
+            with trio.move_on_after(wait_s):
+                while status not in FINAL:
+                    await trio.sleep(POLL_S)
+                    for item in await desk.advices(seen + 1):
+                        seen = item["seq"]
+                        save(item, party, folder)
+                        if item["instruction_id"] == iid:
+                            print(summary(item), flush=True)
+                            status = item["status"]
+    except BrokerUnreachable as error:
+        raise DaemonError(str(error)) from None
+    return 0 if status in ("settled", "matched", "unmatched") else 1
+
+
+async def fetch(broker: str, registry_path: str, coordinator: str, party: str, key_file: str, from_seq: int,
+                out: str | None) -> int:
+    """`lockstep advices`: every advice of a party from a position on."""
+    try:
+        registry, key = Registry.load(registry_path), PrivateKey.load(key_file)
+    except (OSError, ValueError) as error:
+        raise DaemonError(str(error)) from None
+    try:
+        async with MqttBus.connect(broker) as bus:
+            desk = Desk(bus, registry, coordinator, party, key)
+            while items := await desk.advices(from_seq):
+                for item in items:
+                    print(summary(item), flush=True)
+                    save(item, party, Path(out) if out else None)
+                from_seq = items[-1]["seq"] + 1
+    except BrokerUnreachable as error:
+        raise DaemonError(str(error)) from None
+    return 0

@@ -1,0 +1,27 @@
+"""The ISO 20022 codec: documents in, Lockstep records out, and back. Pure: no I/O.
+
+`read` turns one counterparty's instruction into a `OneSided`; the writers turn records
+into the documents back offices expect (see docs/ISO20022.md for the profile)."""
+
+from __future__ import annotations
+
+from ..errors import Code, Rejected
+from . import camt053, pacs002, pacs009, sese023, sese024, sese025
+from .model import FORMATS, PACS_009, SESE_023, OneSided
+
+READERS = {SESE_023: sese023.read, PACS_009: pacs009.read}
+assert set(READERS) == set(FORMATS)
+
+write_sese023 = sese023.write
+write_pacs009 = pacs009.write
+write_sese024 = sese024.write
+write_sese025 = sese025.write
+write_pacs002 = pacs002.write
+write_camt053 = camt053.write
+
+
+def read(format: str, document: str | bytes) -> OneSided:
+    """One counterparty's instruction, read by the reader for its format."""
+    if format not in READERS:
+        raise Rejected(Code.UNKNOWN_TYPE, "format", f"{format!r} is not one of {', '.join(FORMATS)}")
+    return READERS[format](document)

@@ -1,0 +1,53 @@
+"""pacs.002.001.14, a payment status report: the outcome of a party's PvP (pacs.009).
+
+The report names the instruction by its MsgId, which is also the EndToEndId of both
+transfers (pacs009 requires it), so one TxInfAndSts covers the pair."""
+
+from __future__ import annotations
+
+import hashlib
+
+from . import xml
+from .model import PACS_002, PACS_009, Advice, Confirmation
+from .pacs009 import put_agent
+
+information_chars_max = 105
+TX_STATUS = {
+    "rejected": "RJCT", "failed": "RJCT", "cancelled": "RJCT",
+    "unmatched": "PDNG", "pending": "PDNG",
+    "matched": "ACSP",      # accepted, settlement in process
+}
+
+
+def write(outcome: Advice | Confirmation, *, sender: str, now_ms: int) -> bytes:
+    """The outcome as a pacs.002 from `sender` at `now_ms`: ACSC once settled, else the
+    status of the advice with its reason."""
+    status = "ACSC" if isinstance(outcome, Confirmation) else TX_STATUS[outcome.status]
+    root = xml.start(PACS_002)
+    report = xml.put(root, "FIToFIPmtStsRpt")
+    xml.put(report, "GrpHdr/MsgId", _message_id(outcome, status, sender, now_ms))
+    xml.put(report, "GrpHdr/CreDtTm", xml.date_time(now_ms))
+    put_agent(xml.find(report, "GrpHdr"), "InstgAgt", sender)
+    xml.put(report, "OrgnlGrpInfAndSts/OrgnlMsgId", xml.text35(outcome.reference))
+    xml.put(report, "OrgnlGrpInfAndSts/OrgnlMsgNmId", PACS_009)
+    transaction = xml.put(report, "TxInfAndSts")
+    xml.put(transaction, "OrgnlEndToEndId", xml.text35(outcome.reference))
+    xml.put(transaction, "TxSts", status)
+    if isinstance(outcome, Advice) and (outcome.reason_code or outcome.reason.strip()):
+        reason = xml.put(transaction, "StsRsnInf")
+        if outcome.reason_code:
+            xml.put(reason, "Rsn/Prtry", outcome.reason_code)
+        narrative = outcome.reason.strip()
+        for start in range(0, len(narrative), information_chars_max):
+            xml.put(reason, "AddtlInf", narrative[start:start + information_chars_max])
+    if isinstance(outcome, Confirmation):
+        xml.put(transaction, "FctvIntrBkSttlmDt/DtTm", xml.date_time(outcome.settled_ms))
+    if outcome.settlement_id is not None:
+        xml.put(transaction, "AcctSvcrRef", xml.text35(outcome.settlement_id))
+    return xml.finish(root, PACS_002)
+
+
+def _message_id(outcome: Advice | Confirmation, status: str, sender: str, now_ms: int) -> str:
+    """A MsgId derived from what the report says, so the same report always has the same id."""
+    content = f"{sender}\n{now_ms}\n{outcome.party}\n{outcome.reference}\n{status}"
+    return hashlib.sha256(content.encode()).hexdigest()[:32]

@@ -1,0 +1,283 @@
+"""The matching desk in one process on the memory bus, with a mock clock: sese.023 and
+pacs.009 instructions from each counterparty, matched, settled and confirmed (sese.025,
+pacs.002); unmatched ones reported with their ISO reason and cancelled past their date;
+refusals with the element path; a restart between matching and settling; and the
+ledgers refusing a pair that does not match, whoever signs the lock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from lxml import etree
+
+from engine.audit import audit
+from engine.local import BOND, COORDINATOR, Local, standard_world
+from engine.matching_desk import MatchingDesk
+from protocols.authority import terms_of
+from protocols.bus import service_of_coordinator
+from protocols.bus.clock import ServiceClock
+from protocols.bus.memory import MemoryBus
+from protocols.canonical import decode
+from protocols.errors import Code
+from protocols.htlc import hashlock_of
+from protocols.iso20022 import pacs009, sese023
+from protocols.iso20022.model import PACS_009, SESE_023, OneSided
+from protocols.matching import DAY_MS
+from protocols.messages import (Advices, Lock, Matched, QueryAdvices, QueryLocks, SettlementInstruction,
+                                SettlementStatus, to_body)
+from protocols.settlement import Timing, utc_date
+from protocols.signing import from_wire, sign
+
+TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
+PLACES = {BOND: "csd", "EUR": "cbdc-eur", "USD": "cbdc-multi"}
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def dvp(today: str, *, units: int = 100, price: int = 99_000, seller_date: str | None = None) -> tuple[OneSided, OneSided]:
+    """bank-a sells `units` of the bond to bank-b for `price` EUR cents, each side as its back office states it."""
+    seller = OneSided(SESE_023, "A-REF-1", "dvp", "deliver", "bank-a", "bank-b", today, seller_date or today,
+                      BOND, units, "a-sec", "EUR", 99_000, "a-eur")
+    buyer = OneSided(SESE_023, "B-REF-1", "dvp", "receive", "bank-b", "bank-a", today, today,
+                     "EUR", price, "b-eur", BOND, 100, "b-sec")
+    return seller, buyer
+
+
+def pvp(today: str) -> tuple[OneSided, OneSided]:
+    """bank-b pays 500.00 EUR for bank-a's 540.00 USD."""
+    a = OneSided(PACS_009, "A-FX-1", "pvp", "pay", "bank-a", "bank-b", None, today, "USD", 54_000, "a-usd", "EUR", 50_000, "a-eur")
+    b = OneSided(PACS_009, "B-FX-1", "pvp", "pay", "bank-b", "bank-a", None, today, "EUR", 50_000, "b-eur", "USD", 54_000, "b-usd")
+    return a, b
+
+
+class Desk:
+    """A world with a coordinator and its matching desk; each party's back office."""
+
+    def __init__(self, local: Local) -> None:
+        self.local = local
+        self.now_ms = ServiceClock().now_ms
+
+    async def start_coordinator(self):
+        return await self.local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, PLACES),))
+
+    def instruction(self, one: OneSided, instruction_id: str | None = None, document: bytes | None = None) -> bytes:
+        if document is None:
+            document = sese023.write(one) if one.format == SESE_023 else pacs009.write(one, now_ms=self.now_ms())
+        msg = SettlementInstruction(instruction_id or one.reference, COORDINATOR, one.party, self.now_ms(), one.format,
+                                    document.decode())
+        return sign(msg, (one.party, self.local.world.keys[one.party])).encode()
+
+    async def send(self, raw: bytes):
+        reply = await self.local.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=30)
+        return from_wire(decode(reply), allowed=(Advices, SettlementStatus)).msg
+
+    async def advices(self, party: str) -> list[dict]:
+        query = sign(QueryAdvices(f"q-{self.now_ms()}", COORDINATOR, party, 0, 100), (party, self.local.world.keys[party]))
+        return list((await self.send(query.encode())).items)
+
+    async def until(self, party: str, status: str) -> list[dict]:
+        with trio.fail_after(120):
+            while True:
+                found = await self.advices(party)
+                if any(item["status"] == status for item in found):
+                    return found
+                await trio.sleep(0.2)
+
+    async def balances(self) -> dict:
+        return {(ledger, account): await self.local.balances(ledger, account)
+                for ledger, account in (("csd", "a-sec"), ("csd", "b-sec"), ("cbdc-eur", "a-eur"), ("cbdc-eur", "b-eur"),
+                                        ("cbdc-multi", "a-usd"), ("cbdc-multi", "b-usd"))}
+
+    async def held_locks(self) -> list:
+        held = []
+        for ledger in self.local.services:
+            client = self.local.client(ledger)
+            held += await client.query(QueryLocks(client.next_query_id(), ledger, 2**62, 100))
+        return held
+
+    async def audit(self):
+        from engine.audit import read_over_bus
+        journals = await read_over_bus(self.local.bus, self.local.world.registry, list(self.local.services))
+        return audit(journals, grace_ms=60_000)
+
+
+async def start(nursery, tmp_path) -> Desk:
+    local = Local(standard_world(tmp_path), MemoryBus(), nursery)
+    for ledger in ("csd", "cbdc-eur", "cbdc-multi", "unified"):
+        await local.start_ledger(ledger)
+    await local.fund_standard()
+    return Desk(local)
+
+
+def element_text(document: str, name: str) -> list[str]:
+    return [node.text for node in etree.fromstring(document.encode()).iter() if etree.QName(node).localname == name]
+
+
+async def test_sese023_pair_is_matched_settled_and_confirmed_with_sese025(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        before = await desk.balances()
+
+        first = await desk.send(desk.instruction(seller))
+        assert [(i["status"], i["format"]) for i in first.items] == [("unmatched", "sese.024.001.12")]
+        assert element_text(first.items[0]["document"], "AcctOwnrTxId") == ["A-REF-1"]
+        assert "CMIS" in element_text(first.items[0]["document"], "Cd")
+
+        second = await desk.send(desk.instruction(buyer))
+        assert [i["status"] for i in second.items] == ["matched"]
+        for party, reference in (("bank-a", "A-REF-1"), ("bank-b", "B-REF-1")):
+            advices = await desk.until(party, "settled")
+            confirmation = advices[-1]
+            assert confirmation["format"] == "sese.025.001.11"
+            assert element_text(confirmation["document"], "AcctOwnrTxId") == [reference]
+            assert element_text(confirmation["document"], "ISIN") == [BOND]
+
+        assert [i["status"] for i in await desk.advices("bank-a")] == ["unmatched", "matched", "settled"]
+        assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "settled"]
+        after = await desk.balances()
+        assert after[("csd", "a-sec")][BOND] == before[("csd", "a-sec")][BOND] - 100
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+        assert after[("cbdc-eur", "a-eur")].get("EUR", 0) == before[("cbdc-eur", "a-eur")].get("EUR", 0) + 99_000
+        assert after[("cbdc-eur", "b-eur")]["EUR"] == before[("cbdc-eur", "b-eur")]["EUR"] - 99_000
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_pacs009_pair_settles_a_pvp_confirmed_by_pacs002(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        a, b = pvp(utc_date(desk.now_ms()))
+        before = await desk.balances()
+        await desk.send(desk.instruction(a))
+        await desk.send(desk.instruction(b))
+        for party in ("bank-a", "bank-b"):
+            settled = (await desk.until(party, "settled"))[-1]
+            assert settled["format"] == "pacs.002.001.14"
+            assert "ACSC" in element_text(settled["document"], "TxSts")
+        after = await desk.balances()
+        assert after[("cbdc-multi", "b-usd")].get("USD", 0) == before[("cbdc-multi", "b-usd")].get("USD", 0) + 54_000
+        assert after[("cbdc-eur", "a-eur")].get("EUR", 0) == before[("cbdc-eur", "a-eur")].get("EUR", 0) + 50_000
+        nursery.cancel_scope.cancel()
+
+
+async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_are_cancelled(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        today = utc_date(desk.now_ms())
+        seller, buyer = dvp(today, price=98_500)     # the buyer states another price
+        before = await desk.balances()
+        await desk.send(desk.instruction(seller))
+        reply = await desk.send(desk.instruction(buyer))
+        assert [i["status"] for i in reply.items] == ["unmatched"]
+        assert "DMON" in element_text(reply.items[0]["document"], "Cd")
+        assert any("98500" in text or "99000" in text for text in element_text(reply.items[0]["document"], "AddtlRsnInf"))
+
+        await trio.sleep(DAY_MS / 1000)               # the settlement date passes
+        for party in ("bank-a", "bank-b"):
+            advices = await desk.until(party, "cancelled")
+            assert "CANS" in element_text(advices[-1]["document"], "Cd")
+        assert await desk.balances() == before
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("change, path, code", [
+    (lambda d: d.replace(b"<TradDt><Dt><Dt>", b"<TradDt><Dt><Dt>20x"), "/Document/SctiesSttlmTxInstr/TradDtls/TradDt/Dt/Dt",
+     Code.INVALID_FIELD),
+    (lambda d: d.replace(b"<Unit>100</Unit>", b"<Unit>100.5</Unit>"),
+     "/Document/SctiesSttlmTxInstr/QtyAndAcctDtls/SttlmQty/Qty/Unit", Code.INVALID_FIELD),
+    (lambda d: b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+     + d.split(b"?>", 1)[1].replace(b"A-REF-1", b"&lol2;"), "", Code.MALFORMED),
+], ids=["bad-date", "fractional-units", "entity-bomb"])
+async def test_a_document_that_does_not_validate_is_refused_with_its_element_path(tmp_path, autojump_clock, change, path, code):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        seller, _ = dvp(utc_date(desk.now_ms()))
+        reply = await desk.send(desk.instruction(seller, document=change(sese023.write(seller))))
+        assert isinstance(reply, SettlementStatus) and reply.phase == "rejected"
+        assert reply.reason_code == code.value
+        assert reply.reason.startswith(f"document:{path}"), reply.reason
+        assert await desk.advices("bank-a") == []       # nothing kept
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_coordinator_restarted_between_matching_and_settling_settles_once(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        coordinator, scope = await desk.start_coordinator()
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        before = await desk.balances()
+        killed = trio.Event()
+
+        def kill_on_locking(record):
+            if record.phase.value == "locking":
+                scope.cancel()
+                killed.set()
+        coordinator.on_phase = kill_on_locking
+        await desk.send(desk.instruction(seller))
+        async with trio.open_nursery() as sending:   # the reply is lost with the coordinator
+            sending.start_soon(desk.local.send_settlement, desk.instruction(buyer), 5)
+            await killed.wait()
+        await trio.sleep(1)
+        await desk.start_coordinator()
+        for party in ("bank-a", "bank-b"):
+            statuses = [i["status"] for i in await desk.until(party, "settled")]
+            assert statuses.count("settled") == 1 and statuses.count("matched") == 1
+        after = await desk.balances()
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+        assert after[("cbdc-eur", "b-eur")]["EUR"] == before[("cbdc-eur", "b-eur")]["EUR"] - 99_000
+        nursery.cancel_scope.cancel()
+
+
+async def test_ledgers_refuse_a_lock_whose_matched_pair_does_not_match(tmp_path, autojump_clock):
+    """A coordinator pairing the seller's instruction with a buyer's at another price:
+    the securities ledger matches the two again and refuses to lock the seller's bonds."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        today = utc_date(desk.now_ms())
+        seller, buyer = dvp(today, price=1)
+        auth = to_body(Matched(COORDINATOR, ("csd", "cbdc-eur"),
+                               (decode(desk.instruction(seller)), decode(desk.instruction(buyer)))))
+        with pytest.raises(Exception):
+            terms_of(auth, desk.local.world.registry)
+        now = desk.now_ms()
+        lock = Lock("m-forged:0", "csd", now, "a-sec", "b-sec", BOND, 100, hashlock_of(b"s" * 32), now + 5_000,
+                    (COORDINATOR,), auth=auth)
+        receipt = await desk.local.client("csd").submit(sign(lock, (COORDINATOR, desk.local.world.keys[COORDINATOR])))
+        assert not receipt.applied
+        assert receipt.code == Code.NOT_AUTHORISED.value and receipt.field == "auth.instructions"
+        assert "DMON" in receipt.reason
+        nursery.cancel_scope.cancel()
+
+
+async def test_camt053_statement_books_the_settled_cash_leg_and_balances_close(tmp_path, autojump_clock):
+    from engine.statement import read_entries, statement_of
+    from protocols.iso20022 import camt053
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        head = len(await read_entries(desk.local.client("cbdc-eur")))
+        await desk.send(desk.instruction(seller))
+        await desk.send(desk.instruction(buyer))
+        await desk.until("bank-b", "settled")
+        entries = await read_entries(desk.local.client("cbdc-eur"))
+        statement = statement_of(entries, "cbdc-eur", "b-eur", "EUR", from_seq=head, to_seq=None, now_ms=desk.now_ms())
+        assert statement.owner == "bank-b"
+        assert [(e.kind, e.amount_minor) for e in statement.entries] == [("claim", -99_000)]   # the lock was a hold
+        assert statement.closing_minor == statement.opening_minor - 99_000
+        assert statement.closing_minor == (await desk.local.balances("cbdc-eur", "b-eur"))["EUR"]
+        document = camt053.write(statement).decode()
+        assert "DBIT" in element_text(document, "CdtDbtInd")
+        assert [ref[:26] for ref in element_text(document, "AcctSvcrRef")] == [statement.entries[0].reference[:26]]
+        nursery.cancel_scope.cancel()
