@@ -40,7 +40,7 @@ from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Rep
 from protocols.messages import Entry, QueryJournal
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id
-from protocols.signing import Signed, from_wire
+from protocols.signing import Signed
 
 from . import effects
 GRACE_MS = 60_000   # how long past its expiry a lock may stay held before it is a violation

@@ -22,6 +22,12 @@
     lockstep corporate-action --config FILE --id ID (--query | --issuer ID --issuer-key FILE --isin ISIN
                         --kind coupon|redemption --date YYYY-MM-DD ...)
                                          an issuer's coupon or redemption mandate to its paying agent
+    lockstep submit FILE --broker URL --registry FILE --party ID --key FILE [--wait S] [--out DIR]
+                                         send a sese.023 or pacs.009 instruction to the matching desk
+    lockstep advices --broker URL --registry FILE --party ID --key FILE [--from SEQ] [--out DIR]
+                                         a party's status advices and confirmations (ISO 20022)
+    lockstep statement --broker URL --registry FILE --ledger ID --account A --currency CCY [--out FILE]
+                                         a camt.053 statement of a cash account, from its journal
 """
 
 from __future__ import annotations
@@ -123,6 +129,29 @@ def _corporate_action(args: argparse.Namespace) -> int:
         return trio.run(corporate_action.main, args)
     except daemon.DaemonError as error:
         print(f"lockstep corporate-action: {error}", file=sys.stderr)
+        return 2
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from engine import daemon, submit
+    try:
+        if args.command == "submit":
+            return trio.run(submit.main, args.file, args.broker, args.registry, args.coordinator, args.party, args.key,
+                            args.id, args.wait, args.out)
+        return trio.run(submit.fetch, args.broker, args.registry, args.coordinator, args.party, args.key,
+                        getattr(args, "from"), args.out)
+    except daemon.DaemonError as error:
+        print(f"lockstep {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _statement(args: argparse.Namespace) -> int:
+    from engine import daemon, statement
+    try:
+        return trio.run(statement.main, args.broker, args.registry, args.ledger, args.account, args.currency,
+                        args.from_seq, args.to_seq, args.out)
+    except daemon.DaemonError as error:
+        print(f"lockstep statement: {error}", file=sys.stderr)
         return 2
 
 
@@ -235,6 +264,35 @@ def parser() -> argparse.ArgumentParser:
     action.add_argument("--deadline-ms", type=int, default=DEADLINE_MS_DEFAULT,
                         help=f"how long after the payment date's start payments may run (default: {DEADLINE_MS_DEFAULT})")
     action.set_defaults(run=_corporate_action)
+
+    for name, text in (("submit", "send a sese.023 or pacs.009 instruction to the coordinator's matching desk"),
+                       ("advices", "a party's status advices and confirmations from the matching desk")):
+        desk = commands.add_parser(name, help=text)
+        if name == "submit":
+            desk.add_argument("file", help="the ISO 20022 document (sese.023.001.11 or pacs.009.001.11)")
+            desk.add_argument("--id", help="the instruction id (default: the document's own reference)")
+            desk.add_argument("--wait", type=float, default=0.0,
+                              help="seconds to follow its advices until settled, failed or cancelled (default: 0)")
+        else:
+            desk.add_argument("--from", type=int, default=0, help="the first advice position (default: 0)")
+        desk.add_argument("--broker", required=True, help="broker URL, such as mqtt://127.0.0.1:1883")
+        desk.add_argument("--registry", required=True, help="the consortium's registry.toml")
+        desk.add_argument("--coordinator", default="coordinator", help="the coordinator's id (default: coordinator)")
+        desk.add_argument("--party", required=True, help="the instructing party (who signs)")
+        desk.add_argument("--key", required=True, help="the party's private key (PEM, mode 600)")
+        desk.add_argument("--out", help="write each advice to this folder as PARTY-SEQ-STATUS.xml")
+        desk.set_defaults(run=_submit)
+
+    statement = commands.add_parser("statement", help="a camt.053 statement of a cash account, from its ledger's journal")
+    statement.add_argument("--broker", required=True, help="broker URL, such as mqtt://127.0.0.1:1883")
+    statement.add_argument("--registry", required=True, help="the consortium's registry.toml, with the ledger's key")
+    statement.add_argument("--ledger", required=True)
+    statement.add_argument("--account", required=True)
+    statement.add_argument("--currency", required=True)
+    statement.add_argument("--from-seq", type=int, default=0, help="the first journal entry covered (default: 0)")
+    statement.add_argument("--to-seq", type=int, help="the last journal entry covered (default: the head)")
+    statement.add_argument("--out", help="write the document here (default: standard output)")
+    statement.set_defaults(run=_statement)
 
     audit = commands.add_parser("audit", help="verify every ledger's journal and every settlement across ledgers")
     audit.add_argument("--registry", required=True, help="the consortium's registry.toml, with the ledgers' keys")

@@ -11,6 +11,10 @@
     metrics = "127.0.0.1:9110"            # optional: the coordinator serves Prometheus metrics
                                           # at http://HOST:PORT/metrics (the watchtower does not)
 
+    [settlement_ledgers]                  # optional: where matched instructions settle each asset,
+    EUR = "cbdc-eur"                      # needed for an asset more than one ledger carries
+    XS2700000016 = "csd"
+
     [timing]                              # optional; see protocols.settlement.Timing
     lock_wait_ms = 2000
     claim_deadline_ms = 4000
@@ -43,6 +47,7 @@ class CoordinatorConfig:
     ledgers: tuple[str, ...]
     timing: Timing = Timing()
     metrics: tuple[str, int] | None = None   # (host, port) of the metrics endpoint; None: off
+    settlement_ledgers: dict[str, str] = attrs.field(factory=dict)   # asset -> the ledger that settles it
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
@@ -53,7 +58,7 @@ class CoordinatorConfig:
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"{path}: {error}") from None
         known = {"coordinator_id", "key_file", "registry", "journal", "broker", "broker_password_file",
-                 "broker_ca_file", "ledgers", "timing", "metrics"}
+                 "broker_ca_file", "ledgers", "timing", "metrics", "settlement_ledgers"}
         for key in data:
             if key not in known:
                 raise ConfigError(f"{path}: {key}: unknown setting")
@@ -67,6 +72,9 @@ class CoordinatorConfig:
             timing = Timing(**data.get("timing", {}))
         except TypeError as error:
             raise ConfigError(f"{path}: timing: {error}") from None
+        places = data.get("settlement_ledgers", {})
+        if not isinstance(places, dict) or not all(isinstance(v, str) for v in places.values()):
+            raise ConfigError(f"{path}: settlement_ledgers: must map each asset to a ledger id")
         base = path.parent
         try:
             broker = broker_setting(data, base)
@@ -77,4 +85,4 @@ class CoordinatorConfig:
         except ValueError as error:
             raise ConfigError(f"{path}: metrics: {error}") from None
         return cls(data["coordinator_id"], base / data["key_file"], base / data["registry"],
-                   base / data["journal"], broker, tuple(ledgers), timing, metrics)
+                   base / data["journal"], broker, tuple(ledgers), timing, metrics, places)

@@ -14,12 +14,13 @@ from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
 from protocols.bus.exposition import MetricsUnavailable, listeners_for, serve_metrics, url_of
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus
-from protocols.registry import Registry
+from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey
 
 from .config import ConfigError, CoordinatorConfig
 from .coordinator import Coordinator
 from .journal import Journal
+from .matching_desk import MatchingDesk
 from .metrics import CoordinatorMetrics
 from .watchtower import Watchtower
 
@@ -43,6 +44,9 @@ def load(config_path: str, broker: str | None) -> tuple[CoordinatorConfig, Regis
     for ledger in config.ledgers:
         if ledger not in registry:
             raise DaemonError(f"{config_path}: ledgers: {ledger!r} is not in the registry")
+    for asset, ledger in config.settlement_ledgers.items():
+        if not registry.has_role(ledger, Role.LEDGER):
+            raise DaemonError(f"{config_path}: settlement_ledgers: {asset} = {ledger!r} is not a ledger of the registry")
     return config, registry, key, url
 
 
@@ -75,6 +79,7 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
         async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
             coordinator = Coordinator(config.coordinator_id, key, registry, bus, journal, ServiceClock(),
                                       config.timing, config.ledgers)
+            coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers))
             coordinator_metrics = CoordinatorMetrics(coordinator)   # before any settlement is resumed
             await nursery.start(coordinator.run)
             log.info("coordinator %s up on %s, journal %s, Δ = %d ms", config.coordinator_id, redacted(url),

@@ -50,10 +50,13 @@ LEDGERS = [
 ]
 
 
+PLACES = {BOND: "csd", "EUR": "cbdc-eur", "USD": "cbdc-multi", "CHF": "cbdc-multi"}  # where matched trades settle
+
+
 def standard_world(directory: str | Path, broker: str | None = None) -> World:
     """The demo's world: a CSD, a one-currency and a multi-currency CBDC ledger, a
     unified ledger, three central banks, an issuer, two banks and a coordinator."""
-    return lay_out(directory, LEDGERS, PARTIES, broker=broker)
+    return lay_out(directory, LEDGERS, PARTIES, broker=broker, places=PLACES)
 
 
 @attrs.define

@@ -25,6 +25,8 @@ import trio
 
 from protocols import matching
 from protocols.authority import terms_of
+from protocols.bus import BusTimeout
+from protocols.bus.client import BadReply
 from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.iso20022 import pacs002, read, sese024, sese025
@@ -164,7 +166,11 @@ class MatchingDesk:
             for party in self.coordinator.registry:
                 if self.coordinator.registry.has_role(party, Role.LEDGER):
                     client = self.coordinator.client(party)
-                    info = await client.query(QueryInfo(client.next_query_id(), party))
+                    try:
+                        info = await client.query(QueryInfo(client.next_query_id(), party))
+                    except (BusTimeout, BadReply):
+                        raise Rejected(Code.TIMEOUT, "document", f"ledger {party} did not say whether it carries "
+                                       f"{asset}: send again later, or name its ledger in settlement_ledgers") from None
                     if any(held["code"] == asset for held in info["assets"]):
                         carriers.append(party)
             if len(carriers) != 1:

@@ -16,7 +16,6 @@ from typing import Iterable
 from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
-from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.errors import Rejected
 from protocols.iso20022 import camt053
 from protocols.iso20022.model import Statement, StatementEntry
@@ -25,6 +24,7 @@ from protocols.messages import Entry, QueryJournal
 from protocols.registry import Registry
 
 from .daemon import DaemonError
+from .submit import on_bus
 
 PAGE_SIZE = 200
 
@@ -78,11 +78,7 @@ async def main(broker: str, registry_path: str, ledger: str, account: str, curre
         raise DaemonError(str(error)) from None
     if ledger not in registry:
         raise DaemonError(f"{ledger!r} is not in the registry")
-    try:
-        async with MqttBus.connect(broker) as bus:
-            entries = await read_entries(LedgerClient(bus, ledger, registry.get(ledger).public_key))
-    except BrokerUnreachable as error:
-        raise DaemonError(str(error)) from None
+    entries = await on_bus(broker, lambda bus: read_entries(LedgerClient(bus, ledger, registry.get(ledger).public_key)))
     document = camt053.write(statement_of(entries, ledger, account, currency, from_seq=from_seq, to_seq=to_seq,
                                           now_ms=ServiceClock().now_ms()))
     if out:

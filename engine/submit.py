@@ -62,14 +62,8 @@ class Desk:
             raise DaemonError(f"refused: {signed.msg.reason_code}: {signed.msg.reason}")
         return signed.msg.items
 
-    async def submit(self, document: bytes, given_id: str | None) -> tuple[str, list[dict]]:
-        fmt = format_of(document)
-        one = read(fmt, document)
-        if one.party != self.party:
-            raise DaemonError(f"the document instructs for {one.party}, not {self.party}")
-        iid = given_id or instruction_id(one.reference)
-        msg = SettlementInstruction(iid, self.coordinator, self.party, self.clock.now_ms(), fmt, document.decode())
-        return iid, await self._ask(sign(msg, (self.party, self.key)).encode())
+    async def submit(self, msg: SettlementInstruction) -> list[dict]:
+        return await self._ask(sign(msg, (self.party, self.key)).encode())
 
     async def advices(self, from_seq: int) -> list[dict]:
         query = QueryAdvices(f"advices-{self.clock.now_ms()}", self.coordinator, self.party, from_seq, 100)
@@ -91,56 +85,80 @@ def save(item: dict, party: str, out: Path | None) -> None:
         (out / f"{party}-{item['seq']:06d}-{item['status']}.xml").write_text(item["document"])
 
 
+async def on_bus(broker: str, work):
+    """`await work(bus)` on a connection to the broker; a DaemonError from it comes out
+    as itself, not wrapped in the bus's nursery's exception group."""
+    failure = None
+    try:
+        async with MqttBus.connect(broker) as bus:
+            try:
+                return await work(bus)
+            except DaemonError as error:
+                failure = error
+    except BrokerUnreachable as error:
+        raise DaemonError(str(error)) from None
+    raise failure
+
+
+def _load(registry_path: str, key_file: str) -> tuple[Registry, PrivateKey]:
+    try:
+        return Registry.load(registry_path), PrivateKey.load(key_file)
+    except (OSError, ValueError) as error:
+        raise DaemonError(str(error)) from None
+
+
 async def main(file: str, broker: str, registry_path: str, coordinator: str, party: str, key_file: str,
                given_id: str | None, wait_s: float, out: str | None) -> int:
     """Submit; with `wait_s`, follow the instruction's advices until a final one."""
+    registry, key = _load(registry_path, key_file)
     try:
-        document, registry, key = Path(file).read_bytes(), Registry.load(registry_path), PrivateKey.load(key_file)
-    except (OSError, ValueError) as error:
+        document = Path(file).read_bytes()
+        fmt = format_of(document)
+        one = read(fmt, document)
+    except OSError as error:
         raise DaemonError(str(error)) from None
+    except Rejected as error:
+        raise DaemonError(f"{file}: {error.code.value}: {error.field}: {error.reason}") from None
+    if one.party != party:
+        raise DaemonError(f"{file}: the document instructs for {one.party}, not {party}")
+    iid = given_id or instruction_id(one.reference)
     folder = Path(out) if out else None
-    try:
-        async with MqttBus.connect(broker) as bus:
-            desk = Desk(bus, registry, coordinator, party, key)
-            try:
-                iid, items = await desk.submit(document, given_id)
-            except Rejected as error:
-                raise DaemonError(f"{file}: {error.code.value}: {error.field}: {error.reason}") from None
-            seen = 0
-            for item in items:
-                print(summary(item), flush=True)
-                save(item, party, folder)
-                seen = max(seen, item["seq"])
-            status = items[-1]["status"] if items else "rejected"
-            with trio.move_on_after(wait_s):
-                while status not in FINAL:
-                    await trio.sleep(POLL_S)
-                    for item in await desk.advices(seen + 1):
-                        seen = item["seq"]
-                        save(item, party, folder)
-                        if item["instruction_id"] == iid:
-                            print(summary(item), flush=True)
-                            status = item["status"]
-    except BrokerUnreachable as error:
-        raise DaemonError(str(error)) from None
-    return 0 if status in ("settled", "matched", "unmatched") else 1
+
+    async def follow(bus: Bus) -> str:
+        desk = Desk(bus, registry, coordinator, party, key)
+        items = await desk.submit(SettlementInstruction(iid, coordinator, party, desk.clock.now_ms(), fmt,
+                                                        document.decode()))
+        seen, status = 0, "rejected"
+        for item in items:
+            print(summary(item), flush=True)
+            save(item, party, folder)
+            seen, status = max(seen, item["seq"]), item["status"]
+        with trio.move_on_after(wait_s):
+            while status not in FINAL:
+                await trio.sleep(POLL_S)
+                for item in await desk.advices(seen + 1):
+                    seen = item["seq"]
+                    save(item, party, folder)
+                    if item["instruction_id"] == iid:
+                        print(summary(item), flush=True)
+                        status = item["status"]
+        return status
+
+    return 0 if await on_bus(broker, follow) in ("settled", "matched", "unmatched") else 1
 
 
 async def fetch(broker: str, registry_path: str, coordinator: str, party: str, key_file: str, from_seq: int,
                 out: str | None) -> int:
     """`lockstep advices`: every advice of a party from a position on."""
-    try:
-        registry, key = Registry.load(registry_path), PrivateKey.load(key_file)
-    except (OSError, ValueError) as error:
-        raise DaemonError(str(error)) from None
-    try:
-        async with MqttBus.connect(broker) as bus:
-            desk = Desk(bus, registry, coordinator, party, key)
-            while items := await desk.advices(from_seq):
-                for item in items:
-                    print(summary(item), flush=True)
-                    save(item, party, Path(out) if out else None)
-                from_seq = items[-1]["seq"] + 1
-    except BrokerUnreachable as error:
-        raise DaemonError(str(error)) from None
-    return 0
+    registry, key = _load(registry_path, key_file)
+
+    async def page_through(bus: Bus) -> int:
+        desk, position = Desk(bus, registry, coordinator, party, key), from_seq
+        while items := await desk.advices(position):
+            for item in items:
+                print(summary(item), flush=True)
+                save(item, party, Path(out) if out else None)
+            position = items[-1]["seq"] + 1
+        return 0
+
+    return await on_bus(broker, page_through)

@@ -57,11 +57,12 @@ class World:
 
 
 def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str, tuple[Role, ...]],
-            *, broker: str | None = None, secured: bool = False) -> World:
+            *, broker: str | None = None, secured: bool = False, places: dict[str, str] | None = None) -> World:
     """Write keys, registry and ledger configs under `directory` (created if needed).
     Each ledger is also a party (role LEDGER) with its own key. `secured` (needs
     `broker`) also writes a broker password per user, the configs' broker_password_file
-    settings and the broker's files: see `secure`."""
+    settings and the broker's files: see `secure`. `places` names, in the coordinators'
+    configs, the ledger that settles each asset for the matching desk."""
     directory = Path(directory)
     if secured and broker is None:
         raise ValueError("a secured world needs broker, the URL its configs name")
@@ -97,6 +98,8 @@ def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str,
                 lines.append(f'broker = "{broker}"')
             if secured:
                 lines.append(f'broker_password_file = "secrets/{coordinator_accounts(party)[0].username}.password"')
+            if places:
+                lines += ["", "[settlement_ledgers]", *(f'{asset} = "{ledger}"' for asset, ledger in places.items())]
             configs[party] = directory / f"{party}.toml"
             configs[party].write_text("\n".join(lines) + "\n")
     world = World(directory, registry, keys, configs, broker)

@@ -19,7 +19,7 @@ from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Lock, Ope
                                 Redeem, Refund, RotateKey, Settle, Transfer)
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id, settle_id, utc_date
-from protocols.signing import Signed, from_wire, public_point
+from protocols.signing import Signed, public_point
 
 from .changes import Changes
 from .config import LedgerConfig

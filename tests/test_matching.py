@@ -12,7 +12,7 @@ import trio.testing
 from lxml import etree
 
 from engine.audit import audit
-from engine.local import BOND, COORDINATOR, Local, standard_world
+from engine.local import BOND, COORDINATOR, PLACES, Local, standard_world
 from engine.matching_desk import MatchingDesk
 from protocols.authority import terms_of
 from protocols.bus import service_of_coordinator
@@ -30,7 +30,6 @@ from protocols.settlement import Timing, utc_date
 from protocols.signing import from_wire, sign
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
-PLACES = {BOND: "csd", "EUR": "cbdc-eur", "USD": "cbdc-multi"}
 
 
 @pytest.fixture

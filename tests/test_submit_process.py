@@ -1,0 +1,76 @@
+"""The matching desk as users reach it: ledger and coordinator processes on Mosquitto,
+each back office running `lockstep submit` with its own sese.023 and key, then
+`lockstep advices` and `lockstep statement`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+from lxml import etree
+
+from engine.local import BOND, Local, standard_world
+from protocols.bus.clock import ServiceClock
+from protocols.bus.mqtt import MqttBus
+from protocols.iso20022 import sese023
+from protocols.iso20022.model import SESE_023, OneSided
+from protocols.settlement import utc_date
+from tests.processes import ServiceProcess
+
+
+def lockstep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=90)
+
+
+def local_names(path: Path, name: str) -> list[str]:
+    return [node.text for node in etree.parse(str(path)).iter() if etree.QName(node).localname == name]
+
+
+async def test_two_back_offices_submit_sese023_and_get_sese025_and_a_camt053(tmp_path, broker):
+    world = standard_world(tmp_path / "world", broker=broker.url)
+    ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
+    coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
+    try:
+        async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
+            for process in ledgers + [coordinator]:
+                await process.ready(bus)
+            await Local(world, bus, nursery).fund_standard(ledgers=("csd", "cbdc-eur"))
+            nursery.cancel_scope.cancel()
+        today = utc_date(ServiceClock().now_ms())
+        sides = {"bank-a": OneSided(SESE_023, "SELL-7", "dvp", "deliver", "bank-a", "bank-b", today, today,
+                                    BOND, 40, "a-sec", "EUR", 4_100_000, "a-eur"),
+                 "bank-b": OneSided(SESE_023, "BUY-7", "dvp", "receive", "bank-b", "bank-a", today, today,
+                                    "EUR", 4_100_000, "b-eur", BOND, 40, "b-sec")}
+        common = ["--broker", broker.url, "--registry", str(world.registry_path)]
+        outcomes = {}
+        for party, one in sides.items():
+            (tmp_path / f"{party}.xml").write_bytes(sese023.write(one))
+            outcomes[party] = lockstep("submit", str(tmp_path / f"{party}.xml"), *common, "--party", party,
+                                       "--key", str(world.key_path(party)), "--wait", "60", "--out", str(tmp_path / party))
+        for party in sides:
+            assert outcomes[party].returncode == 0, outcomes[party].stderr
+        assert "UNMATCHED" in outcomes["bank-a"].stdout and "CMIS" in outcomes["bank-a"].stdout
+        assert "MATCHED" in outcomes["bank-b"].stdout and "SETTLED" in outcomes["bank-b"].stdout
+
+        fetched = lockstep("advices", *common, "--party", "bank-a", "--key", str(world.key_path("bank-a")),
+                           "--out", str(tmp_path / "bank-a"))
+        assert fetched.returncode == 0, fetched.stderr
+        assert [line.split()[1] for line in fetched.stdout.splitlines()] == ["UNMATCHED", "MATCHED", "SETTLED"]
+        confirmation, = (tmp_path / "bank-a").glob("*-settled.xml")
+        assert local_names(confirmation, "AcctOwnrTxId") == ["SELL-7"]
+        assert local_names(confirmation, "Unit") == ["40"]
+
+        refused = lockstep("submit", str(tmp_path / "bank-a.xml"), *common, "--party", "bank-b",
+                           "--key", str(world.key_path("bank-b")))
+        assert refused.returncode == 2 and "instructs for bank-a" in refused.stderr
+
+        statement = lockstep("statement", *common, "--ledger", "cbdc-eur", "--account", "a-eur", "--currency", "EUR",
+                             "--out", str(tmp_path / "a-eur.xml"))
+        assert statement.returncode == 0, statement.stderr
+        assert local_names(tmp_path / "a-eur.xml", "Amt")[-1] == "41000.00"
+        assert "CRDT" in local_names(tmp_path / "a-eur.xml", "CdtDbtInd")
+    finally:
+        for process in ledgers + [coordinator]:
+            process.stop()
