@@ -7,6 +7,7 @@ every ledger runs as its own process over MQTT (and the coordinator here, on MQT
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -18,18 +19,24 @@ import trio
 
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
-from protocols.messages import QueryInfo, QueryLocks, SettlementLeg
-from protocols.settlement import Phase, Timing
-from protocols.signing import decode_signed
+from protocols.bus import service_of_coordinator
+from protocols.iso20022 import sese023
+from protocols.iso20022.model import SESE_023, OneSided
+from protocols.messages import QueryInfo, QueryLocks, SettlementInstruction, SettlementLeg
+from protocols.settlement import Phase, Timing, utc_date
+from protocols.signing import decode_signed, sign
 
+from .coordinator import Coordinator
 from .journal import Record
-from .local import LEDGERS, Local, dvp_legs, standard_world
+from .local import BOND, LEDGERS, PLACES, Local, dvp_legs, standard_world
+from .matching_desk import MatchingDesk
 
 # Short enough that the expiry scenario takes seconds; long enough for a loaded laptop.
 DEMO_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)
 ACCOUNTS = [("csd", "a-sec"), ("csd", "b-sec"), ("cbdc-eur", "a-eur"), ("cbdc-eur", "b-eur"),
             ("cbdc-multi", "a-usd"), ("cbdc-multi", "b-usd"), ("unified", "a"), ("unified", "b")]
 TREASURY = [("csd", "treasury"), ("unified", "treasury")]  # holds the rest of the bonds
+DESKS = (lambda coordinator: MatchingDesk(coordinator, PLACES),)
 
 
 @attrs.frozen
@@ -85,7 +92,7 @@ async def _start_ledgers(local: Local, broker: str | None) -> list[subprocess.Po
 async def _scenarios(local: Local, out) -> list[Outcome]:
     await local.fund_standard()
     before = await _balances(local)
-    coordinator, scope = await local.start_coordinator(DEMO_TIMING)
+    coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
     outcomes = []
 
     async def settle(title: str, kind: str, legs, parties) -> Record:
@@ -102,13 +109,15 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     await settle("same-ledger DvP on unified", "dvp", same_dvp, ("bank-b", "bank-a"))
     same_pvp = (SettlementLeg("unified", "b", "a", "EUR", 500_000_00), SettlementLeg("unified", "a", "b", "USD", 540_000_00))
     await settle("same-ledger PvP on unified", "pvp", same_pvp, ("bank-b", "bank-a"))
+    outcomes.append(Outcome("ISO 20022: a sese.023 from each bank, matched, settled, sese.025 to both",
+                            await _matched(local, coordinator, local.world.directory / "iso20022", out)))
     broke = dvp_legs("csd", "a-sec", "b-sec", 1_000, "cbdc-eur", "EUR", "b-eur", "a-eur", 10**14)
     await settle("DvP without the cash: refused by cbdc-eur, bond lock rolled back", "dvp", broke, ("bank-b", "bank-a"))
 
     # A coordinator killed right after both locks are confirmed, restarted at once.
     crash = local.settlement("dvp", cross_dvp, ("bank-b", "bank-a"))
     coordinator, scope = await _kill_at(local, coordinator, scope, crash, Phase.LOCKED)
-    coordinator, scope = await local.start_coordinator(DEMO_TIMING)
+    coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
     outcomes.append(Outcome("cross-ledger DvP, coordinator killed after locking, restarted: resumed",
                             await coordinator.wait(_id(crash))))
 
@@ -116,7 +125,7 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     expire = local.settlement("dvp", cross_dvp, ("bank-b", "bank-a"))
     coordinator, scope = await _kill_at(local, coordinator, scope, expire, Phase.LOCKED)
     await trio.sleep(DEMO_TIMING.total_ms() / 1000 + 0.5)
-    coordinator, scope = await local.start_coordinator(DEMO_TIMING)
+    coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
     outcomes.append(Outcome("coordinator down past expiry: both locks refunded by their ledgers",
                             await coordinator.wait(_id(expire))))
     scope.cancel()
@@ -157,6 +166,31 @@ async def _kill_at(local: Local, coordinator, scope, raw: bytes, phase: Phase):
     return coordinator, scope
 
 
+async def _matched(local: Local, coordinator: Coordinator, folder: Path, out) -> Record:
+    """Each bank's back office sends its own side; the desk matches them and settles the
+    pair; every advice it writes is saved under `folder`."""
+    today = utc_date(coordinator.clock.now_ms())
+    sides = (OneSided(SESE_023, "SELL-2026-001", "dvp", "deliver", "bank-a", "bank-b", today, today,
+                      BOND, 1_000, "a-sec", "EUR", 985_000_00, "a-eur"),
+             OneSided(SESE_023, "BUY-2026-001", "dvp", "receive", "bank-b", "bank-a", today, today,
+                      "EUR", 985_000_00, "b-eur", BOND, 1_000, "b-sec"))
+    for one in sides:
+        msg = SettlementInstruction(one.reference, coordinator.id, one.party, coordinator.clock.now_ms(), SESE_023,
+                                    sese023.write(one).decode())
+        await coordinator.bus.request(service_of_coordinator(coordinator.id),
+                                      sign(msg, (one.party, local.world.keys[one.party])).encode(), timeout_s=30)
+    folder.mkdir(exist_ok=True)
+    desk = sqlite3.connect(coordinator.journal.path)
+    while not desk.execute("SELECT count(*) FROM advices WHERE status = 'settled'").fetchone()[0] == 2:
+        await trio.sleep(0.05)
+    for party, seq, status, document, settlement_id in desk.execute(
+            "SELECT party, seq, status, document, settlement_id FROM advices ORDER BY seq").fetchall():
+        (folder / f"{party}-{seq:06d}-{status}.xml").write_text(document)
+    desk.close()
+    out(f"ISO 20022 advices and confirmations written to {folder}")
+    return coordinator.journal.get(settlement_id)
+
+
 def _id(raw: bytes) -> str:
     return decode_signed(raw).msg.id
 
@@ -190,7 +224,7 @@ def main(broker: str | None) -> int:
     logging.getLogger().handlers[:] = [logging.FileHandler(log_path)]
     print(f"Lockstep demo: world in {directory}, bus: {broker or 'in-memory'}, log: {log_path}")
     outcomes = trio.run(run, broker, directory)
-    expected = [Phase.SETTLED] * 4 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK]
+    expected = [Phase.SETTLED] * 5 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK]
     actual = [o.record.phase for o in outcomes]
     if actual != expected:
         print(f"unexpected outcomes: {[p.value for p in actual]}", file=sys.stderr)

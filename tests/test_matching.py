@@ -280,3 +280,39 @@ async def test_camt053_statement_books_the_settled_cash_leg_and_balances_close(t
         assert "DBIT" in element_text(document, "CdtDbtInd")
         assert [ref[:26] for ref in element_text(document, "AcctSvcrRef")] == [statement.entries[0].reference[:26]]
         nursery.cancel_scope.cancel()
+
+
+async def test_the_desk_refuses_what_is_not_its_partys_own_and_keeps_working(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        keys = desk.local.world.keys
+        document = sese023.write(seller).decode()
+
+        def signed_by(signer: str, **fields) -> bytes:
+            msg = SettlementInstruction(**{"id": "X-1", "coordinator": COORDINATOR, "party": "bank-a",
+                                           "ts_ms": desk.now_ms(), "format": SESE_023, "document": document, **fields})
+            return sign(msg, (signer, keys[signer])).encode()
+
+        refusals = {
+            "signed by the counterparty": (signed_by("bank-b"), Code.MISSING_SIGNATURE.value, "sigs"),
+            "for another coordinator": (signed_by("bank-a", coordinator="bank-b"), Code.WRONG_LEDGER.value, "coordinator"),
+            "bank-b claiming bank-a's document": (signed_by("bank-b", party="bank-b"), Code.NOT_AUTHORISED.value, "document"),
+            "a pacs.009 labelled sese.023": (signed_by("bank-a", format=PACS_009), Code.INVALID_FIELD.value, "document:"),
+        }
+        for case, (raw, code, field) in refusals.items():
+            reply = await desk.send(raw)
+            assert isinstance(reply, SettlementStatus) and reply.phase == "rejected", case
+            assert (reply.reason_code, reply.reason.split(":")[0] + (":" if field.endswith(":") else "")) == (code, field), \
+                (case, reply.reason_code, reply.reason)
+
+        await desk.send(signed_by("bank-a"))
+        reused = await desk.send(signed_by("bank-a", document=sese023.write(seller).decode().replace("100", "101")))
+        assert (reused.phase, reused.reason_code) == ("rejected", Code.ID_REUSED.value)
+        snooping = sign(QueryAdvices("q-1", COORDINATOR, "bank-a", 0, 10), ("bank-b", keys["bank-b"]))
+        assert (await desk.send(snooping.encode())).reason_code == Code.MISSING_SIGNATURE.value
+
+        await desk.send(desk.instruction(buyer))          # the desk still matches and settles
+        assert [i["status"] for i in await desk.until("bank-b", "settled")] == ["matched", "settled"]
+        nursery.cancel_scope.cancel()
