@@ -49,7 +49,7 @@ def test_demo_settles_rolls_back_recovers_and_checks_conservation():
     result = lockstep("demo")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert out.count("SETTLED") == 5 and "FAILED" in out and "ROLLED_BACK" in out
+    assert out.count("SETTLED") == 6 and "FAILED" in out and "sese.023" in out and "ROLLED_BACK" in out
     assert "insufficient_funds" in out
     assert "Checked: every asset conserved on every ledger, no lock left held." in out
 
