@@ -9,8 +9,10 @@ before it) what the entry must have done, and checks that:
 - the instruction verifies with the keys of its signers (the registry, and the keys
   rotated on this ledger), and is of the entry's kind, for this ledger;
 - its signers include whom the asset's move needs (the owner of a debited account, a
-  currency's central bank; for a coordinator, the settlement both parties signed, whose
-  leg it is);
+  currency's central bank; for a coordinator, the authority it carries, read by
+  protocols.authority: a settlement both parties signed, a matched pair of their ISO
+  20022 instructions or an issuer's entitlement, whose leg it is, paid by its payer; a
+  redemption only by the instrument's issuer, at face value, after maturity);
 - its effects are exactly those the instruction implies, row for row;
 - a claim's secret matches the hashlock and comes before expiry, an abort before expiry
   and by a party the lock allows, a refund or the ledger's own expiry at or after it.
