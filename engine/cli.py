@@ -19,7 +19,7 @@
     lockstep rotate-key --broker URL --registry FILE --ledger ID --operator ID --operator-key FILE
                         --party ID --public-key FILE
                                          a ledger's operator registers a participant's new key there
-    lockstep corporate-action --config FILE --id ID (--query | --issuer ID --issuer-key FILE --isin ISIN
+    lockstep corporate-action --broker URL --registry FILE --id ID (--query | --issuer ID --issuer-key FILE --isin ISIN
                         --kind coupon|redemption --date YYYY-MM-DD ...)
                                          an issuer's coupon or redemption mandate to its paying agent
     lockstep submit FILE --broker URL --registry FILE --party ID --key FILE [--wait S] [--out DIR]
@@ -246,8 +246,9 @@ def parser() -> argparse.ArgumentParser:
     rotate.set_defaults(run=_rotate_key)
 
     action = commands.add_parser("corporate-action", help="an issuer's coupon or redemption mandate to its paying agent")
-    action.add_argument("--config", required=True, help="the coordinator's TOML file: its id, registry and broker")
-    action.add_argument("--broker", help="broker URL, overriding the config's")
+    action.add_argument("--broker", required=True, help="broker URL, such as mqtt://127.0.0.1:1883")
+    action.add_argument("--registry", required=True, help="the consortium's registry.toml")
+    action.add_argument("--coordinator", default="coordinator", help="the paying agent's id (default: coordinator)")
     action.add_argument("--id", required=True, help="the action's id (sent again: its status, nothing paid twice)")
     action.add_argument("--query", action="store_true", help="only ask how the action stands")
     action.add_argument("--issuer", help="the issuing party, who signs")

@@ -21,6 +21,8 @@ from .config import ConfigError, CoordinatorConfig
 from .coordinator import Coordinator
 from .journal import Journal
 from .matching_desk import MatchingDesk
+from .repo import RepoDesk
+from .servicing import ServicingDesk
 from .metrics import CoordinatorMetrics
 from .watchtower import Watchtower
 
@@ -48,6 +50,21 @@ def load(config_path: str, broker: str | None) -> tuple[CoordinatorConfig, Regis
         if not registry.has_role(ledger, Role.LEDGER):
             raise DaemonError(f"{config_path}: settlement_ledgers: {asset} = {ledger!r} is not a ledger of the registry")
     return config, registry, key, url
+
+
+async def on_bus(broker: str, work):
+    """`await work(bus)` on a connection to the broker; a DaemonError from it comes out
+    as itself, not wrapped in the bus's nursery's exception group."""
+    failure = None
+    try:
+        async with MqttBus.connect(broker) as bus:
+            try:
+                return await work(bus)
+            except DaemonError as error:
+                failure = error
+    except BrokerUnreachable as error:
+        raise DaemonError(str(error)) from None
+    raise failure
 
 
 @asynccontextmanager
@@ -80,6 +97,8 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
             coordinator = Coordinator(config.coordinator_id, key, registry, bus, journal, ServiceClock(),
                                       config.timing, config.ledgers)
             coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers))
+            coordinator.add_desk(ServicingDesk(coordinator))
+            coordinator.add_desk(RepoDesk(coordinator))
             coordinator_metrics = CoordinatorMetrics(coordinator)   # before any settlement is resumed
             await nursery.start(coordinator.run)
             log.info("coordinator %s up on %s, journal %s, Δ = %d ms", config.coordinator_id, redacted(url),

@@ -23,8 +23,7 @@ from protocols.journal import ChainBroken, ChainChecker
 from protocols.messages import Entry, QueryJournal
 from protocols.registry import Registry
 
-from .daemon import DaemonError
-from .submit import on_bus
+from .daemon import DaemonError, on_bus
 
 PAGE_SIZE = 200
 

@@ -15,7 +15,6 @@ from lxml import etree
 from protocols import canonical
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.clock import ServiceClock
-from protocols.bus.mqtt import BrokerUnreachable, MqttBus
 from protocols.errors import Rejected
 from protocols.iso20022 import read
 from protocols.iso20022.model import FORMATS
@@ -23,7 +22,7 @@ from protocols.messages import (IDENT_PATTERN, Advices, QueryAdvices, Settlement
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, from_wire, sign
 
-from .daemon import DaemonError
+from .daemon import DaemonError, on_bus
 
 REPLY_TIMEOUT_S = 10
 POLL_S = 0.5
@@ -83,21 +82,6 @@ def save(item: dict, party: str, out: Path | None) -> None:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{party}-{item['seq']:06d}-{item['status']}.xml").write_text(item["document"])
-
-
-async def on_bus(broker: str, work):
-    """`await work(bus)` on a connection to the broker; a DaemonError from it comes out
-    as itself, not wrapped in the bus's nursery's exception group."""
-    failure = None
-    try:
-        async with MqttBus.connect(broker) as bus:
-            try:
-                return await work(bus)
-            except DaemonError as error:
-                failure = error
-    except BrokerUnreachable as error:
-        raise DaemonError(str(error)) from None
-    raise failure
 
 
 def _load(registry_path: str, key_file: str) -> tuple[Registry, PrivateKey]:

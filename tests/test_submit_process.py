@@ -12,6 +12,8 @@ import trio
 from lxml import etree
 
 from engine.local import BOND, Local, standard_world
+from protocols.identifiers import make_isin
+from protocols.messages import CreateInstrument, Issue, Transfer
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import MqttBus
 from protocols.iso20022 import sese023
@@ -71,6 +73,56 @@ async def test_two_back_offices_submit_sese023_and_get_sese025_and_a_camt053(tmp
         assert statement.returncode == 0, statement.stderr
         assert local_names(tmp_path / "a-eur.xml", "Amt")[-1] == "41000.00"
         assert "CRDT" in local_names(tmp_path / "a-eur.xml", "CdtDbtInd")
+    finally:
+        for process in ledgers + [coordinator]:
+            process.stop()
+
+
+async def test_an_issuer_pays_a_coupon_through_the_coordinator_process(tmp_path, broker):
+    """`lockstep corporate-action` against a real coordinator: every holder paid once."""
+    world = standard_world(tmp_path / "world", broker=broker.url)
+    ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
+    coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
+    today = utc_date(ServiceClock().now_ms())
+    isin = make_isin("XS990000001")
+    try:
+        async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
+            for process in ledgers + [coordinator]:
+                await process.ready(bus)
+            local = Local(world, bus, nursery)
+            await local.fund_standard(ledgers=("csd", "cbdc-eur"))
+            await local.instruct(CreateInstrument, "csd", "csd-op", isin=isin, issuer="treasury", currency="EUR",
+                                 face_value_minor=100_000, coupon_rate_bp=500, maturity_date=f"{int(today[:4]) + 4}{today[4:]}")
+            await local.instruct(Issue, "csd", "csd-op", asset=isin, account="treasury", amount=1_000)
+            for account, units in (("a-sec", 300), ("b-sec", 200)):
+                await local.instruct(Transfer, "csd", "treasury", from_account="treasury", to_account=account,
+                                     asset=isin, amount=units)
+            await local.open_accounts("cbdc-eur", "ecb", {"t-eur": "treasury"})
+            await local.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="t-eur", amount=10**9)
+            before = {account: await local.balances("cbdc-eur", account) for account in ("a-eur", "b-eur", "t-eur")}
+            nursery.cancel_scope.cancel()
+        common = ["--broker", broker.url, "--registry", str(world.registry_path), "--id", "cpn-1"]
+        sent = lockstep("corporate-action", *common, "--issuer", "treasury", "--issuer-key", str(world.key_path("treasury")),
+                        "--isin", isin, "--kind", "coupon", "--date", today, "--securities-account", "treasury",
+                        "--cash-account", "t-eur", "--deadline-ms", str(86_399_000))   # to the end of today
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        with trio.fail_after(60):
+            while "DONE" not in (status := lockstep("corporate-action", *common, "--query")).stdout:
+                await trio.sleep(0.5)
+        lines = status.stdout.splitlines()
+        assert any("a-sec" in line and "1500000 paid" in line for line in lines), status.stdout
+        assert any("b-sec" in line and "1000000 paid" in line for line in lines), status.stdout
+        async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
+            local = Local(world, bus, nursery)
+            after = {account: await local.balances("cbdc-eur", account) for account in ("a-eur", "b-eur", "t-eur")}
+            nursery.cancel_scope.cancel()
+        assert after["a-eur"].get("EUR", 0) - before["a-eur"].get("EUR", 0) == 1_500_000
+        assert after["b-eur"]["EUR"] - before["b-eur"]["EUR"] == 1_000_000
+        assert before["t-eur"]["EUR"] - after["t-eur"]["EUR"] == 2_500_000
+        forged = lockstep("corporate-action", *common[:-1], "cpn-2", "--issuer", "bank-a", "--issuer-key",
+                          str(world.key_path("bank-a")), "--isin", isin, "--kind", "coupon", "--date", today,
+                          "--securities-account", "a-sec", "--cash-account", "a-eur", "--deadline-ms", str(86_399_000))
+        assert forged.returncode != 0 and "treasury" in forged.stdout + forged.stderr, forged.stdout + forged.stderr
     finally:
         for process in ledgers + [coordinator]:
             process.stop()
