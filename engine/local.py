@@ -107,15 +107,15 @@ class Local:
         self._ledger_scopes.pop(ledger_id).cancel()
 
     async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True,
-                                bus: object | None = None, desks: tuple[Callable[[Coordinator], Desk], ...] = ()
-                                ) -> tuple[Coordinator, trio.CancelScope]:
+                                bus: object | None = None, desks: tuple[Callable[[Coordinator], Desk], ...] = (),
+                                skew_ms: int = 0) -> tuple[Coordinator, trio.CancelScope]:
         """Start the coordinator under its own cancel scope, so a test can kill it; on
         `bus` if given (a faulty one, say), else on the world's; with a desk made by each
-        of `desks`."""
+        of `desks`; its clock `skew_ms` off."""
         journal = Journal(self.world.directory / f"{COORDINATOR}.db", offload=self.offload)
         watched = tuple(self.world.ledger_configs) if watchtower else ()  # down ones too: they come back
         coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, bus or self.bus,
-                                  journal, ServiceClock(), timing, watched)
+                                  journal, ServiceClock(skew_ms), timing, watched)
         for make_desk in desks:
             coordinator.add_desk(make_desk(coordinator))
         scope = trio.CancelScope()

@@ -60,8 +60,8 @@ class Desk:
         self.local = local
         self.now_ms = ServiceClock().now_ms
 
-    async def start_coordinator(self):
-        return await self.local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, PLACES),))
+    async def start_coordinator(self, skew_ms: int = 0):
+        return await self.local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, PLACES),), skew_ms=skew_ms)
 
     def instruction(self, one: OneSided, instruction_id: str | None = None, document: bytes | None = None) -> bytes:
         if document is None:
@@ -171,9 +171,10 @@ async def test_pacs009_pair_settles_a_pvp_confirmed_by_pacs002(tmp_path, autojum
 async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_are_cancelled(tmp_path, autojump_clock):
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
-        await desk.start_coordinator()
-        today = utc_date(desk.now_ms())
-        seller, buyer = dvp(today, price=98_500)     # the buyer states another price
+        now_ms = desk.now_ms()
+        to_midnight_ms = DAY_MS - now_ms % DAY_MS
+        coordinator, _ = await desk.start_coordinator(skew_ms=to_midnight_ms - 5_000)   # its day ends in 5 s
+        seller, buyer = dvp(utc_date(coordinator.clock.now_ms()), price=98_500)     # the buyer states another price
         before = await desk.balances()
         await desk.send(desk.instruction(seller))
         reply = await desk.send(desk.instruction(buyer))
@@ -181,7 +182,7 @@ async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_
         assert "DMON" in element_text(reply.items[0]["document"], "Cd")
         assert any("98500" in text or "99000" in text for text in element_text(reply.items[0]["document"], "AddtlRsnInf"))
 
-        await trio.sleep(DAY_MS / 1000)               # the settlement date passes
+        await trio.sleep(6)                          # the settlement date passes
         for party in ("bank-a", "bank-b"):
             advices = await desk.until(party, "cancelled")
             assert "CANS" in element_text(advices[-1]["document"], "Cd")

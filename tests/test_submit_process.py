@@ -49,8 +49,9 @@ async def test_two_back_offices_submit_sese023_and_get_sese025_and_a_camt053(tmp
         outcomes = {}
         for party, one in sides.items():
             (tmp_path / f"{party}.xml").write_bytes(sese023.write(one))
+            wait_s = "60" if party == "bank-b" else "0"    # the first side stays unmatched until the second comes
             outcomes[party] = lockstep("submit", str(tmp_path / f"{party}.xml"), *common, "--party", party,
-                                       "--key", str(world.key_path(party)), "--wait", "60", "--out", str(tmp_path / party))
+                                       "--key", str(world.key_path(party)), "--wait", wait_s, "--out", str(tmp_path / party))
         for party in sides:
             assert outcomes[party].returncode == 0, outcomes[party].stderr
         assert "UNMATCHED" in outcomes["bank-a"].stdout and "CMIS" in outcomes["bank-a"].stdout
