@@ -268,6 +268,12 @@ class MatchingDesk:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Settle again what was matched but not finished (idempotent: the coordinator's
         journal knows what it did), then cancel what stays unmatched past its date."""
+        try:
+            await self._work(task_status)
+        finally:
+            self._db.close()
+
+    async def _work(self, task_status) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for settlement_id, in self._db.execute(
