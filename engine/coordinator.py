@@ -78,6 +78,7 @@ class Coordinator:
         self.watchtower = Watchtower(coordinator_id, key, registry, bus, list(watched_ledgers), clock,
                                      grace_ms=timing.claim_deadline_ms // 2) if watched_ledgers else None
         self._desks: dict[type, Desk] = {}
+        self._reserved: dict[str, str] = {}      # settlement id -> the desk's role that alone may start it
 
     def add_desk(self, desk: Desk) -> None:
         """Serve a desk's messages on the coordinator's topic and run it alongside; added
@@ -162,7 +163,15 @@ class Coordinator:
         """Accept a signed settlement and return its record once final. A settlement
         sent again (same id, same bytes) is not run twice: its record is returned."""
         signed = decode_signed(raw, allowed=(Settlement,))
+        owner = self._reserved.get(signed.msg.id)
+        if owner is not None:
+            raise Rejected(Code.NOT_AUTHORISED, "id", f"settlement {signed.msg.id} settles only as {owner}")
         return await self.settle(signed.wire())
+
+    def reserve(self, settlement_id: str, owner: str) -> None:
+        """Let only a desk start this settlement (a repo's reverse leg, due at its term and
+        only if the start leg settled): sent on its own, it is refused."""
+        self._reserved[settlement_id] = owner
 
     async def settle(self, auth: dict) -> Record:
         """Drive what an `auth` allows (protocols.authority: a settlement both parties

@@ -51,6 +51,7 @@ class RepoDesk:
                                     final).fetchall()
             for (repo_id,) in rows:
                 log.info("resuming repo %s", repo_id)
+                self._reserve(repo_id)
                 self._serve(repo_id)
             task_status.started()
             await trio.sleep_forever()
@@ -85,6 +86,7 @@ class RepoDesk:
         now_ms = self.coordinator.clock.now_ms()
         self._db.execute("INSERT INTO repos VALUES (?, ?, ?, '', '', ?)",
                          (repo.id, wire, RepoState.PENDING.value, json.dumps([[RepoState.PENDING.value, now_ms]])))
+        self._reserve(repo.id)
         self._serve(repo.id)
         return self.status(repo.id)
 
@@ -104,11 +106,18 @@ class RepoDesk:
                 raise Rejected(error.code, f"{field}.{error.field.removeprefix('auth.')}", error.reason) from None
             legs[field] = from_wire(getattr(repo, field), allowed=(Settlement,)).msg
         check_link(legs["start"], legs["reverse"], coordinator.id)
+        if coordinator.journal.get(legs["reverse"].id) is not None:
+            raise Rejected(Code.ID_REUSED, "reverse.id", f"settlement {legs['reverse'].id} was sent on its own already")
         coordinator.registry.verify_all(signed)
         if not set(signed.sigs) & set(legs["start"].parties):
             raise Rejected(Code.MISSING_SIGNATURE, "sigs", "a repo is sent signed by one of its two parties")
 
     # -- the two legs -------------------------------------------------------------------------
+
+    def _reserve(self, repo_id: str) -> None:
+        """The reverse leg runs only from here: at term, and only after the start settled."""
+        repo: Repo = from_wire(json.loads(self._row(repo_id)[0]), allowed=(Repo,)).msg
+        self.coordinator.reserve(terms_of(repo.reverse, None).id, f"the reverse leg of repo {repo_id}")
 
     def _serve(self, repo_id: str) -> None:
         assert self._nursery is not None, "the desk is not running"

@@ -15,7 +15,8 @@ from protocols.errors import Code, Rejected
 from protocols.messages import Issue, QueryLock, QueryLocks, QueryRepo, Repo, RepoStatus, Settlement, SettlementLeg, Transfer
 from protocols.repo import FINAL, check_link
 from protocols.settlement import Phase, lock_id
-from protocols.signing import decode_signed, sign, unsigned
+from protocols.canonical import decode, encode
+from protocols.signing import decode_signed, from_wire, sign, unsigned
 
 from .test_servicing import Agent
 
@@ -217,3 +218,31 @@ def test_the_reverse_must_come_after_the_starts_deadline():
     assert (refusal.value.code, refusal.value.field) == (Code.INVALID_FIELD, "reverse.not_before_ms")
     check_link(first, Settlement("r", "dvp", 0, COORDINATOR, 9_000, ("bank-a", "bank-b"), legs_back, not_before_ms=1_001),
                COORDINATOR)
+
+
+async def test_a_reverse_leg_sent_on_its_own_is_refused_while_its_repo_is_open(tmp_path, autojump_clock):
+    """The reverse leg runs only at term and only after the start: sent to the coordinator
+    by itself before then, with both parties' signatures, it is refused and nothing moves;
+    a repo whose reverse already ran on its own is refused too."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        raw, term_ms = desk.repo()
+        await desk.send(raw)
+        await desk.wait_repo("open")
+        before = await desk.holdings()
+        reverse = from_wire(decode(raw), allowed=(Repo,)).msg.reverse
+        reply = await desk.local.send_settlement(encode(reverse), timeout_s=5)
+        status = decode_signed(reply).msg
+        assert (status.phase, status.reason_code) == ("rejected", Code.NOT_AUTHORISED.value)
+        assert "reverse leg of repo repo-1" in status.reason
+        assert await desk.holdings() == before
+        closed = await desk.wait_repo("closed", from_ms=term_ms)
+        assert closed.reverse_phase == "settled"
+
+        other, _ = desk.repo("repo-2")
+        alone = from_wire(decode(other), allowed=(Repo,)).msg.reverse
+        await desk.local.send_settlement(encode(alone), timeout_s=1)   # runs as sent (waits for its term)
+        refused = await desk.send(other)
+        assert (refused.state, refused.reason_code) == ("rejected", Code.ID_REUSED.value)
+        nursery.cancel_scope.cancel()
