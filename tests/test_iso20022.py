@@ -470,3 +470,28 @@ def test_parsing_is_safe_from_many_threads():
     with ThreadPoolExecutor(8) as pool:
         read_back = list(pool.map(lambda d: read(SESE_023, d), documents))
     assert [one.reference for one in read_back] == [f"TX-{i}" for i in range(200)]
+
+
+_SPLICES = [b"<", b">", b"&amp;", b"&#0;", b"\xff", b"<X/>", b' a="1"', b"]]>", b"<!--", b"\n", b"0", b"9" * 30, b"-"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([SESE_023, PACS_009]),
+       st.lists(st.tuples(st.floats(0, 1), st.integers(0, 10**6), st.integers(0, 255), st.integers(1, 20),
+                          st.sampled_from(_SPLICES)), min_size=1, max_size=4))
+def test_a_mutated_document_is_read_or_refused_never_anything_else(fmt, edits):
+    """Bytes flipped, cut or spliced anywhere in a valid document: `read` returns a record
+    or raises `Rejected`; no other exception reaches the desk or a ledger."""
+    document = bytearray(sese023.write(DVP) if fmt == SESE_023 else pacs009.write(PVP, now_ms=NOW_MS))
+    for kind, position, byte, length, splice in edits:
+        at = position % len(document)
+        if kind < 0.4:
+            document[at] = byte
+        elif kind < 0.7:
+            del document[at:at + length]
+        else:
+            document[at:at] = splice
+    try:
+        assert isinstance(read(fmt, bytes(document)), OneSided)
+    except Rejected as error:
+        assert error.field and error.reason
