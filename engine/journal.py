@@ -129,6 +129,15 @@ class Journal:
         return [_record(row) for row in self._db.execute(f"SELECT {_COLUMNS} FROM settlements ORDER BY id")]
 
 
+def desk_database(path: str | Path) -> sqlite3.Connection:
+    """A desk's own connection to the coordinator's database (one database per service);
+    every write is durable before the desk acts on it."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
 _COLUMNS = "id, instruction, phase, secret, expiry_ms, sent, reason_code, reason, steps"
 
 

@@ -17,7 +17,7 @@ PvP, pacs.002), kept numbered per party and read with `query_advices`."""
 from __future__ import annotations
 
 import logging
-import sqlite3
+from contextlib import closing
 from typing import Mapping
 
 import attrs
@@ -37,6 +37,7 @@ from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
 from .coordinator import Coordinator
+from .journal import desk_database
 
 log = logging.getLogger("lockstep.matching")
 
@@ -81,7 +82,7 @@ class MatchingDesk:
         others are found by asking every registered ledger what it carries."""
         self.coordinator = coordinator
         self._places = dict(places or {})
-        self._db = sqlite3.connect(coordinator.journal.path, isolation_level=None, check_same_thread=False)
+        self._db = desk_database(coordinator.journal.path)
         self._db.executescript(_SCHEMA)
         self._changed = trio.Event()
         self._matching = trio.Lock()
@@ -268,10 +269,8 @@ class MatchingDesk:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Settle again what was matched but not finished (idempotent: the coordinator's
         journal knows what it did), then cancel what stays unmatched past its date."""
-        try:
+        with closing(self._db):
             await self._work(task_status)
-        finally:
-            self._db.close()
 
     async def _work(self, task_status) -> None:
         async with trio.open_nursery() as nursery:

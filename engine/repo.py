@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 
 import trio
 
@@ -26,8 +27,7 @@ from protocols.repo import FINAL, RepoState, check_link, check_transition
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from .journal import Record
-from .servicing import desk_database
+from .journal import Record, desk_database
 
 log = logging.getLogger("lockstep.repo")
 
@@ -44,6 +44,10 @@ class RepoDesk:
         self._serving: set[str] = set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with closing(self._db):
+            await self._work(task_status)
+
+    async def _work(self, task_status) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             final = tuple(state.value for state in FINAL)
@@ -55,9 +59,6 @@ class RepoDesk:
                 self._serve(repo_id)
             task_status.started()
             await trio.sleep_forever()
-
-    def close(self) -> None:
-        self._db.close()
 
     # -- intake ---------------------------------------------------------------------------
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
-from pathlib import Path
+from contextlib import closing
 from typing import Any
 
 import trio
@@ -35,21 +34,14 @@ from protocols.servicing import (ActionState, Due, DueState, cash_account, check
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
+from .journal import desk_database
+
 log = logging.getLogger("lockstep.servicing")
 
 PAYMENTS_IN_FLIGHT_MAX = 8     # entitlements settling at once, per action
 HOLDERS_MAX = 2_000            # holders of record one action pays: its status stays well under a bus message
 QUERY_TIMEOUT_S = 5.0          # a ledger's answer at intake, retries included
 RETRY_S = 0.05
-
-
-def desk_database(path: Path) -> sqlite3.Connection:
-    """A desk's own connection to the coordinator's database (one database per service);
-    every write is durable before the desk acts on it."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    return db
 
 
 async def ask(client, make_query, deadline: float) -> Any:
@@ -82,6 +74,10 @@ class ServicingDesk:
         self._serving: set[str] = set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with closing(self._db):
+            await self._work(task_status)
+
+    async def _work(self, task_status) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             final = (ActionState.DONE.value, ActionState.FAILED.value)
@@ -91,9 +87,6 @@ class ServicingDesk:
                 self._serve(action_id)
             task_status.started()
             await trio.sleep_forever()
-
-    def close(self) -> None:
-        self._db.close()
 
     # -- intake ---------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ def instruction_id(reference: str) -> str:
     return reference if IDENT_PATTERN.fullmatch(reference) else "i-" + hashlib.sha256(reference.encode()).hexdigest()[:32]
 
 
-class Desk:
+class DeskClient:
     """The matching desk as a party reaches it: its replies' signatures checked."""
 
     def __init__(self, bus: Bus, registry: Registry, coordinator: str, party: str, key: PrivateKey) -> None:
@@ -109,7 +109,7 @@ async def main(file: str, broker: str, registry_path: str, coordinator: str, par
     folder = Path(out) if out else None
 
     async def follow(bus: Bus) -> str:
-        desk = Desk(bus, registry, coordinator, party, key)
+        desk = DeskClient(bus, registry, coordinator, party, key)
         items = await desk.submit(SettlementInstruction(iid, coordinator, party, desk.clock.now_ms(), fmt,
                                                         document.decode()))
         seen, status = 0, "rejected"
@@ -137,7 +137,7 @@ async def fetch(broker: str, registry_path: str, coordinator: str, party: str, k
     registry, key = _load(registry_path, key_file)
 
     async def page_through(bus: Bus) -> int:
-        desk, position = Desk(bus, registry, coordinator, party, key), from_seq
+        desk, position = DeskClient(bus, registry, coordinator, party, key), from_seq
         while items := await desk.advices(position):
             for item in items:
                 print(summary(item), flush=True)

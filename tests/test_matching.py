@@ -24,10 +24,11 @@ from protocols.htlc import hashlock_of
 from protocols.iso20022 import pacs009, sese023
 from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.matching import DAY_MS
-from protocols.messages import (Advices, Lock, Matched, QueryAdvices, QueryLocks, SettlementInstruction,
+from protocols.messages import (Advices, Lock, Matched, QueryAdvices, SettlementInstruction,
                                 SettlementStatus, to_body)
 from protocols.settlement import Timing, utc_date
 from protocols.signing import from_wire, sign
+from tests.test_coordinator import World
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 
@@ -92,11 +93,7 @@ class Desk:
                                         ("cbdc-multi", "a-usd"), ("cbdc-multi", "b-usd"))}
 
     async def held_locks(self) -> list:
-        held = []
-        for ledger in self.local.services:
-            client = self.local.client(ledger)
-            held += await client.query(QueryLocks(client.next_query_id(), ledger, 2**62, 100))
-        return held
+        return await World(self.local).held_locks()
 
     async def audit(self):
         from engine.audit import read_over_bus

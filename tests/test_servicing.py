@@ -143,8 +143,6 @@ class Agent:
                 with scope:
                     await coordinator.run(task_status=task_status)
             finally:
-                for desk in made:
-                    desk.close()
                 journal.close()
                 stopped.set()
 
