@@ -1,0 +1,21 @@
+"""Amounts as a person reads them, in one form everywhere: the asset's code, then the
+amount in major units with grouping (`EUR 9,997,530,000.00`, `JPY 1,000`); securities in
+nominal units, named as such (`DE000A1B2C3D4 1,000 units`). The wire keeps integers in
+minor units; this module is only for what people read (reports, refusal reasons, logs)."""
+
+from __future__ import annotations
+
+from .identifiers import CURRENCIES, isin_problem
+
+
+def format_amount(asset: str, amount: int) -> str:
+    """`amount` minor units (or nominal units) of `asset`, as a person reads it."""
+    exponent = CURRENCIES.get(asset)
+    if exponent is None:
+        unit = "unit" if abs(amount) == 1 else "units"
+        return f"{asset} {amount:,} {unit}" if isin_problem(asset) is None else f"{asset} {amount:,}"
+    if exponent == 0:
+        return f"{asset} {amount:,}"
+    sign = "-" if amount < 0 else ""
+    major, minor = divmod(abs(amount), 10**exponent)
+    return f"{asset} {sign}{major:,}.{minor:0{exponent}d}"
