@@ -1,0 +1,47 @@
+"""The benchmark's message count: each run counts what its own settlements sent, on both
+buses, fast runs too, and neither the checks after it nor the run before it."""
+
+from __future__ import annotations
+
+from benchmarks.runner import Load, Run, measure, memory_system, mqtt_system
+from benchmarks.workload import Shape
+
+SHAPE = Shape(participants=6)
+# One settlement's messages: its request to the coordinator and the signed status back;
+# same-ledger, one `settle` and its receipt; cross-ledger, a lock and a claim on each leg,
+# each with its receipt; and a journal entry event for each instruction a ledger applies.
+# A run also counts the watchtower's polls of the ledgers it heard nothing from for a second
+# (on Mosquitto, up to 2 s of them while the broker's next report comes): 1 or 2 a ledger.
+NEEDED = {"same": 2 + 2 + 1, "cross": 2 + 8 + 4}
+IDLE_PER_SETTLEMENT_MAX = 0.5
+
+
+def check(found: dict) -> None:
+    for (path, _), per_settlement in found.items():
+        assert NEEDED[path] <= per_settlement <= NEEDED[path] + IDLE_PER_SETTLEMENT_MAX, found
+
+
+async def messages_per_settlement(system, bus: str, path: str, concurrency: int, settlements: int) -> float:
+    result = await measure(system, Run(bus, "dvp", path, Load(concurrency=concurrency), settlements),
+                           lambda count: None)
+    assert result.phases == {"settled": settlements}
+    return result.bus_messages / settlements
+
+
+async def counts(system_of, bus: str, tmp_path, paths: tuple[str, ...], settlements: int) -> dict:
+    found = {}
+    async with system_of(tmp_path, SHAPE, 1) as system:
+        for concurrency in (1, 16):
+            for path in paths:
+                found[(path, concurrency)] = await messages_per_settlement(system, bus, path, concurrency, settlements)
+    return found
+
+
+async def test_memory_runs_count_one_settlements_messages_at_any_concurrency(tmp_path):
+    check(await counts(memory_system, "memory", tmp_path, ("cross", "same"), settlements=60))
+
+
+async def test_mqtt_runs_count_one_settlements_messages_even_when_they_are_fast(tmp_path):
+    """Same-ledger at 16 in flight ends in well under the broker's report interval: the
+    run the broker's stale count read as 0 messages, the next as several runs' worth."""
+    check(await counts(mqtt_system, "mqtt", tmp_path, ("same",), settlements=60))
