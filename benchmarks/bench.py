@@ -22,6 +22,7 @@ import trio
 from engine.broker import mosquitto_path
 
 from .runner import BenchmarkBroken, Load, Result, Run, measure, memory_system, mqtt_system
+from .table import table
 from .workload import Shape
 
 QUICK = dict(buses=["memory", "mqtt"], kinds=["dvp", "pvp"], paths=["cross", "same"], concurrency=[4, 32],
@@ -35,21 +36,31 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     def numbers(text: str) -> list[int]:
         return [int(word) for word in text.split(",") if word]
 
-    parser.add_argument("--quick", action="store_true", help="a reduced sweep that runs in about a minute")
-    parser.add_argument("--bus", type=words, default=["memory", "mqtt"], help="memory,mqtt")
-    parser.add_argument("--kinds", type=words, default=["dvp", "pvp"], help="dvp,pvp")
-    parser.add_argument("--paths", type=words, default=["cross", "same"], help="cross,same")
-    parser.add_argument("--concurrency", type=numbers, default=[1, 8, 64, 256],
-                        help="closed-loop settlements in flight, a sweep: 1,8,64,256")
-    parser.add_argument("--rate", type=numbers, default=[], help="open-loop offered rates per second, a sweep")
-    parser.add_argument("--settlements", type=int, default=2000, help="settlements per run")
-    parser.add_argument("--participants", type=int, default=100)
-    parser.add_argument("--accounts", type=int, default=1, help="accounts per participant on each ledger")
-    parser.add_argument("--isins", type=int, default=4)
-    parser.add_argument("--ballast", type=int, default=0,
-                        help="more accounts on each ledger, never used (flat cost: try 1000000)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default="bench-results", help="folder for results.json and the charts")
+    def option(name: str, default, text: str, **kwargs) -> None:
+        shown = (",".join(str(item) for item in default) or "none") if isinstance(default, list) else default
+        parser.add_argument(name, default=default, help=f"{text} (default: {shown})", **kwargs)
+
+    quick = (f"buses {','.join(QUICK['buses'])}, kinds {','.join(QUICK['kinds'])}, paths {','.join(QUICK['paths'])}, "
+             f"{','.join(str(c) for c in QUICK['concurrency'])} in flight, {QUICK['settlements']} settlements a run, "
+             f"{QUICK['participants']} participants")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a reduced sweep that runs in about a minute: {quick} (default: off, the options below)")
+    option("--bus", ["memory", "mqtt"], "the buses to run on, comma-separated", type=words, metavar="LIST")
+    option("--kinds", ["dvp", "pvp"], "the scenarios, comma-separated", type=words, metavar="LIST")
+    option("--paths", ["cross", "same"], "cross-ledger (HTLC) and same-ledger (one settle), comma-separated",
+           type=words, metavar="LIST")
+    option("--concurrency", [1, 8, 64, 256], "closed-loop sweep: settlements in flight, comma-separated; "
+           "empty for none", type=numbers, metavar="LIST")
+    option("--rate", [], "open-loop sweep: settlements started per second, comma-separated", type=numbers,
+           metavar="LIST")
+    option("--settlements", 2000, "settlements per run", type=int, metavar="N")
+    option("--participants", 100, "banks that trade, each with accounts on every ledger", type=int, metavar="N")
+    option("--accounts", 1, "accounts per participant on each ledger", type=int, metavar="N")
+    option("--isins", 4, "bonds traded, on the CSD and on the unified ledger", type=int, metavar="N")
+    option("--ballast", 0, "more accounts on each ledger, never used: the flat-cost sweep, such as 1000000",
+           type=int, metavar="N")
+    option("--seed", 1, "seed of the workload's random choices", type=int)
+    option("--out", "bench-results", "folder for results.json and the charts", metavar="DIR")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
         return 3
     report = _report(results, shape, command, time.time() - started)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    _print_table(report)
+    print()
+    print(table(report))
     from .charts import draw
     charts = draw(results, out)
     print(f"\nresults: {out / 'results.json'}; charts: {', '.join(str(c) for c in charts)}")
@@ -154,22 +166,3 @@ def _machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
             "mosquitto": mosquitto, "packages": versions}
-
-
-def _print_table(report: dict) -> None:
-    header = f"{'bus':<7}{'kind':<5}{'path':<6}{'load':<10}{'n':>6}{'per s':>9}{'p50 ms':>9}{'p90 ms':>9}" \
-             f"{'p99 ms':>9}{'max ms':>9}{'msgs':>7}  cpu ms/settlement by process; outcomes"
-    print()
-    print(header)
-    for row in report["results"]:
-        cpu = ", ".join(f"{name} {ms}" for name, ms in row["cpu_ms_per_settlement"].items())
-        phases = ", ".join(f"{phase} {count}" for phase, count in row["phases"].items())
-        print(f"{row['bus']:<7}{row['kind']:<5}{row['path']:<6}{row['load']:<10}{row['settlements']:>6}"
-              f"{row['throughput_per_s']:>9.1f}{row['latency_ms_p50']:>9.2f}{row['latency_ms_p90']:>9.2f}"
-              f"{row['latency_ms_p99']:>9.2f}{row['latency_ms_max']:>9.2f}{row['bus_messages_per_settlement']:>7.1f}"
-              f"  {cpu}; {phases}")
-    if report["ratios"]:
-        print("\ncross-ledger / same-ledger, same run:")
-        for ratio in report["ratios"]:
-            print(f"  {ratio['bus']:<7}{ratio['kind']:<5}{ratio['load']:<10} throughput x{ratio['throughput_cross_over_same']:.2f}"
-                  f"   p50 latency x{ratio['latency_p50_cross_over_same']:.2f}")

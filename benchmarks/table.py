@@ -1,0 +1,77 @@
+"""The table `lockstep bench` prints, from the report's rows: one line per run, then CPU
+per settlement by process, one block per bus (their processes differ), the outcomes other
+than settled, and the cross/same ratios. Every column holds one precision, so figures
+line up and compare; every line fits WIDTH_MAX."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+WIDTH_MAX = 120
+CPU_WIDTH_MIN = 6
+
+
+@attrs.frozen
+class Column:
+    header: str
+    width: int
+    figure: Callable[[dict], object]
+    precision: str = ""   # a format spec for numbers, such as ".1f"; text is left-aligned
+
+    def cell(self, row: dict) -> str:
+        value = self.figure(row)
+        return f"{value:>{self.width}{self.precision}}" if self.precision else f"{value:<{self.width}}"
+
+    def head(self) -> str:
+        return f"{self.header:>{self.width}}" if self.precision else f"{self.header:<{self.width}}"
+
+
+def _key(name: str) -> Callable[[dict], object]:
+    return lambda row: row[name]
+
+
+RUN = (Column("bus", 7, _key("bus")), Column("kind", 5, _key("kind")), Column("path", 6, _key("path")),
+       Column("load", 9, _key("load")))
+RUNS = RUN + (
+    Column("n", 6, _key("settlements"), "d"),
+    Column("per s", 9, _key("throughput_per_s"), ".1f"),
+    *(Column(f"{name} ms", 9, _key(f"latency_ms_{name}"), ".1f") for name in ("p50", "p90", "p99", "max")),
+    Column("msgs", 7, _key("bus_messages_per_settlement"), ".1f"),
+    Column("settled", 9, lambda row: row["phases"].get("settled", 0), "d"),
+)
+
+
+def table(report: dict) -> str:
+    rows = report["results"]
+    lines = [_line(RUNS, None)] + [_line(RUNS, row) for row in rows]
+    for bus in dict.fromkeys(row["bus"] for row in rows):
+        lines += ["", f"cpu ms per settlement by process, {bus}:"] + _cpu(RUN[1:], [r for r in rows if r["bus"] == bus])
+    others = [(row, {p: n for p, n in row["phases"].items() if p != "settled"}) for row in rows]
+    others = [(row, phases) for row, phases in others if phases]
+    if others:
+        lines += ["", "outcomes other than settled:"]
+        lines += [f"  {_line(RUN, row)}  " + ", ".join(f"{p} {n}" for p, n in phases.items()) for row, phases in others]
+    if report["ratios"]:
+        lines += ["", "cross-ledger / same-ledger, same run:"]
+        lines += [f"  {_line(RUN[:2] + RUN[3:], ratio)}  throughput x{ratio['throughput_cross_over_same']:.2f}"
+                  f"   p50 latency x{ratio['latency_p50_cross_over_same']:.2f}" for ratio in report["ratios"]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cpu(prefix: tuple[Column, ...], rows: list[dict]) -> list[str]:
+    names = list(dict.fromkeys(name for row in rows for name in row["cpu_ms_per_settlement"]))
+    columns = prefix + tuple(Column(name, max(CPU_WIDTH_MIN, len(name)) + 2, _cpu_of(name), ".2f") for name in names)
+    if len(names) > 1:
+        columns += (Column("total", CPU_WIDTH_MIN + 2, lambda row: sum(row["cpu_ms_per_settlement"].values()), ".2f"),)
+    return [_line(columns, None)] + [_line(columns, row) for row in rows]
+
+
+def _cpu_of(name: str) -> Callable[[dict], float]:
+    return lambda row: row["cpu_ms_per_settlement"].get(name, 0.0)
+
+
+def _line(columns: tuple[Column, ...], row: dict | None) -> str:
+    """The header when row is None."""
+    return "".join(column.head() if row is None else column.cell(row) for column in columns)

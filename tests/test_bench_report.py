@@ -1,0 +1,96 @@
+"""What `lockstep bench` prints: the table (one precision per column, within 120 columns)
+and the options' help (each with its default)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+
+from benchmarks.bench import _report, arguments
+from benchmarks.runner import Load, Result, Run
+from benchmarks.table import WIDTH_MAX, table
+from benchmarks.workload import Shape
+
+MQTT_PROCESSES = ("csd", "cbdc-eur", "cbdc-usd", "unified", "coordinator", "broker", "load generator")
+
+
+def result(bus: str, kind: str, path: str, concurrency: int, *, phases: dict | None = None) -> Result:
+    """A run's figures, spread as a real run's are: from a few ms to a few hundred."""
+    draw = random.Random(f"{bus}{kind}{path}{concurrency}")
+    base_ms = concurrency * (6.0 if path == "cross" else 2.5)
+    latencies = [base_ms * draw.uniform(0.5, 1.6) for _ in range(120)]
+    processes = ("all (one process)",) if bus == "memory" else MQTT_PROCESSES
+    return Result(Run(bus, kind, path, Load(concurrency=concurrency), 120), elapsed_s=draw.uniform(0.2, 1.5),
+                  latencies_ms=latencies, phases=phases or {"settled": 120},
+                  cpu_s={name: draw.choice([0.0, 0.01, 0.3, 1.234]) for name in processes},
+                  rss_peak_bytes={name: 2**26 for name in processes}, bus_messages=draw.choice([600, 1692, 0]))
+
+
+def quick_results(**extra) -> list[Result]:
+    return [result(bus, kind, path, concurrency, **extra) for bus in ("memory", "mqtt") for concurrency in (4, 32)
+            for kind in ("dvp", "pvp") for path in ("cross", "same")]
+
+
+def lines_of(results: list[Result]) -> list[str]:
+    return table(_report(results, Shape(), "lockstep bench --quick", 1.0)).splitlines()
+
+
+def blocks(lines: list[str]) -> list[list[str]]:
+    """The table's blocks, each a header line and its rows."""
+    found, block = [], []
+    for line in lines + [""]:
+        if line and not line.endswith(":"):
+            block.append(line)
+        elif block:
+            found.append(block)
+            block = []
+    return found
+
+
+def decimals(cell: str) -> int | None:
+    """Digits after the point of a number; None for text."""
+    if not re.fullmatch(r"-?\d+(\.\d+)?", cell):
+        return None
+    return len(cell.partition(".")[2])
+
+
+def test_every_line_of_the_table_fits_120_columns():
+    lines = lines_of(quick_results(phases={"settled": 117, "rolled_back": 2, "failed": 1}))
+    assert max(len(line) for line in lines) <= WIDTH_MAX == 120, "\n".join(lines)
+
+
+def test_each_column_of_the_table_holds_one_precision():
+    """No figure holds a space, so a row's cells are its words."""
+    for block in blocks(lines_of(quick_results())):
+        rows = [row.split() for row in block[1:]]
+        assert len({len(row) for row in rows}) == 1, "\n".join(block)
+        for column in zip(*rows):
+            assert len({decimals(cell) for cell in column}) == 1, f"{column}\n" + "\n".join(block)
+
+
+def test_the_table_shows_throughput_and_latency_with_one_decimal_and_cpu_with_two():
+    lines = lines_of(quick_results())
+    first = lines[1].split()
+    assert [decimals(cell) for cell in first[4:]] == [0, 1, 1, 1, 1, 1, 1, 0]
+    cpu = next(line for line in lines[lines.index("cpu ms per settlement by process, mqtt:") + 2:])
+    assert {decimals(cell) for cell in cpu.split()[3:]} == {2}
+
+
+def test_outcomes_other_than_settled_are_listed_by_run():
+    lines = lines_of([result("mqtt", "dvp", "cross", 32, phases={"settled": 118, "rolled_back": 2})])
+    assert lines[lines.index("outcomes other than settled:") + 1].split() == ["mqtt", "dvp", "cross", "c=32",
+                                                                                 "rolled_back", "2"]
+
+
+def test_every_option_has_a_help_text_that_shows_its_default():
+    parser = argparse.ArgumentParser(prog="lockstep bench")
+    arguments(parser)
+    options = [action for action in parser._actions if not isinstance(action, argparse._HelpAction)]
+    assert options
+    for action in options:
+        assert action.help and "(default: " in action.help, action.option_strings
+        default = action.default
+        shown = ",".join(map(str, default)) or "none" if isinstance(default, list) else default
+        if not isinstance(action, argparse._StoreTrueAction):
+            assert f"(default: {shown})" in action.help, action.option_strings
