@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import os
-import tomllib
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -19,6 +18,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .errors import Code, Rejected
+from .failures import ExpectedFailure, file_reason, read_toml
 from .messages import IDENT_PATTERN
 from .signing import Signed, load_public_pem, public_pem, verify
 
@@ -50,23 +50,14 @@ class Registry:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Registry:
+        """The registry file; an ExpectedFailure names it, the party and what is wrong."""
+        subject = f"registry {path}"
         path = Path(path)
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-        parties = []
-        for party_id, entry in data.get("parties", {}).items():
-            if not IDENT_PATTERN.fullmatch(party_id):
-                raise ValueError(f"{path}: party id {party_id!r} is not a valid identifier")
-            try:
-                roles = frozenset(Role(role) for role in entry["roles"])
-                if "public_key" in entry:
-                    pem = entry["public_key"]
-                else:
-                    pem = (path.parent / entry["public_key_file"]).read_text()
-                parties.append(Party(party_id, roles, load_public_pem(pem)))
-            except (KeyError, ValueError, OSError) as error:
-                raise ValueError(f"{path}: party {party_id!r}: {error}") from None
-        return cls(parties)
+        data = read_toml("registry", path)
+        parties = data.get("parties", {})
+        if not isinstance(parties, dict):
+            raise ExpectedFailure(subject, "parties: must be a table of [parties.ID]")
+        return cls(_party(subject, path.parent, party_id, entry) for party_id, entry in parties.items())
 
     def save(self, path: str | os.PathLike) -> None:
         lines = []
@@ -113,3 +104,35 @@ class Registry:
         for party_id in party_ids:
             if party_id not in signed.sigs:
                 raise Rejected(Code.MISSING_SIGNATURE, "sigs", f"needs the signature of {party_id!r}")
+
+
+def _party(subject: str, base: Path, party_id: str, entry: object) -> Party:
+    """One [parties.ID] table of the registry file at `subject`, its key files under `base`."""
+    where = f"party {party_id!r}"
+    if not IDENT_PATTERN.fullmatch(party_id):
+        raise ExpectedFailure(subject, f"{where}: not a valid identifier")
+    if not isinstance(entry, dict):
+        raise ExpectedFailure(subject, f"{where}: must be a table")
+    known = [role.value for role in Role]
+    roles = entry.get("roles")
+    if not isinstance(roles, list) or not all(role in known for role in roles):
+        raise ExpectedFailure(subject, f"{where}: roles: required, a list of {', '.join(known)}")
+    if "public_key" in entry:
+        pem, source = entry["public_key"], "public_key"
+        if not isinstance(pem, str):
+            raise ExpectedFailure(subject, f"{where}: public_key: must be a PEM string")
+    elif isinstance(entry.get("public_key_file"), str):
+        key_file = base / entry["public_key_file"]
+        source = f"public_key_file {key_file}"
+        try:
+            pem = key_file.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = file_reason(error) if isinstance(error, OSError) else "not text, so not PEM"
+            raise ExpectedFailure(subject, f"{where}: {source}: {reason}") from None
+    else:
+        raise ExpectedFailure(subject, f"{where}: public_key or public_key_file: required")
+    try:
+        key = load_public_pem(pem)
+    except ValueError as error:
+        raise ExpectedFailure(subject, f"{where}: {source}: {error}") from None
+    return Party(party_id, frozenset(Role(role) for role in roles), key)

@@ -8,20 +8,23 @@ worked example can be reproduced and no signature depends on a random generator.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Mapping
 
 import attrs
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import canonical
 from .canonical import decode, encode
 from .errors import Code, Rejected
+from .failures import ExpectedFailure, file_reason
 from .messages import Body, from_body, to_body
 
 DOMAIN = b"lockstep/1\x00"
@@ -49,14 +52,22 @@ class PrivateKey:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrivateKey:
-        """Load a PEM key file, refusing one that others may read."""
-        mode = Path(path).stat().st_mode
+        """Load a P-256 private key file (PEM: PKCS#8 or SEC1), refusing one that others
+        may read; an ExpectedFailure names the file and why it cannot serve."""
+        subject = f"private key {path}"
+        try:
+            mode = Path(path).stat().st_mode
+            data = Path(path).read_bytes() if stat.S_ISREG(mode) else b""
+        except OSError as error:
+            raise ExpectedFailure(subject, file_reason(error)) from None
+        if not stat.S_ISREG(mode):
+            raise ExpectedFailure(subject, "not a regular file")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise PermissionError(f"{path}: private key is readable by others (mode {stat.filemode(mode)}); chmod 600 it")
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{path}: not an EC private key")
-        return cls(key)
+            raise ExpectedFailure(subject, f"readable by others (mode {stat.filemode(mode)}); chmod 600 it")
+        try:
+            return cls(_private_key_of(data))
+        except ValueError as error:
+            raise ExpectedFailure(subject, str(error)) from None
 
     def save(self, path: str | os.PathLike) -> None:
         pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -78,10 +89,240 @@ def public_pem(key: ec.EllipticCurvePublicKey) -> str:
 
 
 def load_public_pem(pem: str) -> ec.EllipticCurvePublicKey:
-    key = serialization.load_pem_public_key(pem.encode("ascii"))
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError("not a P-256 public key")
+    """A P-256 public key (PEM SubjectPublicKeyInfo); ValueError says why not."""
+    label, der = _pem_block(pem.encode("utf-8", "replace"), wanted="public")
+    if label != "PUBLIC KEY":
+        raise ValueError(_NOT_PUBLIC.get(label, f"a PEM {label}, not a PUBLIC KEY"))
+    try:
+        info = _sequence(der, "SubjectPublicKeyInfo")
+        _check_algorithm(_fields(info[0] if info else (0, b""), "algorithm"))
+    except _Malformed as error:
+        raise ValueError(f"not a valid PUBLIC KEY: {error}") from None
+    try:
+        return serialization.load_der_public_key(der)
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError("not a valid PUBLIC KEY: its point is not on P-256") from None
+
+
+def load_public_key(path: str | os.PathLike) -> ec.EllipticCurvePublicKey:
+    """A P-256 public key file (PEM); an ExpectedFailure names the file and why not."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8", "replace")
+    except OSError as error:
+        raise ExpectedFailure(f"public key {path}", file_reason(error)) from None
+    try:
+        return load_public_pem(text)
+    except ValueError as error:
+        raise ExpectedFailure(f"public key {path}", str(error)) from None
+
+
+# -- reading key files: PEM armour, then the DER of PKCS#8 (RFC 5208, 5958) or SEC1 (RFC 5915) ---
+# Read here rather than by `cryptography`, which refuses a PKCS#8 key of version 1 without its
+# optional public key (as the `ecdsa` package writes them) and says only "Invalid key".
+
+_PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
+_PRIVATE_LABELS = ("PRIVATE KEY", "EC PRIVATE KEY")
+_ENCRYPTED = ("encrypted with a passphrase: Lockstep reads unencrypted keys (kept mode 600); "
+              "decrypt it with openssl pkey -in FILE -out NEW")
+_NOT_PRIVATE = {   # PEM labels that are not a usable private key, and why
+    "ENCRYPTED PRIVATE KEY": _ENCRYPTED,
+    "RSA PRIVATE KEY": "an RSA key: Lockstep uses ECDSA P-256",
+    "DSA PRIVATE KEY": "a DSA key: Lockstep uses ECDSA P-256",
+    "OPENSSH PRIVATE KEY": "an OpenSSH key: convert it to PKCS#8 with ssh-keygen -p -m PKCS8 -f FILE",
+    "PUBLIC KEY": "a public key, where a private key is needed",
+    "CERTIFICATE": "a certificate, where a private key is needed",
+}
+_NOT_PUBLIC = {
+    "PRIVATE KEY": "a private key, where a public key is needed (give its public key; keep this one secret)",
+    "EC PRIVATE KEY": "a private key, where a public key is needed (give its public key; keep this one secret)",
+    "ENCRYPTED PRIVATE KEY": "a private key, where a public key is needed",
+    "RSA PUBLIC KEY": "an RSA key: Lockstep uses ECDSA P-256",
+    "CERTIFICATE": "a certificate: give its public key (openssl x509 -pubkey -noout -in FILE)",
+}
+_ALGORITHMS = {   # algorithm identifiers of keys that are not EC, by OID
+    "1.2.840.113549.1.1.1": "an RSA key", "1.2.840.113549.1.1.10": "an RSA-PSS key",
+    "1.2.840.10040.4.1": "a DSA key", "1.3.101.110": "an X25519 key", "1.3.101.111": "an X448 key",
+    "1.3.101.112": "an Ed25519 key", "1.3.101.113": "an Ed448 key",
+}
+_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+_P256 = "1.2.840.10045.3.1.7"
+_CURVES = {"1.2.840.10045.3.1.1": "P-192", "1.3.132.0.33": "P-224", "1.3.132.0.34": "P-384",
+           "1.3.132.0.35": "P-521", "1.3.132.0.10": "secp256k1", "1.3.36.3.3.2.8.1.1.7": "brainpoolP256r1"}
+_SEQUENCE, _INTEGER, _BIT_STRING, _OCTET_STRING, _OID = 0x30, 0x02, 0x03, 0x04, 0x06
+P256_SCALAR_BYTES = 32
+
+
+def _pem_block(data: bytes, *, wanted: str) -> tuple[str, bytes]:
+    """The one key block of a PEM file (EC PARAMETERS blocks, as openssl ecparam
+    writes them, are skipped): its label and DER bytes."""
+    blocks = [(label.decode(), body) for label, body in _PEM.findall(data) if label != b"EC PARAMETERS"]
+    if not blocks:
+        raise ValueError(f"not PEM: no -----BEGIN ...----- block (a {wanted} key file is PEM text)")
+    if len(blocks) > 1:
+        raise ValueError(f"{len(blocks)} PEM blocks ({', '.join(label for label, _ in blocks)}): one key per file")
+    label, body = blocks[0]
+    if any(line.startswith(b"Proc-Type:") for line in body.splitlines()) and b"ENCRYPTED" in body:
+        raise ValueError(_ENCRYPTED)
+    text = b"".join(line for line in body.splitlines() if b":" not in line)   # RFC 1421 headers have one
+    try:
+        return label, base64.b64decode(b"".join(text.split()), validate=True)
+    except ValueError:
+        raise ValueError(f"its {label} block is not valid base64") from None
+
+
+def _private_key_of(data: bytes) -> ec.EllipticCurvePrivateKey:
+    label, der = _pem_block(data, wanted="private")
+    if label not in _PRIVATE_LABELS:
+        raise ValueError(_NOT_PRIVATE.get(label, f"a PEM {label}, not a PRIVATE KEY"))
+    try:
+        if label == "PRIVATE KEY":
+            return _pkcs8(der)
+        return _sec1(der, None)
+    except _Malformed as error:
+        raise ValueError(f"not a valid {label}: {error}") from None
+
+
+class _Malformed(ValueError):
+    """The DER does not have the structure its standard defines."""
+
+
+def _pkcs8(der: bytes) -> ec.EllipticCurvePrivateKey:
+    """PrivateKeyInfo (RFC 5208), or OneAsymmetricKey (RFC 5958: version 1 may add the
+    public key): version, algorithm (id-ecPublicKey with the named curve), ECPrivateKey."""
+    fields = _sequence(der, "PrivateKeyInfo")
+    if len(fields) < 3:
+        raise _Malformed("PrivateKeyInfo needs version, algorithm and privateKey")
+    version = _integer(fields[0], "version")
+    if version not in (0, 1):
+        raise _Malformed(f"version {version} (RFC 5958 defines 0 and 1)")
+    _check_algorithm(_fields(fields[1], "privateKeyAlgorithm"))
+    public = None
+    for tag, value in fields[3:]:
+        if tag == 0x81:                 # [1] publicKey (RFC 5958), a BIT STRING
+            if version != 1:
+                raise _Malformed("a public key in a version 0 PrivateKeyInfo")
+            public = _bits(value, "publicKey")
+        elif tag != 0xA0:               # [0] attributes: nothing we use
+            raise _Malformed(f"unexpected field of tag {tag:#04x}")
+    return _sec1(_expect(fields[2], _OCTET_STRING, "privateKey"), public)
+
+
+def _sec1(der: bytes, public: bytes | None) -> ec.EllipticCurvePrivateKey:
+    """ECPrivateKey (RFC 5915): version 1, the private scalar, then optionally the curve
+    [0] and the public key [1], which must agree with the scalar."""
+    fields = _sequence(der, "ECPrivateKey")
+    if len(fields) < 2 or _integer(fields[0], "ECPrivateKey.version") != 1:
+        raise _Malformed("ECPrivateKey needs version 1 and the private key")
+    scalar = _expect(fields[1], _OCTET_STRING, "ECPrivateKey.privateKey")
+    publics = [public] if public is not None else []
+    for tag, value in fields[2:]:
+        if tag == 0xA0:                 # [0] parameters: the named curve
+            _check_curve(_element(value, "parameters"))
+        elif tag == 0xA1:               # [1] publicKey
+            publics.append(_bits(_expect(_element(value, "publicKey"), _BIT_STRING, "publicKey"), "publicKey"))
+        else:
+            raise _Malformed(f"unexpected field of tag {tag:#04x}")
+    if len(scalar) != P256_SCALAR_BYTES:
+        raise _Malformed(f"a {len(scalar)}-byte private key; P-256's is {P256_SCALAR_BYTES} bytes")
+    try:
+        key = ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP256R1())
+    except ValueError:
+        raise ValueError("its private value is outside the range of P-256") from None
+    point = key.public_key()
+    forms = {point.public_bytes(serialization.Encoding.X962, form)
+             for form in (serialization.PublicFormat.UncompressedPoint, serialization.PublicFormat.CompressedPoint)}
+    if any(given not in forms for given in publics):
+        raise ValueError("the public key it carries is not its private key's")
     return key
+
+
+def _check_algorithm(algorithm: list[tuple[int, bytes]]) -> None:
+    """An AlgorithmIdentifier: id-ecPublicKey on the named curve P-256, or the reason not."""
+    oid = _oid(algorithm[0] if algorithm else (0, b""), "algorithm")
+    if oid != _EC_PUBLIC_KEY:
+        raise ValueError(f"{_ALGORITHMS.get(oid, f'a key of algorithm {oid}')}: Lockstep uses ECDSA P-256")
+    if len(algorithm) != 2:
+        raise _Malformed("id-ecPublicKey needs its curve as the algorithm's parameters")
+    _check_curve(algorithm[1])
+
+
+def _check_curve(parameters: tuple[int, bytes]) -> None:
+    if parameters[0] == _SEQUENCE:
+        raise ValueError("explicit curve parameters: Lockstep reads keys on the named curve P-256 only")
+    oid = _oid(parameters, "namedCurve")
+    if oid != _P256:
+        raise ValueError(f"an EC key on curve {_CURVES.get(oid, oid)}: Lockstep uses P-256 "
+                         "(secp256r1, prime256v1)")
+
+
+def _element(der: bytes, name: str) -> tuple[int, bytes]:
+    """The single DER element `der` holds, as (tag, contents)."""
+    elements = _elements(der, name)
+    if len(elements) != 1:
+        raise _Malformed(f"{name} must be one element")
+    return elements[0]
+
+
+def _sequence(der: bytes, name: str) -> list[tuple[int, bytes]]:
+    """The elements of the one SEQUENCE `der` encodes."""
+    return _fields(_element(der, name), name)
+
+
+def _fields(element: tuple[int, bytes], name: str) -> list[tuple[int, bytes]]:
+    """The elements of a SEQUENCE."""
+    return _elements(_expect(element, _SEQUENCE, name), name)
+
+
+def _elements(der: bytes, name: str) -> list[tuple[int, bytes]]:
+    """Each (tag, contents) in `der`, in order; single-byte tags, definite lengths."""
+    elements, at = [], 0
+    while at < len(der):
+        if at + 2 > len(der):
+            raise _Malformed(f"{name} is truncated")
+        tag, length, at = der[at], der[at + 1], at + 2
+        if length & 0x80:
+            count = length & 0x7F
+            if not 1 <= count <= 3 or at + count > len(der):
+                raise _Malformed(f"{name} has a bad length")
+            length, at = int.from_bytes(der[at:at + count], "big"), at + count
+        if at + length > len(der):
+            raise _Malformed(f"{name} is truncated")
+        elements.append((tag, der[at:at + length]))
+        at += length
+    return elements
+
+
+def _expect(element: tuple[int, bytes], tag: int, name: str) -> bytes:
+    if element[0] != tag:
+        raise _Malformed(f"{name} has tag {element[0]:#04x}, not {tag:#04x}")
+    return element[1]
+
+
+def _integer(element: tuple[int, bytes], name: str) -> int:
+    value = _expect(element, _INTEGER, name)
+    if not value:
+        raise _Malformed(f"{name} is empty")
+    return int.from_bytes(value, "big", signed=True)
+
+
+def _bits(value: bytes, name: str) -> bytes:
+    if not value or value[0] != 0:
+        raise _Malformed(f"{name} is not a whole number of bytes")
+    return value[1:]
+
+
+def _oid(element: tuple[int, bytes], name: str) -> str:
+    value = _expect(element, _OID, name)
+    if not value or value[-1] & 0x80:
+        raise _Malformed(f"{name} is not a valid object identifier")
+    arcs, arc = [], 0
+    for byte in value:
+        arc = arc << 7 | byte & 0x7F
+        if not byte & 0x80:
+            arcs.append(arc)
+            arc = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(n) for n in (first, arcs[0] - 40 * first, *arcs[1:]))
 
 
 def public_point(key: ec.EllipticCurvePublicKey) -> str:

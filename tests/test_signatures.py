@@ -1,11 +1,13 @@
 """Our ECDSA P-256 signatures (protocols.signing, on `cryptography`/OpenSSL) agree with an
 independent pure-Python implementation (the `ecdsa` package) in both directions, a
 ledger accepts an instruction whose signer's key and signature were made by `ecdsa`,
-and a signature is bound to its ledger and its message type."""
+a signature is bound to its ledger and its message type, and a key file is read as the
+standards allow or refused naming the file and why."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from ecdsa import BadSignatureError, NIST256p, SigningKey, VerifyingKey
@@ -17,11 +19,12 @@ from hypothesis import strategies as st
 from engine.world import World, lay_out
 from protocols.canonical import encode
 from protocols.errors import Code
+from protocols.failures import ExpectedFailure
 from protocols.htlc import hashlock_of
 from protocols.messages import (Abort, Claim, Issue, Leg, Lock, OpenAccount, Redeem, Refund,
                                 Settle, Transfer, to_body)
 from protocols.registry import Party, Registry, Role
-from protocols.signing import (DOMAIN, PrivateKey, Signed, from_wire, load_public_pem, sign,
+from protocols.signing import (DOMAIN, PrivateKey, Signed, from_wire, load_public_key, load_public_pem, sign,
                                signing_bytes, verify)
 from tests.harness import LEDGERS, PARTIES, T0, Harness
 
@@ -236,3 +239,147 @@ def test_a_signed_message_encodes_to_the_canonical_json_of_its_wire_form():
         for signed in (sign(msg, ("p", key), ("q", key)), unsigned(msg)):
             assert signed.encode() == encode(signed.wire())
             assert signed.data == signing_bytes(signed.body)
+
+
+# -- key files: what the standards allow is read, the rest refused by name and file ------------
+
+def _rsa_pem(private_format) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    return rsa.generate_private_key(65537, 2048).private_bytes(serialization.Encoding.PEM, private_format,
+                                                               serialization.NoEncryption())
+
+
+def _key_pem(curve, private_format, encryption=None) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    return ec.generate_private_key(curve).private_bytes(serialization.Encoding.PEM, private_format,
+                                                        encryption or serialization.NoEncryption())
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    import base64
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
+
+
+def _key_file(tmp_path, data: bytes, mode: int = 0o600):
+    path = tmp_path / "key.pem"
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def test_a_pkcs8_key_as_the_ecdsa_package_writes_it_without_its_public_key_is_read(tmp_path):
+    """Version 1, no public key: RFC 5208/5958 and RFC 5915 make the public key optional."""
+    theirs = SigningKey.generate(curve=NIST256p)
+    ours = PrivateKey.load(_key_file(tmp_path, theirs.to_pem(format="pkcs8")))
+    point = theirs.verifying_key.pubkey.point
+    assert (ours.public.public_numbers().x, ours.public.public_numbers().y) == (point.x(), point.y())
+    data = signing_bytes(to_body(example_messages("unified")[0]))
+    assert theirs.verifying_key.verify(ours.sign(data), data, hashfunc=hashlib.sha256, sigdecode=sigdecode_der)
+
+
+def test_sec1_pkcs8_with_its_public_key_openssl_ec_parameters_and_our_own_keys_are_read(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    theirs = SigningKey.generate(curve=NIST256p)
+    curve_block = _pem("EC PARAMETERS", bytes.fromhex("06082a8648ce3d030107"))   # as openssl ecparam -genkey
+    for data in (theirs.to_pem(), curve_block + theirs.to_pem(),
+                 _key_pem(ec.SECP256R1(), serialization.PrivateFormat.PKCS8),
+                 _key_pem(ec.SECP256R1(), serialization.PrivateFormat.TraditionalOpenSSL)):
+        assert isinstance(PrivateKey.load(_key_file(tmp_path, data)), PrivateKey)
+    saved = PrivateKey.generate()
+    saved.save(tmp_path / "saved.pem")
+    assert PrivateKey.load(tmp_path / "saved.pem").public_pem() == saved.public_pem()
+
+
+def _refusals():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from ecdsa import NIST384p, SECP256k1
+    ecdsa_key = SigningKey.generate(curve=NIST256p)
+    other = SigningKey.generate(curve=NIST256p)
+    wrong_public = ecdsa_key.to_der()[:-65] + other.verifying_key.to_string("uncompressed")
+    pkcs8 = ecdsa_key.to_der(format="pkcs8")
+    return [
+        ("secp256k1", SigningKey.generate(curve=SECP256k1).to_pem(format="pkcs8"), "curve secp256k1"),
+        ("p384-sec1", SigningKey.generate(curve=NIST384p).to_pem(), "curve P-384"),
+        ("p384-pkcs8", _key_pem(ec.SECP384R1(), serialization.PrivateFormat.PKCS8), "curve P-384"),
+        ("rsa-pkcs8", _rsa_pem(serialization.PrivateFormat.PKCS8), "an RSA key"),
+        ("rsa-pkcs1", _rsa_pem(serialization.PrivateFormat.TraditionalOpenSSL), "an RSA key"),
+        ("ed25519", ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+         "an Ed25519 key"),
+        ("encrypted-pkcs8", _key_pem(ec.SECP256R1(), serialization.PrivateFormat.PKCS8,
+                                     serialization.BestAvailableEncryption(b"secret")), "encrypted"),
+        ("encrypted-sec1", _key_pem(ec.SECP256R1(), serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.BestAvailableEncryption(b"secret")), "encrypted"),
+        ("public", ecdsa_key.verifying_key.to_pem(), "a public key, where a private key is needed"),
+        ("not-pem", b"this is not a key\n", "not PEM"),
+        ("der", ecdsa_key.to_der(), "not PEM"),
+        ("two-keys", ecdsa_key.to_pem() + other.to_pem(), "one key per file"),
+        ("truncated", _pem("PRIVATE KEY", pkcs8[:-10]), "not a valid PRIVATE KEY"),
+        ("bad-base64", b"-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n", "not valid base64"),
+        ("wrong-public", _pem("EC PRIVATE KEY", wrong_public), "the public key it carries is not its private key's"),
+    ]
+
+
+@pytest.mark.parametrize(("data", "reason"), [case[1:] for case in _refusals()], ids=[case[0] for case in _refusals()])
+def test_a_key_file_that_cannot_serve_is_refused_naming_the_file_and_why(tmp_path, data, reason):
+    path = _key_file(tmp_path, data)
+    with pytest.raises(ExpectedFailure, match=re.escape(reason)) as refused:
+        PrivateKey.load(path)
+    assert refused.value.subject == f"private key {path}"
+
+
+def test_a_missing_folder_or_shared_key_file_is_refused_naming_it(tmp_path):
+    cases = [(tmp_path / "nowhere.pem", "no such file"), (tmp_path, "not a regular file"),
+             (_key_file(tmp_path, SigningKey.generate(curve=NIST256p).to_pem(), mode=0o644), "readable by others")]
+    for path, reason in cases:
+        with pytest.raises(ExpectedFailure, match=reason) as refused:
+            PrivateKey.load(path)
+        assert refused.value.subject == f"private key {path}"
+
+
+def test_a_public_key_file_must_be_a_p256_public_key(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from ecdsa import NIST384p
+    theirs = SigningKey.generate(curve=NIST256p)
+    rsa_public = rsa.generate_private_key(65537, 2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    path = tmp_path / "new.pub.pem"
+    path.write_bytes(theirs.verifying_key.to_pem())
+    assert load_public_key(path).public_numbers().x == theirs.verifying_key.pubkey.point.x()
+    for data, reason in ((theirs.to_pem(format="pkcs8"), "a private key, where a public key is needed"),
+                         (SigningKey.generate(curve=NIST384p).verifying_key.to_pem(), "curve P-384"),
+                         (rsa_public, "an RSA key"), (b"garbage", "not PEM")):
+        path.write_bytes(data)
+        with pytest.raises(ExpectedFailure, match=re.escape(reason)) as refused:
+            load_public_key(path)
+        assert refused.value.subject == f"public key {path}"
+    with pytest.raises(ExpectedFailure, match="no such file"):
+        load_public_key(tmp_path / "nowhere.pem")
+
+
+def test_a_registry_with_a_bad_key_names_the_registry_the_party_and_the_key_file(tmp_path):
+    registry = tmp_path / "registry.toml"
+    (tmp_path / "a.pem").write_bytes(SigningKey.generate(curve=NIST256p).to_pem())
+    cases = [
+        ('[parties.a]\nroles = ["participant"]\npublic_key_file = "nowhere.pem"\n',
+         f"party 'a': public_key_file {tmp_path / 'nowhere.pem'}: no such file"),
+        ('[parties.a]\nroles = ["participant"]\npublic_key_file = "a.pem"\n',
+         f"party 'a': public_key_file {tmp_path / 'a.pem'}: a private key, where a public key is needed"),
+        ('[parties.a]\nroles = ["banker"]\npublic_key = ""\n', "party 'a': roles: required, a list of participant"),
+        ('[parties.a]\nroles = ["participant"]\n', "party 'a': public_key or public_key_file: required"),
+        ("[parties.a\n", "not valid TOML"),
+    ]
+    for text, reason in cases:
+        registry.write_text(text)
+        with pytest.raises(ExpectedFailure, match=re.escape(reason)) as refused:
+            Registry.load(registry)
+        assert refused.value.subject == f"registry {registry}"
+    with pytest.raises(ExpectedFailure, match=re.escape(f"registry {tmp_path / 'none.toml'}: no such file")):
+        Registry.load(tmp_path / "none.toml")
