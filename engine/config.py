@@ -23,18 +23,18 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import attrs
 
 from protocols.bus.address import broker_setting
 from protocols.bus.exposition import metrics_setting
+from protocols.failures import ExpectedFailure, read_toml
 from protocols.settlement import Timing
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file, field and reason."""
+class ConfigError(ExpectedFailure):
+    """The configuration cannot be used: `subject` names the file, `reason` the setting and why."""
 
 
 @attrs.frozen
@@ -52,37 +52,41 @@ class CoordinatorConfig:
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
         path = Path(path)
+        source = f"coordinator config {path}"
         try:
-            with path.open("rb") as file:
-                data = tomllib.load(file)
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"{path}: {error}") from None
+            data = read_toml("coordinator config", path)
+        except ExpectedFailure as error:
+            raise ConfigError(error.subject, error.reason) from None
         known = {"coordinator_id", "key_file", "registry", "journal", "broker", "broker_password_file",
                  "broker_ca_file", "ledgers", "timing", "metrics", "settlement_ledgers"}
         for key in data:
             if key not in known:
-                raise ConfigError(f"{path}: {key}: unknown setting")
+                raise ConfigError(source, f"{key}: unknown setting")
         for key in ("coordinator_id", "key_file", "registry", "journal"):
             if not isinstance(data.get(key), str):
-                raise ConfigError(f"{path}: {key}: required, a string")
+                raise ConfigError(source, f"{key}: required, a string")
         ledgers = data.get("ledgers", [])
         if not isinstance(ledgers, list) or not all(isinstance(ledger, str) for ledger in ledgers):
-            raise ConfigError(f"{path}: ledgers: must be a list of ledger ids")
+            raise ConfigError(source, "ledgers: must be a list of ledger ids")
+        timing = data.get("timing", {})
+        if not isinstance(timing, dict) or not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                                                   for value in timing.values()):
+            raise ConfigError(source, "timing: must be a table of whole numbers of ms, none negative")
         try:
-            timing = Timing(**data.get("timing", {}))
+            timing = Timing(**timing)
         except TypeError as error:
-            raise ConfigError(f"{path}: timing: {error}") from None
+            raise ConfigError(source, f"timing: {error}") from None
         places = data.get("settlement_ledgers", {})
         if not isinstance(places, dict) or not all(isinstance(v, str) for v in places.values()):
-            raise ConfigError(f"{path}: settlement_ledgers: must map each asset to a ledger id")
+            raise ConfigError(source, "settlement_ledgers: must map each asset to a ledger id")
         base = path.parent
         try:
             broker = broker_setting(data, base)
         except ValueError as error:
-            raise ConfigError(f"{path}: {error}") from None
+            raise ConfigError(source, str(error)) from None
         try:
             metrics = metrics_setting(data)
         except ValueError as error:
-            raise ConfigError(f"{path}: metrics: {error}") from None
+            raise ConfigError(source, f"metrics: {error}") from None
         return cls(data["coordinator_id"], base / data["key_file"], base / data["registry"],
                    base / data["journal"], broker, tuple(ledgers), timing, metrics, places)

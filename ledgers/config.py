@@ -18,21 +18,21 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import attrs
 
 from protocols.bus.address import broker_setting
 from protocols.bus.exposition import metrics_setting
+from protocols.failures import ExpectedFailure, read_toml
 from protocols.identifiers import currency_problem
 from protocols.messages import IDENT_PATTERN
 
 ROLES = ("securities", "cbdc", "unified")
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file, field and reason."""
+class ConfigError(ExpectedFailure):
+    """The configuration cannot be used: `subject` names the file, `reason` the setting and why."""
 
 
 @attrs.frozen
@@ -74,59 +74,68 @@ class LedgerConfig:
     def load(cls, path: str | Path) -> LedgerConfig:
         path = Path(path)
         try:
-            with path.open("rb") as file:
-                data = tomllib.load(file)
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"{path}: {error}") from None
-        return cls.from_dict(data, base=path.parent, source=str(path))
+            data = read_toml("ledger config", path)
+        except ExpectedFailure as error:
+            raise ConfigError(error.subject, error.reason) from None
+        return cls.from_dict(data, base=path.parent, source=f"ledger config {path}")
 
     @classmethod
     def from_dict(cls, data: dict, *, base: Path, source: str) -> LedgerConfig:
+        """`source` names the file for errors; paths are relative to `base`."""
         def need(key: str, kind: type = str):
             if key not in data:
-                raise ConfigError(f"{source}: {key}: required")
+                raise ConfigError(source, f"{key}: required")
             if not isinstance(data[key], kind):
-                raise ConfigError(f"{source}: {key}: must be a {kind.__name__}")
+                raise ConfigError(source, f"{key}: must be a {kind.__name__}")
             return data[key]
 
         known = {"ledger_id", "role", "operator", "database", "key_file", "registry", "broker",
                  "broker_password_file", "broker_ca_file", "metrics", "currencies", "limits"}
         for key in data:
             if key not in known:
-                raise ConfigError(f"{source}: {key}: unknown setting")
+                raise ConfigError(source, f"{key}: unknown setting")
         ledger_id = need("ledger_id")
         if not IDENT_PATTERN.fullmatch(ledger_id):
-            raise ConfigError(f"{source}: ledger_id: {ledger_id!r} is not a valid identifier")
+            raise ConfigError(source, f"ledger_id: {ledger_id!r} is not a valid identifier")
         role = need("role")
         if role not in ROLES:
-            raise ConfigError(f"{source}: role: must be one of {', '.join(ROLES)}")
+            raise ConfigError(source, f"role: must be one of {', '.join(ROLES)}")
         currencies = []
-        for index, entry in enumerate(data.get("currencies", [])):
+        entries = data.get("currencies", [])
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise ConfigError(source, "currencies: must be [[currencies]] tables of code and issuer")
+        for index, entry in enumerate(entries):
             code, issuer = entry.get("code"), entry.get("issuer")
             problem = currency_problem(code) if isinstance(code, str) else "must be a string"
             if problem:
-                raise ConfigError(f"{source}: currencies[{index}].code: {problem}")
+                raise ConfigError(source, f"currencies[{index}].code: {problem}")
             if not isinstance(issuer, str):
-                raise ConfigError(f"{source}: currencies[{index}].issuer: required")
+                raise ConfigError(source, f"currencies[{index}].issuer: required")
             currencies.append(CurrencyConfig(code, issuer))
         if currencies and role == "securities":
-            raise ConfigError(f"{source}: currencies: a securities ledger holds no currency")
+            raise ConfigError(source, "currencies: a securities ledger holds no currency")
         if not currencies and role == "cbdc":
-            raise ConfigError(f"{source}: currencies: a cbdc ledger needs at least one currency")
+            raise ConfigError(source, "currencies: a cbdc ledger needs at least one currency")
         limits = data.get("limits", {})
+        if not isinstance(limits, dict) or not all(_positive_int(value) for value in limits.values()):
+            raise ConfigError(source, "limits: must be a table of positive whole numbers")
         try:
             limits = Limits(**limits)
         except TypeError as error:
-            raise ConfigError(f"{source}: limits: {error}") from None
+            raise ConfigError(source, f"limits: {error}") from None
         try:
             broker = broker_setting(data, base)
         except ValueError as error:
-            raise ConfigError(f"{source}: {error}") from None
+            raise ConfigError(source, str(error)) from None
         try:
             metrics = metrics_setting(data)
         except ValueError as error:
-            raise ConfigError(f"{source}: metrics: {error}") from None
+            raise ConfigError(source, f"metrics: {error}") from None
         return cls(ledger_id=ledger_id, role=role, operator=need("operator"),
                    database=base / need("database"), key_file=base / need("key_file"),
                    registry=base / need("registry"), broker=broker, metrics=metrics,
                    currencies=tuple(currencies), limits=limits)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import attrs
 
+from ..failures import ExpectedFailure, file_reason
+
 
 URL_OPTIONS = ("password_file", "ca_file")
 
@@ -43,21 +45,25 @@ def redacted(url: str) -> str:
 
 
 def parse_url(url: str) -> BrokerAddress:
-    """Parse a broker URL (see the module's doc); ValueError names what is wrong."""
+    """Parse a broker URL (see the module's doc); ValueError says what is wrong with it
+    (the caller names the URL, redacted)."""
     parts = urlsplit(url)
-    url = redacted(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("its port must be a number from 0 to 65535") from None
     if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
-        raise ValueError(f"broker URL {url!r} must look like mqtt://host:port or mqtts://host:port")
+        raise ValueError("must look like mqtt://host:port or mqtts://host:port")
     options = dict(parse_qsl(parts.query))
     for name in options:
         if name not in URL_OPTIONS:
-            raise ValueError(f"broker URL {url!r}: unknown parameter {name!r} (known: {', '.join(URL_OPTIONS)})")
+            raise ValueError(f"unknown parameter {name!r} (known: {', '.join(URL_OPTIONS)})")
     tls = parts.scheme == "mqtts"
     if "ca_file" in options and not tls:
-        raise ValueError(f"broker URL {url!r}: ca_file needs TLS, the mqtts:// scheme")
+        raise ValueError("ca_file needs TLS, the mqtts:// scheme")
     if "password_file" in options and parts.password is not None:
-        raise ValueError(f"broker URL {url!r}: give the password or password_file, not both")
-    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls, parts.username or None,
+        raise ValueError("give the password or password_file, not both")
+    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls, parts.username or None,
                          parts.password, *(Path(options[name]) if name in options else None for name in URL_OPTIONS))
 
 
@@ -71,7 +77,7 @@ def with_files(url: str, *, password_file: Path | None = None, ca_file: Path | N
     query = parse_qsl(parts.query)
     for name, _ in added:
         if any(key == name for key, _ in query):
-            raise ValueError(f"broker URL {redacted(url)!r} has {name} already")
+            raise ValueError(f"has {name} already")
     return urlunsplit(parts._replace(query=urlencode(query + added, quote_via=quote, safe="/")))
 
 
@@ -96,23 +102,23 @@ def broker_setting(config: dict, base: Path) -> str | None:
         url = with_files(broker, **files)
         parse_url(url)
     except ValueError as error:
-        raise ValueError(f"broker: {error}") from None
+        raise ValueError(f"broker: {redacted(broker)!r} {error}") from None
     return url
 
 
 def read_password_file(path: Path) -> str:
     """The password in `path` (its first line), refusing a file that others may read:
     such a password is as good as published."""
+    subject = f"broker password file {path}"
     try:
         mode = path.stat().st_mode
         lines = path.read_text().splitlines()
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read the broker password file: {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ExpectedFailure(subject, file_reason(error) if isinstance(error, OSError) else "not text") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"{path}: broker password file is readable by others (mode {stat.filemode(mode)}); "
-                         "chmod 600 it")
+        raise ExpectedFailure(subject, f"readable by others (mode {stat.filemode(mode)}); chmod 600 it")
     if not lines or not lines[0]:
-        raise ValueError(f"{path}: broker password file is empty")
+        raise ExpectedFailure(subject, "empty")
     return lines[0]
 
 
@@ -122,7 +128,8 @@ def credentials(address: BrokerAddress, client_id: str | None) -> tuple[str | No
     password = read_password_file(address.password_file) if address.password_file else address.password
     username = address.username or (client_id if password is not None else None)
     if password is not None and username is None:
-        raise ValueError("a broker password needs a username: put it in the URL (mqtt://USER@host)")
+        raise ExpectedFailure(f"broker {address.host}:{address.port}",
+                              "a password needs a username: put it in the URL (mqtt://USER@host)")
     return username, password
 
 
@@ -130,5 +137,7 @@ def tls_context(address: BrokerAddress) -> ssl.SSLContext:
     """Verify the broker's certificate and host name against `ca_file`, or the system's CAs."""
     try:
         return ssl.create_default_context(cafile=str(address.ca_file) if address.ca_file else None)
-    except OSError as error:  # ssl.SSLError among them
-        raise ValueError(f"{address.ca_file}: cannot load the CA certificate: {error}") from None
+    except ssl.SSLError as error:  # an OSError too, said apart: the file is there but no certificate
+        raise ExpectedFailure(f"broker CA file {address.ca_file}", f"not a PEM CA certificate: {error}") from None
+    except OSError as error:
+        raise ExpectedFailure(f"broker CA file {address.ca_file}", file_reason(error)) from None

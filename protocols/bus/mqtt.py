@@ -36,7 +36,8 @@ import paho.mqtt.client as paho
 import trio
 
 from . import BusClosed, BusTimeout, Request
-from .address import credentials, parse_url, tls_context
+from ..failures import ExpectedFailure
+from .address import credentials, parse_url, redacted, tls_context
 from .waiting import Waiting
 
 log = logging.getLogger("lockstep.bus")
@@ -66,9 +67,10 @@ def event_topic(topic: str) -> str:
 _SVC_PREFIX = f"{TOPIC_ROOT}/svc/"
 
 
-class BrokerUnreachable(Exception):
+class BrokerUnreachable(ExpectedFailure):
     """The first connection to the broker failed: a wrong URL or credentials file, the
-    broker not running, TLS failing, or the broker refusing us."""
+    broker not running, TLS failing, or the broker refusing us. `subject` names the
+    broker or the file."""
 
 
 class BrokerRefused(BrokerUnreachable):
@@ -85,11 +87,15 @@ class MqttBus:
         Raises BrokerUnreachable for a bad URL, password file or CA file."""
         try:
             address = parse_url(url)
+        except ValueError as error:
+            raise BrokerUnreachable(f"broker URL {redacted(url)!r}", str(error)) from None
+        try:
             username, password = credentials(address, client_id)
             context = tls_context(address) if address.tls else None
-        except ValueError as error:
-            raise BrokerUnreachable(str(error)) from None
+        except ExpectedFailure as error:
+            raise BrokerUnreachable(error.subject, error.reason) from None
         self._host, self._port = address.host, address.port
+        self._where = f"MQTT broker {address.host}:{address.port}"   # what BrokerUnreachable names
         self.client_id = username or client_id or f"lockstep-{secrets.token_hex(6)}"
         self._reply_filter = reply_topic(self.client_id)
         self._reply_prefix = self._reply_filter[:-1]
@@ -139,9 +145,9 @@ class MqttBus:
         try:
             self._client.connect(self._host, self._port, keepalive=KEEPALIVE_S)
         except ssl.SSLError as error:  # an OSError too; said apart since the cure differs
-            raise BrokerUnreachable(f"TLS with the MQTT broker at {self._host}:{self._port} failed: {error}") from None
+            raise BrokerUnreachable(self._where, f"TLS handshake failed: {error}") from None
         except OSError as error:
-            raise BrokerUnreachable(f"cannot reach the MQTT broker at {self._host}:{self._port}: {error}") from None
+            raise BrokerUnreachable(self._where, f"cannot reach it: {error.strerror or error}") from None
         self._write_wanted.set()  # the CONNECT packet paho just queued
 
     async def _run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -178,6 +184,8 @@ class MqttBus:
             if not self._connected.is_set():
                 if self._refusal is None:
                     log.warning("broker %s:%d did not acknowledge the connection", self._host, self._port)
+                else:
+                    log.error("broker %s:%d refused the connection: %s", self._host, self._port, self._refusal)
                 delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
             self._client.disconnect()
             self._connected = trio.Event()
@@ -187,18 +195,16 @@ class MqttBus:
     def _first_failure(self) -> BrokerUnreachable:
         """Why the first connection failed, for `connect` to raise: a refusal (credentials)
         or silence (often plain MQTT sent to a TLS listener)."""
-        where = f"the MQTT broker at {self._host}:{self._port}"
         if self._refusal is not None:
-            return BrokerRefused(f"{where} refused {self.client_id!r}: {self._refusal}")
-        return BrokerUnreachable(f"{where} did not acknowledge the connection (a TLS listener? then use mqtts://)")
+            return BrokerRefused(self._where, f"refused {self.client_id!r}: {self._refusal}")
+        return BrokerUnreachable(self._where, "did not acknowledge the connection (a TLS listener? then use mqtts://)")
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client._sock = _BufferedSocket(sock)  # paho reads and writes its socket through this attribute
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused the connection: %s", reason_code)
+        if reason_code.is_failure:   # logged by _run, or raised by connect if it is the first connection
             self._refusal = str(reason_code)
             return
         self._refusal = None
