@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import json
 import sqlite3
-import sys
 from collections import Counter, defaultdict
 from contextlib import closing
 from pathlib import Path
@@ -33,8 +32,9 @@ from protocols.authority import terms_of
 from protocols.bus import Bus, BusTimeout
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import PAGE_SIZE
-from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.bus.mqtt import MqttBus
 from protocols.errors import Rejected
+from protocols.failures import ExpectedFailure, file_reason
 from protocols.htlc import HeldLock, LockState
 from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, Tables, differences, verify_chain
 from protocols.messages import Entry, QueryJournal
@@ -46,8 +46,9 @@ from . import effects
 GRACE_MS = 60_000   # how long past its expiry a lock may stay held before it is a violation
 
 
-class AuditError(Exception):
-    """A journal could not be read at all (registry, file, database, bus): exit status 2."""
+class AuditError(ExpectedFailure):
+    """A journal could not be read at all (a database, a ledger over the bus), or the
+    command was asked for something it cannot do."""
 
 
 class Kind(enum.Enum):
@@ -386,12 +387,16 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
 def ledger_key(registry: Registry, ledger_id: str) -> ec.EllipticCurvePublicKey:
     party = registry.get(ledger_id)
     if party is None or Role.LEDGER not in party.roles:
-        raise AuditError(f"{ledger_id!r} is not a ledger in the registry: its journal cannot be verified")
+        raise AuditError(f"ledger {ledger_id}", "not a ledger in the registry: its journal cannot be verified")
     return party.public_key
 
 
 def read_database(path: str | Path, registry: Registry) -> LedgerJournal:
     """A ledger's journal straight from its SQLite file, opened read-only."""
+    try:
+        Path(path).open("rb").close()   # sqlite says only "unable to open database file"
+    except OSError as error:
+        raise AuditError(f"database {path}", file_reason(error)) from None
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     try:
         with closing(sqlite3.connect(uri, uri=True)) as db:
@@ -405,7 +410,7 @@ def read_database(path: str | Path, registry: Registry) -> LedgerJournal:
                                      for problem in differences(journal.replay, _tables(db))]
             return journal
     except sqlite3.Error as error:
-        raise AuditError(f"{path}: {error}") from None
+        raise AuditError(f"database {path}", f"not a ledger's database: {error}") from None
 
 
 def _tables(db: sqlite3.Connection) -> Tables:
@@ -439,7 +444,7 @@ def _ledger_id(db: sqlite3.Connection, path: str | Path) -> str:
             entry = None
         row = (entry.get("ledger"),) if isinstance(entry, dict) else None
     if row is None or not isinstance(row[0], str):
-        raise AuditError(f"{path}: no ledger id in its meta table or its journal")
+        raise AuditError(f"database {path}", "no ledger id in its meta table or its journal")
     return row[0]
 
 
@@ -462,9 +467,9 @@ async def _read_ledger(client: LedgerClient, registry: Registry, page_limit: int
         try:
             page = await client.query(QueryJournal(client.next_query_id(), client.ledger_id, checker.seq, page_limit))
         except (BusTimeout, BadReply, Rejected) as error:
-            raise AuditError(f"ledger {client.ledger_id}: {error}") from None
+            raise AuditError(f"ledger {client.ledger_id}", str(error)) from None
         if not (isinstance(page, dict) and isinstance(page.get("entries"), list) and isinstance(page.get("head"), int)):
-            raise AuditError(f"ledger {client.ledger_id} answered query_journal with {str(page)[:80]}")
+            raise AuditError(f"ledger {client.ledger_id}", f"answered query_journal with {str(page)[:80]}")
         journal.read(checker.check(value) for value in page["entries"])
         if checker.seq >= page["head"]:
             break
@@ -475,37 +480,31 @@ async def _read_ledger(client: LedgerClient, registry: Registry, page_limit: int
 
 async def _read_over_mqtt(url: str, registry: Registry, ledger_ids: list[str]) -> list[LedgerJournal]:
     failure = None
-    try:
-        async with MqttBus.connect(url) as bus:
-            try:
-                return await read_over_bus(bus, registry, ledger_ids)
-            except AuditError as error:
-                failure = error   # raised outside the bus's nursery, which would wrap it in a group
-    except BrokerUnreachable as error:
-        raise AuditError(str(error)) from None
+    async with MqttBus.connect(url) as bus:
+        try:
+            return await read_over_bus(bus, registry, ledger_ids)
+        except AuditError as error:
+            failure = error   # raised outside the bus's nursery, which would wrap it in a group
     assert failure is not None
     raise failure
 
 
 def main(registry_path: str, databases: list[str] | None, broker: str | None, ledger_ids: list[str],
          grace_ms: int = GRACE_MS) -> int:
-    """Print the report; 0 if clean, 1 on any violation, 2 if the journals cannot be read."""
-    try:
-        if grace_ms < 0:
-            raise AuditError("--grace-ms must not be negative")
-        if bool(databases) == bool(broker) or bool(broker) != bool(ledger_ids):
-            raise AuditError("give --db for each ledger's database, or --broker with --ledger for each ledger")
-        registry = Registry.load(registry_path)
-        if databases:
-            journals = [read_database(path, registry) for path in databases]
-        else:
-            journals = trio.run(_read_over_mqtt, broker, registry, ledger_ids)
-        twice = [ledger for ledger, count in Counter(j.ledger for j in journals).items() if count > 1]
-        if twice:
-            raise AuditError(f"ledger {twice[0]} is given more than once")
-    except (AuditError, OSError, ValueError) as error:
-        print(f"lockstep audit: {error}", file=sys.stderr)
-        return 2
+    """Print the report; 0 if clean, 1 on any violation. An ExpectedFailure if the
+    journals cannot be read (the command prints it: exit status 2)."""
+    if grace_ms < 0:
+        raise AuditError(f"--grace-ms {grace_ms}", "must not be negative")
+    if bool(databases) == bool(broker) or bool(broker) != bool(ledger_ids):
+        raise AuditError("audit", "give --db for each ledger's database, or --broker with --ledger for each ledger")
+    registry = Registry.load(registry_path)
+    if databases:
+        journals = [read_database(path, registry) for path in databases]
+    else:
+        journals = trio.run(_read_over_mqtt, broker, registry, ledger_ids)
+    twice = [ledger for ledger, count in Counter(j.ledger for j in journals).items() if count > 1]
+    if twice:
+        raise AuditError(f"ledger {twice[0]}", "given more than once")
     report = audit(journals, grace_ms)
     print(report.text())
     return 0 if report.clean else 1

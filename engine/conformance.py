@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -20,10 +19,11 @@ import attrs
 import trio
 
 from protocols import canonical
-from protocols.bus import entries_topic
-from protocols.bus.client import LedgerClient
-from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.bus import BusTimeout, entries_topic
+from protocols.bus.client import BadReply, LedgerClient
+from protocols.bus.mqtt import MqttBus
 from protocols.errors import Code, Rejected
+from protocols.failures import ExpectedFailure
 from protocols.htlc import hashlock_of
 from protocols.identifiers import make_isin
 from protocols.journal import Link, verify_chain
@@ -307,6 +307,10 @@ CHECKS: list[Callable[[Suite], Awaitable[None]]] = [
 
 
 def load_keys(directory: Path) -> tuple[Registry, dict[str, PrivateKey]]:
+    if not directory.is_dir():
+        raise ExpectedFailure(f"--keys {directory}", "no such folder")
+    if not (directory / "keys").is_dir():
+        raise ExpectedFailure(f"--keys {directory}", "holds no keys/ folder (keys/<party>.pem)")
     registry = Registry.load(directory / "registry.toml")
     keys = {path.stem: PrivateKey.load(path) for path in sorted((directory / "keys").glob("*.pem"))}
     return registry, keys
@@ -338,12 +342,14 @@ async def run_checks(bus: Any, ledger_id: str, registry: Registry, keys: dict[st
 
 async def main(broker: str, ledger_id: str, keys_dir: str) -> int:
     registry, keys = load_keys(Path(keys_dir))
-    try:
-        async with MqttBus.connect(broker) as bus:
+    failure = None
+    async with MqttBus.connect(broker) as bus:
+        try:  # caught here: raised through the bus's nursery it would come wrapped in a group
             passed, failed = await run_checks(bus, ledger_id, registry, keys)
-    except BrokerUnreachable as error:
-        print(f"lockstep conformance: {error}", file=sys.stderr)
-        return 2
+        except (BusTimeout, BadReply) as error:
+            failure = ExpectedFailure(f"ledger {ledger_id}", str(error))
+    if failure is not None:
+        raise failure
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

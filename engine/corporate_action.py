@@ -20,35 +20,39 @@ DEADLINE_MS_DEFAULT = 12 * 3_600_000   # pay within the first 12 hours of the pa
 
 async def main(args) -> int:
     """Send the action (or with `--query`, ask for its status) and print the answer."""
-    try:
-        registry = Registry.load(args.registry)
-    except (OSError, ValueError) as error:
-        raise DaemonError(str(error)) from None
+    registry = Registry.load(args.registry)
+    if args.coordinator not in registry:
+        raise DaemonError(f"--coordinator {args.coordinator}", f"not in the registry {args.registry}")
     if args.query:
         message = unsigned(QueryCorporateAction(f"q-{args.id}", args.coordinator, args.id))
     else:
+        key = PrivateKey.load(args.issuer_key)
         try:
-            key = PrivateKey.load(args.issuer_key)
             start_ms, _ = day_window(args.date)
             action = CorporateAction(args.id, args.coordinator, args.issuer, args.kind, args.isin,
                                      args.securities_ledger, args.cash_ledger, args.securities_account,
                                      args.cash_account, args.currency, args.date,
                                      start_ms + args.deadline_ms)
-        except (OSError, TypeError, ValueError, Rejected) as error:   # TypeError: a field not given
-            raise DaemonError(f"corporate action: {error}") from None
+        except Rejected as error:
+            raise DaemonError(f"corporate action {args.id}", f"{error.field}: {error.reason}") from None
         message = sign(action, (args.issuer, key))
 
     async def ask(bus) -> bytes:
         try:
             return await bus.request(service_of_coordinator(args.coordinator), message.encode(), timeout_s=ANSWER_TIMEOUT_S)
         except BusTimeout:
-            raise DaemonError(f"coordinator {args.coordinator} did not answer within {ANSWER_TIMEOUT_S} s") from None
+            raise DaemonError(f"coordinator {args.coordinator}", f"did not answer within {ANSWER_TIMEOUT_S} s") from None
 
-    signed = from_wire(canonical.decode(await on_bus(args.broker, ask)), allowed=(CorporateActionStatus, SettlementStatus))
+    answer = await on_bus(args.broker, ask)
+    try:
+        signed = from_wire(canonical.decode(answer), allowed=(CorporateActionStatus, SettlementStatus))
+    except Rejected as error:
+        raise DaemonError(f"coordinator {args.coordinator}", f"its answer is not a status: {error}") from None
     if not signed.signed_by(args.coordinator, registry.get(args.coordinator).public_key):
-        raise DaemonError("the answer is not signed by the coordinator")
+        raise DaemonError(f"coordinator {args.coordinator}", "the answer is not signed by the coordinator")
     if isinstance(signed.msg, SettlementStatus):
-        raise DaemonError(f"refused: {signed.msg.reason_code}: {signed.msg.reason}")
+        raise DaemonError(f"coordinator {args.coordinator}",
+                          f"refused the action: {signed.msg.reason_code}: {signed.msg.reason}")
     status: CorporateActionStatus = signed.msg
     print(f"corporate action {status.action_id}: {status.state.upper()}")
     if status.reason_code:

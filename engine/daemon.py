@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 from contextlib import asynccontextmanager
 
 import trio
@@ -13,11 +14,12 @@ import trio
 from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
 from protocols.bus.exposition import MetricsUnavailable, listeners_for, serve_metrics, url_of
-from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.bus.mqtt import MqttBus
+from protocols.failures import ExpectedFailure
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey
 
-from .config import ConfigError, CoordinatorConfig
+from .config import CoordinatorConfig
 from .coordinator import Coordinator
 from .journal import Journal
 from .matching_desk import MatchingDesk
@@ -29,59 +31,58 @@ from .watchtower import Watchtower
 log = logging.getLogger("lockstep")
 
 
-class DaemonError(Exception):
-    """Why the service cannot run; printed as it is, exit status 2."""
+class DaemonError(ExpectedFailure):
+    """Why a service or tool cannot go on, beyond its config, registry, key and broker
+    (which say so themselves): a setting that does not fit the registry, a service that
+    does not answer, an answer that is not the service's."""
 
 
 def load(config_path: str, broker: str | None) -> tuple[CoordinatorConfig, Registry, PrivateKey, str]:
-    try:
-        config = CoordinatorConfig.load(config_path)
-        registry = Registry.load(config.registry)
-        key = PrivateKey.load(config.key_file)
-    except (ConfigError, OSError, ValueError) as error:
-        raise DaemonError(str(error)) from None
+    config = CoordinatorConfig.load(config_path)
+    registry = Registry.load(config.registry)
+    key = PrivateKey.load(config.key_file)
     url = broker or config.broker
+    source = f"coordinator config {config_path}"
     if url is None:
-        raise DaemonError(f"{config_path}: broker: required (or pass --broker)")
+        raise DaemonError(source, "broker: required (or pass --broker)")
+    party = registry.get(config.coordinator_id)
+    if party is None or Role.COORDINATOR not in party.roles:
+        raise DaemonError(source, f"coordinator_id: {config.coordinator_id!r} is not a coordinator of the registry")
+    if party.public_key.public_numbers() != key.public.public_numbers():
+        raise DaemonError(f"private key {config.key_file}", f"not the key registered for {config.coordinator_id}")
     for ledger in config.ledgers:
         if ledger not in registry:
-            raise DaemonError(f"{config_path}: ledgers: {ledger!r} is not in the registry")
+            raise DaemonError(source, f"ledgers: {ledger!r} is not in the registry")
     for asset, ledger in config.settlement_ledgers.items():
         if not registry.has_role(ledger, Role.LEDGER):
-            raise DaemonError(f"{config_path}: settlement_ledgers: {asset} = {ledger!r} is not a ledger of the registry")
+            raise DaemonError(source, f"settlement_ledgers: {asset} = {ledger!r} is not a ledger of the registry")
     return config, registry, key, url
 
 
 async def on_bus(broker: str, work):
-    """`await work(bus)` on a connection to the broker; a DaemonError from it comes out
-    as itself, not wrapped in the bus's nursery's exception group."""
+    """`await work(bus)` on a connection to the broker; an expected failure from it
+    comes out as itself, not wrapped in the bus's nursery's exception group."""
     failure = None
-    try:
-        async with MqttBus.connect(broker) as bus:
-            try:
-                return await work(bus)
-            except DaemonError as error:
-                failure = error
-    except BrokerUnreachable as error:
-        raise DaemonError(str(error)) from None
+    async with MqttBus.connect(broker) as bus:
+        try:
+            return await work(bus)
+        except ExpectedFailure as error:
+            failure = error
     raise failure
 
 
 @asynccontextmanager
 async def _until_signalled(url: str, client_id: str):
     """A bus connection and a nursery that a SIGTERM or SIGINT cancels."""
-    try:
-        async with MqttBus.connect(url, client_id=client_id) as bus:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with trio.open_nursery() as nursery:
-                    async def stop_on_signal() -> None:
-                        async for signum in signals:
-                            log.info("%s stopping on %s", client_id, signal.Signals(signum).name)
-                            nursery.cancel_scope.cancel()
-                    nursery.start_soon(stop_on_signal)
-                    yield bus, nursery
-    except BrokerUnreachable as error:
-        raise DaemonError(str(error)) from None
+    async with MqttBus.connect(url, client_id=client_id) as bus:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                async def stop_on_signal() -> None:
+                    async for signum in signals:
+                        log.info("%s stopping on %s", client_id, signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                nursery.start_soon(stop_on_signal)
+                yield bus, nursery
 
 
 async def run_coordinator(config_path: str, broker: str | None = None, metrics: str | None = None) -> None:
@@ -90,8 +91,12 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
     try:
         listeners = await listeners_for(config.metrics, metrics)
     except MetricsUnavailable as error:
-        raise DaemonError(f"coordinator {config.coordinator_id}: {error}") from None
-    journal = Journal(config.journal, offload=True)
+        raise DaemonError(f"coordinator {config.coordinator_id}", str(error)) from None
+    try:
+        journal = Journal(config.journal, offload=True)
+    except sqlite3.Error as error:
+        raise DaemonError(f"coordinator {config.coordinator_id}: journal {config.journal}",
+                          f"cannot open it: {error}") from None
     try:
         async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
             coordinator = Coordinator(config.coordinator_id, key, registry, bus, journal, ServiceClock(),

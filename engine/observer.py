@@ -35,6 +35,7 @@ from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
 from protocols.bus.follow import follow
 from protocols.errors import Rejected
+from protocols.failures import ExpectedFailure
 from protocols.htlc import LockState
 from protocols.journal import ChainBroken, Replay, entry_hash
 from protocols.messages import Entry, QueryInfo
@@ -250,24 +251,21 @@ def alert_event(violation: Violation, time_ms: int) -> dict:
 
 def load(config_path: str, broker: str | None, grace_ms: int) -> tuple[Registry, str, tuple[str, ...]]:
     """From the coordinator's configuration: the registry, the broker and the ledgers."""
-    from .daemon import DaemonError   # here, not above: it imports the coordinator, which the CLI need not load
-    try:
-        config = CoordinatorConfig.load(config_path)
-        registry = Registry.load(config.registry)
-    except (ConfigError, OSError, ValueError) as error:
-        raise DaemonError(str(error)) from None
+    config = CoordinatorConfig.load(config_path)
+    registry = Registry.load(config.registry)
+    source = f"coordinator config {config_path}"
     url = broker or config.broker
     if url is None:
-        raise DaemonError(f"{config_path}: broker: required (or pass --broker)")
+        raise ConfigError(source, "broker: required (or pass --broker)")
     if not config.ledgers:
-        raise DaemonError(f"{config_path}: ledgers: none to observe")
+        raise ConfigError(source, "ledgers: none to observe")
     if grace_ms < 0:
-        raise DaemonError("--grace-ms must not be negative")
+        raise ExpectedFailure(f"--grace-ms {grace_ms}", "must not be negative")
     try:
         for ledger in config.ledgers:
             ledger_key(registry, ledger)
     except AuditError as error:
-        raise DaemonError(f"{config_path}: ledgers: {error}") from None
+        raise ConfigError(source, f"ledgers: {error}") from None
     return registry, url, config.ledgers
 
 

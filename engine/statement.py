@@ -17,6 +17,7 @@ from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.errors import Rejected
+from protocols.failures import ExpectedFailure, file_reason
 from protocols.iso20022 import camt053
 from protocols.iso20022.model import Statement, StatementEntry
 from protocols.journal import ChainBroken, ChainChecker
@@ -49,7 +50,7 @@ def statement_of(entries: Iterable[Entry], ledger: str, account: str, currency: 
             reference = entry.instruction["id"] if entry.instruction else f"{entry.kind}-{entry.seq}"
             bookings.append(StatementEntry(reference, entry.seq, entry.time_ms, delta, entry.kind))
     if owner is None:
-        raise DaemonError(f"ledger {ledger} has no account {account!r}")
+        raise DaemonError(f"ledger {ledger}", f"has no account {account!r}")
     closing = opening + sum(booking.amount_minor for booking in bookings)
     stamp = datetime.datetime.fromtimestamp(now_ms / 1000, datetime.timezone.utc).strftime("%Y%m%d%H%M%S")
     return Statement(f"{account}-{stamp}"[:35], owner, ledger, account, currency, now_ms, from_seq, max(last_seq, from_seq),
@@ -64,24 +65,24 @@ async def read_entries(client: LedgerClient) -> list[Entry]:
             page = await client.query(QueryJournal(client.next_query_id(), client.ledger_id, checker.seq, PAGE_SIZE))
             entries += [checker.check(value)[0].msg for value in page["entries"]]
         except (BusTimeout, BadReply, Rejected, ChainBroken) as error:
-            raise DaemonError(f"ledger {client.ledger_id}: {error}") from None
+            raise DaemonError(f"ledger {client.ledger_id}", str(error)) from None
         if checker.seq >= page["head"] or not page["entries"]:
             return entries
 
 
 async def main(broker: str, registry_path: str, ledger: str, account: str, currency: str, from_seq: int,
                to_seq: int | None, out: str | None) -> int:
-    try:
-        registry = Registry.load(registry_path)
-    except (OSError, ValueError) as error:
-        raise DaemonError(str(error)) from None
+    registry = Registry.load(registry_path)
     if ledger not in registry:
-        raise DaemonError(f"{ledger!r} is not in the registry")
+        raise DaemonError(f"--ledger {ledger}", f"not in the registry {registry_path}")
     entries = await on_bus(broker, lambda bus: read_entries(LedgerClient(bus, ledger, registry.get(ledger).public_key)))
     document = camt053.write(statement_of(entries, ledger, account, currency, from_seq=from_seq, to_seq=to_seq,
                                           now_ms=ServiceClock().now_ms()))
     if out:
-        Path(out).write_bytes(document)
+        try:
+            Path(out).write_bytes(document)
+        except OSError as error:
+            raise ExpectedFailure(f"--out file {out}", f"cannot write it: {file_reason(error)}") from None
     else:
         sys.stdout.write(document.decode())
     return 0

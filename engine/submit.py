@@ -16,6 +16,7 @@ from protocols import canonical
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.errors import Rejected
+from protocols.failures import ExpectedFailure, file_reason, read_bytes
 from protocols.iso20022 import read
 from protocols.iso20022.model import FORMATS
 from protocols.messages import (IDENT_PATTERN, Advices, QueryAdvices, SettlementInstruction, SettlementStatus)
@@ -30,11 +31,11 @@ FINAL = ("settled", "failed", "cancelled", "rejected")
 
 
 def format_of(document: bytes) -> str:
-    """The message a document is, by its namespace."""
+    """The message a document is, by its namespace; ValueError if none of ours."""
     for fmt in FORMATS:
         if f"urn:iso:std:iso:20022:tech:xsd:{fmt}".encode() in document[:2048]:
             return fmt
-    raise DaemonError(f"not one of {', '.join(FORMATS)} (by its namespace)")
+    raise ValueError(f"not one of {', '.join(FORMATS)} (by its namespace)")
 
 
 def instruction_id(reference: str) -> str:
@@ -53,12 +54,16 @@ class DeskClient:
         try:
             raw = await self.bus.request(service_of_coordinator(self.coordinator), payload, timeout_s=REPLY_TIMEOUT_S)
         except BusTimeout:
-            raise DaemonError(f"coordinator {self.coordinator} did not answer within {REPLY_TIMEOUT_S} s") from None
-        signed = from_wire(canonical.decode(raw), allowed=(Advices, SettlementStatus))
+            raise DaemonError(f"coordinator {self.coordinator}", f"did not answer within {REPLY_TIMEOUT_S} s") from None
+        try:
+            signed = from_wire(canonical.decode(raw), allowed=(Advices, SettlementStatus))
+        except Rejected as error:
+            raise DaemonError(f"coordinator {self.coordinator}", f"its answer is not advices: {error}") from None
         if not signed.signed_by(self.coordinator, self.registry.get(self.coordinator).public_key):
-            raise DaemonError("the answer is not signed by the coordinator")
+            raise DaemonError(f"coordinator {self.coordinator}", "the answer is not signed by the coordinator")
         if isinstance(signed.msg, SettlementStatus):
-            raise DaemonError(f"refused: {signed.msg.reason_code}: {signed.msg.reason}")
+            raise DaemonError(f"coordinator {self.coordinator}",
+                              f"refused: {signed.msg.reason_code}: {signed.msg.reason}")
         return signed.msg.items
 
     async def submit(self, msg: SettlementInstruction) -> list[dict]:
@@ -80,31 +85,35 @@ def summary(item: dict) -> str:
 
 def save(item: dict, party: str, out: Path | None) -> None:
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{party}-{item['seq']:06d}-{item['status']}.xml").write_text(item["document"])
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{party}-{item['seq']:06d}-{item['status']}.xml").write_text(item["document"])
+        except OSError as error:
+            raise ExpectedFailure(f"--out folder {out}", f"cannot write there: {file_reason(error)}") from None
 
 
-def _load(registry_path: str, key_file: str) -> tuple[Registry, PrivateKey]:
-    try:
-        return Registry.load(registry_path), PrivateKey.load(key_file)
-    except (OSError, ValueError) as error:
-        raise DaemonError(str(error)) from None
+def _load(registry_path: str, key_file: str, coordinator: str) -> tuple[Registry, PrivateKey]:
+    registry, key = Registry.load(registry_path), PrivateKey.load(key_file)
+    if coordinator not in registry:
+        raise DaemonError(f"--coordinator {coordinator}", f"not in the registry {registry_path}")
+    return registry, key
 
 
 async def main(file: str, broker: str, registry_path: str, coordinator: str, party: str, key_file: str,
                given_id: str | None, wait_s: float, out: str | None) -> int:
     """Submit; with `wait_s`, follow the instruction's advices until a final one."""
-    registry, key = _load(registry_path, key_file)
+    registry, key = _load(registry_path, key_file, coordinator)
+    document = read_bytes("document", file)
     try:
-        document = Path(file).read_bytes()
         fmt = format_of(document)
+    except ValueError as error:
+        raise DaemonError(f"document {file}", str(error)) from None
+    try:
         one = read(fmt, document)
-    except OSError as error:
-        raise DaemonError(str(error)) from None
     except Rejected as error:
-        raise DaemonError(f"{file}: {error.code.value}: {error.field}: {error.reason}") from None
+        raise DaemonError(f"document {file}", f"{error.code.value}: {error.field}: {error.reason}") from None
     if one.party != party:
-        raise DaemonError(f"{file}: the document instructs for {one.party}, not {party}")
+        raise DaemonError(f"document {file}", f"instructs for {one.party}, not {party}")
     iid = given_id or instruction_id(one.reference)
     folder = Path(out) if out else None
 
@@ -134,7 +143,7 @@ async def main(file: str, broker: str, registry_path: str, coordinator: str, par
 async def fetch(broker: str, registry_path: str, coordinator: str, party: str, key_file: str, from_seq: int,
                 out: str | None) -> int:
     """`lockstep advices`: every advice of a party from a position on."""
-    registry, key = _load(registry_path, key_file)
+    registry, key = _load(registry_path, key_file, coordinator)
 
     async def page_through(bus: Bus) -> int:
         desk, position = DeskClient(bus, registry, coordinator, party, key), from_seq

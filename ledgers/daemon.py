@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 
 import trio
 
 from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
 from protocols.bus.exposition import MetricsUnavailable, listeners_for, serve_metrics, url_of
-from protocols.bus.mqtt import BrokerUnreachable, MqttBus
+from protocols.bus.mqtt import MqttBus
+from protocols.failures import ExpectedFailure
 from protocols.registry import Registry
 from protocols.signing import PrivateKey
 
-from .config import ConfigError, LedgerConfig
+from .config import LedgerConfig
 from .ledger import Ledger, StartRefused
 from .service import LedgerService
 from .store import Store
@@ -27,37 +29,35 @@ from .store import Store
 log = logging.getLogger("lockstep.ledger")
 
 
-class DaemonError(Exception):
-    """Why the ledger daemon cannot run; printed as it is, exit status 2."""
+class DaemonError(ExpectedFailure):
+    """Why the ledger daemon cannot run, beyond its config, registry, key and broker
+    (which say so themselves)."""
 
 
 def open_ledger(config: LedgerConfig, now_ms: int) -> Ledger:
+    registry = Registry.load(config.registry)
+    key = PrivateKey.load(config.key_file)
     try:
-        registry = Registry.load(config.registry)
-        key = PrivateKey.load(config.key_file)
-    except (OSError, ValueError) as error:
-        raise DaemonError(f"ledger {config.ledger_id}: {error}") from None
-    store = Store(config.database)
+        store = Store(config.database)
+    except sqlite3.Error as error:
+        raise DaemonError(f"ledger {config.ledger_id}: database {config.database}", f"cannot open it: {error}") from None
     try:
         return Ledger(config, registry, key, store, now_ms)
     except StartRefused as error:
         store.close()
-        raise DaemonError(f"ledger {config.ledger_id} refuses to start: {error}") from None
+        raise DaemonError(f"ledger {config.ledger_id}", f"refuses to start: {error}") from None
 
 
 async def run(config_path: str, broker: str | None = None, metrics: str | None = None) -> None:
     """`broker` and `metrics` (HOST:PORT) override the config's."""
-    try:
-        config = LedgerConfig.load(config_path)
-    except ConfigError as error:
-        raise DaemonError(f"bad config: {error}") from None
+    config = LedgerConfig.load(config_path)
     url = broker or config.broker
     if url is None:
-        raise DaemonError(f"{config_path}: broker: required to run as a service (or pass --broker)")
+        raise DaemonError(f"ledger config {config_path}", "broker: required to run as a service (or pass --broker)")
     try:
         listeners = await listeners_for(config.metrics, metrics)
     except MetricsUnavailable as error:
-        raise DaemonError(f"ledger {config.ledger_id}: {error}") from None
+        raise DaemonError(f"ledger {config.ledger_id}", str(error)) from None
     clock = ServiceClock()
     ledger = open_ledger(config, clock.now_ms())
     try:
@@ -74,8 +74,6 @@ async def run(config_path: str, broker: str | None = None, metrics: str | None =
                         log.info("ledger %s stopping on %s", config.ledger_id, signal.Signals(signum).name)
                         nursery.cancel_scope.cancel()
                         break
-    except BrokerUnreachable as error:
-        raise DaemonError(f"ledger {config.ledger_id}: {error}") from None
     finally:
         ledger.close()   # a checkpoint at the head: the next start reads one entry
     log.info("ledger %s stopped at journal height %d", config.ledger_id, ledger.seq)
