@@ -23,16 +23,20 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import attrs
 
 from protocols.bus import entries_topic, service_of_coordinator, service_of_ledger
 from protocols.bus.mqtt import event_topic, reply_topic, request_topic
+from protocols.failures import ExpectedFailure, file_reason, read_bytes
 
 LISTENER = "listener {port} {host}\n"
 TLS = "certfile {certfile}\nkeyfile {keyfile}\n"
@@ -59,17 +63,31 @@ log_type warning
 """
 
 
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+_TIMESTAMP = re.compile(r"^\d+: ")   # how Mosquitto starts each line it logs
+
+
+def _copy_lines(source, sink) -> None:
+    for line in source:
+        sink.write(line.decode(errors="replace"))
+        sink.flush()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
+class NotInstalled(ExpectedFailure, FileNotFoundError):
+    """A program we run is missing (a FileNotFoundError too, for callers that probe for it)."""
+
+
 def _program(name: str) -> str:
     path = shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
     if path is None:
-        raise FileNotFoundError(f"{name} is not installed (Debian: apt-get install mosquitto)")
+        raise NotInstalled(name, "not installed (Debian: apt-get install mosquitto)")
     return path
 
 
@@ -151,10 +169,15 @@ def write_password_file(path: str | Path, passwords: Mapping[str, str]) -> None:
 
 def _config(port: int, host: str, sys_interval_s: int, password_file: Path | None, acl_file: Path | None,
             certfile: Path | None, keyfile: Path | None) -> str:
+    where = f"broker {host}:{port}"
     if (password_file is None) != (acl_file is None):
-        raise ValueError("secured mode needs both a password file and an ACL file")
+        raise ExpectedFailure(where, "secured mode needs both a password file and an ACL file")
     if (certfile is None) != (keyfile is None):
-        raise ValueError("TLS needs both a certificate file and its key file")
+        raise ExpectedFailure(where, "TLS needs both a certificate file and its key file")
+    for what, path in (("password file", password_file), ("ACL file", acl_file), ("certificate file", certfile),
+                       ("key file", keyfile)):
+        if path is not None:   # said here, naming the file: Mosquitto would say only that it exited
+            read_bytes(f"broker {what}", path)
     text = LISTENER.format(port=port, host=host)
     if certfile:
         text += TLS.format(certfile=Path(certfile).resolve(), keyfile=Path(keyfile).resolve())
@@ -181,8 +204,12 @@ class Broker:
         self.port = port or free_port(host)
         self.tls = certfile is not None
         self.config_path = Path(directory) / f"mosquitto-{self.port}.conf"
-        self.config_path.write_text(_config(self.port, host, sys_interval_s, password_file, acl_file,
-                                            certfile, keyfile))
+        text = _config(self.port, host, sys_interval_s, password_file, acl_file, certfile, keyfile)
+        try:
+            self.config_path.write_text(text)
+        except OSError as error:
+            raise ExpectedFailure(f"broker folder {directory}", f"cannot write its config there: "
+                                                                f"{file_reason(error)}") from None
         self.process: subprocess.Popen | None = None
 
     @property
@@ -190,19 +217,58 @@ class Broker:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> Broker:
+        """Start Mosquitto and wait until it listens; an ExpectedFailure with its own
+        error line if it exits first."""
+        where = f"mosquitto on {self.host}:{self.port}"
+        with socket.socket() as probe:   # taken, it would still be connected to below, as if Mosquitto were up
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as error:
+                raise ExpectedFailure(where, f"cannot listen there: {error.strerror or error}") from None
         self.process = subprocess.Popen([mosquitto_path(), "-c", str(self.config_path)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode(errors='replace')}")
+                said = self.process.stderr.read().decode(errors="replace").strip().splitlines() or ["(nothing)"]
+                raise ExpectedFailure(where, f"exited with status {self.process.returncode}, saying: "
+                                             f"{_TIMESTAMP.sub('', said[-1])}")
             try:
                 socket.create_connection((self.host, self.port), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.02)
         self.stop()
-        raise TimeoutError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s}s")
+        raise ExpectedFailure(where, f"did not listen within {timeout_s:g} s")
+
+    def serve(self, started: Callable[[], None] = lambda: None) -> int:
+        """Run Mosquitto in the foreground until it ends, its log on our stderr and the
+        signals it acts on (SIGTERM, SIGINT; SIGHUP reloads, SIGUSR1/2 dump) passed on;
+        its exit status. `started` is called once it listens."""
+        early = []   # signals that came before Mosquitto did, passed on once it runs
+
+        def forward(signum, _) -> None:
+            if self.process is None:
+                early.append(signum)
+            else:
+                self.process.send_signal(signum)
+
+        previous = {signum: signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
+        try:
+            self.start()
+            started()
+            for signum in early:
+                self.process.send_signal(signum)
+            copying = threading.Thread(target=_copy_lines, args=(self.process.stderr, sys.stderr), daemon=True)
+            copying.start()
+            status = self.process.wait()
+            copying.join()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.stop()   # closes its stderr; ends it too, should anything above have failed
+        return status if status >= 0 else 128 - status   # ended by a signal: the status a shell gives
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

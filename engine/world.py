@@ -1,6 +1,8 @@
 """Lay out a local world on disk: a key per party, the shared registry, a TOML file per
-ledger. The demo, the benchmark and the tests all start from one of these; a secured
-world adds a broker password per user and the broker's password and ACL files."""
+ledger and per coordinator, each naming a broker (by default the one `lockstep broker`
+runs), so that every service can be started from it by hand. The demo, the benchmark
+and the tests all start from one of these; a secured world adds a broker password per
+user and the broker's password and ACL files."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from protocols.signing import PrivateKey
 from .broker import Account, acl_text, coordinator_accounts, ledger_account, write_password_file
 from .observer import ALERTS_TOPIC
 
+LOCAL_BROKER = "mqtt://127.0.0.1:1883"   # where `lockstep broker` listens by default
+
 
 @attrs.frozen
 class LedgerSpec:
@@ -33,7 +37,7 @@ class World:
     registry: Registry
     keys: dict[str, PrivateKey]
     ledger_configs: dict[str, Path]    # and the coordinators' configs, by party id
-    broker: str | None = None          # the URL the configs name
+    broker: str = LOCAL_BROKER         # the URL the configs name
     broker_password_file: Path | None = None   # a secured world's, for Broker(password_file=...)
     broker_acl_file: Path | None = None
 
@@ -59,13 +63,15 @@ class World:
 def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str, tuple[Role, ...]],
             *, broker: str | None = None, secured: bool = False, places: dict[str, str] | None = None) -> World:
     """Write keys, registry and ledger configs under `directory` (created if needed).
-    Each ledger is also a party (role LEDGER) with its own key. `secured` (needs
-    `broker`) also writes a broker password per user, the configs' broker_password_file
-    settings and the broker's files: see `secure`. `places` names, in the coordinators'
-    configs, the ledger that settles each asset for the matching desk."""
+    Each ledger is also a party (role LEDGER) with its own key. The configs name
+    `broker`, LOCAL_BROKER if None. `secured` (needs `broker`) also writes a broker
+    password per user, the configs' broker_password_file settings and the broker's
+    files: see `secure`. `places` names, in the coordinators' configs, the ledger that
+    settles each asset for the matching desk."""
     directory = Path(directory)
     if secured and broker is None:
         raise ValueError("a secured world needs broker, the URL its configs name")
+    broker = broker or LOCAL_BROKER
     (directory / "keys").mkdir(parents=True, exist_ok=True)
     everyone = dict(parties)
     for spec in ledgers:
@@ -79,9 +85,7 @@ def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str,
     for spec in ledgers:
         lines = [f'ledger_id = "{spec.ledger_id}"', f'role = "{spec.role}"', f'operator = "{spec.operator}"',
                  f'database = "{spec.ledger_id}.db"', f'key_file = "keys/{spec.ledger_id}.pem"',
-                 'registry = "registry.toml"']
-        if broker:
-            lines.append(f'broker = "{broker}"')
+                 'registry = "registry.toml"', f'broker = "{broker}"']
         if secured:
             lines.append(f'broker_password_file = "secrets/{ledger_account(spec.ledger_id).username}.password"')
         for code, issuer in spec.currencies:
@@ -93,9 +97,7 @@ def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str,
         if Role.COORDINATOR in roles:
             ledger_list = ", ".join(f'"{spec.ledger_id}"' for spec in ledgers)
             lines = [f'coordinator_id = "{party}"', f'key_file = "keys/{party}.pem"', 'registry = "registry.toml"',
-                     f'journal = "{party}.db"', f"ledgers = [{ledger_list}]"]
-            if broker:
-                lines.append(f'broker = "{broker}"')
+                     f'journal = "{party}.db"', f"ledgers = [{ledger_list}]", f'broker = "{broker}"']
             if secured:
                 lines.append(f'broker_password_file = "secrets/{coordinator_accounts(party)[0].username}.password"')
             if places:
