@@ -7,6 +7,8 @@ every ledger runs as its own process over MQTT (and the coordinator here, on MQT
 from __future__ import annotations
 
 import logging
+import math
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +24,8 @@ from protocols.bus.mqtt import MqttBus
 from protocols.bus import service_of_coordinator
 from protocols.iso20022 import sese023
 from protocols.iso20022.model import SESE_023, OneSided
-from protocols.messages import QueryInfo, QueryLocks, SettlementInstruction, SettlementLeg
+from protocols.messages import QueryBalances, QueryInfo, QueryLocks, SettlementInstruction, SettlementLeg
+from protocols.money import format_amount
 from protocols.settlement import Phase, Timing, utc_date
 from protocols.signing import decode_signed, sign
 
@@ -33,10 +36,13 @@ from .matching_desk import MatchingDesk
 
 # Short enough that the expiry scenario takes seconds; long enough for a loaded laptop.
 DEMO_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)
-ACCOUNTS = [("csd", "a-sec"), ("csd", "b-sec"), ("cbdc-eur", "a-eur"), ("cbdc-eur", "b-eur"),
-            ("cbdc-multi", "a-usd"), ("cbdc-multi", "b-usd"), ("unified", "a"), ("unified", "b")]
-TREASURY = [("csd", "treasury"), ("unified", "treasury")]  # holds the rest of the bonds
+ACCOUNTS = [("csd", "a-sec"), ("csd", "b-sec"), ("csd", "treasury"),   # the treasury holds the rest of the bonds
+            ("cbdc-eur", "a-eur"), ("cbdc-eur", "b-eur"), ("cbdc-multi", "a-usd"), ("cbdc-multi", "b-usd"),
+            ("unified", "a"), ("unified", "b"), ("unified", "treasury")]
 DESKS = (lambda coordinator: MatchingDesk(coordinator, PLACES),)
+
+
+Balances = dict[tuple[str, str], dict[str, tuple[int, int]]]   # (ledger, account) -> asset -> (available, locked)
 
 
 @attrs.frozen
@@ -96,38 +102,44 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     outcomes = []
 
     async def settle(title: str, kind: str, legs, parties) -> Record:
+        out(f"  {title} ...")
         record = await coordinator.submit(local.settlement(kind, legs, parties))
         outcomes.append(Outcome(title, record))
         return record
 
+    out("Settling:")
     cross_dvp = dvp_legs("csd", "a-sec", "b-sec", 1_000, "cbdc-eur", "EUR", "b-eur", "a-eur", 985_000_00)
-    await settle("cross-ledger DvP: 1,000 bonds (csd) against EUR 985,000.00 (cbdc-eur)", "dvp", cross_dvp, ("bank-b", "bank-a"))
+    await settle(f"cross-ledger DvP: {_legs(cross_dvp)}", "dvp", cross_dvp, ("bank-b", "bank-a"))
     pvp = (SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 500_000_00),
            SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 540_000_00))
-    await settle("cross-ledger PvP: EUR 500,000.00 (cbdc-eur) against USD 540,000.00 (cbdc-multi)", "pvp", pvp, ("bank-b", "bank-a"))
+    await settle(f"cross-ledger PvP: {_legs(pvp)}", "pvp", pvp, ("bank-b", "bank-a"))
     same_dvp = dvp_legs("unified", "a", "b", 1_000, "unified", "EUR", "b", "a", 985_000_00)
-    await settle("same-ledger DvP on unified", "dvp", same_dvp, ("bank-b", "bank-a"))
+    await settle(f"same-ledger DvP: {_legs(same_dvp)}", "dvp", same_dvp, ("bank-b", "bank-a"))
     same_pvp = (SettlementLeg("unified", "b", "a", "EUR", 500_000_00), SettlementLeg("unified", "a", "b", "USD", 540_000_00))
-    await settle("same-ledger PvP on unified", "pvp", same_pvp, ("bank-b", "bank-a"))
-    outcomes.append(Outcome("ISO 20022: a sese.023 from each bank, matched, settled, sese.025 to both",
-                            await _matched(local, coordinator, local.world.directory / "iso20022", out)))
+    await settle(f"same-ledger PvP: {_legs(same_pvp)}", "pvp", same_pvp, ("bank-b", "bank-a"))
+    matched = "ISO 20022: a sese.023 from each bank, matched, settled, sese.025 to both"
+    out(f"  {matched} ...")
+    outcomes.append(Outcome(matched, await _matched(local, coordinator, local.world.directory / "iso20022")))
     broke = dvp_legs("csd", "a-sec", "b-sec", 1_000, "cbdc-eur", "EUR", "b-eur", "a-eur", 10**14)
-    await settle("DvP without the cash: refused by cbdc-eur, bond lock rolled back", "dvp", broke, ("bank-b", "bank-a"))
+    await settle(f"DvP without the cash ({_legs(broke)}): refused by cbdc-eur, bond lock rolled back",
+                 "dvp", broke, ("bank-b", "bank-a"))
 
     # A coordinator killed right after both locks are confirmed, restarted at once.
+    title = f"cross-ledger DvP, coordinator killed after locking, restarted: resumed ({_legs(cross_dvp)})"
+    out(f"  {title} ...")
     crash = local.settlement("dvp", cross_dvp, ("bank-b", "bank-a"))
     coordinator, scope = await _kill_at(local, coordinator, scope, crash, Phase.LOCKED)
     coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
-    outcomes.append(Outcome("cross-ledger DvP, coordinator killed after locking, restarted: resumed",
-                            await coordinator.wait(_id(crash))))
+    outcomes.append(Outcome(title, await coordinator.wait(_id(crash))))
 
     # Killed after locking and kept down past both expiries: the ledgers refund by themselves.
+    title = f"coordinator down past expiry: both locks refunded by their ledgers ({_legs(cross_dvp)})"
+    out(f"  {title} ...")
     expire = local.settlement("dvp", cross_dvp, ("bank-b", "bank-a"))
     coordinator, scope = await _kill_at(local, coordinator, scope, expire, Phase.LOCKED)
-    await trio.sleep(DEMO_TIMING.total_ms() / 1000 + 0.5)
+    await _count_down(DEMO_TIMING.total_ms() / 1000 + 0.5, out)
     coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
-    outcomes.append(Outcome("coordinator down past expiry: both locks refunded by their ledgers",
-                            await coordinator.wait(_id(expire))))
+    outcomes.append(Outcome(title, await coordinator.wait(_id(expire))))
     scope.cancel()
 
     after = await _balances(local)
@@ -136,13 +148,26 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     return outcomes
 
 
+def _legs(legs) -> str:
+    """What each leg moves and where, as a person reads it."""
+    return " against ".join(f"{format_amount(leg.asset, leg.amount)} ({leg.ledger})" for leg in legs)
+
+
+async def _count_down(seconds: float, out) -> None:
+    """The coordinator stays down this long; say so each second rather than go silent."""
+    deadline = trio.current_time() + seconds
+    while (left := deadline - trio.current_time()) > 0:
+        out(f"      coordinator down while both locks expire: {math.ceil(left)} s to go")
+        await trio.sleep(left - math.ceil(left) + 1)
+
+
 async def _check(local: Local, before, after) -> None:
     """Nothing created or lost, nothing left locked: asserted, not assumed."""
-    def totals(balances) -> dict[tuple[str, str], int]:
+    def totals(balances: Balances) -> dict[tuple[str, str], int]:
         result: dict[tuple[str, str], int] = {}
         for (ledger, _), assets in balances.items():
-            for asset, amount in assets.items():
-                result[(ledger, asset)] = result.get((ledger, asset), 0) + amount
+            for asset, (available, locked) in assets.items():
+                result[(ledger, asset)] = result.get((ledger, asset), 0) + available + locked
         return result
 
     assert totals(before) == totals(after), f"value created or lost: {totals(before)} != {totals(after)}"
@@ -166,7 +191,7 @@ async def _kill_at(local: Local, coordinator, scope, raw: bytes, phase: Phase):
     return coordinator, scope
 
 
-async def _matched(local: Local, coordinator: Coordinator, folder: Path, out) -> Record:
+async def _matched(local: Local, coordinator: Coordinator, folder: Path) -> Record:
     """Each bank's back office sends its own side; the desk matches them and settles the
     pair; every advice it writes is saved under `folder`."""
     today = utc_date(coordinator.clock.now_ms())
@@ -187,7 +212,6 @@ async def _matched(local: Local, coordinator: Coordinator, folder: Path, out) ->
             "SELECT party, seq, status, document, settlement_id FROM advices ORDER BY seq").fetchall():
         (folder / f"{party}-{seq:06d}-{status}.xml").write_text(document)
     desk.close()
-    out(f"ISO 20022 advices and confirmations written to {folder}")
     return coordinator.journal.get(settlement_id)
 
 
@@ -195,11 +219,16 @@ def _id(raw: bytes) -> str:
     return decode_signed(raw).msg.id
 
 
-async def _balances(local: Local) -> dict[tuple[str, str], dict[str, int]]:
-    return {(ledger, account): await local.balances(ledger, account) for ledger, account in ACCOUNTS + TREASURY}
+async def _balances(local: Local) -> Balances:
+    result: Balances = {}
+    for ledger, account in ACCOUNTS:
+        client = local.client(ledger)
+        value = await client.query(QueryBalances(client.next_query_id(), ledger, account))
+        result[(ledger, account)] = {asset: (b["available"], b["locked"]) for asset, b in value["balances"].items()}
+    return result
 
 
-def _report(outcomes: list[Outcome], before, after, out) -> None:
+def _report(outcomes: list[Outcome], before: Balances, after: Balances, out) -> None:
     out("")
     out("Settlements:")
     for outcome in outcomes:
@@ -210,24 +239,43 @@ def _report(outcomes: list[Outcome], before, after, out) -> None:
         out(f"  {record.phase.value.upper():<12} {outcome.latency_ms:>6} ms  {outcome.title}")
         out(f"  {'':<12} {'':>9} {steps}{reason}")
     out("")
-    out("Balances (available + locked):")
-    out(f"  {'ledger / account':<22} {'asset':<13} {'before':>16} {'after':>16}")
-    for key in before:
-        assets = sorted(before[key].keys() | after[key].keys())
-        for asset in assets:
-            out(f"  {key[0] + ' / ' + key[1]:<22} {asset:<13} {before[key].get(asset, 0):>16,} {after[key].get(asset, 0):>16,}")
+    out("Balances, by ledger and account (locked: held in a time-lock, not yet claimed or refunded):")
+    rows = [("ledger / account", "before: available", "locked", "after: available", "locked")]
+    for key in sorted(before.keys() | after.keys()):
+        for asset in sorted(before.get(key, {}).keys() | after.get(key, {}).keys()):
+            was, now = before.get(key, {}).get(asset, (0, 0)), after.get(key, {}).get(asset, (0, 0))
+            rows.append((f"{key[0]} / {key[1]}", format_amount(asset, was[0]), _locked(asset, was[1]),
+                         format_amount(asset, now[0]), _locked(asset, now[1])))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        out("  " + "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                             for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
 
 
-def main(broker: str | None) -> int:
+def _locked(asset: str, amount: int) -> str:
+    return "0" if amount == 0 else format_amount(asset, amount)
+
+
+def main(broker: str | None, keep: bool = False) -> int:
+    """Runs in a fresh temporary folder, removed at the end unless `keep`."""
     directory = Path(tempfile.mkdtemp(prefix="lockstep-demo-"))
     log_path = directory / "demo.log"
     logging.getLogger().handlers[:] = [logging.FileHandler(log_path)]
-    print(f"Lockstep demo: world in {directory}, bus: {broker or 'in-memory'}, log: {log_path}")
-    outcomes = trio.run(run, broker, directory)
+    print(f"Lockstep demo, bus: {broker or 'in-memory'}" + (f"; world, log and ISO 20022 documents in {directory}" if keep else ""))
+    try:
+        outcomes = trio.run(run, broker, directory)
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.close()
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
     expected = [Phase.SETTLED] * 5 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK]
     actual = [o.record.phase for o in outcomes]
     if actual != expected:
-        print(f"unexpected outcomes: {[p.value for p in actual]}", file=sys.stderr)
+        print(f"unexpected outcomes: {[p.value for p in actual]}" + ("" if keep else "; run again with --keep to read its log"),
+              file=sys.stderr)
         return 1
     print("\nChecked: every asset conserved on every ledger, no lock left held.")
+    if keep:
+        print(f"Kept: {directory} (log {log_path.name}, advices and confirmations in iso20022/)")
     return 0

@@ -2,7 +2,7 @@
 unreachable or refusing, a file missing, a key or config that cannot serve, a service that
 does not answer) ends in one line on stderr naming the cause and the file or address, exit
 status 2, with a traceback only at --log-level debug; the help says what every option does;
-`lockstep broker` cleans up after itself; the world's configs are complete; the demo."""
+`lockstep broker` cleans up after itself; the world's configs are complete."""
 
 from __future__ import annotations
 
@@ -519,13 +519,3 @@ def test_the_configs_a_world_lays_out_name_the_broker_lockstep_broker_runs(tmp_p
     result = lockstep("status", "dvp-1", "--config", str(world.ledger_configs["coordinator"]), timeout=60)
     assert "required" not in result.stderr and "127.0.0.1:1883" in result.stderr
 
-
-# -- the demo ------------------------------------------------------------------------------------
-
-def test_demo_settles_rolls_back_recovers_and_checks_conservation():
-    result = lockstep("demo")
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert out.count("SETTLED") == 6 and "FAILED" in out and "sese.023" in out and "ROLLED_BACK" in out
-    assert "insufficient_funds" in out
-    assert "Checked: every asset conserved on every ledger, no lock left held." in out
