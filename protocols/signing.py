@@ -62,12 +62,13 @@ class PrivateKey:
             raise ExpectedFailure(subject, file_reason(error)) from None
         if not stat.S_ISREG(mode):
             raise ExpectedFailure(subject, "not a regular file")
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ExpectedFailure(subject, f"readable by others (mode {stat.filemode(mode)}); chmod 600 it")
-        try:
-            return cls(_private_key_of(data))
+        try:   # first what it is, so that a public key given here is not told to be mode 600
+            key = _private_key_of(data)
         except ValueError as error:
             raise ExpectedFailure(subject, str(error)) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ExpectedFailure(subject, f"readable by others (mode {stat.filemode(mode)}); chmod 600 it")
+        return cls(key)
 
     def save(self, path: str | os.PathLike) -> None:
         pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -23,6 +23,7 @@ import trio.testing
 from engine.audit import At, Kind, LegView, Report, Terms, audit, judge, main, read_database, read_over_bus
 from engine.local import BOND, Local, dvp_legs, standard_world
 from protocols import canonical
+from protocols.failures import ExpectedFailure
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
@@ -375,18 +376,20 @@ def test_the_command_exits_0_when_clean_and_1_on_a_violation(files, history):
 
 
 
-def test_the_command_exits_2_naming_what_it_cannot_read(files, history, capsys):
+def test_the_command_refuses_naming_what_it_cannot_read(files, history):
+    """Each an expected failure, which the command prints in one line with exit status 2
+    (tests/test_cli.py runs the command itself)."""
     registry = str(history / "registry.toml")
-    assert main(registry, [str(files / "nowhere.db")], None, []) == 2
-    assert "nowhere.db: unable to open database file" in capsys.readouterr().err
-    assert main(registry, [str(files / "csd.db")] * 2, None, []) == 2
-    assert "ledger csd is given more than once" in capsys.readouterr().err
-    assert main(str(files / "nowhere.toml"), [str(files / "csd.db")], None, []) == 2
-    assert "nowhere.toml" in capsys.readouterr().err
-    assert main(registry, None, "mqtt://127.0.0.1:1", []) == 2
-    assert "--broker with --ledger" in capsys.readouterr().err
-    assert main(registry, None, "mqtt://127.0.0.1:1", ["csd"]) == 2
-    assert "cannot reach the MQTT broker at 127.0.0.1:1" in capsys.readouterr().err
+    cases = [((registry, [str(files / "nowhere.db")], None, []), f"database {files / 'nowhere.db'}: no such file"),
+             ((registry, [str(files / "csd.db")] * 2, None, []), "ledger csd: given more than once"),
+             ((str(files / "nowhere.toml"), [str(files / "csd.db")], None, []),
+              f"registry {files / 'nowhere.toml'}: no such file"),
+             ((registry, None, "mqtt://127.0.0.1:1", []), "--broker with --ledger"),
+             ((registry, None, "mqtt://127.0.0.1:1", ["csd"]), "MQTT broker 127.0.0.1:1: cannot reach it")]
+    for args, needle in cases:
+        with pytest.raises(ExpectedFailure) as failure:
+            main(*args)
+        assert needle in str(failure.value), args
 
 
 async def test_the_command_reads_the_journals_of_running_ledgers_over_mqtt(tmp_path, broker):

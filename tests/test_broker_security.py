@@ -99,7 +99,7 @@ def test_a_ledger_process_without_credentials_exits_naming_the_refusal(world, br
                              str(world.ledger_configs["unified"]), "--broker", broker.url],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert f"the MQTT broker at 127.0.0.1:{broker.port} refused 'ledger-unified'" in result.stderr
+    assert result.stderr == f"lockstep ledger: MQTT broker 127.0.0.1:{broker.port}: refused 'ledger-unified': Not authorized\n"
 
 
 # -- the ACL -----------------------------------------------------------------------------

@@ -149,8 +149,8 @@ async def test_the_operator_rotates_a_key_with_the_cli_against_a_ledger_process(
                        "--operator-key", str(tmp_path / "keys" / "ecb.pem"), "--party", "bank-a",
                        "--public-key", str(tmp_path / "bank-a.new.pub.pem")]
             wrong = await trio.run_process(command[:-6] + ["--operator-key", str(tmp_path / "keys" / "bank-a.pem")]
-                                           + command[-4:], capture_stdout=True, check=False)
-            assert wrong.returncode == 2 and b"not the key registered for ecb" in wrong.stdout
+                                           + command[-4:], capture_stderr=True, check=False)
+            assert wrong.returncode == 2 and b"not the key registered for ecb" in wrong.stderr
             done = await trio.run_process(command, capture_stdout=True, check=False)
             assert done.returncode == 0, done.stdout
             assert public_point(new.public).encode() in done.stdout

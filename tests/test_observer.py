@@ -377,7 +377,7 @@ def test_the_command_exits_2_naming_what_it_cannot_use(tmp_path):
     assert missing.returncode == 2 and "nowhere.toml" in missing.stderr
     config.write_text(config.read_text().replace('"csd"', '"bank-a"'))
     wrong = lockstep_observer("--config", str(config), "--broker", "mqtt://127.0.0.1:1")
-    assert wrong.returncode == 2 and "'bank-a' is not a ledger in the registry" in wrong.stderr
+    assert wrong.returncode == 2 and "ledger bank-a: not a ledger in the registry" in wrong.stderr
 
 
 async def test_the_command_follows_the_ledgers_over_mqtt_until_sigterm(tmp_path, broker):
