@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -181,13 +181,15 @@ def _hex32(field_name: str, value: Any) -> bytes:
 # -- messages ------------------------------------------------------------------------
 
 MESSAGE_TYPES: dict[str, type] = {}
+T = TypeVar("T")
 
 
-def message(type_name: str):
-    """Register a frozen attrs class as the message with this `type`."""
-    def register(cls: type) -> type:
-        cls = attrs.frozen(cls)
-        cls.TYPE = type_name
+def message(type_name: str) -> Callable[[type[T]], type[T]]:
+    """Register a frozen attrs class as the message with this `type`. Applied above
+    `@attrs.frozen`, so that type checkers see the class attrs made."""
+    def register(cls: type[T]) -> type[T]:
+        assert attrs.has(cls) and type_name not in MESSAGE_TYPES, (cls, type_name)
+        cls.TYPE = type_name  # type: ignore[attr-defined]  # T is any class; each message has TYPE
         MESSAGE_TYPES[type_name] = cls
         return cls
     return register
@@ -231,6 +233,7 @@ class Instruction(Body):
 
 
 @message("open_account")
+@attrs.frozen
 class OpenAccount(Instruction):
     """Open an account for a participant; by the ledger's operator or the owner itself."""
 
@@ -239,6 +242,7 @@ class OpenAccount(Instruction):
 
 
 @message("create_instrument")
+@attrs.frozen
 class CreateInstrument(Instruction):
     """Register a bond's reference data; by the securities ledger's operator only."""
 
@@ -253,6 +257,7 @@ class CreateInstrument(Instruction):
 
 
 @message("issue")
+@attrs.frozen
 class Issue(Instruction):
     """Create units of an asset: an instrument into its issuer's account (by the
     operator), or money into any account (by the currency's central bank)."""
@@ -263,6 +268,7 @@ class Issue(Instruction):
 
 
 @message("redeem")
+@attrs.frozen
 class Redeem(Instruction):
     """Destroy units of an asset held in the issuer's own account."""
 
@@ -272,6 +278,7 @@ class Redeem(Instruction):
 
 
 @message("transfer")
+@attrs.frozen
 class Transfer(Instruction):
     from_account: str = attrs.field(validator=ident)
     to_account: str = attrs.field(validator=ident)
@@ -280,6 +287,7 @@ class Transfer(Instruction):
 
 
 @message("lock")
+@attrs.frozen
 class Lock(Instruction):
     """Place a hashed time-lock; its id is the instruction id. `abort_by` names the
     parties, besides the beneficiary, who may end it early (see htlc.abort). Signed by
@@ -296,6 +304,7 @@ class Lock(Instruction):
 
 
 @message("claim")
+@attrs.frozen
 class Claim(Instruction):
     """Complete a lock with its secret; anyone may send it, only the beneficiary gains."""
 
@@ -304,6 +313,7 @@ class Claim(Instruction):
 
 
 @message("refund")
+@attrs.frozen
 class Refund(Instruction):
     """Return an expired lock to its owner; the ledger also does it by itself."""
 
@@ -311,6 +321,7 @@ class Refund(Instruction):
 
 
 @message("abort")
+@attrs.frozen
 class Abort(Instruction):
     """Return a lock to its owner before expiry, by a party its terms allow."""
 
@@ -318,6 +329,7 @@ class Abort(Instruction):
 
 
 @message("settle")
+@attrs.frozen
 class Settle(Instruction):
     """Several movements applied as one: the same-ledger DvP and PvP."""
 
@@ -326,6 +338,7 @@ class Settle(Instruction):
 
 
 @message("rotate_key")
+@attrs.frozen
 class RotateKey(Instruction):
     """Replace a party's public key on this ledger from this entry on; by the ledger's
     operator, who has checked who asks out of band. The old key stops working at once."""
@@ -347,21 +360,25 @@ class Query(Body):
 
 
 @message("query_info")
+@attrs.frozen
 class QueryInfo(Query):
     """Who the ledger is: role, operator, assets with their supply, journal head."""
 
 
 @message("query_balances")
+@attrs.frozen
 class QueryBalances(Query):
     account: str = attrs.field(validator=ident)
 
 
 @message("query_lock")
+@attrs.frozen
 class QueryLock(Query):
     lock_id: str = attrs.field(validator=ident)
 
 
 @message("query_locks")
+@attrs.frozen
 class QueryLocks(Query):
     """Held locks expiring before a time, soonest first: the list of expiring holds."""
 
@@ -370,12 +387,14 @@ class QueryLocks(Query):
 
 
 @message("query_journal")
+@attrs.frozen
 class QueryJournal(Query):
     from_seq: int = attrs.field(validator=count)
     limit: int = attrs.field(validator=count)
 
 
 @message("query_receipt")
+@attrs.frozen
 class QueryReceipt(Query):
     """The receipt of an instruction already sent, by its id: how a client that lost
     a reply learns the outcome without sending the instruction again."""
@@ -390,6 +409,7 @@ def optional_ident(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
 
 
 @message("query_holders")
+@attrs.frozen
 class QueryHolders(Query):
     """Every account holding some of an asset (available or locked), with its owner, by
     account id after `after_account`: the holders of record a paying agent pays."""
@@ -400,6 +420,7 @@ class QueryHolders(Query):
 
 
 @message("query_accounts")
+@attrs.frozen
 class QueryAccounts(Query):
     """A party's accounts on this ledger with their balances, by account id (at most
     QUERY_LIMIT_MAX): where a paying agent finds a holder's cash account."""
@@ -413,6 +434,7 @@ QUERIES = (QueryInfo, QueryBalances, QueryLock, QueryLocks, QueryJournal, QueryR
 # Replies and records, signed by the ledger.
 
 @message("receipt")
+@attrs.frozen
 class Receipt(Body):
     """The ledger's answer to an instruction. `status` is "applied" (with the journal
     position) or "rejected" (with code, field and reason)."""
@@ -437,6 +459,7 @@ class Receipt(Body):
 
 
 @message("result")
+@attrs.frozen
 class Result(Body):
     """The ledger's answer to a query."""
 
@@ -447,6 +470,7 @@ class Result(Body):
 
 
 @message("entry")
+@attrs.frozen
 class Entry(Body):
     """One journal entry: what the ledger applied, chained to the entry before it.
     `instruction` is the signed instruction as received (None for the ledger's own
@@ -502,6 +526,7 @@ def settlement_legs(instance: Any, attribute: attrs.Attribute, value: Any) -> No
 
 
 @message("settlement")
+@attrs.frozen
 class Settlement(Body):
     """A DvP or PvP instruction, signed by both counterparties: `parties[i]` owns the
     account leg i is paid from. Leg 0 is claimed first; the two legs run in opposite
@@ -518,6 +543,7 @@ class Settlement(Body):
 
 
 @message("settlement_instruction")
+@attrs.frozen
 class SettlementInstruction(Body):
     """One counterparty's side of a trade as an ISO 20022 document (sese.023 for a DvP,
     pacs.009 for a PvP), signed by that party; the coordinator matches it with the other
@@ -546,6 +572,7 @@ def two_objects(_: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 @message("matched")
+@attrs.frozen
 class Matched(Body):
     """Two matched instructions, as a coordinator's lock or settle carries them in `auth`;
     `ledgers` places each leg (the ledger carrying its asset), which each ledger checks
@@ -557,6 +584,7 @@ class Matched(Body):
 
 
 @message("corporate_action")
+@attrs.frozen
 class CorporateAction(Body):
     """An issuer's mandate to a paying agent (a coordinator): pay a coupon of, or redeem,
     one instrument on a date, from the issuer's accounts. Signed by the issuer."""
@@ -576,6 +604,7 @@ class CorporateAction(Body):
 
 
 @message("entitlement")
+@attrs.frozen
 class Entitlement(Body):
     """One holder's due under a corporate action, as the paying agent computed it from the
     holdings of record: carried in `auth` by the coupon's settle or the redemption's locks."""
@@ -589,6 +618,7 @@ class Entitlement(Body):
 
 
 @message("query_advices")
+@attrs.frozen
 class QueryAdvices(Body):
     """A party's status advices and confirmations, from a position on; answered only to
     that party (the broker ties a client's id to its login)."""
@@ -601,6 +631,7 @@ class QueryAdvices(Body):
 
 
 @message("advices")
+@attrs.frozen
 class Advices(Body):
     """The coordinator's ISO 20022 documents for one party, oldest first. Each item:
     seq, instruction_id, settlement_id, status, format and the document itself."""
@@ -612,6 +643,7 @@ class Advices(Body):
 
 
 @message("query_corporate_action")
+@attrs.frozen
 class QueryCorporateAction(Body):
     id: str = attrs.field(validator=ident)
     coordinator: str = attrs.field(validator=ident)
@@ -619,6 +651,7 @@ class QueryCorporateAction(Body):
 
 
 @message("corporate_action_status")
+@attrs.frozen
 class CorporateActionStatus(Body):
     """The paying agent's account of a corporate action: its state and every holder's
     entitlement (holder, holder_account, holder_cash_account, units, amount_minor, state
@@ -634,6 +667,7 @@ class CorporateActionStatus(Body):
 
 
 @message("repo")
+@attrs.frozen
 class Repo(Body):
     """A repurchase agreement: two settlements both parties signed, the start leg now and
     the reverse leg (its `not_before_ms` the term date) only if the start settled. Sent
@@ -646,6 +680,7 @@ class Repo(Body):
 
 
 @message("query_repo")
+@attrs.frozen
 class QueryRepo(Body):
     id: str = attrs.field(validator=ident)
     coordinator: str = attrs.field(validator=ident)
@@ -653,6 +688,7 @@ class QueryRepo(Body):
 
 
 @message("repo_status")
+@attrs.frozen
 class RepoStatus(Body):
     """The coordinator's account of a repo: its state and the phase of each leg."""
 
@@ -667,6 +703,7 @@ class RepoStatus(Body):
 
 
 @message("query_settlement")
+@attrs.frozen
 class QuerySettlement(Body):
     id: str = attrs.field(validator=ident)
     coordinator: str = attrs.field(validator=ident)
@@ -674,6 +711,7 @@ class QuerySettlement(Body):
 
 
 @message("settlement_status")
+@attrs.frozen
 class SettlementStatus(Body):
     """The coordinator's account of a settlement: its phase and the time of each step."""
 
