@@ -3,8 +3,12 @@ buses, fast runs too, and neither the checks after it nor the run before it."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.runner import Load, Run, measure, memory_system, mqtt_system
 from benchmarks.workload import Shape
+
+pytestmark = pytest.mark.slow   # benchmark runs over MQTT
 
 SHAPE = Shape(participants=6)
 # One settlement's messages: its request to the coordinator and the signed status back;

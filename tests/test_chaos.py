@@ -9,6 +9,8 @@ import pytest
 from engine.audit import Kind
 from engine.chaos import CHAOS_TIMING, FAULTS, OneLegged, run
 
+pytestmark = pytest.mark.slow   # seconds of faults per run, then a wait for every lock to end
+
 
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_a_workload_under_each_fault_class_ends_clean(tmp_path, fault):

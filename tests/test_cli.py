@@ -19,12 +19,14 @@ import trio
 
 from engine.broker import Broker, free_port
 from engine.cli import expected, parser
-from engine.local import BOND, PARTIES, LEDGERS, standard_world
+from engine.local import BOND, LEDGERS, PARTIES, standard_world
 from engine.world import LOCAL_BROKER, World, lay_out
 from protocols.bus.mqtt import MqttBus
 from protocols.failures import ExpectedFailure
 from protocols.iso20022 import sese023
 from protocols.iso20022.model import SESE_023, OneSided
+
+pytestmark = pytest.mark.slow   # each test starts the command, and often services, as processes
 
 ANSWER_WAIT_S = 90   # the slowest "does not answer": five attempts of two seconds, in parallel
 

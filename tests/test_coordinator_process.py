@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import trio
 
 from engine.local import Local, dvp_legs, standard_world
@@ -13,6 +14,8 @@ from protocols.bus.mqtt import MqttBus
 from protocols.messages import QueryLocks, SettlementStatus
 from protocols.signing import decode_signed
 from tests.processes import ServiceProcess
+
+pytestmark = pytest.mark.slow   # a coordinator process killed and restarted
 
 LEGS = dvp_legs("csd", "a-sec", "b-sec", 10, "cbdc-eur", "EUR", "b-eur", "a-eur", 1_000)
 SETTLEMENTS = 60

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow   # the whole demo, twice, with its past-expiry wait
+
 
 def demo(tmp: Path, *args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "engine.cli", "demo", *args], capture_output=True, text=True,

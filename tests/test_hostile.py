@@ -252,6 +252,7 @@ def refused_then_serves(h: Harness, follow: Follow, payload: bytes, *, instructi
 
 # -- 1a. arbitrary bytes, invalid UTF-8, deep nesting, oversized ----------------------------
 
+@pytest.mark.slow
 def test_fuzz_arbitrary_bytes_are_refused_and_change_nothing(ledger):
     h, follow = ledger, Follow(ledger)
 
@@ -351,6 +352,7 @@ shaped = st.fixed_dictionaries(
     lambda extra: {**extra, **base}))
 
 
+@pytest.mark.slow
 def test_fuzz_arbitrary_json_is_refused_and_changes_nothing(ledger):
     h, follow = ledger, Follow(ledger)
 
@@ -611,6 +613,7 @@ def assert_recorded_as_documented(h: Harness, answer: Receipt, reply: bytes, *, 
             assert stored.code == "unknown_instruction", stored
 
 
+@pytest.mark.slow
 def test_fuzz_one_field_of_a_valid_message_replaced_removed_or_added(ledger):
     """Any JSON value in any one field of each kind of message (re-signed by its signers
     when it can be, or with its old signatures): a value the field never allows is refused
@@ -726,6 +729,7 @@ def assert_status_refusal(world, coordinator: Coordinator, reply: bytes, *, sett
     return status
 
 
+@pytest.mark.slow
 def test_fuzz_the_coordinator_refuses_garbage_with_a_signed_status_and_journals_nothing(world, coordinator):
     @fuzz(200)
     @given(payload=st.one_of(st.binary(max_size=200), any_value.map(lambda v: wire_bytes(v, "ascii")),
@@ -754,6 +758,7 @@ def settlement_bases(world, n: int) -> dict[str, tuple]:
             "query_settlement": (lambda: unsigned(QuerySettlement(f"q{n}", "coordinator", f"s{n}")), ())}
 
 
+@pytest.mark.slow
 def test_fuzz_one_field_of_a_settlement_or_query_made_invalid_is_refused_naming_it(world, coordinator):
     counter = iter(range(10**9))
     leg_names = frozenset({"ledger", "from_account", "to_account", "asset", "amount"})
@@ -812,6 +817,7 @@ def test_the_coordinators_refusal_about_a_member_named_by_the_empty_string_still
 # `_Refused` object. Inside `auth`, which any object passes, it reaches the signed
 # envelope, whose encoding raises TypeError out of Ledger.process: the ledger stops.
 
+@pytest.mark.slow
 def test_two_ledgers_decoding_in_two_threads_at_once_refuse_a_float_every_time(world):
     victim, other = Harness(world, "unified"), Harness(world, "cbdc-eur")
     body = {"v": 1, "type": "lock", "id": "l-race", "ledger": "unified", "ts_ms": T0, "owner_account": "acc-a",
@@ -1101,6 +1107,7 @@ def flood_payloads(world) -> list[bytes]:
     ]
 
 
+@pytest.mark.slow
 async def test_a_flood_from_one_client_neither_starves_another_nor_grows_the_ledgers_memory(world, broker):
     seen = await flood(world, broker, flood_payloads(world), FLOOD_REQUESTS, CLIENT_WAITING_MAX)
     worker, flooder = seen["worker"], seen["flooder"]
@@ -1122,6 +1129,7 @@ async def test_a_flood_from_one_client_neither_starves_another_nor_grows_the_led
     assert seen["peak"] - seen["before"] < 48 * MIB, (seen["before"] / MIB, seen["peak"] / MIB)
 
 
+@pytest.mark.slow
 async def test_a_flood_of_large_requests_from_one_client_does_not_grow_the_ledgers_memory(world, broker):
     """Requests of 60 KB (under the 64 KiB limit: parsed, then refused) and of 1 000 000
     bytes (over it, under the broker's 1 MiB packet limit: refused unread). The waiting

@@ -90,6 +90,7 @@ def pvps(draw):
 
 # round trips and conformance ----------------------------------------------------------------
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(dvps())
 def test_sese023_round_trip(one):
@@ -101,6 +102,7 @@ def test_sese023_round_trip(one):
     assert parsed.fin_instrm_id.isin in (one.gives_asset, one.takes_asset)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(pvps(), st.integers(min_value=0, max_value=4_102_444_800_000))
 def test_pacs009_round_trip(one, now_ms):

@@ -126,6 +126,7 @@ def test_a_key_row_added_behind_the_journals_back_is_caught_when_the_ledger_star
         eur.open()
 
 
+@pytest.mark.slow
 async def test_the_operator_rotates_a_key_with_the_cli_against_a_ledger_process(tmp_path, broker):
     """`lockstep rotate-key` over Mosquitto; then the ledger process refuses the old key."""
     world = lay_out(tmp_path, LEDGERS, PARTIES)

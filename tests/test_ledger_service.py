@@ -29,6 +29,7 @@ def world_on_disk(tmp_path) -> World:
     return lay_out(tmp_path, LEDGERS, PARTIES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ledger_id", ["csd", "cbdc-multi", "unified"])
 async def test_conformance_suite_passes_against_a_ledger_process(world_on_disk, broker, ledger_id):
     process = ServiceProcess(world_on_disk, "ledger", ledger_id, broker.url).start()
@@ -112,6 +113,7 @@ class Stream:
         assert balances["balances"]["EUR"] == {"available": len(ids), "locked": 0}
 
 
+@pytest.mark.slow
 async def test_ledger_killed_mid_stream_loses_nothing_and_doubles_nothing(world_on_disk, broker):
     process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", broker.url).start()
     try:
@@ -139,6 +141,7 @@ async def test_ledger_killed_mid_stream_loses_nothing_and_doubles_nothing(world_
         assert process.stop() == 0
 
 
+@pytest.mark.slow
 async def test_broker_restart_under_load_loses_nothing_and_doubles_nothing(world_on_disk, tmp_path):
     own_broker = Broker(tmp_path).start()
     process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", own_broker.url).start()

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import attrs
+import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -570,4 +571,4 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 LedgerMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
-test_ledger_matches_its_model_under_random_instructions = LedgerMachine.TestCase
+test_ledger_matches_its_model_under_random_instructions = pytest.mark.slow(LedgerMachine.TestCase)

@@ -8,18 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from lxml import etree
 
 from engine.local import BOND, Local, standard_world
-from protocols.identifiers import make_isin
-from protocols.messages import CreateInstrument, Issue, Transfer
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import MqttBus
+from protocols.identifiers import make_isin
 from protocols.iso20022 import sese023
 from protocols.iso20022.model import SESE_023, OneSided
+from protocols.messages import CreateInstrument, Issue, Transfer
 from protocols.settlement import utc_date
 from tests.processes import ServiceProcess
+
+pytestmark = pytest.mark.slow   # a coordinator and ledgers as processes
 
 
 def lockstep(*args: str) -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 
+import pytest
 import trio
 
 from engine.local import Local, dvp_legs, standard_world
@@ -19,6 +20,8 @@ from protocols.messages import Abort, Claim, Lock, QueryJournal, QueryLock, Sett
 from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed, sign
 from tests.processes import ServiceProcess
+
+pytestmark = pytest.mark.slow   # a watchtower, coordinator and ledgers as processes
 
 LEGS = dvp_legs("csd", "a-sec", "b-sec", 10, "cbdc-eur", "EUR", "b-eur", "a-eur", 1_000)  # leg 0 cash, leg 1 bond
 PARTIES = ("bank-b", "bank-a")    # bank-b pays leg 0, bank-a delivers leg 1
