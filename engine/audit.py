@@ -37,6 +37,7 @@ from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason
 from protocols.htlc import HeldLock, LockState
 from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, Tables, differences, verify_chain
+from protocols.money import format_amount
 from protocols.messages import Entry, QueryJournal
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id
@@ -230,7 +231,7 @@ class LedgerJournal:
         for lock in self.replay.locks.values():
             if lock.state is LockState.HELD and now_ms > lock.expiry_ms + grace_ms:
                 terms = self.legs.get(lock.lock_id)
-                yield Violation(Kind.LOCK_OVERDUE, f"lock {lock.lock_id} ({lock.amount} {lock.asset} of "
+                yield Violation(Kind.LOCK_OVERDUE, f"lock {lock.lock_id} ({format_amount(lock.asset, lock.amount)} of "
                                 f"{lock.owner_account}) still held {now_ms - lock.expiry_ms} ms after its expiry",
                                 (self.ledger,), (self.placed[lock.lock_id],), terms.settlement if terms else None)
 
@@ -245,8 +246,7 @@ class LedgerJournal:
         # each entry was checked on its own; the totals then hold too (pairs the check)
         assert self.problems or not self.replay.conservation_problems(), self.replay.conservation_problems()
         outstanding = {code: issued - redeemed for code, (issued, redeemed) in sorted(self.replay.supply.items())}
-        minor_units = {code: self.replay.assets[code][2] for code in outstanding if code in self.replay.assets}
-        return LedgerSummary(self.ledger, self.entries, self.head_hash, outstanding, minor_units, self.broken_at)
+        return LedgerSummary(self.ledger, self.entries, self.head_hash, outstanding, self.broken_at)
 
 
 # -- across ledgers ----------------------------------------------------------------------------
@@ -316,21 +316,12 @@ class LedgerSummary:
     entries: int
     head_hash: str
     outstanding: dict[str, int]    # asset -> issued minus redeemed, in minor units
-    minor_units: dict[str, int]
     broken_at: int | None = None
 
     def __str__(self) -> str:
-        assets = ", ".join(f"{code} {_amount(amount, self.minor_units.get(code, 0))}"
-                           for code, amount in self.outstanding.items()) or "no assets"
+        assets = ", ".join(format_amount(code, amount) for code, amount in self.outstanding.items()) or "no assets"
         broken = f" (broken at entry {self.broken_at})" if self.broken_at is not None else ""
         return f"{self.ledger}: {self.entries} entries checked{broken}, head {self.head_hash}; outstanding {assets}"
-
-
-def _amount(minor: int, minor_units: int) -> str:
-    if not minor_units:
-        return str(minor)
-    whole, fraction = divmod(abs(minor), 10**minor_units)
-    return f"{'-' if minor < 0 else ''}{whole}.{fraction:0{minor_units}d}"
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:

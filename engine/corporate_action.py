@@ -8,6 +8,7 @@ from protocols import canonical
 from protocols.bus import BusTimeout, service_of_coordinator
 from protocols.errors import Rejected
 from protocols.matching import day_window
+from protocols.money import format_amount
 from protocols.messages import CorporateAction, CorporateActionStatus, QueryCorporateAction, SettlementStatus
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, from_wire, sign, unsigned
@@ -59,6 +60,6 @@ async def main(args) -> int:
         print(f"  reason: {status.reason_code}: {status.reason}")
     for due in status.entitlements:
         reason = f"  {due['reason_code']}: {due['reason']}" if due["reason"] else ""
-        print(f"  {due['holder']:<16} {due['holder_account']:<16} {due['units']:>12} units "
-              f"{due['amount_minor']:>16} {due['state']}{reason}")
+        print(f"  {due['holder']:<16} {due['holder_account']:<16} {format_amount(due['isin'], due['units']):>30} "
+              f"{format_amount(due['currency'], due['amount_minor']):>24} {due['state']}{reason}")
     return 1 if status.state in ("rejected", "failed") else 0

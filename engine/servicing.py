@@ -304,7 +304,8 @@ class ServicingDesk:
         signed_wire = json.loads(wire)
         entitlements = tuple(
             {"holder": d.holder, "holder_account": d.holder_account, "holder_cash_account": d.cash_account,
-             "units": d.units, "amount_minor": d.amount_minor, "state": d.state.value, "reason_code": d.reason_code,
+             "isin": signed_wire["isin"], "units": d.units, "currency": signed_wire["currency"],
+             "amount_minor": d.amount_minor, "state": d.state.value, "reason_code": d.reason_code,
              "reason": d.reason,   # the coordinator's settlement of a due that was sent to be paid:
              "settlement_id": entitlement_id(self._entitlement(signed_wire, d)) if d.amount_minor and d.cash_account else ""}
             for d in self._dues_in(action_id))

@@ -22,6 +22,7 @@ from protocols.iso20022 import camt053
 from protocols.iso20022.model import Statement, StatementEntry
 from protocols.journal import ChainBroken, ChainChecker
 from protocols.messages import Entry, QueryJournal
+from protocols.money import format_amount
 from protocols.registry import Registry
 
 from .daemon import DaemonError, on_bus
@@ -76,13 +77,28 @@ async def main(broker: str, registry_path: str, ledger: str, account: str, curre
     if ledger not in registry:
         raise DaemonError(f"--ledger {ledger}", f"not in the registry {registry_path}")
     entries = await on_bus(broker, lambda bus: read_entries(LedgerClient(bus, ledger, registry.get(ledger).public_key)))
-    document = camt053.write(statement_of(entries, ledger, account, currency, from_seq=from_seq, to_seq=to_seq,
-                                          now_ms=ServiceClock().now_ms()))
+    statement = statement_of(entries, ledger, account, currency, from_seq=from_seq, to_seq=to_seq,
+                             now_ms=ServiceClock().now_ms())
+    document = camt053.write(statement)
     if out:
         try:
             Path(out).write_bytes(document)
         except OSError as error:
             raise ExpectedFailure(f"--out file {out}", f"cannot write it: {file_reason(error)}") from None
+        print(f"{out}: {summary(statement)}")
     else:
         sys.stdout.write(document.decode())
     return 0
+
+
+def summary(statement: Statement) -> str:
+    """What the document says, as a person reads it (the document itself keeps minor units)."""
+    credits = sum(entry.amount_minor for entry in statement.entries if entry.amount_minor > 0)
+    debits = -sum(entry.amount_minor for entry in statement.entries if entry.amount_minor < 0)
+
+    def money(amount: int) -> str:
+        return format_amount(statement.currency, amount)
+
+    return (f"camt.053 of {statement.account} on {statement.ledger}, journal entries {statement.from_seq} to "
+            f"{statement.to_seq}: opening {money(statement.opening_minor)}, {len(statement.entries)} movements "
+            f"(credits {money(credits)}, debits {money(debits)}), closing {money(statement.closing_minor)}")

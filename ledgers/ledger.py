@@ -25,6 +25,7 @@ from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, En
                                 QueryHolders, QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
                                 Result, readable_id)
 from protocols.registry import Registry, Role
+from protocols.money import format_amount
 from protocols.signing import PrivateKey, Signed, decode_signed, load_public_point, sign
 
 from . import rules
@@ -201,7 +202,7 @@ class Ledger:
             changes.write()
             self._append(now_ms, "expire", None, changes.effects())
             self.on_outcome("expire", None)
-            log.info("expired lock %s: %d %s back to %s", lock.lock_id, lock.amount, lock.asset, lock.owner_account)
+            log.info("expired lock %s: %s back to %s", lock.lock_id, format_amount(lock.asset, lock.amount), lock.owner_account)
 
     def _handle(self, payload: bytes, now_ms: int) -> bytes:
         try:

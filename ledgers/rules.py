@@ -17,6 +17,7 @@ from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
 from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Lock, OpenAccount,
                                 Redeem, Refund, RotateKey, Settle, Transfer)
+from protocols.money import format_amount
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id, settle_id, utc_date
 from protocols.signing import Signed, public_point
@@ -66,7 +67,7 @@ def _debit_available(changes: Changes, account: str, asset: str, amount: int, fi
     available, _ = changes.balance(account, asset)
     if available < amount:
         raise Rejected(Code.INSUFFICIENT_FUNDS, field,
-                       f"{account} has {available} {asset} available, needs {amount}")
+                       f"{account} has {format_amount(asset, available)} available, needs {format_amount(asset, amount)}")
 
 
 def _open_account(msg: OpenAccount, signed: Signed, ctx: Context, changes: Changes) -> None:
@@ -196,7 +197,7 @@ def _matured(changes: Changes, terms: Terms, ctx: Context) -> None:
         raise Rejected(Code.NOT_YET, "auth.action.payment_date", f"{units.asset} matures on {reference['maturity_date']}")
     if (cash.asset, terms.face_value_minor) != (reference["currency"], reference["face_value_minor"]):
         raise Rejected(Code.NOT_AUTHORISED, "auth.amount_minor",
-                       f"{units.asset} redeems at {reference['face_value_minor']} {reference['currency']} a unit")
+                       f"{units.asset} redeems at {format_amount(reference['currency'], reference['face_value_minor'])} a unit")
 
 
 def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> Collection[str]:

@@ -15,6 +15,7 @@ import attrs
 
 from .errors import Code, Rejected
 from .iso20022.model import OneSided
+from .money import format_amount
 
 DAY_MS = 86_400_000
 
@@ -50,8 +51,8 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
         elif mine.gives_amount != theirs.takes_amount:
             code = "DQUA" if len(mine.gives_asset) == 12 else "DMON"
             found.append(Difference(code, f"{mine.party}.gives_amount",
-                                    f"{mine.party} gives {mine.gives_amount} {mine.gives_asset}, "
-                                    f"{theirs.party} takes {theirs.takes_amount}"))
+                                    f"{mine.party} gives {format_amount(mine.gives_asset, mine.gives_amount)}, "
+                                    f"{theirs.party} takes {format_amount(theirs.takes_asset, theirs.takes_amount)}"))
     return found
 
 

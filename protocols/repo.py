@@ -15,6 +15,7 @@ import enum
 
 from .errors import Code, Rejected
 from .messages import Settlement, SettlementLeg
+from .money import format_amount
 
 
 class RepoState(enum.Enum):
@@ -63,14 +64,15 @@ def check_link(start: Settlement, reverse: Settlement, coordinator: str) -> None
     back, repaid = _split(reverse)
     if (back.ledger, back.asset, back.amount, back.from_account, back.to_account) != \
             (securities.ledger, securities.asset, securities.amount, securities.to_account, securities.from_account):
-        raise Rejected(Code.INVALID_FIELD, "reverse.legs", f"the reverse returns {securities.amount} {securities.asset} "
+        raise Rejected(Code.INVALID_FIELD, "reverse.legs", f"the reverse returns {format_amount(securities.asset, securities.amount)} "
                        f"on {securities.ledger} from {securities.to_account} to {securities.from_account}")
     if (repaid.ledger, repaid.asset, repaid.from_account, repaid.to_account) != \
             (cash.ledger, cash.asset, cash.to_account, cash.from_account):
         raise Rejected(Code.INVALID_FIELD, "reverse.legs", f"the reverse repays {cash.asset} on {cash.ledger} "
                        f"from {cash.to_account} to {cash.from_account}")
     if repaid.amount < cash.amount:
-        raise Rejected(Code.INVALID_FIELD, "reverse.legs", f"the reverse repays {repaid.amount}, less than the {cash.amount} lent")
+        raise Rejected(Code.INVALID_FIELD, "reverse.legs", f"the reverse repays {format_amount(repaid.asset, repaid.amount)}, less than the "
+                       f"{format_amount(cash.asset, cash.amount)} lent")
     if reverse.not_before_ms <= start.deadline_ms:
         raise Rejected(Code.INVALID_FIELD, "reverse.not_before_ms",
                        f"the term must come after the start's deadline {start.deadline_ms}")

@@ -161,7 +161,8 @@ def test_the_history_audits_clean_with_every_settlement_accounted_for(files, his
     assert ledgers["cbdc-multi"].outstanding == {"CHF": 0, "USD": 10**12}
     assert ledgers["unified"].outstanding == {BOND: 1_000_000, "EUR": 10**12, "USD": 10**12}
     lines = report.text().splitlines()
-    assert lines[1].startswith("cbdc-eur: ") and "outstanding EUR 10000000000.00" in lines[1]
+    assert lines[1].startswith("cbdc-eur: ") and "outstanding EUR 10,000,000,000.00" in lines[1]
+    assert lines[0].startswith("csd: ") and lines[0].endswith(f"outstanding {BOND} 1,000,000 units")
     assert lines[-1].startswith("CLEAN: 4 ledgers") and lines[-1].endswith("0 violations")
 
 
@@ -264,7 +265,7 @@ def test_a_lock_its_ledger_never_refunded_is_overdue(files, history):
     assert audit_files(files, history).clean   # within the default grace of a minute
     violation = only(audit_files(files, history, grace_ms=500), Kind.LOCK_OVERDUE)
     assert violation.settlement == EXPIRED and violation.entries == (At("csd", seq_of(entries, "lock", id=leg), "lock"),)
-    assert violation.reason.startswith(f"lock {leg} (100 {BOND} of a-sec) still held")
+    assert violation.reason.startswith(f"lock {leg} ({BOND} 100 units of a-sec) still held")
 
 
 # -- a settlement made one-legged for real -------------------------------------------------------

@@ -177,7 +177,8 @@ async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_
         reply = await desk.send(desk.instruction(buyer))
         assert [i["status"] for i in reply.items] == ["unmatched"]
         assert "DMON" in element_text(reply.items[0]["document"], "Cd")
-        assert any("98500" in text or "99000" in text for text in element_text(reply.items[0]["document"], "AddtlRsnInf"))
+        assert any("gives EUR 985.00" in text and "takes EUR 990.00" in text or "gives EUR 990.00" in text
+                   and "takes EUR 985.00" in text for text in element_text(reply.items[0]["document"], "AddtlRsnInf"))
 
         await trio.sleep(6)                          # the settlement date passes
         for party in ("bank-a", "bank-b"):

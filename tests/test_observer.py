@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from engine.audit import At, Kind, audit, read_over_bus
-from engine.local import Local, dvp_legs, standard_world
+from engine.local import BOND, Local, dvp_legs, standard_world
 from engine.observer import ALERTS_TOPIC, Observer, alert_event
 from protocols import canonical
 from protocols.bus import entries_topic
@@ -293,7 +293,7 @@ async def test_a_lock_whose_ledger_is_down_past_expiry_and_grace_is_alerted_once
     violation = observer.alerts[0]
     assert violation.kind is Kind.LOCK_OVERDUE and violation.settlement == settlement_id
     assert violation.ledgers == ("csd",) and violation.entries == (at(csd, "lock", id=lock_id(settlement_id, 1)),)
-    assert violation.reason.startswith(f"lock {lock_id(settlement_id, 1)} (100 ")
+    assert violation.reason.startswith(f"lock {lock_id(settlement_id, 1)} ({BOND} 100 units ")
     assert "of a-sec) still held" in violation.reason
 
 

@@ -199,7 +199,7 @@ async def test_a_badly_linked_repo_is_refused(tmp_path, autojump_clock):
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
         await desk.start_coordinator()
-        for repo_id, legs, reason in (("r-fewer", fewer, "returns 100"), ("r-cheaper", cheaper, "less than")):
+        for repo_id, legs, reason in (("r-fewer", fewer, f"returns {BOND} 100 units"), ("r-cheaper", cheaper, "less than")):
             raw, _ = desk.repo(repo_id, reverse_legs=legs)
             refused = await desk.send(raw)
             assert (refused.state, refused.reason_code) == ("rejected", "invalid_field") and reason in refused.reason

@@ -77,6 +77,9 @@ async def test_two_back_offices_submit_sese023_and_get_sese025_and_a_camt053(tmp
         assert statement.returncode == 0, statement.stderr
         assert local_names(tmp_path / "a-eur.xml", "Amt")[-1] == "41000.00"
         assert "CRDT" in local_names(tmp_path / "a-eur.xml", "CdtDbtInd")
+        said = statement.stdout.strip()
+        assert said.startswith(f"{tmp_path / 'a-eur.xml'}: camt.053 of a-eur on cbdc-eur") and \
+            "opening EUR 0.00" in said and "credits EUR 41,000.00" in said and said.endswith("closing EUR 41,000.00"), said
     finally:
         for process in ledgers + [coordinator]:
             process.stop()
@@ -114,8 +117,10 @@ async def test_an_issuer_pays_a_coupon_through_the_coordinator_process(tmp_path,
             while "DONE" not in (status := lockstep("corporate-action", *common, "--query")).stdout:
                 await trio.sleep(0.5)
         lines = status.stdout.splitlines()
-        assert any("a-sec" in line and "1500000 paid" in line for line in lines), status.stdout
-        assert any("b-sec" in line and "1000000 paid" in line for line in lines), status.stdout
+        assert any("a-sec" in line and f"{isin} 300 units" in line and "EUR 15,000.00 paid" in line
+                   for line in lines), status.stdout
+        assert any("b-sec" in line and f"{isin} 200 units" in line and "EUR 10,000.00 paid" in line
+                   for line in lines), status.stdout
         async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
             local = Local(world, bus, nursery)
             after = {account: await local.balances("cbdc-eur", account) for account in ("a-eur", "b-eur", "t-eur")}
