@@ -35,7 +35,7 @@ import trio
 from protocols.bus import service_of_ledger
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
-from protocols.messages import SettlementLeg, SettlementStatus
+from protocols.messages import QueryLocks, SettlementLeg, SettlementStatus
 from protocols.htlc import LockState
 from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed
@@ -229,7 +229,9 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
         with trio.fail_after(SETTLE_WAIT_S):
             while state["coordinator"].in_flight:
                 await trio.sleep(0.1)
-        await trio.sleep(CHAOS_TIMING.total_ms() / 1000)  # abandoned locks expire; their ledgers refund them
+        with trio.move_on_after(CHAOS_TIMING.total_ms() / 1000):   # abandoned locks expire; their ledgers refund them
+            while await _locks_held(local):
+                await trio.sleep(0.1)
         await judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer, skews)
         nursery.cancel_scope.cancel()
     return outcome
@@ -246,6 +248,16 @@ async def judge(outcome: Outcome, journals: list[LedgerJournal], observer: Obser
         while missed := not_alerted(one_legged, observer):
             await trio.sleep(0.1)
     outcome.unalerted = sorted(missed)
+
+
+async def _locks_held(local: Local) -> bool:
+    """Whether any ledger still holds a lock: until none does, an audit could miss a
+    one-legged settlement that an expiry has yet to make."""
+    for spec in LEDGERS:
+        client = local.client(spec.ledger_id)
+        if await client.query(QueryLocks(client.next_query_id(), spec.ledger_id, 2**62, 1)):
+            return True
+    return False
 
 
 def _claims_second_leg(payload: bytes) -> bool:
