@@ -50,8 +50,10 @@ def pytest_terminal_summary(terminalreporter, config):
     seed = config.getoption("hypothesis_seed")
     profile = settings.get_current_profile_name()
     replay = f"CI=true python3 -m pytest --hypothesis-seed={seed}" if profile == "ci" else None
-    terminalreporter.write_line(f"hypothesis profile {profile!r}, seed {seed or 'random per test'}"
-                                + (f"; replay this run: {replay}" if replay else ""))
+    terminalreporter.write_line(
+        f"hypothesis profile {profile!r}, seed {seed or 'random per test'}"
+        + (f"; replay this run: {replay}" if replay else "")
+    )
 
 
 @pytest.fixture(scope="session")

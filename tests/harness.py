@@ -57,8 +57,7 @@ class Harness:
 
     def open(self) -> None:
         self.store = Store(self.config.database)
-        self.ledger = Ledger(self.config, self.world.registry, self.world.keys[self.ledger_id],
-                             self.store, self.now_ms)
+        self.ledger = Ledger(self.config, self.world.registry, self.world.keys[self.ledger_id], self.store, self.now_ms)
 
     def close(self) -> None:
         self.store.close()
@@ -103,4 +102,5 @@ class Harness:
 def harness(world: World):
     def make(ledger_id: str, now_ms: int = T0) -> Harness:
         return Harness(world, ledger_id, now_ms)
+
     return make

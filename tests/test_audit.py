@@ -11,9 +11,9 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import pytest
@@ -23,11 +23,11 @@ import trio.testing
 from engine.audit import At, Kind, LegView, Report, Terms, audit, judge, main, read_database, read_over_bus
 from engine.local import BOND, Local, dvp_legs, standard_world
 from protocols import canonical
-from protocols.failures import ExpectedFailure
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
 from protocols.errors import Rejected
+from protocols.failures import ExpectedFailure
 from protocols.journal import entry_hash, make_entry
 from protocols.messages import Entry, QueryLock, SettlementLeg
 from protocols.registry import Registry
@@ -36,16 +36,22 @@ from protocols.signing import PrivateKey, decode_signed, from_wire
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 LEDGERS = ("csd", "cbdc-eur", "cbdc-multi", "unified")
-PARTIES = ("bank-b", "bank-a")   # bank-b pays leg 0, bank-a pays leg 1
+PARTIES = ("bank-b", "bank-a")  # bank-b pays leg 0, bank-a pays leg 1
 CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
-CROSS_PVP = (SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 50_000),
-             SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 54_000))
+CROSS_PVP = (
+    SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 50_000),
+    SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 54_000),
+)
 SAME_DVP = dvp_legs("unified", "a", "b", 100, "unified", "EUR", "b", "a", 99_000)
 SAME_PVP = (SettlementLeg("unified", "b", "a", "EUR", 50_000), SettlementLeg("unified", "a", "b", "USD", 54_000))
-REFUSED = (attrs.evolve(CROSS_DVP[0], amount=10**15), CROSS_DVP[1])   # bank-b has not that much EUR
-SETTLED = [("dvp-cross", "dvp", CROSS_DVP), ("pvp-cross", "pvp", CROSS_PVP),
-           ("dvp-same", "dvp", SAME_DVP), ("pvp-same", "pvp", SAME_PVP)]
-EXPIRED = "dvp-expired"   # its coordinator was down until both locks expired
+REFUSED = (attrs.evolve(CROSS_DVP[0], amount=10**15), CROSS_DVP[1])  # bank-b has not that much EUR
+SETTLED = [
+    ("dvp-cross", "dvp", CROSS_DVP),
+    ("pvp-cross", "pvp", CROSS_PVP),
+    ("dvp-same", "dvp", SAME_DVP),
+    ("pvp-same", "pvp", SAME_PVP),
+]
+EXPIRED = "dvp-expired"  # its coordinator was down until both locks expired
 
 
 @pytest.fixture
@@ -54,6 +60,7 @@ def autojump_clock():
 
 
 # -- the history, made once, copied for each test ------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory) -> Path:
@@ -112,8 +119,12 @@ def journal(db_path: Path) -> list[dict]:
 
 def seq_of(entries: list[dict], kind: str, **fields) -> int:
     """The seq of the one entry of this kind whose instruction has these fields."""
-    found = [entry["seq"] for entry in entries if entry["kind"] == kind
-             and all((entry["instruction"] or {}).get(name) == value for name, value in fields.items())]
+    found = [
+        entry["seq"]
+        for entry in entries
+        if entry["kind"] == kind
+        and all((entry["instruction"] or {}).get(name) == value for name, value in fields.items())
+    ]
     assert len(found) == 1, (kind, fields, found)
     return found[0]
 
@@ -123,7 +134,9 @@ def store(db_path: Path, seq: int, stored_hash: str | None, value: dict) -> None
         if stored_hash is None:
             db.execute("UPDATE journal SET entry = ? WHERE seq = ?", (canonical.encode(value), seq))
         else:
-            db.execute("UPDATE journal SET hash = ?, entry = ? WHERE seq = ?", (stored_hash, canonical.encode(value), seq))
+            db.execute(
+                "UPDATE journal SET hash = ?, entry = ? WHERE seq = ?", (stored_hash, canonical.encode(value), seq)
+            )
 
 
 def rewrite(db_path: Path, seq: int, change: Callable[[dict], None], key: PrivateKey) -> None:
@@ -134,8 +147,16 @@ def rewrite(db_path: Path, seq: int, change: Callable[[dict], None], key: Privat
     for entry in entries[seq:]:
         if entry["seq"] == seq:
             change(entry)
-        signed, prev_hash = make_entry(key, entry["ledger"], entry["seq"], prev_hash, entry["time_ms"],
-                                       entry["kind"], entry["instruction"], entry["effects"])
+        signed, prev_hash = make_entry(
+            key,
+            entry["ledger"],
+            entry["seq"],
+            prev_hash,
+            entry["time_ms"],
+            entry["kind"],
+            entry["instruction"],
+            entry["effects"],
+        )
         store(db_path, entry["seq"], prev_hash, signed.wire())
 
 
@@ -146,10 +167,11 @@ def only(report: Report, kind: Kind):
 
 # -- a clean history ---------------------------------------------------------------------------
 
+
 def test_the_history_audits_clean_with_every_settlement_accounted_for(files, history):
     report = audit_files(files, history)
     assert report.clean, report.text()
-    assert report.settlements == {"settled": 2, "rolled back": 2}   # dvp-expired and dvp-refused
+    assert report.settlements == {"settled": 2, "rolled back": 2}  # dvp-expired and dvp-refused
     assert report.settles == 2 and report.incomplete == ()
     ledgers = {summary.ledger: summary for summary in report.ledgers}
     for ledger in LEDGERS:
@@ -167,6 +189,7 @@ def test_the_history_audits_clean_with_every_settlement_accounted_for(files, his
 
 
 # -- corruptions made on purpose ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("stored_hash", ["kept", "recomputed"])
 def test_an_edited_amount_breaks_the_chain_at_that_entry(files, history, stored_hash):
@@ -194,9 +217,11 @@ def test_a_deleted_entry_is_named_as_missing_and_nothing_after_it_is_judged(file
         db.execute("DELETE FROM journal WHERE seq = ?", (seq,))
     report = audit_files(files, history)
     violation = only(report, Kind.JOURNAL)
-    assert violation.entries == (At("csd", seq),) and f"is missing: the next stored entry is {seq + 1}" in violation.reason
+    assert (
+        violation.entries == (At("csd", seq),) and f"is missing: the next stored entry is {seq + 1}" in violation.reason
+    )
     assert report.ledgers[0].broken_at == seq and report.ledgers[0].entries == seq
-    assert report.settlements["unchecked"] >= 1   # dvp-cross's leg 1 lies past the break: not guessed
+    assert report.settlements["unchecked"] >= 1  # dvp-cross's leg 1 lies past the break: not guessed
 
 
 @pytest.mark.parametrize("forgery", ["signature bytes replaced", "history signed again with another key"])
@@ -220,7 +245,7 @@ def test_a_ledger_that_signs_an_edited_amount_itself_is_caught_by_conservation_a
     seq = seq_of(journal(path), "claim", lock_id=lock_id("dvp-cross", 0))
 
     def pay_twice(entry: dict) -> None:
-        entry["effects"]["balances"][-1][2] *= 2   # the beneficiary's credit
+        entry["effects"]["balances"][-1][2] *= 2  # the beneficiary's credit
 
     rewrite(path, seq, pay_twice, PrivateKey.load(history / "keys" / "cbdc-eur.pem"))
     report = audit_files(files, history)
@@ -258,25 +283,37 @@ def test_a_lock_its_ledger_never_refunded_is_overdue(files, history):
         entry["effects"] = {}
 
     rewrite(path, refund[0], no_refund, PrivateKey.load(history / "keys" / "csd.pem"))
-    with closing(sqlite3.connect(path)) as db, db:   # and the tables to match, as that ledger would have them
+    with closing(sqlite3.connect(path)) as db, db:  # and the tables to match, as that ledger would have them
         db.execute("UPDATE locks SET state = 'held' WHERE lock_id = ?", (leg,))
-        db.execute("UPDATE balances SET available = available - 100, locked = locked + 100 "
-                   "WHERE account = 'a-sec' AND asset = ?", (BOND,))
-    assert audit_files(files, history).clean   # within the default grace of a minute
+        db.execute(
+            "UPDATE balances SET available = available - 100, locked = locked + 100 "
+            "WHERE account = 'a-sec' AND asset = ?",
+            (BOND,),
+        )
+    assert audit_files(files, history).clean  # within the default grace of a minute
     violation = only(audit_files(files, history, grace_ms=500), Kind.LOCK_OVERDUE)
-    assert violation.settlement == EXPIRED and violation.entries == (At("csd", seq_of(entries, "lock", id=leg), "lock"),)
+    assert violation.settlement == EXPIRED and violation.entries == (
+        At("csd", seq_of(entries, "lock", id=leg), "lock"),
+    )
     assert violation.reason.startswith(f"lock {leg} ({BOND} 100 units of a-sec) still held")
 
 
 # -- a settlement made one-legged for real -------------------------------------------------------
 
-async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_and_in_the_files(tmp_path, autojump_clock):
+
+async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_and_in_the_files(
+    tmp_path, autojump_clock
+):
     """Every claim of leg 1 (csd) is lost until csd refunds it at its expiry: bank-a was
     paid EUR and kept its bonds. While leg 1 is still claimable the audit calls the
     settlement incomplete; after, a violation naming it, both ledgers and their entries."""
     bus = MemoryBus()
-    claims_lost = FaultyBus(bus, Faults(drop_request=1.0), seed=1,
-                            applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload)
+    claims_lost = FaultyBus(
+        bus,
+        Faults(drop_request=1.0),
+        seed=1,
+        applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload,
+    )
     ledgers = ("cbdc-eur", "csd")
     async with trio.open_nursery() as nursery:
         local = Local(standard_world(tmp_path), bus, nursery)
@@ -300,11 +337,13 @@ async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_a
         registry = local.world.registry
         halfway = audit(await read_over_bus(bus, registry, ledgers, page_limit=2))
         assert halfway.clean and halfway.settlements == {"incomplete": 1}, halfway.text()
-        assert halfway.incomplete == (f"settlement {settlement_id}: leg 0 claimed on cbdc-eur, leg 1 held on csd, still claimable",)
+        assert halfway.incomplete == (
+            f"settlement {settlement_id}: leg 0 claimed on cbdc-eur, leg 1 held on csd, still claimable",
+        )
         with trio.fail_after(60):
             while not records:
                 await trio.sleep(0.1)
-        assert records[0].phase is Phase.ONE_LEGGED   # what the coordinator itself concluded
+        assert records[0].phase is Phase.ONE_LEGGED  # what the coordinator itself concluded
         over_bus = audit(await read_over_bus(bus, registry, ledgers))
         stop(local, scope)
 
@@ -312,11 +351,17 @@ async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_a
     assert violation.settlement == settlement_id and violation.ledgers == ledgers
     assert violation.reason == "leg 0 claimed on cbdc-eur, leg 1 refunded to its owner on csd"
     eur, csd = journal(tmp_path / "cbdc-eur.db"), journal(tmp_path / "csd.db")
-    refund = [e["seq"] for e in csd if e["kind"] == "expire" and e["effects"]["locks"] == [[lock_id(settlement_id, 1), "refunded"]]]
-    assert violation.entries == (At("cbdc-eur", seq_of(eur, "lock", id=lock_id(settlement_id, 0)), "lock"),
-                                 At("cbdc-eur", seq_of(eur, "claim", lock_id=lock_id(settlement_id, 0)), "claim"),
-                                 At("csd", seq_of(csd, "lock", id=lock_id(settlement_id, 1)), "lock"),
-                                 At("csd", refund[0], "expire"))
+    refund = [
+        e["seq"]
+        for e in csd
+        if e["kind"] == "expire" and e["effects"]["locks"] == [[lock_id(settlement_id, 1), "refunded"]]
+    ]
+    assert violation.entries == (
+        At("cbdc-eur", seq_of(eur, "lock", id=lock_id(settlement_id, 0)), "lock"),
+        At("cbdc-eur", seq_of(eur, "claim", lock_id=lock_id(settlement_id, 0)), "claim"),
+        At("csd", seq_of(csd, "lock", id=lock_id(settlement_id, 1)), "lock"),
+        At("csd", refund[0], "expire"),
+    )
     from_files = audit([read_database(tmp_path / f"{ledger}.db", local.world.registry) for ledger in ledgers])
     assert from_files.violations == over_bus.violations and from_files.ledgers == over_bus.ledgers
 
@@ -326,7 +371,7 @@ async def lock_state(local: Local, ledger: str, lock: str) -> str | None:
     try:
         return (await client.query(QueryLock(client.next_query_id(), ledger, lock)))["state"]
     except Rejected:
-        return None   # not placed yet
+        return None  # not placed yet
 
 
 # -- the rules of judgement, as a table -----------------------------------------------------------
@@ -334,18 +379,21 @@ async def lock_state(local: Local, ledger: str, lock: str) -> str | None:
 TERMS = Terms("s", ("A", "B"), deadline_ms=10_000)
 
 
-@pytest.mark.parametrize("leg0, leg1, outcome, violation", [
-    (("claimed", False), ("claimed", False), "settled", False),
-    (("refunded", False), ("aborted", False), "rolled back", False),
-    (("absent", False), ("aborted", False), "rolled back", False),
-    (("held", True), ("refunded", False), "in progress", False),
-    (("claimed", False), ("held", True), "incomplete", False),
-    (("claimed", False), ("absent", True), "incomplete", False),
-    (("claimed", False), ("held", False), "one-legged", True),      # past its expiry: refused if claimed
-    (("claimed", False), ("absent", False), "one-legged", True),    # past the deadline: can never be locked
-    (("refunded", False), ("claimed", False), "one-legged", True),
-    (("claimed", False), ("unknown", False), "unchecked", False),
-])
+@pytest.mark.parametrize(
+    "leg0, leg1, outcome, violation",
+    [
+        (("claimed", False), ("claimed", False), "settled", False),
+        (("refunded", False), ("aborted", False), "rolled back", False),
+        (("absent", False), ("aborted", False), "rolled back", False),
+        (("held", True), ("refunded", False), "in progress", False),
+        (("claimed", False), ("held", True), "incomplete", False),
+        (("claimed", False), ("absent", True), "incomplete", False),
+        (("claimed", False), ("held", False), "one-legged", True),  # past its expiry: refused if claimed
+        (("claimed", False), ("absent", False), "one-legged", True),  # past the deadline: can never be locked
+        (("refunded", False), ("claimed", False), "one-legged", True),
+        (("claimed", False), ("unknown", False), "unchecked", False),
+    ],
+)
 def test_a_settlement_is_one_legged_only_when_its_other_leg_can_no_longer_be_claimed(leg0, leg1, outcome, violation):
     found, finding = judge(TERMS, [LegView("A", *leg0), LegView("B", *leg1)])
     assert found == outcome
@@ -354,9 +402,15 @@ def test_a_settlement_is_one_legged_only_when_its_other_leg_can_no_longer_be_cla
 
 # -- the command --------------------------------------------------------------------------------
 
+
 def lockstep_audit(registry_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "audit", "--registry",
-                           str(registry_dir / "registry.toml"), *args], check=False, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "audit", "--registry", str(registry_dir / "registry.toml"), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_command_exits_0_when_clean_and_1_on_a_violation(files, history):
@@ -373,20 +427,25 @@ def test_the_command_exits_0_when_clean_and_1_on_a_violation(files, history):
     violated = lockstep_audit(history, *databases)
     assert violated.returncode == 1, violated.stdout + violated.stderr
     assert "VIOLATION journal on cbdc-eur: journal entry 2 ledger signature does not verify" in violated.stdout
-    assert violated.stdout.splitlines()[-1].startswith("VIOLATIONS") and violated.stdout.rstrip().endswith("1 violation")
-
+    assert violated.stdout.splitlines()[-1].startswith("VIOLATIONS") and violated.stdout.rstrip().endswith(
+        "1 violation"
+    )
 
 
 def test_the_command_refuses_naming_what_it_cannot_read(files, history):
     """Each an expected failure, which the command prints in one line with exit status 2
     (tests/test_cli.py runs the command itself)."""
     registry = str(history / "registry.toml")
-    cases = [((registry, [str(files / "nowhere.db")], None, []), f"database {files / 'nowhere.db'}: no such file"),
-             ((registry, [str(files / "csd.db")] * 2, None, []), "ledger csd: given more than once"),
-             ((str(files / "nowhere.toml"), [str(files / "csd.db")], None, []),
-              f"registry {files / 'nowhere.toml'}: no such file"),
-             ((registry, None, "mqtt://127.0.0.1:1", []), "--broker with --ledger"),
-             ((registry, None, "mqtt://127.0.0.1:1", ["csd"]), "MQTT broker 127.0.0.1:1: cannot reach it")]
+    cases = [
+        ((registry, [str(files / "nowhere.db")], None, []), f"database {files / 'nowhere.db'}: no such file"),
+        ((registry, [str(files / "csd.db")] * 2, None, []), "ledger csd: given more than once"),
+        (
+            (str(files / "nowhere.toml"), [str(files / "csd.db")], None, []),
+            f"registry {files / 'nowhere.toml'}: no such file",
+        ),
+        ((registry, None, "mqtt://127.0.0.1:1", []), "--broker with --ledger"),
+        ((registry, None, "mqtt://127.0.0.1:1", ["csd"]), "MQTT broker 127.0.0.1:1: cannot reach it"),
+    ]
     for args, needle in cases:
         with pytest.raises(ExpectedFailure) as failure:
             main(*args)
@@ -401,9 +460,24 @@ async def test_the_command_reads_the_journals_of_running_ledgers_over_mqtt(tmp_p
             await local.start_ledger(ledger)
         await local.fund_standard(ledgers=ledgers)
         result = await trio.run_process(
-            [sys.executable, "-m", "engine.cli", "audit", "--registry", str(tmp_path / "registry.toml"),
-             "--broker", broker.url, "--ledger", "csd", "--ledger", "cbdc-eur"],
-            capture_stdout=True, capture_stderr=True, check=False)
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "audit",
+                "--registry",
+                str(tmp_path / "registry.toml"),
+                "--broker",
+                broker.url,
+                "--ledger",
+                "csd",
+                "--ledger",
+                "cbdc-eur",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
         nursery.cancel_scope.cancel()
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()

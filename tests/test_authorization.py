@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import copy
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import attrs
 import pytest
@@ -32,8 +33,23 @@ from engine.world import World, lay_out
 from protocols.canonical import encode
 from protocols.errors import Code
 from protocols.identifiers import make_isin
-from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Leg, Lock, OpenAccount, Redeem,
-                                Refund, RotateKey, Settle, Settlement, SettlementLeg, Transfer, to_body)
+from protocols.messages import (
+    Abort,
+    Claim,
+    CreateInstrument,
+    Issue,
+    Leg,
+    Lock,
+    OpenAccount,
+    Redeem,
+    Refund,
+    RotateKey,
+    Settle,
+    Settlement,
+    SettlementLeg,
+    Transfer,
+    to_body,
+)
 from protocols.registry import Role
 from protocols.signing import DOMAIN, PrivateKey, Signed, decode_signed, public_point, sign
 from tests.harness import BOND, LEDGERS, PARTIES, T0, Harness
@@ -42,7 +58,7 @@ from tests.test_instructions import HASHLOCK, MINUTE_MS, SECRET, applied, receip
 from tests.test_restart import edit, refusal
 
 OTHER_BOND = make_isin("XS000000002")
-MALLORY = "mallory"            # signs with a key that no registry holds
+MALLORY = "mallory"  # signs with a key that no registry holds
 EXTRA_PARTIES = {"bank-c": (Role.PARTICIPANT,), "coord-2": (Role.COORDINATOR,)}
 DEADLINE = T0 + 10 * MINUTE_MS
 NOT_AUTHORISED_SIGS = (Code.NOT_AUTHORISED, "sigs")
@@ -61,6 +77,7 @@ def world(tmp_path: Path) -> World:
 
 # -- state, and what changed ------------------------------------------------------------------
 
+
 class State(NamedTuple):
     balances: dict
     locks: list
@@ -73,8 +90,15 @@ class State(NamedTuple):
 
 def state(h: Harness) -> State:
     """Everything an instruction may change, as the store holds it, and the journal head."""
-    return State(h.store.all_balances(), h.store.all_locks(), h.store.assets(), h.store.all_accounts(),
-                 h.store.all_keys(), h.ledger.seq, h.ledger.prev_hash)
+    return State(
+        h.store.all_balances(),
+        h.store.all_locks(),
+        h.store.assets(),
+        h.store.all_accounts(),
+        h.store.all_keys(),
+        h.ledger.seq,
+        h.ledger.prev_hash,
+    )
 
 
 def deltas(before: State, after: State) -> dict[tuple[str, str], tuple[int, int]]:
@@ -93,8 +117,7 @@ NOT_RECORDED = {Code.NOT_AUTHORISED, Code.MISSING_SIGNATURE, Code.STALE, Code.BA
 def is_recorded(code: Code, field: str) -> bool:
     """PROTOCOL.md §12: refusals for want of authentication or authority, stale ones and
     anything about the settlement in `auth` are answered and forgotten."""
-    return not (code in NOT_RECORDED or (code is Code.UNKNOWN_SIGNER and field == "sigs")
-                or field.startswith("auth."))
+    return not (code in NOT_RECORDED or (code is Code.UNKNOWN_SIGNER and field == "sigs") or field.startswith("auth."))
 
 
 def refused_unchanged(h: Harness, signed: Signed, code: Code, field: str):
@@ -124,8 +147,18 @@ def populate(h: Harness) -> Harness:
     own acc-ecb, 5 000 USD in acc-b."""
     for account, owner in ACCOUNTS.items():
         applied(h.send(OpenAccount, "csd-op", account=account, owner=owner))
-    applied(h.send(CreateInstrument, "csd-op", isin=BOND, issuer="bank-a", currency="EUR",
-                   face_value_minor=100_000, coupon_rate_bp=250, maturity_date="2030-06-15"))
+    applied(
+        h.send(
+            CreateInstrument,
+            "csd-op",
+            isin=BOND,
+            issuer="bank-a",
+            currency="EUR",
+            face_value_minor=100_000,
+            coupon_rate_bp=250,
+            maturity_date="2030-06-15",
+        )
+    )
     applied(h.send(Issue, "csd-op", asset=BOND, account="acc-a", amount=1_000))
     applied(h.send(Transfer, "bank-a", from_account="acc-a", to_account="acc-b", asset=BOND, amount=400))
     applied(h.send(Issue, "ecb", asset="EUR", account="acc-a", amount=10_000))
@@ -139,23 +172,48 @@ def unified(harness) -> Harness:
     return populate(harness("unified"))
 
 
-def place_lock(h: Harness, lock_id: str, *, abort_by=("coordinator",), expiry_ms: int = T0 + MINUTE_MS,
-               amount: int = 1_000) -> str:
-    applied(h.send(Lock, "bank-a", id=lock_id, owner_account="acc-a", beneficiary_account="acc-b", asset="EUR",
-                   amount=amount, hashlock=HASHLOCK, expiry_ms=expiry_ms, abort_by=tuple(abort_by)))
+def place_lock(
+    h: Harness, lock_id: str, *, abort_by=("coordinator",), expiry_ms: int = T0 + MINUTE_MS, amount: int = 1_000
+) -> str:
+    applied(
+        h.send(
+            Lock,
+            "bank-a",
+            id=lock_id,
+            owner_account="acc-a",
+            beneficiary_account="acc-b",
+            asset="EUR",
+            amount=amount,
+            hashlock=HASHLOCK,
+            expiry_ms=expiry_ms,
+            abort_by=tuple(abort_by),
+        )
+    )
     return lock_id
 
 
 # -- settlements ---------------------------------------------------------------------------------
 
-CROSS = (SettlementLeg("unified", "acc-a", "acc-b", "EUR", 1_000),     # leg 0 here: bank-a pays bank-b
-         SettlementLeg("csd", "acc-b", "acc-a", BOND, 10))             # leg 1 on another ledger
-SAME = (SettlementLeg("unified", "acc-a", "acc-b", "EUR", 1_000),      # both legs here: same-ledger DvP
-        SettlementLeg("unified", "acc-b", "acc-a", BOND, 10))
+CROSS = (
+    SettlementLeg("unified", "acc-a", "acc-b", "EUR", 1_000),  # leg 0 here: bank-a pays bank-b
+    SettlementLeg("csd", "acc-b", "acc-a", BOND, 10),
+)  # leg 1 on another ledger
+SAME = (
+    SettlementLeg("unified", "acc-a", "acc-b", "EUR", 1_000),  # both legs here: same-ledger DvP
+    SettlementLeg("unified", "acc-b", "acc-a", BOND, 10),
+)
 
 
-def settlement(h: Harness, legs=CROSS, *, settlement_id: str = "dvp-1", coordinator: str = "coordinator",
-               deadline_ms: int = DEADLINE, parties=("bank-a", "bank-b"), signers=None) -> dict:
+def settlement(
+    h: Harness,
+    legs=CROSS,
+    *,
+    settlement_id: str = "dvp-1",
+    coordinator: str = "coordinator",
+    deadline_ms: int = DEADLINE,
+    parties=("bank-a", "bank-b"),
+    signers=None,
+) -> dict:
     """The counterparties' signed settlement, as a coordinator carries it in `auth`."""
     msg = Settlement(settlement_id, "dvp", T0, coordinator, deadline_ms, tuple(parties), tuple(legs))
     return sign(msg, *((party, h.world.keys[party]) for party in (signers or parties))).wire()
@@ -163,18 +221,28 @@ def settlement(h: Harness, legs=CROSS, *, settlement_id: str = "dvp-1", coordina
 
 def coordinator_lock(h: Harness, auth: dict | None = None, signers=("coordinator",), **changes) -> Signed:
     """The coordinator's lock of leg 0 of `auth` (by default dvp-1 across unified and csd)."""
-    fields = dict(id="dvp-1:0", owner_account="acc-a", beneficiary_account="acc-b", asset="EUR", amount=1_000,
-                  hashlock=HASHLOCK, expiry_ms=T0 + MINUTE_MS, abort_by=("coordinator",),
-                  auth=settlement(h) if auth is None else auth)
+    fields = dict(
+        id="dvp-1:0",
+        owner_account="acc-a",
+        beneficiary_account="acc-b",
+        asset="EUR",
+        amount=1_000,
+        hashlock=HASHLOCK,
+        expiry_ms=T0 + MINUTE_MS,
+        abort_by=("coordinator",),
+        auth=settlement(h) if auth is None else auth,
+    )
     fields.update(changes)
     return h.make(Lock, *signers, **fields)
 
 
-def coordinator_settle(h: Harness, auth: dict | None = None, signers=("coordinator",), legs=None,
-                       **changes) -> Signed:
+def coordinator_settle(h: Harness, auth: dict | None = None, signers=("coordinator",), legs=None, **changes) -> Signed:
     """The coordinator's settle of the same-ledger DvP `dvp-2` (both legs on unified)."""
-    fields = dict(id="dvp-2:settle", legs=tuple(leg.as_leg() for leg in SAME) if legs is None else tuple(legs),
-                  auth=settlement(h, SAME, settlement_id="dvp-2") if auth is None else auth)
+    fields = dict(
+        id="dvp-2:settle",
+        legs=tuple(leg.as_leg() for leg in SAME) if legs is None else tuple(legs),
+        auth=settlement(h, SAME, settlement_id="dvp-2") if auth is None else auth,
+    )
     fields.update(changes)
     return h.make(Settle, *signers, **fields)
 
@@ -182,17 +250,17 @@ def coordinator_settle(h: Harness, auth: dict | None = None, signers=("coordinat
 # == 1. The matrix: every instruction type x every kind of signer, on the unified ledger =========
 
 SIGNERS: dict[str, tuple[str, ...]] = {
-    "owner": ("bank-a",),                  # owns acc-a, the account each instruction takes from
-    "counterparty": ("bank-b",),           # owns acc-b, the account paid (a lock's beneficiary)
-    "participant": ("bank-c",),            # a participant with no part in it
-    "central_bank": ("ecb",),              # issues EUR
-    "other_central_bank": ("fed",),        # issues USD, not EUR
-    "operator": ("csd-op",),               # the ledger's operator (the depository)
-    "coordinator": ("coordinator",),       # named in the settlement / in the lock's abort_by
-    "other_coordinator": ("coord-2",),     # a coordinator named nowhere
-    "ledger": ("unified",),                # the ledger's own key
+    "owner": ("bank-a",),  # owns acc-a, the account each instruction takes from
+    "counterparty": ("bank-b",),  # owns acc-b, the account paid (a lock's beneficiary)
+    "participant": ("bank-c",),  # a participant with no part in it
+    "central_bank": ("ecb",),  # issues EUR
+    "other_central_bank": ("fed",),  # issues USD, not EUR
+    "operator": ("csd-op",),  # the ledger's operator (the depository)
+    "coordinator": ("coordinator",),  # named in the settlement / in the lock's abort_by
+    "other_coordinator": ("coord-2",),  # a coordinator named nowhere
+    "ledger": ("unified",),  # the ledger's own key
     "both_parties": ("bank-a", "bank-b"),  # owner and counterparty together
-    "unregistered": (MALLORY,),            # a key no registry holds
+    "unregistered": (MALLORY,),  # a key no registry holds
 }
 
 
@@ -203,8 +271,8 @@ class Row:
 
     setup: Callable
     allowed: frozenset[str]
-    refusal: tuple[Code, str] = NOT_AUTHORISED_SIGS       # every other registered signer
-    overrides: dict = attrs.field(factory=dict)           # signer -> (code, field)
+    refusal: tuple[Code, str] = NOT_AUTHORISED_SIGS  # every other registered signer
+    overrides: dict = attrs.field(factory=dict)  # signer -> (code, field)
 
     def expected(self, signer: str) -> tuple[Code, str] | None:
         if signer in self.allowed:
@@ -222,13 +290,16 @@ def row(name: str, allowed, refusal=NOT_AUTHORISED_SIGS, **overrides):
     def register(setup: Callable) -> Callable:
         ROWS[name] = Row(setup, frozenset(allowed), refusal, overrides)
         return setup
+
     return register
 
 
 def moved(expected: dict):
     """An effect check: exactly these balances changed, by exactly these amounts."""
+
     def effect(h: Harness, before: State, after: State) -> None:
         assert deltas(before, after) == expected
+
     return effect
 
 
@@ -236,6 +307,7 @@ def moved(expected: dict):
 def _(h):
     def effect(h, before, after):
         assert after.accounts == {**before.accounts, "acc-new": "bank-a"} and deltas(before, after) == {}
+
     return lambda signers: h.make(OpenAccount, *signers, account="acc-new", owner="bank-a"), effect
 
 
@@ -244,8 +316,20 @@ def _(h):
     def effect(h, before, after):
         asset = h.store.asset(OTHER_BOND)
         assert (asset.kind, asset.issuer, asset.issued) == ("security", "bank-a", 0) and deltas(before, after) == {}
-    return (lambda signers: h.make(CreateInstrument, *signers, isin=OTHER_BOND, issuer="bank-a", currency="EUR",
-                                   face_value_minor=100_000, coupon_rate_bp=0, maturity_date="2031-01-01"), effect)
+
+    return (
+        lambda signers: h.make(
+            CreateInstrument,
+            *signers,
+            isin=OTHER_BOND,
+            issuer="bank-a",
+            currency="EUR",
+            face_value_minor=100_000,
+            coupon_rate_bp=0,
+            maturity_date="2031-01-01",
+        ),
+        effect,
+    )
 
 
 @row("issue_currency", allowed={"central_bank"})
@@ -253,6 +337,7 @@ def _(h):
     def effect(h, before, after):
         moved({("acc-a", "EUR"): (700, 0)})(h, before, after)
         assert h.store.asset("EUR").issued == 15_700
+
     return lambda signers: h.make(Issue, *signers, asset="EUR", account="acc-a", amount=700), effect
 
 
@@ -261,6 +346,7 @@ def _(h):
     def effect(h, before, after):
         moved({("acc-ecb", "EUR"): (-300, 0)})(h, before, after)
         assert h.store.asset("EUR").redeemed == 300
+
     return lambda signers: h.make(Redeem, *signers, asset="EUR", account="acc-ecb", amount=300), effect
 
 
@@ -274,6 +360,7 @@ def _(h):
     def effect(h, before, after):
         moved({("acc-a", BOND): (250, 0)})(h, before, after)
         assert h.store.asset(BOND).issued == 1_250
+
     return lambda signers: h.make(Issue, *signers, asset=BOND, account="acc-a", amount=250), effect
 
 
@@ -287,6 +374,7 @@ def _(h):
     def effect(h, before, after):
         moved({("acc-a", BOND): (-100, 0)})(h, before, after)
         assert h.store.asset(BOND).redeemed == 100
+
     return lambda signers: h.make(Redeem, *signers, asset=BOND, account="acc-a", amount=100), effect
 
 
@@ -297,16 +385,18 @@ def _(h):
 
 @row("transfer_currency", allowed={"owner", "both_parties"})
 def _(h):
-    return (lambda signers: h.make(Transfer, *signers, from_account="acc-a", to_account="acc-b", asset="EUR",
-                                   amount=2_500),
-            moved({("acc-a", "EUR"): (-2_500, 0), ("acc-b", "EUR"): (2_500, 0)}))
+    return (
+        lambda signers: h.make(Transfer, *signers, from_account="acc-a", to_account="acc-b", asset="EUR", amount=2_500),
+        moved({("acc-a", "EUR"): (-2_500, 0), ("acc-b", "EUR"): (2_500, 0)}),
+    )
 
 
 @row("transfer_instrument", allowed={"owner", "both_parties"})
 def _(h):
-    return (lambda signers: h.make(Transfer, *signers, from_account="acc-a", to_account="acc-b", asset=BOND,
-                                   amount=100),
-            moved({("acc-a", BOND): (-100, 0), ("acc-b", BOND): (100, 0)}))
+    return (
+        lambda signers: h.make(Transfer, *signers, from_account="acc-a", to_account="acc-b", asset=BOND, amount=100),
+        moved({("acc-a", BOND): (-100, 0), ("acc-b", BOND): (100, 0)}),
+    )
 
 
 @row("lock", allowed={"owner", "both_parties"})
@@ -314,9 +404,22 @@ def _(h):
     def effect(h, before, after):
         moved({("acc-a", "EUR"): (-1_000, 1_000)})(h, before, after)
         assert h.store.lock("lock-1").state.value == "held"
-    return (lambda signers: h.make(Lock, *signers, id="lock-1", owner_account="acc-a", beneficiary_account="acc-b",
-                                   asset="EUR", amount=1_000, hashlock=HASHLOCK, expiry_ms=T0 + MINUTE_MS,
-                                   abort_by=("coordinator",)), effect)
+
+    return (
+        lambda signers: h.make(
+            Lock,
+            *signers,
+            id="lock-1",
+            owner_account="acc-a",
+            beneficiary_account="acc-b",
+            asset="EUR",
+            amount=1_000,
+            hashlock=HASHLOCK,
+            expiry_ms=T0 + MINUTE_MS,
+            abort_by=("coordinator",),
+        ),
+        effect,
+    )
 
 
 @row("lock_for_a_settlement", allowed={"coordinator"})
@@ -324,6 +427,7 @@ def _(h):
     def effect(h, before, after):
         moved({("acc-a", "EUR"): (-1_000, 1_000)})(h, before, after)
         assert h.store.lock("dvp-1:0").abort_by == ("coordinator",)
+
     auth = settlement(h)
     return lambda signers: coordinator_lock(h, auth, signers), effect
 
@@ -336,6 +440,7 @@ def _(h):
     def effect(h, before, after):
         moved({("acc-a", "EUR"): (0, -1_000), ("acc-b", "EUR"): (1_000, 0)})(h, before, after)
         assert h.store.lock("lock-1").state.value == "claimed"
+
     return lambda signers: h.make(Claim, *signers, lock_id="lock-1", preimage=SECRET), effect
 
 
@@ -343,6 +448,7 @@ def refunded_to_owner(lock_id: str, state_name: str):
     def effect(h, before, after):
         moved({("acc-a", "EUR"): (1_000, -1_000)})(h, before, after)
         assert h.store.lock(lock_id).state.value == state_name
+
     return effect
 
 
@@ -391,14 +497,17 @@ def _(h):
     return lambda signers: h.make(Abort, *signers, lock_id="lock-1"), None
 
 
-SAME_LEGS_MOVED = {("acc-a", "EUR"): (-1_000, 0), ("acc-b", "EUR"): (1_000, 0),
-                   ("acc-b", BOND): (-10, 0), ("acc-a", BOND): (10, 0)}
+SAME_LEGS_MOVED = {
+    ("acc-a", "EUR"): (-1_000, 0),
+    ("acc-b", "EUR"): (1_000, 0),
+    ("acc-b", BOND): (-10, 0),
+    ("acc-a", BOND): (10, 0),
+}
 
 
 @row("settle", allowed={"both_parties"})
 def _(h):
-    return (lambda signers: h.make(Settle, *signers, legs=tuple(leg.as_leg() for leg in SAME)),
-            moved(SAME_LEGS_MOVED))
+    return (lambda signers: h.make(Settle, *signers, legs=tuple(leg.as_leg() for leg in SAME)), moved(SAME_LEGS_MOVED))
 
 
 @row("settle_for_a_settlement", allowed={"coordinator"})
@@ -414,14 +523,26 @@ def _(h):
     def effect(h, before, after):
         assert after.keys == {"bank-a": new} and deltas(before, after) == {}
         assert public_point(h.ledger.registry.get("bank-a").public_key) == new
+
     return lambda signers: h.make(RotateKey, *signers, party="bank-a", public_key=new), effect
 
 
 def test_the_matrix_has_a_row_for_every_instruction_type():
     from protocols.messages import INSTRUCTIONS
-    prefixes = {Abort: "abort", Claim: "claim", CreateInstrument: "create_instrument", Issue: "issue",
-               Lock: "lock", OpenAccount: "open_account", Redeem: "redeem", Refund: "refund",
-               RotateKey: "rotate_key", Settle: "settle", Transfer: "transfer"}
+
+    prefixes = {
+        Abort: "abort",
+        Claim: "claim",
+        CreateInstrument: "create_instrument",
+        Issue: "issue",
+        Lock: "lock",
+        OpenAccount: "open_account",
+        Redeem: "redeem",
+        Refund: "refund",
+        RotateKey: "rotate_key",
+        Settle: "settle",
+        Transfer: "transfer",
+    }
     assert set(INSTRUCTIONS) == set(prefixes)
     for cls, prefix in prefixes.items():
         assert any(name.startswith(prefix) for name in ROWS), cls
@@ -449,6 +570,7 @@ def test_authorization_matrix(unified, row_name, signer):
 
 # -- the same rules on the other ledger roles ------------------------------------------------------
 
+
 def role_populate(h: Harness) -> Harness:
     """acc-a (bank-a), acc-b (bank-b) and an own account per currency issuer, opened by the
     ledger's operator; BOND (issuer bank-a) with 100 in acc-a where instruments are held;
@@ -458,8 +580,18 @@ def role_populate(h: Harness) -> Harness:
     for account, owner in [("acc-a", "bank-a"), ("acc-b", "bank-b")] + [(f"acc-{cb}", cb) for cb in sorted(issuers)]:
         applied(h.send(OpenAccount, operator, account=account, owner=owner))
     if h.config.holds_securities:
-        applied(h.send(CreateInstrument, operator, isin=BOND, issuer="bank-a", currency="EUR",
-                       face_value_minor=100_000, coupon_rate_bp=0, maturity_date="2030-06-15"))
+        applied(
+            h.send(
+                CreateInstrument,
+                operator,
+                isin=BOND,
+                issuer="bank-a",
+                currency="EUR",
+                face_value_minor=100_000,
+                coupon_rate_bp=0,
+                maturity_date="2030-06-15",
+            )
+        )
         applied(h.send(Issue, operator, asset=BOND, account="acc-a", amount=100))
     for currency in h.config.currencies:
         for account in ("acc-a", f"acc-{currency.issuer}"):
@@ -473,49 +605,78 @@ def role_action(h: Harness, action: str, signer: str) -> tuple[Signed, dict | No
     if name == "open_account":
         return h.make(OpenAccount, signer, account="acc-new", owner="bank-a"), {}
     if name == "create_instrument":
-        return h.make(CreateInstrument, signer, isin=OTHER_BOND, issuer="bank-a", currency="EUR",
-                      face_value_minor=100_000, coupon_rate_bp=0, maturity_date="2031-01-01"), {}
+        return h.make(
+            CreateInstrument,
+            signer,
+            isin=OTHER_BOND,
+            issuer="bank-a",
+            currency="EUR",
+            face_value_minor=100_000,
+            coupon_rate_bp=0,
+            maturity_date="2031-01-01",
+        ), {}
     if name == "issue":
         return h.make(Issue, signer, asset=asset, account="acc-a", amount=10), {("acc-a", asset): (10, 0)}
     if name == "redeem":
         issuers = {currency.code: currency.issuer for currency in h.config.currencies}
-        account = "acc-a" if asset == BOND else f"acc-{issuers[asset]}"   # the issuer's own account
+        account = "acc-a" if asset == BOND else f"acc-{issuers[asset]}"  # the issuer's own account
         return h.make(Redeem, signer, asset=asset, account=account, amount=10), {(account, asset): (-10, 0)}
     if name == "transfer":
-        return (h.make(Transfer, signer, from_account="acc-a", to_account="acc-b", asset=asset, amount=10),
-                {("acc-a", asset): (-10, 0), ("acc-b", asset): (10, 0)})
+        return (
+            h.make(Transfer, signer, from_account="acc-a", to_account="acc-b", asset=asset, amount=10),
+            {("acc-a", asset): (-10, 0), ("acc-b", asset): (10, 0)},
+        )
     raise AssertionError(action)
 
 
 ROLE_CELLS = [
     # securities: the depository (csd-op) runs it; no currency lives here
-    ("csd", "open_account", "csd-op", None), ("csd", "open_account", "ecb", NOT_AUTHORISED_SIGS),
-    ("csd", "create_instrument", "csd-op", None), ("csd", "create_instrument", "bank-a", NOT_AUTHORISED_SIGS),
-    ("csd", f"issue:{BOND}", "csd-op", None), ("csd", f"issue:{BOND}", "bank-a", NOT_AUTHORISED_SIGS),
-    ("csd", f"redeem:{BOND}", "csd-op", None), ("csd", f"redeem:{BOND}", "bank-a", NOT_AUTHORISED_SIGS),
-    ("csd", f"transfer:{BOND}", "bank-a", None), ("csd", f"transfer:{BOND}", "csd-op", NOT_AUTHORISED_SIGS),
+    ("csd", "open_account", "csd-op", None),
+    ("csd", "open_account", "ecb", NOT_AUTHORISED_SIGS),
+    ("csd", "create_instrument", "csd-op", None),
+    ("csd", "create_instrument", "bank-a", NOT_AUTHORISED_SIGS),
+    ("csd", f"issue:{BOND}", "csd-op", None),
+    ("csd", f"issue:{BOND}", "bank-a", NOT_AUTHORISED_SIGS),
+    ("csd", f"redeem:{BOND}", "csd-op", None),
+    ("csd", f"redeem:{BOND}", "bank-a", NOT_AUTHORISED_SIGS),
+    ("csd", f"transfer:{BOND}", "bank-a", None),
+    ("csd", f"transfer:{BOND}", "csd-op", NOT_AUTHORISED_SIGS),
     ("csd", "issue:EUR", "ecb", (Code.UNKNOWN_ASSET, "asset")),
     # cbdc, one currency, run by its own central bank: no instrument can be created, even by it
-    ("cbdc-eur", "open_account", "ecb", None), ("cbdc-eur", "open_account", "csd-op", NOT_AUTHORISED_SIGS),
+    ("cbdc-eur", "open_account", "ecb", None),
+    ("cbdc-eur", "open_account", "csd-op", NOT_AUTHORISED_SIGS),
     ("cbdc-eur", "create_instrument", "ecb", (Code.NOT_AUTHORISED, "type")),
     ("cbdc-eur", "create_instrument", "csd-op", (Code.NOT_AUTHORISED, "type")),
-    ("cbdc-eur", "issue:EUR", "ecb", None), ("cbdc-eur", "issue:EUR", "fed", NOT_AUTHORISED_SIGS),
-    ("cbdc-eur", "redeem:EUR", "ecb", None), ("cbdc-eur", "redeem:EUR", "bank-a", NOT_AUTHORISED_SIGS),
-    ("cbdc-eur", "transfer:EUR", "bank-a", None), ("cbdc-eur", "transfer:EUR", "ecb", NOT_AUTHORISED_SIGS),
+    ("cbdc-eur", "issue:EUR", "ecb", None),
+    ("cbdc-eur", "issue:EUR", "fed", NOT_AUTHORISED_SIGS),
+    ("cbdc-eur", "redeem:EUR", "ecb", None),
+    ("cbdc-eur", "redeem:EUR", "bank-a", NOT_AUTHORISED_SIGS),
+    ("cbdc-eur", "transfer:EUR", "bank-a", None),
+    ("cbdc-eur", "transfer:EUR", "ecb", NOT_AUTHORISED_SIGS),
     ("cbdc-eur", f"issue:{BOND}", "csd-op", (Code.UNKNOWN_ASSET, "asset")),
     # cbdc, two currencies, run by the Fed: the SNB alone mints and burns CHF, the Fed alone USD
-    ("cbdc-multi", "open_account", "fed", None), ("cbdc-multi", "open_account", "snb", NOT_AUTHORISED_SIGS),
-    ("cbdc-multi", "issue:CHF", "snb", None), ("cbdc-multi", "issue:CHF", "fed", NOT_AUTHORISED_SIGS),
-    ("cbdc-multi", "issue:USD", "fed", None), ("cbdc-multi", "issue:USD", "snb", NOT_AUTHORISED_SIGS),
-    ("cbdc-multi", "redeem:CHF", "snb", None), ("cbdc-multi", "redeem:CHF", "fed", NOT_AUTHORISED_SIGS),
-    ("cbdc-multi", "transfer:CHF", "bank-a", None), ("cbdc-multi", "transfer:CHF", "fed", NOT_AUTHORISED_SIGS),
+    ("cbdc-multi", "open_account", "fed", None),
+    ("cbdc-multi", "open_account", "snb", NOT_AUTHORISED_SIGS),
+    ("cbdc-multi", "issue:CHF", "snb", None),
+    ("cbdc-multi", "issue:CHF", "fed", NOT_AUTHORISED_SIGS),
+    ("cbdc-multi", "issue:USD", "fed", None),
+    ("cbdc-multi", "issue:USD", "snb", NOT_AUTHORISED_SIGS),
+    ("cbdc-multi", "redeem:CHF", "snb", None),
+    ("cbdc-multi", "redeem:CHF", "fed", NOT_AUTHORISED_SIGS),
+    ("cbdc-multi", "transfer:CHF", "bank-a", None),
+    ("cbdc-multi", "transfer:CHF", "fed", NOT_AUTHORISED_SIGS),
     ("cbdc-multi", "transfer:CHF", "snb", NOT_AUTHORISED_SIGS),
 ]
 
 
-@pytest.mark.parametrize(("ledger", "action", "signer", "expected"), ROLE_CELLS,
-                         ids=[f"{ledger}-{action.split(':')[0]}-{action.partition(':')[2] or 'x'}-{signer}"
-                              for ledger, action, signer, _ in ROLE_CELLS])
+@pytest.mark.parametrize(
+    ("ledger", "action", "signer", "expected"),
+    ROLE_CELLS,
+    ids=[
+        f"{ledger}-{action.split(':')[0]}-{action.partition(':')[2] or 'x'}-{signer}"
+        for ledger, action, signer, _ in ROLE_CELLS
+    ],
+)
 def test_authorization_by_ledger_role(harness, ledger, action, signer, expected):
     h = role_populate(harness(ledger))
     signed, moves = role_action(h, action, signer)
@@ -534,59 +695,108 @@ def test_authorization_by_ledger_role(harness, ledger, action, signer, expected)
 
 LOCK_REFUSALS: list[tuple[str, Callable[[Harness], Signed], tuple[Code, str]]] = [
     ("another beneficiary", lambda h: coordinator_lock(h, beneficiary_account="acc-c"), (Code.NOT_AUTHORISED, "auth")),
-    ("another account of the beneficiary", lambda h: coordinator_lock(h, beneficiary_account="acc-b2"),
-     (Code.NOT_AUTHORISED, "auth")),
+    (
+        "another account of the beneficiary",
+        lambda h: coordinator_lock(h, beneficiary_account="acc-b2"),
+        (Code.NOT_AUTHORISED, "auth"),
+    ),
     ("a larger amount", lambda h: coordinator_lock(h, amount=1_001), (Code.NOT_AUTHORISED, "auth")),
     ("a smaller amount", lambda h: coordinator_lock(h, amount=999), (Code.NOT_AUTHORISED, "auth")),
     ("another currency", lambda h: coordinator_lock(h, asset="USD"), (Code.NOT_AUTHORISED, "auth")),
     ("another asset", lambda h: coordinator_lock(h, asset=BOND), (Code.NOT_AUTHORISED, "auth")),
     ("another owner", lambda h: coordinator_lock(h, owner_account="acc-c"), (Code.NOT_AUTHORISED, "auth")),
-    ("the other direction", lambda h: coordinator_lock(h, owner_account="acc-b", beneficiary_account="acc-a"),
-     (Code.NOT_AUTHORISED, "auth")),
+    (
+        "the other direction",
+        lambda h: coordinator_lock(h, owner_account="acc-b", beneficiary_account="acc-a"),
+        (Code.NOT_AUTHORISED, "auth"),
+    ),
     ("leg 1, which is on another ledger", lambda h: coordinator_lock(h, id="dvp-1:1"), (Code.NOT_AUTHORISED, "auth")),
     ("an id naming no leg", lambda h: coordinator_lock(h, id="dvp-1:2"), (Code.NOT_AUTHORISED, "id")),
-    ("a second lock of leg 0 under another id", lambda h: coordinator_lock(h, id="dvp-1:0:again"),
-     (Code.NOT_AUTHORISED, "id")),
+    (
+        "a second lock of leg 0 under another id",
+        lambda h: coordinator_lock(h, id="dvp-1:0:again"),
+        (Code.NOT_AUTHORISED, "id"),
+    ),
     ("the settle id", lambda h: coordinator_lock(h, id="dvp-1:settle"), (Code.NOT_AUTHORISED, "id")),
-    ("an expiry after the deadline", lambda h: coordinator_lock(h, expiry_ms=DEADLINE + 1),
-     (Code.EXPIRY_OUT_OF_RANGE, "expiry_ms")),
-    ("abort_by adding the beneficiary", lambda h: coordinator_lock(h, abort_by=("coordinator", "bank-b")),
-     (Code.NOT_AUTHORISED, "abort_by")),
-    ("abort_by naming another coordinator", lambda h: coordinator_lock(h, abort_by=("coord-2",)),
-     (Code.NOT_AUTHORISED, "abort_by")),
+    (
+        "an expiry after the deadline",
+        lambda h: coordinator_lock(h, expiry_ms=DEADLINE + 1),
+        (Code.EXPIRY_OUT_OF_RANGE, "expiry_ms"),
+    ),
+    (
+        "abort_by adding the beneficiary",
+        lambda h: coordinator_lock(h, abort_by=("coordinator", "bank-b")),
+        (Code.NOT_AUTHORISED, "abort_by"),
+    ),
+    (
+        "abort_by naming another coordinator",
+        lambda h: coordinator_lock(h, abort_by=("coord-2",)),
+        (Code.NOT_AUTHORISED, "abort_by"),
+    ),
     ("signed by another coordinator", lambda h: coordinator_lock(h, signers=("coord-2",)), NOT_AUTHORISED_SIGS),
     ("signed by the paying party", lambda h: coordinator_lock(h, signers=("bank-a",)), NOT_AUTHORISED_SIGS),
     ("signed by both parties", lambda h: coordinator_lock(h, signers=("bank-a", "bank-b")), NOT_AUTHORISED_SIGS),
-    ("a settlement naming another coordinator",
-     lambda h: coordinator_lock(h, settlement(h, coordinator="coord-2")), NOT_AUTHORISED_SIGS),
-    ("a settlement naming a party without the coordinator role, signed by it",
-     lambda h: coordinator_lock(h, settlement(h, coordinator="bank-c"), signers=("bank-c",)), NOT_AUTHORISED_SIGS),
-    ("a settlement signed by the payer only", lambda h: coordinator_lock(h, settlement(h, signers=("bank-a",))),
-     (Code.MISSING_SIGNATURE, "auth.sigs")),
-    ("a settlement signed by the payee only", lambda h: coordinator_lock(h, settlement(h, signers=("bank-b",))),
-     (Code.MISSING_SIGNATURE, "auth.sigs")),
-    ("a settlement changed after it was signed", lambda h: coordinator_lock(h, altered_settlement(h), amount=1_001),
-     (Code.BAD_SIGNATURE, "auth.sigs")),
-    ("a settlement also signed by an unregistered key",
-     lambda h: coordinator_lock(h, settlement(h, signers=("bank-a", "bank-b", MALLORY))),
-     (Code.UNKNOWN_SIGNER, "auth.sigs")),
-    ("a settlement past its deadline", lambda h: coordinator_lock(h, settlement(h, deadline_ms=T0 - 1)),
-     (Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms")),
-    ("a leg paid from a third party's account",
-     lambda h: coordinator_lock(h, settlement(h, (attrs.evolve(CROSS[0], from_account="acc-c"), CROSS[1])),
-                                owner_account="acc-c"),
-     (Code.NOT_AUTHORISED, "auth.legs[0].from_account")),
-    ("a leg paid into a third party's account",
-     lambda h: coordinator_lock(h, settlement(h, (attrs.evolve(CROSS[0], to_account="acc-c"), CROSS[1])),
-                                beneficiary_account="acc-c"),
-     (Code.NOT_AUTHORISED, "auth.legs[0].to_account")),
-    ("a settlement whose parties are the other way round",
-     lambda h: coordinator_lock(h, settlement(h, parties=("bank-b", "bank-a"))),
-     (Code.NOT_AUTHORISED, "auth.legs[0].from_account")),
-    ("auth that is not a settlement",
-     lambda h: coordinator_lock(h, h.make(Transfer, "bank-a", from_account="acc-a", to_account="acc-b",
-                                          asset="EUR", amount=1_000).wire()),
-     (Code.UNKNOWN_TYPE, "auth.type")),
+    (
+        "a settlement naming another coordinator",
+        lambda h: coordinator_lock(h, settlement(h, coordinator="coord-2")),
+        NOT_AUTHORISED_SIGS,
+    ),
+    (
+        "a settlement naming a party without the coordinator role, signed by it",
+        lambda h: coordinator_lock(h, settlement(h, coordinator="bank-c"), signers=("bank-c",)),
+        NOT_AUTHORISED_SIGS,
+    ),
+    (
+        "a settlement signed by the payer only",
+        lambda h: coordinator_lock(h, settlement(h, signers=("bank-a",))),
+        (Code.MISSING_SIGNATURE, "auth.sigs"),
+    ),
+    (
+        "a settlement signed by the payee only",
+        lambda h: coordinator_lock(h, settlement(h, signers=("bank-b",))),
+        (Code.MISSING_SIGNATURE, "auth.sigs"),
+    ),
+    (
+        "a settlement changed after it was signed",
+        lambda h: coordinator_lock(h, altered_settlement(h), amount=1_001),
+        (Code.BAD_SIGNATURE, "auth.sigs"),
+    ),
+    (
+        "a settlement also signed by an unregistered key",
+        lambda h: coordinator_lock(h, settlement(h, signers=("bank-a", "bank-b", MALLORY))),
+        (Code.UNKNOWN_SIGNER, "auth.sigs"),
+    ),
+    (
+        "a settlement past its deadline",
+        lambda h: coordinator_lock(h, settlement(h, deadline_ms=T0 - 1)),
+        (Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms"),
+    ),
+    (
+        "a leg paid from a third party's account",
+        lambda h: coordinator_lock(
+            h, settlement(h, (attrs.evolve(CROSS[0], from_account="acc-c"), CROSS[1])), owner_account="acc-c"
+        ),
+        (Code.NOT_AUTHORISED, "auth.legs[0].from_account"),
+    ),
+    (
+        "a leg paid into a third party's account",
+        lambda h: coordinator_lock(
+            h, settlement(h, (attrs.evolve(CROSS[0], to_account="acc-c"), CROSS[1])), beneficiary_account="acc-c"
+        ),
+        (Code.NOT_AUTHORISED, "auth.legs[0].to_account"),
+    ),
+    (
+        "a settlement whose parties are the other way round",
+        lambda h: coordinator_lock(h, settlement(h, parties=("bank-b", "bank-a"))),
+        (Code.NOT_AUTHORISED, "auth.legs[0].from_account"),
+    ),
+    (
+        "auth that is not a settlement",
+        lambda h: coordinator_lock(
+            h, h.make(Transfer, "bank-a", from_account="acc-a", to_account="acc-b", asset="EUR", amount=1_000).wire()
+        ),
+        (Code.UNKNOWN_TYPE, "auth.type"),
+    ),
 ]
 
 
@@ -596,8 +806,11 @@ def altered_settlement(h: Harness) -> dict:
     return auth
 
 
-@pytest.mark.parametrize(("variant", "expected"), [(name, expected) for name, _, expected in LOCK_REFUSALS],
-                         ids=[name for name, _, _ in LOCK_REFUSALS])
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [(name, expected) for name, _, expected in LOCK_REFUSALS],
+    ids=[name for name, _, _ in LOCK_REFUSALS],
+)
 def test_a_coordinators_lock_other_than_the_signed_leg_is_refused(unified, variant, expected):
     h = unified
     build = next(build for name, build, _ in LOCK_REFUSALS if name == variant)
@@ -619,8 +832,9 @@ def test_the_coordinators_lock_exactly_as_signed_is_applied_with_or_without_itse
     assert h.balance("acc-a", "EUR") == (8_000, 2_000)
 
 
-@pytest.mark.parametrize(("change", "field"), [({"hashlock": bytes(32)}, "hashlock"),
-                                               ({"expiry_ms": T0 + 2 * MINUTE_MS}, "expiry_ms")])
+@pytest.mark.parametrize(
+    ("change", "field"), [({"hashlock": bytes(32)}, "hashlock"), ({"expiry_ms": T0 + 2 * MINUTE_MS}, "expiry_ms")]
+)
 def test_a_placed_lock_cannot_be_placed_again_under_its_id_with_another_hashlock_or_expiry(unified, change, field):
     h = unified
     first = applied(h.submit(coordinator_lock(h)))
@@ -630,39 +844,70 @@ def test_a_placed_lock_cannot_be_placed_again_under_its_id_with_another_hashlock
 
 
 SETTLE_REFUSALS: list[tuple[str, Callable[[Harness], Signed], tuple[Code, str]]] = [
-    ("another beneficiary", lambda h: coordinator_settle(h, legs=(Leg("acc-a", "acc-c", "EUR", 1_000),
-                                                                  SAME[1].as_leg())), (Code.NOT_AUTHORISED, "legs")),
-    ("a larger amount", lambda h: coordinator_settle(h, legs=(Leg("acc-a", "acc-b", "EUR", 1_001),
-                                                              SAME[1].as_leg())), (Code.NOT_AUTHORISED, "legs")),
-    ("another asset", lambda h: coordinator_settle(h, legs=(SAME[0].as_leg(), Leg("acc-b", "acc-a", "USD", 10))),
-     (Code.NOT_AUTHORISED, "legs")),
-    ("the legs in the other order", lambda h: coordinator_settle(h, legs=(SAME[1].as_leg(), SAME[0].as_leg())),
-     (Code.NOT_AUTHORISED, "legs")),
+    (
+        "another beneficiary",
+        lambda h: coordinator_settle(h, legs=(Leg("acc-a", "acc-c", "EUR", 1_000), SAME[1].as_leg())),
+        (Code.NOT_AUTHORISED, "legs"),
+    ),
+    (
+        "a larger amount",
+        lambda h: coordinator_settle(h, legs=(Leg("acc-a", "acc-b", "EUR", 1_001), SAME[1].as_leg())),
+        (Code.NOT_AUTHORISED, "legs"),
+    ),
+    (
+        "another asset",
+        lambda h: coordinator_settle(h, legs=(SAME[0].as_leg(), Leg("acc-b", "acc-a", "USD", 10))),
+        (Code.NOT_AUTHORISED, "legs"),
+    ),
+    (
+        "the legs in the other order",
+        lambda h: coordinator_settle(h, legs=(SAME[1].as_leg(), SAME[0].as_leg())),
+        (Code.NOT_AUTHORISED, "legs"),
+    ),
     ("one leg left out", lambda h: coordinator_settle(h, legs=(SAME[0].as_leg(),)), (Code.NOT_AUTHORISED, "legs")),
-    ("a leg added", lambda h: coordinator_settle(h, legs=(*(leg.as_leg() for leg in SAME),
-                                                          Leg("acc-a", "acc-c", "EUR", 1))),
-     (Code.NOT_AUTHORISED, "legs")),
-    ("a cross-ledger settlement", lambda h: coordinator_settle(
-        h, settlement(h, CROSS, settlement_id="dvp-2"), legs=tuple(leg.as_leg() for leg in CROSS)),
-     (Code.NOT_AUTHORISED, "legs")),
+    (
+        "a leg added",
+        lambda h: coordinator_settle(h, legs=(*(leg.as_leg() for leg in SAME), Leg("acc-a", "acc-c", "EUR", 1))),
+        (Code.NOT_AUTHORISED, "legs"),
+    ),
+    (
+        "a cross-ledger settlement",
+        lambda h: coordinator_settle(
+            h, settlement(h, CROSS, settlement_id="dvp-2"), legs=tuple(leg.as_leg() for leg in CROSS)
+        ),
+        (Code.NOT_AUTHORISED, "legs"),
+    ),
     ("the settlement id", lambda h: coordinator_settle(h, id="dvp-2"), (Code.NOT_AUTHORISED, "id")),
     ("a lock id", lambda h: coordinator_settle(h, id="dvp-2:0"), (Code.NOT_AUTHORISED, "id")),
     ("signed by another coordinator", lambda h: coordinator_settle(h, signers=("coord-2",)), NOT_AUTHORISED_SIGS),
     ("signed by both parties", lambda h: coordinator_settle(h, signers=("bank-a", "bank-b")), NOT_AUTHORISED_SIGS),
-    ("a settlement signed by one party", lambda h: coordinator_settle(
-        h, settlement(h, SAME, settlement_id="dvp-2", signers=("bank-b",))), (Code.MISSING_SIGNATURE, "auth.sigs")),
-    ("a settlement past its deadline", lambda h: coordinator_settle(
-        h, settlement(h, SAME, settlement_id="dvp-2", deadline_ms=T0 - 1)),
-     (Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms")),
-    ("a leg paid from a third party's account", lambda h: coordinator_settle(
-        h, settlement(h, (attrs.evolve(SAME[0], from_account="acc-c"), SAME[1]), settlement_id="dvp-2"),
-        legs=(Leg("acc-c", "acc-b", "EUR", 1_000), SAME[1].as_leg())),
-     (Code.NOT_AUTHORISED, "auth.legs[0].from_account")),
+    (
+        "a settlement signed by one party",
+        lambda h: coordinator_settle(h, settlement(h, SAME, settlement_id="dvp-2", signers=("bank-b",))),
+        (Code.MISSING_SIGNATURE, "auth.sigs"),
+    ),
+    (
+        "a settlement past its deadline",
+        lambda h: coordinator_settle(h, settlement(h, SAME, settlement_id="dvp-2", deadline_ms=T0 - 1)),
+        (Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms"),
+    ),
+    (
+        "a leg paid from a third party's account",
+        lambda h: coordinator_settle(
+            h,
+            settlement(h, (attrs.evolve(SAME[0], from_account="acc-c"), SAME[1]), settlement_id="dvp-2"),
+            legs=(Leg("acc-c", "acc-b", "EUR", 1_000), SAME[1].as_leg()),
+        ),
+        (Code.NOT_AUTHORISED, "auth.legs[0].from_account"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("variant", "expected"), [(name, expected) for name, _, expected in SETTLE_REFUSALS],
-                         ids=[name for name, _, _ in SETTLE_REFUSALS])
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [(name, expected) for name, _, expected in SETTLE_REFUSALS],
+    ids=[name for name, _, _ in SETTLE_REFUSALS],
+)
 def test_a_coordinators_settle_other_than_the_signed_legs_is_refused(unified, variant, expected):
     h = unified
     build = next(build for name, build, _ in SETTLE_REFUSALS if name == variant)
@@ -687,8 +932,15 @@ def test_a_same_ledger_settlement_is_executed_at_most_once_settle_then_locks(uni
     auth = settlement(h, SAME, settlement_id="dvp-2")
     applied(h.submit(coordinator_settle(h, auth)))
     for index, leg in enumerate(SAME):
-        lock = coordinator_lock(h, auth, id=f"dvp-2:{index}", owner_account=leg.from_account,
-                                beneficiary_account=leg.to_account, asset=leg.asset, amount=leg.amount)
+        lock = coordinator_lock(
+            h,
+            auth,
+            id=f"dvp-2:{index}",
+            owner_account=leg.from_account,
+            beneficiary_account=leg.to_account,
+            asset=leg.asset,
+            amount=leg.amount,
+        )
         refused_unchanged(h, lock, Code.NOT_AUTHORISED, "auth")
     assert h.balance("acc-a", "EUR") == (9_000, 0), "bank-a paid the one settlement twice"
 
@@ -697,17 +949,31 @@ def test_a_same_ledger_settlement_is_executed_at_most_once_locks_then_settle(uni
     h = unified
     auth = settlement(h, SAME, settlement_id="dvp-2")
     for index, leg in enumerate(SAME):
-        refused_unchanged(h, coordinator_lock(h, auth, id=f"dvp-2:{index}", owner_account=leg.from_account,
-                                              beneficiary_account=leg.to_account, asset=leg.asset, amount=leg.amount),
-                          Code.NOT_AUTHORISED, "auth")
+        refused_unchanged(
+            h,
+            coordinator_lock(
+                h,
+                auth,
+                id=f"dvp-2:{index}",
+                owner_account=leg.from_account,
+                beneficiary_account=leg.to_account,
+                asset=leg.asset,
+                amount=leg.amount,
+            ),
+            Code.NOT_AUTHORISED,
+            "auth",
+        )
     applied(h.submit(coordinator_settle(h, auth)))
     assert h.balance("acc-a", "EUR") == (9_000, 0)
 
 
-@pytest.mark.parametrize(("ledger", "operator", "central_bank", "currency"),
-                         [("cbdc-multi", "fed", "snb", "CHF"), ("unified", "csd-op", "ecb", "EUR")])
+@pytest.mark.parametrize(
+    ("ledger", "operator", "central_bank", "currency"),
+    [("cbdc-multi", "fed", "snb", "CHF"), ("unified", "csd-op", "ecb", "EUR")],
+)
 def test_a_ledgers_operator_cannot_mint_a_currency_it_does_not_issue_by_rotating_its_central_banks_key(
-        harness, ledger, operator, central_bank, currency):
+    harness, ledger, operator, central_bank, currency
+):
     h = role_populate(harness(ledger))
     issued = h.store.asset(currency).issued
     stolen = PrivateKey.generate()
@@ -719,15 +985,18 @@ def test_a_ledgers_operator_cannot_mint_a_currency_it_does_not_issue_by_rotating
 
 # == 3. Replay and freshness (beyond tests/test_instructions.py) ===================================
 
-@pytest.mark.parametrize("resigned_by", [(), ("bank-b",), (MALLORY,)], ids=["unsigned", "another-party", "unregistered"])
+
+@pytest.mark.parametrize(
+    "resigned_by", [(), ("bank-b",), (MALLORY,)], ids=["unsigned", "another-party", "unregistered"]
+)
 def test_a_captured_instruction_replayed_under_other_signatures_gets_its_first_receipt_and_applies_nothing(
-        unified, resigned_by):
+    unified, resigned_by
+):
     h = unified
     original = h.make(Transfer, "bank-a", id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100)
     (first,), _ = h.ledger.process([original.encode()], h.now_ms)
     after_first = state(h)
-    replay = h.make(Transfer, *resigned_by, id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR",
-                    amount=100)
+    replay = h.make(Transfer, *resigned_by, id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100)
     assert replay.data == original.data and replay.sigs != original.sigs
     h.now_ms += 1_000
     (again,), entries = h.ledger.process([replay.encode()], h.now_ms)
@@ -737,20 +1006,39 @@ def test_a_captured_instruction_replayed_under_other_signatures_gets_its_first_r
 
 def test_an_id_reused_by_another_party_for_its_own_instruction_is_refused_naming_the_field(unified):
     h = unified
-    first = applied(h.send(Transfer, "bank-a", id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR",
-                           amount=100))
-    refused_unchanged(h, h.make(Transfer, "bank-b", id="t-1", from_account="acc-b", to_account="acc-a",
-                                asset="EUR", amount=100), Code.ID_REUSED, "from_account")
+    first = applied(
+        h.send(Transfer, "bank-a", id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100)
+    )
+    refused_unchanged(
+        h,
+        h.make(Transfer, "bank-b", id="t-1", from_account="acc-b", to_account="acc-a", asset="EUR", amount=100),
+        Code.ID_REUSED,
+        "from_account",
+    )
     assert receipt_of(h, "t-1") == first
 
 
 def test_an_instruction_signed_ahead_of_the_ledger_passes_once_its_clock_catches_up_and_a_stale_one_never(unified):
     h = unified
     limits = h.config.limits
-    ahead = h.make(Transfer, "bank-a", ts_ms=T0 + limits.ts_ahead_ms_max + 1, from_account="acc-a",
-                   to_account="acc-b", asset="EUR", amount=1)
-    old = h.make(Transfer, "bank-a", ts_ms=T0 - limits.ts_age_ms_max - 1, from_account="acc-a",
-                 to_account="acc-b", asset="EUR", amount=2)
+    ahead = h.make(
+        Transfer,
+        "bank-a",
+        ts_ms=T0 + limits.ts_ahead_ms_max + 1,
+        from_account="acc-a",
+        to_account="acc-b",
+        asset="EUR",
+        amount=1,
+    )
+    old = h.make(
+        Transfer,
+        "bank-a",
+        ts_ms=T0 - limits.ts_age_ms_max - 1,
+        from_account="acc-a",
+        to_account="acc-b",
+        asset="EUR",
+        amount=2,
+    )
     refused_unchanged(h, ahead, Code.STALE, "ts_ms")
     refused_unchanged(h, old, Code.STALE, "ts_ms")
     h.now_ms = T0 + 1
@@ -763,8 +1051,9 @@ def test_an_instruction_signed_ahead_of_the_ledger_passes_once_its_clock_catches
 
 def test_the_freshness_window_is_the_ledgers_configuration(unified):
     h = unified
-    h.ledger.config = attrs.evolve(h.config, limits=attrs.evolve(h.config.limits, ts_age_ms_max=1_000,
-                                                                 ts_ahead_ms_max=10))
+    h.ledger.config = attrs.evolve(
+        h.config, limits=attrs.evolve(h.config.limits, ts_age_ms_max=1_000, ts_ahead_ms_max=10)
+    )
     transfer = dict(from_account="acc-a", to_account="acc-b", asset="EUR", amount=1)
     refused_unchanged(h, h.make(Transfer, "bank-a", ts_ms=T0 - 1_001, **transfer), Code.STALE, "ts_ms")
     refused_unchanged(h, h.make(Transfer, "bank-a", ts_ms=T0 + 11, **transfer), Code.STALE, "ts_ms")
@@ -774,13 +1063,19 @@ def test_the_freshness_window_is_the_ledgers_configuration(unified):
 
 # == 4. Domain separation: another protocol version's signature is worth nothing ===================
 
-@pytest.mark.parametrize("prefix", [b"lockstep/2\x00", b"lockstep/0\x00", b"lockstep/1", b"lockstep/1\x00\x00",
-                                    b"lockstep/v1\x00", b""],
-                         ids=["v2", "v0", "no-NUL", "two-NULs", "v1-spelled-otherwise", "no-prefix"])
+
+@pytest.mark.parametrize(
+    "prefix",
+    [b"lockstep/2\x00", b"lockstep/0\x00", b"lockstep/1", b"lockstep/1\x00\x00", b"lockstep/v1\x00", b""],
+    ids=["v2", "v0", "no-NUL", "two-NULs", "v1-spelled-otherwise", "no-prefix"],
+)
 def test_a_signature_under_another_domain_prefix_is_refused_by_a_ledger(unified, prefix):
     h = unified
-    body = to_body(Transfer(id="t-1", ledger="unified", ts_ms=T0, from_account="acc-a", to_account="acc-b",
-                            asset="EUR", amount=100))
+    body = to_body(
+        Transfer(
+            id="t-1", ledger="unified", ts_ms=T0, from_account="acc-a", to_account="acc-b", asset="EUR", amount=100
+        )
+    )
     assert prefix != DOMAIN
     forged = encode({**body, "sigs": {"bank-a": h.world.keys["bank-a"].sign(prefix + encode(body)).hex()}})
     before = state(h)
@@ -792,8 +1087,14 @@ def test_a_signature_under_another_domain_prefix_is_refused_by_a_ledger(unified,
 
 def test_a_message_of_a_later_version_signed_under_its_own_domain_is_refused(unified):
     h = unified
-    body = {**to_body(Transfer(id="t-1", ledger="unified", ts_ms=T0, from_account="acc-a", to_account="acc-b",
-                               asset="EUR", amount=100)), "v": 2}
+    body = {
+        **to_body(
+            Transfer(
+                id="t-1", ledger="unified", ts_ms=T0, from_account="acc-a", to_account="acc-b", asset="EUR", amount=100
+            )
+        ),
+        "v": 2,
+    }
     message = encode({**body, "sigs": {"bank-a": h.world.keys["bank-a"].sign(b"lockstep/2\x00" + encode(body)).hex()}})
     before = state(h)
     refused(h.raw(message), Code.UNSUPPORTED_VERSION, "v")
@@ -813,27 +1114,33 @@ def test_a_counterpartys_signature_on_a_settlement_does_not_authorise_an_instruc
 
 # == 5. Tampering: no changed byte of a signed message is ever applied as something else ============
 
+
 def tamper_targets(h: Harness) -> dict[str, Callable[[int], Signed]]:
     """Builders of fresh, valid, signed instructions of several kinds (n makes ids unique)."""
+
     def lock(n: int) -> Signed:
         auth = settlement(h, (attrs.evolve(CROSS[0], amount=1), CROSS[1]), settlement_id=f"s{n}")
         return coordinator_lock(h, auth, id=f"s{n}:0", amount=1)
 
     def settle(n: int) -> Signed:
         legs = (attrs.evolve(SAME[0], amount=1), attrs.evolve(SAME[1], amount=1))
-        return coordinator_settle(h, settlement(h, legs, settlement_id=f"s{n}"), id=f"s{n}:settle",
-                                  legs=tuple(leg.as_leg() for leg in legs))
+        return coordinator_settle(
+            h, settlement(h, legs, settlement_id=f"s{n}"), id=f"s{n}:settle", legs=tuple(leg.as_leg() for leg in legs)
+        )
 
     def claim(n: int) -> Signed:
         place_lock(h, f"l{n}", amount=1)
         return h.make(Claim, "bank-c", id=f"c{n}", lock_id=f"l{n}", preimage=SECRET)
 
     return {
-        "transfer": lambda n: h.make(Transfer, "bank-a", id=f"t{n}", from_account="acc-a", to_account="acc-b",
-                                     asset="EUR", amount=1),
+        "transfer": lambda n: h.make(
+            Transfer, "bank-a", id=f"t{n}", from_account="acc-a", to_account="acc-b", asset="EUR", amount=1
+        ),
         "issue": lambda n: h.make(Issue, "ecb", id=f"i{n}", asset="EUR", account="acc-a", amount=1),
         "open_account": lambda n: h.make(OpenAccount, "csd-op", id=f"o{n}", account=f"acc-n{n}", owner="bank-c"),
-        "coordinator_lock": lock, "coordinator_settle": settle, "claim": claim,
+        "coordinator_lock": lock,
+        "coordinator_settle": settle,
+        "claim": claim,
     }
 
 
@@ -875,9 +1182,9 @@ def test_every_single_byte_of_a_signed_message_flipped_is_refused_and_changes_no
         payload = signed.encode()
         before = state(h)
         for index in range(len(payload)):
-            mutated = payload[:index] + bytes([payload[index] ^ 1]) + payload[index + 1:]
+            mutated = payload[:index] + bytes([payload[index] ^ 1]) + payload[index + 1 :]
             receipt = h.raw(mutated)
-            assert receipt.status == "rejected", (kind, index, mutated[max(0, index - 20):index + 20])
+            assert receipt.status == "rejected", (kind, index, mutated[max(0, index - 20) : index + 20])
         assert state(h) == before
         assert receipt_of(h, signed.msg.id).code == Code.UNKNOWN_INSTRUCTION.value
         applied(h.submit(signed))
@@ -897,7 +1204,7 @@ def test_any_single_byte_changed_is_refused_or_leaves_the_very_same_instruction(
         # drawn independently of the payload (whose length varies with its signatures)
         index = data.draw(st.integers(0, 1 << 16), label="position") % len(payload)
         byte = (payload[index] + data.draw(st.integers(1, 255), label="added")) % 256
-        mutated = payload[:index] + bytes([byte]) + payload[index + 1:]
+        mutated = payload[:index] + bytes([byte]) + payload[index + 1 :]
         before = state(h)
         receipt = h.raw(mutated)
         if receipt.status == "applied":
@@ -910,12 +1217,23 @@ def test_any_single_byte_changed_is_refused_or_leaves_the_very_same_instruction(
 
 # == 6. A database changed behind a ledger's back ===================================================
 
-@pytest.mark.parametrize(("sql", "named"), [
-    ("UPDATE accounts SET owner = 'bank-c' WHERE account = 'acc-a'", "account acc-a is owned by bank-c, journal says bank-a"),
-    ("INSERT INTO accounts (account, owner) VALUES ('acc-x', 'bank-c')", "account acc-x is owned by bank-c, journal says None"),
-    ("UPDATE assets SET issuer = 'fed' WHERE code = 'EUR'", "asset EUR differs from the journal"),
-    (f"UPDATE assets SET issuer = 'bank-c' WHERE code = '{BOND}'", f"asset {BOND} differs from the journal"),
-], ids=["account-owner-changed", "account-added", "currency-issuer-changed", "instrument-issuer-changed"])
+
+@pytest.mark.parametrize(
+    ("sql", "named"),
+    [
+        (
+            "UPDATE accounts SET owner = 'bank-c' WHERE account = 'acc-a'",
+            "account acc-a is owned by bank-c, journal says bank-a",
+        ),
+        (
+            "INSERT INTO accounts (account, owner) VALUES ('acc-x', 'bank-c')",
+            "account acc-x is owned by bank-c, journal says None",
+        ),
+        ("UPDATE assets SET issuer = 'fed' WHERE code = 'EUR'", "asset EUR differs from the journal"),
+        (f"UPDATE assets SET issuer = 'bank-c' WHERE code = '{BOND}'", f"asset {BOND} differs from the journal"),
+    ],
+    ids=["account-owner-changed", "account-added", "currency-issuer-changed", "instrument-issuer-changed"],
+)
 def test_a_changed_authority_row_stops_the_ledger_at_start(unified, sql, named):
     """Who owns an account and who issues an asset decide who may move and mint it
     (tests/test_restart.py covers balances, locks, supply and the journal)."""
@@ -944,9 +1262,14 @@ def test_the_untampered_database_audits_clean(unified):
     assert audited(h).clean, audited(h).text()
 
 
-@pytest.mark.parametrize("sql", ["UPDATE balances SET available = available + 1 WHERE account = 'acc-b' AND asset = 'EUR'",
-                                 "UPDATE accounts SET owner = 'bank-c' WHERE account = 'acc-a'"],
-                         ids=["balance", "account-owner"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE balances SET available = available + 1 WHERE account = 'acc-b' AND asset = 'EUR'",
+        "UPDATE accounts SET owner = 'bank-c' WHERE account = 'acc-a'",
+    ],
+    ids=["balance", "account-owner"],
+)
 def test_lockstep_audit_catches_a_changed_state_row(unified, sql):
     h = unified
     applied(h.send(Transfer, "bank-a", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100))
@@ -956,8 +1279,11 @@ def test_lockstep_audit_catches_a_changed_state_row(unified, sql):
 
 
 def transfer_entry(path: Path) -> int:
-    return next(entry["seq"] for entry in journal(path) if entry["kind"] == "transfer"
-                and entry["instruction"]["id"] == "t-audit")
+    return next(
+        entry["seq"]
+        for entry in journal(path)
+        if entry["kind"] == "transfer" and entry["instruction"]["id"] == "t-audit"
+    )
 
 
 def claim_more(entry: dict) -> None:
@@ -982,8 +1308,9 @@ def test_lockstep_audit_catches_history_rewritten_under_the_ledgers_own_key(unif
 
 def test_an_instruction_is_never_applied_twice_unseen_even_with_its_idempotency_row_deleted(unified):
     h = unified
-    payload = h.make(Transfer, "bank-a", id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR",
-                     amount=100).encode()
+    payload = h.make(
+        Transfer, "bank-a", id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100
+    ).encode()
     h.ledger.process([payload], h.now_ms)
     with closing(sqlite3.connect(h.config.database)) as db, db:
         db.execute("DELETE FROM instructions WHERE id = 't-1'")

@@ -24,12 +24,15 @@ def test_throughput_ticks_are_the_concurrencies_measured_as_plain_numbers():
     assert not [text for text in (t.get_text() for t in panels["mqtt bus"].get_xticklabels(minor=True)) if text]
 
 
-@pytest.mark.parametrize("low_ms, high_ms, ticks", [
-    (41, 97, ["30", "50", "70", "100"]),
-    (3.2, 240, ["2", "5", "10", "20", "50", "100", "200", "500"]),
-    (1.2, 7000, ["1", "3", "10", "30", "100", "300", "1000", "3000", "10000"]),
-    (0.4, 0.9, ["0.3", "0.5", "0.7", "1"]),
-])
+@pytest.mark.parametrize(
+    "low_ms, high_ms, ticks",
+    [
+        (41, 97, ["30", "50", "70", "100"]),
+        (3.2, 240, ["2", "5", "10", "20", "50", "100", "200", "500"]),
+        (1.2, 7000, ["1", "3", "10", "30", "100", "300", "1000", "3000", "10000"]),
+        (0.4, 0.9, ["0.3", "0.5", "0.7", "1"]),
+    ],
+)
 def test_latency_ticks_are_plain_milliseconds(low_ms, high_ms, ticks):
     run = result("memory", "pvp", "cross", 8)
     run.latencies_ms = [low_ms, (low_ms + high_ms) / 2, high_ms]
@@ -48,8 +51,10 @@ def test_each_scenario_has_one_colour_and_each_path_one_line_style(chart):
         assert len(looks) == 4
         for label, look in looks.items():
             kind, path = label.split()[:2]
-            assert look == ({"DvP": "tab:blue", "PvP": "tab:orange"}[kind],
-                            {"cross-ledger": "-", "same-ledger": "--"}[path.rstrip(",")]), label
+            assert look == (
+                {"DvP": "tab:blue", "PvP": "tab:orange"}[kind],
+                {"cross-ledger": "-", "same-ledger": "--"}[path.rstrip(",")],
+            ), label
 
 
 def test_the_charts_are_written_as_png(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from benchmarks.runner import Load, Run, measure, memory_system, mqtt_system
 from benchmarks.workload import Shape
 
-pytestmark = pytest.mark.slow   # benchmark runs over MQTT
+pytestmark = pytest.mark.slow  # benchmark runs over MQTT
 
 SHAPE = Shape(participants=6)
 # One settlement's messages: its request to the coordinator and the signed status back;
@@ -26,8 +26,9 @@ def check(found: dict) -> None:
 
 
 async def messages_per_settlement(system, bus: str, path: str, concurrency: int, settlements: int) -> float:
-    result = await measure(system, Run(bus, "dvp", path, Load(concurrency=concurrency), settlements),
-                           lambda count: None)
+    result = await measure(
+        system, Run(bus, "dvp", path, Load(concurrency=concurrency), settlements), lambda count: None
+    )
     assert result.phases == {"settled": settlements}
     return result.bus_messages / settlements
 

@@ -21,15 +21,25 @@ def result(bus: str, kind: str, path: str, concurrency: int, *, phases: dict | N
     base_ms = concurrency * (6.0 if path == "cross" else 2.5)
     latencies = [base_ms * draw.uniform(0.5, 1.6) for _ in range(120)]
     processes = ("all (one process)",) if bus == "memory" else MQTT_PROCESSES
-    return Result(Run(bus, kind, path, Load(concurrency=concurrency), 120), elapsed_s=draw.uniform(0.2, 1.5),
-                  latencies_ms=latencies, phases=phases or {"settled": 120},
-                  cpu_s={name: draw.choice([0.0, 0.01, 0.3, 1.234]) for name in processes},
-                  rss_peak_bytes={name: 2**26 for name in processes}, bus_messages=draw.choice([600, 1692, 0]))
+    return Result(
+        Run(bus, kind, path, Load(concurrency=concurrency), 120),
+        elapsed_s=draw.uniform(0.2, 1.5),
+        latencies_ms=latencies,
+        phases=phases or {"settled": 120},
+        cpu_s={name: draw.choice([0.0, 0.01, 0.3, 1.234]) for name in processes},
+        rss_peak_bytes={name: 2**26 for name in processes},
+        bus_messages=draw.choice([600, 1692, 0]),
+    )
 
 
 def quick_results(**extra) -> list[Result]:
-    return [result(bus, kind, path, concurrency, **extra) for bus in ("memory", "mqtt") for concurrency in (4, 32)
-            for kind in ("dvp", "pvp") for path in ("cross", "same")]
+    return [
+        result(bus, kind, path, concurrency, **extra)
+        for bus in ("memory", "mqtt")
+        for concurrency in (4, 32)
+        for kind in ("dvp", "pvp")
+        for path in ("cross", "same")
+    ]
 
 
 def lines_of(results: list[Result]) -> list[str]:
@@ -65,7 +75,7 @@ def test_each_column_of_the_table_holds_one_precision():
     for block in blocks(lines_of(quick_results())):
         rows = [row.split() for row in block[1:]]
         assert len({len(row) for row in rows}) == 1, "\n".join(block)
-        for column in zip(*rows):
+        for column in zip(*rows, strict=True):
             assert len({decimals(cell) for cell in column}) == 1, f"{column}\n" + "\n".join(block)
 
 
@@ -73,14 +83,20 @@ def test_the_table_shows_throughput_and_latency_with_one_decimal_and_cpu_with_tw
     lines = lines_of(quick_results())
     first = lines[1].split()
     assert [decimals(cell) for cell in first[4:]] == [0, 1, 1, 1, 1, 1, 1, 0]
-    cpu = next(line for line in lines[lines.index("cpu ms per settlement by process, mqtt:") + 2:])
+    cpu = next(line for line in lines[lines.index("cpu ms per settlement by process, mqtt:") + 2 :])
     assert {decimals(cell) for cell in cpu.split()[3:]} == {2}
 
 
 def test_outcomes_other_than_settled_are_listed_by_run():
     lines = lines_of([result("mqtt", "dvp", "cross", 32, phases={"settled": 118, "rolled_back": 2})])
-    assert lines[lines.index("outcomes other than settled:") + 1].split() == ["mqtt", "dvp", "cross", "c=32",
-                                                                                 "rolled_back", "2"]
+    assert lines[lines.index("outcomes other than settled:") + 1].split() == [
+        "mqtt",
+        "dvp",
+        "cross",
+        "c=32",
+        "rolled_back",
+        "2",
+    ]
 
 
 def test_every_option_has_a_help_text_that_shows_its_default():

@@ -9,7 +9,7 @@ import pytest
 from engine.audit import Kind
 from engine.chaos import CHAOS_TIMING, FAULTS, OneLegged, run
 
-pytestmark = pytest.mark.slow   # seconds of faults per run, then a wait for every lock to end
+pytestmark = pytest.mark.slow  # seconds of faults per run, then a wait for every lock to end
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -21,7 +21,7 @@ async def test_a_workload_under_each_fault_class_ends_clean(tmp_path, fault):
     assert set(outcome.phases) <= {"settled", "rolled_back", "failed"}, outcome.phases
     assert outcome.phases["settled"] > 0
     assert sum(outcome.faults.values()) > 0, f"no {fault} fault was injected"
-    assert outcome.over(CHAOS_TIMING.margin_ms) == 0, outcome.table()   # restarts included, each under Δ
+    assert outcome.over(CHAOS_TIMING.margin_ms) == 0, outcome.table()  # restarts included, each under Δ
     assert sum(report.settlements.values()) > 0 and report.settles > 0  # cross and same ledger both ran
 
 
@@ -41,10 +41,12 @@ async def test_outages_longer_than_delta_are_each_reported_alerted_and_explained
     one_legged = {v.settlement for v in report.violations if v.kind is Kind.ONE_LEGGED}
     assert one_legged, "no outage outlasted Δ between two claims; choose another seed"
     assert {v.kind for v in report.violations} == {Kind.ONE_LEGGED}, report.text()  # nothing created, lost or stuck
-    assert outcome.phases["one_legged"] <= len(one_legged)   # what the coordinator saw, the audit found
+    assert outcome.phases["one_legged"] <= len(one_legged)  # what the coordinator saw, the audit found
     assert outcome.unalerted == []
     assert len(outcome.explanations) == len(one_legged)
     for why in outcome.explanations:
         assert isinstance(why, OneLegged), why
         reachable_ms = why.window_ms - why.out_of_reach_ms
-        assert reachable_ms < CHAOS_TIMING.claim_deadline_ms, why   # the ledger was out of reach, not the coordinator slow
+        assert reachable_ms < CHAOS_TIMING.claim_deadline_ms, (
+            why
+        )  # the ledger was out of reach, not the coordinator slow

@@ -11,7 +11,7 @@ import pytest
 from engine import cli
 from engine.chaos_processes import FAULTS, PROCESS_TIMING, Result, run
 
-pytestmark = pytest.mark.slow   # every service a process, killed and restarted
+pytestmark = pytest.mark.slow  # every service a process, killed and restarted
 
 RESTARTED = {"kill-coordinator": "coordinator", "kill-ledger": "ledger", "broker-restart": "broker"}
 

@@ -58,10 +58,31 @@ def stored_checkpoint(h: Harness) -> Checkpoint:
     return checkpoint
 
 
-def lock(h: Harness, lock_id: str, amount: int, expiry_ms: int, *, asset: str = "EUR", owner: str = "a",
-         beneficiary: str = "b", signer: str = "bank-a") -> None:
-    applied(h.send(Lock, signer, id=lock_id, owner_account=owner, beneficiary_account=beneficiary, asset=asset,
-                   amount=amount, hashlock=hashlock_of(SECRET), expiry_ms=expiry_ms, abort_by=("coordinator",)))
+def lock(
+    h: Harness,
+    lock_id: str,
+    amount: int,
+    expiry_ms: int,
+    *,
+    asset: str = "EUR",
+    owner: str = "a",
+    beneficiary: str = "b",
+    signer: str = "bank-a",
+) -> None:
+    applied(
+        h.send(
+            Lock,
+            signer,
+            id=lock_id,
+            owner_account=owner,
+            beneficiary_account=beneficiary,
+            asset=asset,
+            amount=amount,
+            hashlock=hashlock_of(SECRET),
+            expiry_ms=expiry_ms,
+            abort_by=("coordinator",),
+        )
+    )
 
 
 def rotate(h: Harness, party: str) -> None:
@@ -120,6 +141,7 @@ def audited_clean(h: Harness) -> bool:
 
 # -- the work a start does ------------------------------------------------------------------------
 
+
 def test_a_long_journal_starts_reading_only_the_entries_since_its_checkpoint(harness, decoded, monkeypatch):
     """Twenty intervals and a part, at a tenth of the real interval: the same proportions
     as a long journal, in a tenth of the time."""
@@ -129,21 +151,22 @@ def test_a_long_journal_starts_reading_only_the_entries_since_its_checkpoint(har
     height = 20 * interval + 123
     while h.ledger.seq < height:
         accounts = range(h.ledger.seq, min(h.ledger.seq + batch, height))
-        h.ledger.process([h.make(OpenAccount, "csd-op", account=f"acc-{n}", owner="bank-a").encode()
-                          for n in accounts], h.now_ms)
-    h.close()   # killed: no checkpoint at the head
+        h.ledger.process(
+            [h.make(OpenAccount, "csd-op", account=f"acc-{n}", owner="bank-a").encode() for n in accounts], h.now_ms
+        )
+    h.close()  # killed: no checkpoint at the head
     checkpoint = stored_checkpoint(h)
-    assert height - 1 - checkpoint.seq < interval + batch   # one at the end of a batch, every `interval` entries
+    assert height - 1 - checkpoint.seq < interval + batch  # one at the end of a batch, every `interval` entries
 
-    assert opened(h, decoded) == height - checkpoint.seq < interval + batch   # entry S and those after it
+    assert opened(h, decoded) == height - checkpoint.seq < interval + batch  # entry S and those after it
     assert h.ledger.seq == height
     h.ledger.close()
-    assert opened(h, decoded) == 1   # a clean stop checkpoints the head
+    assert opened(h, decoded) == 1  # a clean stop checkpoints the head
     h.close()
     edit(h, "DELETE FROM checkpoints")
-    assert opened(h, decoded) == height   # no checkpoint: the whole journal, as before checkpoints
+    assert opened(h, decoded) == height  # no checkpoint: the whole journal, as before checkpoints
     h.close()
-    assert opened(h, decoded) == 1   # that start checkpointed the head
+    assert opened(h, decoded) == 1  # that start checkpointed the head
 
 
 def test_a_start_after_each_restart_reads_only_what_came_since(harness, decoded, monkeypatch):
@@ -155,7 +178,7 @@ def test_a_start_after_each_restart_reads_only_what_came_since(harness, decoded,
         applied(h.send(OpenAccount, "csd-op", account=f"b{round_}", owner="bank-b"))
         for _ in range(round_ * 3):
             applied(h.send(Transfer, "bank-a", from_account="a", to_account=f"b{round_}", asset="EUR", amount=1))
-        assert h.send(Transfer, "bank-a", from_account="a", to_account="b0", asset="EUR", amount=10**6).code   # recorded
+        assert h.send(Transfer, "bank-a", from_account="a", to_account="b0", asset="EUR", amount=10**6).code  # recorded
         seq_before, checkpoint = h.ledger.seq, stored_checkpoint(h).seq
         if round_ % 2:
             h.ledger.close()
@@ -164,7 +187,7 @@ def test_a_start_after_each_restart_reads_only_what_came_since(harness, decoded,
             h.close()
             assert opened(h, decoded) == seq_before - checkpoint <= 7
         assert h.ledger.seq == seq_before
-        assert stored_checkpoint(h).seq == seq_before - 1   # every start checkpoints its head
+        assert stored_checkpoint(h).seq == seq_before - 1  # every start checkpoints its head
     assert h.balance("a", "EUR") == (1_000 - 3 * sum(range(6)), 0)
     h.close()
     assert audited_clean(h)
@@ -175,12 +198,12 @@ def test_a_database_from_before_checkpoints_is_checked_whole_once_then_from_its_
     before_checkpoint(h)
     height = h.ledger.seq
     h.close()
-    with closing(sqlite3.connect(h.config.database)) as db, db:   # as schema 2 left it
+    with closing(sqlite3.connect(h.config.database)) as db, db:  # as schema 2 left it
         db.execute("DROP TABLE checkpoints")
         db.execute("ALTER TABLE instructions DROP COLUMN seq")
         db.execute("PRAGMA user_version = 2")
     assert opened(h, decoded) == height
-    assert h.store.tables().applied["t-early"] == 7   # read from the journal by the migration, checked at start
+    assert h.store.tables().applied["t-early"] == 7  # read from the journal by the migration, checked at start
     h.close()
     assert opened(h, decoded) == 1
     assert stored_checkpoint(h).seq == height - 1
@@ -191,12 +214,13 @@ def test_a_database_from_before_checkpoints_is_checked_whole_once_then_from_its_
 
 # -- the digest a checkpoint signs ------------------------------------------------------------------
 
+
 def test_the_digest_followed_through_every_write_is_the_digest_of_the_tables(checkpointed):
     h, _ = checkpointed
     h.open()
     assert h.store.digest == state_digest(h.store.tables())
     applied(h.send(Claim, "bank-b", lock_id="early", preimage=SECRET))
-    applied(h.send(Transfer, "bank-a", from_account="c", to_account="b", asset="USD", amount=50))   # c/USD to (0, 0)
+    applied(h.send(Transfer, "bank-a", from_account="c", to_account="b", asset="USD", amount=50))  # c/USD to (0, 0)
     applied(h.send(Issue, "ecb", asset="EUR", account="late", amount=3))
     assert h.store.digest == state_digest(h.store.tables())
 
@@ -214,7 +238,7 @@ def test_a_batch_rolled_back_rolls_the_digest_back(harness):
 
 def test_the_checkpoint_names_its_head_entry_and_signs_the_state_and_keys_with_the_ledger_key(checkpointed):
     h, _ = checkpointed
-    h.open()   # a start checkpoints its head
+    h.open()  # a start checkpoints its head
     checkpoint = stored_checkpoint(h)
     assert (checkpoint.seq, checkpoint.entry_hash) == (h.ledger.seq - 1, h.ledger.prev_hash)
     assert checkpoint.state_digest == state_digest(h.store.tables()).hexdigest()
@@ -228,47 +252,117 @@ def test_the_checkpoint_names_its_head_entry_and_signs_the_state_and_keys_with_t
 
 ROW_EDITS = [  # (what, sql, what the refusal names)
     # rows the entries since the checkpoint left alone: caught by the digest
-    ("untouched-balance", "UPDATE balances SET available = available + 1 WHERE account = 'c' AND asset = 'USD'",
-     "balance c/USD is (51, 0), journal says (50, 0)"),
-    ("untouched-lock-terms", "UPDATE locks SET amount = 59 WHERE lock_id = 'early'", "lock early amount is 59, journal says 60"),
-    ("untouched-lock-state", "UPDATE locks SET state = 'aborted' WHERE lock_id = 'early'", "lock early state is aborted"),
+    (
+        "untouched-balance",
+        "UPDATE balances SET available = available + 1 WHERE account = 'c' AND asset = 'USD'",
+        "balance c/USD is (51, 0), journal says (50, 0)",
+    ),
+    (
+        "untouched-lock-terms",
+        "UPDATE locks SET amount = 59 WHERE lock_id = 'early'",
+        "lock early amount is 59, journal says 60",
+    ),
+    (
+        "untouched-lock-state",
+        "UPDATE locks SET state = 'aborted' WHERE lock_id = 'early'",
+        "lock early state is aborted",
+    ),
     ("untouched-lock-deleted", "DELETE FROM locks WHERE lock_id = 'early'", "lock early is missing"),
-    ("untouched-account-owner", "UPDATE accounts SET owner = 'bank-b' WHERE account = 'a'",
-     "account a is owned by bank-b, journal says bank-a"),
-    ("account-added", "INSERT INTO accounts (account, owner) VALUES ('x', 'bank-a')", "account x is owned by bank-a, journal says None"),
-    ("untouched-supply", "UPDATE assets SET issued = issued + 5 WHERE code = 'USD'", "asset USD differs from the journal"),
-    ("untouched-asset-issuer", "UPDATE assets SET issuer = 'snb' WHERE code = 'EUR'", "asset EUR differs from the journal"),
-    ("untouched-key", "UPDATE keys SET public_key = public_key || '00' WHERE party = 'treasury'",
-     "the key of treasury is"),
-    ("key-added", "INSERT INTO keys (party, public_key) VALUES ('bank-a', '02aa')", "the key of bank-a is 02aa, journal says None"),
-    ("untouched-idempotency-row", "DELETE FROM instructions WHERE id = 't-early'",
-     "instruction t-early is in the journal but not among the instructions answered"),
-    ("untouched-idempotency-row-marked-refused", "UPDATE instructions SET seq = NULL WHERE id = 't-early'",
-     "instruction t-early is answered as applied by entry None, journal says 7"),
+    (
+        "untouched-account-owner",
+        "UPDATE accounts SET owner = 'bank-b' WHERE account = 'a'",
+        "account a is owned by bank-b, journal says bank-a",
+    ),
+    (
+        "account-added",
+        "INSERT INTO accounts (account, owner) VALUES ('x', 'bank-a')",
+        "account x is owned by bank-a, journal says None",
+    ),
+    (
+        "untouched-supply",
+        "UPDATE assets SET issued = issued + 5 WHERE code = 'USD'",
+        "asset USD differs from the journal",
+    ),
+    (
+        "untouched-asset-issuer",
+        "UPDATE assets SET issuer = 'snb' WHERE code = 'EUR'",
+        "asset EUR differs from the journal",
+    ),
+    (
+        "untouched-key",
+        "UPDATE keys SET public_key = public_key || '00' WHERE party = 'treasury'",
+        "the key of treasury is",
+    ),
+    (
+        "key-added",
+        "INSERT INTO keys (party, public_key) VALUES ('bank-a', '02aa')",
+        "the key of bank-a is 02aa, journal says None",
+    ),
+    (
+        "untouched-idempotency-row",
+        "DELETE FROM instructions WHERE id = 't-early'",
+        "instruction t-early is in the journal but not among the instructions answered",
+    ),
+    (
+        "untouched-idempotency-row-marked-refused",
+        "UPDATE instructions SET seq = NULL WHERE id = 't-early'",
+        "instruction t-early is answered as applied by entry None, journal says 7",
+    ),
     # rows the entries since the checkpoint changed or made: each held against the journal
-    ("touched-balance", "UPDATE balances SET available = available + 1 WHERE account = 'a' AND asset = 'EUR'", "balance a/EUR is"),
+    (
+        "touched-balance",
+        "UPDATE balances SET available = available + 1 WHERE account = 'a' AND asset = 'EUR'",
+        "balance a/EUR is",
+    ),
     ("touched-balance-deleted", "DELETE FROM balances WHERE account = 'b' AND asset = 'USD'", "balance b/USD is None"),
-    ("claimed-since-made-held", "UPDATE locks SET state = 'held' WHERE lock_id = 'early-claimed'",
-     "lock early-claimed state is held, journal says claimed"),
-    ("refunded-since-made-claimed", "UPDATE locks SET state = 'claimed' WHERE lock_id = 'early-refunded'",
-     "lock early-refunded state is claimed, journal says refunded"),
-    ("placed-since-terms", "UPDATE locks SET expiry_ms = 1 WHERE lock_id = 'late-held'", "lock late-held expiry_ms is 1"),
+    (
+        "claimed-since-made-held",
+        "UPDATE locks SET state = 'held' WHERE lock_id = 'early-claimed'",
+        "lock early-claimed state is held, journal says claimed",
+    ),
+    (
+        "refunded-since-made-claimed",
+        "UPDATE locks SET state = 'claimed' WHERE lock_id = 'early-refunded'",
+        "lock early-refunded state is claimed, journal says refunded",
+    ),
+    (
+        "placed-since-terms",
+        "UPDATE locks SET expiry_ms = 1 WHERE lock_id = 'late-held'",
+        "lock late-held expiry_ms is 1",
+    ),
     ("placed-since-deleted", "DELETE FROM locks WHERE lock_id = 'late-held'", "lock late-held is missing"),
-    ("opened-since-owner", "UPDATE accounts SET owner = 'bank-a' WHERE account = 'late'",
-     "account late is owned by bank-a, journal says bank-b"),
-    ("opened-since-deleted", "DELETE FROM accounts WHERE account = 'late'", "account late is owned by None, journal says bank-b"),
+    (
+        "opened-since-owner",
+        "UPDATE accounts SET owner = 'bank-a' WHERE account = 'late'",
+        "account late is owned by bank-a, journal says bank-b",
+    ),
+    (
+        "opened-since-deleted",
+        "DELETE FROM accounts WHERE account = 'late'",
+        "account late is owned by None, journal says bank-b",
+    ),
     ("rotated-since-key", "DELETE FROM keys WHERE party = 'bank-b'", "the key of bank-b is None"),
-    ("idempotency-row-since", "DELETE FROM instructions WHERE id = 't-late'",
-     "instruction t-late is in the journal but not among the instructions answered"),
-    ("idempotency-row-since-marked-refused", "UPDATE instructions SET seq = NULL WHERE id = 't-late'",
-     "instruction t-late is answered as applied by entry None, journal says 13"),
-    ("idempotency-row-since-moved", "UPDATE instructions SET seq = 3 WHERE id = 't-late'",
-     "instruction t-late is answered as applied by entry 3, journal says 13"),
+    (
+        "idempotency-row-since",
+        "DELETE FROM instructions WHERE id = 't-late'",
+        "instruction t-late is in the journal but not among the instructions answered",
+    ),
+    (
+        "idempotency-row-since-marked-refused",
+        "UPDATE instructions SET seq = NULL WHERE id = 't-late'",
+        "instruction t-late is answered as applied by entry None, journal says 13",
+    ),
+    (
+        "idempotency-row-since-moved",
+        "UPDATE instructions SET seq = 3 WHERE id = 't-late'",
+        "instruction t-late is answered as applied by entry 3, journal says 13",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("sql", "named"), [(sql, named) for _, sql, named in ROW_EDITS],
-                         ids=[what for what, _, _ in ROW_EDITS])
+@pytest.mark.parametrize(
+    ("sql", "named"), [(sql, named) for _, sql, named in ROW_EDITS], ids=[what for what, _, _ in ROW_EDITS]
+)
 def test_a_changed_added_or_deleted_state_row_is_refused_naming_it(checkpointed, sql, named):
     h, seq = checkpointed
     edit(h, sql)
@@ -305,11 +399,11 @@ def test_a_deleted_journal_entry_after_the_checkpoint_is_refused_naming_it(check
 
 
 def test_a_deleted_last_journal_entry_is_refused(checkpointed):
-    h, seq = checkpointed
+    h, _seq = checkpointed
     last = entries_in(h) - 1
     assert entry_of(h, last)["kind"] == "expire"
     edit(h, "DELETE FROM journal WHERE seq = ?", (last,))
-    assert "balance a/EUR is (825, 60), journal says (785, 100)" in refusal(h)   # the refund undone
+    assert "balance a/EUR is (825, 60), journal says (785, 100)" in refusal(h)  # the refund undone
 
 
 def test_an_entry_inserted_after_the_head_is_refused(checkpointed):
@@ -351,8 +445,9 @@ CHECKPOINT_EDITS = [
 ]
 
 
-@pytest.mark.parametrize(("sql", "params", "named"), [edit_[1:] for edit_ in CHECKPOINT_EDITS],
-                         ids=[edit_[0] for edit_ in CHECKPOINT_EDITS])
+@pytest.mark.parametrize(
+    ("sql", "params", "named"), [edit_[1:] for edit_ in CHECKPOINT_EDITS], ids=[edit_[0] for edit_ in CHECKPOINT_EDITS]
+)
 def test_an_edited_checkpoint_is_refused(checkpointed, sql, params, named):
     h, _ = checkpointed
     edit(h, sql, params)
@@ -410,6 +505,7 @@ def test_a_deleted_checkpoint_and_a_changed_row_are_refused_by_the_whole_journal
 
 
 # -- what a start no longer reads: the audit does ------------------------------------------------------
+
 
 def test_an_entry_changed_before_the_checkpoint_is_left_to_the_audit(checkpointed):
     h, seq = checkpointed

@@ -21,11 +21,13 @@ from protocols.signing import decode_signed
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
-CROSS_PVP = (SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 50_000),
-             SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 54_000))
+CROSS_PVP = (
+    SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 50_000),
+    SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 54_000),
+)
 SAME_DVP = dvp_legs("unified", "a", "b", 100, "unified", "EUR", "b", "a", 99_000)
 SAME_PVP = (SettlementLeg("unified", "b", "a", "EUR", 50_000), SettlementLeg("unified", "a", "b", "USD", 54_000))
-PARTIES = ("bank-b", "bank-a")   # bank-b pays leg 0, bank-a pays leg 1
+PARTIES = ("bank-b", "bank-a")  # bank-b pays leg 0, bank-a pays leg 1
 
 
 @pytest.fixture
@@ -41,8 +43,11 @@ class World:
 
     async def balances(self, legs) -> dict[tuple[str, str], dict[str, int]]:
         """Balances of every account the legs touch, by (ledger, account)."""
-        return {(leg.ledger, account): await self.local.balances(leg.ledger, account)
-                for leg in legs for account in (leg.from_account, leg.to_account)}
+        return {
+            (leg.ledger, account): await self.local.balances(leg.ledger, account)
+            for leg in legs
+            for account in (leg.from_account, leg.to_account)
+        }
 
     async def lock_state(self, ledger: str, lock: str) -> str | None:
         client = self.local.client(ledger)
@@ -86,8 +91,11 @@ def _nonzero(balances):
     return {key: {asset: amount for asset, amount in assets.items() if amount} for key, assets in balances.items()}
 
 
-@pytest.mark.parametrize("legs, kind", [(CROSS_DVP, "dvp"), (CROSS_PVP, "pvp"), (SAME_DVP, "dvp"), (SAME_PVP, "pvp")],
-                         ids=["cross-dvp", "cross-pvp", "same-dvp", "same-pvp"])
+@pytest.mark.parametrize(
+    "legs, kind",
+    [(CROSS_DVP, "dvp"), (CROSS_PVP, "pvp"), (SAME_DVP, "dvp"), (SAME_PVP, "pvp")],
+    ids=["cross-dvp", "cross-pvp", "same-dvp", "same-pvp"],
+)
 async def test_settlement_settles_both_legs(tmp_path, autojump_clock, legs, kind):
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path)
@@ -97,15 +105,18 @@ async def test_settlement_settles_both_legs(tmp_path, autojump_clock, legs, kind
         assert record.phase is Phase.SETTLED, record
         assert moved(before, await w.balances(legs), legs)
         assert await w.held_locks() == []
-        expected_steps = ["pending", "settled"] if legs[0].ledger == legs[1].ledger else \
-            ["pending", "locking", "locked", "claiming", "settled"]
+        expected_steps = (
+            ["pending", "settled"]
+            if legs[0].ledger == legs[1].ledger
+            else ["pending", "locking", "locked", "claiming", "settled"]
+        )
         assert [phase for phase, _ in record.steps] == expected_steps
         nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("leg", [0, 1])
 async def test_lock_refused_on_either_leg_fails_and_releases_the_other(tmp_path, autojump_clock, leg):
-    legs = tuple(attrs.evolve(l, amount=10**15) if index == leg else l for index, l in enumerate(CROSS_DVP))
+    legs = tuple(attrs.evolve(one, amount=10**15) if index == leg else one for index, one in enumerate(CROSS_DVP))
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path)
         coordinator, _ = await w.local.start_coordinator(TIMING)
@@ -152,8 +163,12 @@ async def test_ledger_down_until_leg_0_expires_rolls_back_with_a_refused_claim(t
     is refused, leg 1 is aborted, and nobody was paid."""
     bus = MemoryBus()
     silenced = {"on": False}
-    faulty = FaultyBus(bus, Faults(drop_request=1.0), seed=1,
-                       applies=lambda service, payload: silenced["on"] and service == "ledger.cbdc-eur")
+    faulty = FaultyBus(
+        bus,
+        Faults(drop_request=1.0),
+        seed=1,
+        applies=lambda service, payload: silenced["on"] and service == "ledger.cbdc-eur",
+    )
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
         w.local.bus = faulty
@@ -173,7 +188,14 @@ async def test_ledger_down_until_leg_0_expires_rolls_back_with_a_refused_claim(t
         before = await w.balances(CROSS_DVP)
         record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
         assert (record.phase, record.reason_code) == (Phase.ROLLED_BACK, "lock_expired")
-        assert [p for p, _ in record.steps] == ["pending", "locking", "locked", "claiming", "rolling_back", "rolled_back"]
+        assert [p for p, _ in record.steps] == [
+            "pending",
+            "locking",
+            "locked",
+            "claiming",
+            "rolling_back",
+            "rolled_back",
+        ]
         assert unchanged(before, await w.balances(CROSS_DVP))
         assert await w.lock_state("cbdc-eur", lock_id(record.settlement_id, 0)) == "refunded"
         assert await w.lock_state("csd", lock_id(record.settlement_id, 1)) == "aborted"
@@ -227,16 +249,27 @@ async def test_watchtower_completes_a_settlement_whose_coordinator_died_after_th
     """The coordinator never reaches leg 1 (its claims to csd are lost, then it dies);
     a watchtower of its own sees leg 0's claim and the secret in it, and claims leg 1."""
     bus = MemoryBus()
-    claims_to_csd_lost = FaultyBus(bus, Faults(drop_request=1.0), seed=2,
-                                   applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload)
+    claims_to_csd_lost = FaultyBus(
+        bus,
+        Faults(drop_request=1.0),
+        seed=2,
+        applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload,
+    )
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
         w.local.bus = claims_to_csd_lost
-        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
+        _coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
         w.local.bus = bus
         world = w.local.world
-        watchtower = Watchtower("coordinator", world.keys["coordinator"], world.registry, bus,
-                                ["csd", "cbdc-eur"], ServiceClock(), grace_ms=500)
+        watchtower = Watchtower(
+            "coordinator",
+            world.keys["coordinator"],
+            world.registry,
+            bus,
+            ["csd", "cbdc-eur"],
+            ServiceClock(),
+            grace_ms=500,
+        )
         await nursery.start(watchtower.run)
         raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
         settlement_id = decode_signed(raw).msg.id
@@ -256,8 +289,12 @@ async def test_watchtower_completes_a_settlement_whose_coordinator_died_after_th
 
 async def test_lost_duplicate_and_reordered_messages_are_harmless(tmp_path, autojump_clock):
     bus = MemoryBus()
-    unreliable = FaultyBus(bus, Faults(drop_request=0.1, drop_reply=0.1, duplicate=0.2, delay=0.3, delay_s_max=0.05),
-                           seed=7, applies=lambda service, payload: service.startswith("ledger."))
+    unreliable = FaultyBus(
+        bus,
+        Faults(drop_request=0.1, drop_reply=0.1, duplicate=0.2, delay=0.3, delay_s_max=0.05),
+        seed=7,
+        applies=lambda service, payload: service.startswith("ledger."),
+    )
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
         w.local.bus = unreliable
@@ -306,8 +343,12 @@ async def test_leg_0_claimed_with_its_reply_lost_is_never_rolled_back(tmp_path, 
     claimed, so it must wait to learn it, then claim leg 1: never abort leg 1."""
     bus = MemoryBus()
     silenced = {"on": False}
-    deaf = FaultyBus(bus, Faults(drop_reply=1.0), seed=3,
-                     applies=lambda service, payload: silenced["on"] and service == "ledger.cbdc-eur")
+    deaf = FaultyBus(
+        bus,
+        Faults(drop_reply=1.0),
+        seed=3,
+        applies=lambda service, payload: silenced["on"] and service == "ledger.cbdc-eur",
+    )
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
         w.local.bus = deaf

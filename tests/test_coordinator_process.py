@@ -15,7 +15,7 @@ from protocols.messages import QueryLocks, SettlementStatus
 from protocols.signing import decode_signed
 from tests.processes import ServiceProcess
 
-pytestmark = pytest.mark.slow   # a coordinator process killed and restarted
+pytestmark = pytest.mark.slow  # a coordinator process killed and restarted
 
 LEGS = dvp_legs("csd", "a-sec", "b-sec", 10, "cbdc-eur", "EUR", "b-eur", "a-eur", 1_000)
 SETTLEMENTS = 60
@@ -55,9 +55,11 @@ async def test_coordinator_killed_mid_stream_resumes_every_settlement(tmp_path, 
                     clients.start_soon(killer)
                     limit = trio.CapacityLimiter(8)
                     for raw in settlements:
+
                         async def one(raw=raw):
                             async with limit:
                                 await back_office(raw)
+
                         clients.start_soon(one)
             assert len(statuses) == SETTLEMENTS
             assert set(statuses.values()) <= {"settled", "rolled_back"}, statuses
@@ -69,9 +71,20 @@ async def test_coordinator_killed_mid_stream_resumes_every_settlement(tmp_path, 
                 client = local.client(ledger)
                 assert await client.query(QueryLocks(client.next_query_id(), ledger, 2**62, 10)) == []
 
-            status = subprocess.run([sys.executable, "-m", "engine.cli", "status", decode_signed(settlements[0]).msg.id,
-                                     "--config", str(world.ledger_configs["coordinator"])],
-                                    capture_output=True, text=True, timeout=30)
+            status = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "status",
+                    decode_signed(settlements[0]).msg.id,
+                    "--config",
+                    str(world.ledger_configs["coordinator"]),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert status.returncode == 0, status.stderr
             assert statuses[decode_signed(settlements[0]).msg.id].upper() in status.stdout
             nursery.cancel_scope.cancel()

@@ -9,9 +9,27 @@ from protocols import PROTOCOL_VERSION
 from protocols.canonical import DEPTH_MAX, INT_MAX, MESSAGE_BYTES_MAX, decode, encode
 from protocols.errors import Code, Rejected
 from protocols.identifiers import make_isin
-from protocols.messages import (INSTRUCTIONS, LEGS_MAX, QUERIES, Abort, Claim, CreateInstrument,
-                                Issue, Leg, Lock, OpenAccount, QueryBalances, Receipt, Redeem,
-                                Refund, RotateKey, Settle, Transfer, from_body, to_body)
+from protocols.messages import (
+    INSTRUCTIONS,
+    LEGS_MAX,
+    QUERIES,
+    Abort,
+    Claim,
+    CreateInstrument,
+    Issue,
+    Leg,
+    Lock,
+    OpenAccount,
+    QueryBalances,
+    Receipt,
+    Redeem,
+    Refund,
+    RotateKey,
+    Settle,
+    Transfer,
+    from_body,
+    to_body,
+)
 from protocols.signing import SIGNATURES_MAX, PrivateKey, decode_signed, sign
 from tests.harness import T0
 
@@ -32,23 +50,42 @@ def assert_refused(error: Rejected, code: Code, field: str) -> None:
 
 def transfer(**changes) -> dict:
     """A valid transfer body, with some fields changed (None removes a field)."""
-    body = {"v": PROTOCOL_VERSION, "type": "transfer", "id": "t-1", "ledger": "unified", "ts_ms": T0,
-            "from_account": "acc-a", "to_account": "acc-b", "asset": "EUR", "amount": 100}
+    body = {
+        "v": PROTOCOL_VERSION,
+        "type": "transfer",
+        "id": "t-1",
+        "ledger": "unified",
+        "ts_ms": T0,
+        "from_account": "acc-a",
+        "to_account": "acc-b",
+        "asset": "EUR",
+        "amount": 100,
+    }
     body.update(changes)
     return {key: value for key, value in body.items() if value is not None}
 
 
 def lock(**changes) -> dict:
-    body = {"v": PROTOCOL_VERSION, "type": "lock", "id": "l-1", "ledger": "unified", "ts_ms": T0,
-            "owner_account": "acc-a", "beneficiary_account": "acc-b", "asset": "EUR", "amount": 100,
-            "hashlock": HASH, "expiry_ms": T0 + 60_000, "abort_by": ["coordinator"]}
+    body = {
+        "v": PROTOCOL_VERSION,
+        "type": "lock",
+        "id": "l-1",
+        "ledger": "unified",
+        "ts_ms": T0,
+        "owner_account": "acc-a",
+        "beneficiary_account": "acc-b",
+        "asset": "EUR",
+        "amount": 100,
+        "hashlock": HASH,
+        "expiry_ms": T0 + 60_000,
+        "abort_by": ["coordinator"],
+    }
     body.update(changes)
     return body
 
 
 def settle(*legs: dict) -> dict:
-    return {"v": PROTOCOL_VERSION, "type": "settle", "id": "s-1", "ledger": "unified", "ts_ms": T0,
-            "legs": list(legs)}
+    return {"v": PROTOCOL_VERSION, "type": "settle", "id": "s-1", "ledger": "unified", "ts_ms": T0, "legs": list(legs)}
 
 
 def leg(**changes) -> dict:
@@ -57,13 +94,15 @@ def leg(**changes) -> dict:
 
 # -- canonical.decode: bytes to a JSON value -------------------------------------------
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"hello", b"{'amount': 1}", b'{"a":1,}', b'{"a":01}',
-                                 b'{"a":1} {"b":2}', b'\xef\xbb\xbf{}'])
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"{", b"hello", b"{'amount': 1}", b'{"a":1,}', b'{"a":01}', b'{"a":1} {"b":2}', b"\xef\xbb\xbf{}"]
+)
 def test_bytes_that_are_not_json_are_malformed(raw):
     assert_refused(refusal(decode, raw), Code.MALFORMED, "$")
 
 
-@pytest.mark.parametrize("raw", [b'{"id":"\xff"}', b'{"id":"\xc3"}', b'{"id":"\xed\xa0\x80"}', b'\xc0\xaf'])
+@pytest.mark.parametrize("raw", [b'{"id":"\xff"}', b'{"id":"\xc3"}', b'{"id":"\xed\xa0\x80"}', b"\xc0\xaf"])
 def test_bytes_that_are_not_utf8_are_malformed(raw):
     error = refusal(decode, raw)
     assert_refused(error, Code.MALFORMED, "$")
@@ -167,10 +206,11 @@ def test_a_lone_surrogate_in_a_field_name_is_refused():
 
 
 def test_a_surrogate_pair_escape_is_one_character():
-    assert decode(b'{"id":"\\ud83d\\ude00"}') == {"id": "\U0001F600"}
+    assert decode(b'{"id":"\\ud83d\\ude00"}') == {"id": "\U0001f600"}
 
 
 # -- canonical.encode: one byte string per value ------------------------------------------
+
 
 def test_encoding_does_not_depend_on_key_order():
     forward = transfer()
@@ -189,11 +229,12 @@ def test_decoding_then_encoding_gives_the_canonical_bytes_whatever_the_input_lay
 
 
 def test_decode_inverts_encode():
-    value = {"id": "x", "n": [INT_MAX, -INT_MAX - 1, 0], "s": "ü\U0001F600", "t": True, "z": None}
+    value = {"id": "x", "n": [INT_MAX, -INT_MAX - 1, 0], "s": "ü\U0001f600", "t": True, "z": None}
     assert decode(encode(value)) == value
 
 
 # -- messages.from_body: a JSON object to a message --------------------------------------------
+
 
 def test_a_body_that_is_not_an_object_is_malformed():
     assert_refused(refusal(from_body, [transfer()]), Code.MALFORMED, "$")
@@ -213,8 +254,7 @@ def test_an_unknown_type_is_refused(type_name):
 
 @pytest.mark.parametrize("type_name", ["receipt", "result", "entry"])
 def test_a_ledgers_own_message_types_are_unknown_to_a_ledger(type_name):
-    assert_refused(refusal(from_body, transfer(type=type_name), allowed=LEDGER_ALLOWED),
-                   Code.UNKNOWN_TYPE, "type")
+    assert_refused(refusal(from_body, transfer(type=type_name), allowed=LEDGER_ALLOWED), Code.UNKNOWN_TYPE, "type")
 
 
 @pytest.mark.parametrize("field", ["id", "ledger", "ts_ms", "from_account", "to_account", "asset", "amount"])
@@ -283,8 +323,15 @@ def test_a_hashlock_decodes_to_its_32_bytes():
 
 
 def test_a_claims_preimage_must_be_64_lowercase_hex_digits():
-    claim = {"v": PROTOCOL_VERSION, "type": "claim", "id": "c-1", "ledger": "unified", "ts_ms": T0,
-             "lock_id": "l-1", "preimage": "CD" * 32}
+    claim = {
+        "v": PROTOCOL_VERSION,
+        "type": "claim",
+        "id": "c-1",
+        "ledger": "unified",
+        "ts_ms": T0,
+        "lock_id": "l-1",
+        "preimage": "CD" * 32,
+    }
     assert_refused(refusal(from_body, claim), Code.INVALID_FIELD, "preimage")
     assert from_body({**claim, "preimage": "cd" * 32}).preimage == b"\xcd" * 32
 
@@ -296,16 +343,29 @@ def test_an_asset_that_is_neither_iso_4217_nor_an_isin_is_an_invalid_field(code)
 
 
 def test_an_instruments_currency_must_be_iso_4217():
-    body = {"v": PROTOCOL_VERSION, "type": "create_instrument", "id": "c-1", "ledger": "csd", "ts_ms": T0,
-            "isin": BOND, "issuer": "treasury", "currency": "ABC", "face_value_minor": 100_000,
-            "coupon_rate_bp": 250, "maturity_date": "2030-06-15"}
+    body = {
+        "v": PROTOCOL_VERSION,
+        "type": "create_instrument",
+        "id": "c-1",
+        "ledger": "csd",
+        "ts_ms": T0,
+        "isin": BOND,
+        "issuer": "treasury",
+        "currency": "ABC",
+        "face_value_minor": 100_000,
+        "coupon_rate_bp": 250,
+        "maturity_date": "2030-06-15",
+    }
     assert_refused(refusal(from_body, body), Code.INVALID_FIELD, "currency")
     wrong_digit = BOND[:11] + str((int(BOND[11]) + 1) % 10)
     error = refusal(from_body, {**body, "currency": "EUR", "isin": wrong_digit})
     assert_refused(error, Code.INVALID_FIELD, "isin")
     assert "check digit" in error.reason
-    assert_refused(refusal(from_body, {**body, "currency": "EUR", "maturity_date": "15/06/2030"}),
-                   Code.INVALID_FIELD, "maturity_date")
+    assert_refused(
+        refusal(from_body, {**body, "currency": "EUR", "maturity_date": "15/06/2030"}),
+        Code.INVALID_FIELD,
+        "maturity_date",
+    )
 
 
 def test_an_isin_asset_with_a_wrong_check_digit_is_an_invalid_field():
@@ -329,23 +389,29 @@ def test_a_leg_with_a_missing_or_extra_field_is_refused_naming_the_leg():
     assert_refused(refusal(from_body, settle("acc-a")), Code.MALFORMED, "legs[0]")
 
 
-@pytest.mark.parametrize("changes, code, field", [
-    ({"amount": 0}, Code.INVALID_FIELD, "legs[1].amount"),
-    ({"amount": "100"}, Code.MALFORMED, "legs[1].amount"),
-    ({"asset": "XYZ"}, Code.INVALID_FIELD, "legs[1].asset"),
-    ({"to_account": ""}, Code.INVALID_FIELD, "legs[1].to_account"),
-])
+@pytest.mark.parametrize(
+    "changes, code, field",
+    [
+        ({"amount": 0}, Code.INVALID_FIELD, "legs[1].amount"),
+        ({"amount": "100"}, Code.MALFORMED, "legs[1].amount"),
+        ({"asset": "XYZ"}, Code.INVALID_FIELD, "legs[1].asset"),
+        ({"to_account": ""}, Code.INVALID_FIELD, "legs[1].to_account"),
+    ],
+)
 def test_a_bad_value_inside_a_leg_is_refused_with_the_legs_path(changes, code, field):
     assert_refused(refusal(from_body, settle(leg(), leg(**changes))), code, field)
 
 
-@pytest.mark.parametrize("abort_by, code", [
-    (["coordinator", "coordinator"], Code.INVALID_FIELD),
-    (["p1", "p2", "p3", "p4", "p5"], Code.INVALID_FIELD),
-    ([""], Code.INVALID_FIELD),
-    ("coordinator", Code.MALFORMED),
-    ([7], Code.MALFORMED),
-])
+@pytest.mark.parametrize(
+    "abort_by, code",
+    [
+        (["coordinator", "coordinator"], Code.INVALID_FIELD),
+        (["p1", "p2", "p3", "p4", "p5"], Code.INVALID_FIELD),
+        ([""], Code.INVALID_FIELD),
+        ("coordinator", Code.MALFORMED),
+        ([7], Code.MALFORMED),
+    ],
+)
 def test_abort_by_must_be_up_to_4_distinct_parties(abort_by, code):
     assert_refused(refusal(from_body, lock(abort_by=abort_by)), code, "abort_by")
 
@@ -365,7 +431,9 @@ INSTRUCTION_EXAMPLES = [
     Refund("r-2", "unified", T0, "l-1"),
     Abort("a-1", "unified", T0, "l-1"),
     Settle("s-1", "unified", T0, (Leg("acc-a", "acc-b", "EUR", 1), Leg("acc-b", "acc-a", BOND, 2))),
-    RotateKey("k-1", "unified", T0, "bank-a", "03" + "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"),
+    RotateKey(
+        "k-1", "unified", T0, "bank-a", "03" + "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+    ),
 ]
 
 
@@ -401,11 +469,20 @@ def test_a_message_without_sigs_decodes_with_no_signatures():
     assert decode_signed(encode(transfer())).sigs == {}
 
 
-@pytest.mark.parametrize("sigs", [
-    ["3045"], "3045", 7,
-    {"bank-a": 3045}, {"bank-a": None}, {"bank-a": "304"}, {"bank-a": "zz"}, {"bank-a": "ab" * 81},
-    {f"party-{n}": "3045" for n in range(SIGNATURES_MAX + 1)},
-])
+@pytest.mark.parametrize(
+    "sigs",
+    [
+        ["3045"],
+        "3045",
+        7,
+        {"bank-a": 3045},
+        {"bank-a": None},
+        {"bank-a": "304"},
+        {"bank-a": "zz"},
+        {"bank-a": "ab" * 81},
+        {f"party-{n}": "3045" for n in range(SIGNATURES_MAX + 1)},
+    ],
+)
 def test_signatures_must_be_an_object_of_at_most_8_hex_strings(sigs):
     assert_refused(refusal(decode_signed, envelope(sigs)), Code.MALFORMED, "sigs")
 
@@ -416,10 +493,14 @@ def test_the_body_is_checked_before_the_signatures():
 
 
 def test_decode_signed_applies_the_canonical_decoding_rules():
-    assert_refused(refusal(decode_signed, envelope({}).replace(b'"amount":100', b'"amount":100.0')),
-                   Code.MALFORMED, "amount")
-    assert_refused(refusal(decode_signed, envelope({}).replace(b'"amount":100', b'"amount":100,"amount":1')),
-                   Code.MALFORMED, "amount")
+    assert_refused(
+        refusal(decode_signed, envelope({}).replace(b'"amount":100', b'"amount":100.0')), Code.MALFORMED, "amount"
+    )
+    assert_refused(
+        refusal(decode_signed, envelope({}).replace(b'"amount":100', b'"amount":100,"amount":1')),
+        Code.MALFORMED,
+        "amount",
+    )
     assert_refused(refusal(decode_signed, b"[]"), Code.MALFORMED, "$")
     assert_refused(refusal(decode_signed, envelope({"x": "a" * (MESSAGE_BYTES_MAX)})), Code.TOO_LARGE, "$")
 
@@ -432,26 +513,43 @@ def test_a_query_is_decoded_like_an_instruction():
 
 # -- the ledger answers what it cannot decode, and keeps serving ---------------------------
 
+
 def ledger_transfer(**changes) -> bytes:
     return encode(transfer(ledger="unified", **changes))
 
 
-@pytest.mark.parametrize("payload, code, field", [
-    pytest.param(b"\xff\xfe", Code.MALFORMED, "$", id="not-utf8"),
-    pytest.param(ledger_transfer().replace(b'"amount":100', b'"amount":1e2'), Code.MALFORMED, "amount", id="float"),
-    pytest.param(ledger_transfer().replace(b'"amount":100', b'"amount":' + b"1" * 5000), Code.INVALID_FIELD, "amount",
-                 id="5000-digit-integer"),
-    pytest.param(ledger_transfer().replace(b'"amount":100', b'"amount":100,"\\ud800":1'), Code.MALFORMED, "$",
-                 id="lone-surrogate-field-name"),
-    pytest.param(ledger_transfer().replace(b'"amount":100', b'"amount":100,"amount":1'), Code.MALFORMED, "amount",
-                 id="duplicate-key"),
-    pytest.param(ledger_transfer(v=2), Code.UNSUPPORTED_VERSION, "v", id="version-2"),
-    pytest.param(ledger_transfer(type="mint"), Code.UNKNOWN_TYPE, "type", id="unknown-type"),
-    pytest.param(ledger_transfer(type="receipt"), Code.UNKNOWN_TYPE, "type", id="receipt-as-instruction"),
-    pytest.param(b"[" * 20_000, Code.MALFORMED, "$", id="deep-nesting"),
-    pytest.param(encode({**transfer(ledger="unified"), "pad": "x" * MESSAGE_BYTES_MAX}), Code.TOO_LARGE, "$",
-                 id="too-large"),
-])
+@pytest.mark.parametrize(
+    "payload, code, field",
+    [
+        pytest.param(b"\xff\xfe", Code.MALFORMED, "$", id="not-utf8"),
+        pytest.param(ledger_transfer().replace(b'"amount":100', b'"amount":1e2'), Code.MALFORMED, "amount", id="float"),
+        pytest.param(
+            ledger_transfer().replace(b'"amount":100', b'"amount":' + b"1" * 5000),
+            Code.INVALID_FIELD,
+            "amount",
+            id="5000-digit-integer",
+        ),
+        pytest.param(
+            ledger_transfer().replace(b'"amount":100', b'"amount":100,"\\ud800":1'),
+            Code.MALFORMED,
+            "$",
+            id="lone-surrogate-field-name",
+        ),
+        pytest.param(
+            ledger_transfer().replace(b'"amount":100', b'"amount":100,"amount":1'),
+            Code.MALFORMED,
+            "amount",
+            id="duplicate-key",
+        ),
+        pytest.param(ledger_transfer(v=2), Code.UNSUPPORTED_VERSION, "v", id="version-2"),
+        pytest.param(ledger_transfer(type="mint"), Code.UNKNOWN_TYPE, "type", id="unknown-type"),
+        pytest.param(ledger_transfer(type="receipt"), Code.UNKNOWN_TYPE, "type", id="receipt-as-instruction"),
+        pytest.param(b"[" * 20_000, Code.MALFORMED, "$", id="deep-nesting"),
+        pytest.param(
+            encode({**transfer(ledger="unified"), "pad": "x" * MESSAGE_BYTES_MAX}), Code.TOO_LARGE, "$", id="too-large"
+        ),
+    ],
+)
 def test_the_ledger_refuses_an_undecodable_message_and_serves_the_next(harness, payload, code, field):
     h = harness("unified")
     seq = h.ledger.seq

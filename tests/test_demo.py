@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow   # the whole demo, twice, with its past-expiry wait
+pytestmark = pytest.mark.slow  # the whole demo, twice, with its past-expiry wait
 
 
 def demo(tmp: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "demo", *args], capture_output=True, text=True,
-                            timeout=120, env={"TMPDIR": str(tmp), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"TMPDIR": str(tmp), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -24,7 +29,7 @@ def demo(tmp: Path, *args: str) -> str:
 def test_the_demo_reports_every_scenario_and_balance_and_leaves_nothing_behind(tmp_path):
     out = demo(tmp_path)
     assert list(tmp_path.iterdir()) == []
-    assert str(tmp_path) not in out and "iso20022" not in out   # nothing named that is gone
+    assert str(tmp_path) not in out and "iso20022" not in out  # nothing named that is gone
 
     announced, report = out.split("\nSettlements:\n")
     report, balances = report.split("\nBalances, by ledger and account")
@@ -35,15 +40,25 @@ def test_the_demo_reports_every_scenario_and_balance_and_leaves_nothing_behind(t
     countdown = re.findall(r"coordinator down while both locks expire: (\d+) s to go", announced)
     assert countdown == sorted(countdown, key=int, reverse=True) and len(countdown) >= 5 and countdown[-1] == "1"
 
-    assert [line.split()[0] for line in report.splitlines() if line.startswith("  ") and line.split()[0].isupper()] \
-        == ["SETTLED"] * 5 + ["FAILED", "SETTLED", "ROLLED_BACK"]
+    assert [line.split()[0] for line in report.splitlines() if line.startswith("  ") and line.split()[0].isupper()] == [
+        "SETTLED"
+    ] * 5 + ["FAILED", "SETTLED", "ROLLED_BACK"]
     assert "b-eur has EUR 9,997,530,000.00 available, needs EUR 1,000,000,000,000.00" in report
 
     header, *rows = balances.splitlines()[1:-2]
-    assert header.split() == ["ledger", "/", "account", "before:", "available", "locked", "after:", "available",
-                              "locked"]
+    assert header.split() == [
+        "ledger",
+        "/",
+        "account",
+        "before:",
+        "available",
+        "locked",
+        "after:",
+        "available",
+        "locked",
+    ]
     accounts = [tuple(row.split()[0:3:2]) for row in rows]
-    assert accounts == sorted(accounts)   # by ledger, then account: the treasuries in their place
+    assert accounts == sorted(accounts)  # by ledger, then account: the treasuries in their place
     assert ("csd", "treasury") in accounts and ("unified", "treasury") in accounts
     assert any(row.split()[:3] == ["cbdc-eur", "/", "b-eur"] and "EUR 9,996,545,000.00" in row for row in rows)
     assert any("XS2700000016 497,000 units" in row for row in rows)

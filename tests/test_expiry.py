@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import pytest
 import trio
@@ -25,8 +25,7 @@ from protocols.bus.memory import MemoryBus
 from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
-from protocols.messages import (Claim, Issue, Lock, OpenAccount, QueryBalances, QueryLock,
-                                QueryLocks, Receipt, Refund)
+from protocols.messages import Claim, Issue, Lock, OpenAccount, QueryBalances, QueryLock, QueryLocks, Receipt, Refund
 from protocols.signing import sign
 
 SECRET = b"\x42" * 32
@@ -42,8 +41,9 @@ def autojump_clock():
 class Running:
     """A ledger service on a memory bus and a client that signs as any party."""
 
-    def __init__(self, world, service: LedgerService, client: LedgerClient, bus: MemoryBus,
-                 clock: ServiceClock) -> None:
+    def __init__(
+        self, world, service: LedgerService, client: LedgerClient, bus: MemoryBus, clock: ServiceClock
+    ) -> None:
         self.world = world
         self.service = service
         self.client = client
@@ -62,9 +62,18 @@ class Running:
         return await self.client.query(cls(id=self.client.next_query_id(), ledger="unified", **fields))
 
     async def lock(self, lock_id: str, amount: int, expiry_ms: int) -> Receipt:
-        receipt = await self.send(Lock, "bank-a", id=lock_id, owner_account="a", beneficiary_account="b",
-                                  asset="EUR", amount=amount, hashlock=hashlock_of(SECRET),
-                                  expiry_ms=expiry_ms, abort_by=())
+        receipt = await self.send(
+            Lock,
+            "bank-a",
+            id=lock_id,
+            owner_account="a",
+            beneficiary_account="b",
+            asset="EUR",
+            amount=amount,
+            hashlock=hashlock_of(SECRET),
+            expiry_ms=expiry_ms,
+            abort_by=(),
+        )
         assert receipt.applied, receipt
         return receipt
 
@@ -82,11 +91,11 @@ async def real_time_limit(seconds: float):
     deadline could fire. A real-time timer thread cancels the test instead."""
     token = trio.lowlevel.current_trio_token()
     with trio.CancelScope() as scope:
+
         def cancel() -> None:
-            try:
+            with suppress(trio.RunFinishedError):
                 token.run_sync_soon(scope.cancel)
-            except trio.RunFinishedError:
-                pass
+
         timer = threading.Timer(seconds, cancel)
         timer.start()
         try:
@@ -94,8 +103,10 @@ async def real_time_limit(seconds: float):
         finally:
             timer.cancel()
     if scope.cancelled_caught:
-        pytest.fail(f"took more than {seconds} s of real time: a task kept running without waiting, "
-                    f"so mock time stood still at {trio.current_time():.3f} s")
+        pytest.fail(
+            f"took more than {seconds} s of real time: a task kept running without waiting, "
+            f"so mock time stood still at {trio.current_time():.3f} s"
+        )
 
 
 @asynccontextmanager
@@ -134,8 +145,10 @@ async def test_lock_refunds_itself_at_expiry_with_nobody_asking(world, autojump_
             published = [decode(entries.receive_nowait()) for _ in range(2)]
             with pytest.raises(trio.WouldBlock):
                 entries.receive_nowait()
-        assert [(entry["kind"], entry["seq"]) for entry in published] == [("lock", placed.seq),
-                                                                         ("expire", placed.seq + 1)]
+        assert [(entry["kind"], entry["seq"]) for entry in published] == [
+            ("lock", placed.seq),
+            ("expire", placed.seq + 1),
+        ]
         expired = published[1]
         assert expired["time_ms"] == expiry_ms
         assert expired["instruction"] is None
@@ -143,7 +156,10 @@ async def test_lock_refunds_itself_at_expiry_with_nobody_asking(world, autojump_
         assert sorted(expired["effects"]["balances"]) == [["a", "EUR", 40, -40]]
         assert expired["prev_hash"] == placed.entry_hash
         assert await ledger.query(QueryBalances, account="a") == {
-            "account": "a", "owner": "bank-a", "balances": {"EUR": {"available": 100, "locked": 0}}}
+            "account": "a",
+            "owner": "bank-a",
+            "balances": {"EUR": {"available": 100, "locked": 0}},
+        }
         assert (await ledger.query(QueryLock, lock_id="l1"))["state"] == "refunded"
     assert time.monotonic() - real_start < 30  # two hours of ledger time
 
@@ -201,8 +217,14 @@ async def test_balance_asked_for_at_the_exact_expiry_ms_already_shows_the_refund
 async def test_query_locks_lists_expiring_holds_soonest_first(world, autojump_clock):
     async with running_ledger(world) as ledger:
         now_ms = ledger.clock.now_ms()
-        for lock_id, after_ms in [("late", 30_000), ("soon", 10_000), ("middle", 20_000), ("taken", 5_000),
-                                  ("tie-b", 20_000), ("far", HOUR_MS)]:
+        for lock_id, after_ms in [
+            ("late", 30_000),
+            ("soon", 10_000),
+            ("middle", 20_000),
+            ("taken", 5_000),
+            ("tie-b", 20_000),
+            ("far", HOUR_MS),
+        ]:
             await ledger.lock(lock_id, 5, now_ms + after_ms)
         assert (await ledger.send(Claim, "bank-b", lock_id="taken", preimage=SECRET)).applied
 
@@ -210,9 +232,13 @@ async def test_query_locks_lists_expiring_holds_soonest_first(world, autojump_cl
             return [(lock["lock_id"], lock["expiry_ms"] - now_ms, lock["state"]) for lock in locks]
 
         everything = await ledger.query(QueryLocks, expiring_before_ms=now_ms + 2 * HOUR_MS, limit=100)
-        assert listed(everything) == [("soon", 10_000, "held"), ("middle", 20_000, "held"),
-                                      ("tie-b", 20_000, "held"), ("late", 30_000, "held"),
-                                      ("far", HOUR_MS, "held")]
+        assert listed(everything) == [
+            ("soon", 10_000, "held"),
+            ("middle", 20_000, "held"),
+            ("tie-b", 20_000, "held"),
+            ("late", 30_000, "held"),
+            ("far", HOUR_MS, "held"),
+        ]
         before_late = await ledger.query(QueryLocks, expiring_before_ms=now_ms + 30_000, limit=100)
         assert [lock["lock_id"] for lock in before_late] == ["soon", "middle", "tie-b"]
         first_two = await ledger.query(QueryLocks, expiring_before_ms=now_ms + 2 * HOUR_MS, limit=2)
@@ -234,7 +260,12 @@ async def test_service_refunds_many_locks_expiring_together_and_sleeps_until_the
         await ledger.sleep_until_ms(now_ms + 1_000)
         await trio.testing.wait_all_tasks_blocked()
         assert [lock.lock_id for lock in ledger.store.all_locks() if lock.state.value == "held"] == [
-            "l1", "l3", "l5", "l7", "l9"]
+            "l1",
+            "l3",
+            "l5",
+            "l7",
+            "l9",
+        ]
         await trio.sleep(5)
         assert ledger.store.balance("a", "EUR") == (100, 0)
         assert ledger.service.batches - batches == 2  # one wake per expiry time, no polling

@@ -26,7 +26,7 @@ from protocols.messages import QueryJournal, Transfer
 from protocols.signing import from_wire
 
 LEDGER = "cbdc-eur"
-FUNDED = 4   # entries after fund_standard on cbdc-eur: configure, open a-eur, open b-eur, issue
+FUNDED = 4  # entries after fund_standard on cbdc-eur: configure, open a-eur, open b-eur, issue
 TOPIC = entries_topic(LEDGER)
 
 
@@ -96,8 +96,9 @@ async def start(nursery: trio.Nursery, tmp_path, bus: MemoryBus | None = None) -
 async def pay(local: Local, count: int, amount: int = 1) -> None:
     """`count` transfers from bank-b to bank-a: one journal entry each."""
     for _ in range(count):
-        await local.instruct(Transfer, LEDGER, "bank-b", from_account="b-eur", to_account="a-eur",
-                             asset="EUR", amount=amount)
+        await local.instruct(
+            Transfer, LEDGER, "bank-b", from_account="b-eur", to_account="a-eur", asset="EUR", amount=amount
+        )
 
 
 async def journal(local: Local) -> list[dict]:
@@ -132,7 +133,7 @@ async def test_following_from_seq_0_yields_the_journal_then_live_entries_in_orde
 
         await pay(local, 5)
         await follower.until(FUNDED + 5)
-        assert bus.journal_queries == pages_to_catch_up   # the new entries came live, not from the journal
+        assert bus.journal_queries == pages_to_catch_up  # the new entries came live, not from the journal
         committed = await journal(local)
         assert len(committed) == FUNDED + 5
         every_entry_once_in_order(follower, committed)
@@ -140,20 +141,24 @@ async def test_following_from_seq_0_yields_the_journal_then_live_entries_in_orde
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("options, first_seq", [
-    ({"from_seq": 0}, 0),
-    ({"from_seq": 2}, 2),
-    ({}, FUNDED),                     # by default: the head, nothing old
-    ({"backlog": 2}, FUNDED - 2),
-    ({"backlog": 100}, 0),            # a backlog longer than the journal: all of it
-], ids=["from-0", "from-2", "head", "backlog-2", "backlog-past-genesis"])
+@pytest.mark.parametrize(
+    "options, first_seq",
+    [
+        ({"from_seq": 0}, 0),
+        ({"from_seq": 2}, 2),
+        ({}, FUNDED),  # by default: the head, nothing old
+        ({"backlog": 2}, FUNDED - 2),
+        ({"backlog": 100}, 0),  # a backlog longer than the journal: all of it
+    ],
+    ids=["from-0", "from-2", "head", "backlog-2", "backlog-past-genesis"],
+)
 async def test_follower_starts_where_asked_and_goes_on_live(tmp_path, autojump_clock, options, first_seq):
     async with trio.open_nursery() as nursery:
         local = await start(nursery, tmp_path)
         follower = Follower(local, **options)
         nursery.start_soon(follower.run)
         await follower.until(FUNDED - first_seq)
-        await trio.sleep(0.5)                # nothing before first_seq comes later
+        await trio.sleep(0.5)  # nothing before first_seq comes later
         assert follower.seqs == list(range(first_seq, FUNDED))
         await pay(local, 3)
         await follower.until(FUNDED - first_seq + 3)
@@ -165,11 +170,15 @@ async def test_follower_starts_where_asked_and_goes_on_live(tmp_path, autojump_c
 # -- (b) lost events ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lose", [
-    lambda seq: seq % 2 == 1,
-    lambda seq: FUNDED + 2 <= seq < FUNDED + 7,
-    lambda seq: True,
-], ids=["every-other", "a-run-of-five", "all"])
+@pytest.mark.parametrize(
+    "lose",
+    [
+        lambda seq: seq % 2 == 1,
+        lambda seq: FUNDED + 2 <= seq < FUNDED + 7,
+        lambda seq: True,
+    ],
+    ids=["every-other", "a-run-of-five", "all"],
+)
 async def test_lost_events_are_read_from_the_journal_once_and_in_order(tmp_path, autojump_clock, lose):
     bus = EventBus()
     async with trio.open_nursery() as nursery:
@@ -182,12 +191,12 @@ async def test_lost_events_are_read_from_the_journal_once_and_in_order(tmp_path,
         bus.alter = lambda entry: None if lose(entry["seq"]) else entry
         await pay(local, 10)
         bus.alter = lambda entry: entry
-        await pay(local, 1)                  # one event that arrives, after the gaps
+        await pay(local, 1)  # one event that arrives, after the gaps
         await follower.until(FUNDED + 11)
-        await trio.sleep(0.5)                # and nothing more, no entry twice
+        await trio.sleep(0.5)  # and nothing more, no entry twice
 
         assert bus.lost, "the test lost no event"
-        assert bus.journal_queries > pages_to_catch_up   # the gaps were read from the journal
+        assert bus.journal_queries > pages_to_catch_up  # the gaps were read from the journal
         every_entry_once_in_order(follower, await journal(local))
         nursery.cancel_scope.cancel()
 
@@ -236,8 +245,9 @@ def _changed_amount(entry: dict) -> dict:
     forged = copy.deepcopy(entry)
     forged["instruction"]["amount"] *= 2
     effects = forged["effects"]
-    effects["balances"] = [[account, asset, available * 2, locked]
-                           for account, asset, available, locked in effects["balances"]]
+    effects["balances"] = [
+        [account, asset, available * 2, locked] for account, asset, available, locked in effects["balances"]
+    ]
     if "supply" in effects:
         effects["supply"] = [[asset, issued * 2, redeemed] for asset, issued, redeemed in effects["supply"]]
     return forged
@@ -274,12 +284,12 @@ async def test_a_forged_event_neither_is_yielded_nor_hides_the_real_entry(tmp_pa
         assert last["kind"] == "issue"
         forged = _changed_amount(last)
         forged["seq"] = forged_seq
-        forged["prev_hash"] = entry_hash(from_wire(last))   # linked to the real entry before it
+        forged["prev_hash"] = entry_hash(from_wire(last))  # linked to the real entry before it
         follower = Follower(local, from_seq=0)
         nursery.start_soon(follower.run)
         await follower.until(FUNDED)
         await local.bus.publish(TOPIC, canonical.encode(forged))
-        await pay(local, 2)                  # the real entries FUNDED and FUNDED + 1
+        await pay(local, 2)  # the real entries FUNDED and FUNDED + 1
         await follower.until(FUNDED + 2)
         await trio.sleep(1.5)
         every_entry_once_in_order(follower, await journal(local))
@@ -354,11 +364,11 @@ async def test_short_pages_do_not_stop_the_follower_early(tmp_path, autojump_clo
 
         follower = Follower(local, from_seq=0)
         nursery.start_soon(follower.run)
-        await follower.until(FUNDED + 6)           # caught up over 10 short pages
+        await follower.until(FUNDED + 6)  # caught up over 10 short pages
         assert bus.journal_queries >= (FUNDED + 6) // (1 if cut == "bytes" else 2)
         pages_to_catch_up = bus.journal_queries
 
-        bus.alter = lambda entry: None             # a gap of five lost events
+        bus.alter = lambda entry: None  # a gap of five lost events
         await pay(local, 5)
         bus.alter = lambda entry: entry
         await pay(local, 1)

@@ -59,10 +59,20 @@ def test_make_isin_refuses_a_malformed_prefix():
         make_isin("us000000001")
 
 
-@pytest.mark.parametrize("code, exponent", [
-    ("EUR", 2), ("USD", 2), ("CHF", 2), ("JPY", 0), ("KRW", 0),
-    ("BHD", 3), ("KWD", 3), ("CLF", 4), ("UYW", 4),
-])
+@pytest.mark.parametrize(
+    "code, exponent",
+    [
+        ("EUR", 2),
+        ("USD", 2),
+        ("CHF", 2),
+        ("JPY", 0),
+        ("KRW", 0),
+        ("BHD", 3),
+        ("KWD", 3),
+        ("CLF", 4),
+        ("UYW", 4),
+    ],
+)
 def test_currency_exponents(code, exponent):
     assert CURRENCIES[code] == exponent
     assert currency_problem(code) is None

@@ -16,9 +16,25 @@ from protocols.htlc import abort as htlc_abort
 from protocols.htlc import claim as htlc_claim
 from protocols.htlc import refund as htlc_refund
 from protocols.identifiers import make_isin
-from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Leg, Lock, OpenAccount,
-                                QueryBalances, QueryJournal, QueryLock, QueryLocks, QueryReceipt,
-                                Receipt, Redeem, Refund, Settle, Transfer)
+from protocols.messages import (
+    Abort,
+    Claim,
+    CreateInstrument,
+    Issue,
+    Leg,
+    Lock,
+    OpenAccount,
+    QueryBalances,
+    QueryJournal,
+    QueryLock,
+    QueryLocks,
+    QueryReceipt,
+    Receipt,
+    Redeem,
+    Refund,
+    Settle,
+    Transfer,
+)
 from protocols.signing import decode_signed, signing_bytes, unsigned
 from tests.harness import BOND, T0, Harness
 
@@ -32,6 +48,7 @@ ACCOUNTS = {"acc-a": "bank-a", "acc-b": "bank-b", "acc-t": "treasury", "acc-ecb"
 
 
 # -- helpers ----------------------------------------------------------------------------
+
 
 def applied(receipt: Receipt) -> Receipt:
     assert receipt.status == "applied", receipt
@@ -49,9 +66,14 @@ def refused(receipt: Receipt, code: Code, field: str) -> Receipt:
 
 def state(h: Harness) -> tuple:
     """Everything an instruction may change, as the store holds it."""
-    return (h.store.all_balances(), h.store.all_locks(), h.store.assets(),
-            {account: h.store.account_owner(account) for account in ACCOUNTS},
-            h.ledger.seq, h.ledger.prev_hash)
+    return (
+        h.store.all_balances(),
+        h.store.all_locks(),
+        h.store.assets(),
+        {account: h.store.account_owner(account) for account in ACCOUNTS},
+        h.ledger.seq,
+        h.ledger.prev_hash,
+    )
 
 
 @contextmanager
@@ -65,8 +87,18 @@ def populate(h: Harness) -> Harness:
     """acc-a holds 10 000 EUR; acc-b 400 BOND and 5 000 USD; acc-t (the issuer's) 600 BOND."""
     for account, owner in ACCOUNTS.items():
         applied(h.send(OpenAccount, "csd-op", account=account, owner=owner))
-    applied(h.send(CreateInstrument, "csd-op", isin=BOND, issuer="treasury", currency="EUR",
-                   face_value_minor=100_000, coupon_rate_bp=250, maturity_date="2030-06-15"))
+    applied(
+        h.send(
+            CreateInstrument,
+            "csd-op",
+            isin=BOND,
+            issuer="treasury",
+            currency="EUR",
+            face_value_minor=100_000,
+            coupon_rate_bp=250,
+            maturity_date="2030-06-15",
+        )
+    )
     applied(h.send(Issue, "csd-op", asset=BOND, account="acc-t", amount=1_000))
     applied(h.send(Transfer, "treasury", from_account="acc-t", to_account="acc-b", asset=BOND, amount=400))
     applied(h.send(Issue, "ecb", asset="EUR", account="acc-a", amount=10_000))
@@ -79,13 +111,33 @@ def h(harness) -> Harness:
     return populate(harness("unified"))
 
 
-def place_lock(h: Harness, *, amount: int = 1_000, expiry_ms: int | None = None, abort_by=("coordinator",),
-               lock_id: str | None = None, owner: str = "acc-a", beneficiary: str = "acc-b",
-               asset: str = "EUR", signer: str = "bank-a") -> str:
+def place_lock(
+    h: Harness,
+    *,
+    amount: int = 1_000,
+    expiry_ms: int | None = None,
+    abort_by=("coordinator",),
+    lock_id: str | None = None,
+    owner: str = "acc-a",
+    beneficiary: str = "acc-b",
+    asset: str = "EUR",
+    signer: str = "bank-a",
+) -> str:
     lock_id = lock_id or h.next_id("lock-")
-    applied(h.send(Lock, signer, id=lock_id, owner_account=owner, beneficiary_account=beneficiary, asset=asset,
-                   amount=amount, hashlock=HASHLOCK, expiry_ms=expiry_ms or h.now_ms + MINUTE_MS,
-                   abort_by=tuple(abort_by)))
+    applied(
+        h.send(
+            Lock,
+            signer,
+            id=lock_id,
+            owner_account=owner,
+            beneficiary_account=beneficiary,
+            asset=asset,
+            amount=amount,
+            hashlock=HASHLOCK,
+            expiry_ms=expiry_ms or h.now_ms + MINUTE_MS,
+            abort_by=tuple(abort_by),
+        )
+    )
     return lock_id
 
 
@@ -106,6 +158,7 @@ def resigned(h: Harness, body: dict, *signers: str) -> bytes:
 
 
 # -- open_account ---------------------------------------------------------------------------
+
 
 def test_operator_opens_an_account_for_a_participant(harness):
     h = harness("unified")
@@ -144,9 +197,16 @@ def test_account_for_an_unregistered_owner_is_refused(harness):
 
 # -- create_instrument ------------------------------------------------------------------------
 
+
 def instrument(**changes) -> dict:
-    fields = dict(isin=OTHER_BOND, issuer="treasury", currency="EUR", face_value_minor=100_000,
-                  coupon_rate_bp=0, maturity_date="2031-01-01")
+    fields = dict(
+        isin=OTHER_BOND,
+        issuer="treasury",
+        currency="EUR",
+        face_value_minor=100_000,
+        coupon_rate_bp=0,
+        maturity_date="2031-01-01",
+    )
     fields.update(changes)
     return fields
 
@@ -155,8 +215,14 @@ def test_operator_creates_an_instrument_with_its_reference_data(h):
     applied(h.send(CreateInstrument, "csd-op", **instrument(coupon_rate_bp=375)))
     asset = h.store.asset(OTHER_BOND)
     assert (asset.kind, asset.issuer, asset.issued, asset.redeemed) == ("security", "treasury", 0, 0)
-    assert asset.reference == {"currency": "EUR", "face_value_minor": 100_000, "coupon_rate_bp": 375,
-                               "maturity_date": "2031-01-01", "coupon_frequency": 1, "day_count": "30/360"}
+    assert asset.reference == {
+        "currency": "EUR",
+        "face_value_minor": 100_000,
+        "coupon_rate_bp": 375,
+        "maturity_date": "2031-01-01",
+        "coupon_frequency": 1,
+        "day_count": "30/360",
+    }
 
 
 def test_only_the_operator_creates_an_instrument(h):
@@ -201,6 +267,7 @@ def test_an_isin_with_a_bad_check_digit_is_refused_at_decode(h):
 
 
 # -- issue ------------------------------------------------------------------------------------
+
 
 def test_operator_issues_an_instrument_into_its_issuers_account(h):
     applied(h.send(Issue, "csd-op", asset=BOND, account="acc-t", amount=250))
@@ -257,6 +324,7 @@ def test_issue_up_to_2_63_minus_1_is_accepted_and_beyond_is_refused(h):
 
 # -- redeem -----------------------------------------------------------------------------------
 
+
 def test_a_central_bank_redeems_from_its_own_account(h):
     applied(h.send(Issue, "ecb", asset="EUR", account="acc-ecb", amount=500))
     applied(h.send(Redeem, "ecb", asset="EUR", account="acc-ecb", amount=300))
@@ -300,6 +368,7 @@ def test_redeem_cannot_take_locked_units(h):
 
 # -- transfer ---------------------------------------------------------------------------------
 
+
 def transfer(h: Harness, signer: str = "bank-a", **changes) -> Receipt:
     fields = dict(from_account="acc-a", to_account="acc-b", asset="EUR", amount=2_500)
     fields.update(changes)
@@ -326,15 +395,18 @@ def test_a_transfer_signed_by_anyone_but_the_owner_is_refused(h, signer):
     assert "bank-a" in receipt.reason
 
 
-@pytest.mark.parametrize("changes, code, field", [
-    ({"from_account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "from_account"),
-    ({"to_account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "to_account"),
-    ({"asset": "CHF"}, Code.UNKNOWN_ASSET, "asset"),
-    ({"asset": OTHER_BOND}, Code.UNKNOWN_ASSET, "asset"),
-    ({"to_account": "acc-a"}, Code.INVALID_FIELD, "to_account"),
-    ({"amount": 10_001}, Code.INSUFFICIENT_FUNDS, "amount"),
-    ({"asset": "USD", "amount": 1}, Code.INSUFFICIENT_FUNDS, "amount"),
-])
+@pytest.mark.parametrize(
+    "changes, code, field",
+    [
+        ({"from_account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "from_account"),
+        ({"to_account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "to_account"),
+        ({"asset": "CHF"}, Code.UNKNOWN_ASSET, "asset"),
+        ({"asset": OTHER_BOND}, Code.UNKNOWN_ASSET, "asset"),
+        ({"to_account": "acc-a"}, Code.INVALID_FIELD, "to_account"),
+        ({"amount": 10_001}, Code.INSUFFICIENT_FUNDS, "amount"),
+        ({"asset": "USD", "amount": 1}, Code.INSUFFICIENT_FUNDS, "amount"),
+    ],
+)
 def test_a_transfer_that_cannot_be_applied_is_refused(h, changes, code, field):
     with unchanged(h):
         refused(transfer(h, **changes), code, field)
@@ -346,21 +418,32 @@ def test_a_cbdc_ledger_knows_only_its_currencies(harness):
     applied(h.send(OpenAccount, "fed", account="acc-b", owner="bank-b"))
     applied(h.send(Issue, "snb", asset="CHF", account="acc-a", amount=100))
     with unchanged(h):
-        refused(h.send(Transfer, "bank-a", from_account="acc-a", to_account="acc-b", asset="EUR", amount=1),
-                Code.UNKNOWN_ASSET, "asset")
+        refused(
+            h.send(Transfer, "bank-a", from_account="acc-a", to_account="acc-b", asset="EUR", amount=1),
+            Code.UNKNOWN_ASSET,
+            "asset",
+        )
     applied(h.send(Transfer, "bank-a", from_account="acc-a", to_account="acc-b", asset="CHF", amount=100))
 
 
 # -- lock -------------------------------------------------------------------------------------
+
 
 def test_a_lock_moves_the_amount_from_available_to_locked(h):
     lock_id = place_lock(h, amount=1_000, expiry_ms=T0 + MINUTE_MS)
     assert h.balance("acc-a", "EUR") == (9_000, 1_000)
     assert h.balance("acc-b", "EUR") == (0, 0)
     assert h.query(QueryLock, lock_id=lock_id) == {
-        "lock_id": lock_id, "owner_account": "acc-a", "beneficiary_account": "acc-b", "asset": "EUR",
-        "amount": 1_000, "hashlock": HASHLOCK.hex(), "expiry_ms": T0 + MINUTE_MS,
-        "abort_by": ["coordinator"], "state": "held"}
+        "lock_id": lock_id,
+        "owner_account": "acc-a",
+        "beneficiary_account": "acc-b",
+        "asset": "EUR",
+        "amount": 1_000,
+        "hashlock": HASHLOCK.hex(),
+        "expiry_ms": T0 + MINUTE_MS,
+        "abort_by": ["coordinator"],
+        "state": "held",
+    }
     assert h.query(QueryBalances, account="acc-a")["balances"]["EUR"] == {"available": 9_000, "locked": 1_000}
 
 
@@ -368,36 +451,73 @@ def test_a_locked_amount_cannot_be_spent_twice(h):
     place_lock(h, amount=6_000)
     with unchanged(h):
         refused(transfer(h, amount=4_001), Code.INSUFFICIENT_FUNDS, "amount")
-        refused(h.send(Lock, "bank-a", owner_account="acc-a", beneficiary_account="acc-b", asset="EUR",
-                       amount=4_001, hashlock=HASHLOCK, expiry_ms=h.now_ms + MINUTE_MS, abort_by=()),
-                Code.INSUFFICIENT_FUNDS, "amount")
-        refused(h.send(Settle, "bank-a", "bank-b", legs=(Leg("acc-a", "acc-b", "EUR", 4_001),)),
-                Code.INSUFFICIENT_FUNDS, "legs[0].amount")
+        refused(
+            h.send(
+                Lock,
+                "bank-a",
+                owner_account="acc-a",
+                beneficiary_account="acc-b",
+                asset="EUR",
+                amount=4_001,
+                hashlock=HASHLOCK,
+                expiry_ms=h.now_ms + MINUTE_MS,
+                abort_by=(),
+            ),
+            Code.INSUFFICIENT_FUNDS,
+            "amount",
+        )
+        refused(
+            h.send(Settle, "bank-a", "bank-b", legs=(Leg("acc-a", "acc-b", "EUR", 4_001),)),
+            Code.INSUFFICIENT_FUNDS,
+            "legs[0].amount",
+        )
     applied(transfer(h, amount=4_000))
     assert h.balance("acc-a", "EUR") == (0, 6_000)
 
 
 def test_a_lock_signed_by_someone_but_the_owner_is_refused(h):
     with unchanged(h):
-        refused(h.send(Lock, "bank-b", owner_account="acc-a", beneficiary_account="acc-b", asset="EUR",
-                       amount=1, hashlock=HASHLOCK, expiry_ms=h.now_ms + MINUTE_MS, abort_by=()),
-                Code.NOT_AUTHORISED, "sigs")
+        refused(
+            h.send(
+                Lock,
+                "bank-b",
+                owner_account="acc-a",
+                beneficiary_account="acc-b",
+                asset="EUR",
+                amount=1,
+                hashlock=HASHLOCK,
+                expiry_ms=h.now_ms + MINUTE_MS,
+                abort_by=(),
+            ),
+            Code.NOT_AUTHORISED,
+            "sigs",
+        )
 
 
-@pytest.mark.parametrize("changes, code, field", [
-    ({"owner_account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "owner_account"),
-    ({"beneficiary_account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "beneficiary_account"),
-    ({"beneficiary_account": "acc-a"}, Code.INVALID_FIELD, "beneficiary_account"),
-    ({"asset": "CHF"}, Code.UNKNOWN_ASSET, "asset"),
-    ({"abort_by": ("coordinator", "mallory")}, Code.UNKNOWN_SIGNER, "abort_by"),
-    ({"expiry_ms": T0}, Code.EXPIRY_OUT_OF_RANGE, "expiry_ms"),
-    ({"expiry_ms": T0 - 1}, Code.EXPIRY_OUT_OF_RANGE, "expiry_ms"),
-    ({"expiry_ms": T0 + 7 * 24 * 3600 * 1000 + 1}, Code.EXPIRY_OUT_OF_RANGE, "expiry_ms"),
-    ({"amount": 10_001}, Code.INSUFFICIENT_FUNDS, "amount"),
-])
+@pytest.mark.parametrize(
+    "changes, code, field",
+    [
+        ({"owner_account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "owner_account"),
+        ({"beneficiary_account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "beneficiary_account"),
+        ({"beneficiary_account": "acc-a"}, Code.INVALID_FIELD, "beneficiary_account"),
+        ({"asset": "CHF"}, Code.UNKNOWN_ASSET, "asset"),
+        ({"abort_by": ("coordinator", "mallory")}, Code.UNKNOWN_SIGNER, "abort_by"),
+        ({"expiry_ms": T0}, Code.EXPIRY_OUT_OF_RANGE, "expiry_ms"),
+        ({"expiry_ms": T0 - 1}, Code.EXPIRY_OUT_OF_RANGE, "expiry_ms"),
+        ({"expiry_ms": T0 + 7 * 24 * 3600 * 1000 + 1}, Code.EXPIRY_OUT_OF_RANGE, "expiry_ms"),
+        ({"amount": 10_001}, Code.INSUFFICIENT_FUNDS, "amount"),
+    ],
+)
 def test_a_lock_that_cannot_be_placed_is_refused(h, changes, code, field):
-    fields = dict(owner_account="acc-a", beneficiary_account="acc-b", asset="EUR", amount=1_000,
-                  hashlock=HASHLOCK, expiry_ms=T0 + MINUTE_MS, abort_by=("coordinator",))
+    fields = dict(
+        owner_account="acc-a",
+        beneficiary_account="acc-b",
+        asset="EUR",
+        amount=1_000,
+        hashlock=HASHLOCK,
+        expiry_ms=T0 + MINUTE_MS,
+        abort_by=("coordinator",),
+    )
     fields.update(changes)
     with unchanged(h):
         refused(h.send(Lock, "bank-a", **fields), code, field)
@@ -409,6 +529,7 @@ def test_a_lock_may_expire_one_ms_after_now_or_at_the_longest_allowed(h):
 
 
 # -- claim ------------------------------------------------------------------------------------
+
 
 def claim(h: Harness, lock_id: str, signer: str = "bank-b", preimage: bytes = SECRET) -> Receipt:
     return h.send(Claim, signer, lock_id=lock_id, preimage=preimage)
@@ -494,6 +615,7 @@ def test_a_claim_of_a_refunded_lock_is_refused_as_expired(h, late_ms):
 
 # -- refund -----------------------------------------------------------------------------------
 
+
 def test_a_refund_before_expiry_is_refused(h):
     lock_id = place_lock(h, expiry_ms=T0 + MINUTE_MS)
     h.now_ms = T0 + MINUTE_MS - 1
@@ -537,6 +659,7 @@ def test_a_refund_of_an_unknown_lock_is_refused(h):
 # The ledger refunds at most batch_size_max due locks per batch. Under a backlog a due
 # lock is still held while the batch's instructions run, and the HTLC rules alone decide:
 # a claim at expiry is refused lock_expired and a refund at expiry is applied.
+
 
 @pytest.fixture
 def backlog(world, harness) -> Harness:
@@ -588,6 +711,7 @@ def test_the_htlc_core_splits_time_at_expiry_with_no_gap_and_no_overlap():
 
 # -- abort ------------------------------------------------------------------------------------
 
+
 def test_the_beneficiary_may_abort_a_lock(h):
     lock_id = place_lock(h, abort_by=())
     applied(h.send(Abort, "bank-b", lock_id=lock_id))
@@ -635,17 +759,22 @@ def test_an_abort_of_a_claimed_lock_is_refused(h):
 
 # -- settle -----------------------------------------------------------------------------------
 
+
 def test_same_ledger_dvp_moves_the_bond_and_the_cash_together(h):
-    applied(h.send(Settle, "bank-a", "bank-b", legs=(Leg("acc-b", "acc-a", BOND, 100),
-                                                     Leg("acc-a", "acc-b", "EUR", 9_950))))
+    applied(
+        h.send(Settle, "bank-a", "bank-b", legs=(Leg("acc-b", "acc-a", BOND, 100), Leg("acc-a", "acc-b", "EUR", 9_950)))
+    )
     assert h.balance("acc-a", BOND) == (100, 0) and h.balance("acc-b", BOND) == (300, 0)
     assert h.balance("acc-a", "EUR") == (50, 0) and h.balance("acc-b", "EUR") == (9_950, 0)
 
 
 def test_same_ledger_pvp_moves_both_currencies_together(h):
     seq = h.ledger.seq
-    applied(h.send(Settle, "bank-a", "bank-b", legs=(Leg("acc-a", "acc-b", "EUR", 1_000),
-                                                     Leg("acc-b", "acc-a", "USD", 1_100))))
+    applied(
+        h.send(
+            Settle, "bank-a", "bank-b", legs=(Leg("acc-a", "acc-b", "EUR", 1_000), Leg("acc-b", "acc-a", "USD", 1_100))
+        )
+    )
     assert h.ledger.seq == seq + 1
     assert h.balance("acc-a", "USD") == (1_100, 0) and h.balance("acc-b", "USD") == (3_900, 0)
     assert h.balance("acc-a", "EUR") == (9_000, 0) and h.balance("acc-b", "EUR") == (1_000, 0)
@@ -653,44 +782,62 @@ def test_same_ledger_pvp_moves_both_currencies_together(h):
 
 def test_a_settlement_with_one_leg_short_of_funds_moves_nothing(h):
     with unchanged(h):
-        refused(h.send(Settle, "bank-a", "bank-b", legs=(Leg("acc-b", "acc-a", BOND, 100),
-                                                         Leg("acc-a", "acc-b", "EUR", 10_001))),
-                Code.INSUFFICIENT_FUNDS, "legs[1].amount")
+        refused(
+            h.send(
+                Settle,
+                "bank-a",
+                "bank-b",
+                legs=(Leg("acc-b", "acc-a", BOND, 100), Leg("acc-a", "acc-b", "EUR", 10_001)),
+            ),
+            Code.INSUFFICIENT_FUNDS,
+            "legs[1].amount",
+        )
 
 
 def test_a_settlement_missing_one_legs_owner_signature_moves_nothing(h):
     with unchanged(h):
-        receipt = refused(h.send(Settle, "bank-a", legs=(Leg("acc-a", "acc-b", "EUR", 1_000),
-                                                         Leg("acc-b", "acc-a", BOND, 100))),
-                          Code.NOT_AUTHORISED, "sigs")
+        receipt = refused(
+            h.send(Settle, "bank-a", legs=(Leg("acc-a", "acc-b", "EUR", 1_000), Leg("acc-b", "acc-a", BOND, 100))),
+            Code.NOT_AUTHORISED,
+            "sigs",
+        )
     assert "bank-b" in receipt.reason
 
 
-@pytest.mark.parametrize("bad_leg, code, field", [
-    (Leg("acc-b", "acc-nobody", BOND, 1), Code.UNKNOWN_ACCOUNT, "legs[1].to_account"),
-    (Leg("acc-nobody", "acc-a", BOND, 1), Code.UNKNOWN_ACCOUNT, "legs[1].from_account"),
-    (Leg("acc-b", "acc-a", OTHER_BOND, 1), Code.UNKNOWN_ASSET, "legs[1].asset"),
-    (Leg("acc-b", "acc-b", BOND, 1), Code.INVALID_FIELD, "legs[1].to_account"),
-])
+@pytest.mark.parametrize(
+    "bad_leg, code, field",
+    [
+        (Leg("acc-b", "acc-nobody", BOND, 1), Code.UNKNOWN_ACCOUNT, "legs[1].to_account"),
+        (Leg("acc-nobody", "acc-a", BOND, 1), Code.UNKNOWN_ACCOUNT, "legs[1].from_account"),
+        (Leg("acc-b", "acc-a", OTHER_BOND, 1), Code.UNKNOWN_ASSET, "legs[1].asset"),
+        (Leg("acc-b", "acc-b", BOND, 1), Code.INVALID_FIELD, "legs[1].to_account"),
+    ],
+)
 def test_a_settlement_with_one_bad_leg_moves_nothing(h, bad_leg, code, field):
     with unchanged(h):
         refused(h.send(Settle, "bank-a", "bank-b", legs=(Leg("acc-a", "acc-b", "EUR", 1_000), bad_leg)), code, field)
 
 
 def test_a_later_leg_may_spend_what_an_earlier_leg_delivered(h):
-    applied(h.send(Settle, "bank-a", "bank-b", legs=(Leg("acc-a", "acc-b", "EUR", 1_000),
-                                                     Leg("acc-b", "acc-t", "EUR", 1_000))))
+    applied(
+        h.send(
+            Settle, "bank-a", "bank-b", legs=(Leg("acc-a", "acc-b", "EUR", 1_000), Leg("acc-b", "acc-t", "EUR", 1_000))
+        )
+    )
     assert h.balance("acc-b", "EUR") == (0, 0) and h.balance("acc-t", "EUR") == (1_000, 0)
 
 
 def test_settlement_legs_cannot_together_spend_more_than_available(h):
     with unchanged(h):
-        refused(h.send(Settle, "bank-a", legs=(Leg("acc-a", "acc-b", "EUR", 6_000),
-                                              Leg("acc-a", "acc-t", "EUR", 4_001))),
-                Code.INSUFFICIENT_FUNDS, "legs[1].amount")
+        refused(
+            h.send(Settle, "bank-a", legs=(Leg("acc-a", "acc-b", "EUR", 6_000), Leg("acc-a", "acc-t", "EUR", 4_001))),
+            Code.INSUFFICIENT_FUNDS,
+            "legs[1].amount",
+        )
 
 
 # -- idempotency ------------------------------------------------------------------------------
+
 
 def test_the_same_signed_bytes_twice_give_identical_receipt_bytes_and_apply_once(h):
     payload = h.make(Transfer, "bank-a", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100).encode()
@@ -760,8 +907,9 @@ def test_a_stale_instruction_does_not_use_up_its_id(h):
 
 
 def test_the_receipt_query_returns_the_receipt_bytes_of_an_instruction(h):
-    payload = h.make(Transfer, "bank-a", id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR",
-                     amount=100).encode()
+    payload = h.make(
+        Transfer, "bank-a", id="t-1", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100
+    ).encode()
     (reply,), _ = h.ledger.process([payload], h.now_ms)
     query = unsigned(QueryReceipt("q-1", "unified", "t-1")).encode()
     (answer,), _ = h.ledger.process([query], h.now_ms)
@@ -769,6 +917,7 @@ def test_the_receipt_query_returns_the_receipt_bytes_of_an_instruction(h):
 
 
 # -- signatures -------------------------------------------------------------------------------
+
 
 def test_a_signature_by_the_wrong_key_is_refused(h):
     wire = h.make(Transfer, "bank-b", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100).wire()
@@ -786,8 +935,9 @@ def test_a_signature_that_is_not_a_valid_der_signature_is_refused(h, signature):
 
 
 def test_one_bad_signature_among_good_ones_is_refused(h):
-    wire = h.make(Transfer, "bank-a", "bank-b", from_account="acc-a", to_account="acc-b", asset="EUR",
-                  amount=100).wire()
+    wire = h.make(
+        Transfer, "bank-a", "bank-b", from_account="acc-a", to_account="acc-b", asset="EUR", amount=100
+    ).wire()
     wire["sigs"]["bank-b"] = wire["sigs"]["bank-a"]
     with unchanged(h):
         refused(h.raw(encode(wire)), Code.BAD_SIGNATURE, "sigs")
@@ -803,8 +953,11 @@ def test_a_signature_by_an_unregistered_party_is_refused(h):
 
 def test_an_instruction_without_signatures_is_refused(h):
     with unchanged(h):
-        refused(h.send(Transfer, from_account="acc-a", to_account="acc-b", asset="EUR", amount=100),
-                Code.MISSING_SIGNATURE, "sigs")
+        refused(
+            h.send(Transfer, from_account="acc-a", to_account="acc-b", asset="EUR", amount=100),
+            Code.MISSING_SIGNATURE,
+            "sigs",
+        )
 
 
 def test_an_instruction_signed_for_one_ledger_is_refused_by_another(harness):
@@ -812,8 +965,9 @@ def test_an_instruction_signed_for_one_ledger_is_refused_by_another(harness):
     unified = populate(harness("unified"))
     for ledger in (cbdc, unified):
         applied(ledger.send(OpenAccount, "bank-a", id="open-x", account="acc-x", owner="bank-a"))
-    signed = cbdc.make(Transfer, "bank-a", id="t-cross", from_account="acc-a", to_account="acc-x", asset="EUR",
-                       amount=100)
+    signed = cbdc.make(
+        Transfer, "bank-a", id="t-cross", from_account="acc-a", to_account="acc-x", asset="EUR", amount=100
+    )
     with unchanged(unified):
         receipt = refused(unified.submit(signed), Code.WRONG_LEDGER, "ledger")
     assert receipt.ledger == "unified"
@@ -833,6 +987,7 @@ def test_an_instruction_with_one_body_byte_changed_is_refused(h):
 
 
 # -- freshness, version, type ----------------------------------------------------------------
+
 
 def test_an_instruction_signed_too_long_ago_or_too_far_ahead_is_stale(h):
     limits = h.config.limits
@@ -861,18 +1016,22 @@ def test_an_instruction_of_an_unknown_type_is_refused(h, type_name):
 
 # -- queries ----------------------------------------------------------------------------------
 
+
 def test_the_balances_query_shows_available_and_locked_per_asset(h):
     place_lock(h, owner="acc-b", beneficiary="acc-a", asset="USD", amount=1_500, signer="bank-b")
     assert h.query(QueryBalances, account="acc-b") == {
-        "account": "acc-b", "owner": "bank-b",
-        "balances": {BOND: {"available": 400, "locked": 0}, "USD": {"available": 3_500, "locked": 1_500}}}
+        "account": "acc-b",
+        "owner": "bank-b",
+        "balances": {BOND: {"available": 400, "locked": 0}, "USD": {"available": 3_500, "locked": 1_500}},
+    }
 
 
 def test_queries_of_unknown_things_are_refused(h):
-    for query, fields, code, field in [(QueryBalances, {"account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "account"),
-                                       (QueryLock, {"lock_id": "lock-nobody"}, Code.UNKNOWN_LOCK, "lock_id"),
-                                       (QueryReceipt, {"instruction_id": "t-nobody"}, Code.UNKNOWN_INSTRUCTION,
-                                        "instruction_id")]:
+    for query, fields, code, field in [
+        (QueryBalances, {"account": "acc-nobody"}, Code.UNKNOWN_ACCOUNT, "account"),
+        (QueryLock, {"lock_id": "lock-nobody"}, Code.UNKNOWN_LOCK, "lock_id"),
+        (QueryReceipt, {"instruction_id": "t-nobody"}, Code.UNKNOWN_INSTRUCTION, "instruction_id"),
+    ]:
         with pytest.raises(Rejected) as caught:
             h.query(query, **fields)
         assert (caught.value.code, caught.value.field) == (code, field)
@@ -941,6 +1100,7 @@ def test_a_receipt_is_signed_by_the_ledger(h):
 
 # -- ids cannot be spent by a party without authority -------------------------------------
 
+
 def test_a_party_without_authority_cannot_spend_another_partys_instruction_id(h):
     """bank-b signs bank-a's transfer: refused, and not recorded, so bank-a's own
     properly signed instruction with that id is still applied."""
@@ -952,6 +1112,18 @@ def test_a_party_without_authority_cannot_spend_another_partys_instruction_id(h)
 
 def test_abort_by_may_not_name_the_locks_own_owner(h):
     with unchanged(h):
-        refused(h.send(Lock, "bank-a", owner_account="acc-a", beneficiary_account="acc-b", asset="EUR",
-                       amount=10, hashlock=HASHLOCK, expiry_ms=h.now_ms + MINUTE_MS, abort_by=("bank-a",)),
-                Code.INVALID_FIELD, "abort_by")
+        refused(
+            h.send(
+                Lock,
+                "bank-a",
+                owner_account="acc-a",
+                beneficiary_account="acc-b",
+                asset="EUR",
+                amount=10,
+                hashlock=HASHLOCK,
+                expiry_ms=h.now_ms + MINUTE_MS,
+                abort_by=("bank-a",),
+            ),
+            Code.INVALID_FIELD,
+            "abort_by",
+        )

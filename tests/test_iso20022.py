@@ -25,17 +25,41 @@ from protocols.iso20022 import camt053, pacs002, pacs009, read, sese023, sese024
 from protocols.iso20022.model import PACS_009, SESE_023, Advice, Confirmation, OneSided, Statement, StatementEntry
 
 OFFICIAL = XmlParser(config=ParserConfig(fail_on_unknown_properties=True, fail_on_unknown_attributes=True))
-NOW_MS = 1_767_225_600_123      # 2026-01-01T00:00:00.123Z
+NOW_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
 ISIN = make_isin("DE000123456")
 
 DVP = OneSided(
-    format=SESE_023, reference="TX-1", kind="dvp", side="deliver", party="bank-a", counterparty="bank-b",
-    trade_date="2026-01-02", settlement_date="2026-01-05", gives_asset=ISIN, gives_amount=100,
-    gives_account="sec-a", takes_asset="EUR", takes_amount=123_456, takes_account="cash-a")
+    format=SESE_023,
+    reference="TX-1",
+    kind="dvp",
+    side="deliver",
+    party="bank-a",
+    counterparty="bank-b",
+    trade_date="2026-01-02",
+    settlement_date="2026-01-05",
+    gives_asset=ISIN,
+    gives_amount=100,
+    gives_account="sec-a",
+    takes_asset="EUR",
+    takes_amount=123_456,
+    takes_account="cash-a",
+)
 PVP = OneSided(
-    format=PACS_009, reference="FX-1", kind="pvp", side="pay", party="bank-a", counterparty="bank-b",
-    trade_date=None, settlement_date="2026-01-05", gives_asset="EUR", gives_amount=100_000,
-    gives_account="eur-a", takes_asset="JPY", takes_amount=16_000, takes_account="jpy-a")
+    format=PACS_009,
+    reference="FX-1",
+    kind="pvp",
+    side="pay",
+    party="bank-a",
+    counterparty="bank-b",
+    trade_date=None,
+    settlement_date="2026-01-05",
+    gives_asset="EUR",
+    gives_amount=100_000,
+    gives_account="eur-a",
+    takes_asset="JPY",
+    takes_amount=16_000,
+    takes_account="jpy-a",
+)
 SESE = "/Document/SctiesSttlmTxInstr"
 PACS = "/Document/FICdtTrf"
 
@@ -71,10 +95,21 @@ def dvps(draw):
     side = draw(st.sampled_from(["deliver", "receive"]))
     gives, takes = (security, cash) if side == "deliver" else (cash, security)
     return OneSided(
-        format=SESE_023, reference=draw(idents), kind="dvp", side=side, party=party, counterparty=counterparty,
-        trade_date=trade.isoformat(), settlement_date=settle.isoformat(),
-        gives_asset=gives[0], gives_amount=gives[1], gives_account=gives[2],
-        takes_asset=takes[0], takes_amount=takes[1], takes_account=takes[2])
+        format=SESE_023,
+        reference=draw(idents),
+        kind="dvp",
+        side=side,
+        party=party,
+        counterparty=counterparty,
+        trade_date=trade.isoformat(),
+        settlement_date=settle.isoformat(),
+        gives_asset=gives[0],
+        gives_amount=gives[1],
+        gives_account=gives[2],
+        takes_asset=takes[0],
+        takes_amount=takes[1],
+        takes_account=takes[2],
+    )
 
 
 @st.composite
@@ -82,13 +117,25 @@ def pvps(draw):
     party, counterparty = draw(st.lists(idents, min_size=2, max_size=2, unique=True))
     gives, takes = draw(st.lists(currencies, min_size=2, max_size=2, unique=True))
     return OneSided(
-        format=PACS_009, reference=draw(idents), kind="pvp", side="pay", party=party, counterparty=counterparty,
-        trade_date=None, settlement_date=draw(dates).isoformat(),
-        gives_asset=gives, gives_amount=draw(amounts), gives_account=draw(idents),
-        takes_asset=takes, takes_amount=draw(amounts), takes_account=draw(idents))
+        format=PACS_009,
+        reference=draw(idents),
+        kind="pvp",
+        side="pay",
+        party=party,
+        counterparty=counterparty,
+        trade_date=None,
+        settlement_date=draw(dates).isoformat(),
+        gives_asset=gives,
+        gives_amount=draw(amounts),
+        gives_account=draw(idents),
+        takes_asset=takes,
+        takes_amount=draw(amounts),
+        takes_account=draw(idents),
+    )
 
 
 # round trips and conformance ----------------------------------------------------------------
+
 
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None)
@@ -113,9 +160,16 @@ def test_pacs009_round_trip(one, now_ms):
     assert [t.intr_bk_sttlm_amt.ccy for t in parsed.cdt_trf_tx_inf] == [one.gives_asset, one.takes_asset]
 
 
-@pytest.mark.parametrize("currency, minor, printed", [
-    ("JPY", 16_000, "16000"), ("EUR", 123_456, "1234.56"), ("EUR", 5, "0.05"), ("BHD", 1_234, "1.234"),
-    ("CLF", 12_345, "1.2345")])
+@pytest.mark.parametrize(
+    "currency, minor, printed",
+    [
+        ("JPY", 16_000, "16000"),
+        ("EUR", 123_456, "1234.56"),
+        ("EUR", 5, "0.05"),
+        ("BHD", 1_234, "1.234"),
+        ("CLF", 12_345, "1.2345"),
+    ],
+)
 def test_amounts_are_printed_with_the_currencys_exponent(currency, minor, printed):
     assert xml.amount_text(minor, currency) == printed
     document = sese023.write(attrs.evolve(DVP, takes_asset=currency, takes_amount=minor))
@@ -179,15 +233,18 @@ def test_sese025_conforms_and_carries_the_settlement():
     assert str(parsed.sttld_amt.amt.value) == "1234.56" and parsed.sttld_amt.cdt_dbt_ind.value == "CRDT"
 
 
-@pytest.mark.parametrize("outcome, status", [
-    (Confirmation("bank-a", "FX-1", "S-2", PVP, NOW_MS), "ACSC"),
-    (Advice("bank-a", "FX-1", "S-2", "failed", "MONY", "refunded at expiry", NOW_MS, PVP), "RJCT"),
-    (Advice("bank-a", "FX-1", None, "cancelled", "CANC", "x" * 300, NOW_MS, PVP), "RJCT"),
-    (Advice("bank-a", "FX-1", None, "rejected", "DDAT", "bad date", NOW_MS, None), "RJCT"),
-    (Advice("bank-a", "FX-1", None, "unmatched", "CMIS", "", NOW_MS, PVP), "PDNG"),
-    (Advice("bank-a", "FX-1", "S-2", "pending", "", "", NOW_MS, PVP), "PDNG"),
-    (Advice("bank-a", "FX-1", "S-2", "matched", "", "", NOW_MS, PVP), "ACSP"),
-])
+@pytest.mark.parametrize(
+    "outcome, status",
+    [
+        (Confirmation("bank-a", "FX-1", "S-2", PVP, NOW_MS), "ACSC"),
+        (Advice("bank-a", "FX-1", "S-2", "failed", "MONY", "refunded at expiry", NOW_MS, PVP), "RJCT"),
+        (Advice("bank-a", "FX-1", None, "cancelled", "CANC", "x" * 300, NOW_MS, PVP), "RJCT"),
+        (Advice("bank-a", "FX-1", None, "rejected", "DDAT", "bad date", NOW_MS, None), "RJCT"),
+        (Advice("bank-a", "FX-1", None, "unmatched", "CMIS", "", NOW_MS, PVP), "PDNG"),
+        (Advice("bank-a", "FX-1", "S-2", "pending", "", "", NOW_MS, PVP), "PDNG"),
+        (Advice("bank-a", "FX-1", "S-2", "matched", "", "", NOW_MS, PVP), "ACSP"),
+    ],
+)
 def test_pacs002_conforms_and_carries_the_outcome(outcome, status):
     document = pacs002.write(outcome, sender="coordinator", now_ms=NOW_MS)
     parsed = OFFICIAL.from_bytes(document, Pacs00200114).fito_fipmt_sts_rpt
@@ -200,7 +257,10 @@ def test_pacs002_conforms_and_carries_the_outcome(outcome, status):
 
 
 def test_camt053_conforms_and_balances_print_with_sign_and_exponent():
-    entries = (StatementEntry("i-1", 7, NOW_MS, 2_500, "transfer"), StatementEntry("i-2", 9, NOW_MS + 1, -1_000, "settle"))
+    entries = (
+        StatementEntry("i-1", 7, NOW_MS, 2_500, "transfer"),
+        StatementEntry("i-2", 9, NOW_MS + 1, -1_000, "settle"),
+    )
     statement = Statement("ST-1", "bank-a", "cbdc-eur", "cash-a", "EUR", NOW_MS + 2, 7, 9, -500, 1_000, entries)
     document = camt053.write(statement)
     parsed = OFFICIAL.from_bytes(document, Camt05300112).bk_to_cstmr_stmt
@@ -209,7 +269,9 @@ def test_camt053_conforms_and_balances_print_with_sign_and_exponent():
     balances = [(b.tp.cd_or_prtry.cd, str(b.amt.value), b.cdt_dbt_ind.value) for b in body.bal]
     assert balances == [("OPBD", "5.00", "DBIT"), ("CLBD", "10.00", "CRDT")]
     assert [(str(n.amt.value), n.cdt_dbt_ind.value, n.acct_svcr_ref, n.bk_tx_cd.prtry.cd) for n in body.ntry] == [
-        ("25.00", "CRDT", "i-1", "transfer"), ("10.00", "DBIT", "i-2", "settle")]
+        ("25.00", "CRDT", "i-1", "transfer"),
+        ("10.00", "DBIT", "i-2", "settle"),
+    ]
 
 
 def test_long_lockstep_ids_stay_distinct_within_35_characters():
@@ -219,6 +281,7 @@ def test_long_lockstep_ids_stay_distinct_within_35_characters():
 
 
 # refusals: each names the code, the element path and a reason ---------------------------------
+
 
 def test_missing_mandatory_element_is_refused_naming_its_parent():
     document = _edit(sese023.write(DVP), "<TxId>TX-1</TxId>", "")
@@ -280,8 +343,9 @@ def test_whole_units_written_with_decimals_are_accepted():
 @pytest.mark.parametrize("currency, printed", [("JPY", "1.5"), ("EUR", "1.005"), ("BHD", "1.0005")])
 def test_more_decimals_than_the_currency_has_are_refused(currency, printed):
     document = sese023.write(attrs.evolve(DVP, takes_asset=currency))
-    document = _edit(document, f'Ccy="{currency}">{xml.amount_text(DVP.takes_amount, currency)}<',
-                     f'Ccy="{currency}">{printed}<')
+    document = _edit(
+        document, f'Ccy="{currency}">{xml.amount_text(DVP.takes_amount, currency)}<', f'Ccy="{currency}">{printed}<'
+    )
     reason = _refused(SESE_023, document, Code.INVALID_FIELD, f"document:{SESE}/SttlmAmt/Amt")
     assert reason == f"{printed} {currency} has more than the {CURRENCIES[currency]} decimals {currency} has"
 
@@ -300,9 +364,20 @@ def test_free_of_payment_is_refused():
 
 @pytest.mark.parametrize("side, wrong", [("deliver", "DBIT"), ("receive", "CRDT")])
 def test_wrong_credit_debit_indicator_is_refused(side, wrong):
-    one = DVP if side == "deliver" else attrs.evolve(
-        DVP, side="receive", gives_asset="EUR", gives_amount=123_456, gives_account="cash-a",
-        takes_asset=ISIN, takes_amount=100, takes_account="sec-a")
+    one = (
+        DVP
+        if side == "deliver"
+        else attrs.evolve(
+            DVP,
+            side="receive",
+            gives_asset="EUR",
+            gives_amount=123_456,
+            gives_account="cash-a",
+            takes_asset=ISIN,
+            takes_amount=100,
+            takes_account="sec-a",
+        )
+    )
     right = "CRDT" if wrong == "DBIT" else "DBIT"
     document = _edit(sese023.write(one), f"<CdtDbtInd>{right}<", f"<CdtDbtInd>{wrong}<")
     reason = _refused(SESE_023, document, Code.INVALID_FIELD, f"document:{SESE}/SttlmAmt/CdtDbtInd")
@@ -337,8 +412,11 @@ def test_pacs009_with_three_transactions_is_refused_by_the_schema():
 
 
 def test_pacs009_naming_the_counterpartys_account_is_refused():
-    document = _edit(pacs009.write(PVP, now_ms=NOW_MS), "</Dbtr><Cdtr>",
-                     "</Dbtr><DbtrAcct><Id><Othr><Id>theirs</Id></Othr></Id></DbtrAcct><Cdtr>")
+    document = _edit(
+        pacs009.write(PVP, now_ms=NOW_MS),
+        "</Dbtr><Cdtr>",
+        "</Dbtr><DbtrAcct><Id><Othr><Id>theirs</Id></Othr></Id></DbtrAcct><Cdtr>",
+    )
     assert document.count(b"<DbtrAcct>") == 2
     _refused(PACS_009, document, Code.INVALID_FIELD, f"document:{PACS}/CdtTrfTxInf[2]/DbtrAcct")
 
@@ -373,28 +451,42 @@ def test_a_prefixed_namespace_is_read_like_the_default_one():
 # hostile documents: refused before anything is expanded or loaded -----------------------------
 
 BODY = sese023.write(DVP).split(b"?>", 1)[1]
-LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE Document [<!ENTITY lol "lol">'
-          + b"".join(b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10) for i in range(1, 10))
-          + b"]>" + BODY.replace(b"<TxId>TX-1</TxId>", b"<TxId>&lol9;</TxId>"))
-QUADRATIC = (b'<?xml version="1.0"?><!DOCTYPE Document [<!ENTITY a "' + b"a" * 20_000 + b'">]>'
-             + BODY.replace(b"<TxId>TX-1</TxId>", b"<TxId>" + b"&a;" * 500 + b"</TxId>"))
-XXE = (b'<?xml version="1.0"?><!DOCTYPE Document [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-       + BODY.replace(b"<TxId>TX-1</TxId>", b"<TxId>&x;</TxId>"))
+LAUGHS = (
+    b'<?xml version="1.0"?><!DOCTYPE Document [<!ENTITY lol "lol">'
+    + b"".join(b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10) for i in range(1, 10))
+    + b"]>"
+    + BODY.replace(b"<TxId>TX-1</TxId>", b"<TxId>&lol9;</TxId>")
+)
+QUADRATIC = (
+    b'<?xml version="1.0"?><!DOCTYPE Document [<!ENTITY a "'
+    + b"a" * 20_000
+    + b'">]>'
+    + BODY.replace(b"<TxId>TX-1</TxId>", b"<TxId>" + b"&a;" * 500 + b"</TxId>")
+)
+XXE = b'<?xml version="1.0"?><!DOCTYPE Document [<!ENTITY x SYSTEM "file:///etc/passwd">]>' + BODY.replace(
+    b"<TxId>TX-1</TxId>", b"<TxId>&x;</TxId>"
+)
 EXTERNAL_DTD = b'<?xml version="1.0"?><!DOCTYPE Document SYSTEM "http://127.0.0.1:9/evil.dtd">' + BODY
-PARAMETER = (b'<?xml version="1.0"?><!DOCTYPE Document [<!ENTITY % p SYSTEM "http://127.0.0.1:9/p.dtd"> %p;]>' + BODY)
-XINCLUDE = BODY.replace(b"<TxId>TX-1</TxId>",
-                        b'<TxId>TX-1</TxId><xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="file:///etc/passwd" parse="text"/>')
+PARAMETER = b'<?xml version="1.0"?><!DOCTYPE Document [<!ENTITY % p SYSTEM "http://127.0.0.1:9/p.dtd"> %p;]>' + BODY
+XINCLUDE = BODY.replace(
+    b"<TxId>TX-1</TxId>",
+    b'<TxId>TX-1</TxId><xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="file:///etc/passwd" parse="text"/>',
+)
 
 
-@pytest.mark.parametrize("document", [LAUGHS, QUADRATIC, XXE, EXTERNAL_DTD, PARAMETER],
-                         ids=["billion-laughs", "quadratic", "xxe", "external-dtd", "parameter-entity"])
+@pytest.mark.parametrize(
+    "document",
+    [LAUGHS, QUADRATIC, XXE, EXTERNAL_DTD, PARAMETER],
+    ids=["billion-laughs", "quadratic", "xxe", "external-dtd", "parameter-entity"],
+)
 def test_dtds_and_entities_are_refused_unexpanded(document):
     started = time.perf_counter()
     with pytest.raises(Rejected) as refused:
         read(SESE_023, document)
     assert time.perf_counter() - started < 0.5
-    assert refused.value == Rejected(Code.MALFORMED, "document",
-                                     "!DOCTYPE is not allowed: no DTD, no entities; nothing was expanded or loaded")
+    assert refused.value == Rejected(
+        Code.MALFORMED, "document", "!DOCTYPE is not allowed: no DTD, no entities; nothing was expanded or loaded"
+    )
 
 
 def test_an_entity_declaration_is_refused_even_without_a_doctype():
@@ -421,19 +513,24 @@ def test_undefined_entities_are_not_well_formed():
 def test_xinclude_is_refused_and_nothing_is_included():
     with pytest.raises(Rejected) as refused:
         read(SESE_023, XINCLUDE)
-    assert refused.value == Rejected(Code.MALFORMED, f"document:{SESE}/include", "XInclude is not allowed; nothing was included")
+    assert refused.value == Rejected(
+        Code.MALFORMED, f"document:{SESE}/include", "XInclude is not allowed; nothing was included"
+    )
 
 
 def test_processing_instructions_and_comments_are_refused():
-    pi = _edit(sese023.write(DVP), "<TxId>", '<?evil stuff?><TxId>')
+    pi = _edit(sese023.write(DVP), "<TxId>", "<?evil stuff?><TxId>")
     assert _refused(SESE_023, pi, Code.MALFORMED, f"document:{SESE}") == "a processing instruction is not allowed"
     comment = _edit(sese023.write(DVP), "<TxId>TX-1</TxId>", "<TxId>TX<!-- hidden -->-1</TxId>")
     assert _refused(SESE_023, comment, Code.MALFORMED, f"document:{SESE}/TxId") == "a comment is not allowed"
 
 
 def test_schema_instance_attributes_are_refused():
-    document = _edit(sese023.write(DVP), "<TxId>",
-                     '<TxId xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="Max35Text">')
+    document = _edit(
+        sese023.write(DVP),
+        "<TxId>",
+        '<TxId xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="Max35Text">',
+    )
     _refused(SESE_023, document, Code.MALFORMED, f"document:{SESE}/TxId")
 
 
@@ -457,7 +554,11 @@ def test_deep_nesting_is_refused():
 
 
 def test_very_deep_nesting_within_the_byte_limit_is_refused_quickly():
-    document = b'<Document xmlns="%s">%s%s</Document>' % (xml.namespace(SESE_023).encode(), b"<a>" * 4000, b"</a>" * 4000)
+    document = b'<Document xmlns="%s">%s%s</Document>' % (
+        xml.namespace(SESE_023).encode(),
+        b"<a>" * 4000,
+        b"</a>" * 4000,
+    )
     assert len(document) < xml.document_bytes_max
     started = time.perf_counter()
     with pytest.raises(Rejected) as refused:
@@ -468,6 +569,7 @@ def test_very_deep_nesting_within_the_byte_limit_is_refused_quickly():
 
 def test_parsing_is_safe_from_many_threads():
     from concurrent.futures import ThreadPoolExecutor
+
     documents = [sese023.write(attrs.evolve(DVP, reference=f"TX-{i}")) for i in range(200)]
     with ThreadPoolExecutor(8) as pool:
         read_back = list(pool.map(lambda d: read(SESE_023, d), documents))
@@ -478,9 +580,16 @@ _SPLICES = [b"<", b">", b"&amp;", b"&#0;", b"\xff", b"<X/>", b' a="1"', b"]]>", 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([SESE_023, PACS_009]),
-       st.lists(st.tuples(st.floats(0, 1), st.integers(0, 10**6), st.integers(0, 255), st.integers(1, 20),
-                          st.sampled_from(_SPLICES)), min_size=1, max_size=4))
+@given(
+    st.sampled_from([SESE_023, PACS_009]),
+    st.lists(
+        st.tuples(
+            st.floats(0, 1), st.integers(0, 10**6), st.integers(0, 255), st.integers(1, 20), st.sampled_from(_SPLICES)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
 def test_a_mutated_document_is_read_or_refused_never_anything_else(fmt, edits):
     """Bytes flipped, cut or spliced anywhere in a valid document: `read` returns a record
     or raises `Rejected`; no other exception reaches the desk or a ledger."""
@@ -490,7 +599,7 @@ def test_a_mutated_document_is_read_or_refused_never_anything_else(fmt, edits):
         if kind < 0.4:
             document[at] = byte
         elif kind < 0.7:
-            del document[at:at + length]
+            del document[at : at + length]
         else:
             document[at:at] = splice
     try:

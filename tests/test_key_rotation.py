@@ -36,8 +36,15 @@ def eur(harness) -> Harness:
 
 def pay(h: Harness, key: PrivateKey, amount: int = 10):
     """bank-a pays bank-b, signed with `key` under bank-a's name."""
-    msg = Transfer(id=h.next_id("t"), ledger=h.ledger_id, ts_ms=h.now_ms, from_account="a", to_account="b",
-                   asset="EUR", amount=amount)
+    msg = Transfer(
+        id=h.next_id("t"),
+        ledger=h.ledger_id,
+        ts_ms=h.now_ms,
+        from_account="a",
+        to_account="b",
+        asset="EUR",
+        amount=amount,
+    )
     return h.submit(sign(msg, ("bank-a", key)))
 
 
@@ -67,16 +74,19 @@ def test_the_rotation_is_in_the_journal_survives_a_restart_and_the_audit_replays
     assert audit([journal]).clean
 
 
-@pytest.mark.parametrize("signers, code, field", [
-    (("bank-a",), Code.NOT_AUTHORISED, "sigs"),            # the party alone: its old key may be the stolen one
-    (("bank-b",), Code.NOT_AUTHORISED, "sigs"),
-    (("fed",), Code.NOT_AUTHORISED, "sigs"),              # another ledger's operator
-    (("coordinator",), Code.NOT_AUTHORISED, "sigs"),
-])
+@pytest.mark.parametrize(
+    "signers, code, field",
+    [
+        (("bank-a",), Code.NOT_AUTHORISED, "sigs"),  # the party alone: its old key may be the stolen one
+        (("bank-b",), Code.NOT_AUTHORISED, "sigs"),
+        (("fed",), Code.NOT_AUTHORISED, "sigs"),  # another ledger's operator
+        (("coordinator",), Code.NOT_AUTHORISED, "sigs"),
+    ],
+)
 def test_only_the_ledgers_operator_registers_a_key(eur, signers, code, field):
     receipt = rotate(eur, PrivateKey.generate(), *signers)
     assert (receipt.code, receipt.field) == (code.value, field)
-    assert pay(eur, eur.world.keys["bank-a"]).applied       # the old key still works
+    assert pay(eur, eur.world.keys["bank-a"]).applied  # the old key still works
 
 
 @pytest.mark.parametrize("party", ["cbdc-eur", "ecb", "fed", "coordinator", "csd-op"])
@@ -94,8 +104,15 @@ def test_an_unknown_party_and_the_same_key_are_refused(eur):
     assert (same.code, same.field) == (Code.INVALID_FIELD.value, "public_key")
 
 
-@pytest.mark.parametrize("public_key", [   # empty; x = 1 is not on the curve; uncompressed; upper case
-    "", "02" + "00" * 31 + "01", "04" + "11" * 32, ("02" + "ab" * 32).upper()])
+@pytest.mark.parametrize(
+    "public_key",
+    [  # empty; x = 1 is not on the curve; uncompressed; upper case
+        "",
+        "02" + "00" * 31 + "01",
+        "04" + "11" * 32,
+        ("02" + "ab" * 32).upper(),
+    ],
+)
 def test_a_public_key_that_is_not_a_compressed_p256_point_is_refused_at_construction(public_key):
     with pytest.raises(Rejected) as refused:
         RotateKey(id="r1", ledger="cbdc-eur", ts_ms=1, party="bank-a", public_key=public_key)
@@ -106,14 +123,16 @@ def test_a_rotation_on_one_ledger_leaves_the_others_alone(eur, harness):
     multi = harness("cbdc-multi")
     assert multi.send(OpenAccount, "fed", account="a", owner="bank-a").applied
     assert rotate(eur, PrivateKey.generate(), "ecb").applied
-    assert multi.send(OpenAccount, "bank-a", account="a2", owner="bank-a").applied   # old key, other ledger
+    assert multi.send(OpenAccount, "bank-a", account="a2", owner="bank-a").applied  # old key, other ledger
 
 
 def test_a_changed_key_row_is_caught_when_the_ledger_starts(eur):
     assert rotate(eur, PrivateKey.generate(), "ecb").applied
     eur.close()
     with sqlite3.connect(eur.config.database) as db:
-        db.execute("UPDATE keys SET public_key = ? WHERE party = 'bank-a'", (public_point(PrivateKey.generate().public),))
+        db.execute(
+            "UPDATE keys SET public_key = ? WHERE party = 'bank-a'", (public_point(PrivateKey.generate().public),)
+        )
     with pytest.raises(StartRefused, match="key of bank-a"):
         eur.open()
 
@@ -145,12 +164,31 @@ async def test_the_operator_rotates_a_key_with_the_cli_against_a_ledger_process(
             assert (await send(OpenAccount, keys["ecb"], "ecb", account="a", owner="bank-a")).applied
             new = PrivateKey.generate()
             (tmp_path / "bank-a.new.pub.pem").write_text(new.public_pem())
-            command = [sys.executable, "-m", "engine.cli", "rotate-key", "--broker", broker.url,
-                       "--registry", str(tmp_path / "registry.toml"), "--ledger", "cbdc-eur", "--operator", "ecb",
-                       "--operator-key", str(tmp_path / "keys" / "ecb.pem"), "--party", "bank-a",
-                       "--public-key", str(tmp_path / "bank-a.new.pub.pem")]
-            wrong = await trio.run_process(command[:-6] + ["--operator-key", str(tmp_path / "keys" / "bank-a.pem")]
-                                           + command[-4:], capture_stderr=True, check=False)
+            command = [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "rotate-key",
+                "--broker",
+                broker.url,
+                "--registry",
+                str(tmp_path / "registry.toml"),
+                "--ledger",
+                "cbdc-eur",
+                "--operator",
+                "ecb",
+                "--operator-key",
+                str(tmp_path / "keys" / "ecb.pem"),
+                "--party",
+                "bank-a",
+                "--public-key",
+                str(tmp_path / "bank-a.new.pub.pem"),
+            ]
+            wrong = await trio.run_process(
+                command[:-6] + ["--operator-key", str(tmp_path / "keys" / "bank-a.pem")] + command[-4:],
+                capture_stderr=True,
+                check=False,
+            )
             assert wrong.returncode == 2 and b"not the key registered for ecb" in wrong.stderr
             done = await trio.run_process(command, capture_stdout=True, check=False)
             assert done.returncode == 0, done.stdout

@@ -20,27 +20,85 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Modules whose purpose is I/O: the network, a database, processes, the file system.
-IO_MODULES = frozenset({"trio", "socket", "sqlite3", "sqlite_utils", "paho", "asyncio", "selectors", "ssl",
-                        "subprocess", "multiprocessing", "http", "urllib", "shutil", "tempfile", "glob"})
+IO_MODULES = frozenset(
+    {
+        "trio",
+        "socket",
+        "sqlite3",
+        "sqlite_utils",
+        "paho",
+        "asyncio",
+        "selectors",
+        "ssl",
+        "subprocess",
+        "multiprocessing",
+        "http",
+        "urllib",
+        "shutil",
+        "tempfile",
+        "glob",
+    }
+)
 # Methods that touch the file system (pathlib.Path's, lxml's and the file-object readers').
-FILE_METHODS = frozenset({"open", "read_text", "write_text", "read_bytes", "write_bytes", "touch", "unlink", "mkdir",
-                          "rmdir", "rename", "iterdir", "glob", "rglob", "stat", "lstat", "exists", "is_file",
-                          "is_dir", "chmod", "symlink_to", "hardlink_to", "samefile"})
-FILE_READERS = {"etree": {"parse", "iterparse"}, "json": {"load", "dump"}, "tomllib": {"load"},
-                "pickle": {"load", "dump"}, "io": {"open", "FileIO"}}
+FILE_METHODS = frozenset(
+    {
+        "open",
+        "read_text",
+        "write_text",
+        "read_bytes",
+        "write_bytes",
+        "touch",
+        "unlink",
+        "mkdir",
+        "rmdir",
+        "rename",
+        "iterdir",
+        "glob",
+        "rglob",
+        "stat",
+        "lstat",
+        "exists",
+        "is_file",
+        "is_dir",
+        "chmod",
+        "symlink_to",
+        "hardlink_to",
+        "samefile",
+    }
+)
+FILE_READERS = {
+    "etree": {"parse", "iterparse"},
+    "json": {"load", "dump"},
+    "tomllib": {"load"},
+    "pickle": {"load", "dump"},
+    "io": {"open", "FileIO"},
+}
 # os functions that compute with names only; every other os.* call is I/O (files, the
 # environment, processes).
-OS_PURE = frozenset({"fspath", "fsencode", "fsdecode", "path.join", "path.basename", "path.dirname",
-                     "path.splitext", "path.split", "path.normpath", "path.isabs"})
+OS_PURE = frozenset(
+    {
+        "fspath",
+        "fsencode",
+        "fsdecode",
+        "path.join",
+        "path.basename",
+        "path.dirname",
+        "path.splitext",
+        "path.split",
+        "path.normpath",
+        "path.isabs",
+    }
+)
 # Whole-package names from which `from X import name` brings in I/O by a bare name.
 FILE_PACKAGES = frozenset({"os", "io", "pathlib", "shutil"})
 
 # The file I/O protocols/ does today, where it is: (module, function) -> why it is there.
 FILE_IO_ALLOWED = {
-    ("protocols/iso20022/xml.py", "_schema"):
-        "the ISO 20022 profile schemas (.xsd) are package data, read once per thread and cached",
-    ("protocols/iso20022/xml.py", "codes"):
-        "the code lists of a profile, read from its .xsd (package data), cached",
+    (
+        "protocols/iso20022/xml.py",
+        "_schema",
+    ): "the ISO 20022 profile schemas (.xsd) are package data, read once per thread and cached",
+    ("protocols/iso20022/xml.py", "codes"): "the code lists of a profile, read from its .xsd (package data), cached",
     ("protocols/signing.py", "PrivateKey.load"): "a service's own key file, read at start",
     ("protocols/signing.py", "PrivateKey.save"): "a key file written by `lockstep init` (mode 0600)",
     ("protocols/signing.py", "load_public_key"): "a public key file, read at start",
@@ -68,7 +126,7 @@ def imports(module: str, tree: ast.Module) -> Iterator[tuple[int, str]]:
             for alias in node.names:
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             yield node.lineno, ".".join([*base, *([node.module] if node.module else [])])
 
 
@@ -89,13 +147,21 @@ def dotted(node: ast.AST) -> str | None:
 
 def file_calls(tree: ast.Module) -> Iterator[tuple[int, str, str]]:
     """(line, function it is in, the call) for each call that touches a file."""
-    bare = {"open"} | {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                       and node.module in FILE_PACKAGES for alias in node.names if alias.name[0].islower()}
+    bare = {"open"} | {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module in FILE_PACKAGES
+        for alias in node.names
+        if alias.name[0].islower()
+    }
 
     def visit(node: ast.AST, where: list[str]) -> Iterator[tuple[int, str, str]]:
         for child in ast.iter_child_nodes(node):
-            inside = where + [child.name] if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                                  ast.ClassDef)) else where
+            inside = (
+                where + [child.name]
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                else where
+            )
             if isinstance(child, ast.Call) and touches_a_file(child.func, bare):
                 yield child.lineno, ".".join(where) or "<module>", ast.unparse(child.func)
             yield from visit(child, inside)
@@ -121,8 +187,12 @@ def pure_protocol_modules() -> Iterator[tuple[str, ast.Module]]:
 
 
 def test_the_protocol_core_imports_no_io_module():
-    found = [f"{module}:{line} imports {name}" for module, tree in pure_protocol_modules()
-             for line, name in imports(module, tree) if top(name) in IO_MODULES]
+    found = [
+        f"{module}:{line} imports {name}"
+        for module, tree in pure_protocol_modules()
+        for line, name in imports(module, tree)
+        if top(name) in IO_MODULES
+    ]
     assert found == [], "protocols/ outside protocols/bus/ does no I/O (docs/ARCHITECTURE.md):\n" + "\n".join(found)
 
 
@@ -134,40 +204,62 @@ def test_the_protocol_core_touches_no_file_except_where_listed_with_its_reason()
                 used.add((module, function))
             else:
                 found.append(f"{module}:{line} in {function}: {call}(...)")
-    assert found == [], ("protocols/ outside protocols/bus/ touches no file (docs/ARCHITECTURE.md); do it in the "
-                         "service, or list the function in FILE_IO_ALLOWED with why:\n" + "\n".join(found))
+    assert found == [], (
+        "protocols/ outside protocols/bus/ touches no file (docs/ARCHITECTURE.md); do it in the "
+        "service, or list the function in FILE_IO_ALLOWED with why:\n" + "\n".join(found)
+    )
     stale = sorted(set(FILE_IO_ALLOWED) - used)
     assert stale == [], f"listed as doing file I/O but no longer do (remove them from FILE_IO_ALLOWED): {stale}"
 
 
 def test_the_protocols_import_neither_ledgers_nor_engine():
-    found = [f"{module}:{line} imports {name}" for module, tree in modules("protocols")
-             for line, name in imports(module, tree) if top(name) in ("ledgers", "engine")]
+    found = [
+        f"{module}:{line} imports {name}"
+        for module, tree in modules("protocols")
+        for line, name in imports(module, tree)
+        if top(name) in ("ledgers", "engine")
+    ]
     assert found == [], "protocols/ depends on no service (docs/ARCHITECTURE.md):\n" + "\n".join(found)
 
 
 def test_ledgers_and_engine_import_each_other_only_in_the_composition_roots():
-    found = [f"{module}:{line} imports {name}"
-             for package, other in (("ledgers", "engine"), ("engine", "ledgers"))
-             for module, tree in modules(package) if module not in ROOTS
-             for line, name in imports(module, tree) if top(name) == other]
-    assert found == [], (f"ledgers/ and engine/ never depend on each other; only {', '.join(sorted(ROOTS))} "
-                         "import both (docs/ARCHITECTURE.md):\n" + "\n".join(found))
+    found = [
+        f"{module}:{line} imports {name}"
+        for package, other in (("ledgers", "engine"), ("engine", "ledgers"))
+        for module, tree in modules(package)
+        if module not in ROOTS
+        for line, name in imports(module, tree)
+        if top(name) == other
+    ]
+    assert found == [], (
+        f"ledgers/ and engine/ never depend on each other; only {', '.join(sorted(ROOTS))} "
+        "import both (docs/ARCHITECTURE.md):\n" + "\n".join(found)
+    )
 
 
 # -- the checks themselves catch what they are for --------------------------------------------------
 
+
 def test_the_checks_name_the_module_and_line_of_a_violating_import_or_call():
-    source = ("import os\nfrom pathlib import Path\n\n"
-              "def load(path):\n    import trio\n    with open(path) as f:\n        return f.read()\n\n"
-              "class Store:\n    def save(self, path):\n        Path(path).write_text('x')\n        os.replace(path, path)\n"
-              "        os.path.join(path, 'x')\n        'a'.replace('a', 'b')\n")
+    source = (
+        "import os\nfrom pathlib import Path\n\n"
+        "def load(path):\n    import trio\n    with open(path) as f:\n        return f.read()\n\n"
+        "class Store:\n    def save(self, path):\n        Path(path).write_text('x')\n        os.replace(path, path)\n"
+        "        os.path.join(path, 'x')\n        'a'.replace('a', 'b')\n"
+    )
     tree = ast.parse(source)
     assert [(line, name) for line, name in imports("protocols/x.py", tree)] == [(1, "os"), (2, "pathlib"), (5, "trio")]
-    assert list(file_calls(tree)) == [(6, "load", "open"), (11, "Store.save", "Path(path).write_text"),
-                                      (12, "Store.save", "os.replace")]
+    assert list(file_calls(tree)) == [
+        (6, "load", "open"),
+        (11, "Store.save", "Path(path).write_text"),
+        (12, "Store.save", "os.replace"),
+    ]
     relative = ast.parse("from ..ledgers import store\nfrom . import canonical\nfrom .bus import memory\n")
     assert [name for _, name in imports("protocols/bus/mqtt.py", relative)] == [
-        "protocols.ledgers", "protocols.bus", "protocols.bus.bus"]
+        "protocols.ledgers",
+        "protocols.bus",
+        "protocols.bus.bus",
+    ]
     assert [name for _, name in imports("engine/coordinator.py", ast.parse("from ledgers.store import Store"))] == [
-        "ledgers.store"]
+        "ledgers.store"
+    ]

@@ -37,7 +37,9 @@ async def test_conformance_suite_passes_against_a_ledger_process(world_on_disk, 
         async with MqttBus.connect(broker.url) as bus:
             await process.ready(bus)
             lines = []
-            passed, failed = await run_checks(bus, ledger_id, world_on_disk.registry, world_on_disk.keys, out=lines.append)
+            passed, failed = await run_checks(
+                bus, ledger_id, world_on_disk.registry, world_on_disk.keys, out=lines.append
+            )
         assert failed == 0, "\n".join(lines)
         assert passed >= 12
     finally:
@@ -50,14 +52,14 @@ class Stream:
     def __init__(self, world: World, bus, ledger_id: str = "cbdc-eur") -> None:
         self.world = world
         self.ledger_id = ledger_id
-        self.client = LedgerClient(bus, ledger_id, world.registry.get(ledger_id).public_key,
-                                   timeout_s=0.5, attempts=1)
+        self.client = LedgerClient(bus, ledger_id, world.registry.get(ledger_id).public_key, timeout_s=0.5, attempts=1)
         self.acknowledged: dict[str, Receipt] = {}
         self._ids = itertools.count()
 
     def signed(self, cls, signer: str, **fields):
-        return sign(cls(ledger=self.ledger_id, ts_ms=time.time_ns() // 1_000_000, **fields),
-                    (signer, self.world.keys[signer]))
+        return sign(
+            cls(ledger=self.ledger_id, ts_ms=time.time_ns() // 1_000_000, **fields), (signer, self.world.keys[signer])
+        )
 
     async def submit(self, signed, deadline_s: float = 60) -> Receipt:
         """Send the same bytes until the ledger answers, as any client must."""
@@ -71,15 +73,18 @@ class Stream:
                     await trio.sleep(0.05)
 
     async def fund(self) -> None:
-        for signed in (self.signed(OpenAccount, "ecb", id="open-a", account="a", owner="bank-a"),
-                       self.signed(OpenAccount, "ecb", id="open-b", account="b", owner="bank-b"),
-                       self.signed(Issue, "ecb", id="mint", asset="EUR", account="a", amount=1_000_000)):
+        for signed in (
+            self.signed(OpenAccount, "ecb", id="open-a", account="a", owner="bank-a"),
+            self.signed(OpenAccount, "ecb", id="open-b", account="b", owner="bank-b"),
+            self.signed(Issue, "ecb", id="mint", asset="EUR", account="a", amount=1_000_000),
+        ):
             assert (await self.submit(signed)).applied
 
     async def transfers(self, count: int, concurrency: int = 16) -> list[str]:
         ids = [f"t{n}" for n in range(count)]
-        signed = [self.signed(Transfer, "bank-a", id=i, from_account="a", to_account="b", asset="EUR", amount=1)
-                  for i in ids]
+        signed = [
+            self.signed(Transfer, "bank-a", id=i, from_account="a", to_account="b", asset="EUR", amount=1) for i in ids
+        ]
         queue = iter(signed)
 
         async def worker() -> None:
@@ -100,7 +105,9 @@ class Stream:
                 break
             for entry in page["entries"]:
                 body = {k: v for k, v in entry.items() if k != "sigs"}
-                links.append(Link(entry["seq"], hashlib.sha256(signing_bytes(body)).hexdigest(), canonical.encode(entry)))
+                links.append(
+                    Link(entry["seq"], hashlib.sha256(signing_bytes(body)).hexdigest(), canonical.encode(entry))
+                )
             seq = page["entries"][-1]["seq"] + 1
         key = self.world.registry.get(self.ledger_id).public_key
         return [signed.msg for signed, _ in verify_chain(links, self.ledger_id, key)]
@@ -181,7 +188,12 @@ async def test_hostile_messages_get_an_error_and_the_ledger_keeps_serving(world_
             bus._client.publish(f"lockstep/v1/svc/{service_of_ledger('cbdc-eur')}", b"{}", qos=1)
             bus._client.publish(request_topic(service_of_ledger("cbdc-eur"), "x", "y") + "/extra", b"{}", qos=1)
             await stream.fund()
-            assert (await stream.submit(stream.signed(Transfer, "bank-a", id="after", from_account="a",
-                                                      to_account="b", asset="EUR", amount=5))).applied
+            assert (
+                await stream.submit(
+                    stream.signed(
+                        Transfer, "bank-a", id="after", from_account="a", to_account="b", asset="EUR", amount=5
+                    )
+                )
+            ).applied
     finally:
         assert process.stop() == 0

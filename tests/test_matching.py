@@ -19,13 +19,12 @@ from protocols.bus import service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.bus.memory import MemoryBus
 from protocols.canonical import decode
-from protocols.errors import Code
+from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
 from protocols.iso20022 import pacs009, sese023
 from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.matching import DAY_MS
-from protocols.messages import (Advices, Lock, Matched, QueryAdvices, SettlementInstruction,
-                                SettlementStatus, to_body)
+from protocols.messages import Advices, Lock, Matched, QueryAdvices, SettlementInstruction, SettlementStatus, to_body
 from protocols.settlement import Timing, utc_date
 from protocols.signing import from_wire, sign
 from tests.test_coordinator import World
@@ -38,19 +37,79 @@ def autojump_clock():
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-def dvp(today: str, *, units: int = 100, price: int = 99_000, seller_date: str | None = None) -> tuple[OneSided, OneSided]:
+def dvp(
+    today: str, *, units: int = 100, price: int = 99_000, seller_date: str | None = None
+) -> tuple[OneSided, OneSided]:
     """bank-a sells `units` of the bond to bank-b for `price` EUR cents, each side as its back office states it."""
-    seller = OneSided(SESE_023, "A-REF-1", "dvp", "deliver", "bank-a", "bank-b", today, seller_date or today,
-                      BOND, units, "a-sec", "EUR", 99_000, "a-eur")
-    buyer = OneSided(SESE_023, "B-REF-1", "dvp", "receive", "bank-b", "bank-a", today, today,
-                     "EUR", price, "b-eur", BOND, 100, "b-sec")
+    seller = OneSided(
+        SESE_023,
+        "A-REF-1",
+        "dvp",
+        "deliver",
+        "bank-a",
+        "bank-b",
+        today,
+        seller_date or today,
+        BOND,
+        units,
+        "a-sec",
+        "EUR",
+        99_000,
+        "a-eur",
+    )
+    buyer = OneSided(
+        SESE_023,
+        "B-REF-1",
+        "dvp",
+        "receive",
+        "bank-b",
+        "bank-a",
+        today,
+        today,
+        "EUR",
+        price,
+        "b-eur",
+        BOND,
+        100,
+        "b-sec",
+    )
     return seller, buyer
 
 
 def pvp(today: str) -> tuple[OneSided, OneSided]:
     """bank-b pays 500.00 EUR for bank-a's 540.00 USD."""
-    a = OneSided(PACS_009, "A-FX-1", "pvp", "pay", "bank-a", "bank-b", None, today, "USD", 54_000, "a-usd", "EUR", 50_000, "a-eur")
-    b = OneSided(PACS_009, "B-FX-1", "pvp", "pay", "bank-b", "bank-a", None, today, "EUR", 50_000, "b-eur", "USD", 54_000, "b-usd")
+    a = OneSided(
+        PACS_009,
+        "A-FX-1",
+        "pvp",
+        "pay",
+        "bank-a",
+        "bank-b",
+        None,
+        today,
+        "USD",
+        54_000,
+        "a-usd",
+        "EUR",
+        50_000,
+        "a-eur",
+    )
+    b = OneSided(
+        PACS_009,
+        "B-FX-1",
+        "pvp",
+        "pay",
+        "bank-b",
+        "bank-a",
+        None,
+        today,
+        "EUR",
+        50_000,
+        "b-eur",
+        "USD",
+        54_000,
+        "b-usd",
+    )
     return a, b
 
 
@@ -67,8 +126,9 @@ class Desk:
     def instruction(self, one: OneSided, instruction_id: str | None = None, document: bytes | None = None) -> bytes:
         if document is None:
             document = sese023.write(one) if one.format == SESE_023 else pacs009.write(one, now_ms=self.now_ms())
-        msg = SettlementInstruction(instruction_id or one.reference, COORDINATOR, one.party, self.now_ms(), one.format,
-                                    document.decode())
+        msg = SettlementInstruction(
+            instruction_id or one.reference, COORDINATOR, one.party, self.now_ms(), one.format, document.decode()
+        )
         return sign(msg, (one.party, self.local.world.keys[one.party])).encode()
 
     async def send(self, raw: bytes):
@@ -76,7 +136,9 @@ class Desk:
         return from_wire(decode(reply), allowed=(Advices, SettlementStatus)).msg
 
     async def advices(self, party: str) -> list[dict]:
-        query = sign(QueryAdvices(f"q-{self.now_ms()}", COORDINATOR, party, 0, 100), (party, self.local.world.keys[party]))
+        query = sign(
+            QueryAdvices(f"q-{self.now_ms()}", COORDINATOR, party, 0, 100), (party, self.local.world.keys[party])
+        )
         return list((await self.send(query.encode())).items)
 
     async def until(self, party: str, status: str) -> list[dict]:
@@ -88,15 +150,24 @@ class Desk:
                 await trio.sleep(0.2)
 
     async def balances(self) -> dict:
-        return {(ledger, account): await self.local.balances(ledger, account)
-                for ledger, account in (("csd", "a-sec"), ("csd", "b-sec"), ("cbdc-eur", "a-eur"), ("cbdc-eur", "b-eur"),
-                                        ("cbdc-multi", "a-usd"), ("cbdc-multi", "b-usd"))}
+        return {
+            (ledger, account): await self.local.balances(ledger, account)
+            for ledger, account in (
+                ("csd", "a-sec"),
+                ("csd", "b-sec"),
+                ("cbdc-eur", "a-eur"),
+                ("cbdc-eur", "b-eur"),
+                ("cbdc-multi", "a-usd"),
+                ("cbdc-multi", "b-usd"),
+            )
+        }
 
     async def held_locks(self) -> list:
         return await World(self.local).held_locks()
 
     async def audit(self):
         from engine.audit import read_over_bus
+
         journals = await read_over_bus(self.local.bus, self.local.world.registry, list(self.local.services))
         return audit(journals, grace_ms=60_000)
 
@@ -170,17 +241,20 @@ async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_
         desk = await start(nursery, tmp_path)
         now_ms = desk.now_ms()
         to_midnight_ms = DAY_MS - now_ms % DAY_MS
-        coordinator, _ = await desk.start_coordinator(skew_ms=to_midnight_ms - 5_000)   # its day ends in 5 s
-        seller, buyer = dvp(utc_date(coordinator.clock.now_ms()), price=98_500)     # the buyer states another price
+        coordinator, _ = await desk.start_coordinator(skew_ms=to_midnight_ms - 5_000)  # its day ends in 5 s
+        seller, buyer = dvp(utc_date(coordinator.clock.now_ms()), price=98_500)  # the buyer states another price
         before = await desk.balances()
         await desk.send(desk.instruction(seller))
         reply = await desk.send(desk.instruction(buyer))
         assert [i["status"] for i in reply.items] == ["unmatched"]
         assert "DMON" in element_text(reply.items[0]["document"], "Cd")
-        assert any("gives EUR 985.00" in text and "takes EUR 990.00" in text or "gives EUR 990.00" in text
-                   and "takes EUR 985.00" in text for text in element_text(reply.items[0]["document"], "AddtlRsnInf"))
+        assert any(
+            ("gives EUR 985.00" in text and "takes EUR 990.00" in text)
+            or ("gives EUR 990.00" in text and "takes EUR 985.00" in text)
+            for text in element_text(reply.items[0]["document"], "AddtlRsnInf")
+        )
 
-        await trio.sleep(6)                          # the settlement date passes
+        await trio.sleep(6)  # the settlement date passes
         for party in ("bank-a", "bank-b"):
             advices = await desk.until(party, "cancelled")
             assert "CANS" in element_text(advices[-1]["document"], "Cd")
@@ -188,15 +262,33 @@ async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("change, path, code", [
-    (lambda d: d.replace(b"<TradDt><Dt><Dt>", b"<TradDt><Dt><Dt>20x"), "/Document/SctiesSttlmTxInstr/TradDtls/TradDt/Dt/Dt",
-     Code.INVALID_FIELD),
-    (lambda d: d.replace(b"<Unit>100</Unit>", b"<Unit>100.5</Unit>"),
-     "/Document/SctiesSttlmTxInstr/QtyAndAcctDtls/SttlmQty/Qty/Unit", Code.INVALID_FIELD),
-    (lambda d: b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
-     + d.split(b"?>", 1)[1].replace(b"A-REF-1", b"&lol2;"), "", Code.MALFORMED),
-], ids=["bad-date", "fractional-units", "entity-bomb"])
-async def test_a_document_that_does_not_validate_is_refused_with_its_element_path(tmp_path, autojump_clock, change, path, code):
+@pytest.mark.parametrize(
+    "change, path, code",
+    [
+        (
+            lambda d: d.replace(b"<TradDt><Dt><Dt>", b"<TradDt><Dt><Dt>20x"),
+            "/Document/SctiesSttlmTxInstr/TradDtls/TradDt/Dt/Dt",
+            Code.INVALID_FIELD,
+        ),
+        (
+            lambda d: d.replace(b"<Unit>100</Unit>", b"<Unit>100.5</Unit>"),
+            "/Document/SctiesSttlmTxInstr/QtyAndAcctDtls/SttlmQty/Qty/Unit",
+            Code.INVALID_FIELD,
+        ),
+        (
+            lambda d: (
+                b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+                + d.split(b"?>", 1)[1].replace(b"A-REF-1", b"&lol2;")
+            ),
+            "",
+            Code.MALFORMED,
+        ),
+    ],
+    ids=["bad-date", "fractional-units", "entity-bomb"],
+)
+async def test_a_document_that_does_not_validate_is_refused_with_its_element_path(
+    tmp_path, autojump_clock, change, path, code
+):
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
         await desk.start_coordinator()
@@ -205,7 +297,7 @@ async def test_a_document_that_does_not_validate_is_refused_with_its_element_pat
         assert isinstance(reply, SettlementStatus) and reply.phase == "rejected"
         assert reply.reason_code == code.value
         assert reply.reason.startswith(f"document:{path}"), reply.reason
-        assert await desk.advices("bank-a") == []       # nothing kept
+        assert await desk.advices("bank-a") == []  # nothing kept
         nursery.cancel_scope.cancel()
 
 
@@ -221,9 +313,10 @@ async def test_a_coordinator_restarted_between_matching_and_settling_settles_onc
             if record.phase.value == "locking":
                 scope.cancel()
                 killed.set()
+
         coordinator.on_phase = kill_on_locking
         await desk.send(desk.instruction(seller))
-        async with trio.open_nursery() as sending:   # the reply is lost with the coordinator
+        async with trio.open_nursery() as sending:  # the reply is lost with the coordinator
             sending.start_soon(desk.local.send_settlement, desk.instruction(buyer), 5)
             await killed.wait()
         await trio.sleep(1)
@@ -244,13 +337,27 @@ async def test_ledgers_refuse_a_lock_whose_matched_pair_does_not_match(tmp_path,
         desk = await start(nursery, tmp_path)
         today = utc_date(desk.now_ms())
         seller, buyer = dvp(today, price=1)
-        auth = to_body(Matched(COORDINATOR, ("csd", "cbdc-eur"),
-                               (decode(desk.instruction(seller)), decode(desk.instruction(buyer)))))
-        with pytest.raises(Exception):
+        auth = to_body(
+            Matched(
+                COORDINATOR, ("csd", "cbdc-eur"), (decode(desk.instruction(seller)), decode(desk.instruction(buyer)))
+            )
+        )
+        with pytest.raises(Rejected):  # the price differs: our own matching refuses the pair
             terms_of(auth, desk.local.world.registry)
         now = desk.now_ms()
-        lock = Lock("m-forged:0", "csd", now, "a-sec", "b-sec", BOND, 100, hashlock_of(b"s" * 32), now + 5_000,
-                    (COORDINATOR,), auth=auth)
+        lock = Lock(
+            "m-forged:0",
+            "csd",
+            now,
+            "a-sec",
+            "b-sec",
+            BOND,
+            100,
+            hashlock_of(b"s" * 32),
+            now + 5_000,
+            (COORDINATOR,),
+            auth=auth,
+        )
         receipt = await desk.local.client("csd").submit(sign(lock, (COORDINATOR, desk.local.world.keys[COORDINATOR])))
         assert not receipt.applied
         assert receipt.code == Code.NOT_AUTHORISED.value and receipt.field == "auth.instructions"
@@ -261,6 +368,7 @@ async def test_ledgers_refuse_a_lock_whose_matched_pair_does_not_match(tmp_path,
 async def test_camt053_statement_books_the_settled_cash_leg_and_balances_close(tmp_path, autojump_clock):
     from engine.statement import read_entries, statement_of
     from protocols.iso20022 import camt053
+
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
         await desk.start_coordinator()
@@ -272,7 +380,7 @@ async def test_camt053_statement_books_the_settled_cash_leg_and_balances_close(t
         entries = await read_entries(desk.local.client("cbdc-eur"))
         statement = statement_of(entries, "cbdc-eur", "b-eur", "EUR", from_seq=head, to_seq=None, now_ms=desk.now_ms())
         assert statement.owner == "bank-b"
-        assert [(e.kind, e.amount_minor) for e in statement.entries] == [("claim", -99_000)]   # the lock was a hold
+        assert [(e.kind, e.amount_minor) for e in statement.entries] == [("claim", -99_000)]  # the lock was a hold
         assert statement.closing_minor == statement.opening_minor - 99_000
         assert statement.closing_minor == (await desk.local.balances("cbdc-eur", "b-eur"))["EUR"]
         document = camt053.write(statement).decode()
@@ -290,21 +398,44 @@ async def test_the_desk_refuses_what_is_not_its_partys_own_and_keeps_working(tmp
         document = sese023.write(seller).decode()
 
         def signed_by(signer: str, **fields) -> bytes:
-            msg = SettlementInstruction(**{"id": "X-1", "coordinator": COORDINATOR, "party": "bank-a",
-                                           "ts_ms": desk.now_ms(), "format": SESE_023, "document": document, **fields})
+            msg = SettlementInstruction(
+                **{
+                    "id": "X-1",
+                    "coordinator": COORDINATOR,
+                    "party": "bank-a",
+                    "ts_ms": desk.now_ms(),
+                    "format": SESE_023,
+                    "document": document,
+                    **fields,
+                }
+            )
             return sign(msg, (signer, keys[signer])).encode()
 
         refusals = {
             "signed by the counterparty": (signed_by("bank-b"), Code.MISSING_SIGNATURE.value, "sigs"),
-            "for another coordinator": (signed_by("bank-a", coordinator="bank-b"), Code.WRONG_LEDGER.value, "coordinator"),
-            "bank-b claiming bank-a's document": (signed_by("bank-b", party="bank-b"), Code.NOT_AUTHORISED.value, "document"),
-            "a pacs.009 labelled sese.023": (signed_by("bank-a", format=PACS_009), Code.INVALID_FIELD.value, "document:"),
+            "for another coordinator": (
+                signed_by("bank-a", coordinator="bank-b"),
+                Code.WRONG_LEDGER.value,
+                "coordinator",
+            ),
+            "bank-b claiming bank-a's document": (
+                signed_by("bank-b", party="bank-b"),
+                Code.NOT_AUTHORISED.value,
+                "document",
+            ),
+            "a pacs.009 labelled sese.023": (
+                signed_by("bank-a", format=PACS_009),
+                Code.INVALID_FIELD.value,
+                "document:",
+            ),
         }
         for case, (raw, code, field) in refusals.items():
             reply = await desk.send(raw)
             assert isinstance(reply, SettlementStatus) and reply.phase == "rejected", case
-            assert (reply.reason_code, reply.reason.split(":")[0] + (":" if field.endswith(":") else "")) == (code, field), \
-                (case, reply.reason_code, reply.reason)
+            assert (reply.reason_code, reply.reason.split(":")[0] + (":" if field.endswith(":") else "")) == (
+                code,
+                field,
+            ), (case, reply.reason_code, reply.reason)
 
         await desk.send(signed_by("bank-a"))
         reused = await desk.send(signed_by("bank-a", document=sese023.write(seller).decode().replace("100", "101")))
@@ -312,6 +443,6 @@ async def test_the_desk_refuses_what_is_not_its_partys_own_and_keeps_working(tmp
         snooping = sign(QueryAdvices("q-1", COORDINATOR, "bank-a", 0, 10), ("bank-b", keys["bank-b"]))
         assert (await desk.send(snooping.encode())).reason_code == Code.MISSING_SIGNATURE.value
 
-        await desk.send(desk.instruction(buyer))          # the desk still matches and settles
+        await desk.send(desk.instruction(buyer))  # the desk still matches and settles
         assert [i["status"] for i in await desk.until("bank-b", "settled")] == ["matched", "settled"]
         nursery.cancel_scope.cancel()

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.broker import free_port
-from engine.config import CoordinatorConfig
 from engine.config import ConfigError as CoordinatorConfigError
+from engine.config import CoordinatorConfig
 from engine.local import Local, dvp_legs, standard_world
 from engine.metrics import CoordinatorMetrics
 from ledgers import daemon as ledger_daemon
@@ -35,13 +35,16 @@ from tests.test_expiry import HOUR_MS, running_ledger
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
 SAME_DVP = dvp_legs("unified", "a", "b", 100, "unified", "EUR", "b", "a", 99_000)
-PARTIES = ("bank-b", "bank-a")   # bank-b pays leg 0, bank-a pays leg 1
+PARTIES = ("bank-b", "bank-a")  # bank-b pays leg 0, bank-a pays leg 1
 
 
 def scraped(text: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of a scrape, by (name, labels)."""
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -53,6 +56,7 @@ def of(registry: CollectorRegistry) -> dict:
 
 
 # -- the endpoint ------------------------------------------------------------------------
+
 
 async def fetch(port: int, request: bytes, *, eof: bool = False) -> tuple[int, dict[str, str], bytes]:
     """The response to `request`; `eof`: then close our side, as a client that has no more to say."""
@@ -88,13 +92,16 @@ async def test_get_metrics_answers_the_registry_as_prometheus_text(endpoint):
     assert value(scraped(body.decode()), "lockstep_test_events_total") == 3
 
 
-@pytest.mark.parametrize("request_head, status", [
-    (b"GET / HTTP/1.1\r\n\r\n", 404),
-    (b"GET /metricsx HTTP/1.1\r\n\r\n", 404),
-    (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
-    (b"GET /metrics\r\n\r\n", 400),
-    (b"GET /metrics HTTP/1.1\r\n", 400),   # the client closed before the headers ended
-])
+@pytest.mark.parametrize(
+    "request_head, status",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", 404),
+        (b"GET /metricsx HTTP/1.1\r\n\r\n", 404),
+        (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /metrics\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\n", 400),  # the client closed before the headers ended
+    ],
+)
 async def test_other_paths_methods_and_broken_requests_are_refused(endpoint, request_head, status):
     _, port = endpoint
     assert (await fetch(port, request_head, eof=True))[0] == status
@@ -116,7 +123,7 @@ async def test_a_silent_client_is_cut_off_at_the_deadline_while_others_are_answe
         started = trio.current_time()
         assert (await fetch(port, b"GET /metrics HTTP/1.1\r\n\r\n"))[0] == 200
         with trio.fail_after(5):
-            assert await silent.receive_some(1024) == b""   # closed by the server, unanswered
+            assert await silent.receive_some(1024) == b""  # closed by the server, unanswered
         assert trio.current_time() - started >= 0.3
 
 
@@ -124,6 +131,7 @@ def test_a_metrics_read_that_fails_is_answered_500():
     class Broken:
         def collect(self):
             raise OSError("database unavailable")
+
     registry = CollectorRegistry()
     registry.register(Broken())
     response = respond(b"GET /metrics HTTP/1.1\r\n\r\n", registry)
@@ -169,6 +177,7 @@ async def test_a_metrics_port_in_use_stops_the_ledger_naming_it(tmp_path):
 
 # -- the services in one process ---------------------------------------------------------
 
+
 @pytest.fixture
 def autojump_clock():
     return trio.testing.MockClock(autojump_threshold=0)
@@ -191,23 +200,28 @@ async def test_service_metrics_follow_settled_and_failed_settlements(tmp_path, a
         before = {ledger: of(local.services[ledger].metrics.registry) for ledger in ledgers}
 
         too_much = (attrs.evolve(CROSS_DVP[0], amount=10**15), CROSS_DVP[1])
-        outcomes = [(await coordinator.submit(local.settlement("dvp", legs, PARTIES))).phase
-                    for legs in (CROSS_DVP, SAME_DVP, too_much)]
+        outcomes = [
+            (await coordinator.submit(local.settlement("dvp", legs, PARTIES))).phase
+            for legs in (CROSS_DVP, SAME_DVP, too_much)
+        ]
         assert outcomes == [Phase.SETTLED, Phase.SETTLED, Phase.FAILED]
 
         heads = {ledger: await head_seq(local, ledger) for ledger in ledgers}
         after = {ledger: of(local.services[ledger].metrics.registry) for ledger in ledgers}
 
         def applied(ledger: str, kind: str) -> float:
-            return (value(after[ledger], "lockstep_ledger_instructions_applied_total", type=kind)
-                    - value(before[ledger], "lockstep_ledger_instructions_applied_total", type=kind))
+            return value(after[ledger], "lockstep_ledger_instructions_applied_total", type=kind) - value(
+                before[ledger], "lockstep_ledger_instructions_applied_total", type=kind
+            )
 
         # settled: a lock and a claim on each ledger; failed: the bond locked, then aborted
         assert (applied("csd", "lock"), applied("csd", "claim"), applied("csd", "abort")) == (2, 1, 1)
         assert (applied("cbdc-eur", "lock"), applied("cbdc-eur", "claim"), applied("cbdc-eur", "abort")) == (1, 1, 0)
         assert applied("unified", "settle") == 1
-        assert value(after["cbdc-eur"], "lockstep_ledger_requests_refused_total",
-                     type="lock", code="insufficient_funds") == 1
+        assert (
+            value(after["cbdc-eur"], "lockstep_ledger_requests_refused_total", type="lock", code="insufficient_funds")
+            == 1
+        )
         for ledger in ledgers:
             samples, service = after[ledger], local.services[ledger]
             assert value(samples, "lockstep_ledger_journal_height") == heads[ledger]
@@ -219,12 +233,15 @@ async def test_service_metrics_follow_settled_and_failed_settlements(tmp_path, a
             assert value(samples, "lockstep_ledger_info", ledger=ledger, role=service.ledger.config.role) == 1
 
         samples = of(metrics.registry)
-        final = {phase.value: value(samples, "lockstep_coordinator_settlements_final_total", phase=phase.value)
-                 for phase in (Phase.SETTLED, Phase.FAILED, Phase.ROLLED_BACK, Phase.ONE_LEGGED)}
+        final = {
+            phase.value: value(samples, "lockstep_coordinator_settlements_final_total", phase=phase.value)
+            for phase in (Phase.SETTLED, Phase.FAILED, Phase.ROLLED_BACK, Phase.ONE_LEGGED)
+        }
         assert final == {"settled": 2, "failed": 1, "rolled_back": 0, "one_legged": 0}
         for phase in ("pending", "locking", "locked", "claiming", "rolling_back"):
-            assert (("lockstep_coordinator_settlements", frozenset({("phase", phase)})) in samples
-                    and value(samples, "lockstep_coordinator_settlements", phase=phase) == 0)
+            assert ("lockstep_coordinator_settlements", frozenset({("phase", phase)})) in samples and value(
+                samples, "lockstep_coordinator_settlements", phase=phase
+            ) == 0
         assert value(samples, "lockstep_coordinator_locks_outstanding") == 0
         assert value(samples, "lockstep_coordinator_journal_rows") == 3
         assert value(samples, "lockstep_coordinator_in_flight_settlements") == 0
@@ -259,9 +276,14 @@ async def test_coordinator_gauges_show_a_settlement_holding_its_locks(tmp_path, 
 
         def at_locked(record) -> None:
             if record.phase is Phase.LOCKED:
-                seen.append((of(metrics.registry), [of(local.services[ledger].metrics.registry)
-                                                    for ledger in ("csd", "cbdc-eur")]))
-        coordinator.on_phase = at_locked   # replaces the metrics' hook: counted outcomes are not read here
+                seen.append(
+                    (
+                        of(metrics.registry),
+                        [of(local.services[ledger].metrics.registry) for ledger in ("csd", "cbdc-eur")],
+                    )
+                )
+
+        coordinator.on_phase = at_locked  # replaces the metrics' hook: counted outcomes are not read here
         await coordinator.submit(local.settlement("dvp", CROSS_DVP, PARTIES))
         [(samples, ledger_samples)] = seen
         assert value(samples, "lockstep_coordinator_settlements", phase="locked") == 1
@@ -273,6 +295,7 @@ async def test_coordinator_gauges_show_a_settlement_holding_its_locks(tmp_path, 
 
 # -- real processes ----------------------------------------------------------------------
 
+
 def scrape(port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -282,15 +305,28 @@ def scrape(port: int) -> dict:
 async def test_processes_serve_metrics_over_http(tmp_path, broker):
     world = standard_world(tmp_path, broker=broker.url)
     ports = {"csd": free_port(), "cbdc-eur": free_port(), "coordinator": free_port()}
-    for ledger in ("csd", "cbdc-eur"):   # the ledgers by their config, the coordinator by its flag
+    for ledger in ("csd", "cbdc-eur"):  # the ledgers by their config, the coordinator by its flag
         config = world.ledger_configs[ledger]
-        config.write_text(f'metrics = "127.0.0.1:{ports[ledger]}"\n' + config.read_text())   # before any [table]
+        config.write_text(f'metrics = "127.0.0.1:{ports[ledger]}"\n' + config.read_text())  # before any [table]
     ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
     coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url)
     with coordinator.log_path.open("ab") as log:
         coordinator.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "coordinator", "--config", str(world.ledger_configs["coordinator"]),
-             "--broker", broker.url, "--metrics", f"127.0.0.1:{ports['coordinator']}"], stdout=log, stderr=log)
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "coordinator",
+                "--config",
+                str(world.ledger_configs["coordinator"]),
+                "--broker",
+                broker.url,
+                "--metrics",
+                f"127.0.0.1:{ports['coordinator']}",
+            ],
+            stdout=log,
+            stderr=log,
+        )
     try:
         async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
             for process in ledgers + [coordinator]:

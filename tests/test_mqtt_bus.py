@@ -34,19 +34,18 @@ async def two_ends(kind: str, broker: Broker):
 
 @pytest.mark.parametrize("kind", ["memory", "mqtt"])
 async def test_each_caller_gets_its_own_reply(kind, broker):
-    async with two_ends(kind, broker) as (server, client):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(echo_server, server, "echo")
-            replies = {}
+    async with two_ends(kind, broker) as (server, client), trio.open_nursery() as nursery:
+        await nursery.start(echo_server, server, "echo")
+        replies = {}
 
-            async def ask(n: int) -> None:
-                replies[n] = await client.request("echo", str(n).encode(), timeout_s=5)
+        async def ask(n: int) -> None:
+            replies[n] = await client.request("echo", str(n).encode(), timeout_s=5)
 
-            async with trio.open_nursery() as callers:
-                for n in range(50):
-                    callers.start_soon(ask, n)
-            assert replies == {n: f"echo:{n}".encode() for n in range(50)}
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as callers:
+            for n in range(50):
+                callers.start_soon(ask, n)
+        assert replies == {n: f"echo:{n}".encode() for n in range(50)}
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("kind", ["memory", "mqtt"])

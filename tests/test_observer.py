@@ -38,13 +38,15 @@ from protocols.signing import decode_signed
 GRACE_MS = 1_000
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 LEDGERS = ("csd", "cbdc-eur", "cbdc-multi", "unified")
-PARTIES = ("bank-b", "bank-a")   # bank-b pays leg 0, bank-a pays leg 1
+PARTIES = ("bank-b", "bank-a")  # bank-b pays leg 0, bank-a pays leg 1
 CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
-CROSS_PVP = (SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 50_000),
-             SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 54_000))
+CROSS_PVP = (
+    SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 50_000),
+    SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 54_000),
+)
 SAME_DVP = dvp_legs("unified", "a", "b", 100, "unified", "EUR", "b", "a", 99_000)
 SAME_PVP = (SettlementLeg("unified", "b", "a", "EUR", 50_000), SettlementLeg("unified", "a", "b", "USD", 54_000))
-REFUSED = (attrs.evolve(CROSS_DVP[0], amount=10**15), CROSS_DVP[1])   # bank-b has not that much EUR
+REFUSED = (attrs.evolve(CROSS_DVP[0], amount=10**15), CROSS_DVP[1])  # bank-b has not that much EUR
 
 
 @pytest.fixture
@@ -91,9 +93,15 @@ async def journal(local: Local, ledger: str) -> list[dict]:
 def at(entries: list[dict], kind: str, **fields) -> At:
     """The one entry of this kind whose instruction (or, for an expiry, whose effects'
     `locks`) has these fields."""
-    found = [entry for entry in entries if entry["kind"] == kind and all(
-        (entry["instruction"] or {}).get(name) == value or [value, "refunded"] in entry["effects"].get("locks", ())
-        for name, value in fields.items())]
+    found = [
+        entry
+        for entry in entries
+        if entry["kind"] == kind
+        and all(
+            (entry["instruction"] or {}).get(name) == value or [value, "refunded"] in entry["effects"].get("locks", ())
+            for name, value in fields.items()
+        )
+    ]
     assert len(found) == 1, (kind, fields, found)
     return At(found[0]["ledger"], found[0]["seq"], kind)
 
@@ -104,20 +112,21 @@ def time_of(entries: list[dict], where: At) -> int:
 
 # -- (1) clean -----------------------------------------------------------------------------------
 
+
 async def test_settlements_that_settle_or_roll_back_raise_no_alert_live_or_read_afterwards(tmp_path, autojump_clock):
     async with trio.open_nursery() as nursery:
         local = Local(standard_world(tmp_path), MemoryBus(), nursery)
         for ledger in LEDGERS:
             await local.start_ledger(ledger)
-        live = await observing(nursery, local, LEDGERS)   # from the first entry of every ledger, as it happens
+        live = await observing(nursery, local, LEDGERS)  # from the first entry of every ledger, as it happens
         await local.fund_standard()
         coordinator, _ = await local.start_coordinator(TIMING)
         for _ in range(2):
             for kind, legs in (("dvp", CROSS_DVP), ("pvp", CROSS_PVP), ("dvp", SAME_DVP), ("pvp", SAME_PVP)):
                 assert (await coordinator.submit(local.settlement(kind, legs, PARTIES))).phase is Phase.SETTLED
         assert (await coordinator.submit(local.settlement("dvp", REFUSED, PARTIES))).phase is Phase.FAILED
-        late = await observing(nursery, local, LEDGERS)   # reads all of it afterwards
-        await trio.sleep(61 + GRACE_MS / 1000)   # past the refused one's deadline: its leg 0 can never be locked
+        late = await observing(nursery, local, LEDGERS)  # reads all of it afterwards
+        await trio.sleep(61 + GRACE_MS / 1000)  # past the refused one's deadline: its leg 0 can never be locked
         report = audit(await read_over_bus(local.bus, local.world.registry, LEDGERS))
         heads = {ledger: len(await journal(local, ledger)) for ledger in LEDGERS}
         nursery.cancel_scope.cancel()
@@ -125,15 +134,16 @@ async def test_settlements_that_settle_or_roll_back_raise_no_alert_live_or_read_
     assert report.clean and report.settlements == {"settled": 4, "rolled back": 1}, report.text()
     for observer in (live, late):
         assert observer.alerts == [] and not observer.alerted
-        assert observer.judged == report.settlements   # the audit's own judgement, reached live
+        assert observer.judged == report.settlements  # the audit's own judgement, reached live
         assert {ledger: j.entries for ledger, j in observer.journals.items()} == heads
         assert sum(j.settles for j in observer.journals.values()) == report.settles == 4
-        assert observer.open_settlements == 0   # each judged for good is forgotten
+        assert observer.open_settlements == 0  # each judged for good is forgotten
         assert all(not j.replay.locks and not j.legs for j in observer.journals.values())
 
 
 async def test_an_observer_catching_up_judges_by_the_journals_until_it_reaches_their_heads(
-        tmp_path, autojump_clock, monkeypatch):
+    tmp_path, autojump_clock, monkeypatch
+):
     """Started after a settlement settled, the observer reads csd's journal two entries
     every 20 s: it reads the claim on cbdc-eur well past the settlement's deadline, before
     reaching csd's lock. Its own clock says nothing of a journal not yet read to its head:
@@ -158,20 +168,27 @@ async def test_an_observer_catching_up_judges_by_the_journals_until_it_reaches_t
         with trio.fail_after(600):
             while observer.judged != {"settled": 1}:
                 await trio.sleep(0.5)
-        assert trio.current_time() > 60 + GRACE_MS / 1000   # the settlement's deadline passed during the read
+        assert trio.current_time() > 60 + GRACE_MS / 1000  # the settlement's deadline passed during the read
         nursery.cancel_scope.cancel()
     assert observer.alerts == []
 
 
 # -- (2) one-legged for real ---------------------------------------------------------------------
 
-async def test_a_settlement_made_one_legged_is_alerted_once_within_a_second_of_the_refund(tmp_path, autojump_clock, caplog):
+
+async def test_a_settlement_made_one_legged_is_alerted_once_within_a_second_of_the_refund(
+    tmp_path, autojump_clock, caplog
+):
     """Every claim to csd is lost until csd refunds leg 1 at its expiry: bank-a was paid
     EUR and kept its bonds (as in tests/test_audit.py)."""
     ledgers = ("cbdc-eur", "csd")
     bus = MemoryBus()
-    claims_lost = FaultyBus(bus, Faults(drop_request=1.0), seed=1,
-                            applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload)
+    claims_lost = FaultyBus(
+        bus,
+        Faults(drop_request=1.0),
+        seed=1,
+        applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload,
+    )
     caplog.set_level(logging.ERROR, logger="lockstep.observer")
     async with trio.open_nursery() as nursery:
         local = await start_world(nursery, tmp_path, ledgers, bus)
@@ -190,7 +207,7 @@ async def test_a_settlement_made_one_legged_is_alerted_once_within_a_second_of_t
             nursery.start_soon(submit)
             alerted_ms = await until_alerted(observer)
             event = canonical.decode(published.receive_nowait())
-        await trio.sleep(10)   # judged for good: the half-second checks do not alert it again
+        await trio.sleep(10)  # judged for good: the half-second checks do not alert it again
         eur, csd = await journal(local, "cbdc-eur"), await journal(local, "csd")
         nursery.cancel_scope.cancel()
 
@@ -201,9 +218,12 @@ async def test_a_settlement_made_one_legged_is_alerted_once_within_a_second_of_t
     assert violation.kind is Kind.ONE_LEGGED and violation.settlement == settlement_id
     assert violation.ledgers == ledgers
     assert violation.reason == "leg 0 claimed on cbdc-eur, leg 1 refunded to its owner on csd"
-    assert violation.entries == (at(eur, "lock", id=lock_id(settlement_id, 0)),
-                                 at(eur, "claim", lock_id=lock_id(settlement_id, 0)),
-                                 at(csd, "lock", id=lock_id(settlement_id, 1)), refund)
+    assert violation.entries == (
+        at(eur, "lock", id=lock_id(settlement_id, 0)),
+        at(eur, "claim", lock_id=lock_id(settlement_id, 0)),
+        at(csd, "lock", id=lock_id(settlement_id, 1)),
+        refund,
+    )
     assert 0 <= event["time_ms"] - time_of(csd, refund) <= 1_000 and event["time_ms"] <= alerted_ms
     assert event == alert_event(violation, event["time_ms"])
     alerts = [record.getMessage() for record in caplog.records if record.name == "lockstep.observer"]
@@ -218,8 +238,12 @@ async def test_a_claim_whose_other_ledger_went_down_is_alerted_on_the_observers_
     refunds leg 1, it is not alerted again."""
     ledgers = ("cbdc-eur", "csd")
     bus = MemoryBus()
-    claims_lost = FaultyBus(bus, Faults(drop_request=1.0), seed=1,
-                            applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload)
+    claims_lost = FaultyBus(
+        bus,
+        Faults(drop_request=1.0),
+        seed=1,
+        applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload,
+    )
     async with trio.open_nursery() as nursery:
         local = await start_world(nursery, tmp_path, ledgers, bus)
         observer = await observing(nursery, local, ledgers)
@@ -246,13 +270,14 @@ async def test_a_claim_whose_other_ledger_went_down_is_alerted_on_the_observers_
 
     assert expiry_ms + GRACE_MS < alerted_ms <= expiry_ms + GRACE_MS + 1_000
     assert sorted(v.kind.value for v in observer.alerts) == ["lock_overdue", "one_legged"]
-    one_legged, = (v for v in observer.alerts if v.kind is Kind.ONE_LEGGED)
+    (one_legged,) = (v for v in observer.alerts if v.kind is Kind.ONE_LEGGED)
     assert one_legged.settlement == settlement_id and one_legged.ledgers == ledgers
     assert one_legged.reason == "leg 0 claimed on cbdc-eur, leg 1 still held past its expiry on csd"
     assert observer.judged == {"one-legged": 1}
 
 
 # -- (3) a lock held past its expiry -------------------------------------------------------------
+
 
 async def test_a_lock_whose_ledger_is_down_past_expiry_and_grace_is_alerted_once(tmp_path, autojump_clock):
     """The coordinator and csd stop once both locks are placed: cbdc-eur refunds leg 0 at
@@ -279,8 +304,8 @@ async def test_a_lock_whose_ledger_is_down_past_expiry_and_grace_is_alerted_once
         expiry_ms = observer.journals["csd"].replay.locks[lock_id(settlement_id, 1)].expiry_ms
         alerted_ms = await until_alerted(observer)
         await trio.sleep(5)
-        assert len(observer.alerts) == 1 and observer.open_settlements == 1   # still held: remembered
-        await local.start_ledger("csd")   # back: it refunds leg 1 at once
+        assert len(observer.alerts) == 1 and observer.open_settlements == 1  # still held: remembered
+        await local.start_ledger("csd")  # back: it refunds leg 1 at once
         with trio.fail_after(30):
             while observer.open_settlements:
                 await trio.sleep(0.01)
@@ -299,18 +324,23 @@ async def test_a_lock_whose_ledger_is_down_past_expiry_and_grace_is_alerted_once
 
 # -- (4) a journal that does not verify ----------------------------------------------------------
 
+
 def changed_amount(entry: dict) -> dict:
     """A copy of an issue entry issuing twice the amount, its signature left as it was."""
     forged = copy.deepcopy(entry)
     forged["instruction"]["amount"] *= 2
-    forged["effects"]["balances"] = [[account, asset, available * 2, locked]
-                                     for account, asset, available, locked in forged["effects"]["balances"]]
-    forged["effects"]["supply"] = [[asset, issued * 2, redeemed] for asset, issued, redeemed in forged["effects"]["supply"]]
+    forged["effects"]["balances"] = [
+        [account, asset, available * 2, locked] for account, asset, available, locked in forged["effects"]["balances"]
+    ]
+    forged["effects"]["supply"] = [
+        [asset, issued * 2, redeemed] for asset, issued, redeemed in forged["effects"]["supply"]
+    ]
     return forged
 
 
 async def test_a_journal_page_that_does_not_verify_is_alerted_and_the_other_ledgers_still_followed(
-        tmp_path, autojump_clock, monkeypatch):
+    tmp_path, autojump_clock, monkeypatch
+):
     ledgers = ("cbdc-eur", "csd")
     async with trio.open_nursery() as nursery:
         local = await start_world(nursery, tmp_path, ledgers)
@@ -333,17 +363,20 @@ async def test_a_journal_page_that_does_not_verify_is_alerted_and_the_other_ledg
         eur, csd = await journal(local, "cbdc-eur"), await journal(local, "csd")
         nursery.cancel_scope.cancel()
 
-    violation, = observer.alerts
+    (violation,) = observer.alerts
     issue = at(eur, "issue")
     assert violation.kind is Kind.JOURNAL and violation.ledgers == ("cbdc-eur",)
     assert violation.entries == (At("cbdc-eur", issue.seq),)
-    assert violation.text().startswith(f"journal on cbdc-eur: journal entry {issue.seq} ledger signature does not verify")
-    assert observer.journals["cbdc-eur"].entries == issue.seq       # nothing from the break on
-    assert observer.journals["csd"].entries == len(csd)             # still followed to the end
-    assert observer.judged == {"unchecked": 1}   # its cash leg lies past the break: not guessed
+    assert violation.text().startswith(
+        f"journal on cbdc-eur: journal entry {issue.seq} ledger signature does not verify"
+    )
+    assert observer.journals["cbdc-eur"].entries == issue.seq  # nothing from the break on
+    assert observer.journals["csd"].entries == len(csd)  # still followed to the end
+    assert observer.judged == {"unchecked": 1}  # its cash leg lies past the break: not guessed
 
 
 # -- (5) garbage on the change stream ------------------------------------------------------------
+
 
 async def test_garbage_on_an_entries_topic_costs_the_observer_nothing(tmp_path, autojump_clock):
     """Anyone may publish on a ledger's entries topic; what does not decode stops the
@@ -365,9 +398,11 @@ async def test_garbage_on_an_entries_topic_costs_the_observer_nothing(tmp_path, 
 
 # -- the command ---------------------------------------------------------------------------------
 
+
 def lockstep_observer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "observer", *args],
-                          check=False, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "observer", *args], check=False, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_command_exits_2_naming_what_it_cannot_use(tmp_path):
@@ -389,12 +424,13 @@ async def test_the_command_follows_the_ledgers_over_mqtt_until_sigterm(tmp_path,
         await local.fund_standard()
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "engine.cli", "observer", "--config", str(world.ledger_configs["coordinator"])],
-            stderr=subprocess.PIPE)
+            stderr=subprocess.PIPE,
+        )
         stderr = b""
         with trio.fail_after(30):
             while b"observer following" not in stderr:
                 stderr += await process.stderr.receive_some()
-            await trio.sleep(0.6)   # read every journal; its half-second check ran
+            await trio.sleep(0.6)  # read every journal; its half-second check ran
             process.send_signal(signal.SIGTERM)
             while chunk := await process.stderr.receive_some():
                 stderr += chunk

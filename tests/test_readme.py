@@ -32,8 +32,12 @@ def table_rows() -> dict[str, str]:
 
 
 def flags_of(command: argparse.ArgumentParser) -> set[str]:
-    return {option for action in command._actions for option in action.option_strings
-            if option.startswith("--") and option != "--help"}
+    return {
+        option
+        for action in command._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:

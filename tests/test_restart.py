@@ -31,11 +31,27 @@ def workload(h: Harness) -> dict[str, int]:
     assert h.send(Issue, "fed", asset="USD", account="b", amount=700).applied
     seqs["transfer"] = h.send(Transfer, "bank-a", from_account="a", to_account="b", asset="EUR", amount=100).seq
 
-    def lock(lock_id: str, amount: int, expiry_ms: int, asset: str = "EUR", owner: str = "a",
-             beneficiary: str = "b", signer: str = "bank-a") -> None:
-        receipt = h.send(Lock, signer, id=lock_id, owner_account=owner, beneficiary_account=beneficiary,
-                         asset=asset, amount=amount, hashlock=hashlock_of(SECRET), expiry_ms=expiry_ms,
-                         abort_by=("coordinator",))
+    def lock(
+        lock_id: str,
+        amount: int,
+        expiry_ms: int,
+        asset: str = "EUR",
+        owner: str = "a",
+        beneficiary: str = "b",
+        signer: str = "bank-a",
+    ) -> None:
+        receipt = h.send(
+            Lock,
+            signer,
+            id=lock_id,
+            owner_account=owner,
+            beneficiary_account=beneficiary,
+            asset=asset,
+            amount=amount,
+            hashlock=hashlock_of(SECRET),
+            expiry_ms=expiry_ms,
+            abort_by=("coordinator",),
+        )
         assert receipt.applied, receipt
         seqs[lock_id] = receipt.seq
 
@@ -53,8 +69,14 @@ def workload(h: Harness) -> dict[str, int]:
 
 
 def snapshot(h: Harness):
-    return (h.store.all_balances(), h.store.all_locks(), h.store.assets(), h.ledger.seq,
-            h.ledger.prev_hash, h.store.journal())
+    return (
+        h.store.all_balances(),
+        h.store.all_locks(),
+        h.store.assets(),
+        h.ledger.seq,
+        h.ledger.prev_hash,
+        h.store.journal(),
+    )
 
 
 def refusal(h: Harness) -> str:
@@ -75,7 +97,7 @@ def edit(h: Harness, sql: str, params: tuple = ()) -> None:
 
 
 def entry_of(h: Harness, seq: int) -> dict:
-    (raw,), = sqlite3.connect(h.config.database).execute("SELECT entry FROM journal WHERE seq = ?", (seq,))
+    ((raw,),) = sqlite3.connect(h.config.database).execute("SELECT entry FROM journal WHERE seq = ?", (seq,))
     return decode(raw)
 
 
@@ -90,6 +112,7 @@ def stopped(harness) -> tuple[Harness, dict[str, int]]:
 
 # -- a clean restart ----------------------------------------------------------------------
 
+
 def test_reopened_ledger_has_the_same_balances_locks_and_journal(harness):
     h = harness("unified")
     workload(h)
@@ -99,7 +122,12 @@ def test_reopened_ledger_has_the_same_balances_locks_and_journal(harness):
     assert snapshot(h) == before
     assert h.balance("a", "EUR") == (1000 - 100 - 60 - 20 - 30 - 40 + 30 + 40, 60)
     assert {lock.lock_id: lock.state.value for lock in h.store.all_locks()} == {
-        "held": "held", "held-usd": "held", "claimed": "claimed", "aborted": "aborted", "refunded": "refunded"}
+        "held": "held",
+        "held-usd": "held",
+        "claimed": "claimed",
+        "aborted": "aborted",
+        "refunded": "refunded",
+    }
 
 
 def test_reopened_ledger_journal_verifies_with_every_signature_and_replays_to_its_state(harness):
@@ -146,6 +174,7 @@ def test_lock_that_expired_while_the_ledger_was_down_is_refunded_on_its_first_ba
 
 
 # -- a database edited behind the ledger's back ------------------------------------------
+
 
 def test_changed_amount_inside_a_journal_entry_is_refused_naming_that_entry(stopped):
     h, seqs = stopped
@@ -197,16 +226,24 @@ def test_balances_moved_between_accounts_conserving_the_total_are_still_refused(
     assert "balance a/EUR" in refusal(h) or "balance b/EUR" in refusal(h)
 
 
-@pytest.mark.parametrize(("lock_id", "state"), [("held", "claimed"), ("claimed", "held"),
-                                                ("refunded", "aborted"), ("aborted", "refunded")])
+@pytest.mark.parametrize(
+    ("lock_id", "state"), [("held", "claimed"), ("claimed", "held"), ("refunded", "aborted"), ("aborted", "refunded")]
+)
 def test_changed_lock_state_is_refused_naming_the_lock(stopped, lock_id, state):
     h, _ = stopped
     edit(h, "UPDATE locks SET state = ? WHERE lock_id = ?", (state, lock_id))
     assert f"lock {lock_id} state is {state}, journal says" in refusal(h)
 
 
-LOCK_TERM_EDITS = [("beneficiary_account", "a"), ("owner_account", "b"), ("amount", 59), ("expiry_ms", 1),
-                   ("hashlock", hashlock_of(b"\x08" * 32)), ("asset", "USD"), ("abort_by", json.dumps(["bank-b"]))]
+LOCK_TERM_EDITS = [
+    ("beneficiary_account", "a"),
+    ("owner_account", "b"),
+    ("amount", 59),
+    ("expiry_ms", 1),
+    ("hashlock", hashlock_of(b"\x08" * 32)),
+    ("asset", "USD"),
+    ("abort_by", json.dumps(["bank-b"])),
+]
 
 
 @pytest.mark.parametrize(("column", "value"), LOCK_TERM_EDITS, ids=[column for column, _ in LOCK_TERM_EDITS])
@@ -229,6 +266,7 @@ def test_changed_supply_is_refused_naming_the_asset(stopped):
 
 
 # -- the wrong key, the wrong database --------------------------------------------------------
+
 
 def test_key_file_that_does_not_match_the_registry_is_refused(stopped):
     h, _ = stopped

@@ -25,41 +25,82 @@ from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.identifiers import make_isin
 from protocols.matching import day_window
-from protocols.messages import (CorporateAction, CorporateActionStatus, CreateInstrument, Entitlement, Issue,
-                                QueryAccounts, QueryCorporateAction, QueryHolders, QueryJournal, QueryLocks, Transfer,
-                                to_body)
+from protocols.messages import (
+    CorporateAction,
+    CorporateActionStatus,
+    CreateInstrument,
+    Entitlement,
+    Issue,
+    QueryAccounts,
+    QueryCorporateAction,
+    QueryHolders,
+    QueryJournal,
+    QueryLocks,
+    Transfer,
+    to_body,
+)
 from protocols.registry import Role
-from protocols.servicing import (DueState, Period, accrual_fraction, cash_account, coupon_dates, coupon_minor,
-                                 coupon_period, dues, redemption_minor)
+from protocols.servicing import (
+    DueState,
+    Period,
+    accrual_fraction,
+    cash_account,
+    coupon_dates,
+    coupon_minor,
+    coupon_period,
+    dues,
+    redemption_minor,
+)
 from protocols.settlement import Phase, Timing
 from protocols.signing import from_wire, sign, unsigned
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 NOTE = make_isin("XS000000777")
-FACE_MINOR = 10_000_000                    # 100,000.00 EUR
-SEMI_ANNUAL = {"currency": "EUR", "face_value_minor": FACE_MINOR, "coupon_rate_bp": 250,
-               "maturity_date": "2028-06-30", "coupon_frequency": 2, "day_count": "30/360"}
-COUPON_DATE = "2026-12-31"                 # the first coupon date after the clock's start (2026-11-25)
-HOLDINGS = {"a-sec": 100, "a-sec2": 7, "b-sec": 250, "c-sec": 50}   # the issuer keeps the rest
-UNIT_COUPON_MINOR = 125_000                # 1,250.00 EUR a unit a half-year
+FACE_MINOR = 10_000_000  # 100,000.00 EUR
+SEMI_ANNUAL = {
+    "currency": "EUR",
+    "face_value_minor": FACE_MINOR,
+    "coupon_rate_bp": 250,
+    "maturity_date": "2028-06-30",
+    "coupon_frequency": 2,
+    "day_count": "30/360",
+}
+COUPON_DATE = "2026-12-31"  # the first coupon date after the clock's start (2026-11-25)
+HOLDINGS = {"a-sec": 100, "a-sec2": 7, "b-sec": 250, "c-sec": 50}  # the issuer keeps the rest
+UNIT_COUPON_MINOR = 125_000  # 1,250.00 EUR a unit a half-year
 
 
 # -- the arithmetic ---------------------------------------------------------------------------------
+
 
 def d(text: str) -> datetime.date:
     return datetime.date.fromisoformat(text)
 
 
 def test_semi_annual_schedule_counts_back_from_maturity_on_month_ends():
-    assert coupon_dates(SEMI_ANNUAL, "2026-06-30", "2028-12-31") == \
-        ["2026-12-31", "2027-06-30", "2027-12-31", "2028-06-30"]
-    february = dict(SEMI_ANNUAL, maturity_date="2029-02-28")   # end of month: every date is a month end
-    assert coupon_dates(february, "2027-01-01", "2029-12-31") == \
-        ["2027-02-28", "2027-08-31", "2028-02-29", "2028-08-31", "2029-02-28"]
+    assert coupon_dates(SEMI_ANNUAL, "2026-06-30", "2028-12-31") == [
+        "2026-12-31",
+        "2027-06-30",
+        "2027-12-31",
+        "2028-06-30",
+    ]
+    february = dict(SEMI_ANNUAL, maturity_date="2029-02-28")  # end of month: every date is a month end
+    assert coupon_dates(february, "2027-01-01", "2029-12-31") == [
+        "2027-02-28",
+        "2027-08-31",
+        "2028-02-29",
+        "2028-08-31",
+        "2029-02-28",
+    ]
     mid_month = dict(SEMI_ANNUAL, maturity_date="2029-03-15", coupon_frequency=4)
-    assert coupon_dates(mid_month, "2028-01-01", "2029-12-31") == \
-        ["2028-03-15", "2028-06-15", "2028-09-15", "2028-12-15", "2029-03-15"]
-    thirty_first = dict(SEMI_ANNUAL, maturity_date="2029-03-31", coupon_frequency=12)   # not month end: clamped
+    assert coupon_dates(mid_month, "2028-01-01", "2029-12-31") == [
+        "2028-03-15",
+        "2028-06-15",
+        "2028-09-15",
+        "2028-12-15",
+        "2029-03-15",
+    ]
+    thirty_first = dict(SEMI_ANNUAL, maturity_date="2029-03-31", coupon_frequency=12)  # not month end: clamped
     assert coupon_dates(thirty_first, "2029-01-01", "2029-03-31")[:2] == ["2029-01-31", "2029-02-28"]
     assert coupon_dates(dict(SEMI_ANNUAL, coupon_frequency=0), "2020-01-01", "2030-01-01") == []
 
@@ -73,7 +114,7 @@ def test_coupon_period_is_the_one_ending_on_the_payment_date():
 
 
 def test_day_counts_give_their_known_fractions():
-    half = Period(d("2030-12-31"), d("2031-06-30"))            # 181 actual days
+    half = Period(d("2030-12-31"), d("2031-06-30"))  # 181 actual days
     assert accrual_fraction(half, "30/360", 2) == Fraction(1, 2)
     assert accrual_fraction(half, "ACT/360", 2) == Fraction(181, 360)
     assert accrual_fraction(half, "ACT/365", 2) == Fraction(181, 365)
@@ -84,33 +125,39 @@ def test_day_counts_give_their_known_fractions():
 
 
 def test_coupon_amounts_are_floored_per_holder_with_no_floats():
-    assert coupon_minor(1, SEMI_ANNUAL, "2027-06-30") == 125_000                  # 1,250.00 EUR
+    assert coupon_minor(1, SEMI_ANNUAL, "2027-06-30") == 125_000  # 1,250.00 EUR
     act_360 = dict(SEMI_ANNUAL, maturity_date="2031-06-30", day_count="ACT/360")
-    assert coupon_minor(1, act_360, "2031-06-30") == 125_694                      # 125,694.44 floored
-    assert coupon_minor(3, act_360, "2031-06-30") == 377_083                      # per holder: not 3 x 125,694
+    assert coupon_minor(1, act_360, "2031-06-30") == 125_694  # 125,694.44 floored
+    assert coupon_minor(3, act_360, "2031-06-30") == 377_083  # per holder: not 3 x 125,694
     odd = dict(SEMI_ANNUAL, face_value_minor=1, coupon_rate_bp=1)
-    assert coupon_minor(1, odd, "2027-06-30") == 0                                # less than a cent: nothing
+    assert coupon_minor(1, odd, "2027-06-30") == 0  # less than a cent: nothing
     assert redemption_minor(7, SEMI_ANNUAL) == 70_000_000
 
 
 def test_dues_exclude_the_issuer_and_report_a_holder_without_a_cash_account():
     holders = [("a-sec", "bank-a", 100), ("c-sec", "bank-c", 50), ("t-sec", "treasury", 600)]
-    found = {due.holder_account: due for due in dues("coupon", SEMI_ANNUAL, "2027-06-30", "treasury", holders,
-                                                   {"bank-a": "a-eur", "bank-c": None})}
+    found = {
+        due.holder_account: due
+        for due in dues("coupon", SEMI_ANNUAL, "2027-06-30", "treasury", holders, {"bank-a": "a-eur", "bank-c": None})
+    }
     assert (found["a-sec"].state, found["a-sec"].amount_minor) == (DueState.DUE, 100 * UNIT_COUPON_MINOR)
     assert (found["c-sec"].state, found["c-sec"].reason_code) == (DueState.UNPAID, "unknown_account")
     assert found["t-sec"].state is DueState.EXCLUDED
 
 
 def test_cash_account_prefers_one_that_has_held_the_currency_then_the_first_by_id():
-    accounts = [{"account": "a1", "balances": {}}, {"account": "b2", "balances": {"EUR": {}}},
-                {"account": "a3", "balances": {"EUR": {}}}]
+    accounts = [
+        {"account": "a1", "balances": {}},
+        {"account": "b2", "balances": {"EUR": {}}},
+        {"account": "a3", "balances": {"EUR": {}}},
+    ]
     assert cash_account(accounts, "EUR") == "a3"
     assert cash_account(accounts, "USD") == "a1"
     assert cash_account([], "EUR") is None
 
 
 # -- the world --------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def autojump_clock():
@@ -131,8 +178,9 @@ class Agent:
         """The coordinator with a servicing desk and each of `desks` (desk classes)."""
         local = self.local
         journal = Journal(local.world.directory / f"{COORDINATOR}.db")
-        coordinator = Coordinator(COORDINATOR, local.world.keys[COORDINATOR], local.world.registry, local.bus,
-                                  journal, ServiceClock(), TIMING)
+        coordinator = Coordinator(
+            COORDINATOR, local.world.keys[COORDINATOR], local.world.registry, local.bus, journal, ServiceClock(), TIMING
+        )
         made = [desk(coordinator) for desk in (ServicingDesk, *desks)]
         for desk in made:
             coordinator.add_desk(desk)
@@ -152,15 +200,35 @@ class Agent:
 
     async def kill_and_restart(self, *desks) -> Coordinator:
         """Once the coordinator has been killed (its scope cancelled), start it again."""
-        with trio.fail_after(3 * 365 * 86_400):   # days pass at once under the mock clock
+        with trio.fail_after(3 * 365 * 86_400):  # days pass at once under the mock clock
             await self.stopped.wait()
         return await self.start_coordinator(*desks)
 
-    def action(self, kind: str, payment_date: str, *, signer: str = "treasury", issuer: str = "treasury",
-               action_id: str = "ca-1", isin: str = NOTE) -> bytes:
+    def action(
+        self,
+        kind: str,
+        payment_date: str,
+        *,
+        signer: str = "treasury",
+        issuer: str = "treasury",
+        action_id: str = "ca-1",
+        isin: str = NOTE,
+    ) -> bytes:
         start_ms, _ = day_window(payment_date)
-        msg = CorporateAction(action_id, COORDINATOR, issuer, kind, isin, "csd", "cbdc-eur", "treasury", "t-eur",
-                              "EUR", payment_date, start_ms + 3_600_000)
+        msg = CorporateAction(
+            action_id,
+            COORDINATOR,
+            issuer,
+            kind,
+            isin,
+            "csd",
+            "cbdc-eur",
+            "treasury",
+            "t-eur",
+            "EUR",
+            payment_date,
+            start_ms + 3_600_000,
+        )
         return sign(msg, (signer, self.local.world.keys[signer])).encode()
 
     async def send(self, raw: bytes) -> CorporateActionStatus:
@@ -197,7 +265,9 @@ class Agent:
 
     def audit_clean(self) -> None:
         directory = self.local.world.directory
-        report = audit([read_database(directory / f"{ledger}.db", self.local.world.registry) for ledger in ("csd", "cbdc-eur")])
+        report = audit(
+            [read_database(directory / f"{ledger}.db", self.local.world.registry) for ledger in ("csd", "cbdc-eur")]
+        )
         assert report.clean, report.text()
 
 
@@ -206,15 +276,29 @@ async def start(nursery, tmp_path) -> Agent:
     local = Local(world, MemoryBus(), nursery)
     for ledger in ("csd", "cbdc-eur"):
         await local.start_ledger(ledger)
-    await local.open_accounts("csd", "csd-op", {"treasury": "treasury", "a-sec": "bank-a", "a-sec2": "bank-a",
-                                                "b-sec": "bank-b", "c-sec": "bank-c"})
-    await local.instruct(CreateInstrument, "csd", "csd-op", isin=NOTE, issuer="treasury", currency="EUR",
-                         face_value_minor=FACE_MINOR, coupon_rate_bp=250, maturity_date="2028-06-30",
-                         coupon_frequency=2, day_count="30/360")
+    await local.open_accounts(
+        "csd",
+        "csd-op",
+        {"treasury": "treasury", "a-sec": "bank-a", "a-sec2": "bank-a", "b-sec": "bank-b", "c-sec": "bank-c"},
+    )
+    await local.instruct(
+        CreateInstrument,
+        "csd",
+        "csd-op",
+        isin=NOTE,
+        issuer="treasury",
+        currency="EUR",
+        face_value_minor=FACE_MINOR,
+        coupon_rate_bp=250,
+        maturity_date="2028-06-30",
+        coupon_frequency=2,
+        day_count="30/360",
+    )
     await local.instruct(Issue, "csd", "csd-op", asset=NOTE, account="treasury", amount=1_000)
     for account, units in HOLDINGS.items():
-        await local.instruct(Transfer, "csd", "treasury", from_account="treasury", to_account=account,
-                             asset=NOTE, amount=units)
+        await local.instruct(
+            Transfer, "csd", "treasury", from_account="treasury", to_account=account, asset=NOTE, amount=units
+        )
     await local.open_accounts("cbdc-eur", "ecb", {"t-eur": "treasury", "a-eur": "bank-a", "b-eur": "bank-b"})
     await local.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="t-eur", amount=10**12)
     return Agent(local)
@@ -227,12 +311,18 @@ async def test_holders_and_accounts_queries_list_holdings_and_a_partys_accounts(
         first = await csd.query(QueryHolders(csd.next_query_id(), "csd", NOTE, 2))
         assert [h["account"] for h in first["holders"]] == ["a-sec", "a-sec2"] and first["next_after"] == "a-sec2"
         rest = await csd.query(QueryHolders(csd.next_query_id(), "csd", NOTE, 10, first["next_after"]))
-        assert [(h["account"], h["owner"], h["available"]) for h in rest["holders"]] == \
-            [("b-sec", "bank-b", 250), ("c-sec", "bank-c", 50), ("treasury", "treasury", 593)]
+        assert [(h["account"], h["owner"], h["available"]) for h in rest["holders"]] == [
+            ("b-sec", "bank-b", 250),
+            ("c-sec", "bank-c", 50),
+            ("treasury", "treasury", 593),
+        ]
         assert rest["next_after"] is None
         cash = agent.local.client("cbdc-eur")
         assert (await cash.query(QueryAccounts(cash.next_query_id(), "cbdc-eur", "bank-c")))["accounts"] == []
-        assert [a["account"] for a in (await cash.query(QueryAccounts(cash.next_query_id(), "cbdc-eur", "bank-a")))["accounts"]] == ["a-eur"]
+        assert [
+            a["account"]
+            for a in (await cash.query(QueryAccounts(cash.next_query_id(), "cbdc-eur", "bank-a")))["accounts"]
+        ] == ["a-eur"]
         nursery.cancel_scope.cancel()
 
 
@@ -261,19 +351,23 @@ async def test_coupon_pays_every_holder_once_across_a_coordinator_restart(tmp_pa
 
         due = {e["holder_account"]: e for e in status.entitlements}
         assert {account: (e["state"], e["amount_minor"]) for account, e in due.items()} == {
-            "a-sec": ("paid", 100 * UNIT_COUPON_MINOR), "a-sec2": ("paid", 7 * UNIT_COUPON_MINOR),
-            "b-sec": ("paid", 250 * UNIT_COUPON_MINOR), "c-sec": ("unpaid", 50 * UNIT_COUPON_MINOR),
-            "treasury": ("excluded", 0)}
+            "a-sec": ("paid", 100 * UNIT_COUPON_MINOR),
+            "a-sec2": ("paid", 7 * UNIT_COUPON_MINOR),
+            "b-sec": ("paid", 250 * UNIT_COUPON_MINOR),
+            "c-sec": ("unpaid", 50 * UNIT_COUPON_MINOR),
+            "treasury": ("excluded", 0),
+        }
         assert due["c-sec"]["reason_code"] == "unknown_account" and "bank-c" in due["c-sec"]["reason"]
         assert due["treasury"]["reason"] == "the issuer's own holding"
         assert await agent.cash("a-eur") == 107 * UNIT_COUPON_MINOR
         assert await agent.cash("b-eur") == 250 * UNIT_COUPON_MINOR
         assert await agent.cash("t-eur") == issuer_before - 357 * UNIT_COUPON_MINOR
         settles = [e for e in await agent.journal("cbdc-eur") if e["kind"] == "settle"]
-        assert sorted(e["instruction"]["id"].split(":")[0] for e in settles) == \
-            sorted(due[account]["settlement_id"] for account in ("a-sec", "a-sec2", "b-sec"))
-        assert min(e["time_ms"] for e in settles) >= day_window(COUPON_DATE)[0]   # not before the payment date
-        again = await agent.send(agent.action("coupon", COUPON_DATE))       # the same mandate again: nothing more
+        assert sorted(e["instruction"]["id"].split(":")[0] for e in settles) == sorted(
+            due[account]["settlement_id"] for account in ("a-sec", "a-sec2", "b-sec")
+        )
+        assert min(e["time_ms"] for e in settles) >= day_window(COUPON_DATE)[0]  # not before the payment date
+        again = await agent.send(agent.action("coupon", COUPON_DATE))  # the same mandate again: nothing more
         assert again.state == "done" and await agent.cash("t-eur") == issuer_before - 357 * UNIT_COUPON_MINOR
         other_id = await agent.send(agent.action("coupon", COUPON_DATE, action_id="ca-2"))
         assert (other_id.state, other_id.reason_code) == ("rejected", "invalid_field") and "ca-1" in other_id.reason
@@ -291,12 +385,20 @@ async def test_redemption_at_maturity_returns_every_holders_units_for_face_value
         assert accepted.state == "accepted"
         status = await agent.wait_done("2028-06-30")
         assert {e["holder_account"]: e["state"] for e in status.entitlements} == {
-            "a-sec": "paid", "a-sec2": "paid", "b-sec": "paid", "c-sec": "paid", "treasury": "excluded"}
+            "a-sec": "paid",
+            "a-sec2": "paid",
+            "b-sec": "paid",
+            "c-sec": "paid",
+            "treasury": "excluded",
+        }
         for account in HOLDINGS:
             assert await agent.units(account) == 0
         assert await agent.units("treasury") == issuer_units + sum(HOLDINGS.values())
-        assert (await agent.cash("a-eur"), await agent.cash("b-eur"), await agent.cash("c-eur")) == \
-            (107 * FACE_MINOR, 250 * FACE_MINOR, 50 * FACE_MINOR)
+        assert (await agent.cash("a-eur"), await agent.cash("b-eur"), await agent.cash("c-eur")) == (
+            107 * FACE_MINOR,
+            250 * FACE_MINOR,
+            50 * FACE_MINOR,
+        )
         assert await agent.cash("t-eur") == issuer_cash - sum(HOLDINGS.values()) * FACE_MINOR
         for ledger in ("csd", "cbdc-eur"):
             client = agent.local.client(ledger)
@@ -313,16 +415,20 @@ async def test_redemption_before_maturity_is_refused_by_the_desk_and_by_the_ledg
         assert (refused.state, refused.reason_code) == ("rejected", "not_yet")
         # past the paying agent, straight to the driver: the securities ledger refuses it
         action = from_wire(decode(agent.action("redemption", "2027-06-30"))).wire()
-        record = await coordinator.settle(to_body(Entitlement(action, "bank-b", "b-sec", "b-eur", 250, 250 * FACE_MINOR)))
+        record = await coordinator.settle(
+            to_body(Entitlement(action, "bank-b", "b-sec", "b-eur", 250, 250 * FACE_MINOR))
+        )
         assert (record.phase, record.reason_code) == (Phase.FAILED, "not_yet")
         assert "matures on 2028-06-30" in record.reason
         assert await agent.units("b-sec") == 250 and await agent.cash("b-eur") == 0
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("signer, issuer, code", [("bank-a", "treasury", "missing_signature"),
-                                                  ("bank-a", "bank-a", "not_authorised")],
-                         ids=["not-signed-by-the-issuer", "signed-by-another-issuer"])
+@pytest.mark.parametrize(
+    "signer, issuer, code",
+    [("bank-a", "treasury", "missing_signature"), ("bank-a", "bank-a", "not_authorised")],
+    ids=["not-signed-by-the-issuer", "signed-by-another-issuer"],
+)
 async def test_a_forged_action_is_refused_and_pays_nobody(tmp_path, autojump_clock, signer, issuer, code):
     async with trio.open_nursery() as nursery:
         agent = await start(nursery, tmp_path)

@@ -21,11 +21,19 @@ from protocols.canonical import encode
 from protocols.errors import Code
 from protocols.failures import ExpectedFailure
 from protocols.htlc import hashlock_of
-from protocols.messages import (Abort, Claim, Issue, Leg, Lock, OpenAccount, Redeem, Refund,
-                                Settle, Transfer, to_body)
+from protocols.messages import Abort, Claim, Issue, Leg, Lock, OpenAccount, Redeem, Refund, Settle, Transfer, to_body
 from protocols.registry import Party, Registry, Role
-from protocols.signing import (DOMAIN, PrivateKey, Signed, from_wire, load_public_key, load_public_pem, sign,
-                               signing_bytes, verify)
+from protocols.signing import (
+    DOMAIN,
+    PrivateKey,
+    Signed,
+    from_wire,
+    load_public_key,
+    load_public_pem,
+    sign,
+    signing_bytes,
+    verify,
+)
 from tests.harness import LEDGERS, PARTIES, T0, Harness
 
 SECRET = bytes(range(32))
@@ -72,6 +80,7 @@ def example_messages(ledger: str) -> list:
 
 # -- our signatures verify with ecdsa, and ecdsa's with ours ---------------------------------
 
+
 @pytest.mark.parametrize("msg", example_messages("unified"), ids=lambda m: m.TYPE)
 def test_our_signature_over_a_message_verifies_with_the_ecdsa_package(msg):
     key = PrivateKey.generate()
@@ -92,9 +101,10 @@ def test_ecdsa_package_signature_over_a_message_verifies_with_ours(msg):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -129,6 +139,7 @@ def test_signature_without_the_domain_prefix_does_not_verify():
 
 # -- a ledger accepts an ecdsa-made key and signature -----------------------------------------
 
+
 @pytest.fixture
 def ecdsa_world(tmp_path) -> tuple[World, SigningKey]:
     """The usual world plus a participant `ecdsa-bank` whose key only the ecdsa package knows."""
@@ -143,15 +154,22 @@ def ecdsa_world(tmp_path) -> tuple[World, SigningKey]:
 def test_instructions_signed_by_the_ecdsa_package_are_applied_by_a_ledger(ecdsa_world):
     world, key = ecdsa_world
     h = funded(Harness(world, "unified"))
-    opened = h.submit(signed_by_ecdsa(OpenAccount(h.next_id(), "unified", h.now_ms, "e", "ecdsa-bank"),
-                                      "ecdsa-bank", key))
+    opened = h.submit(
+        signed_by_ecdsa(OpenAccount(h.next_id(), "unified", h.now_ms, "e", "ecdsa-bank"), "ecdsa-bank", key)
+    )
     assert opened.applied, opened
     assert h.send(Issue, "ecb", asset="EUR", account="e", amount=500).applied
-    moved = h.submit(signed_by_ecdsa(Transfer(h.next_id(), "unified", h.now_ms, "e", "a", "EUR", 200),
-                                     "ecdsa-bank", key))
+    moved = h.submit(
+        signed_by_ecdsa(Transfer(h.next_id(), "unified", h.now_ms, "e", "a", "EUR", 200), "ecdsa-bank", key)
+    )
     assert moved.applied, moved
-    locked = h.submit(signed_by_ecdsa(Lock("lock-e", "unified", h.now_ms, "e", "b", "EUR", 50,
-                                           hashlock_of(SECRET), h.now_ms + 10_000, ()), "ecdsa-bank", key))
+    locked = h.submit(
+        signed_by_ecdsa(
+            Lock("lock-e", "unified", h.now_ms, "e", "b", "EUR", 50, hashlock_of(SECRET), h.now_ms + 10_000, ()),
+            "ecdsa-bank",
+            key,
+        )
+    )
     assert locked.applied, locked
     assert h.balance("e", "EUR") == (250, 50)
     assert h.balance("a", "EUR") == (1200, 0)
@@ -174,18 +192,21 @@ def test_ecdsa_signed_instruction_survives_the_wire_and_is_refused_when_altered(
 def test_ecdsa_signature_by_a_party_other_than_the_account_owner_is_not_authorised(ecdsa_world):
     world, key = ecdsa_world
     h = funded(Harness(world, "unified"))
-    stolen = h.submit(signed_by_ecdsa(Transfer(h.next_id(), "unified", h.now_ms, "a", "b", "EUR", 1),
-                                      "ecdsa-bank", key))
+    stolen = h.submit(
+        signed_by_ecdsa(Transfer(h.next_id(), "unified", h.now_ms, "a", "b", "EUR", 1), "ecdsa-bank", key)
+    )
     assert (stolen.code, stolen.field) == (Code.NOT_AUTHORISED.value, "sigs")
     assert h.balance("a", "EUR") == (1000, 0)
 
 
 # -- domain separation: ledger and type are inside what is signed -----------------------------
 
+
 def test_signature_made_for_one_ledger_is_refused_by_another(harness):
     h = funded(harness("unified"))
-    for_eur_ledger = h.make(Transfer, "bank-a", ledger="cbdc-eur", from_account="a", to_account="b",
-                            asset="EUR", amount=100)
+    for_eur_ledger = h.make(
+        Transfer, "bank-a", ledger="cbdc-eur", from_account="a", to_account="b", asset="EUR", amount=100
+    )
     as_sent = h.submit(for_eur_ledger)
     assert (as_sent.code, as_sent.field) == (Code.WRONG_LEDGER.value, "ledger")
     relabelled = from_wire({**for_eur_ledger.wire(), "ledger": "unified"})
@@ -197,15 +218,28 @@ def test_signature_made_for_one_ledger_is_refused_by_another(harness):
     assert honest.applied and h.balance("a", "EUR") == (900, 0)
 
 
-@pytest.mark.parametrize(("signed_type", "sent_type"), [(Abort, Refund), (Refund, Abort),
-                                                        (Issue, Redeem), (Redeem, Issue)],
-                         ids=lambda cls: cls.TYPE)
+@pytest.mark.parametrize(
+    ("signed_type", "sent_type"),
+    [(Abort, Refund), (Refund, Abort), (Issue, Redeem), (Redeem, Issue)],
+    ids=lambda cls: cls.TYPE,
+)
 def test_signature_over_one_message_type_does_not_verify_for_another_with_the_same_fields(
-        harness, signed_type, sent_type):
+    harness, signed_type, sent_type
+):
     h = funded(harness("unified"))
     if signed_type in (Abort, Refund):
-        assert h.send(Lock, "bank-a", id="lk", owner_account="a", beneficiary_account="b", asset="EUR",
-                      amount=10, hashlock=hashlock_of(SECRET), expiry_ms=h.now_ms + 5_000, abort_by=()).applied
+        assert h.send(
+            Lock,
+            "bank-a",
+            id="lk",
+            owner_account="a",
+            beneficiary_account="b",
+            asset="EUR",
+            amount=10,
+            hashlock=hashlock_of(SECRET),
+            expiry_ms=h.now_ms + 5_000,
+            abort_by=(),
+        ).applied
         fields = {"lock_id": "lk"}
         signer = "bank-b"
     else:
@@ -233,8 +267,12 @@ def test_a_signed_message_encodes_to_the_canonical_json_of_its_wire_form():
     from protocols.signing import PrivateKey, sign, signing_bytes, unsigned
 
     key = PrivateKey.generate()
-    messages = [Transfer("t1", "l", 1, "a", "b", "EUR", 5), Claim("c1", "l", 2, "lock", b"\x01" * 32),
-                Receipt("l", "t1", "applied", 3, seq=1, entry_hash="00" * 32), QueryInfo("q", "l")]
+    messages = [
+        Transfer("t1", "l", 1, "a", "b", "EUR", 5),
+        Claim("c1", "l", 2, "lock", b"\x01" * 32),
+        Receipt("l", "t1", "applied", 3, seq=1, entry_hash="00" * 32),
+        QueryInfo("q", "l"),
+    ]
     for msg in messages:
         for signed in (sign(msg, ("p", key), ("q", key)), unsigned(msg)):
             assert signed.encode() == encode(signed.wire())
@@ -243,24 +281,30 @@ def test_a_signed_message_encodes_to_the_canonical_json_of_its_wire_form():
 
 # -- key files: what the standards allow is read, the rest refused by name and file ------------
 
+
 def _rsa_pem(private_format) -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    return rsa.generate_private_key(65537, 2048).private_bytes(serialization.Encoding.PEM, private_format,
-                                                               serialization.NoEncryption())
+
+    return rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, private_format, serialization.NoEncryption()
+    )
 
 
 def _key_pem(curve, private_format, encryption=None) -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    return ec.generate_private_key(curve).private_bytes(serialization.Encoding.PEM, private_format,
-                                                        encryption or serialization.NoEncryption())
+
+    return ec.generate_private_key(curve).private_bytes(
+        serialization.Encoding.PEM, private_format, encryption or serialization.NoEncryption()
+    )
 
 
 def _pem(label: str, der: bytes) -> bytes:
     import base64
+
     body = base64.encodebytes(der).decode().replace("\n", "")
-    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
     return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
 
 
@@ -284,11 +328,15 @@ def test_a_pkcs8_key_as_the_ecdsa_package_writes_it_without_its_public_key_is_re
 def test_sec1_pkcs8_with_its_public_key_openssl_ec_parameters_and_our_own_keys_are_read(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+
     theirs = SigningKey.generate(curve=NIST256p)
-    curve_block = _pem("EC PARAMETERS", bytes.fromhex("06082a8648ce3d030107"))   # as openssl ecparam -genkey
-    for data in (theirs.to_pem(), curve_block + theirs.to_pem(),
-                 _key_pem(ec.SECP256R1(), serialization.PrivateFormat.PKCS8),
-                 _key_pem(ec.SECP256R1(), serialization.PrivateFormat.TraditionalOpenSSL)):
+    curve_block = _pem("EC PARAMETERS", bytes.fromhex("06082a8648ce3d030107"))  # as openssl ecparam -genkey
+    for data in (
+        theirs.to_pem(),
+        curve_block + theirs.to_pem(),
+        _key_pem(ec.SECP256R1(), serialization.PrivateFormat.PKCS8),
+        _key_pem(ec.SECP256R1(), serialization.PrivateFormat.TraditionalOpenSSL),
+    ):
         assert isinstance(PrivateKey.load(_key_file(tmp_path, data)), PrivateKey)
     saved = PrivateKey.generate()
     saved.save(tmp_path / "saved.pem")
@@ -299,6 +347,7 @@ def _refusals():
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from ecdsa import NIST384p, SECP256k1
+
     ecdsa_key = SigningKey.generate(curve=NIST256p)
     other = SigningKey.generate(curve=NIST256p)
     wrong_public = ecdsa_key.to_der()[:-65] + other.verifying_key.to_string("uncompressed")
@@ -309,13 +358,29 @@ def _refusals():
         ("p384-pkcs8", _key_pem(ec.SECP384R1(), serialization.PrivateFormat.PKCS8), "curve P-384"),
         ("rsa-pkcs8", _rsa_pem(serialization.PrivateFormat.PKCS8), "an RSA key"),
         ("rsa-pkcs1", _rsa_pem(serialization.PrivateFormat.TraditionalOpenSSL), "an RSA key"),
-        ("ed25519", ed25519.Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-         "an Ed25519 key"),
-        ("encrypted-pkcs8", _key_pem(ec.SECP256R1(), serialization.PrivateFormat.PKCS8,
-                                     serialization.BestAvailableEncryption(b"secret")), "encrypted"),
-        ("encrypted-sec1", _key_pem(ec.SECP256R1(), serialization.PrivateFormat.TraditionalOpenSSL,
-                                    serialization.BestAvailableEncryption(b"secret")), "encrypted"),
+        (
+            "ed25519",
+            ed25519.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            "an Ed25519 key",
+        ),
+        (
+            "encrypted-pkcs8",
+            _key_pem(
+                ec.SECP256R1(), serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")
+            ),
+            "encrypted",
+        ),
+        (
+            "encrypted-sec1",
+            _key_pem(
+                ec.SECP256R1(),
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.BestAvailableEncryption(b"secret"),
+            ),
+            "encrypted",
+        ),
         ("public", ecdsa_key.verifying_key.to_pem(), "a public key, where a private key is needed"),
         ("not-pem", b"this is not a key\n", "not PEM"),
         ("der", ecdsa_key.to_der(), "not PEM"),
@@ -335,8 +400,11 @@ def test_a_key_file_that_cannot_serve_is_refused_naming_the_file_and_why(tmp_pat
 
 
 def test_a_missing_folder_or_shared_key_file_is_refused_naming_it(tmp_path):
-    cases = [(tmp_path / "nowhere.pem", "no such file"), (tmp_path, "not a regular file"),
-             (_key_file(tmp_path, SigningKey.generate(curve=NIST256p).to_pem(), mode=0o644), "readable by others")]
+    cases = [
+        (tmp_path / "nowhere.pem", "no such file"),
+        (tmp_path, "not a regular file"),
+        (_key_file(tmp_path, SigningKey.generate(curve=NIST256p).to_pem(), mode=0o644), "readable by others"),
+    ]
     for path, reason in cases:
         with pytest.raises(ExpectedFailure, match=reason) as refused:
             PrivateKey.load(path)
@@ -347,15 +415,22 @@ def test_a_public_key_file_must_be_a_p256_public_key(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from ecdsa import NIST384p
+
     theirs = SigningKey.generate(curve=NIST256p)
-    rsa_public = rsa.generate_private_key(65537, 2048).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    rsa_public = (
+        rsa.generate_private_key(65537, 2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     path = tmp_path / "new.pub.pem"
     path.write_bytes(theirs.verifying_key.to_pem())
     assert load_public_key(path).public_numbers().x == theirs.verifying_key.pubkey.point.x()
-    for data, reason in ((theirs.to_pem(format="pkcs8"), "a private key, where a public key is needed"),
-                         (SigningKey.generate(curve=NIST384p).verifying_key.to_pem(), "curve P-384"),
-                         (rsa_public, "an RSA key"), (b"garbage", "not PEM")):
+    for data, reason in (
+        (theirs.to_pem(format="pkcs8"), "a private key, where a public key is needed"),
+        (SigningKey.generate(curve=NIST384p).verifying_key.to_pem(), "curve P-384"),
+        (rsa_public, "an RSA key"),
+        (b"garbage", "not PEM"),
+    ):
         path.write_bytes(data)
         with pytest.raises(ExpectedFailure, match=re.escape(reason)) as refused:
             load_public_key(path)
@@ -368,10 +443,14 @@ def test_a_registry_with_a_bad_key_names_the_registry_the_party_and_the_key_file
     registry = tmp_path / "registry.toml"
     (tmp_path / "a.pem").write_bytes(SigningKey.generate(curve=NIST256p).to_pem())
     cases = [
-        ('[parties.a]\nroles = ["participant"]\npublic_key_file = "nowhere.pem"\n',
-         f"party 'a': public_key_file {tmp_path / 'nowhere.pem'}: no such file"),
-        ('[parties.a]\nroles = ["participant"]\npublic_key_file = "a.pem"\n',
-         f"party 'a': public_key_file {tmp_path / 'a.pem'}: a private key, where a public key is needed"),
+        (
+            '[parties.a]\nroles = ["participant"]\npublic_key_file = "nowhere.pem"\n',
+            f"party 'a': public_key_file {tmp_path / 'nowhere.pem'}: no such file",
+        ),
+        (
+            '[parties.a]\nroles = ["participant"]\npublic_key_file = "a.pem"\n',
+            f"party 'a': public_key_file {tmp_path / 'a.pem'}: a private key, where a public key is needed",
+        ),
         ('[parties.a]\nroles = ["banker"]\npublic_key = ""\n', "party 'a': roles: required, a list of participant"),
         ('[parties.a]\nroles = ["participant"]\n', "party 'a': public_key or public_key_file: required"),
         ("[parties.a\n", "not valid TOML"),

@@ -25,8 +25,20 @@ from protocols.canonical import decode
 from protocols.errors import Code
 from protocols.htlc import hashlock_of
 from protocols.journal import Link, Replay, verify_chain
-from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Leg, Lock, OpenAccount,
-                                Receipt, Redeem, Refund, Settle, Transfer)
+from protocols.messages import (
+    Abort,
+    Claim,
+    CreateInstrument,
+    Issue,
+    Leg,
+    Lock,
+    OpenAccount,
+    Receipt,
+    Redeem,
+    Refund,
+    Settle,
+    Transfer,
+)
 from protocols.signing import Signed, from_wire, signing_bytes
 from tests.harness import BOND, LEDGERS, PARTIES, Harness
 
@@ -37,11 +49,11 @@ atexit.register(shutil.rmtree, _WORLD_DIRECTORY, ignore_errors=True)
 WORLD = lay_out(_WORLD_DIRECTORY, LEDGERS, PARTIES)
 
 OWNERS = {"a": "bank-a", "b": "bank-b", "t": "treasury", "e": "ecb", "f": "fed"}
-ACCOUNTS = tuple(OWNERS) + ("ghost",)          # "ghost" is never opened
+ACCOUNTS = tuple(OWNERS) + ("ghost",)  # "ghost" is never opened
 ASSETS = ("EUR", "USD", BOND)
-ISSUER = {"EUR": "ecb", "USD": "fed", BOND: "treasury"}           # who owns issued units
-ISSUE_SIGNER = {"EUR": "ecb", "USD": "fed", BOND: "csd-op"}       # who may sign issue/redeem
-ISSUER_ACCOUNT = {"EUR": "e", "USD": "f", BOND: "t"}               # the issuer's own account
+ISSUER = {"EUR": "ecb", "USD": "fed", BOND: "treasury"}  # who owns issued units
+ISSUE_SIGNER = {"EUR": "ecb", "USD": "fed", BOND: "csd-op"}  # who may sign issue/redeem
+ISSUER_ACCOUNT = {"EUR": "e", "USD": "f", BOND: "t"}  # the issuer's own account
 SIGNERS = ("bank-a", "bank-b", "treasury", "ecb", "fed", "csd-op", "coordinator")
 PREIMAGES = tuple(bytes([n]) * 32 for n in range(3))
 ABORT_BY = ((), ("coordinator",), ("bank-b", "coordinator"), ("bank-a", "coordinator"))
@@ -52,11 +64,17 @@ TS_AGE_MS_MAX = 5 * 60 * 1000
 LATE = Code.LOCK_EXPIRED
 # Refusals that are not recorded: answered afresh each time (a sender without authority
 # cannot burn an id; a stale one may be re-signed; a reused id keeps its first answer).
-UNRECORDED = {Code.BAD_SIGNATURE, Code.UNKNOWN_SIGNER, Code.MISSING_SIGNATURE, Code.NOT_AUTHORISED,
-              Code.STALE, Code.ID_REUSED}
+UNRECORDED = {
+    Code.BAD_SIGNATURE,
+    Code.UNKNOWN_SIGNER,
+    Code.MISSING_SIGNATURE,
+    Code.NOT_AUTHORISED,
+    Code.STALE,
+    Code.ID_REUSED,
+}
 
 amounts = st.integers(1, 600)
-accounts = st.sampled_from(ACCOUNTS)            # "ghost" included: a refused account
+accounts = st.sampled_from(ACCOUNTS)  # "ghost" included: a refused account
 assets = st.sampled_from(ASSETS)
 signers = st.sampled_from(SIGNERS)
 
@@ -85,6 +103,7 @@ class Repeated(Exception):
 def refused(code: Code):
     def predict():
         raise Refused(code)
+
     return predict
 
 
@@ -105,8 +124,8 @@ class Model:
     balances: dict = attrs.field(factory=lambda: defaultdict(lambda: [0, 0]))
     supply: dict = attrs.field(factory=lambda: {asset: [0, 0] for asset in ASSETS})
     locks: dict[str, ModelLock] = attrs.field(factory=dict)
-    height: int = 1                              # the "configure" entry of the first start
-    unpublished: int = 1                         # written at start, published with the first batch
+    height: int = 1  # the "configure" entry of the first start
+    unpublished: int = 1  # written at start, published with the first batch
 
     def available(self, account: str, asset: str) -> int:
         return self.balances[(account, asset)][0]
@@ -146,15 +165,24 @@ class LedgerMachine(RuleBasedStateMachine):
         world = World(self.directory, WORLD.registry, WORLD.keys, {"unified": config})
         self.h = Harness(world, "unified")
         self.model = Model()
-        self.sent: dict[str, tuple[bytes, dict, bytes]] = {}   # id -> (payload, body, receipt)
+        self.sent: dict[str, tuple[bytes, dict, bytes]] = {}  # id -> (payload, body, receipt)
         self.lock_ids: list[str] = ["no-such-lock"]
         self.ended: dict[str, str] = {}
         for account, owner in OWNERS.items():
-            self.one(self.h.make(OpenAccount, "csd-op", account=account, owner=owner),
-                     applies_nothing_to_balances)
-        self.one(self.h.make(CreateInstrument, "csd-op", isin=BOND, issuer="treasury", currency="EUR",
-                             face_value_minor=100_000, coupon_rate_bp=250, maturity_date="2030-01-01"),
-                 applies_nothing_to_balances)
+            self.one(self.h.make(OpenAccount, "csd-op", account=account, owner=owner), applies_nothing_to_balances)
+        self.one(
+            self.h.make(
+                CreateInstrument,
+                "csd-op",
+                isin=BOND,
+                issuer="treasury",
+                currency="EUR",
+                face_value_minor=100_000,
+                coupon_rate_bp=250,
+                maturity_date="2030-01-01",
+            ),
+            applies_nothing_to_balances,
+        )
         for asset, account, amount in (("EUR", "a", 1000), ("USD", "b", 1000), (BOND, "t", 100)):
             self.one(*self.issue_plan(asset, account, amount, ISSUE_SIGNER[asset]))
 
@@ -170,7 +198,7 @@ class LedgerMachine(RuleBasedStateMachine):
         against the model as the batch has left it, after the batch's expiry refunds."""
         expired = self.model.expire(self.h.now_ms)
         expected: list = []
-        for signed, predict in plans:
+        for _, predict in plans:
             try:
                 apply = predict()
             except Refused as refusal:
@@ -185,8 +213,10 @@ class LedgerMachine(RuleBasedStateMachine):
         replies, entries = self.h.ledger.process(payloads, self.h.now_ms)
         assert len(replies) == len(plans)
         kinds = [decode(entry)["kind"] for entry in entries]
-        assert kinds[:self.model.unpublished + expired] == ["configure"] * self.model.unpublished + ["expire"] * expired, kinds
-        for (signed, _), payload, raw, code in zip(plans, payloads, replies, expected):
+        assert (
+            kinds[: self.model.unpublished + expired] == ["configure"] * self.model.unpublished + ["expire"] * expired
+        ), kinds
+        for (signed, _), payload, raw, code in zip(plans, payloads, replies, expected, strict=True):
             receipt = from_wire(decode(raw, bytes_max=1 << 22)).msg
             assert isinstance(receipt, Receipt) and receipt.instruction_id == signed.msg.id
             event(f"{signed.msg.TYPE}: {'repeated' if code is Repeated else code.value if code else 'applied'}")
@@ -198,7 +228,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 height += 1
             else:
                 assert (receipt.status, receipt.code) == ("rejected", code.value), (
-                    f"{signed.msg} expected {code.value}, got {receipt}")
+                    f"{signed.msg} expected {code.value}, got {receipt}"
+                )
             if code not in UNRECORDED and code is not Repeated:
                 assert signed.msg.id not in self.sent
                 self.sent[signed.msg.id] = (payload, signed.body, raw)
@@ -229,7 +260,9 @@ class LedgerMachine(RuleBasedStateMachine):
             def apply():
                 self.model.supply[asset][0] += amount
                 self.model.move(account, asset, amount, 0)
+
             return apply
+
         return self.make(Issue, signer, asset=asset, account=account, amount=amount), predict
 
     def redeem_plan(self, asset: str, account: str, amount: int, signer: str):
@@ -241,7 +274,9 @@ class LedgerMachine(RuleBasedStateMachine):
             def apply():
                 self.model.supply[asset][1] += amount
                 self.model.move(account, asset, -amount, 0)
+
             return apply
+
         return self.make(Redeem, signer, asset=asset, account=account, amount=amount), predict
 
     def legs_predict(self, legs: list[tuple[str, str, str, int]], signed_by: set[str]):
@@ -261,20 +296,38 @@ class LedgerMachine(RuleBasedStateMachine):
             for from_account, to_account, asset, amount in legs:
                 self.model.move(from_account, asset, -amount, 0)
                 self.model.move(to_account, asset, amount, 0)
+
         return apply
 
-    def transfer_plan(self, from_account: str, to_account: str, asset: str, amount: int, signer: str,
-                      **fields):
-        signed = self.make(Transfer, signer, from_account=from_account, to_account=to_account,
-                           asset=asset, amount=amount, **fields)
+    def transfer_plan(self, from_account: str, to_account: str, asset: str, amount: int, signer: str, **fields):
+        signed = self.make(
+            Transfer, signer, from_account=from_account, to_account=to_account, asset=asset, amount=amount, **fields
+        )
         return signed, lambda: self.legs_predict([(from_account, to_account, asset, amount)], {signer})
 
-    def lock_plan(self, owner_account: str, beneficiary: str, asset: str, amount: int, expiry_in_ms: int,
-                  signer: str, preimage: bytes, abort_by: tuple[str, ...]):
+    def lock_plan(
+        self,
+        owner_account: str,
+        beneficiary: str,
+        asset: str,
+        amount: int,
+        expiry_in_ms: int,
+        signer: str,
+        preimage: bytes,
+        abort_by: tuple[str, ...],
+    ):
         expiry_ms = self.h.now_ms + expiry_in_ms
-        signed = self.make(Lock, signer, owner_account=owner_account, beneficiary_account=beneficiary,
-                           asset=asset, amount=amount, hashlock=hashlock_of(preimage), expiry_ms=expiry_ms,
-                           abort_by=abort_by)
+        signed = self.make(
+            Lock,
+            signer,
+            owner_account=owner_account,
+            beneficiary_account=beneficiary,
+            asset=asset,
+            amount=amount,
+            hashlock=hashlock_of(preimage),
+            expiry_ms=expiry_ms,
+            abort_by=abort_by,
+        )
         lock_id = signed.msg.id
         self.lock_ids.append(lock_id)
 
@@ -288,10 +341,13 @@ class LedgerMachine(RuleBasedStateMachine):
             need(self.model.available(owner_account, asset) >= amount, Code.INSUFFICIENT_FUNDS)
 
             def apply():
-                self.model.locks[lock_id] = ModelLock(owner_account, beneficiary, asset, amount, preimage,
-                                                      expiry_ms, abort_by)
+                self.model.locks[lock_id] = ModelLock(
+                    owner_account, beneficiary, asset, amount, preimage, expiry_ms, abort_by
+                )
                 self.model.move(owner_account, asset, -amount, amount)
+
             return apply
+
         return signed, predict
 
     def held_lock(self, lock_id: str) -> ModelLock:
@@ -310,7 +366,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 lock.state = "claimed"
                 self.model.move(lock.owner, lock.asset, 0, -lock.amount)
                 self.model.move(lock.beneficiary, lock.asset, lock.amount, 0)
+
             return apply
+
         return self.make(Claim, signer, lock_id=lock_id, preimage=preimage), predict
 
     def abort_plan(self, lock_id: str, signer: str):
@@ -321,7 +379,9 @@ class LedgerMachine(RuleBasedStateMachine):
             def apply():
                 lock.state = "aborted"
                 self.model.move(lock.owner, lock.asset, lock.amount, -lock.amount)
+
             return apply
+
         return self.make(Abort, signer, lock_id=lock_id), predict
 
     def refund_plan(self, lock_id: str, signer: str):
@@ -331,6 +391,7 @@ class LedgerMachine(RuleBasedStateMachine):
             need(lock.state == "held", Code.LOCK_NOT_HELD)
             need(self.h.now_ms >= lock.expiry_ms, Code.LOCK_NOT_EXPIRED)
             raise AssertionError("a held lock past its expiry outlived the batch's expiry refunds")
+
         return self.make(Refund, signer, lock_id=lock_id), predict
 
     # -- drawing mostly valid instructions from the model's state --------------------------
@@ -368,8 +429,18 @@ class LedgerMachine(RuleBasedStateMachine):
             beneficiary = data.draw(st.sampled_from(sorted(set(OWNERS) - {owner})))
             signer = OWNERS.get(owner, "bank-a")
             abort_by = data.draw(st.sampled_from([parties for parties in ABORT_BY if signer not in parties]))
-            self.one(*self.lock_plan(owner, beneficiary, asset, amount, data.draw(st.integers(1, 3000)),
-                                     signer, data.draw(st.sampled_from(PREIMAGES)), abort_by))
+            self.one(
+                *self.lock_plan(
+                    owner,
+                    beneficiary,
+                    asset,
+                    amount,
+                    data.draw(st.integers(1, 3000)),
+                    signer,
+                    data.draw(st.sampled_from(PREIMAGES)),
+                    abort_by,
+                )
+            )
         placed = sorted(self.model.locks)
         if not placed or self.often(data, 8):
             return data.draw(st.sampled_from(self.lock_ids))
@@ -466,8 +537,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def same_instruction_twice_in_one_batch(self, data):
         from_account, asset, amount = self.holding(data)
         to_account = self.other_account(data, from_account)
-        signed, predict = self.transfer_plan(from_account, to_account, asset, amount,
-                                             OWNERS.get(from_account, "bank-a"))
+        signed, predict = self.transfer_plan(
+            from_account, to_account, asset, amount, OWNERS.get(from_account, "bank-a")
+        )
         first, again = self.batch([(signed, predict), (signed, repeated)])
         assert first == again
 
@@ -481,14 +553,18 @@ class LedgerMachine(RuleBasedStateMachine):
     def id_reused_with_other_content(self, data, amount):
         instruction_id = data.draw(st.sampled_from(sorted(self.sent)))
         _, first_body, first_receipt = self.sent[instruction_id]
-        signed = self.make(Transfer, "bank-a", id=instruction_id, from_account="a", to_account="b",
-                           asset="EUR", amount=amount)
+        signed = self.make(
+            Transfer, "bank-a", id=instruction_id, from_account="a", to_account="b", asset="EUR", amount=amount
+        )
         if signed.body == first_body:
             self.resend(instruction_id)
             return
         missing = object()  # an omitted field and a null one are different bodies
-        differing = sorted(key for key in first_body.keys() | signed.body.keys()
-                           if first_body.get(key, missing) != signed.body.get(key, missing))
+        differing = sorted(
+            key
+            for key in first_body.keys() | signed.body.keys()
+            if first_body.get(key, missing) != signed.body.get(key, missing)
+        )
         (reply,) = self.batch([(signed, refused(Code.ID_REUSED))])
         assert from_wire(decode(reply)).msg.field == differing[0]
         assert self.sent[instruction_id][2] == first_receipt
@@ -508,9 +584,15 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), skew_ms=st.sampled_from((-TS_AGE_MS_MAX - 1, 60_001)))
     def instruction_signed_outside_the_freshness_window_is_stale(self, data, skew_ms):
         from_account, asset, amount = self.holding(data)
-        signed = self.make(Transfer, OWNERS.get(from_account, "bank-a"), from_account=from_account,
-                           to_account=self.other_account(data, from_account), asset=asset, amount=amount,
-                           ts_ms=self.h.now_ms + skew_ms)
+        signed = self.make(
+            Transfer,
+            OWNERS.get(from_account, "bank-a"),
+            from_account=from_account,
+            to_account=self.other_account(data, from_account),
+            asset=asset,
+            amount=amount,
+            ts_ms=self.h.now_ms + skew_ms,
+        )
         self.one(signed, refused(Code.STALE))
 
     # -- what must hold after every step -----------------------------------------------
@@ -548,11 +630,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
         locks = {lock.lock_id: lock for lock in store.all_locks()}
         assert {lock_id: lock.state.value for lock_id, lock in locks.items()} == {
-            lock_id: lock.state for lock_id, lock in self.model.locks.items()}
+            lock_id: lock.state for lock_id, lock in self.model.locks.items()
+        }
         for lock_id, state in self.ended.items():
             assert locks[lock_id].state.value == state, f"lock {lock_id} left its end state {state}"
-        self.ended.update({lock_id: lock.state.value for lock_id, lock in locks.items()
-                           if lock.state.value != "held"})
+        self.ended.update({lock_id: lock.state.value for lock_id, lock in locks.items() if lock.state.value != "held"})
         held = defaultdict(int)
         for lock in locks.values():
             if lock.state.value == "held":

@@ -22,7 +22,7 @@ from protocols.messages import CreateInstrument, Issue, Transfer
 from protocols.settlement import utc_date
 from tests.processes import ServiceProcess
 
-pytestmark = pytest.mark.slow   # a coordinator and ledgers as processes
+pytestmark = pytest.mark.slow  # a coordinator and ledgers as processes
 
 
 def lockstep(*args: str) -> subprocess.CompletedProcess:
@@ -44,42 +44,106 @@ async def test_two_back_offices_submit_sese023_and_get_sese025_and_a_camt053(tmp
             await Local(world, bus, nursery).fund_standard(ledgers=("csd", "cbdc-eur"))
             nursery.cancel_scope.cancel()
         today = utc_date(ServiceClock().now_ms())
-        sides = {"bank-a": OneSided(SESE_023, "SELL-7", "dvp", "deliver", "bank-a", "bank-b", today, today,
-                                    BOND, 40, "a-sec", "EUR", 4_100_000, "a-eur"),
-                 "bank-b": OneSided(SESE_023, "BUY-7", "dvp", "receive", "bank-b", "bank-a", today, today,
-                                    "EUR", 4_100_000, "b-eur", BOND, 40, "b-sec")}
+        sides = {
+            "bank-a": OneSided(
+                SESE_023,
+                "SELL-7",
+                "dvp",
+                "deliver",
+                "bank-a",
+                "bank-b",
+                today,
+                today,
+                BOND,
+                40,
+                "a-sec",
+                "EUR",
+                4_100_000,
+                "a-eur",
+            ),
+            "bank-b": OneSided(
+                SESE_023,
+                "BUY-7",
+                "dvp",
+                "receive",
+                "bank-b",
+                "bank-a",
+                today,
+                today,
+                "EUR",
+                4_100_000,
+                "b-eur",
+                BOND,
+                40,
+                "b-sec",
+            ),
+        }
         common = ["--broker", broker.url, "--registry", str(world.registry_path)]
         outcomes = {}
         for party, one in sides.items():
             (tmp_path / f"{party}.xml").write_bytes(sese023.write(one))
-            wait_s = "60" if party == "bank-b" else "0"    # the first side stays unmatched until the second comes
-            outcomes[party] = lockstep("submit", str(tmp_path / f"{party}.xml"), *common, "--party", party,
-                                       "--key", str(world.key_path(party)), "--wait", wait_s, "--out", str(tmp_path / party))
+            wait_s = "60" if party == "bank-b" else "0"  # the first side stays unmatched until the second comes
+            outcomes[party] = lockstep(
+                "submit",
+                str(tmp_path / f"{party}.xml"),
+                *common,
+                "--party",
+                party,
+                "--key",
+                str(world.key_path(party)),
+                "--wait",
+                wait_s,
+                "--out",
+                str(tmp_path / party),
+            )
         for party in sides:
             assert outcomes[party].returncode == 0, outcomes[party].stderr
         assert "UNMATCHED" in outcomes["bank-a"].stdout and "CMIS" in outcomes["bank-a"].stdout
         assert "MATCHED" in outcomes["bank-b"].stdout and "SETTLED" in outcomes["bank-b"].stdout
 
-        fetched = lockstep("advices", *common, "--party", "bank-a", "--key", str(world.key_path("bank-a")),
-                           "--out", str(tmp_path / "bank-a"))
+        fetched = lockstep(
+            "advices",
+            *common,
+            "--party",
+            "bank-a",
+            "--key",
+            str(world.key_path("bank-a")),
+            "--out",
+            str(tmp_path / "bank-a"),
+        )
         assert fetched.returncode == 0, fetched.stderr
         assert [line.split()[1] for line in fetched.stdout.splitlines()] == ["UNMATCHED", "MATCHED", "SETTLED"]
-        confirmation, = (tmp_path / "bank-a").glob("*-settled.xml")
+        (confirmation,) = (tmp_path / "bank-a").glob("*-settled.xml")
         assert local_names(confirmation, "AcctOwnrTxId") == ["SELL-7"]
         assert local_names(confirmation, "Unit") == ["40"]
 
-        refused = lockstep("submit", str(tmp_path / "bank-a.xml"), *common, "--party", "bank-b",
-                           "--key", str(world.key_path("bank-b")))
+        refused = lockstep(
+            "submit", str(tmp_path / "bank-a.xml"), *common, "--party", "bank-b", "--key", str(world.key_path("bank-b"))
+        )
         assert refused.returncode == 2 and "instructs for bank-a" in refused.stderr
 
-        statement = lockstep("statement", *common, "--ledger", "cbdc-eur", "--account", "a-eur", "--currency", "EUR",
-                             "--out", str(tmp_path / "a-eur.xml"))
+        statement = lockstep(
+            "statement",
+            *common,
+            "--ledger",
+            "cbdc-eur",
+            "--account",
+            "a-eur",
+            "--currency",
+            "EUR",
+            "--out",
+            str(tmp_path / "a-eur.xml"),
+        )
         assert statement.returncode == 0, statement.stderr
         assert local_names(tmp_path / "a-eur.xml", "Amt")[-1] == "41000.00"
         assert "CRDT" in local_names(tmp_path / "a-eur.xml", "CdtDbtInd")
         said = statement.stdout.strip()
-        assert said.startswith(f"{tmp_path / 'a-eur.xml'}: camt.053 of a-eur on cbdc-eur") and \
-            "opening EUR 0.00" in said and "credits EUR 41,000.00" in said and said.endswith("closing EUR 41,000.00"), said
+        assert (
+            said.startswith(f"{tmp_path / 'a-eur.xml'}: camt.053 of a-eur on cbdc-eur")
+            and "opening EUR 0.00" in said
+            and "credits EUR 41,000.00" in said
+            and said.endswith("closing EUR 41,000.00")
+        ), said
     finally:
         for process in ledgers + [coordinator]:
             process.stop()
@@ -98,29 +162,58 @@ async def test_an_issuer_pays_a_coupon_through_the_coordinator_process(tmp_path,
                 await process.ready(bus)
             local = Local(world, bus, nursery)
             await local.fund_standard(ledgers=("csd", "cbdc-eur"))
-            await local.instruct(CreateInstrument, "csd", "csd-op", isin=isin, issuer="treasury", currency="EUR",
-                                 face_value_minor=100_000, coupon_rate_bp=500, maturity_date=f"{int(today[:4]) + 4}{today[4:]}")
+            await local.instruct(
+                CreateInstrument,
+                "csd",
+                "csd-op",
+                isin=isin,
+                issuer="treasury",
+                currency="EUR",
+                face_value_minor=100_000,
+                coupon_rate_bp=500,
+                maturity_date=f"{int(today[:4]) + 4}{today[4:]}",
+            )
             await local.instruct(Issue, "csd", "csd-op", asset=isin, account="treasury", amount=1_000)
             for account, units in (("a-sec", 300), ("b-sec", 200)):
-                await local.instruct(Transfer, "csd", "treasury", from_account="treasury", to_account=account,
-                                     asset=isin, amount=units)
+                await local.instruct(
+                    Transfer, "csd", "treasury", from_account="treasury", to_account=account, asset=isin, amount=units
+                )
             await local.open_accounts("cbdc-eur", "ecb", {"t-eur": "treasury"})
             await local.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="t-eur", amount=10**9)
             before = {account: await local.balances("cbdc-eur", account) for account in ("a-eur", "b-eur", "t-eur")}
             nursery.cancel_scope.cancel()
         common = ["--broker", broker.url, "--registry", str(world.registry_path), "--id", "cpn-1"]
-        sent = lockstep("corporate-action", *common, "--issuer", "treasury", "--issuer-key", str(world.key_path("treasury")),
-                        "--isin", isin, "--kind", "coupon", "--date", today, "--securities-account", "treasury",
-                        "--cash-account", "t-eur", "--deadline-ms", str(86_399_000))   # to the end of today
+        sent = lockstep(
+            "corporate-action",
+            *common,
+            "--issuer",
+            "treasury",
+            "--issuer-key",
+            str(world.key_path("treasury")),
+            "--isin",
+            isin,
+            "--kind",
+            "coupon",
+            "--date",
+            today,
+            "--securities-account",
+            "treasury",
+            "--cash-account",
+            "t-eur",
+            "--deadline-ms",
+            str(86_399_000),
+        )  # to the end of today
         assert sent.returncode == 0, sent.stdout + sent.stderr
         with trio.fail_after(60):
             while "DONE" not in (status := lockstep("corporate-action", *common, "--query")).stdout:
                 await trio.sleep(0.5)
         lines = status.stdout.splitlines()
-        assert any("a-sec" in line and f"{isin} 300 units" in line and "EUR 15,000.00 paid" in line
-                   for line in lines), status.stdout
-        assert any("b-sec" in line and f"{isin} 200 units" in line and "EUR 10,000.00 paid" in line
-                   for line in lines), status.stdout
+        assert any(
+            "a-sec" in line and f"{isin} 300 units" in line and "EUR 15,000.00 paid" in line for line in lines
+        ), status.stdout
+        assert any(
+            "b-sec" in line and f"{isin} 200 units" in line and "EUR 10,000.00 paid" in line for line in lines
+        ), status.stdout
         async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
             local = Local(world, bus, nursery)
             after = {account: await local.balances("cbdc-eur", account) for account in ("a-eur", "b-eur", "t-eur")}
@@ -128,9 +221,27 @@ async def test_an_issuer_pays_a_coupon_through_the_coordinator_process(tmp_path,
         assert after["a-eur"].get("EUR", 0) - before["a-eur"].get("EUR", 0) == 1_500_000
         assert after["b-eur"]["EUR"] - before["b-eur"]["EUR"] == 1_000_000
         assert before["t-eur"]["EUR"] - after["t-eur"]["EUR"] == 2_500_000
-        forged = lockstep("corporate-action", *common[:-1], "cpn-2", "--issuer", "bank-a", "--issuer-key",
-                          str(world.key_path("bank-a")), "--isin", isin, "--kind", "coupon", "--date", today,
-                          "--securities-account", "a-sec", "--cash-account", "a-eur", "--deadline-ms", str(86_399_000))
+        forged = lockstep(
+            "corporate-action",
+            *common[:-1],
+            "cpn-2",
+            "--issuer",
+            "bank-a",
+            "--issuer-key",
+            str(world.key_path("bank-a")),
+            "--isin",
+            isin,
+            "--kind",
+            "coupon",
+            "--date",
+            today,
+            "--securities-account",
+            "a-sec",
+            "--cash-account",
+            "a-eur",
+            "--deadline-ms",
+            str(86_399_000),
+        )
         assert forged.returncode != 0 and "treasury" in forged.stdout + forged.stderr, forged.stdout + forged.stderr
     finally:
         for process in ledgers + [coordinator]:

@@ -26,9 +26,9 @@ async def test_a_flooding_client_loses_its_own_excess_and_the_others_still_get_i
     assert waiting.dropped == {"flood": 40}
     assert (waiting.waiting("flood"), waiting.waiting("quiet")) == (10, 1)
     received = [waiting.receive_nowait().client for _ in range(11)]
-    assert received == ["flood", "quiet"] + ["flood"] * 9   # served in turn: quiet waits behind one, not ten
+    assert received == ["flood", "quiet"] + ["flood"] * 9  # served in turn: quiet waits behind one, not ten
     assert waiting.waiting("flood") == 0
-    assert waiting.offer(request("flood", 99))   # its share is free again once served
+    assert waiting.offer(request("flood", 99))  # its share is free again once served
 
 
 async def test_the_whole_queue_is_bounded_whoever_sends():
@@ -50,8 +50,10 @@ async def test_receive_waits_for_a_request():
     waiting = Waiting(total_max=10, per_client_max=10)
     async with trio.open_nursery() as nursery:
         got = []
+
         async def server():
             got.append(await waiting.receive())
+
         nursery.start_soon(server)
         await trio.testing.wait_all_tasks_blocked()
         waiting.offer(request("b"))
@@ -61,12 +63,12 @@ async def test_receive_waits_for_a_request():
 async def test_a_client_may_have_only_so_many_bytes_waiting_and_the_queue_as_a_whole_too():
     waiting = Waiting(total_max=100, per_client_max=100, total_bytes_max=3_000, per_client_bytes_max=1_000)
     big = [Request(b"x" * 400, _no_reply, "big") for _ in range(3)]
-    assert [waiting.offer(r) for r in big] == [True, True, False]     # 800 bytes waiting; 1,200 would pass its share
-    assert waiting.offer(Request(b"y" * 900, _no_reply, "other"))      # another client's share is its own
+    assert [waiting.offer(r) for r in big] == [True, True, False]  # 800 bytes waiting; 1,200 would pass its share
+    assert waiting.offer(Request(b"y" * 900, _no_reply, "other"))  # another client's share is its own
     assert waiting.offer(Request(b"z" * 900, _no_reply, "third"))
     assert not waiting.offer(Request(b"w" * 900, _no_reply, "fourth"))  # 3,500 bytes in all: over the whole queue's
     waiting.receive_nowait()
-    assert waiting.offer(Request(b"x" * 400, _no_reply, "big"))        # served, its bytes are free again
+    assert waiting.offer(Request(b"x" * 400, _no_reply, "big"))  # served, its bytes are free again
 
 
 async def test_clients_are_served_in_turn_each_in_its_own_order():

@@ -21,12 +21,12 @@ from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed, sign
 from tests.processes import ServiceProcess
 
-pytestmark = pytest.mark.slow   # a watchtower, coordinator and ledgers as processes
+pytestmark = pytest.mark.slow  # a watchtower, coordinator and ledgers as processes
 
 LEGS = dvp_legs("csd", "a-sec", "b-sec", 10, "cbdc-eur", "EUR", "b-eur", "a-eur", 1_000)  # leg 0 cash, leg 1 bond
-PARTIES = ("bank-b", "bank-a")    # bank-b pays leg 0, bank-a delivers leg 1
-TIMING = Timing()                 # the standard world's coordinator.toml sets no [timing]
-GRACE_S = TIMING.claim_deadline_ms // 2 / 1000   # the watchtower's grace period (engine/daemon.py)
+PARTIES = ("bank-b", "bank-a")  # bank-b pays leg 0, bank-a delivers leg 1
+TIMING = Timing()  # the standard world's coordinator.toml sets no [timing]
+GRACE_S = TIMING.claim_deadline_ms // 2 / 1000  # the watchtower's grace period (engine/daemon.py)
 ACCOUNTS = (("cbdc-eur", "b-eur"), ("cbdc-eur", "a-eur"), ("csd", "a-sec"), ("csd", "b-sec"))
 
 
@@ -52,23 +52,41 @@ class HandCoordinator:
         expiries = TIMING.expiries(now)
         assert expiries[1] <= settlement.deadline_ms
         for index, leg in enumerate(settlement.legs):
-            lock = Lock(lock_id(settlement.id, index), leg.ledger, now, leg.from_account, leg.to_account,
-                        leg.asset, leg.amount, hashlock_of(secret), expiries[index], ("coordinator",),
-                        auth=signed_settlement.wire())
+            lock = Lock(
+                lock_id(settlement.id, index),
+                leg.ledger,
+                now,
+                leg.from_account,
+                leg.to_account,
+                leg.asset,
+                leg.amount,
+                hashlock_of(secret),
+                expiries[index],
+                ("coordinator",),
+                auth=signed_settlement.wire(),
+            )
             raise_for(await self.client(leg.ledger).submit(self.signed(lock)))
         return settlement.id, secret
 
     async def claim(self, settlement_id: str, leg: int, secret: bytes) -> None:
         ledger = LEGS[leg].ledger
         target = lock_id(settlement_id, leg)
-        raise_for(await self.client(ledger).submit(self.signed(
-            Claim(f"{target}:c{secrets.token_hex(3)}", ledger, self.local.clock.now_ms(), target, secret))))
+        raise_for(
+            await self.client(ledger).submit(
+                self.signed(
+                    Claim(f"{target}:c{secrets.token_hex(3)}", ledger, self.local.clock.now_ms(), target, secret)
+                )
+            )
+        )
 
     async def abort(self, settlement_id: str, leg: int) -> None:
         ledger = LEGS[leg].ledger
         target = lock_id(settlement_id, leg)
-        raise_for(await self.client(ledger).submit(self.signed(
-            Abort(f"{target}:a{secrets.token_hex(3)}", ledger, self.local.clock.now_ms(), target))))
+        raise_for(
+            await self.client(ledger).submit(
+                self.signed(Abort(f"{target}:a{secrets.token_hex(3)}", ledger, self.local.clock.now_ms(), target))
+            )
+        )
 
     async def state(self, settlement_id: str, leg: int) -> str:
         ledger = LEGS[leg].ledger
@@ -152,7 +170,7 @@ async def test_watchtower_process_claims_leg_1_after_the_coordinator_dies_having
                 settlement_id, secret = await coordinator.lock_both()
                 assert [await coordinator.state(settlement_id, leg) for leg in (0, 1)] == ["held", "held"]
 
-                await coordinator.claim(settlement_id, 0, secret)   # ... and the coordinator dies here
+                await coordinator.claim(settlement_id, 0, secret)  # ... and the coordinator dies here
                 claimed_leg_0_at = trio.current_time()
                 await coordinator.until_state(settlement_id, 1, "claimed", timeout_s=GRACE_S + 5)
                 assert trio.current_time() - claimed_leg_0_at >= GRACE_S * 0.9  # it let the coordinator have its grace
@@ -195,7 +213,7 @@ async def test_watchtower_process_leaves_leg_1_held_when_leg_0_was_aborted(tmp_p
                 assert await claim_entries(local, "csd", lock_id(rolled_back, 1)) == []
                 await coordinator.abort(rolled_back, 1)
                 assert await coordinator.state(rolled_back, 1) == "aborted"
-                assert await balances(local) == moved_by(before, 1)   # the finished settlement alone
+                assert await balances(local) == moved_by(before, 1)  # the finished settlement alone
             nursery.cancel_scope.cancel()
     finally:
         codes = services.stop()
