@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar, overload
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -347,7 +347,7 @@ class RotateKey(Instruction):
     public_key: str = attrs.field(validator=public_key)
 
 
-INSTRUCTIONS = (OpenAccount, CreateInstrument, Issue, Redeem, Transfer, Lock, Claim,
+INSTRUCTIONS: tuple[type[Instruction], ...] = (OpenAccount, CreateInstrument, Issue, Redeem, Transfer, Lock, Claim,
                 Refund, Abort, Settle, RotateKey)
 
 
@@ -746,7 +746,14 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
-def from_body(body: Any, *, allowed: tuple[type, ...] | None = None) -> Body:
+M = TypeVar("M", bound=Body)
+
+
+@overload
+def from_body(body: Any, *, allowed: tuple[type[M], ...]) -> M: ...
+@overload
+def from_body(body: Any, *, allowed: None = None) -> Body: ...
+def from_body(body: Any, *, allowed: tuple[type[Body], ...] | None = None) -> Body:
     """The message a wire dictionary encodes, refusing anything not exactly right:
     unknown type or version, a missing or extra field, a wrong type or value."""
     if not isinstance(body, dict):

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Generic, Mapping, TypeVar, overload
 
 import attrs
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -343,13 +343,17 @@ def verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> boo
     return True
 
 
+M = TypeVar("M", bound=Body, covariant=True)
+N = TypeVar("N", bound=Body)
+
+
 @attrs.frozen
-class Signed:
+class Signed(Generic[M]):
     """A message and the signatures over its body, keyed by signing party. The body is
     encoded once, in two halves around where `sigs` sorts, for both the signed bytes
     and the wire."""
 
-    msg: Body
+    msg: M
     sigs: Mapping[str, bytes]
     body: dict = attrs.field(eq=False, repr=False)
     _halves: tuple[str, str] = attrs.field(default=("", ""), eq=False, repr=False)
@@ -379,24 +383,32 @@ class Signed:
         return canonical.join(before, sigs, after)
 
 
-def sign(msg: Body, *signers: tuple[str, PrivateKey]) -> Signed:
+def sign(msg: N, *signers: tuple[str, PrivateKey]) -> Signed[N]:
     unsigned_ = Signed(msg, {}, to_body(msg))
     return Signed(msg, {party: key.sign(unsigned_.data) for party, key in signers}, unsigned_.body,
                   unsigned_._halves, unsigned_.data)
 
 
-def unsigned(msg: Body) -> Signed:
+def unsigned(msg: N) -> Signed[N]:
     return Signed(msg, {}, to_body(msg))
 
 
-def decode_signed(raw: bytes, *, allowed: tuple[type, ...] | None = None) -> Signed:
+@overload
+def decode_signed(raw: bytes, *, allowed: tuple[type[N], ...]) -> Signed[N]: ...
+@overload
+def decode_signed(raw: bytes, *, allowed: None = None) -> Signed[Body]: ...
+def decode_signed(raw: bytes, *, allowed: tuple[type[Body], ...] | None = None) -> Signed[Body]:
     """Parse a wire message strictly; signatures are parsed here, verified by the
     receiver, which alone knows whose signatures the message needs."""
     value = decode(raw)
     return from_wire(value, allowed=allowed)
 
 
-def from_wire(value: Any, *, allowed: tuple[type, ...] | None = None) -> Signed:
+@overload
+def from_wire(value: Any, *, allowed: tuple[type[N], ...]) -> Signed[N]: ...
+@overload
+def from_wire(value: Any, *, allowed: None = None) -> Signed[Body]: ...
+def from_wire(value: Any, *, allowed: tuple[type[Body], ...] | None = None) -> Signed[Body]:
     if not isinstance(value, dict):
         raise Rejected(Code.MALFORMED, "$", "message must be a JSON object")
     body = dict(value)
