@@ -34,7 +34,7 @@ class ExpectedFailure(Exception):
 
 def file_reason(error: OSError) -> str:
     """An OSError said briefly and without its path, which the subject names."""
-    return _FILE_REASONS.get(error.errno) or error.strerror or str(error)
+    return (_FILE_REASONS.get(error.errno) if error.errno is not None else None) or error.strerror or str(error)
 
 
 def read_bytes(what: str, path: str | os.PathLike) -> bytes:

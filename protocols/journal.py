@@ -139,7 +139,7 @@ class Replay:
         """Raises ValueError for an entry that cannot follow the ones before."""
         effects: dict[str, Any] = entry.effects
         if self.applied is not None and entry.instruction is not None:
-            instruction_id = entry.instruction.get("id")
+            instruction_id = entry.instruction["id"]   # every instruction has one
             if instruction_id in self.applied:
                 raise ValueError(f"instruction {instruction_id} is applied a second time")
             self.applied[instruction_id] = entry.seq
@@ -215,8 +215,8 @@ def differences(replay: Replay, tables: Tables) -> list[str]:
     for account in tables.accounts.keys() | replay.accounts.keys():
         problems += _account_problems(account, tables.accounts.get(account), replay.accounts.get(account))
     for code in tables.assets.keys() | replay.assets.keys():
-        expected = (replay.assets[code], replay.supply.get(code)) if code in replay.assets else None
-        problems += _asset_problems(code, tables.assets.get(code), expected)
+        made = (replay.assets[code], replay.supply.get(code)) if code in replay.assets else None
+        problems += _asset_problems(code, tables.assets.get(code), made)
     if replay.applied is not None:
         problems += _unanswered(replay.applied.keys(), tables)
     problems += _key_problems(tables.keys, replay.keys)
@@ -397,6 +397,7 @@ def rewound(since: Replay, tables: Tables, digest: StateDigest) -> StateDigest:
     not touch is unchanged: each touched row swapped for what it was then (a balance
     or supply less what moved since; no row for what was made since, instructions
     applied included; a lock that changed state since was held)."""
+    assert since.earlier_locks is not None and since.applied is not None, "a replay since a checkpoint keeps both"
     then = StateDigest(digest.value)
     for (account, asset), (available_delta, locked_delta) in since.balances.items():
         available, locked = tables.balances.get((account, asset), (0, 0))

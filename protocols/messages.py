@@ -191,7 +191,7 @@ def message(type_name: str) -> Callable[[type[T]], type[T]]:
         assert attrs.has(cls) and type_name not in MESSAGE_TYPES, (cls, type_name)
         cls.TYPE = type_name  # type: ignore[attr-defined]  # T is any class; each message has TYPE
         MESSAGE_TYPES[type_name] = cls
-        return cls
+        return cls  # type: ignore[return-value]  # attrs.has narrowed it to AttrsInstance; it is still T
     return register
 
 
@@ -729,7 +729,7 @@ class SettlementStatus(Body):
 def to_body(msg: Body) -> dict[str, Any]:
     """The wire dictionary of a message, with `v` and `type` first-class fields."""
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
-    for attribute in attrs.fields(type(msg)):
+    for attribute in attrs.fields(type(msg)):  # type: ignore[arg-type]  # every Body is an attrs class
         value = getattr(msg, attribute.name)
         if not (attribute.metadata.get("left_out_at_default") and value == attribute.default):
             body[attribute.name] = _to_wire(value)

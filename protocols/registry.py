@@ -83,6 +83,10 @@ class Registry:
     def get(self, party_id: str) -> Party | None:
         return self._parties.get(party_id)
 
+    def __getitem__(self, party_id: str) -> Party:
+        """A party the caller knows is registered (a KeyError if not)."""
+        return self._parties[party_id]
+
     def has_role(self, party_id: str, role: Role) -> bool:
         party = self._parties.get(party_id)
         return party is not None and role in party.roles

@@ -77,9 +77,9 @@ def coupon_period(reference: dict, payment_date: str) -> Period:
         raise Rejected(Code.INVALID_FIELD, "kind", "a zero-coupon instrument pays no coupon")
     months = 12 // reference["coupon_frequency"]
     day = datetime.date.fromisoformat(payment_date)
-    later = None
+    later: datetime.date | None = None
     for earlier in _schedule(reference):
-        if later == day:
+        if later is not None and later == day:
             return Period(earlier, later)
         if earlier < day:
             break

@@ -100,9 +100,11 @@ def load_public_pem(pem: str) -> ec.EllipticCurvePublicKey:
     except _Malformed as error:
         raise ValueError(f"not a valid PUBLIC KEY: {error}") from None
     try:
-        return serialization.load_der_public_key(der)
+        key = serialization.load_der_public_key(der)
     except (ValueError, UnsupportedAlgorithm):
         raise ValueError("not a valid PUBLIC KEY: its point is not on P-256") from None
+    assert isinstance(key, ec.EllipticCurvePublicKey)   # _check_algorithm let only P-256 through
+    return key
 
 
 def load_public_key(path: str | os.PathLike) -> ec.EllipticCurvePublicKey:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..canonical import decode
 from ..errors import Code, Rejected
-from ..messages import Body, Receipt, Result
+from ..messages import Instruction, Query, Receipt, Result
 from ..signing import Signed, from_wire, unsigned
 from . import Bus, BusTimeout, service_of_ledger
 
@@ -40,7 +40,7 @@ class LedgerClient:
         # each attempt's (seconds from request to reply or timeout, answered): for metrics
         self.on_round_trip: Callable[[float, bool], None] = lambda seconds, answered: None
 
-    async def submit(self, signed: Signed) -> Receipt:
+    async def submit(self, signed: Signed[Instruction]) -> Receipt:
         """The ledger's receipt for an instruction: applied or rejected with a code."""
         receipt = self._verified(await self._request(signed.encode()))
         if not isinstance(receipt, Receipt) or receipt.instruction_id != signed.msg.id:
@@ -51,7 +51,7 @@ class LedgerClient:
         """Send bytes as they are (for conformance and hostile-input tests)."""
         return self._verified(await self._request(payload))
 
-    async def query(self, msg: Body) -> Any:
+    async def query(self, msg: Query) -> Any:
         """A query's value, or Rejected with the ledger's code."""
         reply = self._verified(await self._request(unsigned(msg).encode()))
         if isinstance(reply, Receipt):
@@ -76,13 +76,14 @@ class LedgerClient:
                 return reply
         raise BusTimeout(f"{self.ledger_id} did not answer after {self.attempts} attempts")
 
-    def _verified(self, raw: bytes) -> Body:
+    def _verified(self, raw: bytes) -> Receipt | Result:
         try:
             signed = from_wire(decode(raw, bytes_max=REPLY_BYTES_MAX), allowed=(Receipt, Result))
         except Rejected as error:
             raise BadReply(f"{self.ledger_id} sent an undecodable reply: {error}") from None
         if not signed.signed_by(self.ledger_id, self.ledger_key):
             raise BadReply(f"reply not signed by {self.ledger_id}")
+        assert isinstance(signed.msg, (Receipt, Result))   # what `allowed` let through
         return signed.msg
 
 

@@ -219,6 +219,7 @@ class MqttBus:
             if sock is None:
                 scope.cancel()
                 return
+            assert isinstance(sock, _BufferedSocket)   # _on_socket_open put it there
             await trio.lowlevel.wait_readable(sock)
             while True:  # paho stops after a few packets; read all that one recv brought
                 if self._client.loop_read() != paho.MQTT_ERR_SUCCESS:
@@ -237,6 +238,7 @@ class MqttBus:
             if sock is None:
                 scope.cancel()
                 return
+            assert isinstance(sock, _BufferedSocket)
             if self._client.want_write() and self._client.loop_write() != paho.MQTT_ERR_SUCCESS:
                 scope.cancel()
                 return
@@ -266,7 +268,7 @@ class MqttBus:
         """Subscribe and wait for the broker's acknowledgement, so that nothing
         published after this returns can be missed."""
         result, mid = self._client.subscribe(topic, qos=1)
-        if result != paho.MQTT_ERR_SUCCESS:
+        if result != paho.MQTT_ERR_SUCCESS or mid is None:
             return  # not connected: _on_connect subscribes again
         done = self._suback[mid] = trio.Event()
         self._write_wanted.set()

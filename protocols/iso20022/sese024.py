@@ -55,6 +55,7 @@ def _put_reason(status: etree._Element, advice: Advice) -> None:
 
 def _put_details(status: etree._Element, advice: Advice) -> None:
     one = advice.instruction
+    assert one is not None, "an advice about a document that could not be read has no details"
     dvp = terms(one)
     details = xml.put(status, "TxDtls")
     xml.put(details, "SfkpgAcct/Id", dvp.safekeeping)

@@ -87,10 +87,10 @@ def parse(document: str | bytes, message: str) -> etree._Element:
     root = tree.getroot()
     schema = _schema(message)
     if not schema.validate(tree):
-        error = schema.error_log[0]
-        found = tree.xpath(error.path, namespaces={k: v for k, v in root.nsmap.items() if k})
+        first = schema.error_log[0]
+        found = tree.xpath(first.path, namespaces={k: v for k, v in root.nsmap.items() if k})
         where = field(found[0]) if found else "document"
-        raise Rejected(Code.INVALID_FIELD, where, _readable(error.message))
+        raise Rejected(Code.INVALID_FIELD, where, _readable(first.message))
     return root
 
 
