@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 import trio
@@ -25,8 +26,8 @@ from .runner import BenchmarkBroken, Load, Result, Run, measure, memory_system, 
 from .table import table
 from .workload import Shape
 
-QUICK = dict(buses=["memory", "mqtt"], kinds=["dvp", "pvp"], paths=["cross", "same"], concurrency=[4, 32],
-             rates=[], settlements=120, participants=10)
+QUICK: dict[str, Any] = dict(buses=["memory", "mqtt"], kinds=["dvp", "pvp"], paths=["cross", "same"],
+                             concurrency=[4, 32], rates=[], settlements=120, participants=10)
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ ms at 1-2-5 steps, finer over a narrow range), never powers."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -86,7 +87,7 @@ def _latency_ticks(low_ms: float, high_ms: float) -> list[float]:
     return [t for t in ticks if below <= t <= above]
 
 
-def _plain_x(axes, ticks: list[float]) -> None:
+def _plain_x(axes, ticks: Sequence[float]) -> None:
     """Ticks at these values only, labelled as plain numbers, and a little room beyond."""
     axes.xaxis.set_major_locator(FixedLocator(ticks))
     axes.xaxis.set_major_formatter(PLAIN)

@@ -25,12 +25,12 @@ import trio
 
 from engine.broker import Broker
 from engine.local import Local
-from protocols.bus import BusTimeout, service_of_coordinator
+from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
 from protocols.errors import Rejected
-from protocols.messages import QueryInfo, QueryLock, QueryLocks, QueryReceipt, SettlementStatus
+from protocols.messages import QueryInfo, QueryLock, QueryLocks, QueryReceipt, Settlement, SettlementStatus
 from protocols.settlement import Timing, lock_id, settle_id
 from protocols.signing import decode_signed, unsigned
 
@@ -139,7 +139,7 @@ class System:
     """A running world: the bus the load generator uses, and how to read its costs.
     `messages` counts every message sent before it is called, none sent after."""
 
-    bus: object
+    bus: Bus
     meter: Meter
     messages: Callable[[], Awaitable[int]]
     workload: Workload
@@ -183,6 +183,7 @@ async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator
             workload = Workload(world, bus, shape, seed)
             await workload.set_up()
             pids = {name: process.pid for name, process in processes.items()}
+            assert broker.process is not None   # started above
             pids["broker"] = broker.process.pid
             pids["load generator"] = os.getpid()
             async with trio.open_nursery() as nursery:
@@ -200,7 +201,7 @@ async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator
 async def _wait_until_up(world, bus, processes) -> None:
     with trio.fail_after(60):
         for spec in LEDGERS:
-            client = LedgerClient(bus, spec.ledger_id, world.registry.get(spec.ledger_id).public_key,
+            client = LedgerClient(bus, spec.ledger_id, world.registry[spec.ledger_id].public_key,
                                   timeout_s=0.5, attempts=120)
             await client.query(QueryInfo(client.next_query_id(), spec.ledger_id))
         for name, process in processes.items():
@@ -249,7 +250,7 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
 
     async def one(raw: bytes) -> None:
         begin = time.perf_counter()
-        settlement_id = decode_signed(raw).msg.id
+        settlement_id = decode_signed(raw, allowed=(Settlement,)).msg.id
         while True:
             try:
                 reply = await system.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=REPLY_TIMEOUT_S)
@@ -272,8 +273,10 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
             for _ in range(run.load.concurrency):
                 nursery.start_soon(worker)
         else:
+            rate = run.load.rate_per_s
+            assert rate is not None   # a load is a concurrency or a rate
             for index, raw in enumerate(raws):
-                await trio.sleep_until(trio.current_time() + max(0.0, started + index / run.load.rate_per_s - time.perf_counter()))
+                await trio.sleep_until(trio.current_time() + max(0.0, started + index / rate - time.perf_counter()))
                 nursery.start_soon(one, raw)
     elapsed = time.perf_counter() - started
     cpu_after = system.meter.cpu_s()
@@ -295,7 +298,7 @@ async def check(system: System, run: Run, statuses: dict[str, str]) -> None:
     """Conservation on every ledger; both legs or neither for every settlement; no lock
     left held. Read from the ledgers, not from the coordinator's account."""
     workload = system.workload
-    clients = {spec.ledger_id: LedgerClient(system.bus, spec.ledger_id, workload.world.registry.get(spec.ledger_id).public_key,
+    clients = {spec.ledger_id: LedgerClient(system.bus, spec.ledger_id, workload.world.registry[spec.ledger_id].public_key,
                                             timeout_s=5) for spec in LEDGERS}
     for ledger, client in clients.items():
         info = await client.query(QueryInfo(client.next_query_id(), ledger))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import attrs
 import trio
@@ -19,10 +19,12 @@ from engine.world import LedgerSpec, World, lay_out
 from protocols.bus.client import LedgerClient, raise_for
 from protocols.bus.clock import ServiceClock
 from protocols.identifiers import make_isin
-from protocols.messages import (CreateInstrument, Issue, OpenAccount, Settlement, SettlementLeg,
+from protocols.messages import (CreateInstrument, Instruction, Issue, OpenAccount, Settlement, SettlementLeg,
                                 Transfer)
 from protocols.registry import Role
 from protocols.signing import sign
+
+Planned = tuple[str, type[Instruction], tuple[str, ...], dict[str, Any]]   # ledger, kind, signers, fields
 
 COORDINATOR = "coordinator"
 LEDGERS = [
@@ -57,7 +59,7 @@ class Shape:
 
 
 def lay_out_bench(directory: Path, shape: Shape, broker: str | None = None) -> World:
-    parties = {"csd-op": (Role.OPERATOR,), "treasury": (Role.PARTICIPANT,), "ecb": (Role.CENTRAL_BANK,),
+    parties: dict[str, tuple[Role, ...]] = {"csd-op": (Role.OPERATOR,), "treasury": (Role.PARTICIPANT,), "ecb": (Role.CENTRAL_BANK,),
                "fed": (Role.CENTRAL_BANK,), COORDINATOR: (Role.COORDINATOR,)}
     parties.update({bank: (Role.PARTICIPANT,) for bank in shape.participant_ids()})
     return lay_out(directory, LEDGERS, parties, broker=broker)
@@ -77,12 +79,12 @@ class Workload:
         self._random = random.Random(seed)
         self._clock = ServiceClock()
         self._count = 0
-        self._clients = {spec.ledger_id: LedgerClient(bus, spec.ledger_id, world.registry.get(spec.ledger_id).public_key)
+        self._clients = {spec.ledger_id: LedgerClient(bus, spec.ledger_id, world.registry[spec.ledger_id].public_key)
                          for spec in LEDGERS}
 
     async def set_up(self) -> None:
         """Accounts for every participant on every ledger, bonds and cash for each."""
-        instructions = []
+        instructions: list[Planned] = []
         for spec in LEDGERS:
             instructions.append((spec.ledger_id, OpenAccount, (spec.operator,), {"account": "treasury", "owner": "treasury"}))
             for participant in self.shape.participant_ids():

@@ -492,6 +492,7 @@ def main(registry_path: str, databases: list[str] | None, broker: str | None, le
     if databases:
         journals = [read_database(path, registry) for path in databases]
     else:
+        assert broker is not None   # checked above: --db or --broker
         journals = trio.run(_read_over_mqtt, broker, registry, ledger_ids)
     twice = [ledger for ledger, count in Counter(j.ledger for j in journals).items() if count > 1]
     if twice:

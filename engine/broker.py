@@ -167,8 +167,8 @@ def write_password_file(path: str | Path, passwords: Mapping[str, str]) -> None:
         raise RuntimeError(f"mosquitto_passwd -U {path} failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
-def _config(port: int, host: str, sys_interval_s: int, password_file: Path | None, acl_file: Path | None,
-            certfile: Path | None, keyfile: Path | None) -> str:
+def _config(port: int, host: str, sys_interval_s: int, password_file: str | Path | None, acl_file: str | Path | None,
+            certfile: str | Path | None, keyfile: str | Path | None) -> str:
     where = f"broker {host}:{port}"
     if (password_file is None) != (acl_file is None):
         raise ExpectedFailure(where, "secured mode needs both a password file and an ACL file")
@@ -179,9 +179,9 @@ def _config(port: int, host: str, sys_interval_s: int, password_file: Path | Non
         if path is not None:   # said here, naming the file: Mosquitto would say only that it exited
             read_bytes(f"broker {what}", path)
     text = LISTENER.format(port=port, host=host)
-    if certfile:
+    if certfile and keyfile:
         text += TLS.format(certfile=Path(certfile).resolve(), keyfile=Path(keyfile).resolve())
-    if password_file:
+    if password_file and acl_file:
         text += SECURED.format(password_file=Path(password_file).resolve(), acl_file=Path(acl_file).resolve(),
                                user=pwd.getpwuid(os.geteuid()).pw_name)
     else:
@@ -231,6 +231,7 @@ class Broker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                assert self.process.stderr is not None   # piped above
                 said = self.process.stderr.read().decode(errors="replace").strip().splitlines() or ["(nothing)"]
                 raise ExpectedFailure(where, f"exited with status {self.process.returncode}, saying: "
                                              f"{_TIMESTAMP.sub('', said[-1])}")
@@ -256,13 +257,14 @@ class Broker:
 
         previous = {signum: signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
         try:
-            self.start()
+            process = self.start().process
+            assert process is not None
             started()
             for signum in early:
-                self.process.send_signal(signum)
-            copying = threading.Thread(target=_copy_lines, args=(self.process.stderr, sys.stderr), daemon=True)
+                process.send_signal(signum)
+            copying = threading.Thread(target=_copy_lines, args=(process.stderr, sys.stderr), daemon=True)
             copying.start()
-            status = self.process.wait()
+            status = process.wait()
             copying.join()
         finally:
             for signum, handler in previous.items():

@@ -26,6 +26,7 @@ import functools
 import random
 import sys
 import tempfile
+from typing import Any
 from collections import Counter
 from pathlib import Path
 
@@ -140,7 +141,7 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
         observer = Observer(world.registry, bus, ledger_ids, CHAOS_TIMING.margin_ms, local.clock, publish=False)
         await nursery.start(observer.run)
         coordinator, scope = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
-        state = {"coordinator": coordinator, "scope": scope}
+        state: dict[str, Any] = {"coordinator": coordinator, "scope": scope}
         struck: set[str] = set()
 
         def pause(fault: str) -> float:
@@ -267,7 +268,7 @@ def _claims_second_leg(payload: bytes) -> bool:
 
 def not_alerted(one_legged: list[Violation], observer: Observer) -> set[str]:
     alerted = {alert.settlement for alert in observer.alerts if alert.kind is Kind.ONE_LEGGED}
-    return {violation.settlement for violation in one_legged} - alerted
+    return {violation.settlement for violation in one_legged if violation.settlement is not None} - alerted
 
 
 @attrs.frozen
@@ -301,6 +302,7 @@ def explain(violation: Violation, journals: dict[str, LedgerJournal], outages: l
     if len(claimed) != 1 or len(others) != 1 or claimed[0][2] is None:
         return f"settlement {settlement}: {violation.reason} (its locks are not both in the journals)"
     (claim_ledger, _, claim_at), (other_ledger, other_lock, _) = claimed[0], others[0]
+    assert claim_at is not None   # checked above
     start_ms = claim_at.time_ms - skews[claim_ledger]
     end_ms = other_lock.expiry_ms - skews[other_ledger]
 

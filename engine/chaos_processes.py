@@ -37,7 +37,7 @@ import attrs
 import trio
 
 from protocols.bus.mqtt import MqttBus
-from protocols.messages import QueryLocks, SettlementStatus
+from protocols.messages import QueryLocks, Settlement, SettlementStatus
 from protocols.settlement import Timing
 from protocols.signing import decode_signed
 
@@ -181,6 +181,7 @@ class Services:
         """SIGKILL what `fault` names (a ledger drawn by `chance`): what went down, who is
         out of reach for it (with the broker, everyone), and how to bring it back."""
         if fault == "broker-restart":
+            assert self.broker.process is not None   # it is up while faults strike
             self.broker.process.kill()
             self.broker.stop()  # reaps it
             return "broker", tuple(service.party for service in self.processes), self.broker_up
@@ -199,7 +200,7 @@ class Services:
 
     async def restore(self) -> None:
         """Faults are off: the broker and every service up and answering."""
-        if self.broker.process.poll() is not None:
+        if self.broker.process is None or self.broker.process.poll() is not None:
             await trio.to_thread.run_sync(self.broker.start)
         async with trio.open_nursery() as nursery:
             for service in self.processes:
@@ -289,7 +290,7 @@ async def _load(services: Services, local: Local, outcome: Outcome, seconds: flo
     async def back_office() -> None:
         while not done.is_set():
             raw = local.settlement(*draw(chance))
-            settlement_id = decode_signed(raw).msg.id
+            settlement_id = decode_signed(raw, allowed=(Settlement,)).msg.id
             unfinished.add(settlement_id)
             while True:  # the same bytes until the coordinator answers with a final status
                 reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)

@@ -396,9 +396,11 @@ def expected(error: BaseException) -> ExpectedFailure | None:
     if isinstance(error, BaseExceptionGroup):
         failures, rest = error.split(ExpectedFailure)
         if rest is None:
-            while isinstance(failures, BaseExceptionGroup):
-                failures = failures.exceptions[0]
-            return failures
+            first: BaseException | None = failures
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            assert isinstance(first, ExpectedFailure)   # split left nothing else
+            return first
     return None
 
 

@@ -27,9 +27,9 @@ from protocols.failures import ExpectedFailure
 from protocols.htlc import hashlock_of
 from protocols.identifiers import make_isin
 from protocols.journal import Link, verify_chain
-from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Leg, Lock, OpenAccount,
+from protocols.messages import (Abort, Instruction, Claim, CreateInstrument, Issue, Leg, Lock, OpenAccount,
                                 QueryBalances, QueryInfo, QueryJournal, QueryLock, QueryLocks,
-                                QueryReceipt, Receipt, Refund, Settle, Transfer, to_body)
+                                QueryReceipt, Receipt, Refund, Result, Settle, Transfer, to_body)
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, sign, signing_bytes
 
@@ -73,7 +73,7 @@ class Suite:
         """Our estimate of the ledger's clock, so ts_ms and expiries suit it."""
         return time.time_ns() // 1_000_000 + self.clock_offset_ms
 
-    def signed(self, cls: type, *signers: str, **fields) -> Signed:
+    def signed(self, cls: type[Instruction], *signers: str, **fields) -> Signed[Instruction]:
         fields.setdefault("id", self.fresh(cls.TYPE[:2]))
         fields.setdefault("ledger", self.ledger_id)
         fields.setdefault("ts_ms", self.now_ms())
@@ -92,7 +92,9 @@ def applied(receipt: Receipt, what: str) -> None:
     expect(receipt.applied, f"{what}: refused with {receipt.code} on {receipt.field}: {receipt.reason}")
 
 
-def refused(receipt: Receipt, code: Code, field: str | None = None) -> None:
+def refused(receipt: Receipt | Result, code: Code, field: str | None = None) -> None:
+    if not isinstance(receipt, Receipt):
+        raise CheckFailed(f"expected {code.value}, but an instruction was answered with a query's result")
     expect(not receipt.applied, f"expected {code.value}, but it was applied")
     expect(receipt.code == code.value, f"expected {code.value}, got {receipt.code} ({receipt.reason})")
     if field is not None:
@@ -279,7 +281,7 @@ async def settlement_is_all_or_nothing(s: Suite) -> None:
 
 
 async def journal_verifies(s: Suite) -> None:
-    ledger_key = s.registry.get(s.ledger_id).public_key
+    ledger_key = s.registry[s.ledger_id].public_key
     links, seq = [], 0
     while True:
         page = await s.client.query(QueryJournal(s.fresh("q"), s.ledger_id, seq, 200))
@@ -291,7 +293,7 @@ async def journal_verifies(s: Suite) -> None:
             break
         seq = page["entries"][-1]["seq"] + 1
     checked = list(verify_chain(links, s.ledger_id, ledger_key, signatures="all"))
-    expect(checked, "the journal is empty")
+    expect(bool(checked), "the journal is empty")
     ids = {entry.msg.instruction["id"] for entry, _ in checked if entry.msg.instruction}
     expect(f"cf-{s.run_id}-" in " ".join(ids), "our instructions are not in the journal")
     info = await s.client.query(QueryInfo(s.fresh("q"), s.ledger_id))

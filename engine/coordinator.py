@@ -28,7 +28,7 @@ from protocols.bus.client import BadReply, LedgerClient
 from protocols.canonical import decode, encode
 from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
-from protocols.messages import (Abort, Claim, Lock, QueryLock, QueryReceipt, QuerySettlement, Receipt,
+from protocols.messages import (Abort, Body, Claim, Lock, QueryLock, QueryReceipt, QuerySettlement, Receipt,
                                 Settle, Settlement, SettlementStatus, readable_id)
 from protocols.registry import Registry
 from protocols.settlement import Phase, Timing, lock_id, settle_id
@@ -49,7 +49,9 @@ class Desk(Protocol):
     servicing, repo): it answers its own message types and runs its own tasks, settling
     through `Coordinator.settle`."""
 
-    messages: tuple[type, ...]
+    @property
+    def messages(self) -> tuple[type[Body], ...]:
+        """The message types it answers."""
 
     async def answer(self, signed: Signed, request: Request) -> bytes:
         """The signed reply to one of `messages`."""
@@ -77,7 +79,7 @@ class Coordinator:
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
         self.watchtower = Watchtower(coordinator_id, key, registry, bus, list(watched_ledgers), clock,
                                      grace_ms=timing.claim_deadline_ms // 2) if watched_ledgers else None
-        self._desks: dict[type, Desk] = {}
+        self._desks: dict[type[Body], Desk] = {}
         self._reserved: dict[str, str] = {}      # settlement id -> the desk's role that alone may start it
 
     def add_desk(self, desk: Desk) -> None:
@@ -130,7 +132,8 @@ class Coordinator:
 
     async def _answer(self, request) -> None:
         try:
-            signed = decode_signed(request.payload, allowed=(Settlement, QuerySettlement, *self._desks))
+            accepted: tuple[type[Body], ...] = (Settlement, QuerySettlement, *self._desks)
+            signed = decode_signed(request.payload, allowed=accepted)
             msg = signed.msg
             if type(msg) in self._desks:
                 await request.reply(await self._desks[type(msg)].answer(signed, request))

@@ -9,9 +9,9 @@ from protocols.bus import BusTimeout, service_of_coordinator
 from protocols.errors import Rejected
 from protocols.matching import day_window
 from protocols.money import format_amount
-from protocols.messages import CorporateAction, CorporateActionStatus, QueryCorporateAction, SettlementStatus
+from protocols.messages import Body, CorporateAction, CorporateActionStatus, QueryCorporateAction, SettlementStatus
 from protocols.registry import Registry
-from protocols.signing import PrivateKey, from_wire, sign, unsigned
+from protocols.signing import PrivateKey, Signed, from_wire, sign, unsigned
 
 from .daemon import DaemonError, on_bus
 
@@ -25,7 +25,7 @@ async def main(args) -> int:
     if args.coordinator not in registry:
         raise DaemonError(f"--coordinator {args.coordinator}", f"not in the registry {args.registry}")
     if args.query:
-        message = unsigned(QueryCorporateAction(f"q-{args.id}", args.coordinator, args.id))
+        message: Signed[Body] = unsigned(QueryCorporateAction(f"q-{args.id}", args.coordinator, args.id))
     else:
         key = PrivateKey.load(args.issuer_key)
         try:
@@ -49,12 +49,13 @@ async def main(args) -> int:
         signed = from_wire(canonical.decode(answer), allowed=(CorporateActionStatus, SettlementStatus))
     except Rejected as error:
         raise DaemonError(f"coordinator {args.coordinator}", f"its answer is not a status: {error}") from None
-    if not signed.signed_by(args.coordinator, registry.get(args.coordinator).public_key):
+    if not signed.signed_by(args.coordinator, registry[args.coordinator].public_key):
         raise DaemonError(f"coordinator {args.coordinator}", "the answer is not signed by the coordinator")
     if isinstance(signed.msg, SettlementStatus):
         raise DaemonError(f"coordinator {args.coordinator}",
                           f"refused the action: {signed.msg.reason_code}: {signed.msg.reason}")
-    status: CorporateActionStatus = signed.msg
+    status = signed.msg
+    assert isinstance(status, CorporateActionStatus)   # what `allowed` let through, less the status above
     print(f"corporate action {status.action_id}: {status.state.upper()}")
     if status.reason_code:
         print(f"  reason: {status.reason_code}: {status.reason}")

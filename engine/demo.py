@@ -24,7 +24,7 @@ from protocols.bus.mqtt import MqttBus
 from protocols.bus import service_of_coordinator
 from protocols.iso20022 import sese023
 from protocols.iso20022.model import SESE_023, OneSided
-from protocols.messages import QueryBalances, QueryInfo, QueryLocks, SettlementInstruction, SettlementLeg
+from protocols.messages import QueryBalances, QueryInfo, QueryLocks, Settlement, SettlementInstruction, SettlementLeg
 from protocols.money import format_amount
 from protocols.settlement import Phase, Timing, utc_date
 from protocols.signing import decode_signed, sign
@@ -212,11 +212,13 @@ async def _matched(local: Local, coordinator: Coordinator, folder: Path) -> Reco
             "SELECT party, seq, status, document, settlement_id FROM advices ORDER BY seq").fetchall():
         (folder / f"{party}-{seq:06d}-{status}.xml").write_text(document)
     desk.close()
-    return coordinator.journal.get(settlement_id)
+    record = coordinator.journal.get(settlement_id)
+    assert record is not None   # it settled, so it is journaled
+    return record
 
 
 def _id(raw: bytes) -> str:
-    return decode_signed(raw).msg.id
+    return decode_signed(raw, allowed=(Settlement,)).msg.id
 
 
 async def _balances(local: Local) -> Balances:

@@ -215,7 +215,7 @@ def _lock(msg: Lock, signed: Signed, entry: Entry, replay: Replay, keys: Registr
         terms = _terms(msg.auth, signed, keys)
         index = next((i for i in range(len(terms.legs)) if lock_id(terms.id, i) == msg.id), None)
         leg = terms.legs[index] if index is not None else None
-        if terms.same_ledger or leg is None or (leg.from_account, leg.to_account, leg.asset, leg.amount) != \
+        if terms.same_ledger or index is None or leg is None or (leg.from_account, leg.to_account, leg.asset, leg.amount) != \
                 (msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount):
             raise Unvouched(f"lock {msg.id} is not a leg of settlement {terms.id} as its payers signed it")
         _payers(terms, replay, index, entry.ledger, entry.time_ms)

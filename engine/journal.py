@@ -67,7 +67,7 @@ class Journal:
         if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
             return
         with self._db:
-            db["settlements"].create({"id": str, "instruction": bytes, "phase": str, "secret": bytes,
+            db.table("settlements").create({"id": str, "instruction": bytes, "phase": str, "secret": bytes,
                                       "expiry_ms": str, "sent": str, "reason_code": str, "reason": str,
                                       "steps": str}, pk="id")
             db.execute(f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({_FINAL_SQL})")

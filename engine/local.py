@@ -15,11 +15,11 @@ from ledgers.config import LedgerConfig
 from ledgers.ledger import Ledger
 from ledgers.service import LedgerService
 from ledgers.store import Store
-from protocols.bus import BusTimeout, service_of_coordinator
+from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.bus.client import LedgerClient, raise_for
 from protocols.identifiers import make_isin
-from protocols.messages import (Body, CreateInstrument, Issue, OpenAccount, QueryBalances, Settlement,
+from protocols.messages import (Instruction, CreateInstrument, Issue, OpenAccount, QueryBalances, Settlement,
                                 SettlementLeg, Transfer)
 from protocols.registry import Role
 from protocols.settlement import Timing
@@ -32,7 +32,7 @@ from .world import LedgerSpec, World, lay_out
 COORDINATOR = "coordinator"
 BOND = make_isin("XS270000001")
 
-PARTIES = {
+PARTIES: dict[str, tuple[Role, ...]] = {
     "csd-op": (Role.OPERATOR,),
     "ecb": (Role.CENTRAL_BANK,),
     "fed": (Role.CENTRAL_BANK,),
@@ -64,7 +64,7 @@ class Local:
     """Start services of `world` on `bus` inside a nursery; talk to them as parties."""
 
     world: World
-    bus: object
+    bus: Bus
     nursery: trio.Nursery
     services: dict[str, LedgerService] = attrs.field(factory=dict)
     coordinator: Coordinator | None = None
@@ -107,7 +107,7 @@ class Local:
         self._ledger_scopes.pop(ledger_id).cancel()
 
     async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True,
-                                bus: object | None = None, desks: tuple[Callable[[Coordinator], Desk], ...] = (),
+                                bus: Bus | None = None, desks: tuple[Callable[[Coordinator], Desk], ...] = (),
                                 skew_ms: int = 0) -> tuple[Coordinator, trio.CancelScope]:
         """Start the coordinator under its own cancel scope, so a test can kill it; on
         `bus` if given (a faulty one, say), else on the world's; with a desk made by each
@@ -138,15 +138,15 @@ class Local:
             return None
 
     def client(self, ledger_id: str) -> LedgerClient:
-        return LedgerClient(self.bus, ledger_id, self.world.registry.get(ledger_id).public_key)
+        return LedgerClient(self.bus, ledger_id, self.world.registry[ledger_id].public_key)
 
     def next_id(self, prefix: str) -> str:
         self._ids += 1
         return f"{prefix}-{self._ids}"
 
-    async def instruct(self, cls: type, ledger_id: str, *signers: str, **fields) -> None:
+    async def instruct(self, cls: type[Instruction], ledger_id: str, *signers: str, **fields) -> None:
         """Send an instruction signed by `signers`; raise if the ledger refuses it."""
-        msg: Body = cls(id=self.next_id(cls.TYPE), ledger=ledger_id, ts_ms=self.clock.now_ms(), **fields)
+        msg = cls(id=self.next_id(cls.TYPE), ledger=ledger_id, ts_ms=self.clock.now_ms(), **fields)
         raise_for(await self.client(ledger_id).submit(sign(msg, *((p, self.world.keys[p]) for p in signers))))
 
     async def open_accounts(self, ledger_id: str, operator: str, accounts: dict[str, str]) -> None:

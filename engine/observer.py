@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import aclosing
 
 import trio
@@ -213,7 +214,7 @@ class Observer:
 
     # -- alerts --------------------------------------------------------------------------------
 
-    async def _alert_all(self, found: list[Violation | None]) -> None:
+    async def _alert_all(self, found: Sequence[Violation | None]) -> None:
         for violation in found:
             if violation is not None:
                 await self._alert(violation)

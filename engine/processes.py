@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 from pathlib import Path
 
 import trio
@@ -49,7 +50,7 @@ class ServiceProcess:
                 stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return self
 
-    async def ready(self, bus, timeout_s: float = 20.0) -> object:
+    async def ready(self, bus, timeout_s: float = 20.0) -> Any:
         """Wait until the service answers over the bus; return its first answer. Pings
         overlap (one every PING_EVERY_S), so the wait ends within a ping of the
         service's first answer, not a timeout later: start-up times measured with this
@@ -76,7 +77,7 @@ class ServiceProcess:
         """A ledger's info (its journal height among it); a coordinator's refusal of an
         unknown settlement, which shows it serves."""
         if self.command == "ledger":
-            client = LedgerClient(bus, self.party, self.world.registry.get(self.party).public_key,
+            client = LedgerClient(bus, self.party, self.world.registry[self.party].public_key,
                                   timeout_s=PING_TIMEOUT_S, attempts=1)
             return await client.query(QueryInfo(client.next_query_id(), self.party))
         query = unsigned(QuerySettlement("ping", self.party, "ping")).encode()
@@ -84,6 +85,7 @@ class ServiceProcess:
 
     def kill(self) -> None:
         """SIGKILL: no chance to finish anything."""
+        assert self.process is not None, "killed before it was started"
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 

@@ -117,7 +117,7 @@ class RepoDesk:
 
     def _reserve(self, repo_id: str) -> None:
         """The reverse leg runs only from here: at term, and only after the start settled."""
-        repo: Repo = from_wire(json.loads(self._row(repo_id)[0]), allowed=(Repo,)).msg
+        repo: Repo = from_wire(json.loads(self._known(repo_id)[0]), allowed=(Repo,)).msg
         self.coordinator.reserve(terms_of(repo.reverse, None).id, f"the reverse leg of repo {repo_id}")
 
     def _serve(self, repo_id: str) -> None:
@@ -127,7 +127,7 @@ class RepoDesk:
             self._nursery.start_soon(self._carry_out, repo_id)
 
     async def _carry_out(self, repo_id: str) -> None:
-        wire, state = self._row(repo_id)[:2]
+        wire, state = self._known(repo_id)[:2]
         repo: Repo = from_wire(json.loads(wire), allowed=(Repo,)).msg
         if state is RepoState.PENDING:
             start = await self._settle(repo.start)
@@ -171,6 +171,12 @@ class RepoDesk:
 
     # -- the table -------------------------------------------------------------------------------
 
+    def _known(self, repo_id: str) -> tuple[str, RepoState, str, str, list]:
+        """A repo this desk has journaled."""
+        found = self._row(repo_id)
+        assert found is not None, f"repo {repo_id} is not journaled"
+        return found
+
     def _row(self, repo_id: str) -> tuple[str, RepoState, str, str, list] | None:
         row = self._db.execute("SELECT repo, state, reason_code, reason, steps FROM repos WHERE id = ?", (repo_id,)).fetchone()
         if row is None:
@@ -181,14 +187,14 @@ class RepoDesk:
     def _to(self, repo_id: str, current: RepoState, following: RepoState, reason_code: str = "",
             reason: str = "") -> RepoState:
         check_transition(current, following)
-        steps = self._row(repo_id)[4] + [[following.value, self.coordinator.clock.now_ms()]]
+        steps = self._known(repo_id)[4] + [[following.value, self.coordinator.clock.now_ms()]]
         changed = self._db.execute("UPDATE repos SET state = ?, reason_code = ?, reason = ?, steps = ? WHERE id = ? AND state = ?",
                                    (following.value, reason_code, reason, json.dumps(steps), repo_id, current.value))
         assert changed.rowcount == 1, f"repo {repo_id} was not {current.value}"
         return following
 
     def status(self, repo_id: str) -> bytes:
-        wire, state, reason_code, reason, _ = self._row(repo_id)
+        wire, state, reason_code, reason, _ = self._known(repo_id)
         repo: Repo = from_wire(json.loads(wire), allowed=(Repo,)).msg
         phases = []
         for leg in (repo.start, repo.reverse):

@@ -10,7 +10,7 @@ from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import MqttBus
-from protocols.messages import RotateKey
+from protocols.messages import Receipt, RotateKey
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, load_public_key, public_point, sign
 
@@ -26,7 +26,7 @@ def prepare(registry_path: str, ledger: str, operator: str, operator_key_path: s
     for who, option in ((ledger, "--ledger"), (operator, "--operator"), (party, "--party")):
         if who not in registry:
             raise DaemonError(f"{option} {who}", f"not in the registry {registry_path}")
-    if registry.get(operator).public_key.public_numbers() != key.public.public_numbers():
+    if registry[operator].public_key.public_numbers() != key.public.public_numbers():
         raise DaemonError(f"--operator-key {operator_key_path}", f"not the key registered for {operator}")
     msg = RotateKey(f"rotate-{party}-{secrets.token_hex(4)}", ledger, now_ms, party, public_point(new_key))
     return registry, msg, sign(msg, (operator, key)).encode()
@@ -37,15 +37,17 @@ async def main(broker: str, registry_path: str, ledger: str, operator: str, oper
     registry, msg, raw = prepare(registry_path, ledger, operator, operator_key_path, party, public_key_path,
                             ServiceClock().now_ms())
     async with MqttBus.connect(broker) as bus:
-        client = LedgerClient(bus, ledger, registry.get(ledger).public_key)
+        client = LedgerClient(bus, ledger, registry[ledger].public_key)
         try:  # caught here: raised through the bus's nursery it would come wrapped in a group
             receipt = await client.submit_raw(raw)
         except (BusTimeout, BadReply) as error:
-            failure = DaemonError(f"ledger {ledger}", str(error))
+            failure: DaemonError | None = DaemonError(f"ledger {ledger}", str(error))
         else:
             failure = None
     if failure is not None:
         raise failure
+    if not isinstance(receipt, Receipt):
+        raise DaemonError(f"ledger {ledger}", "answered the key rotation with a query's result")
     if not receipt.applied:
         print(f"lockstep rotate-key: {ledger} refused: {receipt.code}: {receipt.field}: {receipt.reason}")
         return 1

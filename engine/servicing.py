@@ -119,7 +119,7 @@ class ServicingDesk:
             self._once(action)
             self._db.execute("INSERT OR IGNORE INTO corporate_actions VALUES (?, ?, ?, '', '', ?)",
                              (action.id, wire, ActionState.ACCEPTED.value, json.dumps([[ActionState.ACCEPTED.value, now_ms]])))
-        if self._action(action.id)[0] != wire:  # another copy, other content, was journaled while we checked
+        if self._known(action.id)[0] != wire:  # another copy, other content, was journaled while we checked
             raise Rejected(Code.ID_REUSED, "id", f"corporate action {action.id} was sent with other content")
         self._serve(action.id)
         return self.status(action.id)
@@ -194,7 +194,7 @@ class ServicingDesk:
 
     async def _carry_out(self, action_id: str) -> None:
         """Take the action from its journaled state to DONE or FAILED."""
-        wire, state = self._action(action_id)[:2]
+        wire, state = self._known(action_id)[:2]
         signed_wire = json.loads(wire)
         action: CorporateAction = from_wire(signed_wire, allowed=(CorporateAction,)).msg
         if state is ActionState.ACCEPTED:
@@ -214,7 +214,7 @@ class ServicingDesk:
                 for due in self._dues_in(action_id, DueState.DUE):
                     nursery.start_soon(self._pay, signed_wire, action, due, limiter)
             self._to(action_id, ActionState.ENTITLED, ActionState.DONE)
-        log.info("corporate action %s %s", action_id, self._action(action_id)[1].value)
+        log.info("corporate action %s %s", action_id, self._known(action_id)[1].value)
 
     async def _dues(self, action: CorporateAction) -> list[Due]:
         """Every holding of record as the securities ledger shows it now (available plus
@@ -269,6 +269,12 @@ class ServicingDesk:
 
     # -- the tables -----------------------------------------------------------------------------
 
+    def _known(self, action_id: str) -> tuple[str, ActionState, str, str, list]:
+        """An action this desk has journaled."""
+        found = self._action(action_id)
+        assert found is not None, f"corporate action {action_id} is not journaled"
+        return found
+
     def _action(self, action_id: str) -> tuple[str, ActionState, str, str, list] | None:
         row = self._db.execute("SELECT action, state, reason_code, reason, steps FROM corporate_actions WHERE id = ?",
                                (action_id,)).fetchone()
@@ -280,14 +286,15 @@ class ServicingDesk:
     def _dues_in(self, action_id: str, state: DueState | None = None) -> list[Due]:
         rows = self._db.execute("SELECT holder_account, holder, cash_account, units, amount_minor, state, reason_code, "
                                 "reason FROM entitlements WHERE action_id = ? ORDER BY holder_account", (action_id,))
-        found = [Due(*row[:5], DueState(row[5]), *row[6:]) for row in rows]
+        found = [Due(holder_account, holder, cash, units, amount, DueState(state), reason_code, reason)
+                 for holder_account, holder, cash, units, amount, state, reason_code, reason in rows]
         return [due for due in found if state is None or due.state is state]
 
     def _transition(self, action_id: str, current: ActionState, following: ActionState,
                     reason_code: str = "", reason: str = "") -> None:
         """Inside a transaction: the action's state, as the table of transitions allows."""
         check_action(current, following)
-        steps = self._action(action_id)[4] + [[following.value, self.coordinator.clock.now_ms()]]
+        steps = self._known(action_id)[4] + [[following.value, self.coordinator.clock.now_ms()]]
         changed = self._db.execute("UPDATE corporate_actions SET state = ?, reason_code = ?, reason = ?, steps = ? "
                                    "WHERE id = ? AND state = ?",
                                    (following.value, reason_code, reason, json.dumps(steps), action_id, current.value))
@@ -300,7 +307,7 @@ class ServicingDesk:
             self._transition(action_id, current, following, reason_code, reason)
 
     def status(self, action_id: str) -> bytes:
-        wire, state, reason_code, reason, _ = self._action(action_id)
+        wire, state, reason_code, reason, _ = self._known(action_id)
         signed_wire = json.loads(wire)
         entitlements = tuple(
             {"holder": d.holder, "holder_account": d.holder_account, "holder_cash_account": d.cash_account,

@@ -76,7 +76,7 @@ async def main(broker: str, registry_path: str, ledger: str, account: str, curre
     registry = Registry.load(registry_path)
     if ledger not in registry:
         raise DaemonError(f"--ledger {ledger}", f"not in the registry {registry_path}")
-    entries = await on_bus(broker, lambda bus: read_entries(LedgerClient(bus, ledger, registry.get(ledger).public_key)))
+    entries = await on_bus(broker, lambda bus: read_entries(LedgerClient(bus, ledger, registry[ledger].public_key)))
     statement = statement_of(entries, ledger, account, currency, from_seq=from_seq, to_seq=to_seq,
                              now_ms=ServiceClock().now_ms())
     document = camt053.write(statement)

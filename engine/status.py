@@ -33,7 +33,7 @@ async def main(config_path: str, settlement_id: str, broker: str | None) -> int:
         signed = from_wire(canonical.decode(raw), allowed=(SettlementStatus,))
     except Rejected as error:
         raise DaemonError(coordinator, f"its answer is not a settlement status: {error}") from None
-    key = registry.get(config.coordinator_id).public_key
+    key = registry[config.coordinator_id].public_key
     if not signed.signed_by(config.coordinator_id, key):
         raise DaemonError(coordinator, "the answer is not signed by the coordinator")
     status: SettlementStatus = signed.msg

@@ -59,11 +59,12 @@ class DeskClient:
             signed = from_wire(canonical.decode(raw), allowed=(Advices, SettlementStatus))
         except Rejected as error:
             raise DaemonError(f"coordinator {self.coordinator}", f"its answer is not advices: {error}") from None
-        if not signed.signed_by(self.coordinator, self.registry.get(self.coordinator).public_key):
+        if not signed.signed_by(self.coordinator, self.registry[self.coordinator].public_key):
             raise DaemonError(f"coordinator {self.coordinator}", "the answer is not signed by the coordinator")
         if isinstance(signed.msg, SettlementStatus):
             raise DaemonError(f"coordinator {self.coordinator}",
                               f"refused: {signed.msg.reason_code}: {signed.msg.reason}")
+        assert isinstance(signed.msg, Advices)
         return signed.msg.items
 
     async def submit(self, msg: SettlementInstruction) -> list[dict]:

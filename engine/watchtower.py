@@ -54,7 +54,7 @@ class Watchtower:
         self.clock = clock
         self.grace_ms = grace_ms
         self.backlog = backlog
-        self._clients = {ledger: LedgerClient(bus, ledger, registry.get(ledger).public_key, timeout_s=0.5, attempts=1)
+        self._clients = {ledger: LedgerClient(bus, ledger, registry[ledger].public_key, timeout_s=0.5, attempts=1)
                          for ledger in ledger_ids}
         self._second: dict[str, Watched] = {}   # settlement id -> its leg 1
         self._ended: set[str] = set()           # watched legs 1 seen claimed, refunded or aborted

@@ -98,10 +98,10 @@ class Changes:
         self.check_conservation()
         for account, owner in self._accounts.items():
             self._store.put_account(account, owner)
-        for asset in self._assets.values():
-            self._store.put_asset(asset)
-        for (account, asset), (available, locked) in self._balances.items():
-            self._store.set_balance(account, asset, available, locked)
+        for terms in self._assets.values():
+            self._store.put_asset(terms)
+        for (account, code), (available, locked) in self._balances.items():
+            self._store.set_balance(account, code, available, locked)
         for lock in self._locks.values():
             self._store.put_lock(lock)
         for party, public_key in self._keys.items():

@@ -21,7 +21,7 @@ from protocols.htlc import refund
 from protocols.journal import (GENESIS_HASH, ChainBroken, Checkpoint, Link, Replay, StateDigest, Tables,
                                applied_problems, differences, differences_since, make_entry, state_digest,
                                verify_chain)
-from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, Entry, QueryAccounts, QueryBalances,
+from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, Entry, Instruction, Query, QueryAccounts, QueryBalances,
                                 QueryHolders, QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
                                 Result, readable_id)
 from protocols.registry import Registry, Role
@@ -33,6 +33,7 @@ from .changes import Changes
 from .config import LedgerConfig
 from .store import Store
 
+ACCEPTED: tuple[type[Instruction | Query], ...] = INSTRUCTIONS + QUERIES   # what a ledger answers
 log = logging.getLogger("lockstep.ledger")
 
 JOURNAL_PAGE_MAX = 200
@@ -92,8 +93,9 @@ class Ledger:
         for entry, entry_hash in self._entries(0, GENESIS_HASH):
             self._replay(replay, entry)
             seq, prev_hash = entry.seq + 1, entry_hash
+        assert replay.applied is not None   # a replay from entry 0 keeps every applied instruction
         problems = (replay.conservation_problems() + differences(replay, tables)
-                    + applied_problems(tables.applied, replay.applied))
+                    + applied_problems(dict(tables.applied), replay.applied))
         if problems:
             raise StartRefused(f"{self.store.path}: state does not match the journal: {problems[0]}")
         return seq, prev_hash
@@ -206,7 +208,7 @@ class Ledger:
 
     def _handle(self, payload: bytes, now_ms: int) -> bytes:
         try:
-            signed = decode_signed(payload, allowed=INSTRUCTIONS + QUERIES)
+            signed = decode_signed(payload, allowed=ACCEPTED)
         except Rejected as error:
             return self._refusal("unknown", readable_id(payload), error, now_ms)
         msg = signed.msg
@@ -276,6 +278,7 @@ class Ledger:
             if known is None:
                 raise Rejected(Code.UNKNOWN_INSTRUCTION, "instruction_id", f"no instruction {msg.instruction_id!r} was answered")
             return known[2]
+        assert isinstance(msg, Query)
         return self._sign(Result(self.id, msg.id, now_ms, self._query(msg)))
 
     def _query(self, msg: Body) -> Any:
@@ -303,7 +306,8 @@ class Ledger:
             return [lock_view(lock) for lock in self.store.locks_expiring(msg.expiring_before_ms, limit)]
         if isinstance(msg, QueryJournal):
             limit = _limit(msg.limit, JOURNAL_PAGE_MAX)
-            entries, size = [], 0
+            entries: list[dict] = []
+            size = 0
             for _, _, raw in self.store.journal(msg.from_seq, limit):
                 size += len(raw)
                 if entries and size > JOURNAL_PAGE_BYTES_MAX:

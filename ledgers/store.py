@@ -73,25 +73,25 @@ class Store:
             if version < 1:
                 self._create_v1(db)
             if version < 2:
-                db["keys"].create({"party": str, "public_key": str}, pk="party")
+                db.table("keys").create({"party": str, "public_key": str}, pk="party")
             if version < 3:
                 self._add_v3(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
     def _create_v1(db: sqlite_utils.Database) -> None:
-        db["meta"].create({"key": str, "value": str}, pk="key")
-        db["accounts"].create({"account": str, "owner": str}, pk="account")
-        db["assets"].create({"code": str, "kind": str, "issuer": str, "minor_units": int,
+        db.table("meta").create({"key": str, "value": str}, pk="key")
+        db.table("accounts").create({"account": str, "owner": str}, pk="account")
+        db.table("assets").create({"code": str, "kind": str, "issuer": str, "minor_units": int,
                              "reference": str, "issued": int, "redeemed": int}, pk="code")
-        db["balances"].create({"account": str, "asset": str, "available": int, "locked": int},
+        db.table("balances").create({"account": str, "asset": str, "available": int, "locked": int},
                               pk=("account", "asset"), foreign_keys=[("account", "accounts"), ("asset", "assets")])
-        db["locks"].create({"lock_id": str, "owner_account": str, "beneficiary_account": str,
+        db.table("locks").create({"lock_id": str, "owner_account": str, "beneficiary_account": str,
                             "asset": str, "amount": int, "hashlock": bytes, "expiry_ms": int,
                             "abort_by": str, "state": str}, pk="lock_id")
         db.execute("CREATE INDEX locks_held_by_expiry ON locks(expiry_ms) WHERE state = 'held'")
-        db["instructions"].create({"id": str, "digest": bytes, "body": str, "receipt": bytes}, pk="id")
-        db["journal"].create({"seq": int, "hash": str, "entry": bytes}, pk="seq")
+        db.table("instructions").create({"id": str, "digest": bytes, "body": str, "receipt": bytes}, pk="id")
+        db.table("journal").create({"seq": int, "hash": str, "entry": bytes}, pk="seq")
 
     def follow(self, digest: StateDigest) -> None:
         """Keep `digest`, the state tables' digest as checked at start, through every write."""
@@ -103,7 +103,7 @@ class Store:
         """The checkpoints table (at most one row: the latest), and in `instructions` the
         seq of the entry that applied each (NULL: refused), read from the journal as it
         stands: the start that follows checks the whole journal and these seqs with it."""
-        db["checkpoints"].create({"seq": int, "entry_hash": str, "state_digest": str, "keys": str,
+        db.table("checkpoints").create({"seq": int, "entry_hash": str, "state_digest": str, "keys": str,
                                   "signature": bytes}, pk="seq")
         db.execute("ALTER TABLE instructions ADD COLUMN seq INTEGER")
         db.execute("UPDATE instructions SET seq = applied.seq FROM "
@@ -122,6 +122,7 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             if self.digest is not None:
+                assert digest_before is not None   # taken above, when there is a digest
                 self.digest.value = digest_before
             raise
         else:

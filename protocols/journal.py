@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import AbstractSet, Any, Iterable, Iterator
+from typing import AbstractSet, Any, Iterable, Iterator, Mapping
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -241,7 +241,7 @@ def _unanswered(ids: AbstractSet[str], tables: Tables) -> list[str]:
     return [f"instruction {min(unanswered)} is in the journal but not among the instructions answered"]
 
 
-def applied_problems(found: dict[str, int | None], expected: dict[str, int]) -> list[str]:
+def applied_problems(found: Mapping[str, int | None], expected: dict[str, int]) -> list[str]:
     """Idempotency rows marked applied (`found`, id -> entry) against the journal: a row
     marked refused, or applied by another entry, would leave the state digest, and so
     a later start, blind to its deletion."""

@@ -522,7 +522,7 @@ def _(h):
 
     def effect(h, before, after):
         assert after.keys == {"bank-a": new} and deltas(before, after) == {}
-        assert public_point(h.ledger.registry.get("bank-a").public_key) == new
+        assert public_point(h.ledger.registry["bank-a"].public_key) == new
 
     return lambda signers: h.make(RotateKey, *signers, party="bank-a", public_key=new), effect
 

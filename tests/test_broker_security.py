@@ -179,7 +179,7 @@ async def test_a_ledger_process_serves_a_credentialed_participant(world, broker)
     try:
         async with connected(world, "ecb") as ecb, connected(world, "bank-a") as bank_a:
             await process.ready(ecb)
-            key = world.registry.get("cbdc-eur").public_key
+            key = world.registry["cbdc-eur"].public_key
             clients = {bus: LedgerClient(bus, "cbdc-eur", key, timeout_s=2) for bus in (ecb, bank_a)}
 
             def signed(cls, signer: str, **fields):

@@ -255,7 +255,7 @@ def verified(h: Harness, reply: bytes) -> Receipt | Result:
     """A reply must be a canonical message signed by the ledger's registered key."""
     signed = from_wire(decode(reply, bytes_max=1 << 22), allowed=(Receipt, Result))
     assert encode(signed.wire()) == reply, "the ledger's reply is not canonical"
-    assert signed.signed_by(h.ledger_id, h.world.registry.get(h.ledger_id).public_key), "reply not signed by the ledger"
+    assert signed.signed_by(h.ledger_id, h.world.registry[h.ledger_id].public_key), "reply not signed by the ledger"
     assert set(signed.sigs) == {h.ledger_id}
     assert signed.msg.ledger == h.ledger_id
     return signed.msg
@@ -1001,7 +1001,7 @@ def assert_status_refusal(
     signed = from_wire(decode(reply, bytes_max=1 << 22), allowed=(SettlementStatus,))
     assert encode(signed.wire()) == reply
     assert set(signed.sigs) == {"coordinator"}
-    assert signed.signed_by("coordinator", world.registry.get("coordinator").public_key)
+    assert signed.signed_by("coordinator", world.registry["coordinator"].public_key)
     status = signed.msg
     assert status.coordinator == "coordinator"
     assert status.phase == "rejected", status
@@ -1310,7 +1310,7 @@ class Worker:
     def __init__(self, world, bus) -> None:
         self.world = world
         self.client = LedgerClient(
-            bus, self.LEDGER, world.registry.get(self.LEDGER).public_key, timeout_s=30, attempts=1
+            bus, self.LEDGER, world.registry[self.LEDGER].public_key, timeout_s=30, attempts=1
         )
         self.latencies: list[float] = []
         self.unanswered = 0
@@ -1449,7 +1449,7 @@ async def test_a_flood_from_one_client_neither_starves_another_nor_grows_the_led
     # the broker took the whole burst; the ledger answered at least its share, each with a refusal
     assert flooder.acked == FLOOD_REQUESTS
     assert CLIENT_WAITING_MAX <= len(flooder.replies) <= FLOOD_REQUESTS
-    key = world.registry.get(Worker.LEDGER).public_key
+    key = world.registry[Worker.LEDGER].public_key
     for reply in flooder.replies[:: max(1, len(flooder.replies) // 200)]:
         signed = from_wire(decode(reply), allowed=(Receipt,))
         assert signed.signed_by(Worker.LEDGER, key)

@@ -153,7 +153,7 @@ async def test_the_operator_rotates_a_key_with_the_cli_against_a_ledger_process(
     try:
         async with MqttBus.connect(broker.url) as bus:
             await process.ready(bus)
-            client = LedgerClient(bus, "cbdc-eur", world.registry.get("cbdc-eur").public_key)
+            client = LedgerClient(bus, "cbdc-eur", world.registry["cbdc-eur"].public_key)
             clock = ServiceClock()
 
             async def send(msg_cls, key: PrivateKey, signer: str, **fields):

@@ -52,7 +52,7 @@ class Stream:
     def __init__(self, world: World, bus, ledger_id: str = "cbdc-eur") -> None:
         self.world = world
         self.ledger_id = ledger_id
-        self.client = LedgerClient(bus, ledger_id, world.registry.get(ledger_id).public_key, timeout_s=0.5, attempts=1)
+        self.client = LedgerClient(bus, ledger_id, world.registry[ledger_id].public_key, timeout_s=0.5, attempts=1)
         self.acknowledged: dict[str, Receipt] = {}
         self._ids = itertools.count()
 
@@ -109,7 +109,7 @@ class Stream:
                     Link(entry["seq"], hashlib.sha256(signing_bytes(body)).hexdigest(), canonical.encode(entry))
                 )
             seq = page["entries"][-1]["seq"] + 1
-        key = self.world.registry.get(self.ledger_id).public_key
+        key = self.world.registry[self.ledger_id].public_key
         return [signed.msg for signed, _ in verify_chain(links, self.ledger_id, key)]
 
     async def check_exactly_once(self, ids: list[str]) -> None:

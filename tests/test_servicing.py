@@ -234,7 +234,7 @@ class Agent:
     async def send(self, raw: bytes) -> CorporateActionStatus:
         reply = await self.local.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=10)
         signed = from_wire(decode(reply))
-        assert signed.signed_by(COORDINATOR, self.local.world.registry.get(COORDINATOR).public_key)
+        assert signed.signed_by(COORDINATOR, self.local.world.registry[COORDINATOR].public_key)
         return signed.msg
 
     async def status(self, action_id: str = "ca-1") -> CorporateActionStatus:

@@ -36,7 +36,9 @@ class Request:
 
 
 class Bus(Protocol):
-    messages_sent: int   # published and requested by this end: what the benchmark counts
+    @property
+    def messages_sent(self) -> int:
+        """Published and requested by this end: what the benchmark counts."""
 
     async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
         """Send a request to a service and wait for its reply, or raise BusTimeout."""

@@ -8,7 +8,7 @@ place, hash link and signature, so what it yields is exactly what the ledger com
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator
 
 import trio
 
@@ -27,7 +27,7 @@ IDLE_POLL_S = 1.0  # with no event for this long, ask the journal whether one wa
 
 
 async def follow(client: LedgerClient, *, from_seq: int | None = None,
-                 backlog: int = 0) -> AsyncIterator[dict]:
+                 backlog: int = 0) -> AsyncGenerator[dict, None]:
     """Yield every entry (its wire dictionary, checked) from `from_seq` on, by default
     from the head less `backlog`. A live event that does not verify is not the
     ledger's: it is ignored and the entry at its place read from the journal, whose
