@@ -15,8 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -26,8 +26,15 @@ from .runner import BenchmarkBroken, Load, Result, Run, measure, memory_system, 
 from .table import table
 from .workload import Shape
 
-QUICK: dict[str, Any] = dict(buses=["memory", "mqtt"], kinds=["dvp", "pvp"], paths=["cross", "same"],
-                             concurrency=[4, 32], rates=[], settlements=120, participants=10)
+QUICK: dict[str, Any] = dict(
+    buses=["memory", "mqtt"],
+    kinds=["dvp", "pvp"],
+    paths=["cross", "same"],
+    concurrency=[4, 32],
+    rates=[],
+    settlements=120,
+    participants=10,
+)
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,25 +48,46 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         shown = (",".join(str(item) for item in default) or "none") if isinstance(default, list) else default
         parser.add_argument(name, default=default, help=f"{text} (default: {shown})", **kwargs)
 
-    quick = (f"buses {','.join(QUICK['buses'])}, kinds {','.join(QUICK['kinds'])}, paths {','.join(QUICK['paths'])}, "
-             f"{','.join(str(c) for c in QUICK['concurrency'])} in flight, {QUICK['settlements']} settlements a run, "
-             f"{QUICK['participants']} participants")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a reduced sweep that runs in about a minute: {quick} (default: off, the options below)")
+    quick = (
+        f"buses {','.join(QUICK['buses'])}, kinds {','.join(QUICK['kinds'])}, paths {','.join(QUICK['paths'])}, "
+        f"{','.join(str(c) for c in QUICK['concurrency'])} in flight, {QUICK['settlements']} settlements a run, "
+        f"{QUICK['participants']} participants"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a reduced sweep that runs in about a minute: {quick} (default: off, the options below)",
+    )
     option("--bus", ["memory", "mqtt"], "the buses to run on, comma-separated", type=words, metavar="LIST")
     option("--kinds", ["dvp", "pvp"], "the scenarios, comma-separated", type=words, metavar="LIST")
-    option("--paths", ["cross", "same"], "cross-ledger (HTLC) and same-ledger (one settle), comma-separated",
-           type=words, metavar="LIST")
-    option("--concurrency", [1, 8, 64, 256], "closed-loop sweep: settlements in flight, comma-separated; "
-           "empty for none", type=numbers, metavar="LIST")
-    option("--rate", [], "open-loop sweep: settlements started per second, comma-separated", type=numbers,
-           metavar="LIST")
+    option(
+        "--paths",
+        ["cross", "same"],
+        "cross-ledger (HTLC) and same-ledger (one settle), comma-separated",
+        type=words,
+        metavar="LIST",
+    )
+    option(
+        "--concurrency",
+        [1, 8, 64, 256],
+        "closed-loop sweep: settlements in flight, comma-separated; empty for none",
+        type=numbers,
+        metavar="LIST",
+    )
+    option(
+        "--rate", [], "open-loop sweep: settlements started per second, comma-separated", type=numbers, metavar="LIST"
+    )
     option("--settlements", 2000, "settlements per run", type=int, metavar="N")
     option("--participants", 100, "banks that trade, each with accounts on every ledger", type=int, metavar="N")
     option("--accounts", 1, "accounts per participant on each ledger", type=int, metavar="N")
     option("--isins", 4, "bonds traded, on the CSD and on the unified ledger", type=int, metavar="N")
-    option("--ballast", 0, "more accounts on each ledger, never used: the flat-cost sweep, such as 1000000",
-           type=int, metavar="N")
+    option(
+        "--ballast",
+        0,
+        "more accounts on each ledger, never used: the flat-cost sweep, such as 1000000",
+        type=int,
+        metavar="N",
+    )
     option("--seed", 1, "seed of the workload's random choices", type=int)
     option("--out", "bench-results", "folder for results.json and the charts", metavar="DIR")
 
@@ -71,8 +99,13 @@ def main(args: argparse.Namespace) -> int:
         args.participants = QUICK["participants"]
     shape = Shape(args.participants, args.accounts, args.isins, args.ballast)
     loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate_per_s=float(r)) for r in args.rate]
-    runs = [Run(bus, kind, path, load, args.settlements)
-            for bus in args.bus for load in loads for kind in args.kinds for path in args.paths]
+    runs = [
+        Run(bus, kind, path, load, args.settlements)
+        for bus in args.bus
+        for load in loads
+        for kind in args.kinds
+        for path in args.paths
+    ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "lockstep bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "lockstep bench"
@@ -87,6 +120,7 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(table(report))
     from .charts import draw
+
     charts = draw(results, out)
     print(f"\nresults: {out / 'results.json'}; charts: {', '.join(str(c) for c in charts)}")
     return 0
@@ -145,17 +179,37 @@ def _report(results: list[Result], shape: Shape, command: str, elapsed_s: float)
     for row in rows:
         if row["path"] != "cross":
             continue
-        same = next((r for r in rows if r["path"] == "same" and (r["bus"], r["kind"], r["load"]) ==
-                     (row["bus"], row["kind"], row["load"])), None)
+        same = next(
+            (
+                r
+                for r in rows
+                if r["path"] == "same" and (r["bus"], r["kind"], r["load"]) == (row["bus"], row["kind"], row["load"])
+            ),
+            None,
+        )
         if same:
-            ratios.append({"bus": row["bus"], "kind": row["kind"], "load": row["load"],
-                           "throughput_cross_over_same": round(row["throughput_per_s"] / same["throughput_per_s"], 3),
-                           "latency_p50_cross_over_same": round(row["latency_ms_p50"] / same["latency_ms_p50"], 3)})
-    return {"command": command, "elapsed_s": round(elapsed_s, 1), "machine": _machine(),
-            "shape": {"participants": shape.participants, "accounts_per_participant": shape.accounts_per_participant,
-                      "ballast_accounts_per_ledger": shape.ballast,
-                      "isins": shape.isins},
-            "results": rows, "ratios": ratios}
+            ratios.append(
+                {
+                    "bus": row["bus"],
+                    "kind": row["kind"],
+                    "load": row["load"],
+                    "throughput_cross_over_same": round(row["throughput_per_s"] / same["throughput_per_s"], 3),
+                    "latency_p50_cross_over_same": round(row["latency_ms_p50"] / same["latency_ms_p50"], 3),
+                }
+            )
+    return {
+        "command": command,
+        "elapsed_s": round(elapsed_s, 1),
+        "machine": _machine(),
+        "shape": {
+            "participants": shape.participants,
+            "accounts_per_participant": shape.accounts_per_participant,
+            "ballast_accounts_per_ledger": shape.ballast,
+            "isins": shape.isins,
+        },
+        "results": rows,
+        "ratios": ratios,
+    }
 
 
 def _machine() -> dict:
@@ -164,6 +218,12 @@ def _machine() -> dict:
         mosquitto = subprocess.run([mosquitto_path(), "-h"], capture_output=True, text=True).stdout.splitlines()[0]
     except (FileNotFoundError, IndexError):
         mosquitto = "not installed"
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "mosquitto": mosquitto, "packages": versions}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "mosquitto": mosquitto,
+        "packages": versions,
+    }

@@ -16,11 +16,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no screen needed
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
-from .runner import Result  # noqa: E402
+from .runner import Result
 
 NAMES = {"dvp": "DvP", "pvp": "PvP"}
 COLOURS = {"dvp": "tab:blue", "pvp": "tab:orange"}
@@ -45,8 +45,12 @@ def throughput(results: list[Result]) -> Figure:
     figure, panels = _panels(results, "Throughput: cross-ledger HTLC against same-ledger settlement")
     for (bus, kind, path), series in _series(results):
         closed = sorted((r for r in series if r.run.load.concurrency), key=lambda r: r.run.load.concurrency)
-        panels[bus].plot([r.run.load.concurrency for r in closed], [r.throughput_per_s for r in closed], marker="o",
-                         **_look(kind, path))
+        panels[bus].plot(
+            [r.run.load.concurrency for r in closed],
+            [r.throughput_per_s for r in closed],
+            marker="o",
+            **_look(kind, path),
+        )
     loads = sorted({r.run.load.concurrency for r in results if r.run.load.concurrency})
     for bus, axes in panels.items():
         axes.set_xscale("log", base=2)
@@ -59,14 +63,20 @@ def throughput(results: list[Result]) -> Figure:
 
 def latency_cdf(results: list[Result]) -> Figure:
     figure, panels = _panels(results, "Latency, submit to signed final status, at the highest load")
-    busiest = {key: max(series, key=lambda r: (r.run.load.concurrency or 0, r.run.load.rate_per_s or 0))
-               for key, series in _series(results)}
+    busiest = {
+        key: max(series, key=lambda r: (r.run.load.concurrency or 0, r.run.load.rate_per_s or 0))
+        for key, series in _series(results)
+    }
     for (bus, kind, path), result in busiest.items():
         ordered = sorted(result.latencies_ms)
-        panels[bus].plot(ordered, [(index + 1) / len(ordered) for index in range(len(ordered))],
-                         **_look(kind, path, result.run.load.label))
-    ticks = _latency_ticks(min(min(r.latencies_ms) for r in busiest.values()),
-                           max(max(r.latencies_ms) for r in busiest.values()))
+        panels[bus].plot(
+            ordered,
+            [(index + 1) / len(ordered) for index in range(len(ordered))],
+            **_look(kind, path, result.run.load.label),
+        )
+    ticks = _latency_ticks(
+        min(min(r.latencies_ms) for r in busiest.values()), max(max(r.latencies_ms) for r in busiest.values())
+    )
     for bus, axes in panels.items():
         axes.set_xscale("log")
         _plain_x(axes, ticks)
@@ -80,8 +90,11 @@ def _latency_ticks(low_ms: float, high_ms: float) -> list[float]:
     """Plain values at 1-2-5 steps (finer over a narrow range, coarser over a wide one)
     from just below low to just above high."""
     steps = next(steps for decades, steps in STEPS_BY_DECADES if math.log10(high_ms / low_ms) < decades)
-    ticks = [step * 10.0**decade for decade in range(math.floor(math.log10(low_ms)), math.ceil(math.log10(high_ms)) + 1)
-             for step in steps]
+    ticks = [
+        step * 10.0**decade
+        for decade in range(math.floor(math.log10(low_ms)), math.ceil(math.log10(high_ms)) + 1)
+        for step in steps
+    ]
     below = max((t for t in ticks if t <= low_ms), default=ticks[0])
     above = min((t for t in ticks if t >= high_ms), default=ticks[-1])
     return [t for t in ticks if below <= t <= above]
@@ -114,7 +127,7 @@ def _panels(results: list[Result], title: str) -> tuple[Figure, dict]:
     buses = list(dict.fromkeys(r.run.bus for r in results))
     figure, axes = plt.subplots(1, len(buses), figsize=(6 * len(buses), 4.8), squeeze=False, sharey=True)
     figure.suptitle(title)
-    return figure, dict(zip(buses, axes[0]))
+    return figure, dict(zip(buses, axes[0], strict=True))
 
 
 def _label(axes, bus: str, xlabel: str, ylabel: str) -> None:

@@ -16,9 +16,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import attrs
 import trio
@@ -45,13 +45,14 @@ SYS_INTERVAL_S = 1
 SYS_REPORT_S_MAX = SYS_INTERVAL_S + 1
 SYS_REPORT_LATENCY_S_MAX = 0.25  # from the broker to the load generator, on loopback
 
+
 class BenchmarkBroken(Exception):
     """A run lost or created value, or settled a settlement on one leg only."""
 
 
 @attrs.frozen
 class Load:
-    concurrency: int | None = None   # closed loop: this many settlements in flight
+    concurrency: int | None = None  # closed loop: this many settlements in flight
     rate_per_s: float | None = None  # open loop: start this many per second
 
     @property
@@ -74,8 +75,8 @@ class Result:
     elapsed_s: float
     latencies_ms: list[float]
     phases: dict[str, int]
-    cpu_s: dict[str, float]          # by process
-    rss_peak_bytes: dict[str, int]   # by process
+    cpu_s: dict[str, float]  # by process
+    rss_peak_bytes: dict[str, int]  # by process
     bus_messages: int
 
     @property
@@ -89,9 +90,14 @@ class Result:
     def summary(self) -> dict:
         count = len(self.latencies_ms)
         return {
-            "bus": self.run.bus, "kind": self.run.kind, "path": self.run.path, "load": self.run.load.label,
-            "concurrency": self.run.load.concurrency, "rate_per_s": self.run.load.rate_per_s,
-            "settlements": count, "elapsed_s": round(self.elapsed_s, 3),
+            "bus": self.run.bus,
+            "kind": self.run.kind,
+            "path": self.run.path,
+            "load": self.run.load.label,
+            "concurrency": self.run.load.concurrency,
+            "rate_per_s": self.run.load.rate_per_s,
+            "settlements": count,
+            "elapsed_s": round(self.elapsed_s, 3),
             "throughput_per_s": round(self.throughput_per_s, 1),
             **{f"latency_ms_p{p}": round(self.latency_ms(p), 2) for p in (50, 90, 99)},
             "latency_ms_max": round(max(self.latencies_ms), 2),
@@ -103,6 +109,7 @@ class Result:
 
 
 # -- the processes under test and how to measure them ------------------------------------------
+
 
 class Meter:
     """CPU seconds and peak RSS of a set of processes, read from /proc."""
@@ -174,16 +181,27 @@ async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator
     try:
         for party, command in [(spec.ledger_id, "ledger") for spec in LEDGERS] + [(COORDINATOR, "coordinator")]:
             log = (directory / f"{party}.log").open("wb")
-            processes[party] = subprocess.Popen([sys.executable, "-m", "engine.cli", "--log-level", "warning",
-                                                 command, "--config",
-                                                 str(world.ledger_configs[party])], stdout=log, stderr=log)
+            processes[party] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "--log-level",
+                    "warning",
+                    command,
+                    "--config",
+                    str(world.ledger_configs[party]),
+                ],
+                stdout=log,
+                stderr=log,
+            )
         async with MqttBus.connect(broker.url, client_id="bench-load") as bus:
             await _wait_until_up(world, bus, processes)
             counter = _BrokerCounter(bus)
             workload = Workload(world, bus, shape, seed)
             await workload.set_up()
             pids = {name: process.pid for name, process in processes.items()}
-            assert broker.process is not None   # started above
+            assert broker.process is not None  # started above
             pids["broker"] = broker.process.pid
             pids["load generator"] = os.getpid()
             async with trio.open_nursery() as nursery:
@@ -201,8 +219,9 @@ async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator
 async def _wait_until_up(world, bus, processes) -> None:
     with trio.fail_after(60):
         for spec in LEDGERS:
-            client = LedgerClient(bus, spec.ledger_id, world.registry[spec.ledger_id].public_key,
-                                  timeout_s=0.5, attempts=120)
+            client = LedgerClient(
+                bus, spec.ledger_id, world.registry[spec.ledger_id].public_key, timeout_s=0.5, attempts=120
+            )
             await client.query(QueryInfo(client.next_query_id(), spec.ledger_id))
         for name, process in processes.items():
             assert process.poll() is None, f"{name} exited at start; see its log"
@@ -239,9 +258,9 @@ class _BrokerCounter:
 
 # -- one run --------------------------------------------------------------------------------------
 
+
 async def measure(system: System, run: Run, progress: Callable[[int], None]) -> Result:
-    raws = [system.workload.settlement(run.kind, run.path, _run_label(run))
-            for _ in range(run.settlements)]
+    raws = [system.workload.settlement(run.kind, run.path, _run_label(run)) for _ in range(run.settlements)]
     latencies: list[float] = []
     statuses: dict[str, str] = {}
     messages_before = await system.messages()
@@ -274,7 +293,7 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
                 nursery.start_soon(worker)
         else:
             rate = run.load.rate_per_s
-            assert rate is not None   # a load is a concurrency or a rate
+            assert rate is not None  # a load is a concurrency or a rate
             for index, raw in enumerate(raws):
                 await trio.sleep_until(trio.current_time() + max(0.0, started + index / rate - time.perf_counter()))
                 nursery.start_soon(one, raw)
@@ -285,8 +304,15 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
     for phase in statuses.values():
         phases[phase] = phases.get(phase, 0) + 1
     await check(system, run, statuses)
-    return Result(run, elapsed, latencies, phases, {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
-                  system.meter.rss_peak_bytes(), messages_after - messages_before)
+    return Result(
+        run,
+        elapsed,
+        latencies,
+        phases,
+        {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
+        system.meter.rss_peak_bytes(),
+        messages_after - messages_before,
+    )
 
 
 def _run_label(run: Run) -> str:
@@ -298,15 +324,21 @@ async def check(system: System, run: Run, statuses: dict[str, str]) -> None:
     """Conservation on every ledger; both legs or neither for every settlement; no lock
     left held. Read from the ledgers, not from the coordinator's account."""
     workload = system.workload
-    clients = {spec.ledger_id: LedgerClient(system.bus, spec.ledger_id, workload.world.registry[spec.ledger_id].public_key,
-                                            timeout_s=5) for spec in LEDGERS}
+    clients = {
+        spec.ledger_id: LedgerClient(
+            system.bus, spec.ledger_id, workload.world.registry[spec.ledger_id].public_key, timeout_s=5
+        )
+        for spec in LEDGERS
+    }
     for ledger, client in clients.items():
         info = await client.query(QueryInfo(client.next_query_id(), ledger))
         for asset in info["assets"]:
             held = info["held"].get(asset["code"], 0)
             if held != asset["issued"] - asset["redeemed"]:
-                raise BenchmarkBroken(f"{ledger}: {asset['code']} balances sum to {held}, "
-                                      f"issued minus redeemed is {asset['issued'] - asset['redeemed']}")
+                raise BenchmarkBroken(
+                    f"{ledger}: {asset['code']} balances sum to {held}, "
+                    f"issued minus redeemed is {asset['issued'] - asset['redeemed']}"
+                )
         if await client.query(QueryLocks(client.next_query_id(), ledger, 2**62, 10)):
             raise BenchmarkBroken(f"{ledger}: locks still held after every settlement ended")
     ledgers = SCENARIOS[(run.kind, run.path)]
@@ -327,7 +359,7 @@ async def check(system: System, run: Run, statuses: dict[str, str]) -> None:
                     client = clients[ledger]
                     view = await client.query(QueryLock(client.next_query_id(), ledger, lock_id(settlement_id, leg)))
                     done.append(view["state"] == "claimed")
-            if phase == "settled" and not all(done) or phase != "settled" and any(done):
+            if (phase == "settled" and not all(done)) or (phase != "settled" and any(done)):
                 raise BenchmarkBroken(f"settlement {settlement_id} is {phase} but its legs settled as {done}")
 
     async with trio.open_nursery() as nursery:

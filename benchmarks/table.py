@@ -18,7 +18,7 @@ class Column:
     header: str
     width: int
     figure: Callable[[dict], object]
-    precision: str = ""   # a format spec for numbers, such as ".1f"; text is left-aligned
+    precision: str = ""  # a format spec for numbers, such as ".1f"; text is left-aligned
 
     def cell(self, row: dict) -> str:
         value = self.figure(row)
@@ -32,8 +32,12 @@ def _key(name: str) -> Callable[[dict], object]:
     return lambda row: row[name]
 
 
-RUN = (Column("bus", 7, _key("bus")), Column("kind", 5, _key("kind")), Column("path", 6, _key("path")),
-       Column("load", 9, _key("load")))
+RUN = (
+    Column("bus", 7, _key("bus")),
+    Column("kind", 5, _key("kind")),
+    Column("path", 6, _key("path")),
+    Column("load", 9, _key("load")),
+)
 RUNS = RUN + (
     Column("n", 6, _key("settlements"), "d"),
     Column("per s", 9, _key("throughput_per_s"), ".1f"),
@@ -55,8 +59,11 @@ def table(report: dict) -> str:
         lines += [f"  {_line(RUN, row)}  " + ", ".join(f"{p} {n}" for p, n in phases.items()) for row, phases in others]
     if report["ratios"]:
         lines += ["", "cross-ledger / same-ledger, same run:"]
-        lines += [f"  {_line(RUN[:2] + RUN[3:], ratio)}  throughput x{ratio['throughput_cross_over_same']:.2f}"
-                  f"   p50 latency x{ratio['latency_p50_cross_over_same']:.2f}" for ratio in report["ratios"]]
+        lines += [
+            f"  {_line(RUN[:2] + RUN[3:], ratio)}  throughput x{ratio['throughput_cross_over_same']:.2f}"
+            f"   p50 latency x{ratio['latency_p50_cross_over_same']:.2f}"
+            for ratio in report["ratios"]
+        ]
     return "\n".join(line.rstrip() for line in lines)
 
 

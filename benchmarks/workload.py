@@ -9,8 +9,9 @@ a DvP moves bonds on `csd` against EUR on `cbdc-eur` (cross) or both on `unified
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 import trio
@@ -19,12 +20,11 @@ from engine.world import LedgerSpec, World, lay_out
 from protocols.bus.client import LedgerClient, raise_for
 from protocols.bus.clock import ServiceClock
 from protocols.identifiers import make_isin
-from protocols.messages import (CreateInstrument, Instruction, Issue, OpenAccount, Settlement, SettlementLeg,
-                                Transfer)
+from protocols.messages import CreateInstrument, Instruction, Issue, OpenAccount, Settlement, SettlementLeg, Transfer
 from protocols.registry import Role
 from protocols.signing import sign
 
-Planned = tuple[str, type[Instruction], tuple[str, ...], dict[str, Any]]   # ledger, kind, signers, fields
+Planned = tuple[str, type[Instruction], tuple[str, ...], dict[str, Any]]  # ledger, kind, signers, fields
 
 COORDINATOR = "coordinator"
 LEDGERS = [
@@ -49,7 +49,7 @@ class Shape:
     participants: int = 20
     accounts_per_participant: int = 1
     isins: int = 2
-    ballast: int = 0   # more accounts on each ledger, opened and never used: the flat-cost sweep
+    ballast: int = 0  # more accounts on each ledger, opened and never used: the flat-cost sweep
 
     def isin_codes(self) -> list[str]:
         return [make_isin(f"XS9{index:08d}") for index in range(self.isins)]
@@ -59,8 +59,13 @@ class Shape:
 
 
 def lay_out_bench(directory: Path, shape: Shape, broker: str | None = None) -> World:
-    parties: dict[str, tuple[Role, ...]] = {"csd-op": (Role.OPERATOR,), "treasury": (Role.PARTICIPANT,), "ecb": (Role.CENTRAL_BANK,),
-               "fed": (Role.CENTRAL_BANK,), COORDINATOR: (Role.COORDINATOR,)}
+    parties: dict[str, tuple[Role, ...]] = {
+        "csd-op": (Role.OPERATOR,),
+        "treasury": (Role.PARTICIPANT,),
+        "ecb": (Role.CENTRAL_BANK,),
+        "fed": (Role.CENTRAL_BANK,),
+        COORDINATOR: (Role.COORDINATOR,),
+    }
     parties.update({bank: (Role.PARTICIPANT,) for bank in shape.participant_ids()})
     return lay_out(directory, LEDGERS, parties, broker=broker)
 
@@ -79,44 +84,96 @@ class Workload:
         self._random = random.Random(seed)
         self._clock = ServiceClock()
         self._count = 0
-        self._clients = {spec.ledger_id: LedgerClient(bus, spec.ledger_id, world.registry[spec.ledger_id].public_key)
-                         for spec in LEDGERS}
+        self._clients = {
+            spec.ledger_id: LedgerClient(bus, spec.ledger_id, world.registry[spec.ledger_id].public_key)
+            for spec in LEDGERS
+        }
 
     async def set_up(self) -> None:
         """Accounts for every participant on every ledger, bonds and cash for each."""
         instructions: list[Planned] = []
         for spec in LEDGERS:
-            instructions.append((spec.ledger_id, OpenAccount, (spec.operator,), {"account": "treasury", "owner": "treasury"}))
+            instructions.append(
+                (spec.ledger_id, OpenAccount, (spec.operator,), {"account": "treasury", "owner": "treasury"})
+            )
             for participant in self.shape.participant_ids():
                 for index in range(self.shape.accounts_per_participant):
-                    instructions.append((spec.ledger_id, OpenAccount, (spec.operator,),
-                                         {"account": account(participant, spec.ledger_id, index), "owner": participant}))
+                    instructions.append(
+                        (
+                            spec.ledger_id,
+                            OpenAccount,
+                            (spec.operator,),
+                            {"account": account(participant, spec.ledger_id, index), "owner": participant},
+                        )
+                    )
         await self._send_all(instructions)
-        await self._send_all((spec.ledger_id, OpenAccount, (spec.operator,), {"account": f"ballast.{index}", "owner": "treasury"})
-                             for index in range(self.shape.ballast) for spec in LEDGERS)
+        await self._send_all(
+            (spec.ledger_id, OpenAccount, (spec.operator,), {"account": f"ballast.{index}", "owner": "treasury"})
+            for index in range(self.shape.ballast)
+            for spec in LEDGERS
+        )
         instructions = []
         for ledger in ("csd", "unified"):
             for isin in self.shape.isin_codes():
-                instructions.append((ledger, CreateInstrument, ("csd-op",), {
-                    "isin": isin, "issuer": "treasury", "currency": "EUR", "face_value_minor": 100_000,
-                    "coupon_rate_bp": 300, "maturity_date": "2035-12-31"}))
+                instructions.append(
+                    (
+                        ledger,
+                        CreateInstrument,
+                        ("csd-op",),
+                        {
+                            "isin": isin,
+                            "issuer": "treasury",
+                            "currency": "EUR",
+                            "face_value_minor": 100_000,
+                            "coupon_rate_bp": 300,
+                            "maturity_date": "2035-12-31",
+                        },
+                    )
+                )
         await self._send_all(instructions)
         holdings = [(ledger, isin) for ledger in ("csd", "unified") for isin in self.shape.isin_codes()]
-        cash = [("cbdc-eur", "EUR", "ecb"), ("cbdc-usd", "USD", "fed"), ("unified", "EUR", "ecb"), ("unified", "USD", "fed")]
-        instructions = [(ledger, Issue, ("csd-op",), {"asset": isin, "account": "treasury",
-                                                     "amount": BOND_UNITS * self._accounts_count()})
-                        for ledger, isin in holdings]
+        cash = [
+            ("cbdc-eur", "EUR", "ecb"),
+            ("cbdc-usd", "USD", "fed"),
+            ("unified", "EUR", "ecb"),
+            ("unified", "USD", "fed"),
+        ]
+        instructions = [
+            (
+                ledger,
+                Issue,
+                ("csd-op",),
+                {"asset": isin, "account": "treasury", "amount": BOND_UNITS * self._accounts_count()},
+            )
+            for ledger, isin in holdings
+        ]
         await self._send_all(instructions)
         instructions = []
         for participant in self.shape.participant_ids():
             for index in range(self.shape.accounts_per_participant):
                 for ledger, isin in holdings:
-                    instructions.append((ledger, Transfer, ("treasury",), {
-                        "from_account": "treasury", "to_account": account(participant, ledger, index),
-                        "asset": isin, "amount": BOND_UNITS}))
+                    instructions.append(
+                        (
+                            ledger,
+                            Transfer,
+                            ("treasury",),
+                            {
+                                "from_account": "treasury",
+                                "to_account": account(participant, ledger, index),
+                                "asset": isin,
+                                "amount": BOND_UNITS,
+                            },
+                        )
+                    )
                 for ledger, currency, bank in cash:
-                    instructions.append((ledger, Issue, (bank,), {
-                        "asset": currency, "account": account(participant, ledger, index), "amount": CASH_MINOR}))
+                    instructions.append(
+                        (
+                            ledger,
+                            Issue,
+                            (bank,),
+                            {"asset": currency, "account": account(participant, ledger, index), "amount": CASH_MINOR},
+                        )
+                    )
         await self._send_all(instructions)
 
     def _accounts_count(self) -> int:
@@ -146,15 +203,39 @@ class Workload:
         if kind == "dvp":
             cash_ledger, bond_ledger = (second, first) if path == "cross" else (first, first)
             isin = self._random.choice(self.shape.isin_codes())
-            legs = (SettlementLeg(cash_ledger, account(buyer, cash_ledger, index), account(seller, cash_ledger, index),
-                                  "EUR", self._random.randint(100, 10_000)),
-                    SettlementLeg(bond_ledger, account(seller, bond_ledger, index), account(buyer, bond_ledger, index),
-                                  isin, self._random.randint(1, 10)))
+            legs = (
+                SettlementLeg(
+                    cash_ledger,
+                    account(buyer, cash_ledger, index),
+                    account(seller, cash_ledger, index),
+                    "EUR",
+                    self._random.randint(100, 10_000),
+                ),
+                SettlementLeg(
+                    bond_ledger,
+                    account(seller, bond_ledger, index),
+                    account(buyer, bond_ledger, index),
+                    isin,
+                    self._random.randint(1, 10),
+                ),
+            )
         else:
-            legs = (SettlementLeg(first, account(buyer, first, index), account(seller, first, index),
-                                  "EUR", self._random.randint(100, 10_000)),
-                    SettlementLeg(second, account(seller, second, index), account(buyer, second, index),
-                                  "USD", self._random.randint(100, 10_000)))
+            legs = (
+                SettlementLeg(
+                    first,
+                    account(buyer, first, index),
+                    account(seller, first, index),
+                    "EUR",
+                    self._random.randint(100, 10_000),
+                ),
+                SettlementLeg(
+                    second,
+                    account(seller, second, index),
+                    account(buyer, second, index),
+                    "USD",
+                    self._random.randint(100, 10_000),
+                ),
+            )
         self._count += 1
         now = self._clock.now_ms()
         msg = Settlement(f"{run}-{self._count}", kind, now, COORDINATOR, now + 3_600_000, (buyer, seller), legs)

@@ -19,9 +19,9 @@ import enum
 import json
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 import attrs
 import trio
@@ -37,14 +37,15 @@ from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason
 from protocols.htlc import HeldLock, LockState
 from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, Tables, differences, verify_chain
-from protocols.money import format_amount
 from protocols.messages import Entry, QueryJournal
+from protocols.money import format_amount
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id
 from protocols.signing import Signed
 
 from . import effects
-GRACE_MS = 60_000   # how long past its expiry a lock may stay held before it is a violation
+
+GRACE_MS = 60_000  # how long past its expiry a lock may stay held before it is a violation
 
 
 class AuditError(ExpectedFailure):
@@ -53,13 +54,13 @@ class AuditError(ExpectedFailure):
 
 
 class Kind(enum.Enum):
-    JOURNAL = "journal"              # an entry out of place, a broken hash link or signature
-    REPLAY = "replay"                # signed by the ledger, but its effects cannot have happened
-    FORGED = "forged"                # signed by the ledger, but not what its instruction vouches for (effects.py)
-    STATE = "state"                  # a ledger's state tables differ from its journal
-    CONSERVATION = "conservation"    # an entry creates or destroys value, or leaves a balance negative
-    ONE_LEGGED = "one_legged"        # one leg claimed, the other beyond claiming
-    LOCK_OVERDUE = "lock_overdue"    # still held past its expiry plus the grace period
+    JOURNAL = "journal"  # an entry out of place, a broken hash link or signature
+    REPLAY = "replay"  # signed by the ledger, but its effects cannot have happened
+    FORGED = "forged"  # signed by the ledger, but not what its instruction vouches for (effects.py)
+    STATE = "state"  # a ledger's state tables differ from its journal
+    CONSERVATION = "conservation"  # an entry creates or destroys value, or leaves a balance negative
+    ONE_LEGGED = "one_legged"  # one leg claimed, the other beyond claiming
+    LOCK_OVERDUE = "lock_overdue"  # still held past its expiry plus the grace period
 
 
 @attrs.frozen
@@ -69,7 +70,7 @@ class At:
     ledger: str
     seq: int
     kind: str = ""
-    time_ms: int = attrs.field(default=0, eq=False)   # on the ledger's clock
+    time_ms: int = attrs.field(default=0, eq=False)  # on the ledger's clock
 
     def __str__(self) -> str:
         return f"{self.ledger}#{self.seq}" + (f" {self.kind}" if self.kind else "")
@@ -111,6 +112,7 @@ class _Unreplayable(Exception):
 
 # -- one ledger ---------------------------------------------------------------------------------
 
+
 @attrs.define
 class LedgerJournal:
     """One ledger's journal as far as it can be trusted: replayed, with the entries that
@@ -119,14 +121,14 @@ class LedgerJournal:
 
     ledger: str
     replay: Replay = attrs.field(factory=Replay)
-    registry: Registry | None = None     # to verify each instruction's signatures and authority
+    registry: Registry | None = None  # to verify each instruction's signatures and authority
     entries: int = 0
     head_hash: str = GENESIS_HASH
-    now_ms: int = 0                                           # time of the last entry
-    placed: dict[str, At] = attrs.field(factory=dict)         # lock id -> its lock entry
-    ended: dict[str, At] = attrs.field(factory=dict)          # lock id -> its claim, abort or expiry
-    legs: dict[str, Terms] = attrs.field(factory=dict)        # lock id -> its settlement (from `auth`)
-    settles: int = 0                                          # same-ledger settlements
+    now_ms: int = 0  # time of the last entry
+    placed: dict[str, At] = attrs.field(factory=dict)  # lock id -> its lock entry
+    ended: dict[str, At] = attrs.field(factory=dict)  # lock id -> its claim, abort or expiry
+    legs: dict[str, Terms] = attrs.field(factory=dict)  # lock id -> its settlement (from `auth`)
+    settles: int = 0  # same-ledger settlements
     problems: list[Violation] = attrs.field(factory=list)
     broken_at: int | None = None
 
@@ -150,8 +152,9 @@ class LedgerJournal:
 
     def stop(self, seq: int, reason: str) -> None:
         """The journal is not what the ledger wrote from entry `seq` on."""
-        self.problems.append(Violation(Kind.JOURNAL, f"{reason}; nothing from it on is trusted",
-                                       (self.ledger,), (At(self.ledger, seq),)))
+        self.problems.append(
+            Violation(Kind.JOURNAL, f"{reason}; nothing from it on is trusted", (self.ledger,), (At(self.ledger, seq),))
+        )
         self.broken_at = seq
 
     def _apply(self, entry: Entry, entry_hash: str) -> None:
@@ -167,8 +170,9 @@ class LedgerJournal:
             if entry.kind == "lock" and entry.instruction is not None:
                 self._placed(entry.instruction, at)
         except (AttributeError, KeyError, TypeError, ValueError, Rejected) as error:
-            raise _Unreplayable(Violation(Kind.REPLAY, f"effects cannot be replayed: {error!r}",
-                                          (self.ledger,), (at,))) from None
+            raise _Unreplayable(
+                Violation(Kind.REPLAY, f"effects cannot be replayed: {error!r}", (self.ledger,), (at,))
+            ) from None
         self._check_conservation(entry.effects, at)
         if forged is not None:
             raise _Unreplayable(forged)
@@ -180,15 +184,17 @@ class LedgerJournal:
     def _check_locks(self, entry: Entry, at: At) -> None:
         """A lock is placed once and ends once, from held."""
         if entry.kind == "lock" and entry.instruction is not None and entry.instruction.get("id") in self.replay.locks:
-            raise _Unreplayable(Violation(Kind.REPLAY, f"places lock {entry.instruction['id']} a second time",
-                                          (self.ledger,), (at,)))
+            raise _Unreplayable(
+                Violation(Kind.REPLAY, f"places lock {entry.instruction['id']} a second time", (self.ledger,), (at,))
+            )
         for lock, state in entry.effects.get("locks", ()):
             if state == LockState.HELD.value:
                 continue
             was = self._not_held(lock, at)
             if was is not None:
-                raise _Unreplayable(Violation(Kind.REPLAY, f"ends lock {lock} {state}, but it is {was}",
-                                              (self.ledger,), (at,)))
+                raise _Unreplayable(
+                    Violation(Kind.REPLAY, f"ends lock {lock} {state}, but it is {was}", (self.ledger,), (at,))
+                )
             self.ended[lock] = at
 
     def _not_held(self, lock: str, at: At) -> str | None:
@@ -216,8 +222,11 @@ class LedgerJournal:
             moved[asset] += available_delta + locked_delta
         for asset, issued_delta, redeemed_delta in effects.get("supply", ()):
             supplied[asset] += issued_delta - redeemed_delta
-        problems = [f"{asset}: balances change by {moved[asset]}, issued minus redeemed by {supplied[asset]}"
-                    for asset in sorted(moved.keys() | supplied.keys()) if moved[asset] != supplied[asset]]
+        problems = [
+            f"{asset}: balances change by {moved[asset]}, issued minus redeemed by {supplied[asset]}"
+            for asset in sorted(moved.keys() | supplied.keys())
+            if moved[asset] != supplied[asset]
+        ]
         for account, asset in sorted({(row[0], row[1]) for row in effects.get("balances", ())}):
             available, locked = self.replay.balances[(account, asset)]
             if available < 0 or locked < 0:
@@ -231,9 +240,14 @@ class LedgerJournal:
         for lock in self.replay.locks.values():
             if lock.state is LockState.HELD and now_ms > lock.expiry_ms + grace_ms:
                 terms = self.legs.get(lock.lock_id)
-                yield Violation(Kind.LOCK_OVERDUE, f"lock {lock.lock_id} ({format_amount(lock.asset, lock.amount)} of "
-                                f"{lock.owner_account}) still held {now_ms - lock.expiry_ms} ms after its expiry",
-                                (self.ledger,), (self.placed[lock.lock_id],), terms.settlement if terms else None)
+                yield Violation(
+                    Kind.LOCK_OVERDUE,
+                    f"lock {lock.lock_id} ({format_amount(lock.asset, lock.amount)} of "
+                    f"{lock.owner_account}) still held {now_ms - lock.expiry_ms} ms after its expiry",
+                    (self.ledger,),
+                    (self.placed[lock.lock_id],),
+                    terms.settlement if terms else None,
+                )
 
     def forget(self, lock: str) -> None:
         """Drop what is kept of an ended lock whose settlement is judged for good (a live
@@ -251,6 +265,7 @@ class LedgerJournal:
 
 # -- across ledgers ----------------------------------------------------------------------------
 
+
 @attrs.frozen
 class LegView:
     """One leg's lock as its ledger's journal tells it. `state` is a lock state, "absent"
@@ -267,8 +282,10 @@ def legs_of(terms: Terms, journals: Mapping[str, LedgerJournal], now_ms: int | N
     """Each leg of a settlement as its ledger's journal tells it. The journal's "now" is
     the time of its last entry, or `now_ms` if later: a time every ledger's clock has
     surely passed, which a live observer knows and the journals may not show yet."""
-    return [_leg(journals.get(ledger), ledger, lock_id(terms.settlement, index), terms.deadline_ms, now_ms)
-            for index, ledger in enumerate(terms.ledgers)]
+    return [
+        _leg(journals.get(ledger), ledger, lock_id(terms.settlement, index), terms.deadline_ms, now_ms)
+        for index, ledger in enumerate(terms.ledgers)
+    ]
 
 
 def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int, now_ms: int | None) -> LegView:
@@ -277,7 +294,7 @@ def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int
     held = journal.replay.locks.get(lock)
     entries = tuple(at for at in (journal.placed.get(lock), journal.ended.get(lock)) if at is not None)
     if held is not None and held.state is not LockState.HELD:
-        return LegView(ledger, held.state.value, False, entries)   # an end is final: a break after it changes nothing
+        return LegView(ledger, held.state.value, False, entries)  # an end is final: a break after it changes nothing
     if not journal.intact:
         return LegView(ledger, "unknown", False, entries)
     now_ms = journal.now_ms if now_ms is None else max(journal.now_ms, now_ms)
@@ -286,8 +303,12 @@ def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int
     return LegView(ledger, "held", now_ms < held.expiry_ms, entries)
 
 
-_BEYOND_CLAIMING = {"refunded": "refunded to its owner", "aborted": "aborted",
-                    "held": "still held past its expiry", "absent": "never locked, and the deadline has passed"}
+_BEYOND_CLAIMING = {
+    "refunded": "refunded to its owner",
+    "aborted": "aborted",
+    "held": "still held past its expiry",
+    "absent": "never locked, and the deadline has passed",
+}
 
 
 def judge(terms: Terms, legs: list[LegView]) -> tuple[str, Violation | str | None]:
@@ -306,8 +327,13 @@ def judge(terms: Terms, legs: list[LegView]) -> tuple[str, Violation | str | Non
         state = "not yet locked" if other.state == "absent" else other.state
         return "incomplete", f"settlement {terms.settlement}: {said}{state} on {other.ledger}, still claimable"
     entries = tuple(at for leg in legs for at in leg.entries)
-    return "one-legged", Violation(Kind.ONE_LEGGED, f"{said}{_BEYOND_CLAIMING[other.state]} on {other.ledger}",
-                                   tuple(dict.fromkeys(leg.ledger for leg in legs)), entries, terms.settlement)
+    return "one-legged", Violation(
+        Kind.ONE_LEGGED,
+        f"{said}{_BEYOND_CLAIMING[other.state]} on {other.ledger}",
+        tuple(dict.fromkeys(leg.ledger for leg in legs)),
+        entries,
+        terms.settlement,
+    )
 
 
 @attrs.frozen
@@ -315,7 +341,7 @@ class LedgerSummary:
     ledger: str
     entries: int
     head_hash: str
-    outstanding: dict[str, int]    # asset -> issued minus redeemed, in minor units
+    outstanding: dict[str, int]  # asset -> issued minus redeemed, in minor units
     broken_at: int | None = None
 
     def __str__(self) -> str:
@@ -332,9 +358,9 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 class Report:
     ledgers: tuple[LedgerSummary, ...]
     violations: tuple[Violation, ...]
-    incomplete: tuple[str, ...]       # one leg claimed, the other still claimable: not yet a violation
-    settlements: dict[str, int]       # settlements with locks, by outcome
-    settles: int                      # same-ledger settlements: one entry each, atomic by construction
+    incomplete: tuple[str, ...]  # one leg claimed, the other still claimable: not yet a violation
+    settlements: dict[str, int]  # settlements with locks, by outcome
+    settles: int  # same-ledger settlements: one entry each, atomic by construction
 
     @property
     def clean(self) -> bool:
@@ -345,10 +371,12 @@ class Report:
         lines += [str(violation) for violation in self.violations]
         lines += [f"incomplete: {note}" for note in self.incomplete]
         outcomes = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.settlements.items()))
-        lines.append(f"{'CLEAN' if self.clean else 'VIOLATIONS'}: {_count(len(self.ledgers), 'ledger')}, "
-                     f"{_count(sum(ledger.entries for ledger in self.ledgers), 'entry', 'entries')}; "
-                     f"{_count(sum(self.settlements.values()), 'cross-ledger settlement')} ({outcomes or 'none'}), "
-                     f"{self.settles} same-ledger; {_count(len(self.violations), 'violation')}")
+        lines.append(
+            f"{'CLEAN' if self.clean else 'VIOLATIONS'}: {_count(len(self.ledgers), 'ledger')}, "
+            f"{_count(sum(ledger.entries for ledger in self.ledgers), 'entry', 'entries')}; "
+            f"{_count(sum(self.settlements.values()), 'cross-ledger settlement')} ({outcomes or 'none'}), "
+            f"{self.settles} same-ledger; {_count(len(self.violations), 'violation')}"
+        )
         return "\n".join(lines)
 
 
@@ -369,11 +397,17 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
             violations.append(finding)
         elif finding is not None:
             notes.append(finding)
-    return Report(tuple(journal.summary() for journal in journals), tuple(violations), tuple(notes),
-                  dict(outcomes), sum(journal.settles for journal in journals))
+    return Report(
+        tuple(journal.summary() for journal in journals),
+        tuple(violations),
+        tuple(notes),
+        dict(outcomes),
+        sum(journal.settles for journal in journals),
+    )
 
 
 # -- reading ------------------------------------------------------------------------------------
+
 
 def ledger_key(registry: Registry, ledger_id: str) -> ec.EllipticCurvePublicKey:
     party = registry.get(ledger_id)
@@ -385,7 +419,7 @@ def ledger_key(registry: Registry, ledger_id: str) -> ec.EllipticCurvePublicKey:
 def read_database(path: str | Path, registry: Registry) -> LedgerJournal:
     """A ledger's journal straight from its SQLite file, opened read-only."""
     try:
-        Path(path).open("rb").close()   # sqlite says only "unable to open database file"
+        Path(path).open("rb").close()  # sqlite says only "unable to open database file"
     except OSError as error:
         raise AuditError(f"database {path}", file_reason(error)) from None
     uri = Path(path).resolve().as_uri() + "?mode=ro"
@@ -397,8 +431,10 @@ def read_database(path: str | Path, registry: Registry) -> LedgerJournal:
             journal = LedgerJournal(ledger_id, registry=registry)
             journal.read(verify_chain((Link(seq, stored, _blob(raw)) for seq, stored, raw in rows), ledger_id, key))
             if journal.intact:  # the tables against the journal, as the ledger checks them at start
-                journal.problems += [Violation(Kind.STATE, f"{problem} (its state tables, read from {path})", (ledger_id,))
-                                     for problem in differences(journal.replay, _tables(db))]
+                journal.problems += [
+                    Violation(Kind.STATE, f"{problem} (its state tables, read from {path})", (ledger_id,))
+                    for problem in differences(journal.replay, _tables(db))
+                ]
             return journal
     except sqlite3.Error as error:
         raise AuditError(f"database {path}", f"not a ledger's database: {error}") from None
@@ -406,19 +442,35 @@ def read_database(path: str | Path, registry: Registry) -> LedgerJournal:
 
 def _tables(db: sqlite3.Connection) -> Tables:
     """A ledger's state tables, read with plain SQL (the auditor runs none of the ledger's code)."""
-    assets = {code: ((kind, issuer, minor_units, json.loads(reference)), [issued, redeemed])
-              for code, kind, issuer, minor_units, reference, issued, redeemed in
-              db.execute("SELECT code, kind, issuer, minor_units, reference, issued, redeemed FROM assets")}
-    locks = {row[0]: HeldLock(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], tuple(json.loads(row[7])),
-                              LockState(row[8]))
-             for row in db.execute("SELECT lock_id, owner_account, beneficiary_account, asset, amount, hashlock, "
-                                   "expiry_ms, abort_by, state FROM locks")}
+    assets = {
+        code: ((kind, issuer, minor_units, json.loads(reference)), [issued, redeemed])
+        for code, kind, issuer, minor_units, reference, issued, redeemed in db.execute(
+            "SELECT code, kind, issuer, minor_units, reference, issued, redeemed FROM assets"
+        )
+    }
+    locks = {
+        row[0]: HeldLock(
+            row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], tuple(json.loads(row[7])), LockState(row[8])
+        )
+        for row in db.execute(
+            "SELECT lock_id, owner_account, beneficiary_account, asset, amount, hashlock, "
+            "expiry_ms, abort_by, state FROM locks"
+        )
+    }
     has_keys = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'").fetchone()
-    return Tables({(account, asset): (available, locked) for account, asset, available, locked in
-                   db.execute("SELECT account, asset, available, locked FROM balances")},
-                  dict(db.execute("SELECT account, owner FROM accounts")), assets, locks,
-                  dict(db.execute("SELECT party, public_key FROM keys")) if has_keys else {},
-                  {row[0] for row in db.execute("SELECT id FROM instructions")})
+    return Tables(
+        {
+            (account, asset): (available, locked)
+            for account, asset, available, locked in db.execute(
+                "SELECT account, asset, available, locked FROM balances"
+            )
+        },
+        dict(db.execute("SELECT account, owner FROM accounts")),
+        assets,
+        locks,
+        dict(db.execute("SELECT party, public_key FROM keys")) if has_keys else {},
+        {row[0] for row in db.execute("SELECT id FROM instructions")},
+    )
 
 
 def _ledger_id(db: sqlite3.Connection, path: str | Path) -> str:
@@ -443,10 +495,13 @@ def _blob(value: object) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-async def read_over_bus(bus: Bus, registry: Registry, ledger_ids: Iterable[str], *,
-                        page_limit: int = PAGE_SIZE) -> list[LedgerJournal]:
-    return [await _read_ledger(LedgerClient(bus, ledger, ledger_key(registry, ledger)), registry, page_limit)
-            for ledger in ledger_ids]
+async def read_over_bus(
+    bus: Bus, registry: Registry, ledger_ids: Iterable[str], *, page_limit: int = PAGE_SIZE
+) -> list[LedgerJournal]:
+    return [
+        await _read_ledger(LedgerClient(bus, ledger, ledger_key(registry, ledger)), registry, page_limit)
+        for ledger in ledger_ids
+    ]
 
 
 async def _read_ledger(client: LedgerClient, registry: Registry, page_limit: int) -> LedgerJournal:
@@ -475,13 +530,14 @@ async def _read_over_mqtt(url: str, registry: Registry, ledger_ids: list[str]) -
         try:
             return await read_over_bus(bus, registry, ledger_ids)
         except AuditError as error:
-            failure = error   # raised outside the bus's nursery, which would wrap it in a group
+            failure = error  # raised outside the bus's nursery, which would wrap it in a group
     assert failure is not None
     raise failure
 
 
-def main(registry_path: str, databases: list[str] | None, broker: str | None, ledger_ids: list[str],
-         grace_ms: int = GRACE_MS) -> int:
+def main(
+    registry_path: str, databases: list[str] | None, broker: str | None, ledger_ids: list[str], grace_ms: int = GRACE_MS
+) -> int:
     """Print the report; 0 if clean, 1 on any violation. An ExpectedFailure if the
     journals cannot be read (the command prints it: exit status 2)."""
     if grace_ms < 0:
@@ -492,7 +548,7 @@ def main(registry_path: str, databases: list[str] | None, broker: str | None, le
     if databases:
         journals = [read_database(path, registry) for path in databases]
     else:
-        assert broker is not None   # checked above: --db or --broker
+        assert broker is not None  # checked above: --db or --broker
         journals = trio.run(_read_over_mqtt, broker, registry, ledger_ids)
     twice = [ledger for ledger, count in Counter(j.ledger for j in journals).items() if count > 1]
     if twice:

@@ -29,8 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import attrs
 
@@ -64,7 +64,7 @@ log_type warning
 
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-_TIMESTAMP = re.compile(r"^\d+: ")   # how Mosquitto starts each line it logs
+_TIMESTAMP = re.compile(r"^\d+: ")  # how Mosquitto starts each line it logs
 
 
 def _copy_lines(source, sink) -> None:
@@ -85,7 +85,8 @@ class NotInstalled(ExpectedFailure, FileNotFoundError):
 
 def _program(name: str) -> str:
     path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
+        (p for p in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None
+    )
     if path is None:
         raise NotInstalled(name, "not installed (Debian: apt-get install mosquitto)")
     return path
@@ -133,8 +134,10 @@ def ledger_account(ledger_id: str) -> Account:
 
 def coordinator_accounts(coordinator_id: str) -> tuple[Account, Account]:
     """The coordinator service and its stand-alone watchtower (which only asks)."""
-    return (Account(f"coordinator-{coordinator_id}", (service_of_coordinator(coordinator_id),)),
-            Account(f"watchtower-{coordinator_id}"))
+    return (
+        Account(f"coordinator-{coordinator_id}", (service_of_coordinator(coordinator_id),)),
+        Account(f"watchtower-{coordinator_id}"),
+    )
 
 
 def acl_text(accounts: Iterable[Account]) -> str:
@@ -167,23 +170,37 @@ def write_password_file(path: str | Path, passwords: Mapping[str, str]) -> None:
         raise RuntimeError(f"mosquitto_passwd -U {path} failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
-def _config(port: int, host: str, sys_interval_s: int, password_file: str | Path | None, acl_file: str | Path | None,
-            certfile: str | Path | None, keyfile: str | Path | None) -> str:
+def _config(
+    port: int,
+    host: str,
+    sys_interval_s: int,
+    password_file: str | Path | None,
+    acl_file: str | Path | None,
+    certfile: str | Path | None,
+    keyfile: str | Path | None,
+) -> str:
     where = f"broker {host}:{port}"
     if (password_file is None) != (acl_file is None):
         raise ExpectedFailure(where, "secured mode needs both a password file and an ACL file")
     if (certfile is None) != (keyfile is None):
         raise ExpectedFailure(where, "TLS needs both a certificate file and its key file")
-    for what, path in (("password file", password_file), ("ACL file", acl_file), ("certificate file", certfile),
-                       ("key file", keyfile)):
-        if path is not None:   # said here, naming the file: Mosquitto would say only that it exited
+    for what, path in (
+        ("password file", password_file),
+        ("ACL file", acl_file),
+        ("certificate file", certfile),
+        ("key file", keyfile),
+    ):
+        if path is not None:  # said here, naming the file: Mosquitto would say only that it exited
             read_bytes(f"broker {what}", path)
     text = LISTENER.format(port=port, host=host)
     if certfile and keyfile:
         text += TLS.format(certfile=Path(certfile).resolve(), keyfile=Path(keyfile).resolve())
     if password_file and acl_file:
-        text += SECURED.format(password_file=Path(password_file).resolve(), acl_file=Path(acl_file).resolve(),
-                               user=pwd.getpwuid(os.geteuid()).pw_name)
+        text += SECURED.format(
+            password_file=Path(password_file).resolve(),
+            acl_file=Path(acl_file).resolve(),
+            user=pwd.getpwuid(os.geteuid()).pw_name,
+        )
     else:
         text += OPEN
     return text + SETTINGS.format(sys_interval_s=sys_interval_s)
@@ -192,10 +209,18 @@ def _config(port: int, host: str, sys_interval_s: int, password_file: str | Path
 class Broker:
     """A Mosquitto process on a loopback port, with our config; stop() ends it."""
 
-    def __init__(self, directory: str | Path, port: int | None = None, host: str = "127.0.0.1",
-                 sys_interval_s: int = 0, *, password_file: str | Path | None = None,
-                 acl_file: str | Path | None = None, certfile: str | Path | None = None,
-                 keyfile: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        sys_interval_s: int = 0,
+        *,
+        password_file: str | Path | None = None,
+        acl_file: str | Path | None = None,
+        certfile: str | Path | None = None,
+        keyfile: str | Path | None = None,
+    ) -> None:
         """`sys_interval_s` > 0 makes the broker publish its counters under $SYS that often
         (the benchmark reads messages received from there). A password file (hashed, see
         write_password_file) and an ACL file make it secured; a certificate and key file
@@ -208,8 +233,9 @@ class Broker:
         try:
             self.config_path.write_text(text)
         except OSError as error:
-            raise ExpectedFailure(f"broker folder {directory}", f"cannot write its config there: "
-                                                                f"{file_reason(error)}") from None
+            raise ExpectedFailure(
+                f"broker folder {directory}", f"cannot write its config there: {file_reason(error)}"
+            ) from None
         self.process: subprocess.Popen | None = None
 
     @property
@@ -220,21 +246,23 @@ class Broker:
         """Start Mosquitto and wait until it listens; an ExpectedFailure with its own
         error line if it exits first."""
         where = f"mosquitto on {self.host}:{self.port}"
-        with socket.socket() as probe:   # taken, it would still be connected to below, as if Mosquitto were up
+        with socket.socket() as probe:  # taken, it would still be connected to below, as if Mosquitto were up
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((self.host, self.port))
             except OSError as error:
                 raise ExpectedFailure(where, f"cannot listen there: {error.strerror or error}") from None
-        self.process = subprocess.Popen([mosquitto_path(), "-c", str(self.config_path)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [mosquitto_path(), "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                assert self.process.stderr is not None   # piped above
+                assert self.process.stderr is not None  # piped above
                 said = self.process.stderr.read().decode(errors="replace").strip().splitlines() or ["(nothing)"]
-                raise ExpectedFailure(where, f"exited with status {self.process.returncode}, saying: "
-                                             f"{_TIMESTAMP.sub('', said[-1])}")
+                raise ExpectedFailure(
+                    where, f"exited with status {self.process.returncode}, saying: {_TIMESTAMP.sub('', said[-1])}"
+                )
             try:
                 socket.create_connection((self.host, self.port), timeout=0.2).close()
                 return self
@@ -247,7 +275,7 @@ class Broker:
         """Run Mosquitto in the foreground until it ends, its log on our stderr and the
         signals it acts on (SIGTERM, SIGINT; SIGHUP reloads, SIGUSR1/2 dump) passed on;
         its exit status. `started` is called once it listens."""
-        early = []   # signals that came before Mosquitto did, passed on once it runs
+        early = []  # signals that came before Mosquitto did, passed on once it runs
 
         def forward(signum, _) -> None:
             if self.process is None:
@@ -269,8 +297,8 @@ class Broker:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            self.stop()   # closes its stderr; ends it too, should anything above have failed
-        return status if status >= 0 else 128 - status   # ended by a signal: the status a shell gives
+            self.stop()  # closes its stderr; ends it too, should anything above have failed
+        return status if status >= 0 else 128 - status  # ended by a signal: the status a shell gives
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -16,8 +16,9 @@ Outages (kills, partitions) last less than the safety margin Δ, restarts includ
 `long_outages`, which makes each last three to four times Δ: the case hashed time-locks cannot protect, which the audit
 and a live observer must then report. Every outage is timed, so each one-legged
 settlement comes with its explanation: how long, between the claim of one leg and the
-expiry of the other, the other leg's ledger was out of every claimant's reach. Process-level kills and a broker restart are exercised by the service
-tests (tests/test_*_process.py); here the coordinator and ledgers are stopped by
+expiry of the other, the other leg's ledger was out of every claimant's reach.
+Process-level kills and a broker restart are exercised by the service tests
+(tests/test_*_process.py); here the coordinator and ledgers are stopped by
 cancellation, which loses everything not yet committed, as a kill does."""
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import functools
 import random
 import sys
 import tempfile
-from typing import Any
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -36,8 +37,8 @@ import trio
 from protocols.bus import service_of_ledger
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
-from protocols.messages import QueryLocks, SettlementLeg, SettlementStatus
 from protocols.htlc import LockState
+from protocols.messages import QueryLocks, SettlementLeg, SettlementStatus
 from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed
 
@@ -46,18 +47,18 @@ from .local import LEDGERS, Local, dvp_legs, standard_world
 from .observer import Observer
 
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
-CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=3_000, clock_skew_ms_max=1_000)   # Δ = 4 s
-OUTAGE_S_MAX = 0.8          # a kill's or partition's pause: the restart after it must fit in the rest of Δ
+CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=3_000, clock_skew_ms_max=1_000)  # Δ = 4 s
+OUTAGE_S_MAX = 0.8  # a kill's or partition's pause: the restart after it must fit in the rest of Δ
 MESSAGE_FAULTS = {
     "drop": dict(drop_request=0.05, drop_reply=0.05),
     "duplicate": dict(duplicate=0.2),
     "delay": dict(delay=0.3, delay_s_max=0.05),
 }
 CONCURRENCY = 16
-PAUSE_S_MAX = 1.0           # between two kills or partitions
-SETTLE_WAIT_S = 60.0        # after the run, for every settlement to end
+PAUSE_S_MAX = 1.0  # between two kills or partitions
+SETTLE_WAIT_S = 60.0  # after the run, for every settlement to end
 BACK_OFFICE_TIMEOUT_S = 1.0  # then the same settlement again: a restarted coordinator may not have heard it
-OBSERVER_WAIT_S = 5.0        # after the audit, for the observer to have alerted what the audit found
+OBSERVER_WAIT_S = 5.0  # after the audit, for the observer to have alerted what the audit found
 
 
 @attrs.frozen
@@ -76,9 +77,9 @@ class Outcome:
     phases: Counter = attrs.field(factory=Counter)
     report: Report | None = None
     outages: list[Outage] = attrs.field(factory=list)
-    explanations: list[OneLegged | str] = attrs.field(factory=list)   # one per one-legged settlement
-    down: dict[tuple[str, str], int] = attrs.field(factory=dict)   # outages going on: (fault, whom) -> since (ms)
-    unalerted: list[str] = attrs.field(factory=list)      # one-legged settlements the observer missed
+    explanations: list[OneLegged | str] = attrs.field(factory=list)  # one per one-legged settlement
+    down: dict[tuple[str, str], int] = attrs.field(factory=dict)  # outages going on: (fault, whom) -> since (ms)
+    unalerted: list[str] = attrs.field(factory=list)  # one-legged settlements the observer missed
 
     def went_down(self, fault: str, whom: str, now_ms: int) -> None:
         self.down[(fault, whom)] = now_ms
@@ -95,21 +96,36 @@ class Outcome:
         assert report is not None
         kinds = Counter(violation.kind.value for violation in report.violations)
         longest = max((o.end_ms - o.start_ms for o in self.outages), default=0)
-        rows = [("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items())) or "none"),
-                ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items()))),
-                ("atomicity violations", str(kinds.get("one_legged", 0))),
-                ("value created or lost", str(kinds.get("conservation", 0) + kinds.get("replay", 0))),
-                ("locks left past expiry", str(kinds.get("lock_overdue", 0))),
-                ("journals broken or forged", str(kinds.get("journal", 0) + kinds.get("forged", 0) + kinds.get("state", 0))),
-                ("one-legged not alerted live", str(len(self.unalerted))),
-                (f"outages of Δ ({CHAOS_TIMING.margin_ms} ms) or more", f"{self.over(CHAOS_TIMING.margin_ms)} "
-                                                                        f"(longest {longest} ms)")]
+        rows = [
+            ("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items())) or "none"),
+            ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items()))),
+            ("atomicity violations", str(kinds.get("one_legged", 0))),
+            ("value created or lost", str(kinds.get("conservation", 0) + kinds.get("replay", 0))),
+            ("locks left past expiry", str(kinds.get("lock_overdue", 0))),
+            (
+                "journals broken or forged",
+                str(kinds.get("journal", 0) + kinds.get("forged", 0) + kinds.get("state", 0)),
+            ),
+            ("one-legged not alerted live", str(len(self.unalerted))),
+            (
+                f"outages of Δ ({CHAOS_TIMING.margin_ms} ms) or more",
+                f"{self.over(CHAOS_TIMING.margin_ms)} (longest {longest} ms)",
+            ),
+        ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
-async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...], *,
-              long_outages: bool = False, offload: bool = True, settlements: int | None = None) -> Outcome:
+async def run(
+    directory: Path,
+    seconds: float,
+    seed: int,
+    faults: tuple[str, ...],
+    *,
+    long_outages: bool = False,
+    offload: bool = True,
+    settlements: int | None = None,
+) -> Outcome:
     """Run the workload for `seconds` (or until `settlements` have ended, if that comes
     first) under `faults`, wait for every settlement to end, then audit every ledger
     over the bus. Under a MockClock pass `offload=False` and a number of settlements:
@@ -122,16 +138,25 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
     bus = MemoryBus()
     world = standard_world(directory)
     message_faults = Faults(**{k: v for fault in faults for k, v in MESSAGE_FAULTS.get(fault, {}).items()})
-    faulty = FaultyBus(bus, message_faults, seed,  # the coordinator's view of the bus
-                       applies=lambda service, payload: service.startswith("ledger."))
+    faulty = FaultyBus(
+        bus,
+        message_faults,
+        seed,  # the coordinator's view of the bus
+        applies=lambda service, payload: service.startswith("ledger."),
+    )
     margin_s = CHAOS_TIMING.margin_ms / 1000
-    # long: past any leg's expiry (lock wait + claim deadline + skew + Δ after its lock), so a cut at the worst moment tells
-    outage_s = (3 * margin_s, 4 * margin_s) if long_outages else (0, OUTAGE_S_MAX)   # a pause drawn from this range
+    # long: past any leg's expiry (lock wait + claim deadline + skew + Δ after its lock),
+    # so that a cut at the worst moment tells
+    outage_s = (3 * margin_s, 4 * margin_s) if long_outages else (0, OUTAGE_S_MAX)  # a pause drawn from this range
 
     async with trio.open_nursery() as nursery:
         local = Local(world, bus, nursery, offload=offload)
-        skews = {spec.ledger_id: chance.randint(-CHAOS_TIMING.clock_skew_ms_max // 2, CHAOS_TIMING.clock_skew_ms_max // 2)
-                 if "skew" in faults else 0 for spec in LEDGERS}
+        skews = {
+            spec.ledger_id: chance.randint(-CHAOS_TIMING.clock_skew_ms_max // 2, CHAOS_TIMING.clock_skew_ms_max // 2)
+            if "skew" in faults
+            else 0
+            for spec in LEDGERS
+        }
         for spec in LEDGERS:
             await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
         if "skew" in faults:
@@ -177,14 +202,15 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
         async def partition() -> None:
             while True:
                 await trio.sleep(pause("partition"))
-                tripped = trio.Event()   # whichever ledger is first sent a second leg's claim
+                tripped = trio.Event()  # whichever ledger is first sent a second leg's claim
                 for spec in LEDGERS:
                     faulty.trip(service_of_ledger(spec.ledger_id), _claims_second_leg, tripped)
-                with trio.move_on_after(PAUSE_S_MAX):   # else one is cut now, at no moment in particular
+                with trio.move_on_after(PAUSE_S_MAX):  # else one is cut now, at no moment in particular
                     await tripped.wait()
                 faulty.trips.clear()
-                ledger = next((spec.ledger_id for spec in LEDGERS if service_of_ledger(spec.ledger_id) in faulty.cut),
-                              None) or chance.choice([spec.ledger_id for spec in LEDGERS])
+                ledger = next(
+                    (spec.ledger_id for spec in LEDGERS if service_of_ledger(spec.ledger_id) in faulty.cut), None
+                ) or chance.choice([spec.ledger_id for spec in LEDGERS])
                 faulty.cut.add(service_of_ledger(ledger))
                 outcome.faults["partition"] += 1
                 outcome.went_down("partition", ledger, local.clock.now_ms())
@@ -205,8 +231,11 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
                         break
 
         async with trio.open_nursery() as load:
-            for fault, task in (("kill-coordinator", kill_coordinator), ("kill-ledger", kill_ledger),
-                                ("partition", partition)):
+            for fault, task in (
+                ("kill-coordinator", kill_coordinator),
+                ("kill-ledger", kill_ledger),
+                ("partition", partition),
+            ):
                 if fault in faults:
                     load.start_soon(task)
             for _ in range(CONCURRENCY):
@@ -218,19 +247,19 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
             outcome.faults[kind] += count
         # faults off: let every settlement the coordinator holds reach its end
         message_faults.drop_request = message_faults.drop_reply = message_faults.duplicate = message_faults.delay = 0
-        faulty.trips.clear()   # a wire still armed would cut a ledger after the run, unrecorded
+        faulty.trips.clear()  # a wire still armed would cut a ledger after the run, unrecorded
         faulty.cut.clear()
         for spec in LEDGERS:
             if spec.ledger_id not in local.services:
                 await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
         if state["scope"].cancel_called:
             state["coordinator"], state["scope"] = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
-        for fault, whom in list(outcome.down):   # cut short by the end of the run
+        for fault, whom in list(outcome.down):  # cut short by the end of the run
             outcome.came_back(fault, whom, local.clock.now_ms())
         with trio.fail_after(SETTLE_WAIT_S):
             while state["coordinator"].in_flight:
                 await trio.sleep(0.1)
-        with trio.move_on_after(CHAOS_TIMING.total_ms() / 1000):   # abandoned locks expire; their ledgers refund them
+        with trio.move_on_after(CHAOS_TIMING.total_ms() / 1000):  # abandoned locks expire; their ledgers refund them
             while await _locks_held(local):
                 await trio.sleep(0.1)
         await judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer, skews)
@@ -263,7 +292,7 @@ async def _locks_held(local: Local) -> bool:
 
 def _claims_second_leg(payload: bytes) -> bool:
     """A claim of a settlement's leg 1: the secret is out on leg 0's ledger already."""
-    return b'"type":"claim"' in payload and b':1:c' in payload
+    return b'"type":"claim"' in payload and b":1:c" in payload
 
 
 def not_alerted(one_legged: list[Violation], observer: Observer) -> set[str]:
@@ -283,34 +312,52 @@ class OneLegged:
     window_ms: int
     coordinator_down_ms: int
     ledger_out_ms: int
-    out_of_reach_ms: int   # either, or both
+    out_of_reach_ms: int  # either, or both
 
     def __str__(self) -> str:
-        return (f"settlement {self.settlement}: {self.claimed_on} applied the claim {self.window_ms} ms before "
-                f"{self.lost_on}'s lock expired; in that time the coordinator was down {self.coordinator_down_ms} ms "
-                f"and {self.lost_on} down or cut off {self.ledger_out_ms} ms: out of reach {self.out_of_reach_ms} ms in all")
+        return (
+            f"settlement {self.settlement}: {self.claimed_on} applied the claim {self.window_ms} ms before "
+            f"{self.lost_on}'s lock expired; in that time the coordinator was down {self.coordinator_down_ms} ms "
+            f"and {self.lost_on} down or cut off {self.ledger_out_ms} ms: out of reach {self.out_of_reach_ms} ms in all"
+        )
 
 
-def explain(violation: Violation, journals: dict[str, LedgerJournal], outages: list[Outage],
-            skews: dict[str, int]) -> OneLegged | str:
+def explain(
+    violation: Violation, journals: dict[str, LedgerJournal], outages: list[Outage], skews: dict[str, int]
+) -> OneLegged | str:
     settlement = violation.settlement
     assert settlement is not None
-    legs = [(journal.ledger, journal.replay.locks[lock_id(settlement, index)], journal.ended.get(lock_id(settlement, index)))
-            for index in range(2) for journal in journals.values() if lock_id(settlement, index) in journal.replay.locks]
+    legs = [
+        (
+            journal.ledger,
+            journal.replay.locks[lock_id(settlement, index)],
+            journal.ended.get(lock_id(settlement, index)),
+        )
+        for index in range(2)
+        for journal in journals.values()
+        if lock_id(settlement, index) in journal.replay.locks
+    ]
     claimed = [leg for leg in legs if leg[1].state is LockState.CLAIMED]
     others = [leg for leg in legs if leg[1].state is not LockState.CLAIMED]
     if len(claimed) != 1 or len(others) != 1 or claimed[0][2] is None:
         return f"settlement {settlement}: {violation.reason} (its locks are not both in the journals)"
     (claim_ledger, _, claim_at), (other_ledger, other_lock, _) = claimed[0], others[0]
-    assert claim_at is not None   # checked above
+    assert claim_at is not None  # checked above
     start_ms = claim_at.time_ms - skews[claim_ledger]
     end_ms = other_lock.expiry_ms - skews[other_ledger]
 
     def covered(*whom: str) -> int:
         return _covered([outage for outage in outages if outage.whom in whom], start_ms, end_ms)
 
-    return OneLegged(settlement, claim_ledger, other_ledger, end_ms - start_ms, covered("coordinator"),
-                     covered(other_ledger), covered("coordinator", other_ledger))
+    return OneLegged(
+        settlement,
+        claim_ledger,
+        other_ledger,
+        end_ms - start_ms,
+        covered("coordinator"),
+        covered(other_ledger),
+        covered("coordinator", other_ledger),
+    )
 
 
 def _covered(outages: list[Outage], start_ms: int, end_ms: int) -> int:
@@ -329,24 +376,49 @@ def draw(chance: random.Random):
     kind = chance.choice(("dvp", "pvp"))
     cross = chance.random() < 0.75
     if kind == "dvp":
-        legs = dvp_legs("csd", "a-sec", "b-sec", chance.randint(1, 5), "cbdc-eur", "EUR", "b-eur", "a-eur",
-                        chance.randint(100, 10_000)) if cross else \
-            dvp_legs("unified", "a", "b", chance.randint(1, 5), "unified", "EUR", "b", "a", chance.randint(100, 10_000))
+        legs = (
+            dvp_legs(
+                "csd",
+                "a-sec",
+                "b-sec",
+                chance.randint(1, 5),
+                "cbdc-eur",
+                "EUR",
+                "b-eur",
+                "a-eur",
+                chance.randint(100, 10_000),
+            )
+            if cross
+            else dvp_legs(
+                "unified", "a", "b", chance.randint(1, 5), "unified", "EUR", "b", "a", chance.randint(100, 10_000)
+            )
+        )
     else:
-        legs = (SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", chance.randint(100, 10_000)),
-                SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", chance.randint(100, 10_000))) if cross else \
-            (SettlementLeg("unified", "b", "a", "EUR", chance.randint(100, 10_000)),
-             SettlementLeg("unified", "a", "b", "USD", chance.randint(100, 10_000)))
+        legs = (
+            (
+                SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", chance.randint(100, 10_000)),
+                SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", chance.randint(100, 10_000)),
+            )
+            if cross
+            else (
+                SettlementLeg("unified", "b", "a", "EUR", chance.randint(100, 10_000)),
+                SettlementLeg("unified", "a", "b", "USD", chance.randint(100, 10_000)),
+            )
+        )
     return kind, legs, ("bank-b", "bank-a")
 
 
 def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool, settlements: int | None = None) -> int:
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
-    print(f"lockstep chaos: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
-          f"{', outages longer than Δ' if long_outages else ''}; world in {directory}", flush=True)
+    print(
+        f"lockstep chaos: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
+        f"{', outages longer than Δ' if long_outages else ''}; world in {directory}",
+        flush=True,
+    )
     try:
-        outcome = trio.run(functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages,
-                                             settlements=settlements))
+        outcome = trio.run(
+            functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages, settlements=settlements)
+        )
     except ValueError as error:
         print(f"lockstep chaos: {error}", file=sys.stderr)
         return 2

@@ -29,9 +29,9 @@ import statistics
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import attrs
 import trio
@@ -43,8 +43,7 @@ from protocols.signing import decode_signed
 
 from .audit import read_over_bus
 from .broker import Broker
-from .chaos import (BACK_OFFICE_TIMEOUT_S, CHAOS_TIMING, CONCURRENCY, SETTLE_WAIT_S, Outage, Outcome, draw,
-                    judge)
+from .chaos import BACK_OFFICE_TIMEOUT_S, CHAOS_TIMING, CONCURRENCY, SETTLE_WAIT_S, Outage, Outcome, draw, judge
 from .local import COORDINATOR, LEDGERS, Local, standard_world
 from .observer import Observer
 from .processes import ServiceProcess
@@ -54,9 +53,9 @@ FAULTS = ("kill-coordinator", "kill-ledger", "broker-restart")
 # Δ = 4 s, as in the one-process mode: a pause of up to 0.3 Δ, then a start-up that took up
 # to 1.4 s on a loaded two-core machine
 PROCESS_TIMING = CHAOS_TIMING
-PAUSE_S = (1.0, 4.0)         # between two faults of one class, once the last outage is over
-START_TIMEOUT_S = 20.0       # for a service to answer after its process starts
-EXPIRY_SLACK_S = 5.0         # past the last expiry, for the ledgers to refund what is left
+PAUSE_S = (1.0, 4.0)  # between two faults of one class, once the last outage is over
+START_TIMEOUT_S = 20.0  # for a service to answer after its process starts
+EXPIRY_SLACK_S = 5.0  # past the last expiry, for the ledgers to refund what is left
 
 
 def check(faults: tuple[str, ...]) -> None:
@@ -80,26 +79,42 @@ class Restarts:
         return sum(1 for times in self.outage_ms.values() for ms in times if ms >= margin_ms)
 
     def table(self, margin_ms: int) -> str:
-        rows = [("start-up to answering", _spread(self.startup_ms)),
-                ("outage, fault to answering", _spread(self.outage_ms)),
-                (f"outages of Δ ({margin_ms} ms) or more", str(self.over(margin_ms))),
-                ("ledger start-up by journal height", _by_height(self.ledger_heights))]
+        rows = [
+            ("start-up to answering", _spread(self.startup_ms)),
+            ("outage, fault to answering", _spread(self.outage_ms)),
+            (f"outages of Δ ({margin_ms} ms) or more", str(self.over(margin_ms))),
+            ("ledger start-up by journal height", _by_height(self.ledger_heights)),
+        ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
 def _spread(times: dict[str, list[int]]) -> str:
-    return "; ".join(f"{kind} n {len(ms)} median {statistics.median(ms):.0f} max {max(ms)} ms"
-                     for kind, ms in sorted(times.items()) if ms) or "none"
+    return (
+        "; ".join(
+            f"{kind} n {len(ms)} median {statistics.median(ms):.0f} max {max(ms)} ms"
+            for kind, ms in sorted(times.items())
+            if ms
+        )
+        or "none"
+    )
 
 
 def _by_height(pairs: list[tuple[int, int]]) -> str:
     """Median start-up of each quarter of the restarts, by journal height: whether
     start-up grows with the journal (a ledger replays all of it before it serves)."""
     pairs = sorted(pairs)
-    quarters = [pairs[i * len(pairs) // 4:(i + 1) * len(pairs) // 4] for i in range(4)] if len(pairs) >= 4 else [pairs]
-    return "; ".join(f"{part[0][0]}-{part[-1][0]} entries: median {statistics.median(ms for _, ms in part):.0f} ms"
-                     for part in quarters if part) or "none"
+    quarters = (
+        [pairs[i * len(pairs) // 4 : (i + 1) * len(pairs) // 4] for i in range(4)] if len(pairs) >= 4 else [pairs]
+    )
+    return (
+        "; ".join(
+            f"{part[0][0]}-{part[-1][0]} entries: median {statistics.median(ms for _, ms in part):.0f} ms"
+            for part in quarters
+            if part
+        )
+        or "none"
+    )
 
 
 @attrs.define
@@ -157,7 +172,7 @@ class Services:
     broker: Broker
     ledgers: dict[str, ServiceProcess]
     coordinator: ServiceProcess
-    bus: MqttBus | None = None   # once connected
+    bus: MqttBus | None = None  # once connected
     restarts: Restarts = attrs.field(factory=Restarts)
     outages: Outages = attrs.field(factory=Outages)
 
@@ -181,7 +196,7 @@ class Services:
         """SIGKILL what `fault` names (a ledger drawn by `chance`): what went down, who is
         out of reach for it (with the broker, everyone), and how to bring it back."""
         if fault == "broker-restart":
-            assert self.broker.process is not None   # it is up while faults strike
+            assert self.broker.process is not None  # it is up while faults strike
             self.broker.process.kill()
             self.broker.stop()  # reaps it
             return "broker", tuple(service.party for service in self.processes), self.broker_up
@@ -215,17 +230,27 @@ class Services:
         self.broker.stop()
 
 
-async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...], *,
-              long_outages: bool = False, settlements: int | None = None) -> Result:
+async def run(
+    directory: Path,
+    seconds: float,
+    seed: int,
+    faults: tuple[str, ...],
+    *,
+    long_outages: bool = False,
+    settlements: int | None = None,
+) -> Result:
     """Run the workload for `seconds` (or until `settlements` have ended) under `faults`,
     then let every settlement end and audit every ledger over the bus."""
     check(faults)
     broker = Broker(directory)
     world = standard_world(directory, broker=broker.url)
     _write_timing(world.ledger_configs[COORDINATOR], PROCESS_TIMING)
-    services = Services(world, broker, {spec.ledger_id: ServiceProcess(world, "ledger", spec.ledger_id, broker.url)
-                                        for spec in LEDGERS},
-                        ServiceProcess(world, "coordinator", COORDINATOR, broker.url))
+    services = Services(
+        world,
+        broker,
+        {spec.ledger_id: ServiceProcess(world, "ledger", spec.ledger_id, broker.url) for spec in LEDGERS},
+        ServiceProcess(world, "coordinator", COORDINATOR, broker.url),
+    )
     ledger_ids = [spec.ledger_id for spec in LEDGERS]
     outage_s = PROCESS_TIMING.margin_ms * (3 if long_outages else 0.3) / 1000
     outcome = Outcome()
@@ -239,8 +264,9 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
             await nursery.start(observer.run)
             await _load(services, local, outcome, seconds, seed, faults, outage_s, settlements)
             await _no_locks_held(local)
-            await judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer,
-                        dict.fromkeys(ledger_ids, 0))   # one clock for all: no skew
+            await judge(
+                outcome, await read_over_bus(bus, world.registry, ledger_ids), observer, dict.fromkeys(ledger_ids, 0)
+            )  # one clock for all: no skew
             nursery.cancel_scope.cancel()
     finally:
         services.stop()
@@ -249,8 +275,10 @@ async def run(directory: Path, seconds: float, seed: int, faults: tuple[str, ...
 
 def _write_timing(path: Path, timing: Timing) -> None:
     """The coordinator's config gets the chaos Timing (engine.config reads `[timing]`)."""
-    path.write_text(path.read_text() + f"\n[timing]\nlock_wait_ms = {timing.lock_wait_ms}\n"
-                    f"claim_deadline_ms = {timing.claim_deadline_ms}\nclock_skew_ms_max = {timing.clock_skew_ms_max}\n")
+    path.write_text(
+        path.read_text() + f"\n[timing]\nlock_wait_ms = {timing.lock_wait_ms}\n"
+        f"claim_deadline_ms = {timing.claim_deadline_ms}\nclock_skew_ms_max = {timing.clock_skew_ms_max}\n"
+    )
 
 
 async def _start(services: Services, local: Local) -> None:
@@ -262,19 +290,27 @@ async def _start(services: Services, local: Local) -> None:
     await services.coordinator.start().ready(services.bus, START_TIMEOUT_S)
 
 
-async def _load(services: Services, local: Local, outcome: Outcome, seconds: float, seed: int,
-                faults: tuple[str, ...], outage_s: float, settlements: int | None) -> None:
+async def _load(
+    services: Services,
+    local: Local,
+    outcome: Outcome,
+    seconds: float,
+    seed: int,
+    faults: tuple[str, ...],
+    outage_s: float,
+    settlements: int | None,
+) -> None:
     """The back offices under faults for `seconds`; then faults off, everything up, and
     each back office on until its last settlement is final."""
     chance = random.Random(seed)
-    done = trio.Event()     # the run is over: no new settlement, no new fault
+    done = trio.Event()  # the run is over: no new settlement, no new fault
     unfinished: set[str] = set()
 
     async def strike(fault: str) -> None:
         """`fault` again and again, each time after a pause and for a while: from its own
         generator, so that its strikes do not depend on the other faults' timing."""
         own = random.Random(f"{seed}-{fault}")
-        pause = own.uniform(0.02, 0.1)   # soon the first time, so that a short run sees every fault
+        pause = own.uniform(0.02, 0.1)  # soon the first time, so that a short run sees every fault
         while True:
             await trio.sleep(pause)
             async with services.outage(fault):
@@ -314,8 +350,10 @@ async def _load(services: Services, local: Local, outcome: Outcome, seconds: flo
         await services.restore()
         offices.cancel_scope.deadline = trio.current_time() + SETTLE_WAIT_S
     if unfinished:
-        raise TimeoutError(f"{len(unfinished)} settlements not final {SETTLE_WAIT_S:g} s after the faults stopped: "
-                           f"{', '.join(sorted(unfinished)[:5])}")
+        raise TimeoutError(
+            f"{len(unfinished)} settlements not final {SETTLE_WAIT_S:g} s after the faults stopped: "
+            f"{', '.join(sorted(unfinished)[:5])}"
+        )
 
 
 async def _no_locks_held(local: Local) -> None:
@@ -335,11 +373,15 @@ def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool,
         print(f"lockstep chaos: {error}", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
-    print(f"lockstep chaos --bus mqtt: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
-          f"{', outages longer than Δ' if long_outages else ''}; Δ = {PROCESS_TIMING.margin_ms} ms; "
-          f"world and logs in {directory}", flush=True)
-    result = trio.run(functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages,
-                                        settlements=settlements))
+    print(
+        f"lockstep chaos --bus mqtt: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
+        f"{', outages longer than Δ' if long_outages else ''}; Δ = {PROCESS_TIMING.margin_ms} ms; "
+        f"world and logs in {directory}",
+        flush=True,
+    )
+    result = trio.run(
+        functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages, settlements=settlements)
+    )
     print(result.outcome.table())
     print(result.restarts.table(PROCESS_TIMING.margin_ms))
     report = result.outcome.report

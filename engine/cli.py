@@ -56,6 +56,7 @@ BROKER_URL_HELP = "broker URL, such as mqtt://127.0.0.1:1883 (docs/DEPLOY.md: cr
 
 def _ledger(args: argparse.Namespace) -> int:
     from ledgers import daemon
+
     trio.run(daemon.run, args.config, args.broker, args.metrics)
     return 0
 
@@ -63,10 +64,18 @@ def _ledger(args: argparse.Namespace) -> int:
 def _broker(args: argparse.Namespace) -> int:
     """Mosquitto as a child that gets our signals; a folder we made is removed when it ends."""
     from engine.broker import Broker
+
     directory = args.dir or tempfile.mkdtemp(prefix="lockstep-broker-")
     try:
-        broker = Broker(directory, port=args.port, host=args.host, password_file=args.password_file,
-                        acl_file=args.acl_file, certfile=args.certfile, keyfile=args.keyfile)
+        broker = Broker(
+            directory,
+            port=args.port,
+            host=args.host,
+            password_file=args.password_file,
+            acl_file=args.acl_file,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+        )
         return broker.serve(lambda: print(f"mosquitto on {broker.url} (config {broker.config_path})", flush=True))
     finally:
         if args.dir is None:
@@ -75,6 +84,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace) -> int:
     from engine import daemon
+
     if args.command == "coordinator":
         trio.run(daemon.run_coordinator, args.config, args.broker, args.metrics)
     else:
@@ -84,16 +94,19 @@ def _engine(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from engine import status
+
     return trio.run(status.main, args.config, args.id, args.broker)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from engine import demo
+
     return demo.main(args.broker, keep=args.keep)
 
 
 def _bench(args: argparse.Namespace) -> int:
     from benchmarks import bench
+
     logging.getLogger().setLevel(logging.WARNING)
     return bench.main(args)
 
@@ -101,6 +114,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _chaos(args: argparse.Namespace) -> int:
     """In this process on the memory bus, or with every service a process on Mosquitto."""
     from engine import chaos, chaos_processes
+
     logging.getLogger().setLevel(logging.ERROR)
     mode = chaos_processes if args.bus == "mqtt" else chaos
     listed = ",".join(mode.FAULTS) if args.faults is None else args.faults
@@ -110,13 +124,23 @@ def _chaos(args: argparse.Namespace) -> int:
 
 def _conformance(args: argparse.Namespace) -> int:
     from engine.conformance import main
+
     return trio.run(main, args.broker, args.ledger, args.keys)
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
     from engine import rotate_key
-    return trio.run(rotate_key.main, args.broker, args.registry, args.ledger, args.operator, args.operator_key,
-                    args.party, args.public_key)
+
+    return trio.run(
+        rotate_key.main,
+        args.broker,
+        args.registry,
+        args.ledger,
+        args.operator,
+        args.operator_key,
+        args.party,
+        args.public_key,
+    )
 
 
 MANDATE = ("--issuer-key", "--isin", "--kind", "--date", "--securities-account", "--cash-account")
@@ -124,6 +148,7 @@ MANDATE = ("--issuer-key", "--isin", "--kind", "--date", "--securities-account",
 
 def _corporate_action(args: argparse.Namespace) -> int:
     from engine import corporate_action
+
     given = [option for option in MANDATE if getattr(args, option[2:].replace("-", "_")) is not None]
     if args.issuer is not None and len(given) < len(MANDATE):
         args.usage_error(f"--issuer needs {', '.join(option for option in MANDATE if option not in given)}")
@@ -134,26 +159,57 @@ def _corporate_action(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     from engine import submit
+
     if args.command == "submit":
-        return trio.run(submit.main, args.file, args.broker, args.registry, args.coordinator, args.party, args.key,
-                        args.id, args.wait, args.out)
-    return trio.run(submit.fetch, args.broker, args.registry, args.coordinator, args.party, args.key,
-                    getattr(args, "from"), args.out)
+        return trio.run(
+            submit.main,
+            args.file,
+            args.broker,
+            args.registry,
+            args.coordinator,
+            args.party,
+            args.key,
+            args.id,
+            args.wait,
+            args.out,
+        )
+    return trio.run(
+        submit.fetch,
+        args.broker,
+        args.registry,
+        args.coordinator,
+        args.party,
+        args.key,
+        getattr(args, "from"),
+        args.out,
+    )
 
 
 def _statement(args: argparse.Namespace) -> int:
     from engine import statement
-    return trio.run(statement.main, args.broker, args.registry, args.ledger, args.account, args.currency,
-                    args.from_seq, args.to_seq, args.out)
+
+    return trio.run(
+        statement.main,
+        args.broker,
+        args.registry,
+        args.ledger,
+        args.account,
+        args.currency,
+        args.from_seq,
+        args.to_seq,
+        args.out,
+    )
 
 
 def _audit(args: argparse.Namespace) -> int:
     from engine.audit import main
+
     return main(args.registry, args.db, args.broker, args.ledger, args.grace_ms)
 
 
 def _observer(args: argparse.Namespace) -> int:
     from engine import observer
+
     trio.run(observer.serve, args.config, args.broker, args.grace_ms)
     return 0
 
@@ -170,132 +226,208 @@ def _date(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="lockstep", description="Multi-ledger atomic settlement: every service "
-                                   "and tool of a Lockstep world.")
-    root.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                      help="what services log to stderr, one line per event; debug also shows the traceback "
-                           "of an expected failure (default: info)")
+    root = argparse.ArgumentParser(
+        prog="lockstep", description="Multi-ledger atomic settlement: every service and tool of a Lockstep world."
+    )
+    root.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="what services log to stderr, one line per event; debug also shows the traceback "
+        "of an expected failure (default: info)",
+    )
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, text: str, description: str, **kwargs) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=text, description=description, **kwargs)
 
-    ledger = command("ledger", "run one ledger service over MQTT",
-                     "Run one ledger (securities, cbdc or unified) as a service on an MQTT broker, until SIGTERM "
-                     "or SIGINT.")
+    ledger = command(
+        "ledger",
+        "run one ledger service over MQTT",
+        "Run one ledger (securities, cbdc or unified) as a service on an MQTT broker, until SIGTERM or SIGINT.",
+    )
     ledger.add_argument("--config", required=True, metavar="FILE", help="the ledger's TOML file")
     ledger.add_argument("--broker", metavar="URL", help="broker URL, overriding the config's")
-    ledger.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, overriding the config's")
+    ledger.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, overriding the config's"
+    )
     ledger.set_defaults(run=_ledger)
 
-    demo = command("demo", "run a whole local world and report what happened",
-                   "Start a whole local world, settle DvPs and PvPs across and within ledgers, fail, roll back, "
-                   "recover, and report every step and balance.")
-    demo.add_argument("--broker", metavar="URL",
-                      help="run each ledger as its own process on this MQTT broker (default: all in this process, "
-                           "on the in-memory bus)")
-    demo.add_argument("--keep", action="store_true",
-                      help="keep the world's folder (keys, configs, databases, log) and say where it is "
-                           "(default: removed at the end)")
+    demo = command(
+        "demo",
+        "run a whole local world and report what happened",
+        "Start a whole local world, settle DvPs and PvPs across and within ledgers, fail, roll back, "
+        "recover, and report every step and balance.",
+    )
+    demo.add_argument(
+        "--broker",
+        metavar="URL",
+        help="run each ledger as its own process on this MQTT broker (default: all in this process, "
+        "on the in-memory bus)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the world's folder (keys, configs, databases, log) and say where it is "
+        "(default: removed at the end)",
+    )
     demo.set_defaults(run=_demo)
 
     for name, text, description in (
-            ("coordinator", "run the coordinator over MQTT",
-             "Run the coordinator, with its watchtower and desks, on an MQTT broker until SIGTERM or SIGINT; "
-             "it resumes every unfinished settlement from its journal."),
-            ("watchtower", "run a watchtower over MQTT",
-             "Run a watchtower on its own: it claims leg 1 of a settlement whose leg 0 was claimed.")):
+        (
+            "coordinator",
+            "run the coordinator over MQTT",
+            "Run the coordinator, with its watchtower and desks, on an MQTT broker until SIGTERM or SIGINT; "
+            "it resumes every unfinished settlement from its journal.",
+        ),
+        (
+            "watchtower",
+            "run a watchtower over MQTT",
+            "Run a watchtower on its own: it claims leg 1 of a settlement whose leg 0 was claimed.",
+        ),
+    ):
         engine = command(name, text, description)
         engine.add_argument("--config", required=True, metavar="FILE", help="the coordinator's TOML file")
         engine.add_argument("--broker", metavar="URL", help="broker URL, overriding the config's")
         if name == "coordinator":
-            engine.add_argument("--metrics", metavar="HOST:PORT",
-                                help="serve Prometheus metrics there, overriding the config's")
+            engine.add_argument(
+                "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, overriding the config's"
+            )
         engine.set_defaults(run=_engine)
 
-    status = command("status", "a settlement's phase and the time of each step",
-                     "Ask the coordinator for a settlement's phase and the time of each step, signed by it.")
+    status = command(
+        "status",
+        "a settlement's phase and the time of each step",
+        "Ask the coordinator for a settlement's phase and the time of each step, signed by it.",
+    )
     status.add_argument("id", help="the settlement id")
     status.add_argument("--config", required=True, metavar="FILE", help="the coordinator's TOML file")
     status.add_argument("--broker", metavar="URL", help="broker URL, overriding the config's")
     status.set_defaults(run=_status)
 
-    broker = command("broker", "run a local Mosquitto with Lockstep's settings",
-                     "Run Mosquitto in the foreground with Lockstep's settings (TCP_NODELAY, deep queues), open "
-                     "or secured; SIGTERM and SIGINT reach it, and a temporary config folder is removed when it "
-                     "stops.")
+    broker = command(
+        "broker",
+        "run a local Mosquitto with Lockstep's settings",
+        "Run Mosquitto in the foreground with Lockstep's settings (TCP_NODELAY, deep queues), open "
+        "or secured; SIGTERM and SIGINT reach it, and a temporary config folder is removed when it "
+        "stops.",
+    )
     broker.add_argument("--port", type=int, default=1883, metavar="N", help="the port to listen on (default: 1883)")
     broker.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
-    broker.add_argument("--dir", metavar="DIR",
-                        help="where to write its config, kept afterwards (default: a temporary folder, removed)")
-    broker.add_argument("--password-file", metavar="FILE",
-                        help="secured: Mosquitto's password file (mosquitto_passwd); needs --acl-file")
-    broker.add_argument("--acl-file", metavar="FILE", help="secured: the ACL file (docs/DEPLOY.md); needs --password-file")
+    broker.add_argument(
+        "--dir", metavar="DIR", help="where to write its config, kept afterwards (default: a temporary folder, removed)"
+    )
+    broker.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="secured: Mosquitto's password file (mosquitto_passwd); needs --acl-file",
+    )
+    broker.add_argument(
+        "--acl-file", metavar="FILE", help="secured: the ACL file (docs/DEPLOY.md); needs --password-file"
+    )
     broker.add_argument("--certfile", metavar="FILE", help="TLS: the broker's certificate (PEM); needs --keyfile")
     broker.add_argument("--keyfile", metavar="FILE", help="TLS: the certificate's private key (PEM); needs --certfile")
     broker.set_defaults(run=_broker)
 
-    bench = command("bench", "cross-ledger against same-ledger settlement, measured in one run",
-                    "Measure cross-ledger (HTLC) against same-ledger settlement on the same workload, in one run; "
-                    "results and charts in --out (benchmarks/README.md).")
+    bench = command(
+        "bench",
+        "cross-ledger against same-ledger settlement, measured in one run",
+        "Measure cross-ledger (HTLC) against same-ledger settlement on the same workload, in one run; "
+        "results and charts in --out (benchmarks/README.md).",
+    )
     from benchmarks.bench import arguments
+
     arguments(bench)
     bench.set_defaults(run=_bench)
 
-    chaos = command("chaos", "a DvP and PvP workload under faults, then the audit",
-                    "Run a DvP and PvP workload under injected faults, then the audit and a live observer; "
-                    "report faults, outcomes, violations and every one-legged settlement (docs/SAFETY.md).")
-    chaos.add_argument("--seconds", type=float, default=30.0, metavar="N",
-                       help="how long to inject faults (default: 30)")
-    chaos.add_argument("--seed", type=int, default=1, metavar="S",
-                       help="seed of the workload and the faults: the same seed, the same run (default: 1)")
-    chaos.add_argument("--bus", choices=["memory", "mqtt"], default="memory",
-                       help="memory: the whole world in this process, kills by cancellation; "
-                            "mqtt: Mosquitto and every service its own process, kills by SIGKILL (default: memory)")
-    chaos.add_argument("--faults", metavar="LIST",
-                       help="comma-separated; with --bus memory: drop, duplicate, delay, kill-coordinator, "
-                            "kill-ledger, skew, partition; with --bus mqtt: kill-coordinator, kill-ledger, "
-                            "broker-restart (default: all of the mode's)")
-    chaos.add_argument("--long-outages", action="store_true",
-                       help="outages longer than the safety margin Δ (default: shorter)")
-    chaos.add_argument("--settlements", type=int, metavar="N",
-                       help="stop once this many settlements have ended (default: run for --seconds)")
+    chaos = command(
+        "chaos",
+        "a DvP and PvP workload under faults, then the audit",
+        "Run a DvP and PvP workload under injected faults, then the audit and a live observer; "
+        "report faults, outcomes, violations and every one-legged settlement (docs/SAFETY.md).",
+    )
+    chaos.add_argument(
+        "--seconds", type=float, default=30.0, metavar="N", help="how long to inject faults (default: 30)"
+    )
+    chaos.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        metavar="S",
+        help="seed of the workload and the faults: the same seed, the same run (default: 1)",
+    )
+    chaos.add_argument(
+        "--bus",
+        choices=["memory", "mqtt"],
+        default="memory",
+        help="memory: the whole world in this process, kills by cancellation; "
+        "mqtt: Mosquitto and every service its own process, kills by SIGKILL (default: memory)",
+    )
+    chaos.add_argument(
+        "--faults",
+        metavar="LIST",
+        help="comma-separated; with --bus memory: drop, duplicate, delay, kill-coordinator, "
+        "kill-ledger, skew, partition; with --bus mqtt: kill-coordinator, kill-ledger, "
+        "broker-restart (default: all of the mode's)",
+    )
+    chaos.add_argument(
+        "--long-outages", action="store_true", help="outages longer than the safety margin Δ (default: shorter)"
+    )
+    chaos.add_argument(
+        "--settlements",
+        type=int,
+        metavar="N",
+        help="stop once this many settlements have ended (default: run for --seconds)",
+    )
     chaos.set_defaults(run=_chaos)
 
-    conformance = command("conformance", "check a ledger service against docs/PROTOCOL.md",
-                          "Check any ledger service over the bus against docs/PROTOCOL.md: one line per check, "
-                          "exit status 1 on any failure.")
+    conformance = command(
+        "conformance",
+        "check a ledger service against docs/PROTOCOL.md",
+        "Check any ledger service over the bus against docs/PROTOCOL.md: one line per check, "
+        "exit status 1 on any failure.",
+    )
     conformance.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
     conformance.add_argument("--ledger", required=True, metavar="ID", help="the ledger id to check")
-    conformance.add_argument("--keys", required=True, metavar="DIR",
-                             help="a folder with registry.toml and keys/<party>.pem")
+    conformance.add_argument(
+        "--keys", required=True, metavar="DIR", help="a folder with registry.toml and keys/<party>.pem"
+    )
     conformance.set_defaults(run=_conformance)
 
-    rotate = command("rotate-key", "a ledger's operator registers a participant's new key there",
-                     "A ledger's operator registers a participant's new public key on that ledger; from that "
-                     "journal entry on, the old key moves nothing there (docs/SECURITY.md).")
+    rotate = command(
+        "rotate-key",
+        "a ledger's operator registers a participant's new key there",
+        "A ledger's operator registers a participant's new public key on that ledger; from that "
+        "journal entry on, the old key moves nothing there (docs/SECURITY.md).",
+    )
     rotate.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
     rotate.add_argument("--registry", required=True, metavar="FILE", help="the consortium's registry.toml")
     rotate.add_argument("--ledger", required=True, metavar="ID", help="the ledger on which the key changes")
     rotate.add_argument("--operator", required=True, metavar="ID", help="that ledger's operator (who signs)")
-    rotate.add_argument("--operator-key", required=True, metavar="FILE",
-                        help="the operator's private key (PEM, mode 600)")
+    rotate.add_argument(
+        "--operator-key", required=True, metavar="FILE", help="the operator's private key (PEM, mode 600)"
+    )
     rotate.add_argument("--party", required=True, metavar="ID", help="the participant whose key changes")
     rotate.add_argument("--public-key", required=True, metavar="FILE", help="its new public key (PEM)")
     rotate.set_defaults(run=_rotate_key)
 
     from engine.corporate_action import DEADLINE_MS_DEFAULT
-    action = command("corporate-action", "an issuer's coupon or redemption mandate to its paying agent",
-                     "An issuer signs a coupon or redemption mandate and sends it to its paying agent (the "
-                     "coordinator), or asks how one stands; prints every holder's due (docs/SERVICING.md).",
-                     usage="%(prog)s [-h] --broker URL --registry FILE --id ID [--coordinator ID]\n"
-                           "       (--query | --issuer ID --issuer-key FILE --isin ISIN --kind {coupon,redemption}\n"
-                           "        --date YYYY-MM-DD --securities-account A --cash-account A\n"
-                           "        [--securities-ledger ID] [--cash-ledger ID] [--currency CCY] [--deadline-ms MS])")
+
+    action = command(
+        "corporate-action",
+        "an issuer's coupon or redemption mandate to its paying agent",
+        "An issuer signs a coupon or redemption mandate and sends it to its paying agent (the "
+        "coordinator), or asks how one stands; prints every holder's due (docs/SERVICING.md).",
+        usage="%(prog)s [-h] --broker URL --registry FILE --id ID [--coordinator ID]\n"
+        "       (--query | --issuer ID --issuer-key FILE --isin ISIN --kind {coupon,redemption}\n"
+        "        --date YYYY-MM-DD --securities-account A --cash-account A\n"
+        "        [--securities-ledger ID] [--cash-ledger ID] [--currency CCY] [--deadline-ms MS])",
+    )
     action.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
     action.add_argument("--registry", required=True, metavar="FILE", help="the consortium's registry.toml")
-    action.add_argument("--coordinator", default="coordinator", metavar="ID",
-                        help="the paying agent's id (default: coordinator)")
+    action.add_argument(
+        "--coordinator", default="coordinator", metavar="ID", help="the paying agent's id (default: coordinator)"
+    )
     action.add_argument("--id", required=True, help="the action's id (sent again: its status, nothing paid twice)")
     choice = action.add_mutually_exclusive_group(required=True)
     choice.add_argument("--query", action="store_true", help="only ask how the action stands")
@@ -307,83 +439,139 @@ def parser() -> argparse.ArgumentParser:
     mandate.add_argument("--date", type=_date, metavar="YYYY-MM-DD", help="the payment date (UTC)")
     mandate.add_argument("--securities-account", metavar="A", help="the issuer's account on the securities ledger")
     mandate.add_argument("--cash-account", metavar="A", help="the issuer's account on the cash ledger, which pays")
-    mandate.add_argument("--securities-ledger", default="csd", metavar="ID",
-                         help="the ledger holding the instrument (default: csd)")
-    mandate.add_argument("--cash-ledger", default="cbdc-eur", metavar="ID",
-                         help="the ledger that pays (default: cbdc-eur)")
+    mandate.add_argument(
+        "--securities-ledger", default="csd", metavar="ID", help="the ledger holding the instrument (default: csd)"
+    )
+    mandate.add_argument(
+        "--cash-ledger", default="cbdc-eur", metavar="ID", help="the ledger that pays (default: cbdc-eur)"
+    )
     mandate.add_argument("--currency", default="EUR", metavar="CCY", help="the currency paid (default: EUR)")
-    mandate.add_argument("--deadline-ms", type=int, default=DEADLINE_MS_DEFAULT, metavar="MS",
-                         help=f"how long after the payment date's start payments may run (default: {DEADLINE_MS_DEFAULT})")
+    mandate.add_argument(
+        "--deadline-ms",
+        type=int,
+        default=DEADLINE_MS_DEFAULT,
+        metavar="MS",
+        help=f"how long after the payment date's start payments may run (default: {DEADLINE_MS_DEFAULT})",
+    )
     action.set_defaults(run=_corporate_action, usage_error=action.error)
 
     for name, text, description in (
-            ("submit", "send a sese.023 or pacs.009 instruction to the coordinator's matching desk",
-             "Send a party's own side of a trade, an ISO 20022 sese.023 (DvP) or pacs.009 (PvP), validated here "
-             "first and signed with its key, to the matching desk; print each status advice (docs/ISO20022.md)."),
-            ("advices", "a party's status advices and confirmations from the matching desk",
-             "Print every status advice and confirmation the matching desk wrote for a party, from a position on.")):
+        (
+            "submit",
+            "send a sese.023 or pacs.009 instruction to the coordinator's matching desk",
+            "Send a party's own side of a trade, an ISO 20022 sese.023 (DvP) or pacs.009 (PvP), validated here "
+            "first and signed with its key, to the matching desk; print each status advice (docs/ISO20022.md).",
+        ),
+        (
+            "advices",
+            "a party's status advices and confirmations from the matching desk",
+            "Print every status advice and confirmation the matching desk wrote for a party, from a position on.",
+        ),
+    ):
         desk = command(name, text, description)
         if name == "submit":
             desk.add_argument("file", help="the ISO 20022 document (sese.023.001.11 or pacs.009.001.11)")
             desk.add_argument("--id", help="the instruction id (default: the document's own reference)")
-            desk.add_argument("--wait", type=float, default=0.0, metavar="S",
-                              help="seconds to follow its advices until settled, failed or cancelled (default: 0)")
+            desk.add_argument(
+                "--wait",
+                type=float,
+                default=0.0,
+                metavar="S",
+                help="seconds to follow its advices until settled, failed or cancelled (default: 0)",
+            )
         else:
-            desk.add_argument("--from", type=int, default=0, metavar="SEQ",
-                              help="the first advice position (default: 0)")
+            desk.add_argument(
+                "--from", type=int, default=0, metavar="SEQ", help="the first advice position (default: 0)"
+            )
         desk.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
         desk.add_argument("--registry", required=True, metavar="FILE", help="the consortium's registry.toml")
-        desk.add_argument("--coordinator", default="coordinator", metavar="ID",
-                          help="the coordinator's id (default: coordinator)")
+        desk.add_argument(
+            "--coordinator", default="coordinator", metavar="ID", help="the coordinator's id (default: coordinator)"
+        )
         desk.add_argument("--party", required=True, metavar="ID", help="the instructing party (who signs)")
         desk.add_argument("--key", required=True, metavar="FILE", help="the party's private key (PEM, mode 600)")
-        desk.add_argument("--out", metavar="DIR",
-                          help="write each advice to this folder as PARTY-SEQ-STATUS.xml (default: none written)")
+        desk.add_argument(
+            "--out",
+            metavar="DIR",
+            help="write each advice to this folder as PARTY-SEQ-STATUS.xml (default: none written)",
+        )
         desk.set_defaults(run=_submit)
 
-    statement = command("statement", "a camt.053 statement of a cash account, from its ledger's journal",
-                        "Write a camt.053 statement of one cash account, from its ledger's journal read over the "
-                        "bus and checked (hash chain and the ledger's signature).")
+    statement = command(
+        "statement",
+        "a camt.053 statement of a cash account, from its ledger's journal",
+        "Write a camt.053 statement of one cash account, from its ledger's journal read over the "
+        "bus and checked (hash chain and the ledger's signature).",
+    )
     statement.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
-    statement.add_argument("--registry", required=True, metavar="FILE",
-                           help="the consortium's registry.toml, with the ledger's key")
+    statement.add_argument(
+        "--registry", required=True, metavar="FILE", help="the consortium's registry.toml, with the ledger's key"
+    )
     statement.add_argument("--ledger", required=True, metavar="ID", help="the cash ledger holding the account")
     statement.add_argument("--account", required=True, metavar="A", help="the account")
     statement.add_argument("--currency", required=True, metavar="CCY", help="the currency, ISO 4217 (such as EUR)")
-    statement.add_argument("--from-seq", type=int, default=0, metavar="SEQ",
-                           help="the first journal entry covered (default: 0)")
-    statement.add_argument("--to-seq", type=int, metavar="SEQ", help="the last journal entry covered (default: the head)")
+    statement.add_argument(
+        "--from-seq", type=int, default=0, metavar="SEQ", help="the first journal entry covered (default: 0)"
+    )
+    statement.add_argument(
+        "--to-seq", type=int, metavar="SEQ", help="the last journal entry covered (default: the head)"
+    )
     statement.add_argument("--out", metavar="FILE", help="write the document here (default: standard output)")
     statement.set_defaults(run=_statement)
 
     from engine.audit import GRACE_MS
-    audit = command("audit", "verify every ledger's journal and every settlement across ledgers",
-                    "Verify every ledger's journal (chain, signatures, replay, each entry against its instruction), "
-                    "a database's tables against it, and every settlement across ledgers; exit status 1 on any "
-                    "violation.")
-    audit.add_argument("--registry", required=True, metavar="FILE",
-                       help="the consortium's registry.toml, with the ledgers' keys")
+
+    audit = command(
+        "audit",
+        "verify every ledger's journal and every settlement across ledgers",
+        "Verify every ledger's journal (chain, signatures, replay, each entry against its instruction), "
+        "a database's tables against it, and every settlement across ledgers; exit status 1 on any "
+        "violation.",
+    )
+    audit.add_argument(
+        "--registry", required=True, metavar="FILE", help="the consortium's registry.toml, with the ledgers' keys"
+    )
     source = audit.add_mutually_exclusive_group(required=True)
-    source.add_argument("--db", action="append", metavar="FILE",
-                        help="a ledger's database file, read-only (once per ledger)")
+    source.add_argument(
+        "--db", action="append", metavar="FILE", help="a ledger's database file, read-only (once per ledger)"
+    )
     source.add_argument("--broker", metavar="URL", help="read the journals over this MQTT broker instead")
-    audit.add_argument("--ledger", action="append", default=[], metavar="ID",
-                       help="with --broker: a ledger to read (once per ledger)")
-    audit.add_argument("--grace-ms", type=int, default=GRACE_MS, metavar="MS",
-                       help=f"how long a lock may stay held past its expiry (default: {GRACE_MS})")
+    audit.add_argument(
+        "--ledger", action="append", default=[], metavar="ID", help="with --broker: a ledger to read (once per ledger)"
+    )
+    audit.add_argument(
+        "--grace-ms",
+        type=int,
+        default=GRACE_MS,
+        metavar="MS",
+        help=f"how long a lock may stay held past its expiry (default: {GRACE_MS})",
+    )
     audit.set_defaults(run=_audit)
 
     from engine.observer import GRACE_MS as OBSERVER_GRACE_MS
-    observer = command("observer", "follow every ledger's journal live and alert on any violation",
-                       "Follow every ledger's journal live and log an ALERT line within a second of a violation, "
-                       "until SIGTERM or SIGINT.")
-    observer.add_argument("--config", required=True, metavar="FILE",
-                          help="the coordinator's TOML file: the registry, the broker and the ledgers to follow")
+
+    observer = command(
+        "observer",
+        "follow every ledger's journal live and alert on any violation",
+        "Follow every ledger's journal live and log an ALERT line within a second of a violation, "
+        "until SIGTERM or SIGINT.",
+    )
+    observer.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the coordinator's TOML file: the registry, the broker and the ledgers to follow",
+    )
     observer.add_argument("--broker", metavar="URL", help="broker URL, overriding the config's")
-    observer.add_argument("--grace-ms", type=int, default=OBSERVER_GRACE_MS, metavar="MS",
-                          help="how long past a lock's expiry or a settlement's deadline, on the observer's clock, "
-                               "before a leg counts as beyond claiming: more than any clock skew plus the observer's "
-                               f"lag (default: {OBSERVER_GRACE_MS})")
+    observer.add_argument(
+        "--grace-ms",
+        type=int,
+        default=OBSERVER_GRACE_MS,
+        metavar="MS",
+        help="how long past a lock's expiry or a settlement's deadline, on the observer's clock, "
+        "before a leg counts as beyond claiming: more than any clock skew plus the observer's "
+        f"lag (default: {OBSERVER_GRACE_MS})",
+    )
     observer.set_defaults(run=_observer)
     return root
 
@@ -399,15 +587,16 @@ def expected(error: BaseException) -> ExpectedFailure | None:
             first: BaseException | None = failures
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
-            assert isinstance(first, ExpectedFailure)   # split left nothing else
+            assert isinstance(first, ExpectedFailure)  # split left nothing else
             return first
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         return args.run(args)
     except (ExpectedFailure, BaseExceptionGroup) as error:

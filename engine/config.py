@@ -1,24 +1,24 @@
 """The coordinator's configuration (the watchtower reads the same file):
 
-    coordinator_id = "coordinator"
-    key_file = "keys/coordinator.pem"     # paths are relative to this file
-    registry = "registry.toml"
-    journal = "coordinator.db"
-    broker = "mqtt://127.0.0.1:1883"
-    broker_password_file = "secrets/coordinator.password"  # optional: a secured broker (docs/DEPLOY.md);
-    broker_ca_file = "ca.pem"             # the user is the client id, coordinator-{id} or watchtower-{id}
-    ledgers = ["csd", "cbdc-eur"]         # watched by the watchtower
-    metrics = "127.0.0.1:9110"            # optional: the coordinator serves Prometheus metrics
-                                          # at http://HOST:PORT/metrics (the watchtower does not)
+coordinator_id = "coordinator"
+key_file = "keys/coordinator.pem"     # paths are relative to this file
+registry = "registry.toml"
+journal = "coordinator.db"
+broker = "mqtt://127.0.0.1:1883"
+broker_password_file = "secrets/coordinator.password"  # optional: a secured broker (docs/DEPLOY.md);
+broker_ca_file = "ca.pem"             # the user is the client id, coordinator-{id} or watchtower-{id}
+ledgers = ["csd", "cbdc-eur"]         # watched by the watchtower
+metrics = "127.0.0.1:9110"            # optional: the coordinator serves Prometheus metrics
+                                      # at http://HOST:PORT/metrics (the watchtower does not)
 
-    [settlement_ledgers]                  # optional: where matched instructions settle each asset,
-    EUR = "cbdc-eur"                      # needed for an asset more than one ledger carries
-    XS2700000016 = "csd"
+[settlement_ledgers]                  # optional: where matched instructions settle each asset,
+EUR = "cbdc-eur"                      # needed for an asset more than one ledger carries
+XS2700000016 = "csd"
 
-    [timing]                              # optional; see protocols.settlement.Timing
-    lock_wait_ms = 2000
-    claim_deadline_ms = 4000
-    clock_skew_ms_max = 1000
+[timing]                              # optional; see protocols.settlement.Timing
+lock_wait_ms = 2000
+claim_deadline_ms = 4000
+clock_skew_ms_max = 1000
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ class CoordinatorConfig:
     key_file: Path
     registry: Path
     journal: Path
-    broker: str | None                    # with the broker_*_file settings in its query
+    broker: str | None  # with the broker_*_file settings in its query
     ledgers: tuple[str, ...]
     timing: Timing = Timing()
-    metrics: tuple[str, int] | None = None   # (host, port) of the metrics endpoint; None: off
-    settlement_ledgers: dict[str, str] = attrs.field(factory=dict)   # asset -> the ledger that settles it
+    metrics: tuple[str, int] | None = None  # (host, port) of the metrics endpoint; None: off
+    settlement_ledgers: dict[str, str] = attrs.field(factory=dict)  # asset -> the ledger that settles it
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
@@ -57,8 +57,19 @@ class CoordinatorConfig:
             data = read_toml("coordinator config", path)
         except ExpectedFailure as error:
             raise ConfigError(error.subject, error.reason) from None
-        known = {"coordinator_id", "key_file", "registry", "journal", "broker", "broker_password_file",
-                 "broker_ca_file", "ledgers", "timing", "metrics", "settlement_ledgers"}
+        known = {
+            "coordinator_id",
+            "key_file",
+            "registry",
+            "journal",
+            "broker",
+            "broker_password_file",
+            "broker_ca_file",
+            "ledgers",
+            "timing",
+            "metrics",
+            "settlement_ledgers",
+        }
         for key in data:
             if key not in known:
                 raise ConfigError(source, f"{key}: unknown setting")
@@ -69,8 +80,9 @@ class CoordinatorConfig:
         if not isinstance(ledgers, list) or not all(isinstance(ledger, str) for ledger in ledgers):
             raise ConfigError(source, "ledgers: must be a list of ledger ids")
         timing = data.get("timing", {})
-        if not isinstance(timing, dict) or not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0
-                                                   for value in timing.values()):
+        if not isinstance(timing, dict) or not all(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in timing.values()
+        ):
             raise ConfigError(source, "timing: must be a table of whole numbers of ms, none negative")
         try:
             timing = Timing(**timing)
@@ -88,5 +100,14 @@ class CoordinatorConfig:
             metrics = metrics_setting(data)
         except ValueError as error:
             raise ConfigError(source, f"metrics: {error}") from None
-        return cls(data["coordinator_id"], base / data["key_file"], base / data["registry"],
-                   base / data["journal"], broker, tuple(ledgers), timing, metrics, places)
+        return cls(
+            data["coordinator_id"],
+            base / data["key_file"],
+            base / data["registry"],
+            base / data["journal"],
+            broker,
+            tuple(ledgers),
+            timing,
+            metrics,
+            places,
+        )

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import attrs
 import trio
@@ -27,9 +28,28 @@ from protocols.failures import ExpectedFailure
 from protocols.htlc import hashlock_of
 from protocols.identifiers import make_isin
 from protocols.journal import Link, verify_chain
-from protocols.messages import (Abort, Instruction, Claim, CreateInstrument, Issue, Leg, Lock, OpenAccount,
-                                QueryBalances, QueryInfo, QueryJournal, QueryLock, QueryLocks,
-                                QueryReceipt, Receipt, Refund, Result, Settle, Transfer, to_body)
+from protocols.messages import (
+    Abort,
+    Claim,
+    CreateInstrument,
+    Instruction,
+    Issue,
+    Leg,
+    Lock,
+    OpenAccount,
+    QueryBalances,
+    QueryInfo,
+    QueryJournal,
+    QueryLock,
+    QueryLocks,
+    QueryReceipt,
+    Receipt,
+    Refund,
+    Result,
+    Settle,
+    Transfer,
+    to_body,
+)
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, sign, signing_bytes
 
@@ -55,9 +75,9 @@ class Suite:
     registry: Registry
     keys: dict[str, PrivateKey]
     operator: str = ""
-    issuer: str = ""          # who signs issuance of `asset`
+    issuer: str = ""  # who signs issuance of `asset`
     asset: str = ""
-    alice: str = ""           # two participants and their fresh accounts
+    alice: str = ""  # two participants and their fresh accounts
     bob: str = ""
     alice_account: str = ""
     bob_account: str = ""
@@ -103,13 +123,17 @@ def refused(receipt: Receipt | Result, code: Code, field: str | None = None) -> 
 
 # -- the checks, in order; later ones rely on the accounts and funds of earlier ones --------
 
+
 async def info_answers(s: Suite) -> None:
     info = await s.client.query(QueryInfo(s.fresh("q"), s.ledger_id))
     expect(info["ledger"] == s.ledger_id, f"info names ledger {info['ledger']!r}")
     s.operator = info["operator"]
     expect(s.operator in s.keys, f"need the key of the operator {s.operator!r}")
-    participants = [p.id for p in s.registry if Role.PARTICIPANT in p.roles and p.id in s.keys
-                    and Role.CENTRAL_BANK not in p.roles and p.id != s.operator]
+    participants = [
+        p.id
+        for p in s.registry
+        if Role.PARTICIPANT in p.roles and p.id in s.keys and Role.CENTRAL_BANK not in p.roles and p.id != s.operator
+    ]
     expect(len(participants) >= 2, "need the keys of two participants")
     s.alice, s.bob = participants[:2]
     currencies = [a for a in info["assets"] if a["kind"] == "currency" and a["issuer"] in s.keys]
@@ -124,18 +148,33 @@ async def accounts_open(s: Suite) -> None:
     s.alice_account, s.bob_account = s.fresh("acct-a"), s.fresh("acct-b")
     applied(await s.send(OpenAccount, s.operator, account=s.alice_account, owner=s.alice), "open by operator")
     applied(await s.send(OpenAccount, s.bob, account=s.bob_account, owner=s.bob), "open by its owner")
-    refused(await s.send(OpenAccount, s.operator, account=s.alice_account, owner=s.alice),
-            Code.ACCOUNT_EXISTS, "account")
+    refused(
+        await s.send(OpenAccount, s.operator, account=s.alice_account, owner=s.alice), Code.ACCOUNT_EXISTS, "account"
+    )
     refused(await s.send(OpenAccount, s.alice, account=s.fresh("acct"), owner=s.bob), Code.NOT_AUTHORISED)
 
 
 async def issuance_is_the_issuers_alone(s: Suite) -> None:
     if len(s.asset) == 12:  # an instrument we create, issued by alice
-        applied(await s.send(CreateInstrument, s.operator, isin=s.asset, issuer=s.alice, currency="EUR",
-                             face_value_minor=100_00, coupon_rate_bp=125, maturity_date="2035-06-30"), "create instrument")
+        applied(
+            await s.send(
+                CreateInstrument,
+                s.operator,
+                isin=s.asset,
+                issuer=s.alice,
+                currency="EUR",
+                face_value_minor=100_00,
+                coupon_rate_bp=125,
+                maturity_date="2035-06-30",
+            ),
+            "create instrument",
+        )
         refused(await s.send(Issue, s.alice, asset=s.asset, account=s.alice_account, amount=1000), Code.NOT_AUTHORISED)
-        refused(await s.send(Issue, s.operator, asset=s.asset, account=s.bob_account, amount=1000),
-                Code.NOT_AUTHORISED, "account")
+        refused(
+            await s.send(Issue, s.operator, asset=s.asset, account=s.bob_account, amount=1000),
+            Code.NOT_AUTHORISED,
+            "account",
+        )
         applied(await s.send(Issue, s.operator, asset=s.asset, account=s.alice_account, amount=10_000), "issue")
     else:
         refused(await s.send(Issue, s.alice, asset=s.asset, account=s.alice_account, amount=1000), Code.NOT_AUTHORISED)
@@ -144,21 +183,36 @@ async def issuance_is_the_issuers_alone(s: Suite) -> None:
 
 
 async def transfer_moves_and_refuses(s: Suite) -> None:
-    applied(await s.send(Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account,
-                         asset=s.asset, amount=1_000), "transfer")
+    applied(
+        await s.send(
+            Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account, asset=s.asset, amount=1_000
+        ),
+        "transfer",
+    )
     expect(await s.balance(s.bob_account) == (1_000, 0), "transfer did not arrive")
-    refused(await s.send(Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account,
-                         asset=s.asset, amount=1_000_000), Code.INSUFFICIENT_FUNDS, "amount")
-    refused(await s.send(Transfer, s.bob, from_account=s.alice_account, to_account=s.bob_account,
-                         asset=s.asset, amount=1), Code.NOT_AUTHORISED)
-    refused(await s.send(Transfer, s.alice, from_account=s.alice_account, to_account=s.fresh("none"),
-                         asset=s.asset, amount=1), Code.UNKNOWN_ACCOUNT, "to_account")
+    refused(
+        await s.send(
+            Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account, asset=s.asset, amount=1_000_000
+        ),
+        Code.INSUFFICIENT_FUNDS,
+        "amount",
+    )
+    refused(
+        await s.send(Transfer, s.bob, from_account=s.alice_account, to_account=s.bob_account, asset=s.asset, amount=1),
+        Code.NOT_AUTHORISED,
+    )
+    refused(
+        await s.send(
+            Transfer, s.alice, from_account=s.alice_account, to_account=s.fresh("none"), asset=s.asset, amount=1
+        ),
+        Code.UNKNOWN_ACCOUNT,
+        "to_account",
+    )
     expect(await s.balance(s.alice_account) == (9_000, 0), "a refused transfer changed a balance")
 
 
 async def authentication_is_enforced(s: Suite) -> None:
-    good = s.signed(Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account,
-                    asset=s.asset, amount=1)
+    good = s.signed(Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account, asset=s.asset, amount=1)
     forged = Signed(good.msg, {s.alice: s.keys[s.bob].sign(signing_bytes(good.body))}, good.body)
     refused(await s.client.submit(forged), Code.BAD_SIGNATURE)
     stranger = Signed(good.msg, {"cf-nobody": good.sigs[s.alice]}, good.body)
@@ -166,11 +220,25 @@ async def authentication_is_enforced(s: Suite) -> None:
     refused(await s.client.submit(Signed(good.msg, {}, good.body)), Code.MISSING_SIGNATURE)
     tampered = {**good.wire(), "amount": 2}
     refused(await s.client.submit_raw(canonical.encode(tampered)), Code.BAD_SIGNATURE)
-    elsewhere = s.signed(Transfer, s.alice, ledger=s.ledger_id + "-other", from_account=s.alice_account,
-                         to_account=s.bob_account, asset=s.asset, amount=1)
+    elsewhere = s.signed(
+        Transfer,
+        s.alice,
+        ledger=s.ledger_id + "-other",
+        from_account=s.alice_account,
+        to_account=s.bob_account,
+        asset=s.asset,
+        amount=1,
+    )
     refused(await s.client.submit(elsewhere), Code.WRONG_LEDGER, "ledger")
-    stale = s.signed(Transfer, s.alice, ts_ms=s.now_ms() - 3_600_000, from_account=s.alice_account,
-                     to_account=s.bob_account, asset=s.asset, amount=1)
+    stale = s.signed(
+        Transfer,
+        s.alice,
+        ts_ms=s.now_ms() - 3_600_000,
+        from_account=s.alice_account,
+        to_account=s.bob_account,
+        asset=s.asset,
+        amount=1,
+    )
     refused(await s.client.submit(stale), Code.STALE, "ts_ms")
 
 
@@ -193,29 +261,48 @@ async def malformed_messages_are_refused(s: Suite) -> None:
     ]
     for raw, code in cases:
         reply = await s.client.submit_raw(raw)
-        expect(isinstance(reply, Receipt) and reply.code == code.value,
-               f"{raw[:40]!r}...: expected {code.value}, got {getattr(reply, 'code', reply)}")
+        expect(
+            isinstance(reply, Receipt) and reply.code == code.value,
+            f"{raw[:40]!r}...: expected {code.value}, got {getattr(reply, 'code', reply)}",
+        )
 
 
 async def instructions_are_idempotent(s: Suite) -> None:
-    first = s.signed(Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account,
-                     asset=s.asset, amount=10)
+    first = s.signed(
+        Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account, asset=s.asset, amount=10
+    )
     one, two = await s.client.submit(first), await s.client.submit(first)
     applied(one, "transfer")
     expect(one == two, "the same instruction sent twice got two different receipts")
     expect(await s.balance(s.bob_account) == (1_010, 0), "the same instruction was applied twice")
-    again = s.signed(Transfer, s.alice, id=first.msg.id, ts_ms=first.msg.ts_ms, from_account=s.alice_account,
-                     to_account=s.bob_account, asset=s.asset, amount=11)
+    again = s.signed(
+        Transfer,
+        s.alice,
+        id=first.msg.id,
+        ts_ms=first.msg.ts_ms,
+        from_account=s.alice_account,
+        to_account=s.bob_account,
+        asset=s.asset,
+        amount=11,
+    )
     refused(await s.client.submit(again), Code.ID_REUSED, "amount")
-    stored = await s.client.submit_raw(canonical.encode(
-        to_body(QueryReceipt(s.fresh("q"), s.ledger_id, first.msg.id))))
+    stored = await s.client.submit_raw(canonical.encode(to_body(QueryReceipt(s.fresh("q"), s.ledger_id, first.msg.id))))
     expect(stored == one, "query_receipt does not return the first receipt")
 
 
 def _lock(s: Suite, secret: bytes, expiry_ms: int, **fields) -> Signed:
     fields.setdefault("abort_by", ())
-    return s.signed(Lock, s.alice, owner_account=s.alice_account, beneficiary_account=s.bob_account,
-                    asset=s.asset, amount=100, hashlock=hashlock_of(secret), expiry_ms=expiry_ms, **fields)
+    return s.signed(
+        Lock,
+        s.alice,
+        owner_account=s.alice_account,
+        beneficiary_account=s.bob_account,
+        asset=s.asset,
+        amount=100,
+        hashlock=hashlock_of(secret),
+        expiry_ms=expiry_ms,
+        **fields,
+    )
 
 
 async def locks_claim_with_the_secret_only(s: Suite) -> None:
@@ -223,10 +310,18 @@ async def locks_claim_with_the_secret_only(s: Suite) -> None:
     lock = _lock(s, secret, s.now_ms() + 60_000)
     applied(await s.client.submit(lock), "lock")
     expect(await s.balance(s.alice_account) == (8_890, 100), "lock did not move available to locked")
-    refused(await s.send(Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account,
-                         asset=s.asset, amount=8_891), Code.INSUFFICIENT_FUNDS, "amount")
-    refused(await s.send(Claim, s.bob, lock_id=lock.msg.id, preimage=secrets.token_bytes(32)),
-            Code.WRONG_PREIMAGE, "preimage")
+    refused(
+        await s.send(
+            Transfer, s.alice, from_account=s.alice_account, to_account=s.bob_account, asset=s.asset, amount=8_891
+        ),
+        Code.INSUFFICIENT_FUNDS,
+        "amount",
+    )
+    refused(
+        await s.send(Claim, s.bob, lock_id=lock.msg.id, preimage=secrets.token_bytes(32)),
+        Code.WRONG_PREIMAGE,
+        "preimage",
+    )
     applied(await s.send(Claim, s.operator, lock_id=lock.msg.id, preimage=secret), "claim by a third party")
     expect(await s.balance(s.bob_account) == (1_110, 0), "claim did not pay the beneficiary")
     expect(await s.balance(s.alice_account) == (8_890, 0), "claim did not release the lock")
@@ -251,9 +346,21 @@ async def expired_locks_refund_themselves(s: Suite) -> None:
     expiry_ms = s.now_ms() + EXPIRY_WAIT_MS
     lock = _lock(s, secret, expiry_ms)
     applied(await s.client.submit(lock), "lock")
-    refused(await s.send(Lock, s.alice, owner_account=s.alice_account, beneficiary_account=s.bob_account,
-                         asset=s.asset, amount=1, hashlock=hashlock_of(secret), expiry_ms=s.now_ms() - 1,
-                         abort_by=()), Code.EXPIRY_OUT_OF_RANGE, "expiry_ms")
+    refused(
+        await s.send(
+            Lock,
+            s.alice,
+            owner_account=s.alice_account,
+            beneficiary_account=s.bob_account,
+            asset=s.asset,
+            amount=1,
+            hashlock=hashlock_of(secret),
+            expiry_ms=s.now_ms() - 1,
+            abort_by=(),
+        ),
+        Code.EXPIRY_OUT_OF_RANGE,
+        "expiry_ms",
+    )
     listed = await s.client.query(QueryLocks(s.fresh("q"), s.ledger_id, expiry_ms + 1, 1000))
     expect(lock.msg.id in [entry["lock_id"] for entry in listed], "query_locks does not list the expiring lock")
     refused(await s.send(Refund, s.bob, lock_id=lock.msg.id), Code.LOCK_NOT_EXPIRED)
@@ -301,10 +408,18 @@ async def journal_verifies(s: Suite) -> None:
 
 
 CHECKS: list[Callable[[Suite], Awaitable[None]]] = [
-    info_answers, accounts_open, issuance_is_the_issuers_alone, transfer_moves_and_refuses,
-    authentication_is_enforced, malformed_messages_are_refused, instructions_are_idempotent,
-    locks_claim_with_the_secret_only, aborts_follow_the_lock_terms, expired_locks_refund_themselves,
-    settlement_is_all_or_nothing, journal_verifies,
+    info_answers,
+    accounts_open,
+    issuance_is_the_issuers_alone,
+    transfer_moves_and_refuses,
+    authentication_is_enforced,
+    malformed_messages_are_refused,
+    instructions_are_idempotent,
+    locks_claim_with_the_secret_only,
+    aborts_follow_the_lock_terms,
+    expired_locks_refund_themselves,
+    settlement_is_all_or_nothing,
+    journal_verifies,
 ]
 
 
@@ -318,8 +433,9 @@ def load_keys(directory: Path) -> tuple[Registry, dict[str, PrivateKey]]:
     return registry, keys
 
 
-async def run_checks(bus: Any, ledger_id: str, registry: Registry, keys: dict[str, PrivateKey],
-                     out=print) -> tuple[int, int]:
+async def run_checks(
+    bus: Any, ledger_id: str, registry: Registry, keys: dict[str, PrivateKey], out=print
+) -> tuple[int, int]:
     """Run every check in order; stop at the first failure, since later checks build
     on earlier ones. Returns (passed, failed)."""
     party = registry.get(ledger_id)
@@ -354,5 +470,3 @@ async def main(broker: str, ledger_id: str, keys_dir: str) -> int:
         raise failure
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
-
-

@@ -16,20 +16,33 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 import trio
 
 from protocols.authority import Terms, terms_of
 from protocols.bus import Bus, BusTimeout, Request, service_of_coordinator
-from protocols.bus.clock import ServiceClock
 from protocols.bus.client import BadReply, LedgerClient
+from protocols.bus.clock import ServiceClock
 from protocols.canonical import decode, encode
 from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
-from protocols.messages import (Abort, Body, Claim, Lock, QueryLock, QueryReceipt, QuerySettlement, Receipt,
-                                Settle, Settlement, SettlementStatus, readable_id)
+from protocols.messages import (
+    Abort,
+    Body,
+    Claim,
+    Lock,
+    QueryLock,
+    QueryReceipt,
+    QuerySettlement,
+    Receipt,
+    Settle,
+    Settlement,
+    SettlementStatus,
+    readable_id,
+)
 from protocols.registry import Registry
 from protocols.settlement import Phase, Timing, lock_id, settle_id
 from protocols.signing import PrivateKey, Signed, decode_signed, sign
@@ -40,8 +53,8 @@ from .watchtower import Watchtower
 log = logging.getLogger("lockstep.coordinator")
 
 RETRY_S = 0.05
-SUBMIT_TIMEOUT_S = 0.5     # one attempt at a ledger request; retried while time allows
-IN_FLIGHT_MAX = 10_000     # settlements driven at once; more are refused as overloaded
+SUBMIT_TIMEOUT_S = 0.5  # one attempt at a ledger request; retried while time allows
+IN_FLIGHT_MAX = 10_000  # settlements driven at once; more are refused as overloaded
 
 
 class Desk(Protocol):
@@ -61,9 +74,17 @@ class Desk(Protocol):
 
 
 class Coordinator:
-    def __init__(self, coordinator_id: str, key: PrivateKey, registry: Registry, bus: Bus,
-                 journal: Journal, clock: ServiceClock, timing: Timing = Timing(),
-                 watched_ledgers: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        coordinator_id: str,
+        key: PrivateKey,
+        registry: Registry,
+        bus: Bus,
+        journal: Journal,
+        clock: ServiceClock,
+        timing: Timing = Timing(),
+        watched_ledgers: tuple[str, ...] = (),
+    ) -> None:
         self.id = coordinator_id
         self._key = key
         self.registry = registry
@@ -72,15 +93,20 @@ class Coordinator:
         self.clock = clock
         self.timing = timing
         self._clients: dict[str, LedgerClient] = {}
-        self._running: dict[str, trio.Event] = {}   # settlement id -> set when final
-        self._auth: dict[str, dict] = {}            # settlement id -> its signed wire form, while driven
-        self._accepted: dict[str, Record] = {}      # settlement id -> record being saved as PENDING
+        self._running: dict[str, trio.Event] = {}  # settlement id -> set when final
+        self._auth: dict[str, dict] = {}  # settlement id -> its signed wire form, while driven
+        self._accepted: dict[str, Record] = {}  # settlement id -> record being saved as PENDING
         self._nursery: trio.Nursery | None = None
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
-        self.watchtower = Watchtower(coordinator_id, key, registry, bus, list(watched_ledgers), clock,
-                                     grace_ms=timing.claim_deadline_ms // 2) if watched_ledgers else None
+        self.watchtower = (
+            Watchtower(
+                coordinator_id, key, registry, bus, list(watched_ledgers), clock, grace_ms=timing.claim_deadline_ms // 2
+            )
+            if watched_ledgers
+            else None
+        )
         self._desks: dict[type[Body], Desk] = {}
-        self._reserved: dict[str, str] = {}      # settlement id -> the desk's role that alone may start it
+        self._reserved: dict[str, str] = {}  # settlement id -> the desk's role that alone may start it
 
     def add_desk(self, desk: Desk) -> None:
         """Serve a desk's messages on the coordinator's topic and run it alongside; added
@@ -104,8 +130,9 @@ class Coordinator:
             party = self.registry.get(ledger_id)
             if party is None:
                 raise Rejected(Code.INVALID_FIELD, "legs", f"{ledger_id!r} is not a registered ledger")
-            self._clients[ledger_id] = LedgerClient(self.bus, ledger_id, party.public_key,
-                                                    timeout_s=SUBMIT_TIMEOUT_S, attempts=1)
+            self._clients[ledger_id] = LedgerClient(
+                self.bus, ledger_id, party.public_key, timeout_s=SUBMIT_TIMEOUT_S, attempts=1
+            )
         return self._clients[ledger_id]
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -125,8 +152,12 @@ class Coordinator:
                 task_status.started()
                 async for request in requests:
                     if len(self._running) >= IN_FLIGHT_MAX:
-                        await request.reply(self._status_error(request.payload, Rejected(
-                            Code.OVERLOADED, "$", f"{IN_FLIGHT_MAX} settlements in flight; retry later")))
+                        await request.reply(
+                            self._status_error(
+                                request.payload,
+                                Rejected(Code.OVERLOADED, "$", f"{IN_FLIGHT_MAX} settlements in flight; retry later"),
+                            )
+                        )
                         continue
                     nursery.start_soon(self._answer, request)
 
@@ -150,15 +181,33 @@ class Coordinator:
         await request.reply(reply)
 
     def status(self, record: Record) -> bytes:
-        return sign(SettlementStatus(self.id, record.settlement_id, record.phase.value, self.clock.now_ms(),
-                                     record.reason_code, record.reason, tuple(list(step) for step in record.steps)),
-                    (self.id, self._key)).encode()
+        return sign(
+            SettlementStatus(
+                self.id,
+                record.settlement_id,
+                record.phase.value,
+                self.clock.now_ms(),
+                record.reason_code,
+                record.reason,
+                tuple(list(step) for step in record.steps),
+            ),
+            (self.id, self._key),
+        ).encode()
 
     def _status_error(self, payload: bytes, error: Rejected) -> bytes:
         """A refusal in the shape of a status, phase "rejected", for the sender's id."""
         settlement_id = readable_id(payload, ("settlement_id", "id"))
-        return sign(SettlementStatus(self.id, settlement_id, "rejected", self.clock.now_ms(),
-                                     error.code.value, f"{error.field}: {error.reason}"), (self.id, self._key)).encode()
+        return sign(
+            SettlementStatus(
+                self.id,
+                settlement_id,
+                "rejected",
+                self.clock.now_ms(),
+                error.code.value,
+                f"{error.field}: {error.reason}",
+            ),
+            (self.id, self._key),
+        ).encode()
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -207,13 +256,18 @@ class Coordinator:
         if terms.coordinator != self.id:
             raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.id!r}")
         if self.id in terms.payers:
-            raise Rejected(Code.NOT_AUTHORISED, "parties", "the coordinator cannot settle for itself: it holds the secret")
+            raise Rejected(
+                Code.NOT_AUTHORISED, "parties", "the coordinator cannot settle for itself: it holds the secret"
+            )
         for leg in terms.legs:
             self.client(leg.ledger)
         start_ms = max(self.clock.now_ms(), terms.not_before_ms)
         if terms.deadline_ms < start_ms + self.timing.total_ms():
-            raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "deadline_ms",
-                           f"deadline leaves less than the {self.timing.total_ms()} ms a settlement may take")
+            raise Rejected(
+                Code.EXPIRY_OUT_OF_RANGE,
+                "deadline_ms",
+                f"deadline leaves less than the {self.timing.total_ms()} ms a settlement may take",
+            )
 
     async def wait(self, settlement_id: str) -> Record:
         event = self._running.get(settlement_id)
@@ -245,8 +299,12 @@ class Coordinator:
         finally:
             self._auth.pop(record.settlement_id, None)
             self._running.pop(record.settlement_id).set()
-        log.info("settlement %s %s%s", record.settlement_id, record.phase.value,
-                 f": {record.reason_code}: {record.reason}" if record.reason_code else "")
+        log.info(
+            "settlement %s %s%s",
+            record.settlement_id,
+            record.phase.value,
+            f": {record.reason_code}: {record.reason}" if record.reason_code else "",
+        )
 
     async def _step(self, record: Record, settlement: Terms) -> Record:
         now_ms = self.clock.now_ms()
@@ -254,14 +312,22 @@ class Coordinator:
             if now_ms < settlement.not_before_ms:  # a repo's reverse leg, a trade for a later day
                 await trio.sleep_until(self.clock.trio_time_at(settlement.not_before_ms))
                 now_ms = self.clock.now_ms()
-            return await (self._settle_same_ledger if settlement.same_ledger else self._lock)(record, settlement, now_ms)
+            return await (self._settle_same_ledger if settlement.same_ledger else self._lock)(
+                record, settlement, now_ms
+            )
         if record.phase is Phase.LOCKING:
             return await self._confirm_locks(record, settlement)
         if record.phase is Phase.LOCKED:
             if self.timing.may_release_secret(now_ms, record.expiry_ms[0]):
                 return await self._save(record.to(Phase.CLAIMING, now_ms))
-            return await self._save(record.to(Phase.ROLLING_BACK, now_ms, reason_code=Code.TIMEOUT.value,
-                                              reason="too little time left to claim leg 0 safely"))
+            return await self._save(
+                record.to(
+                    Phase.ROLLING_BACK,
+                    now_ms,
+                    reason_code=Code.TIMEOUT.value,
+                    reason="too little time left to claim leg 0 safely",
+                )
+            )
         if record.phase is Phase.CLAIMING:
             return await self._claim_both(record, settlement)
         if record.phase is Phase.ROLLING_BACK:
@@ -270,15 +336,23 @@ class Coordinator:
 
     async def _settle_same_ledger(self, record: Record, settlement: Terms, now_ms: int) -> Record:
         if not record.sent:
-            settle = sign(Settle(settle_id(settlement.id), settlement.legs[0].ledger, now_ms,
-                                 tuple(leg.as_leg() for leg in settlement.legs), auth=self._auth[settlement.id]),
-                          (self.id, self._key))
+            settle = sign(
+                Settle(
+                    settle_id(settlement.id),
+                    settlement.legs[0].ledger,
+                    now_ms,
+                    tuple(leg.as_leg() for leg in settlement.legs),
+                    auth=self._auth[settlement.id],
+                ),
+                (self.id, self._key),
+            )
             record = await self._save(attrs.evolve(record, sent=(settle.encode(),)))
         ledger = settlement.legs[0].ledger
         # past the deadline (on the slowest clock) the ledger refuses this settle: silence
         # until then means the receipt, if any, is final
-        outcome = await self._send(ledger, record.sent[0],
-                                   self.clock.trio_time_at(settlement.deadline_ms + self.timing.clock_skew_ms_max))
+        outcome = await self._send(
+            ledger, record.sent[0], self.clock.trio_time_at(settlement.deadline_ms + self.timing.clock_skew_ms_max)
+        )
         if outcome is None:  # silent past the deadline: applied or not, the ledger alone knows
             outcome = await self._receipt(ledger, settle_id(settlement.id))
         now_ms = self.clock.now_ms()
@@ -291,13 +365,33 @@ class Coordinator:
         secret = secrets.token_bytes(32)
         expiries = self.timing.expiries(now_ms)
         if expiries[1] > settlement.deadline_ms:
-            return await self._save(record.to(Phase.FAILED, now_ms, reason_code=Code.EXPIRY_OUT_OF_RANGE.value,
-                                              reason="too little time left before the settlement deadline"))
+            return await self._save(
+                record.to(
+                    Phase.FAILED,
+                    now_ms,
+                    reason_code=Code.EXPIRY_OUT_OF_RANGE.value,
+                    reason="too little time left before the settlement deadline",
+                )
+            )
         locks = tuple(
-            sign(Lock(lock_id(settlement.id, index), leg.ledger, now_ms, leg.from_account, leg.to_account,
-                      leg.asset, leg.amount, hashlock_of(secret), expiries[index], (self.id,), auth=self._auth[settlement.id]),
-                 (self.id, self._key)).encode()
-            for index, leg in enumerate(settlement.legs))
+            sign(
+                Lock(
+                    lock_id(settlement.id, index),
+                    leg.ledger,
+                    now_ms,
+                    leg.from_account,
+                    leg.to_account,
+                    leg.asset,
+                    leg.amount,
+                    hashlock_of(secret),
+                    expiries[index],
+                    (self.id,),
+                    auth=self._auth[settlement.id],
+                ),
+                (self.id, self._key),
+            ).encode()
+            for index, leg in enumerate(settlement.legs)
+        )
         return await self._save(record.to(Phase.LOCKING, now_ms, secret=secret, expiry_ms=expiries, sent=locks))
 
     async def _confirm_locks(self, record: Record, settlement: Terms) -> Record:
@@ -323,10 +417,22 @@ class Coordinator:
             if state != "claimed":
                 now_ms = self.clock.now_ms()
                 if index == 0:  # the secret reached no beneficiary: undo leg 1 too
-                    return await self._save(record.to(Phase.ROLLING_BACK, now_ms, reason_code=Code.LOCK_EXPIRED.value,
-                                                      reason=f"leg 0 could not be claimed: lock is {state}"))
-                return await self._save(record.to(Phase.ONE_LEGGED, now_ms, reason_code=Code.LOCK_EXPIRED.value,
-                                                  reason=f"leg 0 claimed but leg 1 is {state}"))
+                    return await self._save(
+                        record.to(
+                            Phase.ROLLING_BACK,
+                            now_ms,
+                            reason_code=Code.LOCK_EXPIRED.value,
+                            reason=f"leg 0 could not be claimed: lock is {state}",
+                        )
+                    )
+                return await self._save(
+                    record.to(
+                        Phase.ONE_LEGGED,
+                        now_ms,
+                        reason_code=Code.LOCK_EXPIRED.value,
+                        reason=f"leg 0 claimed but leg 1 is {state}",
+                    )
+                )
         return await self._save(record.to(Phase.SETTLED, self.clock.now_ms()))
 
     async def _claim(self, settlement: Terms, index: int, secret: bytes, expiry_ms: int) -> str:
@@ -334,9 +440,13 @@ class Coordinator:
         leg = settlement.legs[index]
         target = lock_id(settlement.id, index)
         while True:
-            claim = sign(Claim(f"{target}:c{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target, secret),
-                         (self.id, self._key))
-            outcome = await self._send(leg.ledger, claim.encode(), trio.current_time() + self.timing.claim_deadline_ms / 1000)
+            claim = sign(
+                Claim(f"{target}:c{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target, secret),
+                (self.id, self._key),
+            )
+            outcome = await self._send(
+                leg.ledger, claim.encode(), trio.current_time() + self.timing.claim_deadline_ms / 1000
+            )
             if isinstance(outcome, Receipt) and outcome.applied:
                 return "claimed"
             # The secret may be out: wait as long as it takes to learn the lock's real state;
@@ -349,10 +459,12 @@ class Coordinator:
     async def _roll_back(self, record: Record, settlement: Terms) -> Record:
         """Release every lock that may have been placed; the ledger refunds by itself
         what we cannot reach before its expiry."""
-        for index, leg in enumerate(settlement.legs[:len(record.sent)]):
+        for index, leg in enumerate(settlement.legs[: len(record.sent)]):
             target = lock_id(settlement.id, index)
-            abort = sign(Abort(f"{target}:a{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target),
-                         (self.id, self._key))
+            abort = sign(
+                Abort(f"{target}:a{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target),
+                (self.id, self._key),
+            )
             outcome = await self._send(leg.ledger, abort.encode(), self.clock.trio_time_at(record.expiry_ms[index]))
             if not (isinstance(outcome, Receipt) and outcome.applied):
                 state = await self._lock_state(leg.ledger, target, deadline_ms=record.expiry_ms[index])
@@ -409,9 +521,7 @@ class Coordinator:
                 await trio.sleep(RETRY_S)
 
 
-
 def _failure(outcome: Receipt | None) -> tuple[str, str]:
     if outcome is None:
         return Code.TIMEOUT.value, "a ledger did not confirm in time"
     return outcome.code or "", f"{outcome.ledger}: {outcome.field}: {outcome.reason}"
-

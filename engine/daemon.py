@@ -23,9 +23,9 @@ from .config import CoordinatorConfig
 from .coordinator import Coordinator
 from .journal import Journal
 from .matching_desk import MatchingDesk
+from .metrics import CoordinatorMetrics
 from .repo import RepoDesk
 from .servicing import ServicingDesk
-from .metrics import CoordinatorMetrics
 from .watchtower import Watchtower
 
 log = logging.getLogger("lockstep")
@@ -77,10 +77,12 @@ async def _until_signalled(url: str, client_id: str):
     async with MqttBus.connect(url, client_id=client_id) as bus:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
+
                 async def stop_on_signal() -> None:
                     async for signum in signals:
                         log.info("%s stopping on %s", client_id, signal.Signals(signum).name)
                         nursery.cancel_scope.cancel()
+
                 nursery.start_soon(stop_on_signal)
                 yield bus, nursery
 
@@ -95,19 +97,26 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
     try:
         journal = Journal(config.journal, offload=True)
     except sqlite3.Error as error:
-        raise DaemonError(f"coordinator {config.coordinator_id}: journal {config.journal}",
-                          f"cannot open it: {error}") from None
+        raise DaemonError(
+            f"coordinator {config.coordinator_id}: journal {config.journal}", f"cannot open it: {error}"
+        ) from None
     try:
         async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
-            coordinator = Coordinator(config.coordinator_id, key, registry, bus, journal, ServiceClock(),
-                                      config.timing, config.ledgers)
+            coordinator = Coordinator(
+                config.coordinator_id, key, registry, bus, journal, ServiceClock(), config.timing, config.ledgers
+            )
             coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers))
             coordinator.add_desk(ServicingDesk(coordinator))
             coordinator.add_desk(RepoDesk(coordinator))
-            coordinator_metrics = CoordinatorMetrics(coordinator)   # before any settlement is resumed
+            coordinator_metrics = CoordinatorMetrics(coordinator)  # before any settlement is resumed
             await nursery.start(coordinator.run)
-            log.info("coordinator %s up on %s, journal %s, Δ = %d ms", config.coordinator_id, redacted(url),
-                     config.journal, config.timing.margin_ms)
+            log.info(
+                "coordinator %s up on %s, journal %s, Δ = %d ms",
+                config.coordinator_id,
+                redacted(url),
+                config.journal,
+                config.timing.margin_ms,
+            )
             if listeners is not None:
                 nursery.start_soon(serve_metrics, coordinator_metrics.registry, listeners)
                 log.info("coordinator %s metrics at %s", config.coordinator_id, url_of(listeners))
@@ -118,7 +127,14 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
 async def run_watchtower(config_path: str, broker: str | None = None) -> None:
     config, registry, key, url = load(config_path, broker)
     async with _until_signalled(url, f"watchtower-{config.coordinator_id}") as (bus, nursery):
-        watchtower = Watchtower(config.coordinator_id, key, registry, bus, list(config.ledgers), ServiceClock(),
-                                grace_ms=config.timing.claim_deadline_ms // 2)
+        watchtower = Watchtower(
+            config.coordinator_id,
+            key,
+            registry,
+            bus,
+            list(config.ledgers),
+            ServiceClock(),
+            grace_ms=config.timing.claim_deadline_ms // 2,
+        )
         await nursery.start(watchtower.run)
         log.info("watchtower watching %s on %s", ", ".join(config.ledgers), redacted(url))

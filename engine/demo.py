@@ -19,9 +19,9 @@ from pathlib import Path
 import attrs
 import trio
 
+from protocols.bus import service_of_coordinator
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
-from protocols.bus import service_of_coordinator
 from protocols.iso20022 import sese023
 from protocols.iso20022.model import SESE_023, OneSided
 from protocols.messages import QueryBalances, QueryInfo, QueryLocks, Settlement, SettlementInstruction, SettlementLeg
@@ -36,13 +36,22 @@ from .matching_desk import MatchingDesk
 
 # Short enough that the expiry scenario takes seconds; long enough for a loaded laptop.
 DEMO_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)
-ACCOUNTS = [("csd", "a-sec"), ("csd", "b-sec"), ("csd", "treasury"),   # the treasury holds the rest of the bonds
-            ("cbdc-eur", "a-eur"), ("cbdc-eur", "b-eur"), ("cbdc-multi", "a-usd"), ("cbdc-multi", "b-usd"),
-            ("unified", "a"), ("unified", "b"), ("unified", "treasury")]
+ACCOUNTS = [
+    ("csd", "a-sec"),
+    ("csd", "b-sec"),
+    ("csd", "treasury"),  # the treasury holds the rest of the bonds
+    ("cbdc-eur", "a-eur"),
+    ("cbdc-eur", "b-eur"),
+    ("cbdc-multi", "a-usd"),
+    ("cbdc-multi", "b-usd"),
+    ("unified", "a"),
+    ("unified", "b"),
+    ("unified", "treasury"),
+]
 DESKS = (lambda coordinator: MatchingDesk(coordinator, PLACES),)
 
 
-Balances = dict[tuple[str, str], dict[str, tuple[int, int]]]   # (ledger, account) -> asset -> (available, locked)
+Balances = dict[tuple[str, str], dict[str, tuple[int, int]]]  # (ledger, account) -> asset -> (available, locked)
 
 
 @attrs.frozen
@@ -84,10 +93,14 @@ async def _start_ledgers(local: Local, broker: str | None) -> list[subprocess.Po
         for spec in LEDGERS:
             await local.start_ledger(spec.ledger_id)
         return []
-    processes = [subprocess.Popen([sys.executable, "-m", "engine.cli", "ledger", "--config",
-                                   str(local.world.ledger_configs[spec.ledger_id])],
-                                  stdout=subprocess.DEVNULL, stderr=(local.world.directory / f"{spec.ledger_id}.log").open("w"))
-                 for spec in LEDGERS]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "ledger", "--config", str(local.world.ledger_configs[spec.ledger_id])],
+            stdout=subprocess.DEVNULL,
+            stderr=(local.world.directory / f"{spec.ledger_id}.log").open("w"),
+        )
+        for spec in LEDGERS
+    ]
     for spec in LEDGERS:  # wait until each answers
         client = local.client(spec.ledger_id)
         with trio.fail_after(30):
@@ -110,19 +123,28 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     out("Settling:")
     cross_dvp = dvp_legs("csd", "a-sec", "b-sec", 1_000, "cbdc-eur", "EUR", "b-eur", "a-eur", 985_000_00)
     await settle(f"cross-ledger DvP: {_legs(cross_dvp)}", "dvp", cross_dvp, ("bank-b", "bank-a"))
-    pvp = (SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 500_000_00),
-           SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 540_000_00))
+    pvp = (
+        SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 500_000_00),
+        SettlementLeg("cbdc-multi", "a-usd", "b-usd", "USD", 540_000_00),
+    )
     await settle(f"cross-ledger PvP: {_legs(pvp)}", "pvp", pvp, ("bank-b", "bank-a"))
     same_dvp = dvp_legs("unified", "a", "b", 1_000, "unified", "EUR", "b", "a", 985_000_00)
     await settle(f"same-ledger DvP: {_legs(same_dvp)}", "dvp", same_dvp, ("bank-b", "bank-a"))
-    same_pvp = (SettlementLeg("unified", "b", "a", "EUR", 500_000_00), SettlementLeg("unified", "a", "b", "USD", 540_000_00))
+    same_pvp = (
+        SettlementLeg("unified", "b", "a", "EUR", 500_000_00),
+        SettlementLeg("unified", "a", "b", "USD", 540_000_00),
+    )
     await settle(f"same-ledger PvP: {_legs(same_pvp)}", "pvp", same_pvp, ("bank-b", "bank-a"))
     matched = "ISO 20022: a sese.023 from each bank, matched, settled, sese.025 to both"
     out(f"  {matched} ...")
     outcomes.append(Outcome(matched, await _matched(local, coordinator, local.world.directory / "iso20022")))
     broke = dvp_legs("csd", "a-sec", "b-sec", 1_000, "cbdc-eur", "EUR", "b-eur", "a-eur", 10**14)
-    await settle(f"DvP without the cash ({_legs(broke)}): refused by cbdc-eur, bond lock rolled back",
-                 "dvp", broke, ("bank-b", "bank-a"))
+    await settle(
+        f"DvP without the cash ({_legs(broke)}): refused by cbdc-eur, bond lock rolled back",
+        "dvp",
+        broke,
+        ("bank-b", "bank-a"),
+    )
 
     # A coordinator killed right after both locks are confirmed, restarted at once.
     title = f"cross-ledger DvP, coordinator killed after locking, restarted: resumed ({_legs(cross_dvp)})"
@@ -163,6 +185,7 @@ async def _count_down(seconds: float, out) -> None:
 
 async def _check(local: Local, before, after) -> None:
     """Nothing created or lost, nothing left locked: asserted, not assumed."""
+
     def totals(balances: Balances) -> dict[tuple[str, str], int]:
         result: dict[tuple[str, str], int] = {}
         for (ledger, _), assets in balances.items():
@@ -179,9 +202,11 @@ async def _check(local: Local, before, after) -> None:
 
 async def _kill_at(local: Local, coordinator, scope, raw: bytes, phase: Phase):
     """Submit and kill the coordinator the moment the settlement reaches `phase`."""
+
     def crash(record: Record) -> None:
         if record.phase is phase:
             scope.cancel()
+
     coordinator.on_phase = crash
     local.nursery.start_soon(local.send_settlement, raw)
     with trio.fail_after(30):
@@ -195,25 +220,59 @@ async def _matched(local: Local, coordinator: Coordinator, folder: Path) -> Reco
     """Each bank's back office sends its own side; the desk matches them and settles the
     pair; every advice it writes is saved under `folder`."""
     today = utc_date(coordinator.clock.now_ms())
-    sides = (OneSided(SESE_023, "SELL-2026-001", "dvp", "deliver", "bank-a", "bank-b", today, today,
-                      BOND, 1_000, "a-sec", "EUR", 985_000_00, "a-eur"),
-             OneSided(SESE_023, "BUY-2026-001", "dvp", "receive", "bank-b", "bank-a", today, today,
-                      "EUR", 985_000_00, "b-eur", BOND, 1_000, "b-sec"))
+    sides = (
+        OneSided(
+            SESE_023,
+            "SELL-2026-001",
+            "dvp",
+            "deliver",
+            "bank-a",
+            "bank-b",
+            today,
+            today,
+            BOND,
+            1_000,
+            "a-sec",
+            "EUR",
+            985_000_00,
+            "a-eur",
+        ),
+        OneSided(
+            SESE_023,
+            "BUY-2026-001",
+            "dvp",
+            "receive",
+            "bank-b",
+            "bank-a",
+            today,
+            today,
+            "EUR",
+            985_000_00,
+            "b-eur",
+            BOND,
+            1_000,
+            "b-sec",
+        ),
+    )
     for one in sides:
-        msg = SettlementInstruction(one.reference, coordinator.id, one.party, coordinator.clock.now_ms(), SESE_023,
-                                    sese023.write(one).decode())
-        await coordinator.bus.request(service_of_coordinator(coordinator.id),
-                                      sign(msg, (one.party, local.world.keys[one.party])).encode(), timeout_s=30)
+        msg = SettlementInstruction(
+            one.reference, coordinator.id, one.party, coordinator.clock.now_ms(), SESE_023, sese023.write(one).decode()
+        )
+        await coordinator.bus.request(
+            service_of_coordinator(coordinator.id),
+            sign(msg, (one.party, local.world.keys[one.party])).encode(),
+            timeout_s=30,
+        )
     folder.mkdir(exist_ok=True)
     desk = sqlite3.connect(coordinator.journal.path)
-    while not desk.execute("SELECT count(*) FROM advices WHERE status = 'settled'").fetchone()[0] == 2:
+    while desk.execute("SELECT count(*) FROM advices WHERE status = 'settled'").fetchone()[0] != 2:
         await trio.sleep(0.05)
-    for party, seq, status, document, settlement_id in desk.execute(
-            "SELECT party, seq, status, document, settlement_id FROM advices ORDER BY seq").fetchall():
-        (folder / f"{party}-{seq:06d}-{status}.xml").write_text(document)
+    advices = desk.execute("SELECT party, seq, status, document, settlement_id FROM advices ORDER BY seq").fetchall()
     desk.close()
-    record = coordinator.journal.get(settlement_id)
-    assert record is not None   # it settled, so it is journaled
+    for party, seq, status, document, _ in advices:
+        (folder / f"{party}-{seq:06d}-{status}.xml").write_text(document)
+    record = coordinator.journal.get(advices[-1][4])
+    assert record is not None  # it settled, so it is journaled
     return record
 
 
@@ -246,12 +305,24 @@ def _report(outcomes: list[Outcome], before: Balances, after: Balances, out) -> 
     for key in sorted(before.keys() | after.keys()):
         for asset in sorted(before.get(key, {}).keys() | after.get(key, {}).keys()):
             was, now = before.get(key, {}).get(asset, (0, 0)), after.get(key, {}).get(asset, (0, 0))
-            rows.append((f"{key[0]} / {key[1]}", format_amount(asset, was[0]), _locked(asset, was[1]),
-                         format_amount(asset, now[0]), _locked(asset, now[1])))
+            rows.append(
+                (
+                    f"{key[0]} / {key[1]}",
+                    format_amount(asset, was[0]),
+                    _locked(asset, was[1]),
+                    format_amount(asset, now[0]),
+                    _locked(asset, now[1]),
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
-        out("  " + "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
-                             for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
+        out(
+            "  "
+            + "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
 
 
 def _locked(asset: str, amount: int) -> str:
@@ -263,7 +334,10 @@ def main(broker: str | None, keep: bool = False) -> int:
     directory = Path(tempfile.mkdtemp(prefix="lockstep-demo-"))
     log_path = directory / "demo.log"
     logging.getLogger().handlers[:] = [logging.FileHandler(log_path)]
-    print(f"Lockstep demo, bus: {broker or 'in-memory'}" + (f"; world, log and ISO 20022 documents in {directory}" if keep else ""))
+    print(
+        f"Lockstep demo, bus: {broker or 'in-memory'}"
+        + (f"; world, log and ISO 20022 documents in {directory}" if keep else "")
+    )
     try:
         outcomes = trio.run(run, broker, directory)
     finally:
@@ -274,8 +348,11 @@ def main(broker: str | None, keep: bool = False) -> int:
     expected = [Phase.SETTLED] * 5 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK]
     actual = [o.record.phase for o in outcomes]
     if actual != expected:
-        print(f"unexpected outcomes: {[p.value for p in actual]}" + ("" if keep else "; run again with --keep to read its log"),
-              file=sys.stderr)
+        print(
+            f"unexpected outcomes: {[p.value for p in actual]}"
+            + ("" if keep else "; run again with --keep to read its log"),
+            file=sys.stderr,
+        )
         return 1
     print("\nChecked: every asset conserved on every ledger, no lock left held.")
     if keep:

@@ -25,14 +25,28 @@ redemption, rotate_key are taken as the ledger signed them)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from protocols.authority import Terms, terms_of
 from protocols.errors import Rejected
 from protocols.htlc import HeldLock, LockState, hashlock_of
 from protocols.journal import Replay
-from protocols.messages import (INSTRUCTIONS, Abort, Claim, CreateInstrument, Entry, Issue, Lock, OpenAccount,
-                                Redeem, Refund, RotateKey, Settle, Transfer)
+from protocols.messages import (
+    INSTRUCTIONS,
+    Abort,
+    Claim,
+    CreateInstrument,
+    Entry,
+    Issue,
+    Lock,
+    OpenAccount,
+    Redeem,
+    Refund,
+    RotateKey,
+    Settle,
+    Transfer,
+)
 from protocols.registry import Registry
 from protocols.settlement import lock_id, settle_id, utc_date
 from protocols.signing import Signed, from_wire, load_public_point
@@ -55,7 +69,7 @@ def check(entry: Entry, replay: Replay, registry: Registry | None) -> None:
         except Rejected as error:
             raise Unvouched(f"its instruction does not decode: {error}") from None
         msg = signed.msg
-        if msg.TYPE != entry.kind or msg.ledger != entry.ledger:
+        if entry.kind != msg.TYPE or msg.ledger != entry.ledger:
             raise Unvouched(f"a {entry.kind} entry of {entry.ledger} holds a {msg.TYPE} for {msg.ledger}")
         keys = _keys(registry, replay) if registry is not None else None
         if keys is not None:
@@ -81,7 +95,9 @@ def _compare(expected: Rows, effects: dict) -> None:
     for member in sorted(expected.keys() | effects.keys()):
         want, got = _multiset(expected.get(member, [])), _multiset(effects.get(member, []))
         if want != got:
-            raise Unvouched(f"effects {member} are {effects.get(member, [])}, its instruction implies {expected.get(member, [])}")
+            raise Unvouched(
+                f"effects {member} are {effects.get(member, [])}, its instruction implies {expected.get(member, [])}"
+            )
 
 
 def _multiset(rows: list) -> list[str]:
@@ -107,6 +123,7 @@ def _move(account: str, asset: str, available: int, locked: int) -> list[Any]:
 
 # -- each kind ---------------------------------------------------------------------------
 
+
 def _configure(entry: Entry) -> Rows:
     return {"assets": [row for row in entry.effects.get("assets", ()) if len(row) == 5 and row[1] == "currency"]}
 
@@ -118,8 +135,10 @@ def _expire(entry: Entry, replay: Replay) -> Rows:
     for lock in ended:
         if entry.time_ms < lock.expiry_ms:
             raise Unvouched(f"refunds lock {lock.lock_id} at {entry.time_ms}, before its expiry {lock.expiry_ms}")
-    return {"locks": [[lock.lock_id, LockState.REFUNDED.value] for lock in ended],
-            "balances": [_move(lock.owner_account, lock.asset, lock.amount, -lock.amount) for lock in ended]}
+    return {
+        "locks": [[lock.lock_id, LockState.REFUNDED.value] for lock in ended],
+        "balances": [_move(lock.owner_account, lock.asset, lock.amount, -lock.amount) for lock in ended],
+    }
 
 
 def _held(replay: Replay, lock: str) -> HeldLock:
@@ -135,10 +154,17 @@ def _open_account(msg: OpenAccount, signed: Signed, entry: Entry, replay: Replay
     return {"accounts": [[msg.account, msg.owner]]}
 
 
-def _create_instrument(msg: CreateInstrument, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
-    reference = {"currency": msg.currency, "face_value_minor": msg.face_value_minor,
-                 "coupon_rate_bp": msg.coupon_rate_bp, "maturity_date": msg.maturity_date,
-                 "coupon_frequency": msg.coupon_frequency, "day_count": msg.day_count}
+def _create_instrument(
+    msg: CreateInstrument, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None
+) -> Rows:
+    reference = {
+        "currency": msg.currency,
+        "face_value_minor": msg.face_value_minor,
+        "coupon_rate_bp": msg.coupon_rate_bp,
+        "maturity_date": msg.maturity_date,
+        "coupon_frequency": msg.coupon_frequency,
+        "day_count": msg.day_count,
+    }
     return {"assets": [[msg.isin, "security", msg.issuer, 0, reference]]}
 
 
@@ -163,7 +189,12 @@ def _redeem(msg: Redeem, signed: Signed, entry: Entry, replay: Replay, keys: Reg
 
 def _transfer(msg: Transfer, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
     _needs(signed.sigs, _owner(replay, msg.from_account), f"{msg.from_account} is debited", keys)
-    return {"balances": [_move(msg.from_account, msg.asset, -msg.amount, 0), _move(msg.to_account, msg.asset, msg.amount, 0)]}
+    return {
+        "balances": [
+            _move(msg.from_account, msg.asset, -msg.amount, 0),
+            _move(msg.to_account, msg.asset, msg.amount, 0),
+        ]
+    }
 
 
 def _terms(auth: dict, signed: Signed, keys: Registry | None) -> Terms:
@@ -191,8 +222,12 @@ def _matured(terms: Terms, replay: Replay, entry_ms: int) -> None:
     face value, at or after maturity."""
     units, cash = terms.legs
     kind, issuer, _, reference = replay.assets.get(units.asset, (None, None, None, {}))
-    if kind != "security" or issuer != terms.issuer or utc_date(entry_ms) < reference["maturity_date"] or \
-            (cash.asset, terms.face_value_minor) != (reference["currency"], reference["face_value_minor"]):
+    if (
+        kind != "security"
+        or issuer != terms.issuer
+        or utc_date(entry_ms) < reference["maturity_date"]
+        or (cash.asset, terms.face_value_minor) != (reference["currency"], reference["face_value_minor"])
+    ):
         raise Unvouched(f"redemption {terms.id} is not {units.asset}'s issuer's, at face value, after maturity")
 
 
@@ -206,8 +241,16 @@ def _settle(msg: Settle, signed: Signed, entry: Entry, replay: Replay, keys: Reg
     else:
         for leg in msg.legs:
             _needs(signed.sigs, _owner(replay, leg.from_account), f"{leg.from_account} is debited", keys)
-    return {"balances": [row for leg in msg.legs for row in (_move(leg.from_account, leg.asset, -leg.amount, 0),
-                                                              _move(leg.to_account, leg.asset, leg.amount, 0))]}
+    return {
+        "balances": [
+            row
+            for leg in msg.legs
+            for row in (
+                _move(leg.from_account, leg.asset, -leg.amount, 0),
+                _move(leg.to_account, leg.asset, leg.amount, 0),
+            )
+        ]
+    }
 
 
 def _lock(msg: Lock, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
@@ -215,14 +258,21 @@ def _lock(msg: Lock, signed: Signed, entry: Entry, replay: Replay, keys: Registr
         terms = _terms(msg.auth, signed, keys)
         index = next((i for i in range(len(terms.legs)) if lock_id(terms.id, i) == msg.id), None)
         leg = terms.legs[index] if index is not None else None
-        if terms.same_ledger or index is None or leg is None or (leg.from_account, leg.to_account, leg.asset, leg.amount) != \
-                (msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount):
+        if (
+            terms.same_ledger
+            or index is None
+            or leg is None
+            or (leg.from_account, leg.to_account, leg.asset, leg.amount)
+            != (msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount)
+        ):
             raise Unvouched(f"lock {msg.id} is not a leg of settlement {terms.id} as its payers signed it")
         _payers(terms, replay, index, entry.ledger, entry.time_ms)
     else:
         _needs(signed.sigs, _owner(replay, msg.owner_account), f"{msg.owner_account} is locked", keys)
-    return {"locks": [[msg.id, LockState.HELD.value]],
-            "balances": [_move(msg.owner_account, msg.asset, -msg.amount, msg.amount)]}
+    return {
+        "locks": [[msg.id, LockState.HELD.value]],
+        "balances": [_move(msg.owner_account, msg.asset, -msg.amount, msg.amount)],
+    }
 
 
 def _claim(msg: Claim, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
@@ -231,13 +281,20 @@ def _claim(msg: Claim, signed: Signed, entry: Entry, replay: Replay, keys: Regis
         raise Unvouched(f"claims lock {lock.lock_id} with a secret that does not match its hashlock")
     if entry.time_ms >= lock.expiry_ms:
         raise Unvouched(f"claims lock {lock.lock_id} at {entry.time_ms}, at or after its expiry {lock.expiry_ms}")
-    return {"locks": [[lock.lock_id, LockState.CLAIMED.value]],
-            "balances": [_move(lock.owner_account, lock.asset, 0, -lock.amount),
-                         _move(lock.beneficiary_account, lock.asset, lock.amount, 0)]}
+    return {
+        "locks": [[lock.lock_id, LockState.CLAIMED.value]],
+        "balances": [
+            _move(lock.owner_account, lock.asset, 0, -lock.amount),
+            _move(lock.beneficiary_account, lock.asset, lock.amount, 0),
+        ],
+    }
 
 
 def _released(lock: HeldLock, state: LockState) -> Rows:
-    return {"locks": [[lock.lock_id, state.value]], "balances": [_move(lock.owner_account, lock.asset, lock.amount, -lock.amount)]}
+    return {
+        "locks": [[lock.lock_id, state.value]],
+        "balances": [_move(lock.owner_account, lock.asset, lock.amount, -lock.amount)],
+    }
 
 
 def _refund(msg: Refund, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
@@ -262,8 +319,16 @@ def _rotate_key(msg: RotateKey, signed: Signed, entry: Entry, replay: Replay, ke
 
 
 _DERIVE: dict[type, Callable[..., Rows]] = {
-    OpenAccount: _open_account, CreateInstrument: _create_instrument, Issue: _issue, Redeem: _redeem,
-    Transfer: _transfer, Settle: _settle, Lock: _lock, Claim: _claim, Refund: _refund, Abort: _abort,
+    OpenAccount: _open_account,
+    CreateInstrument: _create_instrument,
+    Issue: _issue,
+    Redeem: _redeem,
+    Transfer: _transfer,
+    Settle: _settle,
+    Lock: _lock,
+    Claim: _claim,
+    Refund: _refund,
+    Abort: _abort,
     RotateKey: _rotate_key,
 }
 assert set(_DERIVE) == set(INSTRUCTIONS), "every instruction type has its derivation"

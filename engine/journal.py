@@ -31,7 +31,7 @@ class Record:
     the two locks, or the one same-ledger settle."""
 
     settlement_id: str
-    instruction: bytes                  # the signed settlement, as received
+    instruction: bytes  # the signed settlement, as received
     phase: Phase
     secret: bytes = b""
     expiry_ms: tuple[int, ...] = ()
@@ -67,9 +67,20 @@ class Journal:
         if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
             return
         with self._db:
-            db.table("settlements").create({"id": str, "instruction": bytes, "phase": str, "secret": bytes,
-                                      "expiry_ms": str, "sent": str, "reason_code": str, "reason": str,
-                                      "steps": str}, pk="id")
+            db.table("settlements").create(
+                {
+                    "id": str,
+                    "instruction": bytes,
+                    "phase": str,
+                    "secret": bytes,
+                    "expiry_ms": str,
+                    "sent": str,
+                    "reason_code": str,
+                    "reason": str,
+                    "steps": str,
+                },
+                pk="id",
+            )
             db.execute(f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({_FINAL_SQL})")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -108,9 +119,21 @@ class Journal:
             self._db.executemany(
                 "INSERT OR REPLACE INTO settlements (id, instruction, phase, secret, expiry_ms, sent, "
                 "reason_code, reason, steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.settlement_id, r.instruction, r.phase.value, r.secret, json.dumps(list(r.expiry_ms)),
-                  json.dumps([raw.decode() for raw in r.sent]), r.reason_code, r.reason,
-                  json.dumps([list(step) for step in r.steps])) for r in records])
+                [
+                    (
+                        r.settlement_id,
+                        r.instruction,
+                        r.phase.value,
+                        r.secret,
+                        json.dumps(list(r.expiry_ms)),
+                        json.dumps([raw.decode() for raw in r.sent]),
+                        r.reason_code,
+                        r.reason,
+                        json.dumps([list(step) for step in r.steps]),
+                    )
+                    for r in records
+                ],
+            )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -143,6 +166,14 @@ _COLUMNS = "id, instruction, phase, secret, expiry_ms, sent, reason_code, reason
 
 def _record(row: tuple) -> Record:
     settlement_id, instruction, phase, secret, expiry_ms, sent, reason_code, reason, steps = row
-    return Record(settlement_id, bytes(instruction), Phase(phase), bytes(secret), tuple(json.loads(expiry_ms)),
-                  tuple(raw.encode() for raw in json.loads(sent)), reason_code, reason,
-                  tuple(tuple(step) for step in json.loads(steps)))
+    return Record(
+        settlement_id,
+        bytes(instruction),
+        Phase(phase),
+        bytes(secret),
+        tuple(json.loads(expiry_ms)),
+        tuple(raw.encode() for raw in json.loads(sent)),
+        reason_code,
+        reason,
+        tuple(tuple(step) for step in json.loads(steps)),
+    )

@@ -5,8 +5,8 @@ may import both ledgers and engine: it is what starts them.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import trio
@@ -16,11 +16,19 @@ from ledgers.ledger import Ledger
 from ledgers.service import LedgerService
 from ledgers.store import Store
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
-from protocols.bus.clock import ServiceClock
 from protocols.bus.client import LedgerClient, raise_for
+from protocols.bus.clock import ServiceClock
 from protocols.identifiers import make_isin
-from protocols.messages import (Instruction, CreateInstrument, Issue, OpenAccount, QueryBalances, Settlement,
-                                SettlementLeg, Transfer)
+from protocols.messages import (
+    CreateInstrument,
+    Instruction,
+    Issue,
+    OpenAccount,
+    QueryBalances,
+    Settlement,
+    SettlementLeg,
+    Transfer,
+)
 from protocols.registry import Role
 from protocols.settlement import Timing
 from protocols.signing import sign
@@ -68,10 +76,10 @@ class Local:
     nursery: trio.Nursery
     services: dict[str, LedgerService] = attrs.field(factory=dict)
     coordinator: Coordinator | None = None
-    offload: bool = False   # commit in worker threads (real clocks only; see LedgerService)
-    clock: ServiceClock = attrs.field(factory=ServiceClock)   # the parties' own clock
+    offload: bool = False  # commit in worker threads (real clocks only; see LedgerService)
+    clock: ServiceClock = attrs.field(factory=ServiceClock)  # the parties' own clock
     _ledger_scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
-    _stopped: dict[str, trio.Event] = attrs.field(factory=dict)   # set once a ledger has fully stopped
+    _stopped: dict[str, trio.Event] = attrs.field(factory=dict)  # set once a ledger has fully stopped
     _ids: int = 0
 
     async def start_ledger(self, ledger_id: str, *, skew_ms: int = 0) -> LedgerService:
@@ -106,16 +114,30 @@ class Local:
         del self.services[ledger_id]
         self._ledger_scopes.pop(ledger_id).cancel()
 
-    async def start_coordinator(self, timing: Timing = Timing(), *, watchtower: bool = True,
-                                bus: Bus | None = None, desks: tuple[Callable[[Coordinator], Desk], ...] = (),
-                                skew_ms: int = 0) -> tuple[Coordinator, trio.CancelScope]:
+    async def start_coordinator(
+        self,
+        timing: Timing = Timing(),
+        *,
+        watchtower: bool = True,
+        bus: Bus | None = None,
+        desks: tuple[Callable[[Coordinator], Desk], ...] = (),
+        skew_ms: int = 0,
+    ) -> tuple[Coordinator, trio.CancelScope]:
         """Start the coordinator under its own cancel scope, so a test can kill it; on
         `bus` if given (a faulty one, say), else on the world's; with a desk made by each
         of `desks`; its clock `skew_ms` off."""
         journal = Journal(self.world.directory / f"{COORDINATOR}.db", offload=self.offload)
         watched = tuple(self.world.ledger_configs) if watchtower else ()  # down ones too: they come back
-        coordinator = Coordinator(COORDINATOR, self.world.keys[COORDINATOR], self.world.registry, bus or self.bus,
-                                  journal, ServiceClock(skew_ms), timing, watched)
+        coordinator = Coordinator(
+            COORDINATOR,
+            self.world.keys[COORDINATOR],
+            self.world.registry,
+            bus or self.bus,
+            journal,
+            ServiceClock(skew_ms),
+            timing,
+            watched,
+        )
         for make_desk in desks:
             coordinator.add_desk(make_desk(coordinator))
         scope = trio.CancelScope()
@@ -159,8 +181,12 @@ class Local:
         value = await client.query(QueryBalances(client.next_query_id(), ledger_id, account))
         return {asset: b["available"] + b["locked"] for asset, b in value["balances"].items()}
 
-    async def fund_standard(self, bond_units: int = 1_000_000, cash_minor: int = 10**12,
-                            ledgers: tuple[str, ...] = ("csd", "cbdc-eur", "cbdc-multi", "unified")) -> None:
+    async def fund_standard(
+        self,
+        bond_units: int = 1_000_000,
+        cash_minor: int = 10**12,
+        ledgers: tuple[str, ...] = ("csd", "cbdc-eur", "cbdc-multi", "unified"),
+    ) -> None:
         """Accounts and money for the standard world (on the ledgers named): bank-a
         holds bonds and USD, bank-b holds EUR; both hold accounts everywhere."""
         if "csd" in ledgers:
@@ -180,25 +206,59 @@ class Local:
 
     async def _issue_bond(self, ledger_id: str, units: int, holder_account: str) -> None:
         """The treasury's bond, issued by the depository; half of it sold to a holder."""
-        await self.instruct(CreateInstrument, ledger_id, "csd-op", isin=BOND, issuer="treasury", currency="EUR",
-                            face_value_minor=100_000, coupon_rate_bp=275, maturity_date="2031-06-30")
+        await self.instruct(
+            CreateInstrument,
+            ledger_id,
+            "csd-op",
+            isin=BOND,
+            issuer="treasury",
+            currency="EUR",
+            face_value_minor=100_000,
+            coupon_rate_bp=275,
+            maturity_date="2031-06-30",
+        )
         await self.instruct(Issue, ledger_id, "csd-op", asset=BOND, account="treasury", amount=units)
-        await self.instruct(Transfer, ledger_id, "treasury", from_account="treasury", to_account=holder_account,
-                            asset=BOND, amount=units // 2)
+        await self.instruct(
+            Transfer,
+            ledger_id,
+            "treasury",
+            from_account="treasury",
+            to_account=holder_account,
+            asset=BOND,
+            amount=units // 2,
+        )
 
-    def settlement(self, kind: str, legs: tuple[SettlementLeg, SettlementLeg], parties: tuple[str, str],
-                   *, settlement_id: str | None = None, deadline_ms: int | None = None) -> bytes:
+    def settlement(
+        self,
+        kind: str,
+        legs: tuple[SettlementLeg, SettlementLeg],
+        parties: tuple[str, str],
+        *,
+        settlement_id: str | None = None,
+        deadline_ms: int | None = None,
+    ) -> bytes:
         """A settlement signed by both parties, as their back offices would send it."""
         now = self.clock.now_ms()
-        msg = Settlement(settlement_id or self.next_id(kind), kind, now, COORDINATOR,
-                         deadline_ms or now + 60_000, parties, legs)
+        msg = Settlement(
+            settlement_id or self.next_id(kind), kind, now, COORDINATOR, deadline_ms or now + 60_000, parties, legs
+        )
         return sign(msg, *((p, self.world.keys[p]) for p in parties)).encode()
 
 
-def dvp_legs(securities_ledger: str, seller_sec: str, buyer_sec: str, quantity: int,
-             cash_ledger: str, currency: str, buyer_cash: str, seller_cash: str, amount: int,
-             isin: str = BOND) -> tuple[SettlementLeg, SettlementLeg]:
+def dvp_legs(
+    securities_ledger: str,
+    seller_sec: str,
+    buyer_sec: str,
+    quantity: int,
+    cash_ledger: str,
+    currency: str,
+    buyer_cash: str,
+    seller_cash: str,
+    amount: int,
+    isin: str = BOND,
+) -> tuple[SettlementLeg, SettlementLeg]:
     """Leg 0 is the cash (buyer pays seller), leg 1 the bond (seller delivers)."""
-    return (SettlementLeg(cash_ledger, buyer_cash, seller_cash, currency, amount),
-            SettlementLeg(securities_ledger, seller_sec, buyer_sec, isin, quantity))
-
+    return (
+        SettlementLeg(cash_ledger, buyer_cash, seller_cash, currency, amount),
+        SettlementLeg(securities_ledger, seller_sec, buyer_sec, isin, quantity),
+    )

@@ -17,8 +17,8 @@ PvP, pacs.002), kept numbered per party and read with `query_advices`."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextlib import closing
-from typing import Mapping
 
 import attrs
 import trio
@@ -42,19 +42,23 @@ from .journal import desk_database
 log = logging.getLogger("lockstep.matching")
 
 ADVICES_PAGE_MAX = 100
-SETTLING_MAX = 256          # matched settlements driven at once by this desk
+SETTLING_MAX = 256  # matched settlements driven at once by this desk
 
 # the ISO 20022 settlement status reason for a ledger's refusal of a leg
-_FAILURE_REASONS = {Code.INSUFFICIENT_FUNDS.value: ("LACK", "MONY"),
-                    Code.TIMEOUT.value: ("LATE", "LATE"), Code.LOCK_EXPIRED.value: ("LATE", "LATE"),
-                    Code.EXPIRY_OUT_OF_RANGE.value: ("LATE", "LATE")}
+_FAILURE_REASONS = {
+    Code.INSUFFICIENT_FUNDS.value: ("LACK", "MONY"),
+    Code.TIMEOUT.value: ("LATE", "LATE"),
+    Code.LOCK_EXPIRED.value: ("LATE", "LATE"),
+    Code.EXPIRY_OUT_OF_RANGE.value: ("LATE", "LATE"),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instructions (
     party TEXT NOT NULL, id TEXT NOT NULL, raw BLOB NOT NULL, counterparty TEXT NOT NULL,
     settlement_date TEXT NOT NULL, state TEXT NOT NULL, settlement_id TEXT, received_ms INTEGER NOT NULL,
     PRIMARY KEY (party, id));
-CREATE INDEX IF NOT EXISTS open_instructions ON instructions(state, counterparty) WHERE state IN ('unmatched', 'matched');
+CREATE INDEX IF NOT EXISTS open_instructions ON instructions(state, counterparty)
+    WHERE state IN ('unmatched', 'matched');
 CREATE TABLE IF NOT EXISTS advices (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, party TEXT NOT NULL, instruction_id TEXT NOT NULL,
     settlement_id TEXT, status TEXT NOT NULL, format TEXT NOT NULL, document TEXT NOT NULL, time_ms INTEGER NOT NULL);
@@ -103,9 +107,19 @@ class MatchingDesk:
         rows = self._db.execute(
             "SELECT seq, instruction_id, settlement_id, status, format, document FROM advices "
             "WHERE party = ? AND seq >= ? ORDER BY seq LIMIT ?",
-            (query.party, query.from_seq, min(query.limit, ADVICES_PAGE_MAX))).fetchall()
-        items = tuple({"seq": seq, "instruction_id": iid, "settlement_id": sid, "status": status, "format": fmt,
-                       "document": document} for seq, iid, sid, status, fmt, document in rows)
+            (query.party, query.from_seq, min(query.limit, ADVICES_PAGE_MAX)),
+        ).fetchall()
+        items = tuple(
+            {
+                "seq": seq,
+                "instruction_id": iid,
+                "settlement_id": sid,
+                "status": status,
+                "format": fmt,
+                "document": document,
+            }
+            for seq, iid, sid, status, fmt, document in rows
+        )
         return self.coordinator.sign(Advices(self.coordinator.id, query.party, self.coordinator.clock.now_ms(), items))
 
     async def instruct(self, signed: Signed) -> bytes:
@@ -113,7 +127,9 @@ class MatchingDesk:
         or, for an instruction seen before, the latest advice it has."""
         side = self._read(signed)
         msg = side.msg
-        row = self._db.execute("SELECT raw FROM instructions WHERE party = ? AND id = ?", (msg.party, msg.id)).fetchone()
+        row = self._db.execute(
+            "SELECT raw FROM instructions WHERE party = ? AND id = ?", (msg.party, msg.id)
+        ).fetchone()
         if row is not None:
             if bytes(row[0]) != signed.encode():
                 raise Rejected(Code.ID_REUSED, "id", f"instruction {msg.id} of {msg.party} was sent with other content")
@@ -121,10 +137,17 @@ class MatchingDesk:
         now_ms = self.coordinator.clock.now_ms()
         _, last_ms = matching.day_window(side.one.settlement_date)
         if now_ms > last_ms:
-            raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "document", f"its settlement date {side.one.settlement_date} has passed")
-        candidates = [self._side(raw) for (raw,) in self._db.execute(
-            "SELECT raw FROM instructions WHERE state = 'unmatched' AND party = ? AND counterparty = ? ORDER BY received_ms",
-            (side.one.counterparty, side.one.party))]
+            raise Rejected(
+                Code.EXPIRY_OUT_OF_RANGE, "document", f"its settlement date {side.one.settlement_date} has passed"
+            )
+        candidates = [
+            self._side(raw)
+            for (raw,) in self._db.execute(
+                "SELECT raw FROM instructions WHERE state = 'unmatched' AND party = ? AND counterparty = ? "
+                "ORDER BY received_ms",
+                (side.one.counterparty, side.one.party),
+            )
+        ]
         found = [(matching.differences(side.one, other.one), other) for other in candidates]
         match = next((other for differences, other in found if not differences), None)
         if match is None:
@@ -145,9 +168,13 @@ class MatchingDesk:
             raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.coordinator.id!r}")
         one = read(msg.format, msg.document)
         if one.party != msg.party:
-            raise Rejected(Code.NOT_AUTHORISED, "document", f"the document instructs for {one.party}, signed by {msg.party}")
+            raise Rejected(
+                Code.NOT_AUTHORISED, "document", f"the document instructs for {one.party}, signed by {msg.party}"
+            )
         if one.counterparty not in registry or one.counterparty == one.party:
-            raise Rejected(Code.UNKNOWN_SIGNER, "document", f"counterparty {one.counterparty!r} is not a registered party")
+            raise Rejected(
+                Code.UNKNOWN_SIGNER, "document", f"counterparty {one.counterparty!r} is not a registered party"
+            )
         return Side(signed, one)
 
     def _side(self, raw: bytes) -> Side:
@@ -170,14 +197,21 @@ class MatchingDesk:
                     try:
                         info = await client.query(QueryInfo(client.next_query_id(), party))
                     except (BusTimeout, BadReply):
-                        raise Rejected(Code.TIMEOUT, "document", f"ledger {party} did not say whether it carries "
-                                       f"{asset}: send again later, or name its ledger in settlement_ledgers") from None
+                        raise Rejected(
+                            Code.TIMEOUT,
+                            "document",
+                            f"ledger {party} did not say whether it carries "
+                            f"{asset}: send again later, or name its ledger in settlement_ledgers",
+                        ) from None
                     if any(held["code"] == asset for held in info["assets"]):
                         carriers.append(party)
             if len(carriers) != 1:
-                raise Rejected(Code.UNKNOWN_ASSET, "document",
-                               f"{asset} is carried by {', '.join(carriers) or 'no ledger'}: "
-                               "the coordinator's settlement ledgers must name one")
+                raise Rejected(
+                    Code.UNKNOWN_ASSET,
+                    "document",
+                    f"{asset} is carried by {', '.join(carriers) or 'no ledger'}: "
+                    "the coordinator's settlement ledgers must name one",
+                )
             self._places[asset] = carriers[0]
         return self._places[asset]
 
@@ -194,16 +228,28 @@ class MatchingDesk:
     def _add_matched(self, side: Side, other: Side, settlement_id: str, now_ms: int) -> None:
         with self._db:
             self._insert(side, "matched", settlement_id, now_ms)
-            self._db.execute("UPDATE instructions SET state = 'matched', settlement_id = ? WHERE party = ? AND id = ?",
-                             (settlement_id, other.msg.party, other.msg.id))
+            self._db.execute(
+                "UPDATE instructions SET state = 'matched', settlement_id = ? WHERE party = ? AND id = ?",
+                (settlement_id, other.msg.party, other.msg.id),
+            )
             for each in (other, side):
                 self._advise(each, "matched", settlement_id, "", f"matched with {each.one.counterparty}", now_ms)
 
     def _insert(self, side: Side, state: str, settlement_id: str | None, now_ms: int) -> None:
-        self._db.execute("INSERT INTO instructions (party, id, raw, counterparty, settlement_date, state, settlement_id, "
-                         "received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (side.msg.party, side.msg.id, side.signed.encode(), side.one.counterparty,
-                          side.one.settlement_date, state, settlement_id, now_ms))
+        self._db.execute(
+            "INSERT INTO instructions (party, id, raw, counterparty, settlement_date, state, settlement_id, "
+            "received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                side.msg.party,
+                side.msg.id,
+                side.signed.encode(),
+                side.one.counterparty,
+                side.one.settlement_date,
+                state,
+                settlement_id,
+                now_ms,
+            ),
+        )
 
     # -- settling --------------------------------------------------------------------------
 
@@ -224,15 +270,17 @@ class MatchingDesk:
         else:
             self._finish(a, b, settlement_id, None, record.phase.value, record.reason_code, record.reason)
 
-    def _finish(self, a: Side, b: Side, settlement_id: str, settled_ms: int | None, outcome: str, code: str,
-                reason: str) -> None:
+    def _finish(
+        self, a: Side, b: Side, settlement_id: str, settled_ms: int | None, outcome: str, code: str, reason: str
+    ) -> None:
         """Each party's last advice, and the instructions' end state, in one transaction."""
         now_ms = self.coordinator.clock.now_ms()
         with self._db:
             for side in (a, b):
                 state = "settled" if settled_ms is not None else "failed"
-                self._db.execute("UPDATE instructions SET state = ? WHERE party = ? AND id = ?",
-                                 (state, side.msg.party, side.msg.id))
+                self._db.execute(
+                    "UPDATE instructions SET state = ? WHERE party = ? AND id = ?", (state, side.msg.party, side.msg.id)
+                )
                 if settled_ms is not None:
                     self._confirm(side, settlement_id, settled_ms, now_ms)
                 else:
@@ -254,14 +302,19 @@ class MatchingDesk:
             return PACS_002, pacs002.write(outcome, sender=self.coordinator.id, now_ms=self.coordinator.clock.now_ms())
         return fmt, securities_writer.write(outcome)
 
-    def _store(self, side: Side, status: str, settlement_id: str | None, fmt: str, document: bytes, now_ms: int) -> None:
-        self._db.execute("INSERT INTO advices (party, instruction_id, settlement_id, status, format, document, time_ms) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (side.msg.party, side.msg.id, settlement_id, status, fmt, document.decode(), now_ms))
+    def _store(
+        self, side: Side, status: str, settlement_id: str | None, fmt: str, document: bytes, now_ms: int
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO advices (party, instruction_id, settlement_id, status, format, document, time_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (side.msg.party, side.msg.id, settlement_id, status, fmt, document.decode(), now_ms),
+        )
 
     def _latest_advice(self, party: str, instruction_id: str) -> bytes:
-        seq = self._db.execute("SELECT max(seq) FROM advices WHERE party = ? AND instruction_id = ?",
-                               (party, instruction_id)).fetchone()[0]
+        seq = self._db.execute(
+            "SELECT max(seq) FROM advices WHERE party = ? AND instruction_id = ?", (party, instruction_id)
+        ).fetchone()[0]
         return self._advices(QueryAdvices("reply", self.coordinator.id, party, seq, 1))
 
     # -- running -----------------------------------------------------------------------------
@@ -275,10 +328,15 @@ class MatchingDesk:
     async def _work(self, task_status) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for settlement_id, in self._db.execute(
-                    "SELECT DISTINCT settlement_id FROM instructions WHERE state = 'matched'").fetchall():
-                a, b = [self._side(raw) for (raw,) in self._db.execute(
-                    "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,))]
+            for (settlement_id,) in self._db.execute(
+                "SELECT DISTINCT settlement_id FROM instructions WHERE state = 'matched'"
+            ).fetchall():
+                a, b = [
+                    self._side(raw)
+                    for (raw,) in self._db.execute(
+                        "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
+                    )
+                ]
                 log.info("resuming matched settlement %s", settlement_id)
                 self._settle_soon(a, b, await self._matched(a, b))
             task_status.started()
@@ -294,15 +352,31 @@ class MatchingDesk:
             self._cancel_past(self.coordinator.clock.now_ms())
 
     def _cancel_past(self, now_ms: int) -> None:
-        stale = [self._side(raw) for (raw, date) in self._db.execute(
-            "SELECT raw, settlement_date FROM instructions WHERE state = 'unmatched'").fetchall()
-            if matching.day_window(date)[1] < now_ms]
+        stale = [
+            self._side(raw)
+            for (raw, date) in self._db.execute(
+                "SELECT raw, settlement_date FROM instructions WHERE state = 'unmatched'"
+            ).fetchall()
+            if matching.day_window(date)[1] < now_ms
+        ]
         with self._db:
             for side in stale:
-                self._db.execute("UPDATE instructions SET state = 'cancelled' WHERE party = ? AND id = ?",
-                                 (side.msg.party, side.msg.id))
-                self._advise(side, "cancelled", None, "CANS",
-                             f"unmatched past its settlement date {side.one.settlement_date}", now_ms)
+                self._db.execute(
+                    "UPDATE instructions SET state = 'cancelled' WHERE party = ? AND id = ?",
+                    (side.msg.party, side.msg.id),
+                )
+                self._advise(
+                    side,
+                    "cancelled",
+                    None,
+                    "CANS",
+                    f"unmatched past its settlement date {side.one.settlement_date}",
+                    now_ms,
+                )
         for side in stale:
-            log.info("instruction %s of %s cancelled: unmatched past %s", side.msg.id, side.msg.party,
-                     side.one.settlement_date)
+            log.info(
+                "instruction %s of %s cancelled: unmatched past %s",
+                side.msg.id,
+                side.msg.party,
+                side.one.settlement_date,
+            )

@@ -28,26 +28,40 @@ HOLDING_LOCKS = (Phase.LOCKING, Phase.LOCKED, Phase.CLAIMING, Phase.ROLLING_BACK
 class CoordinatorMetrics:
     def __init__(self, coordinator: Coordinator) -> None:
         self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)   # process_*: CPU, memory, open files of this process
-        Gauge("lockstep_coordinator_info", "This coordinator's id (always 1).", ["coordinator"],
-              registry=self.registry).labels(coordinator.id).set(1)
-        self.final = Counter("lockstep_coordinator_settlements_final_total",
-                             "Settlements that reached a final phase since this process started, by phase.",
-                             ["phase"], registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_*: CPU, memory, open files of this process
+        Gauge(
+            "lockstep_coordinator_info", "This coordinator's id (always 1).", ["coordinator"], registry=self.registry
+        ).labels(coordinator.id).set(1)
+        self.final = Counter(
+            "lockstep_coordinator_settlements_final_total",
+            "Settlements that reached a final phase since this process started, by phase.",
+            ["phase"],
+            registry=self.registry,
+        )
         for phase in FINAL:
             self.final.labels(phase.value)
-        self.settlement_seconds = Histogram("lockstep_coordinator_settlement_seconds",
-                                            "From a settlement's acceptance (PENDING journaled) to its final "
-                                            "phase, on the coordinator's clock.",
-                                            buckets=SETTLEMENT_SECONDS_BUCKETS, registry=self.registry)
-        self.round_trip = Histogram("lockstep_coordinator_ledger_round_trip_seconds",
-                                    "From a request sent to a ledger to its reply, by ledger.", ["ledger"],
-                                    buckets=ROUND_TRIP_SECONDS_BUCKETS, registry=self.registry)
-        self.timeouts = Counter("lockstep_coordinator_ledger_timeouts_total",
-                                "Requests to a ledger that had no reply within one attempt's timeout, by ledger.",
-                                ["ledger"], registry=self.registry)
-        Gauge("lockstep_coordinator_in_flight_settlements", "Settlements being driven now.",
-              registry=self.registry).set_function(lambda: coordinator.in_flight)
+        self.settlement_seconds = Histogram(
+            "lockstep_coordinator_settlement_seconds",
+            "From a settlement's acceptance (PENDING journaled) to its final phase, on the coordinator's clock.",
+            buckets=SETTLEMENT_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.round_trip = Histogram(
+            "lockstep_coordinator_ledger_round_trip_seconds",
+            "From a request sent to a ledger to its reply, by ledger.",
+            ["ledger"],
+            buckets=ROUND_TRIP_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.timeouts = Counter(
+            "lockstep_coordinator_ledger_timeouts_total",
+            "Requests to a ledger that had no reply within one attempt's timeout, by ledger.",
+            ["ledger"],
+            registry=self.registry,
+        )
+        Gauge(
+            "lockstep_coordinator_in_flight_settlements", "Settlements being driven now.", registry=self.registry
+        ).set_function(lambda: coordinator.in_flight)
         self.registry.register(_JournalCollector(coordinator.journal.path))
         for party in coordinator.registry:
             if Role.LEDGER in party.roles:
@@ -57,6 +71,7 @@ class CoordinatorMetrics:
         def on_phase(record: Record) -> None:
             self.saved(record)
             chained(record)
+
         coordinator.on_phase = on_phase
 
     def _watch(self, coordinator: Coordinator, ledger_id: str) -> None:
@@ -67,6 +82,7 @@ class CoordinatorMetrics:
                 round_trip.observe(seconds)
             else:
                 timeouts.inc()
+
         coordinator.client(ledger_id).on_round_trip = on_round_trip
 
     def saved(self, record: Record) -> None:
@@ -92,16 +108,27 @@ class _JournalCollector:
             # for a WHERE it can match, and the order of the phases in it is the creator's
             index = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'unfinished'").fetchone()
             unfinished = index[0].split(" WHERE ", 1)[1]
-            by_phase = dict(db.execute(f"SELECT phase, COUNT(*) FROM settlements INDEXED BY unfinished "
-                                       f"WHERE {unfinished} GROUP BY phase").fetchall())
+            by_phase = dict(
+                db.execute(
+                    f"SELECT phase, COUNT(*) FROM settlements INDEXED BY unfinished WHERE {unfinished} GROUP BY phase"
+                ).fetchall()
+            )
             rows = db.execute("SELECT COUNT(*) FROM settlements").fetchone()[0]
-        phases = GaugeMetricFamily("lockstep_coordinator_settlements",
-                                   "Settlements in each unfinished phase now, as journaled.", labels=["phase"])
+        phases = GaugeMetricFamily(
+            "lockstep_coordinator_settlements",
+            "Settlements in each unfinished phase now, as journaled.",
+            labels=["phase"],
+        )
         for phase in UNFINISHED:
             phases.add_metric([phase.value], by_phase.get(phase.value, 0))
         yield phases
-        yield GaugeMetricFamily("lockstep_coordinator_locks_outstanding",
-                                "Settlements whose locks may be held now (locking, locked, claiming, rolling_back).",
-                                value=sum(by_phase.get(phase.value, 0) for phase in HOLDING_LOCKS))
-        yield GaugeMetricFamily("lockstep_coordinator_journal_rows",
-                                "Settlements in the coordinator's journal, one row each, final or not.", value=rows)
+        yield GaugeMetricFamily(
+            "lockstep_coordinator_locks_outstanding",
+            "Settlements whose locks may be held now (locking, locked, claiming, rolling_back).",
+            value=sum(by_phase.get(phase.value, 0) for phase in HOLDING_LOCKS),
+        )
+        yield GaugeMetricFamily(
+            "lockstep_coordinator_journal_rows",
+            "Settlements in the coordinator's journal, one row each, final or not.",
+            value=rows,
+        )

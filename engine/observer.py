@@ -31,8 +31,8 @@ import trio
 
 from protocols import canonical
 from protocols.bus import Bus, BusTimeout
-from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.address import redacted
+from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.bus.follow import follow
 from protocols.errors import Rejected
@@ -49,17 +49,25 @@ from .config import ConfigError, CoordinatorConfig
 
 log = logging.getLogger("lockstep.observer")
 
-GRACE_MS = 2_000            # past an expiry or deadline, on the observer's clock, before a leg is beyond claiming
-CHECK_INTERVAL_S = 0.5      # how often held locks and quiet ledgers are looked at
-RETRY_S = 1.0               # before asking a ledger again after an answer that is not its own
-STATUS_INTERVAL_S = 60.0    # how often the counts are logged
-ALERTS_KEPT_MAX = 10_000    # in `alerts`; every alert is logged and counted in `alerted` regardless
+GRACE_MS = 2_000  # past an expiry or deadline, on the observer's clock, before a leg is beyond claiming
+CHECK_INTERVAL_S = 0.5  # how often held locks and quiet ledgers are looked at
+RETRY_S = 1.0  # before asking a ledger again after an answer that is not its own
+STATUS_INTERVAL_S = 60.0  # how often the counts are logged
+ALERTS_KEPT_MAX = 10_000  # in `alerts`; every alert is logged and counted in `alerted` regardless
 ALERTS_TOPIC = "observer.alerts"
 
 
 class Observer:
-    def __init__(self, registry: Registry, bus: Bus, ledger_ids: list[str], grace_ms: int,
-                 clock: ServiceClock, *, publish: bool = True) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        bus: Bus,
+        ledger_ids: list[str],
+        grace_ms: int,
+        clock: ServiceClock,
+        *,
+        publish: bool = True,
+    ) -> None:
         assert grace_ms >= 0, grace_ms
         assert ledger_ids and len(set(ledger_ids)) == len(ledger_ids), ledger_ids
         self.bus = bus
@@ -70,13 +78,13 @@ class Observer:
         # no set of every instruction id: memory stays bounded (the audit keeps one, to find an id applied twice)
         self.journals = {ledger: LedgerJournal(ledger, Replay(applied=None)) for ledger in ledger_ids}
         self.alerts: list[Violation] = []
-        self.alerted: Counter[Kind] = Counter()   # every alert raised, by kind
-        self.judged: Counter[str] = Counter()     # settlements judged for good and forgotten, by outcome
-        self._open: dict[str, Terms] = {}         # settlements seen and not yet judged for good
-        self._heads: dict[str, int] = {}          # each ledger's journal length when the observer started
-        self._live: set[str] = set()              # ledgers whose journal has been read up to that head
-        self._problems_alerted = dict.fromkeys(ledger_ids, 0)   # of each journal's `problems`
-        self._once: set[tuple] = set()            # judged violations alerted, by `_first`'s key
+        self.alerted: Counter[Kind] = Counter()  # every alert raised, by kind
+        self.judged: Counter[str] = Counter()  # settlements judged for good and forgotten, by outcome
+        self._open: dict[str, Terms] = {}  # settlements seen and not yet judged for good
+        self._heads: dict[str, int] = {}  # each ledger's journal length when the observer started
+        self._live: set[str] = set()  # ledgers whose journal has been read up to that head
+        self._problems_alerted = dict.fromkeys(ledger_ids, 0)  # of each journal's `problems`
+        self._once: set[tuple] = set()  # judged violations alerted, by `_first`'s key
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -103,8 +111,10 @@ class Observer:
             except ChainBroken as error:
                 journal.chain_broken(error)
                 await self._alert_all(self._new_problems(journal))
-            except (BadReply, Rejected) as error:   # an answer that is not the ledger's, or garbage on its topic
-                log.warning("lost %s's journal stream (%s); following again from entry %d", ledger, error, journal.entries)
+            except (BadReply, Rejected) as error:  # an answer that is not the ledger's, or garbage on its topic
+                log.warning(
+                    "lost %s's journal stream (%s); following again from entry %d", ledger, error, journal.entries
+                )
                 await trio.sleep(RETRY_S)
         self._live.discard(ledger)
         log.error("no longer following %s: its journal is not trusted from entry %d on", ledger, journal.broken_at)
@@ -125,7 +135,7 @@ class Observer:
         signed = from_wire(value, allowed=(Entry,))
         entry: Entry = signed.msg
         assert entry.seq == journal.entries, f"{journal.ledger}: entry {entry.seq} where {journal.entries} is next"
-        if entry.prev_hash != journal.head_hash:   # the follower takes a resumed stream's first link on trust
+        if entry.prev_hash != journal.head_hash:  # the follower takes a resumed stream's first link on trust
             raise ChainBroken(entry.seq, "prev_hash does not match the hash of the entry before")
         journal.read([(signed, entry_hash(signed))])
         if journal.entries >= self._heads[journal.ledger]:
@@ -165,15 +175,18 @@ class Observer:
         legs = legs_of(terms, self.journals, self.clock.now_ms() - self.grace_ms if live else None)
         outcome, finding = judge(terms, legs)
         new = self._first(finding) if isinstance(finding, Violation) else None
-        if all(leg.state != "held" and not leg.open for leg in legs):   # ended, never to be locked, or unknowable
+        if all(leg.state != "held" and not leg.open for leg in legs):  # ended, never to be locked, or unknowable
             self._forget(terms, outcome)
         return new
 
     def _first(self, violation: Violation) -> Violation | None:
         """A violation judged again and again is alerted the first time: a settlement is
         one-legged once, whatever its other leg's state; a lock overdue once, however long."""
-        key = (violation.kind, violation.settlement) if violation.kind is Kind.ONE_LEGGED else \
-            (violation.kind, violation.entries)
+        key = (
+            (violation.kind, violation.settlement)
+            if violation.kind is Kind.ONE_LEGGED
+            else (violation.kind, violation.entries)
+        )
         if key in self._once:
             return None
         self._once.add(key)
@@ -236,19 +249,28 @@ class Observer:
     def status(self) -> str:
         journals = self.journals.values()
         judged = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.judged.items())) or "none"
-        return (f"observer: {sum(j.entries for j in journals)} entries read on {len(self.journals)} ledgers "
-                f"({len(self._live)} live); settlements judged: {judged}, {self.open_settlements} open, "
-                f"{sum(j.settles for j in journals)} same-ledger; {sum(self.alerted.values())} alerts")
+        return (
+            f"observer: {sum(j.entries for j in journals)} entries read on {len(self.journals)} ledgers "
+            f"({len(self._live)} live); settlements judged: {judged}, {self.open_settlements} open, "
+            f"{sum(j.settles for j in journals)} same-ledger; {sum(self.alerted.values())} alerts"
+        )
 
 
 def alert_event(violation: Violation, time_ms: int) -> dict:
     """An alert as published on `observer.alerts`."""
-    return {"kind": violation.kind.value, "settlement": violation.settlement, "ledgers": list(violation.ledgers),
-            "entries": [{"ledger": at.ledger, "seq": at.seq, "kind": at.kind} for at in violation.entries],
-            "reason": violation.reason, "text": violation.text(), "time_ms": time_ms}
+    return {
+        "kind": violation.kind.value,
+        "settlement": violation.settlement,
+        "ledgers": list(violation.ledgers),
+        "entries": [{"ledger": at.ledger, "seq": at.seq, "kind": at.kind} for at in violation.entries],
+        "reason": violation.reason,
+        "text": violation.text(),
+        "time_ms": time_ms,
+    }
 
 
 # -- the service ---------------------------------------------------------------------------------
+
 
 def load(config_path: str, broker: str | None, grace_ms: int) -> tuple[Registry, str, tuple[str, ...]]:
     """From the coordinator's configuration: the registry, the broker and the ledgers."""
@@ -273,9 +295,15 @@ def load(config_path: str, broker: str | None, grace_ms: int) -> tuple[Registry,
 async def serve(config_path: str, broker: str | None = None, grace_ms: int = GRACE_MS) -> None:
     """`lockstep observer`, until SIGTERM or SIGINT."""
     from .daemon import _until_signalled
+
     registry, url, ledgers = load(config_path, broker, grace_ms)
     async with _until_signalled(url, f"observer-{secrets.token_hex(4)}") as (bus, nursery):
         observer = Observer(registry, bus, list(ledgers), grace_ms, ServiceClock())
         await nursery.start(observer.run)
-        log.info("observer following %s on %s, grace %d ms; alerts on %s", ", ".join(ledgers), redacted(url), grace_ms,
-                 ALERTS_TOPIC)
+        log.info(
+            "observer following %s on %s, grace %d ms; alerts on %s",
+            ", ".join(ledgers),
+            redacted(url),
+            grace_ms,
+            ALERTS_TOPIC,
+        )

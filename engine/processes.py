@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -19,8 +19,8 @@ from protocols.signing import unsigned
 
 from .world import World
 
-PING_EVERY_S = 0.05     # while waiting for a service to answer: a new ping this often,
-PING_TIMEOUT_S = 0.5    # each waiting this long, so a late answer is not missed
+PING_EVERY_S = 0.05  # while waiting for a service to answer: a new ping this often,
+PING_TIMEOUT_S = 0.5  # each waiting this long, so a late answer is not missed
 
 
 class ServiceExited(AssertionError):
@@ -45,9 +45,20 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", self.command, "--config",
-                 str(self.world.ledger_configs[self.party]), "--broker", self.broker_url],
-                stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    self.command,
+                    "--config",
+                    str(self.world.ledger_configs[self.party]),
+                    "--broker",
+                    self.broker_url,
+                ],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         return self
 
     async def ready(self, bus, timeout_s: float = 20.0) -> Any:
@@ -58,6 +69,7 @@ class ServiceProcess:
         answers: list[object] = []
         with trio.fail_after(timeout_s):
             async with trio.open_nursery() as pings:
+
                 async def ping() -> None:
                     try:
                         answers.append(await self._ping(bus))
@@ -77,8 +89,9 @@ class ServiceProcess:
         """A ledger's info (its journal height among it); a coordinator's refusal of an
         unknown settlement, which shows it serves."""
         if self.command == "ledger":
-            client = LedgerClient(bus, self.party, self.world.registry[self.party].public_key,
-                                  timeout_s=PING_TIMEOUT_S, attempts=1)
+            client = LedgerClient(
+                bus, self.party, self.world.registry[self.party].public_key, timeout_s=PING_TIMEOUT_S, attempts=1
+            )
             return await client.query(QueryInfo(client.next_query_id(), self.party))
         query = unsigned(QuerySettlement("ping", self.party, "ping")).encode()
         return await bus.request(service_of_coordinator(self.party), query, timeout_s=PING_TIMEOUT_S)

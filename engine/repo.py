@@ -38,8 +38,10 @@ class RepoDesk:
     def __init__(self, coordinator) -> None:
         self.coordinator = coordinator
         self._db = desk_database(coordinator.journal.path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS repos (id TEXT PRIMARY KEY, repo TEXT NOT NULL, state TEXT NOT NULL, "
-                         "reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS repos (id TEXT PRIMARY KEY, repo TEXT NOT NULL, state TEXT NOT NULL, "
+            "reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)"
+        )
         self._nursery: trio.Nursery | None = None
         self._serving: set[str] = set()
 
@@ -51,8 +53,9 @@ class RepoDesk:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             final = tuple(state.value for state in FINAL)
-            rows = self._db.execute(f"SELECT id FROM repos WHERE state NOT IN ({', '.join('?' * len(final))}) ORDER BY id",
-                                    final).fetchall()
+            rows = self._db.execute(
+                f"SELECT id FROM repos WHERE state NOT IN ({', '.join('?' * len(final))}) ORDER BY id", final
+            ).fetchall()
             for (repo_id,) in rows:
                 log.info("resuming repo %s", repo_id)
                 self._reserve(repo_id)
@@ -70,9 +73,16 @@ class RepoDesk:
                 return self.status(signed.msg.repo_id)
             return self.accept(signed)
         except Rejected as error:
-            return self.coordinator.sign(RepoStatus(self.coordinator.id, readable_id(request.payload, ("repo_id", "id")),
-                                                    "rejected", self.coordinator.clock.now_ms(),
-                                                    reason_code=error.code.value, reason=f"{error.field}: {error.reason}"))
+            return self.coordinator.sign(
+                RepoStatus(
+                    self.coordinator.id,
+                    readable_id(request.payload, ("repo_id", "id")),
+                    "rejected",
+                    self.coordinator.clock.now_ms(),
+                    reason_code=error.code.value,
+                    reason=f"{error.field}: {error.reason}",
+                )
+            )
 
     def accept(self, signed: Signed) -> bytes:
         """Check a repo and journal it; its status at once (the start is being settled)."""
@@ -85,8 +95,10 @@ class RepoDesk:
             return self.status(repo.id)
         self._check(signed)
         now_ms = self.coordinator.clock.now_ms()
-        self._db.execute("INSERT INTO repos VALUES (?, ?, ?, '', '', ?)",
-                         (repo.id, wire, RepoState.PENDING.value, json.dumps([[RepoState.PENDING.value, now_ms]])))
+        self._db.execute(
+            "INSERT INTO repos VALUES (?, ?, ?, '', '', ?)",
+            (repo.id, wire, RepoState.PENDING.value, json.dumps([[RepoState.PENDING.value, now_ms]])),
+        )
         self._reserve(repo.id)
         self._serve(repo.id)
         return self.status(repo.id)
@@ -135,15 +147,25 @@ class RepoDesk:
                 state = self._to(repo_id, state, RepoState.OPEN)
             else:
                 await self._cancel(repo.reverse, start)
-                state = self._to(repo_id, state, RepoState.START_FAILED, start.reason_code or start.phase.value,
-                                 f"start {start.settlement_id} {start.phase.value}: {start.reason}")
+                state = self._to(
+                    repo_id,
+                    state,
+                    RepoState.START_FAILED,
+                    start.reason_code or start.phase.value,
+                    f"start {start.settlement_id} {start.phase.value}: {start.reason}",
+                )
         if state is RepoState.OPEN:
             reverse = await self._settle(repo.reverse)
             if reverse.phase is Phase.SETTLED:
                 state = self._to(repo_id, state, RepoState.CLOSED)
             else:
-                state = self._to(repo_id, state, RepoState.REVERSE_FAILED, reverse.reason_code or reverse.phase.value,
-                                 f"reverse {reverse.settlement_id} {reverse.phase.value}: {reverse.reason}")
+                state = self._to(
+                    repo_id,
+                    state,
+                    RepoState.REVERSE_FAILED,
+                    reverse.reason_code or reverse.phase.value,
+                    f"reverse {reverse.settlement_id} {reverse.phase.value}: {reverse.reason}",
+                )
         log.info("repo %s %s", repo_id, state.value)
 
     async def _settle(self, leg: dict) -> Record:
@@ -155,7 +177,8 @@ class RepoDesk:
             settlement_id = terms_of(leg, None).id
             now_ms = self.coordinator.clock.now_ms()
             return Record(settlement_id, encode(leg), Phase.PENDING, steps=(("pending", now_ms),)).to(
-                Phase.FAILED, now_ms, reason_code=error.code.value, reason=f"{error.field}: {error.reason}")
+                Phase.FAILED, now_ms, reason_code=error.code.value, reason=f"{error.field}: {error.reason}"
+            )
 
     async def _cancel(self, reverse: dict, start: Record) -> None:
         """Journal the reverse as failed in the coordinator's journal, never sent, unless
@@ -165,9 +188,14 @@ class RepoDesk:
             return
         now_ms = self.coordinator.clock.now_ms()
         record = Record(settlement_id, encode(reverse), Phase.PENDING, steps=(("pending", now_ms),))
-        await self.coordinator.journal.save(record.to(
-            Phase.FAILED, now_ms, reason_code=start.reason_code or start.phase.value,
-            reason=f"cancelled: the repo's start {start.settlement_id} ended {start.phase.value}"))
+        await self.coordinator.journal.save(
+            record.to(
+                Phase.FAILED,
+                now_ms,
+                reason_code=start.reason_code or start.phase.value,
+                reason=f"cancelled: the repo's start {start.settlement_id} ended {start.phase.value}",
+            )
+        )
 
     # -- the table -------------------------------------------------------------------------------
 
@@ -178,18 +206,23 @@ class RepoDesk:
         return found
 
     def _row(self, repo_id: str) -> tuple[str, RepoState, str, str, list] | None:
-        row = self._db.execute("SELECT repo, state, reason_code, reason, steps FROM repos WHERE id = ?", (repo_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT repo, state, reason_code, reason, steps FROM repos WHERE id = ?", (repo_id,)
+        ).fetchone()
         if row is None:
             return None
         wire, state, reason_code, reason, steps = row
         return wire, RepoState(state), reason_code, reason, json.loads(steps)
 
-    def _to(self, repo_id: str, current: RepoState, following: RepoState, reason_code: str = "",
-            reason: str = "") -> RepoState:
+    def _to(
+        self, repo_id: str, current: RepoState, following: RepoState, reason_code: str = "", reason: str = ""
+    ) -> RepoState:
         check_transition(current, following)
         steps = self._known(repo_id)[4] + [[following.value, self.coordinator.clock.now_ms()]]
-        changed = self._db.execute("UPDATE repos SET state = ?, reason_code = ?, reason = ?, steps = ? WHERE id = ? AND state = ?",
-                                   (following.value, reason_code, reason, json.dumps(steps), repo_id, current.value))
+        changed = self._db.execute(
+            "UPDATE repos SET state = ?, reason_code = ?, reason = ?, steps = ? WHERE id = ? AND state = ?",
+            (following.value, reason_code, reason, json.dumps(steps), repo_id, current.value),
+        )
         assert changed.rowcount == 1, f"repo {repo_id} was not {current.value}"
         return following
 
@@ -200,5 +233,15 @@ class RepoDesk:
         for leg in (repo.start, repo.reverse):
             record = self.coordinator.journal.get(terms_of(leg, None).id)
             phases.append("" if record is None else record.phase.value)
-        return self.coordinator.sign(RepoStatus(self.coordinator.id, repo_id, state.value, self.coordinator.clock.now_ms(),
-                                                phases[0], phases[1], reason_code, reason))
+        return self.coordinator.sign(
+            RepoStatus(
+                self.coordinator.id,
+                repo_id,
+                state.value,
+                self.coordinator.clock.now_ms(),
+                phases[0],
+                phases[1],
+                reason_code,
+                reason,
+            )
+        )

@@ -17,8 +17,15 @@ from protocols.signing import PrivateKey, load_public_key, public_point, sign
 from .daemon import DaemonError
 
 
-def prepare(registry_path: str, ledger: str, operator: str, operator_key_path: str, party: str,
-            public_key_path: str, now_ms: int) -> tuple[Registry, RotateKey, bytes]:
+def prepare(
+    registry_path: str,
+    ledger: str,
+    operator: str,
+    operator_key_path: str,
+    party: str,
+    public_key_path: str,
+    now_ms: int,
+) -> tuple[Registry, RotateKey, bytes]:
     """The signed instruction, after every check that can be made before sending."""
     registry = Registry.load(registry_path)
     key = PrivateKey.load(operator_key_path)
@@ -32,10 +39,18 @@ def prepare(registry_path: str, ledger: str, operator: str, operator_key_path: s
     return registry, msg, sign(msg, (operator, key)).encode()
 
 
-async def main(broker: str, registry_path: str, ledger: str, operator: str, operator_key_path: str,
-               party: str, public_key_path: str) -> int:
-    registry, msg, raw = prepare(registry_path, ledger, operator, operator_key_path, party, public_key_path,
-                            ServiceClock().now_ms())
+async def main(
+    broker: str,
+    registry_path: str,
+    ledger: str,
+    operator: str,
+    operator_key_path: str,
+    party: str,
+    public_key_path: str,
+) -> int:
+    registry, msg, raw = prepare(
+        registry_path, ledger, operator, operator_key_path, party, public_key_path, ServiceClock().now_ms()
+    )
     async with MqttBus.connect(broker) as bus:
         client = LedgerClient(bus, ledger, registry[ledger].public_key)
         try:  # caught here: raised through the bus's nursery it would come wrapped in a group
@@ -51,7 +66,8 @@ async def main(broker: str, registry_path: str, ledger: str, operator: str, oper
     if not receipt.applied:
         print(f"lockstep rotate-key: {ledger} refused: {receipt.code}: {receipt.field}: {receipt.reason}")
         return 1
-    print(f"{party}'s key on {ledger} is now {msg.public_key} "
-          f"(journal entry {receipt.seq}); the old key moves nothing there from that entry on")
+    print(
+        f"{party}'s key on {ledger} is now {msg.public_key} "
+        f"(journal entry {receipt.seq}); the old key moves nothing there from that entry on"
+    )
     return 0
-

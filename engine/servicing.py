@@ -27,10 +27,20 @@ from protocols.bus.client import BadReply
 from protocols.canonical import encode
 from protocols.errors import Code, Rejected
 from protocols.matching import day_window
-from protocols.messages import (QUERY_LIMIT_MAX, CorporateAction, CorporateActionStatus, Entitlement, QueryAccounts,
-                                QueryBalances, QueryCorporateAction, QueryHolders, QueryInfo, readable_id, to_body)
-from protocols.servicing import (ActionState, Due, DueState, cash_account, check_action, check_due, coupon_period,
-                                 dues)
+from protocols.messages import (
+    QUERY_LIMIT_MAX,
+    CorporateAction,
+    CorporateActionStatus,
+    Entitlement,
+    QueryAccounts,
+    QueryBalances,
+    QueryCorporateAction,
+    QueryHolders,
+    QueryInfo,
+    readable_id,
+    to_body,
+)
+from protocols.servicing import ActionState, Due, DueState, cash_account, check_action, check_due, coupon_period, dues
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
@@ -38,9 +48,9 @@ from .journal import desk_database
 
 log = logging.getLogger("lockstep.servicing")
 
-PAYMENTS_IN_FLIGHT_MAX = 8     # entitlements settling at once, per action
-HOLDERS_MAX = 2_000            # holders of record one action pays: its status stays well under a bus message
-QUERY_TIMEOUT_S = 5.0          # a ledger's answer at intake, retries included
+PAYMENTS_IN_FLIGHT_MAX = 8  # entitlements settling at once, per action
+HOLDERS_MAX = 2_000  # holders of record one action pays: its status stays well under a bus message
+QUERY_TIMEOUT_S = 5.0  # a ledger's answer at intake, retries included
 RETRY_S = 0.05
 
 
@@ -64,12 +74,16 @@ class ServicingDesk:
         self.coordinator = coordinator
         self._db = desk_database(coordinator.journal.path)
         with self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS corporate_actions (id TEXT PRIMARY KEY, action TEXT NOT NULL, "
-                             "state TEXT NOT NULL, reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS entitlements (action_id TEXT NOT NULL, holder_account TEXT NOT NULL, "
-                             "holder TEXT NOT NULL, cash_account TEXT NOT NULL, units INTEGER NOT NULL, "
-                             "amount_minor INTEGER NOT NULL, state TEXT NOT NULL, reason_code TEXT NOT NULL, "
-                             "reason TEXT NOT NULL, PRIMARY KEY (action_id, holder_account))")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS corporate_actions (id TEXT PRIMARY KEY, action TEXT NOT NULL, "
+                "state TEXT NOT NULL, reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS entitlements (action_id TEXT NOT NULL, holder_account TEXT NOT NULL, "
+                "holder TEXT NOT NULL, cash_account TEXT NOT NULL, units INTEGER NOT NULL, "
+                "amount_minor INTEGER NOT NULL, state TEXT NOT NULL, reason_code TEXT NOT NULL, "
+                "reason TEXT NOT NULL, PRIMARY KEY (action_id, holder_account))"
+            )
         self._nursery: trio.Nursery | None = None
         self._serving: set[str] = set()
 
@@ -81,8 +95,9 @@ class ServicingDesk:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             final = (ActionState.DONE.value, ActionState.FAILED.value)
-            for (action_id,) in self._db.execute("SELECT id FROM corporate_actions WHERE state NOT IN (?, ?) ORDER BY id",
-                                                 final).fetchall():
+            for (action_id,) in self._db.execute(
+                "SELECT id FROM corporate_actions WHERE state NOT IN (?, ?) ORDER BY id", final
+            ).fetchall():
                 log.info("resuming corporate action %s", action_id)
                 self._serve(action_id)
             task_status.started()
@@ -99,9 +114,16 @@ class ServicingDesk:
             return await self.accept(signed)
         except Rejected as error:
             action_id = readable_id(request.payload, ("action_id", "id"))
-            return self.coordinator.sign(CorporateActionStatus(
-                self.coordinator.id, action_id, "rejected", self.coordinator.clock.now_ms(),
-                error.code.value, f"{error.field}: {error.reason}"))
+            return self.coordinator.sign(
+                CorporateActionStatus(
+                    self.coordinator.id,
+                    action_id,
+                    "rejected",
+                    self.coordinator.clock.now_ms(),
+                    error.code.value,
+                    f"{error.field}: {error.reason}",
+                )
+            )
 
     async def accept(self, signed: Signed) -> bytes:
         """Check an issuer's action, journal it and schedule it; its status at once."""
@@ -117,8 +139,10 @@ class ServicingDesk:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._once(action)
-            self._db.execute("INSERT OR IGNORE INTO corporate_actions VALUES (?, ?, ?, '', '', ?)",
-                             (action.id, wire, ActionState.ACCEPTED.value, json.dumps([[ActionState.ACCEPTED.value, now_ms]])))
+            self._db.execute(
+                "INSERT OR IGNORE INTO corporate_actions VALUES (?, ?, ?, '', '', ?)",
+                (action.id, wire, ActionState.ACCEPTED.value, json.dumps([[ActionState.ACCEPTED.value, now_ms]])),
+            )
         if self._known(action.id)[0] != wire:  # another copy, other content, was journaled while we checked
             raise Rejected(Code.ID_REUSED, "id", f"corporate action {action.id} was sent with other content")
         self._serve(action.id)
@@ -132,12 +156,17 @@ class ServicingDesk:
         if action.kind != "coupon":
             return
         earlier = self._db.execute(
-            "SELECT id FROM corporate_actions WHERE json_extract(action, '$.isin') = ? AND json_extract(action, '$.kind') = ? "
-            "AND json_extract(action, '$.payment_date') = ? AND id != ? AND state != ?",
-            (action.isin, action.kind, action.payment_date, action.id, ActionState.FAILED.value)).fetchone()
+            "SELECT id FROM corporate_actions WHERE json_extract(action, '$.isin') = ? "
+            "AND json_extract(action, '$.kind') = ? AND json_extract(action, '$.payment_date') = ? "
+            "AND id != ? AND state != ?",
+            (action.isin, action.kind, action.payment_date, action.id, ActionState.FAILED.value),
+        ).fetchone()
         if earlier is not None:
-            raise Rejected(Code.INVALID_FIELD, "payment_date",
-                           f"corporate action {earlier[0]} already mandates the {action.payment_date} coupon of {action.isin}")
+            raise Rejected(
+                Code.INVALID_FIELD,
+                "payment_date",
+                f"corporate action {earlier[0]} already mandates the {action.payment_date} coupon of {action.isin}",
+            )
 
     async def _check(self, signed: Signed) -> None:
         action: CorporateAction = signed.msg
@@ -148,20 +177,31 @@ class ServicingDesk:
             raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {coordinator.id!r}")
         start_ms, _ = day_window(action.payment_date)
         if action.deadline_ms < max(start_ms, coordinator.clock.now_ms()) + coordinator.timing.total_ms():
-            raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "deadline_ms",
-                           "the deadline leaves no time to pay on the payment date")
+            raise Rejected(
+                Code.EXPIRY_OUT_OF_RANGE, "deadline_ms", "the deadline leaves no time to pay on the payment date"
+            )
         deadline = trio.current_time() + QUERY_TIMEOUT_S
         try:
             reference = await self._instrument(action, deadline)
-            for ledger, account, field in ((action.securities_ledger, action.issuer_securities_account, "issuer_securities_account"),
-                                           (action.cash_ledger, action.issuer_cash_account, "issuer_cash_account")):
+            for ledger, account, field in (
+                (action.securities_ledger, action.issuer_securities_account, "issuer_securities_account"),
+                (action.cash_ledger, action.issuer_cash_account, "issuer_cash_account"),
+            ):
                 client = coordinator.client(ledger)
                 try:
-                    owner = (await ask(client, lambda q: QueryBalances(q, ledger, account), deadline))["owner"]
+                    owner = (
+                        await ask(
+                            client,
+                            lambda q, ledger=ledger, account=account: QueryBalances(q, ledger, account),
+                            deadline,
+                        )
+                    )["owner"]
                 except Rejected as error:
                     raise Rejected(error.code, field, f"{ledger}: {error.reason}") from None
                 if owner != action.issuer:
-                    raise Rejected(Code.NOT_AUTHORISED, field, f"{account} on {ledger} is not an account of {action.issuer}")
+                    raise Rejected(
+                        Code.NOT_AUTHORISED, field, f"{account} on {ledger} is not an account of {action.issuer}"
+                    )
         except BusTimeout as error:
             raise Rejected(Code.TIMEOUT, "securities_ledger", str(error)) from None
         if reference["currency"] != action.currency:
@@ -181,7 +221,9 @@ class ServicingDesk:
         if asset is None:
             raise Rejected(Code.UNKNOWN_ASSET, "isin", f"{action.securities_ledger} has no instrument {action.isin}")
         if asset["issuer"] != action.issuer:
-            raise Rejected(Code.NOT_AUTHORISED, "issuer", f"{action.isin} is issued by {asset['issuer']}, not {action.issuer}")
+            raise Rejected(
+                Code.NOT_AUTHORISED, "issuer", f"{action.isin} is issued by {asset['issuer']}, not {action.issuer}"
+            )
         return asset["reference"]
 
     # -- the payment date ---------------------------------------------------------------------
@@ -226,8 +268,11 @@ class ServicingDesk:
         holders: list[tuple[str, str, int]] = []
         after = ""
         while after is not None:
-            page = await ask(securities, lambda q: QueryHolders(q, action.securities_ledger, action.isin,
-                                                                QUERY_LIMIT_MAX, after), deadline)
+            page = await ask(
+                securities,
+                lambda q, after=after: QueryHolders(q, action.securities_ledger, action.isin, QUERY_LIMIT_MAX, after),
+                deadline,
+            )
             holders += [(h["account"], h["owner"], h["available"] + h["locked"]) for h in page["holders"]]
             if len(holders) > HOLDERS_MAX:
                 raise Rejected(Code.TOO_LARGE, "isin", f"{action.isin} has more than {HOLDERS_MAX} holders")
@@ -235,14 +280,26 @@ class ServicingDesk:
         cash = coordinator.client(action.cash_ledger)
         cash_accounts = {}
         for owner in sorted({owner for _, owner, _ in holders} - {action.issuer}):
-            accounts = await ask(cash, lambda q: QueryAccounts(q, action.cash_ledger, owner), deadline)
+            accounts = await ask(cash, lambda q, owner=owner: QueryAccounts(q, action.cash_ledger, owner), deadline)
             cash_accounts[owner] = cash_account(accounts["accounts"], action.currency)
         return dues(action.kind, reference, action.payment_date, action.issuer, holders, cash_accounts)
 
     def _entitle(self, action: CorporateAction, found: list[Due]) -> None:
         """Journal every due and the action's new state in one transaction, before paying."""
-        rows = [(action.id, d.holder_account, d.holder, d.cash_account, d.units, d.amount_minor, d.state.value,
-                 d.reason_code, d.reason) for d in found]
+        rows = [
+            (
+                action.id,
+                d.holder_account,
+                d.holder,
+                d.cash_account,
+                d.units,
+                d.amount_minor,
+                d.state.value,
+                d.reason_code,
+                d.reason,
+            )
+            for d in found
+        ]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT INTO entitlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -259,12 +316,21 @@ class ServicingDesk:
             except Rejected as error:
                 outcome = (DueState.UNPAID, error.code.value, f"{error.field}: {error.reason}")
             else:
-                outcome = (DueState.PAID, "", "") if record.phase is Phase.SETTLED else \
-                    (DueState.UNPAID, record.reason_code or record.phase.value, f"{record.phase.value}: {record.reason}")
+                outcome = (
+                    (DueState.PAID, "", "")
+                    if record.phase is Phase.SETTLED
+                    else (
+                        DueState.UNPAID,
+                        record.reason_code or record.phase.value,
+                        f"{record.phase.value}: {record.reason}",
+                    )
+                )
         check_due(due.state, outcome[0])
-        self._db.execute("UPDATE entitlements SET state = ?, reason_code = ?, reason = ? "
-                         "WHERE action_id = ? AND holder_account = ? AND state = ?",
-                         (outcome[0].value, outcome[1], outcome[2], action.id, due.holder_account, DueState.DUE.value))
+        self._db.execute(
+            "UPDATE entitlements SET state = ?, reason_code = ?, reason = ? "
+            "WHERE action_id = ? AND holder_account = ? AND state = ?",
+            (outcome[0].value, outcome[1], outcome[2], action.id, due.holder_account, DueState.DUE.value),
+        )
         log.info("%s %s to %s: %s %s", action.kind, action.id, due.holder, outcome[0].value, outcome[2])
 
     # -- the tables -----------------------------------------------------------------------------
@@ -276,32 +342,41 @@ class ServicingDesk:
         return found
 
     def _action(self, action_id: str) -> tuple[str, ActionState, str, str, list] | None:
-        row = self._db.execute("SELECT action, state, reason_code, reason, steps FROM corporate_actions WHERE id = ?",
-                               (action_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT action, state, reason_code, reason, steps FROM corporate_actions WHERE id = ?", (action_id,)
+        ).fetchone()
         if row is None:
             return None
         wire, state, reason_code, reason, steps = row
         return wire, ActionState(state), reason_code, reason, json.loads(steps)
 
     def _dues_in(self, action_id: str, state: DueState | None = None) -> list[Due]:
-        rows = self._db.execute("SELECT holder_account, holder, cash_account, units, amount_minor, state, reason_code, "
-                                "reason FROM entitlements WHERE action_id = ? ORDER BY holder_account", (action_id,))
-        found = [Due(holder_account, holder, cash, units, amount, DueState(state), reason_code, reason)
-                 for holder_account, holder, cash, units, amount, state, reason_code, reason in rows]
+        rows = self._db.execute(
+            "SELECT holder_account, holder, cash_account, units, amount_minor, state, reason_code, "
+            "reason FROM entitlements WHERE action_id = ? ORDER BY holder_account",
+            (action_id,),
+        )
+        found = [
+            Due(holder_account, holder, cash, units, amount, DueState(state), reason_code, reason)
+            for holder_account, holder, cash, units, amount, state, reason_code, reason in rows
+        ]
         return [due for due in found if state is None or due.state is state]
 
-    def _transition(self, action_id: str, current: ActionState, following: ActionState,
-                    reason_code: str = "", reason: str = "") -> None:
+    def _transition(
+        self, action_id: str, current: ActionState, following: ActionState, reason_code: str = "", reason: str = ""
+    ) -> None:
         """Inside a transaction: the action's state, as the table of transitions allows."""
         check_action(current, following)
         steps = self._known(action_id)[4] + [[following.value, self.coordinator.clock.now_ms()]]
-        changed = self._db.execute("UPDATE corporate_actions SET state = ?, reason_code = ?, reason = ?, steps = ? "
-                                   "WHERE id = ? AND state = ?",
-                                   (following.value, reason_code, reason, json.dumps(steps), action_id, current.value))
+        changed = self._db.execute(
+            "UPDATE corporate_actions SET state = ?, reason_code = ?, reason = ?, steps = ? WHERE id = ? AND state = ?",
+            (following.value, reason_code, reason, json.dumps(steps), action_id, current.value),
+        )
         assert changed.rowcount == 1, f"corporate action {action_id} was not {current.value}"
 
-    def _to(self, action_id: str, current: ActionState, following: ActionState, reason_code: str = "",
-            reason: str = "") -> None:
+    def _to(
+        self, action_id: str, current: ActionState, following: ActionState, reason_code: str = "", reason: str = ""
+    ) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._transition(action_id, current, following, reason_code, reason)
@@ -310,12 +385,31 @@ class ServicingDesk:
         wire, state, reason_code, reason, _ = self._known(action_id)
         signed_wire = json.loads(wire)
         entitlements = tuple(
-            {"holder": d.holder, "holder_account": d.holder_account, "holder_cash_account": d.cash_account,
-             "isin": signed_wire["isin"], "units": d.units, "currency": signed_wire["currency"],
-             "amount_minor": d.amount_minor, "state": d.state.value, "reason_code": d.reason_code,
-             "reason": d.reason,   # the coordinator's settlement of a due that was sent to be paid:
-             "settlement_id": entitlement_id(self._entitlement(signed_wire, d)) if d.amount_minor and d.cash_account else ""}
-            for d in self._dues_in(action_id))
-        return self.coordinator.sign(CorporateActionStatus(self.coordinator.id, action_id, state.value,
-                                                           self.coordinator.clock.now_ms(), reason_code, reason,
-                                                           entitlements))
+            {
+                "holder": d.holder,
+                "holder_account": d.holder_account,
+                "holder_cash_account": d.cash_account,
+                "isin": signed_wire["isin"],
+                "units": d.units,
+                "currency": signed_wire["currency"],
+                "amount_minor": d.amount_minor,
+                "state": d.state.value,
+                "reason_code": d.reason_code,
+                "reason": d.reason,  # the coordinator's settlement of a due that was sent to be paid:
+                "settlement_id": entitlement_id(self._entitlement(signed_wire, d))
+                if d.amount_minor and d.cash_account
+                else "",
+            }
+            for d in self._dues_in(action_id)
+        )
+        return self.coordinator.sign(
+            CorporateActionStatus(
+                self.coordinator.id,
+                action_id,
+                state.value,
+                self.coordinator.clock.now_ms(),
+                reason_code,
+                reason,
+                entitlements,
+            )
+        )

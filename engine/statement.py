@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply, LedgerClient
@@ -30,8 +30,16 @@ from .daemon import DaemonError, on_bus
 PAGE_SIZE = 200
 
 
-def statement_of(entries: Iterable[Entry], ledger: str, account: str, currency: str, *, from_seq: int,
-                 to_seq: int | None, now_ms: int) -> Statement:
+def statement_of(
+    entries: Iterable[Entry],
+    ledger: str,
+    account: str,
+    currency: str,
+    *,
+    from_seq: int,
+    to_seq: int | None,
+    now_ms: int,
+) -> Statement:
     """The account's bookings in [from_seq, to_seq] (to the head if None), with the
     balance before and after."""
     owner, opening, bookings, last_seq = None, 0, [], from_seq - 1
@@ -41,8 +49,11 @@ def statement_of(entries: Iterable[Entry], ledger: str, account: str, currency: 
         for acct, acct_owner in entry.effects.get("accounts", ()):
             if acct == account:
                 owner = acct_owner
-        delta = sum(available + locked for acct, asset, available, locked in entry.effects.get("balances", ())
-                    if (acct, asset) == (account, currency))
+        delta = sum(
+            available + locked
+            for acct, asset, available, locked in entry.effects.get("balances", ())
+            if (acct, asset) == (account, currency)
+        )
         if entry.seq < from_seq:
             opening += delta
             continue
@@ -53,9 +64,20 @@ def statement_of(entries: Iterable[Entry], ledger: str, account: str, currency: 
     if owner is None:
         raise DaemonError(f"ledger {ledger}", f"has no account {account!r}")
     closing = opening + sum(booking.amount_minor for booking in bookings)
-    stamp = datetime.datetime.fromtimestamp(now_ms / 1000, datetime.timezone.utc).strftime("%Y%m%d%H%M%S")
-    return Statement(f"{account}-{stamp}"[:35], owner, ledger, account, currency, now_ms, from_seq, max(last_seq, from_seq),
-                     opening, closing, tuple(bookings))
+    stamp = datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC).strftime("%Y%m%d%H%M%S")
+    return Statement(
+        f"{account}-{stamp}"[:35],
+        owner,
+        ledger,
+        account,
+        currency,
+        now_ms,
+        from_seq,
+        max(last_seq, from_seq),
+        opening,
+        closing,
+        tuple(bookings),
+    )
 
 
 async def read_entries(client: LedgerClient) -> list[Entry]:
@@ -71,14 +93,23 @@ async def read_entries(client: LedgerClient) -> list[Entry]:
             return entries
 
 
-async def main(broker: str, registry_path: str, ledger: str, account: str, currency: str, from_seq: int,
-               to_seq: int | None, out: str | None) -> int:
+async def main(
+    broker: str,
+    registry_path: str,
+    ledger: str,
+    account: str,
+    currency: str,
+    from_seq: int,
+    to_seq: int | None,
+    out: str | None,
+) -> int:
     registry = Registry.load(registry_path)
     if ledger not in registry:
         raise DaemonError(f"--ledger {ledger}", f"not in the registry {registry_path}")
     entries = await on_bus(broker, lambda bus: read_entries(LedgerClient(bus, ledger, registry[ledger].public_key)))
-    statement = statement_of(entries, ledger, account, currency, from_seq=from_seq, to_seq=to_seq,
-                             now_ms=ServiceClock().now_ms())
+    statement = statement_of(
+        entries, ledger, account, currency, from_seq=from_seq, to_seq=to_seq, now_ms=ServiceClock().now_ms()
+    )
     document = camt053.write(statement)
     if out:
         try:
@@ -99,6 +130,8 @@ def summary(statement: Statement) -> str:
     def money(amount: int) -> str:
         return format_amount(statement.currency, amount)
 
-    return (f"camt.053 of {statement.account} on {statement.ledger}, journal entries {statement.from_seq} to "
-            f"{statement.to_seq}: opening {money(statement.opening_minor)}, {len(statement.entries)} movements "
-            f"(credits {money(credits)}, debits {money(debits)}), closing {money(statement.closing_minor)}")
+    return (
+        f"camt.053 of {statement.account} on {statement.ledger}, journal entries {statement.from_seq} to "
+        f"{statement.to_seq}: opening {money(statement.opening_minor)}, {len(statement.entries)} movements "
+        f"(credits {money(credits)}, debits {money(debits)}), closing {money(statement.closing_minor)}"
+    )

@@ -28,7 +28,9 @@ async def main(config_path: str, settlement_id: str, broker: str | None) -> int:
         except BusTimeout:
             raw = None
     if raw is None:
-        raise DaemonError(coordinator, f"did not answer within {ANSWER_TIMEOUT_S} s (is it running on {redacted(url)}?)")
+        raise DaemonError(
+            coordinator, f"did not answer within {ANSWER_TIMEOUT_S} s (is it running on {redacted(url)}?)"
+        )
     try:
         signed = from_wire(canonical.decode(raw), allowed=(SettlementStatus,))
     except Rejected as error:
@@ -42,6 +44,6 @@ async def main(config_path: str, settlement_id: str, broker: str | None) -> int:
         print(f"  reason: {status.reason_code}: {status.reason}")
     start = status.steps[0][1] if status.steps else 0
     for phase, at_ms in status.steps:
-        stamp = datetime.datetime.fromtimestamp(at_ms / 1000, datetime.timezone.utc).isoformat(timespec="milliseconds")
+        stamp = datetime.datetime.fromtimestamp(at_ms / 1000, datetime.UTC).isoformat(timespec="milliseconds")
         print(f"  {stamp}  +{at_ms - start:>6} ms  {phase}")
     return 0 if status.phase != "rejected" else 1

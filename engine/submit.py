@@ -19,7 +19,7 @@ from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason, read_bytes
 from protocols.iso20022 import read
 from protocols.iso20022.model import FORMATS
-from protocols.messages import (IDENT_PATTERN, Advices, QueryAdvices, SettlementInstruction, SettlementStatus)
+from protocols.messages import IDENT_PATTERN, Advices, QueryAdvices, SettlementInstruction, SettlementStatus
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, from_wire, sign
 
@@ -40,7 +40,9 @@ def format_of(document: bytes) -> str:
 
 def instruction_id(reference: str) -> str:
     """The document's own reference where it is a Lockstep id, else a digest of it."""
-    return reference if IDENT_PATTERN.fullmatch(reference) else "i-" + hashlib.sha256(reference.encode()).hexdigest()[:32]
+    return (
+        reference if IDENT_PATTERN.fullmatch(reference) else "i-" + hashlib.sha256(reference.encode()).hexdigest()[:32]
+    )
 
 
 class DeskClient:
@@ -62,8 +64,9 @@ class DeskClient:
         if not signed.signed_by(self.coordinator, self.registry[self.coordinator].public_key):
             raise DaemonError(f"coordinator {self.coordinator}", "the answer is not signed by the coordinator")
         if isinstance(signed.msg, SettlementStatus):
-            raise DaemonError(f"coordinator {self.coordinator}",
-                              f"refused: {signed.msg.reason_code}: {signed.msg.reason}")
+            raise DaemonError(
+                f"coordinator {self.coordinator}", f"refused: {signed.msg.reason_code}: {signed.msg.reason}"
+            )
         assert isinstance(signed.msg, Advices)
         return signed.msg.items
 
@@ -100,8 +103,17 @@ def _load(registry_path: str, key_file: str, coordinator: str) -> tuple[Registry
     return registry, key
 
 
-async def main(file: str, broker: str, registry_path: str, coordinator: str, party: str, key_file: str,
-               given_id: str | None, wait_s: float, out: str | None) -> int:
+async def main(
+    file: str,
+    broker: str,
+    registry_path: str,
+    coordinator: str,
+    party: str,
+    key_file: str,
+    given_id: str | None,
+    wait_s: float,
+    out: str | None,
+) -> int:
     """Submit; with `wait_s`, follow the instruction's advices until a final one."""
     registry, key = _load(registry_path, key_file, coordinator)
     document = read_bytes("document", file)
@@ -120,8 +132,9 @@ async def main(file: str, broker: str, registry_path: str, coordinator: str, par
 
     async def follow(bus: Bus) -> str:
         desk = DeskClient(bus, registry, coordinator, party, key)
-        items = await desk.submit(SettlementInstruction(iid, coordinator, party, desk.clock.now_ms(), fmt,
-                                                        document.decode()))
+        items = await desk.submit(
+            SettlementInstruction(iid, coordinator, party, desk.clock.now_ms(), fmt, document.decode())
+        )
         seen, status = 0, "rejected"
         for item in items:
             print(summary(item), flush=True)
@@ -141,8 +154,9 @@ async def main(file: str, broker: str, registry_path: str, coordinator: str, par
     return 0 if await on_bus(broker, follow) in ("settled", "matched", "unmatched") else 1
 
 
-async def fetch(broker: str, registry_path: str, coordinator: str, party: str, key_file: str, from_seq: int,
-                out: str | None) -> int:
+async def fetch(
+    broker: str, registry_path: str, coordinator: str, party: str, key_file: str, from_seq: int, out: str | None
+) -> int:
     """`lockstep advices`: every advice of a party from a position on."""
     registry, key = _load(registry_path, key_file, coordinator)
 

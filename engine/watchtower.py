@@ -17,13 +17,13 @@ import secrets
 import attrs
 import trio
 
+from protocols.authority import Terms, terms_of
 from protocols.bus import Bus, BusTimeout
-from protocols.bus.clock import ServiceClock
 from protocols.bus.client import BadReply, LedgerClient
+from protocols.bus.clock import ServiceClock
 from protocols.bus.follow import follow
 from protocols.errors import Rejected
 from protocols.journal import ChainBroken
-from protocols.authority import Terms, terms_of
 from protocols.messages import Claim
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, sign
@@ -44,9 +44,17 @@ class Watched:
 
 
 class Watchtower:
-    def __init__(self, party_id: str, key: PrivateKey, registry: Registry, bus: Bus,
-                 ledger_ids: list[str], clock: ServiceClock, grace_ms: int = GRACE_MS,
-                 backlog: int = 1000) -> None:
+    def __init__(
+        self,
+        party_id: str,
+        key: PrivateKey,
+        registry: Registry,
+        bus: Bus,
+        ledger_ids: list[str],
+        clock: ServiceClock,
+        grace_ms: int = GRACE_MS,
+        backlog: int = 1000,
+    ) -> None:
         self.id = party_id
         self._key = key
         self.bus = bus
@@ -54,10 +62,12 @@ class Watchtower:
         self.clock = clock
         self.grace_ms = grace_ms
         self.backlog = backlog
-        self._clients = {ledger: LedgerClient(bus, ledger, registry[ledger].public_key, timeout_s=0.5, attempts=1)
-                         for ledger in ledger_ids}
-        self._second: dict[str, Watched] = {}   # settlement id -> its leg 1
-        self._ended: set[str] = set()           # watched legs 1 seen claimed, refunded or aborted
+        self._clients = {
+            ledger: LedgerClient(bus, ledger, registry[ledger].public_key, timeout_s=0.5, attempts=1)
+            for ledger in ledger_ids
+        }
+        self._second: dict[str, Watched] = {}  # settlement id -> its leg 1
+        self._ended: set[str] = set()  # watched legs 1 seen claimed, refunded or aborted
         self.claims_made = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -122,8 +132,16 @@ class Watchtower:
         await trio.sleep(self.grace_ms / 1000)
         client = self._clients.get(watched.ledger)
         while watched.lock_id not in self._ended and self.clock.now_ms() < watched.expiry_ms and client:
-            claim = sign(Claim(f"{watched.lock_id}:w{secrets.token_hex(3)}", watched.ledger, self.clock.now_ms(),
-                               watched.lock_id, secret), (self.id, self._key))
+            claim = sign(
+                Claim(
+                    f"{watched.lock_id}:w{secrets.token_hex(3)}",
+                    watched.ledger,
+                    self.clock.now_ms(),
+                    watched.lock_id,
+                    secret,
+                ),
+                (self.id, self._key),
+            )
             try:
                 receipt = await client.submit(claim)
             except (BusTimeout, BadReply):

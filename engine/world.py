@@ -20,13 +20,13 @@ from protocols.signing import PrivateKey
 from .broker import Account, acl_text, coordinator_accounts, ledger_account, write_password_file
 from .observer import ALERTS_TOPIC
 
-LOCAL_BROKER = "mqtt://127.0.0.1:1883"   # where `lockstep broker` listens by default
+LOCAL_BROKER = "mqtt://127.0.0.1:1883"  # where `lockstep broker` listens by default
 
 
 @attrs.frozen
 class LedgerSpec:
     ledger_id: str
-    role: str                                   # securities, cbdc or unified
+    role: str  # securities, cbdc or unified
     operator: str
     currencies: tuple[tuple[str, str], ...] = ()  # (code, central bank)
 
@@ -36,9 +36,9 @@ class World:
     directory: Path
     registry: Registry
     keys: dict[str, PrivateKey]
-    ledger_configs: dict[str, Path]    # and the coordinators' configs, by party id
-    broker: str = LOCAL_BROKER         # the URL the configs name
-    broker_password_file: Path | None = None   # a secured world's, for Broker(password_file=...)
+    ledger_configs: dict[str, Path]  # and the coordinators' configs, by party id
+    broker: str = LOCAL_BROKER  # the URL the configs name
+    broker_password_file: Path | None = None  # a secured world's, for Broker(password_file=...)
     broker_acl_file: Path | None = None
 
     @property
@@ -60,8 +60,15 @@ class World:
         return with_files(url, password_file=self.password_path(username))
 
 
-def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str, tuple[Role, ...]],
-            *, broker: str | None = None, secured: bool = False, places: dict[str, str] | None = None) -> World:
+def lay_out(
+    directory: str | Path,
+    ledgers: list[LedgerSpec],
+    parties: dict[str, tuple[Role, ...]],
+    *,
+    broker: str | None = None,
+    secured: bool = False,
+    places: dict[str, str] | None = None,
+) -> World:
     """Write keys, registry and ledger configs under `directory` (created if needed).
     Each ledger is also a party (role LEDGER) with its own key. The configs name
     `broker`, LOCAL_BROKER if None. `secured` (needs `broker`) also writes a broker
@@ -83,9 +90,15 @@ def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str,
     registry.save(directory / "registry.toml")
     configs = {}
     for spec in ledgers:
-        lines = [f'ledger_id = "{spec.ledger_id}"', f'role = "{spec.role}"', f'operator = "{spec.operator}"',
-                 f'database = "{spec.ledger_id}.db"', f'key_file = "keys/{spec.ledger_id}.pem"',
-                 'registry = "registry.toml"', f'broker = "{broker}"']
+        lines = [
+            f'ledger_id = "{spec.ledger_id}"',
+            f'role = "{spec.role}"',
+            f'operator = "{spec.operator}"',
+            f'database = "{spec.ledger_id}.db"',
+            f'key_file = "keys/{spec.ledger_id}.pem"',
+            'registry = "registry.toml"',
+            f'broker = "{broker}"',
+        ]
         if secured:
             lines.append(f'broker_password_file = "secrets/{ledger_account(spec.ledger_id).username}.password"')
         for code, issuer in spec.currencies:
@@ -96,8 +109,14 @@ def lay_out(directory: str | Path, ledgers: list[LedgerSpec], parties: dict[str,
     for party, roles in parties.items():
         if Role.COORDINATOR in roles:
             ledger_list = ", ".join(f'"{spec.ledger_id}"' for spec in ledgers)
-            lines = [f'coordinator_id = "{party}"', f'key_file = "keys/{party}.pem"', 'registry = "registry.toml"',
-                     f'journal = "{party}.db"', f"ledgers = [{ledger_list}]", f'broker = "{broker}"']
+            lines = [
+                f'coordinator_id = "{party}"',
+                f'key_file = "keys/{party}.pem"',
+                'registry = "registry.toml"',
+                f'journal = "{party}.db"',
+                f"ledgers = [{ledger_list}]",
+                f'broker = "{broker}"',
+            ]
             if secured:
                 lines.append(f'broker_password_file = "secrets/{coordinator_accounts(party)[0].username}.password"')
             if places:
@@ -115,10 +134,11 @@ def secure(world: World, ledgers: list[LedgerSpec], parties: dict[str, tuple[Rol
     service and per coordinator and its watchtower, each with a random password in
     world.password_path(user); then the broker's hashed password file and ACL, under
     broker/. The watchtower reads its coordinator's config, so they share a password."""
-    accounts = [Account(party, publishes=(ALERTS_TOPIC,) if Role.OBSERVER in roles else ())
-                for party, roles in parties.items()]
+    accounts = [
+        Account(party, publishes=(ALERTS_TOPIC,) if Role.OBSERVER in roles else ()) for party, roles in parties.items()
+    ]
     accounts += [ledger_account(spec.ledger_id) for spec in ledgers]
-    sharing = {}   # watchtower user -> the coordinator user whose password it uses
+    sharing = {}  # watchtower user -> the coordinator user whose password it uses
     for party, roles in parties.items():
         if Role.COORDINATOR in roles:
             coordinator, watchtower = coordinator_accounts(party)

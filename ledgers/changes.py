@@ -65,8 +65,9 @@ class Changes:
     def supply(self, code: str, issued_delta: int, redeemed_delta: int) -> None:
         asset = self.asset(code)
         assert asset is not None
-        self._assets[code] = attrs.evolve(asset, issued=asset.issued + issued_delta,
-                                          redeemed=asset.redeemed + redeemed_delta)
+        self._assets[code] = attrs.evolve(
+            asset, issued=asset.issued + issued_delta, redeemed=asset.redeemed + redeemed_delta
+        )
         self._effects["supply"].append([code, issued_delta, redeemed_delta])
 
     def put_lock(self, lock: HeldLock) -> None:
@@ -92,7 +93,8 @@ class Changes:
             supplied[asset] += issued_delta - redeemed_delta
         for asset in moved.keys() | supplied.keys():
             assert moved[asset] == supplied[asset], (
-                f"conservation broken for {asset}: balances moved {moved[asset]}, supply moved {supplied[asset]}")
+                f"conservation broken for {asset}: balances moved {moved[asset]}, supply moved {supplied[asset]}"
+            )
 
     def write(self) -> None:
         self.check_conservation()

@@ -1,19 +1,19 @@
 """A ledger's configuration, read from a TOML file:
 
-    ledger_id = "csd"
-    role = "securities"              # or "cbdc" or "unified"
-    operator = "csd-operator"        # the party that runs this ledger
-    database = "csd.db"              # paths are relative to this file
-    key_file = "keys/csd.pem"        # the ledger's own signing key (party id = ledger_id)
-    registry = "registry.toml"
-    broker = "mqtt://127.0.0.1:1883"
-    broker_password_file = "secrets/ledger-csd.password"   # optional: a secured broker (docs/DEPLOY.md);
-    broker_ca_file = "ca.pem"                               # the user is the client id, ledger-{ledger_id}
-    metrics = "127.0.0.1:9111"       # optional: serve Prometheus metrics at http://HOST:PORT/metrics
+ledger_id = "csd"
+role = "securities"              # or "cbdc" or "unified"
+operator = "csd-operator"        # the party that runs this ledger
+database = "csd.db"              # paths are relative to this file
+key_file = "keys/csd.pem"        # the ledger's own signing key (party id = ledger_id)
+registry = "registry.toml"
+broker = "mqtt://127.0.0.1:1883"
+broker_password_file = "secrets/ledger-csd.password"   # optional: a secured broker (docs/DEPLOY.md);
+broker_ca_file = "ca.pem"                               # the user is the client id, ledger-{ledger_id}
+metrics = "127.0.0.1:9111"       # optional: serve Prometheus metrics at http://HOST:PORT/metrics
 
-    [[currencies]]                   # cbdc and unified ledgers
-    code = "EUR"
-    issuer = "ecb"                   # the central bank that mints and burns it
+[[currencies]]                   # cbdc and unified ledgers
+code = "EUR"
+issuer = "ecb"                   # the central bank that mints and burns it
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class CurrencyConfig:
 class Limits:
     batch_size_max: int = 512
     lock_expiry_ms_max: int = 7 * 24 * 3600 * 1000
-    ts_age_ms_max: int = 5 * 60 * 1000       # freshness: how old a signed instruction may be
-    ts_ahead_ms_max: int = 60 * 1000         # how far ahead of our clock a sender's may run
+    ts_age_ms_max: int = 5 * 60 * 1000  # freshness: how old a signed instruction may be
+    ts_ahead_ms_max: int = 60 * 1000  # how far ahead of our clock a sender's may run
 
 
 @attrs.frozen
@@ -57,8 +57,8 @@ class LedgerConfig:
     database: Path
     key_file: Path
     registry: Path
-    broker: str | None = None            # with the broker_*_file settings in its query
-    metrics: tuple[str, int] | None = None   # (host, port) of the metrics endpoint; None: off
+    broker: str | None = None  # with the broker_*_file settings in its query
+    metrics: tuple[str, int] | None = None  # (host, port) of the metrics endpoint; None: off
     currencies: tuple[CurrencyConfig, ...] = ()
     limits: Limits = Limits()
 
@@ -82,6 +82,7 @@ class LedgerConfig:
     @classmethod
     def from_dict(cls, data: dict, *, base: Path, source: str) -> LedgerConfig:
         """`source` names the file for errors; paths are relative to `base`."""
+
         def need(key: str, kind: type = str):
             if key not in data:
                 raise ConfigError(source, f"{key}: required")
@@ -89,8 +90,20 @@ class LedgerConfig:
                 raise ConfigError(source, f"{key}: must be a {kind.__name__}")
             return data[key]
 
-        known = {"ledger_id", "role", "operator", "database", "key_file", "registry", "broker",
-                 "broker_password_file", "broker_ca_file", "metrics", "currencies", "limits"}
+        known = {
+            "ledger_id",
+            "role",
+            "operator",
+            "database",
+            "key_file",
+            "registry",
+            "broker",
+            "broker_password_file",
+            "broker_ca_file",
+            "metrics",
+            "currencies",
+            "limits",
+        }
         for key in data:
             if key not in known:
                 raise ConfigError(source, f"{key}: unknown setting")
@@ -131,10 +144,18 @@ class LedgerConfig:
             metrics = metrics_setting(data)
         except ValueError as error:
             raise ConfigError(source, f"metrics: {error}") from None
-        return cls(ledger_id=ledger_id, role=role, operator=need("operator"),
-                   database=base / need("database"), key_file=base / need("key_file"),
-                   registry=base / need("registry"), broker=broker, metrics=metrics,
-                   currencies=tuple(currencies), limits=limits)
+        return cls(
+            ledger_id=ledger_id,
+            role=role,
+            operator=need("operator"),
+            database=base / need("database"),
+            key_file=base / need("key_file"),
+            registry=base / need("registry"),
+            broker=broker,
+            metrics=metrics,
+            currencies=tuple(currencies),
+            limits=limits,
+        )
 
 
 def _positive_int(value: object) -> bool:

@@ -40,7 +40,9 @@ def open_ledger(config: LedgerConfig, now_ms: int) -> Ledger:
     try:
         store = Store(config.database)
     except sqlite3.Error as error:
-        raise DaemonError(f"ledger {config.ledger_id}: database {config.database}", f"cannot open it: {error}") from None
+        raise DaemonError(
+            f"ledger {config.ledger_id}: database {config.database}", f"cannot open it: {error}"
+        ) from None
     try:
         return Ledger(config, registry, key, store, now_ms)
     except StartRefused as error:
@@ -66,7 +68,13 @@ async def run(config_path: str, broker: str | None = None, metrics: str | None =
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(service.run)
-                    log.info("ledger %s (%s) up on %s, database %s", config.ledger_id, config.role, redacted(url), config.database)
+                    log.info(
+                        "ledger %s (%s) up on %s, database %s",
+                        config.ledger_id,
+                        config.role,
+                        redacted(url),
+                        config.database,
+                    )
                     if listeners is not None:
                         nursery.start_soon(serve_metrics, service.metrics.registry, listeners)
                         log.info("ledger %s metrics at %s", config.ledger_id, url_of(listeners))
@@ -75,5 +83,5 @@ async def run(config_path: str, broker: str | None = None, metrics: str | None =
                         nursery.cancel_scope.cancel()
                         break
     finally:
-        ledger.close()   # a checkpoint at the head: the next start reads one entry
+        ledger.close()  # a checkpoint at the head: the next start reads one entry
     log.info("ledger %s stopped at journal height %d", config.ledger_id, ledger.seq)

@@ -13,19 +13,49 @@ O(state rows + entries since the checkpoint), not O(journal): see docs/PROTOCOL.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from protocols import canonical
 from protocols.errors import Code, Rejected
 from protocols.htlc import refund
-from protocols.journal import (GENESIS_HASH, ChainBroken, Checkpoint, Link, Replay, StateDigest, Tables,
-                               applied_problems, differences, differences_since, make_entry, state_digest,
-                               verify_chain)
-from protocols.messages import (INSTRUCTIONS, QUERIES, QUERY_LIMIT_MAX, Body, Entry, Instruction, Query, QueryAccounts, QueryBalances,
-                                QueryHolders, QueryInfo, QueryJournal, QueryLock, QueryLocks, QueryReceipt, Receipt,
-                                Result, readable_id)
-from protocols.registry import Registry, Role
+from protocols.journal import (
+    GENESIS_HASH,
+    ChainBroken,
+    Checkpoint,
+    Link,
+    Replay,
+    StateDigest,
+    Tables,
+    applied_problems,
+    differences,
+    differences_since,
+    make_entry,
+    state_digest,
+    verify_chain,
+)
+from protocols.messages import (
+    INSTRUCTIONS,
+    QUERIES,
+    QUERY_LIMIT_MAX,
+    Body,
+    Entry,
+    Instruction,
+    Query,
+    QueryAccounts,
+    QueryBalances,
+    QueryHolders,
+    QueryInfo,
+    QueryJournal,
+    QueryLock,
+    QueryLocks,
+    QueryReceipt,
+    Receipt,
+    Result,
+    readable_id,
+)
 from protocols.money import format_amount
+from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, decode_signed, load_public_point, sign
 
 from . import rules
@@ -33,12 +63,12 @@ from .changes import Changes
 from .config import LedgerConfig
 from .store import Store
 
-ACCEPTED: tuple[type[Instruction | Query], ...] = INSTRUCTIONS + QUERIES   # what a ledger answers
+ACCEPTED: tuple[type[Instruction | Query], ...] = INSTRUCTIONS + QUERIES  # what a ledger answers
 log = logging.getLogger("lockstep.ledger")
 
 JOURNAL_PAGE_MAX = 200
-JOURNAL_PAGE_BYTES_MAX = 512 * 1024   # well under the broker's 1 MiB packet limit
-CHECKPOINT_INTERVAL_ENTRIES = 1_000   # a start after a kill re-reads fewer than this plus one batch (~70 ms)
+JOURNAL_PAGE_BYTES_MAX = 512 * 1024  # well under the broker's 1 MiB packet limit
+CHECKPOINT_INTERVAL_ENTRIES = 1_000  # a start after a kill re-reads fewer than this plus one batch (~70 ms)
 
 # Refusals not recorded against the instruction id: the sender had no authority to
 # spend it (so nobody can burn another party's id), or a retry may succeed (stale).
@@ -50,8 +80,7 @@ class StartRefused(Exception):
 
 
 class Ledger:
-    def __init__(self, config: LedgerConfig, registry: Registry, key: PrivateKey, store: Store,
-                 now_ms: int) -> None:
+    def __init__(self, config: LedgerConfig, registry: Registry, key: PrivateKey, store: Store, now_ms: int) -> None:
         self.config = config
         self.id = config.ledger_id
         self.registry = registry
@@ -93,9 +122,12 @@ class Ledger:
         for entry, entry_hash in self._entries(0, GENESIS_HASH):
             self._replay(replay, entry)
             seq, prev_hash = entry.seq + 1, entry_hash
-        assert replay.applied is not None   # a replay from entry 0 keeps every applied instruction
-        problems = (replay.conservation_problems() + differences(replay, tables)
-                    + applied_problems(dict(tables.applied), replay.applied))
+        assert replay.applied is not None  # a replay from entry 0 keeps every applied instruction
+        problems = (
+            replay.conservation_problems()
+            + differences(replay, tables)
+            + applied_problems(dict(tables.applied), replay.applied)
+        )
         if problems:
             raise StartRefused(f"{self.store.path}: state does not match the journal: {problems[0]}")
         return seq, prev_hash
@@ -132,8 +164,9 @@ class Ledger:
         last one's signature checked when the last is read."""
         links = (Link(s, h, raw) for s, h, raw in self.store.journal(seq))
         try:
-            for signed, entry_hash in verify_chain(links, self.id, self._key.public, signatures="last",
-                                                   seq=seq, prev_hash=prev_hash):
+            for signed, entry_hash in verify_chain(
+                links, self.id, self._key.public, signatures="last", seq=seq, prev_hash=prev_hash
+            ):
                 yield signed.msg, entry_hash
         except ChainBroken as error:
             raise StartRefused(f"{self.store.path}: {error}") from None
@@ -204,7 +237,12 @@ class Ledger:
             changes.write()
             self._append(now_ms, "expire", None, changes.effects())
             self.on_outcome("expire", None)
-            log.info("expired lock %s: %s back to %s", lock.lock_id, format_amount(lock.asset, lock.amount), lock.owner_account)
+            log.info(
+                "expired lock %s: %s back to %s",
+                lock.lock_id,
+                format_amount(lock.asset, lock.amount),
+                lock.owner_account,
+            )
 
     def _handle(self, payload: bytes, now_ms: int) -> bytes:
         try:
@@ -213,7 +251,12 @@ class Ledger:
             return self._refusal("unknown", readable_id(payload), error, now_ms)
         msg = signed.msg
         if msg.ledger != self.id:
-            return self._refusal(msg.TYPE, msg.id, Rejected(Code.WRONG_LEDGER, "ledger", f"this is ledger {self.id!r}, not {msg.ledger!r}"), now_ms)
+            return self._refusal(
+                msg.TYPE,
+                msg.id,
+                Rejected(Code.WRONG_LEDGER, "ledger", f"this is ledger {self.id!r}, not {msg.ledger!r}"),
+                now_ms,
+            )
         if isinstance(msg, QUERIES):
             try:
                 return self._answer(msg, now_ms)
@@ -253,8 +296,9 @@ class Ledger:
         return receipt
 
     def _append(self, now_ms: int, kind: str, instruction: dict | None, effects: dict) -> tuple[int, str]:
-        signed, entry_hash = make_entry(self._key, self.id, self.seq, self.prev_hash, now_ms,
-                                        kind, instruction, effects)
+        signed, entry_hash = make_entry(
+            self._key, self.id, self.seq, self.prev_hash, now_ms, kind, instruction, effects
+        )
         raw = signed.encode()
         self.store.append_entry(self.seq, entry_hash, raw)
         self._events.append(raw)
@@ -269,32 +313,60 @@ class Ledger:
 
     def _refusal(self, kind: str, instruction_id: str, error: Rejected, now_ms: int) -> bytes:
         self.on_outcome(kind, error.code.value)
-        return self._sign(Receipt(self.id, instruction_id, "rejected", now_ms,
-                                  code=error.code.value, field=error.field, reason=error.reason))
+        return self._sign(
+            Receipt(
+                self.id,
+                instruction_id,
+                "rejected",
+                now_ms,
+                code=error.code.value,
+                field=error.field,
+                reason=error.reason,
+            )
+        )
 
     def _answer(self, msg: Body, now_ms: int) -> bytes:
         if isinstance(msg, QueryReceipt):
             known = self.store.instruction(msg.instruction_id)
             if known is None:
-                raise Rejected(Code.UNKNOWN_INSTRUCTION, "instruction_id", f"no instruction {msg.instruction_id!r} was answered")
+                raise Rejected(
+                    Code.UNKNOWN_INSTRUCTION, "instruction_id", f"no instruction {msg.instruction_id!r} was answered"
+                )
             return known[2]
         assert isinstance(msg, Query)
         return self._sign(Result(self.id, msg.id, now_ms, self._query(msg)))
 
     def _query(self, msg: Body) -> Any:
         if isinstance(msg, QueryInfo):
-            assets = [{"code": a.code, "kind": a.kind, "issuer": a.issuer, "minor_units": a.minor_units,
-                       "reference": a.reference, "issued": a.issued, "redeemed": a.redeemed}
-                      for a in self.store.assets()]
-            return {"ledger": self.id, "role": self.config.role, "operator": self.config.operator,
-                    "assets": assets, "held": self.store.held_totals(),
-                    "head_seq": self.seq, "head_hash": self.prev_hash}
+            assets = [
+                {
+                    "code": a.code,
+                    "kind": a.kind,
+                    "issuer": a.issuer,
+                    "minor_units": a.minor_units,
+                    "reference": a.reference,
+                    "issued": a.issued,
+                    "redeemed": a.redeemed,
+                }
+                for a in self.store.assets()
+            ]
+            return {
+                "ledger": self.id,
+                "role": self.config.role,
+                "operator": self.config.operator,
+                "assets": assets,
+                "held": self.store.held_totals(),
+                "head_seq": self.seq,
+                "head_hash": self.prev_hash,
+            }
         if isinstance(msg, QueryBalances):
             owner = self.store.account_owner(msg.account)
             if owner is None:
                 raise Rejected(Code.UNKNOWN_ACCOUNT, "account", f"no account {msg.account!r} on this ledger")
-            balances = {asset: {"available": available, "locked": locked}
-                        for asset, (available, locked) in self.store.balances_of(msg.account).items()}
+            balances = {
+                asset: {"available": available, "locked": locked}
+                for asset, (available, locked) in self.store.balances_of(msg.account).items()
+            }
             return {"account": msg.account, "owner": owner, "balances": balances}
         if isinstance(msg, QueryLock):
             lock = self.store.lock(msg.lock_id)
@@ -316,24 +388,45 @@ class Ledger:
             return {"head": self.seq, "entries": entries}
         if isinstance(msg, QueryHolders):
             limit = _limit(msg.limit, QUERY_LIMIT_MAX)
-            holders = [{"account": account, "owner": owner, "available": available, "locked": locked}
-                       for account, owner, available, locked in self.store.holders(msg.asset, msg.after_account, limit)]
-            return {"asset": msg.asset, "holders": holders,
-                    "next_after": holders[-1]["account"] if len(holders) == limit else None}
+            holders = [
+                {"account": account, "owner": owner, "available": available, "locked": locked}
+                for account, owner, available, locked in self.store.holders(msg.asset, msg.after_account, limit)
+            ]
+            return {
+                "asset": msg.asset,
+                "holders": holders,
+                "next_after": holders[-1]["account"] if len(holders) == limit else None,
+            }
         if isinstance(msg, QueryAccounts):
             accounts = self.store.accounts_of(msg.owner, QUERY_LIMIT_MAX)
-            return {"owner": msg.owner, "accounts": [
-                {"account": account, "balances": {asset: {"available": available, "locked": locked} for
-                                                  asset, (available, locked) in self.store.balances_of(account).items()}}
-                for account in accounts]}
+            return {
+                "owner": msg.owner,
+                "accounts": [
+                    {
+                        "account": account,
+                        "balances": {
+                            asset: {"available": available, "locked": locked}
+                            for asset, (available, locked) in self.store.balances_of(account).items()
+                        },
+                    }
+                    for account in accounts
+                ],
+            }
         raise AssertionError(f"unhandled query {msg.TYPE}")
 
 
 def lock_view(lock) -> dict[str, Any]:
-    return {"lock_id": lock.lock_id, "owner_account": lock.owner_account,
-            "beneficiary_account": lock.beneficiary_account, "asset": lock.asset,
-            "amount": lock.amount, "hashlock": lock.hashlock.hex(), "expiry_ms": lock.expiry_ms,
-            "abort_by": list(lock.abort_by), "state": lock.state.value}
+    return {
+        "lock_id": lock.lock_id,
+        "owner_account": lock.owner_account,
+        "beneficiary_account": lock.beneficiary_account,
+        "asset": lock.asset,
+        "amount": lock.amount,
+        "hashlock": lock.hashlock.hex(),
+        "expiry_ms": lock.expiry_ms,
+        "abort_by": list(lock.abort_by),
+        "state": lock.state.value,
+    }
 
 
 def _limit(limit: int, limit_max: int) -> int:
@@ -347,4 +440,6 @@ def _reuse(first: dict, again: dict) -> Rejected:
     missing = object()
     differing = sorted(key for key in first.keys() | again.keys() if first.get(key, missing) != again.get(key, missing))
     field = differing[0] if differing else "sigs"
-    return Rejected(Code.ID_REUSED, field, f"id {again.get('id')!r} was used for an instruction with a different {field}")
+    return Rejected(
+        Code.ID_REUSED, field, f"id {again.get('id')!r} was used for an instruction with a different {field}"
+    )

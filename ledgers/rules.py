@@ -6,7 +6,7 @@ it reads the store only through `Changes` and writes nothing itself."""
 
 from __future__ import annotations
 
-from typing import Callable, Collection
+from collections.abc import Callable, Collection
 
 import attrs
 
@@ -15,8 +15,19 @@ from protocols.authority import Terms, terms_of
 from protocols.canonical import INT_MAX
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
-from protocols.messages import (Abort, Claim, CreateInstrument, Issue, Lock, OpenAccount,
-                                Redeem, Refund, RotateKey, Settle, Transfer)
+from protocols.messages import (
+    Abort,
+    Claim,
+    CreateInstrument,
+    Issue,
+    Lock,
+    OpenAccount,
+    Redeem,
+    Refund,
+    RotateKey,
+    Settle,
+    Transfer,
+)
 from protocols.money import format_amount
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id, settle_id, utc_date
@@ -39,8 +50,12 @@ def apply(signed: Signed, ctx: Context, changes: Changes) -> None:
     msg = signed.msg
     age_ms = ctx.now_ms - msg.ts_ms
     if age_ms > ctx.config.limits.ts_age_ms_max or -age_ms > ctx.config.limits.ts_ahead_ms_max:
-        raise Rejected(Code.STALE, "ts_ms", f"signed at {msg.ts_ms}, ledger time is {ctx.now_ms}: "
-                       f"outside the window of -{ctx.config.limits.ts_ahead_ms_max}/+{ctx.config.limits.ts_age_ms_max} ms")
+        raise Rejected(
+            Code.STALE,
+            "ts_ms",
+            f"signed at {msg.ts_ms}, ledger time is {ctx.now_ms}: "
+            f"outside the window of -{ctx.config.limits.ts_ahead_ms_max}/+{ctx.config.limits.ts_age_ms_max} ms",
+        )
     _RULES[type(msg)](msg, signed, ctx, changes)
 
 
@@ -66,8 +81,11 @@ def _asset(changes: Changes, code: str, field: str = "asset") -> Asset:
 def _debit_available(changes: Changes, account: str, asset: str, amount: int, field: str) -> None:
     available, _ = changes.balance(account, asset)
     if available < amount:
-        raise Rejected(Code.INSUFFICIENT_FUNDS, field,
-                       f"{account} has {format_amount(asset, available)} available, needs {format_amount(asset, amount)}")
+        raise Rejected(
+            Code.INSUFFICIENT_FUNDS,
+            field,
+            f"{account} has {format_amount(asset, available)} available, needs {format_amount(asset, amount)}",
+        )
 
 
 def _open_account(msg: OpenAccount, signed: Signed, ctx: Context, changes: Changes) -> None:
@@ -88,9 +106,14 @@ def _create_instrument(msg: CreateInstrument, signed: Signed, ctx: Context, chan
         raise Rejected(Code.UNKNOWN_SIGNER, "issuer", f"{msg.issuer!r} is not a registered party")
     if changes.asset(msg.isin) is not None:
         raise Rejected(Code.ASSET_EXISTS, "isin", f"instrument {msg.isin} already exists")
-    reference = {"currency": msg.currency, "face_value_minor": msg.face_value_minor,
-                 "coupon_rate_bp": msg.coupon_rate_bp, "maturity_date": msg.maturity_date,
-                 "coupon_frequency": msg.coupon_frequency, "day_count": msg.day_count}
+    reference = {
+        "currency": msg.currency,
+        "face_value_minor": msg.face_value_minor,
+        "coupon_rate_bp": msg.coupon_rate_bp,
+        "maturity_date": msg.maturity_date,
+        "coupon_frequency": msg.coupon_frequency,
+        "day_count": msg.day_count,
+    }
     changes.add_asset(Asset(msg.isin, "security", msg.issuer, 0, reference))
 
 
@@ -106,7 +129,9 @@ def _issue(msg: Issue, signed: Signed, ctx: Context, changes: Changes) -> None:
     _issuer_signed(asset, signed, ctx)
     owner = _owner(changes, msg.account, "account")
     if asset.kind == "security" and owner != asset.issuer:
-        raise Rejected(Code.NOT_AUTHORISED, "account", f"{msg.asset} is issued into an account of its issuer {asset.issuer}")
+        raise Rejected(
+            Code.NOT_AUTHORISED, "account", f"{msg.asset} is issued into an account of its issuer {asset.issuer}"
+        )
     if asset.issued + msg.amount > INT_MAX:
         raise Rejected(Code.INVALID_FIELD, "amount", f"would take the issued total of {msg.asset} beyond 2^63-1")
     changes.supply(msg.asset, msg.amount, 0)
@@ -117,14 +142,23 @@ def _redeem(msg: Redeem, signed: Signed, ctx: Context, changes: Changes) -> None
     asset = _asset(changes, msg.asset)
     _issuer_signed(asset, signed, ctx)
     if _owner(changes, msg.account, "account") != asset.issuer:
-        raise Rejected(Code.NOT_AUTHORISED, "account", f"{msg.asset} is redeemed from an account of its issuer {asset.issuer}")
+        raise Rejected(
+            Code.NOT_AUTHORISED, "account", f"{msg.asset} is redeemed from an account of its issuer {asset.issuer}"
+        )
     _debit_available(changes, msg.account, msg.asset, msg.amount, "amount")
     changes.supply(msg.asset, 0, msg.amount)
     changes.move(msg.account, msg.asset, -msg.amount, 0)
 
 
-def _movement(changes: Changes, signers: Collection[str], from_account: str, to_account: str,
-              asset: str, amount: int, prefix: str = "") -> None:
+def _movement(
+    changes: Changes,
+    signers: Collection[str],
+    from_account: str,
+    to_account: str,
+    asset: str,
+    amount: int,
+    prefix: str = "",
+) -> None:
     """Checks shared by a transfer and a settlement leg; the owner of the source signs."""
     owner = _owner(changes, from_account, prefix + "from_account")
     _owner(changes, to_account, prefix + "to_account")
@@ -147,16 +181,26 @@ def _settle(msg: Settle, signed: Signed, ctx: Context, changes: Changes) -> None
     if msg.auth is not None:
         terms = _terms(msg.auth, signed, ctx)
         if msg.id != settle_id(terms.id):
-            raise Rejected(Code.NOT_AUTHORISED, "id", f"a settle on behalf of settlement {terms.id} has id {settle_id(terms.id)}")
-        if any(leg.ledger != ctx.config.ledger_id for leg in terms.legs) or \
-                msg.legs != tuple(leg.as_leg() for leg in terms.legs):
+            raise Rejected(
+                Code.NOT_AUTHORISED, "id", f"a settle on behalf of settlement {terms.id} has id {settle_id(terms.id)}"
+            )
+        if any(leg.ledger != ctx.config.ledger_id for leg in terms.legs) or msg.legs != tuple(
+            leg.as_leg() for leg in terms.legs
+        ):
             raise Rejected(Code.NOT_AUTHORISED, "legs", "legs differ from those the counterparties signed")
         for index in range(len(terms.legs)):
             _party_owns(changes, terms, index, ctx)
         payers = dict(enumerate(terms.payers))
     for index, leg in enumerate(msg.legs):
-        _movement(changes, (payers[index],) if payers else signers, leg.from_account, leg.to_account, leg.asset,
-                  leg.amount, prefix=f"legs[{index}].")
+        _movement(
+            changes,
+            (payers[index],) if payers else signers,
+            leg.from_account,
+            leg.to_account,
+            leg.asset,
+            leg.amount,
+            prefix=f"legs[{index}].",
+        )
 
 
 def _terms(auth: dict, signed: Signed, ctx: Context) -> Terms:
@@ -164,11 +208,15 @@ def _terms(auth: dict, signed: Signed, ctx: Context) -> Terms:
     whoever pays, within its window, naming as coordinator the party that signed this."""
     terms = terms_of(auth, ctx.registry)
     if ctx.now_ms > terms.deadline_ms:
-        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms", f"settlement deadline {terms.deadline_ms} has passed")
+        raise Rejected(
+            Code.EXPIRY_OUT_OF_RANGE, "auth.deadline_ms", f"settlement deadline {terms.deadline_ms} has passed"
+        )
     if ctx.now_ms < terms.not_before_ms:
         raise Rejected(Code.NOT_YET, "auth.not_before_ms", f"no leg of {terms.id} moves before {terms.not_before_ms}")
     if terms.coordinator not in signed.sigs or not ctx.registry.has_role(terms.coordinator, Role.COORDINATOR):
-        raise Rejected(Code.NOT_AUTHORISED, "sigs", f"needs the signature of the settlement's coordinator {terms.coordinator!r}")
+        raise Rejected(
+            Code.NOT_AUTHORISED, "sigs", f"needs the signature of the settlement's coordinator {terms.coordinator!r}"
+        )
     return terms
 
 
@@ -178,9 +226,13 @@ def _party_owns(changes: Changes, terms: Terms, index: int, ctx: Context) -> Non
     leg = terms.legs[index]
     payer, payee = terms.payers[index], terms.payees[index]
     if _owner(changes, leg.from_account, f"auth.legs[{index}].from_account") != payer:
-        raise Rejected(Code.NOT_AUTHORISED, f"auth.legs[{index}].from_account", f"{leg.from_account} is not an account of {payer}")
+        raise Rejected(
+            Code.NOT_AUTHORISED, f"auth.legs[{index}].from_account", f"{leg.from_account} is not an account of {payer}"
+        )
     if _owner(changes, leg.to_account, f"auth.legs[{index}].to_account") != payee:
-        raise Rejected(Code.NOT_AUTHORISED, f"auth.legs[{index}].to_account", f"{leg.to_account} is not an account of {payee}")
+        raise Rejected(
+            Code.NOT_AUTHORISED, f"auth.legs[{index}].to_account", f"{leg.to_account} is not an account of {payee}"
+        )
     if terms.kind == "redemption" and index == 0:
         _matured(changes, terms, ctx)
 
@@ -194,10 +246,15 @@ def _matured(changes: Changes, terms: Terms, ctx: Context) -> None:
     if instrument.kind != "security" or instrument.issuer != terms.issuer:
         raise Rejected(Code.NOT_AUTHORISED, "auth.action.issuer", f"{terms.issuer} is not the issuer of {units.asset}")
     if utc_date(ctx.now_ms) < reference["maturity_date"]:
-        raise Rejected(Code.NOT_YET, "auth.action.payment_date", f"{units.asset} matures on {reference['maturity_date']}")
+        raise Rejected(
+            Code.NOT_YET, "auth.action.payment_date", f"{units.asset} matures on {reference['maturity_date']}"
+        )
     if (cash.asset, terms.face_value_minor) != (reference["currency"], reference["face_value_minor"]):
-        raise Rejected(Code.NOT_AUTHORISED, "auth.amount_minor",
-                       f"{units.asset} redeems at {format_amount(reference['currency'], reference['face_value_minor'])} a unit")
+        raise Rejected(
+            Code.NOT_AUTHORISED,
+            "auth.amount_minor",
+            f"{units.asset} redeems at {format_amount(reference['currency'], reference['face_value_minor'])} a unit",
+        )
 
 
 def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> Collection[str]:
@@ -208,17 +265,32 @@ def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) 
         return signed.sigs
     terms = _terms(msg.auth, signed, ctx)
     if terms.same_ledger:  # else one settlement could move its legs twice
-        raise Rejected(Code.NOT_AUTHORISED, "auth", f"settlement {terms.id} has all legs on one ledger: "
-                       f"it settles by one settle, {settle_id(terms.id)}, never by locks")
+        raise Rejected(
+            Code.NOT_AUTHORISED,
+            "auth",
+            f"settlement {terms.id} has all legs on one ledger: "
+            f"it settles by one settle, {settle_id(terms.id)}, never by locks",
+        )
     index = next((i for i in range(2) if lock_id(terms.id, i) == msg.id), None)
     if index is None:
-        raise Rejected(Code.NOT_AUTHORISED, "id", f"a lock for settlement {terms.id} has id {lock_id(terms.id, 0)} or {lock_id(terms.id, 1)}")
+        raise Rejected(
+            Code.NOT_AUTHORISED,
+            "id",
+            f"a lock for settlement {terms.id} has id {lock_id(terms.id, 0)} or {lock_id(terms.id, 1)}",
+        )
     leg = terms.legs[index]
-    if (leg.ledger, leg.from_account, leg.to_account, leg.asset, leg.amount) != \
-            (ctx.config.ledger_id, msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount):
+    if (leg.ledger, leg.from_account, leg.to_account, leg.asset, leg.amount) != (
+        ctx.config.ledger_id,
+        msg.owner_account,
+        msg.beneficiary_account,
+        msg.asset,
+        msg.amount,
+    ):
         raise Rejected(Code.NOT_AUTHORISED, "auth", f"lock terms differ from leg {index} the counterparties signed")
     if msg.expiry_ms > terms.deadline_ms:
-        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry is after the settlement deadline {terms.deadline_ms}")
+        raise Rejected(
+            Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry is after the settlement deadline {terms.deadline_ms}"
+        )
     if set(msg.abort_by) - {terms.coordinator}:
         raise Rejected(Code.NOT_AUTHORISED, "abort_by", "a settlement's lock may name only its coordinator in abort_by")
     _party_owns(changes, terms, index, ctx)
@@ -236,17 +308,34 @@ def _lock(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> None:
         if party not in ctx.registry:
             raise Rejected(Code.UNKNOWN_SIGNER, "abort_by", f"{party!r} is not a registered party")
         if party == owner:
-            raise Rejected(Code.INVALID_FIELD, "abort_by", "the owner may not abort its own lock: it would hold a free option")
+            raise Rejected(
+                Code.INVALID_FIELD, "abort_by", "the owner may not abort its own lock: it would hold a free option"
+            )
     if msg.expiry_ms <= ctx.now_ms:
-        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry {msg.expiry_ms} is not after ledger time {ctx.now_ms}")
+        raise Rejected(
+            Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry {msg.expiry_ms} is not after ledger time {ctx.now_ms}"
+        )
     if msg.expiry_ms - ctx.now_ms > ctx.config.limits.lock_expiry_ms_max:
-        raise Rejected(Code.EXPIRY_OUT_OF_RANGE, "expiry_ms",
-                       f"expiry is more than {ctx.config.limits.lock_expiry_ms_max} ms after ledger time {ctx.now_ms}")
+        raise Rejected(
+            Code.EXPIRY_OUT_OF_RANGE,
+            "expiry_ms",
+            f"expiry is more than {ctx.config.limits.lock_expiry_ms_max} ms after ledger time {ctx.now_ms}",
+        )
     if changes.lock(msg.id) is not None:
         raise Rejected(Code.LOCK_EXISTS, "id", f"lock {msg.id} already exists")
     _debit_available(changes, msg.owner_account, msg.asset, msg.amount, "amount")
-    changes.put_lock(htlc.HeldLock(msg.id, msg.owner_account, msg.beneficiary_account, msg.asset,
-                                   msg.amount, msg.hashlock, msg.expiry_ms, msg.abort_by))
+    changes.put_lock(
+        htlc.HeldLock(
+            msg.id,
+            msg.owner_account,
+            msg.beneficiary_account,
+            msg.asset,
+            msg.amount,
+            msg.hashlock,
+            msg.expiry_ms,
+            msg.abort_by,
+        )
+    )
     changes.move(msg.owner_account, msg.asset, -msg.amount, msg.amount)
 
 
@@ -263,8 +352,11 @@ def _lock_to_end_early(changes: Changes, lock_id: str, now_ms: int, action: str)
     refunded: it is refused as expired, as the HTLC rules refuse it on a lock still held."""
     lock = _held_lock(changes, lock_id)
     if lock.state is htlc.LockState.REFUNDED and now_ms >= lock.expiry_ms:
-        raise Rejected(Code.LOCK_EXPIRED, "lock_id", f"{action} at {now_ms} is at or after expiry {lock.expiry_ms}: "
-                       "the lock was refunded to its owner")
+        raise Rejected(
+            Code.LOCK_EXPIRED,
+            "lock_id",
+            f"{action} at {now_ms} is at or after expiry {lock.expiry_ms}: the lock was refunded to its owner",
+        )
     return lock
 
 
@@ -318,15 +410,27 @@ def _rotate_key(msg: RotateKey, signed: Signed, ctx: Context, changes: Changes) 
         raise Rejected(Code.UNKNOWN_SIGNER, "party", f"{msg.party!r} is not a registered party")
     powers = party.roles - {Role.PARTICIPANT, Role.OBSERVER}
     if powers:
-        raise Rejected(Code.NOT_AUTHORISED, "party", f"{msg.party} is a {', '.join(sorted(r.value for r in powers))}: "
-                       "only a participant's key is registered through a ledger's operator; this one changes in the registry")
+        raise Rejected(
+            Code.NOT_AUTHORISED,
+            "party",
+            f"{msg.party} is a {', '.join(sorted(r.value for r in powers))}: "
+            "only a participant's key is registered through a ledger's operator; this one changes in the registry",
+        )
     if public_point(party.public_key) == msg.public_key:
         raise Rejected(Code.INVALID_FIELD, "public_key", f"is already {msg.party}'s key")
     changes.set_key(msg.party, msg.public_key)
 
 
 _RULES: dict[type, Callable] = {
-    OpenAccount: _open_account, CreateInstrument: _create_instrument, Issue: _issue,
-    Redeem: _redeem, Transfer: _transfer, Settle: _settle, Lock: _lock, Claim: _claim,
-    Refund: _refund, Abort: _abort, RotateKey: _rotate_key,
+    OpenAccount: _open_account,
+    CreateInstrument: _create_instrument,
+    Issue: _issue,
+    Redeem: _redeem,
+    Transfer: _transfer,
+    Settle: _settle,
+    Lock: _lock,
+    Claim: _claim,
+    Refund: _refund,
+    Abort: _abort,
+    RotateKey: _rotate_key,
 }

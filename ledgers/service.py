@@ -79,7 +79,7 @@ class LedgerService:
         self.batches += 1
         self.instructions += len(batch)
         with trio.move_on_after(REPLY_SECONDS_MAX):
-            for request, reply in zip(batch, replies):
+            for request, reply in zip(batch, replies, strict=True):  # one reply per request
                 await request.reply(reply)
                 self.metrics.request_seconds.observe(time.perf_counter() - started)
             topic = entries_topic(self.ledger.id)

@@ -14,18 +14,26 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import attrs
 import sqlite_utils
 
 from protocols.htlc import HeldLock, LockState
-from protocols.journal import (Checkpoint, StateDigest, Tables, account_row, asset_row, balance_row, instruction_row,
-                               lock_row)
+from protocols.journal import (
+    Checkpoint,
+    StateDigest,
+    Tables,
+    account_row,
+    asset_row,
+    balance_row,
+    instruction_row,
+    lock_row,
+)
 
-SCHEMA_VERSION = 3   # 2: rotated keys; 3: checkpoints, and the entry that applied each instruction
+SCHEMA_VERSION = 3  # 2: rotated keys; 3: checkpoints, and the entry that applied each instruction
 
 
 @attrs.frozen
@@ -56,7 +64,7 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
         self._in_transaction = False
-        self.digest: StateDigest | None = None   # set by `follow` when the ledger has checked the tables at start
+        self.digest: StateDigest | None = None  # set by `follow` when the ledger has checked the tables at start
 
     def close(self) -> None:
         assert not self._in_transaction, "closing the store inside a transaction"
@@ -68,7 +76,7 @@ class Store:
         assert version <= SCHEMA_VERSION, f"{self.path}: schema {version} is newer than this code ({SCHEMA_VERSION})"
         if version == SCHEMA_VERSION:
             return
-        with self._db:   # commits, or on an error rolls back, the transaction begun here: all steps or none
+        with self._db:  # commits, or on an error rolls back, the transaction begun here: all steps or none
             self._db.execute("BEGIN IMMEDIATE")
             if version < 1:
                 self._create_v1(db)
@@ -82,13 +90,37 @@ class Store:
     def _create_v1(db: sqlite_utils.Database) -> None:
         db.table("meta").create({"key": str, "value": str}, pk="key")
         db.table("accounts").create({"account": str, "owner": str}, pk="account")
-        db.table("assets").create({"code": str, "kind": str, "issuer": str, "minor_units": int,
-                             "reference": str, "issued": int, "redeemed": int}, pk="code")
-        db.table("balances").create({"account": str, "asset": str, "available": int, "locked": int},
-                              pk=("account", "asset"), foreign_keys=[("account", "accounts"), ("asset", "assets")])
-        db.table("locks").create({"lock_id": str, "owner_account": str, "beneficiary_account": str,
-                            "asset": str, "amount": int, "hashlock": bytes, "expiry_ms": int,
-                            "abort_by": str, "state": str}, pk="lock_id")
+        db.table("assets").create(
+            {
+                "code": str,
+                "kind": str,
+                "issuer": str,
+                "minor_units": int,
+                "reference": str,
+                "issued": int,
+                "redeemed": int,
+            },
+            pk="code",
+        )
+        db.table("balances").create(
+            {"account": str, "asset": str, "available": int, "locked": int},
+            pk=("account", "asset"),
+            foreign_keys=[("account", "accounts"), ("asset", "assets")],
+        )
+        db.table("locks").create(
+            {
+                "lock_id": str,
+                "owner_account": str,
+                "beneficiary_account": str,
+                "asset": str,
+                "amount": int,
+                "hashlock": bytes,
+                "expiry_ms": int,
+                "abort_by": str,
+                "state": str,
+            },
+            pk="lock_id",
+        )
         db.execute("CREATE INDEX locks_held_by_expiry ON locks(expiry_ms) WHERE state = 'held'")
         db.table("instructions").create({"id": str, "digest": bytes, "body": str, "receipt": bytes}, pk="id")
         db.table("journal").create({"seq": int, "hash": str, "entry": bytes}, pk="seq")
@@ -103,12 +135,15 @@ class Store:
         """The checkpoints table (at most one row: the latest), and in `instructions` the
         seq of the entry that applied each (NULL: refused), read from the journal as it
         stands: the start that follows checks the whole journal and these seqs with it."""
-        db.table("checkpoints").create({"seq": int, "entry_hash": str, "state_digest": str, "keys": str,
-                                  "signature": bytes}, pk="seq")
+        db.table("checkpoints").create(
+            {"seq": int, "entry_hash": str, "state_digest": str, "keys": str, "signature": bytes}, pk="seq"
+        )
         db.execute("ALTER TABLE instructions ADD COLUMN seq INTEGER")
-        db.execute("UPDATE instructions SET seq = applied.seq FROM "
-                   "(SELECT seq, json_extract(CAST(entry AS TEXT), '$.instruction.id') AS id FROM journal "
-                   " WHERE json_valid(CAST(entry AS TEXT))) AS applied WHERE applied.id = instructions.id")
+        db.execute(
+            "UPDATE instructions SET seq = applied.seq FROM "
+            "(SELECT seq, json_extract(CAST(entry AS TEXT), '$.instruction.id') AS id FROM journal "
+            " WHERE json_valid(CAST(entry AS TEXT))) AS applied WHERE applied.id = instructions.id"
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -122,7 +157,7 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             if self.digest is not None:
-                assert digest_before is not None   # taken above, when there is a digest
+                assert digest_before is not None  # taken above, when there is a digest
                 self.digest.value = digest_before
             raise
         else:
@@ -146,7 +181,7 @@ class Store:
     def accounts_of(self, owner: str, limit: int) -> list[str]:
         """A party's accounts, by id (a scan of accounts: no index by owner)."""
         rows = self._db.execute("SELECT account FROM accounts WHERE owner = ? ORDER BY account LIMIT ?", (owner, limit))
-        return [account for account, in rows]
+        return [account for (account,) in rows]
 
     def holders(self, asset: str, after_account: str, limit: int) -> list[tuple[str, str, int, int]]:
         """(account, owner, available, locked) of every account holding some of `asset`,
@@ -154,31 +189,36 @@ class Store:
         return self._db.execute(
             "SELECT b.account, a.owner, b.available, b.locked FROM balances b JOIN accounts a ON a.account = b.account "
             "WHERE b.asset = ? AND b.account > ? AND b.available + b.locked > 0 ORDER BY b.account LIMIT ?",
-            (asset, after_account, limit)).fetchall()
+            (asset, after_account, limit),
+        ).fetchall()
 
     def all_keys(self) -> dict[str, str]:
         """Rotated keys: party -> the hex of its key's compressed point."""
         return dict(self._db.execute("SELECT party, public_key FROM keys"))
 
     def asset(self, code: str) -> Asset | None:
-        row = self._db.execute("SELECT code, kind, issuer, minor_units, reference, issued, redeemed "
-                               "FROM assets WHERE code = ?", (code,)).fetchone()
+        row = self._db.execute(
+            "SELECT code, kind, issuer, minor_units, reference, issued, redeemed FROM assets WHERE code = ?", (code,)
+        ).fetchone()
         return _asset(row) if row else None
 
     def assets(self) -> list[Asset]:
-        rows = self._db.execute("SELECT code, kind, issuer, minor_units, reference, issued, redeemed "
-                                "FROM assets ORDER BY code")
+        rows = self._db.execute(
+            "SELECT code, kind, issuer, minor_units, reference, issued, redeemed FROM assets ORDER BY code"
+        )
         return [_asset(row) for row in rows]
 
     def balance(self, account: str, asset: str) -> tuple[int, int]:
         """(available, locked); an account that never held the asset has (0, 0)."""
-        row = self._db.execute("SELECT available, locked FROM balances WHERE account = ? AND asset = ?",
-                               (account, asset)).fetchone()
+        row = self._db.execute(
+            "SELECT available, locked FROM balances WHERE account = ? AND asset = ?", (account, asset)
+        ).fetchone()
         return (row[0], row[1]) if row else (0, 0)
 
     def balances_of(self, account: str) -> dict[str, tuple[int, int]]:
-        rows = self._db.execute("SELECT asset, available, locked FROM balances WHERE account = ? ORDER BY asset",
-                                (account,))
+        rows = self._db.execute(
+            "SELECT asset, available, locked FROM balances WHERE account = ? ORDER BY asset", (account,)
+        )
         return {asset: (available, locked) for asset, available, locked in rows}
 
     def all_balances(self) -> dict[tuple[str, str], tuple[int, int]]:
@@ -197,13 +237,19 @@ class Store:
 
     def locks_due(self, now_ms: int, limit: int) -> list[HeldLock]:
         """Held locks at or past their expiry, soonest first."""
-        rows = self._db.execute(f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND expiry_ms <= ? "
-                                "ORDER BY expiry_ms, lock_id LIMIT ?", (now_ms, limit))
+        rows = self._db.execute(
+            f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND expiry_ms <= ? "
+            "ORDER BY expiry_ms, lock_id LIMIT ?",
+            (now_ms, limit),
+        )
         return [_lock(row) for row in rows]
 
     def locks_expiring(self, before_ms: int, limit: int) -> list[HeldLock]:
-        rows = self._db.execute(f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND expiry_ms < ? "
-                                "ORDER BY expiry_ms, lock_id LIMIT ?", (before_ms, limit))
+        rows = self._db.execute(
+            f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND expiry_ms < ? "
+            "ORDER BY expiry_ms, lock_id LIMIT ?",
+            (before_ms, limit),
+        )
         return [_lock(row) for row in rows]
 
     def all_locks(self) -> list[HeldLock]:
@@ -214,28 +260,39 @@ class Store:
 
     def instruction(self, instruction_id: str) -> tuple[bytes, str, bytes] | None:
         """(digest, canonical body, signed receipt) of an instruction already answered."""
-        return self._db.execute("SELECT digest, body, receipt FROM instructions WHERE id = ?",
-                                (instruction_id,)).fetchone()
+        return self._db.execute(
+            "SELECT digest, body, receipt FROM instructions WHERE id = ?", (instruction_id,)
+        ).fetchone()
 
     def tables(self) -> Tables:
         """Every state row, to hold against a replay of the journal at start."""
-        assets = {a.code: ((a.kind, a.issuer, a.minor_units, a.reference), [a.issued, a.redeemed]) for a in self.assets()}
-        return Tables(self.all_balances(), self.all_accounts(), assets, {lock.lock_id: lock for lock in self.all_locks()},
-                      self.all_keys(), {row[0] for row in self._db.execute("SELECT id FROM instructions")},
-                      dict(self._db.execute("SELECT id, seq FROM instructions WHERE seq IS NOT NULL")))
+        assets = {
+            a.code: ((a.kind, a.issuer, a.minor_units, a.reference), [a.issued, a.redeemed]) for a in self.assets()
+        }
+        return Tables(
+            self.all_balances(),
+            self.all_accounts(),
+            assets,
+            {lock.lock_id: lock for lock in self.all_locks()},
+            self.all_keys(),
+            {row[0] for row in self._db.execute("SELECT id FROM instructions")},
+            dict(self._db.execute("SELECT id, seq FROM instructions WHERE seq IS NOT NULL")),
+        )
 
     def head(self) -> tuple[int, str] | None:
         """(seq, hash) of the last journal entry."""
         return self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
 
     def journal(self, from_seq: int = 0, limit: int = -1) -> list[tuple[int, str, bytes]]:
-        return self._db.execute("SELECT seq, hash, entry FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?",
-                                (from_seq, limit)).fetchall()
+        return self._db.execute(
+            "SELECT seq, hash, entry FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit)
+        ).fetchall()
 
     def checkpoint(self) -> Checkpoint | None:
         """The latest checkpoint, as stored (its signature is the reader's to check)."""
-        row = self._db.execute("SELECT seq, entry_hash, state_digest, keys, signature FROM checkpoints "
-                               "ORDER BY seq DESC LIMIT 1").fetchone()
+        row = self._db.execute(
+            "SELECT seq, entry_hash, state_digest, keys, signature FROM checkpoints ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
         if row is None:
             return None
         seq, entry_hash, digest, keys, signature = row
@@ -263,31 +320,54 @@ class Store:
 
     def put_asset(self, asset: Asset) -> None:
         old = self.asset(asset.code)
-        self._write("INSERT OR REPLACE INTO assets (code, kind, issuer, minor_units, reference, issued, redeemed) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (asset.code, asset.kind, asset.issuer, asset.minor_units,
-                     json.dumps(asset.reference, sort_keys=True), asset.issued, asset.redeemed))
+        self._write(
+            "INSERT OR REPLACE INTO assets (code, kind, issuer, minor_units, reference, issued, redeemed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                asset.code,
+                asset.kind,
+                asset.issuer,
+                asset.minor_units,
+                json.dumps(asset.reference, sort_keys=True),
+                asset.issued,
+                asset.redeemed,
+            ),
+        )
         self._digest_row(None if old is None else _asset_row(old), _asset_row(asset))
 
     def set_balance(self, account: str, asset: str, available: int, locked: int) -> None:
         assert available >= 0 and locked >= 0, f"negative balance {account}/{asset}: {available}, {locked}"
         old = self.balance(account, asset)
-        self._write("INSERT OR REPLACE INTO balances (account, asset, available, locked) VALUES (?, ?, ?, ?)",
-                    (account, asset, available, locked))
+        self._write(
+            "INSERT OR REPLACE INTO balances (account, asset, available, locked) VALUES (?, ?, ?, ?)",
+            (account, asset, available, locked),
+        )
         self._digest_row(balance_row(account, asset, *old), balance_row(account, asset, available, locked))
 
     def put_lock(self, lock: HeldLock) -> None:
         old = self.lock(lock.lock_id)
-        self._write(f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (lock.lock_id, lock.owner_account, lock.beneficiary_account, lock.asset, lock.amount,
-                     lock.hashlock, lock.expiry_ms, json.dumps(list(lock.abort_by)), lock.state.value))
+        self._write(
+            f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                lock.lock_id,
+                lock.owner_account,
+                lock.beneficiary_account,
+                lock.asset,
+                lock.amount,
+                lock.hashlock,
+                lock.expiry_ms,
+                json.dumps(list(lock.abort_by)),
+                lock.state.value,
+            ),
+        )
         self._digest_row(None if old is None else lock_row(old), lock_row(lock))
 
-    def put_instruction(self, instruction_id: str, digest: bytes, body: str, receipt: bytes,
-                        seq: int | None) -> None:
+    def put_instruction(self, instruction_id: str, digest: bytes, body: str, receipt: bytes, seq: int | None) -> None:
         """`seq`: the entry that applied it; None for a refusal recorded against its id."""
-        self._write("INSERT INTO instructions (id, digest, body, receipt, seq) VALUES (?, ?, ?, ?, ?)",
-                    (instruction_id, digest, body, receipt, seq))
+        self._write(
+            "INSERT INTO instructions (id, digest, body, receipt, seq) VALUES (?, ?, ?, ?, ?)",
+            (instruction_id, digest, body, receipt, seq),
+        )
         if seq is not None:
             self._digest_row(None, instruction_row(instruction_id, seq))
 
@@ -297,10 +377,16 @@ class Store:
     def put_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Replace the checkpoint: only the latest is ever read."""
         self._write("DELETE FROM checkpoints", ())
-        self._write("INSERT INTO checkpoints (seq, entry_hash, state_digest, keys, signature) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (checkpoint.seq, checkpoint.entry_hash, checkpoint.state_digest,
-                     json.dumps(checkpoint.keys, sort_keys=True), checkpoint.signature))
+        self._write(
+            "INSERT INTO checkpoints (seq, entry_hash, state_digest, keys, signature) VALUES (?, ?, ?, ?, ?)",
+            (
+                checkpoint.seq,
+                checkpoint.entry_hash,
+                checkpoint.state_digest,
+                json.dumps(checkpoint.keys, sort_keys=True),
+                checkpoint.signature,
+            ),
+        )
 
 
 _LOCK_COLUMNS = "lock_id, owner_account, beneficiary_account, asset, amount, hashlock, expiry_ms, abort_by, state"
@@ -308,13 +394,23 @@ _LOCK_COLUMNS = "lock_id, owner_account, beneficiary_account, asset, amount, has
 
 def _lock(row: tuple) -> HeldLock:
     lock_id, owner, beneficiary, asset, amount, hashlock, expiry_ms, abort_by, state = row
-    return HeldLock(lock_id, owner, beneficiary, asset, amount, bytes(hashlock), expiry_ms,
-                    tuple(json.loads(abort_by)), LockState(state))
+    return HeldLock(
+        lock_id,
+        owner,
+        beneficiary,
+        asset,
+        amount,
+        bytes(hashlock),
+        expiry_ms,
+        tuple(json.loads(abort_by)),
+        LockState(state),
+    )
 
 
 def _asset_row(asset: Asset) -> list:
-    return asset_row(asset.code, (asset.kind, asset.issuer, asset.minor_units, asset.reference),
-                     (asset.issued, asset.redeemed))
+    return asset_row(
+        asset.code, (asset.kind, asset.issuer, asset.minor_units, asset.reference), (asset.issued, asset.redeemed)
+    )
 
 
 def _asset(row: tuple) -> Asset:

@@ -26,8 +26,16 @@ from .canonical import encode
 from .errors import Code, Rejected
 from .iso20022 import read
 from .iso20022.model import OneSided
-from .messages import (CorporateAction, Entitlement, Matched, Settlement, SettlementInstruction, SettlementLeg,
-                       from_body, to_body)
+from .messages import (
+    CorporateAction,
+    Entitlement,
+    Matched,
+    Settlement,
+    SettlementInstruction,
+    SettlementLeg,
+    from_body,
+    to_body,
+)
 from .registry import Registry
 from .signing import Signed, from_wire
 
@@ -36,15 +44,15 @@ from .signing import Signed, from_wire
 class Terms:
     """The legs an `auth` allows, who pays and who is paid on each, and when."""
 
-    id: str                          # the settlement id: locks are `{id}:{leg}`, a settle `settle_id(id)`
-    kind: str                        # settlement | matched | coupon | redemption
+    id: str  # the settlement id: locks are `{id}:{leg}`, a settle `settle_id(id)`
+    kind: str  # settlement | matched | coupon | redemption
     coordinator: str
     not_before_ms: int
     deadline_ms: int
     legs: tuple[SettlementLeg, ...]  # two; one for a coupon
-    payers: tuple[str, ...]          # payers[i] owns legs[i].from_account
-    payees: tuple[str, ...]          # payees[i] owns legs[i].to_account
-    issuer: str | None = None        # a redemption's: the instrument's issuer, checked where it is kept
+    payers: tuple[str, ...]  # payers[i] owns legs[i].from_account
+    payees: tuple[str, ...]  # payees[i] owns legs[i].to_account
+    issuer: str | None = None  # a redemption's: the instrument's issuer, checked where it is kept
     face_value_minor: int | None = None  # a redemption pays units x face value (checked likewise)
 
     @property
@@ -75,9 +83,19 @@ def _settlement(auth: dict, registry: Registry | None) -> Terms:
         registry.verify_all(signed)
         for party in settlement.parties:
             if party not in signed.sigs:
-                raise Rejected(Code.MISSING_SIGNATURE, "sigs", f"both counterparties sign a settlement; {party!r} did not")
-    return Terms(settlement.id, "settlement", settlement.coordinator, settlement.not_before_ms, settlement.deadline_ms,
-                 settlement.legs, settlement.parties, settlement.parties[::-1])
+                raise Rejected(
+                    Code.MISSING_SIGNATURE, "sigs", f"both counterparties sign a settlement; {party!r} did not"
+                )
+    return Terms(
+        settlement.id,
+        "settlement",
+        settlement.coordinator,
+        settlement.not_before_ms,
+        settlement.deadline_ms,
+        settlement.legs,
+        settlement.parties,
+        settlement.parties[::-1],
+    )
 
 
 def _matched(auth: dict, registry: Registry | None) -> Terms:
@@ -94,23 +112,45 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         except Rejected as error:
             raise Rejected(error.code, f"instructions[{index}].{error.field}", error.reason) from None
         if one.party != instruction.party:
-            raise Rejected(Code.NOT_AUTHORISED, f"instructions[{index}].document",
-                           f"the document instructs for {one.party}, signed by {instruction.party}")
+            raise Rejected(
+                Code.NOT_AUTHORISED,
+                f"instructions[{index}].document",
+                f"the document instructs for {one.party}, signed by {instruction.party}",
+            )
         if instruction.coordinator != matched.coordinator:
-            raise Rejected(Code.NOT_AUTHORISED, f"instructions[{index}].coordinator",
-                           f"sent to {instruction.coordinator}, not {matched.coordinator}")
+            raise Rejected(
+                Code.NOT_AUTHORISED,
+                f"instructions[{index}].coordinator",
+                f"sent to {instruction.coordinator}, not {matched.coordinator}",
+            )
         sides.append((signed, one))
     (_, a), (_, b) = sides
     matching.require_match(a, b, "instructions")
     first, second = matching.leg_order(a, b)
     if (first, second) != (a, b):
-        raise Rejected(Code.INVALID_FIELD, "instructions", f"leg 0 is paid by {first.party}: its instruction comes first")
-    legs = (SettlementLeg(matched.ledgers[0], first.gives_account, second.takes_account, first.gives_asset, first.gives_amount),
-            SettlementLeg(matched.ledgers[1], second.gives_account, first.takes_account, second.gives_asset, second.gives_amount))
+        raise Rejected(
+            Code.INVALID_FIELD, "instructions", f"leg 0 is paid by {first.party}: its instruction comes first"
+        )
+    legs = (
+        SettlementLeg(
+            matched.ledgers[0], first.gives_account, second.takes_account, first.gives_asset, first.gives_amount
+        ),
+        SettlementLeg(
+            matched.ledgers[1], second.gives_account, first.takes_account, second.gives_asset, second.gives_amount
+        ),
+    )
     not_before_ms, deadline_ms = matching.day_window(a.settlement_date)
     settlement_id = matching.matched_id(sides[0][0].digest, sides[1][0].digest)
-    return Terms(settlement_id, "matched", matched.coordinator, not_before_ms, deadline_ms, legs,
-                 (first.party, second.party), (second.party, first.party))
+    return Terms(
+        settlement_id,
+        "matched",
+        matched.coordinator,
+        not_before_ms,
+        deadline_ms,
+        legs,
+        (first.party, second.party),
+        (second.party, first.party),
+    )
 
 
 def _entitlement(auth: dict, registry: Registry | None) -> Terms:
@@ -125,18 +165,45 @@ def _entitlement(auth: dict, registry: Registry | None) -> Terms:
         raise Rejected(error.code, f"action.{error.field}", error.reason) from None
     not_before_ms, _ = matching.day_window(action.payment_date)
     terms_id = entitlement_id(entitlement)
-    cash = SettlementLeg(action.cash_ledger, action.issuer_cash_account, entitlement.holder_cash_account,
-                         action.currency, entitlement.amount_minor)
+    cash = SettlementLeg(
+        action.cash_ledger,
+        action.issuer_cash_account,
+        entitlement.holder_cash_account,
+        action.currency,
+        entitlement.amount_minor,
+    )
     if action.kind == "coupon":
-        return Terms(terms_id, "coupon", action.coordinator, not_before_ms, action.deadline_ms, (cash,),
-                     (action.issuer,), (entitlement.holder,))
-    units = SettlementLeg(action.securities_ledger, entitlement.holder_account, action.issuer_securities_account,
-                          action.isin, entitlement.units)
+        return Terms(
+            terms_id,
+            "coupon",
+            action.coordinator,
+            not_before_ms,
+            action.deadline_ms,
+            (cash,),
+            (action.issuer,),
+            (entitlement.holder,),
+        )
+    units = SettlementLeg(
+        action.securities_ledger,
+        entitlement.holder_account,
+        action.issuer_securities_account,
+        action.isin,
+        entitlement.units,
+    )
     if entitlement.amount_minor % entitlement.units:
         raise Rejected(Code.INVALID_FIELD, "amount_minor", "a redemption pays a whole face value for each unit")
-    return Terms(terms_id, "redemption", action.coordinator, not_before_ms, action.deadline_ms, (units, cash),
-                 (entitlement.holder, action.issuer), (action.issuer, entitlement.holder),
-                 issuer=action.issuer, face_value_minor=entitlement.amount_minor // entitlement.units)
+    return Terms(
+        terms_id,
+        "redemption",
+        action.coordinator,
+        not_before_ms,
+        action.deadline_ms,
+        (units, cash),
+        (entitlement.holder, action.issuer),
+        (action.issuer, entitlement.holder),
+        issuer=action.issuer,
+        face_value_minor=entitlement.amount_minor // entitlement.units,
+    )
 
 
 def entitlement_id(entitlement: Entitlement) -> str:

@@ -18,8 +18,7 @@ INT_CHARS_MAX = len(str(-INT_MAX - 1))  # 20: "-9223372036854775808"
 DEPTH_MAX = 12  # our deepest message, a journal page holding a settlement's lock, nests 8
 MESSAGE_BYTES_MAX = 64 * 1024
 
-_encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                            allow_nan=False)
+_encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def encode(value: Any) -> bytes:
@@ -52,7 +51,7 @@ class _Refused:
         self.reason = reason
 
 
-_parse = threading.local()   # .suspects: what the hooks refused during this thread's current parse
+_parse = threading.local()  # .suspects: what the hooks refused during this thread's current parse
 
 
 def _refused(code: Code, reason: str) -> _Refused:
@@ -116,8 +115,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_refuse_float,
-                            parse_int=_parse_int, parse_constant=_refuse_constant)
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_float=_refuse_float, parse_int=_parse_int, parse_constant=_refuse_constant
+)
 
 
 def decode(raw: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> Any:
@@ -161,9 +161,12 @@ def _nesting(value: Any, text: str) -> int:
     level: list[Any] = [value]
     while level and deepest <= DEPTH_MAX:
         deepest += 1
-        level = [item for container in level
-                 for item in (container.values() if isinstance(container, dict) else container)
-                 if isinstance(item, (dict, list))]
+        level = [
+            item
+            for container in level
+            for item in (container.values() if isinstance(container, dict) else container)
+            if isinstance(item, (dict, list))
+        ]
     return deepest
 
 

@@ -14,8 +14,8 @@ class Code(enum.Enum):
     pass on a retry with a new id (the state it depends on may change)."""
 
     # the message itself (final)
-    MALFORMED = "malformed"                  # not JSON, wrong structure, wrong type
-    INVALID_FIELD = "invalid_field"          # a value outside its allowed range or form
+    MALFORMED = "malformed"  # not JSON, wrong structure, wrong type
+    INVALID_FIELD = "invalid_field"  # a value outside its allowed range or form
     UNKNOWN_TYPE = "unknown_type"
     UNSUPPORTED_VERSION = "unsupported_version"
     TOO_LARGE = "too_large"
@@ -25,8 +25,8 @@ class Code(enum.Enum):
     BAD_SIGNATURE = "bad_signature"
     MISSING_SIGNATURE = "missing_signature"
     NOT_AUTHORISED = "not_authorised"
-    STALE = "stale"                          # ts_ms outside the freshness window (temporary if ahead)
-    ID_REUSED = "id_reused"                  # same id, different content
+    STALE = "stale"  # ts_ms outside the freshness window (temporary if ahead)
+    ID_REUSED = "id_reused"  # same id, different content
     # the ledger's state (temporary: a later instruction may succeed)
     UNKNOWN_ACCOUNT = "unknown_account"
     ACCOUNT_EXISTS = "account_exists"
@@ -41,7 +41,7 @@ class Code(enum.Enum):
     LOCK_NOT_EXPIRED = "lock_not_expired"
     WRONG_PREIMAGE = "wrong_preimage"
     EXPIRY_OUT_OF_RANGE = "expiry_out_of_range"
-    NOT_YET = "not_yet"                      # before a settlement's earliest time: send again then
+    NOT_YET = "not_yet"  # before a settlement's earliest time: send again then
     # the transport (temporary)
     TIMEOUT = "timeout"
     OVERLOADED = "overloaded"
@@ -59,7 +59,10 @@ class Rejected(Exception):
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Rejected) and (self.code, self.field, self.reason) == (
-            other.code, other.field, other.reason)
+            other.code,
+            other.field,
+            other.reason,
+        )
 
     def __hash__(self) -> int:
         return hash((self.code, self.field, self.reason))

@@ -68,11 +68,9 @@ _CODES_BY_EXPONENT = {
     4: "CLF UYW",
 }
 
-CURRENCIES: Mapping[str, int] = MappingProxyType({
-    code: exponent
-    for exponent, codes in _CODES_BY_EXPONENT.items()
-    for code in codes.split()
-})
+CURRENCIES: Mapping[str, int] = MappingProxyType(
+    {code: exponent for exponent, codes in _CODES_BY_EXPONENT.items() for code in codes.split()}
+)
 assert len(CURRENCIES) == sum(len(codes.split()) for codes in _CODES_BY_EXPONENT.values())
 
 

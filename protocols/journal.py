@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import AbstractSet, Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,8 +30,16 @@ def entry_hash(signed: Signed) -> str:
     return hashlib.sha256(signed.data).hexdigest()
 
 
-def make_entry(key: PrivateKey, ledger_id: str, seq: int, prev_hash: str, time_ms: int,
-               kind: str, instruction: dict | None, effects: dict) -> tuple[Signed, str]:
+def make_entry(
+    key: PrivateKey,
+    ledger_id: str,
+    seq: int,
+    prev_hash: str,
+    time_ms: int,
+    kind: str,
+    instruction: dict | None,
+    effects: dict,
+) -> tuple[Signed, str]:
     entry = Entry(ledger_id, seq, prev_hash, time_ms, kind, instruction, effects)
     signed = sign(entry, (ledger_id, key))
     return signed, entry_hash(signed)
@@ -56,8 +66,15 @@ class ChainChecker:
     Following a journal from the middle, pass `prev_hash=None`: the first entry's
     own prev_hash is taken on trust of its signature."""
 
-    def __init__(self, ledger_id: str, public_key: ec.EllipticCurvePublicKey, *, seq: int = 0,
-                 prev_hash: str | None = GENESIS_HASH, signatures: bool = True) -> None:
+    def __init__(
+        self,
+        ledger_id: str,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        seq: int = 0,
+        prev_hash: str | None = GENESIS_HASH,
+        signatures: bool = True,
+    ) -> None:
         self.ledger_id = ledger_id
         self.public_key = public_key
         self.seq = seq
@@ -86,9 +103,15 @@ class ChainChecker:
         return signed, actual
 
 
-def verify_chain(links: Iterable[Link], ledger_id: str, public_key: ec.EllipticCurvePublicKey,
-                 *, signatures: str = "all", seq: int = 0,
-                 prev_hash: str | None = GENESIS_HASH) -> Iterator[tuple[Signed, str]]:
+def verify_chain(
+    links: Iterable[Link],
+    ledger_id: str,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    signatures: str = "all",
+    seq: int = 0,
+    prev_hash: str | None = GENESIS_HASH,
+) -> Iterator[tuple[Signed, str]]:
     """Yield each stored entry with its hash after checking it, raising ChainBroken at
     the first bad one. `signatures` is "all" or "last": every hash link is always
     checked; checking the last entry's signature alone already proves every earlier
@@ -127,19 +150,19 @@ class Replay:
 
     balances: dict[tuple[str, str], list[int]] = attrs.field(factory=lambda: defaultdict(lambda: [0, 0]))
     supply: dict[str, list[int]] = attrs.field(factory=lambda: defaultdict(lambda: [0, 0]))
-    assets: dict[str, tuple] = attrs.field(factory=dict)   # code -> (kind, issuer, minor_units, reference)
+    assets: dict[str, tuple] = attrs.field(factory=dict)  # code -> (kind, issuer, minor_units, reference)
     locks: dict[str, HeldLock] = attrs.field(factory=dict)
     accounts: dict[str, str] = attrs.field(factory=dict)
-    keys: dict[str, str] = attrs.field(factory=dict)       # party -> its key on this ledger, once rotated
-    applied: dict[str, int] | None = attrs.field(factory=dict)   # instruction id -> the entry that applied it;
-                                                                  # None: not kept (a live follower)
-    earlier_locks: dict[str, LockState] | None = None      # None: replayed from entry 0, every lock placed in it
+    keys: dict[str, str] = attrs.field(factory=dict)  # party -> its key on this ledger, once rotated
+    applied: dict[str, int] | None = attrs.field(factory=dict)  # instruction id -> the entry that applied it;
+    # None: not kept (a live follower)
+    earlier_locks: dict[str, LockState] | None = None  # None: replayed from entry 0, every lock placed in it
 
     def apply(self, entry: Entry) -> None:
         """Raises ValueError for an entry that cannot follow the ones before."""
         effects: dict[str, Any] = entry.effects
         if self.applied is not None and entry.instruction is not None:
-            instruction_id = entry.instruction["id"]   # every instruction has one
+            instruction_id = entry.instruction["id"]  # every instruction has one
             if instruction_id in self.applied:
                 raise ValueError(f"instruction {instruction_id} is applied a second time")
             self.applied[instruction_id] = entry.seq
@@ -159,8 +182,16 @@ class Replay:
             self.supply[asset][1] += redeemed_delta
         if entry.kind == "lock" and entry.instruction is not None:
             lock: Lock = from_wire(entry.instruction, allowed=(Lock,)).msg
-            self.locks[lock.id] = HeldLock(lock.id, lock.owner_account, lock.beneficiary_account, lock.asset,
-                                           lock.amount, lock.hashlock, lock.expiry_ms, lock.abort_by)
+            self.locks[lock.id] = HeldLock(
+                lock.id,
+                lock.owner_account,
+                lock.beneficiary_account,
+                lock.asset,
+                lock.amount,
+                lock.hashlock,
+                lock.expiry_ms,
+                lock.abort_by,
+            )
         for lock_id, state in effects.get("locks", ()):
             if state == LockState.HELD.value:
                 continue
@@ -180,7 +211,9 @@ class Replay:
             totals[asset] += available + locked
         for asset, (issued, redeemed) in self.supply.items():
             if totals[asset] != issued - redeemed:
-                problems.append(f"{asset}: balances sum to {totals[asset]}, issued minus redeemed is {issued - redeemed}")
+                problems.append(
+                    f"{asset}: balances sum to {totals[asset]}, issued minus redeemed is {issued - redeemed}"
+                )
         return problems
 
 
@@ -190,17 +223,19 @@ class Tables:
 
     balances: dict[tuple[str, str], tuple[int, int]]
     accounts: dict[str, str]
-    assets: dict[str, tuple[tuple, list[int]]]   # code -> ((kind, issuer, minor_units, reference), [issued, redeemed])
+    assets: dict[str, tuple[tuple, list[int]]]  # code -> ((kind, issuer, minor_units, reference), [issued, redeemed])
     locks: dict[str, HeldLock]
     keys: dict[str, str]
-    instruction_ids: set[str]                    # every instruction answered, applied or refused
-    applied: dict[str, int] = attrs.field(factory=dict)   # the ledger's own reading: id -> the entry that applied it
+    instruction_ids: set[str]  # every instruction answered, applied or refused
+    applied: dict[str, int] = attrs.field(factory=dict)  # the ledger's own reading: id -> the entry that applied it
 
     def conservation_problems(self) -> list[str]:
         """A replay's invariants, held on the rows as stored: no negative balance, and
         every asset's balances summing to issued minus redeemed."""
-        replay = Replay(balances={key: list(value) for key, value in self.balances.items()},
-                        supply={code: list(supply) for code, (_, supply) in self.assets.items()})
+        replay = Replay(
+            balances={key: list(value) for key, value in self.balances.items()},
+            supply={code: list(supply) for code, (_, supply) in self.assets.items()},
+        )
         return replay.conservation_problems()
 
 
@@ -245,23 +280,30 @@ def applied_problems(found: Mapping[str, int | None], expected: dict[str, int]) 
     """Idempotency rows marked applied (`found`, id -> entry) against the journal: a row
     marked refused, or applied by another entry, would leave the state digest, and so
     a later start, blind to its deletion."""
-    return [f"instruction {instruction_id} is answered as applied by entry {found.get(instruction_id)}, "
-            f"journal says {expected.get(instruction_id)}"
-            for instruction_id in sorted(found.keys() | expected.keys())
-            if found.get(instruction_id) != expected.get(instruction_id)]
+    return [
+        f"instruction {instruction_id} is answered as applied by entry {found.get(instruction_id)}, "
+        f"journal says {expected.get(instruction_id)}"
+        for instruction_id in sorted(found.keys() | expected.keys())
+        if found.get(instruction_id) != expected.get(instruction_id)
+    ]
 
 
 def _key_problems(found: dict[str, str], expected: dict[str, str]) -> list[str]:
-    return [f"the key of {party} is {found.get(party)}, journal says {expected.get(party)}"
-            for party in found.keys() | expected.keys() if found.get(party) != expected.get(party)]
+    return [
+        f"the key of {party} is {found.get(party)}, journal says {expected.get(party)}"
+        for party in found.keys() | expected.keys()
+        if found.get(party) != expected.get(party)
+    ]
 
 
 def _lock_problems(lock_id: str, found: HeldLock | None, expected: HeldLock | None) -> list[str]:
     if found is None or expected is None:
         return [f"lock {lock_id} is {'missing' if found is None else 'not in the journal'}"]
     fields = [a.name for a in attrs.fields(HeldLock) if getattr(found, a.name) != getattr(expected, a.name)]
-    return [f"lock {lock_id} {name} is {_short(getattr(found, name))}, "
-            f"journal says {_short(getattr(expected, name))}" for name in fields]
+    return [
+        f"lock {lock_id} {name} is {_short(getattr(found, name))}, journal says {_short(getattr(expected, name))}"
+        for name in fields
+    ]
 
 
 def _short(value: Any) -> str:
@@ -270,7 +312,7 @@ def _short(value: Any) -> str:
 
 # -- checkpoints: the start-up check without re-reading the whole journal -------------------------
 
-CHECKPOINT_DOMAIN = b"lockstep/checkpoint/1\x00"   # not DOMAIN: a checkpoint's signature is no message's
+CHECKPOINT_DOMAIN = b"lockstep/checkpoint/1\x00"  # not DOMAIN: a checkpoint's signature is no message's
 ROW_HASH_BYTES = 512
 _ROW_HASH_MODULUS = 1 << (8 * ROW_HASH_BYTES)
 
@@ -316,8 +358,18 @@ def asset_row(code: str, terms: tuple, supply: list[int] | tuple[int, int]) -> l
 
 
 def lock_row(lock: HeldLock) -> list[Any]:
-    return ["lock", lock.lock_id, lock.owner_account, lock.beneficiary_account, lock.asset, lock.amount,
-            lock.hashlock.hex(), lock.expiry_ms, list(lock.abort_by), lock.state.value]
+    return [
+        "lock",
+        lock.lock_id,
+        lock.owner_account,
+        lock.beneficiary_account,
+        lock.asset,
+        lock.amount,
+        lock.hashlock.hex(),
+        lock.expiry_ms,
+        list(lock.abort_by),
+        lock.state.value,
+    ]
 
 
 def instruction_row(instruction_id: str, seq: int) -> list[Any]:
@@ -356,9 +408,17 @@ class Checkpoint:
     signature: bytes = b""
 
     def signed_bytes(self, ledger_id: str) -> bytes:
-        return CHECKPOINT_DOMAIN + encode({"v": 1, "type": "checkpoint", "ledger": ledger_id, "seq": self.seq,
-                                           "entry_hash": self.entry_hash, "state_digest": self.state_digest,
-                                           "keys": self.keys})
+        return CHECKPOINT_DOMAIN + encode(
+            {
+                "v": 1,
+                "type": "checkpoint",
+                "ledger": ledger_id,
+                "seq": self.seq,
+                "entry_hash": self.entry_hash,
+                "state_digest": self.state_digest,
+                "keys": self.keys,
+            }
+        )
 
     def signed(self, ledger_id: str, key: PrivateKey) -> Checkpoint:
         return attrs.evolve(self, signature=key.sign(self.signed_bytes(ledger_id)))
@@ -385,7 +445,8 @@ def differences_since(checkpoint: Checkpoint, since: Replay, tables: Tables, dig
         found = tables.locks.get(lock_id)
         problems += _lock_problems(lock_id, found, None if found is None else attrs.evolve(found, state=state))
     problems += _unanswered(since.applied.keys(), tables) + applied_problems(
-        {instruction_id: tables.applied.get(instruction_id) for instruction_id in since.applied}, since.applied)
+        {instruction_id: tables.applied.get(instruction_id) for instruction_id in since.applied}, since.applied
+    )
     problems += _key_problems(tables.keys, {**checkpoint.keys, **since.keys})
     if rewound(since, tables, digest).hexdigest() != checkpoint.state_digest:
         problems.append(f"the state tables, rewound to entry {checkpoint.seq}, do not match its checkpoint")
@@ -401,8 +462,10 @@ def rewound(since: Replay, tables: Tables, digest: StateDigest) -> StateDigest:
     then = StateDigest(digest.value)
     for (account, asset), (available_delta, locked_delta) in since.balances.items():
         available, locked = tables.balances.get((account, asset), (0, 0))
-        then.replace(balance_row(account, asset, available, locked),
-                     balance_row(account, asset, available - available_delta, locked - locked_delta))
+        then.replace(
+            balance_row(account, asset, available, locked),
+            balance_row(account, asset, available - available_delta, locked - locked_delta),
+        )
     for account in since.accounts.keys() & tables.accounts.keys():
         then.replace(account_row(account, tables.accounts[account]), None)
     for code in since.supply.keys() & tables.assets.keys():

@@ -24,8 +24,8 @@ DAY_MS = 86_400_000
 class Difference:
     """Why two sides do not match, with the ISO 20022 unmatched reason code."""
 
-    code: str      # DSEC security, DQUA quantity, DMON amount or currency, DDAT settlement date,
-                   # DTRD trade date, DEPT counterparty, DTRA direction, OTHR kind
+    code: str  # DSEC security, DQUA quantity, DMON amount or currency, DDAT settlement date,
+    # DTRD trade date, DEPT counterparty, DTRA direction, OTHR kind
     field: str
     reason: str
 
@@ -38,21 +38,32 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
     if a.kind == "dvp" and {a.side, b.side} != {"deliver", "receive"}:
         found.append(Difference("DTRA", "side", f"both sides {a.side}: one delivers, the other receives"))
     if (a.counterparty, b.counterparty) != (b.party, a.party):
-        found.append(Difference("DEPT", "counterparty",
-                                f"{a.party} names {a.counterparty}, {b.party} names {b.counterparty}"))
+        found.append(
+            Difference("DEPT", "counterparty", f"{a.party} names {a.counterparty}, {b.party} names {b.counterparty}")
+        )
     for name, code in (("settlement_date", "DDAT"), ("trade_date", "DTRD")):
         if getattr(a, name) != getattr(b, name):
             found.append(Difference(code, name, f"{getattr(a, name)} against {getattr(b, name)}"))
     for mine, theirs in ((a, b), (b, a)):
         if mine.gives_asset != theirs.takes_asset:
             code = "DSEC" if len(mine.gives_asset) == 12 or len(theirs.takes_asset) == 12 else "DMON"
-            found.append(Difference(code, f"{mine.party}.gives_asset",
-                                    f"{mine.party} gives {mine.gives_asset}, {theirs.party} takes {theirs.takes_asset}"))
+            found.append(
+                Difference(
+                    code,
+                    f"{mine.party}.gives_asset",
+                    f"{mine.party} gives {mine.gives_asset}, {theirs.party} takes {theirs.takes_asset}",
+                )
+            )
         elif mine.gives_amount != theirs.takes_amount:
             code = "DQUA" if len(mine.gives_asset) == 12 else "DMON"
-            found.append(Difference(code, f"{mine.party}.gives_amount",
-                                    f"{mine.party} gives {format_amount(mine.gives_asset, mine.gives_amount)}, "
-                                    f"{theirs.party} takes {format_amount(theirs.takes_asset, theirs.takes_amount)}"))
+            found.append(
+                Difference(
+                    code,
+                    f"{mine.party}.gives_amount",
+                    f"{mine.party} gives {format_amount(mine.gives_asset, mine.gives_amount)}, "
+                    f"{theirs.party} takes {format_amount(theirs.takes_asset, theirs.takes_amount)}",
+                )
+            )
     return found
 
 
@@ -73,8 +84,7 @@ def matched_id(first_digest: bytes, second_digest: bytes) -> str:
 def day_window(date: str) -> tuple[int, int]:
     """The first and last millisecond (UTC) of a date: a matched trade settles within
     its intended settlement date."""
-    start = datetime.datetime.combine(datetime.date.fromisoformat(date), datetime.time(),
-                                      tzinfo=datetime.timezone.utc)
+    start = datetime.datetime.combine(datetime.date.fromisoformat(date), datetime.time(), tzinfo=datetime.UTC)
     first_ms = int(start.timestamp()) * 1000
     return first_ms, first_ms + DAY_MS - 1
 
@@ -82,5 +92,8 @@ def day_window(date: str) -> tuple[int, int]:
 def require_match(a: OneSided, b: OneSided, field: str) -> None:
     found = differences(a, b)
     if found:
-        raise Rejected(Code.NOT_AUTHORISED, field, "instructions do not match: " +
-                       "; ".join(f"{d.code} {d.field}: {d.reason}" for d in found))
+        raise Rejected(
+            Code.NOT_AUTHORISED,
+            field,
+            "instructions do not match: " + "; ".join(f"{d.code} {d.field}: {d.reason}" for d in found),
+        )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Callable, ClassVar, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, overload
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,25 +26,25 @@ from .iso20022.model import FORMATS
 IDENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 LEGS_MAX = 16
-COUPON_FREQUENCIES = (0, 1, 2, 4, 12)   # payments a year; 0 is a zero-coupon bond
+COUPON_FREQUENCIES = (0, 1, 2, 4, 12)  # payments a year; 0 is a zero-coupon bond
 DAY_COUNTS = ("30/360", "ACT/360", "ACT/365", "ACT/ACT")
 DOCUMENT_CHARS_MAX = 32 * 1024
-LATER = {"left_out_at_default": True}   # a field added in a later release: absent means its default,
-                                        # so what was signed before it existed keeps its bytes
+LATER = {"left_out_at_default": True}  # a field added in a later release: absent means its default,
+# so what was signed before it existed keeps its bytes
 ABORT_BY_MAX = 4
 QUERY_LIMIT_MAX = 1000
 
 
 # -- field kinds: a validator and a wire conversion for each ---------------------------
 
+
 def _invalid(attribute: attrs.Attribute, reason: str) -> Rejected:
     return Rejected(Code.INVALID_FIELD, attribute.name, reason)
 
 
 def _expect(attribute: attrs.Attribute, value: Any, kind: type, name: str) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise Rejected(Code.MALFORMED, attribute.name,
-                       f"expected {name}, got {type(value).__name__}")
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise Rejected(Code.MALFORMED, attribute.name, f"expected {name}, got {type(value).__name__}")
 
 
 def ident(_: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -124,6 +125,7 @@ def one_of(*allowed: str):
         _expect(attribute, value, str, "a string")
         if value not in allowed:
             raise _invalid(attribute, f"must be one of {', '.join(allowed)}")
+
     return check
 
 
@@ -132,6 +134,7 @@ def one_of_ints(*allowed: int):
         _expect(attribute, value, int, "an integer")
         if value not in allowed:
             raise _invalid(attribute, f"must be one of {', '.join(map(str, allowed))}")
+
     return check
 
 
@@ -140,6 +143,7 @@ def text(limit_chars: int):
         _expect(attribute, value, str, "a string")
         if not 0 < len(value) <= limit_chars:
             raise _invalid(attribute, f"must be 1 to {limit_chars} characters")
+
     return check
 
 
@@ -152,6 +156,7 @@ def idents(limit: int, *, at_least: int = 0):
             ident(instance, attribute, item)
         if len(set(value)) != len(value):
             raise _invalid(attribute, "must not repeat an entry")
+
     return check
 
 
@@ -187,11 +192,13 @@ T = TypeVar("T")
 def message(type_name: str) -> Callable[[type[T]], type[T]]:
     """Register a frozen attrs class as the message with this `type`. Applied above
     `@attrs.frozen`, so that type checkers see the class attrs made."""
+
     def register(cls: type[T]) -> type[T]:
         assert attrs.has(cls) and type_name not in MESSAGE_TYPES, (cls, type_name)
         cls.TYPE = type_name  # type: ignore[attr-defined]  # T is any class; each message has TYPE
         MESSAGE_TYPES[type_name] = cls
         return cls  # type: ignore[return-value]  # attrs.has narrowed it to AttrsInstance; it is still T
+
     return register
 
 
@@ -221,6 +228,7 @@ class Body:
 
 
 # Instructions change a ledger; each is signed by the parties whose assets it moves.
+
 
 @attrs.frozen
 class Instruction(Body):
@@ -347,11 +355,23 @@ class RotateKey(Instruction):
     public_key: str = attrs.field(validator=public_key)
 
 
-INSTRUCTIONS: tuple[type[Instruction], ...] = (OpenAccount, CreateInstrument, Issue, Redeem, Transfer, Lock, Claim,
-                Refund, Abort, Settle, RotateKey)
+INSTRUCTIONS: tuple[type[Instruction], ...] = (
+    OpenAccount,
+    CreateInstrument,
+    Issue,
+    Redeem,
+    Transfer,
+    Lock,
+    Claim,
+    Refund,
+    Abort,
+    Settle,
+    RotateKey,
+)
 
 
 # Queries read a ledger; they are not signed and change nothing.
+
 
 @attrs.frozen
 class Query(Body):
@@ -432,6 +452,7 @@ QUERIES = (QueryInfo, QueryBalances, QueryLock, QueryLocks, QueryJournal, QueryR
 
 
 # Replies and records, signed by the ledger.
+
 
 @message("receipt")
 @attrs.frozen
@@ -726,6 +747,7 @@ class SettlementStatus(Body):
 
 # -- wire mapping ---------------------------------------------------------------------
 
+
 def to_body(msg: Body) -> dict[str, Any]:
     """The wire dictionary of a message, with `v` and `type` first-class fields."""
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
@@ -760,7 +782,11 @@ def from_body(body: Any, *, allowed: tuple[type[Body], ...] | None = None) -> Bo
         raise Rejected(Code.MALFORMED, "$", "message must be a JSON object")
     version = body.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 in Python
-        raise Rejected(Code.UNSUPPORTED_VERSION, "v", f"version {version!r} is not supported; this ledger speaks {PROTOCOL_VERSION}")
+        raise Rejected(
+            Code.UNSUPPORTED_VERSION,
+            "v",
+            f"version {version!r} is not supported; this ledger speaks {PROTOCOL_VERSION}",
+        )
     type_name = body.get("type")
     cls = MESSAGE_TYPES.get(type_name) if isinstance(type_name, str) else None
     if cls is None or (allowed is not None and cls not in allowed):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,12 +24,12 @@ from .signing import Signed, load_public_pem, public_pem, verify
 
 
 class Role(enum.Enum):
-    PARTICIPANT = "participant"      # holds accounts, moves its own assets
-    OPERATOR = "operator"            # runs a ledger: opens accounts, issues instruments
-    CENTRAL_BANK = "central_bank"    # issues and redeems a currency
-    COORDINATOR = "coordinator"      # drives cross-ledger settlements
-    LEDGER = "ledger"                # a ledger service: signs receipts and journal entries
-    OBSERVER = "observer"            # reads and audits
+    PARTICIPANT = "participant"  # holds accounts, moves its own assets
+    OPERATOR = "operator"  # runs a ledger: opens accounts, issues instruments
+    CENTRAL_BANK = "central_bank"  # issues and redeems a currency
+    COORDINATOR = "coordinator"  # drives cross-ledger settlements
+    LEDGER = "ledger"  # a ledger service: signs receipts and journal entries
+    OBSERVER = "observer"  # reads and audits
 
 
 @attrs.frozen
@@ -63,16 +63,22 @@ class Registry:
         lines = []
         for party in self._parties.values():
             roles = ", ".join(f'"{role.value}"' for role in sorted(party.roles, key=lambda r: r.value))
-            lines += [f"[parties.{party.id}]", f"roles = [{roles}]",
-                      f'public_key = """{public_pem(party.public_key)}"""', ""]
+            lines += [
+                f"[parties.{party.id}]",
+                f"roles = [{roles}]",
+                f'public_key = """{public_pem(party.public_key)}"""',
+                "",
+            ]
         Path(path).write_text("\n".join(lines))
 
     def with_keys(self, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> Registry:
         """This registry with some parties' keys replaced (a ledger's rotated keys)."""
         for party_id in keys:
             assert party_id in self._parties, f"a key for unregistered party {party_id}"
-        return Registry(attrs.evolve(party, public_key=keys[party.id]) if party.id in keys else party
-                        for party in self._parties.values())
+        return Registry(
+            attrs.evolve(party, public_key=keys[party.id]) if party.id in keys else party
+            for party in self._parties.values()
+        )
 
     def __contains__(self, party_id: str) -> bool:
         return party_id in self._parties

@@ -19,10 +19,10 @@ from .money import format_amount
 
 
 class RepoState(enum.Enum):
-    PENDING = "pending"                # journaled; the start leg is being settled
-    OPEN = "open"                      # the start settled; the reverse waits for its term
-    CLOSED = "closed"                  # both legs settled
-    START_FAILED = "start_failed"      # the start did not settle; the reverse is cancelled
+    PENDING = "pending"  # journaled; the start leg is being settled
+    OPEN = "open"  # the start settled; the reverse waits for its term
+    CLOSED = "closed"  # both legs settled
+    START_FAILED = "start_failed"  # the start did not settle; the reverse is cancelled
     REVERSE_FAILED = "reverse_failed"  # the reverse did not settle; its locks were released
 
 
@@ -62,17 +62,40 @@ def check_link(start: Settlement, reverse: Settlement, coordinator: str) -> None
         raise Rejected(Code.NOT_AUTHORISED, "reverse.parties", f"the reverse is between {sorted(start.parties)}")
     securities, cash = _split(start)
     back, repaid = _split(reverse)
-    if (back.ledger, back.asset, back.amount, back.from_account, back.to_account) != \
-            (securities.ledger, securities.asset, securities.amount, securities.to_account, securities.from_account):
-        raise Rejected(Code.INVALID_FIELD, "reverse.legs", f"the reverse returns {format_amount(securities.asset, securities.amount)} "
-                       f"on {securities.ledger} from {securities.to_account} to {securities.from_account}")
-    if (repaid.ledger, repaid.asset, repaid.from_account, repaid.to_account) != \
-            (cash.ledger, cash.asset, cash.to_account, cash.from_account):
-        raise Rejected(Code.INVALID_FIELD, "reverse.legs", f"the reverse repays {cash.asset} on {cash.ledger} "
-                       f"from {cash.to_account} to {cash.from_account}")
+    if (back.ledger, back.asset, back.amount, back.from_account, back.to_account) != (
+        securities.ledger,
+        securities.asset,
+        securities.amount,
+        securities.to_account,
+        securities.from_account,
+    ):
+        raise Rejected(
+            Code.INVALID_FIELD,
+            "reverse.legs",
+            f"the reverse returns {format_amount(securities.asset, securities.amount)} "
+            f"on {securities.ledger} from {securities.to_account} to {securities.from_account}",
+        )
+    if (repaid.ledger, repaid.asset, repaid.from_account, repaid.to_account) != (
+        cash.ledger,
+        cash.asset,
+        cash.to_account,
+        cash.from_account,
+    ):
+        raise Rejected(
+            Code.INVALID_FIELD,
+            "reverse.legs",
+            f"the reverse repays {cash.asset} on {cash.ledger} from {cash.to_account} to {cash.from_account}",
+        )
     if repaid.amount < cash.amount:
-        raise Rejected(Code.INVALID_FIELD, "reverse.legs", f"the reverse repays {format_amount(repaid.asset, repaid.amount)}, less than the "
-                       f"{format_amount(cash.asset, cash.amount)} lent")
+        raise Rejected(
+            Code.INVALID_FIELD,
+            "reverse.legs",
+            f"the reverse repays {format_amount(repaid.asset, repaid.amount)}, less than the "
+            f"{format_amount(cash.asset, cash.amount)} lent",
+        )
     if reverse.not_before_ms <= start.deadline_ms:
-        raise Rejected(Code.INVALID_FIELD, "reverse.not_before_ms",
-                       f"the term must come after the start's deadline {start.deadline_ms}")
+        raise Rejected(
+            Code.INVALID_FIELD,
+            "reverse.not_before_ms",
+            f"the term must come after the start's deadline {start.deadline_ms}",
+        )

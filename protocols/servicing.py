@@ -29,7 +29,7 @@ import attrs
 from .errors import Code, Rejected
 
 BASIS_POINTS = 10_000
-COUPON_PERIODS_MAX = 12 * 100     # the longest schedule walked back from maturity: 100 years monthly
+COUPON_PERIODS_MAX = 12 * 100  # the longest schedule walked back from maturity: 100 years monthly
 
 
 @attrs.frozen
@@ -84,8 +84,11 @@ def coupon_period(reference: dict, payment_date: str) -> Period:
         if earlier < day:
             break
         later = earlier
-    raise Rejected(Code.INVALID_FIELD, "payment_date",
-                   f"{payment_date} is not a coupon date (every {months} months back from {reference['maturity_date']})")
+    raise Rejected(
+        Code.INVALID_FIELD,
+        "payment_date",
+        f"{payment_date} is not a coupon date (every {months} months back from {reference['maturity_date']})",
+    )
 
 
 def accrual_fraction(period: Period, day_count: str, frequency: int) -> Fraction:
@@ -117,8 +120,9 @@ def coupon_minor(units: int, reference: dict, payment_date: str) -> int:
     assert units > 0, f"a holder holds units: {units}"
     if reference["coupon_rate_bp"] == 0:
         raise Rejected(Code.INVALID_FIELD, "kind", "the instrument's coupon rate is zero")
-    fraction = accrual_fraction(coupon_period(reference, payment_date), reference["day_count"],
-                                reference["coupon_frequency"])
+    fraction = accrual_fraction(
+        coupon_period(reference, payment_date), reference["day_count"], reference["coupon_frequency"]
+    )
     exact = units * reference["face_value_minor"] * Fraction(reference["coupon_rate_bp"], BASIS_POINTS) * fraction
     return exact.numerator // exact.denominator
 
@@ -130,10 +134,10 @@ def redemption_minor(units: int, reference: dict) -> int:
 
 
 class ActionState(enum.Enum):
-    ACCEPTED = "accepted"    # journaled; waits for the payment date
-    ENTITLED = "entitled"    # every holder's due journaled from the holders of record; paying
-    DONE = "done"            # every due paid, or reported unpaid with its reason
-    FAILED = "failed"        # the holders of record could not be read before the deadline
+    ACCEPTED = "accepted"  # journaled; waits for the payment date
+    ENTITLED = "entitled"  # every holder's due journaled from the holders of record; paying
+    DONE = "done"  # every due paid, or reported unpaid with its reason
+    FAILED = "failed"  # the holders of record could not be read before the deadline
 
 
 ACTION_NEXT: dict[ActionState, frozenset[ActionState]] = {
@@ -145,10 +149,10 @@ ACTION_NEXT: dict[ActionState, frozenset[ActionState]] = {
 
 
 class DueState(enum.Enum):
-    DUE = "due"              # journaled, to be paid (again after a restart: payment is idempotent)
+    DUE = "due"  # journaled, to be paid (again after a restart: payment is idempotent)
     PAID = "paid"
-    UNPAID = "unpaid"        # with the reason: no cash account, a refusal, a rollback...
-    EXCLUDED = "excluded"    # the issuer's own holding
+    UNPAID = "unpaid"  # with the reason: no cash account, a refusal, a rollback...
+    EXCLUDED = "excluded"  # the issuer's own holding
 
 
 DUE_NEXT: dict[DueState, frozenset[DueState]] = {
@@ -173,7 +177,7 @@ class Due:
 
     holder_account: str
     holder: str
-    cash_account: str        # "" when the holder has none in the currency
+    cash_account: str  # "" when the holder has none in the currency
     units: int
     amount_minor: int
     state: DueState
@@ -189,8 +193,14 @@ def cash_account(accounts: list[dict], currency: str) -> str | None:
     return ranked[0]["account"] if ranked else None
 
 
-def dues(kind: str, reference: dict, payment_date: str, issuer: str,
-         holders: list[tuple[str, str, int]], cash_accounts: dict[str, str | None]) -> list[Due]:
+def dues(
+    kind: str,
+    reference: dict,
+    payment_date: str,
+    issuer: str,
+    holders: list[tuple[str, str, int]],
+    cash_accounts: dict[str, str | None],
+) -> list[Due]:
     """Each holding's due: `holders` are (account, owner, units held: available plus
     locked) of record; `cash_accounts` maps each owner to its cash account or None."""
     found = []
@@ -198,14 +208,36 @@ def dues(kind: str, reference: dict, payment_date: str, issuer: str,
         if owner == issuer:
             found.append(Due(account, owner, "", units, 0, DueState.EXCLUDED, "", "the issuer's own holding"))
             continue
-        amount = coupon_minor(units, reference, payment_date) if kind == "coupon" else redemption_minor(units, reference)
+        amount = (
+            coupon_minor(units, reference, payment_date) if kind == "coupon" else redemption_minor(units, reference)
+        )
         cash = cash_accounts.get(owner)
         if cash is None:
-            found.append(Due(account, owner, "", units, amount, DueState.UNPAID, Code.UNKNOWN_ACCOUNT.value,
-                             f"{owner} has no account on the cash ledger"))
+            found.append(
+                Due(
+                    account,
+                    owner,
+                    "",
+                    units,
+                    amount,
+                    DueState.UNPAID,
+                    Code.UNKNOWN_ACCOUNT.value,
+                    f"{owner} has no account on the cash ledger",
+                )
+            )
         elif amount == 0:
-            found.append(Due(account, owner, cash, units, 0, DueState.UNPAID, Code.INVALID_FIELD.value,
-                             f"{units} units earn less than one minor unit: rounded down to nothing"))
+            found.append(
+                Due(
+                    account,
+                    owner,
+                    cash,
+                    units,
+                    0,
+                    DueState.UNPAID,
+                    Code.INVALID_FIELD.value,
+                    f"{units} units earn less than one minor unit: rounded down to nothing",
+                )
+            )
         else:
             found.append(Due(account, owner, cash, units, amount, DueState.DUE))
     return found

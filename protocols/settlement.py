@@ -60,7 +60,7 @@ def check_transition(current: Phase, following: Phase) -> None:
 
 def utc_date(time_ms: int) -> str:
     """The calendar date (UTC) at a time: dates in settlements and instruments are UTC days."""
-    return datetime.datetime.fromtimestamp(time_ms / 1000, datetime.timezone.utc).date().isoformat()
+    return datetime.datetime.fromtimestamp(time_ms / 1000, datetime.UTC).date().isoformat()
 
 
 def lock_id(settlement_id: str, leg: int) -> str:
@@ -76,9 +76,9 @@ class Timing:
     """How long each step may take, in ms. The defaults suit one machine or a LAN:
     a request answered in well under a second, clocks kept within a second by NTP."""
 
-    lock_wait_ms: int = 2_000        # both locks confirmed within this, or roll back
-    claim_deadline_ms: int = 4_000   # the longest we allow to get one claim applied
-    clock_skew_ms_max: int = 1_000   # the largest disagreement between two ledgers' clocks
+    lock_wait_ms: int = 2_000  # both locks confirmed within this, or roll back
+    claim_deadline_ms: int = 4_000  # the longest we allow to get one claim applied
+    clock_skew_ms_max: int = 1_000  # the largest disagreement between two ledgers' clocks
 
     @property
     def margin_ms(self) -> int:
@@ -93,7 +93,7 @@ class Timing:
 
     def total_ms(self) -> int:
         """From start to the later expiry: what the settlement deadline must leave."""
-        first, second = self.expiries(0)
+        _first, second = self.expiries(0)
         return second
 
     def may_release_secret(self, now_ms: int, first_expiry_ms: int) -> bool:

@@ -13,8 +13,9 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Generic, Mapping, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 import attrs
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -62,7 +63,7 @@ class PrivateKey:
             raise ExpectedFailure(subject, file_reason(error)) from None
         if not stat.S_ISREG(mode):
             raise ExpectedFailure(subject, "not a regular file")
-        try:   # first what it is, so that a public key given here is not told to be mode 600
+        try:  # first what it is, so that a public key given here is not told to be mode 600
             key = _private_key_of(data)
         except ValueError as error:
             raise ExpectedFailure(subject, str(error)) from None
@@ -71,8 +72,9 @@ class PrivateKey:
         return cls(key)
 
     def save(self, path: str | os.PathLike) -> None:
-        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as file:
             file.write(pem)
@@ -85,8 +87,7 @@ class PrivateKey:
 
 
 def public_pem(key: ec.EllipticCurvePublicKey) -> str:
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 
 def load_public_pem(pem: str) -> ec.EllipticCurvePublicKey:
@@ -103,7 +104,7 @@ def load_public_pem(pem: str) -> ec.EllipticCurvePublicKey:
         key = serialization.load_der_public_key(der)
     except (ValueError, UnsupportedAlgorithm):
         raise ValueError("not a valid PUBLIC KEY: its point is not on P-256") from None
-    assert isinstance(key, ec.EllipticCurvePublicKey)   # _check_algorithm let only P-256 through
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # _check_algorithm let only P-256 through
     return key
 
 
@@ -125,9 +126,11 @@ def load_public_key(path: str | os.PathLike) -> ec.EllipticCurvePublicKey:
 
 _PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 _PRIVATE_LABELS = ("PRIVATE KEY", "EC PRIVATE KEY")
-_ENCRYPTED = ("encrypted with a passphrase: Lockstep reads unencrypted keys (kept mode 600); "
-              "decrypt it with openssl pkey -in FILE -out NEW")
-_NOT_PRIVATE = {   # PEM labels that are not a usable private key, and why
+_ENCRYPTED = (
+    "encrypted with a passphrase: Lockstep reads unencrypted keys (kept mode 600); "
+    "decrypt it with openssl pkey -in FILE -out NEW"
+)
+_NOT_PRIVATE = {  # PEM labels that are not a usable private key, and why
     "ENCRYPTED PRIVATE KEY": _ENCRYPTED,
     "RSA PRIVATE KEY": "an RSA key: Lockstep uses ECDSA P-256",
     "DSA PRIVATE KEY": "a DSA key: Lockstep uses ECDSA P-256",
@@ -142,15 +145,25 @@ _NOT_PUBLIC = {
     "RSA PUBLIC KEY": "an RSA key: Lockstep uses ECDSA P-256",
     "CERTIFICATE": "a certificate: give its public key (openssl x509 -pubkey -noout -in FILE)",
 }
-_ALGORITHMS = {   # algorithm identifiers of keys that are not EC, by OID
-    "1.2.840.113549.1.1.1": "an RSA key", "1.2.840.113549.1.1.10": "an RSA-PSS key",
-    "1.2.840.10040.4.1": "a DSA key", "1.3.101.110": "an X25519 key", "1.3.101.111": "an X448 key",
-    "1.3.101.112": "an Ed25519 key", "1.3.101.113": "an Ed448 key",
+_ALGORITHMS = {  # algorithm identifiers of keys that are not EC, by OID
+    "1.2.840.113549.1.1.1": "an RSA key",
+    "1.2.840.113549.1.1.10": "an RSA-PSS key",
+    "1.2.840.10040.4.1": "a DSA key",
+    "1.3.101.110": "an X25519 key",
+    "1.3.101.111": "an X448 key",
+    "1.3.101.112": "an Ed25519 key",
+    "1.3.101.113": "an Ed448 key",
 }
 _EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 _P256 = "1.2.840.10045.3.1.7"
-_CURVES = {"1.2.840.10045.3.1.1": "P-192", "1.3.132.0.33": "P-224", "1.3.132.0.34": "P-384",
-           "1.3.132.0.35": "P-521", "1.3.132.0.10": "secp256k1", "1.3.36.3.3.2.8.1.1.7": "brainpoolP256r1"}
+_CURVES = {
+    "1.2.840.10045.3.1.1": "P-192",
+    "1.3.132.0.33": "P-224",
+    "1.3.132.0.34": "P-384",
+    "1.3.132.0.35": "P-521",
+    "1.3.132.0.10": "secp256k1",
+    "1.3.36.3.3.2.8.1.1.7": "brainpoolP256r1",
+}
 _SEQUENCE, _INTEGER, _BIT_STRING, _OCTET_STRING, _OID = 0x30, 0x02, 0x03, 0x04, 0x06
 P256_SCALAR_BYTES = 32
 
@@ -166,7 +179,7 @@ def _pem_block(data: bytes, *, wanted: str) -> tuple[str, bytes]:
     label, body = blocks[0]
     if any(line.startswith(b"Proc-Type:") for line in body.splitlines()) and b"ENCRYPTED" in body:
         raise ValueError(_ENCRYPTED)
-    text = b"".join(line for line in body.splitlines() if b":" not in line)   # RFC 1421 headers have one
+    text = b"".join(line for line in body.splitlines() if b":" not in line)  # RFC 1421 headers have one
     try:
         return label, base64.b64decode(b"".join(text.split()), validate=True)
     except ValueError:
@@ -201,11 +214,11 @@ def _pkcs8(der: bytes) -> ec.EllipticCurvePrivateKey:
     _check_algorithm(_fields(fields[1], "privateKeyAlgorithm"))
     public = None
     for tag, value in fields[3:]:
-        if tag == 0x81:                 # [1] publicKey (RFC 5958), a BIT STRING
+        if tag == 0x81:  # [1] publicKey (RFC 5958), a BIT STRING
             if version != 1:
                 raise _Malformed("a public key in a version 0 PrivateKeyInfo")
             public = _bits(value, "publicKey")
-        elif tag != 0xA0:               # [0] attributes: nothing we use
+        elif tag != 0xA0:  # [0] attributes: nothing we use
             raise _Malformed(f"unexpected field of tag {tag:#04x}")
     return _sec1(_expect(fields[2], _OCTET_STRING, "privateKey"), public)
 
@@ -219,9 +232,9 @@ def _sec1(der: bytes, public: bytes | None) -> ec.EllipticCurvePrivateKey:
     scalar = _expect(fields[1], _OCTET_STRING, "ECPrivateKey.privateKey")
     publics = [public] if public is not None else []
     for tag, value in fields[2:]:
-        if tag == 0xA0:                 # [0] parameters: the named curve
+        if tag == 0xA0:  # [0] parameters: the named curve
             _check_curve(_element(value, "parameters"))
-        elif tag == 0xA1:               # [1] publicKey
+        elif tag == 0xA1:  # [1] publicKey
             publics.append(_bits(_expect(_element(value, "publicKey"), _BIT_STRING, "publicKey"), "publicKey"))
         else:
             raise _Malformed(f"unexpected field of tag {tag:#04x}")
@@ -232,8 +245,10 @@ def _sec1(der: bytes, public: bytes | None) -> ec.EllipticCurvePrivateKey:
     except ValueError:
         raise ValueError("its private value is outside the range of P-256") from None
     point = key.public_key()
-    forms = {point.public_bytes(serialization.Encoding.X962, form)
-             for form in (serialization.PublicFormat.UncompressedPoint, serialization.PublicFormat.CompressedPoint)}
+    forms = {
+        point.public_bytes(serialization.Encoding.X962, form)
+        for form in (serialization.PublicFormat.UncompressedPoint, serialization.PublicFormat.CompressedPoint)
+    }
     if any(given not in forms for given in publics):
         raise ValueError("the public key it carries is not its private key's")
     return key
@@ -254,8 +269,7 @@ def _check_curve(parameters: tuple[int, bytes]) -> None:
         raise ValueError("explicit curve parameters: Lockstep reads keys on the named curve P-256 only")
     oid = _oid(parameters, "namedCurve")
     if oid != _P256:
-        raise ValueError(f"an EC key on curve {_CURVES.get(oid, oid)}: Lockstep uses P-256 "
-                         "(secp256r1, prime256v1)")
+        raise ValueError(f"an EC key on curve {_CURVES.get(oid, oid)}: Lockstep uses P-256 (secp256r1, prime256v1)")
 
 
 def _element(der: bytes, name: str) -> tuple[int, bytes]:
@@ -287,10 +301,10 @@ def _elements(der: bytes, name: str) -> list[tuple[int, bytes]]:
             count = length & 0x7F
             if not 1 <= count <= 3 or at + count > len(der):
                 raise _Malformed(f"{name} has a bad length")
-            length, at = int.from_bytes(der[at:at + count], "big"), at + count
+            length, at = int.from_bytes(der[at : at + count], "big"), at + count
         if at + length > len(der):
             raise _Malformed(f"{name} is truncated")
-        elements.append((tag, der[at:at + length]))
+        elements.append((tag, der[at : at + length]))
         at += length
     return elements
 
@@ -387,8 +401,13 @@ class Signed(Generic[M]):
 
 def sign(msg: N, *signers: tuple[str, PrivateKey]) -> Signed[N]:
     unsigned_ = Signed(msg, {}, to_body(msg))
-    return Signed(msg, {party: key.sign(unsigned_.data) for party, key in signers}, unsigned_.body,
-                  unsigned_._halves, unsigned_.data)
+    return Signed(
+        msg,
+        {party: key.sign(unsigned_.data) for party, key in signers},
+        unsigned_.body,
+        unsigned_._halves,
+        unsigned_.data,
+    )
 
 
 def unsigned(msg: N) -> Signed[N]:

@@ -1309,9 +1309,7 @@ class Worker:
 
     def __init__(self, world, bus) -> None:
         self.world = world
-        self.client = LedgerClient(
-            bus, self.LEDGER, world.registry[self.LEDGER].public_key, timeout_s=30, attempts=1
-        )
+        self.client = LedgerClient(bus, self.LEDGER, world.registry[self.LEDGER].public_key, timeout_s=30, attempts=1)
         self.latencies: list[float] = []
         self.unanswered = 0
         self.sent = 0

@@ -10,7 +10,9 @@ receiver makes idempotent."""
 
 from __future__ import annotations
 
-from typing import AsyncContextManager, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 import attrs
 
@@ -43,13 +45,13 @@ class Bus(Protocol):
     async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
         """Send a request to a service and wait for its reply, or raise BusTimeout."""
 
-    def serve(self, service: str) -> AsyncContextManager:
+    def serve(self, service: str) -> AbstractAsyncContextManager:
         """While entered, receive the service's requests from the yielded channel."""
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish an event; subscribers of the topic receive it, in order."""
 
-    def subscribe(self, topic: str) -> AsyncContextManager:
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager:
         """While entered, receive the topic's events (bytes) from the yielded channel."""
 
 

@@ -1,11 +1,11 @@
 """Where the broker is and who we are to it: broker URLs, credentials and TLS.
 
-    mqtt://host:port, or mqtts://host:port for TLS (port 8883 by default), with
-    `user:password@` or, to keep the password out of configs and command lines, a
-    `password_file` query parameter; `ca_file` names the CA that signed the broker's
-    TLS certificate (the system's CAs otherwise):
+mqtt://host:port, or mqtts://host:port for TLS (port 8883 by default), with
+`user:password@` or, to keep the password out of configs and command lines, a
+`password_file` query parameter; `ca_file` names the CA that signed the broker's
+TLS certificate (the system's CAs otherwise):
 
-    mqtts://ledger-csd@broker.example:8883?password_file=/etc/lockstep/ledger-csd.password&ca_file=/etc/lockstep/ca.pem
+mqtts://ledger-csd@broker.example:8883?password_file=/etc/lockstep/ledger-csd.password&ca_file=/etc/lockstep/ca.pem
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import attrs
 
 from ..failures import ExpectedFailure, file_reason
-
 
 URL_OPTIONS = ("password_file", "ca_file")
 
@@ -63,8 +62,14 @@ def parse_url(url: str) -> BrokerAddress:
         raise ValueError("ca_file needs TLS, the mqtts:// scheme")
     if "password_file" in options and parts.password is not None:
         raise ValueError("give the password or password_file, not both")
-    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls, parts.username or None,
-                         parts.password, *(Path(options[name]) if name in options else None for name in URL_OPTIONS))
+    return BrokerAddress(
+        parts.hostname,
+        port or (8883 if tls else 1883),
+        tls,
+        parts.username or None,
+        parts.password,
+        *(Path(options[name]) if name in options else None for name in URL_OPTIONS),
+    )
 
 
 def with_files(url: str, *, password_file: Path | None = None, ca_file: Path | None = None) -> str:
@@ -128,8 +133,9 @@ def credentials(address: BrokerAddress, client_id: str | None) -> tuple[str | No
     password = read_password_file(address.password_file) if address.password_file else address.password
     username = address.username or (client_id if password is not None else None)
     if password is not None and username is None:
-        raise ExpectedFailure(f"broker {address.host}:{address.port}",
-                              "a password needs a username: put it in the URL (mqtt://USER@host)")
+        raise ExpectedFailure(
+            f"broker {address.host}:{address.port}", "a password needs a username: put it in the URL (mqtt://USER@host)"
+        )
     return username, password
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,8 +29,15 @@ class BadReply(Exception):
 
 
 class LedgerClient:
-    def __init__(self, bus: Bus, ledger_id: str, ledger_key: ec.EllipticCurvePublicKey, *,
-                 timeout_s: float = 2.0, attempts: int = 5) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        ledger_id: str,
+        ledger_key: ec.EllipticCurvePublicKey,
+        *,
+        timeout_s: float = 2.0,
+        attempts: int = 5,
+    ) -> None:
         self.bus = bus
         self.ledger_id = ledger_id
         self.ledger_key = ledger_key
@@ -83,7 +91,7 @@ class LedgerClient:
             raise BadReply(f"{self.ledger_id} sent an undecodable reply: {error}") from None
         if not signed.signed_by(self.ledger_id, self.ledger_key):
             raise BadReply(f"reply not signed by {self.ledger_id}")
-        assert isinstance(signed.msg, (Receipt, Result))   # what `allowed` let through
+        assert isinstance(signed.msg, (Receipt, Result))  # what `allowed` let through
         return signed.msg
 
 
@@ -94,4 +102,4 @@ def raise_for(receipt: Receipt) -> Receipt:
     return receipt
 
 
-__all__ = ["BadReply", "LedgerClient", "raise_for", "Code"]
+__all__ = ["BadReply", "Code", "LedgerClient", "raise_for"]

@@ -14,13 +14,19 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-REQUEST_BYTES_MAX = 8 * 1024      # a scraper's request head is a few hundred bytes
-CONNECTION_SECONDS_MAX = 5.0      # a client that has not been answered by then is cut off
-CONNECTIONS_MAX = 16              # open at once; more are closed unanswered
+REQUEST_BYTES_MAX = 8 * 1024  # a scraper's request head is a few hundred bytes
+CONNECTION_SECONDS_MAX = 5.0  # a client that has not been answered by then is cut off
+CONNECTIONS_MAX = 16  # open at once; more are closed unanswered
 PATH = "/metrics"
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+}
 
 log = logging.getLogger("lockstep.metrics")
 
@@ -73,8 +79,14 @@ def respond(head: bytes, registry: CollectorRegistry) -> bytes:
 
 def _response(status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     headers = headers or (("Content-Type", "text/plain; charset=utf-8"),)
-    lines = [f"HTTP/1.1 {status} {_REASONS[status]}", *(f"{name}: {value}" for name, value in headers),
-             f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS[status]}",
+        *(f"{name}: {value}" for name, value in headers),
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        "",
+        "",
+    ]
     return "\r\n".join(lines).encode("latin-1") + body
 
 
@@ -88,7 +100,7 @@ async def _read_head(stream: trio.abc.Stream) -> bytes:
             break
         head += chunk
     end = head.find(b"\r\n\r\n")
-    return head if end < 0 else head[:end + 4]
+    return head if end < 0 else head[: end + 4]
 
 
 async def open_listeners(host: str, port: int) -> list[trio.SocketListener]:

@@ -13,9 +13,10 @@ sends and hears; the services behind it are untouched.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -33,15 +34,20 @@ class Faults:
 
 
 class FaultyBus:
-    def __init__(self, inner: Bus, faults: Faults, seed: int,
-                 applies: Callable[[str, bytes], bool] = lambda service, payload: True) -> None:
+    def __init__(
+        self,
+        inner: Bus,
+        faults: Faults,
+        seed: int,
+        applies: Callable[[str, bytes], bool] = lambda service, payload: True,
+    ) -> None:
         self.inner = inner
         self.faults = faults
         self.applies = applies
         self._random = random.Random(seed)
         self.injected: Counter[str] = Counter()
         self.cut: set[str] = set()
-        self.trips: dict[str, tuple[Callable[[bytes], bool], trio.Event]] = {}   # service -> (wire, set when tripped)
+        self.trips: dict[str, tuple[Callable[[bytes], bool], trio.Event]] = {}  # service -> (wire, set when tripped)
 
     def _roll(self, probability: float, kind: str) -> bool:
         if probability and self._random.random() < probability:
@@ -57,7 +63,7 @@ class FaultyBus:
     async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
         armed = self.trips.get(service)
         if armed is not None and armed[0](payload):
-            for other, (_, tripped) in list(self.trips.items()):   # wires sharing its event: one cut only
+            for other, (_, tripped) in list(self.trips.items()):  # wires sharing its event: one cut only
                 if tripped is armed[1]:
                     del self.trips[other]
             self.cut.add(service)
@@ -86,10 +92,8 @@ class FaultyBus:
         raise BusTimeout(f"no reply from {service} within {timeout_s}s")
 
     async def _ignore(self, service: str, payload: bytes, timeout_s: float) -> None:
-        try:
+        with contextlib.suppress(BusTimeout):
             await self.inner.request(service, payload, timeout_s=timeout_s)
-        except BusTimeout:
-            pass
 
     def serve(self, service: str):
         return self.inner.serve(service)

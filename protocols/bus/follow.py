@@ -8,7 +8,7 @@ place, hash link and signature, so what it yields is exactly what the ledger com
 from __future__ import annotations
 
 import logging
-from typing import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
 
@@ -26,8 +26,7 @@ RETRY_S = 0.1
 IDLE_POLL_S = 1.0  # with no event for this long, ask the journal whether one was lost
 
 
-async def follow(client: LedgerClient, *, from_seq: int | None = None,
-                 backlog: int = 0) -> AsyncGenerator[dict, None]:
+async def follow(client: LedgerClient, *, from_seq: int | None = None, backlog: int = 0) -> AsyncGenerator[dict, None]:
     """Yield every entry (its wire dictionary, checked) from `from_seq` on, by default
     from the head less `backlog`. A live event that does not verify is not the
     ledger's: it is ignored and the entry at its place read from the journal, whose
@@ -38,8 +37,9 @@ async def follow(client: LedgerClient, *, from_seq: int | None = None,
         if from_seq is None:
             info = await _ask(client, QueryInfo(client.next_query_id(), ledger_id))
             from_seq = max(0, info["head_seq"] - backlog)
-        checker = ChainChecker(ledger_id, client.ledger_key, seq=from_seq,
-                               prev_hash=GENESIS_HASH if from_seq == 0 else None)
+        checker = ChainChecker(
+            ledger_id, client.ledger_key, seq=from_seq, prev_hash=GENESIS_HASH if from_seq == 0 else None
+        )
 
         async def read_journal(until_seq: int | None) -> AsyncIterator[dict]:
             while until_seq is None or checker.seq < until_seq:

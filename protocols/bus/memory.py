@@ -8,8 +8,8 @@ clients is the MQTT bus's (waiting.py)."""
 from __future__ import annotations
 
 import itertools
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 
 import trio
 
@@ -32,10 +32,8 @@ class MemoryBus:
 
         async def reply(answer: bytes) -> None:
             self.messages_sent += 1
-            try:
-                send.send_nowait(answer)
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                pass  # a duplicate or late reply: nobody is waiting for it
+            with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                send.send_nowait(answer)  # not sent: a duplicate or late reply, which nobody awaits
 
         with trio.move_on_after(timeout_s):
             self._deliver(service, Request(payload, reply))
@@ -63,10 +61,8 @@ class MemoryBus:
     async def publish(self, topic: str, payload: bytes) -> None:
         self.messages_sent += 1
         for subscriber in list(self._subscribers.get(topic, ())):
-            try:
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 subscriber.send_nowait(payload)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[trio.MemoryReceiveChannel]:

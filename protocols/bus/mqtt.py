@@ -24,28 +24,29 @@ username, it logs in under its client id."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import secrets
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import paho.mqtt.client as paho
 import trio
 
-from . import BusClosed, BusTimeout, Request
 from ..failures import ExpectedFailure
+from . import BusClosed, BusTimeout, Request
 from .address import credentials, parse_url, redacted, tls_context
 from .waiting import Waiting
 
 log = logging.getLogger("lockstep.bus")
 
 TOPIC_ROOT = "lockstep/v1"
-QUEUE_LENGTH_MAX = 100_000        # messages a slow server may have waiting before we drop
-CLIENT_WAITING_MAX = 10_000       # of which from any one client (waiting.py says why)
-IN_FLIGHT_MAX = 65_535            # QoS 1 messages unacknowledged at once
+QUEUE_LENGTH_MAX = 100_000  # messages a slow server may have waiting before we drop
+CLIENT_WAITING_MAX = 10_000  # of which from any one client (waiting.py says why)
+IN_FLIGHT_MAX = 65_535  # QoS 1 messages unacknowledged at once
 KEEPALIVE_S = 30
 RECONNECT_DELAY_S_MIN = 0.05
 RECONNECT_DELAY_S_MAX = 2.0
@@ -95,12 +96,11 @@ class MqttBus:
         except ExpectedFailure as error:
             raise BrokerUnreachable(error.subject, error.reason) from None
         self._host, self._port = address.host, address.port
-        self._where = f"MQTT broker {address.host}:{address.port}"   # what BrokerUnreachable names
+        self._where = f"MQTT broker {address.host}:{address.port}"  # what BrokerUnreachable names
         self.client_id = username or client_id or f"lockstep-{secrets.token_hex(6)}"
         self._reply_filter = reply_topic(self.client_id)
         self._reply_prefix = self._reply_filter[:-1]
-        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                   protocol=paho.MQTTv311)
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv311)
         if username:
             self._client.username_pw_set(username, password)
         if context:
@@ -113,11 +113,11 @@ class MqttBus:
         self._client.on_socket_open = self._on_socket_open
         self._correlations = (f"{n:x}" for n in itertools.count(1))
         self._pending: dict[str, trio.MemorySendChannel] = {}
-        self._routes: dict[str, Waiting] = {}                        # service -> its waiting requests
+        self._routes: dict[str, Waiting] = {}  # service -> its waiting requests
         self._subscribers: dict[str, set[trio.MemorySendChannel]] = {}
         self._suback: dict[int, trio.Event] = {}
         self._connected = trio.Event()
-        self._refusal: str | None = None      # why the broker refused our last CONNECT
+        self._refusal: str | None = None  # why the broker refused our last CONNECT
         self._write_wanted = trio.Event()
         self._closed = False
         self.messages_sent = 0
@@ -204,7 +204,7 @@ class MqttBus:
         client._sock = _BufferedSocket(sock)  # paho reads and writes its socket through this attribute
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:   # logged by _run, or raised by connect if it is the first connection
+        if reason_code.is_failure:  # logged by _run, or raised by connect if it is the first connection
             self._refusal = str(reason_code)
             return
         self._refusal = None
@@ -219,7 +219,7 @@ class MqttBus:
             if sock is None:
                 scope.cancel()
                 return
-            assert isinstance(sock, _BufferedSocket)   # _on_socket_open put it there
+            assert isinstance(sock, _BufferedSocket)  # _on_socket_open put it there
             await trio.lowlevel.wait_readable(sock)
             while True:  # paho stops after a few packets; read all that one recv brought
                 if self._client.loop_read() != paho.MQTT_ERR_SUCCESS:
@@ -286,15 +286,13 @@ class MqttBus:
     def _on_message(self, client, userdata, message) -> None:
         topic = message.topic
         if topic.startswith(self._reply_prefix):
-            waiting = self._pending.get(topic[len(self._reply_prefix):])
+            waiting = self._pending.get(topic[len(self._reply_prefix) :])
             if waiting is not None:
-                try:
+                with contextlib.suppress(trio.WouldBlock):  # a duplicate reply
                     waiting.send_nowait(message.payload)
-                except trio.WouldBlock:
-                    pass  # a duplicate reply
             return
         if topic.startswith(_SVC_PREFIX):
-            parts = topic[len(_SVC_PREFIX):].split("/")
+            parts = topic[len(_SVC_PREFIX) :].split("/")
             route = self._routes.get(parts[0]) if len(parts) == 3 else None
             if route is None:
                 return
@@ -302,9 +300,16 @@ class MqttBus:
             if not route.offer(Request(message.payload, self._replier(reply_topic(client, parts[2])), client)):
                 dropped = route.dropped[client]
                 if dropped & (dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood must not flood the log
-                    log.warning("dropped a request from %s to %s (%d so far): %d of its own waiting (share %d), "
-                                "or all %d places taken", client, parts[0], dropped, route.waiting(client),
-                                CLIENT_WAITING_MAX, QUEUE_LENGTH_MAX)
+                    log.warning(
+                        "dropped a request from %s to %s (%d so far): %d of its own waiting (share %d), "
+                        "or all %d places taken",
+                        client,
+                        parts[0],
+                        dropped,
+                        route.waiting(client),
+                        CLIENT_WAITING_MAX,
+                        QUEUE_LENGTH_MAX,
+                    )
             return
         for subscriber in list(self._subscribers.get(topic, ())):
             try:
@@ -315,6 +320,7 @@ class MqttBus:
     def _replier(self, topic: str):
         async def reply(payload: bytes) -> None:
             self._publish(topic, payload)
+
         return reply
 
     # -- the Bus interface ---------------------------------------------------------------
@@ -368,7 +374,6 @@ class MqttBus:
                 del self._subscribers[mqtt_topic]
                 if not self._closed:
                     self._client.unsubscribe(mqtt_topic)
-
 
 
 class _BufferedSocket:

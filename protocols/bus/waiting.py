@@ -22,31 +22,41 @@ class Waiting:
     """What `Bus.serve` yields: `receive`, `receive_nowait` and `async for`, as a trio
     receive channel, over requests offered by the bus with `offer`."""
 
-    def __init__(self, total_max: int, per_client_max: int, *, total_bytes_max: int = 256 << 20,
-                 per_client_bytes_max: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        total_max: int,
+        per_client_max: int,
+        *,
+        total_bytes_max: int = 256 << 20,
+        per_client_bytes_max: int = 8 << 20,
+    ) -> None:
         assert 0 < per_client_max <= total_max, (per_client_max, total_max)
         assert 0 < per_client_bytes_max <= total_bytes_max, (per_client_bytes_max, total_bytes_max)
         self.total_max = total_max
         self.per_client_max = per_client_max
         self.total_bytes_max = total_bytes_max
         self.per_client_bytes_max = per_client_bytes_max
-        self._queues: dict[str, deque[Request]] = {}   # each client's waiting requests, oldest first
-        self._turns: deque[str] = deque()               # clients with requests waiting, next to serve first
+        self._queues: dict[str, deque[Request]] = {}  # each client's waiting requests, oldest first
+        self._turns: deque[str] = deque()  # clients with requests waiting, next to serve first
         self._bytes_by_client: Counter[str] = Counter()
         self._count = 0
         self._bytes = 0
         self._closed = False
         self._arrived = trio.lowlevel.ParkingLot()
-        self.dropped: Counter[str] = Counter()   # by client: over its share, the queue full, or closed
+        self.dropped: Counter[str] = Counter()  # by client: over its share, the queue full, or closed
 
     def offer(self, request: Request) -> bool:
         """Queue a request unless its client already has its share waiting, or the
         queue is full; never blocks (the bus's reader must not wait on a server)."""
         client, size = request.client, len(request.payload)
         queue = self._queues.get(client)
-        if self._closed or self._count >= self.total_max or self._bytes + size > self.total_bytes_max or \
-                (queue is not None and len(queue) >= self.per_client_max) or \
-                self._bytes_by_client[client] + size > self.per_client_bytes_max:
+        if (
+            self._closed
+            or self._count >= self.total_max
+            or self._bytes + size > self.total_bytes_max
+            or (queue is not None and len(queue) >= self.per_client_max)
+            or self._bytes_by_client[client] + size > self.per_client_bytes_max
+        ):
             self.dropped[client] += 1
             return False
         if queue is None:

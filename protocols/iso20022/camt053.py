@@ -10,7 +10,6 @@ from .model import CAMT_053, Statement
 from .pacs009 import put_agent
 
 
-
 def write(statement: Statement) -> bytes:
     """The statement as a camt.053: one booked entry per journal entry, amounts printed
     with the currency's exponent, the ledger as the account servicer."""

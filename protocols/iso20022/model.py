@@ -12,11 +12,11 @@ import attrs
 
 SESE_023 = "sese.023.001.11"
 PACS_009 = "pacs.009.001.11"
-FORMATS = (SESE_023, PACS_009)          # what a counterparty instructs in
-SESE_024 = "sese.024.001.12"             # what Lockstep writes: status advices,
-SESE_025 = "sese.025.001.11"             # settlement confirmations,
-PACS_002 = "pacs.002.001.14"             # a PvP's payment status,
-CAMT_053 = "camt.053.001.12"             # account statements
+FORMATS = (SESE_023, PACS_009)  # what a counterparty instructs in
+SESE_024 = "sese.024.001.12"  # what Lockstep writes: status advices,
+SESE_025 = "sese.025.001.11"  # settlement confirmations,
+PACS_002 = "pacs.002.001.14"  # a PvP's payment status,
+CAMT_053 = "camt.053.001.12"  # account statements
 
 
 @attrs.frozen
@@ -30,20 +30,20 @@ class OneSided:
     the receiver (RECE) gives the cash and takes the instrument. PvP (pacs.009): each side
     gives one currency and takes the other."""
 
-    format: str                 # one of FORMATS
-    reference: str              # the sender's own id for this instruction (sese.023 TxId, pacs.009 MsgId)
-    kind: str                   # "dvp" | "pvp"
-    side: str                   # "deliver" | "receive" (DvP); "pay" (PvP)
-    party: str                  # who instructs (and signs): it pays `gives`
+    format: str  # one of FORMATS
+    reference: str  # the sender's own id for this instruction (sese.023 TxId, pacs.009 MsgId)
+    kind: str  # "dvp" | "pvp"
+    side: str  # "deliver" | "receive" (DvP); "pay" (PvP)
+    party: str  # who instructs (and signs): it pays `gives`
     counterparty: str
-    trade_date: str | None      # YYYY-MM-DD; None where the format has none (pacs.009)
-    settlement_date: str        # YYYY-MM-DD: the intended settlement date
-    gives_asset: str            # ISIN or ISO 4217 currency
-    gives_amount: int           # units of an instrument, minor units of a currency
-    gives_account: str          # the party's account the asset leaves
+    trade_date: str | None  # YYYY-MM-DD; None where the format has none (pacs.009)
+    settlement_date: str  # YYYY-MM-DD: the intended settlement date
+    gives_asset: str  # ISIN or ISO 4217 currency
+    gives_amount: int  # units of an instrument, minor units of a currency
+    gives_account: str  # the party's account the asset leaves
     takes_asset: str
     takes_amount: int
-    takes_account: str          # the party's account the counter asset arrives in
+    takes_account: str  # the party's account the counter asset arrives in
 
 
 @attrs.frozen
@@ -51,13 +51,13 @@ class Advice:
     """A status advice for one counterparty about its instruction (sese.024; pacs.002 for PvP)."""
 
     party: str
-    reference: str                  # the party's instruction reference
-    settlement_id: str | None       # once matched
-    status: str                     # "rejected" | "unmatched" | "matched" | "pending" | "failed" | "cancelled"
-    reason_code: str                # an ISO 20022 reason code (e.g. CMIS, DQUA, DMON, DDAT, LACK, MONY, CANC) or ""
-    reason: str                     # narrative: the field and why
+    reference: str  # the party's instruction reference
+    settlement_id: str | None  # once matched
+    status: str  # "rejected" | "unmatched" | "matched" | "pending" | "failed" | "cancelled"
+    reason_code: str  # an ISO 20022 reason code (e.g. CMIS, DQUA, DMON, DDAT, LACK, MONY, CANC) or ""
+    reason: str  # narrative: the field and why
     time_ms: int
-    instruction: OneSided | None    # None when the document could not be read
+    instruction: OneSided | None  # None when the document could not be read
 
 
 @attrs.frozen
@@ -73,11 +73,11 @@ class Confirmation:
 
 @attrs.frozen
 class StatementEntry:
-    reference: str                  # the ledger instruction id (or journal seq for the ledger's own entries)
-    seq: int                        # the journal position
+    reference: str  # the ledger instruction id (or journal seq for the ledger's own entries)
+    seq: int  # the journal position
     time_ms: int
-    amount_minor: int               # signed: positive is a credit to the account
-    kind: str                       # the journal entry kind: transfer, settle, claim, refund, issue, ...
+    amount_minor: int  # signed: positive is a credit to the account
+    kind: str  # the journal entry kind: transfer, settle, claim, refund, issue, ...
 
 
 @attrs.frozen
@@ -92,6 +92,6 @@ class Statement:
     created_ms: int
     from_seq: int
     to_seq: int
-    opening_minor: int              # available balance before from_seq
-    closing_minor: int              # available balance after to_seq
+    opening_minor: int  # available balance before from_seq
+    closing_minor: int  # available balance after to_seq
     entries: tuple[StatementEntry, ...]

@@ -13,9 +13,12 @@ from .pacs009 import put_agent
 
 information_chars_max = 105
 TX_STATUS = {
-    "rejected": "RJCT", "failed": "RJCT", "cancelled": "RJCT",
-    "unmatched": "PDNG", "pending": "PDNG",
-    "matched": "ACSP",      # accepted, settlement in process
+    "rejected": "RJCT",
+    "failed": "RJCT",
+    "cancelled": "RJCT",
+    "unmatched": "PDNG",
+    "pending": "PDNG",
+    "matched": "ACSP",  # accepted, settlement in process
 }
 
 
@@ -39,7 +42,7 @@ def write(outcome: Advice | Confirmation, *, sender: str, now_ms: int) -> bytes:
             xml.put(reason, "Rsn/Prtry", outcome.reason_code)
         narrative = outcome.reason.strip()
         for start in range(0, len(narrative), information_chars_max):
-            xml.put(reason, "AddtlInf", narrative[start:start + information_chars_max])
+            xml.put(reason, "AddtlInf", narrative[start : start + information_chars_max])
     if isinstance(outcome, Confirmation):
         xml.put(transaction, "FctvIntrBkSttlmDt/DtTm", xml.date_time(outcome.settled_ms))
     if outcome.settlement_id is not None:

@@ -15,7 +15,7 @@ from . import xml
 from .model import SESE_023, OneSided
 
 SIDES = {"DELI": "deliver", "RECE": "receive"}
-CASH_DIRECTION = {"DELI": "CRDT", "RECE": "DBIT"}   # the deliverer is paid, the receiver pays
+CASH_DIRECTION = {"DELI": "CRDT", "RECE": "DBIT"}  # the deliverer is paid, the receiver pays
 
 
 def read(document: str | bytes) -> OneSided:
@@ -25,14 +25,20 @@ def read(document: str | bytes) -> OneSided:
     movement = xml.text(instruction, "SttlmTpAndAddtlParams/SctiesMvmntTp")
     payment = xml.find(instruction, "SttlmTpAndAddtlParams/Pmt")
     if payment.text != "APMT":
-        raise Rejected(Code.INVALID_FIELD, xml.field(payment),
-                       f"Lockstep settles delivery against payment (APMT) only, not {payment.text}")
+        raise Rejected(
+            Code.INVALID_FIELD,
+            xml.field(payment),
+            f"Lockstep settles delivery against payment (APMT) only, not {payment.text}",
+        )
     trade_date = xml.date(xml.find(instruction, "TradDtls/TradDt/Dt/Dt"))
     settlement = xml.find(instruction, "TradDtls/SttlmDt/Dt/Dt")
     settlement_date = xml.date(settlement)
     if settlement_date < trade_date:
-        raise Rejected(Code.INVALID_FIELD, xml.field(settlement),
-                       f"settlement date {settlement_date} is before the trade date {trade_date}")
+        raise Rejected(
+            Code.INVALID_FIELD,
+            xml.field(settlement),
+            f"settlement date {settlement_date} is before the trade date {trade_date}",
+        )
     isin = xml.find(instruction, "FinInstrmId/ISIN")
     if problem := isin_problem(isin.text):
         raise Rejected(Code.INVALID_FIELD, xml.field(isin), problem)
@@ -42,9 +48,12 @@ def read(document: str | bytes) -> OneSided:
     currency, minor = xml.minor_units(xml.find(instruction, "SttlmAmt/Amt"))
     direction = xml.find(instruction, "SttlmAmt/CdtDbtInd")
     if direction.text != CASH_DIRECTION[movement]:
-        raise Rejected(Code.INVALID_FIELD, xml.field(direction),
-                       f"{movement} {'receives' if movement == 'DELI' else 'pays'} the cash: "
-                       f"{CASH_DIRECTION[movement]}, not {direction.text}")
+        raise Rejected(
+            Code.INVALID_FIELD,
+            xml.field(direction),
+            f"{movement} {'receives' if movement == 'DELI' else 'pays'} the cash: "
+            f"{CASH_DIRECTION[movement]}, not {direction.text}",
+        )
     deliverer = xml.text(instruction, "DlvrgSttlmPties/Pty1/Id/PrtryId/Id")
     receiver = xml.find(instruction, "RcvgSttlmPties/Pty1/Id/PrtryId/Id")
     if receiver.text == deliverer:
@@ -53,23 +62,34 @@ def read(document: str | bytes) -> OneSided:
     gives, takes = (security, cash) if movement == "DELI" else (cash, security)
     party, counterparty = (deliverer, receiver.text) if movement == "DELI" else (receiver.text, deliverer)
     return OneSided(
-        format=SESE_023, reference=xml.text(instruction, "TxId"), kind="dvp", side=SIDES[movement],
-        party=party, counterparty=counterparty, trade_date=trade_date, settlement_date=settlement_date,
-        gives_asset=gives[0], gives_amount=gives[1], gives_account=gives[2],
-        takes_asset=takes[0], takes_amount=takes[1], takes_account=takes[2])
+        format=SESE_023,
+        reference=xml.text(instruction, "TxId"),
+        kind="dvp",
+        side=SIDES[movement],
+        party=party,
+        counterparty=counterparty,
+        trade_date=trade_date,
+        settlement_date=settlement_date,
+        gives_asset=gives[0],
+        gives_amount=gives[1],
+        gives_account=gives[2],
+        takes_asset=takes[0],
+        takes_amount=takes[1],
+        takes_account=takes[2],
+    )
 
 
 @attrs.frozen
 class Terms:
     """A DvP as the sese messages lay it out: by movement, not by gives and takes."""
 
-    movement: str           # DELI | RECE
+    movement: str  # DELI | RECE
     isin: str
     units: int
-    safekeeping: str        # the party's securities account
+    safekeeping: str  # the party's securities account
     currency: str
     minor: int
-    cash_account: str       # the party's cash account
+    cash_account: str  # the party's cash account
     deliverer: str
     receiver: str
 
@@ -77,7 +97,10 @@ class Terms:
 def terms(one: OneSided) -> Terms:
     assert one.format == SESE_023 and one.kind == "dvp", one
     movement = {side: code for code, side in SIDES.items()}[one.side]
-    gives, takes = (one.gives_asset, one.gives_amount, one.gives_account), (one.takes_asset, one.takes_amount, one.takes_account)
+    gives, takes = (
+        (one.gives_asset, one.gives_amount, one.gives_account),
+        (one.takes_asset, one.takes_amount, one.takes_account),
+    )
     security, cash = (gives, takes) if movement == "DELI" else (takes, gives)
     parties = (one.party, one.counterparty) if movement == "DELI" else (one.counterparty, one.party)
     assert cash[0] in CURRENCIES and isin_problem(security[0]) is None, one

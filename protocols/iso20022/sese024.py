@@ -19,7 +19,7 @@ REASONS = {
     "pending": ("SttlmSts/Pdg", "PendingReason24Code", "OTHR"),
     "failed": ("SttlmSts/Flng", "FailingReason4Code", "OTHR"),
 }
-ACCEPTED = {"unmatched", "matched", "pending", "failed"}    # acknowledged and accepted for processing
+ACCEPTED = {"unmatched", "matched", "pending", "failed"}  # acknowledged and accepted for processing
 MATCHED = {"matched", "pending", "failed"}
 
 

@@ -7,7 +7,6 @@ from .model import SESE_025, Confirmation
 from .sese023 import put_amount, put_party, terms
 
 
-
 def write(confirmation: Confirmation) -> bytes:
     """The confirmation as a sese.025; the effective settlement date is the UTC date of
     `settled_ms`."""

@@ -24,14 +24,14 @@ from ..errors import Code, Rejected
 from ..identifiers import CURRENCIES
 
 document_bytes_max = 32 * 1024
-document_depth_max = 16            # our deepest profile path is 9 elements
+document_depth_max = 16  # our deepest profile path is 9 elements
 schemas_dir = Path(__file__).parent / "schemas"
 XINCLUDE = "http://www.w3.org/2001/XInclude"
-ISSUER = "LOCKSTEP"                # the issuer of every Lockstep party id in a document
+ISSUER = "LOCKSTEP"  # the issuer of every Lockstep party id in a document
 DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 _local = threading.local()
-_epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 def namespace(message: str) -> str:
@@ -41,8 +41,15 @@ def namespace(message: str) -> str:
 def _parser() -> etree.XMLParser:
     if not hasattr(_local, "parser"):
         _local.parser = etree.XMLParser(
-            resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-            huge_tree=False, remove_pis=False, remove_comments=False, collect_ids=False)
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,
+            remove_pis=False,
+            remove_comments=False,
+            collect_ids=False,
+        )
     return _local.parser
 
 
@@ -57,8 +64,10 @@ def _schema(message: str) -> etree.XMLSchema:
 def codes(message: str, type_name: str) -> frozenset[str]:
     """The values a code type of the message's profile allows, read from the schema itself."""
     schema = etree.parse(str(schemas_dir / f"{message}.xsd"))
-    found = schema.xpath(f"//xs:simpleType[@name='{type_name}']//xs:enumeration/@value",
-                         namespaces={"xs": "http://www.w3.org/2001/XMLSchema"})
+    found = schema.xpath(
+        f"//xs:simpleType[@name='{type_name}']//xs:enumeration/@value",
+        namespaces={"xs": "http://www.w3.org/2001/XMLSchema"},
+    )
     assert found, f"{message} has no code type {type_name}"
     return frozenset(found)
 
@@ -76,8 +85,7 @@ def parse(document: str | bytes, message: str) -> etree._Element:
     profile; anything else is refused before it is used (entities are never expanded)."""
     data = document.encode("utf-8") if isinstance(document, str) else document
     if len(data) > document_bytes_max:
-        raise Rejected(Code.TOO_LARGE, "document",
-                       f"{len(data)} bytes, more than the {document_bytes_max} allowed")
+        raise Rejected(Code.TOO_LARGE, "document", f"{len(data)} bytes, more than the {document_bytes_max} allowed")
     _refuse_declarations(data)
     try:
         tree = etree.fromstring(data, _parser()).getroottree()
@@ -103,8 +111,11 @@ def _refuse_declarations(data: bytes) -> None:
         raise Rejected(Code.MALFORMED, "document", "must be UTF-8")
     for declaration in (b"<!DOCTYPE", b"<!ENTITY", b"<!ELEMENT", b"<!ATTLIST", b"<!NOTATION"):
         if declaration in data:
-            raise Rejected(Code.MALFORMED, "document",
-                           f"{declaration[1:].decode()} is not allowed: no DTD, no entities; nothing was expanded or loaded")
+            raise Rejected(
+                Code.MALFORMED,
+                "document",
+                f"{declaration[1:].decode()} is not allowed: no DTD, no entities; nothing was expanded or loaded",
+            )
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -124,8 +135,11 @@ def _refuse_forbidden(tree: etree._ElementTree, message: str) -> None:
         raise Rejected(Code.MALFORMED, "document", f"a {_kind(outside[0])} outside the root element is not allowed")
     expected = namespace(message)
     if etree.QName(root).namespace != expected:
-        raise Rejected(Code.INVALID_FIELD, field(root),
-                       f"namespace is {etree.QName(root).namespace or 'none'}, expected {expected}")
+        raise Rejected(
+            Code.INVALID_FIELD,
+            field(root),
+            f"namespace is {etree.QName(root).namespace or 'none'}, expected {expected}",
+        )
     depth = 0
     for event, node in etree.iterwalk(root, events=("start", "end", "comment", "pi")):
         if event in ("comment", "pi"):
@@ -162,7 +176,9 @@ def field(element: etree._Element) -> str:
 def _readable(message: str) -> str:
     """libxml2's message without namespaces and without the element name the field already gives."""
     message = re.sub(r"\{[^}]*\}", "", message)
-    message = re.sub(r"^Element '[^']*'(, attribute '([^']*)')?: ", lambda m: f"attribute {m[2]}: " if m[2] else "", message)
+    message = re.sub(
+        r"^Element '[^']*'(, attribute '([^']*)')?: ", lambda m: f"attribute {m[2]}: " if m[2] else "", message
+    )
     return message.strip()
 
 
@@ -215,8 +231,11 @@ def minor_units(amount: etree._Element) -> tuple[str, int]:
     exponent = CURRENCIES[currency]
     minor = Decimal(amount.text.strip()).scaleb(exponent)
     if minor != minor.to_integral_value():
-        raise Rejected(Code.INVALID_FIELD, field(amount),
-                       f"{amount.text.strip()} {currency} has more than the {exponent} decimals {currency} has")
+        raise Rejected(
+            Code.INVALID_FIELD,
+            field(amount),
+            f"{amount.text.strip()} {currency} has more than the {exponent} decimals {currency} has",
+        )
     if minor <= 0:
         raise Rejected(Code.INVALID_FIELD, field(amount), "must be positive")
     return currency, int(minor)
