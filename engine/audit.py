@@ -223,14 +223,18 @@ class LedgerJournal:
         for asset, issued_delta, redeemed_delta in effects.get("supply", ()):
             supplied[asset] += issued_delta - redeemed_delta
         problems = [
-            f"{asset}: balances change by {moved[asset]}, issued minus redeemed by {supplied[asset]}"
+            f"balances change by {format_amount(asset, moved[asset])}, "
+            f"issued minus redeemed by {format_amount(asset, supplied[asset])}"
             for asset in sorted(moved.keys() | supplied.keys())
             if moved[asset] != supplied[asset]
         ]
         for account, asset in sorted({(row[0], row[1]) for row in effects.get("balances", ())}):
             available, locked = self.replay.balances[(account, asset)]
             if available < 0 or locked < 0:
-                problems.append(f"{account}/{asset} left negative: {available} available, {locked} locked")
+                problems.append(
+                    f"{account} left negative: {format_amount(asset, available)} available, "
+                    f"{format_amount(asset, locked)} locked"
+                )
         self.problems += [Violation(Kind.CONSERVATION, problem, (self.ledger,), (at,)) for problem in problems]
 
     def overdue(self, grace_ms: int, now_ms: int | None = None) -> Iterator[Violation]:

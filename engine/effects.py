@@ -47,6 +47,7 @@ from protocols.messages import (
     Settle,
     Transfer,
 )
+from protocols.money import format_amount
 from protocols.registry import Registry
 from protocols.settlement import lock_id, settle_id, utc_date
 from protocols.signing import Signed, from_wire, load_public_point
@@ -96,12 +97,33 @@ def _compare(expected: Rows, effects: dict) -> None:
         want, got = _multiset(expected.get(member, [])), _multiset(effects.get(member, []))
         if want != got:
             raise Unvouched(
-                f"effects {member} are {effects.get(member, [])}, its instruction implies {expected.get(member, [])}"
+                f"effects {member} are {_shown(member, effects.get(member, []))}, "
+                f"its instruction implies {_shown(member, expected.get(member, []))}"
             )
 
 
 def _multiset(rows: list) -> list[str]:
     return sorted(json.dumps(row, sort_keys=True) for row in rows)
+
+
+def _shown(member: str, rows: list) -> str:
+    """Rows as a person reads them: the amounts of balances and supply in their asset's form."""
+    try:
+        if member == "balances":
+            shown = [
+                f"{account}: {format_amount(asset, available)} available, {format_amount(asset, locked)} locked"
+                for account, asset, available, locked in rows
+            ]
+        elif member == "supply":
+            shown = [
+                f"{format_amount(asset, issued)} issued, {format_amount(asset, redeemed)} redeemed"
+                for asset, issued, redeemed in rows
+            ]
+        else:
+            return str(rows)
+    except (AttributeError, TypeError, ValueError):  # a row a forger shaped otherwise: shown as it is
+        return str(rows)
+    return "[" + "; ".join(shown) + "]"
 
 
 def _needs(signers: Any, party: str | None, why: str, keys: Registry | None) -> None:

@@ -252,8 +252,30 @@ def test_a_ledger_that_signs_an_edited_amount_itself_is_caught_by_conservation_a
     assert [v.kind for v in report.violations] == [Kind.CONSERVATION, Kind.FORGED], report.text()
     conservation, forged = report.violations
     assert conservation.entries == forged.entries == (At("cbdc-eur", seq, "claim"),)
-    assert conservation.reason == "EUR: balances change by 99000, issued minus redeemed by 0"
-    assert forged.reason.startswith("claim entry: effects balances are ")
+    assert conservation.reason == "balances change by EUR 990.00, issued minus redeemed by EUR 0.00"
+    assert forged.reason == (
+        "claim entry: effects balances are [b-eur: EUR 0.00 available, EUR -990.00 locked; "
+        "a-eur: EUR 1,980.00 available, EUR 0.00 locked], its instruction implies "
+        "[b-eur: EUR 0.00 available, EUR -990.00 locked; a-eur: EUR 990.00 available, EUR 0.00 locked]"
+    )
+
+
+def test_a_balance_a_signed_entry_leaves_negative_is_named_with_its_amounts(files, history):
+    """Value is conserved (the lock's owner gives twice what the beneficiary gets twice),
+    but the owner's locked balance goes below zero: the violation says so in money."""
+    path = files / "cbdc-eur.db"
+    seq = seq_of(journal(path), "claim", lock_id=lock_id("dvp-cross", 0))
+
+    def claim_twice(entry: dict) -> None:
+        entry["effects"]["balances"][0][3] *= 2  # the owner's locked debit
+        entry["effects"]["balances"][-1][2] *= 2  # the beneficiary's credit
+
+    rewrite(path, seq, claim_twice, PrivateKey.load(history / "keys" / "cbdc-eur.pem"))
+    report = audit_files(files, history)
+    assert [v.kind for v in report.violations] == [Kind.CONSERVATION, Kind.FORGED], report.text()
+    conservation = report.violations[0]
+    assert conservation.entries == (At("cbdc-eur", seq, "claim"),)
+    assert conservation.reason == "b-eur left negative: EUR 9,999,999,010.00 available, EUR -990.00 locked"
 
 
 def test_a_ledger_that_signs_the_end_of_a_lock_already_ended_is_caught_by_the_replay(files, history):
