@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, cast, overload
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -751,7 +751,7 @@ class SettlementStatus(Body):
 def to_body(msg: Body) -> dict[str, Any]:
     """The wire dictionary of a message, with `v` and `type` first-class fields."""
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
-    for attribute in attrs.fields(type(msg)):  # type: ignore[arg-type]  # every Body is an attrs class
+    for attribute in attrs.fields(cast(type[attrs.AttrsInstance], type(msg))):  # every Body is an attrs class
         value = getattr(msg, attribute.name)
         if not (attribute.metadata.get("left_out_at_default") and value == attribute.default):
             body[attribute.name] = _to_wire(value)
