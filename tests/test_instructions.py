@@ -450,7 +450,8 @@ def test_a_lock_moves_the_amount_from_available_to_locked(h):
 def test_a_locked_amount_cannot_be_spent_twice(h):
     place_lock(h, amount=6_000)
     with unchanged(h):
-        refused(transfer(h, amount=4_001), Code.INSUFFICIENT_FUNDS, "amount")
+        short = refused(transfer(h, amount=4_001), Code.INSUFFICIENT_FUNDS, "amount")
+        assert short.reason == "acc-a has EUR 40.00 available, needs EUR 40.01"  # money as a person reads it
         refused(
             h.send(
                 Lock,

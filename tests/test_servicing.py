@@ -424,6 +424,21 @@ async def test_redemption_before_maturity_is_refused_by_the_desk_and_by_the_ledg
         nursery.cancel_scope.cancel()
 
 
+async def test_a_redemption_below_face_value_is_refused_by_the_ledger_in_money(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        agent = await start(nursery, tmp_path)
+        coordinator = await agent.start_coordinator()
+        await trio.sleep_until(coordinator.clock.trio_time_at(day_window("2028-06-30")[0]))
+        action = from_wire(decode(agent.action("redemption", "2028-06-30"))).wire()
+        record = await coordinator.settle(
+            to_body(Entitlement(action, "bank-b", "b-sec", "b-eur", 250, 250 * (FACE_MINOR - 1)))
+        )
+        assert (record.phase, record.reason_code) == (Phase.FAILED, "not_authorised")
+        assert f"{NOTE} redeems at EUR 100,000.00 a unit" in record.reason
+        assert await agent.units("b-sec") == 250 and await agent.cash("b-eur") == 0
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize(
     "signer, issuer, code",
     [("bank-a", "treasury", "missing_signature"), ("bank-a", "bank-a", "not_authorised")],
