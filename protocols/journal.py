@@ -21,6 +21,7 @@ from .canonical import decode, encode
 from .errors import Rejected
 from .htlc import HeldLock, LockState
 from .messages import Entry, Lock
+from .money import format_amount
 from .signing import PrivateKey, Signed, from_wire, sign, verify
 
 GENESIS_HASH = "0" * 64
@@ -207,12 +208,13 @@ class Replay:
         problems = []
         for (account, asset), (available, locked) in self.balances.items():
             if available < 0 or locked < 0:
-                problems.append(f"{account}/{asset} is negative: {available} available, {locked} locked")
+                problems.append(f"{account}/{asset} is negative: {_balance(asset, (available, locked))}")
             totals[asset] += available + locked
         for asset, (issued, redeemed) in self.supply.items():
             if totals[asset] != issued - redeemed:
                 problems.append(
-                    f"{asset}: balances sum to {totals[asset]}, issued minus redeemed is {issued - redeemed}"
+                    f"{asset}: balances sum to {format_amount(asset, totals[asset])}, "
+                    f"issued minus redeemed is {format_amount(asset, issued - redeemed)}"
                 )
         return problems
 
@@ -246,7 +248,9 @@ def differences(replay: Replay, tables: Tables) -> list[str]:
     for key in tables.balances.keys() | replay.balances.keys():
         expected = tuple(replay.balances.get(key, (0, 0)))
         if tables.balances.get(key, (0, 0)) != expected:
-            problems.append(f"balance {key[0]}/{key[1]} is {tables.balances.get(key)}, journal says {expected}")
+            found = tables.balances.get(key)
+            shown = _balance(key[1], found) if found is not None else "absent"
+            problems.append(f"balance {key[0]}/{key[1]} is {shown}, journal says {_balance(key[1], expected)}")
     for account in tables.accounts.keys() | replay.accounts.keys():
         problems += _account_problems(account, tables.accounts.get(account), replay.accounts.get(account))
     for code in tables.assets.keys() | replay.assets.keys():
@@ -258,6 +262,11 @@ def differences(replay: Replay, tables: Tables) -> list[str]:
     for lock_id in tables.locks.keys() | replay.locks.keys():
         problems += _lock_problems(lock_id, tables.locks.get(lock_id), replay.locks.get(lock_id))
     return problems
+
+
+def _balance(asset: str, balance: Iterable[int]) -> str:
+    available, locked = balance
+    return f"{format_amount(asset, available)} available, {format_amount(asset, locked)} locked"
 
 
 def _account_problems(account: str, found: str | None, expected: str | None) -> list[str]:
@@ -300,13 +309,13 @@ def _lock_problems(lock_id: str, found: HeldLock | None, expected: HeldLock | No
     if found is None or expected is None:
         return [f"lock {lock_id} is {'missing' if found is None else 'not in the journal'}"]
     fields = [a.name for a in attrs.fields(HeldLock) if getattr(found, a.name) != getattr(expected, a.name)]
-    return [
-        f"lock {lock_id} {name} is {_short(getattr(found, name))}, journal says {_short(getattr(expected, name))}"
-        for name in fields
-    ]
+    return [f"lock {lock_id} {name} is {_short(found, name)}, journal says {_short(expected, name)}" for name in fields]
 
 
-def _short(value: Any) -> str:
+def _short(lock: HeldLock, name: str) -> str:
+    value = getattr(lock, name)
+    if name == "amount":
+        return format_amount(lock.asset, value)
     return value.value if isinstance(value, LockState) else value.hex() if isinstance(value, bytes) else repr(value)
 
 

@@ -255,12 +255,12 @@ ROW_EDITS = [  # (what, sql, what the refusal names)
     (
         "untouched-balance",
         "UPDATE balances SET available = available + 1 WHERE account = 'c' AND asset = 'USD'",
-        "balance c/USD is (51, 0), journal says (50, 0)",
+        "balance c/USD is USD 0.51 available, USD 0.00 locked, journal says USD 0.50 available, USD 0.00 locked",
     ),
     (
         "untouched-lock-terms",
         "UPDATE locks SET amount = 59 WHERE lock_id = 'early'",
-        "lock early amount is 59, journal says 60",
+        "lock early amount is EUR 0.59, journal says EUR 0.60",
     ),
     (
         "untouched-lock-state",
@@ -314,7 +314,11 @@ ROW_EDITS = [  # (what, sql, what the refusal names)
         "UPDATE balances SET available = available + 1 WHERE account = 'a' AND asset = 'EUR'",
         "balance a/EUR is",
     ),
-    ("touched-balance-deleted", "DELETE FROM balances WHERE account = 'b' AND asset = 'USD'", "balance b/USD is None"),
+    (
+        "touched-balance-deleted",
+        "DELETE FROM balances WHERE account = 'b' AND asset = 'USD'",
+        "balance b/USD is absent, journal says USD 6.30 available, USD 0.70 locked",
+    ),
     (
         "claimed-since-made-held",
         "UPDATE locks SET state = 'held' WHERE lock_id = 'early-claimed'",
@@ -403,7 +407,10 @@ def test_a_deleted_last_journal_entry_is_refused(checkpointed):
     last = entries_in(h) - 1
     assert entry_of(h, last)["kind"] == "expire"
     edit(h, "DELETE FROM journal WHERE seq = ?", (last,))
-    assert "balance a/EUR is (825, 60), journal says (785, 100)" in refusal(h)  # the refund undone
+    assert (
+        "balance a/EUR is EUR 8.25 available, EUR 0.60 locked, journal says EUR 7.85 available, EUR 1.00 locked"
+        in refusal(h)
+    )  # the refund undone
 
 
 def test_an_entry_inserted_after_the_head_is_refused(checkpointed):
@@ -501,7 +508,10 @@ def test_a_deleted_checkpoint_and_a_changed_row_are_refused_by_the_whole_journal
     edit(h, "DELETE FROM checkpoints")
     edit(h, "UPDATE locks SET amount = 59 WHERE lock_id = 'early'")
     refused = refusal(h)
-    assert "lock early amount is 59, journal says 60" in refused and "(found from the checkpoint" not in refused
+    assert (
+        "lock early amount is EUR 0.59, journal says EUR 0.60" in refused
+        and "(found from the checkpoint" not in refused
+    )
 
 
 # -- what a start no longer reads: the audit does ------------------------------------------------------

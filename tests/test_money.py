@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.identifiers import CURRENCIES, make_isin
+from protocols.journal import Replay
 from protocols.money import format_amount
 
 BOND = make_isin("DE000LOCK00")
@@ -32,3 +33,12 @@ def test_the_shown_amount_reads_back_to_the_minor_units(code, amount):
     assert text.startswith(f"{code} ")
     digits = text.removeprefix(f"{code} ").replace(",", "").replace(".", "")
     assert int(digits) == amount
+
+
+def test_a_replay_names_a_broken_balance_and_supply_in_money():
+    """The start-up check's and the audit's conservation texts, in the same form."""
+    replay = Replay(balances={("a", "EUR"): [-150, 25], ("b", "EUR"): [100, 0]}, supply={"EUR": [1_000, 0]})
+    assert replay.conservation_problems() == [
+        "a/EUR is negative: EUR -1.50 available, EUR 0.25 locked",
+        "EUR: balances sum to EUR -0.25, issued minus redeemed is EUR 10.00",
+    ]

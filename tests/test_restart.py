@@ -216,7 +216,10 @@ def test_deleted_last_journal_entry_is_refused(harness):
 def test_changed_balance_row_is_refused_naming_the_balance(stopped):
     h, _ = stopped
     edit(h, "UPDATE balances SET available = available + 1 WHERE account = 'b' AND asset = 'EUR'")
-    assert "balance b/EUR is (121, 0), journal says (120, 0)" in refusal(h)
+    assert (
+        "balance b/EUR is EUR 1.21 available, EUR 0.00 locked, journal says EUR 1.20 available, EUR 0.00 locked"
+        in refusal(h)
+    )
 
 
 def test_balances_moved_between_accounts_conserving_the_total_are_still_refused(stopped):
