@@ -40,10 +40,17 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     """In CI, a seed for the whole run when none was given (Hypothesis' own plugin reads
-    the option after this)."""
+    the option after this): drawn once, by the process that runs the session, and handed
+    to each of its xdist workers, so that the one seed printed replays every test."""
     profile = config.getoption("hypothesis_profile") or settings.get_current_profile_name()
     if profile == "ci" and config.getoption("hypothesis_seed") is None:
-        config.option.hypothesis_seed = str(secrets.randbelow(2**32))
+        handed = getattr(config, "workerinput", {}).get("hypothesis_seed")
+        config.option.hypothesis_seed = handed or str(secrets.randbelow(2**32))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput["hypothesis_seed"] = node.config.getoption("hypothesis_seed")
 
 
 def pytest_terminal_summary(terminalreporter, config):
