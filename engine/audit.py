@@ -38,7 +38,7 @@ from protocols.failures import ExpectedFailure, file_reason
 from protocols.htlc import HeldLock, LockState
 from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, Tables, differences, verify_chain
 from protocols.messages import Entry, QueryJournal
-from protocols.money import format_amount
+from protocols.money import format_amount, format_balance
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id
 from protocols.signing import Signed
@@ -231,10 +231,7 @@ class LedgerJournal:
         for account, asset in sorted({(row[0], row[1]) for row in effects.get("balances", ())}):
             available, locked = self.replay.balances[(account, asset)]
             if available < 0 or locked < 0:
-                problems.append(
-                    f"{account} left negative: {format_amount(asset, available)} available, "
-                    f"{format_amount(asset, locked)} locked"
-                )
+                problems.append(f"{account} left negative: {format_balance(asset, available, locked)}")
         self.problems += [Violation(Kind.CONSERVATION, problem, (self.ledger,), (at,)) for problem in problems]
 
     def overdue(self, grace_ms: int, now_ms: int | None = None) -> Iterator[Violation]:

@@ -47,7 +47,7 @@ from protocols.messages import (
     Settle,
     Transfer,
 )
-from protocols.money import format_amount
+from protocols.money import format_amount, format_balance
 from protocols.registry import Registry
 from protocols.settlement import lock_id, settle_id, utc_date
 from protocols.signing import Signed, from_wire, load_public_point
@@ -111,8 +111,7 @@ def _shown(member: str, rows: list) -> str:
     try:
         if member == "balances":
             shown = [
-                f"{account}: {format_amount(asset, available)} available, {format_amount(asset, locked)} locked"
-                for account, asset, available, locked in rows
+                f"{account}: {format_balance(asset, available, locked)}" for account, asset, available, locked in rows
             ]
         elif member == "supply":
             shown = [

@@ -21,7 +21,7 @@ from .canonical import decode, encode
 from .errors import Rejected
 from .htlc import HeldLock, LockState
 from .messages import Entry, Lock
-from .money import format_amount
+from .money import format_amount, format_balance
 from .signing import PrivateKey, Signed, from_wire, sign, verify
 
 GENESIS_HASH = "0" * 64
@@ -208,7 +208,7 @@ class Replay:
         problems = []
         for (account, asset), (available, locked) in self.balances.items():
             if available < 0 or locked < 0:
-                problems.append(f"{account}/{asset} is negative: {_balance(asset, (available, locked))}")
+                problems.append(f"{account}/{asset} is negative: {format_balance(asset, available, locked)}")
             totals[asset] += available + locked
         for asset, (issued, redeemed) in self.supply.items():
             if totals[asset] != issued - redeemed:
@@ -249,8 +249,8 @@ def differences(replay: Replay, tables: Tables) -> list[str]:
         expected = tuple(replay.balances.get(key, (0, 0)))
         if tables.balances.get(key, (0, 0)) != expected:
             found = tables.balances.get(key)
-            shown = _balance(key[1], found) if found is not None else "absent"
-            problems.append(f"balance {key[0]}/{key[1]} is {shown}, journal says {_balance(key[1], expected)}")
+            shown = format_balance(key[1], *found) if found is not None else "absent"
+            problems.append(f"balance {key[0]}/{key[1]} is {shown}, journal says {format_balance(key[1], *expected)}")
     for account in tables.accounts.keys() | replay.accounts.keys():
         problems += _account_problems(account, tables.accounts.get(account), replay.accounts.get(account))
     for code in tables.assets.keys() | replay.assets.keys():
@@ -262,11 +262,6 @@ def differences(replay: Replay, tables: Tables) -> list[str]:
     for lock_id in tables.locks.keys() | replay.locks.keys():
         problems += _lock_problems(lock_id, tables.locks.get(lock_id), replay.locks.get(lock_id))
     return problems
-
-
-def _balance(asset: str, balance: Iterable[int]) -> str:
-    available, locked = balance
-    return f"{format_amount(asset, available)} available, {format_amount(asset, locked)} locked"
 
 
 def _account_problems(account: str, found: str | None, expected: str | None) -> list[str]:

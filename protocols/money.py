@@ -19,3 +19,8 @@ def format_amount(asset: str, amount: int) -> str:
     sign = "-" if amount < 0 else ""
     major, minor = divmod(abs(amount), 10**exponent)
     return f"{asset} {sign}{major:,}.{minor:0{exponent}d}"
+
+
+def format_balance(asset: str, available: int, locked: int) -> str:
+    """An account's balance of `asset`: what is available and what locks hold."""
+    return f"{format_amount(asset, available)} available, {format_amount(asset, locked)} locked"
