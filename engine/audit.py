@@ -6,7 +6,7 @@ every ledger signature, replays the effects to recompute every balance, and chec
 by entry, that no value is created or destroyed and no balance goes negative. Then it
 checks across ledgers what no single ledger can see: that every settlement's two locks
 (`{id}:0` and `{id}:1`) ended claimed on both legs or on neither, and that no lock is left
-held past its expiry plus a grace period.
+held past its refund time (a time-lock's expiry, a decision lock's backstop) plus a grace period.
 
 A journal that breaks is trusted up to the entry before the break; a settlement leg whose
 fate may lie beyond a break, or on a ledger not audited, is left unjudged, not guessed.
@@ -45,7 +45,7 @@ from protocols.signing import Signed
 
 from . import effects
 
-GRACE_MS = 60_000  # how long past its expiry a lock may stay held before it is a violation
+GRACE_MS = 60_000  # how long past its refund time a lock may stay held before it is a violation
 
 
 class AuditError(ExpectedFailure):
@@ -60,7 +60,7 @@ class Kind(enum.Enum):
     STATE = "state"  # a ledger's state tables differ from its journal
     CONSERVATION = "conservation"  # an entry creates or destroys value, or leaves a balance negative
     ONE_LEGGED = "one_legged"  # one leg claimed, the other beyond claiming
-    LOCK_OVERDUE = "lock_overdue"  # still held past its expiry plus the grace period
+    LOCK_OVERDUE = "lock_overdue"  # still held past its refund time (expiry or backstop) plus the grace period
 
 
 @attrs.frozen
@@ -126,7 +126,7 @@ class LedgerJournal:
     head_hash: str = GENESIS_HASH
     now_ms: int = 0  # time of the last entry
     placed: dict[str, At] = attrs.field(factory=dict)  # lock id -> its lock entry
-    ended: dict[str, At] = attrs.field(factory=dict)  # lock id -> its claim, abort or expiry
+    ended: dict[str, At] = attrs.field(factory=dict)  # lock id -> its claim, cancel, abort or refund
     legs: dict[str, Terms] = attrs.field(factory=dict)  # lock id -> its settlement (from `auth`)
     settles: int = 0  # same-ledger settlements
     problems: list[Violation] = attrs.field(factory=list)
@@ -235,16 +235,17 @@ class LedgerJournal:
         self.problems += [Violation(Kind.CONSERVATION, problem, (self.ledger,), (at,)) for problem in problems]
 
     def overdue(self, grace_ms: int, now_ms: int | None = None) -> Iterator[Violation]:
-        """Locks held past expiry plus grace: at the time of the last entry, or at `now_ms`
+        """Locks held past their refund time plus grace: at the time of the last entry, or at `now_ms`
         on an observer's clock if later."""
         now_ms = self.now_ms if now_ms is None else max(self.now_ms, now_ms)
         for lock in self.replay.locks.values():
-            if lock.state is LockState.HELD and now_ms > lock.expiry_ms + grace_ms:
+            if lock.state is LockState.HELD and now_ms > lock.refund_at_ms + grace_ms:
                 terms = self.legs.get(lock.lock_id)
                 yield Violation(
                     Kind.LOCK_OVERDUE,
                     f"lock {lock.lock_id} ({format_amount(lock.asset, lock.amount)} of "
-                    f"{lock.owner_account}) still held {now_ms - lock.expiry_ms} ms after its expiry",
+                    f"{lock.owner_account}) still held {now_ms - lock.refund_at_ms} ms after its "
+                    f"{'backstop' if lock.decides else 'expiry'}",
                     (self.ledger,),
                     (self.placed[lock.lock_id],),
                     terms.settlement if terms else None,
@@ -301,13 +302,14 @@ def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int
     now_ms = journal.now_ms if now_ms is None else max(journal.now_ms, now_ms)
     if held is None:
         return LegView(ledger, "absent", now_ms <= deadline_ms)
-    return LegView(ledger, "held", now_ms < held.expiry_ms, entries)
+    return LegView(ledger, "held", now_ms < held.refund_at_ms, entries)
 
 
 _BEYOND_CLAIMING = {
     "refunded": "refunded to its owner",
     "aborted": "aborted",
-    "held": "still held past its expiry",
+    "cancelled": "cancelled: both the claim secret and the cancellation were revealed",
+    "held": "still held past its refund time",
     "absent": "never locked, and the deadline has passed",
 }
 
@@ -449,13 +451,20 @@ def _tables(db: sqlite3.Connection) -> Tables:
             "SELECT code, kind, issuer, minor_units, reference, issued, redeemed FROM assets"
         )
     }
+    decision_columns = "cancel_hashlock, backstop_ms" if _has_column(db, "locks", "backstop_ms") else "NULL, NULL"
     locks = {
         row[0]: HeldLock(
-            row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], tuple(json.loads(row[7])), LockState(row[8])
+            *row[:5],
+            bytes(row[5]),
+            row[6],
+            tuple(json.loads(row[7])),
+            LockState(row[8]),
+            None if row[9] is None else bytes(row[9]),
+            row[10],
         )
         for row in db.execute(
             "SELECT lock_id, owner_account, beneficiary_account, asset, amount, hashlock, "
-            "expiry_ms, abort_by, state FROM locks"
+            f"expiry_ms, abort_by, state, {decision_columns} FROM locks"
         )
     }
     has_keys = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'").fetchone()
@@ -472,6 +481,11 @@ def _tables(db: sqlite3.Connection) -> Tables:
         dict(db.execute("SELECT party, public_key FROM keys")) if has_keys else {},
         {row[0] for row in db.execute("SELECT id FROM instructions")},
     )
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    """A database written before a migration lacks the columns it added."""
+    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
 
 
 def _ledger_id(db: sqlite3.Connection, path: str | Path) -> str:

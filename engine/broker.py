@@ -34,7 +34,7 @@ from pathlib import Path
 
 import attrs
 
-from protocols.bus import entries_topic, service_of_coordinator, service_of_ledger
+from protocols.bus import decisions_topic, entries_topic, service_of_coordinator, service_of_ledger
 from protocols.bus.mqtt import event_topic, reply_topic, request_topic
 from protocols.failures import ExpectedFailure, file_reason, read_bytes
 
@@ -133,9 +133,14 @@ def ledger_account(ledger_id: str) -> Account:
 
 
 def coordinator_accounts(coordinator_id: str) -> tuple[Account, Account]:
-    """The coordinator service and its stand-alone watchtower (which only asks)."""
+    """The coordinator service, which also publishes its decisions, and its stand-alone
+    watchtower (which only asks)."""
     return (
-        Account(f"coordinator-{coordinator_id}", (service_of_coordinator(coordinator_id),)),
+        Account(
+            f"coordinator-{coordinator_id}",
+            (service_of_coordinator(coordinator_id),),
+            (decisions_topic(coordinator_id),),
+        ),
         Account(f"watchtower-{coordinator_id}"),
     )
 

@@ -6,7 +6,7 @@
                                          run one ledger service over MQTT
     lockstep coordinator --config FILE [--metrics HOST:PORT]
                                          run the coordinator over MQTT
-    lockstep watchtower --config FILE    run a watchtower over MQTT
+    lockstep watchtower --config FILE    run a watchtower over MQTT, as any party
     lockstep status ID --config FILE     a settlement's phase and steps, from the coordinator
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
     lockstep bench [--quick]             cross-ledger against same-ledger settlement, one run
@@ -88,7 +88,7 @@ def _engine(args: argparse.Namespace) -> int:
     if args.command == "coordinator":
         trio.run(daemon.run_coordinator, args.config, args.broker, args.metrics)
     else:
-        trio.run(daemon.run_watchtower, args.config, args.broker)
+        trio.run(daemon.run_watchtower, args.config, args.broker, args.party, args.key)
     return 0
 
 
@@ -283,7 +283,8 @@ def parser() -> argparse.ArgumentParser:
         (
             "watchtower",
             "run a watchtower over MQTT",
-            "Run a watchtower on its own: it claims leg 1 of a settlement whose leg 0 was claimed.",
+            "Run a watchtower on its own, as any registered party: it forwards the coordinator's decisions "
+            "(claims or cancels) to every ledger of a settlement it has not reached.",
         ),
     ):
         engine = command(name, text, description)
@@ -292,6 +293,13 @@ def parser() -> argparse.ArgumentParser:
         if name == "coordinator":
             engine.add_argument(
                 "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, overriding the config's"
+            )
+        else:
+            engine.add_argument(
+                "--party", metavar="ID", help="the registered party it signs as (default: the coordinator's)"
+            )
+            engine.add_argument(
+                "--key", metavar="FILE", help="that party's private key (default: the coordinator's key file)"
             )
         engine.set_defaults(run=_engine)
 

@@ -1,20 +1,21 @@
 """The coordinator: drives each settlement through its phases (protocols.settlement)
 across the ledgers, journaling every phase before acting on it.
 
-Cross-ledger: lock both legs in parallel under one hash, each lock authorised by the
-counterparties' signed settlement; when both are confirmed and that is durable, claim
-leg 0, then leg 1. Any refusal or silence before the secret is out rolls back: every
-placed lock is aborted (the coordinator is named in each lock's `abort_by`). Same
-ledger: one `settle` instruction, all legs or none.
+Cross-ledger: draw a claim secret and a cancellation secret, lock both legs in parallel
+as decision locks (protocols.htlc) under their two hashes, each lock authorised by the
+counterparties' signed settlement. Then decide, once, and put the decision on disk
+before revealing anything: commit when both locks are confirmed in time (then claim
+leg 0, then leg 1, for as long as it takes), abort otherwise (then cancel every lock
+placed). The decision is published for watchtowers, which forward it to the ledgers
+if this coordinator cannot. Same ledger: one `settle` instruction, all legs or none.
 
 Recovery is the same code entered at the journaled phase: locks and settles are sent
 again byte for byte (ledgers answer a repeated id with their first receipt), claims and
-aborts are safe to repeat, and what a ledger already did is read from its lock state."""
+cancels are safe to repeat, and what a ledger already did is read from its lock state."""
 
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections.abc import Callable
 from typing import Protocol
@@ -23,7 +24,7 @@ import attrs
 import trio
 
 from protocols.authority import Terms, terms_of
-from protocols.bus import Bus, BusTimeout, Request, service_of_coordinator
+from protocols.bus import Bus, BusTimeout, Request, decisions_topic, service_of_coordinator
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.canonical import decode, encode
@@ -32,6 +33,7 @@ from protocols.htlc import hashlock_of
 from protocols.messages import (
     Abort,
     Body,
+    Cancel,
     Claim,
     Lock,
     QueryLock,
@@ -40,11 +42,12 @@ from protocols.messages import (
     Receipt,
     Settle,
     Settlement,
+    SettlementDecision,
     SettlementStatus,
     readable_id,
 )
 from protocols.registry import Registry
-from protocols.settlement import Phase, Timing, lock_id, settle_id
+from protocols.settlement import Decision, Phase, Timing, lock_id, settle_id
 from protocols.signing import PrivateKey, Signed, decode_signed, sign
 
 from .journal import Journal, Record
@@ -318,19 +321,22 @@ class Coordinator:
         if record.phase is Phase.LOCKING:
             return await self._confirm_locks(record, settlement)
         if record.phase is Phase.LOCKED:
-            if self.timing.may_release_secret(now_ms, record.expiry_ms[0]):
-                return await self._save(record.to(Phase.CLAIMING, now_ms))
-            return await self._save(
+            if self.timing.may_commit(now_ms, record.expiry_ms[0], record.refund_at_ms[0]):
+                return await self._decide(record.to(Phase.CLAIMING, now_ms), settlement)
+            return await self._decide(
                 record.to(
                     Phase.ROLLING_BACK,
                     now_ms,
                     reason_code=Code.TIMEOUT.value,
-                    reason="too little time left to claim leg 0 safely",
-                )
+                    reason="both locks were confirmed too late to commit",
+                ),
+                settlement,
             )
         if record.phase is Phase.CLAIMING:
-            return await self._claim_both(record, settlement)
+            await self._announce(record, settlement)  # again: a watchtower may have missed it
+            return await self._claim_in_order(record, settlement)
         if record.phase is Phase.ROLLING_BACK:
+            await self._announce(record, settlement)
             return await self._roll_back(record, settlement)
         raise AssertionError(f"no step from {record.phase}")
 
@@ -362,9 +368,11 @@ class Coordinator:
         return await self._save(record.to(Phase.FAILED, now_ms, reason_code=code, reason=reason))
 
     async def _lock(self, record: Record, settlement: Terms, now_ms: int) -> Record:
-        secret = secrets.token_bytes(32)
-        expiries = self.timing.expiries(now_ms)
-        if expiries[1] > settlement.deadline_ms:
+        """Draw both secrets and sign both decision locks; all on disk before either is sent."""
+        secret, cancel_secret = secrets.token_bytes(32), secrets.token_bytes(32)
+        expiry_ms = self.timing.expiry(now_ms)
+        backstops = self.timing.backstops(now_ms)
+        if expiry_ms > settlement.deadline_ms:
             return await self._save(
                 record.to(
                     Phase.FAILED,
@@ -384,15 +392,27 @@ class Coordinator:
                     leg.asset,
                     leg.amount,
                     hashlock_of(secret),
-                    expiries[index],
-                    (self.id,),
+                    expiry_ms,
+                    (),
                     auth=self._auth[settlement.id],
+                    cancel_hashlock=hashlock_of(cancel_secret),
+                    backstop_ms=backstops[index],
                 ),
                 (self.id, self._key),
             ).encode()
             for index, leg in enumerate(settlement.legs)
         )
-        return await self._save(record.to(Phase.LOCKING, now_ms, secret=secret, expiry_ms=expiries, sent=locks))
+        return await self._save(
+            record.to(
+                Phase.LOCKING,
+                now_ms,
+                secret=secret,
+                cancel_secret=cancel_secret,
+                expiry_ms=(expiry_ms, expiry_ms),
+                backstop_ms=backstops,
+                sent=locks,
+            )
+        )
 
     async def _confirm_locks(self, record: Record, settlement: Terms) -> Record:
         outcomes: list[object] = [None, None]
@@ -409,39 +429,82 @@ class Coordinator:
             return await self._save(record.to(Phase.LOCKED, now_ms))
         refusals = [o for o in outcomes if isinstance(o, Receipt) and not o.applied]
         code, reason = _failure(refusals[0] if refusals else None)
-        return await self._save(record.to(Phase.ROLLING_BACK, now_ms, reason_code=code, reason=reason))
+        return await self._decide(record.to(Phase.ROLLING_BACK, now_ms, reason_code=code, reason=reason), settlement)
 
-    async def _claim_both(self, record: Record, settlement: Terms) -> Record:
-        for index in range(2):
-            state = await self._claim(settlement, index, record.secret, record.expiry_ms[index])
+    async def _decide(self, record: Record, settlement: Terms) -> Record:
+        """The commit point: the decision on disk, then announced to the watchtowers."""
+        assert record.decision is not Decision.NONE, record
+        record = await self._save(record)
+        await self._announce(record, settlement)
+        return record
+
+    async def _announce(self, record: Record, settlement: Terms) -> None:
+        """Publish a recorded decision with the preimage it reveals, for any watchtower to
+        forward; a time-lock's abort reveals nothing (it is aborted by our signature)."""
+        preimage = record.secret if record.decision is Decision.COMMIT else record.cancel_secret
+        if not preimage:
+            return
+        decision = SettlementDecision(
+            self.id,
+            settlement.id,
+            record.decision.value,
+            tuple(leg.ledger for leg in settlement.legs),
+            preimage,
+            record.expiry_ms[0],
+            self.clock.now_ms(),
+        )
+        await self.bus.publish(decisions_topic(self.id), self.sign(decision))
+
+    async def _claim_in_order(self, record: Record, settlement: Terms) -> Record:
+        """Committed: claim leg 0, then leg 1, however long it takes. Leg 1 is claimed
+        only once leg 0 is (the order the backstops were set in): if leg 0 ends without
+        being claimed, which only its backstop can do, leg 1 is left to its own backstop."""
+        assert record.decision is Decision.COMMIT, record
+        if record.claimed == 0:
+            state = await self._claim(settlement, 0, record)
             if state != "claimed":
+                other = await self._lock_state(settlement.legs[1].ledger, lock_id(settlement.id, 1), until_ended=True)
                 now_ms = self.clock.now_ms()
-                if index == 0:  # the secret reached no beneficiary: undo leg 1 too
+                if other == "claimed":
                     return await self._save(
                         record.to(
-                            Phase.ROLLING_BACK,
+                            Phase.ONE_LEGGED,
                             now_ms,
                             reason_code=Code.LOCK_EXPIRED.value,
-                            reason=f"leg 0 could not be claimed: lock is {state}",
+                            reason=f"leg 1 claimed but leg 0 is {state}",
                         )
                     )
                 return await self._save(
                     record.to(
-                        Phase.ONE_LEGGED,
+                        Phase.ROLLED_BACK,
                         now_ms,
                         reason_code=Code.LOCK_EXPIRED.value,
-                        reason=f"leg 0 claimed but leg 1 is {state}",
+                        reason=f"committed, but leg 0 was {state} at its backstop before it could be claimed; "
+                        f"leg 1 is {other}",
                     )
                 )
-        return await self._save(record.to(Phase.SETTLED, self.clock.now_ms()))
+            record = await self._save(attrs.evolve(record, claimed=1))
+        state = await self._claim(settlement, 1, record)
+        now_ms = self.clock.now_ms()
+        if state != "claimed":
+            return await self._save(
+                record.to(
+                    Phase.ONE_LEGGED,
+                    now_ms,
+                    reason_code=Code.LOCK_EXPIRED.value,
+                    reason=f"leg 0 claimed but leg 1 is {state}",
+                )
+            )
+        return await self._save(record.to(Phase.SETTLED, now_ms, claimed=2))
 
-    async def _claim(self, settlement: Terms, index: int, secret: bytes, expiry_ms: int) -> str:
+    async def _claim(self, settlement: Terms, index: int, record: Record) -> str:
         """Claim one leg until the ledger says it is claimed, or that it never can be."""
+        assert record.decision is Decision.COMMIT, "the claim secret leaves only a committed settlement"
         leg = settlement.legs[index]
         target = lock_id(settlement.id, index)
         while True:
             claim = sign(
-                Claim(f"{target}:c{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target, secret),
+                Claim(f"{target}:c{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target, record.secret),
                 (self.id, self._key),
             )
             outcome = await self._send(
@@ -451,27 +514,67 @@ class Coordinator:
                 return "claimed"
             # The secret may be out: wait as long as it takes to learn the lock's real state;
             # guessing would risk paying one leg and returning the other.
-            state = await self._lock_state(leg.ledger, target, deadline_ms=None)
+            state = await self._lock_state(leg.ledger, target)
             if state != "held":
                 return state
             await trio.sleep(RETRY_S)
 
     async def _roll_back(self, record: Record, settlement: Terms) -> Record:
-        """Release every lock that may have been placed; the ledger refunds by itself
-        what we cannot reach before its expiry."""
-        for index, leg in enumerate(settlement.legs[: len(record.sent)]):
-            target = lock_id(settlement.id, index)
-            abort = sign(
-                Abort(f"{target}:a{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target),
-                (self.id, self._key),
+        """Aborted: end every lock that may have been placed, all at once, however long
+        it takes (a decision lock is refunded by itself only at its backstop)."""
+        assert record.decision is Decision.ABORT, record
+        states: list[str] = [""] * len(record.sent)
+
+        async def release(index: int) -> None:
+            states[index] = await self._release(record, settlement, index)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(record.sent)):
+                nursery.start_soon(release, index)
+        now_ms = self.clock.now_ms()
+        if "claimed" in states:  # only a second decision could have revealed the claim secret
+            leg = states.index("claimed")
+            return await self._save(
+                record.to(
+                    Phase.ONE_LEGGED,
+                    now_ms,
+                    reason_code=Code.LOCK_NOT_HELD.value,
+                    reason=f"aborted, yet leg {leg} was claimed",
+                )
             )
-            outcome = await self._send(leg.ledger, abort.encode(), self.clock.trio_time_at(record.expiry_ms[index]))
-            if not (isinstance(outcome, Receipt) and outcome.applied):
-                state = await self._lock_state(leg.ledger, target, deadline_ms=record.expiry_ms[index])
-                assert state != "claimed", f"lock {target} was claimed while its settlement rolled back"
         ran_out_of_time = record.reason_code in (Code.TIMEOUT.value, Code.LOCK_EXPIRED.value)
         phase = Phase.ROLLED_BACK if ran_out_of_time else Phase.FAILED
-        return await self._save(record.to(phase, self.clock.now_ms()))
+        return await self._save(record.to(phase, now_ms))
+
+    async def _release(self, record: Record, settlement: Terms, index: int) -> str:
+        """Cancel one leg's lock (a time-lock: abort it) until its ledger says it has ended,
+        or that it was never placed and, past its expiry, never will be."""
+        leg = settlement.legs[index]
+        target = lock_id(settlement.id, index)
+        while True:
+            release: Cancel | Abort = (
+                Cancel(
+                    f"{target}:x{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target, record.cancel_secret
+                )
+                if record.cancel_secret
+                else Abort(f"{target}:a{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target)
+            )
+            outcome = await self._send(
+                leg.ledger,
+                sign(release, (self.id, self._key)).encode(),
+                trio.current_time() + self.timing.claim_deadline_ms / 1000,
+            )
+            if isinstance(outcome, Receipt) and outcome.applied:
+                return "cancelled" if isinstance(release, Cancel) else "aborted"
+            state = await self._lock_state(leg.ledger, target)
+            if state == "absent":
+                placed_by_ms = record.expiry_ms[index] + self.timing.clock_skew_ms_max
+                if self.clock.now_ms() >= placed_by_ms:  # no ledger places it any more
+                    return state
+                await trio.sleep_until(self.clock.trio_time_at(placed_by_ms))
+            elif state != "held":
+                return state
+            await trio.sleep(RETRY_S)
 
     # -- talking to ledgers --------------------------------------------------------------------
 
@@ -489,22 +592,23 @@ class Coordinator:
                     await trio.sleep(RETRY_S)
         return None
 
-    async def _lock_state(self, ledger_id: str, target: str, deadline_ms: int | None) -> str:
-        """A lock's state as its ledger reports it; "absent" if it was never placed,
-        "unknown" if the ledger cannot be reached before the deadline (if any)."""
+    async def _lock_state(self, ledger_id: str, target: str, *, until_ended: bool = False) -> str:
+        """A lock's state as its ledger reports it ("absent" if it was never placed),
+        asked until the ledger answers; with `until_ended`, until it is no longer held."""
         client = self.client(ledger_id)
-        with trio.move_on_at(math.inf if deadline_ms is None else self.clock.trio_time_at(deadline_ms)):
-            while True:
-                try:
-                    view = await client.query(QueryLock(client.next_query_id(), ledger_id, target))
+        while True:
+            try:
+                view = await client.query(QueryLock(client.next_query_id(), ledger_id, target))
+                if not (until_ended and view["state"] == "held"):
                     return view["state"]
-                except Rejected as error:
-                    if error.code is Code.UNKNOWN_LOCK:
-                        return "absent"
-                    raise
-                except (BusTimeout, BadReply):
-                    await trio.sleep(RETRY_S)
-        return "unknown"
+                refund_at = self.clock.trio_time_at(view["backstop_ms"] or view["expiry_ms"])
+                await trio.sleep_until(max(refund_at, trio.current_time() + RETRY_S))
+            except Rejected as error:
+                if error.code is Code.UNKNOWN_LOCK:
+                    return "absent"
+                raise
+            except (BusTimeout, BadReply):
+                await trio.sleep(RETRY_S)
 
     async def _receipt(self, ledger_id: str, instruction_id: str) -> Receipt | None:
         """The ledger's receipt for an instruction, asked until it answers; None if it

@@ -124,17 +124,38 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
         journal.close()
 
 
-async def run_watchtower(config_path: str, broker: str | None = None) -> None:
+async def run_watchtower(
+    config_path: str, broker: str | None = None, party: str | None = None, key_file: str | None = None
+) -> None:
+    """As the coordinator's party with its key, or as `party` with `key_file`: any
+    registered party may claim or cancel with a public preimage."""
     config, registry, key, url = load(config_path, broker)
-    async with _until_signalled(url, f"watchtower-{config.coordinator_id}") as (bus, nursery):
+    if (party is None) != (key_file is None):
+        raise DaemonError("watchtower", "give both --party and --key, or neither")
+    if party is not None and key_file is not None:
+        signer = registry.get(party)
+        if signer is None:
+            raise DaemonError(f"--party {party}", "not a party of the registry")
+        key = PrivateKey.load(key_file)
+        if signer.public_key.public_numbers() != key.public.public_numbers():
+            raise DaemonError(f"private key {key_file}", f"not the key registered for {party}")
+    party = party or config.coordinator_id
+    async with _until_signalled(url, f"watchtower-{party}") as (bus, nursery):
         watchtower = Watchtower(
-            config.coordinator_id,
+            party,
             key,
             registry,
             bus,
             list(config.ledgers),
             ServiceClock(),
             grace_ms=config.timing.claim_deadline_ms // 2,
+            coordinators=(config.coordinator_id,),
         )
         await nursery.start(watchtower.run)
-        log.info("watchtower watching %s on %s", ", ".join(config.ledgers), redacted(url))
+        log.info(
+            "watchtower %s watching %s and %s's decisions on %s",
+            party,
+            ", ".join(config.ledgers),
+            config.coordinator_id,
+            redacted(url),
+        )

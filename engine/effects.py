@@ -14,8 +14,10 @@ before it) what the entry must have done, and checks that:
   20022 instructions or an issuer's entitlement, whose leg it is, paid by its payer; a
   redemption only by the instrument's issuer, at face value, after maturity);
 - its effects are exactly those the instruction implies, row for row;
-- a claim's secret matches the hashlock and comes before expiry, an abort before expiry
-  and by a party the lock allows, a refund or the ledger's own expiry at or after it.
+- a claim's secret matches the hashlock and a cancel's the cancel hashlock, each before
+  the lock's refund time (a time-lock's expiry, a decision lock's backstop); an abort
+  only of a time-lock, before its expiry and by a party the lock allows; a refund or the
+  ledger's own expiry at or after the refund time.
 
 Written apart from the ledger's rules (ledgers/rules.py) on purpose: two readings of the
 protocol that must agree. What it cannot check, since the journal does not record it:
@@ -35,6 +37,7 @@ from protocols.journal import Replay
 from protocols.messages import (
     INSTRUCTIONS,
     Abort,
+    Cancel,
     Claim,
     CreateInstrument,
     Entry,
@@ -154,12 +157,25 @@ def _expire(entry: Entry, replay: Replay) -> Rows:
         raise Unvouched(f"a {entry.kind} entry without an instruction")
     ended = [_held(replay, lock) for lock, _ in entry.effects.get("locks", ())]
     for lock in ended:
-        if entry.time_ms < lock.expiry_ms:
-            raise Unvouched(f"refunds lock {lock.lock_id} at {entry.time_ms}, before its expiry {lock.expiry_ms}")
+        _due(lock, entry)
     return {
         "locks": [[lock.lock_id, LockState.REFUNDED.value] for lock in ended],
         "balances": [_move(lock.owner_account, lock.asset, lock.amount, -lock.amount) for lock in ended],
     }
+
+
+def _when(lock: HeldLock) -> str:
+    return f"its {'backstop' if lock.decides else 'expiry'} {lock.refund_at_ms}"
+
+
+def _due(lock: HeldLock, entry: Entry) -> None:
+    if entry.time_ms < lock.refund_at_ms:
+        raise Unvouched(f"refunds lock {lock.lock_id} at {entry.time_ms}, before {_when(lock)}")
+
+
+def _not_due(lock: HeldLock, entry: Entry, action: str) -> None:
+    if entry.time_ms >= lock.refund_at_ms:
+        raise Unvouched(f"{action} lock {lock.lock_id} at {entry.time_ms}, at or after {_when(lock)}")
 
 
 def _held(replay: Replay, lock: str) -> HeldLock:
@@ -300,8 +316,7 @@ def _claim(msg: Claim, signed: Signed, entry: Entry, replay: Replay, keys: Regis
     lock = _held(replay, msg.lock_id)
     if hashlock_of(msg.preimage) != lock.hashlock:
         raise Unvouched(f"claims lock {lock.lock_id} with a secret that does not match its hashlock")
-    if entry.time_ms >= lock.expiry_ms:
-        raise Unvouched(f"claims lock {lock.lock_id} at {entry.time_ms}, at or after its expiry {lock.expiry_ms}")
+    _not_due(lock, entry, "claims")
     return {
         "locks": [[lock.lock_id, LockState.CLAIMED.value]],
         "balances": [
@@ -318,15 +333,24 @@ def _released(lock: HeldLock, state: LockState) -> Rows:
     }
 
 
+def _cancel(msg: Cancel, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
+    lock = _held(replay, msg.lock_id)
+    if lock.cancel_hashlock is None or hashlock_of(msg.preimage) != lock.cancel_hashlock:
+        raise Unvouched(f"cancels lock {lock.lock_id} with a preimage that does not match a cancel hashlock of it")
+    _not_due(lock, entry, "cancels")
+    return _released(lock, LockState.CANCELLED)
+
+
 def _refund(msg: Refund, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
     lock = _held(replay, msg.lock_id)
-    if entry.time_ms < lock.expiry_ms:
-        raise Unvouched(f"refunds lock {lock.lock_id} at {entry.time_ms}, before its expiry {lock.expiry_ms}")
+    _due(lock, entry)
     return _released(lock, LockState.REFUNDED)
 
 
 def _abort(msg: Abort, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
     lock = _held(replay, msg.lock_id)
+    if lock.decides:
+        raise Unvouched(f"aborts lock {lock.lock_id}, a decision lock: it ends early only by claim or cancel")
     if entry.time_ms >= lock.expiry_ms:
         raise Unvouched(f"aborts lock {lock.lock_id} at {entry.time_ms}, at or after its expiry {lock.expiry_ms}")
     allowed = {_owner(replay, lock.beneficiary_account), *lock.abort_by}
@@ -348,6 +372,7 @@ _DERIVE: dict[type, Callable[..., Rows]] = {
     Settle: _settle,
     Lock: _lock,
     Claim: _claim,
+    Cancel: _cancel,
     Refund: _refund,
     Abort: _abort,
     RotateKey: _rotate_key,

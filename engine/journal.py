@@ -2,6 +2,11 @@
 change *before* the action that phase announces, so that a coordinator killed at any
 point restarts knowing what it may have done.
 
+It holds each cross-ledger settlement's decision, and holds it once: the database itself
+refuses (a trigger) to change a decision once recorded, or a secret once drawn, so no
+bug can make it reveal the claim secret of a settlement it aborted or the cancellation
+of one it committed.
+
 Writes are group-committed: every settlement task hands its record to one writer, which
 commits whatever has gathered in one SQLite transaction (synchronous=FULL) and only then
 lets each task go on."""
@@ -16,9 +21,9 @@ import attrs
 import sqlite_utils
 import trio
 
-from protocols.settlement import FINAL, Phase, check_transition
+from protocols.settlement import FINAL, Decision, Phase, check_transition, decided
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: decision locks (the cancellation secret, backstops), the decision, legs claimed
 BATCH_SIZE_MAX = 1024
 # in one fixed order: the query must spell the partial index's condition as it was created
 _FINAL_SQL = ", ".join(f"'{value}'" for value in sorted(phase.value for phase in FINAL))
@@ -28,7 +33,9 @@ _FINAL_SQL = ", ".join(f"'{value}'" for value in sorted(phase.value for phase in
 class Record:
     """What the coordinator knows of one settlement. `sent` holds the signed
     instructions it sent (or is about to send) whose exact bytes a retry must repeat:
-    the two locks, or the one same-ledger settle."""
+    the two locks, or the one same-ledger settle. `secret` claims its locks and
+    `cancel_secret` cancels them (none: time-locks, from before decision locks);
+    `claimed` counts the legs, from leg 0, known claimed."""
 
     settlement_id: str
     instruction: bytes  # the signed settlement, as received
@@ -39,14 +46,30 @@ class Record:
     reason_code: str = ""
     reason: str = ""
     steps: tuple[tuple[str, int], ...] = ()
+    cancel_secret: bytes = b""
+    backstop_ms: tuple[int, ...] = ()
+    decision: Decision = Decision.NONE
+    claimed: int = 0
 
     def to(self, phase: Phase, now_ms: int, **changes) -> Record:
         check_transition(self.phase, phase)
-        return attrs.evolve(self, phase=phase, steps=self.steps + ((phase.value, now_ms),), **changes)
+        return attrs.evolve(
+            self,
+            phase=phase,
+            decision=decided(self.decision, phase),
+            steps=self.steps + ((phase.value, now_ms),),
+            **changes,
+        )
 
     @property
     def final(self) -> bool:
         return self.phase in FINAL
+
+    @property
+    def refund_at_ms(self) -> tuple[int, ...]:
+        """When each leg's ledger refunds its lock by itself: the backstops, or a
+        time-lock's expiry."""
+        return self.backstop_ms or self.expiry_ms
 
 
 class Journal:
@@ -64,25 +87,57 @@ class Journal:
 
     def _migrate(self) -> None:
         db = sqlite_utils.Database(self._db)
-        if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        assert version <= SCHEMA_VERSION, f"{self.path}: schema {version} is newer than this code ({SCHEMA_VERSION})"
+        if version == SCHEMA_VERSION:
             return
-        with self._db:
-            db.table("settlements").create(
-                {
-                    "id": str,
-                    "instruction": bytes,
-                    "phase": str,
-                    "secret": bytes,
-                    "expiry_ms": str,
-                    "sent": str,
-                    "reason_code": str,
-                    "reason": str,
-                    "steps": str,
-                },
-                pk="id",
-            )
-            db.execute(f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({_FINAL_SQL})")
+        with self._db:  # all steps or none
+            self._db.execute("BEGIN IMMEDIATE")
+            if version < 1:
+                db.table("settlements").create(
+                    {
+                        "id": str,
+                        "instruction": bytes,
+                        "phase": str,
+                        "secret": bytes,
+                        "expiry_ms": str,
+                        "sent": str,
+                        "reason_code": str,
+                        "reason": str,
+                        "steps": str,
+                    },
+                    pk="id",
+                )
+                db.execute(f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({_FINAL_SQL})")
+            if version < 2:
+                self._add_v2(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _add_v2(db: sqlite_utils.Database) -> None:
+        """The cancellation secret, backstops, decision and legs claimed; the decision of
+        settlements recorded before, read from their phase (a cross-ledger one sent two
+        locks); and the trigger that keeps every decision and secret as first recorded."""
+        db.execute("ALTER TABLE settlements ADD COLUMN cancel_secret BLOB NOT NULL DEFAULT x''")
+        db.execute("ALTER TABLE settlements ADD COLUMN backstop_ms TEXT NOT NULL DEFAULT '[]'")
+        db.execute("ALTER TABLE settlements ADD COLUMN decision TEXT NOT NULL DEFAULT ''")
+        db.execute("ALTER TABLE settlements ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0")
+        cross = "json_array_length(sent) = 2"
+        db.execute(
+            "UPDATE settlements SET decision = 'commit' "
+            f"WHERE phase IN ('claiming', 'one_legged') OR (phase = 'settled' AND {cross})"
+        )
+        db.execute(
+            "UPDATE settlements SET decision = 'abort' "
+            f"WHERE phase IN ('rolling_back', 'rolled_back') OR (phase = 'failed' AND {cross})"
+        )
+        db.execute(
+            "CREATE TRIGGER decided_once BEFORE UPDATE ON settlements "
+            "WHEN (OLD.decision != '' AND NEW.decision != OLD.decision) "
+            "OR (OLD.secret != x'' AND NEW.secret != OLD.secret) "
+            "OR (OLD.cancel_secret != x'' AND NEW.cancel_secret != OLD.cancel_secret) "
+            "BEGIN SELECT RAISE(ABORT, 'a settlement is decided once, under the secrets first drawn'); END"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -114,25 +169,13 @@ class Journal:
         await done.wait()
 
     def _write(self, records: list[Record]) -> None:
+        """Insert or update in place (an update, so that the trigger sees every change)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(
-                "INSERT OR REPLACE INTO settlements (id, instruction, phase, secret, expiry_ms, sent, "
-                "reason_code, reason, steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.settlement_id,
-                        r.instruction,
-                        r.phase.value,
-                        r.secret,
-                        json.dumps(list(r.expiry_ms)),
-                        json.dumps([raw.decode() for raw in r.sent]),
-                        r.reason_code,
-                        r.reason,
-                        json.dumps([list(step) for step in r.steps]),
-                    )
-                    for r in records
-                ],
+                f"INSERT INTO settlements ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))}) "
+                f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _FIELDS[1:])}",
+                [_row(r) for r in records],
             )
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -161,11 +204,58 @@ def desk_database(path: str | Path) -> sqlite3.Connection:
     return db
 
 
-_COLUMNS = "id, instruction, phase, secret, expiry_ms, sent, reason_code, reason, steps"
+_FIELDS = (
+    "id",
+    "instruction",
+    "phase",
+    "secret",
+    "expiry_ms",
+    "sent",
+    "reason_code",
+    "reason",
+    "steps",
+    "cancel_secret",
+    "backstop_ms",
+    "decision",
+    "claimed",
+)
+_COLUMNS = ", ".join(_FIELDS)
+
+
+def _row(r: Record) -> tuple:
+    return (
+        r.settlement_id,
+        r.instruction,
+        r.phase.value,
+        r.secret,
+        json.dumps(list(r.expiry_ms)),
+        json.dumps([raw.decode() for raw in r.sent]),
+        r.reason_code,
+        r.reason,
+        json.dumps([list(step) for step in r.steps]),
+        r.cancel_secret,
+        json.dumps(list(r.backstop_ms)),
+        r.decision.value,
+        r.claimed,
+    )
 
 
 def _record(row: tuple) -> Record:
-    settlement_id, instruction, phase, secret, expiry_ms, sent, reason_code, reason, steps = row
+    (
+        settlement_id,
+        instruction,
+        phase,
+        secret,
+        expiry_ms,
+        sent,
+        reason_code,
+        reason,
+        steps,
+        cancel_secret,
+        backstop_ms,
+        decision,
+        claimed,
+    ) = row
     return Record(
         settlement_id,
         bytes(instruction),
@@ -176,4 +266,8 @@ def _record(row: tuple) -> Record:
         reason_code,
         reason,
         tuple(tuple(step) for step in json.loads(steps)),
+        bytes(cancel_secret),
+        tuple(json.loads(backstop_ms)),
+        Decision(decision),
+        claimed,
     )

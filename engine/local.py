@@ -127,7 +127,8 @@ class Local:
         `bus` if given (a faulty one, say), else on the world's; with a desk made by each
         of `desks`; its clock `skew_ms` off."""
         journal = Journal(self.world.directory / f"{COORDINATOR}.db", offload=self.offload)
-        watched = tuple(self.world.ledger_configs) if watchtower else ()  # down ones too: they come back
+        ledgers = (party for party in self.world.ledger_configs if self.world.registry.has_role(party, Role.LEDGER))
+        watched = tuple(ledgers) if watchtower else ()  # down ones too: they come back
         coordinator = Coordinator(
             COORDINATOR,
             self.world.keys[COORDINATOR],

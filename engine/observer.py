@@ -3,7 +3,7 @@
 each entry into the auditor's own `LedgerJournal`, and after each entry judges again,
 by the auditor's own rules (`legs_of`, `judge`), the settlements whose locks that entry
 placed or ended. Every half second it also looks for what no entry announces: a lock
-still held past its expiry plus the grace period, and a settlement whose other leg can
+still held past its refund time plus the grace period, and a settlement whose other leg can
 no longer be claimed because its ledger went quiet (down, say) before ending it.
 
 Time. A journal tells "now" only as late as its last entry, and a ledger that is down
@@ -49,7 +49,7 @@ from .config import ConfigError, CoordinatorConfig
 
 log = logging.getLogger("lockstep.observer")
 
-GRACE_MS = 2_000  # past an expiry or deadline, on the observer's clock, before a leg is beyond claiming
+GRACE_MS = 2_000  # past a refund time or deadline, on the observer's clock, before a leg is beyond claiming
 CHECK_INTERVAL_S = 0.5  # how often held locks and quiet ledgers are looked at
 RETRY_S = 1.0  # before asking a ledger again after an answer that is not its own
 STATUS_INTERVAL_S = 60.0  # how often the counts are logged
@@ -215,7 +215,7 @@ class Observer:
                 status_at += STATUS_INTERVAL_S
 
     async def check(self) -> None:
-        """Locks held past expiry plus grace, and settlements whose other leg went past
+        """Locks held past their refund time plus grace, and settlements whose other leg went past
         claiming, on the observer's clock."""
         now_ms = self.clock.now_ms()
         found: list[Violation | None] = []

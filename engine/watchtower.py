@@ -1,13 +1,22 @@
-"""The watchtower: finishes a settlement whose coordinator stopped between its claims.
+"""The watchtower: forwards a settlement's decision to every ledger its coordinator has
+not reached, so that a decided settlement completes as soon as anyone can reach them.
 
-A claim's journal entry carries the secret. When the watchtower sees leg 0 of a
-settlement claimed and, a grace period later, leg 1 still held, it claims leg 1 with
-that secret, so the settlement completes on both legs even with the coordinator dead.
-It learns where leg 1 lives from the settlement carried in the locks' `auth`.
+It learns a decision two ways. A ledger's journal makes it public: a `claim` entry
+carries the claim secret, a `cancel` entry the cancellation preimage, and a lock entry
+carrying `auth` says where the settlement's other leg is. A coordinator publishes each
+decision once it is on disk (`decision` events, signed by it), before any ledger has
+seen it. Then, a grace period later (the coordinator usually finishes first), it sends
+every leg not yet ended the claim (commit) or the cancel (abort), again and again, until
+the ledger says the lock has ended: claimed, cancelled, or refunded at its backstop.
 
-It runs inside the coordinator and as its own process (`lockstep watchtower`); any
-number may run, since claiming a claimed lock is refused and harmless. Memory is
-bounded: what it remembers of a lock is dropped once the lock has ended or expired."""
+Committed legs are claimed in the coordinator's order: leg 1 only once leg 0 is claimed,
+so that a leg 0 its ledger refunds at the backstop never leaves leg 1 claimed alone.
+Aborted legs are cancelled all at once.
+
+It runs inside the coordinator (journals only) and as its own process (`lockstep
+watchtower`, journals and decisions), as any party, as many as wanted: a claim or cancel
+of an ended lock is refused and harmless. Memory is bounded: a settlement is forgotten
+once every leg it knows of has ended, and at REMEMBERED_MAX the oldest are dropped."""
 
 from __future__ import annotations
 
@@ -17,30 +26,40 @@ import secrets
 import attrs
 import trio
 
-from protocols.authority import Terms, terms_of
-from protocols.bus import Bus, BusTimeout
+from protocols.authority import terms_of
+from protocols.bus import Bus, BusTimeout, decisions_topic
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.bus.follow import follow
-from protocols.errors import Rejected
+from protocols.errors import Code, Rejected
 from protocols.journal import ChainBroken
-from protocols.messages import Claim
-from protocols.registry import Registry
-from protocols.signing import PrivateKey, sign
+from protocols.messages import Cancel, Claim, QueryLock, SettlementDecision
+from protocols.registry import Registry, Role
+from protocols.signing import PrivateKey, decode_signed, sign
 
 log = logging.getLogger("lockstep.watchtower")
 
 GRACE_MS = 1_000
 REMEMBERED_MAX = 1_000_000
+RETRY_S = 0.1
+RETRY_S_MAX = 2.0  # backing off from a ledger that does not answer
+LEGS = 2
 
 
-@attrs.frozen
-class Watched:
-    """Leg 1 of a settlement whose leg 0 is locked: where it is and until when."""
+@attrs.define
+class Watch:
+    """What the watchtower knows of one settlement."""
 
-    ledger: str
-    lock_id: str
-    expiry_ms: int
+    ledgers: tuple[str, ...] = ()  # each leg's ledger, once known
+    expiry_ms: int | None = None  # no ledger places a lock of it later
+    commit: bytes | None = None  # the claim secret, once public
+    abort: bytes | None = None  # the cancellation preimage, once public
+    ended: dict[int, str] = attrs.field(factory=dict)  # leg -> how its lock ended
+    forwarding: bool = False
+
+    @property
+    def done(self) -> bool:
+        return len(self.ended) == LEGS or (self.commit is not None and self.ended.get(0, "claimed") != "claimed")
 
 
 class Watchtower:
@@ -54,102 +73,208 @@ class Watchtower:
         clock: ServiceClock,
         grace_ms: int = GRACE_MS,
         backlog: int = 1000,
+        coordinators: tuple[str, ...] = (),
     ) -> None:
         self.id = party_id
         self._key = key
+        self.registry = registry
         self.bus = bus
         self.ledger_ids = ledger_ids
         self.clock = clock
         self.grace_ms = grace_ms
         self.backlog = backlog
-        self._clients = {
-            ledger: LedgerClient(bus, ledger, registry[ledger].public_key, timeout_s=0.5, attempts=1)
-            for ledger in ledger_ids
-        }
-        self._second: dict[str, Watched] = {}  # settlement id -> its leg 1
-        self._ended: set[str] = set()  # watched legs 1 seen claimed, refunded or aborted
-        self.claims_made = 0
+        self.coordinators = coordinators
+        self._clients: dict[str, LedgerClient] = {}
+        self._watches: dict[str, Watch] = {}
+        self._nursery: trio.Nursery | None = None
+        self.forwarded = 0  # claims and cancels it got applied
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for coordinator in self.coordinators:
+                await nursery.start(self._hear, coordinator)
             for ledger in self.ledger_ids:
-                await nursery.start(self._watch, ledger, nursery)
+                nursery.start_soon(self._watch, ledger)
             task_status.started()
 
-    async def _watch(self, ledger: str, nursery: trio.Nursery, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+    def client(self, ledger: str) -> LedgerClient | None:
+        """A client of any ledger in the registry (None for a party that is no ledger)."""
+        if ledger not in self._clients:
+            if not self.registry.has_role(ledger, Role.LEDGER):
+                return None
+            self._clients[ledger] = LedgerClient(
+                self.bus, ledger, self.registry[ledger].public_key, timeout_s=0.5, attempts=1
+            )
+        return self._clients[ledger]
+
+    # -- learning decisions ------------------------------------------------------------------
+
+    async def _hear(self, coordinator: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """A coordinator's decisions, each signed by it."""
+        async with self.bus.subscribe(decisions_topic(coordinator)) as events:
+            task_status.started()
+            async for raw in events:
+                try:
+                    signed = decode_signed(raw, allowed=(SettlementDecision,))
+                    self.registry.verify_all(signed)
+                except Rejected as error:
+                    log.warning("ignored a decision event that is not %s's: %s", coordinator, error)
+                    continue
+                decision: SettlementDecision = signed.msg
+                if decision.coordinator != coordinator or set(signed.sigs) != {coordinator}:
+                    log.warning("ignored a decision of %s signed by %s", decision.coordinator, ", ".join(signed.sigs))
+                    continue
+                watch = self._watch_of(decision.settlement_id)
+                watch.ledgers, watch.expiry_ms = decision.ledgers, decision.expiry_ms
+                if decision.outcome == "commit":
+                    watch.commit = decision.preimage
+                else:
+                    watch.abort = decision.preimage
+                self._consider(decision.settlement_id, watch)
+
+    async def _watch(self, ledger: str) -> None:
+        client = self.client(ledger)
+        assert client is not None, f"{ledger} is not a ledger of the registry"
         while True:
             try:
-                async for entry in follow(self._clients[ledger], backlog=self.backlog):
-                    self._see(entry, nursery)
+                async for entry in follow(client, backlog=self.backlog):
+                    self._see(entry)
             except (BusTimeout, BadReply, ChainBroken) as error:
                 log.warning("lost %s's journal stream (%s); following again", ledger, error)
                 await trio.sleep(0.5)
 
-    def _see(self, entry: dict, nursery: trio.Nursery) -> None:
-        """React to one journal entry (a wire dictionary)."""
+    def _see(self, entry: dict) -> None:
+        """Learn from one journal entry (a wire dictionary, checked by the follower)."""
         instruction, kind = entry.get("instruction"), entry.get("kind")
         try:
-            if instruction is None:  # the ledger's own expiry refunds
-                for lock_id, _ in entry["effects"].get("locks", ()):
-                    self._lock_ended(lock_id)
-            elif kind == "lock" and instruction.get("auth") and instruction["id"].endswith(":0"):
-                self._remember(terms_of(instruction["auth"], None))  # the ledger has checked it
-            elif kind == "claim" and instruction["lock_id"].endswith(":0"):
-                settlement_id = instruction["lock_id"][:-2]
-                watched = self._second.get(settlement_id)
-                if watched is not None:
-                    nursery.start_soon(self._finish, settlement_id, watched, bytes.fromhex(instruction["preimage"]))
-            elif kind in ("claim", "abort", "refund"):
-                self._lock_ended(instruction["lock_id"])
+            if instruction is None:  # the ledger's own refunds
+                for lock, state in entry["effects"].get("locks", ()):
+                    self._ended(lock, state)
+            elif kind == "lock" and instruction.get("auth"):
+                settlement_id, leg = _leg_of(instruction["id"])
+                if leg is not None:
+                    terms = terms_of(instruction["auth"], None)  # the ledger has checked it
+                    watch = self._watch_of(settlement_id)
+                    watch.ledgers = tuple(one.ledger for one in terms.legs)
+                    watch.expiry_ms = instruction["expiry_ms"]
+                    self._consider(settlement_id, watch)
+            elif kind in ("claim", "cancel"):
+                settlement_id, leg = _leg_of(instruction["lock_id"])
+                if leg is not None:
+                    watch = self._watch_of(settlement_id)
+                    preimage = bytes.fromhex(instruction["preimage"])
+                    if kind == "claim":
+                        watch.commit = preimage
+                    else:
+                        watch.abort = preimage
+                    self._ended(instruction["lock_id"], "claimed" if kind == "claim" else "cancelled")
+            elif kind in ("abort", "refund"):
+                self._ended(instruction["lock_id"], "aborted" if kind == "abort" else "refunded")
         except (KeyError, TypeError, ValueError, AttributeError, Rejected) as error:
             log.warning("ignored a journal entry it cannot read: %s", error)
 
-    def _lock_ended(self, lock_id: str) -> None:
-        settlement_id, _, leg = lock_id.rpartition(":")
-        if settlement_id not in self._second:
+    def _ended(self, lock: str, state: str) -> None:
+        settlement_id, leg = _leg_of(lock)
+        watch = self._watches.get(settlement_id)
+        if watch is None or leg is None:
             return
-        if leg == "0":  # leg 0 refunded or aborted: the settlement rolled back
-            del self._second[settlement_id]
-        elif leg == "1":
-            self._ended.add(lock_id)
+        watch.ended[leg] = state
+        self._consider(settlement_id, watch)
 
-    def _remember(self, settlement: Terms) -> None:
-        if len(self._second) >= REMEMBERED_MAX:
-            self._forget_expired()
-        second = settlement.legs[1]
-        self._second[settlement.id] = Watched(second.ledger, f"{settlement.id}:1", settlement.deadline_ms)
+    def _watch_of(self, settlement_id: str) -> Watch:
+        watch = self._watches.get(settlement_id)
+        if watch is None:
+            if len(self._watches) >= REMEMBERED_MAX:
+                oldest = next((key for key, kept in self._watches.items() if not kept.forwarding), None)
+                self._watches.pop(oldest or "", None)
+            watch = self._watches[settlement_id] = Watch()
+        return watch
 
-    def _forget_expired(self) -> None:
-        now_ms = self.clock.now_ms()
-        for settlement_id, watched in list(self._second.items()):
-            if watched.expiry_ms < now_ms:
-                del self._second[settlement_id]
-                self._ended.discard(watched.lock_id)
+    # -- forwarding them ---------------------------------------------------------------------
 
-    async def _finish(self, settlement_id: str, watched: Watched, secret: bytes) -> None:
-        """After the grace period, claim leg 1 unless it has ended already."""
-        await trio.sleep(self.grace_ms / 1000)
-        client = self._clients.get(watched.ledger)
-        while watched.lock_id not in self._ended and self.clock.now_ms() < watched.expiry_ms and client:
-            claim = sign(
-                Claim(
-                    f"{watched.lock_id}:w{secrets.token_hex(3)}",
-                    watched.ledger,
-                    self.clock.now_ms(),
-                    watched.lock_id,
-                    secret,
-                ),
-                (self.id, self._key),
+    def _consider(self, settlement_id: str, watch: Watch) -> None:
+        """Forward a known decision to the legs not yet ended, or forget a settlement done."""
+        if watch.forwarding:
+            return
+        if watch.done:
+            del self._watches[settlement_id]
+            return
+        if (watch.commit is None and watch.abort is None) or not watch.ledgers:
+            return
+        assert self._nursery is not None, "the watchtower is not running"
+        watch.forwarding = True
+        self._nursery.start_soon(self._forward, settlement_id, watch)
+
+    async def _forward(self, settlement_id: str, watch: Watch) -> None:
+        await trio.sleep(self.grace_ms / 1000)  # the coordinator usually finishes first
+        if watch.abort is not None:
+            if watch.commit is not None:
+                log.error("settlement %s: both its claim secret and its cancellation are public", settlement_id)
+            async with trio.open_nursery() as nursery:
+                for leg in range(LEGS):
+                    nursery.start_soon(self._until_ended, settlement_id, watch, leg, watch.abort)
+        else:
+            assert watch.commit is not None
+            for leg in range(LEGS):
+                await self._until_ended(settlement_id, watch, leg, watch.commit)
+                if watch.ended.get(leg) != "claimed":
+                    break  # leg 0 refunded at its backstop: leg 1 is left to its own
+        watch.forwarding = False
+        if self._watches.get(settlement_id) is watch:
+            self._consider(settlement_id, watch)
+
+    async def _until_ended(self, settlement_id: str, watch: Watch, leg: int, preimage: bytes) -> None:
+        """Claim (commit) or cancel (abort) one leg until its ledger says it has ended, or
+        that it was never placed and, past its expiry, never will be; either way the leg
+        counts as ended here."""
+        if leg not in watch.ended:
+            watch.ended[leg] = await self._end(settlement_id, watch, leg, preimage)
+
+    async def _end(self, settlement_id: str, watch: Watch, leg: int, preimage: bytes) -> str:
+        target = f"{settlement_id}:{leg}"
+        client = self.client(watch.ledgers[leg])
+        if client is None:
+            return "unreachable"
+        pause_s = RETRY_S
+        while leg not in watch.ended:
+            instruction = (Claim if preimage == watch.commit else Cancel)(
+                f"{target}:w{secrets.token_hex(3)}", client.ledger_id, self.clock.now_ms(), target, preimage
             )
             try:
-                receipt = await client.submit(claim)
+                receipt = await client.submit(sign(instruction, (self.id, self._key)))
+                if receipt.applied:
+                    self.forwarded += 1
+                    state = "claimed" if isinstance(instruction, Claim) else "cancelled"
+                    log.warning("settlement %s: the watchtower %s leg %d", settlement_id, state, leg)
+                    return state
+                if receipt.code == Code.WRONG_PREIMAGE.value:
+                    log.error("settlement %s: leg %d refuses the decision's preimage", settlement_id, leg)
+                    return "refused"
+                state = await self._state(client, target)
             except (BusTimeout, BadReply):
-                await trio.sleep(0.1)
+                await trio.sleep(pause_s)
+                pause_s = min(2 * pause_s, RETRY_S_MAX)
                 continue
-            if receipt.applied:
-                self.claims_made += 1
-                log.warning("settlement %s: coordinator silent after leg 0; watchtower claimed leg 1", settlement_id)
-            break
-        self._second.pop(settlement_id, None)
-        self._ended.discard(watched.lock_id)
+            pause_s = RETRY_S
+            if state == "absent":
+                if watch.expiry_ms is not None and self.clock.now_ms() > watch.expiry_ms + self.grace_ms:
+                    return state  # never placed, and no ledger places it any more
+            elif state != "held":
+                return state
+            await trio.sleep(RETRY_S)
+        return watch.ended[leg]  # learnt from the journal meanwhile
+
+    async def _state(self, client: LedgerClient, target: str) -> str:
+        try:
+            return (await client.query(QueryLock(client.next_query_id(), client.ledger_id, target)))["state"]
+        except Rejected as error:
+            if error.code is Code.UNKNOWN_LOCK:
+                return "absent"
+            raise BadReply(f"query_lock {target}: {error}") from None
+
+
+def _leg_of(lock: str) -> tuple[str, int | None]:
+    """A coordinator's lock id `{settlement}:{leg}` split; leg None for any other lock."""
+    settlement_id, _, leg = lock.rpartition(":")
+    return settlement_id, int(leg) if leg in ("0", "1") and settlement_id else None

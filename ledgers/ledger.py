@@ -3,8 +3,9 @@ requests and the ledger's time, applies them in one SQLite transaction, and retu
 signed reply per request and the journal entries to publish. The trio service around
 it (`service.py`) only moves bytes between the bus and `process`.
 
-Each batch first refunds every lock at or past its expiry, so that balances reflect an
-expiry the moment a batch runs and a claim in the same batch is judged after it.
+Each batch first refunds every lock at or past its refund time (a time-lock's expiry, a
+decision lock's backstop), so that balances reflect it the moment a batch runs and a
+claim in the same batch is judged after it.
 
 Before it serves, a ledger checks its journal and state tables. With a checkpoint (signed
 every CHECKPOINT_INTERVAL_ENTRIES entries, at every start and at a clean stop) that costs
@@ -227,8 +228,8 @@ class Ledger:
         assert self.seq - seq_before == len(events)
         return replies, events
 
-    def next_expiry_ms(self) -> int | None:
-        return self.store.next_expiry_ms()
+    def next_refund_ms(self) -> int | None:
+        return self.store.next_refund_ms()
 
     def _expire(self, now_ms: int) -> None:
         for lock in self.store.locks_due(now_ms, self.config.limits.batch_size_max):
@@ -426,6 +427,8 @@ def lock_view(lock) -> dict[str, Any]:
         "expiry_ms": lock.expiry_ms,
         "abort_by": list(lock.abort_by),
         "state": lock.state.value,
+        "cancel_hashlock": None if lock.cancel_hashlock is None else lock.cancel_hashlock.hex(),
+        "backstop_ms": lock.backstop_ms,
     }
 
 

@@ -17,6 +17,7 @@ from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
 from protocols.messages import (
     Abort,
+    Cancel,
     Claim,
     CreateInstrument,
     Issue,
@@ -315,27 +316,17 @@ def _lock(msg: Lock, signed: Signed, ctx: Context, changes: Changes) -> None:
         raise Rejected(
             Code.EXPIRY_OUT_OF_RANGE, "expiry_ms", f"expiry {msg.expiry_ms} is not after ledger time {ctx.now_ms}"
         )
-    if msg.expiry_ms - ctx.now_ms > ctx.config.limits.lock_expiry_ms_max:
+    last_ms, field = (msg.expiry_ms, "expiry_ms") if msg.backstop_ms is None else (msg.backstop_ms, "backstop_ms")
+    if last_ms - ctx.now_ms > ctx.config.limits.lock_expiry_ms_max:
         raise Rejected(
             Code.EXPIRY_OUT_OF_RANGE,
-            "expiry_ms",
-            f"expiry is more than {ctx.config.limits.lock_expiry_ms_max} ms after ledger time {ctx.now_ms}",
+            field,
+            f"{field} is more than {ctx.config.limits.lock_expiry_ms_max} ms after ledger time {ctx.now_ms}",
         )
     if changes.lock(msg.id) is not None:
         raise Rejected(Code.LOCK_EXISTS, "id", f"lock {msg.id} already exists")
     _debit_available(changes, msg.owner_account, msg.asset, msg.amount, "amount")
-    changes.put_lock(
-        htlc.HeldLock(
-            msg.id,
-            msg.owner_account,
-            msg.beneficiary_account,
-            msg.asset,
-            msg.amount,
-            msg.hashlock,
-            msg.expiry_ms,
-            msg.abort_by,
-        )
-    )
+    changes.put_lock(htlc.placed(msg))
     changes.move(msg.owner_account, msg.asset, -msg.amount, msg.amount)
 
 
@@ -347,15 +338,17 @@ def _held_lock(changes: Changes, lock_id: str) -> htlc.HeldLock:
 
 
 def _lock_to_end_early(changes: Changes, lock_id: str, now_ms: int, action: str) -> htlc.HeldLock:
-    """The lock a claim or abort names. The ledger refunds each lock at its expiry before
-    a batch's instructions run, so a claim or abort at or after expiry finds the lock
-    refunded: it is refused as expired, as the HTLC rules refuse it on a lock still held."""
+    """The lock a claim, cancel or abort names. The ledger refunds each lock at its refund
+    time (a time-lock's expiry, a decision lock's backstop) before a batch's instructions
+    run, so one at or after that time finds the lock refunded: it is refused as expired,
+    as the HTLC rules refuse it on a lock still held."""
     lock = _held_lock(changes, lock_id)
-    if lock.state is htlc.LockState.REFUNDED and now_ms >= lock.expiry_ms:
+    if lock.state is htlc.LockState.REFUNDED and now_ms >= lock.refund_at_ms:
+        when = "backstop" if lock.decides else "expiry"
         raise Rejected(
             Code.LOCK_EXPIRED,
             "lock_id",
-            f"{action} at {now_ms} is at or after expiry {lock.expiry_ms}: the lock was refunded to its owner",
+            f"{action} at {now_ms} is at or after {when} {lock.refund_at_ms}: the lock was refunded to its owner",
         )
     return lock
 
@@ -367,8 +360,14 @@ def _claim(msg: Claim, signed: Signed, ctx: Context, changes: Changes) -> None:
     changes.move(lock.beneficiary_account, lock.asset, lock.amount, 0)
 
 
+def _cancel(msg: Cancel, signed: Signed, ctx: Context, changes: Changes) -> None:
+    release(
+        htlc.cancel(_lock_to_end_early(changes, msg.lock_id, ctx.now_ms, "cancel"), msg.preimage, ctx.now_ms), changes
+    )
+
+
 def release(lock: htlc.HeldLock, changes: Changes) -> None:
-    """Return a lock's asset to its owner (refund or abort, `lock` in its end state)."""
+    """Return a lock's asset to its owner (refund, cancel or abort: `lock` in its end state)."""
     changes.put_lock(lock)
     changes.move(lock.owner_account, lock.asset, lock.amount, -lock.amount)
 
@@ -430,6 +429,7 @@ _RULES: dict[type, Callable] = {
     Settle: _settle,
     Lock: _lock,
     Claim: _claim,
+    Cancel: _cancel,
     Refund: _refund,
     Abort: _abort,
     RotateKey: _rotate_key,

@@ -1,7 +1,7 @@
 """The ledger as a trio service on a bus: it drains whatever requests have arrived (up
 to `batch_size_max`), applies them as one batch, answers each after the commit, then
 publishes the batch's journal entries. When no request comes it still wakes at the
-next lock expiry, so expired locks are refunded by the ledger itself, on its own clock.
+next refund time of a lock, so due locks are refunded by the ledger itself, on its own clock.
 It counts its batches, outcomes and replies in its metrics (`metrics.py`) as it goes."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class LedgerService:
         self.batches = 0
         self.instructions = 0
         self.metrics = LedgerMetrics(ledger)
-        self._next_expiry_ms = ledger.next_expiry_ms()
+        self._next_refund_ms = ledger.next_refund_ms()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         limit = self.ledger.config.limits.batch_size_max
@@ -59,12 +59,12 @@ class LedgerService:
                     await self._apply(batch)
 
     def _next_wake(self) -> float:
-        expiry_ms = self._next_expiry_ms
-        return math.inf if expiry_ms is None else self.clock.trio_time_at(expiry_ms)
+        refund_ms = self._next_refund_ms
+        return math.inf if refund_ms is None else self.clock.trio_time_at(refund_ms)
 
     def _process(self, payloads: list[bytes], now_ms: int) -> tuple[list[bytes], list[bytes], int | None]:
         replies, entries = self.ledger.process(payloads, now_ms)
-        return replies, entries, self.ledger.next_expiry_ms()
+        return replies, entries, self.ledger.next_refund_ms()
 
     async def _apply(self, batch: list) -> None:
         payloads = [request.payload for request in batch]
@@ -73,7 +73,7 @@ class LedgerService:
             outcome = await trio.to_thread.run_sync(self._process, payloads, self.clock.now_ms())
         else:
             outcome = self._process(payloads, self.clock.now_ms())
-        replies, entries, self._next_expiry_ms = outcome
+        replies, entries, self._next_refund_ms = outcome
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
         self.batches += 1

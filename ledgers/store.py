@@ -33,7 +33,7 @@ from protocols.journal import (
     lock_row,
 )
 
-SCHEMA_VERSION = 3  # 2: rotated keys; 3: checkpoints, and the entry that applied each instruction
+SCHEMA_VERSION = 4  # 2: rotated keys; 3: checkpoints, and the entry that applied each instruction; 4: decision locks
 
 
 @attrs.frozen
@@ -84,6 +84,8 @@ class Store:
                 db.table("keys").create({"party": str, "public_key": str}, pk="party")
             if version < 3:
                 self._add_v3(db)
+            if version < 4:
+                self._add_v4(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
@@ -144,6 +146,14 @@ class Store:
             "(SELECT seq, json_extract(CAST(entry AS TEXT), '$.instruction.id') AS id FROM journal "
             " WHERE json_valid(CAST(entry AS TEXT))) AS applied WHERE applied.id = instructions.id"
         )
+
+    @staticmethod
+    def _add_v4(db: sqlite_utils.Database) -> None:
+        """A decision lock's cancel hashlock and backstop (NULL for a time-lock), and the
+        held locks indexed by when the ledger refunds them: the backstop, else the expiry."""
+        db.execute("ALTER TABLE locks ADD COLUMN cancel_hashlock BLOB")
+        db.execute("ALTER TABLE locks ADD COLUMN backstop_ms INTEGER")
+        db.execute(f"CREATE INDEX locks_held_by_refund ON locks({_REFUND_AT}) WHERE state = 'held'")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -236,15 +246,17 @@ class Store:
         return _lock(row) if row else None
 
     def locks_due(self, now_ms: int, limit: int) -> list[HeldLock]:
-        """Held locks at or past their expiry, soonest first."""
+        """Held locks at or past their refund time, soonest first."""
         rows = self._db.execute(
-            f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND expiry_ms <= ? "
-            "ORDER BY expiry_ms, lock_id LIMIT ?",
+            f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND {_REFUND_AT} <= ? "
+            f"ORDER BY {_REFUND_AT}, lock_id LIMIT ?",
             (now_ms, limit),
         )
         return [_lock(row) for row in rows]
 
     def locks_expiring(self, before_ms: int, limit: int) -> list[HeldLock]:
+        """Held locks whose expiry (a decision lock's: the time to be decided by) is
+        before `before_ms`, soonest first."""
         rows = self._db.execute(
             f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND expiry_ms < ? "
             "ORDER BY expiry_ms, lock_id LIMIT ?",
@@ -255,8 +267,9 @@ class Store:
     def all_locks(self) -> list[HeldLock]:
         return [_lock(row) for row in self._db.execute(f"SELECT {_LOCK_COLUMNS} FROM locks ORDER BY lock_id")]
 
-    def next_expiry_ms(self) -> int | None:
-        return self._db.execute("SELECT MIN(expiry_ms) FROM locks WHERE state = 'held'").fetchone()[0]
+    def next_refund_ms(self) -> int | None:
+        """When the ledger next refunds a lock by itself, if it holds any."""
+        return self._db.execute(f"SELECT MIN({_REFUND_AT}) FROM locks WHERE state = 'held'").fetchone()[0]
 
     def instruction(self, instruction_id: str) -> tuple[bytes, str, bytes] | None:
         """(digest, canonical body, signed receipt) of an instruction already answered."""
@@ -347,7 +360,7 @@ class Store:
     def put_lock(self, lock: HeldLock) -> None:
         old = self.lock(lock.lock_id)
         self._write(
-            f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 lock.lock_id,
                 lock.owner_account,
@@ -358,6 +371,8 @@ class Store:
                 lock.expiry_ms,
                 json.dumps(list(lock.abort_by)),
                 lock.state.value,
+                lock.cancel_hashlock,
+                lock.backstop_ms,
             ),
         )
         self._digest_row(None if old is None else lock_row(old), lock_row(lock))
@@ -389,11 +404,15 @@ class Store:
         )
 
 
-_LOCK_COLUMNS = "lock_id, owner_account, beneficiary_account, asset, amount, hashlock, expiry_ms, abort_by, state"
+_LOCK_COLUMNS = (
+    "lock_id, owner_account, beneficiary_account, asset, amount, hashlock, expiry_ms, abort_by, state, "
+    "cancel_hashlock, backstop_ms"
+)
+_REFUND_AT = "COALESCE(backstop_ms, expiry_ms)"  # as HeldLock.refund_at_ms: the same expression as the index's
 
 
 def _lock(row: tuple) -> HeldLock:
-    lock_id, owner, beneficiary, asset, amount, hashlock, expiry_ms, abort_by, state = row
+    lock_id, owner, beneficiary, asset, amount, hashlock, expiry_ms, abort_by, state, cancel_hashlock, backstop = row
     return HeldLock(
         lock_id,
         owner,
@@ -404,6 +423,8 @@ def _lock(row: tuple) -> HeldLock:
         expiry_ms,
         tuple(json.loads(abort_by)),
         LockState(state),
+        None if cancel_hashlock is None else bytes(cancel_hashlock),
+        backstop,
     )
 
 

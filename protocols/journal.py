@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .canonical import decode, encode
 from .errors import Rejected
-from .htlc import HeldLock, LockState
+from .htlc import HeldLock, LockState, placed
 from .messages import Entry, Lock
 from .money import format_amount, format_balance
 from .signing import PrivateKey, Signed, from_wire, sign, verify
@@ -183,16 +183,7 @@ class Replay:
             self.supply[asset][1] += redeemed_delta
         if entry.kind == "lock" and entry.instruction is not None:
             lock: Lock = from_wire(entry.instruction, allowed=(Lock,)).msg
-            self.locks[lock.id] = HeldLock(
-                lock.id,
-                lock.owner_account,
-                lock.beneficiary_account,
-                lock.asset,
-                lock.amount,
-                lock.hashlock,
-                lock.expiry_ms,
-                lock.abort_by,
-            )
+            self.locks[lock.id] = placed(lock)
         for lock_id, state in effects.get("locks", ()):
             if state == LockState.HELD.value:
                 continue
@@ -362,7 +353,9 @@ def asset_row(code: str, terms: tuple, supply: list[int] | tuple[int, int]) -> l
 
 
 def lock_row(lock: HeldLock) -> list[Any]:
-    return [
+    """A decision lock's row ends with its cancel hashlock and backstop; a time-lock's
+    has neither, so the digests checkpoints signed before decision locks existed hold."""
+    row = [
         "lock",
         lock.lock_id,
         lock.owner_account,
@@ -374,6 +367,9 @@ def lock_row(lock: HeldLock) -> list[Any]:
         list(lock.abort_by),
         lock.state.value,
     ]
+    if lock.cancel_hashlock is not None:
+        row += [lock.cancel_hashlock.hex(), lock.backstop_ms]
+    return row
 
 
 def instruction_row(instruction_id: str, seq: int) -> list[Any]:

@@ -88,6 +88,11 @@ def digest32(_: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise _invalid(attribute, f"must be 32 bytes (64 hex digits), got {len(value)} bytes")
 
 
+def optional_digest32(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None:
+        digest32(instance, attribute, value)
+
+
 def isin(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     _expect(attribute, value, str, "a string")
     problem = isin_problem(value)
@@ -294,12 +299,35 @@ class Transfer(Instruction):
     amount: int = attrs.field(validator=amount)
 
 
+def backstop(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A decision lock's backstop: given with its `cancel_hashlock`, not before its expiry."""
+    if value is None:
+        if instance.cancel_hashlock is not None:
+            raise _invalid(attribute, "a lock with a cancel_hashlock needs a backstop_ms")
+        return
+    time_ms(instance, attribute, value)
+    if instance.cancel_hashlock is None:
+        raise _invalid(attribute, "a backstop_ms needs a cancel_hashlock: without one, expiry_ms is the backstop")
+    if value < instance.expiry_ms:
+        raise _invalid(attribute, f"backstop {value} is before expiry {instance.expiry_ms}")
+    if instance.abort_by:
+        raise Rejected(
+            Code.INVALID_FIELD,
+            "abort_by",
+            "a lock with a cancel_hashlock is ended early only by cancel: none aborts it",
+        )
+
+
 @message("lock")
 @attrs.frozen
 class Lock(Instruction):
-    """Place a hashed time-lock; its id is the instruction id. `abort_by` names the
-    parties, besides the beneficiary, who may end it early (see htlc.abort). Signed by
-    the owner, or by a coordinator carrying the owner's signed settlement in `auth`."""
+    """Place a hashed lock; its id is the instruction id. Signed by the owner, or by a
+    coordinator carrying the owner's signed settlement in `auth`.
+
+    A time-lock refunds at `expiry_ms`; `abort_by` names the parties, besides the
+    beneficiary, who may end it early (see htlc.abort). A decision lock also carries
+    `cancel_hashlock` and `backstop_ms`: until the backstop it ends only by claim or by
+    cancel, and `expiry_ms` is the time by which it is decided (htlc)."""
 
     owner_account: str = attrs.field(validator=ident)
     beneficiary_account: str = attrs.field(validator=ident)
@@ -309,12 +337,28 @@ class Lock(Instruction):
     expiry_ms: int = attrs.field(validator=time_ms)
     abort_by: tuple[str, ...] = attrs.field(validator=idents(ABORT_BY_MAX))
     auth: dict | None = attrs.field(default=None, validator=optional_object)
+    cancel_hashlock: bytes | None = attrs.field(default=None, validator=optional_digest32, metadata=LATER)
+    backstop_ms: int | None = attrs.field(default=None, validator=backstop, metadata=LATER)
+
+    @property
+    def decides(self) -> bool:
+        return self.cancel_hashlock is not None
 
 
 @message("claim")
 @attrs.frozen
 class Claim(Instruction):
     """Complete a lock with its secret; anyone may send it, only the beneficiary gains."""
+
+    lock_id: str = attrs.field(validator=ident)
+    preimage: bytes = attrs.field(validator=digest32)
+
+
+@message("cancel")
+@attrs.frozen
+class Cancel(Instruction):
+    """End a decision lock with its abort preimage, which its coordinator reveals only
+    once it has decided to abort; anyone may send it, only the owner gains."""
 
     lock_id: str = attrs.field(validator=ident)
     preimage: bytes = attrs.field(validator=digest32)
@@ -363,6 +407,7 @@ INSTRUCTIONS: tuple[type[Instruction], ...] = (
     Transfer,
     Lock,
     Claim,
+    Cancel,
     Refund,
     Abort,
     Settle,
@@ -723,6 +768,23 @@ class RepoStatus(Body):
     reason: str = ""
 
 
+@message("decision")
+@attrs.frozen
+class SettlementDecision(Body):
+    """A coordinator's decision on a cross-ledger settlement, published once it is on
+    disk: `preimage` claims every leg (commit) or cancels every leg (abort); `ledgers`
+    places each leg, whose lock is `{settlement_id}:{leg}`, placed no later than
+    `expiry_ms`. Any watchtower may forward it to the ledgers (docs/PROTOCOL.md §17)."""
+
+    coordinator: str = attrs.field(validator=ident)
+    settlement_id: str = attrs.field(validator=settlement_id)
+    outcome: str = attrs.field(validator=one_of("commit", "abort"))
+    ledgers: tuple[str, ...] = attrs.field(validator=two_ledgers)
+    preimage: bytes = attrs.field(validator=digest32)
+    expiry_ms: int = attrs.field(validator=time_ms)
+    time_ms: int = attrs.field(validator=time_ms)  # last: the name shadows its validator below it
+
+
 @message("query_settlement")
 @attrs.frozen
 class QuerySettlement(Body):
@@ -810,7 +872,7 @@ def from_body(body: Any, *, allowed: tuple[type[Body], ...] | None = None) -> Bo
 
 
 def _from_wire(attribute: attrs.Attribute, value: Any) -> Any:
-    if attribute.validator is digest32:
+    if attribute.validator is digest32 or (attribute.validator is optional_digest32 and value is not None):
         return _hex32(attribute.name, value)
     if attribute.validator in (legs, settlement_legs):
         if not isinstance(value, list):

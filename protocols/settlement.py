@@ -1,23 +1,30 @@
 """A settlement's life as a state machine, and the timing plan of its locks.
 
     cross ledger:
-    PENDING ─> LOCKING ─> LOCKED ─> CLAIMING ─> SETTLED
-                  │          │         ├──────> ONE_LEGGED   leg 1 lost after leg 0 was paid:
-                  │          │         │                     only if an outage outlasts Δ
-                  └──────────┴─────────┴──────> ROLLING_BACK ─> FAILED       a lock was refused
-                                                              └> ROLLED_BACK  no answer in time
+    PENDING ─> LOCKING ─> LOCKED ─> CLAIMING ───────────> SETTLED
+                  │          │      (commit) ├──────────> ONE_LEGGED   a leg refunded at its backstop
+                  │          │               └──────────> ROLLED_BACK  every leg refunded at its backstop
+                  └──────────┴────> ROLLING_BACK ───────> FAILED       a lock was refused
+                                    (abort)  ├──────────> ROLLED_BACK  no answer in time
+                                             └──────────> ONE_LEGGED   a leg found claimed: two decisions
     same ledger:
     PENDING ─> SETTLED | FAILED                  one atomic settle instruction
 
-The secret leaves the coordinator only in CLAIMING, entered durably after both locks
-are confirmed (LOCKED). Before CLAIMING a settlement can always roll back, since no one
-but the coordinator can claim; after it, the coordinator (or a watchtower) must finish.
+The decision is the commit point. Each cross-ledger settlement is decided once: entering
+CLAIMING is the commit, entering ROLLING_BACK the abort, and either is durable before
+anything it allows is revealed: the claim secret only in CLAIMING, the cancellation
+preimage only in ROLLING_BACK. No transition leads from one to the other, and the
+coordinator's journal refuses to record a second decision. Its locks are decision locks
+(protocols.htlc): until their backstop they end only by one of the two preimages, so
+no clock can settle one leg and refund the other; only an outage that outlasts the
+backstop (hours) can, and then it is reported.
 
-Timing: leg 0 is claimed first and expires first, at `expiry_ms[0]`; leg 1 expires a
-safety margin Δ later. Δ covers the worst time to get a claim applied (the claim
-deadline) plus the largest clock skew between two ledgers, so that a secret revealed
-on leg 0 at the last moment still completes leg 1 (docs/PROTOCOL.md §17, "Timing and the
-safety margin Δ")."""
+Timing: both locks carry the same `expiry_ms`, the time by which the coordinator
+decides (no ledger places a lock after it); leg 0's backstop is `backstop_ms` after the
+start and leg 1's a margin Δ later, so that even at the backstop a claim of leg 0 made
+at the last moment still completes leg 1 (the classic HTLC rule, kept for the fallback).
+Δ covers the worst time to get a claim applied plus the largest clock skew between two
+ledgers (docs/PROTOCOL.md §17, "Timing")."""
 
 from __future__ import annotations
 
@@ -43,19 +50,39 @@ NEXT: dict[Phase, frozenset[Phase]] = {
     Phase.PENDING: frozenset({Phase.LOCKING, Phase.FAILED, Phase.SETTLED}),  # SETTLED: same ledger
     Phase.LOCKING: frozenset({Phase.LOCKED, Phase.ROLLING_BACK}),
     Phase.LOCKED: frozenset({Phase.CLAIMING, Phase.ROLLING_BACK}),
-    Phase.CLAIMING: frozenset({Phase.SETTLED, Phase.ONE_LEGGED, Phase.ROLLING_BACK}),  # back: leg 0 unclaimable
-    Phase.ROLLING_BACK: frozenset({Phase.FAILED, Phase.ROLLED_BACK}),
+    Phase.CLAIMING: frozenset({Phase.SETTLED, Phase.ONE_LEGGED, Phase.ROLLED_BACK}),  # the last two: backstop
+    Phase.ROLLING_BACK: frozenset({Phase.FAILED, Phase.ROLLED_BACK, Phase.ONE_LEGGED}),
     Phase.SETTLED: frozenset(),
     Phase.FAILED: frozenset(),
     Phase.ROLLED_BACK: frozenset(),
     Phase.ONE_LEGGED: frozenset(),
 }
 
+
+class Decision(enum.Enum):
+    """What a cross-ledger settlement was decided to do, once: the phase entered decides."""
+
+    NONE = ""
+    COMMIT = "commit"
+    ABORT = "abort"
+
+
+DECIDED_BY: dict[Phase, Decision] = {Phase.CLAIMING: Decision.COMMIT, Phase.ROLLING_BACK: Decision.ABORT}
+
 FINAL = frozenset(phase for phase, following in NEXT.items() if not following)
 
 
 def check_transition(current: Phase, following: Phase) -> None:
     assert following in NEXT[current], f"settlement phase {current.name} -> {following.name} is not a transition"
+
+
+def decided(current: Decision, following: Phase) -> Decision:
+    """The decision once `following` is entered; a second, other decision is a bug."""
+    decision = DECIDED_BY.get(following, Decision.NONE)
+    if decision is Decision.NONE:
+        return current
+    assert current in (Decision.NONE, decision), f"decided {current.value}, now {decision.value}: decided twice"
+    return decision
 
 
 def utc_date(time_ms: int) -> str:
@@ -71,31 +98,49 @@ def settle_id(settlement_id: str) -> str:
     return f"{settlement_id}:settle"
 
 
+def _backstop_after_every_claim(instance: Timing, attribute: attrs.Attribute, value: int) -> None:
+    """Leg 0's backstop must leave a claim its full time after the last moment to decide."""
+    least = instance.decide_ms + instance.margin_ms
+    if value < least:
+        raise ValueError(f"backstop_ms must be at least lock_wait + 2 × skew + claim_deadline = {least} ms")
+
+
 @attrs.frozen
 class Timing:
     """How long each step may take, in ms. The defaults suit one machine or a LAN:
-    a request answered in well under a second, clocks kept within a second by NTP."""
+    a request answered in well under a second, clocks kept within a second by NTP; and
+    a backstop of four hours, the legal fallback a settlement's parties then fall back on."""
 
-    lock_wait_ms: int = 2_000  # both locks confirmed within this, or roll back
+    lock_wait_ms: int = 2_000  # both locks confirmed within this, or abort
     claim_deadline_ms: int = 4_000  # the longest we allow to get one claim applied
     clock_skew_ms_max: int = 1_000  # the largest disagreement between two ledgers' clocks
+    backstop_ms: int = attrs.field(default=4 * 3_600_000, validator=_backstop_after_every_claim)
 
     @property
     def margin_ms(self) -> int:
-        """Δ: the time leg 1 outlives leg 0."""
+        """Δ: the time leg 1 outlives leg 0 (time-locks: their expiries; decision locks: their backstops)."""
         return self.claim_deadline_ms + self.clock_skew_ms_max
 
-    def expiries(self, now_ms: int) -> tuple[int, int]:
-        """Leg 0 must outlive the locking phase, one full claim and the skew;
-        leg 1 outlives leg 0 by Δ."""
-        first = now_ms + self.lock_wait_ms + self.claim_deadline_ms + self.clock_skew_ms_max
+    @property
+    def decide_ms(self) -> int:
+        """From the start to the locks' `expiry_ms`: the lock wait, and the skew so that
+        a ledger whose clock runs ahead still places a lock sent within it."""
+        return self.lock_wait_ms + self.clock_skew_ms_max
+
+    def expiry(self, now_ms: int) -> int:
+        """Both locks' `expiry_ms`: decided by then; no ledger places either later."""
+        return now_ms + self.decide_ms
+
+    def backstops(self, now_ms: int) -> tuple[int, int]:
+        """Leg 0's backstop, and leg 1's Δ later."""
+        first = now_ms + self.backstop_ms
         return first, first + self.margin_ms
 
     def total_ms(self) -> int:
-        """From start to the later expiry: what the settlement deadline must leave."""
-        _first, second = self.expiries(0)
-        return second
+        """From start to the decision: what the settlement deadline must leave."""
+        return self.decide_ms
 
-    def may_release_secret(self, now_ms: int, first_expiry_ms: int) -> bool:
-        """The first claim can still land before leg 0 expires, whatever the skew."""
-        return now_ms + self.claim_deadline_ms + self.clock_skew_ms_max <= first_expiry_ms
+    def may_commit(self, now_ms: int, expiry_ms: int, first_backstop_ms: int) -> bool:
+        """Commit only before the time promised to decide by, and while a claim of leg 0
+        can still land before its backstop, whatever the skew."""
+        return now_ms < expiry_ms and now_ms + self.margin_ms <= first_backstop_ms

@@ -1,6 +1,7 @@
 """The coordinator in one process on the in-memory bus, with a mock clock: every path,
-every timeout, a crash after every step, the watchtower, and unreliable replies.
-Outcomes are checked against the ledgers' real balances and lock states."""
+every timeout, a crash after every step, outages far longer than Δ, the backstop, the
+watchtowers, and unreliable replies. Outcomes are checked against the ledgers' real
+balances and lock states."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.errors import Code, Rejected
 from protocols.messages import QueryLock, QueryLocks, SettlementLeg
-from protocols.settlement import Phase, Timing, lock_id
+from protocols.settlement import Decision, Phase, Timing, lock_id
 from protocols.signing import decode_signed
 
-TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
+TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)  # Δ = 2.5 s, backstop 4 h
+HOUR_S = 3_600
 CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
 CROSS_PVP = (
     SettlementLeg("cbdc-eur", "b-eur", "a-eur", "EUR", 50_000),
@@ -127,7 +129,8 @@ async def test_lock_refused_on_either_leg_fails_and_releases_the_other(tmp_path,
         assert unchanged(before, await w.balances(legs))
         assert await w.held_locks() == []
         other = 1 - leg
-        assert await w.lock_state(legs[other].ledger, lock_id(record.settlement_id, other)) == "aborted"
+        assert await w.lock_state(legs[other].ledger, lock_id(record.settlement_id, other)) == "cancelled"
+        assert record.decision is Decision.ABORT
         nursery.cancel_scope.cancel()
 
 
@@ -142,63 +145,114 @@ async def test_unknown_account_fails_with_the_ledgers_reason(tmp_path, autojump_
         nursery.cancel_scope.cancel()
 
 
-async def test_lock_not_confirmed_in_time_rolls_back(tmp_path, autojump_clock):
-    """cbdc-multi is down: its lock is never confirmed; the EUR lock is aborted."""
+async def test_lock_not_confirmed_in_time_rolls_back_once_the_silent_ledger_answers(tmp_path, autojump_clock):
+    """cbdc-multi is down: its lock is never confirmed, the settlement is aborted and the
+    EUR lock cancelled at once; it ends only when cbdc-multi can say its lock is absent
+    (it might have been placed just before the ledger went down)."""
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path)
         coordinator, _ = await w.local.start_coordinator(TIMING)
         before = await w.balances(CROSS_PVP[:1])
         w.local.stop_ledger("cbdc-multi")
         start_ms = coordinator.clock.now_ms()
+
+        async def restart_later() -> None:
+            await trio.sleep(HOUR_S)
+            await w.local.start_ledger("cbdc-multi")
+
+        nursery.start_soon(restart_later)
         record = await coordinator.submit(w.local.settlement("pvp", CROSS_PVP, PARTIES))
-        assert (record.phase, record.reason_code) == (Phase.ROLLED_BACK, "timeout")
-        assert record.steps[2][1] - start_ms >= TIMING.lock_wait_ms  # it waited the full lock wait
+        assert (record.phase, record.reason_code, record.decision) == (Phase.ROLLED_BACK, "timeout", Decision.ABORT)
+        steps = dict(record.steps)
+        assert steps["rolling_back"] - start_ms >= TIMING.lock_wait_ms  # it waited the full lock wait
+        assert steps["rolled_back"] - start_ms >= HOUR_S * 1000  # and until cbdc-multi answered
         assert unchanged(before, await w.balances(CROSS_PVP[:1]))
-        assert await w.lock_state("cbdc-eur", lock_id(record.settlement_id, 0)) == "aborted"
+        assert await w.lock_state("cbdc-eur", lock_id(record.settlement_id, 0)) == "cancelled"
+        assert await w.lock_state("cbdc-multi", lock_id(record.settlement_id, 1)) is None  # never placed
         nursery.cancel_scope.cancel()
 
 
-async def test_ledger_down_until_leg_0_expires_rolls_back_with_a_refused_claim(tmp_path, autojump_clock):
-    """Locks placed, then leg 0's ledger is unreachable until its lock expired: the claim
-    is refused, leg 1 is aborted, and nobody was paid."""
-    bus = MemoryBus()
-    silenced = {"on": False}
+def silence(bus: MemoryBus, ledger: str, seed: int) -> tuple[FaultyBus, dict[str, bool]]:
+    """A bus on which every request to `ledger` is lost while `switch["on"]`."""
+    switch = {"on": False}
     faulty = FaultyBus(
         bus,
         Faults(drop_request=1.0),
-        seed=1,
-        applies=lambda service, payload: silenced["on"] and service == "ledger.cbdc-eur",
+        seed=seed,
+        applies=lambda service, payload: switch["on"] and service == f"ledger.{ledger}",
     )
+    return faulty, switch
+
+
+def cut_off_from(coordinator, switch: dict[str, bool], nursery, until_ms) -> None:
+    """From the commit on, `switch` on until the coordinator's clock reads `until_ms(record)`."""
+
+    async def end_outage_at(at_ms: int) -> None:
+        await trio.sleep_until(coordinator.clock.trio_time_at(at_ms))
+        switch["on"] = False
+
+    def outage(record) -> None:
+        if record.phase is Phase.CLAIMING and record.claimed == 0:
+            switch["on"] = True
+            nursery.start_soon(end_outage_at, until_ms(record))
+
+    coordinator.on_phase = outage
+
+
+@pytest.mark.parametrize("leg", [0, 1])
+async def test_a_ledger_cut_off_for_an_hour_after_the_commit_still_settles_both_legs(tmp_path, autojump_clock, leg):
+    """Either ledger unreachable from the commit on for an hour, far past the time to
+    decide and hundreds of Δ: the locks cannot time out, so both legs settle when it
+    answers again."""
+    bus = MemoryBus()
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
-        w.local.bus = faulty
-        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False)
-        w.local.bus = bus
-
-        def outage(record):
-            if record.phase is Phase.CLAIMING:
-                silenced["on"] = True
-                nursery.start_soon(end_outage_after, record.expiry_ms[0])
-
-        async def end_outage_after(expiry_ms: int) -> None:
-            await trio.sleep_until(coordinator.clock.trio_time_at(expiry_ms + 100))
-            silenced["on"] = False
-
-        coordinator.on_phase = outage
+        faulty, switch = silence(bus, CROSS_DVP[leg].ledger, seed=1)
+        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False, bus=faulty)
+        cut_off_from(coordinator, switch, nursery, lambda record: record.steps[-1][1] + HOUR_S * 1000)
         before = await w.balances(CROSS_DVP)
         record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
-        assert (record.phase, record.reason_code) == (Phase.ROLLED_BACK, "lock_expired")
-        assert [p for p, _ in record.steps] == [
-            "pending",
-            "locking",
-            "locked",
-            "claiming",
-            "rolling_back",
-            "rolled_back",
-        ]
+        assert record.phase is Phase.SETTLED, record
+        assert [p for p, _ in record.steps] == ["pending", "locking", "locked", "claiming", "settled"]
+        assert dict(record.steps)["settled"] - dict(record.steps)["claiming"] >= HOUR_S * 1000
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP)
+        assert await w.held_locks() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_leg_1_cut_off_past_its_backstop_is_reported_one_legged(tmp_path, autojump_clock):
+    """The one way left to lose atomicity: leg 0 claimed, then leg 1's ledger out of
+    everyone's reach until leg 1's backstop, when its ledger refunds it by itself."""
+    bus = MemoryBus()
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        faulty, switch = silence(bus, "csd", seed=2)
+        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False, bus=faulty)
+        cut_off_from(coordinator, switch, nursery, lambda record: record.backstop_ms[1] + 1_000)
+        record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
+        assert (record.phase, record.decision) == (Phase.ONE_LEGGED, Decision.COMMIT), record
+        assert record.reason == "leg 0 claimed but leg 1 is refunded"
+        assert await w.lock_state("cbdc-eur", lock_id(record.settlement_id, 0)) == "claimed"
+        assert await w.lock_state("csd", lock_id(record.settlement_id, 1)) == "refunded"
+        nursery.cancel_scope.cancel()
+
+
+async def test_leg_0_cut_off_past_its_backstop_leaves_leg_1_unclaimed_and_both_refunded(tmp_path, autojump_clock):
+    """Committed, but leg 0's ledger unreachable until leg 0's backstop: the claim secret
+    never reached anyone, so leg 1 is not claimed either; both backstops refund."""
+    bus = MemoryBus()
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        faulty, switch = silence(bus, "cbdc-eur", seed=3)
+        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False, bus=faulty)
+        cut_off_from(coordinator, switch, nursery, lambda record: record.backstop_ms[0] + 1)
+        before = await w.balances(CROSS_DVP)
+        record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
+        assert (record.phase, record.reason_code) == (Phase.ROLLED_BACK, "lock_expired"), record
+        assert [p for p, _ in record.steps] == ["pending", "locking", "locked", "claiming", "rolled_back"]
         assert unchanged(before, await w.balances(CROSS_DVP))
-        assert await w.lock_state("cbdc-eur", lock_id(record.settlement_id, 0)) == "refunded"
-        assert await w.lock_state("csd", lock_id(record.settlement_id, 1)) == "aborted"
+        for index, leg in enumerate(CROSS_DVP):
+            assert await w.lock_state(leg.ledger, lock_id(record.settlement_id, index)) == "refunded"
         nursery.cancel_scope.cancel()
 
 
@@ -226,7 +280,14 @@ async def test_coordinator_crash_after_each_step_resumes_to_settled(tmp_path, au
         nursery.cancel_scope.cancel()
 
 
-async def test_coordinator_down_past_expiry_ends_rolled_back_with_both_locks_refunded(tmp_path, autojump_clock):
+@pytest.mark.parametrize(
+    "down_s, end",
+    [(TIMING.total_ms() / 1000 + 1, "cancelled"), (TIMING.backstop_ms / 1000 + 10, "refunded")],
+    ids=["past-the-time-to-decide", "past-the-backstop"],
+)
+async def test_coordinator_down_before_deciding_past_the_time_to_decide_aborts(tmp_path, autojump_clock, down_s, end):
+    """Killed with both locks placed and nothing decided; restarted too late to commit,
+    it aborts: the locks are cancelled, or, past their backstop, found refunded."""
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path)
         coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
@@ -235,13 +296,51 @@ async def test_coordinator_down_past_expiry_ends_rolled_back_with_both_locks_ref
         before = await w.balances(CROSS_DVP)
         nursery.start_soon(w.local.send_settlement, raw)
         await wait_cancelled(scope)
-        await trio.sleep(TIMING.total_ms() / 1000 + 1)
+        await trio.sleep(down_s)
         restarted, _ = await w.local.start_coordinator(TIMING, watchtower=False)
         record = await restarted.wait(decode_signed(raw).msg.id)
-        assert record.phase is Phase.ROLLED_BACK
+        assert (record.phase, record.decision) == (Phase.ROLLED_BACK, Decision.ABORT)
         assert unchanged(before, await w.balances(CROSS_DVP))
         for index, leg in enumerate(CROSS_DVP):
-            assert await w.lock_state(leg.ledger, lock_id(record.settlement_id, index)) == "refunded"
+            assert await w.lock_state(leg.ledger, lock_id(record.settlement_id, index)) == end
+        nursery.cancel_scope.cancel()
+
+
+async def test_coordinator_down_for_an_hour_after_committing_settles_both_legs_when_back(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
+        coordinator.on_phase = lambda record: record.phase is Phase.CLAIMING and scope.cancel()
+        raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
+        before = await w.balances(CROSS_DVP)
+        nursery.start_soon(w.local.send_settlement, raw)
+        await wait_cancelled(scope)
+        await trio.sleep(HOUR_S)
+        restarted, _ = await w.local.start_coordinator(TIMING, watchtower=False)
+        record = await restarted.wait(decode_signed(raw).msg.id)
+        assert record.phase is Phase.SETTLED, record
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP)
+        nursery.cancel_scope.cancel()
+
+
+async def test_restarted_after_leg_0_was_claimed_it_claims_leg_1_though_leg_0s_ledger_is_down(
+    tmp_path, autojump_clock
+):
+    """Leg 0's claim is journaled: a coordinator killed after it claims leg 1 at once on
+    restart, without waiting for leg 0's ledger (which is down) to confirm it again."""
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
+        coordinator.on_phase = lambda record: record.claimed == 1 and scope.cancel()
+        raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
+        nursery.start_soon(w.local.send_settlement, raw)
+        await wait_cancelled(scope)
+        w.local.stop_ledger("cbdc-eur")
+        restarted, _ = await w.local.start_coordinator(TIMING, watchtower=False)
+        with trio.fail_after(TIMING.claim_deadline_ms / 1000):
+            record = await restarted.wait(decode_signed(raw).msg.id)
+        assert record.phase is Phase.SETTLED, record
+        assert await w.lock_state("csd", lock_id(record.settlement_id, 1)) == "claimed"
         nursery.cancel_scope.cancel()
 
 
@@ -282,8 +381,64 @@ async def test_watchtower_completes_a_settlement_whose_coordinator_died_after_th
         with trio.fail_after(TIMING.margin_ms / 1000):
             while await w.lock_state("csd", lock_id(settlement_id, 1)) != "claimed":
                 await trio.sleep(0.05)
-        assert watchtower.claims_made == 1
+        assert watchtower.forwarded == 1
         assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP)
+        nursery.cancel_scope.cancel()
+
+
+async def watchtower_of(w: World, party: str, grace_ms: int = 500) -> Watchtower:
+    """A watchtower of its own, run by `party`, following every ledger and the coordinator's decisions."""
+    world = w.local.world
+    return Watchtower(
+        party,
+        world.keys[party],
+        world.registry,
+        w.local.bus,
+        ["csd", "cbdc-eur", "cbdc-multi"],
+        ServiceClock(),
+        grace_ms=grace_ms,
+        coordinators=("coordinator",),
+    )
+
+
+@pytest.mark.parametrize("outcome", ["commit", "abort"])
+async def test_a_watchtower_forwards_a_decision_no_ledger_has_seen_yet(tmp_path, autojump_clock, outcome):
+    """The coordinator decides and publishes, but none of its claims or cancels reaches a
+    ledger, and it dies: a watchtower run by a bank forwards the published decision to
+    every leg (a commit in order: leg 1 after leg 0)."""
+    bus = MemoryBus()
+    legs = CROSS_DVP if outcome == "commit" else (CROSS_DVP[0], attrs.evolve(CROSS_DVP[1], ledger="cbdc-multi"))
+    unheard = FaultyBus(
+        bus,
+        Faults(drop_request=1.0),
+        seed=4,
+        applies=lambda service, payload: b'"type":"claim"' in payload or b'"type":"cancel"' in payload,
+    )
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        watchtower = await watchtower_of(w, "bank-a")
+        await nursery.start(watchtower.run)
+        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False, bus=unheard)
+        raw = w.local.settlement("dvp", legs, PARTIES)  # for an abort, leg 1 names a ledger without the bond
+        settlement_id = decode_signed(raw).msg.id
+        before = await w.balances(legs if outcome == "commit" else legs[:1])
+        nursery.start_soon(w.local.send_settlement, raw)
+        with trio.fail_after(30):
+            while settlement_id not in watchtower._watches:
+                await trio.sleep(0.001)
+        scope.cancel()  # the decision is out: the coordinator dies
+        with trio.fail_after(30):
+            while await w.held_locks():
+                await trio.sleep(0.05)
+        if outcome == "commit":
+            assert moved(before, await w.balances(legs), legs)
+            assert watchtower.forwarded == 2
+            for index, leg in enumerate(legs):
+                assert await w.lock_state(leg.ledger, lock_id(settlement_id, index)) == "claimed"
+        else:
+            assert unchanged(before, await w.balances(legs[:1]))
+            assert watchtower.forwarded == 1
+            assert await w.lock_state("cbdc-eur", lock_id(settlement_id, 0)) == "cancelled"
         nursery.cancel_scope.cancel()
 
 

@@ -68,4 +68,10 @@ def entries_topic(ledger_id: str) -> str:
     return f"ledger.{ledger_id}.entries"
 
 
+def decisions_topic(coordinator_id: str) -> str:
+    """Where a coordinator publishes each settlement's decision once it is durable: what
+    watchtowers forward to the ledgers."""
+    return f"coordinator.{coordinator_id}.decisions"
+
+
 ReplyFn = Callable[[bytes], Awaitable[None]]
