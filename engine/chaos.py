@@ -13,13 +13,17 @@ coordinator with its own database, key and clock); faults come from a seeded gen
                 cut at the worst moment: as a second leg's claim is sent to it
 
 Outages (kills, partitions) last less than the safety margin Δ, restarts included, unless
-`long_outages`, which makes each last three to four times Δ: the case hashed time-locks cannot protect, which the audit
-and a live observer must then report. Every outage is timed, so each one-legged
-settlement comes with its explanation: how long, between the claim of one leg and the
-expiry of the other, the other leg's ledger was out of every claimant's reach.
-Process-level kills and a broker restart are exercised by the service tests
-(tests/test_*_process.py); here the coordinator and ledgers are stopped by
-cancellation, which loses everything not yet committed, as a kill does."""
+`long_outages`, which makes each last from Δ to ten times Δ, the coordinator's and a
+ledger's overlapping as they fall. No timing decides whether a settlement settles (the
+coordinator's durable decision does), so neither kind may leave one one-legged; only a
+backstop passing during an outage can, which `backstop_ms` forces to happen (the audit
+and a live observer must then report each, and the outage timeline explain it).
+
+Besides the audit it measures liveness: how long after an outage ended each settlement
+that lived through it took to end, and what the locks cost, how long each was held and
+the value held in locks over time. Process-level kills and a broker restart are in
+chaos_processes; here the coordinator and ledgers are stopped by cancellation, which
+loses everything not yet committed, as a kill does."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import functools
 import random
 import sys
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.htlc import LockState
 from protocols.messages import QueryLocks, SettlementLeg, SettlementStatus
+from protocols.money import format_amount
 from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed
 
@@ -49,6 +54,7 @@ from .observer import Observer
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
 CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=3_000, clock_skew_ms_max=1_000)  # Δ = 4 s
 OUTAGE_S_MAX = 0.8  # a kill's or partition's pause: the restart after it must fit in the rest of Δ
+LONG_OUTAGES_DELTAS = (1, 10)  # with long_outages, a pause of Δ to 10 Δ
 MESSAGE_FAULTS = {
     "drop": dict(drop_request=0.05, drop_reply=0.05),
     "duplicate": dict(duplicate=0.2),
@@ -61,6 +67,16 @@ BACK_OFFICE_TIMEOUT_S = 1.0  # then the same settlement again: a restarted coord
 OBSERVER_WAIT_S = 5.0  # after the audit, for the observer to have alerted what the audit found
 
 
+def timing_with(backstop_ms: int | None) -> Timing:
+    """The chaos timing, with `backstop_ms` (if given) as its backstop."""
+    if backstop_ms is None:
+        return CHAOS_TIMING
+    try:
+        return attrs.evolve(CHAOS_TIMING, backstop_ms=backstop_ms)
+    except ValueError as error:
+        raise ValueError(f"--backstop-ms {backstop_ms}: {error}") from None
+
+
 @attrs.frozen
 class Outage:
     """A span, in ms on the parties' clock, in which `whom` (the coordinator, or a
@@ -69,6 +85,40 @@ class Outage:
     whom: str
     start_ms: int
     end_ms: int
+
+
+@attrs.frozen
+class LockCost:
+    """What the locks of a run cost: how long each was held (ms, from its lock entry to
+    the entry that ended it, on its ledger's clock), and the value held over time, by
+    asset (amount × ms): the liquidity outages take from the parties."""
+
+    held_ms: tuple[int, ...]
+    value_ms: dict[str, int]
+
+    @classmethod
+    def of(cls, journals: list[LedgerJournal]) -> LockCost:
+        held, value = [], defaultdict(int)
+        for journal in journals:
+            for lock_id_, placed in journal.placed.items():
+                ended = journal.ended.get(lock_id_)
+                if ended is None:
+                    continue
+                lock = journal.replay.locks[lock_id_]
+                held.append(ended.time_ms - placed.time_ms)
+                value[lock.asset] += lock.amount * (ended.time_ms - placed.time_ms)
+        return cls(tuple(sorted(held)), dict(value))
+
+    def text(self) -> str:
+        if not self.held_ms:
+            return "no locks"
+        value = ", ".join(f"{format_amount(asset, round(v / 1000))}·s" for asset, v in sorted(self.value_ms.items()))
+        return f"{_spread_ms(list(self.held_ms), 'locks held')}; value × time held {value}"
+
+
+def _percentile(ordered: tuple[int, ...] | list[int], percent: int) -> int:
+    """Nearest rank: the value below which `percent` % of the values fall."""
+    return ordered[max(0, -(-len(ordered) * percent // 100) - 1)]
 
 
 @attrs.define
@@ -80,6 +130,25 @@ class Outcome:
     explanations: list[OneLegged | str] = attrs.field(factory=list)  # one per one-legged settlement
     down: dict[tuple[str, str], int] = attrs.field(factory=dict)  # outages going on: (fault, whom) -> since (ms)
     unalerted: list[str] = attrs.field(factory=list)  # one-legged settlements the observer missed
+    lives: list[tuple[int, int]] = attrs.field(factory=list)  # each final settlement: (accepted, final), in ms
+    locks: LockCost | None = None
+
+    def ended(self, status: SettlementStatus) -> None:
+        """A settlement's final status, as its back office received it."""
+        self.phases[status.phase] += 1
+        if status.steps:
+            self.lives.append((status.steps[0][1], status.steps[-1][1]))
+
+    def recoveries_ms(self) -> list[int]:
+        """For each settlement an outage ended during the life of, the time from the end
+        of the last such outage to the settlement's end: how soon it completed after."""
+        ends = sorted(outage.end_ms for outage in self.outages)
+        lags = []
+        for accepted_ms, final_ms in self.lives:
+            during = [end for end in ends if accepted_ms < end <= final_ms]
+            if during:
+                lags.append(final_ms - during[-1])
+        return sorted(lags)
 
     def went_down(self, fault: str, whom: str, now_ms: int) -> None:
         self.down[(fault, whom)] = now_ms
@@ -101,7 +170,7 @@ class Outcome:
             ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items()))),
             ("atomicity violations", str(kinds.get("one_legged", 0))),
             ("value created or lost", str(kinds.get("conservation", 0) + kinds.get("replay", 0))),
-            ("locks left past expiry", str(kinds.get("lock_overdue", 0))),
+            ("locks left past their refund time", str(kinds.get("lock_overdue", 0))),
             (
                 "journals broken or forged",
                 str(kinds.get("journal", 0) + kinds.get("forged", 0) + kinds.get("state", 0)),
@@ -111,6 +180,9 @@ class Outcome:
                 f"outages of Δ ({CHAOS_TIMING.margin_ms} ms) or more",
                 f"{self.over(CHAOS_TIMING.margin_ms)} (longest {longest} ms)",
             ),
+            ("locks still held at the end", str(report.settlements.get("in progress", 0))),
+            ("completed after an outage ended", _spread_ms(self.recoveries_ms(), "settlements")),
+            ("lock cost", self.locks.text() if self.locks is not None else "not measured"),
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
@@ -125,10 +197,12 @@ async def run(
     long_outages: bool = False,
     offload: bool = True,
     settlements: int | None = None,
+    backstop_ms: int | None = None,
 ) -> Outcome:
     """Run the workload for `seconds` (or until `settlements` have ended, if that comes
     first) under `faults`, wait for every settlement to end, then audit every ledger
-    over the bus. Under a MockClock pass `offload=False` and a number of settlements:
+    over the bus. `backstop_ms` replaces the locks' backstop (hours) with one an outage
+    can outlast. Under a MockClock pass `offload=False` and a number of settlements:
     a load that never idles never lets a mock clock advance."""
     unknown = set(faults) - set(FAULTS)
     if unknown:
@@ -144,10 +218,10 @@ async def run(
         seed,  # the coordinator's view of the bus
         applies=lambda service, payload: service.startswith("ledger."),
     )
-    margin_s = CHAOS_TIMING.margin_ms / 1000
-    # long: past any leg's expiry (lock wait + claim deadline + skew + Δ after its lock),
-    # so that a cut at the worst moment tells
-    outage_s = (3 * margin_s, 4 * margin_s) if long_outages else (0, OUTAGE_S_MAX)  # a pause drawn from this range
+    timing = timing_with(backstop_ms)
+    margin_s = timing.margin_ms / 1000
+    # long: far past the time to decide and any Δ, so that a cut at the worst moment tells
+    outage_s = tuple(deltas * margin_s for deltas in LONG_OUTAGES_DELTAS) if long_outages else (0, OUTAGE_S_MAX)
 
     async with trio.open_nursery() as nursery:
         local = Local(world, bus, nursery, offload=offload)
@@ -165,16 +239,17 @@ async def run(
         ledger_ids = [spec.ledger_id for spec in LEDGERS]
         observer = Observer(world.registry, bus, ledger_ids, CHAOS_TIMING.margin_ms, local.clock, publish=False)
         await nursery.start(observer.run)
-        coordinator, scope = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
+        coordinator, scope = await local.start_coordinator(timing, bus=faulty)
         state: dict[str, Any] = {"coordinator": coordinator, "scope": scope}
         struck: set[str] = set()
 
         def pause(fault: str) -> float:
-            """Until a fault strikes: soon the first time, so that a short run sees each."""
+            """Until a fault strikes: soon the first time, so that a short run sees each;
+            with long outages, as long as they last, so that services are up half the time."""
             if fault not in struck:
                 struck.add(fault)
                 return chance.uniform(0.02, 0.1)
-            return chance.uniform(0.2, PAUSE_S_MAX)
+            return chance.uniform(*outage_s) if long_outages else chance.uniform(0.2, PAUSE_S_MAX)
 
         enough = trio.Event()
 
@@ -185,7 +260,7 @@ async def run(
                 outcome.faults["kill-coordinator"] += 1
                 outcome.went_down("kill-coordinator", "coordinator", local.clock.now_ms())
                 await trio.sleep(chance.uniform(*outage_s))
-                state["coordinator"], state["scope"] = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
+                state["coordinator"], state["scope"] = await local.start_coordinator(timing, bus=faulty)
                 outcome.came_back("kill-coordinator", "coordinator", local.clock.now_ms())
 
         async def kill_ledger() -> None:
@@ -218,48 +293,53 @@ async def run(
                 faulty.cut.discard(service_of_ledger(ledger))
                 outcome.came_back("partition", ledger, local.clock.now_ms())
 
+        done = trio.Event()  # the run is over: no new settlement, no new fault
+
         async def back_office() -> None:
-            while True:
+            while not done.is_set():
                 raw = local.settlement(*draw(chance))
                 while True:  # the same bytes until the coordinator answers with a final status
                     reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
                     if reply is not None:
-                        status = decode_signed(reply, allowed=(SettlementStatus,)).msg
-                        outcome.phases[status.phase] += 1
+                        outcome.ended(decode_signed(reply, allowed=(SettlementStatus,)).msg)
                         if settlements is not None and sum(outcome.phases.values()) >= settlements:
                             enough.set()
                         break
 
-        async with trio.open_nursery() as load:
-            for fault, task in (
-                ("kill-coordinator", kill_coordinator),
-                ("kill-ledger", kill_ledger),
-                ("partition", partition),
-            ):
-                if fault in faults:
-                    load.start_soon(task)
+        async with trio.open_nursery() as offices:
             for _ in range(CONCURRENCY):
-                load.start_soon(back_office)
-            with trio.move_on_after(seconds):
-                await enough.wait()
-            load.cancel_scope.cancel()
-        for kind, count in faulty.injected.items():
-            outcome.faults[kind] += count
-        # faults off: let every settlement the coordinator holds reach its end
-        message_faults.drop_request = message_faults.drop_reply = message_faults.duplicate = message_faults.delay = 0
-        faulty.trips.clear()  # a wire still armed would cut a ledger after the run, unrecorded
-        faulty.cut.clear()
-        for spec in LEDGERS:
-            if spec.ledger_id not in local.services:
-                await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
-        if state["scope"].cancel_called:
-            state["coordinator"], state["scope"] = await local.start_coordinator(CHAOS_TIMING, bus=faulty)
-        for fault, whom in list(outcome.down):  # cut short by the end of the run
-            outcome.came_back(fault, whom, local.clock.now_ms())
+                offices.start_soon(back_office)
+            async with trio.open_nursery() as strikes:
+                for fault, task in (
+                    ("kill-coordinator", kill_coordinator),
+                    ("kill-ledger", kill_ledger),
+                    ("partition", partition),
+                ):
+                    if fault in faults:
+                        strikes.start_soon(task)
+                with trio.move_on_after(seconds):
+                    await enough.wait()
+                done.set()
+                strikes.cancel_scope.cancel()
+            for kind, count in faulty.injected.items():
+                outcome.faults[kind] += count
+            # faults off: every back office sees its last settlement end
+            message_faults.drop_request = message_faults.drop_reply = message_faults.duplicate = 0
+            message_faults.delay = 0
+            faulty.trips.clear()  # a wire still armed would cut a ledger after the run, unrecorded
+            faulty.cut.clear()
+            for spec in LEDGERS:
+                if spec.ledger_id not in local.services:
+                    await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
+            if state["scope"].cancel_called:
+                state["coordinator"], state["scope"] = await local.start_coordinator(timing, bus=faulty)
+            for fault, whom in list(outcome.down):  # cut short by the end of the run
+                outcome.came_back(fault, whom, local.clock.now_ms())
+            offices.cancel_scope.deadline = trio.current_time() + SETTLE_WAIT_S
         with trio.fail_after(SETTLE_WAIT_S):
             while state["coordinator"].in_flight:
                 await trio.sleep(0.1)
-        with trio.move_on_after(CHAOS_TIMING.total_ms() / 1000):  # abandoned locks expire; their ledgers refund them
+        with trio.move_on_after(timing.total_ms() / 1000):  # a watchtower may still be ending one
             while await _locks_held(local):
                 await trio.sleep(0.1)
         await judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer, skews)
@@ -271,6 +351,7 @@ async def judge(outcome: Outcome, journals: list[LedgerJournal], observer: Obser
     """The audit; each one-legged settlement explained by the outages, and checked to
     have been alerted live by the observer."""
     outcome.report = audit(journals, grace_ms=CHAOS_TIMING.margin_ms)
+    outcome.locks = LockCost.of(journals)
     one_legged = [violation for violation in outcome.report.violations if violation.kind is Kind.ONE_LEGGED]
     by_ledger = {journal.ledger: journal for journal in journals}
     outcome.explanations = [explain(violation, by_ledger, outcome.outages, skews) for violation in one_legged]
@@ -281,8 +362,8 @@ async def judge(outcome: Outcome, journals: list[LedgerJournal], observer: Obser
 
 
 async def _locks_held(local: Local) -> bool:
-    """Whether any ledger still holds a lock: until none does, an audit could miss a
-    one-legged settlement that an expiry has yet to make."""
+    """Whether any ledger still holds a lock: once every settlement has ended, none may
+    (the audit counts any left as in progress)."""
     for spec in LEDGERS:
         client = local.client(spec.ledger_id)
         if await client.query(QueryLocks(client.next_query_id(), spec.ledger_id, 2**62, 1)):
@@ -302,9 +383,9 @@ def not_alerted(one_legged: list[Violation], observer: Observer) -> set[str]:
 
 @attrs.frozen
 class OneLegged:
-    """Why a settlement went one-legged: from the claim of one leg to the expiry of the
-    other (real time: each ledger's skew taken off), how long the other leg's ledger was
-    out of reach, or the coordinator (and the watchtower inside it) dead."""
+    """Why a settlement went one-legged: from the claim of one leg to the refund time of
+    the other (its backstop; real time: each ledger's skew taken off), how long the other
+    leg's ledger was out of reach, or the coordinator (and the watchtower inside it) dead."""
 
     settlement: str
     claimed_on: str
@@ -317,8 +398,9 @@ class OneLegged:
     def __str__(self) -> str:
         return (
             f"settlement {self.settlement}: {self.claimed_on} applied the claim {self.window_ms} ms before "
-            f"{self.lost_on}'s lock expired; in that time the coordinator was down {self.coordinator_down_ms} ms "
-            f"and {self.lost_on} down or cut off {self.ledger_out_ms} ms: out of reach {self.out_of_reach_ms} ms in all"
+            f"{self.lost_on}'s lock reached its refund time; in that time the coordinator was down "
+            f"{self.coordinator_down_ms} ms and {self.lost_on} down or cut off {self.ledger_out_ms} ms: "
+            f"out of reach {self.out_of_reach_ms} ms in all"
         )
 
 
@@ -344,7 +426,7 @@ def explain(
     (claim_ledger, _, claim_at), (other_ledger, other_lock, _) = claimed[0], others[0]
     assert claim_at is not None  # checked above
     start_ms = claim_at.time_ms - skews[claim_ledger]
-    end_ms = other_lock.expiry_ms - skews[other_ledger]
+    end_ms = other_lock.refund_at_ms - skews[other_ledger]
 
     def covered(*whom: str) -> int:
         return _covered([outage for outage in outages if outage.whom in whom], start_ms, end_ms)
@@ -357,6 +439,15 @@ def explain(
         covered("coordinator"),
         covered(other_ledger),
         covered("coordinator", other_ledger),
+    )
+
+
+def _spread_ms(values: list[int], what: str) -> str:
+    """`values`, sorted, as a count and percentiles."""
+    if not values:
+        return "none"
+    return (
+        f"{len(values)} {what}: p50 {_percentile(values, 50)} ms, p99 {_percentile(values, 99)} ms, max {values[-1]} ms"
     )
 
 
@@ -408,16 +499,33 @@ def draw(chance: random.Random):
     return kind, legs, ("bank-b", "bank-a")
 
 
-def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool, settlements: int | None = None) -> int:
+def main(
+    seconds: float,
+    seed: int,
+    faults: tuple[str, ...],
+    long_outages: bool,
+    settlements: int | None = None,
+    backstop_ms: int | None = None,
+) -> int:
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
     print(
         f"lockstep chaos: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
-        f"{', outages longer than Δ' if long_outages else ''}; world in {directory}",
+        f"{', outages of Δ to 10 Δ' if long_outages else ''}"
+        f"{f', backstop {backstop_ms} ms' if backstop_ms is not None else ''}; world in {directory}",
         flush=True,
     )
     try:
         outcome = trio.run(
-            functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages, settlements=settlements)
+            functools.partial(
+                run,
+                directory,
+                seconds,
+                seed,
+                faults,
+                long_outages=long_outages,
+                settlements=settlements,
+                backstop_ms=backstop_ms,
+            )
         )
     except ValueError as error:
         print(f"lockstep chaos: {error}", file=sys.stderr)

@@ -43,7 +43,18 @@ from protocols.signing import decode_signed
 
 from .audit import read_over_bus
 from .broker import Broker
-from .chaos import BACK_OFFICE_TIMEOUT_S, CHAOS_TIMING, CONCURRENCY, SETTLE_WAIT_S, Outage, Outcome, draw, judge
+from .chaos import (
+    BACK_OFFICE_TIMEOUT_S,
+    CHAOS_TIMING,
+    CONCURRENCY,
+    LONG_OUTAGES_DELTAS,
+    SETTLE_WAIT_S,
+    Outage,
+    Outcome,
+    draw,
+    judge,
+    timing_with,
+)
 from .local import COORDINATOR, LEDGERS, Local, standard_world
 from .observer import Observer
 from .processes import ServiceProcess
@@ -238,13 +249,16 @@ async def run(
     *,
     long_outages: bool = False,
     settlements: int | None = None,
+    backstop_ms: int | None = None,
 ) -> Result:
     """Run the workload for `seconds` (or until `settlements` have ended) under `faults`,
-    then let every settlement end and audit every ledger over the bus."""
+    then let every settlement end and audit every ledger over the bus. `backstop_ms`
+    replaces the locks' backstop (hours) with one an outage can outlast."""
     check(faults)
     broker = Broker(directory)
     world = standard_world(directory, broker=broker.url)
-    _write_timing(world.ledger_configs[COORDINATOR], PROCESS_TIMING)
+    timing = timing_with(backstop_ms)  # PROCESS_TIMING is the chaos timing
+    _write_timing(world.ledger_configs[COORDINATOR], timing)
     services = Services(
         world,
         broker,
@@ -252,7 +266,7 @@ async def run(
         ServiceProcess(world, "coordinator", COORDINATOR, broker.url),
     )
     ledger_ids = [spec.ledger_id for spec in LEDGERS]
-    outage_s = PROCESS_TIMING.margin_ms * (3 if long_outages else 0.3) / 1000
+    outage_s = timing.margin_ms * (LONG_OUTAGES_DELTAS[1] if long_outages else 0.3) / 1000
     outcome = Outcome()
     try:
         await trio.to_thread.run_sync(broker.start)
@@ -278,6 +292,7 @@ def _write_timing(path: Path, timing: Timing) -> None:
     path.write_text(
         path.read_text() + f"\n[timing]\nlock_wait_ms = {timing.lock_wait_ms}\n"
         f"claim_deadline_ms = {timing.claim_deadline_ms}\nclock_skew_ms_max = {timing.clock_skew_ms_max}\n"
+        f"backstop_ms = {timing.backstop_ms}\n"
     )
 
 
@@ -331,7 +346,7 @@ async def _load(
             while True:  # the same bytes until the coordinator answers with a final status
                 reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
                 if reply is not None:
-                    outcome.phases[decode_signed(reply, allowed=(SettlementStatus,)).msg.phase] += 1
+                    outcome.ended(decode_signed(reply, allowed=(SettlementStatus,)).msg)
                     unfinished.discard(settlement_id)
                     if settlements is not None and sum(outcome.phases.values()) >= settlements:
                         done.set()
@@ -357,8 +372,8 @@ async def _load(
 
 
 async def _no_locks_held(local: Local) -> None:
-    """Until no ledger holds a lock: every abandoned lock has expired and been refunded
-    by its own ledger. A lock still held after its expiry is left for the audit to report."""
+    """Until no ledger holds a lock (a watchtower may still be ending one); a lock still
+    held after that is left for the audit to count as in progress."""
     with trio.move_on_after(PROCESS_TIMING.total_ms() / 1000 + EXPIRY_SLACK_S):
         for spec in LEDGERS:
             client = local.client(spec.ledger_id)
@@ -366,21 +381,39 @@ async def _no_locks_held(local: Local) -> None:
                 await trio.sleep(0.1)
 
 
-def main(seconds: float, seed: int, faults: tuple[str, ...], long_outages: bool, settlements: int | None = None) -> int:
+def main(
+    seconds: float,
+    seed: int,
+    faults: tuple[str, ...],
+    long_outages: bool,
+    settlements: int | None = None,
+    backstop_ms: int | None = None,
+) -> int:
     try:
         check(faults)
+        timing_with(backstop_ms)
     except ValueError as error:
         print(f"lockstep chaos: {error}", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
     print(
         f"lockstep chaos --bus mqtt: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
-        f"{', outages longer than Δ' if long_outages else ''}; Δ = {PROCESS_TIMING.margin_ms} ms; "
+        f"{', outages of up to 10 Δ' if long_outages else ''}"
+        f"{f', backstop {backstop_ms} ms' if backstop_ms is not None else ''}; Δ = {PROCESS_TIMING.margin_ms} ms; "
         f"world and logs in {directory}",
         flush=True,
     )
     result = trio.run(
-        functools.partial(run, directory, seconds, seed, faults, long_outages=long_outages, settlements=settlements)
+        functools.partial(
+            run,
+            directory,
+            seconds,
+            seed,
+            faults,
+            long_outages=long_outages,
+            settlements=settlements,
+            backstop_ms=backstop_ms,
+        )
     )
     print(result.outcome.table())
     print(result.restarts.table(PROCESS_TIMING.margin_ms))

@@ -10,7 +10,7 @@
     lockstep status ID --config FILE     a settlement's phase and steps, from the coordinator
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
     lockstep bench [--quick]             cross-ledger against same-ledger settlement, one run
-    lockstep chaos --seconds N --seed S [--bus memory|mqtt] [--faults LIST] [--settlements N]
+    lockstep chaos --seconds N --seed S [--bus memory|mqtt] [--faults LIST] [--settlements N] [--backstop-ms MS]
                                          the workload under faults, then the audit
     lockstep conformance --broker URL --ledger ID --keys DIR
                                          check any ledger service against PROTOCOL.md
@@ -119,7 +119,7 @@ def _chaos(args: argparse.Namespace) -> int:
     mode = chaos_processes if args.bus == "mqtt" else chaos
     listed = ",".join(mode.FAULTS) if args.faults is None else args.faults
     faults = tuple(fault for fault in listed.split(",") if fault)
-    return mode.main(args.seconds, args.seed, faults, args.long_outages, args.settlements)
+    return mode.main(args.seconds, args.seed, faults, args.long_outages, args.settlements, args.backstop_ms)
 
 
 def _conformance(args: argparse.Namespace) -> int:
@@ -379,7 +379,15 @@ def parser() -> argparse.ArgumentParser:
         "broker-restart (default: all of the mode's)",
     )
     chaos.add_argument(
-        "--long-outages", action="store_true", help="outages longer than the safety margin Δ (default: shorter)"
+        "--long-outages",
+        action="store_true",
+        help="outages of Δ to 10 Δ, the safety margin, overlapping as they fall (default: shorter than Δ)",
+    )
+    chaos.add_argument(
+        "--backstop-ms",
+        type=int,
+        metavar="MS",
+        help="the locks' backstop, short enough for an outage to outlast it (default: the timing's, hours)",
     )
     chaos.add_argument(
         "--settlements",

@@ -1,5 +1,6 @@
 """The auditor (engine/audit.py) on a real history: a world that settled DvP and PvP across
-ledgers and on one, rolled one back at expiry and failed one, then stopped. Its database
+ledgers and on one, rolled one back at its locks' backstop and failed one (its placed lock
+cancelled), then stopped. Its database
 files audit clean; each corruption made on purpose to a copy of them is caught and named
 (the ledger and the entry, and the settlement where there is one); a settlement made
 one-legged for real is named with both its ledgers and its entries, over the bus while
@@ -51,7 +52,7 @@ SETTLED = [
     ("dvp-same", "dvp", SAME_DVP),
     ("pvp-same", "pvp", SAME_PVP),
 ]
-EXPIRED = "dvp-expired"  # its coordinator was down until both locks expired
+EXPIRED = "dvp-expired"  # its coordinator was down, undecided, until both locks' backstops
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ async def make_history(directory: Path) -> None:
         with trio.fail_after(30):
             while not scope.cancel_called:
                 await trio.sleep(0.01)
-        await trio.sleep(TIMING.total_ms() / 1000 + 1)
+        await trio.sleep(TIMING.backstop_ms / 1000 + TIMING.margin_ms / 1000 + 1)
         coordinator, scope = await local.start_coordinator(TIMING)
         assert (await coordinator.wait(EXPIRED)).phase is Phase.ROLLED_BACK
         for settlement_id, kind, legs in SETTLED:
@@ -326,7 +327,7 @@ def test_a_lock_its_ledger_never_refunded_is_overdue(files, history):
 async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_and_in_the_files(
     tmp_path, autojump_clock
 ):
-    """Every claim of leg 1 (csd) is lost until csd refunds it at its expiry: bank-a was
+    """Every claim of leg 1 (csd) is lost until csd refunds it at its backstop: bank-a was
     paid EUR and kept its bonds. While leg 1 is still claimable the audit calls the
     settlement incomplete; after, a violation naming it, both ledgers and their entries."""
     bus = MemoryBus()
@@ -362,9 +363,9 @@ async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_a
         assert halfway.incomplete == (
             f"settlement {settlement_id}: leg 0 claimed on cbdc-eur, leg 1 held on csd, still claimable",
         )
-        with trio.fail_after(60):
+        with trio.fail_after(TIMING.backstop_ms / 1000 + 60):
             while not records:
-                await trio.sleep(0.1)
+                await trio.sleep(1)
         assert records[0].phase is Phase.ONE_LEGGED  # what the coordinator itself concluded
         over_bus = audit(await read_over_bus(bus, registry, ledgers))
         stop(local, scope)

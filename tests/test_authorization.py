@@ -17,6 +17,7 @@ these tests first failed, and led to fixes (docs/SECURITY.md, "Gaps found")."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -35,6 +36,7 @@ from protocols.errors import Code
 from protocols.identifiers import make_isin
 from protocols.messages import (
     Abort,
+    Cancel,
     Claim,
     CreateInstrument,
     Issue,
@@ -432,6 +434,27 @@ def _(h):
     return lambda signers: coordinator_lock(h, auth, signers), effect
 
 
+CANCEL_SECRET = bytes(range(32, 64))
+BACKSTOP_MS = T0 + 60 * MINUTE_MS
+
+
+def decision_lock(h: Harness, signers=("coordinator",)) -> Signed:
+    """The coordinator's decision lock of leg 0 of dvp-1: a cancel hashlock, a backstop, no abort_by."""
+    return coordinator_lock(
+        h, signers=signers, abort_by=(), cancel_hashlock=hashlib.sha256(CANCEL_SECRET).digest(), backstop_ms=BACKSTOP_MS
+    )
+
+
+@row("lock_for_a_settlement_decided_by_preimages", allowed={"coordinator"})
+def _(h):
+    def effect(h, before, after):
+        moved({("acc-a", "EUR"): (-1_000, 1_000)})(h, before, after)
+        lock = h.store.lock("dvp-1:0")
+        assert (lock.abort_by, lock.backstop_ms, lock.decides) == ((), BACKSTOP_MS, True)
+
+    return lambda signers: decision_lock(h, signers), effect
+
+
 @row("claim", allowed=EVERY_REGISTERED)
 def _(h):
     """Whoever sends the secret, the beneficiary is paid and nobody else."""
@@ -497,6 +520,56 @@ def _(h):
     return lambda signers: h.make(Abort, *signers, lock_id="lock-1"), None
 
 
+@row("claim_of_a_decision_lock_past_its_expiry", allowed=EVERY_REGISTERED)
+def _(h):
+    """Past the time to decide by, before the backstop: still claimed, by whoever sends the secret."""
+    applied(h.submit(decision_lock(h)))
+    h.now_ms = BACKSTOP_MS - 1
+
+    def effect(h, before, after):
+        moved({("acc-a", "EUR"): (0, -1_000), ("acc-b", "EUR"): (1_000, 0)})(h, before, after)
+        assert h.store.lock("dvp-1:0").state.value == "claimed"
+
+    return lambda signers: h.make(Claim, *signers, lock_id="dvp-1:0", preimage=SECRET, ts_ms=h.now_ms), effect
+
+
+@row("cancel", allowed=EVERY_REGISTERED)
+def _(h):
+    """Whoever sends the cancellation preimage, the owner gets its asset back and nobody else."""
+    applied(h.submit(decision_lock(h)))
+    return (
+        lambda signers: h.make(Cancel, *signers, lock_id="dvp-1:0", preimage=CANCEL_SECRET),
+        refunded_to_owner("dvp-1:0", "cancelled"),
+    )
+
+
+@row("cancel_with_the_claim_secret", allowed=(), refusal=(Code.WRONG_PREIMAGE, "preimage"))
+def _(h):
+    applied(h.submit(decision_lock(h)))
+    return lambda signers: h.make(Cancel, *signers, lock_id="dvp-1:0", preimage=SECRET), None
+
+
+@row("cancel_of_a_time_lock", allowed=(), refusal=(Code.NOT_AUTHORISED, "lock_id"))
+def _(h):
+    place_lock(h, "lock-1")
+    return lambda signers: h.make(Cancel, *signers, lock_id="lock-1", preimage=CANCEL_SECRET), None
+
+
+@row("cancel_at_the_backstop", allowed=(), refusal=(Code.LOCK_EXPIRED, "lock_id"))
+def _(h):
+    applied(h.submit(decision_lock(h)))
+    h.now_ms = BACKSTOP_MS
+    h.tick()  # the ledger refunds the lock by itself
+    return lambda signers: h.make(Cancel, *signers, lock_id="dvp-1:0", preimage=CANCEL_SECRET, ts_ms=h.now_ms), None
+
+
+@row("abort_of_a_decision_lock", allowed=(), refusal=(Code.NOT_AUTHORISED, "lock_id"))
+def _(h):
+    """No one-sided release: not the coordinator, not the beneficiary, not both parties."""
+    applied(h.submit(decision_lock(h)))
+    return lambda signers: h.make(Abort, *signers, lock_id="dvp-1:0"), None
+
+
 SAME_LEGS_MOVED = {
     ("acc-a", "EUR"): (-1_000, 0),
     ("acc-b", "EUR"): (1_000, 0),
@@ -532,6 +605,7 @@ def test_the_matrix_has_a_row_for_every_instruction_type():
 
     prefixes = {
         Abort: "abort",
+        Cancel: "cancel",
         Claim: "claim",
         CreateInstrument: "create_instrument",
         Issue: "issue",

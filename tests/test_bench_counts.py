@@ -13,10 +13,11 @@ pytestmark = pytest.mark.slow  # benchmark runs over MQTT
 SHAPE = Shape(participants=6)
 # One settlement's messages: its request to the coordinator and the signed status back;
 # same-ledger, one `settle` and its receipt; cross-ledger, a lock and a claim on each leg,
-# each with its receipt; and a journal entry event for each instruction a ledger applies.
+# each with its receipt, and the coordinator's decision event; and a journal entry event
+# for each instruction a ledger applies.
 # A run also counts the watchtower's polls of the ledgers it heard nothing from for a second
 # (on Mosquitto, up to 2 s of them while the broker's next report comes): 1 or 2 a ledger.
-NEEDED = {"same": 2 + 2 + 1, "cross": 2 + 8 + 4}
+NEEDED = {"same": 2 + 2 + 1, "cross": 2 + 8 + 1 + 4}
 IDLE_PER_SETTLEMENT_MAX = 0.5
 
 

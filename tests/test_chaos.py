@@ -1,6 +1,7 @@
-"""Short seeded chaos runs, one per fault class, each followed by the audit of every
-ledger: with outages shorter than Δ nothing may be one-legged, created or lost, and no
-lock may be left past its expiry. (`lockstep chaos` runs the long soaks.)"""
+"""Short seeded chaos runs, one per fault class, all at once, and with outages up to ten
+times Δ, each followed by the audit of every ledger: nothing may be one-legged, created
+or lost, and no lock may be left held; then a backstop forced to pass during an outage,
+whose one-legged settlements must each be reported. (`lockstep chaos` runs the long soaks.)"""
 
 from __future__ import annotations
 
@@ -31,15 +32,38 @@ async def test_every_fault_class_at_once_ends_clean(tmp_path):
     assert len(outcome.faults) >= 5
 
 
-async def test_outages_longer_than_delta_are_each_reported_alerted_and_explained(tmp_path):
-    """The case the time-locks cannot cover: a ledger cut off for longer than Δ after the
-    other leg was claimed. Nothing may be silent: the coordinator, the audit and the live
-    observer all report it, and the outage timeline accounts for it."""
-    outcome = await run(tmp_path, seconds=20, seed=3, faults=("partition",), long_outages=True)
+async def test_outages_up_to_ten_delta_overlapping_end_clean_before_the_backstop(tmp_path):
+    """Ledgers cut off and killed and the coordinator killed for Δ to 10 Δ each, overlapping:
+    far past the time to decide and any Δ, yet nothing one-legged, since no timing decides
+    a settlement (its coordinator's decision does, and the locks wait for it until their
+    backstop, hours away)."""
+    outcome = await run(
+        tmp_path,
+        seconds=30,
+        seed=5,
+        faults=("partition", "kill-ledger", "kill-coordinator"),
+        long_outages=True,
+        settlements=200,
+    )
+    report = outcome.report
+    assert report is not None and report.clean, report.text()
+    assert outcome.over(CHAOS_TIMING.margin_ms) >= 3, outcome.table()  # outages longer than Δ did happen
+    assert "in progress" not in report.settlements, outcome.table()  # every lock ended
+    assert outcome.phases["settled"] > 0 and "one_legged" not in outcome.phases
+    assert outcome.recoveries_ms(), outcome.table()  # settlements lived through outages and completed after
+
+
+async def test_a_backstop_passing_during_an_outage_is_reported_alerted_and_explained(tmp_path):
+    """The one way left to lose atomicity, forced: a backstop of seconds, and ledgers cut
+    off for up to 10 Δ at the worst moment (as leg 1's claim is sent). Nothing may be
+    silent: the coordinator, the audit and the live observer all report it, and the
+    outage timeline accounts for it."""
+    backstop_ms = CHAOS_TIMING.decide_ms + CHAOS_TIMING.margin_ms  # the least the timing allows
+    outcome = await run(tmp_path, seconds=20, seed=3, faults=("partition",), long_outages=True, backstop_ms=backstop_ms)
     report = outcome.report
     assert report is not None
     one_legged = {v.settlement for v in report.violations if v.kind is Kind.ONE_LEGGED}
-    assert one_legged, "no outage outlasted Δ between two claims; choose another seed"
+    assert one_legged, "no outage outlasted a backstop between two claims; choose another seed"
     assert {v.kind for v in report.violations} == {Kind.ONE_LEGGED}, report.text()  # nothing created, lost or stuck
     assert outcome.phases["one_legged"] <= len(one_legged)  # what the coordinator saw, the audit found
     assert outcome.unalerted == []

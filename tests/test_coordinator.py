@@ -323,9 +323,7 @@ async def test_coordinator_down_for_an_hour_after_committing_settles_both_legs_w
         nursery.cancel_scope.cancel()
 
 
-async def test_restarted_after_leg_0_was_claimed_it_claims_leg_1_though_leg_0s_ledger_is_down(
-    tmp_path, autojump_clock
-):
+async def test_restarted_after_leg_0_was_claimed_it_claims_leg_1_though_leg_0s_ledger_is_down(tmp_path, autojump_clock):
     """Leg 0's claim is journaled: a coordinator killed after it claims leg 1 at once on
     restart, without waiting for leg 0's ledger (which is down) to confirm it again."""
     async with trio.open_nursery() as nursery:
@@ -418,7 +416,7 @@ async def test_a_watchtower_forwards_a_decision_no_ledger_has_seen_yet(tmp_path,
         w = await start(nursery, tmp_path, bus)
         watchtower = await watchtower_of(w, "bank-a")
         await nursery.start(watchtower.run)
-        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False, bus=unheard)
+        _coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False, bus=unheard)
         raw = w.local.settlement("dvp", legs, PARTIES)  # for an abort, leg 1 names a ledger without the bond
         settlement_id = decode_signed(raw).msg.id
         before = await w.balances(legs if outcome == "commit" else legs[:1])

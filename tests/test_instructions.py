@@ -443,6 +443,8 @@ def test_a_lock_moves_the_amount_from_available_to_locked(h):
         "expiry_ms": T0 + MINUTE_MS,
         "abort_by": ["coordinator"],
         "state": "held",
+        "cancel_hashlock": None,
+        "backstop_ms": None,
     }
     assert h.query(QueryBalances, account="acc-a")["balances"]["EUR"] == {"available": 9_000, "locked": 1_000}
 

@@ -214,9 +214,9 @@ async def test_service_metrics_follow_settled_and_failed_settlements(tmp_path, a
                 before[ledger], "lockstep_ledger_instructions_applied_total", type=kind
             )
 
-        # settled: a lock and a claim on each ledger; failed: the bond locked, then aborted
-        assert (applied("csd", "lock"), applied("csd", "claim"), applied("csd", "abort")) == (2, 1, 1)
-        assert (applied("cbdc-eur", "lock"), applied("cbdc-eur", "claim"), applied("cbdc-eur", "abort")) == (1, 1, 0)
+        # settled: a lock and a claim on each ledger; failed: the bond locked, then cancelled
+        assert (applied("csd", "lock"), applied("csd", "claim"), applied("csd", "cancel")) == (2, 1, 1)
+        assert (applied("cbdc-eur", "lock"), applied("cbdc-eur", "claim"), applied("cbdc-eur", "cancel")) == (1, 1, 0)
         assert applied("unified", "settle") == 1
         assert (
             value(after["cbdc-eur"], "lockstep_ledger_requests_refused_total", type="lock", code="insufficient_funds")

@@ -2,7 +2,7 @@
 bus with a mock clock: settlements that settle or roll back raise no alert, whether it
 watches them happen or reads them afterwards, and it agrees with the audit; a settlement
 made one-legged for real is alerted once, within a second of the refund that made it so;
-a lock whose ledger is down past its expiry and the grace period is alerted once; a
+a lock whose ledger is down past its backstop and the grace period is alerted once; a
 journal page that does not verify is alerted, naming the ledger and the entry, while the
 other ledgers are still followed; garbage on an entries topic costs nothing. Then the
 command, as its own process on a real broker, until SIGTERM."""
@@ -72,7 +72,7 @@ async def observing(nursery: trio.Nursery, local: Local, ledgers: tuple[str, ...
     return observer
 
 
-async def until_alerted(observer: Observer, count: int = 1, timeout_s: float = 60) -> int:
+async def until_alerted(observer: Observer, count: int = 1, timeout_s: float = TIMING.backstop_ms / 1000 + 60) -> int:
     """Wait for the observer's `count`th alert; the time it came, on the observer's clock."""
     with trio.fail_after(timeout_s):
         while len(observer.alerts) < count:
@@ -179,7 +179,7 @@ async def test_an_observer_catching_up_judges_by_the_journals_until_it_reaches_t
 async def test_a_settlement_made_one_legged_is_alerted_once_within_a_second_of_the_refund(
     tmp_path, autojump_clock, caplog
 ):
-    """Every claim to csd is lost until csd refunds leg 1 at its expiry: bank-a was paid
+    """Every claim to csd is lost until csd refunds leg 1 at its backstop: bank-a was paid
     EUR and kept its bonds (as in tests/test_audit.py)."""
     ledgers = ("cbdc-eur", "csd")
     bus = MemoryBus()
@@ -233,7 +233,7 @@ async def test_a_settlement_made_one_legged_is_alerted_once_within_a_second_of_t
 
 async def test_a_claim_whose_other_ledger_went_down_is_alerted_on_the_observers_clock(tmp_path, autojump_clock):
     """As above, but csd stops once leg 0 is claimed: no entry will say that leg 1 can
-    no longer be claimed. At its expiry plus the grace period, on the observer's clock,
+    no longer be claimed. At its backstop plus the grace period, on the observer's clock,
     the settlement is alerted one-legged and the lock overdue; when csd comes back and
     refunds leg 1, it is not alerted again."""
     ledgers = ("cbdc-eur", "csd")
@@ -258,7 +258,7 @@ async def test_a_claim_whose_other_ledger_went_down_is_alerted_on_the_observers_
             while getattr(eur.locks.get(lock_id(settlement_id, 0)), "state", None) is not LockState.CLAIMED:
                 await trio.sleep(0.01)
         local.stop_ledger("csd")
-        expiry_ms = observer.journals["csd"].replay.locks[lock_id(settlement_id, 1)].expiry_ms
+        expiry_ms = observer.journals["csd"].replay.locks[lock_id(settlement_id, 1)].refund_at_ms
         alerted_ms = await until_alerted(observer, 2)
         await trio.sleep(5)
         await local.start_ledger("csd")
@@ -272,17 +272,18 @@ async def test_a_claim_whose_other_ledger_went_down_is_alerted_on_the_observers_
     assert sorted(v.kind.value for v in observer.alerts) == ["lock_overdue", "one_legged"]
     (one_legged,) = (v for v in observer.alerts if v.kind is Kind.ONE_LEGGED)
     assert one_legged.settlement == settlement_id and one_legged.ledgers == ledgers
-    assert one_legged.reason == "leg 0 claimed on cbdc-eur, leg 1 still held past its expiry on csd"
+    assert one_legged.reason == "leg 0 claimed on cbdc-eur, leg 1 still held past its refund time on csd"
     assert observer.judged == {"one-legged": 1}
 
 
 # -- (3) a lock held past its expiry -------------------------------------------------------------
 
 
-async def test_a_lock_whose_ledger_is_down_past_expiry_and_grace_is_alerted_once(tmp_path, autojump_clock):
-    """The coordinator and csd stop once both locks are placed: cbdc-eur refunds leg 0 at
-    its expiry; csd, down, cannot refund leg 1. Alerted within a second of its expiry plus
-    the grace period; when csd comes back and refunds it, the settlement rolled back."""
+async def test_a_lock_whose_ledger_is_down_past_its_backstop_and_grace_is_alerted_once(tmp_path, autojump_clock):
+    """The coordinator and csd stop once both locks are placed, nothing decided: cbdc-eur
+    refunds leg 0 at its backstop; csd, down, cannot refund leg 1. Alerted within a second
+    of its backstop plus the grace period; when csd comes back and refunds it, the
+    settlement rolled back."""
     ledgers = ("cbdc-eur", "csd")
     async with trio.open_nursery() as nursery:
         local = await start_world(nursery, tmp_path, ledgers)
@@ -301,7 +302,7 @@ async def test_a_lock_whose_ledger_is_down_past_expiry_and_grace_is_alerted_once
         with trio.fail_after(30):
             while lock_id(settlement_id, 1) not in observer.journals["csd"].replay.locks:
                 await trio.sleep(0.01)
-        expiry_ms = observer.journals["csd"].replay.locks[lock_id(settlement_id, 1)].expiry_ms
+        expiry_ms = observer.journals["csd"].replay.locks[lock_id(settlement_id, 1)].refund_at_ms
         alerted_ms = await until_alerted(observer)
         await trio.sleep(5)
         assert len(observer.alerts) == 1 and observer.open_settlements == 1  # still held: remembered

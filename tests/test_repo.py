@@ -214,7 +214,7 @@ async def test_a_reverse_leg_that_fails_is_rolled_back_and_reported(tmp_path, au
         assert "csd" in failed.reason and failed.reverse_phase == "failed"
         assert await desk.holdings() == before_term
         assert await desk.held_locks() == []
-        assert await desk.lock_state("cbdc-eur", lock_id("repo-1-reverse", 0)) == "aborted"
+        assert await desk.lock_state("cbdc-eur", lock_id("repo-1-reverse", 0)) == "cancelled"
         nursery.cancel_scope.cancel()
 
 
