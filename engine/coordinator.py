@@ -568,6 +568,8 @@ class Coordinator:
                 return "cancelled" if isinstance(release, Cancel) else "aborted"
             state = await self._lock_state(leg.ledger, target)
             if state == "absent":
+                if await self._receipt(leg.ledger, target) is not None:
+                    return state  # its refusal is recorded: the same lock is never placed
                 placed_by_ms = record.expiry_ms[index] + self.timing.clock_skew_ms_max
                 if self.clock.now_ms() >= placed_by_ms:  # no ledger places it any more
                     return state

@@ -1,5 +1,6 @@
 """`lockstep demo`: a whole local world settling DvP and PvP, across ledgers and on one,
-with a rollback, a coordinator crash and a lock that expires. One report at the end.
+with a rollback, a coordinator crash, an abort by a coordinator that came back too late to
+commit and a commit its coordinator was down long after. One report at the end.
 
 By default everything runs in this process on the in-memory bus. With `--broker URL`
 every ledger runs as its own process over MQTT (and the coordinator here, on MQTT)."""
@@ -34,7 +35,7 @@ from .journal import Record
 from .local import BOND, LEDGERS, PLACES, Local, dvp_legs, standard_world
 from .matching_desk import MatchingDesk
 
-# Short enough that the expiry scenario takes seconds; long enough for a loaded laptop.
+# Short enough that the scenarios of a coordinator kept down take seconds; long enough for a loaded laptop.
 DEMO_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)
 ACCOUNTS = [
     ("csd", "a-sec"),
@@ -140,7 +141,7 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     outcomes.append(Outcome(matched, await _matched(local, coordinator, local.world.directory / "iso20022")))
     broke = dvp_legs("csd", "a-sec", "b-sec", 1_000, "cbdc-eur", "EUR", "b-eur", "a-eur", 10**14)
     await settle(
-        f"DvP without the cash ({_legs(broke)}): refused by cbdc-eur, bond lock rolled back",
+        f"DvP without the cash ({_legs(broke)}): refused by cbdc-eur, bond lock cancelled",
         "dvp",
         broke,
         ("bank-b", "bank-a"),
@@ -154,14 +155,24 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
     outcomes.append(Outcome(title, await coordinator.wait(_id(crash))))
 
-    # Killed after locking and kept down past both expiries: the ledgers refund by themselves.
-    title = f"coordinator down past expiry: both locks refunded by their ledgers ({_legs(cross_dvp)})"
+    # Killed before deciding and kept down past the time to decide: restarted, it aborts.
+    title = f"coordinator down before deciding, past the time to decide: aborted, both locks cancelled ({_legs(pvp)})"
     out(f"  {title} ...")
-    expire = local.settlement("dvp", cross_dvp, ("bank-b", "bank-a"))
-    coordinator, scope = await _kill_at(local, coordinator, scope, expire, Phase.LOCKED)
-    await _count_down(DEMO_TIMING.total_ms() / 1000 + 0.5, out)
+    late = local.settlement("pvp", pvp, ("bank-b", "bank-a"))
+    coordinator, scope = await _kill_at(local, coordinator, scope, late, Phase.LOCKED)
+    await _count_down(DEMO_TIMING.total_ms() / 1000 + 0.5, "before deciding", out)
     coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
-    outcomes.append(Outcome(title, await coordinator.wait(_id(expire))))
+    outcomes.append(Outcome(title, await coordinator.wait(_id(late))))
+
+    # Killed the moment it committed and kept down for three times Δ: no lock times out,
+    # nothing is refunded, and the restarted coordinator settles both legs.
+    title = f"coordinator down for 3 Δ after committing: the locks wait, both legs settle ({_legs(cross_dvp)})"
+    out(f"  {title} ...")
+    committed = local.settlement("dvp", cross_dvp, ("bank-b", "bank-a"))
+    coordinator, scope = await _kill_at(local, coordinator, scope, committed, Phase.CLAIMING)
+    await _count_down(3 * DEMO_TIMING.margin_ms / 1000, "after committing", out)
+    coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
+    outcomes.append(Outcome(title, await coordinator.wait(_id(committed))))
     scope.cancel()
 
     after = await _balances(local)
@@ -175,11 +186,11 @@ def _legs(legs) -> str:
     return " against ".join(f"{format_amount(leg.asset, leg.amount)} ({leg.ledger})" for leg in legs)
 
 
-async def _count_down(seconds: float, out) -> None:
+async def _count_down(seconds: float, when: str, out) -> None:
     """The coordinator stays down this long; say so each second rather than go silent."""
     deadline = trio.current_time() + seconds
     while (left := deadline - trio.current_time()) > 0:
-        out(f"      coordinator down while both locks expire: {math.ceil(left)} s to go")
+        out(f"      coordinator down {when}: {math.ceil(left)} s to go")
         await trio.sleep(left - math.ceil(left) + 1)
 
 
@@ -300,7 +311,7 @@ def _report(outcomes: list[Outcome], before: Balances, after: Balances, out) -> 
         out(f"  {record.phase.value.upper():<12} {outcome.latency_ms:>6} ms  {outcome.title}")
         out(f"  {'':<12} {'':>9} {steps}{reason}")
     out("")
-    out("Balances, by ledger and account (locked: held in a time-lock, not yet claimed or refunded):")
+    out("Balances, by ledger and account (locked: held in a lock, not yet claimed, cancelled or refunded):")
     rows = [("ledger / account", "before: available", "locked", "after: available", "locked")]
     for key in sorted(before.keys() | after.keys()):
         for asset in sorted(before.get(key, {}).keys() | after.get(key, {}).keys()):
@@ -345,7 +356,7 @@ def main(broker: str | None, keep: bool = False) -> int:
             handler.close()
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
-    expected = [Phase.SETTLED] * 5 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK]
+    expected = [Phase.SETTLED] * 5 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED]
     actual = [o.record.phase for o in outcomes]
     if actual != expected:
         print(

@@ -28,13 +28,15 @@ class ServiceExited(AssertionError):
 
 
 class ServiceProcess:
-    """`lockstep COMMAND --config FILE --broker URL` as a child process, logging to a file."""
+    """`lockstep COMMAND --config FILE --broker URL [ARGS]` as a child process, logging to a
+    file; `party` names the config, ARGS are `args`."""
 
-    def __init__(self, world: World, command: str, party: str, broker_url: str) -> None:
+    def __init__(self, world: World, command: str, party: str, broker_url: str, args: tuple[str, ...] = ()) -> None:
         self.world = world
         self.command = command
         self.party = party
         self.broker_url = broker_url
+        self.args = args
         self.process: subprocess.Popen | None = None
         self.log_path = Path(world.directory) / f"{command}-{party}.log"
 
@@ -54,6 +56,7 @@ class ServiceProcess:
                     str(self.world.ledger_configs[self.party]),
                     "--broker",
                     self.broker_url,
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=log,

@@ -1,6 +1,7 @@
 """`lockstep demo` as a new user runs it: every scenario announced as it starts and a
-countdown while the coordinator stays down, money in one form, each balance available and
-locked, and nothing left in the temporary directory unless `--keep` asks for it."""
+countdown while the coordinator stays down (before deciding, and after committing), money
+in one form, each balance available and locked, and nothing left in the temporary
+directory unless `--keep` asks for it."""
 
 from __future__ import annotations
 
@@ -34,15 +35,16 @@ def test_the_demo_reports_every_scenario_and_balance_and_leaves_nothing_behind(t
     announced, report = out.split("\nSettlements:\n")
     report, balances = report.split("\nBalances, by ledger and account")
     titles = [line.split(" ms  ", 1)[1] for line in report.splitlines() if " ms  " in line]
-    assert len(titles) == 8
+    assert len(titles) == 9
     assert [line.strip().removesuffix(" ...") for line in announced.splitlines() if line.endswith(" ...")] == titles
     assert "same-ledger DvP: EUR 985,000.00 (unified) against XS2700000016 1,000 units (unified)" in titles
-    countdown = re.findall(r"coordinator down while both locks expire: (\d+) s to go", announced)
+    countdown = re.findall(r"coordinator down after committing: (\d+) s to go", announced)
     assert countdown == sorted(countdown, key=int, reverse=True) and len(countdown) >= 5 and countdown[-1] == "1"
+    assert "coordinator down before deciding: 1 s to go" in announced
 
     assert [line.split()[0] for line in report.splitlines() if line.startswith("  ") and line.split()[0].isupper()] == [
         "SETTLED"
-    ] * 5 + ["FAILED", "SETTLED", "ROLLED_BACK"]
+    ] * 5 + ["FAILED", "SETTLED", "ROLLED_BACK", "SETTLED"]
     assert "b-eur has EUR 9,997,530,000.00 available, needs EUR 1,000,000,000,000.00" in report
 
     header, *rows = balances.splitlines()[1:-2]

@@ -1,9 +1,10 @@
 """The watchtower as its own OS process (`lockstep watchtower`) over a real Mosquitto,
-with the ledgers as processes too. The test acts as the coordinator by hand, with its
-key: it places both locks of a signed DvP exactly as engine/coordinator.py does, claims
-leg 0 and then "dies". The watchtower must claim leg 1 from the secret in leg 0's claim;
-and must leave leg 1 alone when leg 0 was aborted instead. Checked on the ledgers: lock
-states, journals and balances."""
+run by a bank (`--party bank-a`), with the ledgers as processes too. The test acts as
+the coordinator by hand, with its key: it places both decision locks of a signed DvP
+exactly as engine/coordinator.py does, then reveals a decision and "dies". The
+watchtower must forward it: claim leg 1 with the secret from leg 0's claim, cancel leg 1
+with the preimage from leg 0's cancel, and claim both legs from a published decision no
+ledger has seen. Checked on the ledgers: lock states, journals and balances."""
 
 from __future__ import annotations
 
@@ -13,21 +14,23 @@ import pytest
 import trio
 
 from engine.local import Local, dvp_legs, standard_world
+from protocols.bus import decisions_topic
 from protocols.bus.client import LedgerClient, raise_for
 from protocols.bus.mqtt import MqttBus
 from protocols.htlc import hashlock_of
-from protocols.messages import Abort, Claim, Lock, QueryJournal, QueryLock, Settlement
+from protocols.messages import Cancel, Claim, Lock, QueryJournal, QueryLock, Settlement, SettlementDecision
 from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed, sign
 from tests.processes import ServiceProcess
 
-pytestmark = pytest.mark.slow  # a watchtower, coordinator and ledgers as processes
+pytestmark = pytest.mark.slow  # a watchtower and ledgers as processes
 
 LEGS = dvp_legs("csd", "a-sec", "b-sec", 10, "cbdc-eur", "EUR", "b-eur", "a-eur", 1_000)  # leg 0 cash, leg 1 bond
 PARTIES = ("bank-b", "bank-a")  # bank-b pays leg 0, bank-a delivers leg 1
 TIMING = Timing()  # the standard world's coordinator.toml sets no [timing]
 GRACE_S = TIMING.claim_deadline_ms // 2 / 1000  # the watchtower's grace period (engine/daemon.py)
 ACCOUNTS = (("cbdc-eur", "b-eur"), ("cbdc-eur", "a-eur"), ("csd", "a-sec"), ("csd", "b-sec"))
+WATCHER = "bank-a"
 
 
 class HandCoordinator:
@@ -43,14 +46,14 @@ class HandCoordinator:
     def signed(self, msg):
         return sign(msg, ("coordinator", self.key))
 
-    async def lock_both(self) -> tuple[str, bytes]:
-        """Both locks of a fresh DvP, built as Coordinator._lock builds them; their ids and the secret."""
+    async def lock_both(self) -> tuple[str, bytes, bytes]:
+        """Both decision locks of a fresh DvP, built as Coordinator._lock builds them;
+        their settlement id, claim secret and cancellation secret."""
         signed_settlement = decode_signed(self.local.settlement("dvp", LEGS, PARTIES), allowed=(Settlement,))
         settlement: Settlement = signed_settlement.msg
-        secret = secrets.token_bytes(32)
+        secret, cancel_secret = secrets.token_bytes(32), secrets.token_bytes(32)
         now = self.local.clock.now_ms()
-        expiries = TIMING.expiries(now)
-        assert expiries[1] <= settlement.deadline_ms
+        backstops = TIMING.backstops(now)
         for index, leg in enumerate(settlement.legs):
             lock = Lock(
                 lock_id(settlement.id, index),
@@ -61,32 +64,33 @@ class HandCoordinator:
                 leg.asset,
                 leg.amount,
                 hashlock_of(secret),
-                expiries[index],
-                ("coordinator",),
+                TIMING.expiry(now),
+                (),
                 auth=signed_settlement.wire(),
+                cancel_hashlock=hashlock_of(cancel_secret),
+                backstop_ms=backstops[index],
             )
             raise_for(await self.client(leg.ledger).submit(self.signed(lock)))
-        return settlement.id, secret
+        return settlement.id, secret, cancel_secret
 
-    async def claim(self, settlement_id: str, leg: int, secret: bytes) -> None:
+    async def end(self, settlement_id: str, leg: int, kind: type, preimage: bytes) -> None:
+        """A claim or cancel of one leg, with its preimage."""
         ledger = LEGS[leg].ledger
         target = lock_id(settlement_id, leg)
+        now = self.local.clock.now_ms()
         raise_for(
             await self.client(ledger).submit(
-                self.signed(
-                    Claim(f"{target}:c{secrets.token_hex(3)}", ledger, self.local.clock.now_ms(), target, secret)
-                )
+                self.signed(kind(f"{target}:c{secrets.token_hex(3)}", ledger, now, target, preimage))
             )
         )
 
-    async def abort(self, settlement_id: str, leg: int) -> None:
-        ledger = LEGS[leg].ledger
-        target = lock_id(settlement_id, leg)
-        raise_for(
-            await self.client(ledger).submit(
-                self.signed(Abort(f"{target}:a{secrets.token_hex(3)}", ledger, self.local.clock.now_ms(), target))
-            )
+    async def publish(self, settlement_id: str, outcome: str, preimage: bytes) -> None:
+        """The decision, as Coordinator._announce publishes it."""
+        now = self.local.clock.now_ms()
+        decision = SettlementDecision(
+            "coordinator", settlement_id, outcome, tuple(leg.ledger for leg in LEGS), preimage, TIMING.expiry(now), now
         )
+        await self.local.bus.publish(decisions_topic("coordinator"), self.signed(decision).encode())
 
     async def state(self, settlement_id: str, leg: int) -> str:
         ledger = LEGS[leg].ledger
@@ -113,8 +117,8 @@ def moved_by(before, legs_times: int) -> dict[tuple[str, str], dict[str, int]]:
     return expected
 
 
-async def claim_entries(local: Local, ledger: str, target: str) -> list[dict]:
-    """The `claim` entries of a lock in a ledger's journal."""
+async def ends(local: Local, ledger: str, target: str) -> list[dict]:
+    """The `claim` and `cancel` entries of a lock in a ledger's journal."""
     client = local.client(ledger)
     entries: list[dict] = []
     while True:
@@ -122,7 +126,9 @@ async def claim_entries(local: Local, ledger: str, target: str) -> list[dict]:
         entries += page["entries"]
         if not page["entries"] or len(entries) >= page["head"]:
             break
-    return [entry for entry in entries if entry["kind"] == "claim" and entry["instruction"]["lock_id"] == target]
+    return [
+        entry for entry in entries if entry["kind"] in ("claim", "cancel") and entry["instruction"]["lock_id"] == target
+    ]
 
 
 async def logged(process: ServiceProcess, text: str, timeout_s: float = 20) -> None:
@@ -133,12 +139,16 @@ async def logged(process: ServiceProcess, text: str, timeout_s: float = 20) -> N
 
 
 class Services:
-    """The two ledger processes and the watchtower process, started ready and funded."""
+    """The two ledger processes and the watchtower process, run by a bank with its own
+    key, started ready and funded."""
 
     def __init__(self, tmp_path, broker) -> None:
         self.world = standard_world(tmp_path, broker=broker.url)
         self.ledgers = [ServiceProcess(self.world, "ledger", ledger, broker.url) for ledger in ("csd", "cbdc-eur")]
-        self.watchtower = ServiceProcess(self.world, "watchtower", "coordinator", broker.url)
+        key = self.world.key_path(WATCHER)
+        self.watchtower = ServiceProcess(
+            self.world, "watchtower", "coordinator", broker.url, ("--party", WATCHER, "--key", str(key))
+        )
 
     @property
     def processes(self) -> list[ServiceProcess]:
@@ -152,14 +162,24 @@ class Services:
         local = Local(self.world, bus, nursery)
         await local.fund_standard(ledgers=("csd", "cbdc-eur"))
         self.watchtower.start()
-        await logged(self.watchtower, "watchtower watching")
+        await logged(self.watchtower, f"watchtower {WATCHER} watching")
         return local
 
     def stop(self) -> dict[str, int]:
         return {process.log_path.name: process.stop() for process in self.processes}
 
 
-async def test_watchtower_process_claims_leg_1_after_the_coordinator_dies_having_claimed_leg_0(tmp_path, broker):
+async def forwarded(services: Services, local: Local, settlement_id: str, leg: int, kind: str) -> None:
+    """Leg `leg` was ended by one claim or cancel, the watchtower's, signed by the bank."""
+    (entry,) = await ends(local, LEGS[leg].ledger, lock_id(settlement_id, leg))
+    assert entry["kind"] == kind and entry["instruction"]["id"].startswith(f"{lock_id(settlement_id, leg)}:w")
+    assert set(entry["instruction"]["sigs"]) == {WATCHER}
+    state = "claimed" if kind == "claim" else "cancelled"
+    await logged(services.watchtower, f"settlement {settlement_id}: the watchtower {state} leg {leg}", 5)
+
+
+@pytest.mark.parametrize("decision", ["commit", "abort"])
+async def test_watchtower_process_forwards_leg_0s_end_to_leg_1_after_the_coordinator_dies(tmp_path, broker, decision):
     services = Services(tmp_path, broker)
     try:
         async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
@@ -167,31 +187,30 @@ async def test_watchtower_process_claims_leg_1_after_the_coordinator_dies_having
                 local = await services.start(bus, nursery)
                 coordinator = HandCoordinator(local)
                 before = await balances(local)
-                settlement_id, secret = await coordinator.lock_both()
+                settlement_id, secret, cancel_secret = await coordinator.lock_both()
                 assert [await coordinator.state(settlement_id, leg) for leg in (0, 1)] == ["held", "held"]
 
-                await coordinator.claim(settlement_id, 0, secret)  # ... and the coordinator dies here
-                claimed_leg_0_at = trio.current_time()
-                await coordinator.until_state(settlement_id, 1, "claimed", timeout_s=GRACE_S + 5)
-                assert trio.current_time() - claimed_leg_0_at >= GRACE_S * 0.9  # it let the coordinator have its grace
+                if decision == "commit":
+                    await coordinator.end(settlement_id, 0, Claim, secret)  # ... and the coordinator dies here
+                else:
+                    await coordinator.end(settlement_id, 0, Cancel, cancel_secret)
+                ended_leg_0_at = trio.current_time()
+                state = "claimed" if decision == "commit" else "cancelled"
+                await coordinator.until_state(settlement_id, 1, state, timeout_s=GRACE_S + 5)
+                assert trio.current_time() - ended_leg_0_at >= GRACE_S * 0.9  # it let the coordinator have its grace
 
-                assert await balances(local) == moved_by(before, 1)
-                claims = await claim_entries(local, "csd", lock_id(settlement_id, 1))
-                assert len(claims) == 1
-                assert claims[0]["instruction"]["id"].startswith(f"{lock_id(settlement_id, 1)}:w")  # the watchtower's
-                assert "coordinator" in claims[0]["instruction"]["sigs"]
-                await logged(services.watchtower, f"settlement {settlement_id}: coordinator silent after leg 0", 5)
+                assert await balances(local) == (moved_by(before, 1) if decision == "commit" else before)
+                await forwarded(services, local, settlement_id, 1, "claim" if decision == "commit" else "cancel")
             nursery.cancel_scope.cancel()
     finally:
         codes = services.stop()
     assert set(codes.values()) == {0}, codes
 
 
-async def test_watchtower_process_leaves_leg_1_held_when_leg_0_was_aborted(tmp_path, broker):
-    """Leg 0 aborted by the coordinator: the settlement rolled back, and the watchtower
-    must not touch leg 1, which stays held until the coordinator aborts it too. A second
-    settlement, claimed on leg 0 after that abort, shows the watchtower was watching: it
-    finishes that one, and only that one."""
+async def test_watchtower_process_claims_both_legs_from_a_published_decision_no_ledger_has_seen(tmp_path, broker):
+    """The coordinator commits, publishes its decision and dies before claiming anything:
+    the watchtower claims leg 0, then leg 1. A second settlement, decided but never
+    published, is left alone: nothing public reveals its decision."""
     services = Services(tmp_path, broker)
     try:
         async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
@@ -199,21 +218,14 @@ async def test_watchtower_process_leaves_leg_1_held_when_leg_0_was_aborted(tmp_p
                 local = await services.start(bus, nursery)
                 coordinator = HandCoordinator(local)
                 before = await balances(local)
-                rolled_back, _ = await coordinator.lock_both()
-                await coordinator.abort(rolled_back, 0)
-                aborted_at = trio.current_time()
-                assert await coordinator.state(rolled_back, 0) == "aborted"
-
-                finished, secret = await coordinator.lock_both()
-                await coordinator.claim(finished, 0, secret)
-                await coordinator.until_state(finished, 1, "claimed", timeout_s=GRACE_S + 5)
-                await trio.sleep(max(0.0, aborted_at + GRACE_S + 1 - trio.current_time()))
-
-                assert await coordinator.state(rolled_back, 1) == "held"
-                assert await claim_entries(local, "csd", lock_id(rolled_back, 1)) == []
-                await coordinator.abort(rolled_back, 1)
-                assert await coordinator.state(rolled_back, 1) == "aborted"
-                assert await balances(local) == moved_by(before, 1)  # the finished settlement alone
+                unpublished, _, _ = await coordinator.lock_both()
+                settlement_id, secret, _ = await coordinator.lock_both()
+                await coordinator.publish(settlement_id, "commit", secret)
+                for leg in (0, 1):
+                    await coordinator.until_state(settlement_id, leg, "claimed", timeout_s=GRACE_S + 5)
+                    await forwarded(services, local, settlement_id, leg, "claim")
+                assert await balances(local) == moved_by(before, 1)
+                assert [await coordinator.state(unpublished, leg) for leg in (0, 1)] == ["held", "held"]
             nursery.cancel_scope.cancel()
     finally:
         codes = services.stop()
