@@ -30,6 +30,7 @@ from protocols.identifiers import make_isin
 from protocols.journal import Link, verify_chain
 from protocols.messages import (
     Abort,
+    Cancel,
     Claim,
     CreateInstrument,
     Instruction,
@@ -377,6 +378,37 @@ async def expired_locks_refund_themselves(s: Suite) -> None:
     expect(reply.code in (Code.LOCK_EXPIRED.value, Code.LOCK_NOT_HELD.value), f"late claim: {reply.code}")
 
 
+async def decision_locks_end_by_their_preimages_until_the_backstop(s: Suite) -> None:
+    """A lock with a cancel hashlock and a backstop: past its expiry it is still held and
+    still claimed; the abort preimage cancels it, nobody aborts it; at its backstop the
+    ledger refunds it by itself."""
+    available, _ = await s.balance(s.alice_account)
+    secret, cancel_secret = secrets.token_bytes(32), secrets.token_bytes(32)
+    expiry_ms = s.now_ms() + EXPIRY_WAIT_MS // 3
+
+    def decision_lock(backstop_ms: int) -> Signed:
+        return _lock(s, secret, expiry_ms, cancel_hashlock=hashlock_of(cancel_secret), backstop_ms=backstop_ms)
+
+    claimed, cancelled = decision_lock(s.now_ms() + 60_000), decision_lock(s.now_ms() + 60_000)
+    refunded = decision_lock(s.now_ms() + EXPIRY_WAIT_MS)
+    for lock in (claimed, cancelled, refunded):
+        applied(await s.client.submit(lock), "decision lock")
+    refused(await s.send(Abort, s.bob, lock_id=cancelled.msg.id), Code.NOT_AUTHORISED, "lock_id")
+    refused(await s.send(Cancel, s.bob, lock_id=cancelled.msg.id, preimage=secret), Code.WRONG_PREIMAGE, "preimage")
+    applied(
+        await s.send(Cancel, s.operator, lock_id=cancelled.msg.id, preimage=cancel_secret), "cancel by a third party"
+    )
+    refused(await s.send(Claim, s.bob, lock_id=cancelled.msg.id, preimage=secret), Code.LOCK_NOT_HELD)
+    await trio.sleep_until(trio.current_time() + (expiry_ms - s.now_ms()) / 1000 + 0.2)
+    view = await s.client.query(QueryLock(s.fresh("q"), s.ledger_id, claimed.msg.id))
+    expect(view["state"] == "held", f"a decision lock past its expiry is {view['state']}, not held until its backstop")
+    applied(await s.send(Claim, s.bob, lock_id=claimed.msg.id, preimage=secret), "claim past the expiry")
+    await trio.sleep_until(trio.current_time() + (refunded.msg.backstop_ms - s.now_ms()) / 1000 + 0.2)
+    view = await s.client.query(QueryLock(s.fresh("q"), s.ledger_id, refunded.msg.id))
+    expect(view["state"] == "refunded", f"a decision lock past its backstop is {view['state']}, not refunded")
+    expect(await s.balance(s.alice_account) == (available - 100, 0), "decision locks did not end as their ends say")
+
+
 async def settlement_is_all_or_nothing(s: Suite) -> None:
     both = (Leg(s.alice_account, s.bob_account, s.asset, 5), Leg(s.bob_account, s.alice_account, s.asset, 3))
     applied(await s.send(Settle, s.alice, s.bob, legs=both), "two-leg settlement")
@@ -419,6 +451,7 @@ CHECKS: list[Callable[[Suite], Awaitable[None]]] = [
     aborts_follow_the_lock_terms,
     expired_locks_refund_themselves,
     settlement_is_all_or_nothing,
+    decision_locks_end_by_their_preimages_until_the_backstop,
     journal_verifies,
 ]
 

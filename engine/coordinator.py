@@ -322,18 +322,17 @@ class Coordinator:
             return await self._confirm_locks(record, settlement)
         if record.phase is Phase.LOCKED:
             if self.timing.may_commit(now_ms, record.expiry_ms[0], record.refund_at_ms[0]):
-                return await self._decide(record.to(Phase.CLAIMING, now_ms), settlement)
+                return await self._decide(record.to(Phase.CLAIMING, now_ms))
             return await self._decide(
                 record.to(
                     Phase.ROLLING_BACK,
                     now_ms,
                     reason_code=Code.TIMEOUT.value,
                     reason="both locks were confirmed too late to commit",
-                ),
-                settlement,
+                )
             )
         if record.phase is Phase.CLAIMING:
-            await self._announce(record, settlement)  # again: a watchtower may have missed it
+            await self._announce(record, settlement)
             return await self._claim_in_order(record, settlement)
         if record.phase is Phase.ROLLING_BACK:
             await self._announce(record, settlement)
@@ -429,14 +428,13 @@ class Coordinator:
             return await self._save(record.to(Phase.LOCKED, now_ms))
         refusals = [o for o in outcomes if isinstance(o, Receipt) and not o.applied]
         code, reason = _failure(refusals[0] if refusals else None)
-        return await self._decide(record.to(Phase.ROLLING_BACK, now_ms, reason_code=code, reason=reason), settlement)
+        return await self._decide(record.to(Phase.ROLLING_BACK, now_ms, reason_code=code, reason=reason))
 
-    async def _decide(self, record: Record, settlement: Terms) -> Record:
-        """The commit point: the decision on disk, then announced to the watchtowers."""
+    async def _decide(self, record: Record) -> Record:
+        """The commit point: the decision on disk before anything it allows is revealed
+        (announced, then acted on, by the step of its phase)."""
         assert record.decision is not Decision.NONE, record
-        record = await self._save(record)
-        await self._announce(record, settlement)
-        return record
+        return await self._save(record)
 
     async def _announce(self, record: Record, settlement: Terms) -> None:
         """Publish a recorded decision with the preimage it reveals, for any watchtower to
