@@ -111,11 +111,12 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
             coordinator_metrics = CoordinatorMetrics(coordinator)  # before any settlement is resumed
             await nursery.start(coordinator.run)
             log.info(
-                "coordinator %s up on %s, journal %s, Δ = %d ms",
+                "coordinator %s up on %s, journal %s, Δ = %d ms, backstop %d ms",
                 config.coordinator_id,
                 redacted(url),
                 config.journal,
                 config.timing.margin_ms,
+                config.timing.backstop_ms,
             )
             if listeners is not None:
                 nursery.start_soon(serve_metrics, coordinator_metrics.registry, listeners)
