@@ -305,12 +305,12 @@ def _leg(journal: LedgerJournal | None, ledger: str, lock: str, deadline_ms: int
     return LegView(ledger, "held", now_ms < held.refund_at_ms, entries)
 
 
-_BEYOND_CLAIMING = {
-    "refunded": "refunded to its owner",
-    "aborted": "aborted",
-    "cancelled": "cancelled: both the claim secret and the cancellation were revealed",
-    "held": "still held past its refund time",
-    "absent": "never locked, and the deadline has passed",
+_BEYOND_CLAIMING = {  # a leg's state -> what it says, and why that breaks atomicity when it is not plain
+    "refunded": ("refunded to its owner", ""),
+    "aborted": ("aborted", ""),
+    "cancelled": ("cancelled", ": both the claim secret and the cancellation were revealed"),
+    "held": ("still held past its refund time", ""),
+    "absent": ("never locked, and the deadline has passed", ""),
 }
 
 
@@ -332,7 +332,7 @@ def judge(terms: Terms, legs: list[LegView]) -> tuple[str, Violation | str | Non
     entries = tuple(at for leg in legs for at in leg.entries)
     return "one-legged", Violation(
         Kind.ONE_LEGGED,
-        f"{said}{_BEYOND_CLAIMING[other.state]} on {other.ledger}",
+        f"{said}{_BEYOND_CLAIMING[other.state][0]} on {other.ledger}{_BEYOND_CLAIMING[other.state][1]}",
         tuple(dict.fromkeys(leg.ledger for leg in legs)),
         entries,
         terms.settlement,

@@ -415,12 +415,24 @@ TERMS = Terms("s", ("A", "B"), deadline_ms=10_000)
         (("claimed", False), ("absent", False), "one-legged", True),  # past the deadline: can never be locked
         (("refunded", False), ("claimed", False), "one-legged", True),
         (("claimed", False), ("unknown", False), "unchecked", False),
+        (("cancelled", False), ("cancelled", False), "rolled back", False),
+        (("cancelled", False), ("absent", False), "rolled back", False),
+        (("held", True), ("cancelled", False), "in progress", False),
+        (("claimed", False), ("cancelled", False), "one-legged", True),  # both decisions revealed
+        (("cancelled", False), ("claimed", False), "one-legged", True),
     ],
 )
 def test_a_settlement_is_one_legged_only_when_its_other_leg_can_no_longer_be_claimed(leg0, leg1, outcome, violation):
     found, finding = judge(TERMS, [LegView("A", *leg0), LegView("B", *leg1)])
     assert found == outcome
     assert (getattr(finding, "kind", None) is Kind.ONE_LEGGED) == violation
+
+
+def test_a_claim_beside_a_cancel_names_both_decisions_revealed():
+    _, finding = judge(TERMS, [LegView("A", "claimed", False), LegView("B", "cancelled", False)])
+    assert finding.reason == (
+        "leg 0 claimed on A, leg 1 cancelled on B: both the claim secret and the cancellation were revealed"
+    )
 
 
 # -- the command --------------------------------------------------------------------------------

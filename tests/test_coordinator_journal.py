@@ -1,0 +1,185 @@
+"""The coordinator's journal holds each settlement's decision once: a second decision, or
+another secret, is refused by the record and by the database itself; a journal from
+before decision locks is migrated with each decision read from its phase; and a
+settlement it held in flight across that upgrade, with time-locks, is finished as before."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from contextlib import closing
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from engine.journal import Journal, Record
+from engine.local import Local, dvp_legs, standard_world
+from protocols.bus.memory import MemoryBus
+from protocols.htlc import hashlock_of
+from protocols.messages import Lock, QueryLock, Settlement
+from protocols.settlement import Decision, Phase, Timing, lock_id
+from protocols.signing import decode_signed, sign
+
+TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
+LEGS = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
+PARTIES = ("bank-b", "bank-a")
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def locking(settlement_id: str = "dvp-1") -> Record:
+    return Record(settlement_id, b"{}", Phase.PENDING, steps=(("pending", 1),)).to(
+        Phase.LOCKING, 2, secret=secrets.token_bytes(32), cancel_secret=secrets.token_bytes(32)
+    )
+
+
+def test_a_record_is_decided_once():
+    committed = locking().to(Phase.LOCKED, 3).to(Phase.CLAIMING, 4)
+    assert committed.decision is Decision.COMMIT
+    with pytest.raises(AssertionError, match="CLAIMING -> ROLLING_BACK is not a transition"):
+        committed.to(Phase.ROLLING_BACK, 5)
+    with pytest.raises(AssertionError, match="decided commit, now abort"):
+        attrs.evolve(committed, phase=Phase.LOCKED).to(Phase.ROLLING_BACK, 5)  # even were the phase rewound
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"decision": Decision.ABORT, "phase": Phase.ROLLING_BACK},
+        {"secret": secrets.token_bytes(32)},
+        {"cancel_secret": secrets.token_bytes(32)},
+    ],
+    ids=["decision", "secret", "cancel_secret"],
+)
+async def test_the_database_refuses_a_second_decision_or_other_secrets(tmp_path, change):
+    journal = Journal(tmp_path / "coordinator.db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        committed = locking().to(Phase.LOCKED, 3).to(Phase.CLAIMING, 4)
+        await journal.save(committed)
+        with pytest.raises(sqlite3.IntegrityError, match="decided once"):
+            journal._write([attrs.evolve(committed, **change)])  # as the writer would, past the record's checks
+        assert journal.get("dvp-1") == committed
+        await journal.save(attrs.evolve(committed, claimed=1))  # what may change still does
+        assert journal.get("dvp-1").claimed == 1
+        nursery.cancel_scope.cancel()
+    journal.close()
+
+
+SCHEMA_1 = """
+CREATE TABLE settlements (id TEXT PRIMARY KEY, instruction BLOB, phase TEXT, secret BLOB, expiry_ms TEXT,
+                          sent TEXT, reason_code TEXT, reason TEXT, steps TEXT);
+CREATE INDEX unfinished ON settlements(phase)
+    WHERE phase NOT IN ('failed', 'one_legged', 'rolled_back', 'settled');
+PRAGMA user_version = 1;
+"""
+
+
+def schema_1(path, rows: list[tuple]) -> None:
+    """A journal as the coordinator wrote it before decision locks."""
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(SCHEMA_1)
+        db.executemany("INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.commit()
+
+
+def test_a_journal_from_before_decision_locks_is_migrated_with_each_decision_from_its_phase(tmp_path):
+    two_locks, one_settle = json.dumps(["{}", "{}"]), json.dumps(["{}"])
+    rows = [
+        ("claiming", "claiming", two_locks),
+        ("settled-cross", "settled", two_locks),
+        ("settled-same", "settled", one_settle),
+        ("one-legged", "one_legged", two_locks),
+        ("rolling", "rolling_back", two_locks),
+        ("rolled", "rolled_back", two_locks),
+        ("failed-cross", "failed", two_locks),
+        ("failed-same", "failed", one_settle),
+        ("locked", "locked", two_locks),
+    ]
+    schema_1(
+        tmp_path / "coordinator.db",
+        [(sid, b"{}", phase, b"s" * 32, "[1, 2]", sent, "", "", json.dumps([[phase, 1]])) for sid, phase, sent in rows],
+    )
+    journal = Journal(tmp_path / "coordinator.db")
+    decisions = {record.settlement_id: record.decision for record in journal.all()}
+    journal.close()
+    assert decisions == {
+        "claiming": Decision.COMMIT,
+        "settled-cross": Decision.COMMIT,
+        "settled-same": Decision.NONE,
+        "one-legged": Decision.COMMIT,
+        "rolling": Decision.ABORT,
+        "rolled": Decision.ABORT,
+        "failed-cross": Decision.ABORT,
+        "failed-same": Decision.NONE,
+        "locked": Decision.NONE,
+    }
+
+
+async def test_a_settlement_in_flight_across_the_upgrade_keeps_its_time_locks_and_is_aborted_by_signature(
+    tmp_path, autojump_clock
+):
+    """Aborted by the old coordinator, its time-locks placed and not yet released: the new
+    one, started on the migrated journal, aborts them by its signature (it has no
+    cancellation preimage to give), and the settlement ends rolled back."""
+    async with trio.open_nursery() as nursery:
+        local = Local(standard_world(tmp_path), MemoryBus(), nursery)
+        for ledger in ("csd", "cbdc-eur"):
+            await local.start_ledger(ledger)
+        await local.fund_standard(ledgers=("csd", "cbdc-eur"))
+        signed = decode_signed(local.settlement("dvp", LEGS, PARTIES), allowed=(Settlement,))
+        settlement: Settlement = signed.msg
+        now = local.clock.now_ms()
+        expiries = (now + 20_000, now + 25_000)  # within the settlement deadline, a minute away
+        locks = []
+        for index, leg in enumerate(settlement.legs):
+            lock = sign(
+                Lock(
+                    lock_id(settlement.id, index),
+                    leg.ledger,
+                    now,
+                    leg.from_account,
+                    leg.to_account,
+                    leg.asset,
+                    leg.amount,
+                    hashlock_of(b"s" * 32),
+                    expiries[index],
+                    ("coordinator",),
+                    auth=signed.wire(),
+                ),
+                ("coordinator", local.world.keys["coordinator"]),
+            )
+            assert (await local.client(leg.ledger).submit(lock)).applied
+            locks.append(lock.encode().decode())
+        steps = [["pending", now], ["locking", now], ["rolling_back", now]]
+        schema_1(
+            local.world.directory / "coordinator.db",
+            [
+                (
+                    settlement.id,
+                    signed.encode(),
+                    "rolling_back",
+                    b"s" * 32,
+                    json.dumps(expiries),
+                    json.dumps(locks),
+                    "timeout",
+                    "a ledger did not confirm in time",
+                    json.dumps(steps),
+                )
+            ],
+        )
+        coordinator, _ = await local.start_coordinator(TIMING, watchtower=False)
+        with trio.fail_after(30):
+            record = await coordinator.wait(settlement.id)
+        assert (record.phase, record.decision) == (Phase.ROLLED_BACK, Decision.ABORT)
+        for index, leg in enumerate(LEGS):
+            client = local.client(leg.ledger)
+            view = await client.query(QueryLock(client.next_query_id(), leg.ledger, lock_id(settlement.id, index)))
+            assert view["state"] == "aborted"
+        nursery.cancel_scope.cancel()
