@@ -1,10 +1,11 @@
-"""A unified ledger driven by random instruction sequences, good and bad, against a model
-kept beside it. Every receipt is predicted (applied, or refused with its code), and after
-every step the ledger's own store must show: each asset conserved (balances sum to issued
-minus redeemed), no negative balance, every lock in the state the model says and never
-leaving an end state, the held locks of each (account, asset) summing to its locked
-amount, the journal as long as the model counts and intact, and an instruction sent again
-answered with the very same receipt bytes without the journal growing."""
+"""A unified ledger driven by random instruction sequences, good and bad, time-locks and
+decision locks among them, against a model kept beside it. Every receipt is predicted
+(applied, or refused with its code), and after every step the ledger's own store must
+show: each asset conserved (balances sum to issued minus redeemed), no negative balance,
+every lock in the state the model says and never leaving an end state, the held locks of
+each (account, asset) summing to its locked amount, the journal as long as the model
+counts and intact, and an instruction sent again answered with the very same receipt
+bytes without the journal growing."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from protocols.htlc import hashlock_of
 from protocols.journal import Link, Replay, verify_chain
 from protocols.messages import (
     Abort,
+    Cancel,
     Claim,
     CreateInstrument,
     Issue,
@@ -59,8 +61,9 @@ PREIMAGES = tuple(bytes([n]) * 32 for n in range(3))
 ABORT_BY = ((), ("coordinator",), ("bank-b", "coordinator"), ("bank-a", "coordinator"))
 TS_AGE_MS_MAX = 5 * 60 * 1000
 
-# A claim or abort that reaches a lock the ledger has refunded at its expiry is refused as
-# expired: the time split says a claim is valid while now < expiry and no longer after.
+# A claim, cancel or abort that reaches a lock the ledger has refunded at its refund time is
+# refused as expired: the time split says a claim is valid while now < refund time and no
+# longer after.
 LATE = Code.LOCK_EXPIRED
 # Refusals that are not recorded: answered afresh each time (a sender without authority
 # cannot burn an id; a stale one may be re-signed; a reused id keeps its first answer).
@@ -89,6 +92,12 @@ class ModelLock:
     expiry_ms: int
     abort_by: tuple[str, ...]
     state: str = "held"
+    cancel_preimage: bytes | None = None  # a decision lock's
+    backstop_ms: int | None = None
+
+    @property
+    def refund_at_ms(self) -> int:
+        return self.expiry_ms if self.backstop_ms is None else self.backstop_ms
 
 
 class Refused(Exception):
@@ -137,7 +146,7 @@ class Model:
         assert balance[0] >= 0 and balance[1] >= 0, "the model itself went negative"
 
     def expire(self, now_ms: int) -> int:
-        due = [lock for lock in self.locks.values() if lock.state == "held" and lock.expiry_ms <= now_ms]
+        due = [lock for lock in self.locks.values() if lock.state == "held" and lock.refund_at_ms <= now_ms]
         for lock in due:
             lock.state = "refunded"
             self.move(lock.owner, lock.asset, lock.amount, -lock.amount)
@@ -315,8 +324,13 @@ class LedgerMachine(RuleBasedStateMachine):
         signer: str,
         preimage: bytes,
         abort_by: tuple[str, ...],
+        backstop_after_ms: int | None = None,
     ):
+        """A time-lock; with `backstop_after_ms`, a decision lock whose backstop comes that
+        long after its expiry (its cancellation preimage the next of PREIMAGES)."""
         expiry_ms = self.h.now_ms + expiry_in_ms
+        cancel_preimage = None if backstop_after_ms is None else PREIMAGES[(PREIMAGES.index(preimage) + 1) % 3]
+        backstop_ms = None if backstop_after_ms is None else expiry_ms + backstop_after_ms
         signed = self.make(
             Lock,
             signer,
@@ -327,6 +341,8 @@ class LedgerMachine(RuleBasedStateMachine):
             hashlock=hashlock_of(preimage),
             expiry_ms=expiry_ms,
             abort_by=abort_by,
+            cancel_hashlock=None if cancel_preimage is None else hashlock_of(cancel_preimage),
+            backstop_ms=backstop_ms,
         )
         lock_id = signed.msg.id
         self.lock_ids.append(lock_id)
@@ -342,7 +358,16 @@ class LedgerMachine(RuleBasedStateMachine):
 
             def apply():
                 self.model.locks[lock_id] = ModelLock(
-                    owner_account, beneficiary, asset, amount, preimage, expiry_ms, abort_by
+                    owner_account,
+                    beneficiary,
+                    asset,
+                    amount,
+                    preimage,
+                    expiry_ms,
+                    abort_by,
+                    "held",
+                    cancel_preimage,
+                    backstop_ms,
                 )
                 self.model.move(owner_account, asset, -amount, amount)
 
@@ -353,7 +378,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def held_lock(self, lock_id: str) -> ModelLock:
         lock = self.model.locks.get(lock_id)
         need(lock is not None, Code.UNKNOWN_LOCK)
-        need(lock.state != "refunded" or self.h.now_ms < lock.expiry_ms, LATE)
+        need(lock.state != "refunded" or self.h.now_ms < lock.refund_at_ms, LATE)
         need(lock.state == "held", Code.LOCK_NOT_HELD)
         return lock
 
@@ -371,9 +396,24 @@ class LedgerMachine(RuleBasedStateMachine):
 
         return self.make(Claim, signer, lock_id=lock_id, preimage=preimage), predict
 
+    def cancel_plan(self, lock_id: str, preimage: bytes, signer: str):
+        def predict():
+            lock = self.held_lock(lock_id)
+            need(lock.cancel_preimage is not None, Code.NOT_AUTHORISED)  # a time-lock is not cancelled
+            need(preimage == lock.cancel_preimage, Code.WRONG_PREIMAGE)
+
+            def apply():
+                lock.state = "cancelled"
+                self.model.move(lock.owner, lock.asset, lock.amount, -lock.amount)
+
+            return apply
+
+        return self.make(Cancel, signer, lock_id=lock_id, preimage=preimage), predict
+
     def abort_plan(self, lock_id: str, signer: str):
         def predict():
             lock = self.held_lock(lock_id)
+            need(lock.cancel_preimage is None, Code.NOT_AUTHORISED)  # a decision lock is never aborted
             need(signer == OWNERS[lock.beneficiary] or signer in lock.abort_by, Code.NOT_AUTHORISED)
 
             def apply():
@@ -389,8 +429,8 @@ class LedgerMachine(RuleBasedStateMachine):
             lock = self.model.locks.get(lock_id)
             need(lock is not None, Code.UNKNOWN_LOCK)
             need(lock.state == "held", Code.LOCK_NOT_HELD)
-            need(self.h.now_ms >= lock.expiry_ms, Code.LOCK_NOT_EXPIRED)
-            raise AssertionError("a held lock past its expiry outlived the batch's expiry refunds")
+            need(self.h.now_ms >= lock.refund_at_ms, Code.LOCK_NOT_EXPIRED)
+            raise AssertionError("a held lock past its refund time outlived the batch's refunds")
 
         return self.make(Refund, signer, lock_id=lock_id), predict
 
@@ -423,12 +463,13 @@ class LedgerMachine(RuleBasedStateMachine):
     def some_lock(self, data) -> str:
         """Usually a lock that was placed (placing a good one first when there is none, and
         now and then anyway), sometimes one refused or never sent. Now and then the clock
-        is first moved to one ms before, at or after a held lock's expiry."""
+        is first moved to one ms before, at or after a held lock's expiry or refund time."""
         if not self.model.locks or self.often(data, 25):
             owner, asset, amount = self.holding(data)
             beneficiary = data.draw(st.sampled_from(sorted(set(OWNERS) - {owner})))
             signer = OWNERS.get(owner, "bank-a")
-            abort_by = data.draw(st.sampled_from([parties for parties in ABORT_BY if signer not in parties]))
+            decision = self.often(data, 40)
+            abort_by = () if decision else data.draw(st.sampled_from([p for p in ABORT_BY if signer not in p]))
             self.one(
                 *self.lock_plan(
                     owner,
@@ -439,6 +480,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     signer,
                     data.draw(st.sampled_from(PREIMAGES)),
                     abort_by,
+                    data.draw(st.integers(0, 3000)) if decision else None,
                 )
             )
         placed = sorted(self.model.locks)
@@ -447,7 +489,8 @@ class LedgerMachine(RuleBasedStateMachine):
         lock_id = data.draw(st.sampled_from(placed))
         lock = self.model.locks[lock_id]
         if lock.state == "held" and self.often(data, 35):
-            self.h.now_ms = max(self.h.now_ms, lock.expiry_ms + data.draw(st.integers(-1, 1)))
+            moment = data.draw(st.sampled_from((lock.expiry_ms, lock.refund_at_ms)))
+            self.h.now_ms = max(self.h.now_ms, moment + data.draw(st.integers(-1, 1)))
         return lock_id
 
     # -- rules ---------------------------------------------------------------------------
@@ -495,12 +538,19 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), preimage=st.sampled_from(PREIMAGES), abort_by=st.sampled_from(ABORT_BY))
     def lock(self, data, preimage, abort_by):
-        """Usually expiring within a few seconds; sometimes already expired."""
+        """Usually expiring within a few seconds; sometimes already expired. A third are
+        decision locks (no abort_by), their backstop a few seconds after their expiry."""
         expiry_in_ms = data.draw(st.integers(-200, 0) if self.often(data, 8) else st.integers(1, 6000))
         owner, asset, amount = self.holding(data)
         beneficiary = self.other_account(data, owner)
         signer = self.signer_for(data, OWNERS.get(owner, "bank-a"))
-        self.one(*self.lock_plan(owner, beneficiary, asset, amount, expiry_in_ms, signer, preimage, abort_by))
+        backstop_after_ms = data.draw(st.integers(0, 6000)) if self.often(data, 33) else None
+        abort_by = () if backstop_after_ms is not None else abort_by
+        self.one(
+            *self.lock_plan(
+                owner, beneficiary, asset, amount, expiry_in_ms, signer, preimage, abort_by, backstop_after_ms
+            )
+        )
 
     @rule(data=st.data(), signer=signers)
     def claim(self, data, signer):
@@ -510,6 +560,26 @@ class LedgerMachine(RuleBasedStateMachine):
         if self.often(data, 15):
             preimage = data.draw(st.sampled_from(PREIMAGES))
         self.one(*self.claim_plan(lock_id, preimage, signer))
+
+    @rule(data=st.data(), signer=signers)
+    def cancel(self, data, signer):
+        """Anyone may send the cancellation preimage: usually the lock's own, sometimes another."""
+        lock_id = self.some_lock(data)
+        lock = self.model.locks.get(lock_id)
+        preimage = lock.cancel_preimage if lock is not None and lock.cancel_preimage else PREIMAGES[1]
+        if self.often(data, 15):
+            preimage = data.draw(st.sampled_from(PREIMAGES))
+        self.one(*self.cancel_plan(lock_id, preimage, signer))
+
+    @rule(data=st.data(), signer=signers, claim_first=st.booleans())
+    def claim_and_cancel_race_in_one_batch(self, data, signer, claim_first):
+        """Both preimages in one batch: whichever comes first ends the lock, the other finds it ended."""
+        lock_id = self.some_lock(data)
+        lock = self.model.locks.get(lock_id)
+        preimage = lock.preimage if lock else PREIMAGES[0]
+        cancel_preimage = lock.cancel_preimage if lock is not None and lock.cancel_preimage else PREIMAGES[1]
+        plans = [self.claim_plan(lock_id, preimage, signer), self.cancel_plan(lock_id, cancel_preimage, signer)]
+        self.batch(plans if claim_first else plans[::-1])
 
     @rule(data=st.data())
     def abort(self, data):
