@@ -453,15 +453,7 @@ def _tables(db: sqlite3.Connection) -> Tables:
     }
     decision_columns = "cancel_hashlock, backstop_ms" if _has_column(db, "locks", "backstop_ms") else "NULL, NULL"
     locks = {
-        row[0]: HeldLock(
-            *row[:5],
-            bytes(row[5]),
-            row[6],
-            tuple(json.loads(row[7])),
-            LockState(row[8]),
-            None if row[9] is None else bytes(row[9]),
-            row[10],
-        )
+        row[0]: _lock_row(row)
         for row in db.execute(
             "SELECT lock_id, owner_account, beneficiary_account, asset, amount, hashlock, "
             f"expiry_ms, abort_by, state, {decision_columns} FROM locks"
@@ -480,6 +472,23 @@ def _tables(db: sqlite3.Connection) -> Tables:
         locks,
         dict(db.execute("SELECT party, public_key FROM keys")) if has_keys else {},
         {row[0] for row in db.execute("SELECT id FROM instructions")},
+    )
+
+
+def _lock_row(row: tuple) -> HeldLock:
+    lock_id, owner, beneficiary, asset, amount, hashlock, expiry_ms, abort_by, state, cancel_hashlock, backstop = row
+    return HeldLock(
+        lock_id,
+        owner,
+        beneficiary,
+        asset,
+        amount,
+        bytes(hashlock),
+        expiry_ms,
+        tuple(json.loads(abort_by)),
+        LockState(state),
+        None if cancel_hashlock is None else bytes(cancel_hashlock),
+        backstop,
     )
 
 

@@ -98,7 +98,8 @@ class LockCost:
 
     @classmethod
     def of(cls, journals: list[LedgerJournal]) -> LockCost:
-        held, value = [], defaultdict(int)
+        held: list[int] = []
+        value: defaultdict[str, int] = defaultdict(int)
         for journal in journals:
             for lock_id_, placed in journal.placed.items():
                 ended = journal.ended.get(lock_id_)
