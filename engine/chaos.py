@@ -140,6 +140,16 @@ class Outcome:
         if status.steps:
             self.lives.append((status.steps[0][1], status.steps[-1][1]))
 
+    def verdict(self) -> int:
+        """Print every violation and why each one-legged settlement happened; the exit status."""
+        assert self.report is not None
+        if not self.report.clean:
+            print("\n".join(str(violation) for violation in self.report.violations))
+        if self.explanations:
+            print("why each settlement went one-legged:")
+            print("\n".join(f"  {line}" for line in self.explanations))
+        return 0 if self.report.clean else 1
+
     def recoveries_ms(self) -> list[int]:
         """For each settlement an outage ended during the life of, the time from the end
         of the last such outage to the settlement's end: how soon it completed after."""
@@ -500,42 +510,31 @@ def draw(chance: random.Random):
     return kind, legs, ("bank-b", "bank-a")
 
 
-def main(
+def heading(
     seconds: float,
     seed: int,
     faults: tuple[str, ...],
-    long_outages: bool,
-    settlements: int | None = None,
+    *,
+    long_outages: bool = False,
     backstop_ms: int | None = None,
-) -> int:
-    directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
-    print(
-        f"lockstep chaos: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
-        f"{', outages of Δ to 10 Δ' if long_outages else ''}"
-        f"{f', backstop {backstop_ms} ms' if backstop_ms is not None else ''}; world in {directory}",
-        flush=True,
+    settlements: int | None = None,
+) -> str:
+    """What a run is, as its first line says."""
+    return (
+        f"{seconds:g} s{f' or {settlements} settlements' if settlements else ''}, seed {seed}, "
+        f"faults {', '.join(faults) or 'none'}{', outages of Δ to 10 Δ' if long_outages else ''}"
+        f"{f', backstop {backstop_ms} ms' if backstop_ms is not None else ''}"
     )
+
+
+def main(seconds: float, seed: int, faults: tuple[str, ...], **options) -> int:
+    """`options`: run's long_outages, settlements and backstop_ms."""
+    directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
+    print(f"lockstep chaos: {heading(seconds, seed, faults, **options)}; world in {directory}", flush=True)
     try:
-        outcome = trio.run(
-            functools.partial(
-                run,
-                directory,
-                seconds,
-                seed,
-                faults,
-                long_outages=long_outages,
-                settlements=settlements,
-                backstop_ms=backstop_ms,
-            )
-        )
+        outcome = trio.run(functools.partial(run, directory, seconds, seed, faults, **options))
     except ValueError as error:
         print(f"lockstep chaos: {error}", file=sys.stderr)
         return 2
     print(outcome.table())
-    assert outcome.report is not None
-    if not outcome.report.clean:
-        print("\n".join(str(violation) for violation in outcome.report.violations))
-    if outcome.explanations:
-        print("why each settlement went one-legged:")
-        print("\n".join(f"  {line}" for line in outcome.explanations))
-    return 0 if outcome.report.clean else 1
+    return outcome.verdict()

@@ -52,6 +52,7 @@ from .chaos import (
     Outage,
     Outcome,
     draw,
+    heading,
     judge,
     timing_with,
 )
@@ -381,47 +382,21 @@ async def _no_locks_held(local: Local) -> None:
                 await trio.sleep(0.1)
 
 
-def main(
-    seconds: float,
-    seed: int,
-    faults: tuple[str, ...],
-    long_outages: bool,
-    settlements: int | None = None,
-    backstop_ms: int | None = None,
-) -> int:
+def main(seconds: float, seed: int, faults: tuple[str, ...], **options) -> int:
+    """`options`: run's long_outages, settlements and backstop_ms."""
     try:
         check(faults)
-        timing_with(backstop_ms)
+        timing_with(options.get("backstop_ms"))
     except ValueError as error:
         print(f"lockstep chaos: {error}", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
     print(
-        f"lockstep chaos --bus mqtt: {seconds:g} s, seed {seed}, faults {', '.join(faults) or 'none'}"
-        f"{', outages of up to 10 Δ' if long_outages else ''}"
-        f"{f', backstop {backstop_ms} ms' if backstop_ms is not None else ''}; Δ = {PROCESS_TIMING.margin_ms} ms; "
-        f"world and logs in {directory}",
+        f"lockstep chaos --bus mqtt: {heading(seconds, seed, faults, **options)}; "
+        f"Δ = {PROCESS_TIMING.margin_ms} ms; world and logs in {directory}",
         flush=True,
     )
-    result = trio.run(
-        functools.partial(
-            run,
-            directory,
-            seconds,
-            seed,
-            faults,
-            long_outages=long_outages,
-            settlements=settlements,
-            backstop_ms=backstop_ms,
-        )
-    )
+    result = trio.run(functools.partial(run, directory, seconds, seed, faults, **options))
     print(result.outcome.table())
     print(result.restarts.table(PROCESS_TIMING.margin_ms))
-    report = result.outcome.report
-    assert report is not None
-    if not report.clean:
-        print("\n".join(str(violation) for violation in report.violations))
-    if result.outcome.explanations:
-        print("why each settlement went one-legged:")
-        print("\n".join(f"  {line}" for line in result.outcome.explanations))
-    return 0 if report.clean else 1
+    return result.outcome.verdict()

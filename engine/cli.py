@@ -119,7 +119,14 @@ def _chaos(args: argparse.Namespace) -> int:
     mode = chaos_processes if args.bus == "mqtt" else chaos
     listed = ",".join(mode.FAULTS) if args.faults is None else args.faults
     faults = tuple(fault for fault in listed.split(",") if fault)
-    return mode.main(args.seconds, args.seed, faults, args.long_outages, args.settlements, args.backstop_ms)
+    return mode.main(
+        args.seconds,
+        args.seed,
+        faults,
+        long_outages=args.long_outages,
+        settlements=args.settlements,
+        backstop_ms=args.backstop_ms,
+    )
 
 
 def _conformance(args: argparse.Namespace) -> int:

@@ -462,38 +462,22 @@ class Coordinator:
             state = await self._claim(settlement, 0, record)
             if state != "claimed":
                 other = await self._lock_state(settlement.legs[1].ledger, lock_id(settlement.id, 1), until_ended=True)
-                now_ms = self.clock.now_ms()
                 if other == "claimed":
-                    return await self._save(
-                        record.to(
-                            Phase.ONE_LEGGED,
-                            now_ms,
-                            reason_code=Code.LOCK_EXPIRED.value,
-                            reason=f"leg 1 claimed but leg 0 is {state}",
-                        )
-                    )
-                return await self._save(
-                    record.to(
-                        Phase.ROLLED_BACK,
-                        now_ms,
-                        reason_code=Code.LOCK_EXPIRED.value,
-                        reason=f"committed, but leg 0 was {state} at its backstop before it could be claimed; "
-                        f"leg 1 is {other}",
-                    )
+                    return await self._end(record, Phase.ONE_LEGGED, f"leg 1 claimed but leg 0 is {state}")
+                return await self._end(
+                    record,
+                    Phase.ROLLED_BACK,
+                    f"committed, but leg 0 was {state} at its backstop before it could be claimed; leg 1 is {other}",
                 )
             record = await self._save(attrs.evolve(record, claimed=1))
         state = await self._claim(settlement, 1, record)
-        now_ms = self.clock.now_ms()
         if state != "claimed":
-            return await self._save(
-                record.to(
-                    Phase.ONE_LEGGED,
-                    now_ms,
-                    reason_code=Code.LOCK_EXPIRED.value,
-                    reason=f"leg 0 claimed but leg 1 is {state}",
-                )
-            )
-        return await self._save(record.to(Phase.SETTLED, now_ms, claimed=2))
+            return await self._end(record, Phase.ONE_LEGGED, f"leg 0 claimed but leg 1 is {state}")
+        return await self._save(record.to(Phase.SETTLED, self.clock.now_ms(), claimed=2))
+
+    async def _end(self, record: Record, phase: Phase, reason: str, code: Code = Code.LOCK_EXPIRED) -> Record:
+        """A final phase reached otherwise than as decided, with its reason."""
+        return await self._save(record.to(phase, self.clock.now_ms(), reason_code=code.value, reason=reason))
 
     async def _claim(self, settlement: Terms, index: int, record: Record) -> str:
         """Claim one leg until the ledger says it is claimed, or that it never can be."""
@@ -529,20 +513,12 @@ class Coordinator:
         async with trio.open_nursery() as nursery:
             for index in range(len(record.sent)):
                 nursery.start_soon(release, index)
-        now_ms = self.clock.now_ms()
         if "claimed" in states:  # only a second decision could have revealed the claim secret
             leg = states.index("claimed")
-            return await self._save(
-                record.to(
-                    Phase.ONE_LEGGED,
-                    now_ms,
-                    reason_code=Code.LOCK_NOT_HELD.value,
-                    reason=f"aborted, yet leg {leg} was claimed",
-                )
-            )
+            return await self._end(record, Phase.ONE_LEGGED, f"aborted, yet leg {leg} was claimed", Code.LOCK_NOT_HELD)
         ran_out_of_time = record.reason_code in (Code.TIMEOUT.value, Code.LOCK_EXPIRED.value)
         phase = Phase.ROLLED_BACK if ran_out_of_time else Phase.FAILED
-        return await self._save(record.to(phase, now_ms))
+        return await self._save(record.to(phase, self.clock.now_ms()))
 
     async def _release(self, record: Record, settlement: Terms, index: int) -> str:
         """Cancel one leg's lock (a time-lock: abort it) until its ledger says it has ended,
