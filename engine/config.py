@@ -19,6 +19,7 @@ XS2700000016 = "csd"
 lock_wait_ms = 2000
 claim_deadline_ms = 4000
 clock_skew_ms_max = 1000
+backstop_ms = 14400000                # when a decision lock's ledger refunds it by itself
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class CoordinatorConfig:
             raise ConfigError(source, "timing: must be a table of whole numbers of ms, none negative")
         try:
             timing = Timing(**timing)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:  # an unknown name; a backstop too short for the rest
             raise ConfigError(source, f"timing: {error}") from None
         places = data.get("settlement_ledgers", {})
         if not isinstance(places, dict) or not all(isinstance(v, str) for v in places.values()):

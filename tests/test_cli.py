@@ -601,6 +601,11 @@ def test_a_coordinator_config_that_cannot_serve_is_named_with_its_setting(fresh)
             "ledgers: none to observe",
         ),
         ("coordinator", original + '[timing]\nlock_wait_ms = "2 s"\n', "timing: must be a table of whole numbers"),
+        (
+            "coordinator",
+            original + "[timing]\nbackstop_ms = 5000\n",
+            "timing: backstop_ms must be at least lock_wait + 2 × skew + claim_deadline = 8000 ms",
+        ),
     ]
     for command, text, says in cases:
         config.write_text(text)
