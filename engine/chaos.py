@@ -42,13 +42,13 @@ from protocols.bus import service_of_ledger
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.htlc import LockState
-from protocols.messages import QueryLocks, SettlementLeg, SettlementStatus
+from protocols.messages import QueryLocks, Settlement, SettlementLeg, SettlementStatus
 from protocols.money import format_amount
 from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed
 
 from .audit import Kind, LedgerJournal, Report, Violation, audit, read_over_bus
-from .local import LEDGERS, Local, dvp_legs, standard_world
+from .local import COORDINATOR, LEDGERS, Local, dvp_legs, standard_world
 from .observer import Observer
 
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
@@ -131,14 +131,16 @@ class Outcome:
     explanations: list[OneLegged | str] = attrs.field(factory=list)  # one per one-legged settlement
     down: dict[tuple[str, str], int] = attrs.field(factory=dict)  # outages going on: (fault, whom) -> since (ms)
     unalerted: list[str] = attrs.field(factory=list)  # one-legged settlements the observer missed
-    lives: list[tuple[int, int]] = attrs.field(factory=list)  # each final settlement: (accepted, final), in ms
+    # each final settlement: accepted and final (ms), and who it needed (the coordinator, its ledgers)
+    lives: list[tuple[int, int, frozenset[str]]] = attrs.field(factory=list)
     locks: LockCost | None = None
 
-    def ended(self, status: SettlementStatus) -> None:
+    def ended(self, settlement: Settlement, status: SettlementStatus) -> None:
         """A settlement's final status, as its back office received it."""
         self.phases[status.phase] += 1
         if status.steps:
-            self.lives.append((status.steps[0][1], status.steps[-1][1]))
+            needed = frozenset({COORDINATOR, *(leg.ledger for leg in settlement.legs)})
+            self.lives.append((status.steps[0][1], status.steps[-1][1], needed))
 
     def verdict(self) -> int:
         """Print every violation and why each one-legged settlement happened; the exit status."""
@@ -151,14 +153,14 @@ class Outcome:
         return 0 if self.report.clean else 1
 
     def recoveries_ms(self) -> list[int]:
-        """For each settlement an outage ended during the life of, the time from the end
-        of the last such outage to the settlement's end: how soon it completed after."""
-        ends = sorted(outage.end_ms for outage in self.outages)
+        """For each settlement an outage of the coordinator or of one of its ledgers ended
+        during the life of, the time from the end of the last such outage to the
+        settlement's end: how soon it completed once it could."""
         lags = []
-        for accepted_ms, final_ms in self.lives:
-            during = [end for end in ends if accepted_ms < end <= final_ms]
-            if during:
-                lags.append(final_ms - during[-1])
+        for accepted_ms, final_ms, needed in self.lives:
+            ends = [o.end_ms for o in self.outages if o.whom in needed and accepted_ms < o.end_ms <= final_ms]
+            if ends:
+                lags.append(final_ms - max(ends))
         return sorted(lags)
 
     def went_down(self, fault: str, whom: str, now_ms: int) -> None:
@@ -309,10 +311,11 @@ async def run(
         async def back_office() -> None:
             while not done.is_set():
                 raw = local.settlement(*draw(chance))
+                settlement = decode_signed(raw, allowed=(Settlement,)).msg
                 while True:  # the same bytes until the coordinator answers with a final status
                     reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
                     if reply is not None:
-                        outcome.ended(decode_signed(reply, allowed=(SettlementStatus,)).msg)
+                        outcome.ended(settlement, decode_signed(reply, allowed=(SettlementStatus,)).msg)
                         if settlements is not None and sum(outcome.phases.values()) >= settlements:
                             enough.set()
                         break

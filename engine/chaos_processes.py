@@ -342,13 +342,13 @@ async def _load(
     async def back_office() -> None:
         while not done.is_set():
             raw = local.settlement(*draw(chance))
-            settlement_id = decode_signed(raw, allowed=(Settlement,)).msg.id
-            unfinished.add(settlement_id)
+            settlement = decode_signed(raw, allowed=(Settlement,)).msg
+            unfinished.add(settlement.id)
             while True:  # the same bytes until the coordinator answers with a final status
                 reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
                 if reply is not None:
-                    outcome.ended(decode_signed(reply, allowed=(SettlementStatus,)).msg)
-                    unfinished.discard(settlement_id)
+                    outcome.ended(settlement, decode_signed(reply, allowed=(SettlementStatus,)).msg)
+                    unfinished.discard(settlement.id)
                     if settlements is not None and sum(outcome.phases.values()) >= settlements:
                         done.set()
                     break
