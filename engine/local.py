@@ -79,7 +79,9 @@ class Local:
     offload: bool = False  # commit in worker threads (real clocks only; see LedgerService)
     clock: ServiceClock = attrs.field(factory=ServiceClock)  # the parties' own clock
     _ledger_scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
-    _stopped: dict[str, trio.Event] = attrs.field(factory=dict)  # set once a ledger has fully stopped
+    _stopped: dict[str, trio.Event] = attrs.field(
+        factory=dict
+    )  # set once a ledger (or the coordinator) has fully stopped
     _ids: int = 0
 
     async def start_ledger(self, ledger_id: str, *, skew_ms: int = 0) -> LedgerService:
@@ -125,7 +127,12 @@ class Local:
     ) -> tuple[Coordinator, trio.CancelScope]:
         """Start the coordinator under its own cancel scope, so a test can kill it; on
         `bus` if given (a faulty one, say), else on the world's; with a desk made by each
-        of `desks`; its clock `skew_ms` off."""
+        of `desks`; its clock `skew_ms` off. One killed a moment ago is first let finish
+        stopping, as a killed process writes nothing after its death: a journal write it
+        had begun lands, or not, before the next coordinator reads the journal."""
+        previous = self._stopped.get(COORDINATOR)
+        if previous is not None:
+            await previous.wait()
         journal = Journal(self.world.directory / f"{COORDINATOR}.db", offload=self.offload)
         ledgers = (party for party in self.world.ledger_configs if self.world.registry.has_role(party, Role.LEDGER))
         watched = tuple(ledgers) if watchtower else ()  # down ones too: they come back
@@ -142,11 +149,15 @@ class Local:
         for make_desk in desks:
             coordinator.add_desk(make_desk(coordinator))
         scope = trio.CancelScope()
+        stopped = self._stopped[COORDINATOR] = trio.Event()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await coordinator.run(task_status=task_status)
-            journal.close()
+            try:
+                with scope:
+                    await coordinator.run(task_status=task_status)
+            finally:
+                journal.close()
+                stopped.set()
 
         await self.nursery.start(run)
         self.coordinator = coordinator
