@@ -40,7 +40,7 @@ from protocols.signing import PrivateKey, decode_signed, sign
 log = logging.getLogger("lockstep.watchtower")
 
 GRACE_MS = 1_000
-REMEMBERED_MAX = 1_000_000
+REMEMBERED_MAX = 100_000  # settlements remembered; past it the oldest not being forwarded is forgotten
 RETRY_S = 0.1
 RETRY_S_MAX = 2.0  # backing off from a ledger that does not answer
 LEGS = 2
