@@ -208,9 +208,9 @@ class Watchtower:
 
     async def _forward(self, settlement_id: str, watch: Watch) -> None:
         await trio.sleep(self.grace_ms / 1000)  # the coordinator usually finishes first
-        if watch.abort is not None:
-            if watch.commit is not None:
-                log.error("settlement %s: both its claim secret and its cancellation are public", settlement_id)
+        if watch.commit is not None and watch.abort is not None:  # only a broken coordinator reveals both
+            log.error("settlement %s: both its claim secret and its cancellation are public", settlement_id)
+        if watch.abort is not None and (watch.commit is None or "claimed" not in watch.ended.values()):
             async with trio.open_nursery() as nursery:
                 for leg in range(LEGS):
                     nursery.start_soon(self._until_ended, settlement_id, watch, leg, watch.abort)
