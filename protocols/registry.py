@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .errors import Code, Rejected
 from .failures import ExpectedFailure, file_reason, read_toml
 from .messages import IDENT_PATTERN
-from .signing import Signed, load_public_pem, public_pem, verify
+from .signing import Signed, load_public_pem, public_pem, verify_signature
 
 
 class Role(enum.Enum):
@@ -101,12 +101,11 @@ class Registry:
         """Every signature on the message is by a known party and is valid."""
         if not signed.sigs:
             raise Rejected(Code.MISSING_SIGNATURE, "sigs", "instruction carries no signature")
-        data = signed.data
         for party_id, sig in signed.sigs.items():
             party = self._parties.get(party_id)
             if party is None:
                 raise Rejected(Code.UNKNOWN_SIGNER, "sigs", f"{party_id!r} is not a registered party")
-            if not verify(party.public_key, sig, data):
+            if not verify_signature(party.public_key, sig, signed):
                 raise Rejected(Code.BAD_SIGNATURE, "sigs", f"signature of {party_id!r} does not verify")
 
     def signed_by(self, signed: Signed, party_ids: Mapping[str, str] | Iterable[str]) -> None:

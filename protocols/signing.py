@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import canonical
+from .batch import BATCH_SIZE_MAX, HASH_BYTES, PATH_LENGTH_MAX, BatchSignature, sign_digests, verify_batch
 from .canonical import decode, encode
 from .errors import Code, Rejected
 from .failures import ExpectedFailure, file_reason
@@ -359,6 +360,21 @@ def verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> boo
     return True
 
 
+Signature = bytes | BatchSignature  # one message's own, or its share of a batch's
+
+
+def verify_signature(key: ec.EllipticCurvePublicKey, sig: Signature, signed: Signed) -> bool:
+    if isinstance(sig, BatchSignature):
+        return verify_batch(key, sig, signed.digest)
+    return verify(key, sig, signed.data)
+
+
+def _sig_wire(sig: Signature) -> Any:
+    if isinstance(sig, BatchSignature):
+        return {"count": sig.count, "index": sig.index, "path": [h.hex() for h in sig.path], "sig": sig.sig.hex()}
+    return sig.hex()
+
+
 M = TypeVar("M", bound=Body, covariant=True)
 N = TypeVar("N", bound=Body)
 
@@ -370,7 +386,7 @@ class Signed(Generic[M]):
     and the wire."""
 
     msg: M
-    sigs: Mapping[str, bytes]
+    sigs: Mapping[str, Signature]
     body: dict = attrs.field(eq=False, repr=False)
     _halves: tuple[str, str] = attrs.field(default=("", ""), eq=False, repr=False)
     data: bytes = attrs.field(default=b"", eq=False, repr=False)  # the signed bytes
@@ -388,14 +404,17 @@ class Signed(Generic[M]):
 
     def signed_by(self, party: str, key: ec.EllipticCurvePublicKey) -> bool:
         sig = self.sigs.get(party)
-        return sig is not None and verify(key, sig, self.data)
+        return sig is not None and verify_signature(key, sig, self)
+
+    def with_sig(self, party: str, sig: Signature) -> Signed[M]:
+        return Signed(self.msg, {**self.sigs, party: sig}, self.body, self._halves, self.data)
 
     def wire(self) -> dict[str, Any]:
-        return {**self.body, "sigs": {party: sig.hex() for party, sig in self.sigs.items()}}
+        return {**self.body, "sigs": {party: _sig_wire(sig) for party, sig in self.sigs.items()}}
 
     def encode(self) -> bytes:
         before, after = self._halves
-        sigs = '"sigs":' + encode({party: sig.hex() for party, sig in self.sigs.items()}).decode()
+        sigs = '"sigs":' + encode({party: _sig_wire(sig) for party, sig in self.sigs.items()}).decode()
         return canonical.join(before, sigs, after)
 
 
@@ -412,6 +431,12 @@ def sign(msg: N, *signers: tuple[str, PrivateKey]) -> Signed[N]:
 
 def unsigned(msg: N) -> Signed[N]:
     return Signed(msg, {}, to_body(msg))
+
+
+def sign_batch(messages: list[Signed[N]], party: str, key: PrivateKey) -> list[Signed[N]]:
+    """Add `party`'s signature to every message of a batch at the cost of one (batch.py)."""
+    proofs = sign_digests([m.digest for m in messages], key.sign)
+    return [m.with_sig(party, proof) for m, proof in zip(messages, proofs, strict=True)]
 
 
 @overload
@@ -437,12 +462,39 @@ def from_wire(value: Any, *, allowed: tuple[type[Body], ...] | None = None) -> S
     msg = from_body(body, allowed=allowed)
     if not isinstance(sigs, dict) or len(sigs) > SIGNATURES_MAX:
         raise Rejected(Code.MALFORMED, "sigs", f"must be an object of at most {SIGNATURES_MAX} party: signature pairs")
-    parsed = {}
-    for party, sig in sigs.items():
-        if not isinstance(sig, str) or len(sig) > SIGNATURE_HEX_MAX or len(sig) % 2:
-            raise Rejected(Code.MALFORMED, "sigs", f"signature of {party!r} must be DER in hex")
-        try:
-            parsed[party] = bytes.fromhex(sig)
-        except ValueError:
-            raise Rejected(Code.MALFORMED, "sigs", f"signature of {party!r} must be DER in hex") from None
+    parsed = {party: _sig_of(party, sig) for party, sig in sigs.items()}
     return Signed(msg, parsed, body)
+
+
+def _sig_of(party: str, sig: Any) -> Signature:
+    """A signature as the wire carries it: DER in hex, or a batch signature's share."""
+    if isinstance(sig, dict):
+        return _batch_sig_of(party, sig)
+    return _hex(sig, SIGNATURE_HEX_MAX, f"sigs.{party}", "a DER signature in hex, or a batch signature")
+
+
+def _batch_sig_of(party: str, sig: dict) -> BatchSignature:
+    field = f"sigs.{party}"
+    if set(sig) != {"count", "index", "path", "sig"}:
+        raise Rejected(Code.MALFORMED, field, "a batch signature has exactly count, index, path and sig")
+    count, index, path = sig["count"], sig["index"], sig["path"]
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= BATCH_SIZE_MAX:
+        raise Rejected(Code.MALFORMED, f"{field}.count", f"must be an integer from 1 to {BATCH_SIZE_MAX}")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+        raise Rejected(Code.MALFORMED, f"{field}.index", "must be an integer from 0 to count - 1")
+    if not isinstance(path, list) or len(path) > PATH_LENGTH_MAX:
+        raise Rejected(Code.MALFORMED, f"{field}.path", f"must be a list of at most {PATH_LENGTH_MAX} hashes")
+    hashes_ = tuple(_hex(h, 2 * HASH_BYTES, f"{field}.path", "SHA-256 hashes in hex") for h in path)
+    if any(len(h) != HASH_BYTES for h in hashes_):
+        raise Rejected(Code.MALFORMED, f"{field}.path", "SHA-256 hashes in hex")
+    der = _hex(sig["sig"], SIGNATURE_HEX_MAX, f"{field}.sig", "a DER signature in hex")
+    return BatchSignature(der, index, count, hashes_)
+
+
+def _hex(value: Any, chars_max: int, field: str, what: str) -> bytes:
+    if not isinstance(value, str) or len(value) > chars_max or len(value) % 2:
+        raise Rejected(Code.MALFORMED, field, f"must be {what}")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise Rejected(Code.MALFORMED, field, f"must be {what}") from None

@@ -478,16 +478,41 @@ def test_a_message_without_sigs_decodes_with_no_signatures():
         ["3045"],
         "3045",
         7,
-        {"bank-a": 3045},
-        {"bank-a": None},
-        {"bank-a": "304"},
-        {"bank-a": "zz"},
-        {"bank-a": "ab" * 81},
         {f"party-{n}": "3045" for n in range(SIGNATURES_MAX + 1)},
     ],
 )
-def test_signatures_must_be_an_object_of_at_most_8_hex_strings(sigs):
+def test_signatures_must_be_an_object_of_at_most_8_signatures(sigs):
     assert_refused(refusal(decode_signed, envelope(sigs)), Code.MALFORMED, "sigs")
+
+
+@pytest.mark.parametrize("sig", [3045, None, "304", "zz", "ab" * 81, []])
+def test_a_signature_is_der_in_hex_or_a_batch_signature(sig):
+    assert_refused(refusal(decode_signed, envelope({"bank-a": sig})), Code.MALFORMED, "sigs.bank-a")
+
+
+BATCH_SIG = {"count": 3, "index": 2, "path": ["ab" * 32, "cd" * 32], "sig": "3045"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"extra": 1}, "sigs.bank-a"),
+        ({"count": 0}, "sigs.bank-a.count"),
+        ({"count": 4097}, "sigs.bank-a.count"),
+        ({"count": True}, "sigs.bank-a.count"),
+        ({"index": 3}, "sigs.bank-a.index"),
+        ({"index": -1}, "sigs.bank-a.index"),
+        ({"path": "abab"}, "sigs.bank-a.path"),
+        ({"path": ["ab" * 32] * 13}, "sigs.bank-a.path"),
+        ({"path": ["ab" * 31]}, "sigs.bank-a.path"),
+        ({"path": ["zz" * 32]}, "sigs.bank-a.path"),
+        ({"sig": "ab" * 81}, "sigs.bank-a.sig"),
+        ({"sig": 3045}, "sigs.bank-a.sig"),
+    ],
+)
+def test_a_batch_signature_names_the_member_it_refuses(change, field):
+    assert decode_signed(envelope({"bank-a": BATCH_SIG})).sigs["bank-a"].count == 3
+    assert_refused(refusal(decode_signed, envelope({"bank-a": {**BATCH_SIG, **change}})), Code.MALFORMED, field)
 
 
 def test_the_body_is_checked_before_the_signatures():
