@@ -22,6 +22,7 @@ import trio
 from protocols import canonical
 from protocols.bus import BusTimeout, entries_topic
 from protocols.bus.client import BadReply, LedgerClient
+from protocols.bus.follow import event_entries
 from protocols.bus.mqtt import MqttBus
 from protocols.errors import Code, Rejected
 from protocols.failures import ExpectedFailure
@@ -368,8 +369,10 @@ async def expired_locks_refund_themselves(s: Suite) -> None:
     async with s.bus.subscribe(entries_topic(s.ledger_id)) as entries:
         with trio.move_on_after(EXPIRY_WAIT_MS / 1000 + 5):
             async for raw in entries:
-                entry = canonical.decode(raw, bytes_max=len(raw))
-                if entry["kind"] == "expire" and [lock.msg.id, "refunded"] in entry["effects"].get("locks", []):
+                if any(
+                    entry["kind"] == "expire" and [lock.msg.id, "refunded"] in entry["effects"].get("locks", [])
+                    for entry in event_entries(canonical.decode(raw, bytes_max=len(raw)))
+                ):
                     break
         view = await s.client.query(QueryLock(s.fresh("q"), s.ledger_id, lock.msg.id))
     expect(view["state"] == "refunded", f"lock past expiry is {view['state']}, not refunded by the ledger")

@@ -25,12 +25,14 @@ import trio
 
 from protocols.authority import Terms, terms_of
 from protocols.bus import Bus, BusTimeout, Request, decisions_topic, service_of_coordinator
+from protocols.bus.batcher import Batcher
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.canonical import decode, encode
 from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
 from protocols.messages import (
+    INSTRUCTIONS,
     Abort,
     Body,
     Cancel,
@@ -48,7 +50,7 @@ from protocols.messages import (
 )
 from protocols.registry import Registry
 from protocols.settlement import Decision, Phase, Timing, lock_id, settle_id
-from protocols.signing import PrivateKey, Signed, decode_signed, sign
+from protocols.signing import PrivateKey, Signed, decode_signed, sign, unsigned
 
 from .journal import Journal, Record
 from .watchtower import Watchtower
@@ -96,6 +98,7 @@ class Coordinator:
         self.clock = clock
         self.timing = timing
         self._clients: dict[str, LedgerClient] = {}
+        self._batchers: dict[str, Batcher] = {}  # each ledger's, sending instructions in batches
         self._running: dict[str, trio.Event] = {}  # settlement id -> set when final
         self._auth: dict[str, dict] = {}  # settlement id -> its signed wire form, while driven
         self._accepted: dict[str, Record] = {}  # settlement id -> record being saved as PENDING
@@ -341,15 +344,14 @@ class Coordinator:
 
     async def _settle_same_ledger(self, record: Record, settlement: Terms, now_ms: int) -> Record:
         if not record.sent:
-            settle = sign(
+            settle = unsigned(
                 Settle(
                     settle_id(settlement.id),
                     settlement.legs[0].ledger,
                     now_ms,
                     tuple(leg.as_leg() for leg in settlement.legs),
                     auth=self._auth[settlement.id],
-                ),
-                (self.id, self._key),
+                )
             )
             record = await self._save(attrs.evolve(record, sent=(settle.encode(),)))
         ledger = settlement.legs[0].ledger
@@ -381,7 +383,7 @@ class Coordinator:
                 )
             )
         locks = tuple(
-            sign(
+            unsigned(
                 Lock(
                     lock_id(settlement.id, index),
                     leg.ledger,
@@ -396,8 +398,7 @@ class Coordinator:
                     auth=self._auth[settlement.id],
                     cancel_hashlock=hashlock_of(cancel_secret),
                     backstop_ms=backstops[index],
-                ),
-                (self.id, self._key),
+                )
             ).encode()
             for index, leg in enumerate(settlement.legs)
         )
@@ -485,9 +486,8 @@ class Coordinator:
         leg = settlement.legs[index]
         target = lock_id(settlement.id, index)
         while True:
-            claim = sign(
-                Claim(f"{target}:c{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target, record.secret),
-                (self.id, self._key),
+            claim = unsigned(
+                Claim(f"{target}:c{secrets.token_hex(3)}", leg.ledger, self.clock.now_ms(), target, record.secret)
             )
             outcome = await self._send(
                 leg.ledger, claim.encode(), trio.current_time() + self.timing.claim_deadline_ms / 1000
@@ -535,7 +535,7 @@ class Coordinator:
             )
             outcome = await self._send(
                 leg.ledger,
-                sign(release, (self.id, self._key)).encode(),
+                unsigned(release).encode(),
                 trio.current_time() + self.timing.claim_deadline_ms / 1000,
             )
             if isinstance(outcome, Receipt) and outcome.applied:
@@ -555,18 +555,26 @@ class Coordinator:
     # -- talking to ledgers --------------------------------------------------------------------
 
     async def _send(self, ledger_id: str, raw: bytes, deadline: float) -> Receipt | None:
-        """Send the same bytes until answered or the trio deadline passes (None)."""
-        client = self.client(ledger_id)
+        """Send the same instruction until answered or the trio deadline passes (None),
+        in whichever batches to its ledger it joins: signed by the batch."""
+        instruction = decode_signed(raw, allowed=INSTRUCTIONS)
+        batcher = self._batcher(ledger_id)
         with trio.move_on_at(deadline):
             while True:
                 try:
-                    reply = await client.submit_raw(raw)
-                    assert isinstance(reply, Receipt)
-                    return reply
+                    return await batcher.submit(instruction)
                 except (BusTimeout, BadReply) as error:
                     log.debug("%s: %s; retrying", ledger_id, error)
                     await trio.sleep(RETRY_S)
         return None
+
+    def _batcher(self, ledger_id: str) -> Batcher:
+        batcher = self._batchers.get(ledger_id)
+        if batcher is None:
+            assert self._nursery is not None, "coordinator is not running"
+            batcher = self._batchers[ledger_id] = Batcher(self.client(ledger_id), self.id, self._key)
+            self._nursery.start_soon(batcher.run)
+        return batcher
 
     async def _lock_state(self, ledger_id: str, target: str, *, until_ended: bool = False) -> str:
         """A lock's state as its ledger reports it ("absent" if it was never placed),

@@ -17,7 +17,9 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from protocols import canonical
+from protocols import canonical, journal
+from protocols.canonical import MESSAGE_BYTES_MAX
+from protocols.envelope import BATCH_BYTES_MAX, is_batch, item_id, open_batch, seal
 from protocols.errors import Code, Rejected
 from protocols.htlc import refund
 from protocols.journal import (
@@ -31,7 +33,6 @@ from protocols.journal import (
     applied_problems,
     differences,
     differences_since,
-    make_entry,
     state_digest,
     verify_chain,
 )
@@ -57,7 +58,7 @@ from protocols.messages import (
 )
 from protocols.money import format_amount
 from protocols.registry import Registry, Role
-from protocols.signing import PrivateKey, Signed, decode_signed, load_public_point, sign
+from protocols.signing import PrivateKey, Signed, from_wire, load_public_point, sign, sign_batch, unsigned
 
 from . import rules
 from .changes import Changes
@@ -69,6 +70,7 @@ log = logging.getLogger("lockstep.ledger")
 
 JOURNAL_PAGE_MAX = 200
 JOURNAL_PAGE_BYTES_MAX = 512 * 1024  # well under the broker's 1 MiB packet limit
+ENTRIES_PER_EVENT_MAX = 64  # under one signature in one event: a few hundred KiB, under the broker's 1 MiB
 CHECKPOINT_INTERVAL_ENTRIES = 1_000  # a start after a kill re-reads fewer than this plus one batch (~70 ms)
 
 # Refusals not recorded against the instruction id: the sender had no authority to
@@ -99,7 +101,9 @@ class Ledger:
         self.seq, self.prev_hash = self._verify(checkpoint)
         self._checkpoint_seq = -1 if checkpoint is None else checkpoint.seq
         self._rotate(store.all_keys())
-        self._events: list[bytes] = []
+        self._unsealed: list[tuple[str, Signed[Entry]]] = []  # this batch's entries, each with its hash
+        self._events: list[bytes] = []  # sealed, to publish
+        self._unpublished = 0  # entries in `_events`
         # each answered request's (message type, None if applied else the refusal's code): for metrics
         self.on_outcome: Callable[[str, str | None], None] = lambda kind, code: None
         self._begin(now_ms)
@@ -195,6 +199,7 @@ class Ledger:
             if effects:
                 changes.write()
                 self._append(now_ms, "configure", None, effects)
+                self._seal()
             self._checkpoint_after(1)
 
     def close(self) -> None:
@@ -217,15 +222,19 @@ class Ledger:
     # -- batches -------------------------------------------------------------------------
 
     def process(self, payloads: list[bytes], now_ms: int) -> tuple[list[bytes], list[bytes]]:
-        """Apply a batch; return (one reply per payload, the entries to publish,
-        including any written at start that nobody has heard of yet)."""
-        seq_before = self.seq - len(self._events)
+        """Apply a batch; return (one reply per payload, the journal's events to publish,
+        including any written at start that nobody has heard of yet). A payload is one
+        message or an envelope of many (protocols/envelope.py): its reply is one signed
+        reply, or one envelope of replies signed once."""
+        seq_before = self.seq - self._unpublished
         with self.store.transaction():
             self._expire(now_ms)
-            replies = [self._handle(payload, now_ms) for payload in payloads]
+            replies = [self._request(payload, now_ms) for payload in payloads]
+            self._seal()
             self._checkpoint_after(CHECKPOINT_INTERVAL_ENTRIES)
         events, self._events = self._events, []
-        assert self.seq - seq_before == len(events)
+        assert self.seq - seq_before == self._unpublished, (self.seq, seq_before, self._unpublished)
+        self._unpublished = 0
         return replies, events
 
     def next_refund_ms(self) -> int | None:
@@ -245,11 +254,39 @@ class Ledger:
                 lock.owner_account,
             )
 
-    def _handle(self, payload: bytes, now_ms: int) -> bytes:
+    def _request(self, payload: bytes, now_ms: int) -> bytes:
+        """A message alone may be MESSAGE_BYTES_MAX long; a batch, BATCH_BYTES_MAX."""
         try:
-            signed = decode_signed(payload, allowed=ACCEPTED)
+            value = canonical.decode(payload, bytes_max=BATCH_BYTES_MAX)
         except Rejected as error:
-            return self._refusal("unknown", readable_id(payload), error, now_ms)
+            return self._sign(self._refusal("unknown", readable_id(payload), _too_large(payload) or error, now_ms))
+        if is_batch(value):
+            return self._batch(value, now_ms)
+        try:
+            too_large = _too_large(payload)
+            if too_large:
+                raise too_large
+            signed = from_wire(value, allowed=ACCEPTED)
+        except Rejected as error:
+            return self._sign(self._refusal("unknown", readable_id(payload), error, now_ms))
+        return self._sign(self._handle(signed, now_ms))
+
+    def _batch(self, value: dict, now_ms: int) -> bytes:
+        """A batch of instructions, each applied or refused on its own, in order; the
+        receipts go back in one envelope, signed once."""
+        try:
+            _signer, items = open_batch(value, allowed=INSTRUCTIONS)
+        except Rejected as error:
+            return self._sign(self._refusal("batch", "unknown", error, now_ms))
+        receipts = [
+            self._handle(item, now_ms)
+            if isinstance(item, Signed)
+            else self._refusal("unknown", item_id(raw), item, now_ms)
+            for item, raw in zip(items, value["items"], strict=True)
+        ]
+        return seal([unsigned(receipt) for receipt in receipts], self.id, self._key)
+
+    def _handle(self, signed: Signed, now_ms: int) -> Body:
         msg = signed.msg
         if msg.ledger != self.id:
             return self._refusal(
@@ -265,13 +302,13 @@ class Ledger:
                 return self._refusal(msg.TYPE, msg.id, error, now_ms)
         return self._instruct(signed, now_ms)
 
-    def _instruct(self, signed: Signed, now_ms: int) -> bytes:
+    def _instruct(self, signed: Signed, now_ms: int) -> Receipt:
         msg = signed.msg
         known = self.store.instruction(msg.id)
         if known is not None:
-            digest, body, receipt = known
+            digest, body, first = known
             if digest == signed.digest:
-                return receipt
+                return _stored_receipt(first)
             return self._refusal(msg.TYPE, msg.id, _reuse(canonical.decode(body.encode()), signed.body), now_ms)
         try:
             self.registry.verify_all(signed)
@@ -292,50 +329,65 @@ class Ledger:
             seq, entry_hash = self._append(now_ms, msg.TYPE, signed.wire(), effects)
             log.info("applied %s %s as entry %d", msg.TYPE, msg.id, seq)
             self.on_outcome(msg.TYPE, None)
-            receipt = self._sign(Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash))
-        self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), receipt, seq)
+            receipt = Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash)
+        # the receipt is kept unsigned: a repeat is answered in the framing of its own request
+        stored = unsigned(receipt).encode()
+        self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), stored, seq)
         return receipt
 
     def _append(self, now_ms: int, kind: str, instruction: dict | None, effects: dict) -> tuple[int, str]:
-        signed, entry_hash = make_entry(
-            self._key, self.id, self.seq, self.prev_hash, now_ms, kind, instruction, effects
-        )
-        raw = signed.encode()
-        self.store.append_entry(self.seq, entry_hash, raw)
-        self._events.append(raw)
-        seq = self.seq
-        self.seq, self.prev_hash = seq + 1, entry_hash
-        return seq, entry_hash
+        """Add an entry to the batch's journal; `_seal` signs and stores the batch's entries."""
+        entry = unsigned(Entry(self.id, self.seq, self.prev_hash, now_ms, kind, instruction, effects))
+        seq, hash_ = self.seq, journal.entry_hash(entry)
+        self._unsealed.append((hash_, entry))
+        self.seq, self.prev_hash = seq + 1, hash_
+        return seq, hash_
+
+    def _seal(self) -> None:
+        """Sign the entries written since the last seal (one signature for them all, or
+        an entry's own when it is alone, as a version-1 follower reads it), store them,
+        and queue them to publish: one event for the batch."""
+        unsealed, self._unsealed = self._unsealed, []
+        for start in range(0, len(unsealed), ENTRIES_PER_EVENT_MAX):
+            chunk = unsealed[start : start + ENTRIES_PER_EVENT_MAX]
+            entries = [entry for _, entry in chunk]
+            if len(entries) == 1:
+                signed = [sign(entries[0].msg, (self.id, self._key))]
+                self._events.append(signed[0].encode())
+            else:
+                signed = sign_batch(entries, self.id, self._key)
+                self._events.append(seal(entries, self.id, self._key))
+            for (hash_, _), entry in zip(chunk, signed, strict=True):
+                self.store.append_entry(entry.msg.seq, hash_, entry.encode())
+            self._unpublished += len(chunk)
 
     # -- replies -------------------------------------------------------------------------
 
     def _sign(self, msg: Body) -> bytes:
         return sign(msg, (self.id, self._key)).encode()
 
-    def _refusal(self, kind: str, instruction_id: str, error: Rejected, now_ms: int) -> bytes:
+    def _refusal(self, kind: str, instruction_id: str, error: Rejected, now_ms: int) -> Receipt:
         self.on_outcome(kind, error.code.value)
-        return self._sign(
-            Receipt(
-                self.id,
-                instruction_id,
-                "rejected",
-                now_ms,
-                code=error.code.value,
-                field=error.field,
-                reason=error.reason,
-            )
+        return Receipt(
+            self.id,
+            instruction_id,
+            "rejected",
+            now_ms,
+            code=error.code.value,
+            field=error.field,
+            reason=error.reason,
         )
 
-    def _answer(self, msg: Body, now_ms: int) -> bytes:
+    def _answer(self, msg: Body, now_ms: int) -> Body:
         if isinstance(msg, QueryReceipt):
             known = self.store.instruction(msg.instruction_id)
             if known is None:
                 raise Rejected(
                     Code.UNKNOWN_INSTRUCTION, "instruction_id", f"no instruction {msg.instruction_id!r} was answered"
                 )
-            return known[2]
+            return _stored_receipt(known[2])
         assert isinstance(msg, Query)
-        return self._sign(Result(self.id, msg.id, now_ms, self._query(msg)))
+        return Result(self.id, msg.id, now_ms, self._query(msg))
 
     def _query(self, msg: Body) -> Any:
         if isinstance(msg, QueryInfo):
@@ -430,6 +482,20 @@ def lock_view(lock) -> dict[str, Any]:
         "cancel_hashlock": None if lock.cancel_hashlock is None else lock.cancel_hashlock.hex(),
         "backstop_ms": lock.backstop_ms,
     }
+
+
+def _too_large(payload: bytes) -> Rejected | None:
+    if len(payload) <= MESSAGE_BYTES_MAX:
+        return None
+    return Rejected(Code.TOO_LARGE, "$", f"message is {len(payload)} bytes, limit is {MESSAGE_BYTES_MAX}")
+
+
+def _stored_receipt(raw: bytes) -> Receipt:
+    """A receipt as the instructions table keeps it: unsigned, or signed as a database
+    older than batches kept it."""
+    receipt = from_wire(canonical.decode(raw, bytes_max=len(raw)), allowed=(Receipt,)).msg
+    assert isinstance(receipt, Receipt)
+    return receipt
 
 
 def _limit(limit: int, limit_max: int) -> int:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from engine.world import World, lay_out
+from protocols.bus.follow import event_entries
 from protocols.canonical import decode
 from protocols.errors import Code
 from protocols.htlc import hashlock_of
@@ -221,7 +222,8 @@ class LedgerMachine(RuleBasedStateMachine):
         payloads = [signed.encode() for signed, _ in plans]
         replies, entries = self.h.ledger.process(payloads, self.h.now_ms)
         assert len(replies) == len(plans)
-        kinds = [decode(entry)["kind"] for entry in entries]
+        entries = [entry for event in entries for entry in event_entries(decode(event))]
+        kinds = [entry["kind"] for entry in entries]
         assert (
             kinds[: self.model.unpublished + expired] == ["configure"] * self.model.unpublished + ["expire"] * expired
         ), kinds
@@ -246,7 +248,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert self.h.store.instruction(signed.msg.id) is None, f"{code.value} spent id {signed.msg.id}"
         self.model.height = height
         assert len(entries) == self.model.unpublished + expired + expected.count(None)
-        assert [decode(entry)["seq"] for entry in entries] == list(range(height - len(entries), height))
+        assert [entry["seq"] for entry in entries] == list(range(height - len(entries), height))
         self.model.unpublished = 0
         assert self.h.ledger.seq == height
         return replies
@@ -675,7 +677,7 @@ class LedgerMachine(RuleBasedStateMachine):
         height = self.model.height
         (reply,), entries = self.h.ledger.process([payload], self.h.now_ms)
         assert reply == first_receipt
-        assert [decode(entry)["kind"] for entry in entries] == ["expire"] * expired
+        assert [entry["kind"] for event in entries for entry in event_entries(decode(event))] == ["expire"] * expired
         assert self.h.ledger.seq == height
 
     @invariant()

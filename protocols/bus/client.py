@@ -50,18 +50,18 @@ class LedgerClient:
 
     async def submit(self, signed: Signed[Instruction]) -> Receipt:
         """The ledger's receipt for an instruction: applied or rejected with a code."""
-        receipt = self._verified(await self._request(signed.encode()))
+        receipt = self._verified(await self.request(signed.encode()))
         if not isinstance(receipt, Receipt) or receipt.instruction_id != signed.msg.id:
             raise BadReply(f"{self.ledger_id} answered {signed.msg.id} with {receipt!r}")
         return receipt
 
     async def submit_raw(self, payload: bytes) -> Receipt | Result:
         """Send bytes as they are (for conformance and hostile-input tests)."""
-        return self._verified(await self._request(payload))
+        return self._verified(await self.request(payload))
 
     async def query(self, msg: Query) -> Any:
         """A query's value, or Rejected with the ledger's code."""
-        reply = self._verified(await self._request(unsigned(msg).encode()))
+        reply = self._verified(await self.request(unsigned(msg).encode()))
         if isinstance(reply, Receipt):
             if reply.instruction_id == msg.id and not reply.applied:
                 raise reply.error()  # the query itself was refused
@@ -71,7 +71,8 @@ class LedgerClient:
     def next_query_id(self) -> str:
         return next(self._query_ids)
 
-    async def _request(self, payload: bytes) -> bytes:
+    async def request(self, payload: bytes) -> bytes:
+        """The reply's bytes, unchecked, retried on silence up to `attempts` times."""
         for attempt in range(self.attempts):
             started = time.perf_counter()
             try:

@@ -3,19 +3,23 @@
 Events on the bus are at most once: a subscriber may miss one (a broker queue full, a
 reconnect). The follower notices a gap by sequence number and reads the missing entries
 from the ledger's journal (`query_journal`) before going on, and checks every entry's
-place, hash link and signature, so what it yields is exactly what the ledger committed."""
+place, hash link and signature, so what it yields is exactly what the ledger committed.
+An event holds one entry, or a batch's entries under one signature (envelope.py)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import trio
 
 from ..canonical import decode
+from ..envelope import is_batch, open_batch
 from ..errors import Rejected
 from ..journal import GENESIS_HASH, ChainBroken, ChainChecker
-from ..messages import QueryInfo, QueryJournal
+from ..messages import Entry, QueryInfo, QueryJournal
+from ..signing import Signed
 from . import BusTimeout, entries_topic
 from .client import LedgerClient
 
@@ -61,23 +65,32 @@ async def follow(client: LedgerClient, *, from_seq: int | None = None, backlog: 
                     yield value
                 continue
             try:
-                value = decode(raw, bytes_max=len(raw))
+                values = event_entries(decode(raw, bytes_max=len(raw)))
             except Rejected as error:  # not even JSON: certainly not the ledger's
                 log.warning("ignored an undecodable event on %s: %s", ledger_id, error)
                 continue
-            seq = value.get("seq") if isinstance(value, dict) else None
-            if not isinstance(seq, int) or seq < checker.seq:
-                continue  # a duplicate, or already read from the journal
-            async for earlier in read_journal(seq):
-                yield earlier
-            try:
-                checker.check(value)
-            except ChainBroken as error:  # not what the ledger wrote: read the real one
-                log.warning("ignored an event on %s that is not the ledger's: %s", ledger_id, error)
-                async for real in read_journal(seq + 1):
-                    yield real
-                continue
-            yield value
+            for value in values:
+                seq = value.get("seq") if isinstance(value, dict) else None
+                if not isinstance(seq, int) or seq < checker.seq:
+                    continue  # a duplicate, or already read from the journal
+                async for earlier in read_journal(seq):
+                    yield earlier
+                try:
+                    checker.check(value)
+                except ChainBroken as error:  # not what the ledger wrote: read the real one
+                    log.warning("ignored an event on %s that is not the ledger's: %s", ledger_id, error)
+                    async for real in read_journal(seq + 1):
+                        yield real
+                    continue
+                yield value
+
+
+def event_entries(value: Any) -> list[Any]:
+    """An event's entries: one, or a batch's, each with its share of the batch signature."""
+    if not is_batch(value):
+        return [value]
+    _signer, entries = open_batch(value, allowed=(Entry,))
+    return [entry.wire() if isinstance(entry, Signed) else None for entry in entries]
 
 
 async def _ask(client: LedgerClient, query):

@@ -1,0 +1,92 @@
+"""The batch envelope (protocol version 2): many messages travel in one, signed once.
+
+    {"items": [message, ...], "sigs": {"<signer>": "<DER hex>"}, "type": "batch", "v": 2}
+
+Each item is a version-1 message as it would travel alone, with any signatures of its
+own; the envelope's signature is the signer's over the Merkle root of the items' digests
+(batch.py). Opening an envelope gives each item the signer's share of that signature,
+its inclusion path included, so that each item, stored or forwarded on its own, stays
+checkable by anyone. An item that does not decode is refused on its own; the others
+stand. A message sent alone is a batch of one in every respect but its framing."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from . import canonical
+from .batch import BATCH_SIZE_MAX, BatchSignature, leaf_hash, sign_digests, tree
+from .errors import Code, Rejected
+from .messages import IDENT_PATTERN, Body
+from .signing import DOMAIN, SIGNATURE_HEX_MAX, PrivateKey, Signed, from_wire
+
+BATCH_VERSION = 2
+BATCH_BYTES_MAX = 1 << 20  # the broker's packet limit
+
+
+def is_batch(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") == "batch"
+
+
+def seal(messages: Sequence[Signed], party: str, key: PrivateKey) -> bytes:
+    """The envelope carrying these messages under one signature of `party`'s."""
+    assert 0 < len(messages) <= BATCH_SIZE_MAX, len(messages)
+    assert all(party not in m.sigs for m in messages), "the batch signs for its signer"
+    sig = sign_digests([m.digest for m in messages], key.sign)[0].sig
+    items = ",".join(m.encode().decode() for m in messages)
+    return canonical.join(
+        f'"items":[{items}]', '"sigs":' + canonical.encode({party: sig.hex()}).decode(), '"type":"batch"', '"v":2'
+    )
+
+
+def open_batch(value: dict, *, allowed: tuple[type[Body], ...]) -> tuple[str, list[Signed | Rejected]]:
+    """The signer and each item, decoded and given its share of the batch signature, or
+    the reason it was refused. The signature is not checked here: whoever needs the
+    signer's signature checks it, at the cost of one verification for the batch."""
+    if set(value) != {"items", "sigs", "type", "v"}:
+        raise Rejected(Code.MALFORMED, "$", "a batch has exactly items, sigs, type and v")
+    if type(value["v"]) is not int or value["v"] != BATCH_VERSION:
+        raise Rejected(Code.UNSUPPORTED_VERSION, "v", f"a batch is version {BATCH_VERSION}")
+    items, sigs = value["items"], value["sigs"]
+    if not isinstance(items, list) or not 1 <= len(items) <= BATCH_SIZE_MAX:
+        raise Rejected(Code.MALFORMED, "items", f"must be a list of 1 to {BATCH_SIZE_MAX} messages")
+    if not isinstance(sigs, dict) or len(sigs) != 1:
+        raise Rejected(Code.MALFORMED, "sigs", "a batch carries its one signer's signature")
+    ((party, sig),) = sigs.items()
+    if not isinstance(sig, str) or len(sig) > SIGNATURE_HEX_MAX or len(sig) % 2:
+        raise Rejected(Code.MALFORMED, f"sigs.{party}", "must be a DER signature in hex")
+    try:
+        der = bytes.fromhex(sig)
+    except ValueError:
+        raise Rejected(Code.MALFORMED, f"sigs.{party}", "must be a DER signature in hex") from None
+    opened: list[Signed | Rejected] = [_item(item, party, allowed) for item in items]
+    _root, paths = tree([leaf_hash(_digest(o, item)) for o, item in zip(opened, items, strict=True)])
+    return party, [
+        o if isinstance(o, Rejected) else o.with_sig(party, BatchSignature(der, index, len(items), tuple(paths[index])))
+        for index, o in enumerate(opened)
+    ]
+
+
+def item_id(item: Any) -> str:
+    """An item's id for a refusal, when it has a usable one."""
+    value = item.get("id") if isinstance(item, dict) else None
+    return value if isinstance(value, str) and IDENT_PATTERN.fullmatch(value) else "unknown"
+
+
+def _item(item: Any, party: str, allowed: tuple[type[Body], ...]) -> Signed | Rejected:
+    try:
+        signed = from_wire(item, allowed=allowed)
+    except Rejected as error:
+        return error
+    if party in signed.sigs:
+        return Rejected(Code.MALFORMED, f"sigs.{party}", "the batch's signer signs its items through the batch")
+    return signed
+
+
+def _digest(opened: Signed | Rejected, item: Any) -> bytes:
+    """What the signer hashed for this item: its signed bytes, refused or not."""
+    if isinstance(opened, Signed):
+        return opened.digest
+    body = {k: v for k, v in item.items() if k != "sigs"} if isinstance(item, dict) else item
+    return hashlib.sha256(DOMAIN + canonical.encode(body)).digest()
