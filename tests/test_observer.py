@@ -36,7 +36,7 @@ from protocols.settlement import Phase, Timing, lock_id
 from protocols.signing import decode_signed
 
 GRACE_MS = 1_000
-TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
+TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500, backstop_ms=60_000)
 LEDGERS = ("csd", "cbdc-eur", "cbdc-multi", "unified")
 PARTIES = ("bank-b", "bank-a")  # bank-b pays leg 0, bank-a pays leg 1
 CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
