@@ -29,7 +29,7 @@ from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
-from protocols.errors import Rejected
+from protocols.errors import Code, Rejected
 from protocols.messages import QueryInfo, QueryLock, QueryLocks, QueryReceipt, Settlement, SettlementStatus
 from protocols.settlement import Timing, lock_id, settle_id
 from protocols.signing import decode_signed, unsigned
@@ -277,8 +277,11 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
             except BusTimeout:
                 continue  # the same bytes again: the coordinator runs a settlement once
         status: SettlementStatus = decode_signed(reply, allowed=(SettlementStatus,)).msg
-        latencies.append((time.perf_counter() - begin) * 1000)
-        statuses[settlement_id] = status.phase
+        if status.reason_code == Code.BUSY.value:  # refused at the intake: counted, not timed
+            statuses[settlement_id] = "busy"
+        else:
+            latencies.append((time.perf_counter() - begin) * 1000)
+            statuses[settlement_id] = status.phase
         progress(1)
 
     async with trio.open_nursery() as nursery:

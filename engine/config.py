@@ -10,6 +10,8 @@ broker_ca_file = "ca.pem"             # the user is the client id, coordinator-{
 ledgers = ["csd", "cbdc-eur"]         # watched by the watchtower
 metrics = "127.0.0.1:9110"            # optional: the coordinator serves Prometheus metrics
                                       # at http://HOST:PORT/metrics (the watchtower does not)
+intake_max = 512                      # optional: back offices' settlements in flight at once;
+                                      # a new one past it is refused `busy`, to send again later
 
 [settlement_ledgers]                  # optional: where matched instructions settle each asset,
 EUR = "cbdc-eur"                      # needed for an asset more than one ledger carries
@@ -33,6 +35,9 @@ from protocols.bus.exposition import metrics_setting
 from protocols.failures import ExpectedFailure, read_toml
 from protocols.settlement import Timing
 
+INTAKE_MAX = 512  # as engine.coordinator.INTAKE_MAX: the default bound of the intake
+INTAKE_MAX_LIMIT = 10_000  # engine.coordinator.IN_FLIGHT_MAX: more could never be driven
+
 
 class ConfigError(ExpectedFailure):
     """The configuration cannot be used: `subject` names the file, `reason` the setting and why."""
@@ -49,6 +54,7 @@ class CoordinatorConfig:
     timing: Timing = Timing()
     metrics: tuple[str, int] | None = None  # (host, port) of the metrics endpoint; None: off
     settlement_ledgers: dict[str, str] = attrs.field(factory=dict)  # asset -> the ledger that settles it
+    intake_max: int = INTAKE_MAX
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
@@ -70,6 +76,7 @@ class CoordinatorConfig:
             "timing",
             "metrics",
             "settlement_ledgers",
+            "intake_max",
         }
         for key in data:
             if key not in known:
@@ -89,6 +96,9 @@ class CoordinatorConfig:
             timing = Timing(**timing)
         except (TypeError, ValueError) as error:  # an unknown name; a backstop too short for the rest
             raise ConfigError(source, f"timing: {error}") from None
+        intake_max = data.get("intake_max", INTAKE_MAX)
+        if not isinstance(intake_max, int) or isinstance(intake_max, bool) or not 1 <= intake_max <= INTAKE_MAX_LIMIT:
+            raise ConfigError(source, f"intake_max: must be a whole number from 1 to {INTAKE_MAX_LIMIT}")
         places = data.get("settlement_ledgers", {})
         if not isinstance(places, dict) or not all(isinstance(v, str) for v in places.values()):
             raise ConfigError(source, "settlement_ledgers: must map each asset to a ledger id")
@@ -111,4 +121,5 @@ class CoordinatorConfig:
             timing,
             metrics,
             places,
+            intake_max,
         )

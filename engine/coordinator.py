@@ -52,6 +52,7 @@ from protocols.registry import Registry
 from protocols.settlement import Decision, Phase, Timing, lock_id, settle_id
 from protocols.signing import PrivateKey, Signed, decode_signed, sign, unsigned
 
+from . import config
 from .journal import Journal, Record
 from .watchtower import Watchtower
 
@@ -59,7 +60,8 @@ log = logging.getLogger("lockstep.coordinator")
 
 RETRY_S = 0.05
 SUBMIT_TIMEOUT_S = 0.5  # one attempt at a ledger request; retried while time allows
-IN_FLIGHT_MAX = 10_000  # settlements driven at once; more are refused as overloaded
+IN_FLIGHT_MAX = 10_000  # settlements driven at once, desks' included; then every request is refused
+INTAKE_MAX = config.INTAKE_MAX  # back offices' settlements in flight; a new one past it is refused `busy`
 
 
 class Desk(Protocol):
@@ -89,8 +91,12 @@ class Coordinator:
         clock: ServiceClock,
         timing: Timing = Timing(),
         watched_ledgers: tuple[str, ...] = (),
+        intake_max: int = INTAKE_MAX,
     ) -> None:
+        assert 0 < intake_max <= IN_FLIGHT_MAX, intake_max
         self.id = coordinator_id
+        self.intake_max = intake_max
+        self._intake: set[str] = set()  # back offices' settlements being driven now
         self._key = key
         self.registry = registry
         self.bus = bus
@@ -219,12 +225,24 @@ class Coordinator:
 
     async def submit(self, raw: bytes) -> Record:
         """Accept a signed settlement and return its record once final. A settlement
-        sent again (same id, same bytes) is not run twice: its record is returned."""
+        sent again (same id, same bytes) is not run twice: its record is returned.
+        A new one past the intake bound is refused `busy` and not recorded, so that
+        what is accepted is settled in bounded time and the rest is sent again later."""
         signed = decode_signed(raw, allowed=(Settlement,))
-        owner = self._reserved.get(signed.msg.id)
+        settlement_id = signed.msg.id
+        owner = self._reserved.get(settlement_id)
         if owner is not None:
-            raise Rejected(Code.NOT_AUTHORISED, "id", f"settlement {signed.msg.id} settles only as {owner}")
-        return await self.settle(signed.wire())
+            raise Rejected(Code.NOT_AUTHORISED, "id", f"settlement {settlement_id} settles only as {owner}")
+        full = len(self._intake) >= self.intake_max and settlement_id not in self._running
+        if full and self.journal.get(settlement_id) is None:  # new: a known one is always answered
+            raise Rejected(
+                Code.BUSY, "$", f"{self.intake_max} settlements in flight, the most this coordinator takes; retry"
+            )
+        self._intake.add(settlement_id)
+        try:
+            return await self.settle(signed.wire())
+        finally:
+            self._intake.discard(settlement_id)
 
     def reserve(self, settlement_id: str, owner: str) -> None:
         """Let only a desk start this settlement (a repo's reverse leg, due at its term and

@@ -103,7 +103,15 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
     try:
         async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
             coordinator = Coordinator(
-                config.coordinator_id, key, registry, bus, journal, ServiceClock(), config.timing, config.ledgers
+                config.coordinator_id,
+                key,
+                registry,
+                bus,
+                journal,
+                ServiceClock(),
+                config.timing,
+                config.ledgers,
+                intake_max=config.intake_max,
             )
             coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers))
             coordinator.add_desk(ServicingDesk(coordinator))

@@ -33,7 +33,7 @@ from protocols.registry import Role
 from protocols.settlement import Timing
 from protocols.signing import sign
 
-from .coordinator import Coordinator, Desk
+from .coordinator import INTAKE_MAX, Coordinator, Desk
 from .journal import Journal
 from .world import LedgerSpec, World, lay_out
 
@@ -124,6 +124,7 @@ class Local:
         bus: Bus | None = None,
         desks: tuple[Callable[[Coordinator], Desk], ...] = (),
         skew_ms: int = 0,
+        intake_max: int = INTAKE_MAX,
     ) -> tuple[Coordinator, trio.CancelScope]:
         """Start the coordinator under its own cancel scope, so a test can kill it; on
         `bus` if given (a faulty one, say), else on the world's; with a desk made by each
@@ -145,6 +146,7 @@ class Local:
             ServiceClock(skew_ms),
             timing,
             watched,
+            intake_max=intake_max,
         )
         for make_desk in desks:
             coordinator.add_desk(make_desk(coordinator))

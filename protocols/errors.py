@@ -45,6 +45,7 @@ class Code(enum.Enum):
     # the transport (temporary)
     TIMEOUT = "timeout"
     OVERLOADED = "overloaded"
+    BUSY = "busy"  # a coordinator's intake is full: send the same settlement again later
 
 
 class Rejected(Exception):

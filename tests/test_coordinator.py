@@ -199,6 +199,41 @@ def cut_off_from(coordinator, switch: dict[str, bool], nursery, until_ms) -> Non
     coordinator.on_phase = outage
 
 
+async def test_a_new_settlement_past_the_intake_bound_is_refused_busy_and_recorded_nowhere(tmp_path, autojump_clock):
+    """Two settlements in flight (csd silent) fill an intake of two: a third, new, is
+    refused `busy` and not journaled; one of the two sent again is still answered once
+    final; once they end, the third sent again is accepted and settles."""
+    bus = MemoryBus()
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        faulty, switch = silence(bus, "csd", seed=1)
+        switch["on"] = True
+        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False, bus=faulty, intake_max=2)
+        held = [w.local.settlement("dvp", CROSS_DVP, PARTIES) for _ in range(2)]
+        third = w.local.settlement("dvp", SAME_DVP, PARTIES)
+        records = []
+
+        async def submit(raw: bytes) -> None:
+            records.append(await coordinator.submit(raw))
+
+        for raw in held:
+            nursery.start_soon(submit, raw)
+        await trio.sleep(0.1)
+        assert coordinator.in_flight == 2
+        with pytest.raises(Rejected) as refused:
+            await coordinator.submit(third)
+        assert (refused.value.code, refused.value.field) == (Code.BUSY, "$")
+        assert coordinator.journal.get(decode_signed(third).msg.id) is None
+        switch["on"] = False  # csd answers again: the two end
+        again = await coordinator.submit(held[0])  # known: answered once final, never busy
+        assert again.final
+        while len(records) < 2:
+            await trio.sleep(0.1)
+        assert all(r.final for r in records) and coordinator.in_flight == 0
+        assert (await coordinator.submit(third)).phase is Phase.SETTLED
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("leg", [0, 1])
 async def test_a_ledger_cut_off_for_an_hour_after_the_commit_still_settles_both_legs(tmp_path, autojump_clock, leg):
     """Either ledger unreachable from the commit on for an hour, far past the time to
