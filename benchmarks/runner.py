@@ -360,7 +360,13 @@ async def check(system: System, run: Run, statuses: dict[str, str]) -> None:
                 done = []
                 for leg, ledger in enumerate(_cross_ledgers(run)):
                     client = clients[ledger]
-                    view = await client.query(QueryLock(client.next_query_id(), ledger, lock_id(settlement_id, leg)))
+                    try:
+                        query = QueryLock(client.next_query_id(), ledger, lock_id(settlement_id, leg))
+                        view = await client.query(query)
+                    except Rejected as error:  # never placed: refused busy, or refused before locking
+                        if error.code is not Code.UNKNOWN_LOCK or phase == "settled":
+                            raise
+                        view = {"state": "absent"}
                     done.append(view["state"] == "claimed")
             if (phase == "settled" and not all(done)) or (phase != "settled" and any(done)):
                 raise BenchmarkBroken(f"settlement {settlement_id} is {phase} but its legs settled as {done}")
