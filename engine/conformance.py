@@ -21,9 +21,10 @@ import trio
 
 from protocols import canonical
 from protocols.bus import BusTimeout, entries_topic
-from protocols.bus.client import BadReply, LedgerClient
+from protocols.bus.client import REPLY_BYTES_MAX, BadReply, LedgerClient
 from protocols.bus.follow import event_entries
 from protocols.bus.mqtt import MqttBus
+from protocols.envelope import is_batch, open_batch, seal
 from protocols.errors import Code, Rejected
 from protocols.failures import ExpectedFailure
 from protocols.htlc import hashlock_of
@@ -53,7 +54,7 @@ from protocols.messages import (
     to_body,
 )
 from protocols.registry import Registry, Role
-from protocols.signing import PrivateKey, Signed, sign, signing_bytes
+from protocols.signing import PrivateKey, Signed, sign, signing_bytes, unsigned
 
 EXPIRY_WAIT_MS = 1500
 
@@ -292,6 +293,40 @@ async def instructions_are_idempotent(s: Suite) -> None:
     expect(stored == one, "query_receipt does not return the first receipt")
 
 
+async def batches_apply_item_by_item(s: Suite) -> None:
+    """Protocol version 2 (§4a): a batch signed once by alice, one item refused; one
+    envelope of receipts back, each signed by the ledger's share, each judged alone;
+    the same batch again applies nothing."""
+    before = await s.balance(s.bob_account)
+    items = [
+        unsigned(
+            Transfer(s.fresh("b"), s.ledger_id, s.now_ms(), s.alice_account, s.bob_account, s.asset, amount)
+        )
+        for amount in (5, 1_000_000, 7)
+    ]
+    envelope = seal(items, s.alice, s.keys[s.alice])
+    for attempt in ("first", "again"):
+        reply = canonical.decode(await s.client.request(envelope), bytes_max=REPLY_BYTES_MAX)
+        expect(is_batch(reply), f"a batch was answered with {str(reply)[:80]}, not a batch of receipts")
+        _signer, receipts = open_batch(reply, allowed=(Receipt,))
+        expect(len(receipts) == 3, f"three instructions got {len(receipts)} receipts")
+        for item, receipt in zip(items, receipts, strict=True):
+            expect(
+                isinstance(receipt, Signed) and receipt.signed_by(s.ledger_id, s.client.ledger_key),
+                f"{attempt}: a receipt in the batch is not signed by the ledger",
+            )
+            assert isinstance(receipt, Signed)
+            expect(receipt.msg.instruction_id == item.msg.id, f"{attempt}: receipts out of order")
+        first, overdrawn, third = (r.msg for r in receipts if isinstance(r, Signed))
+        applied(first, f"{attempt}: first transfer of the batch")
+        applied(third, f"{attempt}: third transfer of the batch")
+        refused(overdrawn, Code.INSUFFICIENT_FUNDS, "amount")
+        expect(
+            await s.balance(s.bob_account) == (before[0] + 12, 0),
+            f"{attempt}: the batch moved {(await s.balance(s.bob_account))[0] - before[0]}, not 12",
+        )
+
+
 def _lock(s: Suite, secret: bytes, expiry_ms: int, **fields) -> Signed:
     fields.setdefault("abort_by", ())
     return s.signed(
@@ -455,6 +490,7 @@ CHECKS: list[Callable[[Suite], Awaitable[None]]] = [
     expired_locks_refund_themselves,
     settlement_is_all_or_nothing,
     decision_locks_end_by_their_preimages_until_the_backstop,
+    batches_apply_item_by_item,
     journal_verifies,
 ]
 

@@ -41,7 +41,7 @@ async def test_conformance_suite_passes_against_a_ledger_process(world_on_disk, 
                 bus, ledger_id, world_on_disk.registry, world_on_disk.keys, out=lines.append
             )
         assert failed == 0, "\n".join(lines)
-        assert passed >= 12
+        assert passed == 14
     finally:
         assert process.stop() == 0, process.log_path.read_text()[-3000:]
 
