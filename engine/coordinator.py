@@ -110,6 +110,7 @@ class Coordinator:
         self._accepted: dict[str, Record] = {}  # settlement id -> record being saved as PENDING
         self._nursery: trio.Nursery | None = None
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
+        self.on_busy: Callable[[], None] = lambda: None  # a new settlement refused at the intake bound
         self.watchtower = (
             Watchtower(
                 coordinator_id, key, registry, bus, list(watched_ledgers), clock, grace_ms=timing.claim_deadline_ms // 2
@@ -136,6 +137,11 @@ class Coordinator:
     def in_flight(self) -> int:
         """Settlements being driven now."""
         return len(self._running)
+
+    @property
+    def intake(self) -> int:
+        """Back offices' settlements in flight: what `intake_max` bounds."""
+        return len(self._intake)
 
     def client(self, ledger_id: str) -> LedgerClient:
         if ledger_id not in self._clients:
@@ -240,6 +246,7 @@ class Coordinator:
             raise Rejected(Code.NOT_AUTHORISED, "id", f"settlement {settlement_id} settles only as {owner}")
         full = len(self._intake) >= self.intake_max and settlement_id not in self._running
         if full and self.journal.get(settlement_id) is None:  # new: a known one is always answered
+            self.on_busy()
             raise Rejected(
                 Code.BUSY, "$", f"{self.intake_max} settlements in flight, the most this coordinator takes; retry"
             )

@@ -62,6 +62,17 @@ class CoordinatorMetrics:
         Gauge(
             "lockstep_coordinator_in_flight_settlements", "Settlements being driven now.", registry=self.registry
         ).set_function(lambda: coordinator.in_flight)
+        Gauge(
+            "lockstep_coordinator_intake_settlements",
+            "Back offices' settlements in flight, which intake_max bounds.",
+            registry=self.registry,
+        ).set_function(lambda: coordinator.intake)
+        busy = Counter(
+            "lockstep_coordinator_busy_total",
+            "New settlements refused busy at the intake bound.",
+            registry=self.registry,
+        )
+        coordinator.on_busy = busy.inc
         self.registry.register(_JournalCollector(coordinator.journal.path))
         for party in coordinator.registry:
             if Role.LEDGER in party.roles:

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from engine.local import Local, dvp_legs, standard_world
+from engine.metrics import CoordinatorMetrics
 from engine.watchtower import Watchtower
 from protocols.bus.clock import ServiceClock
 from protocols.bus.faults import Faults, FaultyBus
@@ -209,6 +210,7 @@ async def test_a_new_settlement_past_the_intake_bound_is_refused_busy_and_record
         faulty, switch = silence(bus, "csd", seed=1)
         switch["on"] = True
         coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False, bus=faulty, intake_max=2)
+        metrics = CoordinatorMetrics(coordinator).registry
         held = [w.local.settlement("dvp", CROSS_DVP, PARTIES) for _ in range(2)]
         third = w.local.settlement("dvp", SAME_DVP, PARTIES)
         records = []
@@ -224,6 +226,8 @@ async def test_a_new_settlement_past_the_intake_bound_is_refused_busy_and_record
             await coordinator.submit(third)
         assert (refused.value.code, refused.value.field) == (Code.BUSY, "$")
         assert coordinator.journal.get(decode_signed(third).msg.id) is None
+        assert metrics.get_sample_value("lockstep_coordinator_busy_total") == 1
+        assert metrics.get_sample_value("lockstep_coordinator_intake_settlements") == 2
         switch["on"] = False  # csd answers again: the two end
         again = await coordinator.submit(held[0])  # known: answered once final, never busy
         assert again.final
