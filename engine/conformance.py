@@ -299,9 +299,7 @@ async def batches_apply_item_by_item(s: Suite) -> None:
     the same batch again applies nothing."""
     before = await s.balance(s.bob_account)
     items = [
-        unsigned(
-            Transfer(s.fresh("b"), s.ledger_id, s.now_ms(), s.alice_account, s.bob_account, s.asset, amount)
-        )
+        unsigned(Transfer(s.fresh("b"), s.ledger_id, s.now_ms(), s.alice_account, s.bob_account, s.asset, amount))
         for amount in (5, 1_000_000, 7)
     ]
     envelope = seal(items, s.alice, s.keys[s.alice])
