@@ -103,9 +103,13 @@ def verify_batch(key: ec.EllipticCurvePublicKey, proof: BatchSignature, digest: 
 
 @functools.lru_cache(maxsize=ROOTS_VERIFIED_MAX)
 def _root_signed(point: bytes, sig: bytes, root: bytes) -> bool:
-    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
     try:
-        key.verify(sig, BATCH_DOMAIN + root, ec.ECDSA(hashes.SHA256()))
+        _key(point).verify(sig, BATCH_DOMAIN + root, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=256)
+def _key(point: bytes) -> ec.EllipticCurvePublicKey:
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
