@@ -14,19 +14,17 @@ lets each task go on."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import attrs
-import sqlite_utils
 import trio
 
 from protocols.settlement import FINAL, Decision, Phase, check_transition, decided
 
-SCHEMA_VERSION = 2  # 2: decision locks (the cancellation secret, backstops), the decision, legs claimed
+from . import schema
+from .schema import FINAL_SQL
+
 BATCH_SIZE_MAX = 1024
-# in one fixed order: the query must spell the partial index's condition as it was created
-_FINAL_SQL = ", ".join(f"'{value}'" for value in sorted(phase.value for phase in FINAL))
 
 
 @attrs.frozen
@@ -78,66 +76,9 @@ class Journal:
         disk syncs (as LedgerService does; off under a MockClock)."""
         self.path = Path(path)
         self.offload = offload
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
+        self._db = schema.connect(self.path)
         self._send, self._receive = trio.open_memory_channel[tuple[Record, trio.Event]](BATCH_SIZE_MAX * 4)
         self.commits = 0
-
-    def _migrate(self) -> None:
-        db = sqlite_utils.Database(self._db)
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        assert version <= SCHEMA_VERSION, f"{self.path}: schema {version} is newer than this code ({SCHEMA_VERSION})"
-        if version == SCHEMA_VERSION:
-            return
-        with self._db:  # all steps or none
-            self._db.execute("BEGIN IMMEDIATE")
-            if version < 1:
-                db.table("settlements").create(
-                    {
-                        "id": str,
-                        "instruction": bytes,
-                        "phase": str,
-                        "secret": bytes,
-                        "expiry_ms": str,
-                        "sent": str,
-                        "reason_code": str,
-                        "reason": str,
-                        "steps": str,
-                    },
-                    pk="id",
-                )
-                db.execute(f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({_FINAL_SQL})")
-            if version < 2:
-                self._add_v2(db)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    @staticmethod
-    def _add_v2(db: sqlite_utils.Database) -> None:
-        """The cancellation secret, backstops, decision and legs claimed; the decision of
-        settlements recorded before, read from their phase (a cross-ledger one sent two
-        locks); and the trigger that keeps every decision and secret as first recorded."""
-        db.execute("ALTER TABLE settlements ADD COLUMN cancel_secret BLOB NOT NULL DEFAULT x''")
-        db.execute("ALTER TABLE settlements ADD COLUMN backstop_ms TEXT NOT NULL DEFAULT '[]'")
-        db.execute("ALTER TABLE settlements ADD COLUMN decision TEXT NOT NULL DEFAULT ''")
-        db.execute("ALTER TABLE settlements ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0")
-        cross = "json_array_length(sent) = 2"
-        db.execute(
-            "UPDATE settlements SET decision = 'commit' "
-            f"WHERE phase IN ('claiming', 'one_legged') OR (phase = 'settled' AND {cross})"
-        )
-        db.execute(
-            "UPDATE settlements SET decision = 'abort' "
-            f"WHERE phase IN ('rolling_back', 'rolled_back') OR (phase = 'failed' AND {cross})"
-        )
-        db.execute(
-            "CREATE TRIGGER decided_once BEFORE UPDATE ON settlements "
-            "WHEN (OLD.decision != '' AND NEW.decision != OLD.decision) "
-            "OR (OLD.secret != x'' AND NEW.secret != OLD.secret) "
-            "OR (OLD.cancel_secret != x'' AND NEW.cancel_secret != OLD.cancel_secret) "
-            "BEGIN SELECT RAISE(ABORT, 'a settlement is decided once, under the secrets first drawn'); END"
-        )
 
     def close(self) -> None:
         self._db.close()
@@ -188,20 +129,11 @@ class Journal:
         return _record(row) if row else None
 
     def unfinished(self) -> list[Record]:
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM settlements WHERE phase NOT IN ({_FINAL_SQL}) ORDER BY id")
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM settlements WHERE phase NOT IN ({FINAL_SQL}) ORDER BY id")
         return [_record(row) for row in rows]
 
     def all(self) -> list[Record]:
         return [_record(row) for row in self._db.execute(f"SELECT {_COLUMNS} FROM settlements ORDER BY id")]
-
-
-def desk_database(path: str | Path) -> sqlite3.Connection:
-    """A desk's own connection to the coordinator's database (one database per service);
-    every write is durable before the desk acts on it."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    return db
 
 
 _FIELDS = (

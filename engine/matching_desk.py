@@ -36,8 +36,8 @@ from protocols.registry import Role
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
+from . import schema
 from .coordinator import Coordinator
-from .journal import desk_database
 
 log = logging.getLogger("lockstep.matching")
 
@@ -51,19 +51,6 @@ _FAILURE_REASONS = {
     Code.LOCK_EXPIRED.value: ("LATE", "LATE"),
     Code.EXPIRY_OUT_OF_RANGE.value: ("LATE", "LATE"),
 }
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS instructions (
-    party TEXT NOT NULL, id TEXT NOT NULL, raw BLOB NOT NULL, counterparty TEXT NOT NULL,
-    settlement_date TEXT NOT NULL, state TEXT NOT NULL, settlement_id TEXT, received_ms INTEGER NOT NULL,
-    PRIMARY KEY (party, id));
-CREATE INDEX IF NOT EXISTS open_instructions ON instructions(state, counterparty)
-    WHERE state IN ('unmatched', 'matched');
-CREATE TABLE IF NOT EXISTS advices (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, party TEXT NOT NULL, instruction_id TEXT NOT NULL,
-    settlement_id TEXT, status TEXT NOT NULL, format TEXT NOT NULL, document TEXT NOT NULL, time_ms INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS advices_of ON advices(party, seq);
-"""
 
 
 @attrs.frozen
@@ -86,8 +73,7 @@ class MatchingDesk:
         others are found by asking every registered ledger what it carries."""
         self.coordinator = coordinator
         self._places = dict(places or {})
-        self._db = desk_database(coordinator.journal.path)
-        self._db.executescript(_SCHEMA)
+        self._db = schema.connect(coordinator.journal.path)
         self._changed = trio.Event()
         self._matching = trio.Lock()
         self._limit = trio.CapacityLimiter(SETTLING_MAX)

@@ -27,7 +27,8 @@ from protocols.repo import FINAL, RepoState, check_link, check_transition
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from .journal import Record, desk_database
+from . import schema
+from .journal import Record
 
 log = logging.getLogger("lockstep.repo")
 
@@ -37,11 +38,7 @@ class RepoDesk:
 
     def __init__(self, coordinator) -> None:
         self.coordinator = coordinator
-        self._db = desk_database(coordinator.journal.path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS repos (id TEXT PRIMARY KEY, repo TEXT NOT NULL, state TEXT NOT NULL, "
-            "reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)"
-        )
+        self._db = schema.connect(coordinator.journal.path)
         self._nursery: trio.Nursery | None = None
         self._serving: set[str] = set()
 

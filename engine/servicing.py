@@ -44,7 +44,7 @@ from protocols.servicing import ActionState, Due, DueState, cash_account, check_
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from .journal import desk_database
+from . import schema
 
 log = logging.getLogger("lockstep.servicing")
 
@@ -72,18 +72,7 @@ class ServicingDesk:
 
     def __init__(self, coordinator) -> None:
         self.coordinator = coordinator
-        self._db = desk_database(coordinator.journal.path)
-        with self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS corporate_actions (id TEXT PRIMARY KEY, action TEXT NOT NULL, "
-                "state TEXT NOT NULL, reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS entitlements (action_id TEXT NOT NULL, holder_account TEXT NOT NULL, "
-                "holder TEXT NOT NULL, cash_account TEXT NOT NULL, units INTEGER NOT NULL, "
-                "amount_minor INTEGER NOT NULL, state TEXT NOT NULL, reason_code TEXT NOT NULL, "
-                "reason TEXT NOT NULL, PRIMARY KEY (action_id, holder_account))"
-            )
+        self._db = schema.connect(coordinator.journal.path)
         self._nursery: trio.Nursery | None = None
         self._serving: set[str] = set()
 

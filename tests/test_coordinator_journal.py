@@ -1,7 +1,9 @@
 """The coordinator's journal holds each settlement's decision once: a second decision, or
 another secret, is refused by the record and by the database itself; a journal from
 before decision locks is migrated with each decision read from its phase; and a
-settlement it held in flight across that upgrade, with time-locks, is finished as before."""
+settlement it held in flight across that upgrade, with time-locks, is finished as before.
+The database's schema, the desks' tables included, is made by numbered migrations in one
+place (engine/schema.py), from any earlier version."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from engine import schema
 from engine.journal import Journal, Record
 from engine.local import Local, dvp_legs, standard_world
 from protocols.bus.memory import MemoryBus
@@ -109,6 +112,7 @@ def test_a_journal_from_before_decision_locks_is_migrated_with_each_decision_fro
     journal = Journal(tmp_path / "coordinator.db")
     decisions = {record.settlement_id: record.decision for record in journal.all()}
     journal.close()
+    assert version(tmp_path / "coordinator.db") == 3 and tables(tmp_path / "coordinator.db") == TABLES
     assert decisions == {
         "claiming": Decision.COMMIT,
         "settled-cross": Decision.COMMIT,
@@ -183,3 +187,46 @@ async def test_a_settlement_in_flight_across_the_upgrade_keeps_its_time_locks_an
             view = await client.query(QueryLock(client.next_query_id(), leg.ledger, lock_id(settlement.id, index)))
             assert view["state"] == "aborted"
         nursery.cancel_scope.cancel()
+
+
+TABLES = {"settlements", "instructions", "advices", "corporate_actions", "entitlements", "repos"}
+
+
+def tables(path) -> set[str]:
+    with closing(sqlite3.connect(path)) as db:
+        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} - {
+            "sqlite_sequence"
+        }
+
+
+def version(path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def test_a_new_database_has_every_table_at_the_last_migration(tmp_path):
+    schema.connect(tmp_path / "coordinator.db").close()
+    assert tables(tmp_path / "coordinator.db") == TABLES
+    assert version(tmp_path / "coordinator.db") == schema.SCHEMA_VERSION == len(schema.MIGRATIONS) == 3
+
+
+def test_a_database_whose_desks_made_their_own_tables_keeps_their_rows(tmp_path):
+    """Schema 2, as the coordinator and its desks left it before one module owned the
+    schema: the desks' tables already there, with rows."""
+    path = tmp_path / "coordinator.db"
+    with closing(schema.connect(path)) as db:
+        db.execute("INSERT INTO repos VALUES ('r1', '{}', 'open', '', '', '[]')")
+        db.execute("PRAGMA user_version = 2")
+    assert version(path) == 2
+    Journal(path).close()
+    assert version(path) == 3 and tables(path) == TABLES
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT id, state FROM repos").fetchall() == [("r1", "open")]
+
+
+def test_a_database_from_a_newer_coordinator_is_refused(tmp_path):
+    path = tmp_path / "coordinator.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    with pytest.raises(AssertionError, match="is newer than this code"):
+        Journal(path)

@@ -1,0 +1,119 @@
+"""The coordinator's database: one file, and this module the one owner of its schema.
+
+Every table of what the coordinator hosts (the settlement journal, the matching,
+servicing and repo desks) is made here by numbered migrations, applied in order in one
+transaction when a connection opens; `PRAGMA user_version` is the number of the last
+applied. A desk reads and writes its tables but never makes or changes one."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+from protocols.settlement import FINAL
+
+# in one fixed order: a query must spell the partial index's condition as it was created
+FINAL_SQL = ", ".join(f"'{value}'" for value in sorted(phase.value for phase in FINAL))
+BUSY_TIMEOUT_S = 30  # the journal's writer and the desks share the file
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection to the coordinator's database at the current schema: WAL, and every
+    commit durable (synchronous=FULL) before whoever made it acts on it."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    migrate(db, path)
+    return db
+
+
+def migrate(db: sqlite3.Connection, path: str | Path) -> None:
+    """Apply the migrations the database has not had, all or none."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    assert version <= SCHEMA_VERSION, f"{path}: schema {version} is newer than this code ({SCHEMA_VERSION})"
+    if version == SCHEMA_VERSION:
+        return
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        version = db.execute("PRAGMA user_version").fetchone()[0]  # another connection may have been first
+        for migration in MIGRATIONS[version:]:
+            migration(sqlite_utils.Database(db))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _1_settlements(db: sqlite_utils.Database) -> None:
+    """The journal: one row per settlement, and an index of the unfinished ones."""
+    db.table("settlements").create(
+        {
+            "id": str,
+            "instruction": bytes,
+            "phase": str,
+            "secret": bytes,
+            "expiry_ms": str,
+            "sent": str,
+            "reason_code": str,
+            "reason": str,
+            "steps": str,
+        },
+        pk="id",
+    )
+    db.execute(f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({FINAL_SQL})")
+
+
+def _2_decisions(db: sqlite_utils.Database) -> None:
+    """The cancellation secret, backstops, decision and legs claimed; the decision of
+    settlements recorded before, read from their phase (a cross-ledger one sent two
+    locks); and the trigger that keeps every decision and secret as first recorded."""
+    db.execute("ALTER TABLE settlements ADD COLUMN cancel_secret BLOB NOT NULL DEFAULT x''")
+    db.execute("ALTER TABLE settlements ADD COLUMN backstop_ms TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE settlements ADD COLUMN decision TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE settlements ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0")
+    cross = "json_array_length(sent) = 2"
+    db.execute(
+        "UPDATE settlements SET decision = 'commit' "
+        f"WHERE phase IN ('claiming', 'one_legged') OR (phase = 'settled' AND {cross})"
+    )
+    db.execute(
+        "UPDATE settlements SET decision = 'abort' "
+        f"WHERE phase IN ('rolling_back', 'rolled_back') OR (phase = 'failed' AND {cross})"
+    )
+    db.execute(
+        "CREATE TRIGGER decided_once BEFORE UPDATE ON settlements "
+        "WHEN (OLD.decision != '' AND NEW.decision != OLD.decision) "
+        "OR (OLD.secret != x'' AND NEW.secret != OLD.secret) "
+        "OR (OLD.cancel_secret != x'' AND NEW.cancel_secret != OLD.cancel_secret) "
+        "BEGIN SELECT RAISE(ABORT, 'a settlement is decided once, under the secrets first drawn'); END"
+    )
+
+
+def _3_desks(db: sqlite_utils.Database) -> None:
+    """The desks' tables, which each desk made for itself before (hence IF NOT EXISTS):
+    the matching desk's instructions and advices, the servicing desk's corporate actions
+    and entitlements, the repo desk's repos."""
+    for statement in (
+        "CREATE TABLE IF NOT EXISTS instructions (party TEXT NOT NULL, id TEXT NOT NULL, raw BLOB NOT NULL, "
+        "counterparty TEXT NOT NULL, settlement_date TEXT NOT NULL, state TEXT NOT NULL, settlement_id TEXT, "
+        "received_ms INTEGER NOT NULL, PRIMARY KEY (party, id))",
+        "CREATE INDEX IF NOT EXISTS open_instructions ON instructions(state, counterparty) "
+        "WHERE state IN ('unmatched', 'matched')",
+        "CREATE TABLE IF NOT EXISTS advices (seq INTEGER PRIMARY KEY AUTOINCREMENT, party TEXT NOT NULL, "
+        "instruction_id TEXT NOT NULL, settlement_id TEXT, status TEXT NOT NULL, format TEXT NOT NULL, "
+        "document TEXT NOT NULL, time_ms INTEGER NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS advices_of ON advices(party, seq)",
+        "CREATE TABLE IF NOT EXISTS corporate_actions (id TEXT PRIMARY KEY, action TEXT NOT NULL, "
+        "state TEXT NOT NULL, reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS entitlements (action_id TEXT NOT NULL, holder_account TEXT NOT NULL, "
+        "holder TEXT NOT NULL, cash_account TEXT NOT NULL, units INTEGER NOT NULL, "
+        "amount_minor INTEGER NOT NULL, state TEXT NOT NULL, reason_code TEXT NOT NULL, "
+        "reason TEXT NOT NULL, PRIMARY KEY (action_id, holder_account))",
+        "CREATE TABLE IF NOT EXISTS repos (id TEXT PRIMARY KEY, repo TEXT NOT NULL, state TEXT NOT NULL, "
+        "reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_1_settlements, _2_decisions, _3_desks)
+SCHEMA_VERSION = len(MIGRATIONS)  # 1: settlements; 2: decision locks, the decision; 3: the desks' tables
