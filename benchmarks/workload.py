@@ -17,12 +17,14 @@ import attrs
 import trio
 
 from engine.world import LedgerSpec, World, lay_out
-from protocols.bus.client import LedgerClient, raise_for
+from protocols.bus import BusTimeout
+from protocols.bus.batcher import Batcher
+from protocols.bus.client import BadReply, LedgerClient, raise_for
 from protocols.bus.clock import ServiceClock
 from protocols.identifiers import make_isin
 from protocols.messages import CreateInstrument, Instruction, Issue, OpenAccount, Settlement, SettlementLeg, Transfer
 from protocols.registry import Role
-from protocols.signing import sign
+from protocols.signing import sign, unsigned
 
 Planned = tuple[str, type[Instruction], tuple[str, ...], dict[str, Any]]  # ledger, kind, signers, fields
 
@@ -41,7 +43,9 @@ SCENARIOS = {  # (kind, path) -> the ledgers it touches
 }
 BOND_UNITS = 10**9
 CASH_MINOR = 10**15
-IN_FLIGHT_SETUP = 64
+IN_FLIGHT_SETUP = 1024  # instructions being set up at once: batches of up to SETUP_BATCH_MAX form
+SETUP_BATCH_MAX = 256
+RETRY_S = 0.05
 
 
 @attrs.frozen
@@ -180,19 +184,37 @@ class Workload:
         return self.shape.participants * self.shape.accounts_per_participant
 
     async def _send_all(self, instructions: Iterable[tuple]) -> None:
-        """Send every instruction, IN_FLIGHT_SETUP at a time, drawn as needed: a million
-        ballast accounts are never all in memory at once."""
+        """Send every instruction, IN_FLIGHT_SETUP at a time, drawn as needed (a million
+        ballast accounts are never all in memory at once), through one batcher for each
+        ledger and signer: whatever is waiting goes in one batch, signed once."""
         pending = iter(instructions)
 
-        async def sender() -> None:
-            for ledger, cls, signers, fields in pending:
-                self._count += 1
-                msg = cls(id=f"setup-{self._count}", ledger=ledger, ts_ms=self._clock.now_ms(), **fields)
-                raise_for(await self._clients[ledger].submit(sign(msg, *((p, self.world.keys[p]) for p in signers))))
+        async with trio.open_nursery() as batchers:
+            batcher_of: dict[tuple[str, str], Batcher] = {}
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(IN_FLIGHT_SETUP):
-                nursery.start_soon(sender)
+            def batcher(ledger: str, signer: str) -> Batcher:
+                if (ledger, signer) not in batcher_of:
+                    made = batcher_of[(ledger, signer)] = Batcher(
+                        self._clients[ledger], signer, self.world.keys[signer], batch_size_max=SETUP_BATCH_MAX
+                    )
+                    batchers.start_soon(made.run)
+                return batcher_of[(ledger, signer)]
+
+            async def sender() -> None:
+                for ledger, cls, (signer,), fields in pending:
+                    self._count += 1
+                    msg = cls(id=f"setup-{self._count}", ledger=ledger, ts_ms=self._clock.now_ms(), **fields)
+                    while True:
+                        try:
+                            raise_for(await batcher(ledger, signer).submit(unsigned(msg)))
+                            break
+                        except (BusTimeout, BadReply):
+                            await trio.sleep(RETRY_S)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(IN_FLIGHT_SETUP):
+                    nursery.start_soon(sender)
+            batchers.cancel_scope.cancel()
 
     def settlement(self, kind: str, path: str, run: str) -> bytes:
         """A fresh settlement between two random participants, signed by both."""
