@@ -35,8 +35,8 @@ from protocols.bus.exposition import metrics_setting
 from protocols.failures import ExpectedFailure, read_toml
 from protocols.settlement import Timing
 
-INTAKE_MAX = 512  # as engine.coordinator.INTAKE_MAX: the default bound of the intake
-INTAKE_MAX_LIMIT = 10_000  # engine.coordinator.IN_FLIGHT_MAX: more could never be driven
+INTAKE_MAX = 512  # back offices' settlements in flight by default; a new one past it is refused `busy`
+IN_FLIGHT_MAX = 10_000  # settlements a coordinator drives at once: no intake may be larger
 
 
 class ConfigError(ExpectedFailure):
@@ -97,8 +97,8 @@ class CoordinatorConfig:
         except (TypeError, ValueError) as error:  # an unknown name; a backstop too short for the rest
             raise ConfigError(source, f"timing: {error}") from None
         intake_max = data.get("intake_max", INTAKE_MAX)
-        if not isinstance(intake_max, int) or isinstance(intake_max, bool) or not 1 <= intake_max <= INTAKE_MAX_LIMIT:
-            raise ConfigError(source, f"intake_max: must be a whole number from 1 to {INTAKE_MAX_LIMIT}")
+        if not isinstance(intake_max, int) or isinstance(intake_max, bool) or not 1 <= intake_max <= IN_FLIGHT_MAX:
+            raise ConfigError(source, f"intake_max: must be a whole number from 1 to {IN_FLIGHT_MAX}")
         places = data.get("settlement_ledgers", {})
         if not isinstance(places, dict) or not all(isinstance(v, str) for v in places.values()):
             raise ConfigError(source, "settlement_ledgers: must map each asset to a ledger id")

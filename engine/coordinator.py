@@ -60,7 +60,7 @@ log = logging.getLogger("lockstep.coordinator")
 
 RETRY_S = 0.05
 SUBMIT_TIMEOUT_S = 0.5  # one attempt at a ledger request; retried while time allows
-IN_FLIGHT_MAX = 10_000  # settlements driven at once, desks' included; then every request is refused
+IN_FLIGHT_MAX = config.IN_FLIGHT_MAX  # settlements driven at once, desks' included; then every request is refused
 INTAKE_MAX = config.INTAKE_MAX  # back offices' settlements in flight; a new one past it is refused `busy`
 
 
@@ -171,7 +171,7 @@ class Coordinator:
                 async for first in requests:
                     # all that has arrived, at once: a request waits here no longer than a
                     # turn, so the intake bound, not this queue, decides how long one waits
-                    for request in [first, *_arrived(requests)]:
+                    for request in [first, *requests.arrived(IN_FLIGHT_MAX)]:
                         if len(self._running) >= IN_FLIGHT_MAX:
                             await request.reply(
                                 self._status_error(
@@ -637,16 +637,6 @@ class Coordinator:
                 raise
             except (BusTimeout, BadReply):
                 await trio.sleep(RETRY_S)
-
-
-def _arrived(requests) -> list[Request]:
-    """The requests waiting now, without waiting for more."""
-    arrived = []
-    while True:
-        try:
-            arrived.append(requests.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):  # the end is seen by the next receive
-            return arrived
 
 
 def _failure(outcome: Receipt | None) -> tuple[str, str]:

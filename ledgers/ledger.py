@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from protocols import canonical, journal
+from protocols.batch import BatchSignature
 from protocols.canonical import MESSAGE_BYTES_MAX
-from protocols.envelope import BATCH_BYTES_MAX, is_batch, item_id, open_batch, seal
+from protocols.envelope import BATCH_BYTES_MAX, enclose, is_batch, item_id, open_batch, seal
 from protocols.errors import Code, Rejected
 from protocols.htlc import refund
 from protocols.journal import (
@@ -355,8 +356,10 @@ class Ledger:
                 signed = [sign(entries[0].msg, (self.id, self._key))]
                 self._events.append(signed[0].encode())
             else:
-                signed = sign_batch(entries, self.id, self._key)
-                self._events.append(seal(entries, self.id, self._key))
+                signed = sign_batch(entries, self.id, self._key)  # one signature, stored and published
+                share = signed[0].sigs[self.id]
+                assert isinstance(share, BatchSignature)
+                self._events.append(enclose(entries, self.id, share.sig))
             for (hash_, _), entry in zip(chunk, signed, strict=True):
                 self.store.append_entry(entry.msg.seq, hash_, entry.encode())
             self._unpublished += len(chunk)

@@ -49,11 +49,7 @@ class LedgerService:
                 with trio.move_on_at(self._next_wake()):
                     batch.append(await requests.receive())
                     await trio.lowlevel.checkpoint()  # let requests already on their way arrive
-                while len(batch) < limit:
-                    try:
-                        batch.append(requests.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                batch += requests.arrived(limit - len(batch))
                 # a batch in hand is finished and answered even when we are being stopped
                 with trio.CancelScope(shield=True):
                     await self._apply(batch)

@@ -32,8 +32,13 @@ def is_batch(value: Any) -> bool:
 def seal(messages: Sequence[Signed], party: str, key: PrivateKey) -> bytes:
     """The envelope carrying these messages under one signature of `party`'s."""
     assert 0 < len(messages) <= BATCH_SIZE_MAX, len(messages)
+    return enclose(messages, party, sign_digests([m.digest for m in messages], key.sign)[0].sig)
+
+
+def enclose(messages: Sequence[Signed], party: str, sig: bytes) -> bytes:
+    """The envelope of messages already signed as a batch by `party` (sign_batch's
+    `sig`), each written without its share: the receiver computes the paths again."""
     assert all(party not in m.sigs for m in messages), "the batch signs for its signer"
-    sig = sign_digests([m.digest for m in messages], key.sign)[0].sig
     items = ",".join(m.encode().decode() for m in messages)
     return canonical.join(
         f'"items":[{items}]', '"sigs":' + canonical.encode({party: sig.hex()}).decode(), '"type":"batch"', '"v":2'

@@ -92,6 +92,17 @@ class Waiting:
             del self._bytes_by_client[client]
         return request
 
+    def arrived(self, limit: int) -> list[Request]:
+        """Up to `limit` requests that are waiting now, in turn, without waiting for
+        more (the end of a closed queue is for the next `receive` to report)."""
+        requests: list[Request] = []
+        while len(requests) < limit:
+            try:
+                requests.append(self.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return requests
+
     async def receive(self) -> Request:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
