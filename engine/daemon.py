@@ -21,7 +21,7 @@ from protocols.signing import PrivateKey
 
 from .config import CoordinatorConfig
 from .coordinator import Coordinator
-from .journal import Journal
+from .coordinator.journal import Journal
 from .matching_desk import MatchingDesk
 from .metrics import CoordinatorMetrics
 from .repo import RepoDesk

@@ -21,17 +21,27 @@ import attrs
 import trio
 
 from protocols.bus import service_of_coordinator
+from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
+from protocols.errors import Rejected
 from protocols.iso20022 import sese023
 from protocols.iso20022.model import SESE_023, OneSided
-from protocols.messages import QueryBalances, QueryInfo, QueryLocks, Settlement, SettlementInstruction, SettlementLeg
+from protocols.messages import (
+    QueryBalances,
+    QueryInfo,
+    QueryLock,
+    QueryLocks,
+    Settlement,
+    SettlementInstruction,
+    SettlementLeg,
+)
 from protocols.money import format_amount
-from protocols.settlement import Phase, Timing, utc_date
+from protocols.settlement import Phase, Timing, lock_id, utc_date
 from protocols.signing import decode_signed, sign
 
 from .coordinator import Coordinator
-from .journal import Record
+from .coordinator.journal import Record
 from .local import BOND, LEDGERS, PLACES, Local, dvp_legs, standard_world
 from .matching_desk import MatchingDesk
 
@@ -159,7 +169,7 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     title = f"coordinator down before deciding, past the time to decide: aborted, both locks cancelled ({_legs(pvp)})"
     out(f"  {title} ...")
     late = local.settlement("pvp", pvp, ("bank-b", "bank-a"))
-    coordinator, scope = await _kill_at(local, coordinator, scope, late, Phase.LOCKED)
+    coordinator, scope = await _kill_unheard(local, scope, late, pvp)
     await _count_down(DEMO_TIMING.total_ms() / 1000 + 0.5, "before deciding", out)
     coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
     outcomes.append(Outcome(title, await coordinator.wait(_id(late))))
@@ -223,6 +233,30 @@ async def _kill_at(local: Local, coordinator, scope, raw: bytes, phase: Phase):
     with trio.fail_after(30):
         while not scope.cancel_called:
             await trio.sleep(0.01)
+    await trio.sleep(0.05)
+    return coordinator, scope
+
+
+async def _kill_unheard(local: Local, scope, raw: bytes, legs):
+    """Restart the coordinator deaf to every ledger's reply, submit, and kill it once both
+    locks are held: placed, and nothing decided."""
+    scope.cancel()
+    deaf = FaultyBus(local.bus, Faults(drop_reply=1.0), seed=0)
+    coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS, bus=deaf)
+    local.nursery.start_soon(local.send_settlement, raw)
+
+    async def held(index: int, leg) -> bool:
+        client = local.client(leg.ledger)
+        try:
+            view = await client.query(QueryLock(client.next_query_id(), leg.ledger, lock_id(_id(raw), index)))
+        except Rejected:
+            return False  # not placed yet
+        return view["state"] == "held"
+
+    with trio.fail_after(30):
+        while not all([await held(index, leg) for index, leg in enumerate(legs)]):
+            await trio.sleep(0.01)
+    scope.cancel()
     await trio.sleep(0.05)
     return coordinator, scope
 

@@ -34,7 +34,7 @@ from protocols.settlement import Timing
 from protocols.signing import sign
 
 from .coordinator import INTAKE_MAX, Coordinator, Desk
-from .journal import Journal
+from .coordinator.journal import Journal
 from .world import LedgerSpec, World, lay_out
 
 COORDINATOR = "coordinator"

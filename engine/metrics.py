@@ -1,8 +1,9 @@
 """The coordinator's Prometheus metrics, in a registry of its own (several services may
 share one process). Outcomes and latencies are counted as each record is saved (through
 `Coordinator.on_phase`, chained) and round trips as each ledger answers (through each
-`LedgerClient.on_round_trip`); what the journal knows (settlements by unfinished phase,
-its rows) is read when scraped, so it cannot drift from the truth."""
+`LedgerClient.on_round_trip`); the settlements being driven, by phase, are counted from
+the coordinator's core, and the journal's size read from its file, when scraped, so
+neither can drift from the truth."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from protocols.registry import Role
 from protocols.settlement import FINAL, Phase
 
 from .coordinator import Coordinator
-from .journal import Record
+from .coordinator.journal import Record
 
 SETTLEMENT_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 ROUND_TRIP_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -73,6 +74,7 @@ class CoordinatorMetrics:
             registry=self.registry,
         )
         coordinator.on_busy = busy.inc
+        self.registry.register(_PhaseCollector(coordinator))
         self.registry.register(_JournalCollector(coordinator.journal.path))
         for party in coordinator.registry:
             if Role.LEDGER in party.roles:
@@ -104,42 +106,48 @@ class CoordinatorMetrics:
             self.settlement_seconds.observe((final_ms - accepted_ms) / 1000)
 
 
+class _PhaseCollector:
+    """The settlements being driven now, by unfinished phase, from the coordinator's core."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    def collect(self):
+        by_phase = self._coordinator.phases()
+        phases = GaugeMetricFamily(
+            "lockstep_coordinator_settlements", "Settlements in each unfinished phase now.", labels=["phase"]
+        )
+        for phase in UNFINISHED:
+            phases.add_metric([phase.value], by_phase.get(phase, 0))
+        yield phases
+        yield GaugeMetricFamily(
+            "lockstep_coordinator_locks_outstanding",
+            "Settlements whose locks may be held now (locking, locked, claiming, rolling_back).",
+            value=sum(by_phase.get(phase, 0) for phase in HOLDING_LOCKS),
+        )
+
+
 class _JournalCollector:
     """Read at scrape time from the journal (a read-only connection of its own, so a
-    scrape never meets the writer's transaction): unfinished settlements by phase, on
-    the journal's index of unfinished rows, and its row count. Final phases are not
-    indexed; their counts are `lockstep_coordinator_settlements_final_total`."""
+    scrape never meets the writer's transaction): the settlements it holds, and the
+    transitions logged since its last checkpoint."""
 
     def __init__(self, journal_path: Path) -> None:
         self._uri = Path(journal_path).resolve().as_uri() + "?mode=ro"
 
     def collect(self):
         with closing(sqlite3.connect(self._uri, uri=True)) as db:
-            # the index's own condition, word for word: SQLite uses a partial index only
-            # for a WHERE it can match, and the order of the phases in it is the creator's
-            index = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'unfinished'").fetchone()
-            unfinished = index[0].split(" WHERE ", 1)[1]
-            by_phase = dict(
-                db.execute(
-                    f"SELECT phase, COUNT(*) FROM settlements INDEXED BY unfinished WHERE {unfinished} GROUP BY phase"
-                ).fetchall()
-            )
-            rows = db.execute("SELECT COUNT(*) FROM settlements").fetchone()[0]
-        phases = GaugeMetricFamily(
-            "lockstep_coordinator_settlements",
-            "Settlements in each unfinished phase now, as journaled.",
-            labels=["phase"],
-        )
-        for phase in UNFINISHED:
-            phases.add_metric([phase.value], by_phase.get(phase.value, 0))
-        yield phases
-        yield GaugeMetricFamily(
-            "lockstep_coordinator_locks_outstanding",
-            "Settlements whose locks may be held now (locking, locked, claiming, rolling_back).",
-            value=sum(by_phase.get(phase.value, 0) for phase in HOLDING_LOCKS),
-        )
+            rows = db.execute(
+                "SELECT COUNT(*) FROM (SELECT id FROM settlements UNION SELECT settlement_id FROM transitions)"
+            ).fetchone()[0]
+            logged = db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
         yield GaugeMetricFamily(
             "lockstep_coordinator_journal_rows",
-            "Settlements in the coordinator's journal, one row each, final or not.",
+            "Settlements in the coordinator's journal, final or not.",
             value=rows,
+        )
+        yield GaugeMetricFamily(
+            "lockstep_coordinator_journal_transitions",
+            "Transitions logged since the journal's last checkpoint.",
+            value=logged,
         )

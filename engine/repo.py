@@ -28,7 +28,7 @@ from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
 from . import schema
-from .journal import Record
+from .coordinator.journal import Record
 
 log = logging.getLogger("lockstep.repo")
 

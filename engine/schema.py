@@ -115,5 +115,31 @@ def _3_desks(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_1_settlements, _2_decisions, _3_desks)
-SCHEMA_VERSION = len(MIGRATIONS)  # 1: settlements; 2: decision locks, the decision; 3: the desks' tables
+def _4_transitions(db: sqlite_utils.Database) -> None:
+    """The journal as an append-only log of transitions, each holding what changed, with
+    `settlements` now its checkpoint; and the trigger that keeps, across both, every
+    decision and secret as first recorded and nothing after a final phase."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS transitions (seq INTEGER PRIMARY KEY, settlement_id TEXT NOT NULL, phase TEXT NOT NULL, "
+        "decision TEXT NOT NULL, secret BLOB NOT NULL, cancel_secret BLOB NOT NULL, changes TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS transitions_of ON transitions(settlement_id, seq)")
+    refused = (
+        "({t}.decision != '' AND NEW.decision != {t}.decision) "
+        "OR ({t}.secret != x'' AND NEW.secret != x'') "
+        "OR ({t}.cancel_secret != x'' AND NEW.cancel_secret != x'') "
+        f"OR {{t}}.phase IN ({FINAL_SQL})"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS decided_once_logged BEFORE INSERT ON transitions WHEN "
+        "EXISTS (SELECT 1 FROM transitions AS t WHERE t.settlement_id = NEW.settlement_id AND ("
+        + refused.format(t="t")
+        + ")) OR EXISTS (SELECT 1 FROM settlements AS s WHERE s.id = NEW.settlement_id AND ("
+        + refused.format(t="s")
+        + ")) BEGIN SELECT RAISE(ABORT, 'a settlement is decided once, under the secrets first drawn, "
+        "and ends once'); END"
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_1_settlements, _2_decisions, _3_desks, _4_transitions)
+SCHEMA_VERSION = len(MIGRATIONS)  # 1: settlements; 2: decision locks, the decision; 3: the desks' tables; 4: the log

@@ -325,15 +325,21 @@ async def test_coordinator_crash_after_each_step_resumes_to_settled(tmp_path, au
     ids=["past-the-time-to-decide", "past-the-backstop"],
 )
 async def test_coordinator_down_before_deciding_past_the_time_to_decide_aborts(tmp_path, autojump_clock, down_s, end):
-    """Killed with both locks placed and nothing decided; restarted too late to commit,
-    it aborts: the locks are cancelled, or, past their backstop, found refunded."""
+    """Killed with both locks placed and nothing decided (neither receipt heard);
+    restarted too late to commit, it aborts: the locks are cancelled, or, past their
+    backstop, found refunded."""
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path)
-        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
-        coordinator.on_phase = lambda record: record.phase is Phase.LOCKED and scope.cancel()
+        deaf = FaultyBus(w.local.bus, Faults(drop_reply=1.0), seed=3)
+        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False, bus=deaf)
         raw = w.local.settlement("dvp", CROSS_DVP, PARTIES)
         before = await w.balances(CROSS_DVP)
         nursery.start_soon(w.local.send_settlement, raw)
+        locks = [(leg.ledger, lock_id(decode_signed(raw).msg.id, index)) for index, leg in enumerate(CROSS_DVP)]
+        while [await w.lock_state(*lock) for lock in locks] != ["held", "held"]:
+            await trio.sleep(0.001)
+        assert coordinator.phases() == {Phase.LOCKING: 1}
+        scope.cancel()
         await wait_cancelled(scope)
         await trio.sleep(down_s)
         restarted, _ = await w.local.start_coordinator(TIMING, watchtower=False)

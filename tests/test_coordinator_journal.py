@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from engine import schema
-from engine.journal import Journal, Record
+from engine.coordinator.journal import Journal, Record
 from engine.local import Local, dvp_legs, standard_world
 from protocols.bus.memory import MemoryBus
 from protocols.htlc import hashlock_of
@@ -67,7 +67,7 @@ async def test_the_database_refuses_a_second_decision_or_other_secrets(tmp_path,
         committed = locking().to(Phase.LOCKED, 3).to(Phase.CLAIMING, 4)
         await journal.save(committed)
         with pytest.raises(sqlite3.IntegrityError, match="decided once"):
-            journal._write([attrs.evolve(committed, **change)])  # as the writer would, past the record's checks
+            journal._write([(committed, attrs.evolve(committed, **change))])  # as the writer would, past the record's checks
         assert journal.get("dvp-1") == committed
         await journal.save(attrs.evolve(committed, claimed=1))  # what may change still does
         assert journal.get("dvp-1").claimed == 1
@@ -112,7 +112,7 @@ def test_a_journal_from_before_decision_locks_is_migrated_with_each_decision_fro
     journal = Journal(tmp_path / "coordinator.db")
     decisions = {record.settlement_id: record.decision for record in journal.all()}
     journal.close()
-    assert version(tmp_path / "coordinator.db") == 3 and tables(tmp_path / "coordinator.db") == TABLES
+    assert version(tmp_path / "coordinator.db") == 4 and tables(tmp_path / "coordinator.db") == TABLES
     assert decisions == {
         "claiming": Decision.COMMIT,
         "settled-cross": Decision.COMMIT,
@@ -189,7 +189,7 @@ async def test_a_settlement_in_flight_across_the_upgrade_keeps_its_time_locks_an
         nursery.cancel_scope.cancel()
 
 
-TABLES = {"settlements", "instructions", "advices", "corporate_actions", "entitlements", "repos"}
+TABLES = {"settlements", "transitions", "instructions", "advices", "corporate_actions", "entitlements", "repos"}
 
 
 def tables(path) -> set[str]:
@@ -207,7 +207,7 @@ def version(path) -> int:
 def test_a_new_database_has_every_table_at_the_last_migration(tmp_path):
     schema.connect(tmp_path / "coordinator.db").close()
     assert tables(tmp_path / "coordinator.db") == TABLES
-    assert version(tmp_path / "coordinator.db") == schema.SCHEMA_VERSION == len(schema.MIGRATIONS) == 3
+    assert version(tmp_path / "coordinator.db") == schema.SCHEMA_VERSION == len(schema.MIGRATIONS) == 4
 
 
 def test_a_database_whose_desks_made_their_own_tables_keeps_their_rows(tmp_path):
@@ -219,7 +219,7 @@ def test_a_database_whose_desks_made_their_own_tables_keeps_their_rows(tmp_path)
         db.execute("PRAGMA user_version = 2")
     assert version(path) == 2
     Journal(path).close()
-    assert version(path) == 3 and tables(path) == TABLES
+    assert version(path) == 4 and tables(path) == TABLES
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT id, state FROM repos").fetchall() == [("r1", "open")]
 

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from engine.coordinator import Coordinator
-from engine.journal import Journal
+from engine.coordinator.journal import Journal
 from protocols import PROTOCOL_VERSION
 from protocols.bus import BusTimeout, Request, service_of_ledger
 from protocols.bus.client import LedgerClient
@@ -1018,7 +1018,8 @@ def assert_status_refusal(
     elif path is not None:
         assert names_field(field, path), (path, status)
     assert coordinator.journal.all() == [], "a refused request was journaled"
-    assert coordinator.in_flight == 0 and coordinator._accepted == {} and coordinator._auth == {}
+    assert coordinator.in_flight == 0 and coordinator._driven == {} and coordinator._requests == {}
+    assert coordinator._events == []
     return status
 
 

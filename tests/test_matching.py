@@ -319,7 +319,7 @@ async def test_a_coordinator_restarted_between_matching_and_settling_settles_onc
         async with trio.open_nursery() as sending:  # the reply is lost with the coordinator
             sending.start_soon(desk.local.send_settlement, desk.instruction(buyer), 5)
             await killed.wait()
-        await trio.sleep(1)
+        await trio.sleep(TIMING.lock_wait_ms / 2000)  # back before the locks' wait is over
         await desk.start_coordinator()
         for party in ("bank-a", "bank-b"):
             statuses = [i["status"] for i in await desk.until(party, "settled")]

@@ -274,7 +274,7 @@ async def test_coordinator_gauges_show_a_settlement_holding_its_locks(tmp_path, 
         metrics = CoordinatorMetrics(coordinator)
         seen = []
 
-        def at_locked(record) -> None:
+        def at_locked(record) -> None:  # journaled with the commit after it: being claimed
             if record.phase is Phase.LOCKED:
                 seen.append(
                     (
@@ -286,7 +286,7 @@ async def test_coordinator_gauges_show_a_settlement_holding_its_locks(tmp_path, 
         coordinator.on_phase = at_locked  # replaces the metrics' hook: counted outcomes are not read here
         await coordinator.submit(local.settlement("dvp", CROSS_DVP, PARTIES))
         [(samples, ledger_samples)] = seen
-        assert value(samples, "lockstep_coordinator_settlements", phase="locked") == 1
+        assert value(samples, "lockstep_coordinator_settlements", phase="claiming") == 1
         assert value(samples, "lockstep_coordinator_locks_outstanding") == 1
         assert value(samples, "lockstep_coordinator_in_flight_settlements") == 1
         assert [value(s, "lockstep_ledger_locks_outstanding") for s in ledger_samples] == [1, 1]

@@ -13,7 +13,7 @@ import trio.testing
 
 from engine.audit import audit, read_database
 from engine.coordinator import Coordinator
-from engine.journal import Journal
+from engine.coordinator.journal import Journal
 from engine.local import COORDINATOR, LEDGERS, PARTIES, Local
 from engine.servicing import ServicingDesk
 from engine.world import lay_out

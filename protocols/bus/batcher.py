@@ -1,7 +1,9 @@
 """Instructions to one ledger from many tasks, sent as batches: one message signed once
 (protocols/envelope.py), one reply of receipts signed once.
 
-A task hands in its instruction and waits for its own receipt. Whatever is waiting when
+A task hands in its instruction and waits for its own receipt (`submit`), or a caller
+that runs no task per instruction hands it in with a function to call with the outcome
+(`post`: the coordinator's shell). Whatever is waiting when
 a batch can leave goes in it, so batches grow with load and a lone instruction leaves at
 once, as a message of its own: at most `in_flight_max` batches are on their way to the ledger, and instructions
 that arrive meanwhile form the next. A lost batch or reply fails every instruction in it
@@ -11,6 +13,7 @@ answers an instruction id it has seen with its first receipt."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -27,12 +30,14 @@ from .client import REPLY_BYTES_MAX, BadReply, LedgerClient
 BATCH_BYTES_SENT_MAX = BATCH_BYTES_MAX // 2  # with room for the envelope and every item's signatures
 
 
+Outcome = Receipt | BusTimeout | BadReply
+
+
 @attrs.define(eq=False)
 class _Waiting:
     instruction: Signed[Instruction]
     size: int
-    done: trio.Event = attrs.field(factory=trio.Event)
-    outcome: Receipt | Exception | None = None
+    deliver: Callable[[Outcome], None]
     abandoned: bool = False  # its task stopped waiting before it was sent
 
 
@@ -59,21 +64,33 @@ class Batcher:
     async def submit(self, instruction: Signed[Instruction]) -> Receipt:
         """The ledger's receipt for an instruction (its other signatures kept, `party`'s
         given by the batch), or BusTimeout / BadReply as for a message sent alone."""
+        done = trio.Event()
+        outcomes: list[Outcome] = []
+
+        def deliver(outcome: Outcome) -> None:
+            outcomes.append(outcome)
+            done.set()
+
+        waiting = self.post(instruction, deliver)
+        try:
+            await done.wait()
+        finally:
+            waiting.abandoned = not done.is_set()
+        if isinstance(outcomes[0], Exception):
+            raise outcomes[0]
+        return outcomes[0]
+
+    def post(self, instruction: Signed[Instruction], deliver: Callable[[Outcome], None]) -> _Waiting:
+        """Send an instruction in the next batch; `deliver` is called with its outcome,
+        once, from the task that sent the batch."""
         if self.party in instruction.sigs:  # a journal older than batches kept it signed alone
             instruction = Signed(
                 instruction.msg, {p: s for p, s in instruction.sigs.items() if p != self.party}, instruction.body
             )
-        waiting = _Waiting(instruction, len(instruction.data))
+        waiting = _Waiting(instruction, len(instruction.data), deliver)
         self._waiting.append(waiting)
         self._arrived.unpark()
-        try:
-            await waiting.done.wait()
-        finally:
-            waiting.abandoned = not waiting.done.is_set()
-        assert waiting.outcome is not None
-        if isinstance(waiting.outcome, Exception):
-            raise waiting.outcome
-        return waiting.outcome
+        return waiting
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         in_flight = trio.Semaphore(self.in_flight_max)
@@ -109,7 +126,7 @@ class Batcher:
         try:
             self.batches_sent += 1
             try:
-                receipts: list[Receipt | Exception]
+                receipts: list[Outcome]
                 if len(batch) == 1:
                     instruction = batch[0].instruction
                     receipts = [
@@ -123,8 +140,7 @@ class Batcher:
         finally:
             in_flight.release()
         for waiting, outcome in zip(batch, receipts, strict=True):
-            waiting.outcome = outcome
-            waiting.done.set()
+            waiting.deliver(outcome)
 
     def _receipts(self, raw: bytes, batch: list[_Waiting]) -> list[Receipt]:
         """The reply's receipts, one per instruction in order, each signed by the ledger."""

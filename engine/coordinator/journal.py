@@ -1,0 +1,312 @@
+"""The coordinator's durable journal: an append-only log of each settlement's
+transitions, written *before* the actions a transition announces, so that a coordinator
+killed at any point restarts knowing what it may have done.
+
+A transition row holds what changed (the phase entered, the secrets when drawn, the
+locks when signed, ...), not the whole record again; a settlement's record is its last
+checkpoint (a row of `settlements`) with the transitions after it applied in order.
+Every CHECKPOINT_ROWS transitions the log is compacted: each settlement it touches is
+written whole to `settlements` once, and its transitions dropped, in one transaction.
+
+It holds each cross-ledger settlement's decision, and holds it once: the database itself
+refuses (triggers) a transition that changes a decision once recorded, draws a secret a
+second time or follows a final phase, so no bug can make it reveal the claim secret of
+a settlement it aborted or the cancellation of one it committed.
+
+Writes are group-committed: whoever saves hands its transitions to one writer, which
+commits whatever has gathered in one SQLite transaction (synchronous=FULL) and only then
+lets each go on. The coordinator's shell saves once per step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from protocols.settlement import FINAL, Decision, Phase, check_transition, decided
+
+from .. import schema
+from ..schema import FINAL_SQL
+
+BATCH_SIZE_MAX = 1024  # saves gathered into one commit
+CHECKPOINT_ROWS = 20_000  # transitions logged before the log is compacted
+
+
+@attrs.frozen
+class Record:
+    """What the coordinator knows of one settlement. `sent` holds the signed
+    instructions it sent (or is about to send) whose exact bytes a retry must repeat:
+    the two locks, or the one same-ledger settle. `secret` claims its locks and
+    `cancel_secret` cancels them (none: time-locks, from before decision locks);
+    `claimed` counts the legs, from leg 0, known claimed."""
+
+    settlement_id: str
+    instruction: bytes  # the signed settlement, as received
+    phase: Phase
+    secret: bytes = b""
+    expiry_ms: tuple[int, ...] = ()
+    sent: tuple[bytes, ...] = ()
+    reason_code: str = ""
+    reason: str = ""
+    steps: tuple[tuple[str, int], ...] = ()
+    cancel_secret: bytes = b""
+    backstop_ms: tuple[int, ...] = ()
+    decision: Decision = Decision.NONE
+    claimed: int = 0
+
+    def to(self, phase: Phase, now_ms: int, **changes) -> Record:
+        check_transition(self.phase, phase)
+        return attrs.evolve(
+            self,
+            phase=phase,
+            decision=decided(self.decision, phase),
+            steps=self.steps + ((phase.value, now_ms),),
+            **changes,
+        )
+
+    @property
+    def final(self) -> bool:
+        return self.phase in FINAL
+
+    @property
+    def refund_at_ms(self) -> tuple[int, ...]:
+        """When each leg's ledger refunds its lock by itself: the backstops, or a
+        time-lock's expiry."""
+        return self.backstop_ms or self.expiry_ms
+
+
+Change = tuple["Record | None", "Record"]  # a record as it was (None: new), and as it is now
+
+
+class Journal:
+    def __init__(self, path: str | Path, *, offload: bool = False) -> None:
+        """`offload=True` commits in a worker thread, so settlements go on while the
+        disk syncs (as LedgerService does; off under a MockClock)."""
+        self.path = Path(path)
+        self.offload = offload
+        self._db = schema.connect(self.path)  # the writer's
+        self._reader = schema.connect(self.path)  # sees what is committed, never a commit under way
+        self._send, self._receive = trio.open_memory_channel[tuple[list[Change], trio.Event]](BATCH_SIZE_MAX * 4)
+        self.commits = 0
+        self.checkpoints = 0
+        self._logged = self._db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
+        self.checkpoint()
+
+    def close(self) -> None:
+        self._db.close()
+        self._reader.close()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The writer: commit what has gathered, then release its waiters."""
+        task_status.started()
+        async with self._receive:
+            while True:
+                batch = [await self._receive.receive()]
+                while len(batch) < BATCH_SIZE_MAX:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                with trio.CancelScope(shield=True):
+                    changes = [change for changes, _ in batch for change in changes]
+                    if self.offload:
+                        await trio.to_thread.run_sync(self._write, changes)
+                    else:
+                        self._write(changes)
+                for _, done in batch:
+                    done.set()
+
+    async def save(self, record: Record) -> None:
+        """Return once the record is on disk, as a transition from what the journal holds."""
+        await self.save_all([(self.get(record.settlement_id), record)])
+
+    async def save_all(self, changes: list[Change]) -> None:
+        """Return once every change is on disk, all in one commit."""
+        done = trio.Event()
+        await self._send.send((changes, done))
+        await done.wait()
+
+    def _write(self, changes: list[Change]) -> None:
+        """Append the transitions; compact the log when it has grown long."""
+        with _transaction(self._db):
+            self._db.executemany(_APPEND, [_transition(previous, record) for previous, record in changes])
+        self.commits += 1
+        self._logged += len(changes)
+        if self._logged >= CHECKPOINT_ROWS:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write every settlement the log holds whole, once, and drop its transitions."""
+        with _transaction(self._db):
+            ids = [row[0] for row in self._db.execute("SELECT DISTINCT settlement_id FROM transitions")]
+            records = [_fold(self._db, settlement_id) for settlement_id in ids]
+            self._db.executemany(_UPSERT, [_row(record) for record in records if record is not None])
+            self._db.execute("DELETE FROM transitions")
+        self._logged = 0
+        self.checkpoints += 1
+
+    def get(self, settlement_id: str) -> Record | None:
+        return _fold(self._reader, settlement_id)
+
+    def unfinished(self) -> list[Record]:
+        ids = self._reader.execute(
+            f"SELECT id FROM settlements WHERE phase NOT IN ({FINAL_SQL}) "
+            "UNION SELECT settlement_id FROM transitions ORDER BY 1"
+        )
+        records = [self.get(settlement_id) for (settlement_id,) in ids.fetchall()]
+        return [record for record in records if record is not None and not record.final]
+
+    def all(self) -> list[Record]:
+        ids = self._reader.execute("SELECT id FROM settlements UNION SELECT settlement_id FROM transitions ORDER BY 1")
+        return [record for (settlement_id,) in ids.fetchall() if (record := self.get(settlement_id)) is not None]
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+_FIELDS = (
+    "id",
+    "instruction",
+    "phase",
+    "secret",
+    "expiry_ms",
+    "sent",
+    "reason_code",
+    "reason",
+    "steps",
+    "cancel_secret",
+    "backstop_ms",
+    "decision",
+    "claimed",
+)
+_COLUMNS = ", ".join(_FIELDS)
+_UPSERT = (
+    f"INSERT INTO settlements ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))}) "
+    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _FIELDS[1:])}"
+)  # an update in place, so that the trigger sees every change
+_APPEND = (
+    "INSERT INTO transitions (settlement_id, phase, decision, secret, cancel_secret, changes) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+# what a transition may change besides the phase, the decision and the secrets: how each
+# is written in its JSON, and read back
+_CHANGES: dict[str, tuple[Any, Any]] = {
+    "instruction": (bytes.decode, str.encode),
+    "expiry_ms": (list, tuple),
+    "sent": (lambda sent: [raw.decode() for raw in sent], lambda sent: tuple(raw.encode() for raw in sent)),
+    "reason_code": (str, str),
+    "reason": (str, str),
+    "backstop_ms": (list, tuple),
+    "claimed": (int, int),
+}
+
+
+def _transition(previous: Record | None, record: Record) -> tuple:
+    """The row of what changed from `previous` (None: a new settlement) to `record`."""
+    before = previous or Record(record.settlement_id, b"", Phase.PENDING)
+    assert before.settlement_id == record.settlement_id, (before, record)
+    assert record.steps[: len(before.steps)] == before.steps, f"{record.settlement_id}: steps rewritten"
+    new_steps = record.steps[len(before.steps) :]
+    phases = [Phase(phase) for phase, _ in (before.steps[-1:] + new_steps)]
+    for current, following in zip(phases, phases[1:], strict=False):
+        check_transition(current, following)
+    assert not new_steps or phases[-1] is record.phase, f"{record.settlement_id}: {record.phase} is not its last step"
+    changes = {
+        name: write(getattr(record, name))
+        for name, (write, _) in _CHANGES.items()
+        if getattr(record, name) != getattr(before, name)
+    }
+    changes["steps"] = [list(step) for step in new_steps]
+    return (
+        record.settlement_id,
+        record.phase.value,
+        record.decision.value,
+        record.secret if record.secret != before.secret else b"",
+        record.cancel_secret if record.cancel_secret != before.cancel_secret else b"",
+        json.dumps(changes, separators=(",", ":")),
+    )
+
+
+def _fold(db, settlement_id: str) -> Record | None:
+    """A settlement's record: its checkpoint, with the transitions since applied."""
+    row = db.execute(f"SELECT {_COLUMNS} FROM settlements WHERE id = ?", (settlement_id,)).fetchone()
+    record = _record(row) if row else None
+    transitions = db.execute(
+        "SELECT phase, decision, secret, cancel_secret, changes FROM transitions WHERE settlement_id = ? ORDER BY seq",
+        (settlement_id,),
+    )
+    for phase, decision, secret, cancel_secret, changes in transitions:
+        values = json.loads(changes)
+        fields = {name: read(values[name]) for name, (_, read) in _CHANGES.items() if name in values}
+        if secret:
+            fields["secret"] = bytes(secret)
+        if cancel_secret:
+            fields["cancel_secret"] = bytes(cancel_secret)
+        before = record or Record(settlement_id, b"", Phase.PENDING)
+        steps = before.steps + tuple(tuple(step) for step in values["steps"])
+        record = attrs.evolve(before, phase=Phase(phase), decision=Decision(decision), steps=steps, **fields)
+    return record
+
+
+def _row(r: Record) -> tuple:
+    return (
+        r.settlement_id,
+        r.instruction,
+        r.phase.value,
+        r.secret,
+        json.dumps(list(r.expiry_ms)),
+        json.dumps([raw.decode() for raw in r.sent]),
+        r.reason_code,
+        r.reason,
+        json.dumps([list(step) for step in r.steps]),
+        r.cancel_secret,
+        json.dumps(list(r.backstop_ms)),
+        r.decision.value,
+        r.claimed,
+    )
+
+
+def _record(row: tuple) -> Record:
+    (
+        settlement_id,
+        instruction,
+        phase,
+        secret,
+        expiry_ms,
+        sent,
+        reason_code,
+        reason,
+        steps,
+        cancel_secret,
+        backstop_ms,
+        decision,
+        claimed,
+    ) = row
+    return Record(
+        settlement_id,
+        bytes(instruction),
+        Phase(phase),
+        bytes(secret),
+        tuple(json.loads(expiry_ms)),
+        tuple(raw.encode() for raw in json.loads(sent)),
+        reason_code,
+        reason,
+        tuple(tuple(step) for step in json.loads(steps)),
+        bytes(cancel_secret),
+        tuple(json.loads(backstop_ms)),
+        Decision(decision),
+        claimed,
+    )

@@ -1,0 +1,420 @@
+"""The coordinator's shell: the I/O around the pure core (core.py).
+
+It accepts settlements from the bus and from the desks, checks them (the parties'
+signatures, the ledgers, the time left), and feeds the core what happens: a settlement
+to drive, a ledger's answer, a time that has come. Each step's actions it performs in
+one order: every record the step changed is committed to the journal in one
+transaction, and only then are the step's instructions sent (gathered per ledger into
+batch messages by a Batcher), its queries asked, its decisions announced, its timers set
+and its finished settlements answered. One loop, no task per settlement: the events
+that arrive while a step commits make the next step.
+
+A restart resumes every unfinished settlement at its journaled phase: locks and settles
+are sent again byte for byte (ledgers answer a repeated id with their first receipt),
+claims and cancels are safe to repeat, and what a ledger already did is read from its
+lock state."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol
+
+import trio
+
+from protocols.authority import Terms, terms_of
+from protocols.bus import Bus, BusTimeout, Request, decisions_topic, service_of_coordinator
+from protocols.bus.batcher import Batcher, Outcome
+from protocols.bus.client import BadReply, LedgerClient
+from protocols.bus.clock import ServiceClock
+from protocols.canonical import encode
+from protocols.errors import Code, Rejected
+from protocols.messages import Body, QuerySettlement, Receipt, Settlement, SettlementStatus, readable_id
+from protocols.registry import Registry
+from protocols.settlement import Phase, Timing
+from protocols.signing import PrivateKey, Signed, decode_signed, sign
+
+from .. import config
+from ..watchtower import Watchtower
+from . import core
+from .journal import Journal, Record
+
+log = logging.getLogger("lockstep.coordinator")
+
+SUBMIT_TIMEOUT_S = 0.5  # one attempt at a ledger request; the core sends it again while time allows
+IN_FLIGHT_MAX = config.IN_FLIGHT_MAX  # settlements driven at once, desks' included; then every request is refused
+INTAKE_MAX = config.INTAKE_MAX  # back offices' settlements in flight; a new one past it is refused `busy`
+
+
+class Desk(Protocol):
+    """A service the coordinator hosts beside the settlement driver (matching, asset
+    servicing, repo): it answers its own message types and runs its own tasks, settling
+    through `Coordinator.settle`."""
+
+    @property
+    def messages(self) -> tuple[type[Body], ...]:
+        """The message types it answers."""
+
+    async def answer(self, signed: Signed, request: Request) -> bytes:
+        """The signed reply to one of `messages`."""
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Resume what the journal holds, then work until cancelled."""
+
+
+class Coordinator:
+    def __init__(
+        self,
+        coordinator_id: str,
+        key: PrivateKey,
+        registry: Registry,
+        bus: Bus,
+        journal: Journal,
+        clock: ServiceClock,
+        timing: Timing = Timing(),
+        watched_ledgers: tuple[str, ...] = (),
+        intake_max: int = INTAKE_MAX,
+    ) -> None:
+        assert 0 < intake_max <= IN_FLIGHT_MAX, intake_max
+        self.id = coordinator_id
+        self.intake_max = intake_max
+        self._key = key
+        self.registry = registry
+        self.bus = bus
+        self.journal = journal
+        self.clock = clock
+        self.timing = timing
+        self._clients: dict[str, LedgerClient] = {}
+        self._batchers: dict[str, Batcher] = {}  # each ledger's, sending instructions in batches
+        self._state = core.State(coordinator_id, timing, secrets.token_hex(3))
+        self._events: list[core.Event] = []  # for the next step
+        self._arrived = trio.lowlevel.ParkingLot()  # the step loop, waiting for events
+        self._wakes: list[tuple[int, str]] = []  # (at_ms, settlement id): a heap of times to feed Due
+        self._driven: dict[str, bytes] = {}  # settlement id -> its instruction, from acceptance until final
+        self._final: dict[str, trio.Event] = {}  # settlement id -> set when final, while driven
+        self._intake: set[str] = set()  # back offices' settlements being driven now
+        self._requests: dict[str, list[Request]] = {}  # settlement id -> requests answered when it is final
+        self._nursery: trio.Nursery | None = None
+        self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
+        self.on_busy: Callable[[], None] = lambda: None  # a new settlement refused at the intake bound
+        self.steps = 0
+        self.watchtower = (
+            Watchtower(
+                coordinator_id, key, registry, bus, list(watched_ledgers), clock, grace_ms=timing.claim_deadline_ms // 2
+            )
+            if watched_ledgers
+            else None
+        )
+        self._desks: dict[type[Body], Desk] = {}
+        self._reserved: dict[str, str] = {}  # settlement id -> the desk's role that alone may start it
+
+    def add_desk(self, desk: Desk) -> None:
+        """Serve a desk's messages on the coordinator's topic and run it alongside; added
+        before `run`."""
+        assert self._nursery is None, "desks are added before the coordinator runs"
+        for message_type in desk.messages:
+            assert message_type not in self._desks, f"two desks answer {message_type.TYPE}"
+            self._desks[message_type] = desk
+
+    def sign(self, msg) -> bytes:
+        """The coordinator's signature on a reply of its own (a desk's answer)."""
+        return sign(msg, (self.id, self._key)).encode()
+
+    @property
+    def in_flight(self) -> int:
+        """Settlements being driven now."""
+        return len(self._final)
+
+    @property
+    def intake(self) -> int:
+        """Back offices' settlements in flight: what `intake_max` bounds."""
+        return len(self._intake)
+
+    def phases(self) -> dict[Phase, int]:
+        """Settlements being driven now, by phase."""
+        counts: dict[Phase, int] = {}
+        for driving in self._state.settlements.values():
+            counts[driving.record.phase] = counts.get(driving.record.phase, 0) + 1
+        return counts
+
+    def client(self, ledger_id: str) -> LedgerClient:
+        if ledger_id not in self._clients:
+            party = self.registry.get(ledger_id)
+            if party is None:
+                raise Rejected(Code.INVALID_FIELD, "legs", f"{ledger_id!r} is not a registered ledger")
+            self._clients[ledger_id] = LedgerClient(
+                self.bus, ledger_id, party.public_key, timeout_s=SUBMIT_TIMEOUT_S, attempts=1
+            )
+        return self._clients[ledger_id]
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Resume every unfinished settlement, then drive new ones as they come over
+        the bus, each request answered when its settlement is final."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.journal.run)
+            if self.watchtower is not None:
+                await nursery.start(self.watchtower.run)
+            for record in self.journal.unfinished():
+                log.info("resuming settlement %s from %s", record.settlement_id, record.phase.value)
+                self._drive(record)
+            nursery.start_soon(self._steps)
+            for desk in dict.fromkeys(self._desks.values()):
+                await nursery.start(desk.run)
+            async with self.bus.serve(service_of_coordinator(self.id)) as requests:
+                task_status.started()
+                async for first in requests:
+                    # all that has arrived, at once: a request waits here no longer than a
+                    # turn, so the intake bound, not this queue, decides how long one waits
+                    for request in [first, *requests.arrived(IN_FLIGHT_MAX)]:
+                        await self._answer(request)
+
+    async def _answer(self, request: Request) -> None:
+        """Answer a request now, or (a settlement being driven) once it is final."""
+        try:
+            if len(self._final) >= IN_FLIGHT_MAX:
+                raise Rejected(Code.OVERLOADED, "$", f"{IN_FLIGHT_MAX} settlements in flight; retry later")
+            accepted: tuple[type[Body], ...] = (Settlement, QuerySettlement, *self._desks)
+            signed = decode_signed(request.payload, allowed=accepted)
+            msg = signed.msg
+            if type(msg) in self._desks:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._desk_answer, self._desks[type(msg)], signed, request)
+                return
+            if isinstance(msg, QuerySettlement):
+                record = self.journal.get(msg.settlement_id)
+                if record is None:
+                    raise Rejected(Code.INVALID_FIELD, "settlement_id", f"no settlement {msg.settlement_id!r}")
+            else:
+                record = self._submitted(request.payload)
+                if record is None:  # answered when final
+                    self._requests.setdefault(msg.id, []).append(request)
+                    return
+            reply = self.status(record)
+        except Rejected as error:
+            reply = self._status_error(request.payload, error)
+        await request.reply(reply)
+
+    async def _desk_answer(self, desk: Desk, signed: Signed, request: Request) -> None:
+        try:
+            reply = await desk.answer(signed, request)
+        except Rejected as error:
+            reply = self._status_error(request.payload, error)
+        await request.reply(reply)
+
+    def status(self, record: Record) -> bytes:
+        return sign(
+            SettlementStatus(
+                self.id,
+                record.settlement_id,
+                record.phase.value,
+                self.clock.now_ms(),
+                record.reason_code,
+                record.reason,
+                tuple(list(step) for step in record.steps),
+            ),
+            (self.id, self._key),
+        ).encode()
+
+    def _status_error(self, payload: bytes, error: Rejected) -> bytes:
+        """A refusal in the shape of a status, phase "rejected", for the sender's id."""
+        settlement_id = readable_id(payload, ("settlement_id", "id"))
+        return sign(
+            SettlementStatus(
+                self.id,
+                settlement_id,
+                "rejected",
+                self.clock.now_ms(),
+                error.code.value,
+                f"{error.field}: {error.reason}",
+            ),
+            (self.id, self._key),
+        ).encode()
+
+    # -- intake ----------------------------------------------------------------------------
+
+    async def submit(self, raw: bytes) -> Record:
+        """Accept a signed settlement and return its record once final."""
+        record = self._submitted(raw)
+        return record if record is not None else await self.wait(decode_signed(raw, allowed=(Settlement,)).msg.id)
+
+    def _submitted(self, raw: bytes) -> Record | None:
+        """Accept a back office's signed settlement: its record if already final, None if
+        it is being driven. A settlement sent again (same id, same bytes) is not run
+        twice. A new one past the intake bound is refused `busy` and not recorded, so
+        that what is accepted is settled in bounded time and the rest is sent again later."""
+        signed = decode_signed(raw, allowed=(Settlement,))
+        settlement_id = signed.msg.id
+        owner = self._reserved.get(settlement_id)
+        if owner is not None:
+            raise Rejected(Code.NOT_AUTHORISED, "id", f"settlement {settlement_id} settles only as {owner}")
+        full = len(self._intake) >= self.intake_max and settlement_id not in self._final
+        if full and self.journal.get(settlement_id) is None:  # new: a known one is always answered
+            self.on_busy()
+            raise Rejected(
+                Code.BUSY, "$", f"{self.intake_max} settlements in flight, the most this coordinator takes; retry"
+            )
+        record = self._accept(signed.wire())
+        if record is None:
+            self._intake.add(settlement_id)
+        return record
+
+    def reserve(self, settlement_id: str, owner: str) -> None:
+        """Let only a desk start this settlement (a repo's reverse leg, due at its term and
+        only if the start leg settled): sent on its own, it is refused."""
+        self._reserved[settlement_id] = owner
+
+    async def settle(self, auth: dict) -> Record:
+        """Drive what an `auth` allows (protocols.authority: a settlement both parties
+        signed, a matched pair of instructions, a holder's entitlement) and return its
+        record once final; the same `auth` again is not run twice."""
+        record = self._accept(auth)
+        return record if record is not None else await self.wait(terms_of(auth, None).id)
+
+    def _accept(self, auth: dict) -> Record | None:
+        """Start driving what `auth` allows: None once it is being driven, or its record
+        if it is already final."""
+        try:
+            terms = terms_of(auth, self.registry)
+        except Rejected as error:  # the auth is the whole message here: name its fields
+            raise Rejected(error.code, error.field.removeprefix("auth."), error.reason) from None
+        instruction = encode(auth)
+        reused = Rejected(Code.ID_REUSED, "id", f"settlement {terms.id} was submitted with other content")
+        driven = self._driven.get(terms.id)
+        if driven is not None:
+            if driven != instruction:
+                raise reused
+            return None
+        known = self.journal.get(terms.id)
+        if known is not None:
+            if known.instruction != instruction:
+                raise reused
+            if known.final:
+                return known
+            self._drive(known)  # journaled unfinished but not driven here (a commit that landed late)
+            return None
+        self.validate(terms)
+        now_ms = self.clock.now_ms()
+        self._drive(Record(terms.id, instruction, Phase.PENDING, steps=((Phase.PENDING.value, now_ms),)), new=True)
+        return None
+
+    def validate(self, terms: Terms) -> None:
+        if terms.coordinator != self.id:
+            raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.id!r}")
+        if self.id in terms.payers:
+            raise Rejected(
+                Code.NOT_AUTHORISED, "parties", "the coordinator cannot settle for itself: it holds the secret"
+            )
+        for leg in terms.legs:
+            self.client(leg.ledger)
+        start_ms = max(self.clock.now_ms(), terms.not_before_ms)
+        if terms.deadline_ms < start_ms + self.timing.total_ms():
+            raise Rejected(
+                Code.EXPIRY_OUT_OF_RANGE,
+                "deadline_ms",
+                f"deadline leaves less than the {self.timing.total_ms()} ms a settlement may take",
+            )
+
+    async def wait(self, settlement_id: str) -> Record:
+        final = self._final.get(settlement_id)
+        if final is not None:
+            await final.wait()
+        record = self.journal.get(settlement_id)
+        assert record is not None
+        return record
+
+    def _drive(self, record: Record, *, new: bool = False) -> None:
+        """Hand a settlement to the core, with fresh secrets in case it draws them now."""
+        self._driven[record.settlement_id] = record.instruction
+        self._final[record.settlement_id] = trio.Event()
+        self._event(core.Start(record, secrets.token_bytes(32), secrets.token_bytes(32), new))
+
+    # -- the step loop ---------------------------------------------------------------------
+
+    def _event(self, event: core.Event) -> None:
+        self._events.append(event)
+        self._arrived.unpark()
+
+    async def _steps(self) -> None:
+        """Feed the core what has happened, all of it at once, and perform its actions."""
+        while True:
+            if not self._events:
+                wake_at = self.clock.trio_time_at(self._wakes[0][0]) if self._wakes else math.inf
+                with trio.move_on_at(wake_at):
+                    await self._arrived.park()
+            now_ms = self.clock.now_ms()
+            while self._wakes and self._wakes[0][0] <= now_ms:
+                self._events.append(core.Due(heapq.heappop(self._wakes)[1]))
+            events, self._events = self._events, []
+            if events:
+                self._state, actions = core.step(self._state, events, now_ms)
+                self.steps += 1
+                await self._perform(actions)
+
+    async def _perform(self, actions: list[core.Action]) -> None:
+        """The step's journal commit first; then everything it allows."""
+        saves = [(action.previous, action.record) for action in actions if isinstance(action, core.Save)]
+        if saves:
+            await self.journal.save_all(saves)
+            for _, record in saves:
+                self.on_phase(record)
+        for action in actions:
+            if isinstance(action, core.Send):
+                deliver = partial(self._delivered, action.settlement_id, action.tag)
+                self._batcher(action.ledger).post(action.instruction, deliver)
+            elif isinstance(action, core.Ask):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._ask, action)
+            elif isinstance(action, core.Announce):
+                await self.bus.publish(decisions_topic(self.id), self.sign(action.decision))
+            elif isinstance(action, core.Wake):
+                heapq.heappush(self._wakes, (action.at_ms, action.settlement_id))
+            elif isinstance(action, core.Done):
+                await self._finished(action.record)
+
+    async def _finished(self, record: Record) -> None:
+        settlement_id = record.settlement_id
+        reason = f": {record.reason_code}: {record.reason}" if record.reason_code else ""
+        log.info("settlement %s %s%s", settlement_id, record.phase.value, reason)
+        del self._driven[settlement_id]
+        self._intake.discard(settlement_id)
+        self._final.pop(settlement_id).set()
+        for request in self._requests.pop(settlement_id, ()):
+            await request.reply(self.status(record))
+
+    def _delivered(self, settlement_id: str, tag: tuple[str, int], outcome: Outcome) -> None:
+        """An instruction's outcome, from the task that sent its batch."""
+        if isinstance(outcome, Exception):
+            log.debug("%s %s: %s; sent again", settlement_id, tag, outcome)
+        self._event(core.Answer(settlement_id, tag, outcome if isinstance(outcome, Receipt) else core.NO_ANSWER))
+
+    async def _ask(self, action: core.Ask) -> None:
+        """One attempt at a query: its value, ABSENT for a lock never placed, None for an
+        instruction never applied, NO_ANSWER for silence or any other refusal."""
+        value: object
+        try:
+            value = await self.client(action.ledger).query(action.query)
+        except Rejected as error:
+            if error.code is Code.UNKNOWN_LOCK:
+                value = core.ABSENT
+            elif error.code is Code.UNKNOWN_INSTRUCTION:
+                value = None
+            else:
+                log.warning("%s refused %s: %s", action.ledger, action.query, error)
+                value = core.NO_ANSWER
+        except (BusTimeout, BadReply) as error:
+            log.debug("%s: %s; asked again", action.ledger, error)
+            value = core.NO_ANSWER
+        self._event(core.Answer(action.settlement_id, action.tag, value))
+
+    def _batcher(self, ledger_id: str) -> Batcher:
+        batcher = self._batchers.get(ledger_id)
+        if batcher is None:
+            assert self._nursery is not None, "coordinator is not running"
+            batcher = self._batchers[ledger_id] = Batcher(self.client(ledger_id), self.id, self._key)
+            self._nursery.start_soon(batcher.run)
+        return batcher
