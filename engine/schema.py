@@ -120,8 +120,9 @@ def _4_transitions(db: sqlite_utils.Database) -> None:
     `settlements` now its checkpoint; and the trigger that keeps, across both, every
     decision and secret as first recorded and nothing after a final phase."""
     db.execute(
-        "CREATE TABLE IF NOT EXISTS transitions (seq INTEGER PRIMARY KEY, settlement_id TEXT NOT NULL, phase TEXT NOT NULL, "
-        "decision TEXT NOT NULL, secret BLOB NOT NULL, cancel_secret BLOB NOT NULL, changes TEXT NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS transitions (seq INTEGER PRIMARY KEY, settlement_id TEXT NOT NULL, "
+        "phase TEXT NOT NULL, decision TEXT NOT NULL, secret BLOB NOT NULL, cancel_secret BLOB NOT NULL, "
+        "changes TEXT NOT NULL)"
     )
     db.execute("CREATE INDEX IF NOT EXISTS transitions_of ON transitions(settlement_id, seq)")
     refused = (
@@ -141,5 +142,10 @@ def _4_transitions(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_1_settlements, _2_decisions, _3_desks, _4_transitions)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _1_settlements,
+    _2_decisions,
+    _3_desks,
+    _4_transitions,
+)
 SCHEMA_VERSION = len(MIGRATIONS)  # 1: settlements; 2: decision locks, the decision; 3: the desks' tables; 4: the log

@@ -67,7 +67,8 @@ async def test_the_database_refuses_a_second_decision_or_other_secrets(tmp_path,
         committed = locking().to(Phase.LOCKED, 3).to(Phase.CLAIMING, 4)
         await journal.save(committed)
         with pytest.raises(sqlite3.IntegrityError, match="decided once"):
-            journal._write([(committed, attrs.evolve(committed, **change))])  # as the writer would, past the record's checks
+            # as the writer would, past the record's checks
+            journal._write([(committed, attrs.evolve(committed, **change))])
         assert journal.get("dvp-1") == committed
         await journal.save(attrs.evolve(committed, claimed=1))  # what may change still does
         assert journal.get("dvp-1").claimed == 1

@@ -19,6 +19,7 @@ lets each go on. The coordinator's shell saves once per step."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,7 @@ def _transition(previous: Record | None, record: Record) -> tuple:
     assert record.steps[: len(before.steps)] == before.steps, f"{record.settlement_id}: steps rewritten"
     new_steps = record.steps[len(before.steps) :]
     phases = [Phase(phase) for phase, _ in (before.steps[-1:] + new_steps)]
-    for current, following in zip(phases, phases[1:], strict=False):
+    for current, following in itertools.pairwise(phases):
         check_transition(current, following)
     assert not new_steps or phases[-1] is record.phase, f"{record.settlement_id}: {record.phase} is not its last step"
     changes = {

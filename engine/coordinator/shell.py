@@ -190,6 +190,7 @@ class Coordinator:
                 if record is None:
                     raise Rejected(Code.INVALID_FIELD, "settlement_id", f"no settlement {msg.settlement_id!r}")
             else:
+                assert isinstance(msg, Settlement)
                 record = self._submitted(request.payload)
                 if record is None:  # answered when final
                     self._requests.setdefault(msg.id, []).append(request)
