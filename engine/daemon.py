@@ -110,7 +110,7 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
                 journal,
                 ServiceClock(),
                 config.timing,
-                config.ledgers,
+                config.ledgers if config.watchtower else (),
                 intake_max=config.intake_max,
             )
             coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers))

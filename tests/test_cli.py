@@ -602,6 +602,7 @@ def test_a_coordinator_config_that_cannot_serve_is_named_with_its_setting(fresh)
         ),
         ("coordinator", original + '[timing]\nlock_wait_ms = "2 s"\n', "timing: must be a table of whole numbers"),
         ("coordinator", "intake_max = 0\n" + original, "intake_max: must be a whole number from 1 to 10000"),
+        ("coordinator", 'watchtower = "yes"\n' + original, "watchtower: must be true or false"),
         (
             "coordinator",
             original + "[timing]\nbackstop_ms = 5000\n",
