@@ -88,6 +88,13 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
     )
+    option(
+        "--coordinators",
+        1,
+        "coordinator processes (mqtt bus), each owning the settlements whose id hashes to it",
+        type=int,
+        metavar="N",
+    )
     option("--seed", 1, "seed of the workload's random choices", type=int)
     option("--out", "bench-results", "folder for results.json and the charts", metavar="DIR")
 
@@ -97,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         args.bus, args.kinds, args.paths = QUICK["buses"], QUICK["kinds"], QUICK["paths"]
         args.concurrency, args.rate, args.settlements = QUICK["concurrency"], QUICK["rates"], QUICK["settlements"]
         args.participants = QUICK["participants"]
-    shape = Shape(args.participants, args.accounts, args.isins, args.ballast)
+    shape = Shape(args.participants, args.accounts, args.isins, args.ballast, args.coordinators)
     loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate_per_s=float(r)) for r in args.rate]
     runs = [
         Run(bus, kind, path, load, args.settlements)
@@ -206,6 +213,7 @@ def _report(results: list[Result], shape: Shape, command: str, elapsed_s: float)
             "accounts_per_participant": shape.accounts_per_participant,
             "ballast_accounts_per_ledger": shape.ballast,
             "isins": shape.isins,
+            "coordinators": shape.coordinators,
         },
         "results": rows,
         "ratios": ratios,

@@ -34,7 +34,7 @@ from protocols.messages import QueryInfo, QueryLock, QueryLocks, QueryReceipt, S
 from protocols.settlement import Timing, lock_id, settle_id
 from protocols.signing import decode_signed, unsigned
 
-from .workload import COORDINATOR, LEDGERS, SCENARIOS, Shape, Workload, lay_out_bench
+from .workload import LEDGERS, SCENARIOS, Shape, Workload, lay_out_bench
 
 CHECK_IN_FLIGHT = 64
 REPLY_TIMEOUT_S = 30.0
@@ -155,6 +155,8 @@ class System:
 @asynccontextmanager
 async def memory_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator[System]:
     """Every ledger and the coordinator in this process, on the in-memory bus."""
+    if shape.coordinators != 1:
+        raise BenchmarkBroken("--coordinators: more than one runs on the mqtt bus only, each its own process")
     world = lay_out_bench(directory, shape)
     bus = MemoryBus()
     async with trio.open_nursery() as nursery:
@@ -179,7 +181,8 @@ async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator
     world = lay_out_bench(directory, shape, broker=broker.url)
     processes: dict[str, subprocess.Popen] = {}
     try:
-        for party, command in [(spec.ledger_id, "ledger") for spec in LEDGERS] + [(COORDINATOR, "coordinator")]:
+        services = [(spec.ledger_id, "ledger") for spec in LEDGERS]
+        for party, command in services + [(coordinator, "coordinator") for coordinator in shape.coordinator_ids()]:
             log = (directory / f"{party}.log").open("wb")
             processes[party] = subprocess.Popen(
                 [
@@ -269,10 +272,11 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
 
     async def one(raw: bytes) -> None:
         begin = time.perf_counter()
-        settlement_id = decode_signed(raw, allowed=(Settlement,)).msg.id
+        settlement = decode_signed(raw, allowed=(Settlement,)).msg
+        settlement_id, service = settlement.id, service_of_coordinator(settlement.coordinator)
         while True:
             try:
-                reply = await system.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=REPLY_TIMEOUT_S)
+                reply = await system.bus.request(service, raw, timeout_s=REPLY_TIMEOUT_S)
                 break
             except BusTimeout:
                 continue  # the same bytes again: the coordinator runs a settlement once

@@ -9,6 +9,7 @@ a DvP moves bonds on `csd` against EUR on `cbdc-eur` (cross) or both on `unified
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ class Shape:
     accounts_per_participant: int = 1
     isins: int = 2
     ballast: int = 0  # more accounts on each ledger, opened and never used: the flat-cost sweep
+    coordinators: int = 1  # each its own process, owning the settlement ids routed to it
+
+    def coordinator_ids(self) -> list[str]:
+        return [COORDINATOR] + [f"{COORDINATOR}-{index}" for index in range(1, self.coordinators)]
+
+    def coordinator_of(self, settlement_id: str) -> str:
+        """Routing by id: a stable hash of the settlement id picks its one coordinator, so
+        the coordinators own disjoint parts of the id space."""
+        ids = self.coordinator_ids()
+        return ids[zlib.crc32(settlement_id.encode()) % len(ids)]
 
     def isin_codes(self) -> list[str]:
         return [make_isin(f"XS9{index:08d}") for index in range(self.isins)]
@@ -68,8 +79,8 @@ def lay_out_bench(directory: Path, shape: Shape, broker: str | None = None) -> W
         "treasury": (Role.PARTICIPANT,),
         "ecb": (Role.CENTRAL_BANK,),
         "fed": (Role.CENTRAL_BANK,),
-        COORDINATOR: (Role.COORDINATOR,),
     }
+    parties.update({coordinator: (Role.COORDINATOR,) for coordinator in shape.coordinator_ids()})
     parties.update({bank: (Role.PARTICIPANT,) for bank in shape.participant_ids()})
     return lay_out(directory, LEDGERS, parties, broker=broker)
 
@@ -260,5 +271,7 @@ class Workload:
             )
         self._count += 1
         now = self._clock.now_ms()
-        msg = Settlement(f"{run}-{self._count}", kind, now, COORDINATOR, now + 3_600_000, (buyer, seller), legs)
+        settlement_id = f"{run}-{self._count}"
+        coordinator = self.shape.coordinator_of(settlement_id)
+        msg = Settlement(settlement_id, kind, now, coordinator, now + 3_600_000, (buyer, seller), legs)
         return sign(msg, (buyer, self.world.keys[buyer]), (seller, self.world.keys[seller])).encode()

@@ -130,7 +130,7 @@ class _PhaseCollector:
 class _JournalCollector:
     """Read at scrape time from the journal (a read-only connection of its own, so a
     scrape never meets the writer's transaction): the settlements it holds, and the
-    transitions logged since its last checkpoint."""
+    transitions in its log (of settlements not yet final)."""
 
     def __init__(self, journal_path: Path) -> None:
         self._uri = Path(journal_path).resolve().as_uri() + "?mode=ro"
@@ -148,6 +148,6 @@ class _JournalCollector:
         )
         yield GaugeMetricFamily(
             "lockstep_coordinator_journal_transitions",
-            "Transitions logged since the journal's last checkpoint.",
+            "Transitions in the journal's log: those of settlements not yet final.",
             value=logged,
         )

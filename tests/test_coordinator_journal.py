@@ -231,3 +231,55 @@ def test_a_database_from_a_newer_coordinator_is_refused(tmp_path):
         db.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
     with pytest.raises(AssertionError, match="is newer than this code"):
         Journal(path)
+
+
+def rows(path, table: str) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+async def test_the_journal_logs_what_changed_and_compacts_a_settlement_into_one_row_when_it_ends(tmp_path):
+    """Each save appends one transition holding what changed (the secrets once, in the
+    row that drew them); the record read back is the fold of them; once final, the
+    settlement is one row and its transitions are gone, in the same commit."""
+    path = tmp_path / "coordinator.db"
+    journal = Journal(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        pending = Record("dvp-1", b'{"id": "dvp-1"}', Phase.PENDING, steps=(("pending", 1),))
+        records = [pending, locking().to(Phase.LOCKED, 3)]
+        records[1] = attrs.evolve(records[1], instruction=pending.instruction)
+        records.append(records[1].to(Phase.CLAIMING, 4))
+        records.append(attrs.evolve(records[2], claimed=1))
+        await journal.save_all([(None, records[0]), (records[0], records[1])])
+        await journal.save_all([(records[1], records[2])])
+        await journal.save_all([(records[2], records[3])])
+        assert journal.get("dvp-1") == records[3] and journal.unfinished() == [records[3]]
+        assert (rows(path, "transitions"), rows(path, "settlements")) == (4, 0)
+        with closing(sqlite3.connect(path)) as db:
+            drew = db.execute("SELECT COUNT(*) FROM transitions WHERE secret != x''").fetchone()[0]
+        assert drew == 1, "the secret is written once, in the transition that drew it"
+        settled = records[3].to(Phase.SETTLED, 5, claimed=2)
+        await journal.save_all([(records[3], settled)])
+        assert (rows(path, "transitions"), rows(path, "settlements")) == (0, 1)
+        assert journal.get("dvp-1") == settled and journal.unfinished() == [] and journal.all() == [settled]
+        with pytest.raises(sqlite3.IntegrityError, match="ends once"):
+            journal._write([(settled, attrs.evolve(settled, reason="again"))])
+        nursery.cancel_scope.cancel()
+    journal.close()
+
+
+async def test_a_journal_reopened_folds_its_log_into_rows_and_resumes_the_same_records(tmp_path):
+    path = tmp_path / "coordinator.db"
+    journal = Journal(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        first = locking("dvp-1")
+        await journal.save_all([(None, first), (first, first.to(Phase.LOCKED, 3))])
+        nursery.cancel_scope.cancel()
+    before = journal.unfinished()
+    journal.close()
+    reopened = Journal(path)
+    assert reopened.unfinished() == before and [r.phase for r in before] == [Phase.LOCKED]
+    assert (rows(path, "transitions"), rows(path, "settlements")) == (0, 1)
+    reopened.close()

@@ -4,9 +4,10 @@ killed at any point restarts knowing what it may have done.
 
 A transition row holds what changed (the phase entered, the secrets when drawn, the
 locks when signed, ...), not the whole record again; a settlement's record is its last
-checkpoint (a row of `settlements`) with the transitions after it applied in order.
-Every CHECKPOINT_ROWS transitions the log is compacted: each settlement it touches is
-written whole to `settlements` once, and its transitions dropped, in one transaction.
+checkpoint (a row of `settlements`) with the transitions after it applied in order. The
+log is compacted as settlements end: in the transaction that appends a settlement's
+final transition, its record is written whole to `settlements` once and its transitions
+dropped. So the log holds only unfinished settlements, and never grows with history.
 
 It holds each cross-ledger settlement's decision, and holds it once: the database itself
 refuses (triggers) a transition that changes a decision once recorded, draws a secret a
@@ -33,7 +34,6 @@ from .. import schema
 from ..schema import FINAL_SQL
 
 BATCH_SIZE_MAX = 1024  # saves gathered into one commit
-CHECKPOINT_ROWS = 20_000  # transitions logged before the log is compacted
 
 
 @attrs.frozen
@@ -92,8 +92,6 @@ class Journal:
         self._reader = schema.connect(self.path)  # sees what is committed, never a commit under way
         self._send, self._receive = trio.open_memory_channel[tuple[list[Change], trio.Event]](BATCH_SIZE_MAX * 4)
         self.commits = 0
-        self.checkpoints = 0
-        self._logged = self._db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
         self.checkpoint()
 
     def close(self) -> None:
@@ -131,23 +129,24 @@ class Journal:
         await done.wait()
 
     def _write(self, changes: list[Change]) -> None:
-        """Append the transitions; compact the log when it has grown long."""
+        """Append the transitions; a settlement now final is written whole as its
+        checkpoint and its transitions dropped, in the same transaction."""
+        finals = [record for _, record in changes if record.final]
         with _transaction(self._db):
             self._db.executemany(_APPEND, [_transition(previous, record) for previous, record in changes])
+            if finals:  # appended first, so the trigger has seen the final transition
+                self._db.executemany(_UPSERT, [_row(record) for record in finals])
+                self._db.executemany(_DROP, [(record.settlement_id,) for record in finals])
         self.commits += 1
-        self._logged += len(changes)
-        if self._logged >= CHECKPOINT_ROWS:
-            self.checkpoint()
 
     def checkpoint(self) -> None:
-        """Write every settlement the log holds whole, once, and drop its transitions."""
+        """Write every settlement the log holds whole, once, and drop its transitions (at
+        start: the log then holds only what was unfinished)."""
         with _transaction(self._db):
             ids = [row[0] for row in self._db.execute("SELECT DISTINCT settlement_id FROM transitions")]
             records = [_fold(self._db, settlement_id) for settlement_id in ids]
             self._db.executemany(_UPSERT, [_row(record) for record in records if record is not None])
             self._db.execute("DELETE FROM transitions")
-        self._logged = 0
-        self.checkpoints += 1
 
     def get(self, settlement_id: str) -> Record | None:
         return _fold(self._reader, settlement_id)
@@ -198,6 +197,7 @@ _UPSERT = (
     f"INSERT INTO settlements ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))}) "
     f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _FIELDS[1:])}"
 )  # an update in place, so that the trigger sees every change
+_DROP = "DELETE FROM transitions WHERE settlement_id = ?"
 _APPEND = (
     "INSERT INTO transitions (settlement_id, phase, decision, secret, cancel_secret, changes) VALUES (?, ?, ?, ?, ?, ?)"
 )
