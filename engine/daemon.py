@@ -21,7 +21,7 @@ from protocols.signing import PrivateKey
 
 from .config import CoordinatorConfig
 from .coordinator import Coordinator
-from .coordinator.journal import Journal
+from .coordinator.journal import Journal, JournalInUse
 from .matching_desk import MatchingDesk
 from .metrics import CoordinatorMetrics
 from .repo import RepoDesk
@@ -96,10 +96,12 @@ async def run_coordinator(config_path: str, broker: str | None = None, metrics: 
         raise DaemonError(f"coordinator {config.coordinator_id}", str(error)) from None
     try:
         journal = Journal(config.journal, offload=True)
-    except sqlite3.Error as error:
+    except (sqlite3.Error, OSError) as error:
         raise DaemonError(
             f"coordinator {config.coordinator_id}: journal {config.journal}", f"cannot open it: {error}"
         ) from None
+    except JournalInUse as error:
+        raise DaemonError(f"coordinator {config.coordinator_id}: journal {config.journal}", str(error)) from None
     try:
         async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
             coordinator = Coordinator(

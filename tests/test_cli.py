@@ -19,6 +19,7 @@ import trio
 
 from engine.broker import Broker, free_port
 from engine.cli import expected, parser
+from engine.coordinator.journal import Journal
 from engine.local import BOND, LEDGERS, PARTIES, standard_world
 from engine.world import LOCAL_BROKER, World, lay_out
 from protocols.bus.mqtt import MqttBus
@@ -578,6 +579,20 @@ def test_ledger_with_a_wrong_config_exits_naming_the_field(fresh):
     )
     config.write_text("role = \n")
     fails_in_one_line(lockstep("ledger", "--config", str(config)), "ledger", f"ledger config {config}: not valid TOML")
+
+
+def test_a_second_coordinator_on_a_journal_in_use_is_refused_naming_the_holder(fresh):
+    """One coordinator per journal: two would drive the same settlements at once."""
+    config = Path(fresh.coordinator)
+    held = Journal(config.parent / "coordinator.db")
+    try:
+        fails_in_one_line(
+            lockstep("coordinator", "--config", str(config)),
+            "coordinator",
+            f"held by process {os.getpid()}; one coordinator per journal",
+        )
+    finally:
+        held.close()
 
 
 def test_a_coordinator_config_that_cannot_serve_is_named_with_its_setting(fresh):

@@ -8,6 +8,7 @@ place (engine/schema.py), from any earlier version."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 from contextlib import closing
@@ -283,3 +284,15 @@ async def test_a_journal_reopened_folds_its_log_into_rows_and_resumes_the_same_r
     assert reopened.unfinished() == before and [r.phase for r in before] == [Phase.LOCKED]
     assert (rows(path, "transitions"), rows(path, "settlements")) == (0, 1)
     reopened.close()
+
+
+def test_a_journal_is_held_by_one_coordinator_at_a_time(tmp_path):
+    """A second Journal on the same file is refused, naming the holder; once the first is
+    closed (or its process dies: the kernel drops the lock) the next one opens it."""
+    from engine.coordinator.journal import JournalInUse
+
+    first = Journal(tmp_path / "coordinator.db")
+    with pytest.raises(JournalInUse, match=f"held by process {os.getpid()}; one coordinator per journal"):
+        Journal(tmp_path / "coordinator.db")
+    first.close()
+    Journal(tmp_path / "coordinator.db").close()

@@ -21,7 +21,9 @@ lets each go on. The coordinator's shell saves once per step."""
 from __future__ import annotations
 
 import itertools
+import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +84,20 @@ class Record:
 Change = tuple["Record | None", "Record"]  # a record as it was (None: new), and as it is now
 
 
+class JournalInUse(Exception):
+    """Another process holds the journal: two coordinators on one journal would drive
+    the same settlements at once."""
+
+
 class Journal:
     def __init__(self, path: str | Path, *, offload: bool = False) -> None:
         """`offload=True` commits in a worker thread, so settlements go on while the
-        disk syncs (as LedgerService does; off under a MockClock)."""
+        disk syncs (as LedgerService does; off under a MockClock). Held by one Journal
+        at a time: a lock on `{path}.lock`, which the kernel releases when its process
+        dies however it dies, so a restart takes it at once."""
         self.path = Path(path)
         self.offload = offload
+        self._lock = _hold(Path(f"{self.path}.lock"))
         self._db = schema.connect(self.path)  # the writer's
         self._reader = schema.connect(self.path)  # sees what is committed, never a commit under way
         self._send, self._receive = trio.open_memory_channel[tuple[list[Change], trio.Event]](BATCH_SIZE_MAX * 4)
@@ -97,6 +107,7 @@ class Journal:
     def close(self) -> None:
         self._db.close()
         self._reader.close()
+        os.close(self._lock)  # and with it the lock
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The writer: commit what has gathered, then release its waiters."""
@@ -162,6 +173,20 @@ class Journal:
     def all(self) -> list[Record]:
         ids = self._reader.execute("SELECT id FROM settlements UNION SELECT settlement_id FROM transitions ORDER BY 1")
         return [record for (settlement_id,) in ids.fetchall() if (record := self.get(settlement_id)) is not None]
+
+
+def _hold(path: Path) -> int:
+    """An exclusive lock on `path`, or JournalInUse naming the process that holds it."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
+        os.close(descriptor)
+        raise JournalInUse(f"held by process {holder}; one coordinator per journal") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
 
 
 class _transaction:
