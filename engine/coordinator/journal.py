@@ -20,8 +20,8 @@ lets each go on. The coordinator's shell saves once per step."""
 
 from __future__ import annotations
 
-import itertools
 import fcntl
+import itertools
 import json
 import os
 from pathlib import Path
