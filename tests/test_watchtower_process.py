@@ -1,7 +1,7 @@
 """The watchtower as its own OS process (`lockstep watchtower`) over a real Mosquitto,
 run by a bank (`--party bank-a`), with the ledgers as processes too. The test acts as
 the coordinator by hand, with its key: it places both decision locks of a signed DvP
-exactly as engine/coordinator.py does, then reveals a decision and "dies". The
+exactly as engine/coordinator/core.py does, then reveals a decision and "dies". The
 watchtower must forward it: claim leg 1 with the secret from leg 0's claim, cancel leg 1
 with the preimage from leg 0's cancel, and claim both legs from a published decision no
 ledger has seen. Checked on the ledgers: lock states, journals and balances."""
@@ -47,7 +47,7 @@ class HandCoordinator:
         return sign(msg, ("coordinator", self.key))
 
     async def lock_both(self) -> tuple[str, bytes, bytes]:
-        """Both decision locks of a fresh DvP, built as Coordinator._lock builds them;
+        """Both decision locks of a fresh DvP, built as the core (engine/coordinator/core.py `_lock`) builds them;
         their settlement id, claim secret and cancellation secret."""
         signed_settlement = decode_signed(self.local.settlement("dvp", LEGS, PARTIES), allowed=(Settlement,))
         settlement: Settlement = signed_settlement.msg
@@ -85,7 +85,7 @@ class HandCoordinator:
         )
 
     async def publish(self, settlement_id: str, outcome: str, preimage: bytes) -> None:
-        """The decision, as Coordinator._announce publishes it."""
+        """The decision, as the core announces it (`_announce`) and its shell publishes it."""
         now = self.local.clock.now_ms()
         decision = SettlementDecision(
             "coordinator", settlement_id, outcome, tuple(leg.ledger for leg in LEGS), preimage, TIMING.expiry(now), now
