@@ -336,16 +336,18 @@ def _make(
     message: Signed,
     deadline_ms: int | None,
     now_ms: int,
-    at_ms=None,
+    at_ms: int | None = None,
 ) -> tuple[Driving, list[Action]]:
-    """A new request: sent now, or at `at_ms` (then due by a wake-up)."""
+    """A new request: sent now, or at `at_ms` (then due by a wake-up); one whose deadline
+    has passed already is given up on at the next wake-up, unsent."""
+    send_at_ms: int | None
     if deadline_ms is not None and deadline_ms <= now_ms:
-        out = Out(tag, ledger, message, deadline_ms, send_at_ms=now_ms)  # given up on at the next wake-up
-        return attrs.evolve(driving, out=(*_without(driving, tag).out, out)), []
-    waits = at_ms is not None and at_ms > now_ms
-    out = Out(tag, ledger, message, deadline_ms, send_at_ms=at_ms if waits else None)
+        send_at_ms = now_ms
+    else:
+        send_at_ms = at_ms if at_ms is not None and at_ms > now_ms else None
+    out = Out(tag, ledger, message, deadline_ms, send_at_ms)
     driving = attrs.evolve(driving, out=(*_without(driving, tag).out, out))
-    return driving, [] if waits else [_request(driving.settlement_id, out)]
+    return driving, [] if send_at_ms is not None else [_request(driving.settlement_id, out)]
 
 
 def _next_id(state: State, driving: Driving, target: str, kind: str) -> tuple[Driving, str]:
@@ -543,8 +545,9 @@ def _claim(state: State, driving: Driving, index: int, now_ms: int, at_ms: int |
     record, leg = driving.record, driving.terms.legs[index]
     target = lock_id(record.settlement_id, index)
     driving, claim_id = _next_id(state, driving, target, "c")
-    claim = unsigned(Claim(claim_id, leg.ledger, at_ms or now_ms, target, record.secret))
-    deadline_ms = max(at_ms or now_ms, now_ms) + state.timing.claim_deadline_ms
+    time_ms = at_ms or now_ms  # a later at_ms: sent then
+    claim = unsigned(Claim(claim_id, leg.ledger, time_ms, target, record.secret))
+    deadline_ms = time_ms + state.timing.claim_deadline_ms
     return _make(driving, ("claim", index), leg.ledger, claim, deadline_ms, now_ms, at_ms)
 
 
@@ -620,7 +623,7 @@ def _release(state: State, driving: Driving, index: int, now_ms: int, at_ms: int
     """Cancel a leg's lock (a time-lock: abort it)."""
     record, leg = driving.record, driving.terms.legs[index]
     target = lock_id(record.settlement_id, index)
-    time_ms = max(at_ms or now_ms, now_ms)
+    time_ms = at_ms or now_ms  # a later at_ms: sent then
     if record.cancel_secret:
         driving, release_id = _next_id(state, driving, target, "x")
         release: Cancel | Abort = Cancel(release_id, leg.ledger, time_ms, target, record.cancel_secret)

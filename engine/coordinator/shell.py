@@ -94,8 +94,8 @@ class Coordinator:
         self._events: list[core.Event] = []  # for the next step
         self._arrived = trio.lowlevel.ParkingLot()  # the step loop, waiting for events
         self._wakes: list[tuple[int, str]] = []  # (at_ms, settlement id): a heap of times to feed Due
-        self._driven: dict[str, bytes] = {}  # settlement id -> its instruction, from acceptance until final
-        self._final: dict[str, trio.Event] = {}  # settlement id -> set when final, while driven
+        # settlement id -> its instruction, and an event set when it is final: from acceptance until final
+        self._driven: dict[str, tuple[bytes, trio.Event]] = {}
         self._intake: set[str] = set()  # back offices' settlements being driven now
         self._requests: dict[str, list[Request]] = {}  # settlement id -> requests answered when it is final
         self._nursery: trio.Nursery | None = None
@@ -127,7 +127,7 @@ class Coordinator:
     @property
     def in_flight(self) -> int:
         """Settlements being driven now."""
-        return len(self._final)
+        return len(self._driven)
 
     @property
     def intake(self) -> int:
@@ -176,7 +176,7 @@ class Coordinator:
     async def _answer(self, request: Request) -> None:
         """Answer a request now, or (a settlement being driven) once it is final."""
         try:
-            if len(self._final) >= IN_FLIGHT_MAX:
+            if len(self._driven) >= IN_FLIGHT_MAX:
                 raise Rejected(Code.OVERLOADED, "$", f"{IN_FLIGHT_MAX} settlements in flight; retry later")
             accepted: tuple[type[Body], ...] = (Settlement, QuerySettlement, *self._desks)
             signed = decode_signed(request.payload, allowed=accepted)
@@ -191,7 +191,7 @@ class Coordinator:
                     raise Rejected(Code.INVALID_FIELD, "settlement_id", f"no settlement {msg.settlement_id!r}")
             else:
                 assert isinstance(msg, Settlement)
-                record = self._submitted(request.payload)
+                record = self._submitted(signed)
                 if record is None:  # answered when final
                     self._requests.setdefault(msg.id, []).append(request)
                     return
@@ -240,20 +240,20 @@ class Coordinator:
 
     async def submit(self, raw: bytes) -> Record:
         """Accept a signed settlement and return its record once final."""
-        record = self._submitted(raw)
-        return record if record is not None else await self.wait(decode_signed(raw, allowed=(Settlement,)).msg.id)
+        signed = decode_signed(raw, allowed=(Settlement,))
+        record = self._submitted(signed)
+        return record if record is not None else await self.wait(signed.msg.id)
 
-    def _submitted(self, raw: bytes) -> Record | None:
+    def _submitted(self, signed: Signed) -> Record | None:
         """Accept a back office's signed settlement: its record if already final, None if
         it is being driven. A settlement sent again (same id, same bytes) is not run
         twice. A new one past the intake bound is refused `busy` and not recorded, so
         that what is accepted is settled in bounded time and the rest is sent again later."""
-        signed = decode_signed(raw, allowed=(Settlement,))
         settlement_id = signed.msg.id
         owner = self._reserved.get(settlement_id)
         if owner is not None:
             raise Rejected(Code.NOT_AUTHORISED, "id", f"settlement {settlement_id} settles only as {owner}")
-        full = len(self._intake) >= self.intake_max and settlement_id not in self._final
+        full = len(self._intake) >= self.intake_max and settlement_id not in self._driven
         if full and self.journal.get(settlement_id) is None:  # new: a known one is always answered
             self.on_busy()
             raise Rejected(
@@ -284,16 +284,15 @@ class Coordinator:
         except Rejected as error:  # the auth is the whole message here: name its fields
             raise Rejected(error.code, error.field.removeprefix("auth."), error.reason) from None
         instruction = encode(auth)
-        reused = Rejected(Code.ID_REUSED, "id", f"settlement {terms.id} was submitted with other content")
         driven = self._driven.get(terms.id)
         if driven is not None:
-            if driven != instruction:
-                raise reused
+            if driven[0] != instruction:
+                raise _reused(terms.id)
             return None
         known = self.journal.get(terms.id)
         if known is not None:
             if known.instruction != instruction:
-                raise reused
+                raise _reused(terms.id)
             if known.final:
                 return known
             self._drive(known)  # journaled unfinished but not driven here (a commit that landed late)
@@ -321,17 +320,16 @@ class Coordinator:
             )
 
     async def wait(self, settlement_id: str) -> Record:
-        final = self._final.get(settlement_id)
-        if final is not None:
-            await final.wait()
+        driven = self._driven.get(settlement_id)
+        if driven is not None:
+            await driven[1].wait()
         record = self.journal.get(settlement_id)
         assert record is not None
         return record
 
     def _drive(self, record: Record, *, new: bool = False) -> None:
         """Hand a settlement to the core, with fresh secrets in case it draws them now."""
-        self._driven[record.settlement_id] = record.instruction
-        self._final[record.settlement_id] = trio.Event()
+        self._driven[record.settlement_id] = (record.instruction, trio.Event())
         self._event(core.Start(record, secrets.token_bytes(32), secrets.token_bytes(32), new))
 
     # -- the step loop ---------------------------------------------------------------------
@@ -381,9 +379,8 @@ class Coordinator:
         settlement_id = record.settlement_id
         reason = f": {record.reason_code}: {record.reason}" if record.reason_code else ""
         log.info("settlement %s %s%s", settlement_id, record.phase.value, reason)
-        del self._driven[settlement_id]
         self._intake.discard(settlement_id)
-        self._final.pop(settlement_id).set()
+        self._driven.pop(settlement_id)[1].set()
         for request in self._requests.pop(settlement_id, ()):
             await request.reply(self.status(record))
 
@@ -419,3 +416,7 @@ class Coordinator:
             batcher = self._batchers[ledger_id] = Batcher(self.client(ledger_id), self.id, self._key)
             self._nursery.start_soon(batcher.run)
         return batcher
+
+
+def _reused(settlement_id: str) -> Rejected:
+    return Rejected(Code.ID_REUSED, "id", f"settlement {settlement_id} was submitted with other content")
