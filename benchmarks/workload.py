@@ -9,7 +9,6 @@ a DvP moves bonds on `csd` against EUR on `cbdc-eur` (cross) or both on `unified
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from protocols.bus.clock import ServiceClock
 from protocols.identifiers import make_isin
 from protocols.messages import CreateInstrument, Instruction, Issue, OpenAccount, Settlement, SettlementLeg, Transfer
 from protocols.registry import Role
+from protocols.settlement import coordinator_ids, route
 from protocols.signing import sign, unsigned
 
 Planned = tuple[str, type[Instruction], tuple[str, ...], dict[str, Any]]  # ledger, kind, signers, fields
@@ -58,13 +58,10 @@ class Shape:
     coordinators: int = 1  # each its own process, owning the settlement ids routed to it
 
     def coordinator_ids(self) -> list[str]:
-        return [COORDINATOR] + [f"{COORDINATOR}-{index}" for index in range(1, self.coordinators)]
+        return coordinator_ids(COORDINATOR, self.coordinators)
 
     def coordinator_of(self, settlement_id: str) -> str:
-        """Routing by id: a stable hash of the settlement id picks its one coordinator, so
-        the coordinators own disjoint parts of the id space."""
-        ids = self.coordinator_ids()
-        return ids[zlib.crc32(settlement_id.encode()) % len(ids)]
+        return route(settlement_id, self.coordinator_ids())
 
     def isin_codes(self) -> list[str]:
         return [make_isin(f"XS9{index:08d}") for index in range(self.isins)]

@@ -48,7 +48,7 @@ from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed
 
 from .audit import Kind, LedgerJournal, Report, Violation, audit, read_over_bus
-from .local import COORDINATOR, LEDGERS, Local, dvp_legs, standard_world
+from .local import LEDGERS, Local, dvp_legs, standard_world
 from .observer import Observer
 
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
@@ -139,7 +139,7 @@ class Outcome:
         """A settlement's final status, as its back office received it."""
         self.phases[status.phase] += 1
         if status.steps:
-            needed = frozenset({COORDINATOR, *(leg.ledger for leg in settlement.legs)})
+            needed = frozenset({settlement.coordinator, *(leg.ledger for leg in settlement.legs)})
             self.lives.append((status.steps[0][1], status.steps[-1][1], needed))
 
     def verdict(self) -> int:
@@ -521,12 +521,14 @@ def heading(
     long_outages: bool = False,
     backstop_ms: int | None = None,
     settlements: int | None = None,
+    coordinators: int = 1,
 ) -> str:
     """What a run is, as its first line says."""
     return (
         f"{seconds:g} s{f' or {settlements} settlements' if settlements else ''}, seed {seed}, "
         f"faults {', '.join(faults) or 'none'}{', outages of Δ to 10 Δ' if long_outages else ''}"
         f"{f', backstop {backstop_ms} ms' if backstop_ms is not None else ''}"
+        f"{f', {coordinators} coordinators' if coordinators > 1 else ''}"
     )
 
 

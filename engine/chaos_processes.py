@@ -6,7 +6,8 @@ their own. This process is the back offices and the supervisor: it sends the wor
 of engine.chaos over MQTT (the same signed bytes again until a final status) and, each
 fault class from its own seeded generator, strikes:
 
-    kill-coordinator   SIGKILL the coordinator; start it again after a pause
+    kill-coordinator   SIGKILL the coordinator (with `coordinators` > 1, one of their
+                       processes, drawn at random); start it again after a pause
     kill-ledger        SIGKILL a ledger chosen at random; start it again after a pause
     broker-restart     SIGKILL Mosquitto; start it again on the same port after a pause
 
@@ -16,10 +17,14 @@ included (for the broker: until every service answers through it again); unless
 must fit in the rest (a ledger's grows with its journal, which it replays before it
 serves), and a broker restart never overlaps a service's outage (`Outages`), since a
 service cannot start while the broker is down. `Restarts` shows whether they did.
-After the run: faults off, everything up again, every settlement final, every
-abandoned lock expired and refunded by its ledger; then the audit, over the bus. As in
-engine.chaos, a live observer follows every ledger throughout and must have alerted
-each one-legged settlement, and the timed outages explain each."""
+With `coordinators` > 1 the settlement ids are routed among that many coordinators,
+each its own process standing by for all the others (`--standby`): a coordinator killed
+is taken over from its journal by a surviving process at the next epoch, fenced at the
+ledgers, and the restarted process stands by in its turn. After the run: faults off,
+everything up again, every settlement final, every abandoned lock expired and refunded
+by its ledger; then the audit, over the bus. As in engine.chaos, a live observer
+follows every ledger throughout and must have alerted each one-legged settlement, and
+the timed outages explain each."""
 
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ import trio
 
 from protocols.bus.mqtt import MqttBus
 from protocols.messages import QueryLocks, Settlement, SettlementStatus
-from protocols.settlement import Timing
+from protocols.settlement import Timing, coordinator_ids
 from protocols.signing import decode_signed
 
 from .audit import read_over_bus
@@ -183,14 +188,14 @@ class Services:
     world: World
     broker: Broker
     ledgers: dict[str, ServiceProcess]
-    coordinator: ServiceProcess
+    coordinators: list[ServiceProcess]
     bus: MqttBus | None = None  # once connected
     restarts: Restarts = attrs.field(factory=Restarts)
     outages: Outages = attrs.field(factory=Outages)
 
     @property
     def processes(self) -> list[ServiceProcess]:
-        return [*self.ledgers.values(), self.coordinator]
+        return [*self.ledgers.values(), *self.coordinators]
 
     async def up(self, service: ServiceProcess) -> None:
         """Start `service` and wait until it answers; its start-up is recorded."""
@@ -212,9 +217,15 @@ class Services:
             self.broker.process.kill()
             self.broker.stop()  # reaps it
             return "broker", tuple(service.party for service in self.processes), self.broker_up
-        service = self.coordinator if fault == "kill-coordinator" else self.ledgers[chance.choice(sorted(self.ledgers))]
+        if fault == "kill-coordinator":
+            service = chance.choice(self.coordinators)
+            # which coordinators its process served is its own affair: each may have been
+            whom = tuple(c.party for c in self.coordinators)  # taken over, so all count as down
+        else:
+            service = self.ledgers[chance.choice(sorted(self.ledgers))]
+            whom = (service.party,)
         service.kill()
-        return service.command, (service.party,), functools.partial(self.up, service)
+        return service.command, whom, functools.partial(self.up, service)
 
     async def broker_up(self) -> None:
         """Mosquitto started again on its port, and every service answering through it."""
@@ -251,20 +262,23 @@ async def run(
     long_outages: bool = False,
     settlements: int | None = None,
     backstop_ms: int | None = None,
+    coordinators: int = 1,
 ) -> Result:
     """Run the workload for `seconds` (or until `settlements` have ended) under `faults`,
     then let every settlement end and audit every ledger over the bus. `backstop_ms`
     replaces the locks' backstop (hours) with one an outage can outlast."""
     check(faults)
     broker = Broker(directory)
-    world = standard_world(directory, broker=broker.url)
+    world = standard_world(directory, broker=broker.url, coordinators=coordinators)
     timing = timing_with(backstop_ms)  # PROCESS_TIMING is the chaos timing
-    _write_timing(world.ledger_configs[COORDINATOR], timing)
+    ids = coordinator_ids(COORDINATOR, coordinators)
+    for coordinator in ids:
+        _write_timing(world.ledger_configs[coordinator], timing)
     services = Services(
         world,
         broker,
         {spec.ledger_id: ServiceProcess(world, "ledger", spec.ledger_id, broker.url) for spec in LEDGERS},
-        ServiceProcess(world, "coordinator", COORDINATOR, broker.url),
+        [ServiceProcess(world, "coordinator", c, broker.url, _standby(world, ids, c)) for c in ids],
     )
     ledger_ids = [spec.ledger_id for spec in LEDGERS]
     outage_s = timing.margin_ms * (LONG_OUTAGES_DELTAS[1] if long_outages else 0.3) / 1000
@@ -273,7 +287,7 @@ async def run(
         await trio.to_thread.run_sync(broker.start)
         async with MqttBus.connect(broker.url, client_id="lockstep-chaos") as bus, trio.open_nursery() as nursery:
             services.bus = bus
-            local = Local(world, bus, nursery)
+            local = Local(world, bus, nursery, coordinators=tuple(ids))
             await _start(services, local)
             observer = Observer(world.registry, bus, ledger_ids, PROCESS_TIMING.margin_ms, local.clock, publish=False)
             await nursery.start(observer.run)
@@ -286,6 +300,11 @@ async def run(
     finally:
         services.stop()
     return Result(outcome, services.restarts)
+
+
+def _standby(world: World, ids: list[str], own: str) -> tuple[str, ...]:
+    """`--standby` for every other coordinator: none if there is only one."""
+    return tuple(arg for other in ids if other != own for arg in ("--standby", str(world.ledger_configs[other])))
 
 
 def _write_timing(path: Path, timing: Timing) -> None:
@@ -303,7 +322,9 @@ async def _start(services: Services, local: Local) -> None:
         for ledger in services.ledgers.values():
             nursery.start_soon(ledger.start().ready, services.bus, START_TIMEOUT_S)
     await local.fund_standard()
-    await services.coordinator.start().ready(services.bus, START_TIMEOUT_S)
+    async with trio.open_nursery() as nursery:
+        for coordinator in services.coordinators:
+            nursery.start_soon(coordinator.start().ready, services.bus, START_TIMEOUT_S)
 
 
 async def _load(
@@ -383,7 +404,7 @@ async def _no_locks_held(local: Local) -> None:
 
 
 def main(seconds: float, seed: int, faults: tuple[str, ...], **options) -> int:
-    """`options`: run's long_outages, settlements and backstop_ms."""
+    """`options`: run's long_outages, settlements, backstop_ms and coordinators."""
     try:
         check(faults)
         timing_with(options.get("backstop_ms"))

@@ -11,6 +11,7 @@
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
     lockstep bench [--quick]             cross-ledger against same-ledger settlement, one run
     lockstep chaos --seconds N --seed S [--bus memory|mqtt] [--faults LIST] [--settlements N] [--backstop-ms MS]
+                   [--coordinators N]
                                          the workload under faults, then the audit
     lockstep conformance --broker URL --ledger ID --keys DIR
                                          check any ledger service against PROTOCOL.md
@@ -86,7 +87,7 @@ def _engine(args: argparse.Namespace) -> int:
     from engine import daemon
 
     if args.command == "coordinator":
-        trio.run(daemon.run_coordinator, args.config, args.broker, args.metrics)
+        trio.run(daemon.run_coordinator, args.config, args.broker, args.metrics, tuple(args.standby))
     else:
         trio.run(daemon.run_watchtower, args.config, args.broker, args.party, args.key)
     return 0
@@ -117,6 +118,9 @@ def _chaos(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.ERROR)
     mode = chaos_processes if args.bus == "mqtt" else chaos
+    if args.coordinators < 1 or (args.coordinators > 1 and args.bus != "mqtt"):
+        print("lockstep chaos: --coordinators: 1 or more, and more than 1 only with --bus mqtt", file=sys.stderr)
+        return 2
     listed = ",".join(mode.FAULTS) if args.faults is None else args.faults
     faults = tuple(fault for fault in listed.split(",") if fault)
     return mode.main(
@@ -126,6 +130,7 @@ def _chaos(args: argparse.Namespace) -> int:
         long_outages=args.long_outages,
         settlements=args.settlements,
         backstop_ms=args.backstop_ms,
+        **({"coordinators": args.coordinators} if args.coordinators != 1 else {}),
     )
 
 
@@ -301,6 +306,14 @@ def parser() -> argparse.ArgumentParser:
             engine.add_argument(
                 "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, overriding the config's"
             )
+            engine.add_argument(
+                "--standby",
+                action="append",
+                default=[],
+                metavar="FILE",
+                help="another coordinator's TOML file (repeatable): take it over from its journal when its "
+                "process dies; with it, this --config's coordinator too is served once its journal is free",
+            )
         else:
             engine.add_argument(
                 "--party", metavar="ID", help="the registered party it signs as (default: the coordinator's)"
@@ -401,6 +414,14 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="stop once this many settlements have ended (default: run for --seconds)",
+    )
+    chaos.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --bus mqtt: N coordinators sharing the settlement ids, each its own process standing by "
+        "for the others: a killed one is taken over from its journal (default: 1)",
     )
     chaos.set_defaults(run=_chaos)
 

@@ -5,10 +5,12 @@ harder resumes every unfinished settlement from its journal when started again."
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sqlite3
 from contextlib import asynccontextmanager
 
+import attrs
 import trio
 
 from protocols.bus.address import redacted
@@ -21,7 +23,7 @@ from protocols.signing import PrivateKey
 
 from .config import CoordinatorConfig
 from .coordinator import Coordinator
-from .coordinator.journal import Journal, JournalInUse
+from .coordinator.journal import Journal, JournalInUse, hold
 from .matching_desk import MatchingDesk
 from .metrics import CoordinatorMetrics
 from .repo import RepoDesk
@@ -87,52 +89,128 @@ async def _until_signalled(url: str, client_id: str):
                 yield bus, nursery
 
 
-async def run_coordinator(config_path: str, broker: str | None = None, metrics: str | None = None) -> None:
-    """`broker` and `metrics` (HOST:PORT) override the config's."""
-    config, registry, key, url = load(config_path, broker)
+TAKEOVER_POLL_S = 0.2  # how often a standby tries a held journal's lock: the kernel frees it as its holder dies
+
+
+async def run_coordinator(
+    config_path: str, broker: str | None = None, metrics: str | None = None, standby: tuple[str, ...] = ()
+) -> None:
+    """`broker` and `metrics` (HOST:PORT) override the config's. With `standby`, the
+    coordinators of those configs are parts of this process too, each taken over from
+    its journal when the process that served it dies; and this config's own coordinator,
+    if another process holds its journal, is waited for the same way, not an error."""
+    own, *others = [load(path, broker) for path in dict.fromkeys((config_path, *standby))]
+    config, _, _, url = own
+    _one_broker([own, *others])
     try:
         listeners = await listeners_for(config.metrics, metrics)
     except MetricsUnavailable as error:
         raise DaemonError(f"coordinator {config.coordinator_id}", str(error)) from None
+    journal = None if standby else _journal(config)
+    async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
+        served = _Part(config, own[1], own[2], bus, url, listeners)
+        if journal is not None:
+            await nursery.start(served.run, journal)
+        else:
+            nursery.start_soon(served.stand_by, True)
+        for part_config, registry, key, _ in others:
+            nursery.start_soon(_Part(part_config, registry, key, bus, url, None).stand_by, False)
+
+
+def _one_broker(parts: list[tuple[CoordinatorConfig, Registry, PrivateKey, str]]) -> None:
+    """Parts of one process: each its own coordinator and journal, all on one broker."""
+    for what, values in (
+        ("coordinator_id", [config.coordinator_id for config, *_ in parts]),
+        ("journal", [str(config.journal) for config, *_ in parts]),
+    ):
+        if len(set(values)) != len(values):
+            raise DaemonError("--standby", f"each coordinator needs its own {what}; given {', '.join(values)}")
+    if len({url for *_, url in parts}) > 1:
+        raise DaemonError("--standby", "the coordinators of one process share its broker: give them one, or --broker")
+
+
+def _journal(config: CoordinatorConfig, held: int | None = None) -> Journal:
+    """The coordinator's journal, at a new epoch (its lock `held` already, or taken now)."""
     try:
-        journal = Journal(config.journal, offload=True)
+        return Journal(config.journal, offload=True, held=held)
     except (sqlite3.Error, OSError) as error:
         raise DaemonError(
             f"coordinator {config.coordinator_id}: journal {config.journal}", f"cannot open it: {error}"
         ) from None
     except JournalInUse as error:
         raise DaemonError(f"coordinator {config.coordinator_id}: journal {config.journal}", str(error)) from None
-    try:
-        async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
-            coordinator = Coordinator(
-                config.coordinator_id,
-                key,
-                registry,
-                bus,
-                journal,
-                ServiceClock(),
-                config.timing,
-                config.ledgers if config.watchtower else (),
-                intake_max=config.intake_max,
+
+
+@attrs.define
+class _Part:
+    """One coordinator (an id, its key and its journal) served by this process."""
+
+    config: CoordinatorConfig
+    registry: Registry
+    key: PrivateKey
+    bus: MqttBus
+    url: str
+    listeners: list | None
+
+    async def stand_by(self, own: bool) -> None:
+        """Serve the part once its journal's lock is free: this process's own part at
+        once, another's only once it has been seen held, so that a process never takes
+        a part whose own process has not started yet, only one whose process has died."""
+        config, seen_held = self.config, False
+        while True:
+            try:
+                held = hold(config.journal)
+            except JournalInUse as error:
+                if not seen_held:
+                    log.info("coordinator %s: standing by, journal %s", config.coordinator_id, error)
+                seen_held = True
+            else:
+                if own or seen_held:
+                    break
+                os.close(held)  # free, but not yet served: its own process's to take
+            await trio.sleep(TAKEOVER_POLL_S)
+        journal = _journal(config, held)
+        if seen_held:
+            log.warning(
+                "coordinator %s: took over journal %s at epoch %d", config.coordinator_id, config.journal, journal.epoch
             )
-            coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers))
-            coordinator.add_desk(ServicingDesk(coordinator))
-            coordinator.add_desk(RepoDesk(coordinator))
-            coordinator_metrics = CoordinatorMetrics(coordinator)  # before any settlement is resumed
-            await nursery.start(coordinator.run)
-            log.info(
-                "coordinator %s up on %s, journal %s, Δ = %d ms, backstop %d ms",
-                config.coordinator_id,
-                redacted(url),
-                config.journal,
-                config.timing.margin_ms,
-                config.timing.backstop_ms,
-            )
-            if listeners is not None:
-                nursery.start_soon(serve_metrics, coordinator_metrics.registry, listeners)
-                log.info("coordinator %s metrics at %s", config.coordinator_id, url_of(listeners))
-    finally:
-        journal.close()
+        await self.run(journal)
+
+    async def run(self, journal: Journal, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                coordinator = Coordinator(
+                    config.coordinator_id,
+                    self.key,
+                    self.registry,
+                    self.bus,
+                    journal,
+                    ServiceClock(),
+                    config.timing,
+                    config.ledgers if config.watchtower else (),
+                    intake_max=config.intake_max,
+                )
+                coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers))
+                coordinator.add_desk(ServicingDesk(coordinator))
+                coordinator.add_desk(RepoDesk(coordinator))
+                coordinator_metrics = CoordinatorMetrics(coordinator)  # before any settlement is resumed
+                await nursery.start(coordinator.run)
+                log.info(
+                    "coordinator %s up on %s, journal %s at epoch %d, Δ = %d ms, backstop %d ms",
+                    config.coordinator_id,
+                    redacted(self.url),
+                    config.journal,
+                    journal.epoch,
+                    config.timing.margin_ms,
+                    config.timing.backstop_ms,
+                )
+                if self.listeners is not None:
+                    nursery.start_soon(serve_metrics, coordinator_metrics.registry, self.listeners)
+                    log.info("coordinator %s metrics at %s", config.coordinator_id, url_of(self.listeners))
+                task_status.started()
+        finally:
+            journal.close()
 
 
 async def run_watchtower(

@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from protocols.bus import service_of_coordinator
-from protocols.bus.faults import Faults, FaultyBus
+from protocols.bus.faults import Faults, FaultyBus, except_fences
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
 from protocols.errors import Rejected
@@ -241,7 +241,7 @@ async def _kill_unheard(local: Local, scope, raw: bytes, legs):
     """Restart the coordinator deaf to every ledger's reply, submit, and kill it once both
     locks are held: placed, and nothing decided."""
     scope.cancel()
-    deaf = FaultyBus(local.bus, Faults(drop_reply=1.0), seed=0)
+    deaf = FaultyBus(local.bus, Faults(drop_reply=1.0), seed=0, applies=except_fences)
     coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS, bus=deaf)
     local.nursery.start_soon(local.send_settlement, raw)
 

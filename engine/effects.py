@@ -41,6 +41,7 @@ from protocols.messages import (
     Claim,
     CreateInstrument,
     Entry,
+    Fence,
     Issue,
     Lock,
     OpenAccount,
@@ -363,6 +364,10 @@ def _rotate_key(msg: RotateKey, signed: Signed, entry: Entry, replay: Replay, ke
     return {"keys": [[msg.party, msg.public_key]]}
 
 
+def _fence(msg: Fence, signed: Signed, entry: Entry, replay: Replay, keys: Registry | None) -> Rows:
+    return {}
+
+
 _DERIVE: dict[type, Callable[..., Rows]] = {
     OpenAccount: _open_account,
     CreateInstrument: _create_instrument,
@@ -376,5 +381,6 @@ _DERIVE: dict[type, Callable[..., Rows]] = {
     Refund: _refund,
     Abort: _abort,
     RotateKey: _rotate_key,
+    Fence: _fence,
 }
 assert set(_DERIVE) == set(INSTRUCTIONS), "every instruction type has its derivation"

@@ -28,9 +28,10 @@ from protocols.messages import (
     Settlement,
     SettlementLeg,
     Transfer,
+    readable_id,
 )
 from protocols.registry import Role
-from protocols.settlement import Timing
+from protocols.settlement import Timing, coordinator_ids, route
 from protocols.signing import sign
 
 from .coordinator import INTAKE_MAX, Coordinator, Desk
@@ -61,10 +62,12 @@ LEDGERS = [
 PLACES = {BOND: "csd", "EUR": "cbdc-eur", "USD": "cbdc-multi", "CHF": "cbdc-multi"}  # where matched trades settle
 
 
-def standard_world(directory: str | Path, broker: str | None = None) -> World:
+def standard_world(directory: str | Path, broker: str | None = None, coordinators: int = 1) -> World:
     """The demo's world: a CSD, a one-currency and a multi-currency CBDC ledger, a
-    unified ledger, three central banks, an issuer, two banks and a coordinator."""
-    return lay_out(directory, LEDGERS, PARTIES, broker=broker, places=PLACES)
+    unified ledger, three central banks, an issuer, two banks and a coordinator (or
+    `coordinators` of them, sharing the settlement ids: `coordinator`, `coordinator-1`, ...)."""
+    parties = {**PARTIES, **{c: (Role.COORDINATOR,) for c in coordinator_ids(COORDINATOR, coordinators)}}
+    return lay_out(directory, LEDGERS, parties, broker=broker, places=PLACES)
 
 
 @attrs.define
@@ -78,6 +81,7 @@ class Local:
     coordinator: Coordinator | None = None
     offload: bool = False  # commit in worker threads (real clocks only; see LedgerService)
     clock: ServiceClock = attrs.field(factory=ServiceClock)  # the parties' own clock
+    coordinators: tuple[str, ...] = (COORDINATOR,)  # settlements are routed among them by id
     _ledger_scopes: dict[str, trio.CancelScope] = attrs.field(factory=dict)
     _stopped: dict[str, trio.Event] = attrs.field(
         factory=dict
@@ -169,7 +173,8 @@ class Local:
         """Send a settlement to the coordinator over the bus as a back office would;
         its signed status once final, or None if the coordinator went away first."""
         try:
-            return await self.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=timeout_s)
+            coordinator = route(readable_id(raw), self.coordinators)
+            return await self.bus.request(service_of_coordinator(coordinator), raw, timeout_s=timeout_s)
         except BusTimeout:
             return None
 
@@ -253,9 +258,9 @@ class Local:
     ) -> bytes:
         """A settlement signed by both parties, as their back offices would send it."""
         now = self.clock.now_ms()
-        msg = Settlement(
-            settlement_id or self.next_id(kind), kind, now, COORDINATOR, deadline_ms or now + 60_000, parties, legs
-        )
+        settlement_id = settlement_id or self.next_id(kind)
+        coordinator = route(settlement_id, self.coordinators)
+        msg = Settlement(settlement_id, kind, now, coordinator, deadline_ms or now + 60_000, parties, legs)
         return sign(msg, *((p, self.world.keys[p]) for p in parties)).encode()
 
 

@@ -142,10 +142,20 @@ def _4_transitions(db: sqlite_utils.Database) -> None:
     )
 
 
+def _5_epochs(db: sqlite_utils.Database) -> None:
+    """One row per instance that opened the journal: its epoch, which fences the ledgers
+    against every instance before it (protocols.messages.Fence), its process and when."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, pid INTEGER NOT NULL, "
+        "opened_ms INTEGER NOT NULL)"
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _1_settlements,
     _2_decisions,
     _3_desks,
     _4_transitions,
+    _5_epochs,
 )
-SCHEMA_VERSION = len(MIGRATIONS)  # 1: settlements; 2: decision locks, the decision; 3: the desks' tables; 4: the log
+SCHEMA_VERSION = len(MIGRATIONS)  # 1: settlements; 2: decision locks, the decision; 3: desks; 4: the log; 5: epochs

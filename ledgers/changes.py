@@ -25,6 +25,7 @@ class Changes:
         self._balances: dict[tuple[str, str], tuple[int, int]] = {}
         self._locks: dict[str, HeldLock] = {}
         self._keys: dict[str, str] = {}
+        self._fences: dict[str, int] = {}
         self._effects: dict[str, list[list[Any]]] = defaultdict(list)
 
     # -- reads -----------------------------------------------------------------------
@@ -43,6 +44,10 @@ class Changes:
 
     def lock(self, lock_id: str) -> HeldLock | None:
         return self._locks.get(lock_id) or self._store.lock(lock_id)
+
+    def fence(self, coordinator: str) -> int:
+        """The highest epoch of `coordinator` this ledger has applied (0: none)."""
+        return self._fences.get(coordinator) or self._store.fence(coordinator)
 
     # -- writes ----------------------------------------------------------------------
 
@@ -73,6 +78,10 @@ class Changes:
     def put_lock(self, lock: HeldLock) -> None:
         self._locks[lock.lock_id] = lock
         self._effects["locks"].append([lock.lock_id, lock.state.value])
+
+    def raise_fence(self, coordinator: str, epoch: int) -> None:
+        assert epoch >= self.fence(coordinator), "a fence never goes down"
+        self._fences[coordinator] = epoch
 
     def set_key(self, party: str, public_key: str) -> None:
         self._keys[party] = public_key
@@ -108,3 +117,5 @@ class Changes:
             self._store.put_lock(lock)
         for party, public_key in self._keys.items():
             self._store.put_key(party, public_key)
+        for coordinator, epoch in self._fences.items():
+            self._store.set_fence(coordinator, epoch)

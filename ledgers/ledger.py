@@ -76,7 +76,7 @@ CHECKPOINT_INTERVAL_ENTRIES = 1_000  # a start after a kill re-reads fewer than 
 
 # Refusals not recorded against the instruction id: the sender had no authority to
 # spend it (so nobody can burn another party's id), or a retry may succeed (stale).
-_NOT_RECORDED = frozenset({Code.NOT_AUTHORISED, Code.MISSING_SIGNATURE, Code.STALE})
+_NOT_RECORDED = frozenset({Code.NOT_AUTHORISED, Code.MISSING_SIGNATURE, Code.STALE, Code.FENCED})
 
 
 class StartRefused(Exception):

@@ -20,6 +20,7 @@ from protocols.messages import (
     Cancel,
     Claim,
     CreateInstrument,
+    Fence,
     Issue,
     Lock,
     OpenAccount,
@@ -57,7 +58,27 @@ def apply(signed: Signed, ctx: Context, changes: Changes) -> None:
             f"signed at {msg.ts_ms}, ledger time is {ctx.now_ms}: "
             f"outside the window of -{ctx.config.limits.ts_ahead_ms_max}/+{ctx.config.limits.ts_age_ms_max} ms",
         )
+    if getattr(msg, "epoch", 0):
+        _fenced(msg.epoch, signed, ctx, changes)
     _RULES[type(msg)](msg, signed, ctx, changes)
+
+
+def _fenced(epoch: int, signed: Signed, ctx: Context, changes: Changes) -> None:
+    """An epoch is a coordinator instance's (Fence): one below the ledger's fence for it
+    is an instance since replaced, refused; a higher one raises the fence."""
+    coordinator = next(iter(signed.sigs))
+    if len(signed.sigs) != 1 or not ctx.registry.has_role(coordinator, Role.COORDINATOR):
+        raise Rejected(Code.NOT_AUTHORISED, "epoch", "an epoch is a coordinator's: signed by one coordinator alone")
+    fence = changes.fence(coordinator)
+    if epoch < fence:
+        raise Rejected(
+            Code.FENCED,
+            "epoch",
+            f"coordinator {coordinator} is at epoch {fence} on this ledger: "
+            f"epoch {epoch} is an instance of it since replaced",
+        )
+    if epoch > fence:
+        changes.raise_fence(coordinator, epoch)
 
 
 def _signed_by(signers: Collection[str], party: str, why: str) -> None:
@@ -398,6 +419,10 @@ def add_currencies(config: LedgerConfig, changes: Changes) -> None:
             changes.add_asset(Asset(currency.code, "currency", currency.issuer, CURRENCIES[currency.code]))
 
 
+def _fence(msg: Fence, signed: Signed, ctx: Context, changes: Changes) -> None:
+    """Raised by `apply`, as any epoch is: here only the epoch's checks."""
+
+
 def _rotate_key(msg: RotateKey, signed: Signed, ctx: Context, changes: Changes) -> None:
     """The operator vouches for a participant's new key; the old key may be the one
     lost. Only a participant's: with a central bank's, a coordinator's or another
@@ -433,4 +458,5 @@ _RULES: dict[type, Callable] = {
     Refund: _refund,
     Abort: _abort,
     RotateKey: _rotate_key,
+    Fence: _fence,
 }

@@ -181,6 +181,12 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def fence(self, coordinator: str) -> int:
+        """A coordinator's fence on this ledger (its highest epoch applied here, 0 for none),
+        kept in `meta`: it is not ledger state but the ledger's memory of who may act."""
+        value = self.meta(f"fence:{coordinator}")
+        return 0 if value is None else int(value)
+
     def account_owner(self, account: str) -> str | None:
         row = self._db.execute("SELECT owner FROM accounts WHERE account = ?", (account,)).fetchone()
         return row[0] if row else None
@@ -323,6 +329,9 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def set_fence(self, coordinator: str, epoch: int) -> None:
+        self.set_meta(f"fence:{coordinator}", str(epoch))
 
     def put_account(self, account: str, owner: str) -> None:
         self._write("INSERT INTO accounts (account, owner) VALUES (?, ?)", (account, owner))

@@ -27,6 +27,7 @@ class Code(enum.Enum):
     NOT_AUTHORISED = "not_authorised"
     STALE = "stale"  # ts_ms outside the freshness window (temporary if ahead)
     ID_REUSED = "id_reused"  # same id, different content
+    FENCED = "fenced"  # a coordinator's instruction from an epoch this ledger has been fenced past
     # the ledger's state (temporary: a later instruction may succeed)
     UNKNOWN_ACCOUNT = "unknown_account"
     ACCOUNT_EXISTS = "account_exists"

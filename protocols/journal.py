@@ -158,6 +158,7 @@ class Replay:
     applied: dict[str, int] | None = attrs.field(factory=dict)  # instruction id -> the entry that applied it;
     # None: not kept (a live follower)
     earlier_locks: dict[str, LockState] | None = None  # None: replayed from entry 0, every lock placed in it
+    fences: dict[str, int] = attrs.field(factory=dict)  # coordinator -> the highest epoch its entries carry
 
     def apply(self, entry: Entry) -> None:
         """Raises ValueError for an entry that cannot follow the ones before."""
@@ -167,6 +168,8 @@ class Replay:
             if instruction_id in self.applied:
                 raise ValueError(f"instruction {instruction_id} is applied a second time")
             self.applied[instruction_id] = entry.seq
+        if entry.instruction is not None and entry.instruction.get("epoch"):
+            self._fence(entry)
         for account, owner in effects.get("accounts", ()):
             self.accounts[account] = owner
         for party, key in effects.get("keys", ()):
@@ -193,6 +196,16 @@ class Replay:
                 raise ValueError(f"lock {lock_id} leaves the held state a second time")
             else:
                 self.earlier_locks[lock_id] = LockState(state)
+
+    def _fence(self, entry: Entry) -> None:
+        """A ledger fences each coordinator: the epochs of its entries never go down."""
+        assert entry.instruction is not None
+        coordinator, epoch = min(entry.instruction["sigs"]), entry.instruction["epoch"]
+        if epoch < self.fences.get(coordinator, 0):
+            raise ValueError(
+                f"{coordinator} acts at epoch {epoch} after epoch {self.fences[coordinator]}: its fence went down"
+            )
+        self.fences[coordinator] = epoch
 
     def conservation_problems(self) -> list[str]:
         totals: dict[str, int] = defaultdict(int)

@@ -348,10 +348,12 @@ class Lock(Instruction):
 @message("claim")
 @attrs.frozen
 class Claim(Instruction):
-    """Complete a lock with its secret; anyone may send it, only the beneficiary gains."""
+    """Complete a lock with its secret; anyone may send it, only the beneficiary gains.
+    A coordinator's carries its `epoch` (see Fence); anyone else's leaves it out."""
 
     lock_id: str = attrs.field(validator=ident)
     preimage: bytes = attrs.field(validator=digest32)
+    epoch: int = attrs.field(default=0, validator=count, metadata=LATER)
 
 
 @message("cancel")
@@ -362,6 +364,7 @@ class Cancel(Instruction):
 
     lock_id: str = attrs.field(validator=ident)
     preimage: bytes = attrs.field(validator=digest32)
+    epoch: int = attrs.field(default=0, validator=count, metadata=LATER)
 
 
 @message("refund")
@@ -378,6 +381,7 @@ class Abort(Instruction):
     """Return a lock to its owner before expiry, by a party its terms allow."""
 
     lock_id: str = attrs.field(validator=ident)
+    epoch: int = attrs.field(default=0, validator=count, metadata=LATER)
 
 
 @message("settle")
@@ -399,6 +403,18 @@ class RotateKey(Instruction):
     public_key: str = attrs.field(validator=public_key)
 
 
+@message("fence")
+@attrs.frozen
+class Fence(Instruction):
+    """Raise this ledger's fence for the coordinator that signs it to `epoch`. A
+    coordinator instance draws a new epoch whenever it opens its journal (a restart, or
+    a takeover by another process) and fences each ledger before it sends it anything
+    else; from then on the ledger refuses, `fenced`, the claims, cancels and aborts of
+    that coordinator signed at an earlier epoch: those of an instance since replaced."""
+
+    epoch: int = attrs.field(validator=amount)
+
+
 INSTRUCTIONS: tuple[type[Instruction], ...] = (
     OpenAccount,
     CreateInstrument,
@@ -412,6 +428,7 @@ INSTRUCTIONS: tuple[type[Instruction], ...] = (
     Abort,
     Settle,
     RotateKey,
+    Fence,
 )
 
 

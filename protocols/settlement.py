@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import datetime
 import enum
+import zlib
+from collections.abc import Sequence
 
 import attrs
 
@@ -88,6 +90,19 @@ def decided(current: Decision, following: Phase) -> Decision:
 def utc_date(time_ms: int) -> str:
     """The calendar date (UTC) at a time: dates in settlements and instruments are UTC days."""
     return datetime.datetime.fromtimestamp(time_ms / 1000, datetime.UTC).date().isoformat()
+
+
+def coordinator_ids(first: str, count: int) -> list[str]:
+    """The ids of `count` coordinators that share the settlement-id space: `first`, then
+    `first-1`, `first-2`, ..."""
+    return [first] + [f"{first}-{index}" for index in range(1, count)]
+
+
+def route(settlement_id: str, coordinators: Sequence[str]) -> str:
+    """The one coordinator of a settlement when several share the work: a stable hash
+    of its id (CRC-32) picks it, so the coordinators own disjoint parts of the id space
+    and a settlement sent again goes where it went first (docs/SCALING.md)."""
+    return coordinators[zlib.crc32(settlement_id.encode()) % len(coordinators)]
 
 
 def lock_id(settlement_id: str, leg: int) -> str:

@@ -39,6 +39,7 @@ from protocols.messages import (
     Cancel,
     Claim,
     CreateInstrument,
+    Fence,
     Issue,
     Leg,
     Lock,
@@ -113,7 +114,7 @@ def deltas(before: State, after: State) -> dict[tuple[str, str], tuple[int, int]
     return changed
 
 
-NOT_RECORDED = {Code.NOT_AUTHORISED, Code.MISSING_SIGNATURE, Code.STALE, Code.BAD_SIGNATURE}
+NOT_RECORDED = {Code.NOT_AUTHORISED, Code.MISSING_SIGNATURE, Code.STALE, Code.BAD_SIGNATURE, Code.FENCED}
 
 
 def is_recorded(code: Code, field: str) -> bool:
@@ -589,6 +590,58 @@ def _(h):
     return lambda signers: coordinator_settle(h, auth, signers), moved(SAME_LEGS_MOVED)
 
 
+NOT_AUTHORISED_EPOCH = (Code.NOT_AUTHORISED, "epoch")
+FENCED_EPOCH = (Code.FENCED, "epoch")
+
+
+def fenced_at(h: Harness, epoch: int) -> None:
+    applied(h.send(Fence, "coordinator", epoch=epoch))
+
+
+@row("fence", allowed={"coordinator", "other_coordinator"}, refusal=NOT_AUTHORISED_EPOCH)
+def _(h):
+    """Any coordinator, alone, raises its own fence: nothing else changes."""
+    fenced_at(h, 2)
+
+    def effect(h, before, after):
+        assert deltas(before, after) == {} and after.locks == before.locks
+        assert {h.store.fence("coordinator"), h.store.fence("coord-2")} in ({3, 0}, {2, 3})
+
+    return lambda signers: h.make(Fence, *signers, epoch=3), effect
+
+
+@row(
+    "fence_going_down", allowed={"other_coordinator"}, refusal=NOT_AUTHORISED_EPOCH, coordinator=(Code.FENCED, "epoch")
+)
+def _(h):
+    fenced_at(h, 5)
+    return lambda signers: h.make(Fence, *signers, epoch=4), lambda h, before, after: None
+
+
+@row(
+    "claim_at_an_epoch", allowed={"other_coordinator"}, refusal=NOT_AUTHORISED_EPOCH, coordinator=(Code.FENCED, "epoch")
+)
+def _(h):
+    """An epoch below its signer's fence is an instance since replaced; another coordinator's
+    fence is its own; an epoch on anything but one coordinator's signature is refused."""
+    place_lock(h, "lock-1")
+    fenced_at(h, 5)
+
+    def effect(h, before, after):
+        moved({("acc-a", "EUR"): (0, -1_000), ("acc-b", "EUR"): (1_000, 0)})(h, before, after)
+        assert (h.store.fence("coordinator"), h.store.fence("coord-2")) == (5, 4)
+
+    return lambda signers: h.make(Claim, *signers, lock_id="lock-1", preimage=SECRET, epoch=4), effect
+
+
+@row("abort_at_an_epoch", allowed={"coordinator"}, refusal=NOT_AUTHORISED_EPOCH, other_coordinator=NOT_AUTHORISED_SIGS)
+def _(h):
+    """At or above the fence, an abort is judged as any: the coordinator named may abort."""
+    place_lock(h, "lock-1")
+    fenced_at(h, 5)
+    return lambda signers: h.make(Abort, *signers, lock_id="lock-1", epoch=5), refunded_to_owner("lock-1", "aborted")
+
+
 @row("rotate_key", allowed={"operator"})
 def _(h):
     new = public_point(PrivateKey.generate().public)
@@ -607,6 +660,7 @@ def test_the_matrix_has_a_row_for_every_instruction_type():
         Abort: "abort",
         Cancel: "cancel",
         Claim: "claim",
+        Fence: "fence",
         CreateInstrument: "create_instrument",
         Issue: "issue",
         Lock: "lock",

@@ -114,7 +114,9 @@ def test_a_journal_from_before_decision_locks_is_migrated_with_each_decision_fro
     journal = Journal(tmp_path / "coordinator.db")
     decisions = {record.settlement_id: record.decision for record in journal.all()}
     journal.close()
-    assert version(tmp_path / "coordinator.db") == 4 and tables(tmp_path / "coordinator.db") == TABLES
+    assert (
+        version(tmp_path / "coordinator.db") == schema.SCHEMA_VERSION and tables(tmp_path / "coordinator.db") == TABLES
+    )
     assert decisions == {
         "claiming": Decision.COMMIT,
         "settled-cross": Decision.COMMIT,
@@ -191,7 +193,16 @@ async def test_a_settlement_in_flight_across_the_upgrade_keeps_its_time_locks_an
         nursery.cancel_scope.cancel()
 
 
-TABLES = {"settlements", "transitions", "instructions", "advices", "corporate_actions", "entitlements", "repos"}
+TABLES = {
+    "settlements",
+    "transitions",
+    "instructions",
+    "advices",
+    "corporate_actions",
+    "entitlements",
+    "repos",
+    "epochs",
+}
 
 
 def tables(path) -> set[str]:
@@ -209,7 +220,7 @@ def version(path) -> int:
 def test_a_new_database_has_every_table_at_the_last_migration(tmp_path):
     schema.connect(tmp_path / "coordinator.db").close()
     assert tables(tmp_path / "coordinator.db") == TABLES
-    assert version(tmp_path / "coordinator.db") == schema.SCHEMA_VERSION == len(schema.MIGRATIONS) == 4
+    assert version(tmp_path / "coordinator.db") == schema.SCHEMA_VERSION == len(schema.MIGRATIONS) == 5
 
 
 def test_a_database_whose_desks_made_their_own_tables_keeps_their_rows(tmp_path):
@@ -221,7 +232,7 @@ def test_a_database_whose_desks_made_their_own_tables_keeps_their_rows(tmp_path)
         db.execute("PRAGMA user_version = 2")
     assert version(path) == 2
     Journal(path).close()
-    assert version(path) == 4 and tables(path) == TABLES
+    assert version(path) == schema.SCHEMA_VERSION and tables(path) == TABLES
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT id, state FROM repos").fetchall() == [("r1", "open")]
 

@@ -17,6 +17,7 @@ from protocols.messages import (
     Cancel,
     Claim,
     CreateInstrument,
+    Fence,
     Issue,
     Leg,
     Lock,
@@ -433,6 +434,9 @@ INSTRUCTION_EXAMPLES = [
     Cancel("x-1", "unified", T0, "l-2", b"\xfe" * 32),
     Refund("r-2", "unified", T0, "l-1"),
     Abort("a-1", "unified", T0, "l-1"),
+    Abort("a-2", "unified", T0, "l-1", epoch=3),
+    Claim("c-3", "unified", T0, "l-1", b"\xff" * 32, epoch=1),
+    Fence("f-1", "unified", T0, 7),
     Settle("s-1", "unified", T0, (Leg("acc-a", "acc-b", "EUR", 1), Leg("acc-b", "acc-a", BOND, 2))),
     RotateKey(
         "k-1", "unified", T0, "bank-a", "03" + "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"

@@ -209,11 +209,14 @@ class Driving:
 @attrs.frozen
 class State:
     """The settlements being driven. `nonce` is the shell's for this run, drawn at
-    start, so the ids this run gives claims, releases and queries are its own."""
+    start, so the ids this run gives claims, releases and queries are its own; `epoch`
+    is the journal's for this run, carried by its claims and releases so that ledgers
+    refuse those of an instance since replaced (protocols.messages.Fence)."""
 
     coordinator_id: str
     timing: Timing
     nonce: str
+    epoch: int = 0
     settlements: Mapping[str, Driving] = attrs.field(factory=dict)
 
 
@@ -546,7 +549,7 @@ def _claim(state: State, driving: Driving, index: int, now_ms: int, at_ms: int |
     target = lock_id(record.settlement_id, index)
     driving, claim_id = _next_id(state, driving, target, "c")
     time_ms = at_ms or now_ms  # a later at_ms: sent then
-    claim = unsigned(Claim(claim_id, leg.ledger, time_ms, target, record.secret))
+    claim = unsigned(Claim(claim_id, leg.ledger, time_ms, target, record.secret, state.epoch))
     deadline_ms = time_ms + state.timing.claim_deadline_ms
     return _make(driving, ("claim", index), leg.ledger, claim, deadline_ms, now_ms, at_ms)
 
@@ -626,10 +629,10 @@ def _release(state: State, driving: Driving, index: int, now_ms: int, at_ms: int
     time_ms = at_ms or now_ms  # a later at_ms: sent then
     if record.cancel_secret:
         driving, release_id = _next_id(state, driving, target, "x")
-        release: Cancel | Abort = Cancel(release_id, leg.ledger, time_ms, target, record.cancel_secret)
+        release: Cancel | Abort = Cancel(release_id, leg.ledger, time_ms, target, record.cancel_secret, state.epoch)
     else:
         driving, release_id = _next_id(state, driving, target, "a")
-        release = Abort(release_id, leg.ledger, time_ms, target)
+        release = Abort(release_id, leg.ledger, time_ms, target, state.epoch)
     deadline_ms = time_ms + state.timing.claim_deadline_ms
     return _make(driving, ("release", index), leg.ledger, unsigned(release), deadline_ms, now_ms, at_ms)
 

@@ -24,6 +24,7 @@ import fcntl
 import itertools
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,19 +91,21 @@ class JournalInUse(Exception):
 
 
 class Journal:
-    def __init__(self, path: str | Path, *, offload: bool = False) -> None:
+    def __init__(self, path: str | Path, *, offload: bool = False, held: int | None = None) -> None:
         """`offload=True` commits in a worker thread, so settlements go on while the
         disk syncs (as LedgerService does; off under a MockClock). Held by one Journal
         at a time: a lock on `{path}.lock`, which the kernel releases when its process
-        dies however it dies, so a restart takes it at once."""
+        dies however it dies, so a restart takes it at once. `held`: that lock, taken
+        already (`hold`)."""
         self.path = Path(path)
         self.offload = offload
-        self._lock = _hold(Path(f"{self.path}.lock"))
+        self._lock = hold(self.path) if held is None else held
         self._db = schema.connect(self.path)  # the writer's
         self._reader = schema.connect(self.path)  # sees what is committed, never a commit under way
         self._send, self._receive = trio.open_memory_channel[tuple[list[Change], trio.Event]](BATCH_SIZE_MAX * 4)
         self.commits = 0
         self.checkpoint()
+        self.epoch = self._next_epoch()
 
     def close(self) -> None:
         self._db.close()
@@ -159,6 +162,17 @@ class Journal:
             self._db.executemany(_UPSERT, [_row(record) for record in records if record is not None])
             self._db.execute("DELETE FROM transitions")
 
+    def _next_epoch(self) -> int:
+        """This instance's epoch: one more than any before it on this journal, committed
+        before it sends anything, so that ledgers can tell it from every earlier one."""
+        with _transaction(self._db):
+            (last,) = self._db.execute("SELECT COALESCE(MAX(epoch), 0) FROM epochs").fetchone()
+            self._db.execute(
+                "INSERT INTO epochs (epoch, pid, opened_ms) VALUES (?, ?, ?)",
+                (last + 1, os.getpid(), int(time.time() * 1000)),
+            )
+        return last + 1
+
     def get(self, settlement_id: str) -> Record | None:
         return _fold(self._reader, settlement_id)
 
@@ -175,9 +189,10 @@ class Journal:
         return [record for (settlement_id,) in ids.fetchall() if (record := self.get(settlement_id)) is not None]
 
 
-def _hold(path: Path) -> int:
-    """An exclusive lock on `path`, or JournalInUse naming the process that holds it."""
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def hold(journal: Path) -> int:
+    """An exclusive lock on the journal (on `{journal}.lock`: a descriptor whose closing
+    releases it), or JournalInUse naming the process that holds it."""
+    descriptor = os.open(f"{journal}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -12,11 +12,17 @@ that arrive while a step commits make the next step.
 A restart resumes every unfinished settlement at its journaled phase: locks and settles
 are sent again byte for byte (ledgers answer a repeated id with their first receipt),
 claims and cancels are safe to repeat, and what a ledger already did is read from its
-lock state."""
+lock state.
+
+Every start opens the journal at a new epoch, and the shell fences each ledger at that
+epoch before it sends it anything else (`_fence_then_send`): from then on the ledger
+refuses the claims, cancels and aborts of every earlier instance of this coordinator.
+An instance that finds itself fenced out stops: another has taken its journal over."""
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 import secrets
@@ -33,7 +39,8 @@ from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.canonical import encode
 from protocols.errors import Code, Rejected
-from protocols.messages import Body, QuerySettlement, Receipt, Settlement, SettlementStatus, readable_id
+from protocols.failures import ExpectedFailure
+from protocols.messages import Body, Fence, QuerySettlement, Receipt, Settlement, SettlementStatus, readable_id
 from protocols.registry import Registry
 from protocols.settlement import Phase, Timing
 from protocols.signing import PrivateKey, Signed, decode_signed, sign
@@ -48,6 +55,17 @@ log = logging.getLogger("lockstep.coordinator")
 SUBMIT_TIMEOUT_S = 0.5  # one attempt at a ledger request; the core sends it again while time allows
 IN_FLIGHT_MAX = config.IN_FLIGHT_MAX  # settlements driven at once, desks' included; then every request is refused
 INTAKE_MAX = config.INTAKE_MAX  # back offices' settlements in flight; a new one past it is refused `busy`
+
+
+FENCE_RETRY_S = 1.0  # after a ledger refuses a fence for a reason that may pass (a clock ahead, say)
+
+
+class FencedOut(ExpectedFailure):
+    """A ledger has been fenced past this instance's epoch: a later instance of the same
+    coordinator has opened its journal. This one must stop; it would only be refused."""
+
+    def __init__(self, coordinator: str, epoch: int, ledger: str, reason: str) -> None:
+        super().__init__(f"coordinator {coordinator} at epoch {epoch}", f"fenced out by {ledger}: {reason}")
 
 
 class Desk(Protocol):
@@ -90,7 +108,7 @@ class Coordinator:
         self.timing = timing
         self._clients: dict[str, LedgerClient] = {}
         self._batchers: dict[str, Batcher] = {}  # each ledger's, sending instructions in batches
-        self._state = core.State(coordinator_id, timing, secrets.token_hex(3))
+        self._state = core.State(coordinator_id, timing, secrets.token_hex(3), journal.epoch)
         self._events: list[core.Event] = []  # for the next step
         self._arrived = trio.lowlevel.ParkingLot()  # the step loop, waiting for events
         self._wakes: list[tuple[int, str]] = []  # (at_ms, settlement id): a heap of times to feed Due
@@ -388,6 +406,8 @@ class Coordinator:
         """An instruction's outcome, from the task that sent its batch."""
         if isinstance(outcome, Exception):
             log.debug("%s %s: %s; sent again", settlement_id, tag, outcome)
+        elif outcome.code == Code.FENCED.value:
+            raise FencedOut(self.id, self.journal.epoch, outcome.ledger, outcome.reason or "")
         self._event(core.Answer(settlement_id, tag, outcome if isinstance(outcome, Receipt) else core.NO_ANSWER))
 
     async def _ask(self, action: core.Ask) -> None:
@@ -414,8 +434,28 @@ class Coordinator:
         if batcher is None:
             assert self._nursery is not None, "coordinator is not running"
             batcher = self._batchers[ledger_id] = Batcher(self.client(ledger_id), self.id, self._key)
-            self._nursery.start_soon(batcher.run)
+            self._nursery.start_soon(self._fence_then_send, ledger_id, batcher)
         return batcher
+
+    async def _fence_then_send(self, ledger_id: str, batcher: Batcher) -> None:
+        """Fence the ledger at this instance's epoch, then send it the batches that have
+        gathered meanwhile: nothing of this instance reaches a ledger before its fence."""
+        epoch, client = self.journal.epoch, self.client(ledger_id)
+        for attempt in itertools.count():
+            fence = Fence(f"fence-{epoch}-{self._state.nonce}-{attempt:x}", ledger_id, self.clock.now_ms(), epoch)
+            try:
+                receipt = await client.submit(sign(fence, (self.id, self._key)))
+            except (BusTimeout, BadReply) as error:
+                log.info("fencing %s at epoch %d: %s; again", ledger_id, epoch, error)
+                continue
+            if receipt.applied:
+                break
+            if receipt.code == Code.FENCED.value:
+                raise FencedOut(self.id, epoch, ledger_id, receipt.reason or "")
+            log.warning("%s refused the fence at epoch %d: %s: %s", ledger_id, epoch, receipt.field, receipt.reason)
+            await trio.sleep(FENCE_RETRY_S)
+        log.info("fenced %s at epoch %d", ledger_id, epoch)
+        await batcher.run()
 
 
 def _reused(settlement_id: str) -> Rejected:

@@ -33,6 +33,13 @@ class Faults:
     delay_s_max: float = 0.05
 
 
+def except_fences(service: str, payload: bytes) -> bool:
+    """`applies` for faults on everything but a coordinator's fences (a Fence is sent
+    alone): a coordinator deaf to its ledgers' replies still fences them, and so still
+    sends them its instructions, which are applied and never answered."""
+    return b'"type":"fence"' not in payload
+
+
 class FaultyBus:
     def __init__(
         self,
