@@ -6,6 +6,8 @@ expiry. (`lockstep chaos --bus mqtt` runs the long soaks.)"""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from engine import cli
@@ -39,6 +41,25 @@ async def test_every_process_fault_at_once_ends_clean(tmp_path):
     check_clean(await run(tmp_path, seconds=12, seed=11, faults=FAULTS), FAULTS, strikes=1)
 
 
+async def test_one_of_three_coordinators_killed_again_and_again_ends_clean(tmp_path):
+    """Three coordinators share the settlement ids, each process standing by for the
+    others. Every kill frees the journals its process held; each is opened again (by a
+    survivor taking it over, or by the restarted process) at a new epoch, which fences
+    the ledgers against the dead instance."""
+    result = await run(tmp_path, seconds=10, seed=5, faults=("kill-coordinator",), coordinators=3)
+    check_clean(result, ("kill-coordinator",), strikes=2)
+    reopened = 0
+    for journal in ("coordinator.db", "coordinator-1.db", "coordinator-2.db"):
+        with sqlite3.connect(tmp_path / journal) as db:
+            reopened += db.execute("SELECT MAX(epoch) - 1 FROM epochs").fetchone()[0]
+    assert reopened >= result.outcome.faults["kill-coordinator"]
+
+
 def test_a_fault_the_process_mode_does_not_have_is_refused_by_name(capsys):
     assert cli.main(["chaos", "--bus", "mqtt", "--faults", "kill-ledger,partition"]) == 2
     assert "unknown faults for --bus mqtt: partition" in capsys.readouterr().err
+
+
+def test_several_coordinators_need_the_process_mode(capsys):
+    assert cli.main(["chaos", "--coordinators", "3"]) == 2
+    assert "more than 1 only with --bus mqtt" in capsys.readouterr().err
