@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from engine.broker import mosquitto_path
+from engine.world.broker import mosquitto_path
 
 from .runner import BenchmarkBroken, Load, Result, Run, measure, memory_system, mqtt_system
 from .table import table

@@ -23,8 +23,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from engine.broker import Broker
-from engine.local import Local
+from engine.world.broker import Broker
+from engine.world.local import Local
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import trio
 
-from engine.world import LedgerSpec, World, lay_out
+from engine.world.layout import LedgerSpec, World, lay_out
 from protocols.bus import BusTimeout
 from protocols.bus.batcher import Batcher
 from protocols.bus.client import BadReply, LedgerClient, raise_for

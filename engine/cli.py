@@ -64,7 +64,7 @@ def _ledger(args: argparse.Namespace) -> int:
 
 def _broker(args: argparse.Namespace) -> int:
     """Mosquitto as a child that gets our signals; a folder we made is removed when it ends."""
-    from engine.broker import Broker
+    from engine.world.broker import Broker
 
     directory = args.dir or tempfile.mkdtemp(prefix="lockstep-broker-")
     try:
@@ -94,13 +94,13 @@ def _engine(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from engine import status
+    from engine.client import status
 
     return trio.run(status.main, args.config, args.id, args.broker)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from engine import demo
+    from engine.world import demo
 
     return demo.main(args.broker, keep=args.keep)
 
@@ -114,7 +114,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _chaos(args: argparse.Namespace) -> int:
     """In this process on the memory bus, or with every service a process on Mosquitto."""
-    from engine import chaos, chaos_processes
+    from engine.world import chaos, chaos_processes
 
     logging.getLogger().setLevel(logging.ERROR)
     mode = chaos_processes if args.bus == "mqtt" else chaos
@@ -135,13 +135,13 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def _conformance(args: argparse.Namespace) -> int:
-    from engine.conformance import main
+    from engine.audit.conformance import main
 
     return trio.run(main, args.broker, args.ledger, args.keys)
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
-    from engine import rotate_key
+    from engine.client import rotate_key
 
     return trio.run(
         rotate_key.main,
@@ -159,7 +159,7 @@ MANDATE = ("--issuer-key", "--isin", "--kind", "--date", "--securities-account",
 
 
 def _corporate_action(args: argparse.Namespace) -> int:
-    from engine import corporate_action
+    from engine.client import corporate_action
 
     given = [option for option in MANDATE if getattr(args, option[2:].replace("-", "_")) is not None]
     if args.issuer is not None and len(given) < len(MANDATE):
@@ -170,7 +170,7 @@ def _corporate_action(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from engine import submit
+    from engine.client import submit
 
     if args.command == "submit":
         return trio.run(
@@ -198,7 +198,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _statement(args: argparse.Namespace) -> int:
-    from engine import statement
+    from engine.client import statement
 
     return trio.run(
         statement.main,
@@ -214,13 +214,13 @@ def _statement(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from engine.audit import main
+    from engine.audit.journals import main
 
     return main(args.registry, args.db, args.broker, args.ledger, args.grace_ms)
 
 
 def _observer(args: argparse.Namespace) -> int:
-    from engine import observer
+    from engine.audit import observer
 
     trio.run(observer.serve, args.config, args.broker, args.grace_ms)
     return 0
@@ -455,7 +455,7 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--public-key", required=True, metavar="FILE", help="its new public key (PEM)")
     rotate.set_defaults(run=_rotate_key)
 
-    from engine.corporate_action import DEADLINE_MS_DEFAULT
+    from engine.client.corporate_action import DEADLINE_MS_DEFAULT
 
     action = command(
         "corporate-action",
@@ -563,7 +563,7 @@ def parser() -> argparse.ArgumentParser:
     statement.add_argument("--out", metavar="FILE", help="write the document here (default: standard output)")
     statement.set_defaults(run=_statement)
 
-    from engine.audit import GRACE_MS
+    from engine.audit.journals import GRACE_MS
 
     audit = command(
         "audit",
@@ -592,7 +592,7 @@ def parser() -> argparse.ArgumentParser:
     )
     audit.set_defaults(run=_audit)
 
-    from engine.observer import GRACE_MS as OBSERVER_GRACE_MS
+    from engine.audit.observer import GRACE_MS as OBSERVER_GRACE_MS
 
     observer = command(
         "observer",

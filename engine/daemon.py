@@ -24,10 +24,10 @@ from protocols.signing import PrivateKey
 from .config import CoordinatorConfig
 from .coordinator import Coordinator
 from .coordinator.journal import Journal, JournalInUse, hold
-from .matching_desk import MatchingDesk
-from .metrics import CoordinatorMetrics
-from .repo import RepoDesk
-from .servicing import ServicingDesk
+from .coordinator.metrics import CoordinatorMetrics
+from .desks.matching import MatchingDesk
+from .desks.repo import RepoDesk
+from .desks.servicing import ServicingDesk
 from .watchtower import Watchtower
 
 log = logging.getLogger("lockstep")

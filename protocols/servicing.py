@@ -1,6 +1,6 @@
 """Asset-servicing arithmetic, pure: an instrument's coupon dates, the accrual fraction
 of a period under its day count, and what a holder is due on a coupon or redemption
-date. The paying agent (engine/servicing.py) computes each holder's due here; the cash
+date. The paying agent (engine/desks/servicing.py) computes each holder's due here; the cash
 ledger cannot see holdings, so it pays what it is shown and this is the one place the
 amount comes from.
 

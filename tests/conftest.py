@@ -28,7 +28,7 @@ import secrets
 import pytest
 from hypothesis import HealthCheck, settings
 
-from engine.broker import Broker
+from engine.world.broker import Broker
 from tests.harness import harness, world  # noqa: F401  (fixtures)
 
 _UNTIMED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "print_blob": True}

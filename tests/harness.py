@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.world import LedgerSpec, World, lay_out
+from engine.world.layout import LedgerSpec, World, lay_out
 from ledgers.config import LedgerConfig
 from ledgers.ledger import Ledger
 from ledgers.store import Store

@@ -1,4 +1,4 @@
-"""The auditor (engine/audit.py) on a real history: a world that settled DvP and PvP across
+"""The auditor (engine/audit/journals.py) on a real history: a world that settled DvP and PvP across
 ledgers and on one, rolled one back at its locks' backstop and failed one (its placed lock
 cancelled), then stopped. Its database
 files audit clean; each corruption made on purpose to a copy of them is caught and named
@@ -21,8 +21,8 @@ import pytest
 import trio
 import trio.testing
 
-from engine.audit import At, Kind, LegView, Report, Terms, audit, judge, main, read_database, read_over_bus
-from engine.local import BOND, Local, dvp_legs, standard_world
+from engine.audit.journals import At, Kind, LegView, Report, Terms, audit, judge, main, read_database, read_over_bus
+from engine.world.local import BOND, Local, dvp_legs, standard_world
 from protocols import canonical
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus

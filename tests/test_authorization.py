@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.audit import audit, read_database
-from engine.world import World, lay_out
+from engine.audit.journals import audit, read_database
+from engine.world.layout import World, lay_out
 from protocols.canonical import encode
 from protocols.errors import Code
 from protocols.identifiers import make_isin

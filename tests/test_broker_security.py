@@ -1,4 +1,4 @@
-"""The secured broker (engine/broker.py, docs/DEPLOY.md) against a real Mosquitto: who is
+"""The secured broker (engine/world/broker.py, docs/DEPLOY.md) against a real Mosquitto: who is
 refused at the door, what the ACL keeps each participant from publishing and reading, a
 ledger process serving over it, and TLS."""
 
@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from engine.broker import Broker, free_port
-from engine.world import World, lay_out
+from engine.world.broker import Broker, free_port
+from engine.world.layout import World, lay_out
 from ledgers.config import ConfigError, LedgerConfig
 from protocols.bus import entries_topic
 from protocols.bus.address import with_files

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.audit import Kind
-from engine.chaos import CHAOS_TIMING, FAULTS, OneLegged, run
+from engine.audit.journals import Kind
+from engine.world.chaos import CHAOS_TIMING, FAULTS, OneLegged, run
 
 pytestmark = pytest.mark.slow  # seconds of faults per run, then a wait for every lock to end
 

@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from engine import cli
-from engine.chaos_processes import FAULTS, PROCESS_TIMING, Result, run
+from engine.world.chaos_processes import FAULTS, PROCESS_TIMING, Result, run
 
 pytestmark = pytest.mark.slow  # every service a process, killed and restarted
 

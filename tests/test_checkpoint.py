@@ -14,7 +14,7 @@ import pytest
 
 import ledgers.ledger
 import protocols.journal
-from engine.audit import audit, read_database
+from engine.audit.journals import audit, read_database
 from ledgers.store import Store
 from protocols.canonical import encode
 from protocols.htlc import hashlock_of

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine.broker import Broker, free_port
 from engine.cli import expected, parser
 from engine.coordinator.journal import Journal
-from engine.local import BOND, LEDGERS, PARTIES, standard_world
-from engine.world import LOCAL_BROKER, World, lay_out
+from engine.world.broker import Broker, free_port
+from engine.world.layout import LOCAL_BROKER, World, lay_out
+from engine.world.local import BOND, LEDGERS, PARTIES, standard_world
 from protocols.bus.mqtt import MqttBus
 from protocols.failures import ExpectedFailure
 from protocols.iso20022 import sese023

@@ -10,9 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from engine.local import Local, dvp_legs, standard_world
-from engine.metrics import CoordinatorMetrics
+from engine.coordinator.metrics import CoordinatorMetrics
 from engine.watchtower import Watchtower
+from engine.world.local import Local, dvp_legs, standard_world
 from protocols.bus.clock import ServiceClock
 from protocols.bus.faults import Faults, FaultyBus, except_fences
 from protocols.bus.memory import MemoryBus

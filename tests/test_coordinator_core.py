@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from engine.coordinator import core
 from engine.coordinator.core import ABSENT, NO_ANSWER, RETRY_MS, Announce, Answer, Ask, Done, Due, Save, Send, Start
 from engine.coordinator.journal import Record
-from engine.local import dvp_legs
+from engine.world.local import dvp_legs
 from protocols.canonical import encode
 from protocols.errors import Code
 from protocols.messages import Cancel, Claim, Lock, QueryLock, QueryReceipt, Receipt, Settle, Settlement

@@ -3,7 +3,7 @@ another secret, is refused by the record and by the database itself; a journal f
 before decision locks is migrated with each decision read from its phase; and a
 settlement it held in flight across that upgrade, with time-locks, is finished as before.
 The database's schema, the desks' tables included, is made by numbered migrations in one
-place (engine/schema.py), from any earlier version."""
+place (engine/coordinator/schema.py), from any earlier version."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import pytest
 import trio
 import trio.testing
 
-from engine import schema
+from engine.coordinator import schema
 from engine.coordinator.journal import Journal, Record
-from engine.local import Local, dvp_legs, standard_world
+from engine.world.local import Local, dvp_legs, standard_world
 from protocols.bus.memory import MemoryBus
 from protocols.htlc import hashlock_of
 from protocols.messages import Lock, QueryLock, Settlement

@@ -9,7 +9,7 @@ import sys
 import pytest
 import trio
 
-from engine.local import Local, dvp_legs, standard_world
+from engine.world.local import Local, dvp_legs, standard_world
 from protocols.bus.mqtt import MqttBus
 from protocols.messages import QueryLocks, SettlementStatus
 from protocols.signing import decode_signed

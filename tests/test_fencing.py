@@ -13,7 +13,7 @@ import trio
 
 from engine.coordinator.journal import Journal
 from engine.coordinator.shell import FencedOut
-from engine.local import COORDINATOR, Local, dvp_legs, standard_world
+from engine.world.local import COORDINATOR, Local, dvp_legs, standard_world
 from ledgers.store import Store
 from protocols.bus.mqtt import MqttBus
 from protocols.htlc import LockState

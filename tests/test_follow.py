@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 import ledgers.ledger
-from engine.local import Local, standard_world
+from engine.world.local import Local, standard_world
 from protocols import canonical
 from protocols.bus import entries_topic
 from protocols.bus import follow as follow_module

@@ -11,8 +11,8 @@ import sys
 import pytest
 import trio
 
-from engine.audit import audit, read_database
-from engine.world import lay_out
+from engine.audit.journals import audit, read_database
+from engine.world.layout import lay_out
 from ledgers.ledger import StartRefused
 from protocols.bus.client import LedgerClient
 from protocols.bus.clock import ServiceClock

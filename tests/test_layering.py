@@ -108,7 +108,7 @@ FILE_IO_ALLOWED = {
 }
 
 # The composition roots (docs/ARCHITECTURE.md, "Where things live").
-ROOTS = frozenset({"engine/cli.py", "engine/local.py", "engine/demo.py"})
+ROOTS = frozenset({"engine/cli.py", "engine/world/local.py", "engine/world/demo.py"})
 
 
 def modules(package: str) -> Iterator[tuple[str, ast.Module]]:

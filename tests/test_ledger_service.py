@@ -10,9 +10,9 @@ import time
 import pytest
 import trio
 
-from engine.broker import Broker
-from engine.conformance import run_checks
-from engine.world import World, lay_out
+from engine.audit.conformance import run_checks
+from engine.world.broker import Broker
+from engine.world.layout import World, lay_out
 from protocols import canonical
 from protocols.bus import BusTimeout, service_of_ledger
 from protocols.bus.client import LedgerClient

@@ -11,9 +11,9 @@ import trio
 import trio.testing
 from lxml import etree
 
-from engine.audit import audit
-from engine.local import BOND, COORDINATOR, PLACES, Local, standard_world
-from engine.matching_desk import MatchingDesk
+from engine.audit.journals import audit
+from engine.desks.matching import MatchingDesk
+from engine.world.local import BOND, COORDINATOR, PLACES, Local, standard_world
 from protocols.authority import terms_of
 from protocols.bus import service_of_coordinator
 from protocols.bus.clock import ServiceClock
@@ -166,7 +166,7 @@ class Desk:
         return await World(self.local).held_locks()
 
     async def audit(self):
-        from engine.audit import read_over_bus
+        from engine.audit.journals import read_over_bus
 
         journals = await read_over_bus(self.local.bus, self.local.world.registry, list(self.local.services))
         return audit(journals, grace_ms=60_000)
@@ -366,7 +366,7 @@ async def test_ledgers_refuse_a_lock_whose_matched_pair_does_not_match(tmp_path,
 
 
 async def test_camt053_statement_books_the_settled_cash_leg_and_balances_close(tmp_path, autojump_clock):
-    from engine.statement import read_entries, statement_of
+    from engine.client.statement import read_entries, statement_of
     from protocols.iso20022 import camt053
 
     async with trio.open_nursery() as nursery:

@@ -15,11 +15,11 @@ import trio.testing
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.broker import free_port
 from engine.config import ConfigError as CoordinatorConfigError
 from engine.config import CoordinatorConfig
-from engine.local import Local, dvp_legs, standard_world
-from engine.metrics import CoordinatorMetrics
+from engine.coordinator.metrics import CoordinatorMetrics
+from engine.world.broker import free_port
+from engine.world.local import Local, dvp_legs, standard_world
 from ledgers import daemon as ledger_daemon
 from ledgers.config import ConfigError, LedgerConfig
 from protocols.bus import exposition

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from engine.broker import Broker
+from engine.world.broker import Broker
 from protocols.bus import BusTimeout
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus

@@ -1,4 +1,4 @@
-"""The live observer (engine/observer.py) on a real world in one process, on the in-memory
+"""The live observer (engine/audit/observer.py) on a real world in one process, on the in-memory
 bus with a mock clock: settlements that settle or roll back raise no alert, whether it
 watches them happen or reads them afterwards, and it agrees with the audit; a settlement
 made one-legged for real is alerted once, within a second of the refund that made it so;
@@ -20,9 +20,9 @@ import pytest
 import trio
 import trio.testing
 
-from engine.audit import At, Kind, audit, read_over_bus
-from engine.local import BOND, Local, dvp_legs, standard_world
-from engine.observer import ALERTS_TOPIC, Observer, alert_event
+from engine.audit.journals import At, Kind, audit, read_over_bus
+from engine.audit.observer import ALERTS_TOPIC, Observer, alert_event
+from engine.world.local import BOND, Local, dvp_legs, standard_world
 from protocols import canonical
 from protocols.bus import entries_topic
 from protocols.bus import follow as follow_module

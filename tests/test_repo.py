@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from engine.local import BOND, COORDINATOR, Local, dvp_legs, standard_world
-from engine.repo import RepoDesk
+from engine.desks.repo import RepoDesk
+from engine.world.local import BOND, COORDINATOR, Local, dvp_legs, standard_world
 from protocols.bus.memory import MemoryBus
 from protocols.canonical import decode, encode
 from protocols.errors import Code, Rejected

@@ -11,12 +11,12 @@ import pytest
 import trio
 import trio.testing
 
-from engine.audit import audit, read_database
+from engine.audit.journals import audit, read_database
 from engine.coordinator import Coordinator
 from engine.coordinator.journal import Journal
-from engine.local import COORDINATOR, LEDGERS, PARTIES, Local
-from engine.servicing import ServicingDesk
-from engine.world import lay_out
+from engine.desks.servicing import ServicingDesk
+from engine.world.layout import lay_out
+from engine.world.local import COORDINATOR, LEDGERS, PARTIES, Local
 from protocols.authority import entitlement_id
 from protocols.bus import service_of_coordinator
 from protocols.bus.clock import ServiceClock

@@ -16,7 +16,7 @@ from ecdsa.util import sigdecode_der, sigencode_der
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.world import World, lay_out
+from engine.world.layout import World, lay_out
 from protocols.canonical import encode
 from protocols.errors import Code
 from protocols.failures import ExpectedFailure

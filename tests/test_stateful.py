@@ -21,7 +21,7 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from engine.world import World, lay_out
+from engine.world.layout import World, lay_out
 from protocols.bus.follow import event_entries
 from protocols.canonical import decode
 from protocols.errors import Code

@@ -12,7 +12,7 @@ import pytest
 import trio
 from lxml import etree
 
-from engine.local import BOND, Local, standard_world
+from engine.world.local import BOND, Local, standard_world
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import MqttBus
 from protocols.identifiers import make_isin

@@ -13,7 +13,7 @@ import secrets
 import pytest
 import trio
 
-from engine.local import Local, dvp_legs, standard_world
+from engine.world.local import Local, dvp_legs, standard_world
 from protocols.bus import decisions_topic
 from protocols.bus.client import LedgerClient, raise_for
 from protocols.bus.mqtt import MqttBus

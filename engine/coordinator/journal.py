@@ -33,8 +33,8 @@ import trio
 
 from protocols.settlement import FINAL, Decision, Phase, check_transition, decided
 
-from .. import schema
-from ..schema import FINAL_SQL
+from . import schema
+from .schema import FINAL_SQL
 
 BATCH_SIZE_MAX = 1024  # saves gathered into one commit
 

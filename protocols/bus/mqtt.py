@@ -16,7 +16,7 @@ All messages go at QoS 1. After the connection drops (a broker restart, say) the
 reconnects with backoff and subscribes again; requests in flight then time out and
 their callers retry with the same instruction id.
 
-Broker URLs, credentials and TLS: address.py. Under a secured broker (engine/broker.py)
+Broker URLs, credentials and TLS: address.py. Under a secured broker (engine/world/broker.py)
 the username is the client's MQTT client id and the `{client_id}` of its topics: the
 broker's ACL lets it publish only requests under that id and read only the replies to
 it. So a bus given a username takes it as its client id; given a password but no

@@ -40,10 +40,10 @@ from protocols.money import format_amount
 from protocols.settlement import Phase, Timing, lock_id, utc_date
 from protocols.signing import decode_signed, sign
 
-from .coordinator import Coordinator
-from .coordinator.journal import Record
+from ..coordinator import Coordinator
+from ..coordinator.journal import Record
+from ..desks.matching import MatchingDesk
 from .local import BOND, LEDGERS, PLACES, Local, dvp_legs, standard_world
-from .matching_desk import MatchingDesk
 
 # Short enough that the scenarios of a coordinator kept down take seconds; long enough for a loaded laptop.
 DEMO_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)

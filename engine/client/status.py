@@ -13,7 +13,7 @@ from protocols.errors import Rejected
 from protocols.messages import QuerySettlement, SettlementStatus
 from protocols.signing import from_wire, unsigned
 
-from .daemon import DaemonError, load
+from ..daemon import DaemonError, load
 
 ANSWER_TIMEOUT_S = 5
 

@@ -46,7 +46,8 @@ from protocols.messages import QueryLocks, Settlement, SettlementStatus
 from protocols.settlement import Timing, coordinator_ids
 from protocols.signing import decode_signed
 
-from .audit import read_over_bus
+from ..audit.journals import read_over_bus
+from ..audit.observer import Observer
 from .broker import Broker
 from .chaos import (
     BACK_OFFICE_TIMEOUT_S,
@@ -61,10 +62,9 @@ from .chaos import (
     judge,
     timing_with,
 )
+from .layout import World
 from .local import COORDINATOR, LEDGERS, Local, standard_world
-from .observer import Observer
 from .processes import ServiceProcess
-from .world import World
 
 FAULTS = ("kill-coordinator", "kill-ledger", "broker-restart")
 # Δ = 4 s, as in the one-process mode: a pause of up to 0.3 Δ, then a start-up that took up

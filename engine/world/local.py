@@ -34,9 +34,9 @@ from protocols.registry import Role
 from protocols.settlement import Timing, coordinator_ids, route
 from protocols.signing import sign
 
-from .coordinator import INTAKE_MAX, Coordinator, Desk
-from .coordinator.journal import Journal
-from .world import LedgerSpec, World, lay_out
+from ..coordinator import INTAKE_MAX, Coordinator, Desk
+from ..coordinator.journal import Journal
+from .layout import LedgerSpec, World, lay_out
 
 COORDINATOR = "coordinator"
 BOND = make_isin("XS270000001")

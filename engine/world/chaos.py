@@ -47,9 +47,9 @@ from protocols.money import format_amount
 from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed
 
-from .audit import Kind, LedgerJournal, Report, Violation, audit, read_over_bus
+from ..audit.journals import Kind, LedgerJournal, Report, Violation, audit, read_over_bus
+from ..audit.observer import Observer
 from .local import LEDGERS, Local, dvp_legs, standard_world
-from .observer import Observer
 
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
 CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=3_000, clock_skew_ms_max=1_000)  # Δ = 4 s

@@ -17,7 +17,7 @@ from protocols.bus.client import LedgerClient
 from protocols.messages import QueryInfo, QuerySettlement
 from protocols.signing import unsigned
 
-from .world import World
+from .layout import World
 
 PING_EVERY_S = 0.05  # while waiting for a service to answer: a new ping this often,
 PING_TIMEOUT_S = 0.5  # each waiting this long, so a late answer is not missed

@@ -44,7 +44,7 @@ from protocols.servicing import ActionState, Due, DueState, cash_account, check_
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from . import schema
+from ..coordinator import schema
 
 log = logging.getLogger("lockstep.servicing")
 

@@ -17,8 +17,8 @@ from protocols.bus.address import with_files
 from protocols.registry import Party, Registry, Role
 from protocols.signing import PrivateKey
 
+from ..audit.observer import ALERTS_TOPIC
 from .broker import Account, acl_text, coordinator_accounts, ledger_account, write_password_file
-from .observer import ALERTS_TOPIC
 
 LOCAL_BROKER = "mqtt://127.0.0.1:1883"  # where `lockstep broker` listens by default
 

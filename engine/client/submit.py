@@ -23,7 +23,7 @@ from protocols.messages import IDENT_PATTERN, Advices, QueryAdvices, SettlementI
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, from_wire, sign
 
-from .daemon import DaemonError, on_bus
+from ..daemon import DaemonError, on_bus
 
 REPLY_TIMEOUT_S = 10
 POLL_S = 0.5

@@ -44,8 +44,8 @@ from protocols.registry import Registry
 from protocols.settlement import lock_id
 from protocols.signing import from_wire
 
-from .audit import AuditError, Kind, LedgerJournal, Terms, Violation, judge, ledger_key, legs_of
-from .config import ConfigError, CoordinatorConfig
+from ..config import ConfigError, CoordinatorConfig
+from .journals import AuditError, Kind, LedgerJournal, Terms, Violation, judge, ledger_key, legs_of
 
 log = logging.getLogger("lockstep.observer")
 
@@ -294,7 +294,7 @@ def load(config_path: str, broker: str | None, grace_ms: int) -> tuple[Registry,
 
 async def serve(config_path: str, broker: str | None = None, grace_ms: int = GRACE_MS) -> None:
     """`lockstep observer`, until SIGTERM or SIGINT."""
-    from .daemon import _until_signalled
+    from ..daemon import _until_signalled
 
     registry, url, ledgers = load(config_path, broker, grace_ms)
     async with _until_signalled(url, f"observer-{secrets.token_hex(4)}") as (bus, nursery):

@@ -36,8 +36,7 @@ from protocols.registry import Role
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from . import schema
-from .coordinator import Coordinator
+from ..coordinator import Coordinator, schema
 
 log = logging.getLogger("lockstep.matching")
 

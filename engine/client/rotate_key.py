@@ -14,7 +14,7 @@ from protocols.messages import Receipt, RotateKey
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, load_public_key, public_point, sign
 
-from .daemon import DaemonError
+from ..daemon import DaemonError
 
 
 def prepare(

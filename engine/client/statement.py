@@ -25,7 +25,7 @@ from protocols.messages import Entry, QueryJournal
 from protocols.money import format_amount
 from protocols.registry import Registry
 
-from .daemon import DaemonError, on_bus
+from ..daemon import DaemonError, on_bus
 
 PAGE_SIZE = 200
 

@@ -17,8 +17,8 @@ from prometheus_client.core import GaugeMetricFamily
 from protocols.registry import Role
 from protocols.settlement import FINAL, Phase
 
-from .coordinator import Coordinator
-from .coordinator.journal import Record
+from . import Coordinator
+from .journal import Record
 
 SETTLEMENT_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 ROUND_TRIP_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

@@ -27,8 +27,8 @@ from protocols.repo import FINAL, RepoState, check_link, check_transition
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from . import schema
-from .coordinator.journal import Record
+from ..coordinator import schema
+from ..coordinator.journal import Record
 
 log = logging.getLogger("lockstep.repo")
 

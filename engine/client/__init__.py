@@ -1,0 +1,2 @@
+"""The commands a party runs against the services: submit, statement, status, rotate-key,
+corporate-action."""
