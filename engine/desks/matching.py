@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from contextlib import closing
 
 import attrs
 import trio
@@ -36,7 +35,8 @@ from protocols.registry import Role
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from ..coordinator import Coordinator, schema
+from ..coordinator import Coordinator
+from .base import Desk
 
 log = logging.getLogger("lockstep.matching")
 
@@ -64,23 +64,23 @@ class Side:
         return self.signed.msg
 
 
-class MatchingDesk:
+class MatchingDesk(Desk):
+    """Its unit of work: a matched pair, settled by the id of its settlement."""
+
     messages = (SettlementInstruction, QueryAdvices)
 
     def __init__(self, coordinator: Coordinator, places: Mapping[str, str] | None = None) -> None:
         """`places`: the ledger that settles each asset, where more than one carries it;
         others are found by asking every registered ledger what it carries."""
-        self.coordinator = coordinator
+        super().__init__(coordinator)
         self._places = dict(places or {})
-        self._db = schema.connect(coordinator.journal.path)
         self._changed = trio.Event()
         self._matching = trio.Lock()
         self._limit = trio.CapacityLimiter(SETTLING_MAX)
-        self._nursery: trio.Nursery | None = None
 
     # -- the bus ---------------------------------------------------------------------------
 
-    async def answer(self, signed: Signed, request) -> bytes:
+    async def _reply(self, signed: Signed) -> bytes:
         if isinstance(signed.msg, QueryAdvices):  # confidential: asked for by the party itself
             self.coordinator.registry.verify_all(signed)
             self.coordinator.registry.signed_by(signed, (signed.msg.party,))
@@ -138,9 +138,9 @@ class MatchingDesk:
         if match is None:
             self._add_unmatched(side, now_ms, min((d for d, _ in found), key=len, default=None))
         else:
-            auth = await self._matched(side, match)
-            self._add_matched(side, match, terms_of(auth, None).id, now_ms)
-            self._settle_soon(side, match, auth)
+            settlement_id = terms_of(await self._matched(side, match), None).id
+            self._add_matched(side, match, settlement_id, now_ms)
+            self._serve(settlement_id)
         self._changed.set()
         return self._latest_advice(msg.party, msg.id)
 
@@ -238,12 +238,16 @@ class MatchingDesk:
 
     # -- settling --------------------------------------------------------------------------
 
-    def _settle_soon(self, a: Side, b: Side, auth: dict) -> None:
-        assert self._nursery is not None, "the desk is not running"
-        self._nursery.start_soon(self._settle, a, b, auth)
-
-    async def _settle(self, a: Side, b: Side, auth: dict) -> None:
-        settlement_id = terms_of(auth, None).id
+    async def _carry_out(self, settlement_id: str) -> None:
+        """Settle a matched pair: again after a restart (idempotent: the coordinator's
+        journal knows what it did)."""
+        a, b = [
+            self._side(raw)
+            for (raw,) in self._db.execute(
+                "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
+            )
+        ]
+        auth = await self._matched(a, b)
         async with self._limit:
             try:
                 record = await self.coordinator.settle(auth)
@@ -304,28 +308,16 @@ class MatchingDesk:
 
     # -- running -----------------------------------------------------------------------------
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Settle again what was matched but not finished (idempotent: the coordinator's
-        journal knows what it did), then cancel what stays unmatched past its date."""
-        with closing(self._db):
-            await self._work(task_status)
+    async def _resume(self) -> None:
+        for (settlement_id,) in self._db.execute(
+            "SELECT DISTINCT settlement_id FROM instructions WHERE state = 'matched'"
+        ).fetchall():
+            log.info("resuming matched settlement %s", settlement_id)
+            self._serve(settlement_id)
 
-    async def _work(self, task_status) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for (settlement_id,) in self._db.execute(
-                "SELECT DISTINCT settlement_id FROM instructions WHERE state = 'matched'"
-            ).fetchall():
-                a, b = [
-                    self._side(raw)
-                    for (raw,) in self._db.execute(
-                        "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
-                    )
-                ]
-                log.info("resuming matched settlement %s", settlement_id)
-                self._settle_soon(a, b, await self._matched(a, b))
-            task_status.started()
-            await self._cancel_unmatched()
+    async def _work(self) -> None:
+        """Cancel what stays unmatched past its settlement date."""
+        await self._cancel_unmatched()
 
     async def _cancel_unmatched(self) -> None:
         while True:

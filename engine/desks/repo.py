@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import closing
-
-import trio
 
 from protocols.authority import terms_of
-from protocols.bus import Request
 from protocols.canonical import encode
 from protocols.errors import Code, Rejected
 from protocols.messages import QueryRepo, Repo, RepoStatus, Settlement, readable_id
@@ -27,75 +23,55 @@ from protocols.repo import FINAL, RepoState, check_link, check_transition
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from ..coordinator import schema
 from ..coordinator.journal import Record
+from .base import Desk, Units
 
 log = logging.getLogger("lockstep.repo")
 
 
-class RepoDesk:
+class RepoDesk(Desk):
     messages = (Repo, QueryRepo)
 
     def __init__(self, coordinator) -> None:
-        self.coordinator = coordinator
-        self._db = schema.connect(coordinator.journal.path)
-        self._nursery: trio.Nursery | None = None
-        self._serving: set[str] = set()
+        super().__init__(coordinator)
+        self._repos = Units(self._db, "repos", "repo", RepoState, check_transition, "repo")
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with closing(self._db):
-            await self._work(task_status)
-
-    async def _work(self, task_status) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            final = tuple(state.value for state in FINAL)
-            rows = self._db.execute(
-                f"SELECT id FROM repos WHERE state NOT IN ({', '.join('?' * len(final))}) ORDER BY id", final
-            ).fetchall()
-            for (repo_id,) in rows:
-                log.info("resuming repo %s", repo_id)
-                self._reserve(repo_id)
-                self._serve(repo_id)
-            task_status.started()
-            await trio.sleep_forever()
+    async def _resume(self) -> None:
+        for repo_id in self._repos.unfinished(tuple(FINAL)):
+            log.info("resuming repo %s", repo_id)
+            self._reserve(repo_id)
+            self._serve(repo_id)
 
     # -- intake ---------------------------------------------------------------------------
 
-    async def answer(self, signed: Signed, request: Request) -> bytes:
-        try:
-            if isinstance(signed.msg, QueryRepo):
-                if self._row(signed.msg.repo_id) is None:
-                    raise Rejected(Code.INVALID_FIELD, "repo_id", f"no repo {signed.msg.repo_id!r}")
-                return self.status(signed.msg.repo_id)
-            return self.accept(signed)
-        except Rejected as error:
-            return self.coordinator.sign(
-                RepoStatus(
-                    self.coordinator.id,
-                    readable_id(request.payload, ("repo_id", "id")),
-                    "rejected",
-                    self.coordinator.clock.now_ms(),
-                    reason_code=error.code.value,
-                    reason=f"{error.field}: {error.reason}",
-                )
-            )
+    async def _reply(self, signed: Signed) -> bytes:
+        if isinstance(signed.msg, QueryRepo):
+            if self._repos.get(signed.msg.repo_id) is None:
+                raise Rejected(Code.INVALID_FIELD, "repo_id", f"no repo {signed.msg.repo_id!r}")
+            return self.status(signed.msg.repo_id)
+        return self.accept(signed)
+
+    def _refusal(self, payload: bytes, error: Rejected) -> RepoStatus:
+        return RepoStatus(
+            self.coordinator.id,
+            readable_id(payload, ("repo_id", "id")),
+            "rejected",
+            self.coordinator.clock.now_ms(),
+            reason_code=error.code.value,
+            reason=f"{error.field}: {error.reason}",
+        )
 
     def accept(self, signed: Signed) -> bytes:
         """Check a repo and journal it; its status at once (the start is being settled)."""
         repo: Repo = signed.msg
         wire = encode(signed.wire()).decode()
-        known = self._row(repo.id)
+        known = self._repos.get(repo.id)
         if known is not None:
             if known[0] != wire:
                 raise Rejected(Code.ID_REUSED, "id", f"repo {repo.id} was sent with other content")
             return self.status(repo.id)
         self._check(signed)
-        now_ms = self.coordinator.clock.now_ms()
-        self._db.execute(
-            "INSERT INTO repos VALUES (?, ?, ?, '', '', ?)",
-            (repo.id, wire, RepoState.PENDING.value, json.dumps([[RepoState.PENDING.value, now_ms]])),
-        )
+        self._repos.add(repo.id, wire, RepoState.PENDING, self.coordinator.clock.now_ms())
         self._reserve(repo.id)
         self._serve(repo.id)
         return self.status(repo.id)
@@ -126,17 +102,11 @@ class RepoDesk:
 
     def _reserve(self, repo_id: str) -> None:
         """The reverse leg runs only from here: at term, and only after the start settled."""
-        repo: Repo = from_wire(json.loads(self._known(repo_id)[0]), allowed=(Repo,)).msg
+        repo: Repo = from_wire(json.loads(self._repos.known(repo_id)[0]), allowed=(Repo,)).msg
         self.coordinator.reserve(terms_of(repo.reverse, None).id, f"the reverse leg of repo {repo_id}")
 
-    def _serve(self, repo_id: str) -> None:
-        assert self._nursery is not None, "the desk is not running"
-        if repo_id not in self._serving:
-            self._serving.add(repo_id)
-            self._nursery.start_soon(self._carry_out, repo_id)
-
     async def _carry_out(self, repo_id: str) -> None:
-        wire, state = self._known(repo_id)[:2]
+        wire, state = self._repos.known(repo_id)[:2]
         repo: Repo = from_wire(json.loads(wire), allowed=(Repo,)).msg
         if state is RepoState.PENDING:
             start = await self._settle(repo.start)
@@ -194,37 +164,11 @@ class RepoDesk:
             )
         )
 
-    # -- the table -------------------------------------------------------------------------------
-
-    def _known(self, repo_id: str) -> tuple[str, RepoState, str, str, list]:
-        """A repo this desk has journaled."""
-        found = self._row(repo_id)
-        assert found is not None, f"repo {repo_id} is not journaled"
-        return found
-
-    def _row(self, repo_id: str) -> tuple[str, RepoState, str, str, list] | None:
-        row = self._db.execute(
-            "SELECT repo, state, reason_code, reason, steps FROM repos WHERE id = ?", (repo_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        wire, state, reason_code, reason, steps = row
-        return wire, RepoState(state), reason_code, reason, json.loads(steps)
-
-    def _to(
-        self, repo_id: str, current: RepoState, following: RepoState, reason_code: str = "", reason: str = ""
-    ) -> RepoState:
-        check_transition(current, following)
-        steps = self._known(repo_id)[4] + [[following.value, self.coordinator.clock.now_ms()]]
-        changed = self._db.execute(
-            "UPDATE repos SET state = ?, reason_code = ?, reason = ?, steps = ? WHERE id = ? AND state = ?",
-            (following.value, reason_code, reason, json.dumps(steps), repo_id, current.value),
-        )
-        assert changed.rowcount == 1, f"repo {repo_id} was not {current.value}"
-        return following
+    def _to(self, repo_id: str, current: RepoState, following: RepoState, *reason: str) -> RepoState:
+        return self._repos.to(repo_id, current, following, self.coordinator.clock.now_ms(), *reason)
 
     def status(self, repo_id: str) -> bytes:
-        wire, state, reason_code, reason, _ = self._known(repo_id)
+        wire, state, reason_code, reason, _ = self._repos.known(repo_id)
         repo: Repo = from_wire(json.loads(wire), allowed=(Repo,)).msg
         phases = []
         for leg in (repo.start, repo.reverse):

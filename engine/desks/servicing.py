@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import closing
 from typing import Any
 
 import trio
 
 from protocols.authority import entitlement_id
-from protocols.bus import BusTimeout, Request
+from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply
 from protocols.canonical import encode
 from protocols.errors import Code, Rejected
@@ -44,7 +43,7 @@ from protocols.servicing import ActionState, Due, DueState, cash_account, check_
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
-from ..coordinator import schema
+from .base import Desk, Units
 
 log = logging.getLogger("lockstep.servicing")
 
@@ -67,58 +66,42 @@ async def ask(client, make_query, deadline: float) -> Any:
     raise BusTimeout(f"{client.ledger_id} did not answer in time")
 
 
-class ServicingDesk:
+class ServicingDesk(Desk):
     messages = (CorporateAction, QueryCorporateAction)
 
     def __init__(self, coordinator) -> None:
-        self.coordinator = coordinator
-        self._db = schema.connect(coordinator.journal.path)
-        self._nursery: trio.Nursery | None = None
-        self._serving: set[str] = set()
+        super().__init__(coordinator)
+        self._actions = Units(self._db, "corporate_actions", "action", ActionState, check_action, "corporate action")
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with closing(self._db):
-            await self._work(task_status)
-
-    async def _work(self, task_status) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            final = (ActionState.DONE.value, ActionState.FAILED.value)
-            for (action_id,) in self._db.execute(
-                "SELECT id FROM corporate_actions WHERE state NOT IN (?, ?) ORDER BY id", final
-            ).fetchall():
-                log.info("resuming corporate action %s", action_id)
-                self._serve(action_id)
-            task_status.started()
-            await trio.sleep_forever()
+    async def _resume(self) -> None:
+        for action_id in self._actions.unfinished((ActionState.DONE, ActionState.FAILED)):
+            log.info("resuming corporate action %s", action_id)
+            self._serve(action_id)
 
     # -- intake ---------------------------------------------------------------------------
 
-    async def answer(self, signed: Signed, request: Request) -> bytes:
-        try:
-            if isinstance(signed.msg, QueryCorporateAction):
-                if self._action(signed.msg.action_id) is None:
-                    raise Rejected(Code.INVALID_FIELD, "action_id", f"no corporate action {signed.msg.action_id!r}")
-                return self.status(signed.msg.action_id)
-            return await self.accept(signed)
-        except Rejected as error:
-            action_id = readable_id(request.payload, ("action_id", "id"))
-            return self.coordinator.sign(
-                CorporateActionStatus(
-                    self.coordinator.id,
-                    action_id,
-                    "rejected",
-                    self.coordinator.clock.now_ms(),
-                    error.code.value,
-                    f"{error.field}: {error.reason}",
-                )
-            )
+    async def _reply(self, signed: Signed) -> bytes:
+        if isinstance(signed.msg, QueryCorporateAction):
+            if self._actions.get(signed.msg.action_id) is None:
+                raise Rejected(Code.INVALID_FIELD, "action_id", f"no corporate action {signed.msg.action_id!r}")
+            return self.status(signed.msg.action_id)
+        return await self.accept(signed)
+
+    def _refusal(self, payload: bytes, error: Rejected) -> CorporateActionStatus:
+        return CorporateActionStatus(
+            self.coordinator.id,
+            readable_id(payload, ("action_id", "id")),
+            "rejected",
+            self.coordinator.clock.now_ms(),
+            error.code.value,
+            f"{error.field}: {error.reason}",
+        )
 
     async def accept(self, signed: Signed) -> bytes:
         """Check an issuer's action, journal it and schedule it; its status at once."""
         action: CorporateAction = signed.msg
         wire = encode(signed.wire()).decode()
-        known = self._action(action.id)
+        known = self._actions.get(action.id)
         if known is not None:
             if known[0] != wire:
                 raise Rejected(Code.ID_REUSED, "id", f"corporate action {action.id} was sent with other content")
@@ -128,11 +111,8 @@ class ServicingDesk:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._once(action)
-            self._db.execute(
-                "INSERT OR IGNORE INTO corporate_actions VALUES (?, ?, ?, '', '', ?)",
-                (action.id, wire, ActionState.ACCEPTED.value, json.dumps([[ActionState.ACCEPTED.value, now_ms]])),
-            )
-        if self._known(action.id)[0] != wire:  # another copy, other content, was journaled while we checked
+            self._actions.add(action.id, wire, ActionState.ACCEPTED, now_ms)
+        if self._actions.known(action.id)[0] != wire:  # another copy, other content, was journaled while we checked
             raise Rejected(Code.ID_REUSED, "id", f"corporate action {action.id} was sent with other content")
         self._serve(action.id)
         return self.status(action.id)
@@ -217,15 +197,9 @@ class ServicingDesk:
 
     # -- the payment date ---------------------------------------------------------------------
 
-    def _serve(self, action_id: str) -> None:
-        assert self._nursery is not None, "the desk is not running"
-        if action_id not in self._serving:
-            self._serving.add(action_id)
-            self._nursery.start_soon(self._carry_out, action_id)
-
     async def _carry_out(self, action_id: str) -> None:
         """Take the action from its journaled state to DONE or FAILED."""
-        wire, state = self._known(action_id)[:2]
+        wire, state = self._actions.known(action_id)[:2]
         signed_wire = json.loads(wire)
         action: CorporateAction = from_wire(signed_wire, allowed=(CorporateAction,)).msg
         if state is ActionState.ACCEPTED:
@@ -245,7 +219,7 @@ class ServicingDesk:
                 for due in self._dues_in(action_id, DueState.DUE):
                     nursery.start_soon(self._pay, signed_wire, action, due, limiter)
             self._to(action_id, ActionState.ENTITLED, ActionState.DONE)
-        log.info("corporate action %s %s", action_id, self._known(action_id)[1].value)
+        log.info("corporate action %s %s", action_id, self._actions.known(action_id)[1].value)
 
     async def _dues(self, action: CorporateAction) -> list[Due]:
         """Every holding of record as the securities ledger shows it now (available plus
@@ -324,21 +298,6 @@ class ServicingDesk:
 
     # -- the tables -----------------------------------------------------------------------------
 
-    def _known(self, action_id: str) -> tuple[str, ActionState, str, str, list]:
-        """An action this desk has journaled."""
-        found = self._action(action_id)
-        assert found is not None, f"corporate action {action_id} is not journaled"
-        return found
-
-    def _action(self, action_id: str) -> tuple[str, ActionState, str, str, list] | None:
-        row = self._db.execute(
-            "SELECT action, state, reason_code, reason, steps FROM corporate_actions WHERE id = ?", (action_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        wire, state, reason_code, reason, steps = row
-        return wire, ActionState(state), reason_code, reason, json.loads(steps)
-
     def _dues_in(self, action_id: str, state: DueState | None = None) -> list[Due]:
         rows = self._db.execute(
             "SELECT holder_account, holder, cash_account, units, amount_minor, state, reason_code, "
@@ -355,13 +314,7 @@ class ServicingDesk:
         self, action_id: str, current: ActionState, following: ActionState, reason_code: str = "", reason: str = ""
     ) -> None:
         """Inside a transaction: the action's state, as the table of transitions allows."""
-        check_action(current, following)
-        steps = self._known(action_id)[4] + [[following.value, self.coordinator.clock.now_ms()]]
-        changed = self._db.execute(
-            "UPDATE corporate_actions SET state = ?, reason_code = ?, reason = ?, steps = ? WHERE id = ? AND state = ?",
-            (following.value, reason_code, reason, json.dumps(steps), action_id, current.value),
-        )
-        assert changed.rowcount == 1, f"corporate action {action_id} was not {current.value}"
+        self._actions.to(action_id, current, following, self.coordinator.clock.now_ms(), reason_code, reason)
 
     def _to(
         self, action_id: str, current: ActionState, following: ActionState, reason_code: str = "", reason: str = ""
@@ -371,7 +324,7 @@ class ServicingDesk:
             self._transition(action_id, current, following, reason_code, reason)
 
     def status(self, action_id: str) -> bytes:
-        wire, state, reason_code, reason, _ = self._known(action_id)
+        wire, state, reason_code, reason, _ = self._actions.known(action_id)
         signed_wire = json.loads(wire)
         entitlements = tuple(
             {
