@@ -39,9 +39,9 @@ def enclose(messages: Sequence[Signed], party: str, sig: bytes) -> bytes:
     """The envelope of messages already signed as a batch by `party` (sign_batch's
     `sig`), each written without its share: the receiver computes the paths again."""
     assert all(party not in m.sigs for m in messages), "the batch signs for its signer"
-    items = ",".join(m.encode().decode() for m in messages)
+    items = b",".join(m.encode() for m in messages)
     return canonical.join(
-        f'"items":[{items}]', '"sigs":' + canonical.encode({party: sig.hex()}).decode(), '"type":"batch"', '"v":2'
+        b'"items":[' + items + b"]", b'"sigs":' + canonical.encode({party: sig.hex()}), b'"type":"batch"', b'"v":2'
     )
 
 

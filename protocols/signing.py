@@ -388,7 +388,7 @@ class Signed(Generic[M]):
     msg: M
     sigs: Mapping[str, Signature]
     body: dict = attrs.field(eq=False, repr=False)
-    _halves: tuple[str, str] = attrs.field(default=("", ""), eq=False, repr=False)
+    _halves: tuple[bytes, bytes] = attrs.field(default=(b"", b""), eq=False, repr=False)
     data: bytes = attrs.field(default=b"", eq=False, repr=False)  # the signed bytes
 
     def __attrs_post_init__(self) -> None:
@@ -414,7 +414,7 @@ class Signed(Generic[M]):
 
     def encode(self) -> bytes:
         before, after = self._halves
-        sigs = '"sigs":' + encode({party: _sig_wire(sig) for party, sig in self.sigs.items()}).decode()
+        sigs = b'"sigs":' + encode({party: _sig_wire(sig) for party, sig in self.sigs.items()})
         return canonical.join(before, sigs, after)
 
 
