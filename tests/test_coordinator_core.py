@@ -94,7 +94,8 @@ def test_both_locks_confirmed_commit_is_journaled_before_it_is_announced_and_cla
     [claim] = of(actions, Send)
     assert (claim.tag, type(claim.instruction.msg), claim.instruction.msg.preimage) == (("claim", 0), Claim, SECRET)
     s, actions = answer(s, claim, receipt(claim), T0 + 20)
-    assert [save.record.claimed for save in of(actions, Save)] == [1]
+    [note] = of(actions, Save)
+    assert (note.record.claimed, note.gates) == (1, False), "leg 1's claim does not wait for the note"
     [claim_1] = of(actions, Send)
     s, actions = answer(s, claim_1, receipt(claim_1), T0 + 30)
     assert phases(actions) == ["settled"] and of(actions, Done)[0].record.claimed == 2
@@ -126,6 +127,20 @@ def test_restarted_between_the_two_claims_it_claims_leg_1_only():
     assert announce.decision.preimage == SECRET
     [claim] = of(actions, Send)
     assert claim.tag == ("claim", 1) and claim.instruction.msg.preimage == SECRET
+
+
+def test_restarted_before_the_note_of_leg_0_claimed_it_claims_leg_0_again_then_leg_1():
+    """Leg 1's claim left with the note of leg 0 still uncommitted: a restart from the
+    journal without it claims leg 0 again (its ledger answers the same), then leg 1."""
+    _s, actions = locked()
+    claiming = of(actions, Save)[-1].record
+    s, actions = core.step(state(), [Start(claiming, b"x" * 32, b"y" * 32)], T0 + 99)
+    [claim_0] = of(actions, Send)
+    assert claim_0.tag == ("claim", 0) and claim_0.instruction.msg.preimage == SECRET
+    s, actions = answer(s, claim_0, receipt(claim_0, applied=False, code=Code.LOCK_NOT_HELD), T0 + 100)
+    [ask] = of(actions, Ask)
+    s, actions = answer(s, ask, {"state": "claimed"}, T0 + 101)
+    assert [send.tag for send in of(actions, Send)] == [("claim", 1)]
 
 
 def test_a_lock_expiring_as_its_claim_is_sent_waits_for_the_other_leg_to_end():

@@ -111,10 +111,13 @@ Event = Start | Answer | Due
 @attrs.frozen
 class Save:
     """Journal the transition from `previous` (None: a new settlement) to `record`;
-    durable before any other action of the step."""
+    durable before any other action of the step, unless it does not `gate` them: a
+    note of what a restart would learn again from the ledgers, committed while the
+    step's instructions are on their way."""
 
     record: Record
     previous: Record | None
+    gates: bool = True
 
 
 @attrs.frozen
@@ -593,10 +596,13 @@ def _claim_answered(state: State, driving: Driving, event: Answer, now_ms: int) 
 
 
 def _leg_claimed(state: State, driving: Driving, index: int, now_ms: int) -> tuple[Driving, list[Action]]:
+    """Leg 0 claimed, leg 1 is claimed at once: that leg 0 is claimed is noted, not
+    waited for, since a restart that missed the note claims leg 0 again and reads it
+    claimed, and only then claims leg 1."""
     if index == 0:
-        driving, actions = _save(driving, attrs.evolve(driving.record, claimed=1))
-        driving, more = _claim(state, driving, 1, now_ms)
-        return driving, actions + more
+        previous, record = driving.record, attrs.evolve(driving.record, claimed=1)
+        driving, more = _claim(state, attrs.evolve(driving, record=record), 1, now_ms)
+        return driving, [Save(record, previous, gates=False), *more]
     return _final(driving, driving.record.to(Phase.SETTLED, now_ms, claimed=2))
 
 

@@ -373,12 +373,13 @@ class Coordinator:
                 await self._perform(actions)
 
     async def _perform(self, actions: list[core.Action]) -> None:
-        """The step's journal commit first; then everything it allows."""
-        saves = [(action.previous, action.record) for action in actions if isinstance(action, core.Save)]
-        if saves:
-            await self.journal.save_all(saves)
-            for _, record in saves:
-                self.on_phase(record)
+        """The step's journal commit first, then everything it allows; a step whose
+        every save is a note that gates nothing (core.Save.gates) sends first and
+        commits while its instructions are on their way."""
+        saves = [action for action in actions if isinstance(action, core.Save)]
+        gated = any(save.gates for save in saves)
+        if gated:
+            await self._commit(saves)
         for action in actions:
             if isinstance(action, core.Send):
                 deliver = partial(self._delivered, action.settlement_id, action.tag)
@@ -392,6 +393,14 @@ class Coordinator:
                 heapq.heappush(self._wakes, (action.at_ms, action.settlement_id))
             elif isinstance(action, core.Done):
                 await self._finished(action.record)
+        if saves and not gated:
+            await self._commit(saves)
+
+    async def _commit(self, saves: list[core.Save]) -> None:
+        """Every transition of the step, in one transaction."""
+        await self.journal.save_all([(save.previous, save.record) for save in saves])
+        for save in saves:
+            self.on_phase(save.record)
 
     async def _finished(self, record: Record) -> None:
         settlement_id = record.settlement_id
