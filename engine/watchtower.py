@@ -31,11 +31,13 @@ from protocols.bus import Bus, BusTimeout, decisions_topic
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.bus.follow import follow
+from protocols.canonical import decode
+from protocols.envelope import BATCH_BYTES_MAX, is_batch, open_batch
 from protocols.errors import Code, Rejected
 from protocols.journal import ChainBroken
 from protocols.messages import Cancel, Claim, QueryLock, SettlementDecision
 from protocols.registry import Registry, Role
-from protocols.signing import PrivateKey, decode_signed, sign
+from protocols.signing import PrivateKey, Signed, from_wire, sign
 
 log = logging.getLogger("lockstep.watchtower")
 
@@ -115,23 +117,42 @@ class Watchtower:
         async with self.bus.subscribe(decisions_topic(coordinator)) as events:
             task_status.started()
             async for raw in events:
-                try:
-                    signed = decode_signed(raw, allowed=(SettlementDecision,))
-                    self.registry.verify_all(signed)
-                except Rejected as error:
-                    log.warning("ignored a decision event that is not %s's: %s", coordinator, error)
-                    continue
-                decision: SettlementDecision = signed.msg
-                if decision.coordinator != coordinator or set(signed.sigs) != {coordinator}:
-                    log.warning("ignored a decision of %s signed by %s", decision.coordinator, ", ".join(signed.sigs))
-                    continue
-                watch = self._watch_of(decision.settlement_id)
-                watch.ledgers, watch.expiry_ms = decision.ledgers, decision.expiry_ms
-                if decision.outcome == "commit":
-                    watch.commit = decision.preimage
-                else:
-                    watch.abort = decision.preimage
-                self._consider(decision.settlement_id, watch)
+                for signed in self._decisions(raw, coordinator):
+                    decision: SettlementDecision = signed.msg
+                    watch = self._watch_of(decision.settlement_id)
+                    watch.ledgers, watch.expiry_ms = decision.ledgers, decision.expiry_ms
+                    if decision.outcome == "commit":
+                        watch.commit = decision.preimage
+                    else:
+                        watch.abort = decision.preimage
+                    self._consider(decision.settlement_id, watch)
+
+    def _decisions(self, raw: bytes, coordinator: str) -> list[Signed]:
+        """The decisions of an event (one alone, or a batch of them), each checked to be
+        the coordinator's, signed by it alone; the others are logged and dropped."""
+        try:
+            value = decode(raw, bytes_max=BATCH_BYTES_MAX)
+            if is_batch(value):
+                _signer, items = open_batch(value, allowed=(SettlementDecision,))
+            else:
+                items = [from_wire(value, allowed=(SettlementDecision,))]
+        except Rejected as error:
+            log.warning("ignored a decision event that is not %s's: %s", coordinator, error)
+            return []
+        decisions = []
+        for item in items:
+            try:
+                if isinstance(item, Rejected):
+                    raise item
+                self.registry.verify_all(item)
+            except Rejected as error:
+                log.warning("ignored a decision that is not %s's: %s", coordinator, error)
+                continue
+            if item.msg.coordinator != coordinator or set(item.sigs) != {coordinator}:
+                log.warning("ignored a decision of %s signed by %s", item.msg.coordinator, ", ".join(item.sigs))
+                continue
+            decisions.append(item)
+        return decisions
 
     async def _watch(self, ledger: str) -> None:
         client = self.client(ledger)

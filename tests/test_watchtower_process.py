@@ -17,10 +17,11 @@ from engine.world.local import Local, dvp_legs, standard_world
 from protocols.bus import decisions_topic
 from protocols.bus.client import LedgerClient, raise_for
 from protocols.bus.mqtt import MqttBus
+from protocols.envelope import seal
 from protocols.htlc import hashlock_of
 from protocols.messages import Cancel, Claim, Lock, QueryJournal, QueryLock, Settlement, SettlementDecision
 from protocols.settlement import Timing, lock_id
-from protocols.signing import decode_signed, sign
+from protocols.signing import decode_signed, sign, unsigned
 from tests.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow  # a watchtower and ledgers as processes
@@ -86,11 +87,26 @@ class HandCoordinator:
 
     async def publish(self, settlement_id: str, outcome: str, preimage: bytes) -> None:
         """The decision, as the core announces it (`_announce`) and its shell publishes it."""
+        await self.publish_all([(settlement_id, outcome, preimage)])
+
+    async def publish_all(self, decided: list[tuple[str, str, bytes]]) -> None:
+        """Decisions taken in one step: one event, or one batch envelope signed once."""
         now = self.local.clock.now_ms()
-        decision = SettlementDecision(
-            "coordinator", settlement_id, outcome, tuple(leg.ledger for leg in LEGS), preimage, TIMING.expiry(now), now
-        )
-        await self.local.bus.publish(decisions_topic("coordinator"), self.signed(decision).encode())
+        decisions = [
+            SettlementDecision(
+                "coordinator",
+                settlement_id,
+                outcome,
+                tuple(leg.ledger for leg in LEGS),
+                preimage,
+                TIMING.expiry(now),
+                now,
+            )
+            for settlement_id, outcome, preimage in decided
+        ]
+        key = self.local.world.keys["coordinator"]
+        event = seal([unsigned(d) for d in decisions], "coordinator", key) if len(decisions) > 1 else None
+        await self.local.bus.publish(decisions_topic("coordinator"), event or self.signed(decisions[0]).encode())
 
     async def state(self, settlement_id: str, leg: int) -> str:
         ledger = LEGS[leg].ledger
@@ -201,6 +217,27 @@ async def test_watchtower_process_forwards_leg_0s_end_to_leg_1_after_the_coordin
 
                 assert await balances(local) == (moved_by(before, 1) if decision == "commit" else before)
                 await forwarded(services, local, settlement_id, 1, "claim" if decision == "commit" else "cancel")
+            nursery.cancel_scope.cancel()
+    finally:
+        codes = services.stop()
+    assert set(codes.values()) == {0}, codes
+
+
+async def test_watchtower_process_acts_on_each_decision_of_a_batch_event(tmp_path, broker):
+    """Two settlements decided in one step, published as one envelope signed once: the
+    watchtower claims both legs of the committed one and cancels both of the aborted."""
+    services = Services(tmp_path, broker)
+    try:
+        async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
+            with trio.fail_after(60):
+                local = await services.start(bus, nursery)
+                coordinator = HandCoordinator(local)
+                committed, secret, _ = await coordinator.lock_both()
+                aborted, _, cancel_secret = await coordinator.lock_both()
+                await coordinator.publish_all([(committed, "commit", secret), (aborted, "abort", cancel_secret)])
+                for leg in (0, 1):
+                    await coordinator.until_state(committed, leg, "claimed", timeout_s=GRACE_S + 5)
+                    await coordinator.until_state(aborted, leg, "cancelled", timeout_s=GRACE_S + 5)
             nursery.cancel_scope.cancel()
     finally:
         codes = services.stop()

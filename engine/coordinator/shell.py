@@ -38,12 +38,22 @@ from protocols.bus.batcher import Batcher, Outcome
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.canonical import encode
+from protocols.envelope import seal
 from protocols.errors import Code, Rejected
 from protocols.failures import ExpectedFailure
-from protocols.messages import Body, Fence, QuerySettlement, Receipt, Settlement, SettlementStatus, readable_id
+from protocols.messages import (
+    Body,
+    Fence,
+    QuerySettlement,
+    Receipt,
+    Settlement,
+    SettlementDecision,
+    SettlementStatus,
+    readable_id,
+)
 from protocols.registry import Registry
 from protocols.settlement import Phase, Timing
-from protocols.signing import PrivateKey, Signed, decode_signed, sign
+from protocols.signing import PrivateKey, Signed, decode_signed, sign, unsigned
 
 from .. import config
 from ..watchtower import Watchtower
@@ -57,6 +67,7 @@ IN_FLIGHT_MAX = config.IN_FLIGHT_MAX  # settlements driven at once, desks' inclu
 INTAKE_MAX = config.INTAKE_MAX  # back offices' settlements in flight; a new one past it is refused `busy`
 
 
+DECISIONS_PER_EVENT_MAX = 256  # some 120 KiB: well under the broker's 1 MiB
 FENCE_RETRY_S = 1.0  # after a ledger refuses a fence for a reason that may pass (a clock ahead, say)
 
 
@@ -380,6 +391,9 @@ class Coordinator:
         gated = any(save.gates for save in saves)
         if gated:
             await self._commit(saves)
+        decisions = [action.decision for action in actions if isinstance(action, core.Announce)]
+        if decisions:
+            await self._announce(decisions)
         for action in actions:
             if isinstance(action, core.Send):
                 deliver = partial(self._delivered, action.settlement_id, action.tag)
@@ -387,14 +401,23 @@ class Coordinator:
             elif isinstance(action, core.Ask):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._ask, action)
-            elif isinstance(action, core.Announce):
-                await self.bus.publish(decisions_topic(self.id), self.sign(action.decision))
             elif isinstance(action, core.Wake):
                 heapq.heappush(self._wakes, (action.at_ms, action.settlement_id))
             elif isinstance(action, core.Done):
                 await self._finished(action.record)
         if saves and not gated:
             await self._commit(saves)
+
+    async def _announce(self, decisions: list[SettlementDecision]) -> None:
+        """The step's decisions, before anything acts on them: one signed event, or one
+        batch envelope of them signed once (protocol section 4a)."""
+        for start in range(0, len(decisions), DECISIONS_PER_EVENT_MAX):
+            some = decisions[start : start + DECISIONS_PER_EVENT_MAX]
+            if len(some) == 1:
+                event = self.sign(some[0])
+            else:
+                event = seal([unsigned(decision) for decision in some], self.id, self._key)
+            await self.bus.publish(decisions_topic(self.id), event)
 
     async def _commit(self, saves: list[core.Save]) -> None:
         """Every transition of the step, in one transaction."""
