@@ -16,11 +16,12 @@ SHAPE = Shape(participants=6)
 # each with its receipt, and the coordinator's decision event; and a journal entry event
 # for each instruction a ledger applies. That is one settlement alone; with others in
 # flight, instructions to one ledger share a batch (one message, one receipt message, one
-# event for its entries), and only the request, its status and the decision stay its own.
+# event for its entries), decisions of one step share an event, and only the request and
+# its status stay its own.
 # A run also counts the watchtower's polls of the ledgers it heard nothing from for a second
 # (on Mosquitto, up to 2 s of them while the broker's next report comes): 1 or 2 a ledger.
 NEEDED = {"same": 2 + 2 + 1, "cross": 2 + 8 + 1 + 4}
-UNSHARED = {"same": 2, "cross": 2 + 1}
+UNSHARED = {"same": 2, "cross": 2}
 IDLE_PER_SETTLEMENT_MAX = 0.5
 
 
