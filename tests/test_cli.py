@@ -595,6 +595,20 @@ def test_a_second_coordinator_on_a_journal_in_use_is_refused_naming_the_holder(f
         held.close()
 
 
+def test_standby_coordinators_of_one_process_need_their_own_journals_and_one_broker(tmp_path):
+    world = standard_world(tmp_path / "world", coordinators=2)
+    config, other = world.ledger_configs["coordinator"], world.ledger_configs["coordinator-1"]
+    original = other.read_text()
+    cases = [
+        (original.replace('"coordinator-1.db"', '"coordinator.db"'), "each coordinator needs its own journal"),
+        (original.replace("broker = ", 'broker = "mqtt://127.0.0.1:1"\n# '), "share its broker"),
+    ]
+    for text, says in cases:
+        other.write_text(text)
+        result = lockstep("coordinator", "--config", str(config), "--standby", str(other))
+        fails_in_one_line(result, "coordinator", says)
+
+
 def test_a_coordinator_config_that_cannot_serve_is_named_with_its_setting(fresh):
     config = Path(fresh.coordinator)
     original = config.read_text()
