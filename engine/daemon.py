@@ -107,7 +107,9 @@ async def run_coordinator(
     except MetricsUnavailable as error:
         raise DaemonError(f"coordinator {config.coordinator_id}", str(error)) from None
     journal = None if standby else _journal(config)
-    async with _until_signalled(url, f"coordinator-{config.coordinator_id}") as (bus, nursery):
+    # the process's pid in its MQTT client id: a standby for the same coordinator is
+    # connected at the same time, and a broker drops the older of two equal client ids
+    async with _until_signalled(url, f"coordinator-{config.coordinator_id}-{os.getpid()}") as (bus, nursery):
         served = _Part(config, own[1], own[2], bus, url, listeners)
         if journal is not None:
             await nursery.start(served.run, journal)

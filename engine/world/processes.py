@@ -38,6 +38,7 @@ class ServiceProcess:
         self.broker_url = broker_url
         self.args = args
         self.process: subprocess.Popen | None = None
+        self._log_from = 0  # where this start's lines begin in the log
         self.log_path = Path(world.directory) / f"{command}-{party}.log"
 
     @property
@@ -45,6 +46,7 @@ class ServiceProcess:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> ServiceProcess:
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -86,7 +88,23 @@ class ServiceProcess:
                 pings.cancel_scope.cancel()
         if not answers:
             raise ServiceExited(f"{self.party} exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+        if "--standby" in self.args:
+            await self._connected(timeout_s)
         return answers[0]
+
+    async def _connected(self, timeout_s: float) -> None:
+        """A coordinator process standing by: its coordinator may answer from another
+        process that took it over, so wait for this one's own word that it is on the
+        bus (it stands by, or serves), which it logs once connected."""
+        with trio.fail_after(timeout_s):
+            while self.running:
+                with self.log_path.open("rb") as log:
+                    log.seek(self._log_from)
+                    since = log.read().decode(errors="replace")
+                if "standing by" in since or " up on " in since:
+                    return
+                await trio.sleep(PING_EVERY_S)
+        raise ServiceExited(f"{self.party} exited: {self.log_path.read_text(errors='replace')[-2000:]}")
 
     async def _ping(self, bus) -> object:
         """A ledger's info (its journal height among it); a coordinator's refusal of an
