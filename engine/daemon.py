@@ -101,7 +101,7 @@ async def run_coordinator(
     if another process holds its journal, is waited for the same way, not an error."""
     own, *others = [load(path, broker) for path in dict.fromkeys((config_path, *standby))]
     config, _, _, url = own
-    _one_broker([own, *others])
+    _check_parts([own, *others])
     try:
         listeners = await listeners_for(config.metrics, metrics)
     except MetricsUnavailable as error:
@@ -119,7 +119,7 @@ async def run_coordinator(
             nursery.start_soon(_Part(part_config, registry, key, bus, url, None).stand_by, False)
 
 
-def _one_broker(parts: list[tuple[CoordinatorConfig, Registry, PrivateKey, str]]) -> None:
+def _check_parts(parts: list[tuple[CoordinatorConfig, Registry, PrivateKey, str]]) -> None:
     """Parts of one process: each its own coordinator and journal, all on one broker."""
     for what, values in (
         ("coordinator_id", [config.coordinator_id for config, *_ in parts]),
