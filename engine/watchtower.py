@@ -32,12 +32,12 @@ from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
 from protocols.bus.follow import follow
 from protocols.canonical import decode
-from protocols.envelope import BATCH_BYTES_MAX, is_batch, open_batch
+from protocols.envelope import BATCH_BYTES_MAX, open_event
 from protocols.errors import Code, Rejected
 from protocols.journal import ChainBroken
 from protocols.messages import Cancel, Claim, QueryLock, SettlementDecision
 from protocols.registry import Registry, Role
-from protocols.signing import PrivateKey, Signed, from_wire, sign
+from protocols.signing import PrivateKey, Signed, sign
 
 log = logging.getLogger("lockstep.watchtower")
 
@@ -131,11 +131,7 @@ class Watchtower:
         """The decisions of an event (one alone, or a batch of them), each checked to be
         the coordinator's, signed by it alone; the others are logged and dropped."""
         try:
-            value = decode(raw, bytes_max=BATCH_BYTES_MAX)
-            if is_batch(value):
-                _signer, items = open_batch(value, allowed=(SettlementDecision,))
-            else:
-                items = [from_wire(value, allowed=(SettlementDecision,))]
+            items = open_event(decode(raw, bytes_max=BATCH_BYTES_MAX), allowed=(SettlementDecision,))
         except Rejected as error:
             log.warning("ignored a decision event that is not %s's: %s", coordinator, error)
             return []

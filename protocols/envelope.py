@@ -73,6 +73,17 @@ def open_batch(value: dict, *, allowed: tuple[type[Body], ...]) -> tuple[str, li
     ]
 
 
+def open_event(value: Any, *, allowed: tuple[type[Body], ...]) -> list[Signed | Rejected]:
+    """The messages of an event: one alone, or each of a batch with its share of the
+    batch signature; a message refused is its reason. Rejected for a broken envelope."""
+    if is_batch(value):
+        return open_batch(value, allowed=allowed)[1]
+    try:
+        return [from_wire(value, allowed=allowed)]
+    except Rejected as error:
+        return [error]
+
+
 def item_id(item: Any) -> str:
     """An item's id for a refusal, when it has a usable one."""
     value = item.get("id") if isinstance(item, dict) else None

@@ -68,7 +68,7 @@ INTAKE_MAX = config.INTAKE_MAX  # back offices' settlements in flight; a new one
 
 
 DECISIONS_PER_EVENT_MAX = 256  # some 120 KiB: well under the broker's 1 MiB
-FENCE_RETRY_S = 1.0  # after a ledger refuses a fence for a reason that may pass (a clock ahead, say)
+FENCE_RETRY_S = 1.0  # after a ledger refuses a fence for a reason that may pass (a clock ahead, say), or a bad reply
 
 
 class FencedOut(ExpectedFailure):
@@ -477,14 +477,17 @@ class Coordinator:
             fence = Fence(f"fence-{epoch}-{self._state.nonce}-{attempt:x}", ledger_id, self.clock.now_ms(), epoch)
             try:
                 receipt = await client.submit(sign(fence, (self.id, self._key)))
-            except (BusTimeout, BadReply) as error:
+            except BusTimeout as error:  # its attempt waited out the timeout: again at once
                 log.info("fencing %s at epoch %d: %s; again", ledger_id, epoch, error)
                 continue
-            if receipt.applied:
-                break
-            if receipt.code == Code.FENCED.value:
-                raise FencedOut(self.id, epoch, ledger_id, receipt.reason or "")
-            log.warning("%s refused the fence at epoch %d: %s: %s", ledger_id, epoch, receipt.field, receipt.reason)
+            except BadReply as error:
+                log.warning("fencing %s at epoch %d: %s; again", ledger_id, epoch, error)
+            else:
+                if receipt.applied:
+                    break
+                if receipt.code == Code.FENCED.value:
+                    raise FencedOut(self.id, epoch, ledger_id, receipt.reason or "")
+                log.warning("%s refused the fence at epoch %d: %s: %s", ledger_id, epoch, receipt.field, receipt.reason)
             await trio.sleep(FENCE_RETRY_S)
         log.info("fenced %s at epoch %d", ledger_id, epoch)
         await batcher.run()

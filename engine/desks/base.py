@@ -10,6 +10,7 @@ only as its state machine allows."""
 
 from __future__ import annotations
 
+import abc
 import enum
 import json
 import sqlite3
@@ -29,7 +30,7 @@ from ..coordinator import schema
 Unit = tuple[str, Any, str, str, list]  # the signed message as received, state, reason_code, reason, steps
 
 
-class Desk:
+class Desk(abc.ABC):
     messages: tuple[type[Body], ...] = ()
 
     def __init__(self, coordinator) -> None:
@@ -47,6 +48,7 @@ class Desk:
                 task_status.started()
                 await self._work()
 
+    @abc.abstractmethod
     async def _resume(self) -> None:
         """Carry out again each unit accepted and not finished."""
 
@@ -61,8 +63,9 @@ class Desk:
             self._serving.add(unit_id)
             self._nursery.start_soon(self._carry_out, unit_id)
 
+    @abc.abstractmethod
     async def _carry_out(self, unit_id: str) -> None:
-        raise NotImplementedError
+        """Take one unit of work to its end."""
 
     async def answer(self, signed: Signed, request) -> bytes:
         """The signed reply to one of `messages`: the desk's own refusal if it has one,
@@ -75,8 +78,9 @@ class Desk:
                 raise
             return self.coordinator.sign(refusal)
 
+    @abc.abstractmethod
     async def _reply(self, signed: Signed) -> bytes:
-        raise NotImplementedError
+        """The signed reply to one of `messages`; Rejected for a refusal."""
 
     def _refusal(self, payload: bytes, error: Rejected) -> Body | None:
         return None

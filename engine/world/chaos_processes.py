@@ -219,8 +219,8 @@ class Services:
             return "broker", tuple(service.party for service in self.processes), self.broker_up
         if fault == "kill-coordinator":
             service = chance.choice(self.coordinators)
-            # which coordinators its process served is its own affair: each may have been
-            whom = tuple(c.party for c in self.coordinators)  # taken over, so all count as down
+            # which coordinators its process served, after takeovers, is not known here: all count as down
+            whom = tuple(c.party for c in self.coordinators)
         else:
             service = self.ledgers[chance.choice(sorted(self.ledgers))]
             whom = (service.party,)
