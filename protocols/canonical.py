@@ -114,9 +114,8 @@ def _is_unicode(text: str) -> bool:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    for key, _ in pairs:
-        if not _is_unicode(key):
-            raise Rejected(Code.MALFORMED, "$", "a field name holds a lone surrogate; strings must be Unicode")
+    """A lone surrogate in a key, as in a value, can only come of an escape in the
+    text: `_check_values` refuses it when the scan for those escapes finds one."""
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
@@ -154,7 +153,10 @@ def decode(raw: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> Any:
         raise Rejected(Code.MALFORMED, "$", f"nested deeper than {DEPTH_MAX} levels") from None
     if isinstance(value, (dict, list)) and _nesting(value, text) > DEPTH_MAX:
         raise Rejected(Code.MALFORMED, "$", f"nested deeper than {DEPTH_MAX} levels")
-    if _parse.suspects or ("\\u" in text and _SURROGATE_ESCAPE.search(text)):
+    escaped = "\\u" in text and _SURROGATE_ESCAPE.search(text)
+    if escaped:
+        _check_keys(value)
+    if _parse.suspects or escaped:
         _check_values(value, "$")
     return value
 
@@ -180,6 +182,19 @@ def _nesting(value: Any, text: str) -> int:
             if isinstance(item, (dict, list))
         ]
     return deepest
+
+
+def _check_keys(value: Any) -> None:
+    """Refuse the whole message if a field name anywhere holds a lone surrogate: such a
+    name cannot be named in a refusal."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _is_unicode(key):
+                raise Rejected(Code.MALFORMED, "$", "a field name holds a lone surrogate; strings must be Unicode")
+            _check_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_keys(item)
 
 
 def _check_values(value: Any, path: str) -> None:

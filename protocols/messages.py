@@ -10,6 +10,7 @@ Construction validates every field: a message that exists is well formed."""
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, cast, overload
@@ -43,6 +44,8 @@ def _invalid(attribute: attrs.Attribute, reason: str) -> Rejected:
 
 
 def _expect(attribute: attrs.Attribute, value: Any, kind: type, name: str) -> None:
+    if type(value) is kind:
+        return
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise Rejected(Code.MALFORMED, attribute.name, f"expected {name}, got {type(value).__name__}")
 
@@ -830,10 +833,11 @@ class SettlementStatus(Body):
 def to_body(msg: Body) -> dict[str, Any]:
     """The wire dictionary of a message, with `v` and `type` first-class fields."""
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
-    for attribute in attrs.fields(cast(type[attrs.AttrsInstance], type(msg))):  # every Body is an attrs class
-        value = getattr(msg, attribute.name)
-        if not (attribute.metadata.get("left_out_at_default") and value == attribute.default):
-            body[attribute.name] = _to_wire(value)
+    for name, left_out_at, _, _ in _fields(type(msg)):
+        value = getattr(msg, name)
+        if value is left_out_at or (left_out_at is not _KEPT and value == left_out_at):
+            continue
+        body[name] = value if type(value) in _AS_IS else _to_wire(value)
     return body
 
 
@@ -845,6 +849,51 @@ def _to_wire(value: Any) -> Any:
     if isinstance(value, (Leg, SettlementLeg)):
         return {a.name: getattr(value, a.name) for a in attrs.fields(type(value))}
     return value
+
+
+_AS_IS = frozenset((str, int, bool, type(None), dict))  # what the wire holds as it is
+_KEPT = object()  # a field written whatever its value
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[str, Any, bool, Callable[[Any], Any] | None], ...]:
+    """Each field of a message type, worked out once: its name, the default at which
+    it is left out (or _KEPT), whether the wire must hold it, and how its wire value
+    becomes the attribute's (None: as it is)."""
+    return tuple(
+        (
+            a.name,
+            a.default if a.metadata.get("left_out_at_default") else _KEPT,
+            a.default is attrs.NOTHING,
+            _reader(a),
+        )
+        for a in attrs.fields(cls)
+    )
+
+
+@functools.cache
+def _names(cls: type) -> frozenset[str]:
+    return frozenset(("v", "type", *(a.name for a in attrs.fields(cls))))
+
+
+def _reader(attribute: attrs.Attribute) -> Callable[[Any], Any] | None:
+    name = attribute.name
+    if attribute.validator is digest32:
+        return lambda value: _hex32(name, value)
+    if attribute.validator is optional_digest32:
+        return lambda value: None if value is None else _hex32(name, value)
+    if attribute.validator in (legs, settlement_legs):
+        cls = Leg if attribute.validator is legs else SettlementLeg
+
+        def read_legs(value: Any) -> tuple:
+            if not isinstance(value, list):
+                raise Rejected(Code.MALFORMED, name, "expected a list of legs")
+            return tuple(_leg(cls, index, item) for index, item in enumerate(value))
+
+        return read_legs
+    if str(attribute.type).startswith("tuple"):
+        return lambda value: tuple(value) if isinstance(value, list) else value
+    return None
 
 
 M = TypeVar("M", bound=Body)
@@ -870,35 +919,20 @@ def from_body(body: Any, *, allowed: tuple[type[Body], ...] | None = None) -> Bo
     cls = MESSAGE_TYPES.get(type_name) if isinstance(type_name, str) else None
     if cls is None or (allowed is not None and cls not in allowed):
         raise Rejected(Code.UNKNOWN_TYPE, "type", f"unknown message type {type_name!r}")
-    fields = attrs.fields(cls)
-    names = {a.name for a in fields}
-    extra = sorted(set(body) - names - {"v", "type"})
-    if extra:
+    if not body.keys() <= _names(cls):
+        extra = sorted(body.keys() - _names(cls))
         raise Rejected(Code.MALFORMED, member_path("$", extra[0]), f"field not part of {type_name}")
     values = {}
-    for attribute in fields:
-        if attribute.name not in body:
-            if attribute.default is attrs.NOTHING:
-                raise Rejected(Code.MALFORMED, attribute.name, f"required field of {type_name} is missing")
-            continue
-        values[attribute.name] = _from_wire(attribute, body[attribute.name])
+    for name, _, required, read in _fields(cls):
+        if name in body:
+            value = body[name]
+            values[name] = value if read is None else read(value)
+        elif required:
+            raise Rejected(Code.MALFORMED, name, f"required field of {type_name} is missing")
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:  # a validator of attrs' own, never ours
         raise Rejected(Code.MALFORMED, "$", str(error)) from None
-
-
-def _from_wire(attribute: attrs.Attribute, value: Any) -> Any:
-    if attribute.validator is digest32 or (attribute.validator is optional_digest32 and value is not None):
-        return _hex32(attribute.name, value)
-    if attribute.validator in (legs, settlement_legs):
-        if not isinstance(value, list):
-            raise Rejected(Code.MALFORMED, attribute.name, "expected a list of legs")
-        cls = Leg if attribute.validator is legs else SettlementLeg
-        return tuple(_leg(cls, index, item) for index, item in enumerate(value))
-    if isinstance(value, list) and str(attribute.type).startswith("tuple"):
-        return tuple(value)
-    return value
 
 
 def _leg(cls: type, index: int, value: Any) -> Any:

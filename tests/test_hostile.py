@@ -276,8 +276,10 @@ def assert_refusal(h: Harness, receipt, *, instruction_id: str | None = None) ->
 
 
 class Follow:
-    """A valid transfer of 1 EUR from acc-a to acc-b, sent in the same batch right after
-    the hostile message: it must be applied, and be the only change."""
+    """A valid transfer of 2 EUR from acc-a to acc-b, sent in the same batch right after
+    the hostile message: it must be applied, and be the only change. Not the 1 EUR of
+    the fuzzed transfer: that one, its id changed to "follow-1" and not re-signed, would
+    otherwise be the very body already applied, and answered its receipt as a repeat."""
 
     def __init__(self, h: Harness) -> None:
         self.h = h
@@ -286,7 +288,7 @@ class Follow:
     def next(self):
         self.n += 1
         return self.h.make(
-            Transfer, "bank-a", id=f"follow-{self.n}", from_account="acc-a", to_account="acc-b", asset="EUR", amount=1
+            Transfer, "bank-a", id=f"follow-{self.n}", from_account="acc-a", to_account="acc-b", asset="EUR", amount=2
         )
 
     def expect(self, before: dict, follow_id: str) -> dict:
@@ -297,7 +299,7 @@ class Follow:
             "seq": before["seq"] + 1,
             "journal": before["journal"] + 1,
         }
-        for account, change in (("acc-a", -1), ("acc-b", +1)):
+        for account, change in (("acc-a", -2), ("acc-b", +2)):
             available, locked = expected["balances"].get((account, "EUR"), (0, 0))
             expected["balances"][(account, "EUR")] = (available + change, locked)
         del expected["head"]
