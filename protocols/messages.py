@@ -833,7 +833,8 @@ class SettlementStatus(Body):
 def to_body(msg: Body) -> dict[str, Any]:
     """The wire dictionary of a message, with `v` and `type` first-class fields."""
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
-    for name, left_out_at, _, _ in _fields(msg.__class__):
+    cls: type = type(msg)
+    for name, left_out_at, _, _ in _fields(cls):
         value = getattr(msg, name)
         if value is left_out_at or (left_out_at is not _KEPT and value == left_out_at):
             continue
