@@ -333,7 +333,7 @@ class Ledger:
             receipt = Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash)
         # the receipt is kept unsigned: a repeat is answered in the framing of its own request
         stored = unsigned(receipt).encode()
-        self.store.put_instruction(msg.id, signed.digest, canonical.encode(signed.body).decode(), stored, seq)
+        self.store.put_instruction(msg.id, signed.digest, signed.body_bytes.decode(), stored, seq)
         return receipt
 
     def _append(self, now_ms: int, kind: str, instruction: dict | None, effects: dict) -> tuple[int, str]:

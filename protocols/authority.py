@@ -77,8 +77,13 @@ def terms_of(auth: Any, registry: Registry | None) -> Terms:
 
 
 def _settlement(auth: dict, registry: Registry | None) -> Terms:
-    signed = from_wire(auth, allowed=(Settlement,))
-    settlement: Settlement = signed.msg
+    return settlement_terms(from_wire(auth, allowed=(Settlement,)), registry)
+
+
+def settlement_terms(signed: Signed[Settlement], registry: Registry | None) -> Terms:
+    """The terms of a settlement already read from the wire: authenticated as
+    `terms_of` does, its refusals named without `auth.`."""
+    settlement = signed.msg
     if registry is not None:
         registry.verify_all(signed)
         for party in settlement.parties:

@@ -8,6 +8,7 @@ so changing any byte of any entry breaks the chain at that entry."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -323,10 +324,18 @@ def _short(lock: HeldLock, name: str) -> str:
 CHECKPOINT_DOMAIN = b"lockstep/checkpoint/1\x00"  # not DOMAIN: a checkpoint's signature is no message's
 ROW_HASH_BYTES = 512
 _ROW_HASH_MODULUS = 1 << (8 * ROW_HASH_BYTES)
+ROW_HASHES_KEPT = 4096  # about 2.5 MB
 
 
 def _row_hash(row: list[Any]) -> int:
-    return int.from_bytes(hashlib.shake_256(encode(row)).digest(ROW_HASH_BYTES), "big")
+    return _hash_of(encode(row))
+
+
+@functools.lru_cache(maxsize=ROW_HASHES_KEPT)
+def _hash_of(row_bytes: bytes) -> int:
+    """A row's hash, kept for the rows written last: most writes replace a row that was
+    itself written a moment ago (a balance locked, then moved), so its old hash is here."""
+    return int.from_bytes(hashlib.shake_256(row_bytes).digest(ROW_HASH_BYTES), "big")
 
 
 @attrs.define

@@ -398,6 +398,11 @@ class Signed(Generic[M]):
             object.__setattr__(self, "data", DOMAIN + canonical.join(*halves))
 
     @property
+    def body_bytes(self) -> bytes:
+        """The canonical bytes of the body alone: the signed bytes without their domain."""
+        return self.data[len(DOMAIN) :]
+
+    @property
     def digest(self) -> bytes:
         """SHA-256 of the signed bytes: what idempotency compares."""
         return hashlib.sha256(self.data).digest()

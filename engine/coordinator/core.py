@@ -73,12 +73,14 @@ NO_ANSWER = _NoAnswer()
 class Start:
     """Drive a settlement: `new` (its record PENDING, to be journaled now) or resumed
     from the journal at its phase. `secret` and `cancel_secret` are fresh draws, used
-    only if the settlement has none yet."""
+    only if the settlement has none yet. `terms`, when given, are the record's
+    instruction as read when it was accepted, so that it is not read twice."""
 
     record: Record
     secret: bytes = attrs.field(repr=False)
     cancel_secret: bytes = attrs.field(repr=False)
     new: bool = False
+    terms: tuple[Terms, dict] | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def settlement_id(self) -> str:
@@ -283,10 +285,14 @@ def _advance(state: State, driving: Driving, event: Event, now_ms: int) -> tuple
 
 def _started(event: Start, state: State) -> Driving:
     record = event.record
-    auth = decode(record.instruction)
+    if event.terms is not None:
+        terms, auth = event.terms
+    else:
+        auth = decode(record.instruction)
+        terms = terms_of(auth, None)  # verified when accepted
     sent = tuple(decode_signed(raw, allowed=INSTRUCTIONS) for raw in record.sent)
     secrets = (event.secret, event.cancel_secret) if record.phase is Phase.PENDING else ()
-    return Driving(record, terms_of(auth, None), auth, sent, secrets=secrets)  # terms verified when accepted
+    return Driving(record, terms, auth, sent, secrets=secrets)
 
 
 def _due(state: State, driving: Driving, now_ms: int) -> tuple[Driving, list[Action]]:

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import trio
 
-from protocols.authority import Terms, terms_of
+from protocols.authority import Terms, settlement_terms, terms_of
 from protocols.bus import Bus, BusTimeout, Request, decisions_topic, service_of_coordinator
 from protocols.bus.batcher import Batcher, Outcome
 from protocols.bus.client import BadReply, LedgerClient
@@ -288,7 +288,7 @@ class Coordinator:
             raise Rejected(
                 Code.BUSY, "$", f"{self.intake_max} settlements in flight, the most this coordinator takes; retry"
             )
-        record = self._accept(signed.wire())
+        record = self._accept(signed.wire(), signed)
         if record is None:
             self._intake.add(settlement_id)
         return record
@@ -305,14 +305,17 @@ class Coordinator:
         record = self._accept(auth)
         return record if record is not None else await self.wait(terms_of(auth, None).id)
 
-    def _accept(self, auth: dict) -> Record | None:
+    def _accept(self, auth: dict, settlement: Signed[Settlement] | None = None) -> Record | None:
         """Start driving what `auth` allows: None once it is being driven, or its record
-        if it is already final."""
+        if it is already final. A `settlement` sent on its own comes read already: it is
+        `auth`, not read again."""
         try:
-            terms = terms_of(auth, self.registry)
+            terms = (
+                settlement_terms(settlement, self.registry) if settlement is not None else terms_of(auth, self.registry)
+            )
         except Rejected as error:  # the auth is the whole message here: name its fields
             raise Rejected(error.code, error.field.removeprefix("auth."), error.reason) from None
-        instruction = encode(auth)
+        instruction = settlement.encode() if settlement is not None else encode(auth)
         driven = self._driven.get(terms.id)
         if driven is not None:
             if driven[0] != instruction:
@@ -328,7 +331,8 @@ class Coordinator:
             return None
         self.validate(terms)
         now_ms = self.clock.now_ms()
-        self._drive(Record(terms.id, instruction, Phase.PENDING, steps=((Phase.PENDING.value, now_ms),)), new=True)
+        record = Record(terms.id, instruction, Phase.PENDING, steps=((Phase.PENDING.value, now_ms),))
+        self._drive(record, new=(terms, auth))
         return None
 
     def validate(self, terms: Terms) -> None:
@@ -356,10 +360,12 @@ class Coordinator:
         assert record is not None
         return record
 
-    def _drive(self, record: Record, *, new: bool = False) -> None:
-        """Hand a settlement to the core, with fresh secrets in case it draws them now."""
+    def _drive(self, record: Record, *, new: tuple[Terms, dict] | None = None) -> None:
+        """Hand a settlement to the core, with fresh secrets in case it draws them now;
+        a `new` one with its terms, as just read and verified."""
         self._driven[record.settlement_id] = (record.instruction, trio.Event())
-        self._event(core.Start(record, secrets.token_bytes(32), secrets.token_bytes(32), new))
+        draws = secrets.token_bytes(32), secrets.token_bytes(32)
+        self._event(core.Start(record, *draws, new is not None, new))
 
     # -- the step loop ---------------------------------------------------------------------
 
