@@ -270,7 +270,8 @@ class Ledger:
             signed = from_wire(value, allowed=ACCEPTED)
         except Rejected as error:
             return self._sign(self._refusal("unknown", readable_id(payload), error, now_ms))
-        return self._sign(self._handle(signed, now_ms))
+        reply = self._handle(signed, now_ms)
+        return reply.with_sig(self.id, self._key.sign(reply.data)).encode()
 
     def _batch(self, value: dict, now_ms: int) -> bytes:
         """A batch of instructions, each applied or refused on its own, in order; the
@@ -279,49 +280,47 @@ class Ledger:
             _signer, items = open_batch(value, allowed=INSTRUCTIONS)
         except Rejected as error:
             return self._sign(self._refusal("batch", "unknown", error, now_ms))
-        receipts = [
+        replies = [
             self._handle(item, now_ms)
             if isinstance(item, Signed)
-            else self._refusal("unknown", item_id(raw), item, now_ms)
+            else unsigned(self._refusal("unknown", item_id(raw), item, now_ms))
             for item, raw in zip(items, value["items"], strict=True)
         ]
-        return seal([unsigned(receipt) for receipt in receipts], self.id, self._key)
+        return seal(replies, self.id, self._key)
 
-    def _handle(self, signed: Signed, now_ms: int) -> Body:
+    def _handle(self, signed: Signed, now_ms: int) -> Signed:
+        """The reply to one message, not yet signed: signed alone or as part of a batch."""
         msg = signed.msg
         if msg.ledger != self.id:
-            return self._refusal(
-                msg.TYPE,
-                msg.id,
-                Rejected(Code.WRONG_LEDGER, "ledger", f"this is ledger {self.id!r}, not {msg.ledger!r}"),
-                now_ms,
-            )
+            wrong = Rejected(Code.WRONG_LEDGER, "ledger", f"this is ledger {self.id!r}, not {msg.ledger!r}")
+            return unsigned(self._refusal(msg.TYPE, msg.id, wrong, now_ms))
         if isinstance(msg, QUERIES):
             try:
-                return self._answer(msg, now_ms)
+                return unsigned(self._answer(msg, now_ms))
             except Rejected as error:
-                return self._refusal(msg.TYPE, msg.id, error, now_ms)
+                return unsigned(self._refusal(msg.TYPE, msg.id, error, now_ms))
         return self._instruct(signed, now_ms)
 
-    def _instruct(self, signed: Signed, now_ms: int) -> Receipt:
+    def _instruct(self, signed: Signed, now_ms: int) -> Signed[Receipt]:
         msg = signed.msg
         known = self.store.instruction(msg.id)
         if known is not None:
             digest, body, first = known
             if digest == signed.digest:
-                return _stored_receipt(first)
-            return self._refusal(msg.TYPE, msg.id, _reuse(canonical.decode(body.encode()), signed.body), now_ms)
+                return unsigned(_stored_receipt(first))
+            reused = _reuse(canonical.decode(body.encode()), signed.body)
+            return unsigned(self._refusal(msg.TYPE, msg.id, reused, now_ms))
         try:
             self.registry.verify_all(signed)
         except Rejected as error:  # unauthenticated: not recorded, an attacker cannot burn an id
-            return self._refusal(msg.TYPE, msg.id, error, now_ms)
+            return unsigned(self._refusal(msg.TYPE, msg.id, error, now_ms))
         changes = Changes(self.store)
         try:
             rules.apply(signed, rules.Context(self.config, self.registry, now_ms), changes)
         except Rejected as error:
             log.info("refused %s %s: %s", msg.TYPE, msg.id, error)
             if error.code in _NOT_RECORDED or error.field.startswith("auth."):
-                return self._refusal(msg.TYPE, msg.id, error, now_ms)
+                return unsigned(self._refusal(msg.TYPE, msg.id, error, now_ms))
             receipt, seq = self._refusal(msg.TYPE, msg.id, error, now_ms), None
         else:
             changes.write()
@@ -332,9 +331,9 @@ class Ledger:
             self.on_outcome(msg.TYPE, None)
             receipt = Receipt(self.id, msg.id, "applied", now_ms, seq=seq, entry_hash=entry_hash)
         # the receipt is kept unsigned: a repeat is answered in the framing of its own request
-        stored = unsigned(receipt).encode()
-        self.store.put_instruction(msg.id, signed.digest, signed.body_bytes.decode(), stored, seq)
-        return receipt
+        reply = unsigned(receipt)
+        self.store.put_instruction(msg.id, signed.digest, signed.body_bytes.decode(), reply.encode(), seq)
+        return reply
 
     def _append(self, now_ms: int, kind: str, instruction: dict | None, effects: dict) -> tuple[int, str]:
         """Add an entry to the batch's journal; `_seal` signs and stores the batch's entries."""

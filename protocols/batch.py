@@ -62,7 +62,11 @@ def tree(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
     split = 1 << (len(leaves) - 1).bit_length() - 1  # the largest power of two below n
     left, left_paths = tree(leaves[:split])
     right, right_paths = tree(leaves[split:])
-    return _node(left, right), [p + [right] for p in left_paths] + [p + [left] for p in right_paths]
+    for path in left_paths:  # each path is its own list, made below: extended in place
+        path.append(right)
+    for path in right_paths:
+        path.append(left)
+    return _node(left, right), left_paths + right_paths
 
 
 def root_from_path(leaf: bytes, index: int, count: int, path: Sequence[bytes]) -> bytes | None:

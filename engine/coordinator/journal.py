@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import trio
 
 from protocols.settlement import FINAL, Decision, Phase, check_transition, decided
@@ -37,6 +37,12 @@ from . import schema
 from .schema import FINAL_SQL
 
 BATCH_SIZE_MAX = 1024  # saves gathered into one commit
+
+
+def _json(value: Any) -> str:
+    """A column's JSON text (read back with orjson.loads; older rows, written with the
+    standard library's spacing, read the same)."""
+    return orjson.dumps(value).decode()
 
 
 @attrs.frozen
@@ -277,7 +283,7 @@ def _transition(previous: Record | None, record: Record) -> tuple:
         record.decision.value,
         record.secret if record.secret != before.secret else b"",
         record.cancel_secret if record.cancel_secret != before.cancel_secret else b"",
-        json.dumps(changes, separators=(",", ":")),
+        _json(changes),
     )
 
 
@@ -290,7 +296,7 @@ def _fold(db, settlement_id: str) -> Record | None:
         (settlement_id,),
     )
     for phase, decision, secret, cancel_secret, changes in transitions:
-        values = json.loads(changes)
+        values = orjson.loads(changes)
         fields = {name: read(values[name]) for name, (_, read) in _CHANGES.items() if name in values}
         if secret:
             fields["secret"] = bytes(secret)
@@ -308,13 +314,13 @@ def _row(r: Record) -> tuple:
         r.instruction,
         r.phase.value,
         r.secret,
-        json.dumps(list(r.expiry_ms)),
-        json.dumps([raw.decode() for raw in r.sent]),
+        _json(list(r.expiry_ms)),
+        _json([raw.decode() for raw in r.sent]),
         r.reason_code,
         r.reason,
-        json.dumps([list(step) for step in r.steps]),
+        _json([list(step) for step in r.steps]),
         r.cancel_secret,
-        json.dumps(list(r.backstop_ms)),
+        _json(list(r.backstop_ms)),
         r.decision.value,
         r.claimed,
     )
@@ -341,13 +347,13 @@ def _record(row: tuple) -> Record:
         bytes(instruction),
         Phase(phase),
         bytes(secret),
-        tuple(json.loads(expiry_ms)),
-        tuple(raw.encode() for raw in json.loads(sent)),
+        tuple(orjson.loads(expiry_ms)),
+        tuple(raw.encode() for raw in orjson.loads(sent)),
         reason_code,
         reason,
-        tuple(tuple(step) for step in json.loads(steps)),
+        tuple(tuple(step) for step in orjson.loads(steps)),
         bytes(cancel_secret),
-        tuple(json.loads(backstop_ms)),
+        tuple(orjson.loads(backstop_ms)),
         Decision(decision),
         claimed,
     )
