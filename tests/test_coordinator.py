@@ -13,9 +13,11 @@ import trio.testing
 from engine.coordinator.metrics import CoordinatorMetrics
 from engine.watchtower import Watchtower
 from engine.world.local import Local, dvp_legs, standard_world
+from protocols import canonical
 from protocols.bus.clock import ServiceClock
 from protocols.bus.faults import Faults, FaultyBus, except_fences
 from protocols.bus.memory import MemoryBus
+from protocols.envelope import is_batch
 from protocols.errors import Code, Rejected
 from protocols.messages import QueryLock, QueryLocks, SettlementLeg
 from protocols.settlement import Decision, Phase, Timing, lock_id
@@ -598,4 +600,66 @@ async def test_a_settlement_naming_the_coordinator_as_a_party_is_refused(tmp_pat
         with pytest.raises(Rejected) as refusal:
             await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, ("coordinator", "bank-a")))
         assert (refusal.value.code, refusal.value.field) == (Code.NOT_AUTHORISED, "parties")
+        nursery.cancel_scope.cancel()
+
+
+class _SlowReceive:
+    """The journal writer's side of its channel, each receipt late by `delay_s`: commits
+    slow enough that many steps are worked out while one is on its way to the disk."""
+
+    def __init__(self, receive, delay_s: float) -> None:
+        self._receive = receive
+        self._delay_s = delay_s
+
+    async def receive(self):
+        item = await self._receive.receive()
+        await trio.sleep(self._delay_s)
+        return item
+
+    def receive_nowait(self):
+        return self._receive.receive_nowait()
+
+
+class _ClaimWitness(MemoryBus):
+    """The in-memory bus, noting for every claim that leaves the decision the coordinator's
+    journal held on disk for its settlement at that moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.journal = None
+        self.decisions: list[Decision | None] = []
+
+    async def request(self, service: str, payload: bytes, *, timeout_s: float) -> bytes:
+        value = canonical.decode(payload, bytes_max=len(payload))
+        for item in value["items"] if is_batch(value) else [value]:
+            if item.get("type") == "claim" and self.journal is not None:
+                record = self.journal.get(item["lock_id"].rsplit(":", 1)[0])
+                self.decisions.append(None if record is None else record.decision)
+        return await super().request(service, payload, timeout_s=timeout_s)
+
+
+async def test_no_claim_leaves_before_its_decision_is_on_disk_however_slow_the_disk(tmp_path, autojump_clock):
+    """The shell works out the next step while a commit is on its way; what a step sends
+    still waits for every gating commit before it, so a claim (which reveals the secret)
+    never leaves ahead of the decision it acts on, with many settlements interleaved."""
+    bus = _ClaimWitness()
+    legs = dvp_legs("csd", "a-sec", "b-sec", 1, "cbdc-eur", "EUR", "b-eur", "a-eur", 100)
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path, bus)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        coordinator.journal._receive = _SlowReceive(coordinator.journal._receive, 0.05)
+        bus.journal = coordinator.journal
+        before = await w.balances(legs)
+        records = []
+
+        async def submit() -> None:
+            records.append(await coordinator.submit(w.local.settlement("dvp", legs, PARTIES)))
+
+        async with trio.open_nursery() as many:
+            for _ in range(24):
+                many.start_soon(submit)
+                await trio.sleep(0.003)
+        assert [r.phase for r in records] == [Phase.SETTLED] * 24
+        assert moved(before, await w.balances(legs), legs, times=24)
+        assert bus.decisions == [Decision.COMMIT] * 48
         nursery.cancel_scope.cancel()

@@ -144,9 +144,14 @@ class Journal:
 
     async def save_all(self, changes: list[Change]) -> None:
         """Return once every change is on disk, all in one commit."""
+        await (await self.queue(changes)).wait()
+
+    async def queue(self, changes: list[Change]) -> trio.Event:
+        """Hand changes to the writer, to commit after all handed to it before them (in
+        the same commit or a later one); the event is set once they are on disk."""
         done = trio.Event()
         await self._send.send((changes, done))
-        await done.wait()
+        return done
 
     def _write(self, changes: list[Change]) -> None:
         """Append the transitions; a settlement now final is written whole as its

@@ -123,6 +123,8 @@ class Coordinator:
         self._events: list[core.Event] = []  # for the next step
         self._arrived = trio.lowlevel.ParkingLot()  # the step loop, waiting for events
         self._wakes: list[tuple[int, str]] = []  # (at_ms, settlement id): a heap of times to feed Due
+        self._gate = trio.Event()  # set once the latest step's gating saves are on disk
+        self._gate.set()
         # settlement id -> its instruction, and an event set when it is final: from acceptance until final
         self._driven: dict[str, tuple[bytes, trio.Event]] = {}
         self._intake: set[str] = set()  # back offices' settlements being driven now
@@ -387,16 +389,32 @@ class Coordinator:
             if events:
                 self._state, actions = core.step(self._state, events, now_ms)
                 self.steps += 1
-                await self._perform(actions)
+                await self._perform_soon(actions)
 
-    async def _perform(self, actions: list[core.Action]) -> None:
-        """The step's journal commit first, then everything it allows; a step whose
-        every save is a note that gates nothing (core.Save.gates) sends first and
-        commits while its instructions are on their way."""
+    async def _perform_soon(self, actions: list[core.Action]) -> None:
+        """Hand the step's saves to the journal, in the order of the steps, and perform
+        the rest in a task of its own, so that the next step is worked out while this
+        one's commit is on its way to the disk. The step's actions wait for the commit
+        of every save that gates (core.Save.gates), its own and every earlier step's,
+        since the journal commits in order: nothing leaves sooner than if each step
+        waited for its own commit. A step whose every save is a note sends without
+        waiting for its notes."""
+        for action in actions:
+            if isinstance(action, core.Wake):
+                heapq.heappush(self._wakes, (action.at_ms, action.settlement_id))
         saves = [action for action in actions if isinstance(action, core.Save)]
-        gated = any(save.gates for save in saves)
-        if gated:
-            await self._commit(saves)
+        committed = None
+        if saves:
+            committed = await self.journal.queue([(save.previous, save.record) for save in saves])
+            if any(save.gates for save in saves):
+                self._gate = committed
+        assert self._nursery is not None
+        self._nursery.start_soon(self._perform, actions, self._gate, committed, saves)
+
+    async def _perform(
+        self, actions: list[core.Action], gate: trio.Event, committed: trio.Event | None, saves: list[core.Save]
+    ) -> None:
+        await gate.wait()
         decisions = [action.decision for action in actions if isinstance(action, core.Announce)]
         if decisions:
             await self._announce(decisions)
@@ -407,12 +425,12 @@ class Coordinator:
             elif isinstance(action, core.Ask):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._ask, action)
-            elif isinstance(action, core.Wake):
-                heapq.heappush(self._wakes, (action.at_ms, action.settlement_id))
             elif isinstance(action, core.Done):
                 await self._finished(action.record)
-        if saves and not gated:
-            await self._commit(saves)
+        if committed is not None:
+            await committed.wait()
+            for save in saves:
+                self.on_phase(save.record)
 
     async def _announce(self, decisions: list[SettlementDecision]) -> None:
         """The step's decisions, before anything acts on them: one signed event, or one
@@ -424,12 +442,6 @@ class Coordinator:
             else:
                 event = seal([unsigned(decision) for decision in some], self.id, self._key)
             await self.bus.publish(decisions_topic(self.id), event)
-
-    async def _commit(self, saves: list[core.Save]) -> None:
-        """Every transition of the step, in one transaction."""
-        await self.journal.save_all([(save.previous, save.record) for save in saves])
-        for save in saves:
-            self.on_phase(save.record)
 
     async def _finished(self, record: Record) -> None:
         settlement_id = record.settlement_id
