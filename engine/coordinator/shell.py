@@ -415,6 +415,8 @@ class Coordinator:
         self, actions: list[core.Action], gate: trio.Event, committed: trio.Event | None, saves: list[core.Save]
     ) -> None:
         await gate.wait()
+        if committed is gate:  # the step's own saves gate: on disk now, before anything leaves
+            self._on_disk(saves)
         decisions = [action.decision for action in actions if isinstance(action, core.Announce)]
         if decisions:
             await self._announce(decisions)
@@ -427,10 +429,13 @@ class Coordinator:
                 self._nursery.start_soon(self._ask, action)
             elif isinstance(action, core.Done):
                 await self._finished(action.record)
-        if committed is not None:
+        if committed is not None and committed is not gate:  # notes, committed as they go
             await committed.wait()
-            for save in saves:
-                self.on_phase(save.record)
+            self._on_disk(saves)
+
+    def _on_disk(self, saves: list[core.Save]) -> None:
+        for save in saves:
+            self.on_phase(save.record)
 
     async def _announce(self, decisions: list[SettlementDecision]) -> None:
         """The step's decisions, before anything acts on them: one signed event, or one
