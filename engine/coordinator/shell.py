@@ -5,9 +5,10 @@ signatures, the ledgers, the time left), and feeds the core what happens: a sett
 to drive, a ledger's answer, a time that has come. Each step's actions it performs in
 one order: every record the step changed is committed to the journal in one
 transaction, and only then are the step's instructions sent (gathered per ledger into
-batch messages by a Batcher), its queries asked, its decisions announced, its timers set
-and its finished settlements answered. One loop, no task per settlement: the events
-that arrive while a step commits make the next step.
+batch messages by a Batcher), its queries asked, its decisions announced and its
+finished settlements answered. One loop, no task per settlement: the loop works out the
+next step while this one's commit is on its way to the disk, the journal commits in the
+order of the steps, and what a step sends waits for every commit before it that gates.
 
 A restart resumes every unfinished settlement at its journaled phase: locks and settles
 are sent again byte for byte (ledgers answer a repeated id with their first receipt),
