@@ -134,7 +134,7 @@ def _check_parts(parts: list[tuple[CoordinatorConfig, Registry, PrivateKey, str]
 def _journal(config: CoordinatorConfig, held: int | None = None) -> Journal:
     """The coordinator's journal, at a new epoch (its lock `held` already, or taken now)."""
     try:
-        return Journal(config.journal, offload=True, held=held)
+        return Journal(config.journal, held=held)
     except (sqlite3.Error, OSError) as error:
         raise DaemonError(
             f"coordinator {config.coordinator_id}: journal {config.journal}", f"cannot open it: {error}"

@@ -64,7 +64,7 @@ async def run(config_path: str, broker: str | None = None, metrics: str | None =
     ledger = open_ledger(config, clock.now_ms())
     try:
         async with MqttBus.connect(url, client_id=f"ledger-{config.ledger_id}") as bus:
-            service = LedgerService(ledger, bus, clock, offload=True)
+            service = LedgerService(ledger, bus, clock)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(service.run)

@@ -25,9 +25,12 @@ REPLY_SECONDS_MAX = 5.0  # how long an answer may take to hand to the bus once c
 
 class LedgerService:
     """`offload=True` applies each batch in a worker thread, so that while SQLite waits
-    for the disk the service goes on receiving and the next batch grows (group commit
-    that adapts to load). Tests on a MockClock keep it off: a thread's wait would let
-    the mock clock jump."""
+    for the disk the other services of the same process go on: the demo, the in-process
+    bench and chaos run every ledger in one process. A ledger process of its own applies
+    inline (ledgers/daemon.py): its batch is Python work, which in a thread only contends
+    with the event loop for the interpreter lock, and what arrives meanwhile waits in the
+    socket to make the next batch. Tests on a MockClock keep it off: a thread's wait
+    would let the mock clock jump."""
 
     def __init__(self, ledger: Ledger, bus: Bus, clock: ServiceClock, *, offload: bool = False) -> None:
         self.ledger = ledger

@@ -98,8 +98,10 @@ class JournalInUse(Exception):
 
 class Journal:
     def __init__(self, path: str | Path, *, offload: bool = False, held: int | None = None) -> None:
-        """`offload=True` commits in a worker thread, so settlements go on while the
-        disk syncs (as LedgerService does; off under a MockClock). Held by one Journal
+        """`offload=True` commits in a worker thread, so that the other services of
+        the same process go on while the disk syncs (as LedgerService does; off under a
+        MockClock, and in a coordinator process of its own, where the thread's hand-offs
+        cost more than a commit). Held by one Journal
         at a time: a lock on `{path}.lock`, which the kernel releases when its process
         dies however it dies, so a restart takes it at once. `held`: that lock, taken
         already (`hold`)."""
