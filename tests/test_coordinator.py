@@ -61,6 +61,20 @@ class World:
         except Exception:
             return None
 
+    async def submit_many(self, coordinator, legs, count: int, *, apart_s: float = 0.0) -> list:
+        """`count` new settlements of these legs submitted at once (or `apart_s` apart),
+        their records in the order they ended."""
+        records = []
+
+        async def one() -> None:
+            records.append(await coordinator.submit(self.local.settlement("dvp", legs, PARTIES)))
+
+        async with trio.open_nursery() as many:
+            for _ in range(count):
+                many.start_soon(one)
+                await trio.sleep(apart_s)
+        return records
+
     async def held_locks(self) -> list:
         held = []
         for ledger in self.local.services:
@@ -501,14 +515,7 @@ async def test_lost_duplicate_and_reordered_messages_are_harmless(tmp_path, auto
         coordinator, _ = await w.local.start_coordinator(TIMING)
         w.local.bus = bus
         before = await w.balances(CROSS_DVP)
-        records = []
-
-        async def one() -> None:
-            records.append(await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES)))
-
-        async with trio.open_nursery() as batch:
-            for _ in range(20):
-                batch.start_soon(one)
+        records = await w.submit_many(coordinator, CROSS_DVP, 20)
         assert sum(unreliable.injected.values()) >= 10
         settled = [r for r in records if r.phase is Phase.SETTLED]
         assert all(r.phase in (Phase.SETTLED, Phase.ROLLED_BACK) for r in records), [r.phase for r in records]
@@ -650,15 +657,7 @@ async def test_no_claim_leaves_before_its_decision_is_on_disk_however_slow_the_d
         coordinator.journal._receive = _SlowReceive(coordinator.journal._receive, 0.05)
         bus.journal = coordinator.journal
         before = await w.balances(legs)
-        records = []
-
-        async def submit() -> None:
-            records.append(await coordinator.submit(w.local.settlement("dvp", legs, PARTIES)))
-
-        async with trio.open_nursery() as many:
-            for _ in range(24):
-                many.start_soon(submit)
-                await trio.sleep(0.003)
+        records = await w.submit_many(coordinator, legs, 24, apart_s=0.003)
         assert [r.phase for r in records] == [Phase.SETTLED] * 24
         assert moved(before, await w.balances(legs), legs, times=24)
         assert bus.decisions == [Decision.COMMIT] * 48
