@@ -21,6 +21,7 @@ from pathlib import Path
 import attrs
 import sqlite_utils
 
+from protocols.canonical import encode
 from protocols.htlc import HeldLock, LockState
 from protocols.journal import (
     Checkpoint,
@@ -350,7 +351,7 @@ class Store:
                 asset.kind,
                 asset.issuer,
                 asset.minor_units,
-                json.dumps(asset.reference, sort_keys=True),
+                _json(asset.reference),
                 asset.issued,
                 asset.redeemed,
             ),
@@ -378,7 +379,7 @@ class Store:
                 lock.amount,
                 lock.hashlock,
                 lock.expiry_ms,
-                json.dumps(list(lock.abort_by)),
+                _json(list(lock.abort_by)),
                 lock.state.value,
                 lock.cancel_hashlock,
                 lock.backstop_ms,
@@ -407,7 +408,7 @@ class Store:
                 checkpoint.seq,
                 checkpoint.entry_hash,
                 checkpoint.state_digest,
-                json.dumps(checkpoint.keys, sort_keys=True),
+                _json(checkpoint.keys),
                 checkpoint.signature,
             ),
         )
@@ -446,3 +447,9 @@ def _asset_row(asset: Asset) -> list:
 def _asset(row: tuple) -> Asset:
     code, kind, issuer, minor_units, reference, issued, redeemed = row
     return Asset(code, kind, issuer, minor_units, json.loads(reference), issued, redeemed)
+
+
+def _json(value: object) -> str:
+    """A column's JSON text: canonical (keys sorted, no spaces); rows written before,
+    with the standard library's spacing, read the same."""
+    return encode(value).decode()

@@ -101,8 +101,23 @@ def verify_batch(key: ec.EllipticCurvePublicKey, proof: BatchSignature, digest: 
     root = proof.root(digest)
     if root is None:
         return False
-    point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
-    return _root_signed(point, proof.sig, root)
+    return _root_signed(_point(key), proof.sig, root)
+
+
+_POINTS: dict[int, tuple[ec.EllipticCurvePublicKey, bytes]] = {}
+POINTS_KEPT_MAX = 1024
+
+
+def _point(key: ec.EllipticCurvePublicKey) -> bytes:
+    """A key's compressed point, the cache's name for it, worked out once per key object
+    (a key is not hashable; it is kept beside its point, so its id names no other)."""
+    known = _POINTS.get(id(key))
+    if known is None:
+        if len(_POINTS) >= POINTS_KEPT_MAX:
+            _POINTS.clear()
+        point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+        known = _POINTS[id(key)] = (key, point)
+    return known[1]
 
 
 @functools.lru_cache(maxsize=ROOTS_VERIFIED_MAX)
