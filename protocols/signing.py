@@ -390,6 +390,7 @@ class Signed(Generic[M]):
     body: dict = attrs.field(eq=False, repr=False)
     _halves: tuple[bytes, bytes] = attrs.field(default=(b"", b""), eq=False, repr=False)
     data: bytes = attrs.field(default=b"", eq=False, repr=False)  # the signed bytes
+    _digest: bytes = attrs.field(default=b"", init=False, eq=False, repr=False)  # worked out when first asked
 
     def __attrs_post_init__(self) -> None:
         if not self.data:
@@ -404,8 +405,10 @@ class Signed(Generic[M]):
 
     @property
     def digest(self) -> bytes:
-        """SHA-256 of the signed bytes: what idempotency compares."""
-        return hashlib.sha256(self.data).digest()
+        """SHA-256 of the signed bytes: what idempotency compares, and a batch's leaf."""
+        if not self._digest:
+            object.__setattr__(self, "_digest", hashlib.sha256(self.data).digest())
+        return self._digest
 
     def signed_by(self, party: str, key: ec.EllipticCurvePublicKey) -> bool:
         sig = self.sigs.get(party)
