@@ -8,7 +8,8 @@ transaction, and only then are the step's instructions sent (gathered per ledger
 batch messages by a Batcher), its queries asked, its decisions announced and its
 finished settlements answered. One loop, no task per settlement: the loop works out the
 next step while this one's commit is on its way to the disk, the journal commits in the
-order of the steps, and what a step sends waits for every commit before it that gates.
+order of the steps, and the steps' actions go in that order, each step's once every
+commit up to its own that gates is on disk.
 
 A restart resumes every unfinished settlement at its journaled phase: locks and settles
 are sent again byte for byte (ledgers answer a repeated id with their first receipt),
@@ -126,6 +127,8 @@ class Coordinator:
         self._wakes: list[tuple[int, str]] = []  # (at_ms, settlement id): a heap of times to feed Due
         self._gate = trio.Event()  # set once the latest step's gating saves are on disk
         self._gate.set()
+        self._gone = trio.Event()  # set once the latest step's actions have gone
+        self._gone.set()
         # settlement id -> its instruction, and an event set when it is final: from acceptance until final
         self._driven: dict[str, tuple[bytes, trio.Event]] = {}
         self._intake: set[str] = set()  # back offices' settlements being driven now
@@ -397,9 +400,10 @@ class Coordinator:
         the rest in a task of its own, so that the next step is worked out while this
         one's commit is on its way to the disk. The step's actions wait for the commit
         of every save that gates (core.Save.gates), its own and every earlier step's,
-        since the journal commits in order: nothing leaves sooner than if each step
-        waited for its own commit. A step whose every save is a note sends without
-        waiting for its notes."""
+        since the journal commits in order, and for the earlier step's actions to have
+        gone: nothing leaves sooner, nor in another order, than if each step waited for
+        its own commit. A step whose every save is a note sends without waiting for its
+        notes."""
         for action in actions:
             if isinstance(action, core.Wake):
                 heapq.heappush(self._wakes, (action.at_ms, action.settlement_id))
@@ -409,13 +413,24 @@ class Coordinator:
             committed = await self.journal.queue([(save.previous, save.record) for save in saves])
             if any(save.gates for save in saves):
                 self._gate = committed
+        gone = trio.Event()
         assert self._nursery is not None
-        self._nursery.start_soon(self._perform, actions, self._gate, committed, saves)
+        self._nursery.start_soon(self._perform, actions, (self._gate, self._gone), gone, committed, saves)
+        self._gone = gone
 
     async def _perform(
-        self, actions: list[core.Action], gate: trio.Event, committed: trio.Event | None, saves: list[core.Save]
+        self,
+        actions: list[core.Action],
+        after: tuple[trio.Event, trio.Event],
+        gone: trio.Event,
+        committed: trio.Event | None,
+        saves: list[core.Save],
     ) -> None:
+        """The step's actions once `after` (the gating commit and the step before it)
+        allows; `gone` once its announcements are out and its sends handed on."""
+        gate, previous = after
         await gate.wait()
+        await previous.wait()
         if committed is gate:  # the step's own saves gate: on disk now, before anything leaves
             self._on_disk(saves)
         decisions = [action.decision for action in actions if isinstance(action, core.Announce)]
@@ -428,7 +443,9 @@ class Coordinator:
             elif isinstance(action, core.Ask):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._ask, action)
-            elif isinstance(action, core.Done):
+        gone.set()
+        for action in actions:
+            if isinstance(action, core.Done):
                 await self._finished(action.record)
         if committed is not None and committed is not gate:  # notes, committed as they go
             await committed.wait()
