@@ -31,6 +31,7 @@ import attrs
 import orjson
 import trio
 
+from protocols.canonical import encode
 from protocols.settlement import FINAL, Decision, Phase, check_transition, decided
 
 from . import schema
@@ -40,9 +41,9 @@ BATCH_SIZE_MAX = 1024  # saves gathered into one commit
 
 
 def _json(value: Any) -> str:
-    """A column's JSON text (read back with orjson.loads; older rows, written with the
-    standard library's spacing, read the same)."""
-    return orjson.dumps(value).decode()
+    """A column's JSON text, canonical (protocols.canonical); rows written before, with
+    the standard library's spacing, read the same."""
+    return encode(value).decode()
 
 
 @attrs.frozen
