@@ -105,17 +105,25 @@ def settlement_terms(signed: Signed[Settlement], registry: Registry | None) -> T
 
 def _matched(auth: dict, registry: Registry | None) -> Terms:
     matched: Matched = from_body(auth, allowed=(Matched,))
-    sides: list[tuple[Signed, OneSided]] = []
+    signed_sides: list[Signed] = []
     for index, value in enumerate(matched.instructions):
         try:
             signed = from_wire(value, allowed=(SettlementInstruction,))
-            instruction: SettlementInstruction = signed.msg
             if registry is not None:
                 registry.verify_all(signed)
-                registry.signed_by(signed, (instruction.party,))
-            one = read(instruction.format, instruction.document)
+                registry.signed_by(signed, (signed.msg.party,))
         except Rejected as error:
             raise Rejected(error.code, f"instructions[{index}].{error.field}", error.reason) from None
+        signed_sides.append(signed)
+    sides: list[tuple[Signed, OneSided]] = []
+    for index, signed in enumerate(signed_sides):
+        instruction: SettlementInstruction = signed.msg
+        try:
+            one = read(instruction.format, instruction.document, registry.identified_by if registry else None)
+        except Rejected as error:
+            raise Rejected(error.code, f"instructions[{index}].{error.field}", error.reason) from None
+        if registry is None:  # read without the directory: each side is the party that signed it
+            one = attrs.evolve(one, party=instruction.party, counterparty=signed_sides[1 - index].msg.party)
         if one.party != instruction.party:
             raise Rejected(
                 Code.NOT_AUTHORISED,

@@ -1,6 +1,7 @@
-"""Checks for the identifiers that name what a ledger holds: ISINs for securities and
-ISO 4217 codes for currencies. An asset is refused at the boundary if its name is not a
-real identifier, and a currency's exponent fixes how many minor units make one unit."""
+"""Checks for the identifiers that name what a ledger holds (ISINs for securities, ISO
+4217 codes for currencies) and who takes part (BICs and LEIs). An asset is refused at the
+boundary if its name is not a real identifier, and a currency's exponent fixes how many
+minor units make one unit."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
+IDENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # a Lockstep id: party, account, instruction
 ISIN_CHARS = 12
 
 _COUNTRY = re.compile(r"[A-Z]{2}")
@@ -50,6 +52,31 @@ def _check_digit(prefix11: str) -> int:
             digit = digit * 2 - 9 if digit > 4 else digit * 2
         total += digit
     return (10 - total % 10) % 10
+
+
+_BIC = re.compile(r"[A-Z0-9]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?")
+_LEI = re.compile(r"[A-Z0-9]{18}[0-9]{2}")
+
+
+def bic_problem(value: str) -> str | None:
+    """None for an ISO 9362 BIC (8 or 11 characters), otherwise why it is not one."""
+    if not _BIC.fullmatch(value):
+        return f"{value!r} is not a BIC: 4 letters or digits, a 2-letter country, 2 for the location, 3 optional"
+    return None
+
+
+def bic11(value: str) -> str:
+    """A BIC in its 11-character form: an 8-character BIC names the main office, XXX."""
+    return value if len(value) == 11 else value + "XXX"
+
+
+def lei_problem(value: str) -> str | None:
+    """None for an ISO 17442 LEI (20 characters, check digits by ISO 7064 mod 97-10)."""
+    if not _LEI.fullmatch(value):
+        return f"{value!r} is not an LEI: 18 letters or digits and 2 check digits"
+    if int("".join(str(int(char, 36)) for char in value)) % 97 != 1:
+        return f"{value!r} has wrong LEI check digits"
+    return None
 
 
 # ISO 4217 List One as published 2026-01-01: every code with a minor unit, by exponent.

@@ -1,8 +1,10 @@
 """Matching two one-sided instructions into one settlement, as a CSD matches them.
 
 Each counterparty instructs its own side (protocols.iso20022.model.OneSided). Two sides
-match when every matching field agrees: opposite sides of one kind, each naming the
-other as counterparty, the same dates, and what one gives is what the other takes.
+match when every matching field agrees, as T2S matches them: opposite sides of one kind,
+each naming the other as counterparty, the same dates, and what one gives is what the
+other takes (security, quantity, amount and currency); and the optional fields that must
+agree where both sides give them: the common reference and each side's place of settlement.
 The coordinator matches to find pairs; each ledger matches the pair again before a leg
 moves, so no coordinator can pair a trade with a price the parties did not both state."""
 
@@ -25,7 +27,8 @@ class Difference:
     """Why two sides do not match, with the ISO 20022 unmatched reason code."""
 
     code: str  # DSEC security, DQUA quantity, DMON amount or currency, DDAT settlement date,
-    # DTRD trade date, DEPT counterparty, DTRA direction, OTHR kind
+    # DTRD trade date, DEPT counterparty, DTRA direction, DCMX common reference, PLCE place of
+    # settlement, OTHR kind
     field: str
     reason: str
 
@@ -44,6 +47,12 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
     for name, code in (("settlement_date", "DDAT"), ("trade_date", "DTRD")):
         if getattr(a, name) != getattr(b, name):
             found.append(Difference(code, name, f"{getattr(a, name)} against {getattr(b, name)}"))
+    if a.common_id and b.common_id and a.common_id != b.common_id:
+        found.append(Difference("DCMX", "common_id", f"{a.common_id} against {b.common_id}"))
+    for index, side in enumerate(("deliverer", "receiver")):
+        place_a, place_b = a.depositories[index], b.depositories[index]
+        if place_a and place_b and place_a != place_b:
+            found.append(Difference("PLCE", f"depositories.{side}", f"{place_a} against {place_b}"))
     for mine, theirs in ((a, b), (b, a)):
         if mine.gives_asset != theirs.takes_asset:
             code = "DSEC" if len(mine.gives_asset) == 12 or len(theirs.takes_asset) == 12 else "DMON"

@@ -21,10 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import PROTOCOL_VERSION
 from .canonical import INT_MAX, decode, member_path
 from .errors import Code, Rejected
-from .identifiers import currency_problem, isin_problem
+from .identifiers import IDENT_PATTERN, currency_problem, isin_problem
 from .iso20022.model import FORMATS
 
-IDENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 LEGS_MAX = 16
 COUPON_FREQUENCIES = (0, 1, 2, 4, 12)  # payments a year; 0 is a zero-coupon bond

@@ -5,6 +5,8 @@ Loaded from a TOML file that every service shares:
     [parties.bank-a]
     roles = ["participant"]
     public_key_file = "keys/bank-a.pub.pem"    # or public_key = "-----BEGIN ..."
+    bic = "BANKDEFFXXX"                        # optional: how ISO 20022 documents name it
+    lei = "5493001KJTIIGC8Y1R12"               # optional
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .errors import Code, Rejected
 from .failures import ExpectedFailure, file_reason, read_toml
+from .identifiers import bic11, bic_problem, lei_problem
 from .messages import IDENT_PATTERN
 from .signing import Signed, load_public_pem, public_pem, verify_signature
 
@@ -37,6 +40,13 @@ class Party:
     id: str
     roles: frozenset[Role]
     public_key: ec.EllipticCurvePublicKey = attrs.field(eq=False, repr=False)
+    bic: str | None = None  # 11 characters
+    lei: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """How documents may name it besides its id, as `identified_by` takes them."""
+        return tuple(f"{scheme}/{value}" for scheme, value in (("BIC", self.bic), ("LEI", self.lei)) if value)
 
 
 class Registry:
@@ -44,9 +54,13 @@ class Registry:
 
     def __init__(self, parties: Iterable[Party]) -> None:
         self._parties: dict[str, Party] = {}
+        self._named: dict[str, str] = {}
         for party in parties:
             assert party.id not in self._parties, f"party {party.id} registered twice"
             self._parties[party.id] = party
+            for name in party.names:
+                assert name not in self._named, f"{name} names both {self._named[name]} and {party.id}"
+                self._named[name] = party.id
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Registry:
@@ -57,7 +71,14 @@ class Registry:
         parties = data.get("parties", {})
         if not isinstance(parties, dict):
             raise ExpectedFailure(subject, "parties: must be a table of [parties.ID]")
-        return cls(_party(subject, path.parent, party_id, entry) for party_id, entry in parties.items())
+        loaded = [_party(subject, path.parent, party_id, entry) for party_id, entry in parties.items()]
+        named: dict[str, str] = {}
+        for party in loaded:
+            for name in party.names:
+                if name in named:
+                    raise ExpectedFailure(subject, f"party {party.id!r}: {name} already names {named[name]!r}")
+                named[name] = party.id
+        return cls(loaded)
 
     def save(self, path: str | os.PathLike) -> None:
         lines = []
@@ -67,6 +88,7 @@ class Registry:
                 f"[parties.{party.id}]",
                 f"roles = [{roles}]",
                 f'public_key = """{public_pem(party.public_key)}"""',
+                *(f'{scheme} = "{value}"' for scheme, value in (("bic", party.bic), ("lei", party.lei)) if value),
                 "",
             ]
         Path(path).write_text("\n".join(lines))
@@ -79,6 +101,11 @@ class Registry:
             attrs.evolve(party, public_key=keys[party.id]) if party.id in keys else party
             for party in self._parties.values()
         )
+
+    def identified_by(self, name: str) -> str | None:
+        """The party a document's identifier names (`BIC/...` in its 11-character form,
+        `LEI/...`), or None."""
+        return self._named.get(name)
 
     def __contains__(self, party_id: str) -> bool:
         return party_id in self._parties
@@ -144,4 +171,13 @@ def _party(subject: str, base: Path, party_id: str, entry: object) -> Party:
         key = load_public_pem(pem)
     except ValueError as error:
         raise ExpectedFailure(subject, f"{where}: {source}: {error}") from None
-    return Party(party_id, frozenset(Role(role) for role in roles), key)
+    identifiers = {}
+    for scheme, problem in (("bic", bic_problem), ("lei", lei_problem)):
+        value = entry.get(scheme)
+        if value is not None and (not isinstance(value, str) or problem(value)):
+            raise ExpectedFailure(
+                subject, f"{where}: {scheme}: {problem(value) if isinstance(value, str) else 'must be a string'}"
+            )
+        identifiers[scheme] = value
+    bic = identifiers["bic"] and bic11(identifiers["bic"])
+    return Party(party_id, frozenset(Role(role) for role in roles), key, bic, identifiers["lei"])

@@ -263,41 +263,55 @@ async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_
 
 
 @pytest.mark.parametrize(
-    "change, path, code",
+    "change, reasons",
     [
         (
             lambda d: d.replace(b"<TradDt><Dt><Dt>", b"<TradDt><Dt><Dt>20x"),
-            "/Document/SctiesSttlmTxInstr/TradDtls/TradDt/Dt/Dt",
-            Code.INVALID_FIELD,
+            [("OTHR", "document:/Document/SctiesSttlmTxInstr/TradDtls/TradDt/Dt/Dt: ")],
         ),
         (
-            lambda d: d.replace(b"<Unit>100</Unit>", b"<Unit>100.5</Unit>"),
-            "/Document/SctiesSttlmTxInstr/QtyAndAcctDtls/SttlmQty/Qty/Unit",
-            Code.INVALID_FIELD,
+            lambda d: d.replace(BOND.encode(), (BOND[:11] + str((int(BOND[11]) + 1) % 10)).encode()),
+            [("DSEC", "document:/Document/SctiesSttlmTxInstr/FinInstrmId/ISIN: ")],
+        ),
+        (
+            lambda d: d.replace(b"<Unit>100</Unit>", b"<Unit>100.5</Unit>").replace(b">APMT<", b">FREE<"),
+            [
+                ("OTHR", "document:/Document/SctiesSttlmTxInstr/SttlmTpAndAddtlParams/Pmt: "),
+                ("DQUA", "document:/Document/SctiesSttlmTxInstr/QtyAndAcctDtls/SttlmQty/Qty/Unit: "),
+            ],
         ),
         (
             lambda d: (
                 b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
                 + d.split(b"?>", 1)[1].replace(b"A-REF-1", b"&lol2;")
             ),
-            "",
-            Code.MALFORMED,
+            [("OTHR", "document: !DOCTYPE is not allowed")],
         ),
     ],
-    ids=["bad-date", "fractional-units", "entity-bomb"],
+    ids=["bad-date", "bad-isin", "free-and-fractional", "entity-bomb"],
 )
-async def test_a_document_that_does_not_validate_is_refused_with_its_element_path(
-    tmp_path, autojump_clock, change, path, code
+async def test_a_document_lockstep_cannot_settle_earns_a_rejected_advice_with_every_problem(
+    tmp_path, autojump_clock, change, reasons
 ):
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
         await desk.start_coordinator()
         seller, _ = dvp(utc_date(desk.now_ms()))
-        reply = await desk.send(desk.instruction(seller, document=change(sese023.write(seller))))
-        assert isinstance(reply, SettlementStatus) and reply.phase == "rejected"
-        assert reply.reason_code == code.value
-        assert reply.reason.startswith(f"document:{path}"), reply.reason
-        assert await desk.advices("bank-a") == []  # nothing kept
+        before = await desk.balances()
+        instruction = desk.instruction(seller, document=change(sese023.write(seller)))
+        reply = await desk.send(instruction)
+        assert isinstance(reply, Advices) and [i["status"] for i in reply.items] == ["rejected"]
+        document = reply.items[0]["document"]
+        rejected = [
+            (r.findtext("{*}Cd/{*}Cd"), r.findtext("{*}AddtlRsnInf"))
+            for r in etree.fromstring(document.encode()).iter("{*}Rsn")
+        ]
+        assert len(rejected) == len(reasons), rejected
+        for (code, text), (expected_code, prefix) in zip(rejected, reasons, strict=True):
+            assert code == expected_code and text.startswith(prefix), (code, text)
+        again = await desk.send(instruction)  # the same instruction: the same answer, nothing new kept
+        assert again.items == reply.items and await desk.advices("bank-a") == list(reply.items)
+        assert await desk.balances() == before
         nursery.cancel_scope.cancel()
 
 
@@ -423,11 +437,6 @@ async def test_the_desk_refuses_what_is_not_its_partys_own_and_keeps_working(tmp
                 Code.NOT_AUTHORISED.value,
                 "document",
             ),
-            "a pacs.009 labelled sese.023": (
-                signed_by("bank-a", format=PACS_009),
-                Code.INVALID_FIELD.value,
-                "document:",
-            ),
         }
         for case, (raw, code, field) in refusals.items():
             reply = await desk.send(raw)
@@ -436,6 +445,12 @@ async def test_the_desk_refuses_what_is_not_its_partys_own_and_keeps_working(tmp
                 code,
                 field,
             ), (case, reply.reason_code, reply.reason)
+
+        mislabelled = await desk.send(signed_by("bank-a", id="X-0", format=PACS_009))  # its own, but unreadable
+        assert [i["status"] for i in mislabelled.items] == ["rejected"]
+        assert mislabelled.items[0]["format"] == "pacs.002.001.14"
+        narrative = "".join(element_text(mislabelled.items[0]["document"], "AddtlInf"))
+        assert narrative.endswith("expected urn:iso:std:iso:20022:tech:xsd:pacs.009.001.11"), narrative
 
         await desk.send(signed_by("bank-a"))
         reused = await desk.send(signed_by("bank-a", document=sese023.write(seller).decode().replace("100", "101")))

@@ -462,3 +462,34 @@ def test_a_registry_with_a_bad_key_names_the_registry_the_party_and_the_key_file
         assert refused.value.subject == f"registry {registry}"
     with pytest.raises(ExpectedFailure, match=re.escape(f"registry {tmp_path / 'none.toml'}: no such file")):
         Registry.load(tmp_path / "none.toml")
+
+
+def test_a_registry_names_parties_by_bic_and_lei_and_refuses_a_name_given_twice(tmp_path):
+    pem = SigningKey.generate(curve=NIST256p).get_verifying_key().to_pem().decode()
+    registry = tmp_path / "registry.toml"
+
+    def party(name: str, extra: str) -> str:
+        return f'[parties.{name}]\nroles = ["participant"]\npublic_key = """{pem}"""\n{extra}\n'
+
+    registry.write_text(party("a", 'bic = "BANKDEFF"\nlei = "529900T8BM49AURSDO55"') + party("b", ""))
+    loaded = Registry.load(registry)
+    assert loaded.identified_by("BIC/BANKDEFFXXX") == "a"  # an 8-character BIC is its main office's
+    assert loaded.identified_by("LEI/529900T8BM49AURSDO55") == "a"
+    assert loaded.identified_by("BIC/BANKDEFF") is None and loaded.identified_by("a") is None
+    loaded.save(tmp_path / "saved.toml")
+    assert Registry.load(tmp_path / "saved.toml").identified_by("LEI/529900T8BM49AURSDO55") == "a"
+    cases = [
+        (party("a", 'bic = "BANK"'), "party 'a': bic: 'BANK' is not a BIC"),
+        (
+            party("a", 'lei = "529900T8BM49AURSDO56"'),
+            "party 'a': lei: '529900T8BM49AURSDO56' has wrong LEI check digits",
+        ),
+        (
+            party("a", 'bic = "BANKDEFFXXX"') + party("b", 'bic = "BANKDEFF"'),
+            "party 'b': BIC/BANKDEFFXXX already names 'a'",
+        ),
+    ]
+    for text, reason in cases:
+        registry.write_text(text)
+        with pytest.raises(ExpectedFailure, match=re.escape(reason)):
+            Registry.load(registry)

@@ -33,9 +33,19 @@ FINAL = ("settled", "failed", "cancelled", "rejected")
 def format_of(document: bytes) -> str:
     """The message a document is, by its namespace; ValueError if none of ours."""
     for fmt in FORMATS:
-        if f"urn:iso:std:iso:20022:tech:xsd:{fmt}".encode() in document[:2048]:
+        if f"urn:iso:std:iso:20022:tech:xsd:{fmt}".encode() in document:
             return fmt
     raise ValueError(f"not one of {', '.join(FORMATS)} (by its namespace)")
+
+
+def refusal(error: Rejected) -> str:
+    """A refusal for a person: every problem of a document on a line of its own."""
+    problems = getattr(error, "problems", ())
+    if len(problems) < 2:
+        return f"{error.code.value}: {error.field}: {error.reason}"
+    lines = [f"{error.code.value}: {len(problems)} problems"]
+    lines += [f"  {problem.field}: {problem.reason} [{problem.code}]" for problem in problems]
+    return "\n".join(lines)
 
 
 def instruction_id(reference: str) -> str:
@@ -122,9 +132,9 @@ async def main(
     except ValueError as error:
         raise DaemonError(f"document {file}", str(error)) from None
     try:
-        one = read(fmt, document)
+        one = read(fmt, document, registry.identified_by)
     except Rejected as error:
-        raise DaemonError(f"document {file}", f"{error.code.value}: {error.field}: {error.reason}") from None
+        raise DaemonError(f"document {file}", refusal(error)) from None
     if one.party != party:
         raise DaemonError(f"document {file}", f"instructs for {one.party}, not {party}")
     iid = given_id or instruction_id(one.reference)

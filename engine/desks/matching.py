@@ -29,7 +29,8 @@ from protocols.bus.client import BadReply
 from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.iso20022 import pacs002, read, sese024, sese025
-from protocols.iso20022.model import PACS_002, SESE_024, SESE_025, Advice, Confirmation, OneSided
+from protocols.iso20022.model import PACS_002, PACS_009, SESE_024, SESE_025, Advice, Confirmation, OneSided, Problem
+from protocols.iso20022.xml import Refused
 from protocols.messages import Advices, Matched, QueryAdvices, QueryInfo, SettlementInstruction, to_body
 from protocols.registry import Role
 from protocols.settlement import Phase
@@ -108,16 +109,21 @@ class MatchingDesk(Desk):
         return self.coordinator.sign(Advices(self.coordinator.id, query.party, self.coordinator.clock.now_ms(), items))
 
     async def instruct(self, signed: Signed) -> bytes:
-        """Take one side; the reply is the advice it earned at once (unmatched or matched),
-        or, for an instruction seen before, the latest advice it has."""
-        side = self._read(signed)
-        msg = side.msg
+        """Take one side; the reply is the advice it earned at once (unmatched or matched,
+        or rejected with every problem of its document), or, for an instruction seen
+        before, the latest advice it has."""
+        msg = self._authenticated(signed)
         row = self._db.execute(
             "SELECT raw FROM instructions WHERE party = ? AND id = ?", (msg.party, msg.id)
         ).fetchone()
         if row is not None:
             if bytes(row[0]) != signed.encode():
                 raise Rejected(Code.ID_REUSED, "id", f"instruction {msg.id} of {msg.party} was sent with other content")
+            return self._latest_advice(msg.party, msg.id)
+        try:
+            side = Side(signed, self._read(msg))
+        except Refused as refused:
+            self._reject(signed, refused.problems)
             return self._latest_advice(msg.party, msg.id)
         now_ms = self.coordinator.clock.now_ms()
         _, last_ms = matching.day_window(side.one.settlement_date)
@@ -144,27 +150,57 @@ class MatchingDesk(Desk):
         self._changed.set()
         return self._latest_advice(msg.party, msg.id)
 
-    def _read(self, signed: Signed) -> Side:
+    def _authenticated(self, signed: Signed) -> SettlementInstruction:
         msg: SettlementInstruction = signed.msg
         registry = self.coordinator.registry
         registry.verify_all(signed)
         registry.signed_by(signed, (msg.party,))
         if msg.coordinator != self.coordinator.id:
             raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.coordinator.id!r}")
-        one = read(msg.format, msg.document)
+        return msg
+
+    def _read(self, msg: SettlementInstruction) -> OneSided:
+        """The document's instruction; Refused, every problem listed, where it cannot
+        be settled, and Rejected where it is not the signer's to give."""
+        registry = self.coordinator.registry
+        try:
+            one = read(msg.format, msg.document, registry.identified_by)
+        except Refused:
+            raise
+        except Rejected as error:  # one problem: too large, not well-formed, hostile
+            raise Refused(error.code, [Problem(error.field, error.reason)]) from None
         if one.party != msg.party:
             raise Rejected(
                 Code.NOT_AUTHORISED, "document", f"the document instructs for {one.party}, signed by {msg.party}"
             )
         if one.counterparty not in registry or one.counterparty == one.party:
-            raise Rejected(
-                Code.UNKNOWN_SIGNER, "document", f"counterparty {one.counterparty!r} is not a registered party"
+            raise Refused(
+                Code.UNKNOWN_SIGNER,
+                [Problem("document", f"counterparty {one.counterparty!r} is not a registered party", "DEPT")],
             )
-        return Side(signed, one)
+        return one
+
+    def _reject(self, signed: Signed, problems: tuple[Problem, ...]) -> None:
+        """A document Lockstep cannot settle: kept, so its id answers the same again, with
+        a rejected advice giving every problem and its ISO reason code."""
+        msg: SettlementInstruction = signed.msg
+        now_ms = self.coordinator.clock.now_ms()
+        reason = "; ".join(f"{p.field}: {p.reason}" for p in problems)
+        advice = Advice(msg.party, msg.id, None, "rejected", problems[0].code, reason, now_ms, None, problems)
+        with self._db:
+            self._db.execute(
+                "INSERT INTO instructions (party, id, raw, counterparty, settlement_date, state, settlement_id, "
+                "received_ms) VALUES (?, ?, ?, '', '', 'rejected', NULL, ?)",
+                (msg.party, msg.id, signed.encode(), now_ms),
+            )
+            fmt, document = self._document(advice, msg.format, SESE_024, sese024)
+            self._store(msg, "rejected", None, fmt, document, now_ms)
+        log.info("instruction %s of %s rejected: %s", msg.id, msg.party, reason)
 
     def _side(self, raw: bytes) -> Side:
+        """A side the desk took before: its document read as it was then."""
         signed = from_wire(decode(raw), allowed=(SettlementInstruction,))
-        return Side(signed, read(signed.msg.format, signed.msg.document))
+        return Side(signed, read(signed.msg.format, signed.msg.document, self.coordinator.registry.identified_by))
 
     # -- matching --------------------------------------------------------------------------
 
@@ -279,25 +315,41 @@ class MatchingDesk(Desk):
 
     def _advise(self, side: Side, status: str, settlement_id: str | None, code: str, reason: str, now_ms: int) -> None:
         advice = Advice(side.msg.party, side.one.reference, settlement_id, status, code, reason, now_ms, side.one)
-        self._store(side, status, settlement_id, *self._document(advice, SESE_024, sese024), now_ms)
+        self._store(
+            side.msg, status, settlement_id, *self._document(advice, side.msg.format, SESE_024, sese024), now_ms
+        )
 
     def _confirm(self, side: Side, settlement_id: str, settled_ms: int, now_ms: int) -> None:
         confirmation = Confirmation(side.msg.party, side.one.reference, settlement_id, side.one, settled_ms)
-        self._store(side, "settled", settlement_id, *self._document(confirmation, SESE_025, sese025), now_ms)
+        self._store(
+            side.msg,
+            "settled",
+            settlement_id,
+            *self._document(confirmation, side.msg.format, SESE_025, sese025),
+            now_ms,
+        )
 
-    def _document(self, outcome: Advice | Confirmation, fmt: str, securities_writer) -> tuple[str, bytes]:
+    def _document(
+        self, outcome: Advice | Confirmation, instructed_in: str, fmt: str, securities_writer
+    ) -> tuple[str, bytes]:
         """A DvP's outcome in its sese message; a PvP's as a pacs.002 payment status."""
-        if outcome.instruction is not None and outcome.instruction.kind == "pvp":
+        if instructed_in == PACS_009:
             return PACS_002, pacs002.write(outcome, sender=self.coordinator.id, now_ms=self.coordinator.clock.now_ms())
         return fmt, securities_writer.write(outcome)
 
     def _store(
-        self, side: Side, status: str, settlement_id: str | None, fmt: str, document: bytes, now_ms: int
+        self,
+        msg: SettlementInstruction,
+        status: str,
+        settlement_id: str | None,
+        fmt: str,
+        document: bytes,
+        now_ms: int,
     ) -> None:
         self._db.execute(
             "INSERT INTO advices (party, instruction_id, settlement_id, status, format, document, time_ms) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (side.msg.party, side.msg.id, settlement_id, status, fmt, document.decode(), now_ms),
+            (msg.party, msg.id, settlement_id, status, fmt, document.decode(), now_ms),
         )
 
     def _latest_advice(self, party: str, instruction_id: str) -> bytes:

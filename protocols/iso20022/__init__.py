@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import Code, Rejected
 from . import camt053, pacs002, pacs009, sese023, sese024, sese025
-from .model import FORMATS, PACS_009, SESE_023, OneSided
+from .model import FORMATS, PACS_009, SESE_023, Names, OneSided
 
 READERS = {SESE_023: sese023.read, PACS_009: pacs009.read}
 assert set(READERS) == set(FORMATS)
@@ -20,8 +20,9 @@ write_pacs002 = pacs002.write
 write_camt053 = camt053.write
 
 
-def read(format: str, document: str | bytes) -> OneSided:
-    """One counterparty's instruction, read by the reader for its format."""
+def read(format: str, document: str | bytes, names: Names | None = None) -> OneSided:
+    """One counterparty's instruction, read by the reader for its format, its parties
+    named by `names` (see model.Names)."""
     if format not in READERS:
         raise Rejected(Code.UNKNOWN_TYPE, "format", f"{format!r} is not one of {', '.join(FORMATS)}")
-    return READERS[format](document)
+    return READERS[format](document, names)

@@ -8,6 +8,8 @@ and camt.053 documents."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 SESE_023 = "sese.023.001.11"
@@ -17,6 +19,10 @@ SESE_024 = "sese.024.001.12"  # what Lockstep writes: status advices,
 SESE_025 = "sese.025.001.11"  # settlement confirmations,
 PACS_002 = "pacs.002.001.14"  # a PvP's payment status,
 CAMT_053 = "camt.053.001.12"  # account statements
+
+# the party a document's identifier names (`BIC/<11 characters>`, `LEI/<20>`), or None:
+# protocols.registry.Registry.identified_by. Ids issued by LOCKSTEP are party ids already.
+Names = Callable[[str], str | None]
 
 
 @attrs.frozen
@@ -44,6 +50,20 @@ class OneSided:
     takes_asset: str
     takes_amount: int
     takes_account: str  # the party's account the counter asset arrives in
+    common_id: str | None = None  # sese.023 CmonId: must agree where both sides give it
+    depositories: tuple[str | None, str | None] = (None, None)  # the deliverer's and receiver's
+    # places of settlement (Dpstry, as 11-character BICs): must agree where both sides give one
+    linked: tuple[str, ...] = ()  # Lnkgs: references of instructions linked to this one, reported
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a document: where, why, and the ISO 20022 rejection reason
+    code (RejectionReason75Code) a status advice gives for it."""
+
+    field: str
+    reason: str
+    code: str = "OTHR"
 
 
 @attrs.frozen
@@ -58,6 +78,7 @@ class Advice:
     reason: str  # narrative: the field and why
     time_ms: int
     instruction: OneSided | None  # None when the document could not be read
+    problems: tuple[Problem, ...] = ()  # a rejected document's, each given as a reason of its own
 
 
 @attrs.frozen

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 
+from lxml import etree
+
 from . import xml
 from .model import PACS_002, PACS_009, Advice, Confirmation
 from .pacs009 import put_agent
@@ -36,18 +38,28 @@ def write(outcome: Advice | Confirmation, *, sender: str, now_ms: int) -> bytes:
     transaction = xml.put(report, "TxInfAndSts")
     xml.put(transaction, "OrgnlEndToEndId", xml.text35(outcome.reference))
     xml.put(transaction, "TxSts", status)
-    if isinstance(outcome, Advice) and (outcome.reason_code or outcome.reason.strip()):
-        reason = xml.put(transaction, "StsRsnInf")
-        if outcome.reason_code:
-            xml.put(reason, "Rsn/Prtry", outcome.reason_code)
-        narrative = outcome.reason.strip()
-        for start in range(0, len(narrative), information_chars_max):
-            xml.put(reason, "AddtlInf", narrative[start : start + information_chars_max])
+    if isinstance(outcome, Advice):
+        given = [(p.code, f"{p.field}: {p.reason}") for p in outcome.problems] or [
+            (outcome.reason_code, outcome.reason)
+        ]
+        for code, narrative in given:
+            _put_reason(transaction, code, narrative.strip())
     if isinstance(outcome, Confirmation):
         xml.put(transaction, "FctvIntrBkSttlmDt/DtTm", xml.date_time(outcome.settled_ms))
     if outcome.settlement_id is not None:
         xml.put(transaction, "AcctSvcrRef", xml.text35(outcome.settlement_id))
     return xml.finish(root, PACS_002)
+
+
+def _put_reason(transaction: etree._Element, code: str, narrative: str) -> None:
+    """A status reason: our code as a proprietary reason, the narrative in pieces."""
+    if not (code or narrative):
+        return
+    reason = xml.put(transaction, "StsRsnInf")
+    if code:
+        xml.put(reason, "Rsn/Prtry", code)
+    for start in range(0, len(narrative), information_chars_max):
+        xml.put(reason, "AddtlInf", narrative[start : start + information_chars_max])
 
 
 def _message_id(outcome: Advice | Confirmation, status: str, sender: str, now_ms: int) -> str:

@@ -11,44 +11,79 @@ from __future__ import annotations
 
 from lxml import etree
 
-from ..errors import Code, Rejected
-from ..identifiers import CURRENCIES
+from ..errors import Code
+from ..identifiers import CURRENCIES, IDENT_PATTERN, bic11
 from . import xml
-from .model import PACS_009, OneSided
+from .model import PACS_009, Names, OneSided
 
 TRANSACTIONS = 2
 
 
-def read(document: str | bytes) -> OneSided:
-    """The exchange as Lockstep's record; refused unless the two transfers mirror each
-    other between the same two parties in two different currencies."""
+def read(document: str | bytes, names: Names | None = None) -> OneSided:
+    """The exchange as Lockstep's record; refused, every problem at once, unless the two
+    transfers mirror each other between the same two parties in two different currencies.
+    Anything else the standard allows (UETR, agents, any settlement method, remittance
+    information) may be present and is ignored."""
     transfer = xml.find(xml.parse(document, PACS_009), "FICdtTrf")
+    findings = xml.Findings()
     count = xml.find(transfer, "GrpHdr/NbOfTxs")
-    if count.text != str(TRANSACTIONS):
-        raise Rejected(
-            Code.INVALID_FIELD, xml.field(count), f"a PvP holds {TRANSACTIONS} transactions, not {count.text}"
+    transactions = xml.find_all(transfer, "CdtTrfTxInf")
+    if count.text != str(TRANSACTIONS) or len(transactions) != TRANSACTIONS:
+        raise xml.Refused(
+            Code.INVALID_FIELD,
+            [xml.Problem(xml.field(count), f"a PvP holds {TRANSACTIONS} transactions, not {len(transactions)}")],
         )
-    pays, expects = xml.find_all(transfer, "CdtTrfTxInf")
-    party, counterparty = xml.text(pays, "Dbtr/FinInstnId/Othr/Id"), xml.text(pays, "Cdtr/FinInstnId/Othr/Id")
-    if counterparty == party:
-        raise Rejected(
-            Code.INVALID_FIELD, xml.field(xml.find(pays, "Cdtr/FinInstnId/Othr/Id")), "the party pays itself"
-        )
-    _expect(expects, "Dbtr/FinInstnId/Othr/Id", counterparty, "the counterparty pays the second transaction")
-    _expect(expects, "Cdtr/FinInstnId/Othr/Id", party, "the party is paid the second transaction")
+    pays, expects = transactions
+    party = _agent(pays, "Dbtr", names, findings)
+    counterparty = _agent(pays, "Cdtr", names, findings)
+    if party and party == counterparty:
+        findings.refuse(xml.find(pays, "Cdtr"), "the party pays itself", "DEPT")
+    _expect(
+        expects,
+        "Dbtr",
+        counterparty,
+        _agent(expects, "Dbtr", names, findings),
+        "the counterparty pays the second transaction",
+        findings,
+    )
+    _expect(
+        expects,
+        "Cdtr",
+        party,
+        _agent(expects, "Cdtr", names, findings),
+        "the party is paid the second transaction",
+        findings,
+    )
     reference = xml.text(transfer, "GrpHdr/MsgId")
     for transaction in (pays, expects):
-        _expect(transaction, "PmtId/EndToEndId", reference, "the EndToEndId is the MsgId, linking the pair")
-    settlement_date = xml.date(xml.find(pays, "IntrBkSttlmDt"))
-    _expect(expects, "IntrBkSttlmDt", settlement_date, "both transactions settle on the same date")
-    gives_asset, gives_amount = xml.minor_units(xml.find(pays, "IntrBkSttlmAmt"))
-    takes_asset, takes_amount = xml.minor_units(xml.find(expects, "IntrBkSttlmAmt"))
-    if takes_asset == gives_asset:
-        raise Rejected(
-            Code.INVALID_FIELD,
-            xml.field(xml.find(expects, "IntrBkSttlmAmt")),
-            f"a PvP exchanges two currencies, both are {gives_asset}",
+        end_to_end = xml.text(transaction, "PmtId/EndToEndId")
+        _expect(
+            transaction,
+            "PmtId/EndToEndId",
+            reference,
+            end_to_end,
+            "the EndToEndId is the MsgId, linking the pair",
+            findings,
         )
+    settlement_date = _date(pays, findings)
+    _expect(
+        expects,
+        "IntrBkSttlmDt",
+        settlement_date,
+        _date(expects, findings),
+        "both transactions settle on the same date",
+        findings,
+    )
+    gives = xml.minor_units(xml.find(pays, "IntrBkSttlmAmt"), findings)
+    takes = xml.minor_units(xml.find(expects, "IntrBkSttlmAmt"), findings)
+    if gives and takes and gives[0] == takes[0]:
+        findings.refuse(
+            xml.find(expects, "IntrBkSttlmAmt"), f"a PvP exchanges two currencies, both are {gives[0]}", "DMON"
+        )
+    gives_account = _own_account(pays, "DbtrAcct", "CdtrAcct", findings)
+    takes_account = _own_account(expects, "CdtrAcct", "DbtrAcct", findings)
+    findings.done()
+    assert party and counterparty and settlement_date and gives and takes and gives_account and takes_account
     return OneSided(
         format=PACS_009,
         reference=reference,
@@ -58,31 +93,61 @@ def read(document: str | bytes) -> OneSided:
         counterparty=counterparty,
         trade_date=None,
         settlement_date=settlement_date,
-        gives_asset=gives_asset,
-        gives_amount=gives_amount,
-        gives_account=_own_account(pays, "DbtrAcct", "CdtrAcct"),
-        takes_asset=takes_asset,
-        takes_amount=takes_amount,
-        takes_account=_own_account(expects, "CdtrAcct", "DbtrAcct"),
+        gives_asset=gives[0],
+        gives_amount=gives[1],
+        gives_account=gives_account,
+        takes_asset=takes[0],
+        takes_amount=takes[1],
+        takes_account=takes_account,
     )
 
 
-def _expect(transaction: etree._Element, path: str, value: str, why: str) -> None:
-    found = xml.find(transaction, path)
-    if found.text != value:
-        raise Rejected(Code.INVALID_FIELD, xml.field(found), f"{found.text!r}, expected {value!r}: {why}")
+def _agent(transaction: etree._Element, role: str, names: Names | None, findings: xml.Findings) -> str | None:
+    """The financial institution in a role, by its BICFI, LEI or a Lockstep id (Othr
+    issued by LOCKSTEP)."""
+    institution = xml.find(transaction, f"{role}/FinInstnId")
+    other, bic, lei = (institution.find(f"{{*}}{name}") for name in ("Othr", "BICFI", "LEI"))
+    own = other is not None and other.findtext("{*}Issr") == xml.ISSUER
+    written = [xml.text(other, "Id")] if own else []
+    written += [f"BIC/{bic11(bic.text)}"] if bic is not None else []
+    written += [f"LEI/{lei.text}"] if lei is not None else []
+    return xml.party(institution, written, names, findings)
 
 
-def _own_account(transaction: etree._Element, own: str, other: str) -> str:
-    """The party's account in a transaction; the counterparty's account is its own to name."""
-    account = transaction.find(f"{own}/Id/Othr/Id", namespaces={None: xml.namespace(PACS_009)})
-    if account is None:
-        raise Rejected(Code.INVALID_FIELD, f"{xml.field(transaction)}/{own}", "missing: the party's own account")
-    foreign = transaction.find(other, namespaces={None: xml.namespace(PACS_009)})
-    if foreign is not None:
-        raise Rejected(
-            Code.INVALID_FIELD, xml.field(foreign), "names the counterparty's account; each side names only its own"
+def _date(transaction: etree._Element, findings: xml.Findings) -> str | None:
+    date = transaction.find("{*}IntrBkSttlmDt")
+    if date is None or not xml.DATE_PATTERN.fullmatch(date.text.strip()[:10]):
+        findings.refuse(
+            date if date is not None else f"{xml.field(transaction)}/IntrBkSttlmDt",
+            "an interbank settlement date YYYY-MM-DD is needed",
+            "DDAT",
         )
+        return None
+    return date.text.strip()[:10]
+
+
+def _expect(
+    transaction: etree._Element, path: str, value: str | None, found: str | None, why: str, findings: xml.Findings
+) -> None:
+    if value is not None and found is not None and found != value:
+        findings.refuse(xml.find(transaction, path), f"{found!r}, expected {value!r}: {why}", "OTHR")
+
+
+def _own_account(transaction: etree._Element, own: str, other: str, findings: xml.Findings) -> str | None:
+    """The party's account in a transaction (Id/IBAN or Id/Othr/Id); the counterparty's
+    account is its own to name."""
+    foreign = transaction.find(f"{{*}}{other}")
+    if foreign is not None:
+        findings.refuse(foreign, "names the counterparty's account; each side names only its own", "CASH")
+    account = transaction.find(f"{{*}}{own}/{{*}}Id/{{*}}IBAN")
+    if account is None:
+        account = transaction.find(f"{{*}}{own}/{{*}}Id/{{*}}Othr/{{*}}Id")
+    if account is None:
+        findings.refuse(f"{xml.field(transaction)}/{own}", "missing: the party's own account", "CASH")
+        return None
+    if not IDENT_PATTERN.fullmatch(account.text or ""):
+        findings.refuse(account, f"{account.text!r} is not a Lockstep account id ({IDENT_PATTERN.pattern})", "CASH")
+        return None
     return account.text
 
 

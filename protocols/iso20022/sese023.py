@@ -9,58 +9,50 @@ from __future__ import annotations
 import attrs
 from lxml import etree
 
-from ..errors import Code, Rejected
-from ..identifiers import CURRENCIES, isin_problem
+from ..identifiers import CURRENCIES, IDENT_PATTERN, bic11, isin_problem
 from . import xml
-from .model import SESE_023, OneSided
+from .model import SESE_023, Names, OneSided
 
 SIDES = {"DELI": "deliver", "RECE": "receive"}
 CASH_DIRECTION = {"DELI": "CRDT", "RECE": "DBIT"}  # the deliverer is paid, the receiver pays
 
 
-def read(document: str | bytes) -> OneSided:
-    """The instruction as Lockstep's record; refused unless it is a DvP against payment
-    in whole units and whole minor units of a known currency."""
+def read(document: str | bytes, names: Names | None = None) -> OneSided:
+    """The instruction as Lockstep's record. Anything the standard allows may be present:
+    what Lockstep does not use is ignored. Refused, every problem at once, unless it is a
+    delivery or receipt against payment in whole units and whole minor units of a known
+    currency between two parties `names` knows (without `names`, identifiers other than
+    Lockstep ids are kept as written)."""
     instruction = xml.find(xml.parse(document, SESE_023), "SctiesSttlmTxInstr")
+    findings = xml.Findings()
     movement = xml.text(instruction, "SttlmTpAndAddtlParams/SctiesMvmntTp")
     payment = xml.find(instruction, "SttlmTpAndAddtlParams/Pmt")
     if payment.text != "APMT":
-        raise Rejected(
-            Code.INVALID_FIELD,
-            xml.field(payment),
-            f"Lockstep settles delivery against payment (APMT) only, not {payment.text}",
-        )
-    trade_date = xml.date(xml.find(instruction, "TradDtls/TradDt/Dt/Dt"))
-    settlement = xml.find(instruction, "TradDtls/SttlmDt/Dt/Dt")
-    settlement_date = xml.date(settlement)
-    if settlement_date < trade_date:
-        raise Rejected(
-            Code.INVALID_FIELD,
-            xml.field(settlement),
+        findings.refuse(payment, f"Lockstep settles delivery against payment (APMT) only, not {payment.text}", "OTHR")
+    trade_date = _date(instruction, "TradDtls/TradDt", findings, "DTRD", "the trade date is a matching field")
+    settlement_date = _date(instruction, "TradDtls/SttlmDt", findings, "DDAT", "")
+    if trade_date and settlement_date and settlement_date < trade_date:
+        findings.refuse(
+            xml.find(instruction, "TradDtls/SttlmDt"),
             f"settlement date {settlement_date} is before the trade date {trade_date}",
+            "DDAT",
         )
-    isin = xml.find(instruction, "FinInstrmId/ISIN")
-    if problem := isin_problem(isin.text):
-        raise Rejected(Code.INVALID_FIELD, xml.field(isin), problem)
-    units = xml.whole_units(xml.find(instruction, "QtyAndAcctDtls/SttlmQty/Qty/Unit"))
-    safekeeping = xml.text(instruction, "QtyAndAcctDtls/SfkpgAcct/Id")
-    cash_account = xml.text(instruction, "QtyAndAcctDtls/CshAcct/Prtry")
-    currency, minor = xml.minor_units(xml.find(instruction, "SttlmAmt/Amt"))
-    direction = xml.find(instruction, "SttlmAmt/CdtDbtInd")
-    if direction.text != CASH_DIRECTION[movement]:
-        raise Rejected(
-            Code.INVALID_FIELD,
-            xml.field(direction),
-            f"{movement} {'receives' if movement == 'DELI' else 'pays'} the cash: "
-            f"{CASH_DIRECTION[movement]}, not {direction.text}",
-        )
-    deliverer = xml.text(instruction, "DlvrgSttlmPties/Pty1/Id/PrtryId/Id")
-    receiver = xml.find(instruction, "RcvgSttlmPties/Pty1/Id/PrtryId/Id")
-    if receiver.text == deliverer:
-        raise Rejected(Code.INVALID_FIELD, xml.field(receiver), "the receiver is the deliverer")
-    security, cash = (isin.text, units, safekeeping), (currency, minor, cash_account)
-    gives, takes = (security, cash) if movement == "DELI" else (cash, security)
-    party, counterparty = (deliverer, receiver.text) if movement == "DELI" else (receiver.text, deliverer)
+    isin = _isin(instruction, findings)
+    units = _units(instruction, findings)
+    safekeeping = _account(instruction, "QtyAndAcctDtls/SfkpgAcct/Id", findings, "SAFE", "safekeeping account")
+    cash_account = _account(instruction, "QtyAndAcctDtls/CshAcct/*", findings, "CASH", "cash account")
+    cash = _cash(instruction, movement, findings)
+    deliverer = party_of(instruction, "DlvrgSttlmPties/Pty1", names, findings)
+    receiver = party_of(instruction, "RcvgSttlmPties/Pty1", names, findings)
+    if deliverer and receiver and deliverer == receiver:
+        findings.refuse(xml.find(instruction, "RcvgSttlmPties/Pty1"), "the receiver is the deliverer", "DEPT")
+    findings.done()
+    assert trade_date and settlement_date and isin and units and safekeeping and cash_account and cash
+    assert deliverer and receiver
+    security, money = (isin, units, safekeeping), (*cash, cash_account)
+    gives, takes = (security, money) if movement == "DELI" else (money, security)
+    party, counterparty = (deliverer, receiver) if movement == "DELI" else (receiver, deliverer)
+    common = instruction.find("{*}SttlmTpAndAddtlParams/{*}CmonId")
     return OneSided(
         format=SESE_023,
         reference=xml.text(instruction, "TxId"),
@@ -76,7 +68,94 @@ def read(document: str | bytes) -> OneSided:
         takes_asset=takes[0],
         takes_amount=takes[1],
         takes_account=takes[2],
+        common_id=common.text if common is not None else None,
+        depositories=(_depository(instruction, "DlvrgSttlmPties"), _depository(instruction, "RcvgSttlmPties")),
+        linked=tuple(ref.text for ref in instruction.iterfind("{*}Lnkgs/{*}Ref/*")),
     )
+
+
+def _date(instruction: etree._Element, path: str, findings: xml.Findings, code: str, why: str) -> str | None:
+    choice = instruction.find(_qualified(path))
+    if choice is None:
+        findings.refuse(f"{xml.field(instruction)}/{path}", f"missing: {why}", code)
+        return None
+    return xml.date(choice, findings, code)
+
+
+def _isin(instruction: etree._Element, findings: xml.Findings) -> str | None:
+    isin = instruction.find("{*}FinInstrmId/{*}ISIN")
+    if isin is None:
+        findings.refuse(
+            xml.find(instruction, "FinInstrmId"),
+            "an ISIN is needed: Lockstep's ledgers name securities by ISIN",
+            "DSEC",
+        )
+        return None
+    if problem := isin_problem(isin.text):
+        findings.refuse(isin, problem, "DSEC")
+        return None
+    return isin.text
+
+
+def _units(instruction: etree._Element, findings: xml.Findings) -> int | None:
+    quantity = xml.find(instruction, "QtyAndAcctDtls/SttlmQty")
+    unit = quantity.find("{*}Qty/{*}Unit")
+    if unit is None:
+        stated = etree.QName(next(iter(quantity.iterdescendants("{*}*")))).localname
+        findings.refuse(quantity, f"Lockstep settles a quantity in units (Qty/Unit), not {stated}", "DQUA")
+        return None
+    return xml.whole(unit, findings, "units")
+
+
+def _account(instruction: etree._Element, path: str, findings: xml.Findings, code: str, what: str) -> str | None:
+    account = instruction.find(_qualified(path))
+    if account is None:
+        findings.refuse(f"{xml.field(instruction)}/{path.removesuffix('/*')}", f"missing: the party's {what}", code)
+        return None
+    if not IDENT_PATTERN.fullmatch(account.text or ""):
+        findings.refuse(account, f"{account.text!r} is not a Lockstep account id ({IDENT_PATTERN.pattern})", code)
+        return None
+    return account.text
+
+
+def _cash(instruction: etree._Element, movement: str, findings: xml.Findings) -> tuple[str, int] | None:
+    amount = instruction.find("{*}SttlmAmt")
+    if amount is None:
+        findings.refuse(f"{xml.field(instruction)}/SttlmAmt", "missing: a payment's settlement amount", "DMON")
+        return None
+    direction = xml.find(amount, "CdtDbtInd")
+    if direction.text != CASH_DIRECTION[movement]:
+        findings.refuse(
+            direction,
+            f"{movement} {'receives' if movement == 'DELI' else 'pays'} the cash: "
+            f"{CASH_DIRECTION[movement]}, not {direction.text}",
+            "DMON",
+        )
+    return xml.minor_units(xml.find(amount, "Amt"), findings)
+
+
+def party_of(parent: etree._Element, path: str, names: Names | None, findings: xml.Findings) -> str | None:
+    """The party a settlement party block names: by a Lockstep id (PrtryId issued by
+    LOCKSTEP), its BIC (AnyBIC) or its LEI."""
+    block = parent.find(_qualified(path))
+    if block is None:
+        findings.refuse(f"{xml.field(parent)}/{path}", "missing: who settles on this side", "DEPT")
+        return None
+    own = block.find("{*}Id/{*}PrtryId")
+    written = [xml.text(own, "Id")] if own is not None and xml.text(own, "Issr") == xml.ISSUER else []
+    bic, lei = block.find("{*}Id/{*}AnyBIC"), block.find("{*}LEI")
+    written += [f"BIC/{bic11(bic.text)}"] if bic is not None else []
+    written += [f"LEI/{lei.text}"] if lei is not None else []
+    return xml.party(block, written, names, findings)
+
+
+def _depository(instruction: etree._Element, side: str) -> str | None:
+    bic = instruction.find(f"{{*}}{side}/{{*}}Dpstry/{{*}}Id/{{*}}AnyBIC")
+    return bic11(bic.text) if bic is not None else None
+
+
+def _qualified(path: str) -> str:
+    return "/".join(step if step == "*" else f"{{*}}{step}" for step in path.split("/"))
 
 
 @attrs.frozen

@@ -44,8 +44,15 @@ def write(advice: Advice) -> bytes:
 
 def _put_reason(status: etree._Element, advice: Advice) -> None:
     """Our reason code where the status's code list has it, else the list's fallback with
-    our code leading the narrative."""
+    our code leading the narrative; a rejected document's problems each as a reason."""
     path, code_type, fallback = REASONS[advice.status]
+    if advice.problems:
+        holder = xml.put(status, path)
+        for problem in advice.problems:
+            reason = xml.put(holder, "Rsn")
+            xml.put(reason, "Cd/Cd", problem.code if problem.code in xml.codes(SESE_024, code_type) else fallback)
+            xml.put(reason, "AddtlRsnInf", f"{problem.field}: {problem.reason}"[:reason_chars_max])
+        return
     known = advice.reason_code in xml.codes(SESE_024, code_type)
     xml.put(status, f"{path}/Rsn/Cd/Cd", advice.reason_code if known else fallback)
     narrative = advice.reason if known or not advice.reason_code else f"{advice.reason_code}: {advice.reason}"

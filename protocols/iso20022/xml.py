@@ -1,10 +1,12 @@
 """What every ISO 20022 message module shares: hardened parsing and validation against
-our profile schemas, readable element paths for refusals, building documents, and the
+the official schemas, readable element paths for refusals, building documents, and the
 conversions between document amounts and dates and Lockstep's integers.
 
 A document comes from a counterparty, so it is parsed as hostile: no DTD, no entities, no
 network, no processing instructions, a byte and a depth limit; then it must be valid under
-the message's profile (schemas/*.xsd, each a restriction of the official schema). Compiled
+the official schema of its message (schemas/official/), and so may carry anything the
+standard allows. What Lockstep writes is checked against both the official schema and our
+profile (schemas/*.xsd, a restriction of it: the elements we promise to write). Compiled
 schemas and parsers are not safe to share between threads, and ledgers decode in worker
 threads, so each thread compiles its own."""
 
@@ -15,6 +17,7 @@ import functools
 import hashlib
 import re
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,16 +25,35 @@ from lxml import etree
 
 from ..errors import Code, Rejected
 from ..identifiers import CURRENCIES
+from .model import Problem
 
 document_bytes_max = 32 * 1024
-document_depth_max = 16  # our deepest profile path is 9 elements
+document_depth_max = 32  # the official schemas nest about 12 deep; supplementary data, more
+problems_max = 20  # violations listed in one refusal
 schemas_dir = Path(__file__).parent / "schemas"
+official_dir = schemas_dir / "official"
+HEADER = "head.001.001.02"  # the business application header SWIFT and T2S carry
 XINCLUDE = "http://www.w3.org/2001/XInclude"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+SCHEMA_LOCATIONS = {f"{{{XSI}}}schemaLocation", f"{{{XSI}}}noNamespaceSchemaLocation"}  # kept, never loaded
 ISSUER = "LOCKSTEP"  # the issuer of every Lockstep party id in a document
 DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 _local = threading.local()
 _epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+class Refused(Rejected):
+    """A document refused for every problem found in it, not only the first."""
+
+    def __init__(self, code: Code, problems: list[Problem]) -> None:
+        assert problems
+        if len(problems) == 1:
+            super().__init__(code, problems[0].field, problems[0].reason)
+        else:
+            listed = "; ".join(f"({n}) {p.field}: {p.reason}" for n, p in enumerate(problems, 1))
+            super().__init__(code, "document", f"{len(problems)} problems: {listed}")
+        self.problems = tuple(problems)
 
 
 def namespace(message: str) -> str:
@@ -47,17 +69,19 @@ def _parser() -> etree.XMLParser:
             dtd_validation=False,
             huge_tree=False,
             remove_pis=False,
-            remove_comments=False,
+            remove_comments=True,  # comments are read past, and text around one is joined
             collect_ids=False,
         )
     return _local.parser
 
 
-def _schema(message: str) -> etree.XMLSchema:
+def _schema(message: str, *, profile: bool = False) -> etree.XMLSchema:
+    """The official schema of a message, or Lockstep's profile of it."""
+    path = (schemas_dir if profile else official_dir) / f"{message}.xsd"
     schemas = _local.__dict__.setdefault("schemas", {})
-    if message not in schemas:
-        schemas[message] = etree.XMLSchema(etree.parse(str(schemas_dir / f"{message}.xsd")))
-    return schemas[message]
+    if path not in schemas:
+        schemas[path] = etree.XMLSchema(etree.parse(str(path)))
+    return schemas[path]
 
 
 @functools.cache
@@ -81,8 +105,10 @@ def text35(value: str) -> str:
 
 
 def parse(document: str | bytes, message: str) -> etree._Element:
-    """The root of a document that is small, plain XML and valid under the message's
-    profile; anything else is refused before it is used (entities are never expanded)."""
+    """The message's `Document` element, from a document that is small, plain XML and
+    valid under the official schema, alone or in a business application header
+    envelope; anything else is refused, every problem found at once, before it is used
+    (entities are never expanded, nothing is loaded)."""
     data = document.encode("utf-8") if isinstance(document, str) else document
     if len(data) > document_bytes_max:
         raise Rejected(Code.TOO_LARGE, "document", f"{len(data)} bytes, more than the {document_bytes_max} allowed")
@@ -91,15 +117,70 @@ def parse(document: str | bytes, message: str) -> etree._Element:
         tree = etree.fromstring(data, _parser()).getroottree()
     except etree.XMLSyntaxError as error:
         raise Rejected(Code.MALFORMED, "document", f"not well-formed XML: {_readable(error.msg)}") from None
-    _refuse_forbidden(tree, message)
-    root = tree.getroot()
-    schema = _schema(message)
-    if not schema.validate(tree):
-        first = schema.error_log[0]
-        found = tree.xpath(first.path, namespaces={k: v for k, v in root.nsmap.items() if k})
-        where = field(found[0]) if found else "document"
-        raise Rejected(Code.INVALID_FIELD, where, _readable(first.message))
-    return root
+    _refuse_forbidden(tree)
+    body, header = _unwrap(tree.getroot(), message)
+    problems = _invalid(body, _schema(message))
+    if header is not None:
+        problems += _invalid(header, _schema(HEADER)) or _header_problems(header, message)
+    if problems:
+        raise Refused(Code.INVALID_FIELD, problems)
+    return body
+
+
+def _unwrap(root: etree._Element, message: str) -> tuple[etree._Element, etree._Element | None]:
+    """The Document and its application header (None without an envelope). An envelope
+    is any element holding exactly an AppHdr (head.001) and then the Document, as SWIFT
+    and T2S carry them; its own name and namespace are the network's, not the standard's."""
+    expected = namespace(message)
+    if etree.QName(root).localname == "Document":
+        body, header = root, None
+    else:
+        children = [child for child in root if isinstance(child.tag, str)]
+        names = [etree.QName(child).localname for child in children]
+        if names != ["AppHdr", "Document"]:
+            raise Rejected(
+                Code.INVALID_FIELD,
+                field(root),
+                "the root is a Document, or an envelope of an AppHdr then a Document, "
+                f"not {', '.join(names) or 'nothing'}",
+            )
+        header, body = children
+        if etree.QName(header).namespace != namespace(HEADER):
+            raise Rejected(
+                Code.INVALID_FIELD,
+                field(header),
+                f"namespace is {etree.QName(header).namespace or 'none'}, expected {namespace(HEADER)}",
+            )
+    if etree.QName(body).namespace != expected:
+        raise Rejected(
+            Code.INVALID_FIELD,
+            field(body),
+            f"namespace is {etree.QName(body).namespace or 'none'}, expected {expected}",
+        )
+    return body, header
+
+
+def _invalid(element: etree._Element, schema: etree.XMLSchema) -> list[Problem]:
+    """Every violation libxml2 reports (it skips the rest of an element's content after
+    a misplaced child), up to `problems_max`, each at its element."""
+    if schema.validate(element):
+        return []
+    problems = []
+    prefixes = {prefix: uri for prefix, uri in element.nsmap.items() if prefix}
+    for error in list(schema.error_log)[:problems_max]:
+        path = error.path or ""
+        found = element.getroottree().xpath(path, namespaces=prefixes) if path.startswith("/") else []
+        where = field(found[0]) if found and isinstance(found[0], etree._Element) else f"document (line {error.line})"
+        problems.append(Problem(where, _readable(error.message)))
+    return problems
+
+
+def _header_problems(header: etree._Element, message: str) -> list[Problem]:
+    """The header must announce this message; the rest of it is the network's business."""
+    definition = find(header, "MsgDefIdr")
+    if (definition.text or "").strip() != message:
+        return [Problem(field(definition), f"{definition.text!r} names another message than the Document, {message}")]
+    return []
 
 
 def _refuse_declarations(data: bytes) -> None:
@@ -122,28 +203,22 @@ def _refuse_declarations(data: bytes) -> None:
         raise Rejected(Code.MALFORMED, "document", f"must be UTF-8: {error.reason} at byte {error.start}") from None
 
 
-def _refuse_forbidden(tree: etree._ElementTree, message: str) -> None:
-    """PIs, comments, foreign namespaces, XInclude, deep nesting: none has a place in a
-    Lockstep document."""
+def _refuse_forbidden(tree: etree._ElementTree) -> None:
+    """Processing instructions, XInclude, schema-instance attributes other than a schema
+    location (never loaded), deep nesting: none has a place in an instruction. Comments
+    are read past."""
     info = tree.docinfo
     assert not info.doctype and info.internalDTD is None and info.externalDTD is None, "a DTD passed the byte search"
     if (info.encoding or "UTF-8").upper() != "UTF-8":
         raise Rejected(Code.MALFORMED, "document", f"must be UTF-8, not {info.encoding}")
     root = tree.getroot()
-    outside = [*root.itersiblings(preceding=True), *root.itersiblings()]
-    if outside:
-        raise Rejected(Code.MALFORMED, "document", f"a {_kind(outside[0])} outside the root element is not allowed")
-    expected = namespace(message)
-    if etree.QName(root).namespace != expected:
-        raise Rejected(
-            Code.INVALID_FIELD,
-            field(root),
-            f"namespace is {etree.QName(root).namespace or 'none'}, expected {expected}",
-        )
+    for sibling in (*root.itersiblings(preceding=True), *root.itersiblings()):
+        if not isinstance(sibling, etree._Comment):
+            raise Rejected(Code.MALFORMED, "document", "a processing instruction is not allowed")
     depth = 0
-    for event, node in etree.iterwalk(root, events=("start", "end", "comment", "pi")):
-        if event in ("comment", "pi"):
-            raise Rejected(Code.MALFORMED, field(node.getparent()), f"a {_kind(node)} is not allowed")
+    for event, node in etree.iterwalk(root, events=("start", "end", "pi")):
+        if event == "pi":
+            raise Rejected(Code.MALFORMED, field(node.getparent()), "a processing instruction is not allowed")
         if event == "end":
             depth -= 1
             continue
@@ -153,8 +228,8 @@ def _refuse_forbidden(tree: etree._ElementTree, message: str) -> None:
         if etree.QName(node).namespace == XINCLUDE:
             raise Rejected(Code.MALFORMED, field(node), "XInclude is not allowed; nothing was included")
         for name in node.attrib:
-            if name.startswith("{"):
-                raise Rejected(Code.MALFORMED, field(node), f"attribute {name} is not allowed")
+            if name.startswith("{") and name not in SCHEMA_LOCATIONS:
+                raise Rejected(Code.MALFORMED, field(node), f"attribute {_readable(name)} is not allowed")
 
 
 def _kind(node: etree._Element) -> str:
@@ -174,10 +249,24 @@ def field(element: etree._Element) -> str:
 
 
 def _readable(message: str) -> str:
-    """libxml2's message without namespaces and without the element name the field already gives."""
-    message = re.sub(r"\{[^}]*\}", "", message)
+    """libxml2's message in a reader's words: without namespaces, without the element
+    name the field already gives, with the allowed codes and elements kept."""
+    message = re.sub(r"\{[^{}']*\}", "", message)
     message = re.sub(
         r"^Element '[^']*'(, attribute '([^']*)')?: ", lambda m: f"attribute {m[2]}: " if m[2] else "", message
+    )
+    message = re.sub(
+        r"\[facet 'enumeration'\] The value '([^']*)' is not an element of the set \{([^}]*)\}\.",
+        lambda m: f"{m[1]!r} is not one of the allowed codes: {m[2].replace(chr(39), '')}",
+        message,
+    )
+    message = re.sub(
+        r"This element is not expected\. Expected is (one of )?\( ?([^)]*?) ?\)\.",
+        r"not expected here; expected \1\2",
+        message,
+    )
+    message = re.sub(
+        r"Missing child element\(s\)\. Expected is (one of )?\( ?([^)]*?) ?\)\.", r"missing: expected \1\2", message
     )
     return message.strip()
 
@@ -215,29 +304,70 @@ def put(parent: etree._Element, path: str, value: str | None = None, **attrib: s
 
 
 def finish(root: etree._Element, message: str) -> bytes:
-    """The document as UTF-8 bytes, asserted valid under its profile: a writer that
-    produces an invalid document is a bug."""
-    schema = _schema(message)
-    assert schema.validate(root), f"{message} writer produced an invalid document: {schema.error_log[0]}"
+    """The document as UTF-8 bytes, asserted valid under the official schema and our
+    profile: a writer that produces an invalid document is a bug."""
+    for schema in (_schema(message), _schema(message, profile=True)):
+        assert schema.validate(root), f"{message} writer produced an invalid document: {schema.error_log[0]}"
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
-def minor_units(amount: etree._Element) -> tuple[str, int]:
-    """An `Amt Ccy=...` element as (currency, minor units); refused where the currency is
-    unknown or the amount has more decimals than the currency."""
+class Findings:
+    """A reader's problems, gathered so that one refusal lists them all."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def refuse(self, where: etree._Element | str, reason: str, code: str = "OTHR") -> None:
+        self.problems.append(Problem(where if isinstance(where, str) else field(where), reason, code))
+
+    def done(self) -> None:
+        if self.problems:
+            raise Refused(Code.INVALID_FIELD, self.problems[:problems_max])
+
+
+def party(
+    block: etree._Element, written: list[str], names: Callable[[str], str | None] | None, findings: Findings
+) -> str | None:
+    """The one party a block's identifiers name (Lockstep ids as they are, `BIC/...` and
+    `LEI/...` through `names`); None, with the problem noted, where they name no
+    registered party or several. Without `names`, the first identifier as written.
+    Names and addresses, and ids issued by others, identify no one here."""
+    if not written:
+        findings.refuse(block, f"names no party by a Lockstep id (issuer {ISSUER}), BIC or LEI", "DEPT")
+        return None
+    if names is None:
+        return written[0]
+    parties = {name: name if "/" not in name else names(name) for name in written}
+    unknown = [name for name, party in parties.items() if party is None]
+    if unknown:
+        findings.refuse(block, f"{', '.join(unknown)}: not a registered party's", "DEPT")
+        return None
+    if len(set(parties.values())) > 1:
+        findings.refuse(
+            block, "names different parties: " + ", ".join(f"{n} is {p}" for n, p in parties.items()), "DEPT"
+        )
+        return None
+    return next(iter(parties.values()))
+
+
+def minor_units(amount: etree._Element, findings: Findings, code: str = "DMON") -> tuple[str, int] | None:
+    """An amount element with its `Ccy` as (currency, minor units); None, with the
+    problem noted, where the currency is unknown or the amount has more decimals than the
+    currency has."""
     currency = amount.get("Ccy")
     if currency not in CURRENCIES:
-        raise Rejected(Code.INVALID_FIELD, field(amount), f"{currency!r} is not an ISO 4217 currency code")
+        findings.refuse(amount, f"{currency!r} is not an ISO 4217 currency code with minor units", code)
+        return None
     exponent = CURRENCIES[currency]
     minor = Decimal(amount.text.strip()).scaleb(exponent)
     if minor != minor.to_integral_value():
-        raise Rejected(
-            Code.INVALID_FIELD,
-            field(amount),
-            f"{amount.text.strip()} {currency} has more than the {exponent} decimals {currency} has",
+        findings.refuse(
+            amount, f"{amount.text.strip()} {currency} has more than the {exponent} decimals {currency} has", code
         )
+        return None
     if minor <= 0:
-        raise Rejected(Code.INVALID_FIELD, field(amount), "must be positive")
+        findings.refuse(amount, "must be positive", code)
+        return None
     return currency, int(minor)
 
 
@@ -248,22 +378,31 @@ def amount_text(minor: int, currency: str) -> str:
     return f"{Decimal(minor).scaleb(-exponent):.{exponent}f}"
 
 
-def whole_units(quantity: etree._Element) -> int:
-    """A quantity of an instrument, refused unless a positive whole number of units."""
-    units = Decimal(quantity.text.strip())
-    if units != units.to_integral_value():
-        raise Rejected(Code.INVALID_FIELD, field(quantity), f"{quantity.text.strip()} is not a whole number of units")
-    if units <= 0:
-        raise Rejected(Code.INVALID_FIELD, field(quantity), "must be positive")
-    return int(units)
+def whole(quantity: etree._Element, findings: Findings, what: str) -> int | None:
+    """A positive whole number (of units, of a face amount's minor units); None, with
+    the problem noted, otherwise."""
+    value = Decimal(quantity.text.strip())
+    if value != value.to_integral_value():
+        findings.refuse(quantity, f"{quantity.text.strip()} is not a whole number of {what}", "DQUA")
+        return None
+    if value <= 0:
+        findings.refuse(quantity, "must be positive", "DQUA")
+        return None
+    return int(value)
 
 
-def date(element: etree._Element) -> str:
-    """A date as YYYY-MM-DD; the schema allows a time zone and long years, Lockstep does not."""
-    value = (element.text or "").strip()
-    if not DATE_PATTERN.fullmatch(value):
-        raise Rejected(Code.INVALID_FIELD, field(element), f"{value!r} must be a date YYYY-MM-DD without a time zone")
-    return value
+def date(choice: etree._Element, findings: Findings, code: str) -> str | None:
+    """The date of a date choice (`Dt/Dt` or `Dt/DtTm`) as YYYY-MM-DD: a date-time's own
+    date, as written, whatever its zone. None, with the problem noted, for a date given
+    as a code or with a year past 9999."""
+    found = choice.find("{*}Dt/{*}Dt")
+    if found is None:
+        found = choice.find("{*}Dt/{*}DtTm")
+    value = found.text.strip() if found is not None and found.text else ""
+    if not DATE_PATTERN.fullmatch(value[:10]) or value[10:11] not in ("", "T", "Z", "+", "-"):
+        findings.refuse(choice, "a date (Dt/Dt or Dt/DtTm) is needed: Lockstep settles on a stated date", code)
+        return None
+    return value[:10]
 
 
 def date_time(time_ms: int) -> str:
