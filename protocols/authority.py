@@ -144,14 +144,17 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         raise Rejected(
             Code.INVALID_FIELD, "instructions", f"leg 0 is paid by {first.party}: its instruction comes first"
         )
-    legs = (
-        SettlementLeg(
-            matched.ledgers[0], first.gives_account, second.takes_account, first.gives_asset, first.gives_amount
-        ),
-        SettlementLeg(
-            matched.ledgers[1], second.gives_account, first.takes_account, second.gives_asset, second.gives_amount
-        ),
-    )
+    paying = (first, second) if second.gives_asset is not None else (first,)  # free of payment: one leg
+    if len(matched.ledgers) != len(paying):
+        raise Rejected(
+            Code.INVALID_FIELD, "ledgers", f"names {len(matched.ledgers)} ledgers for the {len(paying)} legs matched"
+        )
+    legs = []
+    for ledger, mine, theirs in zip(matched.ledgers, paying, (second, first), strict=False):
+        assert mine.gives_asset and mine.gives_account and theirs.takes_account, "read and matched"
+        legs.append(
+            SettlementLeg(ledger, mine.gives_account, theirs.takes_account, mine.gives_asset, mine.gives_amount)
+        )
     not_before_ms, deadline_ms = matching.day_window(a.settlement_date)
     settlement_id = matching.matched_id(sides[0][0].digest, sides[1][0].digest)
     return Terms(
@@ -160,9 +163,9 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         matched.coordinator,
         not_before_ms,
         deadline_ms,
-        legs,
-        (first.party, second.party),
-        (second.party, first.party),
+        tuple(legs),
+        (first.party, second.party)[: len(legs)],
+        (second.party, first.party)[: len(legs)],
     )
 
 

@@ -38,6 +38,7 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
     found = []
     if a.kind != b.kind or a.format != b.format:
         found.append(Difference("OTHR", "kind", f"{a.kind} ({a.format}) against {b.kind} ({b.format})"))
+        return found
     if a.kind == "dvp" and {a.side, b.side} != {"deliver", "receive"}:
         found.append(Difference("DTRA", "side", f"both sides {a.side}: one delivers, the other receives"))
     if (a.counterparty, b.counterparty) != (b.party, a.party):
@@ -53,9 +54,12 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
         place_a, place_b = a.depositories[index], b.depositories[index]
         if place_a and place_b and place_a != place_b:
             found.append(Difference("PLCE", f"depositories.{side}", f"{place_a} against {place_b}"))
+    if a.payment != b.payment:
+        found.append(Difference("DMON", "payment", f"{a.payment} against {b.payment}"))
+        return found
     for mine, theirs in ((a, b), (b, a)):
         if mine.gives_asset != theirs.takes_asset:
-            code = "DSEC" if len(mine.gives_asset) == 12 or len(theirs.takes_asset) == 12 else "DMON"
+            code = "DSEC" if len(mine.gives_asset or "") == 12 or len(theirs.takes_asset or "") == 12 else "DMON"
             found.append(
                 Difference(
                     code,
@@ -63,14 +67,14 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
                     f"{mine.party} gives {mine.gives_asset}, {theirs.party} takes {theirs.takes_asset}",
                 )
             )
-        elif mine.gives_amount != theirs.takes_amount:
+        elif mine.gives_asset is not None and mine.gives_amount != theirs.takes_amount:
             code = "DQUA" if len(mine.gives_asset) == 12 else "DMON"
             found.append(
                 Difference(
                     code,
                     f"{mine.party}.gives_amount",
                     f"{mine.party} gives {format_amount(mine.gives_asset, mine.gives_amount)}, "
-                    f"{theirs.party} takes {format_amount(theirs.takes_asset, theirs.takes_amount)}",
+                    f"{theirs.party} takes {format_amount(mine.gives_asset, theirs.takes_amount)}",
                 )
             )
     return found

@@ -642,10 +642,10 @@ class SettlementInstruction(Body):
     document: str = attrs.field(validator=text(DOCUMENT_CHARS_MAX))
 
 
-def two_ledgers(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+def ledger_per_leg(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     _expect(attribute, value, tuple, "a list")
-    if len(value) != 2:
-        raise _invalid(attribute, "must name the ledger of each of the two legs")
+    if len(value) not in (1, 2):
+        raise _invalid(attribute, "must name the ledger of each leg: two, or one free of payment")
     for item in value:
         ident(_, attribute, item)
 
@@ -660,11 +660,11 @@ def two_objects(_: Any, attribute: attrs.Attribute, value: Any) -> None:
 @attrs.frozen
 class Matched(Body):
     """Two matched instructions, as a coordinator's lock or settle carries them in `auth`;
-    `ledgers` places each leg (the ledger carrying its asset), which each ledger checks
-    for its own leg."""
+    `ledgers` places each leg (the ledger carrying its asset; one leg free of payment),
+    which each ledger checks for its own leg."""
 
     coordinator: str = attrs.field(validator=ident)
-    ledgers: tuple[str, ...] = attrs.field(validator=two_ledgers)
+    ledgers: tuple[str, ...] = attrs.field(validator=ledger_per_leg)
     instructions: tuple[dict, ...] = attrs.field(validator=two_objects)
 
 
@@ -798,7 +798,7 @@ class SettlementDecision(Body):
     coordinator: str = attrs.field(validator=ident)
     settlement_id: str = attrs.field(validator=settlement_id)
     outcome: str = attrs.field(validator=one_of("commit", "abort"))
-    ledgers: tuple[str, ...] = attrs.field(validator=two_ledgers)
+    ledgers: tuple[str, ...] = attrs.field(validator=ledger_per_leg)
     preimage: bytes = attrs.field(validator=digest32)
     expiry_ms: int = attrs.field(validator=time_ms)
     time_ms: int = attrs.field(validator=time_ms)  # last: the name shadows its validator below it

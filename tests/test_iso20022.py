@@ -91,7 +91,8 @@ def dvps(draw):
     party, counterparty = draw(st.lists(idents, min_size=2, max_size=2, unique=True))
     trade, settle = sorted([draw(dates), draw(dates)])
     security = (draw(isins), draw(amounts), draw(idents))
-    cash = (draw(currencies), draw(amounts), draw(idents))
+    payment = draw(st.sampled_from(["APMT", "FREE"]))
+    cash = (draw(currencies), draw(amounts), draw(idents)) if payment == "APMT" else (None, 0, None)
     side = draw(st.sampled_from(["deliver", "receive"]))
     gives, takes = (security, cash) if side == "deliver" else (cash, security)
     return OneSided(
@@ -109,6 +110,7 @@ def dvps(draw):
         takes_asset=takes[0],
         takes_amount=takes[1],
         takes_account=takes[2],
+        payment=payment,
     )
 
 
@@ -366,10 +368,14 @@ def test_unknown_currency_is_refused():
     assert "ISO 4217" in reason
 
 
-def test_free_of_payment_is_refused():
-    document = _edit(sese023.write(DVP), "<Pmt>APMT</Pmt>", "<Pmt>FREE</Pmt>")
-    reason = _refused(SESE_023, document, Code.INVALID_FIELD, f"document:{SESE}/SttlmTpAndAddtlParams/Pmt")
-    assert reason == "Lockstep settles delivery against payment (APMT) only, not FREE"
+def test_free_of_payment_reads_without_cash_and_refuses_a_settlement_amount():
+    free = attrs.evolve(DVP, payment="FREE", takes_asset=None, takes_amount=0, takes_account=None)
+    document = sese023.write(free)
+    assert b"SttlmAmt" not in document and b"CshAcct" not in document
+    assert read(SESE_023, document) == free
+    with_amount = _edit(sese023.write(DVP), "<Pmt>APMT</Pmt>", "<Pmt>FREE</Pmt>")
+    reason = _refused(SESE_023, with_amount, Code.INVALID_FIELD, f"document:{SESE}/SttlmAmt")
+    assert reason == "a delivery free of payment (FREE) carries no settlement amount"
 
 
 @pytest.mark.parametrize("side, wrong", [("deliver", "DBIT"), ("receive", "CRDT")])

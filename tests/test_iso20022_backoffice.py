@@ -80,6 +80,33 @@ def test_a_delivery_against_payment_as_a_back_office_writes_it_is_read(drawn):
     assert one.depositories == (place, place)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sese023_documents(
+        payment="FREE",
+        amount=None,
+        units=st.integers(1, 10**6),
+        face_amount=None,
+        isin=ISIN,
+        safekeeping="sec-a",
+        deliverer=ways_to_name(BANK_A),
+        receiver=ways_to_name(BANK_B),
+    )
+)
+def test_a_delivery_free_of_payment_as_a_back_office_writes_it_is_read(drawn):
+    arguments, document = drawn
+    one = read(SESE_023, document, names)
+    security = (ISIN, arguments["units"], "sec-a")
+    mine, theirs = (
+        (one.gives_asset, one.gives_amount, one.gives_account),
+        (one.takes_asset, one.takes_amount, one.takes_account),
+    )
+    assert one.payment == "FREE"
+    assert (mine, theirs) == (
+        (security, (None, 0, None)) if arguments["movement"] == "DELI" else ((None, 0, None), security)
+    )
+
+
 def test_every_optional_block_at_once_in_an_envelope_is_read():
     document = sese023(
         reference="REF-ALL",

@@ -6,6 +6,7 @@ ledgers refusing a pair that does not match, whoever signs the lock."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -212,6 +213,40 @@ async def test_sese023_pair_is_matched_settled_and_confirmed_with_sese025(tmp_pa
         assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
         assert after[("cbdc-eur", "a-eur")].get("EUR", 0) == before[("cbdc-eur", "a-eur")].get("EUR", 0) + 99_000
         assert after[("cbdc-eur", "b-eur")]["EUR"] == before[("cbdc-eur", "b-eur")]["EUR"] - 99_000
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
+
+
+def free_of_payment(seller: OneSided, buyer: OneSided) -> tuple[OneSided, OneSided]:
+    """The same delivery with no cash: a collateral move or a portfolio transfer."""
+    return (
+        attrs.evolve(seller, payment="FREE", takes_asset=None, takes_amount=0, takes_account=None),
+        attrs.evolve(buyer, payment="FREE", gives_asset=None, gives_amount=0, gives_account=None),
+    )
+
+
+async def test_a_delivery_free_of_payment_settles_on_the_securities_ledger_alone(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        seller, buyer = free_of_payment(*dvp(utc_date(desk.now_ms())))
+        before = await desk.balances()
+        await desk.send(desk.instruction(seller))
+        against_payment = dvp(utc_date(desk.now_ms()))[1]  # a receipt against payment does not match it
+        reply = await desk.send(desk.instruction(attrs.evolve(against_payment, reference="B-REF-0")))
+        assert [i["status"] for i in reply.items] == ["unmatched"]
+        assert "DMON payment: APMT against FREE" in element_text(reply.items[0]["document"], "AddtlRsnInf")
+        await desk.send(desk.instruction(buyer))
+        for party in ("bank-a", "bank-b"):
+            confirmation = (await desk.until(party, "settled"))[-1]
+            assert element_text(confirmation["document"], "Pmt") == ["FREE"]
+            assert element_text(confirmation["document"], "SttldAmt") == []
+        after = await desk.balances()
+        assert after[("csd", "a-sec")][BOND] == before[("csd", "a-sec")][BOND] - 100
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+        assert {k: v for k, v in after.items() if k[0] != "csd"} == {k: v for k, v in before.items() if k[0] != "csd"}
         assert await desk.held_locks() == []
         report = await desk.audit()
         assert not report.violations, report.violations

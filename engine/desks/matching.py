@@ -28,6 +28,7 @@ from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply
 from protocols.canonical import decode
 from protocols.errors import Code, Rejected
+from protocols.identifiers import CURRENCIES
 from protocols.iso20022 import pacs002, read, sese024, sese025
 from protocols.iso20022.model import PACS_002, PACS_009, SESE_024, SESE_025, Advice, Confirmation, OneSided, Problem
 from protocols.iso20022.xml import Refused
@@ -206,7 +207,8 @@ class MatchingDesk(Desk):
 
     async def _matched(self, a: Side, b: Side) -> dict:
         first, second = (a, b) if matching.leg_order(a.one, b.one)[0] is a.one else (b, a)
-        ledgers = (await self._place(first.one.gives_asset), await self._place(second.one.gives_asset))
+        paid = [side.one.gives_asset for side in (first, second) if side.one.gives_asset is not None]
+        ledgers = tuple([await self._place(asset) for asset in paid])  # one leg free of payment
         return to_body(Matched(self.coordinator.id, ledgers, (first.signed.wire(), second.signed.wire())))
 
     async def _place(self, asset: str) -> str:
@@ -309,7 +311,7 @@ class MatchingDesk(Desk):
                 if settled_ms is not None:
                     self._confirm(side, settlement_id, settled_ms, now_ms)
                 else:
-                    iso = _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[len(side.one.gives_asset) == 3]
+                    iso = _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[side.one.gives_asset in CURRENCIES]
                     self._advise(side, "failed", settlement_id, iso, f"{outcome}: {code}: {reason}", now_ms)
         log.info("matched settlement %s %s", settlement_id, outcome)
 

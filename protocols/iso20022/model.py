@@ -33,7 +33,8 @@ class OneSided:
 
     DvP (sese.023): the deliverer (DELI) gives the instrument (ISIN, units) from its
     safekeeping account and takes the cash (currency, minor units) into its cash account;
-    the receiver (RECE) gives the cash and takes the instrument. PvP (pacs.009): each side
+    the receiver (RECE) gives the cash and takes the instrument. Free of payment (FREE),
+    the cash side is nothing: asset and account None, amount 0. PvP (pacs.009): each side
     gives one currency and takes the other."""
 
     format: str  # one of FORMATS
@@ -44,16 +45,17 @@ class OneSided:
     counterparty: str
     trade_date: str | None  # YYYY-MM-DD; None where the format has none (pacs.009)
     settlement_date: str  # YYYY-MM-DD: the intended settlement date
-    gives_asset: str  # ISIN or ISO 4217 currency
+    gives_asset: str | None  # ISIN or ISO 4217 currency; None: nothing (the receiver, free of payment)
     gives_amount: int  # units of an instrument, minor units of a currency
-    gives_account: str  # the party's account the asset leaves
-    takes_asset: str
+    gives_account: str | None  # the party's account the asset leaves
+    takes_asset: str | None  # None: nothing (the deliverer, free of payment)
     takes_amount: int
-    takes_account: str  # the party's account the counter asset arrives in
+    takes_account: str | None  # the party's account the counter asset arrives in
     common_id: str | None = None  # sese.023 CmonId: must agree where both sides give it
     depositories: tuple[str | None, str | None] = (None, None)  # the deliverer's and receiver's
     # places of settlement (Dpstry, as 11-character BICs): must agree where both sides give one
     linked: tuple[str, ...] = ()  # Lnkgs: references of instructions linked to this one, reported
+    payment: str = "APMT"  # sese.023 Pmt: APMT against payment, FREE free of payment
 
 
 @attrs.frozen

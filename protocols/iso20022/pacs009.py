@@ -166,6 +166,7 @@ def write(one: OneSided, *, now_ms: int) -> bytes:
         (one.counterparty, one.party, one.takes_asset, one.takes_amount, "Cdtr", one.takes_account),
     )
     for debtor, creditor, currency, minor, party_role, account in legs:
+        assert currency is not None and account is not None
         transaction = xml.put(transfer, "CdtTrfTxInf")
         xml.put(transaction, "PmtId/EndToEndId", one.reference)
         xml.put(transaction, "IntrBkSttlmAmt", xml.amount_text(minor, currency), Ccy=currency)

@@ -20,15 +20,13 @@ CASH_DIRECTION = {"DELI": "CRDT", "RECE": "DBIT"}  # the deliverer is paid, the 
 def read(document: str | bytes, names: Names | None = None) -> OneSided:
     """The instruction as Lockstep's record. Anything the standard allows may be present:
     what Lockstep does not use is ignored. Refused, every problem at once, unless it is a
-    delivery or receipt against payment in whole units and whole minor units of a known
-    currency between two parties `names` knows (without `names`, identifiers other than
-    Lockstep ids are kept as written)."""
+    delivery or receipt, against payment or free of it, in whole units (and whole minor
+    units of a known currency) between two parties `names` knows (without `names`,
+    identifiers other than Lockstep ids are kept as written)."""
     instruction = xml.find(xml.parse(document, SESE_023), "SctiesSttlmTxInstr")
     findings = xml.Findings()
     movement = xml.text(instruction, "SttlmTpAndAddtlParams/SctiesMvmntTp")
-    payment = xml.find(instruction, "SttlmTpAndAddtlParams/Pmt")
-    if payment.text != "APMT":
-        findings.refuse(payment, f"Lockstep settles delivery against payment (APMT) only, not {payment.text}", "OTHR")
+    payment = xml.text(instruction, "SttlmTpAndAddtlParams/Pmt")
     trade_date = _date(instruction, "TradDtls/TradDt", findings, "DTRD", "the trade date is a matching field")
     settlement_date = _date(instruction, "TradDtls/SttlmDt", findings, "DDAT", "")
     if trade_date and settlement_date and settlement_date < trade_date:
@@ -40,15 +38,20 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
     isin = _isin(instruction, findings)
     units = _units(instruction, findings)
     safekeeping = _account(instruction, "QtyAndAcctDtls/SfkpgAcct/Id", findings, "SAFE", "safekeeping account")
-    cash_account = _account(instruction, "QtyAndAcctDtls/CshAcct/*", findings, "CASH", "cash account")
-    cash = _cash(instruction, movement, findings)
+    cash: tuple[str | None, int] | None
+    if payment == "APMT":
+        cash_account = _account(instruction, "QtyAndAcctDtls/CshAcct/*", findings, "CASH", "cash account")
+        cash = _cash(instruction, movement, findings)
+    else:
+        cash_account, cash = None, (None, 0)
+        if (amount := instruction.find("{*}SttlmAmt")) is not None:
+            findings.refuse(amount, "a delivery free of payment (FREE) carries no settlement amount", "DMON")
     deliverer = party_of(instruction, "DlvrgSttlmPties/Pty1", names, findings)
     receiver = party_of(instruction, "RcvgSttlmPties/Pty1", names, findings)
     if deliverer and receiver and deliverer == receiver:
         findings.refuse(xml.find(instruction, "RcvgSttlmPties/Pty1"), "the receiver is the deliverer", "DEPT")
     findings.done()
-    assert trade_date and settlement_date and isin and units and safekeeping and cash_account and cash
-    assert deliverer and receiver
+    assert trade_date and settlement_date and isin and units and safekeeping and cash and deliverer and receiver
     security, money = (isin, units, safekeeping), (*cash, cash_account)
     gives, takes = (security, money) if movement == "DELI" else (money, security)
     party, counterparty = (deliverer, receiver) if movement == "DELI" else (receiver, deliverer)
@@ -71,6 +74,7 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
         common_id=common.text if common is not None else None,
         depositories=(_depository(instruction, "DlvrgSttlmPties"), _depository(instruction, "RcvgSttlmPties")),
         linked=tuple(ref.text for ref in instruction.iterfind("{*}Lnkgs/{*}Ref/*")),
+        payment=payment,
     )
 
 
@@ -166,11 +170,12 @@ class Terms:
     isin: str
     units: int
     safekeeping: str  # the party's securities account
-    currency: str
+    currency: str | None  # None free of payment
     minor: int
-    cash_account: str  # the party's cash account
+    cash_account: str | None  # the party's cash account
     deliverer: str
     receiver: str
+    payment: str  # APMT | FREE
 
 
 def terms(one: OneSided) -> Terms:
@@ -182,8 +187,10 @@ def terms(one: OneSided) -> Terms:
     )
     security, cash = (gives, takes) if movement == "DELI" else (takes, gives)
     parties = (one.party, one.counterparty) if movement == "DELI" else (one.counterparty, one.party)
-    assert cash[0] in CURRENCIES and isin_problem(security[0]) is None, one
-    return Terms(movement, *security, *cash, *parties)
+    (isin, units, safekeeping), (currency, minor, cash_account) = security, cash
+    assert isin is not None and safekeeping is not None and isin_problem(isin) is None, one
+    assert (currency in CURRENCIES) == (one.payment == "APMT"), one
+    return Terms(movement, isin, units, safekeeping, currency, minor, cash_account, *parties, one.payment)
 
 
 def write(one: OneSided) -> bytes:
@@ -193,13 +200,14 @@ def write(one: OneSided) -> bytes:
     instruction = xml.put(root, "SctiesSttlmTxInstr")
     xml.put(instruction, "TxId", one.reference)
     xml.put(instruction, "SttlmTpAndAddtlParams/SctiesMvmntTp", dvp.movement)
-    xml.put(instruction, "SttlmTpAndAddtlParams/Pmt", "APMT")
+    xml.put(instruction, "SttlmTpAndAddtlParams/Pmt", dvp.payment)
     xml.put(instruction, "TradDtls/TradDt/Dt/Dt", one.trade_date)
     xml.put(instruction, "TradDtls/SttlmDt/Dt/Dt", one.settlement_date)
     xml.put(instruction, "FinInstrmId/ISIN", dvp.isin)
     xml.put(instruction, "QtyAndAcctDtls/SttlmQty/Qty/Unit", str(dvp.units))
     xml.put(instruction, "QtyAndAcctDtls/SfkpgAcct/Id", dvp.safekeeping)
-    xml.put(instruction, "QtyAndAcctDtls/CshAcct/Prtry", dvp.cash_account)
+    if dvp.cash_account is not None:
+        xml.put(instruction, "QtyAndAcctDtls/CshAcct/Prtry", dvp.cash_account)
     xml.put(instruction, "SttlmParams/SctiesTxTp/Cd", "TRAD")
     put_party(instruction, "DlvrgSttlmPties", dvp.deliverer)
     put_party(instruction, "RcvgSttlmPties", dvp.receiver)
@@ -214,6 +222,7 @@ def put_party(parent: etree._Element, side: str, party: str) -> None:
 
 
 def put_amount(parent: etree._Element, name: str, dvp: Terms) -> None:
-    """The cash amount with its direction as the instructing party sees it."""
-    xml.put(parent, f"{name}/Amt", xml.amount_text(dvp.minor, dvp.currency), Ccy=dvp.currency)
-    xml.put(parent, f"{name}/CdtDbtInd", CASH_DIRECTION[dvp.movement])
+    """The cash amount with its direction as the instructing party sees it; none free of payment."""
+    if dvp.currency is not None:
+        xml.put(parent, f"{name}/Amt", xml.amount_text(dvp.minor, dvp.currency), Ccy=dvp.currency)
+        xml.put(parent, f"{name}/CdtDbtInd", CASH_DIRECTION[dvp.movement])

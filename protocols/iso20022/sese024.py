@@ -72,7 +72,7 @@ def _put_details(status: etree._Element, advice: Advice) -> None:
     xml.put(details, "SttlmDt/Dt/Dt", one.settlement_date)
     xml.put(details, "TradDt/Dt/Dt", one.trade_date)
     xml.put(details, "SctiesMvmntTp", dvp.movement)
-    xml.put(details, "Pmt", "APMT")
+    xml.put(details, "Pmt", dvp.payment)
     xml.put(details, "SttlmParams/SctiesTxTp/Cd", "TRAD")
     put_party(details, "RcvgSttlmPties", dvp.receiver)
     put_party(details, "DlvrgSttlmPties", dvp.deliverer)
