@@ -311,8 +311,8 @@ async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_
         (
             lambda d: d.replace(b"<Unit>100</Unit>", b"<Unit>100.5</Unit>").replace(b">APMT<", b">FREE<"),
             [
-                ("OTHR", "document:/Document/SctiesSttlmTxInstr/SttlmTpAndAddtlParams/Pmt: "),
                 ("DQUA", "document:/Document/SctiesSttlmTxInstr/QtyAndAcctDtls/SttlmQty/Qty/Unit: "),
+                ("DMON", "document:/Document/SctiesSttlmTxInstr/SttlmAmt: a delivery free of payment"),
             ],
         ),
         (
