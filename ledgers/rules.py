@@ -244,7 +244,8 @@ def _terms(auth: dict, signed: Signed, ctx: Context) -> Terms:
 
 def _party_owns(changes: Changes, terms: Terms, index: int, ctx: Context) -> None:
     """Leg i is paid from an account of its payer into an account of its payee; a
-    redemption's units go back to the instrument's issuer, at face value, once matured."""
+    redemption's units go back to the instrument's issuer, at face value, once matured; a
+    face amount is counted in the instrument's own denomination."""
     leg = terms.legs[index]
     payer, payee = terms.payers[index], terms.payees[index]
     if _owner(changes, leg.from_account, f"auth.legs[{index}].from_account") != payer:
@@ -257,6 +258,23 @@ def _party_owns(changes: Changes, terms: Terms, index: int, ctx: Context) -> Non
         )
     if terms.kind == "redemption" and index == 0:
         _matured(changes, terms, ctx)
+    if terms.kind == "matched" and terms.face_value_minor is not None and index == 0:
+        _denominated(changes, terms)
+
+
+def _denominated(changes: Changes, terms: Terms) -> None:
+    """A face amount was counted in units of the denomination the pair carries: the one
+    in this instrument's reference data."""
+    units = terms.legs[0]
+    reference = _asset(changes, units.asset, "auth.legs[0].asset").reference or {}
+    denomination = (reference.get("currency"), reference.get("face_value_minor"))
+    if (terms.face_currency, terms.face_value_minor) != denomination:
+        raise Rejected(
+            Code.NOT_AUTHORISED,
+            "auth.face_value_minor",
+            f"{units.asset} is denominated in {denomination[0]} {denomination[1]} (minor units), "
+            f"not {terms.face_currency} {terms.face_value_minor}",
+        )
 
 
 def _matured(changes: Changes, terms: Terms, ctx: Context) -> None:

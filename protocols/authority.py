@@ -25,7 +25,8 @@ from . import matching
 from .canonical import encode
 from .errors import Code, Rejected
 from .iso20022 import read
-from .iso20022.model import OneSided
+from .iso20022.model import Denomination, OneSided
+from .iso20022.sese023 import in_units
 from .messages import (
     CorporateAction,
     Entitlement,
@@ -53,7 +54,9 @@ class Terms:
     payers: tuple[str, ...]  # payers[i] owns legs[i].from_account
     payees: tuple[str, ...]  # payees[i] owns legs[i].to_account
     issuer: str | None = None  # a redemption's: the instrument's issuer, checked where it is kept
-    face_value_minor: int | None = None  # a redemption pays units x face value (checked likewise)
+    face_value_minor: int | None = None  # a redemption pays units x face value; a matched pair's
+    # face amount counts units of it (checked likewise)
+    face_currency: str | None = None  # a matched pair's face amount's currency (checked likewise)
 
     @property
     def same_ledger(self) -> bool:
@@ -137,6 +140,12 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
                 f"sent to {instruction.coordinator}, not {matched.coordinator}",
             )
         sides.append((signed, one))
+    denomination = _denomination(matched, [one for _, one in sides])
+    if denomination is not None:
+        try:
+            sides = [(signed, in_units(one, denomination)) for signed, one in sides]
+        except Rejected as error:
+            raise Rejected(error.code, "instructions", f"{error.field}: {error.reason}") from None
     (_, a), (_, b) = sides
     matching.require_match(a, b, "instructions")
     first, second = matching.leg_order(a, b)
@@ -166,7 +175,26 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         tuple(legs),
         (first.party, second.party)[: len(legs)],
         (second.party, first.party)[: len(legs)],
+        face_value_minor=denomination.face_value_minor if denomination else None,
+        face_currency=denomination.currency if denomination else None,
     )
+
+
+def _denomination(matched: Matched, sides: list[OneSided]) -> Denomination | None:
+    """The denomination a face amount is counted in: given with the pair if, and only
+    if, a side gives its quantity as a face amount."""
+    given = (matched.face_currency, matched.face_value_minor)
+    needed = any(one.face_amount is not None for one in sides)
+    if needed != (given != (None, None)) or (needed and None in given):
+        raise Rejected(
+            Code.INVALID_FIELD,
+            "face_value_minor",
+            "a face amount needs the instrument's face_currency and face_value_minor, and only a face amount does",
+        )
+    if not needed:
+        return None
+    assert matched.face_currency is not None and matched.face_value_minor is not None
+    return Denomination(matched.face_currency, matched.face_value_minor)
 
 
 def _entitlement(auth: dict, registry: Registry | None) -> Terms:

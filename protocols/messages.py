@@ -666,6 +666,12 @@ class Matched(Body):
     coordinator: str = attrs.field(validator=ident)
     ledgers: tuple[str, ...] = attrs.field(validator=ledger_per_leg)
     instructions: tuple[dict, ...] = attrs.field(validator=two_objects)
+    # where a side gives a face amount: the instrument's denomination, from its reference
+    # data, which its securities ledger checks
+    face_currency: str | None = attrs.field(default=None, validator=attrs.validators.optional(currency), metadata=LATER)
+    face_value_minor: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(amount), metadata=LATER
+    )
 
 
 @message("corporate_action")

@@ -3,6 +3,7 @@ schemas, with the optional blocks of real traffic, envelopes, BICs and LEIs. Eac
 for what Lockstep uses and the rest ignored; what Lockstep cannot settle is refused with
 every problem at once, each at its element with its ISO reason code."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 from protocols.errors import Code
 from protocols.identifiers import bic11
 from protocols.iso20022 import pacs009, read, xml
-from protocols.iso20022.model import PACS_009, SESE_023, OneSided
+from protocols.iso20022.model import PACS_009, SESE_023, Denomination, OneSided
+from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.matching import differences
 from tests.backoffice import SESE023_OPTIONAL, Who, sese023, sese023_documents, validate_official
 from tests.test_iso20022 import NOW_MS, PVP
@@ -107,6 +109,29 @@ def test_a_delivery_free_of_payment_as_a_back_office_writes_it_is_read(drawn):
     )
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sese023_documents(
+        units=None,
+        face_amount=st.integers(1, 10**5).map(lambda n: f"{n * 1000}.00"),
+        isin=ISIN,
+        cash_account="cash-a",
+        deliverer=ways_to_name(BANK_A),
+        receiver=ways_to_name(BANK_B),
+    )
+)
+def test_a_bond_instructed_by_face_amount_is_counted_in_units_of_its_denomination(drawn):
+    arguments, document = drawn
+    one = read(SESE_023, document, names)
+    assert one.face_amount == Decimal(arguments["face_amount"])
+    thousands = in_units(one, Denomination("EUR", 100_000))  # EUR 1,000.00 a unit
+    assert (thousands.gives_amount if one.side == "deliver" else thousands.takes_amount) == int(one.face_amount) // 1000
+    if int(one.face_amount) % 3000:
+        with pytest.raises(xml.Refused) as refused:
+            in_units(one, Denomination("EUR", 300_000))
+        assert [(p.field, p.code) for p in refused.value.problems] == [(FACE_FIELD, "DQUA")]
+
+
 def test_every_optional_block_at_once_in_an_envelope_is_read():
     document = sese023(
         reference="REF-ALL",
@@ -160,14 +185,14 @@ def test_every_problem_is_listed_at_once_each_with_its_element_and_iso_reason():
         receiver=Who(bic="NOBODYXXXXX"[:8]),
         safekeeping="sec a",  # not a Lockstep account id
         units=None,
-        face_amount="1000000",
+        face_amount="0",
     )
     with pytest.raises(xml.Refused) as refused:
         read(SESE_023, document, names)
     found = {(p.field.removeprefix("document:/Document/SctiesSttlmTxInstr/"), p.code) for p in refused.value.problems}
     assert found == {
         ("FinInstrmId/ISIN", "DSEC"),
-        ("QtyAndAcctDtls/SttlmQty", "DQUA"),
+        ("QtyAndAcctDtls/SttlmQty/Qty/FaceAmt", "DQUA"),
         ("QtyAndAcctDtls/SfkpgAcct/Id", "SAFE"),
         ("RcvgSttlmPties/Pty1", "DEPT"),
     }

@@ -6,6 +6,8 @@ ledgers refusing a pair that does not match, whoever signs the lock."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import attrs
 import pytest
 import trio
@@ -411,6 +413,64 @@ async def test_ledgers_refuse_a_lock_whose_matched_pair_does_not_match(tmp_path,
         assert not receipt.applied
         assert receipt.code == Code.NOT_AUTHORISED.value and receipt.field == "auth.instructions"
         assert "DMON" in receipt.reason
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_face_amount_is_counted_in_the_bonds_denomination_and_matches_units(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        by_face = attrs.evolve(seller, gives_amount=0, face_amount=Decimal("100000.00"))  # 100 x EUR 1,000.00
+        uneven = attrs.evolve(seller, reference="A-REF-0", gives_amount=0, face_amount=Decimal("100500"))
+        before = await desk.balances()
+
+        refused = await desk.send(desk.instruction(uneven))
+        assert [i["status"] for i in refused.items] == ["rejected"]
+        assert [code for code in element_text(refused.items[0]["document"], "Cd") if code] == ["DQUA"]
+        assert "100500 is not a whole number of units of EUR 1,000.00" in refused.items[0]["document"]
+
+        await desk.send(desk.instruction(by_face))
+        await desk.send(desk.instruction(buyer))  # in units: the same quantity
+        for party in ("bank-a", "bank-b"):
+            assert element_text((await desk.until(party, "settled"))[-1]["document"], "Unit") == ["100"]
+        after = await desk.balances()
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+        report = await desk.audit()
+        assert not report.violations, report.violations
+
+        now = desk.now_ms()
+        forged = to_body(  # the pair counted in a denomination of EUR 500.00: 200 units
+            Matched(
+                COORDINATOR,
+                ("csd", "cbdc-eur"),
+                (
+                    decode(desk.instruction(by_face, "A-2")),
+                    decode(desk.instruction(attrs.evolve(buyer, takes_amount=200), "B-2")),
+                ),
+                "EUR",
+                50_000,
+            )
+        )
+        lock = Lock(
+            f"{terms_of(forged, None).id}:0",
+            "csd",
+            now,
+            "a-sec",
+            "b-sec",
+            BOND,
+            200,
+            hashlock_of(b"s" * 32),
+            now + 5_000,
+            (COORDINATOR,),
+            auth=forged,
+        )
+        receipt = await desk.local.client("csd").submit(sign(lock, (COORDINATOR, desk.local.world.keys[COORDINATOR])))
+        assert (receipt.applied, receipt.code, receipt.field) == (
+            False,
+            Code.NOT_AUTHORISED.value,
+            "auth.face_value_minor",
+        )
         nursery.cancel_scope.cancel()
 
 

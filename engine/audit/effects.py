@@ -253,6 +253,13 @@ def _payers(terms: Terms, replay: Replay, index: int, ledger: str, entry_ms: int
         raise Unvouched(f"leg {index} of settlement {terms.id} does not pay {terms.payees[index]}")
     if terms.kind == "redemption" and index == 0:
         _matured(terms, replay, entry_ms)
+    if terms.kind == "matched" and terms.face_value_minor is not None and index == 0:
+        reference = replay.assets.get(terms.legs[0].asset, (None, None, None, {}))[3] or {}
+        if (terms.face_currency, terms.face_value_minor) != (
+            reference.get("currency"),
+            reference.get("face_value_minor"),
+        ):
+            raise Unvouched(f"settlement {terms.id} counts a face amount in another denomination than its instrument's")
 
 
 def _matured(terms: Terms, replay: Replay, entry_ms: int) -> None:

@@ -30,7 +30,18 @@ from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
 from protocols.iso20022 import pacs002, read, sese024, sese025
-from protocols.iso20022.model import PACS_002, PACS_009, SESE_024, SESE_025, Advice, Confirmation, OneSided, Problem
+from protocols.iso20022.model import (
+    PACS_002,
+    PACS_009,
+    SESE_024,
+    SESE_025,
+    Advice,
+    Confirmation,
+    Denomination,
+    OneSided,
+    Problem,
+)
+from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.iso20022.xml import Refused
 from protocols.messages import Advices, Matched, QueryAdvices, QueryInfo, SettlementInstruction, to_body
 from protocols.registry import Role
@@ -52,6 +63,13 @@ _FAILURE_REASONS = {
     Code.LOCK_EXPIRED.value: ("LATE", "LATE"),
     Code.EXPIRY_OUT_OF_RANGE.value: ("LATE", "LATE"),
 }
+
+
+def _instrument(one: OneSided) -> str:
+    """The ISIN of a DvP side."""
+    isin = one.gives_asset if one.side == "deliver" else one.takes_asset
+    assert isin is not None
+    return isin
 
 
 @attrs.frozen
@@ -79,6 +97,7 @@ class MatchingDesk(Desk):
         self._changed = trio.Event()
         self._matching = trio.Lock()
         self._limit = trio.CapacityLimiter(SETTLING_MAX)
+        self._denominations: dict[str, Denomination] = {}
 
     # -- the bus ---------------------------------------------------------------------------
 
@@ -122,7 +141,7 @@ class MatchingDesk(Desk):
                 raise Rejected(Code.ID_REUSED, "id", f"instruction {msg.id} of {msg.party} was sent with other content")
             return self._latest_advice(msg.party, msg.id)
         try:
-            side = Side(signed, self._read(msg))
+            side = Side(signed, await self._sized(self._read(msg)))
         except Refused as refused:
             self._reject(signed, refused.problems)
             return self._latest_advice(msg.party, msg.id)
@@ -133,7 +152,7 @@ class MatchingDesk(Desk):
                 Code.EXPIRY_OUT_OF_RANGE, "document", f"its settlement date {side.one.settlement_date} has passed"
             )
         candidates = [
-            self._side(raw)
+            await self._side(raw)
             for (raw,) in self._db.execute(
                 "SELECT raw FROM instructions WHERE state = 'unmatched' AND party = ? AND counterparty = ? "
                 "ORDER BY received_ms",
@@ -198,10 +217,39 @@ class MatchingDesk(Desk):
             self._store(msg, "rejected", None, fmt, document, now_ms)
         log.info("instruction %s of %s rejected: %s", msg.id, msg.party, reason)
 
-    def _side(self, raw: bytes) -> Side:
+    async def _side(self, raw: bytes) -> Side:
         """A side the desk took before: its document read as it was then."""
         signed = from_wire(decode(raw), allowed=(SettlementInstruction,))
-        return Side(signed, read(signed.msg.format, signed.msg.document, self.coordinator.registry.identified_by))
+        one = read(signed.msg.format, signed.msg.document, self.coordinator.registry.identified_by)
+        return Side(signed, await self._sized(one))
+
+    async def _sized(self, one: OneSided) -> OneSided:
+        """A side given as a face amount, in units of its instrument's denomination."""
+        if one.face_amount is None:
+            return one
+        return in_units(one, await self._denomination(_instrument(one)))
+
+    async def _denomination(self, isin: str) -> Denomination:
+        """A debt instrument's face value per unit, from the reference data its securities
+        ledger keeps; Refused (DQUA) where it has none."""
+        if isin not in self._denominations:
+            ledger = await self._place(isin)
+            client = self.coordinator.client(ledger)
+            try:
+                info = await client.query(QueryInfo(client.next_query_id(), ledger))
+            except (BusTimeout, BadReply):
+                raise Rejected(
+                    Code.TIMEOUT, "document", f"ledger {ledger} did not give {isin}'s denomination"
+                ) from None
+            asset = next(held for held in info["assets"] if held["code"] == isin)
+            reference = asset.get("reference") or {}
+            if "face_value_minor" not in reference:
+                raise Refused(
+                    Code.INVALID_FIELD,
+                    [Problem(FACE_FIELD, f"{isin} has no denomination in its reference data: give units", "DQUA")],
+                )
+            self._denominations[isin] = Denomination(reference["currency"], reference["face_value_minor"])
+        return self._denominations[isin]
 
     # -- matching --------------------------------------------------------------------------
 
@@ -209,7 +257,13 @@ class MatchingDesk(Desk):
         first, second = (a, b) if matching.leg_order(a.one, b.one)[0] is a.one else (b, a)
         paid = [side.one.gives_asset for side in (first, second) if side.one.gives_asset is not None]
         ledgers = tuple([await self._place(asset) for asset in paid])  # one leg free of payment
-        return to_body(Matched(self.coordinator.id, ledgers, (first.signed.wire(), second.signed.wire())))
+        signed = (first.signed.wire(), second.signed.wire())
+        if a.one.face_amount is None and b.one.face_amount is None:
+            return to_body(Matched(self.coordinator.id, ledgers, signed))
+        denomination = await self._denomination(_instrument(a.one))
+        return to_body(
+            Matched(self.coordinator.id, ledgers, signed, denomination.currency, denomination.face_value_minor)
+        )
 
     async def _place(self, asset: str) -> str:
         if asset not in self._places:
@@ -280,7 +334,7 @@ class MatchingDesk(Desk):
         """Settle a matched pair: again after a restart (idempotent: the coordinator's
         journal knows what it did)."""
         a, b = [
-            self._side(raw)
+            await self._side(raw)
             for (raw,) in self._db.execute(
                 "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
             )
@@ -380,11 +434,11 @@ class MatchingDesk(Desk):
             with trio.move_on_at(cutoff):
                 await self._changed.wait()
             self._changed = trio.Event()
-            self._cancel_past(self.coordinator.clock.now_ms())
+            await self._cancel_past(self.coordinator.clock.now_ms())
 
-    def _cancel_past(self, now_ms: int) -> None:
+    async def _cancel_past(self, now_ms: int) -> None:
         stale = [
-            self._side(raw)
+            await self._side(raw)
             for (raw, date) in self._db.execute(
                 "SELECT raw, settlement_date FROM instructions WHERE state = 'unmatched'"
             ).fetchall()

@@ -9,6 +9,7 @@ and camt.053 documents."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
 import attrs
 
@@ -56,6 +57,17 @@ class OneSided:
     # places of settlement (Dpstry, as 11-character BICs): must agree where both sides give one
     linked: tuple[str, ...] = ()  # Lnkgs: references of instructions linked to this one, reported
     payment: str = "APMT"  # sese.023 Pmt: APMT against payment, FREE free of payment
+    face_amount: Decimal | None = None  # the quantity as the document gives a debt instrument's:
+    # a face amount (FaceAmt), in the instrument's currency; its units are 0 until
+    # sese023.in_units turns it into units by the instrument's denomination
+
+
+@attrs.frozen
+class Denomination:
+    """A debt instrument's face value per unit, from its reference data."""
+
+    currency: str
+    face_value_minor: int
 
 
 @attrs.frozen

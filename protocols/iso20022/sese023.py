@@ -6,14 +6,19 @@ The writer exists for back-office simulation, demos and tests; `read(write(x)) =
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import attrs
 from lxml import etree
 
+from ..errors import Code
 from ..identifiers import CURRENCIES, IDENT_PATTERN, bic11, isin_problem
+from ..money import format_amount
 from . import xml
-from .model import SESE_023, Names, OneSided
+from .model import SESE_023, Denomination, Names, OneSided, Problem
 
 SIDES = {"DELI": "deliver", "RECE": "receive"}
+FACE_FIELD = "document:/Document/SctiesSttlmTxInstr/QtyAndAcctDtls/SttlmQty/Qty/FaceAmt"
 CASH_DIRECTION = {"DELI": "CRDT", "RECE": "DBIT"}  # the deliverer is paid, the receiver pays
 
 
@@ -36,7 +41,7 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
             "DDAT",
         )
     isin = _isin(instruction, findings)
-    units = _units(instruction, findings)
+    quantity = _quantity(instruction, findings)
     safekeeping = _account(instruction, "QtyAndAcctDtls/SfkpgAcct/Id", findings, "SAFE", "safekeeping account")
     cash: tuple[str | None, int] | None
     if payment == "APMT":
@@ -51,7 +56,8 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
     if deliverer and receiver and deliverer == receiver:
         findings.refuse(xml.find(instruction, "RcvgSttlmPties/Pty1"), "the receiver is the deliverer", "DEPT")
     findings.done()
-    assert trade_date and settlement_date and isin and units and safekeeping and cash and deliverer and receiver
+    assert trade_date and settlement_date and isin and quantity and safekeeping and cash and deliverer and receiver
+    units, face = (quantity, None) if isinstance(quantity, int) else (0, quantity)
     security, money = (isin, units, safekeeping), (*cash, cash_account)
     gives, takes = (security, money) if movement == "DELI" else (money, security)
     party, counterparty = (deliverer, receiver) if movement == "DELI" else (receiver, deliverer)
@@ -75,6 +81,7 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
         depositories=(_depository(instruction, "DlvrgSttlmPties"), _depository(instruction, "RcvgSttlmPties")),
         linked=tuple(ref.text for ref in instruction.iterfind("{*}Lnkgs/{*}Ref/*")),
         payment=payment,
+        face_amount=face,
     )
 
 
@@ -101,14 +108,39 @@ def _isin(instruction: etree._Element, findings: xml.Findings) -> str | None:
     return isin.text
 
 
-def _units(instruction: etree._Element, findings: xml.Findings) -> int | None:
+def _quantity(instruction: etree._Element, findings: xml.Findings) -> int | Decimal | None:
+    """Units (Qty/Unit), or a face amount (Qty/FaceAmt) as debt instruments are instructed."""
     quantity = xml.find(instruction, "QtyAndAcctDtls/SttlmQty")
-    unit = quantity.find("{*}Qty/{*}Unit")
-    if unit is None:
-        stated = etree.QName(next(iter(quantity.iterdescendants("{*}*")))).localname
-        findings.refuse(quantity, f"Lockstep settles a quantity in units (Qty/Unit), not {stated}", "DQUA")
+    unit, face = quantity.find("{*}Qty/{*}Unit"), quantity.find("{*}Qty/{*}FaceAmt")
+    if unit is not None:
+        return xml.whole(unit, findings, "units")
+    if face is not None:
+        amount = Decimal(face.text.strip())
+        if amount > 0:
+            return amount
+        findings.refuse(face, "must be positive", "DQUA")
         return None
-    return xml.whole(unit, findings, "units")
+    stated = etree.QName(next(iter(quantity.iterdescendants("{*}*")))).localname
+    findings.refuse(quantity, f"Lockstep settles a quantity in units or as a face amount, not {stated}", "DQUA")
+    return None
+
+
+def in_units(one: OneSided, denomination: Denomination) -> OneSided:
+    """A side given as a face amount, in units of the instrument's denomination; Refused
+    (DQUA) unless it is a whole number of them in the instrument's currency."""
+    if one.face_amount is None:
+        return one
+    minor = one.face_amount.scaleb(CURRENCIES[denomination.currency])
+    units, rest = divmod(minor, denomination.face_value_minor)
+    if rest or units <= 0:
+        face_value = format_amount(denomination.currency, denomination.face_value_minor)
+        raise xml.Refused(
+            Code.INVALID_FIELD,
+            [Problem(FACE_FIELD, f"{one.face_amount} is not a whole number of units of {face_value}", "DQUA")],
+        )
+    if one.side == "deliver":
+        return attrs.evolve(one, gives_amount=int(units))
+    return attrs.evolve(one, takes_amount=int(units))
 
 
 def _account(instruction: etree._Element, path: str, findings: xml.Findings, code: str, what: str) -> str | None:
@@ -204,7 +236,10 @@ def write(one: OneSided) -> bytes:
     xml.put(instruction, "TradDtls/TradDt/Dt/Dt", one.trade_date)
     xml.put(instruction, "TradDtls/SttlmDt/Dt/Dt", one.settlement_date)
     xml.put(instruction, "FinInstrmId/ISIN", dvp.isin)
-    xml.put(instruction, "QtyAndAcctDtls/SttlmQty/Qty/Unit", str(dvp.units))
+    if one.face_amount is None:
+        xml.put(instruction, "QtyAndAcctDtls/SttlmQty/Qty/Unit", str(dvp.units))
+    else:
+        xml.put(instruction, "QtyAndAcctDtls/SttlmQty/Qty/FaceAmt", str(one.face_amount))
     xml.put(instruction, "QtyAndAcctDtls/SfkpgAcct/Id", dvp.safekeeping)
     if dvp.cash_account is not None:
         xml.put(instruction, "QtyAndAcctDtls/CshAcct/Prtry", dvp.cash_account)
