@@ -160,10 +160,9 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         )
     legs = []
     for ledger, mine, theirs in zip(matched.ledgers, paying, (second, first), strict=False):
-        assert mine.gives_asset and mine.gives_account and theirs.takes_account, "read and matched"
-        legs.append(
-            SettlementLeg(ledger, mine.gives_account, theirs.takes_account, mine.gives_asset, mine.gives_amount)
-        )
+        into = mine.pays_into or theirs.takes_account  # a PvP leg names the account it pays into
+        assert mine.gives_asset and mine.gives_account and into, "read and matched"
+        legs.append(SettlementLeg(ledger, mine.gives_account, into, mine.gives_asset, mine.gives_amount))
     not_before_ms, deadline_ms = matching.day_window(a.settlement_date)
     settlement_id = matching.matched_id(sides[0][0].digest, sides[1][0].digest)
     return Terms(

@@ -57,6 +57,8 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
     if a.payment != b.payment:
         found.append(Difference("DMON", "payment", f"{a.payment} against {b.payment}"))
         return found
+    if "leg" in (a.side, b.side):
+        return found + _legs(a, b)
     for mine, theirs in ((a, b), (b, a)):
         if mine.gives_asset != theirs.takes_asset:
             code = "DSEC" if len(mine.gives_asset or "") == 12 or len(theirs.takes_asset or "") == 12 else "DMON"
@@ -77,6 +79,21 @@ def differences(a: OneSided, b: OneSided) -> list[Difference]:
                     f"{theirs.party} takes {format_amount(mine.gives_asset, theirs.takes_amount)}",
                 )
             )
+    return found
+
+
+def _legs(a: OneSided, b: OneSided) -> list[Difference]:
+    """Two PvP legs, each its party's own payment alone: they pair by their shared
+    reference and exchange two currencies; neither states what it takes."""
+    if a.side != b.side:
+        return [Difference("OTHR", "side", f"a leg alone against a pair ({a.side} against {b.side})")]
+    found = []
+    if a.common_id != b.common_id:
+        found.append(Difference("DCMX", "common_id", f"{a.common_id} against {b.common_id}"))
+    if a.gives_asset == b.gives_asset:
+        found.append(
+            Difference("DMON", "gives_asset", f"both legs pay {a.gives_asset}: a PvP exchanges two currencies")
+        )
     return found
 
 

@@ -16,7 +16,7 @@ from protocols.iso20022 import pacs009, read, xml
 from protocols.iso20022.model import PACS_009, SESE_023, Denomination, OneSided
 from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.matching import differences
-from tests.backoffice import SESE023_OPTIONAL, Who, sese023, sese023_documents, validate_official
+from tests.backoffice import SESE023_OPTIONAL, Who, pacs009_legs, sese023, sese023_documents, validate_official
 from tests.test_iso20022 import NOW_MS, PVP
 
 BANK_A = {"bic": "BANKDEFFXXX", "lei": "529900T8BM49AURSDO55", "id": "bank-a"}
@@ -130,6 +130,43 @@ def test_a_bond_instructed_by_face_amount_is_counted_in_units_of_its_denominatio
         with pytest.raises(xml.Refused) as refused:
             in_units(one, Denomination("EUR", 300_000))
         assert [(p.field, p.code) for p in refused.value.problems] == [(FACE_FIELD, "DQUA")]
+
+
+def ways_to_name_an_institution(party: dict) -> st.SearchStrategy[Who]:
+    """Every way a pacs.009 may name a registered institution: BICFI, LEI, Lockstep id, together."""
+    return st.sampled_from(
+        [
+            Who(bic=party["bic"]),
+            Who(lei=party["lei"], name="Bank"),
+            Who(proprietary=party["id"]),
+            Who(bic=party["bic"], lei=party["lei"], proprietary=party["id"]),
+        ]
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pacs009_legs(
+        currency="USD",
+        amount="540.00",
+        debtor=ways_to_name_an_institution(BANK_A),
+        debtor_account="a-usd",
+        creditor=ways_to_name_an_institution(BANK_B),
+        creditor_account="b-usd",
+    )
+)
+def test_a_pvp_leg_as_a_cbpr_plus_sender_writes_it_is_read(drawn):
+    arguments, document = drawn
+    assert validate_official(document) == []
+    one = read(PACS_009, document, names)
+    assert (one.side, one.party, one.counterparty) == ("leg", "bank-a", "bank-b")
+    assert (one.reference, one.common_id, one.settlement_date) == (
+        arguments["msg_id"],
+        arguments["end_to_end_id"],
+        arguments["settlement_date"],
+    )
+    assert (one.gives_asset, one.gives_amount, one.gives_account, one.pays_into) == ("USD", 54_000, "a-usd", "b-usd")
+    assert (one.takes_asset, one.takes_amount, one.takes_account) == (None, 0, None)
 
 
 def test_every_optional_block_at_once_in_an_envelope_is_read():

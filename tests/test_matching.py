@@ -273,6 +273,52 @@ async def test_pacs009_pair_settles_a_pvp_confirmed_by_pacs002(tmp_path, autojum
         nursery.cancel_scope.cancel()
 
 
+def legs(a: OneSided, b: OneSided, shared: str = "FX-TRADE-9") -> tuple[OneSided, OneSided]:
+    """The PvP as real senders write it: each its own payment alone, into the account the
+    other holds, pairing by their shared EndToEndId."""
+    return tuple(  # type: ignore[return-value]
+        attrs.evolve(
+            mine,
+            side="leg",
+            common_id=shared,
+            pays_into=theirs.takes_account,
+            takes_asset=None,
+            takes_amount=0,
+            takes_account=None,
+        )
+        for mine, theirs in ((a, b), (b, a))
+    )
+
+
+async def test_pvp_legs_sent_one_each_pair_by_their_shared_reference_and_settle(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        a, b = legs(*pvp(utc_date(desk.now_ms())))
+        before = await desk.balances()
+        other_trade = attrs.evolve(b, reference="B-FX-0", common_id="FX-TRADE-8")
+        reply = await desk.send(desk.instruction(a))
+        assert [i["status"] for i in reply.items] == ["unmatched"]
+        reply = await desk.send(desk.instruction(other_trade))  # another trade's leg does not pair with it
+        assert [i["status"] for i in reply.items] == ["unmatched"]
+        document = reply.items[0]["document"]
+        assert element_text(document, "TxSts") == ["PDNG"] and element_text(document, "Prtry") == ["DCMX"]
+        assert "common_id: FX-TRADE-8 against FX-TRADE-9" in "".join(element_text(document, "AddtlInf"))
+        await desk.send(desk.instruction(b))
+        for party, reference in (("bank-a", "A-FX-1"), ("bank-b", "B-FX-1")):
+            settled = (await desk.until(party, "settled"))[-1]
+            assert element_text(settled["document"], "TxSts") == ["ACSC"]
+            assert element_text(settled["document"], "OrgnlMsgId") == [reference]
+            assert element_text(settled["document"], "OrgnlEndToEndId") == ["FX-TRADE-9"]
+        after = await desk.balances()
+        assert after[("cbdc-multi", "b-usd")].get("USD", 0) == before[("cbdc-multi", "b-usd")].get("USD", 0) + 54_000
+        assert after[("cbdc-eur", "a-eur")].get("EUR", 0) == before[("cbdc-eur", "a-eur")].get("EUR", 0) + 50_000
+        assert after[("cbdc-multi", "a-usd")]["USD"] == before[("cbdc-multi", "a-usd")]["USD"] - 54_000
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
+
+
 async def test_instructions_that_differ_stay_unmatched_with_the_iso_reason_then_are_cancelled(tmp_path, autojump_clock):
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)

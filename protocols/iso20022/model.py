@@ -36,7 +36,10 @@ class OneSided:
     safekeeping account and takes the cash (currency, minor units) into its cash account;
     the receiver (RECE) gives the cash and takes the instrument. Free of payment (FREE),
     the cash side is nothing: asset and account None, amount 0. PvP (pacs.009): each side
-    gives one currency and takes the other."""
+    gives one currency and takes the other (side `pay`, both transfers in one document),
+    or sends only its own payment (side `leg`, one transfer): it names the counterparty's
+    account it pays into (`pays_into`), takes nothing it can state, and the two legs pair
+    by their shared EndToEndId (`common_id`)."""
 
     format: str  # one of FORMATS
     reference: str  # the sender's own id for this instruction (sese.023 TxId, pacs.009 MsgId)
@@ -52,11 +55,13 @@ class OneSided:
     takes_asset: str | None  # None: nothing (the deliverer, free of payment)
     takes_amount: int
     takes_account: str | None  # the party's account the counter asset arrives in
-    common_id: str | None = None  # sese.023 CmonId: must agree where both sides give it
+    common_id: str | None = None  # sese.023 CmonId, pacs.009 leg's EndToEndId: must agree where both give it
     depositories: tuple[str | None, str | None] = (None, None)  # the deliverer's and receiver's
     # places of settlement (Dpstry, as 11-character BICs): must agree where both sides give one
     linked: tuple[str, ...] = ()  # Lnkgs: references of instructions linked to this one, reported
     payment: str = "APMT"  # sese.023 Pmt: APMT against payment, FREE free of payment
+    pays_into: str | None = None  # a PvP leg's (pacs.009 with one transfer): the counterparty's
+    # account it pays into, as the payer names it
     face_amount: Decimal | None = None  # the quantity as the document gives a debt instrument's:
     # a face amount (FaceAmt), in the instrument's currency; its units are 0 until
     # sese023.in_units turns it into units by the instrument's denomination

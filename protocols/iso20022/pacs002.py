@@ -1,7 +1,8 @@
 """pacs.002.001.14, a payment status report: the outcome of a party's PvP (pacs.009).
 
-The report names the instruction by its MsgId, which is also the EndToEndId of both
-transfers (pacs009 requires it), so one TxInfAndSts covers the pair."""
+The report names the instruction by its MsgId and its transfer by the EndToEndId: a
+leg's own, or, for Lockstep's pair layout, the MsgId again (pacs009 requires it there),
+so one TxInfAndSts covers the pair."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def write(outcome: Advice | Confirmation, *, sender: str, now_ms: int) -> bytes:
     xml.put(report, "OrgnlGrpInfAndSts/OrgnlMsgId", xml.text35(outcome.reference))
     xml.put(report, "OrgnlGrpInfAndSts/OrgnlMsgNmId", PACS_009)
     transaction = xml.put(report, "TxInfAndSts")
-    xml.put(transaction, "OrgnlEndToEndId", xml.text35(outcome.reference))
+    instruction = outcome.instruction
+    end_to_end = instruction.common_id if instruction is not None and instruction.side == "leg" else None
+    xml.put(transaction, "OrgnlEndToEndId", xml.text35(end_to_end or outcome.reference))
     xml.put(transaction, "TxSts", status)
     if isinstance(outcome, Advice):
         given = [(p.code, f"{p.field}: {p.reason}") for p in outcome.problems] or [

@@ -1,11 +1,17 @@
-"""pacs.009.001.11 in PvP style: one counterparty's side of a currency exchange.
+"""pacs.009.001.11, one counterparty's side of a currency exchange (PvP), in either of
+two layouts.
 
-The document holds exactly two credit transfers sharing one EndToEndId (the MsgId, so a
-pacs.002 can name it from the reference alone) and one interbank settlement date: first
-the party's own payment (it is the debtor, paying `gives` from its DbtrAcct), then the
-payment it expects (it is the creditor, paid `takes` into its CdtrAcct). Parties are
-FinInstnId/Othr/Id with Issr LOCKSTEP; accounts are Id/Othr/Id. Each side names only its
-own accounts. Settlement method CLRG: the Lockstep ledgers are the clearing system."""
+A leg: one credit transfer, as real senders write it (SWIFT CBPR+): the party is the
+debtor, paying from its DbtrAcct into the counterparty's CdtrAcct; the counterparty sends
+its own leg, and the two pair by their shared EndToEndId.
+
+A pair (Lockstep's own layout, kept for senders that use it): two credit transfers
+sharing one EndToEndId (the MsgId) and one settlement date: first the party's own payment,
+then the payment it expects (it is the creditor, paid `takes` into its CdtrAcct); each
+side names only its own accounts.
+
+Institutions are named by BICFI, LEI or FinInstnId/Othr/Id issued by LOCKSTEP; accounts by
+Id/IBAN or Id/Othr/Id. The writer uses Othr ids and settlement method CLRG."""
 
 from __future__ import annotations
 
@@ -14,26 +20,72 @@ from lxml import etree
 from ..errors import Code
 from ..identifiers import CURRENCIES, IDENT_PATTERN, bic11
 from . import xml
-from .model import PACS_009, Names, OneSided
+from .model import PACS_009, Names, OneSided, Problem
 
 TRANSACTIONS = 2
 
 
 def read(document: str | bytes, names: Names | None = None) -> OneSided:
-    """The exchange as Lockstep's record; refused, every problem at once, unless the two
-    transfers mirror each other between the same two parties in two different currencies.
-    Anything else the standard allows (UETR, agents, any settlement method, remittance
-    information) may be present and is ignored."""
+    """One side of a PvP as Lockstep's record: its own payment alone (one transfer, as
+    real senders write it), or its payment and the one it expects (two). Anything else
+    the standard allows (UETR, agents, any settlement method, remittance information)
+    may be present and is ignored; what Lockstep cannot settle is refused, every problem
+    at once."""
     transfer = xml.find(xml.parse(document, PACS_009), "FICdtTrf")
     findings = xml.Findings()
     count = xml.find(transfer, "GrpHdr/NbOfTxs")
     transactions = xml.find_all(transfer, "CdtTrfTxInf")
-    if count.text != str(TRANSACTIONS) or len(transactions) != TRANSACTIONS:
-        raise xml.Refused(
-            Code.INVALID_FIELD,
-            [xml.Problem(xml.field(count), f"a PvP holds {TRANSACTIONS} transactions, not {len(transactions)}")],
-        )
-    pays, expects = transactions
+    if count.text != str(len(transactions)) or len(transactions) > 2:
+        reason = f"NbOfTxs is {count.text}, the document holds {len(transactions)}: a PvP side holds 1 or 2"
+        raise xml.Refused(Code.INVALID_FIELD, [Problem(xml.field(count), reason)])
+    if len(transactions) == 1:
+        return _leg(transfer, transactions[0], names, findings)
+    return _pair(transfer, *transactions, names=names, findings=findings)
+
+
+def _leg(transfer: etree._Element, pays: etree._Element, names: Names | None, findings: xml.Findings) -> OneSided:
+    """The party's own payment: it is the debtor, paying from its DbtrAcct into the
+    counterparty's CdtrAcct; the counterparty's own leg pairs with it by EndToEndId."""
+    party = _agent(pays, "Dbtr", names, findings)
+    counterparty = _agent(pays, "Cdtr", names, findings)
+    if party and party == counterparty:
+        findings.refuse(xml.find(pays, "Cdtr"), "the party pays itself", "DEPT")
+    settlement_date = _date(pays, findings)
+    gives = xml.minor_units(xml.find(pays, "IntrBkSttlmAmt"), findings)
+    gives_account = _account(pays, "DbtrAcct", "the party's own account", findings)
+    pays_into = _account(pays, "CdtrAcct", "the counterparty's account it pays into", findings)
+    findings.done()
+    assert party and counterparty and settlement_date and gives and gives_account and pays_into
+    return OneSided(
+        format=PACS_009,
+        reference=xml.text(transfer, "GrpHdr/MsgId"),
+        kind="pvp",
+        side="leg",
+        party=party,
+        counterparty=counterparty,
+        trade_date=None,
+        settlement_date=settlement_date,
+        gives_asset=gives[0],
+        gives_amount=gives[1],
+        gives_account=gives_account,
+        takes_asset=None,
+        takes_amount=0,
+        takes_account=None,
+        common_id=xml.text(pays, "PmtId/EndToEndId"),
+        pays_into=pays_into,
+    )
+
+
+def _pair(
+    transfer: etree._Element,
+    pays: etree._Element,
+    expects: etree._Element,
+    *,
+    names: Names | None,
+    findings: xml.Findings,
+) -> OneSided:
+    """Lockstep's own layout: the party's payment, then the payment it expects, both
+    with the MsgId as EndToEndId; each side names only its own accounts."""
     party = _agent(pays, "Dbtr", names, findings)
     counterparty = _agent(pays, "Cdtr", names, findings)
     if party and party == counterparty:
@@ -134,16 +186,21 @@ def _expect(
 
 
 def _own_account(transaction: etree._Element, own: str, other: str, findings: xml.Findings) -> str | None:
-    """The party's account in a transaction (Id/IBAN or Id/Othr/Id); the counterparty's
-    account is its own to name."""
+    """The party's account in a transaction of the pair; the counterparty's account is
+    its own to name."""
     foreign = transaction.find(f"{{*}}{other}")
     if foreign is not None:
         findings.refuse(foreign, "names the counterparty's account; each side names only its own", "CASH")
-    account = transaction.find(f"{{*}}{own}/{{*}}Id/{{*}}IBAN")
+    return _account(transaction, own, "the party's own account", findings)
+
+
+def _account(transaction: etree._Element, role: str, what: str, findings: xml.Findings) -> str | None:
+    """An account (Id/IBAN or Id/Othr/Id) that must be a Lockstep account id."""
+    account = transaction.find(f"{{*}}{role}/{{*}}Id/{{*}}IBAN")
     if account is None:
-        account = transaction.find(f"{{*}}{own}/{{*}}Id/{{*}}Othr/{{*}}Id")
+        account = transaction.find(f"{{*}}{role}/{{*}}Id/{{*}}Othr/{{*}}Id")
     if account is None:
-        findings.refuse(f"{xml.field(transaction)}/{own}", "missing: the party's own account", "CASH")
+        findings.refuse(f"{xml.field(transaction)}/{role}", f"missing: {what}", "CASH")
         return None
     if not IDENT_PATTERN.fullmatch(account.text or ""):
         findings.refuse(account, f"{account.text!r} is not a Lockstep account id ({IDENT_PATTERN.pattern})", "CASH")
@@ -152,30 +209,46 @@ def _own_account(transaction: etree._Element, own: str, other: str, findings: xm
 
 
 def write(one: OneSided, *, now_ms: int) -> bytes:
-    """The pacs.009 that `read` turns back into `one`, created at `now_ms`."""
-    assert one.format == PACS_009 and one.kind == "pvp" and one.side == "pay", one
-    assert one.gives_asset in CURRENCIES and one.takes_asset in CURRENCIES and one.gives_asset != one.takes_asset, one
+    """The pacs.009 that `read` turns back into `one`, created at `now_ms`: the pair, or a
+    leg alone."""
+    assert one.format == PACS_009 and one.kind == "pvp" and one.side in ("pay", "leg"), one
     root = xml.start(PACS_009)
     transfer = xml.put(root, "FICdtTrf")
     xml.put(transfer, "GrpHdr/MsgId", one.reference)
     xml.put(transfer, "GrpHdr/CreDtTm", xml.date_time(now_ms))
-    xml.put(transfer, "GrpHdr/NbOfTxs", str(TRANSACTIONS))
+    xml.put(transfer, "GrpHdr/NbOfTxs", "1" if one.side == "leg" else str(TRANSACTIONS))
     xml.put(transfer, "GrpHdr/SttlmInf/SttlmMtd", "CLRG")
-    legs = (
-        (one.party, one.counterparty, one.gives_asset, one.gives_amount, "Dbtr", one.gives_account),
-        (one.counterparty, one.party, one.takes_asset, one.takes_amount, "Cdtr", one.takes_account),
-    )
-    for debtor, creditor, currency, minor, party_role, account in legs:
-        assert currency is not None and account is not None
-        transaction = xml.put(transfer, "CdtTrfTxInf")
-        xml.put(transaction, "PmtId/EndToEndId", one.reference)
-        xml.put(transaction, "IntrBkSttlmAmt", xml.amount_text(minor, currency), Ccy=currency)
-        xml.put(transaction, "IntrBkSttlmDt", one.settlement_date)
-        for role, party in (("Dbtr", debtor), ("Cdtr", creditor)):
-            put_agent(transaction, role, party)
-            if role == party_role:
-                xml.put(transaction, f"{role}Acct/Id/Othr/Id", account)
+    own = (one.party, one.counterparty, one.gives_asset, one.gives_amount)
+    if one.side == "leg":
+        assert one.common_id is not None and one.pays_into is not None, one
+        _put_transfer(transfer, one, one.common_id, *own, {"Dbtr": one.gives_account, "Cdtr": one.pays_into})
+        return xml.finish(root, PACS_009)
+    assert one.gives_asset in CURRENCIES and one.takes_asset in CURRENCIES and one.gives_asset != one.takes_asset, one
+    _put_transfer(transfer, one, one.reference, *own, {"Dbtr": one.gives_account})
+    expected = (one.counterparty, one.party, one.takes_asset, one.takes_amount)
+    _put_transfer(transfer, one, one.reference, *expected, {"Cdtr": one.takes_account})
     return xml.finish(root, PACS_009)
+
+
+def _put_transfer(
+    transfer: etree._Element,
+    one: OneSided,
+    end_to_end: str,
+    debtor: str,
+    creditor: str,
+    currency: str | None,
+    minor: int,
+    accounts: dict[str, str | None],
+) -> None:
+    assert currency is not None
+    transaction = xml.put(transfer, "CdtTrfTxInf")
+    xml.put(transaction, "PmtId/EndToEndId", end_to_end)
+    xml.put(transaction, "IntrBkSttlmAmt", xml.amount_text(minor, currency), Ccy=currency)
+    xml.put(transaction, "IntrBkSttlmDt", one.settlement_date)
+    for role, party in (("Dbtr", debtor), ("Cdtr", creditor)):
+        put_agent(transaction, role, party)
+        if (account := accounts.get(role)) is not None:
+            xml.put(transaction, f"{role}Acct/Id/Othr/Id", account)
 
 
 def put_agent(parent: etree._Element, role: str, party: str) -> None:
