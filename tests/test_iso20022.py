@@ -426,7 +426,7 @@ def test_pacs009_with_three_transactions_is_refused():
     end = document.index(b"</CdtTrfTxInf>") + len(b"</CdtTrfTxInf>")
     document = document[:end] + document[start:end] + document[end:]
     reason = _refused(PACS_009, document, Code.INVALID_FIELD, f"document:{PACS}/GrpHdr/NbOfTxs")
-    assert reason == "a PvP holds 2 transactions, not 3"
+    assert reason == "NbOfTxs is 2, the document holds 3: a PvP side holds 1 or 2"
 
 
 def test_pacs009_naming_the_counterpartys_account_is_refused():
