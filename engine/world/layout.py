@@ -68,13 +68,14 @@ def lay_out(
     broker: str | None = None,
     secured: bool = False,
     places: dict[str, str] | None = None,
+    names: dict[str, tuple[str, str]] | None = None,
 ) -> World:
     """Write keys, registry and ledger configs under `directory` (created if needed).
     Each ledger is also a party (role LEDGER) with its own key. The configs name
     `broker`, LOCAL_BROKER if None. `secured` (needs `broker`) also writes a broker
     password per user, the configs' broker_password_file settings and the broker's
     files: see `secure`. `places` names, in the coordinators' configs, the ledger that
-    settles each asset for the matching desk."""
+    settles each asset for the matching desk; `names` gives parties a BIC and an LEI."""
     directory = Path(directory)
     if secured and broker is None:
         raise ValueError("a secured world needs broker, the URL its configs name")
@@ -86,7 +87,11 @@ def lay_out(
     keys = {party: PrivateKey.generate() for party in everyone}
     for party, key in keys.items():
         key.save(directory / "keys" / f"{party}.pem")
-    registry = Registry(Party(party, frozenset(roles), keys[party].public) for party, roles in everyone.items())
+    names = names or {}
+    registry = Registry(
+        Party(party, frozenset(roles), keys[party].public, *names.get(party, (None, None)))
+        for party, roles in everyone.items()
+    )
     registry.save(directory / "registry.toml")
     configs = {}
     for spec in ledgers:

@@ -59,6 +59,10 @@ LEDGERS = [
 ]
 
 
+NAMES = {
+    "bank-a": ("BANKDEFFXXX", "529900T8BM49AURSDO55"),
+    "bank-b": ("BANKGB2LXXX", "5493001KJTIIGC8Y1R12"),
+}  # BIC, LEI
 PLACES = {BOND: "csd", "EUR": "cbdc-eur", "USD": "cbdc-multi", "CHF": "cbdc-multi"}  # where matched trades settle
 
 
@@ -67,7 +71,7 @@ def standard_world(directory: str | Path, broker: str | None = None, coordinator
     unified ledger, three central banks, an issuer, two banks and a coordinator (or
     `coordinators` of them, sharing the settlement ids: `coordinator`, `coordinator-1`, ...)."""
     parties = {**PARTIES, **{c: (Role.COORDINATOR,) for c in coordinator_ids(COORDINATOR, coordinators)}}
-    return lay_out(directory, LEDGERS, parties, broker=broker, places=PLACES)
+    return lay_out(directory, LEDGERS, parties, broker=broker, places=PLACES, names=NAMES)
 
 
 @attrs.define
