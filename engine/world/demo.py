@@ -25,8 +25,8 @@ from protocols.bus.faults import Faults, FaultyBus, except_fences
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
 from protocols.errors import Rejected
-from protocols.iso20022 import sese023
-from protocols.iso20022.model import SESE_023, OneSided
+from protocols.iso20022 import camt053, pacs009, sese023
+from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.messages import (
     QueryBalances,
     QueryInfo,
@@ -40,6 +40,7 @@ from protocols.money import format_amount
 from protocols.settlement import Phase, Timing, lock_id, utc_date
 from protocols.signing import decode_signed, sign
 
+from ..client.statement import read_entries, statement_of
 from ..coordinator import Coordinator
 from ..coordinator.journal import Record
 from ..desks.matching import MatchingDesk
@@ -146,9 +147,15 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
         SettlementLeg("unified", "a", "b", "USD", 540_000_00),
     )
     await settle(f"same-ledger PvP: {_legs(same_pvp)}", "pvp", same_pvp, ("bank-b", "bank-a"))
+    iso = local.world.directory / "iso20022"
     matched = "ISO 20022: a sese.023 from each bank, matched, settled, sese.025 to both"
     out(f"  {matched} ...")
-    outcomes.append(Outcome(matched, await _matched(local, coordinator, local.world.directory / "iso20022")))
+    outcomes.append(Outcome(matched, await _matched(local, coordinator, iso, _sese023_pair(coordinator))))
+    paired = "ISO 20022: a pacs.009 leg from each bank, paired, settled, pacs.002 to both; camt.053 of a-eur"
+    out(f"  {paired} ...")
+    head = len(await read_entries(local.client("cbdc-eur")))
+    outcomes.append(Outcome(paired, await _matched(local, coordinator, iso, _pacs009_legs(coordinator))))
+    await _statement(local, coordinator, iso, head)
     broke = dvp_legs("csd", "a-sec", "b-sec", 1_000, "cbdc-eur", "EUR", "b-eur", "a-eur", 10**14)
     await settle(
         f"DvP without the cash ({_legs(broke)}): refused by cbdc-eur, bond lock cancelled",
@@ -261,11 +268,11 @@ async def _kill_unheard(local: Local, scope, raw: bytes, legs):
     return coordinator, scope
 
 
-async def _matched(local: Local, coordinator: Coordinator, folder: Path) -> Record:
-    """Each bank's back office sends its own side; the desk matches them and settles the
-    pair; every advice it writes is saved under `folder`."""
+def _sese023_pair(coordinator: Coordinator) -> tuple[OneSided, OneSided]:
+    """A DvP as each bank's back office states its side."""
     today = utc_date(coordinator.clock.now_ms())
-    sides = (
+    security, cash = (BOND, 1_000), ("EUR", 985_000_00)
+    return (
         OneSided(
             SESE_023,
             "SELL-2026-001",
@@ -275,11 +282,9 @@ async def _matched(local: Local, coordinator: Coordinator, folder: Path) -> Reco
             "bank-b",
             today,
             today,
-            BOND,
-            1_000,
+            *security,
             "a-sec",
-            "EUR",
-            985_000_00,
+            *cash,
             "a-eur",
         ),
         OneSided(
@@ -291,18 +296,62 @@ async def _matched(local: Local, coordinator: Coordinator, folder: Path) -> Reco
             "bank-a",
             today,
             today,
-            "EUR",
-            985_000_00,
+            *cash,
             "b-eur",
-            BOND,
-            1_000,
+            *security,
             "b-sec",
         ),
     )
+
+
+def _pacs009_legs(coordinator: Coordinator) -> tuple[OneSided, OneSided]:
+    """A PvP as real senders write it: each bank's own payment, one pacs.009 each, paired
+    by the trade's reference."""
+    today = utc_date(coordinator.clock.now_ms())
+    nothing = (None, 0, None)
+    return (
+        OneSided(
+            PACS_009,
+            "FX-A-001",
+            "pvp",
+            "leg",
+            "bank-a",
+            "bank-b",
+            None,
+            today,
+            "USD",
+            540_000_00,
+            "a-usd",
+            *nothing,
+            common_id="FX-2026-001",
+            pays_into="b-usd",
+        ),
+        OneSided(
+            PACS_009,
+            "FX-B-001",
+            "pvp",
+            "leg",
+            "bank-b",
+            "bank-a",
+            None,
+            today,
+            "EUR",
+            500_000_00,
+            "b-eur",
+            *nothing,
+            common_id="FX-2026-001",
+            pays_into="a-eur",
+        ),
+    )
+
+
+async def _matched(local: Local, coordinator: Coordinator, folder: Path, sides: tuple[OneSided, OneSided]) -> Record:
+    """Each bank's back office sends its own side; the desk matches them and settles the
+    pair; every advice it writes is saved under `folder`."""
     for one in sides:
-        msg = SettlementInstruction(
-            one.reference, coordinator.id, one.party, coordinator.clock.now_ms(), SESE_023, sese023.write(one).decode()
-        )
+        now_ms = coordinator.clock.now_ms()
+        document = sese023.write(one) if one.format == SESE_023 else pacs009.write(one, now_ms=now_ms)
+        msg = SettlementInstruction(one.reference, coordinator.id, one.party, now_ms, one.format, document.decode())
         await coordinator.bus.request(
             service_of_coordinator(coordinator.id),
             sign(msg, (one.party, local.world.keys[one.party])).encode(),
@@ -310,15 +359,29 @@ async def _matched(local: Local, coordinator: Coordinator, folder: Path) -> Reco
         )
     folder.mkdir(exist_ok=True)
     desk = sqlite3.connect(coordinator.journal.path)
-    while desk.execute("SELECT count(*) FROM advices WHERE status = 'settled'").fetchone()[0] != 2:
+    ids = tuple(one.reference for one in sides)
+    settled = "SELECT count(*) FROM advices WHERE status = 'settled' AND instruction_id IN (?, ?)"
+    while desk.execute(settled, ids).fetchone()[0] != 2:
         await trio.sleep(0.05)
-    advices = desk.execute("SELECT party, seq, status, document, settlement_id FROM advices ORDER BY seq").fetchall()
+    advices = desk.execute(
+        "SELECT party, seq, status, document, settlement_id FROM advices WHERE instruction_id IN (?, ?) ORDER BY seq",
+        ids,
+    ).fetchall()
     desk.close()
     for party, seq, status, document, _ in advices:
         (folder / f"{party}-{seq:06d}-{status}.xml").write_text(document)
     record = coordinator.journal.get(advices[-1][4])
     assert record is not None  # it settled, so it is journaled
     return record
+
+
+async def _statement(local: Local, coordinator: Coordinator, folder: Path, head: int) -> None:
+    """bank-a's EUR account statement since `head`, as camt.053."""
+    entries = await read_entries(local.client("cbdc-eur"))
+    statement = statement_of(
+        entries, "cbdc-eur", "a-eur", "EUR", from_seq=head, to_seq=None, now_ms=coordinator.clock.now_ms()
+    )
+    (folder / "a-eur-statement.xml").write_bytes(camt053.write(statement))
 
 
 def _id(raw: bytes) -> str:
@@ -390,7 +453,7 @@ def main(broker: str | None, keep: bool = False) -> int:
             handler.close()
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
-    expected = [Phase.SETTLED] * 5 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED]
+    expected = [Phase.SETTLED] * 6 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED]
     actual = [o.record.phase for o in outcomes]
     if actual != expected:
         print(
