@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from protocols.errors import Code
 from protocols.identifiers import bic11
-from protocols.iso20022 import pacs009, read, xml
-from protocols.iso20022.model import PACS_009, SESE_023, Denomination, OneSided
+from protocols.iso20022 import pacs009, read, sese024, xml
+from protocols.iso20022.model import PACS_009, SESE_023, Advice, Denomination, OneSided
 from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.matching import differences
 from tests.backoffice import SESE023_OPTIONAL, Who, pacs009_legs, sese023, sese023_documents, validate_official
@@ -321,3 +321,11 @@ def test_every_document_lockstep_writes_is_valid_under_the_official_schemas():
 def test_one_sided_fields_default_so_documents_without_them_read_the_same():
     one = read(SESE_023, _side(), names)
     assert isinstance(one, OneSided) and (one.common_id, one.depositories, one.linked) == (None, (None, None), ())
+
+
+def test_linked_instructions_are_reported_back_in_the_status_advice():
+    one = read(SESE_023, _side(linked=("REF-0", "REF-9"), optional=frozenset({"Lnkgs"})), names)
+    assert one.linked == ("REF-0", "REF-9")
+    advice = sese024.write(Advice("bank-a", one.reference, None, "unmatched", "CMIS", "", NOW_MS, one))
+    assert validate_official(advice) == []
+    assert b"<Lnkgs><SctiesSttlmTxId>REF-0</SctiesSttlmTxId></Lnkgs>" in advice  # the message holds one

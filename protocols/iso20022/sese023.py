@@ -2,7 +2,8 @@
 
 The instructing party is Pty1 on its own side (the deliverer's for DELI, the receiver's
 for RECE); it names its own safekeeping and cash accounts and nothing of the other's.
-The writer exists for back-office simulation, demos and tests; `read(write(x)) == x`."""
+The writer exists for back-office simulation, demos and tests: `read(write(x)) == x` for
+a side without a common reference, links or places of settlement, which it does not write."""
 
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def _quantity(instruction: etree._Element, findings: xml.Findings) -> int | Deci
             return amount
         findings.refuse(face, "must be positive", "DQUA")
         return None
-    stated = etree.QName(next(iter(quantity.iterdescendants("{*}*")))).localname
+    given = quantity.find("{*}Qty")
+    stated = etree.QName(next(iter(given if given is not None else quantity))).localname
     findings.refuse(quantity, f"Lockstep settles a quantity in units or as a face amount, not {stated}", "DQUA")
     return None
 

@@ -31,6 +31,8 @@ def write(advice: Advice) -> bytes:
     xml.put(status, "TxId/AcctOwnrTxId", xml.text35(advice.reference))
     if advice.settlement_id is not None:
         xml.put(status, "TxId/AcctSvcrTxId", xml.text35(advice.settlement_id))
+    if advice.instruction is not None and advice.instruction.linked:  # reported back: the message holds one
+        xml.put(status, "Lnkgs/SctiesSttlmTxId", xml.text35(advice.instruction.linked[0]))
     if advice.status in ACCEPTED:
         xml.put(status, "PrcgSts/AckdAccptd/NoSpcfdRsn", "NORE")
     if advice.status in MATCHED:

@@ -123,7 +123,7 @@ def parse(document: str | bytes, message: str) -> etree._Element:
     if header is not None:
         problems += _invalid(header, _schema(HEADER)) or _header_problems(header, message)
     if problems:
-        raise Refused(Code.INVALID_FIELD, problems)
+        raise Refused(Code.INVALID_FIELD, problems[:problems_max])
     return body
 
 
