@@ -46,10 +46,7 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
 def _leg(transfer: etree._Element, pays: etree._Element, names: Names | None, findings: xml.Findings) -> OneSided:
     """The party's own payment: it is the debtor, paying from its DbtrAcct into the
     counterparty's CdtrAcct; the counterparty's own leg pairs with it by EndToEndId."""
-    party = _agent(pays, "Dbtr", names, findings)
-    counterparty = _agent(pays, "Cdtr", names, findings)
-    if party and party == counterparty:
-        findings.refuse(xml.find(pays, "Cdtr"), "the party pays itself", "DEPT")
+    party, counterparty = _payer_and_payee(pays, names, findings)
     settlement_date = _date(pays, findings)
     gives = xml.minor_units(xml.find(pays, "IntrBkSttlmAmt"), findings)
     gives_account = _account(pays, "DbtrAcct", "the party's own account", findings)
@@ -86,10 +83,7 @@ def _pair(
 ) -> OneSided:
     """Lockstep's own layout: the party's payment, then the payment it expects, both
     with the MsgId as EndToEndId; each side names only its own accounts."""
-    party = _agent(pays, "Dbtr", names, findings)
-    counterparty = _agent(pays, "Cdtr", names, findings)
-    if party and party == counterparty:
-        findings.refuse(xml.find(pays, "Cdtr"), "the party pays itself", "DEPT")
+    party, counterparty = _payer_and_payee(pays, names, findings)
     _expect(
         expects,
         "Dbtr",
@@ -152,6 +146,17 @@ def _pair(
         takes_amount=takes[1],
         takes_account=takes_account,
     )
+
+
+def _payer_and_payee(
+    pays: etree._Element, names: Names | None, findings: xml.Findings
+) -> tuple[str | None, str | None]:
+    """The party's own payment names it as debtor and the counterparty as creditor."""
+    party = _agent(pays, "Dbtr", names, findings)
+    counterparty = _agent(pays, "Cdtr", names, findings)
+    if party and party == counterparty:
+        findings.refuse(xml.find(pays, "Cdtr"), "the party pays itself", "DEPT")
+    return party, counterparty
 
 
 def _agent(transaction: etree._Element, role: str, names: Names | None, findings: xml.Findings) -> str | None:
