@@ -178,6 +178,7 @@ async def test_documents_as_back_offices_write_them_settle_over_real_processes(t
         assert ["SELL-42", "40", "APMT"] in confirmations and ["COLL-1", "5", "FREE"] in confirmations
         (payment,) = [path for path in settled.values() if texts(path, "TxSts") == ["ACSC"]]
         assert texts(payment, "OrgnlMsgId") == ["A-FX-77"] and texts(payment, "OrgnlEndToEndId") == ["FX-77"]
+        assert texts(payment, "OrgnlUETR") == ["eb6305c9-1f7f-49de-aed0-16487c27b42d"]
 
         wrong = documents[("bank-a", "sell")].replace(b"<SctiesMvmntTp>DELI<", b"<SctiesMvmntTp>DELX<")
         wrong = wrong.replace(BOND.encode(), (BOND[:11] + str((int(BOND[11]) + 1) % 10)).encode())

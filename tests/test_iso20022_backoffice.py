@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from protocols.errors import Code
 from protocols.identifiers import bic11
-from protocols.iso20022 import pacs009, read, sese024, xml
-from protocols.iso20022.model import PACS_009, SESE_023, Advice, Denomination, OneSided
+from protocols.iso20022 import pacs002, pacs009, read, sese024, xml
+from protocols.iso20022.model import PACS_009, SESE_023, Advice, Confirmation, Denomination, OneSided
 from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.matching import differences
 from tests.backoffice import SESE023_OPTIONAL, Who, pacs009_legs, sese023, sese023_documents, validate_official
@@ -167,6 +167,12 @@ def test_a_pvp_leg_as_a_cbpr_plus_sender_writes_it_is_read(drawn):
     )
     assert (one.gives_asset, one.gives_amount, one.gives_account, one.pays_into) == ("USD", 54_000, "a-usd", "b-usd")
     assert (one.takes_asset, one.takes_amount, one.takes_account) == (None, 0, None)
+    assert one.uetr == arguments["uetr"]
+    report = pacs002.write(
+        Confirmation("bank-a", one.reference, "m-1", one, NOW_MS), sender="coordinator", now_ms=NOW_MS
+    )
+    assert validate_official(report) == []
+    assert f"<OrgnlUETR>{one.uetr}</OrgnlUETR>".encode() in report  # CBPR+: the status names the payment's UETR
 
 
 def test_every_optional_block_at_once_in_an_envelope_is_read():

@@ -62,6 +62,7 @@ class OneSided:
     payment: str = "APMT"  # sese.023 Pmt: APMT against payment, FREE free of payment
     pays_into: str | None = None  # a PvP leg's (pacs.009 with one transfer): the counterparty's
     # account it pays into, as the payer names it
+    uetr: str | None = None  # a PvP leg's UETR (SWIFT's end-to-end tracking id), echoed in its pacs.002
     face_amount: Decimal | None = None  # the quantity as the document gives a debt instrument's:
     # a face amount (FaceAmt), in the instrument's currency; its units are 0 until
     # sese023.in_units turns it into units by the instrument's denomination

@@ -40,6 +40,8 @@ def write(outcome: Advice | Confirmation, *, sender: str, now_ms: int) -> bytes:
     instruction = outcome.instruction
     end_to_end = instruction.common_id if instruction is not None and instruction.side == "leg" else None
     xml.put(transaction, "OrgnlEndToEndId", xml.text35(end_to_end or outcome.reference))
+    if instruction is not None and instruction.uetr is not None:
+        xml.put(transaction, "OrgnlUETR", instruction.uetr)
     xml.put(transaction, "TxSts", status)
     if isinstance(outcome, Advice):
         given = [(p.code, f"{p.field}: {p.reason}") for p in outcome.problems] or [

@@ -70,6 +70,7 @@ def _leg(transfer: etree._Element, pays: etree._Element, names: Names | None, fi
         takes_account=None,
         common_id=xml.text(pays, "PmtId/EndToEndId"),
         pays_into=pays_into,
+        uetr=pays.findtext("{*}PmtId/{*}UETR"),
     )
 
 
@@ -248,6 +249,8 @@ def _put_transfer(
     assert currency is not None
     transaction = xml.put(transfer, "CdtTrfTxInf")
     xml.put(transaction, "PmtId/EndToEndId", end_to_end)
+    if one.uetr is not None:
+        xml.put(transaction, "PmtId/UETR", one.uetr)
     xml.put(transaction, "IntrBkSttlmAmt", xml.amount_text(minor, currency), Ccy=currency)
     xml.put(transaction, "IntrBkSttlmDt", one.settlement_date)
     for role, party in (("Dbtr", debtor), ("Cdtr", creditor)):
