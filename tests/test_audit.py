@@ -344,7 +344,8 @@ async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_a
             await local.start_ledger(ledger)
         await local.fund_standard(ledgers=ledgers)
         local.bus = claims_lost
-        coordinator, scope = await local.start_coordinator(TIMING, watchtower=False)
+        timing = attrs.evolve(TIMING, backstop_ms=120_000)  # not the default 4 h of claims retried
+        coordinator, scope = await local.start_coordinator(timing, watchtower=False)
         local.bus = bus
         raw = local.settlement("dvp", CROSS_DVP, PARTIES)
         settlement_id = decode_signed(raw).msg.id
@@ -363,7 +364,7 @@ async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_a
         assert halfway.incomplete == (
             f"settlement {settlement_id}: leg 0 claimed on cbdc-eur, leg 1 held on csd, still claimable",
         )
-        with trio.fail_after(TIMING.backstop_ms / 1000 + 60):
+        with trio.fail_after(timing.backstop_ms / 1000 + 60):
             while not records:
                 await trio.sleep(1)
         assert records[0].phase is Phase.ONE_LEGGED  # what the coordinator itself concluded

@@ -24,6 +24,7 @@ from protocols.settlement import Decision, Phase, Timing, lock_id
 from protocols.signing import decode_signed
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)  # Δ = 2.5 s, backstop 4 h
+SHORT_BACKSTOP = attrs.evolve(TIMING, backstop_ms=120_000)  # where a test waits out a backstop: fewer retries
 HOUR_S = 3_600
 CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
 CROSS_PVP = (
@@ -282,7 +283,7 @@ async def test_leg_1_cut_off_past_its_backstop_is_reported_one_legged(tmp_path, 
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
         faulty, switch = silence(bus, "csd", seed=2)
-        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False, bus=faulty)
+        coordinator, _ = await w.local.start_coordinator(SHORT_BACKSTOP, watchtower=False, bus=faulty)
         cut_off_from(coordinator, switch, nursery, lambda record: record.backstop_ms[1] + 1_000)
         record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
         assert (record.phase, record.decision) == (Phase.ONE_LEGGED, Decision.COMMIT), record
@@ -299,7 +300,7 @@ async def test_leg_0_cut_off_past_its_backstop_leaves_leg_1_unclaimed_and_both_r
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
         faulty, switch = silence(bus, "cbdc-eur", seed=3)
-        coordinator, _ = await w.local.start_coordinator(TIMING, watchtower=False, bus=faulty)
+        coordinator, _ = await w.local.start_coordinator(SHORT_BACKSTOP, watchtower=False, bus=faulty)
         cut_off_from(coordinator, switch, nursery, lambda record: record.backstop_ms[0] + 1)
         before = await w.balances(CROSS_DVP)
         record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
