@@ -335,7 +335,7 @@ async def test_a_claim_whose_other_leg_was_refunded_is_one_legged_over_the_bus_a
         bus,
         Faults(drop_request=1.0),
         seed=1,
-        applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload,
+        applies=lambda service, payload: service == "ledger/csd" and b'"claim"' in payload,
     )
     ledgers = ("cbdc-eur", "csd")
     async with trio.open_nursery() as nursery:

@@ -131,12 +131,12 @@ async def test_a_participant_cannot_publish_under_another_id_nor_a_ledgers_event
     seen: list[bytes] = []
     async with connected(world, "ledger-csd") as ledger, connected(world, "bank-a") as bank_a:
         async with trio.open_nursery() as nursery:
-            await nursery.start(stand_in, ledger, "ledger.csd", seen)
+            await nursery.start(stand_in, ledger, "ledger/csd", seen)
             async with ledger.subscribe(entries_topic("csd")) as entries:
                 # raw publishes: the bus itself always sends under its own id
-                bank_a._publish(request_topic("ledger.csd", "bank-b", "1"), b"forged request")
+                bank_a._publish(request_topic("ledger/csd", "bank-b", "1"), b"forged request")
                 await bank_a.publish(entries_topic("csd"), b"forged entry")
-                assert await bank_a.request("ledger.csd", b"genuine", timeout_s=5) == b"echo:genuine"
+                assert await bank_a.request("ledger/csd", b"genuine", timeout_s=5) == b"echo:genuine"
                 assert seen == [b"genuine"]
                 with trio.move_on_after(0.2):
                     pytest.fail(f"a participant published a ledger's event: {await entries.receive()!r}")
@@ -151,14 +151,14 @@ async def test_a_participant_reads_only_its_own_replies_and_the_events(world, br
         connected(world, "bank-b") as bank_b,
         trio.open_nursery() as nursery,
     ):
-        await nursery.start(stand_in, ledger, "ledger.csd", seen)
+        await nursery.start(stand_in, ledger, "ledger/csd", seen)
         async with (
             bank_a.subscribe_raw(reply_topic("bank-b")) as theirs,
-            bank_a.subscribe_raw(request_topic("ledger.csd")) as requests,
+            bank_a.subscribe_raw(request_topic("ledger/csd")) as requests,
             bank_a.subscribe_raw(f"{TOPIC_ROOT}/#") as everything,
             bank_a.subscribe(entries_topic("csd")) as entries,
         ):
-            assert await bank_b.request("ledger.csd", b"for b", timeout_s=5) == b"echo:for b"
+            assert await bank_b.request("ledger/csd", b"for b", timeout_s=5) == b"echo:for b"
             await ledger.publish(entries_topic("csd"), b"an entry")
             with trio.fail_after(5):
                 assert await entries.receive() == b"an entry"
@@ -218,11 +218,11 @@ async def test_tls_with_the_ca_carries_requests_and_replies(world, tls):
 
     async with MqttBus.connect(url("ledger-csd")) as ledger, MqttBus.connect(url("bank-a")) as bank_a:
         async with trio.open_nursery() as nursery:
-            await nursery.start(stand_in, ledger, "ledger.csd", seen)
+            await nursery.start(stand_in, ledger, "ledger/csd", seen)
             payloads = [bytes([n]) * 30_000 for n in range(100)]  # many TLS records, read in bursts
 
             async def ask(payload: bytes) -> None:
-                assert await bank_a.request("ledger.csd", payload, timeout_s=10) == b"echo:" + payload
+                assert await bank_a.request("ledger/csd", payload, timeout_s=10) == b"echo:" + payload
 
             async with trio.open_nursery() as requests:
                 for payload in payloads:

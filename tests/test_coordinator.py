@@ -197,7 +197,7 @@ def silence(bus: MemoryBus, ledger: str, seed: int) -> tuple[FaultyBus, dict[str
         bus,
         Faults(drop_request=1.0),
         seed=seed,
-        applies=lambda service, payload: switch["on"] and service == f"ledger.{ledger}",
+        applies=lambda service, payload: switch["on"] and service == f"ledger/{ledger}",
     )
     return faulty, switch
 
@@ -412,7 +412,7 @@ async def test_watchtower_completes_a_settlement_whose_coordinator_died_after_th
         bus,
         Faults(drop_request=1.0),
         seed=2,
-        applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload,
+        applies=lambda service, payload: service == "ledger/csd" and b'"claim"' in payload,
     )
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
@@ -508,7 +508,7 @@ async def test_lost_duplicate_and_reordered_messages_are_harmless(tmp_path, auto
         bus,
         Faults(drop_request=0.1, drop_reply=0.1, duplicate=0.2, delay=0.3, delay_s_max=0.05),
         seed=7,
-        applies=lambda service, payload: service.startswith("ledger."),
+        applies=lambda service, payload: service.startswith("ledger/"),
     )
     async with trio.open_nursery() as nursery:
         w = await start(nursery, tmp_path, bus)
@@ -556,7 +556,7 @@ async def test_leg_0_claimed_with_its_reply_lost_is_never_rolled_back(tmp_path, 
         Faults(drop_reply=1.0),
         seed=3,
         applies=lambda service, payload: (
-            silenced["on"] and service == "ledger.cbdc-eur" and except_fences(service, payload)
+            silenced["on"] and service == "ledger/cbdc-eur" and except_fences(service, payload)
         ),
     )
     async with trio.open_nursery() as nursery:

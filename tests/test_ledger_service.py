@@ -16,7 +16,7 @@ from engine.world.layout import World, lay_out
 from protocols import canonical
 from protocols.bus import BusTimeout, service_of_ledger
 from protocols.bus.client import LedgerClient
-from protocols.bus.mqtt import MqttBus, request_topic
+from protocols.bus.mqtt import TOPIC_ROOT, MqttBus, request_topic
 from protocols.journal import Link, verify_chain
 from protocols.messages import Issue, OpenAccount, QueryBalances, QueryJournal, Receipt, Transfer
 from protocols.signing import sign, signing_bytes
@@ -185,7 +185,7 @@ async def test_hostile_messages_get_an_error_and_the_ledger_keeps_serving(world_
             garbage = await stream.client.submit_raw(b"\x00\xff garbage")
             assert (garbage.status, garbage.code) == ("rejected", "malformed")
             # a request on a topic with no reply address cannot be answered, but is survived
-            bus._client.publish(f"lockstep/v1/svc/{service_of_ledger('cbdc-eur')}", b"{}", qos=1)
+            bus._client.publish(f"{TOPIC_ROOT}/svc/{service_of_ledger('cbdc-eur')}", b"{}", qos=1)
             bus._client.publish(request_topic(service_of_ledger("cbdc-eur"), "x", "y") + "/extra", b"{}", qos=1)
             await stream.fund()
             assert (

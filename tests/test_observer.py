@@ -187,7 +187,7 @@ async def test_a_settlement_made_one_legged_is_alerted_once_within_a_second_of_t
         bus,
         Faults(drop_request=1.0),
         seed=1,
-        applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload,
+        applies=lambda service, payload: service == "ledger/csd" and b'"claim"' in payload,
     )
     caplog.set_level(logging.ERROR, logger="lockstep.observer")
     async with trio.open_nursery() as nursery:
@@ -242,7 +242,7 @@ async def test_a_claim_whose_other_ledger_went_down_is_alerted_on_the_observers_
         bus,
         Faults(drop_request=1.0),
         seed=1,
-        applies=lambda service, payload: service == "ledger.csd" and b'"claim"' in payload,
+        applies=lambda service, payload: service == "ledger/csd" and b'"claim"' in payload,
     )
     async with trio.open_nursery() as nursery:
         local = await start_world(nursery, tmp_path, ledgers, bus)

@@ -14,7 +14,7 @@ and any ledger's, plus how far the observer lags behind a journal: up to a secon
 the last event is lost (protocols/bus/follow.py, IDLE_POLL_S), more if it falls behind.
 
 Each violation is alerted once: one ERROR line starting with `ALERT`, kept in `alerts`,
-and published (unsigned) on the bus topic `observer.alerts`. A journal that does not
+and published (unsigned) on the bus topic `observer/alerts`. A journal that does not
 verify or cannot be replayed is alerted and no longer followed: nothing from the break
 on is trusted, as in the audit. Memory is bounded: a settlement judged for good (every
 leg ended, or never locked by its deadline) is forgotten and only counted."""
@@ -54,7 +54,7 @@ CHECK_INTERVAL_S = 0.5  # how often held locks and quiet ledgers are looked at
 RETRY_S = 1.0  # before asking a ledger again after an answer that is not its own
 STATUS_INTERVAL_S = 60.0  # how often the counts are logged
 ALERTS_KEPT_MAX = 10_000  # in `alerts`; every alert is logged and counted in `alerted` regardless
-ALERTS_TOPIC = "observer.alerts"
+ALERTS_TOPIC = "observer/alerts"
 
 
 class Observer:
@@ -257,7 +257,7 @@ class Observer:
 
 
 def alert_event(violation: Violation, time_ms: int) -> dict:
-    """An alert as published on `observer.alerts`."""
+    """An alert as published on `observer/alerts`."""
     return {
         "kind": violation.kind.value,
         "settlement": violation.settlement,

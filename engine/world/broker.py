@@ -111,7 +111,7 @@ ACL_EVERYONE = f"""\
 # Lockstep broker ACL (engine/world/broker.py). A client's id is its username, the {{client_id}}
 # level of its topics. Every user: publish its own requests, read its own replies, read
 # the events. (Mosquitto warns that the last pattern has no %u: it is meant for all.)
-pattern write {request_topic("+", "%u")}
+pattern write {request_topic("+/+", "%u")}
 pattern read {reply_topic("%u")}
 pattern read {event_topic("#")}
 """

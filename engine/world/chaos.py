@@ -229,7 +229,7 @@ async def run(
         bus,
         message_faults,
         seed,  # the coordinator's view of the bus
-        applies=lambda service, payload: service.startswith("ledger."),
+        applies=lambda service, payload: service.startswith("ledger/"),
     )
     timing = timing_with(backstop_ms)
     margin_s = timing.margin_ms / 1000

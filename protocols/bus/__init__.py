@@ -55,23 +55,27 @@ class Bus(Protocol):
         """While entered, receive the topic's events (bytes) from the yielded channel."""
 
 
+# A service is named by its kind and id, two topic levels (`ledger/csd`), and events
+# likewise with their stream: `/`, not `.`, which some brokers' MQTT (NATS) refuse in topics.
+
+
 def service_of_ledger(ledger_id: str) -> str:
-    return f"ledger.{ledger_id}"
+    return f"ledger/{ledger_id}"
 
 
 def service_of_coordinator(coordinator_id: str) -> str:
-    return f"coordinator.{coordinator_id}"
+    return f"coordinator/{coordinator_id}"
 
 
 def entries_topic(ledger_id: str) -> str:
     """Where a ledger publishes each journal entry as it commits: its change stream."""
-    return f"ledger.{ledger_id}.entries"
+    return f"ledger/{ledger_id}/entries"
 
 
 def decisions_topic(coordinator_id: str) -> str:
     """Where a coordinator publishes each settlement's decision once it is durable: what
     watchtowers forward to the ledgers."""
-    return f"coordinator.{coordinator_id}.decisions"
+    return f"coordinator/{coordinator_id}/decisions"
 
 
 ReplyFn = Callable[[bytes], Awaitable[None]]

@@ -8,9 +8,9 @@ messages to trio channels without locks.
 
 Topics (docs/PROTOCOL.md); routing lives in the topic, so any MQTT 3.1.1 client can
 take part and no per-message properties need encoding:
-    lockstep/v1/svc/{service}/{client_id}/{correlation}   a request to a service
-    lockstep/v1/reply/{client_id}/{correlation}           its reply, to that client alone
-    lockstep/v1/event/{topic}                             events, such as journal entries
+    lockstep/v2/svc/{kind}/{id}/{client_id}/{correlation}   a request to a service
+    lockstep/v2/reply/{client_id}/{correlation}             its reply, to that client alone
+    lockstep/v2/event/{kind}/{id}/{stream}                  events, such as journal entries
 
 All messages go at QoS 1. After the connection drops (a broker restart, say) the bus
 reconnects with backoff and subscribes again; requests in flight then time out and
@@ -43,7 +43,7 @@ from .waiting import Waiting
 
 log = logging.getLogger("lockstep.bus")
 
-TOPIC_ROOT = "lockstep/v1"
+TOPIC_ROOT = "lockstep/v2"  # v2: services as two levels, kind/id, where v1 joined them with "."
 QUEUE_LENGTH_MAX = 100_000  # messages a slow server may have waiting before we drop
 CLIENT_WAITING_MAX = 10_000  # of which from any one client (waiting.py says why)
 IN_FLIGHT_MAX = 65_535  # QoS 1 messages unacknowledged at once
@@ -292,19 +292,19 @@ class MqttBus:
                     waiting.send_nowait(message.payload)
             return
         if topic.startswith(_SVC_PREFIX):
-            parts = topic[len(_SVC_PREFIX) :].split("/")
+            parts = topic[len(_SVC_PREFIX) :].rsplit("/", 2)  # the service, whatever its levels, then two
             route = self._routes.get(parts[0]) if len(parts) == 3 else None
             if route is None:
                 return
-            client = parts[1]
-            if not route.offer(Request(message.payload, self._replier(reply_topic(client, parts[2])), client)):
+            service, client, correlation = parts
+            if not route.offer(Request(message.payload, self._replier(reply_topic(client, correlation)), client)):
                 dropped = route.dropped[client]
                 if dropped & (dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood must not flood the log
                     log.warning(
                         "dropped a request from %s to %s (%d so far): %d of its own waiting (share %d), "
                         "or all %d places taken",
                         client,
-                        parts[0],
+                        service,
                         dropped,
                         route.waiting(client),
                         CLIENT_WAITING_MAX,

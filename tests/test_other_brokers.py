@@ -1,0 +1,95 @@
+"""The bus on a broker other than Mosquitto: NATS's MQTT support. A ledger process passes
+the conformance suite over it, and a matched DvP settles across ledger and coordinator
+processes over it, end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from engine.audit.conformance import run_checks
+from engine.world.layout import lay_out
+from engine.world.local import BOND, LEDGERS, PARTIES, Local, standard_world
+from protocols.bus.clock import ServiceClock
+from protocols.bus.mqtt import MqttBus
+from protocols.settlement import utc_date
+from tests.backoffice import Who, sese023
+from tests.brokers import NatsServer
+from tests.processes import ServiceProcess
+
+pytestmark = pytest.mark.slow  # a broker and services as processes
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory):
+    with NatsServer(tmp_path_factory.mktemp("nats")) as running:
+        yield running
+
+
+async def test_a_ledger_passes_the_conformance_suite_over_nats(tmp_path, nats):
+    world = lay_out(tmp_path, LEDGERS, PARTIES, broker=nats.url)
+    process = ServiceProcess(world, "ledger", "csd", nats.url).start()
+    try:
+        async with MqttBus.connect(nats.url) as bus:
+            await process.ready(bus)
+            lines: list[str] = []
+            passed, failed = await run_checks(bus, "csd", world.registry, world.keys, out=lines.append)
+        assert (passed, failed) == (14, 0), "\n".join(lines)
+    finally:
+        assert process.stop() == 0, process.log_path.read_text()[-3000:]
+
+
+async def test_a_matched_dvp_settles_across_processes_over_nats(tmp_path, nats):
+    world = standard_world(tmp_path / "world", broker=nats.url)
+    processes = [ServiceProcess(world, "ledger", ledger, nats.url).start() for ledger in ("csd", "cbdc-eur")]
+    processes.append(ServiceProcess(world, "coordinator", "coordinator", nats.url).start())
+    try:
+        async with MqttBus.connect(nats.url) as bus, trio.open_nursery() as nursery:
+            for process in processes:
+                await process.ready(bus)
+            await Local(world, bus, nursery).fund_standard(ledgers=("csd", "cbdc-eur"))
+            nursery.cancel_scope.cancel()
+        today = utc_date(ServiceClock().now_ms())
+        sides = {
+            "bank-a": dict(movement="DELI", safekeeping="a-sec", cash_account="a-eur"),
+            "bank-b": dict(movement="RECE", safekeeping="b-sec", cash_account="b-eur"),
+        }
+        for party, side in sides.items():
+            document = sese023(
+                reference=f"NATS-{party}",
+                payment="APMT",
+                trade_date=today,
+                settlement_date=today,
+                isin=BOND,
+                units=10,
+                amount=("EUR", "10000.00"),
+                deliverer=Who(proprietary="bank-a"),
+                receiver=Who(proprietary="bank-b"),
+                envelope="Envelope",
+                **side,
+            )
+            (tmp_path / f"{party}.xml").write_bytes(document)
+            done = subprocess.run(
+                [sys.executable, "-m", "engine.cli", "submit", str(tmp_path / f"{party}.xml")]
+                + ["--broker", nats.url, "--registry", str(world.registry_path), "--party", party]
+                + ["--key", str(world.key_path(party)), "--wait", "60" if party == "bank-b" else "0"],
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+        assert "SETTLED" in done.stdout, done.stdout
+        audited = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "audit", "--broker", nats.url, "--registry", str(world.registry_path)]
+            + ["--ledger", "csd", "--ledger", "cbdc-eur"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert audited.returncode == 0, audited.stdout + audited.stderr
+    finally:
+        for process in processes:
+            assert process.stop() == 0, process.log_path.read_text()[-3000:]
