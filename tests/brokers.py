@@ -4,7 +4,9 @@ broker")."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -54,3 +56,61 @@ class NatsServer:
         assert self.process is not None
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+class RabbitMQNode:
+    """A RabbitMQ node of its own (name, ports, database, cookie: beside the machine's own
+    node) with the MQTT plugin enabled and anonymous MQTT logins allowed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port, self.mqtt_port, self.dist_port = free_port(), free_port(), free_port()
+        (directory / "home").mkdir()
+        (directory / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        (directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}\n"
+            "mqtt.allow_anonymous = true\n"
+            "loopback_users = none\n"
+        )
+        self.env = {
+            **os.environ,
+            "HOME": str(directory / "home"),  # its own Erlang cookie
+            "RABBITMQ_NODENAME": f"lockstep-{self.port}@localhost",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq"),
+            "RABBITMQ_PID_FILE": str(directory / "pid"),
+        }
+        self.log = directory / "rabbitmq.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def __enter__(self) -> RabbitMQNode:
+        program = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's /usr/sbin one would run it as user rabbitmq
+        assert Path(program).exists(), "rabbitmq-server is not installed (.ci/run installs it)"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [program], stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.__exit__()
+        raise AssertionError(f"RabbitMQ did not listen for MQTT within 60 s: {self.log.read_text()[-2000:]}")
+
+    def __exit__(self, *_) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGTERM)  # the script, Erlang and its helpers
+        self.process.wait(timeout=30)

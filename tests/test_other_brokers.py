@@ -1,6 +1,6 @@
-"""The bus on a broker other than Mosquitto: NATS's MQTT support. A ledger process passes
-the conformance suite over it, and a matched DvP settles across ledger and coordinator
-processes over it, end to end."""
+"""The bus on brokers other than Mosquitto: NATS's MQTT support and RabbitMQ's MQTT plugin.
+On each, a ledger process passes the conformance suite, and a matched DvP settles across
+ledger and coordinator processes, end to end, audited clean."""
 
 from __future__ import annotations
 
@@ -17,23 +17,23 @@ from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import MqttBus
 from protocols.settlement import utc_date
 from tests.backoffice import Who, sese023
-from tests.brokers import NatsServer
+from tests.brokers import NatsServer, RabbitMQNode
 from tests.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow  # a broker and services as processes
 
 
-@pytest.fixture(scope="module")
-def nats(tmp_path_factory):
-    with NatsServer(tmp_path_factory.mktemp("nats")) as running:
+@pytest.fixture(scope="module", params=[NatsServer, RabbitMQNode], ids=["nats", "rabbitmq"])
+def broker_elsewhere(request, tmp_path_factory):
+    with request.param(tmp_path_factory.mktemp(request.param.__name__)) as running:
         yield running
 
 
-async def test_a_ledger_passes_the_conformance_suite_over_nats(tmp_path, nats):
-    world = lay_out(tmp_path, LEDGERS, PARTIES, broker=nats.url)
-    process = ServiceProcess(world, "ledger", "csd", nats.url).start()
+async def test_a_ledger_passes_the_conformance_suite(tmp_path, broker_elsewhere):
+    world = lay_out(tmp_path, LEDGERS, PARTIES, broker=broker_elsewhere.url)
+    process = ServiceProcess(world, "ledger", "csd", broker_elsewhere.url).start()
     try:
-        async with MqttBus.connect(nats.url) as bus:
+        async with MqttBus.connect(broker_elsewhere.url) as bus:
             await process.ready(bus)
             lines: list[str] = []
             passed, failed = await run_checks(bus, "csd", world.registry, world.keys, out=lines.append)
@@ -42,12 +42,14 @@ async def test_a_ledger_passes_the_conformance_suite_over_nats(tmp_path, nats):
         assert process.stop() == 0, process.log_path.read_text()[-3000:]
 
 
-async def test_a_matched_dvp_settles_across_processes_over_nats(tmp_path, nats):
-    world = standard_world(tmp_path / "world", broker=nats.url)
-    processes = [ServiceProcess(world, "ledger", ledger, nats.url).start() for ledger in ("csd", "cbdc-eur")]
-    processes.append(ServiceProcess(world, "coordinator", "coordinator", nats.url).start())
+async def test_a_matched_dvp_settles_across_processes(tmp_path, broker_elsewhere):
+    world = standard_world(tmp_path / "world", broker=broker_elsewhere.url)
+    processes = [
+        ServiceProcess(world, "ledger", ledger, broker_elsewhere.url).start() for ledger in ("csd", "cbdc-eur")
+    ]
+    processes.append(ServiceProcess(world, "coordinator", "coordinator", broker_elsewhere.url).start())
     try:
-        async with MqttBus.connect(nats.url) as bus, trio.open_nursery() as nursery:
+        async with MqttBus.connect(broker_elsewhere.url) as bus, trio.open_nursery() as nursery:
             for process in processes:
                 await process.ready(bus)
             await Local(world, bus, nursery).fund_standard(ledgers=("csd", "cbdc-eur"))
@@ -74,7 +76,7 @@ async def test_a_matched_dvp_settles_across_processes_over_nats(tmp_path, nats):
             (tmp_path / f"{party}.xml").write_bytes(document)
             done = subprocess.run(
                 [sys.executable, "-m", "engine.cli", "submit", str(tmp_path / f"{party}.xml")]
-                + ["--broker", nats.url, "--registry", str(world.registry_path), "--party", party]
+                + ["--broker", broker_elsewhere.url, "--registry", str(world.registry_path), "--party", party]
                 + ["--key", str(world.key_path(party)), "--wait", "60" if party == "bank-b" else "0"],
                 capture_output=True,
                 text=True,
@@ -83,7 +85,16 @@ async def test_a_matched_dvp_settles_across_processes_over_nats(tmp_path, nats):
             assert done.returncode == 0, done.stdout + done.stderr
         assert "SETTLED" in done.stdout, done.stdout
         audited = subprocess.run(
-            [sys.executable, "-m", "engine.cli", "audit", "--broker", nats.url, "--registry", str(world.registry_path)]
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "audit",
+                "--broker",
+                broker_elsewhere.url,
+                "--registry",
+                str(world.registry_path),
+            ]
             + ["--ledger", "csd", "--ledger", "cbdc-eur"],
             capture_output=True,
             text=True,
