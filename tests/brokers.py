@@ -37,10 +37,12 @@ class NatsServer:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.mqtt_port}"
 
-    def __enter__(self) -> NatsServer:
+    def start(self) -> NatsServer:
+        """Start it (again, after a kill: JetStream keeps its state on disk) and wait
+        until it listens for MQTT."""
         program = shutil.which("nats-server") or "/usr/sbin/nats-server"
         assert Path(program).exists(), "nats-server is not installed (.ci/run installs it: apt-get install nats-server)"
-        with self.log.open("wb") as log:
+        with self.log.open("ab") as log:
             self.process = subprocess.Popen([program, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -52,10 +54,18 @@ class NatsServer:
                 time.sleep(0.05)
         raise AssertionError(f"nats-server did not listen for MQTT within 15 s: {self.log.read_text()[-2000:]}")
 
+    def stop(self) -> None:
+        """Stop it, or reap it if it was killed."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+        if self.process is not None:
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
     def __exit__(self, *_) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        self.stop()
 
 
 class RabbitMQNode:

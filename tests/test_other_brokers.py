@@ -1,6 +1,7 @@
 """The bus on brokers other than Mosquitto: NATS's MQTT support and RabbitMQ's MQTT plugin.
 On each, a ledger process passes the conformance suite, and a matched DvP settles across
-ledger and coordinator processes, end to end, audited clean."""
+ledger and coordinator processes, end to end, audited clean; on NATS, a workload also ends
+clean under every process fault, the broker's SIGKILL included."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import trio
 
 from engine.audit.conformance import run_checks
+from engine.world.chaos_processes import FAULTS, run
 from engine.world.layout import lay_out
 from engine.world.local import BOND, LEDGERS, PARTIES, Local, standard_world
 from protocols.bus.clock import ServiceClock
@@ -19,6 +21,7 @@ from protocols.settlement import utc_date
 from tests.backoffice import Who, sese023
 from tests.brokers import NatsServer, RabbitMQNode
 from tests.processes import ServiceProcess
+from tests.test_chaos_processes import check_clean
 
 pytestmark = pytest.mark.slow  # a broker and services as processes
 
@@ -104,3 +107,10 @@ async def test_a_matched_dvp_settles_across_processes(tmp_path, broker_elsewhere
     finally:
         for process in processes:
             assert process.stop() == 0, process.log_path.read_text()[-3000:]
+
+
+async def test_a_workload_under_every_process_fault_ends_clean_on_nats(tmp_path):
+    """The chaos of tests/test_chaos_processes.py with NATS as the broker: ledgers and the
+    coordinator SIGKILLed, and the broker itself, each started again."""
+    result = await run(tmp_path, seconds=10, seed=13, faults=FAULTS, broker_in=NatsServer)
+    check_clean(result, FAULTS, strikes=1)

@@ -31,12 +31,14 @@ from __future__ import annotations
 import functools
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import trio
@@ -181,12 +183,25 @@ class Outages:
             self._change()
 
 
+class BrokerProcess(Protocol):
+    """A broker run as one process the chaos may kill: Mosquitto's `Broker`, or another."""
+
+    process: subprocess.Popen | None
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
 @attrs.define
 class Services:
     """The broker and every service process of one world, and this process's bus to them."""
 
     world: World
-    broker: Broker
+    broker: BrokerProcess
     ledgers: dict[str, ServiceProcess]
     coordinators: list[ServiceProcess]
     bus: MqttBus | None = None  # once connected
@@ -263,12 +278,14 @@ async def run(
     settlements: int | None = None,
     backstop_ms: int | None = None,
     coordinators: int = 1,
+    broker_in: Callable[[Path], BrokerProcess] = Broker,
 ) -> Result:
     """Run the workload for `seconds` (or until `settlements` have ended) under `faults`,
     then let every settlement end and audit every ledger over the bus. `backstop_ms`
-    replaces the locks' backstop (hours) with one an outage can outlast."""
+    replaces the locks' backstop (hours) with one an outage can outlast. `broker_in`
+    makes the broker, given its folder: Mosquitto, or another MQTT broker."""
     check(faults)
-    broker = Broker(directory)
+    broker = broker_in(directory)
     world = standard_world(directory, broker=broker.url, coordinators=coordinators)
     timing = timing_with(backstop_ms)  # PROCESS_TIMING is the chaos timing
     ids = coordinator_ids(COORDINATOR, coordinators)
