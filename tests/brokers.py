@@ -4,6 +4,7 @@ broker")."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -44,15 +45,8 @@ class NatsServer:
         assert Path(program).exists(), "nats-server is not installed (.ci/run installs it: apt-get install nats-server)"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen([program, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"nats-server did not listen for MQTT within 15 s: {self.log.read_text()[-2000:]}")
+        _listening(self.process, self.mqtt_port, self.log, 15)
+        return self
 
     def stop(self) -> None:
         """Stop it, or reap it if it was killed."""
@@ -111,18 +105,29 @@ class RabbitMQNode:
             self.process = subprocess.Popen(
                 [program], stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
             )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.2)
-        self.__exit__()
-        raise AssertionError(f"RabbitMQ did not listen for MQTT within 60 s: {self.log.read_text()[-2000:]}")
+        try:
+            _listening(self.process, self.mqtt_port, self.log, 60)
+        except AssertionError:
+            self.__exit__()
+            raise
+        return self
 
     def __exit__(self, *_) -> None:
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGTERM)  # the script, Erlang and its helpers
+        with contextlib.suppress(ProcessLookupError):  # all gone already
+            os.killpg(self.process.pid, signal.SIGTERM)  # the script, Erlang and its helpers
         self.process.wait(timeout=30)
+
+
+def _listening(process: subprocess.Popen, port: int, log: Path, timeout_s: float) -> None:
+    """Wait until the broker listens for MQTT on `port`; an AssertionError with the end of
+    its log if it exits or is too slow."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-2000:]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"no MQTT listener on port {port} within {timeout_s:g} s: {log.read_text()[-2000:]}")
