@@ -88,8 +88,8 @@ class RabbitMQNode:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
             "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq"),
             "RABBITMQ_PID_FILE": str(directory / "pid"),
-            # one scheduler, none spinning while idle: the other tests share these cores
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none",
+            # no scheduler spinning while idle: the other tests share these cores
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
         }
         self.log = directory / "rabbitmq.log"
         self.process: subprocess.Popen | None = None

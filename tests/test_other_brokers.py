@@ -13,8 +13,7 @@ import trio
 
 from engine.audit.conformance import run_checks
 from engine.world.chaos_processes import FAULTS, run
-from engine.world.layout import lay_out
-from engine.world.local import BOND, LEDGERS, PARTIES, Local, standard_world
+from engine.world.local import BOND, Local, standard_world
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import MqttBus
 from protocols.settlement import utc_date
@@ -26,35 +25,25 @@ from tests.test_chaos_processes import check_clean
 pytestmark = pytest.mark.slow  # a broker and services as processes
 
 
-@pytest.fixture(scope="module", params=[NatsServer, RabbitMQNode], ids=["nats", "rabbitmq"])
-def broker_elsewhere(request, tmp_path_factory):
-    with request.param(tmp_path_factory.mktemp(request.param.__name__)) as running:
-        yield running
+@pytest.mark.parametrize("broker_in", [NatsServer, RabbitMQNode], ids=["nats", "rabbitmq"])
+async def test_a_ledger_conforms_and_a_matched_dvp_settles_across_processes(tmp_path, broker_in):
+    """One broker started per kind: each is slow to start, RabbitMQ above all."""
+    (tmp_path / "broker").mkdir()
+    with broker_in(tmp_path / "broker") as broker:
+        await _conforms_and_settles(tmp_path, broker.url)
 
 
-async def test_a_ledger_passes_the_conformance_suite(tmp_path, broker_elsewhere):
-    world = lay_out(tmp_path, LEDGERS, PARTIES, broker=broker_elsewhere.url)
-    process = ServiceProcess(world, "ledger", "csd", broker_elsewhere.url).start()
+async def _conforms_and_settles(tmp_path, url: str) -> None:
+    world = standard_world(tmp_path / "world", broker=url)
+    processes = [ServiceProcess(world, "ledger", ledger, url).start() for ledger in ("csd", "cbdc-eur")]
+    processes.append(ServiceProcess(world, "coordinator", "coordinator", url).start())
     try:
-        async with MqttBus.connect(broker_elsewhere.url) as bus:
-            await process.ready(bus)
-            lines: list[str] = []
-            passed, failed = await run_checks(bus, "csd", world.registry, world.keys, out=lines.append)
-        assert (passed, failed) == (14, 0), "\n".join(lines)
-    finally:
-        assert process.stop() == 0, process.log_path.read_text()[-3000:]
-
-
-async def test_a_matched_dvp_settles_across_processes(tmp_path, broker_elsewhere):
-    world = standard_world(tmp_path / "world", broker=broker_elsewhere.url)
-    processes = [
-        ServiceProcess(world, "ledger", ledger, broker_elsewhere.url).start() for ledger in ("csd", "cbdc-eur")
-    ]
-    processes.append(ServiceProcess(world, "coordinator", "coordinator", broker_elsewhere.url).start())
-    try:
-        async with MqttBus.connect(broker_elsewhere.url) as bus, trio.open_nursery() as nursery:
+        async with MqttBus.connect(url) as bus, trio.open_nursery() as nursery:
             for process in processes:
                 await process.ready(bus)
+            lines: list[str] = []
+            passed, failed = await run_checks(bus, "csd", world.registry, world.keys, out=lines.append)
+            assert (passed, failed) == (14, 0), "\n".join(lines)
             await Local(world, bus, nursery).fund_standard(ledgers=("csd", "cbdc-eur"))
             nursery.cancel_scope.cancel()
         today = utc_date(ServiceClock().now_ms())
@@ -79,7 +68,7 @@ async def test_a_matched_dvp_settles_across_processes(tmp_path, broker_elsewhere
             (tmp_path / f"{party}.xml").write_bytes(document)
             done = subprocess.run(
                 [sys.executable, "-m", "engine.cli", "submit", str(tmp_path / f"{party}.xml")]
-                + ["--broker", broker_elsewhere.url, "--registry", str(world.registry_path), "--party", party]
+                + ["--broker", url, "--registry", str(world.registry_path), "--party", party]
                 + ["--key", str(world.key_path(party)), "--wait", "60" if party == "bank-b" else "0"],
                 capture_output=True,
                 text=True,
@@ -94,7 +83,7 @@ async def test_a_matched_dvp_settles_across_processes(tmp_path, broker_elsewhere
                 "engine.cli",
                 "audit",
                 "--broker",
-                broker_elsewhere.url,
+                url,
                 "--registry",
                 str(world.registry_path),
             ]

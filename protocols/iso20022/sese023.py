@@ -34,7 +34,7 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
     movement = xml.text(instruction, "SttlmTpAndAddtlParams/SctiesMvmntTp")
     payment = xml.text(instruction, "SttlmTpAndAddtlParams/Pmt")
     trade_date = _date(instruction, "TradDtls/TradDt", findings, "DTRD", "the trade date is a matching field")
-    settlement_date = _date(instruction, "TradDtls/SttlmDt", findings, "DDAT", "")
+    settlement_date = _date(instruction, "TradDtls/SttlmDt", findings, "DDAT", "the intended settlement date")
     if trade_date and settlement_date and settlement_date < trade_date:
         findings.refuse(
             xml.find(instruction, "TradDtls/SttlmDt"),
