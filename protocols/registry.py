@@ -53,13 +53,15 @@ class Registry:
     """Parties by id, and the check that a message carries the signatures it needs."""
 
     def __init__(self, parties: Iterable[Party]) -> None:
+        """ValueError where a BIC or an LEI would name two parties."""
         self._parties: dict[str, Party] = {}
         self._named: dict[str, str] = {}
         for party in parties:
             assert party.id not in self._parties, f"party {party.id} registered twice"
             self._parties[party.id] = party
             for name in party.names:
-                assert name not in self._named, f"{name} names both {self._named[name]} and {party.id}"
+                if name in self._named:
+                    raise ValueError(f"party {party.id!r}: {name} already names {self._named[name]!r}")
                 self._named[name] = party.id
 
     @classmethod
@@ -71,14 +73,10 @@ class Registry:
         parties = data.get("parties", {})
         if not isinstance(parties, dict):
             raise ExpectedFailure(subject, "parties: must be a table of [parties.ID]")
-        loaded = [_party(subject, path.parent, party_id, entry) for party_id, entry in parties.items()]
-        named: dict[str, str] = {}
-        for party in loaded:
-            for name in party.names:
-                if name in named:
-                    raise ExpectedFailure(subject, f"party {party.id!r}: {name} already names {named[name]!r}")
-                named[name] = party.id
-        return cls(loaded)
+        try:
+            return cls(_party(subject, path.parent, party_id, entry) for party_id, entry in parties.items())
+        except ValueError as error:
+            raise ExpectedFailure(subject, str(error)) from None
 
     def save(self, path: str | os.PathLike) -> None:
         lines = []

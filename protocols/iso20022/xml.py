@@ -232,10 +232,6 @@ def _refuse_forbidden(tree: etree._ElementTree) -> None:
                 raise Rejected(Code.MALFORMED, field(node), f"attribute {_readable(name)} is not allowed")
 
 
-def _kind(node: etree._Element) -> str:
-    return "comment" if isinstance(node, etree._Comment) else "processing instruction"
-
-
 def field(element: etree._Element) -> str:
     """`document:` and the element's path without namespaces, indexed where siblings share its name."""
     steps = []
