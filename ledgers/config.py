@@ -3,7 +3,7 @@
 ledger_id = "csd"
 role = "securities"              # or "cbdc" or "unified"
 operator = "csd-operator"        # the party that runs this ledger
-database = "csd.db"              # paths are relative to this file
+database = "csd.db"              # paths are relative to this file; or "postgresql://..." (docs/DEPLOY.md)
 key_file = "keys/csd.pem"        # the ledger's own signing key (party id = ledger_id)
 registry = "registry.toml"
 broker = "mqtt://127.0.0.1:1883"
@@ -24,6 +24,7 @@ import attrs
 
 from protocols.bus.address import broker_setting
 from protocols.bus.exposition import metrics_setting
+from protocols.databases import is_postgres
 from protocols.failures import ExpectedFailure, read_toml
 from protocols.identifiers import currency_problem
 from protocols.messages import IDENT_PATTERN
@@ -54,7 +55,7 @@ class LedgerConfig:
     ledger_id: str
     role: str
     operator: str
-    database: Path
+    database: Path | str  # a file (SQLite), or a postgresql:// URL
     key_file: Path
     registry: Path
     broker: str | None = None  # with the broker_*_file settings in its query
@@ -148,7 +149,7 @@ class LedgerConfig:
             ledger_id=ledger_id,
             role=role,
             operator=need("operator"),
-            database=base / need("database"),
+            database=_database(need("database"), base),
             key_file=base / need("key_file"),
             registry=base / need("registry"),
             broker=broker,
@@ -156,6 +157,11 @@ class LedgerConfig:
             currencies=tuple(currencies),
             limits=limits,
         )
+
+
+def _database(setting: str, base: Path) -> Path | str:
+    """A postgresql:// URL as it is; a path relative to the config file."""
+    return setting if is_postgres(setting) else base / setting
 
 
 def _positive_int(value: object) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 
 import trio
 
@@ -22,6 +21,7 @@ from protocols.registry import Registry
 from protocols.signing import PrivateKey
 
 from .config import LedgerConfig
+from .database import DatabaseUnavailable
 from .ledger import Ledger, StartRefused
 from .service import LedgerService
 from .store import Store
@@ -39,10 +39,8 @@ def open_ledger(config: LedgerConfig, now_ms: int) -> Ledger:
     key = PrivateKey.load(config.key_file)
     try:
         store = Store(config.database)
-    except sqlite3.Error as error:
-        raise DaemonError(
-            f"ledger {config.ledger_id}: database {config.database}", f"cannot open it: {error}"
-        ) from None
+    except DatabaseUnavailable as error:
+        raise DaemonError(f"ledger {config.ledger_id}: {error.subject}", error.reason) from None
     try:
         return Ledger(config, registry, key, store, now_ms)
     except StartRefused as error:
@@ -73,7 +71,7 @@ async def run(config_path: str, broker: str | None = None, metrics: str | None =
                         config.ledger_id,
                         config.role,
                         redacted(url),
-                        config.database,
+                        ledger.store.name,
                     )
                     if listeners is not None:
                         nursery.start_soon(serve_metrics, service.metrics.registry, listeners)

@@ -97,7 +97,7 @@ class Ledger:
             raise StartRefused(f"the key file does not match the key registered for {self.id}")
         stored_id = store.meta("ledger_id")
         if stored_id not in (None, self.id):
-            raise StartRefused(f"{store.path} belongs to ledger {stored_id!r}, not {self.id!r}")
+            raise StartRefused(f"{store.name} belongs to ledger {stored_id!r}, not {self.id!r}")
         checkpoint = store.checkpoint()
         self.seq, self.prev_hash = self._verify(checkpoint)
         self._checkpoint_seq = -1 if checkpoint is None else checkpoint.seq
@@ -135,7 +135,7 @@ class Ledger:
             + applied_problems(dict(tables.applied), replay.applied)
         )
         if problems:
-            raise StartRefused(f"{self.store.path}: state does not match the journal: {problems[0]}")
+            raise StartRefused(f"{self.store.name}: state does not match the journal: {problems[0]}")
         return seq, prev_hash
 
     def _verify_since(self, checkpoint: Checkpoint, tables: Tables, digest: StateDigest) -> tuple[int, str]:
@@ -143,7 +143,7 @@ class Ledger:
         against both. On a difference, the whole journal is read to name the row."""
         entries = self._entries(checkpoint.seq, None)
         first = next(entries, None)
-        where = f"{self.store.path}: the checkpoint at journal entry {checkpoint.seq}"
+        where = f"{self.store.name}: the checkpoint at journal entry {checkpoint.seq}"
         if first is None:
             raise StartRefused(f"{where} names an entry that is missing")
         if first[1] != checkpoint.entry_hash:
@@ -175,13 +175,13 @@ class Ledger:
             ):
                 yield signed.msg, entry_hash
         except ChainBroken as error:
-            raise StartRefused(f"{self.store.path}: {error}") from None
+            raise StartRefused(f"{self.store.name}: {error}") from None
 
     def _replay(self, replay: Replay, entry: Entry) -> None:
         try:
             replay.apply(entry)
         except ValueError as error:
-            raise StartRefused(f"{self.store.path}: journal entry {entry.seq}: {error}") from None
+            raise StartRefused(f"{self.store.name}: journal entry {entry.seq}: {error}") from None
 
     def _rotate(self, keys: dict[str, str]) -> None:
         """Verify from now on with these parties' new keys (RotateKey)."""

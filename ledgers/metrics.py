@@ -5,10 +5,6 @@ when scraped, so it cannot drift from the truth."""
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
-from pathlib import Path
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 
@@ -74,13 +70,12 @@ class _StoreCollector:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._uri = Path(ledger.store.path).resolve().as_uri() + "?mode=ro"
 
     def collect(self):
         yield GaugeMetricFamily(
             "lockstep_ledger_journal_height", "Journal entries written: the next entry's seq.", value=self.ledger.seq
         )
-        with closing(sqlite3.connect(self._uri, uri=True)) as db:
+        with self.ledger.store.reader() as db:
             held = db.execute("SELECT COUNT(*) FROM locks WHERE state = 'held'").fetchone()[0]
         yield GaugeMetricFamily(
             "lockstep_ledger_locks_outstanding",

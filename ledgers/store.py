@@ -1,9 +1,9 @@
-"""A ledger's durable state: one SQLite database in WAL mode, synchronous=FULL so that a
-commit is on disk before anyone is told about it.
+"""A ledger's durable state, in SQLite or PostgreSQL (`database.py`): a commit is durable
+before anyone is told about it.
 
-The schema is made and migrated with sqlite-utils; the hot path uses prepared `sqlite3`
-statements. Writes happen only inside `transaction()`, which the service opens once per
-batch (group commit).
+The schema is `schema.py`'s; the queries here are written once, in the dialect both
+backends take. Writes happen only inside `transaction()`, which the service opens once
+per batch (group commit).
 
 Every write of a balance, account, asset or lock row, or of an applied instruction's
 idempotency row, also updates the state digest (`protocols.journal.StateDigest`), which
@@ -13,13 +13,11 @@ digests them once."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import attrs
-import sqlite_utils
 
 from protocols.canonical import encode
 from protocols.htlc import HeldLock, LockState
@@ -34,7 +32,8 @@ from protocols.journal import (
     lock_row,
 )
 
-SCHEMA_VERSION = 4  # 2: rotated keys; 3: checkpoints, and the entry that applied each instruction; 4: decision locks
+from .database import connect
+from .schema import REFUND_AT, migrate
 
 
 @attrs.frozen
@@ -57,13 +56,16 @@ class Asset:
 
 
 class Store:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+    def __init__(self, database: str | Path) -> None:
+        """`database`: a file's path (SQLite) or a postgresql:// URL. Raises
+        DatabaseUnavailable when it cannot be opened or trusted."""
+        self._db = connect(database)
+        self.name = self._db.name
+        try:
+            migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
         self._in_transaction = False
         self.digest: StateDigest | None = None  # set by `follow` when the ledger has checked the tables at start
 
@@ -71,108 +73,29 @@ class Store:
         assert not self._in_transaction, "closing the store inside a transaction"
         self._db.close()
 
-    def _migrate(self) -> None:
-        db = sqlite_utils.Database(self._db)
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        assert version <= SCHEMA_VERSION, f"{self.path}: schema {version} is newer than this code ({SCHEMA_VERSION})"
-        if version == SCHEMA_VERSION:
-            return
-        with self._db:  # commits, or on an error rolls back, the transaction begun here: all steps or none
-            self._db.execute("BEGIN IMMEDIATE")
-            if version < 1:
-                self._create_v1(db)
-            if version < 2:
-                db.table("keys").create({"party": str, "public_key": str}, pk="party")
-            if version < 3:
-                self._add_v3(db)
-            if version < 4:
-                self._add_v4(db)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    @staticmethod
-    def _create_v1(db: sqlite_utils.Database) -> None:
-        db.table("meta").create({"key": str, "value": str}, pk="key")
-        db.table("accounts").create({"account": str, "owner": str}, pk="account")
-        db.table("assets").create(
-            {
-                "code": str,
-                "kind": str,
-                "issuer": str,
-                "minor_units": int,
-                "reference": str,
-                "issued": int,
-                "redeemed": int,
-            },
-            pk="code",
-        )
-        db.table("balances").create(
-            {"account": str, "asset": str, "available": int, "locked": int},
-            pk=("account", "asset"),
-            foreign_keys=[("account", "accounts"), ("asset", "assets")],
-        )
-        db.table("locks").create(
-            {
-                "lock_id": str,
-                "owner_account": str,
-                "beneficiary_account": str,
-                "asset": str,
-                "amount": int,
-                "hashlock": bytes,
-                "expiry_ms": int,
-                "abort_by": str,
-                "state": str,
-            },
-            pk="lock_id",
-        )
-        db.execute("CREATE INDEX locks_held_by_expiry ON locks(expiry_ms) WHERE state = 'held'")
-        db.table("instructions").create({"id": str, "digest": bytes, "body": str, "receipt": bytes}, pk="id")
-        db.table("journal").create({"seq": int, "hash": str, "entry": bytes}, pk="seq")
+    def reader(self) -> AbstractContextManager:
+        """A read-only connection of its own (for a metrics scrape), in the same dialect."""
+        return self._db.reader()
 
     def follow(self, digest: StateDigest) -> None:
         """Keep `digest`, the state tables' digest as checked at start, through every write."""
         assert self.digest is None, "the digest is followed from the start check only"
         self.digest = digest
 
-    @staticmethod
-    def _add_v3(db: sqlite_utils.Database) -> None:
-        """The checkpoints table (at most one row: the latest), and in `instructions` the
-        seq of the entry that applied each (NULL: refused), read from the journal as it
-        stands: the start that follows checks the whole journal and these seqs with it."""
-        db.table("checkpoints").create(
-            {"seq": int, "entry_hash": str, "state_digest": str, "keys": str, "signature": bytes}, pk="seq"
-        )
-        db.execute("ALTER TABLE instructions ADD COLUMN seq INTEGER")
-        db.execute(
-            "UPDATE instructions SET seq = applied.seq FROM "
-            "(SELECT seq, json_extract(CAST(entry AS TEXT), '$.instruction.id') AS id FROM journal "
-            " WHERE json_valid(CAST(entry AS TEXT))) AS applied WHERE applied.id = instructions.id"
-        )
-
-    @staticmethod
-    def _add_v4(db: sqlite_utils.Database) -> None:
-        """A decision lock's cancel hashlock and backstop (NULL for a time-lock), and the
-        held locks indexed by when the ledger refunds them: the backstop, else the expiry."""
-        db.execute("ALTER TABLE locks ADD COLUMN cancel_hashlock BLOB")
-        db.execute("ALTER TABLE locks ADD COLUMN backstop_ms INTEGER")
-        db.execute(f"CREATE INDEX locks_held_by_refund ON locks({_REFUND_AT}) WHERE state = 'held'")
-
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One batch: everything inside commits together, or nothing does."""
         assert not self._in_transaction
         digest_before = None if self.digest is None else self.digest.value
-        self._db.execute("BEGIN IMMEDIATE")
         self._in_transaction = True
         try:
-            yield
+            with self._db.transaction():
+                yield
         except BaseException:
-            self._db.execute("ROLLBACK")
             if self.digest is not None:
                 assert digest_before is not None  # taken above, when there is a digest
                 self.digest.value = digest_before
             raise
-        else:
-            self._db.execute("COMMIT")
         finally:
             self._in_transaction = False
 
@@ -245,7 +168,9 @@ class Store:
     def held_totals(self) -> dict[str, int]:
         """Available plus locked over every account, by asset: what conservation compares
         with issued minus redeemed."""
-        rows = self._db.execute("SELECT asset, SUM(available) + SUM(locked) FROM balances GROUP BY asset")
+        rows = self._db.execute(
+            "SELECT asset, CAST(SUM(available) + SUM(locked) AS BIGINT) FROM balances GROUP BY asset"
+        )
         return {asset: total for asset, total in rows}
 
     def lock(self, lock_id: str) -> HeldLock | None:
@@ -255,8 +180,8 @@ class Store:
     def locks_due(self, now_ms: int, limit: int) -> list[HeldLock]:
         """Held locks at or past their refund time, soonest first."""
         rows = self._db.execute(
-            f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND {_REFUND_AT} <= ? "
-            f"ORDER BY {_REFUND_AT}, lock_id LIMIT ?",
+            f"SELECT {_LOCK_COLUMNS} FROM locks WHERE state = 'held' AND {REFUND_AT} <= ? "
+            f"ORDER BY {REFUND_AT}, lock_id LIMIT ?",
             (now_ms, limit),
         )
         return [_lock(row) for row in rows]
@@ -276,7 +201,9 @@ class Store:
 
     def next_refund_ms(self) -> int | None:
         """When the ledger next refunds a lock by itself, if it holds any."""
-        return self._db.execute(f"SELECT MIN({_REFUND_AT}) FROM locks WHERE state = 'held'").fetchone()[0]
+        row = self._db.execute(f"SELECT MIN({REFUND_AT}) FROM locks WHERE state = 'held'").fetchone()
+        assert row is not None  # an aggregate answers one row
+        return row[0]
 
     def instruction(self, instruction_id: str) -> tuple[bytes, str, bytes] | None:
         """(digest, canonical body, signed receipt) of an instruction already answered."""
@@ -303,7 +230,12 @@ class Store:
         """(seq, hash) of the last journal entry."""
         return self._db.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
 
-    def journal(self, from_seq: int = 0, limit: int = -1) -> list[tuple[int, str, bytes]]:
+    def journal(self, from_seq: int = 0, limit: int | None = None) -> list[tuple[int, str, bytes]]:
+        """Entries from `from_seq` on, `limit` of them at most (None: all)."""
+        if limit is None:
+            return self._db.execute(
+                "SELECT seq, hash, entry FROM journal WHERE seq >= ? ORDER BY seq", (from_seq,)
+            ).fetchall()
         return self._db.execute(
             "SELECT seq, hash, entry FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit)
         ).fetchall()
@@ -329,7 +261,10 @@ class Store:
         self.digest.replace(old, new)
 
     def set_meta(self, key: str, value: str) -> None:
-        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     def set_fence(self, coordinator: str, epoch: int) -> None:
         self.set_meta(f"fence:{coordinator}", str(epoch))
@@ -339,13 +274,19 @@ class Store:
         self._digest_row(None, account_row(account, owner))
 
     def put_key(self, party: str, public_key: str) -> None:
-        self._write("INSERT OR REPLACE INTO keys (party, public_key) VALUES (?, ?)", (party, public_key))
+        self._write(
+            "INSERT INTO keys (party, public_key) VALUES (?, ?) "
+            "ON CONFLICT (party) DO UPDATE SET public_key = excluded.public_key",
+            (party, public_key),
+        )
 
     def put_asset(self, asset: Asset) -> None:
         old = self.asset(asset.code)
         self._write(
-            "INSERT OR REPLACE INTO assets (code, kind, issuer, minor_units, reference, issued, redeemed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO assets (code, kind, issuer, minor_units, reference, issued, redeemed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (code) DO UPDATE SET kind = excluded.kind, "
+            "issuer = excluded.issuer, minor_units = excluded.minor_units, reference = excluded.reference, "
+            "issued = excluded.issued, redeemed = excluded.redeemed",
             (
                 asset.code,
                 asset.kind,
@@ -362,7 +303,8 @@ class Store:
         assert available >= 0 and locked >= 0, f"negative balance {account}/{asset}: {available}, {locked}"
         old = self.balance(account, asset)
         self._write(
-            "INSERT OR REPLACE INTO balances (account, asset, available, locked) VALUES (?, ?, ?, ?)",
+            "INSERT INTO balances (account, asset, available, locked) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (account, asset) DO UPDATE SET available = excluded.available, locked = excluded.locked",
             (account, asset, available, locked),
         )
         self._digest_row(balance_row(account, asset, *old), balance_row(account, asset, available, locked))
@@ -370,7 +312,7 @@ class Store:
     def put_lock(self, lock: HeldLock) -> None:
         old = self.lock(lock.lock_id)
         self._write(
-            f"INSERT OR REPLACE INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _PUT_LOCK,
             (
                 lock.lock_id,
                 lock.owner_account,
@@ -418,7 +360,10 @@ _LOCK_COLUMNS = (
     "lock_id, owner_account, beneficiary_account, asset, amount, hashlock, expiry_ms, abort_by, state, "
     "cancel_hashlock, backstop_ms"
 )
-_REFUND_AT = "COALESCE(backstop_ms, expiry_ms)"  # as HeldLock.refund_at_ms: the same expression as the index's
+_PUT_LOCK = (
+    f"INSERT INTO locks ({_LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (lock_id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _LOCK_COLUMNS.split(", ")[1:])
+)
 
 
 def _lock(row: tuple) -> HeldLock:

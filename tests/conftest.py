@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from engine.world.broker import Broker
-from tests.harness import harness, world  # noqa: F401  (fixtures)
+from tests.harness import harness, postgres, world  # noqa: F401  (fixtures)
 
 _UNTIMED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "print_blob": True}
 settings.register_profile("dev", **_UNTIMED)

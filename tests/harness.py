@@ -4,6 +4,8 @@ driven by plain function calls with a time we choose."""
 from __future__ import annotations
 
 import itertools
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from protocols.identifiers import make_isin
 from protocols.messages import Body, Receipt, Result
 from protocols.registry import Role
 from protocols.signing import from_wire, sign, unsigned
+from tests.databases import BACKENDS, postgres_database, postgres_schema
 
 BOND = make_isin("XS000000001")
 T0 = 1_800_000_000_000  # a fixed ledger time, ms since the epoch
@@ -39,9 +42,30 @@ LEDGERS = [
 ]
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """This test process's database on the PostgreSQL server, made when a test first asks."""
+    with postgres_database() as url:
+        yield url
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    return lay_out(tmp_path, LEDGERS, PARTIES)
+def world(tmp_path: Path, request) -> World:
+    """Each ledger's database an SQLite file; or, where a test module parametrizes this
+    fixture with "postgresql" (`pytestmark = BOTH_BACKENDS`), a PostgreSQL schema of its own."""
+    return lay_out(tmp_path, LEDGERS, PARTIES, databases=databases_for(request))
+
+
+def databases_for(request) -> dict[str, str] | None:
+    """For a fixture parametrized with "postgresql": a new schema per ledger."""
+    if getattr(request, "param", "sqlite") != "postgresql":
+        return None
+    url = request.getfixturevalue("postgres")
+    test = secrets.token_hex(4)
+    return {spec.ledger_id: postgres_schema(url, f"t{test}_{spec.ledger_id.replace('-', '_')}") for spec in LEDGERS}
+
+
+BOTH_BACKENDS = pytest.mark.parametrize("world", BACKENDS, indirect=True)
 
 
 class Harness:

@@ -34,6 +34,7 @@ from protocols.messages import Entry, QueryLock, SettlementLeg
 from protocols.registry import Registry
 from protocols.settlement import Phase, Timing, lock_id
 from protocols.signing import PrivateKey, decode_signed, from_wire
+from tests.databases import run_sql
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 LEDGERS = ("csd", "cbdc-eur", "cbdc-multi", "unified")
@@ -113,9 +114,9 @@ def audit_files(directory: Path, registry_dir: Path, grace_ms: int = 60_000) -> 
     return audit([read_database(directory / f"{ledger}.db", registry) for ledger in LEDGERS], grace_ms)
 
 
-def journal(db_path: Path) -> list[dict]:
-    with closing(sqlite3.connect(db_path)) as db:
-        return [canonical.decode(raw) for (raw,) in db.execute("SELECT entry FROM journal ORDER BY seq")]
+def journal(database: Path | str) -> list[dict]:
+    _, rows = run_sql(database, "SELECT entry FROM journal ORDER BY seq")
+    return [canonical.decode(raw) for (raw,) in rows]
 
 
 def seq_of(entries: list[dict], kind: str, **fields) -> int:
@@ -130,17 +131,18 @@ def seq_of(entries: list[dict], kind: str, **fields) -> int:
     return found[0]
 
 
-def store(db_path: Path, seq: int, stored_hash: str | None, value: dict) -> None:
-    with closing(sqlite3.connect(db_path)) as db, db:
-        if stored_hash is None:
-            db.execute("UPDATE journal SET entry = ? WHERE seq = ?", (canonical.encode(value), seq))
-        else:
-            db.execute(
-                "UPDATE journal SET hash = ?, entry = ? WHERE seq = ?", (stored_hash, canonical.encode(value), seq)
-            )
+def store(database: Path | str, seq: int, stored_hash: str | None, value: dict) -> None:
+    if stored_hash is None:
+        run_sql(database, "UPDATE journal SET entry = ? WHERE seq = ?", (canonical.encode(value), seq))
+    else:
+        run_sql(
+            database,
+            "UPDATE journal SET hash = ?, entry = ? WHERE seq = ?",
+            (stored_hash, canonical.encode(value), seq),
+        )
 
 
-def rewrite(db_path: Path, seq: int, change: Callable[[dict], None], key: PrivateKey) -> None:
+def rewrite(db_path: Path | str, seq: int, change: Callable[[dict], None], key: PrivateKey) -> None:
     """Change entry `seq` and sign it and every later entry again with `key`, each linked
     to the one before: history rewritten by whoever holds `key`."""
     entries = journal(db_path)

@@ -25,7 +25,9 @@ from protocols.envelope import open_batch, seal
 from protocols.journal import Link, verify_chain
 from protocols.messages import Issue, OpenAccount, Receipt, Transfer
 from protocols.signing import PrivateKey, Signed, from_wire, unsigned
-from tests.harness import Harness
+from tests.harness import BOTH_BACKENDS, Harness
+
+pytestmark = BOTH_BACKENDS
 
 LEDGER = "cbdc-eur"
 

@@ -20,13 +20,14 @@ from protocols.bus.mqtt import TOPIC_ROOT, MqttBus, request_topic
 from protocols.journal import Link, verify_chain
 from protocols.messages import Issue, OpenAccount, QueryBalances, QueryJournal, Receipt, Transfer
 from protocols.signing import sign, signing_bytes
-from tests.harness import LEDGERS, PARTIES
+from tests.databases import BACKENDS
+from tests.harness import LEDGERS, PARTIES, databases_for
 from tests.processes import ServiceProcess
 
 
 @pytest.fixture
-def world_on_disk(tmp_path) -> World:
-    return lay_out(tmp_path, LEDGERS, PARTIES)
+def world_on_disk(tmp_path, request) -> World:
+    return lay_out(tmp_path, LEDGERS, PARTIES, databases=databases_for(request))
 
 
 @pytest.mark.slow
@@ -121,6 +122,7 @@ class Stream:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("world_on_disk", BACKENDS, indirect=True)
 async def test_ledger_killed_mid_stream_loses_nothing_and_doubles_nothing(world_on_disk, broker):
     process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", broker.url).start()
     try:

@@ -5,7 +5,6 @@ naming what is wrong."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -16,7 +15,10 @@ from protocols.htlc import hashlock_of
 from protocols.journal import Link, Replay, verify_chain
 from protocols.messages import Abort, Claim, Issue, Lock, OpenAccount, Transfer
 from protocols.signing import PrivateKey
-from tests.harness import Harness
+from tests.databases import run_sql
+from tests.harness import BOTH_BACKENDS, Harness
+
+pytestmark = BOTH_BACKENDS
 
 SECRET = b"\x07" * 32
 
@@ -89,15 +91,12 @@ def refusal(h: Harness) -> str:
 
 def edit(h: Harness, sql: str, params: tuple = ()) -> None:
     """Change the closed ledger's database directly, as an intruder or a bad disk would."""
-    db = sqlite3.connect(h.config.database)
-    with db:
-        changed = db.execute(sql, params).rowcount
-    db.close()
+    changed, _ = run_sql(h.config.database, sql, params)
     assert changed == 1, f"{sql} changed {changed} rows"
 
 
 def entry_of(h: Harness, seq: int) -> dict:
-    ((raw,),) = sqlite3.connect(h.config.database).execute("SELECT entry FROM journal WHERE seq = ?", (seq,))
+    _, ((raw,),) = run_sql(h.config.database, "SELECT entry FROM journal WHERE seq = ?", (seq,))
     return decode(raw)
 
 

@@ -24,15 +24,18 @@ from contextlib import closing
 from pathlib import Path
 
 import attrs
+import psycopg
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from protocols import canonical
 from protocols.authority import terms_of
 from protocols.bus import Bus, BusTimeout
+from protocols.bus.address import redacted
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import PAGE_SIZE
 from protocols.bus.mqtt import MqttBus
+from protocols.databases import is_postgres
 from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason
 from protocols.htlc import HeldLock, LockState
@@ -419,31 +422,61 @@ def ledger_key(registry: Registry, ledger_id: str) -> ec.EllipticCurvePublicKey:
     return party.public_key
 
 
-def read_database(path: str | Path, registry: Registry) -> LedgerJournal:
-    """A ledger's journal straight from its SQLite file, opened read-only."""
+def read_database(database: str | Path, registry: Registry) -> LedgerJournal:
+    """A ledger's journal straight from its database, read-only: an SQLite file, or a
+    postgresql:// URL (read in one snapshot)."""
+    if is_postgres(str(database)):
+        name = redacted(str(database))
+        try:
+            with closing(psycopg.connect(str(database))) as db:
+                db.read_only = True
+                db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                return _read(db, name, registry, _Schema(keys=True, decision_locks=True))
+        except psycopg.Error as error:
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise AuditError(f"database {name}", f"cannot read it as a ledger's: {reason}") from None
     try:
-        Path(path).open("rb").close()  # sqlite says only "unable to open database file"
+        Path(database).open("rb").close()  # sqlite says only "unable to open database file"
     except OSError as error:
-        raise AuditError(f"database {path}", file_reason(error)) from None
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
+        raise AuditError(f"database {database}", file_reason(error)) from None
+    uri = Path(database).resolve().as_uri() + "?mode=ro"
     try:
         with closing(sqlite3.connect(uri, uri=True)) as db:
-            ledger_id = _ledger_id(db, path)
-            key = ledger_key(registry, ledger_id)
-            rows = db.execute("SELECT seq, hash, entry FROM journal ORDER BY seq")
-            journal = LedgerJournal(ledger_id, registry=registry)
-            journal.read(verify_chain((Link(seq, stored, _blob(raw)) for seq, stored, raw in rows), ledger_id, key))
-            if journal.intact:  # the tables against the journal, as the ledger checks them at start
-                journal.problems += [
-                    Violation(Kind.STATE, f"{problem} (its state tables, read from {path})", (ledger_id,))
-                    for problem in differences(journal.replay, _tables(db))
-                ]
-            return journal
+            return _read(db, str(database), registry, _Schema.of(db))
     except sqlite3.Error as error:
-        raise AuditError(f"database {path}", f"not a ledger's database: {error}") from None
+        raise AuditError(f"database {database}", f"not a ledger's database: {error}") from None
 
 
-def _tables(db: sqlite3.Connection) -> Tables:
+@attrs.frozen
+class _Schema:
+    """Which later tables and columns a database has: a file from before a migration
+    lacks them (PostgreSQL came in with both)."""
+
+    keys: bool
+    decision_locks: bool
+
+    @classmethod
+    def of(cls, db: sqlite3.Connection) -> _Schema:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        locks = {row[1] for row in db.execute("PRAGMA table_info(locks)")}
+        return cls("keys" in tables, "backstop_ms" in locks)
+
+
+def _read(db, name: str, registry: Registry, schema: _Schema) -> LedgerJournal:
+    ledger_id = _ledger_id(db, name)
+    key = ledger_key(registry, ledger_id)
+    rows = db.execute("SELECT seq, hash, entry FROM journal ORDER BY seq")
+    journal = LedgerJournal(ledger_id, registry=registry)
+    journal.read(verify_chain((Link(seq, stored, _blob(raw)) for seq, stored, raw in rows), ledger_id, key))
+    if journal.intact:  # the tables against the journal, as the ledger checks them at start
+        journal.problems += [
+            Violation(Kind.STATE, f"{problem} (its state tables, read from {name})", (ledger_id,))
+            for problem in differences(journal.replay, _tables(db, schema))
+        ]
+    return journal
+
+
+def _tables(db, schema: _Schema) -> Tables:
     """A ledger's state tables, read with plain SQL (the auditor runs none of the ledger's code)."""
     assets = {
         code: ((kind, issuer, minor_units, json.loads(reference)), [issued, redeemed])
@@ -451,7 +484,7 @@ def _tables(db: sqlite3.Connection) -> Tables:
             "SELECT code, kind, issuer, minor_units, reference, issued, redeemed FROM assets"
         )
     }
-    decision_columns = "cancel_hashlock, backstop_ms" if _has_column(db, "locks", "backstop_ms") else "NULL, NULL"
+    decision_columns = "cancel_hashlock, backstop_ms" if schema.decision_locks else "NULL, NULL"
     locks = {
         row[0]: _lock_row(row)
         for row in db.execute(
@@ -459,7 +492,6 @@ def _tables(db: sqlite3.Connection) -> Tables:
             f"expiry_ms, abort_by, state, {decision_columns} FROM locks"
         )
     }
-    has_keys = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'").fetchone()
     return Tables(
         {
             (account, asset): (available, locked)
@@ -470,7 +502,7 @@ def _tables(db: sqlite3.Connection) -> Tables:
         dict(db.execute("SELECT account, owner FROM accounts")),
         assets,
         locks,
-        dict(db.execute("SELECT party, public_key FROM keys")) if has_keys else {},
+        dict(db.execute("SELECT party, public_key FROM keys")) if schema.keys else {},
         {row[0] for row in db.execute("SELECT id FROM instructions")},
     )
 
@@ -492,13 +524,8 @@ def _lock_row(row: tuple) -> HeldLock:
     )
 
 
-def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
-    """A database written before a migration lacks the columns it added."""
-    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
-
-
-def _ledger_id(db: sqlite3.Connection, path: str | Path) -> str:
-    """From the `meta` table, or else from the first journal entry."""
+def _ledger_id(db, name: str) -> str:
+    """From the `meta` table, or else (a file from before it) from the first journal entry."""
     try:
         row = db.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()
     except sqlite3.OperationalError:
@@ -511,7 +538,7 @@ def _ledger_id(db: sqlite3.Connection, path: str | Path) -> str:
             entry = None
         row = (entry.get("ledger"),) if isinstance(entry, dict) else None
     if row is None or not isinstance(row[0], str):
-        raise AuditError(f"database {path}", "no ledger id in its meta table or its journal")
+        raise AuditError(f"database {name}", "no ledger id in its meta table or its journal")
     return row[0]
 
 

@@ -69,13 +69,15 @@ def lay_out(
     secured: bool = False,
     places: dict[str, str] | None = None,
     names: dict[str, tuple[str, str]] | None = None,
+    databases: dict[str, str] | None = None,
 ) -> World:
     """Write keys, registry and ledger configs under `directory` (created if needed).
     Each ledger is also a party (role LEDGER) with its own key. The configs name
     `broker`, LOCAL_BROKER if None. `secured` (needs `broker`) also writes a broker
     password per user, the configs' broker_password_file settings and the broker's
     files: see `secure`. `places` names, in the coordinators' configs, the ledger that
-    settles each asset for the matching desk; `names` gives parties a BIC and an LEI."""
+    settles each asset for the matching desk; `names` gives parties a BIC and an LEI;
+    `databases` a ledger its database setting (a postgresql:// URL), `{ledger_id}.db` otherwise."""
     directory = Path(directory)
     if secured and broker is None:
         raise ValueError("a secured world needs broker, the URL its configs name")
@@ -99,7 +101,7 @@ def lay_out(
             f'ledger_id = "{spec.ledger_id}"',
             f'role = "{spec.role}"',
             f'operator = "{spec.operator}"',
-            f'database = "{spec.ledger_id}.db"',
+            f'database = "{(databases or {}).get(spec.ledger_id, f"{spec.ledger_id}.db")}"',
             f'key_file = "keys/{spec.ledger_id}.pem"',
             'registry = "registry.toml"',
             f'broker = "{broker}"',

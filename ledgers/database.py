@@ -1,0 +1,205 @@
+"""Where a ledger keeps its book: an SQLite file (the default: embedded, nothing else to
+run) or a PostgreSQL database (`database = "postgresql://..."`), for an operator who runs
+its book of record on a replicated server.
+
+A PostgreSQL ledger keeps its tables in the first schema of the URL's search_path
+(`public` unless `?options=-csearch_path%3Dcsd`), so one database may hold several
+ledgers, one schema each.
+
+Both are spoken to in one dialect, which `Store` writes once: `?` placeholders (turned
+into psycopg's `%s` here), upserts as `INSERT ... ON CONFLICT ... DO UPDATE`, and sums
+cast to BIGINT. Each backend holds its database for one ledger process at a time, makes
+every commit durable before it returns, and opens read-only connections for whoever
+only looks (the metrics scrape)."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import psycopg
+
+from protocols.bus.address import redacted
+from protocols.databases import is_postgres
+from protocols.failures import ExpectedFailure
+
+# the settings without which a commit PostgreSQL acknowledges may still be lost
+POSTGRES_DURABLE = {"fsync": ("on",), "synchronous_commit": ("on", "remote_write", "remote_apply", "local")}
+POSTGRES_HOLD_KEY = 0x6C6B7370  # "lksp": with the schema's hash, the advisory lock one ledger process holds
+# how long a start waits for that lock: a ledger killed a moment ago holds it until the
+# server notices that its connection is gone
+POSTGRES_HOLD_WAIT_MS = 5_000
+
+
+class DatabaseUnavailable(ExpectedFailure):
+    """The database cannot be opened, or cannot be trusted with a ledger's book."""
+
+
+def connect(database: str | Path) -> SQLite | Postgres:
+    """SQLite for a path, PostgreSQL for a postgresql:// URL."""
+    return Postgres(str(database)) if is_postgres(database) else SQLite(Path(database))
+
+
+class SQLite:
+    """One file in WAL mode, synchronous=FULL: a commit is on disk when it returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as error:
+            raise DatabaseUnavailable(f"database {path}", f"cannot open it: {error}") from None
+        self.raw = self._db  # for the SQLite migrations, written with sqlite-utils
+        self.execute = self._db.execute
+        self.executemany = self._db.executemany
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def set_schema_version(self, version: int) -> None:
+        self._db.execute(f"PRAGMA user_version = {int(version)}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection of its own, which never meets the writer's transaction."""
+        with closing(sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            yield db
+
+
+class Postgres:
+    """A PostgreSQL database over psycopg 3. Held by one ledger process at a time (a
+    session advisory lock, released by the server when the connection goes, however it
+    goes), refused unless its commits are durable (fsync, synchronous_commit). A
+    transaction runs in pipeline mode: writes go out without waiting for their answers,
+    and only a read waits for the server, so a batch costs a round trip per read."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.name = redacted(url)
+        self._db = _connect(url, self.name)
+        try:
+            _check_durable(self._db, self.name)
+            _hold(self._db, self.name)
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        exists = _value(self._db, "SELECT to_regclass('lockstep_schema') IS NOT NULL")
+        if not exists:
+            return 0
+        row = self._db.execute("SELECT version FROM lockstep_schema").fetchone()
+        return 0 if row is None else row[0]
+
+    def set_schema_version(self, version: int) -> None:
+        self.execute("CREATE TABLE IF NOT EXISTS lockstep_schema (version INTEGER NOT NULL)")
+        self.execute("DELETE FROM lockstep_schema")
+        self.execute("INSERT INTO lockstep_schema (version) VALUES (?)", (version,))
+
+    def execute(self, sql: str, params: tuple | list = ()) -> psycopg.Cursor:
+        return self._db.execute(_dialect(sql), params)
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        with self._db.cursor() as cursor:
+            cursor.executemany(_dialect(sql), rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT in pipeline mode, or ROLLBACK on any error."""
+        with self._db.pipeline(), self._db.transaction():
+            yield
+
+    def close(self) -> None:
+        self._db.close()  # and with it the advisory lock
+
+    @contextmanager
+    def reader(self) -> Iterator[_Reader]:
+        db = _connect(self.url, self.name)
+        db.execute("SET default_transaction_read_only = on")
+        with closing(db):
+            yield _Reader(db)
+
+
+class _Reader:
+    """A read-only PostgreSQL connection that takes the common dialect."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, params: tuple | list = ()) -> psycopg.Cursor:
+        return self._db.execute(_dialect(sql), params)
+
+
+def _connect(url: str, name: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, autocommit=True)
+    except psycopg.Error as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DatabaseUnavailable(f"database {name}", f"cannot open it: {reason}") from None
+
+
+def _hold(db: psycopg.Connection, name: str) -> None:
+    """Hold the ledger's schema (the first of the URL's search_path that exists: `public`
+    unless `options=-csearch_path=...` says otherwise) for this connection's life."""
+    schema = _value(db, "SELECT current_schema()")
+    if schema is None:
+        raise DatabaseUnavailable(f"database {name}", "its search_path names no schema that exists")
+    db.execute(f"SET lock_timeout = {int(POSTGRES_HOLD_WAIT_MS)}")
+    try:
+        db.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (POSTGRES_HOLD_KEY, schema))
+    except psycopg.errors.LockNotAvailable:
+        raise DatabaseUnavailable(
+            f"database {name}",
+            f"schema {schema} is held by another ledger process (waited {POSTGRES_HOLD_WAIT_MS} ms); "
+            "one ledger per schema",
+        ) from None
+    db.execute("RESET lock_timeout")
+
+
+def _check_durable(db: psycopg.Connection, name: str) -> None:
+    for setting, durable in POSTGRES_DURABLE.items():
+        value = _value(db, f"SHOW {setting}")
+        if value not in durable:
+            raise DatabaseUnavailable(
+                f"database {name}",
+                f"{setting} is {value!r}: a commit the server acknowledges could be lost "
+                f"(a ledger needs {' or '.join(repr(v) for v in durable)})",
+            )
+
+
+def _value(db: psycopg.Connection, sql, params: tuple = ()) -> object:
+    """The one value a query answers."""
+    row = db.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _dialect(sql: str) -> str:
+    """The common dialect's placeholders as psycopg's (no statement of ours holds a `?`
+    or `%` of its own)."""
+    assert "%" not in sql, sql
+    return sql.replace("?", "%s")
