@@ -230,7 +230,9 @@ class Ledger:
         seq_before = self.seq - self._unpublished
         with self.store.transaction():
             self._expire(now_ms)
-            replies = [self._request(payload, now_ms) for payload in payloads]
+            values = [_decoded(payload) for payload in payloads]
+            self.store.recall_instructions(_instruction_ids(values))
+            replies = [self._request(payload, value, now_ms) for payload, value in zip(payloads, values, strict=True)]
             self._seal()
             self._checkpoint_after(CHECKPOINT_INTERVAL_ENTRIES)
         events, self._events = self._events, []
@@ -255,13 +257,11 @@ class Ledger:
                 lock.owner_account,
             )
 
-    def _request(self, payload: bytes, now_ms: int) -> bytes:
+    def _request(self, payload: bytes, value: object, now_ms: int) -> bytes:
         """A message alone may be MESSAGE_BYTES_MAX long; a batch, BATCH_BYTES_MAX."""
-        try:
-            value = canonical.decode(payload, bytes_max=BATCH_BYTES_MAX)
-        except Rejected as error:
-            return self._sign(self._refusal("unknown", readable_id(payload), _too_large(payload) or error, now_ms))
-        if is_batch(value):
+        if isinstance(value, Rejected):
+            return self._sign(self._refusal("unknown", readable_id(payload), _too_large(payload) or value, now_ms))
+        if isinstance(value, dict) and is_batch(value):
             return self._batch(value, now_ms)
         try:
             too_large = _too_large(payload)
@@ -484,6 +484,27 @@ def lock_view(lock) -> dict[str, Any]:
         "cancel_hashlock": None if lock.cancel_hashlock is None else lock.cancel_hashlock.hex(),
         "backstop_ms": lock.backstop_ms,
     }
+
+
+def _decoded(payload: bytes) -> object:
+    """A request's value, or why it does not decode."""
+    try:
+        return canonical.decode(payload, bytes_max=BATCH_BYTES_MAX)
+    except Rejected as error:
+        return error
+
+
+def _instruction_ids(values: list[object]) -> list[str]:
+    """The ids that the requests of a batch may be instructions under, read before they
+    are judged so that the store looks up the batch's in one query (a guess: whatever a
+    request turns out to be, it is judged as usual)."""
+    ids = []
+    for value in values:
+        if not isinstance(value, dict):
+            continue
+        items = value.get("items") if is_batch(value) else [value]
+        ids += [item["id"] for item in items or () if isinstance(item, dict) and isinstance(item.get("id"), str)]
+    return ids
 
 
 def _too_large(payload: bytes) -> Rejected | None:

@@ -209,15 +209,19 @@ def test_the_digest_followed_through_every_write_is_the_digest_of_the_tables(che
     assert h.store.digest == state_digest(h.store.tables())
 
 
-def test_a_batch_rolled_back_rolls_the_digest_back(harness):
+def test_a_batch_rolled_back_rolls_the_digest_and_every_row_read_since_back(harness):
     h = harness("unified")
     applied(h.send(OpenAccount, "csd-op", account="a", owner="bank-a"))
+    applied(h.send(Issue, "ecb", asset="EUR", account="a", amount=7))
     digest = StateDigest(h.store.digest.value)
+    assert h.store.balance("a", "EUR") == (7, 0)  # read, so kept by the store
     with pytest.raises(RuntimeError), h.store.transaction():
         h.store.set_balance("a", "EUR", 5, 0)
-        assert h.store.digest != digest
+        h.store.put_account("b", "bank-b")
+        assert h.store.digest != digest and h.store.balance("a", "EUR") == (5, 0)
         raise RuntimeError("a batch that fails")
     assert h.store.digest == digest == state_digest(h.store.tables())
+    assert h.store.balance("a", "EUR") == (7, 0) and h.store.account_owner("b") is None
 
 
 def test_the_checkpoint_names_its_head_entry_and_signs_the_state_and_keys_with_the_ledger_key(checkpointed):
