@@ -22,7 +22,7 @@ import trio
 
 from engine.world.broker import mosquitto_path
 
-from .runner import BenchmarkBroken, Load, Result, Run, measure, memory_system, mqtt_system
+from .runner import DEFAULT_POSTGRES, BenchmarkBroken, Load, Result, Run, databases, measure, memory_system, mqtt_system
 from .table import table
 from .workload import Shape
 
@@ -59,6 +59,14 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a reduced sweep that runs in about a minute: {quick} (default: off, the options below)",
     )
     option("--bus", ["memory", "mqtt"], "the buses to run on, comma-separated", type=words, metavar="LIST")
+    option(
+        "--store",
+        ["sqlite"],
+        "the ledgers' databases, comma-separated: sqlite, postgresql (a new database on --postgres)",
+        type=words,
+        metavar="LIST",
+    )
+    option("--postgres", DEFAULT_POSTGRES, "the PostgreSQL server for --store postgresql", metavar="URL")
     option("--kinds", ["dvp", "pvp"], "the scenarios, comma-separated", type=words, metavar="LIST")
     option(
         "--paths",
@@ -107,8 +115,9 @@ def main(args: argparse.Namespace) -> int:
     shape = Shape(args.participants, args.accounts, args.isins, args.ballast, args.coordinators)
     loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate_per_s=float(r)) for r in args.rate]
     runs = [
-        Run(bus, kind, path, load, args.settlements)
+        Run(bus, kind, path, load, args.settlements, store)
         for bus in args.bus
+        for store in args.store
         for load in loads
         for kind in args.kinds
         for path in args.paths
@@ -118,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
     command = "lockstep bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "lockstep bench"
     started = time.time()
     try:
-        results = trio.run(_run_all, runs, shape, args.seed)
+        results = trio.run(_run_all, runs, shape, args.seed, args.postgres)
     except BenchmarkBroken as error:
         print(f"\nBENCHMARK BROKEN: {error}", file=sys.stderr)
         return 3
@@ -133,18 +142,22 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run_all(runs: list[Run], shape: Shape, seed: int) -> list[Result]:
+async def _run_all(runs: list[Run], shape: Shape, seed: int, postgres: str) -> list[Result]:
     total = sum(run.settlements for run in runs)
     bar = Progress(total)
     results = []
-    for bus in dict.fromkeys(run.bus for run in runs):
-        system_of = memory_system if bus == "memory" else mqtt_system
-        with tempfile.TemporaryDirectory(prefix=f"lockstep-bench-{bus}-") as directory:
+    for name in dict.fromkeys(run.system for run in runs):
+        first = next(run for run in runs if run.system == name)
+        system_of = memory_system if first.bus == "memory" else mqtt_system
+        with (
+            tempfile.TemporaryDirectory(prefix=f"lockstep-bench-{first.bus}-") as directory,
+            databases(first.store, postgres) as settings,
+        ):
             ballast = f" and opening {shape.ballast:,} more accounts per ledger" if shape.ballast else ""
-            bar.status(f"{bus}: starting services and funding {shape.participants} participants{ballast}")
-            async with system_of(Path(directory), shape, seed) as system:
-                for run in (r for r in runs if r.bus == bus):
-                    bar.status(f"{bus} {run.kind} {run.path} {run.load.label}")
+            bar.status(f"{name}: starting services and funding {shape.participants} participants{ballast}")
+            async with system_of(Path(directory), shape, seed, settings) as system:
+                for run in (r for r in runs if r.system == name):
+                    bar.status(f"{name} {run.kind} {run.path} {run.load.label}")
                     results.append(await measure(system, run, bar.advance))
     bar.done()
     return results
@@ -190,14 +203,15 @@ def _report(results: list[Result], shape: Shape, command: str, elapsed_s: float)
             (
                 r
                 for r in rows
-                if r["path"] == "same" and (r["bus"], r["kind"], r["load"]) == (row["bus"], row["kind"], row["load"])
+                if r["path"] == "same"
+                and (r["system"], r["kind"], r["load"]) == (row["system"], row["kind"], row["load"])
             ),
             None,
         )
         if same:
             ratios.append(
                 {
-                    "bus": row["bus"],
+                    "system": row["system"],
                     "kind": row["kind"],
                     "load": row["load"],
                     "throughput_cross_over_same": round(row["throughput_per_s"] / same["throughput_per_s"], 3),
@@ -217,7 +231,30 @@ def _report(results: list[Result], shape: Shape, command: str, elapsed_s: float)
         },
         "results": rows,
         "ratios": ratios,
+        "store_ratios": _store_ratios(rows),
     }
+
+
+def _store_ratios(rows: list[dict]) -> list[dict]:
+    """Each run on PostgreSQL ledgers against the same run on SQLite ledgers."""
+    sqlite = {(r["bus"], r["kind"], r["path"], r["load"]): r for r in rows if r["store"] == "sqlite"}
+    ratios = []
+    for row in rows:
+        base = sqlite.get((row["bus"], row["kind"], row["path"], row["load"]))
+        if row["store"] == "sqlite" or base is None:
+            continue
+        cpu, base_cpu = (sum(r["cpu_ms_per_settlement"].values()) for r in (row, base))
+        ratios.append(
+            {
+                "system": row["system"],
+                "kind": row["kind"],
+                "path": row["path"],
+                "load": row["load"],
+                "throughput_over_sqlite": round(row["throughput_per_s"] / base["throughput_per_s"], 3),
+                "cpu_per_settlement_over_sqlite": round(cpu / base_cpu, 3),
+            }
+        )
+    return ratios
 
 
 def _machine() -> dict:

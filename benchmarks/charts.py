@@ -117,14 +117,14 @@ def _look(kind: str, path: str, load: str = "") -> dict:
 
 def _series(results: list[Result]):
     """The runs of each (bus, kind, path), in the order they ran."""
-    keys = dict.fromkeys((r.run.bus, r.run.kind, r.run.path) for r in results)
+    keys = dict.fromkeys((r.run.system, r.run.kind, r.run.path) for r in results)
     for key in keys:
-        yield key, [r for r in results if (r.run.bus, r.run.kind, r.run.path) == key]
+        yield key, [r for r in results if (r.run.system, r.run.kind, r.run.path) == key]
 
 
 def _panels(results: list[Result], title: str) -> tuple[Figure, dict]:
     """A figure and its panels by bus, side by side, on one y scale."""
-    buses = list(dict.fromkeys(r.run.bus for r in results))
+    buses = list(dict.fromkeys(r.run.system for r in results))
     figure, axes = plt.subplots(1, len(buses), figsize=(6 * len(buses), 4.8), squeeze=False, sharey=True)
     figure.suptitle(title)
     return figure, dict(zip(buses, axes[0], strict=True))

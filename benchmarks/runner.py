@@ -16,16 +16,19 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import attrs
+import psycopg
 import trio
 
 from engine.world.broker import Broker
 from engine.world.local import Local
+from engine.world.postgres import LOCAL_POSTGRES, backend_pids, ledger_schemas, scratch_database
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
+from protocols.bus.address import redacted
 from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
@@ -37,6 +40,8 @@ from protocols.signing import decode_signed, unsigned
 from .workload import LEDGERS, SCENARIOS, Shape, Workload, lay_out_bench
 
 CHECK_IN_FLIGHT = 64
+DEFAULT_POSTGRES = LOCAL_POSTGRES
+POSTGRES_PREFIX = "postgres "  # the server's process serving one ledger: "postgres csd"
 REPLY_TIMEOUT_S = 30.0
 BENCH_TIMING = Timing(lock_wait_ms=10_000, claim_deadline_ms=10_000, clock_skew_ms_max=1_000)
 SYS_INTERVAL_S = 1
@@ -67,6 +72,12 @@ class Run:
     path: str
     load: Load
     settlements: int
+    store: str = "sqlite"  # the ledgers' databases: "sqlite" or "postgresql"
+
+    @property
+    def system(self) -> str:
+        """The bus, and the store where it is not SQLite: what runs are grouped and compared by."""
+        return self.bus if self.store == "sqlite" else f"{self.bus}+{self.store}"
 
 
 @attrs.define
@@ -90,7 +101,9 @@ class Result:
     def summary(self) -> dict:
         count = len(self.latencies_ms)
         return {
+            "system": self.run.system,
             "bus": self.run.bus,
+            "store": self.run.store,
             "kind": self.run.kind,
             "path": self.run.path,
             "load": self.run.load.label,
@@ -152,12 +165,31 @@ class System:
     workload: Workload
 
 
+@contextmanager
+def databases(store: str, postgres: str) -> Iterator[dict[str, str] | None]:
+    """The ledgers' database settings for `store`: None for SQLite (a file each, in the
+    world's folder); for PostgreSQL a schema each in a scratch database on `postgres`."""
+    if store not in ("sqlite", "postgresql"):
+        raise BenchmarkBroken(f"--store {store}: not a store (sqlite, postgresql)")
+    if store == "sqlite":
+        yield None
+        return
+    with ExitStack() as stack:
+        try:
+            database = stack.enter_context(scratch_database(postgres, "lockstep_bench"))
+        except psycopg.Error as error:
+            raise BenchmarkBroken(f"--postgres {redacted(postgres)}: {str(error).strip()}") from None
+        yield ledger_schemas(database, [spec.ledger_id for spec in LEDGERS])
+
+
 @asynccontextmanager
-async def memory_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator[System]:
+async def memory_system(
+    directory: Path, shape: Shape, seed: int, databases: dict[str, str] | None = None
+) -> AsyncIterator[System]:
     """Every ledger and the coordinator in this process, on the in-memory bus."""
     if shape.coordinators != 1:
         raise BenchmarkBroken("--coordinators: more than one runs on the mqtt bus only, each its own process")
-    world = lay_out_bench(directory, shape)
+    world = lay_out_bench(directory, shape, databases=databases)
     bus = MemoryBus()
     async with trio.open_nursery() as nursery:
         local = Local(world, bus, nursery, offload=True)
@@ -175,10 +207,13 @@ async def memory_system(directory: Path, shape: Shape, seed: int) -> AsyncIterat
 
 
 @asynccontextmanager
-async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator[System]:
-    """Mosquitto, every ledger and the coordinator each its own process."""
+async def mqtt_system(
+    directory: Path, shape: Shape, seed: int, databases: dict[str, str] | None = None
+) -> AsyncIterator[System]:
+    """Mosquitto, every ledger and the coordinator each its own process; with ledger
+    databases on PostgreSQL, the server processes that serve them measured too."""
     broker = Broker(directory, sys_interval_s=SYS_INTERVAL_S).start()
-    world = lay_out_bench(directory, shape, broker=broker.url)
+    world = lay_out_bench(directory, shape, broker=broker.url, databases=databases)
     processes: dict[str, subprocess.Popen] = {}
     try:
         services = [(spec.ledger_id, "ledger") for spec in LEDGERS]
@@ -207,6 +242,8 @@ async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator
             assert broker.process is not None  # started above
             pids["broker"] = broker.process.pid
             pids["load generator"] = os.getpid()
+            if databases:
+                pids.update(_postgres_backends(next(iter(databases.values()))))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(counter.run)
                 yield System(bus, Meter(pids), counter.value, workload)
@@ -217,6 +254,11 @@ async def mqtt_system(directory: Path, shape: Shape, seed: int) -> AsyncIterator
         for process in processes.values():
             process.wait()
         broker.stop()
+
+
+def _postgres_backends(database: str) -> dict[str, int]:
+    """The server's processes that serve the ledgers, one per ledger connection."""
+    return {f"{POSTGRES_PREFIX}{name}": pid for name, pid in backend_pids(database.split("?", 1)[0]).items()}
 
 
 async def _wait_until_up(world, bus, processes) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import attrs
 
+from .runner import POSTGRES_PREFIX
+
 WIDTH_MAX = 120
 CPU_WIDTH_MIN = 6
 
@@ -33,7 +35,7 @@ def _key(name: str) -> Callable[[dict], object]:
 
 
 RUN = (
-    Column("bus", 7, _key("bus")),
+    Column("system", 16, _key("system")),
     Column("kind", 5, _key("kind")),
     Column("path", 6, _key("path")),
     Column("load", 9, _key("load")),
@@ -50,8 +52,9 @@ RUNS = RUN + (
 def table(report: dict) -> str:
     rows = report["results"]
     lines = [_line(RUNS, None)] + [_line(RUNS, row) for row in rows]
-    for bus in dict.fromkeys(row["bus"] for row in rows):
-        lines += ["", f"cpu ms per settlement by process, {bus}:"] + _cpu(RUN[1:], [r for r in rows if r["bus"] == bus])
+    for system in dict.fromkeys(row["system"] for row in rows):
+        lines += ["", f"cpu ms per settlement by process, {system}:"]
+        lines += _cpu(RUN[1:], [r for r in rows if r["system"] == system])
     others = [(row, {p: n for p, n in row["phases"].items() if p != "settled"}) for row in rows]
     others = [(row, phases) for row, phases in others if phases]
     if others:
@@ -64,19 +67,31 @@ def table(report: dict) -> str:
             f"   p50 latency x{ratio['latency_p50_cross_over_same']:.2f}"
             for ratio in report["ratios"]
         ]
+    if report.get("store_ratios"):
+        lines += ["", "ledgers on PostgreSQL / on SQLite, same run:"]
+        lines += [
+            f"  {_line(RUN, ratio)}  throughput x{ratio['throughput_over_sqlite']:.2f}"
+            f"   cpu per settlement x{ratio['cpu_per_settlement_over_sqlite']:.2f}"
+            for ratio in report["store_ratios"]
+        ]
     return "\n".join(line.rstrip() for line in lines)
 
 
 def _cpu(prefix: tuple[Column, ...], rows: list[dict]) -> list[str]:
-    names = list(dict.fromkeys(name for row in rows for name in row["cpu_ms_per_settlement"]))
+    names = list(dict.fromkeys(_column(name) for row in rows for name in row["cpu_ms_per_settlement"]))
     columns = prefix + tuple(Column(name, max(CPU_WIDTH_MIN, len(name)) + 2, _cpu_of(name), ".2f") for name in names)
     if len(names) > 1:
         columns += (Column("total", CPU_WIDTH_MIN + 2, lambda row: sum(row["cpu_ms_per_settlement"].values()), ".2f"),)
     return [_line(columns, None)] + [_line(columns, row) for row in rows]
 
 
-def _cpu_of(name: str) -> Callable[[dict], float]:
-    return lambda row: row["cpu_ms_per_settlement"].get(name, 0.0)
+def _column(process: str) -> str:
+    """The PostgreSQL server's processes that serve the ledgers (results.json has each) in one column."""
+    return "postgres" if process.startswith(POSTGRES_PREFIX) else process
+
+
+def _cpu_of(column: str) -> Callable[[dict], float]:
+    return lambda row: sum(cpu for name, cpu in row["cpu_ms_per_settlement"].items() if _column(name) == column)
 
 
 def _line(columns: tuple[Column, ...], row: dict | None) -> str:

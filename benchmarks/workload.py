@@ -70,7 +70,9 @@ class Shape:
         return [f"bank-{index:04d}" for index in range(self.participants)]
 
 
-def lay_out_bench(directory: Path, shape: Shape, broker: str | None = None) -> World:
+def lay_out_bench(
+    directory: Path, shape: Shape, broker: str | None = None, databases: dict[str, str] | None = None
+) -> World:
     parties: dict[str, tuple[Role, ...]] = {
         "csd-op": (Role.OPERATOR,),
         "treasury": (Role.PARTICIPANT,),
@@ -79,7 +81,7 @@ def lay_out_bench(directory: Path, shape: Shape, broker: str | None = None) -> W
     }
     parties.update({coordinator: (Role.COORDINATOR,) for coordinator in shape.coordinator_ids()})
     parties.update({bank: (Role.PARTICIPANT,) for bank in shape.participant_ids()})
-    return lay_out(directory, LEDGERS, parties, broker=broker)
+    return lay_out(directory, LEDGERS, parties, broker=broker, databases=databases)
 
 
 def account(participant: str, ledger: str, index: int) -> str:

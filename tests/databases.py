@@ -6,43 +6,25 @@ closed ledger's database, whichever it is, as an intruder or a bad disk would.""
 from __future__ import annotations
 
 import os
-import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from engine.world.postgres import LOCAL_POSTGRES, scratch_database
 from protocols.databases import is_postgres
 
 BACKENDS = ("sqlite", "postgresql")
-SERVER = os.environ.get("LOCKSTEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _on(database: str) -> str:
-    """SERVER's URL with `database` in place of its own."""
-    return urlunsplit(urlsplit(SERVER)._replace(path=f"/{database}"))
+SERVER = os.environ.get("LOCKSTEP_TEST_POSTGRES", LOCAL_POSTGRES)
 
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A database of its own on SERVER, dropped afterwards."""
-    name = f"lockstep_test_{os.getpid()}_{secrets.token_hex(4)}"
-    with closing(psycopg.connect(SERVER, autocommit=True)) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        try:
-            yield _on(name)
-        finally:
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-
-
-def postgres_schema(database_url: str, schema: str) -> str:
-    """A new schema in the database, and the URL a ledger keeps its tables there by."""
-    with closing(psycopg.connect(database_url, autocommit=True)) as db:
-        db.execute(f"CREATE SCHEMA {schema}")
-    return f"{database_url}?options=-csearch_path%3D{schema}"
+    with scratch_database(SERVER, "lockstep_test") as url:
+        yield url
 
 
 def run_sql(database: str | Path, sql: str, params: tuple = ()) -> tuple[int, list[tuple]]:

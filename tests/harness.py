@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.world.layout import LedgerSpec, World, lay_out
+from engine.world.postgres import ledger_schemas
 from ledgers.config import LedgerConfig
 from ledgers.ledger import Ledger
 from ledgers.store import Store
@@ -19,7 +20,7 @@ from protocols.identifiers import make_isin
 from protocols.messages import Body, Receipt, Result
 from protocols.registry import Role
 from protocols.signing import from_wire, sign, unsigned
-from tests.databases import BACKENDS, postgres_database, postgres_schema
+from tests.databases import BACKENDS, postgres_database
 
 BOND = make_isin("XS000000001")
 T0 = 1_800_000_000_000  # a fixed ledger time, ms since the epoch
@@ -61,8 +62,7 @@ def databases_for(request) -> dict[str, str] | None:
     if getattr(request, "param", "sqlite") != "postgresql":
         return None
     url = request.getfixturevalue("postgres")
-    test = secrets.token_hex(4)
-    return {spec.ledger_id: postgres_schema(url, f"t{test}_{spec.ledger_id.replace('-', '_')}") for spec in LEDGERS}
+    return ledger_schemas(url, [spec.ledger_id for spec in LEDGERS], prefix=f"t{secrets.token_hex(4)}_")
 
 
 BOTH_BACKENDS = pytest.mark.parametrize("world", BACKENDS, indirect=True)

@@ -45,7 +45,7 @@ def test_latency_ticks_are_plain_milliseconds(low_ms, high_ms, ticks):
 @pytest.mark.parametrize("chart", [charts.throughput, charts.latency_cdf])
 def test_each_scenario_has_one_colour_and_each_path_one_line_style(chart):
     panels = drawn(chart(quick_results()))
-    assert set(panels) == {"memory bus", "mqtt bus"}
+    assert set(panels) == {"memory bus", "mqtt bus", "mqtt+postgresql bus"}
     for axes in panels.values():
         looks = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in axes.get_lines()}
         assert len(looks) == 4

@@ -7,6 +7,8 @@ import argparse
 import random
 import re
 
+import pytest
+
 from benchmarks.bench import _report, arguments
 from benchmarks.runner import Load, Result, Run
 from benchmarks.table import WIDTH_MAX, table
@@ -15,14 +17,18 @@ from benchmarks.workload import Shape
 MQTT_PROCESSES = ("csd", "cbdc-eur", "cbdc-usd", "unified", "coordinator", "broker", "load generator")
 
 
-def result(bus: str, kind: str, path: str, concurrency: int, *, phases: dict | None = None) -> Result:
+def result(
+    bus: str, kind: str, path: str, concurrency: int, *, phases: dict | None = None, store: str = "sqlite"
+) -> Result:
     """A run's figures, spread as a real run's are: from a few ms to a few hundred."""
-    draw = random.Random(f"{bus}{kind}{path}{concurrency}")
+    draw = random.Random(f"{bus}{kind}{path}{concurrency}{store}")
     base_ms = concurrency * (6.0 if path == "cross" else 2.5)
     latencies = [base_ms * draw.uniform(0.5, 1.6) for _ in range(120)]
     processes = ("all (one process)",) if bus == "memory" else MQTT_PROCESSES
+    if store == "postgresql":
+        processes += tuple(f"postgres {ledger.replace('-', '_')}" for ledger in MQTT_PROCESSES[:4])
     return Result(
-        Run(bus, kind, path, Load(concurrency=concurrency), 120),
+        Run(bus, kind, path, Load(concurrency=concurrency), 120, store),
         elapsed_s=draw.uniform(0.2, 1.5),
         latencies_ms=latencies,
         phases=phases or {"settled": 120},
@@ -34,8 +40,8 @@ def result(bus: str, kind: str, path: str, concurrency: int, *, phases: dict | N
 
 def quick_results(**extra) -> list[Result]:
     return [
-        result(bus, kind, path, concurrency, **extra)
-        for bus in ("memory", "mqtt")
+        result(bus, kind, path, concurrency, store=store, **extra)
+        for bus, store in (("memory", "sqlite"), ("mqtt", "sqlite"), ("mqtt", "postgresql"))
         for concurrency in (4, 32)
         for kind in ("dvp", "pvp")
         for path in ("cross", "same")
@@ -97,6 +103,26 @@ def test_outcomes_other_than_settled_are_listed_by_run():
         "rolled_back",
         "2",
     ]
+
+
+def test_each_run_on_postgresql_ledgers_is_set_against_the_same_run_on_sqlite_with_the_servers_cpu_counted():
+    results = quick_results()
+    report = _report(results, Shape(), "lockstep bench --store sqlite,postgresql", 1.0)
+    by_run = {(r.run.system, r.run.kind, r.run.path, r.run.load.label): r for r in results}
+    assert len(report["store_ratios"]) == 8
+    for ratio in report["store_ratios"]:
+        postgres = by_run[("mqtt+postgresql", ratio["kind"], ratio["path"], ratio["load"])]
+        sqlite = by_run[("mqtt", ratio["kind"], ratio["path"], ratio["load"])]
+        assert ratio["throughput_over_sqlite"] == pytest.approx(
+            postgres.throughput_per_s / sqlite.throughput_per_s, abs=0.01
+        )
+    lines = lines_of(results)
+    (header,) = [line for line in lines if line.startswith("kind") and "postgres " in line]
+    assert header.split()[-2:] == ["postgres", "total"]  # the server's processes in one column
+    run = by_run[("mqtt+postgresql", "dvp", "cross", "c=4")]
+    server_ms = sum(cpu for name, cpu in run.cpu_s.items() if name.startswith("postgres ")) * 1000 / 120
+    row = lines[lines.index("cpu ms per settlement by process, mqtt+postgresql:") + 2]
+    assert row.split()[-2] == f"{server_ms:.2f}"
 
 
 def test_every_option_has_a_help_text_that_shows_its_default():

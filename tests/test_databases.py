@@ -13,9 +13,10 @@ import pytest
 
 import ledgers.database
 from engine.world.layout import lay_out
+from engine.world.postgres import ledger_schema
 from ledgers.database import DatabaseUnavailable
 from ledgers.store import Store
-from tests.databases import SERVER, postgres_database, postgres_schema, run_sql
+from tests.databases import SERVER, postgres_database, run_sql
 from tests.harness import LEDGERS, PARTIES, Harness
 from tests.test_checkpoint import before_checkpoint, decoded, opened, stored_checkpoint  # noqa: F401
 from tests.test_restart import edit, refusal
@@ -50,7 +51,7 @@ def tables_in(url: str) -> list[str]:
 
 def test_a_postgres_ledger_holds_its_schema_alone_and_another_schema_opens_beside_it(postgres, monkeypatch):
     monkeypatch.setattr(ledgers.database, "POSTGRES_HOLD_WAIT_MS", 200)
-    first, second = postgres_schema(postgres, "held_a"), postgres_schema(postgres, "held_b")
+    first, second = ledger_schema(postgres, "held_a"), ledger_schema(postgres, "held_b")
     store = Store(first)
     try:
         with pytest.raises(DatabaseUnavailable, match="schema held_a is held by another ledger process"):
