@@ -26,23 +26,38 @@ import trio
 
 from engine.world.broker import Broker
 from engine.world.local import Local
-from engine.world.postgres import LOCAL_POSTGRES, backend_pids, ledger_schemas, scratch_database
+from engine.world.postgres import LOCAL_POSTGRES, backend_pids, scratch_database, service_schemas
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.address import redacted
 from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
 from protocols.errors import Code, Rejected
-from protocols.messages import QueryInfo, QueryLock, QueryLocks, QueryReceipt, Settlement, SettlementStatus
+from protocols.messages import (
+    QueryInfo,
+    QueryLock,
+    QueryLocks,
+    QueryReceipt,
+    QuerySettlement,
+    Settlement,
+    SettlementStatus,
+)
 from protocols.settlement import Timing, lock_id, settle_id
 from protocols.signing import decode_signed, unsigned
 
+from .netem import Loopback, Places
 from .workload import LEDGERS, SCENARIOS, Shape, Workload, lay_out_bench
 
+BROKER = "broker"  # the broker's place
 CHECK_IN_FLIGHT = 64
 DEFAULT_POSTGRES = LOCAL_POSTGRES
 POSTGRES_PREFIX = "postgres "  # the server's process serving one ledger: "postgres csd"
 REPLY_TIMEOUT_S = 30.0
+ROUND_TRIPS_PINGED = 10  # before each run
+# The rounds a settled cross-ledger settlement's steps show, on the coordinator's clock:
+# its locks (both at once), and its claims (leg 0's, then leg 1's), each from the first
+# step to the second.
+ROUNDS = {"lock": ("locking", "locked"), "claims": ("claiming", "settled")}
 BENCH_TIMING = Timing(lock_wait_ms=10_000, claim_deadline_ms=10_000, clock_skew_ms_max=1_000)
 SYS_INTERVAL_S = 1
 # Mosquitto reports a changed $SYS count when a whole number of seconds greater than its
@@ -73,11 +88,14 @@ class Run:
     load: Load
     settlements: int
     store: str = "sqlite"  # the ledgers' databases: "sqlite" or "postgresql"
+    rtt_ms: float | None = None  # every process in a place of its own, this far apart (benchmarks/netem.py)
 
     @property
     def system(self) -> str:
-        """The bus, and the store where it is not SQLite: what runs are grouped and compared by."""
-        return self.bus if self.store == "sqlite" else f"{self.bus}+{self.store}"
+        """The bus, the store where it is not SQLite and the round trip between places where
+        there is one: what runs are grouped and compared by."""
+        system = self.bus if self.store == "sqlite" else f"{self.bus}+{self.store}"
+        return system if self.rtt_ms is None else f"{system}+rtt{self.rtt_ms:g}"
 
 
 @attrs.define
@@ -89,14 +107,15 @@ class Result:
     cpu_s: dict[str, float]  # by process
     rss_peak_bytes: dict[str, int]  # by process
     bus_messages: int
+    rounds_ms: dict[str, list[float]] = attrs.Factory(dict)  # by ROUNDS' name, of each settled settlement
+    round_trips_ms: list[float] = attrs.Factory(list)  # the coordinator pinged alone, before the run
 
     @property
     def throughput_per_s(self) -> float:
         return len(self.latencies_ms) / self.elapsed_s
 
     def latency_ms(self, percentile: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, math.ceil(percentile / 100 * len(ordered)) - 1)]
+        return _percentile(self.latencies_ms, percentile)
 
     def summary(self) -> dict:
         count = len(self.latencies_ms)
@@ -118,7 +137,20 @@ class Result:
             "cpu_ms_per_settlement": {name: round(1000 * cpu / count, 3) for name, cpu in self.cpu_s.items()},
             "rss_peak_mib": {name: round(rss / 2**20, 1) for name, rss in self.rss_peak_bytes.items()},
             "bus_messages_per_settlement": round(self.bus_messages / count, 2),
+            "rtt_ms": self.run.rtt_ms,
+            "bus_round_trip_ms_p50": round(_percentile(self.round_trips_ms, 50), 2) if self.round_trips_ms else None,
+            **{
+                f"{name}_ms_p{p}": round(_percentile(values, p), 1)
+                for name, values in self.rounds_ms.items()
+                if values
+                for p in (50, 99)
+            },
         }
+
+
+def _percentile(values: list[float], percentile: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(percentile / 100 * len(ordered)) - 1)]
 
 
 # -- the processes under test and how to measure them ------------------------------------------
@@ -179,7 +211,7 @@ def databases(store: str, postgres: str) -> Iterator[dict[str, str] | None]:
             database = stack.enter_context(scratch_database(postgres, "lockstep_bench"))
         except psycopg.Error as error:
             raise BenchmarkBroken(f"--postgres {redacted(postgres)}: {str(error).strip()}") from None
-        yield ledger_schemas(database, [spec.ledger_id for spec in LEDGERS])
+        yield service_schemas(database, [spec.ledger_id for spec in LEDGERS])
 
 
 @asynccontextmanager
@@ -206,13 +238,32 @@ async def memory_system(
         nursery.cancel_scope.cancel()
 
 
+@contextmanager
+def places(shape: Shape, rtt_ms: float | None) -> Iterator[Places | None]:
+    """The broker, each ledger and each coordinator in a place of its own and the load
+    generator in another, `rtt_ms` apart (benchmarks/netem.py); None: all on loopback."""
+    if rtt_ms is None:
+        yield None
+        return
+    with Places([BROKER, *(spec.ledger_id for spec in LEDGERS), *shape.coordinator_ids()], BROKER, rtt_ms) as made:
+        yield made
+
+
 @asynccontextmanager
 async def mqtt_system(
-    directory: Path, shape: Shape, seed: int, databases: dict[str, str] | None = None
+    directory: Path,
+    shape: Shape,
+    seed: int,
+    databases: dict[str, str] | None = None,
+    places: Places | None = None,
 ) -> AsyncIterator[System]:
     """Mosquitto, every ledger and the coordinator each its own process; with ledger
-    databases on PostgreSQL, the server processes that serve them measured too."""
-    broker = Broker(directory, sys_interval_s=SYS_INTERVAL_S).start()
+    databases on PostgreSQL, the server processes that serve them measured too; with
+    `places`, each process started in its own, and the wire between them measured too."""
+    where = places or Loopback()
+    broker = Broker(
+        directory, host=where.host(BROKER), sys_interval_s=SYS_INTERVAL_S, prefix=where.prefix(BROKER)
+    ).start()
     world = lay_out_bench(directory, shape, broker=broker.url, databases=databases)
     processes: dict[str, subprocess.Popen] = {}
     try:
@@ -221,6 +272,7 @@ async def mqtt_system(
             log = (directory / f"{party}.log").open("wb")
             processes[party] = subprocess.Popen(
                 [
+                    *where.prefix(party),
                     sys.executable,
                     "-m",
                     "engine.cli",
@@ -242,6 +294,8 @@ async def mqtt_system(
             assert broker.process is not None  # started above
             pids["broker"] = broker.process.pid
             pids["load generator"] = os.getpid()
+            if places:
+                pids["wire"] = places.wire_pid
             if databases:
                 pids.update(_postgres_backends(next(iter(databases.values()))))
             async with trio.open_nursery() as nursery:
@@ -308,6 +362,8 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
     raws = [system.workload.settlement(run.kind, run.path, _run_label(run)) for _ in range(run.settlements)]
     latencies: list[float] = []
     statuses: dict[str, str] = {}
+    rounds: dict[str, list[float]] = {name: [] for name in ROUNDS}
+    round_trips = await _round_trips_ms(system)
     messages_before = await system.messages()
     cpu_before = system.meter.cpu_s()
     started = time.perf_counter()
@@ -328,6 +384,10 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
         else:
             latencies.append((time.perf_counter() - begin) * 1000)
             statuses[settlement_id] = status.phase
+            at_ms = dict(status.steps)
+            for name, (start, end) in ROUNDS.items():
+                if status.phase == "settled" and start in at_ms and end in at_ms:
+                    rounds[name].append(at_ms[end] - at_ms[start])
         progress(1)
 
     async with trio.open_nursery() as nursery:
@@ -361,7 +421,22 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
         {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
         system.meter.rss_peak_bytes(),
         messages_after - messages_before,
+        rounds,
+        round_trips,
     )
+
+
+async def _round_trips_ms(system: System) -> list[float]:
+    """The bus's own round trip from the load generator to the coordinator, alone: a query
+    about no settlement and its answer, ROUND_TRIPS_PINGED times."""
+    coordinator = system.workload.shape.coordinator_ids()[0]
+    query = unsigned(QuerySettlement("ping", coordinator, "ping")).encode()
+    times_ms = []
+    for _ in range(ROUND_TRIPS_PINGED):
+        begin = time.perf_counter()
+        await system.bus.request(service_of_coordinator(coordinator), query, timeout_s=REPLY_TIMEOUT_S)
+        times_ms.append((time.perf_counter() - begin) * 1000)
+    return times_ms
 
 
 def _run_label(run: Run) -> str:

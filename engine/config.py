@@ -3,7 +3,7 @@
 coordinator_id = "coordinator"
 key_file = "keys/coordinator.pem"     # paths are relative to this file
 registry = "registry.toml"
-journal = "coordinator.db"
+journal = "coordinator.db"             # or "postgresql://..." (docs/DEPLOY.md)
 broker = "mqtt://127.0.0.1:1883"
 broker_password_file = "secrets/coordinator.password"  # optional: a secured broker (docs/DEPLOY.md);
 broker_ca_file = "ca.pem"             # the user is the client id, coordinator-{id} or watchtower-{id}
@@ -35,6 +35,7 @@ import attrs
 
 from protocols.bus.address import broker_setting
 from protocols.bus.exposition import metrics_setting
+from protocols.databases import is_postgres
 from protocols.failures import ExpectedFailure, read_toml
 from protocols.settlement import Timing
 
@@ -51,7 +52,7 @@ class CoordinatorConfig:
     coordinator_id: str
     key_file: Path
     registry: Path
-    journal: Path
+    journal: Path | str  # a file (SQLite), or a postgresql:// URL
     broker: str | None  # with the broker_*_file settings in its query
     ledgers: tuple[str, ...]
     timing: Timing = Timing()
@@ -123,7 +124,7 @@ class CoordinatorConfig:
             data["coordinator_id"],
             base / data["key_file"],
             base / data["registry"],
-            base / data["journal"],
+            data["journal"] if is_postgres(data["journal"]) else base / data["journal"],
             broker,
             tuple(ledgers),
             timing,

@@ -23,8 +23,9 @@ from protocols.signing import PrivateKey
 
 from .config import CoordinatorConfig
 from .coordinator import Coordinator
-from .coordinator.journal import Journal, JournalInUse, hold
+from .coordinator.journal import Hold, Journal, JournalInUse, hold
 from .coordinator.metrics import CoordinatorMetrics
+from .coordinator.postgres import JournalUnavailable
 from .desks.matching import MatchingDesk
 from .desks.repo import RepoDesk
 from .desks.servicing import ServicingDesk
@@ -131,10 +132,12 @@ def _check_parts(parts: list[tuple[CoordinatorConfig, Registry, PrivateKey, str]
         raise DaemonError("--standby", "the coordinators of one process share its broker: give them one, or --broker")
 
 
-def _journal(config: CoordinatorConfig, held: int | None = None) -> Journal:
+def _journal(config: CoordinatorConfig, held: Hold | None = None) -> Journal:
     """The coordinator's journal, at a new epoch (its lock `held` already, or taken now)."""
     try:
         return Journal(config.journal, held=held)
+    except JournalUnavailable as error:
+        raise DaemonError(f"coordinator {config.coordinator_id}: {error.subject}", error.reason) from None
     except (sqlite3.Error, OSError) as error:
         raise DaemonError(
             f"coordinator {config.coordinator_id}: journal {config.journal}", f"cannot open it: {error}"
@@ -162,6 +165,8 @@ class _Part:
         while True:
             try:
                 held = hold(config.journal)
+            except JournalUnavailable as error:
+                raise DaemonError(f"coordinator {config.coordinator_id}: {error.subject}", error.reason) from None
             except JournalInUse as error:
                 if not seen_held:
                     log.info("coordinator %s: standing by, journal %s", config.coordinator_id, error)
@@ -169,7 +174,7 @@ class _Part:
             else:
                 if own or seen_held:
                     break
-                os.close(held)  # free, but not yet served: its own process's to take
+                held.release()  # free, but not yet served: its own process's to take
             await trio.sleep(TAKEOVER_POLL_S)
         journal = _journal(config, held)
         if seen_held:

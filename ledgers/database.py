@@ -2,9 +2,8 @@
 run) or a PostgreSQL database (`database = "postgresql://..."`), for an operator who runs
 its book of record on a replicated server.
 
-A PostgreSQL ledger keeps its tables in the first schema of the URL's search_path
-(`public` unless `?options=-csearch_path%3Dcsd`), so one database may hold several
-ledgers, one schema each.
+A PostgreSQL ledger keeps its tables in a schema of its own (protocols/databases.py),
+so one database may hold several ledgers.
 
 Both are spoken to in one dialect, which `Store` writes once: `?` placeholders (turned
 into psycopg's `%s` here), upserts as `INSERT ... ON CONFLICT ... DO UPDATE`, and sums
@@ -14,7 +13,6 @@ only looks (the metrics scrape)."""
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -23,12 +21,9 @@ from pathlib import Path
 import psycopg
 
 from protocols.bus.address import redacted
-from protocols.databases import is_postgres
+from protocols.databases import POSTGRES_DURABLE, POSTGRES_HOLD_KEY, durability_problem, is_postgres, postgres_dialect
 from protocols.failures import ExpectedFailure
 
-# the settings without which a commit PostgreSQL acknowledges may still be lost
-POSTGRES_DURABLE = {"fsync": ("on",), "synchronous_commit": ("on", "remote_write", "remote_apply", "local")}
-POSTGRES_HOLD_KEY = 0x6C6B7370  # "lksp": with the schema's hash, the advisory lock one ledger process holds
 # how long a start waits for that lock: a ledger killed a moment ago holds it until the
 # server notices that its connection is gone
 POSTGRES_HOLD_WAIT_MS = 5_000
@@ -120,11 +115,11 @@ class Postgres:
         self.execute("INSERT INTO lockstep_schema (version) VALUES (?)", (version,))
 
     def execute(self, sql: str, params: tuple | list = ()) -> psycopg.Cursor:
-        return self._db.execute(_dialect(sql), params)
+        return self._db.execute(postgres_dialect(sql), params)
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
         with self._db.cursor() as cursor:
-            cursor.executemany(_dialect(sql), rows)
+            cursor.executemany(postgres_dialect(sql), rows)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -150,7 +145,7 @@ class _Reader:
         self._db = db
 
     def execute(self, sql: str, params: tuple | list = ()) -> psycopg.Cursor:
-        return self._db.execute(_dialect(sql), params)
+        return self._db.execute(postgres_dialect(sql), params)
 
 
 def _connect(url: str, name: str) -> psycopg.Connection:
@@ -180,14 +175,10 @@ def _hold(db: psycopg.Connection, name: str) -> None:
 
 
 def _check_durable(db: psycopg.Connection, name: str) -> None:
-    for setting, durable in POSTGRES_DURABLE.items():
-        value = _value(db, f"SHOW {setting}")
-        if value not in durable:
-            raise DatabaseUnavailable(
-                f"database {name}",
-                f"{setting} is {value!r}: a commit the server acknowledges could be lost "
-                f"(a ledger needs {' or '.join(repr(v) for v in durable)})",
-            )
+    for setting in POSTGRES_DURABLE:
+        problem = durability_problem(setting, str(_value(db, f"SHOW {setting}")))
+        if problem:
+            raise DatabaseUnavailable(f"database {name}", problem)
 
 
 def _value(db: psycopg.Connection, sql, params: tuple = ()) -> object:
@@ -195,11 +186,3 @@ def _value(db: psycopg.Connection, sql, params: tuple = ()) -> object:
     row = db.execute(sql, params).fetchone()
     assert row is not None, sql
     return row[0]
-
-
-@functools.lru_cache(maxsize=256)
-def _dialect(sql: str) -> str:
-    """The common dialect's placeholders as psycopg's (no statement of ours holds a `?`
-    or `%` of its own)."""
-    assert "%" not in sql, sql
-    return sql.replace("?", "%s")

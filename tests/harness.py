@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.world.layout import LedgerSpec, World, lay_out
-from engine.world.postgres import ledger_schemas
+from engine.world.postgres import service_schemas
 from ledgers.config import LedgerConfig
 from ledgers.ledger import Ledger
 from ledgers.store import Store
@@ -62,7 +62,7 @@ def databases_for(request) -> dict[str, str] | None:
     if getattr(request, "param", "sqlite") != "postgresql":
         return None
     url = request.getfixturevalue("postgres")
-    return ledger_schemas(url, [spec.ledger_id for spec in LEDGERS], prefix=f"t{secrets.token_hex(4)}_")
+    return service_schemas(url, [spec.ledger_id for spec in LEDGERS], prefix=f"t{secrets.token_hex(4)}_")
 
 
 BOTH_BACKENDS = pytest.mark.parametrize("world", BACKENDS, indirect=True)

@@ -12,8 +12,10 @@ import os
 import secrets
 import sqlite3
 from contextlib import closing
+from pathlib import Path
 
 import attrs
+import psycopg
 import pytest
 import trio
 import trio.testing
@@ -21,11 +23,13 @@ import trio.testing
 from engine.coordinator import schema
 from engine.coordinator.journal import Journal, Record
 from engine.world.local import Local, dvp_legs, standard_world
+from engine.world.postgres import new_schema
 from protocols.bus.memory import MemoryBus
 from protocols.htlc import hashlock_of
 from protocols.messages import Lock, QueryLock, Settlement
 from protocols.settlement import Decision, Phase, Timing, lock_id
 from protocols.signing import decode_signed, sign
+from tests.databases import BACKENDS, run_sql
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 LEGS = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
@@ -61,13 +65,13 @@ def test_a_record_is_decided_once():
     ],
     ids=["decision", "secret", "cancel_secret"],
 )
-async def test_the_database_refuses_a_second_decision_or_other_secrets(tmp_path, change):
-    journal = Journal(tmp_path / "coordinator.db")
+async def test_the_database_refuses_a_second_decision_or_other_secrets(database, change):
+    journal = Journal(database)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         committed = locking().to(Phase.LOCKED, 3).to(Phase.CLAIMING, 4)
         await journal.save(committed)
-        with pytest.raises(sqlite3.IntegrityError, match="decided once"):
+        with pytest.raises(DECIDED_ONCE, match="decided once"):
             # as the writer would, past the record's checks
             journal._write([(committed, attrs.evolve(committed, **change))])
         assert journal.get("dvp-1") == committed
@@ -245,16 +249,27 @@ def test_a_database_from_a_newer_coordinator_is_refused(tmp_path):
         Journal(path)
 
 
-def rows(path, table: str) -> int:
-    with closing(sqlite3.connect(path)) as db:
-        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+def rows(database, table: str) -> int:
+    _, ((count,),) = run_sql(database, f"SELECT COUNT(*) FROM {table}")
+    return count
 
 
-async def test_the_journal_logs_what_changed_and_compacts_a_settlement_into_one_row_when_it_ends(tmp_path):
+@pytest.fixture(params=BACKENDS)
+def database(request, tmp_path):
+    """The journal's database: an SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return tmp_path / "coordinator.db"
+    return new_schema(request.getfixturevalue("postgres"), f"c{secrets.token_hex(4)}")
+
+
+DECIDED_ONCE = (sqlite3.IntegrityError, psycopg.errors.RaiseException)  # each backend's trigger
+
+
+async def test_the_journal_logs_what_changed_and_compacts_a_settlement_into_one_row_when_it_ends(database):
     """Each save appends one transition holding what changed (the secrets once, in the
     row that drew them); the record read back is the fold of them; once final, the
     settlement is one row and its transitions are gone, in the same commit."""
-    path = tmp_path / "coordinator.db"
+    path = database
     journal = Journal(path)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
@@ -268,21 +283,20 @@ async def test_the_journal_logs_what_changed_and_compacts_a_settlement_into_one_
         await journal.save_all([(records[2], records[3])])
         assert journal.get("dvp-1") == records[3] and journal.unfinished() == [records[3]]
         assert (rows(path, "transitions"), rows(path, "settlements")) == (4, 0)
-        with closing(sqlite3.connect(path)) as db:
-            drew = db.execute("SELECT COUNT(*) FROM transitions WHERE secret != x''").fetchone()[0]
+        _, ((drew,),) = run_sql(path, "SELECT COUNT(*) FROM transitions WHERE length(secret) > 0")
         assert drew == 1, "the secret is written once, in the transition that drew it"
         settled = records[3].to(Phase.SETTLED, 5, claimed=2)
         await journal.save_all([(records[3], settled)])
         assert (rows(path, "transitions"), rows(path, "settlements")) == (0, 1)
         assert journal.get("dvp-1") == settled and journal.unfinished() == [] and journal.all() == [settled]
-        with pytest.raises(sqlite3.IntegrityError, match="ends once"):
+        with pytest.raises(DECIDED_ONCE, match="ends once"):
             journal._write([(settled, attrs.evolve(settled, reason="again"))])
         nursery.cancel_scope.cancel()
     journal.close()
 
 
-async def test_a_journal_reopened_folds_its_log_into_rows_and_resumes_the_same_records(tmp_path):
-    path = tmp_path / "coordinator.db"
+async def test_a_journal_reopened_folds_its_log_into_rows_and_resumes_the_same_records(database):
+    path = database
     journal = Journal(path)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
@@ -297,13 +311,42 @@ async def test_a_journal_reopened_folds_its_log_into_rows_and_resumes_the_same_r
     reopened.close()
 
 
-def test_a_journal_is_held_by_one_coordinator_at_a_time(tmp_path):
-    """A second Journal on the same file is refused, naming the holder; once the first is
-    closed (or its process dies: the kernel drops the lock) the next one opens it."""
+def test_a_journal_is_held_by_one_coordinator_at_a_time(database):
+    """A second Journal on the same database is refused, naming the holder where it can;
+    once the first is closed (or its process dies: the kernel drops the lock file, the
+    server the session) the next one opens it."""
     from engine.coordinator.journal import JournalInUse
 
-    first = Journal(tmp_path / "coordinator.db")
-    with pytest.raises(JournalInUse, match=f"held by process {os.getpid()}; one coordinator per journal"):
-        Journal(tmp_path / "coordinator.db")
+    first = Journal(database)
+    holder = f"process {os.getpid()}" if isinstance(database, Path) else "another coordinator process"
+    with pytest.raises(JournalInUse, match=f"held by {holder}"):
+        Journal(database)
     first.close()
-    Journal(tmp_path / "coordinator.db").close()
+    Journal(database).close()
+
+
+def columns(database) -> dict[str, list[str]]:
+    """Each table's columns, in order, as the database lists them."""
+    if isinstance(database, Path):
+        with closing(sqlite3.connect(database)) as db:
+            names = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            return {name: [row[1] for row in db.execute(f"PRAGMA table_info({name})")] for name in names}
+    _, rows = run_sql(
+        database,
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "ORDER BY table_name, ordinal_position",
+    )
+    found: dict[str, list[str]] = {}
+    for table, column in rows:
+        found.setdefault(table, []).append(column)
+    return found
+
+
+def test_postgresql_has_the_tables_and_columns_that_the_sqlite_migrations_end_with(tmp_path, postgres):
+    schema.connect(tmp_path / "coordinator.db").close()
+    url = new_schema(postgres, f"c{secrets.token_hex(4)}")
+    schema.connect(url).close()
+    sqlite = {
+        table: names for table, names in columns(tmp_path / "coordinator.db").items() if table != "sqlite_sequence"
+    }
+    assert columns(url) == {**sqlite, "lockstep_schema": ["version"]}

@@ -3,6 +3,7 @@ every settlement ends on both legs or on neither, checked on the ledgers themsel
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 
@@ -10,9 +11,11 @@ import pytest
 import trio
 
 from engine.world.local import Local, dvp_legs, standard_world
+from engine.world.postgres import service_schemas
 from protocols.bus.mqtt import MqttBus
 from protocols.messages import QueryLocks, SettlementStatus
 from protocols.signing import decode_signed
+from tests.databases import BACKENDS
 from tests.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow  # a coordinator process killed and restarted
@@ -21,8 +24,14 @@ LEGS = dvp_legs("csd", "a-sec", "b-sec", 10, "cbdc-eur", "EUR", "b-eur", "a-eur"
 SETTLEMENTS = 60
 
 
-async def test_coordinator_killed_mid_stream_resumes_every_settlement(tmp_path, broker):
-    world = standard_world(tmp_path, broker=broker.url)
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_coordinator_killed_mid_stream_resumes_every_settlement(tmp_path, broker, backend, request):
+    """On SQLite files, or with the journal and both ledgers on PostgreSQL."""
+    databases = None
+    if backend == "postgresql":
+        prefix = f"k{secrets.token_hex(4)}_"
+        databases = service_schemas(request.getfixturevalue("postgres"), ["coordinator", "csd", "cbdc-eur"], prefix)
+    world = standard_world(tmp_path, broker=broker.url, databases=databases)
     ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
     coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
     try:

@@ -13,7 +13,7 @@ import pytest
 
 import ledgers.database
 from engine.world.layout import lay_out
-from engine.world.postgres import ledger_schema
+from engine.world.postgres import new_schema
 from ledgers.database import DatabaseUnavailable
 from ledgers.store import Store
 from tests.databases import SERVER, postgres_database, run_sql
@@ -51,7 +51,7 @@ def tables_in(url: str) -> list[str]:
 
 def test_a_postgres_ledger_holds_its_schema_alone_and_another_schema_opens_beside_it(postgres, monkeypatch):
     monkeypatch.setattr(ledgers.database, "POSTGRES_HOLD_WAIT_MS", 200)
-    first, second = ledger_schema(postgres, "held_a"), ledger_schema(postgres, "held_b")
+    first, second = new_schema(postgres, "held_a"), new_schema(postgres, "held_b")
     store = Store(first)
     try:
         with pytest.raises(DatabaseUnavailable, match="schema held_a is held by another ledger process"):
@@ -85,3 +85,12 @@ def test_the_test_server_is_durable_as_a_ledger_needs():
     here would test a refusal."""
     with closing(psycopg.connect(SERVER)) as db:
         assert db.execute("SHOW fsync").fetchone() == ("on",)
+
+
+def test_postgresql_has_the_tables_and_columns_that_the_sqlite_migrations_end_with(tmp_path, postgres):
+    from tests.test_coordinator_journal import columns
+
+    Store(tmp_path / "ledger.db").close()
+    url = new_schema(postgres, "same_columns")
+    Store(url).close()
+    assert columns(url) == {**columns(tmp_path / "ledger.db"), "lockstep_schema": ["version"]}

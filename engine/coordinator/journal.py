@@ -15,7 +15,7 @@ second time or follows a final phase, so no bug can make it reveal the claim sec
 a settlement it aborted or the cancellation of one it committed.
 
 Writes are group-committed: whoever saves hands its transitions to one writer, which
-commits whatever has gathered in one SQLite transaction (synchronous=FULL) and only then
+commits whatever has gathered in one transaction, durably, and only then
 lets each go on. The coordinator's shell saves once per step."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import fcntl
 import itertools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ import orjson
 import trio
 
 from protocols.canonical import encode
+from protocols.databases import is_postgres
 from protocols.settlement import FINAL, Decision, Phase, check_transition, decided
 
 from . import schema
+from .postgres import PostgresConnection
 from .schema import FINAL_SQL
 
 BATCH_SIZE_MAX = 1024  # saves gathered into one commit
@@ -98,19 +101,22 @@ class JournalInUse(Exception):
 
 
 class Journal:
-    def __init__(self, path: str | Path, *, offload: bool = False, held: int | None = None) -> None:
-        """`offload=True` commits in a worker thread, so that the other services of
+    def __init__(self, database: str | Path, *, offload: bool = False, held: Hold | None = None) -> None:
+        """`database`: an SQLite file's path or a postgresql:// URL (schema.py).
+        `offload=True` commits in a worker thread, so that the other services of
         the same process go on while the disk syncs (as LedgerService does; off under a
         MockClock, and in a coordinator process of its own, where the thread's hand-offs
-        cost more than a commit). Held by one Journal
-        at a time: a lock on `{path}.lock`, which the kernel releases when its process
-        dies however it dies, so a restart takes it at once. `held`: that lock, taken
-        already (`hold`)."""
-        self.path = Path(path)
+        cost more than a commit). Held by one Journal at a time (`hold`); `held`: that
+        hold, taken already."""
+        self.database = database
         self.offload = offload
-        self._lock = hold(self.path) if held is None else held
-        self._db = schema.connect(self.path)  # the writer's
-        self._reader = schema.connect(self.path)  # sees what is committed, never a commit under way
+        self._hold = hold(database) if held is None else held
+        try:
+            self._db = schema.connect(database)  # the writer's
+            self._reader = schema.connect(database)  # sees what is committed, never a commit under way
+        except BaseException:
+            self._hold.release()
+            raise
         self._send, self._receive = trio.open_memory_channel[tuple[list[Change], trio.Event]](BATCH_SIZE_MAX * 4)
         self.commits = 0
         self.checkpoint()
@@ -119,7 +125,7 @@ class Journal:
     def close(self) -> None:
         self._db.close()
         self._reader.close()
-        os.close(self._lock)  # and with it the lock
+        self._hold.release()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The writer: commit what has gathered, then release its waiters."""
@@ -203,10 +209,27 @@ class Journal:
         return [record for (settlement_id,) in ids.fetchall() if (record := self.get(settlement_id)) is not None]
 
 
-def hold(journal: Path) -> int:
-    """An exclusive lock on the journal (on `{journal}.lock`: a descriptor whose closing
-    releases it), or JournalInUse naming the process that holds it."""
-    descriptor = os.open(f"{journal}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+class Hold:
+    """A journal held by this process until `release`, or until the process dies however
+    it dies (the kernel closes its lock file; the server ends its session), so that a
+    restart takes it at once."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.release = release
+
+
+def hold(database: str | Path) -> Hold:
+    """The journal held, or JournalInUse saying by whom: on SQLite an exclusive lock on
+    `{database}.lock`, on PostgreSQL the schema's advisory lock."""
+    if is_postgres(database):
+        connection = PostgresConnection(str(database))
+        if not connection.hold():
+            connection.close()
+            raise JournalInUse(
+                "held by another coordinator process (its lock on the schema); one coordinator per journal"
+            )
+        return Hold(connection.close)
+    descriptor = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -215,7 +238,7 @@ def hold(journal: Path) -> int:
         raise JournalInUse(f"held by process {holder}; one coordinator per journal") from None
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-    return descriptor
+    return Hold(lambda: os.close(descriptor))
 
 
 class _transaction:

@@ -7,7 +7,6 @@ neither can drift from the truth."""
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from protocols.registry import Role
 from protocols.settlement import FINAL, Phase
 
-from . import Coordinator
+from . import Coordinator, schema
 from .journal import Record
 
 SETTLEMENT_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -75,7 +74,7 @@ class CoordinatorMetrics:
         )
         coordinator.on_busy = busy.inc
         self.registry.register(_PhaseCollector(coordinator))
-        self.registry.register(_JournalCollector(coordinator.journal.path))
+        self.registry.register(_JournalCollector(coordinator.journal.database))
         for party in coordinator.registry:
             if Role.LEDGER in party.roles:
                 self._watch(coordinator, party.id)
@@ -132,13 +131,13 @@ class _JournalCollector:
     scrape never meets the writer's transaction): the settlements it holds, and the
     transitions in its log (of settlements not yet final)."""
 
-    def __init__(self, journal_path: Path) -> None:
-        self._uri = Path(journal_path).resolve().as_uri() + "?mode=ro"
+    def __init__(self, database: str | Path) -> None:
+        self._database = database
 
     def collect(self):
-        with closing(sqlite3.connect(self._uri, uri=True)) as db:
+        with closing(schema.read_only(self._database)) as db:
             rows = db.execute(
-                "SELECT COUNT(*) FROM (SELECT id FROM settlements UNION SELECT settlement_id FROM transitions)"
+                "SELECT COUNT(*) FROM (SELECT id FROM settlements UNION SELECT settlement_id FROM transitions) AS ids"
             ).fetchone()[0]
             logged = db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
         yield GaugeMetricFamily(

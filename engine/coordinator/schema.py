@@ -1,33 +1,59 @@
-"""The coordinator's database: one file, and this module the one owner of its schema.
+"""The coordinator's database, and this module the one owner of its schema: an SQLite
+file, or a PostgreSQL database (`journal = "postgresql://..."`, postgres.py).
 
 Every table of what the coordinator hosts (the settlement journal, the matching,
-servicing and repo desks) is made here by numbered migrations, applied in order in one
-transaction when a connection opens; `PRAGMA user_version` is the number of the last
-applied. A desk reads and writes its tables but never makes or changes one."""
+servicing and repo desks) is made here. On SQLite by numbered migrations, applied in
+order in one transaction when a connection opens; `PRAGMA user_version` is the number
+of the last applied. PostgreSQL came in at version 5 and is made whole at it, its
+triggers in PL/pgSQL. A desk reads and writes its tables but never makes or changes one."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import sqlite_utils
 
+from protocols.databases import POSTGRES_HOLD_KEY, is_postgres
 from protocols.settlement import FINAL
+
+from .postgres import PostgresConnection
 
 # in one fixed order: a query must spell the partial index's condition as it was created
 FINAL_SQL = ", ".join(f"'{value}'" for value in sorted(phase.value for phase in FINAL))
 BUSY_TIMEOUT_S = 30  # the journal's writer and the desks share the file
+POSTGRES_MAKE_KEY = POSTGRES_HOLD_KEY + 1  # held while the schema is made: the journal's connections race
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection to the coordinator's database at the current schema: WAL, and every
-    commit durable (synchronous=FULL) before whoever made it acts on it."""
+def connect(database: str | Path) -> Connection:
+    """A connection to the coordinator's database at the current schema, every commit
+    durable before whoever made it acts on it: on SQLite WAL and synchronous=FULL."""
+    if is_postgres(database):
+        pg = PostgresConnection(str(database))
+        try:
+            _migrate_postgres(pg)
+        except BaseException:
+            pg.close()
+            raise
+        return pg
+    path = database
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     migrate(db, path)
     return db
+
+
+def read_only(database: str | Path) -> Connection:
+    """A connection that only reads what is committed (a metrics scrape): it never meets
+    the writer's transaction, and never makes or migrates the schema."""
+    if is_postgres(database):
+        pg = PostgresConnection(str(database))
+        pg.execute("SET default_transaction_read_only = on")
+        return pg
+    return sqlite3.connect(Path(database).resolve().as_uri() + "?mode=ro", uri=True)
 
 
 def migrate(db: sqlite3.Connection, path: str | Path) -> None:
@@ -159,3 +185,79 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _5_epochs,
 )
 SCHEMA_VERSION = len(MIGRATIONS)  # 1: settlements; 2: decision locks, the decision; 3: desks; 4: the log; 5: epochs
+
+
+class Connection(Protocol):
+    """What the journal and the desks use of a connection, sqlite3's or PostgresConnection."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, kind: Any, error: Any, traceback: Any, /) -> Any: ...
+
+
+def _migrate_postgres(db: PostgresConnection) -> None:
+    """Make the schema whole at SCHEMA_VERSION, once: all or none."""
+    with db:
+        db.execute("BEGIN")
+        db.execute("SELECT pg_advisory_xact_lock(?, hashtext(current_schema()))", (POSTGRES_MAKE_KEY,))
+        if db.value("SELECT to_regclass('lockstep_schema') IS NOT NULL"):
+            version = db.value("SELECT version FROM lockstep_schema")
+            assert version == SCHEMA_VERSION, f"{db.name}: schema {version}, this code's is {SCHEMA_VERSION}"
+            return
+        for statement in POSTGRES:
+            db.execute(statement)
+        db.execute("INSERT INTO lockstep_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+
+
+_TEXT = 'TEXT COLLATE "C"'
+_EMPTY = "''::bytea"
+_REFUSED = (
+    "({t}.decision != '' AND NEW.decision != {t}.decision) "
+    f"OR ({{t}}.secret != {_EMPTY} AND NEW.secret != {_EMPTY}) "
+    f"OR ({{t}}.cancel_secret != {_EMPTY} AND NEW.cancel_secret != {_EMPTY}) "
+    f"OR {{t}}.phase IN ({FINAL_SQL})"
+)
+POSTGRES = (
+    "CREATE TABLE lockstep_schema (version INTEGER NOT NULL)",
+    f"CREATE TABLE settlements (id {_TEXT} PRIMARY KEY, instruction BYTEA, phase TEXT, secret BYTEA, "
+    "expiry_ms TEXT, sent TEXT, reason_code TEXT, reason TEXT, steps TEXT, "
+    f"cancel_secret BYTEA NOT NULL DEFAULT {_EMPTY}, backstop_ms TEXT NOT NULL DEFAULT '[]', "
+    "decision TEXT NOT NULL DEFAULT '', claimed INTEGER NOT NULL DEFAULT 0)",
+    f"CREATE INDEX unfinished ON settlements(phase) WHERE phase NOT IN ({FINAL_SQL})",
+    "CREATE FUNCTION decided_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF (OLD.decision != '' AND NEW.decision != OLD.decision) "
+    f"OR (OLD.secret != {_EMPTY} AND NEW.secret != OLD.secret) "
+    f"OR (OLD.cancel_secret != {_EMPTY} AND NEW.cancel_secret != OLD.cancel_secret) THEN "
+    "RAISE EXCEPTION 'a settlement is decided once, under the secrets first drawn'; END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER decided_once BEFORE UPDATE ON settlements FOR EACH ROW EXECUTE FUNCTION decided_once()",
+    f"CREATE TABLE instructions (party {_TEXT} NOT NULL, id {_TEXT} NOT NULL, raw BYTEA NOT NULL, "
+    f"counterparty {_TEXT} NOT NULL, settlement_date TEXT NOT NULL, state TEXT NOT NULL, settlement_id {_TEXT}, "
+    "received_ms BIGINT NOT NULL, PRIMARY KEY (party, id))",
+    "CREATE INDEX open_instructions ON instructions(state, counterparty) WHERE state IN ('unmatched', 'matched')",
+    f"CREATE TABLE advices (seq BIGSERIAL PRIMARY KEY, party {_TEXT} NOT NULL, instruction_id {_TEXT} NOT NULL, "
+    f"settlement_id {_TEXT}, status TEXT NOT NULL, format TEXT NOT NULL, document TEXT NOT NULL, "
+    "time_ms BIGINT NOT NULL)",
+    "CREATE INDEX advices_of ON advices(party, seq)",
+    f"CREATE TABLE corporate_actions (id {_TEXT} PRIMARY KEY, action TEXT NOT NULL, state TEXT NOT NULL, "
+    "reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)",
+    f"CREATE TABLE entitlements (action_id {_TEXT} NOT NULL, holder_account {_TEXT} NOT NULL, "
+    f"holder {_TEXT} NOT NULL, cash_account {_TEXT} NOT NULL, units BIGINT NOT NULL, amount_minor BIGINT NOT NULL, "
+    "state TEXT NOT NULL, reason_code TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (action_id, holder_account))",
+    f"CREATE TABLE repos (id {_TEXT} PRIMARY KEY, repo TEXT NOT NULL, state TEXT NOT NULL, "
+    "reason_code TEXT NOT NULL, reason TEXT NOT NULL, steps TEXT NOT NULL)",
+    f"CREATE TABLE transitions (seq BIGSERIAL PRIMARY KEY, settlement_id {_TEXT} NOT NULL, phase TEXT NOT NULL, "
+    "decision TEXT NOT NULL, secret BYTEA NOT NULL, cancel_secret BYTEA NOT NULL, changes TEXT NOT NULL)",
+    "CREATE INDEX transitions_of ON transitions(settlement_id, seq)",
+    "CREATE FUNCTION decided_once_logged() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF EXISTS (SELECT 1 FROM transitions AS t WHERE t.settlement_id = NEW.settlement_id AND ("
+    + _REFUSED.format(t="t")
+    + ")) OR EXISTS (SELECT 1 FROM settlements AS s WHERE s.id = NEW.settlement_id AND ("
+    + _REFUSED.format(t="s")
+    + ")) THEN RAISE EXCEPTION 'a settlement is decided once, under the secrets first drawn, and ends once'; "
+    "END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER decided_once_logged BEFORE INSERT ON transitions FOR EACH ROW "
+    "EXECUTE FUNCTION decided_once_logged()",
+    "CREATE TABLE epochs (epoch BIGINT PRIMARY KEY, pid INTEGER NOT NULL, opened_ms BIGINT NOT NULL)",
+)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import enum
 import json
-import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any
@@ -35,7 +34,7 @@ class Desk(abc.ABC):
 
     def __init__(self, coordinator) -> None:
         self.coordinator = coordinator
-        self._db = schema.connect(coordinator.journal.path)
+        self._db = schema.connect(coordinator.journal.database)
         self._nursery: trio.Nursery | None = None
         self._serving: set[str] = set()
 
@@ -91,7 +90,7 @@ class Units:
     """A desk's table of units: `id`, the message as received (column `column`), `state`,
     `reason_code`, `reason` and `steps` (JSON: [state, ms] each)."""
 
-    db: sqlite3.Connection
+    db: schema.Connection
     table: str
     column: str
     states: type[enum.Enum]
@@ -125,7 +124,7 @@ class Units:
     def add(self, unit_id: str, wire: str, state: enum.Enum, now_ms: int) -> None:
         """Journal a new unit (one already there, from another copy, is left as it is)."""
         self.db.execute(
-            f"INSERT OR IGNORE INTO {self.table} VALUES (?, ?, ?, '', '', ?)",
+            f"INSERT INTO {self.table} VALUES (?, ?, ?, '', '', ?) ON CONFLICT DO NOTHING",
             (unit_id, wire, state.value, json.dumps([[state.value, now_ms]])),
         )
 

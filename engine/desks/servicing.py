@@ -124,18 +124,19 @@ class ServicingDesk(Desk):
         so a second one pays only the holdings the first could not move."""
         if action.kind != "coupon":
             return
-        earlier = self._db.execute(
-            "SELECT id FROM corporate_actions WHERE json_extract(action, '$.isin') = ? "
-            "AND json_extract(action, '$.kind') = ? AND json_extract(action, '$.payment_date') = ? "
-            "AND id != ? AND state != ?",
-            (action.isin, action.kind, action.payment_date, action.id, ActionState.FAILED.value),
-        ).fetchone()
-        if earlier is not None:
-            raise Rejected(
-                Code.INVALID_FIELD,
-                "payment_date",
-                f"corporate action {earlier[0]} already mandates the {action.payment_date} coupon of {action.isin}",
-            )
+        mandated = (action.isin, action.kind, action.payment_date)
+        others = self._db.execute(
+            "SELECT id, action FROM corporate_actions WHERE id != ? AND state != ?",
+            (action.id, ActionState.FAILED.value),
+        )
+        for other_id, raw in others:
+            other = json.loads(raw)
+            if (other.get("isin"), other.get("kind"), other.get("payment_date")) == mandated:
+                raise Rejected(
+                    Code.INVALID_FIELD,
+                    "payment_date",
+                    f"corporate action {other_id} already mandates the {action.payment_date} coupon of {action.isin}",
+                )
 
     async def _check(self, signed: Signed) -> None:
         action: CorporateAction = signed.msg

@@ -358,7 +358,7 @@ async def _matched(local: Local, coordinator: Coordinator, folder: Path, sides: 
             timeout_s=30,
         )
     folder.mkdir(exist_ok=True)
-    desk = sqlite3.connect(coordinator.journal.path)
+    desk = sqlite3.connect(coordinator.journal.database)
     ids = tuple(one.reference for one in sides)
     settled = "SELECT count(*) FROM advices WHERE status = 'settled' AND instruction_id IN (?, ?)"
     while desk.execute(settled, ids).fetchone()[0] != 2:

@@ -77,7 +77,8 @@ def lay_out(
     password per user, the configs' broker_password_file settings and the broker's
     files: see `secure`. `places` names, in the coordinators' configs, the ledger that
     settles each asset for the matching desk; `names` gives parties a BIC and an LEI;
-    `databases` a ledger its database setting (a postgresql:// URL), `{ledger_id}.db` otherwise."""
+    `databases` a ledger its database setting, or a coordinator its journal's (a
+    postgresql:// URL), `{id}.db` otherwise."""
     directory = Path(directory)
     if secured and broker is None:
         raise ValueError("a secured world needs broker, the URL its configs name")
@@ -120,7 +121,7 @@ def lay_out(
                 f'coordinator_id = "{party}"',
                 f'key_file = "keys/{party}.pem"',
                 'registry = "registry.toml"',
-                f'journal = "{party}.db"',
+                f'journal = "{(databases or {}).get(party, f"{party}.db")}"',
                 f"ledgers = [{ledger_list}]",
                 f'broker = "{broker}"',
             ]

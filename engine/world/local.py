@@ -66,12 +66,18 @@ NAMES = {
 PLACES = {BOND: "csd", "EUR": "cbdc-eur", "USD": "cbdc-multi", "CHF": "cbdc-multi"}  # where matched trades settle
 
 
-def standard_world(directory: str | Path, broker: str | None = None, coordinators: int = 1) -> World:
+def standard_world(
+    directory: str | Path,
+    broker: str | None = None,
+    coordinators: int = 1,
+    databases: dict[str, str] | None = None,
+) -> World:
     """The demo's world: a CSD, a one-currency and a multi-currency CBDC ledger, a
     unified ledger, three central banks, an issuer, two banks and a coordinator (or
-    `coordinators` of them, sharing the settlement ids: `coordinator`, `coordinator-1`, ...)."""
+    `coordinators` of them, sharing the settlement ids: `coordinator`, `coordinator-1`, ...).
+    `databases`: a ledger's or coordinator's database elsewhere than its file (lay_out)."""
     parties = {**PARTIES, **{c: (Role.COORDINATOR,) for c in coordinator_ids(COORDINATOR, coordinators)}}
-    return lay_out(directory, LEDGERS, parties, broker=broker, places=PLACES, names=NAMES)
+    return lay_out(directory, LEDGERS, parties, broker=broker, places=PLACES, names=NAMES, databases=databases)
 
 
 @attrs.define

@@ -1,6 +1,6 @@
-"""Ledger databases on a PostgreSQL server for a world laid out here (the bench, chaos,
-the tests): a scratch database, dropped afterwards, and in it a schema per ledger, which
-a ledger's URL names by its search_path."""
+"""Databases on a PostgreSQL server for a world laid out here (the bench, chaos, the
+tests): a scratch database, dropped afterwards, and in it a schema per ledger or
+coordinator, which the service's URL names by its search_path."""
 
 from __future__ import annotations
 
@@ -28,17 +28,17 @@ def scratch_database(server: str, prefix: str = "lockstep") -> Iterator[str]:
             admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-def ledger_schema(database: str, schema: str) -> str:
-    """A new schema in `database`, and the URL a ledger keeps its tables there by (its
+def new_schema(database: str, schema: str) -> str:
+    """A new schema in `database`, and the URL a service keeps its tables there by (its
     connections named after the schema, as the server lists them)."""
     with closing(psycopg.connect(database, autocommit=True)) as db:
         db.execute(f"CREATE SCHEMA {schema}")
     return f"{database}?options=-csearch_path%3D{schema}&application_name={schema}"
 
 
-def ledger_schemas(database: str, ledger_ids: list[str], prefix: str = "") -> dict[str, str]:
-    """A schema for each ledger: ledger id -> its database setting."""
-    return {ledger: ledger_schema(database, f"{prefix}{ledger.replace('-', '_')}") for ledger in ledger_ids}
+def service_schemas(database: str, services: list[str], prefix: str = "") -> dict[str, str]:
+    """A schema for each service (a ledger or a coordinator): its id -> its database setting."""
+    return {service: new_schema(database, f"{prefix}{service.replace('-', '_')}") for service in services}
 
 
 def backend_pids(database: str) -> dict[str, int]:

@@ -1,0 +1,70 @@
+"""The coordinator's database on PostgreSQL (`journal = "postgresql://..."`): a
+connection that the journal and the desks use as they use sqlite3's (`?` placeholders,
+BEGIN IMMEDIATE, `with db:` committing what a BEGIN opened), and the journal's hold as
+a session advisory lock in place of a lock file.
+
+A server that could lose an acknowledged commit is refused (protocols/databases.py):
+the journal is written before the actions it announces, or it is no journal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from protocols.bus.address import redacted
+from protocols.databases import POSTGRES_DURABLE, POSTGRES_HOLD_KEY, durability_problem, postgres_dialect
+from protocols.failures import ExpectedFailure
+
+
+class JournalUnavailable(ExpectedFailure):
+    """The journal's database cannot be opened, or cannot be trusted with it."""
+
+
+class PostgresConnection:
+    def __init__(self, url: str) -> None:
+        self.name = redacted(url)
+        try:
+            self._db = psycopg.connect(url, autocommit=True)
+        except psycopg.Error as error:
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise JournalUnavailable(f"journal {self.name}", f"cannot open it: {reason}") from None
+        try:
+            for setting in POSTGRES_DURABLE:
+                problem = durability_problem(setting, str(self.value(f"SHOW {setting}")))
+                if problem:
+                    raise JournalUnavailable(f"journal {self.name}", problem)
+            if self.value("SELECT current_schema()") is None:
+                raise JournalUnavailable(f"journal {self.name}", "its search_path names no schema that exists")
+        except BaseException:
+            self._db.close()
+            raise
+
+    def execute(self, sql: str, params: Any = (), /) -> psycopg.Cursor:
+        return self._db.execute(postgres_dialect(sql), params)
+
+    def executemany(self, sql: str, rows: Any, /) -> None:
+        with self._db.cursor() as cursor:
+            cursor.executemany(postgres_dialect(sql), rows)
+
+    def value(self, sql: str, params: tuple = ()) -> Any:
+        """The one value a query answers."""
+        row = self.execute(sql, params).fetchone()
+        assert row is not None, sql
+        return row[0]
+
+    def hold(self) -> bool:
+        """Take the schema's advisory lock for as long as this connection lives, if free."""
+        return bool(self.value("SELECT pg_try_advisory_lock(?, hashtext(current_schema()))", (POSTGRES_HOLD_KEY,)))
+
+    def __enter__(self) -> PostgresConnection:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any, /) -> None:
+        """Commit the transaction a BEGIN opened inside the block, or roll it back on an
+        error (sqlite3's `with connection:`); statements outside one committed each alone."""
+        if self._db.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+    def close(self) -> None:
+        self._db.close()
