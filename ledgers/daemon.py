@@ -81,5 +81,8 @@ async def run(config_path: str, broker: str | None = None, metrics: str | None =
                         nursery.cancel_scope.cancel()
                         break
     finally:
-        ledger.close()  # a checkpoint at the head: the next start reads one entry
+        try:
+            ledger.close()  # a checkpoint at the head: the next start reads one entry
+        except DatabaseUnavailable as error:
+            log.warning("ledger %s stopped without a checkpoint at its head: %s", config.ledger_id, error)
     log.info("ledger %s stopped at journal height %d", config.ledger_id, ledger.seq)

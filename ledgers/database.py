@@ -21,7 +21,14 @@ from pathlib import Path
 import psycopg
 
 from protocols.bus.address import redacted
-from protocols.databases import POSTGRES_DURABLE, POSTGRES_HOLD_KEY, durability_problem, is_postgres, postgres_dialect
+from protocols.databases import (
+    POSTGRES_DURABLE,
+    POSTGRES_HOLD_KEY,
+    durability_problem,
+    error_line,
+    is_postgres,
+    postgres_dialect,
+)
 from protocols.failures import ExpectedFailure
 
 # how long a start waits for that lock: a ledger killed a moment ago holds it until the
@@ -115,7 +122,10 @@ class Postgres:
         self.execute("INSERT INTO lockstep_schema (version) VALUES (?)", (version,))
 
     def execute(self, sql: str, params: tuple | list = ()) -> psycopg.Cursor:
-        return self._db.execute(postgres_dialect(sql), params)
+        try:
+            return self._db.execute(postgres_dialect(sql), params)
+        except psycopg.OperationalError as error:
+            raise self._lost(error) from None
 
     def executemany(self, sql: str, rows: list[tuple]) -> None:
         with self._db.cursor() as cursor:
@@ -124,8 +134,16 @@ class Postgres:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN ... COMMIT in pipeline mode, or ROLLBACK on any error."""
-        with self._db.pipeline(), self._db.transaction():
-            yield
+        try:
+            with self._db.pipeline(), self._db.transaction():
+                yield
+        except psycopg.OperationalError as error:
+            raise self._lost(error) from None
+
+    def _lost(self, error: psycopg.OperationalError) -> DatabaseUnavailable:
+        """The server gone mid-batch: nothing of the batch was answered, so whether its
+        commit happened or not, a client's retry gets the same receipt after a restart."""
+        return DatabaseUnavailable(f"database {self.name}", f"connection lost: {error_line(error)}")
 
     def close(self) -> None:
         self._db.close()  # and with it the advisory lock
@@ -152,8 +170,7 @@ def _connect(url: str, name: str) -> psycopg.Connection:
     try:
         return psycopg.connect(url, autocommit=True)
     except psycopg.Error as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DatabaseUnavailable(f"database {name}", f"cannot open it: {reason}") from None
+        raise DatabaseUnavailable(f"database {name}", f"cannot open it: {error_line(error)}") from None
 
 
 def _hold(db: psycopg.Connection, name: str) -> None:

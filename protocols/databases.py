@@ -36,6 +36,11 @@ def durability_problem(setting: str, value: str) -> str | None:
     )
 
 
+def error_line(error: BaseException) -> str:
+    """A driver's error said in its first line (the server's message), for a reason."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
 @functools.lru_cache(maxsize=512)
 def postgres_dialect(sql: str) -> str:
     """A statement of the dialect Lockstep writes for both backends, as psycopg takes it:

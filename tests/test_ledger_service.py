@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trio
@@ -13,14 +14,16 @@ import trio
 from engine.audit.conformance import run_checks
 from engine.world.broker import Broker
 from engine.world.layout import World, lay_out
+from ledgers.config import LedgerConfig
 from protocols import canonical
 from protocols.bus import BusTimeout, service_of_ledger
+from protocols.bus.address import redacted
 from protocols.bus.client import LedgerClient
 from protocols.bus.mqtt import TOPIC_ROOT, MqttBus, request_topic
 from protocols.journal import Link, verify_chain
 from protocols.messages import Issue, OpenAccount, QueryBalances, QueryJournal, Receipt, Transfer
 from protocols.signing import sign, signing_bytes
-from tests.databases import BACKENDS
+from tests.databases import BACKENDS, run_sql
 from tests.harness import LEDGERS, PARTIES, databases_for
 from tests.processes import ServiceProcess
 
@@ -199,3 +202,47 @@ async def test_hostile_messages_get_an_error_and_the_ledger_keeps_serving(world_
             ).applied
     finally:
         assert process.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_on_disk", ["postgresql"], indirect=True)
+async def test_a_ledger_whose_database_connection_is_cut_stops_and_restarts_losing_nothing(world_on_disk, broker):
+    """The server ends the ledger's session mid-stream (a failover, an operator): the
+    ledger exits rather than answer from a book it cannot write, and once restarted, as
+    its supervisor would, every transfer is applied once, none lost of those acknowledged."""
+    process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", broker.url).start()
+    database = str(LedgerConfig.load(world_on_disk.ledger_configs["cbdc-eur"]).database)
+    (session,) = parse_qs(urlsplit(database).query)["application_name"]  # as service_schemas names it
+    try:
+        async with MqttBus.connect(broker.url) as bus:
+            await process.ready(bus)
+            stream = Stream(world_on_disk, bus)
+            await stream.fund()
+            acknowledged_before_cut: set[str] = set()
+
+            async def cutter() -> None:
+                while len(stream.acknowledged) < 100:
+                    await trio.sleep(0.005)
+                _, cut = run_sql(
+                    database.split("?")[0],
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
+                    (session,),
+                )
+                assert cut == [(True,)]
+                acknowledged_before_cut.update(stream.acknowledged)
+                with trio.fail_after(10):
+                    while process.running:
+                        await trio.sleep(0.02)
+                assert process.process is not None and process.process.returncode == 2
+                stopped = process.log_path.read_text().splitlines()[-1]
+                assert stopped.startswith(f"lockstep ledger: database {redacted(database)}: connection lost: ")
+                process.start()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cutter)
+                ids = await stream.transfers(300)
+            await stream.check_exactly_once(ids)
+            journal_ids = {e.instruction["id"] for e in await stream.journal() if e.instruction}
+            assert acknowledged_before_cut <= journal_ids
+    finally:
+        process.stop()

@@ -35,7 +35,7 @@ from protocols.bus.address import redacted
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import PAGE_SIZE
 from protocols.bus.mqtt import MqttBus
-from protocols.databases import is_postgres
+from protocols.databases import error_line, is_postgres
 from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason
 from protocols.htlc import HeldLock, LockState
@@ -433,8 +433,7 @@ def read_database(database: str | Path, registry: Registry) -> LedgerJournal:
                 db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 return _read(db, name, registry, _Schema(keys=True, decision_locks=True))
         except psycopg.Error as error:
-            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-            raise AuditError(f"database {name}", f"cannot read it as a ledger's: {reason}") from None
+            raise AuditError(f"database {name}", f"cannot read it as a ledger's: {error_line(error)}") from None
     try:
         Path(database).open("rb").close()  # sqlite says only "unable to open database file"
     except OSError as error:

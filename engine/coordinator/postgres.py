@@ -13,7 +13,13 @@ from typing import Any
 import psycopg
 
 from protocols.bus.address import redacted
-from protocols.databases import POSTGRES_DURABLE, POSTGRES_HOLD_KEY, durability_problem, postgres_dialect
+from protocols.databases import (
+    POSTGRES_DURABLE,
+    POSTGRES_HOLD_KEY,
+    durability_problem,
+    error_line,
+    postgres_dialect,
+)
 from protocols.failures import ExpectedFailure
 
 
@@ -27,8 +33,7 @@ class PostgresConnection:
         try:
             self._db = psycopg.connect(url, autocommit=True)
         except psycopg.Error as error:
-            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-            raise JournalUnavailable(f"journal {self.name}", f"cannot open it: {reason}") from None
+            raise JournalUnavailable(f"journal {self.name}", f"cannot open it: {error_line(error)}") from None
         try:
             for setting in POSTGRES_DURABLE:
                 problem = durability_problem(setting, str(self.value(f"SHOW {setting}")))
@@ -41,11 +46,21 @@ class PostgresConnection:
             raise
 
     def execute(self, sql: str, params: Any = (), /) -> psycopg.Cursor:
-        return self._db.execute(postgres_dialect(sql), params)
+        try:
+            return self._db.execute(postgres_dialect(sql), params)
+        except psycopg.OperationalError as error:
+            raise self._lost(error) from None
 
     def executemany(self, sql: str, rows: Any, /) -> None:
-        with self._db.cursor() as cursor:
-            cursor.executemany(postgres_dialect(sql), rows)
+        try:
+            with self._db.cursor() as cursor:
+                cursor.executemany(postgres_dialect(sql), rows)
+        except psycopg.OperationalError as error:
+            raise self._lost(error) from None
+
+    def _lost(self, error: psycopg.OperationalError) -> JournalUnavailable:
+        """The server gone: the coordinator stops, and acts on nothing not yet committed."""
+        return JournalUnavailable(f"journal {self.name}", f"connection lost: {error_line(error)}")
 
     def value(self, sql: str, params: tuple = ()) -> Any:
         """The one value a query answers."""
