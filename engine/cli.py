@@ -577,7 +577,10 @@ def parser() -> argparse.ArgumentParser:
     )
     source = audit.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--db", action="append", metavar="FILE", help="a ledger's database file, read-only (once per ledger)"
+        "--db",
+        action="append",
+        metavar="FILE|URL",
+        help="a ledger's database, read-only: its SQLite file or postgresql:// URL (once per ledger)",
     )
     source.add_argument("--broker", metavar="URL", help="read the journals over this MQTT broker instead")
     audit.add_argument(
