@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -63,6 +63,7 @@ log_type warning
 """
 
 
+MQTT_PORT = 1883  # free in a network namespace of its own (Broker prefix)
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _TIMESTAMP = re.compile(r"^\d+: ")  # how Mosquitto starts each line it logs
 
@@ -225,13 +226,17 @@ class Broker:
         acl_file: str | Path | None = None,
         certfile: str | Path | None = None,
         keyfile: str | Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         """`sys_interval_s` > 0 makes the broker publish its counters under $SYS that often
         (the benchmark reads messages received from there). A password file (hashed, see
         write_password_file) and an ACL file make it secured; a certificate and key file
-        make its listener TLS."""
+        make its listener TLS. `prefix` is a command Mosquitto runs under, such as `ip netns
+        exec NS` (benchmarks/netem.py): it then listens in a network namespace of its own,
+        where MQTT's port is free and where no probe from here can check that it is."""
         self.host = host
-        self.port = port or free_port(host)
+        self.prefix = tuple(prefix)
+        self.port = port or (MQTT_PORT if prefix else free_port(host))
         self.tls = certfile is not None
         self.config_path = Path(directory) / f"mosquitto-{self.port}.conf"
         text = _config(self.port, host, sys_interval_s, password_file, acl_file, certfile, keyfile)
@@ -251,14 +256,17 @@ class Broker:
         """Start Mosquitto and wait until it listens; an ExpectedFailure with its own
         error line if it exits first."""
         where = f"mosquitto on {self.host}:{self.port}"
-        with socket.socket() as probe:  # taken, it would still be connected to below, as if Mosquitto were up
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((self.host, self.port))
-            except OSError as error:
-                raise ExpectedFailure(where, f"cannot listen there: {error.strerror or error}") from None
+        if not self.prefix:
+            with socket.socket() as probe:  # taken, it would still be connected to below, as if Mosquitto were up
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.host, self.port))
+                except OSError as error:
+                    raise ExpectedFailure(where, f"cannot listen there: {error.strerror or error}") from None
         self.process = subprocess.Popen(
-            [mosquitto_path(), "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*self.prefix, mosquitto_path(), "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
