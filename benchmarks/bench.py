@@ -6,6 +6,7 @@ them)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import os
@@ -21,11 +22,28 @@ from typing import Any
 import trio
 
 from engine.world.broker import mosquitto_path
+from protocols.failures import ExpectedFailure
+from protocols.settlement import Timing
 
-from .runner import DEFAULT_POSTGRES, BenchmarkBroken, Load, Result, Run, databases, measure, memory_system, mqtt_system
+from .runner import (
+    DEFAULT_POSTGRES,
+    BenchmarkBroken,
+    Load,
+    Result,
+    Run,
+    databases,
+    measure,
+    memory_system,
+    mqtt_system,
+    places,
+)
 from .table import table
 from .workload import Shape
 
+# The bus round trips on a settlement's path: its request and its status, then a
+# cross-ledger one's locks (both at once) and claims (leg 0's, then leg 1's), a same-ledger
+# one's settle.
+ROUND_TRIPS = {"cross": 4, "same": 2}
 QUICK: dict[str, Any] = dict(
     buses=["memory", "mqtt"],
     kinds=["dvp", "pvp"],
@@ -43,6 +61,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
     def numbers(text: str) -> list[int]:
         return [int(word) for word in text.split(",") if word]
+
+    def milliseconds(text: str) -> list[float]:
+        return [float(word) for word in text.split(",") if word]
 
     def option(name: str, default, text: str, **kwargs) -> None:
         shown = (",".join(str(item) for item in default) or "none") if isinstance(default, list) else default
@@ -103,6 +124,14 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
     )
+    option(
+        "--rtt",
+        [],
+        "the mqtt bus's runs at each of these round trips between services, in ms, comma-separated: "
+        "each process in a network namespace of its own (benchmarks/netem.py; needs root)",
+        type=milliseconds,
+        metavar="LIST",
+    )
     option("--seed", 1, "seed of the workload's random choices", type=int)
     option("--out", "bench-results", "folder for results.json and the charts", metavar="DIR")
 
@@ -114,9 +143,12 @@ def main(args: argparse.Namespace) -> int:
         args.participants = QUICK["participants"]
     shape = Shape(args.participants, args.accounts, args.isins, args.ballast, args.coordinators)
     loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate_per_s=float(r)) for r in args.rate]
+    if args.rtt and args.store != ["sqlite"]:
+        raise ExpectedFailure("--rtt", "runs with --store sqlite only: no PostgreSQL server is in the places")
     runs = [
-        Run(bus, kind, path, load, args.settlements, store)
+        Run(bus, kind, path, load, args.settlements, store, rtt_ms)
         for bus in args.bus
+        for rtt_ms in (args.rtt if bus == "mqtt" and args.rtt else [None])
         for store in args.store
         for load in loads
         for kind in args.kinds
@@ -148,11 +180,12 @@ async def _run_all(runs: list[Run], shape: Shape, seed: int, postgres: str) -> l
     results = []
     for name in dict.fromkeys(run.system for run in runs):
         first = next(run for run in runs if run.system == name)
-        system_of = memory_system if first.bus == "memory" else mqtt_system
         with (
             tempfile.TemporaryDirectory(prefix=f"lockstep-bench-{first.bus}-") as directory,
             databases(first.store, postgres) as settings,
+            places(shape, first.rtt_ms) as where,
         ):
+            system_of = memory_system if first.bus == "memory" else functools.partial(mqtt_system, places=where)
             ballast = f" and opening {shape.ballast:,} more accounts per ledger" if shape.ballast else ""
             bar.status(f"{name}: starting services and funding {shape.participants} participants{ballast}")
             async with system_of(Path(directory), shape, seed, settings) as system:
@@ -232,7 +265,37 @@ def _report(results: list[Result], shape: Shape, command: str, elapsed_s: float)
         "results": rows,
         "ratios": ratios,
         "store_ratios": _store_ratios(rows),
+        "distance": _distance(rows),
     }
+
+
+def _distance(rows: list[dict]) -> list[dict]:
+    """Each run between places: its latency in round trips, what it takes beyond them, and
+    the margin Δ the timing rules need there. Δ is the time leg 1 outlives leg 0
+    (protocols/settlement.py): a claim deadline, the longest it takes to get leg 1 claimed
+    once leg 0 is, plus the clock skew allowed. The claims measured, leg 0's and then leg
+    1's from the decision to SETTLED, bound that from above: their p99 is the deadline."""
+    skew_ms = Timing().clock_skew_ms_max  # the coordinator's config sets no [timing]: the default
+    found = []
+    for row in rows:
+        rtt_ms = row["rtt_ms"]
+        if rtt_ms is None:
+            continue
+        trips = ROUND_TRIPS[row["path"]]
+        claims_ms = row.get("claims_ms_p99")
+        found.append(
+            {
+                **{key: row[key] for key in ("system", "kind", "path", "load", "rtt_ms", "bus_round_trip_ms_p50")},
+                **{key: row[key] for key in ("throughput_per_s", "latency_ms_p50", "latency_ms_p99")},
+                "round_trips": trips,
+                "latency_p50_in_round_trips": round(row["latency_ms_p50"] / rtt_ms, 2) if rtt_ms else None,
+                "beyond_round_trips_ms_p50": round(row["latency_ms_p50"] - trips * rtt_ms, 1),
+                "lock_ms_p99": row.get("lock_ms_p99"),
+                "claims_ms_p99": claims_ms,
+                "margin_ms_needed": None if claims_ms is None else round(claims_ms + skew_ms, 1),
+            }
+        )
+    return found
 
 
 def _store_ratios(rows: list[dict]) -> list[dict]:

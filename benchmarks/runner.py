@@ -53,7 +53,7 @@ CHECK_IN_FLIGHT = 64
 DEFAULT_POSTGRES = LOCAL_POSTGRES
 POSTGRES_PREFIX = "postgres "  # the server's process serving one ledger: "postgres csd"
 REPLY_TIMEOUT_S = 30.0
-ROUND_TRIPS_PINGED = 10  # before each run
+ROUND_TRIPS_PINGED = 5  # before each run
 # The rounds a settled cross-ledger settlement's steps show, on the coordinator's clock:
 # its locks (both at once), and its claims (leg 0's, then leg 1's), each from the first
 # step to the second.

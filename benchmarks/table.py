@@ -1,7 +1,7 @@
 """The table `lockstep bench` prints, from the report's rows: one line per run, then CPU
 per settlement by process, one block per bus (their processes differ), the outcomes other
-than settled, and the cross/same ratios. Every column holds one precision, so figures
-line up and compare; every line fits WIDTH_MAX."""
+than settled, the cross/same ratios and, with --rtt, the latency against distance. Every
+column holds one precision, so figures line up and compare; every line fits WIDTH_MAX."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class Column:
 
     def cell(self, row: dict) -> str:
         value = self.figure(row)
+        if value is None:  # a figure the run has not: a same-ledger run's locks, say
+            return f"{'-':>{self.width}}"
         return f"{value:>{self.width}{self.precision}}" if self.precision else f"{value:<{self.width}}"
 
     def head(self) -> str:
@@ -47,6 +49,25 @@ RUNS = RUN + (
     Column("msgs", 7, _key("bus_messages_per_settlement"), ".1f"),
     Column("settled", 9, lambda row: row["phases"].get("settled", 0), "d"),
 )
+DISTANCE = (
+    *RUN[1:],
+    Column("rtt", 6, _key("rtt_ms"), ".1f"),
+    Column("bus rt", 7, _key("bus_round_trip_ms_p50"), ".1f"),
+    Column("p50 ms", 9, _key("latency_ms_p50"), ".1f"),
+    Column("p99 ms", 9, _key("latency_ms_p99"), ".1f"),
+    Column("per s", 8, _key("throughput_per_s"), ".1f"),
+    Column("trips", 6, _key("round_trips"), "d"),
+    Column("p50/rtt", 8, _key("latency_p50_in_round_trips"), ".2f"),
+    Column("beyond", 8, _key("beyond_round_trips_ms_p50"), ".1f"),
+    Column("lock p99", 9, _key("lock_ms_p99"), ".1f"),
+    Column("claims p99", 11, _key("claims_ms_p99"), ".1f"),
+    Column("Δ ms", 8, _key("margin_ms_needed"), ".1f"),
+)
+DISTANCE_LEGEND = (
+    "  bus rt: p50 of a request to the coordinator alone and its answer; trips: bus round trips on a\n"
+    "  settlement's path; beyond: p50 - trips x rtt; lock, claims: p99 from the coordinator's steps;\n"
+    "  Δ: claims p99 + the clock skew allowed, the margin the timing rules need (docs/SCALING.md)"
+)
 
 
 def table(report: dict) -> str:
@@ -67,6 +88,9 @@ def table(report: dict) -> str:
             f"   p50 latency x{ratio['latency_p50_cross_over_same']:.2f}"
             for ratio in report["ratios"]
         ]
+    if report.get("distance"):
+        lines += ["", "latency against distance (ms):", _line(DISTANCE, None)]
+        lines += [_line(DISTANCE, row) for row in report["distance"]] + DISTANCE_LEGEND.splitlines()
     if report.get("store_ratios"):
         lines += ["", "ledgers on PostgreSQL / on SQLite, same run:"]
         lines += [
