@@ -23,7 +23,7 @@ from protocols.bus.memory import MemoryBus
 from protocols.canonical import decode, encode
 from protocols.envelope import open_batch, seal
 from protocols.journal import Link, verify_chain
-from protocols.messages import Issue, OpenAccount, Receipt, Transfer
+from protocols.messages import Issue, OpenAccount, QueryHolders, Receipt, Transfer
 from protocols.signing import PrivateKey, Signed, from_wire, unsigned
 from tests.harness import BOTH_BACKENDS, Harness
 
@@ -189,3 +189,22 @@ async def test_the_batcher_sends_many_tasks_instructions_together_and_a_lost_bat
 
 def _encode(value: dict) -> bytes:
     return encode(value)
+
+
+def test_a_query_in_a_batch_sees_what_the_instructions_before_it_wrote(h):
+    """The store keeps a batch's rows to write them at its commit: a query that reads
+    many rows must find them all the same."""
+    opened = unsigned(OpenAccount(id="open-c", ledger=LEDGER, ts_ms=h.now_ms, account="c", owner="bank-b"))
+    minted = unsigned(Issue(id="mint-c", ledger=LEDGER, ts_ms=h.now_ms, asset="EUR", account="c", amount=70))
+    holders = unsigned(QueryHolders(id="q-holders", ledger=LEDGER, asset="EUR", limit=10))
+    replies, _ = h.ledger.process(
+        [
+            seal([opened, minted], "ecb", h.world.keys["ecb"]),
+            seal([transfer(h, 300)], "bank-a", h.world.keys["bank-a"]),
+            holders.encode(),
+        ],
+        h.now_ms,
+    )
+    assert all(r.applied for reply in replies[:2] for r in receipts(h, reply))
+    answer = from_wire(decode(replies[2], bytes_max=1 << 20)).msg
+    assert {row["account"]: row["available"] for row in answer.value["holders"]} == {"a": 700, "b": 300, "c": 70}
