@@ -3,7 +3,9 @@ before anyone is told about it.
 
 The schema is `schema.py`'s; the queries here are written once, in the dialect both
 backends take. Writes happen only inside `transaction()`, which the service opens once
-per batch (group commit).
+per batch (group commit). The store is its database's one writer, so it keeps the rows
+it has read or written and trusts them, and writes a batch's rows at its commit, a
+statement's rows together.
 
 Every write of a balance, account, asset or lock row, or of an applied instruction's
 idempotency row, also updates the state digest (`protocols.journal.StateDigest`), which
