@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -124,31 +125,44 @@ class Stream:
         assert balances["balances"]["EUR"] == {"available": len(ids), "locked": 0}
 
 
+async def stream_through(
+    world: World, process: ServiceProcess, url: str, fault: Callable[[], Awaitable[None]], *, after: int, count: int
+) -> None:
+    """Stream `count` transfers through the ledger process; once `after` are
+    acknowledged, `fault` strikes and brings the ledger back. Then every transfer is
+    applied exactly once, and none acknowledged before the fault is lost."""
+    async with MqttBus.connect(url) as bus:
+        await process.ready(bus)
+        stream = Stream(world, bus)
+        await stream.fund()
+        acknowledged_before: set[str] = set()
+
+        async def strike() -> None:
+            while len(stream.acknowledged) < after:
+                await trio.sleep(0.005)
+            acknowledged_before.update(stream.acknowledged)
+            await fault()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(strike)
+            ids = await stream.transfers(count)
+        assert len(acknowledged_before) >= after
+        await stream.check_exactly_once(ids)
+        journal_ids = {e.instruction["id"] for e in await stream.journal() if e.instruction}
+        assert acknowledged_before <= journal_ids, "an acknowledged instruction was lost"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("world_on_disk", BACKENDS, indirect=True)
 async def test_ledger_killed_mid_stream_loses_nothing_and_doubles_nothing(world_on_disk, broker):
     process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", broker.url).start()
+
+    async def kill() -> None:
+        process.kill()
+        process.start()
+
     try:
-        async with MqttBus.connect(broker.url) as bus:
-            await process.ready(bus)
-            stream = Stream(world_on_disk, bus)
-            await stream.fund()
-            acknowledged_before_kill: set[str] = set()
-
-            async def killer() -> None:
-                while len(stream.acknowledged) < 150:
-                    await trio.sleep(0.005)
-                process.kill()
-                acknowledged_before_kill.update(stream.acknowledged)
-                process.start()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(killer)
-                ids = await stream.transfers(400)
-            assert len(acknowledged_before_kill) >= 150
-            await stream.check_exactly_once(ids)
-            journal_ids = {e.instruction["id"] for e in await stream.journal() if e.instruction}
-            assert acknowledged_before_kill <= journal_ids, "an acknowledged instruction was lost in the crash"
+        await stream_through(world_on_disk, process, broker.url, kill, after=150, count=400)
     finally:
         assert process.stop() == 0
 
@@ -213,36 +227,19 @@ async def test_a_ledger_whose_database_connection_is_cut_stops_and_restarts_losi
     process = ServiceProcess(world_on_disk, "ledger", "cbdc-eur", broker.url).start()
     database = str(LedgerConfig.load(world_on_disk.ledger_configs["cbdc-eur"]).database)
     (session,) = parse_qs(urlsplit(database).query)["application_name"]  # as service_schemas names it
+
+    async def cut() -> None:
+        sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?"
+        assert run_sql(database.split("?")[0], sql, (session,))[1] == [(True,)]
+        with trio.fail_after(10):
+            while process.running:
+                await trio.sleep(0.02)
+        assert process.process is not None and process.process.returncode == 2
+        stopped = process.log_path.read_text().splitlines()[-1]
+        assert stopped.startswith(f"lockstep ledger: database {redacted(database)}: connection lost: ")
+        process.start()
+
     try:
-        async with MqttBus.connect(broker.url) as bus:
-            await process.ready(bus)
-            stream = Stream(world_on_disk, bus)
-            await stream.fund()
-            acknowledged_before_cut: set[str] = set()
-
-            async def cutter() -> None:
-                while len(stream.acknowledged) < 100:
-                    await trio.sleep(0.005)
-                _, cut = run_sql(
-                    database.split("?")[0],
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
-                    (session,),
-                )
-                assert cut == [(True,)]
-                acknowledged_before_cut.update(stream.acknowledged)
-                with trio.fail_after(10):
-                    while process.running:
-                        await trio.sleep(0.02)
-                assert process.process is not None and process.process.returncode == 2
-                stopped = process.log_path.read_text().splitlines()[-1]
-                assert stopped.startswith(f"lockstep ledger: database {redacted(database)}: connection lost: ")
-                process.start()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(cutter)
-                ids = await stream.transfers(300)
-            await stream.check_exactly_once(ids)
-            journal_ids = {e.instruction["id"] for e in await stream.journal() if e.instruction}
-            assert acknowledged_before_cut <= journal_ids
+        await stream_through(world_on_disk, process, broker.url, cut, after=100, count=300)
     finally:
         process.stop()

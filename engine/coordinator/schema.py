@@ -151,21 +151,25 @@ def _4_transitions(db: sqlite_utils.Database) -> None:
         "changes TEXT NOT NULL)"
     )
     db.execute("CREATE INDEX IF NOT EXISTS transitions_of ON transitions(settlement_id, seq)")
-    refused = (
-        "({t}.decision != '' AND NEW.decision != {t}.decision) "
-        "OR ({t}.secret != x'' AND NEW.secret != x'') "
-        "OR ({t}.cancel_secret != x'' AND NEW.cancel_secret != x'') "
-        f"OR {{t}}.phase IN ({FINAL_SQL})"
-    )
     db.execute(
         "CREATE TRIGGER IF NOT EXISTS decided_once_logged BEFORE INSERT ON transitions WHEN "
         "EXISTS (SELECT 1 FROM transitions AS t WHERE t.settlement_id = NEW.settlement_id AND ("
-        + refused.format(t="t")
+        + _REFUSED.format(t="t", empty="x''")
         + ")) OR EXISTS (SELECT 1 FROM settlements AS s WHERE s.id = NEW.settlement_id AND ("
-        + refused.format(t="s")
+        + _REFUSED.format(t="s", empty="x''")
         + ")) BEGIN SELECT RAISE(ABORT, 'a settlement is decided once, under the secrets first drawn, "
         "and ends once'); END"
     )
+
+
+# what a transition may not do, in the table `t` holding the settlement's earlier rows
+# ({empty}: each backend's empty blob)
+_REFUSED = (
+    "({t}.decision != '' AND NEW.decision != {t}.decision) "
+    "OR ({t}.secret != {empty} AND NEW.secret != {empty}) "
+    "OR ({t}.cancel_secret != {empty} AND NEW.cancel_secret != {empty}) "
+    f"OR {{t}}.phase IN ({FINAL_SQL})"
+)
 
 
 def _5_epochs(db: sqlite_utils.Database) -> None:
@@ -213,12 +217,6 @@ def _migrate_postgres(db: PostgresConnection) -> None:
 
 _TEXT = 'TEXT COLLATE "C"'
 _EMPTY = "''::bytea"
-_REFUSED = (
-    "({t}.decision != '' AND NEW.decision != {t}.decision) "
-    f"OR ({{t}}.secret != {_EMPTY} AND NEW.secret != {_EMPTY}) "
-    f"OR ({{t}}.cancel_secret != {_EMPTY} AND NEW.cancel_secret != {_EMPTY}) "
-    f"OR {{t}}.phase IN ({FINAL_SQL})"
-)
 POSTGRES = (
     "CREATE TABLE lockstep_schema (version INTEGER NOT NULL)",
     f"CREATE TABLE settlements (id {_TEXT} PRIMARY KEY, instruction BYTEA, phase TEXT, secret BYTEA, "
@@ -252,9 +250,9 @@ POSTGRES = (
     "CREATE INDEX transitions_of ON transitions(settlement_id, seq)",
     "CREATE FUNCTION decided_once_logged() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
     "IF EXISTS (SELECT 1 FROM transitions AS t WHERE t.settlement_id = NEW.settlement_id AND ("
-    + _REFUSED.format(t="t")
+    + _REFUSED.format(t="t", empty=_EMPTY)
     + ")) OR EXISTS (SELECT 1 FROM settlements AS s WHERE s.id = NEW.settlement_id AND ("
-    + _REFUSED.format(t="s")
+    + _REFUSED.format(t="s", empty=_EMPTY)
     + ")) THEN RAISE EXCEPTION 'a settlement is decided once, under the secrets first drawn, and ends once'; "
     "END IF; RETURN NEW; END $$",
     "CREATE TRIGGER decided_once_logged BEFORE INSERT ON transitions FOR EACH ROW "
