@@ -6,10 +6,20 @@ mqtt://host:port, or mqtts://host:port for TLS (port 8883 by default), with
 TLS certificate (the system's CAs otherwise):
 
 mqtts://ledger-csd@broker.example:8883?password_file=/etc/lockstep/ledger-csd.password&ca_file=/etc/lockstep/ca.pem
+
+`qos=0` makes the bus publish and subscribe at QoS 0 rather than 1: for a broker on which
+QoS 1 costs a consensus round per message and per subscription (a NATS cluster: docs/
+DEPLOY.md §7). Delivery is at most once per attempt either way; senders retry.
+
+A broker cluster is a list of its nodes' URLs, the same but for host and port (one client
+logs in to whichever node it reaches): in a config `broker = ["mqtt://a:1883",
+"mqtt://b:1883"]`, and on a command line or in one string the URLs separated by commas,
+`--broker mqtt://a:1883,mqtt://b:1883`, which is how such a list travels within Lockstep.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 import stat
 from pathlib import Path
@@ -19,7 +29,8 @@ import attrs
 
 from ..failures import ExpectedFailure, file_reason
 
-URL_OPTIONS = ("password_file", "ca_file")
+URL_OPTIONS = ("password_file", "ca_file", "qos")
+_BETWEEN_URLS = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")  # a comma before a scheme: one in a password stays
 
 
 @attrs.frozen
@@ -33,10 +44,28 @@ class BrokerAddress:
     password: str | None = attrs.field(repr=False)
     password_file: Path | None
     ca_file: Path | None
+    qos: int = 1  # what the bus publishes and subscribes at
+
+
+class BadURL(ValueError):
+    """What is wrong with a broker URL (or a cluster's list): the URL, redacted, and why."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = redacted(url), reason
+        super().__init__(f"{self.url!r} {reason}")
+
+
+def broker_urls(brokers: str) -> list[str]:
+    """The URLs in `brokers`: one broker's, or a cluster's separated by commas."""
+    return [url.strip() for url in _BETWEEN_URLS.split(brokers)]
 
 
 def redacted(url: str) -> str:
-    """`url` fit to print: any password in it replaced."""
+    """`url` (or each URL of a list) fit to print: any password in it replaced."""
+    return ",".join(_redacted(one) for one in broker_urls(url))
+
+
+def _redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -62,14 +91,33 @@ def parse_url(url: str) -> BrokerAddress:
         raise ValueError("ca_file needs TLS, the mqtts:// scheme")
     if "password_file" in options and parts.password is not None:
         raise ValueError("give the password or password_file, not both")
+    if options.get("qos", "1") not in ("0", "1"):
+        raise ValueError("qos must be 0 or 1")
+    password_file, ca_file = (Path(options[name]) if name in options else None for name in ("password_file", "ca_file"))
     return BrokerAddress(
         parts.hostname,
         port or (8883 if tls else 1883),
         tls,
         parts.username or None,
         parts.password,
-        *(Path(options[name]) if name in options else None for name in URL_OPTIONS),
+        password_file,
+        ca_file,
+        int(options.get("qos", "1")),
     )
+
+
+def parse_urls(brokers: str) -> list[BrokerAddress]:
+    """Parse one broker's URL or a cluster's (see the module's doc); BadURL says which
+    URL is at fault and why."""
+    addresses = []
+    for url in broker_urls(brokers):
+        try:
+            addresses.append(parse_url(url))
+        except ValueError as error:
+            raise BadURL(url, str(error)) from None
+    if len({attrs.evolve(address, host="", port=0) for address in addresses}) > 1:
+        raise BadURL(brokers, "names a cluster whose URLs differ in more than host and port")
+    return addresses
 
 
 def with_files(url: str, *, password_file: Path | None = None, ca_file: Path | None = None) -> str:
@@ -87,12 +135,15 @@ def with_files(url: str, *, password_file: Path | None = None, ca_file: Path | N
 
 
 def broker_setting(config: dict, base: Path) -> str | None:
-    """A ledger's or coordinator's `broker` URL with its `broker_password_file` and
-    `broker_ca_file` (relative to `base`, the config's folder) folded in, so that no
-    password sits in a config. ValueError names the setting."""
+    """A ledger's or coordinator's `broker`, a URL or a list of a cluster's, with its
+    `broker_password_file` and `broker_ca_file` (relative to `base`, the config's folder)
+    folded into each, so that no password sits in a config; a list as one string, its
+    URLs separated by commas. ValueError names the setting."""
     broker = config.get("broker")
+    if isinstance(broker, list) and broker and all(isinstance(url, str) for url in broker):
+        broker = ",".join(broker)
     if broker is not None and not isinstance(broker, str):
-        raise ValueError("broker: must be a URL such as mqtt://127.0.0.1:1883")
+        raise ValueError("broker: must be a URL such as mqtt://127.0.0.1:1883, or a list of a cluster's URLs")
     files = {}
     for key in ("broker_password_file", "broker_ca_file"):
         if key in config:
@@ -104,11 +155,18 @@ def broker_setting(config: dict, base: Path) -> str | None:
     if broker is None:
         return None
     try:
-        url = with_files(broker, **files)
-        parse_url(url)
+        urls = ",".join(_with_files(url, files) for url in broker_urls(broker))
+        parse_urls(urls)
     except ValueError as error:
-        raise ValueError(f"broker: {redacted(broker)!r} {error}") from None
-    return url
+        raise ValueError(f"broker: {error}") from None
+    return urls
+
+
+def _with_files(url: str, files: dict[str, Path]) -> str:
+    try:
+        return with_files(url, **files)
+    except ValueError as error:
+        raise BadURL(url, str(error)) from None
 
 
 def read_password_file(path: Path) -> str:

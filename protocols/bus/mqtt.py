@@ -12,9 +12,14 @@ take part and no per-message properties need encoding:
     lockstep/v2/reply/{client_id}/{correlation}             its reply, to that client alone
     lockstep/v2/event/{kind}/{id}/{stream}                  events, such as journal entries
 
-All messages go at QoS 1. After the connection drops (a broker restart, say) the bus
-reconnects with backoff and subscribes again; requests in flight then time out and
-their callers retry with the same instruction id.
+All messages go at QoS 1 (or 0, if the URL says so: address.py). After the connection
+drops (a broker restart, say) the bus reconnects with backoff and subscribes again;
+requests in flight then time out and their callers retry with the same instruction id.
+Given a cluster's nodes (address.py), it connects to the first that accepts it, in the
+order given, and after losing a node (or a refusal) tries the next, round robin. Its
+session is clean: each connection, to whichever node, subscribes afresh, and a connection
+on which the broker refuses a subscription is dropped for the next, since a service deaf
+to its requests is worse than one reconnecting.
 
 Broker URLs, credentials and TLS: address.py. Under a secured broker (engine/world/broker.py)
 the username is the client's MQTT client id and the `{client_id}` of its topics: the
@@ -30,7 +35,7 @@ import logging
 import secrets
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import paho.mqtt.client as paho
@@ -38,7 +43,7 @@ import trio
 
 from ..failures import ExpectedFailure
 from . import BusClosed, BusTimeout, Request
-from .address import credentials, parse_url, redacted, tls_context
+from .address import BadURL, credentials, parse_urls, tls_context
 from .waiting import Waiting
 
 log = logging.getLogger("lockstep.bus")
@@ -71,32 +76,34 @@ _SVC_PREFIX = f"{TOPIC_ROOT}/svc/"
 class BrokerUnreachable(ExpectedFailure):
     """The first connection to the broker failed: a wrong URL or credentials file, the
     broker not running, TLS failing, or the broker refusing us. `subject` names the
-    broker or the file."""
+    broker or the file; for a cluster, the reason names each node and why it failed."""
 
 
 class BrokerRefused(BrokerUnreachable):
-    """The broker answered the first connection with a refusal: a wrong username or
-    password, or none where one is required."""
+    """The broker (a node of the cluster, at least) answered the first connection with a
+    refusal: a wrong username or password, or none where one is required."""
 
 
 class MqttBus:
     """One MQTT connection serving any number of requests, services and subscriptions.
-    Use `async with MqttBus.connect(url) as bus:`."""
+    Use `async with MqttBus.connect(url) as bus:`, `url` a broker's or a cluster's."""
 
     def __init__(self, url: str, client_id: str | None = None) -> None:
         """A username, when there is one, replaces `client_id`: see the module's doc.
         Raises BrokerUnreachable for a bad URL, password file or CA file."""
         try:
-            address = parse_url(url)
-        except ValueError as error:
-            raise BrokerUnreachable(f"broker URL {redacted(url)!r}", str(error)) from None
+            addresses = parse_urls(url)
+        except BadURL as error:
+            raise BrokerUnreachable(f"broker URL {error.url!r}", error.reason) from None
         try:
-            username, password = credentials(address, client_id)
-            context = tls_context(address) if address.tls else None
+            username, password = credentials(addresses[0], client_id)
+            context = tls_context(addresses[0]) if addresses[0].tls else None
         except ExpectedFailure as error:
             raise BrokerUnreachable(error.subject, error.reason) from None
-        self._host, self._port = address.host, address.port
-        self._where = f"MQTT broker {address.host}:{address.port}"  # what BrokerUnreachable names
+        self._nodes = [f"{address.host}:{address.port}" for address in addresses]
+        self._qos = addresses[0].qos
+        self._node = 0  # the one connected to, or to try next
+        self._where = f"MQTT broker {self._nodes[0]}" if len(self._nodes) == 1 else "MQTT brokers"
         self.client_id = username or client_id or f"lockstep-{secrets.token_hex(6)}"
         self._reply_filter = reply_topic(self.client_id)
         self._reply_prefix = self._reply_filter[:-1]
@@ -117,7 +124,9 @@ class MqttBus:
         self._subscribers: dict[str, set[trio.MemorySendChannel]] = {}
         self._suback: dict[int, trio.Event] = {}
         self._connected = trio.Event()
+        self._connection_scope = trio.CancelScope()  # the current connection's tasks: cancelled, it is dropped
         self._refusal: str | None = None  # why the broker refused our last CONNECT
+        self._subscription_refused = False  # on the current connection
         self._write_wanted = trio.Event()
         self._closed = False
         self.messages_sent = 0
@@ -126,7 +135,6 @@ class MqttBus:
     @asynccontextmanager
     async def connect(cls, url: str, client_id: str | None = None) -> AsyncIterator[MqttBus]:
         bus = cls(url, client_id)
-        bus._open()
         async with trio.open_nursery() as nursery:
             failure = await nursery.start(bus._run)
             if failure is None:
@@ -141,63 +149,93 @@ class MqttBus:
 
     # -- the connection ------------------------------------------------------------------
 
-    def _open(self) -> None:
+    def _open(self, node: str) -> str | None:
+        """Open a connection to `node` (host:port) and queue CONNECT; or say why not."""
+        host, port = node.rsplit(":", 1)
+        self._refusal = None
         try:
-            self._client.connect(self._host, self._port, keepalive=KEEPALIVE_S)
+            self._client.connect(host, int(port), keepalive=KEEPALIVE_S)
         except ssl.SSLError as error:  # an OSError too; said apart since the cure differs
-            raise BrokerUnreachable(self._where, f"TLS handshake failed: {error}") from None
+            return f"TLS handshake failed: {error}"
         except OSError as error:
-            raise BrokerUnreachable(self._where, f"cannot reach it: {error.strerror or error}") from None
+            return f"cannot reach it: {error.strerror or error}"
         self._write_wanted.set()  # the CONNECT packet paho just queued
+        return None
 
     async def _run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the socket until it drops, reconnect; forever. The first connection
-        is opened by `connect`, so that an unreachable broker is a plain error; if the
-        broker does not accept it, this reports why as started, and ends."""
+        """Connect, serve the connection until it drops, then the next node; forever.
+        Until a first connection is accepted, each node is tried once, at once; if none
+        accepts, this reports why as started, and ends. After that, each node that fails
+        us doubles the wait before the next (up to a limit); one that served us, not."""
+        failures: list[tuple[str, str, bool]] | None = []  # the first connection's: (node, why, refused)
         delay = RECONNECT_DELAY_S_MIN
-        first = True
-        while True:
-            if self._client.socket() is None:
-                try:
-                    self._open()
-                except BrokerUnreachable as error:
-                    log.warning("%s; retrying in %.2fs", error, delay)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
-                    continue
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read, nursery.cancel_scope)
-                nursery.start_soon(self._write, nursery.cancel_scope)
-                nursery.start_soon(self._tick, nursery.cancel_scope)
-                with trio.move_on_after(CONNACK_S_MAX):
-                    await self._connected.wait()
-                if self._connected.is_set():
-                    delay = RECONNECT_DELAY_S_MIN
-                    if first:
-                        task_status.started()
-                        first = False
-                else:
-                    nursery.cancel_scope.cancel()
-            if first:
-                task_status.started(self._first_failure())
-                return
-            if not self._connected.is_set():
-                if self._refusal is None:
-                    log.warning("broker %s:%d did not acknowledge the connection", self._host, self._port)
-                else:
-                    log.error("broker %s:%d refused the connection: %s", self._host, self._port, self._refusal)
-                delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
-            self._client.disconnect()
-            self._connected = trio.Event()
-            await trio.sleep(delay)
-            log.warning("connection to broker %s:%d lost; reconnecting", self._host, self._port)
 
-    def _first_failure(self) -> BrokerUnreachable:
-        """Why the first connection failed, for `connect` to raise: a refusal (credentials)
-        or silence (often plain MQTT sent to a TLS listener)."""
+        def accepted() -> None:
+            nonlocal failures
+            if failures is not None:
+                task_status.started()
+                failures = None
+
+        while True:
+            node = self._nodes[self._node]
+            failure = await self._connection(node, accepted)
+            self._node = (self._node + 1) % len(self._nodes)
+            if failures is not None:
+                failures.append((node, failure or "closed the connection", self._refusal is not None))
+                if len(failures) == len(self._nodes):
+                    task_status.started(self._first_failure(failures))
+                    return
+                continue
+            if failure is None:
+                delay = RECONNECT_DELAY_S_MIN
+                log.warning("connection to broker %s lost; reconnecting to %s", node, self._nodes[self._node])
+            else:
+                log.log(logging.ERROR if self._refusal else logging.WARNING, "broker %s %s", node, failure)
+            await trio.sleep(delay)
+            if failure is not None:
+                delay = min(delay * 2, RECONNECT_DELAY_S_MAX)
+
+    async def _connection(self, node: str, accepted: Callable[[], None]) -> str | None:
+        """Connect to `node` and serve the connection until it drops; then None, or why
+        the node failed us: unreachable, not accepting us, or refusing a subscription.
+        `accepted` is called once it accepts us."""
+        failure = self._open(node)
+        if failure is not None:
+            return failure
+        self._subscription_refused = False
+        async with trio.open_nursery() as nursery:
+            self._connection_scope = nursery.cancel_scope
+            nursery.start_soon(self._read, nursery.cancel_scope)
+            nursery.start_soon(self._write, nursery.cancel_scope)
+            nursery.start_soon(self._tick, nursery.cancel_scope)
+            with trio.move_on_after(CONNACK_S_MAX):
+                await self._connected.wait()
+            if self._connected.is_set():
+                accepted()
+            else:
+                nursery.cancel_scope.cancel()
+        if not self._connected.is_set():
+            failure = self._unaccepted()
+        elif self._subscription_refused:
+            failure = "refused a subscription"
+        self._client.disconnect()
+        self._connected = trio.Event()
+        return failure
+
+    def _unaccepted(self) -> str:
+        """Why a connection that was opened was not accepted: a refusal (credentials) or
+        silence (often plain MQTT sent to a TLS listener)."""
         if self._refusal is not None:
-            return BrokerRefused(self._where, f"refused {self.client_id!r}: {self._refusal}")
-        return BrokerUnreachable(self._where, "did not acknowledge the connection (a TLS listener? then use mqtts://)")
+            return f"refused {self.client_id!r}: {self._refusal}"
+        return "did not acknowledge the connection (a TLS listener? then use mqtts://)"
+
+    def _first_failure(self, failures: list[tuple[str, str, bool]]) -> BrokerUnreachable:
+        """Why no node accepted the first connection, for `connect` to raise: each node's
+        reason, a refusal above all."""
+        kind = BrokerRefused if any(refused for *_, refused in failures) else BrokerUnreachable
+        if len(failures) == 1:
+            return kind(self._where, failures[0][1])
+        return kind(self._where, "; ".join(f"{node} {why}" for node, why, _ in failures))
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -210,7 +248,7 @@ class MqttBus:
         self._refusal = None
         topics = [self._reply_filter, *map(request_topic, self._routes), *self._subscribers]
         for topic in topics:
-            self._client.subscribe(topic, qos=1)
+            self._client.subscribe(topic, qos=self._qos)
         self._connected.set()
 
     async def _read(self, scope: trio.CancelScope) -> None:
@@ -261,13 +299,13 @@ class MqttBus:
         if self._closed:
             raise BusClosed("the bus is closed")
         self.messages_sent += 1
-        self._client.publish(topic, payload, qos=1)
+        self._client.publish(topic, payload, qos=self._qos)
         self._write_wanted.set()
 
     async def _subscribe(self, topic: str) -> None:
         """Subscribe and wait for the broker's acknowledgement, so that nothing
         published after this returns can be missed."""
-        result, mid = self._client.subscribe(topic, qos=1)
+        result, mid = self._client.subscribe(topic, qos=self._qos)
         if result != paho.MQTT_ERR_SUCCESS or mid is None:
             return  # not connected: _on_connect subscribes again
         done = self._suback[mid] = trio.Event()
@@ -280,6 +318,9 @@ class MqttBus:
         event = self._suback.get(mid)
         if event is not None:
             event.set()
+        if any(code.is_failure for code in reason_codes):  # NATS, say, while its JetStream elects a leader
+            self._subscription_refused = True
+            self._connection_scope.cancel()
 
     # -- incoming ------------------------------------------------------------------------
 
