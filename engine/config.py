@@ -4,7 +4,7 @@ coordinator_id = "coordinator"
 key_file = "keys/coordinator.pem"     # paths are relative to this file
 registry = "registry.toml"
 journal = "coordinator.db"             # or "postgresql://..." (docs/DEPLOY.md)
-broker = "mqtt://127.0.0.1:1883"
+broker = "mqtt://127.0.0.1:1883"      # or a cluster's nodes: ["mqtt://a:1883", "mqtt://b:1883", ...]
 broker_password_file = "secrets/coordinator.password"  # optional: a secured broker (docs/DEPLOY.md);
 broker_ca_file = "ca.pem"             # the user is the client id, coordinator-{id} or watchtower-{id}
 ledgers = ["csd", "cbdc-eur"]         # watched by the watchtower
@@ -53,7 +53,7 @@ class CoordinatorConfig:
     key_file: Path
     registry: Path
     journal: Path | str  # a file (SQLite), or a postgresql:// URL
-    broker: str | None  # with the broker_*_file settings in its query
+    broker: str | None  # its URLs joined by commas, the broker_*_file settings in the query of each
     ledgers: tuple[str, ...]
     timing: Timing = Timing()
     metrics: tuple[str, int] | None = None  # (host, port) of the metrics endpoint; None: off

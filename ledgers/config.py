@@ -6,7 +6,7 @@ operator = "csd-operator"        # the party that runs this ledger
 database = "csd.db"              # paths are relative to this file; or "postgresql://..." (docs/DEPLOY.md)
 key_file = "keys/csd.pem"        # the ledger's own signing key (party id = ledger_id)
 registry = "registry.toml"
-broker = "mqtt://127.0.0.1:1883"
+broker = "mqtt://127.0.0.1:1883"  # or a cluster's nodes: ["mqtt://a:1883", "mqtt://b:1883", ...]
 broker_password_file = "secrets/ledger-csd.password"   # optional: a secured broker (docs/DEPLOY.md);
 broker_ca_file = "ca.pem"                               # the user is the client id, ledger-{ledger_id}
 metrics = "127.0.0.1:9111"       # optional: serve Prometheus metrics at http://HOST:PORT/metrics
@@ -58,7 +58,7 @@ class LedgerConfig:
     database: Path | str  # a file (SQLite), or a postgresql:// URL
     key_file: Path
     registry: Path
-    broker: str | None = None  # with the broker_*_file settings in its query
+    broker: str | None = None  # its URLs joined by commas, the broker_*_file settings in the query of each
     metrics: tuple[str, int] | None = None  # (host, port) of the metrics endpoint; None: off
     currencies: tuple[CurrencyConfig, ...] = ()
     limits: Limits = Limits()
