@@ -1,65 +1,21 @@
 """Brokers other than Mosquitto that speak MQTT 3.1.1, each started on free loopback ports
 for one test: the bus must hold on them too (docs/DEPLOY.md, "What Lockstep needs of a
-broker")."""
+broker"), and on a cluster of them losing a node. NATS's live in engine/world/nats.py,
+since `lockstep chaos --broker-cluster` runs them too."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 from engine.world.broker import free_port
+from engine.world.nats import NatsCluster, NatsServer, listening
+from protocols.failures import ExpectedFailure
 
-
-class NatsServer:
-    """A nats-server with JetStream (its MQTT support keeps sessions and QoS 1 messages
-    there) and an MQTT listener."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port, self.mqtt_port = free_port(), free_port()
-        self.config = directory / "nats.conf"
-        self.config.write_text(
-            f'server_name: "lockstep-{self.port}"\n'
-            f"listen: 127.0.0.1:{self.port}\n"
-            "max_payload: 2097152\n"  # above a batch of 1 MiB and its topic
-            f'jetstream {{ store_dir: "{directory / "jetstream"}" }}\n'
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
-        )
-        self.log = directory / "nats.log"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.mqtt_port}"
-
-    def start(self) -> NatsServer:
-        """Start it (again, after a kill: JetStream keeps its state on disk) and wait
-        until it listens for MQTT."""
-        program = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        assert Path(program).exists(), "nats-server is not installed (.ci/run installs it: apt-get install nats-server)"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([program, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
-        _listening(self.process, self.mqtt_port, self.log, 15)
-        return self
-
-    def stop(self) -> None:
-        """Stop it, or reap it if it was killed."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-        if self.process is not None:
-            self.process.wait(timeout=10)
-
-    def __enter__(self) -> NatsServer:
-        return self.start()
-
-    def __exit__(self, *_) -> None:
-        self.stop()
+__all__ = ["NatsCluster", "NatsServer", "RabbitMQNode"]
 
 
 class RabbitMQNode:
@@ -106,8 +62,8 @@ class RabbitMQNode:
                 [program], stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
             )
         try:
-            _listening(self.process, self.mqtt_port, self.log, 60)
-        except AssertionError:
+            listening(self.process, self.mqtt_port, self.log, 60)
+        except ExpectedFailure:
             self.__exit__()
             raise
         return self
@@ -117,17 +73,3 @@ class RabbitMQNode:
         with contextlib.suppress(ProcessLookupError):  # all gone already
             os.killpg(self.process.pid, signal.SIGTERM)  # the script, Erlang and its helpers
         self.process.wait(timeout=30)
-
-
-def _listening(process: subprocess.Popen, port: int, log: Path, timeout_s: float) -> None:
-    """Wait until the broker listens for MQTT on `port`; an AssertionError with the end of
-    its log if it exits or is too slow."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-2000:]
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"no MQTT listener on port {port} within {timeout_s:g} s: {log.read_text()[-2000:]}")
