@@ -52,7 +52,11 @@ import trio
 
 from protocols.failures import ExpectedFailure
 
-BROKER_URL_HELP = "broker URL, such as mqtt://127.0.0.1:1883 (docs/DEPLOY.md: credentials and TLS)"
+BROKER_URL_HELP = (
+    "broker URL, such as mqtt://127.0.0.1:1883, or a cluster's node URLs joined by commas "
+    "(docs/DEPLOY.md: credentials, TLS, clusters)"
+)
+BROKER_OVERRIDE_HELP = "broker URL (a cluster's: its nodes' URLs joined by commas), overriding the config's"
 
 
 def _ledger(args: argparse.Namespace) -> int:
@@ -121,7 +125,11 @@ def _chaos(args: argparse.Namespace) -> int:
     if args.coordinators < 1 or (args.coordinators > 1 and args.bus != "mqtt"):
         print("lockstep chaos: --coordinators: 1 or more, and more than 1 only with --bus mqtt", file=sys.stderr)
         return 2
-    listed = ",".join(mode.FAULTS) if args.faults is None else args.faults
+    if (args.broker_cluster or args.strikes is not None) and args.bus != "mqtt":
+        print("lockstep chaos: --broker-cluster and --strikes need --bus mqtt", file=sys.stderr)
+        return 2
+    defaults = chaos_processes.CLUSTER_FAULTS if args.broker_cluster else mode.FAULTS
+    listed = ",".join(defaults) if args.faults is None else args.faults
     faults = tuple(fault for fault in listed.split(",") if fault)
     return mode.main(
         args.seconds,
@@ -131,6 +139,7 @@ def _chaos(args: argparse.Namespace) -> int:
         settlements=args.settlements,
         backstop_ms=args.backstop_ms,
         **({"coordinators": args.coordinators} if args.coordinators != 1 else {}),
+        **({"broker_cluster": args.broker_cluster, "strikes": args.strikes} if args.bus == "mqtt" else {}),
     )
 
 
@@ -259,7 +268,7 @@ def parser() -> argparse.ArgumentParser:
         "Run one ledger (securities, cbdc or unified) as a service on an MQTT broker, until SIGTERM or SIGINT.",
     )
     ledger.add_argument("--config", required=True, metavar="FILE", help="the ledger's TOML file")
-    ledger.add_argument("--broker", metavar="URL", help="broker URL, overriding the config's")
+    ledger.add_argument("--broker", metavar="URL", help=BROKER_OVERRIDE_HELP)
     ledger.add_argument(
         "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, overriding the config's"
     )
@@ -301,7 +310,7 @@ def parser() -> argparse.ArgumentParser:
     ):
         engine = command(name, text, description)
         engine.add_argument("--config", required=True, metavar="FILE", help="the coordinator's TOML file")
-        engine.add_argument("--broker", metavar="URL", help="broker URL, overriding the config's")
+        engine.add_argument("--broker", metavar="URL", help=BROKER_OVERRIDE_HELP)
         if name == "coordinator":
             engine.add_argument(
                 "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, overriding the config's"
@@ -330,7 +339,7 @@ def parser() -> argparse.ArgumentParser:
     )
     status.add_argument("id", help="the settlement id")
     status.add_argument("--config", required=True, metavar="FILE", help="the coordinator's TOML file")
-    status.add_argument("--broker", metavar="URL", help="broker URL, overriding the config's")
+    status.add_argument("--broker", metavar="URL", help=BROKER_OVERRIDE_HELP)
     status.set_defaults(run=_status)
 
     broker = command(
@@ -396,7 +405,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="comma-separated; with --bus memory: drop, duplicate, delay, kill-coordinator, "
         "kill-ledger, skew, partition; with --bus mqtt: kill-coordinator, kill-ledger, "
-        "broker-restart (default: all of the mode's)",
+        "broker-restart (with --broker-cluster, broker-node-kill instead) (default: all of the mode's)",
     )
     chaos.add_argument(
         "--long-outages",
@@ -422,6 +431,19 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --bus mqtt: N coordinators sharing the settlement ids, each its own process standing by "
         "for the others: a killed one is taken over from its journal (default: 1)",
+    )
+    chaos.add_argument(
+        "--broker-cluster",
+        metavar="nats:N",
+        help="with --bus mqtt: the broker a NATS cluster of N nodes (3 or more), every service given every "
+        "node's URL; the fault broker-node-kill SIGKILLs one node (default: one Mosquitto)",
+    )
+    chaos.add_argument(
+        "--strikes",
+        type=int,
+        metavar="N",
+        help="with --bus mqtt: stop once each fault has struck N times and its outage is over "
+        "(default: run for --seconds)",
     )
     chaos.set_defaults(run=_chaos)
 
@@ -609,7 +631,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the coordinator's TOML file: the registry, the broker and the ledgers to follow",
     )
-    observer.add_argument("--broker", metavar="URL", help="broker URL, overriding the config's")
+    observer.add_argument("--broker", metavar="URL", help=BROKER_OVERRIDE_HELP)
     observer.add_argument(
         "--grace-ms",
         type=int,

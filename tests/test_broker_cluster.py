@@ -1,6 +1,7 @@
 """A broker cluster: every config and command takes a list of its nodes' URLs, and the bus
 moves from a node it loses (or that refuses it) to the next, round robin, subscribing
-afresh there."""
+afresh there; a workload on a three-node NATS cluster, a node SIGKILLed and started again
+and again, ends with no settlement lost or one-legged and the audit clean."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 import trio
 
 from engine.world.broker import Broker, free_port
+from engine.world.chaos_processes import run
 from protocols.bus import BusTimeout
 from protocols.bus.address import BadURL, broker_setting, broker_urls, parse_urls, redacted
 from protocols.bus.mqtt import BrokerUnreachable, MqttBus
-from tests.brokers import NatsServer
+from tests.brokers import NatsCluster, NatsServer
 from tests.test_mqtt_bus import echo_server
 
 # -- a list of URLs ---------------------------------------------------------------------------
@@ -122,3 +124,21 @@ async def test_a_node_refusing_a_subscription_is_left_for_the_next(tmp_path, cap
                         except BusTimeout:
                             continue
                 nursery.cancel_scope.cancel()
+
+
+# -- a NATS cluster losing a node, under a settlement workload ----------------------------------
+
+
+@pytest.mark.slow
+async def test_a_workload_on_a_nats_cluster_losing_a_node_again_and_again_ends_clean(tmp_path):
+    """A node SIGKILLed twice (drawn at random), each time while settlements run: its
+    clients move to the nodes left, and the node is started again once they have. (`run`
+    raises if a settlement a back office sent is not final in the end.)"""
+    result = await run(tmp_path, seconds=120, seed=17, faults=("broker-node-kill",), strikes=2, broker_in=NatsCluster)
+    outcome, restarts = result.outcome, result.restarts
+    report = outcome.report
+    assert report is not None and report.clean, report.text()  # none one-legged, nothing created or lost
+    assert set(outcome.phases) <= {"settled", "rolled_back", "failed"} and outcome.phases["settled"] > 0
+    assert outcome.faults["broker-node-kill"] == 2
+    assert len(restarts.outage_ms["broker-node"]) == 2, "a failover did not end"
+    assert len(restarts.startup_ms["broker-node"]) == 2, "a node was not started again"

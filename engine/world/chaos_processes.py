@@ -10,9 +10,15 @@ fault class from its own seeded generator, strikes:
                        processes, drawn at random); start it again after a pause
     kill-ledger        SIGKILL a ledger chosen at random; start it again after a pause
     broker-restart     SIGKILL Mosquitto; start it again on the same port after a pause
+    broker-node-kill   with a broker cluster (`broker_cluster`, nats:N): SIGKILL one of its
+                       nodes, drawn at random; every client on it moves to another node
+                       (each service is given every node's URL, starting from a node of
+                       its own, so that they spread over the cluster); once a pause is
+                       over and every service answers again, start the node again
 
 Each outage is timed from the kill until the service answers again, its start-up
-included (for the broker: until every service answers through it again); unless
+included (for the broker: until every service answers through it again; for a broker
+node, through the nodes left, the failover, the node's own restart coming after); unless
 `long_outages` it is meant to stay under Δ: the pause is at most 0.3 Δ, the start-up
 must fit in the rest (a ledger's grows with its journal, which it replays before it
 serves), and a broker restart never overlaps a service's outage (`Outages`), since a
@@ -29,13 +35,14 @@ the timed outages explain each."""
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
@@ -66,21 +73,33 @@ from .chaos import (
 )
 from .layout import World
 from .local import COORDINATOR, LEDGERS, Local, standard_world
+from .nats import NatsCluster
 from .processes import ServiceProcess
 
 FAULTS = ("kill-coordinator", "kill-ledger", "broker-restart")
+CLUSTER_FAULTS = ("kill-coordinator", "kill-ledger", "broker-node-kill")  # with a broker cluster
 # Δ = 4 s, as in the one-process mode: a pause of up to 0.3 Δ, then a start-up that took up
 # to 1.4 s on a loaded two-core machine
 PROCESS_TIMING = CHAOS_TIMING
 PAUSE_S = (1.0, 4.0)  # between two faults of one class, once the last outage is over
 START_TIMEOUT_S = 20.0  # for a service to answer after its process starts
+FAILOVER_TIMEOUT_S = 60.0  # for every service to answer through a cluster's nodes left (NATS: 4 to 15 s)
 EXPIRY_SLACK_S = 5.0  # past the last expiry, for the ledgers to refund what is left
 
 
-def check(faults: tuple[str, ...]) -> None:
-    unknown = sorted(set(faults) - set(FAULTS))
+def check(faults: tuple[str, ...], cluster: bool = False) -> None:
+    known, mode = (CLUSTER_FAULTS, "--bus mqtt --broker-cluster") if cluster else (FAULTS, "--bus mqtt")
+    unknown = sorted(set(faults) - set(known))
     if unknown:
-        raise ValueError(f"unknown faults for --bus mqtt: {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+        raise ValueError(f"unknown faults for {mode}: {', '.join(unknown)}; choose from {', '.join(known)}")
+
+
+def cluster_size(spec: str) -> int:
+    """The nodes of the broker cluster `spec` names: nats:N, N from 3."""
+    kind, _, size = spec.partition(":")
+    if kind != "nats" or not size.isdigit() or int(size) < 3:
+        raise ValueError(f"--broker-cluster {spec}: must be nats:N, N nodes from 3 (a quorum left after a loss)")
+    return int(size)
 
 
 @attrs.define
@@ -201,7 +220,7 @@ class Services:
     """The broker and every service process of one world, and this process's bus to them."""
 
     world: World
-    broker: BrokerProcess
+    broker: BrokerProcess | NatsCluster
     ledgers: dict[str, ServiceProcess]
     coordinators: list[ServiceProcess]
     bus: MqttBus | None = None  # once connected
@@ -222,16 +241,23 @@ class Services:
             self.restarts.ledger_heights.append((answer["head_seq"], startup_ms))
 
     def outage(self, fault: str):
-        return self.outages.of_broker() if fault == "broker-restart" else self.outages.of_service()
+        return self.outages.of_broker() if fault.startswith("broker-") else self.outages.of_service()
 
     def strike(self, fault: str, chance: random.Random) -> tuple[str, tuple[str, ...], Callable[[], Awaitable[None]]]:
-        """SIGKILL what `fault` names (a ledger drawn by `chance`): what went down, who is
-        out of reach for it (with the broker, everyone), and how to bring it back."""
+        """SIGKILL what `fault` names (a ledger or a broker node drawn by `chance`): what
+        went down, who is out of reach for it (with the broker, everyone), and how to bring
+        it back (for a broker node, its clients moved to the others: `repair` restarts it)."""
+        everyone = tuple(service.party for service in self.processes)
+        if fault == "broker-node-kill":
+            assert isinstance(self.broker, NatsCluster)  # check() saw to it
+            self.broker.kill(chance.randrange(len(self.broker.nodes)))
+            # a node's loss stalls whatever JetStream groups it led until others are elected: anyone's messages
+            return "broker-node", everyone, self.failover
         if fault == "broker-restart":
-            assert self.broker.process is not None  # it is up while faults strike
+            assert not isinstance(self.broker, NatsCluster) and self.broker.process is not None
             self.broker.process.kill()
             self.broker.stop()  # reaps it
-            return "broker", tuple(service.party for service in self.processes), self.broker_up
+            return "broker", everyone, self.broker_up
         if fault == "kill-coordinator":
             service = chance.choice(self.coordinators)
             # which coordinators its process served, after takeovers, is not known here: all count as down
@@ -246,14 +272,33 @@ class Services:
         """Mosquitto started again on its port, and every service answering through it."""
         await trio.to_thread.run_sync(self.broker.start)
         started = trio.current_time()
+        await self._answering(START_TIMEOUT_S)
+        self.restarts.startup_ms["broker"].append(round((trio.current_time() - started) * 1000))
+
+    async def failover(self) -> None:
+        """Every service answering through the cluster's nodes left: each client of the
+        node lost has moved to another."""
+        await self._answering(FAILOVER_TIMEOUT_S)
+
+    async def repair(self) -> None:
+        """A cluster's nodes down started again, each serving before the next."""
+        if not isinstance(self.broker, NatsCluster):
+            return
+        for node in self.broker.down():
+            started = trio.current_time()
+            await trio.to_thread.run_sync(self.broker.start, node)
+            self.restarts.startup_ms["broker-node"].append(round((trio.current_time() - started) * 1000))
+
+    async def _answering(self, timeout_s: float) -> None:
         async with trio.open_nursery() as nursery:
             for service in self.processes:
-                nursery.start_soon(service.ready, self.bus, START_TIMEOUT_S)
-        self.restarts.startup_ms["broker"].append(round((trio.current_time() - started) * 1000))
+                nursery.start_soon(service.ready, self.bus, timeout_s)
 
     async def restore(self) -> None:
         """Faults are off: the broker and every service up and answering."""
-        if self.broker.process is None or self.broker.process.poll() is not None:
+        if isinstance(self.broker, NatsCluster):
+            await self.repair()
+        elif self.broker.process is None or self.broker.process.poll() is not None:
             await trio.to_thread.run_sync(self.broker.start)
         async with trio.open_nursery() as nursery:
             for service in self.processes:
@@ -278,37 +323,40 @@ async def run(
     settlements: int | None = None,
     backstop_ms: int | None = None,
     coordinators: int = 1,
-    broker_in: Callable[[Path], BrokerProcess] = Broker,
+    strikes: int | None = None,
+    broker_in: Callable[[Path], BrokerProcess | NatsCluster] = Broker,
 ) -> Result:
-    """Run the workload for `seconds` (or until `settlements` have ended) under `faults`,
-    then let every settlement end and audit every ledger over the bus. `backstop_ms`
+    """Run the workload for `seconds` (or until `settlements` have ended, or each fault
+    has struck `strikes` times and its outage is over) under `faults`, then let every
+    settlement end and audit every ledger over the bus. `backstop_ms`
     replaces the locks' backstop (hours) with one an outage can outlast. `broker_in`
-    makes the broker, given its folder: Mosquitto, or another MQTT broker."""
-    check(faults)
+    makes the broker, given its folder: Mosquitto, another MQTT broker, or a cluster."""
     broker = broker_in(directory)
+    check(faults, isinstance(broker, NatsCluster))
     world = standard_world(directory, broker=broker.url, coordinators=coordinators)
     timing = timing_with(backstop_ms)  # PROCESS_TIMING is the chaos timing
     ids = coordinator_ids(COORDINATOR, coordinators)
     for coordinator in ids:
         _write_timing(world.ledger_configs[coordinator], timing)
+    urls = _urls(broker)
     services = Services(
         world,
         broker,
-        {spec.ledger_id: ServiceProcess(world, "ledger", spec.ledger_id, broker.url) for spec in LEDGERS},
-        [ServiceProcess(world, "coordinator", c, broker.url, _standby(world, ids, c)) for c in ids],
+        {spec.ledger_id: ServiceProcess(world, "ledger", spec.ledger_id, next(urls)) for spec in LEDGERS},
+        [ServiceProcess(world, "coordinator", c, next(urls), _standby(world, ids, c)) for c in ids],
     )
     ledger_ids = [spec.ledger_id for spec in LEDGERS]
     outage_s = timing.margin_ms * (LONG_OUTAGES_DELTAS[1] if long_outages else 0.3) / 1000
     outcome = Outcome()
     try:
         await trio.to_thread.run_sync(broker.start)
-        async with MqttBus.connect(broker.url, client_id="lockstep-chaos") as bus, trio.open_nursery() as nursery:
+        async with MqttBus.connect(next(urls), client_id="lockstep-chaos") as bus, trio.open_nursery() as nursery:
             services.bus = bus
             local = Local(world, bus, nursery, coordinators=tuple(ids))
             await _start(services, local)
             observer = Observer(world.registry, bus, ledger_ids, PROCESS_TIMING.margin_ms, local.clock, publish=False)
             await nursery.start(observer.run)
-            await _load(services, local, outcome, seconds, seed, faults, outage_s, settlements)
+            await _load(services, local, outcome, seconds, seed, faults, outage_s, settlements, strikes)
             await _no_locks_held(local)
             await judge(
                 outcome, await read_over_bus(bus, world.registry, ledger_ids), observer, dict.fromkeys(ledger_ids, 0)
@@ -317,6 +365,12 @@ async def run(
     finally:
         services.stop()
     return Result(outcome, services.restarts)
+
+
+def _urls(broker: BrokerProcess | NatsCluster) -> Iterator[str]:
+    """The broker's URL for each client in turn; a cluster's nodes each time from the next
+    node, so that the clients spread over them."""
+    return (broker.url_from(n) if isinstance(broker, NatsCluster) else broker.url for n in itertools.count())
 
 
 def _standby(world: World, ids: list[str], own: str) -> tuple[str, ...]:
@@ -353,19 +407,21 @@ async def _load(
     faults: tuple[str, ...],
     outage_s: float,
     settlements: int | None,
+    strikes: int | None,
 ) -> None:
     """The back offices under faults for `seconds`; then faults off, everything up, and
     each back office on until its last settlement is final."""
     chance = random.Random(seed)
     done = trio.Event()  # the run is over: no new settlement, no new fault
     unfinished: set[str] = set()
+    striking = set(faults)  # the faults yet to strike `strikes` times
 
     async def strike(fault: str) -> None:
         """`fault` again and again, each time after a pause and for a while: from its own
         generator, so that its strikes do not depend on the other faults' timing."""
         own = random.Random(f"{seed}-{fault}")
         pause = own.uniform(0.02, 0.1)  # soon the first time, so that a short run sees every fault
-        while True:
+        while strikes is None or outcome.faults[fault] < strikes:
             await trio.sleep(pause)
             async with services.outage(fault):
                 struck, struck_ms = trio.current_time(), local.clock.now_ms()
@@ -375,7 +431,11 @@ async def _load(
                 await bring_up()
                 services.restarts.outage_ms[kind].append(round((trio.current_time() - struck) * 1000))
                 outcome.outages += [Outage(party, struck_ms, local.clock.now_ms()) for party in whom]
+                await services.repair()  # a broker node, once its clients have moved
             pause = own.uniform(*PAUSE_S)
+        striking.discard(fault)
+        if not striking:
+            done.set()
 
     async def back_office() -> None:
         while not done.is_set():
@@ -394,13 +454,13 @@ async def _load(
     async with trio.open_nursery() as offices:
         for _ in range(CONCURRENCY):
             offices.start_soon(back_office)
-        async with trio.open_nursery() as strikes:
+        async with trio.open_nursery() as faulting:
             for fault in faults:
-                strikes.start_soon(strike, fault)
+                faulting.start_soon(strike, fault)
             with trio.move_on_after(seconds):
                 await done.wait()
             done.set()
-            strikes.cancel_scope.cancel()
+            faulting.cancel_scope.cancel()
         await services.restore()
         offices.cancel_scope.deadline = trio.current_time() + SETTLE_WAIT_S
     if unfinished:
@@ -420,21 +480,35 @@ async def _no_locks_held(local: Local) -> None:
                 await trio.sleep(0.1)
 
 
-def main(seconds: float, seed: int, faults: tuple[str, ...], **options) -> int:
-    """`options`: run's long_outages, settlements, backstop_ms and coordinators."""
+def main(
+    seconds: float,
+    seed: int,
+    faults: tuple[str, ...],
+    broker_cluster: str | None = None,
+    strikes: int | None = None,
+    **options,
+) -> int:
+    """`options`: run's long_outages, settlements, backstop_ms and coordinators;
+    `broker_cluster` (nats:N) runs the broker as a NATS cluster of N nodes."""
     try:
-        check(faults)
+        size = cluster_size(broker_cluster) if broker_cluster else None
+        check(faults, size is not None)
+        if strikes is not None and strikes < 1:
+            raise ValueError(f"--strikes {strikes}: 1 or more")
         timing_with(options.get("backstop_ms"))
     except ValueError as error:
         print(f"lockstep chaos: {error}", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
     print(
-        f"lockstep chaos --bus mqtt: {heading(seconds, seed, faults, **options)}; "
+        f"lockstep chaos --bus mqtt: {heading(seconds, seed, faults, **options)}"
+        f"{f', each {strikes} times' if strikes else ''}{f', a NATS cluster of {size} nodes' if size else ''}; "
         f"Δ = {PROCESS_TIMING.margin_ms} ms; world and logs in {directory}",
         flush=True,
     )
-    result = trio.run(functools.partial(run, directory, seconds, seed, faults, **options))
+    if size is not None:
+        options["broker_in"] = functools.partial(NatsCluster, size=size)
+    result = trio.run(functools.partial(run, directory, seconds, seed, faults, strikes=strikes, **options))
     print(result.outcome.table())
     print(result.restarts.table(PROCESS_TIMING.margin_ms))
     return result.outcome.verdict()
