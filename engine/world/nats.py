@@ -199,8 +199,10 @@ def _free_port() -> int:
 
 
 def _mqtt_accepts(port: int) -> bool:
-    """Whether the MQTT 3.1.1 broker on `port` accepts a clean session's CONNECT."""
-    client_id = b"lockstep-probe"
+    """Whether the MQTT 3.1.1 broker on `port` accepts a clean session's CONNECT. A client
+    id of each port's own: on NATS one id connecting to node after node is a session taken
+    over, which it delays."""
+    client_id = f"lockstep-probe-{port}".encode()
     connect = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
