@@ -50,6 +50,7 @@ import traceback
 
 import trio
 
+from protocols.databases import LOCAL_POSTGRES
 from protocols.failures import ExpectedFailure
 
 BROKER_URL_HELP = (
@@ -125,8 +126,9 @@ def _chaos(args: argparse.Namespace) -> int:
     if args.coordinators < 1 or (args.coordinators > 1 and args.bus != "mqtt"):
         print("lockstep chaos: --coordinators: 1 or more, and more than 1 only with --bus mqtt", file=sys.stderr)
         return 2
-    if (args.broker_cluster or args.strikes is not None) and args.bus != "mqtt":
-        print("lockstep chaos: --broker-cluster and --strikes need --bus mqtt", file=sys.stderr)
+    mqtt_only = args.broker_cluster or args.strikes is not None or args.broker_kind != "mosquitto"
+    if (mqtt_only or args.store != "sqlite") and args.bus != "mqtt":
+        print("lockstep chaos: --broker-cluster, --broker-kind, --store and --strikes need --bus mqtt", file=sys.stderr)
         return 2
     defaults = chaos_processes.CLUSTER_FAULTS if args.broker_cluster else mode.FAULTS
     listed = ",".join(defaults) if args.faults is None else args.faults
@@ -139,7 +141,17 @@ def _chaos(args: argparse.Namespace) -> int:
         settlements=args.settlements,
         backstop_ms=args.backstop_ms,
         **({"coordinators": args.coordinators} if args.coordinators != 1 else {}),
-        **({"broker_cluster": args.broker_cluster, "strikes": args.strikes} if args.bus == "mqtt" else {}),
+        **(
+            {
+                "broker_cluster": args.broker_cluster,
+                "strikes": args.strikes,
+                "broker_kind": args.broker_kind,
+                "store": args.store,
+                "postgres": args.postgres,
+            }
+            if args.bus == "mqtt"
+            else {}
+        ),
     )
 
 
@@ -437,6 +449,27 @@ def parser() -> argparse.ArgumentParser:
         metavar="nats:N",
         help="with --bus mqtt: the broker a NATS cluster of N nodes (3 or more), every service given every "
         "node's URL; the fault broker-node-kill SIGKILLs one node (default: one Mosquitto)",
+    )
+    chaos.add_argument(
+        "--broker-kind",
+        choices=["mosquitto", "nats", "rabbitmq"],
+        default="mosquitto",
+        help="with --bus mqtt: the broker, one of its own on a free port: Mosquitto, nats-server with its MQTT "
+        "listener, or a RabbitMQ node with its MQTT plugin (which starts too slowly for broker-restart) "
+        "(default: mosquitto)",
+    )
+    chaos.add_argument(
+        "--store",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="with --bus mqtt: the ledgers' books and the coordinators' journals: files, or a scratch "
+        "database on --postgres, a schema each (default: sqlite)",
+    )
+    chaos.add_argument(
+        "--postgres",
+        default=LOCAL_POSTGRES,
+        metavar="URL",
+        help=f"the PostgreSQL server for --store postgresql (default: {LOCAL_POSTGRES})",
     )
     chaos.add_argument(
         "--strikes",

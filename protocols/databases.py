@@ -14,6 +14,7 @@ import functools
 from pathlib import Path
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"  # where a local world makes its databases
 POSTGRES_HOLD_KEY = 0x6C6B7370  # "lksp"
 # the settings without which a commit the server acknowledges may still be lost
 POSTGRES_DURABLE = {"fsync": ("on",), "synchronous_commit": ("on", "remote_write", "remote_apply", "local")}

@@ -43,7 +43,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -73,10 +73,18 @@ from .chaos import (
 )
 from .layout import World
 from .local import COORDINATOR, LEDGERS, Local, standard_world
-from .nats import NatsCluster
+from .nats import NatsCluster, NatsServer
+from .postgres import LOCAL_POSTGRES, scratch_database, service_schemas
 from .processes import ServiceProcess
+from .rabbitmq import RabbitMQNode
 
 FAULTS = ("kill-coordinator", "kill-ledger", "broker-restart")
+BROKERS: dict[str, Callable[[Path], BrokerProcess]] = {
+    "mosquitto": Broker,
+    "nats": NatsServer,
+    "rabbitmq": RabbitMQNode,
+}
+STORES = ("sqlite", "postgresql")
 CLUSTER_FAULTS = ("kill-coordinator", "kill-ledger", "broker-node-kill")  # with a broker cluster
 # Δ = 4 s, as in the one-process mode: a pause of up to 0.3 Δ, then a start-up that took up
 # to 1.4 s on a loaded two-core machine
@@ -92,6 +100,19 @@ def check(faults: tuple[str, ...], cluster: bool = False) -> None:
     unknown = sorted(set(faults) - set(known))
     if unknown:
         raise ValueError(f"unknown faults for {mode}: {', '.join(unknown)}; choose from {', '.join(known)}")
+
+
+def check_broker(kind: str, faults: tuple[str, ...], cluster: bool) -> None:
+    """A single broker of `kind` for these faults (a cluster is always NATS's)."""
+    if kind not in BROKERS:
+        raise ValueError(f"--broker-kind {kind}: one of {', '.join(BROKERS)}")
+    if cluster and kind != "mosquitto":
+        raise ValueError("--broker-kind: a --broker-cluster is NATS's already")
+    if kind == "rabbitmq" and "broker-restart" in faults:
+        raise ValueError(
+            "broker-restart with --broker-kind rabbitmq: a RabbitMQ node takes about 10 s to start, longer "
+            "than a broker outage may last here (Δ); choose kill-coordinator,kill-ledger"
+        )
 
 
 def cluster_size(spec: str) -> int:
@@ -325,15 +346,17 @@ async def run(
     coordinators: int = 1,
     strikes: int | None = None,
     broker_in: Callable[[Path], BrokerProcess | NatsCluster] = Broker,
+    databases: dict[str, str] | None = None,
 ) -> Result:
     """Run the workload for `seconds` (or until `settlements` have ended, or each fault
     has struck `strikes` times and its outage is over) under `faults`, then let every
     settlement end and audit every ledger over the bus. `backstop_ms`
     replaces the locks' backstop (hours) with one an outage can outlast. `broker_in`
-    makes the broker, given its folder: Mosquitto, another MQTT broker, or a cluster."""
+    makes the broker, given its folder: Mosquitto, another MQTT broker, or a cluster.
+    `databases`: the ledgers' and coordinators' database settings, where not files."""
     broker = broker_in(directory)
     check(faults, isinstance(broker, NatsCluster))
-    world = standard_world(directory, broker=broker.url, coordinators=coordinators)
+    world = standard_world(directory, broker=broker.url, coordinators=coordinators, databases=databases)
     timing = timing_with(backstop_ms)  # PROCESS_TIMING is the chaos timing
     ids = coordinator_ids(COORDINATOR, coordinators)
     for coordinator in ids:
@@ -486,13 +509,21 @@ def main(
     faults: tuple[str, ...],
     broker_cluster: str | None = None,
     strikes: int | None = None,
+    broker_kind: str = "mosquitto",
+    store: str = "sqlite",
+    postgres: str = LOCAL_POSTGRES,
     **options,
 ) -> int:
     """`options`: run's long_outages, settlements, backstop_ms and coordinators;
-    `broker_cluster` (nats:N) runs the broker as a NATS cluster of N nodes."""
+    `broker_cluster` (nats:N) runs the broker as a NATS cluster of N nodes, `broker_kind`
+    a single broker of another kind; `store` "postgresql" keeps every ledger's book and
+    every coordinator's journal in a scratch database on `postgres`."""
     try:
         size = cluster_size(broker_cluster) if broker_cluster else None
         check(faults, size is not None)
+        check_broker(broker_kind, faults, size is not None)
+        if store not in STORES:
+            raise ValueError(f"--store {store}: one of {', '.join(STORES)}")
         if strikes is not None and strikes < 1:
             raise ValueError(f"--strikes {strikes}: 1 or more")
         timing_with(options.get("backstop_ms"))
@@ -502,13 +533,22 @@ def main(
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
     print(
         f"lockstep chaos --bus mqtt: {heading(seconds, seed, faults, **options)}"
-        f"{f', each {strikes} times' if strikes else ''}{f', a NATS cluster of {size} nodes' if size else ''}; "
+        f"{f', each {strikes} times' if strikes else ''}{f', a NATS cluster of {size} nodes' if size else ''}"
+        f"{f', on {broker_kind}' if broker_kind != 'mosquitto' else ''}"
+        f"{', ledgers and journals on PostgreSQL' if store == 'postgresql' else ''}; "
         f"Δ = {PROCESS_TIMING.margin_ms} ms; world and logs in {directory}",
         flush=True,
     )
     if size is not None:
         options["broker_in"] = functools.partial(NatsCluster, size=size)
-    result = trio.run(functools.partial(run, directory, seconds, seed, faults, strikes=strikes, **options))
+    elif broker_kind != "mosquitto":
+        options["broker_in"] = BROKERS[broker_kind]
+    with ExitStack() as stack:
+        if store == "postgresql":
+            database = stack.enter_context(scratch_database(postgres, "lockstep_chaos"))
+            coordinators = coordinator_ids(COORDINATOR, options.get("coordinators", 1))
+            options["databases"] = service_schemas(database, [spec.ledger_id for spec in LEDGERS] + coordinators)
+        result = trio.run(functools.partial(run, directory, seconds, seed, faults, strikes=strikes, **options))
     print(result.outcome.table())
     print(result.restarts.table(PROCESS_TIMING.margin_ms))
     return result.outcome.verdict()

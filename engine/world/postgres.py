@@ -12,7 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+from protocols.databases import LOCAL_POSTGRES
+
+__all__ = ["LOCAL_POSTGRES", "backend_pids", "new_schema", "scratch_database", "service_schemas"]
 
 
 @contextmanager
