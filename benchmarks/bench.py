@@ -25,6 +25,7 @@ from engine.world.broker import mosquitto_path
 from protocols.failures import ExpectedFailure
 from protocols.settlement import Timing
 
+from .netem import check_rtt
 from .runner import (
     DEFAULT_POSTGRES,
     BenchmarkBroken,
@@ -145,6 +146,8 @@ def main(args: argparse.Namespace) -> int:
     loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate_per_s=float(r)) for r in args.rate]
     if args.rtt and args.store != ["sqlite"]:
         raise ExpectedFailure("--rtt", "runs with --store sqlite only: no PostgreSQL server is in the places")
+    for rtt_ms in args.rtt:  # all of them now, not after the runs before one that cannot be
+        check_rtt(rtt_ms)
     runs = [
         Run(bus, kind, path, load, args.settlements, store, rtt_ms)
         for bus in args.bus

@@ -76,6 +76,11 @@ def ip(*args: str) -> None:
         raise ExpectedFailure(f"ip {' '.join(args)}", done.stderr.strip() or f"exit status {done.returncode}")
 
 
+def check_rtt(rtt_ms: float) -> None:
+    if not 0 <= rtt_ms <= RTT_MS_MAX:
+        raise ExpectedFailure(f"--rtt {rtt_ms:g}", f"must be from 0 to {RTT_MS_MAX:g} ms")
+
+
 class Loopback:
     """Every process on this machine's loopback, as without --rtt."""
 
@@ -93,8 +98,7 @@ class Places:
     Ctrl-C, the wire stops (its devices go with it) and the namespaces are deleted."""
 
     def __init__(self, names: Sequence[str], centre: str, rtt_ms: float) -> None:
-        if not 0 <= rtt_ms <= RTT_MS_MAX:
-            raise ExpectedFailure(f"--rtt {rtt_ms:g}", f"must be from 0 to {RTT_MS_MAX:g} ms")
+        check_rtt(rtt_ms)
         assert centre in names and HERE not in names, (centre, names)
         self.rtt_ms = rtt_ms
         self.names = list(names)
