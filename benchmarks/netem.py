@@ -100,7 +100,6 @@ class Places:
     def __init__(self, names: Sequence[str], centre: str, rtt_ms: float) -> None:
         check_rtt(rtt_ms)
         assert centre in names and HERE not in names, (centre, names)
-        self.rtt_ms = rtt_ms
         self.names = list(names)
         pid = os.getpid()
         subnet = list(NETWORK.subnets(new_prefix=SUBNET_PREFIX))[pid % 2 ** (SUBNET_PREFIX - NETWORK.prefixlen)]
