@@ -27,6 +27,7 @@ from protocols.settlement import Timing
 
 from .netem import check_rtt
 from .runner import (
+    BROKER_KINDS,
     DEFAULT_POSTGRES,
     BenchmarkBroken,
     Load,
@@ -81,6 +82,13 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a reduced sweep that runs in about a minute: {quick} (default: off, the options below)",
     )
     option("--bus", ["memory", "mqtt"], "the buses to run on, comma-separated", type=words, metavar="LIST")
+    option(
+        "--broker-kind",
+        ["mosquitto"],
+        "the mqtt bus's broker, comma-separated: mosquitto, nats (nats-server's MQTT), rabbitmq (its MQTT plugin)",
+        type=words,
+        metavar="LIST",
+    )
     option(
         "--store",
         ["sqlite"],
@@ -146,11 +154,17 @@ def main(args: argparse.Namespace) -> int:
     loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate_per_s=float(r)) for r in args.rate]
     if args.rtt and args.store != ["sqlite"]:
         raise ExpectedFailure("--rtt", "runs with --store sqlite only: no PostgreSQL server is in the places")
+    if args.rtt and args.broker_kind != ["mosquitto"]:
+        raise ExpectedFailure("--rtt", "runs with --broker-kind mosquitto only: only Mosquitto is started in a place")
+    unknown = sorted(set(args.broker_kind) - set(BROKER_KINDS))
+    if unknown:
+        raise ExpectedFailure(f"--broker-kind {','.join(unknown)}", f"not a broker ({', '.join(BROKER_KINDS)})")
     for rtt_ms in args.rtt:  # all of them now, not after the runs before one that cannot be
         check_rtt(rtt_ms)
     runs = [
-        Run(bus, kind, path, load, args.settlements, store, rtt_ms)
+        Run(bus, kind, path, load, args.settlements, store, rtt_ms, broker)
         for bus in args.bus
+        for broker in (args.broker_kind if bus == "mqtt" else ["mosquitto"])
         for rtt_ms in (args.rtt if bus == "mqtt" and args.rtt else [None])
         for store in args.store
         for load in loads
@@ -188,7 +202,11 @@ async def _run_all(runs: list[Run], shape: Shape, seed: int, postgres: str) -> l
             databases(first.store, postgres) as settings,
             places(shape, first.rtt_ms) as where,
         ):
-            system_of = memory_system if first.bus == "memory" else functools.partial(mqtt_system, places=where)
+            system_of = (
+                memory_system
+                if first.bus == "memory"
+                else functools.partial(mqtt_system, places=where, broker_kind=first.broker)
+            )
             ballast = f" and opening {shape.ballast:,} more accounts per ledger" if shape.ballast else ""
             bar.status(f"{name}: starting services and funding {shape.participants} participants{ballast}")
             async with system_of(Path(directory), shape, seed, settings) as system:

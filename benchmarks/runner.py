@@ -10,12 +10,14 @@ legs or on neither, read from the ledgers. A run that breaks either raises
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -26,7 +28,9 @@ import trio
 
 from engine.world.broker import Broker
 from engine.world.local import Local
+from engine.world.nats import NatsServer
 from engine.world.postgres import LOCAL_POSTGRES, backend_pids, scratch_database, service_schemas
+from engine.world.rabbitmq import RabbitMQNode
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.address import redacted
 from protocols.bus.client import LedgerClient
@@ -51,6 +55,8 @@ from .workload import LEDGERS, SCENARIOS, Shape, Workload, lay_out_bench
 BROKER = "broker"  # the broker's place
 CHECK_IN_FLIGHT = 64
 DEFAULT_POSTGRES = LOCAL_POSTGRES
+OTHER_BROKERS: dict[str, Callable[[Path], NatsServer | RabbitMQNode]] = {"nats": NatsServer, "rabbitmq": RabbitMQNode}
+BROKER_KINDS = ("mosquitto", *OTHER_BROKERS)
 POSTGRES_PREFIX = "postgres "  # the server's process serving one ledger: "postgres csd"
 REPLY_TIMEOUT_S = 30.0
 ROUND_TRIPS_PINGED = 5  # before each run
@@ -89,12 +95,15 @@ class Run:
     settlements: int
     store: str = "sqlite"  # the ledgers' databases: "sqlite" or "postgresql"
     rtt_ms: float | None = None  # every process in a place of its own, this far apart (benchmarks/netem.py)
+    broker: str = "mosquitto"  # the mqtt bus's broker: "mosquitto", "nats" or "rabbitmq"
 
     @property
     def system(self) -> str:
-        """The bus, the store where it is not SQLite and the round trip between places where
-        there is one: what runs are grouped and compared by."""
-        system = self.bus if self.store == "sqlite" else f"{self.bus}+{self.store}"
+        """The bus, its broker where it is not Mosquitto, the store where it is not SQLite
+        and the round trip between places where there is one: what runs are grouped and
+        compared by."""
+        system = self.bus if self.broker == "mosquitto" else f"{self.bus}+{self.broker}"
+        system = system if self.store == "sqlite" else f"{system}+{self.store}"
         return system if self.rtt_ms is None else f"{system}+rtt{self.rtt_ms:g}"
 
 
@@ -106,7 +115,7 @@ class Result:
     phases: dict[str, int]
     cpu_s: dict[str, float]  # by process
     rss_peak_bytes: dict[str, int]  # by process
-    bus_messages: int
+    bus_messages: int | None
     rounds_ms: dict[str, list[float]] = attrs.Factory(dict)  # by ROUNDS' name, of each settled settlement
     round_trips_ms: list[float] = attrs.Factory(list)  # the coordinator pinged alone, before the run
 
@@ -122,6 +131,7 @@ class Result:
         return {
             "system": self.run.system,
             "bus": self.run.bus,
+            "broker": self.run.broker,
             "store": self.run.store,
             "kind": self.run.kind,
             "path": self.run.path,
@@ -136,7 +146,7 @@ class Result:
             "phases": self.phases,
             "cpu_ms_per_settlement": {name: round(1000 * cpu / count, 3) for name, cpu in self.cpu_s.items()},
             "rss_peak_mib": {name: round(rss / 2**20, 1) for name, rss in self.rss_peak_bytes.items()},
-            "bus_messages_per_settlement": round(self.bus_messages / count, 2),
+            "bus_messages_per_settlement": None if self.bus_messages is None else round(self.bus_messages / count, 2),
             "rtt_ms": self.run.rtt_ms,
             "bus_round_trip_ms_p50": round(_percentile(self.round_trips_ms, 50), 2) if self.round_trips_ms else None,
             **{
@@ -193,7 +203,7 @@ class System:
 
     bus: Bus
     meter: Meter
-    messages: Callable[[], Awaitable[int]]
+    messages: Callable[[], Awaitable[int | None]]  # None: a broker that does not say
     workload: Workload
 
 
@@ -256,14 +266,21 @@ async def mqtt_system(
     seed: int,
     databases: dict[str, str] | None = None,
     places: Places | None = None,
+    broker_kind: str = "mosquitto",
 ) -> AsyncIterator[System]:
-    """Mosquitto, every ledger and the coordinator each its own process; with ledger
-    databases on PostgreSQL, the server processes that serve them measured too; with
-    `places`, each process started in its own, and the wire between them measured too."""
+    """The broker (Mosquitto, or `broker_kind`'s), every ledger and the coordinator each
+    its own process; with ledger databases on PostgreSQL, the server processes that serve
+    them measured too; with `places`, each process started in its own, and the wire
+    between them measured too."""
     where = places or Loopback()
-    broker = Broker(
-        directory, host=where.host(BROKER), sys_interval_s=SYS_INTERVAL_S, prefix=where.prefix(BROKER)
-    ).start()
+    broker: Broker | NatsServer | RabbitMQNode
+    if broker_kind == "mosquitto":
+        broker = Broker(directory, host=where.host(BROKER), sys_interval_s=SYS_INTERVAL_S, prefix=where.prefix(BROKER))
+    else:
+        assert places is None, "only Mosquitto is started in a place of its own"
+        (directory / broker_kind).mkdir()
+        broker = OTHER_BROKERS[broker_kind](directory / broker_kind)
+    broker.start()
     world = lay_out_bench(directory, shape, broker=broker.url, databases=databases)
     processes: dict[str, subprocess.Popen] = {}
     try:
@@ -287,12 +304,12 @@ async def mqtt_system(
             )
         async with MqttBus.connect(broker.url, client_id="bench-load") as bus:
             await _wait_until_up(world, bus, processes)
-            counter = _BrokerCounter(bus)
+            counter = _counter(broker, bus)
             workload = Workload(world, bus, shape, seed)
             await workload.set_up()
             pids = {name: process.pid for name, process in processes.items()}
             assert broker.process is not None  # started above
-            pids["broker"] = broker.process.pid
+            pids["broker"] = broker.server_pid if isinstance(broker, RabbitMQNode) else broker.process.pid
             pids["load generator"] = os.getpid()
             if places:
                 pids["wire"] = places.wire_pid
@@ -324,6 +341,39 @@ async def _wait_until_up(world, bus, processes) -> None:
             await client.query(QueryInfo(client.next_query_id(), spec.ledger_id))
         for name, process in processes.items():
             assert process.poll() is None, f"{name} exited at start; see its log"
+
+
+def _counter(broker: Broker | NatsServer | RabbitMQNode, bus: MqttBus) -> _BrokerCounter | _VarzCounter | _NoCounter:
+    if isinstance(broker, Broker):
+        return _BrokerCounter(bus)
+    return _VarzCounter(broker) if isinstance(broker, NatsServer) else _NoCounter()
+
+
+class _VarzCounter:
+    """Messages a nats-server has received from its clients (`in_msgs` of its /varz)."""
+
+    def __init__(self, server: NatsServer) -> None:
+        self.url = f"http://127.0.0.1:{server.http_port}/varz"
+
+    async def run(self) -> None:
+        await trio.sleep_forever()
+
+    async def value(self) -> int:
+        def read() -> int:
+            with urllib.request.urlopen(self.url, timeout=5) as reply:
+                return int(json.load(reply)["in_msgs"])
+
+        return await trio.to_thread.run_sync(read)
+
+
+class _NoCounter:
+    """A broker that counts messages nowhere we read (RabbitMQ without its management plugin)."""
+
+    async def run(self) -> None:
+        await trio.sleep_forever()
+
+    async def value(self) -> None:
+        return None
 
 
 class _BrokerCounter:
@@ -420,7 +470,7 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
         phases,
         {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
         system.meter.rss_peak_bytes(),
-        messages_after - messages_before,
+        None if messages_after is None or messages_before is None else messages_after - messages_before,
         rounds,
         round_trips,
     )

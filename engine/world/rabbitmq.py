@@ -70,6 +70,14 @@ class RabbitMQNode:
             raise
         return self
 
+    @property
+    def server_pid(self) -> int:
+        """The Erlang VM's process, which does the work: the script's child."""
+        assert self.process is not None, "not started"
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return int(children[0]) if children else pid
+
     def stop(self) -> None:
         """Stop the script, Erlang and its helpers (its process group)."""
         if self.process is None:
