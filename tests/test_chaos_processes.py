@@ -31,14 +31,10 @@ def check_clean(result: Result, faults: tuple[str, ...], strikes: int) -> None:
     assert restarts.over(PROCESS_TIMING.margin_ms) == 0, restarts.table(PROCESS_TIMING.margin_ms)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-async def test_a_workload_under_each_process_fault_ends_clean(tmp_path, fault):
-    """Long enough for a second strike, under load: the first comes at once."""
-    check_clean(await run(tmp_path, seconds=8, seed=7, faults=(fault,)), (fault,), strikes=2)
-
-
-async def test_every_process_fault_at_once_ends_clean(tmp_path):
-    check_clean(await run(tmp_path, seconds=12, seed=11, faults=FAULTS), FAULTS, strikes=1)
+async def test_every_process_fault_twice_under_load_ends_clean(tmp_path):
+    """Each fault class from its own generator, so each strikes as if alone, twice at
+    least (the first at once), besides the others."""
+    check_clean(await run(tmp_path, seconds=14, seed=11, faults=FAULTS, strikes=2), FAULTS, strikes=2)
 
 
 async def test_one_of_three_coordinators_killed_again_and_again_ends_clean(tmp_path):
