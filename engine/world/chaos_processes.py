@@ -323,8 +323,8 @@ class Services:
             await trio.to_thread.run_sync(self.broker.start)
         async with trio.open_nursery() as nursery:
             for service in self.processes:
-                if service.running:
-                    nursery.start_soon(service.ready, self.bus, START_TIMEOUT_S)
+                if service.running:  # after a broker's restart, as long as its clients take to find it
+                    nursery.start_soon(service.ready, self.bus, FAILOVER_TIMEOUT_S)
                 else:
                     nursery.start_soon(self.up, service)
 
