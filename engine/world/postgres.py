@@ -35,12 +35,20 @@ def new_schema(database: str, schema: str) -> str:
     connections named after the schema, as the server lists them)."""
     with closing(psycopg.connect(database, autocommit=True)) as db:
         db.execute(f"CREATE SCHEMA {schema}")
+    return _url(database, schema)
+
+
+def _url(database: str, schema: str) -> str:
     return f"{database}?options=-csearch_path%3D{schema}&application_name={schema}"
 
 
 def service_schemas(database: str, services: list[str], prefix: str = "") -> dict[str, str]:
-    """A schema for each service (a ledger or a coordinator): its id -> its database setting."""
-    return {service: new_schema(database, f"{prefix}{service.replace('-', '_')}") for service in services}
+    """A schema for each service (a ledger or a coordinator), made in one statement: its
+    id -> its database setting."""
+    schemas = {service: f"{prefix}{service.replace('-', '_')}" for service in services}
+    with closing(psycopg.connect(database, autocommit=True)) as db:
+        db.execute("; ".join(f"CREATE SCHEMA {schema}" for schema in schemas.values()))
+    return {service: _url(database, schema) for service, schema in schemas.items()}
 
 
 def backend_pids(database: str) -> dict[str, int]:
