@@ -21,6 +21,17 @@ async def echo_server(bus, service: str, *, task_status=trio.TASK_STATUS_IGNORED
             await request.reply(b"echo:" + request.payload)
 
 
+async def echoed_again(client, payload: bytes, deadline_s: float) -> None:
+    """Ask the echo service until it answers (the bus finding its broker again), by a deadline."""
+    with trio.fail_after(deadline_s):
+        while True:
+            try:
+                assert await client.request("echo", payload, timeout_s=0.5) == b"echo:" + payload
+                return
+            except BusTimeout:
+                continue
+
+
 @asynccontextmanager
 async def two_ends(kind: str, broker: Broker):
     """A server-side and a client-side bus of one kind."""
@@ -89,13 +100,7 @@ async def test_bus_reconnects_and_serves_again_after_broker_restart(tmp_path):
                 broker.stop()
                 await trio.sleep(0.3)
                 broker.start()
-                with trio.fail_after(20):
-                    while True:
-                        try:
-                            assert await client.request("echo", b"after", timeout_s=0.5) == b"echo:after"
-                            break
-                        except BusTimeout:
-                            continue
+                await echoed_again(client, b"after", 20)
                 nursery.cancel_scope.cancel()
     finally:
         broker.stop()
