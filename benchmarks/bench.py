@@ -177,8 +177,11 @@ def main(args: argparse.Namespace) -> int:
     started = time.time()
     try:
         results = trio.run(_run_all, runs, shape, args.seed, args.postgres)
-    except BenchmarkBroken as error:
-        print(f"\nBENCHMARK BROKEN: {error}", file=sys.stderr)
+    except (BenchmarkBroken, BaseExceptionGroup) as error:
+        broken = _broken(error)
+        if broken is None:
+            raise
+        print(f"\nBENCHMARK BROKEN: {broken}", file=sys.stderr)
         return 3
     report = _report(results, shape, command, time.time() - started)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -189,6 +192,18 @@ def main(args: argparse.Namespace) -> int:
     charts = draw(results, out)
     print(f"\nresults: {out / 'results.json'}; charts: {', '.join(str(c) for c in charts)}")
     return 0
+
+
+def _broken(error: BaseException) -> BenchmarkBroken | None:
+    """What broke the benchmark, raised alone or from inside a nursery (in a group of
+    nothing else); None for anything else, a bug."""
+    if isinstance(error, BenchmarkBroken):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        broken, rest = error.split(BenchmarkBroken)
+        if broken is not None and rest is None:
+            return _broken(broken.exceptions[0])
+    return None
 
 
 async def _run_all(runs: list[Run], shape: Shape, seed: int, postgres: str) -> list[Result]:

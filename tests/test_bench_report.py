@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from benchmarks.bench import _report, arguments
-from benchmarks.runner import Load, Result, Run
+from benchmarks.bench import _broken, _report, arguments
+from benchmarks.runner import BenchmarkBroken, Load, Result, Run
 from benchmarks.table import WIDTH_MAX, table
 from benchmarks.workload import Shape
 
@@ -136,3 +136,11 @@ def test_every_option_has_a_help_text_that_shows_its_default():
         shown = ",".join(map(str, default)) or "none" if isinstance(default, list) else default
         if not isinstance(action, argparse._StoreTrueAction):
             assert f"(default: {shown})" in action.help, action.option_strings
+
+
+def test_a_broken_benchmark_is_reported_whether_or_not_a_nursery_wrapped_it():
+    broken = BenchmarkBroken("settlement s-1 is settled but its legs settled as ['held', 'claimed']")
+    assert _broken(broken) is broken
+    assert _broken(ExceptionGroup("nursery", [ExceptionGroup("inner", [broken])])) is broken
+    assert _broken(ExceptionGroup("nursery", [broken, ValueError("a bug")])) is None  # a bug keeps its traceback
+    assert _broken(ValueError("a bug")) is None
