@@ -42,8 +42,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
@@ -104,9 +106,16 @@ def _status(args: argparse.Namespace) -> int:
     return trio.run(status.main, args.config, args.id, args.broker)
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM taken as Ctrl-C, which trio raises where the run can unwind: a command
+    that starts processes (the demo's, the bench's, chaos's) stops them on either."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from engine.world import demo
 
+    _terminate_as_interrupt()
     return demo.main(args.broker, keep=args.keep)
 
 
@@ -114,6 +123,7 @@ def _bench(args: argparse.Namespace) -> int:
     from benchmarks import bench
 
     logging.getLogger().setLevel(logging.WARNING)
+    _terminate_as_interrupt()
     return bench.main(args)
 
 
@@ -122,6 +132,7 @@ def _chaos(args: argparse.Namespace) -> int:
     from engine.world import chaos, chaos_processes
 
     logging.getLogger().setLevel(logging.ERROR)
+    _terminate_as_interrupt()
     mode = chaos_processes if args.bus == "mqtt" else chaos
     if args.coordinators < 1 or (args.coordinators > 1 and args.bus != "mqtt"):
         print("lockstep chaos: --coordinators: 1 or more, and more than 1 only with --bus mqtt", file=sys.stderr)
@@ -694,6 +705,13 @@ def expected(error: BaseException) -> ExpectedFailure | None:
     return None
 
 
+def interrupted(error: BaseException) -> bool:
+    """A KeyboardInterrupt, alone or as all of a group (as a trio nursery raises it)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(KeyboardInterrupt)[1] is None
+    return isinstance(error, KeyboardInterrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
@@ -701,7 +719,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (ExpectedFailure, BaseExceptionGroup) as error:
+    except (ExpectedFailure, KeyboardInterrupt, BaseExceptionGroup) as error:
+        if interrupted(error):  # Ctrl-C, or SIGTERM to a command that takes it so: unwound, not a bug
+            print(f"lockstep {args.command}: interrupted", file=sys.stderr)
+            return 130
         failure = expected(error)
         if failure is None:
             raise

@@ -6,7 +6,13 @@ expiry. (`lockstep chaos --bus mqtt` runs the long soaks.)"""
 
 from __future__ import annotations
 
+import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +65,38 @@ def test_a_fault_the_process_mode_does_not_have_is_refused_by_name(capsys):
 def test_several_coordinators_need_the_process_mode(capsys):
     assert cli.main(["chaos", "--coordinators", "3"]) == 2
     assert "more than 1 only with --bus mqtt" in capsys.readouterr().err
+
+
+def test_a_chaos_run_terminated_stops_every_process_it_started():
+    """SIGTERM to `lockstep chaos --bus mqtt`, as a supervisor or `timeout` sends it,
+    unwinds it as Ctrl-C does: the broker and every service it started are gone."""
+    chaos = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "chaos", "--bus", "mqtt", "--seconds", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert chaos.stdout is not None
+    world = Path(chaos.stdout.readline().rsplit(" world and logs in ", 1)[1].strip())
+    deadline = time.monotonic() + 30
+    while not (world / "coordinator-coordinator.log").exists() or not started_by(world):
+        assert time.monotonic() < deadline, "the chaos run's services did not start"
+        time.sleep(0.1)
+    time.sleep(1)  # the workload under way
+    chaos.send_signal(signal.SIGTERM)
+    _, err = chaos.communicate(timeout=60)
+    assert chaos.returncode == 130 and err.strip().splitlines()[-1] == "lockstep chaos: interrupted", err
+    assert started_by(world) == [], "a process the chaos run started outlived it"
+    shutil.rmtree(world)
+
+
+def started_by(world: Path) -> list[int]:
+    """The processes whose command line names the chaos run's folder: its broker and services."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(world).encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
