@@ -48,7 +48,7 @@ async def test_one_of_three_coordinators_killed_again_and_again_ends_clean(tmp_p
     others. Every kill frees the journals its process held; each is opened again (by a
     survivor taking it over, or by the restarted process) at a new epoch, which fences
     the ledgers against the dead instance."""
-    result = await run(tmp_path, seconds=10, seed=5, faults=("kill-coordinator",), coordinators=3)
+    result = await run(tmp_path, seconds=10, seed=5, faults=("kill-coordinator",), coordinators=3, strikes=2)
     check_clean(result, ("kill-coordinator",), strikes=2)
     reopened = 0
     for journal in ("coordinator.db", "coordinator-1.db", "coordinator-2.db"):
