@@ -21,14 +21,7 @@ from pathlib import Path
 import psycopg
 
 from protocols.bus.address import redacted
-from protocols.databases import (
-    POSTGRES_DURABLE,
-    POSTGRES_HOLD_KEY,
-    durability_problem,
-    error_line,
-    is_postgres,
-    postgres_dialect,
-)
+from protocols.databases import POSTGRES_HOLD_KEY, error_line, is_postgres, postgres_dialect, unfit
 from protocols.failures import ExpectedFailure
 
 # how long a start waits for that lock: a ledger killed a moment ago holds it until the
@@ -94,15 +87,18 @@ class Postgres:
     """A PostgreSQL database over psycopg 3. Held by one ledger process at a time (a
     session advisory lock, released by the server when the connection goes, however it
     goes), refused unless its commits are durable (fsync, synchronous_commit). A
-    transaction runs in pipeline mode: writes go out without waiting for their answers,
-    and only a read waits for the server, so a batch costs a round trip per read."""
+    transaction runs in pipeline mode: statements go out without waiting for their
+    answers, and only a read waits for the server (the store writes a batch's rows at its
+    commit, so a batch waits about once)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.name = redacted(url)
         self._db = _connect(url, self.name)
         try:
-            _check_durable(self._db, self.name)
+            problem = unfit(lambda sql: _value(self._db, sql))
+            if problem:
+                raise DatabaseUnavailable(f"database {self.name}", problem)
             _hold(self._db, self.name)
         except BaseException:
             self._db.close()
@@ -177,8 +173,6 @@ def _hold(db: psycopg.Connection, name: str) -> None:
     """Hold the ledger's schema (the first of the URL's search_path that exists: `public`
     unless `options=-csearch_path=...` says otherwise) for this connection's life."""
     schema = _value(db, "SELECT current_schema()")
-    if schema is None:
-        raise DatabaseUnavailable(f"database {name}", "its search_path names no schema that exists")
     db.execute(f"SET lock_timeout = {int(POSTGRES_HOLD_WAIT_MS)}")
     try:
         db.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (POSTGRES_HOLD_KEY, schema))
@@ -189,13 +183,6 @@ def _hold(db: psycopg.Connection, name: str) -> None:
             "one ledger per schema",
         ) from None
     db.execute("RESET lock_timeout")
-
-
-def _check_durable(db: psycopg.Connection, name: str) -> None:
-    for setting in POSTGRES_DURABLE:
-        problem = durability_problem(setting, str(_value(db, f"SHOW {setting}")))
-        if problem:
-            raise DatabaseUnavailable(f"database {name}", problem)
 
 
 def _value(db: psycopg.Connection, sql, params: tuple = ()) -> object:

@@ -11,6 +11,7 @@ connection goes, however it goes."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -18,23 +19,26 @@ LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"  # where a loca
 POSTGRES_HOLD_KEY = 0x6C6B7370  # "lksp"
 # the settings without which a commit the server acknowledges may still be lost
 POSTGRES_DURABLE = {"fsync": ("on",), "synchronous_commit": ("on", "remote_write", "remote_apply", "local")}
-POSTGRES_HOLD_SQL = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
 
 
 def is_postgres(database: str | Path) -> bool:
     return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
 
 
-def durability_problem(setting: str, value: str) -> str | None:
-    """Why a server whose `setting` (one of POSTGRES_DURABLE) is `value` cannot keep a
-    Lockstep service's book, or None."""
-    durable = POSTGRES_DURABLE[setting]
-    if value in durable:
-        return None
-    return (
-        f"{setting} is {value!r}: a commit the server acknowledges could be lost "
-        f"(Lockstep needs {' or '.join(repr(v) for v in durable)})"
-    )
+def unfit(value: Callable[[str], object]) -> str | None:
+    """Why the server a connection reaches cannot keep a Lockstep service's book, or None:
+    a commit it acknowledges could be lost, or the URL names no schema to keep it in.
+    `value` answers a query's one value on that connection."""
+    for setting, durable in POSTGRES_DURABLE.items():
+        found = value(f"SHOW {setting}")
+        if found not in durable:
+            return (
+                f"{setting} is {found!r}: a commit the server acknowledges could be lost "
+                f"(Lockstep needs {' or '.join(repr(v) for v in durable)})"
+            )
+    if value("SELECT current_schema()") is None:
+        return "its search_path names no schema that exists"
+    return None
 
 
 def error_line(error: BaseException) -> str:

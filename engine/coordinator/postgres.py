@@ -13,13 +13,7 @@ from typing import Any
 import psycopg
 
 from protocols.bus.address import redacted
-from protocols.databases import (
-    POSTGRES_DURABLE,
-    POSTGRES_HOLD_KEY,
-    durability_problem,
-    error_line,
-    postgres_dialect,
-)
+from protocols.databases import POSTGRES_HOLD_KEY, error_line, postgres_dialect, unfit
 from protocols.failures import ExpectedFailure
 
 
@@ -35,12 +29,9 @@ class PostgresConnection:
         except psycopg.Error as error:
             raise JournalUnavailable(f"journal {self.name}", f"cannot open it: {error_line(error)}") from None
         try:
-            for setting in POSTGRES_DURABLE:
-                problem = durability_problem(setting, str(self.value(f"SHOW {setting}")))
-                if problem:
-                    raise JournalUnavailable(f"journal {self.name}", problem)
-            if self.value("SELECT current_schema()") is None:
-                raise JournalUnavailable(f"journal {self.name}", "its search_path names no schema that exists")
+            problem = unfit(self.value)
+            if problem:
+                raise JournalUnavailable(f"journal {self.name}", problem)
         except BaseException:
             self._db.close()
             raise
