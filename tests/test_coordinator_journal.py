@@ -295,6 +295,36 @@ async def test_the_journal_logs_what_changed_and_compacts_a_settlement_into_one_
     journal.close()
 
 
+async def test_a_note_shares_the_next_commit_and_is_on_disk_within_its_wait_if_none_comes(tmp_path, autojump_clock):
+    """A note (leg 0 claimed) costs no commit of its own while a change that must be
+    durable follows it within NOTES_WAIT_S; alone, it is committed once that wait is
+    over; either way in the order handed over."""
+    from engine.coordinator.journal import NOTES_WAIT_S
+
+    journal = Journal(tmp_path / "journal.db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        claiming = locking().to(Phase.LOCKED, 3).to(Phase.CLAIMING, 4)
+        await journal.save(claiming)
+        commits = journal.commits
+        noted = attrs.evolve(claiming, claimed=1)
+        note = await journal.queue([(claiming, noted)], note=True)
+        await trio.sleep(NOTES_WAIT_S / 2)
+        assert not note.is_set() and journal.get("dvp-1") == claiming
+        settled = noted.to(Phase.SETTLED, 5, claimed=2)
+        await journal.save_all([(noted, settled)])
+        assert note.is_set() and journal.commits == commits + 1 and journal.get("dvp-1") == settled
+
+        other = locking("dvp-2").to(Phase.LOCKED, 3).to(Phase.CLAIMING, 4)
+        await journal.save(other)
+        started = trio.current_time()
+        await (await journal.queue([(other, attrs.evolve(other, claimed=1))], note=True)).wait()
+        assert trio.current_time() - started == pytest.approx(NOTES_WAIT_S)
+        assert journal.get("dvp-2").claimed == 1
+        nursery.cancel_scope.cancel()
+    journal.close()
+
+
 async def test_a_journal_reopened_folds_its_log_into_rows_and_resumes_the_same_records(database):
     path = database
     journal = Journal(path)

@@ -115,7 +115,8 @@ class Save:
     """Journal the transition from `previous` (None: a new settlement) to `record`;
     durable before any other action of the step, unless it does not `gate` them: a
     note of what a restart would learn again from the ledgers, committed while the
-    step's instructions are on their way."""
+    step's instructions are on their way, with the next change that must be durable
+    (Journal.run)."""
 
     record: Record
     previous: Record | None

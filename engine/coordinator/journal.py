@@ -41,6 +41,7 @@ from .postgres import PostgresConnection
 from .schema import FINAL_SQL
 
 BATCH_SIZE_MAX = 1024  # saves gathered into one commit
+NOTES_WAIT_S = 0.05  # notes alone wait this long for a change that must be on disk soon, to share its commit
 
 
 def _json(value: Any) -> str:
@@ -95,6 +96,13 @@ class Record:
 Change = tuple["Record | None", "Record"]  # a record as it was (None: new), and as it is now
 
 
+@attrs.frozen
+class _Queued:
+    changes: list[Change]
+    done: trio.Event
+    note: bool
+
+
 class JournalInUse(Exception):
     """Another process holds the journal: two coordinators on one journal would drive
     the same settlements at once."""
@@ -117,7 +125,7 @@ class Journal:
         except BaseException:
             self._hold.release()
             raise
-        self._send, self._receive = trio.open_memory_channel[tuple[list[Change], trio.Event]](BATCH_SIZE_MAX * 4)
+        self._send, self._receive = trio.open_memory_channel[_Queued](BATCH_SIZE_MAX * 4)
         self.commits = 0
         self.checkpoint()
         self.epoch = self._next_epoch()
@@ -128,24 +136,34 @@ class Journal:
         self._hold.release()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The writer: commit what has gathered, then release its waiters."""
+        """The writer: commit what has gathered, then release its waiters. Notes alone
+        (`queue(..., note=True)`) wait up to NOTES_WAIT_S for a change that must be on
+        disk soon and go in its commit, so that a note costs no commit of its own on
+        the settlement's path."""
         task_status.started()
         async with self._receive:
             while True:
-                batch = [await self._receive.receive()]
-                while len(batch) < BATCH_SIZE_MAX:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                batch = self._gathered([await self._receive.receive()])
+                if all(queued.note for queued in batch):
+                    with trio.move_on_after(NOTES_WAIT_S):
+                        batch = self._gathered([*batch, await self._receive.receive()])
                 with trio.CancelScope(shield=True):
-                    changes = [change for changes, _ in batch for change in changes]
+                    changes = [change for queued in batch for change in queued.changes]
                     if self.offload:
                         await trio.to_thread.run_sync(self._write, changes)
                     else:
                         self._write(changes)
-                for _, done in batch:
-                    done.set()
+                for queued in batch:
+                    queued.done.set()
+
+    def _gathered(self, batch: list[_Queued]) -> list[_Queued]:
+        """`batch` and what else has been handed to the writer, up to a commit's worth."""
+        while len(batch) < BATCH_SIZE_MAX:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
 
     async def save(self, record: Record) -> None:
         """Return once the record is on disk, as a transition from what the journal holds."""
@@ -155,11 +173,12 @@ class Journal:
         """Return once every change is on disk, all in one commit."""
         await (await self.queue(changes)).wait()
 
-    async def queue(self, changes: list[Change]) -> trio.Event:
+    async def queue(self, changes: list[Change], *, note: bool = False) -> trio.Event:
         """Hand changes to the writer, to commit after all handed to it before them (in
-        the same commit or a later one); the event is set once they are on disk."""
+        the same commit or a later one); the event is set once they are on disk. A
+        `note` nobody waits for soon: it may wait for company (`run`)."""
         done = trio.Event()
-        await self._send.send((changes, done))
+        await self._send.send(_Queued(changes, done, note))
         return done
 
     def _write(self, changes: list[Change]) -> None:

@@ -410,8 +410,9 @@ class Coordinator:
         saves = [action for action in actions if isinstance(action, core.Save)]
         committed = None
         if saves:
-            committed = await self.journal.queue([(save.previous, save.record) for save in saves])
-            if any(save.gates for save in saves):
+            gates = any(save.gates for save in saves)
+            committed = await self.journal.queue([(save.previous, save.record) for save in saves], note=not gates)
+            if gates:
                 self._gate = committed
         gone = trio.Event()
         assert self._nursery is not None
