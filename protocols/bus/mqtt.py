@@ -265,7 +265,8 @@ class MqttBus:
                     return
                 if not sock.buffered:
                     break
-            self._write_wanted.set()  # acknowledgements paho queued while reading
+            if sock.unsent or self._client.want_write():  # acknowledgements paho made while reading
+                self._write_wanted.set()
 
     async def _write(self, scope: trio.CancelScope) -> None:
         """Send, once per turn of the event loop, everything queued since the last turn."""
@@ -453,6 +454,11 @@ class _BufferedSocket:
         data = bytes(self._in[:size])
         del self._in[:size]
         return data
+
+    @property
+    def unsent(self) -> bool:
+        """Bytes paho has sent that have not left yet (`flush`)."""
+        return bool(self._out)
 
     @property
     def buffered(self) -> bool:
