@@ -18,6 +18,8 @@
     lockstep audit --registry FILE (--db FILE ... | --broker URL --ledger ID ...)
                                          verify every journal, check every settlement across ledgers
     lockstep observer --config FILE      follow every ledger's journal live; ALERT on any violation
+    lockstep console --config FILE --users FILE [--listen HOST:PORT]
+                                         the read-only web console for operators and the supervisor
     lockstep rotate-key --broker URL --registry FILE --ledger ID --operator ID --operator-key FILE
                         --party ID --public-key FILE
                                          a ledger's operator registers a participant's new key there
@@ -255,6 +257,13 @@ def _observer(args: argparse.Namespace) -> int:
     from engine.audit import observer
 
     trio.run(observer.serve, args.config, args.broker, args.grace_ms)
+    return 0
+
+
+def _console(args: argparse.Namespace) -> int:
+    from engine.console import service
+
+    trio.run(service.serve, args.config, args.listen, args.users, args.broker, args.grace_ms)
     return 0
 
 
@@ -686,6 +695,41 @@ def parser() -> argparse.ArgumentParser:
         f"lag (default: {OBSERVER_GRACE_MS})",
     )
     observer.set_defaults(run=_observer)
+
+    console = command(
+        "console",
+        "the read-only web console for operators and the supervisor",
+        "Serve the console (docs/CONSOLE.md): every ledger's journal followed live as the observer "
+        "follows it, its alerts, the holders of each asset and each participant's positions across "
+        "ledgers, to users signed in with a password from --users; until SIGTERM or SIGINT.",
+    )
+    console.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the coordinator's TOML file: the registry, the broker and the ledgers to follow",
+    )
+    console.add_argument(
+        "--users",
+        required=True,
+        metavar="FILE",
+        help="who may sign in: one name:password a line, the file readable by its owner alone",
+    )
+    console.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where to serve the pages (default: 127.0.0.1:8080)",
+    )
+    console.add_argument("--broker", metavar="URL", help=BROKER_OVERRIDE_HELP)
+    console.add_argument(
+        "--grace-ms",
+        type=int,
+        default=OBSERVER_GRACE_MS,
+        metavar="MS",
+        help=f"as the observer's (default: {OBSERVER_GRACE_MS})",
+    )
+    console.set_defaults(run=_console)
     return root
 
 

@@ -413,6 +413,7 @@ class Ledger:
                 "held": self.store.held_totals(),
                 "head_seq": self.seq,
                 "head_hash": self.prev_hash,
+                "checkpoint_seq": None if self._checkpoint_seq < 0 else self._checkpoint_seq,
             }
         if isinstance(msg, QueryBalances):
             owner = self.store.account_owner(msg.account)

@@ -1,0 +1,113 @@
+"""`lockstep console`: the observer (engine/audit/observer.py) and a web server in one
+process. The observer follows every ledger's journal as it grows and raises the alerts;
+the console samples it once a second for the charts, asks each ledger now and then who
+it is (`query_info`: role, operator, last checkpoint), and serves the pages
+(engine/console/app.py) from what it holds. Nothing the console does writes to a ledger
+or a coordinator: it has no key to sign with."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as serve_http
+
+from protocols.bus import Bus, BusTimeout
+from protocols.bus.address import redacted
+from protocols.bus.client import BadReply
+from protocols.bus.clock import ServiceClock
+from protocols.bus.exposition import parse_address
+from protocols.errors import Rejected
+from protocols.failures import ExpectedFailure
+from protocols.messages import QueryInfo
+from protocols.registry import Registry
+
+from ..audit.observer import GRACE_MS, Observer, load
+from . import access, views
+from .app import console_app
+
+log = logging.getLogger("lockstep.console")
+
+SAMPLE_INTERVAL_S = 1.0  # the charts' resolution
+INFO_INTERVAL_S = 10.0  # how often each ledger is asked for its role, operator and last checkpoint
+
+
+class Console:
+    """What the pages are made of, kept up to date while `run` runs."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+        self.rates = views.Rates()
+        self.infos: dict[str, dict] = {}
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.observer.run)
+            nursery.start_soon(self._sample)
+            for ledger in self.observer.clients:
+                nursery.start_soon(self._ask_info, ledger)
+            task_status.started()
+
+    def overview(self) -> dict:
+        observer = self.observer
+        return views.overview(
+            observer.journals,
+            self.infos,
+            observer.alerts,
+            observer.judged,
+            observer.open_settlements,
+            self.rates,
+            observer.clock.now_ms(),
+        )
+
+    async def _sample(self) -> None:
+        while True:
+            heights = {ledger: journal.entries for ledger, journal in self.observer.journals.items()}
+            self.rates.sample(heights, self.observer.clock.now_ms())
+            await trio.sleep(SAMPLE_INTERVAL_S)
+
+    async def _ask_info(self, ledger: str) -> None:
+        client = self.observer.clients[ledger]
+        while True:
+            try:
+                self.infos[ledger] = await client.query(QueryInfo(client.next_query_id(), ledger))
+            except (BusTimeout, BadReply, Rejected) as error:
+                log.debug("%s did not say who it is: %s", ledger, error)
+            await trio.sleep(INFO_INTERVAL_S)
+
+
+def console_of(registry: Registry, bus: Bus, ledgers: list[str], grace_ms: int = GRACE_MS) -> Console:
+    """A console over these ledgers; its observer publishes no alerts (the observer
+    service does), it only shows them."""
+    return Console(Observer(registry, bus, ledgers, grace_ms, ServiceClock(), publish=False))
+
+
+async def start_http(console: Console, users: dict[str, str], host: str, port: int, nursery: trio.Nursery) -> str:
+    """Serve the console's pages on `host:port` (0: any free port); its address."""
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    binds = await nursery.start(serve_http, console_app(console, users), config)
+    return binds[0]
+
+
+async def serve(
+    config_path: str, listen: str, users_file: str, broker: str | None = None, grace_ms: int = GRACE_MS
+) -> None:
+    """`lockstep console`, until SIGTERM or SIGINT."""
+    from ..daemon import _until_signalled
+
+    registry, url, ledgers = load(config_path, broker, grace_ms)
+    users = access.read_users(Path(users_file))
+    try:
+        host, port = parse_address(listen)
+    except ValueError as error:
+        raise ExpectedFailure(f"--listen {listen}", str(error)) from None
+    async with _until_signalled(url, f"console-{secrets.token_hex(4)}") as (bus, nursery):
+        console = console_of(registry, bus, list(ledgers), grace_ms)
+        await nursery.start(console.run)
+        address = await start_http(console, users, host, port, nursery)
+        log.info("console on %s, following %s on %s", address, ", ".join(ledgers), redacted(url))

@@ -1,0 +1,150 @@
+"""What the console's pages show, as plain data: pure functions of what the observer has
+replayed from every ledger's journal (engine/audit/observer.py) and of the time, so that
+each view is tested without a browser, a bus or a clock.
+
+Everything here is read from the journals the observer verified, entry by entry, not
+from what a ledger or a coordinator says of itself: a supervisor sees what the signed
+record shows. A ledger's own answer to `query_info` adds only what no entry carries
+(its role, operator and last checkpoint)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from protocols.htlc import LockState
+
+from ..audit.journals import LedgerJournal, Violation
+
+RATE_WINDOW_S = 300  # the overview's charts: the last five minutes, a point a second
+
+
+@attrs.define
+class Rates:
+    """Each ledger's journal height once a second, for the last RATE_WINDOW_S seconds:
+    entries per second now, and the chart of it."""
+
+    samples: dict[str, deque[tuple[int, int]]] = attrs.field(factory=dict)  # ledger -> (ms, height)
+
+    def sample(self, heights: Mapping[str, int], now_ms: int) -> None:
+        for ledger, height in heights.items():
+            self.samples.setdefault(ledger, deque(maxlen=RATE_WINDOW_S + 1)).append((now_ms, height))
+
+    def series(self, ledger: str) -> list[float]:
+        """Entries per second over each second of the window, oldest first."""
+        points = list(self.samples.get(ledger, ()))
+        return [round((h1 - h0) * 1000 / (t1 - t0), 1) for (t0, h0), (t1, h1) in itertools.pairwise(points) if t1 > t0]
+
+    def now(self, ledger: str) -> float:
+        series = self.series(ledger)
+        return series[-1] if series else 0.0
+
+
+def overview(
+    journals: Mapping[str, LedgerJournal],
+    infos: Mapping[str, dict],
+    alerts: Iterable[Violation],
+    judged: Mapping[str, int],
+    open_settlements: int,
+    rates: Rates,
+    now_ms: int,
+) -> dict:
+    """The overview page: every ledger's state, the settlements, and the alerts, newest first."""
+    return {
+        "time_ms": now_ms,
+        "ledgers": [_ledger_row(journal, infos.get(ledger, {}), rates, now_ms) for ledger, journal in journals.items()],
+        "settlements": {
+            "open": open_settlements,
+            "same_ledger": sum(journal.settles for journal in journals.values()),
+            **{outcome: count for outcome, count in sorted(judged.items())},
+        },
+        "alerts": [alert(violation) for violation in reversed(list(alerts))],
+    }
+
+
+def _ledger_row(journal: LedgerJournal, info: dict, rates: Rates, now_ms: int) -> dict:
+    held = [lock for lock in journal.replay.locks.values() if lock.state is LockState.HELD]
+    soonest = min((lock.expiry_ms for lock in held), default=None)
+    return {
+        "ledger": journal.ledger,
+        "role": info.get("role", ""),
+        "operator": info.get("operator", ""),
+        "height": journal.entries,
+        "last_entry_ms": journal.now_ms,
+        "checkpoint": info.get("checkpoint_seq"),
+        "entries_per_s": rates.now(journal.ledger),
+        "chart": sparkline(rates.series(journal.ledger)),
+        "locks_held": len(held),
+        "soonest_expiry_in_ms": None if soonest is None else soonest - now_ms,
+        "intact": journal.intact,
+    }
+
+
+def sparkline(series: list[float], width: int = 150, height: int = 24) -> str:
+    """An SVG polyline's points for `series`, the window's full width, its peak at the top."""
+    if not series:
+        return ""
+    peak = max(max(series), 1.0)
+    step = width / RATE_WINDOW_S
+    left = width - step * (len(series) - 1)
+    return " ".join(f"{left + i * step:.1f},{height - value * height / peak:.1f}" for i, value in enumerate(series))
+
+
+def alert(violation: Violation) -> dict:
+    return {
+        "kind": violation.kind.value,
+        "settlement": violation.settlement,
+        "ledgers": list(violation.ledgers),
+        "text": violation.text(),
+    }
+
+
+def holders(journals: Mapping[str, LedgerJournal], asset: str) -> dict:
+    """An asset (a security's ISIN, a currency) on every ledger that has it: each holding,
+    and each ledger's issued total against the total held there, which must be equal, and
+    both summed over every ledger."""
+    ledgers = []
+    outstanding_everywhere = held_everywhere = 0
+    for ledger, journal in journals.items():
+        replay = journal.replay
+        if asset not in replay.assets:
+            continue
+        issued, redeemed = replay.supply.get(asset, (0, 0))
+        rows = [
+            {"account": account, "owner": replay.accounts.get(account, ""), "available": held[0], "locked": held[1]}
+            for (account, code), held in sorted(replay.balances.items())
+            if code == asset and (held[0] or held[1])
+        ]
+        held = sum(held[0] + held[1] for (_, code), held in replay.balances.items() if code == asset)
+        ledgers.append({"ledger": ledger, "outstanding": issued - redeemed, "held": held, "holdings": rows})
+        outstanding_everywhere += issued - redeemed
+        held_everywhere += held
+    return {"asset": asset, "ledgers": ledgers, "outstanding": outstanding_everywhere, "held": held_everywhere}
+
+
+def positions(journals: Mapping[str, LedgerJournal], party: str) -> dict:
+    """A participant's accounts on every ledger, each with its balances by asset."""
+    ledgers = []
+    for ledger, journal in journals.items():
+        replay = journal.replay
+        accounts = sorted(account for account, owner in replay.accounts.items() if owner == party)
+        rows = [
+            {"account": account, "asset": code, "available": held[0], "locked": held[1]}
+            for (account, code), held in sorted(replay.balances.items())
+            if account in accounts and (held[0] or held[1])
+        ]
+        if accounts:
+            ledgers.append({"ledger": ledger, "accounts": accounts, "balances": rows})
+    return {"party": party, "ledgers": ledgers}
+
+
+def assets(journals: Mapping[str, LedgerJournal]) -> list[str]:
+    """Every asset some ledger has, for the holders view's index."""
+    return sorted({code for journal in journals.values() for code in journal.replay.assets})
+
+
+def parties(journals: Mapping[str, LedgerJournal]) -> list[str]:
+    return sorted({owner for journal in journals.values() for owner in journal.replay.accounts.values()})

@@ -1,0 +1,273 @@
+"""The console (engine/console/) in a real browser, Debian's chromium driven by Selenium,
+against a live world in this process: a visitor who has not signed in sees nothing but
+the sign-in page, and the data behind the pages answers them 401; a wrong password is
+refused; signed in, the overview shows every ledger and follows the settlements the test
+makes as they happen; the holders view of the bond adds up to what was issued, on each
+ledger; a participant's positions are shown across ledgers. Each page's screenshot goes
+to $LOCKSTEP_SCREENSHOTS when it is set (docs/console/, for docs/CONSOLE.md), else to
+the test's own folder.
+
+The users file is checked as the broker's password files are: readable by its owner
+alone, one `name:password` a line, each fault named by its line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from engine.console import access, views
+from engine.console.service import console_of, start_http
+from engine.world.local import BOND, Local, dvp_legs, standard_world
+from protocols.bus.memory import MemoryBus
+from protocols.bus.mqtt import MqttBus
+from protocols.failures import ExpectedFailure
+from protocols.settlement import Phase, Timing
+
+TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
+LEDGERS = ("csd", "cbdc-eur", "cbdc-multi", "unified")
+PARTIES = ("bank-b", "bank-a")
+CROSS_DVP = dvp_legs("csd", "a-sec", "b-sec", 100, "cbdc-eur", "EUR", "b-eur", "a-eur", 99_000)
+USERS = {"supervisor": "correct horse battery staple"}
+WAIT_S = 10
+
+
+def browser() -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+
+
+def screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("LOCKSTEP_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_nothing_to_anyone_else(tmp_path):
+    shots = screenshots(tmp_path)
+    async with trio.open_nursery() as nursery:
+        local = Local(standard_world(tmp_path), MemoryBus(), nursery)
+        for ledger in LEDGERS:
+            await local.start_ledger(ledger)
+        await local.fund_standard(ledgers=LEDGERS)
+        coordinator, _ = await local.start_coordinator(TIMING)
+        console = console_of(local.world.registry, local.bus, list(LEDGERS))
+        await nursery.start(console.run)
+        base = await start_http(console, USERS, "127.0.0.1", 0, nursery)
+
+        async def settle(count: int) -> None:
+            for _ in range(count):
+                record = await coordinator.submit(local.settlement("dvp", CROSS_DVP, PARTIES))
+                assert record.phase is Phase.SETTLED
+
+        def signed_out() -> None:
+            assert get(f"{base}/api/overview")[0] == 401
+            assert get(f"{base}/events")[0] == 401
+            with browser() as chrome:
+                chrome.get(f"{base}/holders/{BOND}")
+                assert chrome.current_url == f"{base}/login"
+                assert "csd" not in chrome.page_source and BOND not in chrome.page_source
+                chrome.save_screenshot(str(shots / "sign-in.png"))
+                chrome.find_element(By.ID, "name").send_keys("supervisor")
+                chrome.find_element(By.ID, "password").send_keys("wrong")
+                chrome.find_element(By.ID, "sign-in").click()
+                (failed,) = WebDriverWait(chrome, WAIT_S).until(lambda c: c.find_elements(By.ID, "failed"))
+                assert failed.text == "Wrong name or password."
+                assert chrome.current_url == f"{base}/login"
+
+        await trio.to_thread.run_sync(signed_out)
+        await settle(1)
+        chrome = await trio.to_thread.run_sync(browser)
+        try:
+
+            def sign_in_and_read_heights() -> dict[str, int]:
+                chrome.get(f"{base}/")
+                chrome.find_element(By.ID, "name").send_keys("supervisor")
+                chrome.find_element(By.ID, "password").send_keys(USERS["supervisor"])
+                chrome.find_element(By.ID, "sign-in").click()
+                WebDriverWait(chrome, WAIT_S).until(lambda c: c.find_elements(By.CSS_SELECTOR, "tr[data-ledger]"))
+                rows = chrome.find_elements(By.CSS_SELECTOR, "tr[data-ledger]")
+                assert [row.get_attribute("data-ledger") for row in rows] == list(LEDGERS)
+                return {
+                    row.get_attribute("data-ledger"): int(row.find_element(By.CLASS_NAME, "height").text)
+                    for row in rows
+                }
+
+            before = await trio.to_thread.run_sync(sign_in_and_read_heights)
+            assert before["csd"] > 0 and before["cbdc-eur"] > 0
+            await settle(3)  # each: a lock and a claim on csd and on cbdc-eur
+
+            def live() -> None:
+                height = lambda ledger: int(  # noqa: E731
+                    chrome.find_element(By.CSS_SELECTOR, f'tr[data-ledger="{ledger}"] .height').text
+                )
+                WebDriverWait(chrome, WAIT_S).until(lambda c: height("csd") >= before["csd"] + 6)
+                assert height("cbdc-eur") >= before["cbdc-eur"] + 6
+                assert height("unified") == before["unified"]  # nothing settled there
+                assert chrome.find_element(By.ID, "alerts").get_attribute("class") == "quiet"
+                WebDriverWait(chrome, WAIT_S).until(
+                    lambda c: c.find_element(By.CSS_SELECTOR, 'tr[data-ledger="csd"] .role').text == "securities"
+                )
+                chrome.save_screenshot(str(shots / "overview.png"))
+
+                chrome.get(f"{base}/holders/{BOND}")
+                sections = chrome.find_elements(By.CSS_SELECTOR, "section.ledger")
+                assert [s.get_attribute("data-ledger") for s in sections] == ["csd", "unified"]
+                for section in sections:
+                    outstanding = int(section.find_element(By.CLASS_NAME, "outstanding").text)
+                    held = int(section.find_element(By.CLASS_NAME, "held").text)
+                    rows = section.find_elements(By.CSS_SELECTOR, "table.holdings tbody tr")
+                    cells = [
+                        int(row.find_element(By.CLASS_NAME, c).text) for row in rows for c in ("available", "locked")
+                    ]
+                    assert outstanding == held == sum(cells) > 0
+                    assert section.find_element(By.CLASS_NAME, "agrees").text == "agrees"
+                totals = chrome.find_element(By.ID, "totals")
+                outstanding = int(totals.find_element(By.CLASS_NAME, "outstanding").text)
+                assert outstanding == int(totals.find_element(By.CLASS_NAME, "held").text) == 2_000_000
+                chrome.save_screenshot(str(shots / "holders.png"))
+
+                chrome.get(f"{base}/participants/bank-a")
+                ledgers = [
+                    s.get_attribute("data-ledger") for s in chrome.find_elements(By.CSS_SELECTOR, "section.ledger")
+                ]
+                assert {"csd", "cbdc-eur"} <= set(ledgers)
+                chrome.save_screenshot(str(shots / "participant.png"))
+
+            await trio.to_thread.run_sync(live)
+        finally:
+            await trio.to_thread.run_sync(chrome.quit)
+        status, body = await trio.to_thread.run_sync(get, f"{base}/api/overview")
+        assert status == 401 and json.loads(body) == {"error": "sign in first"}  # a session is the browser's alone
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_views_agree_with_the_ledgers_own_books(tmp_path):
+    """What the console shows is replayed from the journals; the ledgers' own answers
+    (query_info's issued and held) say the same."""
+    async with trio.open_nursery() as nursery:
+        local = Local(standard_world(tmp_path), MemoryBus(), nursery)
+        for ledger in LEDGERS:
+            await local.start_ledger(ledger)
+        await local.fund_standard(ledgers=LEDGERS)
+        coordinator, _ = await local.start_coordinator(TIMING)
+        for _ in range(2):
+            assert (await coordinator.submit(local.settlement("dvp", CROSS_DVP, PARTIES))).phase is Phase.SETTLED
+        console = console_of(local.world.registry, local.bus, list(LEDGERS))
+        await nursery.start(console.run)
+        with trio.fail_after(WAIT_S):
+            while len(console.infos) < len(LEDGERS) or any(
+                console.observer.journals[ledger].entries < info["head_seq"] for ledger, info in console.infos.items()
+            ):
+                await trio.sleep(0.05)
+        overview = console.overview()
+        bond = views.holders(console.observer.journals, BOND)
+        positions = views.positions(console.observer.journals, "bank-a")
+        nursery.cancel_scope.cancel()
+
+    infos = console.infos
+    assert [row["ledger"] for row in overview["ledgers"]] == list(LEDGERS)
+    for row in overview["ledgers"]:
+        assert row["height"] == infos[row["ledger"]]["head_seq"] and row["intact"] and row["locks_held"] == 0
+    assert overview["settlements"]["open"] == 0 and overview["alerts"] == []
+    for ledger in bond["ledgers"]:
+        (asset,) = [a for a in infos[ledger["ledger"]]["assets"] if a["code"] == BOND]
+        assert ledger["outstanding"] == asset["issued"] - asset["redeemed"] == ledger["held"]
+        assert ledger["held"] == infos[ledger["ledger"]]["held"][BOND]
+    (csd,) = [ledger for ledger in positions["ledgers"] if ledger["ledger"] == "csd"]
+    assert {(row["account"], row["asset"]) for row in csd["balances"]} == {("a-sec", BOND)}
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "reason"),
+    [
+        ("supervisor:secret\n", 0o644, "readable by others (mode -rw-r--r--); chmod 600 it"),
+        ("supervisor\n", 0o600, "line 1: not name:password"),
+        ("# operators\nops:a\nops:b\n", 0o600, "line 3: ops again"),
+        ("# nobody\n", 0o600, "no users"),
+    ],
+)
+def test_a_users_file_is_refused_naming_its_fault(tmp_path, content, mode, reason):
+    path = tmp_path / "users"
+    path.write_text(content)
+    path.chmod(mode)
+    with pytest.raises(ExpectedFailure, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        access.read_users(path)
+
+
+def test_a_password_is_checked_for_its_own_name_only(tmp_path):
+    path = tmp_path / "users"
+    path.write_text("supervisor:s3cret\nops:other\n")
+    path.chmod(0o600)
+    users = access.read_users(path)
+    assert access.signed_in(users, "supervisor", "s3cret")
+    assert not access.signed_in(users, "ops", "s3cret")
+    assert not access.signed_in(users, "nobody", "s3cret") and not access.signed_in(users, "supervisor", "")
+
+
+async def test_the_command_serves_the_pages_over_mqtt_until_sigterm(tmp_path, broker):
+    """`lockstep console` as its own process: it follows the ledgers on a real broker,
+    serves the sign-in page and nothing else to a visitor, and stops on SIGTERM; a users
+    file others may read stops it at once, exit status 2, one line naming the file."""
+    world = standard_world(tmp_path, broker=broker.url)
+    users = tmp_path / "users"
+    users.write_text("supervisor:s3cret\n")
+    users.chmod(0o644)
+    command = [sys.executable, "-m", "engine.cli", "console", "--config", str(world.ledger_configs["coordinator"])]
+    refused = await trio.run_process([*command, "--users", str(users)], capture_stderr=True, check=False)
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.decode()
+        .strip()
+        .splitlines()[-1]
+        .endswith(f"console users file {users}: readable by others (mode -rw-r--r--); chmod 600 it")
+    )
+    users.chmod(0o600)
+    async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
+        local = Local(world, bus, nursery)
+        for ledger in LEDGERS:
+            await local.start_ledger(ledger)
+        await local.fund_standard(ledgers=LEDGERS)
+        process = await trio.lowlevel.open_process(
+            [*command, "--users", str(users), "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE
+        )
+        stderr = b""
+        with trio.fail_after(30):
+            while not (found := re.search(rb"console on (http://127\.0\.0\.1:\d+)", stderr)):
+                stderr += await process.stderr.receive_some()
+            base = found.group(1).decode()
+            login = await trio.to_thread.run_sync(get, f"{base}/login")
+            overview = await trio.to_thread.run_sync(get, f"{base}/api/overview")
+            process.send_signal(signal.SIGTERM)
+            while chunk := await process.stderr.receive_some():
+                stderr += chunk
+            returncode = await process.wait()
+        nursery.cancel_scope.cancel()
+    text = stderr.decode()
+    assert returncode == 0, text
+    assert login[0] == 200 and 'id="sign-in"' in login[1] and overview[0] == 401
+    assert "following csd, cbdc-eur, cbdc-multi, unified" in text and "stopping on SIGTERM" in text
