@@ -32,6 +32,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from engine.console import access, views
 from engine.console.service import console_of, start_http
 from engine.world.local import BOND, Local, dvp_legs, standard_world
+from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
 from protocols.failures import ExpectedFailure
@@ -151,6 +152,20 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
                 assert outstanding == int(totals.find_element(By.CLASS_NAME, "held").text) == 2_000_000
                 chrome.save_screenshot(str(shots / "holders.png"))
 
+                chrome.get(f"{base}/settlements")
+                chrome.find_element(By.CSS_SELECTOR, "#items a").click()  # the latest
+                WebDriverWait(chrome, WAIT_S).until(lambda c: c.find_elements(By.ID, "legs"))
+                legs = chrome.find_elements(By.CSS_SELECTOR, "tr.leg")
+                assert [leg.get_attribute("data-ledger") for leg in legs] == ["cbdc-eur", "csd"]
+                assert [leg.find_element(By.CLASS_NAME, "state").text for leg in legs] == ["claimed", "claimed"]
+                entries = chrome.find_elements(By.CSS_SELECTOR, "tr.entry")
+                kinds = sorted((e.get_attribute("data-ledger"), e.get_attribute("data-kind")) for e in entries)
+                assert kinds == [("cbdc-eur", "claim"), ("cbdc-eur", "lock"), ("csd", "claim"), ("csd", "lock")]
+                assert {e.find_element(By.CLASS_NAME, "signature").text for e in entries} == {"verified"}
+                assert f"Δ {TIMING.margin_ms} ms" in chrome.find_element(By.ID, "locks").text
+                assert len(chrome.find_elements(By.CSS_SELECTOR, "#life rect")) == 2
+                chrome.save_screenshot(str(shots / "settlement.png"))
+
                 chrome.get(f"{base}/participants/bank-a")
                 ledgers = [
                     s.get_attribute("data-ledger") for s in chrome.find_elements(By.CSS_SELECTOR, "section.ledger")
@@ -164,6 +179,67 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
         status, body = await trio.to_thread.run_sync(get, f"{base}/api/overview")
         assert status == 401 and json.loads(body) == {"error": "sign in first"}  # a session is the browser's alone
         nursery.cancel_scope.cancel()
+
+
+async def test_a_settlement_made_one_legged_turns_the_overview_red_within_a_second(tmp_path):
+    """Every claim to csd is lost until csd refunds leg 1 at its backstop (as in
+    tests/test_observer.py, on the real clock and a backstop of seconds): the page open on
+    the overview shows the observer's alert, in red, within a second of its being raised."""
+    timing = Timing(lock_wait_ms=500, claim_deadline_ms=500, clock_skew_ms_max=100, backstop_ms=1_500)
+    shots = screenshots(tmp_path)
+    async with trio.open_nursery() as nursery:
+        bus = MemoryBus()
+        local = Local(standard_world(tmp_path), bus, nursery)
+        for ledger in ("csd", "cbdc-eur"):
+            await local.start_ledger(ledger)
+        await local.fund_standard(ledgers=("csd", "cbdc-eur"))
+        local.bus = FaultyBus(
+            bus,
+            Faults(drop_request=1.0),
+            seed=1,
+            applies=lambda service, payload: service == "ledger/csd" and b'"claim"' in payload,
+        )
+        coordinator, _ = await local.start_coordinator(timing, watchtower=False)
+        local.bus = bus
+        console = console_of(local.world.registry, bus, ["csd", "cbdc-eur"])
+        await nursery.start(console.run)
+        base = await start_http(console, USERS, "127.0.0.1", 0, nursery)
+        chrome = await trio.to_thread.run_sync(browser)
+        try:
+
+            def sign_in() -> None:
+                chrome.get(f"{base}/login")
+                chrome.find_element(By.ID, "name").send_keys("supervisor")
+                chrome.find_element(By.ID, "password").send_keys(USERS["supervisor"])
+                chrome.find_element(By.ID, "sign-in").click()
+                WebDriverWait(chrome, WAIT_S).until(lambda c: c.find_elements(By.CSS_SELECTOR, "tr[data-ledger]"))
+                assert chrome.find_element(By.ID, "alerts").get_attribute("class") == "quiet"
+
+            await trio.to_thread.run_sync(sign_in)
+            nursery.start_soon(coordinator.submit, local.settlement("dvp", CROSS_DVP, PARTIES))
+            with trio.fail_after(WAIT_S):
+                while not console.observer.alerts:
+                    await trio.sleep(0.005)
+            raised = trio.current_time()
+
+            def red() -> str:
+                WebDriverWait(chrome, WAIT_S, poll_frequency=0.02).until(
+                    lambda c: c.find_element(By.ID, "alerts").get_attribute("class") == "alerting"
+                )
+                WebDriverWait(chrome, WAIT_S).until(
+                    lambda c: c.find_elements(By.CSS_SELECTOR, 'dd[data-count="one-legged"]')
+                )
+                return chrome.find_element(By.CSS_SELECTOR, "#alert-list .alert").text
+
+            text = await trio.to_thread.run_sync(red)
+            shown = trio.current_time()
+            await trio.to_thread.run_sync(chrome.save_screenshot, str(shots / "alert.png"))
+        finally:
+            await trio.to_thread.run_sync(chrome.quit)
+        nursery.cancel_scope.cancel()
+    (violation,) = console.observer.alerts
+    assert text == violation.text() and text.startswith("one_legged on cbdc-eur, csd: settlement ")
+    assert shown - raised < 1.0
 
 
 async def test_the_views_agree_with_the_ledgers_own_books(tmp_path):

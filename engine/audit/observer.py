@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 
 import trio
@@ -42,7 +42,7 @@ from protocols.journal import ChainBroken, Replay, entry_hash
 from protocols.messages import Entry, QueryInfo
 from protocols.registry import Registry
 from protocols.settlement import lock_id
-from protocols.signing import from_wire
+from protocols.signing import Signed, from_wire
 
 from ..config import ConfigError, CoordinatorConfig
 from .journals import AuditError, Kind, LedgerJournal, Terms, Violation, judge, ledger_key, legs_of
@@ -85,6 +85,10 @@ class Observer:
         self._live: set[str] = set()  # ledgers whose journal has been read up to that head
         self._problems_alerted = dict.fromkeys(ledger_ids, 0)  # of each journal's `problems`
         self._once: set[tuple] = set()  # judged violations alerted, by `_first`'s key
+        # for a console beside it: each entry as it is replayed (the ledger, the entry, its
+        # hash, the settlements whose locks it placed or ended), and each alert as raised
+        self.on_entry: Callable[[str, Signed, str, list[str]], None] = lambda ledger, signed, hash_, settlements: None
+        self.on_alert: Callable[[Violation], None] = lambda violation: None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -137,12 +141,15 @@ class Observer:
         assert entry.seq == journal.entries, f"{journal.ledger}: entry {entry.seq} where {journal.entries} is next"
         if entry.prev_hash != journal.head_hash:  # the follower takes a resumed stream's first link on trust
             raise ChainBroken(entry.seq, "prev_hash does not match the hash of the entry before")
-        journal.read([(signed, entry_hash(signed))])
+        hash_ = entry_hash(signed)
+        journal.read([(signed, hash_)])
         if journal.entries >= self._heads[journal.ledger]:
             self._live.add(journal.ledger)
         found: list[Violation | None] = list(self._new_problems(journal))
         if journal.intact:
-            found += [self._judge(terms) for terms in self._touched(journal, entry)]
+            touched = self._touched(journal, entry)
+            self.on_entry(journal.ledger, signed, hash_, [terms.settlement for terms in touched])
+            found += [self._judge(terms) for terms in touched]
         await self._alert_all(found)
 
     def _touched(self, journal: LedgerJournal, entry: Entry) -> list[Terms]:
@@ -237,6 +244,7 @@ class Observer:
         if len(self.alerts) >= ALERTS_KEPT_MAX:
             del self.alerts[0]
         self.alerts.append(violation)
+        self.on_alert(violation)
         log.error("ALERT %s", violation.text())
         if self.publish:
             await self.bus.publish(ALERTS_TOPIC, canonical.encode(alert_event(violation, self.clock.now_ms())))

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from .service import Console
 
 HERE = Path(__file__).parent
-EVENT_INTERVAL_S = 0.5  # an alert is on every open page within this and the observer's own check
+EVENT_INTERVAL_S = 0.5  # the overview's refresh; an alert is sent at once
+SETTLEMENTS_LISTED = 200  # the latest, on /settlements
 SESSION_SECONDS = 8 * 3600
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
@@ -80,9 +81,21 @@ def console_app(console: Console, users: dict[str, str]) -> Starlette:
         async def stream():
             while True:
                 yield f"data: {json.dumps(console.overview(), separators=(',', ':'))}\n\n"
-                await trio.sleep(EVENT_INTERVAL_S)
+                with trio.move_on_after(EVENT_INTERVAL_S):
+                    await console.alerted.park()  # an alert goes out at once
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=SECURITY_HEADERS)
+
+    async def settlements_index(request: Request) -> Response:
+        latest = list(reversed(console.settlements))[:SETTLEMENTS_LISTED]
+        return page(request, "index.html", {"title": "Latest settlements", "base": "/settlements", "items": latest})
+
+    async def settlement(request: Request) -> Response:
+        settlement_id = request.path_params["settlement"]
+        view = console.settlement(settlement_id)
+        if view is None:
+            return page(request, "unknown.html", {"what": f"settlement {settlement_id}"}, status_code=404)
+        return page(request, "settlement.html", {"view": view})
 
     async def holders_index(request: Request) -> Response:
         return page(request, "index.html", {"title": "Holders", "base": "/holders", "items": views.assets(journals)})
@@ -106,6 +119,8 @@ def console_app(console: Console, users: dict[str, str]) -> Starlette:
         Route("/", signed_in_only(overview)),
         Route("/api/overview", signed_in_only(overview_data)),
         Route("/events", signed_in_only(events)),
+        Route("/settlements", signed_in_only(settlements_index)),
+        Route("/settlements/{settlement}", signed_in_only(settlement)),
         Route("/holders", signed_in_only(holders_index)),
         Route("/holders/{asset}", signed_in_only(holders)),
         Route("/participants", signed_in_only(participants_index)),

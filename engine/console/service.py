@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import OrderedDict
 from pathlib import Path
 
 import trio
@@ -24,7 +25,9 @@ from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure
 from protocols.messages import QueryInfo
 from protocols.registry import Registry
+from protocols.signing import Signed
 
+from ..audit.journals import Violation
 from ..audit.observer import GRACE_MS, Observer, load
 from . import access, views
 from .app import console_app
@@ -33,6 +36,7 @@ log = logging.getLogger("lockstep.console")
 
 SAMPLE_INTERVAL_S = 1.0  # the charts' resolution
 INFO_INTERVAL_S = 10.0  # how often each ledger is asked for its role, operator and last checkpoint
+RECENT_SETTLEMENTS_MAX = 1_000  # drilled down from their entries, kept whole: some 12 KiB each
 
 
 class Console:
@@ -42,6 +46,11 @@ class Console:
         self.observer = observer
         self.rates = views.Rates()
         self.infos: dict[str, dict] = {}
+        # the latest settlements' journal entries, as replayed: (ledger, the signed entry, its hash)
+        self.settlements: OrderedDict[str, list[tuple[str, Signed, str]]] = OrderedDict()
+        self.alerted = trio.lowlevel.ParkingLot()  # the live pages, woken by an alert
+        observer.on_entry = self._entry
+        observer.on_alert = self._alert
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -62,6 +71,25 @@ class Console:
             self.rates,
             observer.clock.now_ms(),
         )
+
+    def settlement(self, settlement_id: str) -> dict | None:
+        """A settlement drilled down, each entry's signature verified again now; None when it
+        is not among the latest RECENT_SETTLEMENTS_MAX."""
+        entries = self.settlements.get(settlement_id)
+        if entries is None:
+            return None
+        keys = {ledger: client.ledger_key for ledger, client in self.observer.clients.items()}
+        return views.settlement(settlement_id, entries, keys, self.observer.journals)
+
+    def _alert(self, violation: Violation) -> None:
+        self.alerted.unpark_all()
+
+    def _entry(self, ledger: str, signed: Signed, hash_: str, settlements: list[str]) -> None:
+        for settlement_id in settlements:
+            self.settlements.setdefault(settlement_id, []).append((ledger, signed, hash_))
+            self.settlements.move_to_end(settlement_id)
+        while len(self.settlements) > RECENT_SETTLEMENTS_MAX:
+            self.settlements.popitem(last=False)
 
     async def _sample(self) -> None:
         while True:

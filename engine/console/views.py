@@ -14,8 +14,11 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 
 import attrs
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from protocols.htlc import LockState
+from protocols.messages import Entry
+from protocols.signing import Signed
 
 from ..audit.journals import LedgerJournal, Violation
 
@@ -148,3 +151,121 @@ def assets(journals: Mapping[str, LedgerJournal]) -> list[str]:
 
 def parties(journals: Mapping[str, LedgerJournal]) -> list[str]:
     return sorted({owner for journal in journals.values() for owner in journal.replay.accounts.values()})
+
+
+def settlement(
+    settlement_id: str,
+    entries: Iterable[tuple[str, Signed, str]],
+    keys: Mapping[str, ec.EllipticCurvePublicKey],
+    journals: Mapping[str, LedgerJournal],
+) -> dict:
+    """A settlement drilled down from its journal entries on every ledger: each leg's lock
+    (terms, placed, ended, expiry, backstop), each entry with its ledger's signature
+    verified here and now, and two waterfalls drawn to scale: the settlement's life, and
+    its time-locks with the margin Δ between the legs' backstops."""
+    rows = []
+    legs: dict[int, dict] = {}
+    for ledger, signed, hash_ in entries:
+        entry: Entry = signed.msg
+        sig = signed.sigs.get(ledger)
+        verified = sig is not None and ledger in keys and signed.signed_by(ledger, keys[ledger])
+        rows.append(
+            {
+                "ledger": ledger,
+                "seq": entry.seq,
+                "kind": entry.kind,
+                "time_ms": entry.time_ms,
+                "hash": hash_,
+                "signature": sig.hex() if isinstance(sig, bytes) else "(in a signed batch)",
+                "verified": verified,
+                "instruction": (entry.instruction or {}).get("id", "(the ledger's own)"),
+            }
+        )
+        for lock, state in _locks_of(entry, settlement_id):
+            leg = legs.setdefault(int(lock.rpartition(":")[2]), {"lock": lock, "ledger": ledger, "ended": None})
+            if entry.kind == "lock" and entry.instruction is not None:
+                terms = entry.instruction
+                leg.update(
+                    placed_ms=entry.time_ms,
+                    asset=terms["asset"],
+                    amount=terms["amount"],
+                    payer=terms["owner_account"],
+                    payee=terms["beneficiary_account"],
+                    expiry_ms=terms["expiry_ms"],
+                    backstop_ms=terms.get("backstop_ms"),
+                )
+            if state in ENDED:
+                leg["ended"] = {"how": state, "time_ms": entry.time_ms}
+    for leg in legs.values():
+        held = journals[leg["ledger"]].replay.locks.get(leg["lock"]) if leg["ledger"] in journals else None
+        leg["state"] = held.state.value if held is not None else (leg["ended"] or {}).get("how", "unknown")
+    ordered = [legs[index] for index in sorted(legs)]
+    return {
+        "settlement": settlement_id,
+        "legs": ordered,
+        "entries": sorted(rows, key=lambda row: (row["time_ms"], row["ledger"], row["seq"])),
+        "life": _life(ordered, rows),
+        "locks": _time_locks(ordered),
+    }
+
+
+ENDED = ("claimed", "cancelled", "refunded", "aborted")
+WATERFALL_WIDTH = 720
+
+
+def _locks_of(entry: Entry, settlement_id: str) -> list[tuple[str, str]]:
+    """The settlement's locks this entry placed or ended, each with the state it left."""
+    found = [(lock, state) for lock, state in entry.effects.get("locks", ())]
+    if entry.kind == "lock" and entry.instruction is not None:
+        found.append((entry.instruction["id"], "held"))
+    return [(lock, state) for lock, state in dict.fromkeys(found) if lock.rpartition(":")[0] == settlement_id]
+
+
+def _scale(start_ms: int, end_ms: int):
+    span = max(end_ms - start_ms, 1)
+    return lambda ms: round((ms - start_ms) * WATERFALL_WIDTH / span, 1)
+
+
+def _life(legs: list[dict], rows: list[dict]) -> dict:
+    """Each leg's lock from placed to ended, on one scale from the first entry to the last."""
+    times = [row["time_ms"] for row in rows]
+    if not times:
+        return {"bars": [], "span_ms": 0}
+    start, end = min(times), max(times)
+    x = _scale(start, end)
+    bars = []
+    for index, leg in enumerate(legs):
+        if "placed_ms" not in leg:
+            continue
+        ended = leg["ended"]["time_ms"] if leg["ended"] else end
+        bars.append(
+            {
+                "y": index * 28,
+                "x": x(leg["placed_ms"]),
+                "width": max(x(ended) - x(leg["placed_ms"]), 2),
+                "label": f"leg {index} on {leg['ledger']}: {leg['ended']['how'] if leg['ended'] else 'held'}",
+                "at_ms": [leg["placed_ms"] - start, ended - start],
+            }
+        )
+    return {"bars": bars, "span_ms": end - start, "height": 28 * max(len(legs), 1)}
+
+
+def _time_locks(legs: list[dict]) -> dict:
+    """Each leg's expiry and backstop on one scale from the first lock placed, and Δ,
+    the time leg 1's backstop (or expiry, for time-locks) outlives leg 0's."""
+    placed = [leg for leg in legs if "placed_ms" in leg]
+    if not placed:
+        return {"marks": [], "margin_ms": None}
+    start = min(leg["placed_ms"] for leg in placed)
+    refunds = [leg["backstop_ms"] or leg["expiry_ms"] for leg in placed]
+    x = _scale(start, max(refunds + [leg["expiry_ms"] for leg in placed]))
+    marks = []
+    for index, leg in enumerate(placed):
+        marks.append({"y": index * 28, "x": x(leg["expiry_ms"]), "what": "expiry", "at_ms": leg["expiry_ms"] - start})
+        if leg["backstop_ms"]:
+            marks.append(
+                {"y": index * 28, "x": x(leg["backstop_ms"]), "what": "backstop", "at_ms": leg["backstop_ms"] - start}
+            )
+    margin = refunds[1] - refunds[0] if len(refunds) == 2 else None
+    bracket = {"x0": x(refunds[0]), "x1": x(refunds[1])} if margin is not None else None
+    return {"marks": marks, "margin_ms": margin, "bracket": bracket, "height": 28 * len(placed)}

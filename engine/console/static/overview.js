@@ -31,9 +31,14 @@ function redraw(data) {
     text(tr.querySelector(".intact"), row.intact ? "verified" : "BROKEN");
     tr.className = row.intact ? "" : "broken";
   }
-  for (const [name, count] of Object.entries(data.settlements)) {
-    text(document.querySelector(`dd[data-count="${CSS.escape(name)}"]`), count);
-  }
+  document.getElementById("settlements").replaceChildren(...Object.entries(data.settlements).flatMap(([name, count]) => {
+    const term = document.createElement("dt");
+    term.textContent = name.replaceAll("_", " ");
+    const value = document.createElement("dd");
+    value.dataset.count = name;
+    value.textContent = count;
+    return [term, value];
+  }));
   text(document.getElementById("updated"), new Date(data.time_ms).toISOString());
 }
 
