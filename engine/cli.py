@@ -18,7 +18,7 @@
     lockstep audit --registry FILE (--db FILE ... | --broker URL --ledger ID ...)
                                          verify every journal, check every settlement across ledgers
     lockstep observer --config FILE      follow every ledger's journal live; ALERT on any violation
-    lockstep console --config FILE --users FILE [--listen HOST:PORT]
+    lockstep console --config FILE --users FILE [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE]
                                          the read-only web console for operators and the supervisor
     lockstep rotate-key --broker URL --registry FILE --ledger ID --operator ID --operator-key FILE
                         --party ID --public-key FILE
@@ -51,6 +51,7 @@ import signal
 import sys
 import tempfile
 import traceback
+from pathlib import Path
 
 import trio
 
@@ -263,7 +264,10 @@ def _observer(args: argparse.Namespace) -> int:
 def _console(args: argparse.Namespace) -> int:
     from engine.console import service
 
-    trio.run(service.serve, args.config, args.listen, args.users, args.broker, args.grace_ms)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ExpectedFailure("--tls-cert and --tls-key", "give both, or neither")
+    tls = service.Tls(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+    trio.run(service.serve, args.config, args.listen, args.users, args.broker, args.grace_ms, tls)
     return 0
 
 
@@ -721,6 +725,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where to serve the pages (default: 127.0.0.1:8080)",
     )
+    console.add_argument("--tls-cert", metavar="FILE", help="serve over HTTPS only: the certificate, PEM")
+    console.add_argument("--tls-key", metavar="FILE", help="and its private key, PEM")
     console.add_argument("--broker", metavar="URL", help=BROKER_OVERRIDE_HELP)
     console.add_argument(
         "--grace-ms",

@@ -39,7 +39,9 @@ SECURITY_HEADERS = {
 templates = Jinja2Templates(directory=HERE / "templates")
 
 
-def console_app(console: Console, users: dict[str, str]) -> Starlette:
+def console_app(console: Console, users: dict[str, str], *, secure: bool = False) -> Starlette:
+    """`secure`: served over TLS, so the session cookie is sent over HTTPS only."""
+
     def page(request: Request, name: str, context: dict, status_code: int = 200) -> Response:
         context = {"user": request.session.get("user"), **context}
         return templates.TemplateResponse(request, name, context, status_code=status_code, headers=SECURITY_HEADERS)
@@ -97,6 +99,9 @@ def console_app(console: Console, users: dict[str, str]) -> Starlette:
             return page(request, "unknown.html", {"what": f"settlement {settlement_id}"}, status_code=404)
         return page(request, "settlement.html", {"view": view})
 
+    async def conservation(request: Request) -> Response:
+        return page(request, "conservation.html", {"rows": views.conservation(console.conservation)})
+
     async def holders_index(request: Request) -> Response:
         return page(request, "index.html", {"title": "Holders", "base": "/holders", "items": views.assets(journals)})
 
@@ -121,6 +126,7 @@ def console_app(console: Console, users: dict[str, str]) -> Starlette:
         Route("/events", signed_in_only(events)),
         Route("/settlements", signed_in_only(settlements_index)),
         Route("/settlements/{settlement}", signed_in_only(settlement)),
+        Route("/conservation", signed_in_only(conservation)),
         Route("/holders", signed_in_only(holders_index)),
         Route("/holders/{asset}", signed_in_only(holders)),
         Route("/participants", signed_in_only(participants_index)),
@@ -133,5 +139,6 @@ def console_app(console: Console, users: dict[str, str]) -> Starlette:
         session_cookie="lockstep-console",
         max_age=SESSION_SECONDS,
         same_site="strict",
+        https_only=secure,
     )
     return Starlette(routes=routes, middleware=[session])

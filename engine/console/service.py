@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import ssl
 from collections import OrderedDict
 from pathlib import Path
 
+import attrs
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
@@ -22,7 +24,7 @@ from protocols.bus.client import BadReply
 from protocols.bus.clock import ServiceClock
 from protocols.bus.exposition import parse_address
 from protocols.errors import Rejected
-from protocols.failures import ExpectedFailure
+from protocols.failures import ExpectedFailure, file_reason
 from protocols.messages import QueryInfo
 from protocols.registry import Registry
 from protocols.signing import Signed
@@ -45,6 +47,7 @@ class Console:
     def __init__(self, observer: Observer) -> None:
         self.observer = observer
         self.rates = views.Rates()
+        self.conservation = views.Conservation()
         self.infos: dict[str, dict] = {}
         # the latest settlements' journal entries, as replayed: (ledger, the signed entry, its hash)
         self.settlements: OrderedDict[str, list[tuple[str, Signed, str]]] = OrderedDict()
@@ -94,7 +97,9 @@ class Console:
     async def _sample(self) -> None:
         while True:
             heights = {ledger: journal.entries for ledger, journal in self.observer.journals.items()}
-            self.rates.sample(heights, self.observer.clock.now_ms())
+            now_ms = self.observer.clock.now_ms()
+            self.rates.sample(heights, now_ms)
+            self.conservation.sample(self.observer.journals, now_ms)
             await trio.sleep(SAMPLE_INTERVAL_S)
 
     async def _ask_info(self, ledger: str) -> None:
@@ -113,17 +118,44 @@ def console_of(registry: Registry, bus: Bus, ledgers: list[str], grace_ms: int =
     return Console(Observer(registry, bus, ledgers, grace_ms, ServiceClock(), publish=False))
 
 
-async def start_http(console: Console, users: dict[str, str], host: str, port: int, nursery: trio.Nursery) -> str:
-    """Serve the console's pages on `host:port` (0: any free port); its address."""
+@attrs.frozen
+class Tls:
+    """The console's certificate and key, PEM files: its pages served over HTTPS only."""
+
+    certificate: Path
+    key: Path
+
+
+async def start_http(
+    console: Console, users: dict[str, str], host: str, port: int, nursery: trio.Nursery, tls: Tls | None = None
+) -> str:
+    """Serve the console's pages on `host:port` (0: any free port), over TLS if given; its address."""
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
-    binds = await nursery.start(serve_http, console_app(console, users), config)
+    if tls is not None:
+        config.certfile, config.keyfile = str(tls.certificate), str(tls.key)
+        subject = f"console TLS files {tls.certificate}, {tls.key}"
+        try:
+            config.create_ssl_context()
+        except ssl.SSLError as error:
+            raise ExpectedFailure(subject, f"not a PEM certificate and its key ({error.reason})") from None
+        except OSError as error:
+            raise ExpectedFailure(subject, file_reason(error)) from None
+    try:
+        binds = await nursery.start(serve_http, console_app(console, users, secure=tls is not None), config)
+    except OSError as error:
+        raise ExpectedFailure(f"console --listen {host}:{port}", file_reason(error)) from None
     return binds[0]
 
 
 async def serve(
-    config_path: str, listen: str, users_file: str, broker: str | None = None, grace_ms: int = GRACE_MS
+    config_path: str,
+    listen: str,
+    users_file: str,
+    broker: str | None = None,
+    grace_ms: int = GRACE_MS,
+    tls: Tls | None = None,
 ) -> None:
     """`lockstep console`, until SIGTERM or SIGINT."""
     from ..daemon import _until_signalled
@@ -137,5 +169,5 @@ async def serve(
     async with _until_signalled(url, f"console-{secrets.token_hex(4)}") as (bus, nursery):
         console = console_of(registry, bus, list(ledgers), grace_ms)
         await nursery.start(console.run)
-        address = await start_http(console, users, host, port, nursery)
+        address = await start_http(console, users, host, port, nursery, tls)
         log.info("console on %s, following %s on %s", address, ", ".join(ledgers), redacted(url))

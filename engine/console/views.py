@@ -46,6 +46,42 @@ class Rates:
         return series[-1] if series else 0.0
 
 
+@attrs.define
+class Conservation:
+    """Each asset's outstanding total (issued less redeemed) and held total, summed over
+    every ledger that has it, once a second for the last RATE_WINDOW_S seconds: the two
+    must be equal at every point."""
+
+    samples: dict[str, deque[tuple[int, int, int]]] = attrs.field(factory=dict)  # asset -> (ms, outstanding, held)
+
+    def sample(self, journals: Mapping[str, LedgerJournal], now_ms: int) -> None:
+        for asset in assets(journals):
+            view = holders(journals, asset)
+            points = self.samples.setdefault(asset, deque(maxlen=RATE_WINDOW_S))
+            points.append((now_ms, view["outstanding"], view["held"]))
+
+
+def conservation(history: Conservation) -> list[dict]:
+    """Each asset now, with how many of the window's points had outstanding and held
+    apart, and both over the window as one chart's lines on one scale."""
+    rows = []
+    for asset, points in sorted(history.samples.items()):
+        _, outstanding, held = points[-1]
+        peak = max(max(p[1], p[2]) for p in points) or 1
+        rows.append(
+            {
+                "asset": asset,
+                "outstanding": outstanding,
+                "held": held,
+                "points": len(points),
+                "apart": sum(1 for _, o, h in points if o != h),
+                "outstanding_line": sparkline([p[1] for p in points], peak=peak),
+                "held_line": sparkline([p[2] for p in points], peak=peak),
+            }
+        )
+    return rows
+
+
 def overview(
     journals: Mapping[str, LedgerJournal],
     infos: Mapping[str, dict],
@@ -86,11 +122,12 @@ def _ledger_row(journal: LedgerJournal, info: dict, rates: Rates, now_ms: int) -
     }
 
 
-def sparkline(series: list[float], width: int = 150, height: int = 24) -> str:
-    """An SVG polyline's points for `series`, the window's full width, its peak at the top."""
+def sparkline(series: list[float], width: int = 150, height: int = 24, peak: float | None = None) -> str:
+    """An SVG polyline's points for `series`, the window's full width, `peak` (by default
+    the series' own) at the top."""
     if not series:
         return ""
-    peak = max(max(series), 1.0)
+    peak = peak or max(max(series), 1.0)
     step = width / RATE_WINDOW_S
     left = width - step * (len(series) - 1)
     return " ".join(f"{left + i * step:.1f},{height - value * height / peak:.1f}" for i, value in enumerate(series))
