@@ -15,7 +15,7 @@ import trio
 
 from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
-from protocols.bus.exposition import MetricsUnavailable, listeners_for, serve_metrics, url_of
+from protocols.bus.exposition import Listener, MetricsUnavailable, listener_for, serve_metrics
 from protocols.bus.mqtt import MqttBus
 from protocols.failures import ExpectedFailure
 from protocols.registry import Registry, Role
@@ -104,14 +104,14 @@ async def run_coordinator(
     config, _, _, url = own
     _check_parts([own, *others])
     try:
-        listeners = await listeners_for(config.metrics, metrics)
+        listener = listener_for(config.metrics, metrics)
     except MetricsUnavailable as error:
         raise DaemonError(f"coordinator {config.coordinator_id}", str(error)) from None
     journal = None if standby else _journal(config)
     # the process's pid in its MQTT client id: a standby for the same coordinator is
     # connected at the same time, and a broker drops the older of two equal client ids
     async with _until_signalled(url, f"coordinator-{config.coordinator_id}-{os.getpid()}") as (bus, nursery):
-        served = _Part(config, own[1], own[2], bus, url, listeners)
+        served = _Part(config, own[1], own[2], bus, url, listener)
         if journal is not None:
             await nursery.start(served.run, journal)
         else:
@@ -155,7 +155,7 @@ class _Part:
     key: PrivateKey
     bus: MqttBus
     url: str
-    listeners: list | None
+    listener: Listener | None
 
     async def stand_by(self, own: bool) -> None:
         """Serve the part once its journal's lock is free: this process's own part at
@@ -212,9 +212,9 @@ class _Part:
                     config.timing.margin_ms,
                     config.timing.backstop_ms,
                 )
-                if self.listeners is not None:
-                    nursery.start_soon(serve_metrics, coordinator_metrics.registry, self.listeners)
-                    log.info("coordinator %s metrics at %s", config.coordinator_id, url_of(self.listeners))
+                if self.listener is not None:
+                    await nursery.start(serve_metrics, coordinator_metrics.registry, self.listener)
+                    log.info("coordinator %s metrics at %s", config.coordinator_id, self.listener.url)
                 task_status.started()
         finally:
             journal.close()

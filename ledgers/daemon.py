@@ -14,7 +14,7 @@ import trio
 
 from protocols.bus.address import redacted
 from protocols.bus.clock import ServiceClock
-from protocols.bus.exposition import MetricsUnavailable, listeners_for, serve_metrics, url_of
+from protocols.bus.exposition import MetricsUnavailable, listener_for, serve_metrics
 from protocols.bus.mqtt import MqttBus
 from protocols.failures import ExpectedFailure
 from protocols.registry import Registry
@@ -55,7 +55,7 @@ async def run(config_path: str, broker: str | None = None, metrics: str | None =
     if url is None:
         raise DaemonError(f"ledger config {config_path}", "broker: required to run as a service (or pass --broker)")
     try:
-        listeners = await listeners_for(config.metrics, metrics)
+        listener = listener_for(config.metrics, metrics)
     except MetricsUnavailable as error:
         raise DaemonError(f"ledger {config.ledger_id}", str(error)) from None
     clock = ServiceClock()
@@ -73,9 +73,9 @@ async def run(config_path: str, broker: str | None = None, metrics: str | None =
                         redacted(url),
                         ledger.store.name,
                     )
-                    if listeners is not None:
-                        nursery.start_soon(serve_metrics, service.metrics.registry, listeners)
-                        log.info("ledger %s metrics at %s", config.ledger_id, url_of(listeners))
+                    if listener is not None:
+                        await nursery.start(serve_metrics, service.metrics.registry, listener)
+                        log.info("ledger %s metrics at %s", config.ledger_id, listener.url)
                     async for signum in signals:
                         log.info("ledger %s stopping on %s", config.ledger_id, signal.Signals(signum).name)
                         nursery.cancel_scope.cancel()
