@@ -117,7 +117,7 @@ class Watchtower:
         async with self.bus.subscribe(decisions_topic(coordinator)) as events:
             task_status.started()
             async for raw in events:
-                for signed in self._decisions(raw, coordinator):
+                for signed in verified_decisions(raw, coordinator, self.registry):
                     decision: SettlementDecision = signed.msg
                     watch = self._watch_of(decision.settlement_id)
                     watch.ledgers, watch.expiry_ms = decision.ledgers, decision.expiry_ms
@@ -126,29 +126,6 @@ class Watchtower:
                     else:
                         watch.abort = decision.preimage
                     self._consider(decision.settlement_id, watch)
-
-    def _decisions(self, raw: bytes, coordinator: str) -> list[Signed]:
-        """The decisions of an event (one alone, or a batch of them), each checked to be
-        the coordinator's, signed by it alone; the others are logged and dropped."""
-        try:
-            items = open_event(decode(raw, bytes_max=BATCH_BYTES_MAX), allowed=(SettlementDecision,))
-        except Rejected as error:
-            log.warning("ignored a decision event that is not %s's: %s", coordinator, error)
-            return []
-        decisions = []
-        for item in items:
-            try:
-                if isinstance(item, Rejected):
-                    raise item
-                self.registry.verify_all(item)
-            except Rejected as error:
-                log.warning("ignored a decision that is not %s's: %s", coordinator, error)
-                continue
-            if item.msg.coordinator != coordinator or set(item.sigs) != {coordinator}:
-                log.warning("ignored a decision of %s signed by %s", item.msg.coordinator, ", ".join(item.sigs))
-                continue
-            decisions.append(item)
-        return decisions
 
     async def _watch(self, ledger: str) -> None:
         client = self.client(ledger)
@@ -295,3 +272,27 @@ def _leg_of(lock: str) -> tuple[str, int | None]:
     """A coordinator's lock id `{settlement}:{leg}` split; leg None for any other lock."""
     settlement_id, _, leg = lock.rpartition(":")
     return settlement_id, int(leg) if leg in ("0", "1") and settlement_id else None
+
+
+def verified_decisions(raw: bytes, coordinator: str, registry: Registry) -> list[Signed]:
+    """The decisions of an event (one alone, or a batch of them), each checked to be the
+    coordinator's, signed by it alone; the others are logged and dropped."""
+    try:
+        items = open_event(decode(raw, bytes_max=BATCH_BYTES_MAX), allowed=(SettlementDecision,))
+    except Rejected as error:
+        log.warning("ignored a decision event that is not %s's: %s", coordinator, error)
+        return []
+    decisions = []
+    for item in items:
+        try:
+            if isinstance(item, Rejected):
+                raise item
+            registry.verify_all(item)
+        except Rejected as error:
+            log.warning("ignored a decision that is not %s's: %s", coordinator, error)
+            continue
+        if item.msg.coordinator != coordinator or set(item.sigs) != {coordinator}:
+            log.warning("ignored a decision of %s signed by %s", item.msg.coordinator, ", ".join(item.sigs))
+            continue
+        decisions.append(item)
+    return decisions

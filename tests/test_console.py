@@ -87,7 +87,7 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
             await local.start_ledger(ledger)
         await local.fund_standard(ledgers=LEDGERS)
         coordinator, _ = await local.start_coordinator(TIMING)
-        console = console_of(local.world.registry, local.bus, list(LEDGERS))
+        console = console_of(local.world.registry, local.bus, list(LEDGERS), ("coordinator",))
         await nursery.start(console.run)
         base = await start_http(console, USERS, "127.0.0.1", 0, nursery)
 
@@ -138,6 +138,12 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
                     chrome.find_element(By.CSS_SELECTOR, f'tr[data-ledger="{ledger}"] .height').text
                 )
                 WebDriverWait(chrome, WAIT_S).until(lambda c: height("csd") >= before["csd"] + 6)
+                WebDriverWait(chrome, WAIT_S).until(
+                    lambda c: c.find_element(By.CSS_SELECTOR, 'dd[data-phase="settled"]').text == "4"
+                )
+                assert [
+                    dd.get_attribute("data-phase") for dd in chrome.find_elements(By.CSS_SELECTOR, "#phases dd")
+                ] == ["settled"]
                 assert height("cbdc-eur") >= before["cbdc-eur"] + 6
                 assert height("unified") == before["unified"]  # nothing settled there
                 assert chrome.find_element(By.ID, "alerts").get_attribute("class") == "quiet"
@@ -260,6 +266,7 @@ async def test_a_settlement_made_one_legged_turns_the_overview_red_within_a_seco
         nursery.cancel_scope.cancel()
     (violation,) = console.observer.alerts
     assert text == violation.text() and text.startswith("one_legged on cbdc-eur, csd: settlement ")
+    assert console.phases == {violation.settlement: "one-legged"}
     assert shown - raised < 1.0
 
 
@@ -287,6 +294,7 @@ async def test_the_views_agree_with_the_ledgers_own_books(tmp_path):
         nursery.cancel_scope.cancel()
 
     infos = console.infos
+    assert overview["phases"] == {"settled": 2} and len(console.settlements) == 2
     assert [row["ledger"] for row in overview["ledgers"]] == list(LEDGERS)
     for row in overview["ledgers"]:
         assert row["height"] == infos[row["ledger"]]["head_seq"] and row["intact"] and row["locks_held"] == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import ssl
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import attrs
@@ -18,19 +18,21 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
-from protocols.bus import Bus, BusTimeout
+from protocols.bus import Bus, BusTimeout, decisions_topic
 from protocols.bus.address import redacted
 from protocols.bus.client import BadReply
 from protocols.bus.clock import ServiceClock
 from protocols.bus.exposition import parse_address
 from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason
-from protocols.messages import QueryInfo
+from protocols.messages import QueryInfo, SettlementDecision
 from protocols.registry import Registry
 from protocols.signing import Signed
 
 from ..audit.journals import Violation
 from ..audit.observer import GRACE_MS, Observer, load
+from ..config import CoordinatorConfig
+from ..watchtower import verified_decisions
 from . import access, views
 from .app import console_app
 
@@ -44,13 +46,18 @@ RECENT_SETTLEMENTS_MAX = 1_000  # drilled down from their entries, kept whole: s
 class Console:
     """What the pages are made of, kept up to date while `run` runs."""
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: Observer, registry: Registry, coordinators: tuple[str, ...] = ()) -> None:
         self.observer = observer
+        self.registry = registry
+        self.coordinators = coordinators
         self.rates = views.Rates()
         self.conservation = views.Conservation()
         self.infos: dict[str, dict] = {}
         # the latest settlements' journal entries, as replayed: (ledger, the signed entry, its hash)
         self.settlements: OrderedDict[str, list[tuple[str, Signed, str]]] = OrderedDict()
+        self.decisions: OrderedDict[str, str] = OrderedDict()  # settlement -> its coordinator's decision, as published
+        self.phases: dict[str, str] = {}  # the latest settlements' phases
+        self.flow = views.Flow()
         self.alerted = trio.lowlevel.ParkingLot()  # the live pages, woken by an alert
         observer.on_entry = self._entry
         observer.on_alert = self._alert
@@ -61,6 +68,8 @@ class Console:
             nursery.start_soon(self._sample)
             for ledger in self.observer.clients:
                 nursery.start_soon(self._ask_info, ledger)
+            for coordinator in self.coordinators:
+                await nursery.start(self._hear, coordinator)
             task_status.started()
 
     def overview(self) -> dict:
@@ -73,6 +82,8 @@ class Console:
             observer.open_settlements,
             self.rates,
             observer.clock.now_ms(),
+            Counter(self.phases.values()),
+            self.flow,
         )
 
     def settlement(self, settlement_id: str) -> dict | None:
@@ -89,10 +100,34 @@ class Console:
 
     def _entry(self, ledger: str, signed: Signed, hash_: str, settlements: list[str]) -> None:
         for settlement_id in settlements:
-            self.settlements.setdefault(settlement_id, []).append((ledger, signed, hash_))
+            entries = self.settlements.setdefault(settlement_id, [])
+            entries.append((ledger, signed, hash_))
             self.settlements.move_to_end(settlement_id)
+            self._phase(settlement_id)
         while len(self.settlements) > RECENT_SETTLEMENTS_MAX:
-            self.settlements.popitem(last=False)
+            settlement_id, _ = self.settlements.popitem(last=False)
+            self.phases.pop(settlement_id, None)
+            self.decisions.pop(settlement_id, None)
+
+    def _phase(self, settlement_id: str) -> None:
+        entries = self.settlements.get(settlement_id, [])
+        before = self.phases.get(settlement_id)
+        now = self.phases[settlement_id] = views.phase(settlement_id, entries, self.decisions.get(settlement_id))
+        if now in views.FINAL_PHASES and before not in views.FINAL_PHASES:
+            self.flow.end(views.settled_in(entries))
+
+    async def _hear(self, coordinator: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """A coordinator's published decisions, each verified as its alone."""
+        async with self.observer.bus.subscribe(decisions_topic(coordinator)) as events:
+            task_status.started()
+            async for raw in events:
+                for signed in verified_decisions(raw, coordinator, self.registry):
+                    decision: SettlementDecision = signed.msg
+                    self.decisions[decision.settlement_id] = decision.outcome
+                    while len(self.decisions) > RECENT_SETTLEMENTS_MAX:
+                        self.decisions.popitem(last=False)
+                    if decision.settlement_id in self.settlements:
+                        self._phase(decision.settlement_id)
 
     async def _sample(self) -> None:
         while True:
@@ -100,6 +135,7 @@ class Console:
             now_ms = self.observer.clock.now_ms()
             self.rates.sample(heights, now_ms)
             self.conservation.sample(self.observer.journals, now_ms)
+            self.flow.sample(SAMPLE_INTERVAL_S)
             await trio.sleep(SAMPLE_INTERVAL_S)
 
     async def _ask_info(self, ledger: str) -> None:
@@ -112,10 +148,12 @@ class Console:
             await trio.sleep(INFO_INTERVAL_S)
 
 
-def console_of(registry: Registry, bus: Bus, ledgers: list[str], grace_ms: int = GRACE_MS) -> Console:
-    """A console over these ledgers; its observer publishes no alerts (the observer
-    service does), it only shows them."""
-    return Console(Observer(registry, bus, ledgers, grace_ms, ServiceClock(), publish=False))
+def console_of(
+    registry: Registry, bus: Bus, ledgers: list[str], coordinators: tuple[str, ...] = (), grace_ms: int = GRACE_MS
+) -> Console:
+    """A console over these ledgers and these coordinators' decisions; its observer
+    publishes no alerts (the observer service does), it only shows them."""
+    return Console(Observer(registry, bus, ledgers, grace_ms, ServiceClock(), publish=False), registry, coordinators)
 
 
 @attrs.frozen
@@ -167,7 +205,8 @@ async def serve(
     except ValueError as error:
         raise ExpectedFailure(f"--listen {listen}", str(error)) from None
     async with _until_signalled(url, f"console-{secrets.token_hex(4)}") as (bus, nursery):
-        console = console_of(registry, bus, list(ledgers), grace_ms)
+        coordinator = CoordinatorConfig.load(config_path).coordinator_id
+        console = console_of(registry, bus, list(ledgers), (coordinator,), grace_ms)
         await nursery.start(console.run)
         address = await start_http(console, users, host, port, nursery, tls)
         log.info("console on %s, following %s on %s", address, ", ".join(ledgers), redacted(url))

@@ -10,6 +10,7 @@ record shows. A ledger's own answer to `query_info` adds only what no entry carr
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping
 
@@ -44,6 +45,33 @@ class Rates:
     def now(self, ledger: str) -> float:
         series = self.series(ledger)
         return series[-1] if series else 0.0
+
+
+@attrs.define
+class Flow:
+    """Settlements ended each second, and the median time the ones that ended took, over
+    the last RATE_WINDOW_S seconds."""
+
+    ended: list[int] = attrs.field(factory=list)  # since the last sample: each one's time, ms
+    per_s: deque[float] = attrs.field(factory=lambda: deque(maxlen=RATE_WINDOW_S))
+    p50_ms: deque[float] = attrs.field(factory=lambda: deque(maxlen=RATE_WINDOW_S))  # seconds with some ended
+
+    def end(self, took_ms: int) -> None:
+        self.ended.append(took_ms)
+
+    def sample(self, interval_s: float) -> None:
+        self.per_s.append(round(len(self.ended) / interval_s, 1))
+        if self.ended:
+            self.p50_ms.append(statistics.median(self.ended))
+        self.ended.clear()
+
+    def view(self) -> dict:
+        return {
+            "ended_per_s": self.per_s[-1] if self.per_s else 0.0,
+            "ended_chart": sparkline(list(self.per_s)),
+            "p50_ms": self.p50_ms[-1] if self.p50_ms else None,
+            "p50_chart": sparkline(list(self.p50_ms)),
+        }
 
 
 @attrs.define
@@ -90,10 +118,16 @@ def overview(
     open_settlements: int,
     rates: Rates,
     now_ms: int,
+    phases: Mapping[str, int],
+    flow: Flow,
 ) -> dict:
-    """The overview page: every ledger's state, the settlements, and the alerts, newest first."""
+    """The overview page: every ledger's state, the settlements (judged by the observer
+    since it started; the latest by phase; ended per second and how long they took), and
+    the alerts, newest first."""
     return {
         "time_ms": now_ms,
+        "phases": dict(sorted(phases.items())),
+        "flow": flow.view(),
         "ledgers": [_ledger_row(journal, infos.get(ledger, {}), rates, now_ms) for ledger, journal in journals.items()],
         "settlements": {
             "open": open_settlements,
@@ -247,6 +281,37 @@ def settlement(
 
 
 ENDED = ("claimed", "cancelled", "refunded", "aborted")
+FINAL_PHASES = ("settled", "one-legged", "rolled back")
+LEGS = 2  # every settlement Lockstep drives has two legs (DvP, PvP; a repo is two linked DvPs)
+
+
+def phase(settlement_id: str, entries: Iterable[tuple[str, Signed, str]], decision: str | None) -> str:
+    """Where a settlement is, as its ledgers' journals (and its coordinator's published
+    decision, when heard) show it."""
+    locks: dict[str, str] = {}
+    for _, signed, _ in entries:
+        for lock, state in _locks_of(signed.msg, settlement_id):
+            if locks.get(lock) not in ENDED:
+                locks[lock] = state
+    states = list(locks.values())
+    claimed = states.count("claimed")
+    if len(states) == LEGS and all(state in ENDED for state in states):
+        return "settled" if claimed == LEGS else "one-legged" if claimed else "rolled back"
+    if claimed:
+        return "claiming"
+    if decision == "abort" or any(state in ENDED for state in states):
+        return "rolling back"
+    if decision == "commit":
+        return "decided"
+    return "locked" if len(states) == LEGS else "locking"
+
+
+def settled_in(entries: Iterable[tuple[str, Signed, str]]) -> int:
+    """From a settlement's first entry to its last, in ms of the ledgers' clocks."""
+    times = [signed.msg.time_ms for _, signed, _ in entries]
+    return max(times) - min(times)
+
+
 WATERFALL_WIDTH = 720
 
 

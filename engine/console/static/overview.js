@@ -5,6 +5,17 @@ function text(element, value) {
   if (element) element.textContent = value;
 }
 
+function counts(list, values, key, label) {
+  list.replaceChildren(...Object.entries(values).flatMap(([name, count]) => {
+    const term = document.createElement("dt");
+    term.textContent = label(name);
+    const value = document.createElement("dd");
+    value.dataset[key] = name;
+    value.textContent = count;
+    return [term, value];
+  }));
+}
+
 function redraw(data) {
   const alerts = document.getElementById("alerts");
   alerts.className = data.alerts.length ? "alerting" : "quiet";
@@ -31,14 +42,12 @@ function redraw(data) {
     text(tr.querySelector(".intact"), row.intact ? "verified" : "BROKEN");
     tr.className = row.intact ? "" : "broken";
   }
-  document.getElementById("settlements").replaceChildren(...Object.entries(data.settlements).flatMap(([name, count]) => {
-    const term = document.createElement("dt");
-    term.textContent = name.replaceAll("_", " ");
-    const value = document.createElement("dd");
-    value.dataset.count = name;
-    value.textContent = count;
-    return [term, value];
-  }));
+  counts(document.getElementById("settlements"), data.settlements, "count", (name) => name.replaceAll("_", " "));
+  counts(document.getElementById("phases"), data.phases, "phase", (name) => name);
+  text(document.getElementById("ended-per-s"), data.flow.ended_per_s);
+  document.getElementById("ended-chart").setAttribute("points", data.flow.ended_chart);
+  text(document.getElementById("p50-ms"), data.flow.p50_ms === null ? "" : data.flow.p50_ms);
+  document.getElementById("p50-chart").setAttribute("points", data.flow.p50_chart);
   text(document.getElementById("updated"), new Date(data.time_ms).toISOString());
 }
 
