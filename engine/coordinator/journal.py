@@ -247,7 +247,7 @@ def hold(database: str | Path) -> Hold:
             raise JournalInUse(
                 "held by another coordinator process (its lock on the schema); one coordinator per journal"
             )
-        return Hold(connection.close)
+        return Hold(connection.release)
     descriptor = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -63,6 +63,16 @@ class PostgresConnection:
         """Take the schema's advisory lock for as long as this connection lives, if free."""
         return bool(self.value("SELECT pg_try_advisory_lock(?, hashtext(current_schema()))", (POSTGRES_HOLD_KEY,)))
 
+    def release(self) -> None:
+        """Give the schema's advisory lock back and close: the lock is free once this
+        returns, not only once the server has seen the connection go."""
+        try:
+            self.value("SELECT pg_advisory_unlock(?, hashtext(current_schema()))", (POSTGRES_HOLD_KEY,))
+        except (JournalUnavailable, psycopg.Error):
+            pass  # the connection is gone, and the lock with it
+        finally:
+            self.close()
+
     def __enter__(self) -> PostgresConnection:
         return self
 
