@@ -41,6 +41,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from engine.audit.journals import LedgerJournal
 from engine.console import access, views
 from engine.console.service import Tls, console_of, start_http
+from engine.coordinator.shell import Coordinator
 from engine.world.local import BOND, Local, dvp_legs, standard_world
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
@@ -79,14 +80,20 @@ def get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+async def settling_world(nursery: trio.Nursery, tmp_path: Path) -> tuple[Local, Coordinator]:
+    """Every ledger funded, and a coordinator, in this process on the in-memory bus."""
+    local = Local(standard_world(tmp_path), MemoryBus(), nursery)
+    for ledger in LEDGERS:
+        await local.start_ledger(ledger)
+    await local.fund_standard(ledgers=LEDGERS)
+    coordinator, _ = await local.start_coordinator(TIMING)
+    return local, coordinator
+
+
 async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_nothing_to_anyone_else(tmp_path):
     shots = screenshots(tmp_path)
     async with trio.open_nursery() as nursery:
-        local = Local(standard_world(tmp_path), MemoryBus(), nursery)
-        for ledger in LEDGERS:
-            await local.start_ledger(ledger)
-        await local.fund_standard(ledgers=LEDGERS)
-        coordinator, _ = await local.start_coordinator(TIMING)
+        local, coordinator = await settling_world(nursery, tmp_path)
         console = console_of(local.world.registry, local.bus, list(LEDGERS), ("coordinator",))
         await nursery.start(console.run)
         base = await start_http(console, USERS, "127.0.0.1", 0, nursery)
@@ -274,11 +281,7 @@ async def test_the_views_agree_with_the_ledgers_own_books(tmp_path):
     """What the console shows is replayed from the journals; the ledgers' own answers
     (query_info's issued and held) say the same."""
     async with trio.open_nursery() as nursery:
-        local = Local(standard_world(tmp_path), MemoryBus(), nursery)
-        for ledger in LEDGERS:
-            await local.start_ledger(ledger)
-        await local.fund_standard(ledgers=LEDGERS)
-        coordinator, _ = await local.start_coordinator(TIMING)
+        local, coordinator = await settling_world(nursery, tmp_path)
         for _ in range(2):
             assert (await coordinator.submit(local.settlement("dvp", CROSS_DVP, PARTIES))).phase is Phase.SETTLED
         console = console_of(local.world.registry, local.bus, list(LEDGERS))

@@ -9,10 +9,10 @@ so a restart signs everyone out."""
 from __future__ import annotations
 
 import hmac
-import stat
 from pathlib import Path
 
-from protocols.failures import ExpectedFailure, file_reason
+from protocols.bus.address import read_private_lines
+from protocols.failures import ExpectedFailure
 from protocols.identifiers import IDENT_PATTERN
 
 
@@ -20,15 +20,8 @@ def read_users(path: Path) -> dict[str, str]:
     """Each name's password, refusing a file that others may read or a line that is not
     `name:password`, naming the line."""
     subject = f"console users file {path}"
-    try:
-        mode = path.stat().st_mode
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ExpectedFailure(subject, file_reason(error) if isinstance(error, OSError) else "not text") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ExpectedFailure(subject, f"readable by others (mode {stat.filemode(mode)}); chmod 600 it")
     users: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(read_private_lines(subject, path), 1):
         if not line.strip() or line.startswith("#"):
             continue
         name, colon, password = line.partition(":")

@@ -173,6 +173,14 @@ def read_password_file(path: Path) -> str:
     """The password in `path` (its first line), refusing a file that others may read:
     such a password is as good as published."""
     subject = f"broker password file {path}"
+    lines = read_private_lines(subject, path)
+    if not lines or not lines[0]:
+        raise ExpectedFailure(subject, "empty")
+    return lines[0]
+
+
+def read_private_lines(subject: str, path: Path) -> list[str]:
+    """The lines of a file of secrets, refused, as `subject`, if others may read it."""
     try:
         mode = path.stat().st_mode
         lines = path.read_text().splitlines()
@@ -180,9 +188,7 @@ def read_password_file(path: Path) -> str:
         raise ExpectedFailure(subject, file_reason(error) if isinstance(error, OSError) else "not text") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ExpectedFailure(subject, f"readable by others (mode {stat.filemode(mode)}); chmod 600 it")
-    if not lines or not lines[0]:
-        raise ExpectedFailure(subject, "empty")
-    return lines[0]
+    return lines
 
 
 def credentials(address: BrokerAddress, client_id: str | None) -> tuple[str | None, str | None]:
