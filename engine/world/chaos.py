@@ -28,6 +28,7 @@ loses everything not yet committed, as a kill does."""
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 import sys
 import tempfile
@@ -256,40 +257,48 @@ async def run(
         state: dict[str, Any] = {"coordinator": coordinator, "scope": scope}
         struck: set[str] = set()
 
-        def pause(fault: str) -> float:
+        def stream(task: str) -> random.Random:
+            """A task's own draws from the seed: how the tasks interleave in time then
+            changes none of them, so a seed strikes the same faults for as long."""
+            return random.Random(f"{seed}:{task}")
+
+        def pause(fault: str, draws: random.Random) -> float:
             """Until a fault strikes: soon the first time, so that a short run sees each;
             with long outages, as long as they last, so that services are up half the time."""
             if fault not in struck:
                 struck.add(fault)
-                return chance.uniform(0.02, 0.1)
-            return chance.uniform(*outage_s) if long_outages else chance.uniform(0.2, PAUSE_S_MAX)
+                return draws.uniform(0.02, 0.1)
+            return draws.uniform(*outage_s) if long_outages else draws.uniform(0.2, PAUSE_S_MAX)
 
         enough = trio.Event()
 
         async def kill_coordinator() -> None:
+            draws = stream("kill-coordinator")
             while True:
-                await trio.sleep(pause("kill-coordinator"))
+                await trio.sleep(pause("kill-coordinator", draws))
                 state["scope"].cancel()
                 outcome.faults["kill-coordinator"] += 1
                 outcome.went_down("kill-coordinator", "coordinator", local.clock.now_ms())
-                await trio.sleep(chance.uniform(*outage_s))
+                await trio.sleep(draws.uniform(*outage_s))
                 state["coordinator"], state["scope"] = await local.start_coordinator(timing, bus=faulty)
                 outcome.came_back("kill-coordinator", "coordinator", local.clock.now_ms())
 
         async def kill_ledger() -> None:
+            draws = stream("kill-ledger")
             while True:
-                await trio.sleep(pause("kill-ledger"))
-                ledger = chance.choice([spec.ledger_id for spec in LEDGERS])
+                await trio.sleep(pause("kill-ledger", draws))
+                ledger = draws.choice([spec.ledger_id for spec in LEDGERS])
                 local.stop_ledger(ledger)
                 outcome.faults["kill-ledger"] += 1
                 outcome.went_down("kill-ledger", ledger, local.clock.now_ms())
-                await trio.sleep(chance.uniform(*outage_s))
+                await trio.sleep(draws.uniform(*outage_s))
                 await local.start_ledger(ledger, skew_ms=skews[ledger])
                 outcome.came_back("kill-ledger", ledger, local.clock.now_ms())
 
         async def partition() -> None:
+            draws = stream("partition")
             while True:
-                await trio.sleep(pause("partition"))
+                await trio.sleep(pause("partition", draws))
                 tripped = trio.Event()  # whichever ledger is first sent a second leg's claim
                 for spec in LEDGERS:
                     faulty.trip(service_of_ledger(spec.ledger_id), _claims_second_leg, tripped)
@@ -298,19 +307,22 @@ async def run(
                 faulty.trips.clear()
                 ledger = next(
                     (spec.ledger_id for spec in LEDGERS if service_of_ledger(spec.ledger_id) in faulty.cut), None
-                ) or chance.choice([spec.ledger_id for spec in LEDGERS])
+                ) or draws.choice([spec.ledger_id for spec in LEDGERS])
                 faulty.cut.add(service_of_ledger(ledger))
                 outcome.faults["partition"] += 1
                 outcome.went_down("partition", ledger, local.clock.now_ms())
-                await trio.sleep(chance.uniform(*outage_s))
+                await trio.sleep(draws.uniform(*outage_s))
                 faulty.cut.discard(service_of_ledger(ledger))
                 outcome.came_back("partition", ledger, local.clock.now_ms())
 
         done = trio.Event()  # the run is over: no new settlement, no new fault
 
+        office_numbers = itertools.count()
+
         async def back_office() -> None:
+            draws = stream(f"back-office-{next(office_numbers)}")
             while not done.is_set():
-                raw = local.settlement(*draw(chance))
+                raw = local.settlement(*draw(draws))
                 settlement = decode_signed(raw, allowed=(Settlement,)).msg
                 while True:  # the same bytes until the coordinator answers with a final status
                     reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
