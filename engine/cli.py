@@ -1,6 +1,6 @@
 """The `lockstep` command: every service and tool of a local world.
 
-    lockstep demo [--broker URL] [--keep]
+    lockstep demo [--broker URL] [--keep] [--console HOST:PORT]
                                          a whole local world settling, with a report
     lockstep ledger --config FILE [--metrics HOST:PORT]
                                          run one ledger service over MQTT
@@ -117,9 +117,16 @@ def _terminate_as_interrupt() -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from engine.world import demo
+    from protocols.bus.exposition import parse_address
 
     _terminate_as_interrupt()
-    return demo.main(args.broker, keep=args.keep)
+    console = None
+    if args.console is not None:
+        try:
+            console = parse_address(args.console)
+        except ValueError as error:
+            raise ExpectedFailure(f"--console {args.console}", str(error)) from None
+    return demo.main(args.broker, keep=args.keep, console=console)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -327,6 +334,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the world's folder (keys, configs, databases, log) and say where it is "
         "(default: removed at the end)",
+    )
+    demo.add_argument(
+        "--console",
+        metavar="HOST:PORT",
+        help="serve the web console over the demo's world there (a supervisor's password is drawn and "
+        "printed), and go on serving once the scenarios are over, until Ctrl-C (default: no console)",
     )
     demo.set_defaults(run=_demo)
 

@@ -5,9 +5,14 @@ directory unless `--keep` asks for it."""
 
 from __future__ import annotations
 
+import http.cookiejar
+import json
 import re
+import signal
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -81,3 +86,40 @@ def test_keep_keeps_the_world_and_says_where(tmp_path):
     assert kinds == {"sese.024.001.12", "sese.025.001.11", "pacs.002.001.14", "camt.053.001.12"}
     for name, document in written.items():  # each valid under the standard itself
         assert validate_official(document) == [], name
+
+
+def test_the_console_follows_the_demo_and_goes_on_serving_until_interrupted(tmp_path):
+    """`--console`: the URL and a drawn password first, the scenarios as ever, then the
+    console still serving what they did, signed in with that password; SIGTERM ends it
+    as an interrupt (130) and removes the world."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "demo", "--console", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("The console goes on serving"):
+                break
+        out = "".join(lines)
+        found = re.search(r"Console: (http://127\.0\.0\.1:\d+), sign in as supervisor with password (\S+)", out)
+        assert found and "Checked: every asset conserved on every ledger, no lock left held." in out, out
+        base, password = found.groups()
+        jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        form = urllib.parse.urlencode({"name": "supervisor", "password": password}).encode()
+        with jar.open(f"{base}/login", data=form, timeout=10) as signed_in:
+            assert signed_in.url == f"{base}/"
+        with jar.open(f"{base}/api/overview", timeout=10) as response:
+            overview = json.load(response)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=30)[1]
+    assert process.returncode == 130 and "interrupted" in stderr
+    assert [row["ledger"] for row in overview["ledgers"]] == ["csd", "cbdc-eur", "cbdc-multi", "unified"]
+    assert overview["phases"] == {"settled": 6, "rolled back": 2}  # the cross-ledger ones, by their locks
+    assert overview["alerts"] == []
+    assert list(tmp_path.iterdir()) == []

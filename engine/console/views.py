@@ -295,8 +295,11 @@ def phase(settlement_id: str, entries: Iterable[tuple[str, Signed, str]], decisi
                 locks[lock] = state
     states = list(locks.values())
     claimed = states.count("claimed")
-    if len(states) == LEGS and all(state in ENDED for state in states):
+    ended = bool(states) and all(state in ENDED for state in states)
+    if ended and len(states) == LEGS:
         return "settled" if claimed == LEGS else "one-legged" if claimed else "rolled back"
+    if ended and not claimed and decision == "abort":  # the other leg never locked, and never will be
+        return "rolled back"
     if claimed:
         return "claiming"
     if decision == "abort" or any(state in ENDED for state in states):

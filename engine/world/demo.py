@@ -7,8 +7,10 @@ every ledger runs as its own process over MQTT (and the coordinator here, on MQT
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -41,6 +43,8 @@ from protocols.settlement import Phase, Timing, lock_id, utc_date
 from protocols.signing import decode_signed, sign
 
 from ..client.statement import read_entries, statement_of
+from ..console.access import read_users
+from ..console.service import console_of, start_http
 from ..coordinator import Coordinator
 from ..coordinator.journal import Record
 from ..desks.matching import MatchingDesk
@@ -76,19 +80,39 @@ class Outcome:
         return self.record.steps[-1][1] - self.record.steps[0][1]
 
 
-async def run(broker: str | None, directory: Path, out=print) -> list[Outcome]:
+async def run(broker: str | None, directory: Path, out=print, console: tuple[str, int] | None = None) -> list[Outcome]:
+    """With `console` (host, port), the console follows the world from its start and
+    goes on serving once the scenarios are over, until the demo is interrupted."""
     world = standard_world(directory, broker=broker)
     async with _bus(broker) as bus, trio.open_nursery() as nursery:
         local = Local(world, bus, nursery, offload=True)
         processes = await _start_ledgers(local, broker)
         try:
+            if console is not None:
+                await _console(local, console, nursery, out)
             outcomes = await _scenarios(local, out)
+            if console is not None:
+                out(verdict(outcomes))
+                out("The console goes on serving; Ctrl-C stops the demo.")
+                await trio.sleep_forever()
         finally:
             for process in processes:
                 process.terminate()
                 process.wait()
         nursery.cancel_scope.cancel()
     return outcomes
+
+
+async def _console(local: Local, address: tuple[str, int], nursery: trio.Nursery, out) -> None:
+    """The console over the demo's world, a supervisor's password drawn for it."""
+    users = local.world.directory / "console-users"
+    password = secrets.token_urlsafe(12)
+    users.write_text(f"supervisor:{password}\n")
+    users.chmod(0o600)
+    console = console_of(local.world.registry, local.bus, [spec.ledger_id for spec in LEDGERS], local.coordinators)
+    await nursery.start(console.run)
+    url = await start_http(console, read_users(users), *address, nursery)
+    out(f"Console: {url}, sign in as supervisor with password {password}")
 
 
 @asynccontextmanager
@@ -437,7 +461,20 @@ def _locked(asset: str, amount: int) -> str:
     return "0" if amount == 0 else format_amount(asset, amount)
 
 
-def main(broker: str | None, keep: bool = False) -> int:
+EXPECTED = [Phase.SETTLED] * 6 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED]
+
+
+def as_expected(outcomes: list[Outcome]) -> bool:
+    return [o.record.phase for o in outcomes] == EXPECTED
+
+
+def verdict(outcomes: list[Outcome]) -> str:
+    if as_expected(outcomes):
+        return "\nChecked: every asset conserved on every ledger, no lock left held."
+    return f"unexpected outcomes: {[o.record.phase.value for o in outcomes]}"
+
+
+def main(broker: str | None, keep: bool = False, console: tuple[str, int] | None = None) -> int:
     """Runs in a fresh temporary folder, removed at the end unless `keep`."""
     directory = Path(tempfile.mkdtemp(prefix="lockstep-demo-"))
     log_path = directory / "demo.log"
@@ -447,22 +484,16 @@ def main(broker: str | None, keep: bool = False) -> int:
         + (f"; world, log and ISO 20022 documents in {directory}" if keep else "")
     )
     try:
-        outcomes = trio.run(run, broker, directory)
+        outcomes = trio.run(run, broker, directory, functools.partial(print, flush=True), console)
     finally:
         for handler in logging.getLogger().handlers:
             handler.close()
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
-    expected = [Phase.SETTLED] * 6 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED]
-    actual = [o.record.phase for o in outcomes]
-    if actual != expected:
-        print(
-            f"unexpected outcomes: {[p.value for p in actual]}"
-            + ("" if keep else "; run again with --keep to read its log"),
-            file=sys.stderr,
-        )
+    if not as_expected(outcomes):
+        print(verdict(outcomes) + ("" if keep else "; run again with --keep to read its log"), file=sys.stderr)
         return 1
-    print("\nChecked: every asset conserved on every ledger, no lock left held.")
+    print(verdict(outcomes))
     if keep:
         print(f"Kept: {directory} (log {log_path.name}, advices and confirmations in iso20022/)")
     return 0
