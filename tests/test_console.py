@@ -441,6 +441,8 @@ async def test_over_tls_the_pages_and_the_session_cookie_go_over_https_only(tmp_
         def requests() -> tuple[int, str, list[str]]:
             with urllib.request.urlopen(f"{base}/login", context=context, timeout=WAIT_S) as response:
                 login = response.status, response.read().decode()
+                assert response.headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
+                assert response.headers["Cache-Control"] == "no-store"
             form = urllib.parse.urlencode({"name": "supervisor", "password": USERS["supervisor"]}).encode()
             opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), NoRedirect)
             with pytest.raises(urllib.error.HTTPError) as redirected:
