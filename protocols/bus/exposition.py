@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import attrs
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from hypercorn.typing import ASGIFramework
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 REQUEST_BYTES_MAX = 8 * 1024  # a scraper's request head is a few hundred bytes
 CONNECTION_SECONDS_MAX = 5  # a connection silent or idle this long is closed
@@ -56,7 +52,13 @@ def metrics_setting(data: dict) -> tuple[str, int] | None:
 
 
 def metrics_app(registry: CollectorRegistry) -> Starlette:
-    """`GET /metrics`: the registry's text; 404 for any other path, 405 for another method."""
+    """`GET /metrics`: the registry's text; 404 for any other path, 405 for another method.
+    (The web stack is imported here, not with the module: every service reads its metrics
+    setting, and most serve none.)"""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
 
     async def metrics(request: Request) -> Response:
         try:
@@ -102,6 +104,10 @@ async def serve_metrics(
     registry: CollectorRegistry, listener: Listener, *, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
     """Answer scrapes of `registry` on `listener` until cancelled."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+    from hypercorn.typing import ASGIFramework
+
     config = Config()
     config.bind = [f"fd://{listener.fd}"]
     config.accesslog = None
