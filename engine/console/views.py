@@ -83,10 +83,18 @@ class Conservation:
     samples: dict[str, deque[tuple[int, int, int]]] = attrs.field(factory=dict)  # asset -> (ms, outstanding, held)
 
     def sample(self, journals: Mapping[str, LedgerJournal], now_ms: int) -> None:
-        for asset in assets(journals):
-            view = holders(journals, asset)
-            points = self.samples.setdefault(asset, deque(maxlen=RATE_WINDOW_S))
-            points.append((now_ms, view["outstanding"], view["held"]))
+        """One pass over each ledger's balances, every asset at once."""
+        totals: dict[str, list[int]] = {}
+        for journal in journals.values():
+            replay = journal.replay
+            for asset in replay.assets:
+                issued, redeemed = replay.supply.get(asset, (0, 0))
+                totals.setdefault(asset, [0, 0])[0] += issued - redeemed
+            for (_, asset), (available, locked) in replay.balances.items():
+                if asset in replay.assets:
+                    totals[asset][1] += available + locked
+        for asset, (outstanding, held) in totals.items():
+            self.samples.setdefault(asset, deque(maxlen=RATE_WINDOW_S)).append((now_ms, outstanding, held))
 
 
 def conservation(history: Conservation) -> list[dict]:
@@ -187,12 +195,16 @@ def holders(journals: Mapping[str, LedgerJournal], asset: str) -> dict:
         if asset not in replay.assets:
             continue
         issued, redeemed = replay.supply.get(asset, (0, 0))
-        rows = [
-            {"account": account, "owner": replay.accounts.get(account, ""), "available": held[0], "locked": held[1]}
-            for (account, code), held in sorted(replay.balances.items())
-            if code == asset and (held[0] or held[1])
+        holdings = [
+            (account, balance)
+            for (account, code), balance in sorted(replay.balances.items())
+            if code == asset and (balance[0] or balance[1])
         ]
-        held = sum(held[0] + held[1] for (_, code), held in replay.balances.items() if code == asset)
+        rows = [
+            {"account": account, "owner": replay.accounts.get(account, ""), "available": available, "locked": locked}
+            for account, (available, locked) in holdings
+        ]
+        held = sum(available + locked for _, (available, locked) in holdings)
         ledgers.append({"ledger": ledger, "outstanding": issued - redeemed, "held": held, "holdings": rows})
         outstanding_everywhere += issued - redeemed
         held_everywhere += held
