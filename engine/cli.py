@@ -19,6 +19,7 @@
                                          verify every journal, check every settlement across ledgers
     lockstep observer --config FILE      follow every ledger's journal live; ALERT on any violation
     lockstep console --config FILE --users FILE [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE]
+                     [--party ID --key FILE]
                                          the read-only web console for operators and the supervisor
     lockstep rotate-key --broker URL --registry FILE --ledger ID --operator ID --operator-key FILE
                         --party ID --public-key FILE
@@ -274,7 +275,10 @@ def _console(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ExpectedFailure("--tls-cert and --tls-key", "give both, or neither")
     tls = service.Tls(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-    trio.run(service.serve, args.config, args.listen, args.users, args.broker, args.grace_ms, tls)
+    if (args.party is None) != (args.key is None):
+        raise ExpectedFailure("--party and --key", "give both, or neither")
+    supervisor = (args.party, args.key) if args.party else None
+    trio.run(service.serve, args.config, args.listen, args.users, args.broker, args.grace_ms, tls, supervisor)
     return 0
 
 
@@ -740,6 +744,13 @@ def parser() -> argparse.ArgumentParser:
     )
     console.add_argument("--tls-cert", metavar="FILE", help="serve over HTTPS only: the certificate, PEM")
     console.add_argument("--tls-key", metavar="FILE", help="and its private key, PEM")
+    console.add_argument(
+        "--party",
+        metavar="ID",
+        help="the supervisor: a party with the observer role, as whom each settlement's ISO 20022 advices "
+        "are read from its coordinator (default: none, and no advices shown)",
+    )
+    console.add_argument("--key", metavar="FILE", help="and its private key, PEM")
     console.add_argument("--broker", metavar="URL", help=BROKER_OVERRIDE_HELP)
     console.add_argument(
         "--grace-ms",

@@ -733,6 +733,30 @@ class Advices(Body):
     items: tuple = ()
 
 
+@message("query_settlement_advices")
+@attrs.frozen
+class QuerySettlementAdvices(Body):
+    """Every party's advices and confirmations of one matched settlement, for the
+    supervisor: signed by `party`, which must hold the observer role."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    party: str = attrs.field(validator=ident)
+    settlement_id: str = attrs.field(validator=ident)
+
+
+@message("settlement_advices")
+@attrs.frozen
+class SettlementAdvices(Body):
+    """The coordinator's ISO 20022 documents of one settlement, every party's, oldest
+    first. Each item: party, seq, instruction_id, settlement_id, status, format, document."""
+
+    coordinator: str = attrs.field(validator=ident)
+    settlement_id: str = attrs.field(validator=ident)
+    time_ms: int = attrs.field(validator=time_ms)
+    items: tuple = ()
+
+
 @message("query_corporate_action")
 @attrs.frozen
 class QueryCorporateAction(Body):

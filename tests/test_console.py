@@ -40,15 +40,17 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from engine.audit.journals import LedgerJournal
 from engine.console import access, views
-from engine.console.service import Tls, console_of, start_http
+from engine.console.service import ADVICES_TIMEOUT_S, Supervisor, Tls, console_of, start_http
 from engine.coordinator.shell import Coordinator
-from engine.world.local import BOND, Local, dvp_legs, standard_world
+from engine.desks.matching import MatchingDesk
+from engine.world.local import BOND, PLACES, Local, dvp_legs, standard_world
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
 from protocols.failures import ExpectedFailure
 from protocols.journal import Replay
-from protocols.settlement import Phase, Timing
+from protocols.settlement import Phase, Timing, utc_date
+from tests.test_matching import Desk, dvp
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 LEDGERS = ("csd", "cbdc-eur", "cbdc-multi", "unified")
@@ -86,15 +88,25 @@ async def settling_world(nursery: trio.Nursery, tmp_path: Path) -> tuple[Local, 
     for ledger in LEDGERS:
         await local.start_ledger(ledger)
     await local.fund_standard(ledgers=LEDGERS)
-    coordinator, _ = await local.start_coordinator(TIMING)
+    coordinator, _ = await local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, PLACES),))
     return local, coordinator
+
+
+async def matched_and_settled(local: Local) -> None:
+    """bank-a's sese.023 and bank-b's, matched by the desk and settled; both confirmed."""
+    desk = Desk(local)
+    for side in dvp(utc_date(desk.now_ms())):
+        await desk.send(desk.instruction(side))
+    for party in PARTIES:
+        await desk.until(party, "settled")
 
 
 async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_nothing_to_anyone_else(tmp_path):
     shots = screenshots(tmp_path)
     async with trio.open_nursery() as nursery:
         local, coordinator = await settling_world(nursery, tmp_path)
-        console = console_of(local.world.registry, local.bus, list(LEDGERS), ("coordinator",))
+        supervisor = Supervisor("supervisor", local.world.keys["supervisor"])
+        console = console_of(local.world.registry, local.bus, list(LEDGERS), ("coordinator",), supervisor=supervisor)
         await nursery.start(console.run)
         base = await start_http(console, USERS, "127.0.0.1", 0, nursery)
 
@@ -138,7 +150,8 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
 
             before = await trio.to_thread.run_sync(sign_in_and_read_heights)
             assert before["csd"] > 0 and before["cbdc-eur"] > 0
-            await settle(3)  # each: a lock and a claim on csd and on cbdc-eur
+            await settle(2)  # each: a lock and a claim on csd and on cbdc-eur
+            await matched_and_settled(local)  # the same, from two sese.023
 
             def live() -> None:
                 height = lambda ledger: int(  # noqa: E731
@@ -177,10 +190,10 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
                 chrome.save_screenshot(str(shots / "holders.png"))
 
                 chrome.get(f"{base}/settlements")
-                chrome.find_element(By.CSS_SELECTOR, "#items a").click()  # the latest
+                chrome.find_element(By.CSS_SELECTOR, "#items a").click()  # the latest: the matched one
                 WebDriverWait(chrome, WAIT_S).until(lambda c: c.find_elements(By.ID, "legs"))
                 legs = chrome.find_elements(By.CSS_SELECTOR, "tr.leg")
-                assert [leg.get_attribute("data-ledger") for leg in legs] == ["cbdc-eur", "csd"]
+                assert sorted(leg.get_attribute("data-ledger") for leg in legs) == ["cbdc-eur", "csd"]
                 assert [leg.find_element(By.CLASS_NAME, "state").text for leg in legs] == ["claimed", "claimed"]
                 entries = chrome.find_elements(By.CSS_SELECTOR, "tr.entry")
                 kinds = sorted((e.get_attribute("data-ledger"), e.get_attribute("data-kind")) for e in entries)
@@ -188,6 +201,26 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
                 assert {e.find_element(By.CLASS_NAME, "signature").text for e in entries} == {"verified"}
                 assert f"Δ {TIMING.margin_ms} ms" in chrome.find_element(By.ID, "locks").text
                 assert len(chrome.find_elements(By.CSS_SELECTOR, "#life rect")) == 2
+                advices = [
+                    (a.get_attribute("data-party"), a.get_attribute("data-status"), a.get_attribute("data-format"))
+                    for a in chrome.find_elements(By.CSS_SELECTOR, "tr.advice")
+                ]
+                assert advices == [
+                    ("bank-a", "unmatched", "sese.024.001.12"),
+                    ("bank-a", "matched", "sese.024.001.12"),
+                    ("bank-b", "matched", "sese.024.001.12"),
+                    ("bank-a", "settled", "sese.025.001.11"),
+                    ("bank-b", "settled", "sese.025.001.11"),
+                ]
+                assert chrome.find_elements(By.CLASS_NAME, "unasked") == []
+                first = chrome.find_element(By.CSS_SELECTOR, "tr.advice")
+                assert "CMIS" in first.text  # why it waited: ISO's "counterparty's instruction missing"
+                first.find_element(By.TAG_NAME, "summary").click()
+                assert "<AcctOwnrTxId>A-REF-1</AcctOwnrTxId>" in first.find_element(By.TAG_NAME, "pre").text
+                first.find_element(By.TAG_NAME, "summary").click()
+                chrome.execute_script("document.getElementById('advices').scrollIntoView()")
+                chrome.save_screenshot(str(shots / "advices.png"))
+                chrome.execute_script("window.scrollTo(0, 0)")
                 chrome.save_screenshot(str(shots / "settlement.png"))
 
                 chrome.get(f"{base}/conservation")
@@ -357,7 +390,8 @@ def test_a_password_is_checked_for_its_own_name_only(tmp_path):
 async def test_the_command_serves_the_pages_over_mqtt_until_sigterm(tmp_path, broker):
     """`lockstep console` as its own process: it follows the ledgers on a real broker,
     serves the sign-in page and nothing else to a visitor, and stops on SIGTERM; a users
-    file others may read stops it at once, exit status 2, one line naming the file."""
+    file others may read stops it at once, exit status 2, one line naming the file; so
+    does a supervisor without the observer role, or with another's key."""
     world = standard_world(tmp_path, broker=broker.url)
     users = tmp_path / "users"
     users.write_text("supervisor:s3cret\n")
@@ -372,13 +406,24 @@ async def test_the_command_serves_the_pages_over_mqtt_until_sigterm(tmp_path, br
         .endswith(f"console users file {users}: readable by others (mode -rw-r--r--); chmod 600 it")
     )
     users.chmod(0o600)
+    keys = world.directory / "keys"
+    for supervisor, reason in (
+        (["--party", "bank-a", "--key", str(keys / "bank-a.pem")], "--party bank-a: not a party with the observer"),
+        (["--party", "supervisor", "--key", str(keys / "bank-a.pem")], "not the key registered for supervisor"),
+        (["--party", "supervisor"], "--party and --key: give both, or neither"),
+    ):
+        refused = await trio.run_process(
+            [*command, "--users", str(users), *supervisor], capture_stderr=True, check=False
+        )
+        assert refused.returncode == 2 and reason in refused.stderr.decode(), refused.stderr
     async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
         local = Local(world, bus, nursery)
         for ledger in LEDGERS:
             await local.start_ledger(ledger)
         await local.fund_standard(ledgers=LEDGERS)
+        supervisor = ["--party", "supervisor", "--key", str(keys / "supervisor.pem")]
         process = await trio.lowlevel.open_process(
-            [*command, "--users", str(users), "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE
+            [*command, "--users", str(users), "--listen", "127.0.0.1:0", *supervisor], stderr=subprocess.PIPE
         )
         stderr = b""
         with trio.fail_after(30):
@@ -463,3 +508,17 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+async def test_a_settlements_advices_that_cannot_be_had_are_said_to_be_missing_and_why(tmp_path, autojump_clock):
+    """Without a supervisor's key the page says so; a coordinator that does not answer is
+    named, and the page is not held up longer than ADVICES_TIMEOUT_S."""
+    world = standard_world(tmp_path)
+    bus = MemoryBus()
+    without = console_of(world.registry, bus, list(LEDGERS), ("coordinator",))
+    assert await without.advices("m-1") == ([], ["the console has no supervisor's key to ask with (--party and --key)"])
+    supervisor = Supervisor("supervisor", world.keys["supervisor"])
+    unanswered = console_of(world.registry, bus, list(LEDGERS), ("coordinator",), supervisor=supervisor)
+    asked_at = trio.current_time()
+    assert await unanswered.advices("m-1") == ([], ["coordinator coordinator: did not answer within 2.0 s"])
+    assert trio.current_time() - asked_at == ADVICES_TIMEOUT_S

@@ -115,6 +115,13 @@ def test_the_console_follows_the_demo_and_goes_on_serving_until_interrupted(tmp_
             assert signed_in.url == f"{base}/"
         with jar.open(f"{base}/api/overview", timeout=10) as response:
             overview = json.load(response)
+        with jar.open(f"{base}/settlements", timeout=10) as response:
+            matched = sorted(set(re.findall(r'href="/settlements/(m-[^"]+)"', response.read().decode())))
+        advices = {}
+        for settlement_id in matched:
+            with jar.open(f"{base}/settlements/{settlement_id}", timeout=10) as response:
+                page = response.read().decode()
+            advices[settlement_id] = re.findall(r'class="advice" data-party="([^"]+)" data-status="([^"]+)"', page)
     finally:
         process.send_signal(signal.SIGTERM)
         stderr = process.communicate(timeout=30)[1]
@@ -122,4 +129,8 @@ def test_the_console_follows_the_demo_and_goes_on_serving_until_interrupted(tmp_
     assert [row["ledger"] for row in overview["ledgers"]] == ["csd", "cbdc-eur", "cbdc-multi", "unified"]
     assert overview["phases"] == {"settled": 6, "rolled back": 2}  # the cross-ledger ones, by their locks
     assert overview["alerts"] == []
+    assert len(matched) == 2, matched  # the sese.023 pair and the pacs.009 legs, with every party's advices
+    for settlement_id, seen in advices.items():
+        assert seen[-2:] == [("bank-a", "settled"), ("bank-b", "settled")], (settlement_id, seen)
+        assert {party for party, status in seen if status == "matched"} == {"bank-a", "bank-b"}, seen
     assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,9 @@
 """The matching desk in one process on the memory bus, with a mock clock: sese.023 and
 pacs.009 instructions from each counterparty, matched, settled and confirmed (sese.025,
 pacs.002); unmatched ones reported with their ISO reason and cancelled past their date;
-refusals with the element path; a restart between matching and settling; and the
-ledgers refusing a pair that does not match, whoever signs the lock."""
+refusals with the element path; a restart between matching and settling; the
+ledgers refusing a pair that does not match, whoever signs the lock; and the supervisor
+reading every party's advices of a settlement, which nobody else may."""
 
 from __future__ import annotations
 
@@ -27,7 +28,17 @@ from protocols.htlc import hashlock_of
 from protocols.iso20022 import pacs009, sese023
 from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.matching import DAY_MS
-from protocols.messages import Advices, Lock, Matched, QueryAdvices, SettlementInstruction, SettlementStatus, to_body
+from protocols.messages import (
+    Advices,
+    Lock,
+    Matched,
+    QueryAdvices,
+    QuerySettlementAdvices,
+    SettlementAdvices,
+    SettlementInstruction,
+    SettlementStatus,
+    to_body,
+)
 from protocols.settlement import Timing, utc_date
 from protocols.signing import from_wire, sign
 from tests.test_coordinator import World
@@ -136,7 +147,7 @@ class Desk:
 
     async def send(self, raw: bytes):
         reply = await self.local.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=30)
-        return from_wire(decode(reply), allowed=(Advices, SettlementStatus)).msg
+        return from_wire(decode(reply), allowed=(Advices, SettlementAdvices, SettlementStatus)).msg
 
     async def advices(self, party: str) -> list[dict]:
         query = sign(
@@ -601,4 +612,49 @@ async def test_the_desk_refuses_what_is_not_its_partys_own_and_keeps_working(tmp
 
         await desk.send(desk.instruction(buyer))  # the desk still matches and settles
         assert [i["status"] for i in await desk.until("bank-b", "settled")] == ["matched", "settled"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_supervisor_reads_every_partys_advices_of_a_settlement_and_nobody_else_may(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        await desk.send(desk.instruction(seller))
+        (matched,) = (await desk.send(desk.instruction(buyer))).items
+        settlement_id = matched["settlement_id"]
+        await desk.until("bank-a", "settled")
+        await desk.until("bank-b", "settled")
+        keys = desk.local.world.keys
+
+        def query(party: str, signer: str | None = None, settlement: str = settlement_id) -> bytes:
+            msg = QuerySettlementAdvices(f"q-{desk.now_ms()}", COORDINATOR, party, settlement)
+            return sign(msg, (signer or party, keys[signer or party])).encode()
+
+        seen = await desk.send(query("supervisor"))
+        assert isinstance(seen, SettlementAdvices) and seen.settlement_id == settlement_id
+        assert [(i["party"], i["status"]) for i in seen.items] == [
+            ("bank-a", "unmatched"),
+            ("bank-a", "matched"),
+            ("bank-b", "matched"),
+            ("bank-a", "settled"),
+            ("bank-b", "settled"),
+        ]
+        assert [i["seq"] for i in seen.items] == sorted(i["seq"] for i in seen.items)
+        own = {party: {i["seq"]: i for i in await desk.advices(party)} for party in ("bank-a", "bank-b")}
+        assert all(own[i["party"]][i["seq"]] == {k: v for k, v in i.items() if k != "party"} for i in seen.items)
+        assert (await desk.send(query("supervisor", settlement="m-unknown"))).items == ()
+
+        refusals = {
+            "a participant, even one of its parties": (query("bank-a"), Code.NOT_AUTHORISED.value, "party"),
+            "signed by someone else than it names": (
+                query("supervisor", "bank-b"),
+                Code.MISSING_SIGNATURE.value,
+                "sigs",
+            ),
+        }
+        for case, (raw, code, field) in refusals.items():
+            reply = await desk.send(raw)
+            assert isinstance(reply, SettlementStatus) and reply.phase == "rejected", case
+            assert (reply.reason_code, reply.reason.split(":")[0]) == (code, field), (case, reply.reason)
         nursery.cancel_scope.cancel()

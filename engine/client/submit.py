@@ -10,14 +10,13 @@ import hashlib
 from pathlib import Path
 
 import trio
-from lxml import etree
 
 from protocols import canonical
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason, read_bytes
-from protocols.iso20022 import read
+from protocols.iso20022 import read, reasons
 from protocols.iso20022.model import FORMATS
 from protocols.messages import IDENT_PATTERN, Advices, QueryAdvices, SettlementInstruction, SettlementStatus
 from protocols.registry import Registry
@@ -90,10 +89,8 @@ class DeskClient:
 
 def summary(item: dict) -> str:
     """One line: the advice's position, status, instruction and any ISO reason."""
-    tree = etree.fromstring(item["document"].encode())
-    codes = [node.text for node in tree.iter() if etree.QName(node).localname == "Cd" and node.text]
-    reasons = [node.text for node in tree.iter() if etree.QName(node).localname == "AddtlRsnInf" and node.text]
-    why = f"  {'/'.join(codes)}: {reasons[0]}" if reasons else ""
+    codes, narrative = reasons(item["document"])
+    why = f"  {'/'.join(codes)}: {narrative}" if narrative else ""
     return f"#{item['seq']} {item['status'].upper():9} {item['instruction_id']} {item['format']}{why}"
 
 

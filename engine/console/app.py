@@ -97,7 +97,8 @@ def console_app(console: Console, users: dict[str, str], *, secure: bool = False
         view = console.settlement(settlement_id)
         if view is None:
             return page(request, "unknown.html", {"what": f"settlement {settlement_id}"}, status_code=404)
-        return page(request, "settlement.html", {"view": view})
+        advices, unasked = await console.advices(settlement_id)
+        return page(request, "settlement.html", {"view": view, "advices": advices, "unasked": unasked})
 
     async def conservation(request: Request) -> Response:
         return page(request, "conservation.html", {"rows": views.conservation(console.conservation)})

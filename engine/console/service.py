@@ -3,7 +3,9 @@ process. The observer follows every ledger's journal as it grows and raises the 
 the console samples it once a second for the charts, asks each ledger now and then who
 it is (`query_info`: role, operator, last checkpoint), and serves the pages
 (engine/console/app.py) from what it holds. Nothing the console does writes to a ledger
-or a coordinator: it has no key to sign with."""
+or a coordinator. Given the supervisor's key (a party with the observer role), it signs
+one kind of message, a read: a settlement's ISO 20022 advices, asked of the coordinators
+when its page is opened."""
 
 from __future__ import annotations
 
@@ -18,20 +20,26 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
-from protocols.bus import Bus, BusTimeout, decisions_topic
+from protocols.bus import Bus, BusTimeout, decisions_topic, service_of_coordinator
 from protocols.bus.address import redacted
 from protocols.bus.client import BadReply
 from protocols.bus.clock import ServiceClock
 from protocols.bus.exposition import parse_address
+from protocols.canonical import decode
 from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason
-from protocols.messages import QueryInfo, SettlementDecision
-from protocols.registry import Registry
-from protocols.signing import Signed
+from protocols.messages import (
+    QueryInfo,
+    QuerySettlementAdvices,
+    SettlementAdvices,
+    SettlementDecision,
+    SettlementStatus,
+)
+from protocols.registry import Registry, Role
+from protocols.signing import PrivateKey, Signed, from_wire, sign
 
 from ..audit.journals import Violation
 from ..audit.observer import GRACE_MS, Observer, load
-from ..config import CoordinatorConfig
 from ..watchtower import verified_decisions
 from . import access, views
 from .app import console_app
@@ -41,15 +49,31 @@ log = logging.getLogger("lockstep.console")
 SAMPLE_INTERVAL_S = 1.0  # the charts' resolution
 INFO_INTERVAL_S = 10.0  # how often each ledger is asked for its role, operator and last checkpoint
 RECENT_SETTLEMENTS_MAX = 1_000  # drilled down from their entries, kept whole: some 12 KiB each
+ADVICES_TIMEOUT_S = 2.0  # a settlement's page waits this long for its coordinators' advices
+
+
+@attrs.frozen
+class Supervisor:
+    """Whom the console reads advices as: a party holding the observer role, and its key."""
+
+    party: str
+    key: PrivateKey = attrs.field(repr=False)
 
 
 class Console:
     """What the pages are made of, kept up to date while `run` runs."""
 
-    def __init__(self, observer: Observer, registry: Registry, coordinators: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        observer: Observer,
+        registry: Registry,
+        coordinators: tuple[str, ...] = (),
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.observer = observer
         self.registry = registry
         self.coordinators = coordinators
+        self.supervisor = supervisor
         self.rates = views.Rates()
         self.conservation = views.Conservation()
         self.infos: dict[str, dict] = {}
@@ -94,6 +118,46 @@ class Console:
             return None
         keys = {ledger: client.ledger_key for ledger, client in self.observer.clients.items()}
         return views.settlement(settlement_id, entries, keys, self.observer.journals)
+
+    async def advices(self, settlement_id: str) -> tuple[list[dict], list[str]]:
+        """Every party's ISO 20022 advices of the settlement, asked of each coordinator
+        (the one whose desk matched it holds them), each answer verified as that
+        coordinator's; and, a line each, what could not be had."""
+        if self.supervisor is None:
+            return [], ["the console has no supervisor's key to ask with (--party and --key)"]
+        items: list[dict] = []
+        problems: list[str] = []
+
+        async def ask(coordinator: str) -> None:
+            try:
+                items.extend(await self._advices_of(coordinator, settlement_id))
+            except BusTimeout:
+                problems.append(f"coordinator {coordinator}: did not answer within {ADVICES_TIMEOUT_S} s")
+            except (BadReply, Rejected) as error:
+                problems.append(f"coordinator {coordinator}: {error}")
+
+        async with trio.open_nursery() as nursery:
+            for coordinator in self.coordinators:
+                nursery.start_soon(ask, coordinator)
+        return views.advices(items), sorted(problems)
+
+    async def _advices_of(self, coordinator: str, settlement_id: str) -> tuple[dict, ...]:
+        assert self.supervisor is not None
+        query = QuerySettlementAdvices(
+            f"console-{secrets.token_hex(8)}", coordinator, self.supervisor.party, settlement_id
+        )
+        payload = sign(query, (self.supervisor.party, self.supervisor.key)).encode()
+        raw = await self.observer.bus.request(service_of_coordinator(coordinator), payload, timeout_s=ADVICES_TIMEOUT_S)
+        signed = from_wire(decode(raw), allowed=(SettlementAdvices, SettlementStatus))
+        if coordinator not in self.registry or not signed.signed_by(coordinator, self.registry[coordinator].public_key):
+            raise BadReply("its answer is not signed by it")
+        answer = signed.msg
+        if isinstance(answer, SettlementStatus):
+            raise BadReply(f"refused: {answer.reason_code}: {answer.reason}")
+        assert isinstance(answer, SettlementAdvices)
+        if answer.settlement_id != settlement_id:
+            raise BadReply(f"it answered for settlement {answer.settlement_id!r}")
+        return answer.items
 
     def _alert(self, violation: Violation) -> None:
         self.alerted.unpark_all()
@@ -149,11 +213,27 @@ class Console:
 
 
 def console_of(
-    registry: Registry, bus: Bus, ledgers: list[str], coordinators: tuple[str, ...] = (), grace_ms: int = GRACE_MS
+    registry: Registry,
+    bus: Bus,
+    ledgers: list[str],
+    coordinators: tuple[str, ...] = (),
+    grace_ms: int = GRACE_MS,
+    supervisor: Supervisor | None = None,
 ) -> Console:
-    """A console over these ledgers and these coordinators' decisions; its observer
-    publishes no alerts (the observer service does), it only shows them."""
-    return Console(Observer(registry, bus, ledgers, grace_ms, ServiceClock(), publish=False), registry, coordinators)
+    """A console over these ledgers and these coordinators' decisions and advices; its
+    observer publishes no alerts (the observer service does), it only shows them."""
+    observer = Observer(registry, bus, ledgers, grace_ms, ServiceClock(), publish=False)
+    return Console(observer, registry, coordinators, supervisor)
+
+
+def supervisor_of(registry: Registry, party: str, key_file: str) -> Supervisor:
+    """`--party` and `--key`: a party of the registry with the observer role, and its key."""
+    if not registry.has_role(party, Role.OBSERVER):
+        raise ExpectedFailure(f"--party {party}", "not a party with the observer role in the registry")
+    key = PrivateKey.load(key_file)
+    if registry[party].public_key.public_numbers() != key.public.public_numbers():
+        raise ExpectedFailure(f"--key {key_file}", f"not the key registered for {party}")
+    return Supervisor(party, key)
 
 
 @attrs.frozen
@@ -194,19 +274,22 @@ async def serve(
     broker: str | None = None,
     grace_ms: int = GRACE_MS,
     tls: Tls | None = None,
+    supervisor: tuple[str, str] | None = None,
 ) -> None:
-    """`lockstep console`, until SIGTERM or SIGINT."""
+    """`lockstep console`, until SIGTERM or SIGINT; `supervisor`: the party and key file
+    to read settlements' advices as."""
     from ..daemon import _until_signalled
 
     registry, url, ledgers = load(config_path, broker, grace_ms)
     users = access.read_users(Path(users_file))
+    reader = supervisor_of(registry, *supervisor) if supervisor is not None else None
     try:
         host, port = parse_address(listen)
     except ValueError as error:
         raise ExpectedFailure(f"--listen {listen}", str(error)) from None
     async with _until_signalled(url, f"console-{secrets.token_hex(4)}") as (bus, nursery):
-        coordinator = CoordinatorConfig.load(config_path).coordinator_id
-        console = console_of(registry, bus, list(ledgers), (coordinator,), grace_ms)
+        coordinators = tuple(party.id for party in registry if Role.COORDINATOR in party.roles)
+        console = console_of(registry, bus, list(ledgers), coordinators, grace_ms, reader)
         await nursery.start(console.run)
         address = await start_http(console, users, host, port, nursery, tls)
         log.info("console on %s, following %s on %s", address, ", ".join(ledgers), redacted(url))

@@ -18,6 +18,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from protocols.htlc import LockState
+from protocols.iso20022 import reasons
 from protocols.messages import Entry
 from protocols.signing import Signed
 
@@ -295,6 +296,16 @@ def settlement(
 ENDED = ("claimed", "cancelled", "refunded", "aborted")
 FINAL_PHASES = ("settled", "one-legged", "rolled back")
 LEGS = 2  # every settlement Lockstep drives has two legs (DvP, PvP; a repo is two linked DvPs)
+
+
+def advices(items: Iterable[dict]) -> list[dict]:
+    """A settlement's ISO 20022 advices as the page lists them, oldest first: whose, what
+    status, which document, and why (its reason codes and narrative)."""
+    rows = []
+    for item in sorted(items, key=lambda item: item["seq"]):
+        codes, narrative = reasons(item["document"])
+        rows.append({**item, "codes": "/".join(codes), "narrative": narrative})
+    return rows
 
 
 def phase(settlement_id: str, entries: Iterable[tuple[str, Signed, str]], decision: str | None) -> str:

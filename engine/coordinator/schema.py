@@ -181,14 +181,25 @@ def _5_epochs(db: sqlite_utils.Database) -> None:
     )
 
 
+_INSTRUCTIONS_SETTLED_BY = "CREATE INDEX IF NOT EXISTS instructions_of ON instructions(settlement_id)"
+
+
+def _6_instructions_of(db: sqlite_utils.Database) -> None:
+    """A settlement's instructions found by its id: its advices read by the supervisor,
+    its outcome told to both parties."""
+    db.execute(_INSTRUCTIONS_SETTLED_BY)
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _1_settlements,
     _2_decisions,
     _3_desks,
     _4_transitions,
     _5_epochs,
+    _6_instructions_of,
 )
-SCHEMA_VERSION = len(MIGRATIONS)  # 1: settlements; 2: decision locks, the decision; 3: desks; 4: the log; 5: epochs
+SCHEMA_VERSION = len(MIGRATIONS)
+# 1: settlements; 2: decision locks, the decision; 3: desks; 4: the log; 5: epochs; 6: a settlement's instructions
 
 
 class Connection(Protocol):
@@ -208,7 +219,10 @@ def _migrate_postgres(db: PostgresConnection) -> None:
         db.execute("SELECT pg_advisory_xact_lock(?, hashtext(current_schema()))", (POSTGRES_MAKE_KEY,))
         if db.value("SELECT to_regclass('lockstep_schema') IS NOT NULL"):
             version = db.value("SELECT version FROM lockstep_schema")
-            assert version == SCHEMA_VERSION, f"{db.name}: schema {version}, this code's is {SCHEMA_VERSION}"
+            assert version <= SCHEMA_VERSION, f"{db.name}: schema {version} is newer than this code ({SCHEMA_VERSION})"
+            for statement in (s for later in range(version + 1, SCHEMA_VERSION + 1) for s in POSTGRES_UPGRADES[later]):
+                db.execute(statement)
+            db.execute("UPDATE lockstep_schema SET version = ?", (SCHEMA_VERSION,))
             return
         for statement in POSTGRES:
             db.execute(statement)
@@ -258,4 +272,8 @@ POSTGRES = (
     "CREATE TRIGGER decided_once_logged BEFORE INSERT ON transitions FOR EACH ROW "
     "EXECUTE FUNCTION decided_once_logged()",
     "CREATE TABLE epochs (epoch BIGINT PRIMARY KEY, pid INTEGER NOT NULL, opened_ms BIGINT NOT NULL)",
+    _INSTRUCTIONS_SETTLED_BY,
 )
+# what brings a schema made whole at an earlier version to each later one (6 on: the
+# versions before it were never made in PostgreSQL by a release)
+POSTGRES_UPGRADES: dict[int, tuple[str, ...]] = {6: (_INSTRUCTIONS_SETTLED_BY,)}

@@ -43,7 +43,16 @@ from protocols.iso20022.model import (
 )
 from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.iso20022.xml import Refused
-from protocols.messages import Advices, Matched, QueryAdvices, QueryInfo, SettlementInstruction, to_body
+from protocols.messages import (
+    Advices,
+    Matched,
+    QueryAdvices,
+    QueryInfo,
+    QuerySettlementAdvices,
+    SettlementAdvices,
+    SettlementInstruction,
+    to_body,
+)
 from protocols.registry import Role
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
@@ -87,7 +96,7 @@ class Side:
 class MatchingDesk(Desk):
     """Its unit of work: a matched pair, settled by the id of its settlement."""
 
-    messages = (SettlementInstruction, QueryAdvices)
+    messages = (SettlementInstruction, QueryAdvices, QuerySettlementAdvices)
 
     def __init__(self, coordinator: Coordinator, places: Mapping[str, str] | None = None) -> None:
         """`places`: the ledger that settles each asset, where more than one carries it;
@@ -106,6 +115,12 @@ class MatchingDesk(Desk):
             self.coordinator.registry.verify_all(signed)
             self.coordinator.registry.signed_by(signed, (signed.msg.party,))
             return self._advices(signed.msg)
+        if isinstance(signed.msg, QuerySettlementAdvices):  # or by the supervisor, who sees through
+            self.coordinator.registry.verify_all(signed)
+            self.coordinator.registry.signed_by(signed, (signed.msg.party,))
+            if not self.coordinator.registry.has_role(signed.msg.party, Role.OBSERVER):
+                raise Rejected(Code.NOT_AUTHORISED, "party", f"{signed.msg.party!r} does not hold the observer role")
+            return self._settlement_advices(signed.msg.settlement_id)
         async with self._matching:  # one instruction at a time: no side is matched twice
             return await self.instruct(signed)
 
@@ -127,6 +142,29 @@ class MatchingDesk(Desk):
             for seq, iid, sid, status, fmt, document in rows
         )
         return self.coordinator.sign(Advices(self.coordinator.id, query.party, self.coordinator.clock.now_ms(), items))
+
+    def _settlement_advices(self, settlement_id: str) -> bytes:
+        """Every advice of the settlement's instructions, from the first (unmatched) on."""
+        rows = self._db.execute(
+            "SELECT a.party, a.seq, a.instruction_id, a.settlement_id, a.status, a.format, a.document "
+            "FROM instructions AS i JOIN advices AS a ON a.party = i.party AND a.instruction_id = i.id "
+            "WHERE i.settlement_id = ? ORDER BY a.seq",
+            (settlement_id,),
+        ).fetchall()
+        items = tuple(
+            {
+                "party": party,
+                "seq": seq,
+                "instruction_id": iid,
+                "settlement_id": sid,
+                "status": status,
+                "format": fmt,
+                "document": document,
+            }
+            for party, seq, iid, sid, status, fmt, document in rows
+        )
+        now_ms = self.coordinator.clock.now_ms()
+        return self.coordinator.sign(SettlementAdvices(self.coordinator.id, settlement_id, now_ms, items))
 
     async def instruct(self, signed: Signed) -> bytes:
         """Take one side; the reply is the advice it earned at once (unmatched or matched,

@@ -44,7 +44,7 @@ from protocols.signing import decode_signed, sign
 
 from ..client.statement import read_entries, statement_of
 from ..console.access import read_users
-from ..console.service import console_of, start_http
+from ..console.service import Supervisor, console_of, start_http
 from ..coordinator import Coordinator
 from ..coordinator.journal import Record
 from ..desks.matching import MatchingDesk
@@ -93,6 +93,7 @@ async def run(broker: str | None, directory: Path, out=print, console: tuple[str
             outcomes = await _scenarios(local, out)
             if console is not None:
                 out(verdict(outcomes))
+                await local.start_coordinator(DEMO_TIMING, desks=DESKS)  # its desk answers for the advices
                 out("The console goes on serving; Ctrl-C stops the demo.")
                 await trio.sleep_forever()
         finally:
@@ -109,7 +110,9 @@ async def _console(local: Local, address: tuple[str, int], nursery: trio.Nursery
     password = secrets.token_urlsafe(12)
     users.write_text(f"supervisor:{password}\n")
     users.chmod(0o600)
-    console = console_of(local.world.registry, local.bus, [spec.ledger_id for spec in LEDGERS], local.coordinators)
+    supervisor = Supervisor("supervisor", local.world.keys["supervisor"])  # reads every party's advices
+    ledgers = [spec.ledger_id for spec in LEDGERS]
+    console = console_of(local.world.registry, local.bus, ledgers, local.coordinators, supervisor=supervisor)
     await nursery.start(console.run)
     url = await start_http(console, read_users(users), *address, nursery)
     out(f"Console: {url}, sign in as supervisor with password {password}")

@@ -49,6 +49,7 @@ PARTIES: dict[str, tuple[Role, ...]] = {
     "treasury": (Role.PARTICIPANT,),
     "bank-a": (Role.PARTICIPANT,),
     "bank-b": (Role.PARTICIPANT,),
+    "supervisor": (Role.OBSERVER,),  # sees through: every party's advices, for the console
     COORDINATOR: (Role.COORDINATOR,),
 }
 LEDGERS = [

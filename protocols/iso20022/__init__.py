@@ -5,8 +5,10 @@ into the documents back offices expect (see docs/ISO20022.md for the profile).""
 
 from __future__ import annotations
 
+from lxml import etree
+
 from ..errors import Code, Rejected
-from . import camt053, pacs002, pacs009, sese023, sese024, sese025
+from . import camt053, pacs002, pacs009, sese023, sese024, sese025, xml
 from .model import FORMATS, PACS_009, SESE_023, Names, OneSided
 
 READERS = {SESE_023: sese023.read, PACS_009: pacs009.read}
@@ -26,3 +28,15 @@ def read(format: str, document: str | bytes, names: Names | None = None) -> OneS
     if format not in READERS:
         raise Rejected(Code.UNKNOWN_TYPE, "format", f"{format!r} is not one of {', '.join(FORMATS)}")
     return READERS[format](document, names)
+
+
+def reasons(document: str) -> tuple[tuple[str, ...], str]:
+    """What a status advice written by Lockstep says of why: its codes (`Cd`: the status
+    and its reason, such as LACK and MONY) and its first narrative, "" if none."""
+    tree = etree.fromstring(document.encode(), xml.hardened_parser())
+    codes = tuple(node.text for node in tree.iter() if etree.QName(node).localname == "Cd" and node.text)
+    narratives = (node.text for node in tree.iter() if etree.QName(node).localname in _NARRATIVES and node.text)
+    return codes, next(narratives, "")
+
+
+_NARRATIVES = ("AddtlRsnInf", "AddtlInf")

@@ -60,7 +60,8 @@ def namespace(message: str) -> str:
     return f"urn:iso:std:iso:20022:tech:xsd:{message}"
 
 
-def _parser() -> etree.XMLParser:
+def hardened_parser() -> etree.XMLParser:
+    """lxml's parser that neither expands an entity nor loads anything (one per thread)."""
     if not hasattr(_local, "parser"):
         _local.parser = etree.XMLParser(
             resolve_entities=False,
@@ -114,7 +115,7 @@ def parse(document: str | bytes, message: str) -> etree._Element:
         raise Rejected(Code.TOO_LARGE, "document", f"{len(data)} bytes, more than the {document_bytes_max} allowed")
     _refuse_declarations(data)
     try:
-        tree = etree.fromstring(data, _parser()).getroottree()
+        tree = etree.fromstring(data, hardened_parser()).getroottree()
     except etree.XMLSyntaxError as error:
         raise Rejected(Code.MALFORMED, "document", f"not well-formed XML: {_readable(error.msg)}") from None
     _refuse_forbidden(tree)
