@@ -387,6 +387,46 @@ def test_a_password_is_checked_for_its_own_name_only(tmp_path):
     assert not access.signed_in(users, "nobody", "s3cret") and not access.signed_in(users, "supervisor", "")
 
 
+def test_failed_sign_ins_from_one_address_are_throttled_over_a_sliding_window():
+    now = [1_000.0]
+    throttle = access.Throttle(lambda: now[0])
+    for _ in range(access.FAILURES_MAX - 1):
+        throttle.failed("10.0.0.1")
+        now[0] += 1
+    assert throttle.wait_s("10.0.0.1") == 0  # one more try
+    throttle.failed("10.0.0.1")
+    assert throttle.wait_s("10.0.0.1") == access.FAILURES_WINDOW_S - (access.FAILURES_MAX - 1)
+    assert throttle.wait_s("10.0.0.2") == 0  # another address is not held up
+    now[0] = 1_000.0 + access.FAILURES_WINDOW_S  # the first failure leaves the window
+    assert throttle.wait_s("10.0.0.1") == 0
+    throttle.failed("10.0.0.1")
+    assert throttle.wait_s("10.0.0.1") == 1.0  # the second failure leaves it a second later
+    now[0] += 2 * access.FAILURES_WINDOW_S
+    assert throttle.wait_s("10.0.0.1") == 0 and throttle._failures == {}
+
+
+async def test_past_the_failures_allowed_even_the_right_password_is_refused_with_retry_after(tmp_path):
+    world = standard_world(tmp_path)
+    async with trio.open_nursery() as nursery:
+        console = console_of(world.registry, MemoryBus(), list(LEDGERS))
+        base = await start_http(console, USERS, "127.0.0.1", 0, nursery)
+
+        def sign_in(password: str) -> tuple[int, str | None, str]:
+            form = urllib.parse.urlencode({"name": "supervisor", "password": password}).encode()
+            try:
+                with urllib.request.urlopen(f"{base}/login", data=form, timeout=WAIT_S) as response:
+                    return response.status, None, response.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.headers.get("Retry-After"), error.read().decode()
+
+        for _ in range(access.FAILURES_MAX):
+            assert (await trio.to_thread.run_sync(sign_in, "guess"))[:2] == (401, None)
+        status, retry_after, body = await trio.to_thread.run_sync(sign_in, USERS["supervisor"])
+        assert status == 429 and 0 < int(retry_after) <= access.FAILURES_WINDOW_S
+        assert f"try again in {retry_after} s" in body and "sign out" not in body
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_command_serves_the_pages_over_mqtt_until_sigterm(tmp_path, broker):
     """`lockstep console` as its own process: it follows the ledgers on a real broker,
     serves the sign-in page and nothing else to a visitor, and stops on SIGTERM; a users

@@ -6,6 +6,7 @@ of the overview's data twice a second, and redraws itself from it."""
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,9 +62,16 @@ def console_app(console: Console, users: dict[str, str], *, secure: bool = False
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return page(request, "login.html", {"failed": False})
+        address = request.client.host if request.client else ""
+        wait_s = math.ceil(throttle.wait_s(address))
+        if wait_s:
+            response = page(request, "login.html", {"failed": False, "wait_s": wait_s}, status_code=429)
+            response.headers["Retry-After"] = str(wait_s)
+            return response
         form = await request.form()
         name, password = str(form.get("name", "")), str(form.get("password", ""))
         if not access.signed_in(users, name, password):
+            throttle.failed(address)
             return page(request, "login.html", {"failed": True}, status_code=401)
         request.session.clear()
         request.session["user"] = name
@@ -119,6 +127,7 @@ def console_app(console: Console, users: dict[str, str], *, secure: bool = False
         return page(request, "participant.html", {"view": views.positions(journals, party)})
 
     journals = console.observer.journals
+    throttle = access.Throttle()
     routes = [
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout),
