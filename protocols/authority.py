@@ -164,7 +164,7 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         assert mine.gives_asset and mine.gives_account and into, "read and matched"
         legs.append(SettlementLeg(ledger, mine.gives_account, into, mine.gives_asset, mine.gives_amount))
     not_before_ms, deadline_ms = matching.day_window(a.settlement_date)
-    settlement_id = matching.matched_id(sides[0][0].digest, sides[1][0].digest)
+    settlement_id = matching.attempt_id(matching.matched_id(sides[0][0].digest, sides[1][0].digest), matched.attempt)
     return Terms(
         settlement_id,
         "matched",

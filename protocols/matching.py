@@ -17,6 +17,7 @@ import attrs
 
 from .errors import Code, Rejected
 from .iso20022.model import OneSided
+from .messages import ATTEMPTS_MAX
 from .money import format_amount
 
 DAY_MS = 86_400_000
@@ -107,6 +108,18 @@ def matched_id(first_digest: bytes, second_digest: bytes) -> str:
     """The settlement id of a matched pair: the same whoever computes it, from the two
     signed instructions in leg order."""
     return "m-" + hashlib.sha256(first_digest + second_digest).hexdigest()[:40]
+
+
+def attempt_id(pair_id: str, attempt: int) -> str:
+    """The settlement id of a matched pair's `attempt`: the pair's own id for the first
+    (0), then `{pair_id}.{attempt}` for each try of a pair the queue recycled."""
+    assert 0 <= attempt <= ATTEMPTS_MAX, attempt
+    return pair_id if attempt == 0 else f"{pair_id}.{attempt}"
+
+
+def pair_of(settlement_id: str) -> str:
+    """The matched pair an attempt's settlement id tries to settle."""
+    return settlement_id.split(".", 1)[0]
 
 
 def day_window(date: str) -> tuple[int, int]:

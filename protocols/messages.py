@@ -32,6 +32,7 @@ DOCUMENT_CHARS_MAX = 32 * 1024
 LATER = {"left_out_at_default": True}  # a field added in a later release: absent means its default,
 # so what was signed before it existed keeps its bytes
 ABORT_BY_MAX = 4
+ATTEMPTS_MAX = 99_999  # a matched pair's tries: an attempt's settlement id stays within 48 characters
 QUERY_LIMIT_MAX = 1000
 
 
@@ -53,6 +54,12 @@ def ident(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     _expect(attribute, value, str, "a string")
     if not IDENT_PATTERN.fullmatch(value):
         raise _invalid(attribute, "must be 1-64 characters of A-Z a-z 0-9 . _ : - starting alphanumeric")
+
+
+def attempt_number(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, int, "an integer")
+    if not 0 <= value <= ATTEMPTS_MAX:
+        raise _invalid(attribute, f"must be 0 to {ATTEMPTS_MAX}")
 
 
 def amount(_: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -672,6 +679,8 @@ class Matched(Body):
     face_value_minor: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(amount), metadata=LATER
     )
+    # the pair's try, once the settlement queue recycles it (protocols.matching.attempt_id)
+    attempt: int = attrs.field(default=0, validator=attempt_number, metadata=LATER)
 
 
 @message("corporate_action")

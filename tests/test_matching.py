@@ -25,9 +25,9 @@ from protocols.bus.memory import MemoryBus
 from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.htlc import hashlock_of
-from protocols.iso20022 import pacs009, sese023
+from protocols.iso20022 import pacs009, reasons, sese023
 from protocols.iso20022.model import PACS_009, SESE_023, OneSided
-from protocols.matching import DAY_MS
+from protocols.matching import DAY_MS, attempt_id
 from protocols.messages import (
     Advices,
     Lock,
@@ -37,9 +37,10 @@ from protocols.messages import (
     SettlementAdvices,
     SettlementInstruction,
     SettlementStatus,
+    Transfer,
     to_body,
 )
-from protocols.settlement import Timing, utc_date
+from protocols.settlement import Phase, Timing, utc_date
 from protocols.signing import from_wire, sign
 from tests.test_coordinator import World
 
@@ -132,7 +133,7 @@ class Desk:
 
     def __init__(self, local: Local) -> None:
         self.local = local
-        self.now_ms = ServiceClock().now_ms
+        self.now_ms = local.clock.now_ms
 
     async def start_coordinator(self, skew_ms: int = 0):
         return await self.local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, PLACES),), skew_ms=skew_ms)
@@ -186,10 +187,11 @@ class Desk:
         return audit(journals, grace_ms=60_000)
 
 
-async def start(nursery, tmp_path) -> Desk:
-    local = Local(standard_world(tmp_path), MemoryBus(), nursery)
+async def start(nursery, tmp_path, skew_ms: int = 0) -> Desk:
+    """The world, every clock in it `skew_ms` off."""
+    local = Local(standard_world(tmp_path), MemoryBus(), nursery, clock=ServiceClock(skew_ms))
     for ledger in ("csd", "cbdc-eur", "cbdc-multi", "unified"):
-        await local.start_ledger(ledger)
+        await local.start_ledger(ledger, skew_ms=skew_ms)
     await local.fund_standard()
     return Desk(local)
 
@@ -657,4 +659,80 @@ async def test_the_supervisor_reads_every_partys_advices_of_a_settlement_and_nob
             reply = await desk.send(raw)
             assert isinstance(reply, SettlementStatus) and reply.phase == "rejected", case
             assert (reply.reason_code, reply.reason.split(":")[0]) == (code, field), (case, reply.reason)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pair_lacking_cash_waits_in_the_queue_and_settles_once_the_cash_arrives(tmp_path, autojump_clock):
+    """Recycling: the first attempt fails for want of cash, nothing moves, both parties
+    are told it is pending (MONY); cash credited to the buyer's account is seen on the
+    ledger's stream and the pair settles as its next attempt, once."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        local = desk.local
+        balance = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
+        await local.instruct(
+            Transfer,
+            "cbdc-eur",
+            "bank-b",
+            from_account="b-eur",
+            to_account="a-eur",
+            asset="EUR",
+            amount=balance - 50_000,
+        )  # 500.00 left, 990.00 due
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        await desk.send(desk.instruction(seller))
+        (matched,) = (await desk.send(desk.instruction(buyer))).items
+        pair_id = matched["settlement_id"]
+        for party in ("bank-a", "bank-b"):
+            pending = (await desk.until(party, "pending"))[-1]
+            assert reasons(pending["document"])[0] == ("MONY", "TRAD"), pending["document"]
+            assert pending["settlement_id"] == pair_id
+        before = await desk.balances()
+        await trio.sleep(30)  # nothing provided: it waits, and nothing moves
+        assert await desk.balances() == before
+        assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "pending"]
+
+        await local.instruct(
+            Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=60_000
+        )
+        for party in ("bank-a", "bank-b"):
+            assert [i["status"] for i in await desk.until(party, "settled")][-2:] == ["pending", "settled"]
+        after = await desk.balances()
+        assert after[("cbdc-eur", "b-eur")]["EUR"] == 50_000 + 60_000 - 99_000
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+        coordinator = desk.local.coordinator
+        assert coordinator.journal.get(attempt_id(pair_id, 1)).phase is Phase.SETTLED
+        assert coordinator.journal.get(pair_id).phase is Phase.FAILED  # the first attempt: nothing moved
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pair_still_lacking_securities_at_its_cut_off_fails_with_lack(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        now_ms = ServiceClock().now_ms()
+        skew_ms = DAY_MS - now_ms % DAY_MS - 120_000  # the day ends in two minutes
+        desk = await start(nursery, tmp_path, skew_ms)
+        await desk.start_coordinator(skew_ms=skew_ms)
+        local = desk.local
+        held = (await local.balances("csd", "a-sec"))[BOND]
+        await local.instruct(
+            Transfer, "csd", "bank-a", from_account="a-sec", to_account="b-sec", asset=BOND, amount=held - 40
+        )  # 40 left, 100 due
+        seller, buyer = dvp(utc_date(desk.local.coordinator.clock.now_ms()))
+        await desk.send(desk.instruction(seller))
+        await desk.send(desk.instruction(buyer))
+        for party in ("bank-a", "bank-b"):
+            assert reasons((await desk.until(party, "pending"))[-1]["document"])[0] == ("LACK", "TRAD")
+        before = await desk.balances()
+        await trio.sleep(120)  # the cut-off passes
+        for party in ("bank-a", "bank-b"):
+            failed = (await desk.until(party, "failed"))[-1]
+            codes, narrative = reasons(failed["document"])
+            assert codes == ("LACK", "TRAD")
+            assert "not settled by its cut-off" in narrative and "a-sec on csd lacked" in narrative, narrative
+        assert await desk.balances() == before
+        assert await desk.held_locks() == []
         nursery.cancel_scope.cancel()

@@ -190,6 +190,17 @@ def _6_instructions_of(db: sqlite_utils.Database) -> None:
     db.execute(_INSTRUCTIONS_SETTLED_BY)
 
 
+_ATTEMPTS = "ALTER TABLE instructions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0"
+
+
+def _7_attempts(db: sqlite_utils.Database) -> None:
+    """A matched pair's current try (protocols.matching.attempt_id), counted up each time
+    the settlement queue recycles it. (A table made by its desk, before this module
+    owned the schema, may have been made with it: see _3_desks.)"""
+    if "attempt" not in db["instructions"].columns_dict:
+        db.execute(_ATTEMPTS)
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _1_settlements,
     _2_decisions,
@@ -197,9 +208,11 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _4_transitions,
     _5_epochs,
     _6_instructions_of,
+    _7_attempts,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-# 1: settlements; 2: decision locks, the decision; 3: desks; 4: the log; 5: epochs; 6: a settlement's instructions
+# 1: settlements; 2: decision locks, the decision; 3: desks; 4: the log; 5: epochs; 6: a settlement's
+# instructions; 7: a matched pair's attempt
 
 
 class Connection(Protocol):
@@ -273,7 +286,8 @@ POSTGRES = (
     "EXECUTE FUNCTION decided_once_logged()",
     "CREATE TABLE epochs (epoch BIGINT PRIMARY KEY, pid INTEGER NOT NULL, opened_ms BIGINT NOT NULL)",
     _INSTRUCTIONS_SETTLED_BY,
+    _ATTEMPTS,
 )
 # what brings a schema made whole at an earlier version to each later one (6 on: the
 # versions before it were never made in PostgreSQL by a release)
-POSTGRES_UPGRADES: dict[int, tuple[str, ...]] = {6: (_INSTRUCTIONS_SETTLED_BY,)}
+POSTGRES_UPGRADES: dict[int, tuple[str, ...]] = {6: (_INSTRUCTIONS_SETTLED_BY,), 7: (_ATTEMPTS,)}

@@ -9,10 +9,22 @@ coordinator's database before it is acted on or announced:
 
     unmatched --(other side agrees)--> matched --(settlement final)--> settled | failed
     unmatched --(its settlement date has passed)--> cancelled
+    matched --(a leg lacks securities or cash)--> queued
+    queued --(its ledgers' entries show both legs provided)--> matched (the next attempt)
+    queued --(its settlement date's cut-off has passed)--> failed
+
+A pair that fails for want of securities or cash is recycled, as a CSD does: it waits in
+the queue, and each time an entry lands on a ledger it pays on, the queue looks at the
+balances of every waiting pair's payers, oldest first, and releases those they now cover
+(each pair's amounts counted out of what the pairs before it take). A released pair is
+tried again as a new attempt (protocols.matching.attempt_id): an attempt's settlement id
+is spent once tried, and the next is begun only after the one before it ended with
+nothing moved.
 
 Each party gets an advice for each step (sese.024: unmatched with the ISO reason,
-matched, failed with the reason, cancelled; a sese.025 confirmation once settled; for a
-PvP, pacs.002), kept numbered per party and read with `query_advices`."""
+matched, pending with LACK or MONY while queued, failed with the reason, cancelled; a
+sese.025 confirmation once settled; for a PvP, pacs.002), kept numbered per party and
+read with `query_advices`."""
 
 from __future__ import annotations
 
@@ -26,6 +38,7 @@ from protocols import matching
 from protocols.authority import terms_of
 from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply
+from protocols.bus.follow import follow
 from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
@@ -43,16 +56,21 @@ from protocols.iso20022.model import (
 )
 from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.iso20022.xml import Refused
+from protocols.journal import ChainBroken
 from protocols.messages import (
+    ATTEMPTS_MAX,
     Advices,
     Matched,
     QueryAdvices,
+    QueryBalances,
     QueryInfo,
     QuerySettlementAdvices,
     SettlementAdvices,
     SettlementInstruction,
+    SettlementLeg,
     to_body,
 )
+from protocols.money import format_amount
 from protocols.registry import Role
 from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
@@ -64,6 +82,9 @@ log = logging.getLogger("lockstep.matching")
 
 ADVICES_PAGE_MAX = 100
 SETTLING_MAX = 256  # matched settlements driven at once by this desk
+RECYCLE_POLL_S = 5.0  # the queue looks again at least this often: a ledger's event may be lost
+RECYCLE_GAP_S = 0.05  # and at most this often, however busy its ledgers
+WATCH_RETRY_S = 1.0  # a ledger whose entries cannot be followed is followed again after this
 
 # the ISO 20022 settlement status reason for a ledger's refusal of a leg
 _FAILURE_REASONS = {
@@ -93,6 +114,24 @@ class Side:
         return self.signed.msg
 
 
+@attrs.define
+class Queued:
+    """A matched pair waiting in the queue for its payers to hold what its legs pay."""
+
+    pair_id: str
+    sides: tuple[Side, Side]
+    legs: tuple[SettlementLeg, ...]
+    cutoff_ms: int  # the last moment of its settlement date
+    since_ms: int  # when it was first queued: the queue's order
+    released: trio.Event = attrs.field(factory=trio.Event)
+    expired: bool = False  # set with `released` when it is failed at its cut-off instead
+
+
+def _lacking(leg: SettlementLeg) -> str:
+    """The ISO 20022 reason for a leg whose payer lacks what it pays."""
+    return "MONY" if leg.asset in CURRENCIES else "LACK"
+
+
 class MatchingDesk(Desk):
     """Its unit of work: a matched pair, settled by the id of its settlement."""
 
@@ -107,6 +146,8 @@ class MatchingDesk(Desk):
         self._matching = trio.Lock()
         self._limit = trio.CapacityLimiter(SETTLING_MAX)
         self._denominations: dict[str, Denomination] = {}
+        self._queue: dict[str, Queued] = {}
+        self._stirred = trio.Event()  # an entry on a ledger the queue waits on, or a pair queued
 
     # -- the bus ---------------------------------------------------------------------------
 
@@ -149,7 +190,7 @@ class MatchingDesk(Desk):
             "SELECT a.party, a.seq, a.instruction_id, a.settlement_id, a.status, a.format, a.document "
             "FROM instructions AS i JOIN advices AS a ON a.party = i.party AND a.instruction_id = i.id "
             "WHERE i.settlement_id = ? ORDER BY a.seq",
-            (settlement_id,),
+            (matching.pair_of(settlement_id),),
         ).fetchall()
         items = tuple(
             {
@@ -291,16 +332,16 @@ class MatchingDesk(Desk):
 
     # -- matching --------------------------------------------------------------------------
 
-    async def _matched(self, a: Side, b: Side) -> dict:
+    async def _matched(self, a: Side, b: Side, attempt: int = 0) -> dict:
         first, second = (a, b) if matching.leg_order(a.one, b.one)[0] is a.one else (b, a)
         paid = [side.one.gives_asset for side in (first, second) if side.one.gives_asset is not None]
         ledgers = tuple([await self._place(asset) for asset in paid])  # one leg free of payment
         signed = (first.signed.wire(), second.signed.wire())
         if a.one.face_amount is None and b.one.face_amount is None:
-            return to_body(Matched(self.coordinator.id, ledgers, signed))
+            return to_body(Matched(self.coordinator.id, ledgers, signed, attempt=attempt))
         denomination = await self._denomination(_instrument(a.one))
         return to_body(
-            Matched(self.coordinator.id, ledgers, signed, denomination.currency, denomination.face_value_minor)
+            Matched(self.coordinator.id, ledgers, signed, denomination.currency, denomination.face_value_minor, attempt)
         )
 
     async def _place(self, asset: str) -> str:
@@ -369,30 +410,90 @@ class MatchingDesk(Desk):
     # -- settling --------------------------------------------------------------------------
 
     async def _carry_out(self, settlement_id: str) -> None:
-        """Settle a matched pair: again after a restart (idempotent: the coordinator's
-        journal knows what it did)."""
-        a, b = [
-            await self._side(raw)
-            for (raw,) in self._db.execute(
-                "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
-            )
-        ]
-        auth = await self._matched(a, b)
-        async with self._limit:
-            try:
-                record = await self.coordinator.settle(auth)
-            except Rejected as error:  # refused before any leg moved (say, its date has passed)
-                self._finish(a, b, settlement_id, None, "failed", error.code.value, f"{error.field}: {error.reason}")
+        """Settle a matched pair, trying again each time the queue releases it: again
+        after a restart too (idempotent: the coordinator's journal knows what each
+        attempt did)."""
+        rows = self._db.execute(
+            "SELECT raw, state, attempt FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
+        ).fetchall()
+        a, b = [await self._side(raw) for raw, _, _ in rows]
+        state, attempt = rows[0][1], rows[0][2]
+        while True:
+            if state == "queued":
+                queued = await self._enqueue(settlement_id, a, b)
+                await queued.released.wait()
+                if queued.expired:
+                    return
+            auth = await self._matched(a, b, attempt)
+            async with self._limit:
+                try:
+                    record = await self.coordinator.settle(auth)
+                except Rejected as error:  # refused before any leg moved (say, its date has passed)
+                    why = f"{error.field}: {error.reason}"
+                    self._finish(a, b, settlement_id, None, "failed", error.code.value, why)
+                    return
+            if record.phase is Phase.SETTLED:
+                self._finish(a, b, settlement_id, record.steps[-1][1], "settled", "", "")
                 return
-        if record.phase is Phase.SETTLED:
-            self._finish(a, b, settlement_id, record.steps[-1][1], "settled", "", "")
-        else:
-            self._finish(a, b, settlement_id, None, record.phase.value, record.reason_code, record.reason)
+            if not self._recyclable(record, a, attempt):
+                self._finish(a, b, settlement_id, None, record.phase.value, record.reason_code, record.reason)
+                return
+            attempt, state = attempt + 1, "queued"
+            await self._hold(a, b, settlement_id, attempt, terms_of(auth, None).legs, record.reason)
+
+    def _recyclable(self, record, side: Side, attempt: int) -> bool:
+        """Whether a failed attempt goes back to the queue: it lacked securities or cash,
+        its settlement date's cut-off has not passed, and it may be tried again."""
+        _, cutoff_ms = matching.day_window(side.one.settlement_date)
+        return (
+            record.reason_code == Code.INSUFFICIENT_FUNDS.value
+            and self.coordinator.clock.now_ms() <= cutoff_ms
+            and attempt < ATTEMPTS_MAX
+        )
+
+    async def _hold(
+        self, a: Side, b: Side, pair_id: str, attempt: int, legs: tuple[SettlementLeg, ...], reason: str
+    ) -> None:
+        """Queue the pair for its next attempt, and tell each party why it waits: LACK
+        where the securities are short, MONY where the cash is, as its ledgers say now."""
+        held = await self._available({(leg.ledger, leg.from_account) for leg in legs})
+        short = [leg for leg in legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
+        short = short or list(legs)  # provided since: the queue releases it at its first look
+        now_ms = self.coordinator.clock.now_ms()
+        with self._db:
+            for side in (a, b):
+                self._db.execute(
+                    "UPDATE instructions SET state = 'queued', attempt = ? WHERE party = ? AND id = ?",
+                    (attempt, side.msg.party, side.msg.id),
+                )
+                self._advise(side, "pending", pair_id, _lacking(short[0]), f"queued: {reason}", now_ms)
+        log.info("matched settlement %s queued for attempt %d: %s", pair_id, attempt, reason)
+
+    async def _enqueue(self, pair_id: str, a: Side, b: Side) -> Queued:
+        """The pair in the queue, where the recycler looks for what it lacks."""
+        attempt = self._db.execute(
+            "SELECT attempt FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
+        ).fetchone()[0]
+        legs = terms_of(await self._matched(a, b, attempt), None).legs
+        now_ms = self.coordinator.clock.now_ms()
+        queued = Queued(pair_id, (a, b), legs, matching.day_window(a.one.settlement_date)[1], now_ms)
+        self._queue[pair_id] = queued
+        self._stirred.set()
+        return queued
 
     def _finish(
-        self, a: Side, b: Side, settlement_id: str, settled_ms: int | None, outcome: str, code: str, reason: str
+        self,
+        a: Side,
+        b: Side,
+        settlement_id: str,
+        settled_ms: int | None,
+        outcome: str,
+        code: str,
+        reason: str,
+        iso: str | None = None,
     ) -> None:
-        """Each party's last advice, and the instructions' end state, in one transaction."""
+        """Each party's last advice, and the instructions' end state, in one transaction;
+        `iso`: the ISO reason for both parties, where it is not the one `code` maps to."""
         now_ms = self.coordinator.clock.now_ms()
         with self._db:
             for side in (a, b):
@@ -403,8 +504,8 @@ class MatchingDesk(Desk):
                 if settled_ms is not None:
                     self._confirm(side, settlement_id, settled_ms, now_ms)
                 else:
-                    iso = _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[side.one.gives_asset in CURRENCIES]
-                    self._advise(side, "failed", settlement_id, iso, f"{outcome}: {code}: {reason}", now_ms)
+                    why = iso or _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[side.one.gives_asset in CURRENCIES]
+                    self._advise(side, "failed", settlement_id, why, f"{outcome}: {code}: {reason}", now_ms)
         log.info("matched settlement %s %s", settlement_id, outcome)
 
     def _advise(self, side: Side, status: str, settlement_id: str | None, code: str, reason: str, now_ms: int) -> None:
@@ -455,15 +556,116 @@ class MatchingDesk(Desk):
     # -- running -----------------------------------------------------------------------------
 
     async def _resume(self) -> None:
-        for (settlement_id,) in self._db.execute(
-            "SELECT DISTINCT settlement_id FROM instructions WHERE state = 'matched'"
+        for settlement_id, state in self._db.execute(
+            "SELECT DISTINCT settlement_id, state FROM instructions WHERE state IN ('matched', 'queued')"
         ).fetchall():
-            log.info("resuming matched settlement %s", settlement_id)
+            log.info("resuming %s settlement %s", state, settlement_id)
             self._serve(settlement_id)
 
     async def _work(self) -> None:
-        """Cancel what stays unmatched past its settlement date."""
-        await self._cancel_unmatched()
+        """Cancel what stays unmatched past its settlement date; recycle what is queued."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._recycle)
+            await self._cancel_unmatched()
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    async def _recycle(self) -> None:
+        """Look at the queue each time a ledger it waits on moves (or RECYCLE_POLL_S
+        passes), and at each cut-off; follow the ledgers its pairs pay on meanwhile."""
+        while True:
+            ledgers = {leg.ledger for queued in self._queue.values() for leg in queued.legs}
+            async with trio.open_nursery() as watching:
+                for ledger in sorted(ledgers):
+                    watching.start_soon(self._watch, ledger)
+                while ledgers == {leg.ledger for queued in self._queue.values() for leg in queued.legs}:
+                    self._stirred = trio.Event()
+                    await self._look()
+                    cutoff_ms = min((queued.cutoff_ms for queued in self._queue.values()), default=None)
+                    wait_s = RECYCLE_POLL_S if self._queue else float("inf")
+                    with trio.move_on_after(wait_s) as waiting:
+                        if cutoff_ms is not None:
+                            waiting.deadline = min(waiting.deadline, self.coordinator.clock.trio_time_at(cutoff_ms + 1))
+                        await self._stirred.wait()
+                    await trio.sleep(RECYCLE_GAP_S)
+                watching.cancel_scope.cancel()
+
+    async def _watch(self, ledger: str) -> None:
+        """Stir the queue at each entry the ledger writes."""
+        client = self.coordinator.client(ledger)
+        while True:
+            try:
+                async for _ in follow(client):
+                    self._stirred.set()
+            except (BusTimeout, BadReply, ChainBroken, Rejected) as error:
+                log.warning("the queue cannot follow %s (%s): it looks every %s s", ledger, error, RECYCLE_POLL_S)
+            await trio.sleep(WATCH_RETRY_S)
+
+    async def _look(self) -> None:
+        """Fail what is past its cut-off; release, oldest first, each pair whose payers
+        hold what it pays after the pairs released before it."""
+        now_ms = self.coordinator.clock.now_ms()
+        waiting = sorted(self._queue.values(), key=lambda queued: (queued.since_ms, queued.pair_id))
+        held = await self._available({(leg.ledger, leg.from_account) for queued in waiting for leg in queued.legs})
+        for queued in waiting:
+            short = [leg for leg in queued.legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
+            if queued.cutoff_ms < now_ms:
+                self._expire(queued, short)
+            elif not short:
+                for leg in queued.legs:
+                    held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
+                self._release(queued)
+
+    async def _available(self, accounts: set[tuple[str, str]]) -> dict[tuple[str, str, str], int]:
+        """What each account holds available, per asset; an account its ledger does not
+        say is taken to hold nothing (asked again at the next look)."""
+        held: dict[tuple[str, str, str], int] = {}
+
+        async def ask(ledger: str, account: str) -> None:
+            client = self.coordinator.client(ledger)
+            try:
+                answer = await client.query(QueryBalances(client.next_query_id(), ledger, account))
+            except (BusTimeout, BadReply, Rejected) as error:
+                log.debug("the queue could not ask %s for %s: %s", ledger, account, error)
+                return
+            for asset, balance in answer["balances"].items():
+                held[(ledger, account, asset)] = balance["available"]
+
+        async with trio.open_nursery() as nursery:
+            for ledger, account in sorted(accounts):
+                nursery.start_soon(ask, ledger, account)
+        return held
+
+    def _release(self, queued: Queued) -> None:
+        with self._db:
+            for side in queued.sides:
+                self._db.execute(
+                    "UPDATE instructions SET state = 'matched' WHERE party = ? AND id = ? AND state = 'queued'",
+                    (side.msg.party, side.msg.id),
+                )
+        del self._queue[queued.pair_id]
+        queued.released.set()
+
+    def _expire(self, queued: Queued, short: list[SettlementLeg]) -> None:
+        """Failed at its cut-off, with what was still lacking."""
+        lacking = short or list(queued.legs)
+        reason = "; ".join(
+            f"{leg.from_account} on {leg.ledger} lacked {format_amount(leg.asset, leg.amount)}" for leg in lacking
+        )
+        a, b = queued.sides
+        self._finish(
+            a,
+            b,
+            queued.pair_id,
+            None,
+            "failed",
+            Code.INSUFFICIENT_FUNDS.value,
+            f"not settled by its cut-off, the end of {a.one.settlement_date}: {reason}",
+            _lacking(lacking[0]),
+        )
+        del self._queue[queued.pair_id]
+        queued.expired = True
+        queued.released.set()
 
     async def _cancel_unmatched(self) -> None:
         while True:
