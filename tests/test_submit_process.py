@@ -33,6 +33,20 @@ def local_names(path: Path, name: str) -> list[str]:
     return [node.text for node in etree.parse(str(path)).iter() if etree.QName(node).localname == name]
 
 
+def sese023_pair(today: str, ref: str, units: int, amount_minor: int) -> dict[str, OneSided]:
+    """bank-a sells `units` of the bond to bank-b for `amount_minor` EUR cents, each side its own."""
+    return {
+        "bank-a": OneSided(
+            SESE_023, f"SELL-{ref}", "dvp", "deliver", "bank-a", "bank-b", today, today, BOND, units, "a-sec",
+            "EUR", amount_minor, "a-eur",
+        ),
+        "bank-b": OneSided(
+            SESE_023, f"BUY-{ref}", "dvp", "receive", "bank-b", "bank-a", today, today, "EUR", amount_minor,
+            "b-eur", BOND, units, "b-sec",
+        ),
+    }  # fmt: skip
+
+
 async def test_two_back_offices_submit_sese023_and_get_sese025_and_a_camt053(tmp_path, broker):
     world = standard_world(tmp_path / "world", broker=broker.url)
     ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
@@ -44,40 +58,7 @@ async def test_two_back_offices_submit_sese023_and_get_sese025_and_a_camt053(tmp
             await Local(world, bus, nursery).fund_standard(ledgers=("csd", "cbdc-eur"))
             nursery.cancel_scope.cancel()
         today = utc_date(ServiceClock().now_ms())
-        sides = {
-            "bank-a": OneSided(
-                SESE_023,
-                "SELL-7",
-                "dvp",
-                "deliver",
-                "bank-a",
-                "bank-b",
-                today,
-                today,
-                BOND,
-                40,
-                "a-sec",
-                "EUR",
-                4_100_000,
-                "a-eur",
-            ),
-            "bank-b": OneSided(
-                SESE_023,
-                "BUY-7",
-                "dvp",
-                "receive",
-                "bank-b",
-                "bank-a",
-                today,
-                today,
-                "EUR",
-                4_100_000,
-                "b-eur",
-                BOND,
-                40,
-                "b-sec",
-            ),
-        }
+        sides = sese023_pair(today, "7", 40, 4_100_000)
         common = ["--broker", broker.url, "--registry", str(world.registry_path)]
         outcomes = {}
         for party, one in sides.items():
@@ -243,6 +224,62 @@ async def test_an_issuer_pays_a_coupon_through_the_coordinator_process(tmp_path,
             str(86_399_000),
         )
         assert forged.returncode != 0 and "treasury" in forged.stdout + forged.stderr, forged.stdout + forged.stderr
+    finally:
+        for process in ledgers + [coordinator]:
+            process.stop()
+
+
+async def test_a_trade_short_of_cash_is_recycled_by_the_coordinator_process_until_the_cash_comes(tmp_path, broker):
+    """The settlement queue over real processes: bank-b lacks the cash, both back offices
+    are told PENDING (MONY) and nothing moves; cash paid in to bank-b's account is seen on
+    cbdc-eur's stream, and the trade settles without anyone sending anything again."""
+    world = standard_world(tmp_path / "world", broker=broker.url)
+    ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
+    coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
+    common = ["--broker", broker.url, "--registry", str(world.registry_path)]
+
+    def advices(party: str) -> list[str]:
+        said = lockstep("advices", *common, "--party", party, "--key", str(world.key_path(party)))
+        assert said.returncode == 0, said.stderr
+        return said.stdout.splitlines()
+
+    try:
+        async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
+            for process in ledgers + [coordinator]:
+                await process.ready(bus)
+            local = Local(world, bus, nursery)
+            await local.fund_standard(ledgers=("csd", "cbdc-eur"))
+            held = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
+            await local.instruct(
+                Transfer, "cbdc-eur", "bank-b", from_account="b-eur", to_account="a-eur", asset="EUR", amount=held
+            )
+            for party, one in sese023_pair(utc_date(ServiceClock().now_ms()), "8", 10, 1_000_000).items():
+                (tmp_path / f"{party}.xml").write_bytes(sese023.write(one))
+                sent = lockstep(
+                    "submit", str(tmp_path / f"{party}.xml"), *common, "--party", party,
+                    "--key", str(world.key_path(party)),
+                )  # fmt: skip
+                assert sent.returncode == 0, sent.stderr
+            with trio.fail_after(30):
+                while not (
+                    pending := [line for line in await trio.to_thread.run_sync(advices, "bank-b") if "PENDING" in line]
+                ):
+                    await trio.sleep(0.2)
+            (pending,) = pending
+            assert "MONY" in pending and "b-eur has EUR 0.00 available, needs EUR 10,000.00" in pending, pending
+            await trio.sleep(1)
+            assert (await local.balances("csd", "b-sec")).get(BOND, 0) == 0  # nothing moved meanwhile
+            await local.instruct(
+                Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=10**6
+            )
+            with trio.fail_after(30):
+                while not any("SETTLED" in line for line in await trio.to_thread.run_sync(advices, "bank-a")):
+                    await trio.sleep(0.2)
+            assert (await local.balances("csd", "b-sec"))[BOND] == 10
+            assert (await local.balances("cbdc-eur", "b-eur")).get("EUR", 0) == 0
+            nursery.cancel_scope.cancel()
+        statuses = [line.split()[1] for line in await trio.to_thread.run_sync(advices, "bank-b")]
+        assert statuses == ["MATCHED", "PENDING", "SETTLED"]
     finally:
         for process in ledgers + [coordinator]:
             process.stop()

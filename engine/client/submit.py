@@ -158,7 +158,7 @@ async def main(
                         status = item["status"]
         return status
 
-    return 0 if await on_bus(broker, follow) in ("settled", "matched", "unmatched") else 1
+    return 0 if await on_bus(broker, follow) in ("settled", "matched", "pending", "unmatched") else 1
 
 
 async def fetch(
