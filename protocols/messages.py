@@ -56,6 +56,10 @@ def ident(_: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise _invalid(attribute, "must be 1-64 characters of A-Z a-z 0-9 . _ : - starting alphanumeric")
 
 
+def flag(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, bool, "true or false")
+
+
 def attempt_number(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     _expect(attribute, value, int, "an integer")
     if not 0 <= value <= ATTEMPTS_MAX:
@@ -740,6 +744,20 @@ class Advices(Body):
     party: str = attrs.field(validator=ident)
     time_ms: int = attrs.field(validator=time_ms)
     items: tuple = ()
+
+
+@message("hold_instruction")
+@attrs.frozen
+class HoldInstruction(Body):
+    """A party holds its own settlement instruction (`hold`: it does not settle until
+    released) or releases it; signed by that party. Idempotent by `id`."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    party: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    instruction_id: str = attrs.field(validator=ident)
+    hold: bool = attrs.field(validator=flag)
 
 
 @message("query_settlement_advices")

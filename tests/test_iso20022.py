@@ -22,7 +22,16 @@ from xsdata.formats.dataclass.parsers.config import ParserConfig
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES, make_isin
 from protocols.iso20022 import camt053, pacs002, pacs009, read, sese023, sese024, sese025, xml
-from protocols.iso20022.model import PACS_009, SESE_023, Advice, Confirmation, OneSided, Statement, StatementEntry
+from protocols.iso20022.model import (
+    NORMAL_PRIORITY,
+    PACS_009,
+    SESE_023,
+    Advice,
+    Confirmation,
+    OneSided,
+    Statement,
+    StatementEntry,
+)
 
 OFFICIAL = XmlParser(config=ParserConfig(fail_on_unknown_properties=True, fail_on_unknown_attributes=True))
 NOW_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
@@ -111,6 +120,8 @@ def dvps(draw):
         takes_amount=takes[1],
         takes_account=takes[2],
         payment=payment,
+        hold=draw(st.booleans()),
+        priority=draw(st.integers(min_value=1, max_value=9999)),
     )
 
 
@@ -626,3 +637,15 @@ def test_a_mutated_document_is_read_or_refused_never_anything_else(fmt, edits):
         assert isinstance(read(fmt, bytes(document)), OneSided)
     except Rejected as error:
         assert error.field and error.reason
+
+
+def test_a_hold_and_a_priority_are_read_and_a_priority_of_zero_is_refused_naming_it():
+    one = attrs.evolve(DVP, hold=True, priority=2)
+    document = sese023.write(one)
+    assert read(SESE_023, document) == one
+    plain = read(SESE_023, sese023.write(DVP))
+    assert plain.priority == NORMAL_PRIORITY and not plain.hold
+    with pytest.raises(xml.Refused) as refused:
+        read(SESE_023, document.replace(b"<Nmrc>0002</Nmrc>", b"<Nmrc>0000</Nmrc>"))
+    (problem,) = refused.value.problems
+    assert problem.field.endswith("SttlmParams/Prty") and "0001" in problem.reason, problem

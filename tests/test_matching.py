@@ -30,6 +30,7 @@ from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.matching import DAY_MS, attempt_id
 from protocols.messages import (
     Advices,
+    HoldInstruction,
     Lock,
     Matched,
     QueryAdvices,
@@ -710,7 +711,7 @@ async def test_a_pair_lacking_cash_waits_in_the_queue_and_settles_once_the_cash_
         nursery.cancel_scope.cancel()
 
 
-async def test_a_pair_still_lacking_securities_at_its_cut_off_fails_with_lack(tmp_path, autojump_clock):
+async def test_pairs_still_short_or_held_at_their_cut_off_fail_with_lack_or_prea(tmp_path, autojump_clock):
     async with trio.open_nursery() as nursery:
         now_ms = ServiceClock().now_ms()
         skew_ms = DAY_MS - now_ms % DAY_MS - 120_000  # the day ends in two minutes
@@ -721,18 +722,112 @@ async def test_a_pair_still_lacking_securities_at_its_cut_off_fails_with_lack(tm
         await local.instruct(
             Transfer, "csd", "bank-a", from_account="a-sec", to_account="b-sec", asset=BOND, amount=held - 40
         )  # 40 left, 100 due
-        seller, buyer = dvp(utc_date(desk.local.coordinator.clock.now_ms()))
+        today = utc_date(desk.local.coordinator.clock.now_ms())
+        seller, buyer = dvp(today)
         await desk.send(desk.instruction(seller))
         await desk.send(desk.instruction(buyer))
         for party in ("bank-a", "bank-b"):
             assert reasons((await desk.until(party, "pending"))[-1]["document"])[0] == ("LACK", "TRAD")
+        a_fx, b_fx = pvp(today)  # an FX trade bank-a holds, by a message, before bank-b's side comes
+        await desk.send(desk.instruction(a_fx))
+        held = HoldInstruction("h-1", COORDINATOR, "bank-a", desk.now_ms(), "A-FX-1", True)
+        assert [
+            i["status"] for i in (await desk.send(sign(held, ("bank-a", local.world.keys["bank-a"])).encode())).items
+        ] == ["unmatched"]
+        await desk.send(desk.instruction(b_fx))
+        assert reasons((await desk.advices("bank-b"))[-1]["document"]) == (("PRCY",), "held by bank-a")
         before = await desk.balances()
         await trio.sleep(120)  # the cut-off passes
         for party in ("bank-a", "bank-b"):
-            failed = (await desk.until(party, "failed"))[-1]
-            codes, narrative = reasons(failed["document"])
+            failed = [i for i in await desk.until(party, "failed") if i["status"] == "failed"]
+            assert len(failed) == 2, failed
+            codes, narrative = reasons(failed[0]["document"])
             assert codes == ("LACK", "TRAD")
             assert "not settled by its cut-off" in narrative and "a-sec on csd lacked" in narrative, narrative
+            codes, narrative = reasons(failed[1]["document"])
+            assert codes == ("PREA" if party == "bank-a" else "PRCY",) and narrative.endswith("held by bank-a")
         assert await desk.balances() == before
         assert await desk.held_locks() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_held_instruction_waits_until_its_party_releases_it_and_only_its_party(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        keys = desk.local.world.keys
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        await desk.send(desk.instruction(attrs.evolve(seller, hold=True)))  # sese.023 HldInd
+        await desk.send(desk.instruction(buyer))
+        for party, code in (("bank-a", "PREA"), ("bank-b", "PRCY")):
+            (pending,) = [i for i in await desk.advices(party) if i["status"] == "pending"]
+            assert reasons(pending["document"]) == ((code, "TRAD"), "held by bank-a")
+        before = await desk.balances()
+        await trio.sleep(30)
+        assert await desk.balances() == before  # funded, but held
+
+        def hold(signer: str, hold: bool, hold_id: str = "h-1", party: str = "bank-a", instruction: str = "A-REF-1"):
+            msg = HoldInstruction(hold_id, COORDINATOR, party, desk.now_ms(), instruction, hold)
+            return sign(msg, (signer, keys[signer])).encode()
+
+        refused = {
+            "released by the counterparty": (hold("bank-b", False), Code.MISSING_SIGNATURE.value, "sigs"),
+            "its own, but none such": (
+                hold("bank-a", False, instruction="A-REF-9"),
+                "unknown_instruction",
+                "instruction_id",
+            ),
+        }
+        for case, (raw, code, field) in refused.items():
+            reply = await desk.send(raw)
+            assert (reply.phase, reply.reason_code, reply.reason.split(":")[0]) == ("rejected", code, field), case
+        assert await desk.balances() == before
+
+        release = hold("bank-a", False)
+        assert [i["status"] for i in (await desk.send(release)).items] == ["matched"]  # released
+        for party in ("bank-a", "bank-b"):
+            assert [i["status"] for i in await desk.until(party, "settled")][-2:] == ["matched", "settled"]
+        after = await desk.balances()
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+        assert [i["status"] for i in (await desk.send(release)).items] == ["settled"]  # again: its latest, no change
+        reused = await desk.send(hold("bank-a", True))
+        assert (reused.reason_code, reused.reason.split(":")[0]) == (Code.ID_REUSED.value, "id")
+        too_late = await desk.send(hold("bank-a", True, "h-2"))
+        assert (too_late.reason_code, too_late.reason) == (
+            Code.INVALID_FIELD.value,
+            "instruction_id: instruction A-REF-1 is settled already",
+        )
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_queue_serves_the_more_urgent_priority_first_when_the_cash_covers_one(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        local = desk.local
+        balance = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
+        await local.instruct(
+            Transfer, "cbdc-eur", "bank-b", from_account="b-eur", to_account="a-eur", asset="EUR", amount=balance
+        )
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        urgent = (  # sese.023 Prty 0002, queued after the first
+            attrs.evolve(seller, reference="A-REF-2", priority=2),
+            attrs.evolve(buyer, reference="B-REF-2"),
+        )
+        for count, pair in enumerate(((seller, buyer), urgent), 1):
+            for side in pair:
+                await desk.send(desk.instruction(side))
+            with trio.fail_after(60):
+                while [i["status"] for i in await desk.advices("bank-b")].count("pending") < count:
+                    await trio.sleep(0.1)
+        assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "pending", "matched", "pending"]
+        await local.instruct(
+            Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=99_000
+        )  # enough for one of them
+        settled = [i for i in await desk.until("bank-b", "settled") if i["status"] == "settled"]
+        assert [i["instruction_id"] for i in settled] == ["B-REF-2"]
+        await trio.sleep(30)
+        statuses = {i["instruction_id"]: i["status"] for i in await desk.advices("bank-b")}
+        assert statuses == {"B-REF-1": "pending", "B-REF-2": "settled"}
+        assert (await local.balances("cbdc-eur", "b-eur")).get("EUR", 0) == 0
         nursery.cancel_scope.cancel()

@@ -190,15 +190,27 @@ def _6_instructions_of(db: sqlite_utils.Database) -> None:
     db.execute(_INSTRUCTIONS_SETTLED_BY)
 
 
-_ATTEMPTS = "ALTER TABLE instructions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0"
+_QUEUE = (
+    "ALTER TABLE instructions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE instructions ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+)
+_HOLDS = (
+    "CREATE TABLE {exists}holds (party {text} NOT NULL, id {text} NOT NULL, raw {blob} NOT NULL, "
+    "PRIMARY KEY (party, id))"
+)
 
 
-def _7_attempts(db: sqlite_utils.Database) -> None:
-    """A matched pair's current try (protocols.matching.attempt_id), counted up each time
-    the settlement queue recycles it. (A table made by its desk, before this module
-    owned the schema, may have been made with it: see _3_desks.)"""
-    if "attempt" not in db["instructions"].columns_dict:
-        db.execute(_ATTEMPTS)
+def _7_queue(db: sqlite_utils.Database) -> None:
+    """The settlement queue: a matched pair's current try (protocols.matching.attempt_id),
+    counted up each time the queue recycles it; whether its party holds an instruction;
+    and each hold or release as received, so that one sent again changes nothing. (A
+    table made by its desk, before this module owned the schema, may have them: see
+    _3_desks.)"""
+    columns = db["instructions"].columns_dict
+    for statement in _QUEUE:
+        if statement.split()[5] not in columns:
+            db.execute(statement)
+    db.execute(_HOLDS.format(exists="IF NOT EXISTS ", text="TEXT", blob="BLOB"))
 
 
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
@@ -208,11 +220,11 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _4_transitions,
     _5_epochs,
     _6_instructions_of,
-    _7_attempts,
+    _7_queue,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # 1: settlements; 2: decision locks, the decision; 3: desks; 4: the log; 5: epochs; 6: a settlement's
-# instructions; 7: a matched pair's attempt
+# instructions; 7: the settlement queue
 
 
 class Connection(Protocol):
@@ -286,8 +298,12 @@ POSTGRES = (
     "EXECUTE FUNCTION decided_once_logged()",
     "CREATE TABLE epochs (epoch BIGINT PRIMARY KEY, pid INTEGER NOT NULL, opened_ms BIGINT NOT NULL)",
     _INSTRUCTIONS_SETTLED_BY,
-    _ATTEMPTS,
+    *_QUEUE,
+    _HOLDS.format(exists="", text=_TEXT, blob="BYTEA"),
 )
 # what brings a schema made whole at an earlier version to each later one (6 on: the
 # versions before it were never made in PostgreSQL by a release)
-POSTGRES_UPGRADES: dict[int, tuple[str, ...]] = {6: (_INSTRUCTIONS_SETTLED_BY,), 7: (_ATTEMPTS,)}
+POSTGRES_UPGRADES: dict[int, tuple[str, ...]] = {
+    6: (_INSTRUCTIONS_SETTLED_BY,),
+    7: (*_QUEUE, _HOLDS.format(exists="", text=_TEXT, blob="BYTEA")),
+}

@@ -9,20 +9,24 @@ coordinator's database before it is acted on or announced:
 
     unmatched --(other side agrees)--> matched --(settlement final)--> settled | failed
     unmatched --(its settlement date has passed)--> cancelled
-    matched --(a leg lacks securities or cash)--> queued
-    queued --(its ledgers' entries show both legs provided)--> matched (the next attempt)
+    matched --(a leg lacks securities or cash, or a side is held)--> queued
+    queued --(no side held, and its ledgers' entries show both legs provided)--> matched (the next attempt)
     queued --(its settlement date's cut-off has passed)--> failed
 
 A pair that fails for want of securities or cash is recycled, as a CSD does: it waits in
 the queue, and each time an entry lands on a ledger it pays on, the queue looks at the
-balances of every waiting pair's payers, oldest first, and releases those they now cover
-(each pair's amounts counted out of what the pairs before it take). A released pair is
+balances of every waiting pair's payers, by priority (sese.023 Prty) then oldest first,
+and releases those they now cover (each pair's amounts counted out of what the pairs
+before it take). A party may hold its own instruction (sese.023 HldInd, or a
+`hold_instruction`) and release it later: a pair with a side held waits in the queue
+whatever the balances. A released pair is
 tried again as a new attempt (protocols.matching.attempt_id): an attempt's settlement id
 is spent once tried, and the next is begun only after the one before it ended with
 nothing moved.
 
 Each party gets an advice for each step (sese.024: unmatched with the ISO reason,
-matched, pending with LACK or MONY while queued, failed with the reason, cancelled; a
+matched, pending with LACK or MONY while queued (PREA or PRCY while held), failed with
+the reason, cancelled; a
 sese.025 confirmation once settled; for a PvP, pacs.002), kept numbered per party and
 read with `query_advices`."""
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import trio
@@ -60,6 +65,7 @@ from protocols.journal import ChainBroken
 from protocols.messages import (
     ATTEMPTS_MAX,
     Advices,
+    HoldInstruction,
     Matched,
     QueryAdvices,
     QueryBalances,
@@ -122,9 +128,16 @@ class Queued:
     sides: tuple[Side, Side]
     legs: tuple[SettlementLeg, ...]
     cutoff_ms: int  # the last moment of its settlement date
-    since_ms: int  # when it was first queued: the queue's order
+    since_ms: int  # when it was first queued: the queue's order, after priority
+    priority: int  # the more urgent of its sides' (the lower number)
+    held: set[str]  # the parties holding their side
     released: trio.Event = attrs.field(factory=trio.Event)
     expired: bool = False  # set with `released` when it is failed at its cut-off instead
+
+
+def _on_hold(side: Side, holders: set[str] | frozenset[str]) -> str:
+    """The ISO 20022 reason for a side of a held pair: its own hold, or its counterparty's."""
+    return "PREA" if side.msg.party in holders else "PRCY"
 
 
 def _lacking(leg: SettlementLeg) -> str:
@@ -135,7 +148,7 @@ def _lacking(leg: SettlementLeg) -> str:
 class MatchingDesk(Desk):
     """Its unit of work: a matched pair, settled by the id of its settlement."""
 
-    messages = (SettlementInstruction, QueryAdvices, QuerySettlementAdvices)
+    messages = (SettlementInstruction, HoldInstruction, QueryAdvices, QuerySettlementAdvices)
 
     def __init__(self, coordinator: Coordinator, places: Mapping[str, str] | None = None) -> None:
         """`places`: the ledger that settles each asset, where more than one carries it;
@@ -163,6 +176,8 @@ class MatchingDesk(Desk):
                 raise Rejected(Code.NOT_AUTHORISED, "party", f"{signed.msg.party!r} does not hold the observer role")
             return self._settlement_advices(signed.msg.settlement_id)
         async with self._matching:  # one instruction at a time: no side is matched twice
+            if isinstance(signed.msg, HoldInstruction):
+                return self._set_hold(signed)
             return await self.instruct(signed)
 
     def _advices(self, query: QueryAdvices) -> bytes:
@@ -249,8 +264,54 @@ class MatchingDesk(Desk):
         self._changed.set()
         return self._latest_advice(msg.party, msg.id)
 
-    def _authenticated(self, signed: Signed) -> SettlementInstruction:
-        msg: SettlementInstruction = signed.msg
+    def _set_hold(self, signed: Signed) -> bytes:
+        """Hold or release the party's own instruction, before its pair's next try (a try
+        under way goes on); the reply is the instruction's latest advice. The same id
+        again changes nothing; with other content it is refused."""
+        msg: HoldInstruction = self._authenticated(signed)
+        row = self._db.execute("SELECT raw FROM holds WHERE party = ? AND id = ?", (msg.party, msg.id)).fetchone()
+        if row is not None:
+            if bytes(row[0]) != signed.encode():
+                raise Rejected(Code.ID_REUSED, "id", f"hold {msg.id} of {msg.party} was sent with other content")
+            return self._latest_advice(msg.party, msg.instruction_id)
+        found = self._db.execute(
+            "SELECT state, settlement_id FROM instructions WHERE party = ? AND id = ?",
+            (msg.party, msg.instruction_id),
+        ).fetchone()
+        if found is None:
+            raise Rejected(
+                Code.UNKNOWN_INSTRUCTION, "instruction_id", f"{msg.party} has no instruction {msg.instruction_id}"
+            )
+        state, pair_id = found
+        if state not in ("unmatched", "matched", "queued"):
+            raise Rejected(Code.INVALID_FIELD, "instruction_id", f"instruction {msg.instruction_id} is {state} already")
+        now_ms = self.coordinator.clock.now_ms()
+        queued = self._queue.get(pair_id) if pair_id else None
+        with self._db:
+            self._db.execute(
+                "INSERT INTO holds (party, id, raw) VALUES (?, ?, ?)", (msg.party, msg.id, signed.encode())
+            )
+            self._db.execute(
+                "UPDATE instructions SET held = ? WHERE party = ? AND id = ?",
+                (int(msg.hold), msg.party, msg.instruction_id),
+            )
+            if queued is not None:
+                holders = queued.held | {msg.party} if msg.hold else queued.held - {msg.party}
+                for each in queued.sides:
+                    if holders:
+                        why = f"held by {', '.join(sorted(holders))}"
+                        self._advise(each, "pending", pair_id, _on_hold(each, holders), why, now_ms)
+                    else:
+                        self._advise(each, "matched", pair_id, "", f"released by {msg.party}", now_ms)
+        if queued is not None:
+            queued.held = holders
+            self._stirred.set()
+        log.info("instruction %s of %s %s", msg.instruction_id, msg.party, "held" if msg.hold else "released")
+        return self._latest_advice(msg.party, msg.instruction_id)
+
+    def _authenticated(self, signed: Signed) -> Any:
+        """The message (an instruction, a hold), signed by its party and for this coordinator."""
+        msg = signed.msg
         registry = self.coordinator.registry
         registry.verify_all(signed)
         registry.signed_by(signed, (msg.party,))
@@ -382,19 +443,31 @@ class MatchingDesk(Desk):
             self._advise(side, "unmatched", None, code, reason, now_ms)
 
     def _add_matched(self, side: Side, other: Side, settlement_id: str, now_ms: int) -> None:
+        """Both sides matched; queued at once, each party told why, where a side is held."""
+        holders = {each.msg.party for each in (side, other) if self._held(each)}
+        state = "queued" if holders else "matched"
         with self._db:
-            self._insert(side, "matched", settlement_id, now_ms)
+            self._insert(side, state, settlement_id, now_ms)
             self._db.execute(
-                "UPDATE instructions SET state = 'matched', settlement_id = ? WHERE party = ? AND id = ?",
-                (settlement_id, other.msg.party, other.msg.id),
+                "UPDATE instructions SET state = ?, settlement_id = ? WHERE party = ? AND id = ?",
+                (state, settlement_id, other.msg.party, other.msg.id),
             )
             for each in (other, side):
                 self._advise(each, "matched", settlement_id, "", f"matched with {each.one.counterparty}", now_ms)
+            for each in (other, side) if holders else ():
+                why = f"held by {', '.join(sorted(holders))}"
+                self._advise(each, "pending", settlement_id, _on_hold(each, holders), why, now_ms)
+
+    def _held(self, side: Side) -> bool:
+        row = self._db.execute(
+            "SELECT held FROM instructions WHERE party = ? AND id = ?", (side.msg.party, side.msg.id)
+        ).fetchone()
+        return bool(row[0]) if row is not None else side.one.hold
 
     def _insert(self, side: Side, state: str, settlement_id: str | None, now_ms: int) -> None:
         self._db.execute(
             "INSERT INTO instructions (party, id, raw, counterparty, settlement_date, state, settlement_id, "
-            "received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "received_ms, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 side.msg.party,
                 side.msg.id,
@@ -404,6 +477,7 @@ class MatchingDesk(Desk):
                 state,
                 settlement_id,
                 now_ms,
+                int(side.one.hold),
             ),
         )
 
@@ -476,7 +550,10 @@ class MatchingDesk(Desk):
         ).fetchone()[0]
         legs = terms_of(await self._matched(a, b, attempt), None).legs
         now_ms = self.coordinator.clock.now_ms()
-        queued = Queued(pair_id, (a, b), legs, matching.day_window(a.one.settlement_date)[1], now_ms)
+        cutoff_ms = matching.day_window(a.one.settlement_date)[1]
+        priority = min(a.one.priority, b.one.priority)
+        holders = {side.msg.party for side in (a, b) if self._held(side)}
+        queued = Queued(pair_id, (a, b), legs, cutoff_ms, now_ms, priority, holders)
         self._queue[pair_id] = queued
         self._stirred.set()
         return queued
@@ -490,7 +567,7 @@ class MatchingDesk(Desk):
         outcome: str,
         code: str,
         reason: str,
-        iso: str | None = None,
+        iso: str | Mapping[str, str] | None = None,
     ) -> None:
         """Each party's last advice, and the instructions' end state, in one transaction;
         `iso`: the ISO reason for both parties, where it is not the one `code` maps to."""
@@ -504,7 +581,8 @@ class MatchingDesk(Desk):
                 if settled_ms is not None:
                     self._confirm(side, settlement_id, settled_ms, now_ms)
                 else:
-                    why = iso or _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[side.one.gives_asset in CURRENCIES]
+                    why = iso.get(side.msg.party) if isinstance(iso, Mapping) else iso
+                    why = why or _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[side.one.gives_asset in CURRENCIES]
                     self._advise(side, "failed", settlement_id, why, f"{outcome}: {code}: {reason}", now_ms)
         log.info("matched settlement %s %s", settlement_id, outcome)
 
@@ -605,13 +683,13 @@ class MatchingDesk(Desk):
         """Fail what is past its cut-off; release, oldest first, each pair whose payers
         hold what it pays after the pairs released before it."""
         now_ms = self.coordinator.clock.now_ms()
-        waiting = sorted(self._queue.values(), key=lambda queued: (queued.since_ms, queued.pair_id))
+        waiting = sorted(self._queue.values(), key=lambda queued: (queued.priority, queued.since_ms, queued.pair_id))
         held = await self._available({(leg.ledger, leg.from_account) for queued in waiting for leg in queued.legs})
         for queued in waiting:
             short = [leg for leg in queued.legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
             if queued.cutoff_ms < now_ms:
                 self._expire(queued, short)
-            elif not short:
+            elif not short and not queued.held:
                 for leg in queued.legs:
                     held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
                 self._release(queued)
@@ -647,22 +725,20 @@ class MatchingDesk(Desk):
         queued.released.set()
 
     def _expire(self, queued: Queued, short: list[SettlementLeg]) -> None:
-        """Failed at its cut-off, with what was still lacking."""
-        lacking = short or list(queued.legs)
-        reason = "; ".join(
-            f"{leg.from_account} on {leg.ledger} lacked {format_amount(leg.asset, leg.amount)}" for leg in lacking
-        )
+        """Failed at its cut-off, with what was still lacking, or who still held it."""
         a, b = queued.sides
-        self._finish(
-            a,
-            b,
-            queued.pair_id,
-            None,
-            "failed",
-            Code.INSUFFICIENT_FUNDS.value,
-            f"not settled by its cut-off, the end of {a.one.settlement_date}: {reason}",
-            _lacking(lacking[0]),
-        )
+        cutoff = f"not settled by its cut-off, the end of {a.one.settlement_date}"
+        if queued.held:
+            holders = ", ".join(sorted(queued.held))
+            why = {side.msg.party: _on_hold(side, queued.held) for side in (a, b)}
+            self._finish(a, b, queued.pair_id, None, "failed", "held", f"{cutoff}: held by {holders}", why)
+        else:
+            lacking = short or list(queued.legs)
+            reason = "; ".join(
+                f"{leg.from_account} on {leg.ledger} lacked {format_amount(leg.asset, leg.amount)}" for leg in lacking
+            )
+            code = Code.INSUFFICIENT_FUNDS.value
+            self._finish(a, b, queued.pair_id, None, "failed", code, f"{cutoff}: {reason}", _lacking(lacking[0]))
         del self._queue[queued.pair_id]
         queued.expired = True
         queued.released.set()

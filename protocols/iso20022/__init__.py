@@ -32,11 +32,18 @@ def read(format: str, document: str | bytes, names: Names | None = None) -> OneS
 
 def reasons(document: str) -> tuple[tuple[str, ...], str]:
     """What a status advice written by Lockstep says of why: its codes (`Cd`: the status
-    and its reason, such as LACK and MONY) and its first narrative, "" if none."""
+    and its reason, such as LACK and MONY; a pacs.002's reason, `Rsn/Prtry`) and its
+    first narrative, "" if none."""
     tree = etree.fromstring(document.encode(), xml.hardened_parser())
-    codes = tuple(node.text for node in tree.iter() if etree.QName(node).localname == "Cd" and node.text)
+    codes = tuple(node.text for node in tree.iter() if _is_code(node) and node.text)
     narratives = (node.text for node in tree.iter() if etree.QName(node).localname in _NARRATIVES and node.text)
     return codes, next(narratives, "")
 
 
 _NARRATIVES = ("AddtlRsnInf", "AddtlInf")
+
+
+def _is_code(node: etree._Element) -> bool:
+    name = etree.QName(node).localname
+    parent = node.getparent()
+    return name == "Cd" or (name == "Prtry" and parent is not None and etree.QName(parent).localname == "Rsn")

@@ -26,6 +26,9 @@ CAMT_053 = "camt.053.001.12"  # account statements
 Names = Callable[[str], str | None]
 
 
+NORMAL_PRIORITY = 4  # an instruction's priority when it states none (T2S: 1 reserved, 2 top, 3 high, 4 normal)
+
+
 @attrs.frozen
 class OneSided:
     """One counterparty's side of a trade, as its own document states it. Each side
@@ -66,6 +69,8 @@ class OneSided:
     face_amount: Decimal | None = None  # the quantity as the document gives a debt instrument's:
     # a face amount (FaceAmt), in the instrument's currency; its units are 0 until
     # sese023.in_units turns it into units by the instrument's denomination
+    hold: bool = False  # sese.023 HldInd: the party holds it, and it does not settle until released
+    priority: int = NORMAL_PRIORITY  # sese.023 Prty/Nmrc: the settlement queue serves lower numbers first
 
 
 @attrs.frozen

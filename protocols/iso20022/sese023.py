@@ -16,7 +16,7 @@ from ..errors import Code
 from ..identifiers import CURRENCIES, IDENT_PATTERN, bic11, isin_problem
 from ..money import format_amount
 from . import xml
-from .model import SESE_023, Denomination, Names, OneSided, Problem
+from .model import NORMAL_PRIORITY, SESE_023, Denomination, Names, OneSided, Problem
 
 SIDES = {"DELI": "deliver", "RECE": "receive"}
 FACE_FIELD = "document:/Document/SctiesSttlmTxInstr/QtyAndAcctDtls/SttlmQty/Qty/FaceAmt"
@@ -56,6 +56,7 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
     receiver = party_of(instruction, "RcvgSttlmPties/Pty1", names, findings)
     if deliverer and receiver and deliverer == receiver:
         findings.refuse(xml.find(instruction, "RcvgSttlmPties/Pty1"), "the receiver is the deliverer", "DEPT")
+    priority = _priority(instruction, findings)
     findings.done()
     assert trade_date and settlement_date and isin and quantity and safekeeping and cash and deliverer and receiver
     units, face = (quantity, None) if isinstance(quantity, int) else (0, quantity)
@@ -83,7 +84,26 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
         linked=tuple(ref.text for ref in instruction.iterfind("{*}Lnkgs/{*}Ref/*")),
         payment=payment,
         face_amount=face,
+        hold=_held(instruction),
+        priority=priority,
     )
+
+
+def _held(instruction: etree._Element) -> bool:
+    indicator = instruction.find("{*}SttlmParams/{*}HldInd/{*}Ind")
+    return indicator is not None and indicator.text in ("true", "1")
+
+
+def _priority(instruction: etree._Element, findings: xml.Findings) -> int:
+    """Prty/Nmrc, 0001 the most urgent; a proprietary priority is not one Lockstep orders by."""
+    given = instruction.find("{*}SttlmParams/{*}Prty")
+    if given is None:
+        return NORMAL_PRIORITY
+    number = given.find("{*}Nmrc")
+    if number is None or int(number.text or "0") < 1:
+        findings.refuse(given, "a priority is a number from 0001 (the most urgent) to 9999 (Nmrc)", "OTHR")
+        return NORMAL_PRIORITY
+    return int(number.text or "0")
 
 
 def _date(instruction: etree._Element, path: str, findings: xml.Findings, code: str, why: str) -> str | None:
@@ -245,6 +265,10 @@ def write(one: OneSided) -> bytes:
     xml.put(instruction, "QtyAndAcctDtls/SfkpgAcct/Id", dvp.safekeeping)
     if dvp.cash_account is not None:
         xml.put(instruction, "QtyAndAcctDtls/CshAcct/Prtry", dvp.cash_account)
+    if one.hold:
+        xml.put(instruction, "SttlmParams/HldInd/Ind", "true")
+    if one.priority != NORMAL_PRIORITY:
+        xml.put(instruction, "SttlmParams/Prty/Nmrc", f"{one.priority:04d}")
     xml.put(instruction, "SttlmParams/SctiesTxTp/Cd", "TRAD")
     put_party(instruction, "DlvrgSttlmPties", dvp.deliverer)
     put_party(instruction, "RcvgSttlmPties", dvp.receiver)
