@@ -29,6 +29,8 @@
                                          an issuer's coupon or redemption mandate to its paying agent
     lockstep submit FILE --broker URL --registry FILE --party ID --key FILE [--wait S] [--out DIR]
                                          send a sese.023 or pacs.009 instruction to the matching desk
+    lockstep hold ID --broker URL --registry FILE --party ID --key FILE [--release] [--id ID]
+                                         hold a party's own instruction at the matching desk, or release it
     lockstep advices --broker URL --registry FILE --party ID --key FILE [--from SEQ] [--out DIR]
                                          a party's status advices and confirmations (ISO 20022)
     lockstep statement --broker URL --registry FILE --ledger ID --account A --currency CCY [--out FILE]
@@ -227,6 +229,18 @@ def _submit(args: argparse.Namespace) -> int:
             args.id,
             args.wait,
             args.out,
+        )
+    if args.command == "hold":
+        return trio.run(
+            submit.hold,
+            args.broker,
+            args.registry,
+            args.coordinator,
+            args.party,
+            args.key,
+            args.instruction,
+            args.release,
+            args.id,
         )
     return trio.run(
         submit.fetch,
@@ -603,13 +617,23 @@ def parser() -> argparse.ArgumentParser:
             "first and signed with its key, to the matching desk; print each status advice (docs/ISO20022.md).",
         ),
         (
+            "hold",
+            "hold a party's own instruction at the matching desk, or release it",
+            "Hold the party's own settlement instruction, so that it does not settle until released, or "
+            "release it (--release); print its latest advice (docs/PROTOCOL.md, hold_instruction).",
+        ),
+        (
             "advices",
             "a party's status advices and confirmations from the matching desk",
             "Print every status advice and confirmation the matching desk wrote for a party, from a position on.",
         ),
     ):
         desk = command(name, text, description)
-        if name == "submit":
+        if name == "hold":
+            desk.add_argument("instruction", metavar="ID", help="the id of the party's instruction")
+            desk.add_argument("--release", action="store_true", help="release it (default: hold it)")
+            desk.add_argument("--id", help="this hold's own id, which makes it idempotent (default: hold-TIME)")
+        elif name == "submit":
             desk.add_argument("file", help="the ISO 20022 document (sese.023.001.11 or pacs.009.001.11)")
             desk.add_argument("--id", help="the instruction id (default: the document's own reference)")
             desk.add_argument(
@@ -630,11 +654,12 @@ def parser() -> argparse.ArgumentParser:
         )
         desk.add_argument("--party", required=True, metavar="ID", help="the instructing party (who signs)")
         desk.add_argument("--key", required=True, metavar="FILE", help="the party's private key (PEM, mode 600)")
-        desk.add_argument(
-            "--out",
-            metavar="DIR",
-            help="write each advice to this folder as PARTY-SEQ-STATUS.xml (default: none written)",
-        )
+        if name != "hold":
+            desk.add_argument(
+                "--out",
+                metavar="DIR",
+                help="write each advice to this folder as PARTY-SEQ-STATUS.xml (default: none written)",
+            )
         desk.set_defaults(run=_submit)
 
     statement = command(

@@ -231,8 +231,9 @@ async def test_an_issuer_pays_a_coupon_through_the_coordinator_process(tmp_path,
 
 async def test_a_trade_short_of_cash_is_recycled_by_the_coordinator_process_until_the_cash_comes(tmp_path, broker):
     """The settlement queue over real processes: bank-b lacks the cash, both back offices
-    are told PENDING (MONY) and nothing moves; cash paid in to bank-b's account is seen on
-    cbdc-eur's stream, and the trade settles without anyone sending anything again."""
+    are told PENDING (MONY) and nothing moves; bank-b holds its instruction (`lockstep
+    hold`), so the cash paid in to its account moves nothing either; released, the trade
+    settles without anyone sending anything again."""
     world = standard_world(tmp_path / "world", broker=broker.url)
     ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
     coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
@@ -267,11 +268,19 @@ async def test_a_trade_short_of_cash_is_recycled_by_the_coordinator_process_unti
                     await trio.sleep(0.2)
             (pending,) = pending
             assert "MONY" in pending and "b-eur has EUR 0.00 available, needs EUR 10,000.00" in pending, pending
-            await trio.sleep(1)
-            assert (await local.balances("csd", "b-sec")).get(BOND, 0) == 0  # nothing moved meanwhile
+            held = lockstep("hold", "BUY-8", *common, "--party", "bank-b", "--key", str(world.key_path("bank-b")))
+            assert held.returncode == 0 and "PENDING   BUY-8 sese.024.001.12  PREA/TRAD: held by bank-b" in held.stdout
             await local.instruct(
                 Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=10**6
             )
+            await trio.sleep(2)
+            assert (await local.balances("csd", "b-sec")).get(BOND, 0) == 0  # provided, but held: nothing moves
+            released = await trio.to_thread.run_sync(
+                lambda: lockstep(
+                    "hold", "BUY-8", "--release", *common, "--party", "bank-b", "--key", str(world.key_path("bank-b"))
+                )
+            )
+            assert released.returncode == 0 and "MATCHED   BUY-8" in released.stdout, released
             with trio.fail_after(30):
                 while not any("SETTLED" in line for line in await trio.to_thread.run_sync(advices, "bank-a")):
                     await trio.sleep(0.2)
@@ -279,7 +288,7 @@ async def test_a_trade_short_of_cash_is_recycled_by_the_coordinator_process_unti
             assert (await local.balances("cbdc-eur", "b-eur")).get("EUR", 0) == 0
             nursery.cancel_scope.cancel()
         statuses = [line.split()[1] for line in await trio.to_thread.run_sync(advices, "bank-b")]
-        assert statuses == ["MATCHED", "PENDING", "SETTLED"]
+        assert statuses == ["MATCHED", "PENDING", "PENDING", "MATCHED", "SETTLED"]
     finally:
         for process in ledgers + [coordinator]:
             process.stop()

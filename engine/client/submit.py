@@ -1,5 +1,5 @@
-"""`lockstep submit FILE` and `lockstep advices`: a back office's side of the matching
-desk. The document (sese.023 or pacs.009) is read and validated here first, so a bad
+"""`lockstep submit FILE`, `lockstep hold ID` and `lockstep advices`: a back office's side
+of the matching desk. The document (sese.023 or pacs.009) is read and validated here first, so a bad
 one is refused before it leaves, then signed with the party's key and sent; the
 coordinator's status advices and confirmations come back as ISO 20022 documents,
 written to a folder one file each and summarised one line each."""
@@ -18,7 +18,14 @@ from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason, read_bytes
 from protocols.iso20022 import read, reasons
 from protocols.iso20022.model import FORMATS
-from protocols.messages import IDENT_PATTERN, Advices, QueryAdvices, SettlementInstruction, SettlementStatus
+from protocols.messages import (
+    IDENT_PATTERN,
+    Advices,
+    HoldInstruction,
+    QueryAdvices,
+    SettlementInstruction,
+    SettlementStatus,
+)
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, from_wire, sign
 
@@ -79,7 +86,7 @@ class DeskClient:
         assert isinstance(signed.msg, Advices)
         return signed.msg.items
 
-    async def submit(self, msg: SettlementInstruction) -> list[dict]:
+    async def submit(self, msg: SettlementInstruction | HoldInstruction) -> list[dict]:
         return await self._ask(sign(msg, (self.party, self.key)).encode())
 
     async def advices(self, from_seq: int) -> list[dict]:
@@ -159,6 +166,30 @@ async def main(
         return status
 
     return 0 if await on_bus(broker, follow) in ("settled", "matched", "pending", "unmatched") else 1
+
+
+async def hold(
+    broker: str,
+    registry_path: str,
+    coordinator: str,
+    party: str,
+    key_file: str,
+    instruction: str,
+    release: bool,
+    given_id: str | None,
+) -> int:
+    """`lockstep hold`: hold the party's own instruction, or release it; print its latest advice."""
+    registry, key = _load(registry_path, key_file, coordinator)
+
+    async def send(bus: Bus) -> int:
+        desk = DeskClient(bus, registry, coordinator, party, key)
+        now_ms = desk.clock.now_ms()
+        msg = HoldInstruction(given_id or f"hold-{now_ms}", coordinator, party, now_ms, instruction, not release)
+        for item in await desk.submit(msg):
+            print(summary(item), flush=True)
+        return 0
+
+    return await on_bus(broker, send)
 
 
 async def fetch(
