@@ -831,3 +831,51 @@ async def test_the_queue_serves_the_more_urgent_priority_first_when_the_cash_cov
         assert statuses == {"B-REF-1": "pending", "B-REF-2": "settled"}
         assert (await local.balances("cbdc-eur", "b-eur")).get("EUR", 0) == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_queued_pair_survives_restarts_queued_and_mid_try_and_settles_once(tmp_path, autojump_clock):
+    """The coordinator killed while the pair waits (the cash paid in while it is down),
+    and again as the released try places its locks: each restart takes the pair up where
+    its journal left it, and the trade settles once, by its second try."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        coordinator, scope = await desk.start_coordinator()
+        local = desk.local
+        balance = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
+        await local.instruct(
+            Transfer, "cbdc-eur", "bank-b", from_account="b-eur", to_account="a-eur", asset="EUR", amount=balance
+        )
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        await desk.send(desk.instruction(seller))
+        (matched,) = (await desk.send(desk.instruction(buyer))).items
+        await desk.until("bank-b", "pending")
+        scope.cancel()  # killed while the pair waits
+        await local.instruct(
+            Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=99_000
+        )
+        before = await desk.balances()
+        killed = trio.Event()
+        coordinator, scope = await desk.start_coordinator()
+
+        def kill_on_locking(record):
+            if record.phase.value == "locking" and not killed.is_set():
+                scope.cancel()
+                killed.set()
+
+        coordinator.on_phase = kill_on_locking
+        await killed.wait()
+        await trio.sleep(TIMING.lock_wait_ms / 2000)
+        coordinator, _ = await desk.start_coordinator()
+        for party in ("bank-a", "bank-b"):
+            statuses = [i["status"] for i in await desk.until(party, "settled")]
+            assert statuses.count("settled") == 1 and statuses.count("pending") == 1, statuses
+        after = await desk.balances()
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+        assert after[("cbdc-eur", "b-eur")]["EUR"] == before[("cbdc-eur", "b-eur")]["EUR"] - 99_000
+        pair_id = matched["settlement_id"]
+        assert coordinator.journal.get(attempt_id(pair_id, 1)).phase is Phase.SETTLED
+        assert coordinator.journal.get(attempt_id(pair_id, 2)) is None
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
