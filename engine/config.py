@@ -25,10 +25,21 @@ lock_wait_ms = 2000
 claim_deadline_ms = 4000
 clock_skew_ms_max = 1000
 backstop_ms = 14400000                # when a decision lock's ledger refunds it by itself
+
+[settlement_queue]                    # optional (engine/desks/calendar.py): a matched pair
+past_cutoff = "recycle"               # still queued at its cut-off fails ("fail", the default)
+recycle_days = 20                     # or waits for its next settlement day, this many at most
+
+[calendars.csd]                       # optional, per ledger: its settlement days and cut-off
+cutoff = "16:00"                      # UTC; no try begins later that day (default: 24:00)
+weekends = false                      # default: true, it settles every day (24/7)
+holidays = ["2026-12-25", "2027-01-01"]
 """
 
 from __future__ import annotations
 
+import datetime
+import re
 from pathlib import Path
 
 import attrs
@@ -38,6 +49,8 @@ from protocols.bus.exposition import metrics_setting
 from protocols.databases import is_postgres
 from protocols.failures import ExpectedFailure, read_toml
 from protocols.settlement import Timing
+
+from .desks.calendar import FAIL, RECYCLE, Calendar, Calendars
 
 INTAKE_MAX = 512  # back offices' settlements in flight by default; a new one past it is refused `busy`
 IN_FLIGHT_MAX = 10_000  # settlements a coordinator drives at once: no intake may be larger
@@ -60,6 +73,7 @@ class CoordinatorConfig:
     settlement_ledgers: dict[str, str] = attrs.field(factory=dict)  # asset -> the ledger that settles it
     intake_max: int = INTAKE_MAX
     watchtower: bool = False  # a watchtower inside the coordinator, for the ledgers in `ledgers`
+    calendars: Calendars = attrs.field(factory=Calendars)  # the matching desk's settlement days and cut-offs
 
     @classmethod
     def load(cls, path: str | Path) -> CoordinatorConfig:
@@ -83,6 +97,8 @@ class CoordinatorConfig:
             "settlement_ledgers",
             "intake_max",
             "watchtower",
+            "settlement_queue",
+            "calendars",
         }
         for key in data:
             if key not in known:
@@ -120,6 +136,7 @@ class CoordinatorConfig:
             metrics = metrics_setting(data)
         except ValueError as error:
             raise ConfigError(source, f"metrics: {error}") from None
+        calendars = _calendars(source, data.get("settlement_queue", {}), data.get("calendars", {}))
         return cls(
             data["coordinator_id"],
             base / data["key_file"],
@@ -132,4 +149,44 @@ class CoordinatorConfig:
             places,
             intake_max,
             watchtower,
+            calendars,
         )
+
+
+def _calendars(source: str, queue: object, tables: object) -> Calendars:
+    """[settlement_queue] and [calendars.LEDGER], each fault named with its setting."""
+    if not isinstance(queue, dict) or set(queue) - {"past_cutoff", "recycle_days"}:
+        raise ConfigError(source, "settlement_queue: a table of past_cutoff and recycle_days")
+    past_cutoff = queue.get("past_cutoff", FAIL)
+    if past_cutoff not in (FAIL, RECYCLE):
+        raise ConfigError(source, f"settlement_queue.past_cutoff: {FAIL!r} or {RECYCLE!r}")
+    recycle_days = queue.get("recycle_days", 20)
+    if not isinstance(recycle_days, int) or isinstance(recycle_days, bool) or not 0 <= recycle_days <= 40:
+        raise ConfigError(source, "settlement_queue.recycle_days: a whole number from 0 to 40")
+    if not isinstance(tables, dict):
+        raise ConfigError(source, "calendars: a table of [calendars.LEDGER] tables")
+    ledgers = {}
+    for ledger, table in tables.items():
+        where = f"calendars.{ledger}"
+        if not isinstance(table, dict) or set(table) - {"cutoff", "weekends", "holidays"}:
+            raise ConfigError(source, f"{where}: a table of cutoff, weekends and holidays")
+        cutoff = table.get("cutoff", "24:00")
+        found = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)|24:00", cutoff) if isinstance(cutoff, str) else None
+        if found is None:
+            raise ConfigError(source, f"{where}.cutoff: a time of day HH:MM, UTC, up to 24:00")
+        hours, minutes = (24, 0) if found.group(1) is None else (int(found.group(1)), int(found.group(2)))
+        weekends = table.get("weekends", True)
+        if not isinstance(weekends, bool):
+            raise ConfigError(source, f"{where}.weekends: true or false")
+        holidays = table.get("holidays", [])
+        if not isinstance(holidays, list) or not all(_is_date(day) for day in holidays):
+            raise ConfigError(source, f"{where}.holidays: a list of dates YYYY-MM-DD")
+        ledgers[ledger] = Calendar(weekends, frozenset(holidays), (hours * 60 + minutes) * 60_000)
+    return Calendars(ledgers, past_cutoff, recycle_days)
+
+
+def _is_date(value: object) -> bool:
+    try:
+        return isinstance(value, str) and datetime.date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False

@@ -198,7 +198,7 @@ class _Part:
                     config.ledgers if config.watchtower else (),
                     intake_max=config.intake_max,
                 )
-                coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers))
+                coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers, config.calendars))
                 coordinator.add_desk(ServicingDesk(coordinator))
                 coordinator.add_desk(RepoDesk(coordinator))
                 coordinator_metrics = CoordinatorMetrics(coordinator)  # before any settlement is resumed

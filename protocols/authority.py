@@ -163,7 +163,9 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         into = mine.pays_into or theirs.takes_account  # a PvP leg names the account it pays into
         assert mine.gives_asset and mine.gives_account and into, "read and matched"
         legs.append(SettlementLeg(ledger, mine.gives_account, into, mine.gives_asset, mine.gives_amount))
-    not_before_ms, deadline_ms = matching.day_window(a.settlement_date)
+    not_before_ms, deadline_ms = matching.day_window(
+        matching.settlement_day(a.settlement_date, matched.settle_on, "settle_on")
+    )
     settlement_id = matching.attempt_id(matching.matched_id(sides[0][0].digest, sides[1][0].digest), matched.attempt)
     return Terms(
         settlement_id,

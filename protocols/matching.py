@@ -122,6 +122,24 @@ def pair_of(settlement_id: str) -> str:
     return settlement_id.split(".", 1)[0]
 
 
+LATE_DAYS_MAX = 60  # a recycled pair may settle this many calendar days after its intended date, no later
+
+
+def settlement_day(intended: str, settle_on: str | None, field: str) -> str:
+    """The day a matched pair's try settles on: its intended settlement date, or a later
+    one the queue recycled it to, within LATE_DAYS_MAX."""
+    if settle_on is None:
+        return intended
+    late = (datetime.date.fromisoformat(settle_on) - datetime.date.fromisoformat(intended)).days
+    if not 0 <= late <= LATE_DAYS_MAX:
+        raise Rejected(
+            Code.INVALID_FIELD,
+            field,
+            f"{settle_on} is not within {LATE_DAYS_MAX} days on from the intended settlement date {intended}",
+        )
+    return settle_on
+
+
 def day_window(date: str) -> tuple[int, int]:
     """The first and last millisecond (UTC) of a date: a matched trade settles within
     its intended settlement date."""

@@ -685,6 +685,8 @@ class Matched(Body):
     )
     # the pair's try, once the settlement queue recycles it (protocols.matching.attempt_id)
     attempt: int = attrs.field(default=0, validator=attempt_number, metadata=LATER)
+    # the day this try settles on, where the queue recycled the pair past its intended date
+    settle_on: str | None = attrs.field(default=None, validator=attrs.validators.optional(date), metadata=LATER)
 
 
 @message("corporate_action")

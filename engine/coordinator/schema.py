@@ -193,6 +193,7 @@ def _6_instructions_of(db: sqlite_utils.Database) -> None:
 _QUEUE = (
     "ALTER TABLE instructions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE instructions ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE instructions ADD COLUMN settle_on TEXT",
 )
 _HOLDS = (
     "CREATE TABLE {exists}holds (party {text} NOT NULL, id {text} NOT NULL, raw {blob} NOT NULL, "
@@ -203,9 +204,9 @@ _HOLDS = (
 def _7_queue(db: sqlite_utils.Database) -> None:
     """The settlement queue: a matched pair's current try (protocols.matching.attempt_id),
     counted up each time the queue recycles it; whether its party holds an instruction;
-    and each hold or release as received, so that one sent again changes nothing. (A
-    table made by its desk, before this module owned the schema, may have them: see
-    _3_desks.)"""
+    the pair's settlement day (engine/desks/calendar.py); and each hold or release as
+    received, so that one sent again changes nothing. (A table made by its desk, before
+    this module owned the schema, may have them: see _3_desks.)"""
     columns = db["instructions"].columns_dict
     for statement in _QUEUE:
         if statement.split()[5] not in columns:

@@ -83,8 +83,10 @@ from protocols.signing import Signed, from_wire
 
 from ..coordinator import Coordinator
 from .base import Desk
+from .calendar import Calendars
 
 log = logging.getLogger("lockstep.matching")
+ALWAYS_OPEN = Calendars()  # every ledger settles every day, to its end
 
 ADVICES_PAGE_MAX = 100
 SETTLING_MAX = 256  # matched settlements driven at once by this desk
@@ -127,7 +129,9 @@ class Queued:
     pair_id: str
     sides: tuple[Side, Side]
     legs: tuple[SettlementLeg, ...]
-    cutoff_ms: int  # the last moment of its settlement date
+    day: str  # its settlement day
+    opens_ms: int  # no try before this: the day's start
+    cutoff_ms: int  # nor after this: the day's cut-off on its ledgers
     since_ms: int  # when it was first queued: the queue's order, after priority
     priority: int  # the more urgent of its sides' (the lower number)
     held: set[str]  # the parties holding their side
@@ -150,10 +154,14 @@ class MatchingDesk(Desk):
 
     messages = (SettlementInstruction, HoldInstruction, QueryAdvices, QuerySettlementAdvices)
 
-    def __init__(self, coordinator: Coordinator, places: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, coordinator: Coordinator, places: Mapping[str, str] | None = None, calendars: Calendars = ALWAYS_OPEN
+    ) -> None:
         """`places`: the ledger that settles each asset, where more than one carries it;
-        others are found by asking every registered ledger what it carries."""
+        others are found by asking every registered ledger what it carries. `calendars`:
+        each ledger's settlement days and cut-off, and what the queue does at a cut-off."""
         super().__init__(coordinator)
+        self.calendars = calendars
         self._places = dict(places or {})
         self._changed = trio.Event()
         self._matching = trio.Lock()
@@ -393,16 +401,27 @@ class MatchingDesk(Desk):
 
     # -- matching --------------------------------------------------------------------------
 
-    async def _matched(self, a: Side, b: Side, attempt: int = 0) -> dict:
+    async def _matched(self, a: Side, b: Side, attempt: int = 0, day: str | None = None) -> dict:
+        """The pair as one `matched` authority, for its `attempt` on `day` (None, or its
+        intended date: that date)."""
+        settle_on = day if day is not None and day != a.one.settlement_date else None
         first, second = (a, b) if matching.leg_order(a.one, b.one)[0] is a.one else (b, a)
         paid = [side.one.gives_asset for side in (first, second) if side.one.gives_asset is not None]
         ledgers = tuple([await self._place(asset) for asset in paid])  # one leg free of payment
         signed = (first.signed.wire(), second.signed.wire())
         if a.one.face_amount is None and b.one.face_amount is None:
-            return to_body(Matched(self.coordinator.id, ledgers, signed, attempt=attempt))
+            return to_body(Matched(self.coordinator.id, ledgers, signed, attempt=attempt, settle_on=settle_on))
         denomination = await self._denomination(_instrument(a.one))
         return to_body(
-            Matched(self.coordinator.id, ledgers, signed, denomination.currency, denomination.face_value_minor, attempt)
+            Matched(
+                self.coordinator.id,
+                ledgers,
+                signed,
+                denomination.currency,
+                denomination.face_value_minor,
+                attempt,
+                settle_on,
+            )
         )
 
     async def _place(self, asset: str) -> str:
@@ -486,19 +505,31 @@ class MatchingDesk(Desk):
     async def _carry_out(self, settlement_id: str) -> None:
         """Settle a matched pair, trying again each time the queue releases it: again
         after a restart too (idempotent: the coordinator's journal knows what each
-        attempt did)."""
-        rows = self._db.execute(
-            "SELECT raw, state, attempt FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
+        attempt did). Each try is on the pair's settlement day, before its cut-off."""
+        raws = self._db.execute(
+            "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
         ).fetchall()
-        a, b = [await self._side(raw) for raw, _, _ in rows]
-        state, attempt = rows[0][1], rows[0][2]
+        a, b = [await self._side(raw) for (raw,) in raws]
         while True:
+            state, attempt, day = self._db.execute(
+                "SELECT state, attempt, settle_on FROM instructions WHERE party = ? AND id = ?",
+                (a.msg.party, a.msg.id),
+            ).fetchone()
             if state == "queued":
                 queued = await self._enqueue(settlement_id, a, b)
                 await queued.released.wait()
                 if queued.expired:
                     return
-            auth = await self._matched(a, b, attempt)
+                continue
+            ledgers = await self._ledgers(a, b)
+            if day is None:
+                day = self.calendars.day_of(ledgers, a.one.settlement_date) or a.one.settlement_date
+                self._set_day(a, b, day)
+            if self.coordinator.clock.now_ms() > self.calendars.cutoff_ms(ledgers, day):
+                if not self._roll(a, b, settlement_id, ledgers, day, "matched past its cut-off"):
+                    return
+                continue
+            auth = await self._matched(a, b, attempt, day)
             async with self._limit:
                 try:
                     record = await self.coordinator.settle(auth)
@@ -509,21 +540,38 @@ class MatchingDesk(Desk):
             if record.phase is Phase.SETTLED:
                 self._finish(a, b, settlement_id, record.steps[-1][1], "settled", "", "")
                 return
-            if not self._recyclable(record, a, attempt):
+            if not self._recyclable(record, attempt):
                 self._finish(a, b, settlement_id, None, record.phase.value, record.reason_code, record.reason)
                 return
-            attempt, state = attempt + 1, "queued"
-            await self._hold(a, b, settlement_id, attempt, terms_of(auth, None).legs, record.reason)
+            await self._hold(a, b, settlement_id, attempt + 1, terms_of(auth, None).legs, record.reason)
 
-    def _recyclable(self, record, side: Side, attempt: int) -> bool:
+    async def _ledgers(self, a: Side, b: Side) -> tuple[str, ...]:
+        """The ledgers the pair pays on."""
+        return tuple(leg.ledger for leg in terms_of(await self._matched(a, b), None).legs)
+
+    def _set_day(self, a: Side, b: Side, day: str) -> None:
+        with self._db:
+            for side in (a, b):
+                self._db.execute(
+                    "UPDATE instructions SET settle_on = ? WHERE party = ? AND id = ?",
+                    (day, side.msg.party, side.msg.id),
+                )
+
+    def _roll(self, a: Side, b: Side, pair_id: str, ledgers: tuple[str, ...], day: str, why: str) -> bool:
+        """Past the cut-off of `day`: recycled to its next settlement day (True), where
+        the desk recycles and the pair has not waited its days out; else failed, LATE."""
+        following = self.calendars.next_day(ledgers, a.one.settlement_date, day)
+        if following is not None:
+            self._set_day(a, b, following)
+            log.info("matched settlement %s recycled to %s: %s", pair_id, following, why)
+            return True
+        self._finish(a, b, pair_id, None, "failed", Code.EXPIRY_OUT_OF_RANGE.value, f"{why} on {day}", "LATE")
+        return False
+
+    def _recyclable(self, record, attempt: int) -> bool:
         """Whether a failed attempt goes back to the queue: it lacked securities or cash,
-        its settlement date's cut-off has not passed, and it may be tried again."""
-        _, cutoff_ms = matching.day_window(side.one.settlement_date)
-        return (
-            record.reason_code == Code.INSUFFICIENT_FUNDS.value
-            and self.coordinator.clock.now_ms() <= cutoff_ms
-            and attempt < ATTEMPTS_MAX
-        )
+        and it may be tried again (the queue sees to its cut-off)."""
+        return record.reason_code == Code.INSUFFICIENT_FUNDS.value and attempt < ATTEMPTS_MAX
 
     async def _hold(
         self, a: Side, b: Side, pair_id: str, attempt: int, legs: tuple[SettlementLeg, ...], reason: str
@@ -548,15 +596,26 @@ class MatchingDesk(Desk):
         attempt = self._db.execute(
             "SELECT attempt FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
         ).fetchone()[0]
+        day = self._db.execute(
+            "SELECT settle_on FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
+        ).fetchone()[0]
         legs = terms_of(await self._matched(a, b, attempt), None).legs
+        if day is None:
+            day = self.calendars.day_of([leg.ledger for leg in legs], a.one.settlement_date) or a.one.settlement_date
+            self._set_day(a, b, day)
         now_ms = self.coordinator.clock.now_ms()
-        cutoff_ms = matching.day_window(a.one.settlement_date)[1]
         priority = min(a.one.priority, b.one.priority)
         holders = {side.msg.party for side in (a, b) if self._held(side)}
-        queued = Queued(pair_id, (a, b), legs, cutoff_ms, now_ms, priority, holders)
+        queued = Queued(pair_id, (a, b), legs, day, 0, 0, now_ms, priority, holders)
+        self._on_day(queued, day)
         self._queue[pair_id] = queued
         self._stirred.set()
         return queued
+
+    def _on_day(self, queued: Queued, day: str) -> None:
+        ledgers = [leg.ledger for leg in queued.legs]
+        queued.day, queued.opens_ms = day, matching.day_window(day)[0]
+        queued.cutoff_ms = self.calendars.cutoff_ms(ledgers, day)
 
     def _finish(
         self,
@@ -659,11 +718,13 @@ class MatchingDesk(Desk):
                 while ledgers == {leg.ledger for queued in self._queue.values() for leg in queued.legs}:
                     self._stirred = trio.Event()
                     await self._look()
-                    cutoff_ms = min((queued.cutoff_ms for queued in self._queue.values()), default=None)
+                    now_ms = self.coordinator.clock.now_ms()
+                    moments = [q.cutoff_ms + 1 for q in self._queue.values()]
+                    moments += [q.opens_ms for q in self._queue.values() if q.opens_ms > now_ms]
                     wait_s = RECYCLE_POLL_S if self._queue else float("inf")
                     with trio.move_on_after(wait_s) as waiting:
-                        if cutoff_ms is not None:
-                            waiting.deadline = min(waiting.deadline, self.coordinator.clock.trio_time_at(cutoff_ms + 1))
+                        if moments:
+                            waiting.deadline = min(waiting.deadline, self.coordinator.clock.trio_time_at(min(moments)))
                         await self._stirred.wait()
                     await trio.sleep(RECYCLE_GAP_S)
                 watching.cancel_scope.cancel()
@@ -689,7 +750,7 @@ class MatchingDesk(Desk):
             short = [leg for leg in queued.legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
             if queued.cutoff_ms < now_ms:
                 self._expire(queued, short)
-            elif not short and not queued.held:
+            elif not short and not queued.held and queued.opens_ms <= now_ms:
                 for leg in queued.legs:
                     held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
                 self._release(queued)
@@ -725,8 +786,16 @@ class MatchingDesk(Desk):
         queued.released.set()
 
     def _expire(self, queued: Queued, short: list[SettlementLeg]) -> None:
-        """Failed at its cut-off, with what was still lacking, or who still held it."""
+        """At its cut-off: recycled to its next settlement day where the desk recycles
+        and it has days left; else failed, with what was still lacking, or who still
+        held it."""
         a, b = queued.sides
+        following = self.calendars.next_day([leg.ledger for leg in queued.legs], a.one.settlement_date, queued.day)
+        if following is not None:
+            self._set_day(a, b, following)
+            self._on_day(queued, following)
+            log.info("queued settlement %s recycled to %s", queued.pair_id, following)
+            return
         cutoff = f"not settled by its cut-off, the end of {a.one.settlement_date}"
         if queued.held:
             holders = ", ".join(sorted(queued.held))
