@@ -35,6 +35,8 @@
                                          a party's status advices and confirmations (ISO 20022)
     lockstep statement --broker URL --registry FILE --ledger ID --account A --currency CCY [--out FILE]
                                          a camt.053 statement of a cash account, from its journal
+    lockstep end-of-day --broker URL --registry FILE --party ID --key FILE --out DIR [--date D] [--cash L:A:CCY ...]
+                                         a participant's end-of-day report: camt.053s, its open instructions
 
 An expected failure (a file, key or config that cannot serve, the broker unreachable or
 refusing, a service that does not answer) ends the command with one line on stderr naming
@@ -268,6 +270,25 @@ def _statement(args: argparse.Namespace) -> int:
         args.to_seq,
         args.out,
     )
+
+
+def _end_of_day(args: argparse.Namespace) -> int:
+    from engine.client import end_of_day
+
+    date = args.date or datetime.datetime.now(datetime.UTC).date().isoformat()
+    return trio.run(
+        end_of_day.main, args.broker, args.registry, args.coordinator, args.party, args.key, date, args.cash, args.out
+    )
+
+
+def _cash_account(text: str) -> tuple[str, str, str]:
+    """An argparse type: LEDGER:ACCOUNT:CCY."""
+    from engine.client.end_of_day import cash_account
+
+    try:
+        return cash_account(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -683,6 +704,32 @@ def parser() -> argparse.ArgumentParser:
     )
     statement.add_argument("--out", metavar="FILE", help="write the document here (default: standard output)")
     statement.set_defaults(run=_statement)
+
+    eod = command(
+        "end-of-day",
+        "a participant's end-of-day report: camt.053 of its cash accounts, the advice of each open instruction",
+        "Write a participant's end-of-day report to a folder: a camt.053 statement of the day's bookings of "
+        "each --cash account, from its ledger's journal, checked; and the latest status advice (sese.024, or "
+        "pacs.002) of each of its instructions still open at the matching desk (unmatched, matched or pending).",
+    )
+    eod.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
+    eod.add_argument("--registry", required=True, metavar="FILE", help="the consortium's registry.toml")
+    eod.add_argument(
+        "--coordinator", default="coordinator", metavar="ID", help="the coordinator's id (default: coordinator)"
+    )
+    eod.add_argument("--party", required=True, metavar="ID", help="the participant (who signs its queries)")
+    eod.add_argument("--key", required=True, metavar="FILE", help="the party's private key (PEM, mode 600)")
+    eod.add_argument("--date", type=_date, metavar="YYYY-MM-DD", help="the settlement day, UTC (default: today)")
+    eod.add_argument(
+        "--cash",
+        action="append",
+        default=[],
+        type=_cash_account,
+        metavar="LEDGER:ACCOUNT:CCY",
+        help="a cash account to state the day's bookings of (again for more)",
+    )
+    eod.add_argument("--out", required=True, metavar="DIR", help="the folder the report's documents go to")
+    eod.set_defaults(run=_end_of_day)
 
     from engine.audit.journals import GRACE_MS
 

@@ -231,7 +231,8 @@ async def test_an_issuer_pays_a_coupon_through_the_coordinator_process(tmp_path,
 
 async def test_a_trade_short_of_cash_is_recycled_by_the_coordinator_process_until_the_cash_comes(tmp_path, broker):
     """The settlement queue over real processes: bank-b lacks the cash, both back offices
-    are told PENDING (MONY) and nothing moves; bank-b holds its instruction (`lockstep
+    are told PENDING (MONY) and nothing moves, and bank-b's end-of-day report shows it
+    open beside the day's camt.053; bank-b holds its instruction (`lockstep
     hold`), so the cash paid in to its account moves nothing either; released, the trade
     settles without anyone sending anything again."""
     world = standard_world(tmp_path / "world", broker=broker.url)
@@ -268,6 +269,20 @@ async def test_a_trade_short_of_cash_is_recycled_by_the_coordinator_process_unti
                     await trio.sleep(0.2)
             (pending,) = pending
             assert "MONY" in pending and "b-eur has EUR 0.00 available, needs EUR 10,000.00" in pending, pending
+            report = await trio.to_thread.run_sync(
+                lambda: lockstep(
+                    "end-of-day", *common, "--party", "bank-b", "--key", str(world.key_path("bank-b")),
+                    "--cash", "cbdc-eur:b-eur:EUR", "--out", str(tmp_path / "eod"),
+                )
+            )  # fmt: skip
+            assert report.returncode == 0, report.stderr
+            today = utc_date(ServiceClock().now_ms())
+            files = sorted(path.name for path in (tmp_path / "eod").iterdir())
+            assert files == [f"bank-b-{today}-camt053-cbdc-eur-b-eur-EUR.xml", f"bank-b-{today}-open-BUY-8-pending.xml"]
+            camt = tmp_path / "eod" / files[0]
+            assert local_names(camt, "Amt") == ["0.00", "0.00", "10000000000.00", "10000000000.00"]
+            assert local_names(camt, "CdtDbtInd")[2:] == ["CRDT", "DBIT"]  # issued, then paid away: the day's two
+            assert "MONY" in local_names(tmp_path / "eod" / files[1], "Cd")
             held = lockstep("hold", "BUY-8", *common, "--party", "bank-b", "--key", str(world.key_path("bank-b")))
             assert held.returncode == 0 and "PENDING   BUY-8 sese.024.001.12  PREA/TRAD: held by bank-b" in held.stdout
             await local.instruct(

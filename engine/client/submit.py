@@ -110,7 +110,7 @@ def save(item: dict, party: str, out: Path | None) -> None:
             raise ExpectedFailure(f"--out folder {out}", f"cannot write there: {file_reason(error)}") from None
 
 
-def _load(registry_path: str, key_file: str, coordinator: str) -> tuple[Registry, PrivateKey]:
+def load_party(registry_path: str, key_file: str, coordinator: str) -> tuple[Registry, PrivateKey]:
     registry, key = Registry.load(registry_path), PrivateKey.load(key_file)
     if coordinator not in registry:
         raise DaemonError(f"--coordinator {coordinator}", f"not in the registry {registry_path}")
@@ -129,7 +129,7 @@ async def main(
     out: str | None,
 ) -> int:
     """Submit; with `wait_s`, follow the instruction's advices until a final one."""
-    registry, key = _load(registry_path, key_file, coordinator)
+    registry, key = load_party(registry_path, key_file, coordinator)
     document = read_bytes("document", file)
     try:
         fmt = format_of(document)
@@ -179,7 +179,7 @@ async def hold(
     given_id: str | None,
 ) -> int:
     """`lockstep hold`: hold the party's own instruction, or release it; print its latest advice."""
-    registry, key = _load(registry_path, key_file, coordinator)
+    registry, key = load_party(registry_path, key_file, coordinator)
 
     async def send(bus: Bus) -> int:
         desk = DeskClient(bus, registry, coordinator, party, key)
@@ -196,7 +196,7 @@ async def fetch(
     broker: str, registry_path: str, coordinator: str, party: str, key_file: str, from_seq: int, out: str | None
 ) -> int:
     """`lockstep advices`: every advice of a party from a position on."""
-    registry, key = _load(registry_path, key_file, coordinator)
+    registry, key = load_party(registry_path, key_file, coordinator)
 
     async def page_through(bus: Bus) -> int:
         desk, position = DeskClient(bus, registry, coordinator, party, key), from_seq
