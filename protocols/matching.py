@@ -104,10 +104,13 @@ def leg_order(a: OneSided, b: OneSided) -> tuple[OneSided, OneSided]:
     return (a, b) if a.party < b.party else (b, a)
 
 
+MATCHED_PREFIX = "m-"  # every matched pair's settlement id begins so
+
+
 def matched_id(first_digest: bytes, second_digest: bytes) -> str:
     """The settlement id of a matched pair: the same whoever computes it, from the two
     signed instructions in leg order."""
-    return "m-" + hashlib.sha256(first_digest + second_digest).hexdigest()[:40]
+    return MATCHED_PREFIX + hashlib.sha256(first_digest + second_digest).hexdigest()[:40]
 
 
 def attempt_id(pair_id: str, attempt: int) -> str:

@@ -879,3 +879,24 @@ async def test_a_queued_pair_survives_restarts_queued_and_mid_try_and_settles_on
         report = await desk.audit()
         assert not report.violations, report.violations
         nursery.cancel_scope.cancel()
+
+
+async def test_the_audit_catches_a_matched_pair_settled_by_two_tries(tmp_path, autojump_clock):
+    """What the queue must never do, done on purpose with the coordinator's own hands: a
+    second try of a pair that had settled. The ledgers each see a valid try; the audit,
+    reading them together, names the pair and both tries."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        coordinator, _ = await desk.start_coordinator()
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        await desk.send(desk.instruction(seller))
+        (matched,) = (await desk.send(desk.instruction(buyer))).items
+        await desk.until("bank-b", "settled")
+        pair_id = matched["settlement_id"]
+        assert not (await desk.audit()).violations
+        again = {**decode(coordinator.journal.get(pair_id).instruction), "attempt": 1}
+        assert (await coordinator.settle(again)).phase is Phase.SETTLED
+        (violation,) = (await desk.audit()).violations
+        assert violation.kind.value == "settled_twice" and violation.settlement == pair_id
+        assert violation.reason == f"matched pair {pair_id} moved by 2 tries: {pair_id}, {attempt_id(pair_id, 1)}"
+        nursery.cancel_scope.cancel()

@@ -40,6 +40,7 @@ from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason
 from protocols.htlc import HeldLock, LockState
 from protocols.journal import GENESIS_HASH, ChainBroken, ChainChecker, Link, Replay, Tables, differences, verify_chain
+from protocols.matching import MATCHED_PREFIX, pair_of
 from protocols.messages import Entry, QueryJournal
 from protocols.money import format_amount, format_balance
 from protocols.registry import Registry, Role
@@ -64,6 +65,7 @@ class Kind(enum.Enum):
     CONSERVATION = "conservation"  # an entry creates or destroys value, or leaves a balance negative
     ONE_LEGGED = "one_legged"  # one leg claimed, the other beyond claiming
     LOCK_OVERDUE = "lock_overdue"  # still held past its refund time (expiry or backstop) plus the grace period
+    SETTLED_TWICE = "settled_twice"  # a matched pair moved by more than one of its tries
 
 
 @attrs.frozen
@@ -132,6 +134,7 @@ class LedgerJournal:
     ended: dict[str, At] = attrs.field(factory=dict)  # lock id -> its claim, cancel, abort or refund
     legs: dict[str, Terms] = attrs.field(factory=dict)  # lock id -> its settlement (from `auth`)
     settles: int = 0  # same-ledger settlements
+    settled: dict[str, At] = attrs.field(factory=dict)  # a same-ledger settlement's id -> its settle entry
     problems: list[Violation] = attrs.field(factory=list)
     broken_at: int | None = None
 
@@ -181,6 +184,8 @@ class LedgerJournal:
             raise _Unreplayable(forged)
         if entry.kind == "settle":
             self.settles += 1
+            if entry.instruction is not None and entry.instruction.get("auth") is not None:
+                self.settled[terms_of(entry.instruction["auth"], None).id] = at
         self.entries += 1
         self.head_hash, self.now_ms = entry_hash, entry.time_ms
 
@@ -396,13 +401,23 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
     terms = {t.settlement: t for journal in journals for t in journal.legs.values()}
     outcomes: Counter[str] = Counter()
     notes = []
+    moved: dict[str, list[tuple[str, tuple[At, ...]]]] = {}  # a matched pair -> its tries that moved a leg
     for _, t in sorted(terms.items()):
-        outcome, finding = judge(t, legs_of(t, by_ledger))
+        legs = legs_of(t, by_ledger)
+        outcome, finding = judge(t, legs)
         outcomes[outcome] += 1
         if isinstance(finding, Violation):
             violations.append(finding)
         elif finding is not None:
             notes.append(finding)
+        if any(leg.state == "claimed" for leg in legs):
+            moved.setdefault(pair_of(t.settlement), []).append(
+                (t.settlement, tuple(e for g in legs for e in g.entries))
+            )
+    for journal in journals:
+        for settlement, at in journal.settled.items():
+            moved.setdefault(pair_of(settlement), []).append((settlement, (at,)))
+    violations += _settled_twice(moved)
     return Report(
         tuple(journal.summary() for journal in journals),
         tuple(violations),
@@ -410,6 +425,21 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
         dict(outcomes),
         sum(journal.settles for journal in journals),
     )
+
+
+def _settled_twice(moved: Mapping[str, list[tuple[str, tuple[At, ...]]]]) -> Iterator[Violation]:
+    """A matched pair is settled by one try at most (protocols.matching.attempt_id): the
+    queue begins a try only after the one before it moved nothing."""
+    for pair, tries in sorted(moved.items()):
+        if pair.startswith(MATCHED_PREFIX) and len(tries) > 1:
+            entries = tuple(at for _, ats in tries for at in ats)
+            yield Violation(
+                Kind.SETTLED_TWICE,
+                f"matched pair {pair} moved by {len(tries)} tries: {', '.join(sorted(s for s, _ in tries))}",
+                tuple(dict.fromkeys(at.ledger for at in entries)),
+                entries,
+                pair,
+            )
 
 
 # -- reading ------------------------------------------------------------------------------------
