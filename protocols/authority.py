@@ -158,11 +158,15 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         raise Rejected(
             Code.INVALID_FIELD, "ledgers", f"names {len(matched.ledgers)} ledgers for the {len(paying)} legs matched"
         )
+    matching.check_part(a, b, matched.part_from, matched.part_to, "part_to")
     legs = []
     for ledger, mine, theirs in zip(matched.ledgers, paying, (second, first), strict=False):
         into = mine.pays_into or theirs.takes_account  # a PvP leg names the account it pays into
         assert mine.gives_asset and mine.gives_account and into, "read and matched"
-        legs.append(SettlementLeg(ledger, mine.gives_account, into, mine.gives_asset, mine.gives_amount))
+        amount = mine.gives_amount
+        if matched.part_to is not None:
+            amount = matching.part_of(mine, matched.part_from, matched.part_to)
+        legs.append(SettlementLeg(ledger, mine.gives_account, into, mine.gives_asset, amount))
     not_before_ms, deadline_ms = matching.day_window(
         matching.settlement_day(a.settlement_date, matched.settle_on, "settle_on")
     )

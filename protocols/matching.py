@@ -16,7 +16,7 @@ import hashlib
 import attrs
 
 from .errors import Code, Rejected
-from .iso20022.model import OneSided
+from .iso20022.model import OneSided, cash_through
 from .messages import ATTEMPTS_MAX
 from .money import format_amount
 
@@ -105,6 +105,41 @@ def leg_order(a: OneSided, b: OneSided) -> tuple[OneSided, OneSided]:
 
 
 MATCHED_PREFIX = "m-"  # every matched pair's settlement id begins so
+
+
+def part_of(one: OneSided, part_from: int, part_to: int) -> int:
+    """What one side of a DvP gives in the part from unit `part_from` to `part_to`: the
+    deliverer those units, the receiver the cash they come to."""
+    if one.side == "deliver":
+        return part_to - part_from
+    units = one.takes_amount
+    return cash_through(one.gives_amount, units, part_to) - cash_through(one.gives_amount, units, part_from)
+
+
+def check_part(a: OneSided, b: OneSided, part_from: int, part_to: int | None, field: str) -> None:
+    """A partial try is of a DvP both of whose instructions allow it, within the trade,
+    and pays some cash where the trade pays any."""
+    if part_to is None:
+        if part_from:
+            raise Rejected(Code.INVALID_FIELD, field, "part_from without part_to")
+        return
+    if a.kind != "dvp":
+        raise Rejected(Code.INVALID_FIELD, field, "only a DvP settles in parts")
+    for one in (a, b):
+        if not one.partial:
+            raise Rejected(
+                Code.NOT_AUTHORISED,
+                field,
+                f"{one.party}'s instruction does not allow partial settlement (PrtlSttlmInd)",
+            )
+    deliverer = a if a.side == "deliver" else b
+    if not 0 <= part_from < part_to <= deliverer.gives_amount:
+        raise Rejected(
+            Code.INVALID_FIELD, field, f"units {part_from} to {part_to} are not a part of the {deliverer.gives_amount}"
+        )
+    receiver = b if deliverer is a else a
+    if receiver.gives_asset is not None and part_of(receiver, part_from, part_to) == 0:
+        raise Rejected(Code.INVALID_FIELD, field, f"units {part_from} to {part_to} come to no cash")
 
 
 def matched_id(first_digest: bytes, second_digest: bytes) -> str:

@@ -687,6 +687,10 @@ class Matched(Body):
     attempt: int = attrs.field(default=0, validator=attempt_number, metadata=LATER)
     # the day this try settles on, where the queue recycled the pair past its intended date
     settle_on: str | None = attrs.field(default=None, validator=attrs.validators.optional(date), metadata=LATER)
+    # a partial try (protocols.matching.part_of): the instrument's units from `part_from`
+    # up to `part_to` of the trade's, and the cash they come to; None: the whole
+    part_from: int = attrs.field(default=0, validator=count, metadata=LATER)
+    part_to: int | None = attrs.field(default=None, validator=attrs.validators.optional(amount), metadata=LATER)
 
 
 @message("corporate_action")

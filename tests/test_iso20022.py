@@ -29,6 +29,7 @@ from protocols.iso20022.model import (
     Advice,
     Confirmation,
     OneSided,
+    Part,
     Statement,
     StatementEntry,
 )
@@ -122,6 +123,7 @@ def dvps(draw):
         payment=payment,
         hold=draw(st.booleans()),
         priority=draw(st.integers(min_value=1, max_value=9999)),
+        partial=draw(st.booleans()),
     )
 
 
@@ -244,6 +246,26 @@ def test_sese025_conforms_and_carries_the_settlement():
     assert parsed.qty_and_acct_dtls.sttld_qty.qty.unit == 100
     assert parsed.qty_and_acct_dtls.sfkpg_acct.id == "sec-a"
     assert str(parsed.sttld_amt.amt.value) == "1234.56" and parsed.sttld_amt.cdt_dbt_ind.value == "CRDT"
+
+
+def test_sese025_of_a_part_says_what_settled_before_and_what_remains_and_the_parts_add_up():
+    """123,456 cents for 100 units, settled as units 0-40 then 40-100: 493.82 then 740.74."""
+    first = OFFICIAL.from_bytes(
+        sese025.write(Confirmation("bank-a", "TX-1", "S-1", DVP, NOW_MS, Part(0, 40))), Sese02500111
+    ).scties_sttlm_tx_conf
+    assert first.addtl_params.prtl_sttlm.value == "PAIN"
+    quantities = first.qty_and_acct_dtls
+    assert (quantities.sttld_qty.qty.unit, quantities.rmng_to_be_sttld_qty.unit) == (40, 60)
+    assert quantities.prevsly_sttld_qty is None and quantities.prevsly_sttld_amt is None
+    assert (str(first.sttld_amt.amt.value), str(quantities.rmng_to_be_sttld_amt.amt.value)) == ("493.82", "740.74")
+    last = OFFICIAL.from_bytes(
+        sese025.write(Confirmation("bank-a", "TX-1", "S-1", DVP, NOW_MS, Part(40, 100))), Sese02500111
+    ).scties_sttlm_tx_conf
+    assert last.addtl_params.prtl_sttlm.value == "PARC"
+    quantities = last.qty_and_acct_dtls
+    assert (quantities.sttld_qty.qty.unit, quantities.prevsly_sttld_qty.unit) == (60, 40)
+    assert quantities.rmng_to_be_sttld_qty is None
+    assert (str(last.sttld_amt.amt.value), str(quantities.prevsly_sttld_amt.amt.value)) == ("740.74", "493.82")
 
 
 @pytest.mark.parametrize(

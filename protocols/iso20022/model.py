@@ -71,6 +71,7 @@ class OneSided:
     # sese023.in_units turns it into units by the instrument's denomination
     hold: bool = False  # sese.023 HldInd: the party holds it, and it does not settle until released
     priority: int = NORMAL_PRIORITY  # sese.023 Prty/Nmrc: the settlement queue serves lower numbers first
+    partial: bool = False  # sese.023 PrtlSttlmInd PART (or PARC, PARQ): it may settle in parts
 
 
 @attrs.frozen
@@ -106,6 +107,22 @@ class Advice:
     problems: tuple[Problem, ...] = ()  # a rejected document's, each given as a reason of its own
 
 
+def cash_through(cash: int, units: int, through: int) -> int:
+    """The cash of a DvP's first `through` units of `units`, rounded down: a part from
+    unit f to unit t pays cash_through(t) - cash_through(f), so parts add up to the
+    whole to the minor unit however the trade is cut."""
+    return cash * through // units
+
+
+@attrs.frozen
+class Part:
+    """A DvP settled in parts: this part's units, from `from_units` to `to_units` of the
+    trade's (protocols.matching.cash_through gives the cash of each)."""
+
+    from_units: int
+    to_units: int
+
+
 @attrs.frozen
 class Confirmation:
     """A settlement confirmation for one counterparty (sese.025; pacs.002 ACSC for PvP)."""
@@ -115,6 +132,7 @@ class Confirmation:
     settlement_id: str
     instruction: OneSided
     settled_ms: int
+    part: Part | None = None  # a partial settlement's; None: the whole trade at once
 
 
 @attrs.frozen

@@ -85,8 +85,17 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
         payment=payment,
         face_amount=face,
         hold=_held(instruction),
+        partial=_optional(instruction, "SttlmParams/PrtlSttlmInd") in PARTIAL,
         priority=priority,
     )
+
+
+PARTIAL = ("PART", "PARC", "PARQ")  # PrtlSttlmInd codes that allow settling in parts (NPAR: not)
+
+
+def _optional(instruction: etree._Element, path: str) -> str | None:
+    found = instruction.find("/".join("{*}" + step for step in path.split("/")))
+    return found.text if found is not None else None
 
 
 def _held(instruction: etree._Element) -> bool:
@@ -270,6 +279,8 @@ def write(one: OneSided) -> bytes:
     if one.priority != NORMAL_PRIORITY:
         xml.put(instruction, "SttlmParams/Prty/Nmrc", f"{one.priority:04d}")
     xml.put(instruction, "SttlmParams/SctiesTxTp/Cd", "TRAD")
+    if one.partial:
+        xml.put(instruction, "SttlmParams/PrtlSttlmInd", "PART")
     put_party(instruction, "DlvrgSttlmPties", dvp.deliverer)
     put_party(instruction, "RcvgSttlmPties", dvp.receiver)
     put_amount(instruction, "SttlmAmt", dvp)
