@@ -393,6 +393,8 @@ def test_a_postgresql_schema_made_by_an_earlier_version_is_brought_up_to_this_on
     run_sql(url, "ALTER TABLE instructions DROP COLUMN attempt")
     run_sql(url, "ALTER TABLE instructions DROP COLUMN held")
     run_sql(url, "ALTER TABLE instructions DROP COLUMN settle_on")
+    run_sql(url, "ALTER TABLE instructions DROP COLUMN settled_units")
+    run_sql(url, "ALTER TABLE instructions DROP COLUMN part_to")
     run_sql(url, "DROP TABLE holds")
     run_sql(url, "UPDATE lockstep_schema SET version = 5")
     schema.connect(url).close()

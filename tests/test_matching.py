@@ -16,6 +16,7 @@ import trio.testing
 from lxml import etree
 
 from engine.audit.journals import audit
+from engine.desks.calendar import Calendars
 from engine.desks.matching import MatchingDesk
 from engine.world.local import BOND, COORDINATOR, PLACES, Local, standard_world
 from protocols.authority import terms_of
@@ -899,4 +900,83 @@ async def test_the_audit_catches_a_matched_pair_settled_by_two_tries(tmp_path, a
         (violation,) = (await desk.audit()).violations
         assert violation.kind.value == "settled_twice" and violation.settlement == pair_id
         assert violation.reason == f"matched pair {pair_id} moved by 2 tries: {pair_id}, {attempt_id(pair_id, 1)}"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_trade_both_sides_allow_to_settle_in_parts_settles_what_the_seller_holds_then_the_rest(
+    tmp_path, autojump_clock
+):
+    """sese.023 PrtlSttlmInd PART on both sides: with 40 of the 100 bonds, the queue
+    settles units 0-40 and their cash at once (sese.025 PAIN), tells both parties what
+    remains (pending, PART), and settles the other 60 when the seller has them (PARC).
+    The parts add up to the trade to the cent, and the audit finds them one after another."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        local = desk.local
+        held = (await local.balances("csd", "a-sec"))[BOND]
+        await local.instruct(
+            Transfer, "csd", "bank-a", from_account="a-sec", to_account="b-sec", asset=BOND, amount=held - 40
+        )
+        before = await desk.balances()
+        seller, buyer = (attrs.evolve(one, partial=True) for one in dvp(utc_date(desk.now_ms())))
+        await desk.send(desk.instruction(seller))
+        (matched,) = (await desk.send(desk.instruction(buyer))).items
+        with trio.fail_after(60):
+            while "settled" not in [i["status"] for i in await desk.advices("bank-a")]:
+                await trio.sleep(0.1)
+        statuses = [(i["status"], reasons(i["document"])) for i in await desk.advices("bank-b")]
+        assert statuses[:2] == [("matched", (("TRAD",), "")), ("pending", (("LACK", "TRAD"), statuses[1][1][1]))]
+        assert statuses[2:] == [
+            ("settled", (("TRAD",), "")),
+            ("pending", (("PART", "TRAD"), "40 of 100 units settled, 60 remain")),
+        ]
+        first = next(i for i in await desk.advices("bank-a") if i["status"] == "settled")["document"]
+        assert element_text(first, "PrtlSttlm") == ["PAIN"] and element_text(first, "Unit") == ["40", "60"]
+        middle = await desk.balances()
+        assert middle[("csd", "b-sec")][BOND] == before[("csd", "b-sec")][BOND] + 40
+        assert middle[("cbdc-eur", "a-eur")].get("EUR", 0) == before[("cbdc-eur", "a-eur")].get("EUR", 0) + 39_600
+
+        await local.instruct(
+            Transfer, "csd", "bank-b", from_account="b-sec", to_account="a-sec", asset=BOND, amount=60
+        )  # the seller has the rest
+        with trio.fail_after(60):
+            while [i["status"] for i in await desk.advices("bank-a")].count("settled") < 2:
+                await trio.sleep(0.1)
+        last = [i for i in await desk.advices("bank-a") if i["status"] == "settled"][-1]["document"]
+        assert element_text(last, "PrtlSttlm") == ["PARC"] and element_text(last, "Unit") == ["60", "40"]
+        after = await desk.balances()
+        assert after[("cbdc-eur", "a-eur")].get("EUR", 0) == before[("cbdc-eur", "a-eur")].get("EUR", 0) + 99_000
+        assert after[("cbdc-eur", "b-eur")]["EUR"] == before[("cbdc-eur", "b-eur")]["EUR"] - 99_000
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")][BOND] + 100 - 60
+        pair_id = matched["settlement_id"]
+        coordinator = local.coordinator
+        assert [coordinator.journal.get(attempt_id(pair_id, n)).phase for n in range(3)] == [
+            Phase.FAILED,
+            Phase.SETTLED,
+            Phase.SETTLED,
+        ]
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_part_below_the_least_the_queue_settles_waits_for_more(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        calendars = Calendars(partial_min_units=50)
+        await desk.local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, PLACES, calendars),))
+        local = desk.local
+        held = (await local.balances("csd", "a-sec"))[BOND]
+        await local.instruct(
+            Transfer, "csd", "bank-a", from_account="a-sec", to_account="b-sec", asset=BOND, amount=held - 40
+        )
+        before = await desk.balances()
+        for side in dvp(utc_date(desk.now_ms())):
+            await desk.send(desk.instruction(attrs.evolve(side, partial=True)))
+        await desk.until("bank-b", "pending")
+        await trio.sleep(30)
+        assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "pending"]
+        assert await desk.balances() == before
         nursery.cancel_scope.cancel()

@@ -16,6 +16,7 @@ expiries, so that an audit of the same files always says the same."""
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import sqlite3
 from collections import Counter, defaultdict
@@ -35,6 +36,7 @@ from protocols.bus.address import redacted
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.follow import PAGE_SIZE
 from protocols.bus.mqtt import MqttBus
+from protocols.canonical import INT_MAX
 from protocols.databases import error_line, is_postgres
 from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure, file_reason
@@ -107,6 +109,7 @@ class Terms:
     settlement: str
     ledgers: tuple[str, ...]
     deadline_ms: int
+    units: tuple[int, int] | None = None  # a partial try of a matched pair: the trade's units it moves
 
 
 class _Unreplayable(Exception):
@@ -134,7 +137,8 @@ class LedgerJournal:
     ended: dict[str, At] = attrs.field(factory=dict)  # lock id -> its claim, cancel, abort or refund
     legs: dict[str, Terms] = attrs.field(factory=dict)  # lock id -> its settlement (from `auth`)
     settles: int = 0  # same-ledger settlements
-    settled: dict[str, At] = attrs.field(factory=dict)  # a same-ledger settlement's id -> its settle entry
+    # a same-ledger settlement's id -> its settle entry, and a partial try's units
+    settled: dict[str, tuple[At, tuple[int, int] | None]] = attrs.field(factory=dict)
     problems: list[Violation] = attrs.field(factory=list)
     broken_at: int | None = None
 
@@ -185,7 +189,8 @@ class LedgerJournal:
         if entry.kind == "settle":
             self.settles += 1
             if entry.instruction is not None and entry.instruction.get("auth") is not None:
-                self.settled[terms_of(entry.instruction["auth"], None).id] = at
+                auth = entry.instruction["auth"]
+                self.settled[terms_of(auth, None).id] = (at, _part(auth))
         self.entries += 1
         self.head_hash, self.now_ms = entry_hash, entry.time_ms
 
@@ -219,7 +224,8 @@ class LedgerJournal:
         self.placed[instruction["id"]] = at
         if instruction.get("auth") is not None:
             terms = terms_of(instruction["auth"], None)  # its signatures: effects.check
-            self.legs[instruction["id"]] = Terms(terms.id, tuple(leg.ledger for leg in terms.legs), terms.deadline_ms)
+            ledgers = tuple(leg.ledger for leg in terms.legs)
+            self.legs[instruction["id"]] = Terms(terms.id, ledgers, terms.deadline_ms, _part(instruction["auth"]))
 
     def _check_conservation(self, effects: dict, at: At) -> None:
         """What this entry moved between balances equals what it issued less what it
@@ -401,7 +407,7 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
     terms = {t.settlement: t for journal in journals for t in journal.legs.values()}
     outcomes: Counter[str] = Counter()
     notes = []
-    moved: dict[str, list[tuple[str, tuple[At, ...]]]] = {}  # a matched pair -> its tries that moved a leg
+    moved: dict[str, list[Try]] = {}  # a matched pair -> its tries that moved a leg
     for _, t in sorted(terms.items()):
         legs = legs_of(t, by_ledger)
         outcome, finding = judge(t, legs)
@@ -411,12 +417,11 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
         elif finding is not None:
             notes.append(finding)
         if any(leg.state == "claimed" for leg in legs):
-            moved.setdefault(pair_of(t.settlement), []).append(
-                (t.settlement, tuple(e for g in legs for e in g.entries))
-            )
+            entries = tuple(e for g in legs for e in g.entries)
+            moved.setdefault(pair_of(t.settlement), []).append(Try(t.settlement, entries, t.units))
     for journal in journals:
-        for settlement, at in journal.settled.items():
-            moved.setdefault(pair_of(settlement), []).append((settlement, (at,)))
+        for settlement, (at, units) in journal.settled.items():
+            moved.setdefault(pair_of(settlement), []).append(Try(settlement, (at,), units))
     violations += _settled_twice(moved)
     return Report(
         tuple(journal.summary() for journal in journals),
@@ -427,19 +432,40 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
     )
 
 
-def _settled_twice(moved: Mapping[str, list[tuple[str, tuple[At, ...]]]]) -> Iterator[Violation]:
-    """A matched pair is settled by one try at most (protocols.matching.attempt_id): the
-    queue begins a try only after the one before it moved nothing."""
+@attrs.frozen
+class Try:
+    """A try of a matched pair that moved a leg, and the trade's units it moved (None: all)."""
+
+    settlement: str
+    entries: tuple[At, ...]
+    units: tuple[int, int] | None
+
+
+def _part(auth: dict) -> tuple[int, int] | None:
+    """The units of the trade a matched pair's partial try moves."""
+    if auth.get("type") != "matched" or auth.get("part_to") is None:
+        return None
+    return auth.get("part_from", 0), auth["part_to"]
+
+
+def _settled_twice(moved: Mapping[str, list[Try]]) -> Iterator[Violation]:
+    """A matched pair's units are settled by one try at most (protocols.matching.attempt_id,
+    part_of): the queue begins a try only after the one before it ended, and each part
+    begins where the parts before it ended."""
     for pair, tries in sorted(moved.items()):
-        if pair.startswith(MATCHED_PREFIX) and len(tries) > 1:
-            entries = tuple(at for _, ats in tries for at in ats)
-            yield Violation(
-                Kind.SETTLED_TWICE,
-                f"matched pair {pair} moved by {len(tries)} tries: {', '.join(sorted(s for s, _ in tries))}",
-                tuple(dict.fromkeys(at.ledger for at in entries)),
-                entries,
-                pair,
-            )
+        if not pair.startswith(MATCHED_PREFIX) or len(tries) < 2:
+            continue
+        spans = sorted((t.units or (0, INT_MAX)) for t in tries)
+        if all(before[1] <= after[0] for before, after in itertools.pairwise(spans)):
+            continue  # parts, one after another
+        entries = tuple(at for t in tries for at in t.entries)
+        yield Violation(
+            Kind.SETTLED_TWICE,
+            f"matched pair {pair} moved by {len(tries)} tries: {', '.join(sorted(t.settlement for t in tries))}",
+            tuple(dict.fromkeys(at.ledger for at in entries)),
+            entries,
+            pair,
+        )
 
 
 # -- reading ------------------------------------------------------------------------------------

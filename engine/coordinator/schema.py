@@ -194,6 +194,8 @@ _QUEUE = (
     "ALTER TABLE instructions ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE instructions ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE instructions ADD COLUMN settle_on TEXT",
+    "ALTER TABLE instructions ADD COLUMN settled_units INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE instructions ADD COLUMN part_to INTEGER",
 )
 _HOLDS = (
     "CREATE TABLE {exists}holds (party {text} NOT NULL, id {text} NOT NULL, raw {blob} NOT NULL, "
@@ -204,7 +206,8 @@ _HOLDS = (
 def _7_queue(db: sqlite_utils.Database) -> None:
     """The settlement queue: a matched pair's current try (protocols.matching.attempt_id),
     counted up each time the queue recycles it; whether its party holds an instruction;
-    the pair's settlement day (engine/desks/calendar.py); and each hold or release as
+    the pair's settlement day (engine/desks/calendar.py); its units settled so far and
+    the end of the part being tried (a partial settlement); and each hold or release as
     received, so that one sent again changes nothing. (A table made by its desk, before
     this module owned the schema, may have them: see _3_desks.)"""
     columns = db["instructions"].columns_dict

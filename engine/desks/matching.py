@@ -57,6 +57,7 @@ from protocols.iso20022.model import (
     Confirmation,
     Denomination,
     OneSided,
+    Part,
     Problem,
 )
 from protocols.iso20022.sese023 import FACE_FIELD, in_units
@@ -135,6 +136,7 @@ class Queued:
     since_ms: int  # when it was first queued: the queue's order, after priority
     priority: int  # the more urgent of its sides' (the lower number)
     held: set[str]  # the parties holding their side
+    settled: int  # the trade's units settled in parts so far
     released: trio.Event = attrs.field(factory=trio.Event)
     expired: bool = False  # set with `released` when it is failed at its cut-off instead
 
@@ -142,6 +144,11 @@ class Queued:
 def _on_hold(side: Side, holders: set[str] | frozenset[str]) -> str:
     """The ISO 20022 reason for a side of a held pair: its own hold, or its counterparty's."""
     return "PREA" if side.msg.party in holders else "PRCY"
+
+
+def _units(a: Side, b: Side) -> int:
+    """A DvP's units of the instrument."""
+    return a.one.gives_amount if a.one.side == "deliver" else b.one.gives_amount
 
 
 def _lacking(leg: SettlementLeg) -> str:
@@ -401,28 +408,33 @@ class MatchingDesk(Desk):
 
     # -- matching --------------------------------------------------------------------------
 
-    async def _matched(self, a: Side, b: Side, attempt: int = 0, day: str | None = None) -> dict:
+    async def _matched(
+        self, a: Side, b: Side, attempt: int = 0, day: str | None = None, part: Part | None = None
+    ) -> dict:
         """The pair as one `matched` authority, for its `attempt` on `day` (None, or its
-        intended date: that date)."""
+        intended date: that date), of `part` of the trade (None: all of it)."""
         settle_on = day if day is not None and day != a.one.settlement_date else None
+        part_from, part_to = (part.from_units, part.to_units) if part is not None else (0, None)
         first, second = (a, b) if matching.leg_order(a.one, b.one)[0] is a.one else (b, a)
         paid = [side.one.gives_asset for side in (first, second) if side.one.gives_asset is not None]
         ledgers = tuple([await self._place(asset) for asset in paid])  # one leg free of payment
         signed = (first.signed.wire(), second.signed.wire())
-        if a.one.face_amount is None and b.one.face_amount is None:
-            return to_body(Matched(self.coordinator.id, ledgers, signed, attempt=attempt, settle_on=settle_on))
-        denomination = await self._denomination(_instrument(a.one))
-        return to_body(
-            Matched(
-                self.coordinator.id,
-                ledgers,
-                signed,
-                denomination.currency,
-                denomination.face_value_minor,
-                attempt,
-                settle_on,
-            )
+        face_currency = face_value_minor = None
+        if a.one.face_amount is not None or b.one.face_amount is not None:
+            denomination = await self._denomination(_instrument(a.one))
+            face_currency, face_value_minor = denomination.currency, denomination.face_value_minor
+        matched = Matched(
+            self.coordinator.id,
+            ledgers,
+            signed,
+            face_currency,
+            face_value_minor,
+            attempt,
+            settle_on,
+            part_from,
+            part_to,
         )
+        return to_body(matched)
 
     async def _place(self, asset: str) -> str:
         if asset not in self._places:
@@ -511,8 +523,8 @@ class MatchingDesk(Desk):
         ).fetchall()
         a, b = [await self._side(raw) for (raw,) in raws]
         while True:
-            state, attempt, day = self._db.execute(
-                "SELECT state, attempt, settle_on FROM instructions WHERE party = ? AND id = ?",
+            state, attempt, day, settled, part_to = self._db.execute(
+                "SELECT state, attempt, settle_on, settled_units, part_to FROM instructions WHERE party = ? AND id = ?",
                 (a.msg.party, a.msg.id),
             ).fetchone()
             if state == "queued":
@@ -529,7 +541,8 @@ class MatchingDesk(Desk):
                 if not self._roll(a, b, settlement_id, ledgers, day, "matched past its cut-off"):
                     return
                 continue
-            auth = await self._matched(a, b, attempt, day)
+            part = self._part(a, b, settled, part_to)
+            auth = await self._matched(a, b, attempt, day, part)
             async with self._limit:
                 try:
                     record = await self.coordinator.settle(auth)
@@ -538,12 +551,39 @@ class MatchingDesk(Desk):
                     self._finish(a, b, settlement_id, None, "failed", error.code.value, why)
                     return
             if record.phase is Phase.SETTLED:
-                self._finish(a, b, settlement_id, record.steps[-1][1], "settled", "", "")
+                if part is not None and part.to_units < _units(a, b):
+                    self._part_settled(a, b, settlement_id, attempt + 1, part, record.steps[-1][1])
+                    continue
+                self._finish(a, b, settlement_id, record.steps[-1][1], "settled", "", "", part=part)
                 return
             if not self._recyclable(record, attempt):
                 self._finish(a, b, settlement_id, None, record.phase.value, record.reason_code, record.reason)
                 return
             await self._hold(a, b, settlement_id, attempt + 1, terms_of(auth, None).legs, record.reason)
+
+    def _part(self, a: Side, b: Side, settled: int, part_to: int | None) -> Part | None:
+        """The units this try moves: the part the queue released, or all that remain
+        once a part has settled; None for the whole trade."""
+        if part_to is None and not settled:
+            return None
+        return Part(settled, part_to if part_to is not None else _units(a, b))
+
+    def _part_settled(self, a: Side, b: Side, pair_id: str, attempt: int, part: Part, settled_ms: int) -> None:
+        """A part settled: each party confirmed it (sese.025 PAIN), and told what remains,
+        pending (PART); the rest waits in the queue for its next try."""
+        now_ms = self.coordinator.clock.now_ms()
+        units = _units(a, b)
+        why = f"{part.to_units} of {units} units settled, {units - part.to_units} remain"
+        with self._db:
+            for side in (a, b):
+                self._db.execute(
+                    "UPDATE instructions SET state = 'queued', attempt = ?, settled_units = ?, part_to = NULL "
+                    "WHERE party = ? AND id = ?",
+                    (attempt, part.to_units, side.msg.party, side.msg.id),
+                )
+                self._confirm(side, pair_id, settled_ms, now_ms, part)
+                self._advise(side, "pending", pair_id, "PART", why, now_ms)
+        log.info("matched settlement %s: %s", pair_id, why)
 
     async def _ledgers(self, a: Side, b: Side) -> tuple[str, ...]:
         """The ledgers the pair pays on."""
@@ -599,14 +639,17 @@ class MatchingDesk(Desk):
         day = self._db.execute(
             "SELECT settle_on FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
         ).fetchone()[0]
-        legs = terms_of(await self._matched(a, b, attempt), None).legs
+        settled = self._db.execute(
+            "SELECT settled_units FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
+        ).fetchone()[0]
+        legs = terms_of(await self._matched(a, b, attempt, part=self._part(a, b, settled, None)), None).legs
         if day is None:
             day = self.calendars.day_of([leg.ledger for leg in legs], a.one.settlement_date) or a.one.settlement_date
             self._set_day(a, b, day)
         now_ms = self.coordinator.clock.now_ms()
         priority = min(a.one.priority, b.one.priority)
         holders = {side.msg.party for side in (a, b) if self._held(side)}
-        queued = Queued(pair_id, (a, b), legs, day, 0, 0, now_ms, priority, holders)
+        queued = Queued(pair_id, (a, b), legs, day, 0, 0, now_ms, priority, holders, settled)
         self._on_day(queued, day)
         self._queue[pair_id] = queued
         self._stirred.set()
@@ -627,6 +670,7 @@ class MatchingDesk(Desk):
         code: str,
         reason: str,
         iso: str | Mapping[str, str] | None = None,
+        part: Part | None = None,
     ) -> None:
         """Each party's last advice, and the instructions' end state, in one transaction;
         `iso`: the ISO reason for both parties, where it is not the one `code` maps to."""
@@ -638,7 +682,7 @@ class MatchingDesk(Desk):
                     "UPDATE instructions SET state = ? WHERE party = ? AND id = ?", (state, side.msg.party, side.msg.id)
                 )
                 if settled_ms is not None:
-                    self._confirm(side, settlement_id, settled_ms, now_ms)
+                    self._confirm(side, settlement_id, settled_ms, now_ms, part)
                 else:
                     why = iso.get(side.msg.party) if isinstance(iso, Mapping) else iso
                     why = why or _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[side.one.gives_asset in CURRENCIES]
@@ -651,8 +695,9 @@ class MatchingDesk(Desk):
             side.msg, status, settlement_id, *self._document(advice, side.msg.format, SESE_024, sese024), now_ms
         )
 
-    def _confirm(self, side: Side, settlement_id: str, settled_ms: int, now_ms: int) -> None:
-        confirmation = Confirmation(side.msg.party, side.one.reference, settlement_id, side.one, settled_ms)
+    def _confirm(self, side: Side, settlement_id: str, settled_ms: int, now_ms: int, part: Part | None = None) -> None:
+        one = side.one
+        confirmation = Confirmation(side.msg.party, one.reference, settlement_id, one, settled_ms, part)
         self._store(
             side.msg,
             "settled",
@@ -750,10 +795,18 @@ class MatchingDesk(Desk):
             short = [leg for leg in queued.legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
             if queued.cutoff_ms < now_ms:
                 self._expire(queued, short)
-            elif not short and not queued.held and queued.opens_ms <= now_ms:
+            elif queued.held or queued.opens_ms > now_ms:
+                continue
+            elif not short:
                 for leg in queued.legs:
                     held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
                 self._release(queued)
+            elif (part := self._partial(queued, held)) is not None:
+                a, b = queued.sides
+                legs = terms_of(await self._matched(a, b, part=part), None).legs
+                for leg in legs:
+                    held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
+                self._release(queued, part.to_units)
 
     async def _available(self, accounts: set[tuple[str, str]]) -> dict[tuple[str, str, str], int]:
         """What each account holds available, per asset; an account its ledger does not
@@ -775,12 +828,37 @@ class MatchingDesk(Desk):
                 nursery.start_soon(ask, ledger, account)
         return held
 
-    def _release(self, queued: Queued) -> None:
+    def _partial(self, queued: Queued, held: Mapping[tuple[str, str, str], int]) -> Part | None:
+        """The largest part of what remains that the payers' balances cover, where both
+        sides allow settling in parts: at least `partial_min_units`, and short of all."""
+        a, b = queued.sides
+        if not (a.one.partial and b.one.partial):
+            return None
+        seller, buyer = (a, b) if a.one.side == "deliver" else (b, a)
+        units, settled = seller.one.gives_amount, queued.settled
+        covered = {leg.asset: held.get((leg.ledger, leg.from_account, leg.asset), 0) for leg in queued.legs}
+        most = min(covered[_instrument(seller.one)], units - settled - 1)
+        cash = buyer.one.gives_asset
+
+        def paid(count: int) -> int:
+            return matching.part_of(buyer.one, settled, settled + count) if cash is not None else 0
+
+        low, high = 0, most  # the largest count whose cash the buyer's balance covers (more costs more)
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if cash is None or paid(middle) <= covered[cash] else (low, middle - 1)
+        if low < self.calendars.partial_min_units or (cash is not None and paid(low) == 0):
+            return None
+        return Part(settled, settled + low)
+
+    def _release(self, queued: Queued, part_to: int | None = None) -> None:
+        """Out of the queue, to its next try: of all that remains, or of units to `part_to`."""
         with self._db:
             for side in queued.sides:
                 self._db.execute(
-                    "UPDATE instructions SET state = 'matched' WHERE party = ? AND id = ? AND state = 'queued'",
-                    (side.msg.party, side.msg.id),
+                    "UPDATE instructions SET state = 'matched', part_to = ? "
+                    "WHERE party = ? AND id = ? AND state = 'queued'",
+                    (part_to, side.msg.party, side.msg.id),
                 )
         del self._queue[queued.pair_id]
         queued.released.set()
