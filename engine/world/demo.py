@@ -29,6 +29,7 @@ from protocols.bus.mqtt import MqttBus
 from protocols.errors import Rejected
 from protocols.iso20022 import camt053, pacs009, sese023
 from protocols.iso20022.model import PACS_009, SESE_023, OneSided
+from protocols.matching import attempt_id
 from protocols.messages import (
     QueryBalances,
     QueryInfo,
@@ -37,6 +38,7 @@ from protocols.messages import (
     Settlement,
     SettlementInstruction,
     SettlementLeg,
+    Transfer,
 )
 from protocols.money import format_amount
 from protocols.settlement import Phase, Timing, lock_id, utc_date
@@ -183,6 +185,12 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     head = len(await read_entries(local.client("cbdc-eur")))
     outcomes.append(Outcome(paired, await _matched(local, coordinator, iso, _pacs009_legs(coordinator))))
     await _statement(local, coordinator, iso, head)
+    queued = (
+        "ISO 20022, the settlement queue: bank-a sells 1,000 bonds holding 400, both sides allowing parts; "
+        "400 settle at once (sese.025 PAIN), 600 wait (pending PART) until the treasury delivers them (PARC)"
+    )
+    out(f"  {queued} ...")
+    outcomes.append(Outcome(queued, await _in_parts(local, coordinator, iso)))
     broke = dvp_legs("csd", "a-sec", "b-sec", 1_000, "cbdc-eur", "EUR", "b-eur", "a-eur", 10**14)
     await settle(
         f"DvP without the cash ({_legs(broke)}): refused by cbdc-eur, bond lock cancelled",
@@ -372,9 +380,12 @@ def _pacs009_legs(coordinator: Coordinator) -> tuple[OneSided, OneSided]:
     )
 
 
-async def _matched(local: Local, coordinator: Coordinator, folder: Path, sides: tuple[OneSided, OneSided]) -> Record:
+async def _matched(
+    local: Local, coordinator: Coordinator, folder: Path, sides: tuple[OneSided, ...], confirmations: int = 2
+) -> Record:
     """Each bank's back office sends its own side; the desk matches them and settles the
-    pair; every advice it writes is saved under `folder`."""
+    pair (`confirmations`: two a part); every advice it writes is saved under `folder`;
+    the record of its last try."""
     for one in sides:
         now_ms = coordinator.clock.now_ms()
         document = sese023.write(one) if one.format == SESE_023 else pacs009.write(one, now_ms=now_ms)
@@ -388,18 +399,49 @@ async def _matched(local: Local, coordinator: Coordinator, folder: Path, sides: 
     desk = sqlite3.connect(coordinator.journal.database)
     ids = tuple(one.reference for one in sides)
     settled = "SELECT count(*) FROM advices WHERE status = 'settled' AND instruction_id IN (?, ?)"
-    while desk.execute(settled, ids).fetchone()[0] != 2:
+    while desk.execute(settled, ids).fetchone()[0] != confirmations:
         await trio.sleep(0.05)
     advices = desk.execute(
         "SELECT party, seq, status, document, settlement_id FROM advices WHERE instruction_id IN (?, ?) ORDER BY seq",
         ids,
     ).fetchall()
+    pair_id = advices[-1][4]
+    (attempt,) = desk.execute("SELECT attempt FROM instructions WHERE settlement_id = ? LIMIT 1", (pair_id,)).fetchone()
     desk.close()
     for party, seq, status, document, _ in advices:
         (folder / f"{party}-{seq:06d}-{status}.xml").write_text(document)
-    record = coordinator.journal.get(advices[-1][4])
+    record = coordinator.journal.get(attempt_id(pair_id, attempt))
     assert record is not None  # it settled, so it is journaled
     return record
+
+
+async def _in_parts(local: Local, coordinator: Coordinator, folder: Path) -> Record:
+    """A sale short of bonds settled in two parts by the queue: bank-a lends all but 400
+    of its bonds to the treasury, which delivers them back once the first part settled."""
+    lent = (await local.balances("csd", "a-sec"))[BOND] - 400
+    await local.instruct(
+        Transfer, "csd", "bank-a", from_account="a-sec", to_account="treasury", asset=BOND, amount=lent
+    )
+    sides = tuple(
+        attrs.evolve(one, reference=one.reference.replace("-001", "-002"), partial=True)
+        for one in _sese023_pair(coordinator)
+    )
+    records: list[Record] = []
+
+    async def settle() -> None:
+        records.append(await _matched(local, coordinator, folder, sides, confirmations=4))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(settle)
+        desk = sqlite3.connect(coordinator.journal.database)
+        first_part = "SELECT count(*) FROM advices WHERE status = 'settled' AND instruction_id = ?"
+        while desk.execute(first_part, (sides[0].reference,)).fetchone()[0] < 1:
+            await trio.sleep(0.05)
+        desk.close()
+        await local.instruct(
+            Transfer, "csd", "treasury", from_account="treasury", to_account="a-sec", asset=BOND, amount=lent
+        )
+    return records[0]
 
 
 async def _statement(local: Local, coordinator: Coordinator, folder: Path, head: int) -> None:
@@ -464,7 +506,7 @@ def _locked(asset: str, amount: int) -> str:
     return "0" if amount == 0 else format_amount(asset, amount)
 
 
-EXPECTED = [Phase.SETTLED] * 6 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED]
+EXPECTED = [Phase.SETTLED] * 7 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED]
 
 
 def as_expected(outcomes: list[Outcome]) -> bool:
