@@ -11,7 +11,7 @@
     lockstep broker [--port N]           run a Mosquitto with Lockstep's settings
     lockstep bench [--quick]             cross-ledger against same-ledger settlement, one run
     lockstep chaos --seconds N --seed S [--bus memory|mqtt] [--faults LIST] [--settlements N] [--backstop-ms MS]
-                   [--coordinators N]
+                   [--coordinators N] [--queue]
                                          the workload under faults, then the audit
     lockstep conformance --broker URL --ledger ID --keys DIR
                                          check any ledger service against PROTOCOL.md
@@ -152,6 +152,9 @@ def _chaos(args: argparse.Namespace) -> int:
     if args.coordinators < 1 or (args.coordinators > 1 and args.bus != "mqtt"):
         print("lockstep chaos: --coordinators: 1 or more, and more than 1 only with --bus mqtt", file=sys.stderr)
         return 2
+    if args.queue and args.bus != "memory":
+        print("lockstep chaos: --queue runs on the memory bus", file=sys.stderr)
+        return 2
     mqtt_only = args.broker_cluster or args.strikes is not None or args.broker_kind != "mosquitto"
     if (mqtt_only or args.store != "sqlite") and args.bus != "mqtt":
         print("lockstep chaos: --broker-cluster, --broker-kind, --store and --strikes need --bus mqtt", file=sys.stderr)
@@ -167,6 +170,7 @@ def _chaos(args: argparse.Namespace) -> int:
         settlements=args.settlements,
         backstop_ms=args.backstop_ms,
         **({"coordinators": args.coordinators} if args.coordinators != 1 else {}),
+        **({"queue": True} if args.queue else {}),
         **(
             {
                 "broker_cluster": args.broker_cluster,
@@ -494,6 +498,12 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated; with --bus memory: drop, duplicate, delay, kill-coordinator, "
         "kill-ledger, skew, partition; with --bus mqtt: kill-coordinator, kill-ledger, "
         "broker-restart (with --broker-cluster, broker-node-kill instead) (default: all of the mode's)",
+    )
+    chaos.add_argument(
+        "--queue",
+        action="store_true",
+        help="trade through the matching desk, most trades short of bonds or cash at first and waiting in "
+        "its settlement queue until a funder hands them back (memory bus); reports trades and value released",
     )
     chaos.add_argument(
         "--long-outages",

@@ -91,6 +91,7 @@ ALWAYS_OPEN = Calendars()  # every ledger settles every day, to its end
 
 ADVICES_PAGE_MAX = 100
 SETTLING_MAX = 256  # matched settlements driven at once by this desk
+RECYCLED = (Code.INSUFFICIENT_FUNDS.value, Code.TIMEOUT.value)  # a try that ended so, moving nothing, is tried again
 RECYCLE_POLL_S = 5.0  # the queue looks again at least this often: a ledger's event may be lost
 RECYCLE_GAP_S = 0.05  # and at most this often, however busy its ledgers
 WATCH_RETRY_S = 1.0  # a ledger whose entries cannot be followed is followed again after this
@@ -609,18 +610,25 @@ class MatchingDesk(Desk):
         return False
 
     def _recyclable(self, record, attempt: int) -> bool:
-        """Whether a failed attempt goes back to the queue: it lacked securities or cash,
+        """Whether a failed attempt goes back to the queue: it moved nothing, for want of
+        securities or cash or of a ledger's answer in time (a ledger down, a partition),
         and it may be tried again (the queue sees to its cut-off)."""
-        return record.reason_code == Code.INSUFFICIENT_FUNDS.value and attempt < ATTEMPTS_MAX
+        return (
+            record.phase in (Phase.FAILED, Phase.ROLLED_BACK)
+            and record.reason_code in RECYCLED
+            and attempt < ATTEMPTS_MAX
+        )
 
     async def _hold(
         self, a: Side, b: Side, pair_id: str, attempt: int, legs: tuple[SettlementLeg, ...], reason: str
     ) -> None:
         """Queue the pair for its next attempt, and tell each party why it waits: LACK
-        where the securities are short, MONY where the cash is, as its ledgers say now."""
+        where the securities are short, MONY where the cash is, as its ledgers say now;
+        OTHR where neither is (a ledger that did not answer in time, or provided since:
+        the queue releases it at its first look)."""
         held = await self._available({(leg.ledger, leg.from_account) for leg in legs})
         short = [leg for leg in legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
-        short = short or list(legs)  # provided since: the queue releases it at its first look
+        code = _lacking(short[0]) if short else "OTHR"
         now_ms = self.coordinator.clock.now_ms()
         with self._db:
             for side in (a, b):
@@ -628,7 +636,7 @@ class MatchingDesk(Desk):
                     "UPDATE instructions SET state = 'queued', attempt = ? WHERE party = ? AND id = ?",
                     (attempt, side.msg.party, side.msg.id),
                 )
-                self._advise(side, "pending", pair_id, _lacking(short[0]), f"queued: {reason}", now_ms)
+                self._advise(side, "pending", pair_id, code, f"queued: {reason}", now_ms)
         log.info("matched settlement %s queued for attempt %d: %s", pair_id, attempt, reason)
 
     async def _enqueue(self, pair_id: str, a: Side, b: Side) -> Queued:

@@ -19,6 +19,14 @@ coordinator's durable decision does), so neither kind may leave one one-legged; 
 backstop passing during an outage can, which `backstop_ms` forces to happen (the audit
 and a live observer must then report each, and the outage timeline explain it).
 
+With `queue`, the back offices trade through the matching desk instead: each sends a
+DvP as two one-sided sese.023 instructions, half of them allowing partial settlement,
+while the seller's bonds and the buyer's cash have been put aside, so that most trades
+wait in the settlement queue at first; a funder hands them back a little at a time, and
+all of it once the run is over, when every trade must settle. It reports the trades
+settled and the value they released; the audit also checks that no trade's units were
+settled twice by its tries.
+
 Besides the audit it measures liveness: how long after an outage ended each settlement
 that lived through it took to end, and what the locks cost, how long each was held and
 the value held in locks over time. Process-level kills and a broker restart are in
@@ -30,27 +38,32 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+import sqlite3
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from protocols.bus import service_of_ledger
+from protocols.bus import BusTimeout, service_of_coordinator, service_of_ledger
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.htlc import LockState
-from protocols.messages import QueryLocks, Settlement, SettlementLeg, SettlementStatus
+from protocols.iso20022 import sese023
+from protocols.iso20022.model import SESE_023, OneSided
+from protocols.messages import QueryLocks, Settlement, SettlementInstruction, SettlementLeg, SettlementStatus, Transfer
 from protocols.money import format_amount
-from protocols.settlement import Timing, lock_id
-from protocols.signing import decode_signed
+from protocols.settlement import Timing, lock_id, utc_date
+from protocols.signing import decode_signed, sign
 
 from ..audit.journals import Kind, LedgerJournal, Report, Violation, audit, read_over_bus
 from ..audit.observer import Observer
-from .local import LEDGERS, Local, dvp_legs, standard_world
+from ..desks.matching import MatchingDesk
+from .local import BOND, COORDINATOR, LEDGERS, PLACES, Local, dvp_legs, standard_world
 
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
 CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=3_000, clock_skew_ms_max=1_000)  # Δ = 4 s
@@ -66,6 +79,9 @@ PAUSE_S_MAX = 1.0  # between two kills or partitions
 SETTLE_WAIT_S = 60.0  # after the run, for every settlement to end
 BACK_OFFICE_TIMEOUT_S = 1.0  # then the same settlement again: a restarted coordinator may not have heard it
 OBSERVER_WAIT_S = 5.0  # after the audit, for the observer to have alerted what the audit found
+ASIDE = (("csd", "a-sec", "bank-a", BOND, "csd-op"), ("cbdc-eur", "b-eur", "bank-b", "EUR", "ecb"))  # queue mode:
+# (ledger, the payer's account, its owner, asset, the ledger's operator) of what is put aside
+FUNDING_S_MAX = 0.3  # between two hand-backs of what was put aside
 
 
 def timing_with(backstop_ms: int | None) -> Timing:
@@ -135,6 +151,8 @@ class Outcome:
     # each final settlement: accepted and final (ms), and who it needed (the coordinator, its ledgers)
     lives: list[tuple[int, int, frozenset[str]]] = attrs.field(factory=list)
     locks: LockCost | None = None
+    trades: Counter = attrs.field(factory=Counter)  # queue mode: each trade's end
+    released_minor: int = 0  # queue mode: the cash of the trades settled
 
     def ended(self, settlement: Settlement, status: SettlementStatus) -> None:
         """A settlement's final status, as its back office received it."""
@@ -181,7 +199,16 @@ class Outcome:
         longest = max((o.end_ms - o.start_ms for o in self.outages), default=0)
         rows = [
             ("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items())) or "none"),
-            ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items()))),
+            ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items())) or "none"),
+            *(
+                [
+                    ("trades through the queue", ", ".join(f"{end} {n}" for end, n in sorted(self.trades.items()))),
+                    ("value released", format_amount("EUR", self.released_minor)),
+                    ("settled twice", str(kinds.get("settled_twice", 0))),
+                ]
+                if self.trades
+                else []
+            ),
             ("atomicity violations", str(kinds.get("one_legged", 0))),
             ("value created or lost", str(kinds.get("conservation", 0) + kinds.get("replay", 0))),
             ("locks left past their refund time", str(kinds.get("lock_overdue", 0))),
@@ -212,6 +239,7 @@ async def run(
     offload: bool = True,
     settlements: int | None = None,
     backstop_ms: int | None = None,
+    queue: bool = False,
 ) -> Outcome:
     """Run the workload for `seconds` (or until `settlements` have ended, if that comes
     first) under `faults`, wait for every settlement to end, then audit every ledger
@@ -253,7 +281,11 @@ async def run(
         ledger_ids = [spec.ledger_id for spec in LEDGERS]
         observer = Observer(world.registry, bus, ledger_ids, CHAOS_TIMING.margin_ms, local.clock, publish=False)
         await nursery.start(observer.run)
-        coordinator, scope = await local.start_coordinator(timing, bus=faulty)
+        desks = (lambda c: MatchingDesk(c, PLACES),) if queue else ()
+        start_coordinator = functools.partial(local.start_coordinator, timing, bus=faulty, desks=desks)
+        if queue:
+            aside = await _put_aside(local)
+        coordinator, scope = await start_coordinator()
         state: dict[str, Any] = {"coordinator": coordinator, "scope": scope}
         struck: set[str] = set()
 
@@ -280,7 +312,7 @@ async def run(
                 outcome.faults["kill-coordinator"] += 1
                 outcome.went_down("kill-coordinator", "coordinator", local.clock.now_ms())
                 await trio.sleep(draws.uniform(*outage_s))
-                state["coordinator"], state["scope"] = await local.start_coordinator(timing, bus=faulty)
+                state["coordinator"], state["scope"] = await start_coordinator()
                 outcome.came_back("kill-coordinator", "coordinator", local.clock.now_ms())
 
         async def kill_ledger() -> None:
@@ -320,7 +352,17 @@ async def run(
         office_numbers = itertools.count()
 
         async def back_office() -> None:
-            draws = stream(f"back-office-{next(office_numbers)}")
+            office = next(office_numbers)
+            draws = stream(f"back-office-{office}")
+            for number in itertools.count() if queue else ():
+                if done.is_set():
+                    return
+                trade = await _trade(local, draws, f"q{office}-{number}")
+                end, cash = await _until_ended(local, trade)
+                outcome.trades[end] += 1
+                outcome.released_minor += cash if end == "settled" else 0
+                if settlements is not None and outcome.trades.total() >= settlements:
+                    enough.set()
             while not done.is_set():
                 raw = local.settlement(*draw(draws))
                 settlement = decode_signed(raw, allowed=(Settlement,)).msg
@@ -332,10 +374,19 @@ async def run(
                             enough.set()
                         break
 
+        async def funder() -> None:
+            """Hand back, a little at a time, what was put aside."""
+            draws = stream("funder")
+            while True:
+                await trio.sleep(draws.uniform(0.05, FUNDING_S_MAX))
+                await _hand_back(local, aside, draws.uniform(0.002, 0.02))
+
         async with trio.open_nursery() as offices:
             for _ in range(CONCURRENCY):
                 offices.start_soon(back_office)
             async with trio.open_nursery() as strikes:
+                if queue:
+                    strikes.start_soon(funder)
                 for fault, task in (
                     ("kill-coordinator", kill_coordinator),
                     ("kill-ledger", kill_ledger),
@@ -358,7 +409,9 @@ async def run(
                 if spec.ledger_id not in local.services:
                     await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
             if state["scope"].cancel_called:
-                state["coordinator"], state["scope"] = await local.start_coordinator(timing, bus=faulty)
+                state["coordinator"], state["scope"] = await start_coordinator()
+            if queue:  # all of it back: every trade waiting can settle now
+                await _hand_back(local, aside, 1.0)
             for fault, whom in list(outcome.down):  # cut short by the end of the run
                 outcome.came_back(fault, whom, local.clock.now_ms())
             offices.cancel_scope.deadline = trio.current_time() + SETTLE_WAIT_S
@@ -488,6 +541,71 @@ def _covered(outages: list[Outage], start_ms: int, end_ms: int) -> int:
     return covered
 
 
+async def _put_aside(local: Local) -> dict[tuple[str, str], int]:
+    """Queue mode: almost all of the seller's bonds and the buyer's cash moved to an
+    account of their own beside it, so that most trades wait at first: how much."""
+    aside = {}
+    for ledger, account, owner, asset, operator in ASIDE:
+        await local.open_accounts(ledger, operator, {f"{account}-aside": owner})
+        amount = (await local.balances(ledger, account))[asset] - 1_000
+        await local.instruct(
+            Transfer, ledger, owner, from_account=account, to_account=f"{account}-aside", asset=asset, amount=amount
+        )
+        aside[(ledger, account)] = amount
+    return aside
+
+
+async def _hand_back(local: Local, aside: dict[tuple[str, str], int], share: float) -> None:
+    """Move `share` of what was put aside back to each payer's account (all that is left, at 1)."""
+    for ledger, account, owner, asset, _ in ASIDE:
+        left = (await local.balances(ledger, f"{account}-aside")).get(asset, 0)
+        amount = left if share >= 1 else min(left, max(1, int(aside[(ledger, account)] * share)))
+        if amount:
+            await local.instruct(
+                Transfer, ledger, owner, from_account=f"{account}-aside", to_account=account, asset=asset, amount=amount
+            )
+
+
+async def _trade(local: Local, chance: random.Random, reference: str) -> tuple[str, int]:
+    """Queue mode: a DvP, bank-a selling bonds to bank-b, each side sent to the matching
+    desk as its own sese.023 until the desk answers; (the seller's instruction id, its cash)."""
+    today = utc_date(local.clock.now_ms())
+    units, partial = chance.randint(1, 200), chance.random() < 0.5
+    cash = units * chance.randint(900, 1_100)
+    sides = (
+        OneSided(SESE_023, f"{reference}-S", "dvp", "deliver", "bank-a", "bank-b", today, today, BOND, units,
+                 "a-sec", "EUR", cash, "a-eur", partial=partial),
+        OneSided(SESE_023, f"{reference}-B", "dvp", "receive", "bank-b", "bank-a", today, today, "EUR", cash,
+                 "b-eur", BOND, units, "b-sec", partial=partial),
+    )  # fmt: skip
+    for one in sides:
+        msg = SettlementInstruction(
+            one.reference, COORDINATOR, one.party, local.clock.now_ms(), SESE_023, sese023.write(one).decode()
+        )
+        raw = sign(msg, (one.party, local.world.keys[one.party])).encode()
+        while True:  # the same bytes until the desk answers: a restarted coordinator may not have heard it
+            try:
+                await local.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
+                break
+            except BusTimeout:
+                continue
+    return sides[0].reference, cash
+
+
+async def _until_ended(local: Local, trade: tuple[str, int]) -> tuple[str, int]:
+    """How the trade ended, as the desk's table says (settled, failed or cancelled), and its cash."""
+    reference, cash = trade
+    database = local.world.directory / f"{COORDINATOR}.db"
+    while True:
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT state FROM instructions WHERE party = 'bank-a' AND id = ?", (reference,)
+            ).fetchone()
+        if row is not None and row[0] in ("settled", "failed", "cancelled"):
+            return row[0], cash
+        await trio.sleep(0.05)
+
+
 def draw(chance: random.Random):
     """A settlement: cross or same ledger, DvP or PvP, small amounts."""
     kind = chance.choice(("dvp", "pvp"))
@@ -534,6 +652,7 @@ def heading(
     backstop_ms: int | None = None,
     settlements: int | None = None,
     coordinators: int = 1,
+    queue: bool = False,
 ) -> str:
     """What a run is, as its first line says."""
     return (
@@ -541,11 +660,12 @@ def heading(
         f"faults {', '.join(faults) or 'none'}{', outages of Δ to 10 Δ' if long_outages else ''}"
         f"{f', backstop {backstop_ms} ms' if backstop_ms is not None else ''}"
         f"{f', {coordinators} coordinators' if coordinators > 1 else ''}"
+        f"{', trades through the settlement queue' if queue else ''}"
     )
 
 
 def main(seconds: float, seed: int, faults: tuple[str, ...], **options) -> int:
-    """`options`: run's long_outages, settlements and backstop_ms."""
+    """`options`: run's long_outages, settlements, backstop_ms and queue."""
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
     print(f"lockstep chaos: {heading(seconds, seed, faults, **options)}; world in {directory}", flush=True)
     try:
