@@ -18,9 +18,8 @@ from engine.world.local import BOND, PLACES
 from protocols.bus.clock import ServiceClock
 from protocols.failures import ExpectedFailure
 from protocols.matching import DAY_MS, attempt_id, day_window
-from protocols.messages import Transfer
 from protocols.settlement import Phase, utc_date
-from tests.test_matching import TIMING, dvp, start
+from tests.test_matching import TIMING, dvp, move, start
 
 FRIDAY, SATURDAY, MONDAY, TUESDAY = "2026-12-04", "2026-12-05", "2026-12-07", "2026-12-08"
 CSD = Calendar(weekends=False, holidays=frozenset({MONDAY}), cutoff_ms=16 * 3_600_000)
@@ -80,18 +79,13 @@ async def test_a_pair_short_at_the_cut_off_is_recycled_to_the_next_day_and_settl
         local = desk.local
         today = utc_date(local.clock.now_ms())
         tomorrow = (datetime.date.fromisoformat(today) + datetime.timedelta(days=1)).isoformat()
-        balance = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
-        await local.instruct(
-            Transfer, "cbdc-eur", "bank-b", from_account="b-eur", to_account="a-eur", asset="EUR", amount=balance
-        )
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", leave=0)
         seller, buyer = dvp(today)
         await desk.send(desk.instruction(seller))
         (matched,) = (await desk.send(desk.instruction(buyer))).items
         await desk.until("bank-b", "pending")
         await trio.sleep(90)  # 23:58:30: past csd's cut-off, recycled
-        await local.instruct(
-            Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=99_000
-        )
+        await move(local, "cbdc-eur", "bank-a", "a-eur", "b-eur", "EUR", 99_000)
         await trio.sleep(60)  # 23:59:30: provided, but its day is tomorrow
         assert (await local.balances("csd", "b-sec")).get(BOND, 0) == 0
         assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "pending"]

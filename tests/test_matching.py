@@ -198,6 +198,18 @@ async def start(nursery, tmp_path, skew_ms: int = 0) -> Desk:
     return Desk(local)
 
 
+async def move(
+    local: Local, ledger: str, owner: str, from_account: str, to_account: str, asset: str, amount=0, *, leave=None
+) -> None:
+    """`owner` moves `amount` of `asset` between two accounts, or all of what
+    `from_account` holds but `leave`."""
+    if leave is not None:
+        amount = (await local.balances(ledger, from_account)).get(asset, 0) - leave
+    await local.instruct(
+        Transfer, ledger, owner, from_account=from_account, to_account=to_account, asset=asset, amount=amount
+    )
+
+
 def element_text(document: str, name: str) -> list[str]:
     return [node.text for node in etree.fromstring(document.encode()).iter() if etree.QName(node).localname == name]
 
@@ -672,16 +684,7 @@ async def test_a_pair_lacking_cash_waits_in_the_queue_and_settles_once_the_cash_
         desk = await start(nursery, tmp_path)
         await desk.start_coordinator()
         local = desk.local
-        balance = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
-        await local.instruct(
-            Transfer,
-            "cbdc-eur",
-            "bank-b",
-            from_account="b-eur",
-            to_account="a-eur",
-            asset="EUR",
-            amount=balance - 50_000,
-        )  # 500.00 left, 990.00 due
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", leave=50_000)  # 500.00 left, 990.00 due
         seller, buyer = dvp(utc_date(desk.now_ms()))
         await desk.send(desk.instruction(seller))
         (matched,) = (await desk.send(desk.instruction(buyer))).items
@@ -695,9 +698,7 @@ async def test_a_pair_lacking_cash_waits_in_the_queue_and_settles_once_the_cash_
         assert await desk.balances() == before
         assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "pending"]
 
-        await local.instruct(
-            Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=60_000
-        )
+        await move(local, "cbdc-eur", "bank-a", "a-eur", "b-eur", "EUR", 60_000)
         for party in ("bank-a", "bank-b"):
             assert [i["status"] for i in await desk.until(party, "settled")][-2:] == ["pending", "settled"]
         after = await desk.balances()
@@ -719,10 +720,7 @@ async def test_pairs_still_short_or_held_at_their_cut_off_fail_with_lack_or_prea
         desk = await start(nursery, tmp_path, skew_ms)
         await desk.start_coordinator(skew_ms=skew_ms)
         local = desk.local
-        held = (await local.balances("csd", "a-sec"))[BOND]
-        await local.instruct(
-            Transfer, "csd", "bank-a", from_account="a-sec", to_account="b-sec", asset=BOND, amount=held - 40
-        )  # 40 left, 100 due
+        await move(local, "csd", "bank-a", "a-sec", "b-sec", BOND, leave=40)  # 40 left, 100 due
         today = utc_date(desk.local.coordinator.clock.now_ms())
         seller, buyer = dvp(today)
         await desk.send(desk.instruction(seller))
@@ -806,10 +804,7 @@ async def test_the_queue_serves_the_more_urgent_priority_first_when_the_cash_cov
         desk = await start(nursery, tmp_path)
         await desk.start_coordinator()
         local = desk.local
-        balance = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
-        await local.instruct(
-            Transfer, "cbdc-eur", "bank-b", from_account="b-eur", to_account="a-eur", asset="EUR", amount=balance
-        )
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", leave=0)
         seller, buyer = dvp(utc_date(desk.now_ms()))
         urgent = (  # sese.023 Prty 0002, queued after the first
             attrs.evolve(seller, reference="A-REF-2", priority=2),
@@ -822,9 +817,7 @@ async def test_the_queue_serves_the_more_urgent_priority_first_when_the_cash_cov
                 while [i["status"] for i in await desk.advices("bank-b")].count("pending") < count:
                     await trio.sleep(0.1)
         assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "pending", "matched", "pending"]
-        await local.instruct(
-            Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=99_000
-        )  # enough for one of them
+        await move(local, "cbdc-eur", "bank-a", "a-eur", "b-eur", "EUR", 99_000)  # enough for one of them
         settled = [i for i in await desk.until("bank-b", "settled") if i["status"] == "settled"]
         assert [i["instruction_id"] for i in settled] == ["B-REF-2"]
         await trio.sleep(30)
@@ -842,18 +835,13 @@ async def test_a_queued_pair_survives_restarts_queued_and_mid_try_and_settles_on
         desk = await start(nursery, tmp_path)
         coordinator, scope = await desk.start_coordinator()
         local = desk.local
-        balance = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
-        await local.instruct(
-            Transfer, "cbdc-eur", "bank-b", from_account="b-eur", to_account="a-eur", asset="EUR", amount=balance
-        )
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", leave=0)
         seller, buyer = dvp(utc_date(desk.now_ms()))
         await desk.send(desk.instruction(seller))
         (matched,) = (await desk.send(desk.instruction(buyer))).items
         await desk.until("bank-b", "pending")
         scope.cancel()  # killed while the pair waits
-        await local.instruct(
-            Transfer, "cbdc-eur", "bank-a", from_account="a-eur", to_account="b-eur", asset="EUR", amount=99_000
-        )
+        await move(local, "cbdc-eur", "bank-a", "a-eur", "b-eur", "EUR", 99_000)
         before = await desk.balances()
         killed = trio.Event()
         coordinator, scope = await desk.start_coordinator()
@@ -914,10 +902,7 @@ async def test_a_trade_both_sides_allow_to_settle_in_parts_settles_what_the_sell
         desk = await start(nursery, tmp_path)
         await desk.start_coordinator()
         local = desk.local
-        held = (await local.balances("csd", "a-sec"))[BOND]
-        await local.instruct(
-            Transfer, "csd", "bank-a", from_account="a-sec", to_account="b-sec", asset=BOND, amount=held - 40
-        )
+        await move(local, "csd", "bank-a", "a-sec", "b-sec", BOND, leave=40)
         before = await desk.balances()
         seller, buyer = (attrs.evolve(one, partial=True) for one in dvp(utc_date(desk.now_ms())))
         await desk.send(desk.instruction(seller))
@@ -937,9 +922,7 @@ async def test_a_trade_both_sides_allow_to_settle_in_parts_settles_what_the_sell
         assert middle[("csd", "b-sec")][BOND] == before[("csd", "b-sec")][BOND] + 40
         assert middle[("cbdc-eur", "a-eur")].get("EUR", 0) == before[("cbdc-eur", "a-eur")].get("EUR", 0) + 39_600
 
-        await local.instruct(
-            Transfer, "csd", "bank-b", from_account="b-sec", to_account="a-sec", asset=BOND, amount=60
-        )  # the seller has the rest
+        await move(local, "csd", "bank-b", "b-sec", "a-sec", BOND, 60)  # the seller has the rest
         with trio.fail_after(60):
             while [i["status"] for i in await desk.advices("bank-a")].count("settled") < 2:
                 await trio.sleep(0.1)
@@ -968,10 +951,7 @@ async def test_a_part_below_the_least_the_queue_settles_waits_for_more(tmp_path,
         calendars = Calendars(partial_min_units=50)
         await desk.local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, PLACES, calendars),))
         local = desk.local
-        held = (await local.balances("csd", "a-sec"))[BOND]
-        await local.instruct(
-            Transfer, "csd", "bank-a", from_account="a-sec", to_account="b-sec", asset=BOND, amount=held - 40
-        )
+        await move(local, "csd", "bank-a", "a-sec", "b-sec", BOND, leave=40)
         before = await desk.balances()
         for side in dvp(utc_date(desk.now_ms())):
             await desk.send(desk.instruction(attrs.evolve(side, partial=True)))

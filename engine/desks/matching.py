@@ -90,6 +90,7 @@ log = logging.getLogger("lockstep.matching")
 ALWAYS_OPEN = Calendars()  # every ledger settles every day, to its end
 
 ADVICES_PAGE_MAX = 100
+ADVICE_MEMBERS = ("seq", "instruction_id", "settlement_id", "status", "format", "document")  # an advices item's
 SETTLING_MAX = 256  # matched settlements driven at once by this desk
 RECYCLED = (Code.INSUFFICIENT_FUNDS.value, Code.TIMEOUT.value)  # a try that ended so, moving nothing, is tried again
 RECYCLE_POLL_S = 5.0  # the queue looks again at least this often: a ledger's event may be lost
@@ -202,17 +203,7 @@ class MatchingDesk(Desk):
             "WHERE party = ? AND seq >= ? ORDER BY seq LIMIT ?",
             (query.party, query.from_seq, min(query.limit, ADVICES_PAGE_MAX)),
         ).fetchall()
-        items = tuple(
-            {
-                "seq": seq,
-                "instruction_id": iid,
-                "settlement_id": sid,
-                "status": status,
-                "format": fmt,
-                "document": document,
-            }
-            for seq, iid, sid, status, fmt, document in rows
-        )
+        items = tuple(dict(zip(ADVICE_MEMBERS, row, strict=True)) for row in rows)
         return self.coordinator.sign(Advices(self.coordinator.id, query.party, self.coordinator.clock.now_ms(), items))
 
     def _settlement_advices(self, settlement_id: str) -> bytes:
@@ -223,18 +214,7 @@ class MatchingDesk(Desk):
             "WHERE i.settlement_id = ? ORDER BY a.seq",
             (matching.pair_of(settlement_id),),
         ).fetchall()
-        items = tuple(
-            {
-                "party": party,
-                "seq": seq,
-                "instruction_id": iid,
-                "settlement_id": sid,
-                "status": status,
-                "format": fmt,
-                "document": document,
-            }
-            for party, seq, iid, sid, status, fmt, document in rows
-        )
+        items = tuple(dict(zip(("party", *ADVICE_MEMBERS), row, strict=True)) for row in rows)
         now_ms = self.coordinator.clock.now_ms()
         return self.coordinator.sign(SettlementAdvices(self.coordinator.id, settlement_id, now_ms, items))
 
