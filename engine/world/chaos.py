@@ -38,32 +38,29 @@ from __future__ import annotations
 import functools
 import itertools
 import random
-import sqlite3
 import sys
 import tempfile
 from collections import Counter, defaultdict
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from protocols.bus import BusTimeout, service_of_coordinator, service_of_ledger
+from protocols.bus import service_of_ledger
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.htlc import LockState
-from protocols.iso20022 import sese023
-from protocols.iso20022.model import SESE_023, OneSided
-from protocols.messages import QueryLocks, Settlement, SettlementInstruction, SettlementLeg, SettlementStatus, Transfer
+from protocols.messages import QueryLocks, Settlement, SettlementLeg, SettlementStatus
 from protocols.money import format_amount
-from protocols.settlement import Timing, lock_id, utc_date
-from protocols.signing import decode_signed, sign
+from protocols.settlement import Timing, lock_id
+from protocols.signing import decode_signed
 
 from ..audit.journals import Kind, LedgerJournal, Report, Violation, audit, read_over_bus
 from ..audit.observer import Observer
 from ..desks.matching import MatchingDesk
-from .local import BOND, COORDINATOR, LEDGERS, PLACES, Local, dvp_legs, standard_world
+from . import trades
+from .local import LEDGERS, PLACES, Local, dvp_legs, standard_world
 
 FAULTS = ("drop", "duplicate", "delay", "kill-coordinator", "kill-ledger", "skew", "partition")
 CHAOS_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=3_000, clock_skew_ms_max=1_000)  # Δ = 4 s
@@ -79,8 +76,6 @@ PAUSE_S_MAX = 1.0  # between two kills or partitions
 SETTLE_WAIT_S = 60.0  # after the run, for every settlement to end
 BACK_OFFICE_TIMEOUT_S = 1.0  # then the same settlement again: a restarted coordinator may not have heard it
 OBSERVER_WAIT_S = 5.0  # after the audit, for the observer to have alerted what the audit found
-ASIDE = (("csd", "a-sec", "bank-a", BOND, "csd-op"), ("cbdc-eur", "b-eur", "bank-b", "EUR", "ecb"))  # queue mode:
-# (ledger, the payer's account, its owner, asset, the ledger's operator) of what is put aside
 FUNDING_S_MAX = 0.3  # between two hand-backs of what was put aside
 
 
@@ -284,7 +279,7 @@ async def run(
         desks = (lambda c: MatchingDesk(c, PLACES),) if queue else ()
         start_coordinator = functools.partial(local.start_coordinator, timing, bus=faulty, desks=desks)
         if queue:
-            aside = await _put_aside(local)
+            aside = await trades.put_aside(local)
         coordinator, scope = await start_coordinator()
         state: dict[str, Any] = {"coordinator": coordinator, "scope": scope}
         struck: set[str] = set()
@@ -357,10 +352,10 @@ async def run(
             for number in itertools.count() if queue else ():
                 if done.is_set():
                     return
-                trade = await _trade(local, draws, f"q{office}-{number}")
-                end, cash = await _until_ended(local, trade)
+                trade = await trades.send(local, draws, f"q{office}-{number}", BACK_OFFICE_TIMEOUT_S)
+                end = await trades.ended(local, trade)
                 outcome.trades[end] += 1
-                outcome.released_minor += cash if end == "settled" else 0
+                outcome.released_minor += trade.cash_minor if end == "settled" else 0
                 if settlements is not None and outcome.trades.total() >= settlements:
                     enough.set()
             while not done.is_set():
@@ -379,7 +374,8 @@ async def run(
             draws = stream("funder")
             while True:
                 await trio.sleep(draws.uniform(0.05, FUNDING_S_MAX))
-                await _hand_back(local, aside, draws.uniform(0.002, 0.02))
+                share = draws.uniform(0.002, 0.02)
+                await trades.hand_back(local, {place: max(1, int(amount * share)) for place, amount in aside.items()})
 
         async with trio.open_nursery() as offices:
             for _ in range(CONCURRENCY):
@@ -411,7 +407,7 @@ async def run(
             if state["scope"].cancel_called:
                 state["coordinator"], state["scope"] = await start_coordinator()
             if queue:  # all of it back: every trade waiting can settle now
-                await _hand_back(local, aside, 1.0)
+                await trades.hand_back(local)
             for fault, whom in list(outcome.down):  # cut short by the end of the run
                 outcome.came_back(fault, whom, local.clock.now_ms())
             offices.cancel_scope.deadline = trio.current_time() + SETTLE_WAIT_S
@@ -539,71 +535,6 @@ def _covered(outages: list[Outage], start_ms: int, end_ms: int) -> int:
             covered += end - begin
             reached = end
     return covered
-
-
-async def _put_aside(local: Local) -> dict[tuple[str, str], int]:
-    """Queue mode: almost all of the seller's bonds and the buyer's cash moved to an
-    account of their own beside it, so that most trades wait at first: how much."""
-    aside = {}
-    for ledger, account, owner, asset, operator in ASIDE:
-        await local.open_accounts(ledger, operator, {f"{account}-aside": owner})
-        amount = (await local.balances(ledger, account))[asset] - 1_000
-        await local.instruct(
-            Transfer, ledger, owner, from_account=account, to_account=f"{account}-aside", asset=asset, amount=amount
-        )
-        aside[(ledger, account)] = amount
-    return aside
-
-
-async def _hand_back(local: Local, aside: dict[tuple[str, str], int], share: float) -> None:
-    """Move `share` of what was put aside back to each payer's account (all that is left, at 1)."""
-    for ledger, account, owner, asset, _ in ASIDE:
-        left = (await local.balances(ledger, f"{account}-aside")).get(asset, 0)
-        amount = left if share >= 1 else min(left, max(1, int(aside[(ledger, account)] * share)))
-        if amount:
-            await local.instruct(
-                Transfer, ledger, owner, from_account=f"{account}-aside", to_account=account, asset=asset, amount=amount
-            )
-
-
-async def _trade(local: Local, chance: random.Random, reference: str) -> tuple[str, int]:
-    """Queue mode: a DvP, bank-a selling bonds to bank-b, each side sent to the matching
-    desk as its own sese.023 until the desk answers; (the seller's instruction id, its cash)."""
-    today = utc_date(local.clock.now_ms())
-    units, partial = chance.randint(1, 200), chance.random() < 0.5
-    cash = units * chance.randint(900, 1_100)
-    sides = (
-        OneSided(SESE_023, f"{reference}-S", "dvp", "deliver", "bank-a", "bank-b", today, today, BOND, units,
-                 "a-sec", "EUR", cash, "a-eur", partial=partial),
-        OneSided(SESE_023, f"{reference}-B", "dvp", "receive", "bank-b", "bank-a", today, today, "EUR", cash,
-                 "b-eur", BOND, units, "b-sec", partial=partial),
-    )  # fmt: skip
-    for one in sides:
-        msg = SettlementInstruction(
-            one.reference, COORDINATOR, one.party, local.clock.now_ms(), SESE_023, sese023.write(one).decode()
-        )
-        raw = sign(msg, (one.party, local.world.keys[one.party])).encode()
-        while True:  # the same bytes until the desk answers: a restarted coordinator may not have heard it
-            try:
-                await local.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
-                break
-            except BusTimeout:
-                continue
-    return sides[0].reference, cash
-
-
-async def _until_ended(local: Local, trade: tuple[str, int]) -> tuple[str, int]:
-    """How the trade ended, as the desk's table says (settled, failed or cancelled), and its cash."""
-    reference, cash = trade
-    database = local.world.directory / f"{COORDINATOR}.db"
-    while True:
-        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
-            row = db.execute(
-                "SELECT state FROM instructions WHERE party = 'bank-a' AND id = ?", (reference,)
-            ).fetchone()
-        if row is not None and row[0] in ("settled", "failed", "cancelled"):
-            return row[0], cash
-        await trio.sleep(0.05)
 
 
 def draw(chance: random.Random):
