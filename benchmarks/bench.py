@@ -141,11 +141,23 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         type=milliseconds,
         metavar="LIST",
     )
+    option(
+        "--queue",
+        0,
+        "instead of the sweep: the settlement queue's benchmark, this many trades through the matching desk, "
+        "all waiting at first, what they need handed back in four waves (benchmarks/queue.py); 0 for none",
+        type=int,
+        metavar="N",
+    )
     option("--seed", 1, "seed of the workload's random choices", type=int)
     option("--out", "bench-results", "folder for results.json and the charts", metavar="DIR")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.queue:
+        from . import queue
+
+        return queue.main(args.queue, args.seed, Path(args.out))
     if args.quick:
         args.bus, args.kinds, args.paths = QUICK["buses"], QUICK["kinds"], QUICK["paths"]
         args.concurrency, args.rate, args.settlements = QUICK["concurrency"], QUICK["rates"], QUICK["settlements"]

@@ -148,6 +148,16 @@ def _on_hold(side: Side, holders: set[str] | frozenset[str]) -> str:
     return "PREA" if side.msg.party in holders else "PRCY"
 
 
+def _part_amounts(queued: Queued, part: Part) -> list[int]:
+    """What each of a queued DvP's legs pays in `part` of the trade."""
+    return [
+        matching.part_of(side.one, part.from_units, part.to_units)
+        for leg in queued.legs
+        for side in queued.sides
+        if side.one.gives_account == leg.from_account and side.one.gives_asset == leg.asset
+    ]
+
+
 def _units(a: Side, b: Side) -> int:
     """A DvP's units of the instrument."""
     return a.one.gives_amount if a.one.side == "deliver" else b.one.gives_amount
@@ -774,11 +784,13 @@ class MatchingDesk(Desk):
             await trio.sleep(WATCH_RETRY_S)
 
     async def _look(self) -> None:
-        """Fail what is past its cut-off; release, oldest first, each pair whose payers
-        hold what it pays after the pairs released before it."""
+        """Fail what is past its cut-off; release, by priority then oldest first, each
+        pair whose payers hold what it pays (or a part of it) after the pairs released
+        before it; the releases in one transaction."""
         now_ms = self.coordinator.clock.now_ms()
         waiting = sorted(self._queue.values(), key=lambda queued: (queued.priority, queued.since_ms, queued.pair_id))
         held = await self._available({(leg.ledger, leg.from_account) for queued in waiting for leg in queued.legs})
+        released: list[tuple[Queued, int | None]] = []
         for queued in waiting:
             short = [leg for leg in queued.legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
             if queued.cutoff_ms < now_ms:
@@ -788,13 +800,12 @@ class MatchingDesk(Desk):
             elif not short:
                 for leg in queued.legs:
                     held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
-                self._release(queued)
+                released.append((queued, None))
             elif (part := self._partial(queued, held)) is not None:
-                a, b = queued.sides
-                legs = terms_of(await self._matched(a, b, part=part), None).legs
-                for leg in legs:
-                    held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
-                self._release(queued, part.to_units)
+                for leg, amount in zip(queued.legs, _part_amounts(queued, part), strict=True):
+                    held[(leg.ledger, leg.from_account, leg.asset)] -= amount
+                released.append((queued, part.to_units))
+        self._release(released)
 
     async def _available(self, accounts: set[tuple[str, str]]) -> dict[tuple[str, str, str], int]:
         """What each account holds available, per asset; an account its ledger does not
@@ -839,17 +850,18 @@ class MatchingDesk(Desk):
             return None
         return Part(settled, settled + low)
 
-    def _release(self, queued: Queued, part_to: int | None = None) -> None:
-        """Out of the queue, to its next try: of all that remains, or of units to `part_to`."""
+    def _release(self, released: list[tuple[Queued, int | None]]) -> None:
+        """Out of the queue, each to its next try: of all that remains, or of the units
+        up to its `part_to`."""
         with self._db:
-            for side in queued.sides:
-                self._db.execute(
-                    "UPDATE instructions SET state = 'matched', part_to = ? "
-                    "WHERE party = ? AND id = ? AND state = 'queued'",
-                    (part_to, side.msg.party, side.msg.id),
-                )
-        del self._queue[queued.pair_id]
-        queued.released.set()
+            self._db.executemany(
+                "UPDATE instructions SET state = 'matched', part_to = ? "
+                "WHERE party = ? AND id = ? AND state = 'queued'",
+                [(part_to, side.msg.party, side.msg.id) for queued, part_to in released for side in queued.sides],
+            )
+        for queued, _ in released:
+            del self._queue[queued.pair_id]
+            queued.released.set()
 
     def _expire(self, queued: Queued, short: list[SettlementLeg]) -> None:
         """At its cut-off: recycled to its next settlement day where the desk recycles

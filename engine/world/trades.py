@@ -36,12 +36,12 @@ class Trade:
     cash_minor: int
 
 
-async def put_aside(local: Local) -> dict[tuple[str, str], int]:
-    """All but KEPT of the seller's bonds and the buyer's cash moved beside them: how much."""
+async def put_aside(local: Local, kept: int = KEPT) -> dict[tuple[str, str], int]:
+    """All but `kept` of the seller's bonds and the buyer's cash moved beside them: how much."""
     aside = {}
     for ledger, account, owner, asset, operator in ASIDE:
         await local.open_accounts(ledger, operator, {f"{account}-aside": owner})
-        amount = (await local.balances(ledger, account))[asset] - KEPT
+        amount = (await local.balances(ledger, account))[asset] - kept
         await local.instruct(
             Transfer, ledger, owner, from_account=account, to_account=f"{account}-aside", asset=asset, amount=amount
         )
