@@ -960,3 +960,24 @@ async def test_a_part_below_the_least_the_queue_settles_waits_for_more(tmp_path,
         assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "pending"]
         assert await desk.balances() == before
         nursery.cancel_scope.cancel()
+
+
+async def test_the_audit_catches_a_pair_settled_twice_on_one_ledger_too(tmp_path, autojump_clock):
+    """The same on the unified ledger, where a try is one `settle`."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        unified = {BOND: "unified", "EUR": "unified"}
+        coordinator, _ = await desk.local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, unified),))
+        seller, buyer = dvp(utc_date(desk.now_ms()))
+        await desk.send(desk.instruction(attrs.evolve(seller, gives_account="a", takes_account="a")))
+        (matched,) = (
+            await desk.send(desk.instruction(attrs.evolve(buyer, gives_account="b", takes_account="b")))
+        ).items
+        await desk.until("bank-b", "settled")
+        pair_id = matched["settlement_id"]
+        assert not (await desk.audit()).violations
+        again = {**decode(coordinator.journal.get(pair_id).instruction), "attempt": 1}
+        assert (await coordinator.settle(again)).phase is Phase.SETTLED
+        (violation,) = (await desk.audit()).violations
+        assert violation.kind.value == "settled_twice" and violation.ledgers == ("unified",)
+        nursery.cancel_scope.cancel()

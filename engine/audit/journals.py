@@ -137,7 +137,7 @@ class LedgerJournal:
     ended: dict[str, At] = attrs.field(factory=dict)  # lock id -> its claim, cancel, abort or refund
     legs: dict[str, Terms] = attrs.field(factory=dict)  # lock id -> its settlement (from `auth`)
     settles: int = 0  # same-ledger settlements
-    # a same-ledger settlement's id -> its settle entry, and a partial try's units
+    # a matched pair's same-ledger try: its id -> its settle entry, and a partial try's units
     settled: dict[str, tuple[At, tuple[int, int] | None]] = attrs.field(factory=dict)
     problems: list[Violation] = attrs.field(factory=list)
     broken_at: int | None = None
@@ -188,8 +188,8 @@ class LedgerJournal:
             raise _Unreplayable(forged)
         if entry.kind == "settle":
             self.settles += 1
-            if entry.instruction is not None and entry.instruction.get("auth") is not None:
-                auth = entry.instruction["auth"]
+            auth = entry.instruction.get("auth") if entry.instruction is not None else None
+            if auth is not None and auth.get("type") == "matched":  # a matched pair's try: kept to check
                 self.settled[terms_of(auth, None).id] = (at, _part(auth))
         self.entries += 1
         self.head_hash, self.now_ms = entry_hash, entry.time_ms
