@@ -16,6 +16,7 @@ import trio.testing
 from lxml import etree
 
 from engine.audit.journals import audit
+from engine.audit.observer import Observer
 from engine.desks.calendar import Calendars
 from engine.desks.matching import MatchingDesk
 from engine.world.local import BOND, COORDINATOR, PLACES, Local, standard_world
@@ -870,12 +871,29 @@ async def test_a_queued_pair_survives_restarts_queued_and_mid_try_and_settles_on
         nursery.cancel_scope.cancel()
 
 
+async def watching(desk: Desk, nursery: trio.Nursery) -> Observer:
+    """An observer following every ledger live, from the start."""
+    ledgers = ["csd", "cbdc-eur", "cbdc-multi", "unified"]
+    observer = Observer(desk.local.world.registry, desk.local.bus, ledgers, 1_000, ServiceClock(), publish=False)
+    await nursery.start(observer.run)
+    return observer
+
+
+async def alerted(observer: Observer, violation) -> None:
+    """The observer raises the audit's violation live, once."""
+    with trio.fail_after(30):
+        while not observer.alerted[violation.kind]:
+            await trio.sleep(0.1)
+    assert [alert.reason for alert in observer.alerts] == [violation.reason]
+
+
 async def test_the_audit_catches_a_matched_pair_settled_by_two_tries(tmp_path, autojump_clock):
     """What the queue must never do, done on purpose with the coordinator's own hands: a
     second try of a pair that had settled. The ledgers each see a valid try; the audit,
-    reading them together, names the pair and both tries."""
+    reading them together, names the pair and both tries, and the observer alerts it live."""
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
+        observer = await watching(desk, nursery)
         coordinator, _ = await desk.start_coordinator()
         seller, buyer = dvp(utc_date(desk.now_ms()))
         await desk.send(desk.instruction(seller))
@@ -888,6 +906,7 @@ async def test_the_audit_catches_a_matched_pair_settled_by_two_tries(tmp_path, a
         (violation,) = (await desk.audit()).violations
         assert violation.kind.value == "settled_twice" and violation.settlement == pair_id
         assert violation.reason == f"matched pair {pair_id} moved by 2 tries: {pair_id}, {attempt_id(pair_id, 1)}"
+        await alerted(observer, violation)
         nursery.cancel_scope.cancel()
 
 
@@ -897,9 +916,11 @@ async def test_a_trade_both_sides_allow_to_settle_in_parts_settles_what_the_sell
     """sese.023 PrtlSttlmInd PART on both sides: with 40 of the 100 bonds, the queue
     settles units 0-40 and their cash at once (sese.025 PAIN), tells both parties what
     remains (pending, PART), and settles the other 60 when the seller has them (PARC).
-    The parts add up to the trade to the cent, and the audit finds them one after another."""
+    The parts add up to the trade to the cent, and the audit and the observer find them
+    one after another."""
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
+        observer = await watching(desk, nursery)
         await desk.start_coordinator()
         local = desk.local
         await move(local, "csd", "bank-a", "a-sec", "b-sec", BOND, leave=40)
@@ -942,6 +963,8 @@ async def test_a_trade_both_sides_allow_to_settle_in_parts_settles_what_the_sell
         assert await desk.held_locks() == []
         report = await desk.audit()
         assert not report.violations, report.violations
+        await observer.check()
+        assert observer.alerts == []
         nursery.cancel_scope.cancel()
 
 
@@ -966,6 +989,7 @@ async def test_the_audit_catches_a_pair_settled_twice_on_one_ledger_too(tmp_path
     """The same on the unified ledger, where a try is one `settle`."""
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
+        observer = await watching(desk, nursery)
         unified = {BOND: "unified", "EUR": "unified"}
         coordinator, _ = await desk.local.start_coordinator(TIMING, desks=(lambda c: MatchingDesk(c, unified),))
         seller, buyer = dvp(utc_date(desk.now_ms()))
@@ -980,4 +1004,5 @@ async def test_the_audit_catches_a_pair_settled_twice_on_one_ledger_too(tmp_path
         assert (await coordinator.settle(again)).phase is Phase.SETTLED
         (violation,) = (await desk.audit()).violations
         assert violation.kind.value == "settled_twice" and violation.ledgers == ("unified",)
+        await alerted(observer, violation)
         nursery.cancel_scope.cancel()

@@ -422,7 +422,7 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
     for journal in journals:
         for settlement, (at, units) in journal.settled.items():
             moved.setdefault(pair_of(settlement), []).append(Try(settlement, (at,), units))
-    violations += _settled_twice(moved)
+    violations += settled_twice(moved)
     return Report(
         tuple(journal.summary() for journal in journals),
         tuple(violations),
@@ -448,7 +448,7 @@ def _part(auth: dict) -> tuple[int, int] | None:
     return auth.get("part_from", 0), auth["part_to"]
 
 
-def _settled_twice(moved: Mapping[str, list[Try]]) -> Iterator[Violation]:
+def settled_twice(moved: Mapping[str, list[Try]]) -> Iterator[Violation]:
     """A matched pair's units are settled by one try at most (protocols.matching.attempt_id,
     part_of): the queue begins a try only after the one before it ended, and each part
     begins where the parts before it ended."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
 
@@ -39,13 +39,25 @@ from protocols.errors import Rejected
 from protocols.failures import ExpectedFailure
 from protocols.htlc import LockState
 from protocols.journal import ChainBroken, Replay, entry_hash
+from protocols.matching import MATCHED_PREFIX, pair_of
 from protocols.messages import Entry, QueryInfo
 from protocols.registry import Registry
 from protocols.settlement import lock_id
 from protocols.signing import Signed, from_wire
 
 from ..config import ConfigError, CoordinatorConfig
-from .journals import AuditError, Kind, LedgerJournal, Terms, Violation, judge, ledger_key, legs_of
+from .journals import (
+    AuditError,
+    Kind,
+    LedgerJournal,
+    Terms,
+    Try,
+    Violation,
+    judge,
+    ledger_key,
+    legs_of,
+    settled_twice,
+)
 
 log = logging.getLogger("lockstep.observer")
 
@@ -55,6 +67,7 @@ RETRY_S = 1.0  # before asking a ledger again after an answer that is not its ow
 STATUS_INTERVAL_S = 60.0  # how often the counts are logged
 ALERTS_KEPT_MAX = 10_000  # in `alerts`; every alert is logged and counted in `alerted` regardless
 ALERTS_TOPIC = "observer/alerts"
+PAIRS_KEPT_MAX = 100_000  # matched pairs whose tries that moved are remembered, the latest
 
 
 class Observer:
@@ -85,6 +98,7 @@ class Observer:
         self._live: set[str] = set()  # ledgers whose journal has been read up to that head
         self._problems_alerted = dict.fromkeys(ledger_ids, 0)  # of each journal's `problems`
         self._once: set[tuple] = set()  # judged violations alerted, by `_first`'s key
+        self._tries: OrderedDict[str, dict[str, Try]] = OrderedDict()  # a matched pair -> its tries that moved
         # for a console beside it: each entry as it is replayed (the ledger, the entry, its
         # hash, the settlements whose locks it placed or ended), and each alert as raised
         self.on_entry: Callable[[str, Signed, str, list[str]], None] = lambda ledger, signed, hash_, settlements: None
@@ -149,7 +163,11 @@ class Observer:
         if journal.intact:
             touched = self._touched(journal, entry)
             self.on_entry(journal.ledger, signed, hash_, [terms.settlement for terms in touched])
-            found += [self._judge(terms) for terms in touched]
+            for terms in touched:
+                found += self._judge(terms)
+            for settlement, (at, units) in journal.settled.items():  # a matched pair's try, on one ledger
+                found.append(self._moved(Try(settlement, (at,), units)))
+            journal.settled.clear()
         await self._alert_all(found)
 
     def _touched(self, journal: LedgerJournal, entry: Entry) -> list[Terms]:
@@ -175,23 +193,38 @@ class Observer:
 
     # -- judging -------------------------------------------------------------------------------
 
-    def _judge(self, terms: Terms) -> Violation | None:
+    def _judge(self, terms: Terms) -> list[Violation | None]:
         """The auditor's judgement, on the observer's clock where every leg's ledger is
         followed live; a settlement nothing can change any more is forgotten."""
         live = all(ledger in self._live for ledger in terms.ledgers)
         legs = legs_of(terms, self.journals, self.clock.now_ms() - self.grace_ms if live else None)
         outcome, finding = judge(terms, legs)
-        new = self._first(finding) if isinstance(finding, Violation) else None
+        new = [self._first(finding) if isinstance(finding, Violation) else None]
+        if any(leg.state == "claimed" for leg in legs):
+            new.append(self._moved(Try(terms.settlement, tuple(at for leg in legs for at in leg.entries), terms.units)))
         if all(leg.state != "held" and not leg.open for leg in legs):  # ended, never to be locked, or unknowable
             self._forget(terms, outcome)
         return new
+
+    def _moved(self, moved: Try) -> Violation | None:
+        """A matched pair's try moved: remembered, and the pair judged for tries that
+        moved the same units twice."""
+        pair = pair_of(moved.settlement)
+        if not pair.startswith(MATCHED_PREFIX):
+            return None
+        tries = self._tries.setdefault(pair, {})
+        tries[moved.settlement] = moved
+        self._tries.move_to_end(pair)
+        while len(self._tries) > PAIRS_KEPT_MAX:
+            self._tries.popitem(last=False)
+        return next((self._first(found) for found in settled_twice({pair: list(tries.values())})), None)
 
     def _first(self, violation: Violation) -> Violation | None:
         """A violation judged again and again is alerted the first time: a settlement is
         one-legged once, whatever its other leg's state; a lock overdue once, however long."""
         key = (
             (violation.kind, violation.settlement)
-            if violation.kind is Kind.ONE_LEGGED
+            if violation.kind in (Kind.ONE_LEGGED, Kind.SETTLED_TWICE)
             else (violation.kind, violation.entries)
         )
         if key in self._once:
@@ -229,7 +262,8 @@ class Observer:
         for ledger in sorted(self._live):
             if self.journals[ledger].intact:
                 found += map(self._first, self.journals[ledger].overdue(self.grace_ms, now_ms))
-        found += [self._judge(terms) for terms in list(self._open.values())]
+        for terms in list(self._open.values()):
+            found += self._judge(terms)
         await self._alert_all(found)
 
     # -- alerts --------------------------------------------------------------------------------
