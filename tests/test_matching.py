@@ -1006,3 +1006,25 @@ async def test_the_audit_catches_a_pair_settled_twice_on_one_ledger_too(tmp_path
         assert violation.kind.value == "settled_twice" and violation.ledgers == ("unified",)
         await alerted(observer, violation)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_trade_settled_in_part_and_short_of_the_rest_at_its_cut_off_fails_saying_what_settled(
+    tmp_path, autojump_clock
+):
+    now_ms = ServiceClock().now_ms()
+    skew_ms = DAY_MS - now_ms % DAY_MS - 120_000  # the day ends in two minutes
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path, skew_ms)
+        await desk.start_coordinator(skew_ms=skew_ms)
+        await move(desk.local, "csd", "bank-a", "a-sec", "b-sec", BOND, leave=40)
+        for side in dvp(utc_date(desk.local.coordinator.clock.now_ms())):
+            await desk.send(desk.instruction(attrs.evolve(side, partial=True)))
+        await trio.sleep(120)  # the first part settles at once; the cut-off passes
+        for party in ("bank-a", "bank-b"):
+            advices = await desk.until(party, "failed")
+            assert [i["status"] for i in advices][-3:] == ["settled", "pending", "failed"]
+            codes, narrative = reasons(advices[-1]["document"])
+            assert codes == ("LACK", "TRAD"), codes
+            assert "(40 of 100 units settled in parts before it)" in narrative, narrative
+            assert "a-sec on csd lacked XS2700000016 60 units" in narrative, narrative
+        nursery.cancel_scope.cancel()

@@ -874,7 +874,9 @@ class MatchingDesk(Desk):
             self._on_day(queued, following)
             log.info("queued settlement %s recycled to %s", queued.pair_id, following)
             return
-        cutoff = f"not settled by its cut-off, the end of {a.one.settlement_date}"
+        cutoff = f"not settled by its cut-off on {queued.day}"
+        if queued.settled:
+            cutoff += f" ({queued.settled} of {_units(a, b)} units settled in parts before it)"
         if queued.held:
             holders = ", ".join(sorted(queued.held))
             why = {side.msg.party: _on_hold(side, queued.held) for side in (a, b)}
