@@ -43,18 +43,11 @@ from protocols import matching
 from protocols.authority import terms_of
 from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply
-from protocols.bus.follow import follow
 from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
-from protocols.iso20022 import pacs002, read, sese024, sese025
+from protocols.iso20022 import read
 from protocols.iso20022.model import (
-    PACS_002,
-    PACS_009,
-    SESE_024,
-    SESE_025,
-    Advice,
-    Confirmation,
     Denomination,
     OneSided,
     Part,
@@ -62,17 +55,14 @@ from protocols.iso20022.model import (
 )
 from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.iso20022.xml import Refused
-from protocols.journal import ChainBroken
 from protocols.messages import (
     ATTEMPTS_MAX,
-    Advices,
     HoldInstruction,
     Matched,
     QueryAdvices,
     QueryBalances,
     QueryInfo,
     QuerySettlementAdvices,
-    SettlementAdvices,
     SettlementInstruction,
     SettlementLeg,
     to_body,
@@ -83,19 +73,17 @@ from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
 from ..coordinator import Coordinator
+from . import parts
+from .advices import AdviceBook
 from .base import Desk
 from .calendar import Calendars
+from .recycler import Recycler
 
 log = logging.getLogger("lockstep.matching")
 ALWAYS_OPEN = Calendars()  # every ledger settles every day, to its end
 
-ADVICES_PAGE_MAX = 100
-ADVICE_MEMBERS = ("seq", "instruction_id", "settlement_id", "status", "format", "document")  # an advices item's
 SETTLING_MAX = 256  # matched settlements driven at once by this desk
 RECYCLED = (Code.INSUFFICIENT_FUNDS.value, Code.TIMEOUT.value)  # a try that ended so, moving nothing, is tried again
-RECYCLE_POLL_S = 5.0  # the queue looks again at least this often: a ledger's event may be lost
-RECYCLE_GAP_S = 0.05  # and at most this often, however busy its ledgers
-WATCH_RETRY_S = 1.0  # a ledger whose entries cannot be followed is followed again after this
 
 # the ISO 20022 settlement status reason for a ledger's refusal of a leg
 _FAILURE_REASONS = {
@@ -148,14 +136,9 @@ def _on_hold(side: Side, holders: set[str] | frozenset[str]) -> str:
     return "PREA" if side.msg.party in holders else "PRCY"
 
 
-def _part_amounts(queued: Queued, part: Part) -> list[int]:
-    """What each of a queued DvP's legs pays in `part` of the trade."""
-    return [
-        matching.part_of(side.one, part.from_units, part.to_units)
-        for leg in queued.legs
-        for side in queued.sides
-        if side.one.gives_account == leg.from_account and side.one.gives_asset == leg.asset
-    ]
+def _ones(queued: Queued) -> tuple[OneSided, OneSided]:
+    a, b = queued.sides
+    return a.one, b.one
 
 
 def _units(a: Side, b: Side) -> int:
@@ -181,13 +164,20 @@ class MatchingDesk(Desk):
         each ledger's settlement days and cut-off, and what the queue does at a cut-off."""
         super().__init__(coordinator)
         self.calendars = calendars
+        self._book = AdviceBook(self._db, coordinator)
         self._places = dict(places or {})
         self._changed = trio.Event()
         self._matching = trio.Lock()
         self._limit = trio.CapacityLimiter(SETTLING_MAX)
         self._denominations: dict[str, Denomination] = {}
         self._queue: dict[str, Queued] = {}
-        self._stirred = trio.Event()  # an entry on a ledger the queue waits on, or a pair queued
+        self._recycler = Recycler(
+            lambda: {leg.ledger for queued in self._queue.values() for leg in queued.legs},
+            self._moments,
+            self._look,
+            coordinator.client,
+            coordinator.clock,
+        )
 
     # -- the bus ---------------------------------------------------------------------------
 
@@ -195,38 +185,17 @@ class MatchingDesk(Desk):
         if isinstance(signed.msg, QueryAdvices):  # confidential: asked for by the party itself
             self.coordinator.registry.verify_all(signed)
             self.coordinator.registry.signed_by(signed, (signed.msg.party,))
-            return self._advices(signed.msg)
+            return self._book.page(signed.msg.party, signed.msg.from_seq, signed.msg.limit)
         if isinstance(signed.msg, QuerySettlementAdvices):  # or by the supervisor, who sees through
             self.coordinator.registry.verify_all(signed)
             self.coordinator.registry.signed_by(signed, (signed.msg.party,))
             if not self.coordinator.registry.has_role(signed.msg.party, Role.OBSERVER):
                 raise Rejected(Code.NOT_AUTHORISED, "party", f"{signed.msg.party!r} does not hold the observer role")
-            return self._settlement_advices(signed.msg.settlement_id)
+            return self._book.of_settlement(signed.msg.settlement_id)
         async with self._matching:  # one instruction at a time: no side is matched twice
             if isinstance(signed.msg, HoldInstruction):
                 return self._set_hold(signed)
             return await self.instruct(signed)
-
-    def _advices(self, query: QueryAdvices) -> bytes:
-        rows = self._db.execute(
-            "SELECT seq, instruction_id, settlement_id, status, format, document FROM advices "
-            "WHERE party = ? AND seq >= ? ORDER BY seq LIMIT ?",
-            (query.party, query.from_seq, min(query.limit, ADVICES_PAGE_MAX)),
-        ).fetchall()
-        items = tuple(dict(zip(ADVICE_MEMBERS, row, strict=True)) for row in rows)
-        return self.coordinator.sign(Advices(self.coordinator.id, query.party, self.coordinator.clock.now_ms(), items))
-
-    def _settlement_advices(self, settlement_id: str) -> bytes:
-        """Every advice of the settlement's instructions, from the first (unmatched) on."""
-        rows = self._db.execute(
-            "SELECT a.party, a.seq, a.instruction_id, a.settlement_id, a.status, a.format, a.document "
-            "FROM instructions AS i JOIN advices AS a ON a.party = i.party AND a.instruction_id = i.id "
-            "WHERE i.settlement_id = ? ORDER BY a.seq",
-            (matching.pair_of(settlement_id),),
-        ).fetchall()
-        items = tuple(dict(zip(("party", *ADVICE_MEMBERS), row, strict=True)) for row in rows)
-        now_ms = self.coordinator.clock.now_ms()
-        return self.coordinator.sign(SettlementAdvices(self.coordinator.id, settlement_id, now_ms, items))
 
     async def instruct(self, signed: Signed) -> bytes:
         """Take one side; the reply is the advice it earned at once (unmatched or matched,
@@ -239,12 +208,12 @@ class MatchingDesk(Desk):
         if row is not None:
             if bytes(row[0]) != signed.encode():
                 raise Rejected(Code.ID_REUSED, "id", f"instruction {msg.id} of {msg.party} was sent with other content")
-            return self._latest_advice(msg.party, msg.id)
+            return self._book.latest(msg.party, msg.id)
         try:
             side = Side(signed, await self._sized(self._read(msg)))
         except Refused as refused:
             self._reject(signed, refused.problems)
-            return self._latest_advice(msg.party, msg.id)
+            return self._book.latest(msg.party, msg.id)
         now_ms = self.coordinator.clock.now_ms()
         _, last_ms = matching.day_window(side.one.settlement_date)
         if now_ms > last_ms:
@@ -268,7 +237,7 @@ class MatchingDesk(Desk):
             self._add_matched(side, match, settlement_id, now_ms)
             self._serve(settlement_id)
         self._changed.set()
-        return self._latest_advice(msg.party, msg.id)
+        return self._book.latest(msg.party, msg.id)
 
     def _set_hold(self, signed: Signed) -> bytes:
         """Hold or release the party's own instruction, before its pair's next try (a try
@@ -279,7 +248,7 @@ class MatchingDesk(Desk):
         if row is not None:
             if bytes(row[0]) != signed.encode():
                 raise Rejected(Code.ID_REUSED, "id", f"hold {msg.id} of {msg.party} was sent with other content")
-            return self._latest_advice(msg.party, msg.instruction_id)
+            return self._book.latest(msg.party, msg.instruction_id)
         found = self._db.execute(
             "SELECT state, settlement_id FROM instructions WHERE party = ? AND id = ?",
             (msg.party, msg.instruction_id),
@@ -306,14 +275,16 @@ class MatchingDesk(Desk):
                 for each in queued.sides:
                     if holders:
                         why = f"held by {', '.join(sorted(holders))}"
-                        self._advise(each, "pending", pair_id, _on_hold(each, holders), why, now_ms)
+                        self._book.advise(each.msg, each.one, "pending", pair_id, _on_hold(each, holders), why, now_ms)
                     else:
-                        self._advise(each, "matched", pair_id, "", f"released by {msg.party}", now_ms)
+                        self._book.advise(
+                            each.msg, each.one, "matched", pair_id, "", f"released by {msg.party}", now_ms
+                        )
         if queued is not None:
             queued.held = holders
-            self._stirred.set()
+            self._recycler.stir()
         log.info("instruction %s of %s %s", msg.instruction_id, msg.party, "held" if msg.hold else "released")
-        return self._latest_advice(msg.party, msg.instruction_id)
+        return self._book.latest(msg.party, msg.instruction_id)
 
     def _authenticated(self, signed: Signed) -> Any:
         """The message (an instruction, a hold), signed by its party and for this coordinator."""
@@ -352,15 +323,13 @@ class MatchingDesk(Desk):
         msg: SettlementInstruction = signed.msg
         now_ms = self.coordinator.clock.now_ms()
         reason = "; ".join(f"{p.field}: {p.reason}" for p in problems)
-        advice = Advice(msg.party, msg.id, None, "rejected", problems[0].code, reason, now_ms, None, problems)
         with self._db:
             self._db.execute(
                 "INSERT INTO instructions (party, id, raw, counterparty, settlement_date, state, settlement_id, "
                 "received_ms) VALUES (?, ?, ?, '', '', 'rejected', NULL, ?)",
                 (msg.party, msg.id, signed.encode(), now_ms),
             )
-            fmt, document = self._document(advice, msg.format, SESE_024, sese024)
-            self._store(msg, "rejected", None, fmt, document, now_ms)
+            self._book.advise(msg, None, "rejected", None, problems[0].code, reason, now_ms, problems)
         log.info("instruction %s of %s rejected: %s", msg.id, msg.party, reason)
 
     async def _side(self, raw: bytes) -> Side:
@@ -462,7 +431,7 @@ class MatchingDesk(Desk):
             code, reason = "CMIS", f"no matching instruction from {side.one.counterparty} yet"
         with self._db:
             self._insert(side, "unmatched", None, now_ms)
-            self._advise(side, "unmatched", None, code, reason, now_ms)
+            self._book.advise(side.msg, side.one, "unmatched", None, code, reason, now_ms)
 
     def _add_matched(self, side: Side, other: Side, settlement_id: str, now_ms: int) -> None:
         """Both sides matched; queued at once, each party told why, where a side is held."""
@@ -475,10 +444,12 @@ class MatchingDesk(Desk):
                 (state, settlement_id, other.msg.party, other.msg.id),
             )
             for each in (other, side):
-                self._advise(each, "matched", settlement_id, "", f"matched with {each.one.counterparty}", now_ms)
+                self._book.advise(
+                    each.msg, each.one, "matched", settlement_id, "", f"matched with {each.one.counterparty}", now_ms
+                )
             for each in (other, side) if holders else ():
                 why = f"held by {', '.join(sorted(holders))}"
-                self._advise(each, "pending", settlement_id, _on_hold(each, holders), why, now_ms)
+                self._book.advise(each.msg, each.one, "pending", settlement_id, _on_hold(each, holders), why, now_ms)
 
     def _held(self, side: Side) -> bool:
         row = self._db.execute(
@@ -572,8 +543,8 @@ class MatchingDesk(Desk):
                     "WHERE party = ? AND id = ?",
                     (attempt, part.to_units, side.msg.party, side.msg.id),
                 )
-                self._confirm(side, pair_id, settled_ms, now_ms, part)
-                self._advise(side, "pending", pair_id, "PART", why, now_ms)
+                self._book.confirm(side.msg, side.one, pair_id, settled_ms, now_ms, part)
+                self._book.advise(side.msg, side.one, "pending", pair_id, "PART", why, now_ms)
         log.info("matched settlement %s: %s", pair_id, why)
 
     async def _ledgers(self, a: Side, b: Side) -> tuple[str, ...]:
@@ -626,7 +597,7 @@ class MatchingDesk(Desk):
                     "UPDATE instructions SET state = 'queued', attempt = ? WHERE party = ? AND id = ?",
                     (attempt, side.msg.party, side.msg.id),
                 )
-                self._advise(side, "pending", pair_id, code, f"queued: {reason}", now_ms)
+                self._book.advise(side.msg, side.one, "pending", pair_id, code, f"queued: {reason}", now_ms)
         log.info("matched settlement %s queued for attempt %d: %s", pair_id, attempt, reason)
 
     async def _enqueue(self, pair_id: str, a: Side, b: Side) -> Queued:
@@ -650,7 +621,7 @@ class MatchingDesk(Desk):
         queued = Queued(pair_id, (a, b), legs, day, 0, 0, now_ms, priority, holders, settled)
         self._on_day(queued, day)
         self._queue[pair_id] = queued
-        self._stirred.set()
+        self._recycler.stir()
         return queued
 
     def _on_day(self, queued: Queued, day: str) -> None:
@@ -680,58 +651,14 @@ class MatchingDesk(Desk):
                     "UPDATE instructions SET state = ? WHERE party = ? AND id = ?", (state, side.msg.party, side.msg.id)
                 )
                 if settled_ms is not None:
-                    self._confirm(side, settlement_id, settled_ms, now_ms, part)
+                    self._book.confirm(side.msg, side.one, settlement_id, settled_ms, now_ms, part)
                 else:
                     why = iso.get(side.msg.party) if isinstance(iso, Mapping) else iso
                     why = why or _FAILURE_REASONS.get(code, ("OTHR", "OTHR"))[side.one.gives_asset in CURRENCIES]
-                    self._advise(side, "failed", settlement_id, why, f"{outcome}: {code}: {reason}", now_ms)
+                    self._book.advise(
+                        side.msg, side.one, "failed", settlement_id, why, f"{outcome}: {code}: {reason}", now_ms
+                    )
         log.info("matched settlement %s %s", settlement_id, outcome)
-
-    def _advise(self, side: Side, status: str, settlement_id: str | None, code: str, reason: str, now_ms: int) -> None:
-        advice = Advice(side.msg.party, side.one.reference, settlement_id, status, code, reason, now_ms, side.one)
-        self._store(
-            side.msg, status, settlement_id, *self._document(advice, side.msg.format, SESE_024, sese024), now_ms
-        )
-
-    def _confirm(self, side: Side, settlement_id: str, settled_ms: int, now_ms: int, part: Part | None = None) -> None:
-        one = side.one
-        confirmation = Confirmation(side.msg.party, one.reference, settlement_id, one, settled_ms, part)
-        self._store(
-            side.msg,
-            "settled",
-            settlement_id,
-            *self._document(confirmation, side.msg.format, SESE_025, sese025),
-            now_ms,
-        )
-
-    def _document(
-        self, outcome: Advice | Confirmation, instructed_in: str, fmt: str, securities_writer
-    ) -> tuple[str, bytes]:
-        """A DvP's outcome in its sese message; a PvP's as a pacs.002 payment status."""
-        if instructed_in == PACS_009:
-            return PACS_002, pacs002.write(outcome, sender=self.coordinator.id, now_ms=self.coordinator.clock.now_ms())
-        return fmt, securities_writer.write(outcome)
-
-    def _store(
-        self,
-        msg: SettlementInstruction,
-        status: str,
-        settlement_id: str | None,
-        fmt: str,
-        document: bytes,
-        now_ms: int,
-    ) -> None:
-        self._db.execute(
-            "INSERT INTO advices (party, instruction_id, settlement_id, status, format, document, time_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (msg.party, msg.id, settlement_id, status, fmt, document.decode(), now_ms),
-        )
-
-    def _latest_advice(self, party: str, instruction_id: str) -> bytes:
-        seq = self._db.execute(
-            "SELECT max(seq) FROM advices WHERE party = ? AND instruction_id = ?", (party, instruction_id)
-        ).fetchone()[0]
-        return self._advices(QueryAdvices("reply", self.coordinator.id, party, seq, 1))
 
     # -- running -----------------------------------------------------------------------------
 
@@ -745,43 +672,10 @@ class MatchingDesk(Desk):
     async def _work(self) -> None:
         """Cancel what stays unmatched past its settlement date; recycle what is queued."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._recycle)
+            nursery.start_soon(self._recycler.run)
             await self._cancel_unmatched()
 
     # -- the queue ---------------------------------------------------------------------------
-
-    async def _recycle(self) -> None:
-        """Look at the queue each time a ledger it waits on moves (or RECYCLE_POLL_S
-        passes), and at each cut-off; follow the ledgers its pairs pay on meanwhile."""
-        while True:
-            ledgers = {leg.ledger for queued in self._queue.values() for leg in queued.legs}
-            async with trio.open_nursery() as watching:
-                for ledger in sorted(ledgers):
-                    watching.start_soon(self._watch, ledger)
-                while ledgers == {leg.ledger for queued in self._queue.values() for leg in queued.legs}:
-                    self._stirred = trio.Event()
-                    await self._look()
-                    now_ms = self.coordinator.clock.now_ms()
-                    moments = [q.cutoff_ms + 1 for q in self._queue.values()]
-                    moments += [q.opens_ms for q in self._queue.values() if q.opens_ms > now_ms]
-                    wait_s = RECYCLE_POLL_S if self._queue else float("inf")
-                    with trio.move_on_after(wait_s) as waiting:
-                        if moments:
-                            waiting.deadline = min(waiting.deadline, self.coordinator.clock.trio_time_at(min(moments)))
-                        await self._stirred.wait()
-                    await trio.sleep(RECYCLE_GAP_S)
-                watching.cancel_scope.cancel()
-
-    async def _watch(self, ledger: str) -> None:
-        """Stir the queue at each entry the ledger writes."""
-        client = self.coordinator.client(ledger)
-        while True:
-            try:
-                async for _ in follow(client):
-                    self._stirred.set()
-            except (BusTimeout, BadReply, ChainBroken, Rejected) as error:
-                log.warning("the queue cannot follow %s (%s): it looks every %s s", ledger, error, RECYCLE_POLL_S)
-            await trio.sleep(WATCH_RETRY_S)
 
     async def _look(self) -> None:
         """Fail what is past its cut-off; release, by priority then oldest first, each
@@ -801,8 +695,8 @@ class MatchingDesk(Desk):
                 for leg in queued.legs:
                     held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
                 released.append((queued, None))
-            elif (part := self._partial(queued, held)) is not None:
-                for leg, amount in zip(queued.legs, _part_amounts(queued, part), strict=True):
+            elif (part := self._part_of(queued, held)) is not None:
+                for leg, amount in zip(queued.legs, parts.amounts(_ones(queued), queued.legs, part), strict=True):
                     held[(leg.ledger, leg.from_account, leg.asset)] -= amount
                 released.append((queued, part.to_units))
         self._release(released)
@@ -827,28 +721,15 @@ class MatchingDesk(Desk):
                 nursery.start_soon(ask, ledger, account)
         return held
 
-    def _partial(self, queued: Queued, held: Mapping[tuple[str, str, str], int]) -> Part | None:
-        """The largest part of what remains that the payers' balances cover, where both
-        sides allow settling in parts: at least `partial_min_units`, and short of all."""
-        a, b = queued.sides
-        if not (a.one.partial and b.one.partial):
-            return None
-        seller, buyer = (a, b) if a.one.side == "deliver" else (b, a)
-        units, settled = seller.one.gives_amount, queued.settled
-        covered = {leg.asset: held.get((leg.ledger, leg.from_account, leg.asset), 0) for leg in queued.legs}
-        most = min(covered[_instrument(seller.one)], units - settled - 1)
-        cash = buyer.one.gives_asset
+    def _part_of(self, queued: Queued, held: parts.Held) -> Part | None:
+        least = self.calendars.partial_min_units
+        return parts.best(_ones(queued), queued.legs, queued.settled, held, least)
 
-        def paid(count: int) -> int:
-            return matching.part_of(buyer.one, settled, settled + count) if cash is not None else 0
-
-        low, high = 0, most  # the largest count whose cash the buyer's balance covers (more costs more)
-        while low < high:
-            middle = (low + high + 1) // 2
-            low, high = (middle, high) if cash is None or paid(middle) <= covered[cash] else (low, middle - 1)
-        if low < self.calendars.partial_min_units or (cash is not None and paid(low) == 0):
-            return None
-        return Part(settled, settled + low)
+    def _moments(self) -> list[int]:
+        """When a waiting pair's cut-off passes, or its day opens: the queue looks then."""
+        now_ms = self.coordinator.clock.now_ms()
+        moments = [queued.cutoff_ms + 1 for queued in self._queue.values()]
+        return moments + [queued.opens_ms for queued in self._queue.values() if queued.opens_ms > now_ms]
 
     def _release(self, released: list[tuple[Queued, int | None]]) -> None:
         """Out of the queue, each to its next try: of all that remains, or of the units
@@ -915,14 +796,8 @@ class MatchingDesk(Desk):
                     "UPDATE instructions SET state = 'cancelled' WHERE party = ? AND id = ?",
                     (side.msg.party, side.msg.id),
                 )
-                self._advise(
-                    side,
-                    "cancelled",
-                    None,
-                    "CANS",
-                    f"unmatched past its settlement date {side.one.settlement_date}",
-                    now_ms,
-                )
+                why = f"unmatched past its settlement date {side.one.settlement_date}"
+                self._book.advise(side.msg, side.one, "cancelled", None, "CANS", why, now_ms)
         for side in stale:
             log.info(
                 "instruction %s of %s cancelled: unmatched past %s",
