@@ -146,12 +146,14 @@ class Outcome:
     # each final settlement: accepted and final (ms), and who it needed (the coordinator, its ledgers)
     lives: list[tuple[int, int, frozenset[str]]] = attrs.field(factory=list)
     locks: LockCost | None = None
+    paths: Counter = attrs.field(factory=Counter)  # final settlements, cross-ledger and same-ledger
     trades: Counter = attrs.field(factory=Counter)  # queue mode: each trade's end
     released_minor: int = 0  # queue mode: the cash of the trades settled
 
     def ended(self, settlement: Settlement, status: SettlementStatus) -> None:
         """A settlement's final status, as its back office received it."""
         self.phases[status.phase] += 1
+        self.paths["same" if len({leg.ledger for leg in settlement.legs}) == 1 else "cross"] += 1
         if status.steps:
             needed = frozenset({settlement.coordinator, *(leg.ledger for leg in settlement.legs)})
             self.lives.append((status.steps[0][1], status.steps[-1][1], needed))

@@ -439,6 +439,12 @@ async def _load(
     unfinished: set[str] = set()
     striking = set(faults)  # the faults yet to strike `strikes` times
 
+    def over() -> None:
+        """With `strikes`, the run is over once every fault has struck that often and
+        settlements of both paths, cross-ledger and same-ledger, have ended meanwhile."""
+        if not striking and outcome.paths["cross"] and outcome.paths["same"]:
+            done.set()
+
     async def strike(fault: str) -> None:
         """`fault` again and again, each time after a pause and for a while: from its own
         generator, so that its strikes do not depend on the other faults' timing."""
@@ -457,8 +463,7 @@ async def _load(
                 await services.repair()  # a broker node, once its clients have moved
             pause = own.uniform(*PAUSE_S)
         striking.discard(fault)
-        if not striking:
-            done.set()
+        over()
 
     async def back_office() -> None:
         while not done.is_set():
@@ -472,6 +477,8 @@ async def _load(
                     unfinished.discard(settlement.id)
                     if settlements is not None and sum(outcome.phases.values()) >= settlements:
                         done.set()
+                    if strikes is not None:
+                        over()
                     break
 
     async with trio.open_nursery() as offices:
