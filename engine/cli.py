@@ -285,6 +285,17 @@ def _end_of_day(args: argparse.Namespace) -> int:
     )
 
 
+def _back_office(parser: argparse.ArgumentParser, party: str) -> None:
+    """What a back office's command needs to reach the matching desk as its party."""
+    parser.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
+    parser.add_argument("--registry", required=True, metavar="FILE", help="the consortium's registry.toml")
+    parser.add_argument(
+        "--coordinator", default="coordinator", metavar="ID", help="the coordinator's id (default: coordinator)"
+    )
+    parser.add_argument("--party", required=True, metavar="ID", help=party)
+    parser.add_argument("--key", required=True, metavar="FILE", help="the party's private key (PEM, mode 600)")
+
+
 def _cash_account(text: str) -> tuple[str, str, str]:
     """An argparse type: LEDGER:ACCOUNT:CCY."""
     from engine.client.end_of_day import cash_account
@@ -678,13 +689,7 @@ def parser() -> argparse.ArgumentParser:
             desk.add_argument(
                 "--from", type=int, default=0, metavar="SEQ", help="the first advice position (default: 0)"
             )
-        desk.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
-        desk.add_argument("--registry", required=True, metavar="FILE", help="the consortium's registry.toml")
-        desk.add_argument(
-            "--coordinator", default="coordinator", metavar="ID", help="the coordinator's id (default: coordinator)"
-        )
-        desk.add_argument("--party", required=True, metavar="ID", help="the instructing party (who signs)")
-        desk.add_argument("--key", required=True, metavar="FILE", help="the party's private key (PEM, mode 600)")
+        _back_office(desk, "the instructing party (who signs)")
         if name != "hold":
             desk.add_argument(
                 "--out",
@@ -722,13 +727,7 @@ def parser() -> argparse.ArgumentParser:
         "each --cash account, from its ledger's journal, checked; and the latest status advice (sese.024, or "
         "pacs.002) of each of its instructions still open at the matching desk (unmatched, matched or pending).",
     )
-    eod.add_argument("--broker", required=True, metavar="URL", help=BROKER_URL_HELP)
-    eod.add_argument("--registry", required=True, metavar="FILE", help="the consortium's registry.toml")
-    eod.add_argument(
-        "--coordinator", default="coordinator", metavar="ID", help="the coordinator's id (default: coordinator)"
-    )
-    eod.add_argument("--party", required=True, metavar="ID", help="the participant (who signs its queries)")
-    eod.add_argument("--key", required=True, metavar="FILE", help="the party's private key (PEM, mode 600)")
+    _back_office(eod, "the participant (who signs its queries)")
     eod.add_argument("--date", type=_date, metavar="YYYY-MM-DD", help="the settlement day, UTC (default: today)")
     eod.add_argument(
         "--cash",
