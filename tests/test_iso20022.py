@@ -146,6 +146,7 @@ def pvps(draw):
         takes_asset=takes,
         takes_amount=draw(amounts),
         takes_account=draw(idents),
+        priority=draw(st.sampled_from([3, 4])),  # InstrPrty HIGH, or none: normal
     )
 
 

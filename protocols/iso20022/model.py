@@ -27,6 +27,7 @@ Names = Callable[[str], str | None]
 
 
 NORMAL_PRIORITY = 4  # an instruction's priority when it states none (T2S: 1 reserved, 2 top, 3 high, 4 normal)
+HIGH_PRIORITY = 3  # a pacs.009 payment's InstrPrty HIGH
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from lxml import etree
 from ..errors import Code
 from ..identifiers import CURRENCIES, IDENT_PATTERN, bic11
 from . import xml
-from .model import PACS_009, Names, OneSided, Problem
+from .model import HIGH_PRIORITY, NORMAL_PRIORITY, PACS_009, Names, OneSided, Problem
 
 TRANSACTIONS = 2
 
@@ -71,6 +71,7 @@ def _leg(transfer: etree._Element, pays: etree._Element, names: Names | None, fi
         common_id=xml.text(pays, "PmtId/EndToEndId"),
         pays_into=pays_into,
         uetr=pays.findtext("{*}PmtId/{*}UETR"),
+        priority=_priority(pays),
     )
 
 
@@ -146,6 +147,7 @@ def _pair(
         takes_asset=takes[0],
         takes_amount=takes[1],
         takes_account=takes_account,
+        priority=_priority(pays),
     )
 
 
@@ -170,6 +172,12 @@ def _agent(transaction: etree._Element, role: str, names: Names | None, findings
     written += [f"BIC/{bic11(bic.text)}"] if bic is not None else []
     written += [f"LEI/{lei.text}"] if lei is not None else []
     return xml.party(institution, written, names, findings)
+
+
+def _priority(transaction: etree._Element) -> int:
+    """The party's payment's instruction priority (PmtTpInf/InstrPrty): HIGH is served
+    before NORM, the default, in the settlement queue."""
+    return HIGH_PRIORITY if transaction.findtext("{*}PmtTpInf/{*}InstrPrty") == "HIGH" else NORMAL_PRIORITY
 
 
 def _date(transaction: etree._Element, findings: xml.Findings) -> str | None:
@@ -251,6 +259,8 @@ def _put_transfer(
     xml.put(transaction, "PmtId/EndToEndId", end_to_end)
     if one.uetr is not None:
         xml.put(transaction, "PmtId/UETR", one.uetr)
+    if one.priority < NORMAL_PRIORITY and debtor == one.party:  # the party's own payment's
+        xml.put(transaction, "PmtTpInf/InstrPrty", "HIGH")
     xml.put(transaction, "IntrBkSttlmAmt", xml.amount_text(minor, currency), Ccy=currency)
     xml.put(transaction, "IntrBkSttlmDt", one.settlement_date)
     for role, party in (("Dbtr", debtor), ("Cdtr", creditor)):
