@@ -17,6 +17,7 @@ from lxml import etree
 
 from engine.audit.journals import audit
 from engine.audit.observer import Observer
+from engine.coordinator.metrics import CoordinatorMetrics
 from engine.desks.calendar import Calendars
 from engine.desks.matching import MatchingDesk
 from engine.world.local import BOND, COORDINATOR, PLACES, Local, standard_world
@@ -46,6 +47,7 @@ from protocols.messages import (
 from protocols.settlement import Phase, Timing, utc_date
 from protocols.signing import from_wire, sign
 from tests.test_coordinator import World
+from tests.test_metrics import of, value
 
 TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=2_000, clock_skew_ms_max=500)
 
@@ -698,11 +700,17 @@ async def test_a_pair_lacking_cash_waits_in_the_queue_and_settles_once_the_cash_
         await trio.sleep(30)  # nothing provided: it waits, and nothing moves
         assert await desk.balances() == before
         assert [i["status"] for i in await desk.advices("bank-b")] == ["matched", "pending"]
+        samples = of(CoordinatorMetrics(desk.local.coordinator).registry)
+        assert value(samples, "lockstep_coordinator_instructions", state="queued") == 2  # both sides
+        assert value(samples, "lockstep_coordinator_instructions", state="settled") == 0
 
         await move(local, "cbdc-eur", "bank-a", "a-eur", "b-eur", "EUR", 60_000)
         for party in ("bank-a", "bank-b"):
             assert [i["status"] for i in await desk.until(party, "settled")][-2:] == ["pending", "settled"]
         after = await desk.balances()
+        samples = of(CoordinatorMetrics(desk.local.coordinator).registry)
+        assert value(samples, "lockstep_coordinator_instructions", state="queued") == 0
+        assert value(samples, "lockstep_coordinator_instructions", state="settled") == 2
         assert after[("cbdc-eur", "b-eur")]["EUR"] == 50_000 + 60_000 - 99_000
         assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
         coordinator = desk.local.coordinator
@@ -765,6 +773,10 @@ async def test_a_held_instruction_waits_until_its_party_releases_it_and_only_its
         before = await desk.balances()
         await trio.sleep(30)
         assert await desk.balances() == before  # funded, but held
+        assert (
+            value(of(CoordinatorMetrics(desk.local.coordinator).registry), "lockstep_coordinator_instructions_held")
+            == 1
+        )
 
         def hold(signer: str, hold: bool, hold_id: str = "h-1", party: str = "bank-a", instruction: str = "A-REF-1"):
             msg = HoldInstruction(hold_id, COORDINATOR, party, desk.now_ms(), instruction, hold)

@@ -23,6 +23,7 @@ SETTLEMENT_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 ROUND_TRIP_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UNFINISHED = tuple(phase for phase in Phase if phase not in FINAL)
 HOLDING_LOCKS = (Phase.LOCKING, Phase.LOCKED, Phase.CLAIMING, Phase.ROLLING_BACK)
+INSTRUCTION_STATES = ("unmatched", "matched", "queued", "settled", "failed", "cancelled", "rejected")
 
 
 class CoordinatorMetrics:
@@ -128,8 +129,9 @@ class _PhaseCollector:
 
 class _JournalCollector:
     """Read at scrape time from the journal (a read-only connection of its own, so a
-    scrape never meets the writer's transaction): the settlements it holds, and the
-    transitions in its log (of settlements not yet final)."""
+    scrape never meets the writer's transaction): the settlements it holds, the
+    transitions in its log (of settlements not yet final), and the matching desk's
+    instructions by state, the settlement queue's among them."""
 
     def __init__(self, database: str | Path) -> None:
         self._database = database
@@ -140,6 +142,10 @@ class _JournalCollector:
                 "SELECT COUNT(*) FROM (SELECT id FROM settlements UNION SELECT settlement_id FROM transitions) AS ids"
             ).fetchone()[0]
             logged = db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
+            states = dict(db.execute("SELECT state, COUNT(*) FROM instructions GROUP BY state").fetchall())
+            held = db.execute(
+                "SELECT COUNT(*) FROM instructions WHERE held = 1 AND state IN ('unmatched', 'matched', 'queued')"
+            ).fetchone()[0]
         yield GaugeMetricFamily(
             "lockstep_coordinator_journal_rows",
             "Settlements in the coordinator's journal, final or not.",
@@ -149,4 +155,17 @@ class _JournalCollector:
             "lockstep_coordinator_journal_transitions",
             "Transitions in the journal's log: those of settlements not yet final.",
             value=logged,
+        )
+        instructions = GaugeMetricFamily(
+            "lockstep_coordinator_instructions",
+            "The matching desk's instructions by state; queued: waiting in the settlement queue.",
+            labels=["state"],
+        )
+        for state in INSTRUCTION_STATES:
+            instructions.add_metric([state], states.get(state, 0))
+        yield instructions
+        yield GaugeMetricFamily(
+            "lockstep_coordinator_instructions_held",
+            "Instructions not yet settled, failed or cancelled that their party holds.",
+            value=held,
         )
