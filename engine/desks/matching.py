@@ -376,8 +376,7 @@ class MatchingDesk(Desk):
         settle_on = day if day is not None and day != a.one.settlement_date else None
         part_from, part_to = (part.from_units, part.to_units) if part is not None else (0, None)
         first, second = (a, b) if matching.leg_order(a.one, b.one)[0] is a.one else (b, a)
-        paid = [side.one.gives_asset for side in (first, second) if side.one.gives_asset is not None]
-        ledgers = tuple([await self._place(asset) for asset in paid])  # one leg free of payment
+        ledgers = await self._ledgers(a, b)
         signed = (first.signed.wire(), second.signed.wire())
         face_currency = face_value_minor = None
         if a.one.face_amount is not None or b.one.face_amount is not None:
@@ -496,9 +495,7 @@ class MatchingDesk(Desk):
                     return
                 continue
             ledgers = await self._ledgers(a, b)
-            if day is None:
-                day = self.calendars.day_of(ledgers, a.one.settlement_date) or a.one.settlement_date
-                self._set_day(a, b, day)
+            day = self._day(a, b, ledgers, day)
             if self.coordinator.clock.now_ms() > self.calendars.cutoff_ms(ledgers, day):
                 if not self._roll(a, b, settlement_id, ledgers, day, "matched past its cut-off"):
                     return
@@ -537,27 +534,38 @@ class MatchingDesk(Desk):
         units = _units(a, b)
         why = f"{part.to_units} of {units} units settled, {units - part.to_units} remain"
         with self._db:
+            self._update(
+                (a, b), "state = 'queued', attempt = ?, settled_units = ?, part_to = NULL", attempt, part.to_units
+            )
             for side in (a, b):
-                self._db.execute(
-                    "UPDATE instructions SET state = 'queued', attempt = ?, settled_units = ?, part_to = NULL "
-                    "WHERE party = ? AND id = ?",
-                    (attempt, part.to_units, side.msg.party, side.msg.id),
-                )
                 self._book.confirm(side.msg, side.one, pair_id, settled_ms, now_ms, part)
                 self._book.advise(side.msg, side.one, "pending", pair_id, "PART", why, now_ms)
         log.info("matched settlement %s: %s", pair_id, why)
 
     async def _ledgers(self, a: Side, b: Side) -> tuple[str, ...]:
-        """The ledgers the pair pays on."""
-        return tuple(leg.ledger for leg in terms_of(await self._matched(a, b), None).legs)
+        """The ledgers the pair pays on, in leg order (one, free of payment)."""
+        first, second = (a, b) if matching.leg_order(a.one, b.one)[0] is a.one else (b, a)
+        paid = [side.one.gives_asset for side in (first, second) if side.one.gives_asset is not None]
+        return tuple([await self._place(asset) for asset in paid])
+
+    def _day(self, a: Side, b: Side, ledgers: tuple[str, ...], day: str | None) -> str:
+        """The pair's settlement day: as recorded, else its first on all its ledgers,
+        recorded now."""
+        if day is None:
+            day = self.calendars.day_of(ledgers, a.one.settlement_date) or a.one.settlement_date
+            self._set_day(a, b, day)
+        return day
 
     def _set_day(self, a: Side, b: Side, day: str) -> None:
         with self._db:
-            for side in (a, b):
-                self._db.execute(
-                    "UPDATE instructions SET settle_on = ? WHERE party = ? AND id = ?",
-                    (day, side.msg.party, side.msg.id),
-                )
+            self._update((a, b), "settle_on = ?", day)
+
+    def _update(self, sides: tuple[Side, ...], assignments: str, *values: object) -> None:
+        """Set these columns of each side's instruction, in the transaction under way."""
+        self._db.executemany(
+            f"UPDATE instructions SET {assignments} WHERE party = ? AND id = ?",
+            [(*values, side.msg.party, side.msg.id) for side in sides],
+        )
 
     def _roll(self, a: Side, b: Side, pair_id: str, ledgers: tuple[str, ...], day: str, why: str) -> bool:
         """Past the cut-off of `day`: recycled to its next settlement day (True), where
@@ -592,29 +600,19 @@ class MatchingDesk(Desk):
         code = _lacking(short[0]) if short else "OTHR"
         now_ms = self.coordinator.clock.now_ms()
         with self._db:
+            self._update((a, b), "state = 'queued', attempt = ?", attempt)
             for side in (a, b):
-                self._db.execute(
-                    "UPDATE instructions SET state = 'queued', attempt = ? WHERE party = ? AND id = ?",
-                    (attempt, side.msg.party, side.msg.id),
-                )
                 self._book.advise(side.msg, side.one, "pending", pair_id, code, f"queued: {reason}", now_ms)
         log.info("matched settlement %s queued for attempt %d: %s", pair_id, attempt, reason)
 
     async def _enqueue(self, pair_id: str, a: Side, b: Side) -> Queued:
         """The pair in the queue, where the recycler looks for what it lacks."""
-        attempt = self._db.execute(
-            "SELECT attempt FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
-        ).fetchone()[0]
-        day = self._db.execute(
-            "SELECT settle_on FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
-        ).fetchone()[0]
-        settled = self._db.execute(
-            "SELECT settled_units FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
-        ).fetchone()[0]
+        attempt, day, settled = self._db.execute(
+            "SELECT attempt, settle_on, settled_units FROM instructions WHERE party = ? AND id = ?",
+            (a.msg.party, a.msg.id),
+        ).fetchone()
         legs = terms_of(await self._matched(a, b, attempt, part=self._part(a, b, settled, None)), None).legs
-        if day is None:
-            day = self.calendars.day_of([leg.ledger for leg in legs], a.one.settlement_date) or a.one.settlement_date
-            self._set_day(a, b, day)
+        day = self._day(a, b, tuple(leg.ledger for leg in legs), day)
         now_ms = self.coordinator.clock.now_ms()
         priority = min(a.one.priority, b.one.priority)
         holders = {side.msg.party for side in (a, b) if self._held(side)}
@@ -645,11 +643,8 @@ class MatchingDesk(Desk):
         `iso`: the ISO reason for both parties, where it is not the one `code` maps to."""
         now_ms = self.coordinator.clock.now_ms()
         with self._db:
+            self._update((a, b), "state = ?", "settled" if settled_ms is not None else "failed")
             for side in (a, b):
-                state = "settled" if settled_ms is not None else "failed"
-                self._db.execute(
-                    "UPDATE instructions SET state = ? WHERE party = ? AND id = ?", (state, side.msg.party, side.msg.id)
-                )
                 if settled_ms is not None:
                     self._book.confirm(side.msg, side.one, settlement_id, settled_ms, now_ms, part)
                 else:
