@@ -68,6 +68,14 @@ def browser() -> webdriver.Chrome:
     return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
 
 
+def texts(chrome: webdriver.Chrome, selector: str) -> list[tuple[dict, str]]:
+    """Each element's data attributes, and its text, read from the live overview in one
+    script: it redraws itself twice a second, and an element found before a redraw is
+    stale after it."""
+    script = "return [...document.querySelectorAll(arguments[0])].map(e => [{...e.dataset}, e.textContent])"
+    return [(data, text) for data, text in chrome.execute_script(script, selector)]
+
+
 def screenshots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("LOCKSTEP_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,12 +149,9 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
                 chrome.find_element(By.ID, "password").send_keys(USERS["supervisor"])
                 chrome.find_element(By.ID, "sign-in").click()
                 WebDriverWait(chrome, WAIT_S).until(lambda c: c.find_elements(By.CSS_SELECTOR, "tr[data-ledger]"))
-                rows = chrome.find_elements(By.CSS_SELECTOR, "tr[data-ledger]")
-                assert [row.get_attribute("data-ledger") for row in rows] == list(LEDGERS)
-                return {
-                    row.get_attribute("data-ledger"): int(row.find_element(By.CLASS_NAME, "height").text)
-                    for row in rows
-                }
+                rows = texts(chrome, "tr[data-ledger] .height")
+                assert [data["ledger"] for data, _ in texts(chrome, "tr[data-ledger]")] == list(LEDGERS)
+                return dict(zip(LEDGERS, (int(text) for _, text in rows), strict=True))
 
             before = await trio.to_thread.run_sync(sign_in_and_read_heights)
             assert before["csd"] > 0 and before["cbdc-eur"] > 0
@@ -154,21 +159,21 @@ async def test_the_console_shows_a_signed_in_supervisor_the_ledgers_live_and_not
             await matched_and_settled(local)  # the same, from two sese.023
 
             def live() -> None:
-                height = lambda ledger: int(  # noqa: E731
-                    chrome.find_element(By.CSS_SELECTOR, f'tr[data-ledger="{ledger}"] .height').text
-                )
+                def height(ledger: str) -> int:
+                    ((_, text),) = texts(chrome, f'tr[data-ledger="{ledger}"] .height')
+                    return int(text)
+
+                def phases() -> dict[str, str]:
+                    return {data["phase"]: text for data, text in texts(chrome, "#phases dd")}
+
                 WebDriverWait(chrome, WAIT_S).until(lambda c: height("csd") >= before["csd"] + 6)
-                WebDriverWait(chrome, WAIT_S).until(
-                    lambda c: c.find_element(By.CSS_SELECTOR, 'dd[data-phase="settled"]').text == "4"
-                )
-                assert [
-                    dd.get_attribute("data-phase") for dd in chrome.find_elements(By.CSS_SELECTOR, "#phases dd")
-                ] == ["settled"]
+                WebDriverWait(chrome, WAIT_S).until(lambda c: phases().get("settled") == "4")
+                assert list(phases()) == ["settled"]
                 assert height("cbdc-eur") >= before["cbdc-eur"] + 6
                 assert height("unified") == before["unified"]  # nothing settled there
-                assert chrome.find_element(By.ID, "alerts").get_attribute("class") == "quiet"
+                assert chrome.execute_script("return document.getElementById('alerts').className") == "quiet"
                 WebDriverWait(chrome, WAIT_S).until(
-                    lambda c: c.find_element(By.CSS_SELECTOR, 'tr[data-ledger="csd"] .role').text == "securities"
+                    lambda c: texts(chrome, 'tr[data-ledger="csd"] .role') == [({}, "securities")]
                 )
                 chrome.save_screenshot(str(shots / "overview.png"))
 
@@ -296,7 +301,7 @@ async def test_a_settlement_made_one_legged_turns_the_overview_red_within_a_seco
                 WebDriverWait(chrome, WAIT_S).until(
                     lambda c: c.find_elements(By.CSS_SELECTOR, 'dd[data-count="one-legged"]')
                 )
-                return chrome.find_element(By.CSS_SELECTOR, "#alert-list .alert").text
+                return texts(chrome, "#alert-list .alert")[0][1]  # the list is redrawn with the page
 
             text = await trio.to_thread.run_sync(red)
             shown = trio.current_time()

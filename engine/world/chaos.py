@@ -348,10 +348,11 @@ async def run(
 
         office_numbers = itertools.count()
 
-        async def back_office() -> None:
+        async def trading_office() -> None:
+            """Queue mode: trades through the matching desk, one after another."""
             office = next(office_numbers)
             draws = stream(f"back-office-{office}")
-            for number in itertools.count() if queue else ():
+            for number in itertools.count():
                 if done.is_set():
                     return
                 trade = await trades.send(local, draws, f"q{office}-{number}", BACK_OFFICE_TIMEOUT_S)
@@ -360,6 +361,9 @@ async def run(
                 outcome.released_minor += trade.cash_minor if end == "settled" else 0
                 if settlements is not None and outcome.trades.total() >= settlements:
                     enough.set()
+
+        async def back_office() -> None:
+            draws = stream(f"back-office-{next(office_numbers)}")
             while not done.is_set():
                 raw = local.settlement(*draw(draws))
                 settlement = decode_signed(raw, allowed=(Settlement,)).msg
@@ -381,7 +385,7 @@ async def run(
 
         async with trio.open_nursery() as offices:
             for _ in range(CONCURRENCY):
-                offices.start_soon(back_office)
+                offices.start_soon(trading_office if queue else back_office)
             async with trio.open_nursery() as strikes:
                 if queue:
                     strikes.start_soon(funder)
