@@ -212,6 +212,7 @@ def _settle(msg: Settle, signed: Signed, ctx: Context, changes: Changes) -> None
             raise Rejected(Code.NOT_AUTHORISED, "legs", "legs differ from those the counterparties signed")
         for index in range(len(terms.legs)):
             _party_owns(changes, terms, index, ctx)
+        _pairs_own(changes, terms, ctx)
         payers = dict(enumerate(terms.payers))
     for index, leg in enumerate(msg.legs):
         _movement(
@@ -260,6 +261,20 @@ def _party_owns(changes: Changes, terms: Terms, index: int, ctx: Context) -> Non
         _matured(changes, terms, ctx)
     if terms.kind == "matched" and terms.face_value_minor is not None and index == 0:
         _denominated(changes, terms)
+
+
+def _pairs_own(changes: Changes, terms: Terms, ctx: Context) -> None:
+    """A linked settlement's pairs, each checked on this ledger as if it settled alone:
+    the netted legs are only as good as the legs they stand for."""
+    for number, pair in enumerate(terms.pairs):
+        for index, leg in enumerate(pair.legs):
+            if leg.ledger == ctx.config.ledger_id:
+                try:
+                    _party_owns(changes, pair, index, ctx)
+                except Rejected as error:
+                    raise Rejected(
+                        error.code, f"auth.pairs[{number}].{error.field.removeprefix('auth.')}", error.reason
+                    ) from None
 
 
 def _denominated(changes: Changes, terms: Terms) -> None:
@@ -311,12 +326,13 @@ def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) 
             f"settlement {terms.id} has all legs on one ledger: "
             f"it settles by one settle, {settle_id(terms.id)}, never by locks",
         )
-    index = next((i for i in range(2) if lock_id(terms.id, i) == msg.id), None)
+    index = next((i for i in range(len(terms.legs)) if lock_id(terms.id, i) == msg.id), None)
     if index is None:
         raise Rejected(
             Code.NOT_AUTHORISED,
             "id",
-            f"a lock for settlement {terms.id} has id {lock_id(terms.id, 0)} or {lock_id(terms.id, 1)}",
+            f"a lock for settlement {terms.id} has an id from {lock_id(terms.id, 0)} "
+            f"to {lock_id(terms.id, len(terms.legs) - 1)}",
         )
     leg = terms.legs[index]
     if (leg.ledger, leg.from_account, leg.to_account, leg.asset, leg.amount) != (
@@ -334,6 +350,7 @@ def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) 
     if set(msg.abort_by) - {terms.coordinator}:
         raise Rejected(Code.NOT_AUTHORISED, "abort_by", "a settlement's lock may name only its coordinator in abort_by")
     _party_owns(changes, terms, index, ctx)
+    _pairs_own(changes, terms, ctx)
     return (terms.payers[index],)
 
 

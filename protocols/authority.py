@@ -1,10 +1,13 @@
 """What lets a coordinator move other parties' assets: the `auth` its lock or settle
 carries, read as `Terms`.
 
-Four kinds of authority, each signed by whoever pays:
+Five kinds of authority, each signed by whoever pays:
 - `settlement`: one Settlement body signed by both counterparties;
 - `matched`: two one-sided ISO 20022 instructions, each signed by its party, which
   match (protocols.matching): the legs are what the two documents state together;
+- `linked`: matched pairs that settle together or not at all, their legs netted
+  (protocols.netting); every instruction a party linked to one of them (sese.023 Lnkgs
+  WITH) is among them, and an instruction so linked settles in no other way;
 - `coupon`, `redemption`: an `entitlement` computed by the paying agent under an
   issuer's signed `corporate_action`; the issuer pays, and at maturity the holder's
   units go back to the issuer (a redemption is mandatory: the instrument's terms, which
@@ -21,15 +24,17 @@ from typing import Any
 
 import attrs
 
-from . import matching
+from . import matching, netting
 from .canonical import encode
 from .errors import Code, Rejected
 from .iso20022 import read
 from .iso20022.model import Denomination, OneSided
 from .iso20022.sese023 import in_units
 from .messages import (
+    LEGS_MAX,
     CorporateAction,
     Entitlement,
+    Linked,
     Matched,
     Settlement,
     SettlementInstruction,
@@ -39,6 +44,8 @@ from .messages import (
 )
 from .registry import Registry
 from .signing import Signed, from_wire
+
+LINKED_PREFIX = "l-"  # a linked settlement's id: LINKED_PREFIX and 40 hex digits
 
 
 @attrs.frozen
@@ -57,6 +64,8 @@ class Terms:
     face_value_minor: int | None = None  # a redemption pays units x face value; a matched pair's
     # face amount counts units of it (checked likewise)
     face_currency: str | None = None  # a matched pair's face amount's currency (checked likewise)
+    pairs: tuple[Terms, ...] = ()  # a linked settlement's: each pair's own terms, whose legs
+    # were netted into `legs` (each ledger checks the accounts of every one on it)
 
     @property
     def same_ledger(self) -> bool:
@@ -72,9 +81,13 @@ def terms_of(auth: Any, registry: Registry | None) -> Terms:
             return _settlement(auth, registry)
         if kind == Matched.TYPE:
             return _matched(auth, registry)
+        if kind == Linked.TYPE:
+            return _linked(auth, registry)
         if kind == Entitlement.TYPE:
             return _entitlement(auth, registry)
-        raise Rejected(Code.UNKNOWN_TYPE, "type", f"an auth is a settlement, matched or entitlement, not {kind!r}")
+        raise Rejected(
+            Code.UNKNOWN_TYPE, "type", f"an auth is a settlement, matched, linked or entitlement, not {kind!r}"
+        )
     except Rejected as error:
         raise Rejected(error.code, f"auth.{error.field}", error.reason) from None
 
@@ -107,7 +120,93 @@ def settlement_terms(signed: Signed[Settlement], registry: Registry | None) -> T
 
 
 def _matched(auth: dict, registry: Registry | None) -> Terms:
-    matched: Matched = from_body(auth, allowed=(Matched,))
+    terms, sides = _pair(from_body(auth, allowed=(Matched,)), registry)
+    for index, one in enumerate(sides):
+        if one.settle_with:
+            raise Rejected(
+                Code.NOT_AUTHORISED,
+                f"instructions[{index}].document",
+                f"{one.party} linked {one.reference} to {', '.join(one.settle_with)}: "
+                "it settles only together with them, in a linked settlement",
+            )
+    return terms
+
+
+def _linked(auth: dict, registry: Registry | None) -> Terms:
+    """The pairs' legs netted, once each pair is read as `matched` would read it, and
+    every link a party made from one of them leads to another of them."""
+    linked: Linked = from_body(auth, allowed=(Linked,))
+    pairs: list[Terms] = []
+    references: dict[tuple[str, str], int] = {}  # (party, its TxId) -> the pair that holds it
+    links: list[tuple[int, str, str]] = []  # (pair, party, the TxId it must settle with)
+    for index, body in enumerate(linked.pairs):
+        try:
+            if not isinstance(body, dict) or body.get("type") != Matched.TYPE:
+                raise Rejected(Code.UNKNOWN_TYPE, "type", "each of a linked settlement's pairs is a matched pair")
+            matched = from_body(body, allowed=(Matched,))
+            if matched.coordinator != linked.coordinator:
+                raise Rejected(Code.NOT_AUTHORISED, "coordinator", f"names {matched.coordinator}")
+            if matched.part_to is not None or matched.part_from:
+                raise Rejected(Code.INVALID_FIELD, "part_to", "a linked pair settles whole")
+            terms, sides = _pair(matched, registry)
+        except Rejected as error:
+            raise Rejected(error.code, f"pairs[{index}].{error.field}", error.reason) from None
+        pairs.append(terms)
+        for one in sides:
+            references[(one.party, one.reference)] = index
+            links += [(index, one.party, reference) for reference in one.settle_with]
+    if len({terms.id for terms in pairs}) != len(pairs):
+        raise Rejected(Code.INVALID_FIELD, "pairs", "a pair is linked twice")
+    for index, party, reference in links:
+        if (party, reference) not in references:
+            raise Rejected(
+                Code.NOT_AUTHORISED,
+                f"pairs[{index}]",
+                f"{party} linked it to its instruction {reference}, which is not in this linked settlement",
+            )
+    not_before_ms = max(terms.not_before_ms for terms in pairs)
+    deadline_ms = min(terms.deadline_ms for terms in pairs)
+    if not_before_ms > deadline_ms:
+        raise Rejected(Code.INVALID_FIELD, "pairs", "the pairs settle on different days")
+    legs = netting.net(leg for terms in pairs for leg in terms.legs)
+    if len(legs) > LEGS_MAX:
+        raise Rejected(Code.INVALID_FIELD, "pairs", f"net to {len(legs)} legs, more than {LEGS_MAX}")
+    owners = _owners(pairs)
+    return Terms(
+        linked_id(pairs),
+        "linked",
+        linked.coordinator,
+        not_before_ms,
+        deadline_ms,
+        legs,
+        tuple(owners[(leg.ledger, leg.from_account)] for leg in legs),
+        tuple(owners[(leg.ledger, leg.to_account)] for leg in legs),
+        pairs=tuple(pairs),
+    )
+
+
+def _owners(pairs: list[Terms]) -> dict[tuple[str, str], str]:
+    """Whose each account is, as the pairs' parties state it: one party an account."""
+    owners: dict[tuple[str, str], str] = {}
+    for terms in pairs:
+        for leg, payer, payee in zip(terms.legs, terms.payers, terms.payees, strict=True):
+            for account, party in ((leg.from_account, payer), (leg.to_account, payee)):
+                if owners.setdefault((leg.ledger, account), party) != party:
+                    raise Rejected(
+                        Code.NOT_AUTHORISED,
+                        "pairs",
+                        f"{account} on {leg.ledger} is named as {owners[(leg.ledger, account)]}'s and as {party}'s",
+                    )
+    return owners
+
+
+def linked_id(pairs: list[Terms]) -> str:
+    """A linked settlement's id, from its pairs' tries: the same whoever computes it,
+    and another for each try of the pairs."""
+    return LINKED_PREFIX + hashlib.sha256(" ".join(sorted(terms.id for terms in pairs)).encode()).hexdigest()[:40]
+
+
+def _pair(matched: Matched, registry: Registry | None) -> tuple[Terms, tuple[OneSided, OneSided]]:
     signed_sides: list[Signed] = []
     for index, value in enumerate(matched.instructions):
         try:
@@ -171,7 +270,7 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         matching.settlement_day(a.settlement_date, matched.settle_on, "settle_on")
     )
     settlement_id = matching.attempt_id(matching.matched_id(sides[0][0].digest, sides[1][0].digest), matched.attempt)
-    return Terms(
+    terms = Terms(
         settlement_id,
         "matched",
         matched.coordinator,
@@ -183,6 +282,7 @@ def _matched(auth: dict, registry: Registry | None) -> Terms:
         face_value_minor=denomination.face_value_minor if denomination else None,
         face_currency=denomination.currency if denomination else None,
     )
+    return terms, (a, b)
 
 
 def _denomination(matched: Matched, sides: list[OneSided]) -> Denomination | None:

@@ -32,6 +32,7 @@ DOCUMENT_CHARS_MAX = 32 * 1024
 LATER = {"left_out_at_default": True}  # a field added in a later release: absent means its default,
 # so what was signed before it existed keeps its bytes
 ABORT_BY_MAX = 4
+LINKED_PAIRS_MAX = 8  # matched pairs settled together as one linked settlement
 ATTEMPTS_MAX = 99_999  # a matched pair's tries: an attempt's settlement id stays within 48 characters
 QUERY_LIMIT_MAX = 1000
 
@@ -691,6 +692,26 @@ class Matched(Body):
     # up to `part_to` of the trade's, and the cash they come to; None: the whole
     part_from: int = attrs.field(default=0, validator=count, metadata=LATER)
     part_to: int | None = attrs.field(default=None, validator=attrs.validators.optional(amount), metadata=LATER)
+
+
+def linked_pairs(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if not 2 <= len(value) <= LINKED_PAIRS_MAX or not all(isinstance(item, dict) for item in value):
+        raise Rejected(
+            Code.MALFORMED, attribute.name, f"must hold 2 to {LINKED_PAIRS_MAX} matched pairs, each an object"
+        )
+
+
+@message("linked")
+@attrs.frozen
+class Linked(Body):
+    """Matched pairs that settle together or not at all (protocols.netting): linked by
+    their parties (sese.023 Lnkgs, processing position WITH), or found by the settlement
+    queue to fund one another. Each of `pairs` is a `matched` body of the same
+    coordinator; their legs are netted, and each ledger locks the netted legs on it."""
+
+    coordinator: str = attrs.field(validator=ident)
+    pairs: tuple[dict, ...] = attrs.field(validator=linked_pairs)
 
 
 @message("corporate_action")

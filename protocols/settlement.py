@@ -146,10 +146,10 @@ class Timing:
         """Both locks' `expiry_ms`: decided by then; no ledger places either later."""
         return now_ms + self.decide_ms
 
-    def backstops(self, now_ms: int) -> tuple[int, int]:
-        """Leg 0's backstop, and leg 1's Δ later."""
+    def backstops(self, now_ms: int, legs: int = 2) -> tuple[int, ...]:
+        """Leg 0's backstop, and every other leg's Δ later: leg 0 is claimed first."""
         first = now_ms + self.backstop_ms
-        return first, first + self.margin_ms
+        return (first,) + (first + self.margin_ms,) * (legs - 1)
 
     def total_ms(self) -> int:
         """From start to the decision: what the settlement deadline must leave."""

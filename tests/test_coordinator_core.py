@@ -209,7 +209,7 @@ def test_both_locks_confirmed_too_late_to_commit_abort():
     s, _ = answer(s, lock_0, receipt(lock_0), late - 10)
     s, actions = answer(s, lock_1, receipt(lock_1), late)
     assert phases(actions) == ["locked", "rolling_back"]
-    assert of(actions, Save)[-1].record.reason == "both locks were confirmed too late to commit"
+    assert of(actions, Save)[-1].record.reason == "the locks were confirmed too late to commit"
 
 
 def test_resumed_at_locking_past_the_lock_wait_it_sends_nothing_and_aborts():

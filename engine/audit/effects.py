@@ -262,6 +262,14 @@ def _payers(terms: Terms, replay: Replay, index: int, ledger: str, entry_ms: int
             raise Unvouched(f"settlement {terms.id} counts a face amount in another denomination than its instrument's")
 
 
+def _pairs(terms: Terms, replay: Replay, ledger: str, entry_ms: int) -> None:
+    """A linked settlement's pairs, each as if it settled alone, on this ledger."""
+    for pair in terms.pairs:
+        for index, leg in enumerate(pair.legs):
+            if leg.ledger == ledger:
+                _payers(pair, replay, index, ledger, entry_ms)
+
+
 def _matured(terms: Terms, replay: Replay, entry_ms: int) -> None:
     """A holder's units taken without its signature: by the instrument's issuer, at
     face value, at or after maturity."""
@@ -283,6 +291,7 @@ def _settle(msg: Settle, signed: Signed, entry: Entry, replay: Replay, keys: Reg
             raise Unvouched(f"its legs or id are not those of settlement {terms.id}")
         for index in range(len(terms.legs)):
             _payers(terms, replay, index, entry.ledger, entry.time_ms)
+        _pairs(terms, replay, entry.ledger, entry.time_ms)
     else:
         for leg in msg.legs:
             _needs(signed.sigs, _owner(replay, leg.from_account), f"{leg.from_account} is debited", keys)
@@ -312,6 +321,7 @@ def _lock(msg: Lock, signed: Signed, entry: Entry, replay: Replay, keys: Registr
         ):
             raise Unvouched(f"lock {msg.id} is not a leg of settlement {terms.id} as its payers signed it")
         _payers(terms, replay, index, entry.ledger, entry.time_ms)
+        _pairs(terms, replay, entry.ledger, entry.time_ms)
     else:
         _needs(signed.sigs, _owner(replay, msg.owner_account), f"{msg.owner_account} is locked", keys)
     return {

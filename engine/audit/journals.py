@@ -4,8 +4,9 @@ The auditor trusts nothing but the ledgers' keys in the registry. It reads every
 journal (from its database file, read-only, or over the bus), checks every hash link and
 every ledger signature, replays the effects to recompute every balance, and checks, entry
 by entry, that no value is created or destroyed and no balance goes negative. Then it
-checks across ledgers what no single ledger can see: that every settlement's two locks
-(`{id}:0` and `{id}:1`) ended claimed on both legs or on neither, and that no lock is left
+checks across ledgers what no single ledger can see: that every settlement's locks
+(`{id}:0`, `{id}:1`, and on for a linked settlement's netted legs) ended claimed on
+every leg or on none, and that no lock is left
 held past its refund time (a time-lock's expiry, a decision lock's backstop) plus a grace period.
 
 A journal that breaks is trusted up to the entry before the break; a settlement leg whose
@@ -110,6 +111,13 @@ class Terms:
     ledgers: tuple[str, ...]
     deadline_ms: int
     units: tuple[int, int] | None = None  # a partial try of a matched pair: the trade's units it moves
+    pairs: tuple[str, ...] = ()  # a linked settlement's: the matched pairs' tries it settles together
+
+    def tries(self, entries: tuple[At, ...]) -> list[Try]:
+        """The matched pairs' tries that moved, if it moved: itself, or each of its pairs."""
+        if self.pairs:
+            return [Try(pair, entries, None) for pair in self.pairs]
+        return [Try(self.settlement, entries, self.units)]
 
 
 class _Unreplayable(Exception):
@@ -191,6 +199,8 @@ class LedgerJournal:
             auth = entry.instruction.get("auth") if entry.instruction is not None else None
             if auth is not None and auth.get("type") == "matched":  # a matched pair's try: kept to check
                 self.settled[terms_of(auth, None).id] = (at, _part(auth))
+            if auth is not None and auth.get("type") == "linked":  # each of its pairs' tries, likewise
+                self.settled.update((pair.id, (at, None)) for pair in terms_of(auth, None).pairs)
         self.entries += 1
         self.head_hash, self.now_ms = entry_hash, entry.time_ms
 
@@ -225,7 +235,10 @@ class LedgerJournal:
         if instruction.get("auth") is not None:
             terms = terms_of(instruction["auth"], None)  # its signatures: effects.check
             ledgers = tuple(leg.ledger for leg in terms.legs)
-            self.legs[instruction["id"]] = Terms(terms.id, ledgers, terms.deadline_ms, _part(instruction["auth"]))
+            pairs = tuple(pair.id for pair in terms.pairs)
+            self.legs[instruction["id"]] = Terms(
+                terms.id, ledgers, terms.deadline_ms, _part(instruction["auth"]), pairs
+            )
 
     def _check_conservation(self, effects: dict, at: At) -> None:
         """What this entry moved between balances equals what it issued less what it
@@ -333,20 +346,24 @@ def judge(terms: Terms, legs: list[LegView]) -> tuple[str, Violation | str | Non
     states = [leg.state for leg in legs]
     if "unknown" in states:
         return "unchecked", None
-    if states == ["claimed", "claimed"]:
+    if all(state == "claimed" for state in states):
         return "settled", None
     if "claimed" not in states:
         return ("in progress" if "held" in states else "rolled back"), None
     claimed = states.index("claimed")
-    other = legs[1 - claimed]
-    said = f"leg {claimed} claimed on {legs[claimed].ledger}, leg {1 - claimed} "
-    if other.open:
-        state = "not yet locked" if other.state == "absent" else other.state
-        return "incomplete", f"settlement {terms.settlement}: {said}{state} on {other.ledger}, still claimable"
+    others = [(index, leg) for index, leg in enumerate(legs) if leg.state != "claimed"]
+    said = f"leg {claimed} claimed on {legs[claimed].ledger}, "
+    if all(leg.open for _, leg in others):
+        unclaimed = ", ".join(
+            f"leg {index} {'not yet locked' if leg.state == 'absent' else leg.state} on {leg.ledger}"
+            for index, leg in others
+        )
+        return "incomplete", f"settlement {terms.settlement}: {said}{unclaimed}, still claimable"
+    index, other = next((index, leg) for index, leg in others if not leg.open)
     entries = tuple(at for leg in legs for at in leg.entries)
     return "one-legged", Violation(
         Kind.ONE_LEGGED,
-        f"{said}{_BEYOND_CLAIMING[other.state][0]} on {other.ledger}{_BEYOND_CLAIMING[other.state][1]}",
+        f"{said}leg {index} {_BEYOND_CLAIMING[other.state][0]} on {other.ledger}{_BEYOND_CLAIMING[other.state][1]}",
         tuple(dict.fromkeys(leg.ledger for leg in legs)),
         entries,
         terms.settlement,
@@ -417,8 +434,8 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
         elif finding is not None:
             notes.append(finding)
         if any(leg.state == "claimed" for leg in legs):
-            entries = tuple(e for g in legs for e in g.entries)
-            moved.setdefault(pair_of(t.settlement), []).append(Try(t.settlement, entries, t.units))
+            for each in t.tries(tuple(e for g in legs for e in g.entries)):
+                moved.setdefault(pair_of(each.settlement), []).append(each)
     for journal in journals:
         for settlement, (at, units) in journal.settled.items():
             moved.setdefault(pair_of(settlement), []).append(Try(settlement, (at,), units))

@@ -201,7 +201,7 @@ class Observer:
         outcome, finding = judge(terms, legs)
         new = [self._first(finding) if isinstance(finding, Violation) else None]
         if any(leg.state == "claimed" for leg in legs):
-            new.append(self._moved(Try(terms.settlement, tuple(at for leg in legs for at in leg.entries), terms.units)))
+            new += [self._moved(moved) for moved in terms.tries(tuple(at for leg in legs for at in leg.entries))]
         if all(leg.state != "held" and not leg.open for leg in legs):  # ended, never to be locked, or unknowable
             self._forget(terms, outcome)
         return new

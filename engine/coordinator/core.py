@@ -419,6 +419,9 @@ def _begin(state: State, driving: Driving, event: Start, now_ms: int) -> tuple[D
 
 def _begin_now(state: State, driving: Driving, now_ms: int) -> tuple[Driving, list[Action]]:
     terms = driving.terms
+    if not terms.legs:  # a linked settlement whose legs all net out: settled, nothing to move
+        reason = "its legs net to nothing: no ledger moves anything"
+        return _final(driving, driving.record.to(Phase.SETTLED, now_ms, reason=reason))
     if not terms.same_ledger:
         return _lock(state, driving, now_ms)
     actions: list[Action] = []
@@ -457,8 +460,8 @@ def _final(driving: Driving, record: Record) -> tuple[Driving, list[Action]]:
 
 
 def _lock(state: State, driving: Driving, now_ms: int) -> tuple[Driving, list[Action]]:
-    """PENDING: both decision locks under the two secrets' hashes, journaled with the
-    secrets before either is sent."""
+    """PENDING: every leg's decision lock under the two secrets' hashes, journaled with
+    the secrets before any is sent."""
     record, terms, timing = driving.record, driving.terms, state.timing
     expiry_ms = timing.expiry(now_ms)
     if expiry_ms > terms.deadline_ms:
@@ -466,7 +469,7 @@ def _lock(state: State, driving: Driving, now_ms: int) -> tuple[Driving, list[Ac
         return _final(
             driving, record.to(Phase.FAILED, now_ms, reason_code=Code.EXPIRY_OUT_OF_RANGE.value, reason=reason)
         )
-    backstops = timing.backstops(now_ms)
+    backstops = timing.backstops(now_ms, len(terms.legs))
     locks = tuple(
         unsigned(
             Lock(
@@ -492,7 +495,7 @@ def _lock(state: State, driving: Driving, now_ms: int) -> tuple[Driving, list[Ac
         now_ms,
         secret=driving.secrets[0],
         cancel_secret=driving.secrets[1],
-        expiry_ms=(expiry_ms, expiry_ms),
+        expiry_ms=(expiry_ms,) * len(locks),
         backstop_ms=backstops,
         sent=tuple(lock.encode() for lock in locks),
     )
@@ -502,7 +505,7 @@ def _lock(state: State, driving: Driving, now_ms: int) -> tuple[Driving, list[Ac
 
 
 def _send_locks(state: State, driving: Driving, event: Event | None, now_ms: int) -> tuple[Driving, list[Action]]:
-    """LOCKING: both locks out at once, the same bytes as journaled, answered within the
+    """LOCKING: every lock out at once, the same bytes as journaled, answered within the
     lock wait or counted unanswered."""
     deadline_ms = driving.record.steps[-1][1] + state.timing.lock_wait_ms
     driving = driving.but(outcomes=(None,) * len(driving.sent))
@@ -514,7 +517,7 @@ def _send_locks(state: State, driving: Driving, event: Event | None, now_ms: int
 
 
 def _lock_answered(state: State, driving: Driving, event: Answer, now_ms: int) -> tuple[Driving, list[Action]]:
-    """LOCKING: one lock's receipt (or None); once both are in, decide."""
+    """LOCKING: one lock's receipt (or None); once all are in, decide."""
     kind, index = event.tag
     assert kind == "lock", event
     outcomes = list(driving.outcomes)
@@ -539,7 +542,7 @@ def _decide(state: State, driving: Driving, event: Event, now_ms: int) -> tuple[
         driving, actions = _save(driving, record.to(Phase.CLAIMING, now_ms))
         driving, more = _claiming(state, driving, event, now_ms)
         return driving, actions + more
-    reason = "both locks were confirmed too late to commit"
+    reason = "the locks were confirmed too late to commit"
     return _abort(
         state, driving, record.to(Phase.ROLLING_BACK, now_ms, reason_code=Code.TIMEOUT.value, reason=reason), now_ms
     )
@@ -571,17 +574,29 @@ def _announce(state: State, driving: Driving, now_ms: int) -> list[Action]:
     return [Announce(decision)]
 
 
-# claiming: leg 0, then leg 1, however long it takes
+# claiming: leg 0, then every other leg, however long it takes
 
 
 def _claiming(state: State, driving: Driving, event: Event, now_ms: int) -> tuple[Driving, list[Action]]:
-    """CLAIMING, entered or resumed: announce, then claim the first leg not known claimed.
-    Leg 1 is claimed only once leg 0 is (the order the backstops were set in): if leg 0
-    ends without being claimed, which only its backstop can do, leg 1 is left to its own."""
+    """CLAIMING, entered or resumed: announce, then claim leg 0 or, once it is known
+    claimed, every other leg. The others are claimed only once leg 0 is (the order the
+    backstops were set in): if leg 0 ends without being claimed, which only its backstop
+    can do, the others are left to their own."""
     assert driving.record.decision is Decision.COMMIT, driving.record
     driving = driving.but(ended=("",) * len(driving.terms.legs))
-    driving, actions = _claim(state, driving, driving.record.claimed, now_ms)
+    if driving.record.claimed:
+        driving, actions = _claim_others(state, driving, now_ms)
+    else:
+        driving, actions = _claim(state, driving, 0, now_ms)
     return driving, _announce(state, driving, now_ms) + actions
+
+
+def _claim_others(state: State, driving: Driving, now_ms: int) -> tuple[Driving, list[Action]]:
+    actions: list[Action] = []
+    for index in range(1, len(driving.terms.legs)):
+        driving, more = _claim(state, driving, index, now_ms)
+        actions += more
+    return driving, actions
 
 
 def _claim(state: State, driving: Driving, index: int, now_ms: int, at_ms: int | None = None):
@@ -604,13 +619,13 @@ def _ask_lock(state: State, driving: Driving, kind: str, index: int, now_ms: int
 
 
 def _claim_answered(state: State, driving: Driving, event: Answer, now_ms: int) -> tuple[Driving, list[Action]]:
-    """CLAIMING: a claim's receipt, a lock's state, or the other leg's end."""
+    """CLAIMING: a claim's receipt, a lock's state, or another leg's end."""
     kind, index = event.tag
     if kind == "claim":
         if isinstance(event.value, Receipt) and event.value.applied:
             return _leg_claimed(state, driving, index, now_ms)
         # the secret may be out: learn the lock's real state, for as long as it takes;
-        # guessing would risk paying one leg and returning the other
+        # guessing would risk paying one leg and returning another
         return _ask_lock(state, driving, "state", index, now_ms)
     found = _lock_state(event.value)
     if kind == "state":
@@ -618,29 +633,46 @@ def _claim_answered(state: State, driving: Driving, event: Answer, now_ms: int) 
             return _leg_claimed(state, driving, index, now_ms)
         if found == "held":
             return _claim(state, driving, index, now_ms, at_ms=now_ms + RETRY_MS)
-        if index == 1:
-            return _end(driving, Phase.ONE_LEGGED, f"leg 0 claimed but leg 1 is {found}", now_ms)
+        if index:
+            return _end(driving, Phase.ONE_LEGGED, f"leg 0 claimed but leg {index} is {found}", now_ms)
         driving = driving.but(ended=(found, *driving.ended[1:]))
-        return _ask_lock(state, driving, "other", 1, now_ms)
-    assert kind == "other", event  # leg 0 ended unclaimed: wait for leg 1 to end too
+        actions: list[Action] = []
+        for other in range(1, len(driving.terms.legs)):
+            driving, more = _ask_lock(state, driving, "other", other, now_ms)
+            actions += more
+        return driving, actions
+    assert kind == "other", event  # leg 0 ended unclaimed: wait for every other leg to end too
     if found == "held":
         refund_at_ms = event.value["backstop_ms"] or event.value["expiry_ms"]
-        return _ask_lock(state, driving, "other", 1, now_ms, at_ms=max(refund_at_ms, now_ms + RETRY_MS))
+        return _ask_lock(state, driving, "other", index, now_ms, at_ms=max(refund_at_ms, now_ms + RETRY_MS))
     if found == "claimed":
-        return _end(driving, Phase.ONE_LEGGED, f"leg 1 claimed but leg 0 is {driving.ended[0]}", now_ms)
-    reason = f"committed, but leg 0 was {driving.ended[0]} at its backstop before it could be claimed; leg 1 is {found}"
+        return _end(driving, Phase.ONE_LEGGED, f"leg {index} claimed but leg 0 is {driving.ended[0]}", now_ms)
+    driving = _ended(driving, index, found)
+    if "" in driving.ended:
+        return driving, []
+    others = ", ".join(f"leg {other} is {how}" for other, how in enumerate(driving.ended) if other)
+    reason = f"committed, but leg 0 was {driving.ended[0]} at its backstop before it could be claimed; {others}"
     return _end(driving, Phase.ROLLED_BACK, reason, now_ms)
 
 
 def _leg_claimed(state: State, driving: Driving, index: int, now_ms: int) -> tuple[Driving, list[Action]]:
-    """Leg 0 claimed, leg 1 is claimed at once: that leg 0 is claimed is noted, not
-    waited for, since a restart that missed the note claims leg 0 again and reads it
-    claimed, and only then claims leg 1."""
+    """Leg 0 claimed, every other leg is claimed at once: that leg 0 is claimed is
+    noted, not waited for, since a restart that missed the note claims leg 0 again and
+    reads it claimed, and only then claims the others."""
     if index == 0:
         previous, record = driving.record, attrs.evolve(driving.record, claimed=1)
-        driving, more = _claim(state, driving.but(record=record), 1, now_ms)
+        driving, more = _claim_others(state, driving.but(record=record), now_ms)
         return driving, [Save(record, previous, gates=False), *more]
-    return _final(driving, driving.record.to(Phase.SETTLED, now_ms, claimed=2))
+    driving = _ended(driving, index, "claimed")
+    if any(how != "claimed" for how in driving.ended[1:]):
+        return driving, []
+    return _final(driving, driving.record.to(Phase.SETTLED, now_ms, claimed=len(driving.terms.legs)))
+
+
+def _ended(driving: Driving, index: int, how: str) -> Driving:
+    ended = list(driving.ended)
+    ended[index] = how
+    return driving.but(ended=tuple(ended))
 
 
 def _end(driving: Driving, phase: Phase, reason: str, now_ms: int, code: Code = Code.LOCK_EXPIRED):
@@ -706,9 +738,8 @@ def _release_answered(state: State, driving: Driving, event: Answer, now_ms: int
 
 
 def _leg_ended(driving: Driving, index: int, how: str, now_ms: int) -> tuple[Driving, list[Action]]:
-    ended = list(driving.ended)
-    ended[index] = how
-    driving = driving.but(ended=tuple(ended))
+    driving = _ended(driving, index, how)
+    ended = driving.ended
     if "" in ended:
         return driving, []
     if "claimed" in ended:  # only a second decision could have revealed the claim secret

@@ -56,7 +56,7 @@ class Record:
     instructions it sent (or is about to send) whose exact bytes a retry must repeat:
     the two locks, or the one same-ledger settle. `secret` claims its locks and
     `cancel_secret` cancels them (none: time-locks, from before decision locks);
-    `claimed` counts the legs, from leg 0, known claimed."""
+    `claimed`: 1 once leg 0 is known claimed, every leg once all are."""
 
     settlement_id: str
     instruction: bytes  # the signed settlement, as received

@@ -63,6 +63,8 @@ class OneSided:
     depositories: tuple[str | None, str | None] = (None, None)  # the deliverer's and receiver's
     # places of settlement (Dpstry, as 11-character BICs): must agree where both sides give one
     linked: tuple[str, ...] = ()  # Lnkgs: references of instructions linked to this one, reported
+    settle_with: tuple[str, ...] = ()  # Lnkgs with processing position WITH: the references (TxId)
+    # of the party's own instructions this one settles together with, or not at all
     payment: str = "APMT"  # sese.023 Pmt: APMT against payment, FREE free of payment
     pays_into: str | None = None  # a PvP leg's (pacs.009 with one transfer): the counterparty's
     # account it pays into, as the payer names it

@@ -82,6 +82,7 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
         common_id=common.text if common is not None else None,
         depositories=(_depository(instruction, "DlvrgSttlmPties"), _depository(instruction, "RcvgSttlmPties")),
         linked=tuple(ref.text for ref in instruction.iterfind("{*}Lnkgs/{*}Ref/*")),
+        settle_with=_settle_with(instruction),
         payment=payment,
         face_amount=face,
         hold=_held(instruction),
@@ -91,6 +92,17 @@ def read(document: str | bytes, names: Names | None = None) -> OneSided:
 
 
 PARTIAL = ("PART", "PARC", "PARQ")  # PrtlSttlmInd codes that allow settling in parts (NPAR: not)
+
+
+def _settle_with(instruction: etree._Element) -> tuple[str, ...]:
+    """The references of the Lnkgs whose processing position is WITH: settle together."""
+    return tuple(
+        ref.text
+        for linkage in instruction.iterfind("{*}Lnkgs")
+        if linkage.findtext("{*}PrcgPos/{*}Cd") == "WITH"
+        for ref in linkage.iterfind("{*}Ref/*")
+        if ref.text
+    )
 
 
 def _optional(instruction: etree._Element, path: str) -> str | None:
@@ -264,6 +276,10 @@ def write(one: OneSided) -> bytes:
     xml.put(instruction, "TxId", one.reference)
     xml.put(instruction, "SttlmTpAndAddtlParams/SctiesMvmntTp", dvp.movement)
     xml.put(instruction, "SttlmTpAndAddtlParams/Pmt", dvp.payment)
+    for reference in one.settle_with:
+        linkage = xml.put(instruction, "Lnkgs")
+        xml.put(linkage, "PrcgPos/Cd", "WITH")
+        xml.put(linkage, "Ref/SctiesSttlmTxId", reference)
     xml.put(instruction, "TradDtls/TradDt/Dt/Dt", one.trade_date)
     xml.put(instruction, "TradDtls/SttlmDt/Dt/Dt", one.settlement_date)
     xml.put(instruction, "FinInstrmId/ISIN", dvp.isin)
