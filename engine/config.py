@@ -30,6 +30,7 @@ backstop_ms = 14400000                # when a decision lock's ledger refunds it
 past_cutoff = "recycle"               # still queued at its cut-off fails ("fail", the default)
 recycle_days = 20                     # or waits for its next settlement day, this many at most
 partial_min_units = 10                # the least part the queue settles where both sides allow parts
+offset_interval_ms = 1000             # how often it looks for trades that fund one another (0: never)
 
 [calendars.csd]                       # optional, per ledger: its settlement days and cut-off
 cutoff = "16:00"                      # UTC; no try begins later that day (default: 24:00)
@@ -156,8 +157,16 @@ class CoordinatorConfig:
 
 def _calendars(source: str, queue: object, tables: object) -> Calendars:
     """[settlement_queue] and [calendars.LEDGER], each fault named with its setting."""
-    if not isinstance(queue, dict) or set(queue) - {"past_cutoff", "recycle_days", "partial_min_units"}:
-        raise ConfigError(source, "settlement_queue: a table of past_cutoff, recycle_days and partial_min_units")
+    if not isinstance(queue, dict) or set(queue) - {
+        "past_cutoff",
+        "recycle_days",
+        "partial_min_units",
+        "offset_interval_ms",
+    }:
+        raise ConfigError(
+            source,
+            "settlement_queue: a table of past_cutoff, recycle_days, partial_min_units and offset_interval_ms",
+        )
     past_cutoff = queue.get("past_cutoff", FAIL)
     if past_cutoff not in (FAIL, RECYCLE):
         raise ConfigError(source, f"settlement_queue.past_cutoff: {FAIL!r} or {RECYCLE!r}")
@@ -167,6 +176,13 @@ def _calendars(source: str, queue: object, tables: object) -> Calendars:
     partial_min_units = queue.get("partial_min_units", 1)
     if not isinstance(partial_min_units, int) or isinstance(partial_min_units, bool) or partial_min_units < 1:
         raise ConfigError(source, "settlement_queue.partial_min_units: a whole number from 1")
+    offset_interval_ms = queue.get("offset_interval_ms", 1000)
+    if (
+        not isinstance(offset_interval_ms, int)
+        or isinstance(offset_interval_ms, bool)
+        or not 0 <= offset_interval_ms <= 3_600_000
+    ):
+        raise ConfigError(source, "settlement_queue.offset_interval_ms: a whole number of ms from 0 (never) to 3600000")
     if not isinstance(tables, dict):
         raise ConfigError(source, "calendars: a table of [calendars.LEDGER] tables")
     ledgers = {}
@@ -186,7 +202,7 @@ def _calendars(source: str, queue: object, tables: object) -> Calendars:
         if not isinstance(holidays, list) or not all(_is_date(day) for day in holidays):
             raise ConfigError(source, f"{where}.holidays: a list of dates YYYY-MM-DD")
         ledgers[ledger] = Calendar(weekends, frozenset(holidays), (hours * 60 + minutes) * 60_000)
-    return Calendars(ledgers, past_cutoff, recycle_days, partial_min_units)
+    return Calendars(ledgers, past_cutoff, recycle_days, partial_min_units, offset_interval_ms)
 
 
 def _is_date(value: object) -> bool:

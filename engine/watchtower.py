@@ -45,7 +45,6 @@ GRACE_MS = 1_000
 REMEMBERED_MAX = 100_000  # settlements remembered; past it the oldest not being forwarded is forgotten
 RETRY_S = 0.1
 RETRY_S_MAX = 2.0  # backing off from a ledger that does not answer
-LEGS = 2
 
 
 @attrs.define
@@ -61,7 +60,8 @@ class Watch:
 
     @property
     def done(self) -> bool:
-        return len(self.ended) == LEGS or (self.commit is not None and self.ended.get(0, "claimed") != "claimed")
+        every = bool(self.ledgers) and len(self.ended) == len(self.ledgers)
+        return every or (self.commit is not None and self.ended.get(0, "claimed") != "claimed")
 
 
 class Watchtower:
@@ -206,14 +206,15 @@ class Watchtower:
             log.error("settlement %s: both its claim secret and its cancellation are public", settlement_id)
         if watch.abort is not None and (watch.commit is None or "claimed" not in watch.ended.values()):
             async with trio.open_nursery() as nursery:
-                for leg in range(LEGS):
+                for leg in range(len(watch.ledgers)):
                     nursery.start_soon(self._until_ended, settlement_id, watch, leg, watch.abort)
         else:
             assert watch.commit is not None
-            for leg in range(LEGS):
-                await self._until_ended(settlement_id, watch, leg, watch.commit)
-                if watch.ended.get(leg) != "claimed":
-                    break  # leg 0 refunded at its backstop: leg 1 is left to its own
+            await self._until_ended(settlement_id, watch, 0, watch.commit)
+            if watch.ended.get(0) == "claimed":  # else refunded at its backstop: the others are left to their own
+                async with trio.open_nursery() as nursery:
+                    for leg in range(1, len(watch.ledgers)):
+                        nursery.start_soon(self._until_ended, settlement_id, watch, leg, watch.commit)
         watch.forwarding = False
         if self._watches.get(settlement_id) is watch:
             self._consider(settlement_id, watch)

@@ -119,6 +119,15 @@ def settlement_terms(signed: Signed[Settlement], registry: Registry | None) -> T
     )
 
 
+def pair_terms(auth: dict, registry: Registry | None) -> Terms:
+    """A matched pair's terms as one pair of a linked settlement reads them: its links
+    allowed (an auth of its own would be refused for them)."""
+    try:
+        return _pair(from_body(auth, allowed=(Matched,)), registry)[0]
+    except Rejected as error:
+        raise Rejected(error.code, f"auth.{error.field}", error.reason) from None
+
+
 def _matched(auth: dict, registry: Registry | None) -> Terms:
     terms, sides = _pair(from_body(auth, allowed=(Matched,)), registry)
     for index, one in enumerate(sides):

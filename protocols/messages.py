@@ -662,6 +662,15 @@ def ledger_per_leg(_: Any, attribute: attrs.Attribute, value: Any) -> None:
         ident(_, attribute, item)
 
 
+def leg_ledgers(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A settlement's ledger for each of its legs, in leg order: one may carry several."""
+    _expect(attribute, value, tuple, "a list")
+    if not 1 <= len(value) <= LEGS_MAX:
+        raise _invalid(attribute, f"must name the ledger of each leg: 1 to {LEGS_MAX}")
+    for item in value:
+        ident(_, attribute, item)
+
+
 def two_objects(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     _expect(attribute, value, tuple, "a list")
     if len(value) != 2 or not all(isinstance(item, dict) for item in value):
@@ -882,7 +891,7 @@ class SettlementDecision(Body):
     coordinator: str = attrs.field(validator=ident)
     settlement_id: str = attrs.field(validator=settlement_id)
     outcome: str = attrs.field(validator=one_of("commit", "abort"))
-    ledgers: tuple[str, ...] = attrs.field(validator=ledger_per_leg)
+    ledgers: tuple[str, ...] = attrs.field(validator=leg_ledgers)
     preimage: bytes = attrs.field(validator=digest32)
     expiry_ms: int = attrs.field(validator=time_ms)
     time_ms: int = attrs.field(validator=time_ms)  # last: the name shadows its validator below it

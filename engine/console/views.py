@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from protocols.authority import terms_of
 from protocols.htlc import LockState
 from protocols.iso20022 import reasons
 from protocols.messages import Entry
@@ -295,7 +296,7 @@ def settlement(
 
 ENDED = ("claimed", "cancelled", "refunded", "aborted")
 FINAL_PHASES = ("settled", "one-legged", "rolled back")
-LEGS = 2  # every settlement Lockstep drives has two legs (DvP, PvP; a repo is two linked DvPs)
+LEGS = 2  # a DvP's or a PvP's legs (a repo is two linked DvPs); a linked settlement has its netted legs
 
 
 def advices(items: Iterable[dict]) -> list[dict]:
@@ -312,15 +313,17 @@ def phase(settlement_id: str, entries: Iterable[tuple[str, Signed, str]], decisi
     """Where a settlement is, as its ledgers' journals (and its coordinator's published
     decision, when heard) show it."""
     locks: dict[str, str] = {}
+    legs = LEGS
     for _, signed, _ in entries:
         for lock, state in _locks_of(signed.msg, settlement_id):
             if locks.get(lock) not in ENDED:
                 locks[lock] = state
+        legs = _legs(signed.msg, legs)
     states = list(locks.values())
     claimed = states.count("claimed")
     ended = bool(states) and all(state in ENDED for state in states)
-    if ended and len(states) == LEGS:
-        return "settled" if claimed == LEGS else "one-legged" if claimed else "rolled back"
+    if ended and len(states) == legs:
+        return "settled" if claimed == legs else "one-legged" if claimed else "rolled back"
     if ended and not claimed and decision == "abort":  # the other leg never locked, and never will be
         return "rolled back"
     if claimed:
@@ -329,7 +332,15 @@ def phase(settlement_id: str, entries: Iterable[tuple[str, Signed, str]], decisi
         return "rolling back"
     if decision == "commit":
         return "decided"
-    return "locked" if len(states) == LEGS else "locking"
+    return "locked" if len(states) == legs else "locking"
+
+
+def _legs(entry: Entry, known: int) -> int:
+    """A settlement's legs, as a lock of a linked settlement tells them (read only then)."""
+    auth = entry.instruction.get("auth") if entry.kind == "lock" and entry.instruction is not None else None
+    if isinstance(auth, dict) and auth.get("type") == "linked":
+        return len(terms_of(auth, None).legs)
+    return known
 
 
 def settled_in(entries: Iterable[tuple[str, Signed, str]]) -> int:

@@ -217,6 +217,21 @@ def _7_queue(db: sqlite_utils.Database) -> None:
     db.execute(_HOLDS.format(exists="IF NOT EXISTS ", text="TEXT", blob="BLOB"))
 
 
+_LINKS = (
+    "ALTER TABLE instructions ADD COLUMN link_id TEXT",
+    "CREATE TABLE links (id {text} PRIMARY KEY, auth {blob} NOT NULL)",
+)
+
+
+def _8_links(db: sqlite_utils.Database) -> None:
+    """The linked settlement a matched pair's try is part of while it is under way, and
+    each linked settlement's authority as the queue released it (protocols.authority,
+    `linked`): a restart drives it again with the same pairs, each pair's outcome
+    recorded with its instruction's state."""
+    for statement in _LINKS:
+        db.execute(statement.format(text="TEXT", blob="BLOB"))
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _1_settlements,
     _2_decisions,
@@ -225,10 +240,11 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _5_epochs,
     _6_instructions_of,
     _7_queue,
+    _8_links,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # 1: settlements; 2: decision locks, the decision; 3: desks; 4: the log; 5: epochs; 6: a settlement's
-# instructions; 7: the settlement queue
+# instructions; 7: the settlement queue; 8: linked settlements
 
 
 class Connection(Protocol):
@@ -304,10 +320,12 @@ POSTGRES = (
     _INSTRUCTIONS_SETTLED_BY,
     *_QUEUE,
     _HOLDS.format(exists="", text=_TEXT, blob="BYTEA"),
+    *(statement.format(text=_TEXT, blob="BYTEA") for statement in _LINKS),
 )
 # what brings a schema made whole at an earlier version to each later one (6 on: the
 # versions before it were never made in PostgreSQL by a release)
 POSTGRES_UPGRADES: dict[int, tuple[str, ...]] = {
     6: (_INSTRUCTIONS_SETTLED_BY,),
     7: (*_QUEUE, _HOLDS.format(exists="", text=_TEXT, blob="BYTEA")),
+    8: tuple(statement.format(text=_TEXT, blob="BYTEA") for statement in _LINKS),
 }

@@ -48,6 +48,7 @@ class Calendars:
     past_cutoff: str = attrs.field(default=FAIL, validator=attrs.validators.in_((FAIL, RECYCLE)))
     recycle_days: int = 20  # settlement days after its first that a recycled pair may wait
     partial_min_units: int = 1  # the least part of a trade the queue settles where both sides allow parts
+    offset_interval_ms: int = 1_000  # how often the queue looks for trades that fund one another; 0: never
 
     def day_of(self, ledgers: Iterable[str], date: str) -> str | None:
         """The first day from `date` on that every one of `ledgers` settles on; None

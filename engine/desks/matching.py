@@ -39,11 +39,11 @@ from typing import Any
 import attrs
 import trio
 
-from protocols import matching
-from protocols.authority import terms_of
+from protocols import matching, netting
+from protocols.authority import LINKED_PREFIX, pair_terms, terms_of
 from protocols.bus import BusTimeout
 from protocols.bus.client import BadReply
-from protocols.canonical import decode
+from protocols.canonical import decode, encode
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
 from protocols.iso20022 import read
@@ -57,7 +57,9 @@ from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.iso20022.xml import Refused
 from protocols.messages import (
     ATTEMPTS_MAX,
+    LINKED_PAIRS_MAX,
     HoldInstruction,
+    Linked,
     Matched,
     QueryAdvices,
     QueryBalances,
@@ -73,7 +75,7 @@ from protocols.settlement import Phase
 from protocols.signing import Signed, from_wire
 
 from ..coordinator import Coordinator
-from . import parts
+from . import offsetting, parts
 from .advices import AdviceBook
 from .base import Desk
 from .calendar import Calendars
@@ -83,6 +85,7 @@ log = logging.getLogger("lockstep.matching")
 ALWAYS_OPEN = Calendars()  # every ledger settles every day, to its end
 
 SETTLING_MAX = 256  # matched settlements driven at once by this desk
+OFFSETS_KEPT = 100  # the latest liquidity-saving releases kept to report
 RECYCLED = (Code.INSUFFICIENT_FUNDS.value, Code.TIMEOUT.value)  # a try that ended so, moving nothing, is tried again
 
 # the ISO 20022 settlement status reason for a ledger's refusal of a leg
@@ -127,8 +130,13 @@ class Queued:
     priority: int  # the more urgent of its sides' (the lower number)
     held: set[str]  # the parties holding their side
     settled: int  # the trade's units settled in parts so far
+    references: frozenset[tuple[str, str]] = frozenset()  # (party, TxId) of each side
+    settle_with: frozenset[tuple[str, str]] = frozenset()  # (party, TxId) its parties linked it to
     released: trio.Event = attrs.field(factory=trio.Event)
     expired: bool = False  # set with `released` when it is failed at its cut-off instead
+
+    def candidate(self) -> offsetting.Candidate:
+        return offsetting.Candidate(self.pair_id, self.legs, self.priority, self.since_ms)
 
 
 def _on_hold(side: Side, holders: set[str] | frozenset[str]) -> str:
@@ -171,6 +179,9 @@ class MatchingDesk(Desk):
         self._limit = trio.CapacityLimiter(SETTLING_MAX)
         self._denominations: dict[str, Denomination] = {}
         self._queue: dict[str, Queued] = {}
+        self._links: dict[str, trio.Event] = {}  # a linked settlement under way -> set once its pairs are done
+        self._offset_ms = 0  # when the queue last looked for trades that fund one another
+        self.offsets: list[offsetting.Released] = []  # what each such look released, the latest last
         self._recycler = Recycler(
             lambda: {leg.ledger for queued in self._queue.values() for leg in queued.legs},
             self._moments,
@@ -233,7 +244,7 @@ class MatchingDesk(Desk):
         if match is None:
             self._add_unmatched(side, now_ms, min((d for d, _ in found), key=len, default=None))
         else:
-            settlement_id = terms_of(await self._matched(side, match), None).id
+            settlement_id = pair_terms(await self._matched(side, match), None).id
             self._add_matched(side, match, settlement_id, now_ms)
             self._serve(settlement_id)
         self._changed.set()
@@ -435,7 +446,8 @@ class MatchingDesk(Desk):
     def _add_matched(self, side: Side, other: Side, settlement_id: str, now_ms: int) -> None:
         """Both sides matched; queued at once, each party told why, where a side is held."""
         holders = {each.msg.party for each in (side, other) if self._held(each)}
-        state = "queued" if holders else "matched"
+        links = [f"{each.msg.party}'s {reference}" for each in (other, side) for reference in each.one.settle_with]
+        state = "queued" if holders or links else "matched"
         with self._db:
             self._insert(side, state, settlement_id, now_ms)
             self._db.execute(
@@ -449,6 +461,9 @@ class MatchingDesk(Desk):
             for each in (other, side) if holders else ():
                 why = f"held by {', '.join(sorted(holders))}"
                 self._book.advise(each.msg, each.one, "pending", settlement_id, _on_hold(each, holders), why, now_ms)
+            for each in (other, side) if links and not holders else ():
+                why = f"linked: settles together with {', '.join(links)}"
+                self._book.advise(each.msg, each.one, "pending", settlement_id, "LINK", why, now_ms)
 
     def _held(self, side: Side) -> bool:
         row = self._db.execute(
@@ -478,16 +493,24 @@ class MatchingDesk(Desk):
     async def _carry_out(self, settlement_id: str) -> None:
         """Settle a matched pair, trying again each time the queue releases it: again
         after a restart too (idempotent: the coordinator's journal knows what each
-        attempt did). Each try is on the pair's settlement day, before its cut-off."""
-        raws = self._db.execute(
-            "SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (settlement_id,)
-        ).fetchall()
-        a, b = [await self._side(raw) for (raw,) in raws]
+        attempt did). Each try is on the pair's settlement day, before its cut-off; a
+        try the queue released together with other pairs is their linked settlement's."""
+        if settlement_id.startswith(LINKED_PREFIX):
+            return await self._settle_linked(settlement_id)
+        a, b = await self._pair(settlement_id)
         while True:
-            state, attempt, day, settled, part_to = self._db.execute(
-                "SELECT state, attempt, settle_on, settled_units, part_to FROM instructions WHERE party = ? AND id = ?",
+            state, attempt, day, settled, part_to, link_id = self._db.execute(
+                "SELECT state, attempt, settle_on, settled_units, part_to, link_id FROM instructions "
+                "WHERE party = ? AND id = ?",
                 (a.msg.party, a.msg.id),
             ).fetchone()
+            if state not in ("matched", "queued"):
+                return
+            if link_id is not None:
+                done = self._links.setdefault(link_id, trio.Event())
+                self._serve(link_id)
+                await done.wait()
+                continue
             if state == "queued":
                 queued = await self._enqueue(settlement_id, a, b)
                 await queued.released.wait()
@@ -519,6 +542,49 @@ class MatchingDesk(Desk):
                 self._finish(a, b, settlement_id, None, record.phase.value, record.reason_code, record.reason)
                 return
             await self._hold(a, b, settlement_id, attempt + 1, terms_of(auth, None).legs, record.reason)
+
+    async def _pair(self, pair_id: str) -> tuple[Side, Side]:
+        raws = self._db.execute("SELECT raw FROM instructions WHERE settlement_id = ? ORDER BY party", (pair_id,))
+        a, b = [await self._side(raw) for (raw,) in raws.fetchall()]
+        return a, b
+
+    async def _settle_linked(self, link_id: str) -> None:
+        """Settle the pairs the queue released together, as the linked settlement it
+        recorded: each pair's try settles, or none does and each goes back to the queue
+        (or fails) as it would alone, its outcome and its leaving the link in one
+        transaction. The pairs' tasks wait for this one."""
+        (raw,) = self._db.execute("SELECT auth FROM links WHERE id = ?", (link_id,)).fetchone()
+        auth = decode(bytes(raw))
+        try:
+            async with self._limit:
+                record = await self.coordinator.settle(auth)
+        except Rejected as error:  # refused before any leg moved
+            record, code, why = None, error.code.value, f"{error.field}: {error.reason}"
+        for matched in auth["pairs"]:
+            pair_id = matching.pair_of(pair_terms(matched, None).id)
+            a, b = await self._pair(pair_id)
+            if self._link_of(a) != link_id:
+                continue  # done before a restart
+            if record is None:
+                self._finish(a, b, pair_id, None, "failed", code, why)
+            elif record.phase is Phase.SETTLED:
+                self._finish(a, b, pair_id, record.steps[-1][1], "settled", "", f"linked settlement {link_id}")
+            elif self._recyclable(record, matched.get("attempt", 0)):
+                legs = pair_terms(matched, None).legs
+                reason = f"linked settlement {link_id}: {record.reason}"
+                await self._hold(a, b, pair_id, matched.get("attempt", 0) + 1, legs, reason)
+            else:
+                self._finish(a, b, pair_id, None, record.phase.value, record.reason_code, record.reason)
+        log.info(
+            "linked settlement %s of %d pairs: %s", link_id, len(auth["pairs"]), record.phase.value if record else code
+        )
+        self._links.pop(link_id, trio.Event()).set()
+
+    def _link_of(self, side: Side) -> str | None:
+        row = self._db.execute(
+            "SELECT link_id FROM instructions WHERE party = ? AND id = ?", (side.msg.party, side.msg.id)
+        ).fetchone()
+        return row[0]
 
     def _part(self, a: Side, b: Side, settled: int, part_to: int | None) -> Part | None:
         """The units this try moves: the part the queue released, or all that remain
@@ -600,7 +666,7 @@ class MatchingDesk(Desk):
         code = _lacking(short[0]) if short else "OTHR"
         now_ms = self.coordinator.clock.now_ms()
         with self._db:
-            self._update((a, b), "state = 'queued', attempt = ?", attempt)
+            self._update((a, b), "state = 'queued', attempt = ?, link_id = NULL", attempt)
             for side in (a, b):
                 self._book.advise(side.msg, side.one, "pending", pair_id, code, f"queued: {reason}", now_ms)
         log.info("matched settlement %s queued for attempt %d: %s", pair_id, attempt, reason)
@@ -611,12 +677,14 @@ class MatchingDesk(Desk):
             "SELECT attempt, settle_on, settled_units FROM instructions WHERE party = ? AND id = ?",
             (a.msg.party, a.msg.id),
         ).fetchone()
-        legs = terms_of(await self._matched(a, b, attempt, part=self._part(a, b, settled, None)), None).legs
+        legs = pair_terms(await self._matched(a, b, attempt, part=self._part(a, b, settled, None)), None).legs
         day = self._day(a, b, tuple(leg.ledger for leg in legs), day)
         now_ms = self.coordinator.clock.now_ms()
         priority = min(a.one.priority, b.one.priority)
         holders = {side.msg.party for side in (a, b) if self._held(side)}
-        queued = Queued(pair_id, (a, b), legs, day, 0, 0, now_ms, priority, holders, settled)
+        references = frozenset((side.msg.party, side.one.reference) for side in (a, b))
+        links = frozenset((side.msg.party, reference) for side in (a, b) for reference in side.one.settle_with)
+        queued = Queued(pair_id, (a, b), legs, day, 0, 0, now_ms, priority, holders, settled, references, links)
         self._on_day(queued, day)
         self._queue[pair_id] = queued
         self._recycler.stir()
@@ -643,7 +711,7 @@ class MatchingDesk(Desk):
         `iso`: the ISO reason for both parties, where it is not the one `code` maps to."""
         now_ms = self.coordinator.clock.now_ms()
         with self._db:
-            self._update((a, b), "state = ?", "settled" if settled_ms is not None else "failed")
+            self._update((a, b), "state = ?, link_id = NULL", "settled" if settled_ms is not None else "failed")
             for side in (a, b):
                 if settled_ms is not None:
                     self._book.confirm(side.msg, side.one, settlement_id, settled_ms, now_ms, part)
@@ -675,17 +743,21 @@ class MatchingDesk(Desk):
     async def _look(self) -> None:
         """Fail what is past its cut-off; release, by priority then oldest first, each
         pair whose payers hold what it pays (or a part of it) after the pairs released
-        before it; the releases in one transaction."""
+        before it, and each set of pairs their parties linked once all are matched and
+        their payers hold what they pay net; then, at its interval, look for pairs that
+        fund one another. Each look's releases in one transaction."""
         now_ms = self.coordinator.clock.now_ms()
         waiting = sorted(self._queue.values(), key=lambda queued: (queued.priority, queued.since_ms, queued.pair_id))
         held = await self._available({(leg.ledger, leg.from_account) for queued in waiting for leg in queued.legs})
         released: list[tuple[Queued, int | None]] = []
+        ready: list[Queued] = []  # waiting for nothing but what their payers hold
+        linked_to = {reference for queued in waiting for reference in queued.settle_with}
         for queued in waiting:
             short = [leg for leg in queued.legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
             if queued.cutoff_ms < now_ms:
                 self._expire(queued, short)
-            elif queued.held or queued.opens_ms > now_ms:
-                continue
+            elif queued.held or queued.opens_ms > now_ms or queued.settle_with or queued.references & linked_to:
+                continue  # held, not its day yet, or linked by its parties: settles only with the others
             elif not short:
                 for leg in queued.legs:
                     held[(leg.ledger, leg.from_account, leg.asset)] -= leg.amount
@@ -694,7 +766,82 @@ class MatchingDesk(Desk):
                 for leg, amount in zip(queued.legs, parts.amounts(_ones(queued), queued.legs, part), strict=True):
                     held[(leg.ledger, leg.from_account, leg.asset)] -= amount
                 released.append((queued, part.to_units))
-        self._release(released)
+            elif not queued.settled:
+                ready.append(queued)
+        groups = self._linked_sets(now_ms, held)
+        interval = self.calendars.offset_interval_ms
+        if interval and ready and now_ms >= self._offset_ms + interval:
+            self._offset_ms = now_ms
+            found = offsetting.search([queued.candidate() for queued in ready], held)
+            if found.sets:
+                self._offsetting_found(found)
+            groups += [[self._queue[c.id] for c in each] for each in found.sets]
+        self._release(released, [await self._linked(group) for group in groups])
+
+    def _linked_sets(self, now_ms: int, held: dict[tuple[str, str, str], int]) -> list[list[Queued]]:
+        """The sets of pairs their parties linked that may settle now: every pair of
+        the set matched, none held, all on one day, their payers holding what the set
+        pays net (counted out of `held`)."""
+        by_reference = {reference: q for q in self._queue.values() for reference in q.references}
+        linking: dict[tuple[str, str], list[Queued]] = {}  # a reference -> the pairs linked to it
+        for q in self._queue.values():
+            for reference in q.settle_with:
+                linking.setdefault(reference, []).append(q)
+        seen: set[str] = set()
+        sets = []
+        for queued in sorted(self._queue.values(), key=lambda q: (q.priority, q.since_ms, q.pair_id)):
+            if queued.pair_id in seen or not queued.settle_with:
+                continue
+            found, todo, complete = {queued.pair_id: queued}, [queued], True
+            while todo:
+                current = todo.pop()
+                linked = [by_reference.get(reference) for reference in current.settle_with]
+                linked += [q for reference in current.references for q in linking.get(reference, ())]
+                for other in linked:
+                    if other is None:
+                        complete = False  # a linked instruction not matched yet
+                    elif other.pair_id not in found:
+                        found[other.pair_id] = other
+                        todo.append(other)
+            seen |= found.keys()
+            group = list(found.values())
+            legs = [leg for q in group for leg in q.legs]
+            if (
+                complete
+                and 2 <= len(group) <= LINKED_PAIRS_MAX
+                and not any(q.held or q.opens_ms > now_ms or q.cutoff_ms < now_ms for q in group)
+                and len({q.day for q in group}) == 1
+                and not netting.shortfalls(legs, held)
+            ):
+                for position, amount in netting.outflows(legs).items():
+                    held[position] -= amount
+                sets.append(group)
+        return sets
+
+    def _offsetting_found(self, found: offsetting.Released) -> None:
+        value = ", ".join(format_amount(asset, amount) for asset, amount in sorted(found.value().items()))
+        saved = ", ".join(format_amount(asset, amount) for asset, amount in sorted(found.saved().items()) if amount)
+        log.info(
+            "liquidity saving: %d settlements in %d sets released, %s; liquidity saved %s",
+            found.count,
+            len(found.sets),
+            value,
+            saved or "none",
+        )
+        self.offsets = [*self.offsets[-(OFFSETS_KEPT - 1) :], found]
+
+    async def _linked(self, group: list[Queued]) -> tuple[str, bytes, list[Queued]]:
+        """A set of pairs as one linked settlement: its id and authority."""
+        ordered = sorted(group, key=lambda q: q.pair_id)
+        pairs = []
+        for queued in ordered:
+            a, b = queued.sides
+            attempt, day = self._db.execute(
+                "SELECT attempt, settle_on FROM instructions WHERE party = ? AND id = ?", (a.msg.party, a.msg.id)
+            ).fetchone()
+            pairs.append(await self._matched(a, b, attempt, day))
+        auth = to_body(Linked(self.coordinator.id, tuple(pairs)))
+        return terms_of(auth, None).id, encode(auth), ordered
 
     async def _available(self, accounts: set[tuple[str, str]]) -> dict[tuple[str, str, str], int]:
         """What each account holds available, per asset; an account its ledger does not
@@ -726,16 +873,29 @@ class MatchingDesk(Desk):
         moments = [queued.cutoff_ms + 1 for queued in self._queue.values()]
         return moments + [queued.opens_ms for queued in self._queue.values() if queued.opens_ms > now_ms]
 
-    def _release(self, released: list[tuple[Queued, int | None]]) -> None:
+    def _release(
+        self, released: list[tuple[Queued, int | None]], linked: list[tuple[str, bytes, list[Queued]]]
+    ) -> None:
         """Out of the queue, each to its next try: of all that remains, or of the units
-        up to its `part_to`."""
+        up to its `part_to`; or, for a set released together, of their linked settlement."""
         with self._db:
             self._db.executemany(
                 "UPDATE instructions SET state = 'matched', part_to = ? "
                 "WHERE party = ? AND id = ? AND state = 'queued'",
                 [(part_to, side.msg.party, side.msg.id) for queued, part_to in released for side in queued.sides],
             )
-        for queued, _ in released:
+            self._db.executemany("INSERT INTO links (id, auth) VALUES (?, ?)", [(i, auth) for i, auth, _ in linked])
+            self._db.executemany(
+                "UPDATE instructions SET state = 'matched', link_id = ? "
+                "WHERE party = ? AND id = ? AND state = 'queued'",
+                [
+                    (link_id, side.msg.party, side.msg.id)
+                    for link_id, _, group in linked
+                    for q in group
+                    for side in q.sides
+                ],
+            )
+        for queued in [queued for queued, _ in released] + [q for _, _, group in linked for q in group]:
             del self._queue[queued.pair_id]
             queued.released.set()
 

