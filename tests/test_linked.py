@@ -18,7 +18,7 @@ from protocols.canonical import decode
 from protocols.iso20022 import reasons
 from protocols.iso20022.model import SESE_023, OneSided
 from protocols.settlement import Phase, utc_date
-from tests.test_matching import Desk, autojump_clock, move, start  # noqa: F401, F811 (a fixture)
+from tests.test_matching import Desk, move, start
 
 PLACES_3 = {**PLACES, "USD": "cbdc-multi"}
 
