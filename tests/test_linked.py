@@ -17,6 +17,7 @@ from protocols.authority import terms_of
 from protocols.canonical import decode
 from protocols.iso20022 import reasons
 from protocols.iso20022.model import SESE_023, OneSided
+from protocols.messages import Issue, SettlementInstruction
 from protocols.settlement import Phase, utc_date
 from tests.test_matching import Desk, move, start
 
@@ -51,11 +52,18 @@ T = ("treasury", "treasury", "t-eur")
 async def three_banks(desk: Desk) -> None:
     """The treasury banks too: a EUR account, and the bonds it holds stay its own."""
     local = desk.local
-    await local.open_accounts("cbdc-eur", "ecb", {"t-eur": "treasury"})
+    await local.open_accounts("cbdc-eur", "ecb", {"t-eur": "treasury", "reserve": "ecb"})
 
 
 async def statuses(desk: Desk, party: str) -> list[str]:
     return [item["status"] for item in await desk.advices(party)]
+
+
+async def settled_twice_over(desk: Desk, party: str) -> None:
+    """Until both of `party`'s instructions are confirmed."""
+    with trio.fail_after(120):
+        while (await statuses(desk, party)).count("settled") < 2:
+            await trio.sleep(0.5)
 
 
 async def test_back_to_back_trades_a_bank_links_settle_together_netted_where_neither_would_alone(
@@ -115,6 +123,65 @@ async def test_back_to_back_trades_a_bank_links_settle_together_netted_where_nei
             ("cbdc-eur", "t-eur", "b-eur", 10_00),
             ("csd", "a-sec", "treasury", 100),
         ]
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_gridlock_nobody_can_fund_one_by_one_is_found_by_liquidity_saving_and_settles_netted(
+    tmp_path, autojump_clock
+):
+    """Three trades in a ring: bank-a sells 100 bonds to bank-b for 1,000.00, bank-b 50 to
+    the treasury for 1,200.00, the treasury 30 to bank-a for 1,100.00. bank-b holds no
+    cash, bank-a and the treasury 99.99 each: each trade waits for cash (MONY). Netted,
+    bank-a and the treasury each pay 100.00: still a cent short, nothing is released.
+    A cent more for bank-a and the treasury, and the queue's liquidity saving releases
+    all three as one linked settlement: 3,300.00 moved for 200.00 of liquidity."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        await desk.start_coordinator()
+        local = desk.local
+        await three_banks(desk)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "t-eur", "EUR", 99_99)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", 99_99)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "reserve", "EUR", leave=0)
+        today = utc_date(desk.now_ms())
+        trades = [
+            trade(today, A, B, 100, 1_000_00, "R1"),
+            trade(today, B, T, 50, 1_200_00, "R2"),
+            trade(today, T, A, 30, 1_100_00, "R3"),
+        ]
+        for deliver, receive in trades:
+            await desk.send(desk.instruction(deliver))
+            await desk.send(desk.instruction(receive))
+        for party in ("bank-a", "bank-b", "treasury"):
+            await desk.until(party, "pending")
+        before = await desk.balances()
+        t_sec = (await local.balances("csd", "treasury"))[BOND]
+        await trio.sleep(30)  # looked at again and again: a cent short, nothing moves
+        assert await desk.balances() == before
+        coordinator = desk.local.coordinator
+        assert not [r for r in coordinator.journal.all() if r.settlement_id.startswith("l-")]
+
+        await local.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="a-eur", amount=1)
+        await local.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="t-eur", amount=1)
+        for party in ("bank-a", "bank-b", "treasury"):
+            await settled_twice_over(desk, party)
+
+        after = await desk.balances()
+        assert after[("cbdc-eur", "a-eur")]["EUR"] == 0
+        assert after[("cbdc-eur", "b-eur")]["EUR"] == 200_00
+        assert (await local.balances("cbdc-eur", "t-eur"))["EUR"] == 0
+        assert after[("csd", "a-sec")][BOND] == before[("csd", "a-sec")][BOND] - 70
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 50
+        assert (await local.balances("csd", "treasury"))[BOND] == t_sec + 20
+        (linked,) = [r for r in coordinator.journal.all() if r.settlement_id.startswith("l-")]
+        assert linked.phase is Phase.SETTLED and len(terms_of(decode(linked.instruction), None).pairs) == 3
+        (found,) = coordinator._desks[SettlementInstruction].offsets
+        assert found.count == 3 and len(found.sets) == 1
+        assert found.value()["EUR"] == 3_300_00 and found.saved()["EUR"] == 3_300_00 - 200_00
+        assert found.saved()[BOND] == 180 - 70
         assert await desk.held_locks() == []
         report = await desk.audit()
         assert not report.violations, report.violations
