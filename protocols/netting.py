@@ -1,5 +1,6 @@
 """Settlements that settle together, netted: the legs that move the same asset on the
-same ledger are replaced by the fewest that leave every account where they all would.
+same ledger are replaced by legs in which each account only pays or only is paid, its
+net, and which leave every account where they all would.
 
 A linked settlement (protocols.authority, `linked`) moves every leg of its pairs or
 none. Moved together, only each account's net position matters: A pays B and B pays C

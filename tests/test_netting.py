@@ -92,11 +92,6 @@ def test_each_book_nets_to_at_most_payers_plus_payees_less_one_legs(legs):
         assert len(netted) <= payers + payees - 1
 
 
-@given(legs_strategy)
-def test_netting_no_more_legs_than_the_gross_ones(legs):
-    assert len(net(legs)) <= len(legs)
-
-
 @given(legs_strategy.flatmap(lambda legs: st.tuples(st.just(legs), st.permutations(legs))))
 def test_netting_is_canonical_whatever_the_order_of_the_legs(drawn):
     legs, shuffled = drawn

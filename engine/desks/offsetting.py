@@ -10,8 +10,9 @@ account, each set fundable on its own, so each settles as its own linked settlem
 Up to EXACT_MAX trades the search is exact: a branch and bound over every subset.
 Beyond, it is the greedy deselection RTGS systems run (Bech and Soramäki's gridlock
 resolution): take every trade, and while an account is short, drop from what it pays
-the least urgent, newest trade; then add back, most urgent first, what now fits. Pure:
-the desk reads the balances and settles the sets."""
+the least urgent, newest trade; then add back, most urgent first, what now fits, and
+search the few left out exactly beside what was kept. Pure: the desk reads the
+balances and settles the sets."""
 
 from __future__ import annotations
 
@@ -145,7 +146,9 @@ def _exact(candidates: Sequence[Candidate], held: Mapping[Position, int]) -> lis
 
 def _greedy(candidates: Sequence[Candidate], held: Mapping[Position, int]) -> list[Candidate]:
     """Deselect from the account most short the least urgent trade it pays, until none
-    is short; then add back, most urgent first, each dropped trade that still fits."""
+    is short; then add back, most urgent first, each dropped trade that fits, again
+    until none does; then, if few enough are left out, the best set of them that fits
+    beside what was kept (a ring of trades none of which fits alone)."""
     chosen = {c.id: c for c in candidates}
     net: dict[Position, int] = defaultdict(int)
     paying: dict[Position, set[str]] = defaultdict(set)
@@ -165,8 +168,18 @@ def _greedy(candidates: Sequence[Candidate], held: Mapping[Position, int]) -> li
         dropped.append(victim)
         for each, amount in netting.positions(victim.legs).items():
             net[each] -= amount
-    for candidate in sorted(dropped, key=lambda c: c.urgency):
-        trial = [*chosen.values(), candidate]
-        if fundable(trial, held):
-            chosen[candidate.id] = candidate
+    dropped.sort(key=lambda c: c.urgency)
+    added = True
+    while added:
+        added = False
+        for candidate in list(dropped):
+            if fundable([*chosen.values(), candidate], held):
+                chosen[candidate.id] = candidate
+                dropped.remove(candidate)
+                added = True
+    if dropped and len(dropped) <= EXACT_MAX:
+        beside = dict(held)  # what each account holds once the kept trades have settled
+        for position, amount in netting.positions(leg for c in chosen.values() for leg in c.legs).items():
+            beside[position] = beside.get(position, 0) + amount
+        chosen.update((c.id, c) for c in _exact(dropped, beside))
     return list(chosen.values())
