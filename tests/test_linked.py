@@ -16,7 +16,7 @@ from engine.world.local import BOND, PLACES
 from protocols.authority import terms_of
 from protocols.canonical import decode
 from protocols.iso20022 import reasons
-from protocols.iso20022.model import SESE_023, OneSided
+from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.messages import Issue, SettlementInstruction
 from protocols.settlement import Phase, utc_date
 from tests.test_matching import Desk, move, start
@@ -185,4 +185,95 @@ async def test_a_gridlock_nobody_can_fund_one_by_one_is_found_by_liquidity_savin
         assert await desk.held_locks() == []
         report = await desk.audit()
         assert not report.violations, report.violations
+        nursery.cancel_scope.cancel()
+
+
+def fx(today: str, reference: str) -> tuple[OneSided, OneSided]:
+    """bank-a pays 1,000.00 EUR for bank-b's 1,100.00 USD, each side's pacs.009."""
+    a = OneSided(
+        PACS_009,
+        f"{reference}-A",
+        "pvp",
+        "pay",
+        "bank-a",
+        "bank-b",
+        None,
+        today,
+        "EUR",
+        1_000_00,
+        "a-eur",
+        "USD",
+        1_100_00,
+        "a-usd",
+    )
+    b = OneSided(
+        PACS_009,
+        f"{reference}-B",
+        "pvp",
+        "pay",
+        "bank-b",
+        "bank-a",
+        None,
+        today,
+        "USD",
+        1_100_00,
+        "b-usd",
+        "EUR",
+        1_000_00,
+        "b-eur",
+    )
+    return a, b
+
+
+@pytest.mark.parametrize("killed_at", ["locking", "claiming"])
+async def test_linked_trades_across_three_ledgers_settle_whole_with_a_ledger_killed_mid_way(
+    tmp_path, autojump_clock, killed_at
+):
+    """bank-b buys 100 bonds for 990.00 EUR, holding no euros, and links the purchase to
+    its sale of 1,100.00 USD for 1,000.00 EUR: three ledgers, netted to three legs (the
+    bonds, 10.00 EUR to bank-b, the dollars). The USD ledger is killed as the linked
+    settlement locks (or as it claims) and started again 20 s later: all of it settles,
+    once (a try that timed out having moved nothing is recycled), or nothing had moved
+    until then; never one ledger's leg without the others'."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        coordinator, _ = await desk.start_coordinator()
+        local = desk.local
+        await move(local, "cbdc-multi", "bank-a", "a-usd", "b-usd", "USD", 2_000_00)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", 1_500_00)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", leave=0)
+        today = utc_date(desk.now_ms())
+        a_sells, b_buys = trade(today, A, B, 100, 990_00, "BONDS")
+        a_pays, b_pays = fx(today, "FX")
+        b_buys = attrs.evolve(b_buys, settle_with=(b_pays.reference,))
+        before = await desk.balances()
+        killed, watching = trio.Event(), {}
+
+        def kill(record):
+            if record.settlement_id.startswith("l-") and record.phase.value == killed_at and not killed.is_set():
+                watching["id"] = record.settlement_id
+                local.stop_ledger("cbdc-multi")
+                killed.set()
+
+        coordinator.on_phase = kill
+        for one in (a_sells, b_buys, a_pays, b_pays):
+            await desk.send(desk.instruction(one))
+        await killed.wait()
+        await trio.sleep(20)
+        await local.start_ledger("cbdc-multi")
+        for party in ("bank-a", "bank-b"):
+            await settled_twice_over(desk, party)
+
+        after = await desk.balances()
+        assert after[("csd", "b-sec")][BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+        assert after[("cbdc-eur", "b-eur")]["EUR"] == 10_00
+        assert after[("cbdc-multi", "b-usd")]["USD"] == before[("cbdc-multi", "b-usd")]["USD"] - 1_100_00
+        assert after[("cbdc-multi", "a-usd")]["USD"] == before[("cbdc-multi", "a-usd")]["USD"] + 1_100_00
+        linked = [r for r in coordinator.journal.all() if r.settlement_id.startswith("l-")]
+        assert [r.phase for r in linked].count(Phase.SETTLED) == 1
+        assert {len(terms_of(decode(r.instruction), None).legs) for r in linked} == {3}
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
+        assert report.settlements.get("settled") == 1 and "one-legged" not in report.settlements
         nursery.cancel_scope.cancel()

@@ -180,6 +180,8 @@ class MatchingDesk(Desk):
         self._denominations: dict[str, Denomination] = {}
         self._queue: dict[str, Queued] = {}
         self._links: dict[str, trio.Event] = {}  # a linked settlement under way -> set once its pairs are done
+        self._wanted: dict[tuple[str, str], set[str]] = {}  # (party, TxId) -> the party's open instructions
+        # linked WITH it: a pair holding it settles only together with them
         self._offset_ms = 0  # when the queue last looked for trades that fund one another
         self.offsets: list[offsetting.Released] = []  # what each such look released, the latest last
         self._recycler = Recycler(
@@ -447,6 +449,11 @@ class MatchingDesk(Desk):
         """Both sides matched; queued at once, each party told why, where a side is held."""
         holders = {each.msg.party for each in (side, other) if self._held(each)}
         links = [f"{each.msg.party}'s {reference}" for each in (other, side) for reference in each.one.settle_with]
+        links += [
+            f"{each.msg.party}'s {linking}"
+            for each in (other, side)
+            for linking in sorted(self._wanted.get((each.msg.party, each.one.reference), ()))
+        ]
         state = "queued" if holders or links else "matched"
         with self._db:
             self._insert(side, state, settlement_id, now_ms)
@@ -471,7 +478,16 @@ class MatchingDesk(Desk):
         ).fetchone()
         return bool(row[0]) if row is not None else side.one.hold
 
+    def _want(self, side: Side, wanted: bool) -> None:
+        """Note (or forget, once it is done) what an open instruction is linked WITH."""
+        for reference in side.one.settle_with:
+            linking = self._wanted.setdefault((side.msg.party, reference), set())
+            (linking.add if wanted else linking.discard)(side.msg.id)
+            if not linking:
+                del self._wanted[(side.msg.party, reference)]
+
     def _insert(self, side: Side, state: str, settlement_id: str | None, now_ms: int) -> None:
+        self._want(side, True)
         self._db.execute(
             "INSERT INTO instructions (party, id, raw, counterparty, settlement_date, state, settlement_id, "
             "received_ms, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -710,6 +726,8 @@ class MatchingDesk(Desk):
         """Each party's last advice, and the instructions' end state, in one transaction;
         `iso`: the ISO reason for both parties, where it is not the one `code` maps to."""
         now_ms = self.coordinator.clock.now_ms()
+        for side in (a, b):
+            self._want(side, False)
         with self._db:
             self._update((a, b), "state = ?, link_id = NULL", "settled" if settled_ms is not None else "failed")
             for side in (a, b):
@@ -726,6 +744,10 @@ class MatchingDesk(Desk):
     # -- running -----------------------------------------------------------------------------
 
     async def _resume(self) -> None:
+        for (raw,) in self._db.execute(
+            "SELECT raw FROM instructions WHERE state IN ('unmatched', 'matched', 'queued')"
+        ).fetchall():
+            self._want(await self._side(raw), True)
         for settlement_id, state in self._db.execute(
             "SELECT DISTINCT settlement_id, state FROM instructions WHERE state IN ('matched', 'queued')"
         ).fetchall():
@@ -751,12 +773,13 @@ class MatchingDesk(Desk):
         held = await self._available({(leg.ledger, leg.from_account) for queued in waiting for leg in queued.legs})
         released: list[tuple[Queued, int | None]] = []
         ready: list[Queued] = []  # waiting for nothing but what their payers hold
-        linked_to = {reference for queued in waiting for reference in queued.settle_with}
         for queued in waiting:
             short = [leg for leg in queued.legs if held.get((leg.ledger, leg.from_account, leg.asset), 0) < leg.amount]
             if queued.cutoff_ms < now_ms:
                 self._expire(queued, short)
-            elif queued.held or queued.opens_ms > now_ms or queued.settle_with or queued.references & linked_to:
+            elif (
+                queued.held or queued.opens_ms > now_ms or queued.settle_with or queued.references & self._wanted.keys()
+            ):
                 continue  # held, not its day yet, or linked by its parties: settles only with the others
             elif not short:
                 for leg in queued.legs:
@@ -954,6 +977,7 @@ class MatchingDesk(Desk):
                 why = f"unmatched past its settlement date {side.one.settlement_date}"
                 self._book.advise(side.msg, side.one, "cancelled", None, "CANS", why, now_ms)
         for side in stale:
+            self._want(side, False)
             log.info(
                 "instruction %s of %s cancelled: unmatched past %s",
                 side.msg.id,
