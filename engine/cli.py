@@ -248,6 +248,8 @@ def _submit(args: argparse.Namespace) -> int:
             args.release,
             args.id,
         )
+    if args.command == "offset":
+        return trio.run(submit.offset, args.broker, args.registry, args.coordinator, args.party, args.key)
     return trio.run(
         submit.fetch,
         args.broker,
@@ -665,6 +667,13 @@ def parser() -> argparse.ArgumentParser:
             "release it (--release); print its latest advice (docs/PROTOCOL.md, hold_instruction).",
         ),
         (
+            "offset",
+            "ask the settlement queue to look now for waiting trades that fund one another",
+            "Ask the matching desk's settlement queue to run liquidity saving now, besides its interval: the "
+            "waiting trades whose net effect each payer can fund settle together as linked settlements; print "
+            "what it released and the liquidity saved. Signed by the coordinator itself or an observer.",
+        ),
+        (
             "advices",
             "a party's status advices and confirmations from the matching desk",
             "Print every status advice and confirmation the matching desk wrote for a party, from a position on.",
@@ -685,12 +694,12 @@ def parser() -> argparse.ArgumentParser:
                 metavar="S",
                 help="seconds to follow its advices until settled, failed or cancelled (default: 0)",
             )
-        else:
+        elif name == "advices":
             desk.add_argument(
                 "--from", type=int, default=0, metavar="SEQ", help="the first advice position (default: 0)"
             )
-        _back_office(desk, "the instructing party (who signs)")
-        if name != "hold":
+        _back_office(desk, "the instructing party (who signs)" if name != "offset" else "who asks (who signs)")
+        if name in ("submit", "advices"):
             desk.add_argument(
                 "--out",
                 metavar="DIR",

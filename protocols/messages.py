@@ -820,6 +820,32 @@ class SettlementAdvices(Body):
     items: tuple = ()
 
 
+@message("offset_queue")
+@attrs.frozen
+class OffsetQueue(Body):
+    """Ask the settlement queue to look now for waiting trades that fund one another
+    (liquidity saving), besides its interval; signed by `party`: the coordinator itself
+    (its operator) or a party with the observer role (the supervisor)."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    party: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+
+
+@message("offset_report")
+@attrs.frozen
+class OffsetReport(Body):
+    """What that look released: each set of matched pairs settled together (by pair id),
+    what they move gross and the liquidity they saved, per asset."""
+
+    coordinator: str = attrs.field(validator=ident)
+    time_ms: int = attrs.field(validator=time_ms)
+    sets: tuple = ()
+    value: dict = attrs.field(factory=dict)
+    saved: dict = attrs.field(factory=dict)
+
+
 @message("query_corporate_action")
 @attrs.frozen
 class QueryCorporateAction(Body):

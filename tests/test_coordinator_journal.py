@@ -207,6 +207,7 @@ TABLES = {
     "repos",
     "epochs",
     "holds",
+    "links",
 }
 
 
@@ -225,7 +226,7 @@ def version(path) -> int:
 def test_a_new_database_has_every_table_at_the_last_migration(tmp_path):
     schema.connect(tmp_path / "coordinator.db").close()
     assert tables(tmp_path / "coordinator.db") == TABLES
-    assert version(tmp_path / "coordinator.db") == schema.SCHEMA_VERSION == len(schema.MIGRATIONS) == 7
+    assert version(tmp_path / "coordinator.db") == schema.SCHEMA_VERSION == len(schema.MIGRATIONS) == 8
 
 
 def test_a_database_whose_desks_made_their_own_tables_keeps_their_rows(tmp_path):
@@ -384,9 +385,9 @@ def test_postgresql_has_the_tables_and_columns_that_the_sqlite_migrations_end_wi
 
 
 def test_a_postgresql_schema_made_by_an_earlier_version_is_brought_up_to_this_ones(postgres):
-    """Made whole at version 5 (before a settlement's instructions had an index and a
-    matched pair an attempt), it gets the upgrades since, once; a schema newer than the
-    code is refused."""
+    """Made whole at version 5 (before a settlement's instructions had an index, a
+    matched pair an attempt and a link), it gets the upgrades since, once; a schema newer
+    than the code is refused."""
     url = new_schema(postgres, f"c{secrets.token_hex(4)}")
     schema.connect(url).close()
     run_sql(url, "DROP INDEX instructions_of")
@@ -396,11 +397,14 @@ def test_a_postgresql_schema_made_by_an_earlier_version_is_brought_up_to_this_on
     run_sql(url, "ALTER TABLE instructions DROP COLUMN settled_units")
     run_sql(url, "ALTER TABLE instructions DROP COLUMN part_to")
     run_sql(url, "DROP TABLE holds")
+    run_sql(url, "ALTER TABLE instructions DROP COLUMN link_id")
+    run_sql(url, "DROP TABLE links")
     run_sql(url, "UPDATE lockstep_schema SET version = 5")
     schema.connect(url).close()
     assert run_sql(url, "SELECT version FROM lockstep_schema")[1] == [(schema.SCHEMA_VERSION,)]
     assert run_sql(url, "SELECT to_regclass('instructions_of') IS NOT NULL")[1] == [(True,)]
     assert run_sql(url, "SELECT count(attempt) FROM instructions")[1] == [(0,)]
+    assert run_sql(url, "SELECT count(link_id) FROM links, instructions")[1] == [(0,)]
     run_sql(url, "UPDATE lockstep_schema SET version = ?", (schema.SCHEMA_VERSION + 1,))
     with pytest.raises(AssertionError, match="newer than this code"):
         schema.connect(url)

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from engine.coordinator.metrics import CoordinatorMetrics
 from engine.world.local import BOND, PLACES
 from protocols.authority import terms_of
 from protocols.canonical import decode
@@ -20,6 +21,7 @@ from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.messages import Issue, SettlementInstruction
 from protocols.settlement import Phase, utc_date
 from tests.test_matching import Desk, move, start
+from tests.test_metrics import of, value
 
 PLACES_3 = {**PLACES, "USD": "cbdc-multi"}
 
@@ -140,7 +142,8 @@ async def test_a_gridlock_nobody_can_fund_one_by_one_is_found_by_liquidity_savin
     all three as one linked settlement: 3,300.00 moved for 200.00 of liquidity."""
     async with trio.open_nursery() as nursery:
         desk = await start(nursery, tmp_path)
-        await desk.start_coordinator()
+        coordinator, _ = await desk.start_coordinator()
+        metrics = CoordinatorMetrics(coordinator)
         local = desk.local
         await three_banks(desk)
         await move(local, "cbdc-eur", "bank-b", "b-eur", "t-eur", "EUR", 99_99)
@@ -161,7 +164,6 @@ async def test_a_gridlock_nobody_can_fund_one_by_one_is_found_by_liquidity_savin
         t_sec = (await local.balances("csd", "treasury"))[BOND]
         await trio.sleep(30)  # looked at again and again: a cent short, nothing moves
         assert await desk.balances() == before
-        coordinator = desk.local.coordinator
         assert not [r for r in coordinator.journal.all() if r.settlement_id.startswith("l-")]
 
         await local.instruct(Issue, "cbdc-eur", "ecb", asset="EUR", account="a-eur", amount=1)
@@ -182,6 +184,9 @@ async def test_a_gridlock_nobody_can_fund_one_by_one_is_found_by_liquidity_savin
         assert found.count == 3 and len(found.sets) == 1
         assert found.value()["EUR"] == 3_300_00 and found.saved()["EUR"] == 3_300_00 - 200_00
         assert found.saved()[BOND] == 180 - 70
+        samples = of(metrics.registry)
+        assert value(samples, "lockstep_coordinator_offset_settlements_total") == 3
+        assert value(samples, "lockstep_coordinator_offset_liquidity_saved_total", asset="EUR") == 3_100_00
         assert await desk.held_locks() == []
         report = await desk.audit()
         assert not report.violations, report.violations

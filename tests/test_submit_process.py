@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from lxml import etree
@@ -307,3 +308,104 @@ async def test_a_trade_short_of_cash_is_recycled_by_the_coordinator_process_unti
     finally:
         for process in ledgers + [coordinator]:
             process.stop()
+
+
+async def test_trades_linked_by_a_bank_or_found_to_fund_one_another_settle_netted_by_the_process(tmp_path, broker):
+    """Linked settlements over real processes, neither bank holding any cash: bank-b
+    buys 100 bonds from bank-a for 1,000.00 and sells 60 back for 1,000.00, linking its
+    two instructions (Lnkgs WITH); then the same again without links, which the queue's
+    liquidity saving finds when the supervisor asks for it (`lockstep offset`; its
+    interval is off here). Each time only the net moves: 40 bonds to bank-b, no cash."""
+    world = standard_world(tmp_path / "world", broker=broker.url)
+    config = world.ledger_configs["coordinator"]
+    config.write_text(config.read_text() + "\n[settlement_queue]\noffset_interval_ms = 0\n")
+    ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
+    coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
+    common = ["--broker", broker.url, "--registry", str(world.registry_path)]
+
+    def advices(party: str) -> list[str]:
+        said = lockstep("advices", *common, "--party", party, "--key", str(world.key_path(party)))
+        assert said.returncode == 0, said.stderr
+        return said.stdout.splitlines()
+
+    async def submit(one: OneSided) -> None:
+        path = tmp_path / f"{one.reference}.xml"
+        path.write_bytes(sese023.write(one))
+        sent = await trio.to_thread.run_sync(
+            lambda: lockstep(
+                "submit", str(path), *common, "--party", one.party, "--key", str(world.key_path(one.party))
+            )
+        )
+        assert sent.returncode == 0, sent.stderr
+
+    async def settled(count: int) -> None:
+        with trio.fail_after(60):
+            while sum("SETTLED" in line for line in await trio.to_thread.run_sync(advices, "bank-b")) < count:
+                await trio.sleep(0.2)
+
+    try:
+        async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
+            for process in ledgers + [coordinator]:
+                await process.ready(bus)
+            local = Local(world, bus, nursery)
+            await local.fund_standard(ledgers=("csd", "cbdc-eur"))
+            held = (await local.balances("cbdc-eur", "b-eur"))["EUR"]
+            await local.open_accounts("cbdc-eur", "ecb", {"reserve": "ecb"})
+            await local.instruct(
+                Transfer, "cbdc-eur", "bank-b", from_account="b-eur", to_account="reserve", asset="EUR", amount=held
+            )
+            today = utc_date(ServiceClock().now_ms())
+            a_bonds = (await local.balances("csd", "a-sec"))[BOND]
+            for round_, linked in (("L", True), ("O", False)):
+                buy = sese023_pair(today, f"{round_}1", 100, 100_000)
+                back = sese023_pair(today, f"{round_}2", 60, 100_000)
+                b_buys, b_sells = buy["bank-b"], _turned(back)["bank-b"]
+                if linked:
+                    b_buys = attrs.evolve(b_buys, settle_with=(b_sells.reference,))
+                    b_sells = attrs.evolve(b_sells, settle_with=(b_buys.reference,))
+                for one in (buy["bank-a"], b_buys, _turned(back)["bank-a"], b_sells):
+                    await submit(one)
+                if not linked:
+                    with trio.fail_after(30):
+                        while (await trio.to_thread.run_sync(advices, "bank-b"))[-1].split()[1] != "PENDING":
+                            await trio.sleep(0.2)
+                    await trio.sleep(2)  # looked at again and again: nothing settles alone
+                    assert (await local.balances("csd", "b-sec"))[BOND] == 40
+                    offset = await trio.to_thread.run_sync(
+                        lambda: lockstep(
+                            "offset", *common, "--party", "supervisor", "--key", str(world.key_path("supervisor"))
+                        )
+                    )
+                    assert offset.returncode == 0, offset.stderr
+                    lines = offset.stdout.splitlines()
+                    assert lines[0] == "released 2 settlements in 1 linked settlements", offset.stdout
+                    assert "liquidity saved EUR 2,000.00, XS2700000016 120 units" in lines[1], offset.stdout
+                    refused = await trio.to_thread.run_sync(
+                        lambda: lockstep("offset", *common, "--party", "bank-a", "--key", str(world.key_path("bank-a")))
+                    )
+                    assert refused.returncode != 0 and "observer role" in refused.stderr, refused
+                await settled(2 if linked else 4)
+            assert (await local.balances("csd", "b-sec"))[BOND] == 80
+            assert (await local.balances("csd", "a-sec"))[BOND] == a_bonds - 80
+            nursery.cancel_scope.cancel()
+        lines = await trio.to_thread.run_sync(advices, "bank-b")
+        assert any("LINK" in line for line in lines), lines
+        assert sum("SETTLED" in line for line in lines) == 4
+    finally:
+        for process in ledgers + [coordinator]:
+            process.stop()
+
+
+def _turned(pair: dict[str, OneSided]) -> dict[str, OneSided]:
+    """The same trade the other way: bank-b delivers to bank-a."""
+    sell, buy = pair["bank-a"], pair["bank-b"]
+    return {
+        "bank-b": attrs.evolve(
+            sell, party="bank-b", counterparty="bank-a", gives_account="b-sec", takes_account="b-eur",
+            reference=f"B{sell.reference}",
+        ),
+        "bank-a": attrs.evolve(
+            buy, party="bank-a", counterparty="bank-b", gives_account="a-eur", takes_account="a-sec",
+            reference=f"A{buy.reference}",
+        ),
+    }  # fmt: skip

@@ -22,10 +22,13 @@ from protocols.messages import (
     IDENT_PATTERN,
     Advices,
     HoldInstruction,
+    OffsetQueue,
+    OffsetReport,
     QueryAdvices,
     SettlementInstruction,
     SettlementStatus,
 )
+from protocols.money import format_amount
 from protocols.registry import Registry
 from protocols.signing import PrivateKey, from_wire, sign
 
@@ -68,26 +71,32 @@ class DeskClient:
         self.bus, self.registry, self.coordinator, self.party, self.key = bus, registry, coordinator, party, key
         self.clock = ServiceClock()
 
-    async def _ask(self, payload: bytes):
+    async def _ask(self, payload: bytes, answer: type[Advices] | type[OffsetReport] = Advices):
         try:
             raw = await self.bus.request(service_of_coordinator(self.coordinator), payload, timeout_s=REPLY_TIMEOUT_S)
         except BusTimeout:
             raise DaemonError(f"coordinator {self.coordinator}", f"did not answer within {REPLY_TIMEOUT_S} s") from None
         try:
-            signed = from_wire(canonical.decode(raw), allowed=(Advices, SettlementStatus))
+            signed = from_wire(canonical.decode(raw), allowed=(answer, SettlementStatus))
         except Rejected as error:
-            raise DaemonError(f"coordinator {self.coordinator}", f"its answer is not advices: {error}") from None
+            raise DaemonError(f"coordinator {self.coordinator}", f"its answer is not {answer.TYPE}: {error}") from None
         if not signed.signed_by(self.coordinator, self.registry[self.coordinator].public_key):
             raise DaemonError(f"coordinator {self.coordinator}", "the answer is not signed by the coordinator")
         if isinstance(signed.msg, SettlementStatus):
             raise DaemonError(
                 f"coordinator {self.coordinator}", f"refused: {signed.msg.reason_code}: {signed.msg.reason}"
             )
-        assert isinstance(signed.msg, Advices)
-        return signed.msg.items
+        if isinstance(signed.msg, Advices):
+            return signed.msg.items
+        return signed.msg
 
     async def submit(self, msg: SettlementInstruction | HoldInstruction) -> list[dict]:
         return await self._ask(sign(msg, (self.party, self.key)).encode())
+
+    async def offset(self, msg: OffsetQueue) -> OffsetReport:
+        report = await self._ask(sign(msg, (self.party, self.key)).encode(), OffsetReport)
+        assert isinstance(report, OffsetReport)
+        return report
 
     async def advices(self, from_seq: int) -> list[dict]:
         query = QueryAdvices(f"advices-{self.clock.now_ms()}", self.coordinator, self.party, from_seq, 100)
@@ -190,6 +199,29 @@ async def hold(
         return 0
 
     return await on_bus(broker, send)
+
+
+async def offset(broker: str, registry_path: str, coordinator: str, party: str, key_file: str) -> int:
+    """`lockstep offset`: ask the settlement queue to look now for trades that fund one
+    another; print what it released."""
+    registry, key = load_party(registry_path, key_file, coordinator)
+
+    async def ask(bus: Bus) -> int:
+        desk = DeskClient(bus, registry, coordinator, party, key)
+        report = await desk.offset(
+            OffsetQueue(f"offset-{desk.clock.now_ms()}", coordinator, party, desk.clock.now_ms())
+        )
+        released = sum(len(pairs) for pairs in report.sets)
+        moved = ", ".join(format_amount(asset, amount) for asset, amount in sorted(report.value.items()))
+        saved = ", ".join(format_amount(asset, amount) for asset, amount in sorted(report.saved.items()) if amount)
+        print(f"released {released} settlements in {len(report.sets)} linked settlements", flush=True)
+        if report.sets:
+            print(f"  moved {moved}; liquidity saved {saved or 'none'}")
+        for pairs in report.sets:
+            print(f"  together: {' '.join(pairs)}")
+        return 0
+
+    return await on_bus(broker, ask)
 
 
 async def fetch(

@@ -74,6 +74,32 @@ class CoordinatorMetrics:
             registry=self.registry,
         )
         coordinator.on_busy = busy.inc
+        offset = Counter(
+            "lockstep_coordinator_offset_settlements_total",
+            "Queued settlements released by liquidity saving (trades that fund one another, settled together).",
+            registry=self.registry,
+        )
+        offset_value = Counter(
+            "lockstep_coordinator_offset_value_total",
+            "What those settlements moved, gross, by asset (minor units or units).",
+            ["asset"],
+            registry=self.registry,
+        )
+        offset_saved = Counter(
+            "lockstep_coordinator_offset_liquidity_saved_total",
+            "Liquidity saved by settling them netted: gross outflows less net outflows, by asset.",
+            ["asset"],
+            registry=self.registry,
+        )
+
+        def on_offset(count: int, value: dict[str, int], saved: dict[str, int]) -> None:
+            offset.inc(count)
+            for asset, amount in value.items():
+                offset_value.labels(asset).inc(amount)
+            for asset, amount in saved.items():
+                offset_saved.labels(asset).inc(amount)
+
+        coordinator.on_offset = on_offset
         self.registry.register(_PhaseCollector(coordinator))
         self.registry.register(_JournalCollector(coordinator.journal.database))
         for party in coordinator.registry:

@@ -219,7 +219,7 @@ def _7_queue(db: sqlite_utils.Database) -> None:
 
 _LINKS = (
     "ALTER TABLE instructions ADD COLUMN link_id TEXT",
-    "CREATE TABLE links (id {text} PRIMARY KEY, auth {blob} NOT NULL)",
+    "CREATE TABLE {exists}links (id {text} PRIMARY KEY, auth {blob} NOT NULL)",
 )
 
 
@@ -228,8 +228,9 @@ def _8_links(db: sqlite_utils.Database) -> None:
     each linked settlement's authority as the queue released it (protocols.authority,
     `linked`): a restart drives it again with the same pairs, each pair's outcome
     recorded with its instruction's state."""
-    for statement in _LINKS:
-        db.execute(statement.format(text="TEXT", blob="BLOB"))
+    if "link_id" not in db["instructions"].columns_dict:  # migrated again from before 3: see _3_desks
+        db.execute(_LINKS[0])
+    db.execute(_LINKS[1].format(exists="IF NOT EXISTS ", text="TEXT", blob="BLOB"))
 
 
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
@@ -320,12 +321,12 @@ POSTGRES = (
     _INSTRUCTIONS_SETTLED_BY,
     *_QUEUE,
     _HOLDS.format(exists="", text=_TEXT, blob="BYTEA"),
-    *(statement.format(text=_TEXT, blob="BYTEA") for statement in _LINKS),
+    *(statement.format(exists="", text=_TEXT, blob="BYTEA") for statement in _LINKS),
 )
 # what brings a schema made whole at an earlier version to each later one (6 on: the
 # versions before it were never made in PostgreSQL by a release)
 POSTGRES_UPGRADES: dict[int, tuple[str, ...]] = {
     6: (_INSTRUCTIONS_SETTLED_BY,),
     7: (*_QUEUE, _HOLDS.format(exists="", text=_TEXT, blob="BYTEA")),
-    8: tuple(statement.format(text=_TEXT, blob="BYTEA") for statement in _LINKS),
+    8: tuple(statement.format(exists="", text=_TEXT, blob="BYTEA") for statement in _LINKS),
 }

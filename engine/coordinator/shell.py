@@ -136,6 +136,9 @@ class Coordinator:
         self._nursery: trio.Nursery | None = None
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
         self.on_busy: Callable[[], None] = lambda: None  # a new settlement refused at the intake bound
+        # the settlement queue released trades that fund one another: how many, what they
+        # move and the liquidity they saved, per asset (engine/desks/offsetting.py)
+        self.on_offset: Callable[[int, dict[str, int], dict[str, int]], None] = lambda count, value, saved: None
         self.steps = 0
         self.watchtower = (
             Watchtower(

@@ -61,6 +61,8 @@ from protocols.messages import (
     HoldInstruction,
     Linked,
     Matched,
+    OffsetQueue,
+    OffsetReport,
     QueryAdvices,
     QueryBalances,
     QueryInfo,
@@ -162,7 +164,7 @@ def _lacking(leg: SettlementLeg) -> str:
 class MatchingDesk(Desk):
     """Its unit of work: a matched pair, settled by the id of its settlement."""
 
-    messages = (SettlementInstruction, HoldInstruction, QueryAdvices, QuerySettlementAdvices)
+    messages = (SettlementInstruction, HoldInstruction, QueryAdvices, QuerySettlementAdvices, OffsetQueue)
 
     def __init__(
         self, coordinator: Coordinator, places: Mapping[str, str] | None = None, calendars: Calendars = ALWAYS_OPEN
@@ -183,6 +185,7 @@ class MatchingDesk(Desk):
         self._wanted: dict[tuple[str, str], set[str]] = {}  # (party, TxId) -> the party's open instructions
         # linked WITH it: a pair holding it settles only together with them
         self._offset_ms = 0  # when the queue last looked for trades that fund one another
+        self._looking = trio.Lock()  # one look at a time: the recycler's, or one asked for
         self.offsets: list[offsetting.Released] = []  # what each such look released, the latest last
         self._recycler = Recycler(
             lambda: {leg.ledger for queued in self._queue.values() for leg in queued.legs},
@@ -205,6 +208,8 @@ class MatchingDesk(Desk):
             if not self.coordinator.registry.has_role(signed.msg.party, Role.OBSERVER):
                 raise Rejected(Code.NOT_AUTHORISED, "party", f"{signed.msg.party!r} does not hold the observer role")
             return self._book.of_settlement(signed.msg.settlement_id)
+        if isinstance(signed.msg, OffsetQueue):
+            return await self._offset_now(signed)
         async with self._matching:  # one instruction at a time: no side is matched twice
             if isinstance(signed.msg, HoldInstruction):
                 return self._set_hold(signed)
@@ -762,7 +767,32 @@ class MatchingDesk(Desk):
 
     # -- the queue ---------------------------------------------------------------------------
 
-    async def _look(self) -> None:
+    async def _offset_now(self, signed: Signed) -> bytes:
+        """Look now, liquidity saving included, for the coordinator's operator or the
+        supervisor; the reply says what it released."""
+        msg: OffsetQueue = signed.msg
+        registry = self.coordinator.registry
+        registry.verify_all(signed)
+        registry.signed_by(signed, (msg.party,))
+        if msg.party != self.coordinator.id and not registry.has_role(msg.party, Role.OBSERVER):
+            raise Rejected(
+                Code.NOT_AUTHORISED, "party", f"{msg.party!r} is neither this coordinator nor holds the observer role"
+            )
+        found = await self._look(offset=True) or offsetting.Released(())
+        report = OffsetReport(
+            self.coordinator.id,
+            self.coordinator.clock.now_ms(),
+            tuple(tuple(c.id for c in each) for each in found.sets),
+            found.value(),
+            found.saved(),
+        )
+        return self.coordinator.sign(report)
+
+    async def _look(self, offset: bool = False) -> offsetting.Released | None:
+        async with self._looking:
+            return await self._look_once(offset)
+
+    async def _look_once(self, offset: bool) -> offsetting.Released | None:
         """Fail what is past its cut-off; release, by priority then oldest first, each
         pair whose payers hold what it pays (or a part of it) after the pairs released
         before it, and each set of pairs their parties linked once all are matched and
@@ -793,13 +823,15 @@ class MatchingDesk(Desk):
                 ready.append(queued)
         groups = self._linked_sets(now_ms, held)
         interval = self.calendars.offset_interval_ms
-        if interval and ready and now_ms >= self._offset_ms + interval:
+        found = None
+        if offset or (interval and ready and now_ms >= self._offset_ms + interval):
             self._offset_ms = now_ms
             found = offsetting.search([queued.candidate() for queued in ready], held)
             if found.sets:
                 self._offsetting_found(found)
             groups += [[self._queue[c.id] for c in each] for each in found.sets]
         self._release(released, [await self._linked(group) for group in groups])
+        return found
 
     def _linked_sets(self, now_ms: int, held: dict[tuple[str, str, str], int]) -> list[list[Queued]]:
         """The sets of pairs their parties linked that may settle now: every pair of
@@ -852,6 +884,7 @@ class MatchingDesk(Desk):
             saved or "none",
         )
         self.offsets = [*self.offsets[-(OFFSETS_KEPT - 1) :], found]
+        self.coordinator.on_offset(found.count, found.value(), found.saved())
 
     async def _linked(self, group: list[Queued]) -> tuple[str, bytes, list[Queued]]:
         """A set of pairs as one linked settlement: its id and authority."""
@@ -891,9 +924,12 @@ class MatchingDesk(Desk):
         return parts.best(_ones(queued), queued.legs, queued.settled, held, least)
 
     def _moments(self) -> list[int]:
-        """When a waiting pair's cut-off passes, or its day opens: the queue looks then."""
+        """When a waiting pair's cut-off passes, its day opens, or liquidity saving is
+        due: the queue looks then."""
         now_ms = self.coordinator.clock.now_ms()
         moments = [queued.cutoff_ms + 1 for queued in self._queue.values()]
+        if self.calendars.offset_interval_ms and self._queue:  # the next look for trades that fund one another
+            moments.append(self._offset_ms + self.calendars.offset_interval_ms)
         return moments + [queued.opens_ms for queued in self._queue.values() if queued.opens_ms > now_ms]
 
     def _release(

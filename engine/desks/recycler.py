@@ -32,7 +32,7 @@ class Recycler:
         self,
         ledgers: Callable[[], set[str]],
         moments: Callable[[], list[int]],
-        look: Callable[[], Awaitable[None]],
+        look: Callable[[], Awaitable[object]],
         client: Callable[[str], LedgerClient],
         clock: ServiceClock,
     ) -> None:
