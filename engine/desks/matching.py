@@ -826,7 +826,8 @@ class MatchingDesk(Desk):
         found = None
         if offset or (interval and ready and now_ms >= self._offset_ms + interval):
             self._offset_ms = now_ms
-            found = offsetting.search([queued.candidate() for queued in ready], held)
+            candidates = [queued.candidate() for queued in ready]  # searched off the loop: a large queue takes a while
+            found = await trio.to_thread.run_sync(offsetting.search, candidates, held)
             if found.sets:
                 self._offsetting_found(found)
             groups += [[self._queue[c.id] for c in each] for each in found.sets]

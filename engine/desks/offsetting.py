@@ -27,6 +27,7 @@ from protocols.messages import LEGS_MAX, LINKED_PAIRS_MAX, SettlementLeg
 from protocols.netting import Position
 
 EXACT_MAX = 12  # trades searched exactly; above, greedily
+CUT_WINDOW = 10  # the most urgent trades of a set too large for one linked settlement, searched for the next cut
 
 
 @attrs.frozen
@@ -81,10 +82,35 @@ def fundable(candidates: Iterable[Candidate], held: Mapping[Position, int]) -> b
 
 
 def search(candidates: Sequence[Candidate], held: Mapping[Position, int]) -> Released:
-    """The sets of waiting trades to settle together, each fundable by its payers."""
+    """The sets of waiting trades to settle together, each fundable by its payers: the
+    trades chosen, in sets that share no account, and each set too large for one linked
+    settlement cut into sets that each fund themselves from what is left."""
     chosen = _exact(candidates, held) if len(candidates) <= EXACT_MAX else _greedy(candidates, held)
-    sets = [each for each in components(chosen) if _settleable(each)]
+    sets: list[tuple[Candidate, ...]] = []
+    left = dict(held)
+    for each in components(chosen):
+        sets += [each] if _settleable(each) else _cut(each, left)
     return Released(tuple(sets))
+
+
+def _cut(chosen: Sequence[Candidate], held: dict[Position, int]) -> list[tuple[Candidate, ...]]:
+    """Sets of at most LINKED_PAIRS_MAX trades out of `chosen`, most urgent first, each
+    funded by what its payers hold less what the sets before it take (they settle apart,
+    so none may count on another's proceeds); a trade no such set takes stays waiting."""
+    remaining = sorted(chosen, key=lambda c: c.urgency)
+    sets = []
+    while len(remaining) >= 2:
+        window = remaining[:CUT_WINDOW]
+        best = _exact(window, held, most=LINKED_PAIRS_MAX)
+        if len(best) < 2 or not _settleable(tuple(best)):
+            remaining.remove(window[0])  # it waits for the next look
+            continue
+        for position, amount in netting.outflows(leg for c in best for leg in c.legs).items():
+            held[position] = held.get(position, 0) - amount
+        taken = {c.id for c in best}
+        remaining = [c for c in remaining if c.id not in taken]
+        sets.append(tuple(sorted(best, key=lambda c: c.id)))
+    return sets
 
 
 def components(candidates: Iterable[Candidate]) -> list[tuple[Candidate, ...]]:
@@ -118,9 +144,11 @@ def _score(candidates: Iterable[Candidate]) -> tuple[int, int]:
     return len(chosen), sum(c.cash for c in chosen)
 
 
-def _exact(candidates: Sequence[Candidate], held: Mapping[Position, int]) -> list[Candidate]:
-    """The most trades, then the most cash, that can settle together: depth first over
-    taking or leaving each trade, a branch cut once it cannot beat the best found."""
+def _exact(candidates: Sequence[Candidate], held: Mapping[Position, int], most: int | None = None) -> list[Candidate]:
+    """The most trades (at most `most`), then the most cash, that can settle together:
+    depth first over taking or leaving each trade, a branch cut once it cannot beat the
+    best found."""
+    most = len(candidates) if most is None else most
     ordered = sorted(candidates, key=lambda c: c.urgency)
     best: list[Candidate] = []
     best_score = (0, 0)
@@ -128,8 +156,8 @@ def _exact(candidates: Sequence[Candidate], held: Mapping[Position, int]) -> lis
 
     def visit(index: int, taken: list[Candidate], cash: int) -> None:
         nonlocal best, best_score
-        left = len(ordered) - index
-        if (len(taken) + left, cash + remaining_cash[index]) <= best_score:
+        left = min(len(ordered) - index, most - len(taken))
+        if left < 0 or (len(taken) + left, cash + remaining_cash[index]) <= best_score:
             return
         if index == len(ordered):
             if fundable(taken, held):
