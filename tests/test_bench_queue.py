@@ -1,6 +1,7 @@
 """`lockstep bench --queue` (benchmarks/queue.py), short: every trade waits at first; each
 of the four hand-backs releases a part of them, the parts add up to every trade and all
-its value, and the audit after it is clean."""
+its value; the gridlock after them, neither bank holding cash, is released whole by
+liquidity saving with no cash moving; and the audit after it is clean."""
 
 from __future__ import annotations
 
@@ -22,4 +23,8 @@ async def test_four_hand_backs_release_every_trade_and_all_its_value_in_parts(tm
     assert sum(wave["value_released_minor"] for wave in waves) == result["value_minor"]
     assert sum(wave["units_released"] for wave in waves) == result["units"]
     assert result["audit"].startswith("CLEAN") and result["audit"].endswith("0 violations")
-    assert "wave" in queue.table(result) and json.dumps(result)
+    gridlock = result["gridlock"]
+    assert gridlock["trades"] == gridlock["trades_settled"] == 8 and gridlock["cash_moved_minor"] == 0, gridlock
+    assert gridlock["value_released_minor"] > 0
+    assert "wave" in queue.table(result) and "gridlock: 8 of 8 trades" in queue.table(result)
+    assert json.dumps(result)

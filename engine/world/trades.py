@@ -60,17 +60,29 @@ async def hand_back(local: Local, amounts: dict[tuple[str, str], int] | None = N
             )
 
 
-async def send(local: Local, chance: random.Random, reference: str, timeout_s: float) -> Trade:
+async def send(
+    local: Local,
+    chance: random.Random,
+    reference: str,
+    timeout_s: float,
+    *,
+    units: int | None = None,
+    cash: int | None = None,
+    back: bool = False,
+) -> Trade:
     """A trade's two sides sent to the desk, each again until the desk answers (a
-    restarted coordinator may not have heard it)."""
+    restarted coordinator may not have heard it): bank-a sells to bank-b, or (`back`)
+    bank-b to bank-a; drawn, unless given, how many bonds for how much."""
     today = utc_date(local.clock.now_ms())
-    units, partial = chance.randint(1, 200), chance.random() < 0.5
-    cash = units * chance.randint(900, 1_100)
+    units, partial = units or chance.randint(1, 200), chance.random() < 0.5
+    cash = cash or units * chance.randint(900, 1_100)
+    seller, buyer = (("bank-b", "b"), ("bank-a", "a")) if back else (("bank-a", "a"), ("bank-b", "b"))
+    (s, s_), (b, b_) = seller, buyer
     sides = (
-        OneSided(SESE_023, f"{reference}-S", "dvp", "deliver", "bank-a", "bank-b", today, today, BOND, units,
-                 "a-sec", "EUR", cash, "a-eur", partial=partial),
-        OneSided(SESE_023, f"{reference}-B", "dvp", "receive", "bank-b", "bank-a", today, today, "EUR", cash,
-                 "b-eur", BOND, units, "b-sec", partial=partial),
+        OneSided(SESE_023, f"{reference}-S", "dvp", "deliver", s, b, today, today, BOND, units,
+                 f"{s_}-sec", "EUR", cash, f"{s_}-eur", partial=partial),
+        OneSided(SESE_023, f"{reference}-B", "dvp", "receive", b, s, today, today, "EUR", cash,
+                 f"{b_}-eur", BOND, units, f"{b_}-sec", partial=partial),
     )  # fmt: skip
     for one in sides:
         msg = SettlementInstruction(
@@ -90,7 +102,7 @@ def states(local: Local) -> dict[str, str]:
     """Each trade's state as the desk's table holds it, by the seller's instruction id."""
     database = local.world.directory / f"{COORDINATOR}.db"
     with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
-        return dict(db.execute("SELECT id, state FROM instructions WHERE party = 'bank-a'").fetchall())
+        return dict(db.execute("SELECT id, state FROM instructions WHERE id LIKE '%-S'").fetchall())
 
 
 async def ended(local: Local, trade: Trade) -> str:
