@@ -21,6 +21,8 @@ and a live observer must then report each, and the outage timeline explain it).
 
 With `queue`, the back offices trade through the matching desk instead: each sends a
 DvP as two one-sided sese.023 instructions, half of them allowing partial settlement,
+every fourth sent with a second that sells half of it back (so that trades both ways
+wait together, and liquidity saving may settle them netted, as linked settlements),
 while the seller's bonds and the buyer's cash have been put aside, so that most trades
 wait in the settlement queue at first; a funder hands them back a little at a time, and
 all of it once the run is over, when every trade must settle. It reports the trades
@@ -355,10 +357,19 @@ async def run(
             for number in itertools.count():
                 if done.is_set():
                     return
-                trade = await trades.send(local, draws, f"q{office}-{number}", BACK_OFFICE_TIMEOUT_S)
-                end = await trades.ended(local, trade)
-                outcome.trades[end] += 1
-                outcome.released_minor += trade.cash_minor if end == "settled" else 0
+                sent = [await trades.send(local, draws, f"q{office}-{number}", BACK_OFFICE_TIMEOUT_S)]
+                if number % 4 == 3:  # and bank-b sells half of it back at once: the two fund each other in part
+                    units, cash = max(sent[0].units // 2, 1), max(sent[0].cash_minor // 2, 1)
+                    reference = f"q{office}-{number}-back"
+                    sent.append(
+                        await trades.send(
+                            local, draws, reference, BACK_OFFICE_TIMEOUT_S, units=units, cash=cash, back=True
+                        )
+                    )
+                for trade in sent:
+                    end = await trades.ended(local, trade)
+                    outcome.trades[end] += 1
+                    outcome.released_minor += trade.cash_minor if end == "settled" else 0
                 if settlements is not None and outcome.trades.total() >= settlements:
                     enough.set()
 
