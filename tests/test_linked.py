@@ -15,9 +15,11 @@ import trio.testing
 from engine.coordinator.metrics import CoordinatorMetrics
 from engine.world.local import BOND, PLACES
 from protocols.authority import terms_of
+from protocols.bus.clock import ServiceClock
 from protocols.canonical import decode
 from protocols.iso20022 import reasons
 from protocols.iso20022.model import PACS_009, SESE_023, OneSided
+from protocols.matching import DAY_MS
 from protocols.messages import Issue, SettlementInstruction
 from protocols.settlement import Phase, utc_date
 from tests.test_matching import Desk, move, start
@@ -281,4 +283,32 @@ async def test_linked_trades_across_three_ledgers_settle_whole_with_a_ledger_kil
         report = await desk.audit()
         assert not report.violations, report.violations
         assert report.settlements.get("settled") == 1 and "one-legged" not in report.settlements
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pair_whose_linked_instruction_never_matches_fails_at_its_cut_off_with_link(tmp_path, autojump_clock):
+    """bank-b links its purchase to a sale the treasury never instructs: the purchase is
+    matched, pending LINK, never settles alone though bank-b holds the cash, and fails at
+    the day's cut-off naming the instruction it waited for. Nothing moves."""
+    async with trio.open_nursery() as nursery:
+        skew_ms = DAY_MS - ServiceClock().now_ms() % DAY_MS - 120_000  # the day ends in two minutes
+        desk = await start(nursery, tmp_path, skew_ms)
+        await desk.start_coordinator(skew_ms=skew_ms)
+        await three_banks(desk)
+        today = utc_date(desk.local.coordinator.clock.now_ms())
+        a_sells, b_buys = trade(today, A, B, 100, 990_00, "BUY")
+        b_sells, _ = trade(today, B, T, 100, 1_000_00, "SELL")
+        b_buys = attrs.evolve(b_buys, settle_with=(b_sells.reference,))
+        await desk.send(desk.instruction(a_sells))
+        await desk.send(desk.instruction(b_buys))
+        await desk.send(desk.instruction(attrs.evolve(b_sells, settle_with=(b_buys.reference,))))
+        before = await desk.balances()
+        await trio.sleep(120)  # the cut-off passes
+        for party in ("bank-a", "bank-b"):
+            failed = [i for i in await desk.until(party, "failed") if i["status"] == "failed"]
+            codes, narrative = reasons(failed[0]["document"])
+            assert codes == ("LINK", "TRAD") and "not settled by its cut-off" in narrative, narrative
+            assert "linked with bank-b's SELL-bank-b" in narrative, narrative
+        assert await desk.balances() == before
+        assert await desk.held_locks() == []
         nursery.cancel_scope.cancel()

@@ -4,6 +4,7 @@ each back office running `lockstep submit` with its own sese.023 and key, then
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,13 @@ pytestmark = pytest.mark.slow  # a coordinator and ledgers as processes
 
 def lockstep(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=90)
+
+
+def advices_of(world, common: list[str], party: str) -> list[str]:
+    """`lockstep advices` of a party: one line each."""
+    said = lockstep("advices", *common, "--party", party, "--key", str(world.key_path(party)))
+    assert said.returncode == 0, said.stderr
+    return said.stdout.splitlines()
 
 
 def local_names(path: Path, name: str) -> list[str]:
@@ -240,11 +248,7 @@ async def test_a_trade_short_of_cash_is_recycled_by_the_coordinator_process_unti
     ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
     coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
     common = ["--broker", broker.url, "--registry", str(world.registry_path)]
-
-    def advices(party: str) -> list[str]:
-        said = lockstep("advices", *common, "--party", party, "--key", str(world.key_path(party)))
-        assert said.returncode == 0, said.stderr
-        return said.stdout.splitlines()
+    advices = functools.partial(advices_of, world, common)
 
     try:
         async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
@@ -322,11 +326,7 @@ async def test_trades_linked_by_a_bank_or_found_to_fund_one_another_settle_nette
     ledgers = [ServiceProcess(world, "ledger", ledger, broker.url).start() for ledger in ("csd", "cbdc-eur")]
     coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
     common = ["--broker", broker.url, "--registry", str(world.registry_path)]
-
-    def advices(party: str) -> list[str]:
-        said = lockstep("advices", *common, "--party", party, "--key", str(world.key_path(party)))
-        assert said.returncode == 0, said.stderr
-        return said.stdout.splitlines()
+    advices = functools.partial(advices_of, world, common)
 
     async def submit(one: OneSided) -> None:
         path = tmp_path / f"{one.reference}.xml"

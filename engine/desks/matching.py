@@ -182,8 +182,8 @@ class MatchingDesk(Desk):
         self._denominations: dict[str, Denomination] = {}
         self._queue: dict[str, Queued] = {}
         self._links: dict[str, trio.Event] = {}  # a linked settlement under way -> set once its pairs are done
-        self._wanted: dict[tuple[str, str], set[str]] = {}  # (party, TxId) -> the party's open instructions
-        # linked WITH it: a pair holding it settles only together with them
+        self._wanted: dict[tuple[str, str], set[str]] = {}  # (party, TxId) -> the TxIds of the party's open
+        # instructions linked WITH it: a pair holding it settles only together with them
         self._offset_ms = 0  # when the queue last looked for trades that fund one another
         self._looking = trio.Lock()  # one look at a time: the recycler's, or one asked for
         self.offsets: list[offsetting.Released] = []  # what each such look released, the latest last
@@ -487,7 +487,7 @@ class MatchingDesk(Desk):
         """Note (or forget, once it is done) what an open instruction is linked WITH."""
         for reference in side.one.settle_with:
             linking = self._wanted.setdefault((side.msg.party, reference), set())
-            (linking.add if wanted else linking.discard)(side.msg.id)
+            (linking.add if wanted else linking.discard)(side.one.reference)
             if not linking:
                 del self._wanted[(side.msg.party, reference)]
 
@@ -977,6 +977,9 @@ class MatchingDesk(Desk):
             holders = ", ".join(sorted(queued.held))
             why = {side.msg.party: _on_hold(side, queued.held) for side in (a, b)}
             self._finish(a, b, queued.pair_id, None, "failed", "held", f"{cutoff}: held by {holders}", why)
+        elif unmatched := self._links_unmatched(queued):
+            reason = f"{cutoff}: linked with {', '.join(unmatched)}, not matched and queued with it"
+            self._finish(a, b, queued.pair_id, None, "failed", Code.NOT_AUTHORISED.value, reason, "LINK")
         else:
             lacking = short or list(queued.legs)
             reason = "; ".join(
@@ -987,6 +990,16 @@ class MatchingDesk(Desk):
         del self._queue[queued.pair_id]
         queued.expired = True
         queued.released.set()
+
+    def _links_unmatched(self, queued: Queued) -> list[str]:
+        """The instructions linked with a queued pair, either way, not waiting in the queue."""
+        waiting = {reference for other in self._queue.values() for reference in other.references}
+        needed = set(queued.settle_with) | {
+            (party, linking)
+            for party, reference in queued.references
+            for linking in self._wanted.get((party, reference), ())
+        }
+        return [f"{party}'s {reference}" for party, reference in sorted(needed - waiting)]
 
     async def _cancel_unmatched(self) -> None:
         while True:
