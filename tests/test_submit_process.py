@@ -18,8 +18,8 @@ from engine.world.local import BOND, Local, standard_world
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import MqttBus
 from protocols.identifiers import make_isin
-from protocols.iso20022 import sese023
-from protocols.iso20022.model import SESE_023, OneSided
+from protocols.iso20022 import pacs009, sese023
+from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.messages import CreateInstrument, Issue, Transfer
 from protocols.settlement import utc_date
 from tests.processes import ServiceProcess
@@ -369,7 +369,7 @@ async def test_trades_linked_by_a_bank_or_found_to_fund_one_another_settle_nette
                     with trio.fail_after(30):
                         while (await trio.to_thread.run_sync(advices, "bank-b"))[-1].split()[1] != "PENDING":
                             await trio.sleep(0.2)
-                    await trio.sleep(2)  # looked at again and again: nothing settles alone
+                    await trio.sleep(1)  # looked at again and again: nothing settles alone
                     assert (await local.balances("csd", "b-sec"))[BOND] == 40
                     offset = await trio.to_thread.run_sync(
                         lambda: lockstep(
@@ -409,3 +409,82 @@ def _turned(pair: dict[str, OneSided]) -> dict[str, OneSided]:
             reference=f"A{buy.reference}",
         ),
     }  # fmt: skip
+
+
+async def test_linked_trades_across_three_ledger_processes_settle_whole_with_one_sigkilled(tmp_path, broker):
+    """bank-b buys 100 bonds for 990.00 EUR, holding no euros, and links the purchase to
+    its sale of 1,100.00 USD for 1,000.00 EUR (pacs.009): three ledger processes. The USD
+    ledger is SIGKILLed as the last instruction is matched, and started again 2 s later:
+    everything settles, once, and the audit of the three journals is clean; never one
+    ledger's leg without the others'."""
+    world = standard_world(tmp_path / "world", broker=broker.url)
+    names = ("csd", "cbdc-eur", "cbdc-multi")
+    ledgers = {name: ServiceProcess(world, "ledger", name, broker.url).start() for name in names}
+    coordinator = ServiceProcess(world, "coordinator", "coordinator", broker.url).start()
+    common = ["--broker", broker.url, "--registry", str(world.registry_path)]
+    today = utc_date(ServiceClock().now_ms())
+    dvp = sese023_pair(today, "L3", 100, 99_000)
+    dvp["bank-b"] = attrs.evolve(dvp["bank-b"], settle_with=("FX-B",))
+    fx = {
+        "bank-a": OneSided(PACS_009, "FX-A", "pvp", "pay", "bank-a", "bank-b", None, today, "EUR", 100_000,
+                           "a-eur", "USD", 110_000, "a-usd"),
+        "bank-b": OneSided(PACS_009, "FX-B", "pvp", "pay", "bank-b", "bank-a", None, today, "USD", 110_000,
+                           "b-usd", "EUR", 100_000, "b-eur"),
+    }  # fmt: skip
+    try:
+        async with MqttBus.connect(broker.url) as bus, trio.open_nursery() as nursery:
+            for process in [*ledgers.values(), coordinator]:
+                await process.ready(bus)
+            local = Local(world, bus, nursery)
+            await local.fund_standard(ledgers=names)
+            await local.instruct(
+                Transfer, "cbdc-multi", "bank-a", from_account="a-usd", to_account="b-usd", asset="USD", amount=200_000
+            )
+            await local.instruct(
+                Transfer, "cbdc-eur", "bank-b", from_account="b-eur", to_account="a-eur", asset="EUR",
+                amount=(await local.balances("cbdc-eur", "b-eur"))["EUR"],
+            )  # fmt: skip
+            before = {name: await local.balances(*name) for name in (("csd", "b-sec"), ("cbdc-multi", "b-usd"))}
+            for one in (dvp["bank-a"], dvp["bank-b"], fx["bank-a"], fx["bank-b"]):
+                path = tmp_path / f"{one.reference}.xml"
+                path.write_bytes(
+                    sese023.write(one) if one.format == SESE_023 else pacs009.write(one, now_ms=ServiceClock().now_ms())
+                )
+                sent = await trio.to_thread.run_sync(
+                    lambda path=path, one=one: lockstep(
+                        "submit", str(path), *common, "--party", one.party, "--key", str(world.key_path(one.party))
+                    )
+                )
+                assert sent.returncode == 0, sent.stderr
+            ledgers["cbdc-multi"].kill()
+            await trio.sleep(2)
+            ledgers["cbdc-multi"] = ServiceProcess(world, "ledger", "cbdc-multi", broker.url).start()
+            await ledgers["cbdc-multi"].ready(bus)
+            with trio.fail_after(60):
+                while (
+                    sum(
+                        "SETTLED" in line for line in await trio.to_thread.run_sync(advices_of, world, common, "bank-b")
+                    )
+                    < 2
+                ):
+                    await trio.sleep(0.2)
+            assert (await local.balances("csd", "b-sec"))[BOND] == before[("csd", "b-sec")].get(BOND, 0) + 100
+            assert (await local.balances("cbdc-eur", "b-eur"))["EUR"] == 1_000
+            assert (await local.balances("cbdc-multi", "b-usd"))["USD"] == before[("cbdc-multi", "b-usd")][
+                "USD"
+            ] - 110_000
+            nursery.cancel_scope.cancel()
+        lines = await trio.to_thread.run_sync(advices_of, world, common, "bank-b")
+        assert sum("SETTLED" in line for line in lines) == 2, lines
+        audited = await trio.to_thread.run_sync(
+            lambda: lockstep(
+                "audit",
+                "--registry",
+                str(world.registry_path),
+                *(arg for n in names for arg in ("--db", str(world.directory / f"{n}.db"))),
+            )
+        )
+        assert audited.returncode == 0 and "CLEAN" in audited.stdout and "0 violations" in audited.stdout, audited
+    finally:
+        for process in [*ledgers.values(), coordinator]:
+            process.stop()
