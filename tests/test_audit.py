@@ -243,7 +243,8 @@ def test_a_forged_signature_is_caught_with_every_hash_link_intact(files, history
 
 def test_a_ledger_that_signs_an_edited_amount_itself_is_caught_by_conservation_and_its_instruction(files, history):
     """Under the ledger's own key every link and signature checks; the entry still
-    creates money, and the replay names it; and its claim does not vouch for it."""
+    creates money, and the replay names it; its claim does not vouch for it; and the
+    token view, whose lots moved only what the claim moved, no longer agrees."""
     path = files / "cbdc-eur.db"
     seq = seq_of(journal(path), "claim", lock_id=lock_id("dvp-cross", 0))
 
@@ -252,9 +253,13 @@ def test_a_ledger_that_signs_an_edited_amount_itself_is_caught_by_conservation_a
 
     rewrite(path, seq, pay_twice, PrivateKey.load(history / "keys" / "cbdc-eur.pem"))
     report = audit_files(files, history)
-    assert [v.kind for v in report.violations] == [Kind.CONSERVATION, Kind.FORGED], report.text()
-    conservation, forged = report.violations
-    assert conservation.entries == forged.entries == (At("cbdc-eur", seq, "claim"),)
+    assert [v.kind for v in report.violations] == [Kind.CONSERVATION, Kind.TOKENS, Kind.FORGED], report.text()
+    conservation, tokens, forged = report.violations
+    assert conservation.entries == tokens.entries == forged.entries == (At("cbdc-eur", seq, "claim"),)
+    assert tokens.reason == (
+        "the token view and the account view disagree: "
+        "a-eur EUR: lots 99000 available, 0 locked; balances 198000 available, 0 locked"
+    )
     assert conservation.reason == "balances change by EUR 990.00, issued minus redeemed by EUR 0.00"
     assert forged.reason == (
         "claim entry: effects balances are [b-eur: EUR 0.00 available, EUR -990.00 locked; "

@@ -49,6 +49,7 @@ from protocols.money import format_amount, format_balance
 from protocols.registry import Registry, Role
 from protocols.settlement import lock_id
 from protocols.signing import Signed
+from protocols.tokens import Tokens
 
 from . import effects
 
@@ -69,6 +70,7 @@ class Kind(enum.Enum):
     ONE_LEGGED = "one_legged"  # one leg claimed, the other beyond claiming
     LOCK_OVERDUE = "lock_overdue"  # still held past its refund time (expiry or backstop) plus the grace period
     SETTLED_TWICE = "settled_twice"  # a matched pair moved by more than one of its tries
+    TOKENS = "tokens"  # the token view (lots traced to their issue) differs from the balances
 
 
 @attrs.frozen
@@ -149,6 +151,8 @@ class LedgerJournal:
     settled: dict[str, tuple[At, tuple[int, int] | None]] = attrs.field(factory=dict)
     problems: list[Violation] = attrs.field(factory=list)
     broken_at: int | None = None
+    tokens: Tokens | None = None  # the token view, checked against the balances entry by entry (the
+    # audit's, from entry 0; not the live observer's, whose memory stays bounded)
 
     @property
     def intact(self) -> bool:
@@ -192,6 +196,7 @@ class LedgerJournal:
                 Violation(Kind.REPLAY, f"effects cannot be replayed: {error!r}", (self.ledger,), (at,))
             ) from None
         self._check_conservation(entry.effects, at)
+        self._check_tokens(entry, at)
         if forged is not None:
             raise _Unreplayable(forged)
         if entry.kind == "settle":
@@ -239,6 +244,23 @@ class LedgerJournal:
             self.legs[instruction["id"]] = Terms(
                 terms.id, ledgers, terms.deadline_ms, _part(instruction["auth"]), pairs
             )
+
+    def _check_tokens(self, entry: Entry, at: At) -> None:
+        """The token view moved as the entry moved the balances: each account it touched
+        holds in lots what it holds in its balances. After a disagreement the token view
+        is not followed further (every entry after would disagree too)."""
+        if self.tokens is None:
+            return
+        try:
+            self.tokens.apply(entry)
+            touched = [(account, asset) for account, asset, _, _ in entry.effects.get("balances", ())]
+            found = self.tokens.disagreements(touched, self.replay.balances)
+        except (AssertionError, KeyError, TypeError) as error:
+            found = [f"its lots cannot be moved as it says: {error}"]
+        if found:
+            reason = "the token view and the account view disagree: " + "; ".join(found)
+            self.problems.append(Violation(Kind.TOKENS, reason, (self.ledger,), (at,)))
+            self.tokens = None
 
     def _check_conservation(self, effects: dict, at: At) -> None:
         """What this entry moved between balances equals what it issued less what it
@@ -538,7 +560,7 @@ def _read(db, name: str, registry: Registry, schema: _Schema) -> LedgerJournal:
     ledger_id = _ledger_id(db, name)
     key = ledger_key(registry, ledger_id)
     rows = db.execute("SELECT seq, hash, entry FROM journal ORDER BY seq")
-    journal = LedgerJournal(ledger_id, registry=registry)
+    journal = LedgerJournal(ledger_id, registry=registry, tokens=Tokens(ledger_id))
     journal.read(verify_chain((Link(seq, stored, _blob(raw)) for seq, stored, raw in rows), ledger_id, key))
     if journal.intact:  # the tables against the journal, as the ledger checks them at start
         journal.problems += [
@@ -630,7 +652,7 @@ async def read_over_bus(
 async def _read_ledger(client: LedgerClient, registry: Registry, page_limit: int) -> LedgerJournal:
     """Page through the journal from entry 0 to the head the ledger reports; a page
     may be shorter than asked for (pages are capped in bytes too)."""
-    journal = LedgerJournal(client.ledger_id, registry=registry)
+    journal = LedgerJournal(client.ledger_id, registry=registry, tokens=Tokens(client.ledger_id))
     checker = ChainChecker(client.ledger_id, client.ledger_key)
     while journal.intact:
         try:
