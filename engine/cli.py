@@ -314,6 +314,12 @@ def _audit(args: argparse.Namespace) -> int:
     return main(args.registry, args.db, args.broker, args.ledger, args.grace_ms)
 
 
+def _provenance(args: argparse.Namespace) -> int:
+    from engine.audit.provenance import main
+
+    return main(args.registry, args.db, args.broker, args.ledger, args.account, args.asset, args.issuance)
+
+
 def _observer(args: argparse.Namespace) -> int:
     from engine.audit import observer
 
@@ -780,6 +786,26 @@ def parser() -> argparse.ArgumentParser:
         help=f"how long a lock may stay held past its expiry (default: {GRACE_MS})",
     )
     audit.set_defaults(run=_audit)
+
+    provenance = command(
+        "provenance",
+        "where a holding came from, lot by lot, or where an issue went (the token view)",
+        "Read one ledger's journal, checked as the audit checks it, and print the token view: an "
+        "account's units of an asset as lots, each with the issue that made it and every entry that "
+        "moved it (--account, --asset); or where an issue's units are now (--issuance SEQ). Exit "
+        "status 1 if the token view and the balances disagree.",
+    )
+    provenance.add_argument(
+        "--registry", required=True, metavar="FILE", help="the consortium's registry.toml, with the ledger's key"
+    )
+    where = provenance.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", metavar="FILE|URL", help="the ledger's database, read-only")
+    where.add_argument("--broker", metavar="URL", help="read the journal over this MQTT broker instead")
+    provenance.add_argument("--ledger", metavar="ID", help="with --broker: the ledger to read")
+    provenance.add_argument("--account", metavar="A", help="the account whose holding to trace")
+    provenance.add_argument("--asset", metavar="CODE", help="with --account: the asset (ISIN or currency)")
+    provenance.add_argument("--issuance", type=int, metavar="SEQ", help="the issue entry whose units to follow")
+    provenance.set_defaults(run=_provenance)
 
     from engine.audit.observer import GRACE_MS as OBSERVER_GRACE_MS
 

@@ -51,11 +51,13 @@ class Tokens:
         self.pockets: dict[tuple[str, str], deque[Piece]] = defaultdict(deque)  # (account or lock pocket, asset)
         self.locks: dict[str, tuple[str, str, str]] = {}  # a held lock's id -> (owner, beneficiary, asset)
         self.retired: list[Retired] = []
+        self.kinds: dict[int, str] = {}  # the kind of each entry that moved lots, to tell a path
 
     def apply(self, entry: Entry) -> None:
         """Move the lots as the entry moved the balances; AssertionError if a payer's lots
         cannot cover what it paid (the views then disagree)."""
         instruction, seq = entry.instruction or {}, entry.seq
+        self.kinds[seq] = entry.kind
         if entry.kind == "issue":
             piece = Piece(f"{self.ledger}:{seq}", instruction["amount"], (seq,))
             self.pockets[(instruction["account"], instruction["asset"])].append(piece)

@@ -3,7 +3,8 @@
 The auditor trusts nothing but the ledgers' keys in the registry. It reads every ledger's
 journal (from its database file, read-only, or over the bus), checks every hash link and
 every ledger signature, replays the effects to recompute every balance, and checks, entry
-by entry, that no value is created or destroyed and no balance goes negative. Then it
+by entry, that no value is created or destroyed, no balance goes negative, and the token
+view (protocols/tokens.py: each unit a lot traced to its issue) holds what the balances do. Then it
 checks across ledgers what no single ledger can see: that every settlement's locks
 (`{id}:0`, `{id}:1`, and on for a linked settlement's netted legs) ended claimed on
 every leg or on none, and that no lock is left
