@@ -25,13 +25,29 @@ from .messages import Entry
 LOCK = "lock:"  # a lock's own pocket: `lock:{lock id}`
 
 
+Trail = tuple[int, "Trail"] | None  # the last entry that moved a piece, and the trail before it
+
+
 @attrs.frozen
 class Piece:
-    """Some units of one lot: the issue that made them, and each entry that moved them."""
+    """Some units of one lot: the issue that made them, and each entry that moved them
+    (a trail shared by the pieces a split made, so that a journal's history is kept once)."""
 
     origin: str  # `{ledger}:{seq}` of the issue entry
     amount: int
-    path: tuple[int, ...] = ()  # the seq of every entry that moved them, in order
+    trail: Trail = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def path(self) -> tuple[int, ...]:
+        """The seq of every entry that moved them, in order: the issue first."""
+        seqs, trail = [], self.trail
+        while trail is not None:
+            seqs.append(trail[0])
+            trail = trail[1]
+        return tuple(reversed(seqs))
+
+    def moved(self, seq: int, amount: int | None = None) -> Piece:
+        return Piece(self.origin, self.amount if amount is None else amount, (seq, self.trail))
 
 
 @attrs.frozen
@@ -59,7 +75,7 @@ class Tokens:
         instruction, seq = entry.instruction or {}, entry.seq
         self.kinds[seq] = entry.kind
         if entry.kind == "issue":
-            piece = Piece(f"{self.ledger}:{seq}", instruction["amount"], (seq,))
+            piece = Piece(f"{self.ledger}:{seq}", instruction["amount"], (seq, None))
             self.pockets[(instruction["account"], instruction["asset"])].append(piece)
         elif entry.kind == "redeem":
             for piece in self._take(instruction["account"], instruction["asset"], instruction["amount"], seq):
@@ -94,9 +110,9 @@ class Tokens:
             assert pieces, f"{pocket} has no lot of {asset} left for {amount} at entry {seq}"
             piece = pieces.popleft()
             if piece.amount > amount:
-                pieces.appendleft(attrs.evolve(piece, amount=piece.amount - amount))
-                piece = attrs.evolve(piece, amount=amount)
-            taken.append(attrs.evolve(piece, path=(*piece.path, seq)))
+                pieces.appendleft(Piece(piece.origin, piece.amount - amount, piece.trail))
+                piece = Piece(piece.origin, amount, piece.trail)
+            taken.append(piece.moved(seq))
             amount -= piece.amount
         if not pieces:
             del self.pockets[(pocket, asset)]

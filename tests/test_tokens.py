@@ -13,7 +13,7 @@ from engine.audit.journals import read_database
 from engine.world.local import BOND
 from protocols.messages import Entry
 from protocols.registry import Registry
-from protocols.tokens import LOCK, Piece, Tokens
+from protocols.tokens import LOCK, Tokens
 from tests.test_audit import history  # noqa: F401 (the audit's history, a fixture)
 
 
@@ -25,6 +25,10 @@ def issue(seq: int, account: str, amount: int) -> Entry:
     return entry(seq, "issue", {"id": f"i{seq}", "account": account, "asset": BOND, "amount": amount})
 
 
+def view(pieces) -> list[tuple[str, int, tuple[int, ...]]]:
+    return [(piece.origin, piece.amount, piece.path) for piece in pieces]
+
+
 def transfer(seq: int, source: str, target: str, amount: int) -> Entry:
     fields = {"id": f"t{seq}", "from_account": source, "to_account": target, "asset": BOND, "amount": amount}
     return entry(seq, "transfer", fields)
@@ -34,8 +38,8 @@ def test_a_transfer_takes_the_oldest_lots_first_and_splits_the_last():
     tokens = Tokens("csd")
     for each in (issue(0, "a", 30), issue(1, "a", 50), transfer(2, "a", "b", 40)):
         tokens.apply(each)
-    assert tokens.holding("b", BOND) == [Piece("csd:0", 30, (0, 2)), Piece("csd:1", 10, (1, 2))]
-    assert tokens.holding("a", BOND) == [Piece("csd:1", 40, (1,))]
+    assert view(tokens.holding("b", BOND)) == [("csd:0", 30, (0, 2)), ("csd:1", 10, (1, 2))]
+    assert view(tokens.holding("a", BOND)) == [("csd:1", 40, (1,))]
     assert sorted((pocket, piece.amount) for pocket, _, piece in tokens.issuance("csd:1")) == [("a", 40), ("b", 10)]
 
 
@@ -44,15 +48,15 @@ def test_a_lock_holds_its_lots_until_claimed_or_cancelled_and_a_redeem_retires_t
     lock = {"id": "s:0", "owner_account": "a", "beneficiary_account": "b", "asset": BOND, "amount": 20}
     tokens.apply(issue(0, "a", 50))
     tokens.apply(entry(1, "lock", lock, locks=[["s:0", "held"]]))
-    assert list(tokens.pockets[(LOCK + "s:0", BOND)]) == [Piece("csd:0", 20, (0, 1))]
+    assert view(tokens.pockets[(LOCK + "s:0", BOND)]) == [("csd:0", 20, (0, 1))]
     assert tokens.disagreements([("a", BOND)], {("a", BOND): [30, 20]}) == []
     tokens.apply(entry(2, "claim", {"id": "c"}, locks=[["s:0", "claimed"]]))
-    assert tokens.holding("b", BOND) == [Piece("csd:0", 20, (0, 1, 2))]
+    assert view(tokens.holding("b", BOND)) == [("csd:0", 20, (0, 1, 2))]
     tokens.apply(entry(3, "lock", {**lock, "id": "s:1", "amount": 10}, locks=[["s:1", "held"]]))
     tokens.apply(entry(4, "refund", None, locks=[["s:1", "refunded"]]))  # the ledger's own, at the backstop
-    assert tokens.holding("a", BOND) == [Piece("csd:0", 20, (0,)), Piece("csd:0", 10, (0, 3, 4))]
+    assert view(tokens.holding("a", BOND)) == [("csd:0", 20, (0,)), ("csd:0", 10, (0, 3, 4))]
     tokens.apply(entry(5, "redeem", {"id": "r", "account": "a", "asset": BOND, "amount": 25}))
-    assert [r.piece for r in tokens.retired] == [Piece("csd:0", 20, (0, 5)), Piece("csd:0", 5, (0, 3, 4, 5))]
+    assert view(r.piece for r in tokens.retired) == [("csd:0", 20, (0, 5)), ("csd:0", 5, (0, 3, 4, 5))]
     assert tokens.disagreements([("a", BOND), ("b", BOND)], {("a", BOND): [5, 0], ("b", BOND): [20, 0]}) == []
 
 
