@@ -567,3 +567,47 @@ async def test_a_settlements_advices_that_cannot_be_had_are_said_to_be_missing_a
     asked_at = trio.current_time()
     assert await unanswered.advices("m-1") == ([], ["coordinator coordinator: did not answer within 2.0 s"])
     assert trio.current_time() - asked_at == ADVICES_TIMEOUT_S
+
+
+async def test_the_token_view_pages_trace_a_holding_to_its_issue_and_an_issue_to_its_holders(tmp_path):
+    """Signed in, the holders page links each account to where its units came from: bank-b's
+    bonds, bought by a DvP, as lots of the treasury's issue moved by its transfer, a lock and
+    the lock's claim; and the issue's page lists every account its units are in now."""
+    async with trio.open_nursery() as nursery:
+        local, coordinator = await settling_world(nursery, tmp_path)
+        assert (await coordinator.submit(local.settlement("dvp", CROSS_DVP, PARTIES))).phase is Phase.SETTLED
+        console = console_of(local.world.registry, local.bus, list(LEDGERS))
+        await nursery.start(console.run)
+        base = await start_http(console, USERS, "127.0.0.1", 0, nursery)
+        jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+
+        def read(path: str) -> tuple[int, str]:
+            try:
+                with jar.open(f"{base}{path}", timeout=WAIT_S) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        def pages() -> dict[str, tuple[int, str]]:
+            assert get(f"{base}/provenance/csd/b-sec/{BOND}")[1].count("Sign in") >= 1  # signed out: the sign-in page
+            form = urllib.parse.urlencode({"name": "supervisor", "password": USERS["supervisor"]}).encode()
+            jar.open(f"{base}/login", data=form, timeout=WAIT_S).close()
+            return {
+                path: read(path)
+                for path in (f"/holders/{BOND}", f"/provenance/csd/b-sec/{BOND}", "/provenance/nowhere/b-sec/EUR")
+            }
+
+        found = await trio.to_thread.run_sync(pages)
+        holders, (status, provenance), missing = found.values()
+        assert f'href="/provenance/csd/b-sec/{BOND}"' in holders[1]
+        assert status == 200 and "the lots agree with the balance" in provenance, provenance
+        issue_seq = int(re.search(r'href="/issuance/csd/(\d+)"', provenance).group(1))
+        steps = re.findall(r'<span class="step" data-seq="\d+">\d+ (\w+)</span>', provenance)
+        assert steps[:2] == ["issue", "transfer"] and steps[-2:] == ["lock", "claim"], steps
+        assert missing[0] == 404
+        status, went = await trio.to_thread.run_sync(read, f"/issuance/csd/{issue_seq}")
+        assert status == 200 and f"{BOND} 1,000,000 units" in went
+        pockets = re.findall(r'<td class="pocket">([^<]+)</td>', went)
+        assert {"treasury", "a-sec", "b-sec"} <= set(pockets), pockets
+        assert (await trio.to_thread.run_sync(read, "/issuance/csd/0"))[0] == 404  # entry 0 is no issue
+        nursery.cancel_scope.cancel()

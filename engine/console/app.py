@@ -126,6 +126,21 @@ def console_app(console: Console, users: dict[str, str], *, secure: bool = False
         party = request.path_params["party"]
         return page(request, "participant.html", {"view": views.positions(journals, party)})
 
+    async def provenance(request: Request) -> Response:
+        ledger, account, asset = (request.path_params[name] for name in ("ledger", "account", "asset"))
+        journal = await console.tokens(ledger)
+        if journal is None:
+            return page(request, "unknown.html", {"what": f"ledger {ledger}"}, status_code=404)
+        return page(request, "provenance.html", {"view": views.provenance(journal, account, asset)})
+
+    async def issuance(request: Request) -> Response:
+        ledger, seq = request.path_params["ledger"], request.path_params["seq"]
+        journal = await console.tokens(ledger)
+        view = views.issuance(journal, seq) if journal is not None else None
+        if view is None:
+            return page(request, "unknown.html", {"what": f"issue {ledger}:{seq}"}, status_code=404)
+        return page(request, "issuance.html", {"view": view})
+
     journals = console.observer.journals
     throttle = access.Throttle()
     routes = [
@@ -141,6 +156,8 @@ def console_app(console: Console, users: dict[str, str], *, secure: bool = False
         Route("/holders/{asset}", signed_in_only(holders)),
         Route("/participants", signed_in_only(participants_index)),
         Route("/participants/{party}", signed_in_only(participant)),
+        Route("/provenance/{ledger}/{account}/{asset}", signed_in_only(provenance)),
+        Route("/issuance/{ledger}/{seq:int}", signed_in_only(issuance)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     session = Middleware(

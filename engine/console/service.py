@@ -38,7 +38,7 @@ from protocols.messages import (
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, from_wire, sign
 
-from ..audit.journals import Violation
+from ..audit.journals import LedgerJournal, Violation, read_over_bus
 from ..audit.observer import GRACE_MS, Observer, load
 from ..watchtower import verified_decisions
 from . import access, views
@@ -118,6 +118,14 @@ class Console:
             return None
         keys = {ledger: client.ledger_key for ledger, client in self.observer.clients.items()}
         return views.settlement(settlement_id, entries, keys, self.observer.journals)
+
+    async def tokens(self, ledger: str) -> LedgerJournal | None:
+        """A ledger's journal read whole over the bus now, checked as the audit checks it,
+        with its token view (protocols/tokens.py); None if it is not followed here."""
+        if ledger not in self.observer.clients:
+            return None
+        (journal,) = await read_over_bus(self.observer.bus, self.registry, [ledger])
+        return journal
 
     async def advices(self, settlement_id: str) -> tuple[list[dict], list[str]]:
         """Every party's ISO 20022 advices of the settlement, asked of each coordinator

@@ -21,7 +21,9 @@ from protocols.authority import terms_of
 from protocols.htlc import LockState
 from protocols.iso20022 import reasons
 from protocols.messages import Entry
+from protocols.money import format_amount
 from protocols.signing import Signed
+from protocols.tokens import Piece, Tokens
 
 from ..audit.journals import LedgerJournal, Violation
 
@@ -408,3 +410,47 @@ def _time_locks(legs: list[dict]) -> dict:
     margin = refunds[1] - refunds[0] if len(refunds) == 2 else None
     bracket = {"x0": x(refunds[0]), "x1": x(refunds[1])} if margin is not None else None
     return {"marks": marks, "margin_ms": margin, "bracket": bracket, "height": 28 * len(placed)}
+
+
+def provenance(journal: LedgerJournal, account: str, asset: str) -> dict:
+    """Where an account's units of an asset came from, lot by lot: each lot's issue and
+    every entry that moved it (the token view), beside its balance."""
+    tokens = journal.tokens
+    pieces = tokens.holding(account, asset) if tokens is not None else []
+    available = journal.replay.balances.get((account, asset), [0, 0])[0]
+    lots = sum(piece.amount for piece in pieces)
+    return {
+        "ledger": journal.ledger,
+        "account": account,
+        "asset": asset,
+        "available": format_amount(asset, available),
+        "lots": [_lot(tokens, asset, piece) for piece in pieces] if tokens is not None else [],
+        "agrees": tokens is not None and lots == available,
+        "problems": [str(problem) for problem in journal.problems],
+    }
+
+
+def issuance(journal: LedgerJournal, seq: int) -> dict | None:
+    """Where an issue's units are now, lot by lot; None if entry `seq` is no issue."""
+    tokens = journal.tokens
+    if tokens is None or tokens.kinds.get(seq) != "issue":
+        return None
+    found = list(tokens.issuance(f"{journal.ledger}:{seq}"))
+    asset = next(asset for _, asset, _ in found if asset)
+    return {
+        "ledger": journal.ledger,
+        "seq": seq,
+        "asset": asset,
+        "issued": format_amount(asset, sum(piece.amount for _, _, piece in found)),
+        "places": [{"pocket": pocket, **_lot(tokens, asset, piece)} for pocket, _, piece in found],
+    }
+
+
+def _lot(tokens: Tokens, asset: str, piece: Piece) -> dict:
+    origin_seq = int(piece.origin.rpartition(":")[2])
+    return {
+        "origin": piece.origin,
+        "origin_seq": origin_seq,
+        "amount": format_amount(asset, piece.amount),
+        "path": [{"seq": seq, "kind": tokens.kinds.get(seq, "")} for seq in piece.path],
+    }
