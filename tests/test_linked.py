@@ -22,7 +22,7 @@ from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.matching import DAY_MS
 from protocols.messages import Issue, SettlementInstruction
 from protocols.settlement import Phase, utc_date
-from tests.test_matching import Desk, move, start
+from tests.test_matching import TIMING, Desk, move, start
 from tests.test_metrics import of, value
 
 PLACES_3 = {**PLACES, "USD": "cbdc-multi"}
@@ -311,4 +311,49 @@ async def test_a_pair_whose_linked_instruction_never_matches_fails_at_its_cut_of
             assert "linked with bank-b's SELL-bank-b" in narrative, narrative
         assert await desk.balances() == before
         assert await desk.held_locks() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_coordinator_killed_as_a_linked_settlement_locks_drives_the_same_one_when_back(
+    tmp_path, autojump_clock
+):
+    """The back-to-back pair of the first test, the coordinator killed as their linked
+    settlement places its locks and started again: the desk takes up the set it recorded
+    (the same id, the same pairs) and it settles once; no pair is tried alone."""
+    async with trio.open_nursery() as nursery:
+        desk = await start(nursery, tmp_path)
+        coordinator, scope = await desk.start_coordinator()
+        local = desk.local
+        await three_banks(desk)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "t-eur", "EUR", 5_000_00)
+        await move(local, "cbdc-eur", "bank-b", "b-eur", "reserve", "EUR", leave=0)
+        today = utc_date(desk.now_ms())
+        a_sells, b_buys = trade(today, A, B, 100, 990_00, "BUY")
+        b_sells, t_buys = trade(today, B, T, 100, 1_000_00, "SELL")
+        b_buys = attrs.evolve(b_buys, settle_with=(b_sells.reference,))
+        killed, seen = trio.Event(), []
+
+        def kill(record):
+            if record.settlement_id.startswith("l-") and record.phase is Phase.LOCKING and not killed.is_set():
+                seen.append(record.settlement_id)
+                scope.cancel()
+                killed.set()
+
+        coordinator.on_phase = kill
+        for one in (a_sells, b_buys, b_sells, t_buys):
+            await desk.send(desk.instruction(one))
+        await killed.wait()
+        await trio.sleep(TIMING.lock_wait_ms / 2000)
+        coordinator, _ = await desk.start_coordinator()
+        for party in ("bank-a", "treasury"):
+            await desk.until(party, "settled")
+        await settled_twice_over(desk, "bank-b")
+        records = coordinator.journal.all()
+        assert [r.settlement_id for r in records if r.settlement_id.startswith("l-")] == seen
+        assert coordinator.journal.get(seen[0]).phase is Phase.SETTLED
+        assert not [r for r in records if r.settlement_id.startswith("m-")]  # no pair tried alone
+        assert (await local.balances("cbdc-eur", "b-eur"))["EUR"] == 10_00
+        assert await desk.held_locks() == []
+        report = await desk.audit()
+        assert not report.violations, report.violations
         nursery.cancel_scope.cancel()
