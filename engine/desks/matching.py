@@ -828,6 +828,10 @@ class MatchingDesk(Desk):
             self._offset_ms = now_ms
             candidates = [queued.candidate() for queued in ready]  # searched off the loop: a large queue takes a while
             found = await trio.to_thread.run_sync(offsetting.search, candidates, held)
+            # a side held while the search ran keeps its pair's set waiting (the hold comes first)
+            found = offsetting.Released(
+                tuple(each for each in found.sets if not any(self._queue[c.id].held for c in each))
+            )
             if found.sets:
                 self._offsetting_found(found)
             groups += [[self._queue[c.id] for c in each] for each in found.sets]
