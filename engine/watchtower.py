@@ -272,7 +272,7 @@ class Watchtower:
 def _leg_of(lock: str) -> tuple[str, int | None]:
     """A coordinator's lock id `{settlement}:{leg}` split; leg None for any other lock."""
     settlement_id, _, leg = lock.rpartition(":")
-    return settlement_id, int(leg) if leg in ("0", "1") and settlement_id else None
+    return settlement_id, int(leg) if leg.isdigit() and len(leg) <= 2 and settlement_id else None
 
 
 def verified_decisions(raw: bytes, coordinator: str, registry: Registry) -> list[Signed]:

@@ -164,8 +164,8 @@ def _linked(auth: dict, registry: Registry | None) -> Terms:
         for one in sides:
             references[(one.party, one.reference)] = index
             links += [(index, one.party, reference) for reference in one.settle_with]
-    if len({terms.id for terms in pairs}) != len(pairs):
-        raise Rejected(Code.INVALID_FIELD, "pairs", "a pair is linked twice")
+    if len({matching.pair_of(terms.id) for terms in pairs}) != len(pairs):
+        raise Rejected(Code.INVALID_FIELD, "pairs", "a pair is linked twice (two of its tries count as one pair)")
     for index, party, reference in links:
         if (party, reference) not in references:
             raise Rejected(

@@ -357,3 +357,10 @@ async def test_a_coordinator_killed_as_a_linked_settlement_locks_drives_the_same
         report = await desk.audit()
         assert not report.violations, report.violations
         nursery.cancel_scope.cancel()
+
+
+def test_a_watchtower_reads_every_leg_of_a_linked_settlement_from_its_lock_ids():
+    from engine.watchtower import _leg_of
+
+    assert _leg_of("l-abc:0") == ("l-abc", 0) and _leg_of("l-abc:2") == ("l-abc", 2) and _leg_of("l-abc:15")[1] == 15
+    assert _leg_of("l-abc:settle")[1] is None and _leg_of("x:c123")[1] is None

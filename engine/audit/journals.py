@@ -149,7 +149,7 @@ class LedgerJournal:
     legs: dict[str, Terms] = attrs.field(factory=dict)  # lock id -> its settlement (from `auth`)
     settles: int = 0  # same-ledger settlements
     # a matched pair's same-ledger try: its id -> its settle entry, and a partial try's units
-    settled: dict[str, tuple[At, tuple[int, int] | None]] = attrs.field(factory=dict)
+    settled: list[tuple[str, At, tuple[int, int] | None]] = attrs.field(factory=list)  # each, however often
     problems: list[Violation] = attrs.field(factory=list)
     broken_at: int | None = None
     tokens: Tokens | None = None  # the token view, checked against the balances entry by entry (the
@@ -204,9 +204,9 @@ class LedgerJournal:
             self.settles += 1
             auth = entry.instruction.get("auth") if entry.instruction is not None else None
             if auth is not None and auth.get("type") == "matched":  # a matched pair's try: kept to check
-                self.settled[terms_of(auth, None).id] = (at, _part(auth))
+                self.settled.append((terms_of(auth, None).id, at, _part(auth)))
             if auth is not None and auth.get("type") == "linked":  # each of its pairs' tries, likewise
-                self.settled.update((pair.id, (at, None)) for pair in terms_of(auth, None).pairs)
+                self.settled += [(pair.id, at, None) for pair in terms_of(auth, None).pairs]
         self.entries += 1
         self.head_hash, self.now_ms = entry_hash, entry.time_ms
 
@@ -460,7 +460,7 @@ def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
             for each in t.tries(tuple(e for g in legs for e in g.entries)):
                 moved.setdefault(pair_of(each.settlement), []).append(each)
     for journal in journals:
-        for settlement, (at, units) in journal.settled.items():
+        for settlement, at, units in journal.settled:
             moved.setdefault(pair_of(settlement), []).append(Try(settlement, (at,), units))
     violations += settled_twice(moved)
     return Report(

@@ -165,7 +165,7 @@ class Observer:
             self.on_entry(journal.ledger, signed, hash_, [terms.settlement for terms in touched])
             for terms in touched:
                 found += self._judge(terms)
-            for settlement, (at, units) in journal.settled.items():  # a matched pair's try, on one ledger
+            for settlement, at, units in journal.settled:  # a matched pair's try, on one ledger
                 found.append(self._moved(Try(settlement, (at,), units)))
             journal.settled.clear()
         await self._alert_all(found)

@@ -57,6 +57,7 @@ from protocols.iso20022.sese023 import FACE_FIELD, in_units
 from protocols.iso20022.xml import Refused
 from protocols.messages import (
     ATTEMPTS_MAX,
+    LEGS_MAX,
     LINKED_PAIRS_MAX,
     HoldInstruction,
     Linked,
@@ -581,25 +582,35 @@ class MatchingDesk(Desk):
                 record = await self.coordinator.settle(auth)
         except Rejected as error:  # refused before any leg moved
             record, code, why = None, error.code.value, f"{error.field}: {error.reason}"
+        moved_nothing = record is None or record.phase in (Phase.FAILED, Phase.ROLLED_BACK)
         for matched in auth["pairs"]:
             pair_id = matching.pair_of(pair_terms(matched, None).id)
             a, b = await self._pair(pair_id)
             if self._link_of(a) != link_id:
                 continue  # done before a restart
-            if record is None:
-                self._finish(a, b, pair_id, None, "failed", code, why)
-            elif record.phase is Phase.SETTLED:
+            attempt = matched.get("attempt", 0)
+            if record is not None and record.phase is Phase.SETTLED:
                 self._finish(a, b, pair_id, record.steps[-1][1], "settled", "", f"linked settlement {link_id}")
-            elif self._recyclable(record, matched.get("attempt", 0)):
-                legs = pair_terms(matched, None).legs
-                reason = f"linked settlement {link_id}: {record.reason}"
-                await self._hold(a, b, pair_id, matched.get("attempt", 0) + 1, legs, reason)
+            elif (record is not None and self._recyclable(record, attempt)) or (
+                moved_nothing and self._offset_only(a, b, attempt)
+            ):
+                # recycled as it would be alone; and a pair only the queue put in the set, for
+                # whatever failed the set having moved nothing, is tried again alone or in another
+                reason = f"linked settlement {link_id}: {record.reason if record is not None else why}"
+                await self._hold(a, b, pair_id, attempt + 1, pair_terms(matched, None).legs, reason)
+            elif record is None:
+                self._finish(a, b, pair_id, None, "failed", code, why)
             else:
                 self._finish(a, b, pair_id, None, record.phase.value, record.reason_code, record.reason)
         log.info(
             "linked settlement %s of %d pairs: %s", link_id, len(auth["pairs"]), record.phase.value if record else code
         )
         self._links.pop(link_id, trio.Event()).set()
+
+    def _offset_only(self, a: Side, b: Side, attempt: int) -> bool:
+        """A pair no party linked (the queue's liquidity saving put it in a set) that may be tried again."""
+        linked = any(side.one.settle_with or (side.msg.party, side.one.reference) in self._wanted for side in (a, b))
+        return not linked and attempt < ATTEMPTS_MAX
 
     def _link_of(self, side: Side) -> str | None:
         row = self._db.execute(
@@ -835,7 +846,12 @@ class MatchingDesk(Desk):
             if found.sets:
                 self._offsetting_found(found)
             groups += [[self._queue[c.id] for c in each] for each in found.sets]
-        self._release(released, [await self._linked(group) for group in groups])
+        linked = [made for group in groups if (made := await self._linked(group)) is not None]
+        # a side held while the look waited (for balances, the search) keeps its pair waiting: the hold comes first
+        self._release(
+            [(q, part) for q, part in released if not q.held],
+            [made for made in linked if not any(q.held for q in made[2])],
+        )
         return found
 
     def _linked_sets(self, now_ms: int, held: dict[tuple[str, str, str], int]) -> list[list[Queued]]:
@@ -857,6 +873,12 @@ class MatchingDesk(Desk):
                 current = todo.pop()
                 linked = [by_reference.get(reference) for reference in current.settle_with]
                 linked += [q for reference in current.references for q in linking.get(reference, ())]
+                waiting_for = [
+                    (party, linking)
+                    for party, reference in current.references
+                    for linking in self._wanted.get((party, reference), ())
+                ]
+                linked += [by_reference.get(reference) for reference in waiting_for]
                 for other in linked:
                     if other is None:
                         complete = False  # a linked instruction not matched yet
@@ -869,7 +891,8 @@ class MatchingDesk(Desk):
             if (
                 complete
                 and 2 <= len(group) <= LINKED_PAIRS_MAX
-                and not any(q.held or q.opens_ms > now_ms or q.cutoff_ms < now_ms for q in group)
+                and not any(q.held or q.settled or q.opens_ms > now_ms or q.cutoff_ms < now_ms for q in group)
+                and len(netting.net(legs)) <= LEGS_MAX
                 and len({q.day for q in group}) == 1
                 and not netting.shortfalls(legs, held)
             ):
@@ -891,8 +914,10 @@ class MatchingDesk(Desk):
         self.offsets = [*self.offsets[-(OFFSETS_KEPT - 1) :], found]
         self.coordinator.on_offset(found.count, found.value(), found.saved())
 
-    async def _linked(self, group: list[Queued]) -> tuple[str, bytes, list[Queued]]:
-        """A set of pairs as one linked settlement: its id and authority."""
+    async def _linked(self, group: list[Queued]) -> tuple[str, bytes, list[Queued]] | None:
+        """A set of pairs as one linked settlement: its id and authority; None, logged,
+        for a set no linked authority can carry (one account named as two parties', say):
+        its pairs wait, and fail at their cut-off."""
         ordered = sorted(group, key=lambda q: q.pair_id)
         pairs = []
         for queued in ordered:
@@ -902,7 +927,11 @@ class MatchingDesk(Desk):
             ).fetchone()
             pairs.append(await self._matched(a, b, attempt, day))
         auth = to_body(Linked(self.coordinator.id, tuple(pairs)))
-        return terms_of(auth, None).id, encode(auth), ordered
+        try:
+            return terms_of(auth, None).id, encode(auth), ordered
+        except Rejected as error:
+            log.warning("pairs %s cannot settle together: %s", ", ".join(q.pair_id for q in ordered), error)
+            return None
 
     async def _available(self, accounts: set[tuple[str, str]]) -> dict[tuple[str, str, str], int]:
         """What each account holds available, per asset; an account its ledger does not
