@@ -15,13 +15,16 @@ import trio
 from lxml import etree
 
 from engine.world.local import BOND, Local, standard_world
+from protocols.bus import service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.bus.mqtt import MqttBus
+from protocols.canonical import decode
 from protocols.identifiers import make_isin
 from protocols.iso20022 import pacs009, sese023
 from protocols.iso20022.model import PACS_009, SESE_023, OneSided
-from protocols.messages import CreateInstrument, Issue, Transfer
+from protocols.messages import Advices, CreateInstrument, Issue, SettlementInstruction, Transfer
 from protocols.settlement import utc_date
+from protocols.signing import from_wire, sign
 from tests.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow  # a coordinator and ledgers as processes
@@ -36,6 +39,17 @@ def advices_of(world, common: list[str], party: str) -> list[str]:
     said = lockstep("advices", *common, "--party", party, "--key", str(world.key_path(party)))
     assert said.returncode == 0, said.stderr
     return said.stdout.splitlines()
+
+
+async def instruct(bus: MqttBus, world, one: OneSided) -> None:
+    """A back office's instruction sent from here over the broker, signed with its key, as
+    `lockstep submit` sends it (the first test runs the command itself)."""
+    now_ms = ServiceClock().now_ms()
+    document = sese023.write(one) if one.format == SESE_023 else pacs009.write(one, now_ms=now_ms)
+    msg = SettlementInstruction(one.reference, "coordinator", one.party, now_ms, one.format, document.decode())
+    raw = sign(msg, (one.party, world.keys[one.party])).encode()
+    reply = from_wire(decode(await bus.request(service_of_coordinator("coordinator"), raw, timeout_s=30)))
+    assert isinstance(reply.msg, Advices) and reply.msg.items, reply.msg
 
 
 def local_names(path: Path, name: str) -> list[str]:
@@ -328,16 +342,6 @@ async def test_trades_linked_by_a_bank_or_found_to_fund_one_another_settle_nette
     common = ["--broker", broker.url, "--registry", str(world.registry_path)]
     advices = functools.partial(advices_of, world, common)
 
-    async def submit(one: OneSided) -> None:
-        path = tmp_path / f"{one.reference}.xml"
-        path.write_bytes(sese023.write(one))
-        sent = await trio.to_thread.run_sync(
-            lambda: lockstep(
-                "submit", str(path), *common, "--party", one.party, "--key", str(world.key_path(one.party))
-            )
-        )
-        assert sent.returncode == 0, sent.stderr
-
     async def settled(count: int) -> None:
         with trio.fail_after(60):
             while sum("SETTLED" in line for line in await trio.to_thread.run_sync(advices, "bank-b")) < count:
@@ -364,7 +368,7 @@ async def test_trades_linked_by_a_bank_or_found_to_fund_one_another_settle_nette
                     b_buys = attrs.evolve(b_buys, settle_with=(b_sells.reference,))
                     b_sells = attrs.evolve(b_sells, settle_with=(b_buys.reference,))
                 for one in (buy["bank-a"], b_buys, _turned(back)["bank-a"], b_sells):
-                    await submit(one)
+                    await instruct(bus, world, one)
                 if not linked:
                     with trio.fail_after(30):
                         while (await trio.to_thread.run_sync(advices, "bank-b"))[-1].split()[1] != "PENDING":
@@ -446,16 +450,7 @@ async def test_linked_trades_across_three_ledger_processes_settle_whole_with_one
             )  # fmt: skip
             before = {name: await local.balances(*name) for name in (("csd", "b-sec"), ("cbdc-multi", "b-usd"))}
             for one in (dvp["bank-a"], dvp["bank-b"], fx["bank-a"], fx["bank-b"]):
-                path = tmp_path / f"{one.reference}.xml"
-                path.write_bytes(
-                    sese023.write(one) if one.format == SESE_023 else pacs009.write(one, now_ms=ServiceClock().now_ms())
-                )
-                sent = await trio.to_thread.run_sync(
-                    lambda path=path, one=one: lockstep(
-                        "submit", str(path), *common, "--party", one.party, "--key", str(world.key_path(one.party))
-                    )
-                )
-                assert sent.returncode == 0, sent.stderr
+                await instruct(bus, world, one)
             ledgers["cbdc-multi"].kill()
             await trio.sleep(2)
             ledgers["cbdc-multi"] = ServiceProcess(world, "ledger", "cbdc-multi", broker.url).start()
