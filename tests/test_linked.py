@@ -59,6 +59,19 @@ async def three_banks(desk: Desk) -> None:
     await local.open_accounts("cbdc-eur", "ecb", {"t-eur": "treasury", "reserve": "ecb"})
 
 
+async def back_to_back(desk: Desk) -> tuple[OneSided, OneSided, OneSided, OneSided]:
+    """bank-b, holding no cash, buys 100 bonds from bank-a for 990.00 and sells them to
+    the treasury for 1,000.00, its purchase linked WITH its sale: the four sides."""
+    local = desk.local
+    await three_banks(desk)
+    await move(local, "cbdc-eur", "bank-b", "b-eur", "t-eur", "EUR", 5_000_00)
+    await move(local, "cbdc-eur", "bank-b", "b-eur", "reserve", "EUR", leave=0)
+    today = utc_date(desk.now_ms())
+    a_sells, b_buys = trade(today, A, B, 100, 990_00, "BUY")
+    b_sells, t_buys = trade(today, B, T, 100, 1_000_00, "SELL")
+    return a_sells, attrs.evolve(b_buys, settle_with=(b_sells.reference,)), b_sells, t_buys
+
+
 async def statuses(desk: Desk, party: str) -> list[str]:
     return [item["status"] for item in await desk.advices(party)]
 
@@ -82,14 +95,8 @@ async def test_back_to_back_trades_a_bank_links_settle_together_netted_where_nei
         desk = await start(nursery, tmp_path)
         await desk.start_coordinator()
         local = desk.local
-        await three_banks(desk)
-        await move(local, "cbdc-eur", "bank-b", "b-eur", "t-eur", "EUR", 5_000_00)
-        await move(local, "cbdc-eur", "bank-b", "b-eur", "a-eur", "EUR", leave=0)
-        today = utc_date(desk.now_ms())
-        a_sells, b_buys = trade(today, A, B, 100, 990_00, "BUY")
-        b_sells, t_buys = trade(today, B, T, 100, 1_000_00, "SELL")
-        b_buys = attrs.evolve(b_buys, settle_with=(b_sells.reference,))
-        b_sells = attrs.evolve(b_sells, settle_with=(b_buys.reference,))
+        a_sells, b_buys, b_sells, t_buys = await back_to_back(desk)
+        b_sells = attrs.evolve(b_sells, settle_with=(b_buys.reference,))  # linked both ways too
         before = await desk.balances()
         t_before = await local.balances("cbdc-eur", "t-eur")
         tsec_before = await local.balances("csd", "treasury")
@@ -110,7 +117,7 @@ async def test_back_to_back_trades_a_bank_links_settle_together_netted_where_nei
         assert after[("csd", "b-sec")].get(BOND, 0) == before[("csd", "b-sec")].get(BOND, 0) == 0
         assert after[("csd", "a-sec")][BOND] == before[("csd", "a-sec")][BOND] - 100
         assert (await local.balances("csd", "treasury"))[BOND] == tsec_before[BOND] + 100
-        assert after[("cbdc-eur", "a-eur")]["EUR"] == before[("cbdc-eur", "a-eur")]["EUR"] + 990_00
+        assert after[("cbdc-eur", "a-eur")]["EUR"] == before[("cbdc-eur", "a-eur")].get("EUR", 0) + 990_00
         assert after[("cbdc-eur", "b-eur")]["EUR"] == 10_00
         assert (await local.balances("cbdc-eur", "t-eur"))["EUR"] == t_before["EUR"] - 1_000_00
 
@@ -324,13 +331,7 @@ async def test_a_coordinator_killed_as_a_linked_settlement_locks_drives_the_same
         desk = await start(nursery, tmp_path)
         coordinator, scope = await desk.start_coordinator()
         local = desk.local
-        await three_banks(desk)
-        await move(local, "cbdc-eur", "bank-b", "b-eur", "t-eur", "EUR", 5_000_00)
-        await move(local, "cbdc-eur", "bank-b", "b-eur", "reserve", "EUR", leave=0)
-        today = utc_date(desk.now_ms())
-        a_sells, b_buys = trade(today, A, B, 100, 990_00, "BUY")
-        b_sells, t_buys = trade(today, B, T, 100, 1_000_00, "SELL")
-        b_buys = attrs.evolve(b_buys, settle_with=(b_sells.reference,))
+        a_sells, b_buys, b_sells, t_buys = await back_to_back(desk)
         killed, seen = trio.Event(), []
 
         def kill(record):
