@@ -681,6 +681,23 @@ async def _read_over_mqtt(url: str, registry: Registry, ledger_ids: list[str]) -
     raise failure
 
 
+def read_journals(
+    registry: Registry,
+    databases: list[str] | None,
+    broker: str | None,
+    ledger_ids: list[str],
+    refusal: tuple[str, str],
+) -> list[LedgerJournal]:
+    """The journals a command names: from their databases, or over a broker; `refusal`
+    (subject, reason) when it names neither or both."""
+    if bool(databases) == bool(broker) or bool(broker) != bool(ledger_ids):
+        raise AuditError(*refusal)
+    if databases:
+        return [read_database(path, registry) for path in databases]
+    assert broker is not None  # checked above: --db or --broker
+    return trio.run(_read_over_mqtt, broker, registry, ledger_ids)
+
+
 def main(
     registry_path: str, databases: list[str] | None, broker: str | None, ledger_ids: list[str], grace_ms: int = GRACE_MS
 ) -> int:
@@ -688,14 +705,8 @@ def main(
     journals cannot be read (the command prints it: exit status 2)."""
     if grace_ms < 0:
         raise AuditError(f"--grace-ms {grace_ms}", "must not be negative")
-    if bool(databases) == bool(broker) or bool(broker) != bool(ledger_ids):
-        raise AuditError("audit", "give --db for each ledger's database, or --broker with --ledger for each ledger")
-    registry = Registry.load(registry_path)
-    if databases:
-        journals = [read_database(path, registry) for path in databases]
-    else:
-        assert broker is not None  # checked above: --db or --broker
-        journals = trio.run(_read_over_mqtt, broker, registry, ledger_ids)
+    why = "give --db for each ledger's database, or --broker with --ledger for each ledger"
+    journals = read_journals(Registry.load(registry_path), databases, broker, ledger_ids, ("audit", why))
     twice = [ledger for ledger, count in Counter(j.ledger for j in journals).items() if count > 1]
     if twice:
         raise AuditError(f"ledger {twice[0]}", "given more than once")

@@ -4,13 +4,11 @@ back to their issue; or where did an issue's units go."""
 
 from __future__ import annotations
 
-import trio
-
 from protocols.money import format_amount
 from protocols.registry import Registry
 from protocols.tokens import Piece, Tokens
 
-from .journals import AuditError, LedgerJournal, _read_over_mqtt, read_database
+from .journals import AuditError, LedgerJournal, read_journals
 
 
 def main(
@@ -24,16 +22,13 @@ def main(
 ) -> int:
     """Print the holding's lots or the issue's whereabouts; 1 if the journal's token view
     and balances disagree anywhere (the lots shown are then up to the first disagreement)."""
+    refusal = ("provenance", "give --db for the ledger's database, or --broker with --ledger")
     if bool(database) == bool(broker) or bool(broker) != bool(ledger):
-        raise AuditError("provenance", "give --db for the ledger's database, or --broker with --ledger")
+        raise AuditError(*refusal)  # before the question's own refusal
     if (issuance is None) == (account is None) or (account is None) != (asset is None):
         raise AuditError("provenance", "give --account with --asset, or --issuance")
     registry = Registry.load(registry_path)
-    if database:
-        journal = read_database(database, registry)
-    else:
-        assert broker is not None and ledger is not None
-        (journal,) = trio.run(_read_over_mqtt, broker, registry, [ledger])
+    (journal,) = read_journals(registry, [database] if database else [], broker, [ledger] if ledger else [], refusal)
     tokens = journal.tokens
     if tokens is None:
         print("\n".join(str(problem) for problem in journal.problems))

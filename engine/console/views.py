@@ -315,12 +315,14 @@ def phase(settlement_id: str, entries: Iterable[tuple[str, Signed, str]], decisi
     """Where a settlement is, as its ledgers' journals (and its coordinator's published
     decision, when heard) show it."""
     locks: dict[str, str] = {}
-    legs = LEGS
+    told: int | None = None  # its legs, as its first lock tells them
     for _, signed, _ in entries:
         for lock, state in _locks_of(signed.msg, settlement_id):
             if locks.get(lock) not in ENDED:
                 locks[lock] = state
-        legs = _legs(signed.msg, legs)
+        if told is None:
+            told = _legs(signed.msg)
+    legs = told or LEGS
     states = list(locks.values())
     claimed = states.count("claimed")
     ended = bool(states) and all(state in ENDED for state in states)
@@ -337,12 +339,13 @@ def phase(settlement_id: str, entries: Iterable[tuple[str, Signed, str]], decisi
     return "locked" if len(states) == legs else "locking"
 
 
-def _legs(entry: Entry, known: int) -> int:
-    """A settlement's legs, as a lock of a linked settlement tells them (read only then)."""
+def _legs(entry: Entry) -> int | None:
+    """A settlement's legs, as a coordinator's lock tells them (its documents read only
+    for a linked settlement's); None for any other entry."""
     auth = entry.instruction.get("auth") if entry.kind == "lock" and entry.instruction is not None else None
-    if isinstance(auth, dict) and auth.get("type") == "linked":
-        return len(terms_of(auth, None).legs)
-    return known
+    if not isinstance(auth, dict):
+        return None
+    return len(terms_of(auth, None).legs) if auth.get("type") == "linked" else LEGS
 
 
 def settled_in(entries: Iterable[tuple[str, Signed, str]]) -> int:

@@ -584,7 +584,8 @@ class MatchingDesk(Desk):
             record, code, why = None, error.code.value, f"{error.field}: {error.reason}"
         moved_nothing = record is None or record.phase in (Phase.FAILED, Phase.ROLLED_BACK)
         for matched in auth["pairs"]:
-            pair_id = matching.pair_of(pair_terms(matched, None).id)
+            terms = pair_terms(matched, None)
+            pair_id = matching.pair_of(terms.id)
             a, b = await self._pair(pair_id)
             if self._link_of(a) != link_id:
                 continue  # done before a restart
@@ -597,7 +598,7 @@ class MatchingDesk(Desk):
                 # recycled as it would be alone; and a pair only the queue put in the set, for
                 # whatever failed the set having moved nothing, is tried again alone or in another
                 reason = f"linked settlement {link_id}: {record.reason if record is not None else why}"
-                await self._hold(a, b, pair_id, attempt + 1, pair_terms(matched, None).legs, reason)
+                await self._hold(a, b, pair_id, attempt + 1, terms.legs, reason)
             elif record is None:
                 self._finish(a, b, pair_id, None, "failed", code, why)
             else:
@@ -873,12 +874,7 @@ class MatchingDesk(Desk):
                 current = todo.pop()
                 linked = [by_reference.get(reference) for reference in current.settle_with]
                 linked += [q for reference in current.references for q in linking.get(reference, ())]
-                waiting_for = [
-                    (party, linking)
-                    for party, reference in current.references
-                    for linking in self._wanted.get((party, reference), ())
-                ]
-                linked += [by_reference.get(reference) for reference in waiting_for]
+                linked += [by_reference.get(reference) for reference in self._linking_with(current)]
                 for other in linked:
                     if other is None:
                         complete = False  # a linked instruction not matched yet
@@ -1027,12 +1023,16 @@ class MatchingDesk(Desk):
     def _links_unmatched(self, queued: Queued) -> list[str]:
         """The instructions linked with a queued pair, either way, not waiting in the queue."""
         waiting = {reference for other in self._queue.values() for reference in other.references}
-        needed = set(queued.settle_with) | {
+        needed = set(queued.settle_with) | set(self._linking_with(queued))
+        return [f"{party}'s {reference}" for party, reference in sorted(needed - waiting)]
+
+    def _linking_with(self, queued: Queued) -> list[tuple[str, str]]:
+        """(party, TxId) of each open instruction linked WITH one of the pair's sides."""
+        return [
             (party, linking)
             for party, reference in queued.references
             for linking in self._wanted.get((party, reference), ())
-        }
-        return [f"{party}'s {reference}" for party, reference in sorted(needed - waiting)]
+        ]
 
     async def _cancel_unmatched(self) -> None:
         while True:
