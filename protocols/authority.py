@@ -1,13 +1,16 @@
 """What lets a coordinator move other parties' assets: the `auth` its lock or settle
 carries, read as `Terms`.
 
-Five kinds of authority, each signed by whoever pays:
+Six kinds of authority, each signed by whoever pays:
 - `settlement`: one Settlement body signed by both counterparties;
 - `matched`: two one-sided ISO 20022 instructions, each signed by its party, which
   match (protocols.matching): the legs are what the two documents state together;
 - `linked`: matched pairs that settle together or not at all, their legs netted
   (protocols.netting); every instruction a party linked to one of them (sese.023 Lnkgs
   WITH) is among them, and an instruction so linked settles in no other way;
+- `path`: a payer's signed `path_payment` and the `hop` each intermediary signed to
+  carry it (protocols.paths): a multi-hop payment, its legs from the payee's back to
+  the payer's, each lock held to the backstop its payer and its payee signed;
 - `coupon`, `redemption`: an `entitlement` computed by the paying agent under an
   issuer's signed `corporate_action`; the issuer pays, and at maturity the holder's
   units go back to the issuer (a redemption is mandatory: the instrument's terms, which
@@ -24,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from . import matching, netting
+from . import matching, netting, paths
 from .canonical import encode
 from .errors import Code, Rejected
 from .iso20022 import read
@@ -34,8 +37,11 @@ from .messages import (
     LEGS_MAX,
     CorporateAction,
     Entitlement,
+    Hop,
     Linked,
     Matched,
+    PathPayment,
+    PaymentPath,
     Settlement,
     SettlementInstruction,
     SettlementLeg,
@@ -53,7 +59,7 @@ class Terms:
     """The legs an `auth` allows, who pays and who is paid on each, and when."""
 
     id: str  # the settlement id: locks are `{id}:{leg}`, a settle `settle_id(id)`
-    kind: str  # settlement | matched | coupon | redemption
+    kind: str  # settlement | matched | linked | path | coupon | redemption
     coordinator: str
     not_before_ms: int
     deadline_ms: int
@@ -66,6 +72,8 @@ class Terms:
     face_currency: str | None = None  # a matched pair's face amount's currency (checked likewise)
     pairs: tuple[Terms, ...] = ()  # a linked settlement's: each pair's own terms, whose legs
     # were netted into `legs` (each ledger checks the accounts of every one on it)
+    backstops: tuple[int, ...] = ()  # a path's: each leg's lock's backstop, as its parties signed
+    # it (otherwise the coordinator's Timing sets them)
 
     @property
     def same_ledger(self) -> bool:
@@ -83,10 +91,12 @@ def terms_of(auth: Any, registry: Registry | None) -> Terms:
             return _matched(auth, registry)
         if kind == Linked.TYPE:
             return _linked(auth, registry)
+        if kind == PaymentPath.TYPE:
+            return _path(auth, registry)
         if kind == Entitlement.TYPE:
             return _entitlement(auth, registry)
         raise Rejected(
-            Code.UNKNOWN_TYPE, "type", f"an auth is a settlement, matched, linked or entitlement, not {kind!r}"
+            Code.UNKNOWN_TYPE, "type", f"an auth is a settlement, matched, linked, path or entitlement, not {kind!r}"
         )
     except Rejected as error:
         raise Rejected(error.code, f"auth.{error.field}", error.reason) from None
@@ -213,6 +223,51 @@ def linked_id(pairs: list[Terms]) -> str:
     """A linked settlement's id, from its pairs' tries: the same whoever computes it,
     and another for each try of the pairs."""
     return LINKED_PREFIX + hashlib.sha256(" ".join(sorted(terms.id for terms in pairs)).encode()).hexdigest()[:40]
+
+
+def _path(auth: dict, registry: Registry | None) -> Terms:
+    """The payer's order and every intermediary's hop, each signed by its party, joined
+    into one chain (protocols.paths.chain); the legs from the payee's back to the payer's."""
+    path: PaymentPath = from_body(auth, allowed=(PaymentPath,))
+    try:
+        signed_payment = from_wire(path.payment, allowed=(PathPayment,))
+        payment: PathPayment = signed_payment.msg
+        if registry is not None:
+            registry.verify_all(signed_payment)
+            registry.signed_by(signed_payment, (payment.payer,))
+        if payment.coordinator != path.coordinator:
+            raise Rejected(Code.NOT_AUTHORISED, "coordinator", f"names {payment.coordinator}")
+    except Rejected as error:
+        raise Rejected(error.code, f"payment.{error.field}", error.reason) from None
+    hops: list[Hop] = []
+    for index, body in enumerate(path.hops):
+        try:
+            signed = from_wire(body, allowed=(Hop,))
+            hop: Hop = signed.msg
+            if registry is not None:
+                registry.verify_all(signed)
+                registry.signed_by(signed, (hop.intermediary,))
+            for field, value, expected in (
+                ("payment", hop.payment, payment.id),
+                ("coordinator", hop.coordinator, path.coordinator),
+            ):
+                if value != expected:
+                    raise Rejected(Code.NOT_AUTHORISED, field, f"names {value}, not {expected}")
+        except Rejected as error:
+            raise Rejected(error.code, f"hops[{index}].{error.field}", error.reason) from None
+        hops.append(hop)
+    joined = paths.chain(payment, hops)
+    return Terms(
+        paths.path_id(payment),
+        "path",
+        path.coordinator,
+        0,
+        min(payment.deadline_ms, *(hop.decide_by_ms for hop in hops)),
+        joined.legs[::-1],
+        joined.payers[::-1],
+        joined.payees[::-1],
+        backstops=joined.backstops[::-1],
+    )
 
 
 def _pair(matched: Matched, registry: Registry | None) -> tuple[Terms, tuple[OneSided, OneSided]]:

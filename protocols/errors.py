@@ -43,6 +43,7 @@ class Code(enum.Enum):
     WRONG_PREIMAGE = "wrong_preimage"
     EXPIRY_OUT_OF_RANGE = "expiry_out_of_range"
     NOT_YET = "not_yet"  # before a settlement's earliest time: send again then
+    NO_PATH = "no_path"  # no intermediaries' quotes carry a multi-hop payment within its limit
     # the transport (temporary)
     TIMEOUT = "timeout"
     OVERLOADED = "overloaded"

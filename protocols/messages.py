@@ -33,6 +33,8 @@ LATER = {"left_out_at_default": True}  # a field added in a later release: absen
 # so what was signed before it existed keeps its bytes
 ABORT_BY_MAX = 4
 LINKED_PAIRS_MAX = 8  # matched pairs settled together as one linked settlement
+PATH_HOPS_MAX = 4  # intermediaries along one multi-hop payment: it moves on one more ledger than that
+QUOTES_MAX = 64  # quotes in one intermediary's answer
 ATTEMPTS_MAX = 99_999  # a matched pair's tries: an attempt's settlement id stays within 48 characters
 QUERY_LIMIT_MAX = 1000
 
@@ -723,6 +725,168 @@ class Linked(Body):
     pairs: tuple[dict, ...] = attrs.field(validator=linked_pairs)
 
 
+@message("path_payment")
+@attrs.frozen
+class PathPayment(Body):
+    """A payer's order to its coordinator: pay `amount` of `asset` into the payee's
+    `to_account` on `to_ledger`, from `source_asset` in its own `from_account` on
+    `from_ledger`, spending at most `source_max` there; intermediaries chosen by the
+    coordinator from their quotes carry it between the ledgers (a multi-hop PvP, each
+    hop its own lock, one secret for the whole path). Signed by the payer."""
+
+    id: str = attrs.field(validator=settlement_id)
+    coordinator: str = attrs.field(validator=ident)
+    payer: str = attrs.field(validator=ident)
+    ts_ms: int = attrs.field(validator=time_ms)
+    from_ledger: str = attrs.field(validator=ident)
+    from_account: str = attrs.field(validator=ident)
+    source_asset: str = attrs.field(validator=currency)
+    source_max: int = attrs.field(validator=amount)
+    payee: str = attrs.field(validator=ident)
+    to_ledger: str = attrs.field(validator=ident)
+    to_account: str = attrs.field(validator=ident)
+    asset: str = attrs.field(validator=currency)
+    amount: int = attrs.field(validator=amount)
+    deadline_ms: int = attrs.field(validator=time_ms)
+
+
+@message("quote_request")
+@attrs.frozen
+class QuoteRequest(Body):
+    """A coordinator asks an intermediary for its quotes to carry one payment (the
+    payer's signed `path_payment`, as received)."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    payment: dict = attrs.field(validator=an_object)
+
+
+@message("quote")
+@attrs.frozen
+class Quote(Body):
+    """An intermediary's price for one hop of one payment: it takes `takes_asset` into
+    `takes_account` on `takes_ledger` and gives `gives_asset` from `gives_account` on
+    `gives_ledger`, at most floor(taken x rate_num / rate_den) and no more than
+    `gives_max`; its hop's incoming lock must outlive its outgoing one by `margin_ms`
+    at least (its time to claim, once its outgoing lock is claimed); asked to accept
+    by `valid_until_ms`."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    intermediary: str = attrs.field(validator=ident)
+    payment: str = attrs.field(validator=settlement_id)
+    takes_ledger: str = attrs.field(validator=ident)
+    takes_account: str = attrs.field(validator=ident)
+    takes_asset: str = attrs.field(validator=currency)
+    gives_ledger: str = attrs.field(validator=ident)
+    gives_account: str = attrs.field(validator=ident)
+    gives_asset: str = attrs.field(validator=currency)
+    rate_num: int = attrs.field(validator=amount)
+    rate_den: int = attrs.field(validator=amount)
+    gives_max: int = attrs.field(validator=amount)
+    margin_ms: int = attrs.field(validator=amount)
+    valid_until_ms: int = attrs.field(validator=time_ms)
+
+
+def quote_bodies(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if len(value) > QUOTES_MAX or not all(isinstance(item, dict) for item in value):
+        raise Rejected(Code.MALFORMED, attribute.name, f"must hold up to {QUOTES_MAX} quotes, each an object")
+
+
+@message("quotes")
+@attrs.frozen
+class Quotes(Body):
+    """An intermediary's answer to a `quote_request`: its quotes, each a `quote` body,
+    signed once with the answer (none: it will not carry this payment)."""
+
+    intermediary: str = attrs.field(validator=ident)
+    payment: str = attrs.field(validator=settlement_id)
+    time_ms: int = attrs.field(validator=time_ms)
+    quotes: tuple[dict, ...] = attrs.field(validator=quote_bodies)
+
+
+def hop_legs(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if len(value) != 2 or not all(isinstance(leg, SettlementLeg) for leg in value):
+        raise Rejected(
+            Code.MALFORMED, attribute.name, "a hop holds two legs, each an object: what it takes, what it gives"
+        )
+    takes, gives = value
+    if takes.ledger == gives.ledger:
+        raise _invalid(attribute, "an intermediary takes on one ledger and gives on another")
+
+
+def two_times(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if len(value) != 2:
+        raise Rejected(Code.MALFORMED, attribute.name, "must hold two times: the incoming lock's, the outgoing's")
+    for item in value:
+        time_ms(_, attribute, item)
+    if value[0] <= value[1]:
+        raise _invalid(attribute, "the incoming lock's backstop comes after the outgoing lock's")
+
+
+@message("hop")
+@attrs.frozen
+class Hop(Body):
+    """An intermediary's acceptance of its hop in one payment, as the coordinator chose
+    the path: it is paid `legs[0]` and pays `legs[1]`, whose decision locks' backstops
+    are `backstops_ms` (the incoming one later: its time to claim), decided by
+    `decide_by_ms`. Carried in the path's `auth`; the ledgers hold each lock to it."""
+
+    payment: str = attrs.field(validator=settlement_id)
+    coordinator: str = attrs.field(validator=ident)
+    intermediary: str = attrs.field(validator=ident)
+    quote: str = attrs.field(validator=ident)
+    legs: tuple[SettlementLeg, ...] = attrs.field(validator=hop_legs)
+    backstops_ms: tuple[int, ...] = attrs.field(validator=two_times)
+    decide_by_ms: int = attrs.field(validator=time_ms)
+
+
+@message("hop_request")
+@attrs.frozen
+class HopRequest(Body):
+    """A coordinator asks an intermediary to accept a `hop` (its body, unsigned) under
+    one of its quotes (signed, as it answered)."""
+
+    id: str = attrs.field(validator=ident)
+    coordinator: str = attrs.field(validator=ident)
+    quotes: dict = attrs.field(validator=an_object)
+    hop: dict = attrs.field(validator=an_object)
+
+
+@message("hop_refused")
+@attrs.frozen
+class HopRefused(Body):
+    """An intermediary will not carry the hop asked of it, and why."""
+
+    intermediary: str = attrs.field(validator=ident)
+    payment: str = attrs.field(validator=settlement_id)
+    time_ms: int = attrs.field(validator=time_ms)
+    code: str = attrs.field(validator=ident)
+    field: str = attrs.field(validator=text(200))
+    reason: str = attrs.field(validator=text(1000))
+
+
+def path_hops(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if not 1 <= len(value) <= PATH_HOPS_MAX or not all(isinstance(item, dict) for item in value):
+        raise Rejected(Code.MALFORMED, attribute.name, f"must hold 1 to {PATH_HOPS_MAX} signed hops, each an object")
+
+
+@message("path")
+@attrs.frozen
+class PaymentPath(Body):
+    """A multi-hop payment as its locks carry it in `auth`: the payer's signed
+    `path_payment` and each intermediary's signed `hop`, from the payer's side to the
+    payee's. Legs run from the payee's back to the payer's (leg 0 pays the payee)."""
+
+    coordinator: str = attrs.field(validator=ident)
+    payment: dict = attrs.field(validator=an_object)
+    hops: tuple[dict, ...] = attrs.field(validator=path_hops)
+
+
 @message("corporate_action")
 @attrs.frozen
 class CorporateAction(Body):
@@ -1001,7 +1165,7 @@ def _reader(attribute: attrs.Attribute) -> Callable[[Any], Any] | None:
         return lambda value: _hex32(name, value)
     if attribute.validator is optional_digest32:
         return lambda value: None if value is None else _hex32(name, value)
-    if attribute.validator in (legs, settlement_legs):
+    if attribute.validator in (legs, settlement_legs, hop_legs):
         cls = Leg if attribute.validator is legs else SettlementLeg
 
         def read_legs(value: Any) -> tuple:

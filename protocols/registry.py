@@ -33,6 +33,7 @@ class Role(enum.Enum):
     COORDINATOR = "coordinator"  # drives cross-ledger settlements
     LEDGER = "ledger"  # a ledger service: signs receipts and journal entries
     OBSERVER = "observer"  # reads and audits
+    INTERMEDIARY = "intermediary"  # quotes and carries hops of multi-hop payments (protocols.paths)
 
 
 @attrs.frozen

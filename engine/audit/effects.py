@@ -320,6 +320,8 @@ def _lock(msg: Lock, signed: Signed, entry: Entry, replay: Replay, keys: Registr
             != (msg.owner_account, msg.beneficiary_account, msg.asset, msg.amount)
         ):
             raise Unvouched(f"lock {msg.id} is not a leg of settlement {terms.id} as its payers signed it")
+        if terms.backstops and msg.backstop_ms != terms.backstops[index]:
+            raise Unvouched(f"lock {msg.id} has backstop {msg.backstop_ms}, not the {terms.backstops[index]} signed")
         _payers(terms, replay, index, entry.ledger, entry.time_ms)
         _pairs(terms, replay, entry.ledger, entry.time_ms)
     else:

@@ -469,7 +469,7 @@ def _lock(state: State, driving: Driving, now_ms: int) -> tuple[Driving, list[Ac
         return _final(
             driving, record.to(Phase.FAILED, now_ms, reason_code=Code.EXPIRY_OUT_OF_RANGE.value, reason=reason)
         )
-    backstops = timing.backstops(now_ms, len(terms.legs))
+    backstops = terms.backstops or timing.backstops(now_ms, len(terms.legs))  # a path's are signed
     locks = tuple(
         unsigned(
             Lock(

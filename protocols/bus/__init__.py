@@ -67,6 +67,11 @@ def service_of_coordinator(coordinator_id: str) -> str:
     return f"coordinator/{coordinator_id}"
 
 
+def service_of_intermediary(party_id: str) -> str:
+    """Where an intermediary answers coordinators' quote and hop requests."""
+    return f"intermediary/{party_id}"
+
+
 def entries_topic(ledger_id: str) -> str:
     """Where a ledger publishes each journal entry as it commits: its change stream."""
     return f"ledger/{ledger_id}/entries"
