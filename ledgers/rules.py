@@ -349,6 +349,12 @@ def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) 
         )
     if set(msg.abort_by) - {terms.coordinator}:
         raise Rejected(Code.NOT_AUTHORISED, "abort_by", "a settlement's lock may name only its coordinator in abort_by")
+    if terms.backstops and msg.backstop_ms != terms.backstops[index]:
+        raise Rejected(
+            Code.NOT_AUTHORISED,
+            "backstop_ms",
+            f"leg {index}'s payer and payee signed for a decision lock with backstop {terms.backstops[index]}",
+        )
     _party_owns(changes, terms, index, ctx)
     _pairs_own(changes, terms, ctx)
     return (terms.payers[index],)

@@ -210,10 +210,10 @@ def chain(payment: PathPayment, path: Sequence[Hop]) -> Chain:
         ("asset", last.asset, payment.asset),
         ("amount", last.amount, payment.amount),
     )
-    for field, ours, ordered in ends:
-        if ours != ordered:
+    for name, given, wanted in ends:
+        if given != wanted:
             raise Rejected(
-                Code.NOT_AUTHORISED, f"hops[{len(path) - 1}].legs[1].{field}", f"is {ours}; the payer ordered {ordered}"
+                Code.NOT_AUTHORISED, f"hops[{len(path) - 1}].legs[1].{name}", f"is {given}; the payer ordered {wanted}"
             )
     for index, (hop, following) in enumerate(itertools.pairwise(path), start=1):
         if following.legs[0] != hop.legs[1]:
