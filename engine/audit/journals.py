@@ -115,6 +115,7 @@ class Terms:
     deadline_ms: int
     units: tuple[int, int] | None = None  # a partial try of a matched pair: the trade's units it moves
     pairs: tuple[str, ...] = ()  # a linked settlement's: the matched pairs' tries it settles together
+    payers: tuple[str, ...] = ()  # a multi-hop payment's: who pays each leg (leg i + 1 pays leg i's payer)
 
     def tries(self, entries: tuple[At, ...]) -> list[Try]:
         """The matched pairs' tries that moved, if it moved: itself, or each of its pairs."""
@@ -242,8 +243,9 @@ class LedgerJournal:
             terms = terms_of(instruction["auth"], None)  # its signatures: effects.check
             ledgers = tuple(leg.ledger for leg in terms.legs)
             pairs = tuple(pair.id for pair in terms.pairs)
+            payers = terms.payers if terms.kind == "path" else ()
             self.legs[instruction["id"]] = Terms(
-                terms.id, ledgers, terms.deadline_ms, _part(instruction["auth"]), pairs
+                terms.id, ledgers, terms.deadline_ms, _part(instruction["auth"]), pairs, payers
             )
 
     def _check_tokens(self, entry: Entry, at: At) -> None:
@@ -386,11 +388,23 @@ def judge(terms: Terms, legs: list[LegView]) -> tuple[str, Violation | str | Non
     entries = tuple(at for leg in legs for at in leg.entries)
     return "one-legged", Violation(
         Kind.ONE_LEGGED,
-        f"{said}leg {index} {_BEYOND_CLAIMING[other.state][0]} on {other.ledger}{_BEYOND_CLAIMING[other.state][1]}",
+        f"{said}leg {index} {_BEYOND_CLAIMING[other.state][0]} on {other.ledger}{_BEYOND_CLAIMING[other.state][1]}"
+        + _unpaid(terms, legs),
         tuple(dict.fromkeys(leg.ledger for leg in legs)),
         entries,
         terms.settlement,
     )
+
+
+def _unpaid(terms: Terms, legs: list[LegView]) -> str:
+    """In a multi-hop payment, each intermediary that paid its outgoing leg (leg i) and
+    cannot be paid its incoming one (leg i + 1): who lost by it."""
+    losers = [
+        f"{terms.payers[index]} paid leg {index} and was not paid leg {index + 1}"
+        for index in range(len(terms.payers) - 1)
+        if legs[index].state == "claimed" and legs[index + 1].state != "claimed" and not legs[index + 1].open
+    ]
+    return f"; {', '.join(losers)}" if losers else ""
 
 
 @attrs.frozen
