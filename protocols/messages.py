@@ -887,6 +887,30 @@ class PaymentPath(Body):
     hops: tuple[dict, ...] = attrs.field(validator=path_hops)
 
 
+def path_legs(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _expect(attribute, value, tuple, "a list")
+    if len(value) > PATH_HOPS_MAX + 1 or not all(isinstance(leg, SettlementLeg) for leg in value):
+        raise Rejected(Code.MALFORMED, attribute.name, f"must hold up to {PATH_HOPS_MAX + 1} legs, each an object")
+
+
+@message("path_status")
+@attrs.frozen
+class PathStatus(Body):
+    """The coordinator's answer to a `path_payment`: the settlement's phase, and the
+    path it took, from the payer's leg to the payee's, each leg paid by `parties[i]` to
+    `parties[i + 1]` (none if it was refused before any was chosen)."""
+
+    coordinator: str = attrs.field(validator=ident)
+    payment: str = attrs.field(validator=settlement_id)
+    settlement_id: str = attrs.field(validator=settlement_id)
+    phase: str = attrs.field(validator=ident)
+    time_ms: int = attrs.field(validator=time_ms)
+    reason_code: str = ""
+    reason: str = ""
+    legs: tuple[SettlementLeg, ...] = attrs.field(default=(), validator=path_legs)
+    parties: tuple[str, ...] = attrs.field(default=(), validator=idents(PATH_HOPS_MAX + 2))
+
+
 @message("corporate_action")
 @attrs.frozen
 class CorporateAction(Body):
@@ -1165,7 +1189,7 @@ def _reader(attribute: attrs.Attribute) -> Callable[[Any], Any] | None:
         return lambda value: _hex32(name, value)
     if attribute.validator is optional_digest32:
         return lambda value: None if value is None else _hex32(name, value)
-    if attribute.validator in (legs, settlement_legs, hop_legs):
+    if attribute.validator in (legs, settlement_legs, hop_legs, path_legs):
         cls = Leg if attribute.validator is legs else SettlementLeg
 
         def read_legs(value: Any) -> tuple:

@@ -21,6 +21,22 @@ def format_amount(asset: str, amount: int) -> str:
     return f"{asset} {sign}{major:,}.{minor:0{exponent}d}"
 
 
+def parse_amount(asset: str, text: str) -> int:
+    """An amount of a currency as a person writes it (`1000.00`, `1,000.5`) in minor
+    units; ValueError says why not: a currency not known, more decimals than it has."""
+    exponent = CURRENCIES.get(asset)
+    if exponent is None:
+        raise ValueError(f"{asset!r} is not an ISO 4217 currency")
+    cleaned = text.replace(",", "")
+    major, _, minor = cleaned.partition(".")
+    if not major.isdigit() or (minor and not minor.isdigit()) or len(minor) > exponent:
+        raise ValueError(f"{text!r} is not an amount of {asset} (at most {exponent} decimals)")
+    amount = int(major) * 10**exponent + int(minor.ljust(exponent, "0") or 0)
+    if amount <= 0:
+        raise ValueError(f"{text!r} is not a positive amount")
+    return amount
+
+
 def format_balance(asset: str, available: int, locked: int) -> str:
     """An account's balance of `asset`: what is available and what locks hold."""
     return f"{format_amount(asset, available)} available, {format_amount(asset, locked)} locked"

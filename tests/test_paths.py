@@ -18,7 +18,7 @@ from engine.world.local import COORDINATOR, Local
 from protocols.bus import service_of_coordinator
 from protocols.bus.clock import ServiceClock
 from protocols.bus.memory import MemoryBus
-from protocols.messages import PathPayment, SettlementStatus
+from protocols.messages import PathPayment, PathStatus
 from protocols.paths import PATH_PREFIX, path_id
 from protocols.settlement import Phase, Timing
 from protocols.signing import decode_signed
@@ -52,11 +52,11 @@ async def audited(local: Local) -> None:
     assert report.clean, report.text()
 
 
-async def pay(local: Local, payment_id: str, amount: int = 100_000, source_max: int = 110_000) -> SettlementStatus:
+async def pay(local: Local, payment_id: str, amount: int = 100_000, source_max: int = 110_000) -> PathStatus:
     """The payer's order sent to the coordinator; the settlement's status once final."""
     raw = world.payment(local, payment_id, amount, source_max, local.clock.now_ms() + 60_000)
     reply = await local.bus.request(service_of_coordinator(COORDINATOR), raw, timeout_s=600)
-    return decode_signed(reply, allowed=(SettlementStatus,)).msg
+    return decode_signed(reply, allowed=(PathStatus,)).msg
 
 
 def settlement_of(local: Local, payment_id: str):

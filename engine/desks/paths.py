@@ -5,8 +5,8 @@ registry for its quotes, all at once, chooses the path that costs the payer leas
 each intermediary on it to accept its hop, and settles the payer's order and the signed
 hops as one `path` through the coordinator: a decision lock a hop, one secret for all,
 each lock's backstop the one its payer and payee signed. An intermediary that refuses
-its hop, or does not answer, is left out and the path chosen again. The answer is the
-settlement's status once final.
+its hop, or does not answer, is left out and the path chosen again. The answer, a
+`path_status`, is the settlement's phase once final and the path it took.
 
 Nothing is journaled before the settlement starts: until then nothing is locked, and the
 order sent again is routed again. Its settlement id comes from the payer and the
@@ -19,18 +19,20 @@ import logging
 
 import trio
 
+from protocols.authority import terms_of
 from protocols.bus import BusTimeout, service_of_intermediary
+from protocols.canonical import decode
 from protocols.errors import Code, Rejected
 from protocols.messages import (
     Hop,
     HopRefused,
     HopRequest,
     PathPayment,
+    PathStatus,
     PaymentPath,
     Quote,
     QuoteRequest,
     Quotes,
-    SettlementStatus,
     from_body,
     to_body,
 )
@@ -38,6 +40,7 @@ from protocols.paths import Route, check_hop, choose, hops, path_id
 from protocols.registry import Role
 from protocols.signing import Signed, decode_signed
 
+from ..coordinator.journal import Record
 from .base import Desk
 
 log = logging.getLogger("lockstep.paths")
@@ -67,7 +70,7 @@ class PathDesk(Desk):
             raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.coordinator.id!r}")
         settlement_id = path_id(payment)
         if self.coordinator.journal.get(settlement_id) is not None:
-            return self.coordinator.status(await self.coordinator.wait(settlement_id))
+            return self._status(payment, await self.coordinator.wait(settlement_id))
         self._orders.setdefault(settlement_id, signed)
         done, answer = self._answers.setdefault(settlement_id, (trio.Event(), []))
         self._serve(settlement_id)
@@ -76,27 +79,44 @@ class PathDesk(Desk):
 
     async def _carry_out(self, settlement_id: str) -> None:
         signed = self._orders[settlement_id]
+        payment = signed.msg
         try:
             auth = await self._route(signed)
-            reply = self.coordinator.status(await self.coordinator.settle(auth))
+            reply = self._status(payment, await self.coordinator.settle(auth))
         except Rejected as error:
-            log.info("payment %s of %s not routed: %s", signed.msg.id, signed.msg.payer, error.reason)
-            reply = self.coordinator.sign(
-                SettlementStatus(
-                    self.coordinator.id,
-                    settlement_id,
-                    "rejected",
-                    self.coordinator.clock.now_ms(),
-                    error.code.value,
-                    f"{error.field}: {error.reason}",
-                )
+            log.info("payment %s of %s not routed: %s", payment.id, payment.payer, error.reason)
+            refusal = PathStatus(
+                self.coordinator.id,
+                payment.id,
+                settlement_id,
+                "rejected",
+                self.coordinator.clock.now_ms(),
+                error.code.value,
+                f"{error.field}: {error.reason}",
             )
+            reply = self.coordinator.sign(refusal)
         finally:
             self._serving.discard(settlement_id)
             del self._orders[settlement_id]
         done, answer = self._answers.pop(settlement_id)
         answer.append(reply)
         done.set()
+
+    def _status(self, payment: PathPayment, record: Record) -> bytes:
+        """The payment's settlement as it stands, with the path it took."""
+        terms = terms_of(decode(record.instruction), None)
+        status = PathStatus(
+            self.coordinator.id,
+            payment.id,
+            record.settlement_id,
+            record.phase.value,
+            self.coordinator.clock.now_ms(),
+            record.reason_code,
+            record.reason,
+            terms.legs[::-1],
+            (*terms.payers[::-1], terms.payees[0]),
+        )
+        return self.coordinator.sign(status)
 
     # -- routing ----------------------------------------------------------------------------
 
