@@ -108,6 +108,33 @@ def _engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _intermediary(args: argparse.Namespace) -> int:
+    from engine import daemon
+
+    trio.run(daemon.run_intermediary, args.config, args.broker)
+    return 0
+
+
+def _pay(args: argparse.Namespace) -> int:
+    from engine.client import pay
+
+    return trio.run(
+        pay.main,
+        args.broker,
+        args.registry,
+        args.coordinator,
+        args.party,
+        args.key,
+        args.id,
+        args.source,
+        args.source_max,
+        args.payee,
+        args.target,
+        args.amount,
+        args.deadline_s,
+    )
+
+
 def _status(args: argparse.Namespace) -> int:
     from engine.client import status
 
@@ -442,6 +469,56 @@ def parser() -> argparse.ArgumentParser:
                 "--key", metavar="FILE", help="that party's private key (default: the coordinator's key file)"
             )
         engine.set_defaults(run=_engine)
+
+    intermediary = command(
+        "intermediary",
+        "run a market maker's service: quotes and accepts hops of multi-hop payments",
+        "Run an intermediary (a market maker or correspondent) on an MQTT broker until SIGTERM or SIGINT: it "
+        "answers coordinators' quote requests from its book of offers and signs the hops it accepts "
+        "(docs/PROTOCOL.md, multi-hop payments).",
+    )
+    intermediary.add_argument("--config", required=True, metavar="FILE", help="the intermediary's TOML file")
+    intermediary.add_argument("--broker", metavar="URL", help=BROKER_OVERRIDE_HELP)
+    intermediary.set_defaults(run=_intermediary)
+
+    pay = command(
+        "pay",
+        "pay another ledger's currency through intermediaries the coordinator finds",
+        "Send a payer's signed multi-hop payment to the coordinator: it pays --amount into --to from the "
+        "payer's --from account, in another currency on another ledger, through intermediaries chosen from "
+        "their quotes, spending at most --source-max; print the outcome and each hop.",
+    )
+    _back_office(pay, "the payer (who signs)")
+    pay.add_argument("--id", required=True, help="the payment's id (sent again: its outcome, nothing paid twice)")
+    pay.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        type=_cash_account,
+        metavar="LEDGER:ACCOUNT:CCY",
+        help="the payer's account it pays from, and the currency",
+    )
+    pay.add_argument(
+        "--source-max", required=True, metavar="AMOUNT", help="the most it spends of that currency, such as 1100.00"
+    )
+    pay.add_argument("--payee", required=True, metavar="ID", help="the party paid")
+    pay.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        type=_cash_account,
+        metavar="LEDGER:ACCOUNT:CCY",
+        help="the payee's account, and the currency it is paid in",
+    )
+    pay.add_argument("--amount", required=True, metavar="AMOUNT", help="what the payee gets, such as 1000.00")
+    pay.add_argument(
+        "--deadline-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="how long the coordinator has to route it and decide (default: 60)",
+    )
+    pay.set_defaults(run=_pay)
 
     status = command(
         "status",

@@ -1,5 +1,5 @@
-"""`lockstep coordinator` and `lockstep watchtower`: the engine's services as their own
-processes on an MQTT broker. SIGTERM or SIGINT stops them; a coordinator killed any
+"""`lockstep coordinator`, `lockstep watchtower` and `lockstep intermediary`: the
+engine's services as their own processes on an MQTT broker. SIGTERM or SIGINT stops them; a coordinator killed any
 harder resumes every unfinished settlement from its journal when started again."""
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from protocols.failures import ExpectedFailure
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey
 
+from .client.intermediary import Intermediary, IntermediaryConfig
 from .config import CoordinatorConfig
 from .coordinator import Coordinator
 from .coordinator.journal import Hold, Journal, JournalInUse, hold
 from .coordinator.metrics import CoordinatorMetrics
 from .coordinator.postgres import JournalUnavailable
 from .desks.matching import MatchingDesk
+from .desks.paths import PathDesk
 from .desks.repo import RepoDesk
 from .desks.servicing import ServicingDesk
 from .watchtower import Watchtower
@@ -201,6 +203,7 @@ class _Part:
                 coordinator.add_desk(MatchingDesk(coordinator, config.settlement_ledgers, config.calendars))
                 coordinator.add_desk(ServicingDesk(coordinator))
                 coordinator.add_desk(RepoDesk(coordinator))
+                coordinator.add_desk(PathDesk(coordinator))
                 coordinator_metrics = CoordinatorMetrics(coordinator)  # before any settlement is resumed
                 await nursery.start(coordinator.run)
                 log.info(
@@ -254,4 +257,32 @@ async def run_watchtower(
             ", ".join(config.ledgers),
             config.coordinator_id,
             redacted(url),
+        )
+
+
+async def run_intermediary(config_path: str, broker: str | None = None) -> None:
+    """A market maker's quoting and accepting service, until SIGTERM or SIGINT."""
+    config = IntermediaryConfig.load(config_path)
+    registry = Registry.load(config.registry)
+    key = PrivateKey.load(config.key_file)
+    source = f"intermediary config {config_path}"
+    party = registry.get(config.party)
+    if party is None or Role.INTERMEDIARY not in party.roles:
+        raise DaemonError(source, f"intermediary: {config.party!r} is not an intermediary of the registry")
+    if party.public_key.public_numbers() != key.public.public_numbers():
+        raise DaemonError(f"private key {config.key_file}", f"not the key registered for {config.party}")
+    url = broker or config.broker
+    if url is None:
+        raise DaemonError(source, "broker: required (or pass --broker)")
+    async with _until_signalled(url, f"intermediary-{config.party}") as (bus, nursery):
+        intermediary = Intermediary(
+            config.party, key, registry, bus, ServiceClock(), config.offers, config.margin_ms, config.quote_valid_ms
+        )
+        await nursery.start(intermediary.run)
+        log.info(
+            "intermediary %s quoting %d offers on %s, margin %d ms",
+            config.party,
+            len(config.offers),
+            redacted(url),
+            config.margin_ms,
         )

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
+from protocols.bus import service_of_intermediary
 from protocols.bus.address import with_files
 from protocols.registry import Party, Registry, Role
 from protocols.signing import PrivateKey
@@ -36,7 +37,7 @@ class World:
     directory: Path
     registry: Registry
     keys: dict[str, PrivateKey]
-    ledger_configs: dict[str, Path]  # and the coordinators' configs, by party id
+    ledger_configs: dict[str, Path]  # and the coordinators' and intermediaries' configs, by party id
     broker: str = LOCAL_BROKER  # the URL the configs name
     broker_password_file: Path | None = None  # a secured world's, for Broker(password_file=...)
     broker_acl_file: Path | None = None
@@ -138,12 +139,18 @@ def lay_out(
 
 
 def secure(world: World, ledgers: list[LedgerSpec], parties: dict[str, tuple[Role, ...]]) -> tuple[Path, Path]:
-    """A broker user per party (its id; an observer may also publish alerts), per ledger
+    """A broker user per party (its id; an observer may also publish alerts, an
+    intermediary answers on its own service), per ledger
     service and per coordinator and its watchtower, each with a random password in
     world.password_path(user); then the broker's hashed password file and ACL, under
     broker/. The watchtower reads its coordinator's config, so they share a password."""
     accounts = [
-        Account(party, publishes=(ALERTS_TOPIC,) if Role.OBSERVER in roles else ()) for party, roles in parties.items()
+        Account(
+            party,
+            serves=(service_of_intermediary(party),) if Role.INTERMEDIARY in roles else (),
+            publishes=(ALERTS_TOPIC,) if Role.OBSERVER in roles else (),
+        )
+        for party, roles in parties.items()
     ]
     accounts += [ledger_account(spec.ledger_id) for spec in ledgers]
     sharing = {}  # watchtower user -> the coordinator user whose password it uses

@@ -49,7 +49,26 @@ def account(party: str, currency: str) -> str:
 
 
 def path_world(directory: str | Path, broker: str | None = None) -> World:
-    return lay_out(directory, LEDGERS, PARTIES, broker=broker)
+    """The world on disk, with each market maker's config beside the ledgers' and the
+    coordinator's: `lockstep intermediary --config DIR/mm-1.toml` runs mm-1."""
+    world = lay_out(directory, LEDGERS, PARTIES, broker=broker)
+    for party in RATES:
+        offer = offers(party)[0]
+        lines = [
+            f'intermediary = "{party}"',
+            f'key_file = "keys/{party}.pem"',
+            'registry = "registry.toml"',
+            f'broker = "{world.broker}"',
+            "",
+            "[[offers]]",
+            f'takes = "{offer.takes.ledger}:{offer.takes.asset}:{offer.takes.account}"',
+            f'gives = "{offer.gives.ledger}:{offer.gives.asset}:{offer.gives.account}"',
+            f'rate = "{RATES[party][2]}"',
+            f"gives_max = {offer.gives_max}",
+        ]
+        world.ledger_configs[party] = world.directory / f"{party}.toml"
+        world.ledger_configs[party].write_text("\n".join(lines) + "\n")
+    return world
 
 
 def offers(party: str) -> tuple[Offer, ...]:

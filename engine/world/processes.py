@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from protocols.bus import BusTimeout, service_of_coordinator
+from protocols.bus import BusTimeout, service_of_coordinator, service_of_intermediary
 from protocols.bus.client import LedgerClient
 from protocols.messages import QueryInfo, QuerySettlement
 from protocols.signing import unsigned
@@ -108,13 +108,15 @@ class ServiceProcess:
 
     async def _ping(self, bus) -> object:
         """A ledger's info (its journal height among it); a coordinator's refusal of an
-        unknown settlement, which shows it serves."""
+        unknown settlement, an intermediary's of a message not for it: each shows it serves."""
         if self.command == "ledger":
             client = LedgerClient(
                 bus, self.party, self.world.registry[self.party].public_key, timeout_s=PING_TIMEOUT_S, attempts=1
             )
             return await client.query(QueryInfo(client.next_query_id(), self.party))
         query = unsigned(QuerySettlement("ping", self.party, "ping")).encode()
+        if self.command == "intermediary":  # it answers with a signed refusal
+            return await bus.request(service_of_intermediary(self.party), query, timeout_s=PING_TIMEOUT_S)
         return await bus.request(service_of_coordinator(self.party), query, timeout_s=PING_TIMEOUT_S)
 
     def kill(self) -> None:
