@@ -179,8 +179,11 @@ def _chaos(args: argparse.Namespace) -> int:
     if args.coordinators < 1 or (args.coordinators > 1 and args.bus != "mqtt"):
         print("lockstep chaos: --coordinators: 1 or more, and more than 1 only with --bus mqtt", file=sys.stderr)
         return 2
-    if args.queue and args.bus != "memory":
-        print("lockstep chaos: --queue runs on the memory bus", file=sys.stderr)
+    if (args.queue or args.paths) and args.bus != "memory":
+        print("lockstep chaos: --queue and --paths run on the memory bus", file=sys.stderr)
+        return 2
+    if args.queue and args.paths:
+        print("lockstep chaos: --queue or --paths, not both", file=sys.stderr)
         return 2
     mqtt_only = args.broker_cluster or args.strikes is not None or args.broker_kind != "mosquitto"
     if (mqtt_only or args.store != "sqlite") and args.bus != "mqtt":
@@ -198,6 +201,7 @@ def _chaos(args: argparse.Namespace) -> int:
         backstop_ms=args.backstop_ms,
         **({"coordinators": args.coordinators} if args.coordinators != 1 else {}),
         **({"queue": True} if args.queue else {}),
+        **({"paths": True} if args.paths else {}),
         **(
             {
                 "broker_cluster": args.broker_cluster,
@@ -600,6 +604,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="trade through the matching desk, most trades short of bonds or cash at first and waiting in "
         "its settlement queue until a funder hands them back (memory bus); reports trades and value released",
+    )
+    chaos.add_argument(
+        "--paths",
+        action="store_true",
+        help="pay CHF from EUR through market makers the coordinator chooses from their quotes, each hop its own "
+        "lock on its own ledger (memory bus); the intermediaries never claim; reports payments by path",
     )
     chaos.add_argument(
         "--long-outages",

@@ -909,6 +909,7 @@ class PathStatus(Body):
     reason: str = ""
     legs: tuple[SettlementLeg, ...] = attrs.field(default=(), validator=path_legs)
     parties: tuple[str, ...] = attrs.field(default=(), validator=idents(PATH_HOPS_MAX + 2))
+    steps: tuple = ()  # as settlement_status's: [phase, time] each
 
 
 @message("corporate_action")

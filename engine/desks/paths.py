@@ -115,6 +115,7 @@ class PathDesk(Desk):
             record.reason,
             terms.legs[::-1],
             (*terms.payers[::-1], terms.payees[0]),
+            tuple(list(step) for step in record.steps),
         )
         return self.coordinator.sign(status)
 
@@ -154,9 +155,14 @@ class PathDesk(Desk):
 
         async def ask(party: str) -> None:
             answer = await self._ask(party, request, (Quotes,))
-            if answer is not None and answer.msg.payment == signed.msg.id:
+            if answer is None or answer.msg.payment != signed.msg.id:
+                return
+            try:
                 quotes = [from_body(body, allowed=(Quote,)) for body in answer.msg.quotes]
-                offered[party] = (answer.wire(), [q for q in quotes if q.intermediary == party])
+            except Rejected as error:
+                log.info("intermediary %s: its quotes do not read: %s", party, error)
+                return
+            offered[party] = (answer.wire(), [q for q in quotes if q.intermediary == party])
 
         async with trio.open_nursery() as nursery:
             for party in self.coordinator.registry:
@@ -169,11 +175,13 @@ class PathDesk(Desk):
     ) -> list[dict | None]:
         """Each intermediary's signed hop as proposed, or None where it would not accept it."""
         timing = self.coordinator.timing
-        proposed = hops(payment, route, now_ms + timing.backstop_ms, timing.margin_ms, payment.deadline_ms)
+        decide_by_ms = min(payment.deadline_ms, now_ms + round(ASK_S * 1000) + timing.decide_ms)
+        proposed = hops(payment, route, now_ms + timing.backstop_ms, timing.margin_ms, decide_by_ms)
+        for hop, quote in zip(proposed, route.quotes, strict=True):
+            check_hop(quote, hop, now_ms)  # ours to propose only what it quoted
         accepted: list[dict | None] = [None] * len(proposed)
 
-        async def ask(index: int, hop: Hop, quote: Quote) -> None:
-            check_hop(quote, hop, now_ms)  # ours to propose only what it quoted
+        async def ask(index: int, hop: Hop) -> None:
             request = HopRequest(self._next_id(), self.coordinator.id, offered[hop.intermediary][0], to_body(hop))
             answer = await self._ask(hop.intermediary, request, (Hop, HopRefused))
             if answer is not None and answer.msg == hop:
@@ -184,8 +192,8 @@ class PathDesk(Desk):
                 )
 
         async with trio.open_nursery() as nursery:
-            for index, (hop, quote) in enumerate(zip(proposed, route.quotes, strict=True)):
-                nursery.start_soon(ask, index, hop, quote)
+            for index, hop in enumerate(proposed):
+                nursery.start_soon(ask, index, hop)
         return accepted
 
     async def _ask(self, party: str, request, answers: tuple) -> Signed | None:

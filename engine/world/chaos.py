@@ -29,6 +29,13 @@ all of it once the run is over, when every trade must settle. It reports the tra
 settled and the value they released; the audit also checks that no trade's units were
 settled twice by its tries.
 
+With `paths`, the world is three one-currency CBDC ledgers and three market makers
+(engine/world/paths.py), and each back office is a payer's: it pays CHF from EUR through
+intermediaries the coordinator chooses from their quotes (a multi-hop payment, each hop
+its own lock, one secret). The intermediaries never claim (no watchtower of theirs); a
+partition cut as a second leg's claim is sent falls on a middle hop. The audit names any
+intermediary that paid and was not paid.
+
 Besides the audit it measures liveness: how long after an outage ended each settlement
 that lived through it took to end, and what the locks cost, how long each was held and
 the value held in locks over time. Process-level kills and a broker restart are in
@@ -53,7 +60,7 @@ from protocols.bus import service_of_ledger
 from protocols.bus.faults import Faults, FaultyBus
 from protocols.bus.memory import MemoryBus
 from protocols.htlc import LockState
-from protocols.messages import QueryLocks, Settlement, SettlementLeg, SettlementStatus
+from protocols.messages import LEGS_MAX, PathStatus, QueryLocks, Settlement, SettlementLeg, SettlementStatus
 from protocols.money import format_amount
 from protocols.settlement import Timing, lock_id
 from protocols.signing import decode_signed
@@ -61,6 +68,8 @@ from protocols.signing import decode_signed
 from ..audit.journals import Kind, LedgerJournal, Report, Violation, audit, read_over_bus
 from ..audit.observer import Observer
 from ..desks.matching import MatchingDesk
+from ..desks.paths import PathDesk
+from . import paths as path_world
 from . import trades
 from .local import LEDGERS, PLACES, Local, dvp_legs, standard_world
 
@@ -152,6 +161,14 @@ class Outcome:
     trades: Counter = attrs.field(factory=Counter)  # queue mode: each trade's end
     released_minor: int = 0  # queue mode: the cash of the trades settled
 
+    def paid(self, status: PathStatus) -> None:
+        """A multi-hop payment's final status, as its payer received it."""
+        self.phases[status.phase] += 1
+        self.paths[f"{len(status.legs) - 1} intermediaries" if status.legs else "not routed"] += 1
+        if status.steps:
+            needed = frozenset({status.coordinator, *(leg.ledger for leg in status.legs)})
+            self.lives.append((status.steps[0][1], status.steps[-1][1], needed))
+
     def ended(self, settlement: Settlement, status: SettlementStatus) -> None:
         """A settlement's final status, as its back office received it."""
         self.phases[status.phase] += 1
@@ -200,6 +217,11 @@ class Outcome:
             ("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items())) or "none"),
             ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items())) or "none"),
             *(
+                [("payments by path", ", ".join(f"{path} {n}" for path, n in sorted(self.paths.items())))]
+                if any("intermediar" in path or path == "not routed" for path in self.paths)
+                else []
+            ),
+            *(
                 [
                     ("trades through the queue", ", ".join(f"{end} {n}" for end, n in sorted(self.trades.items()))),
                     ("value released", format_amount("EUR", self.released_minor)),
@@ -239,6 +261,7 @@ async def run(
     settlements: int | None = None,
     backstop_ms: int | None = None,
     queue: bool = False,
+    paths: bool = False,
 ) -> Outcome:
     """Run the workload for `seconds` (or until `settlements` have ended, if that comes
     first) under `faults`, wait for every settlement to end, then audit every ledger
@@ -251,7 +274,8 @@ async def run(
     chance = random.Random(seed)
     outcome = Outcome()
     bus = MemoryBus()
-    world = standard_world(directory)
+    world = path_world.path_world(directory) if paths else standard_world(directory)
+    specs = path_world.LEDGERS if paths else LEDGERS
     message_faults = Faults(**{k: v for fault in faults for k, v in MESSAGE_FAULTS.get(fault, {}).items()})
     faulty = FaultyBus(
         bus,
@@ -270,17 +294,21 @@ async def run(
             spec.ledger_id: chance.randint(-CHAOS_TIMING.clock_skew_ms_max // 2, CHAOS_TIMING.clock_skew_ms_max // 2)
             if "skew" in faults
             else 0
-            for spec in LEDGERS
+            for spec in specs
         }
-        for spec in LEDGERS:
+        for spec in specs:
             await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
         if "skew" in faults:
             outcome.faults["skewed clocks"] += sum(1 for skew in skews.values() if skew)
-        await local.fund_standard()
-        ledger_ids = [spec.ledger_id for spec in LEDGERS]
+        if paths:
+            await path_world.fund(local)
+            await path_world.start_intermediaries(local, nursery, timing.margin_ms)
+        else:
+            await local.fund_standard()
+        ledger_ids = [spec.ledger_id for spec in specs]
         observer = Observer(world.registry, bus, ledger_ids, CHAOS_TIMING.margin_ms, local.clock, publish=False)
         await nursery.start(observer.run)
-        desks = (lambda c: MatchingDesk(c, PLACES),) if queue else ()
+        desks = (lambda c: MatchingDesk(c, PLACES),) if queue else (PathDesk,) if paths else ()
         start_coordinator = functools.partial(local.start_coordinator, timing, bus=faulty, desks=desks)
         if queue:
             aside = await trades.put_aside(local)
@@ -318,7 +346,7 @@ async def run(
             draws = stream("kill-ledger")
             while True:
                 await trio.sleep(pause("kill-ledger", draws))
-                ledger = draws.choice([spec.ledger_id for spec in LEDGERS])
+                ledger = draws.choice(ledger_ids)
                 local.stop_ledger(ledger)
                 outcome.faults["kill-ledger"] += 1
                 outcome.went_down("kill-ledger", ledger, local.clock.now_ms())
@@ -331,14 +359,14 @@ async def run(
             while True:
                 await trio.sleep(pause("partition", draws))
                 tripped = trio.Event()  # whichever ledger is first sent a second leg's claim
-                for spec in LEDGERS:
-                    faulty.trip(service_of_ledger(spec.ledger_id), _claims_second_leg, tripped)
+                for ledger_id in ledger_ids:
+                    faulty.trip(service_of_ledger(ledger_id), _claims_second_leg, tripped)
                 with trio.move_on_after(PAUSE_S_MAX):  # else one is cut now, at no moment in particular
                     await tripped.wait()
                 faulty.trips.clear()
                 ledger = next(
-                    (spec.ledger_id for spec in LEDGERS if service_of_ledger(spec.ledger_id) in faulty.cut), None
-                ) or draws.choice([spec.ledger_id for spec in LEDGERS])
+                    (ledger_id for ledger_id in ledger_ids if service_of_ledger(ledger_id) in faulty.cut), None
+                ) or draws.choice(ledger_ids)
                 faulty.cut.add(service_of_ledger(ledger))
                 outcome.faults["partition"] += 1
                 outcome.went_down("partition", ledger, local.clock.now_ms())
@@ -386,6 +414,24 @@ async def run(
                             enough.set()
                         break
 
+        async def payer() -> None:
+            """Paths mode: payments through intermediaries, one after another, each sent
+            again (the same bytes) until its outcome comes."""
+            office = next(office_numbers)
+            draws = stream(f"payer-{office}")
+            for number in itertools.count():
+                if done.is_set():
+                    return
+                amount = draws.randint(1, 2_000_00)
+                raw = path_world.payment(
+                    local, f"pay-{office}-{number}", amount, amount * 2, local.clock.now_ms() + 30_000
+                )
+                while (reply := await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)) is None:
+                    pass
+                outcome.paid(decode_signed(reply, allowed=(PathStatus,)).msg)
+                if settlements is not None and sum(outcome.phases.values()) >= settlements:
+                    enough.set()
+
         async def funder() -> None:
             """Hand back, a little at a time, what was put aside."""
             draws = stream("funder")
@@ -396,7 +442,7 @@ async def run(
 
         async with trio.open_nursery() as offices:
             for _ in range(CONCURRENCY):
-                offices.start_soon(trading_office if queue else back_office)
+                offices.start_soon(trading_office if queue else payer if paths else back_office)
             async with trio.open_nursery() as strikes:
                 if queue:
                     strikes.start_soon(funder)
@@ -418,9 +464,9 @@ async def run(
             message_faults.delay = 0
             faulty.trips.clear()  # a wire still armed would cut a ledger after the run, unrecorded
             faulty.cut.clear()
-            for spec in LEDGERS:
-                if spec.ledger_id not in local.services:
-                    await local.start_ledger(spec.ledger_id, skew_ms=skews[spec.ledger_id])
+            for ledger_id in ledger_ids:
+                if ledger_id not in local.services:
+                    await local.start_ledger(ledger_id, skew_ms=skews[ledger_id])
             if state["scope"].cancel_called:
                 state["coordinator"], state["scope"] = await start_coordinator()
             if queue:  # all of it back: every trade waiting can settle now
@@ -432,7 +478,7 @@ async def run(
             while state["coordinator"].in_flight:
                 await trio.sleep(0.1)
         with trio.move_on_after(timing.total_ms() / 1000):  # a watchtower may still be ending one
-            while await _locks_held(local):
+            while await _locks_held(local, ledger_ids):
                 await trio.sleep(0.1)
         await judge(outcome, await read_over_bus(bus, world.registry, ledger_ids), observer, skews)
         nursery.cancel_scope.cancel()
@@ -453,12 +499,12 @@ async def judge(outcome: Outcome, journals: list[LedgerJournal], observer: Obser
     outcome.unalerted = sorted(missed)
 
 
-async def _locks_held(local: Local) -> bool:
+async def _locks_held(local: Local, ledger_ids: list[str]) -> bool:
     """Whether any ledger still holds a lock: once every settlement has ended, none may
     (the audit counts any left as in progress)."""
-    for spec in LEDGERS:
-        client = local.client(spec.ledger_id)
-        if await client.query(QueryLocks(client.next_query_id(), spec.ledger_id, 2**62, 1)):
+    for ledger_id in ledger_ids:
+        client = local.client(ledger_id)
+        if await client.query(QueryLocks(client.next_query_id(), ledger_id, 2**62, 1)):
             return True
     return False
 
@@ -507,14 +553,14 @@ def explain(
             journal.replay.locks[lock_id(settlement, index)],
             journal.ended.get(lock_id(settlement, index)),
         )
-        for index in range(2)
+        for index in range(LEGS_MAX)
         for journal in journals.values()
         if lock_id(settlement, index) in journal.replay.locks
     ]
     claimed = [leg for leg in legs if leg[1].state is LockState.CLAIMED]
     others = [leg for leg in legs if leg[1].state is not LockState.CLAIMED]
-    if len(claimed) != 1 or len(others) != 1 or claimed[0][2] is None:
-        return f"settlement {settlement}: {violation.reason} (its locks are not both in the journals)"
+    if not claimed or not others or claimed[0][2] is None:
+        return f"settlement {settlement}: {violation.reason} (its locks are not all in the journals)"
     (claim_ledger, _, claim_at), (other_ledger, other_lock, _) = claimed[0], others[0]
     assert claim_at is not None  # checked above
     start_ms = claim_at.time_ms - skews[claim_ledger]
@@ -601,6 +647,7 @@ def heading(
     settlements: int | None = None,
     coordinators: int = 1,
     queue: bool = False,
+    paths: bool = False,
 ) -> str:
     """What a run is, as its first line says."""
     return (
@@ -609,11 +656,12 @@ def heading(
         f"{f', backstop {backstop_ms} ms' if backstop_ms is not None else ''}"
         f"{f', {coordinators} coordinators' if coordinators > 1 else ''}"
         f"{', trades through the settlement queue' if queue else ''}"
+        f"{', payments through intermediaries' if paths else ''}"
     )
 
 
 def main(seconds: float, seed: int, faults: tuple[str, ...], **options) -> int:
-    """`options`: run's long_outages, settlements, backstop_ms and queue."""
+    """`options`: run's long_outages, settlements, backstop_ms, queue and paths."""
     directory = Path(tempfile.mkdtemp(prefix="lockstep-chaos-"))
     print(f"lockstep chaos: {heading(seconds, seed, faults, **options)}; world in {directory}", flush=True)
     try:
