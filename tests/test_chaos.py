@@ -86,3 +86,17 @@ async def test_a_backstop_passing_during_an_outage_is_reported_alerted_and_expla
         assert reachable_ms < CHAOS_TIMING.claim_deadline_ms, (
             why
         )  # the ledger was out of reach, not the coordinator slow
+
+
+async def test_payments_through_intermediaries_under_every_fault_end_clean(tmp_path):
+    """Multi-hop payments (EUR to CHF through market makers that never claim) under every
+    fault class at once: a hop's ledger killed or cut off at the worst moment (as a second
+    leg's claim, a middle hop's, is sent), the coordinator killed, messages lost. Every
+    payment ends whole or not at all: no intermediary pays without being paid, nothing
+    is created or lost, no lock is left."""
+    outcome = await run(tmp_path, seconds=60, seed=3, faults=FAULTS, settlements=30, paths=True)
+    report = outcome.report
+    assert report is not None and report.clean, report.text()
+    assert outcome.phases["settled"] > 0 and set(outcome.phases) <= {"settled", "rolled_back", "failed"}
+    assert outcome.paths["2 intermediaries"] > 0, outcome.paths
+    assert len(outcome.faults) >= 5, outcome.faults
