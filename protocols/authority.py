@@ -248,7 +248,7 @@ def _path(auth: dict, registry: Registry | None) -> Terms:
                 registry.verify_all(signed)
                 registry.signed_by(signed, (hop.intermediary,))
             for field, value, expected in (
-                ("payment", hop.payment, payment.id),
+                ("payment", hop.payment, paths.path_id(payment)),
                 ("coordinator", hop.coordinator, path.coordinator),
             ):
                 if value != expected:

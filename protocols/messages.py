@@ -774,7 +774,7 @@ class Quote(Body):
     id: str = attrs.field(validator=ident)
     coordinator: str = attrs.field(validator=ident)
     intermediary: str = attrs.field(validator=ident)
-    payment: str = attrs.field(validator=settlement_id)
+    payment: str = attrs.field(validator=settlement_id)  # the payment's settlement id, `p-…`
     takes_ledger: str = attrs.field(validator=ident)
     takes_account: str = attrs.field(validator=ident)
     takes_asset: str = attrs.field(validator=currency)
@@ -835,7 +835,7 @@ class Hop(Body):
     are `backstops_ms` (the incoming one later: its time to claim), decided by
     `decide_by_ms`. Carried in the path's `auth`; the ledgers hold each lock to it."""
 
-    payment: str = attrs.field(validator=settlement_id)
+    payment: str = attrs.field(validator=settlement_id)  # the payment's settlement id, `p-…`
     coordinator: str = attrs.field(validator=ident)
     intermediary: str = attrs.field(validator=ident)
     quote: str = attrs.field(validator=ident)

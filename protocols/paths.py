@@ -50,7 +50,7 @@ def takes_for(quote: Quote, gives: int) -> int:
 def usable(quote: Quote, payment: PathPayment, coordinator: str, now_ms: int) -> bool:
     """A quote this payment may be carried under."""
     return (
-        quote.payment == payment.id
+        quote.payment == path_id(payment)
         and quote.coordinator == coordinator
         and quote.valid_until_ms > now_ms
         and quote.intermediary not in (payment.payer, payment.payee, coordinator)
@@ -114,7 +114,7 @@ def hops(
         backstops.insert(0, backstops[0] + max(quote.margin_ms, margin_ms))
     return tuple(
         Hop(
-            payment.id,
+            path_id(payment),
             quote.coordinator,
             quote.intermediary,
             quote.id,

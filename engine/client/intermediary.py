@@ -39,7 +39,18 @@ from protocols.bus.address import broker_setting
 from protocols.bus.clock import ServiceClock
 from protocols.errors import Code, Rejected
 from protocols.failures import ExpectedFailure, read_toml
-from protocols.messages import Hop, HopRefused, HopRequest, PathPayment, Quote, QuoteRequest, Quotes, from_body, to_body
+from protocols.messages import (
+    SETTLEMENT_ID_PATTERN,
+    Hop,
+    HopRefused,
+    HopRequest,
+    PathPayment,
+    Quote,
+    QuoteRequest,
+    Quotes,
+    from_body,
+    to_body,
+)
 from protocols.paths import check_hop, path_id
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, decode_signed, from_wire, sign
@@ -157,7 +168,7 @@ class Intermediary:
         self._offers = offers
         self._margin_ms = margin_ms
         self._quote_valid_ms = quote_valid_ms
-        self._accepted: dict[str, tuple[Hop, bytes]] = {}  # payment id -> the hop it signed for it
+        self._accepted: dict[str, tuple[Hop, bytes]] = {}  # payment (its settlement id) -> the hop signed
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with self._bus.serve(service_of_intermediary(self.party)) as requests:
@@ -168,6 +179,7 @@ class Intermediary:
     def answer(self, payload: bytes) -> bytes:
         """Quotes for a `quote_request`; a signed hop, or why not, for a `hop_request`."""
         now_ms = self._clock.now_ms()
+        payment = "unknown"  # until the request names one
         try:
             signed = decode_signed(payload, allowed=(QuoteRequest, HopRequest))
             self._from_coordinator(signed)
@@ -175,10 +187,12 @@ class Intermediary:
             if isinstance(msg, QuoteRequest):
                 return self._quotes(msg, now_ms)
             assert isinstance(msg, HopRequest)
+            named = msg.hop.get("payment")
+            payment = named if isinstance(named, str) and SETTLEMENT_ID_PATTERN.fullmatch(named) else payment
             return self._hop(msg, now_ms)
         except Rejected as error:
             log.info("refused %s: %s", error.field, error.reason)
-            refusal = HopRefused(self.party, "unknown", now_ms, error.code.value, error.field or "$", error.reason)
+            refusal = HopRefused(self.party, payment, now_ms, error.code.value, error.field or "$", error.reason)
             return sign(refusal, (self.party, self._key)).encode()
 
     def _from_coordinator(self, signed: Signed) -> None:
@@ -200,7 +214,7 @@ class Intermediary:
                 f"{path_id(payment)[2:14]}-{index}",
                 request.coordinator,
                 self.party,
-                payment.id,
+                path_id(payment),
                 offer.takes.ledger,
                 offer.takes.account,
                 offer.takes.asset,
@@ -215,23 +229,31 @@ class Intermediary:
             )
             for index, offer in enumerate(self._offers)
         )
-        answer = Quotes(self.party, payment.id, now_ms, tuple(to_body(quote) for quote in quotes))
+        answer = Quotes(self.party, path_id(payment), now_ms, tuple(to_body(quote) for quote in quotes))
         return sign(answer, (self.party, self._key)).encode()
 
     def _hop(self, request: HopRequest, now_ms: int) -> bytes:
-        quotes = from_wire(request.quotes, allowed=(Quotes,))
-        self._registry.verify_all(quotes)
-        self._registry.signed_by(quotes, (self.party,))  # its own, as it answered
-        hop = from_body(request.hop, allowed=(Hop,))
-        quote = next(
-            (q for q in (from_body(b, allowed=(Quote,)) for b in quotes.msg.quotes) if q.id == hop.quote), None
-        )
+        try:
+            quotes = from_wire(request.quotes, allowed=(Quotes,))
+            self._registry.verify_all(quotes)
+            self._registry.signed_by(quotes, (self.party,))  # its own, as it answered
+            given = [from_body(body, allowed=(Quote,)) for body in quotes.msg.quotes]
+        except Rejected as error:
+            raise Rejected(error.code, f"quotes.{error.field}", error.reason) from None
+        try:
+            hop = from_body(request.hop, allowed=(Hop,))
+        except Rejected as error:
+            raise Rejected(error.code, f"hop.{error.field}", error.reason) from None
+        quote = next((q for q in given if q.id == hop.quote), None)
         if quote is None:
             raise Rejected(Code.INVALID_FIELD, "hop.quote", f"{hop.quote} is not among the quotes given")
         try:
             check_hop(quote, hop, now_ms)
         except Rejected as error:
             raise Rejected(error.code, f"hop.{error.field}", error.reason) from None
+        for payment, (signed_hop, _) in list(self._accepted.items()):
+            if signed_hop.decide_by_ms < now_ms:  # no lock of it can be placed any more: forgotten
+                del self._accepted[payment]
         accepted = self._accepted.get(hop.payment)
         if accepted is None:
             accepted = self._accepted[hop.payment] = (hop, sign(hop, (self.party, self._key)).encode())

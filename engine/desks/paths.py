@@ -155,7 +155,7 @@ class PathDesk(Desk):
 
         async def ask(party: str) -> None:
             answer = await self._ask(party, request, (Quotes,))
-            if answer is None or answer.msg.payment != signed.msg.id:
+            if answer is None or answer.msg.payment != path_id(signed.msg):
                 return
             try:
                 quotes = [from_body(body, allowed=(Quote,)) for body in answer.msg.quotes]
