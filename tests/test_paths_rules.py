@@ -161,7 +161,8 @@ def cost(payment: PathPayment, path: tuple[Quote, ...]) -> int | None:
 def cheapest(payment: PathPayment, quotes: list[Quote]) -> tuple[int, int, tuple[str, ...]] | None:
     """By brute force from the payer's side: (cost, hops, quote ids) of the cheapest path
     within source_max, through 1 to PATH_HOPS_MAX distinct intermediaries."""
-    fit = [q for q in quotes if (q.payment, q.coordinator) == (path_id(payment), COORDINATOR) and q.valid_until_ms > NOW_MS]
+    wanted = (path_id(payment), COORDINATOR)
+    fit = [q for q in quotes if (q.payment, q.coordinator) == wanted and q.valid_until_ms > NOW_MS]
     fit = [q for q in fit if q.intermediary not in (payment.payer, payment.payee)]
     found = []
 
