@@ -54,7 +54,7 @@ async def test_a_payment_routed_through_market_maker_processes_survives_the_midd
 
             async with trio.open_nursery() as paying:
                 paying.start_soon(pay, "first")
-                await trio.sleep(5)
+                await trio.sleep(3)
                 ledgers["cbdc-usd"] = ServiceProcess(world, "ledger", "cbdc-usd", broker.url).start()
                 await ledgers["cbdc-usd"].ready(bus)
             assert said[0].returncode == 1 and "payment first: rolled_back" in said[0].stdout, said[0]

@@ -1,6 +1,7 @@
 """`lockstep demo`: a whole local world settling DvP and PvP, across ledgers and on one,
 with a rollback, a coordinator crash, an abort by a coordinator that came back too late to
-commit and a commit its coordinator was down long after. One report at the end.
+commit and a commit its coordinator was down long after; then, in a world of its own, a
+payment through two market makers across three currency ledgers. One report at the end.
 
 By default everything runs in this process on the in-memory bus. With `--broker URL`
 every ledger runs as its own process over MQTT (and the coordinator here, on MQTT)."""
@@ -31,6 +32,7 @@ from protocols.iso20022 import camt053, pacs009, sese023
 from protocols.iso20022.model import PACS_009, SESE_023, OneSided
 from protocols.matching import attempt_id
 from protocols.messages import (
+    PathStatus,
     QueryBalances,
     QueryInfo,
     QueryLock,
@@ -44,13 +46,16 @@ from protocols.money import format_amount
 from protocols.settlement import Phase, Timing, lock_id, utc_date
 from protocols.signing import decode_signed, sign
 
+from ..client.pay import report
 from ..client.statement import read_entries, statement_of
 from ..console.access import read_users
 from ..console.service import Supervisor, console_of, start_http
 from ..coordinator import Coordinator
 from ..coordinator.journal import Record
 from ..desks.matching import MatchingDesk
-from .local import BOND, LEDGERS, PLACES, Local, dvp_legs, standard_world
+from ..desks.paths import PathDesk
+from . import paths
+from .local import BOND, COORDINATOR, LEDGERS, PLACES, Local, dvp_legs, standard_world
 
 # Short enough that the scenarios of a coordinator kept down take seconds; long enough for a loaded laptop.
 DEMO_TIMING = Timing(lock_wait_ms=1_000, claim_deadline_ms=1_500, clock_skew_ms_max=500)
@@ -226,11 +231,36 @@ async def _scenarios(local: Local, out) -> list[Outcome]:
     coordinator, scope = await local.start_coordinator(DEMO_TIMING, desks=DESKS)
     outcomes.append(Outcome(title, await coordinator.wait(_id(committed))))
     scope.cancel()
+    outcomes.append(await _multi_hop(local.world.directory / "paths", out))
 
     after = await _balances(local)
     _report(outcomes, before, after, out)
     await _check(local, before, after)
     return outcomes
+
+
+async def _multi_hop(directory: Path, out) -> Outcome:
+    """bank-a, holding only euros, pays bank-c, holding only francs, through market makers
+    the coordinator chooses from their quotes: three one-currency CBDC ledgers, in this
+    process on a bus of their own (their ids are the first world's too)."""
+    title = "multi-hop PvP: bank-a pays bank-c CHF 1,000.00 from its euros, through market makers"
+    out(f"  {title} ...")
+    async with trio.open_nursery() as nursery:
+        local = Local(paths.path_world(directory), MemoryBus(), nursery, offload=True)
+        for spec in paths.LEDGERS:
+            await local.start_ledger(spec.ledger_id)
+        await paths.fund(local)
+        await paths.start_intermediaries(local, nursery, DEMO_TIMING.margin_ms)
+        coordinator, _ = await local.start_coordinator(DEMO_TIMING, desks=(PathDesk,))
+        order = paths.payment(local, "demo-1", 100_000, 110_000, local.clock.now_ms() + 30_000)
+        reply = await local.bus.request(service_of_coordinator(COORDINATOR), order, timeout_s=60)
+        status = decode_signed(reply, allowed=(PathStatus,)).msg
+        record = coordinator.journal.get(status.settlement_id)
+        nursery.cancel_scope.cancel()
+    assert record is not None, status
+    for line in report(status).splitlines()[1:]:
+        out(f"    {line.strip()}")
+    return Outcome(title, record)
 
 
 def _legs(legs) -> str:
@@ -506,7 +536,7 @@ def _locked(asset: str, amount: int) -> str:
     return "0" if amount == 0 else format_amount(asset, amount)
 
 
-EXPECTED = [Phase.SETTLED] * 7 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED]
+EXPECTED = [Phase.SETTLED] * 7 + [Phase.FAILED, Phase.SETTLED, Phase.ROLLED_BACK, Phase.SETTLED, Phase.SETTLED]
 
 
 def as_expected(outcomes: list[Outcome]) -> bool:
