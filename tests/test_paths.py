@@ -108,6 +108,13 @@ async def no_locks_held(local: Local) -> None:
     assert await test_coordinator.World(local).held_locks() == []
 
 
+async def paid_in_full(local: Local, before: dict) -> None:
+    """Every party holds what the whole path moves, no lock is left, and the audit is clean."""
+    assert changes(before, await world.positions(local)) == FULL
+    await no_locks_held(local)
+    await audited(local)
+
+
 @pytest.mark.parametrize("killed_at", [Phase.LOCKING, Phase.CLAIMING])
 async def test_the_middle_hops_ledger_killed_leaves_the_path_settled_whole_or_not_at_all(
     tmp_path, autojump_clock, killed_at
@@ -153,9 +160,7 @@ async def test_intermediaries_that_never_claim_are_paid_by_the_coordinator_back_
         assert changes(before, await world.positions(local)) == {}  # locked, none claimed
         coordinator, _ = await local.start_coordinator(TIMING, desks=(PathDesk,))
         assert (await coordinator.wait(settlement_of(local, "pay-1").settlement_id)).phase is Phase.SETTLED
-        assert changes(before, await world.positions(local)) == FULL
-        await no_locks_held(local)
-        await audited(local)
+        await paid_in_full(local, before)
         nursery.cancel_scope.cancel()
 
 
@@ -229,9 +234,7 @@ async def test_an_expiry_race_on_the_middle_hop_is_won_inside_the_intermediarys_
             await local.start_ledger(ledger)
         settled = await local.coordinator.wait(records[0].settlement_id)
         assert settled.phase is Phase.SETTLED, settled
-        assert changes(before, await world.positions(local)) == FULL
-        await no_locks_held(local)
-        await audited(local)
+        await paid_in_full(local, before)
         nursery.cancel_scope.cancel()
 
 
