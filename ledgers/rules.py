@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 import attrs
 
 from protocols import htlc
-from protocols.authority import Terms, terms_of
+from protocols.authority import Terms, earlier_payer_lock, terms_of
 from protocols.canonical import INT_MAX
 from protocols.errors import Code, Rejected
 from protocols.identifiers import CURRENCIES
@@ -353,7 +353,12 @@ def _lock_authorised(msg: Lock, signed: Signed, ctx: Context, changes: Changes) 
         raise Rejected(
             Code.NOT_AUTHORISED,
             "backstop_ms",
-            f"leg {index}'s payer and payee signed for a decision lock with backstop {terms.backstops[index]}",
+            f"leg {index}'s intermediaries signed for a decision lock with backstop {terms.backstops[index]}",
+        )
+    earlier = earlier_payer_lock(terms, index, msg.owner_account, changes.lock)
+    if earlier is not None:
+        raise Rejected(
+            Code.NOT_AUTHORISED, "auth.payment", f"the payer's order was locked already, by {earlier}: it settles once"
         )
     _party_owns(changes, terms, index, ctx)
     _pairs_own(changes, terms, ctx)

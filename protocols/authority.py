@@ -23,6 +23,7 @@ only it knows: who owns each account, and an instrument's issuer and maturity.""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -35,6 +36,7 @@ from .iso20022.model import Denomination, OneSided
 from .iso20022.sese023 import in_units
 from .messages import (
     LEGS_MAX,
+    PATH_HOPS_MAX,
     CorporateAction,
     Entitlement,
     Hop,
@@ -49,6 +51,7 @@ from .messages import (
     to_body,
 )
 from .registry import Registry
+from .settlement import lock_id
 from .signing import Signed, from_wire
 
 LINKED_PREFIX = "l-"  # a linked settlement's id: LINKED_PREFIX and 40 hex digits
@@ -110,6 +113,10 @@ def settlement_terms(signed: Signed[Settlement], registry: Registry | None) -> T
     """The terms of a settlement already read from the wire: authenticated as
     `terms_of` does, its refusals named without `auth.`."""
     settlement = signed.msg
+    if settlement.id.startswith(paths.PATH_PREFIX):  # else one could take a payer's payment's locks first
+        raise Rejected(
+            Code.INVALID_FIELD, "id", f"ids beginning {paths.PATH_PREFIX} are multi-hop payments' (protocols.paths)"
+        )
     if registry is not None:
         registry.verify_all(signed)
         for party in settlement.parties:
@@ -217,6 +224,21 @@ def _owners(pairs: list[Terms]) -> dict[tuple[str, str], str]:
                         f"{account} on {leg.ledger} is named as {owners[(leg.ledger, account)]}'s and as {party}'s",
                     )
     return owners
+
+
+def earlier_payer_lock(terms: Terms, index: int, owner_account: str, lock_of: Callable[[str], Any]) -> str | None:
+    """A payer's order settles once, whatever path carries it. Two paths of one payment
+    have one settlement id but, of other lengths, put the payer's leg (the last) at
+    another index, so under another lock id: on the payer's ledger, the id of a lock of
+    the same payment from the payer's account at another index, or None. (No other leg
+    of a path is paid from the payer's account: its intermediaries are other parties.)"""
+    if terms.kind != "path" or index != len(terms.legs) - 1:
+        return None
+    for other in range(1, PATH_HOPS_MAX + 1):
+        found = lock_of(lock_id(terms.id, other)) if other != index else None
+        if found is not None and found.owner_account == owner_account:
+            return found.lock_id
+    return None
 
 
 def linked_id(pairs: list[Terms]) -> str:

@@ -35,6 +35,7 @@ ABORT_BY_MAX = 4
 LINKED_PAIRS_MAX = 8  # matched pairs settled together as one linked settlement
 PATH_HOPS_MAX = 4  # intermediaries along one multi-hop payment: it moves on one more ledger than that
 QUOTES_MAX = 64  # quotes in one intermediary's answer
+MARGIN_MS_MAX = 3_600_000  # an intermediary's margin between its two locks' backstops
 ATTEMPTS_MAX = 99_999  # a matched pair's tries: an attempt's settlement id stays within 48 characters
 QUERY_LIMIT_MAX = 1000
 
@@ -761,6 +762,14 @@ class QuoteRequest(Body):
     payment: dict = attrs.field(validator=an_object)
 
 
+def margin(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """An intermediary's margin: at most an hour, so that a path's locks, each later than
+    the next by a margin, stay within what every ledger allows (`lock_expiry_ms_max`)."""
+    _expect(attribute, value, int, "an integer")
+    if not 0 < value <= MARGIN_MS_MAX:
+        raise _invalid(attribute, f"must be 1 to {MARGIN_MS_MAX} ms")
+
+
 @message("quote")
 @attrs.frozen
 class Quote(Body):
@@ -784,7 +793,7 @@ class Quote(Body):
     rate_num: int = attrs.field(validator=amount)
     rate_den: int = attrs.field(validator=amount)
     gives_max: int = attrs.field(validator=amount)
-    margin_ms: int = attrs.field(validator=amount)
+    margin_ms: int = attrs.field(validator=margin)
     valid_until_ms: int = attrs.field(validator=time_ms)
 
 

@@ -47,25 +47,26 @@ def takes_for(quote: Quote, gives: int) -> int:
     return -(-gives * quote.rate_den // quote.rate_num)
 
 
-def usable(quote: Quote, payment: PathPayment, coordinator: str, now_ms: int) -> bool:
-    """A quote this payment may be carried under."""
+def usable(quote: Quote, payment: PathPayment, coordinator: str, decide_by_ms: int) -> bool:
+    """A quote this payment may be carried under, if it is decided by `decide_by_ms`."""
     return (
         quote.payment == path_id(payment)
         and quote.coordinator == coordinator
-        and quote.valid_until_ms > now_ms
+        and quote.valid_until_ms > decide_by_ms
         and quote.intermediary not in (payment.payer, payment.payee, coordinator)
         and (quote.takes_ledger, quote.takes_asset) != (quote.gives_ledger, quote.gives_asset)
         and quote.takes_ledger != quote.gives_ledger
     )
 
 
-def choose(payment: PathPayment, quotes: Iterable[Quote], coordinator: str, now_ms: int) -> Route | None:
+def choose(payment: PathPayment, quotes: Iterable[Quote], coordinator: str, decide_by_ms: int) -> Route | None:
     """The path that costs the payer least of its source asset, through 1 to
-    PATH_HOPS_MAX intermediaries, each at most once, every hop within its quote; of
-    equal costs the shortest, then the first by quote ids. None if there is none."""
+    PATH_HOPS_MAX intermediaries, each at most once, every hop within its quote and its
+    quote holding until `decide_by_ms`; of equal costs the shortest, then the first by
+    quote ids. None if there is none."""
     into: dict[tuple[str, str], list[Quote]] = {}
     for quote in quotes:
-        if usable(quote, payment, coordinator, now_ms):
+        if usable(quote, payment, coordinator, decide_by_ms):
             into.setdefault((quote.gives_ledger, quote.gives_asset), []).append(quote)
     best: tuple[int, int, tuple[str, ...]] | None = None
     chosen: Route | None = None

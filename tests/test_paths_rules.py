@@ -88,12 +88,14 @@ def offer_between(party: str, takes: str, gives: str, rate: Fraction) -> Offer:
     return Offer(*(Side(world.PLACES[c][0], c, world.account(party, c)) for c in (takes, gives)), rate, 10**9)
 
 
-def through(payment: PathPayment, *quotes: Quote) -> tuple[Hop, ...]:
+def through(
+    payment: PathPayment, *quotes: Quote, first_backstop_ms: int = FIRST_BACKSTOP_MS, decide_by_ms: int = DECIDE_BY_MS
+) -> tuple[Hop, ...]:
     """The hops of the route through `quotes` in that order, whether `choose` would take it or not."""
     amounts = [payment.amount]
     for each in reversed(quotes):
         amounts.insert(0, takes_for(each, amounts[0]))
-    return hops(payment, Route(quotes, tuple(amounts)), FIRST_BACKSTOP_MS, DELTA_MS, DECIDE_BY_MS)
+    return hops(payment, Route(quotes, tuple(amounts)), first_backstop_ms, DELTA_MS, decide_by_ms)
 
 
 def path_auth(parties, payment: PathPayment, path, *, payer=None, signers=None) -> dict:
@@ -315,6 +317,30 @@ def test_a_path_through_one_intermediary_twice_is_neither_chosen_nor_authorised(
 # -- a ledger locking a path's leg, and the auditor reading it ---------------------------
 
 
+async def paths_of(local, signed_payment, *routes: tuple[str, ...]) -> list[dict]:
+    """The `path` auth of each route (its intermediaries, the payer's side first), each hop
+    quoted and signed by the world's running intermediaries, as the path desk gets them."""
+    key, now_ms, payment = local.world.keys[COORDINATOR], local.clock.now_ms(), signed_payment.msg
+
+    async def ask(party: str, request, answer: type):
+        raw = sign(request, (COORDINATOR, key)).encode()
+        reply = await local.bus.request(service_of_intermediary(party), raw, timeout_s=2)
+        return decode_signed(reply, allowed=(answer,))
+
+    quote_request = QuoteRequest("quotes-1", COORDINATOR, signed_payment.wire())
+    offered = {party: await ask(party, quote_request, Quotes) for party in world.RATES}
+    auths = []
+    for parties in routes:
+        quotes = [from_body(offered[party].msg.quotes[0], allowed=(Quote,)) for party in parties]
+        route = through(payment, *quotes, first_backstop_ms=now_ms + TIMING.backstop_ms, decide_by_ms=now_ms + 20_000)
+        signed_hops = []
+        for hop in route:
+            request = HopRequest(f"h-{hop.intermediary}", COORDINATOR, offered[hop.intermediary].wire(), to_body(hop))
+            signed_hops.append((await ask(hop.intermediary, request, Hop)).wire())
+        auths.append(to_body(PaymentPath(COORDINATOR, signed_payment.wire(), tuple(signed_hops))))
+    return auths
+
+
 @pytest.mark.usefixtures("autojump_clock")
 async def test_a_ledger_locks_a_path_leg_only_under_the_backstop_its_payer_and_payee_signed(tmp_path):
     async with trio.open_nursery() as nursery:
@@ -323,22 +349,7 @@ async def test_a_ledger_locks_a_path_leg_only_under_the_backstop_its_payer_and_p
         now_ms = local.clock.now_ms()
         raw = world.payment(local, "pay-1", 100_000, 110_000, now_ms + 60_000)
         signed_payment = decode_signed(raw, allowed=(PathPayment,))
-        payment = signed_payment.msg
-
-        async def ask(party: str, request, answer: type):
-            raw = sign(request, (COORDINATOR, key)).encode()
-            reply = await local.bus.request(service_of_intermediary(party), raw, timeout_s=2)
-            return decode_signed(reply, allowed=(answer,))
-
-        quote_request = QuoteRequest("quotes-1", COORDINATOR, signed_payment.wire())
-        offered = {party: await ask(party, quote_request, Quotes) for party in world.RATES}
-        quotes = [from_body(body, allowed=(Quote,)) for answer in offered.values() for body in answer.msg.quotes]
-        route = choose(payment, quotes, COORDINATOR, now_ms)
-        signed_hops = []
-        for hop in hops(payment, route, now_ms + TIMING.backstop_ms, TIMING.margin_ms, payment.deadline_ms):
-            request = HopRequest(f"h-{hop.intermediary}", COORDINATOR, offered[hop.intermediary].wire(), to_body(hop))
-            signed_hops.append((await ask(hop.intermediary, request, Hop)).wire())
-        auth = to_body(PaymentPath(COORDINATOR, signed_payment.wire(), tuple(signed_hops)))
+        [auth] = await paths_of(local, signed_payment, ("mm-1", "mm-2"))
         terms = terms_of(auth, registry)
         index = len(terms.legs) - 1  # the payer's leg: EUR to mm-1
         leg, signed_ms = terms.legs[index], terms.backstops[index]
@@ -434,15 +445,22 @@ def test_an_intermediary_signs_a_hop_only_under_a_quote_it_signed(parties, mm_1)
     assert answered(parties, mm_1.answer(asked(parties, hop_request(quotes, hop)))) == hop
 
 
-def test_an_intermediary_signs_one_hop_a_payment_the_same_bytes_however_often_asked(parties, mm_1):
+def test_an_intermediary_signs_a_hop_once_the_same_bytes_however_often_asked(parties, mm_1):
+    """The same hop asked again, under another request id, gets the same signed bytes; a
+    second hop of the same payment (another path: the payer's ledger lets one settle) is
+    signed too, and a hop naming a coordinator other than the one asking is refused."""
     quotes, hop = quoted(parties, mm_1, order(asset="USD"))
     first = mm_1.answer(asked(parties, hop_request(quotes, hop)))
     again = mm_1.answer(asked(parties, attrs.evolve(hop_request(quotes, hop), id="hop-2")))
     assert answered(parties, first) == hop and again == first
     smaller = hop_as(hop, takes={"amount": 925}, gives={"amount": 999})  # as 1.08 allows
-    refused = answered(parties, mm_1.answer(asked(parties, hop_request(quotes, smaller))))
-    assert isinstance(refused, HopRefused) and (refused.code, refused.field) == ("id_reused", "hop.payment")
+    second = answered(parties, mm_1.answer(asked(parties, hop_request(quotes, smaller))))
+    assert second == smaller
     assert mm_1.answer(asked(parties, hop_request(quotes, hop))) == first
+    elsewhere = attrs.evolve(hop, coordinator="other-coordinator")
+    refused = answered(parties, mm_1.answer(asked(parties, hop_request(quotes, elsewhere))))
+    assert isinstance(refused, HopRefused) and (refused.code, refused.field) == ("not_authorised", "hop.coordinator")
+    assert refused.payment == hop.payment
 
 
 def test_two_payers_may_each_pay_through_one_intermediary_under_the_same_order_id(parties, mm_1):
@@ -454,3 +472,45 @@ def test_two_payers_may_each_pay_through_one_intermediary_under_the_same_order_i
     for payment in (mine, theirs):
         quotes, hop = quoted(parties, mm_1, payment)
         assert answered(parties, mm_1.answer(asked(parties, hop_request(quotes, hop)))) == hop
+
+
+@pytest.mark.usefixtures("autojump_clock")
+async def test_a_payers_order_is_locked_once_on_its_ledger_whatever_path_carries_it(tmp_path):
+    """Two paths of one payment, of two lengths (mm-1 and mm-2; mm-3 alone), each hop
+    signed by its intermediary: their payer's legs have other lock ids. The EUR ledger
+    locks the payer's order under the first and refuses it under the second, so at most
+    one path can settle; the audit's second reading refuses such a lock too."""
+    async with trio.open_nursery() as nursery:
+        local, _ = await start(nursery, tmp_path)
+        registry, key = local.world.registry, local.world.keys[COORDINATOR]
+        now_ms = local.clock.now_ms()
+        raw = world.payment(local, "pay-1", 100_000, 110_000, now_ms + 60_000)
+        signed_payment = decode_signed(raw, allowed=(PathPayment,))
+        auths = await paths_of(local, signed_payment, ("mm-1", "mm-2"), ("mm-3",))
+        client = local.client("cbdc-eur")
+        [before] = await read_over_bus(local.bus, registry, ["cbdc-eur"])
+        locks = []
+        for auth in auths:
+            terms = terms_of(auth, registry)
+            index = len(terms.legs) - 1  # the payer's leg
+            leg = terms.legs[index]
+            fields = (leg.from_account, leg.to_account, leg.asset, leg.amount, b"\x01" * 32, terms.deadline_ms, ())
+            lock = Lock(
+                lock_id(terms.id, index), leg.ledger, now_ms, *fields, auth, b"\x02" * 32, terms.backstops[index]
+            )
+            locks.append(sign(lock, (COORDINATOR, key)))
+        assert [lock.msg.id.rsplit(":", 1)[1] for lock in locks] == ["2", "1"]
+        first = await client.submit(locks[0])
+        assert first.applied
+        second = await client.submit(locks[1])
+        assert (second.status, second.code, second.field) == ("rejected", "not_authorised", "auth.payment")
+        assert f"locked already, by {locks[0].msg.id}" in second.reason
+        balance = (await client.query(QueryBalances(client.next_query_id(), "cbdc-eur", "bank-a-eur")))["balances"]
+        assert balance["EUR"]["locked"] == locks[0].msg.amount
+        [after] = await read_over_bus(local.bus, registry, ["cbdc-eur"])
+        page = await client.query(QueryJournal(client.next_query_id(), "cbdc-eur", first.seq, 1))
+        entry = from_wire(page["entries"][0], allowed=(Entry,)).msg
+        effects.check(entry, before.replay, registry)
+        with pytest.raises(effects.Unvouched, match="locks the payer's order a second time"):
+            effects.check(attrs.evolve(entry, seq=after.entries, instruction=locks[1].wire()), after.replay, registry)
+        nursery.cancel_scope.cancel()

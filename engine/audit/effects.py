@@ -30,7 +30,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from protocols.authority import Terms, terms_of
+from protocols.authority import Terms, earlier_payer_lock, terms_of
 from protocols.errors import Rejected
 from protocols.htlc import HeldLock, LockState, hashlock_of
 from protocols.journal import Replay
@@ -322,6 +322,9 @@ def _lock(msg: Lock, signed: Signed, entry: Entry, replay: Replay, keys: Registr
             raise Unvouched(f"lock {msg.id} is not a leg of settlement {terms.id} as its payers signed it")
         if terms.backstops and msg.backstop_ms != terms.backstops[index]:
             raise Unvouched(f"lock {msg.id} has backstop {msg.backstop_ms}, not the {terms.backstops[index]} signed")
+        earlier = earlier_payer_lock(terms, index, msg.owner_account, replay.locks.get)
+        if earlier is not None:
+            raise Unvouched(f"lock {msg.id} locks the payer's order a second time: {earlier} locked it already")
         _payers(terms, replay, index, entry.ledger, entry.time_ms)
         _pairs(terms, replay, entry.ledger, entry.time_ms)
     else:

@@ -4,7 +4,9 @@ bank that carries hops of multi-hop payments between the ledgers it holds accoun
 It answers a coordinator's `quote_request` with a quote for every offer in its book
 that the payment could use, and a `hop_request` with its signed `hop`, only under a
 quote of its own and within its rate, its limit and its margin (protocols.paths
-.check_hop); one hop per payment, the same one however often it is asked. Nothing else
+.check_hop), for the coordinator that asks; the same signed hop however often it is
+asked. (It may sign two paths' hops of one payment: the payer's ledger locks the
+payer's order once, so one path at most can settle.) Nothing else
 is asked of it: the coordinator claims every leg, and, should the coordinator fail for
 longer than the margin, a watchtower of its own (`lockstep watchtower --party`) claims
 its incoming leg with the claim secret that its outgoing leg's claim made public.
@@ -168,7 +170,7 @@ class Intermediary:
         self._offers = offers
         self._margin_ms = margin_ms
         self._quote_valid_ms = quote_valid_ms
-        self._accepted: dict[str, tuple[Hop, bytes]] = {}  # payment (its settlement id) -> the hop signed
+        self._signed: dict[Hop, bytes] = {}  # each hop signed, until its time to decide has passed
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with self._bus.serve(service_of_intermediary(self.party)) as requests:
@@ -244,6 +246,8 @@ class Intermediary:
             hop = from_body(request.hop, allowed=(Hop,))
         except Rejected as error:
             raise Rejected(error.code, f"hop.{error.field}", error.reason) from None
+        if hop.coordinator != request.coordinator:
+            raise Rejected(Code.NOT_AUTHORISED, "hop.coordinator", f"names {hop.coordinator}, not who asks")
         quote = next((q for q in given if q.id == hop.quote), None)
         if quote is None:
             raise Rejected(Code.INVALID_FIELD, "hop.quote", f"{hop.quote} is not among the quotes given")
@@ -251,13 +255,9 @@ class Intermediary:
             check_hop(quote, hop, now_ms)
         except Rejected as error:
             raise Rejected(error.code, f"hop.{error.field}", error.reason) from None
-        for payment, (signed_hop, _) in list(self._accepted.items()):
-            if signed_hop.decide_by_ms < now_ms:  # no lock of it can be placed any more: forgotten
-                del self._accepted[payment]
-        accepted = self._accepted.get(hop.payment)
-        if accepted is None:
-            accepted = self._accepted[hop.payment] = (hop, sign(hop, (self.party, self._key)).encode())
+        for signed_hop in [h for h in self._signed if h.decide_by_ms < now_ms]:  # no lock of it can be placed now
+            del self._signed[signed_hop]
+        if hop not in self._signed:
+            self._signed[hop] = sign(hop, (self.party, self._key)).encode()
             log.info("accepted hop of %s: takes %s, gives %s", hop.payment, hop.legs[0], hop.legs[1])
-        if accepted[0] != hop:
-            raise Rejected(Code.ID_REUSED, "hop.payment", f"{self.party} accepted another hop of {hop.payment}")
-        return accepted[1]
+        return self._signed[hop]

@@ -69,7 +69,12 @@ class PathDesk(Desk):
         if payment.coordinator != self.coordinator.id:
             raise Rejected(Code.WRONG_LEDGER, "coordinator", f"this is coordinator {self.coordinator.id!r}")
         settlement_id = path_id(payment)
-        if self.coordinator.journal.get(settlement_id) is not None:
+        known = self.coordinator.journal.get(settlement_id)
+        if known is not None:
+            if decode(known.instruction).get("payment") != signed.wire():
+                raise Rejected(
+                    Code.ID_REUSED, "id", f"{payment.payer}'s payment {payment.id} was sent with other content"
+                )
             return self._status(payment, await self.coordinator.wait(settlement_id))
         self._orders.setdefault(settlement_id, signed)
         done, answer = self._answers.setdefault(settlement_id, (trio.Event(), []))
@@ -83,24 +88,31 @@ class PathDesk(Desk):
         try:
             auth = await self._route(signed)
             reply = self._status(payment, await self.coordinator.settle(auth))
-        except Rejected as error:
+        except Exception as error:  # one payment's failure, answered; the coordinator goes on
+            if not isinstance(error, Rejected):
+                log.exception("payment %s of %s", payment.id, payment.payer)
+                error = Rejected(Code.INVALID_FIELD, "$", f"not routed: {type(error).__name__}")
             log.info("payment %s of %s not routed: %s", payment.id, payment.payer, error.reason)
-            refusal = PathStatus(
-                self.coordinator.id,
-                payment.id,
-                settlement_id,
-                "rejected",
-                self.coordinator.clock.now_ms(),
-                error.code.value,
-                f"{error.field}: {error.reason}",
-            )
-            reply = self.coordinator.sign(refusal)
+            known = self.coordinator.journal.get(settlement_id)  # settled through, when it failed after
+            reply = self._status(payment, known) if known is not None else self._refusal_of(payment, error)
         finally:
             self._serving.discard(settlement_id)
             del self._orders[settlement_id]
         done, answer = self._answers.pop(settlement_id)
         answer.append(reply)
         done.set()
+
+    def _refusal_of(self, payment: PathPayment, error: Rejected) -> bytes:
+        status = PathStatus(
+            self.coordinator.id,
+            payment.id,
+            path_id(payment),
+            "rejected",
+            self.coordinator.clock.now_ms(),
+            error.code.value,
+            f"{error.field}: {error.reason}",
+        )
+        return self.coordinator.sign(status)
 
     def _status(self, payment: PathPayment, record: Record) -> bytes:
         """The payment's settlement as it stands, with the path it took."""
@@ -122,17 +134,29 @@ class PathDesk(Desk):
     # -- routing ----------------------------------------------------------------------------
 
     async def _route(self, signed: Signed[PathPayment]) -> dict:
-        """The `path` auth of the cheapest path whose intermediaries all accept their hops."""
+        """The `path` auth of the cheapest path whose intermediaries all accept their hops.
+        Its times are set once: every round proposes an intermediary asked again the
+        same hop, if its place in the path is the same."""
         payment = signed.msg
+        timing = self.coordinator.timing
+        now_ms = self.coordinator.clock.now_ms()
+        decide_by_ms = now_ms + ROUTES_MAX * round(ASK_S * 1000) + timing.decide_ms
+        if payment.deadline_ms < decide_by_ms:
+            raise Rejected(
+                Code.EXPIRY_OUT_OF_RANGE,
+                "deadline_ms",
+                f"leaves less than the {decide_by_ms - now_ms} ms a payment may take to be routed and decided",
+            )
+        first_backstop_ms = now_ms + timing.backstop_ms
         offered = await self._quotes(signed)
         left_out: set[str] = set()
         for _ in range(ROUTES_MAX):
-            now_ms = self.coordinator.clock.now_ms()
             usable = [quote for party, (_, quotes) in offered.items() if party not in left_out for quote in quotes]
-            route = choose(payment, usable, self.coordinator.id, now_ms)
+            route = choose(payment, usable, self.coordinator.id, decide_by_ms)
             if route is None:
                 break
-            accepted = await self._accept(route, payment, offered, now_ms)
+            proposed = hops(payment, route, first_backstop_ms, timing.margin_ms, decide_by_ms)
+            accepted = await self._accept(proposed, route, payment, offered)
             signed_hops = tuple(hop for hop in accepted if hop is not None)
             refused = [quote.intermediary for quote, hop in zip(route.quotes, accepted, strict=True) if hop is None]
             if not refused:
@@ -171,17 +195,22 @@ class PathDesk(Desk):
         return offered
 
     async def _accept(
-        self, route: Route, payment: PathPayment, offered: dict[str, tuple[dict, list[Quote]]], now_ms: int
+        self,
+        proposed: tuple[Hop, ...],
+        route: Route,
+        payment: PathPayment,
+        offered: dict[str, tuple[dict, list[Quote]]],
     ) -> list[dict | None]:
-        """Each intermediary's signed hop as proposed, or None where it would not accept it."""
-        timing = self.coordinator.timing
-        decide_by_ms = min(payment.deadline_ms, now_ms + round(ASK_S * 1000) + timing.decide_ms)
-        proposed = hops(payment, route, now_ms + timing.backstop_ms, timing.margin_ms, decide_by_ms)
-        for hop, quote in zip(proposed, route.quotes, strict=True):
-            check_hop(quote, hop, now_ms)  # ours to propose only what it quoted
+        """Each intermediary's signed hop as proposed, or None where it would not accept
+        it (or it is not what its quote allows: not asked)."""
         accepted: list[dict | None] = [None] * len(proposed)
 
         async def ask(index: int, hop: Hop) -> None:
+            try:
+                check_hop(route.quotes[index], hop, self.coordinator.clock.now_ms())
+            except Rejected as error:
+                log.info("%s's hop of %s is not what it quoted: %s", hop.intermediary, payment.id, error)
+                return
             request = HopRequest(self._next_id(), self.coordinator.id, offered[hop.intermediary][0], to_body(hop))
             answer = await self._ask(hop.intermediary, request, (Hop, HopRefused))
             if answer is not None and answer.msg == hop:
