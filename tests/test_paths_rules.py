@@ -342,7 +342,7 @@ async def paths_of(local, signed_payment, *routes: tuple[str, ...]) -> list[dict
 
 
 @pytest.mark.usefixtures("autojump_clock")
-async def test_a_ledger_locks_a_path_leg_only_under_the_backstop_its_payer_and_payee_signed(tmp_path):
+async def test_a_ledger_locks_a_path_leg_only_under_the_backstop_its_intermediaries_signed(tmp_path):
     async with trio.open_nursery() as nursery:
         local, _ = await start(nursery, tmp_path)
         registry, key = local.world.registry, local.world.keys[COORDINATOR]

@@ -4,7 +4,7 @@ A payer's signed `path_payment` comes in. The desk asks every intermediary of th
 registry for its quotes, all at once, chooses the path that costs the payer least, asks
 each intermediary on it to accept its hop, and settles the payer's order and the signed
 hops as one `path` through the coordinator: a decision lock a hop, one secret for all,
-each lock's backstop the one its payer and payee signed. An intermediary that refuses
+each lock's backstop the one its intermediaries signed. An intermediary that refuses
 its hop, or does not answer, is left out and the path chosen again. The answer, a
 `path_status`, is the settlement's phase once final and the path it took.
 
