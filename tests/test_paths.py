@@ -268,3 +268,17 @@ async def test_the_middle_hops_ledger_out_past_its_backstop_is_reported_one_legg
         assert [v.kind.value for v in report.violations] == ["one_legged"], report.text()
         assert "mm-2 paid leg 0 and was not paid leg 1" in report.violations[0].reason, report.text()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_payment_is_routed_and_settled_under_the_shortest_backstop_the_timing_allows(tmp_path, autojump_clock):
+    """The payee's leg backstopped as soon as the timing allows (the time to decide, then
+    Δ): the hops are still to be decided before it, Δ ahead, so the path is routed and
+    settles, rather than every hop failing its own check."""
+    timing = attrs.evolve(TIMING, backstop_ms=TIMING.decide_ms + TIMING.margin_ms)
+    async with trio.open_nursery() as nursery:
+        local, _ = await start(nursery, tmp_path, timing)
+        before = await world.positions(local)
+        status = await pay(local, "pay-1")
+        assert status.phase == "settled", status
+        await paid_in_full(local, before)
+        nursery.cancel_scope.cancel()

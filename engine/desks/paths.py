@@ -140,14 +140,17 @@ class PathDesk(Desk):
         payment = signed.msg
         timing = self.coordinator.timing
         now_ms = self.coordinator.clock.now_ms()
-        decide_by_ms = now_ms + ROUTES_MAX * round(ASK_S * 1000) + timing.decide_ms
+        first_backstop_ms = now_ms + timing.backstop_ms
+        # decided once routed (every round), and while a claim of leg 0 still lands before its backstop
+        decide_by_ms = min(
+            now_ms + ROUTES_MAX * round(ASK_S * 1000) + timing.decide_ms, first_backstop_ms - timing.margin_ms
+        )
         if payment.deadline_ms < decide_by_ms:
             raise Rejected(
                 Code.EXPIRY_OUT_OF_RANGE,
                 "deadline_ms",
                 f"leaves less than the {decide_by_ms - now_ms} ms a payment may take to be routed and decided",
             )
-        first_backstop_ms = now_ms + timing.backstop_ms
         offered = await self._quotes(signed)
         left_out: set[str] = set()
         for _ in range(ROUTES_MAX):
