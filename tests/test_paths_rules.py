@@ -41,6 +41,7 @@ from protocols.messages import (
     Quote,
     QuoteRequest,
     Quotes,
+    Settlement,
     SettlementLeg,
     from_body,
     to_body,
@@ -312,6 +313,21 @@ def test_a_path_through_one_intermediary_twice_is_neither_chosen_nor_authorised(
     twice = (quote("mm-1", payment), quote("mm-1", payment, usd_to_chf, number=1))
     assert choose(payment, twice, COORDINATOR, NOW_MS) is None
     assert refusal(parties, path_auth(parties, payment, through(payment, *twice))) == "invalid_field hops"
+
+
+def test_a_settlement_may_not_take_a_payments_id(parties):
+    """A payment's id is guessable (its payer and order id): a settlement under it could
+    take the payment's lock ids first, so ids beginning p- are payments' only."""
+    taken = path_id(order())
+    legs = (
+        SettlementLeg("cbdc-eur", "bank-a-eur", "mm-1-eur", "EUR", 100),
+        SettlementLeg("cbdc-usd", "mm-1-usd", "bank-c-usd", "USD", 100),
+    )
+    settlement = Settlement(taken, "pvp", NOW_MS, COORDINATOR, NOW_MS + 60_000, ("bank-a", "mm-1"), legs)
+    signers = [(party, parties.keys[party]) for party in settlement.parties]
+    assert refusal(parties, sign(settlement, *signers).wire()) == "invalid_field id"
+    other = attrs.evolve(settlement, id="q-" + taken[2:])
+    assert terms_of(sign(other, *signers).wire(), parties.registry).id == other.id  # any other id is its own
 
 
 # -- a ledger locking a path's leg, and the auditor reading it ---------------------------
