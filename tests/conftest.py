@@ -49,6 +49,14 @@ def pytest_configure(config):
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """`-n logical`: half as many workers again as cores. Most of the suite's time is
+    processes and chaos runs waiting on a clock, not computing, so a third worker on
+    two cores overlaps those waits (measured here: 235 s against 290 to 309 s)."""
+    return max(2, (os.cpu_count() or 1) * 3 // 2)
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     node.workerinput["hypothesis_seed"] = node.config.getoption("hypothesis_seed")
 
