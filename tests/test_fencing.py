@@ -113,7 +113,7 @@ async def test_a_standby_process_takes_over_when_the_coordinators_process_is_kil
 
             with trio.fail_after(60):
                 assert await settle(local.settlement("dvp", LEGS, ("bank-b", "bank-a"))) == "settled"
-                await trio.sleep(1.0)  # the standby has seen the journal held
+                await standby.ready(bus)  # it says it stands by: it has found the journal held
                 assert standby.running
                 serving.kill()
                 phases = [await settle(local.settlement("dvp", LEGS, ("bank-b", "bank-a"))) for _ in range(3)]
