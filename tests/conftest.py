@@ -48,12 +48,11 @@ def pytest_configure(config):
         config.option.hypothesis_seed = handed or str(secrets.randbelow(2**32))
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_auto_num_workers(config):
-    """`-n logical`: half as many workers again as cores. Most of the suite's time is
-    processes and chaos runs waiting on a clock, not computing, so a third worker on
-    two cores overlaps those waits (measured here: 235 s against 290 to 309 s)."""
-    return max(2, (os.cpu_count() or 1) * 3 // 2)
+def pytest_collection_modifyitems(items):
+    """The slow tests first (each file's in their order), the quick ones after: the
+    workers then finish together, the quick tests filling in behind the long waits,
+    rather than one worker left with a chaos run at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -94,7 +94,7 @@ async def test_payments_through_intermediaries_under_every_fault_end_clean(tmp_p
     leg's claim, a middle hop's, is sent), the coordinator killed, messages lost. Every
     payment ends whole or not at all: no intermediary pays without being paid, nothing
     is created or lost, no lock is left."""
-    outcome = await run(tmp_path, seconds=60, seed=3, faults=FAULTS, settlements=16, paths=True)
+    outcome = await run(tmp_path, seconds=60, seed=3, faults=FAULTS, settlements=12, paths=True)
     report = outcome.report
     assert report is not None and report.clean, report.text()
     assert outcome.phases["settled"] > 0 and set(outcome.phases) <= {"settled", "rolled_back", "failed"}
