@@ -333,10 +333,14 @@ def test_a_settlement_may_not_take_a_payments_id(parties):
 # -- a ledger locking a path's leg, and the auditor reading it ---------------------------
 
 
-async def paths_of(local, signed_payment, *routes: tuple[str, ...]) -> list[dict]:
-    """The `path` auth of each route (its intermediaries, the payer's side first), each hop
-    quoted and signed by the world's running intermediaries, as the path desk gets them."""
-    key, now_ms, payment = local.world.keys[COORDINATOR], local.clock.now_ms(), signed_payment.msg
+async def paths_of(local, *routes: tuple[str, ...]) -> list[dict]:
+    """The `path` auth of each route (its intermediaries, the payer's side first) of the
+    payer's "pay-1", each hop quoted and signed by the world's running intermediaries, as
+    the path desk gets them."""
+    key, now_ms = local.world.keys[COORDINATOR], local.clock.now_ms()
+    raw = world.payment(local, "pay-1", 100_000, 110_000, now_ms + 60_000)
+    signed_payment = decode_signed(raw, allowed=(PathPayment,))
+    payment = signed_payment.msg
 
     async def ask(party: str, request, answer: type):
         raw = sign(request, (COORDINATOR, key)).encode()
@@ -363,9 +367,7 @@ async def test_a_ledger_locks_a_path_leg_only_under_the_backstop_its_intermediar
         local, _ = await start(nursery, tmp_path)
         registry, key = local.world.registry, local.world.keys[COORDINATOR]
         now_ms = local.clock.now_ms()
-        raw = world.payment(local, "pay-1", 100_000, 110_000, now_ms + 60_000)
-        signed_payment = decode_signed(raw, allowed=(PathPayment,))
-        [auth] = await paths_of(local, signed_payment, ("mm-1", "mm-2"))
+        [auth] = await paths_of(local, ("mm-1", "mm-2"))
         terms = terms_of(auth, registry)
         index = len(terms.legs) - 1  # the payer's leg: EUR to mm-1
         leg, signed_ms = terms.legs[index], terms.backstops[index]
@@ -500,9 +502,7 @@ async def test_a_payers_order_is_locked_once_on_its_ledger_whatever_path_carries
         local, _ = await start(nursery, tmp_path)
         registry, key = local.world.registry, local.world.keys[COORDINATOR]
         now_ms = local.clock.now_ms()
-        raw = world.payment(local, "pay-1", 100_000, 110_000, now_ms + 60_000)
-        signed_payment = decode_signed(raw, allowed=(PathPayment,))
-        auths = await paths_of(local, signed_payment, ("mm-1", "mm-2"), ("mm-3",))
+        auths = await paths_of(local, ("mm-1", "mm-2"), ("mm-3",))
         client = local.client("cbdc-eur")
         [before] = await read_over_bus(local.bus, registry, ["cbdc-eur"])
         locks = []
