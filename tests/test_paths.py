@@ -207,6 +207,21 @@ async def test_with_the_coordinator_gone_for_good_an_intermediarys_watchtower_co
         nursery.cancel_scope.cancel()
 
 
+async def cut_off_at_commit(local: Local, nursery: trio.Nursery, ledgers: list[str]):
+    """Pay "pay-1" and stop `ledgers` the moment the path commits; its record then."""
+    records = []
+
+    def cut_off(record) -> None:
+        records.append(record)
+        for ledger in ledgers:
+            local.stop_ledger(ledger)
+
+    killed = killing(local.coordinator, Phase.CLAIMING, cut_off)
+    nursery.start_soon(pay, local, "pay-1")
+    await killed.wait()
+    return records[0]
+
+
 async def test_an_expiry_race_on_the_middle_hop_is_won_inside_the_intermediarys_margin(tmp_path, autojump_clock):
     """Backstops forced down to a minute, every ledger cut off once the path commits,
     and each brought back a second before its own lock's backstop: the payee's hop at
@@ -217,22 +232,13 @@ async def test_an_expiry_race_on_the_middle_hop_is_won_inside_the_intermediarys_
     async with trio.open_nursery() as nursery:
         local, _ = await start(nursery, tmp_path, timing)
         before = await world.positions(local)
-        records = []
-
-        def cut_off(record) -> None:
-            records.append(record)
-            for spec in world.LEDGERS:
-                local.stop_ledger(spec.ledger_id)
-
-        killed = killing(local.coordinator, Phase.CLAIMING, cut_off)
-        nursery.start_soon(pay, local, "pay-1")
-        await killed.wait()
-        backstops = records[0].backstop_ms
+        record = await cut_off_at_commit(local, nursery, [spec.ledger_id for spec in world.LEDGERS])
+        backstops = record.backstop_ms
         assert backstops[1] - backstops[0] == MARGIN_MS and backstops[2] - backstops[1] == MARGIN_MS
         for ledger, backstop_ms in zip(("cbdc-chf", "cbdc-usd", "cbdc-eur"), backstops, strict=True):
             await trio.sleep_until(local.clock.trio_time_at(backstop_ms - 1_000))
             await local.start_ledger(ledger)
-        settled = await local.coordinator.wait(records[0].settlement_id)
+        settled = await local.coordinator.wait(record.settlement_id)
         assert settled.phase is Phase.SETTLED, settled
         await paid_in_full(local, before)
         nursery.cancel_scope.cancel()
@@ -248,18 +254,10 @@ async def test_the_middle_hops_ledger_out_past_its_backstop_is_reported_one_legg
     async with trio.open_nursery() as nursery:
         local, _ = await start(nursery, tmp_path, timing)
         before = await world.positions(local)
-        records = []
-
-        def cut_off(record) -> None:
-            records.append(record)
-            local.stop_ledger("cbdc-usd")
-
-        killed = killing(local.coordinator, Phase.CLAIMING, cut_off)
-        nursery.start_soon(pay, local, "pay-1")
-        await killed.wait()
-        await trio.sleep_until(local.clock.trio_time_at(records[0].backstop_ms[1] + 1_000))
+        record = await cut_off_at_commit(local, nursery, ["cbdc-usd"])
+        await trio.sleep_until(local.clock.trio_time_at(record.backstop_ms[1] + 1_000))
         await local.start_ledger("cbdc-usd")
-        ended = await local.coordinator.wait(records[0].settlement_id)
+        ended = await local.coordinator.wait(record.settlement_id)
         assert ended.phase is Phase.ONE_LEGGED and "leg 1 is refunded" in ended.reason, ended
         moved = changes(before, await world.positions(local))
         assert moved == {key: value for key, value in FULL.items() if key[1] != "USD"}, moved
