@@ -5,16 +5,14 @@ took, hop by hop, each amount as people read it."""
 
 from __future__ import annotations
 
-from protocols import canonical
-from protocols.bus import Bus, BusTimeout, service_of_coordinator
+from protocols.bus import Bus
 from protocols.bus.clock import ServiceClock
 from protocols.errors import Rejected
-from protocols.messages import PathPayment, PathStatus, SettlementStatus
+from protocols.messages import PathPayment, PathStatus
 from protocols.money import format_amount, parse_amount
-from protocols.signing import from_wire, sign
 
 from ..daemon import DaemonError, on_bus
-from .submit import load_party
+from .submit import DeskClient, load_party
 
 
 def order(
@@ -89,24 +87,8 @@ async def main(
     )
 
     async def send(bus: Bus) -> int:
-        raw = sign(payment, (party, key)).encode()
-        wait_s = deadline_s + 60  # routed within the deadline, then settled: claims take what they take
-        try:
-            reply = await bus.request(service_of_coordinator(coordinator), raw, timeout_s=wait_s)
-        except BusTimeout:
-            raise DaemonError(
-                f"coordinator {coordinator}", f"no outcome within {wait_s:.0f} s; send it again"
-            ) from None
-        try:
-            signed = from_wire(canonical.decode(reply), allowed=(PathStatus, SettlementStatus))
-        except Rejected as error:
-            raise DaemonError(f"coordinator {coordinator}", f"its answer is not a path_status: {error}") from None
-        if not signed.signed_by(coordinator, registry[coordinator].public_key):
-            raise DaemonError(f"coordinator {coordinator}", "the answer is not signed by the coordinator")
-        status = signed.msg
-        if isinstance(status, SettlementStatus):
-            raise DaemonError(f"coordinator {coordinator}", f"refused: {status.reason_code}: {status.reason}")
-        assert isinstance(status, PathStatus)
+        # routed within the deadline, then settled: claims take what they take
+        status = await DeskClient(bus, registry, coordinator, party, key).pay(payment, deadline_s + 60)
         print(report(status))
         return 0 if status.phase == "settled" else 1
 

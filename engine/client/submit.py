@@ -24,6 +24,8 @@ from protocols.messages import (
     HoldInstruction,
     OffsetQueue,
     OffsetReport,
+    PathPayment,
+    PathStatus,
     QueryAdvices,
     SettlementInstruction,
     SettlementStatus,
@@ -71,11 +73,16 @@ class DeskClient:
         self.bus, self.registry, self.coordinator, self.party, self.key = bus, registry, coordinator, party, key
         self.clock = ServiceClock()
 
-    async def _ask(self, payload: bytes, answer: type[Advices] | type[OffsetReport] = Advices):
+    async def _ask(
+        self,
+        payload: bytes,
+        answer: type[Advices] | type[OffsetReport] | type[PathStatus] = Advices,
+        timeout_s: float = REPLY_TIMEOUT_S,
+    ):
         try:
-            raw = await self.bus.request(service_of_coordinator(self.coordinator), payload, timeout_s=REPLY_TIMEOUT_S)
+            raw = await self.bus.request(service_of_coordinator(self.coordinator), payload, timeout_s=timeout_s)
         except BusTimeout:
-            raise DaemonError(f"coordinator {self.coordinator}", f"did not answer within {REPLY_TIMEOUT_S} s") from None
+            raise DaemonError(f"coordinator {self.coordinator}", f"did not answer within {timeout_s:g} s") from None
         try:
             signed = from_wire(canonical.decode(raw), allowed=(answer, SettlementStatus))
         except Rejected as error:
@@ -97,6 +104,11 @@ class DeskClient:
         report = await self._ask(sign(msg, (self.party, self.key)).encode(), OffsetReport)
         assert isinstance(report, OffsetReport)
         return report
+
+    async def pay(self, msg: PathPayment, timeout_s: float) -> PathStatus:
+        status = await self._ask(sign(msg, (self.party, self.key)).encode(), PathStatus, timeout_s)
+        assert isinstance(status, PathStatus)
+        return status
 
     async def advices(self, from_seq: int) -> list[dict]:
         query = QueryAdvices(f"advices-{self.clock.now_ms()}", self.coordinator, self.party, from_seq, 100)

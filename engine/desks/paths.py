@@ -54,8 +54,8 @@ class PathDesk(Desk):
 
     def __init__(self, coordinator) -> None:
         super().__init__(coordinator)
-        self._orders: dict[str, Signed[PathPayment]] = {}  # settlement id -> the order being routed
-        self._answers: dict[str, tuple[trio.Event, list[bytes]]] = {}
+        # settlement id -> the order being routed, set once answered, and the answer
+        self._routing: dict[str, tuple[Signed[PathPayment], trio.Event, list[bytes]]] = {}
         self._requests = 0
 
     async def _resume(self) -> None:
@@ -76,14 +76,13 @@ class PathDesk(Desk):
                     Code.ID_REUSED, "id", f"{payment.payer}'s payment {payment.id} was sent with other content"
                 )
             return self._status(payment, await self.coordinator.wait(settlement_id))
-        self._orders.setdefault(settlement_id, signed)
-        done, answer = self._answers.setdefault(settlement_id, (trio.Event(), []))
+        _, done, answer = self._routing.setdefault(settlement_id, (signed, trio.Event(), []))
         self._serve(settlement_id)
         await done.wait()
         return answer[0]
 
     async def _carry_out(self, settlement_id: str) -> None:
-        signed = self._orders[settlement_id]
+        signed, done, answer = self._routing[settlement_id]
         payment = signed.msg
         try:
             auth = await self._route(signed)
@@ -97,8 +96,7 @@ class PathDesk(Desk):
             reply = self._status(payment, known) if known is not None else self._refusal_of(payment, error)
         finally:
             self._serving.discard(settlement_id)
-            del self._orders[settlement_id]
-        done, answer = self._answers.pop(settlement_id)
+            del self._routing[settlement_id]
         answer.append(reply)
         done.set()
 

@@ -163,19 +163,21 @@ class Outcome:
 
     def paid(self, status: PathStatus) -> None:
         """A multi-hop payment's final status, as its payer received it."""
-        self.phases[status.phase] += 1
-        self.paths[f"{len(status.legs) - 1} intermediaries" if status.legs else "not routed"] += 1
-        if status.steps:
-            needed = frozenset({status.coordinator, *(leg.ledger for leg in status.legs)})
-            self.lives.append((status.steps[0][1], status.steps[-1][1], needed))
+        path = f"{len(status.legs) - 1} intermediaries" if status.legs else "not routed"
+        self._ended(status.phase, path, status.steps, {status.coordinator, *(leg.ledger for leg in status.legs)})
 
     def ended(self, settlement: Settlement, status: SettlementStatus) -> None:
         """A settlement's final status, as its back office received it."""
-        self.phases[status.phase] += 1
-        self.paths["same" if len({leg.ledger for leg in settlement.legs}) == 1 else "cross"] += 1
-        if status.steps:
-            needed = frozenset({settlement.coordinator, *(leg.ledger for leg in settlement.legs)})
-            self.lives.append((status.steps[0][1], status.steps[-1][1], needed))
+        path = "same" if len({leg.ledger for leg in settlement.legs}) == 1 else "cross"
+        needed = {settlement.coordinator, *(leg.ledger for leg in settlement.legs)}
+        self._ended(status.phase, path, status.steps, needed)
+
+    def _ended(self, phase: str, path: str, steps: tuple, needed: set[str]) -> None:
+        """Counted by phase and path; and its life, from its steps, with whom it needed."""
+        self.phases[phase] += 1
+        self.paths[path] += 1
+        if steps:
+            self.lives.append((steps[0][1], steps[-1][1], frozenset(needed)))
 
     def verdict(self) -> int:
         """Print every violation and why each one-legged settlement happened; the exit status."""
