@@ -29,7 +29,7 @@ import trio
 from engine.world.broker import Broker
 from engine.world.local import Local
 from engine.world.nats import NatsServer
-from engine.world.postgres import LOCAL_POSTGRES, backend_pids, scratch_database, service_schemas
+from engine.world.postgres import backend_pids, scratch_database, service_schemas
 from engine.world.rabbitmq import RabbitMQNode
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.address import redacted
@@ -54,7 +54,6 @@ from .workload import LEDGERS, SCENARIOS, Shape, Workload, lay_out_bench
 
 BROKER = "broker"  # the broker's place
 CHECK_IN_FLIGHT = 64
-DEFAULT_POSTGRES = LOCAL_POSTGRES
 OTHER_BROKERS: dict[str, Callable[[Path], NatsServer | RabbitMQNode]] = {"nats": NatsServer, "rabbitmq": RabbitMQNode}
 BROKER_KINDS = ("mosquitto", *OTHER_BROKERS)
 POSTGRES_PREFIX = "postgres "  # the server's process serving one ledger: "postgres csd"

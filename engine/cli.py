@@ -564,7 +564,7 @@ def parser() -> argparse.ArgumentParser:
         "Measure cross-ledger (HTLC) against same-ledger settlement on the same workload, in one run; "
         "results and charts in --out (benchmarks/README.md).",
     )
-    from benchmarks.bench import arguments
+    from benchmarks.options import arguments
 
     arguments(bench)
     bench.set_defaults(run=_bench)
@@ -702,7 +702,7 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--public-key", required=True, metavar="FILE", help="its new public key (PEM)")
     rotate.set_defaults(run=_rotate_key)
 
-    from engine.client.corporate_action import DEADLINE_MS_DEFAULT
+    from protocols.servicing import DEADLINE_MS_DEFAULT
 
     action = command(
         "corporate-action",
@@ -842,7 +842,7 @@ def parser() -> argparse.ArgumentParser:
     eod.add_argument("--out", required=True, metavar="DIR", help="the folder the report's documents go to")
     eod.set_defaults(run=_end_of_day)
 
-    from engine.audit.journals import GRACE_MS
+    from engine.audit.graces import AUDIT_GRACE_MS
 
     audit = command(
         "audit",
@@ -868,9 +868,9 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--grace-ms",
         type=int,
-        default=GRACE_MS,
+        default=AUDIT_GRACE_MS,
         metavar="MS",
-        help=f"how long a lock may stay held past its expiry (default: {GRACE_MS})",
+        help=f"how long a lock may stay held past its expiry (default: {AUDIT_GRACE_MS})",
     )
     audit.set_defaults(run=_audit)
 
@@ -894,7 +894,7 @@ def parser() -> argparse.ArgumentParser:
     provenance.add_argument("--issuance", type=int, metavar="SEQ", help="the issue entry whose units to follow")
     provenance.set_defaults(run=_provenance)
 
-    from engine.audit.observer import GRACE_MS as OBSERVER_GRACE_MS
+    from engine.audit.graces import OBSERVER_GRACE_MS
 
     observer = command(
         "observer",

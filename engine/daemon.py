@@ -26,7 +26,7 @@ from .config import CoordinatorConfig
 from .coordinator import Coordinator
 from .coordinator.journal import Hold, Journal, JournalInUse, hold
 from .coordinator.metrics import CoordinatorMetrics
-from .coordinator.postgres import JournalUnavailable
+from .coordinator.schema import JournalUnavailable
 from .desks.matching import MatchingDesk
 from .desks.paths import PathDesk
 from .desks.repo import RepoDesk

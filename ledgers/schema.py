@@ -7,9 +7,14 @@ that a query that pages by account id answers the same on either."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sqlite_utils
 
-from .database import Postgres, SQLite
+from .database import SQLite
+
+if TYPE_CHECKING:
+    from .postgres import Postgres
 
 SCHEMA_VERSION = 4  # 2: rotated keys; 3: checkpoints, and the entry that applied each instruction; 4: decision locks
 REFUND_AT = "COALESCE(backstop_ms, expiry_ms)"  # as HeldLock.refund_at_ms: the same expression as the index's

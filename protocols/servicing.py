@@ -30,6 +30,7 @@ from .errors import Code, Rejected
 
 BASIS_POINTS = 10_000
 COUPON_PERIODS_MAX = 12 * 100  # the longest schedule walked back from maturity: 100 years monthly
+DEADLINE_MS_DEFAULT = 12 * 3_600_000  # a mandate's payments, unless it says otherwise: within the date's first 12 hours
 
 
 @attrs.frozen

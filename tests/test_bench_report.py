@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from benchmarks.bench import _broken, _report, arguments
+from benchmarks.bench import _broken, _report
+from benchmarks.options import arguments
 from benchmarks.runner import BenchmarkBroken, Load, Result, Run
 from benchmarks.table import WIDTH_MAX, table
 from benchmarks.workload import Shape

@@ -11,7 +11,7 @@ from contextlib import closing
 import psycopg
 import pytest
 
-import ledgers.database
+import ledgers.postgres
 from engine.world.layout import lay_out
 from engine.world.postgres import new_schema
 from ledgers.database import DatabaseUnavailable
@@ -50,7 +50,7 @@ def tables_in(url: str) -> list[str]:
 
 
 def test_a_postgres_ledger_holds_its_schema_alone_and_another_schema_opens_beside_it(postgres, monkeypatch):
-    monkeypatch.setattr(ledgers.database, "POSTGRES_HOLD_WAIT_MS", 200)
+    monkeypatch.setattr(ledgers.postgres, "POSTGRES_HOLD_WAIT_MS", 200)
     first, second = new_schema(postgres, "held_a"), new_schema(postgres, "held_b")
     store = Store(first)
     try:

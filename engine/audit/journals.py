@@ -27,7 +27,6 @@ from contextlib import closing
 from pathlib import Path
 
 import attrs
-import psycopg
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -53,8 +52,7 @@ from protocols.signing import Signed
 from protocols.tokens import Tokens
 
 from . import effects
-
-GRACE_MS = 60_000  # how long past its refund time a lock may stay held before it is a violation
+from .graces import AUDIT_GRACE_MS
 
 
 class AuditError(ExpectedFailure):
@@ -451,7 +449,7 @@ class Report:
         return "\n".join(lines)
 
 
-def audit(journals: list[LedgerJournal], grace_ms: int = GRACE_MS) -> Report:
+def audit(journals: list[LedgerJournal], grace_ms: int = AUDIT_GRACE_MS) -> Report:
     """Everything the journals read show, checked across ledgers."""
     by_ledger = {journal.ledger: journal for journal in journals}
     assert len(by_ledger) == len(journals), "a ledger is audited twice"
@@ -536,6 +534,8 @@ def read_database(database: str | Path, registry: Registry) -> LedgerJournal:
     """A ledger's journal straight from its database, read-only: an SQLite file, or a
     postgresql:// URL (read in one snapshot)."""
     if is_postgres(str(database)):
+        import psycopg  # loaded only for a ledger on PostgreSQL
+
         name = redacted(str(database))
         try:
             with closing(psycopg.connect(str(database))) as db:
@@ -713,7 +713,11 @@ def read_journals(
 
 
 def main(
-    registry_path: str, databases: list[str] | None, broker: str | None, ledger_ids: list[str], grace_ms: int = GRACE_MS
+    registry_path: str,
+    databases: list[str] | None,
+    broker: str | None,
+    ledger_ids: list[str],
+    grace_ms: int = AUDIT_GRACE_MS,
 ) -> int:
     """Print the report; 0 if clean, 1 on any violation. An ExpectedFailure if the
     journals cannot be read (the command prints it: exit status 2)."""

@@ -46,6 +46,7 @@ from protocols.settlement import lock_id
 from protocols.signing import Signed, from_wire
 
 from ..config import ConfigError, CoordinatorConfig
+from .graces import OBSERVER_GRACE_MS
 from .journals import (
     AuditError,
     Kind,
@@ -61,7 +62,6 @@ from .journals import (
 
 log = logging.getLogger("lockstep.observer")
 
-GRACE_MS = 2_000  # past a refund time or deadline, on the observer's clock, before a leg is beyond claiming
 CHECK_INTERVAL_S = 0.5  # how often held locks and quiet ledgers are looked at
 RETRY_S = 1.0  # before asking a ledger again after an answer that is not its own
 STATUS_INTERVAL_S = 60.0  # how often the counts are logged
@@ -334,7 +334,7 @@ def load(config_path: str, broker: str | None, grace_ms: int) -> tuple[Registry,
     return registry, url, config.ledgers
 
 
-async def serve(config_path: str, broker: str | None = None, grace_ms: int = GRACE_MS) -> None:
+async def serve(config_path: str, broker: str | None = None, grace_ms: int = OBSERVER_GRACE_MS) -> None:
     """`lockstep observer`, until SIGTERM or SIGINT."""
     from ..daemon import _until_signalled
 

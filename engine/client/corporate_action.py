@@ -16,7 +16,6 @@ from protocols.signing import PrivateKey, Signed, from_wire, sign, unsigned
 from ..daemon import DaemonError, on_bus
 
 ANSWER_TIMEOUT_S = 10
-DEADLINE_MS_DEFAULT = 12 * 3_600_000  # pay within the first 12 hours of the payment date
 
 
 async def main(args) -> int:

@@ -38,8 +38,9 @@ from protocols.messages import (
 from protocols.registry import Registry, Role
 from protocols.signing import PrivateKey, Signed, from_wire, sign
 
+from ..audit.graces import OBSERVER_GRACE_MS
 from ..audit.journals import LedgerJournal, Violation, read_over_bus
-from ..audit.observer import GRACE_MS, Observer, load
+from ..audit.observer import Observer, load
 from ..watchtower import verified_decisions
 from . import access, views
 from .app import console_app
@@ -225,7 +226,7 @@ def console_of(
     bus: Bus,
     ledgers: list[str],
     coordinators: tuple[str, ...] = (),
-    grace_ms: int = GRACE_MS,
+    grace_ms: int = OBSERVER_GRACE_MS,
     supervisor: Supervisor | None = None,
 ) -> Console:
     """A console over these ledgers and these coordinators' decisions and advices; its
@@ -280,7 +281,7 @@ async def serve(
     listen: str,
     users_file: str,
     broker: str | None = None,
-    grace_ms: int = GRACE_MS,
+    grace_ms: int = OBSERVER_GRACE_MS,
     tls: Tls | None = None,
     supervisor: tuple[str, str] | None = None,
 ) -> None:

@@ -37,7 +37,6 @@ from protocols.databases import is_postgres
 from protocols.settlement import FINAL, Decision, Phase, check_transition, decided
 
 from . import schema
-from .postgres import PostgresConnection
 from .schema import FINAL_SQL
 
 BATCH_SIZE_MAX = 1024  # saves gathered into one commit
@@ -241,6 +240,8 @@ def hold(database: str | Path) -> Hold:
     """The journal held, or JournalInUse saying by whom: on SQLite an exclusive lock on
     `{database}.lock`, on PostgreSQL the schema's advisory lock."""
     if is_postgres(database):
+        from .postgres import PostgresConnection  # its driver loaded only for a journal on PostgreSQL
+
         connection = PostgresConnection(str(database))
         if not connection.hold():
             connection.close()

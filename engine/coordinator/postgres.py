@@ -14,11 +14,8 @@ import psycopg
 
 from protocols.bus.address import redacted
 from protocols.databases import POSTGRES_HOLD_KEY, error_line, postgres_dialect, unfit
-from protocols.failures import ExpectedFailure
 
-
-class JournalUnavailable(ExpectedFailure):
-    """The journal's database cannot be opened, or cannot be trusted with it."""
+from .schema import JournalUnavailable
 
 
 class PostgresConnection:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlite_utils
 
 from protocols.databases import POSTGRES_HOLD_KEY, is_postgres
+from protocols.failures import ExpectedFailure
 from protocols.settlement import FINAL
 
-from .postgres import PostgresConnection
+if TYPE_CHECKING:
+    from .postgres import PostgresConnection
 
 # in one fixed order: a query must spell the partial index's condition as it was created
 FINAL_SQL = ", ".join(f"'{value}'" for value in sorted(phase.value for phase in FINAL))
@@ -27,10 +29,16 @@ BUSY_TIMEOUT_S = 30  # the journal's writer and the desks share the file
 POSTGRES_MAKE_KEY = POSTGRES_HOLD_KEY + 1  # held while the schema is made: the journal's connections race
 
 
+class JournalUnavailable(ExpectedFailure):
+    """The journal's database cannot be opened, or cannot be trusted with it."""
+
+
 def connect(database: str | Path) -> Connection:
     """A connection to the coordinator's database at the current schema, every commit
     durable before whoever made it acts on it: on SQLite WAL and synchronous=FULL."""
     if is_postgres(database):
+        from .postgres import PostgresConnection  # its driver loaded only for a journal on PostgreSQL
+
         pg = PostgresConnection(str(database))
         try:
             _migrate_postgres(pg)
@@ -50,6 +58,8 @@ def read_only(database: str | Path) -> Connection:
     """A connection that only reads what is committed (a metrics scrape): it never meets
     the writer's transaction, and never makes or migrates the schema."""
     if is_postgres(database):
+        from .postgres import PostgresConnection
+
         pg = PostgresConnection(str(database))
         pg.execute("SET default_transaction_read_only = on")
         return pg
