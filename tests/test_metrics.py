@@ -66,12 +66,23 @@ async def fetch(port: int, request: bytes, *, eof: bool = False) -> tuple[int, d
         if eof:
             await stream.send_eof()
         data = b""
-        while chunk := await stream.receive_some(1 << 16):
-            data += chunk
+        while (chunk := await stream.receive_some(1 << 16)) and not _whole(data := data + chunk):
+            pass  # a kept-alive connection stays open after the answer: read up to its length
     head, _, body = data.partition(b"\r\n\r\n")
+    status_line, headers = _head(head)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def _head(head: bytes) -> tuple[str, dict[str, str]]:
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines)
-    return int(status_line.split(" ")[1]), {name.lower(): value for name, value in headers.items()}, body
+    return status_line, {name.lower(): value for name, value in (line.split(": ", 1) for line in header_lines)}
+
+
+def _whole(data: bytes) -> bool:
+    """An answer has come whole: its head, and as much body as its content-length says."""
+    head, ended, body = data.partition(b"\r\n\r\n")
+    length = _head(head)[1].get("content-length") if ended else None
+    return length is not None and len(body) >= int(length)
 
 
 @pytest.fixture
