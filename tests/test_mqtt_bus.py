@@ -104,3 +104,24 @@ async def test_bus_reconnects_and_serves_again_after_broker_restart(tmp_path):
                 nursery.cancel_scope.cancel()
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize("kind", ["memory", "mqtt"])
+async def test_a_subscriber_leaving_while_its_events_stream_in_leaves_the_bus_serving(kind, broker):
+    """A follower stops (a ledger it followed went away, say) while that ledger's events
+    are still arriving: the events meant for it are dropped, and the bus goes on, for the
+    follower that subscribes again and for everyone else."""
+    async with two_ends(kind, broker) as (publisher, subscriber), trio.open_nursery() as nursery:
+        await nursery.start(echo_server, subscriber, "echo")
+        for _ in range(5):
+            async with subscriber.subscribe("stream") as events:
+                for n in range(200):
+                    await publisher.publish("stream", b"%d" % n)
+                await events.receive()  # the rest on their way as it leaves
+        async with subscriber.subscribe("stream") as events:
+            await publisher.publish("stream", b"again")
+            with trio.fail_after(5):
+                while await events.receive() != b"again":
+                    pass
+        await echoed_again(publisher, b"still serving", deadline_s=5)
+        nursery.cancel_scope.cancel()

@@ -408,14 +408,16 @@ class MqttBus:
         try:
             if len(subscribers) == 1:
                 await self._subscribe(mqtt_topic)
-            async with receive:
-                yield receive
+            yield receive
         finally:
+            # off the list before the channel closes, with no checkpoint between: an event
+            # read meanwhile must find no channel rather than a closed one
             subscribers.discard(send)
             if not subscribers:
                 del self._subscribers[mqtt_topic]
                 if not self._closed:
                     self._client.unsubscribe(mqtt_topic)
+            receive.close()
 
 
 class _BufferedSocket:
