@@ -21,7 +21,7 @@ from benchmarks.workload import Shape
 
 pytestmark = pytest.mark.slow  # namespaces, and a world of processes in them
 
-RTT_MS = 80.0  # across borders, as the issue has it
+RTT_MS = 150.0  # more than a settlement's own work takes while the suite keeps every core busy (up to 100 ms seen)
 ECHO = """
 import socket, sys
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -85,7 +85,7 @@ async def test_a_settlement_takes_its_round_trips_and_no_more(tmp_path):
 
             system = attrs.evolve(system, messages=uncounted)
             results = {
-                path: await measure(system, Run("mqtt", "dvp", path, Load(concurrency=1), 3, rtt_ms=RTT_MS), ignored)
+                path: await measure(system, Run("mqtt", "dvp", path, Load(concurrency=1), 5, rtt_ms=RTT_MS), ignored)
                 for path in ("cross", "same")
             }
     for path, result in results.items():
