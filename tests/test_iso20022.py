@@ -532,10 +532,10 @@ XINCLUDE = BODY.replace(
     ids=["billion-laughs", "quadratic", "xxe", "external-dtd", "parameter-entity"],
 )
 def test_dtds_and_entities_are_refused_unexpanded(document):
-    started = time.perf_counter()
+    started = time.process_time()  # its own CPU: a busy machine does not make it slow
     with pytest.raises(Rejected) as refused:
         read(SESE_023, document)
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
     assert refused.value == Rejected(
         Code.MALFORMED, "document", "!DOCTYPE is not allowed: no DTD, no entities; nothing was expanded or loaded"
     )
@@ -614,10 +614,10 @@ def test_very_deep_nesting_within_the_byte_limit_is_refused_quickly():
         b"</a>" * 4000,
     )
     assert len(document) < xml.document_bytes_max
-    started = time.perf_counter()
+    started = time.process_time()  # its own CPU: a busy machine does not make it slow
     with pytest.raises(Rejected) as refused:
         read(SESE_023, document)
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
     assert refused.value.code is Code.MALFORMED and "depth" in refused.value.reason
 
 
