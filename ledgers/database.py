@@ -1,12 +1,12 @@
 """Where a ledger keeps its book: an SQLite file (the default: embedded, nothing else to
-run) or a PostgreSQL database (`database = "postgresql://..."`), for an operator who runs
-its book of record on a replicated server.
+run), here, or a PostgreSQL database (`database = "postgresql://..."`, postgres.py), for
+an operator who runs its book of record on a replicated server.
 
 A PostgreSQL ledger keeps its tables in a schema of its own (protocols/databases.py),
 so one database may hold several ledgers.
 
 Both are spoken to in one dialect, which `Store` writes once: `?` placeholders (turned
-into psycopg's `%s` here), upserts as `INSERT ... ON CONFLICT ... DO UPDATE`, and sums
+into psycopg's `%s` by postgres.py), upserts as `INSERT ... ON CONFLICT ... DO UPDATE`, and sums
 cast to BIGINT. Each backend holds its database for one ledger process at a time, makes
 every commit durable before it returns, and opens read-only connections for whoever
 only looks (the metrics scrape)."""
