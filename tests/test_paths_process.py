@@ -12,7 +12,10 @@ import trio
 
 from engine.world import paths as world_of_paths
 from engine.world.local import Local
+from protocols.bus import decisions_topic
 from protocols.bus.mqtt import MqttBus
+from protocols.messages import SettlementDecision
+from protocols.signing import decode_signed
 from tests.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow  # ledgers, a coordinator and intermediaries as processes
@@ -52,9 +55,11 @@ async def test_a_payment_routed_through_market_maker_processes_survives_the_midd
             async def pay(payment_id: str) -> None:
                 said.append(await trio.to_thread.run_sync(lambda: lockstep("pay", *common, "--id", payment_id)))
 
-            async with trio.open_nursery() as paying:
+            async with bus.subscribe(decisions_topic("coordinator")) as decisions, trio.open_nursery() as paying:
                 paying.start_soon(pay, "first")
-                await trio.sleep(3)
+                with trio.fail_after(60):  # decided while the ledger is down, however slowly the pay starts
+                    decision = decode_signed(await decisions.receive(), allowed=(SettlementDecision,)).msg
+                assert decision.outcome == "abort" and "cbdc-usd" in decision.ledgers, decision
                 ledgers["cbdc-usd"] = ServiceProcess(world, "ledger", "cbdc-usd", broker.url).start()
                 await ledgers["cbdc-usd"].ready(bus)
             assert said[0].returncode == 1 and "payment first: rolled_back" in said[0].stdout, said[0]
