@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import sqlite_utils
-
 from .database import SQLite
 
 if TYPE_CHECKING:
+    import sqlite_utils
+
     from .postgres import Postgres
 
 SCHEMA_VERSION = 4  # 2: rotated keys; 3: checkpoints, and the entry that applied each instruction; 4: decision locks
@@ -28,6 +28,8 @@ def migrate(db: SQLite | Postgres) -> None:
         return
     with db.transaction():
         if isinstance(db, SQLite):
+            import sqlite_utils  # loaded only to migrate: it loads numpy where installed
+
             _migrate_sqlite(sqlite_utils.Database(db.raw), version)
         else:
             assert version == 0, f"{db.name}: PostgreSQL schema {version} has no migration"

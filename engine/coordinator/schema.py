@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import sqlite_utils
-
 from protocols.databases import POSTGRES_HOLD_KEY, is_postgres
 from protocols.failures import ExpectedFailure
 from protocols.settlement import FINAL
 
 if TYPE_CHECKING:
+    import sqlite_utils
+
     from .postgres import PostgresConnection
 
 # in one fixed order: a query must spell the partial index's condition as it was created
@@ -75,6 +75,8 @@ def migrate(db: sqlite3.Connection, path: str | Path) -> None:
     with db:
         db.execute("BEGIN IMMEDIATE")
         version = db.execute("PRAGMA user_version").fetchone()[0]  # another connection may have been first
+        import sqlite_utils  # loaded only to migrate: it loads numpy where installed
+
         for migration in MIGRATIONS[version:]:
             migration(sqlite_utils.Database(db))
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
