@@ -5,6 +5,8 @@ balances and lock states."""
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import attrs
 import pytest
 import trio
@@ -189,6 +191,32 @@ async def test_lock_not_confirmed_in_time_rolls_back_once_the_silent_ledger_answ
         assert unchanged(before, await w.balances(CROSS_PVP[:1]))
         assert await w.lock_state("cbdc-eur", lock_id(record.settlement_id, 0)) == "cancelled"
         assert await w.lock_state("cbdc-multi", lock_id(record.settlement_id, 1)) is None  # never placed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_settlement_and_its_locks_are_one_row_of_the_journal(tmp_path, autojump_clock):
+    """Accepted and locked in one step, a settlement is journaled as one transition
+    holding both steps and its secrets, not as a row for each: a row per settlement per
+    step. Its record read back is the same either way."""
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        w.local.stop_ledger("cbdc-multi")  # the settlement stays locking: its rows are not compacted yet
+        locking = trio.Event()
+        coordinator.on_phase = lambda record: record.phase is Phase.LOCKING and locking.set()
+        settlement = w.local.settlement("pvp", CROSS_PVP, PARTIES)
+        nursery.start_soon(coordinator.submit, settlement)
+        await locking.wait()
+        settlement_id = decode_signed(settlement).msg.id
+        rows = coordinator.journal._reader.execute(
+            "SELECT changes, length(secret) FROM transitions WHERE settlement_id = ?", (settlement_id,)
+        ).fetchall()
+        assert [(canonical.decode(changes.encode())["steps"], drew) for changes, drew in rows] == [
+            ([["pending", ANY], ["locking", ANY]], 32)
+        ]
+        record = coordinator.journal.get(settlement_id)
+        assert record is not None and [phase for phase, _ in record.steps] == ["pending", "locking"]
+        assert record.instruction == settlement and len(record.sent) == 2
         nursery.cancel_scope.cancel()
 
 

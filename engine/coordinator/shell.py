@@ -60,7 +60,7 @@ from protocols.signing import PrivateKey, Signed, decode_signed, sign, unsigned
 from .. import config
 from ..watchtower import Watchtower
 from . import core
-from .journal import Journal, Record
+from .journal import Change, Journal, Record
 
 log = logging.getLogger("lockstep.coordinator")
 
@@ -414,7 +414,7 @@ class Coordinator:
         committed = None
         if saves:
             gates = any(save.gates for save in saves)
-            committed = await self.journal.queue([(save.previous, save.record) for save in saves], note=not gates)
+            committed = await self.journal.queue(_transitions(saves), note=not gates)
             if gates:
                 self._gate = committed
         gone = trio.Event()
@@ -536,6 +536,17 @@ class Coordinator:
             await trio.sleep(FENCE_RETRY_S)
         log.info("fenced %s at epoch %d", ledger_id, epoch)
         await batcher.run()
+
+
+def _transitions(saves: list[core.Save]) -> list[Change]:
+    """A step's saves as the journal's rows: one per settlement, from what it was before
+    the step to what the step made it (a new settlement locked at once is one row, not
+    two), in the order the step first changed each."""
+    rows: dict[str, Change] = {}
+    for save in saves:
+        first = rows.get(save.record.settlement_id)
+        rows[save.record.settlement_id] = (save.previous if first is None else first[0], save.record)
+    return list(rows.values())
 
 
 def _reused(settlement_id: str) -> Rejected:
