@@ -39,10 +39,15 @@ class BatchSignature:
     index: int
     count: int
     path: tuple[bytes, ...]
+    # (the message's digest, the root) when whoever made the proof built the whole tree
+    # (signing, or opening an envelope): its root is then known, not worked out again
+    known: tuple[bytes, bytes] | None = attrs.field(default=None, eq=False, repr=False)
 
     def root(self, digest: bytes) -> bytes | None:
         """The root this proof gives for a message of this digest; None if the proof's
         shape is impossible (an index outside the batch, a path too short or too long)."""
+        if self.known is not None and self.known[0] == digest:
+            return self.known[1]
         return root_from_path(leaf_hash(digest), self.index, self.count, self.path)
 
 
@@ -93,7 +98,10 @@ def sign_digests(digests: Sequence[bytes], sign: Callable[[bytes], bytes]) -> li
     assert 0 < len(digests) <= BATCH_SIZE_MAX, len(digests)
     root, paths = tree([leaf_hash(d) for d in digests])
     sig = sign(BATCH_DOMAIN + root)
-    return [BatchSignature(sig, index, len(digests), tuple(path)) for index, path in enumerate(paths)]
+    return [
+        BatchSignature(sig, index, len(digests), tuple(path), (digest, root))
+        for index, (digest, path) in enumerate(zip(digests, paths, strict=True))
+    ]
 
 
 def verify_batch(key: ec.EllipticCurvePublicKey, proof: BatchSignature, digest: bytes) -> bool:

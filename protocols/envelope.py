@@ -66,9 +66,11 @@ def open_batch(value: dict, *, allowed: tuple[type[Body], ...]) -> tuple[str, li
     except ValueError:
         raise Rejected(Code.MALFORMED, f"sigs.{party}", "must be a DER signature in hex") from None
     opened: list[Signed | Rejected] = [_item(item, party, allowed) for item in items]
-    _root, paths = tree([leaf_hash(_digest(o, item)) for o, item in zip(opened, items, strict=True)])
+    root, paths = tree([leaf_hash(_digest(o, item)) for o, item in zip(opened, items, strict=True)])
     return party, [
-        o if isinstance(o, Rejected) else o.with_sig(party, BatchSignature(der, index, len(items), tuple(paths[index])))
+        o
+        if isinstance(o, Rejected)
+        else o.with_sig(party, BatchSignature(der, index, len(items), tuple(paths[index]), (o.digest, root)))
         for index, o in enumerate(opened)
     ]
 

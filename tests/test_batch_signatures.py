@@ -13,9 +13,11 @@ from ecdsa import NIST256p, SigningKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocols import canonical
 from protocols.batch import BATCH_DOMAIN, BatchSignature, leaf_hash, root_from_path, sign_digests, tree, verify_batch
+from protocols.envelope import open_batch, seal
 from protocols.messages import Transfer
-from protocols.signing import PrivateKey, decode_signed, sign_batch, unsigned
+from protocols.signing import PrivateKey, Signed, decode_signed, sign_batch, unsigned
 from tests.test_signatures import ecdsa_sign, ecdsa_verifies, public_of
 
 KEY = PrivateKey.generate()
@@ -103,6 +105,22 @@ def test_a_batch_signed_message_round_trips_the_wire_and_verifies():
         assert not again.signed_by("bank-a", OTHER.public)
     tampered = decode_signed(signed[0].encode().replace(b'"amount":10', b'"amount":11'))
     assert not tampered.signed_by("bank-a", KEY.public)
+
+
+def test_an_opened_envelope_knows_its_root_for_each_item_and_for_nothing_else():
+    """Opening an envelope builds the whole tree, so each item's proof carries the root
+    (not worked out again from its path when it is checked); the root holds for that
+    item's digest only: a proof moved onto another message is checked by its path, and
+    fails."""
+    messages = [unsigned(Transfer(f"t-{i}", "csd", 1, "a", "b", "EUR", 10)) for i in range(5)]
+    _signer, opened = open_batch(canonical.decode(seal(messages, "bank-a", KEY)), allowed=(Transfer,))
+    proofs = [item.sigs["bank-a"] for item in opened if isinstance(item, Signed)]
+    assert [proof.known for proof in proofs if isinstance(proof, BatchSignature)] == [
+        (message.digest, mth([leaf_hash(m.digest) for m in messages])) for message in messages
+    ]
+    assert all(verify_batch(KEY.public, proof, m.digest) for proof, m in zip(proofs, messages, strict=True))
+    assert not any(verify_batch(KEY.public, proofs[0], m.digest) for m in messages[1:])
+    assert not verify_batch(OTHER.public, proofs[0], messages[0].digest)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 64, 4096])
