@@ -220,6 +220,23 @@ async def test_a_new_settlement_and_its_locks_are_one_row_of_the_journal(tmp_pat
         nursery.cancel_scope.cancel()
 
 
+async def test_a_settled_settlements_wake_ups_cost_no_step(tmp_path, autojump_clock):
+    """The time-outs a settlement set while it was driven (its lock wait, its claims'
+    deadlines) come due long after it settled: they are dropped, not fed to the core as
+    steps that would change nothing."""
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, _ = await w.local.start_coordinator(TIMING)
+        record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
+        assert record.phase is Phase.SETTLED
+        steps = coordinator.steps
+        await trio.sleep(HOUR_S)  # past every deadline it set
+        assert coordinator.steps == steps
+        record = await coordinator.submit(w.local.settlement("dvp", CROSS_DVP, PARTIES))
+        assert record.phase is Phase.SETTLED and coordinator.steps > steps  # still driving
+        nursery.cancel_scope.cancel()
+
+
 def silence(bus: MemoryBus, ledger: str, seed: int) -> tuple[FaultyBus, dict[str, bool]]:
     """A bus on which every request to `ledger` is lost while `switch["on"]`."""
     switch = {"on": False}

@@ -391,7 +391,9 @@ class Coordinator:
                     await self._arrived.park()
             now_ms = self.clock.now_ms()
             while self._wakes and self._wakes[0][0] <= now_ms:
-                self._events.append(core.Due(heapq.heappop(self._wakes)[1]))
+                settlement_id = heapq.heappop(self._wakes)[1]
+                if settlement_id in self._driven:  # a wake-up set before it ended is for nothing
+                    self._events.append(core.Due(settlement_id))
             events, self._events = self._events, []
             if events:
                 self._state, actions = core.step(self._state, events, now_ms)
@@ -407,6 +409,8 @@ class Coordinator:
         gone: nothing leaves sooner, nor in another order, than if each step waited for
         its own commit. A step whose every save is a note sends without waiting for its
         notes."""
+        if not actions:  # a step that changed nothing: nothing to wait for nor perform
+            return
         for action in actions:
             if isinstance(action, core.Wake):
                 heapq.heappush(self._wakes, (action.at_ms, action.settlement_id))
