@@ -57,6 +57,9 @@ CHECK_IN_FLIGHT = 64
 OTHER_BROKERS: dict[str, Callable[[Path], NatsServer | RabbitMQNode]] = {"nats": NatsServer, "rabbitmq": RabbitMQNode}
 BROKER_KINDS = ("mosquitto", *OTHER_BROKERS)
 POSTGRES_PREFIX = "postgres "  # the server's process serving one ledger: "postgres csd"
+LOAD_GENERATOR = "load generator"  # this process: the back offices, not a service
+WIRE = "wire"  # the process that carries --rtt's delay: the network, not a service
+NOT_SERVICES = (LOAD_GENERATOR, WIRE)
 REPLY_TIMEOUT_S = 30.0
 ROUND_TRIPS_PINGED = 5  # before each run
 # The rounds a settled cross-ledger settlement's steps show, on the coordinator's clock:
@@ -144,6 +147,7 @@ class Result:
             "latency_ms_max": round(max(self.latencies_ms), 2),
             "phases": self.phases,
             "cpu_ms_per_settlement": {name: round(1000 * cpu / count, 3) for name, cpu in self.cpu_s.items()},
+            "cpu_ms_per_settlement_services": self.services_cpu_ms(),
             "rss_peak_mib": {name: round(rss / 2**20, 1) for name, rss in self.rss_peak_bytes.items()},
             "bus_messages_per_settlement": None if self.bus_messages is None else round(self.bus_messages / count, 2),
             "rtt_ms": self.run.rtt_ms,
@@ -155,6 +159,15 @@ class Result:
                 for p in (50, 99)
             },
         }
+
+    def services_cpu_ms(self) -> float | None:
+        """CPU per settlement summed over the services (the ledgers, the coordinators, the
+        broker, the database serving the ledgers), the load generator and the wire left
+        out; None where they share a process with the load generator (the memory bus)."""
+        if LOAD_GENERATOR not in self.cpu_s:
+            return None
+        cpu = sum(cpu for name, cpu in self.cpu_s.items() if name not in NOT_SERVICES)
+        return round(1000 * cpu / len(self.latencies_ms), 3)
 
 
 def _percentile(values: list[float], percentile: float) -> float:
@@ -309,9 +322,9 @@ async def mqtt_system(
             pids = {name: process.pid for name, process in processes.items()}
             assert broker.process is not None  # started above
             pids["broker"] = broker.server_pid if isinstance(broker, RabbitMQNode) else broker.process.pid
-            pids["load generator"] = os.getpid()
+            pids[LOAD_GENERATOR] = os.getpid()
             if places:
-                pids["wire"] = places.wire_pid
+                pids[WIRE] = places.wire_pid
             if databases:
                 pids.update(_postgres_backends(next(iter(databases.values()))))
             async with trio.open_nursery() as nursery:

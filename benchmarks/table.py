@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import attrs
 
-from .runner import POSTGRES_PREFIX
+from .runner import NOT_SERVICES, POSTGRES_PREFIX
 
 WIDTH_MAX = 120
 CPU_WIDTH_MIN = 6
@@ -102,10 +102,20 @@ def table(report: dict) -> str:
 
 
 def _cpu(prefix: tuple[Column, ...], rows: list[dict]) -> list[str]:
+    """The services' processes, their sum (`services`, where they run apart from the load
+    generator), the load generator and the wire, and the sum of all (`total`)."""
     names = list(dict.fromkeys(_column(name) for row in rows for name in row["cpu_ms_per_settlement"]))
-    columns = prefix + tuple(Column(name, max(CPU_WIDTH_MIN, len(name)) + 2, _cpu_of(name), ".2f") for name in names)
+    services = [name for name in names if name not in NOT_SERVICES]
+
+    def process(name: str) -> Column:
+        return Column(name, max(CPU_WIDTH_MIN, len(name)) + 2, _cpu_of(name), ".2f")
+
+    columns = prefix + tuple(process(name) for name in services)
+    if any(row["cpu_ms_per_settlement_services"] is not None for row in rows):
+        columns += (Column("services", len("services") + 1, _key("cpu_ms_per_settlement_services"), ".2f"),)
+    columns += tuple(process(name) for name in names if name in NOT_SERVICES)
     if len(names) > 1:
-        columns += (Column("total", CPU_WIDTH_MIN + 2, lambda row: sum(row["cpu_ms_per_settlement"].values()), ".2f"),)
+        columns += (Column("total", CPU_WIDTH_MIN + 1, lambda row: sum(row["cpu_ms_per_settlement"].values()), ".2f"),)
     return [_line(columns, None)] + [_line(columns, row) for row in rows]
 
 

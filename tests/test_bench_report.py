@@ -119,11 +119,35 @@ def test_each_run_on_postgresql_ledgers_is_set_against_the_same_run_on_sqlite_wi
         )
     lines = lines_of(results)
     (header,) = [line for line in lines if line.startswith("kind") and "postgres " in line]
-    assert header.split()[-2:] == ["postgres", "total"]  # the server's processes in one column
+    # the server's processes in one column, counted among the services
+    assert header.split()[-6:] == ["broker", "postgres", "services", "load", "generator", "total"]
     run = by_run[("mqtt+postgresql", "dvp", "cross", "c=4")]
     server_ms = sum(cpu for name, cpu in run.cpu_s.items() if name.startswith("postgres ")) * 1000 / 120
     row = lines[lines.index("cpu ms per settlement by process, mqtt+postgresql:") + 2]
-    assert row.split()[-2] == f"{server_ms:.2f}"
+    assert row.split()[-4] == f"{server_ms:.2f}"
+
+
+def test_the_services_cpu_is_every_process_but_the_load_generator_and_the_wire():
+    """The figure the CPU targets are set on: the ledgers, the coordinators, the broker and
+    the database serving the ledgers, without the bench's own load generator, nor the
+    process that carries --rtt's delay; none where all run in one process."""
+    results = quick_results()
+    for found in results:
+        if found.run.bus == "mqtt":
+            found.cpu_s["wire"] = 5.0
+    report = _report(results, Shape(), "lockstep bench --quick", 1.0)
+    for found, row in zip(results, report["results"], strict=True):
+        if found.run.bus == "memory":
+            assert row["cpu_ms_per_settlement_services"] is None
+            continue
+        services = sum(cpu for name, cpu in found.cpu_s.items() if name not in ("load generator", "wire"))
+        assert row["cpu_ms_per_settlement_services"] == pytest.approx(1000 * services / 120, abs=0.001)
+        assert row["cpu_ms_per_settlement_services"] < sum(row["cpu_ms_per_settlement"].values())
+    lines = table(report).splitlines()
+    header, row = lines[lines.index("cpu ms per settlement by process, mqtt:") + 1 :][:2]
+    assert header.split()[-6:] == ["broker", "services", "load", "generator", "wire", "total"]
+    first = next(row for row in report["results"] if row["system"] == "mqtt")
+    assert row.split()[-4] == f"{first['cpu_ms_per_settlement_services']:.2f}"
 
 
 def test_every_option_has_a_help_text_that_shows_its_default():
