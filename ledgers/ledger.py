@@ -351,8 +351,8 @@ class Ledger:
         for start in range(0, len(unsealed), ENTRIES_PER_EVENT_MAX):
             chunk = unsealed[start : start + ENTRIES_PER_EVENT_MAX]
             entries = [entry for _, entry in chunk]
-            if len(entries) == 1:
-                signed = [sign(entries[0].msg, (self.id, self._key))]
+            if len(entries) == 1:  # signed as it was encoded when appended, not encoded again
+                signed = [entries[0].with_sig(self.id, self._key.sign(entries[0].data))]
                 self._events.append(signed[0].encode())
             else:
                 signed = sign_batch(entries, self.id, self._key)  # one signature, stored and published

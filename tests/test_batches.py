@@ -74,6 +74,20 @@ def test_a_batch_is_one_transaction_each_instruction_judged_on_its_own(h):
     assert len(list(verify_chain(links, LEDGER, h.world.registry[LEDGER].public_key, signatures="all"))) == h.ledger.seq
 
 
+def test_an_entry_written_alone_is_published_and_stored_signed_on_its_own(h):
+    """A batch that writes one entry signs it alone, as a version-1 follower reads it: the
+    event is the entry itself, its signature the ledger's, the same bytes the store keeps."""
+    key = h.world.keys["bank-a"]
+    alone = transfer(h, 5)
+    (_reply,), (event,) = h.ledger.process([alone.with_sig("bank-a", key.sign(alone.data)).encode()], h.now_ms)
+    entry = from_wire(decode(event))
+    assert isinstance(entry.sigs[LEDGER], bytes)  # its own signature, no batch's share
+    assert entry.signed_by(LEDGER, h.world.registry[LEDGER].public_key)
+    assert entry.msg.seq == h.ledger.seq - 1 and entry.msg.kind == "transfer"
+    ((seq, _hash, stored),) = h.ledger.store.journal(entry.msg.seq, 1)
+    assert (seq, bytes(stored)) == (entry.msg.seq, event)
+
+
 def test_a_batch_sent_again_in_any_grouping_gets_its_first_receipts_and_applies_nothing(h):
     batch = [transfer(h, 100), transfer(h, 5_000), transfer(h, 200)]
     key = h.world.keys["bank-a"]
