@@ -72,11 +72,11 @@ def migrate(db: sqlite3.Connection, path: str | Path) -> None:
     assert version <= SCHEMA_VERSION, f"{path}: schema {version} is newer than this code ({SCHEMA_VERSION})"
     if version == SCHEMA_VERSION:
         return
+    import sqlite_utils  # loaded only to migrate (it loads numpy where installed), and before the lock is taken
+
     with db:
         db.execute("BEGIN IMMEDIATE")
         version = db.execute("PRAGMA user_version").fetchone()[0]  # another connection may have been first
-        import sqlite_utils  # loaded only to migrate: it loads numpy where installed
-
         for migration in MIGRATIONS[version:]:
             migration(sqlite_utils.Database(db))
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
