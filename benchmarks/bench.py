@@ -65,12 +65,16 @@ def main(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.broker_kind) - set(BROKER_KINDS))
     if unknown:
         raise ExpectedFailure(f"--broker-kind {','.join(unknown)}", f"not a broker ({', '.join(BROKER_KINDS)})")
+    unknown_qos = ",".join(str(qos) for qos in sorted(set(args.qos) - {0, 1}))
+    if unknown_qos:
+        raise ExpectedFailure(f"--qos {unknown_qos}", "not a quality of service the bus uses (0, 1)")
     for rtt_ms in args.rtt:  # all of them now, not after the runs before one that cannot be
         check_rtt(rtt_ms)
     runs = [
-        Run(bus, kind, path, load, args.settlements, store, rtt_ms, broker)
+        Run(bus, kind, path, load, args.settlements, store, rtt_ms, broker, qos)
         for bus in args.bus
         for broker in (args.broker_kind if bus == "mqtt" else ["mosquitto"])
+        for qos in (args.qos if bus == "mqtt" else [1])
         for rtt_ms in (args.rtt if bus == "mqtt" and args.rtt else [None])
         for store in args.store
         for load in loads
@@ -126,7 +130,7 @@ async def _run_all(runs: list[Run], shape: Shape, seed: int, postgres: str) -> l
             system_of = (
                 memory_system
                 if first.bus == "memory"
-                else functools.partial(mqtt_system, places=where, broker_kind=first.broker)
+                else functools.partial(mqtt_system, places=where, broker_kind=first.broker, qos=first.qos)
             )
             ballast = f" and opening {shape.ballast:,} more accounts per ledger" if shape.ballast else ""
             bar.status(f"{name}: starting services and funding {shape.participants} participants{ballast}")
@@ -242,10 +246,10 @@ def _distance(rows: list[dict]) -> list[dict]:
 
 def _store_ratios(rows: list[dict]) -> list[dict]:
     """Each run on PostgreSQL ledgers against the same run on SQLite ledgers."""
-    sqlite = {(r["bus"], r["kind"], r["path"], r["load"]): r for r in rows if r["store"] == "sqlite"}
+    sqlite = {_run_but_store(r): r for r in rows if r["store"] == "sqlite"}
     ratios = []
     for row in rows:
-        base = sqlite.get((row["bus"], row["kind"], row["path"], row["load"]))
+        base = sqlite.get(_run_but_store(row))
         if row["store"] == "sqlite" or base is None:
             continue
         cpu, base_cpu = (sum(r["cpu_ms_per_settlement"].values()) for r in (row, base))
@@ -260,6 +264,11 @@ def _store_ratios(rows: list[dict]) -> list[dict]:
             }
         )
     return ratios
+
+
+def _run_but_store(row: dict) -> tuple:
+    """What makes a run the same run on other ledger databases: all but its store."""
+    return tuple(row[key] for key in ("bus", "broker", "qos", "kind", "path", "load"))
 
 
 def _machine() -> dict:

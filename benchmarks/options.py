@@ -52,6 +52,14 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
     )
     option(
+        "--qos",
+        [1],
+        "the mqtt bus's quality of service, comma-separated: 1, or 0 (no acknowledgement of each message: "
+        "docs/SCALING.md, What one message costs)",
+        type=numbers,
+        metavar="LIST",
+    )
+    option(
         "--store",
         ["sqlite"],
         "the ledgers' databases, comma-separated: sqlite, postgresql (a new database on --postgres)",

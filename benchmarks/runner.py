@@ -98,13 +98,15 @@ class Run:
     store: str = "sqlite"  # the ledgers' databases: "sqlite" or "postgresql"
     rtt_ms: float | None = None  # every process in a place of its own, this far apart (benchmarks/netem.py)
     broker: str = "mosquitto"  # the mqtt bus's broker: "mosquitto", "nats" or "rabbitmq"
+    qos: int = 1  # what every client of the mqtt bus publishes and subscribes at
 
     @property
     def system(self) -> str:
-        """The bus, its broker where it is not Mosquitto, the store where it is not SQLite
-        and the round trip between places where there is one: what runs are grouped and
-        compared by."""
+        """The bus, its broker where it is not Mosquitto, its QoS where it is not 1, the
+        store where it is not SQLite and the round trip between places where there is
+        one: what runs are grouped and compared by."""
         system = self.bus if self.broker == "mosquitto" else f"{self.bus}+{self.broker}"
+        system = system if self.qos == 1 else f"{system}+qos{self.qos}"
         system = system if self.store == "sqlite" else f"{system}+{self.store}"
         return system if self.rtt_ms is None else f"{system}+rtt{self.rtt_ms:g}"
 
@@ -134,6 +136,7 @@ class Result:
             "system": self.run.system,
             "bus": self.run.bus,
             "broker": self.run.broker,
+            "qos": self.run.qos,
             "store": self.run.store,
             "kind": self.run.kind,
             "path": self.run.path,
@@ -279,11 +282,12 @@ async def mqtt_system(
     databases: dict[str, str] | None = None,
     places: Places | None = None,
     broker_kind: str = "mosquitto",
+    qos: int = 1,
 ) -> AsyncIterator[System]:
     """The broker (Mosquitto, or `broker_kind`'s), every ledger and the coordinator each
-    its own process; with ledger databases on PostgreSQL, the server processes that serve
-    them measured too; with `places`, each process started in its own, and the wire
-    between them measured too."""
+    its own process, all at `qos`; with ledger databases on PostgreSQL, the server
+    processes that serve them measured too; with `places`, each process started in its
+    own, and the wire between them measured too."""
     where = places or Loopback()
     broker: Broker | NatsServer | RabbitMQNode
     if broker_kind == "mosquitto":
@@ -293,7 +297,8 @@ async def mqtt_system(
         (directory / broker_kind).mkdir()
         broker = OTHER_BROKERS[broker_kind](directory / broker_kind)
     broker.start()
-    world = lay_out_bench(directory, shape, broker=broker.url, databases=databases)
+    url = broker.url if qos == 1 else f"{broker.url}?qos={qos}"
+    world = lay_out_bench(directory, shape, broker=url, databases=databases)
     processes: dict[str, subprocess.Popen] = {}
     try:
         services = [(spec.ledger_id, "ledger") for spec in LEDGERS]
@@ -314,7 +319,7 @@ async def mqtt_system(
                 stdout=log,
                 stderr=log,
             )
-        async with MqttBus.connect(broker.url, client_id="bench-load") as bus:
+        async with MqttBus.connect(url, client_id="bench-load") as bus:
             await _wait_until_up(world, bus, processes)
             counter = _counter(broker, bus)
             workload = Workload(world, bus, shape, seed)

@@ -37,7 +37,7 @@ def _key(name: str) -> Callable[[dict], object]:
 
 
 RUN = (
-    Column("system", 16, _key("system")),
+    Column("system", 21, _key("system")),  # mqtt+qos0+postgresql, say
     Column("kind", 5, _key("kind")),
     Column("path", 6, _key("path")),
     Column("load", 9, _key("load")),

@@ -3,10 +3,12 @@ buses, fast runs too, and neither the checks after it nor the run before it."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from benchmarks.runner import Load, Run, measure, memory_system, mqtt_system
-from benchmarks.workload import Shape
+from benchmarks.workload import LEDGERS, Shape
 
 pytestmark = pytest.mark.slow  # benchmark runs over MQTT
 
@@ -52,7 +54,14 @@ async def test_memory_runs_count_their_own_settlements_messages_at_any_concurren
     check(await counts(memory_system, "memory", tmp_path, ("cross", "same"), settlements=60))
 
 
-async def test_mqtt_runs_count_one_settlements_messages_even_when_they_are_fast(tmp_path):
+@pytest.mark.parametrize("qos", [1, 0])
+async def test_mqtt_runs_count_one_settlements_messages_even_when_they_are_fast(tmp_path, qos):
     """Same-ledger at 16 in flight ends in well under the broker's report interval: the
-    run the broker's stale count read as 0 messages, the next as several runs' worth."""
-    check(await counts(mqtt_system, "mqtt", tmp_path, ("same",), settlements=60))
+    run the broker's stale count read as 0 messages, the next as several runs' worth. At
+    QoS 0 the messages are the same, with no acknowledgement of each, and every service
+    and the load generator run at it."""
+    check(await counts(functools.partial(mqtt_system, qos=qos), "mqtt", tmp_path, ("same",), settlements=60))
+    configs = list(tmp_path.rglob("*.toml"))
+    brokers = [line for config in configs for line in config.read_text().splitlines() if line.startswith("broker =")]
+    assert len(brokers) == len(LEDGERS) + SHAPE.coordinators
+    assert all(line.endswith('?qos=0"') == (qos == 0) for line in brokers), brokers

@@ -9,27 +9,35 @@ import re
 
 import pytest
 
-from benchmarks.bench import _broken, _report
+from benchmarks.bench import _broken, _report, main
 from benchmarks.options import arguments
 from benchmarks.runner import BenchmarkBroken, Load, Result, Run
 from benchmarks.table import WIDTH_MAX, table
 from benchmarks.workload import Shape
+from protocols.failures import ExpectedFailure
 
 MQTT_PROCESSES = ("csd", "cbdc-eur", "cbdc-usd", "unified", "coordinator", "broker", "load generator")
 
 
 def result(
-    bus: str, kind: str, path: str, concurrency: int, *, phases: dict | None = None, store: str = "sqlite"
+    bus: str,
+    kind: str,
+    path: str,
+    concurrency: int,
+    *,
+    phases: dict | None = None,
+    store: str = "sqlite",
+    qos: int = 1,
 ) -> Result:
     """A run's figures, spread as a real run's are: from a few ms to a few hundred."""
-    draw = random.Random(f"{bus}{kind}{path}{concurrency}{store}")
+    draw = random.Random(f"{bus}{kind}{path}{concurrency}{store}{qos}")
     base_ms = concurrency * (6.0 if path == "cross" else 2.5)
     latencies = [base_ms * draw.uniform(0.5, 1.6) for _ in range(120)]
     processes = ("all (one process)",) if bus == "memory" else MQTT_PROCESSES
     if store == "postgresql":
         processes += tuple(f"postgres {ledger.replace('-', '_')}" for ledger in MQTT_PROCESSES[:4])
     return Result(
-        Run(bus, kind, path, Load(concurrency=concurrency), 120, store),
+        Run(bus, kind, path, Load(concurrency=concurrency), 120, store, qos=qos),
         elapsed_s=draw.uniform(0.2, 1.5),
         latencies_ms=latencies,
         phases=phases or {"settled": 120},
@@ -125,6 +133,40 @@ def test_each_run_on_postgresql_ledgers_is_set_against_the_same_run_on_sqlite_wi
     server_ms = sum(cpu for name, cpu in run.cpu_s.items() if name.startswith("postgres ")) * 1000 / 120
     row = lines[lines.index("cpu ms per settlement by process, mqtt+postgresql:") + 2]
     assert row.split()[-4] == f"{server_ms:.2f}"
+
+
+def test_runs_at_qos_0_are_a_system_of_their_own_each_set_against_its_own_runs_on_sqlite():
+    results = [
+        result("mqtt", kind, path, 4, store=store, qos=qos)
+        for qos in (1, 0)
+        for store in ("sqlite", "postgresql")
+        for kind in ("dvp", "pvp")
+        for path in ("cross", "same")
+    ]
+    report = _report(results, Shape(), "lockstep bench --qos 1,0 --store sqlite,postgresql", 1.0)
+    assert {(row["system"], row["qos"]) for row in report["results"]} == {
+        ("mqtt", 1),
+        ("mqtt+postgresql", 1),
+        ("mqtt+qos0", 0),
+        ("mqtt+qos0+postgresql", 0),
+    }
+    by_run = {(r.run.system, r.run.kind, r.run.path): r for r in results}
+    assert len(report["store_ratios"]) == 8
+    for ratio in report["store_ratios"]:
+        run = by_run[(ratio["system"], ratio["kind"], ratio["path"])]
+        base = by_run[(ratio["system"].removesuffix("+postgresql"), ratio["kind"], ratio["path"])]
+        assert run.run.qos == base.run.qos
+        assert ratio["throughput_over_sqlite"] == pytest.approx(run.throughput_per_s / base.throughput_per_s, abs=0.01)
+    assert "cpu ms per settlement by process, mqtt+qos0:" in lines_of(results)
+
+
+def test_a_qos_the_bus_does_not_use_is_refused_naming_it_before_any_run(tmp_path):
+    parser = argparse.ArgumentParser()
+    arguments(parser)
+    with pytest.raises(ExpectedFailure) as refused:
+        main(parser.parse_args(["--bus", "mqtt", "--qos", "1,2", "--out", str(tmp_path / "out")]))
+    assert str(refused.value) == "--qos 2: not a quality of service the bus uses (0, 1)"
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_services_cpu_is_every_process_but_the_load_generator_and_the_wire():
