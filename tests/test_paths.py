@@ -280,3 +280,30 @@ async def test_a_payment_is_routed_and_settled_under_the_shortest_backstop_the_t
         assert status.phase == "settled", status
         await paid_in_full(local, before)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_payment_taken_as_the_coordinator_is_stopped_ends_with_it_and_leaves_nothing_behind(
+    tmp_path, autojump_clock
+):
+    """The coordinator hands a desk's message to a task of its own; when it is stopped in
+    that same turn, the task first runs with the desk's nursery already closed."""
+    desks: list[PathDesk] = []
+
+    def path_desk(coordinator) -> PathDesk:
+        desks.append(PathDesk(coordinator))
+        return desks[-1]
+
+    async with trio.open_nursery() as nursery:
+        local = Local(world.path_world(tmp_path), MemoryBus(), nursery)
+        for spec in world.LEDGERS:
+            await local.start_ledger(spec.ledger_id)
+        _, scope = await local.start_coordinator(TIMING, desks=(path_desk,))
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        order = decode_signed(world.payment(local, "pay-1", 100_000, 110_000, 60_000), allowed=(PathPayment,))
+        with trio.CancelScope() as stopping:
+            stopping.cancel()
+            await desks[0].answer(order, None)
+        assert stopping.cancelled_caught
+        assert desks[0]._routing == {}
+        nursery.cancel_scope.cancel()

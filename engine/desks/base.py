@@ -68,7 +68,11 @@ class Desk(abc.ABC):
 
     async def answer(self, signed: Signed, request) -> bytes:
         """The signed reply to one of `messages`: the desk's own refusal if it has one,
-        else the coordinator's (a settlement status, phase `rejected`)."""
+        else the coordinator's (a settlement status, phase `rejected`).
+
+        A request taken in the turn the coordinator was stopped is not begun: a task's
+        first step is no checkpoint, and the desk's nursery is closed by then."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             return await self._reply(signed)
         except Rejected as error:
