@@ -42,6 +42,9 @@ async def test_trades_short_at_first_wait_in_the_queue_through_every_fault_and_a
     assert outcome.trades.total() >= 24 and set(outcome.trades) == {"settled"}, outcome.trades
     assert outcome.released_minor > 0 and len(outcome.faults) >= 5
     assert report.settlements.get("rolled back", 0) > 0, report.settlements  # tries that waited, then again
+    tries = ", ".join(f"{end} {n}" for end, n in sorted(report.settlements.items()))
+    (row,) = [line for line in outcome.table().splitlines() if line.strip().startswith("settlement")]
+    assert row.split()[:4] == ["settlement", "tries", "across", "ledgers"] and row.endswith(f"  {tries}"), row
 
 
 async def test_outages_up_to_ten_delta_overlapping_end_clean_before_the_backstop(tmp_path):
