@@ -26,6 +26,8 @@ from protocols.settlement import Timing
 
 from .netem import check_rtt
 from .options import QUICK
+from .profile import sampler_path
+from .profile import text as profile_text
 from .runner import (
     BROKER_KINDS,
     BenchmarkBroken,
@@ -37,6 +39,7 @@ from .runner import (
     memory_system,
     mqtt_system,
     places,
+    profile_label,
 )
 from .table import table
 from .workload import Shape
@@ -70,6 +73,10 @@ def main(args: argparse.Namespace) -> int:
         raise ExpectedFailure(f"--qos {unknown_qos}", "not a quality of service the bus uses (0, 1)")
     for rtt_ms in args.rtt:  # all of them now, not after the runs before one that cannot be
         check_rtt(rtt_ms)
+    if args.profile:
+        if "mqtt" not in args.bus:
+            raise ExpectedFailure("--profile", "samples the mqtt bus's service processes: add --bus mqtt")
+        sampler_path()
     runs = [
         Run(bus, kind, path, load, args.settlements, store, rtt_ms, broker, qos)
         for bus in args.bus
@@ -86,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     command = "lockstep bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "lockstep bench"
     started = time.time()
     try:
-        results = trio.run(_run_all, runs, shape, args.seed, args.postgres)
+        results = trio.run(_run_all, runs, shape, args.seed, args.postgres, out if args.profile else None)
     except (BenchmarkBroken, BaseExceptionGroup) as error:
         broken = _broken(error)
         if broken is None:
@@ -101,6 +108,10 @@ def main(args: argparse.Namespace) -> int:
 
     charts = draw(results, out)
     print(f"\nresults: {out / 'results.json'}; charts: {', '.join(str(c) for c in charts)}")
+    if args.profile:
+        profiles = {profile_label(r.run): r.profiles for r in results if r.profiles}
+        (out / "profile.txt").write_text(profile_text(command, profiles))
+        print(f"profiles: {out / 'profile.txt'} (these runs' figures include py-spy's sampling: not for quoting)")
     return 0
 
 
@@ -116,7 +127,7 @@ def _broken(error: BaseException) -> BenchmarkBroken | None:
     return None
 
 
-async def _run_all(runs: list[Run], shape: Shape, seed: int, postgres: str) -> list[Result]:
+async def _run_all(runs: list[Run], shape: Shape, seed: int, postgres: str, profile_to: Path | None) -> list[Result]:
     total = sum(run.settlements for run in runs)
     bar = Progress(total)
     results = []
@@ -137,7 +148,7 @@ async def _run_all(runs: list[Run], shape: Shape, seed: int, postgres: str) -> l
             async with system_of(Path(directory), shape, seed, settings) as system:
                 for run in (r for r in runs if r.system == name):
                     bar.status(f"{name} {run.kind} {run.path} {run.load.label}")
-                    results.append(await measure(system, run, bar.advance))
+                    results.append(await measure(system, run, bar.advance, profile_to))
     bar.done()
     return results
 

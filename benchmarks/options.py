@@ -120,4 +120,10 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
     )
     option("--seed", 1, "seed of the workload's random choices", type=int)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample each service process of the mqtt bus with py-spy while each run is measured, and write "
+        "its functions by share of CPU to profile.txt and results.json (benchmarks/profile.py) (default: off)",
+    )
     option("--out", "bench-results", "folder for results.json and the charts", metavar="DIR")

@@ -50,6 +50,7 @@ from protocols.settlement import Timing, lock_id, settle_id
 from protocols.signing import decode_signed, unsigned
 
 from .netem import Loopback, Places
+from .profile import Profile, Sampling
 from .workload import LEDGERS, SCENARIOS, Shape, Workload, lay_out_bench
 
 BROKER = "broker"  # the broker's place
@@ -122,6 +123,7 @@ class Result:
     bus_messages: int | None
     rounds_ms: dict[str, list[float]] = attrs.Factory(dict)  # by ROUNDS' name, of each settled settlement
     round_trips_ms: list[float] = attrs.Factory(list)  # the coordinator pinged alone, before the run
+    profiles: dict[str, Profile] | None = None  # by service process, with --profile
 
     @property
     def throughput_per_s(self) -> float:
@@ -161,6 +163,7 @@ class Result:
                 if values
                 for p in (50, 99)
             },
+            **({"profile": {name: p.summary() for name, p in self.profiles.items()}} if self.profiles else {}),
         }
 
     def services_cpu_ms(self) -> float | None:
@@ -220,6 +223,7 @@ class System:
     meter: Meter
     messages: Callable[[], Awaitable[int | None]]  # None: a broker that does not say
     workload: Workload
+    services: dict[str, int] = attrs.Factory(dict)  # the service processes of our code, by name: what --profile samples
 
 
 @contextmanager
@@ -334,7 +338,8 @@ async def mqtt_system(
                 pids.update(_postgres_backends(next(iter(databases.values()))))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(counter.run)
-                yield System(bus, Meter(pids), counter.value, workload)
+                ours = {name: process.pid for name, process in processes.items()}
+                yield System(bus, Meter(pids), counter.value, workload, ours)
                 nursery.cancel_scope.cancel()
     finally:
         for process in processes.values():
@@ -425,12 +430,18 @@ class _BrokerCounter:
 # -- one run --------------------------------------------------------------------------------------
 
 
-async def measure(system: System, run: Run, progress: Callable[[int], None]) -> Result:
+async def measure(system: System, run: Run, progress: Callable[[int], None], profile_to: Path | None = None) -> Result:
+    """One run; with `profile_to`, each service process sampled while it is measured
+    (benchmarks/profile.py), its raw samples left in that folder."""
     orders = [_order(system.workload.settlement(run.kind, run.path, _run_label(run))) for _ in range(run.settlements)]
     latencies: list[float] = []
     statuses: dict[str, str] = {}
     rounds: dict[str, list[float]] = {name: [] for name in ROUNDS}
     round_trips = await _round_trips_ms(system)
+    sampling = None
+    if profile_to is not None and system.services:
+        sampling = Sampling(profile_to, profile_label(run), system.services)
+        await sampling.start()
     messages_before = await system.messages()
     cpu_before = system.meter.cpu_s()
     started = time.perf_counter()
@@ -474,6 +485,7 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
                 nursery.start_soon(one, order)
     elapsed = time.perf_counter() - started
     cpu_after = system.meter.cpu_s()
+    profiles = None if sampling is None else await sampling.stop()
     messages_after = await system.messages()
     phases: dict[str, int] = {}
     for phase in statuses.values():
@@ -489,6 +501,7 @@ async def measure(system: System, run: Run, progress: Callable[[int], None]) -> 
         None if messages_after is None or messages_before is None else messages_after - messages_before,
         rounds,
         round_trips,
+        profiles,
     )
 
 
@@ -510,6 +523,11 @@ def _order(raw: bytes) -> tuple[bytes, str, str]:
     service, read before the run, so that reading them is neither timed nor counted."""
     settlement = decode_signed(raw, allowed=(Settlement,)).msg
     return raw, settlement.id, service_of_coordinator(settlement.coordinator)
+
+
+def profile_label(run: Run) -> str:
+    load = f"c{run.load.concurrency}" if run.load.concurrency else f"r{run.load.rate_per_s:g}"
+    return f"{run.system}-{run.kind}-{run.path}-{load}"
 
 
 def _run_label(run: Run) -> str:
