@@ -3,10 +3,12 @@ sampled from outside by py-spy while the run is measured, and only then: neither
 set-up nor the checks after the run are in it, and nothing in the services changes.
 
 A profile is each process's functions by the share of its samples taken in them (self):
-what a change must make cheaper to lower that process's CPU. py-spy leaves out the
-samples of a process waiting idle (its event loop polling), so the shares are of its
-busy time; time in a C call (OpenSSL verifying, SQLite committing, a disk flush among
-it) counts in the Python function that made the call."""
+what a change must make cheaper to lower that process's CPU. py-spy counts a sample
+only when the kernel shows the process running or ready to run, so a process asleep (its
+event loop waiting for a message, a commit waiting for the disk) is left out, while one
+woken and waiting for a core counts where it woke, mostly in the event loop's poll. Time
+in a C call (OpenSSL verifying, SQLite writing a commit) counts in the Python function
+that made the call."""
 
 from __future__ import annotations
 
