@@ -185,9 +185,12 @@ def _chaos(args: argparse.Namespace) -> int:
     if args.queue and args.paths:
         print("lockstep chaos: --queue or --paths, not both", file=sys.stderr)
         return 2
-    mqtt_only = args.broker_cluster or args.strikes is not None or args.broker_kind != "mosquitto"
+    mqtt_only = args.broker_cluster or args.strikes is not None or args.broker_kind != "mosquitto" or args.qos != 1
     if (mqtt_only or args.store != "sqlite") and args.bus != "mqtt":
-        print("lockstep chaos: --broker-cluster, --broker-kind, --store and --strikes need --bus mqtt", file=sys.stderr)
+        print(
+            "lockstep chaos: --broker-cluster, --broker-kind, --store, --qos and --strikes need --bus mqtt",
+            file=sys.stderr,
+        )
         return 2
     defaults = chaos_processes.CLUSTER_FAULTS if args.broker_cluster else mode.FAULTS
     listed = ",".join(defaults) if args.faults is None else args.faults
@@ -209,6 +212,7 @@ def _chaos(args: argparse.Namespace) -> int:
                 "broker_kind": args.broker_kind,
                 "store": args.store,
                 "postgres": args.postgres,
+                "qos": args.qos,
             }
             if args.bus == "mqtt"
             else {}
@@ -662,6 +666,15 @@ def parser() -> argparse.ArgumentParser:
         default=LOCAL_POSTGRES,
         metavar="URL",
         help=f"the PostgreSQL server for --store postgresql (default: {LOCAL_POSTGRES})",
+    )
+    chaos.add_argument(
+        "--qos",
+        type=int,
+        choices=[0, 1],
+        default=1,
+        help="with --bus mqtt and one broker: the quality of service every client publishes and subscribes at; "
+        "0 has no message acknowledged: one the broker cannot deliver at once (its receiver reconnecting) is lost, "
+        "and its sender tries again (a NATS cluster's clients are at 0 already) (default: 1)",
     )
     chaos.add_argument(
         "--strikes",

@@ -58,6 +58,21 @@ async def test_one_of_three_coordinators_killed_again_and_again_ends_clean(tmp_p
     assert reopened >= result.outcome.faults["kill-coordinator"]
 
 
+async def test_every_process_fault_at_qos_0_ends_clean(tmp_path):
+    """No message acknowledged: one the broker cannot deliver at once (its receiver killed,
+    or the broker itself) is lost, and its sender's retries carry the protocol through."""
+    result = await run(tmp_path, seconds=10, seed=12, faults=FAULTS, strikes=1, qos=0)
+    check_clean(result, FAULTS, strikes=1)
+    lines = [line for config in tmp_path.glob("*.toml") for line in config.read_text().splitlines()]
+    brokers = [line for line in lines if "broker" in line]
+    assert brokers and all(line.endswith('?qos=0"') for line in brokers), brokers
+
+
+def test_qos_needs_the_process_mode(capsys):
+    assert cli.main(["chaos", "--qos", "0"]) == 2
+    assert "--qos and --strikes need --bus mqtt" in capsys.readouterr().err
+
+
 def test_a_fault_the_process_mode_does_not_have_is_refused_by_name(capsys):
     assert cli.main(["chaos", "--bus", "mqtt", "--faults", "kill-ledger,partition"]) == 2
     assert "unknown faults for --bus mqtt: partition" in capsys.readouterr().err

@@ -73,7 +73,7 @@ from .chaos import (
 )
 from .layout import World
 from .local import COORDINATOR, LEDGERS, Local, standard_world
-from .nats import NatsCluster, NatsServer
+from .nats import CLUSTER_QOS, NatsCluster, NatsServer
 from .postgres import LOCAL_POSTGRES, scratch_database, service_schemas
 from .processes import ServiceProcess
 from .rabbitmq import RabbitMQNode
@@ -347,21 +347,23 @@ async def run(
     strikes: int | None = None,
     broker_in: Callable[[Path], BrokerProcess | NatsCluster] = Broker,
     databases: dict[str, str] | None = None,
+    qos: int = 1,
 ) -> Result:
     """Run the workload for `seconds` (or until `settlements` have ended, or each fault
     has struck `strikes` times and its outage is over) under `faults`, then let every
     settlement end and audit every ledger over the bus. `backstop_ms`
     replaces the locks' backstop (hours) with one an outage can outlast. `broker_in`
     makes the broker, given its folder: Mosquitto, another MQTT broker, or a cluster.
-    `databases`: the ledgers' and coordinators' database settings, where not files."""
+    `databases`: the ledgers' and coordinators' database settings, where not files. `qos`:
+    what every client of a single broker publishes and subscribes at (a cluster's is its own)."""
     broker = broker_in(directory)
     check(faults, isinstance(broker, NatsCluster))
-    world = standard_world(directory, broker=broker.url, coordinators=coordinators, databases=databases)
+    world = standard_world(directory, broker=next(_urls(broker, qos)), coordinators=coordinators, databases=databases)
     timing = timing_with(backstop_ms)  # PROCESS_TIMING is the chaos timing
     ids = coordinator_ids(COORDINATOR, coordinators)
     for coordinator in ids:
         _write_timing(world.ledger_configs[coordinator], timing)
-    urls = _urls(broker)
+    urls = _urls(broker, qos)
     services = Services(
         world,
         broker,
@@ -390,10 +392,12 @@ async def run(
     return Result(outcome, services.restarts)
 
 
-def _urls(broker: BrokerProcess | NatsCluster) -> Iterator[str]:
-    """The broker's URL for each client in turn; a cluster's nodes each time from the next
-    node, so that the clients spread over them."""
-    return (broker.url_from(n) if isinstance(broker, NatsCluster) else broker.url for n in itertools.count())
+def _urls(broker: BrokerProcess | NatsCluster, qos: int) -> Iterator[str]:
+    """The broker's URL for each client in turn, at `qos`; a cluster's nodes each time
+    from the next node, so that the clients spread over them, at the cluster's QoS."""
+    if isinstance(broker, NatsCluster):
+        return (broker.url_from(n) for n in itertools.count())
+    return itertools.repeat(broker.url if qos == 1 else f"{broker.url}?qos={qos}")
 
 
 def _standby(world: World, ids: list[str], own: str) -> tuple[str, ...]:
@@ -519,12 +523,14 @@ def main(
     broker_kind: str = "mosquitto",
     store: str = "sqlite",
     postgres: str = LOCAL_POSTGRES,
+    qos: int = 1,
     **options,
 ) -> int:
     """`options`: run's long_outages, settlements, backstop_ms and coordinators;
     `broker_cluster` (nats:N) runs the broker as a NATS cluster of N nodes, `broker_kind`
     a single broker of another kind; `store` "postgresql" keeps every ledger's book and
-    every coordinator's journal in a scratch database on `postgres`."""
+    every coordinator's journal in a scratch database on `postgres`; `qos` 0 has every
+    client of a single broker publish and subscribe without acknowledgements."""
     try:
         size = cluster_size(broker_cluster) if broker_cluster else None
         check(faults, size is not None)
@@ -533,6 +539,10 @@ def main(
             raise ValueError(f"--store {store}: one of {', '.join(STORES)}")
         if strikes is not None and strikes < 1:
             raise ValueError(f"--strikes {strikes}: 1 or more")
+        if qos not in (0, 1):
+            raise ValueError(f"--qos {qos}: 0 or 1")
+        if qos != 1 and size is not None:
+            raise ValueError(f"--qos {qos}: a NATS cluster's clients are at QoS {CLUSTER_QOS} already")
         timing_with(options.get("backstop_ms"))
     except ValueError as error:
         print(f"lockstep chaos: {error}", file=sys.stderr)
@@ -542,7 +552,8 @@ def main(
         f"lockstep chaos --bus mqtt: {heading(seconds, seed, faults, **options)}"
         f"{f', each {strikes} times' if strikes else ''}{f', a NATS cluster of {size} nodes' if size else ''}"
         f"{f', on {broker_kind}' if broker_kind != 'mosquitto' else ''}"
-        f"{', ledgers and journals on PostgreSQL' if store == 'postgresql' else ''}; "
+        f"{', ledgers and journals on PostgreSQL' if store == 'postgresql' else ''}"
+        f"{f', QoS {qos}' if qos != 1 else ''}; "
         f"Δ = {PROCESS_TIMING.margin_ms} ms; world and logs in {directory}",
         flush=True,
     )
@@ -555,7 +566,7 @@ def main(
             database = stack.enter_context(scratch_database(postgres, "lockstep_chaos"))
             coordinators = coordinator_ids(COORDINATOR, options.get("coordinators", 1))
             options["databases"] = service_schemas(database, [spec.ledger_id for spec in LEDGERS] + coordinators)
-        result = trio.run(functools.partial(run, directory, seconds, seed, faults, strikes=strikes, **options))
+        result = trio.run(functools.partial(run, directory, seconds, seed, faults, strikes=strikes, qos=qos, **options))
     print(result.outcome.table())
     print(result.restarts.table(PROCESS_TIMING.margin_ms))
     return result.outcome.verdict()
