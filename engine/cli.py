@@ -673,8 +673,8 @@ def parser() -> argparse.ArgumentParser:
         choices=[0, 1],
         default=1,
         help="with --bus mqtt and one broker: the quality of service every client publishes and subscribes at; "
-        "0 has no message acknowledged: one the broker cannot deliver at once (its receiver reconnecting) is lost, "
-        "and its sender tries again (a NATS cluster's clients are at 0 already) (default: 1)",
+        "at 0 no message is acknowledged on any hop, and one lost is found out by its sender's timeout alone "
+        "(a NATS cluster's clients are at 0 already) (default: 1)",
     )
     chaos.add_argument(
         "--strikes",

@@ -59,8 +59,8 @@ async def test_one_of_three_coordinators_killed_again_and_again_ends_clean(tmp_p
 
 
 async def test_every_process_fault_at_qos_0_ends_clean(tmp_path):
-    """No message acknowledged: one the broker cannot deliver at once (its receiver killed,
-    or the broker itself) is lost, and its sender's retries carry the protocol through."""
+    """No message acknowledged on any hop: one lost on the way is found out by its sender's
+    timeout alone, and the senders' retries carry the protocol through every fault."""
     result = await run(tmp_path, seconds=10, seed=12, faults=FAULTS, strikes=1, qos=0)
     check_clean(result, FAULTS, strikes=1)
     lines = [line for config in tmp_path.glob("*.toml") for line in config.read_text().splitlines()]
