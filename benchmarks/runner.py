@@ -32,7 +32,7 @@ from engine.world.nats import NatsServer
 from engine.world.postgres import backend_pids, scratch_database, service_schemas
 from engine.world.rabbitmq import RabbitMQNode
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
-from protocols.bus.address import redacted
+from protocols.bus.address import at_qos, redacted
 from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
@@ -301,7 +301,7 @@ async def mqtt_system(
         (directory / broker_kind).mkdir()
         broker = OTHER_BROKERS[broker_kind](directory / broker_kind)
     broker.start()
-    url = broker.url if qos == 1 else f"{broker.url}?qos={qos}"
+    url = at_qos(broker.url, qos)
     world = lay_out_bench(directory, shape, broker=url, databases=databases)
     processes: dict[str, subprocess.Popen] = {}
     try:

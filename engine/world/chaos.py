@@ -215,23 +215,17 @@ class Outcome:
         assert report is not None
         kinds = Counter(violation.kind.value for violation in report.violations)
         longest = max((o.end_ms - o.start_ms for o in self.outages), default=0)
+        settlements = (
+            ("settlements", ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items())) or "none")
+            if self.phases or not self.trades
+            else (  # every settlement is a trade's try: what the ledgers' journals say of them
+                "settlement tries across ledgers",
+                ", ".join(f"{end} {n}" for end, n in sorted(report.settlements.items())),
+            )
+        )
         rows = [
             ("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(self.faults.items())) or "none"),
-            *(
-                [
-                    (
-                        "settlements",
-                        ", ".join(f"{phase} {count}" for phase, count in sorted(self.phases.items())) or "none",
-                    )
-                ]
-                if self.phases or not self.trades
-                else [  # every settlement is a trade's try: what the ledgers' journals say of them
-                    (
-                        "settlement tries across ledgers",
-                        ", ".join(f"{end} {n}" for end, n in sorted(report.settlements.items())),
-                    )
-                ]
-            ),
+            settlements,
             *(
                 [("payments by path", ", ".join(f"{path} {n}" for path, n in sorted(self.paths.items())))]
                 if any("intermediar" in path or path == "not routed" for path in self.paths)

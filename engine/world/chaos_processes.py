@@ -50,6 +50,7 @@ from typing import Protocol
 import attrs
 import trio
 
+from protocols.bus.address import at_qos
 from protocols.bus.mqtt import MqttBus
 from protocols.messages import QueryLocks, Settlement, SettlementStatus
 from protocols.settlement import Timing, coordinator_ids
@@ -397,7 +398,7 @@ def _urls(broker: BrokerProcess | NatsCluster, qos: int) -> Iterator[str]:
     from the next node, so that the clients spread over them, at the cluster's QoS."""
     if isinstance(broker, NatsCluster):
         return (broker.url_from(n) for n in itertools.count())
-    return itertools.repeat(broker.url if qos == 1 else f"{broker.url}?qos={qos}")
+    return itertools.repeat(at_qos(broker.url, qos))
 
 
 def _standby(world: World, ids: list[str], own: str) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from protocols.bus.address import at_qos
 from protocols.failures import ExpectedFailure
 
 from .broker import NotInstalled
@@ -148,7 +149,7 @@ class NatsCluster:
     def url_from(self, first: int) -> str:
         """Every node's URL, node `first`'s first, round robin: where a client tries first.
         Clients given different firsts spread over the nodes."""
-        urls = [f"{node.url}?qos={CLUSTER_QOS}" for node in self.nodes]
+        urls = [at_qos(node.url, CLUSTER_QOS) for node in self.nodes]
         first %= len(urls)
         return ",".join(urls[first:] + urls[:first])
 

@@ -134,6 +134,15 @@ def with_files(url: str, *, password_file: Path | None = None, ca_file: Path | N
     return urlunsplit(parts._replace(query=urlencode(query + added, quote_via=quote, safe="/")))
 
 
+def at_qos(url: str, qos: int) -> str:
+    """`url` with the bus at `qos`: as it is at 1, the default; with `qos` set otherwise."""
+    if qos == 1:
+        return url
+    parts = urlsplit(url)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "qos"] + [("qos", str(qos))]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote, safe="/")))
+
+
 def broker_setting(config: dict, base: Path) -> str | None:
     """A ledger's or coordinator's `broker`, a URL or a list of a cluster's, with its
     `broker_password_file` and `broker_ca_file` (relative to `base`, the config's folder)
