@@ -21,6 +21,7 @@ from pathlib import Path
 import trio
 
 from engine.world.broker import mosquitto_path
+from protocols.envelope import SETTLEMENTS_MAX
 from protocols.failures import ExpectedFailure
 from protocols.settlement import Timing
 
@@ -60,7 +61,15 @@ def main(args: argparse.Namespace) -> int:
         args.concurrency, args.rate, args.settlements = QUICK["concurrency"], QUICK["rates"], QUICK["settlements"]
         args.participants = QUICK["participants"]
     shape = Shape(args.participants, args.accounts, args.isins, args.ballast, args.coordinators)
-    loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate_per_s=float(r)) for r in args.rate]
+    wrong = ",".join(str(n) for n in args.per_request if not 1 <= n <= SETTLEMENTS_MAX)
+    if wrong:
+        raise ExpectedFailure(f"--per-request {wrong}", f"settlements to a request are 1 to {SETTLEMENTS_MAX}")
+    loads = [
+        load
+        for n in args.per_request
+        for load in [Load(concurrency=c, per_request=n) for c in args.concurrency]
+        + [Load(rate_per_s=float(r), per_request=n) for r in args.rate]
+    ]
     if args.rtt and args.store != ["sqlite"]:
         raise ExpectedFailure("--rtt", "runs with --store sqlite only: no PostgreSQL server is in the places")
     if args.rtt and args.broker_kind != ["mosquitto"]:

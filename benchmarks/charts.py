@@ -43,13 +43,13 @@ def draw(results: list[Result], out: Path) -> list[Path]:
 def throughput(results: list[Result]) -> Figure:
     """Closed-loop runs only: an open-loop run's load is a rate, on another axis."""
     figure, panels = _panels(results, "Throughput: cross-ledger HTLC against same-ledger settlement")
-    for (bus, kind, path), series in _series(results):
+    for (bus, kind, path, per_request), series in _series(results):
         closed = sorted((r for r in series if r.run.load.concurrency), key=lambda r: r.run.load.concurrency)
         panels[bus].plot(
             [r.run.load.concurrency for r in closed],
             [r.throughput_per_s for r in closed],
             marker="o",
-            **_look(kind, path),
+            **_look(kind, path, f"b={per_request}" if per_request > 1 else ""),
         )
     loads = sorted({r.run.load.concurrency for r in results if r.run.load.concurrency})
     for bus, axes in panels.items():
@@ -67,7 +67,7 @@ def latency_cdf(results: list[Result]) -> Figure:
         key: max(series, key=lambda r: (r.run.load.concurrency or 0, r.run.load.rate_per_s or 0))
         for key, series in _series(results)
     }
-    for (bus, kind, path), result in busiest.items():
+    for (bus, kind, path, _per_request), result in busiest.items():
         ordered = sorted(result.latencies_ms)
         panels[bus].plot(
             ordered,
@@ -116,10 +116,13 @@ def _look(kind: str, path: str, load: str = "") -> dict:
 
 
 def _series(results: list[Result]):
-    """The runs of each (bus, kind, path), in the order they ran."""
-    keys = dict.fromkeys((r.run.system, r.run.kind, r.run.path) for r in results)
-    for key in keys:
-        yield key, [r for r in results if (r.run.system, r.run.kind, r.run.path) == key]
+    """The runs of each (bus, kind, path, settlements to a request), in the order they ran."""
+
+    def key(r: Result) -> tuple[str, str, str, int]:
+        return r.run.system, r.run.kind, r.run.path, r.run.load.per_request
+
+    for one in dict.fromkeys(key(r) for r in results):
+        yield one, [r for r in results if key(r) == one]
 
 
 def _panels(results: list[Result], title: str) -> tuple[Figure, dict]:

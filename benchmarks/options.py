@@ -85,6 +85,14 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     option(
         "--rate", [], "open-loop sweep: settlements started per second, comma-separated", type=numbers, metavar="LIST"
     )
+    option(
+        "--per-request",
+        [1],
+        "settlements a back office sends its coordinator together in one request, comma-separated: 1 (each "
+        "alone), or more (one request and one reply for them all; --concurrency still counts settlements)",
+        type=numbers,
+        metavar="LIST",
+    )
     option("--settlements", 2000, "settlements per run", type=int, metavar="N")
     option("--participants", 100, "banks that trade, each with accounts on every ledger", type=int, metavar="N")
     option("--accounts", 1, "accounts per participant on each ledger", type=int, metavar="N")

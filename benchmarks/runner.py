@@ -10,6 +10,7 @@ legs or on neither, read from the ledgers. A run that breaks either raises
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -31,11 +32,13 @@ from engine.world.local import Local
 from engine.world.nats import NatsServer
 from engine.world.postgres import backend_pids, scratch_database, service_schemas
 from engine.world.rabbitmq import RabbitMQNode
+from protocols import canonical
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.address import at_qos, redacted
 from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
+from protocols.envelope import BATCH_BYTES_MAX, is_batch, open_batch, settlements
 from protocols.errors import Code, Rejected
 from protocols.messages import (
     QueryInfo,
@@ -47,7 +50,7 @@ from protocols.messages import (
     SettlementStatus,
 )
 from protocols.settlement import Timing, lock_id, settle_id
-from protocols.signing import decode_signed, unsigned
+from protocols.signing import Signed, decode_signed, from_wire, unsigned
 
 from .netem import Loopback, Places
 from .profile import Profile, Sampling
@@ -83,10 +86,18 @@ class BenchmarkBroken(Exception):
 class Load:
     concurrency: int | None = None  # closed loop: this many settlements in flight
     rate_per_s: float | None = None  # open loop: start this many per second
+    per_request: int = 1  # settlements sent together in one request to their coordinator
 
     @property
     def label(self) -> str:
-        return f"c={self.concurrency}" if self.concurrency else f"r={self.rate_per_s:g}/s"
+        load = f"c={self.concurrency}" if self.concurrency else f"r={self.rate_per_s:g}/s"
+        return load if self.per_request == 1 else f"{load},b={self.per_request}"
+
+    @property
+    def tag(self) -> str:
+        """The label as a file name's and a settlement id's part."""
+        load = f"c{self.concurrency}" if self.concurrency else f"r{self.rate_per_s:g}"
+        return load if self.per_request == 1 else f"{load}b{self.per_request}"
 
 
 @attrs.frozen
@@ -145,6 +156,7 @@ class Result:
             "load": self.run.load.label,
             "concurrency": self.run.load.concurrency,
             "rate_per_s": self.run.load.rate_per_s,
+            "per_request": self.run.load.per_request,
             "settlements": count,
             "elapsed_s": round(self.elapsed_s, 3),
             "throughput_per_s": round(self.throughput_per_s, 1),
@@ -446,16 +458,7 @@ async def measure(system: System, run: Run, progress: Callable[[int], None], pro
     cpu_before = system.meter.cpu_s()
     started = time.perf_counter()
 
-    async def one(order: tuple[bytes, str, str]) -> None:
-        raw, settlement_id, service = order
-        begin = time.perf_counter()
-        while True:
-            try:
-                reply = await system.bus.request(service, raw, timeout_s=REPLY_TIMEOUT_S)
-                break
-            except BusTimeout:
-                continue  # the same bytes again: the coordinator runs a settlement once
-        status: SettlementStatus = decode_signed(reply, allowed=(SettlementStatus,)).msg
+    def record(settlement_id: str, status: SettlementStatus, begin: float) -> None:
         if status.reason_code == Code.BUSY.value:  # refused at the intake: counted, not timed
             statuses[settlement_id] = "busy"
         else:
@@ -465,24 +468,41 @@ async def measure(system: System, run: Run, progress: Callable[[int], None], pro
             for name, (start, end) in ROUNDS.items():
                 if status.phase == "settled" and start in at_ms and end in at_ms:
                     rounds[name].append(at_ms[end] - at_ms[start])
-        progress(1)
 
+    async def one(request: list[tuple[bytes, str, str]]) -> None:
+        """Settlements sent in one request, alone or together, until answered."""
+        service = request[0][2]
+        raw = request[0][0] if len(request) == 1 else settlements([order[0] for order in request])
+        begin = time.perf_counter()
+        while True:
+            try:
+                reply = await system.bus.request(service, raw, timeout_s=REPLY_TIMEOUT_S)
+                break
+            except BusTimeout:
+                continue  # the same bytes again: the coordinator runs a settlement once
+        for (_raw, settlement_id, _service), status in zip(request, _statuses(reply, len(request)), strict=True):
+            record(settlement_id, status, begin)
+        progress(len(request))
+
+    requests = _requests(orders, run.load.per_request)
     async with trio.open_nursery() as nursery:
         if run.load.concurrency:
-            queue = iter(orders)
+            queue = iter(requests)
 
             async def worker() -> None:
-                for order in queue:
-                    await one(order)
+                for request in queue:
+                    await one(request)
 
-            for _ in range(run.load.concurrency):
+            for _ in range(max(1, run.load.concurrency // run.load.per_request)):
                 nursery.start_soon(worker)
         else:
             rate = run.load.rate_per_s
             assert rate is not None  # a load is a concurrency or a rate
-            for index, order in enumerate(orders):
-                await trio.sleep_until(trio.current_time() + max(0.0, started + index / rate - time.perf_counter()))
-                nursery.start_soon(one, order)
+            sent = 0
+            for request in requests:
+                await trio.sleep_until(trio.current_time() + max(0.0, started + sent / rate - time.perf_counter()))
+                nursery.start_soon(one, request)
+                sent += len(request)
     elapsed = time.perf_counter() - started
     cpu_after = system.meter.cpu_s()
     profiles = None if sampling is None else await sampling.stop()
@@ -518,6 +538,29 @@ async def _round_trips_ms(system: System) -> list[float]:
     return times_ms
 
 
+def _requests(orders: list[tuple[bytes, str, str]], per_request: int) -> list[list[tuple[bytes, str, str]]]:
+    """The settlements in requests of `per_request` each, every request's to one
+    coordinator, the coordinators' requests taken in turn."""
+    by_service: dict[str, list[tuple[bytes, str, str]]] = {}
+    for order in orders:
+        by_service.setdefault(order[2], []).append(order)
+    each = [[mine[i : i + per_request] for i in range(0, len(mine), per_request)] for mine in by_service.values()]
+    return [request for turn in itertools.zip_longest(*each) for request in turn if request]
+
+
+def _statuses(reply: bytes, count: int) -> list[SettlementStatus]:
+    """The statuses a request's reply carries: alone, or (settlements sent together) one
+    for each in their order; a container refused whole gives its one refusal to each."""
+    value = canonical.decode(reply, bytes_max=BATCH_BYTES_MAX)
+    if not is_batch(value):
+        status = from_wire(value, allowed=(SettlementStatus,)).msg
+        return [status] * count
+    statuses = [item.msg for item in open_batch(value, allowed=(SettlementStatus,))[1] if isinstance(item, Signed)]
+    if len(statuses) != count:
+        raise BenchmarkBroken(f"{count} settlements sent together, {len(statuses)} statuses in the reply")
+    return statuses
+
+
 def _order(raw: bytes) -> tuple[bytes, str, str]:
     """A settlement as the load generator sends it: its bytes, its id and its coordinator's
     service, read before the run, so that reading them is neither timed nor counted."""
@@ -526,13 +569,11 @@ def _order(raw: bytes) -> tuple[bytes, str, str]:
 
 
 def profile_label(run: Run) -> str:
-    load = f"c{run.load.concurrency}" if run.load.concurrency else f"r{run.load.rate_per_s:g}"
-    return f"{run.system}-{run.kind}-{run.path}-{load}"
+    return f"{run.system}-{run.kind}-{run.path}-{run.load.tag}"
 
 
 def _run_label(run: Run) -> str:
-    load = f"c{run.load.concurrency}" if run.load.concurrency else f"r{run.load.rate_per_s:g}"
-    return f"{run.bus}-{run.kind}-{run.path}-{load}"
+    return f"{run.bus}-{run.kind}-{run.path}-{run.load.tag}"
 
 
 async def check(system: System, run: Run, statuses: dict[str, str]) -> None:

@@ -40,7 +40,7 @@ RUN = (
     Column("system", 21, _key("system")),  # mqtt+qos0+postgresql, say
     Column("kind", 5, _key("kind")),
     Column("path", 6, _key("path")),
-    Column("load", 9, _key("load")),
+    Column("load", 11, _key("load")),  # c=256,b=16, say
 )
 RUNS = RUN + (
     Column("n", 6, _key("settlements"), "d"),
@@ -108,7 +108,7 @@ def _cpu(prefix: tuple[Column, ...], rows: list[dict]) -> list[str]:
     services = [name for name in names if name not in NOT_SERVICES]
 
     def process(name: str) -> Column:
-        return Column(name, max(CPU_WIDTH_MIN, len(name)) + 2, _cpu_of(name), ".2f")
+        return Column(name, max(CPU_WIDTH_MIN + 2, len(name) + 1), _cpu_of(name), ".2f")
 
     columns = prefix + tuple(process(name) for name in services)
     if any(row["cpu_ms_per_settlement_services"] is not None for row in rows):

@@ -7,7 +7,13 @@ own; the envelope's signature is the signer's over the Merkle root of the items'
 (batch.py). Opening an envelope gives each item the signer's share of that signature,
 its inclusion path included, so that each item, stored or forwarded on its own, stays
 checkable by anyone. An item that does not decode is refused on its own; the others
-stand. A message sent alone is a batch of one in every respect but its framing."""
+stand. A message sent alone is a batch of one in every respect but its framing.
+
+A back office sends its coordinator many settlements in one request the same way, but
+unsigned (`settlements`, below): each settlement's authority is its parties' own
+signatures, which a batch signature may not stand in for, and the container adds none.
+
+    {"items": [settlement, ...], "type": "settlements", "v": 2}"""
 
 from __future__ import annotations
 
@@ -23,10 +29,34 @@ from .signing import DOMAIN, SIGNATURE_HEX_MAX, PrivateKey, Signed, from_wire
 
 BATCH_VERSION = 2
 BATCH_BYTES_MAX = 1 << 20  # the broker's packet limit
+SETTLEMENTS_MAX = 1024  # to a request: the reply's statuses, steps and all, stay under BATCH_BYTES_MAX
 
 
 def is_batch(value: Any) -> bool:
     return isinstance(value, dict) and value.get("type") == "batch"
+
+
+def is_settlements(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") == "settlements"
+
+
+def settlements(raws: Sequence[bytes]) -> bytes:
+    """Settlements, each in its canonical encoding as it would travel alone, in one request."""
+    assert 0 < len(raws) <= SETTLEMENTS_MAX, len(raws)
+    return canonical.join(b'"items":[' + b",".join(raws) + b"]", b'"type":"settlements"', b'"v":2')
+
+
+def open_settlements(value: dict, *, allowed: tuple[type[Body], ...]) -> list[Signed | Rejected]:
+    """Each settlement of a request that carries many, decoded, or the reason it was
+    refused; Rejected for a container that is itself wrong."""
+    if set(value) != {"items", "type", "v"}:
+        raise Rejected(Code.MALFORMED, "$", "settlements has exactly items, type and v")
+    if type(value["v"]) is not int or value["v"] != BATCH_VERSION:
+        raise Rejected(Code.UNSUPPORTED_VERSION, "v", f"settlements is version {BATCH_VERSION}")
+    items = value["items"]
+    if not isinstance(items, list) or not 1 <= len(items) <= SETTLEMENTS_MAX:
+        raise Rejected(Code.MALFORMED, "items", f"must be a list of 1 to {SETTLEMENTS_MAX} settlements")
+    return [_opened(item, allowed) for item in items]
 
 
 def seal(messages: Sequence[Signed], party: str, key: PrivateKey) -> bytes:
@@ -92,12 +122,16 @@ def item_id(item: Any) -> str:
     return value if isinstance(value, str) and IDENT_PATTERN.fullmatch(value) else "unknown"
 
 
-def _item(item: Any, party: str, allowed: tuple[type[Body], ...]) -> Signed | Rejected:
+def _opened(item: Any, allowed: tuple[type[Body], ...]) -> Signed | Rejected:
     try:
-        signed = from_wire(item, allowed=allowed)
+        return from_wire(item, allowed=allowed)
     except Rejected as error:
         return error
-    if party in signed.sigs:
+
+
+def _item(item: Any, party: str, allowed: tuple[type[Body], ...]) -> Signed | Rejected:
+    signed = _opened(item, allowed)
+    if isinstance(signed, Signed) and party in signed.sigs:
         return Rejected(Code.MALFORMED, f"sigs.{party}", "the batch's signer signs its items through the batch")
     return signed
 

@@ -28,19 +28,20 @@ import itertools
 import logging
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
+from protocols import canonical
 from protocols.authority import Terms, settlement_terms, terms_of
 from protocols.bus import Bus, BusTimeout, Request, decisions_topic, service_of_coordinator
 from protocols.bus.batcher import Batcher, Outcome
 from protocols.bus.client import BadReply, LedgerClient
 from protocols.bus.clock import ServiceClock
-from protocols.canonical import encode
-from protocols.envelope import seal
+from protocols.canonical import MESSAGE_BYTES_MAX, encode
+from protocols.envelope import BATCH_BYTES_MAX, is_settlements, item_id, open_settlements, seal
 from protocols.errors import Code, Rejected
 from protocols.failures import ExpectedFailure
 from protocols.messages import (
@@ -55,7 +56,7 @@ from protocols.messages import (
 )
 from protocols.registry import Registry
 from protocols.settlement import Phase, Timing
-from protocols.signing import PrivateKey, Signed, decode_signed, sign, unsigned
+from protocols.signing import PrivateKey, Signed, decode_signed, from_wire, sign, unsigned
 
 from .. import config
 from ..watchtower import Watchtower
@@ -132,7 +133,8 @@ class Coordinator:
         # settlement id -> its instruction, and an event set when it is final: from acceptance until final
         self._driven: dict[str, tuple[bytes, trio.Event]] = {}
         self._intake: set[str] = set()  # back offices' settlements being driven now
-        self._requests: dict[str, list[Request]] = {}  # settlement id -> requests answered when it is final
+        # settlement id -> what answers the requests that sent it, with its status once final
+        self._requests: dict[str, list[Callable[[SettlementStatus], Awaitable[None]]]] = {}
         self._nursery: trio.Nursery | None = None
         self.on_phase: Callable[[Record], None] = lambda record: None  # for observers and tests
         self.on_busy: Callable[[], None] = lambda: None  # a new settlement refused at the intake bound
@@ -216,8 +218,12 @@ class Coordinator:
         try:
             if len(self._driven) >= IN_FLIGHT_MAX:
                 raise Rejected(Code.OVERLOADED, "$", f"{IN_FLIGHT_MAX} settlements in flight; retry later")
+            value = _value(request.payload)
+            if is_settlements(value):
+                await self._answer_settlements(value, request)
+                return
             accepted: tuple[type[Body], ...] = (Settlement, QuerySettlement, *self._desks)
-            signed = decode_signed(request.payload, allowed=accepted)
+            signed = from_wire(value, allowed=accepted)
             msg = signed.msg
             if type(msg) in self._desks:
                 assert self._nursery is not None
@@ -231,48 +237,64 @@ class Coordinator:
                 assert isinstance(msg, Settlement)
                 record = self._submitted(signed)
                 if record is None:  # answered when final
-                    self._requests.setdefault(msg.id, []).append(request)
+                    self._requests.setdefault(msg.id, []).append(partial(self._reply_alone, request))
                     return
-            reply = self.status(record)
+            status = self._status(record)
         except Rejected as error:
-            reply = self._status_error(request.payload, error)
-        await request.reply(reply)
+            status = self._refusal(_sent_id(request.payload), error)
+        await self._reply_alone(request, status)
+
+    async def _answer_settlements(self, value: dict, request: Request) -> None:
+        """Settlements sent in one request: each accepted or refused on its own, exactly
+        as if it had come alone; their statuses go back in one envelope, signed once, when
+        the last of them is final."""
+        try:
+            items = open_settlements(value, allowed=(Settlement,))
+        except Rejected as error:  # the container itself: answered alone, as a settlement alone would be
+            await self._reply_alone(request, self._refusal("unknown", error))
+            return
+        statuses = _Statuses(request, len(items), partial(seal, party=self.id, key=self._key))
+        for index, (item, raw) in enumerate(zip(items, value["items"], strict=True)):
+            if isinstance(item, Rejected):
+                await statuses.put(index, self._refusal(item_id(raw), item))
+                continue
+            try:
+                record = self._submitted(item)
+            except Rejected as error:
+                await statuses.put(index, self._refusal(item.msg.id, error))
+                continue
+            if record is None:  # its status once final
+                self._requests.setdefault(item.msg.id, []).append(partial(statuses.put, index))
+            else:
+                await statuses.put(index, self._status(record))
+
+    async def _reply_alone(self, request: Request, status: SettlementStatus) -> None:
+        await request.reply(sign(status, (self.id, self._key)).encode())
 
     async def _desk_answer(self, desk: Desk, signed: Signed, request: Request) -> None:
         try:
             reply = await desk.answer(signed, request)
         except Rejected as error:
-            reply = self._status_error(request.payload, error)
-        await request.reply(reply)
+            await self._reply_alone(request, self._refusal(_sent_id(request.payload), error))
+        else:
+            await request.reply(reply)
 
-    def status(self, record: Record) -> bytes:
-        return sign(
-            SettlementStatus(
-                self.id,
-                record.settlement_id,
-                record.phase.value,
-                self.clock.now_ms(),
-                record.reason_code,
-                record.reason,
-                tuple(list(step) for step in record.steps),
-            ),
-            (self.id, self._key),
-        ).encode()
+    def _status(self, record: Record) -> SettlementStatus:
+        return SettlementStatus(
+            self.id,
+            record.settlement_id,
+            record.phase.value,
+            self.clock.now_ms(),
+            record.reason_code,
+            record.reason,
+            tuple(list(step) for step in record.steps),
+        )
 
-    def _status_error(self, payload: bytes, error: Rejected) -> bytes:
+    def _refusal(self, settlement_id: str, error: Rejected) -> SettlementStatus:
         """A refusal in the shape of a status, phase "rejected", for the sender's id."""
-        settlement_id = readable_id(payload, ("settlement_id", "id"))
-        return sign(
-            SettlementStatus(
-                self.id,
-                settlement_id,
-                "rejected",
-                self.clock.now_ms(),
-                error.code.value,
-                f"{error.field}: {error.reason}",
-            ),
-            (self.id, self._key),
-        ).encode()
+        return SettlementStatus(
+            self.id, settlement_id, "rejected", self.clock.now_ms(), error.code.value, f"{error.field}: {error.reason}"
+        )
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -480,8 +502,8 @@ class Coordinator:
         log.info("settlement %s %s%s", settlement_id, record.phase.value, reason)
         self._intake.discard(settlement_id)
         self._driven.pop(settlement_id)[1].set()
-        for request in self._requests.pop(settlement_id, ()):
-            await request.reply(self.status(record))
+        for reply in self._requests.pop(settlement_id, ()):
+            await reply(self._status(record))
 
     def _delivered(self, settlement_id: str, tag: tuple[str, int], outcome: Outcome) -> None:
         """An instruction's outcome, from the task that sent its batch."""
@@ -551,6 +573,43 @@ def _transitions(saves: list[core.Save]) -> list[Change]:
         first = rows.get(save.record.settlement_id)
         rows[save.record.settlement_id] = (save.previous if first is None else first[0], save.record)
     return list(rows.values())
+
+
+class _Statuses:
+    """The statuses of a request's settlements, gathered in their order as each is known
+    and sent in one envelope once the last is."""
+
+    def __init__(self, request: Request, count: int, seal: Callable[[list[Signed]], bytes]) -> None:
+        self._request, self._seal = request, seal
+        self._statuses: list[SettlementStatus | None] = [None] * count
+        self._missing = count
+
+    async def put(self, index: int, status: SettlementStatus) -> None:
+        assert self._statuses[index] is None, index
+        self._statuses[index] = status
+        self._missing -= 1
+        if not self._missing:
+            statuses = [unsigned(status) for status in self._statuses if status is not None]
+            assert len(statuses) == len(self._statuses)
+            await self._request.reply(self._seal(statuses))
+
+
+def _sent_id(payload: bytes) -> str:
+    """The id a refused request was about, for the sender to match the refusal with."""
+    return readable_id(payload, ("settlement_id", "id"))
+
+
+def _value(payload: bytes) -> Any:
+    """A request's value: settlements sent together may take BATCH_BYTES_MAX, anything
+    else MESSAGE_BYTES_MAX, past which it is refused as too large whatever else is wrong."""
+    too_large = Rejected(Code.TOO_LARGE, "$", f"message is {len(payload)} bytes, limit is {MESSAGE_BYTES_MAX}")
+    try:
+        value = canonical.decode(payload, bytes_max=BATCH_BYTES_MAX)
+    except Rejected as error:
+        raise (too_large if len(payload) > MESSAGE_BYTES_MAX else error) from None
+    if len(payload) > MESSAGE_BYTES_MAX and not is_settlements(value):
+        raise too_large
+    return value
 
 
 def _reused(settlement_id: str) -> Rejected:
