@@ -50,7 +50,7 @@ async def test_a_run_profiles_each_service_process_while_it_is_measured(tmp_path
         top = profiles[name].top
         assert profiles[name].samples > 0 and top, name
         assert [pct for _, pct in top] == sorted((pct for _, pct in top), reverse=True)
-        assert 0 < sum(pct for _, pct in top) <= 100.05
+        assert 0 < sum(pct for _, pct in top) <= 100 + 0.05 * len(top)  # each share rounded to 0.1
         assert any(f"({part}" in function for function, _ in top for part in profile.OURS), top
     assert (tmp_path / "profile-mqtt-dvp-cross-c8-coordinator.txt").exists()  # py-spy's own record, kept
     assert result.summary()["profile"]["coordinator"]["samples"] == profiles["coordinator"].samples
