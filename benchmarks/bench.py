@@ -51,6 +51,17 @@ from .workload import Shape
 ROUND_TRIPS = {"cross": 4, "same": 2}
 
 
+def sweep(concurrency: list[int], rates: list[int], per_request: list[int]) -> list[Load]:
+    """Each closed and open load, for each number of settlements to a request; a request
+    of more settlements than are in flight is no closed loop of that many, and is left out."""
+    return [
+        load
+        for n in per_request
+        for load in [Load(concurrency=c, per_request=n) for c in concurrency if n <= c]
+        + [Load(rate_per_s=float(r), per_request=n) for r in rates]
+    ]
+
+
 def main(args: argparse.Namespace) -> int:
     if args.queue:
         from . import queue
@@ -64,12 +75,7 @@ def main(args: argparse.Namespace) -> int:
     wrong = ",".join(str(n) for n in args.per_request if not 1 <= n <= SETTLEMENTS_MAX)
     if wrong:
         raise ExpectedFailure(f"--per-request {wrong}", f"settlements to a request are 1 to {SETTLEMENTS_MAX}")
-    loads = [
-        load
-        for n in args.per_request
-        for load in [Load(concurrency=c, per_request=n) for c in args.concurrency]
-        + [Load(rate_per_s=float(r), per_request=n) for r in args.rate]
-    ]
+    loads = sweep(args.concurrency, args.rate, args.per_request)
     if args.rtt and args.store != ["sqlite"]:
         raise ExpectedFailure("--rtt", "runs with --store sqlite only: no PostgreSQL server is in the places")
     if args.rtt and args.broker_kind != ["mosquitto"]:

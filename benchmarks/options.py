@@ -89,7 +89,8 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         "--per-request",
         [1],
         "settlements a back office sends its coordinator together in one request, comma-separated: 1 (each "
-        "alone), or more (one request and one reply for them all; --concurrency still counts settlements)",
+        "alone), or more (one request and one reply for them all; --concurrency still counts settlements, and "
+        "a concurrency below N is not run with N)",
         type=numbers,
         metavar="LIST",
     )

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.bench import main
+from benchmarks.bench import main, sweep
 from benchmarks.options import arguments
 from benchmarks.runner import Load, Run, _requests, measure, memory_system
 from benchmarks.workload import Shape
@@ -38,6 +38,16 @@ def test_each_request_carries_settlements_of_one_coordinator_and_every_settlemen
     assert sorted(order for request in requests for order in request) == sorted(orders)
     assert Counter(len(request) for request in requests) == Counter({4: 12, 1: 2})
     assert [request[0][2] for request in requests[:3]] == ["coordinator-0", "coordinator-1", "coordinator-2"]
+
+
+def test_a_request_never_carries_more_settlements_than_the_loop_has_in_flight():
+    assert [load.label for load in sweep([1, 256], [300], [1, 64])] == [
+        "c=1",
+        "c=256",
+        "r=300/s",
+        "c=256,b=64",
+        "r=300/s,b=64",
+    ]
 
 
 @pytest.mark.parametrize("value", ["0", "1025"])
