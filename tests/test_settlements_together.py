@@ -93,6 +93,41 @@ async def test_each_settlement_sent_together_is_judged_alone_and_the_statuses_co
         nursery.cancel_scope.cancel()
 
 
+async def test_a_coordinator_killed_with_settlements_sent_together_in_flight_settles_each_once_when_sent_again(
+    tmp_path, autojump_clock
+):
+    """Killed as the first of four cross-ledger DvPs sent together is being claimed: no
+    reply comes; the same request sent to the restarted coordinator is answered with all
+    four settled, and each moved its legs once."""
+    async with trio.open_nursery() as nursery:
+        w = await start(nursery, tmp_path)
+        coordinator, scope = await w.local.start_coordinator(TIMING, watchtower=False)
+
+        def crash(record):
+            if record.phase is Phase.CLAIMING:
+                scope.cancel()
+
+        coordinator.on_phase = crash
+        raws = [w.local.settlement("dvp", CROSS_DVP, PARTIES) for _ in range(4)]
+        before = await w.balances(CROSS_DVP)
+        replies: list[bytes] = []
+
+        async def first_try() -> None:
+            with trio.move_on_after(30):
+                replies.append(await send(w, settlements(raws)))
+
+        nursery.start_soon(first_try)
+        while not scope.cancel_called:
+            await trio.sleep(0.01)
+        await w.local.start_coordinator(TIMING, watchtower=False)
+        again = statuses(w, await send(w, settlements(raws)))
+        assert replies == []
+        assert [s.phase for s in again] == ["settled"] * 4
+        assert moved(before, await w.balances(CROSS_DVP), CROSS_DVP, times=4)
+        assert await w.held_locks() == []
+        nursery.cancel_scope.cancel()
+
+
 async def test_settlements_together_past_the_intake_bound_are_refused_busy_one_by_one(tmp_path, autojump_clock):
     """An intake of two and three new settlements in one request: the first two are
     taken and settle, the third is refused `busy` and recorded nowhere."""
