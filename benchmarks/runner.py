@@ -32,13 +32,12 @@ from engine.world.local import Local
 from engine.world.nats import NatsServer
 from engine.world.postgres import backend_pids, scratch_database, service_schemas
 from engine.world.rabbitmq import RabbitMQNode
-from protocols import canonical
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.address import at_qos, redacted
 from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import MqttBus
-from protocols.envelope import BATCH_BYTES_MAX, is_batch, open_batch, settlements
+from protocols.envelope import answers, settlements
 from protocols.errors import Code, Rejected
 from protocols.messages import (
     QueryInfo,
@@ -50,7 +49,7 @@ from protocols.messages import (
     SettlementStatus,
 )
 from protocols.settlement import Timing, lock_id, settle_id
-from protocols.signing import Signed, decode_signed, from_wire, unsigned
+from protocols.signing import decode_signed, unsigned
 
 from .netem import Loopback, Places
 from .profile import Profile, Sampling
@@ -480,7 +479,8 @@ async def measure(system: System, run: Run, progress: Callable[[int], None], pro
                 break
             except BusTimeout:
                 continue  # the same bytes again: the coordinator runs a settlement once
-        for (_raw, settlement_id, _service), status in zip(request, _statuses(reply, len(request)), strict=True):
+        statuses = answers(reply, len(request), (SettlementStatus,))
+        for (_raw, settlement_id, _service), status in zip(request, statuses, strict=True):
             record(settlement_id, status, begin)
         progress(len(request))
 
@@ -546,19 +546,6 @@ def _requests(orders: list[tuple[bytes, str, str]], per_request: int) -> list[li
         by_service.setdefault(order[2], []).append(order)
     each = [[mine[i : i + per_request] for i in range(0, len(mine), per_request)] for mine in by_service.values()]
     return [request for turn in itertools.zip_longest(*each) for request in turn if request]
-
-
-def _statuses(reply: bytes, count: int) -> list[SettlementStatus]:
-    """The statuses a request's reply carries: alone, or (settlements sent together) one
-    for each in their order; a container refused whole gives its one refusal to each."""
-    value = canonical.decode(reply, bytes_max=BATCH_BYTES_MAX)
-    if not is_batch(value):
-        status = from_wire(value, allowed=(SettlementStatus,)).msg
-        return [status] * count
-    statuses = [item.msg for item in open_batch(value, allowed=(SettlementStatus,))[1] if isinstance(item, Signed)]
-    if len(statuses) != count:
-        raise BenchmarkBroken(f"{count} settlements sent together, {len(statuses)} statuses in the reply")
-    return statuses
 
 
 def _order(raw: bytes) -> tuple[bytes, str, str]:

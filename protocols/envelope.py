@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from . import canonical
 from .batch import BATCH_SIZE_MAX, BatchSignature, leaf_hash, sign_digests, tree
 from .errors import Code, Rejected
 from .messages import IDENT_PATTERN, Body
 from .signing import DOMAIN, SIGNATURE_HEX_MAX, PrivateKey, Signed, from_wire
+
+B = TypeVar("B", bound=Body)
 
 BATCH_VERSION = 2
 BATCH_BYTES_MAX = 1 << 20  # the broker's packet limit
@@ -57,6 +59,19 @@ def open_settlements(value: dict, *, allowed: tuple[type[Body], ...]) -> list[Si
     if not isinstance(items, list) or not 1 <= len(items) <= SETTLEMENTS_MAX:
         raise Rejected(Code.MALFORMED, "items", f"must be a list of 1 to {SETTLEMENTS_MAX} settlements")
     return [_opened(item, allowed) for item in items]
+
+
+def answers(reply: bytes, count: int, allowed: tuple[type[B], ...]) -> list[B]:
+    """What a reply to `count` messages sent together answers them with, in their order:
+    each item of its envelope, or (the request refused whole) its one answer for each. The
+    signatures are parsed, not checked: whoever needs the sender's checks them."""
+    value = canonical.decode(reply, bytes_max=BATCH_BYTES_MAX)
+    if not is_batch(value):
+        return [from_wire(value, allowed=allowed).msg] * count
+    items = open_batch(value, allowed=allowed)[1]
+    if len(items) != count or not all(isinstance(item, Signed) for item in items):
+        raise Rejected(Code.MALFORMED, "items", f"{count} messages sent together, not answered one each")
+    return [item.msg for item in items if isinstance(item, Signed)]
 
 
 def seal(messages: Sequence[Signed], party: str, key: PrivateKey) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from engine.audit.journals import Kind
-from engine.world.chaos import CHAOS_TIMING, FAULTS, OneLegged, run
+from engine.world.chaos import CHAOS_TIMING, FAULTS, TOGETHER, OneLegged, run
 
 pytestmark = pytest.mark.slow  # seconds of faults per run, then a wait for every lock to end
 
@@ -24,6 +24,9 @@ async def test_a_workload_under_each_fault_class_ends_clean(tmp_path, fault):
     assert sum(outcome.faults.values()) > 0, f"no {fault} fault was injected"
     assert outcome.over(CHAOS_TIMING.margin_ms) == 0, outcome.table()  # restarts included, each under Δ
     assert sum(report.settlements.values()) > 0 and report.settles > 0  # cross and same ledger both ran
+    # a quarter of the back offices send theirs together, one request for several (protocol section 17)
+    assert outcome.together["settlements"] == TOGETHER * outcome.together["requests"] > 0, outcome.together
+    assert "sent together" in outcome.table()
 
 
 async def test_every_fault_class_at_once_ends_clean(tmp_path):

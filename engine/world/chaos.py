@@ -19,6 +19,10 @@ coordinator's durable decision does), so neither kind may leave one one-legged; 
 backstop passing during an outage can, which `backstop_ms` forces to happen (the audit
 and a live observer must then report each, and the outage timeline explain it).
 
+Every fourth back office sends its settlements four at a time, in one request to their
+coordinator (protocol section 17), each request sent again, the same bytes, until the
+statuses of all four come back; the others send each alone.
+
 With `queue`, the back offices trade through the matching desk instead: each sends a
 DvP as two one-sided sese.023 instructions, half of them allowing partial settlement,
 every fourth sent with a second that sells half of it back (so that trades both ways
@@ -83,6 +87,7 @@ MESSAGE_FAULTS = {
     "delay": dict(delay=0.3, delay_s_max=0.05),
 }
 CONCURRENCY = 16
+TOGETHER = 4  # settlements every fourth back office sends in one request (protocol section 17)
 PAUSE_S_MAX = 1.0  # between two kills or partitions
 SETTLE_WAIT_S = 60.0  # after the run, for every settlement to end
 BACK_OFFICE_TIMEOUT_S = 1.0  # then the same settlement again: a restarted coordinator may not have heard it
@@ -160,6 +165,7 @@ class Outcome:
     paths: Counter = attrs.field(factory=Counter)  # final settlements, cross-ledger and same-ledger
     trades: Counter = attrs.field(factory=Counter)  # queue mode: each trade's end
     released_minor: int = 0  # queue mode: the cash of the trades settled
+    together: Counter = attrs.field(factory=Counter)  # settlements sent together, and the requests that carried them
 
     def paid(self, status: PathStatus) -> None:
         """A multi-hop payment's final status, as its payer received it."""
@@ -238,6 +244,16 @@ class Outcome:
                     ("settled twice", str(kinds.get("settled_twice", 0))),
                 ]
                 if self.trades
+                else []
+            ),
+            *(
+                [
+                    (
+                        "sent together",
+                        f"{self.together['settlements']} settlements in {self.together['requests']} requests",
+                    )
+                ]
+                if self.together
                 else []
             ),
             ("atomicity violations", str(kinds.get("one_legged", 0))),
@@ -412,17 +428,14 @@ async def run(
                     enough.set()
 
         async def back_office() -> None:
-            draws = stream(f"back-office-{next(office_numbers)}")
+            office = next(office_numbers)
+            draws = stream(f"back-office-{office}")
             while not done.is_set():
-                raw = local.settlement(*draw(draws))
-                settlement = decode_signed(raw, allowed=(Settlement,)).msg
-                while True:  # the same bytes until the coordinator answers with a final status
-                    reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
-                    if reply is not None:
-                        outcome.ended(settlement, decode_signed(reply, allowed=(SettlementStatus,)).msg)
-                        if settlements is not None and sum(outcome.phases.values()) >= settlements:
-                            enough.set()
-                        break
+                raws = [local.settlement(*draw(draws)) for _ in range(TOGETHER if office % 4 == 3 else 1)]
+                for settlement, status in await settle(local, raws, outcome):
+                    outcome.ended(settlement, status)
+                if settlements is not None and sum(outcome.phases.values()) >= settlements:
+                    enough.set()
 
         async def payer() -> None:
             """Paths mode: payments through intermediaries, one after another, each sent
@@ -608,6 +621,30 @@ def _covered(outages: list[Outage], start_ms: int, end_ms: int) -> int:
             covered += end - begin
             reached = end
     return covered
+
+
+async def settle(local: Local, raws: list[bytes], outcome: Outcome) -> list[tuple[Settlement, SettlementStatus]]:
+    """Settlements sent as a back office sends them, each request again (the same bytes)
+    until answered: one alone, or several together, a request to each coordinator they
+    name. Each with its final status."""
+    sent = [decode_signed(raw, allowed=(Settlement,)).msg for raw in raws]
+    if len(raws) == 1:
+        while (reply := await local.send_settlement(raws[0], timeout_s=BACK_OFFICE_TIMEOUT_S)) is None:
+            pass
+        return [(sent[0], decode_signed(reply, allowed=(SettlementStatus,)).msg)]
+    ended = []
+    for coordinator in dict.fromkeys(settlement.coordinator for settlement in sent):
+        mine = [
+            (raw, settlement)
+            for raw, settlement in zip(raws, sent, strict=True)
+            if settlement.coordinator == coordinator
+        ]
+        group = [raw for raw, _ in mine]
+        outcome.together.update(settlements=len(group), requests=1)
+        while (statuses := await local.send_settlements(group, timeout_s=BACK_OFFICE_TIMEOUT_S)) is None:
+            pass
+        ended += [(settlement, status) for (_, settlement), status in zip(mine, statuses, strict=True)]
+    return ended
 
 
 def draw(chance: random.Random):

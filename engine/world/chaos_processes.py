@@ -52,24 +52,24 @@ import trio
 
 from protocols.bus.address import at_qos
 from protocols.bus.mqtt import MqttBus
-from protocols.messages import QueryLocks, Settlement, SettlementStatus
+from protocols.messages import QueryLocks, readable_id
 from protocols.settlement import Timing, coordinator_ids
-from protocols.signing import decode_signed
 
 from ..audit.journals import read_over_bus
 from ..audit.observer import Observer
 from .broker import Broker
 from .chaos import (
-    BACK_OFFICE_TIMEOUT_S,
     CHAOS_TIMING,
     CONCURRENCY,
     LONG_OUTAGES_DELTAS,
     SETTLE_WAIT_S,
+    TOGETHER,
     Outage,
     Outcome,
     draw,
     heading,
     judge,
+    settle,
     timing_with,
 )
 from .layout import World
@@ -470,25 +470,22 @@ async def _load(
         striking.discard(fault)
         over()
 
-    async def back_office() -> None:
+    async def back_office(together: int) -> None:
         while not done.is_set():
-            raw = local.settlement(*draw(chance))
-            settlement = decode_signed(raw, allowed=(Settlement,)).msg
-            unfinished.add(settlement.id)
-            while True:  # the same bytes until the coordinator answers with a final status
-                reply = await local.send_settlement(raw, timeout_s=BACK_OFFICE_TIMEOUT_S)
-                if reply is not None:
-                    outcome.ended(settlement, decode_signed(reply, allowed=(SettlementStatus,)).msg)
-                    unfinished.discard(settlement.id)
-                    if settlements is not None and sum(outcome.phases.values()) >= settlements:
-                        done.set()
-                    if strikes is not None:
-                        over()
-                    break
+            raws = [local.settlement(*draw(chance)) for _ in range(together)]
+            ids = [readable_id(raw) for raw in raws]
+            unfinished.update(ids)
+            for settlement, status in await settle(local, raws, outcome):
+                outcome.ended(settlement, status)
+            unfinished.difference_update(ids)
+            if settlements is not None and sum(outcome.phases.values()) >= settlements:
+                done.set()
+            if strikes is not None:
+                over()
 
     async with trio.open_nursery() as offices:
-        for _ in range(CONCURRENCY):
-            offices.start_soon(back_office)
+        for office in range(CONCURRENCY):
+            offices.start_soon(back_office, TOGETHER if office % 4 == 3 else 1)
         async with trio.open_nursery() as faulting:
             for fault in faults:
                 faulting.start_soon(strike, fault)

@@ -18,6 +18,7 @@ from ledgers.store import Store
 from protocols.bus import Bus, BusTimeout, service_of_coordinator
 from protocols.bus.client import LedgerClient, raise_for
 from protocols.bus.clock import ServiceClock
+from protocols.envelope import answers, settlements
 from protocols.identifiers import make_isin
 from protocols.messages import (
     CreateInstrument,
@@ -27,6 +28,7 @@ from protocols.messages import (
     QueryBalances,
     Settlement,
     SettlementLeg,
+    SettlementStatus,
     Transfer,
     readable_id,
 )
@@ -188,6 +190,17 @@ class Local:
             return await self.bus.request(service_of_coordinator(coordinator), raw, timeout_s=timeout_s)
         except BusTimeout:
             return None
+
+    async def send_settlements(self, raws: list[bytes], timeout_s: float = 60) -> list[SettlementStatus] | None:
+        """Send settlements that name one coordinator to it together, in one request
+        (protocol section 17): their statuses, in order, once every one is final, or None
+        if the coordinator went away first."""
+        try:
+            coordinator = route(readable_id(raws[0]), self.coordinators)
+            reply = await self.bus.request(service_of_coordinator(coordinator), settlements(raws), timeout_s=timeout_s)
+        except BusTimeout:
+            return None
+        return answers(reply, len(raws), (SettlementStatus,))
 
     def client(self, ledger_id: str) -> LedgerClient:
         return LedgerClient(self.bus, ledger_id, self.world.registry[ledger_id].public_key)
