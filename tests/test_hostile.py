@@ -3,7 +3,8 @@ typed and huge-integer messages, invalid UTF-8 and floods. Each gets a clear, si
 refusal where a reply is possible, nothing changes, and the service keeps serving.
 
 1. The ledger engine (`Ledger.process`), fuzzed with hypothesis on a populated ledger.
-2. The coordinator's request handler (`Coordinator._answer`), fuzzed the same way.
+2. The coordinator's request handler (`Coordinator._answer`), fuzzed the same way, with
+   settlements alone and sent together.
 3. A ledger process behind a real Mosquitto, flooded by one client while another works,
    and sent packets over and just under the broker's 1 MiB limit.
 
@@ -35,6 +36,7 @@ from protocols.bus.client import LedgerClient
 from protocols.bus.memory import MemoryBus
 from protocols.bus.mqtt import CLIENT_WAITING_MAX, MqttBus, reply_topic, request_topic
 from protocols.canonical import DEPTH_MAX, INT_MAX, MESSAGE_BYTES_MAX, decode, encode, member_path
+from protocols.envelope import BATCH_BYTES_MAX, is_batch, open_batch, settlements
 from protocols.errors import Code
 from protocols.messages import (
     IDENT_PATTERN,
@@ -60,7 +62,7 @@ from protocols.messages import (
     Transfer,
 )
 from protocols.settlement import Timing
-from protocols.signing import from_wire, sign, signing_bytes, unsigned
+from protocols.signing import Signed, from_wire, sign, signing_bytes, unsigned
 from tests.harness import BOND, T0, Harness
 from tests.processes import ServiceProcess
 
@@ -1082,6 +1084,47 @@ def test_fuzz_one_field_of_a_settlement_or_query_made_invalid_is_refused_naming_
         assert_status_refusal(
             world, coordinator, reply, path=change.path if change.invalid else None, whole=change.whole
         )
+
+    check()
+
+
+@pytest.mark.slow
+def test_fuzz_settlements_sent_together_each_refused_on_its_own_naming_its_field(world, coordinator):
+    """One to four settlements, each with one field changed so that it must be refused,
+    sent together: one envelope of statuses comes back, signed once, each status
+    refusing its own settlement (naming the field an invalid change broke), and nothing
+    is journaled. A change the decoder refuses refuses the whole request, in one status
+    alone, as it would a settlement alone."""
+    counter = iter(range(10**9))
+    leg_names = frozenset({"ledger", "from_account", "to_account", "asset", "amount"})
+    wires = {"settlement": settlement_bases(world, 0)["settlement"][0]().wire()}
+    key = world.registry["coordinator"].public_key
+
+    @fuzz(100)
+    @given(drawn=st.lists(plans(wires), min_size=1, max_size=4))
+    def check(drawn):
+        changes = [mutate(plan, settlement_bases(world, next(counter)), leg_names, world.keys) for plan in drawn]
+        assume(all(change.must_refuse and change.whole is None for change in changes))
+        reply = answer(coordinator, settlements([change.payload for change in changes]))
+        value = decode(reply, bytes_max=BATCH_BYTES_MAX)
+        if not is_batch(value):
+            event("refused whole")
+            status = assert_status_refusal(world, coordinator, reply, settlement_id="unknown")
+            # what the decoder refused in one of them, or nesting the container's two levels took past the limit
+            assert status.reason.startswith(("items[", "$: nested deeper")), status
+            return
+        event("each refused on its own")
+        signer, items = open_batch(value, allowed=(SettlementStatus,))
+        assert signer == "coordinator" and len(items) == len(changes)
+        for item, change in zip(items, changes, strict=True):
+            assert isinstance(item, Signed) and item.signed_by("coordinator", key)
+            status = item.msg
+            assert status.phase == "rejected" and status.reason_code in CODES and status.steps == (), status
+            assert status.settlement_id == change.read_id, (status, change.read_id)
+            if change.invalid:
+                assert names_field(status.reason.partition(": ")[0], change.path), (change.path, status)
+        assert coordinator.journal.all() == [], "a refused settlement was journaled"
+        assert coordinator.in_flight == 0 and coordinator._driven == {} and coordinator._requests == {}
 
     check()
 
