@@ -1201,11 +1201,12 @@ def _reader(attribute: attrs.Attribute) -> Callable[[Any], Any] | None:
         return lambda value: None if value is None else _hex32(name, value)
     if attribute.validator in (legs, settlement_legs, hop_legs, path_legs):
         cls = Leg if attribute.validator is legs else SettlementLeg
+        names = frozenset(a.name for a in attrs.fields(cls))
 
         def read_legs(value: Any) -> tuple:
             if not isinstance(value, list):
                 raise Rejected(Code.MALFORMED, name, "expected a list of legs")
-            return tuple(_leg(cls, index, item) for index, item in enumerate(value))
+            return tuple([_leg(cls, names, index, item) for index, item in enumerate(value)])
 
         return read_legs
     if str(attribute.type).startswith("tuple"):
@@ -1252,10 +1253,9 @@ def from_body(body: Any, *, allowed: tuple[type[Body], ...] | None = None) -> Bo
         raise Rejected(Code.MALFORMED, "$", str(error)) from None
 
 
-def _leg(cls: type, index: int, value: Any) -> Any:
+def _leg(cls: type, names: frozenset[str], index: int, value: Any) -> Any:
     """A leg, its refusals naming the field as the rules do: `legs[1].amount`."""
-    names = {a.name for a in attrs.fields(cls)}
-    if not isinstance(value, dict) or set(value) != names:
+    if not isinstance(value, dict) or value.keys() != names:
         raise Rejected(Code.MALFORMED, f"legs[{index}]", f"each leg must be an object with exactly {sorted(names)}")
     try:
         return cls(**value)
