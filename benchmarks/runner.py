@@ -479,8 +479,8 @@ async def measure(system: System, run: Run, progress: Callable[[int], None], pro
                 break
             except BusTimeout:
                 continue  # the same bytes again: the coordinator runs a settlement once
-        statuses = answers(reply, len(request), (SettlementStatus,))
-        for (_raw, settlement_id, _service), status in zip(request, statuses, strict=True):
+        answered = answers(reply, len(request), (SettlementStatus,))
+        for (_raw, settlement_id, _service), status in zip(request, answered, strict=True):
             record(settlement_id, status, begin)
         progress(len(request))
 

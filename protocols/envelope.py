@@ -51,13 +51,7 @@ def settlements(raws: Sequence[bytes]) -> bytes:
 def open_settlements(value: dict, *, allowed: tuple[type[Body], ...]) -> list[Signed | Rejected]:
     """Each settlement of a request that carries many, decoded, or the reason it was
     refused; Rejected for a container that is itself wrong."""
-    if set(value) != {"items", "type", "v"}:
-        raise Rejected(Code.MALFORMED, "$", "settlements has exactly items, type and v")
-    if type(value["v"]) is not int or value["v"] != BATCH_VERSION:
-        raise Rejected(Code.UNSUPPORTED_VERSION, "v", f"settlements is version {BATCH_VERSION}")
-    items = value["items"]
-    if not isinstance(items, list) or not 1 <= len(items) <= SETTLEMENTS_MAX:
-        raise Rejected(Code.MALFORMED, "items", f"must be a list of 1 to {SETTLEMENTS_MAX} settlements")
+    items = _framed(value, "settlements", ("items", "type", "v"), SETTLEMENTS_MAX, "settlements")
     return [_opened(item, allowed) for item in items]
 
 
@@ -94,13 +88,8 @@ def open_batch(value: dict, *, allowed: tuple[type[Body], ...]) -> tuple[str, li
     """The signer and each item, decoded and given its share of the batch signature, or
     the reason it was refused. The signature is not checked here: whoever needs the
     signer's signature checks it, at the cost of one verification for the batch."""
-    if set(value) != {"items", "sigs", "type", "v"}:
-        raise Rejected(Code.MALFORMED, "$", "a batch has exactly items, sigs, type and v")
-    if type(value["v"]) is not int or value["v"] != BATCH_VERSION:
-        raise Rejected(Code.UNSUPPORTED_VERSION, "v", f"a batch is version {BATCH_VERSION}")
-    items, sigs = value["items"], value["sigs"]
-    if not isinstance(items, list) or not 1 <= len(items) <= BATCH_SIZE_MAX:
-        raise Rejected(Code.MALFORMED, "items", f"must be a list of 1 to {BATCH_SIZE_MAX} messages")
+    items = _framed(value, "a batch", ("items", "sigs", "type", "v"), BATCH_SIZE_MAX, "messages")
+    sigs = value["sigs"]
     if not isinstance(sigs, dict) or len(sigs) != 1:
         raise Rejected(Code.MALFORMED, "sigs", "a batch carries its one signer's signature")
     ((party, sig),) = sigs.items()
@@ -135,6 +124,19 @@ def item_id(item: Any) -> str:
     """An item's id for a refusal, when it has a usable one."""
     value = item.get("id") if isinstance(item, dict) else None
     return value if isinstance(value, str) and IDENT_PATTERN.fullmatch(value) else "unknown"
+
+
+def _framed(value: dict, name: str, members: tuple[str, ...], limit: int, noun: str) -> list:
+    """The items of an envelope whose members, version and item count are as they must
+    be; Rejected, naming what is not, otherwise."""
+    if set(value) != set(members):
+        raise Rejected(Code.MALFORMED, "$", f"{name} has exactly {', '.join(members[:-1])} and {members[-1]}")
+    if type(value["v"]) is not int or value["v"] != BATCH_VERSION:
+        raise Rejected(Code.UNSUPPORTED_VERSION, "v", f"{name} is version {BATCH_VERSION}")
+    items = value["items"]
+    if not isinstance(items, list) or not 1 <= len(items) <= limit:
+        raise Rejected(Code.MALFORMED, "items", f"must be a list of 1 to {limit} {noun}")
+    return items
 
 
 def _opened(item: Any, allowed: tuple[type[Body], ...]) -> Signed | Rejected:
