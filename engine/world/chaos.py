@@ -431,9 +431,7 @@ async def run(
             office = next(office_numbers)
             draws = stream(f"back-office-{office}")
             while not done.is_set():
-                raws = [local.settlement(*draw(draws)) for _ in range(TOGETHER if office % 4 == 3 else 1)]
-                for settlement, status in await settle(local, raws, outcome):
-                    outcome.ended(settlement, status)
+                await settle(local, [local.settlement(*draw(draws)) for _ in range(sent_together(office))], outcome)
                 if settlements is not None and sum(outcome.phases.values()) >= settlements:
                     enough.set()
 
@@ -623,16 +621,21 @@ def _covered(outages: list[Outage], start_ms: int, end_ms: int) -> int:
     return covered
 
 
-async def settle(local: Local, raws: list[bytes], outcome: Outcome) -> list[tuple[Settlement, SettlementStatus]]:
+def sent_together(office: int) -> int:
+    """How many settlements a back office sends in one request: every fourth, TOGETHER."""
+    return TOGETHER if office % 4 == 3 else 1
+
+
+async def settle(local: Local, raws: list[bytes], outcome: Outcome) -> None:
     """Settlements sent as a back office sends them, each request again (the same bytes)
     until answered: one alone, or several together, a request to each coordinator they
-    name. Each with its final status."""
+    name. Each final status goes to `outcome`."""
     sent = [decode_signed(raw, allowed=(Settlement,)).msg for raw in raws]
     if len(raws) == 1:
         while (reply := await local.send_settlement(raws[0], timeout_s=BACK_OFFICE_TIMEOUT_S)) is None:
             pass
-        return [(sent[0], decode_signed(reply, allowed=(SettlementStatus,)).msg)]
-    ended = []
+        outcome.ended(sent[0], decode_signed(reply, allowed=(SettlementStatus,)).msg)
+        return
     for coordinator in dict.fromkeys(settlement.coordinator for settlement in sent):
         mine = [
             (raw, settlement)
@@ -643,8 +646,8 @@ async def settle(local: Local, raws: list[bytes], outcome: Outcome) -> list[tupl
         outcome.together.update(settlements=len(group), requests=1)
         while (statuses := await local.send_settlements(group, timeout_s=BACK_OFFICE_TIMEOUT_S)) is None:
             pass
-        ended += [(settlement, status) for (_, settlement), status in zip(mine, statuses, strict=True)]
-    return ended
+        for (_, settlement), status in zip(mine, statuses, strict=True):
+            outcome.ended(settlement, status)
 
 
 def draw(chance: random.Random):

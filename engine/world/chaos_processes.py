@@ -63,12 +63,12 @@ from .chaos import (
     CONCURRENCY,
     LONG_OUTAGES_DELTAS,
     SETTLE_WAIT_S,
-    TOGETHER,
     Outage,
     Outcome,
     draw,
     heading,
     judge,
+    sent_together,
     settle,
     timing_with,
 )
@@ -475,8 +475,7 @@ async def _load(
             raws = [local.settlement(*draw(chance)) for _ in range(together)]
             ids = [readable_id(raw) for raw in raws]
             unfinished.update(ids)
-            for settlement, status in await settle(local, raws, outcome):
-                outcome.ended(settlement, status)
+            await settle(local, raws, outcome)
             unfinished.difference_update(ids)
             if settlements is not None and sum(outcome.phases.values()) >= settlements:
                 done.set()
@@ -485,7 +484,7 @@ async def _load(
 
     async with trio.open_nursery() as offices:
         for office in range(CONCURRENCY):
-            offices.start_soon(back_office, TOGETHER if office % 4 == 3 else 1)
+            offices.start_soon(back_office, sent_together(office))
         async with trio.open_nursery() as faulting:
             for fault in faults:
                 faulting.start_soon(strike, fault)
